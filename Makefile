@@ -1,0 +1,55 @@
+# Lightbox: the two commands a newcomer needs are `make run` and `make test`.
+# Everything they need is installed here, into .venv; nothing by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+WORKERS ?= 1
+PYTEST_ARGS ?=
+
+export HOST PORT WORKERS
+
+.PHONY: help install run test lint docs clean system-deps
+
+help:
+	@echo "make run     start the relay on 127.0.0.1:8000 (embedded Postgres in .data/pg)"
+	@echo "make test    run the whole test suite"
+	@echo "make lint    ruff + mypy (strict on protocol/)"
+	@echo "make docs    regenerate the tables in README.md and docs/"
+	@echo "make clean   remove .venv, .data and caches"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+# Debian packages some tests drive for real (see .ci/system-deps); a no-op when present.
+system-deps:
+	@bash .ci/system-deps
+
+run: $(STAMP)
+	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+test: $(STAMP) system-deps
+	@mkdir -p .data
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy --strict protocol
+	$(BIN)/mypy server clients
+
+docs: $(STAMP)
+	$(BIN)/python -m server.doctables
+
+clean:
+	rm -rf $(VENV) .data build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artefacts
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

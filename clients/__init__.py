@@ -1,0 +1,3 @@
+"""Lightbox clients: the SDK and the programs built on it (CLI, admin, gateway, desktop)."""
+
+__all__: list[str] = []

@@ -1,0 +1,36 @@
+"""Prometheus metrics (text exposition format), one registry per app instance.
+
+Labels are route templates and codes, never raw paths or ids, so cardinality stays bounded
+and no identifier leaks into monitoring. Later components register their own instruments on
+the same :class:`Metrics` object.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "lightbox_http_requests_total", "HTTP requests by route, method and status.",
+            ["route", "method", "status"], registry=r)
+        self.http_latency = Histogram(
+            "lightbox_http_request_duration_seconds", "HTTP request latency by route.",
+            ["route", "method"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.http_errors = Counter(
+            "lightbox_http_errors_total", "HTTP error responses by code.", ["code"], registry=r)
+        self.audit_events = Counter(
+            "lightbox_audit_events_total", "Audit events appended, by event.", ["event"],
+            registry=r)
+        self.ws_connections = Gauge(
+            "lightbox_ws_connections", "Open websocket connections.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,126 @@
+"""Shared test helpers: time scaling, throwaway databases, and a real relay on a loopback port.
+
+All waits go through :func:`seconds`, so a slow machine can scale every timeout at once with
+``LIGHTBOX_TEST_TIME_SCALE`` (STYLE.md: timeouts come from one unit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from server.app import Relay, create_app
+from server.runner import RelayServer, uvicorn_config
+from server.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TIME_SCALE = float(os.environ.get("LIGHTBOX_TEST_TIME_SCALE", "1"))
+
+
+def seconds(s: float) -> float:
+    """A timeout of ``s`` seconds, scaled for slow machines."""
+    return s * TIME_SCALE
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@dataclass
+class Cluster:
+    """The session's embedded Postgres, with a migrated template database."""
+
+    admin_dsn: str
+    template: str
+
+    async def create_database(self) -> str:
+        name = "t_" + uuid.uuid4().hex[:16]
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        finally:
+            await conn.close()
+        return with_database(self.admin_dsn, name)
+
+    async def drop_database(self, dsn: str) -> None:
+        name = urlsplit(dsn).path.lstrip("/")
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+def make_settings(**overrides: object) -> Settings:
+    base: dict[str, object] = {"host": "127.0.0.1", "port": 0, "log_level": "warning",
+                               "db_pool_min": 1, "db_pool_max": 4}
+    base.update(overrides)
+    return load_settings({}, **base)
+
+
+@dataclass
+class RunningRelay:
+    relay: Relay
+    server: RelayServer
+    base_url: str
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.base_url[len("http"):]
+
+
+@contextlib.contextmanager
+def relay_in_thread(dsn: str, settings: Settings | None = None) -> Iterator[RunningRelay]:
+    """A real uvicorn serving the relay on a free loopback port, in its own thread and loop."""
+    settings = settings or make_settings()
+    relay = create_app(settings, dsn=dsn)
+    server = RelayServer(uvicorn_config(relay, settings), relay)
+    thread = threading.Thread(target=server.run, name="relay", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + seconds(20)
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("relay failed to start")
+        if time.monotonic() > deadline:
+            raise TimeoutError("relay did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningRelay(relay, server, f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(seconds(30))
+
+
+@contextlib.asynccontextmanager
+async def running_relay(dsn: str, settings: Settings | None = None) -> AsyncIterator[RunningRelay]:
+    """Async wrapper: start and stop the relay thread without blocking the test's loop."""
+    cm = relay_in_thread(dsn, settings)
+    running = await asyncio.to_thread(cm.__enter__)
+    try:
+        yield running
+    finally:
+        await asyncio.to_thread(cm.__exit__, None, None, None)
+
+
+__all__ = [
+    "ROOT",
+    "Cluster",
+    "RunningRelay",
+    "make_settings",
+    "relay_in_thread",
+    "running_relay",
+    "seconds",
+    "with_database",
+]

@@ -1,0 +1,183 @@
+"""The audit trail: appends chain by hash, and the verifier names the first row that was
+edited, deleted, reordered or truncated directly in SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from server import audit
+from tests.helpers import ROOT, seconds
+
+
+@pytest.fixture
+async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await asyncpg.connect(db_dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def _fill(conn: asyncpg.Connection, n: int = 5) -> None:
+    for i in range(n):
+        await audit.append(conn, "test.event", subject_kind="device", subject_id=f"dev-{i}",
+                           details={"i": i, "tags": ["a", "b"]})
+
+
+async def _tamper(conn: asyncpg.Connection, sql: str, *args: object) -> None:
+    # The append-only trigger refuses UPDATE/DELETE; a tamperer who owns the table can still
+    # disable it, which is exactly what the hash chain must catch.
+    async with conn.transaction():
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update")
+        await conn.execute(sql, *args)
+        await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_update")
+
+
+async def test_appends_chain_each_row_to_the_previous_hash(conn: asyncpg.Connection) -> None:
+    await _fill(conn, 3)
+    rows = await audit.rows(conn)
+    assert [r.seq for r in rows] == [1, 2, 3]
+    assert rows[0].prev_hash == audit.GENESIS_HASH
+    assert rows[1].prev_hash == rows[0].row_hash
+    assert rows[2].prev_hash == rows[1].row_hash
+    report = await audit.verify(conn)
+    assert report.ok and report.checked == 3
+
+
+async def test_empty_trail_verifies(conn: asyncpg.Connection) -> None:
+    report = await audit.verify(conn)
+    assert report.ok and report.checked == 0
+
+
+async def test_update_and_delete_are_refused_by_the_append_only_trigger(
+        conn: asyncpg.Connection) -> None:
+    await _fill(conn, 1)
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await conn.execute("UPDATE audit_log SET outcome = 'denied'")
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await conn.execute("DELETE FROM audit_log")
+
+
+async def test_verifier_names_an_edited_row(conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    await _tamper(conn, "UPDATE audit_log SET subject_id = 'someone-else' WHERE seq = 3")
+    report = await audit.verify(conn)
+    assert not report.ok
+    assert (report.first_bad_seq, report.problem) == (3, "edited")
+    assert report.checked == 2
+
+
+async def test_verifier_names_an_edited_details_field(conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    await _tamper(conn, """UPDATE audit_log SET details = '{"i": 99, "tags": ["a", "b"]}'
+                           WHERE seq = 4""")
+    report = await audit.verify(conn)
+    assert (report.ok, report.first_bad_seq, report.problem) == (False, 4, "edited")
+
+
+async def test_verifier_names_a_deleted_row(conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    await _tamper(conn, "DELETE FROM audit_log WHERE seq = 2")
+    report = await audit.verify(conn)
+    assert (report.ok, report.first_bad_seq, report.problem) == (False, 2, "deleted")
+
+
+async def test_verifier_names_a_row_rewritten_with_a_recomputed_hash(
+        conn: asyncpg.Connection) -> None:
+    """Editing a row and recomputing its own hash still breaks the link to the next row."""
+    await _fill(conn)
+    r = (await audit.rows(conn))[1]
+    content = audit.canonical_content(
+        seq=r.seq, at=r.at, event=r.event, actor_kind=r.actor_kind, actor_id=r.actor_id,
+        subject_kind=r.subject_kind, subject_id="forged", outcome=r.outcome,
+        client_ip=r.client_ip, request_id=r.request_id, details=r.details)
+    await _tamper(conn, "UPDATE audit_log SET subject_id = 'forged', row_hash = $1 WHERE seq = 2",
+                  audit.row_hash(r.prev_hash, content))
+    report = await audit.verify(conn)
+    assert (report.ok, report.first_bad_seq, report.problem) == (False, 3, "reordered")
+
+
+async def test_verifier_names_swapped_rows(conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    for sql in ("UPDATE audit_log SET seq = -2 WHERE seq = 2",
+                "UPDATE audit_log SET seq = 2 WHERE seq = 4",
+                "UPDATE audit_log SET seq = 4 WHERE seq = -2"):
+        await _tamper(conn, sql)
+    report = await audit.verify(conn)
+    assert not report.ok
+    assert report.first_bad_seq == 2
+
+
+async def test_verifier_detects_a_deleted_tail(conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    await _tamper(conn, "DELETE FROM audit_log WHERE seq >= 4")
+    report = await audit.verify(conn)
+    assert (report.ok, report.first_bad_seq, report.problem) == (False, 4, "truncated")
+
+
+async def test_concurrent_appends_form_one_unbroken_chain(db_dsn: str) -> None:
+    pool = await asyncpg.create_pool(db_dsn, min_size=4, max_size=8)
+    try:
+        async def one(i: int) -> int:
+            async with pool.acquire() as c:
+                return await audit.append(c, "test.concurrent", details={"i": i})
+
+        seqs = await asyncio.gather(*(one(i) for i in range(40)))
+        assert sorted(seqs) == list(range(1, 41))
+        async with pool.acquire() as c:
+            assert (await audit.verify(c)).ok
+    finally:
+        await pool.close()
+
+
+async def test_append_rolls_back_with_the_callers_transaction(conn: asyncpg.Connection) -> None:
+    async def audited_change_that_fails() -> None:
+        async with conn.transaction():
+            await audit.append(conn, "test.rolled_back")
+            raise RuntimeError("the audited change failed")
+
+    with pytest.raises(RuntimeError):
+        await audited_change_that_fails()
+    assert await audit.rows(conn) == []
+    assert (await audit.verify(conn)).ok
+
+
+@pytest.mark.parametrize("details", [
+    {"blob": b"bytes"}, {"x": 1.5}, {"s": "x" * 600}, {"n": {"a": {"b": {"c": {"d": {"e": 1}}}}}},
+])
+async def test_details_refuse_values_outside_the_metadata_subset(conn: asyncpg.Connection,
+                                                                 details: dict) -> None:
+    with pytest.raises(ValueError):
+        await audit.append(conn, "test.bad", details=details)
+
+
+async def test_injected_clock_sets_the_row_time(conn: asyncpg.Connection) -> None:
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    await audit.append(conn, "test.clock", now=lambda: at)
+    (row,) = await audit.rows(conn)
+    assert row.at == at
+    assert (await audit.verify(conn)).ok
+
+
+async def test_admin_audit_verify_exits_1_and_names_the_row(conn: asyncpg.Connection,
+                                                            db_dsn: str) -> None:
+    await _fill(conn)
+    env = {"DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin"}
+    ok = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "clients.admin", "audit", "verify"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=seconds(60))
+    assert ok.returncode == 0, ok.stderr
+    assert "5 rows verified" in ok.stdout
+    await _tamper(conn, "UPDATE audit_log SET event = 'test.other' WHERE seq = 3")
+    bad = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "clients.admin", "audit", "verify"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=seconds(60))
+    assert bad.returncode == 1
+    assert "row 3 (edited)" in bad.stderr

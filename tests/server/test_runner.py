@@ -1,0 +1,122 @@
+"""``lightbox-server`` as users run it: a real process, the embedded Postgres, Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from server.embedded import postmaster_pid
+from tests.helpers import ROOT, Cluster, seconds
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(extra)
+    return env
+
+
+async def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as c:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                r = await c.get(url + "/readyz")
+                if r.status_code == 200:
+                    return r
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError("relay not ready")
+
+
+async def test_refuses_to_start_with_one_line_when_schema_is_not_at_head(cluster: Cluster) -> None:
+    conn = await asyncpg.connect(cluster.admin_dsn)
+    try:
+        await conn.execute('CREATE DATABASE "unmigrated"')
+    finally:
+        await conn.close()
+    try:
+        dsn = cluster.admin_dsn.replace("/postgres?", "/unmigrated?")
+        proc = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "server", "--port", str(_free_port())],
+            cwd=ROOT, env=_env(DATABASE_URL=dsn), capture_output=True, text=True,
+            timeout=seconds(60))
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert "schema is at nothing" in lines[0]
+        assert "lightbox-admin db upgrade" in lines[0]
+    finally:
+        conn = await asyncpg.connect(cluster.admin_dsn)
+        await conn.execute('DROP DATABASE "unmigrated" WITH (FORCE)')
+        await conn.close()
+
+
+async def test_embedded_run_serves_ready_and_ctrl_c_leaves_no_postgres_behind() -> None:
+    data = Path(tempfile.mkdtemp(prefix="test-run-", dir=ROOT / ".data"))
+    port = _free_port()
+    env = _env(LIGHTBOX_DATA_DIR=str(data), PORT=str(port), LOG_LEVEL="warning")
+    try:
+        for run in range(2):  # the second run reattaches to the same data
+            proc = subprocess.Popen([sys.executable, "-m", "server", "--migrate"], cwd=ROOT,
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            try:
+                r = await _wait_ready(f"http://127.0.0.1:{port}", proc, seconds(60))
+                assert r.json()["status"] == "ready"
+                pid = postmaster_pid(data / "pg")
+                assert pid is not None
+                conn = await asyncpg.connect(f"postgresql://postgres@/postgres?host={data / 'pg'}")
+                try:
+                    if run == 0:
+                        await conn.execute("CREATE TABLE kept_between_runs (x int)")
+                    else:
+                        kept = "SELECT to_regclass('kept_between_runs') IS NOT NULL"
+                        assert await conn.fetchval(kept)
+                finally:
+                    await conn.close()
+                proc.send_signal(signal.SIGINT)
+                out, err = await asyncio.to_thread(proc.communicate, timeout=seconds(30))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            assert proc.returncode == 0, err
+            assert f"http://127.0.0.1:{port}" in out
+            assert "Embedded Postgres stopped." in out
+            assert postmaster_pid(data / "pg") is None
+            deadline = time.monotonic() + seconds(5)
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                # a stopped postmaster may linger as a zombie of its reaped parent
+                stat = Path(f"/proc/{pid}/stat")
+                if stat.exists() and stat.read_text().split()[2] == "Z":
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("postgres still running after Ctrl-C")
+    finally:
+        pid = postmaster_pid(data / "pg")
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(data, ignore_errors=True)

@@ -1,0 +1,355 @@
+"""HTTP API bodies (JSON) shared by the relay and its clients: identity, keys and directory.
+
+Every body is a frozen struct that refuses unknown fields, with size limits on every string and
+list, so that the relay rejects bad input at the edge and the clients build exactly what the
+relay accepts. Binary values are base64url strings without padding (RFC 4648 §5), decoded with
+:func:`protocol.canonical.b64url_decode`; certificates, prekeys and revocation lists are the
+compact signed strings of :mod:`protocol.canonical`. docs/PROTOCOL.md §11 lists the routes.
+
+Device-bound requests: an access token (RFC 7519 JWT, EdDSA, RFC 8037) is bound to the device's
+Ed25519 key by a ``cnf`` claim (RFC 7800 §3.1) holding ``jkt`` = b64url(SHA-256(signing key)).
+Every HTTP request carrying it also carries a ``Lightbox-Proof`` header, a compact proof of
+possession in the spirit of DPoP (RFC 9449): ``<unix seconds>.<b64url signature>`` where the
+device signs :func:`request_proof_input`. A token presented without a valid proof by the device
+it names is refused (``token_device_mismatch``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Final
+
+import msgspec
+
+from protocol.certs import MAX_CERTIFICATE_LENGTH, MAX_REVOCATION_LIST_LENGTH
+from protocol.model import DeviceKind
+
+__all__ = [
+    "ACCESS_TOKEN_AUDIENCE",
+    "ADMIN_TOKEN_AUDIENCE",
+    "LABEL_ENROLMENT_TOKEN",
+    "LABEL_LOGIN",
+    "LABEL_PAIRING_MAC",
+    "LABEL_REQUEST_PROOF",
+    "MAX_BATCH_USERS",
+    "MAX_CLAIM_DEVICES",
+    "MAX_PREKEY_BATCH",
+    "AdminLogin",
+    "AdminToken",
+    "CertificateRenewal",
+    "ClaimedKey",
+    "ClaimedKeys",
+    "DeviceBundle",
+    "DeviceKeys",
+    "DeviceSummary",
+    "DirectoryEntry",
+    "DirectoryResult",
+    "EnrolComplete",
+    "EnrolFetch",
+    "EnrolPackage",
+    "Enrolled",
+    "KeyClaim",
+    "LoginChallenge",
+    "LoginRequest",
+    "PairingCertificate",
+    "PairingOffer",
+    "PairingPending",
+    "PairingResult",
+    "PrekeyCount",
+    "PrekeyUpload",
+    "ProvisionResult",
+    "ProvisionUser",
+    "ProvisionUsers",
+    "RefreshRequest",
+    "RevocationLists",
+    "RevocationUpload",
+    "SignedPrekeyUpload",
+    "TokenPair",
+    "UserDetail",
+    "UserDevices",
+    "UserList",
+    "UserSummary",
+    "enrolment_token",
+    "key_thumbprint",
+    "login_signing_input",
+    "request_proof_input",
+]
+
+ACCESS_TOKEN_AUDIENCE: Final = "lightbox-relay"  # noqa: S105 - an audience, not a secret
+ADMIN_TOKEN_AUDIENCE: Final = "lightbox-admin"  # noqa: S105 - an audience, not a secret
+
+LABEL_ENROLMENT_TOKEN: Final = b"lightbox/v1/enrolment-token"
+LABEL_LOGIN: Final = b"lightbox/v1/login"
+LABEL_REQUEST_PROOF: Final = b"lightbox/v1/request-proof"
+LABEL_PAIRING_MAC: Final = b"lightbox/v1/pairing-mac"
+
+MAX_PREKEY_BATCH: Final = 100
+MAX_CLAIM_DEVICES: Final = 64
+MAX_BATCH_USERS: Final = 500
+
+Compact = Annotated[str, msgspec.Meta(min_length=3, max_length=MAX_CERTIFICATE_LENGTH)]
+B64 = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]*$", max_length=8192)]
+Id = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                                         r"[0-9a-f]{12}$")]
+Login = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{1,63}$")]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+Short = Annotated[str, msgspec.Meta(max_length=200)]
+
+
+# --- helpers for the exact bytes -----------------------------------------------------------------
+
+
+def enrolment_token(normalised_code: str) -> bytes:
+    """What the client proves knowledge of the enrolment code with, without revealing it:
+    SHA-256(label || 0x00 || code). The relay stores only SHA-256 of this token, and the
+    identity key is sealed under Argon2id(code), which this value does not help to compute."""
+    return hashlib.sha256(LABEL_ENROLMENT_TOKEN + b"\x00" + normalised_code.encode()).digest()
+
+
+def key_thumbprint(signing_key: bytes) -> bytes:
+    """The ``cnf.jkt`` value of an access token bound to this Ed25519 public key."""
+    return hashlib.sha256(signing_key).digest()
+
+
+def login_signing_input(nonce: bytes, login: str, device_id: str) -> bytes:
+    """Bytes the device signs to log in: label || 0x00 || nonce[32] || login || 0x00 ||
+    device_id."""
+    return LABEL_LOGIN + b"\x00" + nonce + login.encode() + b"\x00" + device_id.encode()
+
+
+def request_proof_input(method: str, path: str, timestamp: int, access_token: str) -> bytes:
+    """Bytes the device signs for ``Lightbox-Proof``: label || 0x00 || METHOD || 0x00 || path
+    (no query) || 0x00 || decimal timestamp || 0x00 || SHA-256(access token)."""
+    return b"\x00".join([
+        LABEL_REQUEST_PROOF, method.upper().encode(), path.encode(), str(timestamp).encode(),
+        hashlib.sha256(access_token.encode()).digest(),
+    ])
+
+
+# --- admin -----------------------------------------------------------------------------------
+
+
+class AdminLogin(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    login: Login
+    password: Password
+
+
+class AdminToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    token: str
+    expires_at: int
+
+
+class ProvisionUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A user provisioned by IT's tool: the certificate it signed with the organisation key,
+    the login name, and the first-device enrolment package sealed under the enrolment code."""
+
+    login: Login
+    user_certificate: Compact
+    enrolment_token_hash: B64  # b64url(SHA-256(enrolment_token(code)))
+    sealed_identity: B64  # protocol.keys.seal_with_passphrase(bundle, code)
+    enrolment_expires_at: int
+
+
+class ProvisionUsers(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    users: Annotated[list[ProvisionUser], msgspec.Meta(min_length=1, max_length=MAX_BATCH_USERS)]
+
+
+class ProvisionResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    index: int
+    user_id: str | None
+    ok: bool
+    code: str | None = None
+    detail: str | None = None
+
+
+class UserSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    user_id: str
+    org_id: str
+    login: str
+    display_name: str
+    roles: list[str]
+    specialty: str | None
+    department: str | None
+    status: str  # active | suspended | pending (not yet enrolled)
+    licence_expires_at: int | None
+    devices: int
+
+
+class UserList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    users: list[UserSummary]
+
+
+class DeviceSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    device_id: str
+    kind: DeviceKind
+    status: str  # active | revoked
+    created_at: int
+    last_seen_at: int | None
+
+
+class UserDetail(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    user: UserSummary
+    user_certificate: str
+    devices: list[DeviceSummary]
+    enrolment: str  # pending | used | expired | none
+
+
+class RevocationUpload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    revocation_list: Annotated[str, msgspec.Meta(max_length=MAX_REVOCATION_LIST_LENGTH)]
+
+
+class RevocationLists(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    lists: list[str]
+
+
+class CertificateRenewal(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    user_certificate: Compact
+
+
+# --- enrolment and pairing ---------------------------------------------------------------------
+
+
+class EnrolFetch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enrolment_token: B64
+
+
+class EnrolPackage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    user_certificate: str
+    sealed_identity: B64
+    expires_at: int
+
+
+class EnrolComplete(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enrolment_token: B64
+    device_certificate: Compact
+    signed_prekey: Compact
+    one_time_prekeys: Annotated[list[Compact], msgspec.Meta(max_length=MAX_PREKEY_BATCH)]
+    password: Password
+
+
+class Enrolled(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    user_id: str
+    device_id: str
+    login: str
+
+
+class DeviceKeys(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    device_id: Id
+    kind: DeviceKind
+    signing_key: B64
+    dh_key: B64
+
+
+class PairingOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Posted by the new device: its public keys, MACed with the pairing secret that the user
+    carries to the enrolled device, so the relay cannot substitute keys."""
+
+    pairing_token_hash: B64  # b64url(SHA-256(pairing token)); the token itself stays local
+    keys: DeviceKeys
+    mac: B64  # HMAC-SHA-256(pairing secret, LABEL_PAIRING_MAC || canonical(keys))
+
+
+class PairingPending(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    keys: DeviceKeys
+    mac: B64
+    expires_at: int
+
+
+class PairingCertificate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Posted by the enrolled device: the new device's certificate signed by the identity key,
+    plus a MAC over the certificate chain so the new device can tell it came from its user."""
+
+    device_certificate: Compact
+    mac: B64
+
+
+class PairingResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    user_certificate: str
+    device_certificate: str
+    mac: B64
+    login: str
+
+
+# --- login -----------------------------------------------------------------------------------
+
+
+class LoginChallenge(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    nonce: B64
+    expires_at: int
+
+
+class LoginRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    login: Login
+    password: Password
+    device_id: Id
+    nonce: B64
+    signature: B64
+
+
+class RefreshRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    refresh_token: Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class TokenPair(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    access_token: str
+    expires_at: int
+    refresh_token: str
+    refresh_expires_at: int
+    user_id: str
+    device_id: str
+
+
+# --- keys and directory ----------------------------------------------------------------------
+
+
+class DeviceBundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    device_certificate: str
+    signed_prekey: str | None
+
+
+class UserDevices(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    user_certificate: str
+    devices: list[DeviceBundle]
+
+
+class KeyClaim(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    devices: Annotated[list[Id], msgspec.Meta(min_length=1, max_length=MAX_CLAIM_DEVICES)]
+
+
+class ClaimedKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    device_id: str
+    user_certificate: str
+    device_certificate: str
+    signed_prekey: str
+    one_time_prekey: str | None  # None: none left, fall back to the signed prekey
+
+
+class ClaimedKeys(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    keys: list[ClaimedKey]
+
+
+class PrekeyUpload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    prekeys: Annotated[list[Compact], msgspec.Meta(min_length=1, max_length=MAX_PREKEY_BATCH)]
+
+
+class SignedPrekeyUpload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    signed_prekey: Compact
+
+
+class PrekeyCount(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    remaining: int
+    low_water: int
+    target: int
+
+
+class DirectoryEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    user_id: str
+    org_id: str
+    display_name: str
+    roles: list[str]
+    specialty: str | None
+    department: str | None
+
+
+class DirectoryResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    users: list[DirectoryEntry]

@@ -1,0 +1,147 @@
+"""Statements signed by a device key: filing receipts, expiry confirmations, read receipts.
+
+Why (DESIGN §6, docs/PROTOCOL.md §8): the relay acts on what devices attest - the record
+gateway that an image is filed in PACS, each device that it shredded its copy, recipients that
+a message was delivered, read or acknowledged - and keeps the statements as evidence. Each is
+a frozen struct, RFC 8785 canonical JSON, in the compact signed format of
+:mod:`protocol.canonical` (Ed25519, RFC 8032) with its own domain label, so no statement can
+pass for another or for a certificate. Verification failures raise one opaque
+VerificationError (reason in ``.reason``).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Final, TypeVar
+
+import msgspec
+
+from protocol import canonical
+from protocol.canonical import Bytes32, Signer, Timestamp, UuidStr
+from protocol.errors import DecodeError, VerificationError
+
+__all__ = [
+    "MAX_STATEMENT_LENGTH",
+    "STATEMENT_VERSION",
+    "ExpiryConfirmation",
+    "FilingStatement",
+    "ReceiptKind",
+    "ReceiptStatement",
+    "issue_expiry_confirmation",
+    "issue_filing_statement",
+    "issue_receipt_statement",
+    "verify_expiry_confirmation",
+    "verify_filing_statement",
+    "verify_receipt_statement",
+]
+
+T = TypeVar("T")
+
+STATEMENT_VERSION: Final = 1
+MAX_STATEMENT_LENGTH: Final = 4 * 1024
+Version = Annotated[int, msgspec.Meta(ge=1, le=255)]
+
+
+class ReceiptKind(enum.StrEnum):
+    DELIVERED = "delivered"
+    READ = "read"
+    ACKNOWLEDGED = "acknowledged"  # the consultant accepted responsibility for the consult
+
+
+class FilingStatement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """By the record gateway device: the attachment is stored in PACS and read back.
+
+    ``receipt_sha256`` is the SHA-256 of the full sealed filing receipt (the encrypted message
+    carrying the Study/Series/SOP Instance UIDs), binding this statement to it."""
+
+    v: Version
+    statement_id: UuidStr
+    device_id: UuidStr  # the gateway device
+    attachment_id: UuidStr
+    message_id: UuidStr
+    thread_id: UuidStr
+    filed_at: Timestamp
+    receipt_sha256: Bytes32
+
+
+class ExpiryConfirmation(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """By a device: it deleted the attachment's key and file, as ordered by ``order_id``."""
+
+    v: Version
+    device_id: UuidStr
+    attachment_id: UuidStr
+    order_id: UuidStr
+    shredded_at: Timestamp
+
+
+class ReceiptStatement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """By a recipient device: a message was delivered to it, read, or acknowledged."""
+
+    v: Version
+    device_id: UuidStr
+    message_id: UuidStr
+    thread_id: UuidStr
+    kind: ReceiptKind
+    at: Timestamp
+
+
+def _issue(label: bytes, body: msgspec.Struct, signer: Signer) -> str:
+    if getattr(body, "v", None) != STATEMENT_VERSION:
+        raise ValueError("unsupported statement version")
+    return canonical.sign_compact(label, canonical.encode_struct(body), signer)
+
+
+def _verify(
+    label: bytes, token: str, cls: type[T], signing_key: bytes, expected_device_id: str | None
+) -> T:
+    try:
+        body = canonical.open_compact(
+            label, token, cls, signing_key, max_length=MAX_STATEMENT_LENGTH
+        )
+    except DecodeError as exc:
+        raise VerificationError(f"malformed {cls.__name__}: {exc}") from exc
+    if getattr(body, "v", None) != STATEMENT_VERSION:
+        raise VerificationError(f"unsupported {cls.__name__} version")
+    if expected_device_id is not None and getattr(body, "device_id", None) != expected_device_id:
+        raise VerificationError(f"{cls.__name__} names another device than its signer")
+    return body
+
+
+def issue_filing_statement(body: FilingStatement, device_key: Signer) -> str:
+    """Sign a filing statement with the gateway device's key."""
+    return _issue(canonical.LABEL_FILING_STATEMENT, body, device_key)
+
+
+def verify_filing_statement(
+    token: str, signing_key: bytes, *, device_id: str | None = None
+) -> FilingStatement:
+    """Verify under the gateway device's Ed25519 key (and that it names ``device_id``)."""
+    return _verify(canonical.LABEL_FILING_STATEMENT, token, FilingStatement, signing_key, device_id)
+
+
+def issue_expiry_confirmation(body: ExpiryConfirmation, device_key: Signer) -> str:
+    """Sign an expiry confirmation with the device's key."""
+    return _issue(canonical.LABEL_EXPIRY_CONFIRMATION, body, device_key)
+
+
+def verify_expiry_confirmation(
+    token: str, signing_key: bytes, *, device_id: str | None = None
+) -> ExpiryConfirmation:
+    """Verify under the device's Ed25519 key (and that it names ``device_id``)."""
+    return _verify(
+        canonical.LABEL_EXPIRY_CONFIRMATION, token, ExpiryConfirmation, signing_key, device_id
+    )
+
+
+def issue_receipt_statement(body: ReceiptStatement, device_key: Signer) -> str:
+    """Sign a delivery/read/acknowledgement receipt with the recipient device's key."""
+    return _issue(canonical.LABEL_RECEIPT_STATEMENT, body, device_key)
+
+
+def verify_receipt_statement(
+    token: str, signing_key: bytes, *, device_id: str | None = None
+) -> ReceiptStatement:
+    """Verify under the device's Ed25519 key (and that it names ``device_id``)."""
+    return _verify(
+        canonical.LABEL_RECEIPT_STATEMENT, token, ReceiptStatement, signing_key, device_id
+    )

@@ -48,10 +48,12 @@ __all__ = [
     "EnrolFetch",
     "EnrolPackage",
     "Enrolled",
+    "EnrolmentBundle",
     "KeyClaim",
     "LoginChallenge",
     "LoginRequest",
     "PairingCertificate",
+    "PairingClaim",
     "PairingOffer",
     "PairingPending",
     "PairingResult",
@@ -209,6 +211,19 @@ class CertificateRenewal(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 # --- enrolment and pairing ---------------------------------------------------------------------
 
 
+class EnrolmentBundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What IT's tool seals under the enrolment code (protocol.keys.seal_with_passphrase) for the
+    first device: the user's identity key seed and the organisation key to pin. Encoded with
+    protocol.canonical.encode_struct (binary fields as base64url). The relay stores it sealed and
+    cannot open it, so it can neither learn the identity key nor swap the organisation key."""
+
+    user_id: Id
+    login: Login
+    org_id: Annotated[str, msgspec.Meta(max_length=63)]
+    org_public_key: B64
+    identity_seed: B64
+
+
 class EnrolFetch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enrolment_token: B64
 
@@ -257,15 +272,24 @@ class PairingPending(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 class PairingCertificate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Posted by the enrolled device: the new device's certificate signed by the identity key,
-    plus a MAC over the certificate chain so the new device can tell it came from its user."""
+    the organisation key it pins, and a MAC over all of it (with the user certificate) so the
+    new device can tell it came from its user's device and not from the relay."""
 
     device_certificate: Compact
+    org_public_key: B64
     mac: B64
+
+
+class PairingClaim(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Posted by the new device to collect its certificate: proves it knows the pairing token."""
+
+    pairing_token: B64
 
 
 class PairingResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     user_certificate: str
     device_certificate: str
+    org_public_key: B64
     mac: B64
     login: str
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from protocol import _sodium, canonical, certs, envelope, keys, statements
+from protocol import _sodium, canonical, certs, consent, envelope, keys, statements
 from protocol.attachments import AttachmentEncryptor, ciphertext_size, encrypt_attachment
 from protocol.canonical import b64url_encode as b64
 from protocol.model import DeviceKind, MessageHeader, Priority, Purpose
@@ -442,7 +442,8 @@ SECTIONS: dict[str, Section] = {
     "attachment": _section_attachment,
     "revocation": _section_revocation,
     "filing_statement": _section_filing_statement,
-    # Sections of other modules (e.g. "consent") are added with register_section().
+    # The consent token uses its own fixed key and times (protocol.consent.consent_vectors).
+    "consent": lambda ctx: consent.consent_vectors(),
 }
 
 

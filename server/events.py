@@ -1,0 +1,86 @@
+"""Cross-process events over Postgres LISTEN/NOTIFY (DESIGN §3: no home-made cluster protocol).
+
+Several relay processes share one Postgres. When something happens that sockets held by another
+process must react to (a device revoked, a user suspended, a message queued for a device), the
+acting process publishes a small JSON notification *inside its transaction*, so it is delivered
+only if the change commits. Each process listens on one dedicated connection and dispatches to
+local handlers. Payloads carry ids only (NOTIFY payloads are limited to 8000 bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+__all__ = ["CHANNEL", "EventBus", "publish", "publish_revocation"]
+
+log = logging.getLogger("lightbox.events")
+CHANNEL = "lightbox_events"
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def publish(conn: asyncpg.Connection, kind: str, **fields: Any) -> None:
+    """Queue a notification; Postgres delivers it when the surrounding transaction commits."""
+    payload = json.dumps({"kind": kind, **fields}, separators=(",", ":"))
+    if len(payload) > 7900:
+        raise ValueError("event payload too large for NOTIFY")
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+
+
+async def publish_revocation(conn: asyncpg.Connection, *, device_ids: Sequence[str] = (),
+                             user_ids: Sequence[str] = (), reason: str) -> None:
+    """Tell every relay process to close the sockets of these devices / users' devices.
+
+    ``reason`` is ``device_revoked``, ``user_suspended`` or ``licence_expired`` (it selects the
+    close code, docs/SECURITY.md)."""
+    for i in range(0, max(len(device_ids), len(user_ids), 1), 100):  # stay under 8000 bytes
+        await publish(conn, "revoked", device_ids=list(device_ids[i:i + 100]),
+                      user_ids=list(user_ids[i:i + 100]), reason=reason)
+
+
+class EventBus:
+    """One LISTEN connection per process; handlers by event kind."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+        self._handlers: dict[str, list[Handler]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def subscribe(self, kind: str, handler: Handler) -> None:
+        self._handlers.setdefault(kind, []).append(handler)
+
+    async def start(self) -> None:
+        self._conn = await asyncpg.connect(self._dsn)
+        await self._conn.add_listener(CHANNEL, self._on_notify)
+
+    async def stop(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await conn.remove_listener(CHANNEL, self._on_notify)
+            finally:
+                await conn.close()
+        for t in list(self._tasks):
+            t.cancel()
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            log.warning("undecodable event")
+            return
+        for handler in self._handlers.get(event.get("kind", ""), []):
+            task = asyncio.get_running_loop().create_task(handler(event))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event handler failed", exc_info=task.exception())

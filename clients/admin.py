@@ -1,9 +1,16 @@
 """``lightbox-admin``: hospital IT's tool.
 
 Commands that act on the relay host's database directly (``db upgrade``, ``audit verify``,
-``audit head``) use DATABASE_URL, or the embedded Postgres in ``$LIGHTBOX_DATA_DIR/pg`` when it
-is unset (started for the command and stopped after it). Provisioning commands that need the
-organisation key run on IT's workstation and talk to the relay's admin API.
+``audit head``, ``admin create``) use DATABASE_URL, or the embedded Postgres in
+``$LIGHTBOX_DATA_DIR/pg`` when it is unset (started for the command and stopped after it);
+``org trust`` edits the relay's trusted-organisations file. Commands that need the
+organisation key (``org init``, ``user add``/``import``/``suspend``/``resume``/
+``renew-licence``, ``device revoke``) run on IT's workstation and talk to the relay's admin API
+after ``login``.
+
+Secrets come from no-echo prompts or, for scripts, LIGHTBOX_ORG_PASSPHRASE and
+LIGHTBOX_ADMIN_PASSWORD; the keyfile from ``--keyfile`` or LIGHTBOX_ORG_KEYFILE.
+Exit status: 0 success, 1 some of the work failed (per-row reports), 2 nothing was done.
 """
 
 from __future__ import annotations
@@ -11,16 +18,45 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
+import json
+import os
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 
+from clients import adminops, csvio, handout
+from clients.adminsession import AdminSession, SessionError, load_session, save_session
+from clients.orgkey import (
+    OrgKeyError,
+    create_org_keyfile,
+    fingerprint,
+    open_org_keyfile,
+    read_public_file,
+)
+from clients.prompts import PromptError, read_secret
+from clients.sdk.errors import SDKError
+from clients.sdk.http import RelayHTTP
+from protocol import certs
+from protocol.canonical import b64url_encode, peek_compact
+from protocol.errors import ProtocolError
+from protocol.keys import OrganisationKey
 from server import audit, migrations
 from server.embedded import EmbeddedPostgres
+from server.errors import RelayError
 from server.settings import load_settings
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+T = TypeVar("T")
+
+
+class CommandError(Exception):
+    """Nothing was done; the message says why (exit status 2)."""
 
 
 @contextlib.contextmanager
@@ -79,6 +115,380 @@ def _audit_head(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- organisation key ------------------------------------------------------------------------
+
+
+def _keyfile(args: argparse.Namespace) -> Path:
+    path = args.keyfile or os.environ.get("LIGHTBOX_ORG_KEYFILE")
+    if not path:
+        raise CommandError("no organisation keyfile: pass --keyfile or set LIGHTBOX_ORG_KEYFILE")
+    return Path(path)
+
+
+def _org_key(args: argparse.Namespace) -> tuple[str, OrganisationKey]:
+    passphrase = read_secret("LIGHTBOX_ORG_PASSPHRASE", "Organisation key passphrase")
+    return open_org_keyfile(_keyfile(args), passphrase)
+
+
+def _org_init(args: argparse.Namespace) -> int:
+    path = _keyfile(args)
+    passphrase = read_secret("LIGHTBOX_ORG_PASSPHRASE", "New organisation key passphrase",
+                             confirm=True)
+    if len(passphrase) < 12:
+        raise CommandError("the passphrase must be at least 12 characters long")
+    key = create_org_keyfile(path, args.org_id, passphrase)
+    print(f"organisation {args.org_id}: key created in {path} (keep it offline, 0600)")
+    print(f"public key:  {b64url_encode(key.public)}")
+    print(f"fingerprint: {fingerprint(key.public)}")
+    print(f"relay file:  {path.parent / (args.org_id + '.pub.json')} "
+          "(copy it to the relay host and run `lightbox-admin org trust` there)")
+    return 0
+
+
+def _trusted_orgs_path() -> Path:
+    settings = load_settings()
+    path = getattr(settings, "trusted_orgs_path", None)
+    return Path(path) if path is not None else settings.data_dir / "trusted-orgs.json"
+
+
+def _org_trust(args: argparse.Namespace) -> int:
+    incoming = read_public_file(Path(args.pubfile))
+    target = _trusted_orgs_path()
+    current = read_public_file(target) if target.exists() else {}
+    for org_id, key in incoming.items():
+        if org_id in current and current[org_id] != key and not args.replace:
+            raise CommandError(f"{target} already trusts another key for {org_id} "
+                               f"({fingerprint(current[org_id])}); pass --replace to change it")
+    merged = {**current, **incoming}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps({"orgs": {k: b64url_encode(v) for k, v in sorted(merged.items())}},
+                              indent=2) + "\n")
+    os.chmod(tmp, 0o644)
+    tmp.replace(target)
+    for org_id, key in incoming.items():
+        print(f"trusted {org_id} (fingerprint {fingerprint(key)}) in {target}")
+    print("restart the relay to load the change")
+    return 0
+
+
+# --- administrators and the admin session ----------------------------------------------------
+
+
+async def _create_admin(dsn: str, login: str, password_hash: str) -> str:
+    from server.store.admins import create_admin
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            admin_id = await create_admin(conn, login, password_hash)
+            await audit.append(conn, "admin.created", subject_kind="admin", subject_id=admin_id,
+                               actor_kind="cli", details={"login": login})
+        return admin_id
+    finally:
+        await conn.close()
+
+
+def _admin_create(args: argparse.Namespace) -> int:
+    from protocol.passwords import check_password
+    from server.passwords import Passwords
+
+    password = read_secret("LIGHTBOX_ADMIN_PASSWORD", f"Password for {args.login}", confirm=True)
+    settings = load_settings()
+    check_password(password, login=args.login, min_length=settings.password_min_length)
+    password_hash = Passwords(settings.argon2_profile).hash_sync(password)
+    with _database() as dsn:
+        admin_id = asyncio.run(_create_admin(dsn, args.login, password_hash))
+    print(f"administrator {args.login} created ({admin_id})")
+    return 0
+
+
+def _run(coro: Callable[[], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        return await coro()
+    return asyncio.run(runner())
+
+
+def _relay(session: AdminSession) -> RelayHTTP:
+    return RelayHTTP(session.server, admin_token=session.token)
+
+
+def _login(args: argparse.Namespace) -> int:
+    password = read_secret("LIGHTBOX_ADMIN_PASSWORD", f"Password for {args.login}")
+
+    async def go() -> AdminSession:
+        async with RelayHTTP(args.server) as relay:
+            token = await relay.admin_login(args.login, password)
+        return AdminSession(server=args.server.rstrip("/"), token=token.token,
+                            expires_at=token.expires_at, login=args.login)
+
+    session = _run(go)
+    path = save_session(session)
+    until = dt.datetime.fromtimestamp(session.expires_at, dt.UTC).strftime("%H:%M UTC")
+    print(f"logged in to {session.server} as {args.login} until {until} (session in {path})")
+    return 0
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+def _handouts(report: adminops.ImportReport, session: AdminSession, org_key: OrganisationKey,
+              args: argparse.Namespace) -> None:
+    for p in report.provisioned:
+        handout.print_handout(sys.stdout, name=p.row.name, login=p.row.login, code=p.code,
+                              server=session.server,
+                              expires_at=p.request.enrolment_expires_at,
+                              org_fingerprint=fingerprint(org_key.public), qr=not args.no_qr)
+        if args.handout_dir:
+            png = handout.save_handout_png(Path(args.handout_dir), p.row.login, session.server,
+                                           p.code)
+            print(f"  handout: {png}")
+
+
+def _report_failures(failures: Sequence[csvio.RowError]) -> None:
+    for f in failures:
+        who = f" ({f.login})" if f.login else ""
+        print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
+
+
+def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
+               failures: list[csvio.RowError]) -> int:
+    session = load_session()
+    org_id, org_key = _org_key(args)
+
+    async def go() -> adminops.ImportReport:
+        async with _relay(session) as relay:
+            return await adminops.provision_rows(
+                relay, rows, org_id=org_id, org_key=org_key, now=int(time.time()),
+                code_valid_hours=args.code_valid_hours)
+
+    report = _run(go) if rows else adminops.ImportReport([], [])
+    _handouts(report, session, org_key, args)
+    failures = sorted(failures + report.failed, key=lambda f: f.line)
+    _report_failures(failures)
+    print(f"{len(report.provisioned)} provisioned, {len(failures)} failed")
+    return 1 if failures else 0
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    try:
+        row = csvio.validate_user(
+            line=0, name=args.name, login=args.login, roles=args.roles,
+            specialty=args.specialty, department=args.department,
+            licence_type=args.licence_type, licence_number=args.licence_number,
+            jurisdiction=args.jurisdiction, licence_expires=args.licence_expires,
+            now=int(time.time()), service=args.service)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    return _provision(args, [row], [])
+
+
+def _user_import(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    with path.open("rb") as f:
+        data = f.read(csvio.MAX_CSV_BYTES + 1)
+    rows, failures = csvio.parse_users_csv(data, now=int(time.time()))
+    return _provision(args, rows, failures)
+
+
+def _date(ts: int | None) -> str:
+    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    session = load_session()
+
+    async def go() -> Any:
+        async with _relay(session) as relay:
+            return await relay.list_users(q=args.query, status=args.status)
+
+    users = _run(go).users
+    header = ["user_id", "login", "name", "roles", "specialty", "department", "status",
+              "licence_expires", "devices"]
+    rows = [[u.user_id, u.login, u.display_name, ";".join(u.roles), u.specialty or "",
+             u.department or "", u.status, _date(u.licence_expires_at), u.devices]
+            for u in users]
+    if args.csv:
+        sys.stdout.write(csvio.to_csv(header, rows))
+        return 0
+    for r in rows:
+        print(f"{r[1]:<20} {r[6]:<9} {r[8]!s:>2} dev  {r[2]}  [{r[3]}] {r[4]}  "
+              f"licence {r[7] or '-'}  {r[0]}")
+    print(f"{len(rows)} users")
+    return 0
+
+
+def _user_show(args: argparse.Namespace) -> int:
+    session = load_session()
+
+    async def go() -> Any:
+        async with _relay(session) as relay:
+            user = await adminops.resolve_user(relay, args.user)
+            return await relay.get_user(user.user_id)
+
+    detail = _run(go)
+    u = detail.user
+    cert = peek_compact(detail.user_certificate, certs.UserCertificate,
+                        max_length=certs.MAX_CERTIFICATE_LENGTH)
+    print(f"login:        {u.login}")
+    print(f"name:         {u.display_name}")
+    print(f"user id:      {u.user_id}  (organisation {u.org_id})")
+    print(f"status:       {u.status}; enrolment code: {detail.enrolment}")
+    print(f"roles:        {', '.join(u.roles)}")
+    print(f"specialty:    {u.specialty or '-'}; department: {u.department or '-'}")
+    if cert.licence is not None:
+        lic = cert.licence
+        print(f"licence:      {lic.type} {lic.number} ({lic.jurisdiction}), "
+              f"valid through {_date(lic.expires_at - 1)}")
+    print(f"certificate:  serial {cert.serial}, valid {_date(cert.not_before)} to "
+          f"{_date(cert.not_after)}, identity key {fingerprint(cert.identity_key)}")
+    for d in detail.devices:
+        print(f"device:       {d.device_id} {d.kind.value:<8} {d.status:<8} "
+              f"enrolled {_date(d.created_at)} last seen {_date(d.last_seen_at) or '-'}")
+    return 0
+
+
+Change = tuple[list[certs.RevocationEntry], list[str]]
+
+
+def _revoke(args: argparse.Namespace, describe: str,
+            build: Callable[[RelayHTTP], Awaitable[Change]]) -> int:
+    session = load_session()
+    org_id, org_key = _org_key(args)
+
+    async def go() -> tuple[certs.RevocationList | None, bool]:
+        async with _relay(session) as relay:
+            add, remove = await build(relay)
+            return await adminops.apply_revocations(
+                relay, org_id=org_id, org_key=org_key, now=int(time.time()), add=add,
+                remove_users=remove)
+
+    applied, changed = _run(go)
+    if not changed:
+        print(f"{describe}: already so; nothing to change")
+    elif applied is not None:
+        print(f"{describe}: revocation list {applied.number} signed and applied "
+              f"({len(applied.entries)} entries)")
+    return 0
+
+
+def _user_suspend(args: argparse.Namespace) -> int:
+    async def build(relay: RelayHTTP) -> Change:
+        user = await adminops.resolve_user(relay, args.user)
+        entry = certs.RevocationEntry(subject=certs.RevocationSubject.USER, id=user.user_id,
+                                      revoked_at=int(time.time()), reason=args.reason,
+                                      wipe=False)
+        return [entry], []
+
+    return _revoke(args, f"{args.user} suspended", build)
+
+
+def _user_resume(args: argparse.Namespace) -> int:
+    async def build(relay: RelayHTTP) -> Change:
+        user = await adminops.resolve_user(relay, args.user)
+        return [], [user.user_id]
+
+    return _revoke(args, f"{args.user} resumed", build)
+
+
+def _device_revoke(args: argparse.Namespace) -> int:
+    async def build(relay: RelayHTTP) -> Change:
+        entry = certs.RevocationEntry(subject=certs.RevocationSubject.DEVICE, id=args.device_id,
+                                      revoked_at=int(time.time()), reason=args.reason,
+                                      wipe=args.wipe)
+        return [entry], []
+
+    what = f"device {args.device_id} revoked" + (" (wipe ordered)" if args.wipe else "")
+    return _revoke(args, what, build)
+
+
+def _user_renew(args: argparse.Namespace) -> int:
+    session = load_session()
+    try:
+        expires_at = csvio.parse_date(args.expires)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    org_id, org_key = _org_key(args)
+
+    async def go() -> Any:
+        async with _relay(session) as relay:
+            user = await adminops.resolve_user(relay, args.user)
+            return await adminops.renew_user_licence(relay, user.user_id, org_id=org_id,
+                                                     org_key=org_key, expires_at=expires_at,
+                                                     now=int(time.time()))
+
+    summary = _run(go)
+    print(f"{summary.login}: licence renewed through {args.expires}; new certificate issued")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def _provision_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keyfile", help="organisation keyfile (default: $LIGHTBOX_ORG_KEYFILE)")
+    p.add_argument("--handout-dir", help="also write a QR-code PNG per user here (0600)")
+    p.add_argument("--no-qr", action="store_true", help="no QR codes in the terminal")
+    p.add_argument("--code-valid-hours", type=int, default=72,
+                   help="enrolment code validity (default 72; the relay may cap it)")
+
+
+def _org_parsers(sub: Any) -> None:
+    org = sub.add_parser("org", help="organisation key").add_subparsers(dest="cmd", required=True)
+    init = org.add_parser("init", help="create the organisation key (IT workstation)")
+    init.add_argument("--org-id", required=True)
+    init.add_argument("--keyfile", required=True)
+    init.set_defaults(func=_org_init)
+    trust = org.add_parser("trust", help="trust an organisation's public key (relay host)")
+    trust.add_argument("pubfile", help="the <org_id>.pub.json written by `org init`")
+    trust.add_argument("--replace", action="store_true",
+                       help="replace a different key already trusted for the organisation")
+    trust.set_defaults(func=_org_trust)
+
+
+def _user_parsers(sub: Any) -> None:
+    user = sub.add_parser("user", help="clinicians and service accounts").add_subparsers(
+        dest="cmd", required=True)
+    add = user.add_parser("add", help="provision one user and print the enrolment handout")
+    add.add_argument("--name", required=True)
+    add.add_argument("--login", required=True)
+    add.add_argument("--roles", required=True, help="semicolon- or comma-separated")
+    add.add_argument("--specialty")
+    add.add_argument("--department")
+    add.add_argument("--licence-type")
+    add.add_argument("--licence-number")
+    add.add_argument("--jurisdiction")
+    add.add_argument("--licence-expires", help="YYYY-MM-DD")
+    add.add_argument("--service", action="store_true",
+                     help="a service account (e.g. the record gateway, role record_gateway)")
+    _provision_options(add)
+    add.set_defaults(func=_user_add)
+    imp = user.add_parser("import", help="provision users from a CSV file")
+    imp.add_argument("file")
+    _provision_options(imp)
+    imp.set_defaults(func=_user_import)
+    ls = user.add_parser("list", help="list users")
+    ls.add_argument("--csv", action="store_true", help="CSV export (formula-safe)")
+    ls.add_argument("--status", choices=["active", "suspended", "pending"])
+    ls.add_argument("--query", "-q")
+    ls.set_defaults(func=_user_list)
+    show = user.add_parser("show", help="one user, their certificate and devices")
+    show.add_argument("user", metavar="LOGIN|ID")
+    show.set_defaults(func=_user_show)
+    for name, func, help_ in (("suspend", _user_suspend, "suspend (org-signed revocation)"),
+                              ("resume", _user_resume, "lift a suspension")):
+        p = user.add_parser(name, help=help_)
+        p.add_argument("user", metavar="LOGIN|ID")
+        p.add_argument("--keyfile")
+        p.add_argument("--reason", default=f"{name}ed by IT")
+        p.set_defaults(func=func)
+    renew = user.add_parser("renew-licence", help="re-sign the certificate with a new expiry")
+    renew.add_argument("user", metavar="LOGIN|ID")
+    renew.add_argument("--expires", required=True, help="YYYY-MM-DD")
+    renew.add_argument("--keyfile")
+    renew.set_defaults(func=_user_renew)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightbox-admin", description="Lightbox IT administration.")
     sub = p.add_subparsers(dest="group", required=True)
@@ -93,12 +503,46 @@ def build_parser() -> argparse.ArgumentParser:
                   ).set_defaults(func=_audit_verify)
     au.add_parser("head", help="print the chain head (sequence and hash) to anchor elsewhere"
                   ).set_defaults(func=_audit_head)
+
+    _org_parsers(sub)
+    adm = sub.add_parser("admin", help="IT administrator accounts (relay host)"
+                         ).add_subparsers(dest="cmd", required=True)
+    create = adm.add_parser("create", help="create an administrator")
+    create.add_argument("--login", required=True)
+    create.set_defaults(func=_admin_create)
+
+    login = sub.add_parser("login", help="log in to the relay's admin API")
+    login.add_argument("--server", required=True)
+    login.add_argument("--login", required=True)
+    login.set_defaults(func=_login)
+
+    _user_parsers(sub)
+    dev = sub.add_parser("device", help="devices").add_subparsers(dest="cmd", required=True)
+    rv = dev.add_parser("revoke", help="revoke a device (org-signed revocation)")
+    rv.add_argument("device_id")
+    rv.add_argument("--wipe", action="store_true", help="order the device to erase its data")
+    rv.add_argument("--reason", default="revoked by IT")
+    rv.add_argument("--keyfile")
+    rv.set_defaults(func=_device_revoke)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except csvio.CsvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (CommandError, OrgKeyError, PromptError, SessionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SDKError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ProtocolError, RelayError) as exc:  # password policy; admin create's Conflict
+        print(f"error: {exc.code.value}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,30 +1,335 @@
 """``lightbox``: the clinician's command-line client (the phone stand-in).
 
-Subcommands arrive with the SDK (enrol, login, send, inbox...); today it reports its version and
-the protocol versions it speaks.
+Each device is a *profile* (``--profile``, default ``$LIGHTBOX_PROFILE`` or ``default``): a
+directory under ``$LIGHTBOX_HOME`` (``~/.lightbox``) holding the sealed key store
+(clients/sdk/keystore.py). The password (prompted, or ``$LIGHTBOX_PASSWORD`` for scripts) is the
+account password set at enrolment; it also unlocks the key store.
+
+    lightbox enroll --server URL --code CODE [--kind mobile|desktop]   first device
+    lightbox link --server URL [--kind desktop]                        on the NEW device
+    lightbox link --approve CODE                                       on the enrolled device
+    lightbox login | whoami | devices | lookup QUERY | keys claim USER
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
+import os
+import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
-from protocol.model import SUPPORTED_VERSIONS
+from clients.prompts import PromptError, read_secret
+from clients.sdk import identity
+from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, SDKError
+from clients.sdk.http import RelayHTTP
+from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
+from protocol import certs
+from protocol.errors import ProtocolError
+from protocol.keys import key_id
+from protocol.model import SUPPORTED_VERSIONS, DeviceKind
 
 __all__ = ["main"]
 
 VERSION = "0.1.0"
+T = TypeVar("T")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _store(args: argparse.Namespace) -> KeyStore:
+    return KeyStore.for_profile(args.profile)
+
+
+def _password(prompt: str = "Password", *, confirm: bool = False) -> str:
+    return read_secret("LIGHTBOX_PASSWORD", prompt, confirm=confirm)
+
+
+class _Device:
+    """An unlocked profile: its key store and the password (to log in again when needed)."""
+
+    def __init__(self, opened: OpenKeyStore, password: str) -> None:
+        self.opened = opened
+        self.password = password
+
+    @property
+    def state(self) -> DeviceState:
+        return self.opened.state
+
+    async def relay(self) -> RelayHTTP:
+        """A RelayHTTP acting as this device, logged in (reusing the saved session)."""
+        relay = identity.device_relay(self.opened)
+        if relay.tokens is None or relay.tokens.refresh_expires_at <= time.time():
+            relay.tokens = None
+            try:
+                await identity.login(relay, self.state, self.password)
+            except BaseException:
+                await relay.aclose()
+                raise
+        return relay
+
+
+def _open(args: argparse.Namespace) -> _Device:
+    store = _store(args)
+    if not store.exists():
+        raise KeyStoreError(f"profile {args.profile!r} has no device: run `lightbox enroll` "
+                            "or `lightbox link` first")
+    password = _password(f"Password ({args.profile})")
+    return _Device(store.open(password), password)
+
+
+def _run(factory: Callable[[], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        return await factory()
+    return asyncio.run(runner())
+
+
+def _when(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# --- enrolment and linking -------------------------------------------------------------------
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if store.exists():
+        raise KeyStoreError(f"profile {args.profile!r} already holds a device")
+    password = _password("Choose a password (at least 12 characters)", confirm=True)
+
+    async def go() -> OpenKeyStore:
+        async with RelayHTTP(args.server) as relay:
+            return await identity.enrol(relay, store, args.code, password,
+                                        kind=DeviceKind(args.kind))
+
+    opened = _run(go)
+    st = opened.state
+    print(f"enrolled {st.login} on this {st.device_kind} (device {st.device_id})")
+    print(f"organisation {st.org_id} pinned, key fingerprint {key_id(st.org_public_key)}")
+    print(f"key store: {opened.directory}")
+    return 0
+
+
+def _link_new(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if store.exists():
+        raise KeyStoreError(f"profile {args.profile!r} already holds a device")
+    store.check_writable()
+    password = _password("Your Lightbox password")
+
+    async def go() -> OpenKeyStore:
+        async with RelayHTTP(args.server) as relay:
+            pending = await identity.offer_link(relay, DeviceKind(args.kind))
+            print(f"pairing code: {pending.code}", flush=True)
+            print(f"on your enrolled device run:  lightbox link --approve {pending.code}",
+                  flush=True)
+            result = await identity.wait_for_link(relay, pending, max_wait=args.wait,
+                                                  interval=args.poll)
+            return await identity.finish_link(relay, store, pending, result, password)
+
+    opened = _run(go)
+    st = opened.state
+    print(f"linked: {st.login} on this {st.device_kind} (device {st.device_id}), logged in")
+    print(f"organisation {st.org_id} pinned, key fingerprint {key_id(st.org_public_key)}")
+    return 0
+
+
+def _link_approve(args: argparse.Namespace) -> int:
+    device = _open(args)
+
+    async def go() -> certs.DeviceCertificate:
+        async with await device.relay() as relay:
+            return await identity.approve_link(relay, device.opened, args.approve)
+
+    cert = _run(go)
+    print(f"approved: {cert.kind.value} device {cert.device_id} certified for "
+          f"{device.state.login} until {_when(cert.not_after)}")
+    return 0
+
+
+def _link(args: argparse.Namespace) -> int:
+    if args.approve:
+        return _link_approve(args)
+    if not args.server:
+        raise FlowError("pass --server URL (new device) or --approve CODE (enrolled device)",
+                        code="bad_request")
+    return _link_new(args)
+
+
+# --- session and directory -------------------------------------------------------------------
+
+
+def _login(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if not store.exists():
+        raise KeyStoreError(f"profile {args.profile!r} has no device")
+    password = _password(f"Password ({args.profile})")
+    opened = store.open(password)
+
+    async def go() -> int | None:
+        async with identity.device_relay(opened) as relay:
+            relay.tokens = None
+            await identity.login(relay, opened.state, password)
+            count = await relay.prekey_count()
+            if count.remaining < count.low_water:
+                await identity.upload_prekeys(relay, opened,
+                                              one_time=count.target - count.remaining)
+                return count.target
+            return count.remaining
+
+    remaining = _run(go)
+    st = opened.state
+    assert st.session is not None
+    print(f"logged in as {st.login} on device {st.device_id}; session until "
+          f"{_when(st.session.expires_at)} (renewed automatically)")
+    print(f"one-time prekeys at the relay: {remaining}")
+    return 0
+
+
+def _whoami(args: argparse.Namespace) -> int:
+    device = _open(args)
+    st = device.state
+    user = certs.verify_user_certificate(st.user_certificate, trusted_orgs=st.trusted_orgs(),
+                                         at=int(dt.datetime.now(dt.UTC).timestamp()))
+    print(f"login:        {st.login}")
+    print(f"name:         {user.display_name} ({', '.join(user.roles)})")
+    print(f"user id:      {st.user_id}, organisation {st.org_id} "
+          f"(key {key_id(st.org_public_key)})")
+    print(f"device:       {st.device_id} ({st.device_kind})")
+    print(f"identity key: {'held on this device' if st.identity_seed else 'not on this device'}")
+    print(f"server:       {st.server_url}")
+    if st.session is None:
+        print("session:      not logged in")
+        return 0
+
+    async def go() -> int:
+        async with await device.relay() as relay:
+            return (await relay.prekey_count()).remaining
+
+    print(f"session:      valid; {_run(go)} one-time prekeys at the relay")
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    device = _open(args)
+
+    async def go() -> list[identity.DeviceView]:
+        async with await device.relay() as relay:
+            _user, views = await identity.verified_user_devices(relay, device.opened,
+                                                                device.state.user_id)
+            return views
+
+    views = _run(go)
+    for v in views:
+        d = v.verified.device
+        mark = "*" if d.device_id == device.state.device_id else " "
+        print(f"{mark} {d.device_id} {d.kind.value:<8} certified {_when(d.issued_at)} "
+              f"key {key_id(d.signing_key)}")
+    print(f"{len(views)} devices, every certificate verified against the organisation key")
+    return 0
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    device = _open(args)
+
+    async def go() -> list[tuple[str, str, str, str]]:
+        async with await device.relay() as relay:
+            found = await relay.directory(args.query)
+        return [(e.user_id, e.display_name, ", ".join(e.roles),
+                 " / ".join(x for x in (e.specialty, e.department, e.org_id) if x))
+                for e in found.users]
+
+    rows = _run(go)
+    for user_id, name, roles, where in rows:
+        print(f"{user_id}  {name}  [{roles}]  {where}")
+    print(f"{len(rows)} found")
+    return 0
+
+
+def _keys_claim(args: argparse.Namespace) -> int:
+    device = _open(args)
+
+    async def go() -> list[identity.ClaimedDevice]:
+        async with await device.relay() as relay:
+            user_id = args.user
+            if not _UUID.match(user_id):
+                found = (await relay.directory(user_id)).users
+                if len(found) != 1:
+                    raise FlowError(f"{len(found)} users match {user_id!r}: give a user id",
+                                    code="not_found")
+                user_id = found[0].user_id
+            return await identity.claim_user_keys(relay, device.opened, user_id)
+
+    claimed = _run(go)
+    for c in claimed:
+        otk = (f"one-time prekey {c.one_time_prekey.prekey_id}" if c.one_time_prekey
+               else "no one-time prekey left (signed prekey only)")
+        print(f"{c.verified.device_id} {c.verified.device.kind.value:<8} "
+              f"signed prekey {c.signed_prekey.prekey_id}, {otk}: chain and signatures verified")
+    print(f"{len(claimed)} devices claimed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightbox", description="Lightbox clinician client.")
     protocols = ", ".join(map(str, SUPPORTED_VERSIONS))
     p.add_argument("--version", action="version",
                    version=f"lightbox {VERSION} (protocol {protocols})")
-    p.parse_args(argv)
-    p.print_help()
-    return 0
+    p.add_argument("--profile", default=os.environ.get("LIGHTBOX_PROFILE", "default"),
+                   help="which device's key store to use (default: $LIGHTBOX_PROFILE or "
+                        "'default')")
+    sub = p.add_subparsers(dest="cmd")
+    en = sub.add_parser("enroll", help="enrol this device with the code from IT's handout")
+    en.add_argument("--server", required=True)
+    en.add_argument("--code", required=True)
+    en.add_argument("--kind", choices=[k.value for k in DeviceKind], default="mobile")
+    en.set_defaults(func=_enroll)
+    ln = sub.add_parser("link", help="link a new device (run here on the new device), or "
+                                     "approve one with --approve CODE on the enrolled device")
+    ln.add_argument("--server", help="the relay (new device)")
+    ln.add_argument("--kind", choices=[k.value for k in DeviceKind], default="desktop")
+    ln.add_argument("--approve", metavar="CODE", help="the code the new device shows")
+    ln.add_argument("--wait", type=float, default=600.0, help="seconds to wait for approval")
+    ln.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
+    ln.set_defaults(func=_link)
+    sub.add_parser("login", help="log in (password + device signature)").set_defaults(
+        func=_login)
+    sub.add_parser("whoami", help="this device and its user").set_defaults(func=_whoami)
+    sub.add_parser("devices", help="your devices, verified").set_defaults(func=_devices)
+    lk = sub.add_parser("lookup", help="search the directory")
+    lk.add_argument("query")
+    lk.set_defaults(func=_lookup)
+    keys = sub.add_parser("keys", help="debugging the key directory").add_subparsers(
+        dest="keys_cmd", required=True)
+    cl = keys.add_parser("claim", help="claim and verify a colleague's prekeys")
+    cl.add_argument("user", help="user id, or a directory query matching one user")
+    cl.set_defaults(func=_keys_claim)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args))
+    except RelayRequestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except FlowError as exc:
+        print(f"error: {exc.code}: {exc}", file=sys.stderr)
+        return 1
+    except (SDKError, PromptError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ProtocolError as exc:
+        print(f"error: {exc.code.value}: {getattr(exc, 'reason', '') or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

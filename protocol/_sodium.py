@@ -13,7 +13,8 @@ crypto"), so the list of primitives Lightbox uses is this file and nothing else:
 * HKDF-SHA256, RFC 5869, from pyca/cryptography. Chosen over BLAKE2b because HKDF is the
   standard, widely implemented extract-then-expand KDF with an explicit ``info`` input that
   carries our domain labels and transcript; every mainstream language has it.
-* SHA-256 (FIPS 180-4) from hashlib.
+* SHA-256 (FIPS 180-4) from hashlib; HMAC-SHA-256 (RFC 2104) from the stdlib ``hmac`` module
+  (device-linking MACs, docs/PROTOCOL.md §4.8).
 
 Failures of verify/decrypt raise :class:`protocol.errors.VerificationError`; nothing here
 raises a PyNaCl or cryptography exception to the caller.
@@ -64,6 +65,7 @@ __all__ = [
     "ed25519_sign",
     "ed25519_verify",
     "hkdf_sha256",
+    "hmac_sha256",
     "random_bytes",
     "secretbox_open",
     "secretbox_seal",
@@ -117,6 +119,13 @@ def sha256(data: bytes) -> bytes:
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
     """HKDF-SHA256 extract-and-expand (RFC 5869 §2). An empty ``salt`` means 32 zero bytes."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA-256 (RFC 2104) of ``data`` under ``key`` (32 bytes)."""
+    if not isinstance(key, bytes) or not key:
+        raise ValueError("HMAC key must be non-empty bytes")
+    return hmac.new(key, data, hashlib.sha256).digest()
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:

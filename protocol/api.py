@@ -57,15 +57,21 @@ __all__ = [
     "PairingOffer",
     "PairingPending",
     "PairingResult",
+    "Participants",
     "PrekeyCount",
     "PrekeyUpload",
     "ProvisionResult",
     "ProvisionUser",
     "ProvisionUsers",
+    "ReadMark",
     "RefreshRequest",
     "RevocationLists",
     "RevocationUpload",
     "SignedPrekeyUpload",
+    "ThreadCreate",
+    "ThreadInfo",
+    "ThreadList",
+    "ThreadRecipients",
     "TokenPair",
     "UserDetail",
     "UserDevices",
@@ -377,3 +383,50 @@ class DirectoryEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 class DirectoryResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     users: list[DirectoryEntry]
+
+
+# --- consult threads ---------------------------------------------------------------------------
+
+Role = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+MAX_PARTICIPANTS: Final = 64
+
+
+class ThreadCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Create a consult thread. The creator is always a participant. The subject is not here:
+    it is the thread's first sealed message, so the relay never sees it."""
+
+    thread_id: Id  # chosen by the client, so a retried create is idempotent
+    users: Annotated[list[Id], msgspec.Meta(max_length=MAX_PARTICIPANTS)] = []
+    roles: Annotated[list[Role], msgspec.Meta(max_length=16)] = []
+    priority: Annotated[str, msgspec.Meta(pattern=r"^(routine|urgent)$")] = "routine"
+
+
+class ThreadInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    thread_id: str
+    priority: str
+    created_by: str
+    created_at: int
+    last_seq: int
+    unread: int
+    members: list[str]
+    roles: list[str]
+
+
+class ThreadList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    threads: list[ThreadInfo]
+
+
+class Participants(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    users: Annotated[list[Id], msgspec.Meta(max_length=MAX_PARTICIPANTS)] = []
+    roles: Annotated[list[Role], msgspec.Meta(max_length=16)] = []
+
+
+class ReadMark(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+
+
+class ThreadRecipients(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Every current participant with their certificates: what a sender seals a message for
+    (the client verifies each chain against its pinned organisation keys)."""
+
+    users: list[UserDevices]

@@ -28,6 +28,7 @@ __all__ = [
     "openapi_document",
     "read_body",
     "read_json",
+    "read_json_batch",
     "starlette_routes",
 ]
 
@@ -94,6 +95,27 @@ async def read_json(request: Request, type_: type[T], limit: int) -> T:
         raise InvalidInput(ErrorCode.VALIDATION_FAILED, str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise RelayError(ErrorCode.MALFORMED_JSON, "request body is not valid JSON") from exc
+
+
+async def read_json_batch(request: Request, type_: type[T], limit: int, *, field: str,
+                          max_items: int, code: ErrorCode) -> T:
+    """Like :func:`read_json`, but a list ``field`` longer than ``max_items`` is refused with
+    its own ``code`` (e.g. prekey_batch_too_large) rather than as a validation failure."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise RelayError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "expected application/json")
+    body = await read_body(request, limit)
+    try:
+        raw = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise RelayError(ErrorCode.MALFORMED_JSON, "request body is not valid JSON") from exc
+    if isinstance(raw, dict) and isinstance(raw.get(field), list) and \
+            len(raw[field]) > max_items:
+        raise LimitError(code, f"at most {max_items} items in {field}")
+    try:
+        return msgspec.json.decode(body, type=type_, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(ErrorCode.VALIDATION_FAILED, str(exc)) from exc
 
 
 def starlette_routes(endpoints: Sequence[Endpoint]) -> list[Route]:

@@ -7,6 +7,7 @@ to problem+json happens here too, in one set of exception handlers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -18,19 +19,36 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, WebSocketRoute
 
 from protocol.errors import ErrorCode
 from server import migrations
 from server.api import Endpoint, openapi_document, starlette_routes
+from server.authn import Authenticator
 from server.db import Database
+from server.enrolment import EnrolmentService
 from server.errors import RelayError
+from server.events import EventBus
 from server.hub import Hub
+from server.keydir import KeyDirectory
+from server.login import LoginService
 from server.logs import REQUEST_ID
 from server.metrics import Metrics
 from server.middleware import EdgeMiddleware
+from server.passwords import Passwords
 from server.problems import problem_response, relay_error_response
+from server.provisioning import ProvisioningService
+from server.routes.admin import AdminRoutes
+from server.routes.auth import AuthRoutes
+from server.routes.enrol import EnrolRoutes
 from server.routes.health import HealthRoutes
+from server.routes.keys import KeyRoutes
+from server.routes.threads import ThreadRoutes
+from server.sends import SendPipeline
 from server.settings import Settings
+from server.tokens import TokenService, ensure_token_key, load_token_key
+from server.trust import Trust
+from server.ws import DeviceSocketAuthenticator, SocketConfig, WebSocketRelay
 
 __all__ = ["Relay", "create_app"]
 
@@ -48,6 +66,10 @@ class Relay:
     metrics: Metrics
     hub: Hub
     endpoints: list[Endpoint]
+    tokens: TokenService  # the websocket handshake: tokens.verify_access(token, now=...)
+    authn: Authenticator  # ... then authn.check_device(conn, claims, now=...)
+    trust: Trust
+    pipeline: SendPipeline
 
 
 def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = time.time,
@@ -65,21 +87,80 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                           clock=clock)
     endpoints += health.endpoints()
 
+    # Identity (issue 4). The token key is read at start-up (lifespan), not here.
+    tokens = TokenService(None, access_ttl=settings.access_token_ttl,
+                          admin_ttl=settings.admin_token_ttl, clock=clock)
+    trust = Trust.from_file(settings.trusted_orgs_path)
+    passwords = Passwords(settings.argon2_profile)
+    if settings.argon2_profile == "cheap":
+        log.warning("LIGHTBOX_ARGON2_PROFILE=cheap: password hashes are weak (tests only)")
+    authn = Authenticator(db=db, tokens=tokens, proof_skew=settings.proof_clock_skew,
+                          clock=clock)
+    login = LoginService(db=db, tokens=tokens, passwords=passwords, settings=settings,
+                         clock=clock)
+    provisioning = ProvisioningService(db=db, trust=trust, settings=settings, clock=clock)
+    enrolment = EnrolmentService(db=db, trust=trust, passwords=passwords, settings=settings,
+                                 clock=clock)
+    keydir = KeyDirectory(db=db, trust=trust, settings=settings, clock=clock)
+    body = settings.max_body_bytes
+    endpoints += AdminRoutes(db=db, authn=authn, login=login, provisioning=provisioning,
+                             max_body=body, clock=clock).endpoints()
+    endpoints += EnrolRoutes(enrolment=enrolment, authn=authn, max_body=body,
+                             prekey_batch_max=settings.prekey_batch_max).endpoints()
+    endpoints += AuthRoutes(login=login, max_body=body).endpoints()
+    endpoints += KeyRoutes(keydir=keydir, authn=authn, max_body=body,
+                           prekey_batch_max=settings.prekey_batch_max).endpoints()
+
+    # The relay (issue 5): threads over HTTP, messages over the websocket, group commit,
+    # cross-process wake-ups over LISTEN/NOTIFY.
+    endpoints += ThreadRoutes(db=db, settings=settings,
+                              require_device=authn.require_device).endpoints()
+    bus = EventBus(dsn)
+    bus.subscribe("deliver", hub.on_deliver)
+    bus.subscribe("session", hub.on_session)
+    bus.subscribe("revoked", hub.on_revoked)
+    pipeline = SendPipeline(db, metrics, max_message_bytes=settings.max_message_bytes,
+                            max_batch=settings.send_batch,
+                            verify_signatures=settings.verify_sender_signatures)
+    ws_relay = WebSocketRelay(
+        db=db, hub=hub, pipeline=pipeline, metrics=metrics,
+        authenticator=DeviceSocketAuthenticator(db=db, tokens=tokens, authenticator=authn,
+                                                clock=clock),
+        config=SocketConfig(
+            auth_timeout=settings.ws_auth_timeout, heartbeat=settings.ws_heartbeat,
+            heartbeat_timeout=settings.ws_heartbeat_timeout,
+            idle_timeout=settings.ws_idle_timeout,
+            session_lifetime=settings.ws_session_lifetime, send_window=settings.ws_send_window,
+            max_frame=settings.ws_max_frame, ack_timeout=settings.ws_ack_timeout,
+            messages_per_minute=settings.rate_messages_per_minute,
+            bytes_per_minute=settings.rate_bytes_per_minute,
+            write_timeout=settings.ws_write_timeout),
+        clock=clock)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ensure_token_key(settings.token_key_path)
+        tokens.load(load_token_key(settings.token_key_path))
         await db.open()
         try:
             if check_schema:
                 async with db.pool.acquire() as conn:
                     await migrations.ensure_at_head(conn)
+            await bus.start()
+            await pipeline.start()
+            gauges = asyncio.create_task(_queue_gauges(db, metrics), name="queue-gauges")
             log.info("relay started")
             yield
         finally:
             await hub.close_all()
+            gauges.cancel()
+            await pipeline.stop()
+            await bus.stop()
             await db.close()
             log.info("relay stopped")
 
-    app = Starlette(routes=starlette_routes(endpoints), lifespan=lifespan,
+    routes: list[BaseRoute] = [*starlette_routes(endpoints), WebSocketRoute("/v1/ws", ws_relay)]
+    app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={
                         RelayError: _relay_error,
                         HTTPException: _http_exception,
@@ -90,7 +171,20 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                        max_header_bytes=settings.max_header_bytes, body_hard_cap=body_cap,
                        trusted_proxy_hops=settings.trusted_proxy_hops)
     return Relay(app=app, settings=settings, db=db, metrics=metrics, hub=hub,
-                 endpoints=endpoints)
+                 endpoints=endpoints, tokens=tokens, authn=authn, trust=trust,
+                 pipeline=pipeline)
+
+
+async def _queue_gauges(db: Database, metrics: Metrics, every: float = 15.0) -> None:
+    """Refresh the queue-depth gauge (one cheap aggregate query) for /metrics."""
+    while True:
+        try:
+            async with db.pool.acquire() as conn:
+                metrics.queue_depth.set(await conn.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE NOT held"))
+        except Exception as exc:  # a scrape gauge must never take the relay down
+            log.warning("queue gauge failed", extra={"error_type": type(exc).__name__})
+        await asyncio.sleep(every)
 
 
 _HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,

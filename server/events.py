@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import asyncpg
@@ -21,7 +21,7 @@ __all__ = ["CHANNEL", "EventBus", "publish", "publish_revocation"]
 
 log = logging.getLogger("lightbox.events")
 CHANNEL = "lightbox_events"
-Handler = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 async def publish(conn: asyncpg.Connection, kind: str, **fields: Any) -> None:
@@ -76,7 +76,7 @@ class EventBus:
             log.warning("undecodable event")
             return
         for handler in self._handlers.get(event.get("kind", ""), []):
-            task = asyncio.get_running_loop().create_task(handler(event))
+            task: asyncio.Task[None] = asyncio.get_running_loop().create_task(handler(event))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 

@@ -1,16 +1,24 @@
-"""Registry of the open websocket connections of this relay process.
+"""Registry of this relay process's websocket connections, indexed by device and user.
 
-Graceful shutdown closes every one of them with 1001 (going away, RFC 6455 §7.4.1) before the
-server stops, so clients reconnect to another process at once instead of waiting for a timeout.
+* One connection per device: a newer connection of the same device replaces the older one
+  (closed with 4003, ``session_replaced``), in this process or in another (a ``session`` event
+  over Postgres NOTIFY tells the other processes).
+* ``deliver`` events wake the connections of the devices that have new deliveries.
+* ``revoked`` events close the sockets of revoked devices (4004) and suspended users (4005).
+* Graceful shutdown closes every connection with 1001 (going away, RFC 6455 §7.4.1) before the
+  server stops, so clients reconnect to another process at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
-__all__ = ["Closable", "Hub"]
+from protocol.errors import CloseCode
+
+__all__ = ["Closable", "Hub", "Member"]
 
 log = logging.getLogger("lightbox.hub")
 
@@ -19,10 +27,31 @@ class Closable(Protocol):
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
+class Member(Closable, Protocol):
+    """A registered, authenticated connection."""
+
+    device_id: str
+    user_id: str
+    session_id: str
+
+    def wake(self) -> None: ...
+
+
+_REASON_CLOSE = {
+    "device_revoked": CloseCode.DEVICE_REVOKED,
+    "user_suspended": CloseCode.USER_SUSPENDED,
+    "licence_expired": CloseCode.USER_SUSPENDED,
+}
+
+
 class Hub:
     def __init__(self) -> None:
         self._conns: set[Closable] = set()
+        self._by_device: dict[str, Member] = {}
+        self._by_user: dict[str, set[Member]] = {}
         self.accepting = True
+
+    # -- raw connections (before authentication too) ---------------------------------------
 
     def add(self, conn: Closable) -> None:
         self._conns.add(conn)
@@ -32,6 +61,70 @@ class Hub:
 
     def __len__(self) -> int:
         return len(self._conns)
+
+    # -- authenticated members ---------------------------------------------------------------
+
+    def register(self, member: Member) -> Member | None:
+        """Index an authenticated connection; returns the connection it replaces, if any."""
+        old = self._by_device.get(member.device_id)
+        self._by_device[member.device_id] = member
+        self._by_user.setdefault(member.user_id, set()).add(member)
+        if old is not None and old is not member:
+            self._unindex(old)
+        return old
+
+    def unregister(self, member: Member) -> None:
+        if self._by_device.get(member.device_id) is member:
+            del self._by_device[member.device_id]
+        self._unindex(member)
+
+    def _unindex(self, member: Member) -> None:
+        users = self._by_user.get(member.user_id)
+        if users is not None:
+            users.discard(member)
+            if not users:
+                del self._by_user[member.user_id]
+
+    def member(self, device_id: str) -> Member | None:
+        return self._by_device.get(device_id)
+
+    @property
+    def devices(self) -> int:
+        return len(self._by_device)
+
+    def wake(self, device_ids: Iterable[str]) -> None:
+        for d in device_ids:
+            m = self._by_device.get(d)
+            if m is not None:
+                m.wake()
+
+    # -- events from any process --------------------------------------------------------------
+
+    async def on_deliver(self, event: dict[str, Any]) -> None:
+        self.wake(event.get("device_ids", ()))
+
+    async def on_session(self, event: dict[str, Any]) -> None:
+        """Another connection of this device authenticated (maybe in another process)."""
+        m = self._by_device.get(str(event.get("device_id")))
+        if m is not None and m.session_id != event.get("session_id"):
+            self.unregister(m)
+            await m.close(CloseCode.SESSION_REPLACED, "session replaced")
+
+    async def on_revoked(self, event: dict[str, Any]) -> None:
+        code = _REASON_CLOSE.get(str(event.get("reason")), CloseCode.DEVICE_REVOKED)
+        targets: set[Member] = set()
+        for d in event.get("device_ids", ()):
+            m = self._by_device.get(d)
+            if m is not None:
+                targets.add(m)
+        for u in event.get("user_ids", ()):
+            targets.update(self._by_user.get(u, ()))
+        for m in targets:
+            self.unregister(m)
+        await asyncio.gather(*(m.close(code, str(event.get("reason"))) for m in targets),
+                             return_exceptions=True)
+
+    # -- shutdown ----------------------------------------------------------------------------
 
     async def close_all(self, code: int = 1001, reason: str = "relay shutting down") -> None:
         self.accepting = False

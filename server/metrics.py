@@ -30,7 +30,26 @@ class Metrics:
             "lightbox_audit_events_total", "Audit events appended, by event.", ["event"],
             registry=r)
         self.ws_connections = Gauge(
-            "lightbox_ws_connections", "Open websocket connections.", registry=r)
+            "lightbox_ws_connections", "Connected (authenticated) devices.", registry=r)
+        self.ws_rejections = Counter(
+            "lightbox_ws_rejections_total", "Websocket requests refused, by error code.",
+            ["code"], registry=r)
+        self.messages_accepted = Counter(
+            "lightbox_messages_accepted_total", "Messages durably accepted.", registry=r)
+        self.messages_delivered = Counter(
+            "lightbox_messages_delivered_total",
+            "Deliveries acknowledged by their device.", registry=r)
+        self.delivery_latency = Histogram(
+            "lightbox_delivery_latency_seconds",
+            "From commit of a message to its delivery frame being written to the device.",
+            registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5, 30,
+                                 300, 3600))
+        self.queue_depth = Gauge(
+            "lightbox_queue_depth", "Deliveries waiting in the durable queues (all devices).",
+            registry=r)
+        self.queue_depth_connected = Gauge(
+            "lightbox_queue_depth_connected",
+            "Deliveries sent to connected devices and not yet acknowledged.", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

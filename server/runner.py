@@ -29,6 +29,7 @@ from server.app import Relay, create_app
 from server.embedded import EmbeddedPostgres
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
+from server.tokens import ensure_token_key
 
 __all__ = ["RelayServer", "main", "serve"]
 
@@ -58,6 +59,11 @@ def uvicorn_config(relay: Relay, settings: Settings, **kw: Any) -> uvicorn.Confi
         access_log=False,
         server_header=False,
         ws="websockets-sansio",
+        # Frames over the limit close the socket with 1009 (RFC 6455 §7.4.1) before we parse
+        # them; protocol pings are ours (frames), so uvicorn's own are off.
+        ws_max_size=settings.ws_max_frame,
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
         # The parser's own header limit must sit above ours so that our middleware answers
         # an oversize header set with a problem+json 431 rather than the parser's bare 400.
         h11_max_incomplete_event_size=settings.max_header_bytes * 4,
@@ -149,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             dsn = embedded.start()
         else:
             dsn = settings.database_url.reveal()
+        # Before any worker starts, so that they all load the same token signing key.
+        ensure_token_key(settings.token_key_path)
         problem = asyncio.run(_check_or_migrate(dsn, args.migrate))
         if problem is not None:
             print(f"lightbox-server: {problem}", file=sys.stderr)

@@ -107,12 +107,114 @@ class Settings:
                                  "Reverse proxies trusted for X-Forwarded-For (0: none).",
                                  limit=True)
 
+    # --- identity (issue 4) ---------------------------------------------------------------
+    trusted_orgs_file: Path | None = _s(
+        None, "LIGHTBOX_TRUSTED_ORGS_FILE", "path",
+        "JSON file of trusted organisation keys, {\"orgs\": {org_id: b64url Ed25519 key}} "
+        "(unset: LIGHTBOX_DATA_DIR/trusted-orgs.json).")
+    token_key_file: Path | None = _s(
+        None, "LIGHTBOX_TOKEN_KEY_FILE", "path",
+        "The relay's Ed25519 token signing seed, created 0600 on first start "
+        "(unset: LIGHTBOX_DATA_DIR/token-key).")
+    argon2_profile: str = _s(
+        "rfc9106-low-memory", "LIGHTBOX_ARGON2_PROFILE", "str",
+        "Argon2id cost for password hashes: rfc9106-low-memory, or cheap (tests only).")
+    access_token_ttl: int = _s(600, "LIGHTBOX_ACCESS_TOKEN_TTL", "int",
+                               "Seconds an access token (JWT) is valid.", limit=True)
+    refresh_token_ttl: int = _s(30 * 86400, "LIGHTBOX_REFRESH_TOKEN_TTL", "int",
+                                "Seconds a refresh token is valid (rotated on each use).",
+                                limit=True)
+    admin_token_ttl: int = _s(1800, "LIGHTBOX_ADMIN_TOKEN_TTL", "int",
+                              "Seconds an IT administrator's token is valid.", limit=True)
+    password_min_length: int = _s(12, "LIGHTBOX_PASSWORD_MIN_LENGTH", "int",
+                                  "Shortest password accepted (never below 12).", limit=True)
+    max_devices_per_user: int = _s(5, "LIGHTBOX_MAX_DEVICES_PER_USER", "int",
+                                   "Active devices one user may have.", limit=True)
+    enrolment_code_ttl: int = _s(72 * 3600, "LIGHTBOX_ENROLMENT_CODE_TTL", "int",
+                                 "Longest validity of an enrolment code, in seconds (caps the "
+                                 "expiry IT's tool asks for).", limit=True)
+    pairing_ttl: int = _s(600, "LIGHTBOX_PAIRING_TTL", "int",
+                          "Seconds a device pairing offer stays open.", limit=True)
+    prekey_batch_max: int = _s(100, "LIGHTBOX_PREKEY_BATCH_MAX", "int",
+                               "One-time prekeys in one upload (at most 100).", limit=True)
+    prekeys_low_water: int = _s(20, "LIGHTBOX_PREKEYS_LOW_WATER", "int",
+                                "A device holding fewer one-time prekeys is told to upload "
+                                "more.", limit=True)
+    prekeys_target: int = _s(100, "LIGHTBOX_PREKEYS_TARGET", "int",
+                             "How many one-time prekeys a device should keep on the relay.",
+                             limit=True)
+    lockout_account_failures: int = _s(5, "LIGHTBOX_LOCKOUT_ACCOUNT_FAILURES", "int",
+                                       "Failed logins for one account before it is locked.",
+                                       limit=True)
+    lockout_address_failures: int = _s(20, "LIGHTBOX_LOCKOUT_ADDRESS_FAILURES", "int",
+                                       "Failed logins (or enrolment codes) from one client "
+                                       "address before it is locked out.", limit=True)
+    lockout_base_seconds: int = _s(30, "LIGHTBOX_LOCKOUT_BASE_SECONDS", "int",
+                                   "First lockout, in seconds; doubles with each further "
+                                   "failure.", limit=True)
+    lockout_max_seconds: int = _s(3600, "LIGHTBOX_LOCKOUT_MAX_SECONDS", "int",
+                                  "Longest lockout, in seconds.", limit=True)
+    login_challenge_ttl: int = _s(60, "LIGHTBOX_LOGIN_CHALLENGE_TTL", "int",
+                                  "Seconds a login challenge nonce stays valid.", limit=True)
+    proof_clock_skew: int = _s(60, "LIGHTBOX_PROOF_CLOCK_SKEW", "int",
+                               "Seconds a Lightbox-Proof timestamp may differ from the "
+                               "relay's clock.", limit=True)
+    # --- websocket relay (docs/PROTOCOL.md §3) ---
+    ws_max_frame: int = _s(1_048_576, "LIGHTBOX_WS_MAX_FRAME", "int",
+                           "Largest websocket frame; larger ones close the socket with 1009.",
+                           limit=True)
+    max_message_bytes: int = _s(327_680, "LIGHTBOX_MAX_MESSAGE_BYTES", "int",
+                                "Largest sealed message (header, body and wrapped keys).",
+                                limit=True)
+    ws_auth_timeout: float = _s(10.0, "LIGHTBOX_WS_AUTH_TIMEOUT", "float",
+                                "Seconds a new websocket has to authenticate (else 4002).",
+                                limit=True)
+    ws_heartbeat: int = _s(30, "LIGHTBOX_WS_HEARTBEAT", "int",
+                           "Seconds of silence after which the relay pings a device.",
+                           limit=True)
+    ws_heartbeat_timeout: float = _s(20.0, "LIGHTBOX_WS_HEARTBEAT_TIMEOUT", "float",
+                                     "Seconds to wait for a pong before closing (4010).",
+                                     limit=True)
+    ws_idle_timeout: float = _s(3600.0, "LIGHTBOX_WS_IDLE_TIMEOUT", "float",
+                                "Seconds without a frame from the device before closing "
+                                "(4007).", limit=True)
+    ws_session_lifetime: float = _s(43_200.0, "LIGHTBOX_WS_SESSION_LIFETIME", "float",
+                                    "Absolute lifetime of one websocket session (4006).",
+                                    limit=True)
+    ws_send_window: int = _s(32, "LIGHTBOX_WS_SEND_WINDOW", "int",
+                             "Deliveries in flight per device, and sends awaiting their "
+                             "answer per connection.", limit=True)
+    ws_ack_timeout: float = _s(120.0, "LIGHTBOX_WS_ACK_TIMEOUT", "float",
+                               "Seconds a delivery may stay unacknowledged before the device "
+                               "is disconnected as too slow (4009).", limit=True)
+    ws_write_timeout: float = _s(30.0, "LIGHTBOX_WS_WRITE_TIMEOUT", "float",
+                                 "Seconds a write to a device may block before it is "
+                                 "disconnected as too slow (4009).", limit=True)
+    rate_messages_per_minute: int = _s(600, "LIGHTBOX_RATE_MESSAGES_PER_MINUTE", "int",
+                                       "Messages one device may send per minute (bursts up to "
+                                       "that many).", limit=True)
+    rate_bytes_per_minute: int = _s(67_108_864, "LIGHTBOX_RATE_BYTES_PER_MINUTE", "int",
+                                    "Sealed bytes one device may send per minute.", limit=True)
+    send_batch: int = _s(256, "LIGHTBOX_SEND_BATCH", "int",
+                         "Most sends stored in one group-commit transaction.")
+    verify_sender_signatures: bool = _s(True, "LIGHTBOX_VERIFY_SENDER_SIGNATURES", "bool",
+                                        "Check each sealed message's sender signature on the "
+                                        "relay too (recipients always do).")
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property
     def embedded_db(self) -> bool:
         return self.database_url is None
+
+    @property
+    def trusted_orgs_path(self) -> Path:
+        return self.trusted_orgs_file or self.data_dir / "trusted-orgs.json"
+
+    @property
+    def token_key_path(self) -> Path:
+        return self.token_key_file or self.data_dir / "token-key"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,3 +269,14 @@ def _validate(s: Settings) -> None:
         raise SettingsError("LIGHTBOX_DB_POOL_MIN must not exceed LIGHTBOX_DB_POOL_MAX")
     if not 0 <= s.port <= 65535:
         raise SettingsError("PORT must be 0-65535")
+    if s.password_min_length < 12:
+        raise SettingsError("LIGHTBOX_PASSWORD_MIN_LENGTH must be at least 12")
+    if s.prekey_batch_max > 100:
+        raise SettingsError("LIGHTBOX_PREKEY_BATCH_MAX must not exceed 100")
+    if s.prekeys_low_water > s.prekeys_target:
+        raise SettingsError("LIGHTBOX_PREKEYS_LOW_WATER must not exceed LIGHTBOX_PREKEYS_TARGET")
+    if s.lockout_base_seconds > s.lockout_max_seconds:
+        raise SettingsError("LIGHTBOX_LOCKOUT_BASE_SECONDS must not exceed "
+                            "LIGHTBOX_LOCKOUT_MAX_SECONDS")
+    if s.argon2_profile not in {"rfc9106-low-memory", "cheap"}:
+        raise SettingsError("LIGHTBOX_ARGON2_PROFILE must be rfc9106-low-memory or cheap")

@@ -64,7 +64,9 @@ class Cluster:
 
 def make_settings(**overrides: object) -> Settings:
     base: dict[str, object] = {"host": "127.0.0.1", "port": 0, "log_level": "warning",
-                               "db_pool_min": 1, "db_pool_max": 4}
+                               "db_pool_min": 1, "db_pool_max": 4,
+                               "token_key_file": ROOT / ".data" / "test-token-key",
+                               "argon2_profile": "cheap"}
     base.update(overrides)
     return load_settings({}, **base)
 

@@ -102,6 +102,7 @@ STATEMENTS = [
         signing_key        bytea NOT NULL,
         dh_key             bytea NOT NULL,
         offer_mac          bytea NOT NULL,
+        org_public_key     bytea,
         created_at         timestamptz NOT NULL,
         expires_at         timestamptz NOT NULL,
         user_id            uuid REFERENCES users (user_id) ON DELETE CASCADE,

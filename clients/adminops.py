@@ -1,0 +1,141 @@
+"""IT operations through the relay's admin API (PROTOCOL §11), for ``lightbox-admin``.
+
+Each function takes a logged-in :class:`RelayHTTP` and, where something must be signed, the
+unsealed organisation key; the signing itself is in :mod:`clients.provisioning`.
+Revocation lists are read back from the relay and verified under our own key before the next
+one is built on them, so a relay cannot make IT's tool drop an entry by serving a forged list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+
+from clients.csvio import RowError, UserRow
+from clients.provisioning import Provisioned, next_revocation_list, provision_user, renew_licence
+from clients.sdk.errors import FlowError
+from clients.sdk.http import RelayHTTP
+from protocol import api, certs
+from protocol.canonical import LABEL_USER_CERTIFICATE, open_compact, peek_compact
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.keys import OrganisationKey, PassphraseProfile
+
+__all__ = [
+    "ImportReport",
+    "apply_revocations",
+    "current_revocation_list",
+    "provision_rows",
+    "renew_user_licence",
+    "resolve_user",
+]
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclasses.dataclass
+class ImportReport:
+    provisioned: list[Provisioned]
+    failed: list[RowError]
+
+
+async def provision_rows(
+    relay: RelayHTTP, rows: Iterable[UserRow], *, org_id: str, org_key: OrganisationKey,
+    now: int, code_valid_hours: int, kdf: PassphraseProfile | None = None,
+) -> ImportReport:
+    """Sign and post users in batches; the relay's verdict per user lands in the report."""
+    report = ImportReport([], [])
+    made = [provision_user(r, org_id=org_id, org_key=org_key, now=now,
+                           code_valid_hours=code_valid_hours, kdf=kdf) for r in rows]
+    for i in range(0, len(made), api.MAX_BATCH_USERS):
+        batch = made[i:i + api.MAX_BATCH_USERS]
+        results = await relay.provision_users(
+            api.ProvisionUsers(users=[p.request for p in batch]))
+        by_index = {r.index: r for r in results}
+        for j, p in enumerate(batch):
+            result = by_index.get(j)
+            if result is None:
+                report.failed.append(RowError(p.row.line, p.row.login, "no answer from the relay"))
+            elif not result.ok:
+                reason = result.code or "refused"
+                if result.detail:
+                    reason += f": {result.detail}"
+                report.failed.append(RowError(p.row.line, p.row.login, reason))
+            elif result.user_id not in (None, p.user_id):
+                report.failed.append(RowError(p.row.line, p.row.login,
+                                              "the relay stored another user id"))
+            else:
+                report.provisioned.append(p)
+    return report
+
+
+async def resolve_user(relay: RelayHTTP, who: str) -> api.UserSummary:
+    """A user by id or exact login."""
+    if _UUID.match(who):
+        return (await relay.get_user(who)).user
+    matches = [u for u in (await relay.list_users(q=who)).users if u.login == who]
+    if not matches:
+        raise FlowError(f"no user with login {who!r}", code=ErrorCode.NOT_FOUND.value)
+    return matches[0]
+
+
+async def current_revocation_list(
+    relay: RelayHTTP, org_id: str, org_public_key: bytes
+) -> certs.RevocationList | None:
+    """Our organisation's newest list at the relay, verified under our key (None if none)."""
+    for token in (await relay.revocations()).lists:
+        try:
+            claimed = peek_compact(token, certs.RevocationList,
+                                   max_length=certs.MAX_REVOCATION_LIST_LENGTH)
+        except ProtocolError:
+            continue
+        if claimed.org_id != org_id:
+            continue
+        try:
+            return certs.verify_revocation_list(token, trusted_orgs={org_id: org_public_key})
+        except ProtocolError as exc:
+            raise FlowError("the relay serves a revocation list for our organisation that our "
+                            "key did not sign", code=exc.code.value) from exc
+    return None
+
+
+async def apply_revocations(
+    relay: RelayHTTP, *, org_id: str, org_key: OrganisationKey, now: int,
+    add: Iterable[certs.RevocationEntry] = (), remove_users: Iterable[str] = (),
+) -> tuple[certs.RevocationList | None, bool]:
+    """Fetch and verify the current list, sign the next one, post it. Returns the list in
+    force and whether it changed (suspending a suspended user posts nothing)."""
+    add, remove_users = list(add), list(remove_users)
+    current = await current_revocation_list(relay, org_id, org_key.public)
+    held = {(e.subject, e.id) for e in current.entries} if current else set()
+    if all((e.subject, e.id) in held for e in add) and not any(
+            (certs.RevocationSubject.USER, u) in held for u in remove_users):
+        return current, False
+    nxt = next_revocation_list(current, org_id=org_id, now=now, add=add,
+                               remove_users=remove_users)
+    await relay.upload_revocations(certs.issue_revocation_list(nxt, org_key))
+    return nxt, True
+
+
+async def renew_user_licence(
+    relay: RelayHTTP, user_id: str, *, org_id: str, org_key: OrganisationKey,
+    expires_at: int, now: int,
+) -> api.UserSummary:
+    """Re-sign the user's certificate (same identity key) with a new licence expiry. The
+    current certificate comes from the relay and must carry our organisation's signature."""
+    detail = await relay.get_user(user_id)
+    try:
+        current = open_compact(LABEL_USER_CERTIFICATE, detail.user_certificate,
+                               certs.UserCertificate, org_key.public,
+                               max_length=certs.MAX_CERTIFICATE_LENGTH)
+    except ProtocolError as exc:
+        raise FlowError("the relay's copy of this user's certificate is not signed by our "
+                        "organisation key", code=ErrorCode.CERTIFICATE_INVALID.value) from exc
+    if current.user_id != user_id or current.org_id != org_id:
+        raise FlowError("the relay served another user's certificate",
+                        code=ErrorCode.CERTIFICATE_INVALID.value)
+    try:
+        token = renew_licence(current, org_key=org_key, expires_at=expires_at, now=now)
+    except ValueError as exc:
+        raise FlowError(str(exc), code=ErrorCode.VALIDATION_FAILED.value) from exc
+    return await relay.renew_certificate(user_id, token)

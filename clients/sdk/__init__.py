@@ -1,0 +1,16 @@
+"""The Lightbox client SDK: the relay's HTTP API, the device's key store, and the identity
+flows (enrolment, device linking, login, verified key directory) built on them.
+
+Exception tree (every SDK error)::
+
+    SDKError
+    ├── RelayRequestError     the relay answered with an RFC 9457 problem document (``code``)
+    ├── RelayResponseError    the relay's answer does not match the contract
+    ├── RelayUnavailable      the relay could not be reached
+    ├── KeyStoreError         the local key store is missing, exists already, or will not open
+    └── FlowError             a client-side check failed (``code``: an ErrorCode value)
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

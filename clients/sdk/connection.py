@@ -1,0 +1,223 @@
+"""A device's durable link to the relay: reconnect with backoff, resend, de-duplicate.
+
+Delivery is at-least-once (the relay redelivers anything not acknowledged), so the application
+must see each message exactly once. :class:`Connection`:
+
+* reconnects with exponential backoff and full jitter after any drop, resuming from the relay's
+  durable queue (the relay resends every unacknowledged delivery);
+* keeps every send in an outbox until the relay answers ``accepted`` (durable) or refuses it
+  with a code that will not change on retry; after a reconnect it resends the same sealed bytes,
+  which the relay recognises (idempotent on sender device + message id);
+* hands each delivery to the application once (de-duplicated on sender device + message id,
+  through a caller-supplied store that a real client persists), and acknowledges it only after
+  the application's handler returned, i.e. after the message is stored on the device.
+
+Close codes that mean "stop" (revoked device, suspended user) end the connection for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed, is_retryable
+from protocol.errors import CloseCode
+from protocol.frames import Accepted, Deliver, Frame, QueueEmpty
+from protocol.model import SealedMessage
+
+__all__ = ["Connection", "ConnectionStopped", "DedupeStore", "MemoryDedupeStore"]
+
+log = logging.getLogger("lightbox.sdk")
+
+# Close codes after which reconnecting cannot help.
+FINAL_CLOSE_CODES = frozenset({CloseCode.DEVICE_REVOKED, CloseCode.USER_SUSPENDED,
+                               CloseCode.UNSUPPORTED_VERSION})
+
+
+class ConnectionStopped(RuntimeError):
+    """The relay ended this device's access (revoked, suspended) or the connection was stopped."""
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        super().__init__(f"connection stopped ({code}: {reason})")
+        self.code, self.reason = code, reason
+
+
+class DedupeStore(Protocol):
+    def seen(self, sender_device_id: str, message_id: str) -> bool: ...
+
+    def add(self, sender_device_id: str, message_id: str) -> None: ...
+
+
+class MemoryDedupeStore:
+    def __init__(self) -> None:
+        self._ids: set[tuple[str, str]] = set()
+
+    def seen(self, sender_device_id: str, message_id: str) -> bool:
+        return (sender_device_id, message_id) in self._ids
+
+    def add(self, sender_device_id: str, message_id: str) -> None:
+        self._ids.add((sender_device_id, message_id))
+
+
+@dataclasses.dataclass
+class _Outgoing:
+    message: SealedMessage
+    future: asyncio.Future[Accepted]
+
+
+Handler = Callable[[Deliver], Awaitable[None]]
+EventHandler = Callable[[Frame], Awaitable[None]]
+
+
+class Connection:
+    def __init__(
+        self, url: str, *, device_id: str, access_token: Callable[[], Awaitable[str]],
+        sign: Callable[[bytes], bytes], on_message: Handler,
+        on_event: EventHandler | None = None, dedupe: DedupeStore | None = None,
+        backoff_base: float = 0.2, backoff_max: float = 30.0, send_timeout: float = 30.0,
+    ) -> None:
+        self.url, self.device_id = url, device_id
+        self._token, self._sign = access_token, sign
+        self._on_message, self._on_event = on_message, on_event
+        self.dedupe = dedupe or MemoryDedupeStore()
+        self.backoff_base, self.backoff_max, self.send_timeout = (
+            backoff_base, backoff_max, send_timeout)
+        self._outbox: list[_Outgoing] = []
+        self._outbox_changed = asyncio.Event()
+        self._socket: RelaySocket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.queue_empty = asyncio.Event()
+        self.stopped: asyncio.Future[ConnectionStopped] = (
+            asyncio.get_running_loop().create_future())
+        self.reconnects = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"connection-{self.device_id[:8]}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._socket is not None:
+            await self._socket.close()
+        self._finish(ConnectionStopped(None, "stopped"))
+
+    def _finish(self, exc: ConnectionStopped) -> None:
+        if not self.stopped.done():
+            self.stopped.set_result(exc)
+        for item in self._outbox:
+            if not item.future.done():
+                item.future.set_exception(exc)
+        self._outbox.clear()
+
+    async def send(self, message: SealedMessage) -> Accepted:
+        """Returns once the relay has durably accepted the message, across reconnects."""
+        if self.stopped.done():
+            raise self.stopped.result()
+        item = _Outgoing(message, asyncio.get_running_loop().create_future())
+        self._outbox.append(item)
+        self._outbox_changed.set()
+        return await item.future
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                sock = await RelaySocket.connect(
+                    self.url, access_token=await self._token(), device_id=self.device_id,
+                    sign=self._sign)
+            except SocketClosed as exc:
+                if exc.code in FINAL_CLOSE_CODES:
+                    self._finish(ConnectionStopped(exc.code, exc.reason))
+                    return
+                attempt += 1
+                await self._backoff(attempt)
+                continue
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                log.debug("connect failed", extra={"error_type": type(exc).__name__})
+                attempt += 1
+                await self._backoff(attempt)
+                continue
+            attempt = 0
+            self._socket = sock
+            self.connected.set()
+            code, reason = await self._serve(sock)
+            self.connected.clear()
+            self.queue_empty.clear()
+            self._socket = None
+            if code in FINAL_CLOSE_CODES:
+                self._finish(ConnectionStopped(code, reason))
+                return
+            self.reconnects += 1
+            await self._backoff(1)
+
+    async def _backoff(self, attempt: int) -> None:
+        cap = min(self.backoff_max, self.backoff_base * (2 ** min(attempt, 16)))
+        await asyncio.sleep(random.uniform(0, cap))  # full jitter
+
+    async def _serve(self, sock: RelaySocket) -> tuple[int | None, str]:
+        sender = asyncio.create_task(self._drain_outbox(sock))
+        try:
+            while True:
+                get: asyncio.Future[object] = asyncio.ensure_future(sock.events.get())
+                closed: asyncio.Future[object] = sock.closed  # type: ignore[assignment]
+                done, _ = await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    frame = get.result()
+                    assert not isinstance(frame, tuple)
+                    await self._handle(sock, frame)  # type: ignore[arg-type]
+                    continue
+                get.cancel()
+                while not sock.events.empty():  # what arrived before the close
+                    await self._handle(sock, sock.events.get_nowait())
+                return sock.closed.result()
+        except SocketClosed as exc:
+            return exc.code, exc.reason
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            await sock.close()
+
+    async def _handle(self, sock: RelaySocket, frame: Frame) -> None:
+        if isinstance(frame, Deliver):
+            h = frame.message.header
+            if not self.dedupe.seen(h.sender_device_id, h.message_id):
+                await self._on_message(frame)  # stored on the device before we acknowledge
+                self.dedupe.add(h.sender_device_id, h.message_id)
+            await sock.ack([frame.delivery_id])
+        elif isinstance(frame, QueueEmpty):
+            self.queue_empty.set()
+        elif self._on_event is not None:
+            await self._on_event(frame)
+
+    async def _drain_outbox(self, sock: RelaySocket) -> None:
+        """Send outbox items in order, each until accepted or finally refused."""
+        while True:
+            pending = [i for i in self._outbox if not i.future.done()]
+            if not pending:
+                self._outbox_changed.clear()
+                await self._outbox_changed.wait()
+                continue
+            item = pending[0]
+            try:
+                acc = await sock.send(item.message, timeout=self.send_timeout)
+            except SendRefused as refused:
+                if is_retryable(refused.code):
+                    await asyncio.sleep(refused.retry_after or 1.0)
+                    continue
+                item.future.set_exception(refused)
+            except TimeoutError:
+                continue  # unknown outcome: resend the same bytes (idempotent)
+            else:
+                item.future.set_result(acc)
+            self._outbox.remove(item)

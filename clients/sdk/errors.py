@@ -1,0 +1,60 @@
+"""Errors of the client SDK (the tree is drawn in :mod:`clients.sdk`)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "FlowError",
+    "KeyStoreError",
+    "RelayRequestError",
+    "RelayResponseError",
+    "RelayUnavailable",
+    "SDKError",
+]
+
+
+class SDKError(Exception):
+    """Base of every error raised by clients.sdk."""
+
+
+class RelayRequestError(SDKError):
+    """The relay refused a request with a problem document (docs/SECURITY.md error codes)."""
+
+    def __init__(
+        self,
+        code: str,
+        status: int,
+        detail: str | None = None,
+        retry_after: float | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> None:
+        self.code = code
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+        self.extra = extra or {}
+        text = f"{code} (HTTP {status})"
+        if detail:
+            text += f": {detail}"
+        if retry_after is not None:
+            text += f"; retry after {retry_after:g} s"
+        super().__init__(text)
+
+
+class RelayResponseError(SDKError):
+    """The relay answered something that is not what protocol/api.py promises."""
+
+
+class RelayUnavailable(SDKError):
+    """The relay could not be reached (connection refused, timeout, TLS failure...)."""
+
+
+class KeyStoreError(SDKError):
+    """The key store is missing, already exists, is corrupt, or the password is wrong."""
+
+
+class FlowError(SDKError):
+    """A client-side check of an identity flow failed (``code`` is an ErrorCode value)."""
+
+    def __init__(self, message: str, *, code: str = "verification_failed") -> None:
+        self.code = code
+        super().__init__(message)

@@ -1,0 +1,317 @@
+"""The relay's HTTP API (docs/PROTOCOL.md §11) for clients: one async method per route.
+
+Bodies are the structs of :mod:`protocol.api`, encoded and decoded with msgspec (strictly:
+an answer with unknown fields is a :class:`RelayResponseError`). Errors come back as RFC 9457
+problem documents and are raised as :class:`RelayRequestError` with their stable ``code``.
+
+Device requests carry ``Authorization: Bearer <access token>`` and ``Lightbox-Proof:
+<unix seconds>.<b64url Ed25519 signature over protocol.api.request_proof_input(...)>`` made with
+the device's signing key (a DPoP-like proof of possession, RFC 9449). The access token is
+refreshed through ``/v1/auth/refresh`` shortly before it expires, or once after a
+``token_expired`` answer; every new token pair is handed to ``on_tokens`` so the caller can
+persist the rotated refresh token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from clients.sdk.errors import RelayRequestError, RelayResponseError, RelayUnavailable
+from protocol import api
+from protocol.canonical import b64url_encode
+from protocol.keys import Ed25519KeyPair
+
+__all__ = ["ProvisionResults", "RelayHTTP", "Signer", "parse_problem"]
+
+T = TypeVar("T")
+Signer = Ed25519KeyPair
+TokenCallback = Callable[[api.TokenPair], Awaitable[None] | None]
+
+REFRESH_MARGIN = 60  # seconds before expiry at which a device refreshes its access token
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+class ProvisionResults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Answer of ``POST /v1/admin/users``: one result per provisioned user, in order."""
+
+    results: list[api.ProvisionResult]
+
+
+def parse_problem(response: httpx.Response) -> RelayRequestError:
+    """A :class:`RelayRequestError` from an error response (problem+json, or anything else)."""
+    code, detail, retry_after, extra = f"http_{response.status_code}", None, None, None
+    try:
+        doc = msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        code = str(doc.get("code") or code)
+        detail = doc.get("detail") if isinstance(doc.get("detail"), str) else None
+        ra = doc.get("retry_after")
+        retry_after = float(ra) if isinstance(ra, int | float) else None
+        extra = doc.get("extra") if isinstance(doc.get("extra"), dict) else None
+    if retry_after is None and response.headers.get("retry-after", "").isdigit():
+        retry_after = float(response.headers["retry-after"])
+    return RelayRequestError(code, response.status_code, detail, retry_after, extra)
+
+
+class RelayHTTP:
+    """Async client of one relay. Use as ``async with RelayHTTP(url) as relay: ...``.
+
+    ``device`` (the device's Ed25519 signing key) and ``tokens`` enable device routes;
+    ``admin_token`` enables admin routes. ``now`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        device: Signer | None = None,
+        tokens: api.TokenPair | None = None,
+        admin_token: str | None = None,
+        on_tokens: TokenCallback | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 15.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.device = device
+        self.tokens = tokens
+        self.admin_token = admin_token
+        self._on_tokens = on_tokens
+        self._now = now
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(
+            timeout=timeout, headers={"User-Agent": "lightbox-sdk/0.1"}, follow_redirects=False
+        )
+        self._refresh_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> RelayHTTP:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def _send(
+        self, method: str, path: str, *, body: msgspec.Struct | None = None,
+        params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        content = None if body is None else msgspec.json.encode(body)
+        hdrs = dict(headers or {})
+        if content is not None:
+            hdrs["Content-Type"] = "application/json"
+        try:
+            response = await self._client.request(
+                method, self.base_url + path, content=content, params=params, headers=hdrs
+            )
+        except httpx.HTTPError as exc:
+            raise RelayUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if len(response.content) > MAX_RESPONSE_BYTES:
+            raise RelayResponseError(f"{method} {path}: answer too large")
+        return response
+
+    @staticmethod
+    def _decode(response: httpx.Response, cls: type[T]) -> T:
+        if response.status_code >= 400:
+            raise parse_problem(response)
+        try:
+            return msgspec.json.decode(response.content, type=cls)
+        except msgspec.DecodeError as exc:
+            raise RelayResponseError(
+                f"{response.request.method} {response.request.url.path}: answer is not a "
+                f"valid {cls.__name__}: {exc}"
+            ) from exc
+
+    @staticmethod
+    def _expect(response: httpx.Response, *statuses: int) -> None:
+        if response.status_code >= 400:
+            raise parse_problem(response)
+        if response.status_code not in statuses:
+            raise RelayResponseError(
+                f"{response.request.method} {response.request.url.path}: unexpected status "
+                f"{response.status_code}"
+            )
+
+    def _admin_headers(self) -> dict[str, str]:
+        if not self.admin_token:
+            raise RelayRequestError("unauthenticated", 401, "no admin session: log in first")
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def proof_header(self, method: str, path: str, access_token: str) -> str:
+        """``Lightbox-Proof`` for one request: ``<seconds>.<b64url signature>``."""
+        if self.device is None:
+            raise RelayRequestError("unauthenticated", 401, "no device key loaded")
+        seconds = int(self._now())
+        signature = self.device.sign(api.request_proof_input(method, path, seconds, access_token))
+        return f"{seconds}.{b64url_encode(signature)}"
+
+    async def _device(
+        self, method: str, path: str, *, body: msgspec.Struct | None = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        if self.tokens is None:
+            raise RelayRequestError("unauthenticated", 401, "not logged in")
+        if self._now() >= self.tokens.expires_at - REFRESH_MARGIN:
+            await self._refresh_if_stale(self.tokens)
+        response = await self._device_once(method, path, body=body, params=params)
+        if response.status_code == 401 and parse_problem(response).code == "token_expired":
+            await self._refresh_if_stale(self.tokens)
+            response = await self._device_once(method, path, body=body, params=params)
+        return response
+
+    async def _device_once(
+        self, method: str, path: str, *, body: msgspec.Struct | None,
+        params: dict[str, str] | None,
+    ) -> httpx.Response:
+        assert self.tokens is not None
+        token = self.tokens.access_token
+        headers = {"Authorization": f"Bearer {token}",
+                   "Lightbox-Proof": self.proof_header(method, path, token)}
+        return await self._send(method, path, body=body, params=params, headers=headers)
+
+    async def _refresh_if_stale(self, seen: api.TokenPair) -> None:
+        async with self._refresh_lock:
+            if self.tokens is not seen:  # another task refreshed meanwhile
+                return
+            await self.refresh()
+
+    async def _set_tokens(self, tokens: api.TokenPair) -> api.TokenPair:
+        self.tokens = tokens
+        if self._on_tokens is not None:
+            result = self._on_tokens(tokens)
+            if result is not None:
+                await result
+        return tokens
+
+    # --- admin ----------------------------------------------------------------------------
+
+    async def admin_login(self, login: str, password: str) -> api.AdminToken:
+        r = await self._send("POST", "/v1/admin/login",
+                             body=api.AdminLogin(login=login, password=password))
+        token = self._decode(r, api.AdminToken)
+        self.admin_token = token.token
+        return token
+
+    async def provision_users(self, body: api.ProvisionUsers) -> list[api.ProvisionResult]:
+        r = await self._send("POST", "/v1/admin/users", body=body, headers=self._admin_headers())
+        return self._decode(r, ProvisionResults).results
+
+    async def list_users(self, q: str | None = None, status: str | None = None) -> api.UserList:
+        params = {k: v for k, v in {"q": q, "status": status}.items() if v}
+        r = await self._send("GET", "/v1/admin/users", params=params,
+                             headers=self._admin_headers())
+        return self._decode(r, api.UserList)
+
+    async def get_user(self, user_id: str) -> api.UserDetail:
+        r = await self._send("GET", f"/v1/admin/users/{quote(user_id, safe='')}",
+                             headers=self._admin_headers())
+        return self._decode(r, api.UserDetail)
+
+    async def renew_certificate(self, user_id: str, user_certificate: str) -> api.UserSummary:
+        r = await self._send(
+            "PUT", f"/v1/admin/users/{quote(user_id, safe='')}/certificate",
+            body=api.CertificateRenewal(user_certificate=user_certificate),
+            headers=self._admin_headers(),
+        )
+        return self._decode(r, api.UserSummary)
+
+    async def upload_revocations(self, revocation_list: str) -> Any:
+        r = await self._send("POST", "/v1/admin/revocations",
+                             body=api.RevocationUpload(revocation_list=revocation_list),
+                             headers=self._admin_headers())
+        return self._decode(r, object)
+
+    # --- public ---------------------------------------------------------------------------
+
+    async def revocations(self) -> api.RevocationLists:
+        return self._decode(await self._send("GET", "/v1/revocations"), api.RevocationLists)
+
+    async def enrol_fetch(self, enrolment_token: bytes) -> api.EnrolPackage:
+        r = await self._send("POST", "/v1/enrol/fetch",
+                             body=api.EnrolFetch(enrolment_token=b64url_encode(enrolment_token)))
+        return self._decode(r, api.EnrolPackage)
+
+    async def enrol_complete(self, body: api.EnrolComplete) -> api.Enrolled:
+        return self._decode(await self._send("POST", "/v1/enrol/complete", body=body),
+                            api.Enrolled)
+
+    async def pairing_offer(self, body: api.PairingOffer) -> None:
+        self._expect(await self._send("POST", "/v1/pairing", body=body), 200, 201, 204)
+
+    async def pairing_result(self, token_hash: str, token: bytes) -> api.PairingResult | None:
+        """The pairing result, or None while the enrolled device has not answered (202)."""
+        r = await self._send("POST", f"/v1/pairing/{token_hash}/result",
+                             body=api.PairingClaim(pairing_token=b64url_encode(token)))
+        if r.status_code == 202:
+            return None
+        return self._decode(r, api.PairingResult)
+
+    async def challenge(self) -> api.LoginChallenge:
+        return self._decode(await self._send("POST", "/v1/auth/challenge"), api.LoginChallenge)
+
+    async def login(self, body: api.LoginRequest) -> api.TokenPair:
+        tokens = self._decode(await self._send("POST", "/v1/auth/login", body=body),
+                              api.TokenPair)
+        return await self._set_tokens(tokens)
+
+    async def refresh(self) -> api.TokenPair:
+        if self.tokens is None:
+            raise RelayRequestError("unauthenticated", 401, "not logged in")
+        r = await self._send("POST", "/v1/auth/refresh",
+                             body=api.RefreshRequest(refresh_token=self.tokens.refresh_token))
+        return await self._set_tokens(self._decode(r, api.TokenPair))
+
+    async def logout(self) -> None:
+        if self.tokens is None:
+            return
+        r = await self._send("POST", "/v1/auth/logout",
+                             body=api.RefreshRequest(refresh_token=self.tokens.refresh_token))
+        self._expect(r, 200, 204)
+        self.tokens = None
+
+    # --- device ---------------------------------------------------------------------------
+
+    async def pairing_pending(self, token_hash: str) -> api.PairingPending:
+        return self._decode(await self._device("GET", f"/v1/pairing/{token_hash}"),
+                            api.PairingPending)
+
+    async def pairing_certificate(self, token_hash: str, body: api.PairingCertificate) -> None:
+        r = await self._device("POST", f"/v1/pairing/{token_hash}/certificate", body=body)
+        self._expect(r, 200, 201, 204)
+
+    async def user_devices(self, user_id: str) -> api.UserDevices:
+        r = await self._device("GET", f"/v1/users/{quote(user_id, safe='')}/devices")
+        return self._decode(r, api.UserDevices)
+
+    async def claim_keys(self, device_ids: list[str]) -> api.ClaimedKeys:
+        r = await self._device("POST", "/v1/keys/claim", body=api.KeyClaim(devices=device_ids))
+        return self._decode(r, api.ClaimedKeys)
+
+    async def upload_one_time_prekeys(self, prekeys: list[str]) -> api.PrekeyCount:
+        r = await self._device("POST", "/v1/keys/one-time", body=api.PrekeyUpload(prekeys=prekeys))
+        return self._decode(r, api.PrekeyCount)
+
+    async def upload_signed_prekey(self, signed_prekey: str) -> None:
+        r = await self._device("PUT", "/v1/keys/signed-prekey",
+                               body=api.SignedPrekeyUpload(signed_prekey=signed_prekey))
+        self._expect(r, 200, 204)
+
+    async def prekey_count(self) -> api.PrekeyCount:
+        return self._decode(await self._device("GET", "/v1/keys/count"), api.PrekeyCount)
+
+    async def directory(self, q: str) -> api.DirectoryResult:
+        return self._decode(await self._device("GET", "/v1/directory", params={"q": q}),
+                            api.DirectoryResult)

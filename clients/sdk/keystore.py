@@ -1,0 +1,269 @@
+"""The device's local key store: one sealed file per profile.
+
+Why: a device's keys (device signing and DH keys, prekey secrets, and on the first device the
+user's identity key) must never touch the disk in the clear. The store is a directory per
+profile, ``$LIGHTBOX_HOME/<profile>`` (default ``~/.lightbox/<profile>``), mode 0700, holding
+``keystore.lbx`` (mode 0600, replaced atomically)::
+
+    "LBKS" || 0x01 || u16be(n) || wrapped[n] || nonce[24] || XChaCha20-Poly1305(data_key, nonce,
+        MessagePack(DeviceState), ad = every byte before the ciphertext)
+    wrapped = protocol.keys.seal_with_passphrase(data_key, password)   # Argon2id + secretbox
+
+The random 32-byte data key is sealed under the user's password with
+:func:`protocol.keys.seal_with_passphrase` (PROTOCOL §4.7; DEFAULT profile); the state itself
+is encrypted under the data key because it outgrows the 4 KiB that passphrase sealing takes
+(a hundred prekey secrets) and so that saving a refreshed token does not re-run Argon2id.
+A wrong password raises :class:`KeyStoreError`. The later encrypted vault implements the same
+:class:`DeviceStore` interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+from clients.sdk.errors import KeyStoreError
+from clients.sdk.kdf import passphrase_profile
+from protocol import _sodium
+from protocol.api import TokenPair
+from protocol.errors import ProtocolError
+from protocol.keys import (
+    DEFAULT_PROFILE,
+    DeviceKeys,
+    Ed25519KeyPair,
+    IdentityKey,
+    MemoryPrekeyStore,
+    PassphraseProfile,
+    Prekey,
+    X25519KeyPair,
+    open_with_passphrase,
+    seal_with_passphrase,
+)
+
+__all__ = [
+    "KEYSTORE_FILE",
+    "DeviceState",
+    "DeviceStore",
+    "KeyStore",
+    "OpenKeyStore",
+    "PrekeySecret",
+    "lightbox_home",
+    "write_private_file",
+]
+
+KEYSTORE_FILE = "keystore.lbx"
+_MAGIC = b"LBKS"
+_VERSION = 1
+_HEAD = struct.Struct(">4sBH")
+_MAX_FILE = 16 * 1024 * 1024
+
+
+class PrekeySecret(msgspec.Struct, frozen=True, kw_only=True):
+    prekey_id: int
+    secret: bytes
+    created_at: int = 0
+
+    def __repr__(self) -> str:
+        return f"PrekeySecret(prekey_id={self.prekey_id})"
+
+    def prekey(self) -> Prekey:
+        return Prekey(prekey_id=self.prekey_id, keypair=X25519KeyPair.from_secret(self.secret))
+
+
+class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a device keeps. Secrets are raw bytes here and nowhere else on disk.
+
+    ``identity_seed`` is set only on the device that enrolled with the code: linked devices get
+    their own device keys and a certificate signed by the identity key, never the key itself.
+    """
+
+    server_url: str
+    login: str
+    user_id: str
+    org_id: str
+    org_public_key: bytes
+    identity_seed: bytes | None
+    device_id: str
+    device_kind: str
+    device_seed: bytes
+    dh_secret: bytes
+    user_certificate: str
+    device_certificate: str
+    signed_prekeys: list[PrekeySecret] = []
+    one_time_prekeys: list[PrekeySecret] = []
+    next_prekey_id: int = 1
+    session: TokenPair | None = None
+    revocation_lists: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"DeviceState(login={self.login!r}, device_id={self.device_id!r})"
+
+    def device_keys(self) -> DeviceKeys:
+        return DeviceKeys(device_id=self.device_id,
+                          signing=Ed25519KeyPair.from_seed(self.device_seed),
+                          dh=X25519KeyPair.from_secret(self.dh_secret))
+
+    def identity_key(self) -> IdentityKey | None:
+        return None if self.identity_seed is None else IdentityKey.from_seed(self.identity_seed)
+
+    def trusted_orgs(self) -> dict[str, bytes]:
+        return {self.org_id: self.org_public_key}
+
+    def prekey_store(self) -> MemoryPrekeyStore:
+        return MemoryPrekeyStore(signed=[p.prekey() for p in self.signed_prekeys],
+                                 one_time=[p.prekey() for p in self.one_time_prekeys])
+
+
+class DeviceStore(Protocol):
+    """What the identity flows need from a store of device state (opened)."""
+
+    @property
+    def state(self) -> DeviceState: ...
+
+    def save(self, state: DeviceState) -> None: ...
+
+
+def lightbox_home() -> Path:
+    """``$LIGHTBOX_HOME``, or ``~/.lightbox``."""
+    env = os.environ.get("LIGHTBOX_HOME")
+    return Path(env) if env else Path.home() / ".lightbox"
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically (temporary file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class KeyStore:
+    """The (locked) key store of one profile."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / KEYSTORE_FILE
+
+    @classmethod
+    def for_profile(cls, profile: str = "default", home: Path | None = None) -> KeyStore:
+        if not profile or "/" in profile or profile.startswith("."):
+            raise KeyStoreError(f"invalid profile name {profile!r}")
+        return cls((home or lightbox_home()) / profile)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def _prepare_directory(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+
+    def create(
+        self, state: DeviceState, password: str, *, profile: PassphraseProfile | None = None
+    ) -> OpenKeyStore:
+        """Seal ``state`` under ``password`` in a new store; refuses to overwrite one."""
+        if self.exists():
+            raise KeyStoreError(f"a key store already exists in {self.directory}")
+        self.check_writable()
+        kdf = profile or passphrase_profile(DEFAULT_PROFILE)
+        data_key = _sodium.random_bytes(_sodium.AEAD_KEY_BYTES)
+        wrapped = seal_with_passphrase(data_key, password, opslimit=kdf.opslimit,
+                                       memlimit=kdf.memlimit)
+        store = OpenKeyStore(self, wrapped, data_key, state)
+        store.save(state)
+        return store
+
+    def check_writable(self) -> None:
+        """Create the profile directory (0700) and fail early if it cannot hold a store."""
+        try:
+            self._prepare_directory()
+        except OSError as exc:
+            raise KeyStoreError(f"cannot create {self.directory}: {exc.strerror}") from exc
+        if not os.access(self.directory, os.W_OK):
+            raise KeyStoreError(f"{self.directory} is not writable")
+
+    def open(self, password: str) -> OpenKeyStore:
+        """Unseal the store; KeyStoreError if missing, corrupt or the password is wrong."""
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError as exc:
+            raise KeyStoreError(
+                f"no key store in {self.directory}: enrol or link this device first"
+            ) from exc
+        if len(blob) > _MAX_FILE or len(blob) < _HEAD.size:
+            raise KeyStoreError("the key store file is corrupt")
+        magic, version, n = _HEAD.unpack_from(blob)
+        if magic != _MAGIC or version != _VERSION:
+            raise KeyStoreError("not a Lightbox key store (or a newer version)")
+        start = _HEAD.size
+        wrapped = blob[start:start + n]
+        nonce_at = start + n
+        ad = blob[:nonce_at + _sodium.AEAD_NONCE_BYTES]
+        nonce = blob[nonce_at:nonce_at + _sodium.AEAD_NONCE_BYTES]
+        try:
+            data_key = open_with_passphrase(wrapped, password)
+        except ProtocolError as exc:
+            raise KeyStoreError("wrong password (or the key store is damaged)") from exc
+        try:
+            plain = _sodium.aead_decrypt(data_key, nonce, blob[len(ad):], ad)
+            state = msgspec.msgpack.decode(plain, type=DeviceState)
+        except (ProtocolError, msgspec.DecodeError) as exc:
+            raise KeyStoreError("the key store file is corrupt") from exc
+        return OpenKeyStore(self, wrapped, data_key, state)
+
+
+class OpenKeyStore:
+    """An unsealed store: the state in memory, and the data key to save changes with."""
+
+    def __init__(self, store: KeyStore, wrapped: bytes, data_key: bytes, state: DeviceState):
+        self._store = store
+        self._wrapped = wrapped
+        self._data_key = data_key
+        self._state = state
+
+    def __repr__(self) -> str:
+        return f"OpenKeyStore({self._store.directory})"
+
+    @property
+    def state(self) -> DeviceState:
+        return self._state
+
+    @property
+    def directory(self) -> Path:
+        return self._store.directory
+
+    def save(self, state: DeviceState) -> None:
+        """Encrypt ``state`` and atomically replace the file (no Argon2id run)."""
+        head = _HEAD.pack(_MAGIC, _VERSION, len(self._wrapped)) + self._wrapped
+        nonce = _sodium.random_bytes(_sodium.AEAD_NONCE_BYTES)
+        ad = head + nonce
+        body = _sodium.aead_encrypt(self._data_key, nonce, msgspec.msgpack.encode(state), ad)
+        self._store._prepare_directory()
+        write_private_file(self._store.path, ad + body)
+        self._state = state
+
+    def change_password(
+        self, new_password: str, *, profile: PassphraseProfile | None = None
+    ) -> None:
+        kdf = profile or passphrase_profile(DEFAULT_PROFILE)
+        self._wrapped = seal_with_passphrase(self._data_key, new_password,
+                                             opslimit=kdf.opslimit, memlimit=kdf.memlimit)
+        self.save(self._state)

@@ -1,0 +1,163 @@
+"""The key directory: who can be found, their certificates and prekeys, and the atomic claim
+of one-time prekeys (DESIGN §4).
+
+Only active devices of active users whose certificate and licence are valid are handed out:
+credentialed recipients only (DESIGN §2). Uploaded prekeys are verified under the uploading
+device's certificate chain before they are stored, so the relay only ever serves keys their
+device signed (clients verify them again).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from protocol.api import (
+    ClaimedKey,
+    DeviceBundle,
+    DirectoryEntry,
+    PrekeyCount,
+    UserDevices,
+)
+from protocol.certs import VerifiedDevice, verify_chain, verify_signed_prekey
+from protocol.errors import ErrorCode, ProtocolError
+from server import audit
+from server.authn import Principal
+from server.db import Database
+from server.enrolment import verify_prekeys
+from server.errors import Forbidden, InvalidInput, NotFound
+from server.settings import Settings
+from server.store import devices, prekeys, revocations, users
+from server.trust import Trust, refusal
+
+__all__ = ["DIRECTORY_LIMIT", "KeyDirectory"]
+
+DIRECTORY_LIMIT = 50
+
+
+class KeyDirectory:
+    def __init__(self, *, db: Database, trust: Trust, settings: Settings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db, self.trust, self.settings, self.clock = db, trust, settings, clock
+
+    def _count(self, remaining: int) -> PrekeyCount:
+        return PrekeyCount(remaining=remaining, low_water=self.settings.prekeys_low_water,
+                           target=self.settings.prekeys_target)
+
+    def _reachable(self, user: users.UserRecord | None, now: float) -> ErrorCode | None:
+        if user is None or user.status == "pending" or user.org_id not in self.trust.orgs:
+            return ErrorCode.NOT_FOUND
+        if user.status != "active":
+            return ErrorCode.USER_SUSPENDED
+        if not user.licence_valid(now) :
+            return ErrorCode.LICENCE_EXPIRED
+        if now >= user.cert_not_after:
+            return ErrorCode.CERTIFICATE_EXPIRED
+        return None
+
+    async def user_devices(self, user_id: str) -> UserDevices:
+        now = self.clock()
+        async with self.db.pool.acquire() as conn:
+            user = await users.get_user(conn, user_id)
+            code = self._reachable(user, now)
+            if code is ErrorCode.NOT_FOUND:
+                raise NotFound(detail="no such user")
+            if code is not None:
+                raise Forbidden(code)
+            assert user is not None
+            devs = await devices.list_devices(conn, user.user_id, active_only=True)
+            signed = await prekeys.get_signed_many(conn, [d.device_id for d in devs])
+        return UserDevices(user_certificate=user.user_certificate, devices=[
+            DeviceBundle(device_certificate=d.device_certificate,
+                         signed_prekey=signed.get(d.device_id)) for d in devs])
+
+    async def claim(self, principal: Principal, device_ids: list[str]) -> list[ClaimedKey]:
+        """One one-time prekey per device (or none left: the signed prekey alone), all or
+        nothing: any unavailable device fails the claim with not_found naming the ids asked
+        for that are unavailable (nothing else)."""
+        now = self.clock()
+        wanted = list(dict.fromkeys(device_ids))
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            devs = await devices.get_devices(conn, wanted)
+            owners = {d.user_id for d in devs.values()}
+            people = {u: await users.get_user(conn, u) for u in owners}
+            signed = await prekeys.get_signed_many(conn, wanted)
+            missing = [d for d in wanted if d not in devs or devs[d].status != "active"
+                       or d not in signed
+                       or self._reachable(people[devs[d].user_id], now) is not None]
+            if missing:
+                raise NotFound(detail="some devices are unknown or not reachable",
+                               extra={"device_ids": missing})
+            keys = []
+            claimed = 0
+            for did in wanted:
+                one_time = await prekeys.claim_one_time(conn, did, now=now)
+                claimed += one_time is not None
+                user = people[devs[did].user_id]
+                assert user is not None
+                keys.append(ClaimedKey(device_id=did, user_certificate=user.user_certificate,
+                                       device_certificate=devs[did].device_certificate,
+                                       signed_prekey=signed[did], one_time_prekey=one_time))
+        return keys
+
+    async def _verified(self, conn: asyncpg.Connection, principal: Principal,
+                        now: float) -> VerifiedDevice:
+        user = await users.get_user(conn, principal.user_id)
+        device = await devices.get_device(conn, principal.device_id)
+        assert user is not None
+        assert device is not None
+        try:
+            return verify_chain(user.user_certificate, device.device_certificate,
+                                trusted_orgs=self.trust.orgs, at=int(now),
+                                revocations=await self.trust.revocations(conn))
+        except ProtocolError as exc:
+            raise refusal(exc, "device certificate") from exc
+
+    async def upload_one_time(self, principal: Principal, tokens: list[str]) -> PrekeyCount:
+        now = self.clock()
+        async with self.db.pool.acquire() as conn:
+            verified = await self._verified(conn, principal, now)
+            batch = verify_prekeys(verified, tokens, batch_max=self.settings.prekey_batch_max)
+            async with conn.transaction():
+                await prekeys.add_one_time(conn, principal.device_id, batch)
+                remaining = await prekeys.count_one_time(conn, principal.device_id)
+                await audit.append(conn, "keys.one_time_uploaded", subject_kind="device",
+                                   subject_id=principal.device_id,
+                                   details={"count": len(batch), "remaining": remaining})
+        return self._count(remaining)
+
+    async def set_signed(self, principal: Principal, token: str) -> None:
+        now = self.clock()
+        async with self.db.pool.acquire() as conn:
+            verified = await self._verified(conn, principal, now)
+            try:
+                body = verify_signed_prekey(token, verified)
+            except ProtocolError as exc:
+                raise refusal(exc, "signed prekey") from exc
+            async with conn.transaction():
+                await prekeys.set_signed(conn, principal.device_id, body.prekey_id, token,
+                                         now=now)
+                await audit.append(conn, "keys.signed_prekey_rotated", subject_kind="device",
+                                   subject_id=principal.device_id,
+                                   details={"prekey_id": body.prekey_id})
+
+    async def count(self, principal: Principal) -> PrekeyCount:
+        async with self.db.pool.acquire() as conn:
+            return self._count(await prekeys.count_one_time(conn, principal.device_id))
+
+    async def directory(self, q: str) -> list[DirectoryEntry]:
+        q = q.strip()
+        if not 2 <= len(q) <= 64:
+            raise InvalidInput(detail="q must be 2 to 64 characters")
+        async with self.db.pool.acquire() as conn:
+            found = await users.search_directory(conn, q, org_ids=sorted(self.trust.orgs),
+                                                 now=self.clock(), limit=DIRECTORY_LIMIT)
+        return [DirectoryEntry(user_id=u.user_id, org_id=u.org_id, display_name=u.display_name,
+                               roles=u.roles, specialty=u.specialty, department=u.department)
+                for u in found]
+
+    async def revocation_lists(self) -> list[str]:
+        async with self.db.pool.acquire() as conn:
+            return [t for t in await revocations.all_lists(conn)]

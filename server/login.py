@@ -1,0 +1,252 @@
+"""Login, token refresh and logout for devices; login for IT administrators.
+
+A device logs in with the user's login and password *and* its signature over a fresh server
+nonce (:func:`protocol.api.login_signing_input`), so a phished password alone does not log in
+from an unenrolled machine. Order of checks (each failure audited with its code, never the
+password):
+
+1. lockout of the account (``login:<name>``) or the client address (``addr:<ip>``):
+   ``account_locked`` with ``retry_after``, before any other work;
+2. the nonce is single use and unexpired (``challenge_failed``);
+3. the password, with Argon2id off the event loop; an unknown login is verified against a dummy
+   hash so it takes the same time, and both count as failures (``invalid_credentials``);
+4. the device belongs to the user and signed the nonce (``challenge_failed``), is active
+   (``device_revoked``); the user is active (``user_suspended``), licence and certificate
+   unexpired (``licence_expired``, ``certificate_expired``).
+
+Refresh rotates the refresh token; a used token presented again revokes its whole family
+(``refresh_reused``, audited). Refresh re-checks device and user status.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import NoReturn
+
+import asyncpg
+
+from protocol.api import (
+    AdminToken,
+    LoginChallenge,
+    LoginRequest,
+    TokenPair,
+    login_signing_input,
+)
+from protocol.canonical import b64url_decode, b64url_encode
+from protocol.errors import DecodeError, ErrorCode
+from server import audit
+from server.audit import AUDIT_CONTEXT
+from server.authn import verify_signature
+from server.db import Database
+from server.errors import Forbidden, LimitError, RelayError, Unauthorized
+from server.passwords import Passwords
+from server.settings import Settings
+from server.store import admins, devices, lockout, sessions, users
+from server.tokens import TokenService
+
+__all__ = ["LoginService"]
+
+
+class LoginService:
+    def __init__(self, *, db: Database, tokens: TokenService, passwords: Passwords,
+                 settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.db, self.tokens, self.passwords = db, tokens, passwords
+        self.settings, self.clock = settings, clock
+        s = settings
+        self.account_policy = lockout.Policy(s.lockout_account_failures, s.lockout_base_seconds,
+                                             s.lockout_max_seconds)
+        self.address_policy = lockout.Policy(s.lockout_address_failures, s.lockout_base_seconds,
+                                             s.lockout_max_seconds)
+
+    # --- device login ---------------------------------------------------------------------
+
+    async def challenge(self) -> LoginChallenge:
+        async with self.db.pool.acquire() as conn:
+            nonce, expires = await sessions.create_nonce(
+                conn, now=self.clock(), ttl=self.settings.login_challenge_ttl)
+        return LoginChallenge(nonce=b64url_encode(nonce), expires_at=expires)
+
+    async def login(self, body: LoginRequest) -> TokenPair:
+        now = self.clock()
+        keys = self._keys("login", body.login)
+        async with self.db.pool.acquire() as conn:
+            await self._check_lockout(conn, keys, "auth.login", now)
+            try:
+                nonce = b64url_decode(body.nonce, length=32)
+                signature = b64url_decode(body.signature, length=64)
+            except DecodeError:
+                nonce, signature = b"", b""
+            if not nonce or not await sessions.consume_nonce(conn, nonce, now=now):
+                await self._deny(conn, "auth.login", None, ErrorCode.CHALLENGE_FAILED)
+            user = await users.get_user_by_login(conn, body.login)
+        ok = await self.passwords.verify(user.password_hash if user else None, body.password)
+        async with self.db.pool.acquire() as conn:
+            if user is None or not ok:
+                await self._failure(conn, keys, "auth.login", user.user_id if user else None,
+                                    now)
+            assert user is not None
+            device = await devices.get_device(conn, body.device_id)
+            if device is None or device.user_id != user.user_id or not verify_signature(
+                    device.signing_key, login_signing_input(nonce, body.login, body.device_id),
+                    signature):
+                await self._deny(conn, "auth.login", user.user_id, ErrorCode.CHALLENGE_FAILED)
+            assert device is not None
+            code = _status_refusal(user, device.status, now)
+            if code is not None:
+                await self._deny(conn, "auth.login", user.user_id, code)
+            family_id = str(uuid.uuid4())
+            async with conn.transaction():
+                await lockout.reset(conn, keys[0])
+                refresh, refresh_exp = await sessions.issue_refresh(
+                    conn, family_id=family_id, user_id=user.user_id, device_id=device.device_id,
+                    now=now, ttl=self.settings.refresh_token_ttl)
+                await devices.touch(conn, device.device_id, now=now)
+                await audit.append(conn, "auth.login", subject_kind="device",
+                                   subject_id=device.device_id, actor_kind="user",
+                                   actor_id=user.user_id, details={"user_id": user.user_id})
+            if self.passwords.needs_rehash(user.password_hash or ""):
+                new_hash = await self.passwords.hash(body.password)
+                await users.set_password_hash(conn, user.user_id, new_hash, now=now)
+        access, exp = self.tokens.issue_access(user_id=user.user_id, device_id=device.device_id,
+                                               family_id=family_id,
+                                               signing_key=device.signing_key, now=now)
+        return TokenPair(access_token=access, expires_at=exp, refresh_token=refresh,
+                         refresh_expires_at=refresh_exp, user_id=user.user_id,
+                         device_id=device.device_id)
+
+    async def refresh(self, token: str) -> TokenPair:
+        now = self.clock()
+        reused: str | None = None
+        async with self.db.pool.acquire() as conn:
+            async with conn.transaction():
+                rec = await sessions.get_refresh(conn, token)
+                if rec is None or (rec.revoked and not rec.used):
+                    raise Unauthorized(ErrorCode.TOKEN_INVALID, "unknown or revoked token")
+                if rec.used:
+                    # A copy of a token that was already exchanged: someone else holds the
+                    # family. End it for everybody, the legitimate device included.
+                    revoked = await sessions.revoke_family(conn, rec.family_id, now=now)
+                    await audit.append(conn, "auth.refresh_reused", subject_kind="device",
+                                       subject_id=rec.device_id, outcome="denied",
+                                       details={"user_id": rec.user_id, "revoked": revoked})
+                    reused = rec.family_id
+                else:
+                    if now >= rec.expires_at:
+                        raise Unauthorized(ErrorCode.TOKEN_EXPIRED, "refresh token expired")
+                    user = await users.get_user(conn, rec.user_id)
+                    device = await devices.get_device(conn, rec.device_id)
+                    assert user is not None  # foreign keys
+                    assert device is not None
+                    code = _status_refusal(user, device.status, now)
+                    if code is not None:
+                        raise _refusal(code)
+                    await sessions.mark_used(conn, token, now=now)
+                    new, new_exp = await sessions.issue_refresh(
+                        conn, family_id=rec.family_id, user_id=rec.user_id,
+                        device_id=rec.device_id, now=now, ttl=self.settings.refresh_token_ttl)
+                    await audit.append(conn, "auth.refresh", subject_kind="device",
+                                       subject_id=rec.device_id, actor_kind="device",
+                                       actor_id=rec.device_id)
+        if reused is not None or device is None:
+            raise Unauthorized(ErrorCode.REFRESH_REUSED,
+                               "refresh token reused: the session was ended")
+        access, exp = self.tokens.issue_access(user_id=rec.user_id, device_id=rec.device_id,
+                                               family_id=rec.family_id,
+                                               signing_key=device.signing_key, now=now)
+        return TokenPair(access_token=access, expires_at=exp, refresh_token=new,
+                         refresh_expires_at=new_exp, user_id=rec.user_id,
+                         device_id=rec.device_id)
+
+    async def logout(self, token: str) -> None:
+        now = self.clock()
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            rec = await sessions.get_refresh(conn, token)
+            if rec is None:
+                raise Unauthorized(ErrorCode.TOKEN_INVALID, "unknown token")
+            await sessions.revoke_family(conn, rec.family_id, now=now)
+            await audit.append(conn, "auth.logout", subject_kind="device",
+                               subject_id=rec.device_id, actor_kind="device",
+                               actor_id=rec.device_id)
+
+    # --- administrators -------------------------------------------------------------------
+
+    async def admin_login(self, login: str, password: str) -> AdminToken:
+        now = self.clock()
+        keys = self._keys("admin", login)
+        async with self.db.pool.acquire() as conn:
+            await self._check_lockout(conn, keys, "admin.login", now)
+            try:
+                admin = await admins.verify_admin_login(conn, self.passwords, login, password)
+            except Unauthorized:
+                await self._failure(conn, keys, "admin.login", None, now, subject_kind="admin")
+            async with conn.transaction():
+                await lockout.reset(conn, keys[0])
+                await audit.append(conn, "admin.login", subject_kind="admin",
+                                   subject_id=admin.admin_id, actor_kind="admin",
+                                   actor_id=admin.admin_id)
+        token, exp = self.tokens.issue_admin(admin.admin_id, now=now)
+        return AdminToken(token=token, expires_at=exp)
+
+    # --- shared ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _keys(prefix: str, login: str) -> list[str]:
+        ip = AUDIT_CONTEXT.get().client_ip
+        return [f"{prefix}:{login}"] + ([f"addr:{ip}"] if ip else [])
+
+    async def _check_lockout(self, conn: asyncpg.Connection, keys: list[str], event: str,
+                             now: float) -> None:
+        wait = await lockout.retry_after(conn, keys, now=now)
+        if wait is not None:
+            await audit.append(conn, event, outcome="denied",
+                               details={"reason": ErrorCode.ACCOUNT_LOCKED.value})
+            raise LimitError(ErrorCode.ACCOUNT_LOCKED, "too many failed attempts",
+                             retry_after=wait)
+
+    async def _failure(self, conn: asyncpg.Connection, keys: list[str], event: str,
+                       subject_id: str | None, now: float, *,
+                       subject_kind: str = "user") -> NoReturn:
+        """Count a wrong password (or unknown login) against the account and the address."""
+        async with conn.transaction():
+            locked = await lockout.record_failure(conn, keys[0], self.account_policy, now=now)
+            for key in keys[1:]:
+                locked = max(locked, await lockout.record_failure(conn, key,
+                                                                  self.address_policy, now=now))
+            await audit.append(conn, event, subject_kind=subject_kind if subject_id else None,
+                               subject_id=subject_id, outcome="denied",
+                               details={"reason": ErrorCode.INVALID_CREDENTIALS.value})
+            if locked:
+                await audit.append(conn, "auth.lockout", subject_kind=subject_kind if subject_id
+                                   else None, subject_id=subject_id, outcome="denied",
+                                   details={"seconds": locked})
+        raise Unauthorized(ErrorCode.INVALID_CREDENTIALS, "login or password is wrong")
+
+    @staticmethod
+    async def _deny(conn: asyncpg.Connection, event: str, user_id: str | None,
+                    code: ErrorCode) -> NoReturn:
+        await audit.append(conn, event, subject_kind="user" if user_id else None,
+                           subject_id=user_id, outcome="denied", details={"reason": code.value})
+        raise _refusal(code)
+
+
+def _status_refusal(user: users.UserRecord, device_status: str, now: float) -> ErrorCode | None:
+    if device_status != "active":
+        return ErrorCode.DEVICE_REVOKED
+    if user.status == "suspended":
+        return ErrorCode.USER_SUSPENDED
+    if user.status != "active":
+        return ErrorCode.INVALID_CREDENTIALS
+    if not user.licence_valid(now):
+        return ErrorCode.LICENCE_EXPIRED
+    if now >= user.cert_not_after:
+        return ErrorCode.CERTIFICATE_EXPIRED
+    return None
+
+
+def _refusal(code: ErrorCode) -> RelayError:
+    if code in {ErrorCode.DEVICE_REVOKED, ErrorCode.USER_SUSPENDED, ErrorCode.LICENCE_EXPIRED,
+                ErrorCode.CERTIFICATE_EXPIRED}:
+        return Forbidden(code)
+    return Unauthorized(code)

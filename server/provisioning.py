@@ -1,0 +1,186 @@
+"""What IT does through the admin API: provision users, renew licences, apply revocation lists.
+
+Every certificate and list here was signed by an organisation key inside IT's tool; the relay
+verifies it against the pinned organisation keys (server/trust.py) and stores it, and could not
+have made it. Each step is audited in the transaction that makes it.
+
+Revocation lists are cumulative (docs/PROTOCOL.md §4.5). Applying one, in one transaction:
+devices named are revoked for good (and asked to wipe when the entry says so); users named are
+suspended; users of that organisation no longer named are resumed; refresh tokens of affected
+devices and users are revoked; and a ``revoked`` event is published, delivered on commit to
+every relay process so they close the affected websockets (server/events.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import asyncpg
+import msgspec
+
+from protocol.api import ProvisionResult, ProvisionUser
+from protocol.canonical import b64url_decode, peek_compact
+from protocol.certs import (
+    RevocationSet,
+    RevocationSubject,
+    UserCertificate,
+    verify_user_certificate,
+)
+from protocol.errors import DecodeError, ErrorCode, ProtocolError
+from server import audit, events
+from server.db import Database
+from server.errors import Conflict, InvalidInput, NotFound, RelayError
+from server.settings import Settings
+from server.store import devices, revocations, sessions, users
+from server.trust import Trust, refusal
+
+__all__ = ["AppliedRevocations", "ProvisioningService"]
+
+_MAX_SEALED = 8192
+
+
+class AppliedRevocations(msgspec.Struct, frozen=True, kw_only=True):
+    """What applying a revocation list changed (answer of POST /v1/admin/revocations)."""
+
+    org_id: str
+    number: int
+    devices_revoked: list[str]
+    users_suspended: list[str]
+    users_resumed: list[str]
+    unchanged: bool = False
+
+
+class ProvisioningService:
+    def __init__(self, *, db: Database, trust: Trust, settings: Settings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db, self.trust, self.settings, self.clock = db, trust, settings, clock
+
+    # --- users ----------------------------------------------------------------------------
+
+    async def provision(self, rows: list[ProvisionUser]) -> list[ProvisionResult]:
+        """One result per row; a bad row does not stop the others."""
+        results = []
+        async with self.db.pool.acquire() as conn:
+            revs = await self.trust.revocations(conn)
+            for index, row in enumerate(rows):
+                user_id: str | None = None
+                try:
+                    cert = self._verify(row.user_certificate, revs)
+                    user_id = cert.user_id
+                    async with conn.transaction():
+                        await self._provision_one(conn, row, cert)
+                except RelayError as exc:
+                    results.append(ProvisionResult(index=index, user_id=user_id, ok=False,
+                                                   code=exc.code.value, detail=exc.detail))
+                    async with conn.transaction():
+                        await audit.append(conn, "admin.user_provision", subject_kind="user",
+                                           subject_id=user_id, outcome="denied",
+                                           details={"reason": exc.code.value, "row": index})
+                else:
+                    results.append(ProvisionResult(index=index, user_id=user_id, ok=True))
+        return results
+
+    def _verify(self, token: str, revs: RevocationSet) -> UserCertificate:
+        try:
+            return verify_user_certificate(token, trusted_orgs=self.trust.orgs,
+                                           at=int(self.clock()), revocations=revs)
+        except ProtocolError as exc:
+            raise refusal(exc, "user certificate") from exc
+
+    async def _provision_one(self, conn: asyncpg.Connection, row: ProvisionUser,
+                             cert: UserCertificate) -> None:
+        now = self.clock()
+        try:
+            token_hash = b64url_decode(row.enrolment_token_hash, length=32)
+            sealed = b64url_decode(row.sealed_identity, max_length=_MAX_SEALED)
+        except DecodeError as exc:
+            raise InvalidInput(detail="enrolment_token_hash or sealed_identity is malformed") \
+                from exc
+        expires = min(row.enrolment_expires_at, int(now) + self.settings.enrolment_code_ttl)
+        if expires <= now:
+            raise InvalidInput(detail="enrolment_expires_at is in the past")
+        await users.insert_user(conn, cert, row.user_certificate, row.login, now=now)
+        await users.insert_enrolment(conn, token_hash, cert.user_id, sealed, expires_at=expires,
+                                     now=now)
+        await audit.append(conn, "admin.user_provision", subject_kind="user",
+                           subject_id=cert.user_id,
+                           details={"org_id": cert.org_id, "enrolment_expires_at": expires})
+
+    async def renew_certificate(self, user_id: str, token: str) -> users.UserRecord:
+        """Licence renewal: the same user, organisation and identity key, issued later."""
+        now = self.clock()
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            current = await users.get_user(conn, user_id, for_update=True)
+            if current is None:
+                raise NotFound(detail="no such user")
+            cert = self._verify(token, await self.trust.revocations(conn))
+            previous = peek_compact(current.user_certificate, UserCertificate)
+            if (cert.user_id != current.user_id or cert.org_id != current.org_id
+                    or cert.identity_key != current.identity_key):
+                raise InvalidInput(ErrorCode.CERTIFICATE_INVALID,
+                                   "a renewal must keep the user, organisation and identity key")
+            if cert.issued_at <= previous.issued_at:
+                raise Conflict(detail="the certificate is not newer than the one held")
+            await users.replace_certificate(conn, cert, token, now=now)
+            await audit.append(conn, "admin.licence_renewal", subject_kind="user",
+                               subject_id=user_id,
+                               details={"licence_expires_at": None if cert.licence is None
+                                        else cert.licence.expires_at})
+            renewed = await users.get_user(conn, user_id)
+        assert renewed is not None
+        return renewed
+
+    # --- revocation -----------------------------------------------------------------------
+
+    async def apply_revocations(self, token: str) -> AppliedRevocations:
+        now = self.clock()
+        try:
+            rl = self.trust.verify_list(token)
+        except ProtocolError as exc:
+            raise refusal(exc, "revocation list") from exc
+        device_ids = sorted({e.id for e in rl.entries if e.subject is RevocationSubject.DEVICE})
+        wipe = sorted({e.id for e in rl.entries
+                       if e.subject is RevocationSubject.DEVICE and e.wipe})
+        user_ids = sorted({e.id for e in rl.entries if e.subject is RevocationSubject.USER})
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            # Serialise lists of one organisation (there may be no row to lock yet).
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                               "revocations:" + rl.org_id)
+            held = await revocations.get_latest(conn, rl.org_id, for_update=True)
+            if held is not None:
+                if rl.number < held[0]:
+                    raise Conflict(detail=f"list {rl.number} is older than list {held[0]}")
+                if rl.number == held[0]:
+                    if self.trust.verify_list(held[1]) != rl:
+                        raise Conflict(detail=f"a different list {rl.number} is already held")
+                    return AppliedRevocations(org_id=rl.org_id, number=rl.number,
+                                              devices_revoked=[], users_suspended=[],
+                                              users_resumed=[], unchanged=True)
+            await revocations.put(conn, rl.org_id, rl.number, token, now=now)
+            revoked = await devices.revoke_devices(conn, device_ids, wipe=wipe, org_id=rl.org_id,
+                                                   now=now)
+            suspended = await users.suspend(conn, rl.org_id, user_ids, now=now)
+            resumed = await users.resume_all_but(conn, rl.org_id, user_ids, now=now)
+            await sessions.revoke_for(conn, device_ids=revoked, user_ids=suspended, now=now)
+            await audit.append(conn, "revocation.list_applied", subject_kind="org",
+                               subject_id=rl.org_id,
+                               details={"number": rl.number, "entries": len(rl.entries),
+                                        "devices_revoked": len(revoked),
+                                        "users_suspended": len(suspended),
+                                        "users_resumed": len(resumed)})
+            for did in revoked:
+                await audit.append(conn, "revocation.device_revoked", subject_kind="device",
+                                   subject_id=did, details={"wipe": did in wipe})
+            for uid in suspended:
+                await audit.append(conn, "revocation.user_suspended", subject_kind="user",
+                                   subject_id=uid)
+            for uid in resumed:
+                await audit.append(conn, "revocation.user_resumed", subject_kind="user",
+                                   subject_id=uid)
+            if revoked:
+                await events.publish_revocation(conn, device_ids=revoked, reason="device_revoked")
+            if suspended:
+                await events.publish_revocation(conn, user_ids=suspended, reason="user_suspended")
+        return AppliedRevocations(org_id=rl.org_id, number=rl.number, devices_revoked=revoked,
+                                  users_suspended=suspended, users_resumed=resumed)

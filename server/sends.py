@@ -1,0 +1,217 @@
+"""The send path: validate a sealed message, then store it with group commit.
+
+Checks before anything is stored (each refusal has its code; nothing is written):
+
+1. the header names the authenticated sender device and user (``sender_mismatch``), and the
+   sender device's Ed25519 signature verifies (``sender_mismatch``: a forged sender);
+2. sizes and counts are within the limits (``message_too_large``, ``field_too_large``);
+3. the thread exists and the sender takes part in it (``thread_not_found``,
+   ``not_thread_member``);
+4. the named recipient devices are exactly the current participants' active devices, minus the
+   sending device (``device_set_mismatch`` listing ``missing``, ``extra`` and ``stale``);
+5. a retried (sender device, message id) returns the original acceptance; the same id with other
+   bytes is refused (``duplicate_conflict``).
+
+Group commit: sends from every connection of this process queue up; one flusher stores each
+batch in a single transaction (one WAL flush for many messages) and resolves each sender's
+future only after COMMIT. Batches run one after another, so messages keep their submission order
+within a thread. Recipients' processes are woken by a NOTIFY sent in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from protocol import envelope
+from protocol.errors import ErrorCode, VerificationError
+from protocol.model import SealedMessage
+from server import events
+from server.db import Database
+from server.errors import Forbidden, LimitError, RelayError
+from server.metrics import Metrics
+from server.store import messages, threads
+
+__all__ = ["SendPipeline", "Sender"]
+
+log = logging.getLogger("lightbox.sends")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sender:
+    user_id: str
+    device_id: str
+    signing_key: bytes
+
+
+@dataclasses.dataclass
+class _Pending:
+    sender: Sender
+    message: SealedMessage
+    encoded: bytes
+    future: asyncio.Future[messages.Accepted]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class SendPipeline:
+    def __init__(self, db: Database, metrics: Metrics, *, max_message_bytes: int,
+                 max_batch: int = 256, verify_signatures: bool = True,
+                 now: Callable[[], dt.datetime] = _utcnow) -> None:
+        self.db, self.metrics = db, metrics
+        self.max_message_bytes = max_message_bytes
+        self.max_batch = max_batch
+        self.verify_signatures = verify_signatures
+        self.now = now
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="send-pipeline")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while not self._queue.empty():
+            p = self._queue.get_nowait()
+            if not p.future.done():
+                p.future.set_exception(RelayError(ErrorCode.NOT_READY, "relay shutting down"))
+
+    # -- validation ------------------------------------------------------------------------
+
+    def check(self, sender: Sender, message: SealedMessage, encoded: bytes) -> None:
+        """Checks that need no database (1 and 2 above)."""
+        h = message.header
+        if h.sender_device_id != sender.device_id or h.sender_user_id != sender.user_id:
+            raise Forbidden(ErrorCode.SENDER_MISMATCH,
+                            "the header names another sender than this connection")
+        if len(encoded) > self.max_message_bytes:
+            raise LimitError(ErrorCode.MESSAGE_TOO_LARGE,
+                             f"sealed message over {self.max_message_bytes} bytes")
+        named = list(h.recipient_devices)
+        keyed = [k.device_id for k in message.keys]
+        if len(set(named)) != len(named) or set(named) != set(keyed) or len(keyed) != len(named):
+            raise RelayError(ErrorCode.DEVICE_SET_MISMATCH,
+                             "recipient_devices and wrapped keys disagree or repeat")
+        if sender.device_id in named:
+            raise RelayError(ErrorCode.DEVICE_SET_MISMATCH, "a device cannot send to itself",
+                             extra={"extra": [sender.device_id]})
+        if self.verify_signatures:
+            try:
+                envelope.verify_sealed(message, sender.signing_key)
+            except VerificationError as exc:
+                raise Forbidden(ErrorCode.SENDER_MISMATCH,
+                                "the sender device's signature does not verify") from exc
+
+    def enqueue(self, sender: Sender, message: SealedMessage
+                ) -> asyncio.Future[messages.Accepted]:
+        """Validate and queue, synchronously, so that sends keep the order in which a
+        connection received them; the future resolves after COMMIT (or with a RelayError)."""
+        encoded = envelope.encode_sealed(message)
+        self.check(sender, message, encoded)
+        fut: asyncio.Future[messages.Accepted] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(sender, message, encoded, fut))
+        return fut
+
+    async def submit(self, sender: Sender, message: SealedMessage) -> messages.Accepted:
+        """Validate and store; returns only after COMMIT. Raises RelayError with the code."""
+        return await self.enqueue(sender, message)
+
+    # -- group commit ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._store(batch)
+            except Exception as exc:  # the batch failed as a whole: every sender may retry
+                log.error("send batch failed", exc_info=exc, extra={"count": len(batch)})
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(
+                            RelayError(ErrorCode.INTERNAL_ERROR, "not stored; retry"))
+
+    async def _store(self, batch: list[_Pending]) -> None:
+        now = self.now()
+        results: list[tuple[_Pending, messages.Accepted | RelayError]] = []
+        woken: set[str] = set()
+        seen: dict[tuple[str, str], messages.Accepted] = {}
+        device_sets: dict[str, threads.DeviceSet] = {}
+        members: dict[str, set[str]] = {}
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            for p in batch:
+                try:
+                    acc = await self._one(conn, p, now, seen, device_sets, members)
+                except RelayError as err:
+                    results.append((p, err))
+                    continue
+                results.append((p, acc))
+                if not acc.duplicate:
+                    woken.update(p.message.header.recipient_devices)
+            if woken:
+                ids = sorted(woken)
+                for i in range(0, len(ids), 180):
+                    await events.publish(conn, "deliver", device_ids=ids[i:i + 180])
+        for p, outcome in results:
+            if isinstance(outcome, RelayError):
+                self.metrics.ws_rejections.labels(outcome.code.value).inc()
+                p.future.set_exception(outcome)
+            else:
+                if not outcome.duplicate:
+                    self.metrics.messages_accepted.inc()
+                p.future.set_result(outcome)
+
+    async def _one(self, conn: Any, p: _Pending, now: dt.datetime,
+                   seen: dict[tuple[str, str], messages.Accepted],
+                   device_sets: dict[str, threads.DeviceSet],
+                   members: dict[str, set[str]]) -> messages.Accepted:
+        h = p.message.header
+        msg = messages.NewMessage(
+            message_id=h.message_id, thread_id=h.thread_id, sender_user_id=h.sender_user_id,
+            sender_device_id=h.sender_device_id, priority=h.priority.value,
+            purpose=h.purpose.value, consent_id=h.consent_id,
+            body_hash=hashlib.sha256(p.encoded).digest(), sealed=p.encoded,
+            recipients=list(h.recipient_devices))
+        key = (msg.sender_device_id, msg.message_id)
+        if key in seen:  # the same send twice in one batch
+            prev = seen[key]
+            return dataclasses.replace(prev, duplicate=True)
+        existing = await messages.lookup_existing(conn, msg)
+        if existing is not None:
+            return existing
+        if h.thread_id not in members:
+            if not await conn.fetchval("SELECT true FROM threads WHERE thread_id = $1",
+                                       h.thread_id):
+                raise RelayError(ErrorCode.THREAD_NOT_FOUND, "no such thread")
+            members[h.thread_id] = await threads.participants(conn, h.thread_id)
+            device_sets[h.thread_id] = await threads.device_set(conn, h.thread_id)
+        if h.sender_user_id not in members[h.thread_id]:
+            raise Forbidden(ErrorCode.NOT_THREAD_MEMBER, "not a participant of this thread")
+        ds = device_sets[h.thread_id]
+        named = set(h.recipient_devices)
+        expected = ds.active - {h.sender_device_id}
+        missing = sorted(expected - named)
+        stale = sorted(named & ds.inactive)
+        extra = sorted(named - expected - ds.inactive)
+        if missing or stale or extra:
+            raise RelayError(ErrorCode.DEVICE_SET_MISMATCH,
+                             "the recipient devices do not match the thread's participants",
+                             extra={"missing": missing, "extra": extra, "stale": stale})
+        acc = await messages.insert_message(conn, msg, now)
+        seen[key] = acc
+        return acc
+

@@ -1,0 +1,69 @@
+"""IT administrator accounts: created on the relay host (``lightbox-admin admin create``, with
+direct database access), used to log in to the admin API. Passwords are Argon2id hashes
+(server/passwords.py); the relay never stores a password."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+
+import asyncpg
+
+from protocol.errors import ErrorCode
+from server.errors import Conflict, Unauthorized
+from server.passwords import Passwords
+from server.store import at
+
+__all__ = ["AdminRecord", "create_admin", "get_admin", "get_admin_by_login",
+           "verify_admin_login"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminRecord:
+    admin_id: str
+    login: str
+    password_hash: str
+    disabled: bool
+
+
+def _record(row: asyncpg.Record) -> AdminRecord:
+    return AdminRecord(admin_id=str(row["admin_id"]), login=row["login"],
+                       password_hash=row["password_hash"],
+                       disabled=row["disabled_at"] is not None)
+
+
+async def create_admin(conn: asyncpg.Connection, login: str, password_hash: str, *,
+                       now: float | None = None) -> str:
+    """Insert an administrator and return the new admin id; Conflict if the login exists."""
+    admin_id = str(uuid.uuid4())
+    try:
+        await conn.execute(
+            "INSERT INTO admins (admin_id, login, password_hash, created_at) "
+            "VALUES ($1, $2, $3, $4)",
+            uuid.UUID(admin_id), login, password_hash, at(time.time() if now is None else now))
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(detail="an administrator with this login exists") from exc
+    return admin_id
+
+
+async def get_admin_by_login(conn: asyncpg.Connection, login: str) -> AdminRecord | None:
+    row = await conn.fetchrow("SELECT * FROM admins WHERE login = $1", login)
+    return None if row is None else _record(row)
+
+
+async def get_admin(conn: asyncpg.Connection, admin_id: str) -> AdminRecord | None:
+    row = await conn.fetchrow("SELECT * FROM admins WHERE admin_id = $1", uuid.UUID(admin_id))
+    return None if row is None else _record(row)
+
+
+async def verify_admin_login(conn: asyncpg.Connection, passwords: Passwords, login: str,
+                             password: str) -> AdminRecord:
+    """The administrator with this login and password, or Unauthorized(invalid_credentials).
+
+    An unknown or disabled login costs one Argon2id verification too (same timing)."""
+    admin = await get_admin_by_login(conn, login)
+    ok = await passwords.verify(admin.password_hash if admin else None, password)
+    if admin is None or not ok or admin.disabled:
+        raise Unauthorized(ErrorCode.INVALID_CREDENTIALS, "login or password is wrong")
+    return admin

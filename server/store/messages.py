@@ -1,0 +1,206 @@
+"""Sealed messages and per-device delivery queues.
+
+A send stores the encoded SealedMessage once and one delivery row per recipient device, and
+takes the thread's next sequence number, in one transaction: the relay answers ``accepted``
+only after that transaction commits (DESIGN §2, "accepted means durable"). A delivery row is
+removed only when its device acknowledges it (at-least-once; clients de-duplicate by message
+id). Sends are idempotent on (sender device, message id): a retry with the same bytes returns
+the original acceptance, the same id with different bytes is refused and overwrites nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from protocol.errors import ErrorCode
+from server.errors import Conflict, RelayError
+
+__all__ = [
+    "Accepted",
+    "Delivery",
+    "MessageRef",
+    "NewMessage",
+    "Notice",
+    "ack",
+    "add_notices",
+    "drop_notices",
+    "fetch_deliveries",
+    "fetch_notices",
+    "insert_message",
+    "lookup_existing",
+    "message_ref",
+    "purge_delivered_ciphertext",
+    "queue_depth",
+]
+
+PRIORITY_RANK = {"urgent": 0, "routine": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class NewMessage:
+    message_id: str
+    thread_id: str
+    sender_user_id: str
+    sender_device_id: str
+    priority: str
+    purpose: str
+    consent_id: str | None
+    body_hash: bytes
+    sealed: bytes
+    recipients: Sequence[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    message_id: str
+    thread_id: str
+    thread_seq: int
+    server_time: dt.datetime
+    duplicate: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    delivery_pk: int
+    delivery_id: str
+    thread_seq: int
+    priority: str
+    received_at: dt.datetime
+    sealed: bytes
+
+
+async def lookup_existing(conn: asyncpg.Connection, msg: NewMessage) -> Accepted | None:
+    """The original acceptance of a retried send, or None for a new one.
+
+    Raises DUPLICATE_CONFLICT when the id was used with different bytes (nothing is
+    overwritten)."""
+    row = await conn.fetchrow(
+        "SELECT thread_id::text AS thread_id, thread_seq, body_hash, created_at FROM messages "
+        "WHERE sender_device_id = $1 AND message_id = $2", msg.sender_device_id, msg.message_id)
+    if row is None:
+        return None
+    if bytes(row["body_hash"]) != msg.body_hash or row["thread_id"] != msg.thread_id:
+        raise Conflict(ErrorCode.DUPLICATE_CONFLICT,
+                       "this message id was already used with a different message")
+    return Accepted(msg.message_id, row["thread_id"], int(row["thread_seq"]), row["created_at"],
+                    duplicate=True)
+
+
+async def insert_message(conn: asyncpg.Connection, msg: NewMessage, now: dt.datetime
+                         ) -> Accepted:
+    """Store a message and its deliveries (call inside a transaction)."""
+    seq = await conn.fetchval(
+        "UPDATE threads SET last_seq = last_seq + 1 WHERE thread_id = $1 RETURNING last_seq",
+        msg.thread_id)
+    if seq is None:
+        raise RelayError(ErrorCode.THREAD_NOT_FOUND, "no such thread")
+    message_pk = await conn.fetchval(
+        "INSERT INTO messages (message_id, thread_id, thread_seq, sender_user_id, "
+        "sender_device_id, priority, purpose, consent_id, body_hash, recipients, sealed, size, "
+        "created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::uuid[],$11,$12,$13) "
+        "RETURNING message_pk",
+        msg.message_id, msg.thread_id, seq, msg.sender_user_id, msg.sender_device_id,
+        msg.priority, msg.purpose, msg.consent_id, msg.body_hash, list(msg.recipients),
+        msg.sealed, len(msg.sealed), now)
+    if msg.recipients:
+        await conn.execute(
+            "INSERT INTO deliveries (delivery_id, device_id, message_pk, priority, created_at) "
+            "SELECT d, r, $3, $4, $5 FROM unnest($1::uuid[], $2::uuid[]) AS x(d, r)",
+            [uuid.uuid4() for _ in msg.recipients], list(msg.recipients), message_pk,
+            PRIORITY_RANK[msg.priority], now)
+    return Accepted(msg.message_id, msg.thread_id, int(seq), now, duplicate=False)
+
+
+async def fetch_deliveries(conn: asyncpg.Connection, device_id: str, *, after_pk: int,
+                           limit: int) -> list[Delivery]:
+    """The device's next deliveries, oldest first (thread order is preserved)."""
+    rows = await conn.fetch(
+        "SELECT d.delivery_pk, d.delivery_id::text AS delivery_id, m.thread_seq, m.priority, "
+        "d.created_at, m.sealed FROM deliveries d JOIN messages m USING (message_pk) "
+        "WHERE d.device_id = $1 AND NOT d.held AND d.delivery_pk > $2 "
+        "ORDER BY d.delivery_pk LIMIT $3", device_id, after_pk, limit)
+    return [Delivery(r["delivery_pk"], r["delivery_id"], r["thread_seq"], r["priority"],
+                     r["created_at"], bytes(r["sealed"])) for r in rows]
+
+
+async def ack(conn: asyncpg.Connection, device_id: str, delivery_ids: Sequence[str]
+              ) -> list[tuple[str, str, str]]:
+    """Remove acknowledged deliveries of this device; returns (delivery id, message id,
+    sender device id) of those removed. Ids of other devices' deliveries are never touched."""
+    rows = await conn.fetch(
+        "DELETE FROM deliveries d USING messages m WHERE d.message_pk = m.message_pk "
+        "AND d.device_id = $1 AND d.delivery_id = ANY($2::uuid[]) "
+        "RETURNING d.delivery_id::text AS delivery_id, m.message_id::text AS message_id, "
+        "m.sender_device_id::text AS sender", device_id, list(delivery_ids))
+    return [(r["delivery_id"], r["message_id"], r["sender"]) for r in rows]
+
+
+async def queue_depth(conn: asyncpg.Connection, device_id: str) -> int:
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM deliveries WHERE device_id = $1 AND NOT held", device_id))
+
+
+async def purge_delivered_ciphertext(conn: asyncpg.Connection, *, older_than: dt.datetime
+                                     ) -> int:
+    """Drop the ciphertext of messages every device has acknowledged (the row stays for
+    idempotent retries and thread order; the relay keeps no ciphertext it no longer needs)."""
+    done = await conn.execute(
+        "UPDATE messages m SET sealed = NULL WHERE sealed IS NOT NULL AND created_at < $1 "
+        "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_pk = m.message_pk)",
+        older_than)
+    return int(done.split()[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    notice_pk: int
+    frame: bytes
+
+
+async def add_notices(conn: asyncpg.Connection, device_ids: Sequence[str], kind: str,
+                      frame: bytes, *, dedupe_key: str | None = None,
+                      now: dt.datetime) -> None:
+    """Queue a relay-to-device frame (receipt notice, order...) for devices, durable until sent
+    (or, for orders, until confirmed)."""
+    await conn.executemany(
+        "INSERT INTO device_notices (device_id, kind, frame, dedupe_key, created_at) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id, dedupe_key) DO NOTHING",
+        [(d, kind, frame, dedupe_key, now) for d in device_ids])
+
+
+async def fetch_notices(conn: asyncpg.Connection, device_id: str, *, after_pk: int,
+                        limit: int) -> list[Notice]:
+    rows = await conn.fetch(
+        "SELECT notice_pk, frame FROM device_notices WHERE device_id = $1 AND notice_pk > $2 "
+        "ORDER BY notice_pk LIMIT $3", device_id, after_pk, limit)
+    return [Notice(r["notice_pk"], bytes(r["frame"])) for r in rows]
+
+
+async def drop_notices(conn: asyncpg.Connection, device_id: str, notice_pks: Sequence[int]
+                       ) -> None:
+    await conn.execute(
+        "DELETE FROM device_notices WHERE device_id = $1 AND notice_pk = ANY($2::bigint[]) "
+        "AND kind = 'receipt'", device_id, list(notice_pks))
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageRef:
+    sender_user_id: str
+    sender_device_id: str
+    recipients: frozenset[str]
+
+
+async def message_ref(conn: asyncpg.Connection, thread_id: str, message_id: str
+                      ) -> MessageRef | None:
+    row = await conn.fetchrow(
+        "SELECT sender_user_id::text AS u, sender_device_id::text AS d, "
+        "recipients::text[] AS r FROM messages WHERE thread_id = $1 AND message_id = $2 "
+        "LIMIT 1", thread_id, message_id)
+    if row is None:
+        return None
+    return MessageRef(row["u"], row["d"], frozenset(row["r"]))

@@ -1,0 +1,210 @@
+"""Consult threads: creation, participants (users and roles), membership, unread counts, and
+the set of devices a message to the thread must be sealed for.
+
+A participant is a user listed in ``thread_members`` (not removed), or an active user of the
+thread's organisation holding one of the thread's roles (``thread_roles``). Every send is checked
+against the *current* membership (DESIGN §5: the sender names every recipient device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+import asyncpg
+
+from protocol.errors import ErrorCode
+from server.errors import Forbidden, InvalidInput, NotFound
+
+__all__ = [
+    "DeviceSet",
+    "ThreadSummary",
+    "add_participants",
+    "create_thread",
+    "device_set",
+    "is_participant",
+    "list_threads",
+    "mark_read",
+    "participants",
+    "remove_participant",
+]
+
+MEMBERS_SQL = """
+    SELECT user_id FROM thread_members WHERE thread_id = $1 AND removed_at IS NULL
+    UNION
+    SELECT u.user_id FROM users u
+      JOIN thread_roles r ON r.thread_id = $1 AND r.removed_at IS NULL AND r.role = ANY (u.roles)
+      JOIN threads t ON t.thread_id = $1 AND t.org_id = u.org_id
+     WHERE u.status = 'active'
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadSummary:
+    thread_id: str
+    priority: str
+    created_by: str
+    created_at: dt.datetime
+    last_seq: int
+    read_seq: int
+    members: list[str]
+    roles: list[str]
+
+    @property
+    def unread(self) -> int:
+        return max(0, self.last_seq - self.read_seq)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSet:
+    """Devices of the thread's current participants, as the relay sees them now."""
+
+    active: frozenset[str]  # devices that must receive a message
+    inactive: frozenset[str]  # revoked devices, or devices of suspended/removed users: stale
+
+
+async def _check_users(conn: asyncpg.Connection, org_id: str, user_ids: Sequence[str]) -> None:
+    if not user_ids:
+        return
+    rows = await conn.fetch(
+        "SELECT user_id::text AS user_id FROM users WHERE user_id = ANY($1::uuid[]) "
+        "AND status = 'active'", list(user_ids))
+    found = {r["user_id"] for r in rows}
+    unknown = [u for u in user_ids if u not in found]
+    if unknown:
+        raise InvalidInput(ErrorCode.VALIDATION_FAILED, "unknown or inactive participants",
+                           extra={"users": unknown[:50]})
+
+
+async def create_thread(
+    conn: asyncpg.Connection, *, thread_id: str, org_id: str, creator: str, priority: str,
+    users: Sequence[str], roles: Sequence[str], now: dt.datetime,
+) -> None:
+    """Create a thread with its creator and the given users and roles as participants."""
+    members = list(dict.fromkeys([creator, *users]))
+    await _check_users(conn, org_id, members)
+    async with conn.transaction():
+        try:
+            await conn.execute(
+                "INSERT INTO threads (thread_id, org_id, created_by, priority, created_at) "
+                "VALUES ($1, $2, $3, $4, $5)", thread_id, org_id, creator, priority, now)
+        except asyncpg.UniqueViolationError as exc:
+            raise InvalidInput(ErrorCode.CONFLICT, "thread id already used") from exc
+        await conn.executemany(
+            "INSERT INTO thread_members (thread_id, user_id, added_at, added_by) "
+            "VALUES ($1, $2, $3, $4)", [(thread_id, u, now, creator) for u in members])
+        await conn.executemany(
+            "INSERT INTO thread_roles (thread_id, role, added_at) VALUES ($1, $2, $3)",
+            [(thread_id, r, now) for r in dict.fromkeys(roles)])
+
+
+async def _thread_org(conn: asyncpg.Connection, thread_id: str) -> str:
+    org = await conn.fetchval("SELECT org_id FROM threads WHERE thread_id = $1", thread_id)
+    if org is None:
+        raise NotFound(ErrorCode.THREAD_NOT_FOUND, "no such thread")
+    return str(org)
+
+
+async def participants(conn: asyncpg.Connection, thread_id: str) -> set[str]:
+    rows = await conn.fetch(MEMBERS_SQL, thread_id)
+    return {str(r["user_id"]) for r in rows}
+
+
+async def is_participant(conn: asyncpg.Connection, thread_id: str, user_id: str) -> bool:
+    """Raises THREAD_NOT_FOUND for an unknown thread."""
+    await _thread_org(conn, thread_id)
+    return user_id in await participants(conn, thread_id)
+
+
+async def require_participant(conn: asyncpg.Connection, thread_id: str, user_id: str) -> None:
+    if not await is_participant(conn, thread_id, user_id):
+        raise Forbidden(ErrorCode.NOT_THREAD_MEMBER, "not a participant of this thread")
+
+
+async def add_participants(
+    conn: asyncpg.Connection, *, thread_id: str, actor: str, users: Sequence[str],
+    roles: Sequence[str], now: dt.datetime,
+) -> None:
+    org = await _thread_org(conn, thread_id)
+    await require_participant(conn, thread_id, actor)
+    await _check_users(conn, org, users)
+    async with conn.transaction():
+        await conn.executemany(
+            "INSERT INTO thread_members (thread_id, user_id, added_at, added_by) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (thread_id, user_id) "
+            "DO UPDATE SET removed_at = NULL, added_at = $3, added_by = $4",
+            [(thread_id, u, now, actor) for u in users])
+        await conn.executemany(
+            "INSERT INTO thread_roles (thread_id, role, added_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (thread_id, role) DO UPDATE SET removed_at = NULL, added_at = $3",
+            [(thread_id, r, now) for r in roles])
+
+
+async def remove_participant(
+    conn: asyncpg.Connection, *, thread_id: str, actor: str, user_id: str | None = None,
+    role: str | None = None, now: dt.datetime,
+) -> None:
+    await _thread_org(conn, thread_id)
+    await require_participant(conn, thread_id, actor)
+    if user_id is not None:
+        done = await conn.execute(
+            "UPDATE thread_members SET removed_at = $3 WHERE thread_id = $1 AND user_id = $2 "
+            "AND removed_at IS NULL", thread_id, user_id, now)
+    else:
+        done = await conn.execute(
+            "UPDATE thread_roles SET removed_at = $3 WHERE thread_id = $1 AND role = $2 "
+            "AND removed_at IS NULL", thread_id, role, now)
+    if done.endswith(" 0"):
+        raise NotFound(ErrorCode.NOT_FOUND, "no such participant")
+
+
+async def list_threads(conn: asyncpg.Connection, user_id: str, *, limit: int = 200
+                       ) -> list[ThreadSummary]:
+    """Threads the user takes part in (directly or through a role), newest activity first."""
+    rows = await conn.fetch(
+        """
+        WITH mine AS (
+            SELECT thread_id FROM thread_members WHERE user_id = $1 AND removed_at IS NULL
+            UNION
+            SELECT r.thread_id FROM thread_roles r
+              JOIN threads t ON t.thread_id = r.thread_id
+              JOIN users u ON u.user_id = $1 AND u.org_id = t.org_id AND r.role = ANY (u.roles)
+             WHERE r.removed_at IS NULL
+        )
+        SELECT t.thread_id::text AS thread_id, t.priority, t.created_by::text AS created_by,
+               t.created_at, t.last_seq, COALESCE(m.read_seq, 0) AS read_seq,
+               ARRAY(SELECT user_id::text FROM thread_members x
+                      WHERE x.thread_id = t.thread_id AND x.removed_at IS NULL) AS members,
+               ARRAY(SELECT role FROM thread_roles y
+                      WHERE y.thread_id = t.thread_id AND y.removed_at IS NULL) AS roles
+          FROM threads t JOIN mine USING (thread_id)
+          LEFT JOIN thread_members m ON m.thread_id = t.thread_id AND m.user_id = $1
+         ORDER BY t.last_seq > COALESCE(m.read_seq, 0) DESC, t.priority = 'urgent' DESC,
+                  t.created_at DESC
+         LIMIT $2
+        """, user_id, limit)
+    return [ThreadSummary(**dict(r)) for r in rows]
+
+
+async def mark_read(conn: asyncpg.Connection, thread_id: str, user_id: str, seq: int) -> None:
+    """Record that the user has read the thread up to ``seq`` (never moves backwards)."""
+    await conn.execute(
+        "INSERT INTO thread_members (thread_id, user_id, added_at, read_seq, removed_at) "
+        "VALUES ($1, $2, now(), $3, now()) ON CONFLICT (thread_id, user_id) "
+        "DO UPDATE SET read_seq = GREATEST(thread_members.read_seq, $3)", thread_id, user_id, seq)
+
+
+async def device_set(conn: asyncpg.Connection, thread_id: str) -> DeviceSet:
+    """Active and inactive devices of the thread's current participants."""
+    rows = await conn.fetch(
+        f"""
+        WITH members AS ({MEMBERS_SQL})
+        SELECT d.device_id::text AS device_id,
+               (d.status = 'active' AND u.status = 'active') AS active
+          FROM devices d JOIN users u USING (user_id)
+         WHERE d.user_id IN (SELECT user_id FROM members)
+        """, thread_id)
+    active = frozenset(r["device_id"] for r in rows if r["active"])
+    inactive = frozenset(r["device_id"] for r in rows if not r["active"])
+    return DeviceSet(active=active, inactive=inactive)

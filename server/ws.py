@@ -1,0 +1,529 @@
+"""The websocket endpoint ``/v1/ws``: one authenticated device per connection.
+
+The I/O shell around :class:`protocol.session.ServerSession` (sans-I/O): it feeds binary
+websocket messages in, writes the frames the session produces, and closes with the code the
+session sets. After the handshake (access token + the device's signature over a fresh
+challenge), three things run per connection:
+
+* the reader: frames from the device (``send``, ``ack``, ``receipt``, ``ping``...), with
+  heartbeats, the idle timeout and the absolute session lifetime checked between reads;
+* the pump: durable notices, then deliveries in queue order, at most ``send_window`` of them
+  unacknowledged (flow control: a device that stops acknowledging stops receiving, and one
+  that stops reading is closed with 4009 and later resumes from its durable queue);
+* per-send tasks awaiting group commit (:mod:`server.sends`), answering ``accepted``.
+
+Memory per connection is bounded by the window, never by the queue length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from protocol import statements
+from protocol.envelope import decode_sealed
+from protocol.errors import CloseCode, ErrorCode, VerificationError
+from protocol.frames import (
+    Accepted,
+    Ack,
+    Deliver,
+    Error,
+    Frame,
+    Limits,
+    Ping,
+    Pong,
+    QueueEmpty,
+    Receipt,
+    ReceiptNotice,
+    Send,
+    encode_frame,
+)
+from protocol.model import Priority
+from protocol.session import (
+    AuthRequested,
+    ErrorEvent,
+    FrameReceived,
+    ServerSession,
+    verify_challenge,
+)
+from server import events
+from server.authn import Authenticator
+from server.db import Database
+from server.errors import RelayError
+from server.hub import Hub
+from server.metrics import Metrics
+from server.sends import Sender, SendPipeline
+from server.store import messages
+from server.tokens import TokenService
+
+__all__ = [
+    "DeviceSocketAuthenticator",
+    "SocketAuthenticator",
+    "SocketConfig",
+    "SocketPrincipal",
+    "WebSocketRelay",
+]
+
+log = logging.getLogger("lightbox.ws")
+
+
+@dataclasses.dataclass(frozen=True)
+class SocketPrincipal:
+    """An authenticated device on a websocket."""
+
+    user_id: str
+    device_id: str
+    org_id: str
+    signing_key: bytes
+
+
+class SocketAuthenticator(Protocol):
+    async def authenticate(self, request: AuthRequested) -> SocketPrincipal:
+        """Verify the access token and the challenge signature; raise RelayError (token_*,
+        challenge_failed, device_revoked, user_suspended, licence_expired) otherwise."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SocketConfig:
+    auth_timeout: float = 10.0
+    heartbeat: int = 30
+    heartbeat_timeout: float = 20.0
+    idle_timeout: float = 3600.0
+    session_lifetime: float = 12 * 3600.0
+    send_window: int = 32
+    max_frame: int = 1024 * 1024
+    ack_timeout: float = 120.0
+    messages_per_minute: int = 600
+    bytes_per_minute: int = 64 * 1024 * 1024
+    write_timeout: float = 30.0
+
+
+_CLOSE_FOR = {
+    ErrorCode.DEVICE_REVOKED: CloseCode.DEVICE_REVOKED,
+    ErrorCode.USER_SUSPENDED: CloseCode.USER_SUSPENDED,
+    ErrorCode.LICENCE_EXPIRED: CloseCode.USER_SUSPENDED,
+}
+
+
+class _Bucket:
+    """Token bucket: ``rate`` units per minute, bursts up to one minute's worth."""
+
+    def __init__(self, per_minute: int, now: float) -> None:
+        self.capacity = float(per_minute)
+        self.tokens = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.at = now
+
+    def take(self, amount: float, now: float) -> float:
+        """Take ``amount``; returns 0 on success or the seconds to wait."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if amount <= self.tokens:
+            self.tokens -= amount
+            return 0.0
+        return (amount - self.tokens) / self.rate
+
+
+class WebSocketRelay:
+    """Builds the ``/v1/ws`` endpoint from the relay's parts (assembled in server/app.py)."""
+
+    def __init__(self, *, db: Database, hub: Hub, pipeline: SendPipeline, metrics: Metrics,
+                 authenticator: SocketAuthenticator, config: SocketConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db, self.hub, self.pipeline, self.metrics = db, hub, pipeline, metrics
+        self.authenticator, self.config, self.clock = authenticator, config, clock
+
+    async def __call__(self, ws: WebSocket) -> None:
+        if not self.hub.accepting:
+            await ws.close(CloseCode.GOING_AWAY)
+            return
+        await ws.accept()
+        conn = _Connection(self, ws)
+        self.hub.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.hub.discard(conn)
+
+
+class _Connection:
+    def __init__(self, relay: WebSocketRelay, ws: WebSocket) -> None:
+        self.relay, self.ws, self.cfg = relay, ws, relay.config
+        now = relay.clock()
+        self.session = ServerSession(
+            nonce=os.urandom(32), now=int(now),
+            limits=Limits(max_frame=self.cfg.max_frame, send_window=self.cfg.send_window))
+        self.principal: SocketPrincipal | None = None
+        self.session_id = str(uuid.uuid4())
+        self.device_id = ""
+        self.user_id = ""
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._write_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[str, float] = {}  # delivery id -> sent at (monotonic)
+        self._sent_ids: set[str] = set()  # every delivery id sent on this connection
+        self._last_pk = 0
+        self._last_notice_pk = 0
+        self._msg_bucket = _Bucket(self.cfg.messages_per_minute, now)
+        self._byte_bucket = _Bucket(self.cfg.bytes_per_minute, now)
+        self._started = time.monotonic()
+        self._last_activity = self._started
+        self._ping_sent_at: float | None = None
+
+    # -- Member protocol (hub) ---------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason[:120])
+        self._wake.set()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        out = self.session.data_to_send()
+        if not out or self._closed:
+            return
+        async with self._write_lock:
+            try:
+                async with asyncio.timeout(self.cfg.write_timeout):
+                    for data in out:
+                        await self.ws.send_bytes(data)
+            except TimeoutError:
+                # The device stopped reading: drop it; it resumes from its durable queue.
+                await self.close(CloseCode.TOO_SLOW, "too slow")
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                self._closed = True
+        if self.session.close_code is not None:
+            await self.close(int(self.session.close_code), self.session.close_reason)
+
+    async def _send(self, frame: Frame) -> None:
+        if self._closed:
+            return
+        self.session.send(frame)
+        await self._flush()
+
+    async def _receive(self, wait: float) -> bytes | None:
+        """One binary message; None on timeout. Raises WebSocketDisconnect when gone."""
+        try:
+            async with asyncio.timeout(wait):
+                msg = await self.ws.receive()
+        except TimeoutError:
+            return None
+        if msg["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(msg.get("code", 1000))
+        data = msg.get("bytes")
+        if data is None:
+            # Text frames are not part of the protocol: feed an undecodable byte string so
+            # the session answers with its malformed_frame error.
+            return b"\xc1"
+        return bytes(data)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._flush()  # nothing yet; the session waits for hello
+            if not await self._handshake():
+                return
+            assert self.principal is not None
+            await self._register()
+            try:
+                pump = asyncio.create_task(self._pump(), name="pump")
+                try:
+                    await self._read_loop()
+                finally:
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pump
+            finally:
+                self.relay.hub.unregister(self)
+                self.relay.metrics.ws_connections.dec()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._closed = True
+            for t in list(self._tasks):
+                t.cancel()
+
+    async def _handshake(self) -> bool:
+        deadline = time.monotonic() + self.cfg.auth_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                await self.close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
+                return False
+            data = await self._receive(remaining)
+            if data is None:
+                continue
+            for ev in self.session.receive_data(data):
+                if isinstance(ev, AuthRequested):
+                    await self._authenticate(ev)
+            await self._flush()
+            if self._closed or self.session.close_code is not None:
+                return False
+            if self.principal is not None:
+                return True
+
+    async def _authenticate(self, ev: AuthRequested) -> None:
+        try:
+            p = await self.relay.authenticator.authenticate(ev)
+        except RelayError as err:
+            self.relay.metrics.ws_rejections.labels(err.code.value).inc()
+            self.session.reject(err.code, err.detail or err.code.value,
+                                _CLOSE_FOR.get(err.code, CloseCode.AUTH_FAILED))
+            return
+        self.principal = p
+        self.device_id, self.user_id = p.device_id, p.user_id
+        now = self.relay.clock()
+        self.session.accept(session_id=self.session_id, user_id=p.user_id,
+                            server_time=int(now),
+                            expires_at=int(now + self.cfg.session_lifetime),
+                            heartbeat=self.cfg.heartbeat)
+
+    async def _register(self) -> None:
+        old = self.relay.hub.register(self)
+        self.relay.metrics.ws_connections.inc()
+        if old is not None:
+            await old.close(CloseCode.SESSION_REPLACED, "session replaced")
+        # Tell the other relay processes: their connection of this device (if any) must go.
+        async with self.relay.db.pool.acquire() as conn:
+            await events.publish(conn, "session", device_id=self.device_id,
+                                 session_id=self.session_id)
+            await conn.execute("UPDATE devices SET last_seen_at = now() WHERE device_id = $1",
+                               self.device_id)
+
+    # -- reader ------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while not self._closed:
+            data = await self._receive(self.cfg.heartbeat)
+            if data is None:
+                await self._tick()
+                continue
+            for ev in self.session.receive_data(data):
+                if isinstance(ev, FrameReceived):
+                    await self._on_frame(ev.frame)
+                elif isinstance(ev, ErrorEvent):
+                    self.relay.metrics.ws_rejections.labels(ev.code.value).inc()
+            await self._flush()
+            if self.session.close_code is not None:
+                return
+            await self._tick()
+
+    async def _tick(self) -> None:
+        """Heartbeat, idle timeout, absolute lifetime and acknowledgement timeout."""
+        now = time.monotonic()
+        if now - self._started >= self.cfg.session_lifetime:
+            self.session.close(CloseCode.SESSION_EXPIRED, code=ErrorCode.TOKEN_EXPIRED,
+                               detail="session lifetime reached; log in again")
+        elif now - self._last_activity >= self.cfg.idle_timeout:
+            self.session.close(CloseCode.IDLE_TIMEOUT, detail="idle")
+        elif self._ping_sent_at is not None:
+            if now - self._ping_sent_at >= self.cfg.heartbeat_timeout:
+                self.session.close(CloseCode.HEARTBEAT_TIMEOUT, detail="no pong")
+        elif now - self._last_activity >= self.cfg.heartbeat:
+            self._ping_sent_at = now
+            self.session.send(Ping(nonce=os.urandom(8)))
+        if self._in_flight and now - min(self._in_flight.values()) >= self.cfg.ack_timeout:
+            self.session.close(CloseCode.TOO_SLOW, detail="deliveries not acknowledged")
+        await self._flush()
+
+    async def _on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, Pong):
+            self._ping_sent_at = None
+            return
+        if isinstance(frame, Ping):
+            return  # the session already queued the pong
+        self._last_activity = time.monotonic()
+        self._ping_sent_at = None
+        if isinstance(frame, Send):
+            await self._on_send(frame)
+        elif isinstance(frame, Ack):
+            self._spawn(self._on_ack(frame))
+        elif isinstance(frame, Receipt):
+            self._spawn(self._on_receipt(frame))
+        else:
+            self.session.send(Error(code=ErrorCode.UNEXPECTED_FRAME,
+                                    detail=f"{type(frame).__name__} is not accepted by this "
+                                           "relay version", req_id=getattr(frame, "req_id",
+                                                                          None)))
+
+    async def _refuse(self, req_id: str | None, err: RelayError) -> None:
+        self.relay.metrics.ws_rejections.labels(err.code.value).inc()
+        extra = err.extra
+        await self._send(Error(
+            req_id=req_id, code=err.code, detail=(err.detail or "")[:200],
+            retry_after=err.retry_after,
+            missing=extra.get("missing"), extra=extra.get("extra"), stale=extra.get("stale")))
+
+    async def _on_send(self, frame: Send) -> None:
+        assert self.principal is not None
+        now = self.relay.clock()
+        size = len(frame.message.ciphertext) + sum(len(k.wrapped) for k in frame.message.keys)
+        wait = max(self._msg_bucket.take(1, now), self._byte_bucket.take(size, now))
+        if wait > 0:
+            await self._refuse(frame.req_id, RelayError(
+                ErrorCode.RATE_LIMITED, "too many messages; slow down", retry_after=wait))
+            return
+        sender = Sender(self.principal.user_id, self.principal.device_id,
+                        self.principal.signing_key)
+        try:
+            fut = self.relay.pipeline.enqueue(sender, frame.message)
+        except RelayError as err:
+            await self._refuse(frame.req_id, err)
+            return
+        self._spawn(self._answer_send(frame.req_id, fut))
+
+    async def _answer_send(self, req_id: str, fut: asyncio.Future[messages.Accepted]) -> None:
+        try:
+            acc = await fut
+        except RelayError as err:
+            await self._refuse(req_id, err)
+            return
+        await self._send(Accepted(req_id=req_id, message_id=acc.message_id,
+                                  thread_id=acc.thread_id, thread_seq=acc.thread_seq,
+                                  server_time=int(acc.server_time.timestamp()),
+                                  duplicate=acc.duplicate))
+
+    async def _on_ack(self, frame: Ack) -> None:
+        unknown = [d for d in frame.delivery_ids if d not in self._sent_ids]
+        mine = [d for d in frame.delivery_ids if d in self._sent_ids]
+        if mine:
+            async with self.relay.db.pool.acquire() as conn:
+                removed = await messages.ack(conn, self.device_id, mine)
+            for d, _, _ in removed:
+                self._in_flight.pop(d, None)
+            for d in mine:  # an id acknowledged twice is simply no longer in flight
+                self._in_flight.pop(d, None)
+            self.relay.metrics.messages_delivered.inc(len(removed))
+            self._wake.set()
+        if unknown:
+            await self._refuse(None, RelayError(
+                ErrorCode.DELIVERY_NOT_FOUND,
+                f"{len(unknown)} acknowledged deliveries were never sent to this device"))
+
+    async def _on_receipt(self, frame: Receipt) -> None:
+        assert self.principal is not None
+        try:
+            body = statements.verify_receipt_statement(
+                frame.statement, self.principal.signing_key, device_id=self.device_id)
+        except VerificationError:
+            await self._refuse(frame.req_id, RelayError(
+                ErrorCode.VERIFICATION_FAILED, "receipt statement does not verify"))
+            return
+        async with self.relay.db.pool.acquire() as conn:
+            ref = await messages.message_ref(conn, body.thread_id, body.message_id)
+            if ref is None or self.device_id not in ref.recipients:
+                await self._refuse(frame.req_id, RelayError(
+                    ErrorCode.DELIVERY_NOT_FOUND, "no such message for this device"))
+                return
+            notice = encode_frame(ReceiptNotice(
+                message_id=body.message_id, device_id=self.device_id, user_id=self.user_id,
+                kind=body.kind, at=body.at, statement=frame.statement))
+            targets = [r["device_id"] for r in await conn.fetch(
+                "SELECT device_id::text AS device_id FROM devices WHERE user_id = $1 "
+                "AND status = 'active'", ref.sender_user_id)]
+            async with conn.transaction():
+                await messages.add_notices(
+                    conn, targets, "receipt", notice,
+                    dedupe_key=f"receipt:{body.message_id}:{self.device_id}:{body.kind}",
+                    now=dt.datetime.now(dt.UTC))
+                await events.publish(conn, "deliver", device_ids=targets)
+
+    # -- pump --------------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        backlog_done = False
+        page = self.cfg.send_window
+        while not self._closed:
+            self._wake.clear()
+            async with self.relay.db.pool.acquire() as conn:
+                notices = await messages.fetch_notices(conn, self.device_id,
+                                                       after_pk=self._last_notice_pk, limit=64)
+                room = self.cfg.send_window - len(self._in_flight)
+                batch = (await messages.fetch_deliveries(
+                    conn, self.device_id, after_pk=self._last_pk, limit=min(room, page))
+                    if room > 0 else [])
+            for n in notices:
+                self._last_notice_pk = n.notice_pk
+                await self._write_raw(n.frame)
+            if notices:
+                async with self.relay.db.pool.acquire() as conn:
+                    await messages.drop_notices(conn, self.device_id,
+                                                [n.notice_pk for n in notices])
+            now = time.monotonic()
+            wall = dt.datetime.now(dt.UTC)
+            for d in batch:
+                self._last_pk = d.delivery_pk
+                self._in_flight[d.delivery_id] = now
+                self._sent_ids.add(d.delivery_id)
+                self.session.send(Deliver(
+                    delivery_id=d.delivery_id, thread_seq=d.thread_seq,
+                    priority=Priority(d.priority), received_at=int(d.received_at.timestamp()),
+                    message=decode_sealed(d.sealed)))
+                self.relay.metrics.delivery_latency.observe(
+                    max(0.0, (wall - d.received_at).total_seconds()))
+            await self._flush()
+            if not backlog_done and room > 0 and len(batch) < min(room, page):
+                # Everything queued when the device connected has now been sent.
+                backlog_done = True
+                await self._send(QueueEmpty(pending=0, server_time=int(self.relay.clock())))
+            if len(notices) == 64 or (room > 0 and len(batch) == min(room, page)):
+                continue  # more waiting: go on without sleeping
+            await self._wake.wait()
+
+    async def _write_raw(self, data: bytes) -> None:
+        async with self._write_lock:
+            with contextlib.suppress(Exception):
+                await self.ws.send_bytes(data)
+
+
+
+class DeviceSocketAuthenticator:
+    """The handshake's checks: a valid access token naming the device in ``hello``, the current
+    state of device and user (revoked, suspended, licence), and the device's Ed25519 signature
+    over this connection's challenge (``challenge_failed``)."""
+
+    def __init__(self, *, db: Database, tokens: TokenService, authenticator: Authenticator,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db, self.tokens, self.authenticator, self.clock = db, tokens, authenticator, clock
+
+    async def authenticate(self, request: AuthRequested) -> SocketPrincipal:
+        now = self.clock()
+        claims = self.tokens.verify_access(request.hello.access_token, now=now)
+        if claims.device_id != request.hello.device_id:
+            raise RelayError(ErrorCode.TOKEN_DEVICE_MISMATCH,
+                             "the token was issued to another device")
+        async with self.db.pool.acquire() as conn:
+            principal = await self.authenticator.check_device(conn, claims, now=now)
+        try:
+            verify_challenge(principal.signing_key, request.nonce, request.hello.access_token,
+                             request.signature)
+        except VerificationError as exc:
+            raise RelayError(ErrorCode.CHALLENGE_FAILED,
+                             "the challenge was not signed by this device") from exc
+        return SocketPrincipal(user_id=principal.user_id, device_id=principal.device_id,
+                               org_id=principal.org_id, signing_key=principal.signing_key)

@@ -1,0 +1,261 @@
+"""The identity journey of issue 4, driven through the real CLIs against a real relay:
+
+org init, trust the org on the relay, admin create, admin login, import ten users from CSV,
+enrol one on a "phone", link a "desktop", log in from both, look up a colleague's devices
+(a second enrolled user) and claim their prekeys, suspend/resume and renew a licence, revoke
+the desktop and watch its login fail with device_revoked; every step is in the audit trail and
+``lightbox-admin audit verify`` passes.
+
+The CLIs run through their ``main(argv)`` in a worker thread (the relay runs in its own
+thread), except the new device of the linking step, which runs as a subprocess because it
+blocks until the enrolled device approves it. Secrets come from environment variables and
+every Argon2id profile is the cheap one (LIGHTBOX_INSECURE_FAST_KDF, LIGHTBOX_ARGON2_PROFILE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import re
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+
+from clients import admin as admin_cli
+from clients import cli as device_cli
+from clients.csvio import REQUIRED_COLUMNS
+from clients.sdk import identity
+from clients.sdk.errors import RelayRequestError
+from clients.sdk.http import RelayHTTP
+from clients.sdk.keystore import KeyStore
+from server import audit
+from tests.helpers import ROOT, make_settings, running_relay, seconds
+
+PASSWORDS = {"ada.byron": "lamp-orbit-canyon-7", "bo.chen": "velvet-harbour-quiet-3"}
+ORG = "st-elsewhere"
+
+
+def _csv() -> str:
+    rows = [",".join(REQUIRED_COLUMNS)]
+    people = [("Ada Byron", "ada.byron", "physician;intern", "emergency medicine"),
+              ("Bo Chen", "bo.chen", "physician;orthopaedic_on_call", "orthopaedics"),
+              ("=cmd|' /C calc'!A0", "mallory", "physician", "radiology")]
+    people += [(f"Doctor Number{i}", f"doc{i}", "physician", "general medicine")
+               for i in range(3, 10)]
+    for name, login, roles, specialty in people:
+        rows.append(f'"{name}",{login},{roles},{specialty},Surgery,MD,GMC-{login},UK,2031-12-31')
+    return "\n".join(rows) + "\n"
+
+
+async def _run(main: object, argv: Sequence[str]) -> tuple[int, str, str]:
+    """Run a CLI's main(argv) in a thread, capturing its output."""
+    def call() -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(list(argv))  # type: ignore[operator]
+        return rc, out.getvalue(), err.getvalue()
+    return await asyncio.to_thread(call)
+
+
+async def _ok(main: object, argv: Sequence[str]) -> str:
+    rc, out, err = await _run(main, argv)
+    assert rc == 0, f"{argv}: exit {rc}\n{out}\n{err}"
+    return out
+
+
+def _codes(handout_text: str) -> dict[str, str]:
+    logins = re.findall(r"--- Lightbox enrolment: .* \(([a-z0-9._-]+)\) ---", handout_text)
+    codes = re.findall(r"enrolment code:\s+([0-9A-Z-]{24})", handout_text)
+    assert len(logins) == len(codes)
+    return dict(zip(logins, codes, strict=True))
+
+
+@pytest.fixture
+def journey_env(tmp_path: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key, value in {
+        "LIGHTBOX_INSECURE_FAST_KDF": "1", "LIGHTBOX_ARGON2_PROFILE": "cheap",
+        "LIGHTBOX_HOME": str(tmp_path / "devices"),
+        "LIGHTBOX_ADMIN_HOME": str(tmp_path / "it"),
+        "LIGHTBOX_ORG_KEYFILE": str(tmp_path / "it" / "org.key"),
+        "LIGHTBOX_ORG_PASSPHRASE": "orbit lantern quarry 42",
+        "LIGHTBOX_ADMIN_PASSWORD": "harbour-mosaic-tundra-9",
+        "LIGHTBOX_DATA_DIR": str(tmp_path / "relay"), "DATABASE_URL": db_dsn,
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("LIGHTBOX_ADMIN_TOKEN", "LIGHTBOX_SERVER", "LIGHTBOX_TRUSTED_ORGS_FILE",
+                "LIGHTBOX_PASSWORD", "LIGHTBOX_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    return tmp_path
+
+
+async def test_identity_journey(journey_env: Path, db_dsn: str,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp = journey_env
+    # --- IT: organisation key, trust on the relay host, an administrator ---------------------
+    out = await _ok(admin_cli.main, ["org", "init", "--org-id", ORG, "--keyfile",
+                                     str(tmp / "it" / "org.key")])
+    fingerprint = re.search(r"fingerprint: (\S+)", out)
+    assert fingerprint is not None
+    await _ok(admin_cli.main, ["org", "trust", str(tmp / "it" / f"{ORG}.pub.json")])
+    assert (tmp / "relay" / "trusted-orgs.json").exists()
+    await _ok(admin_cli.main, ["admin", "create", "--login", "it.admin"])
+
+    settings = make_settings(data_dir=tmp / "relay", argon2_profile="cheap")
+    async with running_relay(db_dsn, settings) as running:
+        url = running.base_url
+        await _ok(admin_cli.main, ["login", "--server", url, "--login", "it.admin"])
+        assert stat.S_IMODE((tmp / "it" / "session.json").stat().st_mode) == 0o600
+
+        # --- import ten users, with handouts ------------------------------------------------
+        csv_path = tmp / "it" / "department.csv"
+        csv_path.write_text(_csv())
+        out = await _ok(admin_cli.main, ["user", "import", str(csv_path), "--handout-dir",
+                                         str(tmp / "it" / "handouts")])
+        assert "10 provisioned, 0 failed" in out
+        assert fingerprint.group(1) in out
+        codes = _codes(out)
+        assert len(codes) == 10
+        png = tmp / "it" / "handouts" / "ada.byron.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert stat.S_IMODE(png.stat().st_mode) == 0o600
+        # importing the same file again: every row refused by the relay, reported per line
+        rc, _out, err = await _run(admin_cli.main, ["user", "import", str(csv_path), "--no-qr"])
+        assert rc == 1
+        assert "line 2 (ada.byron):" in err
+
+        listing = await _ok(admin_cli.main, ["user", "list", "--csv"])
+        assert "'=cmd|' /C calc'!A0" in listing or "\"'=cmd|' /C calc'!A0\"" in listing
+        assert "\n=cmd" not in listing and ",=cmd" not in listing
+
+        # --- enrol Ada on a phone and Bo on his phone ---------------------------------------
+        monkeypatch.setenv("LIGHTBOX_PASSWORD", "password1234")  # common: refused, code kept
+        rc, _out, err = await _run(device_cli.main, ["--profile", "phone", "enroll", "--server",
+                                                     url, "--code", codes["ada.byron"]])
+        assert rc == 1
+        assert "password_too_weak" in err
+        assert not KeyStore.for_profile("phone").exists()
+        for login, profile in (("ada.byron", "phone"), ("bo.chen", "bo-phone")):
+            monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORDS[login])
+            out = await _ok(device_cli.main, ["--profile", profile, "enroll", "--server", url,
+                                              "--code", codes[login].lower()])
+            assert f"enrolled {login}" in out
+        # the code is single use
+        rc, _out, err = await _run(device_cli.main, ["--profile", "again", "enroll", "--server",
+                                                     url, "--code", codes["bo.chen"]])
+        assert rc == 1
+        assert "enrolment_code_used" in err
+
+        # --- log in on the phone, link the desktop ------------------------------------------
+        monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORDS["ada.byron"])
+        await _ok(device_cli.main, ["--profile", "phone", "login"])
+        desktop = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clients.cli", "--profile", "desktop", "link", "--server",
+            url, "--kind", "desktop", "--wait", str(seconds(60)), "--poll", "0.2",
+            cwd=ROOT, env=dict(os.environ), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            assert desktop.stdout is not None
+            line = await asyncio.wait_for(desktop.stdout.readline(), seconds(30))
+            match = re.match(rb"pairing code: ([0-9A-Z-]+)", line)
+            assert match, line
+            out = await _ok(device_cli.main, ["--profile", "phone", "link", "--approve",
+                                              match.group(1).decode()])
+            assert "approved: desktop device" in out
+            rest, err = await asyncio.wait_for(desktop.communicate(), seconds(60))
+        finally:
+            if desktop.returncode is None:
+                desktop.kill()
+                await desktop.wait()
+        assert desktop.returncode == 0, err.decode()
+        assert b"linked: ada.byron on this desktop" in rest
+        await _ok(device_cli.main, ["--profile", "desktop", "login"])
+        rc, _out, err = await _run(device_cli.main, ["--profile", "desktop", "link",
+                                                     "--approve", match.group(1).decode()])
+        assert rc == 1
+        assert "does not hold the identity key" in err
+
+        phone = KeyStore.for_profile("phone").open(PASSWORDS["ada.byron"]).state
+        desk = KeyStore.for_profile("desktop").open(PASSWORDS["ada.byron"]).state
+        assert phone.identity_seed is not None
+        assert desk.identity_seed is None  # the identity key never left the phone
+        assert desk.org_public_key == phone.org_public_key
+
+        out = await _ok(device_cli.main, ["--profile", "desktop", "devices"])
+        assert "2 devices" in out and desk.device_id in out and phone.device_id in out
+        out = await _ok(device_cli.main, ["--profile", "desktop", "whoami"])
+        assert "not on this device" in out
+
+        # --- look up a colleague and claim his prekeys --------------------------------------
+        out = await _ok(device_cli.main, ["--profile", "phone", "lookup", "Bo Chen"])
+        bo_id = re.search(r"^([0-9a-f-]{36})\s+Bo Chen", out, re.M)
+        assert bo_id, out
+        out = await _ok(device_cli.main, ["--profile", "phone", "keys", "claim",
+                                          bo_id.group(1)])
+        assert "1 devices claimed" in out and "one-time prekey" in out
+        assert "chain and signatures verified" in out
+
+        # --- the access token is renewed shortly before it expires, and the rotated refresh
+        # token is saved; presenting the old one again revokes the whole family ---------------
+        opened = KeyStore.for_profile("phone").open(PASSWORDS["ada.byron"])
+        old = opened.state.session
+        assert old is not None
+        opened.save(msgspec.structs.replace(
+            opened.state, session=msgspec.structs.replace(old, expires_at=0)))
+        async with identity.device_relay(opened) as relay:
+            await relay.prekey_count()
+        renewed = KeyStore.for_profile("phone").open(PASSWORDS["ada.byron"]).state.session
+        assert renewed is not None and renewed.refresh_token != old.refresh_token
+        async with RelayHTTP(url, tokens=old) as relay:
+            with pytest.raises(RelayRequestError) as exc:
+                await relay.refresh()
+        assert exc.value.code == "refresh_reused"
+        await _ok(device_cli.main, ["--profile", "phone", "login"])
+
+        # --- IT: show, suspend, resume, renew a licence --------------------------------------
+        out = await _ok(admin_cli.main, ["user", "show", "ada.byron"])
+        assert desk.device_id in out and "GMC-ada.byron" in out
+        await _ok(admin_cli.main, ["user", "suspend", "doc3"])
+        assert "suspended" in await _ok(admin_cli.main, ["user", "list", "--status",
+                                                         "suspended"])
+        await _ok(admin_cli.main, ["user", "resume", "doc3"])
+        await _ok(admin_cli.main, ["user", "renew-licence", "bo.chen", "--expires",
+                                   "2033-03-31"])
+        out = await _ok(admin_cli.main, ["user", "show", "bo.chen"])
+        assert "valid through 2033-03-31" in out
+
+        # --- revoke the desktop: its login fails, the phone's still works -------------------
+        out = await _ok(admin_cli.main, ["device", "revoke", desk.device_id, "--wipe"])
+        assert "revoked" in out
+        rc, _out, err = await _run(device_cli.main, ["--profile", "desktop", "login"])
+        assert rc == 1
+        assert "device_revoked" in err
+        async with RelayHTTP(url) as relay:
+            with pytest.raises(RelayRequestError) as exc:
+                await identity.login(relay, desk, PASSWORDS["ada.byron"])
+        assert exc.value.code == "device_revoked"
+        out = await _ok(device_cli.main, ["--profile", "phone", "devices"])
+        assert "1 devices" in out and desk.device_id not in out
+
+    # --- the audit trail holds every step and verifies ---------------------------------------
+    assert "audit trail intact" in await _ok(admin_cli.main, ["audit", "verify"])
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        events = [(r.event, r.outcome) for r in await audit.rows(conn, limit=10_000)]
+    finally:
+        await conn.close()
+    names = {e for e, _ in events}
+    for expected in ("admin.created", "admin.login", "admin.user_provision", "enrol.fetch",
+                     "enrol.complete", "pairing.offer", "pairing.complete", "auth.login",
+                     "keys.one_time_uploaded", "revocation.user_suspended",
+                     "revocation.user_resumed", "admin.licence_renewal",
+                     "revocation.device_revoked", "auth.refresh", "auth.refresh_reused"):
+        assert expected in names, f"{expected} missing from {sorted(names)}"
+    assert ("auth.login", "ok") in events
+    assert any(e == "auth.login" and o != "ok" for e, o in events)

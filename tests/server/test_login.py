@@ -1,0 +1,157 @@
+"""Login, refresh, logout and lockout through a real relay (server/login.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from server import audit
+from tests.identity_world import PASSWORD, World, identity_world
+from tests.server.test_http_edge import assert_problem
+
+
+@pytest.fixture
+async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
+    async with identity_world(db_dsn, tmp_path, lockout_account_failures=3,
+                              lockout_address_failures=50) as w:
+        yield w
+
+
+async def test_login_returns_a_bound_token_pair_and_is_audited(world: World) -> None:
+    user = world.org.user("amy.ortho")
+    device = await world.onboard(user)
+    r = await world.call(device, "GET", "/v1/keys/count")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"remaining": 5, "low_water": 20, "target": 100}
+    conn = await world.db()
+    try:
+        events = [row.event for row in await audit.rows(conn)]
+        assert (await audit.verify(conn)).ok
+    finally:
+        await conn.close()
+    for event in ("admin.login", "admin.user_provision", "enrol.complete", "auth.login"):
+        assert event in events
+
+
+async def test_wrong_password_and_unknown_login_get_the_same_code(world: World) -> None:
+    device = await world.onboard(world.org.user("amy.ortho"))
+    assert_problem(await world.login_response(device, password="wrong password here"),
+                   401, "invalid_credentials")
+    assert_problem(await world.login_response(device, login="nobody.here"),
+                   401, "invalid_credentials")
+
+
+async def test_lockout_after_repeated_failures_with_retry_after(world: World) -> None:
+    device = await world.onboard(world.org.user("amy.ortho"))
+    for _ in range(3):
+        assert_problem(await world.login_response(device, password="not the password"),
+                       401, "invalid_credentials")
+    r = await world.login_response(device)  # even the right password is refused now
+    body = assert_problem(r, 429, "account_locked")
+    assert 1 <= float(body["retry_after"]) <= 30  # type: ignore[arg-type]
+    assert int(r.headers["retry-after"]) >= 1
+    conn = await world.db()
+    try:
+        events = [(row.event, row.outcome) for row in await audit.rows(conn)]
+    finally:
+        await conn.close()
+    assert ("auth.lockout", "denied") in events
+    assert ("auth.login", "denied") in events
+
+
+async def test_unknown_logins_are_counted_towards_lockout_too(world: World) -> None:
+    device = await world.onboard(world.org.user("amy.ortho"))
+    for _ in range(3):
+        assert_problem(await world.login_response(device, login="ghost.user"),
+                       401, "invalid_credentials")
+    assert_problem(await world.login_response(device, login="ghost.user"), 429, "account_locked")
+
+
+async def test_login_signed_by_another_device_key_fails_the_challenge(world: World) -> None:
+    user = world.org.user("amy.ortho")
+    device = await world.onboard(user)
+    other = user.device()
+    assert_problem(await world.login_response(device, signer=other.keys), 401,
+                   "challenge_failed")
+
+
+async def test_a_nonce_is_single_use(world: World) -> None:
+    from protocol.api import login_signing_input
+    from protocol.canonical import b64url_decode, b64url_encode
+
+    device = await world.onboard(world.org.user("amy.ortho"))
+    nonce = (await world.http.post("/v1/auth/challenge")).json()["nonce"]
+    sig = device.keys.sign(login_signing_input(b64url_decode(nonce), device.user.login,
+                                               device.device_id))
+    body = {"login": device.user.login, "password": PASSWORD, "device_id": device.device_id,
+            "nonce": nonce, "signature": b64url_encode(sig)}
+    assert (await world.http.post("/v1/auth/login", json=body)).status_code == 200
+    assert_problem(await world.http.post("/v1/auth/login", json=body), 401, "challenge_failed")
+
+
+async def test_suspended_user_and_expired_licence_cannot_log_in(world: World) -> None:
+    amy = world.org.user("amy.ortho")
+    device = await world.onboard(amy)
+    assert (await world.revoke(world.org, 1, users=(amy.user_id,))).status_code == 200
+    assert_problem(await world.login_response(device), 403, "user_suspended")
+    assert (await world.revoke(world.org, 2)).status_code == 200  # resumed
+    await world.login(device)
+    conn = await world.db()
+    try:
+        await conn.execute("UPDATE users SET licence_expires_at = now() - interval '1 day' "
+                           "WHERE user_id = $1", uuid.UUID(amy.user_id))
+    finally:
+        await conn.close()
+    assert_problem(await world.login_response(device), 403, "licence_expired")
+    assert_problem(await world.call(device, "GET", "/v1/keys/count"), 403, "licence_expired")
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_whole_family(world: World) -> None:
+    device = await world.onboard(world.org.user("amy.ortho"))
+    first = device.refresh_token
+    r = await world.http.post("/v1/auth/refresh", json={"refresh_token": first})
+    assert r.status_code == 200, r.text
+    newest = r.json()["refresh_token"]
+    device.access_token = r.json()["access_token"]
+    assert newest != first
+    assert (await world.call(device, "GET", "/v1/keys/count")).status_code == 200
+    assert_problem(await world.http.post("/v1/auth/refresh", json={"refresh_token": first}),
+                   401, "refresh_reused")
+    # The family is gone: the newest refresh token and the access token stop working too.
+    assert_problem(await world.http.post("/v1/auth/refresh", json={"refresh_token": newest}),
+                   401, "token_invalid")
+    assert_problem(await world.call(device, "GET", "/v1/keys/count"), 401, "token_invalid")
+    conn = await world.db()
+    try:
+        assert [r.outcome for r in await audit.rows(conn, event_prefix="auth.refresh_reused")] \
+            == ["denied"]
+    finally:
+        await conn.close()
+
+
+async def test_logout_ends_the_session(world: World) -> None:
+    device = await world.onboard(world.org.user("amy.ortho"))
+    r = await world.http.post("/v1/auth/logout", json={"refresh_token": device.refresh_token})
+    assert r.status_code == 204
+    assert_problem(await world.http.post("/v1/auth/refresh",
+                                         json={"refresh_token": device.refresh_token}),
+                   401, "token_invalid")
+    assert_problem(await world.call(device, "GET", "/v1/keys/count"), 401, "token_invalid")
+
+
+async def test_refresh_fails_once_the_device_is_revoked(world: World) -> None:
+    device = await world.onboard(world.org.user("amy.ortho"))
+    assert (await world.revoke(world.org, 1, devices=(device.device_id,))).status_code == 200
+    assert_problem(await world.http.post("/v1/auth/refresh",
+                                         json={"refresh_token": device.refresh_token}),
+                   401, "token_invalid")  # its refresh tokens were revoked with it
+    assert_problem(await world.login_response(device), 403, "device_revoked")
+
+
+async def test_admin_login_wrong_password_is_refused(world: World) -> None:
+    r = await world.http.post("/v1/admin/login", json={"login": "it-admin",
+                                                       "password": "wrong"})
+    assert_problem(r, 401, "invalid_credentials")

@@ -363,7 +363,9 @@ class ServerSession:
             return
         if code is not None:
             self._queue(Error(code=code, detail=detail, fatal=True))
-        self._set_closed(close_code, detail or (code.value if code else ""))
+        # The close reason is the stable error code when there is one (the detail is in the
+        # error frame), so clients can act on it without parsing prose.
+        self._set_closed(close_code, code.value if code else detail)
 
     # -- helpers --
 

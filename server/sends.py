@@ -168,8 +168,7 @@ class SendPipeline:
                     await events.publish(conn, "deliver", device_ids=ids[i:i + 180])
         for p, outcome in results:
             if isinstance(outcome, RelayError):
-                self.metrics.ws_rejections.labels(outcome.code.value).inc()
-                p.future.set_exception(outcome)
+                p.future.set_exception(outcome)  # counted where it is answered
             else:
                 if not outcome.duplicate:
                     self.metrics.messages_accepted.inc()

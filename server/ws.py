@@ -144,7 +144,7 @@ class WebSocketRelay:
         self.db, self.hub, self.pipeline, self.metrics = db, hub, pipeline, metrics
         self.authenticator, self.config, self.clock = authenticator, config, clock
 
-    async def __call__(self, ws: WebSocket) -> None:
+    async def endpoint(self, ws: WebSocket) -> None:
         if not self.hub.accepting:
             await ws.close(CloseCode.GOING_AWAY)
             return

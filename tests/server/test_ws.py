@@ -1,0 +1,523 @@
+"""The websocket relay end to end: handshake, durable send, ordered delivery with
+acknowledgements, receipts, replacement, revocation, shutdown, and every kind of bad input with
+its exact code, the connection kept open where the protocol allows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import websockets
+
+from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
+from protocol.errors import CloseCode
+from protocol.frames import (
+    Ack,
+    Deliver,
+    Error,
+    Hello,
+    Ping,
+    Pong,
+    QueueEmpty,
+    Receipt,
+    ReceiptNotice,
+    encode_frame,
+)
+from protocol.keys import DeviceKeys
+from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_statement
+from tests.helpers import seconds
+from tests.identity_world import World, identity_world
+from tests.relay_world import Peer, connect, opened, peer, seal, thread
+
+
+@pytest.fixture
+async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
+    async with identity_world(db_dsn, tmp_path, rate_messages_per_minute=120) as w:
+        yield w
+
+
+@pytest.fixture
+async def trio(world: World) -> tuple[Peer, Peer, Peer]:
+    return (await peer(world, "alice"), await peer(world, "bob"), await peer(world, "carol"))
+
+
+async def raw(world: World) -> websockets.asyncio.client.ClientConnection:
+    return await websockets.asyncio.client.connect(world.relay.ws_url + "/v1/ws",
+                                                   ping_interval=None)
+
+
+async def closed_with(ws: websockets.asyncio.client.ClientConnection) -> tuple[int, list[Error]]:
+    errors = []
+    try:
+        async for data in ws:
+            frame = msgspec.msgpack.decode(data)
+            if frame.get("t") == "error":
+                errors.append(msgspec.convert(frame, Error))
+    except websockets.ConnectionClosed:
+        pass
+    assert ws.close_code is not None
+    return ws.close_code, errors
+
+
+async def next_of(sock: RelaySocket, kind: type, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    while True:
+        frame = await sock.next_event(seconds(timeout))
+        if isinstance(frame, kind):
+            return frame
+
+
+# --- handshake ----------------------------------------------------------------------------
+
+
+async def test_handshake_answers_ready_for_the_authenticated_device(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice = trio[0]
+    sock = await connect(world, alice)
+    try:
+        assert sock.ready is not None
+        assert sock.ready.device_id == alice.device_id
+        assert sock.ready.user_id == alice.user_id
+        assert sock.ready.limits.send_window == world.relay.relay.settings.ws_send_window
+    finally:
+        await sock.close()
+
+
+async def test_anything_before_hello_closes_with_1008_unexpected_frame(world: World) -> None:
+    ws = await raw(world)
+    await ws.send(encode_frame(Ping(nonce=b"12345678")))
+    code, errors = await closed_with(ws)
+    assert code == CloseCode.POLICY_VIOLATION
+    assert errors[0].code.value == "unexpected_frame"
+
+
+async def test_wrong_protocol_version_closes_with_4008(world: World,
+                                                      trio: tuple[Peer, Peer, Peer]) -> None:
+    ws = await raw(world)
+    await ws.send(encode_frame(Hello(versions=[99], access_token=trio[0].token,
+                                     device_id=trio[0].device_id, client="t", client_version="1")))
+    code, errors = await closed_with(ws)
+    assert code == CloseCode.UNSUPPORTED_VERSION
+    assert errors[0].code.value == "unsupported_version"
+
+
+async def test_forged_token_closes_with_4001_token_invalid(world: World,
+                                                          trio: tuple[Peer, Peer, Peer]) -> None:
+    alice = trio[0]
+    with pytest.raises(SocketClosed) as err:
+        await RelaySocket.connect(world.relay.ws_url + "/v1/ws", access_token="e30.e30.AAAA",
+                                  device_id=alice.device_id, sign=alice.device.keys.sign)
+    assert err.value.code == CloseCode.AUTH_FAILED
+    assert err.value.reason == "token_invalid"
+
+
+async def test_challenge_signed_by_another_key_closes_with_4001(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice = trio[0]
+    thief = DeviceKeys.generate(alice.device_id)
+    with pytest.raises(SocketClosed) as err:
+        await RelaySocket.connect(world.relay.ws_url + "/v1/ws", access_token=alice.token,
+                                  device_id=alice.device_id, sign=thief.sign)
+    assert (err.value.code, err.value.reason) == (CloseCode.AUTH_FAILED, "challenge_failed")
+
+
+async def test_token_of_another_device_closes_with_token_device_mismatch(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio
+    with pytest.raises(SocketClosed) as err:
+        await RelaySocket.connect(world.relay.ws_url + "/v1/ws", access_token=alice.token,
+                                  device_id=bob.device_id, sign=bob.device.keys.sign)
+    assert (err.value.code, err.value.reason) == (CloseCode.AUTH_FAILED, "token_device_mismatch")
+
+
+async def test_silence_after_connecting_closes_with_4002(db_dsn: str, tmp_path: Path) -> None:
+    async with identity_world(db_dsn, tmp_path, ws_auth_timeout=0.3) as w:
+        ws = await raw(w)
+        code, _ = await asyncio.wait_for(closed_with(ws), seconds(5))
+    assert code == CloseCode.AUTH_TIMEOUT
+
+
+# --- sending and delivery --------------------------------------------------------------------
+
+
+async def test_send_is_accepted_then_delivered_opened_acknowledged_and_receipted(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio
+    tid = await thread(world, alice, bob)
+    a, b = await connect(world, alice), await connect(world, bob)
+    try:
+        await next_of(b, QueueEmpty)
+        sealed = seal(alice, tid, [bob], b"fracture of the distal radius?")
+        acc = await a.send(sealed)
+        assert (acc.thread_id, acc.thread_seq, acc.duplicate) == (tid, 1, False)
+        d = await next_of(b, Deliver)
+        assert d.message.header.message_id == sealed.header.message_id
+        assert opened(bob, alice, d.message) == b"fracture of the distal radius?"
+        await b.ack([d.delivery_id])
+        stmt = issue_receipt_statement(ReceiptStatement(
+            v=1, device_id=bob.device_id, message_id=sealed.header.message_id, thread_id=tid,
+            kind=ReceiptKind.DELIVERED, at=acc.server_time), bob.device.keys.signing)
+        await b.send_frame(Receipt(statement=stmt))
+        notice = await next_of(a, ReceiptNotice)
+        assert (notice.device_id, notice.kind.value) == (bob.device_id, "delivered")
+        conn = await world.db()
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM deliveries") == 0
+        finally:
+            await conn.close()
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_offline_device_gets_its_backlog_in_order_in_pages_then_queue_empty(
+        db_dsn: str, tmp_path: Path) -> None:
+    async with identity_world(db_dsn, tmp_path, ws_send_window=2) as world:
+        alice, bob = await peer(world, "alice"), await peer(world, "bob")
+        tid = await thread(world, alice, bob)
+        a = await connect(world, alice)
+        sent = [seal(alice, tid, [bob], f"m{i}".encode()) for i in range(5)]
+        for s in sent:
+            await a.send(s)
+        b = await connect(world, bob)
+        got: list[str] = []
+        try:
+            while True:
+                frame = await b.next_event(seconds(10))
+                if isinstance(frame, Deliver):
+                    got.append(frame.message.header.message_id)
+                    await b.ack([frame.delivery_id])
+                elif isinstance(frame, QueueEmpty):
+                    break
+        finally:
+            await a.close()
+            await b.close()
+        assert got == [s.header.message_id for s in sent]
+
+
+async def test_unacknowledged_deliveries_are_redelivered_after_reconnect(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio
+    tid = await thread(world, alice, bob)
+    a = await connect(world, alice)
+    s = seal(alice, tid, [bob])
+    await a.send(s)
+    b = await connect(world, bob)
+    first = await next_of(b, Deliver)
+    await b.close()  # stored nothing, acknowledged nothing
+    b = await connect(world, bob)
+    again = await next_of(b, Deliver)
+    await a.close()
+    await b.close()
+    assert again.message.header.message_id == first.message.header.message_id
+
+
+async def test_retry_with_same_bytes_returns_the_original_acceptance(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio
+    tid = await thread(world, alice, bob)
+    a = await connect(world, alice)
+    try:
+        s = seal(alice, tid, [bob])
+        first = await a.send(s)
+        again = await a.send(s)
+        assert again.duplicate and again.thread_seq == first.thread_seq
+    finally:
+        await a.close()
+
+
+async def test_reused_message_id_with_other_bytes_is_refused_and_overwrites_nothing(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio
+    tid = await thread(world, alice, bob)
+    a, b = await connect(world, alice), await connect(world, bob)
+    try:
+        s = seal(alice, tid, [bob], b"original")
+        await a.send(s)
+        with pytest.raises(SendRefused) as err:
+            await a.send(seal(alice, tid, [bob], b"forgery", message_id=s.header.message_id))
+        assert err.value.code == "duplicate_conflict"
+        d = await next_of(b, Deliver)
+        assert opened(bob, alice, d.message) == b"original"
+        assert (await a.send(seal(alice, tid, [bob]))).thread_seq == 2  # still usable
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_send_to_a_thread_the_device_is_not_in_is_refused(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, carol = trio
+    tid = await thread(world, alice, bob)
+    c = await connect(world, carol)
+    try:
+        with pytest.raises(SendRefused) as err:
+            await c.send(seal(carol, tid, [alice, bob]))
+        assert err.value.code == "not_thread_member"
+        with pytest.raises(SendRefused) as err:
+            await c.send(seal(carol, str(uuid.uuid4()), [alice]))
+        assert err.value.code == "thread_not_found"
+    finally:
+        await c.close()
+
+
+async def test_forged_sender_device_is_refused(world: World,
+                                               trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, carol = trio
+    tid = await thread(world, alice, bob, carol)
+    c = await connect(world, carol)
+    try:
+        with pytest.raises(SendRefused) as err:
+            await c.send(seal(alice, tid, [bob]))  # sealed as alice, sent on carol's socket
+        assert err.value.code == "sender_mismatch"
+    finally:
+        await c.close()
+
+
+async def test_tampered_ciphertext_fails_the_sender_signature(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio
+    tid = await thread(world, alice, bob)
+    a = await connect(world, alice)
+    try:
+        s = seal(alice, tid, [bob])
+        bad = msgspec.structs.replace(s, ciphertext=bytes([s.ciphertext[0] ^ 1]) + s.ciphertext[1:])
+        with pytest.raises(SendRefused) as err:
+            await a.send(bad)
+        assert err.value.code == "sender_mismatch"
+    finally:
+        await a.close()
+
+
+async def test_missing_extra_and_stale_devices_are_listed_and_nothing_is_stored(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, carol = trio
+    tid = await thread(world, alice, bob)
+    a = await connect(world, alice)
+    try:
+        with pytest.raises(SendRefused) as err:
+            await a.send(seal(alice, tid, [carol]))
+        assert err.value.code == "device_set_mismatch"
+        assert err.value.missing == [bob.device_id]
+        assert err.value.extra == [carol.device_id]
+        r = await world.revoke(world.org, 1, devices=(bob.device_id,))
+        assert r.status_code == 200, r.text
+        with pytest.raises(SendRefused) as err:
+            await a.send(seal(alice, tid, [bob]))
+        assert err.value.stale == [bob.device_id]
+        conn = await world.db()
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+        finally:
+            await conn.close()
+    finally:
+        await a.close()
+
+
+async def test_acknowledging_another_devices_delivery_is_refused_and_changes_nothing(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, carol = trio
+    tid = await thread(world, alice, bob, carol)
+    a, b, c = [await connect(world, p) for p in trio]
+    try:
+        await a.send(seal(alice, tid, [bob, carol]))
+        d = await next_of(b, Deliver)
+        await c.send_frame(Ack(delivery_ids=[d.delivery_id]))
+        err = await next_of(c, Error)
+        assert err.code.value == "delivery_not_found"
+        conn = await world.db()
+        try:
+            assert await conn.fetchval(
+                "SELECT count(*) FROM deliveries WHERE delivery_id = $1", d.delivery_id) == 1
+        finally:
+            await conn.close()
+    finally:
+        for s in (a, b, c):
+            await s.close()
+
+
+# --- bad input on a ready connection ----------------------------------------------------------
+
+
+async def ready_raw(world: World, p: Peer) -> websockets.asyncio.client.ClientConnection:
+    """A raw websocket taken through the handshake, for sending arbitrary bytes."""
+    sock = await connect(world, p)
+    return sock._ws  # the reader task is replaced below by direct reads
+
+
+async def test_garbage_truncated_and_unknown_frames_get_errors_and_the_socket_stays_usable(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio
+    tid = await thread(world, alice, bob)
+    a = await connect(world, alice)
+    try:
+        await next_of(a, QueueEmpty)
+        good = encode_frame(Ping(nonce=b"abcdefgh"))
+        for data, code in [
+            (os.urandom(64), "malformed_frame"),
+            (good[: len(good) // 2], "malformed_frame"),
+            (msgspec.msgpack.encode({"t": "teleport", "to": "mars"}), "unknown_frame_type"),
+            (msgspec.msgpack.encode({"t": "ack", "delivery_ids": ["x"], "extra": 1}),
+             "malformed_frame"),
+            (encode_frame(QueueEmpty(pending=0, server_time=0)), "unexpected_frame"),
+            (msgspec.msgpack.encode({"t": "send", "req_id": "r1", "message": 7}),
+             "malformed_frame"),
+        ]:
+            await a._ws.send(data)
+            err = await next_of(a, Error)
+            assert err.code.value == code, data
+            assert not err.fatal
+        acc = await a.send(seal(alice, tid, [bob]))
+        assert acc.thread_seq == 1
+    finally:
+        await a.close()
+
+
+async def test_oversize_frame_closes_with_1009(world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    a = await connect(world, trio[0])
+    await a._ws.send(b"\x00" * (world.relay.relay.settings.ws_max_frame + 1))
+    code, _ = await asyncio.wait_for(a.closed, seconds(10))
+    assert code == CloseCode.MESSAGE_TOO_BIG
+
+
+async def test_flood_past_the_rate_limit_gets_retry_after_and_the_socket_stays_open(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio
+    tid = await thread(world, alice, bob)
+    a = await connect(world, alice)
+    try:
+        limit = world.relay.relay.settings.rate_messages_per_minute
+        window = a.ready.limits.send_window if a.ready else 1
+        results: list[object] = []
+        while len(results) < limit + window:  # bursts that fill the send window each time
+            results += await asyncio.gather(*(a.send(seal(alice, tid, [bob]))
+                                              for _ in range(window)), return_exceptions=True)
+        refused = [r for r in results if isinstance(r, SendRefused)]
+        accepted = [r for r in results if not isinstance(r, BaseException)]
+        assert refused and all(r.code == "rate_limited" and r.retry_after for r in refused)
+        assert len(accepted) <= limit
+        assert len(accepted) + len(refused) == len(results)
+        await asyncio.sleep(max(r.retry_after or 0 for r in refused))
+        assert (await a.send(seal(alice, tid, [bob]))).thread_seq == len(accepted) + 1
+    finally:
+        await a.close()
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+async def test_second_connection_of_a_device_replaces_the_first_with_4003(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    first = await connect(world, trio[0])
+    second = await connect(world, trio[0])
+    try:
+        code, reason = await asyncio.wait_for(first.closed, seconds(10))
+        assert code == CloseCode.SESSION_REPLACED
+        assert not second.closed.done()
+    finally:
+        await second.close()
+
+
+async def test_revoking_a_device_closes_its_socket_with_4004_and_it_cannot_reconnect(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    bob = trio[1]
+    b = await connect(world, bob)
+    r = await world.revoke(world.org, 1, devices=(bob.device_id,))
+    assert r.status_code == 200, r.text
+    code, _ = await asyncio.wait_for(b.closed, seconds(10))
+    assert code == CloseCode.DEVICE_REVOKED
+    with pytest.raises(SocketClosed) as err:
+        await connect(world, bob)
+    assert (err.value.code, err.value.reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
+
+
+async def test_suspending_a_user_closes_their_sockets_with_4005(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    carol = trio[2]
+    c = await connect(world, carol)
+    r = await world.revoke(world.org, 1, users=(carol.user_id,))
+    assert r.status_code == 200, r.text
+    code, _ = await asyncio.wait_for(c.closed, seconds(10))
+    assert code == CloseCode.USER_SUSPENDED
+
+
+async def test_relay_shutdown_closes_sockets_with_1001(db_dsn: str, tmp_path: Path) -> None:
+    async with identity_world(db_dsn, tmp_path) as world:
+        p = await peer(world, "alice")
+        sock = await connect(world, p)
+        await asyncio.to_thread(lambda: setattr(world.relay.server, "should_exit", True))
+        code, _ = await asyncio.wait_for(sock.closed, seconds(15))
+    assert code == CloseCode.GOING_AWAY
+
+
+async def test_a_thousand_abrupt_connections_leave_other_users_unharmed(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio
+    tid = await thread(world, alice, bob)
+    a, b = await connect(world, alice), await connect(world, bob)
+    host, port = world.relay.base_url.removeprefix("http://").split(":")
+
+    async def abrupt(i: int) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            if i % 2:  # half get as far as the websocket upgrade
+                writer.write(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                await writer.drain()
+            writer.transport.abort()
+        except OSError:
+            pass
+
+    async def exchange() -> int:
+        n = 0
+        for _ in range(20):
+            await a.send(seal(alice, tid, [bob]))
+            d = await next_of(b, Deliver)
+            await b.ack([d.delivery_id])
+            n += 1
+        return n
+
+    try:
+        sem = asyncio.Semaphore(100)
+
+        async def bounded(i: int) -> None:
+            async with sem:
+                await abrupt(i)
+
+        flood = asyncio.gather(*(bounded(i) for i in range(1000)))
+        delivered = await exchange()
+        await flood
+        assert delivered == 20
+        assert (await a.send(seal(alice, tid, [bob]))).thread_seq == 21
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_metrics_report_connections_messages_latency_and_rejections(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, carol = trio
+    tid = await thread(world, alice, bob)
+    a, b, c = [await connect(world, p) for p in trio]
+    try:
+        await a.send(seal(alice, tid, [bob]))
+        d = await next_of(b, Deliver)
+        await b.ack([d.delivery_id])
+        with pytest.raises(SendRefused):
+            await c.send(seal(carol, tid, [alice, bob]))
+        await asyncio.sleep(0.2)
+        text = (await world.http.get("/metrics")).text
+    finally:
+        for s in (a, b, c):
+            await s.close()
+    assert "lightbox_ws_connections 3.0" in text
+    assert "lightbox_messages_accepted_total 1.0" in text
+    assert "lightbox_messages_delivered_total 1.0" in text
+    assert "lightbox_delivery_latency_seconds_count 1.0" in text
+    assert 'lightbox_ws_rejections_total{code="not_thread_member"} 1.0' in text
+    assert "lightbox_queue_depth" in text

@@ -159,7 +159,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             await db.close()
             log.info("relay stopped")
 
-    routes: list[BaseRoute] = [*starlette_routes(endpoints), WebSocketRoute("/v1/ws", ws_relay.endpoint)]
+    routes: list[BaseRoute] = [*starlette_routes(endpoints),
+                               WebSocketRoute("/v1/ws", ws_relay.endpoint)]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={
                         RelayError: _relay_error,

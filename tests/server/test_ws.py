@@ -22,7 +22,6 @@ from protocol.frames import (
     Error,
     Hello,
     Ping,
-    Pong,
     QueueEmpty,
     Receipt,
     ReceiptNotice,
@@ -415,7 +414,7 @@ async def test_second_connection_of_a_device_replaces_the_first_with_4003(
     first = await connect(world, trio[0])
     second = await connect(world, trio[0])
     try:
-        code, reason = await asyncio.wait_for(first.closed, seconds(10))
+        code, _ = await asyncio.wait_for(first.closed, seconds(10))
         assert code == CloseCode.SESSION_REPLACED
         assert not second.closed.done()
     finally:
@@ -463,7 +462,7 @@ async def test_a_thousand_abrupt_connections_leave_other_users_unharmed(
 
     async def abrupt(i: int) -> None:
         try:
-            reader, writer = await asyncio.open_connection(host, int(port))
+            _, writer = await asyncio.open_connection(host, int(port))
             if i % 2:  # half get as far as the websocket upgrade
                 writer.write(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                              b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"

@@ -1,0 +1,201 @@
+"""Several relay processes on one Postgres, and durability across a SIGKILL.
+
+Two real ``lightbox-server`` processes share the test database: a message sent through one is
+announced with LISTEN/NOTIFY and delivered by the other. Then a relay is killed with SIGKILL
+in the middle of a stream of sends and deliveries and restarted: every message the sender saw
+``accepted`` reaches the recipient's application exactly once (the SDK de-duplicates), and every
+send that was not accepted is retried by the SDK until it is: none lost, none duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clients.sdk.connection import Connection
+from protocol.frames import Deliver
+from tests.helpers import ROOT, seconds
+from tests.identity_world import World, identity_world
+from tests.relay_world import Peer, opened, peer, seal, thread
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RelayProcess:
+    """A real relay process on the test database, with the world's keys and trust."""
+
+    def __init__(self, world: World, port: int | None = None) -> None:
+        s = world.relay.relay.settings
+        self.port = port or _free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("LIGHTBOX_")},
+            "DATABASE_URL": world.dsn, "PORT": str(self.port), "LOG_LEVEL": "warning",
+            "LIGHTBOX_TRUSTED_ORGS_FILE": str(s.trusted_orgs_path),
+            "LIGHTBOX_TOKEN_KEY_FILE": str(s.token_key_path),
+            "LIGHTBOX_ARGON2_PROFILE": "cheap", "LIGHTBOX_RATE_MESSAGES_PER_MINUTE": "100000",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    async def start(self) -> None:
+        log = Path(self.env["LIGHTBOX_TOKEN_KEY_FILE"]).parent / f"relay-{self.port}.log"
+        with log.open("ab") as err:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT,
+                                         env=self.env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + seconds(30)
+        async with httpx.AsyncClient() as c:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, log.read_text()[-2000:]
+                with contextlib.suppress(httpx.TransportError):
+                    if (await c.get(f"http://127.0.0.1:{self.port}/readyz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise TimeoutError("relay process not ready")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(seconds(15))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def processes(*procs: RelayProcess) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.stop()
+
+
+@pytest.fixture
+async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
+    async with identity_world(db_dsn, tmp_path, rate_messages_per_minute=100_000) as w:
+        yield w
+
+
+async def test_message_sent_through_one_process_is_delivered_by_another(world: World) -> None:
+    alice, bob = await peer(world, "alice"), await peer(world, "bob")
+    tid = await thread(world, alice, bob)
+    one, two = RelayProcess(world), RelayProcess(world)
+    with processes(one, two):
+        await asyncio.gather(one.start(), two.start())
+        from clients.sdk.socket import RelaySocket
+
+        b = await RelaySocket.connect(two.ws_url, access_token=bob.token,
+                                      device_id=bob.device_id, sign=bob.device.keys.sign)
+        a = await RelaySocket.connect(one.ws_url, access_token=alice.token,
+                                      device_id=alice.device_id, sign=alice.device.keys.sign)
+        try:
+            for i in range(5):
+                sealed = seal(alice, tid, [bob], f"across processes {i}".encode())
+                await a.send(sealed)
+                start = time.monotonic()
+                while True:
+                    frame = await b.next_event(seconds(10))
+                    if isinstance(frame, Deliver):
+                        break
+                assert time.monotonic() - start < seconds(5)
+                assert opened(bob, alice, frame.message) == f"across processes {i}".encode()
+                await b.ack([frame.delivery_id])
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_second_connection_on_another_process_replaces_the_first(world: World) -> None:
+    alice = await peer(world, "alice")
+    one, two = RelayProcess(world), RelayProcess(world)
+    with processes(one, two):
+        await asyncio.gather(one.start(), two.start())
+        from clients.sdk.socket import RelaySocket
+
+        first = await RelaySocket.connect(one.ws_url, access_token=alice.token,
+                                          device_id=alice.device_id, sign=alice.device.keys.sign)
+        second = await RelaySocket.connect(two.ws_url, access_token=alice.token,
+                                           device_id=alice.device_id,
+                                           sign=alice.device.keys.sign)
+        try:
+            code, _ = await asyncio.wait_for(first.closed, seconds(10))
+            assert code == 4003
+        finally:
+            await second.close()
+
+
+async def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(world: World) -> None:
+    alice, bob = await peer(world, "alice"), await peer(world, "bob")
+    tid = await thread(world, alice, bob)
+    relay = RelayProcess(world)
+    received: list[str] = []
+
+    async def store(d: Deliver) -> None:  # the recipient application's durable store
+        received.append(opened(bob, alice, d.message).decode())
+
+    def token_of(p: Peer):  # type: ignore[no-untyped-def]
+        async def token() -> str:
+            return p.token
+        return token
+
+    with processes(relay):
+        await relay.start()
+        sender = Connection(relay.ws_url, device_id=alice.device_id, access_token=token_of(alice),
+                            sign=alice.device.keys.sign, on_message=store, backoff_base=0.05,
+                            backoff_max=0.5, send_timeout=seconds(5))
+        recipient = Connection(relay.ws_url, device_id=bob.device_id,
+                               access_token=token_of(bob), sign=bob.device.keys.sign,
+                               on_message=store, backoff_base=0.05, backoff_max=0.5)
+        await sender.start()
+        await recipient.start()
+        total = 120
+        accepted: list[str] = []
+
+        async def stream() -> None:
+            for i in range(total):
+                await sender.send(seal(alice, tid, [bob], f"msg-{i:03d}".encode()))
+                accepted.append(f"msg-{i:03d}")
+
+        streaming = asyncio.create_task(stream())
+        try:
+            while len(accepted) < total // 3:
+                await asyncio.sleep(0.01)
+            relay.kill()  # SIGKILL: no shutdown, no flush, nothing graceful
+            await asyncio.sleep(0.3)
+            await relay.start()
+            await asyncio.wait_for(streaming, seconds(60))
+            deadline = time.monotonic() + seconds(30)
+            while len(received) < total and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            streaming.cancel()
+            await sender.stop()
+            await recipient.stop()
+    assert accepted == [f"msg-{i:03d}" for i in range(total)]
+    assert sorted(received) == accepted, "lost or duplicated messages"
+    assert received == accepted, "thread order not kept"
+    assert sender.reconnects >= 1 and recipient.reconnects >= 1

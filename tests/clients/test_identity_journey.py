@@ -35,6 +35,8 @@ from clients.sdk import identity
 from clients.sdk.errors import RelayRequestError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import KeyStore
+from clients.sdk.socket import RelaySocket
+from protocol.errors import CloseCode
 from server import audit
 from tests.helpers import ROOT, make_settings, running_relay, seconds
 
@@ -230,9 +232,17 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
         out = await _ok(admin_cli.main, ["user", "show", "bo.chen"])
         assert "valid through 2033-03-31" in out
 
-        # --- revoke the desktop: its login fails, the phone's still works -------------------
+        # --- revoke the desktop: its open socket closes, its login fails, the phone's works ---
+        await _ok(device_cli.main, ["--profile", "desktop", "login"])
+        desk = KeyStore.for_profile("desktop").open(PASSWORDS["ada.byron"]).state
+        assert desk.session is not None
+        socket = await RelaySocket.connect(
+            url.replace("http", "ws", 1) + "/v1/ws", access_token=desk.session.access_token,
+            device_id=desk.device_id, sign=desk.device_keys().sign)
         out = await _ok(admin_cli.main, ["device", "revoke", desk.device_id, "--wipe"])
         assert "revoked" in out
+        code, reason = await asyncio.wait_for(socket.closed, seconds(10))
+        assert (code, reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
         rc, _out, err = await _run(device_cli.main, ["--profile", "desktop", "login"])
         assert rc == 1
         assert "device_revoked" in err

@@ -119,6 +119,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     bus.subscribe("deliver", hub.on_deliver)
     bus.subscribe("session", hub.on_session)
     bus.subscribe("revoked", hub.on_revoked)
+    bus.subscribe("keys_low", hub.on_keys_low)
     pipeline = SendPipeline(db, metrics, max_message_bytes=settings.max_message_bytes,
                             max_batch=settings.send_batch,
                             verify_signatures=settings.verify_sender_signatures)
@@ -134,7 +135,9 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             max_frame=settings.ws_max_frame, ack_timeout=settings.ws_ack_timeout,
             messages_per_minute=settings.rate_messages_per_minute,
             bytes_per_minute=settings.rate_bytes_per_minute,
-            write_timeout=settings.ws_write_timeout),
+            write_timeout=settings.ws_write_timeout,
+            prekeys_low_water=settings.prekeys_low_water,
+            prekeys_target=settings.prekeys_target),
         clock=clock)
 
     @contextlib.asynccontextmanager

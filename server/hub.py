@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from protocol.errors import CloseCode
+from protocol.frames import Frame, KeysLow
 
 __all__ = ["Closable", "Hub", "Member"]
 
@@ -35,6 +36,10 @@ class Member(Closable, Protocol):
     session_id: str
 
     def wake(self) -> None: ...
+
+    def push(self, frame: Frame) -> None:
+        """Send a relay frame soon (best effort; durable frames go through notices)."""
+        ...
 
 
 _REASON_CLOSE = {
@@ -102,6 +107,13 @@ class Hub:
 
     async def on_deliver(self, event: dict[str, Any]) -> None:
         self.wake(event.get("device_ids", ()))
+
+    async def on_keys_low(self, event: dict[str, Any]) -> None:
+        target = int(event.get("target", 0))
+        for item in event.get("devices", ()):
+            m = self._by_device.get(str(item.get("device_id")))
+            if m is not None:
+                m.push(KeysLow(remaining=int(item.get("remaining", 0)), target=target))
 
     async def on_session(self, event: dict[str, Any]) -> None:
         """Another connection of this device authenticated (maybe in another process)."""

@@ -23,7 +23,7 @@ from protocol.api import (
 )
 from protocol.certs import VerifiedDevice, verify_chain, verify_signed_prekey
 from protocol.errors import ErrorCode, ProtocolError
-from server import audit
+from server import audit, events
 from server.authn import Principal
 from server.db import Database
 from server.enrolment import verify_prekeys
@@ -100,6 +100,15 @@ class KeyDirectory:
                 keys.append(ClaimedKey(device_id=did, user_certificate=user.user_certificate,
                                        device_certificate=devs[did].device_certificate,
                                        signed_prekey=signed[did], one_time_prekey=one_time))
+            # Tell devices that run low, wherever they are connected (a keys_low frame).
+            low = []
+            for did in wanted:
+                remaining = await prekeys.count_one_time(conn, did)
+                if remaining < self.settings.prekeys_low_water:
+                    low.append({"device_id": did, "remaining": remaining})
+            if low:
+                await events.publish(conn, "keys_low", devices=low,
+                                     target=self.settings.prekeys_target)
         return keys
 
     async def _verified(self, conn: asyncpg.Connection, principal: Principal,

@@ -39,6 +39,7 @@ from protocol.frames import (
     Deliver,
     Error,
     Frame,
+    KeysLow,
     Limits,
     Ping,
     Pong,
@@ -63,7 +64,7 @@ from server.errors import RelayError
 from server.hub import Hub
 from server.metrics import Metrics
 from server.sends import Sender, SendPipeline
-from server.store import messages
+from server.store import messages, users
 from server.tokens import TokenService
 
 __all__ = [
@@ -85,6 +86,7 @@ class SocketPrincipal:
     device_id: str
     org_id: str
     signing_key: bytes
+    licence_expires_at: int | None = None  # the socket closes (4005) when the licence ends
 
 
 class SocketAuthenticator(Protocol):
@@ -107,6 +109,8 @@ class SocketConfig:
     messages_per_minute: int = 600
     bytes_per_minute: int = 64 * 1024 * 1024
     write_timeout: float = 30.0
+    prekeys_low_water: int = 20
+    prekeys_target: int = 100
 
 
 _CLOSE_FOR = {
@@ -179,13 +183,17 @@ class _Connection:
         self._msg_bucket = _Bucket(self.cfg.messages_per_minute, now)
         self._byte_bucket = _Bucket(self.cfg.bytes_per_minute, now)
         self._started = time.monotonic()
-        self._last_activity = self._started
+        self._last_activity = self._started  # last frame other than ping/pong: idle timeout
+        self._last_seen = self._started  # last frame of any kind: heartbeat
         self._ping_sent_at: float | None = None
 
     # -- Member protocol (hub) ---------------------------------------------------------------
 
     def wake(self) -> None:
         self._wake.set()
+
+    def push(self, frame: Frame) -> None:
+        self._spawn(self._send(frame))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closed:
@@ -199,7 +207,7 @@ class _Connection:
 
     async def _flush(self) -> None:
         out = self.session.data_to_send()
-        if not out or self._closed:
+        if self._closed:
             return
         async with self._write_lock:
             try:
@@ -314,6 +322,11 @@ class _Connection:
                                  session_id=self.session_id)
             await conn.execute("UPDATE devices SET last_seen_at = now() WHERE device_id = $1",
                                self.device_id)
+            remaining = await conn.fetchval(
+                "SELECT count(*) FROM one_time_prekeys WHERE device_id = $1 "
+                "AND claimed_at IS NULL", self.device_id)
+        if remaining < self.cfg.prekeys_low_water:
+            self.push(KeysLow(remaining=int(remaining), target=self.cfg.prekeys_target))
 
     # -- reader ------------------------------------------------------------------------------
 
@@ -336,7 +349,12 @@ class _Connection:
     async def _tick(self) -> None:
         """Heartbeat, idle timeout, absolute lifetime and acknowledgement timeout."""
         now = time.monotonic()
-        if now - self._started >= self.cfg.session_lifetime:
+        assert self.principal is not None
+        licence_end = self.principal.licence_expires_at
+        if licence_end is not None and self.relay.clock() >= licence_end:
+            self.session.close(CloseCode.USER_SUSPENDED, code=ErrorCode.LICENCE_EXPIRED,
+                               detail="the user's licence has expired")
+        elif now - self._started >= self.cfg.session_lifetime:
             self.session.close(CloseCode.SESSION_EXPIRED, code=ErrorCode.TOKEN_EXPIRED,
                                detail="session lifetime reached; log in again")
         elif now - self._last_activity >= self.cfg.idle_timeout:
@@ -344,7 +362,7 @@ class _Connection:
         elif self._ping_sent_at is not None:
             if now - self._ping_sent_at >= self.cfg.heartbeat_timeout:
                 self.session.close(CloseCode.HEARTBEAT_TIMEOUT, detail="no pong")
-        elif now - self._last_activity >= self.cfg.heartbeat:
+        elif now - self._last_seen >= self.cfg.heartbeat:
             self._ping_sent_at = now
             self.session.send(Ping(nonce=os.urandom(8)))
         if self._in_flight and now - min(self._in_flight.values()) >= self.cfg.ack_timeout:
@@ -352,6 +370,7 @@ class _Connection:
         await self._flush()
 
     async def _on_frame(self, frame: Frame) -> None:
+        self._last_seen = time.monotonic()
         if isinstance(frame, Pong):
             self._ping_sent_at = None
             return
@@ -519,6 +538,7 @@ class DeviceSocketAuthenticator:
                              "the token was issued to another device")
         async with self.db.pool.acquire() as conn:
             principal = await self.authenticator.check_device(conn, claims, now=now)
+            user = await users.get_user(conn, principal.user_id)
         try:
             verify_challenge(principal.signing_key, request.nonce, request.hello.access_token,
                              request.signature)
@@ -526,4 +546,5 @@ class DeviceSocketAuthenticator:
             raise RelayError(ErrorCode.CHALLENGE_FAILED,
                              "the challenge was not signed by this device") from exc
         return SocketPrincipal(user_id=principal.user_id, device_id=principal.device_id,
-                               org_id=principal.org_id, signing_key=principal.signing_key)
+                               org_id=principal.org_id, signing_key=principal.signing_key,
+                               licence_expires_at=user.licence_expires_at if user else None)

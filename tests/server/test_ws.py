@@ -21,6 +21,7 @@ from protocol.frames import (
     Deliver,
     Error,
     Hello,
+    KeysLow,
     Ping,
     QueueEmpty,
     Receipt,
@@ -520,3 +521,52 @@ async def test_metrics_report_connections_messages_latency_and_rejections(
     assert "lightbox_delivery_latency_seconds_count 1.0" in text
     assert 'lightbox_ws_rejections_total{code="not_thread_member"} 1.0' in text
     assert "lightbox_queue_depth" in text
+
+
+async def test_device_low_on_prekeys_is_told_on_connect_and_after_a_claim(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio  # enrolled with 5 one-time prekeys, below the low-water mark
+    b = await connect(world, bob)
+    try:
+        low = await next_of(b, KeysLow)
+        assert (low.remaining, low.target) == (5, world.relay.relay.settings.prekeys_target)
+        r = await world.call(alice.device, "POST", "/v1/keys/claim",
+                             json={"devices": [bob.device_id]})
+        assert r.status_code == 200, r.text
+        low = await next_of(b, KeysLow)
+        assert low.remaining == 4
+    finally:
+        await b.close()
+
+
+async def test_open_socket_closes_with_4005_when_the_licence_expires(
+        db_dsn: str, tmp_path: Path) -> None:
+    import time
+
+    async with identity_world(db_dsn, tmp_path, ws_heartbeat=1) as world:
+        user = world.org.user("expiring", licence_expires_at=int(time.time()) + 3)
+        (result,) = await world.provision(user)
+        assert result["ok"], result
+        p = await peer(world, "expiring", user=user)
+        sock = await connect(world, p)
+        code, reason = await asyncio.wait_for(sock.closed, seconds(15))
+    assert (code, reason) == (CloseCode.USER_SUSPENDED, "licence_expired")
+
+
+async def test_silent_device_is_pinged_and_closed_with_4010_without_pong(
+        db_dsn: str, tmp_path: Path) -> None:
+    async with identity_world(db_dsn, tmp_path, ws_heartbeat=1,
+                              ws_heartbeat_timeout=0.5) as world:
+        p = await peer(world, "quiet")
+        sock = await connect(world, p)
+        sock._session._queue = lambda frame: None  # type: ignore[method-assign]  # never pong
+        code, _ = await asyncio.wait_for(sock.closed, seconds(15))
+    assert code == CloseCode.HEARTBEAT_TIMEOUT
+
+
+async def test_idle_device_is_closed_with_4007(db_dsn: str, tmp_path: Path) -> None:
+    async with identity_world(db_dsn, tmp_path, ws_heartbeat=1, ws_idle_timeout=1.5) as world:
+        p = await peer(world, "idle")
+        sock = await connect(world, p)
+        code, _ = await asyncio.wait_for(sock.closed, seconds(15))
+    assert code == CloseCode.IDLE_TIMEOUT

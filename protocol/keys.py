@@ -46,6 +46,7 @@ __all__ = [
     "normalise_enrolment_code",
     "open_with_passphrase",
     "seal_with_passphrase",
+    "verify_signature",
 ]
 
 
@@ -84,6 +85,12 @@ class SecretBytes:
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("SecretBytes cannot be pickled")
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Ed25519 (RFC 8032) detached-signature check for callers outside protocol/ (the relay's
+    request proofs, login signatures): True or False, never an exception."""
+    return _sodium.ed25519_verify(public_key, message, signature)
 
 
 def key_id(public: bytes) -> str:

@@ -21,10 +21,9 @@ import time
 from collections.abc import Callable
 
 import asyncpg
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
 from starlette.requests import Request
 
+from protocol import keys
 from protocol.api import key_thumbprint, request_proof_input
 from protocol.canonical import b64url_decode
 from protocol.errors import DecodeError, ErrorCode
@@ -56,12 +55,8 @@ ADMIN_AUTH_ERRORS = (ErrorCode.TOKEN_INVALID, ErrorCode.TOKEN_EXPIRED, ErrorCode
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """Ed25519 (RFC 8032) through libsodium, as protocol/ verifies: False on any failure."""
-    try:
-        VerifyKey(public_key).verify(message, signature)
-    except (BadSignatureError, ValueError, TypeError):
-        return False
-    return True
+    """Ed25519 (RFC 8032) through protocol/'s one crypto module: False on any failure."""
+    return keys.verify_signature(public_key, message, signature)
 
 
 @dataclasses.dataclass(frozen=True)

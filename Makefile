@@ -12,12 +12,13 @@ PYTEST_ARGS ?=
 
 export HOST PORT WORKERS
 
-.PHONY: help install run test lint docs clean system-deps
+.PHONY: help install run test lint docs clean system-deps bench
 
 help:
 	@echo "make run     start the relay on 127.0.0.1:8000 (embedded Postgres in .data/pg)"
 	@echo "make test    run the whole test suite"
 	@echo "make lint    ruff + mypy (strict on protocol/)"
+	@echo "make bench   relay benchmark (a few minutes; BENCH_ARGS=--help for options)"
 	@echo "make docs    regenerate the tables in README.md and docs/"
 	@echo "make clean   remove .venv, .data and caches"
 
@@ -32,8 +33,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # Debian packages some tests drive for real (see .ci/system-deps); a no-op when present.
+# orthanc + orthanc-dicomweb: the real PACS the record gateway's tests file into.
 system-deps:
-	@bash .ci/system-deps
+	@bash .ci/system-deps orthanc orthanc-dicomweb
 
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)
@@ -46,6 +48,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict protocol
 	$(BIN)/mypy server clients
+
+# The relay benchmark (docs/BENCHMARKS.md); not part of `make test`.
+bench: $(STAMP)
+	@mkdir -p .data
+	$(BIN)/python -m bench.relay $(BENCH_ARGS)
 
 docs: $(STAMP)
 	$(BIN)/python -m server.doctables

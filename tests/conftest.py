@@ -14,6 +14,7 @@ import pytest
 from server import migrations
 from server.embedded import EmbeddedPostgres
 from tests.helpers import ROOT, Cluster, RunningRelay, running_relay, with_database
+from tests.orthanc import OrthancMissing, OrthancServer, require_orthanc, running_orthanc
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +59,16 @@ async def relay(db_dsn: str) -> AsyncIterator[RunningRelay]:
     """A real relay (uvicorn on a loopback port) on a fresh database."""
     async with running_relay(db_dsn) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def orthanc() -> Iterator[OrthancServer]:
+    """A real Orthanc PACS with DICOMweb on a loopback port (tests/orthanc.py), stopped in
+    teardown. Tests may ``stop()`` and ``start()`` it; it restarts on the same storage. A machine
+    without Orthanc fails here with how to install it: never a silent skip."""
+    try:
+        require_orthanc()
+    except OrthancMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with running_orthanc() as server:
+        yield server

@@ -1,0 +1,931 @@
+"""``make bench``: the relay's benchmark (issue 5, item 9). Not part of ``make test``.
+
+It starts everything it needs and stops everything it started: a private embedded Postgres in
+``.data/bench-<pid>`` (stopped with ``pg_ctl stop`` and removed at the end, even after an error
+or Ctrl-C), real ``lightbox-server`` processes pointed at it with DATABASE_URL, the bare
+websocket relay of bench/bare.py, and load-generator processes (bench/load.py). All traffic is
+on 127.0.0.1. Every phase is bounded in messages and in seconds.
+
+Phases, each printed and written to ``bench/results/latest.json``:
+
+1. raw asyncpg ceiling (b): batched insert + delete of message and delivery rows, set-based
+   and in the relay's own per-row shape (server/store/messages.py), two connections;
+2. durable throughput: N devices (pairs sharing a thread, each sending to its peer) through
+   ``lightbox-server --workers 2``; counted are messages accepted (after COMMIT) and delivered
+   to the recipient, which acknowledges them;
+3. latency: end-to-end (send to deliver) p50/p99 at a fixed offered load, paced;
+4. the bare websocket relay ceiling (a): the same generator, same sealed frames, 2 processes;
+5. memory per idle device and the 10,000-device test on ``lightbox-server --workers 1``.
+
+STYLE.md: performance is measured, not assumed; the ceilings are measured in the same run, on
+the same (shared, 2-core) machine, so each figure is also printed as a ratio to its ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psutil
+
+from bench import load
+from bench.world import DeviceSpec, World, build_world, make_org, write_trusted_orgs
+from server import migrations
+from server.embedded import EmbeddedPostgres, postmaster_pid
+from server.store import messages as store_messages
+from server.tokens import TokenService, ensure_token_key, load_token_key
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TARGETS = {"durable_msgs_per_s": 10_000, "p99_ms": 20.0, "kib_per_idle_device": 50.0,
+           "idle_devices": 10_000}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit; children (relays, generators) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return soft, hard
+
+
+# -- processes we start --------------------------------------------------------------------------
+
+
+class RelayProcess:
+    """``python -m server --workers N`` on our Postgres (DATABASE_URL), logs to a file."""
+
+    def __init__(self, data: Path, dsn: str, workers: int, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.workers = workers
+        self.logfile = data / f"relay-{self.port}.log"
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIGHTBOX_")},
+                    **env, "DATABASE_URL": dsn, "HOST": "127.0.0.1", "PORT": str(self.port),
+                    "LOG_LEVEL": "warning"}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    def start(self, timeout: float = 60.0) -> None:
+        with self.logfile.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server", "--workers", str(self.workers)],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        ready = 0
+        with httpx.Client(timeout=2.0) as c:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"relay exited: {self.logfile.read_text()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if c.get(f"http://127.0.0.1:{self.port}/readyz").status_code == 200:
+                        ready += 1
+                        if ready >= 3 * self.workers:  # several answers: all workers are up
+                            return
+                time.sleep(0.1)
+        raise TimeoutError("relay not ready")
+
+    def relay_pids(self) -> list[psutil.Process]:
+        """The processes serving requests (the parent itself with one worker)."""
+        assert self.proc is not None
+        parent = psutil.Process(self.proc.pid)
+        if self.workers == 1:
+            return [parent]
+        return [p for p in parent.children()
+                if "resource_tracker" not in " ".join(p.cmdline())]
+
+    def log_errors(self) -> dict[str, int]:
+        """Error lines in the relay's log, by message and error type."""
+        errors: Counter[str] = Counter()
+        for line in self.logfile.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if rec.get("level") in {"error", "critical"}:
+                    errors[f"{rec.get('msg')}: {rec.get('error_type', '')}"] += 1
+        return dict(errors)
+
+    def metric(self, name: str) -> float | None:
+        with contextlib.suppress(httpx.HTTPError):
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+            m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+            return float(m.group(1)) if m else None
+        return None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            for p in psutil.Process(self.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class BareRelay:
+    """bench/bare.py, one process per port."""
+
+    def __init__(self, data: Path, processes: int) -> None:
+        self.ports = [free_port() for _ in range(processes)]
+        self.logfile = data / "bare.log"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, timeout: float = 30.0) -> None:
+        with self.logfile.open("ab") as out:
+            for port in self.ports:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "bench.bare", "--port", str(port)], cwd=ROOT,
+                    stdout=out, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(
+                        ("127.0.0.1", port), timeout=1):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("bare relay not listening")
+                time.sleep(0.1)
+
+    def pids(self) -> list[psutil.Process]:
+        return [psutil.Process(p.pid) for p in self.procs]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+class Generators:
+    """Load-generator processes (bench/load.py), each driving a slice of the devices."""
+
+    def __init__(self, slices: list[list[DeviceSpec]], trusted: dict[str, bytes]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.pipes: list[Connection] = []
+        self.procs: list[Any] = []
+        for specs in slices:
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=load.main, args=(child, specs, trusted), daemon=True,
+                            name="bench-load")
+            p.start()
+            child.close()
+            self.pipes.append(parent)
+            self.procs.append(p)
+
+    def call(self, cmd: str, timeout: float, per: list[dict[str, Any]] | None = None,
+             **kw: Any) -> list[dict[str, Any]]:
+        for i, pipe in enumerate(self.pipes):
+            pipe.send((cmd, {**kw, **(per[i] if per else {})}))
+        out = []
+        deadline = time.monotonic() + timeout
+        for pipe in self.pipes:
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"load generator did not finish {cmd!r} in {timeout:.0f} s")
+            r = pipe.recv()
+            if "error" in r:
+                raise RuntimeError(f"load generator failed in {cmd!r}: {r['error']}")
+            out.append(r)
+        return out
+
+    def pids(self) -> list[psutil.Process]:
+        return [psutil.Process(p.pid) for p in self.procs]
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(Exception):
+                pipe.send(("exit", {}))
+        for p in self.procs:
+            p.join(20)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
+def slice_pairs(specs: list[DeviceSpec], n: int) -> list[list[DeviceSpec]]:
+    """Split devices over ``n`` generators, keeping both devices of a pair together."""
+    out: list[list[DeviceSpec]] = [[] for _ in range(n)]
+    for s in specs:
+        out[(s.index // 2) % n].append(s)
+    return out
+
+
+# -- measurements --------------------------------------------------------------------------------
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
+    out = {}
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+    return out
+
+
+def postgres_procs(pgdata: Path) -> list[psutil.Process]:
+    pid = postmaster_pid(pgdata)
+    if pid is None:
+        return []
+    pm = psutil.Process(pid)
+    return [pm, *pm.children(recursive=True)]
+
+
+class CpuMeter:
+    """CPU seconds used by groups of processes over a window (new processes count in full)."""
+
+    def __init__(self, groups: dict[str, Any]) -> None:
+        self.groups = groups  # name -> callable returning the processes
+        self.start: dict[str, dict[int, float]] = {}
+        self.t0 = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self.t0 = time.monotonic()
+        self.start = {k: cpu_seconds(f()) for k, f in self.groups.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.monotonic() - self.t0
+        self.used = {}
+        for k, f in self.groups.items():
+            end = cpu_seconds(f())
+            self.used[k] = sum(v - self.start[k].get(pid, 0.0) for pid, v in end.items())
+
+    def shares(self) -> dict[str, float]:
+        """Percent of one core, per group, over the window."""
+        return {k: round(100 * v / self.wall, 1) for k, v in self.used.items()}
+
+
+def merge_rate(results: list[dict[str, Any]], key: str, warmup: float) -> dict[str, Any]:
+    """Steady-state rate from the generators' bucketed counts: skip ``warmup`` seconds, stop at
+    the window's end or when a sender ran out of pre-sealed messages, whichever is first."""
+    start = results[0]["start"]
+    end = min(min(r["end"] for r in results), min(r["exhausted_at"] for r in results))
+    total: Counter[int] = Counter()
+    for r in results:
+        for b, n in r[key].items():
+            total[int(b)] += n
+    first = int(warmup / load.BUCKET)
+    last = int((end - start) / load.BUCKET)  # exclusive: the last bucket may be partial
+    if last <= first:
+        return {"rate": 0.0, "seconds": 0.0, "series": []}
+    count = sum(total[b] for b in range(first, last))
+    secs = (last - first) * load.BUCKET
+    per_s = [sum(total[b] for b in range(s, min(s + int(1 / load.BUCKET), last)))
+             / (min(s + int(1 / load.BUCKET), last) - s) / load.BUCKET
+             for s in range(first, last, int(1 / load.BUCKET))]
+    return {"rate": count / secs, "seconds": secs, "series": [round(x) for x in per_s]}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    v = sorted(values)
+
+    def q(p: float) -> float:
+        return round(1000 * v[min(len(v) - 1, int(p * len(v)))], 2)
+
+    return {"n": len(v), "p50_ms": q(0.50), "p90_ms": q(0.90), "p99_ms": q(0.99),
+            "max_ms": round(1000 * v[-1], 2), "mean_ms": round(1000 * statistics.fmean(v), 2)}
+
+
+# -- profiling (py-spy) --------------------------------------------------------------------------
+
+PROFILE_BUCKETS = [
+    # (label, substring of a frame); a sample counts once per label it contains.
+    ("sender signature check (envelope.verify_sealed)", "verify_sealed"),
+    ("group commit (sends._store)", "_store (server/sends.py"),
+    ("delivery pump (ws._pump)", "_pump (server/ws.py"),
+    ("acks (ws._on_ack)", "_on_ack (server/ws.py"),
+    ("websocket read loop (ws._read_loop)", "_read_loop (server/ws.py"),
+    ("handshake (ws._handshake)", "_handshake (server/ws.py"),
+    ("asyncpg (driver, protocol)", "asyncpg/"),
+    ("uvicorn/websockets framing", "websockets_sansio_impl"),
+    ("websockets library", "/websockets/"),
+    ("msgspec frame codec (protocol/frames.py)", "protocol/frames.py"),
+    ("sealed-message codec (encode/decode_sealed)", "code_sealed"),
+    ("NOTIFY handling (events._on_notify)", "_on_notify"),
+    ("asyncio/uvloop scheduling", "asyncio/"),
+]
+
+
+def summarise_profile(raw: str, seconds: float, rate: int) -> dict[str, Any]:
+    total = 0
+    leaves: Counter[str] = Counter()
+    buckets: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        total += count
+        frames = stack.split(";")
+        leaves[re.sub(r":\d+\)$", ")", frames[-1])] += count
+        for label, needle in PROFILE_BUCKETS:
+            if needle in stack:
+                buckets[label] += count
+    if not total:
+        return {"samples": 0}
+    return {
+        "samples": total,
+        "busy_percent_of_core": round(100 * total / (seconds * rate), 1),
+        "inclusive_percent": {k: round(100 * v / total, 1) for k, v in buckets.most_common()},
+        "top_self_percent": {k: round(100 * v / total, 1) for k, v in leaves.most_common(15)},
+    }
+
+
+def start_profilers(pids: list[int], seconds: float, out: Path, rate: int = 100
+                    ) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        return []
+    procs = []
+    for pid in pids:
+        dest = out / f"pyspy-{pid}.txt"
+        procs.append((subprocess.Popen(
+            [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+             "--rate", str(rate), "--format", "raw", "--nonblocking", "--output", str(dest)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), dest))
+    return procs
+
+
+def collect_profiles(procs: list[tuple[subprocess.Popen[bytes], Path]], seconds: float,
+                     rate: int = 100) -> list[dict[str, Any]]:
+    out = []
+    for p, dest in procs:
+        try:
+            p.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+        if dest.exists():
+            out.append(summarise_profile(dest.read_text(), seconds, rate))
+    return out
+
+
+# -- the raw asyncpg ceiling ---------------------------------------------------------------------
+
+
+async def raw_ceiling(dsn: str, world: World, seconds: float, batch: int, conns: int
+                      ) -> dict[str, Any]:
+    """Message + delivery rows inserted, then the delivery rows deleted (the ack), in batched
+    transactions on ``conns`` connections: (1) set-based (one statement per table per batch),
+    (2) the relay's own per-row store functions (lookup, sequence, message, deliveries) inside
+    one transaction per batch, plus one NOTIFY, then acks per device."""
+    pairs = [(d, world.devices[d.peer]) for d in world.devices if d.index % 2 == 0]
+    body = os.urandom(2747)
+    body_hash = hashlib.sha256(body).digest()
+    results: dict[str, Any] = {}
+
+    async def set_based(conn: asyncpg.Connection, k: int, stop: float) -> int:
+        done, seq = 0, 10**12 * (k + 1)
+        for _ in range(100_000):  # bounded; stops at ``stop``
+            if time.monotonic() >= stop:
+                break
+            rows = []
+            for i in range(batch):
+                s, r = pairs[(done + i) % len(pairs)]
+                seq += 1
+                rows.append((uuid.uuid4(), s.thread_id, seq, s.user_id, s.device_id,
+                             r.device_id))
+            async with conn.transaction():
+                pks = await conn.fetch(
+                    "INSERT INTO messages (message_id, thread_id, thread_seq, sender_user_id, "
+                    "sender_device_id, priority, purpose, consent_id, body_hash, recipients, "
+                    "sealed, size, created_at) SELECT m, t, q, u, d, 'routine', 'direct_care', "
+                    "NULL, $7, ARRAY[r], $8, $9, now() FROM unnest($1::uuid[], $2::uuid[], "
+                    "$3::bigint[], $4::uuid[], $5::uuid[], $6::uuid[]) AS x(m, t, q, u, d, r) "
+                    "RETURNING message_pk",
+                    *[list(c) for c in zip(*rows, strict=True)], body_hash, body, len(body))
+                dids = [uuid.uuid4() for _ in rows]
+                await conn.execute(
+                    "INSERT INTO deliveries (delivery_id, device_id, message_pk, priority, "
+                    "created_at) SELECT d, r, m, 1, now() FROM unnest($1::uuid[], $2::uuid[], "
+                    "$3::bigint[]) AS x(d, r, m)",
+                    dids, [row[5] for row in rows], [p["message_pk"] for p in pks])
+                await conn.execute("SELECT pg_notify('bench_raw', 'x')")
+            await conn.execute("DELETE FROM deliveries WHERE delivery_id = ANY($1::uuid[])",
+                               dids)
+            done += batch
+        return done
+
+    async def relay_shaped(conn: asyncpg.Connection, k: int, stop: float) -> int:
+        done = 0
+        now = dt.datetime.now(dt.UTC)
+        # Disjoint threads per connection: two transactions taking the same thread rows in
+        # different orders deadlock (see docs/BENCHMARKS.md).
+        mine = pairs[k::conns]
+        for _ in range(100_000):
+            if time.monotonic() >= stop:
+                break
+            msgs = []
+            for i in range(batch):
+                s, r = mine[(done + i) % len(mine)]
+                msgs.append(store_messages.NewMessage(
+                    message_id=str(uuid.uuid4()), thread_id=s.thread_id,
+                    sender_user_id=s.user_id, sender_device_id=s.device_id, priority="routine",
+                    purpose="direct_care", consent_id=None, body_hash=body_hash, sealed=body,
+                    recipients=[r.device_id]))
+            async with conn.transaction():
+                for m in msgs:
+                    await store_messages.lookup_existing(conn, m)
+                    await store_messages.insert_message(conn, m, now)
+                await conn.execute("SELECT pg_notify('bench_raw', 'x')")
+            # The pump's query, then the device's acknowledgement (server/ws.py).
+            for dev in {m.recipients[0] for m in msgs}:
+                queued = await store_messages.fetch_deliveries(conn, dev, after_pk=0,
+                                                               limit=batch)
+                await store_messages.ack(conn, dev, [d.delivery_id for d in queued])
+            done += batch
+        return done
+
+    for name, fn in (("set_based", set_based), ("relay_shaped", relay_shaped)):
+        cs = [await asyncpg.connect(dsn) for _ in range(conns)]
+        try:
+            started = time.monotonic()
+            stop = started + seconds
+            counts = await asyncio.gather(*(fn(c, k, stop) for k, c in enumerate(cs)))
+            took = time.monotonic() - started
+        finally:
+            for c in cs:
+                await c.close()
+        results[name] = {"messages": sum(counts), "seconds": round(took, 2),
+                         "msgs_per_s": round(sum(counts) / took)}
+    return results
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def relay_env(data: Path, token_key: Path, trusted: Path, args: argparse.Namespace
+              ) -> dict[str, str]:
+    return {
+        "LIGHTBOX_DATA_DIR": str(data),
+        "LIGHTBOX_TOKEN_KEY_FILE": str(token_key),
+        "LIGHTBOX_TRUSTED_ORGS_FILE": str(trusted),
+        "LIGHTBOX_ARGON2_PROFILE": "cheap",
+        "LIGHTBOX_ACCESS_TOKEN_TTL": "7200",
+        "LIGHTBOX_RATE_MESSAGES_PER_MINUTE": "100000000",
+        "LIGHTBOX_RATE_BYTES_PER_MINUTE": str(2**40),
+        "LIGHTBOX_WS_SEND_WINDOW": str(args.relay_window),
+    }
+
+
+def _git() -> dict[str, Any]:
+    def git(*a: str) -> str:
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "dirty_files": len(git("status", "--porcelain", "--untracked-files=no").splitlines())}
+
+
+def cleanup_stale(base: Path) -> None:
+    """Stop and remove clusters left by an earlier bench that was killed (NOTES.md)."""
+    for d in sorted(base.glob("bench-*")):
+        try:
+            owner = int(d.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if psutil.pid_exists(owner):
+            continue
+        if postmaster_pid(d / "pg") is not None:
+            log(f"stopping a cluster left running by an earlier bench in {d}")
+            pg = EmbeddedPostgres(d / "pg")
+            with contextlib.suppress(Exception):
+                pg.start()
+                pg.stop(mode="immediate")
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    soft, hard = raise_nofile()
+    base = ROOT / ".data"
+    base.mkdir(exist_ok=True)
+    cleanup_stale(base)
+    data = base / f"bench-{os.getpid()}"
+    data.mkdir()
+    out: dict[str, Any] = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform(),
+                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+                    "nofile": [soft, hard]},
+        "git": _git(),
+        "options": vars(args), "targets": TARGETS,
+    }
+    with contextlib.ExitStack() as stack:
+        if not args.keep:
+            stack.callback(shutil.rmtree, data, True)
+        pg = EmbeddedPostgres(data / "pg")
+        stack.callback(pg.stop, mode="fast")
+        admin = pg.start()
+        pgdata = data / "pg"
+        log(f"embedded Postgres up in {pgdata}")
+        dsn = admin  # the cluster's default database, migrated for the bench
+        migrations.upgrade(dsn)
+        token_key = data / "token-key"
+        ensure_token_key(token_key)
+        tokens = TokenService(load_token_key(token_key), access_ttl=7200, admin_ttl=600)
+        org = make_org()
+        trusted_file = write_trusted_orgs(data / "trusted-orgs.json", org.public)
+        env = relay_env(data, token_key, trusted_file, args)
+
+        async def make(count: int, prefix: str, pair: bool) -> World:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return await build_world(conn, org, tokens, count, prefix=prefix, pair=pair)
+            finally:
+                await conn.close()
+
+        t = time.monotonic()
+        world = asyncio.run(make(args.devices, "d", True))
+        log(f"{args.devices} devices, {args.devices // 2} threads provisioned in "
+            f"{time.monotonic() - t:.1f} s")
+        trusted = world.trusted
+
+        # (b) raw asyncpg ceiling, before any relay runs (nothing else on the database).
+        if not args.skip_raw:
+            log(f"raw asyncpg ceiling: {args.raw_seconds:.0f} s per variant, batches of "
+                f"{args.raw_batch}, 2 connections")
+            out["raw_asyncpg"] = asyncio.run(
+                raw_ceiling(dsn, world, args.raw_seconds, args.raw_batch, 2))
+            log(f"  {out['raw_asyncpg']}")
+
+        gens = Generators(slice_pairs(world.devices, args.procs), trusted)
+        stack.callback(gens.stop)
+        senders = sum(1 for d in world.devices if d.peer != d.index)
+        per_device_tp = max(1, args.messages // max(1, senders))
+        per_device_lat = int(args.rate * args.latency_seconds / max(1, senders)) + 2
+        per_device_prof = per_device_tp if args.profile else 0
+        per_device_lat *= 2  # at the offered rate, then at half the durable rate
+        t = time.monotonic()
+        seal = gens.call("seal", 600, per_device=per_device_tp + per_device_lat + per_device_prof,
+                         body_bytes=args.body)
+        out["sealing"] = {"messages": sum(r["sealed"] for r in seal),
+                          "seconds": round(time.monotonic() - t, 1),
+                          "send_frame_bytes": seal[0]["frame_bytes"],
+                          "body_bytes": args.body}
+        log(f"pre-sealed {out['sealing']['messages']} messages of {args.body} B "
+            f"(send frame {seal[0]['frame_bytes']} B) in {out['sealing']['seconds']} s")
+
+        # -- the real relay, 2 processes ---------------------------------------------------------
+        if not args.skip_relay:
+            relay = RelayProcess(data, dsn, args.workers, env)
+            stack.callback(relay.stop)
+            relay.start()
+            workers = relay.relay_pids()
+            log(f"lightbox-server --workers {args.workers} on port {relay.port} "
+                f"(pids {[p.pid for p in workers]})")
+            conn = gens.call("connect", 300, url=relay.url, kind="relay")
+            n_ok = sum(r["connected"] for r in conn)
+            log(f"  {n_ok}/{args.devices} devices connected in "
+                f"{max(r['seconds'] for r in conn):.1f} s")
+            if n_ok < args.devices:
+                raise RuntimeError(f"devices failed to connect: {[r['errors'] for r in conn]}")
+            groups = {"relay": relay.relay_pids, "postgres": lambda: postgres_procs(pgdata),
+                      "generators": gens.pids}
+            out["durable"] = throughput(gens, groups, args, cyclic=False)
+            out["durable"]["relay_log_errors"] = relay.log_errors()
+            out["durable"]["connect_seconds"] = round(max(r["seconds"] for r in conn), 2)
+            log(f"  durable: {out['durable']}")
+            if args.profile:
+                log(f"  profiling the relay workers with py-spy ({args.seconds:.0f} s, "
+                    "a separate pass, not counted)")
+                before = relay.log_errors()
+                spies = start_profilers([p.pid for p in relay.relay_pids()], args.seconds + 1,
+                                        data)
+                prof_run = throughput(gens, groups, args, cyclic=False)
+                out["durable_profile"] = {
+                    "msgs_per_s_under_profiler": prof_run["msgs_per_s"],
+                    "refused": prof_run["refused"],
+                    "relay_log_errors": _diff(relay.log_errors(), before),
+                    "workers": collect_profiles(spies, args.seconds + 1)}
+                log(f"  under py-spy: {prof_run['msgs_per_s']} msg/s, refused "
+                    f"{prof_run['refused']}")
+            before = relay.log_errors()
+            out["latency"] = paced(gens, groups, args, cyclic=False)
+            out["latency"]["relay_log_errors"] = _diff(relay.log_errors(), before)
+            log(f"  latency at {args.rate} msg/s: {out['latency']}")
+            # The same measurement at half the durable rate just measured (below saturation).
+            before = relay.log_errors()
+            half = max(10.0, round(out["durable"]["msgs_per_s"] / 2, -1))
+            out["latency_half_capacity"] = paced(gens, groups, args, cyclic=False, rate=half)
+            out["latency_half_capacity"]["relay_log_errors"] = _diff(relay.log_errors(), before)
+            log(f"  latency at {half:.0f} msg/s: {out['latency_half_capacity']}")
+            out["latency"]["left_in_queue"] = asyncio.run(_count(dsn, "deliveries"))
+            gens.call("close", 120)
+            out["durable"]["relay_metrics"] = {
+                "accepted_total": relay.metric("lightbox_messages_accepted_total"),
+                "delivered_total": relay.metric("lightbox_messages_delivered_total")}
+            relay.stop()
+
+        # -- (a) the bare websocket relay --------------------------------------------------------
+        if not args.skip_bare:
+            bare = BareRelay(data, args.workers)
+            stack.callback(bare.stop)
+            bare.start()
+            per = [{"url": f"ws://127.0.0.1:{bare.ports[i % len(bare.ports)]}/ws"}
+                   for i in range(args.procs)]
+            conn = gens.call("connect", 300, per=per, kind="bare")
+            log(f"bare relay ({len(bare.ports)} processes): "
+                f"{sum(r['connected'] for r in conn)} devices connected")
+            groups = {"relay": bare.pids, "generators": gens.pids}
+            out["bare"] = throughput(gens, groups, args, cyclic=True)
+            log(f"  bare: {out['bare']['msgs_per_s']:.0f} msg/s  cpu {out['bare']['cpu']}")
+            out["bare_latency"] = paced(gens, groups, args, cyclic=True)
+            log(f"  bare latency at {args.rate} msg/s: {out['bare_latency']['latency']}")
+            gens.call("close", 120)
+            bare.stop()
+        gens.stop()
+
+        # -- memory per idle device, and 10,000 idle devices on one process -------------------
+        if not args.skip_idle:
+            out["idle"] = idle(dsn, data, env, args, make, pgdata)
+    return out
+
+
+async def _count(dsn: str, table: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    finally:
+        await conn.close()
+
+
+def throughput(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
+               cyclic: bool) -> dict[str, Any]:
+    start_at = time.monotonic() + 1.0
+    with CpuMeter(groups) as cm:
+        res = gens.call("throughput", args.seconds + 120, start_at=start_at,
+                        duration=args.seconds, window=args.window, cyclic=cyclic)
+    delivered = merge_rate(res, "del_buckets", args.warmup)
+    accepted = merge_rate(res, "acc_buckets", args.warmup)
+    refused: Counter[str] = Counter()
+    for r in res:
+        refused.update(r["refused"])
+    gen_cpu = sum(r["cpu"] for r in res)
+    return {
+        "msgs_per_s": round(min(delivered["rate"], accepted["rate"])),
+        "delivered_per_s": round(delivered["rate"]), "accepted_per_s": round(accepted["rate"]),
+        "measured_seconds": delivered["seconds"], "per_second": delivered["series"],
+        "sent": sum(r["sent"] for r in res), "accepted": sum(r["accepted"] for r in res),
+        "delivered": sum(r["delivered"] for r in res), "refused": dict(refused),
+        "ran_out_of_sealed_messages": min(r["exhausted_at"] for r in res) < float("inf"),
+        "cpu": cm.shares(),
+        "generator_cpu_share_percent": round(100 * gen_cpu / (cm.wall * (os.cpu_count() or 1)),
+                                             1),
+        "window_per_device": args.window, "devices": args.devices,
+    }
+
+
+def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
+          cyclic: bool, rate: float | None = None) -> dict[str, Any]:
+    start_at = time.monotonic() + 1.0
+    offered = args.rate if rate is None else rate
+    rate = offered / args.procs
+    with CpuMeter(groups) as cm:
+        res = gens.call("paced", args.latency_seconds + 120, start_at=start_at,
+                        duration=args.latency_seconds, rate=rate, window=args.window,
+                        cyclic=cyclic)
+    lat = [x for r in res for x in r["latencies"]]
+    if os.environ.get("BENCH_DEBUG"):
+        print([{k: v for k, v in r.items() if "bucket" not in k and k != "latencies"}
+               for r in res])
+    sent = sum(r["sent"] for r in res)
+    return {
+        "offered_per_s": offered, "seconds": args.latency_seconds, "sent": sent,
+        "achieved_send_rate": round(sent / args.latency_seconds),
+        "accepted": sum(r["accepted"] for r in res),
+        "delivered": sum(r["delivered"] for r in res),
+        "skipped": sum(r["skipped"] for r in res),
+        "max_generator_lateness_ms": round(1000 * max(r["max_late"] for r in res), 1),
+        "latency": percentiles(lat), "cpu": cm.shares(),
+    }
+
+
+def idle(dsn: str, data: Path, env: dict[str, str], args: argparse.Namespace, make: Any,
+         pgdata: Path) -> dict[str, Any]:
+    t = time.monotonic()
+    world = asyncio.run(make(args.idle_max, "i", False))
+    log(f"{args.idle_max} idle devices provisioned in {time.monotonic() - t:.1f} s")
+    relay = RelayProcess(data, dsn, 1, env)
+    result: dict[str, Any] = {"devices_target": args.idle_max}
+    gens = Generators([world.devices[i::args.procs] for i in range(args.procs)], world.trusted)
+    try:
+        relay.start()
+        proc = relay.relay_pids()[0]
+        log(f"lightbox-server --workers 1 on port {relay.port} (pid {proc.pid})")
+        warm = 50 // args.procs
+        gens.call("connect", 120, url=relay.url, kind="relay", first=0, last=warm)
+        time.sleep(2)
+        rss0 = proc.memory_info().rss
+        per_gen = args.idle // args.procs
+        t = time.monotonic()
+        r1 = gens.call("connect", 600, url=relay.url, kind="relay", first=warm,
+                       last=warm + per_gen)
+        took1 = time.monotonic() - t
+        n1 = sum(r["connected"] for r in r1)
+        time.sleep(3)
+        rss1 = proc.memory_info().rss
+        kib = (rss1 - rss0) / 1024 / max(1, n1)
+        result["memory"] = {"devices": n1, "rss_before_mib": round(rss0 / 2**20, 1),
+                            "rss_after_mib": round(rss1 / 2**20, 1),
+                            "kib_per_device": round(kib, 1), "connect_seconds": round(took1, 1),
+                            "failed": sum(r["failed"] for r in r1)}
+        log(f"  memory: {n1} idle devices, {kib:.1f} KiB each (RSS {rss0 / 2**20:.0f} -> "
+            f"{rss1 / 2**20:.0f} MiB)")
+        if args.idle_max > args.idle:
+            t = time.monotonic()
+            deadline = t + args.idle_seconds
+            r2 = gens.call("connect", args.idle_seconds + 60, url=relay.url, kind="relay",
+                           first=warm + per_gen,
+                           open_timeout=max(5.0, deadline - time.monotonic()))
+            took2 = time.monotonic() - t + took1
+            time.sleep(3)
+            status = gens.call("status", 60)
+            alive = sum(s["alive"] for s in status)
+            codes: Counter[str] = Counter()
+            for s in status:
+                codes.update(s["close_codes"])
+            errors: Counter[str] = Counter()
+            for r in (*r1, *r2):
+                errors.update(r["errors"])
+            rss2 = proc.memory_info().rss
+            result["max"] = {
+                "connected_now": alive, "relay_gauge": relay.metric("lightbox_ws_connections"),
+                "connect_seconds": round(took2, 1),
+                "rate_per_s": round((n1 + sum(r["connected"] for r in r2)) / took2),
+                "rss_mib": round(rss2 / 2**20, 1),
+                "kib_per_device": round((rss2 - rss0) / 1024 / max(1, alive - warm * args.procs),
+                                        1),
+                "connect_errors": dict(errors), "closed_since": dict(codes),
+                "relay_cpu_percent_idle": round(proc.cpu_percent(interval=2.0), 1)}
+            log(f"  max: {alive}/{args.idle_max} connected in {took2:.1f} s, "
+                f"RSS {rss2 / 2**20:.0f} MiB")
+        gens.call("close", 300)
+    finally:
+        gens.stop()
+        relay.stop()
+    return result
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def table(out: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str, str, str]] = []
+    d, b, raw = out.get("durable"), out.get("bare"), out.get("raw_asyncpg")
+    if d:
+        raw_rate = raw["set_based"]["msgs_per_s"] if raw else None
+        rows.append(("durable msgs/s (accepted+delivered+acked)", f"{d['msgs_per_s']:,}",
+                     f"bare {b['msgs_per_s']:,} -> {ratio(d['msgs_per_s'], b['msgs_per_s'])}"
+                     if b else "-",
+                     f"raw pg {raw_rate:,} -> {ratio(d['msgs_per_s'], raw_rate)}"
+                     if raw_rate else "-",
+                     f">= 10,000 {'MET' if d['msgs_per_s'] >= 10_000 else 'NOT MET'}"))
+    if raw:
+        rows.append(("raw asyncpg, relay-shaped store calls",
+                     f"{raw['relay_shaped']['msgs_per_s']:,}", "-",
+                     f"set-based {raw['set_based']['msgs_per_s']:,} -> "
+                     f"{ratio(raw['relay_shaped']['msgs_per_s'], raw['set_based']['msgs_per_s'])}",
+                     "-"))
+    lat, blat = out.get("latency"), out.get("bare_latency")
+    if lat and lat["latency"].get("n"):
+        for q in ("p50_ms", "p99_ms"):
+            v = lat["latency"][q]
+            bv = blat["latency"].get(q) if blat else None
+            rows.append((f"latency {q[:3]} at {lat['offered_per_s']:,.0f} msg/s", f"{v} ms",
+                         f"bare {bv} ms -> {ratio(v, bv)}x" if bv else "-", "-",
+                         (f"< 20 ms {'MET' if v < 20 else 'NOT MET'}" if q == "p99_ms" else "-")))
+    half = out.get("latency_half_capacity")
+    if half and half["latency"].get("n"):
+        for q in ("p50_ms", "p99_ms"):
+            v = half["latency"][q]
+            rows.append((f"latency {q[:3]} at {half['offered_per_s']:,.0f} msg/s (half capacity)",
+                         f"{v} ms", "-", "-", "-"))
+    idle_r = out.get("idle")
+    if idle_r:
+        m = idle_r["memory"]
+        rows.append((f"KiB per idle device ({m['devices']:,} on 1 process)",
+                     f"{m['kib_per_device']}", "-", "-",
+                     f"<= 50 {'MET' if m['kib_per_device'] <= 50 else 'NOT MET'}"))
+        mx = idle_r.get("max")
+        if mx:
+            rows.append(("idle devices on 1 process", f"{mx['connected_now']:,} in "
+                         f"{mx['connect_seconds']} s, {mx['rss_mib']} MiB", "-", "-",
+                         f"10,000 {'MET' if mx['connected_now'] >= 10_000 else 'NOT MET'}"))
+    head = ("figure", "measured", "ceiling (a) ratio", "ceiling (b) ratio", "target")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)),
+             "-+-".join("-" * w for w in widths)]
+    lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, default=200, help="connected devices (even; pairs)")
+    p.add_argument("--seconds", type=float, default=10.0, help="throughput window")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds not counted at start")
+    p.add_argument("--messages", type=int, default=40_000,
+                   help="pre-sealed messages for the durable window (it ends early if used up)")
+    p.add_argument("--window", type=int, default=16, help="unanswered sends per device")
+    p.add_argument("--relay-window", type=int, default=32, help="LIGHTBOX_WS_SEND_WINDOW")
+    p.add_argument("--rate", type=float, default=2000.0, help="offered msg/s for latency")
+    p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--body", type=int, default=2000, help="plaintext body bytes")
+    p.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    p.add_argument("--workers", type=int, default=2, help="relay processes")
+    p.add_argument("--raw-seconds", type=float, default=5.0)
+    p.add_argument("--raw-batch", type=int, default=128)
+    p.add_argument("--idle", type=int, default=2000, help="idle devices for KiB/device")
+    p.add_argument("--idle-max", type=int, default=10_000, help="idle devices to try for")
+    p.add_argument("--idle-seconds", type=float, default=180.0,
+                   help="time allowed to connect the idle devices")
+    p.add_argument("--profile", action="store_true",
+                   help="one more durable pass with py-spy on the relay workers")
+    p.add_argument("--keep", action="store_true",
+                   help="keep .data/bench-<pid> (relay logs, profiles) after the run")
+    for phase in ("raw", "relay", "bare", "idle"):
+        p.add_argument(f"--skip-{phase}", action="store_true")
+    args = p.parse_args(argv)
+    if args.devices < 2 or args.devices % 2:
+        p.error("--devices must be even and at least 2")
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    started = time.monotonic()
+    out = run(args)
+    out["total_seconds"] = round(time.monotonic() - started, 1)
+    out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print()
+    print(table(out))
+    print(f"\n{out['machine']['cpus']} cores, load average "
+          f"{out['machine']['load_average_at_start']} at start, "
+          f"{out['load_average_at_end']} at end (other work on the machine counts)."
+          f"\nFull results: {RESULTS / 'latest.json'} ({out['total_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

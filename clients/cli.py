@@ -9,6 +9,7 @@ account password set at enrolment; it also unlocks the key store.
     lightbox link --server URL [--kind desktop]                        on the NEW device
     lightbox link --approve CODE                                       on the enrolled device
     lightbox login | whoami | devices | lookup QUERY | keys claim USER
+    lightbox consent capture --image FILE --purpose direct_care --role R ...   (or prompts)
 """
 
 from __future__ import annotations
@@ -16,22 +17,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
+from clients import consent as consent_capture
 from clients.prompts import PromptError, read_secret
 from clients.sdk import identity
 from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, SDKError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
 from protocol import certs
+from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.errors import ProtocolError
 from protocol.keys import key_id
-from protocol.model import SUPPORTED_VERSIONS, DeviceKind
+from protocol.model import SUPPORTED_VERSIONS, DeviceKind, Purpose
 
 __all__ = ["main"]
 
@@ -273,6 +278,66 @@ def _keys_claim(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- consent capture ---------------------------------------------------------------------------
+
+
+def _ask(question: str, default: str | None = None) -> str:
+    suffix = f" [{default}]" if default else ""
+    answer = input(f"{question}{suffix}: ").strip()
+    return answer or (default or "")
+
+
+def _yes(question: str) -> bool:
+    return _ask(question + " (yes/no)").lower() in {"y", "yes"}
+
+
+def _consent_capture(args: argparse.Namespace) -> int:
+    """Record the patient's decision: flags for scripts, prompts for whatever is missing when
+    a person is at the terminal (the two statements are then shown and confirmed)."""
+    interactive = sys.stdin.isatty() and not args.yes
+    images = []
+    for path in args.image or []:
+        images.append(consent_capture.image_hash(Path(path).read_bytes()))
+    if not images:
+        raise FlowError("name the images shown to the patient with --image FILE",
+                        code="validation_failed")
+    purposes = [Purpose(p) for p in args.purpose or []]
+    decision = args.decision
+    shown = args.statements_shown
+    if interactive:
+        if not purposes:
+            purposes = [Purpose(p.strip()) for p in _ask(
+                "Purposes (" + ", ".join(p.value for p in Purpose) + ")",
+                Purpose.DIRECT_CARE.value).split(",") if p.strip()]
+        print("Read to the patient:")
+        print("  1. " + consent_capture.PERMANENCE_STATEMENT)
+        print("  2. " + consent_capture.NO_EFFECT_ON_CARE_STATEMENT)
+        shown = shown or _yes("Were both statements shown and understood?")
+        decision = decision or ("agreed" if _yes("Does the patient agree?") else "refused")
+    capture = consent_capture.ConsentCapture(
+        purposes=purposes or [Purpose.DIRECT_CARE], images=images,
+        decision=ConsentDecision(decision or "agreed"), basis=ConsentBasis(args.basis),
+        recipient_users=args.user or [], recipient_roles=args.role or [],
+        recipient_orgs=args.org or [], external=args.external,
+        permanence_statement_shown=shown, no_effect_on_care_statement_shown=shown,
+        form_version=args.form_version, valid_for=int(args.valid_days * 86400))
+    device = _open(args)
+    token, claims = consent_capture.capture_consent(device.state, capture)
+
+    async def go() -> str:
+        async with await device.relay() as relay:
+            return (await consent_capture.register_consent(relay, token)).status
+
+    status = "not registered" if args.no_register else _run(go)
+    print(f"consent {claims.jti}: {claims.decision.value} ({status}) for "
+          f"{', '.join(p.value for p in claims.purposes)}; {len(claims.images)} images")
+    if args.token_out:
+        Path(args.token_out).write_text(token + "\n")
+    if args.fhir:
+        Path(args.fhir).write_text(json.dumps(consent_capture.fhir_consent(token), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightbox", description="Lightbox clinician client.")
     protocols = ", ".join(map(str, SUPPORTED_VERSIONS))
@@ -307,6 +372,29 @@ def build_parser() -> argparse.ArgumentParser:
     cl = keys.add_parser("claim", help="claim and verify a colleague's prekeys")
     cl.add_argument("user", help="user id, or a directory query matching one user")
     cl.set_defaults(func=_keys_claim)
+    consent = sub.add_parser("consent", help="patient consent for images").add_subparsers(
+        dest="consent_cmd", required=True)
+    cc = consent.add_parser("capture", help="record a patient's decision, sign it with your "
+                                            "identity key and register it")
+    cc.add_argument("--image", action="append", metavar="FILE", help="an image shown")
+    cc.add_argument("--purpose", action="append", choices=[p.value for p in Purpose])
+    cc.add_argument("--user", action="append", metavar="USER_ID", help="a recipient user")
+    cc.add_argument("--role", action="append", help="a recipient role (your organisation)")
+    cc.add_argument("--org", action="append", help="a recipient organisation")
+    cc.add_argument("--external", action="store_true", help="recipients outside your "
+                                                            "organisation allowed")
+    cc.add_argument("--decision", choices=[d.value for d in ConsentDecision])
+    cc.add_argument("--basis", choices=[b.value for b in ConsentBasis],
+                    default=ConsentBasis.TREATMENT_ATTESTATION.value)
+    cc.add_argument("--statements-shown", action="store_true",
+                    help="both statements (permanence, no effect on care) were shown")
+    cc.add_argument("--form-version", default=consent_capture.FORM_VERSION)
+    cc.add_argument("--valid-days", type=float, default=30.0)
+    cc.add_argument("--token-out", metavar="FILE", help="write the signed token here")
+    cc.add_argument("--fhir", metavar="FILE", help="write the FHIR R4 Consent here")
+    cc.add_argument("--no-register", action="store_true", help=argparse.SUPPRESS)
+    cc.add_argument("--yes", action="store_true", help="no prompts (scripts)")
+    cc.set_defaults(func=_consent_capture)
     return p
 
 

@@ -171,6 +171,12 @@ class VaultMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     priority: str = "normal"
     purpose: str | None = None
     read: bool = False
+    # Added by the SDK client (clients/sdk/client.py): the whole sealed body as received
+    # (protocol.body MessagePack: kind, attachment descriptors, consent, record data), whether
+    # this device sent it, and the relay's sequence number in the thread.
+    content: bytes = b""
+    outgoing: bool = False
+    thread_seq: int = 0
 
     def __repr__(self) -> str:  # never print the body
         return (f"VaultMessage(message_id={self.message_id!r}, thread_id={self.thread_id!r}, "
@@ -546,6 +552,20 @@ class Vault:
             with self._sql(self._use()) as conn:
                 conn.execute("UPDATE messages SET sealed = ? WHERE message_id = ?",
                              (sealed, message_id))
+
+    def update_message(self, message: VaultMessage) -> None:
+        """Replace a stored message (the SDK drops an attachment's key from the stored body
+        once the image is shredded, so the key cannot outlive the image)."""
+        with self._mutex:
+            db = self._use()
+            keys = self._k()
+            sealed = _seal(keys.messages, _ad("messages", message.message_id),
+                           msgspec.msgpack.encode(message))
+            with self._sql(db) as conn:
+                cursor = conn.execute("UPDATE messages SET sealed = ? WHERE message_id = ?",
+                                      (sealed, message.message_id))
+            if cursor.rowcount != 1:
+                raise ItemNotFound(f"no message {message.message_id} in this vault")
 
     def _decode_message(self, message_id: str, sealed: object) -> VaultMessage:
         plain = _open(self._k().messages, _ad("messages", message_id), sealed)

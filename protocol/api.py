@@ -39,6 +39,10 @@ __all__ = [
     "CertificateRenewal",
     "ClaimedKey",
     "ClaimedKeys",
+    "ConsentInfo",
+    "ConsentMismatch",
+    "ConsentRegister",
+    "ConsentRevoked",
     "DeviceBundle",
     "DeviceKeys",
     "DeviceSummary",
@@ -73,6 +77,9 @@ __all__ = [
     "ThreadList",
     "ThreadRecipients",
     "TokenPair",
+    "UploadCreate",
+    "UploadFinalise",
+    "UploadStatus",
     "UserDetail",
     "UserDevices",
     "UserList",
@@ -430,3 +437,74 @@ class ThreadRecipients(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     (the client verifies each chain against its pinned organisation keys)."""
 
     users: list[UserDevices]
+
+
+# --- attachments (PROTOCOL §12) ----------------------------------------------------------------
+
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+ByteCount = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+
+
+class UploadCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Start an upload of ``size`` bytes of attachment ciphertext (protocol.attachments:
+    ``ciphertext_size(plaintext size)``)."""
+
+    size: Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
+
+
+class UploadStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """An upload: the next chunk starts at ``committed``; chunks are at most ``chunk_size``."""
+
+    attachment_id: Id
+    size: ByteCount
+    committed: ByteCount
+    chunk_size: ByteCount
+    finalised: bool
+
+
+class UploadFinalise(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The SHA-256 (lowercase hex) of the whole ciphertext as uploaded."""
+
+    sha256: Sha256Hex
+
+
+# --- consent (PROTOCOL §13) --------------------------------------------------------------------
+
+ConsentToken = Annotated[str, msgspec.Meta(min_length=3, max_length=16 * 1024)]
+
+
+class ConsentRegister(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A consent token (compact JWS, PROTOCOL §7) to register; agreed and refused alike."""
+
+    token: ConsentToken
+
+
+class ConsentInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A registered consent. ``status``: active, refused, expired, not_yet_valid or revoked."""
+
+    consent_id: Id
+    token: str
+    status: str
+    issuer_user_id: Id
+    org_id: str
+    registered_at: int
+    revoked_at: int | None = None
+
+
+class ConsentRevoked(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Answer of a revocation: messages withdrawn before delivery, expiry orders issued."""
+
+    consent_id: Id
+    revoked_at: int
+    withdrawn_messages: int
+    expiry_orders: int
+
+
+class ConsentMismatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A recipient's report: an image received under the consent is not one it names (or the
+    token does not verify against the sender's chain). The image was not shown."""
+
+    message_id: Id
+    attachment_id: Id | None = None
+    reason: Annotated[str, msgspec.Meta(pattern=r"^(image_not_named|token_invalid)$")] = (
+        "image_not_named")

@@ -24,7 +24,10 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from protocol.errors import ErrorCode
 from server import migrations
 from server.api import Endpoint, openapi_document, starlette_routes
+from server.attachments import AttachmentLimits, AttachmentService
 from server.authn import Authenticator
+from server.blobs import BlobStore, PostgresBlobStore
+from server.consents import ConsentPolicies, ConsentService
 from server.db import Database
 from server.enrolment import EnrolmentService
 from server.errors import RelayError
@@ -39,7 +42,9 @@ from server.passwords import Passwords
 from server.problems import problem_response, relay_error_response
 from server.provisioning import ProvisioningService
 from server.routes.admin import AdminRoutes
+from server.routes.attachments import AttachmentRoutes
 from server.routes.auth import AuthRoutes
+from server.routes.consents import ConsentRoutes
 from server.routes.enrol import EnrolRoutes
 from server.routes.health import HealthRoutes
 from server.routes.keys import KeyRoutes
@@ -70,10 +75,12 @@ class Relay:
     authn: Authenticator  # ... then authn.check_device(conn, claims, now=...)
     trust: Trust
     pipeline: SendPipeline
+    attachments: AttachmentService
+    consents: ConsentService
 
 
 def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = time.time,
-               check_schema: bool = True) -> Relay:
+               check_schema: bool = True, blobs: BlobStore | None = None) -> Relay:
     db = Database(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
                   timeout=settings.db_timeout)
     metrics = Metrics()
@@ -120,7 +127,25 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     bus.subscribe("session", hub.on_session)
     bus.subscribe("revoked", hub.on_revoked)
     bus.subscribe("keys_low", hub.on_keys_low)
-    pipeline = SendPipeline(db, metrics, max_message_bytes=settings.max_message_bytes,
+    # Attachments and consent (issue 6): ciphertext blobs behind a BlobStore (Postgres by
+    # default), consent registration and withdrawal, and the consent policy every send passes.
+    consents = ConsentService(db=db, trust=trust,
+                              policies=ConsentPolicies.from_file(settings.consent_policy_file),
+                              clock=clock)
+    attachment_service = AttachmentService(
+        db=db, blobs=blobs or PostgresBlobStore(db),
+        limits=AttachmentLimits(max_bytes=settings.attachment_max_bytes,
+                                chunk_bytes=settings.attachment_chunk_bytes,
+                                quota_bytes=settings.attachment_quota_bytes,
+                                unreferenced_ttl=settings.attachment_unreferenced_ttl,
+                                janitor_interval=settings.attachment_janitor_interval),
+        clock=clock)
+    endpoints += AttachmentRoutes(service=attachment_service, require_device=authn.require_device,
+                                  max_body=body).endpoints()
+    endpoints += ConsentRoutes(service=consents, require_device=authn.require_device,
+                               max_body=body).endpoints()
+    pipeline = SendPipeline(db, metrics, policy=consents,
+                            max_message_bytes=settings.max_message_bytes,
                             max_batch=settings.send_batch,
                             verify_signatures=settings.verify_sender_signatures)
     ws_relay = WebSocketRelay(
@@ -152,11 +177,14 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             await bus.start()
             await pipeline.start()
             gauges = asyncio.create_task(_queue_gauges(db, metrics), name="queue-gauges")
+            janitor = asyncio.create_task(attachment_service.janitor(),
+                                          name="attachment-janitor")
             log.info("relay started")
             yield
         finally:
             await hub.close_all()
             gauges.cancel()
+            janitor.cancel()
             await pipeline.stop()
             await bus.stop()
             await db.close()
@@ -176,7 +204,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                        trusted_proxy_hops=settings.trusted_proxy_hops)
     return Relay(app=app, settings=settings, db=db, metrics=metrics, hub=hub,
                  endpoints=endpoints, tokens=tokens, authn=authn, trust=trust,
-                 pipeline=pipeline)
+                 pipeline=pipeline, attachments=attachment_service, consents=consents)
 
 
 async def _queue_gauges(db: Database, metrics: Metrics, every: float = 15.0) -> None:

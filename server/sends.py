@@ -10,7 +10,16 @@ Checks before anything is stored (each refusal has its code; nothing is written)
 4. the named recipient devices are exactly the current participants' active devices, minus the
    sending device (``device_set_mismatch`` listing ``missing``, ``extra`` and ``stale``);
 5. a retried (sender device, message id) returns the original acceptance; the same id with other
-   bytes is refused (``duplicate_conflict``).
+   bytes is refused (``duplicate_conflict``);
+6. every attachment the header names was uploaded and finalised by the sending device, or was
+   sent to it (forwarding) (``upload_not_found``, ``validation_failed``);
+7. the consent policy (server/consents.py): a message with an attachment, a purpose other than
+   direct care, or flagged external must name a registered consent that covers its purpose and
+   every recipient (``consent_*``).
+
+Checks 6 and 7 run inside the batch transaction, before the message is stored; a message that
+passes is stored with its attachment references, and every recipient device is granted access
+to its attachments, in the same transaction.
 
 Group commit: sends from every connection of this process queue up; one flusher stores each
 batch in a single transaction (one WAL flush for many messages) and resolves each sender's
@@ -26,18 +35,18 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from protocol import envelope
 from protocol.errors import ErrorCode, VerificationError
-from protocol.model import SealedMessage
+from protocol.model import MessageHeader, SealedMessage
 from server import events
 from server.db import Database
 from server.errors import Forbidden, LimitError, RelayError
 from server.metrics import Metrics
-from server.store import messages, threads
+from server.store import attachments, messages, threads
 
-__all__ = ["SendPipeline", "Sender"]
+__all__ = ["SendPipeline", "SendPolicy", "Sender"]
 
 log = logging.getLogger("lightbox.sends")
 
@@ -47,6 +56,13 @@ class Sender:
     user_id: str
     device_id: str
     signing_key: bytes
+
+
+class SendPolicy(Protocol):
+    async def check_send(self, conn: Any, header: MessageHeader, now: dt.datetime) -> None:
+        """Raise RelayError if policy (consent) refuses the message; runs in the send
+        transaction, before anything is stored."""
+        ...
 
 
 @dataclasses.dataclass
@@ -62,10 +78,10 @@ def _utcnow() -> dt.datetime:
 
 
 class SendPipeline:
-    def __init__(self, db: Database, metrics: Metrics, *, max_message_bytes: int,
-                 max_batch: int = 256, verify_signatures: bool = True,
+    def __init__(self, db: Database, metrics: Metrics, *, policy: SendPolicy,
+                 max_message_bytes: int, max_batch: int = 256, verify_signatures: bool = True,
                  now: Callable[[], dt.datetime] = _utcnow) -> None:
-        self.db, self.metrics = db, metrics
+        self.db, self.metrics, self.policy = db, metrics, policy
         self.max_message_bytes = max_message_bytes
         self.max_batch = max_batch
         self.verify_signatures = verify_signatures
@@ -210,7 +226,14 @@ class SendPipeline:
             raise RelayError(ErrorCode.DEVICE_SET_MISMATCH,
                              "the recipient devices do not match the thread's participants",
                              extra={"missing": missing, "extra": extra, "stale": stale})
+        if h.attachment_ids:
+            await attachments.check_references(conn, h.attachment_ids, h.sender_device_id)
+        await self.policy.check_send(conn, h, now)
         acc = await messages.insert_message(conn, msg, now)
+        if h.attachment_ids:
+            await attachments.record_references(
+                conn, sender_device_id=h.sender_device_id, message_id=h.message_id,
+                attachment_ids=h.attachment_ids, recipients=h.recipient_devices, now=now)
         seen[key] = acc
         return acc
 

@@ -200,6 +200,26 @@ class Settings:
     verify_sender_signatures: bool = _s(True, "LIGHTBOX_VERIFY_SENDER_SIGNATURES", "bool",
                                         "Check each sealed message's sender signature on the "
                                         "relay too (recipients always do).")
+    # --- attachments and consent (docs/PROTOCOL.md §12, §13) ---
+    attachment_max_bytes: int = _s(26_214_400, "LIGHTBOX_ATTACHMENT_MAX_BYTES", "int",
+                                   "Largest attachment (declared ciphertext size, 25 MiB).",
+                                   limit=True)
+    attachment_chunk_bytes: int = _s(1_048_576, "LIGHTBOX_ATTACHMENT_CHUNK_BYTES", "int",
+                                     "Largest attachment chunk in one PUT (the route's body "
+                                     "limit).", limit=True)
+    attachment_quota_bytes: int = _s(536_870_912, "LIGHTBOX_ATTACHMENT_QUOTA_BYTES", "int",
+                                     "Attachment bytes one user may hold on the relay (512 "
+                                     "MiB).", limit=True)
+    attachment_unreferenced_ttl: int = _s(86_400, "LIGHTBOX_ATTACHMENT_UNREFERENCED_TTL", "int",
+                                          "Seconds after which an upload no message references "
+                                          "is deleted.", limit=True)
+    attachment_janitor_interval: float = _s(300.0, "LIGHTBOX_ATTACHMENT_JANITOR_INTERVAL",
+                                            "float", "Seconds between sweeps for unreferenced "
+                                            "uploads.")
+    consent_policy_file: Path | None = _s(
+        None, "LIGHTBOX_CONSENT_POLICY_FILE", "path",
+        "JSON file of per-organisation consent policies, {org_id: {ConsentPolicy fields}} "
+        "(unset, or an organisation not listed: the DESIGN §5 defaults).")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -278,5 +298,8 @@ def _validate(s: Settings) -> None:
     if s.lockout_base_seconds > s.lockout_max_seconds:
         raise SettingsError("LIGHTBOX_LOCKOUT_BASE_SECONDS must not exceed "
                             "LIGHTBOX_LOCKOUT_MAX_SECONDS")
+    if s.attachment_max_bytes > s.attachment_quota_bytes:
+        raise SettingsError("LIGHTBOX_ATTACHMENT_MAX_BYTES must not exceed "
+                            "LIGHTBOX_ATTACHMENT_QUOTA_BYTES")
     if s.argon2_profile not in {"rfc9106-low-memory", "cheap"}:
         raise SettingsError("LIGHTBOX_ARGON2_PROFILE must be rfc9106-low-memory or cheap")

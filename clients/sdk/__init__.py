@@ -1,5 +1,6 @@
 """The Lightbox client SDK: the relay's HTTP API, the device's key store, and the identity
-flows (enrolment, device linking, login, verified key directory) built on them.
+flows (enrolment, device linking, login, verified key directory) built on them, and encrypted
+image attachments with the recipient-side consent check (clients/sdk/attachments.py).
 
 Exception tree (every SDK error)::
 
@@ -9,6 +10,7 @@ Exception tree (every SDK error)::
     ├── RelayUnavailable      the relay could not be reached
     ├── KeyStoreError         the local key store is missing, exists already, or will not open
     └── FlowError             a client-side check failed (``code``: an ErrorCode value)
+        └── ConsentImageMismatch  a received image its consent does not name: never shown
 """
 
 from __future__ import annotations

@@ -30,13 +30,19 @@ from protocol.errors import CloseCode
 from protocol.frames import Accepted, Deliver, Frame, QueueEmpty
 from protocol.model import SealedMessage
 
-__all__ = ["Connection", "ConnectionStopped", "DedupeStore", "MemoryDedupeStore"]
+__all__ = ["Connection", "ConnectionStopped", "DedupeStore", "DeferDelivery", "MemoryDedupeStore"]
 
 log = logging.getLogger("lightbox.sdk")
 
 # Close codes after which reconnecting cannot help.
 FINAL_CLOSE_CODES = frozenset({CloseCode.DEVICE_REVOKED, CloseCode.USER_SUSPENDED,
                                CloseCode.UNSUPPORTED_VERSION})
+
+
+class DeferDelivery(Exception):
+    """Raised by a message handler that could not store a delivery now (for example the
+    sender's certificates could not be fetched): it is not acknowledged, the socket is
+    recycled, and the relay delivers it again."""
 
 
 class ConnectionStopped(RuntimeError):
@@ -117,6 +123,14 @@ class Connection:
                 item.future.set_exception(exc)
         self._outbox.clear()
 
+    async def send_frame(self, frame: Frame) -> None:
+        """Send a fire-and-forget frame (receipt, expiry confirmation) on the current socket;
+        SocketClosed when not connected (the caller keeps it and tries again)."""
+        sock = self._socket
+        if sock is None:
+            raise SocketClosed(None, "not connected")
+        await sock.send_frame(frame)
+
     async def send(self, message: SealedMessage) -> Accepted:
         """Returns once the relay has durably accepted the message, across reconnects."""
         if self.stopped.done():
@@ -170,7 +184,12 @@ class Connection:
             while True:
                 get: asyncio.Future[object] = asyncio.ensure_future(sock.events.get())
                 closed: asyncio.Future[object] = sock.closed  # type: ignore[assignment]
-                done, _ = await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    done, _ = await asyncio.wait({get, closed},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    get.cancel()  # stopped: leave no pending task behind
+                    raise
                 if get in done:
                     frame = get.result()
                     assert not isinstance(frame, tuple)
@@ -192,7 +211,11 @@ class Connection:
         if isinstance(frame, Deliver):
             h = frame.message.header
             if not self.dedupe.seen(h.sender_device_id, h.message_id):
-                await self._on_message(frame)  # stored on the device before we acknowledge
+                try:
+                    await self._on_message(frame)  # stored on the device before we acknowledge
+                except DeferDelivery:
+                    await sock.close(1011)  # not acknowledged: redelivered on the next connection
+                    raise SocketClosed(1011, "delivery deferred") from None
                 self.dedupe.add(h.sender_device_id, h.message_id)
             await sock.ack([frame.delivery_id])
         elif isinstance(frame, QueueEmpty):

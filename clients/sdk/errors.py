@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ConsentImageMismatch",
     "FlowError",
     "KeyStoreError",
     "RelayRequestError",
@@ -58,3 +59,12 @@ class FlowError(SDKError):
     def __init__(self, message: str, *, code: str = "verification_failed") -> None:
         self.code = code
         super().__init__(message)
+
+
+class ConsentImageMismatch(FlowError):
+    """A received image is not one its consent names (or the consent does not verify against
+    the issuer's certificate chain): it must not be shown (DESIGN §2, consent enforced twice)."""
+
+    def __init__(self, message: str, *, reason: str = "token_invalid") -> None:
+        super().__init__(message, code="consent_image_mismatch")
+        self.reason = reason  # image_not_named | token_invalid (reported to the relay)

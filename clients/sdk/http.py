@@ -15,8 +15,9 @@ persist the rotated refresh token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -108,11 +109,14 @@ class RelayHTTP:
     async def _send(
         self, method: str, path: str, *, body: msgspec.Struct | None = None,
         params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
     ) -> httpx.Response:
-        content = None if body is None else msgspec.json.encode(body)
+        content = raw if body is None else msgspec.json.encode(body)
         hdrs = dict(headers or {})
-        if content is not None:
+        if body is not None:
             hdrs["Content-Type"] = "application/json"
+        elif raw is not None:
+            hdrs["Content-Type"] = "application/octet-stream"
         try:
             response = await self._client.request(
                 method, self.base_url + path, content=content, params=params, headers=hdrs
@@ -160,27 +164,34 @@ class RelayHTTP:
 
     async def _device(
         self, method: str, path: str, *, body: msgspec.Struct | None = None,
-        params: dict[str, str] | None = None,
+        params: dict[str, str] | None = None, raw: bytes | None = None,
     ) -> httpx.Response:
+        await self._fresh_token()
+        response = await self._device_once(method, path, body=body, params=params, raw=raw)
+        if response.status_code == 401 and parse_problem(response).code == "token_expired":
+            assert self.tokens is not None
+            await self._refresh_if_stale(self.tokens)
+            response = await self._device_once(method, path, body=body, params=params, raw=raw)
+        return response
+
+    async def _fresh_token(self) -> None:
         if self.tokens is None:
             raise RelayRequestError("unauthenticated", 401, "not logged in")
         if self._now() >= self.tokens.expires_at - REFRESH_MARGIN:
             await self._refresh_if_stale(self.tokens)
-        response = await self._device_once(method, path, body=body, params=params)
-        if response.status_code == 401 and parse_problem(response).code == "token_expired":
-            await self._refresh_if_stale(self.tokens)
-            response = await self._device_once(method, path, body=body, params=params)
-        return response
+
+    def _device_headers(self, method: str, path: str) -> dict[str, str]:
+        assert self.tokens is not None
+        token = self.tokens.access_token
+        return {"Authorization": f"Bearer {token}",
+                "Lightbox-Proof": self.proof_header(method, path, token)}
 
     async def _device_once(
         self, method: str, path: str, *, body: msgspec.Struct | None,
-        params: dict[str, str] | None,
+        params: dict[str, str] | None, raw: bytes | None = None,
     ) -> httpx.Response:
-        assert self.tokens is not None
-        token = self.tokens.access_token
-        headers = {"Authorization": f"Bearer {token}",
-                   "Lightbox-Proof": self.proof_header(method, path, token)}
-        return await self._send(method, path, body=body, params=params, headers=headers)
+        return await self._send(method, path, body=body, params=params, raw=raw,
+                                headers=self._device_headers(method, path))
 
     async def _refresh_if_stale(self, seen: api.TokenPair) -> None:
         async with self._refresh_lock:
@@ -315,3 +326,83 @@ class RelayHTTP:
     async def directory(self, q: str) -> api.DirectoryResult:
         return self._decode(await self._device("GET", "/v1/directory", params={"q": q}),
                             api.DirectoryResult)
+
+    # --- attachments (PROTOCOL §12) ---------------------------------------------------------
+
+    async def create_upload(self, size: int) -> api.UploadStatus:
+        r = await self._device("POST", "/v1/attachments", body=api.UploadCreate(size=size))
+        return self._decode(r, api.UploadStatus)
+
+    async def upload_status(self, attachment_id: str) -> api.UploadStatus:
+        r = await self._device("GET", f"/v1/attachments/{quote(attachment_id, safe='')}/upload")
+        return self._decode(r, api.UploadStatus)
+
+    async def put_chunk(self, attachment_id: str, offset: int, data: bytes) -> api.UploadStatus:
+        r = await self._device("PUT", f"/v1/attachments/{quote(attachment_id, safe='')}/upload",
+                               params={"offset": str(offset)}, raw=data)
+        return self._decode(r, api.UploadStatus)
+
+    async def finalise_upload(self, attachment_id: str, sha256_hex: str) -> api.UploadStatus:
+        r = await self._device("POST",
+                               f"/v1/attachments/{quote(attachment_id, safe='')}/finalise",
+                               body=api.UploadFinalise(sha256=sha256_hex))
+        return self._decode(r, api.UploadStatus)
+
+    @contextlib.asynccontextmanager
+    async def download_stream(self, attachment_id: str, *, start: int = 0
+                              ) -> AsyncIterator[httpx.Response]:
+        """Stream an attachment's ciphertext from byte ``start`` (a Range request when > 0).
+        A transfer that breaks raises :class:`RelayUnavailable`; resume from what arrived."""
+        path = f"/v1/attachments/{quote(attachment_id, safe='')}"
+        await self._fresh_token()
+        headers = self._device_headers("GET", path)
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        try:
+            async with self._client.stream("GET", self.base_url + path,
+                                           headers=headers) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise parse_problem(response)
+                if response.status_code != (206 if start else 200):
+                    raise RelayResponseError(f"GET {path}: unexpected status "
+                                             f"{response.status_code}")
+                yield response
+        except httpx.HTTPError as exc:
+            raise RelayUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+
+    # --- consent (PROTOCOL §13) ---------------------------------------------------------------
+
+    async def register_consent(self, token: str) -> api.ConsentInfo:
+        r = await self._device("POST", "/v1/consents", body=api.ConsentRegister(token=token))
+        return self._decode(r, api.ConsentInfo)
+
+    async def get_consent(self, consent_id: str) -> api.ConsentInfo:
+        r = await self._device("GET", f"/v1/consents/{quote(consent_id, safe='')}")
+        return self._decode(r, api.ConsentInfo)
+
+    async def revoke_consent(self, consent_id: str) -> api.ConsentRevoked:
+        r = await self._device("POST", f"/v1/consents/{quote(consent_id, safe='')}/revoke")
+        return self._decode(r, api.ConsentRevoked)
+
+    async def report_consent_mismatch(self, consent_id: str, body: api.ConsentMismatch) -> None:
+        r = await self._device("POST", f"/v1/consents/{quote(consent_id, safe='')}/mismatch",
+                               body=body)
+        self._expect(r, 204)
+
+    # --- threads (PROTOCOL §11) ------------------------------------------------------------------
+
+    async def create_thread(self, body: api.ThreadCreate) -> api.ThreadInfo:
+        return self._decode(await self._device("POST", "/v1/threads", body=body), api.ThreadInfo)
+
+    async def threads(self) -> api.ThreadList:
+        return self._decode(await self._device("GET", "/v1/threads"), api.ThreadList)
+
+    async def thread_recipients(self, thread_id: str) -> api.ThreadRecipients:
+        r = await self._device("GET", f"/v1/threads/{quote(thread_id, safe='')}/recipients")
+        return self._decode(r, api.ThreadRecipients)
+
+    async def mark_thread_read(self, thread_id: str, seq: int) -> None:
+        r = await self._device("POST", f"/v1/threads/{quote(thread_id, safe='')}/read",
+                               body=api.ReadMark(seq=seq))
+        self._expect(r, 204)

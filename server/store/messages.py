@@ -21,6 +21,7 @@ from protocol.errors import ErrorCode
 from server.errors import Conflict, RelayError
 
 __all__ = [
+    "DROPPED_AFTER_SENDING",
     "Accepted",
     "Delivery",
     "MessageRef",
@@ -181,11 +182,16 @@ async def fetch_notices(conn: asyncpg.Connection, device_id: str, *, after_pk: i
     return [Notice(r["notice_pk"], bytes(r["frame"])) for r in rows]
 
 
+DROPPED_AFTER_SENDING = ("receipt", "withdrawn")
+"""Notice kinds removed once written to the device's socket. Orders (``expire_order``,
+``wipe_order``) are not: they stay until the device confirms them (server/store/expiry.py)."""
+
+
 async def drop_notices(conn: asyncpg.Connection, device_id: str, notice_pks: Sequence[int]
                        ) -> None:
     await conn.execute(
         "DELETE FROM device_notices WHERE device_id = $1 AND notice_pk = ANY($2::bigint[]) "
-        "AND kind = 'receipt'", device_id, list(notice_pks))
+        "AND kind = ANY($3::text[])", device_id, list(notice_pks), list(DROPPED_AFTER_SENDING))
 
 
 @dataclasses.dataclass(frozen=True)

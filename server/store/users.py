@@ -22,6 +22,7 @@ from server.store import at, unix
 __all__ = [
     "EnrolmentRecord",
     "UserRecord",
+    "certificates_of_device_owners",
     "consume_enrolment",
     "enrolment_state",
     "get_enrolment",
@@ -117,6 +118,16 @@ async def get_user(conn: asyncpg.Connection, user_id: str, *,
     sql = "SELECT * FROM users WHERE user_id = $1" + (" FOR UPDATE" if for_update else "")
     row = await conn.fetchrow(sql, uid)
     return None if row is None else _user(row)
+
+
+async def certificates_of_device_owners(conn: asyncpg.Connection, device_ids: Sequence[str]
+                                        ) -> dict[str, tuple[str, str]]:
+    """device id -> (owner's user id, owner's user certificate) for the devices given."""
+    rows = await conn.fetch(
+        "SELECT d.device_id::text AS device_id, u.user_id::text AS user_id, u.user_certificate "
+        "FROM devices d JOIN users u USING (user_id) WHERE d.device_id = ANY($1::uuid[])",
+        [uuid.UUID(d) for d in device_ids])
+    return {r["device_id"]: (r["user_id"], r["user_certificate"]) for r in rows}
 
 
 async def get_user_by_login(conn: asyncpg.Connection, login: str) -> UserRecord | None:

@@ -1,0 +1,990 @@
+"""The high-level async SDK: one object a clinician's program holds (issue 8 item 1).
+
+:class:`LightboxClient` owns the device state (a key store or the vault, through the
+:class:`~clients.sdk.keystore.DeviceStore` protocol), the pinned organisation key and the
+newest organisation-signed revocation list, a :class:`~clients.sdk.http.RelayHTTP` and a
+:class:`~clients.sdk.connection.Connection` (reconnect with backoff, resume from the relay's
+durable queue, outbox, de-duplication through the vault).
+
+Why every step is where it is (DESIGN §2):
+
+* **Sending**: the thread's recipients come from the relay, so every user and device
+  certificate is verified against the pinned organisation key and the revocation list before
+  anything is encrypted to it; claimed prekeys are verified under the device's key. A relay
+  that inserted a device gets a refusal, not a copy. ``device_set_mismatch`` (someone joined or
+  left meanwhile) refreshes the recipients and retries once.
+* **Receiving**: the sender's chain is fetched and verified before opening; the body is stored
+  in the vault, the one-time prekey secret used is then deleted from the device state (forward
+  secrecy, PROTOCOL §5.5), and only then is the delivery acknowledged and a signed
+  ``delivered`` receipt sent. Images are fetched, decrypted and checked against their consent
+  (clients/sdk/attachments.py) in the background; the message is already safe in the vault.
+* Sealing, opening and attachment crypto run in worker threads: the event loop that keeps the
+  websocket alive never waits on a large payload.
+
+Events for applications (:meth:`LightboxClient.events`, :meth:`LightboxClient.on_event`):
+:class:`MessageEvent`, :class:`ImageEvent`, :class:`ReceiptEvent`, :class:`FiledEvent`,
+:class:`ExpiredEvent`, :class:`WithdrawnEvent`, :class:`StatusEvent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import msgspec
+
+from clients import imaging
+from clients.sdk import attachments as sdk_attachments
+from clients.sdk.connection import Connection, ConnectionStopped, DeferDelivery
+from clients.sdk.errors import (
+    ConsentImageMismatch,
+    FlowError,
+    RelayRequestError,
+    RelayUnavailable,
+    SDKError,
+)
+from clients.sdk.http import RelayHTTP
+from clients.sdk.identity import login, make_prekeys
+from clients.sdk.keystore import DeviceState, DeviceStore
+from clients.sdk.socket import SendRefused, SocketClosed
+from clients.vault import ImageShredded, ItemNotFound, Vault, VaultMessage
+from protocol import api, certs, statements
+from protocol.attachments import AttachmentDescriptor
+from protocol.body import Body, BodyKind, RecordData, decode_body, encode_body
+from protocol.canonical import peek_compact
+from protocol.consent import peek_consent_token_unverified
+from protocol.envelope import (
+    MemorySeenSet,
+    RecipientBundle,
+    open_message,
+    seal_message,
+    wrapped_key_for,
+)
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.frames import (
+    Deliver,
+    Error,
+    ExpireOrder,
+    ExpiryConfirm,
+    FiledNotice,
+    Frame,
+    KeysLow,
+    Receipt,
+    ReceiptNotice,
+    Revoked,
+    Withdrawn,
+)
+from protocol.model import MessageHeader, Priority, Purpose, SealedMessage
+
+__all__ = [
+    "ClientEvent",
+    "ExpiredEvent",
+    "FiledEvent",
+    "ImageEvent",
+    "ImageStatus",
+    "LightboxClient",
+    "MessageEvent",
+    "MessageView",
+    "ReceiptEvent",
+    "SentMessage",
+    "StatusEvent",
+    "WithdrawnEvent",
+]
+
+log = logging.getLogger("lightbox.sdk.client")
+
+CHAIN_CACHE_SECONDS = 60.0  # a verified chain is re-fetched after this, or on a revocation
+REVOCATIONS_MAX_AGE = 30.0  # seconds before the revocation list is fetched again
+MAX_CLAIM = api.MAX_CLAIM_DEVICES
+Progress = Callable[[int, int], None]
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageEvent:
+    """A message arrived and is stored in the vault."""
+
+    message: VaultMessage
+    body: Body
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEvent:
+    """An image of a message changed state: ``stored``, ``refused`` (consent check failed:
+    never shown), ``failed`` (will be retried), ``shredded``."""
+
+    attachment_id: str
+    message_id: str
+    thread_id: str
+    status: str
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceiptEvent:
+    """A recipient's signed receipt of one of our messages (verified)."""
+
+    message_id: str
+    user_id: str
+    device_id: str
+    kind: str
+    at: int
+    display_name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FiledEvent:
+    attachment_id: str
+    message_id: str
+    thread_id: str
+    filed_at: int
+    expires_at: int
+    record_ref: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpiredEvent:
+    attachment_id: str
+    thread_id: str
+    record_ref: str | None
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WithdrawnEvent:
+    message_id: str
+    thread_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusEvent:
+    """Connection state (``connected``, ``disconnected``, ``stopped``) or a problem to show
+    (``error`` with ``detail``)."""
+
+    state: str
+    detail: str = ""
+
+
+ClientEvent = (MessageEvent | ImageEvent | ReceiptEvent | FiledEvent | ExpiredEvent
+               | WithdrawnEvent | StatusEvent)
+
+
+@dataclasses.dataclass(frozen=True)
+class SentMessage:
+    message_id: str
+    thread_id: str
+    thread_seq: int
+    attachment_ids: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageStatus:
+    """What a client can show for one attachment of a message."""
+
+    attachment_id: str
+    state: str  # stored | pending | refused | failed | shredded
+    reason: str = ""
+    record_ref: str | None = None
+    width: int | None = None
+    height: int | None = None
+    filed_at: int | None = None
+    expires_at: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageView:
+    """A stored message with its decoded body, image states and the receipts seen."""
+
+    message: VaultMessage
+    body: Body
+    images: tuple[ImageStatus, ...]
+    receipts: tuple[ReceiptEvent, ...]
+    acknowledged_by_me: bool
+
+
+@dataclasses.dataclass
+class _Chain:
+    verified: certs.VerifiedDevice
+    user_certificate: str
+    at: float
+
+
+def _flow(exc: ProtocolError, message: str) -> FlowError:
+    reason = getattr(exc, "reason", "") or str(exc)
+    return FlowError(f"{message} ({exc.code.value}: {reason})", code=exc.code.value)
+
+
+# --- the client --------------------------------------------------------------------------------
+
+
+class LightboxClient:
+    """A logged-in device: send, receive, receipts, images. ``async with`` starts and stops it.
+
+    ``store`` holds the device state (an OpenKeyStore, or the vault itself); ``vault`` stores
+    messages and images; ``password`` lets the client log in again when the refresh token has
+    expired. ``ws_url`` defaults to the server URL with ``ws(s)://`` and ``/v1/ws``.
+    """
+
+    def __init__(
+        self, store: DeviceStore, vault: Vault, *, password: str | None = None,
+        relay: RelayHTTP | None = None, ws_url: str | None = None,
+        clock: Callable[[], float] = time.time, backoff_base: float = 0.2,
+        backoff_max: float = 10.0, fetch_images: bool = True,
+    ) -> None:
+        self.store, self.vault = store, vault
+        self._password = password
+        self._clock = clock
+        st = store.state
+        self.relay = relay or RelayHTTP(st.server_url, device=st.device_keys().signing,
+                                        tokens=st.session, on_tokens=self._save_tokens)
+        base = st.server_url.rstrip("/")
+        self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")
+        self._backoff = (backoff_base, backoff_max)
+        self.fetch_images = fetch_images
+        self.connection: Connection | None = None
+        self._revocations = certs.RevocationSet()
+        self._revocations_at = -1e9
+        self._chains: dict[str, _Chain] = {}
+        self._names: dict[str, str] = {}
+        self._subscribers: list[asyncio.Queue[ClientEvent]] = []
+        self._callbacks: list[Callable[[ClientEvent], Awaitable[None] | None]] = []
+        self._outgoing: list[Frame] = []
+        self._outgoing_changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._image_state: dict[str, tuple[str, str]] = {}
+        self._filed: dict[str, FiledEvent] = {}
+        self._receipts: dict[str, list[ReceiptEvent]] = {}
+        self._acked: set[str] = set()
+        self._threads: dict[str, api.ThreadInfo] = {}
+        self._fetch_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> DeviceState:
+        return self.store.state
+
+    @property
+    def device_id(self) -> str:
+        return self.store.state.device_id
+
+    @property
+    def user_id(self) -> str:
+        return self.store.state.user_id
+
+    def _save_tokens(self, tokens: api.TokenPair) -> None:
+        self.store.save(msgspec.structs.replace(self.store.state, session=tokens))
+
+    async def ensure_login(self) -> None:
+        """Log in again (password + device signature) when there is no usable session."""
+        tokens = self.relay.tokens
+        if tokens is not None and tokens.refresh_expires_at > self._clock() + 60:
+            return
+        if self._password is None:
+            raise FlowError("the session has expired: log in again with your password",
+                            code=ErrorCode.UNAUTHENTICATED.value)
+        self.relay.tokens = None
+        await login(self.relay, self.store.state, self._password)
+
+    async def _access_token(self) -> str:
+        await self.ensure_login()
+        tokens = self.relay.tokens
+        assert tokens is not None
+        if self._clock() >= tokens.expires_at - 60:
+            try:
+                await self.relay.refresh()
+            except RelayRequestError:
+                self.relay.tokens = None
+                await self.ensure_login()
+        assert self.relay.tokens is not None
+        return self.relay.tokens.access_token
+
+    async def start(self, *, wait_connected: float | None = None) -> None:
+        """Log in if needed, fetch the revocation list, and connect (in the background)."""
+        await self.ensure_login()
+        await self.revocations(force=True)
+        keys = self.store.state.device_keys()
+        self.connection = Connection(
+            self.ws_url, device_id=keys.device_id, access_token=self._access_token,
+            sign=keys.sign, on_message=self._on_deliver, on_event=self._on_frame,
+            dedupe=self.vault.dedupe, backoff_base=self._backoff[0],
+            backoff_max=self._backoff[1])
+        await self.connection.start()
+        self._spawn(self._flush_outgoing(), "client-outgoing")
+        self._spawn(self._watch_connection(), "client-status")
+        if wait_connected is not None:
+            async with asyncio.timeout(wait_connected):
+                await self.connection.connected.wait()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.connection is not None:
+            await self.connection.stop()
+        await self.relay.aclose()
+
+    async def __aenter__(self) -> LightboxClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait_synced(self, timeout: float = 10.0) -> None:
+        """Wait until connected and the offline backlog has been received."""
+        assert self.connection is not None
+        async with asyncio.timeout(timeout):
+            await self.connection.connected.wait()
+            await self.connection.queue_empty.wait()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def subscribe(self) -> asyncio.Queue[ClientEvent]:
+        queue: asyncio.Queue[ClientEvent] = asyncio.Queue()
+        self._subscribers.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[ClientEvent]) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(queue)
+
+    async def events(self) -> AsyncIterator[ClientEvent]:
+        """Every event from now on (``async for event in client.events()``)."""
+        queue = self.subscribe()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self.unsubscribe(queue)
+
+    def on_event(self, callback: Callable[[ClientEvent], Awaitable[None] | None]) -> None:
+        self._callbacks.append(callback)
+
+    async def _emit(self, event: ClientEvent) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+        for callback in self._callbacks:
+            try:
+                result = callback(event)
+                if result is not None:
+                    await result
+            except Exception:  # an application callback must not stop the client
+                log.exception("event callback failed")
+
+    async def _watch_connection(self) -> None:
+        assert self.connection is not None
+        conn = self.connection
+        while not conn.stopped.done():
+            await conn.connected.wait()
+            await self._emit(StatusEvent("connected"))
+            if self.fetch_images:
+                self._spawn(self.fetch_missing_images(), "client-fetch-images")
+            # Connection exposes no "disconnected" event; a tenth of a second is fine for a UI.
+            while conn.connected.is_set() and not conn.stopped.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            if not conn.stopped.done():
+                await self._emit(StatusEvent("disconnected", "reconnecting to the relay"))
+        stopped = conn.stopped.result()
+        await self._emit(StatusEvent("stopped", str(stopped)))
+
+    # -- trust: revocations and certificate chains --------------------------------------------
+
+    async def revocations(self, *, force: bool = False) -> certs.RevocationSet:
+        """The newest verified revocation list of our organisation (rollback-checked against
+        the one kept in the device state, which is updated)."""
+        if not force and self._clock() - self._revocations_at < REVOCATIONS_MAX_AGE:
+            return self._revocations
+        st = self.store.state
+        held = certs.RevocationSet()
+        for token in st.revocation_lists:
+            held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs()))
+        newest = list(st.revocation_lists)
+        for token in (await self.relay.revocations()).lists:
+            try:
+                claimed = peek_compact(token, certs.RevocationList,
+                                       max_length=certs.MAX_REVOCATION_LIST_LENGTH)
+            except ProtocolError:
+                continue
+            if claimed.org_id != st.org_id:
+                continue
+            try:
+                if held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs())):
+                    newest = [token]
+            except ProtocolError as exc:
+                raise _flow(exc, "the relay served a bad or older revocation list") from exc
+        if newest != st.revocation_lists:
+            self.store.save(msgspec.structs.replace(self.store.state, revocation_lists=newest))
+            self._chains.clear()
+        self._revocations, self._revocations_at = held, self._clock()
+        return held
+
+    def _verify(self, user_cert: str, device_cert: str,
+                revocations: certs.RevocationSet) -> certs.VerifiedDevice:
+        st = self.store.state
+        try:
+            return certs.verify_chain(user_cert, device_cert, trusted_orgs=st.trusted_orgs(),
+                                      at=int(self._clock()), revocations=revocations)
+        except ProtocolError as exc:
+            raise _flow(exc, "a certificate from the relay does not verify") from exc
+
+    async def _device_chain(self, user_id: str, device_id: str) -> _Chain:
+        """A device's verified chain, from the key directory (cached briefly)."""
+        cached = self._chains.get(device_id)
+        if cached is not None and self._clock() - cached.at < CHAIN_CACHE_SECONDS:
+            return cached
+        revocations = await self.revocations()
+        answer = await self.relay.user_devices(user_id)
+        for bundle in answer.devices:
+            verified = self._verify(answer.user_certificate, bundle.device_certificate,
+                                    revocations)
+            if verified.user_id != user_id:
+                raise FlowError("the directory answered for another user",
+                                code=ErrorCode.CERTIFICATE_INVALID.value)
+            self._names[user_id] = verified.user.display_name
+            self._chains[verified.device_id] = _Chain(verified, answer.user_certificate,
+                                                      self._clock())
+        found = self._chains.get(device_id)
+        if found is None or found.verified.user_id != user_id:
+            raise FlowError(f"device {device_id} is not a current device of {user_id}",
+                            code=ErrorCode.CERTIFICATE_INVALID.value)
+        return found
+
+    def display_name(self, user_id: str) -> str:
+        if user_id == self.user_id:
+            return "you"
+        return self._names.get(user_id, user_id[:8])
+
+    # -- threads -----------------------------------------------------------------------------
+
+    async def resolve_user(self, query: str) -> api.DirectoryEntry:
+        """One user from the directory (a login, a name, or a user id)."""
+        found = (await self.relay.directory(query)).users
+        exact = [u for u in found if query in (u.user_id,)]
+        if len(found) != 1 and not exact:
+            raise FlowError(f"{len(found)} people match {query!r}: be more specific",
+                            code=ErrorCode.NOT_FOUND.value)
+        return (exact or found)[0]
+
+    async def create_thread(self, users: Sequence[str] = (), roles: Sequence[str] = (),
+                            priority: Priority = Priority.ROUTINE) -> api.ThreadInfo:
+        """A new consult thread with these user ids and roles (we are always in it)."""
+        info = await self.relay.create_thread(api.ThreadCreate(
+            thread_id=str(uuid.uuid4()), users=list(users), roles=list(roles),
+            priority=priority.value))
+        self._threads[info.thread_id] = info
+        return info
+
+    async def threads(self) -> list[api.ThreadInfo]:
+        """My threads from the relay (urgent first, then newest activity)."""
+        found = (await self.relay.threads()).threads
+        for t in found:
+            self._threads[t.thread_id] = t
+        return sorted(found, key=lambda t: (t.priority != "urgent", -t.last_seq, -t.created_at))
+
+    def cached_threads(self) -> list[api.ThreadInfo]:
+        return list(self._threads.values())
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def _recipients(self, thread_id: str) -> list[RecipientBundle]:
+        """Every current participant device but ours, each chain and prekey verified."""
+        answer = await self.relay.thread_recipients(thread_id)
+        revocations = await self.revocations()
+        devices: dict[str, certs.VerifiedDevice] = {}
+        for user in answer.users:
+            for bundle in user.devices:
+                verified = self._verify(user.user_certificate, bundle.device_certificate,
+                                        revocations)
+                self._names[verified.user_id] = verified.user.display_name
+                self._chains[verified.device_id] = _Chain(verified, user.user_certificate,
+                                                          self._clock())
+                if verified.device_id != self.device_id:
+                    devices[verified.device_id] = verified
+        if not devices:
+            raise FlowError("nobody else in this thread has a device that can receive it",
+                            code=ErrorCode.DEVICE_SET_MISMATCH.value)
+        wanted = sorted(devices)
+        bundles: dict[str, RecipientBundle] = {}
+        for i in range(0, len(wanted), MAX_CLAIM):
+            claimed = await self.relay.claim_keys(wanted[i:i + MAX_CLAIM])
+            for key in claimed.keys:
+                known = devices.get(key.device_id)
+                if known is None:
+                    raise FlowError("the relay answered for a device we did not ask for",
+                                    code=ErrorCode.CERTIFICATE_INVALID.value)
+                verified = self._verify(key.user_certificate, key.device_certificate,
+                                        revocations)
+                if verified.device != known.device:
+                    raise FlowError("the relay served two different certificates for one "
+                                    "device", code=ErrorCode.CERTIFICATE_INVALID.value)
+                try:
+                    bundles[key.device_id] = RecipientBundle.from_tokens(
+                        verified, key.signed_prekey, key.one_time_prekey)
+                except ProtocolError as exc:
+                    raise _flow(exc, "a claimed prekey does not verify") from exc
+        missing = set(wanted) - set(bundles)
+        if missing:
+            raise FlowError(f"no prekeys for {len(missing)} recipient devices",
+                            code=ErrorCode.DEVICE_SET_MISMATCH.value)
+        return [bundles[d] for d in wanted]
+
+    async def _send_body(
+        self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
+        consent_id: str | None = None, attachment_ids: Sequence[str] = (),
+        external: bool = False, timeout: float | None = 60.0,
+    ) -> tuple[SentMessage, MessageHeader]:
+        if self.connection is None:
+            raise FlowError("the client is not started", code=ErrorCode.NOT_READY.value)
+        plain = encode_body(body)
+        message_id = str(uuid.uuid4())
+        keys = self.store.state.device_keys()
+        for attempt in range(2):
+            recipients = await self._recipients(thread_id)
+            header = MessageHeader(
+                v=1, message_id=message_id, thread_id=thread_id, sender_user_id=self.user_id,
+                sender_device_id=self.device_id, sent_at=int(self._clock()), purpose=purpose,
+                priority=priority, consent_id=consent_id, attachment_ids=list(attachment_ids),
+                recipient_devices=[r.device.device_id for r in recipients], external=external)
+            sealed: SealedMessage = await asyncio.to_thread(
+                seal_message, header, plain, sender=keys, recipients=recipients)
+            try:
+                async with asyncio.timeout(timeout):
+                    accepted = await self.connection.send(sealed)
+            except SendRefused as refused:
+                if refused.code == ErrorCode.DEVICE_SET_MISMATCH.value and attempt == 0:
+                    continue  # someone joined or left: fetch the recipients again, once
+                raise FlowError(f"the relay refused the message: {refused.detail}",
+                                code=refused.code) from refused
+            except TimeoutError as exc:
+                raise RelayUnavailable(
+                    "the relay did not confirm the message in time: it was NOT sent "
+                    "(nothing was stored; send it again when the relay is back)") from exc
+            except ConnectionStopped as exc:
+                raise FlowError(f"this device can no longer send: {exc}",
+                                code=ErrorCode.DEVICE_REVOKED.value) from exc
+            self.vault.put_message(VaultMessage(
+                message_id=message_id, thread_id=thread_id, sender_user_id=self.user_id,
+                sender_device_id=self.device_id, sent_at=float(header.sent_at),
+                body=body.text, attachment_ids=tuple(attachment_ids), priority=priority.value,
+                purpose=purpose.value, read=True, content=plain, outgoing=True,
+                thread_seq=accepted.thread_seq))
+            sent = SentMessage(message_id, thread_id, accepted.thread_seq,
+                               tuple(attachment_ids), tuple(body.quality_warnings))
+            return sent, header
+        raise AssertionError("unreachable")
+
+    async def send_text(
+        self, thread_id: str, text: str, *, priority: Priority | None = None,
+        purpose: Purpose = Purpose.DIRECT_CARE, reply_to: str | None = None,
+        subject: str | None = None, timeout: float | None = 60.0,
+    ) -> SentMessage:
+        """Seal ``text`` for every current participant device and send it; returns once the
+        relay has stored it durably."""
+        prio = priority or self._thread_priority(thread_id)
+        sent, _ = await self._send_body(
+            thread_id, Body(text=text, reply_to=reply_to, subject=subject), purpose=purpose,
+            priority=prio, timeout=timeout)
+        return sent
+
+    def _thread_priority(self, thread_id: str) -> Priority:
+        info = self._threads.get(thread_id)
+        return Priority(info.priority) if info is not None else Priority.ROUTINE
+
+    async def send_image(
+        self, thread_id: str, image: imaging.SanitisedImage, *, consent_token: str,
+        text: str = "", record: RecordData | None = None,
+        purpose: Purpose = Purpose.DIRECT_CARE, priority: Priority | None = None,
+        warnings: Sequence[str] = (), subject: str | None = None,
+        progress: Progress | None = None, timeout: float | None = 120.0,
+    ) -> SentMessage:
+        """Send a sanitised image (:func:`clients.imaging.prepare_image`) under a registered
+        consent token that names it: encrypt (worker thread), upload resumably, seal the
+        descriptor (with its key) in the body. The sender keeps a copy in the vault."""
+        from clients.consent import ensure_sendable, image_hash
+
+        try:
+            claims = peek_consent_token_unverified(consent_token)
+        except ProtocolError as exc:
+            raise _flow(exc, "the consent token is malformed") from exc
+        ensure_sendable(claims, purpose, [image_hash(image.data)])
+        encrypted = await sdk_attachments.encrypt(image.data)
+        relay = self.relay if progress is None else cast(
+            RelayHTTP, _ProgressRelay(self.relay, len(encrypted.ciphertext), progress))
+        attachment_id = await sdk_attachments.upload(relay, encrypted.ciphertext)
+        descriptor = encrypted.descriptor(attachment_id, image.media_type, width=image.width,
+                                          height=image.height)
+        body = Body(text=text, attachments=[descriptor], consent_token=consent_token,
+                    record=record, quality_warnings=list(warnings), subject=subject)
+        sent, _ = await self._send_body(
+            thread_id, body, purpose=purpose, priority=priority or self._thread_priority(
+                thread_id), consent_id=claims.jti, attachment_ids=[attachment_id],
+            timeout=timeout)
+        self.vault.put_image(attachment_id, image.data, media_type=image.media_type,
+                             width=image.width, height=image.height, thread_id=thread_id,
+                             message_id=sent.message_id)
+        return sent
+
+    # -- receipts ----------------------------------------------------------------------------
+
+    def _queue_frame(self, frame: Frame) -> None:
+        self._outgoing.append(frame)
+        self._outgoing_changed.set()
+
+    async def _flush_outgoing(self) -> None:
+        """Send queued receipts and confirmations whenever connected (kept until sent)."""
+        assert self.connection is not None
+        while True:
+            if not self._outgoing:
+                self._outgoing_changed.clear()
+                await self._outgoing_changed.wait()
+                continue
+            await self.connection.connected.wait()
+            frame = self._outgoing[0]
+            try:
+                await self.connection.send_frame(frame)
+            except (SocketClosed, ConnectionError):
+                await asyncio.sleep(0.2)
+                continue
+            self._outgoing.pop(0)
+
+    def _receipt(self, message: VaultMessage, kind: statements.ReceiptKind) -> None:
+        statement = statements.issue_receipt_statement(statements.ReceiptStatement(
+            v=statements.STATEMENT_VERSION, device_id=self.device_id,
+            message_id=message.message_id, thread_id=message.thread_id, kind=kind,
+            at=int(self._clock())), self.store.state.device_keys().signing)
+        self._queue_frame(Receipt(statement=statement))
+
+    async def mark_read(self, thread_id: str) -> int:
+        """Mark every unread message of a thread read: vault, signed ``read`` receipts to the
+        senders, and the relay's unread counter. Returns how many were unread."""
+        unread = self.vault.messages(thread_id, unread_only=True)
+        for m in unread:
+            self.vault.mark_read(m.message_id)
+            if not m.outgoing:
+                self._receipt(m, statements.ReceiptKind.READ)
+        seqs = [m.thread_seq for m in self.vault.messages(thread_id) if m.thread_seq]
+        if seqs:
+            with contextlib.suppress(RelayRequestError, RelayUnavailable):
+                await self.relay.mark_thread_read(thread_id, max(seqs))
+        return len(unread)
+
+    async def acknowledge(self, message_id: str) -> None:
+        """"I'm on it": a signed ``acknowledged`` receipt to the sender (and the escalation
+        ladder, issue 9)."""
+        message = self.vault.message(message_id)
+        if message.outgoing:
+            raise FlowError("you cannot acknowledge your own message",
+                            code=ErrorCode.VALIDATION_FAILED.value)
+        if not message.read:
+            self.vault.mark_read(message_id)
+            self._receipt(message, statements.ReceiptKind.READ)
+        self._receipt(message, statements.ReceiptKind.ACKNOWLEDGED)
+        self._acked.add(message_id)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _has_message(self, message_id: str) -> bool:
+        try:
+            self.vault.message(message_id)
+        except ItemNotFound:
+            return False
+        return True
+
+    async def _on_deliver(self, frame: Deliver) -> None:
+        sealed = frame.message
+        h = sealed.header
+        if self._has_message(h.message_id):
+            return  # stored before a crash, not yet acknowledged: acknowledge it now
+        try:
+            chain = await self._device_chain(h.sender_user_id, h.sender_device_id)
+        except (RelayUnavailable, RelayRequestError) as exc:
+            if isinstance(exc, RelayRequestError) and exc.status < 500:
+                await self._emit(StatusEvent("error", f"a message from an unknown or revoked "
+                                                      f"device was dropped ({exc.code})"))
+                return
+            raise DeferDelivery from exc
+        except FlowError as exc:
+            await self._emit(StatusEvent("error", f"a message whose sender does not verify "
+                                                  f"was dropped ({exc.code})"))
+            return
+        st = self.store.state
+        try:
+            plain = await asyncio.to_thread(
+                open_message, sealed, me=st.device_keys(), prekeys=st.prekey_store(),
+                sender=chain.verified, seen=MemorySeenSet())
+            body = decode_body(plain)
+        except ProtocolError as exc:
+            log.warning("undecryptable message", extra={"code": exc.code.value})
+            await self._emit(StatusEvent("error", f"a message could not be opened and was "
+                                                  f"dropped ({exc.code.value})"))
+            return
+        message = VaultMessage(
+            message_id=h.message_id, thread_id=h.thread_id, sender_user_id=h.sender_user_id,
+            sender_device_id=h.sender_device_id, sent_at=float(h.sent_at), body=body.text,
+            attachment_ids=tuple(a.attachment_id for a in body.attachments),
+            priority=h.priority.value, purpose=h.purpose.value, content=plain,
+            thread_seq=frame.thread_seq)
+        self.vault.put_message(message)
+        self._forget_one_time_prekey(sealed)
+        self._receipt(message, statements.ReceiptKind.DELIVERED)
+        if body.kind is BodyKind.FILING_RECEIPT and body.filing is not None:
+            ref = body.filing.record_ref or body.filing.study_instance_uid
+            with contextlib.suppress(ItemNotFound):
+                self.vault.set_record_reference(body.filing.attachment_id, ref)
+        await self._emit(MessageEvent(message, body))
+        if body.attachments and self.fetch_images:
+            self._spawn(self._fetch_images(message, body), f"fetch-{h.message_id[:8]}")
+
+    def _forget_one_time_prekey(self, sealed: SealedMessage) -> None:
+        """Delete the one-time prekey secret this message used (PROTOCOL §5.5)."""
+        key = wrapped_key_for(sealed, self.device_id)
+        if key is None or key.one_time_prekey_id is None:
+            return
+        st = self.store.state
+        kept = [p for p in st.one_time_prekeys if p.prekey_id != key.one_time_prekey_id]
+        if len(kept) != len(st.one_time_prekeys):
+            self.store.save(msgspec.structs.replace(st, one_time_prekeys=kept))
+
+    # -- images ------------------------------------------------------------------------------
+
+    async def fetch_missing_images(self) -> None:
+        """Fetch every image of a stored message that is not in the vault yet (after a
+        reconnect, or a download that failed)."""
+        for thread in list(self._threads):
+            with contextlib.suppress(SDKError, OSError):
+                for m in self.vault.messages(thread):
+                    body = self._body(m)
+                    if body is not None and body.attachments and not m.outgoing:
+                        await self._fetch_images(m, body)
+
+    async def _fetch_images(self, message: VaultMessage, body: Body) -> None:
+        async with self._fetch_lock:
+            for descriptor in body.attachments:
+                await self._fetch_one(message, body, descriptor)
+
+    async def _fetch_one(self, message: VaultMessage, body: Body,
+                         descriptor: AttachmentDescriptor) -> None:
+        aid = descriptor.attachment_id
+        if self.vault.tombstone(aid) is not None:
+            return
+        with contextlib.suppress(ItemNotFound):
+            self.vault.image_info(aid)
+            return
+        if self._image_state.get(aid, ("", ""))[0] == "refused":
+            return
+
+        async def status(state: str, reason: str = "") -> None:
+            self._image_state[aid] = (state, reason)
+            await self._emit(ImageEvent(aid, message.message_id, message.thread_id, state,
+                                        reason))
+
+        try:
+            if body.consent_token is None:
+                raise ConsentImageMismatch("the image came without a consent")
+            consent_id = peek_consent_token_unverified(body.consent_token).jti
+            chain = await self._device_chain(message.sender_user_id, message.sender_device_id)
+            data = await sdk_attachments.receive_image(
+                self.relay, descriptor, consent_id=consent_id, message_id=message.message_id,
+                sender_user_id=message.sender_user_id,
+                sender_certificate=chain.user_certificate,
+                trusted_orgs=self.store.state.trusted_orgs())
+        except ConsentImageMismatch as exc:
+            await status("refused", str(exc))
+            return
+        except ProtocolError as exc:
+            await status("refused", f"the image does not decrypt or match its description "
+                                    f"({exc.code.value})")
+            return
+        except (RelayUnavailable, RelayRequestError, FlowError) as exc:
+            await status("failed", f"could not download the image yet: {exc}")
+            return
+        filed = self._filed.get(aid)
+        try:
+            self.vault.put_image(aid, data, media_type=descriptor.media_type,
+                                 width=descriptor.width, height=descriptor.height,
+                                 thread_id=message.thread_id, message_id=message.message_id,
+                                 record_reference=filed.record_ref if filed else None)
+        except ImageShredded:
+            return
+        await status("stored")
+
+    def image(self, attachment_id: str) -> bytes:
+        """The decrypted image bytes, from the vault (ImageShredded after expiry)."""
+        return self.vault.get_image(attachment_id).data
+
+    # -- frames other than deliveries --------------------------------------------------------
+
+    async def _on_frame(self, frame: Frame) -> None:
+        try:
+            await self._handle_frame(frame)
+        except (SDKError, ProtocolError) as exc:
+            log.warning("could not handle a relay notice", extra={"frame": type(frame).__name__})
+            await self._emit(StatusEvent("error", f"{type(frame).__name__}: {exc}"))
+
+    async def _handle_frame(self, frame: Frame) -> None:
+        if isinstance(frame, ReceiptNotice):
+            chain = await self._device_chain(frame.user_id, frame.device_id)
+            try:
+                body = statements.verify_receipt_statement(
+                    frame.statement, chain.verified.signing_key, device_id=frame.device_id)
+            except ProtocolError:
+                return  # a forged notice: ignore (logged by the caller's level)
+            if body.message_id != frame.message_id:
+                return
+            receipt = ReceiptEvent(body.message_id, frame.user_id, frame.device_id,
+                                   body.kind.value, body.at, chain.verified.user.display_name)
+            seen = self._receipts.setdefault(body.message_id, [])
+            if all((r.device_id, r.kind) != (receipt.device_id, receipt.kind) for r in seen):
+                seen.append(receipt)
+            await self._emit(receipt)
+        elif isinstance(frame, KeysLow):
+            await self.replenish_prekeys(frame.target - frame.remaining)
+        elif isinstance(frame, FiledNotice):
+            filed = FiledEvent(frame.attachment_id, frame.message_id, frame.thread_id,
+                               frame.filed_at, frame.expires_at, frame.record_ref)
+            self._filed[frame.attachment_id] = filed
+            if frame.record_ref:
+                with contextlib.suppress(ItemNotFound):
+                    self.vault.set_record_reference(frame.attachment_id, frame.record_ref)
+            await self._emit(filed)
+        elif isinstance(frame, ExpireOrder):
+            await self._expire(frame)
+        elif isinstance(frame, Withdrawn):
+            await self._emit(WithdrawnEvent(frame.message_id, frame.thread_id,
+                                            frame.reason.value))
+        elif isinstance(frame, Revoked):
+            self._chains.clear()
+            await self.revocations(force=True)
+        elif isinstance(frame, Error):
+            await self._emit(StatusEvent("error", f"{frame.code.value}: {frame.detail}"))
+
+    async def replenish_prekeys(self, count: int) -> None:
+        """Make ``count`` one-time prekeys, keep their secrets first, then upload them."""
+        if count <= 0:
+            return
+        st = self.store.state
+        batch = make_prekeys(st.device_keys(), first_id=st.next_prekey_id, one_time=count,
+                             signed=False, now=int(self._clock()))
+        self.store.save(msgspec.structs.replace(
+            st, next_prekey_id=batch.next_prekey_id,
+            one_time_prekeys=st.one_time_prekeys + batch.one_time_secrets))
+        for i in range(0, len(batch.one_time_tokens), api.MAX_PREKEY_BATCH):
+            await self.relay.upload_one_time_prekeys(
+                batch.one_time_tokens[i:i + api.MAX_PREKEY_BATCH])
+
+    async def _expire(self, order: ExpireOrder) -> None:
+        """Shred the copy (key and file; a tombstone keeps the record reference), drop the
+        key from the stored message, then confirm with a signed statement."""
+        aid = order.attachment_id
+        try:
+            info = self.vault.image_info(aid)
+            message_id = info.message_id
+        except ImageShredded:
+            message_id = None
+        except ItemNotFound:
+            message_id = None
+        with contextlib.suppress(ItemNotFound):
+            self.vault.shred(aid, record_reference=order.record_ref)
+        if message_id is not None:
+            self._drop_descriptor_key(message_id, aid)
+        self._image_state[aid] = ("shredded", order.reason.value)
+        confirmation = statements.issue_expiry_confirmation(statements.ExpiryConfirmation(
+            v=statements.STATEMENT_VERSION, device_id=self.device_id, attachment_id=aid,
+            order_id=order.order_id, shredded_at=int(self._clock())),
+            self.store.state.device_keys().signing)
+        self._queue_frame(ExpiryConfirm(statement=confirmation))
+        await self._emit(ExpiredEvent(aid, order.thread_id, order.record_ref,
+                                      order.reason.value))
+
+    def _drop_descriptor_key(self, message_id: str, attachment_id: str) -> None:
+        try:
+            message = self.vault.message(message_id)
+        except ItemNotFound:
+            return
+        body = self._body(message)
+        if body is None:
+            return
+        kept = [a for a in body.attachments if a.attachment_id != attachment_id]
+        if len(kept) == len(body.attachments):
+            return
+        # The descriptor (with the key) goes; the text and record data stay.
+        stripped = msgspec.structs.replace(body, attachments=kept,
+                                           record=body.record if kept else None)
+        content = msgspec.msgpack.encode(stripped)
+        self.vault.update_message(msgspec.structs.replace(message, content=content))
+
+    # -- views for applications --------------------------------------------------------------
+
+    def _body(self, message: VaultMessage) -> Body | None:
+        if not message.content:
+            return Body(text=message.body) if message.body.strip() else None
+        try:
+            return msgspec.msgpack.decode(message.content, type=Body)
+        except msgspec.DecodeError:
+            return None
+
+    def image_status(self, attachment_id: str) -> ImageStatus:
+        filed = self._filed.get(attachment_id)
+        times = {"filed_at": filed.filed_at if filed else None,
+                 "expires_at": filed.expires_at if filed else None}
+        tomb = self.vault.tombstone(attachment_id)
+        if tomb is not None:
+            return ImageStatus(attachment_id, "shredded", "", tomb.record_reference, **times)
+        try:
+            info = self.vault.image_info(attachment_id)
+        except ItemNotFound:
+            state, reason = self._image_state.get(attachment_id, ("pending", ""))
+            return ImageStatus(attachment_id, state, reason,
+                               filed.record_ref if filed else None, **times)
+        return ImageStatus(attachment_id, "stored", "", info.record_reference,
+                           info.width, info.height, **times)
+
+    def view(self, message: VaultMessage) -> MessageView:
+        body = self._body(message) or Body(text="(unreadable message)")
+        ids = list(dict.fromkeys([*message.attachment_ids,
+                                  *(a.attachment_id for a in body.attachments)]))
+        return MessageView(message, body, tuple(self.image_status(a) for a in ids),
+                           tuple(self._receipts.get(message.message_id, ())),
+                           message.message_id in self._acked)
+
+    def thread_messages(self, thread_id: str) -> list[MessageView]:
+        return [self.view(m) for m in self.vault.messages(thread_id)]
+
+
+class _ProgressRelay:
+    """A RelayHTTP stand-in that reports upload progress (bytes sent, total)."""
+
+    def __init__(self, relay: RelayHTTP, total: int, progress: Progress) -> None:
+        self._relay, self._total, self._progress = relay, total, progress
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._relay, name)
+
+    async def put_chunk(self, attachment_id: str, offset: int, data: bytes) -> api.UploadStatus:
+        status = await self._relay.put_chunk(attachment_id, offset, data)
+        self._progress(status.committed, self._total)
+        return status
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

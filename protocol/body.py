@@ -1,0 +1,194 @@
+"""The sealed body: what every client puts inside a sealed message (docs/PROTOCOL.md §14).
+
+Why: the relay reads only the header (:class:`~protocol.model.MessageHeader`); everything a
+clinician writes or a record needs travels here, encrypted end to end: the text, the thread's
+subject, each attachment's descriptor (with its key), the consent token, the patient and study
+data the record gateway files (DESIGN §2: the relay never holds a name, MRN or birth date), the
+clinical-necessity statement of an external consult, and the gateway's full filing receipt.
+
+Encoding: MessagePack (maps keyed by field name, binary as ``bin``), like the sealed message.
+Decoding is strict (STYLE.md): unknown fields, wrong types, out-of-range values and oversize
+strings or lists are refused with :class:`~protocol.errors.DecodeError`
+(``validation_failed``), input over :data:`MAX_BODY_SIZE` with
+:class:`~protocol.errors.LimitExceeded` (``message_too_large``), and each kind's required
+fields are checked (:func:`decode_body`). All fields are plain data: no I/O here.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Final
+
+import msgspec
+
+from protocol.attachments import AttachmentDescriptor
+from protocol.canonical import UuidStr
+from protocol.envelope import MAX_BODY_SIZE
+from protocol.errors import DecodeError, ErrorCode, LimitExceeded
+
+__all__ = [
+    "BODY_VERSION",
+    "MAX_ATTACHMENTS",
+    "MAX_BODY_SIZE",
+    "MAX_TEXT",
+    "Body",
+    "BodyKind",
+    "CaptureKind",
+    "FilingReceipt",
+    "RecordData",
+    "Sex",
+    "decode_body",
+    "encode_body",
+]
+
+BODY_VERSION: Final = 1
+MAX_TEXT: Final = 16 * 1024  # characters of message text
+MAX_SUBJECT: Final = 200
+MAX_ATTACHMENTS: Final = 16
+MAX_CONSENT_TOKEN: Final = 8192
+MAX_NECESSITY: Final = 4000
+MAX_WARNINGS: Final = 16
+
+_Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+_Short = Annotated[str, msgspec.Meta(max_length=64)]
+_DicomUid = Annotated[str, msgspec.Meta(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)]
+_Date = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+_Warning = Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")]
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class BodyKind(enum.StrEnum):
+    """What a sealed body is."""
+
+    TEXT = "text"  # a message: text and/or images (the first one of a thread may carry subject)
+    SUBJECT = "subject"  # the thread's subject line, set or changed
+    FILING_RECEIPT = "filing_receipt"  # the record gateway: where the image is filed
+
+
+class Sex(enum.StrEnum):
+    """DICOM Patient's Sex (0010,0040); empty when unknown."""
+
+    MALE = "M"
+    FEMALE = "F"
+    OTHER = "O"
+    UNKNOWN = ""
+
+
+class CaptureKind(enum.StrEnum):
+    """What the photo shows; decides the DICOM object the gateway builds (issue 7)."""
+
+    FILM = "film"  # a photo of a film or monitor: Secondary Capture
+    CLINICAL = "clinical"  # a clinical photo: VL Photographic Image
+
+
+class RecordData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Patient and study data for the record (filed by the gateway): sealed, never in a header.
+    ``patient_name`` is a DICOM person name (``Family^Given``)."""
+
+    patient_name: Annotated[str, msgspec.Meta(max_length=200)]
+    patient_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    issuer_of_patient_id: _Short = ""
+    birth_date: _Date | None = None
+    sex: Sex = Sex.UNKNOWN
+    accession_number: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    anatomic_region: _Short = ""
+    study_description: _Short = ""
+    capture: CaptureKind = CaptureKind.FILM
+
+    def __repr__(self) -> str:  # never print patient data
+        return "RecordData(<sealed patient data>)"
+
+
+class FilingReceipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The gateway's full receipt: where the image now lives in the record."""
+
+    attachment_id: UuidStr
+    message_id: UuidStr
+    study_instance_uid: _DicomUid
+    series_instance_uid: _DicomUid
+    sop_instance_uid: _DicomUid
+    filed_at: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+    retrieve_url: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+    record_ref: Annotated[str, msgspec.Meta(max_length=256)] = ""
+
+
+class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The plaintext of a sealed message. Only fields that apply to ``kind`` are set."""
+
+    v: Annotated[int, msgspec.Meta(ge=1, le=255)] = BODY_VERSION
+    kind: BodyKind = BodyKind.TEXT
+    text: _Text = ""
+    subject: Annotated[str, msgspec.Meta(max_length=MAX_SUBJECT)] | None = None
+    attachments: Annotated[list[AttachmentDescriptor],
+                           msgspec.Meta(max_length=MAX_ATTACHMENTS)] = []
+    consent_token: Annotated[str, msgspec.Meta(max_length=MAX_CONSENT_TOKEN)] | None = None
+    record: RecordData | None = None
+    necessity: Annotated[str, msgspec.Meta(max_length=MAX_NECESSITY)] | None = None
+    reply_to: UuidStr | None = None
+    # Quality checks the sender saw and chose to send anyway (clients.imaging QualityIssue).
+    quality_warnings: Annotated[list[_Warning], msgspec.Meta(max_length=MAX_WARNINGS)] = []
+    filing: FilingReceipt | None = None
+
+    def __repr__(self) -> str:  # never print text, keys or patient data
+        return (f"Body(kind={self.kind.value}, text=<{len(self.text)} chars>, "
+                f"attachments={len(self.attachments)})")
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Body)
+
+
+def _check(body: Body) -> None:
+    """Invariants per kind, and no control characters in one-line fields."""
+    if body.v != BODY_VERSION:
+        raise DecodeError(f"unsupported body version {body.v}", code=ErrorCode.UNSUPPORTED_VERSION)
+    if body.kind is BodyKind.TEXT and not (body.text.strip() or body.attachments):
+        raise DecodeError("a text body needs text or an attachment",
+                          code=ErrorCode.VALIDATION_FAILED)
+    if body.kind is BodyKind.SUBJECT and not (body.subject and body.subject.strip()):
+        raise DecodeError("a subject body needs a subject", code=ErrorCode.VALIDATION_FAILED)
+    if body.kind is BodyKind.FILING_RECEIPT:
+        if body.filing is None or body.attachments or body.record is not None:
+            raise DecodeError("a filing receipt carries the receipt only",
+                              code=ErrorCode.VALIDATION_FAILED)
+    elif body.filing is not None:
+        raise DecodeError("only a filing_receipt body carries a receipt",
+                          code=ErrorCode.VALIDATION_FAILED)
+    if body.record is not None and not body.attachments:
+        raise DecodeError("record data goes with an image", code=ErrorCode.VALIDATION_FAILED)
+    ids = [a.attachment_id for a in body.attachments]
+    if len(set(ids)) != len(ids):
+        raise DecodeError("an attachment is listed twice", code=ErrorCode.VALIDATION_FAILED)
+    one_line = [body.subject or ""]
+    if body.record is not None:
+        r = body.record
+        one_line += [r.patient_name, r.patient_id, r.issuer_of_patient_id, r.accession_number,
+                     r.anatomic_region, r.study_description]
+    if any(_CONTROL.search(s) or "\n" in s or "\r" in s for s in one_line):
+        raise DecodeError("control characters in a one-line field",
+                          code=ErrorCode.VALIDATION_FAILED)
+    if _CONTROL.search(body.text) or (body.necessity and _CONTROL.search(body.necessity)):
+        raise DecodeError("control characters in the text", code=ErrorCode.VALIDATION_FAILED)
+
+
+def encode_body(body: Body) -> bytes:
+    """MessagePack bytes of a valid body; DecodeError if it is not valid (a client never seals
+    what its peers would refuse), LimitExceeded over MAX_BODY_SIZE."""
+    _check(body)
+    data = _encoder.encode(body)
+    if len(data) > MAX_BODY_SIZE:
+        raise LimitExceeded("body too large", code=ErrorCode.MESSAGE_TOO_LARGE)
+    return data
+
+
+def decode_body(data: bytes, *, max_size: int = MAX_BODY_SIZE) -> Body:
+    """Strictly decode a body that :func:`protocol.envelope.open_message` returned."""
+    if len(data) > max_size:
+        raise LimitExceeded("body too large", code=ErrorCode.MESSAGE_TOO_LARGE)
+    try:
+        body = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError) as exc:
+        raise DecodeError(f"malformed body: {exc}", code=ErrorCode.VALIDATION_FAILED) from exc
+    _check(body)
+    return body

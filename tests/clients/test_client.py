@@ -1,0 +1,208 @@
+"""clients/sdk/client.py against a real relay: a text consult to a role arrives once, is
+stored in the vault before it is acknowledged, uses up (and deletes) a one-time prekey, and the
+sender sees signed delivered/read/acknowledged receipts; a thread whose recipients include a
+device the pinned organisation never certified is refused before anything is encrypted; a
+device-set change between fetching recipients and sending is retried once; an x-ray sent with
+consent arrives intact in the recipient's vault; the relay asking for prekeys gets them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from clients import imaging
+from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
+from clients.sdk.client import (
+    ClientEvent,
+    ImageEvent,
+    MessageEvent,
+    ReceiptEvent,
+)
+from clients.sdk.errors import FlowError
+from protocol import api
+from protocol.body import RecordData
+from protocol.consent import ConsentBasis, ConsentDecision
+from protocol.keys import IdentityKey
+from protocol.model import Priority, Purpose
+from tests.clinician_world import Clinician, enrol_clinician
+from tests.consent_world import xray_png
+from tests.helpers import seconds
+from tests.identity_world import World, identity_world
+
+ORTHO = "orthopaedics_oncall"
+
+
+@pytest.fixture
+async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
+    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
+        yield w
+
+
+@contextlib.asynccontextmanager
+async def started(*people: Clinician) -> AsyncIterator[None]:
+    try:
+        for p in people:
+            await p.client.start(wait_connected=seconds(10))
+        yield
+    finally:
+        for p in people:
+            await p.client.close()
+            p.vault.lock()
+
+
+async def next_event(queue: asyncio.Queue[ClientEvent], kind: type[Any],
+                     match: Any = lambda e: True) -> Any:
+    async with asyncio.timeout(seconds(10)):
+        while True:
+            event = await queue.get()
+            if isinstance(event, kind) and match(event):
+                return event
+
+
+async def test_a_text_consult_to_a_role_arrives_once_with_receipts(
+        world: World, tmp_path: Path) -> None:
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    async with started(intern, ortho):
+        a_events, b_events = intern.client.subscribe(), ortho.client.subscribe()
+        otks_before = len(ortho.vault.state.one_time_prekeys)
+        thread = await intern.client.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+        sent = await intern.client.send_text(thread.thread_id, "Displaced radius fracture?",
+                                             subject="Wrist, bed 4")
+
+        got = await next_event(b_events, MessageEvent)
+        assert got.message.message_id == sent.message_id
+        assert got.body.text == "Displaced radius fracture?" and got.body.subject == "Wrist, bed 4"
+        assert got.message.priority == "urgent"
+        stored = ortho.vault.message(sent.message_id)
+        assert stored.body == "Displaced radius fracture?" and not stored.outgoing
+        # forward secrecy: the one-time prekey secret it used is gone from the device state
+        assert len(ortho.vault.state.one_time_prekeys) == otks_before - 1
+        # the sender keeps its own copy
+        assert intern.vault.message(sent.message_id).outgoing
+
+        delivered = await next_event(a_events, ReceiptEvent, lambda e: e.kind == "delivered")
+        assert delivered.user_id == ortho.user_id and delivered.display_name == "Dr Ortho"
+
+        assert await ortho.client.mark_read(thread.thread_id) == 1
+        await ortho.client.acknowledge(sent.message_id)
+        await next_event(a_events, ReceiptEvent, lambda e: e.kind == "read")
+        await next_event(a_events, ReceiptEvent, lambda e: e.kind == "acknowledged")
+        view = intern.client.thread_messages(thread.thread_id)[0]
+        assert {r.kind for r in view.receipts} == {"delivered", "read", "acknowledged"}
+        assert ortho.client.thread_messages(thread.thread_id)[0].acknowledged_by_me
+
+        # a reply goes back, and the specialist cannot acknowledge their own message
+        reply = await ortho.client.send_text(thread.thread_id, "On my way",
+                                             reply_to=sent.message_id)
+        back = await next_event(a_events, MessageEvent)
+        assert back.body.reply_to == sent.message_id
+        with pytest.raises(FlowError):
+            await ortho.client.acknowledge(reply.message_id)
+        threads = await ortho.client.threads()
+        assert [t.thread_id for t in threads] == [thread.thread_id]
+
+
+async def test_a_device_the_organisation_never_certified_is_refused_before_encrypting(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    async with started(intern, ortho):
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        real = intern.client.relay.thread_recipients
+
+        async def with_planted_device(thread_id: str) -> api.ThreadRecipients:
+            # A relay that adds its own device: certified by a key that is not the user's.
+            answer = await real(thread_id)
+            rogue = ortho.user.device(signer=IdentityKey.generate())
+            users = [msgspec.structs.replace(u, devices=[*u.devices, api.DeviceBundle(
+                device_certificate=rogue.cert, signed_prekey=None)]) for u in answer.users]
+            return api.ThreadRecipients(users=users)
+
+        monkeypatch.setattr(intern.client.relay, "thread_recipients", with_planted_device)
+        claims: list[object] = []
+        monkeypatch.setattr(intern.client.relay, "claim_keys",
+                            lambda *a: claims.append(a))  # must never be reached
+        with pytest.raises(FlowError) as err:
+            await intern.client.send_text(thread.thread_id, "hello")
+        assert err.value.code == "certificate_invalid"
+        assert claims == []
+
+
+async def test_a_device_set_change_is_retried_once_with_fresh_recipients(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    registrar = await enrol_clinician(world, tmp_path, "registrar", roles=("registrar",))
+    async with started(intern, ortho, registrar):
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        real = intern.client.relay.thread_recipients
+        calls = 0
+
+        async def stale_first(thread_id: str) -> api.ThreadRecipients:
+            nonlocal calls
+            calls += 1
+            answer = await real(thread_id)
+            if calls == 1:  # someone joins between our fetch and our send
+                r = await intern.client.relay._device(
+                    "POST", f"/v1/threads/{thread_id}/participants",
+                    body=api.Participants(users=[registrar.user_id]))
+                assert r.status_code == 204, r.text
+            return answer
+
+        monkeypatch.setattr(intern.client.relay, "thread_recipients", stale_first)
+        events = registrar.client.subscribe()
+        sent = await intern.client.send_text(thread.thread_id, "please see")
+        assert calls == 2
+        got = await next_event(events, MessageEvent)
+        assert got.message.message_id == sent.message_id
+
+
+async def test_an_xray_with_consent_arrives_intact_in_the_vault(
+        world: World, tmp_path: Path) -> None:
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    prepared = imaging.prepare_image(xray_png(900, 800))
+    async with started(intern, ortho):
+        token, _claims = capture_consent(intern.vault.state, ConsentCapture(
+            purposes=[Purpose.DIRECT_CARE], images=[image_hash(prepared.image.data)],
+            decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
+            recipient_roles=[ORTHO], permanence_statement_shown=True,
+            no_effect_on_care_statement_shown=True))
+        await register_consent(intern.client.relay, token)
+        thread = await intern.client.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+        events = ortho.client.subscribe()
+        progress: list[tuple[int, int]] = []
+        record = RecordData(patient_name="Testpatient^Alpha", patient_id="LBX-TEST-0042",
+                            birth_date="1957-03-14", anatomic_region="wrist")
+        sent = await intern.client.send_image(
+            thread.thread_id, prepared.image, consent_token=token, text="Wrist AP",
+            record=record, progress=lambda done, total: progress.append((done, total)))
+        assert progress and progress[-1][0] == progress[-1][1]
+        msg = await next_event(events, MessageEvent)
+        assert msg.body.record == record and msg.body.attachments[0].width == prepared.image.width
+        await next_event(events, ImageEvent, lambda e: e.status == "stored")
+        (aid,) = sent.attachment_ids
+        assert ortho.client.image(aid) == prepared.image.data
+        assert intern.client.image(aid) == prepared.image.data  # the sender's copy
+        (view,) = ortho.client.thread_messages(thread.thread_id)
+        assert view.images[0].state == "stored"
+
+
+async def test_keys_low_is_answered_with_a_fresh_batch_whose_secrets_are_kept(
+        world: World, tmp_path: Path) -> None:
+    intern = await enrol_clinician(world, tmp_path, "intern", one_time=2)
+    async with started(intern):
+        # the relay says "keys low" on connect (2 < low water); the client uploads up to target
+        async with asyncio.timeout(seconds(10)):
+            while len(intern.vault.state.one_time_prekeys) <= 2:
+                await asyncio.sleep(0.05)
+        count = await intern.client.relay.prekey_count()
+        assert count.remaining >= count.low_water
+        assert len(intern.vault.state.one_time_prekeys) == count.remaining

@@ -1,0 +1,73 @@
+"""Clinicians with real SDK clients for the client tests: each is provisioned by IT on a real
+relay (tests/identity_world.py), enrols a device whose prekey secrets it keeps, and holds a
+vault (cheap Argon2id) with its device state inside, as the desktop and CLI keep them."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from pathlib import Path
+
+from clients.sdk.client import LightboxClient
+from clients.sdk.identity import make_prekeys
+from clients.sdk.keystore import DeviceState
+from clients.vault import Vault
+from protocol.certs import DeviceCertificate, issue_device_certificate
+from protocol.keys import CHEAP_PROFILE, DeviceKeys
+from protocol.model import DeviceKind
+from tests.identity_world import PASSWORD, User, World
+
+__all__ = ["Clinician", "enrol_clinician"]
+
+
+@dataclasses.dataclass
+class Clinician:
+    user: User
+    vault: Vault
+    client: LightboxClient
+
+    @property
+    def user_id(self) -> str:
+        return self.user.user_id
+
+
+async def enrol_clinician(world: World, tmp: Path, login: str, *,
+                          roles: tuple[str, ...] = ("intern",), display_name: str = "",
+                          kind: DeviceKind = DeviceKind.MOBILE, one_time: int = 25,
+                          provision: bool = True, user: User | None = None,
+                          vault_dir: Path | None = None) -> Clinician:
+    """Provision ``login`` (unless ``user`` is given), enrol a device keeping its prekey
+    secrets, store the state in a fresh vault, and return an (unstarted) SDK client."""
+    user = user or world.org.user(login, roles=roles,
+                                  display_name=display_name or f"Dr {login.title()}")
+    if provision:
+        (result,) = await world.provision(user)
+        assert result["ok"], result
+    now = int(time.time())
+    keys = DeviceKeys.generate(str(uuid.uuid4()))
+    cert = issue_device_certificate(DeviceCertificate(
+        v=1, device_id=keys.device_id, user_id=user.user_id, org_id=user.org.org_id, kind=kind,
+        signing_key=keys.signing.public, dh_key=keys.dh.public, issued_at=now - 60,
+        not_after=now + 365 * 86400), user.identity)
+    batch = make_prekeys(keys, first_id=1, one_time=one_time, signed=True, now=now)
+    assert batch.signed_token is not None and batch.signed_secret is not None
+    r = await world.http.post("/v1/enrol/complete", json={
+        "enrolment_token": user.token_b64, "device_certificate": cert,
+        "signed_prekey": batch.signed_token, "one_time_prekeys": batch.one_time_tokens,
+        "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    state = DeviceState(
+        server_url=world.relay.base_url, login=user.login, user_id=user.user_id,
+        org_id=user.org.org_id, org_public_key=user.org.key.public,
+        identity_seed=user.identity.seed.reveal(), device_id=keys.device_id,
+        device_kind=kind.value, device_seed=keys.signing.seed.reveal(),
+        dh_secret=keys.dh.secret.reveal(), user_certificate=user.cert, device_certificate=cert,
+        signed_prekeys=[batch.signed_secret], one_time_prekeys=batch.one_time_secrets,
+        next_prekey_id=batch.next_prekey_id)
+    vault = Vault(vault_dir or tmp / f"vault-{login}-{keys.device_id[:8]}", kdf=CHEAP_PROFILE)
+    vault.create(PASSWORD)
+    vault.save(state)
+    client = LightboxClient(vault, vault, password=PASSWORD, backoff_base=0.05,
+                            backoff_max=0.5)
+    return Clinician(user, vault, client)

@@ -1,0 +1,117 @@
+"""protocol/body.py: the sealed body round-trips, and every malformed, oversize or
+inconsistent body is refused with its code."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.attachments import AttachmentDescriptor
+from protocol.body import (
+    MAX_TEXT,
+    Body,
+    BodyKind,
+    FilingReceipt,
+    RecordData,
+    Sex,
+    decode_body,
+    encode_body,
+)
+from protocol.errors import DecodeError, ErrorCode, LimitExceeded
+
+
+def _descriptor(aid: str | None = None) -> AttachmentDescriptor:
+    return AttachmentDescriptor(attachment_id=aid or str(uuid.uuid4()), key=bytes(range(32)),
+                                sha256=bytes(32), size=1234, media_type="image/jpeg",
+                                width=640, height=480)
+
+
+def _record() -> RecordData:
+    return RecordData(patient_name="Doe^Jane", patient_id="MRN-1", issuer_of_patient_id="STE",
+                      birth_date="1960-02-01", sex=Sex.FEMALE, accession_number="ACC1",
+                      anatomic_region="wrist")
+
+
+def test_an_image_consult_round_trips_with_record_data_and_consent() -> None:
+    body = Body(text="Distal radius?", attachments=[_descriptor()], consent_token="a.b.c",
+                record=_record(), necessity=None, reply_to=str(uuid.uuid4()),
+                quality_warnings=["blur"])
+    assert decode_body(encode_body(body)) == body
+
+
+def test_a_filing_receipt_round_trips() -> None:
+    receipt = FilingReceipt(attachment_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),
+                            study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
+                            sop_instance_uid="1.2.3.4.5", filed_at=1767225600,
+                            retrieve_url="http://pacs/studies/1.2.3", record_ref="ACC1")
+    body = Body(kind=BodyKind.FILING_RECEIPT, filing=receipt)
+    assert decode_body(encode_body(body)).filing == receipt
+
+
+@given(st.text(min_size=1, max_size=200).filter(lambda s: s.strip() and s.isprintable()))
+def test_any_printable_text_round_trips(text: str) -> None:
+    assert decode_body(encode_body(Body(text=text))).text == text
+
+
+def test_repr_hides_text_keys_and_patient_data() -> None:
+    body = Body(text="secret words", attachments=[_descriptor()], record=_record())
+    shown = repr(body) + repr(body.record) + repr(body.attachments[0])
+    assert "secret" not in shown and "Doe" not in shown and "MRN" not in shown
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"\xc1", ErrorCode.VALIDATION_FAILED),  # not MessagePack
+    (msgspec.msgpack.encode({"v": 1, "kind": "text", "text": "x", "surprise": 1}),
+     ErrorCode.VALIDATION_FAILED),  # unknown field
+    (msgspec.msgpack.encode({"v": 1, "kind": "gossip", "text": "x"}),
+     ErrorCode.VALIDATION_FAILED),  # unknown kind
+    (msgspec.msgpack.encode({"v": 2, "kind": "text", "text": "x"}),
+     ErrorCode.UNSUPPORTED_VERSION),
+    (msgspec.msgpack.encode({"kind": "text", "text": "x" * (MAX_TEXT + 1)}),
+     ErrorCode.VALIDATION_FAILED),  # oversize text
+    (msgspec.msgpack.encode({"kind": "text", "text": "  "}), ErrorCode.VALIDATION_FAILED),
+    (msgspec.msgpack.encode({"kind": "subject"}), ErrorCode.VALIDATION_FAILED),
+    (msgspec.msgpack.encode({"kind": "filing_receipt"}), ErrorCode.VALIDATION_FAILED),
+    (msgspec.msgpack.encode({"kind": "text", "text": "x", "reply_to": "not-a-uuid"}),
+     ErrorCode.VALIDATION_FAILED),
+    (msgspec.msgpack.encode({"kind": "text", "text": "bell\x07"}), ErrorCode.VALIDATION_FAILED),
+])
+def test_malformed_bodies_are_refused_with_their_code(raw: bytes, code: ErrorCode) -> None:
+    with pytest.raises(DecodeError) as err:
+        decode_body(raw)
+    assert err.value.code == code
+
+
+def test_oversize_input_is_refused_before_parsing() -> None:
+    with pytest.raises(LimitExceeded) as err:
+        decode_body(b"\x00" * (256 * 1024 + 1))
+    assert err.value.code == ErrorCode.MESSAGE_TOO_LARGE
+
+
+def test_record_data_without_an_image_is_refused() -> None:
+    with pytest.raises(DecodeError):
+        encode_body(Body(text="x", record=_record()))
+
+
+def test_the_same_attachment_twice_is_refused() -> None:
+    d = _descriptor()
+    with pytest.raises(DecodeError):
+        encode_body(Body(attachments=[d, d]))
+
+
+def test_a_newline_in_the_patient_name_is_refused() -> None:
+    bad = msgspec.structs.replace(_record(), patient_name="Doe^Jane\nX")
+    with pytest.raises(DecodeError):
+        encode_body(Body(attachments=[_descriptor()], record=bad))
+
+
+def test_a_receipt_on_a_text_body_is_refused() -> None:
+    receipt = FilingReceipt(attachment_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),
+                            study_instance_uid="1.2", series_instance_uid="1.3",
+                            sop_instance_uid="1.4", filed_at=1)
+    with pytest.raises(DecodeError):
+        encode_body(Body(text="x", filing=receipt))

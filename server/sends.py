@@ -42,13 +42,14 @@ from protocol.errors import ErrorCode, VerificationError
 from protocol.model import MessageHeader, SealedMessage
 from server import events
 from server.db import Database
-from server.errors import Forbidden, LimitError, RelayError
+from server.errors import Conflict, Forbidden, LimitError, RelayError
 from server.metrics import Metrics
-from server.store import attachments, messages, threads
+from server.store import attachments, batches, messages, threads
 
 __all__ = ["SendPipeline", "SendPolicy", "Sender"]
 
 log = logging.getLogger("lightbox.sends")
+_REUSED = "this message id was already used with a different message"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,58 +163,80 @@ class SendPipeline:
                             RelayError(ErrorCode.INTERNAL_ERROR, "not stored; retry"))
 
     async def _store(self, batch: list[_Pending]) -> None:
+        """Store a batch in one transaction with a fixed number of set-based statements
+        (server/store/batches.py): lock the threads in id order (no deadlock between relay
+        processes), look up retries, load participants and device sets, check each send, then
+        reserve sequence numbers and insert messages and deliveries for all accepted ones."""
         now = self.now()
-        results: list[tuple[_Pending, messages.Accepted | RelayError]] = []
-        woken: set[str] = set()
-        seen: dict[tuple[str, str], messages.Accepted] = {}
-        device_sets: dict[str, threads.DeviceSet] = {}
-        members: dict[str, set[str]] = {}
+        prepared = [(p, self._new_message(p)) for p in batch]
+        outcome: dict[int, messages.Accepted | RelayError] = {}
+        first_of: dict[tuple[str, str], int] = {}  # key -> index of its first send here
+        twins: list[tuple[int, int]] = []  # (index, index of the same send earlier in batch)
+        accepted: list[tuple[int, messages.NewMessage, list[str]]] = []
         async with self.db.pool.acquire() as conn, conn.transaction():
-            for p in batch:
+            orgs = await batches.lock_threads(conn, (m.thread_id for _, m in prepared))
+            existing = await batches.existing_messages(
+                conn, [(m.sender_device_id, m.message_id) for _, m in prepared])
+            members = await batches.participants(conn, sorted(orgs))
+            device_sets = await batches.device_sets(conn, members)
+            for i, (p, m) in enumerate(prepared):
+                key = (m.sender_device_id, m.message_id)
                 try:
-                    acc = await self._one(conn, p, now, seen, device_sets, members)
+                    if key in first_of:
+                        j = first_of[key]
+                        if prepared[j][1].body_hash != m.body_hash:
+                            raise Conflict(ErrorCode.DUPLICATE_CONFLICT, _REUSED)
+                        twins.append((i, j))
+                        continue
+                    old = existing.get(key)
+                    if old is not None:
+                        if old.body_hash != m.body_hash or old.thread_id != m.thread_id:
+                            raise Conflict(ErrorCode.DUPLICATE_CONFLICT, _REUSED)
+                        outcome[i] = messages.Accepted(m.message_id, old.thread_id,
+                                                       old.thread_seq, old.created_at,
+                                                       duplicate=True)
+                        continue
+                    await self._check(conn, p, orgs, members, device_sets, now)
                 except RelayError as err:
-                    results.append((p, err))
+                    outcome[i] = err
                     continue
-                results.append((p, acc))
-                if not acc.duplicate:
-                    woken.update(p.message.header.recipient_devices)
-            if woken:
-                ids = sorted(woken)
-                for i in range(0, len(ids), 180):
-                    await events.publish(conn, "deliver", device_ids=ids[i:i + 180])
-        for p, outcome in results:
-            if isinstance(outcome, RelayError):
-                p.future.set_exception(outcome)  # counted where it is answered
+                first_of[key] = i
+                accepted.append((i, m, list(p.message.header.attachment_ids)))
+            await self._insert(conn, accepted, outcome, now)
+            woken = sorted({d for _, m, _ in accepted for d in m.recipients})
+            for k in range(0, len(woken), 180):
+                await events.publish(conn, "deliver", device_ids=woken[k:k + 180])
+        for i, j in twins:
+            prev = outcome.get(j)
+            outcome[i] = (dataclasses.replace(prev, duplicate=True)
+                          if isinstance(prev, messages.Accepted) else
+                          prev if prev is not None else RelayError(ErrorCode.INTERNAL_ERROR))
+        for i, (p, _) in enumerate(prepared):
+            result = outcome[i]
+            if isinstance(result, RelayError):
+                p.future.set_exception(result)  # counted where it is answered
             else:
-                if not outcome.duplicate:
+                if not result.duplicate:
                     self.metrics.messages_accepted.inc()
-                p.future.set_result(outcome)
+                p.future.set_result(result)
 
-    async def _one(self, conn: Any, p: _Pending, now: dt.datetime,
-                   seen: dict[tuple[str, str], messages.Accepted],
-                   device_sets: dict[str, threads.DeviceSet],
-                   members: dict[str, set[str]]) -> messages.Accepted:
+    @staticmethod
+    def _new_message(p: _Pending) -> messages.NewMessage:
         h = p.message.header
-        msg = messages.NewMessage(
+        return messages.NewMessage(
             message_id=h.message_id, thread_id=h.thread_id, sender_user_id=h.sender_user_id,
             sender_device_id=h.sender_device_id, priority=h.priority.value,
             purpose=h.purpose.value, consent_id=h.consent_id,
             body_hash=hashlib.sha256(p.encoded).digest(), sealed=p.encoded,
             recipients=list(h.recipient_devices))
-        key = (msg.sender_device_id, msg.message_id)
-        if key in seen:  # the same send twice in one batch
-            prev = seen[key]
-            return dataclasses.replace(prev, duplicate=True)
-        existing = await messages.lookup_existing(conn, msg)
-        if existing is not None:
-            return existing
-        if h.thread_id not in members:
-            if not await conn.fetchval("SELECT true FROM threads WHERE thread_id = $1",
-                                       h.thread_id):
-                raise RelayError(ErrorCode.THREAD_NOT_FOUND, "no such thread")
-            members[h.thread_id] = await threads.participants(conn, h.thread_id)
-            device_sets[h.thread_id] = await threads.device_set(conn, h.thread_id)
+
+    async def _check(self, conn: Any, p: _Pending, orgs: dict[str, str],
+                     members: dict[str, set[str]], device_sets: dict[str, threads.DeviceSet],
+                     now: dt.datetime) -> None:
+        """Checks 3 to 5 of the module docstring, plus attachments and consent."""
+        h = p.message.header
+        if h.thread_id not in orgs:
+            raise RelayError(ErrorCode.THREAD_NOT_FOUND, "no such thread")
         if h.sender_user_id not in members[h.thread_id]:
             raise Forbidden(ErrorCode.NOT_THREAD_MEMBER, "not a participant of this thread")
         ds = device_sets[h.thread_id]
@@ -229,11 +252,28 @@ class SendPipeline:
         if h.attachment_ids:
             await attachments.check_references(conn, h.attachment_ids, h.sender_device_id)
         await self.policy.check_send(conn, h, now)
-        acc = await messages.insert_message(conn, msg, now)
-        if h.attachment_ids:
-            await attachments.record_references(
-                conn, sender_device_id=h.sender_device_id, message_id=h.message_id,
-                attachment_ids=h.attachment_ids, recipients=h.recipient_devices, now=now)
-        seen[key] = acc
-        return acc
 
+    async def _insert(self, conn: Any,
+                      accepted: list[tuple[int, messages.NewMessage, list[str]]],
+                      outcome: dict[int, messages.Accepted | RelayError],
+                      now: dt.datetime) -> None:
+        counts: dict[str, int] = {}
+        for _, m, _ in accepted:
+            counts[m.thread_id] = counts.get(m.thread_id, 0) + 1
+        first = await batches.reserve_sequence_numbers(conn, counts)
+        rows = []
+        for i, m, _ in accepted:  # batch order = submission order: thread order is kept
+            seq = first[m.thread_id]
+            first[m.thread_id] = seq + 1
+            rows.append((m, seq))
+            outcome[i] = messages.Accepted(m.message_id, m.thread_id, seq, now,
+                                           duplicate=False)
+        pks = await batches.insert_messages(conn, rows, now)
+        await batches.insert_deliveries(
+            conn, [(d, pks[(m.sender_device_id, m.message_id)], m.priority)
+                   for m, _ in rows for d in m.recipients], now)
+        for _, m, attachment_ids in accepted:
+            if attachment_ids:
+                await attachments.record_references(
+                    conn, sender_device_id=m.sender_device_id, message_id=m.message_id,
+                    attachment_ids=attachment_ids, recipients=m.recipients, now=now)

@@ -199,3 +199,38 @@ async def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(world: Wo
     assert sorted(received) == accepted, "lost or duplicated messages"
     assert received == accepted, "thread order not kept"
     assert sender.reconnects >= 1 and recipient.reconnects >= 1
+
+
+async def test_concurrent_sends_both_ways_across_processes_never_deadlock(world: World) -> None:
+    """Batches on two processes touching the same threads lock them in one order: no batch
+    fails (a deadlock would surface as internal_error after Postgres's deadlock timeout)."""
+    from clients.sdk.socket import RelaySocket
+
+    pairs = [(await peer(world, f"a{i}"), await peer(world, f"b{i}")) for i in range(6)]
+    tids = [await thread(world, a, b) for a, b in pairs]
+    one, two = RelayProcess(world), RelayProcess(world)
+    with processes(one, two):
+        await asyncio.gather(one.start(), two.start())
+        socks: dict[str, RelaySocket] = {}
+        for a, b in pairs:
+            socks[a.device_id] = await RelaySocket.connect(
+                one.ws_url, access_token=a.token, device_id=a.device_id, sign=a.device.keys.sign)
+            socks[b.device_id] = await RelaySocket.connect(
+                two.ws_url, access_token=b.token, device_id=b.device_id, sign=b.device.keys.sign)
+        try:
+            # one process sees the threads in one order, the other in the reverse order
+            forward = [socks[a.device_id].send(seal(a, tid, [b]))
+                       for _ in range(8) for (a, b), tid in zip(pairs, tids, strict=True)]
+            backward = [socks[b.device_id].send(seal(b, tid, [a]))
+                        for _ in range(8)
+                        for (a, b), tid in reversed(list(zip(pairs, tids, strict=True)))]
+            results = await asyncio.gather(*(x for fb in zip(forward, backward, strict=True)
+                                             for x in fb), return_exceptions=True)
+        finally:
+            for s in socks.values():
+                await s.close()
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == []
+    per_thread = {tid: sorted(r.thread_seq for r in results if r.thread_id == tid)
+                  for tid in tids}
+    assert all(seqs == list(range(1, 17)) for seqs in per_thread.values())

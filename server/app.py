@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 
 from protocol.errors import ErrorCode
 from server import migrations
+from server.acks import AckPipeline
 from server.api import Endpoint, openapi_document, starlette_routes
 from server.attachments import AttachmentLimits, AttachmentService
 from server.authn import Authenticator
@@ -148,8 +149,9 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                             max_message_bytes=settings.max_message_bytes,
                             max_batch=settings.send_batch,
                             verify_signatures=settings.verify_sender_signatures)
+    acks = AckPipeline(db)
     ws_relay = WebSocketRelay(
-        db=db, hub=hub, pipeline=pipeline, metrics=metrics,
+        db=db, hub=hub, pipeline=pipeline, acks=acks, metrics=metrics,
         authenticator=DeviceSocketAuthenticator(db=db, tokens=tokens, authenticator=authn,
                                                 clock=clock),
         config=SocketConfig(
@@ -176,6 +178,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                     await migrations.ensure_at_head(conn)
             await bus.start()
             await pipeline.start()
+            await acks.start()
             gauges = asyncio.create_task(_queue_gauges(db, metrics), name="queue-gauges")
             janitor = asyncio.create_task(attachment_service.janitor(),
                                           name="attachment-janitor")
@@ -186,6 +189,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             gauges.cancel()
             janitor.cancel()
             await pipeline.stop()
+            await acks.stop()
             await bus.stop()
             await db.close()
             log.info("relay stopped")

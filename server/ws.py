@@ -58,6 +58,7 @@ from protocol.session import (
     verify_challenge,
 )
 from server import events
+from server.acks import AckPipeline
 from server.authn import Authenticator
 from server.db import Database
 from server.errors import RelayError
@@ -142,10 +143,11 @@ class _Bucket:
 class WebSocketRelay:
     """Builds the ``/v1/ws`` endpoint from the relay's parts (assembled in server/app.py)."""
 
-    def __init__(self, *, db: Database, hub: Hub, pipeline: SendPipeline, metrics: Metrics,
-                 authenticator: SocketAuthenticator, config: SocketConfig,
+    def __init__(self, *, db: Database, hub: Hub, pipeline: SendPipeline, acks: AckPipeline,
+                 metrics: Metrics, authenticator: SocketAuthenticator, config: SocketConfig,
                  clock: Callable[[], float] = time.time) -> None:
         self.db, self.hub, self.pipeline, self.metrics = db, hub, pipeline, metrics
+        self.acks = acks
         self.authenticator, self.config, self.clock = authenticator, config, clock
 
     async def endpoint(self, ws: WebSocket) -> None:
@@ -180,6 +182,7 @@ class _Connection:
         self._sent_ids: set[str] = set()  # every delivery id sent on this connection
         self._last_pk = 0
         self._last_notice_pk = 0
+        self._window_bound = False
         self._msg_bucket = _Bucket(self.cfg.messages_per_minute, now)
         self._byte_bucket = _Bucket(self.cfg.bytes_per_minute, now)
         self._started = time.monotonic()
@@ -431,14 +434,12 @@ class _Connection:
         unknown = [d for d in frame.delivery_ids if d not in self._sent_ids]
         mine = [d for d in frame.delivery_ids if d in self._sent_ids]
         if mine:
-            async with self.relay.db.pool.acquire() as conn:
-                removed = await messages.ack(conn, self.device_id, mine)
-            for d, _, _ in removed:
-                self._in_flight.pop(d, None)
+            removed = await self.relay.acks.ack(self.device_id, mine)
             for d in mine:  # an id acknowledged twice is simply no longer in flight
                 self._in_flight.pop(d, None)
             self.relay.metrics.messages_delivered.inc(len(removed))
-            self._wake.set()
+            if self._window_bound:
+                self._wake.set()
         if unknown:
             await self._refuse(None, RelayError(
                 ErrorCode.DELIVERY_NOT_FOUND,
@@ -510,6 +511,8 @@ class _Connection:
                 # Everything queued when the device connected has now been sent.
                 backlog_done = True
                 await self._send(QueueEmpty(pending=0, server_time=int(self.relay.clock())))
+            # Deliveries may be waiting behind a full window: only then must an ack wake us.
+            self._window_bound = room <= 0 or len(batch) == min(room, page)
             if len(notices) == 64 or (room > 0 and len(batch) == min(room, page)):
                 continue  # more waiting: go on without sleeping
             await self._wake.wait()

@@ -34,8 +34,9 @@ install: $(STAMP)
 
 # Debian packages some tests drive for real (see .ci/system-deps); a no-op when present.
 # orthanc + orthanc-dicomweb: the real PACS the record gateway's tests file into.
+# chromium: the real browser the desktop client's tests drive (through playwright).
 system-deps:
-	@bash .ci/system-deps orthanc orthanc-dicomweb
+	@bash .ci/system-deps orthanc orthanc-dicomweb chromium
 
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from clients import clinician
 from clients import consent as consent_capture
 from clients.prompts import PromptError, read_secret
 from clients.sdk import identity
@@ -395,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--no-register", action="store_true", help=argparse.SUPPRESS)
     cc.add_argument("--yes", action="store_true", help="no prompts (scripts)")
     cc.set_defaults(func=_consent_capture)
+    clinician.register(sub)  # threads, send, inbox, watch, desktop (clients/clinician.py)
     return p
 
 

@@ -1,0 +1,460 @@
+"""The clinician's messaging commands of ``lightbox`` (issue 8 item 3), on the SDK client:
+
+    lightbox threads                                   my consult threads, urgent first
+    lightbox send --to role:orthopaedics_oncall [--to user:LOGIN] [--urgent] "text"
+                  [--image FILE [--send-anyway]] [--purpose P] [--thread ID]
+                  [--patient-name 'Doe^Jane' --patient-id MRN ...]   (sealed body only)
+                  [--consent-token FILE | --patient-agreed --statements-shown]
+    lightbox inbox [--mark-read]                       what arrived (stored in the vault)
+    lightbox watch [--count N] [--timeout S]           print consults as they arrive
+    lightbox desktop                                   the specialist's desktop client
+
+A profile holds the key store (``keystore.lbx``) and the vault (``vault.db``, messages and
+images) side by side, both unlocked with the account password. Patient data flags go only
+into the sealed body (protocol/body.py), never into anything the relay can read.
+
+Every failure a user can cause ends with one plain sentence and a non-zero exit status, and
+nothing the relay accepted is lost: a message counts as sent only once the relay stored it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from clients import imaging
+from clients.prompts import read_secret
+from clients.sdk.client import (
+    ClientEvent,
+    ExpiredEvent,
+    FiledEvent,
+    ImageEvent,
+    LightboxClient,
+    MessageEvent,
+    ReceiptEvent,
+    StatusEvent,
+)
+from clients.sdk.connection import ConnectionStopped
+from clients.sdk.errors import FlowError, KeyStoreError
+from clients.sdk.keystore import DeviceStore, KeyStore
+from clients.vault import Vault, VaultError
+from protocol.body import RecordData, Sex
+from protocol.errors import ErrorCode
+from protocol.model import Priority, Purpose
+
+__all__ = ["ProfileDevice", "open_profile", "register"]
+
+T = TypeVar("T")
+MAX_IMAGE_FILE = 40 * 1024 * 1024  # imaging.DEFAULT_LIMITS.max_bytes
+
+
+class ProfileDevice:
+    """An unlocked profile: device state (key store, or the vault when it holds it), vault."""
+
+    def __init__(self, store: DeviceStore, vault: Vault, password: str) -> None:
+        self.store, self.vault, self.password = store, vault, password
+
+    def client(self, **kwargs: Any) -> LightboxClient:
+        return LightboxClient(self.store, self.vault, password=self.password, **kwargs)
+
+
+def open_profile(directory: Path, password: str) -> ProfileDevice:
+    """Unlock a profile's vault (creating it beside the key store on first use) and its device
+    state. Wrong password: KeyStoreError / VaultPassphraseError with a plain message."""
+    vault = Vault(directory)
+    if vault.exists():
+        vault.unlock(password)
+        if vault.has_state():
+            return ProfileDevice(vault, vault, password)
+    keystore = KeyStore(directory)
+    if not keystore.exists():
+        raise KeyStoreError(f"no device in {directory}: run `lightbox enroll` or "
+                            "`lightbox link` first")
+    opened = keystore.open(password)  # checks the password before a vault is created
+    if not vault.exists():
+        vault.create(password)
+    return ProfileDevice(opened, vault, password)
+
+
+def _profile_dir(args: argparse.Namespace) -> Path:
+    return KeyStore.for_profile(args.profile).directory
+
+
+def _unlock(args: argparse.Namespace) -> ProfileDevice:
+    directory = _profile_dir(args)
+    if not (directory / "keystore.lbx").exists() and not (directory / "vault.db").exists():
+        raise KeyStoreError(f"profile {args.profile!r} has no device: run `lightbox enroll` "
+                            "or `lightbox link` first")
+    return open_profile(directory, read_secret("LIGHTBOX_PASSWORD", f"Password ({args.profile})"))
+
+
+def _run(factory: Callable[[], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        return await factory()
+    return asyncio.run(runner())
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%d %b %H:%M")
+
+
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the errors a user can cause into one sentence (cli.main handles SDK errors)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except imaging.ImageRejected as exc:
+            print(f"error: the image cannot be sent: {exc.reason}", file=sys.stderr)
+        except VaultError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        except ConnectionStopped as exc:
+            print(f"error: the relay ended this device's access ({exc.reason or exc.code})",
+                  file=sys.stderr)
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+            return 130
+        return 1
+
+    return run
+
+
+# --- threads and inbox -------------------------------------------------------------------------
+
+
+def _subject(client: LightboxClient, thread_id: str) -> str:
+    for view in client.thread_messages(thread_id):
+        if view.body.subject:
+            return view.body.subject
+    return "(no subject yet)"
+
+
+def _threads(args: argparse.Namespace) -> int:
+    device = _unlock(args)
+
+    async def go() -> None:
+        client = device.client()
+        try:
+            await client.ensure_login()
+            threads = await client.threads()
+            for t in threads:
+                flag = "URGENT " if t.priority == "urgent" else "       "
+                who = ", ".join([*(f"role:{r}" for r in t.roles),
+                                 f"{len(t.members)} people"])
+                print(f"{flag}{t.thread_id}  {_subject(client, t.thread_id)}  [{who}]  "
+                      f"{t.unread} unread")
+            print(f"{len(threads)} threads")
+        finally:
+            await client.close()
+
+    _run(go)
+    return 0
+
+
+def _print_message(client: LightboxClient, event: MessageEvent) -> None:
+    m, body = event.message, event.body
+    flag = "URGENT " if m.priority == "urgent" else ""
+    sender = client.display_name(m.sender_user_id)
+    print(f"{flag}[{_when(m.sent_at)}] {sender} in {m.thread_id[:8]}: "
+          f"{(body.subject + ' - ') if body.subject else ''}{body.text}", flush=True)
+    for a in body.attachments:
+        print(f"    image {a.attachment_id} ({a.width}x{a.height}, {a.size} bytes)", flush=True)
+
+
+def _inbox(args: argparse.Namespace) -> int:
+    device = _unlock(args)
+
+    async def go() -> int:
+        client = device.client()
+        shown = 0
+        try:
+            await client.start()
+            await client.wait_synced(args.timeout)
+            threads = await client.threads()
+            await client.fetch_missing_images()  # waits for downloads already under way
+            for t in threads:
+                for view in client.thread_messages(t.thread_id):
+                    if view.message.read or view.message.outgoing:
+                        continue
+                    _print_message(client, MessageEvent(view.message, view.body))
+                    for img in view.images:
+                        print(f"    image {img.attachment_id[:8]}: {img.state} {img.reason}")
+                    shown += 1
+                if args.mark_read:
+                    await client.mark_read(t.thread_id)
+        finally:
+            await client.close()
+        return shown
+
+    count = _run(go)
+    print(f"{count} unread messages")
+    return 0
+
+
+def _describe(client: LightboxClient, event: ClientEvent) -> str | None:
+    if isinstance(event, ImageEvent):
+        return f"    image {event.attachment_id[:8]}: {event.status} {event.reason}".rstrip()
+    if isinstance(event, ReceiptEvent):
+        return f"    {event.display_name or event.user_id[:8]}: {event.kind} " \
+               f"({event.message_id[:8]})"
+    if isinstance(event, FiledEvent):
+        return (f"    image {event.attachment_id[:8]} filed in the record"
+                f"{' as ' + event.record_ref if event.record_ref else ''}; copies expire "
+                f"{_when(event.expires_at)}")
+    if isinstance(event, ExpiredEvent):
+        return f"    image {event.attachment_id[:8]} deleted from this device ({event.reason})"
+    if isinstance(event, StatusEvent):
+        if event.state == "connected":
+            return "-- connected to the relay"
+        if event.state == "disconnected":
+            return "-- relay connection lost: reconnecting (nothing is lost)"
+        return f"-- {event.state}: {event.detail}"
+    return None
+
+
+def _watch(args: argparse.Namespace) -> int:
+    device = _unlock(args)
+
+    async def go() -> None:
+        client = device.client()
+        seen = 0
+        try:
+            queue = client.subscribe()
+            await client.start()
+            print("watching for consults (Ctrl-C to stop)", flush=True)
+            async with asyncio.timeout(args.timeout):
+                while args.count is None or seen < args.count:
+                    event = await queue.get()
+                    if isinstance(event, MessageEvent):
+                        _print_message(client, event)
+                        seen += 1
+                        continue
+                    line = _describe(client, event)
+                    if line:
+                        print(line, flush=True)
+                    if isinstance(event, StatusEvent) and event.state == "stopped":
+                        return
+        except TimeoutError:
+            pass
+        finally:
+            await client.close()
+
+    _run(go)
+    return 0
+
+
+# --- send --------------------------------------------------------------------------------------
+
+
+def _targets(values: list[str]) -> tuple[list[str], list[str]]:
+    users, roles = [], []
+    for value in values:
+        kind, _, name = value.partition(":")
+        if kind == "user" and name:
+            users.append(name)
+        elif kind == "role" and name:
+            roles.append(name)
+        else:
+            raise FlowError(f"--to {value!r}: write user:LOGIN or role:ROLE",
+                            code=ErrorCode.VALIDATION_FAILED.value)
+    return users, roles
+
+
+def _read_image(path: str) -> bytes:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_IMAGE_FILE:
+            raise imaging.ImageRejected(imaging.RejectCode.TOO_LARGE,
+                                        f"{p.name} is {size / 2**20:.1f} MB, over the "
+                                        f"{MAX_IMAGE_FILE // 2**20} MB limit")
+        return p.read_bytes()
+    except OSError as exc:
+        raise FlowError(f"cannot read {path}: {exc.strerror}",
+                        code=ErrorCode.VALIDATION_FAILED.value) from exc
+
+
+def _prepare(args: argparse.Namespace) -> imaging.PreparedImage | None:
+    if not args.image:
+        return None
+    prepared = imaging.prepare_image(_read_image(args.image))
+    for w in prepared.warnings:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if prepared.warnings and not args.send_anyway:
+        if not sys.stdin.isatty():
+            raise FlowError("the photo may be hard to read (see the warnings): retake it, or "
+                            "pass --send-anyway", code="quality_warning")
+        answer = input("Retake the photo, or send anyway? [retake/send] ").strip().lower()
+        if answer not in {"s", "send", "send anyway"}:
+            raise FlowError("not sent: retake the photo and send it again",
+                            code="quality_warning")
+    return prepared
+
+
+def _record(args: argparse.Namespace) -> RecordData | None:
+    if not (args.patient_name or args.patient_id):
+        return None
+    if not args.patient_id:
+        raise FlowError("--patient-id (the MRN) is needed with patient data",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    return RecordData(patient_name=args.patient_name or "", patient_id=args.patient_id,
+                      issuer_of_patient_id=args.issuer or "", birth_date=args.birth_date,
+                      sex=Sex(args.sex or ""), accession_number=args.accession or "",
+                      anatomic_region=args.region or "")
+
+
+def _consent_token(args: argparse.Namespace, device: ProfileDevice, image: bytes,
+                   users: list[str], roles: list[str], purpose: Purpose) -> str:
+    """A token from --consent-token FILE, or captured now over exactly the sanitised bytes."""
+    from clients.consent import ConsentCapture, capture_consent, image_hash
+    from protocol.consent import ConsentBasis, ConsentDecision
+
+    if args.consent_token:
+        try:
+            return Path(args.consent_token).read_text().strip()
+        except OSError as exc:
+            raise FlowError(f"cannot read {args.consent_token}: {exc.strerror}",
+                            code=ErrorCode.VALIDATION_FAILED.value) from exc
+    agreed, shown = args.patient_agreed, args.statements_shown
+    if not (agreed and shown) and sys.stdin.isatty():
+        from clients.consent import NO_EFFECT_ON_CARE_STATEMENT, PERMANENCE_STATEMENT
+
+        print("Show the patient this photo and read:")
+        print("  1. " + PERMANENCE_STATEMENT)
+        print("  2. " + NO_EFFECT_ON_CARE_STATEMENT)
+        shown = input("Were both statements shown and understood? (yes/no) ").lower() \
+            in {"y", "yes"}
+        agreed = input("Does the patient agree? (yes/no) ").lower() in {"y", "yes"}
+    if not shown or not agreed:
+        raise FlowError("no consent: pass --patient-agreed --statements-shown once the patient "
+                        "has seen the photo and agreed (or --consent-token FILE)",
+                        code=ErrorCode.CONSENT_MISSING.value)
+    token, _claims = capture_consent(device.store.state, ConsentCapture(
+        purposes=[purpose], images=[image_hash(image)], decision=ConsentDecision.AGREED,
+        basis=ConsentBasis.TREATMENT_ATTESTATION, recipient_users=users,
+        recipient_roles=roles, permanence_statement_shown=True,
+        no_effect_on_care_statement_shown=True))
+    return token
+
+
+class _ProgressBar:
+    """``[#####.....]  42%`` on stderr, for uploads over a few chunks."""
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100 * done // max(total, 1)
+        if pct == self.last:
+            return
+        self.last = pct
+        bar = "#" * (pct // 5) + "." * (20 - pct // 5)
+        end = "\n" if done >= total else ""
+        print(f"\ruploading [{bar}] {pct:3d}%", end=end, file=sys.stderr, flush=True)
+
+
+def _send(args: argparse.Namespace) -> int:
+    text = " ".join(args.text or []).strip()
+    if not text and not args.image:
+        raise FlowError("nothing to send: give a text and/or --image FILE",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    if not args.thread and not args.to:
+        raise FlowError("say who it is for: --to role:ROLE or --to user:LOGIN (or --thread ID)",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    logins, roles = _targets(args.to or [])
+    purpose = Purpose(args.purpose)
+    priority = Priority.URGENT if args.urgent else Priority.ROUTINE
+    record = _record(args)
+    prepared = _prepare(args)  # before the password: a bad image fails fast
+    if record is not None and prepared is None:
+        raise FlowError("patient data goes with an image (--image FILE)",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    device = _unlock(args)
+
+    async def go() -> tuple[str, str, int]:
+        client = device.client()
+        try:
+            await client.start()
+            users = [(await client.resolve_user(login)).user_id for login in logins]
+            if args.thread:
+                thread_id = args.thread
+                await client.threads()
+            else:
+                thread_id = (await client.create_thread(users, roles, priority)).thread_id
+            if prepared is None:
+                sent = await client.send_text(thread_id, text, priority=priority,
+                                              purpose=purpose, subject=args.subject)
+            else:
+                from clients.consent import register_consent
+
+                token = _consent_token(args, device, prepared.image.data, users, roles,
+                                       purpose)
+                await register_consent(client.relay, token)
+                sent = await client.send_image(
+                    thread_id, prepared.image, consent_token=token, text=text, record=record,
+                    purpose=purpose, priority=priority, subject=args.subject,
+                    warnings=[w.issue.value for w in prepared.warnings],
+                    progress=_ProgressBar())
+            return sent.message_id, thread_id, sent.thread_seq
+        finally:
+            await client.close()
+
+    message_id, thread_id, seq = _run(go)
+    print(f"sent: message {message_id} stored by the relay in thread {thread_id} (#{seq})")
+    return 0
+
+
+def _desktop(args: argparse.Namespace) -> int:
+    from clients.desktop.app import run_desktop
+
+    return run_desktop(_profile_dir(args), open_browser=not args.no_browser)
+
+
+# --- registration ------------------------------------------------------------------------------
+
+
+def register(sub: Any) -> None:
+    """Add the commands to ``lightbox``'s subparsers (called once from clients/cli.py)."""
+    sub.add_parser("threads", help="your consult threads, urgent first").set_defaults(
+        func=_guarded(_threads))
+    s = sub.add_parser("send", help="send a consult: text and/or an image, to a user or a role")
+    s.add_argument("text", nargs="*", help="the message")
+    s.add_argument("--to", action="append", metavar="user:LOGIN|role:ROLE")
+    s.add_argument("--thread", metavar="ID", help="an existing thread instead of a new one")
+    s.add_argument("--subject", help="the thread's subject line")
+    s.add_argument("--image", metavar="FILE", help="a photo (metadata is stripped first)")
+    s.add_argument("--send-anyway", action="store_true",
+                   help="send even if the quality checks warn")
+    s.add_argument("--purpose", choices=[p.value for p in Purpose],
+                   default=Purpose.DIRECT_CARE.value)
+    s.add_argument("--urgent", action="store_true")
+    g = s.add_argument_group("patient data for the record (sealed; only with --image)")
+    g.add_argument("--patient-name", metavar="FAMILY^GIVEN")
+    g.add_argument("--patient-id", metavar="MRN")
+    g.add_argument("--issuer", metavar="ISSUER", help="who assigned the patient id")
+    g.add_argument("--birth-date", metavar="YYYY-MM-DD")
+    g.add_argument("--sex", choices=["M", "F", "O"])
+    g.add_argument("--accession", metavar="NUMBER")
+    g.add_argument("--region", metavar="REGION", help="anatomic region, e.g. wrist")
+    c = s.add_argument_group("consent (for images)")
+    c.add_argument("--consent-token", metavar="FILE", help="from `lightbox consent capture`")
+    c.add_argument("--patient-agreed", action="store_true")
+    c.add_argument("--statements-shown", action="store_true")
+    s.set_defaults(func=_guarded(_send))
+    i = sub.add_parser("inbox", help="messages that arrived (stored in your vault)")
+    i.add_argument("--mark-read", action="store_true")
+    i.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    i.set_defaults(func=_guarded(_inbox))
+    w = sub.add_parser("watch", help="print consults as they arrive")
+    w.add_argument("--count", type=int, help="stop after this many messages")
+    w.add_argument("--timeout", type=float, help="stop after this many seconds")
+    w.set_defaults(func=_guarded(_watch))
+    d = sub.add_parser("desktop", help="the specialist's desktop client, in your browser")
+    d.add_argument("--no-browser", action="store_true", help="print the address only")
+    d.set_defaults(func=_guarded(_desktop))
+

@@ -1,0 +1,324 @@
+// Lightbox desktop page. Talks only to the local client process (same origin); every
+// state-changing request carries the per-launch CSRF token. No inline code (strict CSP).
+"use strict";
+
+const csrf = document.querySelector('meta[name="csrf"]').content;
+const $ = (id) => document.getElementById(id);
+let current = null;        // open thread id
+let threads = [];          // inbox entries
+let events = null;
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+async function api(path, body) {
+  const opts = body === undefined ? {} : {
+    method: "POST", headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
+    body: JSON.stringify(body)};
+  const r = await fetch(path, opts);
+  const data = await r.json().catch(() => ({}));
+  if (r.status === 423) { showLocked(); throw new Error("locked"); }
+  if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
+  return data;
+}
+
+function when(ts) {
+  return new Date(ts * 1000).toLocaleString([], {day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit"});
+}
+
+// --- unlock ---------------------------------------------------------------------------------
+
+function showLocked() {
+  $("app").hidden = true; $("lock").hidden = true; $("unlock").hidden = false;
+  $("who").textContent = ""; $("conn").textContent = "";
+  $("password").focus();
+}
+
+async function start() {
+  const state = await api("/api/state");
+  if (!state.unlocked) { showLocked(); return; }
+  $("unlock").hidden = true; $("app").hidden = false; $("lock").hidden = false;
+  $("who").textContent = state.display_name + " (" + state.roles.join(", ") + ")";
+  setConn(state.connected);
+  listen();
+  await loadInbox();
+}
+
+function setConn(up) {
+  $("conn").textContent = up ? "connected" : "reconnecting...";
+  $("conn").classList.toggle("down", !up);
+}
+
+$("unlock-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  $("unlock-error").textContent = "";
+  try {
+    await api("/api/unlock", {password: $("password").value});
+    $("password").value = "";
+    await start();
+  } catch (err) { $("unlock-error").textContent = err.message; }
+});
+
+$("lock").addEventListener("click", async () => { await api("/api/lock", {}); showLocked(); });
+
+// --- live updates ---------------------------------------------------------------------------
+
+let refreshTimer = null;
+function refreshSoon() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(async () => {
+    await loadInbox();
+    if (current) await openThread(current, false);
+  }, 100);
+}
+
+function listen() {
+  if (events) return;
+  events = new EventSource("/api/events");
+  for (const kind of ["message", "image", "receipt", "filed", "expired", "withdrawn"]) {
+    events.addEventListener(kind, refreshSoon);
+  }
+  events.addEventListener("status", (e) => {
+    const s = JSON.parse(e.data);
+    if (s.state === "locked") { showLocked(); return; }
+    if (s.state === "connected" || s.state === "disconnected") setConn(s.state === "connected");
+  });
+}
+
+// --- inbox ----------------------------------------------------------------------------------
+
+async function loadInbox() {
+  const data = await api("/api/threads");
+  threads = data.threads;
+  const list = $("inbox");
+  list.replaceChildren();
+  for (const t of threads) {
+    const item = el("button", {type: "button", class: "thread-item" + (t.urgent ? " urgent" : "") +
+                               (t.thread_id === current ? " selected" : ""),
+                               "data-thread-id": t.thread_id},
+      t.unread ? el("span", {class: "badge", title: "unread"}, String(t.unread)) : null,
+      t.urgent ? el("span", {class: "urgent-flag"}, "URGENT ") : null,
+      el("strong", {}, t.subject),
+      el("div", {class: "meta"}, (t.last_from ? t.last_from + ", " : "") + when(t.last_at) +
+         (t.has_image ? " - image" : "") + (t.acknowledged ? " - acknowledged" : "")));
+    item.addEventListener("click", () => openThread(t.thread_id, true));
+    list.append(el("li", {}, item));
+  }
+  if (!threads.length) list.append(el("li", {class: "empty"}, "No consults yet."));
+}
+
+// --- a thread -------------------------------------------------------------------------------
+
+function consentBlock(c) {
+  if (!c) return null;
+  const who = [...c.roles.map((r) => "role " + r), ...c.users, ...c.orgs.map((o) => "organisation " + o)];
+  return el("div", {class: "consent"},
+    el("strong", {}, "Consent: " + c.decision), " for " + c.purposes.join(", ").replaceAll("_", " "),
+    el("div", {}, "May see it: " + (who.length ? who.join(", ") : "the thread") +
+       (c.external ? " (external allowed)" : " (this organisation only)")),
+    el("div", {class: "meta"}, "valid until " + when(c.expires_at) + ", form " + c.form_version));
+}
+
+function recordBlock(r) {
+  if (!r) return null;
+  return el("div", {class: "record"},
+    el("strong", {}, "Patient: "), r.patient_name + " - " + r.patient_id +
+    (r.birth_date ? ", born " + r.birth_date : "") + (r.sex ? ", " + r.sex : "") +
+    (r.region ? " - " + r.region : "") + (r.accession ? " - accession " + r.accession : ""));
+}
+
+function imageBlock(m, img) {
+  const filing = img.filed_at ? el("div", {class: "filing"}, "Filed in the record" +
+      (img.record_ref ? " (" + img.record_ref + ")" : "") +
+      (img.expires_at ? "; this copy expires " + when(img.expires_at) : "")) : null;
+  if (img.state === "shredded") {
+    return el("div", {class: "expired", "data-attachment-id": img.attachment_id},
+      "Image deleted from this device" + (img.record_ref ? " - in the record: " + img.record_ref : ""));
+  }
+  if (img.state !== "stored") {
+    return el("div", {class: "meta image-state"}, "Image " + img.state + (img.reason ? ": " + img.reason : ""));
+  }
+  const button = el("button", {type: "button", class: "thumb", "data-attachment-id": img.attachment_id,
+                               title: "Open the image (zoom, contrast)"},
+    el("img", {src: "/api/images/" + img.attachment_id, alt: "Image " + (img.width || "") + "x" + (img.height || "")}));
+  button.addEventListener("click", () => openViewer(img.attachment_id));
+  return el("div", {}, button, filing);
+}
+
+async function openThread(id, markRead) {
+  current = id;
+  const t = await api("/api/threads/" + id);
+  const article = $("thread");
+  const header = el("h2", {}, (t.priority === "urgent" ? "URGENT - " : "") +
+    (t.messages.find((m) => m.subject)?.subject || "Consult"));
+  const list = el("div", {id: "messages"});
+  for (const m of t.messages) {
+    const acked = m.acknowledged_by_me ? el("span", {class: "ack-state"}, "You acknowledged this") : null;
+    let ack = null;
+    if (!m.mine && !m.acknowledged_by_me) {
+      ack = el("button", {type: "button", class: "ack-button", "data-message-id": m.message_id}, "I'm on it (a)");
+      ack.addEventListener("click", () => acknowledge(m.message_id));
+    }
+    const receipts = m.mine && m.receipts.length ? el("div", {class: "meta receipts"},
+      m.receipts.map((r) => r.name + ": " + r.kind).join("; ")) : null;
+    list.append(el("div", {class: "message" + (m.mine ? " mine" : ""), "data-message-id": m.message_id},
+      el("div", {class: "meta"}, m.sender + " - " + when(m.sent_at) + (m.priority === "urgent" ? " - URGENT" : "")),
+      m.text ? el("p", {class: "text"}, m.text) : null,
+      m.quality_warnings.length ? el("div", {class: "warning"}, "Sent despite: " + m.quality_warnings.join(", ").replaceAll("_", " ")) : null,
+      recordBlock(m.record), ...m.images.map((img) => imageBlock(m, img)), consentBlock(m.consent),
+      ack, acked, receipts));
+  }
+  const form = el("form", {id: "reply"},
+    el("label", {htmlFor: "reply-text"}, "Reply (r)"),
+    el("textarea", {id: "reply-text", required: true}),
+    el("button", {type: "submit", id: "reply-send"}, "Send reply"),
+    el("p", {id: "reply-status", class: "meta", role: "status"}));
+  form.addEventListener("submit", sendReply);
+  const typed = $("reply-text")?.value || "";
+  article.replaceChildren(header, list, form);
+  $("reply-text").value = typed;
+  for (const item of document.querySelectorAll(".thread-item")) {
+    item.classList.toggle("selected", item.dataset.threadId === id);
+  }
+  if (markRead && t.messages.some((m) => !m.mine && !m.read)) {
+    await api("/api/threads/" + id + "/read", {});
+    loadInbox();
+  }
+}
+
+async function sendReply(e) {
+  e.preventDefault();
+  const text = $("reply-text").value.trim();
+  if (!text) return;
+  $("reply-status").textContent = "sending...";
+  try {
+    await api("/api/threads/" + current + "/reply", {text});
+    $("reply-text").value = "";
+    await openThread(current, false);
+    $("reply-status").textContent = "sent";
+  } catch (err) { $("reply-status").textContent = err.message; }
+}
+
+async function acknowledge(messageId) {
+  await api("/api/messages/" + messageId + "/ack", {});
+  await openThread(current, false);
+  await loadInbox();
+}
+
+// --- image viewer: zoom, pan, window/level ----------------------------------------------------
+
+const view = {base: null, lut: null, scale: 1, x: 0, y: 0, drag: null, off: null};
+
+async function openViewer(aid) {
+  const r = await fetch("/api/images/" + aid);
+  if (!r.ok) return;
+  const bitmap = await createImageBitmap(await r.blob());
+  const off = document.createElement("canvas");
+  off.width = bitmap.width; off.height = bitmap.height;
+  const ctx = off.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0);
+  view.base = ctx.getImageData(0, 0, off.width, off.height);
+  view.off = off;
+  $("viewer").hidden = false;
+  resetView();
+  $("canvas").focus();
+}
+
+function resetView() {
+  $("contrast").value = 255; $("brightness").value = 128;
+  view.scale = 1; view.x = 0; view.y = 0;
+  applyWindow(); draw();
+}
+
+function applyWindow() {
+  // Window/level as radiologists expect: map [level - window/2, level + window/2] to 0..255.
+  const w = Number($("contrast").value), l = Number($("brightness").value);
+  const lo = l - w / 2, lut = new Uint8ClampedArray(256);
+  for (let v = 0; v < 256; v++) lut[v] = ((v - lo) / w) * 255;
+  const src = view.base.data, out = new ImageData(view.base.width, view.base.height), d = out.data;
+  for (let i = 0; i < src.length; i += 4) {
+    d[i] = lut[src[i]]; d[i + 1] = lut[src[i + 1]]; d[i + 2] = lut[src[i + 2]]; d[i + 3] = 255;
+  }
+  view.off.getContext("2d").putImageData(out, 0, 0);
+  $("canvas").dataset.window = String(w);
+  $("canvas").dataset.level = String(l);
+}
+
+function draw() {
+  const c = $("canvas");
+  c.width = c.clientWidth || 800; c.height = c.clientHeight || 600;
+  const ctx = c.getContext("2d");
+  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, c.width, c.height);
+  const fit = Math.min(c.width / view.off.width, c.height / view.off.height);
+  const s = fit * view.scale;
+  const w = view.off.width * s, h = view.off.height * s;
+  ctx.imageSmoothingEnabled = view.scale < 2;
+  ctx.drawImage(view.off, (c.width - w) / 2 + view.x, (c.height - h) / 2 + view.y, w, h);
+  c.dataset.scale = view.scale.toFixed(2);
+}
+
+function zoom(f) { view.scale = Math.min(16, Math.max(0.25, view.scale * f)); draw(); }
+function closeViewer() { $("viewer").hidden = true; view.base = null; }
+
+$("contrast").addEventListener("input", () => { applyWindow(); draw(); });
+$("brightness").addEventListener("input", () => { applyWindow(); draw(); });
+$("zoom-in").addEventListener("click", () => zoom(1.25));
+$("zoom-out").addEventListener("click", () => zoom(0.8));
+$("reset").addEventListener("click", resetView);
+$("close-viewer").addEventListener("click", closeViewer);
+$("canvas").addEventListener("wheel", (e) => { e.preventDefault(); zoom(e.deltaY < 0 ? 1.1 : 0.9); });
+$("canvas").addEventListener("pointerdown", (e) => { view.drag = [e.clientX - view.x, e.clientY - view.y]; });
+window.addEventListener("pointerup", () => { view.drag = null; });
+$("canvas").addEventListener("pointermove", (e) => {
+  if (!view.drag) return;
+  view.x = e.clientX - view.drag[0]; view.y = e.clientY - view.drag[1]; draw();
+});
+window.addEventListener("resize", () => { if (view.base) draw(); });
+
+function nudge(id, delta) {
+  const input = $(id);
+  input.value = Math.min(Number(input.max), Math.max(Number(input.min), Number(input.value) + delta));
+  applyWindow(); draw();
+}
+
+// --- keyboard -------------------------------------------------------------------------------
+
+document.addEventListener("keydown", (e) => {
+  const typing = ["INPUT", "TEXTAREA"].includes(document.activeElement?.tagName) &&
+                 document.activeElement.type !== "range";
+  if (!$("viewer").hidden) {
+    const keys = {"+": () => zoom(1.25), "=": () => zoom(1.25), "-": () => zoom(0.8), "0": resetView,
+      "Escape": closeViewer, "ArrowLeft": () => { view.x += 40; draw(); },
+      "ArrowRight": () => { view.x -= 40; draw(); }, "ArrowUp": () => { view.y += 40; draw(); },
+      "ArrowDown": () => { view.y -= 40; draw(); }, "[": () => nudge("contrast", -10),
+      "]": () => nudge("contrast", 10), ",": () => nudge("brightness", -10),
+      ".": () => nudge("brightness", 10)};
+    if (keys[e.key] && (document.activeElement === $("canvas") || !typing)) {
+      e.preventDefault(); keys[e.key]();
+    }
+    return;
+  }
+  if (typing || $("app").hidden) return;
+  const items = [...document.querySelectorAll(".thread-item")];
+  const at = items.indexOf(document.activeElement);
+  if (e.key === "j" || e.key === "k") {
+    e.preventDefault();
+    const next = items[Math.max(0, Math.min(items.length - 1, at + (e.key === "j" ? 1 : -1)))];
+    next?.focus();
+  } else if (e.key === "r" && current) {
+    e.preventDefault(); $("reply-text").focus();
+  } else if (e.key === "a" && current) {
+    const button = [...document.querySelectorAll(".ack-button")].pop();
+    if (button) { e.preventDefault(); button.click(); }
+  }
+});
+
+start().catch((err) => { $("thread").textContent = err.message; });

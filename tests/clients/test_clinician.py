@@ -1,0 +1,98 @@
+"""The intern's CLI (clients/clinician.py) against a real relay: `lightbox send` an urgent
+x-ray with patient data and consent to a role, `lightbox inbox` on the specialist's profile
+shows it with the image stored; and every bad input a user can cause gives one clear sentence
+and sends nothing: a non-image, a truncated image, a missing file, quality warnings without
+--send-anyway, a wrong password."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from clients import cli
+from tests.clinician_world import enrol_clinician
+from tests.consent_world import xray_png
+from tests.identity_world import PASSWORD, World, identity_world
+
+ORTHO = "orthopaedics_oncall"
+
+
+@pytest.fixture
+async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                ) -> AsyncIterator[World]:
+    monkeypatch.setenv("LIGHTBOX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORD)
+    monkeypatch.setenv("LIGHTBOX_INSECURE_FAST_KDF", "1")
+    monkeypatch.delenv("LIGHTBOX_PROFILE", raising=False)
+    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
+        yield w
+
+
+async def lightbox(*argv: str) -> tuple[int, str, str]:
+    def call(args: Sequence[str]) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli.main(list(args))
+        return rc, out.getvalue(), err.getvalue()
+    return await asyncio.to_thread(call, argv)
+
+
+async def test_an_urgent_xray_sent_from_the_cli_reaches_the_specialists_inbox(
+        world: World, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for login, roles in (("intern", ("intern",)), ("ortho", (ORTHO,))):
+        person = await enrol_clinician(world, tmp_path, login, roles=roles,
+                                       vault_dir=home / login)
+        person.vault.lock()
+    xray = tmp_path / "film.png"
+    xray.write_bytes(xray_png(900, 700))  # short side under 800 px: a resolution warning
+    send = ["--profile", "intern", "send", "--to", f"role:{ORTHO}", "--urgent",
+            "--image", str(xray), "--patient-name", "Testpatient^Alpha",
+            "--patient-id", "LBX-0042", "--birth-date", "1957-03-14", "--region", "wrist",
+            "--patient-agreed", "--statements-shown", "--subject", "Wrist, bed 4",
+            "Displaced distal radius?"]
+
+    rc, out, err = await lightbox(*send)
+    assert rc == 1 and "warning:" in err and "--send-anyway" in err
+    rc, out, err = await lightbox(*send, "--send-anyway")
+    assert rc == 0, err
+    assert "sent: message" in out and "uploading [" in err and "100%" in err
+
+    rc, out, err = await lightbox("--profile", "ortho", "inbox", "--mark-read")
+    assert rc == 0, err
+    assert "URGENT" in out and "Wrist, bed 4 - Displaced distal radius?" in out
+    assert "stored" in out and "1 unread messages" in out
+    rc, out, _ = await lightbox("--profile", "ortho", "inbox")
+    assert "0 unread messages" in out
+    rc, out, _ = await lightbox("--profile", "intern", "threads")
+    assert rc == 0 and "URGENT" in out and "1 threads" in out
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"%PDF-1.4 not a photo", "the image cannot be sent"),
+    (xray_png(900, 700)[:5000], "the image cannot be sent"),
+    (None, "cannot read"),
+])
+async def test_bad_image_files_give_a_clear_message_and_send_nothing(
+        world: World, tmp_path: Path, content: bytes | None, expected: str) -> None:
+    path = tmp_path / "photo.png"
+    if content is not None:
+        path.write_bytes(content)
+    rc, out, err = await lightbox("--profile", "intern", "send", "--to", "role:x",
+                                  "--image", str(path), "hello")
+    assert rc == 1 and expected in err and "sent:" not in out
+
+
+async def test_a_wrong_password_is_said_plainly(world: World, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    person = await enrol_clinician(world, tmp_path, "intern", vault_dir=tmp_path / "home" /
+                                   "intern")
+    person.vault.lock()
+    monkeypatch.setenv("LIGHTBOX_PASSWORD", "not the password at all")
+    rc, _, err = await lightbox("--profile", "intern", "send", "--to", "role:x", "hi")
+    assert rc == 1 and "wrong passphrase" in err

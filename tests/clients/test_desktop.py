@@ -1,0 +1,225 @@
+"""The specialist's desktop client in a real browser (Debian's Chromium, driven by Playwright)
+against a real relay: unlock, see an urgent consult arrive (urgent first), open the image and
+change its contrast, reply, acknowledge, and see the image replaced by a notice when its copy
+expires (here ordered by the consent's withdrawal, the same expire order that filing sends).
+Screenshots of every step go to test-artefacts/desktop/. Also: the local server's guards
+(per-launch secret, session cookie, CSRF token, Host check, CSP).
+
+TODO(issue 7): "filed" (the gateway's filing receipt and the copy's expiry time shown) once
+the relay handles filing statements; the client already shows FiledNotice and filing receipts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from clients import imaging
+from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
+from clients.desktop.app import DesktopServer
+from clients.sdk.client import MessageEvent, ReceiptEvent
+from protocol.body import RecordData
+from protocol.consent import ConsentBasis, ConsentDecision
+from protocol.model import DeviceKind, Priority, Purpose
+from tests.clinician_world import enrol_clinician
+from tests.consent_world import xray_png
+from tests.helpers import ROOT, seconds
+from tests.identity_world import PASSWORD, World, identity_world
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = ROOT / "test-artefacts" / "desktop"
+ORTHO = "orthopaedics_oncall"
+
+
+def _require_browser() -> Any:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium is missing: install it with `bash .ci/system-deps chromium` "
+                    "(Debian package chromium; never `playwright install`)", pytrace=False)
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.fail("the playwright package is missing: .venv/bin/pip install playwright "
+                    "(the Python package only; never `playwright install`)", pytrace=False)
+    return async_playwright
+
+
+@pytest.fixture
+async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
+    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
+        yield w
+
+
+async def _wait_for(queue: asyncio.Queue[Any], kind: type, match: Any) -> Any:
+    async with asyncio.timeout(seconds(15)):
+        while True:
+            event = await queue.get()
+            if isinstance(event, kind) and match(event):
+                return event
+
+
+async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
+        world: World, tmp_path: Path) -> None:
+    async_playwright = _require_browser()
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+    intern = await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern")
+    profile = tmp_path / "specialist-profile"
+    specialist = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
+                                       display_name="Dr Bo Ortho", vault_dir=profile,
+                                       kind=DeviceKind.DESKTOP)
+    specialist.vault.lock()  # the desktop opens it with the password
+    desktop = DesktopServer(profile, client_options={"backoff_base": 0.05, "backoff_max": 0.5})
+    await desktop.start()
+    await intern.client.start(wait_connected=seconds(10))
+    events = intern.client.subscribe()
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                               args=ARGS)
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+
+            # 1. log in: the launch address sets the session cookie, the vault unlocks
+            await page.goto(desktop.launch_url)
+            assert "k=" not in page.url  # the secret left the address bar
+            await page.locator("#password").wait_for()
+            await page.screenshot(path=SHOTS / "01-unlock.png")
+            await page.fill("#password", "not my password")
+            await page.press("#password", "Enter")
+            await page.locator("#unlock-error", has_text="wrong password").wait_for()
+            problems.clear()  # the browser logs that 401 as a console error
+            await page.fill("#password", PASSWORD)
+            await page.press("#password", "Enter")
+            await page.locator("#inbox").wait_for()
+            await page.locator("#conn", has_text="connected").wait_for()
+            await page.screenshot(path=SHOTS / "02-inbox-empty.png")
+
+            # 2. a routine consult, then an urgent one with an x-ray: urgent comes first
+            routine = await intern.client.create_thread(users=[specialist.user_id])
+            await intern.client.send_text(routine.thread_id, "Routine: clinic letter query",
+                                          subject="Clinic letter")
+            prepared = imaging.prepare_image(xray_png(900, 700))
+            token, claims = capture_consent(intern.vault.state, ConsentCapture(
+                purposes=[Purpose.DIRECT_CARE], images=[image_hash(prepared.image.data)],
+                decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
+                recipient_roles=[ORTHO], permanence_statement_shown=True,
+                no_effect_on_care_statement_shown=True))
+            await register_consent(intern.client.relay, token)
+            urgent = await intern.client.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+            sent = await intern.client.send_image(
+                urgent.thread_id, prepared.image, consent_token=token,
+                text="Displaced distal radius fracture? Please review.",
+                subject="Wrist x-ray, bed 4",
+                record=RecordData(patient_name="Testpatient^Alpha", patient_id="LBX-0042",
+                                  birth_date="1957-03-14", anatomic_region="wrist"))
+            first = page.locator(".thread-item").first
+            await first.filter(has_text="Wrist x-ray, bed 4").wait_for(timeout=15000)
+            assert "urgent" in (await first.get_attribute("class") or "")
+            assert await page.locator(".thread-item").count() == 2
+            await page.screenshot(path=SHOTS / "03-urgent-consult-arrived.png")
+
+            # 3. open it (keyboard: focus, Enter); the image, the patient data, the consent
+            await first.focus()
+            await page.keyboard.press("Enter")
+            thumb = page.locator(".thumb")
+            await thumb.wait_for(timeout=15000)
+            await page.locator(".record", has_text="LBX-0042").wait_for()
+            consent = page.locator(".consent")
+            await consent.filter(has_text="direct care").wait_for()
+            assert "role orthopaedics_oncall" in await consent.inner_text()
+            await page.screenshot(path=SHOTS / "04-thread.png")
+
+            # 4. the viewer: zoom with the keyboard, then lower the contrast window
+            await thumb.click()
+            canvas = page.locator("#canvas")
+            await canvas.wait_for()
+            sample = ("() => { const c = document.getElementById('canvas');"
+                      " const d = c.getContext('2d').getImageData(c.width/2 - 50, c.height/2,"
+                      " 100, 1).data; let s = 0; for (const v of d) s += v; return s; }")
+            before = await page.evaluate(sample)
+            await page.keyboard.press("+")
+            assert await canvas.get_attribute("data-scale") == "1.25"
+            await page.fill("#contrast", "80")
+            assert await canvas.get_attribute("data-window") == "80"
+            after = await page.evaluate(sample)
+            assert after != before  # the pixels changed, not just a number
+            await page.screenshot(path=SHOTS / "05-image-contrast.png")
+            await page.keyboard.press("Escape")
+            await page.locator("#viewer").wait_for(state="hidden")
+
+            # 5. reply
+            await page.keyboard.press("r")
+            await page.keyboard.type("Splint and send to fracture clinic; I will see at 8.")
+            await page.click("#reply-send")
+            reply = await _wait_for(events, MessageEvent,
+                                    lambda e: e.body.text.startswith("Splint and send"))
+            assert reply.message.thread_id == urgent.thread_id
+            await page.locator(".message.mine").wait_for()
+            await page.screenshot(path=SHOTS / "06-replied.png")
+
+            # 6. acknowledge ("I'm on it"): the intern sees the signed receipt
+            await page.click(f'.ack-button[data-message-id="{sent.message_id}"]')
+            await page.locator(".ack-state").wait_for()
+            ack = await _wait_for(events, ReceiptEvent, lambda e: e.kind == "acknowledged")
+            assert ack.message_id == sent.message_id and ack.display_name == "Dr Bo Ortho"
+            await page.screenshot(path=SHOTS / "07-acknowledged.png")
+
+            # 7. the copy expires (consent withdrawn -> expire order): the image is replaced
+            await intern.client.relay.revoke_consent(claims.jti)
+            await page.locator(".expired").wait_for(timeout=15000)
+            assert await page.locator(".thumb").count() == 0
+            await page.screenshot(path=SHOTS / "08-expired.png")
+            assert not problems, problems
+            await browser.close()
+    finally:
+        await intern.client.close()
+        intern.vault.lock()
+        await desktop.stop()
+    for step in ("01", "03", "05", "07", "08"):
+        assert any(p.name.startswith(step) for p in SHOTS.iterdir())
+
+
+async def test_the_local_server_refuses_other_sites_and_missing_secrets(tmp_path: Path) -> None:
+    desktop = DesktopServer(tmp_path / "no-profile")
+    await desktop.start()
+    try:
+        async with httpx.AsyncClient(base_url=desktop.origin) as http:
+            r = await http.get("/")
+            assert r.status_code == 403 and "lightbox desktop" in r.json()["error"]
+            assert "default-src 'none'" in r.headers["content-security-policy"]
+            r = await http.get("/?k=wrong")
+            assert r.status_code == 403
+            r = await http.get(f"/?k={desktop.secret}")
+            assert r.status_code == 303 and "httponly" in r.headers["set-cookie"].lower()
+            assert "samesite=strict" in r.headers["set-cookie"].lower()
+            page = await http.get("/")
+            assert page.status_code == 200 and desktop.csrf in page.text
+            # state changes need the CSRF token and a same origin
+            r = await http.post("/api/lock", json={})
+            assert r.status_code == 403 and "CSRF" in r.json()["error"]
+            r = await http.post("/api/lock", json={}, headers={
+                "X-CSRF-Token": desktop.csrf, "Origin": "http://evil.example"})
+            assert r.status_code == 403
+            r = await http.post("/api/lock", json={}, headers={"X-CSRF-Token": desktop.csrf})
+            assert r.status_code == 200
+            # a rebinding attack arrives with another Host header
+            r = await http.get("/api/state", headers={"Host": "evil.example"})
+            assert r.status_code == 421
+            r = await http.get("/api/threads")
+            assert r.status_code == 423  # locked
+            r = await http.post("/api/unlock", json={"password": "x"},
+                                headers={"X-CSRF-Token": desktop.csrf})
+            assert r.status_code == 401
+    finally:
+        await desktop.stop()

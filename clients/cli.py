@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from clients import clinician
 from clients import consent as consent_capture
+from clients.imaging import ImageRejected, prepare_image
 from clients.prompts import PromptError, read_secret
 from clients.sdk import identity
 from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, SDKError
@@ -298,7 +299,13 @@ def _consent_capture(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty() and not args.yes
     images = []
     for path in args.image or []:
-        images.append(consent_capture.image_hash(Path(path).read_bytes()))
+        # The consent names the image that will be sent: the sanitised JPEG (orientation
+        # applied, metadata stripped), which is what `lightbox send` encrypts.
+        try:
+            clean = prepare_image(Path(path).read_bytes()).image.data
+        except ImageRejected as exc:
+            raise FlowError(f"{path}: {exc}", code="validation_failed") from exc
+        images.append(consent_capture.image_hash(clean))
     if not images:
         raise FlowError("name the images shown to the patient with --image FILE",
                         code="validation_failed")

@@ -28,6 +28,7 @@ from clients.consent import (
     image_hash,
     register_consent,
 )
+from clients.imaging import prepare_image
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.errors import ConsentImageMismatch, FlowError
 from clients.sdk.keystore import KeyStore
@@ -249,7 +250,9 @@ async def test_cli_consent_capture_signs_registers_and_exports_fhir(
     assert "agreed (active)" in out
     token = (tmp_path / "token").read_text().strip()
     claims = peek_consent_token_unverified(token)
-    assert claims.images == [image_hash(image.read_bytes())]
+    # the consent names the sanitised image that `lightbox send` will encrypt, not the file
+    assert claims.images == [image_hash(prepare_image(image.read_bytes()).image.data)]
+    assert claims.images != [image_hash(image.read_bytes())]
     Consent.model_validate(json.loads((tmp_path / "consent.json").read_text()))
     assert await count(world, "SELECT count(*) FROM consents") == 1
     argv[argv.index("--statements-shown")] = "--external"

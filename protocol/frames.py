@@ -98,6 +98,7 @@ __all__ = [
     "Withdrawn",
     "challenge_signing_bytes",
     "decode_frame",
+    "encode_deliver",
     "encode_frame",
     "negotiate",
     "peek_req_id",
@@ -567,6 +568,26 @@ _TOO_LONG: Final = re.compile(r"^Expected `(str|bytes|array|object)` of length <
 def encode_frame(frame: Frame) -> bytes:
     """Encode a frame as the payload of one binary websocket frame."""
     return _ENCODER.encode(frame)
+
+
+class _DeliverEncoded(msgspec.Struct, frozen=True, kw_only=True, tag="deliver", tag_field="t"):
+    """Encode-only twin of :class:`Deliver` whose message is already MessagePack: the same
+    bytes on the wire, without decoding and re-encoding the stored sealed message."""
+
+    delivery_id: str
+    thread_seq: int
+    priority: str
+    received_at: int
+    message: msgspec.Raw
+
+
+def encode_deliver(*, delivery_id: str, thread_seq: int, priority: Priority, received_at: int,
+                   sealed: bytes) -> bytes:
+    """``encode_frame(Deliver(...))`` for a message stored as ``encode_sealed`` bytes (the relay
+    stores exactly what the sender sent, after strict decoding)."""
+    return _ENCODER.encode(_DeliverEncoded(
+        delivery_id=delivery_id, thread_seq=thread_seq, priority=priority.value,
+        received_at=received_at, message=msgspec.Raw(sealed)))
 
 
 def decode_frame(data: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME) -> Frame:

@@ -31,12 +31,10 @@ from typing import Protocol
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol import statements
-from protocol.envelope import decode_sealed
 from protocol.errors import CloseCode, ErrorCode, VerificationError
 from protocol.frames import (
     Accepted,
     Ack,
-    Deliver,
     Error,
     Frame,
     KeysLow,
@@ -47,6 +45,7 @@ from protocol.frames import (
     Receipt,
     ReceiptNotice,
     Send,
+    encode_deliver,
     encode_frame,
 )
 from protocol.model import Priority
@@ -496,16 +495,21 @@ class _Connection:
                                                 [n.notice_pk for n in notices])
             now = time.monotonic()
             wall = dt.datetime.now(dt.UTC)
+            frames = []
             for d in batch:
                 self._last_pk = d.delivery_pk
                 self._in_flight[d.delivery_id] = now
                 self._sent_ids.add(d.delivery_id)
-                self.session.send(Deliver(
+                # The stored bytes are the sender's sealed message as strictly decoded and
+                # re-encoded at send time: embed them as they are (same wire bytes as Deliver).
+                frames.append(encode_deliver(
                     delivery_id=d.delivery_id, thread_seq=d.thread_seq,
                     priority=Priority(d.priority), received_at=int(d.received_at.timestamp()),
-                    message=decode_sealed(d.sealed)))
+                    sealed=d.sealed))
                 self.relay.metrics.delivery_latency.observe(
                     max(0.0, (wall - d.received_at).total_seconds()))
+            for data in frames:
+                await self._write_raw(data)
             await self._flush()
             if not backlog_done and room > 0 and len(batch) < min(room, page):
                 # Everything queued when the device connected has now been sent.

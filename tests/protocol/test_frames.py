@@ -305,3 +305,18 @@ def test_structured_garbage_with_valid_tags_raises_nothing_but_decode_error(
     tag: str, fields: dict[str, Any]
 ) -> None:
     assert_only_decode_error(raw({"t": tag, **fields}))
+
+
+def test_encode_deliver_matches_encode_frame_byte_for_byte() -> None:
+    from protocol.envelope import encode_sealed
+    from protocol.frames import Deliver, encode_deliver, encode_frame
+    from tests.protocol.frame_samples import sealed as sample_sealed
+
+    sealed = sample_sealed(devices=3)
+    raw = encode_sealed(sealed)
+    frame = Deliver(delivery_id="00000000-0000-4000-8000-000000000001", thread_seq=7,
+                    priority=sealed.header.priority, received_at=1767225600,
+                    message=sealed)
+    assert encode_deliver(delivery_id=frame.delivery_id, thread_seq=7,
+                          priority=frame.priority, received_at=1767225600,
+                          sealed=raw) == encode_frame(frame)

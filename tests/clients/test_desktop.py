@@ -86,6 +86,8 @@ async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
             browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                args=ARGS)
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            # Unlocking runs Argon2id (the vault's real cost); a loaded machine needs longer.
+            page.set_default_timeout(seconds(60) * 1000)
             problems: list[str] = []
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))

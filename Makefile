@@ -18,7 +18,7 @@ help:
 	@echo "make run     start the relay on 127.0.0.1:8000 (embedded Postgres in .data/pg)"
 	@echo "make test    run the whole test suite"
 	@echo "make lint    ruff + mypy (strict on protocol/)"
-	@echo "make bench   relay benchmark (a few minutes; BENCH_ARGS=--help for options)"
+	@echo "make bench   relay and attachment benchmarks (a few minutes; BENCH_ARGS=--help)"
 	@echo "make docs    regenerate the tables in README.md and docs/"
 	@echo "make clean   remove .venv, .data and caches"
 
@@ -54,6 +54,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@mkdir -p .data
 	$(BIN)/python -m bench.relay $(BENCH_ARGS)
+	$(BIN)/python -m bench.attachments
 
 docs: $(STAMP)
 	$(BIN)/python -m server.doctables

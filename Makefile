@@ -35,8 +35,11 @@ install: $(STAMP)
 # Debian packages some tests drive for real (see .ci/system-deps); a no-op when present.
 # orthanc + orthanc-dicomweb: the real PACS the record gateway's tests file into.
 # chromium: the real browser the desktop client's tests drive (through playwright).
+# tesseract-ocr + tesseract-ocr-eng: OCR for PHI burned into images (clients/phi.py);
+# poppler-utils: pdftotext reads the patient's consent PDF back in the tests;
+# fonts-dejavu-core: the consent PDF's font and the tests' burned-in labels.
 system-deps:
-	@bash .ci/system-deps orthanc orthanc-dicomweb chromium
+	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core
 
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)

@@ -10,6 +10,8 @@ account password set at enrolment; it also unlocks the key store.
     lightbox link --approve CODE                                       on the enrolled device
     lightbox login | whoami | devices | lookup QUERY | keys claim USER
     lightbox consent capture --image FILE --purpose direct_care --role R ...   (or prompts)
+                             [--pdf FILE] [--redact all-text]
+    lightbox consent pdf TOKEN_FILE --out FILE       the patient's copy (clients/consent_pdf.py)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from clients import clinician
+from clients import clinician, consent_pdf, phi
 from clients import consent as consent_capture
 from clients.imaging import ImageRejected, prepare_image
 from clients.prompts import PromptError, read_secret
@@ -35,7 +37,7 @@ from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, SDKE
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
 from protocol import certs
-from protocol.consent import ConsentBasis, ConsentDecision
+from protocol.consent import ConsentBasis, ConsentClaims, ConsentDecision
 from protocol.errors import ProtocolError
 from protocol.keys import key_id
 from protocol.model import SUPPORTED_VERSIONS, DeviceKind, Purpose
@@ -297,19 +299,25 @@ def _consent_capture(args: argparse.Namespace) -> int:
     """Record the patient's decision: flags for scripts, prompts for whatever is missing when
     a person is at the terminal (the two statements are then shown and confirmed)."""
     interactive = sys.stdin.isatty() and not args.yes
+    purposes = [Purpose(p) for p in args.purpose or []]
     images = []
     for path in args.image or []:
         # The consent names the image that will be sent: the sanitised JPEG (orientation
-        # applied, metadata stripped), which is what `lightbox send` encrypts.
+        # applied, metadata stripped), which is what `lightbox send` encrypts; with --redact,
+        # the redacted copy (clients/phi.py, deterministic), which is what it then shares.
         try:
-            clean = prepare_image(Path(path).read_bytes()).image.data
+            clean = prepare_image(Path(path).read_bytes()).image
         except ImageRejected as exc:
             raise FlowError(f"{path}: {exc}", code="validation_failed") from exc
-        images.append(consent_capture.image_hash(clean))
+        strictest = next((p for p in purposes if p in phi.DEIDENTIFIED_PURPOSES), None)
+        if args.redact != "none" or strictest is not None:
+            clean = phi.prepare_for_purpose(clean, strictest or Purpose.DIRECT_CARE,
+                                            mode=phi.RedactMode(args.redact),
+                                            rules=phi.rules_from_env()).image
+        images.append(consent_capture.image_hash(clean.data))
     if not images:
         raise FlowError("name the images shown to the patient with --image FILE",
                         code="validation_failed")
-    purposes = [Purpose(p) for p in args.purpose or []]
     decision = args.decision
     shown = args.statements_shown
     if interactive:
@@ -343,7 +351,39 @@ def _consent_capture(args: argparse.Namespace) -> int:
         Path(args.token_out).write_text(token + "\n")
     if args.fhir:
         Path(args.fhir).write_text(json.dumps(consent_capture.fhir_consent(token), indent=2))
+    if args.pdf:
+        _write_consent_pdf(args, claims)
     return 0
+
+
+def _write_consent_pdf(args: argparse.Namespace, claims: ConsentClaims) -> None:
+    """The patient's copy (issue 10 item 2): kept on this device, never sent to the relay."""
+    display = consent_pdf.ConsentFormDisplay(
+        organisation_name=args.organisation_name, privacy_contact=args.privacy_contact,
+        patient_label=args.patient_label or "")
+    path = consent_pdf.save_consent_pdf(args.pdf, consent_pdf.render_consent_pdf(claims,
+                                                                                 display))
+    print(f"patient's copy of consent {claims.jti}: {path} (give it to the patient; it is "
+          "not sent anywhere)")
+
+
+def _consent_pdf(args: argparse.Namespace) -> int:
+    try:
+        _token, claims = consent_pdf.load_consent_token(args.token_file)
+    except consent_pdf.ConsentPdfError as exc:
+        raise FlowError(exc.reason, code="not_found") from None
+    args.pdf = args.out
+    _write_consent_pdf(args, claims)
+    return 0
+
+
+def _pdf_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patient-label", metavar="TEXT", help="what identifies the patient "
+                        "on their own copy (e.g. their name); only in the PDF")
+    parser.add_argument("--organisation-name", metavar="NAME",
+                        help="default $LIGHTBOX_ORGANISATION_NAME, else the organisation id")
+    parser.add_argument("--privacy-contact", metavar="TEXT", help="how to withdraw: default "
+                        f"${consent_pdf.PRIVACY_CONTACT_ENV}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,7 +442,17 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--fhir", metavar="FILE", help="write the FHIR R4 Consent here")
     cc.add_argument("--no-register", action="store_true", help=argparse.SUPPRESS)
     cc.add_argument("--yes", action="store_true", help="no prompts (scripts)")
+    cc.add_argument("--redact", choices=["none", "identifiers", "all-text"], default="none",
+                    help="name the copy with text blacked out (as `lightbox send --redact`)")
+    cc.add_argument("--pdf", metavar="FILE", help="write the patient's copy (one-page PDF)")
+    _pdf_options(cc)
     cc.set_defaults(func=_consent_capture)
+    cp = consent.add_parser("pdf", help="the patient's copy of a captured consent (PDF)")
+    cp.add_argument("token_file", metavar="TOKEN_FILE", help="from `consent capture "
+                                                             "--token-out`")
+    cp.add_argument("--out", required=True, metavar="FILE")
+    _pdf_options(cp)
+    cp.set_defaults(func=_consent_pdf)
     clinician.register(sub)  # threads, send, inbox, watch, desktop (clients/clinician.py)
     return p
 

@@ -5,6 +5,8 @@
                   [--image FILE [--send-anyway]] [--purpose P] [--thread ID]
                   [--patient-name 'Doe^Jane' --patient-id MRN ...]   (sealed body only)
                   [--consent-token FILE | --patient-agreed --statements-shown]
+                  [--necessity TEXT] [--redact identifiers|all-text] [--redact-box X,Y,W,H]
+                  [--text-checked]                   (issue 10: see docs/CLINICAL_SAFETY.md)
     lightbox inbox [--mark-read]                       what arrived (stored in the vault)
     lightbox watch [--count N] [--timeout S]           print consults as they arrive
     lightbox desktop                                   the specialist's desktop client
@@ -296,6 +298,67 @@ def _prepare(args: argparse.Namespace) -> imaging.PreparedImage | None:
     return prepared
 
 
+def _guard_text(args: argparse.Namespace, text: str, purpose: Purpose) -> None:
+    """The free-text guard (clients/textguard.py) on the text and the necessity statement:
+    for purposes that leave direct care, warn about exact ages, dates of birth, MRNs and
+    dates of service, and ask (or require --text-checked) before sealing."""
+    from clients.textguard import TextGuardWarning, guard_text
+
+    for label, value in (("text", text), ("necessity statement", args.necessity or "")):
+        try:
+            guard_text(value, purpose, confirmed=args.text_checked)
+        except TextGuardWarning as warning:
+            for f in warning.findings:
+                print(f"warning: the {label} holds {f.kind.value.replace('_', ' ')} "
+                      f"{f.text!r}: {f.suggestion}", file=sys.stderr)
+            if warning.suggestion != value:
+                print(f"suggested: {warning.suggestion}", file=sys.stderr)
+            if not sys.stdin.isatty():
+                raise
+            answer = input("Send it as written? [edit/send] ").strip().lower()
+            if answer not in {"s", "send"}:
+                raise FlowError("not sent: reword the text and send it again",
+                                code=warning.code) from None
+
+
+def _box(value: str) -> tuple[int, int, int, int]:
+    try:
+        left, top, width, height = (int(v) for v in value.split(","))
+    except ValueError:
+        raise FlowError(f"--redact-box {value!r}: write X,Y,WIDTH,HEIGHT in pixels",
+                        code=ErrorCode.VALIDATION_FAILED.value) from None
+    if min(left, top) < 0 or min(width, height) <= 0:
+        raise FlowError(f"--redact-box {value!r}: the box is empty or off the image",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    return left, top, width, height
+
+
+def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage,
+                  purpose: Purpose) -> imaging.SanitisedImage:
+    """PHI in the pixels (clients/phi.py): OCR, show what was found, black out per --redact
+    and --redact-box, and refuse a de-identified purpose whose copy still shows text."""
+    from clients import phi
+
+    try:
+        shared = phi.prepare_for_purpose(
+            prepared.image, purpose, mode=phi.RedactMode(args.redact),
+            boxes=[_box(b) for b in args.redact_box or []], rules=phi.rules_from_env())
+    except phi.PhiRefused as refused:
+        for line in phi.describe(refused.scan) if refused.scan else []:
+            print(f"text in the image: {line}", file=sys.stderr)
+        if refused.code == "phi_unredacted":
+            print("black it all out with --redact all-text (and --redact-box X,Y,W,H for "
+                  "anything OCR missed), then check the copy", file=sys.stderr)
+        raise
+    for line in phi.describe(shared.original_scan):
+        print(f"text in the image: {line}", file=sys.stderr)
+    for warning in shared.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if shared.redacted:
+        print("the copy sent has the text blacked out", file=sys.stderr)
+    return shared.image
+
+
 def _record(args: argparse.Namespace) -> RecordData | None:
     if not (args.patient_name or args.patient_id):
         return None
@@ -374,6 +437,10 @@ def _send(args: argparse.Namespace) -> int:
     if record is not None and prepared is None:
         raise FlowError("patient data goes with an image (--image FILE)",
                         code=ErrorCode.VALIDATION_FAILED.value)
+    _guard_text(args, text, purpose)
+    if prepared is not None:
+        prepared = imaging.PreparedImage(_shared_image(args, prepared, purpose),
+                                         prepared.warnings)
     device = _unlock(args)
 
     async def go() -> tuple[str, str, int]:
@@ -388,7 +455,8 @@ def _send(args: argparse.Namespace) -> int:
                 thread_id = (await client.create_thread(users, roles, priority)).thread_id
             if prepared is None:
                 sent = await client.send_text(thread_id, text, priority=priority,
-                                              purpose=purpose, subject=args.subject)
+                                              purpose=purpose, subject=args.subject,
+                                              necessity=args.necessity)
             else:
                 from clients.consent import register_consent
 
@@ -399,7 +467,7 @@ def _send(args: argparse.Namespace) -> int:
                     thread_id, prepared.image, consent_token=token, text=text, record=record,
                     purpose=purpose, priority=priority, subject=args.subject,
                     warnings=[w.issue.value for w in prepared.warnings],
-                    progress=_ProgressBar())
+                    progress=_ProgressBar(), necessity=args.necessity)
             return sent.message_id, thread_id, sent.thread_seq
         finally:
             await client.close()
@@ -445,6 +513,16 @@ def register(sub: Any) -> None:
     c.add_argument("--consent-token", metavar="FILE", help="from `lightbox consent capture`")
     c.add_argument("--patient-agreed", action="store_true")
     c.add_argument("--statements-shown", action="store_true")
+    x = s.add_argument_group("clinical safety (issue 10; docs/CLINICAL_SAFETY.md)")
+    x.add_argument("--necessity", metavar="TEXT", help="the clinical necessity of consulting "
+                   "outside your organisation (sealed; required for external recipients)")
+    x.add_argument("--redact", choices=["none", "identifiers", "all-text"], default="none",
+                   help="black out text found in the image (all-text is required for "
+                        "teaching, publication and research when the image shows text)")
+    x.add_argument("--redact-box", action="append", metavar="X,Y,W,H",
+                   help="also black out this box (pixels of the upright image)")
+    x.add_argument("--text-checked", action="store_true",
+                   help="send the text as written despite the identifier warnings")
     s.set_defaults(func=_guarded(_send))
     i = sub.add_parser("inbox", help="messages that arrived (stored in your vault)")
     i.add_argument("--mark-read", action="store_true")

@@ -57,6 +57,7 @@ __all__ = [
     "dominant_tilt",
     "jpeg_segments",
     "laplacian_variance",
+    "load_upright",
     "prepare_image",
     "sanitise_image",
 ]
@@ -291,6 +292,12 @@ def _load_upright(data: bytes, limits: ImageLimits) -> Image.Image:
         raise ImageRejected(
             RejectCode.NOT_AN_IMAGE, "This image uses a colour format Lightbox cannot convert."
         ) from exc
+
+
+def load_upright(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Decode ``data`` as :func:`sanitise_image` does (limits, orientation applied, 8-bit sRGB
+    or grey) without encoding: the pixels that OCR and redaction work on (clients/phi.py)."""
+    return _load_upright(data, limits)
 
 
 def sanitise_image(

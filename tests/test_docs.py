@@ -32,3 +32,14 @@ def test_changelog_follows_keep_a_changelog() -> None:
     text = (ROOT / "CHANGELOG.md").read_text()
     assert "## [Unreleased]" in text
     assert "keepachangelog.com" in text
+
+
+def test_clinical_safety_doc_cites_only_tests_that_exist() -> None:
+    import re
+
+    text = (ROOT / "docs" / "CLINICAL_SAFETY.md").read_text()
+    cited = re.findall(r"`([a-z_/]+\.py)::(test_[a-z0-9_]+)(?:\[param\])?`", text)
+    assert len(cited) > 40
+    for path, name in cited:
+        source = (ROOT / "tests" / path).read_text()
+        assert re.search(rf"^(async )?def {name}\(", source, re.MULTILINE), f"{path}::{name}"

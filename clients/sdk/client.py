@@ -551,15 +551,23 @@ class LightboxClient:
     async def _send_body(
         self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
         consent_id: str | None = None, attachment_ids: Sequence[str] = (),
-        external: bool = False, timeout: float | None = 60.0,
+        necessity: str | None = None, timeout: float | None = 60.0,
     ) -> tuple[SentMessage, MessageHeader]:
+        from clients.external import apply_external
+
         if self.connection is None:
             raise FlowError("the client is not started", code=ErrorCode.NOT_READY.value)
-        plain = encode_body(body)
+        encode_body(body)  # an invalid body fails before any network call
         message_id = str(uuid.uuid4())
         keys = self.store.state.device_keys()
         for attempt in range(2):
             recipients = await self._recipients(thread_id)
+            # Issue 10 item 3: recipients in another organisation (from their verified
+            # certificates) need the sealed clinical-necessity statement and the header flag.
+            body, external = apply_external(
+                body, sender_org=self.store.state.org_id, necessity=necessity, purpose=purpose,
+                recipient_orgs=[r.device.user.org_id for r in recipients])
+            plain = encode_body(body)
             header = MessageHeader(
                 v=1, message_id=message_id, thread_id=thread_id, sender_user_id=self.user_id,
                 sender_device_id=self.device_id, sent_at=int(self._clock()), purpose=purpose,
@@ -596,14 +604,16 @@ class LightboxClient:
     async def send_text(
         self, thread_id: str, text: str, *, priority: Priority | None = None,
         purpose: Purpose = Purpose.DIRECT_CARE, reply_to: str | None = None,
-        subject: str | None = None, timeout: float | None = 60.0,
+        subject: str | None = None, necessity: str | None = None,
+        timeout: float | None = 60.0,
     ) -> SentMessage:
         """Seal ``text`` for every current participant device and send it; returns once the
-        relay has stored it durably."""
+        relay has stored it durably. ``necessity``: the clinical-necessity statement, required
+        when a recipient is in another organisation (clients/external.py)."""
         prio = priority or self._thread_priority(thread_id)
         sent, _ = await self._send_body(
             thread_id, Body(text=text, reply_to=reply_to, subject=subject), purpose=purpose,
-            priority=prio, timeout=timeout)
+            priority=prio, necessity=necessity, timeout=timeout)
         return sent
 
     def _thread_priority(self, thread_id: str) -> Priority:
@@ -615,7 +625,8 @@ class LightboxClient:
         text: str = "", record: RecordData | None = None,
         purpose: Purpose = Purpose.DIRECT_CARE, priority: Priority | None = None,
         warnings: Sequence[str] = (), subject: str | None = None,
-        progress: Progress | None = None, timeout: float | None = 120.0,
+        progress: Progress | None = None, necessity: str | None = None,
+        timeout: float | None = 120.0,
     ) -> SentMessage:
         """Send a sanitised image (:func:`clients.imaging.prepare_image`) under a registered
         consent token that names it: encrypt (worker thread), upload resumably, seal the
@@ -638,7 +649,7 @@ class LightboxClient:
         sent, _ = await self._send_body(
             thread_id, body, purpose=purpose, priority=priority or self._thread_priority(
                 thread_id), consent_id=claims.jti, attachment_ids=[attachment_id],
-            timeout=timeout)
+            necessity=necessity, timeout=timeout)
         self.vault.put_image(attachment_id, image.data, media_type=image.media_type,
                              width=image.width, height=image.height, thread_id=thread_id,
                              message_id=sent.message_id)

@@ -12,11 +12,12 @@ PYTEST_ARGS ?=
 
 export HOST PORT WORKERS
 
-.PHONY: help install run test lint docs clean system-deps bench
+.PHONY: help install run test lint docs clean system-deps bench demo
 
 help:
 	@echo "make run     start the relay on 127.0.0.1:8000 (embedded Postgres in .data/pg)"
 	@echo "make test    run the whole test suite"
+	@echo "make demo    play the whole consult journey (DEMO_INTERACTIVE=1: keep the desktop open)"
 	@echo "make lint    ruff + mypy (strict on protocol/)"
 	@echo "make bench   relay and attachment benchmarks (a few minutes; BENCH_ARGS=--help)"
 	@echo "make docs    regenerate the tables in README.md and docs/"
@@ -52,6 +53,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict protocol
 	$(BIN)/mypy server clients
+
+# The whole journey with the real programs (clients/demo.py); data in .data/demo, made afresh.
+demo: $(STAMP)
+	@mkdir -p .data
+	$(BIN)/python -m clients.demo
 
 # The relay benchmark (docs/BENCHMARKS.md); not part of `make test`.
 bench: $(STAMP)

@@ -10,6 +10,8 @@ after ``login``.
 
 Secrets come from no-echo prompts or, for scripts, LIGHTBOX_ORG_PASSPHRASE and
 LIGHTBOX_ADMIN_PASSWORD; the keyfile from ``--keyfile`` or LIGHTBOX_ORG_KEYFILE.
+``rota`` (``role``, ``add``, ``import``, ``show``, ``remove``) manages on-call rotas through
+the admin API after ``login``; imports take CSV or iCalendar files (clients/rotaio.py).
 Exit status: 0 success, 1 some of the work failed (per-row reports), 2 nothing was done.
 """
 
@@ -26,10 +28,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from clients import adminops, csvio, handout
+from clients import adminops, csvio, handout, rotaio
 from clients.adminsession import AdminSession, SessionError, load_session, save_session
 from clients.orgkey import (
     OrgKeyError,
@@ -41,7 +44,7 @@ from clients.orgkey import (
 from clients.prompts import PromptError, read_secret
 from clients.sdk.errors import SDKError
 from clients.sdk.http import RelayHTTP
-from protocol import certs
+from protocol import api, certs
 from protocol.canonical import b64url_encode, peek_compact
 from protocol.errors import ProtocolError
 from protocol.keys import OrganisationKey
@@ -489,6 +492,134 @@ def _user_parsers(sub: Any) -> None:
     renew.set_defaults(func=_user_renew)
 
 
+# --- on-call rotas (docs/OPERATIONS.md) --------------------------------------------------------
+
+
+def _when_arg(text: str, tz: str) -> int:
+    try:
+        t = dt.datetime.fromisoformat(text)
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=ZoneInfo(tz))
+    except (ValueError, KeyError) as exc:
+        raise CommandError(f"{text!r}: not an ISO 8601 date-time ({exc})") from exc
+    return int(t.timestamp())
+
+
+def _rota_report(stored: int, failures: Sequence[rotaio.RotaRowError]) -> int:
+    for f in sorted(failures, key=lambda f: f.line):
+        who = f" ({f.what})" if f.what else ""
+        print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
+    print(f"{stored} shifts stored, {len(failures)} refused")
+    return 1 if failures else 0
+
+
+def _rota_role(args: argparse.Namespace) -> int:
+    session = load_session()
+
+    async def go() -> Any:
+        async with _relay(session) as relay:
+            return await relay.set_oncall_role(args.org, args.role, api.OncallRoleSet(
+                display_name=args.name or "", urgent_seconds=int(args.urgent_minutes * 60),
+                routine_seconds=int(args.routine_minutes * 60)))
+
+    info = _run(go)
+    print(f"role {info.role} of {info.org_id}: acknowledge urgent within "
+          f"{info.urgent_seconds // 60} min, routine within {info.routine_seconds // 60} min")
+    return 0
+
+
+def _post_shifts(args: argparse.Namespace, rows: list[rotaio.ShiftRow],
+                 failures: list[rotaio.RotaRowError]) -> int:
+    session = load_session()
+
+    async def go() -> tuple[list[str], list[rotaio.RotaRowError]]:
+        async with _relay(session) as relay:
+            return await adminops.import_shifts(relay, org_id=args.org, role=args.role,
+                                                rows=rows)
+
+    stored, refused = _run(go) if rows else ([], [])
+    return _rota_report(len(stored), failures + refused)
+
+
+def _rota_add(args: argparse.Namespace) -> int:
+    ladder = [p.strip() for p in args.ladder.replace(",", ";").split(";") if p.strip()]
+    row = rotaio.ShiftRow(0, _when_arg(args.start, args.tz), _when_arg(args.end, args.tz),
+                          tuple(ladder))
+    return _post_shifts(args, [row], [])
+
+
+def _rota_import(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    with path.open("rb") as f:
+        data = f.read(csvio.MAX_CSV_BYTES + 1)
+    rows, failures = rotaio.parse_rota(path.name, data, tz=args.tz)
+    return _post_shifts(args, rows, failures)
+
+
+def _rota_show(args: argparse.Namespace) -> int:
+    session = load_session()
+
+    async def go() -> api.ShiftList:
+        async with _relay(session) as relay:
+            return await relay.shifts(args.org, args.role, current=not args.all)
+
+    def fmt(ts: int) -> str:
+        return dt.datetime.fromtimestamp(ts, ZoneInfo(args.tz)).strftime("%Y-%m-%d %H:%M %Z")
+
+    for s in _run(go).shifts:
+        ladder = " > ".join(m.display_name or m.user_id for m in s.ladder)
+        print(f"{s.shift_id}  {fmt(s.starts_at)} - {fmt(s.ends_at)}  {ladder}")
+    return 0
+
+
+def _rota_remove(args: argparse.Namespace) -> int:
+    session = load_session()
+
+    async def go() -> None:
+        async with _relay(session) as relay:
+            await relay.delete_shift(args.org, args.role, args.shift_id)
+
+    _run(go)
+    print(f"shift {args.shift_id} removed")
+    return 0
+
+
+def _rota_parsers(sub: Any) -> None:
+    rota = sub.add_parser("rota", help="on-call roles and rotas").add_subparsers(
+        dest="cmd", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("role", help="e.g. orthopaedics-oncall (same as orthopaedics_oncall)")
+        p.add_argument("--org", required=True, help="organisation id")
+        p.add_argument("--tz", default="UTC", help="time zone of times without an offset")
+
+    role = rota.add_parser("role", help="define a role and its acknowledgement deadlines")
+    common(role)
+    role.add_argument("--name", help="display name")
+    role.add_argument("--urgent-minutes", type=float, default=5)
+    role.add_argument("--routine-minutes", type=float, default=30)
+    role.set_defaults(func=_rota_role)
+    add = rota.add_parser("add", help="add one shift")
+    common(add)
+    add.add_argument("--start", required=True, help="ISO 8601, e.g. 2026-12-01T20:00")
+    add.add_argument("--end", required=True)
+    add.add_argument("--ladder", required=True,
+                     help="logins, primary first then backups, separated by ';'")
+    add.set_defaults(func=_rota_add)
+    imp = rota.add_parser("import", help="add shifts from a CSV or iCalendar (.ics) file")
+    common(imp)
+    imp.add_argument("file")
+    imp.set_defaults(func=_rota_import)
+    show = rota.add_parser("show", help="the role's shifts not yet ended")
+    common(show)
+    show.add_argument("--all", action="store_true", help="past shifts too")
+    show.set_defaults(func=_rota_show)
+    rm = rota.add_parser("remove", help="remove a shift")
+    common(rm)
+    rm.add_argument("shift_id")
+    rm.set_defaults(func=_rota_remove)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightbox-admin", description="Lightbox IT administration.")
     sub = p.add_subparsers(dest="group", required=True)
@@ -517,6 +648,13 @@ def build_parser() -> argparse.ArgumentParser:
     login.set_defaults(func=_login)
 
     _user_parsers(sub)
+    _rota_parsers(sub)
+    cp = sub.add_parser("copies", help="where every copy of an image went (filing, expiry)")
+    which = cp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--attachment", help="one image's attachment id")
+    which.add_argument("--thread", help="every image of a consult thread")
+    cp.add_argument("--json", action="store_true", help="print the report as JSON")
+    cp.set_defaults(func=_copies)
     dev = sub.add_parser("device", help="devices").add_subparsers(dest="cmd", required=True)
     rv = dev.add_parser("revoke", help="revoke a device (org-signed revocation)")
     rv.add_argument("device_id")
@@ -525,6 +663,27 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--keyfile")
     rv.set_defaults(func=_device_revoke)
     return p
+
+
+def _copies(args: argparse.Namespace) -> int:
+    """Each device that held the image, when it got it, when its expire order went out and
+    when it confirmed destroying its copy, with the filing record (from the audit trail)."""
+    session = load_session()
+
+    async def go() -> Any:
+        async with _relay(session) as relay:
+            return await adminops.copies(relay, attachment_id=args.attachment,
+                                         thread_id=args.thread)
+
+    listing = _run(go)
+    if args.json:
+        import msgspec
+
+        print(msgspec.json.encode(listing).decode())
+    else:
+        for line in adminops.format_copies(listing):
+            print(line)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

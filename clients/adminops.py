@@ -9,22 +9,28 @@ one is built on them, so a relay cannot make IT's tool drop an entry by serving 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
 from collections.abc import Iterable
 
 from clients.csvio import RowError, UserRow
 from clients.provisioning import Provisioned, next_revocation_list, provision_user, renew_licence
+from clients.rotaio import RotaRowError, ShiftRow
 from clients.sdk.errors import FlowError
 from clients.sdk.http import RelayHTTP
 from protocol import api, certs
 from protocol.canonical import LABEL_USER_CERTIFICATE, open_compact, peek_compact
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.filing import CopiesList
 from protocol.keys import OrganisationKey, PassphraseProfile
 
 __all__ = [
     "ImportReport",
     "apply_revocations",
+    "copies",
     "current_revocation_list",
+    "format_copies",
+    "import_shifts",
     "provision_rows",
     "renew_user_licence",
     "resolve_user",
@@ -139,3 +145,67 @@ async def renew_user_licence(
     except ValueError as exc:
         raise FlowError(str(exc), code=ErrorCode.VALIDATION_FAILED.value) from exc
     return await relay.renew_certificate(user_id, token)
+
+
+async def import_shifts(relay: RelayHTTP, *, org_id: str, role: str,
+                        rows: Iterable[ShiftRow]) -> tuple[list[str], list[RotaRowError]]:
+    """Post shifts in batches; returns the stored shift ids and the rows the relay refused
+    (``shift_overlap``, ``shift_empty``, ``rota_invalid`` for unknown users...), by line."""
+    stored: list[str] = []
+    failed: list[RotaRowError] = []
+    todo = list(rows)
+    for i in range(0, len(todo), api.MAX_SHIFTS):
+        batch = todo[i:i + api.MAX_SHIFTS]
+        answer = await relay.add_shifts(org_id, role, api.ShiftsUpload(shifts=[
+            api.ShiftIn(starts_at=r.starts_at, ends_at=r.ends_at, ladder=list(r.ladder),
+                        line=r.line) for r in batch]))
+        by_index = {r.index: r for r in answer.results}
+        for j, row in enumerate(batch):
+            res = by_index.get(j)
+            if res is None:
+                failed.append(RotaRowError(row.line, row.ladder[0], "no answer from the relay"))
+            elif not res.ok:
+                reason = (res.code or "refused") + (f": {res.detail}" if res.detail else "")
+                failed.append(RotaRowError(row.line, row.ladder[0], reason))
+            elif res.shift_id:
+                stored.append(res.shift_id)
+    return stored, failed
+
+
+async def copies(relay: RelayHTTP, *, attachment_id: str | None = None,
+                 thread_id: str | None = None) -> CopiesList:
+    """Where every copy of an image (or of a thread's images) went, from the relay's audit
+    trail (``GET /v1/admin/copies``, docs/PROTOCOL.md §15)."""
+    params = {k: v for k, v in {"attachment_id": attachment_id,
+                                "thread_id": thread_id}.items() if v}
+    r = await relay._send("GET", "/v1/admin/copies", params=params,
+                          headers=relay._admin_headers())
+    return relay._decode(r, CopiesList)
+
+
+def format_copies(listing: CopiesList) -> list[str]:
+    """Human-readable lines, one block per image (times in UTC)."""
+
+    def t(value: int | None) -> str:
+        if value is None:
+            return "-"
+        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    lines: list[str] = []
+    for r in listing.attachments:
+        state = ("filed" if r.filed_at is not None else
+                 "NOT FILED (hard limit)" if r.not_filed_at is not None else "not filed yet")
+        lines.append(f"attachment {r.attachment_id}  thread {r.thread_id or '-'}  {state}")
+        if r.filed_at is not None:
+            lines.append(f"  filed {t(r.filed_at)} by gateway {r.gateway_device_id}  "
+                         f"statement {r.filing_statement_id}  receipt sha256 {r.receipt_sha256}")
+        lines.append(f"  relay ciphertext deleted {t(r.ciphertext_deleted_at)}")
+        lines.append(f"  {'device':<36}  {'role':<9}  {'received':<19}  {'expire order':<19}  "
+                     f"{'reason':<15}  confirmed destroyed")
+        for c in r.copies:
+            lines.append(f"  {c.device_id:<36}  {c.role:<9}  {t(c.received_at):<19}  "
+                         f"{t(c.order_issued_at):<19}  {c.order_reason or '-':<15}  "
+                         f"{t(c.confirmed_at)}")
+        lines.append("  every copy confirmed destroyed" if r.all_destroyed
+                     else "  copies remain")
+    return lines

@@ -33,6 +33,7 @@ from clients import imaging
 from clients.prompts import read_secret
 from clients.sdk.client import (
     ClientEvent,
+    EscalationEvent,
     ExpiredEvent,
     FiledEvent,
     ImageEvent,
@@ -201,6 +202,10 @@ def _inbox(args: argparse.Namespace) -> int:
 def _describe(client: LightboxClient, event: ClientEvent) -> str | None:
     if isinstance(event, ImageEvent):
         return f"    image {event.attachment_id[:8]}: {event.status} {event.reason}".rstrip()
+    if isinstance(event, EscalationEvent):
+        what = {"renotify": "reminded", "released": "passed to the next on call",
+                "handover": "handed over to the incoming shift"}.get(event.kind, event.kind)
+        return f"    consult {event.message_id[:8]} {what} (step {event.step})"
     if isinstance(event, ReceiptEvent):
         return f"    {event.display_name or event.user_id[:8]}: {event.kind} " \
                f"({event.message_id[:8]})"

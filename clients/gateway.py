@@ -1,24 +1,537 @@
 """``lightbox-gateway``: the record gateway that files images into PACS (DICOMweb STOW-RS).
 
-The filing service arrives with the filing issue; today it reports its version.
+Why (DESIGN §6, issue 7): guidance for clinical images says to save the image in the patient's
+record, then delete it from the device. The gateway is a credentialed service device (a service
+account with the role ``record_gateway``, device kind ``gateway``) that every direct-care image
+is also sealed to. For each image it receives it:
+
+1. opens the message (the sender's chain verified against the pinned organisation key), checks
+   the image against the consent it was sent under, and takes the patient and study data from
+   the SEALED body only (never from anything the relay can read);
+2. builds the DICOM object (Secondary Capture for a photo of a film or monitor, VL Photographic
+   for a clinical photo) with UIDs derived from the consult and attachment ids, so a retry
+   stores the same object again rather than a second one;
+3. stores it with STOW-RS and proves it by reading it back (QIDO-RS + WADO-RS, pixel data
+   compared byte for byte): :meth:`clients.pacs.PacsClient.verify_stored`;
+4. seals the full receipt (Study/Series/SOP Instance UIDs, retrieve URL) to the thread's
+   participants (body kind ``filing_receipt``), then sends the relay a ``filing`` statement
+   signed by its device key naming the SHA-256 of that sealed receipt; the relay answers
+   ``filed_notice`` and starts the grace period after which every copy expires.
+
+Failures: PACS unreachable (or its credentials refused) -> retry with exponential backoff, for
+as long as it takes, without acknowledging the delivery (nothing expires meanwhile; a crash
+re-delivers it); PACS rejects the object (400/409) or the image fails its checks -> no filing
+statement, and the sender is alerted with the reason in a sealed message to the thread. Only
+then is the delivery acknowledged. The gateway keeps no copy: the image lives in memory for the
+duration of one filing.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import getpass
+import hashlib
+import io
+import logging
+import os
+import random
 import sys
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-__all__ = ["main"]
+import msgspec
+from PIL import Image
+
+from clients import dicom
+from clients.pacs import (
+    InstanceRef,
+    PacsAuthError,
+    PacsClient,
+    PacsError,
+    PacsSettings,
+    PacsUnavailable,
+)
+from clients.sdk import attachments as sdk_attachments
+from clients.sdk.connection import Connection
+from clients.sdk.http import RelayHTTP
+from clients.sdk.identity import login, replenish_one_time_prekeys
+from clients.sdk.keystore import DeviceState
+from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
+from protocol import certs, envelope, statements
+from protocol.attachments import AttachmentDescriptor
+from protocol.body import (
+    Body,
+    BodyKind,
+    CaptureKind,
+    FilingReceipt,
+    RecordData,
+    decode_body,
+    encode_body,
+)
+from protocol.canonical import peek_compact
+from protocol.consent import peek_consent_token_unverified
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.frames import Deliver, Error, FiledNotice, Filing, Frame, KeysLow
+from protocol.model import MessageHeader, Priority, Purpose, SealedMessage
+from protocol.statements import FilingStatement
+
+__all__ = ["FilingFailed", "GatewayConfig", "RecordGateway", "main"]
 
 VERSION = "0.1.0"
+log = logging.getLogger("lightbox.gateway")
+UID_NAMESPACE = uuid.UUID("7b0f3c1e-2a54-4c8e-9a61-5d2f8e0c4b17")
+
+
+class FilingFailed(Exception):
+    """This image cannot be filed as it is (the PACS refused it, or it fails a check): the
+    sender is told why and nothing expires until the hard limit."""
+
+
+class StateStore(Protocol):
+    @property
+    def state(self) -> DeviceState: ...
+
+    def save(self, state: DeviceState) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig:
+    retry_base: float = 1.0  # seconds before the first retry of an unreachable PACS
+    retry_max: float = 300.0  # longest wait between retries
+    issuer_of_patient_id: str = ""  # default Issuer of Patient ID when the body names none
+    statement_timeout: float = 30.0
+
+
+def dicom_uid(*parts: str) -> str:
+    """A UUID-derived UID (PS3.5 §B.2, root 2.25) that is the same for the same inputs, so a
+    retried filing stores the same object rather than a duplicate."""
+    return "2.25." + str(uuid.uuid5(UID_NAMESPACE, "/".join(parts)).int)
+
+
+def dicom_record(record: RecordData, header: MessageHeader, *, operator: str,
+                 default_issuer: str) -> dicom.RecordData:
+    """The DICOM patient/study data, from the sealed body's record data (never from server-
+    visible fields: the header only contributes ids and the time the image was sent)."""
+    region = None
+    if record.anatomic_region:
+        region = dicom.CodedConcept(record.anatomic_region[:16], "99LBX",
+                                    record.anatomic_region[:64])
+    try:
+        op = dicom.RecordData(  # validate the operator's name alone first
+            patient_name="X", patient_id="X", issuer_of_patient_id="X", birth_date=None,
+            sex=dicom.Sex.UNKNOWN, accession_number="", study_description="",
+            acquisition_datetime=dt.datetime.now(dt.UTC), operator_name=operator,
+            consult_reference="x").operator_name
+    except dicom.DicomBuildError:
+        op = ""
+    return dicom.RecordData(
+        patient_name=record.patient_name, patient_id=record.patient_id,
+        issuer_of_patient_id=record.issuer_of_patient_id or default_issuer,
+        birth_date=dt.date.fromisoformat(record.birth_date) if record.birth_date else None,
+        sex=dicom.Sex(record.sex.value), accession_number=record.accession_number,
+        study_description=record.study_description or "Lightbox consult",
+        acquisition_datetime=dt.datetime.fromtimestamp(header.sent_at, dt.UTC),
+        operator_name=op, consult_reference=header.thread_id,
+        study_instance_uid=dicom_uid("study", header.thread_id, record.patient_id),
+        anatomic_region=region)
+
+
+def build_instance(image: bytes, record: RecordData, header: MessageHeader,
+                   descriptor: AttachmentDescriptor, *, operator: str,
+                   default_issuer: str) -> dicom.DicomInstance:
+    data = dicom_record(record, header, operator=operator, default_issuer=default_issuer)
+    pixels: bytes | Image.Image = image
+    if not image.startswith(b"\xff\xd8"):  # not JPEG (a PNG from a desktop): decode it
+        try:
+            pixels = Image.open(io.BytesIO(image))
+            pixels.load()
+        except (OSError, ValueError) as exc:
+            raise dicom.DicomBuildError(f"not a readable image: {exc}") from exc
+    series = dicom_uid("series", header.message_id)
+    sop = iter([dicom_uid("sop", descriptor.attachment_id)])
+
+    def new_uid() -> str:
+        return next(sop)
+
+    if record.capture is CaptureKind.CLINICAL:
+        return dicom.build_vl_photographic(pixels, data, series_instance_uid=series,
+                                           new_uid=new_uid)
+    return dicom.build_secondary_capture(pixels, data, captured_from=dicom.CapturedFrom.FILM,
+                                         series_instance_uid=series, new_uid=new_uid)
+
+
+class _GatewayConnection(Connection):
+    """A Connection that files deliveries beside the read loop rather than inside it, so the
+    relay's answer to a filing statement (``filed_notice`` or ``error``) reaches the gateway
+    while the filing waits for it. Each delivery is still acknowledged only after its filing
+    finished (filed, or failed for good); one that is interrupted is delivered again."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._busy: set[tuple[str, str]] = set()
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    async def _handle(self, sock: RelaySocket, frame: Frame) -> None:
+        if not isinstance(frame, Deliver):
+            await super()._handle(sock, frame)
+            return
+        h = frame.message.header
+        key = (h.sender_device_id, h.message_id)
+        if self.dedupe.seen(*key):
+            await sock.ack([frame.delivery_id])
+            return
+        if key in self._busy:
+            return  # redelivered while its filing is still running
+        self._busy.add(key)
+        job = asyncio.create_task(self._file(sock, frame, key))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _file(self, sock: RelaySocket, frame: Deliver, key: tuple[str, str]) -> None:
+        try:
+            await self._on_message(frame)
+            self.dedupe.add(*key)
+            with contextlib.suppress(SocketClosed, ConnectionError):
+                await sock.ack([frame.delivery_id])
+        except Exception:  # not acknowledged: the relay delivers it again
+            log.exception("filing interrupted; it will be retried")
+        finally:
+            self._busy.discard(key)
+
+    async def stop(self) -> None:
+        for job in list(self._jobs):
+            job.cancel()
+        await super().stop()
+
+
+class RecordGateway:
+    """One gateway device's filing loop (``await start()``, then it runs until ``stop()``)."""
+
+    def __init__(self, store: StateStore, pacs: PacsClient, *, password: str | None = None,
+                 relay: RelayHTTP | None = None, ws_url: str | None = None,
+                 config: GatewayConfig | None = None, clock: Callable[[], float] = time.time,
+                 backoff_base: float = 0.2, backoff_max: float = 10.0) -> None:
+        self.store, self.pacs, self.clock = store, pacs, clock
+        self.config = config or GatewayConfig()
+        self._password = password
+        st = store.state
+        self.relay = relay or RelayHTTP(st.server_url, device=st.device_keys().signing,
+                                        tokens=st.session)
+        base = st.server_url.rstrip("/")
+        self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")
+        self._backoff = (backoff_base, backoff_max)
+        self.connection: _GatewayConnection | None = None
+        self._waiting: dict[str, asyncio.Future[FiledNotice]] = {}
+        self.filed: list[FilingReceipt] = []
+        self.failed: list[tuple[str, str]] = []  # (attachment id, reason)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def _access_token(self) -> str:
+        tokens = self.relay.tokens
+        if tokens is None or tokens.refresh_expires_at <= self.clock() + 60:
+            if self._password is None:
+                raise RuntimeError("the gateway's session expired: give its password")
+            self.relay.tokens = None
+            await login(self.relay, self.store.state, self._password)
+        elif self.clock() >= tokens.expires_at - 60:
+            await self.relay.refresh()
+        assert self.relay.tokens is not None
+        return self.relay.tokens.access_token
+
+    async def start(self) -> None:
+        keys = self.store.state.device_keys()
+        await self._access_token()
+        self.connection = _GatewayConnection(
+            self.ws_url, device_id=keys.device_id, access_token=self._access_token,
+            sign=keys.sign, on_message=self.handle, on_event=self._on_event,
+            backoff_base=self._backoff[0], backoff_max=self._backoff[1])
+        await self.connection.start()
+
+    async def stop(self) -> None:
+        if self.connection is not None:
+            await self.connection.stop()
+        await self.relay.aclose()
+
+    async def _on_event(self, frame: Frame) -> None:
+        if isinstance(frame, FiledNotice):
+            fut = self._waiting.pop(frame.attachment_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+        elif isinstance(frame, Error) and frame.req_id is not None:
+            fut = self._waiting.pop(frame.req_id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(SendRefused(frame.code.value, frame.detail))
+        elif isinstance(frame, KeysLow):
+            await self._replenish(frame.target - frame.remaining)
+
+    async def _replenish(self, count: int) -> None:
+        await replenish_one_time_prekeys(self.relay, self.store, count, now=int(self.clock()))
+
+    # -- certificates ------------------------------------------------------------------------
+
+    async def _revocations(self) -> certs.RevocationSet:
+        st = self.store.state
+        held = certs.RevocationSet()
+        for token in (await self.relay.revocations()).lists:
+            with contextlib.suppress(ProtocolError):
+                if peek_compact(token, certs.RevocationList,
+                                max_length=certs.MAX_REVOCATION_LIST_LENGTH).org_id == st.org_id:
+                    held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs()))
+        return held
+
+    async def _chain(self, user_id: str, device_id: str,
+                     revocations: certs.RevocationSet) -> tuple[certs.VerifiedDevice, str]:
+        answer = await self.relay.user_devices(user_id)
+        for bundle in answer.devices:
+            verified = certs.verify_chain(
+                answer.user_certificate, bundle.device_certificate,
+                trusted_orgs=self.store.state.trusted_orgs(), at=int(self.clock()),
+                revocations=revocations)
+            if verified.device_id == device_id and verified.user_id == user_id:
+                return verified, answer.user_certificate
+        raise FilingFailed("the sender's device is not a current device of the sender")
+
+    # -- one delivery ------------------------------------------------------------------------
+
+    async def handle(self, frame: Deliver) -> None:
+        """File every image of one delivery; returns (and the delivery is acknowledged) only
+        once each is filed or has failed for good."""
+        sealed = frame.message
+        h = sealed.header
+        st = self.store.state
+        revocations = await self._revocations()
+        try:
+            sender, sender_user_cert = await self._chain(h.sender_user_id, h.sender_device_id,
+                                                         revocations)
+            plain = await asyncio.to_thread(
+                envelope.open_message, sealed, me=st.device_keys(), prekeys=st.prekey_store(),
+                sender=sender, seen=envelope.MemorySeenSet())
+            body = decode_body(plain)
+        except (ProtocolError, FilingFailed) as exc:
+            log.warning("a delivery could not be opened and is dropped",
+                        extra={"error_type": type(exc).__name__})
+            return
+        self._forget_one_time_prekey(sealed)
+        if body.kind is not BodyKind.TEXT or not body.attachments:
+            return  # nothing to file (text, receipts of other gateways)
+        if h.purpose not in (Purpose.DIRECT_CARE, Purpose.EXTERNAL_CONSULT):
+            return  # teaching and research images are not the patient's record
+        for descriptor in body.attachments:
+            try:
+                receipt = await self._file_one(h, body, descriptor, sender, sender_user_cert,
+                                               revocations)
+            except FilingFailed as exc:
+                self.failed.append((descriptor.attachment_id, str(exc)))
+                log.warning("image not filed", extra={"attachment_id": descriptor.attachment_id,
+                                                       "reason": str(exc)})
+                await self._tell_thread(h, Body(
+                    text=f"The record gateway could not file the image "
+                         f"{descriptor.attachment_id}: {exc}. It was NOT saved to the "
+                         f"patient's record; nothing will expire until the hard limit.",
+                    reply_to=h.message_id), revocations)
+            else:
+                self.filed.append(receipt)
+
+    def _forget_one_time_prekey(self, sealed: SealedMessage) -> None:
+        key = envelope.wrapped_key_for(sealed, self.store.state.device_id)
+        if key is None or key.one_time_prekey_id is None:
+            return
+        st = self.store.state
+        kept = [p for p in st.one_time_prekeys if p.prekey_id != key.one_time_prekey_id]
+        if len(kept) != len(st.one_time_prekeys):
+            self.store.save(msgspec.structs.replace(st, one_time_prekeys=kept))
+
+    async def _file_one(self, h: MessageHeader, body: Body, descriptor: AttachmentDescriptor,
+                        sender: certs.VerifiedDevice, sender_user_cert: str,
+                        revocations: certs.RevocationSet) -> FilingReceipt:
+        if body.record is None:
+            raise FilingFailed("the message carries no patient data for the record")
+        try:
+            image = await sdk_attachments.decrypt(
+                await sdk_attachments.download(self.relay, descriptor.attachment_id),
+                descriptor)
+        except (ProtocolError, Exception) as exc:
+            raise FilingFailed(f"the image could not be fetched or decrypted "
+                               f"({type(exc).__name__})") from exc
+        if body.consent_token is None or h.consent_id is None:
+            raise FilingFailed("the image was sent without a consent")
+        try:
+            claims = peek_consent_token_unverified(body.consent_token)
+            issuer_cert = (sender_user_cert if claims.iss == sender.user_id
+                           else (await self.relay.user_devices(claims.iss)).user_certificate)
+            sdk_attachments.check_image_consent(
+                hashlib.sha256(image).digest(), body.consent_token,
+                issuer_certificate=issuer_cert, trusted_orgs=self.store.state.trusted_orgs(),
+                consent_id=h.consent_id)
+        except Exception as exc:
+            raise FilingFailed("the image is not one its consent names") from exc
+        try:
+            instance = await asyncio.to_thread(
+                build_instance, image, body.record, h, descriptor,
+                operator=sender.user.display_name,
+                default_issuer=self.config.issuer_of_patient_id or self.store.state.org_id)
+        except dicom.DicomBuildError as exc:
+            raise FilingFailed(f"no valid DICOM object can be made: {exc}") from exc
+        ref = await self._store(instance)
+        filed_at = int(self.clock())
+        receipt = FilingReceipt(
+            attachment_id=descriptor.attachment_id, message_id=h.message_id,
+            study_instance_uid=instance.study_instance_uid,
+            series_instance_uid=instance.series_instance_uid,
+            sop_instance_uid=instance.sop_instance_uid, filed_at=filed_at,
+            retrieve_url=(ref.retrieve_url or "")[:1024],
+            record_ref=instance.study_instance_uid)
+        sealed_receipt = await self._tell_thread(
+            h, Body(kind=BodyKind.FILING_RECEIPT, filing=receipt), revocations)
+        await self._statement(h, descriptor.attachment_id, filed_at,
+                              hashlib.sha256(envelope.encode_sealed(sealed_receipt)).digest())
+        return receipt
+
+    async def _store(self, instance: dicom.DicomInstance) -> InstanceRef:
+        """STOW-RS then read back; an unreachable PACS is retried until it answers."""
+        attempt = 0
+        while True:
+            try:
+                await self.pacs.store([instance], study_instance_uid=instance.study_instance_uid)
+                return await self.pacs.verify_stored(instance)
+            except (PacsUnavailable, PacsAuthError) as exc:
+                attempt += 1
+                delay = min(self.config.retry_max, self.config.retry_base * 2 ** min(attempt, 16))
+                log.warning("PACS unavailable; retrying", extra={
+                    "attempt": attempt, "delay": delay, "error_type": type(exc).__name__})
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+            except PacsError as exc:  # rejected (400/409), verification failed, protocol
+                raise FilingFailed(f"the PACS refused it: {exc}") from exc
+
+    async def _statement(self, h: MessageHeader, attachment_id: str, filed_at: int,
+                         receipt_sha256: bytes) -> FiledNotice:
+        st = self.store.state
+        body = FilingStatement(
+            v=statements.STATEMENT_VERSION,
+            statement_id=str(uuid.uuid5(UID_NAMESPACE, f"filing/{attachment_id}")),
+            device_id=st.device_id, attachment_id=attachment_id, message_id=h.message_id,
+            thread_id=h.thread_id, filed_at=filed_at, receipt_sha256=receipt_sha256)
+        token = statements.issue_filing_statement(body, st.device_keys().signing)
+        assert self.connection is not None
+        while True:
+            req_id = uuid.uuid4().hex
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[FiledNotice] = loop.create_future()
+            self._waiting[attachment_id] = fut
+            self._waiting[req_id] = fut
+            try:
+                await self.connection.send_frame(Filing(req_id=req_id, statement=token))
+                async with asyncio.timeout(self.config.statement_timeout):
+                    return await fut
+            except SendRefused as refused:
+                raise FilingFailed(f"the relay refused the filing ({refused.code})") from refused
+            except (TimeoutError, ConnectionError):
+                await asyncio.sleep(self._backoff[0])  # reconnecting: send it again
+            finally:
+                self._waiting.pop(attachment_id, None)
+                self._waiting.pop(req_id, None)
+
+    # -- answering into the thread -----------------------------------------------------------
+
+    async def _tell_thread(self, h: MessageHeader, body: Body,
+                           revocations: certs.RevocationSet) -> SealedMessage:
+        """Seal ``body`` to the thread's participants (those the image went to, corrected by
+        the relay's device-set answer) and send it; returns the sealed message."""
+        st = self.store.state
+        plain = encode_body(body)
+        wanted = {h.sender_device_id, *h.recipient_devices} - {st.device_id}
+        assert self.connection is not None
+        for _ in range(4):
+            bundles = await self._bundles(sorted(wanted), revocations)
+            header = MessageHeader(
+                v=1, message_id=str(uuid.uuid4()), thread_id=h.thread_id,
+                sender_user_id=st.user_id, sender_device_id=st.device_id,
+                sent_at=int(self.clock()), purpose=Purpose.DIRECT_CARE,
+                priority=Priority.ROUTINE, consent_id=None, attachment_ids=[],
+                recipient_devices=[b.device.device_id for b in bundles])
+            sealed = await asyncio.to_thread(envelope.seal_message, header, plain,
+                                             sender=st.device_keys(), recipients=bundles)
+            try:
+                await self.connection.send(sealed)
+                return sealed
+            except SendRefused as refused:
+                if refused.code != ErrorCode.DEVICE_SET_MISMATCH.value:
+                    raise FilingFailed(f"the thread refused the message ({refused.code})") \
+                        from refused
+                wanted = (wanted | set(refused.missing or [])) - set(refused.extra or []) \
+                    - set(refused.stale or [])
+        raise FilingFailed("the thread's devices kept changing")
+
+    async def _bundles(self, device_ids: Sequence[str], revocations: certs.RevocationSet
+                       ) -> list[envelope.RecipientBundle]:
+        out: list[envelope.RecipientBundle] = []
+        if not device_ids:
+            return out
+        claimed = await self.relay.claim_keys(list(device_ids))
+        for key in claimed.keys:
+            verified = certs.verify_chain(key.user_certificate, key.device_certificate,
+                                          trusted_orgs=self.store.state.trusted_orgs(),
+                                          at=int(self.clock()), revocations=revocations)
+            if verified.device_id in device_ids and verified.device.kind.value != "gateway":
+                out.append(envelope.RecipientBundle.from_tokens(
+                    verified, key.signed_prekey, key.one_time_prekey))
+        return out
+
+
+# --- the program ---------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lightbox-gateway", description="Lightbox record gateway.")
+    p = argparse.ArgumentParser(
+        prog="lightbox-gateway", description="Lightbox record gateway: files every image it "
+        "receives into PACS (DICOMweb STOW-RS), confirms it by reading it back, and reports "
+        "the filing so device copies expire. PACS settings: LIGHTBOX_PACS_URL, "
+        "LIGHTBOX_PACS_USERNAME, LIGHTBOX_PACS_PASSWORD_FILE (docs/OPERATIONS.md).")
     p.add_argument("--version", action="version", version=f"lightbox-gateway {VERSION}")
-    p.parse_args(argv)
-    p.print_help()
+    p.add_argument("--profile", default=os.environ.get("LIGHTBOX_PROFILE", "gateway"),
+                   help="the gateway device's key store profile (enrolled like any device)")
+    p.add_argument("--issuer", default=os.environ.get("LIGHTBOX_GATEWAY_ISSUER", ""),
+                   help="Issuer of Patient ID when a message names none (default: the org id)")
+    p.add_argument("--retry-max", type=float, default=300.0,
+                   help="longest wait between retries of an unreachable PACS, in seconds")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper())
+    try:
+        settings = PacsSettings.from_env()
+    except (ValueError, OSError) as exc:
+        print(f"lightbox-gateway: {exc}", file=sys.stderr)
+        return 2
+    from clients.sdk.errors import KeyStoreError
+    from clients.sdk.keystore import KeyStore
+
+    password = os.environ.get("LIGHTBOX_PASSWORD") or getpass.getpass("Gateway password: ")
+    try:
+        store = KeyStore.for_profile(args.profile).open(password)
+    except KeyStoreError as exc:
+        print(f"lightbox-gateway: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        async with PacsClient(settings) as pacs:
+            gw = RecordGateway(store, pacs, password=password, config=GatewayConfig(
+                retry_max=args.retry_max, issuer_of_patient_id=args.issuer))
+            await gw.start()
+            assert gw.connection is not None
+            try:
+                stopped = await gw.connection.stopped
+                print(f"lightbox-gateway: stopped: {stopped}", file=sys.stderr)
+            finally:
+                await gw.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
     return 0
 
 

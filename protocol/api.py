@@ -33,7 +33,9 @@ __all__ = [
     "LABEL_REQUEST_PROOF",
     "MAX_BATCH_USERS",
     "MAX_CLAIM_DEVICES",
+    "MAX_LADDER",
     "MAX_PREKEY_BATCH",
+    "MAX_SHIFTS",
     "AdminLogin",
     "AdminToken",
     "CertificateRenewal",
@@ -53,9 +55,17 @@ __all__ = [
     "EnrolPackage",
     "Enrolled",
     "EnrolmentBundle",
+    "EscalationInfo",
+    "EscalationList",
+    "EscalationStep",
     "KeyClaim",
+    "LadderMember",
     "LoginChallenge",
     "LoginRequest",
+    "OnCall",
+    "OncallRoleInfo",
+    "OncallRoleList",
+    "OncallRoleSet",
     "PairingCertificate",
     "PairingClaim",
     "PairingOffer",
@@ -68,9 +78,16 @@ __all__ = [
     "ProvisionUser",
     "ProvisionUsers",
     "ReadMark",
+    "ReceiptInfo",
+    "ReceiptList",
     "RefreshRequest",
     "RevocationLists",
     "RevocationUpload",
+    "ShiftIn",
+    "ShiftInfo",
+    "ShiftList",
+    "ShiftResult",
+    "ShiftResults",
     "SignedPrekeyUpload",
     "ThreadCreate",
     "ThreadInfo",
@@ -394,7 +411,9 @@ class DirectoryResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
 # --- consult threads ---------------------------------------------------------------------------
 
-Role = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+Role = Annotated[str, msgspec.Meta(pattern=r"^(role:)?[a-z][a-z0-9_-]{0,63}$")]
+"""A role address: ``orthopaedics_oncall``, ``orthopaedics-oncall`` or ``role:orthopaedics-oncall``
+(the relay normalises it, protocol.oncall.normalise_role)."""
 MAX_PARTICIPANTS: Final = 64
 
 
@@ -508,3 +527,133 @@ class ConsentMismatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     attachment_id: Id | None = None
     reason: Annotated[str, msgspec.Meta(pattern=r"^(image_not_named|token_invalid)$")] = (
         "image_not_named")
+
+
+# --- on-call rotas, escalations and receipts (PROTOCOL §15) -------------------------------------
+
+OncallRole = Annotated[str, msgspec.Meta(pattern=r"^(role:)?[a-z][a-z0-9_-]{0,63}$")]
+Seconds = Annotated[int, msgspec.Meta(ge=30, le=7 * 86400)]
+Time = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+LadderRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]  # user id or login
+MAX_LADDER: Final = 16
+MAX_SHIFTS: Final = 1000
+
+
+class OncallRoleSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Define (or update) an on-call role: its acknowledgement deadlines per priority."""
+
+    display_name: Short = ""
+    urgent_seconds: Seconds = 300
+    routine_seconds: Seconds = 1800
+
+
+class OncallRoleInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    org_id: str
+    role: str
+    display_name: str
+    urgent_seconds: int
+    routine_seconds: int
+
+
+class OncallRoleList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    roles: list[OncallRoleInfo]
+
+
+class ShiftIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One shift: ``[starts_at, ends_at)``, and its ladder, primary first, then the backups in
+    escalation order (user ids or logins). ``line`` is echoed in the result (file imports)."""
+
+    starts_at: Time
+    ends_at: Time
+    ladder: Annotated[list[LadderRef], msgspec.Meta(max_length=MAX_LADDER)]
+    line: int | None = None
+
+
+class ShiftsUpload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    shifts: Annotated[list[ShiftIn], msgspec.Meta(min_length=1, max_length=MAX_SHIFTS)]
+
+
+class ShiftResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-shift verdict: good shifts are stored even when others are refused
+    (``shift_overlap``, ``shift_empty``, ``rota_invalid``)."""
+
+    index: int
+    line: int | None
+    ok: bool
+    shift_id: str | None = None
+    code: str | None = None
+    detail: str | None = None
+
+
+class ShiftResults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    results: list[ShiftResult]
+
+
+class LadderMember(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    level: int  # 0 = primary
+    user_id: str
+    display_name: str
+
+
+class ShiftInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    shift_id: str
+    role: str
+    starts_at: int
+    ends_at: int
+    ladder: list[LadderMember]
+
+
+class ShiftList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    shifts: list[ShiftInfo]
+
+
+class OnCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``GET /v1/oncall/{role}``: who is on call at ``at``. A consult to the role is sealed
+    for the devices of every ladder member (``GET /v1/threads/{id}/recipients`` of a thread
+    naming the role lists exactly them, with certificates)."""
+
+    role: str
+    org_id: str
+    at: int
+    urgent_seconds: int
+    routine_seconds: int
+    shift: ShiftInfo | None
+
+
+class ReceiptInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A recipient device's signed receipt (``statement``: verify it, PROTOCOL §8)."""
+
+    message_id: str
+    device_id: str
+    user_id: str
+    kind: str  # delivered | read | acknowledged
+    at: int
+    statement: str
+
+
+class ReceiptList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    receipts: list[ReceiptInfo]
+
+
+class EscalationStep(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    step: int
+    kind: str  # renotify | released | handover
+    level: int
+    user_id: str
+    at: int
+
+
+class EscalationInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    message_id: str
+    role: str
+    state: str  # open | acknowledged | exhausted
+    level: int
+    ladder: list[str]
+    due_at: int | None
+    acknowledged_by: str | None
+    acknowledged_at: int | None
+    steps: list[EscalationStep]
+
+
+class EscalationList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    escalations: list[EscalationInfo]

@@ -266,6 +266,7 @@ def check_consent(
     revoked: bool,
     at: int,
     images: Sequence[str] = (),
+    recipient_oncall_roles: Sequence[str] = (),
 ) -> None:
     """Refuse, with PolicyDenied, a delivery the consent does not cover (DESIGN §5).
 
@@ -286,8 +287,9 @@ def check_consent(
        account with the gateway role) for the filing purposes; otherwise, if it is in another
        organisation than the issuer's, basis "written", purpose external_consult and
        ``recipients.external`` -> else consent_external_requires_written; then named by user
-       id, by organisation, or (same organisation only) by one of its roles -> else
-       consent_recipient_out_of_scope;
+       id, by organisation, or (same organisation only) by one of its roles, held in its
+       certificate or, on the relay, through ``recipient_oncall_roles`` (the on-call ladders
+       the recipient is on when the message is sent) -> else consent_recipient_out_of_scope;
     7. every image hash in ``images`` is named in the token -> else consent_image_mismatch.
     """
     skew = policy.clock_skew
@@ -311,7 +313,7 @@ def check_consent(
     elif _is_gateway(claims, recipient, policy) and purpose in policy.filing_purposes:
         pass
     else:
-        _check_recipient(claims, recipient, "recipient")
+        _check_recipient(claims, recipient, "recipient", recipient_oncall_roles)
     named = set(claims.images)
     for digest in images:
         if digest not in named:
@@ -326,7 +328,8 @@ def _is_gateway(claims: ConsentClaims, cert: UserCertificate, policy: ConsentPol
     )
 
 
-def _check_recipient(claims: ConsentClaims, cert: UserCertificate, who: str) -> None:
+def _check_recipient(claims: ConsentClaims, cert: UserCertificate, who: str,
+                     oncall_roles: Sequence[str] = ()) -> None:
     scope = claims.recipients
     external = cert.org_id != claims.org
     if external and not (
@@ -340,6 +343,9 @@ def _check_recipient(claims: ConsentClaims, cert: UserCertificate, who: str) -> 
         or cert.org_id in scope.orgs
         # A role name only means something inside the organisation that defines it.
         or (not external and any(role in scope.roles for role in cert.roles))
+        # A role also covers everyone on its on-call ladder (issue 9), whatever their
+        # certificate says: the rota, not the certificate, decides who answers the role.
+        or (not external and any(role in scope.roles for role in oncall_roles))
     )
     if not covered:
         _deny(ErrorCode.CONSENT_RECIPIENT_OUT_OF_SCOPE, f"{who} not covered")

@@ -33,12 +33,14 @@ from server.db import Database
 from server.enrolment import EnrolmentService
 from server.errors import RelayError
 from server.events import EventBus
+from server.expiry import ExpiryPolicy, FilingService
 from server.hub import Hub
 from server.keydir import KeyDirectory
 from server.login import LoginService
 from server.logs import REQUEST_ID
 from server.metrics import Metrics
 from server.middleware import EdgeMiddleware
+from server.oncall import OncallService
 from server.passwords import Passwords
 from server.problems import problem_response, relay_error_response
 from server.provisioning import ProvisioningService
@@ -47,8 +49,10 @@ from server.routes.attachments import AttachmentRoutes
 from server.routes.auth import AuthRoutes
 from server.routes.consents import ConsentRoutes
 from server.routes.enrol import EnrolRoutes
+from server.routes.filing import FilingRoutes
 from server.routes.health import HealthRoutes
 from server.routes.keys import KeyRoutes
+from server.routes.oncall import OncallRoutes
 from server.routes.threads import ThreadRoutes
 from server.sends import SendPipeline
 from server.settings import Settings
@@ -78,10 +82,15 @@ class Relay:
     pipeline: SendPipeline
     attachments: AttachmentService
     consents: ConsentService
+    filing: FilingService | None = None
+    oncall: OncallService | None = None
 
 
 def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = time.time,
-               check_schema: bool = True, blobs: BlobStore | None = None) -> Relay:
+               check_schema: bool = True, blobs: BlobStore | None = None,
+               oncall_clock: Callable[[], float] | None = None) -> Relay:
+    """``oncall_clock`` (default ``clock``) times rotas and escalations alone, so tests can run
+    an escalation ladder in simulated minutes while tokens and proofs keep real time."""
     db = Database(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
                   timeout=settings.db_timeout)
     metrics = Metrics()
@@ -121,8 +130,15 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
 
     # The relay (issue 5): threads over HTTP, messages over the websocket, group commit,
     # cross-process wake-ups over LISTEN/NOTIFY.
-    endpoints += ThreadRoutes(db=db, settings=settings,
-                              require_device=authn.require_device).endpoints()
+    # On-call (issue 9): rotas, role addressing, escalation timers in Postgres, receipts.
+    oncall = OncallService(db=db, clock=oncall_clock or clock,
+                           sweep_interval=settings.oncall_sweep_interval,
+                           sweep_batch=settings.oncall_sweep_batch)
+    endpoints += ThreadRoutes(db=db, settings=settings, require_device=authn.require_device,
+                              now=oncall.at).endpoints()
+    endpoints += OncallRoutes(db=db, service=oncall, require_device=authn.require_device,
+                              require_admin=authn.require_admin,
+                              max_body=settings.max_body_bytes).endpoints()
     bus = EventBus(dsn)
     bus.subscribe("deliver", hub.on_deliver)
     bus.subscribe("session", hub.on_session)
@@ -150,6 +166,20 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                             max_batch=settings.send_batch,
                             verify_signatures=settings.verify_sender_signatures)
     acks = AckPipeline(db)
+    # Filing and expiry (issue 7): filing statements, expiry orders and confirmations, the
+    # timer sweeper, the gateway requirement on images, wipe orders, where every copy went.
+    filing = FilingService(
+        db=db, blobs=attachment_service.blobs, trust=trust, clock=clock,
+        policy=ExpiryPolicy(grace=settings.expiry_grace, hard_limit=settings.expiry_hard_limit,
+                            sweep_interval=settings.expiry_sweep_interval,
+                            filing_required=settings.filing_required,
+                            optional_orgs=frozenset(
+                                o.strip() for o in settings.filing_optional_orgs.split(",")
+                                if o.strip())))
+    pipeline.filing = filing
+    attachment_service.on_fetched = filing.fetched
+    endpoints += FilingRoutes(db=db, service=filing, authn=authn,
+                              require_device=authn.require_device).endpoints()
     ws_relay = WebSocketRelay(
         db=db, hub=hub, pipeline=pipeline, acks=acks, metrics=metrics,
         authenticator=DeviceSocketAuthenticator(db=db, tokens=tokens, authenticator=authn,
@@ -166,6 +196,9 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             prekeys_low_water=settings.prekeys_low_water,
             prekeys_target=settings.prekeys_target),
         clock=clock)
+    ws_relay.filing = filing
+    pipeline.routing = oncall
+    ws_relay.receipts = oncall
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -182,12 +215,16 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             gauges = asyncio.create_task(_queue_gauges(db, metrics), name="queue-gauges")
             janitor = asyncio.create_task(attachment_service.janitor(),
                                           name="attachment-janitor")
+            sweeper = asyncio.create_task(filing.sweeper(), name="expiry-sweeper")
+            escalator = asyncio.create_task(oncall.run(), name="escalation-sweeper")
             log.info("relay started")
             yield
         finally:
             await hub.close_all()
             gauges.cancel()
             janitor.cancel()
+            sweeper.cancel()
+            escalator.cancel()
             await pipeline.stop()
             await acks.stop()
             await bus.stop()
@@ -208,7 +245,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                        trusted_proxy_hops=settings.trusted_proxy_hops)
     return Relay(app=app, settings=settings, db=db, metrics=metrics, hub=hub,
                  endpoints=endpoints, tokens=tokens, authn=authn, trust=trust,
-                 pipeline=pipeline, attachments=attachment_service, consents=consents)
+                 pipeline=pipeline, attachments=attachment_service, consents=consents,
+                 filing=filing, oncall=oncall)
 
 
 async def _queue_gauges(db: Database, metrics: Metrics, every: float = 15.0) -> None:

@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from protocol.errors import ErrorCode
 from server import audit
@@ -45,9 +45,14 @@ class Download:
 
 
 class AttachmentService:
+    # Told (attachment id, device id) after a device downloaded a whole attachment, so the
+    # ciphertext can go once every recipient has it (server/expiry.py, issue 7).
+    on_fetched: Callable[[str, str], Awaitable[None]] | None = None
+
     def __init__(self, *, db: Database, blobs: BlobStore, limits: AttachmentLimits,
                  clock: Callable[[], float] = time.time) -> None:
         self.db, self.blobs, self.limits, self.clock = db, blobs, limits, clock
+        self._recording: set[asyncio.Task[None]] = set()
 
     def _now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
@@ -93,6 +98,21 @@ class AttachmentService:
 
     def read(self, download: Download, start: int, end: int) -> AsyncIterator[bytes]:
         return self.blobs.read(download.attachment_id, start, end)
+
+    def fetched_soon(self, me: Principal, download: Download) -> None:
+        """:meth:`fetched` in a task of its own (callable from a cancelled download)."""
+        task = asyncio.ensure_future(self.fetched(me, download))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def fetched(self, me: Principal, download: Download) -> None:
+        """The device received the attachment's last byte (a whole or a resumed download)."""
+        if self.on_fetched is None:
+            return
+        try:
+            await self.on_fetched(download.attachment_id, me.device_id)
+        except Exception as exc:  # the download succeeded; bookkeeping must not fail it
+            log.warning("recording a download failed", extra={"error_type": type(exc).__name__})
 
     # -- the sweep ---------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ from server import audit, events
 from server.authn import Principal
 from server.db import Database
 from server.errors import Forbidden, NotFound, RelayError
-from server.store import consents, devices, expiry, messages, users
+from server.store import consents, devices, expiry, messages, oncall, users
 from server.trust import Trust
 
 __all__ = [
@@ -304,11 +304,13 @@ class ConsentService:
                       if d != header.sender_device_id}
         if not recipients:  # no other device: still check the sender's own standing
             recipients = {sender.user_id: owners[header.sender_device_id][1]}
+        oncall_roles = await oncall.ladder_roles(conn, claims.org, sorted(recipients), now)
         try:
             for user_id in sorted(recipients):
                 check_consent(claims, purpose=header.purpose, sender=sender,
                               recipient=self._peek_cert(recipients[user_id]), policy=policy,
-                              revoked=revoked, at=at)
+                              revoked=revoked, at=at,
+                              recipient_oncall_roles=oncall_roles.get(user_id, ()))
         except PolicyDenied as exc:
             raise Forbidden(exc.code, str(exc)) from None
 

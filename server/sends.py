@@ -40,13 +40,13 @@ from typing import Any, Protocol
 from protocol import envelope
 from protocol.errors import ErrorCode, VerificationError
 from protocol.model import MessageHeader, SealedMessage
-from server import events
+from server import audit, events
 from server.db import Database
 from server.errors import Conflict, Forbidden, LimitError, RelayError
 from server.metrics import Metrics
 from server.store import attachments, batches, messages, threads
 
-__all__ = ["SendPipeline", "SendPolicy", "Sender"]
+__all__ = ["Routing", "SendPipeline", "SendPolicy", "Sender"]
 
 log = logging.getLogger("lightbox.sends")
 _REUSED = "this message id was already used with a different message"
@@ -57,6 +57,24 @@ class Sender:
     user_id: str
     device_id: str
     signing_key: bytes
+
+
+class Routing(Protocol):
+    """On-call routing (server/oncall.py): which moment decides who a role reaches, and what
+    happens to a batch's messages once stored (held backup deliveries, escalation timers)."""
+
+    def at(self) -> dt.datetime: ...
+
+    async def after_store(self, conn: Any, stored: list[tuple[messages.NewMessage, int]],
+                          at: dt.datetime) -> None: ...
+
+
+class FilingHook(Protocol):
+    async def admit(self, conn: Any, header: MessageHeader, org_id: str, members: set[str],
+                    device_set: threads.DeviceSet) -> frozenset[str]:
+        """Record-gateway devices the message may involve beyond the participants (left out
+        of checks 3 and 4); raises filing_gateway_missing (server/expiry.py, issue 7)."""
+        ...
 
 
 class SendPolicy(Protocol):
@@ -79,10 +97,13 @@ def _utcnow() -> dt.datetime:
 
 
 class SendPipeline:
+    filing: FilingHook | None = None  # set where the app is assembled (server/app.py)
+
     def __init__(self, db: Database, metrics: Metrics, *, policy: SendPolicy,
                  max_message_bytes: int, max_batch: int = 256, verify_signatures: bool = True,
-                 now: Callable[[], dt.datetime] = _utcnow) -> None:
-        self.db, self.metrics, self.policy = db, metrics, policy
+                 now: Callable[[], dt.datetime] = _utcnow, routing: Routing | None = None
+                 ) -> None:
+        self.db, self.metrics, self.policy, self.routing = db, metrics, policy, routing
         self.max_message_bytes = max_message_bytes
         self.max_batch = max_batch
         self.verify_signatures = verify_signatures
@@ -168,6 +189,7 @@ class SendPipeline:
         processes), look up retries, load participants and device sets, check each send, then
         reserve sequence numbers and insert messages and deliveries for all accepted ones."""
         now = self.now()
+        at = self.routing.at() if self.routing is not None else now
         prepared = [(p, self._new_message(p)) for p in batch]
         outcome: dict[int, messages.Accepted | RelayError] = {}
         first_of: dict[tuple[str, str], int] = {}  # key -> index of its first send here
@@ -177,7 +199,7 @@ class SendPipeline:
             orgs = await batches.lock_threads(conn, (m.thread_id for _, m in prepared))
             existing = await batches.existing_messages(
                 conn, [(m.sender_device_id, m.message_id) for _, m in prepared])
-            members = await batches.participants(conn, sorted(orgs))
+            members = await batches.participants(conn, sorted(orgs), at)
             device_sets = await batches.device_sets(conn, members)
             for i, (p, m) in enumerate(prepared):
                 key = (m.sender_device_id, m.message_id)
@@ -202,7 +224,7 @@ class SendPipeline:
                     continue
                 first_of[key] = i
                 accepted.append((i, m, list(p.message.header.attachment_ids)))
-            await self._insert(conn, accepted, outcome, now)
+            await self._insert(conn, accepted, outcome, now, at)
             woken = sorted({d for _, m, _ in accepted for d in m.recipients})
             for k in range(0, len(woken), 180):
                 await events.publish(conn, "deliver", device_ids=woken[k:k + 180])
@@ -237,10 +259,12 @@ class SendPipeline:
         h = p.message.header
         if h.thread_id not in orgs:
             raise RelayError(ErrorCode.THREAD_NOT_FOUND, "no such thread")
-        if h.sender_user_id not in members[h.thread_id]:
-            raise Forbidden(ErrorCode.NOT_THREAD_MEMBER, "not a participant of this thread")
         ds = device_sets[h.thread_id]
-        named = set(h.recipient_devices)
+        gateways = frozenset[str]() if self.filing is None else await self.filing.admit(
+            conn, h, orgs[h.thread_id], members[h.thread_id], ds)
+        if h.sender_user_id not in members[h.thread_id] and h.sender_device_id not in gateways:
+            raise Forbidden(ErrorCode.NOT_THREAD_MEMBER, "not a participant of this thread")
+        named = set(h.recipient_devices) - gateways
         expected = ds.active - {h.sender_device_id}
         missing = sorted(expected - named)
         stale = sorted(named & ds.inactive)
@@ -249,6 +273,17 @@ class SendPipeline:
             raise RelayError(ErrorCode.DEVICE_SET_MISMATCH,
                              "the recipient devices do not match the thread's participants",
                              extra={"missing": missing, "extra": extra, "stale": stale})
+        sender_org = ds.orgs.get(h.sender_device_id)
+        if not h.external and sender_org is not None and any(
+                ds.orgs.get(d, sender_org) != sender_org for d in named):
+            # Issue 10 item 3: a recipient in another organisation needs the clinical-necessity
+            # statement (sealed in the body) and the header's external flag. Audited.
+            await audit.append(conn, "message.external_necessity_missing", outcome="refused",
+                               subject_kind="thread", subject_id=h.thread_id,
+                               details={"sender_device_id": h.sender_device_id})
+            raise Forbidden(ErrorCode.EXTERNAL_NECESSITY_MISSING,
+                            "a recipient is in another organisation: state the clinical "
+                            "necessity (sealed) and mark the message external")
         if h.attachment_ids:
             await attachments.check_references(conn, h.attachment_ids, h.sender_device_id)
         await self.policy.check_send(conn, h, now)
@@ -256,7 +291,7 @@ class SendPipeline:
     async def _insert(self, conn: Any,
                       accepted: list[tuple[int, messages.NewMessage, list[str]]],
                       outcome: dict[int, messages.Accepted | RelayError],
-                      now: dt.datetime) -> None:
+                      now: dt.datetime, at: dt.datetime) -> None:
         counts: dict[str, int] = {}
         for _, m, _ in accepted:
             counts[m.thread_id] = counts.get(m.thread_id, 0) + 1
@@ -277,3 +312,6 @@ class SendPipeline:
                 await attachments.record_references(
                     conn, sender_device_id=m.sender_device_id, message_id=m.message_id,
                     attachment_ids=attachment_ids, recipients=m.recipients, now=now)
+        if self.routing is not None and rows:
+            await self.routing.after_store(
+                conn, [(m, pks[(m.sender_device_id, m.message_id)]) for m, _ in rows], at)

@@ -221,6 +221,31 @@ class Settings:
         "JSON file of per-organisation consent policies, {org_id: {ConsentPolicy fields}} "
         "(unset, or an organisation not listed: the DESIGN §5 defaults).")
 
+    # --- filing and expiry (docs/PROTOCOL.md §15) ---
+    filing_required: bool = _s(True, "LIGHTBOX_FILING_REQUIRED", "bool",
+                               "Refuse a direct-care image that does not name every active "
+                               "record gateway device of the organisation "
+                               "(filing_gateway_missing).")
+    filing_optional_orgs: str = _s("", "LIGHTBOX_FILING_OPTIONAL_ORGS", "str",
+                                   "Comma-separated organisation ids for which filing is not "
+                                   "required (overrides LIGHTBOX_FILING_REQUIRED for them).")
+    expiry_grace: int = _s(900, "LIGHTBOX_EXPIRY_GRACE", "int",
+                           "Seconds after filing before every device copy is ordered to "
+                           "expire.", limit=True)
+    expiry_hard_limit: int = _s(259_200, "LIGHTBOX_EXPIRY_HARD_LIMIT", "int",
+                                "Seconds after sharing at which an image never filed expires "
+                                "everywhere (72 h).", limit=True)
+    expiry_sweep_interval: float = _s(30.0, "LIGHTBOX_EXPIRY_SWEEP_INTERVAL", "float",
+                                      "Seconds between sweeps of due expiry timers.")
+
+    # --- on-call routing and escalation (docs/PROTOCOL.md §16) ---
+    oncall_sweep_interval: float = _s(5.0, "LIGHTBOX_ONCALL_SWEEP_INTERVAL", "float",
+                                      "Seconds between sweeps of due escalation and handover "
+                                      "timers (the granularity of an escalation step).")
+    oncall_sweep_batch: int = _s(100, "LIGHTBOX_ONCALL_SWEEP_BATCH", "int",
+                                 "Escalation timers one relay process takes per sweep "
+                                 "transaction.", limit=True)
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -36,6 +36,8 @@ from protocol.frames import (
     Accepted,
     Ack,
     Error,
+    ExpiryConfirm,
+    Filing,
     Frame,
     KeysLow,
     Limits,
@@ -61,14 +63,16 @@ from server.acks import AckPipeline
 from server.authn import Authenticator
 from server.db import Database
 from server.errors import RelayError
+from server.expiry import FilingService, WipeRequired
 from server.hub import Hub
 from server.metrics import Metrics
 from server.sends import Sender, SendPipeline
-from server.store import messages, users
+from server.store import devices, messages, users
 from server.tokens import TokenService
 
 __all__ = [
     "DeviceSocketAuthenticator",
+    "ReceiptHook",
     "SocketAuthenticator",
     "SocketConfig",
     "SocketPrincipal",
@@ -87,6 +91,14 @@ class SocketPrincipal:
     org_id: str
     signing_key: bytes
     licence_expires_at: int | None = None  # the socket closes (4005) when the licence ends
+
+
+class ReceiptHook(Protocol):
+    async def on_receipt(self, conn: Any, body: statements.ReceiptStatement, *, user_id: str,
+                         statement: str) -> None:
+        """Check and keep a verified receipt in its transaction (server/oncall.py); raise
+        RelayError (``not_on_ladder``) to refuse it."""
+        ...
 
 
 class SocketAuthenticator(Protocol):
@@ -142,11 +154,14 @@ class _Bucket:
 class WebSocketRelay:
     """Builds the ``/v1/ws`` endpoint from the relay's parts (assembled in server/app.py)."""
 
+    filing: FilingService | None = None  # filing, expiry confirmations, wipe (issue 7)
+
     def __init__(self, *, db: Database, hub: Hub, pipeline: SendPipeline, acks: AckPipeline,
                  metrics: Metrics, authenticator: SocketAuthenticator, config: SocketConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 receipts: ReceiptHook | None = None) -> None:
         self.db, self.hub, self.pipeline, self.metrics = db, hub, pipeline, metrics
-        self.acks = acks
+        self.acks, self.receipts = acks, receipts
         self.authenticator, self.config, self.clock = authenticator, config, clock
 
     async def endpoint(self, ws: WebSocket) -> None:
@@ -188,6 +203,7 @@ class _Connection:
         self._last_activity = self._started  # last frame other than ping/pong: idle timeout
         self._last_seen = self._started  # last frame of any kind: heartbeat
         self._ping_sent_at: float | None = None
+        self._wipe: WipeRequired | None = None
 
     # -- Member protocol (hub) ---------------------------------------------------------------
 
@@ -262,6 +278,7 @@ class _Connection:
             await self._register()
             try:
                 pump = asyncio.create_task(self._pump(), name="pump")
+                pump.add_done_callback(self._pump_ended)
                 try:
                     await self._read_loop()
                 finally:
@@ -277,6 +294,17 @@ class _Connection:
             self._closed = True
             for t in list(self._tasks):
                 t.cancel()
+
+    def _pump_ended(self, task: asyncio.Task[None]) -> None:
+        """A pump that fails must not leave a connection that silently receives nothing: log
+        it and close (1011), so the device reconnects and resumes from its durable queue."""
+        if task.cancelled() or self._closed:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("delivery pump failed", exc_info=exc,
+                      extra={"device_id": self.device_id})
+            self._spawn(self.close(1011, "internal error"))
 
     async def _handshake(self) -> bool:
         deadline = time.monotonic() + self.cfg.auth_timeout
@@ -294,12 +322,24 @@ class _Connection:
             await self._flush()
             if self._closed or self.session.close_code is not None:
                 return False
+            if self._wipe is not None:
+                await self._send_wipe(self._wipe)
+                return False
             if self.principal is not None:
                 return True
 
     async def _authenticate(self, ev: AuthRequested) -> None:
         try:
             p = await self.relay.authenticator.authenticate(ev)
+        except WipeRequired as wipe:
+            # Revoked with wipe, and the device proved it holds its key: let it in only to
+            # hear the order (before anything else), then close (issue 7 item 3).
+            self._wipe = wipe
+            now = self.relay.clock()
+            self.session.accept(session_id=self.session_id, user_id=wipe.user_id,
+                                server_time=int(now), expires_at=int(now) + 60,
+                                heartbeat=self.cfg.heartbeat)
+            return
         except RelayError as err:
             self.relay.metrics.ws_rejections.labels(err.code.value).inc()
             self.session.reject(err.code, err.detail or err.code.value,
@@ -386,6 +426,10 @@ class _Connection:
             self._spawn(self._on_ack(frame))
         elif isinstance(frame, Receipt):
             self._spawn(self._on_receipt(frame))
+        elif isinstance(frame, Filing) and self.relay.filing is not None:
+            self._spawn(self._on_filing(frame))
+        elif isinstance(frame, ExpiryConfirm) and self.relay.filing is not None:
+            self._spawn(self._on_expiry_confirm(frame))
         else:
             self.session.send(Error(code=ErrorCode.UNEXPECTED_FRAME,
                                     detail=f"{type(frame).__name__} is not accepted by this "
@@ -466,11 +510,53 @@ class _Connection:
                 "SELECT device_id::text AS device_id FROM devices WHERE user_id = $1 "
                 "AND status = 'active'", ref.sender_user_id)]
             async with conn.transaction():
+                if self.relay.receipts is not None:  # on-call ladder check, stored receipts
+                    try:
+                        await self.relay.receipts.on_receipt(conn, body, user_id=self.user_id,
+                                                             statement=frame.statement)
+                    except RelayError as err:
+                        await self._refuse(frame.req_id, err)
+                        return
                 await messages.add_notices(
                     conn, targets, "receipt", notice,
                     dedupe_key=f"receipt:{body.message_id}:{self.device_id}:{body.kind}",
                     now=dt.datetime.now(dt.UTC))
                 await events.publish(conn, "deliver", device_ids=targets)
+
+    # -- filing and expiry (server/expiry.py) ----------------------------------------------
+
+    async def _on_filing(self, frame: Filing) -> None:
+        """A gateway's filing statement: answered by ``filed_notice`` or an ``error``."""
+        assert self.principal is not None
+        assert self.relay.filing is not None
+        try:
+            notice = await self.relay.filing.file(device_id=self.device_id,
+                                                  signing_key=self.principal.signing_key,
+                                                  statement=frame.statement)
+        except RelayError as err:
+            await self._refuse(frame.req_id, err)
+            return
+        await self._send(notice)
+
+    async def _on_expiry_confirm(self, frame: ExpiryConfirm) -> None:
+        assert self.principal is not None
+        assert self.relay.filing is not None
+        try:
+            await self.relay.filing.confirm(device_id=self.device_id,
+                                            signing_key=self.principal.signing_key,
+                                            statement=frame.statement)
+        except RelayError as err:
+            await self._refuse(frame.req_id, err)
+
+    async def _send_wipe(self, wipe: WipeRequired) -> None:
+        """``wipe_order`` first (queued deliveries dropped, audited), then close with 4004."""
+        order = None if self.relay.filing is None else await self.relay.filing.wipe(
+            wipe.device_id)
+        if order is not None:
+            self.session.send(order)
+        self.session.close(CloseCode.DEVICE_REVOKED, code=ErrorCode.DEVICE_REVOKED,
+                           detail="this device was revoked")
+        await self._flush()
 
     # -- pump --------------------------------------------------------------------------------
 
@@ -483,8 +569,11 @@ class _Connection:
                 notices = await messages.fetch_notices(conn, self.device_id,
                                                        after_pk=self._last_notice_pk, limit=64)
                 room = self.cfg.send_window - len(self._in_flight)
+                # Urgent first across threads, thread order kept (issue 9): everything still
+                # queued and not in flight on this connection, rather than a cursor, so a
+                # later urgent or a released held delivery is not skipped.
                 batch = (await messages.fetch_deliveries(
-                    conn, self.device_id, after_pk=self._last_pk, limit=min(room, page))
+                    conn, self.device_id, sent=list(self._in_flight), limit=min(room, page))
                     if room > 0 else [])
             for n in notices:
                 self._last_notice_pk = n.notice_pk
@@ -544,7 +633,12 @@ class DeviceSocketAuthenticator:
             raise RelayError(ErrorCode.TOKEN_DEVICE_MISMATCH,
                              "the token was issued to another device")
         async with self.db.pool.acquire() as conn:
-            principal = await self.authenticator.check_device(conn, claims, now=now)
+            try:
+                principal = await self.authenticator.check_device(conn, claims, now=now)
+            except RelayError as err:
+                if err.code is ErrorCode.DEVICE_REVOKED:
+                    await self._wipe_pending(conn, claims.device_id, request)
+                raise
             user = await users.get_user(conn, principal.user_id)
         try:
             verify_challenge(principal.signing_key, request.nonce, request.hello.access_token,
@@ -555,3 +649,17 @@ class DeviceSocketAuthenticator:
         return SocketPrincipal(user_id=principal.user_id, device_id=principal.device_id,
                                org_id=principal.org_id, signing_key=principal.signing_key,
                                licence_expires_at=user.licence_expires_at if user else None)
+
+    @staticmethod
+    async def _wipe_pending(conn: Any, device_id: str, request: AuthRequested) -> None:
+        """Raise WipeRequired when the revoked device must wipe and signed this challenge with
+        its own key (so nobody else can trigger or intercept the order)."""
+        device = await devices.get_device(conn, device_id)
+        if device is None or not device.wipe_pending:
+            return
+        try:
+            verify_challenge(device.signing_key, request.nonce, request.hello.access_token,
+                             request.signature)
+        except VerificationError:
+            return
+        raise WipeRequired(device_id=device.device_id, user_id=device.user_id)

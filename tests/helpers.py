@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -83,10 +83,12 @@ class RunningRelay:
 
 
 @contextlib.contextmanager
-def relay_in_thread(dsn: str, settings: Settings | None = None) -> Iterator[RunningRelay]:
-    """A real uvicorn serving the relay on a free loopback port, in its own thread and loop."""
+def relay_in_thread(dsn: str, settings: Settings | None = None, *,
+                    oncall_clock: Callable[[], float] | None = None) -> Iterator[RunningRelay]:
+    """A real uvicorn serving the relay on a free loopback port, in its own thread and loop.
+    ``oncall_clock`` replaces the rota and escalation clock (simulated minutes)."""
     settings = settings or make_settings()
-    relay = create_app(settings, dsn=dsn)
+    relay = create_app(settings, dsn=dsn, oncall_clock=oncall_clock)
     server = RelayServer(uvicorn_config(relay, settings), relay)
     thread = threading.Thread(target=server.run, name="relay", daemon=True)
     thread.start()
@@ -106,9 +108,11 @@ def relay_in_thread(dsn: str, settings: Settings | None = None) -> Iterator[Runn
 
 
 @contextlib.asynccontextmanager
-async def running_relay(dsn: str, settings: Settings | None = None) -> AsyncIterator[RunningRelay]:
+async def running_relay(dsn: str, settings: Settings | None = None, *,
+                        oncall_clock: Callable[[], float] | None = None
+                        ) -> AsyncIterator[RunningRelay]:
     """Async wrapper: start and stop the relay thread without blocking the test's loop."""
-    cm = relay_in_thread(dsn, settings)
+    cm = relay_in_thread(dsn, settings, oncall_clock=oncall_clock)
     running = await asyncio.to_thread(cm.__enter__)
     try:
         yield running

@@ -14,7 +14,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +253,7 @@ def write_trusted_orgs(path: Path, *orgs: Org) -> Path:
 
 @contextlib.asynccontextmanager
 async def identity_world(dsn: str, tmp: Path, *, orgs: tuple[str, ...] = ("st-elsewhere",),
+                         oncall_clock: Callable[[], float] | None = None,
                          **settings: Any) -> AsyncIterator[World]:
     """A relay trusting fresh organisations, with an IT administrator logged in."""
     org_objs = {o: Org(o) for o in orgs}
@@ -265,7 +266,8 @@ async def identity_world(dsn: str, tmp: Path, *, orgs: tuple[str, ...] = ("st-el
                                   Passwords("cheap").hash_sync(ADMIN_PASSWORD))
     finally:
         await conn.close()
-    async with running_relay(dsn, s) as relay, httpx.AsyncClient(base_url=relay.base_url) as c:
+    async with running_relay(dsn, s, oncall_clock=oncall_clock) as relay, \
+            httpx.AsyncClient(base_url=relay.base_url) as c:
         world = World(relay=relay, http=c, dsn=dsn, orgs=org_objs)
         r = await c.post("/v1/admin/login", json={"login": "it-admin",
                                                   "password": ADMIN_PASSWORD})

@@ -71,7 +71,7 @@ async def thread(world: World, creator: Peer, *others: Peer, roles: list[str] | 
 
 def seal(sender: Peer, thread_id: str, recipients: list[Peer], body: bytes = b"hello",
          *, message_id: str | None = None, priority: Priority = Priority.ROUTINE,
-         recipient_ids: list[str] | None = None) -> SealedMessage:
+         recipient_ids: list[str] | None = None, external: bool = False) -> SealedMessage:
     """A real sealed message from ``sender`` to ``recipients`` (recipient_ids may lie)."""
     now = int(time.time())
     bundles = []
@@ -84,7 +84,7 @@ def seal(sender: Peer, thread_id: str, recipients: list[Peer], body: bytes = b"h
         v=1, message_id=message_id or str(uuid.uuid4()), thread_id=thread_id,
         sender_user_id=sender.user_id, sender_device_id=sender.device_id, sent_at=now,
         purpose=Purpose.DIRECT_CARE, priority=priority, consent_id=None, attachment_ids=[],
-        recipient_devices=[r.device_id for r in recipients])
+        recipient_devices=[r.device_id for r in recipients], external=external)
     sealed = envelope.seal_message(header, body, sender=sender.device.keys, recipients=bundles)
     if recipient_ids is not None:
         sealed = msgspec.structs.replace(

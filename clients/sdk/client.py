@@ -50,8 +50,10 @@ from clients.sdk.errors import (
     RelayUnavailable,
     SDKError,
 )
+from clients.sdk.expiry import wipe
+from clients.sdk.filing import gateway_bundles, needs_gateway
 from clients.sdk.http import RelayHTTP
-from clients.sdk.identity import login, make_prekeys
+from clients.sdk.identity import login, replenish_one_time_prekeys
 from clients.sdk.keystore import DeviceState, DeviceStore
 from clients.sdk.socket import SendRefused, SocketClosed
 from clients.vault import ImageShredded, ItemNotFound, Vault, VaultMessage
@@ -71,6 +73,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import (
     Deliver,
     Error,
+    EscalationNotice,
     ExpireOrder,
     ExpiryConfirm,
     FiledNotice,
@@ -79,6 +82,7 @@ from protocol.frames import (
     Receipt,
     ReceiptNotice,
     Revoked,
+    WipeOrder,
     Withdrawn,
 )
 from protocol.model import MessageHeader, Priority, Purpose, SealedMessage
@@ -175,8 +179,22 @@ class StatusEvent:
     detail: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class EscalationEvent:
+    """An on-call escalation step of a consult (issue 9): ``renotify``, ``released`` (to the
+    next on the ladder, ``user_id``), or ``handover`` at a shift change."""
+
+    thread_id: str
+    message_id: str
+    kind: str
+    step: int
+    level: int
+    user_id: str
+    at: int
+
+
 ClientEvent = (MessageEvent | ImageEvent | ReceiptEvent | FiledEvent | ExpiredEvent
-               | WithdrawnEvent | StatusEvent)
+               | WithdrawnEvent | EscalationEvent | StatusEvent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -562,6 +580,14 @@ class LightboxClient:
         keys = self.store.state.device_keys()
         for attempt in range(2):
             recipients = await self._recipients(thread_id)
+            if needs_gateway(purpose, len(attachment_ids)):
+                # Issue 7: images for direct care are also sealed to the organisation's record
+                # gateway(s), verified like any recipient (clients/sdk/filing.py).
+                known = {r.device.device_id for r in recipients}
+                gateways = await gateway_bundles(
+                    self.relay, trusted_orgs=self.store.state.trusted_orgs(),
+                    revocations=await self.revocations())
+                recipients += [g for g in gateways if g.device.device_id not in known]
             # Issue 10 item 3: recipients in another organisation (from their verified
             # certificates) need the sealed clinical-necessity statement and the header flag.
             body, external = apply_external(
@@ -886,22 +912,23 @@ class LightboxClient:
         elif isinstance(frame, Revoked):
             self._chains.clear()
             await self.revocations(force=True)
+        elif isinstance(frame, EscalationNotice):
+            await self._emit(EscalationEvent(frame.thread_id, frame.message_id,
+                                             frame.kind.value, frame.step, frame.level,
+                                             frame.user_id, frame.at))
+        elif isinstance(frame, WipeOrder):
+            # Verified against the organisation-signed list (a forged or replayed order raises
+            # FlowError and destroys nothing); then the vault goes and the client stops.
+            entry = wipe(frame, self.store.state, self.vault.directory, vault=self.vault)
+            await self._emit(StatusEvent("wiped", f"this device was revoked ({entry.reason}) "
+                                                  "and its local data destroyed"))
+            self._spawn(self.close(), "close-after-wipe")
         elif isinstance(frame, Error):
             await self._emit(StatusEvent("error", f"{frame.code.value}: {frame.detail}"))
 
     async def replenish_prekeys(self, count: int) -> None:
         """Make ``count`` one-time prekeys, keep their secrets first, then upload them."""
-        if count <= 0:
-            return
-        st = self.store.state
-        batch = make_prekeys(st.device_keys(), first_id=st.next_prekey_id, one_time=count,
-                             signed=False, now=int(self._clock()))
-        self.store.save(msgspec.structs.replace(
-            st, next_prekey_id=batch.next_prekey_id,
-            one_time_prekeys=st.one_time_prekeys + batch.one_time_secrets))
-        for i in range(0, len(batch.one_time_tokens), api.MAX_PREKEY_BATCH):
-            await self.relay.upload_one_time_prekeys(
-                batch.one_time_tokens[i:i + api.MAX_PREKEY_BATCH])
+        await replenish_one_time_prekeys(self.relay, self.store, count, now=int(self._clock()))
 
     async def _expire(self, order: ExpireOrder) -> None:
         """Shred the copy (key and file; a tombstone keeps the record reference), drop the

@@ -406,3 +406,53 @@ class RelayHTTP:
         r = await self._device("POST", f"/v1/threads/{quote(thread_id, safe='')}/read",
                                body=api.ReadMark(seq=seq))
         self._expect(r, 204)
+
+    # --- on-call, receipts and escalations (PROTOCOL §16) ----------------------------------------
+
+    async def on_call(self, role: str, at: int | None = None) -> api.OnCall:
+        """Who is on call for a role of my organisation (now, or at ``at``)."""
+        params = None if at is None else {"at": str(at)}
+        r = await self._device("GET", f"/v1/oncall/{quote(role, safe='')}", params=params)
+        return self._decode(r, api.OnCall)
+
+    async def thread_receipts(self, thread_id: str, message_id: str | None = None
+                              ) -> api.ReceiptList:
+        params = None if message_id is None else {"message_id": message_id}
+        r = await self._device("GET", f"/v1/threads/{quote(thread_id, safe='')}/receipts",
+                               params=params)
+        return self._decode(r, api.ReceiptList)
+
+    async def thread_escalations(self, thread_id: str) -> api.EscalationList:
+        r = await self._device("GET", f"/v1/threads/{quote(thread_id, safe='')}/escalations")
+        return self._decode(r, api.EscalationList)
+
+    def _oncall_path(self, org_id: str, role: str) -> str:
+        return f"/v1/admin/oncall/{quote(org_id, safe='')}/{quote(role, safe='')}"
+
+    async def oncall_roles(self) -> api.OncallRoleList:
+        r = await self._send("GET", "/v1/admin/oncall", headers=self._admin_headers())
+        return self._decode(r, api.OncallRoleList)
+
+    async def set_oncall_role(self, org_id: str, role: str, body: api.OncallRoleSet
+                              ) -> api.OncallRoleInfo:
+        r = await self._send("PUT", self._oncall_path(org_id, role), body=body,
+                             headers=self._admin_headers())
+        return self._decode(r, api.OncallRoleInfo)
+
+    async def add_shifts(self, org_id: str, role: str, body: api.ShiftsUpload
+                         ) -> api.ShiftResults:
+        r = await self._send("POST", self._oncall_path(org_id, role) + "/shifts", body=body,
+                             headers=self._admin_headers())
+        return self._decode(r, api.ShiftResults)
+
+    async def shifts(self, org_id: str, role: str, *, current: bool = False) -> api.ShiftList:
+        r = await self._send("GET", self._oncall_path(org_id, role) + "/shifts",
+                             params={"current": "1"} if current else None,
+                             headers=self._admin_headers())
+        return self._decode(r, api.ShiftList)
+
+    async def delete_shift(self, org_id: str, role: str, shift_id: str) -> None:
+        r = await self._send(
+            "DELETE", self._oncall_path(org_id, role) + f"/shifts/{quote(shift_id, safe='')}",
+            headers=self._admin_headers())
+        self._expect(r, 204)

@@ -18,7 +18,7 @@ import msgspec
 
 from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError
 from clients.sdk.http import RelayHTTP
-from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore, PrekeySecret
+from clients.sdk.keystore import DeviceState, DeviceStore, KeyStore, OpenKeyStore, PrekeySecret
 from protocol import api, certs, pairing
 from protocol.canonical import b64url_decode, b64url_encode, decode_struct, peek_compact
 from protocol.errors import DecodeError, ErrorCode, PolicyDenied, ProtocolError
@@ -49,6 +49,7 @@ __all__ = [
     "make_prekeys",
     "offer_link",
     "refresh_revocations",
+    "replenish_one_time_prekeys",
     "upload_prekeys",
     "verified_user_devices",
     "wait_for_link",
@@ -90,6 +91,22 @@ class PrekeyBatch:
     one_time_tokens: list[str]
     one_time_secrets: list[PrekeySecret]
     next_prekey_id: int
+
+
+async def replenish_one_time_prekeys(relay: RelayHTTP, store: DeviceStore, count: int, *,
+                                     now: int) -> None:
+    """Make ``count`` one-time prekeys, keep their secrets in the store first (so none is ever
+    published without its secret), then upload them in batches."""
+    if count <= 0:
+        return
+    st = store.state
+    batch = make_prekeys(st.device_keys(), first_id=st.next_prekey_id, one_time=count,
+                         signed=False, now=now)
+    store.save(msgspec.structs.replace(
+        st, next_prekey_id=batch.next_prekey_id,
+        one_time_prekeys=st.one_time_prekeys + batch.one_time_secrets))
+    for i in range(0, len(batch.one_time_tokens), api.MAX_PREKEY_BATCH):
+        await relay.upload_one_time_prekeys(batch.one_time_tokens[i:i + api.MAX_PREKEY_BATCH])
 
 
 def make_prekeys(

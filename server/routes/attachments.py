@@ -154,8 +154,16 @@ class AttachmentRoutes:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{dl.size}"
 
         async def body() -> AsyncIterator[bytes]:
-            async for piece in self.service.read(dl, start, end):
-                yield piece
+            handed = start
+            try:
+                async for piece in self.service.read(dl, start, end):
+                    handed += len(piece)
+                    yield piece
+            finally:
+                # The last byte went out: record it even when the client hangs up at once
+                # (which cancels this generator at its final yield).
+                if end == dl.size and handed == end:
+                    self.service.fetched_soon(me, dl)
 
         return StreamingResponse(body(), status_code=206 if span else 200, headers=headers,
                                  media_type="application/octet-stream")

@@ -81,22 +81,24 @@ class ThreadRoutes:
                                subject_id=body.thread_id,
                                details={"users": len(body.users) + 1, "roles": body.roles,
                                         "priority": body.priority})
-            mine = [t for t in await threads.list_threads(conn, me.user_id)
+            mine = [t for t in await threads.list_threads(conn, me.user_id, at=self.now())
                     if t.thread_id == body.thread_id]
         return json_response(self._info(mine[0]), status=201)
 
     async def list(self, request: Request) -> Response:
         me = await self.require_device(request)
         async with self.db.pool.acquire() as conn:
-            rows = await threads.list_threads(conn, me.user_id)
+            rows = await threads.list_threads(conn, me.user_id, at=self.now())
         return json_response(api.ThreadList(threads=[self._info(t) for t in rows]))
 
     async def recipients(self, request: Request) -> Response:
         me = await self.require_device(request)
         thread_id = _uuid_param(request, "thread_id")
         async with self.db.pool.acquire() as conn:
-            await threads.require_participant(conn, thread_id, me.user_id)
-            members = await threads.participants(conn, thread_id)
+            # A role reaches its on-call ladder at this moment: seal for exactly these.
+            at = self.now()
+            await threads.require_participant(conn, thread_id, me.user_id, at)
+            members = await threads.participants(conn, thread_id, at)
             rows = await conn.fetch(
                 "SELECT u.user_id::text AS user_id, u.user_certificate, d.device_certificate, "
                 "s.prekey FROM users u JOIN devices d ON d.user_id = u.user_id "

@@ -73,13 +73,24 @@ _MEMBERS_MANY = """
     SELECT r.thread_id, u.user_id FROM thread_roles r
       JOIN threads t ON t.thread_id = r.thread_id
       JOIN users u ON u.org_id = t.org_id AND r.role = ANY (u.roles) AND u.status = 'active'
+     WHERE r.thread_id = ANY($1::uuid[]) AND r.removed_at IS NULL AND NOT EXISTS (
+           SELECT 1 FROM oncall_shifts s WHERE s.org_id = t.org_id AND s.role = r.role
+              AND s.starts_at <= $2 AND $2 < s.ends_at)
+    UNION
+    SELECT r.thread_id, u.user_id FROM thread_roles r
+      JOIN threads t ON t.thread_id = r.thread_id
+      JOIN oncall_shifts s ON s.org_id = t.org_id AND s.role = r.role
+           AND s.starts_at <= $2 AND $2 < s.ends_at
+      JOIN users u ON u.user_id = ANY (s.ladder) AND u.status = 'active'
      WHERE r.thread_id = ANY($1::uuid[]) AND r.removed_at IS NULL
 """
+"""Participants of many threads at ``$2`` (as server.store.threads.MEMBERS_SQL: a role reaches
+its current on-call ladder, or its certificate holders when no shift covers the moment)."""
 
 
-async def participants(conn: asyncpg.Connection, thread_ids: Sequence[str]
-                       ) -> dict[str, set[str]]:
-    rows = await conn.fetch(_MEMBERS_MANY, list(thread_ids))
+async def participants(conn: asyncpg.Connection, thread_ids: Sequence[str],
+                       at: dt.datetime) -> dict[str, set[str]]:
+    rows = await conn.fetch(_MEMBERS_MANY, list(thread_ids), at)
     out: dict[str, set[str]] = {t: set() for t in thread_ids}
     for r in rows:
         out[str(r["thread_id"])].add(str(r["user_id"]))
@@ -91,17 +102,20 @@ async def device_sets(conn: asyncpg.Connection, members: Mapping[str, set[str]]
     """Active and inactive devices of each thread's participants (one query)."""
     users = sorted({u for us in members.values() for u in us})
     rows = await conn.fetch(
-        "SELECT d.user_id::text AS u, d.device_id::text AS d, "
+        "SELECT d.user_id::text AS u, d.device_id::text AS d, u.org_id AS o, "
         "(d.status = 'active' AND u.status = 'active') AS active "
         "FROM devices d JOIN users u USING (user_id) WHERE d.user_id = ANY($1::uuid[])", users)
     by_user: dict[str, list[tuple[str, bool]]] = {}
+    orgs: dict[str, str] = {}
     for r in rows:
         by_user.setdefault(r["u"], []).append((r["d"], r["active"]))
+        orgs[r["d"]] = r["o"]
     out = {}
     for tid, us in members.items():
         devs = [d for u in us for d in by_user.get(u, ())]
         out[tid] = DeviceSet(active=frozenset(d for d, a in devs if a),
-                             inactive=frozenset(d for d, a in devs if not a))
+                             inactive=frozenset(d for d, a in devs if not a),
+                             orgs={d: orgs[d] for d, _ in devs})
     return out
 
 

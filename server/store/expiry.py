@@ -5,7 +5,8 @@ Each order is also queued as a device notice of kind ``expire_order``
 (:func:`server.store.messages.add_notices`), which the websocket pump sends before any
 delivery and does not drop after sending: it stays until the device confirms (issue 7's
 ``expiry_confirm`` sets ``confirmed_at`` and removes the notice). An order is unique per
-(device, attachment, reason), so issuing it twice is a no-op.
+(device, attachment, reason), so issuing it twice is a no-op. Each new order is audited
+(``expiry.order_issued``) in the same transaction: ``lightbox-admin copies`` reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from protocol.frames import ExpireOrder, ExpiryReason, encode_frame
+from server import audit
 from server.store import messages
 
 __all__ = ["NOTICE_KIND", "NewOrder", "issue", "pending_for"]
@@ -50,6 +52,10 @@ async def issue(conn: asyncpg.Connection, orders: Sequence[NewOrder], reason: Ex
                             thread_id=o.thread_id, reason=reason, issued_at=int(now.timestamp()))
         await messages.add_notices(conn, [o.device_id], NOTICE_KIND, encode_frame(frame),
                                    dedupe_key=f"expire:{order_id}", now=now)
+        await audit.append(conn, "expiry.order_issued", subject_kind="attachment",
+                           subject_id=o.attachment_id, details={
+                               "device_id": o.device_id, "order_id": order_id,
+                               "reason": reason.value, "thread_id": o.thread_id})
         issued.append(frame)
     return issued
 

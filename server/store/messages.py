@@ -117,9 +117,43 @@ async def insert_message(conn: asyncpg.Connection, msg: NewMessage, now: dt.date
     return Accepted(msg.message_id, msg.thread_id, int(seq), now, duplicate=False)
 
 
-async def fetch_deliveries(conn: asyncpg.Connection, device_id: str, *, after_pk: int,
-                           limit: int) -> list[Delivery]:
-    """The device's next deliveries, oldest first (thread order is preserved)."""
+_NEXT_DELIVERIES = """
+    WITH q AS (
+        SELECT d.delivery_pk, d.delivery_id, d.created_at, d.priority AS rank, m.thread_id,
+               m.thread_seq, m.priority, m.sealed
+          FROM deliveries d JOIN messages m USING (message_pk)
+         WHERE d.device_id = $1 AND NOT d.held AND d.delivery_id <> ALL ($2::uuid[])
+    ), ranked AS (
+        SELECT q.*,
+               min(rank) OVER later AS eff_rank,
+               min(delivery_pk) OVER later AS eff_pk
+          FROM q
+        WINDOW later AS (PARTITION BY thread_id ORDER BY thread_seq DESC
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+    )
+    SELECT delivery_pk, delivery_id::text AS delivery_id, thread_seq, priority, created_at,
+           sealed
+      FROM ranked ORDER BY eff_rank, eff_pk, thread_id, thread_seq LIMIT $3
+"""
+
+
+async def fetch_deliveries(conn: asyncpg.Connection, device_id: str, *, after_pk: int = 0,
+                           limit: int, sent: Sequence[str] | None = None) -> list[Delivery]:
+    """The device's next deliveries: urgent before routine *across* threads, never within one.
+
+    Without ``sent``: queue order after the cursor ``after_pk`` (the original behaviour).
+    With ``sent`` (the ids already written on this connection and not yet acknowledged, i.e.
+    still in the queue): every other unheld delivery, ordered by *effective* priority
+    (issue 9 item 5). A delivery's effective rank is the most urgent rank of itself and every
+    later message of its thread still waiting, so a routine message ahead of an urgent one in
+    the same thread is carried forward with it rather than overtaken: thread order is kept
+    (ties within a thread break on ``thread_seq``), and between threads urgent goes first,
+    then oldest first (by the first queued delivery of the thread's waiting tail).
+    """
+    if sent is not None:
+        rows = await conn.fetch(_NEXT_DELIVERIES, device_id, list(sent), limit)
+        return [Delivery(r["delivery_pk"], r["delivery_id"], r["thread_seq"], r["priority"],
+                         r["created_at"], bytes(r["sealed"])) for r in rows]
     rows = await conn.fetch(
         "SELECT d.delivery_pk, d.delivery_id::text AS delivery_id, m.thread_seq, m.priority, "
         "d.created_at, m.sealed FROM deliveries d JOIN messages m USING (message_pk) "
@@ -182,9 +216,10 @@ async def fetch_notices(conn: asyncpg.Connection, device_id: str, *, after_pk: i
     return [Notice(r["notice_pk"], bytes(r["frame"])) for r in rows]
 
 
-DROPPED_AFTER_SENDING = ("receipt", "withdrawn")
+DROPPED_AFTER_SENDING = ("receipt", "withdrawn", "escalation_notice", "filed")
 """Notice kinds removed once written to the device's socket. Orders (``expire_order``,
-``wipe_order``) are not: they stay until the device confirms them (server/store/expiry.py)."""
+``wipe_order``) are not: they stay until the device confirms them (server/store/expiry.py); nor
+is ``reseal_request``, which stays until a holder answers it (server/oncall.py)."""
 
 
 async def drop_notices(conn: asyncpg.Connection, device_id: str, notice_pks: Sequence[int]

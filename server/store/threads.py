@@ -1,8 +1,11 @@
 """Consult threads: creation, participants (users and roles), membership, unread counts, and
 the set of devices a message to the thread must be sealed for.
 
-A participant is a user listed in ``thread_members`` (not removed), or an active user of the
-thread's organisation holding one of the thread's roles (``thread_roles``). Every send is checked
+A participant is a user listed in ``thread_members`` (not removed), or someone a thread's role
+(``thread_roles``) reaches: the ladder of the role's current on-call shift (server/store/oncall.py),
+or, when no shift covers the moment, every active user of the thread's organisation whose
+certificate holds the role. Role names are normalised (``orthopaedics-oncall`` is
+``orthopaedics_oncall``, protocol.oncall). Every send is checked
 against the *current* membership (DESIGN §5: the sender names every recipient device).
 """
 
@@ -10,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 
 from protocol.errors import ErrorCode
+from protocol.oncall import normalise_role
 from server.errors import Forbidden, InvalidInput, NotFound
 
 __all__ = [
@@ -36,8 +40,22 @@ MEMBERS_SQL = """
     SELECT u.user_id FROM users u
       JOIN thread_roles r ON r.thread_id = $1 AND r.removed_at IS NULL AND r.role = ANY (u.roles)
       JOIN threads t ON t.thread_id = $1 AND t.org_id = u.org_id
-     WHERE u.status = 'active'
+     WHERE u.status = 'active' AND NOT EXISTS (
+           SELECT 1 FROM oncall_shifts s WHERE s.org_id = t.org_id AND s.role = r.role
+              AND s.starts_at <= COALESCE($2::timestamptz, now())
+              AND COALESCE($2::timestamptz, now()) < s.ends_at)
+    UNION
+    SELECT u.user_id FROM thread_roles r
+      JOIN threads t ON t.thread_id = r.thread_id
+      JOIN oncall_shifts s ON s.org_id = t.org_id AND s.role = r.role
+           AND s.starts_at <= COALESCE($2::timestamptz, now())
+           AND COALESCE($2::timestamptz, now()) < s.ends_at
+      JOIN users u ON u.user_id = ANY (s.ladder) AND u.status = 'active'
+     WHERE r.thread_id = $1 AND r.removed_at IS NULL
 """
+"""A thread's participants at ``$2`` (NULL: now): its member users, and for each of its roles
+either the ladder of the role's on-call shift covering that time (issue 9), or, when no shift
+covers it, every active user of the organisation whose certificate holds the role."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +80,7 @@ class DeviceSet:
 
     active: frozenset[str]  # devices that must receive a message
     inactive: frozenset[str]  # revoked devices, or devices of suspended/removed users: stale
+    orgs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # device -> organisation
 
 
 async def _check_users(conn: asyncpg.Connection, org_id: str, user_ids: Sequence[str]) -> None:
@@ -83,6 +102,7 @@ async def create_thread(
 ) -> None:
     """Create a thread with its creator and the given users and roles as participants."""
     members = list(dict.fromkeys([creator, *users]))
+    roles = _roles(roles)
     await _check_users(conn, org_id, members)
     async with conn.transaction():
         try:
@@ -99,6 +119,13 @@ async def create_thread(
             [(thread_id, r, now) for r in dict.fromkeys(roles)])
 
 
+def _roles(roles: Sequence[str]) -> list[str]:
+    try:
+        return list(dict.fromkeys(normalise_role(r) for r in roles))
+    except ValueError as exc:
+        raise InvalidInput(ErrorCode.VALIDATION_FAILED, str(exc)) from exc
+
+
 async def _thread_org(conn: asyncpg.Connection, thread_id: str) -> str:
     org = await conn.fetchval("SELECT org_id FROM threads WHERE thread_id = $1", thread_id)
     if org is None:
@@ -106,19 +133,22 @@ async def _thread_org(conn: asyncpg.Connection, thread_id: str) -> str:
     return str(org)
 
 
-async def participants(conn: asyncpg.Connection, thread_id: str) -> set[str]:
-    rows = await conn.fetch(MEMBERS_SQL, thread_id)
+async def participants(conn: asyncpg.Connection, thread_id: str,
+                       at: dt.datetime | None = None) -> set[str]:
+    rows = await conn.fetch(MEMBERS_SQL, thread_id, at)
     return {str(r["user_id"]) for r in rows}
 
 
-async def is_participant(conn: asyncpg.Connection, thread_id: str, user_id: str) -> bool:
+async def is_participant(conn: asyncpg.Connection, thread_id: str, user_id: str,
+                         at: dt.datetime | None = None) -> bool:
     """Raises THREAD_NOT_FOUND for an unknown thread."""
     await _thread_org(conn, thread_id)
-    return user_id in await participants(conn, thread_id)
+    return user_id in await participants(conn, thread_id, at)
 
 
-async def require_participant(conn: asyncpg.Connection, thread_id: str, user_id: str) -> None:
-    if not await is_participant(conn, thread_id, user_id):
+async def require_participant(conn: asyncpg.Connection, thread_id: str, user_id: str,
+                              at: dt.datetime | None = None) -> None:
+    if not await is_participant(conn, thread_id, user_id, at):
         raise Forbidden(ErrorCode.NOT_THREAD_MEMBER, "not a participant of this thread")
 
 
@@ -129,6 +159,7 @@ async def add_participants(
     org = await _thread_org(conn, thread_id)
     await require_participant(conn, thread_id, actor)
     await _check_users(conn, org, users)
+    roles = _roles(roles)
     async with conn.transaction():
         await conn.executemany(
             "INSERT INTO thread_members (thread_id, user_id, added_at, added_by) "
@@ -159,8 +190,8 @@ async def remove_participant(
         raise NotFound(ErrorCode.NOT_FOUND, "no such participant")
 
 
-async def list_threads(conn: asyncpg.Connection, user_id: str, *, limit: int = 200
-                       ) -> list[ThreadSummary]:
+async def list_threads(conn: asyncpg.Connection, user_id: str, *, limit: int = 200,
+                       at: dt.datetime | None = None) -> list[ThreadSummary]:
     """Threads the user takes part in (directly or through a role), newest activity first."""
     rows = await conn.fetch(
         """
@@ -170,6 +201,16 @@ async def list_threads(conn: asyncpg.Connection, user_id: str, *, limit: int = 2
             SELECT r.thread_id FROM thread_roles r
               JOIN threads t ON t.thread_id = r.thread_id
               JOIN users u ON u.user_id = $1 AND u.org_id = t.org_id AND r.role = ANY (u.roles)
+             WHERE r.removed_at IS NULL AND NOT EXISTS (
+                   SELECT 1 FROM oncall_shifts s WHERE s.org_id = t.org_id AND s.role = r.role
+                      AND s.starts_at <= COALESCE($3::timestamptz, now())
+                      AND COALESCE($3::timestamptz, now()) < s.ends_at)
+            UNION
+            SELECT r.thread_id FROM thread_roles r
+              JOIN threads t ON t.thread_id = r.thread_id
+              JOIN oncall_shifts s ON s.org_id = t.org_id AND s.role = r.role
+                   AND s.starts_at <= COALESCE($3::timestamptz, now())
+                   AND COALESCE($3::timestamptz, now()) < s.ends_at AND $1 = ANY (s.ladder)
              WHERE r.removed_at IS NULL
         )
         SELECT t.thread_id::text AS thread_id, t.priority, t.created_by::text AS created_by,
@@ -183,7 +224,7 @@ async def list_threads(conn: asyncpg.Connection, user_id: str, *, limit: int = 2
          ORDER BY t.last_seq > COALESCE(m.read_seq, 0) DESC, t.priority = 'urgent' DESC,
                   t.created_at DESC
          LIMIT $2
-        """, user_id, limit)
+        """, user_id, limit, at)
     return [ThreadSummary(**dict(r)) for r in rows]
 
 
@@ -195,7 +236,8 @@ async def mark_read(conn: asyncpg.Connection, thread_id: str, user_id: str, seq:
         "DO UPDATE SET read_seq = GREATEST(thread_members.read_seq, $3)", thread_id, user_id, seq)
 
 
-async def device_set(conn: asyncpg.Connection, thread_id: str) -> DeviceSet:
+async def device_set(conn: asyncpg.Connection, thread_id: str,
+                     at: dt.datetime | None = None) -> DeviceSet:
     """Active and inactive devices of the thread's current participants."""
     rows = await conn.fetch(
         f"""
@@ -204,7 +246,7 @@ async def device_set(conn: asyncpg.Connection, thread_id: str) -> DeviceSet:
                (d.status = 'active' AND u.status = 'active') AS active
           FROM devices d JOIN users u USING (user_id)
          WHERE d.user_id IN (SELECT user_id FROM members)
-        """, thread_id)
+        """, thread_id, at)
     active = frozenset(r["device_id"] for r in rows if r["active"])
     inactive = frozenset(r["device_id"] for r in rows if not r["active"])
     return DeviceSet(active=active, inactive=inactive)

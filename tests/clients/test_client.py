@@ -206,3 +206,20 @@ async def test_keys_low_is_answered_with_a_fresh_batch_whose_secrets_are_kept(
         count = await intern.client.relay.prekey_count()
         assert count.remaining >= count.low_water
         assert len(intern.vault.state.one_time_prekeys) == count.remaining
+
+
+async def test_escalation_notices_become_escalation_events(world: World, tmp_path: Path) -> None:
+    import uuid
+
+    from clients.sdk.client import EscalationEvent
+    from protocol.frames import EscalationKind, EscalationNotice
+
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    events = intern.client.subscribe()
+    notice = EscalationNotice(thread_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),
+                              step=2, level=1, user_id=str(uuid.uuid4()), at=1767225600,
+                              kind=EscalationKind.RELEASED)
+    await intern.client._on_frame(notice)
+    event = await asyncio.wait_for(events.get(), seconds(5))
+    assert isinstance(event, EscalationEvent)
+    assert (event.kind, event.step, event.user_id) == ("released", 2, notice.user_id)

@@ -1,0 +1,437 @@
+"""On-call routing and escalation (issue 9; docs/PROTOCOL.md §15).
+
+**Rotas.** IT defines a role per organisation (its acknowledgement deadlines: urgent 5 min,
+routine 30 min by default) and its shifts, each with a ladder: primary first, then backups in
+escalation order. Shifts of a role never overlap. A batch of shifts is stored row by row: good
+rows are kept, each bad row gets its code (``shift_overlap``, ``shift_empty``,
+``rota_invalid``).
+
+**Role addressing.** A thread naming a role reaches the ladder of the role's shift covering the
+moment (server/store/threads.py), so the sender's client seals a consult for every ladder
+member's devices. Once a batch is stored (:meth:`OncallService.after_store`, inside the send
+transaction) the relay *holds* the backups' deliveries (``deliveries.held``) and opens an
+escalation timer for a consult from outside the ladder. A later message in the thread rides
+along: it is held for whoever is still held.
+
+**Escalation.** The sweeper (:meth:`OncallService.run`, one per relay process) takes due timers
+with ``FOR UPDATE SKIP LOCKED`` and applies :func:`protocol.oncall.advance`: renotify at half
+the deadline, release the held copy to the next level at the deadline, and so on. Every step
+is an ``escalation_notice`` queued durably for the sender's devices and the devices of those
+the consult has reached, and a row of ``escalation_events``. The next due time is computed
+from the previous *scheduled* one, so a relay that was down catches up step by step. An
+``acknowledged`` receipt from a ladder member closes the thread's open escalations (anyone
+else: ``not_on_ladder``), makes the acknowledger a member of the thread (they keep it after
+their shift), and drops copies still held.
+
+**Handover.** When the shift of an open escalation ends, the incoming shift's ladder takes
+over: the relay cannot re-encrypt, so it queues a ``reseal_request`` to the devices that hold
+the content (the sender's, and those it reached), durable until one of them sends the content
+again to the thread (:func:`clients.oncall.answer_reseal`), and announces the ``handover``.
+
+All times come from the injected clock (``clock``: Unix seconds), never from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+from protocol import api
+from protocol.errors import ErrorCode
+from protocol.frames import EscalationKind, EscalationNotice, ResealRequest, encode_frame
+from protocol.oncall import advance, first_due, normalise_role
+from protocol.statements import ReceiptKind, ReceiptStatement
+from server import audit, events
+from server.db import Database
+from server.errors import Forbidden, InvalidInput, RelayError
+from server.store import escalations, oncall, receipts
+from server.store.messages import NewMessage, add_notices
+
+__all__ = ["OncallService", "role_param"]
+
+log = logging.getLogger("lightbox.oncall")
+NOTICE_ESCALATION = "escalation_notice"
+NOTICE_RESEAL = "reseal_request"
+
+
+def role_param(value: str) -> str:
+    """A role from a path or a file, normalised (``role:orthopaedics-oncall`` works)."""
+    try:
+        return normalise_role(value)
+    except ValueError as exc:
+        raise InvalidInput(ErrorCode.ROLE_UNKNOWN, str(exc)) from exc
+
+
+def _ts(t: dt.datetime | None) -> int | None:
+    return None if t is None else int(t.timestamp())
+
+
+@dataclasses.dataclass(frozen=True)
+class _RoleNow:
+    thread_id: str
+    org_id: str
+    role: str
+    shift_id: str
+    ladder: tuple[str, ...]
+    ends_at: dt.datetime
+    urgent_seconds: int
+    routine_seconds: int
+
+
+class OncallService:
+    def __init__(self, *, db: Database, clock: Callable[[], float] = time.time,
+                 sweep_interval: float = 5.0, sweep_batch: int = 100) -> None:
+        self.db, self.clock = db, clock
+        self.sweep_interval, self.sweep_batch = sweep_interval, sweep_batch
+        self._kick = asyncio.Event()
+
+    def at(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+
+    # -- rotas ---------------------------------------------------------------------------------
+
+    async def set_role(self, org_id: str, role: str, body: api.OncallRoleSet) -> oncall.Role:
+        role = role_param(role)
+        if body.urgent_seconds > body.routine_seconds:
+            raise InvalidInput(ErrorCode.ROTA_INVALID,
+                               "the urgent deadline must not exceed the routine one")
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            stored = await oncall.set_role(
+                conn, org_id=org_id, role=role, display_name=body.display_name,
+                urgent_seconds=body.urgent_seconds, routine_seconds=body.routine_seconds,
+                now=self.at())
+            await audit.append(conn, "oncall.role_set", subject_kind="oncall_role",
+                               subject_id=f"{org_id}/{role}", details={
+                                   "urgent_seconds": body.urgent_seconds,
+                                   "routine_seconds": body.routine_seconds})
+        return stored
+
+    async def add_shifts(self, org_id: str, role: str, shifts: Sequence[api.ShiftIn]
+                         ) -> list[api.ShiftResult]:
+        """Store each shift in its own savepoint: good rows are kept, bad ones reported."""
+        role = role_param(role)
+        results: list[api.ShiftResult] = []
+        now = self.at()
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            await oncall.get_role(conn, org_id, role, lock=True)  # ROLE_UNKNOWN for the batch
+            for i, s in enumerate(shifts):
+                try:
+                    async with conn.transaction():
+                        found, unknown = await oncall.resolve_users(conn, org_id, s.ladder)
+                        if unknown:
+                            raise InvalidInput(ErrorCode.ROTA_INVALID,
+                                               "unknown or inactive users: "
+                                               + ", ".join(u[:64] for u in unknown[:5]))
+                        shift = await oncall.add_shift(
+                            conn, org_id=org_id, role=role,
+                            starts_at=dt.datetime.fromtimestamp(s.starts_at, dt.UTC),
+                            ends_at=dt.datetime.fromtimestamp(s.ends_at, dt.UTC),
+                            ladder=found, now=now)
+                except RelayError as err:
+                    results.append(api.ShiftResult(index=i, line=s.line, ok=False,
+                                                   code=err.code.value, detail=err.detail))
+                    continue
+                results.append(api.ShiftResult(index=i, line=s.line, ok=True,
+                                               shift_id=shift.shift_id))
+            await audit.append(conn, "oncall.shifts_added", subject_kind="oncall_role",
+                               subject_id=f"{org_id}/{role}", details={
+                                   "added": sum(r.ok for r in results),
+                                   "refused": sum(not r.ok for r in results)})
+        return results
+
+    async def delete_shift(self, org_id: str, role: str, shift_id: str) -> None:
+        role = role_param(role)
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            await oncall.get_role(conn, org_id, role)
+            await oncall.delete_shift(conn, org_id, role, shift_id)
+            await audit.append(conn, "oncall.shift_deleted", subject_kind="oncall_role",
+                               subject_id=f"{org_id}/{role}", details={"shift_id": shift_id})
+
+    async def shift_info(self, conn: asyncpg.Connection, shift: oncall.Shift) -> api.ShiftInfo:
+        rows = await conn.fetch(
+            "SELECT user_id::text AS u, display_name FROM users WHERE user_id = ANY($1::uuid[])",
+            list(shift.ladder))
+        names = {r["u"]: r["display_name"] for r in rows}
+        return api.ShiftInfo(
+            shift_id=shift.shift_id, role=shift.role, starts_at=int(shift.starts_at.timestamp()),
+            ends_at=int(shift.ends_at.timestamp()),
+            ladder=[api.LadderMember(level=i, user_id=u, display_name=names.get(u, ""))
+                    for i, u in enumerate(shift.ladder)])
+
+    async def who(self, org_id: str, role: str, at: int | None) -> api.OnCall:
+        """Who is on call for the role at ``at`` (default: now). ROLE_UNKNOWN otherwise."""
+        role = role_param(role)
+        when = self.at() if at is None else dt.datetime.fromtimestamp(at, dt.UTC)
+        async with self.db.pool.acquire() as conn:
+            r = await oncall.get_role(conn, org_id, role)
+            shift = await oncall.on_call(conn, org_id, role, when)
+            info = None if shift is None else await self.shift_info(conn, shift)
+        return api.OnCall(role=role, org_id=org_id, at=int(when.timestamp()),
+                          urgent_seconds=r.urgent_seconds, routine_seconds=r.routine_seconds,
+                          shift=info)
+
+    # -- the send path (SendPipeline's Routing) -------------------------------------------------
+
+    async def _roles_now(self, conn: asyncpg.Connection, thread_ids: Sequence[str],
+                         at: dt.datetime) -> dict[str, list[_RoleNow]]:
+        rows = await conn.fetch(
+            "SELECT r.thread_id::text AS thread_id, t.org_id, r.role, s.shift_id::text AS sid, "
+            "ARRAY(SELECT l FROM unnest(s.ladder) WITH ORDINALITY AS x(l, n) "
+            "      JOIN users u ON u.user_id = x.l AND u.status = 'active' ORDER BY x.n"
+            ")::text[] AS ladder, s.ends_at, o.urgent_seconds, o.routine_seconds "
+            "FROM thread_roles r JOIN threads t ON t.thread_id = r.thread_id "
+            "JOIN oncall_roles o ON o.org_id = t.org_id AND o.role = r.role "
+            "JOIN oncall_shifts s ON s.org_id = t.org_id AND s.role = r.role "
+            "AND s.starts_at <= $2 AND $2 < s.ends_at "
+            "WHERE r.thread_id = ANY($1::uuid[]) AND r.removed_at IS NULL ORDER BY r.role",
+            list(thread_ids), at)
+        out: dict[str, list[_RoleNow]] = {}
+        for r in rows:
+            if r["ladder"]:
+                out.setdefault(r["thread_id"], []).append(_RoleNow(
+                    r["thread_id"], r["org_id"], r["role"], r["sid"], tuple(r["ladder"]),
+                    r["ends_at"], r["urgent_seconds"], r["routine_seconds"]))
+        return out
+
+    async def after_store(self, conn: Any, stored: list[tuple[NewMessage, int]],
+                          at: dt.datetime) -> None:
+        """Hold backups' deliveries and open escalations for a stored batch (module docstring).
+        Runs inside the send transaction, after the deliveries were inserted."""
+        tids = sorted({m.thread_id for m, _ in stored})
+        await self._reseals_answered(conn, stored, tids, at)
+        roles = await self._roles_now(conn, tids, at)
+        if not roles:
+            return
+        member_rows = await conn.fetch(
+            "SELECT thread_id::text AS t, user_id::text AS u FROM thread_members "
+            "WHERE thread_id = ANY($1::uuid[]) AND removed_at IS NULL", sorted(roles))
+        members: dict[str, set[str]] = {}
+        for r in member_rows:
+            members.setdefault(r["t"], set()).add(r["u"])
+        open_now = await escalations.open_in_threads(conn, sorted(roles))
+        for m, pk in stored:
+            for rn in roles.get(m.thread_id, []):
+                current = open_now.get(m.thread_id, [])
+                on_ladder = m.sender_user_id in rn.ladder
+                if not on_ladder and not current:
+                    deadline = rn.urgent_seconds if m.priority == "urgent" else rn.routine_seconds
+                    created = await escalations.create(
+                        conn, message_pk=pk, message_id=m.message_id, thread_id=m.thread_id,
+                        sender_user_id=m.sender_user_id, org_id=rn.org_id, role=rn.role,
+                        shift_id=rn.shift_id, ladder=rn.ladder, deadline=deadline,
+                        due_at=at + dt.timedelta(seconds=first_due(deadline)),
+                        shift_ends_at=rn.ends_at, now=at)
+                    held = set(rn.ladder[1:])
+                    if created is not None:
+                        open_now.setdefault(m.thread_id, []).append(created)
+                else:
+                    held = escalations.held_users(current)
+                held -= members.get(m.thread_id, set()) | {m.sender_user_id}
+                if held:
+                    await conn.execute(
+                        "UPDATE deliveries SET held = true WHERE message_pk = $1 AND device_id "
+                        "IN (SELECT device_id FROM devices WHERE user_id = ANY($2::uuid[]))",
+                        pk, sorted(held))
+
+    async def _reseals_answered(self, conn: Any, stored: list[tuple[NewMessage, int]],
+                                tids: list[str], at: dt.datetime) -> None:
+        """A holder that sends to a thread with a pending reseal request has sealed the content
+        for the thread's current participants: the request is answered."""
+        for esc_id, tid, _, holders in await escalations.pending_reseals(conn, tids):
+            if any(m.thread_id == tid and m.sender_device_id in holders for m, _ in stored):
+                await escalations.reseal_done(conn, esc_id, at)
+
+    # -- receipts (WebSocketRelay's hook) -----------------------------------------------------
+
+    async def on_receipt(self, conn: Any, body: ReceiptStatement, *, user_id: str,
+                         statement: str) -> None:
+        """Check an acknowledgement against the ladder (``not_on_ladder``), keep the receipt,
+        and close the thread's open escalations. Runs in the receipt's transaction."""
+        now = self.at()
+        if body.kind is ReceiptKind.ACKNOWLEDGED:
+            mine = await escalations.for_message(conn, body.thread_id, body.message_id)
+            current = (await escalations.open_in_threads(conn, [body.thread_id])
+                       ).get(body.thread_id, [])
+            ladders = [e.ladder for e in current] + ([mine.ladder] if mine else [])
+            if ladders and not any(user_id in ladder for ladder in ladders):
+                raise Forbidden(ErrorCode.NOT_ON_LADDER,
+                                "only someone on the consult's on-call ladder can acknowledge it")
+        await receipts.store(conn, receipts.StoredReceipt(
+            body.message_id, body.device_id, user_id, body.kind.value,
+            dt.datetime.fromtimestamp(body.at, dt.UTC), statement),
+            thread_id=body.thread_id, now=now)
+        if body.kind is not ReceiptKind.ACKNOWLEDGED:
+            return
+        closed = await escalations.acknowledge(conn, body.thread_id, user_id, now)
+        if not closed:
+            return
+        # The acknowledger keeps the consult after their shift ends.
+        await conn.execute(
+            "INSERT INTO thread_members (thread_id, user_id, added_at, added_by) "
+            "VALUES ($1, $2, $3, NULL) ON CONFLICT (thread_id, user_id) "
+            "DO UPDATE SET removed_at = NULL", body.thread_id, user_id, now)
+        still_open = (await escalations.open_in_threads(conn, [body.thread_id])
+                      ).get(body.thread_id)
+        if not still_open:  # nobody needs the held copies any more
+            await conn.execute(
+                "DELETE FROM deliveries d USING messages m WHERE d.message_pk = m.message_pk "
+                "AND m.thread_id = $1 AND d.held", body.thread_id)
+        for e in closed:
+            await audit.append(conn, "oncall.acknowledged", subject_kind="message",
+                               subject_id=e.message_id, details={
+                                   "role": e.role, "by": user_id, "level": e.level,
+                                   "steps": e.step})
+
+    # -- the sweeper ---------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Sweep now (tests that move the clock; a relay does not need it)."""
+        self._kick.set()
+
+    async def run(self) -> None:
+        """Sweep forever, every ``sweep_interval`` seconds (or when kicked)."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:  # a failed sweep is retried; the timers are in Postgres
+                log.error("escalation sweep failed", exc_info=exc)
+            self._kick.clear()
+            try:
+                async with asyncio.timeout(self.sweep_interval):
+                    await self._kick.wait()
+            except TimeoutError:
+                pass
+
+    async def sweep(self) -> int:
+        """Take every step that is due (catching up several per escalation if the relay was
+        down); returns how many steps were taken."""
+        total = 0
+        while True:
+            n = await self._sweep_batch()
+            total += n
+            if n == 0:
+                return total
+
+    async def _sweep_batch(self) -> int:
+        now = self.at()
+        taken = 0
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            woken: set[str] = set()
+            handled: set[str] = set()
+            for e in await escalations.claim_handovers(conn, now, limit=self.sweep_batch):
+                woken |= await self._handover(conn, e, now)
+                handled.add(e.escalation_id)
+                taken += 1
+            for e in await escalations.claim_due(conn, now, limit=self.sweep_batch):
+                if e.escalation_id in handled:
+                    continue
+                woken |= await self._step(conn, e, now)
+                taken += 1
+            ids = sorted(woken)
+            for i in range(0, len(ids), 180):
+                await events.publish(conn, "deliver", device_ids=ids[i:i + 180])
+        return taken
+
+    async def _devices(self, conn: Any, user_ids: Sequence[str]) -> list[str]:
+        rows = await conn.fetch(
+            "SELECT device_id::text AS d FROM devices WHERE user_id = ANY($1::uuid[]) "
+            "AND status = 'active' ORDER BY device_id", list(user_ids))
+        return [r["d"] for r in rows]
+
+    async def _announce(self, conn: Any, e: escalations.Escalation, kind: EscalationKind,
+                        step: int, level: int, user_id: str, audience: Sequence[str],
+                        now: dt.datetime) -> set[str]:
+        """Record the step and queue its notice for the sender's devices and the audience's
+        (everyone the consult has reached)."""
+        await escalations.add_event(conn, e.escalation_id,
+                                    escalations.Event(step, kind.value, level, user_id, now))
+        targets = await self._devices(conn, [e.sender_user_id, *audience])
+        frame = encode_frame(EscalationNotice(
+            thread_id=e.thread_id, message_id=e.message_id, step=step, level=level,
+            user_id=user_id, at=int(now.timestamp()), kind=kind))
+        await add_notices(conn, targets, NOTICE_ESCALATION, frame,
+                          dedupe_key=f"escalation:{e.escalation_id}:{step}", now=now)
+        await audit.append(conn, f"oncall.{kind.value}", subject_kind="message",
+                           subject_id=e.message_id, details={
+                               "role": e.role, "step": step, "level": level, "user": user_id})
+        return set(targets)
+
+    async def _step(self, conn: Any, e: escalations.Escalation, now: dt.datetime) -> set[str]:
+        t = advance(level=e.level, phase=e.phase, ladder_size=len(e.ladder), deadline=e.deadline)
+        step = e.step + 1
+        woken: set[str] = set()
+        if t.kind is EscalationKind.RELEASED:
+            woken |= set(await escalations.release_held(conn, e.thread_id, [e.ladder[t.level]]))
+        assert e.due_at is not None
+        due = None if t.next_due_in is None else e.due_at + dt.timedelta(seconds=t.next_due_in)
+        await escalations.save(conn, dataclasses.replace(
+            e, level=t.next_level, phase=t.next_phase, step=step, due_at=due,
+            state="exhausted" if t.exhausted else "open"))
+        woken |= await self._announce(conn, e, t.kind, step, t.level, e.ladder[t.level],
+                                      e.ladder[:t.level + 1], now)
+        return woken
+
+    async def _handover(self, conn: Any, e: escalations.Escalation, now: dt.datetime
+                        ) -> set[str]:
+        """The shift of an open escalation ended: hand it to the incoming ladder."""
+        incoming = (await self._roles_for(conn, e, now))
+        if incoming is None:  # nobody takes over: it stays with the outgoing ladder
+            await escalations.save(conn, dataclasses.replace(e, shift_ends_at=None))
+            return set()
+        shift_id, ladder, ends_at = incoming
+        reached = list(e.ladder[:e.level + 1])
+        recipients = set(await conn.fetchval(
+            "SELECT recipients::text[] FROM messages WHERE message_pk = $1", e.message_pk) or [])
+        # Held copies of people no longer on call are dropped; the new primary's is released.
+        await conn.execute(
+            "DELETE FROM deliveries d USING messages m, devices v "
+            "WHERE d.message_pk = m.message_pk AND m.thread_id = $1 AND d.held "
+            "AND v.device_id = d.device_id AND NOT (v.user_id = ANY($2::uuid[]))",
+            e.thread_id, list(ladder))
+        woken = set(await escalations.release_held(conn, e.thread_id, [ladder[0]]))
+        new_devices = [d for d in await self._devices(conn, ladder) if d not in recipients]
+        holders = await conn.fetch(
+            "SELECT v.device_id::text AS d FROM devices v WHERE v.status = 'active' AND ("
+            "v.user_id = $1 OR (v.user_id = ANY($2::uuid[]) AND v.device_id = ANY($3::uuid[])))",
+            e.sender_user_id, reached, sorted(recipients))
+        holder_ids = sorted(r["d"] for r in holders)
+        if new_devices and holder_ids:
+            deadline = now + dt.timedelta(seconds=e.deadline)
+            await escalations.request_reseal(
+                conn, escalation_id=e.escalation_id, thread_id=e.thread_id,
+                devices=new_devices, holders=holder_ids, now=now, deadline=deadline)
+            frame = encode_frame(ResealRequest(
+                thread_id=e.thread_id, message_id=e.message_id, devices=new_devices[:256],
+                deadline=int(deadline.timestamp())))
+            await add_notices(conn, holder_ids, NOTICE_RESEAL, frame,
+                              dedupe_key=f"reseal:{e.escalation_id}", now=now)
+            woken |= set(holder_ids)
+        step = e.step + 1
+        moved = dataclasses.replace(
+            e, ladder=tuple(ladder), level=0, phase="renotify", step=step, shift_id=shift_id,
+            shift_ends_at=ends_at, due_at=now + dt.timedelta(seconds=first_due(e.deadline)))
+        await escalations.save(conn, moved)
+        woken |= await self._announce(conn, moved, EscalationKind.HANDOVER, step, 0, ladder[0],
+                                      [*reached, *ladder], now)
+        return woken
+
+    async def _roles_for(self, conn: Any, e: escalations.Escalation, now: dt.datetime
+                         ) -> tuple[str, list[str], dt.datetime] | None:
+        shift = await oncall.on_call(conn, e.org_id, e.role, now)
+        if shift is None:
+            return None
+        rows = await conn.fetch(
+            "SELECT user_id::text AS u FROM users WHERE user_id = ANY($1::uuid[]) "
+            "AND status = 'active'", list(shift.ladder))
+        active = {r["u"] for r in rows}
+        ladder = [u for u in shift.ladder if u in active]
+        if not ladder:
+            return None
+        return shift.shift_id, ladder, shift.ends_at

@@ -1,0 +1,221 @@
+"""Escalation timers of consults addressed to an on-call role, their steps, and the reseal
+requests of shift handovers (issue 9; the state machine is protocol.oncall.advance).
+
+Timers are rows: ``due_at`` (the next renotify/release) and ``shift_ends_at`` (the handover)
+of open escalations. Every relay process sweeps them with ``FOR UPDATE SKIP LOCKED``
+(:func:`claim_due`), so each step is taken exactly once even with several processes, and a
+restarted relay continues from the rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+__all__ = [
+    "Escalation",
+    "Event",
+    "acknowledge",
+    "add_event",
+    "claim_due",
+    "claim_handovers",
+    "create",
+    "for_message",
+    "held_users",
+    "list_for_thread",
+    "open_in_threads",
+    "pending_reseals",
+    "release_held",
+    "request_reseal",
+    "reseal_done",
+    "save",
+]
+
+_COLS = ("escalation_id::text AS escalation_id, message_pk, message_id::text AS message_id, "
+         "thread_id::text AS thread_id, sender_user_id::text AS sender_user_id, org_id, role, "
+         "shift_id::text AS shift_id, ladder::text[] AS ladder, deadline, level, phase, step, "
+         "state, due_at, shift_ends_at, acknowledged_by::text AS acknowledged_by, "
+         "acknowledged_at, created_at")
+
+
+@dataclasses.dataclass(frozen=True)
+class Escalation:
+    escalation_id: str
+    message_pk: int
+    message_id: str
+    thread_id: str
+    sender_user_id: str
+    org_id: str
+    role: str
+    shift_id: str | None
+    ladder: tuple[str, ...]
+    deadline: int
+    level: int
+    phase: str
+    step: int
+    state: str
+    due_at: dt.datetime | None
+    shift_ends_at: dt.datetime | None
+    acknowledged_by: str | None
+    acknowledged_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    step: int
+    kind: str
+    level: int
+    user_id: str
+    at: dt.datetime
+
+
+def _esc(r: asyncpg.Record) -> Escalation:
+    d = dict(r)
+    d["ladder"] = tuple(d["ladder"])
+    return Escalation(**d)
+
+
+async def create(conn: asyncpg.Connection, *, message_pk: int, message_id: str, thread_id: str,
+                 sender_user_id: str, org_id: str, role: str, shift_id: str,
+                 ladder: Sequence[str], deadline: int, due_at: dt.datetime,
+                 shift_ends_at: dt.datetime, now: dt.datetime) -> Escalation | None:
+    row = await conn.fetchrow(
+        "INSERT INTO escalations (escalation_id, message_pk, message_id, thread_id, "
+        "sender_user_id, org_id, role, shift_id, ladder, deadline, due_at, shift_ends_at, "
+        "created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::uuid[],$10,$11,$12,$13) "
+        f"ON CONFLICT (message_pk) DO NOTHING RETURNING {_COLS}",
+        uuid.uuid4(), message_pk, message_id, thread_id, sender_user_id, org_id, role,
+        shift_id, list(ladder), deadline, due_at, shift_ends_at, now)
+    return None if row is None else _esc(row)
+
+
+async def open_in_threads(conn: asyncpg.Connection, thread_ids: Sequence[str]
+                          ) -> dict[str, list[Escalation]]:
+    rows = await conn.fetch(
+        f"SELECT {_COLS} FROM escalations WHERE thread_id = ANY($1::uuid[]) AND state = 'open' "
+        "ORDER BY created_at", list(thread_ids))
+    out: dict[str, list[Escalation]] = {}
+    for r in rows:
+        out.setdefault(r["thread_id"], []).append(_esc(r))
+    return out
+
+
+def held_users(escalations: Sequence[Escalation]) -> set[str]:
+    """Ladder members not yet reached by any of these open escalations."""
+    held: set[str] = set()
+    reached: set[str] = set()
+    for e in escalations:
+        held.update(e.ladder[e.level + 1:])
+        reached.update(e.ladder[:e.level + 1])
+    return held - reached
+
+
+async def claim_due(conn: asyncpg.Connection, now: dt.datetime, *, limit: int
+                    ) -> list[Escalation]:
+    """Open escalations whose timer fell due, locked for this transaction (others skip them)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLS} FROM escalations WHERE state = 'open' AND due_at <= $1 "
+        "ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)
+    return [_esc(r) for r in rows]
+
+
+async def claim_handovers(conn: asyncpg.Connection, now: dt.datetime, *, limit: int
+                          ) -> list[Escalation]:
+    """Open escalations whose shift has ended, locked for this transaction."""
+    rows = await conn.fetch(
+        f"SELECT {_COLS} FROM escalations WHERE state = 'open' AND shift_ends_at <= $1 "
+        "ORDER BY shift_ends_at LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)
+    return [_esc(r) for r in rows]
+
+
+async def save(conn: asyncpg.Connection, e: Escalation) -> None:
+    await conn.execute(
+        "UPDATE escalations SET level = $2, phase = $3, step = $4, state = $5, due_at = $6, "
+        "ladder = $7::uuid[], shift_id = $8, shift_ends_at = $9 WHERE escalation_id = $1",
+        e.escalation_id, e.level, e.phase, e.step, e.state, e.due_at, list(e.ladder),
+        e.shift_id, e.shift_ends_at)
+
+
+async def add_event(conn: asyncpg.Connection, escalation_id: str, event: Event) -> None:
+    await conn.execute(
+        "INSERT INTO escalation_events (escalation_id, step, kind, level, user_id, at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        escalation_id, event.step, event.kind, event.level, event.user_id, event.at)
+
+
+async def release_held(conn: asyncpg.Connection, thread_id: str, user_ids: Sequence[str]
+                       ) -> list[str]:
+    """Release the held deliveries of the thread for these users' devices; returns the
+    devices that now have something to receive."""
+    rows = await conn.fetch(
+        "UPDATE deliveries d SET held = false FROM messages m, devices v "
+        "WHERE d.message_pk = m.message_pk AND m.thread_id = $1 AND d.held "
+        "AND v.device_id = d.device_id AND v.user_id = ANY($2::uuid[]) "
+        "RETURNING d.device_id::text AS device_id", thread_id, list(user_ids))
+    return sorted({r["device_id"] for r in rows})
+
+
+async def for_message(conn: asyncpg.Connection, thread_id: str, message_id: str
+                      ) -> Escalation | None:
+    row = await conn.fetchrow(
+        f"SELECT {_COLS} FROM escalations WHERE thread_id = $1 AND message_id = $2",
+        thread_id, message_id)
+    return None if row is None else _esc(row)
+
+
+async def acknowledge(conn: asyncpg.Connection, thread_id: str, user_id: str,
+                      now: dt.datetime) -> list[Escalation]:
+    """Close every open escalation of the thread whose ladder holds ``user_id``."""
+    rows = await conn.fetch(
+        "UPDATE escalations SET state = 'acknowledged', due_at = NULL, acknowledged_by = $2, "
+        "acknowledged_at = $3 WHERE thread_id = $1 AND state = 'open' "
+        f"AND $2 = ANY (ladder) RETURNING {_COLS}", thread_id, user_id, now)
+    return [_esc(r) for r in rows]
+
+
+async def list_for_thread(conn: asyncpg.Connection, thread_id: str
+                          ) -> list[tuple[Escalation, list[Event]]]:
+    rows = await conn.fetch(
+        f"SELECT {_COLS} FROM escalations WHERE thread_id = $1 ORDER BY created_at", thread_id)
+    events = await conn.fetch(
+        "SELECT e.escalation_id::text AS id, e.step, e.kind, e.level, e.user_id::text AS u, e.at "
+        "FROM escalation_events e JOIN escalations x USING (escalation_id) "
+        "WHERE x.thread_id = $1 ORDER BY e.step", thread_id)
+    by: dict[str, list[Event]] = {}
+    for r in events:
+        by.setdefault(r["id"], []).append(Event(r["step"], r["kind"], r["level"], r["u"],
+                                                r["at"]))
+    return [(_esc(r), by.get(r["escalation_id"], [])) for r in rows]
+
+
+async def request_reseal(conn: asyncpg.Connection, *, escalation_id: str, thread_id: str,
+                         devices: Sequence[str], holders: Sequence[str], now: dt.datetime,
+                         deadline: dt.datetime) -> None:
+    await conn.execute(
+        "INSERT INTO reseal_requests (escalation_id, thread_id, devices, holders, requested_at, "
+        "deadline) VALUES ($1, $2, $3::uuid[], $4::uuid[], $5, $6) "
+        "ON CONFLICT (escalation_id) DO UPDATE SET devices = $3::uuid[], holders = $4::uuid[], "
+        "requested_at = $5, deadline = $6, done_at = NULL",
+        escalation_id, thread_id, list(devices), list(holders), now, deadline)
+
+
+async def pending_reseals(conn: asyncpg.Connection, thread_ids: Sequence[str]
+                          ) -> list[tuple[str, str, frozenset[str], frozenset[str]]]:
+    """(escalation id, thread id, devices to reach, holder devices) of open requests."""
+    rows = await conn.fetch(
+        "SELECT escalation_id::text AS e, thread_id::text AS t, devices::text[] AS d, "
+        "holders::text[] AS h FROM reseal_requests WHERE thread_id = ANY($1::uuid[]) "
+        "AND done_at IS NULL", list(thread_ids))
+    return [(r["e"], r["t"], frozenset(r["d"]), frozenset(r["h"])) for r in rows]
+
+
+async def reseal_done(conn: asyncpg.Connection, escalation_id: str, now: dt.datetime) -> None:
+    await conn.execute("UPDATE reseal_requests SET done_at = $2 WHERE escalation_id = $1",
+                       escalation_id, now)
+    await conn.execute("DELETE FROM device_notices WHERE kind = 'reseal_request' "
+                       "AND dedupe_key = $1", f"reseal:{escalation_id}")

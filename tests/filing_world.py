@@ -1,0 +1,128 @@
+"""Helpers for the filing and expiry tests: a record-gateway device (a service account with the
+record_gateway role and a gateway device), an image shared under consent to a specialist and
+the gateway, signed filing statements, and the relay's expiry service driven in simulated time
+(its own database pool, with an injected clock)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from clients.sdk import attachments as sdk_attachments
+from clients.sdk.socket import RelaySocket
+from protocol import statements
+from protocol.body import Body, CaptureKind, RecordData, Sex, encode_body
+from protocol.certs import AccountKind, SignedPrekey, issue_signed_prekey
+from protocol.frames import Frame
+from protocol.keys import MemoryPrekeyStore, Prekey
+from protocol.model import DeviceKind, SealedMessage
+from server.blobs import PostgresBlobStore
+from server.db import Database
+from server.expiry import ExpiryPolicy, FilingService
+from tests.consent_world import BIRTH_DATE, MRN, PATIENT_NAME, consent, sdk, seal_with
+from tests.helpers import seconds
+from tests.identity_world import World
+from tests.relay_world import Peer
+
+GATEWAY_ROLE = "record_gateway"
+
+
+async def gateway_peer(world: World, login: str = "record-gateway") -> Peer:
+    """A record gateway: service account, gateway device, kept signed prekey."""
+    user = world.org.user(login, roles=(GATEWAY_ROLE,), display_name="Record Gateway",
+                          account_kind=AccountKind.SERVICE)
+    device = await world.onboard(user, DeviceKind.GATEWAY)
+    spk = Prekey.generate(7)
+    token = issue_signed_prekey(SignedPrekey(device_id=device.device_id, prekey_id=7,
+                                             public=spk.public, created_at=int(time.time())),
+                                device.keys.signing)
+    r = await world.call(device, "PUT", "/v1/keys/signed-prekey", json={"signed_prekey": token})
+    assert r.status_code == 204, r.text
+    return Peer(device, MemoryPrekeyStore(signed=[spk]), spk, token)
+
+
+def record(capture: str = "film") -> RecordData:
+    return RecordData(patient_name=PATIENT_NAME, patient_id=MRN, issuer_of_patient_id="LBX",
+                      birth_date=BIRTH_DATE, sex=Sex.FEMALE, accession_number="ACC42",
+                      anatomic_region="Wrist", study_description="Wrist x-ray photo",
+                      capture=CaptureKind(capture))
+
+
+@contextlib.asynccontextmanager
+async def expiry_service(world: World, *, grace: int = 900,
+                         hard_limit: int = 72 * 3600) -> AsyncIterator[FilingService]:
+    """The relay's expiry service on the test's own loop, for sweeps in simulated time."""
+    db = Database(world.dsn, min_size=1, max_size=2)
+    await db.open()
+    try:
+        yield FilingService(db=db, blobs=PostgresBlobStore(db), trust=world.relay.relay.trust,
+                            policy=ExpiryPolicy(grace=grace, hard_limit=hard_limit))
+    finally:
+        await db.close()
+
+
+def later(seconds_from_now: float) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds_from_now)
+
+
+class Shared(msgspec.Struct):
+    """An image the intern uploaded, with its consent and the sealed body to send."""
+
+    attachment_id: str
+    consent_id: str
+    image: bytes
+    body: bytes
+    key: bytes
+
+
+async def upload_image(world: World, sender: Peer, image: bytes, *, roles: tuple[str, ...],
+                       capture: str = "film", text: str = "Wrist, please review") -> Shared:
+    """Consent captured and registered, image encrypted and uploaded, body sealed-ready."""
+    token, cid = consent(world, sender, [image], roles=roles)
+    http = await sdk(world, sender)
+    try:
+        await http.register_consent(token)
+        enc = await sdk_attachments.encrypt(image)
+        aid = await sdk_attachments.upload(http, enc.ciphertext)
+    finally:
+        await http.aclose()
+    body = encode_body(Body(text=text, attachments=[enc.descriptor(aid, "image/png")],
+                            consent_token=token, record=record(capture)))
+    return Shared(attachment_id=aid, consent_id=cid, image=image, body=body, key=enc.key)
+
+
+def image_message(sender: Peer, thread_id: str, recipients: list[Peer], shared: Shared
+                  ) -> SealedMessage:
+    return seal_with(sender, thread_id, recipients, shared.body, consent_id=shared.consent_id,
+                     attachment_ids=[shared.attachment_id])
+
+
+def filing_statement(signer: Peer, *, attachment_id: str, message_id: str, thread_id: str,
+                     device_id: str | None = None, receipt: bytes = b"receipt") -> str:
+    body = statements.FilingStatement(
+        v=1, statement_id=str(uuid.uuid4()), device_id=device_id or signer.device_id,
+        attachment_id=attachment_id, message_id=message_id, thread_id=thread_id,
+        filed_at=int(time.time()), receipt_sha256=hashlib.sha256(receipt).digest())
+    return statements.issue_filing_statement(body, signer.device.keys.signing)
+
+
+def confirmation(signer: Peer, *, attachment_id: str, order_id: str) -> str:
+    return statements.issue_expiry_confirmation(statements.ExpiryConfirmation(
+        v=1, device_id=signer.device_id, attachment_id=attachment_id, order_id=order_id,
+        shredded_at=int(time.time())), signer.device.keys.signing)
+
+
+async def next_of(sock: RelaySocket, kind: type[Any], *, timeout: float = 10.0,
+                  match: Any = lambda f: True) -> Any:
+    """The next frame of ``kind`` (others are skipped)."""
+    while True:
+        frame: Frame = await sock.next_event(seconds(timeout))
+        if isinstance(frame, kind) and match(frame):
+            return frame

@@ -1,0 +1,243 @@
+"""Filing and expiry on the relay (server/expiry.py) over real websockets: the gateway
+requirement on images, filing statements and their bad-input codes, expiry orders after the
+grace period (simulated time), confirmations and their codes, the ciphertext deleted once every
+copy is accounted for, orders for an offline device sent first when it reconnects, the hard
+limit for images never filed, and a device revoked with wipe."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from clients.sdk import attachments as sdk_attachments
+from clients.sdk.socket import SendRefused
+from protocol.frames import (
+    Error,
+    ExpireOrder,
+    ExpiryConfirm,
+    ExpiryReason,
+    FiledNotice,
+    Filing,
+    KeysLow,
+    QueueEmpty,
+    WipeOrder,
+)
+from tests.consent_world import count, sdk, xray_png
+from tests.filing_world import (
+    confirmation,
+    expiry_service,
+    filing_statement,
+    gateway_peer,
+    image_message,
+    later,
+    next_of,
+    upload_image,
+)
+from tests.identity_world import World, identity_world
+from tests.relay_world import connect, peer, thread
+
+ORTHO = "orthopaedics_oncall"
+
+
+@pytest.fixture
+async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
+    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
+        yield w
+
+
+async def test_filing_statements_orders_confirmations_and_their_codes(world: World) -> None:
+    intern = await peer(world, "intern", roles=("intern",))
+    ortho = await peer(world, "ortho", roles=(ORTHO,))
+    gw = await gateway_peer(world)
+    tid = await thread(world, intern, ortho)
+    shared = await upload_image(world, intern, xray_png(160, 120), roles=(ORTHO,))
+    a, b, g = await connect(world, intern), await connect(world, ortho), await connect(world, gw)
+    try:
+        # An image for direct care must name the organisation's gateway.
+        with pytest.raises(SendRefused) as err:
+            await a.send(image_message(intern, tid, [ortho], shared))
+        assert err.value.code == "filing_gateway_missing"
+        assert err.value.missing == [gw.device_id]
+        sealed = image_message(intern, tid, [ortho, gw], shared)
+        await a.send(sealed)
+        mid = sealed.header.message_id
+        aid = shared.attachment_id
+
+        async def refused(sock: object, frame: Filing | ExpiryConfirm) -> Error:
+            await sock.send_frame(frame)  # type: ignore[attr-defined]
+            return await next_of(sock, Error, match=lambda e: e.req_id == frame.req_id)  # type: ignore[arg-type]
+
+        # Not a gateway: the specialist signs a filing statement with its own key.
+        e = await refused(b, Filing(req_id="f1", statement=filing_statement(
+            ortho, attachment_id=aid, message_id=mid, thread_id=tid)))
+        assert e.code == "filing_not_gateway"
+        # Signed by another key than the gateway's own.
+        e = await refused(g, Filing(req_id="f2", statement=filing_statement(
+            ortho, attachment_id=aid, message_id=mid, thread_id=tid, device_id=gw.device_id)))
+        assert e.code == "verification_failed"
+        # An attachment the gateway never received.
+        e = await refused(g, Filing(req_id="f3", statement=filing_statement(
+            gw, attachment_id=str(uuid.uuid4()), message_id=mid, thread_id=tid)))
+        assert e.code == "filing_unknown_attachment"
+
+        # The gateway downloads the image, then files it.
+        http = await sdk(world, gw)
+        try:
+            await sdk_attachments.download(http, aid)
+        finally:
+            await http.aclose()
+        statement = filing_statement(gw, attachment_id=aid, message_id=mid, thread_id=tid)
+        await g.send_frame(Filing(req_id="ok", statement=statement))
+        filed = await next_of(g, FiledNotice)
+        assert filed.attachment_id == aid
+        # Replayed: idempotent success, nothing changes.
+        await g.send_frame(Filing(req_id="again", statement=statement))
+        assert (await next_of(g, FiledNotice)).expires_at == filed.expires_at
+        assert await count(world, "SELECT count(*) FROM filings") == 1
+        notice = await next_of(b, FiledNotice)
+        assert notice.attachment_id == aid and notice.expires_at == filed.expires_at
+
+        # An expiry confirmation for a copy this device never had.
+        e = await refused(b, ExpiryConfirm(req_id="c1", statement=confirmation(
+            ortho, attachment_id=aid, order_id=str(uuid.uuid4()))))
+        assert e.code == "expiry_unknown_copy"
+
+        assert (await next_of(a, FiledNotice)).attachment_id == aid  # the sender is told too
+        # The intern goes offline; the grace period passes (simulated time).
+        await a.close()
+        a = None
+        async with expiry_service(world) as svc:
+            report = await svc.sweep(now=later(60))
+            assert report.orders == 0  # not yet
+            report = await svc.sweep(now=later(901))
+            assert report.expired_filed == 1 and report.orders == 2  # sender + specialist
+
+        order = await next_of(b, ExpireOrder)
+        assert order.attachment_id == aid and order.reason is ExpiryReason.FILED
+        # Signed by someone else: verification_failed; then the real confirmation.
+        e = await refused(b, ExpiryConfirm(req_id="c2", statement=confirmation(
+            intern, attachment_id=aid, order_id=order.order_id)))
+        assert e.code == "verification_failed"
+        await b.send_frame(ExpiryConfirm(statement=confirmation(
+            ortho, attachment_id=aid, order_id=order.order_id)))
+
+        # The offline intern reconnects: its order comes before any notice or delivery.
+        a = await connect(world, intern)
+        first = await next_of(a, object, match=lambda f: not isinstance(f, KeysLow))
+        assert isinstance(first, ExpireOrder) and first.attachment_id == aid
+        await a.send_frame(ExpiryConfirm(statement=confirmation(
+            intern, attachment_id=aid, order_id=first.order_id)))
+        await next_of(a, QueueEmpty)
+        for _ in range(200):  # confirmations are answered asynchronously (no success frame)
+            if await count(world, "SELECT count(*) FROM expiry_orders WHERE "
+                           "confirmed_at IS NULL") == 0 and await count(
+                    world, "SELECT count(*) FROM blobs WHERE blob_id = $1", uuid.UUID(aid)) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await count(world, "SELECT count(*) FROM device_notices WHERE kind = "
+                           "'expire_order'") == 0
+        # Filed, and every recipient fetched it (gateway) or confirmed its expiry (the
+        # specialist, who never fetched it): the relay's ciphertext is gone.
+        assert await count(world, "SELECT count(*) FROM blobs WHERE blob_id = $1",
+                           uuid.UUID(aid)) == 0
+        # A confirmation sent twice is idempotent.
+        await b.send_frame(ExpiryConfirm(req_id="c3", statement=confirmation(
+            ortho, attachment_id=aid, order_id=order.order_id)))
+    finally:
+        for s in (a, b, g):
+            if s is not None:
+                await s.close()
+
+
+async def test_an_image_never_filed_expires_at_the_hard_limit_and_filing_is_then_too_late(
+        world: World) -> None:
+    intern = await peer(world, "intern", roles=("intern",))
+    ortho = await peer(world, "ortho", roles=(ORTHO,))
+    gw = await gateway_peer(world)
+    tid = await thread(world, intern, ortho)
+    shared = await upload_image(world, intern, xray_png(96, 96), roles=(ORTHO,))
+    a, g = await connect(world, intern), await connect(world, gw)
+    try:
+        sealed = image_message(intern, tid, [ortho, gw], shared)
+        await a.send(sealed)
+        async with expiry_service(world) as svc:
+            report = await svc.sweep(now=later(72 * 3600 + 5))
+        assert report.expired_unfiled == 1 and report.orders == 2
+        # The sender is told the image was not filed: its own order says hard_limit.
+        order = await next_of(a, ExpireOrder)
+        assert order.reason is ExpiryReason.HARD_LIMIT
+        assert await count(world, "SELECT count(*) FROM blobs") == 0
+        assert await count(world, "SELECT count(*) FROM audit_log WHERE event = "
+                           "'attachment.not_filed'") == 1
+        await g.send_frame(Filing(req_id="late", statement=filing_statement(
+            gw, attachment_id=shared.attachment_id, message_id=sealed.header.message_id,
+            thread_id=tid)))
+        e = await next_of(g, Error, match=lambda f: f.req_id == "late")
+        assert e.code == "filing_too_late"
+    finally:
+        await a.close()
+        await g.close()
+
+
+async def test_a_device_revoked_with_wipe_gets_the_order_first_and_its_deliveries_dropped(
+        world: World) -> None:
+    intern = await peer(world, "intern", roles=("intern",))
+    ortho = await peer(world, "ortho", roles=(ORTHO,))
+    tid = await thread(world, intern, ortho)
+    a = await connect(world, intern)
+    try:
+        from tests.relay_world import seal
+
+        await a.send(seal(intern, tid, [ortho], b"queued for the lost phone"))
+    finally:
+        await a.close()
+    r = await world.revoke(world.org, 1, devices=(ortho.device_id,), wipe=True)
+    assert r.status_code == 200, r.text
+    b = await connect(world, ortho)  # its access token is still within its lifetime
+    try:
+        first = await next_of(b, object, match=lambda f: not isinstance(f, KeysLow))
+        assert isinstance(first, WipeOrder)
+        closed = await b.closed
+        assert closed[0] == 4004
+    finally:
+        await b.close()
+    assert await count(world, "SELECT count(*) FROM deliveries WHERE device_id = $1",
+                       uuid.UUID(ortho.device_id)) == 0
+    assert await count(world, "SELECT count(*) FROM audit_log WHERE event = "
+                       "'device.wipe_ordered'") == 1
+
+
+async def test_expire_orders_of_a_withdrawn_consent_are_confirmed_the_same_way(
+        world: World) -> None:
+    intern = await peer(world, "intern", roles=("intern",))
+    ortho = await peer(world, "ortho", roles=(ORTHO,))
+    gw = await gateway_peer(world)
+    tid = await thread(world, intern, ortho)
+    shared = await upload_image(world, intern, xray_png(64, 64), roles=(ORTHO,))
+    a, b = await connect(world, intern), await connect(world, ortho)
+    try:
+        await a.send(image_message(intern, tid, [ortho, gw], shared))
+        r = await world.call(intern.device, "POST", f"/v1/consents/{shared.consent_id}/revoke")
+        assert r.status_code == 200, r.text
+        order = await next_of(b, ExpireOrder)
+        assert order.reason is ExpiryReason.CONSENT_REVOKED
+        await b.send_frame(ExpiryConfirm(req_id="w", statement=confirmation(
+            ortho, attachment_id=shared.attachment_id, order_id=order.order_id)))
+
+        async def confirmed() -> int:
+            return await count(world, "SELECT count(*) FROM expiry_orders WHERE device_id = $1 "
+                               "AND confirmed_at IS NOT NULL", uuid.UUID(ortho.device_id))
+        for _ in range(100):
+            if await confirmed():
+                break
+            await asyncio.sleep(0.05)
+        assert await confirmed() == 1
+        assert await count(world, "SELECT count(*) FROM audit_log WHERE event = "
+                           "'expiry.confirmed'") == 1
+    finally:
+        await a.close()
+        await b.close()

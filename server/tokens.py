@@ -146,13 +146,16 @@ class TokenService:
         }
         return jwt.encode(claims, self._signing_key, algorithm="EdDSA"), exp
 
-    def verify_access(self, token: str, *, now: float | None = None) -> AccessClaims:
+    def verify_access(self, token: str, *, now: float | None = None,
+                      allow_expired: bool = False) -> AccessClaims:
         """Verify an access token (signature, issuer, audience, expiry) and return its claims.
 
         Raises :class:`~server.errors.Unauthorized` with ``token_invalid``, ``token_expired``
         or ``token_audience``. It does not check the device's proof or status: see
-        server/authn.py."""
-        payload = self._decode(token, ACCESS_TOKEN_AUDIENCE, now, extra=("did", "sid", "cnf"))
+        server/authn.py. ``allow_expired`` skips only the expiry check, for the one use that
+        needs it: identifying a revoked device that must hear its wipe order (server/ws.py)."""
+        payload = self._decode(token, ACCESS_TOKEN_AUDIENCE, now, extra=("did", "sid", "cnf"),
+                               allow_expired=allow_expired)
         did, sid, cnf = payload["did"], payload["sid"], payload["cnf"]
         if not (isinstance(did, str) and _UUID.match(did) and isinstance(sid, str)
                 and _UUID.match(sid) and isinstance(cnf, dict)
@@ -183,7 +186,7 @@ class TokenService:
     # --- shared ---------------------------------------------------------------------------
 
     def _decode(self, token: str, audience: str, now: float | None,
-                extra: tuple[str, ...]) -> dict[str, Any]:
+                extra: tuple[str, ...], allow_expired: bool = False) -> dict[str, Any]:
         if not isinstance(token, str) or len(token) > 4096:
             raise _fail(ErrorCode.TOKEN_INVALID, "malformed token")
         try:
@@ -206,6 +209,6 @@ class TokenService:
         if not (isinstance(sub, str) and _UUID.match(sub) and isinstance(iat, int)
                 and isinstance(exp, int) and isinstance(payload["jti"], str)):
             raise _fail(ErrorCode.TOKEN_INVALID, "malformed token claims")
-        if self._now(now) >= exp:
+        if self._now(now) >= exp and not allow_expired:
             raise _fail(ErrorCode.TOKEN_EXPIRED, "token expired")
         return payload

@@ -628,7 +628,20 @@ class DeviceSocketAuthenticator:
 
     async def authenticate(self, request: AuthRequested) -> SocketPrincipal:
         now = self.clock()
-        claims = self.tokens.verify_access(request.hello.access_token, now=now)
+        try:
+            claims = self.tokens.verify_access(request.hello.access_token, now=now)
+        except RelayError as err:
+            if err.code is ErrorCode.TOKEN_EXPIRED:
+                # A device revoked with wipe can never log in again (its sessions were
+                # revoked), so its last token will have expired when a lost phone comes back.
+                # A genuine expired token naming it, with this challenge signed by the device's
+                # own key, is enough to hear the wipe order: nothing else is let through.
+                stale = self.tokens.verify_access(request.hello.access_token, now=now,
+                                                  allow_expired=True)
+                if stale.device_id == request.hello.device_id:
+                    async with self.db.pool.acquire() as conn:
+                        await self._wipe_pending(conn, stale.device_id, request)
+            raise
         if claims.device_id != request.hello.device_id:
             raise RelayError(ErrorCode.TOKEN_DEVICE_MISMATCH,
                              "the token was issued to another device")

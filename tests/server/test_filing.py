@@ -241,3 +241,42 @@ async def test_expire_orders_of_a_withdrawn_consent_are_confirmed_the_same_way(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_wiped_phone_coming_back_after_its_token_expired_still_gets_the_order(
+        world: World) -> None:
+    """A lost phone returns long after its 10-minute access token expired; it cannot log in
+    (revoked), but its genuine expired token and its key's challenge signature get it the wipe
+    order, and a device NOT marked for wipe gets token_expired as always."""
+    import time
+
+    from clients.sdk.socket import RelaySocket, SocketClosed
+
+    ortho = await peer(world, "ortho", roles=(ORTHO,))
+    bystander = await peer(world, "bystander", roles=(ORTHO,))
+    tokens = world.relay.relay.tokens
+
+    def expired(p):  # type: ignore[no-untyped-def]
+        claims = tokens.verify_access(p.token)
+        token, _ = tokens.issue_access(user_id=p.user_id, device_id=p.device_id,
+                                       family_id=claims.family_id,
+                                       signing_key=p.device.keys.signing.public,
+                                       now=time.time() - 7200)
+        return token
+
+    r = await world.revoke(world.org, 1, devices=(ortho.device_id,), wipe=True)
+    assert r.status_code == 200, r.text
+    b = await RelaySocket.connect(world.relay.ws_url + "/v1/ws", access_token=expired(ortho),
+                                  device_id=ortho.device_id, sign=ortho.device.keys.sign)
+    try:
+        first = await next_of(b, object, match=lambda f: not isinstance(f, KeysLow))
+        assert isinstance(first, WipeOrder)
+        assert (await b.closed)[0] == 4004
+    finally:
+        await b.close()
+    with pytest.raises(SocketClosed) as err:
+        await RelaySocket.connect(world.relay.ws_url + "/v1/ws",
+                                  access_token=expired(bystander),
+                                  device_id=bystander.device_id,
+                                  sign=bystander.device.keys.sign)
+    assert (err.value.code, err.value.reason) == (4001, "token_expired")

@@ -1,12 +1,10 @@
 """The specialist's desktop client in a real browser (Debian's Chromium, driven by Playwright)
 against a real relay: unlock, see an urgent consult arrive (urgent first), open the image and
-change its contrast, reply, acknowledge, and see the image replaced by a notice when its copy
-expires (here ordered by the consent's withdrawal, the same expire order that filing sends).
-Screenshots of every step go to test-artefacts/desktop/. Also: the local server's guards
-(per-launch secret, session cookie, CSRF token, Host check, CSP).
-
-TODO(issue 7): "filed" (the gateway's filing receipt and the copy's expiry time shown) once
-the relay handles filing statements; the client already shows FiledNotice and filing receipts.
+change its contrast, reply, acknowledge, see it filed in the record by the real record gateway
+(into a real Orthanc) and then see the image replaced by its record reference when its copy
+expires after the grace period. Screenshots of every step go to test-artefacts/desktop/.
+Also: the local server's guards (per-launch secret, session cookie, CSRF token, Host check,
+CSP).
 """
 
 from __future__ import annotations
@@ -24,14 +22,18 @@ import pytest
 from clients import imaging
 from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.desktop.app import DesktopServer
+from clients.gateway import GatewayConfig, RecordGateway
+from clients.pacs import PacsClient, PacsSettings
 from clients.sdk.client import MessageEvent, ReceiptEvent
 from protocol.body import RecordData
+from protocol.certs import AccountKind
 from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.model import DeviceKind, Priority, Purpose
 from tests.clinician_world import enrol_clinician
 from tests.consent_world import xray_png
 from tests.helpers import ROOT, seconds
 from tests.identity_world import PASSWORD, World, identity_world
+from tests.orthanc import OrthancServer
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -54,7 +56,9 @@ def _require_browser() -> Any:
 
 @pytest.fixture
 async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
+    # A short grace after filing, swept often, so the copy expires within the test.
+    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024,
+                              expiry_grace=3, expiry_sweep_interval=0.5) as w:
         yield w
 
 
@@ -67,7 +71,7 @@ async def _wait_for(queue: asyncio.Queue[Any], kind: type, match: Any) -> Any:
 
 
 async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
-        world: World, tmp_path: Path) -> None:
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
     async_playwright = _require_browser()
     shutil.rmtree(SHOTS, ignore_errors=True)
     SHOTS.mkdir(parents=True)
@@ -79,6 +83,14 @@ async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
     specialist.vault.lock()  # the desktop opens it with the password
     desktop = DesktopServer(profile, client_options={"backoff_base": 0.05, "backoff_max": 0.5})
     await desktop.start()
+    gw_user = world.org.user("gateway", roles=("record_gateway",), display_name="Gateway",
+                             account_kind=AccountKind.SERVICE)
+    gateway = await enrol_clinician(world, tmp_path, "gateway", kind=DeviceKind.GATEWAY,
+                                    user=gw_user)
+    pacs = PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=orthanc.username,
+                                   password=orthanc.password, timeout=seconds(5)))
+    gw = RecordGateway(gateway.vault, pacs, password=PASSWORD, backoff_base=0.05,
+                       backoff_max=0.5, config=GatewayConfig(retry_base=0.1, retry_max=0.5))
     await intern.client.start(wait_connected=seconds(10))
     events = intern.client.subscribe()
     try:
@@ -112,7 +124,7 @@ async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
             await intern.client.send_text(routine.thread_id, "Routine: clinic letter query",
                                           subject="Clinic letter")
             prepared = imaging.prepare_image(xray_png(900, 700))
-            token, claims = capture_consent(intern.vault.state, ConsentCapture(
+            token, _ = capture_consent(intern.vault.state, ConsentCapture(
                 purposes=[Purpose.DIRECT_CARE], images=[image_hash(prepared.image.data)],
                 decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
                 recipient_roles=[ORTHO], permanence_statement_shown=True,
@@ -177,18 +189,26 @@ async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
             assert ack.message_id == sent.message_id and ack.display_name == "Dr Bo Ortho"
             await page.screenshot(path=SHOTS / "07-acknowledged.png")
 
-            # 7. the copy expires (consent withdrawn -> expire order): the image is replaced
-            await intern.client.relay.revoke_consent(claims.jti)
-            await page.locator(".expired").wait_for(timeout=15000)
+            # 7. the record gateway (started only now, so the specialist had the image while
+            # reading) files it into the PACS: the thread shows it filed in the record
+            await gw.start()
+            await page.locator(".filing").wait_for()
+            await page.screenshot(path=SHOTS / "08-filed.png")
+
+            # 8. after the grace period the relay orders every copy to expire: the image is
+            # replaced by its record reference
+            await page.locator(".expired").wait_for()
             assert await page.locator(".thumb").count() == 0
-            await page.screenshot(path=SHOTS / "08-expired.png")
+            await page.screenshot(path=SHOTS / "09-expired.png")
             assert not problems, problems
             await browser.close()
     finally:
+        await gw.stop()
+        await pacs.aclose()
         await intern.client.close()
         intern.vault.lock()
         await desktop.stop()
-    for step in ("01", "03", "05", "07", "08"):
+    for step in ("01", "03", "05", "07", "08", "09"):
         assert any(p.name.startswith(step) for p in SHOTS.iterdir())
 
 

@@ -81,6 +81,7 @@ from protocol.frames import (
     KeysLow,
     Receipt,
     ReceiptNotice,
+    ResealRequest,
     Revoked,
     WipeOrder,
     Withdrawn,
@@ -912,6 +913,8 @@ class LightboxClient:
         elif isinstance(frame, Revoked):
             self._chains.clear()
             await self.revocations(force=True)
+        elif isinstance(frame, ResealRequest):
+            self._spawn(self._answer_reseal(frame), "reseal")
         elif isinstance(frame, EscalationNotice):
             await self._emit(EscalationEvent(frame.thread_id, frame.message_id,
                                              frame.kind.value, frame.step, frame.level,
@@ -925,6 +928,29 @@ class LightboxClient:
             self._spawn(self.close(), "close-after-wipe")
         elif isinstance(frame, Error):
             await self._emit(StatusEvent("error", f"{frame.code.value}: {frame.detail}"))
+
+    async def _answer_reseal(self, request: ResealRequest) -> None:
+        """Shift handover (issue 9): the relay is blind, so a device that holds the consult
+        seals its content again for the thread's current participants (the incoming clinician
+        included, verified like any recipient). The relay counts the new message as the
+        answer. Nothing is sent when this device does not hold the message in its vault."""
+        try:
+            stored = self.vault.message(request.message_id)
+        except ItemNotFound:
+            return
+        body = self._body(stored)
+        if body is None:
+            return
+        consent_id = None
+        if body.consent_token is not None:
+            consent_id = peek_consent_token_unverified(body.consent_token).jti
+        try:
+            await self._send_body(request.thread_id, body,
+                                  purpose=Purpose(stored.purpose or Purpose.DIRECT_CARE.value),
+                                  priority=Priority(stored.priority), consent_id=consent_id,
+                                  attachment_ids=stored.attachment_ids)
+        except SDKError as exc:
+            await self._emit(StatusEvent("error", f"handover of a consult failed: {exc}"))
 
     async def replenish_prekeys(self, count: int) -> None:
         """Make ``count`` one-time prekeys, keep their secrets first, then upload them."""

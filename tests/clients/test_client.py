@@ -223,3 +223,46 @@ async def test_escalation_notices_become_escalation_events(world: World, tmp_pat
     event = await asyncio.wait_for(events.get(), seconds(5))
     assert isinstance(event, EscalationEvent)
     assert (event.kind, event.step, event.user_id) == ("released", 2, notice.user_id)
+
+
+async def test_reseal_request_is_answered_with_the_same_body_for_the_current_participants(
+        world: World, tmp_path: Path) -> None:
+    """Shift handover: the relay asks the sender's device to seal a consult again; the SDK
+    reads it back from its vault and sends the same body to the thread's participants now."""
+    import time
+    import uuid
+
+    from protocol.frames import ResealRequest
+
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=("orthopaedics_oncall",))
+    for c in (intern, ortho):
+        await c.client.start(wait_connected=seconds(10))
+    events = ortho.client.subscribe()
+    try:
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        sent = await intern.client.send_text(thread.thread_id, "Scaphoid tenderness, x-ray?")
+        first = await asyncio.wait_for(_next_message(events), seconds(15))
+        assert first.body == "Scaphoid tenderness, x-ray?"
+        await intern.client._on_frame(ResealRequest(
+            thread_id=thread.thread_id, message_id=sent.message_id,
+            devices=[ortho.client.device_id], deadline=int(time.time()) + 600))
+        again = await asyncio.wait_for(_next_message(events), seconds(15))
+        assert again.body == "Scaphoid tenderness, x-ray?"
+        assert again.message_id != sent.message_id
+        # a request for a message this device never held sends nothing
+        await intern.client._on_frame(ResealRequest(
+            thread_id=thread.thread_id, message_id=str(uuid.uuid4()),
+            devices=[ortho.client.device_id], deadline=int(time.time()) + 600))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(_next_message(events), 1.0)
+    finally:
+        for c in (intern, ortho):
+            await c.client.close()
+
+
+async def _next_message(events: asyncio.Queue[Any]) -> Any:
+    while True:
+        event = await events.get()
+        if isinstance(event, MessageEvent):
+            return event.message

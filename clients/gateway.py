@@ -13,7 +13,14 @@ is also sealed to. For each image it receives it:
    stores the same object again rather than a second one;
 3. stores it with STOW-RS and proves it by reading it back (QIDO-RS + WADO-RS, pixel data
    compared byte for byte): :meth:`clients.pacs.PacsClient.verify_stored`;
-4. seals the full receipt (Study/Series/SOP Instance UIDs, retrieve URL) to the thread's
+4. files the consent with it (issue 10 item 1): the human-readable consent form (copy for the
+   record) as a DICOM Encapsulated PDF in the same study, once per consent and study (its UIDs
+   derive from the consent id and the study), read back like the image; and the FHIR R4
+   Consent, POSTed to ``LIGHTBOX_FHIR_URL`` when one is configured (conditional create on the
+   consent's identifier, so a retry does not duplicate it) and otherwise only named in the
+   receipt by the SHA-256 of its JSON;
+5. seals the full receipt (Study/Series/SOP Instance UIDs, retrieve URL, the documents filed
+   with the image) to the thread's
    participants (body kind ``filing_receipt``), then sends the relay a ``filing`` statement
    signed by its device key naming the SHA-256 of that sealed receipt; the relay answers
    ``filed_notice`` and starts the grace period after which every copy expires.
@@ -36,6 +43,7 @@ import datetime as dt
 import getpass
 import hashlib
 import io
+import json
 import logging
 import os
 import random
@@ -45,10 +53,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import httpx
 import msgspec
 from PIL import Image
 
 from clients import dicom
+from clients.consent_pdf import ConsentFormDisplay, FormCopy, render_consent_pdf
 from clients.pacs import (
     InstanceRef,
     PacsAuthError,
@@ -69,13 +79,14 @@ from protocol.body import (
     Body,
     BodyKind,
     CaptureKind,
+    FiledDocument,
     FilingReceipt,
     RecordData,
     decode_body,
     encode_body,
 )
 from protocol.canonical import peek_compact
-from protocol.consent import peek_consent_token_unverified
+from protocol.consent import ConsentClaims, peek_consent_token_unverified, to_fhir_consent
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import Deliver, Error, FiledNotice, Filing, Frame, KeysLow
 from protocol.model import MessageHeader, Priority, Purpose, SealedMessage
@@ -106,6 +117,7 @@ class GatewayConfig:
     retry_max: float = 300.0  # longest wait between retries
     issuer_of_patient_id: str = ""  # default Issuer of Patient ID when the body names none
     statement_timeout: float = 30.0
+    fhir_url: str = ""  # FHIR R4 base the Consent resources are POSTed to (LIGHTBOX_FHIR_URL)
 
 
 def dicom_uid(*parts: str) -> str:
@@ -164,6 +176,37 @@ def build_instance(image: bytes, record: RecordData, header: MessageHeader,
                                            new_uid=new_uid)
     return dicom.build_secondary_capture(pixels, data, captured_from=dicom.CapturedFrom.FILM,
                                          series_instance_uid=series, new_uid=new_uid)
+
+
+def patient_label(patient_name: str) -> str:
+    """A DICOM person name (``Family^Given^Middle^Prefix^Suffix``) as the form shows it."""
+    family, _, rest = patient_name.partition("^")
+    given = " ".join(p for p in rest.split("^")[:2] if p)
+    return f"{family}, {given}" if family and given else (family or given)
+
+
+def build_consent_form(claims: ConsentClaims, record: RecordData, header: MessageHeader, *,
+                       study_instance_uid: str, clinician_name: str, operator: str,
+                       default_issuer: str) -> dicom.DicomInstance:
+    """The consent form (copy for the record) as Encapsulated PDF in the images' study. Its
+    UIDs and content depend only on the consent and the study, so every image of the study
+    that the consent covers, and every retry, files the same object once."""
+    pdf = render_consent_pdf(claims, ConsentFormDisplay(
+        patient_label=patient_label(record.patient_name), clinician_name=clinician_name),
+        copy=FormCopy.RECORD)
+    data = dataclasses.replace(
+        dicom_record(record, header, operator=operator, default_issuer=default_issuer),
+        acquisition_datetime=dt.datetime.fromtimestamp(claims.iat, dt.UTC))
+    uid = iter([dicom_uid("consent-form", claims.jti, study_instance_uid)])
+    return dicom.build_encapsulated_pdf(
+        pdf, data, study_instance_uid=study_instance_uid,
+        series_instance_uid=dicom_uid("consent-series", claims.jti, study_instance_uid),
+        new_uid=lambda: next(uid))
+
+
+def fhir_consent_json(claims: ConsentClaims) -> bytes:
+    """The FHIR R4 Consent as canonical-enough JSON (sorted keys), hashed into the receipt."""
+    return json.dumps(to_fhir_consent(claims), sort_keys=True, separators=(",", ":")).encode()
 
 
 class _GatewayConnection(Connection):
@@ -380,6 +423,7 @@ class RecordGateway:
         except dicom.DicomBuildError as exc:
             raise FilingFailed(f"no valid DICOM object can be made: {exc}") from exc
         ref = await self._store(instance)
+        documents = await self._file_consent(claims, body.record, h, instance, sender)
         filed_at = int(self.clock())
         receipt = FilingReceipt(
             attachment_id=descriptor.attachment_id, message_id=h.message_id,
@@ -387,12 +431,69 @@ class RecordGateway:
             series_instance_uid=instance.series_instance_uid,
             sop_instance_uid=instance.sop_instance_uid, filed_at=filed_at,
             retrieve_url=(ref.retrieve_url or "")[:1024],
-            record_ref=instance.study_instance_uid)
+            record_ref=instance.study_instance_uid, documents=documents)
         sealed_receipt = await self._tell_thread(
             h, Body(kind=BodyKind.FILING_RECEIPT, filing=receipt), revocations)
         await self._statement(h, descriptor.attachment_id, filed_at,
                               hashlib.sha256(envelope.encode_sealed(sealed_receipt)).digest())
         return receipt
+
+    async def _file_consent(self, claims: ConsentClaims, record: RecordData, h: MessageHeader,
+                            image: dicom.DicomInstance, sender: certs.VerifiedDevice
+                            ) -> list[FiledDocument]:
+        """File the consent with the image: the form in the same study (stored and read back
+        like the image; a form that cannot be filed fails the image's filing, so nothing
+        expires without its consent on record), and the FHIR Consent."""
+        clinician = sender.user.display_name if claims.iss == sender.user_id else ""
+        try:
+            form = await asyncio.to_thread(
+                build_consent_form, claims, record, h,
+                study_instance_uid=image.study_instance_uid, clinician_name=clinician,
+                operator=sender.user.display_name,
+                default_issuer=self.config.issuer_of_patient_id or self.store.state.org_id)
+        except Exception as exc:  # DicomBuildError, ConsentPdfError
+            raise FilingFailed(f"the consent form cannot be filed: {exc}") from exc
+        await self._store(form)
+        fhir = fhir_consent_json(claims)
+        return [
+            FiledDocument(kind="consent_form", consent_id=claims.jti,
+                          series_instance_uid=form.series_instance_uid,
+                          sop_instance_uid=form.sop_instance_uid,
+                          sop_class_uid=form.sop_class_uid),
+            FiledDocument(kind="fhir_consent", consent_id=claims.jti,
+                          sha256=hashlib.sha256(fhir).hexdigest(),
+                          location=(await self._post_fhir(claims))[:1024]),
+        ]
+
+    async def _post_fhir(self, claims: ConsentClaims) -> str:
+        """POST the Consent to the configured FHIR server (conditional create on its
+        identifier: a retry finds the one already there; no ``id``, which a create must not
+        carry); returns its Location, or "" when no server is configured. An unreachable
+        server (or 5xx) is retried like the PACS; a refusal fails the filing."""
+        base = self.config.fhir_url.rstrip("/")
+        if not base:
+            return ""
+        resource = json.dumps({k: v for k, v in to_fhir_consent(claims).items()
+                               if k != "id"}).encode()
+        attempt = 0
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            while True:
+                try:
+                    response = await http.post(f"{base}/Consent", content=resource, headers={
+                        "Content-Type": "application/fhir+json",
+                        "Accept": "application/fhir+json",
+                        "If-None-Exist": f"identifier=urn:ietf:rfc:3986|urn:uuid:{claims.jti}"})
+                    if response.status_code < 500:
+                        break
+                except httpx.TransportError:
+                    pass
+                attempt += 1
+                delay = min(self.config.retry_max, self.config.retry_base * 2 ** min(attempt, 16))
+                log.warning("FHIR server unavailable; retrying", extra={"attempt": attempt})
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+        if response.status_code not in (200, 201):
+            raise FilingFailed(f"the FHIR server refused the Consent ({response.status_code})")
+        return response.headers.get("Location", "") or f"{base}/Consent/{claims.jti}"
 
     async def _store(self, instance: dicom.DicomInstance) -> InstanceRef:
         """STOW-RS then read back; an unreachable PACS is retried until it answers."""
@@ -499,6 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the gateway device's key store profile (enrolled like any device)")
     p.add_argument("--issuer", default=os.environ.get("LIGHTBOX_GATEWAY_ISSUER", ""),
                    help="Issuer of Patient ID when a message names none (default: the org id)")
+    p.add_argument("--fhir-url", default=os.environ.get("LIGHTBOX_FHIR_URL", ""),
+                   help="FHIR R4 base URL to POST each filed Consent to (optional; without "
+                   "it the Consent is only named in the receipt by its SHA-256)")
     p.add_argument("--retry-max", type=float, default=300.0,
                    help="longest wait between retries of an unreachable PACS, in seconds")
     args = p.parse_args(argv)
@@ -521,7 +625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def run() -> None:
         async with PacsClient(settings) as pacs:
             gw = RecordGateway(store, pacs, password=password, config=GatewayConfig(
-                retry_max=args.retry_max, issuer_of_patient_id=args.issuer))
+                retry_max=args.retry_max, issuer_of_patient_id=args.issuer,
+                fhir_url=args.fhir_url))
             await gw.start()
             assert gw.connection is not None
             try:

@@ -35,6 +35,7 @@ __all__ = [
     "Body",
     "BodyKind",
     "CaptureKind",
+    "FiledDocument",
     "FilingReceipt",
     "RecordData",
     "Sex",
@@ -100,8 +101,25 @@ class RecordData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
         return "RecordData(<sealed patient data>)"
 
 
+class FiledDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Something the gateway filed beside the image (issue 10 item 1). ``kind``
+    ``consent_form``: the consent form as DICOM Encapsulated PDF in the image's study (its
+    UIDs set). ``fhir_consent``: the FHIR R4 Consent, ``sha256`` of its JSON, ``location`` the
+    FHIR server's answer when one is configured (empty: not posted anywhere)."""
+
+    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")]
+    consent_id: UuidStr
+    series_instance_uid: _DicomUid | None = None
+    sop_instance_uid: _DicomUid | None = None
+    sop_class_uid: _DicomUid | None = None
+    sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    location: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+
+
 class FilingReceipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The gateway's full receipt: where the image now lives in the record."""
+    """The gateway's full receipt: where the image now lives in the record, and what else was
+    filed with it (``documents``: the consent form and FHIR Consent; empty from older
+    gateways)."""
 
     attachment_id: UuidStr
     message_id: UuidStr
@@ -111,6 +129,7 @@ class FilingReceipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     filed_at: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
     retrieve_url: Annotated[str, msgspec.Meta(max_length=1024)] = ""
     record_ref: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    documents: Annotated[list[FiledDocument], msgspec.Meta(max_length=8)] = []
 
 
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -27,7 +27,7 @@ Endpoints (JSON unless said otherwise):
 | ``POST /api/unlock`` ``{password}`` | unlock the vault, log in, connect |
 | ``POST /api/lock`` | lock the vault, disconnect |
 | ``GET /api/threads`` | the inbox: urgent consults first, then newest |
-| ``GET /api/threads/{id}`` | a thread: messages, images, consent, record data, receipts |
+| ``GET /api/threads/{id}`` | a thread: messages, images, filed study, consent, record data |
 | ``POST /api/threads/{id}/reply`` ``{text, reply_to?}`` | reply (sealed for every device) |
 | ``POST /api/threads/{id}/read`` | mark read (signed read receipts) |
 | ``POST /api/messages/{id}/ack`` | acknowledge: "I'm on it" |
@@ -45,9 +45,10 @@ import logging
 import secrets
 import socket
 import webbrowser
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
@@ -71,6 +72,7 @@ from clients.sdk.client import (
 from clients.sdk.errors import FlowError, KeyStoreError, SDKError
 from clients.vault import ImageShredded, ItemNotFound, VaultError, VaultLocked
 from protocol import certs
+from protocol.body import CaptureKind, FilingReceipt
 from protocol.canonical import peek_compact
 from protocol.consent import peek_consent_token_unverified
 from protocol.errors import ProtocolError
@@ -320,7 +322,12 @@ class DesktopServer:
         info = next((t for t in client.cached_threads() if t.thread_id == thread_id), None)
         if info is None:
             raise _Refused(404, "no such thread")
-        messages = [_message_json(client, v) for v in client.thread_messages(thread_id)]
+        views = client.thread_messages(thread_id)
+        # The gateway's filing receipts in this thread, by the image they file (issue 10 item
+        # 7): the study reference is shown with the image; the desktop never calls the PACS.
+        receipts = {v.body.filing.attachment_id: v.body.filing for v in views
+                    if v.body.filing is not None}
+        messages = [_message_json(client, v, receipts) for v in views]
         return JSONResponse({"thread_id": thread_id, "priority": info.priority,
                              "roles": info.roles, "messages": messages})
 
@@ -480,7 +487,21 @@ def _password_message(exc: Exception) -> str:
     return text
 
 
-def _message_json(client: LightboxClient, view: MessageView) -> dict[str, Any]:
+def _study_json(receipt: FilingReceipt | None, message_id: str) -> dict[str, str] | None:
+    """The original study in the PACS, from the gateway's filing receipt for this image of
+    this message: its Study Instance UID and, when the PACS gave one, an http(s) retrieve URL
+    (anything else is dropped rather than turned into a link)."""
+    if receipt is None or receipt.message_id != message_id:
+        return None
+    url = receipt.retrieve_url
+    if urlsplit(url).scheme.lower() not in {"http", "https"}:
+        url = ""
+    return {"study_uid": receipt.study_instance_uid, "retrieve_url": url}
+
+
+def _message_json(client: LightboxClient, view: MessageView,
+                  receipts: Mapping[str, FilingReceipt] | None = None) -> dict[str, Any]:
+    receipts = receipts or {}
     m, body = view.message, view.body
     consent = None
     if body.consent_token:
@@ -500,7 +521,9 @@ def _message_json(client: LightboxClient, view: MessageView) -> dict[str, Any]:
         record = {"patient_name": r.patient_name.replace("^", ", "), "patient_id": r.patient_id,
                   "issuer": r.issuer_of_patient_id, "birth_date": r.birth_date,
                   "sex": r.sex.value, "accession": r.accession_number,
-                  "region": r.anatomic_region, "capture": r.capture.value}
+                  "region": r.anatomic_region, "capture": r.capture.value,
+                  # a photo of a film or monitor is not the study itself (issue 10 item 7)
+                  "not_diagnostic": r.capture is CaptureKind.FILM}
     return {
         "message_id": m.message_id, "mine": m.outgoing,
         "sender": client.display_name(m.sender_user_id), "sent_at": m.sent_at,
@@ -509,7 +532,8 @@ def _message_json(client: LightboxClient, view: MessageView) -> dict[str, Any]:
         "necessity": body.necessity, "quality_warnings": body.quality_warnings,
         "images": [{"attachment_id": i.attachment_id, "state": i.state, "reason": i.reason,
                     "record_ref": i.record_ref, "width": i.width, "height": i.height,
-                    "filed_at": i.filed_at, "expires_at": i.expires_at}
+                    "filed_at": i.filed_at, "expires_at": i.expires_at,
+                    "study": _study_json(receipts.get(i.attachment_id), m.message_id)}
                    for i in view.images],
         "consent": consent, "record": record,
         "receipts": [{"name": r.display_name, "kind": r.kind, "at": r.at}

@@ -86,7 +86,7 @@ from protocol.frames import (
     WipeOrder,
     Withdrawn,
 )
-from protocol.model import MessageHeader, Priority, Purpose, SealedMessage
+from protocol.model import DeviceKind, MessageHeader, Priority, Purpose, SealedMessage
 
 __all__ = [
     "ClientEvent",
@@ -776,6 +776,16 @@ class LightboxClient:
             await self._emit(StatusEvent("error", f"a message could not be opened and was "
                                                   f"dropped ({exc.code.value})"))
             return
+        if body.filing is not None and not (chain.verified.user.is_record_gateway
+                                            and chain.verified.device.kind is DeviceKind.GATEWAY):
+            # Only the organisation's record gateway may say where an image is filed: a
+            # "receipt" from anyone else is kept as an ordinary message, without its claim.
+            body = msgspec.structs.replace(
+                body, filing=None, kind=BodyKind.TEXT,
+                text=body.text or "(an unverified claim that an image was filed was removed)")
+            plain = encode_body(body)
+            await self._emit(StatusEvent("error", "a filing receipt from a device that is not "
+                                                  "a record gateway was ignored"))
         message = VaultMessage(
             message_id=h.message_id, thread_id=h.thread_id, sender_user_id=h.sender_user_id,
             sender_device_id=h.sender_device_id, sent_at=float(h.sent_at), body=body.text,

@@ -266,3 +266,36 @@ async def _next_message(events: asyncio.Queue[Any]) -> Any:
         event = await events.get()
         if isinstance(event, MessageEvent):
             return event.message
+
+
+async def test_a_filing_receipt_from_a_device_that_is_not_a_gateway_is_not_believed(
+        world: World, tmp_path: Path) -> None:
+    """Only the organisation's record gateway may tell devices where an image was filed (the
+    record reference replaces the image when it expires); a colleague's forged "receipt"
+    arrives as an ordinary message without the claim."""
+    import time
+    import uuid
+
+    from protocol.body import Body, BodyKind, FilingReceipt
+
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=("orthopaedics_oncall",))
+    for c in (intern, ortho):
+        await c.client.start(wait_connected=seconds(10))
+    events = ortho.client.subscribe()
+    try:
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        forged = Body(kind=BodyKind.FILING_RECEIPT, filing=FilingReceipt(
+            attachment_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),
+            study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
+            sop_instance_uid="1.2.3.4.5", filed_at=int(time.time()), record_ref="FAKE-REF"))
+        await intern.client._send_body(thread.thread_id, forged, purpose=Purpose.DIRECT_CARE,
+                                       priority=Priority.ROUTINE)
+        got = await asyncio.wait_for(_next_message(events), seconds(15))
+        stored = ortho.vault.message(got.message_id)
+        body = ortho.client._body(stored)
+        assert body is not None
+        assert body.filing is None and body.kind is BodyKind.TEXT
+    finally:
+        for c in (intern, ortho):
+            await c.client.close()

@@ -1,8 +1,10 @@
 """The specialist's desktop client in a real browser (Debian's Chromium, driven by Playwright)
 against a real relay: unlock, see an urgent consult arrive (urgent first), open the image and
-change its contrast, reply, acknowledge, see it filed in the record by the real record gateway
-(into a real Orthanc) and then see the image replaced by its record reference when its copy
-expires after the grace period. Screenshots of every step go to test-artefacts/desktop/.
+change its contrast (the photo of a film marked as not of diagnostic quality, next to the image
+and in the viewer), reply, acknowledge, see it filed in the record by the real record gateway
+(into a real Orthanc) with its study named from the filing receipt, and then see the
+image replaced by its record reference when its copy expires after the grace period.
+Screenshots of every step go to test-artefacts/desktop/.
 Also: the local server's guards (per-launch secret, session cookie, CSRF token, Host check,
 CSP).
 """
@@ -25,7 +27,7 @@ from clients.desktop.app import DesktopServer
 from clients.gateway import GatewayConfig, RecordGateway
 from clients.pacs import PacsClient, PacsSettings
 from clients.sdk.client import MessageEvent, ReceiptEvent
-from protocol.body import RecordData
+from protocol.body import CaptureKind, RecordData
 from protocol.certs import AccountKind
 from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.model import DeviceKind, Priority, Purpose
@@ -136,7 +138,8 @@ async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
                 text="Displaced distal radius fracture? Please review.",
                 subject="Wrist x-ray, bed 4",
                 record=RecordData(patient_name="Testpatient^Alpha", patient_id="LBX-0042",
-                                  birth_date="1957-03-14", anatomic_region="wrist"))
+                                  birth_date="1957-03-14", anatomic_region="wrist",
+                                  capture=CaptureKind.FILM))
             first = page.locator(".thread-item").first
             await first.filter(has_text="Wrist x-ray, bed 4").wait_for(timeout=15000)
             assert "urgent" in (await first.get_attribute("class") or "")
@@ -152,12 +155,17 @@ async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
             consent = page.locator(".consent")
             await consent.filter(has_text="direct care").wait_for()
             assert "role orthopaedics_oncall" in await consent.inner_text()
+            # a photo of a film is marked as not the study itself (issue 10 item 7)
+            await page.locator(".message .not-diagnostic",
+                               has_text="not of diagnostic quality").wait_for()
             await page.screenshot(path=SHOTS / "04-thread.png")
 
             # 4. the viewer: zoom with the keyboard, then lower the contrast window
             await thumb.click()
             canvas = page.locator("#canvas")
             await canvas.wait_for()
+            await page.locator("#viewer .not-diagnostic",
+                               has_text="view the original study in PACS").wait_for()
             sample = ("() => { const c = document.getElementById('canvas');"
                       " const d = c.getContext('2d').getImageData(c.width/2 - 50, c.height/2,"
                       " 100, 1).data; let s = 0; for (const v of d) s += v; return s; }")
@@ -193,6 +201,13 @@ async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
             # reading) files it into the PACS: the thread shows it filed in the record
             await gw.start()
             await page.locator(".filing").wait_for()
+            # the gateway's filing receipt names the study the photo was filed into (its own
+            # consult study, so it is not presented as the original imaging study)
+            await page.locator(".pacs-study").wait_for()
+            study = await page.locator(".pacs-study").inner_text()
+            assert study.startswith("Filed in PACS as study ")
+            assert "not the original imaging study" in study
+            assert gw.filed and gw.filed[0].study_instance_uid in study
             await page.screenshot(path=SHOTS / "08-filed.png")
 
             # 8. after the grace period the relay orders every copy to expire: the image is

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import io
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,13 +21,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
+import msgspec
 import pydicom
 import pytest
 
 from clients import admin as admin_cli
 from clients import imaging
 from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
-from clients.gateway import GatewayConfig, RecordGateway, build_instance
+from clients.gateway import GatewayConfig, RecordGateway, build_consent_form, build_instance
 from clients.pacs import PacsClient, PacsSettings
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.client import ClientEvent, ExpiredEvent, FiledEvent, ImageEvent, MessageEvent
@@ -283,6 +286,67 @@ async def test_orthanc_refusing_the_object_alerts_the_sender_and_nothing_expires
             report = await svc.sweep(now=later(3600))
         assert report.orders == 0  # nothing expires before the hard limit
         assert intern.client.image(aid) == prepared.image.data
+
+
+async def test_the_consent_form_is_filed_as_encapsulated_pdf_in_the_images_study(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """Issue 10 item 1: with the image, the gateway files the consent form (copy for the
+    record) as DICOM Encapsulated PDF in the same study, lists it and the FHIR Consent in the
+    receipt; the form's UIDs and bytes depend only on the consent and the study."""
+    first = imaging.prepare_image(xray_png(320, 240, seed=11))
+    second = imaging.prepare_image(xray_png(320, 240, seed=12))  # only hashed
+    rec = record("LBX-TEST-CONSENT")
+    async with journey(world, tmp_path, orthanc) as (intern, ortho, gw):
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        _, header = await send_for_filing(intern, thread.thread_id, first.image, rec)
+
+        async def filed_once() -> bool:
+            return len(gw.filed) == 1
+        await until(filed_once, timeout=30)
+        receipt = gw.filed[0]
+        form, fhir = receipt.documents
+        assert form.kind == "consent_form" and form.consent_id == header.consent_id
+        assert form.sop_class_uid == "1.2.840.10008.5.1.4.1.1.104.1"
+        assert fhir.kind == "fhir_consent" and fhir.consent_id == header.consent_id
+        assert fhir.sha256 and fhir.location == ""  # no FHIR endpoint configured
+
+        auth = (orthanc.username, orthanc.password)
+        async with httpx.AsyncClient(auth=auth) as http:  # QIDO-RS: the form is in the study
+            found = (await http.get(
+                f"{orthanc.dicomweb_url}/studies/{receipt.study_instance_uid}/instances",
+                params={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.104.1"},
+                headers={"Accept": "application/dicom+json"})).json()
+        assert [i["00080018"]["Value"][0] for i in found] == [form.sop_instance_uid]
+        async with PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=auth[0],
+                                           password=auth[1])) as pacs:
+            stored = await pacs.retrieve_instance(receipt.study_instance_uid,
+                                                  form.series_instance_uid or "",
+                                                  form.sop_instance_uid or "")
+        ds = pydicom.dcmread(io.BytesIO(stored))
+        assert ds.StudyInstanceUID == receipt.study_instance_uid and ds.PatientID == rec.patient_id
+        pdf = bytes(ds.EncapsulatedDocument)[:int(ds.EncapsulatedDocumentLength)]
+        (tmp_path / "form.pdf").write_bytes(pdf)
+        text = subprocess.run(["pdftotext", "-layout", str(tmp_path / "form.pdf"), "-"],
+                              check=True, capture_output=True, text=True).stdout
+        assert f"Consent reference: {header.consent_id}" in text
+        assert "copy for the record" in text
+        family, given = PATIENT_NAME.split("^")[:2]
+        assert f"Patient: {family}, {given}" in text
+
+        # Once per consent and study: another image (another message, sent later) under the
+        # same consent, or a retry, builds the very same object, which the PACS already holds.
+        _, claims = capture_consent(intern.vault.state, ConsentCapture(
+            purposes=[Purpose.DIRECT_CARE], images=[image_hash(second.image.data)],
+            decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
+            recipient_roles=[ORTHO], permanence_statement_shown=True,
+            no_effect_on_care_statement_shown=True))
+        later_header = msgspec.structs.replace(header, message_id=str(uuid.uuid4()),
+                                               sent_at=header.sent_at + 600)
+        a, b = (build_consent_form(claims, rec, h, study_instance_uid=receipt.study_instance_uid,
+                                   clinician_name="", operator="", default_issuer="LBX")
+                for h in (header, later_header))
+        assert (a.sop_instance_uid, a.series_instance_uid, a.data) == (
+            b.sop_instance_uid, b.series_instance_uid, b.data)
 
 
 async def test_sdk_send_image_names_the_record_gateway_and_the_image_is_filed(

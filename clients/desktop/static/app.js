@@ -135,13 +135,36 @@ function recordBlock(r) {
     (r.region ? " - " + r.region : "") + (r.accession ? " - accession " + r.accession : ""));
 }
 
+// A photo of a film or monitor is not the study itself (issue 10 item 7): plain text, no PACS call.
+const NOT_DIAGNOSTIC = "Photo of a film/monitor \u2014 not of diagnostic quality; view the original study in PACS";
+
+function notDiagnostic(m) {
+  return m.record && m.record.not_diagnostic ? el("p", {class: "not-diagnostic", role: "note"}, NOT_DIAGNOSTIC) : null;
+}
+
+function studyBlock(img) {
+  // From the gateway's filing receipt: the study UID, and its retrieve URL when the PACS gave
+  // one (http(s) only, checked by the server). The desktop itself never contacts the PACS.
+  const s = img.study;
+  if (!s) return null;
+  const ref = s.retrieve_url
+    ? el("a", {href: s.retrieve_url, target: "_blank", rel: "noopener noreferrer"}, s.study_uid)
+    : el("span", {}, s.study_uid);
+  // The receipt's study is the one the gateway filed this photo into (the consult's study), not
+  // the modality's original imaging study: say so rather than call it the original.
+  return el("div", {class: "pacs-study", "data-study-uid": s.study_uid},
+    "Filed in PACS as study ", ref, " (this photo; not the original imaging study)");
+}
+
 function imageBlock(m, img) {
   const filing = img.filed_at ? el("div", {class: "filing"}, "Filed in the record" +
       (img.record_ref ? " (" + img.record_ref + ")" : "") +
       (img.expires_at ? "; this copy expires " + when(img.expires_at) : "")) : null;
   if (img.state === "shredded") {
-    return el("div", {class: "expired", "data-attachment-id": img.attachment_id},
-      "Image deleted from this device" + (img.record_ref ? " - in the record: " + img.record_ref : ""));
+    return el("div", {},
+      el("div", {class: "expired", "data-attachment-id": img.attachment_id},
+        "Image deleted from this device" + (img.record_ref ? " - in the record: " + img.record_ref : "")),
+      studyBlock(img));
   }
   if (img.state !== "stored") {
     return el("div", {class: "meta image-state"}, "Image " + img.state + (img.reason ? ": " + img.reason : ""));
@@ -149,8 +172,9 @@ function imageBlock(m, img) {
   const button = el("button", {type: "button", class: "thumb", "data-attachment-id": img.attachment_id,
                                title: "Open the image (zoom, contrast)"},
     el("img", {src: "/api/images/" + img.attachment_id, alt: "Image " + (img.width || "") + "x" + (img.height || "")}));
-  button.addEventListener("click", () => openViewer(img.attachment_id));
-  return el("div", {}, button, filing);
+  const film = Boolean(m.record && m.record.not_diagnostic);
+  button.addEventListener("click", () => openViewer(img.attachment_id, film));
+  return el("div", {}, button, notDiagnostic(m), filing, studyBlock(img));
 }
 
 async function openThread(id, markRead) {
@@ -217,7 +241,7 @@ async function acknowledge(messageId) {
 
 const view = {base: null, lut: null, scale: 1, x: 0, y: 0, drag: null, off: null};
 
-async function openViewer(aid) {
+async function openViewer(aid, film) {
   const r = await fetch("/api/images/" + aid);
   if (!r.ok) return;
   const bitmap = await createImageBitmap(await r.blob());
@@ -227,6 +251,8 @@ async function openViewer(aid) {
   ctx.drawImage(bitmap, 0, 0);
   view.base = ctx.getImageData(0, 0, off.width, off.height);
   view.off = off;
+  $("viewer-note").textContent = film ? NOT_DIAGNOSTIC : "";
+  $("viewer-note").hidden = !film;
   $("viewer").hidden = false;
   resetView();
   $("canvas").focus();

@@ -234,12 +234,8 @@ async def test_reseal_request_is_answered_with_the_same_body_for_the_current_par
 
     from protocol.frames import ResealRequest
 
-    intern = await enrol_clinician(world, tmp_path, "intern")
-    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=("orthopaedics_oncall",))
-    for c in (intern, ortho):
-        await c.client.start(wait_connected=seconds(10))
-    events = ortho.client.subscribe()
-    try:
+    async with _intern_and_specialist(world, tmp_path) as (intern, ortho):
+        events = ortho.client.subscribe()
         thread = await intern.client.create_thread(users=[ortho.user_id])
         sent = await intern.client.send_text(thread.thread_id, "Scaphoid tenderness, x-ray?")
         first = await asyncio.wait_for(_next_message(events), seconds(15))
@@ -256,9 +252,6 @@ async def test_reseal_request_is_answered_with_the_same_body_for_the_current_par
             devices=[ortho.client.device_id], deadline=int(time.time()) + 600))
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(_next_message(events), 1.0)
-    finally:
-        for c in (intern, ortho):
-            await c.client.close()
 
 
 async def _next_message(events: asyncio.Queue[Any]) -> Any:
@@ -278,12 +271,8 @@ async def test_a_filing_receipt_from_a_device_that_is_not_a_gateway_is_not_belie
 
     from protocol.body import Body, BodyKind, FilingReceipt
 
-    intern = await enrol_clinician(world, tmp_path, "intern")
-    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=("orthopaedics_oncall",))
-    for c in (intern, ortho):
-        await c.client.start(wait_connected=seconds(10))
-    events = ortho.client.subscribe()
-    try:
+    async with _intern_and_specialist(world, tmp_path) as (intern, ortho):
+        events = ortho.client.subscribe()
         thread = await intern.client.create_thread(users=[ortho.user_id])
         forged = Body(kind=BodyKind.FILING_RECEIPT, filing=FilingReceipt(
             attachment_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),
@@ -296,6 +285,18 @@ async def test_a_filing_receipt_from_a_device_that_is_not_a_gateway_is_not_belie
         body = ortho.client._body(stored)
         assert body is not None
         assert body.filing is None and body.kind is BodyKind.TEXT
+
+
+@contextlib.asynccontextmanager
+async def _intern_and_specialist(world: World, tmp_path: Path
+                                 ) -> AsyncIterator[tuple[Clinician, Clinician]]:
+    """Two started SDK clients: an intern and an on-call orthopaedic specialist."""
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=("orthopaedics_oncall",))
+    for c in (intern, ortho):
+        await c.client.start(wait_connected=seconds(10))
+    try:
+        yield intern, ortho
     finally:
         for c in (intern, ortho):
             await c.client.close()

@@ -406,9 +406,14 @@ class DesktopServer:
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._listeners.append(queue)
 
+        # The current connection state goes first: the page read /api/state before it opened
+        # this stream, and a change in between would otherwise never reach it.
+        current = {"state": "connected" if self.connected else "disconnected", "detail": ""}
+
         async def stream() -> AsyncIterator[bytes]:
             try:
                 yield b"retry: 1000\n\n"
+                yield f"event: status\ndata: {json.dumps(current)}\n\n".encode()
                 while True:
                     try:
                         kind, data = await asyncio.wait_for(queue.get(), timeout=15.0)

@@ -173,26 +173,38 @@ def validate_user(
     )
 
 
-def parse_users_csv(data: bytes, *, now: int) -> tuple[list[UserRow], list[RowError]]:
-    """Parse an import file: the valid rows, and one error per bad row (line numbers are the
-    file's physical lines, the header being line 1; blank lines are skipped). Raises CsvError
-    for the whole file."""
+def decode_csv(data: bytes) -> str:
+    """An import file's text: at most MAX_CSV_BYTES (csv_too_large), UTF-8 with or without a
+    byte-order mark (csv_invalid otherwise)."""
     if len(data) > MAX_CSV_BYTES:
         raise CsvError(ErrorCode.CSV_TOO_LARGE,
                        f"the file is {len(data)} bytes; the limit is {MAX_CSV_BYTES}")
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CsvError(ErrorCode.CSV_INVALID, "the file is not UTF-8 text") from exc
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+
+
+def dict_reader(data: bytes, required: Sequence[str]) -> csv.DictReader[str]:
+    """A strict reader over an import file whose header (case and spaces ignored) holds every
+    ``required`` column (csv_invalid naming the missing ones)."""
+    reader = csv.DictReader(io.StringIO(decode_csv(data), newline=""), strict=True)
     try:
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
     except csv.Error as exc:
         raise CsvError(ErrorCode.CSV_INVALID, f"the header row cannot be parsed: {exc}") from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    missing = [c for c in required if c not in header]
     if missing:
         raise CsvError(ErrorCode.CSV_INVALID, "missing columns: " + ", ".join(missing))
     reader.fieldnames = header
+    return reader
+
+
+def parse_users_csv(data: bytes, *, now: int) -> tuple[list[UserRow], list[RowError]]:
+    """Parse an import file: the valid rows, and one error per bad row (line numbers are the
+    file's physical lines, the header being line 1; blank lines are skipped). Raises CsvError
+    for the whole file."""
+    reader = dict_reader(data, REQUIRED_COLUMNS)
     good: list[UserRow] = []
     bad: list[RowError] = []
     seen: dict[str, int] = {}

@@ -23,13 +23,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
-import io
 import zoneinfo
 from typing import Any
 
 import icalendar
 
-from clients.csvio import MAX_CSV_BYTES, CsvError
+from clients.csvio import CsvError, decode_csv, dict_reader
 from protocol.errors import ErrorCode
 
 __all__ = ["RotaRowError", "ShiftRow", "parse_rota", "parse_rota_csv", "parse_rota_ics"]
@@ -79,27 +78,9 @@ def _check(start: int, end: int, ladder: list[str]) -> None:
         raise ValueError("a person appears twice on the ladder")
 
 
-def _decode(data: bytes) -> str:
-    if len(data) > MAX_CSV_BYTES:
-        raise CsvError(ErrorCode.CSV_TOO_LARGE,
-                       f"the file is {len(data)} bytes; the limit is {MAX_CSV_BYTES}")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CsvError(ErrorCode.CSV_INVALID, "the file is not UTF-8 text") from exc
-
-
 def parse_rota_csv(data: bytes, *, tz: str = "UTC") -> tuple[list[ShiftRow], list[RotaRowError]]:
     zone = _zone(tz)
-    reader = csv.DictReader(io.StringIO(_decode(data), newline=""), strict=True)
-    try:
-        header = [h.strip().lower() for h in (reader.fieldnames or [])]
-    except csv.Error as exc:
-        raise CsvError(ErrorCode.CSV_INVALID, f"the header row cannot be parsed: {exc}") from exc
-    missing = [c for c in CSV_COLUMNS if c not in header]
-    if missing:
-        raise CsvError(ErrorCode.CSV_INVALID, "missing columns: " + ", ".join(missing))
-    reader.fieldnames = header
+    reader = dict_reader(data, CSV_COLUMNS)
     good: list[ShiftRow] = []
     bad: list[RotaRowError] = []
     while True:
@@ -153,7 +134,7 @@ def _ics_time(value: Any, what: str, zone: dt.tzinfo) -> int:
 
 def parse_rota_ics(data: bytes, *, tz: str = "UTC") -> tuple[list[ShiftRow], list[RotaRowError]]:
     zone = _zone(tz)
-    text = _decode(data)
+    text = decode_csv(data)
     try:
         cal = icalendar.Calendar.from_ical(text)
     except (ValueError, KeyError, IndexError) as exc:

@@ -53,14 +53,13 @@ from clients.sdk.errors import (
 from clients.sdk.expiry import wipe
 from clients.sdk.filing import gateway_bundles, needs_gateway
 from clients.sdk.http import RelayHTTP
-from clients.sdk.identity import login, replenish_one_time_prekeys
+from clients.sdk.identity import login, refresh_revocations, replenish_one_time_prekeys
 from clients.sdk.keystore import DeviceState, DeviceStore
 from clients.sdk.socket import SendRefused, SocketClosed
 from clients.vault import ImageShredded, ItemNotFound, Vault, VaultMessage
 from protocol import api, certs, statements
 from protocol.attachments import AttachmentDescriptor
 from protocol.body import Body, BodyKind, RecordData, decode_body, encode_body
-from protocol.canonical import peek_compact
 from protocol.consent import peek_consent_token_unverified
 from protocol.envelope import (
     MemorySeenSet,
@@ -433,27 +432,10 @@ class LightboxClient:
         the one kept in the device state, which is updated)."""
         if not force and self._clock() - self._revocations_at < REVOCATIONS_MAX_AGE:
             return self._revocations
-        st = self.store.state
-        held = certs.RevocationSet()
-        for token in st.revocation_lists:
-            held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs()))
-        newest = list(st.revocation_lists)
-        for token in (await self.relay.revocations()).lists:
-            try:
-                claimed = peek_compact(token, certs.RevocationList,
-                                       max_length=certs.MAX_REVOCATION_LIST_LENGTH)
-            except ProtocolError:
-                continue
-            if claimed.org_id != st.org_id:
-                continue
-            try:
-                if held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs())):
-                    newest = [token]
-            except ProtocolError as exc:
-                raise _flow(exc, "the relay served a bad or older revocation list") from exc
-        if newest != st.revocation_lists:
-            self.store.save(msgspec.structs.replace(self.store.state, revocation_lists=newest))
-            self._chains.clear()
+        before = self.store.state.revocation_lists
+        held = await refresh_revocations(self.relay, self.store)
+        if self.store.state.revocation_lists != before:
+            self._chains.clear()  # chains verified under the older list may now be revoked
         self._revocations, self._revocations_at = held, self._clock()
         return held
 

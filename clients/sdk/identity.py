@@ -425,9 +425,9 @@ async def approve_link(
 # --- revocations and the key directory -----------------------------------------------------
 
 
-async def refresh_revocations(relay: RelayHTTP, opened: OpenKeyStore) -> certs.RevocationSet:
+async def refresh_revocations(relay: RelayHTTP, opened: DeviceStore) -> certs.RevocationSet:
     """The newest revocation list of our organisation, verified and rollback-checked against
-    the one kept in the key store (which is updated)."""
+    the one kept in the device's store (which is updated)."""
     st = opened.state
     held = certs.RevocationSet()
     for token in st.revocation_lists:

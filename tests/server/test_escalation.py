@@ -224,6 +224,10 @@ async def test_escalation_continues_on_time_across_a_relay_restart(
             got = await next_of(b, Deliver)
             assert got.message.header.message_id == sealed.header.message_id
             n2 = await next_of(s, EscalationNotice)
+            if n2 == n1:
+                # Durable notices are at-least-once: the renotify may come again if the first
+                # connection closed before the relay recorded it as sent. Only that one may.
+                n2 = await next_of(s, EscalationNotice)
             assert (n2.kind, n2.level, n2.user_id) == (EscalationKind.RELEASED, 1,
                                                        backup.user_id)
             await b.send_frame(receipt(backup, got, ReceiptKind.ACKNOWLEDGED))

@@ -37,6 +37,7 @@ from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, SDKE
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
 from protocol import certs
+from protocol.body import ConsentFiling
 from protocol.consent import ConsentBasis, ConsentClaims, ConsentDecision
 from protocol.errors import ProtocolError
 from protocol.keys import key_id
@@ -330,6 +331,19 @@ def _consent_capture(args: argparse.Namespace) -> int:
         print("  2. " + consent_capture.NO_EFFECT_ON_CARE_STATEMENT)
         shown = shown or _yes("Were both statements shown and understood?")
         decision = decision or ("agreed" if _yes("Does the patient agree?") else "refused")
+    record = clinician.record_from_args(args)
+    refused = ConsentDecision(decision or "agreed") is ConsentDecision.REFUSED
+    if record is not None and not refused:
+        raise FlowError("patient data for an agreement is sealed with the image when it is "
+                        "sent (`lightbox send --patient-id ...`)", code="validation_failed")
+    if refused and record is None and not args.no_register:
+        if not interactive:
+            raise FlowError("a refusal is filed in the patient's record (issue 10): give "
+                            "--patient-id MRN and --patient-name FAMILY^GIVEN",
+                            code="validation_failed")
+        args.patient_id = _ask("Patient ID (MRN) for the record")
+        args.patient_name = _ask("Patient name (FAMILY^GIVEN)")
+        record = clinician.record_from_args(args)
     capture = consent_capture.ConsentCapture(
         purposes=purposes or [Purpose.DIRECT_CARE], images=images,
         decision=ConsentDecision(decision or "agreed"), basis=ConsentBasis(args.basis),
@@ -337,16 +351,27 @@ def _consent_capture(args: argparse.Namespace) -> int:
         recipient_orgs=args.org or [], external=args.external,
         permanence_statement_shown=shown, no_effect_on_care_statement_shown=shown,
         form_version=args.form_version, valid_for=int(args.valid_days * 86400))
-    device = _open(args)
-    token, claims = consent_capture.capture_consent(device.state, capture)
+    device = clinician.unlock_profile(args)  # the vault too: a refusal goes to the record
+    token, claims = consent_capture.capture_consent(device.store.state, capture)
 
     async def go() -> str:
-        async with await device.relay() as relay:
-            return (await consent_capture.register_consent(relay, token)).status
+        client = device.client()
+        try:
+            await client.ensure_login()
+            status = (await consent_capture.register_consent(client.relay, token)).status
+            _say_registered(claims, status)
+            if record is not None:
+                await client.start()
+                sent, filed = await client.file_consent(token, record, wait=args.file_wait)
+                _say_filed(sent.message_id, filed)
+            return status
+        finally:
+            await client.close()
 
-    status = "not registered" if args.no_register else _run(go)
-    print(f"consent {claims.jti}: {claims.decision.value} ({status}) for "
-          f"{', '.join(p.value for p in claims.purposes)}; {len(claims.images)} images")
+    if args.no_register:
+        _say_registered(claims, "not registered")
+    else:
+        _run(go)
     if args.token_out:
         Path(args.token_out).write_text(token + "\n")
     if args.fhir:
@@ -354,6 +379,24 @@ def _consent_capture(args: argparse.Namespace) -> int:
     if args.pdf:
         _write_consent_pdf(args, claims)
     return 0
+
+
+def _say_registered(claims: ConsentClaims, status: str) -> None:
+    print(f"consent {claims.jti}: {claims.decision.value} (relay: {status}) for "
+          f"{', '.join(p.value for p in claims.purposes)}; {len(claims.images)} images",
+          flush=True)
+
+
+def _say_filed(message_id: str, filed: ConsentFiling | None) -> None:
+    if filed is None:
+        print(f"sent to the record gateway for filing (message {message_id}); its receipt "
+              "will arrive in your record thread (`lightbox inbox`)")
+        return
+    what = ", ".join(
+        f"consent form in study {filed.study_instance_uid}" if d.kind == "consent_form" else
+        f"FHIR Consent {d.location or 'sha256 ' + (d.sha256 or '')[:16]}"
+        for d in filed.documents)
+    print(f"filed in the patient's record by the record gateway: {what}")
 
 
 def _write_consent_pdf(args: argparse.Namespace, claims: ConsentClaims) -> None:
@@ -446,6 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="name the copy with text blacked out (as `lightbox send --redact`)")
     cc.add_argument("--pdf", metavar="FILE", help="write the patient's copy (one-page PDF)")
     _pdf_options(cc)
+    clinician.add_patient_options(cc.add_argument_group(
+        "patient data (a refusal is filed in the patient's record with it; sealed)"))
+    cc.add_argument("--file-wait", type=float, default=30.0, metavar="SECONDS",
+                    help="how long to wait for the record gateway's receipt of a refusal")
     cc.set_defaults(func=_consent_capture)
     cp = consent.add_parser("pdf", help="the patient's copy of a captured consent (PDF)")
     cp.add_argument("token_file", metavar="TOKEN_FILE", help="from `consent capture "

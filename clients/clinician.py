@@ -46,8 +46,9 @@ from clients.sdk.connection import ConnectionStopped
 from clients.sdk.errors import FlowError, KeyStoreError
 from clients.sdk.keystore import DeviceStore, KeyStore
 from clients.vault import Vault, VaultError
-from protocol.body import RecordData, Sex
-from protocol.errors import ErrorCode
+from protocol.body import Body, BodyKind, RecordData, Sex
+from protocol.consent import ConsentBasis, ConsentDecision, peek_consent_token_unverified
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.model import Priority, Purpose
 
 __all__ = ["ProfileDevice", "open_profile", "register"]
@@ -88,7 +89,7 @@ def _profile_dir(args: argparse.Namespace) -> Path:
     return KeyStore.for_profile(args.profile).directory
 
 
-def _unlock(args: argparse.Namespace) -> ProfileDevice:
+def unlock_profile(args: argparse.Namespace) -> ProfileDevice:
     directory = _profile_dir(args)
     if not (directory / "keystore.lbx").exists() and not (directory / "vault.db").exists():
         raise KeyStoreError(f"profile {args.profile!r} has no device: run `lightbox enroll` "
@@ -138,7 +139,7 @@ def _subject(client: LightboxClient, thread_id: str) -> str:
 
 
 def _threads(args: argparse.Namespace) -> int:
-    device = _unlock(args)
+    device = unlock_profile(args)
 
     async def go() -> None:
         client = device.client()
@@ -164,13 +165,32 @@ def _print_message(client: LightboxClient, event: MessageEvent) -> None:
     flag = "URGENT " if m.priority == "urgent" else ""
     sender = client.display_name(m.sender_user_id)
     print(f"{flag}[{_when(m.sent_at)}] {sender} in {m.thread_id[:8]}: "
-          f"{(body.subject + ' - ') if body.subject else ''}{body.text}", flush=True)
+          f"{(body.subject + ' - ') if body.subject else ''}{body.text or _kind_line(body)}",
+          flush=True)
     for a in body.attachments:
         print(f"    image {a.attachment_id} ({a.width}x{a.height}, {a.size} bytes)", flush=True)
 
 
+def _kind_line(body: Body) -> str:
+    """What a body without text says: filing receipts, consents sent for filing."""
+    if body.filing is not None:
+        f = body.filing
+        line = f"image {f.attachment_id[:8]} filed in the record (study {f.study_instance_uid})"
+        for o in f.original_studies:
+            line += (f"\n    original study: {'/'.join(o.modalities) or '?'} "
+                     f"{o.study_date or ''} {o.url or o.study_instance_uid}")
+        return line
+    if body.consent_filing is not None:
+        c = body.consent_filing
+        return (f"consent {c.consent_id[:8]} ({c.decision}) filed in the record "
+                f"(study {c.study_instance_uid})")
+    if body.kind is BodyKind.CONSENT_RECORD:
+        return "a consent sent to the record gateway for filing"
+    return ""
+
+
 def _inbox(args: argparse.Namespace) -> int:
-    device = _unlock(args)
+    device = unlock_profile(args)
 
     async def go() -> int:
         client = device.client()
@@ -225,7 +245,7 @@ def _describe(client: LightboxClient, event: ClientEvent) -> str | None:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    device = _unlock(args)
+    device = unlock_profile(args)
 
     async def go() -> None:
         client = device.client()
@@ -364,7 +384,7 @@ def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage,
     return shared.image
 
 
-def _record(args: argparse.Namespace) -> RecordData | None:
+def record_from_args(args: argparse.Namespace) -> RecordData | None:
     if not (args.patient_name or args.patient_id):
         return None
     if not args.patient_id:
@@ -376,18 +396,33 @@ def _record(args: argparse.Namespace) -> RecordData | None:
                       anatomic_region=args.region or "")
 
 
+def _token_file(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise FlowError(f"cannot read {path}: {exc.strerror}",
+                        code=ErrorCode.VALIDATION_FAILED.value) from exc
+
+
+def _text_consent_id(args: argparse.Namespace) -> str | None:
+    """The consent a text-only message is sent under (``--consent-token``): needed outside
+    direct care, where the relay refuses a message that names none (``consent_missing``)."""
+    if not args.consent_token:
+        return None
+    try:
+        return peek_consent_token_unverified(_token_file(args.consent_token)).jti
+    except ProtocolError as exc:
+        raise FlowError(f"{args.consent_token} does not hold a consent token",
+                        code=ErrorCode.CONSENT_INVALID.value) from exc
+
+
 def _consent_token(args: argparse.Namespace, device: ProfileDevice, image: bytes,
                    users: list[str], roles: list[str], purpose: Purpose) -> str:
     """A token from --consent-token FILE, or captured now over exactly the sanitised bytes."""
     from clients.consent import ConsentCapture, capture_consent, image_hash
-    from protocol.consent import ConsentBasis, ConsentDecision
 
     if args.consent_token:
-        try:
-            return Path(args.consent_token).read_text().strip()
-        except OSError as exc:
-            raise FlowError(f"cannot read {args.consent_token}: {exc.strerror}",
-                            code=ErrorCode.VALIDATION_FAILED.value) from exc
+        return _token_file(args.consent_token)
     agreed, shown = args.patient_agreed, args.statements_shown
     if not (agreed and shown) and sys.stdin.isatty():
         from clients.consent import NO_EFFECT_ON_CARE_STATEMENT, PERMANENCE_STATEMENT
@@ -398,16 +433,30 @@ def _consent_token(args: argparse.Namespace, device: ProfileDevice, image: bytes
         shown = input("Were both statements shown and understood? (yes/no) ").lower() \
             in {"y", "yes"}
         agreed = input("Does the patient agree? (yes/no) ").lower() in {"y", "yes"}
-    if not shown or not agreed:
+    if not shown or (not agreed and not sys.stdin.isatty()):
         raise FlowError("no consent: pass --patient-agreed --statements-shown once the patient "
                         "has seen the photo and agreed (or --consent-token FILE)",
                         code=ErrorCode.CONSENT_MISSING.value)
+    # A patient who answered "no" at the prompt: the refusal is signed too (and filed).
+    decision = ConsentDecision.AGREED if agreed else ConsentDecision.REFUSED
     token, _claims = capture_consent(device.store.state, ConsentCapture(
-        purposes=[purpose], images=[image_hash(image)], decision=ConsentDecision.AGREED,
+        purposes=[purpose], images=[image_hash(image)], decision=decision,
         basis=ConsentBasis.TREATMENT_ATTESTATION, recipient_users=users,
         recipient_roles=roles, permanence_statement_shown=True,
         no_effect_on_care_statement_shown=True))
     return token
+
+
+async def _file_refusal(client: LightboxClient, token: str, record: RecordData | None) -> None:
+    """The patient said no at the prompt: the refusal is registered (above) and filed in the
+    record when there is patient data (issue 10 item 1); nothing is sent to anyone else."""
+    where = "registered, but NOT filed in the record (no --patient-id)"
+    if record is not None:
+        _, filed = await client.file_consent(token, record, wait=30.0)
+        where = ("registered and filed in the record" if filed else
+                 "registered and sent to the record gateway for filing")
+    raise FlowError(f"the patient refused: nothing was sent; the refusal was {where}",
+                    code=ErrorCode.CONSENT_REFUSED.value)
 
 
 class _ProgressBar:
@@ -437,7 +486,7 @@ def _send(args: argparse.Namespace) -> int:
     logins, roles = _targets(args.to or [])
     purpose = Purpose(args.purpose)
     priority = Priority.URGENT if args.urgent else Priority.ROUTINE
-    record = _record(args)
+    record = record_from_args(args)
     prepared = _prepare(args)  # before the password: a bad image fails fast
     if record is not None and prepared is None:
         raise FlowError("patient data goes with an image (--image FILE)",
@@ -446,7 +495,7 @@ def _send(args: argparse.Namespace) -> int:
     if prepared is not None:
         prepared = imaging.PreparedImage(_shared_image(args, prepared, purpose),
                                          prepared.warnings)
-    device = _unlock(args)
+    device = unlock_profile(args)
 
     async def go() -> tuple[str, str, int]:
         client = device.client()
@@ -461,13 +510,16 @@ def _send(args: argparse.Namespace) -> int:
             if prepared is None:
                 sent = await client.send_text(thread_id, text, priority=priority,
                                               purpose=purpose, subject=args.subject,
-                                              necessity=args.necessity)
+                                              necessity=args.necessity,
+                                              consent_id=_text_consent_id(args))
             else:
                 from clients.consent import register_consent
 
                 token = _consent_token(args, device, prepared.image.data, users, roles,
                                        purpose)
                 await register_consent(client.relay, token)
+                if peek_consent_token_unverified(token).decision is ConsentDecision.REFUSED:
+                    await _file_refusal(client, token, record)
                 sent = await client.send_image(
                     thread_id, prepared.image, consent_token=token, text=text, record=record,
                     purpose=purpose, priority=priority, subject=args.subject,
@@ -491,6 +543,18 @@ def _desktop(args: argparse.Namespace) -> int:
 # --- registration ------------------------------------------------------------------------------
 
 
+def add_patient_options(g: Any) -> None:
+    """The patient data options read by :func:`record_from_args` (``send``, ``consent
+    capture``)."""
+    g.add_argument("--patient-name", metavar="FAMILY^GIVEN")
+    g.add_argument("--patient-id", metavar="MRN")
+    g.add_argument("--issuer", metavar="ISSUER", help="who assigned the patient id")
+    g.add_argument("--birth-date", metavar="YYYY-MM-DD")
+    g.add_argument("--sex", choices=["M", "F", "O"])
+    g.add_argument("--accession", metavar="NUMBER")
+    g.add_argument("--region", metavar="REGION", help="anatomic region, e.g. wrist")
+
+
 def register(sub: Any) -> None:
     """Add the commands to ``lightbox``'s subparsers (called once from clients/cli.py)."""
     sub.add_parser("threads", help="your consult threads, urgent first").set_defaults(
@@ -506,16 +570,11 @@ def register(sub: Any) -> None:
     s.add_argument("--purpose", choices=[p.value for p in Purpose],
                    default=Purpose.DIRECT_CARE.value)
     s.add_argument("--urgent", action="store_true")
-    g = s.add_argument_group("patient data for the record (sealed; only with --image)")
-    g.add_argument("--patient-name", metavar="FAMILY^GIVEN")
-    g.add_argument("--patient-id", metavar="MRN")
-    g.add_argument("--issuer", metavar="ISSUER", help="who assigned the patient id")
-    g.add_argument("--birth-date", metavar="YYYY-MM-DD")
-    g.add_argument("--sex", choices=["M", "F", "O"])
-    g.add_argument("--accession", metavar="NUMBER")
-    g.add_argument("--region", metavar="REGION", help="anatomic region, e.g. wrist")
-    c = s.add_argument_group("consent (for images)")
-    c.add_argument("--consent-token", metavar="FILE", help="from `lightbox consent capture`")
+    add_patient_options(s.add_argument_group(
+        "patient data for the record (sealed; only with --image)"))
+    c = s.add_argument_group("consent")
+    c.add_argument("--consent-token", metavar="FILE", help="from `lightbox consent capture` "
+                   "(also names the consent a text outside direct care is sent under)")
     c.add_argument("--patient-agreed", action="store_true")
     c.add_argument("--statements-shown", action="store_true")
     x = s.add_argument_group("clinical safety (issue 10; docs/CLINICAL_SAFETY.md)")

@@ -45,6 +45,7 @@ __all__ = [
     "FormCopy",
     "consent_form_lines",
     "load_consent_token",
+    "patient_label",
     "render_consent_pdf",
     "save_consent_pdf",
 ]
@@ -106,6 +107,13 @@ class ConsentFormDisplay:
     def contact(self) -> str:
         contact = self.privacy_contact or os.environ.get(PRIVACY_CONTACT_ENV, "").strip()
         return contact or DEFAULT_PRIVACY_CONTACT
+
+
+def patient_label(patient_name: str) -> str:
+    """A DICOM person name (``Family^Given^Middle^Prefix^Suffix``) as the form shows it."""
+    family, _, rest = patient_name.partition("^")
+    given = " ".join(p for p in rest.split("^")[:2] if p)
+    return f"{family}, {given}" if family and given else (family or given)
 
 
 def _date(ts: int) -> str:

@@ -47,18 +47,20 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-import httpx
 import msgspec
 from PIL import Image
 
 from clients import dicom
-from clients.consent_pdf import ConsentFormDisplay, FormCopy, render_consent_pdf
+from clients.consent_pdf import ConsentFormDisplay, FormCopy, patient_label, render_consent_pdf
+from clients.fhir import FhirAuthError, FhirClient, FhirError, FhirSettings, FhirUnavailable
 from clients.pacs import (
     InstanceRef,
     PacsAuthError,
@@ -66,6 +68,7 @@ from clients.pacs import (
     PacsError,
     PacsSettings,
     PacsUnavailable,
+    StudyRef,
 )
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.connection import Connection
@@ -79,14 +82,21 @@ from protocol.body import (
     Body,
     BodyKind,
     CaptureKind,
+    ConsentFiling,
     FiledDocument,
     FilingReceipt,
+    OriginalStudy,
     RecordData,
     decode_body,
     encode_body,
 )
 from protocol.canonical import peek_compact
-from protocol.consent import ConsentClaims, peek_consent_token_unverified, to_fhir_consent
+from protocol.consent import (
+    ConsentClaims,
+    peek_consent_token_unverified,
+    to_fhir_consent,
+    verify_consent_token,
+)
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import Deliver, Error, FiledNotice, Filing, Frame, KeysLow
 from protocol.model import MessageHeader, Priority, Purpose, SealedMessage
@@ -97,6 +107,13 @@ __all__ = ["FilingFailed", "GatewayConfig", "RecordGateway", "main"]
 VERSION = "0.1.0"
 log = logging.getLogger("lightbox.gateway")
 UID_NAMESPACE = uuid.UUID("7b0f3c1e-2a54-4c8e-9a61-5d2f8e0c4b17")
+CONSENT_STUDY = "Consent for clinical images"  # a consent filed without images: its study
+CONSENT_IDENTIFIER_SYSTEM = "urn:ietf:rfc:3986"  # to_fhir_consent's identifier: urn:uuid:<jti>
+CLOCK_SKEW = 300  # seconds a consent's iat may lead the gateway's clock
+# Objects that are not an acquisition (PS3.3 C.7.3.1.1.1): a study holding only these is not
+# an original imaging study (OT: our Secondary Capture, XC: photos, DOC: consent forms).
+NON_ACQUISITION_MODALITIES = frozenset({"OT", "XC", "DOC", "SR", "KO", "PR", "SC", "REG"})
+_MODALITY = re.compile(r"[A-Z0-9]{1,16}")
 
 
 class FilingFailed(Exception):
@@ -117,7 +134,11 @@ class GatewayConfig:
     retry_max: float = 300.0  # longest wait between retries
     issuer_of_patient_id: str = ""  # default Issuer of Patient ID when the body names none
     statement_timeout: float = 30.0
-    fhir_url: str = ""  # FHIR R4 base the Consent resources are POSTed to (LIGHTBOX_FHIR_URL)
+    # Where a clinician views a study: a URL template with {study_instance_uid} (the PACS
+    # viewer, LIGHTBOX_PACS_VIEWER_URL); empty: the study's DICOMweb retrieve URL.
+    viewer_url: str = ""
+    # Days before the photo's date searched for the original study it shows (issue 10 item 7).
+    original_lookback_days: int = 2
 
 
 def dicom_uid(*parts: str) -> str:
@@ -176,13 +197,6 @@ def build_instance(image: bytes, record: RecordData, header: MessageHeader,
                                            new_uid=new_uid)
     return dicom.build_secondary_capture(pixels, data, captured_from=dicom.CapturedFrom.FILM,
                                          series_instance_uid=series, new_uid=new_uid)
-
-
-def patient_label(patient_name: str) -> str:
-    """A DICOM person name (``Family^Given^Middle^Prefix^Suffix``) as the form shows it."""
-    family, _, rest = patient_name.partition("^")
-    given = " ".join(p for p in rest.split("^")[:2] if p)
-    return f"{family}, {given}" if family and given else (family or given)
 
 
 def build_consent_form(claims: ConsentClaims, record: RecordData, header: MessageHeader, *,
@@ -259,8 +273,9 @@ class RecordGateway:
     def __init__(self, store: StateStore, pacs: PacsClient, *, password: str | None = None,
                  relay: RelayHTTP | None = None, ws_url: str | None = None,
                  config: GatewayConfig | None = None, clock: Callable[[], float] = time.time,
-                 backoff_base: float = 0.2, backoff_max: float = 10.0) -> None:
-        self.store, self.pacs, self.clock = store, pacs, clock
+                 backoff_base: float = 0.2, backoff_max: float = 10.0,
+                 fhir: FhirClient | None = None) -> None:
+        self.store, self.pacs, self.clock, self.fhir = store, pacs, clock, fhir
         self.config = config or GatewayConfig()
         self._password = password
         st = store.state
@@ -272,6 +287,7 @@ class RecordGateway:
         self.connection: _GatewayConnection | None = None
         self._waiting: dict[str, asyncio.Future[FiledNotice]] = {}
         self.filed: list[FilingReceipt] = []
+        self.consents_filed: list[ConsentFiling] = []
         self.failed: list[tuple[str, str]] = []  # (attachment id, reason)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -362,6 +378,9 @@ class RecordGateway:
                         extra={"error_type": type(exc).__name__})
             return
         self._forget_one_time_prekey(sealed)
+        if body.kind is BodyKind.CONSENT_RECORD:
+            await self._file_consent_record(h, body, sender, sender_user_cert, revocations)
+            return
         if body.kind is not BodyKind.TEXT or not body.attachments:
             return  # nothing to file (text, receipts of other gateways)
         if h.purpose not in (Purpose.DIRECT_CARE, Purpose.EXTERNAL_CONSULT):
@@ -423,7 +442,9 @@ class RecordGateway:
         except dicom.DicomBuildError as exc:
             raise FilingFailed(f"no valid DICOM object can be made: {exc}") from exc
         ref = await self._store(instance)
-        documents = await self._file_consent(claims, body.record, h, instance, sender)
+        documents = await self._file_consent(claims, body.record, h,
+                                             instance.study_instance_uid, sender)
+        originals = await self._original_studies(body.record, h, instance.study_instance_uid)
         filed_at = int(self.clock())
         receipt = FilingReceipt(
             attachment_id=descriptor.attachment_id, message_id=h.message_id,
@@ -431,24 +452,117 @@ class RecordGateway:
             series_instance_uid=instance.series_instance_uid,
             sop_instance_uid=instance.sop_instance_uid, filed_at=filed_at,
             retrieve_url=(ref.retrieve_url or "")[:1024],
-            record_ref=instance.study_instance_uid, documents=documents)
+            record_ref=instance.study_instance_uid, documents=documents,
+            original_studies=originals)
         sealed_receipt = await self._tell_thread(
             h, Body(kind=BodyKind.FILING_RECEIPT, filing=receipt), revocations)
         await self._statement(h, descriptor.attachment_id, filed_at,
                               hashlib.sha256(envelope.encode_sealed(sealed_receipt)).digest())
         return receipt
 
+    async def _file_consent_record(self, h: MessageHeader, body: Body,
+                                   sender: certs.VerifiedDevice, sender_user_cert: str,
+                                   revocations: certs.RevocationSet) -> None:
+        """File a consent that comes without images (issue 10 item 1: "a refusal is filed as
+        well, without images"): the form as Encapsulated PDF in a study of its own (its UIDs
+        derive from the consent, so a retry files the same object), and the FHIR Consent;
+        then seal a ``consent_filed`` receipt to the thread. A consent that does not verify,
+        or names another organisation, is not filed and the sender is told why."""
+        assert body.consent_token is not None
+        assert body.record is not None
+        record = body.record
+        if not record.study_description:
+            record = msgspec.structs.replace(record, study_description=CONSENT_STUDY)
+        try:
+            claims = await self._verified_consent(body.consent_token, sender, sender_user_cert)
+            study_uid = dicom_uid("consent-study", claims.jti, record.patient_id)
+            documents = await self._file_consent(claims, record, h, study_uid, sender)
+        except FilingFailed as exc:
+            self.failed.append((h.message_id, str(exc)))
+            await self._tell_thread(h, Body(
+                text=f"The record gateway could not file the consent: {exc}. It was NOT "
+                     "saved to the patient's record.", reply_to=h.message_id), revocations)
+            return
+        filing = ConsentFiling(consent_id=claims.jti, message_id=h.message_id,
+                               decision=claims.decision.value, study_instance_uid=study_uid,
+                               filed_at=int(self.clock()), documents=documents)
+        await self._tell_thread(h, Body(kind=BodyKind.CONSENT_FILED, consent_filing=filing),
+                                revocations)
+        self.consents_filed.append(filing)
+
+    async def _verified_consent(self, token: str, sender: certs.VerifiedDevice,
+                                sender_user_cert: str) -> ConsentClaims:
+        """The token's claims once its signature verifies under its issuer's certificate
+        (RFC 7515 §5.2 via protocol.consent), issued in the gateway's organisation. Checked
+        at the moment it was issued: the filing records a decision made then, and a token's
+        validity period limits sharing, not keeping the evidence; a token claiming to be
+        issued in the future (beyond the skew) is refused."""
+        try:
+            claims = peek_consent_token_unverified(token)
+            issuer_cert = (sender_user_cert if claims.iss == sender.user_id
+                           else (await self.relay.user_devices(claims.iss)).user_certificate)
+            now = int(self.clock())
+            issuer = certs.verify_user_certificate(
+                issuer_cert, trusted_orgs=self.store.state.trusted_orgs(), at=now)
+            verified = verify_consent_token(token, issuer.identity_key, at=claims.iat,
+                                            leeway=0)
+        except Exception as exc:  # ProtocolError, RelayError: do not file what fails
+            raise FilingFailed("the consent does not verify") from exc
+        if verified.iss != issuer.user_id or verified.org != self.store.state.org_id:
+            raise FilingFailed("the consent was issued by someone outside this organisation")
+        if verified.iat > now + CLOCK_SKEW:
+            raise FilingFailed("the consent claims to be issued in the future")
+        return verified
+
+    async def _original_studies(self, record: RecordData, h: MessageHeader,
+                                photo_study_uid: str) -> list[OriginalStudy]:
+        """For a photo of a film or monitor, the studies it may stand for (issue 10 item 7:
+        a photo of an x-ray is not the study itself): QIDO-RS by the patient's ID (and
+        issuer) and the days around the photo (PS3.18 §10.6), leaving out the studies
+        Lightbox itself files and any study with only non-acquisition objects (photos,
+        documents, secondary captures). Best effort: a failed search only means no link."""
+        if record.capture is not CaptureKind.FILM:
+            return []
+        sent = dt.datetime.fromtimestamp(h.sent_at, dt.UTC).date()
+        window = (sent - dt.timedelta(days=self.config.original_lookback_days),
+                  sent + dt.timedelta(days=1))  # a day after: the PACS's local date may lead
+        try:
+            found = await self.pacs.find_studies(
+                record.patient_id,
+                issuer_of_patient_id=record.issuer_of_patient_id or None,
+                study_dates=window, limit=50)
+        except (PacsError, ValueError) as exc:
+            log.warning("original study search failed", extra={"error_type": type(exc).__name__})
+            return []
+        originals = [s for s in found if s.study_instance_uid != photo_study_uid
+                     and set(s.modalities) - NON_ACQUISITION_MODALITIES]
+        originals.sort(key=lambda s: (s.study_date or dt.date.min,
+                                      s.study_time or dt.time.min), reverse=True)
+        return [self._original(s) for s in originals[:4]]
+
+    def _original(self, study: StudyRef) -> OriginalStudy:
+        url = (self.config.viewer_url.replace("{study_instance_uid}", study.study_instance_uid)
+               if self.config.viewer_url else (study.retrieve_url or ""))
+        if urlsplit(url).scheme.lower() not in {"http", "https"} or any(c.isspace() for c in url) \
+                or len(url) > 1024:
+            url = ""
+        return OriginalStudy(
+            study_instance_uid=study.study_instance_uid,
+            study_date=study.study_date.isoformat() if study.study_date else None,
+            modalities=[m for m in study.modalities if _MODALITY.fullmatch(m)][:16],
+            description=(study.study_description or "")[:64], url=url)
+
     async def _file_consent(self, claims: ConsentClaims, record: RecordData, h: MessageHeader,
-                            image: dicom.DicomInstance, sender: certs.VerifiedDevice
+                            study_instance_uid: str, sender: certs.VerifiedDevice
                             ) -> list[FiledDocument]:
-        """File the consent with the image: the form in the same study (stored and read back
-        like the image; a form that cannot be filed fails the image's filing, so nothing
-        expires without its consent on record), and the FHIR Consent."""
+        """File the consent: the form in the images' study (stored and read back like the
+        image; a form that cannot be filed fails the image's filing, so nothing expires
+        without its consent on record), and the FHIR Consent."""
         clinician = sender.user.display_name if claims.iss == sender.user_id else ""
         try:
             form = await asyncio.to_thread(
                 build_consent_form, claims, record, h,
-                study_instance_uid=image.study_instance_uid, clinician_name=clinician,
+                study_instance_uid=study_instance_uid, clinician_name=clinician,
                 operator=sender.user.display_name,
                 default_issuer=self.config.issuer_of_patient_id or self.store.state.org_id)
         except Exception as exc:  # DicomBuildError, ConsentPdfError
@@ -466,34 +580,30 @@ class RecordGateway:
         ]
 
     async def _post_fhir(self, claims: ConsentClaims) -> str:
-        """POST the Consent to the configured FHIR server (conditional create on its
-        identifier: a retry finds the one already there; no ``id``, which a create must not
-        carry); returns its Location, or "" when no server is configured. An unreachable
-        server (or 5xx) is retried like the PACS; a refusal fails the filing."""
-        base = self.config.fhir_url.rstrip("/")
-        if not base:
+        """File the FHIR Consent on the configured server (clients/fhir.py: conditional create
+        on the consent's identifier, so a retry finds the one already there); returns its
+        URL, or "" when no server is configured. An unreachable server (or its credentials
+        refused) is retried like the PACS; a refusal fails the filing."""
+        if self.fhir is None:
             return ""
-        resource = json.dumps({k: v for k, v in to_fhir_consent(claims).items()
-                               if k != "id"}).encode()
         attempt = 0
-        async with httpx.AsyncClient(timeout=30.0) as http:
-            while True:
-                try:
-                    response = await http.post(f"{base}/Consent", content=resource, headers={
-                        "Content-Type": "application/fhir+json",
-                        "Accept": "application/fhir+json",
-                        "If-None-Exist": f"identifier=urn:ietf:rfc:3986|urn:uuid:{claims.jti}"})
-                    if response.status_code < 500:
-                        break
-                except httpx.TransportError:
-                    pass
+        while True:
+            try:
+                return await self.fhir.create_consent(
+                    to_fhir_consent(claims), identifier_system=CONSENT_IDENTIFIER_SYSTEM,
+                    identifier_value=f"urn:uuid:{claims.jti}")
+            except (FhirUnavailable, FhirAuthError) as exc:
                 attempt += 1
-                delay = min(self.config.retry_max, self.config.retry_base * 2 ** min(attempt, 16))
-                log.warning("FHIR server unavailable; retrying", extra={"attempt": attempt})
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-        if response.status_code not in (200, 201):
-            raise FilingFailed(f"the FHIR server refused the Consent ({response.status_code})")
-        return response.headers.get("Location", "") or f"{base}/Consent/{claims.jti}"
+                await self._pause(attempt, "FHIR server unavailable", exc)
+            except FhirError as exc:
+                raise FilingFailed(f"the FHIR server refused the Consent: {exc}") from exc
+
+    async def _pause(self, attempt: int, what: str, exc: Exception) -> None:
+        """Exponential backoff with jitter before trying an unreachable server again."""
+        delay = min(self.config.retry_max, self.config.retry_base * 2 ** min(attempt, 16))
+        log.warning(f"{what}; retrying", extra={
+            "attempt": attempt, "delay": delay, "error_type": type(exc).__name__})
+        await asyncio.sleep(random.uniform(delay / 2, delay))
 
     async def _store(self, instance: dicom.DicomInstance) -> InstanceRef:
         """STOW-RS then read back; an unreachable PACS is retried until it answers."""
@@ -504,10 +614,7 @@ class RecordGateway:
                 return await self.pacs.verify_stored(instance)
             except (PacsUnavailable, PacsAuthError) as exc:
                 attempt += 1
-                delay = min(self.config.retry_max, self.config.retry_base * 2 ** min(attempt, 16))
-                log.warning("PACS unavailable; retrying", extra={
-                    "attempt": attempt, "delay": delay, "error_type": type(exc).__name__})
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                await self._pause(attempt, "PACS unavailable", exc)
             except PacsError as exc:  # rejected (400/409), verification failed, protocol
                 raise FilingFailed(f"the PACS refused it: {exc}") from exc
 
@@ -601,14 +708,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--issuer", default=os.environ.get("LIGHTBOX_GATEWAY_ISSUER", ""),
                    help="Issuer of Patient ID when a message names none (default: the org id)")
     p.add_argument("--fhir-url", default=os.environ.get("LIGHTBOX_FHIR_URL", ""),
-                   help="FHIR R4 base URL to POST each filed Consent to (optional; without "
-                   "it the Consent is only named in the receipt by its SHA-256)")
+                   help="FHIR R4 base URL to file each Consent on (optional; without it the "
+                   "Consent is only named in the receipt by its SHA-256); credentials: "
+                   "LIGHTBOX_FHIR_TOKEN_FILE or LIGHTBOX_FHIR_USERNAME + "
+                   "LIGHTBOX_FHIR_PASSWORD_FILE (docs/OPERATIONS.md)")
+    p.add_argument("--viewer-url", default=os.environ.get("LIGHTBOX_PACS_VIEWER_URL", ""),
+                   help="where clinicians view a study: an http(s) URL template holding "
+                   "{study_instance_uid} (default: the study's DICOMweb URL)")
+    p.add_argument("--original-lookback-days", type=int, default=int(
+        os.environ.get("LIGHTBOX_ORIGINAL_LOOKBACK_DAYS", "2")),
+                   help="days before a photo of a film searched for its original study")
     p.add_argument("--retry-max", type=float, default=300.0,
-                   help="longest wait between retries of an unreachable PACS, in seconds")
+                   help="longest wait between retries of an unreachable PACS or FHIR "
+                   "server, in seconds")
     args = p.parse_args(argv)
+    if args.viewer_url and (urlsplit(args.viewer_url).scheme not in {"http", "https"}
+                            or "{study_instance_uid}" not in args.viewer_url):
+        p.error("--viewer-url must be an http(s) URL holding {study_instance_uid}")
+    if not 0 <= args.original_lookback_days <= 30:
+        p.error("--original-lookback-days must be between 0 and 30")
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper())
     try:
         settings = PacsSettings.from_env()
+        fhir_settings = FhirSettings.from_env(url=args.fhir_url) if args.fhir_url else None
     except (ValueError, OSError) as exc:
         print(f"lightbox-gateway: {exc}", file=sys.stderr)
         return 2
@@ -623,10 +745,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     async def run() -> None:
-        async with PacsClient(settings) as pacs:
-            gw = RecordGateway(store, pacs, password=password, config=GatewayConfig(
+        async with contextlib.AsyncExitStack() as stack:
+            pacs = await stack.enter_async_context(PacsClient(settings))
+            fhir = None if fhir_settings is None else await stack.enter_async_context(
+                FhirClient(fhir_settings))
+            gw = RecordGateway(store, pacs, password=password, fhir=fhir, config=GatewayConfig(
                 retry_max=args.retry_max, issuer_of_patient_id=args.issuer,
-                fhir_url=args.fhir_url))
+                viewer_url=args.viewer_url, original_lookback_days=args.original_lookback_days))
             await gw.start()
             assert gw.connection is not None
             try:

@@ -49,8 +49,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
 import httpx
 from pydicom import dcmread
@@ -58,6 +57,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from clients.dicom import DicomInstance, is_uid
+from clients.httpio import HttpService, bounded_request
 
 __all__ = [
     "FailedInstance",
@@ -254,7 +254,7 @@ class PacsSettings:
 # --- the client ----------------------------------------------------------------------------
 
 
-class PacsClient:
+class PacsClient(HttpService):
     """DICOMweb against one PACS. Use as ``async with PacsClient(settings) as pacs``."""
 
     def __init__(
@@ -279,18 +279,6 @@ class PacsClient:
 
     def __repr__(self) -> str:
         return f"PacsClient({self._root!r})"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # STOW-RS -------------------------------------------------------------------------------
 
@@ -349,9 +337,11 @@ class PacsClient:
 
     async def find_studies(
         self, patient_id: str, *, issuer_of_patient_id: str | None = None,
-        study_date: date | None = None, limit: int = 100,
+        study_date: date | None = None, study_dates: tuple[date, date] | None = None,
+        limit: int = 100,
     ) -> list[StudyRef]:
-        """The patient's studies (on ``study_date`` when given), by QIDO-RS.
+        """The patient's studies (on ``study_date``, or within the inclusive range
+        ``study_dates``, when given), by QIDO-RS (a range is PS3.4 §C.2.2.2.5 range matching).
 
         QIDO matching treats ``*`` and ``?`` as wildcards and has no escape, so an ID holding
         them is refused rather than matching other patients; results are checked for an exact
@@ -368,6 +358,9 @@ class PacsClient:
         ]
         if study_date is not None:
             params.append(("StudyDate", study_date.strftime("%Y%m%d")))
+        elif study_dates is not None:
+            first, last = study_dates
+            params.append(("StudyDate", f"{first:%Y%m%d}-{last:%Y%m%d}"))
         found = await self._qido(f"{self._root}/studies", params)
         studies = []
         for ds in found:
@@ -464,26 +457,9 @@ class PacsClient:
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request, read up to the response limit; transport failures → PacsUnavailable."""
-        try:
-            async with self._http.stream(method, url, **kwargs) as response:
-                declared = response.headers.get("Content-Length")
-                if declared is not None and declared.isdigit() and int(declared) > self._max:
-                    raise PacsProtocolError("PACS answer exceeds the response size limit")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self._max:
-                        raise PacsProtocolError("PACS answer exceeds the response size limit")
-                    chunks.append(chunk)
-            return httpx.Response(
-                response.status_code, headers=_decoded_headers(response.headers),
-                content=b"".join(chunks), request=response.request,
-            )
-        except httpx.TimeoutException as exc:
-            raise PacsUnavailable(f"PACS timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise PacsUnavailable(f"PACS unreachable ({type(exc).__name__})") from exc
+        return await bounded_request(
+            self._http, method, url, limit=self._max, name="PACS", too_large=PacsProtocolError,
+            unavailable=PacsUnavailable, **kwargs)
 
 
 # --- retries -------------------------------------------------------------------------------
@@ -690,11 +666,6 @@ def _parse(data: bytes, what: str) -> Dataset:
     except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, KeyError) as exc:
         raise PacsProtocolError(f"{what} is not a readable DICOM Part-10 file") from exc
 
-
-def _decoded_headers(headers: httpx.Headers) -> list[tuple[str, str]]:
-    # The body handed on is already decoded: drop the encoding headers that described it.
-    return [(k, v) for k, v in headers.items()
-            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
 
 
 def _uid(value: str) -> str:

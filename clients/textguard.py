@@ -67,8 +67,10 @@ class TextFinding:
     suggestion: str  # a replacement, or advice when no mechanical rewrite fits
 
 
-_MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
-          r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?")
+# A full month name, or an abbreviation with its optional dot (only there: the full stop after
+# "3 March." ends the sentence, it is not part of the date).
+_MONTH = (r"(?:(?:january|february|march|april|may|june|july|august|september|october|"
+          r"november|december)|(?:jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec)\.?)")
 _DATE = (r"(?:\d{1,2}[/.\-]\d{1,2}[/.\-](?:\d{4}|\d{2})(?!\d)"
          r"|\d{4}-\d{1,2}-\d{1,2}(?!\d)"
          rf"|\d{{1,2}}(?:st|nd|rd|th)?(?: of)? {_MONTH}(?:,? \d{{4}})?(?![a-z])"

@@ -35,8 +35,10 @@ __all__ = [
     "Body",
     "BodyKind",
     "CaptureKind",
+    "ConsentFiling",
     "FiledDocument",
     "FilingReceipt",
+    "OriginalStudy",
     "RecordData",
     "Sex",
     "decode_body",
@@ -65,6 +67,11 @@ class BodyKind(enum.StrEnum):
     TEXT = "text"  # a message: text and/or images (the first one of a thread may carry subject)
     SUBJECT = "subject"  # the thread's subject line, set or changed
     FILING_RECEIPT = "filing_receipt"  # the record gateway: where the image is filed
+    # Issue 10 item 1: a consent filed to the record without images (a refusal): the capturing
+    # clinician sends it to the record gateway with the patient's record data ...
+    CONSENT_RECORD = "consent_record"
+    # ... and the gateway answers where it filed it.
+    CONSENT_FILED = "consent_filed"
 
 
 class Sex(enum.StrEnum):
@@ -116,10 +123,25 @@ class FiledDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     location: Annotated[str, msgspec.Meta(max_length=1024)] = ""
 
 
+class OriginalStudy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The imaging study a photo of a film or monitor stands for, as the gateway found it in
+    PACS by QIDO-RS (issue 10 item 7: a photo of an x-ray is not the study itself). ``url``
+    is where to view it: the organisation's PACS viewer when the gateway is configured with
+    one, else the study's DICOMweb retrieve URL. Always ``http``/``https``."""
+
+    study_instance_uid: _DicomUid
+    study_date: _Date | None = None
+    modalities: Annotated[list[Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}$")]],
+                          msgspec.Meta(max_length=16)] = []
+    description: _Short = ""
+    url: Annotated[str, msgspec.Meta(max_length=1024, pattern=r"^(https?://\S+)?$")] = ""
+
+
 class FilingReceipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The gateway's full receipt: where the image now lives in the record, and what else was
+    """The gateway's full receipt: where the image now lives in the record, what else was
     filed with it (``documents``: the consent form and FHIR Consent; empty from older
-    gateways)."""
+    gateways), and for a photo of a film or monitor the original studies it found in PACS
+    (``original_studies``, newest first)."""
 
     attachment_id: UuidStr
     message_id: UuidStr
@@ -129,6 +151,19 @@ class FilingReceipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     filed_at: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
     retrieve_url: Annotated[str, msgspec.Meta(max_length=1024)] = ""
     record_ref: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    documents: Annotated[list[FiledDocument], msgspec.Meta(max_length=8)] = []
+    original_studies: Annotated[list[OriginalStudy], msgspec.Meta(max_length=4)] = []
+
+
+class ConsentFiling(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The gateway's receipt for a ``consent_record`` (a consent filed without images, such as
+    a refusal): the study it filed the consent form in, and what it filed."""
+
+    consent_id: UuidStr
+    message_id: UuidStr  # the consent_record message this answers
+    decision: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,16}$")]
+    study_instance_uid: _DicomUid
+    filed_at: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
     documents: Annotated[list[FiledDocument], msgspec.Meta(max_length=8)] = []
 
 
@@ -148,6 +183,7 @@ class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     # Quality checks the sender saw and chose to send anyway (clients.imaging QualityIssue).
     quality_warnings: Annotated[list[_Warning], msgspec.Meta(max_length=MAX_WARNINGS)] = []
     filing: FilingReceipt | None = None
+    consent_filing: ConsentFiling | None = None
 
     def __repr__(self) -> str:  # never print text, keys or patient data
         return (f"Body(kind={self.kind.value}, text=<{len(self.text)} chars>, "
@@ -174,7 +210,18 @@ def _check(body: Body) -> None:
     elif body.filing is not None:
         raise DecodeError("only a filing_receipt body carries a receipt",
                           code=ErrorCode.VALIDATION_FAILED)
-    if body.record is not None and not body.attachments:
+    if body.kind is BodyKind.CONSENT_FILED:
+        if body.consent_filing is None or body.attachments or body.record is not None:
+            raise DecodeError("a consent_filed body carries the receipt only",
+                              code=ErrorCode.VALIDATION_FAILED)
+    elif body.consent_filing is not None:
+        raise DecodeError("only a consent_filed body carries a consent filing",
+                          code=ErrorCode.VALIDATION_FAILED)
+    if body.kind is BodyKind.CONSENT_RECORD:
+        if body.consent_token is None or body.record is None or body.attachments:
+            raise DecodeError("a consent_record carries a consent token and record data, "
+                              "and no images", code=ErrorCode.VALIDATION_FAILED)
+    elif body.record is not None and not body.attachments:
         raise DecodeError("record data goes with an image", code=ErrorCode.VALIDATION_FAILED)
     ids = [a.attachment_id for a in body.attachments]
     if len(set(ids)) != len(ids):

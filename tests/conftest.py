@@ -13,6 +13,12 @@ import pytest
 
 from server import migrations
 from server.embedded import EmbeddedPostgres
+from tests.fhir_server import (
+    FhirServer,
+    FhirServerMissing,
+    require_fhir_server,
+    running_fhir_server,
+)
 from tests.helpers import ROOT, Cluster, RunningRelay, running_relay, with_database
 from tests.orthanc import OrthancMissing, OrthancServer, require_orthanc, running_orthanc
 
@@ -59,6 +65,18 @@ async def relay(db_dsn: str) -> AsyncIterator[RunningRelay]:
     """A real relay (uvicorn on a loopback port) on a fresh database."""
     async with running_relay(db_dsn) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def fhir_server() -> Iterator[FhirServer]:
+    """A real FHIR R4 server on a loopback port (tests/fhir_server.py), stopped in teardown. A
+    machine without it fails here with how to install it: never a silent skip."""
+    try:
+        require_fhir_server()
+    except FhirServerMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with running_fhir_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -16,23 +16,22 @@ and bring it back on the same port and the same storage.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import io
 import json
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pydicom
 
-from tests.helpers import ROOT, seconds
+from tests.helpers import seconds
+from tests.servers import ServerProcess, free_port, running_in_data_dir
 
-__all__ = ["DICOMWEB_PLUGIN", "OrthancMissing", "OrthancServer", "require_orthanc",
-           "running_orthanc"]
+__all__ = ["DICOMWEB_PLUGIN", "OrthancMissing", "OrthancServer", "original_study",
+           "require_orthanc", "running_orthanc"]
 
 BINARY = "Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -57,24 +56,18 @@ def require_orthanc() -> str:
     return binary
 
 
-def _free_port() -> int:
-    # Orthanc binds every interface, so ask for a port that is free on all of them.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
-
-
-class OrthancServer:
+class OrthancServer(ServerProcess):
     """One Orthanc process on a loopback port; start, stop and start again on the same data."""
 
+    name = "Orthanc"
+
     def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        super().__init__(workdir, "orthanc.log")
         self.binary = require_orthanc()
-        self.workdir = workdir
-        self.port = port or _free_port()
+        # Orthanc binds every interface, so ask for a port that is free on all of them.
+        self.port = port or free_port()
         self.username = "lbx-test-" + secrets.token_hex(4)
         self.password = secrets.token_urlsafe(24)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: Path = workdir / "orthanc.log"
         self.config_path = workdir / "orthanc.json"
         self._write_config()
 
@@ -90,10 +83,6 @@ class OrthancServer:
     @property
     def auth(self) -> tuple[str, str]:
         return (self.username, self.password)
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def _write_config(self) -> None:
         storage = self.workdir / "storage"
@@ -125,64 +114,45 @@ class OrthancServer:
 
     def start(self, *, timeout: float | None = None) -> None:
         """Start Orthanc and wait until its REST API answers an authenticated request."""
-        if self.running:
-            return
-        log = self._log.open("ab")
-        try:
-            self._proc = subprocess.Popen(
-                [self.binary, str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + (timeout if timeout is not None else seconds(20))
-        with httpx.Client(auth=self.auth, timeout=seconds(2)) as client:
-            while True:
-                if self._proc.poll() is not None:
-                    code = self._proc.returncode
-                    self._proc = None
-                    raise RuntimeError(
-                        f"Orthanc exited with {code} while starting; log tail:\n{self.log_tail()}"
-                    )
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get(f"{self.base_url}/system").status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"Orthanc not ready in time; log tail:\n{self.log_tail()}")
-                time.sleep(0.05)
-
-    def stop(self, *, timeout: float | None = None) -> None:
-        """SIGTERM, then SIGKILL if it has not exited in time. Safe to call when stopped."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout if timeout is not None else seconds(10))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(seconds(10))
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self._log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        if not self.running:
+            self._launch([self.binary, str(self.config_path)],
+                         ready_url=f"{self.base_url}/system",
+                         client=httpx.Client(auth=self.auth, timeout=seconds(2)),
+                         timeout=timeout if timeout is not None else seconds(20))
 
 
 @contextlib.contextmanager
 def running_orthanc() -> Iterator[OrthancServer]:
     """An Orthanc in a fresh folder under .data/, always stopped and removed afterwards."""
-    (ROOT / ".data").mkdir(exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="test-orthanc-", dir=ROOT / ".data"))
-    server: OrthancServer | None = None
-    try:
-        server = OrthancServer(workdir)
-        server.start()
+    with running_in_data_dir("test-orthanc-", OrthancServer, OrthancServer.start) as server:
         yield server
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def original_study(patient_id: str, issuer: str, study_date: dt.date, *,
+                   modality: str = "CR", description: str = "XR WRIST 2 VIEWS") -> bytes:
+    """A Part-10 acquisition object (a small Computed Radiography image by default) for a
+    test patient: what the imaging department filed before anyone photographed the film.
+    Issue 10 item 7's gateway search must find it by patient and date."""
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.1")  # CR Storage
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = pydicom.dataset.FileDataset("", pydicom.dataset.Dataset(), file_meta=meta,
+                                     preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, \
+        meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.PatientName, ds.PatientID, ds.IssuerOfPatientID = "TEST^ORIGINAL", patient_id, issuer
+    ds.StudyDate = ds.SeriesDate = study_date.strftime("%Y%m%d")
+    ds.StudyTime = "083000"
+    ds.Modality, ds.StudyDescription = modality, description
+    ds.AccessionNumber, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "", "1", 1, 1
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = bytes(range(64))
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

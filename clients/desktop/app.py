@@ -28,24 +28,42 @@ Endpoints (JSON unless said otherwise):
 | ``POST /api/lock`` | lock the vault, disconnect |
 | ``GET /api/threads`` | the inbox: urgent consults first, then newest |
 | ``GET /api/threads/{id}`` | a thread: messages, images, filed study, consent, record data |
-| ``POST /api/threads/{id}/reply`` ``{text, reply_to?}`` | reply (sealed for every device) |
+| ``POST /api/threads/{id}/reply`` ``{text, reply_to?, confirmed?}`` | reply (see below) |
 | ``POST /api/threads/{id}/read`` | mark read (signed read receipts) |
 | ``POST /api/messages/{id}/ack`` | acknowledge: "I'm on it" |
+| ``GET /api/messages/{id}/consent.pdf`` | the patient's copy of its consent (PDF, see below) |
 | ``GET /api/images/{id}`` | image bytes from the vault (410 + record reference once shredded) |
 | ``GET /api/events`` | server-sent events: message, image, receipt, filed, expired, status |
+
+Clinical safety (issue 10):
+
+* **A reply** is sealed for every device of the thread with the purpose of the message it
+  answers (``reply_to``, else the thread's latest incoming message), under that message's
+  consent and, for an external consult, its clinical-necessity statement (item 3). When that
+  purpose leaves direct care and the text holds an exact age, a date of birth, an MRN-like
+  number or a date of service, nothing is sent until the clinician confirms (item 5): 409
+  ``{"error": "text_guard", "purpose", "findings": [{kind, text, suggestion}], "suggestion"}``
+  (``suggestion``: the text with exact ages turned into ranges); ``"confirmed": true`` sends it
+  as written.
+* **The patient's consent form** (item 2: "the desktop client shows it"): the one-page PDF of
+  the consent a message carries, rendered here from the token's claims (never sent anywhere);
+  404 ``{"error": "consent_not_found"}`` for a message that carries none or an unreadable one.
+* **A photo of a film or monitor** (item 7): each image's ``study`` lists the ``originals`` the
+  record gateway found in PACS (newest first, http(s) links only); the page links to them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
 import secrets
 import socket
 import webbrowser
-from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +75,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from clients.clinician import ProfileDevice, open_profile
+from clients.consent_pdf import ConsentFormDisplay, FormCopy, patient_label, render_consent_pdf
 from clients.sdk.client import (
     ClientEvent,
     ExpiredEvent,
@@ -66,16 +85,19 @@ from clients.sdk.client import (
     MessageEvent,
     MessageView,
     ReceiptEvent,
+    SentMessage,
     StatusEvent,
     WithdrawnEvent,
 )
 from clients.sdk.errors import FlowError, KeyStoreError, SDKError
+from clients.textguard import TextGuardWarning, guard_text
 from clients.vault import ImageShredded, ItemNotFound, VaultError, VaultLocked
-from protocol import certs
-from protocol.body import CaptureKind, FilingReceipt
+from protocol import api, certs
+from protocol.body import Body, BodyKind, CaptureKind, FilingReceipt
 from protocol.canonical import peek_compact
-from protocol.consent import peek_consent_token_unverified
+from protocol.consent import ConsentClaims, peek_consent_token_unverified
 from protocol.errors import ProtocolError
+from protocol.model import Priority, Purpose
 
 __all__ = ["DesktopServer", "run_desktop"]
 
@@ -97,9 +119,11 @@ Opener = Callable[[Path, str], ProfileDevice]
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """A request answered with ``{"error": message, **extra}`` and ``status``."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.extra = status, message, extra
 
 
 class DesktopServer:
@@ -190,6 +214,7 @@ class DesktopServer:
             Route("/api/threads/{thread_id}/reply", self.reply, methods=["POST"]),
             Route("/api/threads/{thread_id}/read", self.read, methods=["POST"]),
             Route("/api/messages/{message_id}/ack", self.ack, methods=["POST"]),
+            Route("/api/messages/{message_id}/consent.pdf", self.consent_pdf),
             Route("/api/images/{attachment_id}", self.image),
             Route("/api/events", self.events),
         ]
@@ -343,24 +368,68 @@ class DesktopServer:
             raise _Refused(404, "not on this device") from exc
         return Response(stored.data, media_type=stored.info.media_type)
 
+    async def consent_pdf(self, request: Request) -> Response:
+        """The patient's copy of the consent this message carries (issue 10 item 2: "the
+        desktop client shows it"): the one-page form of :mod:`clients.consent_pdf`, rendered
+        here from the token's claims (decoded, not verified, as the panel beside it: the copy
+        shows what the capturing clinician recorded), labelled with the patient's name from
+        the sealed record data. Nothing is stored or sent; ``no-store`` like every answer."""
+        client = self._client()
+        message_id = _uuid(request.path_params["message_id"])
+        try:
+            view = client.view(client.vault.message(message_id))
+        except ItemNotFound as exc:
+            raise _Refused(404, "no such message") from exc
+        claims = _consent_claims(view.body)
+        if claims is None:
+            raise _Refused(404, "consent_not_found",
+                           detail="this message carries no consent that can be read")
+        record = view.body.record
+        display = ConsentFormDisplay(
+            patient_label=patient_label(record.patient_name) if record is not None else "",
+            clinician_name=_known_name(client, claims.iss) or "",
+            user_names={u: name for u in claims.recipients.users
+                        if (name := _known_name(client, u)) is not None})
+        pdf = await asyncio.to_thread(render_consent_pdf, claims, display, copy=FormCopy.PATIENT)
+        return Response(pdf, media_type="application/pdf", headers={
+            "Content-Disposition": f'inline; filename="consent-{claims.jti}.pdf"'})
+
     # -- acting ------------------------------------------------------------------------------
 
     async def reply(self, request: Request) -> Response:
+        """Send a reply with the purpose of what it answers (:func:`_reply_plan`), after the
+        free-text guard for that purpose (issue 10 item 5): findings and no ``confirmed``
+        answer 409 ``text_guard`` and nothing is sealed."""
         client = self._client()
         thread_id = _uuid(request.path_params["thread_id"])
         body = await _json(request)
         text = body.get("text")
         reply_to = body.get("reply_to")
+        confirmed = body.get("confirmed", False)
         if not isinstance(text, str) or not text.strip():
             raise _Refused(400, "write a reply first")
+        if not isinstance(confirmed, bool):
+            raise _Refused(400, "confirmed must be true or false")
         if reply_to is not None:
             reply_to = _uuid(str(reply_to))
+        info = await _thread_info(client, thread_id)
+        text = text.strip()
+        plan = _reply_plan(client.thread_messages(thread_id), reply_to)
         try:
-            sent = await client.send_text(thread_id, text.strip(), reply_to=reply_to,
-                                          timeout=30.0)
+            guard_text(text, plan.purpose, confirmed=confirmed)
+        except TextGuardWarning as warning:
+            return JSONResponse({
+                "error": "text_guard", "purpose": plan.purpose.value,
+                "findings": [{"kind": f.kind.value, "text": f.text, "suggestion": f.suggestion}
+                             for f in warning.findings],
+                "suggestion": warning.suggestion}, status_code=409)
+        try:
+            sent = await _send_reply(client, thread_id, text, reply_to=reply_to, plan=plan,
+                                     priority=Priority(info.priority))
         except (SDKError, ProtocolError) as exc:
             raise _Refused(502, f"not sent: {exc}") from exc
-        return JSONResponse({"message_id": sent.message_id, "thread_seq": sent.thread_seq})
+        return JSONResponse({"message_id": sent.message_id, "thread_seq": sent.thread_seq,
+                             "purpose": plan.purpose.value})
 
     async def read(self, request: Request) -> Response:
         client = self._client()
@@ -454,7 +523,7 @@ class _Guard:
             self.server.check(Request(scope))
             await self.app(scope, receive, send_with_headers)
         except _Refused as exc:
-            await JSONResponse({"error": exc.message}, status_code=exc.status)(
+            await JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)(
                 scope, receive, send_with_headers)
         except VaultLocked:
             await JSONResponse({"error": "locked"}, status_code=423)(
@@ -492,16 +561,108 @@ def _password_message(exc: Exception) -> str:
     return text
 
 
-def _study_json(receipt: FilingReceipt | None, message_id: str) -> dict[str, str] | None:
-    """The original study in the PACS, from the gateway's filing receipt for this image of
-    this message: its Study Instance UID and, when the PACS gave one, an http(s) retrieve URL
-    (anything else is dropped rather than turned into a link)."""
+def _http_url(url: str) -> str:
+    """``url`` when it is http(s), else "": the page turns it into a link, so anything else
+    (``javascript:``, ``data:``) is dropped here whatever the sender checked."""
+    return url if urlsplit(url).scheme.lower() in {"http", "https"} else ""
+
+
+def _study_json(receipt: FilingReceipt | None, message_id: str) -> dict[str, Any] | None:
+    """Where the gateway filed this image of this message (its filing receipt): the study the
+    photo went into and its retrieve URL, and, for a photo of a film or monitor, the
+    ``originals`` the gateway found in PACS by patient and date (issue 10 item 7: a photo of
+    an x-ray is not the study itself), in the receipt's order (newest first)."""
     if receipt is None or receipt.message_id != message_id:
         return None
-    url = receipt.retrieve_url
-    if urlsplit(url).scheme.lower() not in {"http", "https"}:
-        url = ""
-    return {"study_uid": receipt.study_instance_uid, "retrieve_url": url}
+    return {"study_uid": receipt.study_instance_uid,
+            "retrieve_url": _http_url(receipt.retrieve_url),
+            "originals": [{"study_uid": o.study_instance_uid, "date": o.study_date,
+                           "modalities": list(o.modalities), "description": o.description,
+                           "url": _http_url(o.url)} for o in receipt.original_studies]}
+
+
+async def _thread_info(client: LightboxClient, thread_id: str) -> api.ThreadInfo:
+    """The thread from the client's list, fetched again once when it is not there yet (a
+    consult that arrived since the inbox was last read); 404 when the relay has none."""
+    for attempt in range(2):
+        info = next((t for t in client.cached_threads() if t.thread_id == thread_id), None)
+        if info is not None:
+            return info
+        if attempt == 0:
+            with contextlib.suppress(SDKError):
+                await client.threads()
+    raise _Refused(404, "no such thread")
+
+
+def _consent_claims(body: Body) -> ConsentClaims | None:
+    """The claims of the consent token a body carries, decoded (not verified); None when it
+    carries none or one that cannot be read."""
+    if not body.consent_token:
+        return None
+    try:
+        return peek_consent_token_unverified(body.consent_token)
+    except ProtocolError:
+        return None
+
+
+def _known_name(client: LightboxClient, user_id: str) -> str | None:
+    """A user's display name from a certificate this device verified; None when unknown (the
+    SDK's fallback, a shortened id, is no name to print on the patient's form)."""
+    if user_id == client.user_id:
+        return peek_compact(client.state.user_certificate, certs.UserCertificate,
+                            max_length=certs.MAX_CERTIFICATE_LENGTH).display_name
+    name = client.display_name(user_id)
+    return None if name == user_id[:8] else name
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReplyPlan:
+    """How a reply is sealed: ``purpose`` (what the text guard checks it for), the consent
+    the relay needs for any purpose but direct care, and for an external consult the
+    clinical-necessity statement it was asked with (issue 10 item 3: the reply goes back to
+    the other organisation in the same consult)."""
+
+    purpose: Purpose
+    consent_id: str | None = None
+    necessity: str | None = None
+
+
+def _reply_plan(views: Sequence[MessageView], reply_to: str | None) -> _ReplyPlan:
+    """A reply carries the purpose of the message it answers: ``reply_to`` when named (it
+    must be in this thread, else 404), otherwise the thread's latest incoming clinician
+    message (the gateway's receipts are not what a clinician answers), otherwise our own
+    latest; direct care in a thread with none. The consent is that message's when it covers
+    the purpose, else the newest in the thread that does; the statement likewise."""
+    said = [v for v in views if v.body.kind is BodyKind.TEXT]
+    if reply_to is not None:
+        answered = next((v for v in views if v.message.message_id == reply_to), None)
+        if answered is None:
+            raise _Refused(404, "no such message in this thread")
+    else:
+        incoming = [v for v in said if not v.message.outgoing]
+        answered = (incoming or said)[-1] if said else None
+    if answered is None or not answered.message.purpose:
+        return _ReplyPlan(Purpose.DIRECT_CARE)
+    purpose = Purpose(answered.message.purpose)
+    if purpose is Purpose.DIRECT_CARE:
+        return _ReplyPlan(purpose)
+    candidates = [answered, *reversed(views)]
+    consent_id = next((c.jti for v in candidates
+                       if (c := _consent_claims(v.body)) is not None and purpose in c.purposes),
+                      None)
+    necessity = None
+    if purpose is Purpose.EXTERNAL_CONSULT:
+        necessity = next((v.body.necessity for v in candidates if v.body.necessity), None)
+    return _ReplyPlan(purpose, consent_id, necessity)
+
+
+async def _send_reply(client: LightboxClient, thread_id: str, text: str, *,
+                      reply_to: str | None, plan: _ReplyPlan, priority: Priority
+                      ) -> SentMessage:
+    """Seal and send the reply under the plan's purpose, consent and necessity."""
+    return await client.send_text(thread_id, text, priority=priority, purpose=plan.purpose,
+                                  reply_to=reply_to, necessity=plan.necessity,
+                                  consent_id=plan.consent_id, timeout=30.0)
 
 
 def _message_json(client: LightboxClient, view: MessageView,
@@ -509,17 +670,18 @@ def _message_json(client: LightboxClient, view: MessageView,
     receipts = receipts or {}
     m, body = view.message, view.body
     consent = None
-    if body.consent_token:
-        with contextlib.suppress(ProtocolError):
-            c = peek_consent_token_unverified(body.consent_token)
-            consent = {
-                "consent_id": c.jti, "decision": c.decision.value,
-                "purposes": [p.value for p in c.purposes],
-                "users": [client.display_name(u) for u in c.recipients.users],
-                "roles": c.recipients.roles, "orgs": c.recipients.orgs,
-                "external": c.recipients.external, "expires_at": c.exp,
-                "form_version": c.form_version,
-            }
+    c = _consent_claims(body)
+    if c is not None:
+        consent = {
+            "consent_id": c.jti, "decision": c.decision.value,
+            "purposes": [p.value for p in c.purposes],
+            "users": [client.display_name(u) for u in c.recipients.users],
+            "roles": c.recipients.roles, "orgs": c.recipients.orgs,
+            "external": c.recipients.external, "expires_at": c.exp,
+            "form_version": c.form_version,
+            # the patient's copy (issue 10 item 2), opened by the page in a new tab
+            "pdf_url": f"/api/messages/{m.message_id}/consent.pdf",
+        }
     record = None
     if body.record is not None:
         r = body.record
@@ -547,7 +709,22 @@ def _message_json(client: LightboxClient, view: MessageView,
         "filing": None if body.filing is None else {
             "study": body.filing.study_instance_uid, "record_ref": body.filing.record_ref,
             "filed_at": body.filing.filed_at},
+        "note": _note(body),
     }
+
+
+def _note(body: Body) -> str:
+    """What a body without a clinician's text says, in a line: a consent sent to the record
+    or filed there (issue 10 item 1; the record thread), an image filed."""
+    if body.kind is BodyKind.CONSENT_RECORD:
+        return "Consent sent to the record gateway to be filed in the patient's record"
+    if body.consent_filing is not None:
+        c = body.consent_filing
+        return (f"Consent {c.consent_id[:8]} ({c.decision}) filed in the patient's record, "
+                f"study {c.study_instance_uid}")
+    if body.filing is not None:
+        return f"Image filed in the patient's record, study {body.filing.study_instance_uid}"
+    return ""
 
 
 def run_desktop(profile_dir: Path, *, open_browser: bool = True) -> int:

@@ -59,7 +59,7 @@ from clients.sdk.socket import SendRefused, SocketClosed
 from clients.vault import ImageShredded, ItemNotFound, Vault, VaultMessage
 from protocol import api, certs, statements
 from protocol.attachments import AttachmentDescriptor
-from protocol.body import Body, BodyKind, RecordData, decode_body, encode_body
+from protocol.body import Body, BodyKind, ConsentFiling, RecordData, decode_body, encode_body
 from protocol.consent import peek_consent_token_unverified
 from protocol.envelope import (
     MemorySeenSet,
@@ -614,15 +614,17 @@ class LightboxClient:
         self, thread_id: str, text: str, *, priority: Priority | None = None,
         purpose: Purpose = Purpose.DIRECT_CARE, reply_to: str | None = None,
         subject: str | None = None, necessity: str | None = None,
-        timeout: float | None = 60.0,
+        consent_id: str | None = None, timeout: float | None = 60.0,
     ) -> SentMessage:
         """Seal ``text`` for every current participant device and send it; returns once the
         relay has stored it durably. ``necessity``: the clinical-necessity statement, required
-        when a recipient is in another organisation (clients/external.py)."""
+        when a recipient is in another organisation (clients/external.py). ``consent_id``: the
+        registered consent a text outside direct care is sent under (the relay refuses such a
+        message without one: ``consent_missing``, PROTOCOL §13)."""
         prio = priority or self._thread_priority(thread_id)
         sent, _ = await self._send_body(
             thread_id, Body(text=text, reply_to=reply_to, subject=subject), purpose=purpose,
-            priority=prio, necessity=necessity, timeout=timeout)
+            priority=prio, necessity=necessity, consent_id=consent_id, timeout=timeout)
         return sent
 
     def _thread_priority(self, thread_id: str) -> Priority:
@@ -663,6 +665,50 @@ class LightboxClient:
                              width=image.width, height=image.height, thread_id=thread_id,
                              message_id=sent.message_id)
         return sent
+
+    async def file_consent(self, consent_token: str, record: RecordData, *,
+                           wait: float | None = None) -> tuple[SentMessage, ConsentFiling | None]:
+        """File a consent that goes with no image (issue 10 item 1: "a refusal is filed as
+        well, without images") in the patient's record: seal the token with the patient's
+        record data to the organisation's record gateway(s), in this user's record thread
+        (a thread whose only other members are the gateways, found or made once). With
+        ``wait``, also wait that many seconds for the gateway's ``consent_filed`` receipt
+        (None when it has not answered by then; it files later and the receipt arrives in
+        the thread)."""
+        try:
+            claims = peek_consent_token_unverified(consent_token)
+        except ProtocolError as exc:
+            raise _flow(exc, "the consent token is malformed") from exc
+        gateways = await gateway_bundles(self.relay, trusted_orgs=self.store.state.trusted_orgs(),
+                                         revocations=await self.revocations())
+        if not gateways:
+            raise FlowError("this organisation has no record gateway to file the consent with",
+                            code=ErrorCode.FILING_GATEWAY_MISSING.value)
+        members = {self.user_id, *(g.device.user_id for g in gateways)}
+        thread = next((t for t in await self.threads()
+                       if set(t.members) == members and not t.roles), None)
+        if thread is None:
+            thread = await self.create_thread(sorted(members - {self.user_id}))
+        queue = self.subscribe()
+        try:
+            sent, _ = await self._send_body(
+                thread.thread_id, Body(kind=BodyKind.CONSENT_RECORD, consent_token=consent_token,
+                                       record=record),
+                purpose=Purpose.DIRECT_CARE, priority=Priority.ROUTINE)
+            if not wait:
+                return sent, None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    while True:
+                        event = await queue.get()
+                        if isinstance(event, MessageEvent) and event.body.consent_filing is \
+                                not None and event.body.consent_filing.message_id == \
+                                sent.message_id and event.body.consent_filing.consent_id == \
+                                claims.jti:
+                            return sent, event.body.consent_filing
+            return sent, None
+        finally:
+            self.unsubscribe(queue)
 
     # -- receipts ----------------------------------------------------------------------------
 
@@ -758,13 +804,14 @@ class LightboxClient:
             await self._emit(StatusEvent("error", f"a message could not be opened and was "
                                                   f"dropped ({exc.code.value})"))
             return
-        if body.filing is not None and not (chain.verified.user.is_record_gateway
-                                            and chain.verified.device.kind is DeviceKind.GATEWAY):
-            # Only the organisation's record gateway may say where an image is filed: a
-            # "receipt" from anyone else is kept as an ordinary message, without its claim.
+        if (body.filing or body.consent_filing) is not None and not (
+                chain.verified.user.is_record_gateway
+                and chain.verified.device.kind is DeviceKind.GATEWAY):
+            # Only the organisation's record gateway may say where an image or a consent is
+            # filed: a "receipt" from anyone else is kept as an ordinary message, without it.
             body = msgspec.structs.replace(
-                body, filing=None, kind=BodyKind.TEXT,
-                text=body.text or "(an unverified claim that an image was filed was removed)")
+                body, filing=None, consent_filing=None, kind=BodyKind.TEXT,
+                text=body.text or "(an unverified claim that something was filed was removed)")
             plain = encode_body(body)
             await self._emit(StatusEvent("error", "a filing receipt from a device that is not "
                                                   "a record gateway was ignored"))

@@ -199,11 +199,11 @@ async def test_keys_low_is_answered_with_a_fresh_batch_whose_secrets_are_kept(
         world: World, tmp_path: Path) -> None:
     intern = await enrol_clinician(world, tmp_path, "intern", one_time=2)
     async with started(intern):
-        # the relay says "keys low" on connect (2 < low water); the client uploads up to target
+        # the relay says "keys low" on connect (2 < low water); the client keeps the new
+        # secrets first, then uploads up to target: wait for the relay to hold them
         async with asyncio.timeout(seconds(10)):
-            while len(intern.vault.state.one_time_prekeys) <= 2:
+            while (count := await intern.client.relay.prekey_count()).remaining <= 2:
                 await asyncio.sleep(0.05)
-        count = await intern.client.relay.prekey_count()
         assert count.remaining >= count.low_water
         assert len(intern.vault.state.one_time_prekeys) == count.remaining
 

@@ -96,3 +96,36 @@ async def test_a_wrong_password_is_said_plainly(world: World, tmp_path: Path,
     monkeypatch.setenv("LIGHTBOX_PASSWORD", "not the password at all")
     rc, _, err = await lightbox("--profile", "intern", "send", "--to", "role:x", "hi")
     assert rc == 1 and "wrong passphrase" in err
+
+
+async def test_a_text_for_teaching_is_sent_only_under_a_consent_naming_it(
+        world: World, tmp_path: Path) -> None:
+    """Outside direct care the relay refuses a message without a consent (consent_missing);
+    ``--consent-token`` names the one it is sent under, also for text without an image."""
+    home = tmp_path / "home"
+    for login, roles in (("intern", ("intern",)), ("tutor", ("teaching_lead",))):
+        person = await enrol_clinician(world, tmp_path, login, roles=roles,
+                                       vault_dir=home / login)
+        person.vault.lock()
+    film = tmp_path / "film.png"
+    film.write_bytes(xray_png(900, 700))
+    token = tmp_path / "consent.jws"
+    rc, out, err = await lightbox(
+        "--profile", "intern", "consent", "capture", "--image", str(film), "--redact",
+        "all-text", "--purpose", "teaching", "--role", "teaching_lead", "--basis", "written",
+        "--decision", "agreed", "--statements-shown", "--yes", "--token-out", str(token))
+    assert rc == 0, out + err
+    send = ["--profile", "intern", "send", "--to", "role:teaching_lead", "--purpose",
+            "teaching", "A fracture for Thursday's teaching session."]
+
+    rc, out, err = await lightbox(*send)
+    assert rc == 1 and "consent_missing" in err and "sent:" not in out
+    rc, out, err = await lightbox(*send, "--consent-token", str(tmp_path / "missing.jws"))
+    assert rc == 1 and "cannot read" in err
+    (tmp_path / "garbage.jws").write_text("not a token")
+    rc, out, err = await lightbox(*send, "--consent-token", str(tmp_path / "garbage.jws"))
+    assert rc == 1 and "consent_invalid" in err
+    rc, out, err = await lightbox(*send, "--consent-token", str(token))
+    assert rc == 0 and "sent: message" in out, out + err
+    rc, out, _ = await lightbox("--profile", "tutor", "inbox")
+    assert "Thursday's teaching session" in out and "1 unread messages" in out

@@ -29,6 +29,7 @@ import pytest
 from clients import admin as admin_cli
 from clients import imaging
 from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
+from clients.fhir import FhirClient
 from clients.gateway import GatewayConfig, RecordGateway, build_consent_form, build_instance
 from clients.pacs import PacsClient, PacsSettings
 from clients.sdk import attachments as sdk_attachments
@@ -57,7 +58,8 @@ async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
 
 
 @contextlib.asynccontextmanager
-async def journey(world: World, tmp_path: Path, orthanc: OrthancServer
+async def journey(world: World, tmp_path: Path, orthanc: OrthancServer, *,
+                  config: GatewayConfig | None = None, fhir: FhirClient | None = None,
                   ) -> AsyncIterator[tuple[Clinician, Clinician, RecordGateway]]:
     intern = await enrol_clinician(world, tmp_path, "intern")
     ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
@@ -68,7 +70,9 @@ async def journey(world: World, tmp_path: Path, orthanc: OrthancServer
     pacs = PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=orthanc.username,
                                    password=orthanc.password, timeout=seconds(5)))
     gw = RecordGateway(gateway.vault, pacs, password=PASSWORD, backoff_base=0.05,
-                       backoff_max=0.5, config=GatewayConfig(retry_base=0.1, retry_max=0.5))
+                       backoff_max=0.5,
+                       config=config or GatewayConfig(retry_base=0.1, retry_max=0.5),
+                       fhir=fhir)
     try:
         for c in (intern, ortho):
             await c.client.start(wait_connected=seconds(10))

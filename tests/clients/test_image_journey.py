@@ -247,7 +247,7 @@ async def test_cli_consent_capture_signs_registers_and_exports_fhir(
 
     rc, out, err = await asyncio.to_thread(run)
     assert rc == 0, out + err
-    assert "agreed (active)" in out
+    assert "agreed (relay: active)" in out
     token = (tmp_path / "token").read_text().strip()
     claims = peek_consent_token_unverified(token)
     # the consent names the sanitised image that `lightbox send` will encrypt, not the file

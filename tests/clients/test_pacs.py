@@ -185,6 +185,18 @@ async def test_find_studies_filters_by_date_and_issuer(pacs: PacsClient) -> None
     assert await pacs.find_studies(new_patient_id()) == []
 
 
+async def test_find_studies_matches_a_date_range_inclusively(pacs: PacsClient) -> None:
+    pid = new_patient_id()
+    inst = build_vl_photographic(jpeg(), record(pid))  # study date 2001-02-03
+    await pacs.store([inst])
+
+    for first, last in [(date(2001, 2, 2), date(2001, 2, 4)), (date(2001, 2, 3),) * 2,
+                        (date(2001, 2, 1), date(2001, 2, 3))]:
+        (study,) = await pacs.find_studies(pid, study_dates=(first, last))
+        assert study.study_instance_uid == inst.study_instance_uid
+    assert await pacs.find_studies(pid, study_dates=(date(2001, 2, 4), date(2001, 2, 9))) == []
+
+
 @pytest.mark.parametrize("patient_id", ["", "LBX-TEST-*", "LBX-TEST-004?", "LBX\\TEST"])
 async def test_find_studies_refuses_wildcards_that_would_match_other_patients(
     pacs: PacsClient, patient_id: str,

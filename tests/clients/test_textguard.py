@@ -117,3 +117,10 @@ def test_lightbox_send_warns_before_sealing_and_suggests_a_range() -> None:
                              "external_consult", "a 47-year-old with a scaphoid fracture")
     assert rc == 1 and "phi_in_text" in err and "sent:" not in out
     assert "suggested: a patient in their 40s with a scaphoid fracture" in err
+
+
+def test_the_full_stop_after_a_date_is_not_part_of_it() -> None:
+    (finding,) = scan_text("Seen in clinic on 3 March.")
+    assert finding.text.endswith("3 March")
+    (finding,) = scan_text("Seen on 3 Mar. for review")  # an abbreviation keeps its dot
+    assert finding.text.endswith("3 Mar.")

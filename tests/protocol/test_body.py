@@ -15,7 +15,9 @@ from protocol.body import (
     MAX_TEXT,
     Body,
     BodyKind,
+    ConsentFiling,
     FilingReceipt,
+    OriginalStudy,
     RecordData,
     Sex,
     decode_body,
@@ -115,3 +117,48 @@ def test_a_receipt_on_a_text_body_is_refused() -> None:
                             sop_instance_uid="1.4", filed_at=1)
     with pytest.raises(DecodeError):
         encode_body(Body(text="x", filing=receipt))
+
+
+def _consent_filing() -> ConsentFiling:
+    return ConsentFiling(consent_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),
+                         decision="refused", study_instance_uid="2.25.7", filed_at=1)
+
+
+def test_a_consent_record_and_its_receipt_round_trip() -> None:
+    """Issue 10 item 1: a consent filed without images, and the gateway's answer."""
+    record = Body(kind=BodyKind.CONSENT_RECORD, consent_token="a.b.c", record=_record())
+    assert decode_body(encode_body(record)) == record
+    filed = Body(kind=BodyKind.CONSENT_FILED, consent_filing=_consent_filing())
+    assert decode_body(encode_body(filed)) == filed
+
+
+@pytest.mark.parametrize("body", [
+    Body(kind=BodyKind.CONSENT_RECORD, record=_record()),  # no token
+    Body(kind=BodyKind.CONSENT_RECORD, consent_token="a.b.c"),  # no patient
+    Body(kind=BodyKind.CONSENT_RECORD, consent_token="a.b.c", record=_record(),
+         attachments=[_descriptor()]),  # a consent record carries no image
+    Body(kind=BodyKind.CONSENT_FILED),  # no receipt
+    Body(kind=BodyKind.CONSENT_FILED, consent_filing=_consent_filing(), record=_record()),
+    Body(text="x", consent_filing=_consent_filing()),  # a receipt on a text body
+], ids=["no-token", "no-record", "with-image", "no-receipt", "receipt-with-record",
+        "receipt-on-text"])
+def test_inconsistent_consent_bodies_are_refused(body: Body) -> None:
+    with pytest.raises(DecodeError) as err:
+        encode_body(body)
+    assert err.value.code == ErrorCode.VALIDATION_FAILED
+
+
+def test_an_original_study_link_must_be_http() -> None:
+    """Issue 10 item 7: the viewer shows the link; a receiver refuses anything but http(s)."""
+    def receipt(url: str) -> bytes:
+        return msgspec.msgpack.encode(Body(kind=BodyKind.FILING_RECEIPT, filing=FilingReceipt(
+            attachment_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),
+            study_instance_uid="1.2", series_instance_uid="1.3", sop_instance_uid="1.4",
+            filed_at=1, original_studies=[OriginalStudy(study_instance_uid="1.9", url=url)])))
+
+    assert decode_body(receipt("https://pacs.example.org/v?s=1.9")).filing is not None
+    assert decode_body(receipt("")).filing is not None
+    for bad in ("javascript:alert(1)", "data:text/html,x", "https://a b", "//pacs/x"):
+        with pytest.raises(DecodeError) as err:
+            decode_body(receipt(bad))
+        assert err.value.code == ErrorCode.VALIDATION_FAILED

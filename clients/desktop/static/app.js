@@ -7,6 +7,8 @@ const $ = (id) => document.getElementById(id);
 let current = null;        // open thread id
 let threads = [];          // inbox entries
 let events = null;
+let guard = null;          // the text guard's warning on the reply being written:
+                           // {thread, text (in the box), sent (the text checked), data (the 409)}
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -26,7 +28,7 @@ async function api(path, body) {
   const r = await fetch(path, opts);
   const data = await r.json().catch(() => ({}));
   if (r.status === 423) { showLocked(); throw new Error("locked"); }
-  if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
+  if (!r.ok) throw Object.assign(new Error(data.error || ("HTTP " + r.status)), {status: r.status, data});
   return data;
 }
 
@@ -124,7 +126,10 @@ function consentBlock(c) {
     el("strong", {}, "Consent: " + c.decision), " for " + c.purposes.join(", ").replaceAll("_", " "),
     el("div", {}, "May see it: " + (who.length ? who.join(", ") : "the thread") +
        (c.external ? " (external allowed)" : " (this organisation only)")),
-    el("div", {class: "meta"}, "valid until " + when(c.expires_at) + ", form " + c.form_version));
+    el("div", {class: "meta"}, "valid until " + when(c.expires_at) + ", form " + c.form_version),
+    // The patient's copy (issue 10 item 2), rendered by the local client; same origin.
+    el("a", {href: c.pdf_url, target: "_blank", rel: "noopener noreferrer", class: "consent-pdf"},
+       "Patient's consent form (PDF)"));
 }
 
 function recordBlock(r) {
@@ -140,6 +145,31 @@ const NOT_DIAGNOSTIC = "Photo of a film/monitor \u2014 not of diagnostic quality
 
 function notDiagnostic(m) {
   return m.record && m.record.not_diagnostic ? el("p", {class: "not-diagnostic", role: "note"}, NOT_DIAGNOSTIC) : null;
+}
+
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+function studyDate(iso) {  // "2026-11-22" -> "22 Nov 2026", whatever the browser's locale
+  const [y, m, d] = iso.split("-").map(Number);
+  return d + " " + MONTHS[m - 1] + " " + y;
+}
+
+function originalsBlock(m, img) {
+  // Issue 10 item 7: for a photo of a film or monitor, the original imaging studies the record
+  // gateway found in PACS (its filing receipt, newest first; http(s) URLs only, checked by the
+  // server). Nothing before the receipt: the search happens when the photo is filed.
+  if (!(m.record && m.record.not_diagnostic) || !img.study) return null;
+  const originals = img.study.originals;
+  if (!originals.length) return el("p", {class: "original-none"}, "Original study not found in PACS");
+  return el("ul", {class: "originals"}, ...originals.map((o) => {
+    const about = [o.modalities.join("/"), o.date ? studyDate(o.date) : "", o.description].filter(Boolean);
+    const words = "View the original study" + (about.length ? " (" + about.join(", ") + ")" : "");
+    return el("li", {}, o.url
+      ? el("a", {href: o.url, target: "_blank", rel: "noopener noreferrer", class: "original-study",
+                 "data-study-uid": o.study_uid}, words)
+      : el("span", {class: "original-study", "data-study-uid": o.study_uid},
+           words.replace("View the original study", "Original study in PACS") + ": " + o.study_uid));
+  }));
 }
 
 function studyBlock(img) {
@@ -164,7 +194,7 @@ function imageBlock(m, img) {
     return el("div", {},
       el("div", {class: "expired", "data-attachment-id": img.attachment_id},
         "Image deleted from this device" + (img.record_ref ? " - in the record: " + img.record_ref : "")),
-      studyBlock(img));
+      originalsBlock(m, img), studyBlock(img));
   }
   if (img.state !== "stored") {
     return el("div", {class: "meta image-state"}, "Image " + img.state + (img.reason ? ": " + img.reason : ""));
@@ -174,7 +204,7 @@ function imageBlock(m, img) {
     el("img", {src: "/api/images/" + img.attachment_id, alt: "Image " + (img.width || "") + "x" + (img.height || "")}));
   const film = Boolean(m.record && m.record.not_diagnostic);
   button.addEventListener("click", () => openViewer(img.attachment_id, film));
-  return el("div", {}, button, notDiagnostic(m), filing, studyBlock(img));
+  return el("div", {}, button, notDiagnostic(m), originalsBlock(m, img), filing, studyBlock(img));
 }
 
 async function openThread(id, markRead) {
@@ -187,7 +217,9 @@ async function openThread(id, markRead) {
   for (const m of t.messages) {
     const acked = m.acknowledged_by_me ? el("span", {class: "ack-state"}, "You acknowledged this") : null;
     let ack = null;
-    if (!m.mine && !m.acknowledged_by_me) {
+    // A clinician's message is acknowledged, not the record gateway's receipts (and so "a"
+    // acknowledges the consult even after the gateway has answered in the thread).
+    if (!m.mine && !m.acknowledged_by_me && m.kind === "text") {
       ack = el("button", {type: "button", class: "ack-button", "data-message-id": m.message_id}, "I'm on it (a)");
       ack.addEventListener("click", () => acknowledge(m.message_id));
     }
@@ -195,7 +227,7 @@ async function openThread(id, markRead) {
       m.receipts.map((r) => r.name + ": " + r.kind).join("; ")) : null;
     list.append(el("div", {class: "message" + (m.mine ? " mine" : ""), "data-message-id": m.message_id},
       el("div", {class: "meta"}, m.sender + " - " + when(m.sent_at) + (m.priority === "urgent" ? " - URGENT" : "")),
-      m.text ? el("p", {class: "text"}, m.text) : null,
+      m.text ? el("p", {class: "text"}, m.text) : (m.note ? el("p", {class: "meta note"}, m.note) : null),
       m.quality_warnings.length ? el("div", {class: "warning"}, "Sent despite: " + m.quality_warnings.join(", ").replaceAll("_", " ")) : null,
       recordBlock(m.record), ...m.images.map((img) => imageBlock(m, img)), consentBlock(m.consent),
       ack, acked, receipts));
@@ -203,12 +235,16 @@ async function openThread(id, markRead) {
   const form = el("form", {id: "reply"},
     el("label", {htmlFor: "reply-text"}, "Reply (r)"),
     el("textarea", {id: "reply-text", required: true}),
+    el("div", {id: "text-guard", role: "alert"}),
     el("button", {type: "submit", id: "reply-send"}, "Send reply"),
     el("p", {id: "reply-status", class: "meta", role: "status"}));
   form.addEventListener("submit", sendReply);
   const typed = $("reply-text")?.value || "";
   article.replaceChildren(header, list, form);
   $("reply-text").value = typed;
+  // Changing the text answers the warning: the next send checks the new text.
+  $("reply-text").addEventListener("input", () => { guard = null; showGuard(); });
+  showGuard();
   for (const item of document.querySelectorAll(".thread-item")) {
     item.classList.toggle("selected", item.dataset.threadId === id);
   }
@@ -221,14 +257,61 @@ async function openThread(id, markRead) {
 async function sendReply(e) {
   e.preventDefault();
   const text = $("reply-text").value.trim();
-  if (!text) return;
+  if (text) await postReply(text, false);
+}
+
+async function postReply(text, confirmed) {
+  const thread = current;
   $("reply-status").textContent = "sending...";
   try {
-    await api("/api/threads/" + current + "/reply", {text});
+    await api("/api/threads/" + thread + "/reply", confirmed ? {text, confirmed} : {text});
+    guard = null;
     $("reply-text").value = "";
-    await openThread(current, false);
+    await openThread(thread, false);
     $("reply-status").textContent = "sent";
-  } catch (err) { $("reply-status").textContent = err.message; }
+  } catch (err) {
+    if (err.data?.error === "text_guard") {
+      guard = {thread, text: $("reply-text").value, sent: text, data: err.data};
+      showGuard();
+      $("reply-status").textContent = "not sent: check the wording";
+    } else {
+      $("reply-status").textContent = err.message;
+    }
+  }
+}
+
+const GUARD_KINDS = {exact_age: "an exact age", date_of_birth: "a date of birth",
+                     mrn: "a record number", date_of_service: "a date of service"};
+
+function showGuard() {
+  // Issue 10 item 5: the reply leaves direct care (its purpose) and its text may identify the
+  // patient. The clinician decides: take the suggested wording, or send it as written.
+  const box = $("text-guard");
+  if (!box) return;
+  const g = guard && guard.thread === current && guard.text === $("reply-text").value ? guard : null;
+  box.hidden = !g;
+  if (!g) { box.replaceChildren(); return; }
+  // Only exact ages have a mechanical rewrite (age ranges); other findings are the clinician's
+  // to reword, so without one there is no suggested wording to use.
+  const rewritten = g.data.suggestion !== g.sent;
+  let use = null;
+  if (rewritten) {
+    use = el("button", {type: "button", id: "guard-use"}, "Use suggested wording");
+    use.addEventListener("click", () => {
+      $("reply-text").value = g.data.suggestion;
+      guard = null; showGuard();
+      $("reply-text").focus();
+    });
+  }
+  const send = el("button", {type: "button", id: "guard-send"}, "Send anyway");
+  send.addEventListener("click", () => postReply(g.sent, true));
+  box.replaceChildren(
+    el("strong", {}, "This reply is for " + g.data.purpose.replaceAll("_", " ") +
+       ": it may identify the patient. Use an age range, and leave out dates and record numbers."),
+    el("ul", {}, ...g.data.findings.map((f) => el("li", {class: "finding", "data-kind": f.kind},
+      (GUARD_KINDS[f.kind] || f.kind) + ": \u201c" + f.text + "\u201d \u2014 " + f.suggestion))),
+    rewritten ? el("p", {class: "suggestion"}, "Suggested: " + g.data.suggestion) : null,
+    el("div", {class: "guard-actions"}, use, send));
 }
 
 async function acknowledge(messageId) {

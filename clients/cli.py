@@ -311,11 +311,17 @@ def _consent_capture(args: argparse.Namespace) -> int:
         except ImageRejected as exc:
             raise FlowError(f"{path}: {exc}", code="validation_failed") from exc
         strictest = next((p for p in purposes if p in phi.DEIDENTIFIED_PURPOSES), None)
+        original = clean
         if args.redact != "none" or strictest is not None:
             clean = phi.prepare_for_purpose(clean, strictest or Purpose.DIRECT_CARE,
                                             mode=phi.RedactMode(args.redact),
                                             rules=phi.rules_from_env()).image
         images.append(consent_capture.image_hash(clean.data))
+        if strictest is not None and Purpose.DIRECT_CARE in purposes and \
+                original.data != clean.data:
+            # The identified original is what the record gets (issue 10 item 4): a consent
+            # for direct care as well names it too, so `send` can file it.
+            images.append(consent_capture.image_hash(original.data))
     if not images:
         raise FlowError("name the images shown to the patient with --image FILE",
                         code="validation_failed")

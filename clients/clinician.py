@@ -47,7 +47,12 @@ from clients.sdk.errors import FlowError, KeyStoreError
 from clients.sdk.keystore import DeviceStore, KeyStore
 from clients.vault import Vault, VaultError
 from protocol.body import Body, BodyKind, RecordData, Sex
-from protocol.consent import ConsentBasis, ConsentDecision, peek_consent_token_unverified
+from protocol.consent import (
+    ConsentBasis,
+    ConsentClaims,
+    ConsentDecision,
+    peek_consent_token_unverified,
+)
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.model import Priority, Purpose
 
@@ -492,9 +497,14 @@ def _send(args: argparse.Namespace) -> int:
         raise FlowError("patient data goes with an image (--image FILE)",
                         code=ErrorCode.VALIDATION_FAILED.value)
     _guard_text(args, text, purpose)
+    original = prepared
     if prepared is not None:
         prepared = imaging.PreparedImage(_shared_image(args, prepared, purpose),
                                          prepared.warnings)
+    # A de-identified share never carries the patient's data: with it, the identified
+    # original is filed in the record instead (issue 10 item 4; SDK file_image).
+    deidentified = _is_deidentified(purpose)
+    file_original = original if deidentified and record is not None else None
     device = unlock_profile(args)
 
     async def go() -> tuple[str, str, int]:
@@ -518,13 +528,23 @@ def _send(args: argparse.Namespace) -> int:
                 token = _consent_token(args, device, prepared.image.data, users, roles,
                                        purpose)
                 await register_consent(client.relay, token)
-                if peek_consent_token_unverified(token).decision is ConsentDecision.REFUSED:
+                claims = peek_consent_token_unverified(token)
+                if claims.decision is ConsentDecision.REFUSED:
                     await _file_refusal(client, token, record)
+                if file_original is not None:
+                    _check_covers_original(claims, file_original.image)
                 sent = await client.send_image(
-                    thread_id, prepared.image, consent_token=token, text=text, record=record,
-                    purpose=purpose, priority=priority, subject=args.subject,
+                    thread_id, prepared.image, consent_token=token, text=text,
+                    record=None if deidentified else record, purpose=purpose,
+                    priority=priority, subject=args.subject,
                     warnings=[w.issue.value for w in prepared.warnings],
                     progress=_ProgressBar(), necessity=args.necessity)
+                if file_original is not None and record is not None:
+                    filed = await client.file_image(
+                        file_original.image, consent_token=token, record=record,
+                        warnings=[w.issue.value for w in file_original.warnings])
+                    print(f"the identified original went to the record gateway to be filed "
+                          f"in the patient's record (message {filed.message_id})")
             return sent.message_id, thread_id, sent.thread_seq
         finally:
             await client.close()
@@ -532,6 +552,25 @@ def _send(args: argparse.Namespace) -> int:
     message_id, thread_id, seq = _run(go)
     print(f"sent: message {message_id} stored by the relay in thread {thread_id} (#{seq})")
     return 0
+
+
+def _is_deidentified(purpose: Purpose) -> bool:
+    from clients.phi import DEIDENTIFIED_PURPOSES
+
+    return purpose in DEIDENTIFIED_PURPOSES
+
+
+def _check_covers_original(claims: ConsentClaims, original: imaging.SanitisedImage) -> None:
+    """Before anything is sent: filing the identified original needs a consent for direct
+    care that names it (``consent capture`` with both purposes names both copies)."""
+    from clients.consent import image_hash
+
+    if Purpose.DIRECT_CARE not in claims.purposes or \
+            image_hash(original.data) not in claims.images:
+        raise FlowError("to file the identified original in the patient's record, the consent "
+                        "must also cover direct care and name the original: capture it with "
+                        "--purpose direct_care as well (it then names both copies), or send "
+                        "without patient data", code=ErrorCode.CONSENT_PURPOSE.value)
 
 
 def _desktop(args: argparse.Namespace) -> int:

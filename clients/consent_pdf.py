@@ -40,6 +40,7 @@ from protocol.model import Purpose
 
 __all__ = [
     "PRIVACY_CONTACT_ENV",
+    "Attachment",
     "ConsentFormDisplay",
     "ConsentPdfError",
     "FormCopy",
@@ -214,17 +215,35 @@ def _font_path(name: str) -> Path | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file embedded in the PDF (ISO 32000-1 §7.11.4 embedded file streams), such as the
+    record copy's machine-readable consent: the signed token and the FHIR Consent."""
+
+    name: str
+    data: bytes = dataclasses.field(repr=False)
+    media_type: str
+    description: str
+
+
 def render_consent_pdf(claims: ConsentClaims, display: ConsentFormDisplay | None = None, *,
-                       copy: FormCopy = FormCopy.PATIENT) -> bytes:
-    """The one-page consent form as PDF bytes (deterministic for equal input)."""
+                       copy: FormCopy = FormCopy.PATIENT,
+                       attachments: Sequence[Attachment] = ()) -> bytes:
+    """The one-page consent form as PDF bytes (deterministic for equal input), with
+    ``attachments`` embedded (their dates are the consent's, for determinism)."""
     from fpdf import FPDF  # a client-only dependency; imported where it is used
 
     display = display or ConsentFormDisplay()
+    issued = dt.datetime.fromtimestamp(claims.iat, dt.UTC)
     lines = consent_form_lines(claims, display, copy)
     regular, bold = _font_path("DejaVuSans.ttf"), _font_path("DejaVuSans-Bold.ttf")
     for size in (11.0, 10.0, 9.0, 8.0, 7.0):
         pdf = FPDF(format="A4")
-        pdf.set_creation_date(dt.datetime.fromtimestamp(claims.iat, dt.UTC))
+        pdf.set_creation_date(issued)
+        for a in attachments:
+            pdf.embed_file(bytes=a.data, basename=a.name, mime_type=a.media_type,
+                           desc=a.description, creation_date=issued, modification_date=issued,
+                           compress=True)
         pdf.set_title("Consent to share clinical images")
         pdf.set_auto_page_break(True, margin=15)
         pdf.set_margins(18, 15, 18)

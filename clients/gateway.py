@@ -59,7 +59,13 @@ import msgspec
 from PIL import Image
 
 from clients import dicom
-from clients.consent_pdf import ConsentFormDisplay, FormCopy, patient_label, render_consent_pdf
+from clients.consent_pdf import (
+    Attachment,
+    ConsentFormDisplay,
+    FormCopy,
+    patient_label,
+    render_consent_pdf,
+)
 from clients.fhir import FhirAuthError, FhirClient, FhirError, FhirSettings, FhirUnavailable
 from clients.pacs import (
     InstanceRef,
@@ -199,15 +205,17 @@ def build_instance(image: bytes, record: RecordData, header: MessageHeader,
                                          series_instance_uid=series, new_uid=new_uid)
 
 
-def build_consent_form(claims: ConsentClaims, record: RecordData, header: MessageHeader, *,
-                       study_instance_uid: str, clinician_name: str, operator: str,
-                       default_issuer: str) -> dicom.DicomInstance:
-    """The consent form (copy for the record) as Encapsulated PDF in the images' study. Its
-    UIDs and content depend only on the consent and the study, so every image of the study
-    that the consent covers, and every retry, files the same object once."""
+def build_consent_form(claims: ConsentClaims, token: str, record: RecordData,
+                       header: MessageHeader, *, study_instance_uid: str, clinician_name: str,
+                       operator: str, default_issuer: str) -> dicom.DicomInstance:
+    """The consent form (copy for the record) as Encapsulated PDF in the images' study, with
+    the consent itself embedded in the PDF: the signed token (anyone holding the issuer's
+    certificate can verify it, RFC 7515 §5.2) and the FHIR R4 Consent. Its UIDs and content
+    depend only on the consent and the study, so every image of the study that the consent
+    covers, and every retry, files the same object once."""
     pdf = render_consent_pdf(claims, ConsentFormDisplay(
         patient_label=patient_label(record.patient_name), clinician_name=clinician_name),
-        copy=FormCopy.RECORD)
+        copy=FormCopy.RECORD, attachments=consent_attachments(claims, token))
     data = dataclasses.replace(
         dicom_record(record, header, operator=operator, default_issuer=default_issuer),
         acquisition_datetime=dt.datetime.fromtimestamp(claims.iat, dt.UTC))
@@ -216,6 +224,16 @@ def build_consent_form(claims: ConsentClaims, record: RecordData, header: Messag
         pdf, data, study_instance_uid=study_instance_uid,
         series_instance_uid=dicom_uid("consent-series", claims.jti, study_instance_uid),
         new_uid=lambda: next(uid))
+
+
+def consent_attachments(claims: ConsentClaims, token: str) -> list[Attachment]:
+    """What the record's form carries besides its text: the consent, machine-readable."""
+    return [
+        Attachment(f"consent-{claims.jti}.jws", token.encode(), "application/jose",
+                   "The signed consent token (JWS, EdDSA; Lightbox PROTOCOL.md section 7)"),
+        Attachment(f"consent-{claims.jti}.fhir.json", fhir_consent_json(claims),
+                   "application/fhir+json", "The consent as a FHIR R4 Consent resource"),
+    ]
 
 
 def fhir_consent_json(claims: ConsentClaims) -> bytes:
@@ -442,7 +460,7 @@ class RecordGateway:
         except dicom.DicomBuildError as exc:
             raise FilingFailed(f"no valid DICOM object can be made: {exc}") from exc
         ref = await self._store(instance)
-        documents = await self._file_consent(claims, body.record, h,
+        documents = await self._file_consent(claims, body.consent_token, body.record, h,
                                              instance.study_instance_uid, sender)
         originals = await self._original_studies(body.record, h, instance.study_instance_uid)
         filed_at = int(self.clock())
@@ -476,7 +494,8 @@ class RecordGateway:
         try:
             claims = await self._verified_consent(body.consent_token, sender, sender_user_cert)
             study_uid = dicom_uid("consent-study", claims.jti, record.patient_id)
-            documents = await self._file_consent(claims, record, h, study_uid, sender)
+            documents = await self._file_consent(claims, body.consent_token, record, h,
+                                                 study_uid, sender)
         except FilingFailed as exc:
             self.failed.append((h.message_id, str(exc)))
             await self._tell_thread(h, Body(
@@ -552,16 +571,16 @@ class RecordGateway:
             modalities=[m for m in study.modalities if _MODALITY.fullmatch(m)][:16],
             description=(study.study_description or "")[:64], url=url)
 
-    async def _file_consent(self, claims: ConsentClaims, record: RecordData, h: MessageHeader,
-                            study_instance_uid: str, sender: certs.VerifiedDevice
-                            ) -> list[FiledDocument]:
+    async def _file_consent(self, claims: ConsentClaims, token: str, record: RecordData,
+                            h: MessageHeader, study_instance_uid: str,
+                            sender: certs.VerifiedDevice) -> list[FiledDocument]:
         """File the consent: the form in the images' study (stored and read back like the
         image; a form that cannot be filed fails the image's filing, so nothing expires
         without its consent on record), and the FHIR Consent."""
         clinician = sender.user.display_name if claims.iss == sender.user_id else ""
         try:
             form = await asyncio.to_thread(
-                build_consent_form, claims, record, h,
+                build_consent_form, claims, token, record, h,
                 study_instance_uid=study_instance_uid, clinician_name=clinician,
                 operator=sender.user.display_name,
                 default_issuer=self.config.issuer_of_patient_id or self.store.state.org_id)

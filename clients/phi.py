@@ -17,8 +17,10 @@ The rule, by purpose (:func:`check_for_purpose`):
   needs the identified original; the clinician may still redact).
 
 The redacted copy is what is shared; the identified original is what the record gateway files
-for direct care, under its own direct-care message. A consent for a de-identified purpose names
-the redacted copy's SHA-256 (the bytes shown to the patient and sent), not the original's.
+for direct care, under its own direct-care message (``LightboxClient.file_image``, in the
+user's record thread; ``lightbox send`` does it when given patient data). A consent for a
+de-identified purpose names the redacted copy's SHA-256 (the bytes shown to the patient and
+sent); one that covers direct care as well names the original's too.
 
 OCR is a safety net, not a guarantee: handwriting, tiny or stylised text and text at steep
 angles can be missed. The clinician still looks at the copy that will be shared.

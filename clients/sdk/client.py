@@ -108,6 +108,7 @@ CHAIN_CACHE_SECONDS = 60.0  # a verified chain is re-fetched after this, or on a
 REVOCATIONS_MAX_AGE = 30.0  # seconds before the revocation list is fetched again
 MAX_CLAIM = api.MAX_CLAIM_DEVICES
 Progress = Callable[[int, int], None]
+RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's subject line
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -643,7 +644,14 @@ class LightboxClient:
         consent token that names it: encrypt (worker thread), upload resumably, seal the
         descriptor (with its key) in the body. The sender keeps a copy in the vault."""
         from clients.consent import ensure_sendable, image_hash
+        from clients.phi import DEIDENTIFIED_PURPOSES
 
+        if record is not None and purpose in DEIDENTIFIED_PURPOSES:
+            # Issue 10 item 4: a de-identified share never carries the patient's identity;
+            # the record gets the identified original through file_image.
+            raise FlowError(f"patient data never goes with an image shared for {purpose}: "
+                            "file the original in the record instead",
+                            code=ErrorCode.VALIDATION_FAILED.value)
         try:
             claims = peek_consent_token_unverified(consent_token)
         except ProtocolError as exc:
@@ -679,21 +687,12 @@ class LightboxClient:
             claims = peek_consent_token_unverified(consent_token)
         except ProtocolError as exc:
             raise _flow(exc, "the consent token is malformed") from exc
-        gateways = await gateway_bundles(self.relay, trusted_orgs=self.store.state.trusted_orgs(),
-                                         revocations=await self.revocations())
-        if not gateways:
-            raise FlowError("this organisation has no record gateway to file the consent with",
-                            code=ErrorCode.FILING_GATEWAY_MISSING.value)
-        members = {self.user_id, *(g.device.user_id for g in gateways)}
-        thread = next((t for t in await self.threads()
-                       if set(t.members) == members and not t.roles), None)
-        if thread is None:
-            thread = await self.create_thread(sorted(members - {self.user_id}))
+        thread_id, subject = await self._record_thread()
         queue = self.subscribe()
         try:
             sent, _ = await self._send_body(
-                thread.thread_id, Body(kind=BodyKind.CONSENT_RECORD, consent_token=consent_token,
-                                       record=record),
+                thread_id, Body(kind=BodyKind.CONSENT_RECORD, consent_token=consent_token,
+                                record=record, subject=subject),
                 purpose=Purpose.DIRECT_CARE, priority=Priority.ROUTINE)
             if not wait:
                 return sent, None
@@ -709,6 +708,37 @@ class LightboxClient:
             return sent, None
         finally:
             self.unsubscribe(queue)
+
+    async def file_image(self, image: imaging.SanitisedImage, *, consent_token: str,
+                         record: RecordData, warnings: Sequence[str] = (),
+                         progress: Progress | None = None) -> SentMessage:
+        """File an image in the patient's record and nowhere else: the identified original of
+        a de-identified share (issue 10 item 4: "the redacted copy is what is shared, while
+        the identified original is what the gateway files for direct care"). It goes, for
+        direct care, into this user's record thread, so only the record gateway(s) and the
+        user's own devices receive it; like any filed image, its copies expire once filed.
+        The consent must cover direct care and name this image."""
+        thread_id, subject = await self._record_thread()
+        return await self.send_image(
+            thread_id, image, consent_token=consent_token, record=record,
+            purpose=Purpose.DIRECT_CARE, warnings=warnings, progress=progress, subject=subject)
+
+    async def _record_thread(self) -> tuple[str, str | None]:
+        """This user's record thread: its only other members are the organisation's record
+        gateway accounts (verified); found among the user's threads, or made once. Returns
+        its id and, when it was just made, the subject its first message gives it."""
+        gateways = await gateway_bundles(self.relay, trusted_orgs=self.store.state.trusted_orgs(),
+                                         revocations=await self.revocations())
+        if not gateways:
+            raise FlowError("this organisation has no record gateway to file with",
+                            code=ErrorCode.FILING_GATEWAY_MISSING.value)
+        members = {self.user_id, *(g.device.user_id for g in gateways)}
+        thread = next((t for t in await self.threads()
+                       if set(t.members) == members and not t.roles), None)
+        if thread is None:
+            thread = await self.create_thread(sorted(members - {self.user_id}))
+            return thread.thread_id, RECORD_THREAD_SUBJECT
+        return thread.thread_id, None
 
     # -- receipts ----------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from clients.desktop.app import DesktopServer
 from clients.gateway import GatewayConfig, RecordGateway
 from clients.pacs import PacsClient, PacsSettings
 from clients.sdk.client import MessageEvent, ReceiptEvent, SentMessage
+from clients.sdk.filing import FILING_PURPOSES
 from protocol import api
 from protocol.body import CaptureKind, RecordData
 from protocol.certs import AccountKind
@@ -126,23 +127,27 @@ async def desktop_team(world: World, tmp_path: Path,
 async def send_photo(intern: Clinician, record: RecordData, *, text: str, subject: str,
                      purpose: Purpose = Purpose.DIRECT_CARE,
                      priority: Priority = Priority.URGENT,
-                     consent_users: tuple[str, ...] = ()
+                     consent_users: tuple[str, ...] = (),
+                     consent_purposes: tuple[Purpose, ...] = ()
                      ) -> tuple[api.ThreadInfo, SentMessage]:
-    """A new consult to the orthopaedic on-call role with a photo of an x-ray and the patient's
-    record data, under the patient's consent for ``purpose`` (treatment attestation for
-    direct care, written for anything else; ``consent_users`` also named), registered."""
+    """A new consult to the orthopaedic on-call role with a photo of an x-ray and, for direct
+    care, the patient's record data (a de-identified share carries none), under the patient's
+    consent for ``purpose`` and ``consent_purposes`` (treatment attestation for direct care
+    alone, written otherwise; ``consent_users`` also named), registered."""
     prepared = imaging.prepare_image(xray_png(900, 700))
+    purposes = list(dict.fromkeys([purpose, *consent_purposes]))
     token, _ = capture_consent(intern.vault.state, ConsentCapture(
-        purposes=[purpose], images=[image_hash(prepared.image.data)],
+        purposes=purposes, images=[image_hash(prepared.image.data)],
         decision=ConsentDecision.AGREED,
-        basis=ConsentBasis.TREATMENT_ATTESTATION if purpose is Purpose.DIRECT_CARE
+        basis=ConsentBasis.TREATMENT_ATTESTATION if purposes == [Purpose.DIRECT_CARE]
         else ConsentBasis.WRITTEN,
         recipient_roles=[ORTHO], recipient_users=consent_users,
         permanence_statement_shown=True, no_effect_on_care_statement_shown=True))
     await register_consent(intern.client.relay, token)
     thread = await intern.client.create_thread(roles=[ORTHO], priority=priority)
     sent = await intern.client.send_image(thread.thread_id, prepared.image, consent_token=token,
-                                          text=text, subject=subject, record=record,
+                                          text=text, subject=subject,
+                                          record=record if purpose in FILING_PURPOSES else None,
                                           purpose=purpose)
     return thread, sent
 

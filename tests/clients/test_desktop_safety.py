@@ -121,9 +121,8 @@ async def test_the_patients_consent_form_is_a_pdf_with_the_consent_purposes_cont
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PRIVACY_CONTACT_ENV, PRIVACY)
     async with unlocked_team(world, tmp_path, orthanc) as (team, http, arrived):
-        thread, sent = await send_photo(team.intern, film(), purpose=Purpose.TEACHING,
-                                        text="For the fracture teaching file.",
-                                        subject="Teaching: wrist",
+        thread, sent = await send_photo(team.intern, film(), text="Wrist, displaced?",
+                                        subject="Wrist", consent_purposes=(Purpose.TEACHING,),
                                         consent_users=(team.specialist.user_id,))
         await wait_for_event(arrived, MessageEvent,
                              lambda e: e.message.message_id == sent.message_id)
@@ -141,7 +140,8 @@ async def test_the_patients_consent_form_is_a_pdf_with_the_consent_purposes_cont
     text = pdf_text(r.content)
     assert f"Consent reference: {consent['consent_id']}" in text
     assert "Teaching healthcare staff and students (identifying details removed): agreed" in text
-    assert "Your care: sharing with the clinicians treating you: not agreed (not asked)" in text
+    assert "Your care: sharing with the clinicians treating you: agreed" in text
+    assert "Medical research (identifying details removed): not agreed (not asked)" in text
     assert f"Contact {PRIVACY} and quote the consent reference {consent['consent_id']}" in text
     assert "Patient: Testpatient, Beta" in text
     # names from the certificates this device verified, never a bare user id

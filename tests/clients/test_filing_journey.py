@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import subprocess
@@ -38,7 +39,7 @@ from clients.sdk.filing import gateway_bundles
 from clients.vault import ItemNotFound
 from protocol.body import Body, BodyKind, RecordData, Sex, encode_body
 from protocol.certs import AccountKind
-from protocol.consent import ConsentBasis, ConsentDecision
+from protocol.consent import ConsentBasis, ConsentDecision, verify_consent_token
 from protocol.envelope import seal_message
 from protocol.model import DeviceKind, MessageHeader, Priority, Purpose
 from tests.clinician_world import Clinician, enrol_clinician
@@ -336,17 +337,32 @@ async def test_the_consent_form_is_filed_as_encapsulated_pdf_in_the_images_study
         assert "copy for the record" in text
         family, given = PATIENT_NAME.split("^")[:2]
         assert f"Patient: {family}, {given}" in text
+        # The consent itself rides in the form: the signed token, which verifies under the
+        # intern's identity key, and the FHIR Consent whose SHA-256 the receipt names.
+        out = tmp_path / "embedded"
+        out.mkdir()
+        subprocess.run(["pdfdetach", "-saveall", "-o", str(out), str(tmp_path / "form.pdf")],
+                       check=True, capture_output=True)
+        jws = (out / f"consent-{header.consent_id}.jws").read_text()
+        verified = verify_consent_token(jws, intern.vault.state.identity_key().public,
+                                        at=header.sent_at)
+        assert verified.jti == header.consent_id
+        fhir_json = (out / f"consent-{header.consent_id}.fhir.json").read_bytes()
+        assert hashlib.sha256(fhir_json).hexdigest() == fhir.sha256
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            [f"consent-{header.consent_id}.jws", f"consent-{header.consent_id}.fhir.json"])
 
         # Once per consent and study: another image (another message, sent later) under the
         # same consent, or a retry, builds the very same object, which the PACS already holds.
-        _, claims = capture_consent(intern.vault.state, ConsentCapture(
+        token, claims = capture_consent(intern.vault.state, ConsentCapture(
             purposes=[Purpose.DIRECT_CARE], images=[image_hash(second.image.data)],
             decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
             recipient_roles=[ORTHO], permanence_statement_shown=True,
             no_effect_on_care_statement_shown=True))
         later_header = msgspec.structs.replace(header, message_id=str(uuid.uuid4()),
                                                sent_at=header.sent_at + 600)
-        a, b = (build_consent_form(claims, rec, h, study_instance_uid=receipt.study_instance_uid,
+        a, b = (build_consent_form(claims, token, rec, h,
+                                   study_instance_uid=receipt.study_instance_uid,
                                    clinician_name="", operator="", default_issuer="LBX")
                 for h in (header, later_header))
         assert (a.sop_instance_uid, a.series_instance_uid, a.data) == (

@@ -25,7 +25,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(FONT, size)
 
 
-def _film(label: str | None = LABEL, *, footer: str | None = "ST ELSEWHERE HOSPITAL",
+def labelled_film(label: str | None = LABEL, *, footer: str | None = "ST ELSEWHERE HOSPITAL",
           size: tuple[int, int] = (1200, 900)) -> Image.Image:
     """A dark film with a bright bone and a white-on-black label strip."""
     im = Image.new("L", size, 20)
@@ -71,7 +71,7 @@ def _words(scan: phi.PhiScan) -> str:
 
 @pytest.fixture(scope="module")
 def film() -> imaging.SanitisedImage:
-    return _sanitised(_film())
+    return _sanitised(labelled_film())
 
 
 # --- finding ---------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_redaction_boxes_off_the_edge_are_clipped_and_empty_ones_refused(
 
 
 def test_identifiers_mode_blacks_out_only_what_looks_like_identifiers() -> None:
-    im = _film("MRN 12345678", footer="LATERAL VIEW")
+    im = labelled_film("MRN 12345678", footer="LATERAL VIEW")
     shared = phi.prepare_for_purpose(_sanitised(im), Purpose.DIRECT_CARE,
                                      mode=RedactMode.IDENTIFIERS)
     assert shared.redacted
@@ -159,7 +159,7 @@ def test_teaching_publication_and_research_refuse_an_unredacted_label(
 
 
 def test_redacting_only_identifiers_is_not_enough_for_teaching() -> None:
-    im = _film("MRN 12345678", footer="LATERAL VIEW")
+    im = labelled_film("MRN 12345678", footer="LATERAL VIEW")
     with pytest.raises(PhiRefused) as refused:
         phi.prepare_for_purpose(_sanitised(im), Purpose.TEACHING, mode=RedactMode.IDENTIFIERS)
     assert refused.value.code == "phi_unredacted"
@@ -183,7 +183,7 @@ def test_direct_care_warns_about_identifiers_but_sends_the_original(
 
 
 def test_the_clinicians_own_boxes_are_blacked_out_too() -> None:
-    im = _film(None, footer="LATERAL VIEW")
+    im = labelled_film(None, footer="LATERAL VIEW")
     shared = phi.prepare_for_purpose(_sanitised(im), Purpose.TEACHING,
                                      boxes=[(20, 810, 400, 45)])
     assert shared.redacted and shared.shared_scan.clean
@@ -191,7 +191,7 @@ def test_the_clinicians_own_boxes_are_blacked_out_too() -> None:
 
 def test_lightbox_send_for_teaching_refuses_an_unredacted_label(tmp_path: Path) -> None:
     path = tmp_path / "film.png"
-    _film().save(path)
+    labelled_film().save(path)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = cli.main(["--profile", "nobody", "send", "--to", "role:teaching_group",
@@ -206,7 +206,7 @@ def test_lightbox_send_for_teaching_refuses_an_unredacted_label(tmp_path: Path) 
 
 
 def test_a_tiny_image_could_not_be_read_and_is_never_clean() -> None:
-    scan = phi.scan_image(_sanitised(_film().resize((90, 68))).data)
+    scan = phi.scan_image(_sanitised(labelled_film().resize((90, 68))).data)
     assert scan.status is OcrStatus.UNREADABLE and not scan.clean
     assert "too small" in scan.reason
     with pytest.raises(PhiRefused) as refused:
@@ -225,7 +225,7 @@ def test_a_noisy_image_could_not_be_read() -> None:
 def test_noise_hiding_a_label_after_redaction_blocks_teaching() -> None:
     # A label OCR reads on a noisy film: after redaction the copy is noise with no readable
     # text, which is not the same as clean.
-    noisy = ImageChops.add(_film(footer=None).convert("L"),
+    noisy = ImageChops.add(labelled_film(footer=None).convert("L"),
                            Image.effect_noise((1200, 900), 40), 1, -128)
     with pytest.raises(PhiRefused) as refused:
         phi.prepare_for_purpose(_sanitised(noisy), Purpose.TEACHING, mode=RedactMode.ALL_TEXT)
@@ -259,7 +259,7 @@ def test_site_patterns_are_configurable(tmp_path: Path, monkeypatch: pytest.Monk
     rules = tmp_path / "phi.json"
     rules.write_text(json.dumps([{"kind": "identifier", "pattern": r"\bLATERAL\b"}]))
     monkeypatch.setenv(phi.PATTERNS_ENV, str(rules))
-    scan = phi.scan_image(_sanitised(_film(None, footer="LATERAL VIEW")).data,
+    scan = phi.scan_image(_sanitised(labelled_film(None, footer="LATERAL VIEW")).data,
                           rules=phi.rules_from_env())
     assert {r.text for r in scan.findings} == {"LATERAL"}
     rules.write_text(json.dumps([{"kind": "nonsense", "pattern": "x"}]))

@@ -24,17 +24,18 @@ import httpx
 import msgspec
 import pydicom
 import pytest
+from pydicom.encaps import generate_frames
 
 from clients import imaging
 from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.fhir import FhirAuthError, FhirClient, FhirSettings
 from clients.gateway import CONSENT_IDENTIFIER_SYSTEM, GatewayConfig
 from clients.pacs import PacsClient, PacsSettings
-from clients.sdk.client import MessageEvent
+from clients.sdk.client import RECORD_THREAD_SUBJECT, ImageEvent, MessageEvent
 from clients.sdk.errors import FlowError
 from clients.sdk.keystore import DeviceState
 from protocol.body import BodyKind, CaptureKind
-from protocol.consent import ConsentBasis, ConsentDecision
+from protocol.consent import ConsentBasis, ConsentDecision, peek_consent_token_unverified
 from protocol.model import Purpose
 from tests.clients.test_clinician import lightbox
 from tests.clients.test_filing_journey import (
@@ -46,6 +47,7 @@ from tests.clients.test_filing_journey import (
     until,
 )
 from tests.clients.test_filing_journey import world as world  # the same relay world
+from tests.clients.test_phi import labelled_film
 from tests.clinician_world import enrol_clinician
 from tests.consent_world import assert_blind, count, xray_png
 from tests.fhir_server import FhirServer
@@ -120,6 +122,10 @@ async def test_a_refusal_is_filed_in_the_record_without_images(
         assert set(threads[0].members) == {intern.user_id, gw.store.state.user_id}
         again, refiled = await intern.client.file_consent(token, rec, wait=60)
         assert intern.vault.message(again.message_id).thread_id == threads[0].thread_id
+        subjects = {v.message.message_id: v.body.subject
+                    for v in intern.client.thread_messages(threads[0].thread_id)}
+        assert subjects[sent.message_id] == RECORD_THREAD_SUBJECT  # named once, when made
+        assert subjects[again.message_id] is None
         # The same consent and patient: the same study and form, filed once in PACS.
         assert refiled is not None and refiled.study_instance_uid == filed.study_instance_uid
         assert refiled.documents[0].sop_instance_uid == form.sop_instance_uid
@@ -326,3 +332,74 @@ async def test_the_fhir_consent_is_filed_on_the_fhir_server_once_with_credential
     async with FhirClient(FhirSettings(url=fhir_server.base_url)) as anonymous:
         with pytest.raises(FhirAuthError):
             await anonymous.find_consent(CONSENT_IDENTIFIER_SYSTEM, f"urn:uuid:{consent_id}")
+
+
+async def test_a_teaching_share_carries_no_patient_data_and_the_identified_original_is_filed(
+        world: World, tmp_path: Path, orthanc: OrthancServer, home: Path) -> None:
+    """Issue 10 item 4: "the redacted copy is what is shared, while the identified original is
+    what the gateway files for direct care". With patient data, ``lightbox send --purpose
+    teaching`` shares the redacted copy without it and files the original in the record."""
+    film = tmp_path / "film.png"
+    labelled_film().save(film)
+    original = imaging.prepare_image(film.read_bytes()).image
+    token_file = tmp_path / "consent.jws"
+    rec = ["--patient-id", "LBX-TEST-TEACH", "--patient-name", "TEST^TEACHING"]
+    async with journey(world, tmp_path, orthanc) as (_intern, ortho, gw):
+        registrar = await enrol_clinician(world, tmp_path, "registrar", vault_dir=home /
+                                          "registrar")
+        registrar.vault.lock()
+        events = ortho.client.subscribe()
+        capture = ["--profile", "registrar", "consent", "capture", "--image", str(film),
+                   "--purpose", "teaching", "--role", ORTHO, "--basis", "written",
+                   "--decision", "agreed", "--statements-shown", "--yes", "--redact",
+                   "all-text", "--token-out", str(token_file)]
+        send = ["--profile", "registrar", "send", "--to", f"role:{ORTHO}", "--purpose",
+                "teaching", "--image", str(film), "--redact", "all-text", "--send-anyway",
+                "--consent-token", str(token_file), *rec, "A fracture for the teaching file"]
+
+        # A consent for teaching only names the redacted copy: the original cannot be filed
+        # under it, and nothing is sent.
+        rc, out, err = await lightbox(*capture)
+        assert rc == 0, out + err
+        rc, out, err = await lightbox(*send)
+        assert rc == 1 and "consent_purpose" in err and "--purpose direct_care" in err
+        assert "sent:" not in out and events.empty()
+
+        # For teaching and direct care, the consent names both copies.
+        rc, out, err = await lightbox(*capture, "--purpose", "direct_care")
+        assert rc == 0, out + err
+        claims = peek_consent_token_unverified(token_file.read_text().strip())
+        assert image_hash(original.data) in claims.images and len(claims.images) == 2
+        rc, out, err = await lightbox(*send)
+        assert rc == 0, out + err
+        assert "the identified original went to the record gateway" in out
+
+        shared = await next_event(events, MessageEvent, lambda e: bool(e.body.attachments),
+                                  timeout=60)
+        assert shared.message.purpose == "teaching" and shared.body.record is None
+        await next_event(events, ImageEvent, lambda e: e.status == "stored", timeout=60)
+        seen = ortho.client.image(shared.body.attachments[0].attachment_id)
+        assert seen != original.data and image_hash(seen) in claims.images  # the redacted copy
+
+        async def filed() -> bool:
+            return bool(gw.filed)
+        await until(filed, timeout=60)
+    (receipt,) = gw.filed
+    async with PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=orthanc.username,
+                                       password=orthanc.password)) as pacs:
+        ds = pydicom.dcmread(io.BytesIO(await pacs.retrieve_instance(
+            receipt.study_instance_uid, receipt.series_instance_uid, receipt.sop_instance_uid)))
+    assert ds.PatientID == "LBX-TEST-TEACH"
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    assert frame.rstrip(b"\0") == original.data  # the identified original, as photographed
+
+
+async def test_the_sdk_never_seals_patient_data_into_a_de_identified_share(
+        world: World, tmp_path: Path) -> None:
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    image = imaging.prepare_image(xray_png(320, 240, seed=29)).image
+    for purpose in (Purpose.TEACHING, Purpose.PUBLICATION, Purpose.RESEARCH):
+        with pytest.raises(FlowError) as refused:  # before anything is uploaded or sealed
+            await intern.client.send_image(str(uuid.uuid4()), image, consent_token="a.b.c",
+                                           record=record(), purpose=purpose)
+        assert refused.value.code == "validation_failed" and "never goes" in str(refused.value)

@@ -19,7 +19,7 @@ help:
 	@echo "make test    run the whole test suite"
 	@echo "make demo    play the whole consult journey (DEMO_INTERACTIVE=1: keep the desktop open)"
 	@echo "make lint    ruff + mypy (strict on protocol/)"
-	@echo "make bench   relay and attachment benchmarks (a few minutes; BENCH_ARGS=--help)"
+	@echo "make bench   relay, attachment and clinical-safety benchmarks (a few minutes; BENCH_ARGS=--help)"
 	@echo "make docs    regenerate the tables in README.md and docs/"
 	@echo "make clean   remove .venv, .data and caches"
 
@@ -64,6 +64,7 @@ bench: $(STAMP)
 	@mkdir -p .data
 	$(BIN)/python -m bench.relay $(BENCH_ARGS)
 	$(BIN)/python -m bench.attachments
+	$(BIN)/python -m bench.safety
 
 docs: $(STAMP)
 	$(BIN)/python -m server.doctables

@@ -65,6 +65,38 @@ RESULTS = ROOT / "bench" / "results"
 TARGETS = {"durable_msgs_per_s": 10_000, "p99_ms": 20.0, "kib_per_idle_device": 50.0,
            "idle_devices": 10_000}
 
+# --- the per-row store (the relay's before group commit), for the relay-shaped baseline -------
+
+
+async def _lookup_existing(conn: asyncpg.Connection, msg: store_messages.NewMessage) -> bool:
+    """One SELECT per message: is this (sender device, message id) already stored?"""
+    return await conn.fetchval(
+        "SELECT 1 FROM messages WHERE sender_device_id = $1 AND message_id = $2",
+        msg.sender_device_id, msg.message_id) is not None
+
+
+async def _insert_message(conn: asyncpg.Connection, msg: store_messages.NewMessage,
+                          now: dt.datetime) -> None:
+    """One message and its deliveries, row by row: the thread's next number, the message,
+    the delivery rows (inside the caller's transaction)."""
+    seq = await conn.fetchval(
+        "UPDATE threads SET last_seq = last_seq + 1 WHERE thread_id = $1 RETURNING last_seq",
+        msg.thread_id)
+    message_pk = await conn.fetchval(
+        "INSERT INTO messages (message_id, thread_id, thread_seq, sender_user_id, "
+        "sender_device_id, priority, purpose, consent_id, body_hash, recipients, sealed, size, "
+        "created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::uuid[],$11,$12,$13) "
+        "RETURNING message_pk",
+        msg.message_id, msg.thread_id, seq, msg.sender_user_id, msg.sender_device_id,
+        msg.priority, msg.purpose, msg.consent_id, msg.body_hash, list(msg.recipients),
+        msg.sealed, len(msg.sealed), now)
+    await conn.execute(
+        "INSERT INTO deliveries (delivery_id, device_id, message_pk, priority, created_at) "
+        "SELECT d, r, $3, $4, $5 FROM unnest($1::uuid[], $2::uuid[]) AS x(d, r)",
+        [uuid.uuid4() for _ in msg.recipients], list(msg.recipients), message_pk,
+        store_messages.PRIORITY_RANK[msg.priority], now)
+
+
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -470,8 +502,8 @@ async def raw_ceiling(dsn: str, world: World, seconds: float, batch: int, conns:
                     recipients=[r.device_id]))
             async with conn.transaction():
                 for m in msgs:
-                    await store_messages.lookup_existing(conn, m)
-                    await store_messages.insert_message(conn, m, now)
+                    await _lookup_existing(conn, m)
+                    await _insert_message(conn, m, now)
                 await conn.execute("SELECT pg_notify('bench_raw', 'x')")
             # The pump's query, then the device's acknowledgement (server/ws.py).
             for dev in {m.recipients[0] for m in msgs}:

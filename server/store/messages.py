@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import uuid
 from collections.abc import Sequence
 
 import asyncpg
-
-from protocol.errors import ErrorCode
-from server.errors import Conflict, RelayError
 
 __all__ = [
     "DROPPED_AFTER_SENDING",
@@ -32,8 +28,6 @@ __all__ = [
     "drop_notices",
     "fetch_deliveries",
     "fetch_notices",
-    "insert_message",
-    "lookup_existing",
     "message_ref",
     "purge_delivered_ciphertext",
     "queue_depth",
@@ -73,48 +67,6 @@ class Delivery:
     priority: str
     received_at: dt.datetime
     sealed: bytes
-
-
-async def lookup_existing(conn: asyncpg.Connection, msg: NewMessage) -> Accepted | None:
-    """The original acceptance of a retried send, or None for a new one.
-
-    Raises DUPLICATE_CONFLICT when the id was used with different bytes (nothing is
-    overwritten)."""
-    row = await conn.fetchrow(
-        "SELECT thread_id::text AS thread_id, thread_seq, body_hash, created_at FROM messages "
-        "WHERE sender_device_id = $1 AND message_id = $2", msg.sender_device_id, msg.message_id)
-    if row is None:
-        return None
-    if bytes(row["body_hash"]) != msg.body_hash or row["thread_id"] != msg.thread_id:
-        raise Conflict(ErrorCode.DUPLICATE_CONFLICT,
-                       "this message id was already used with a different message")
-    return Accepted(msg.message_id, row["thread_id"], int(row["thread_seq"]), row["created_at"],
-                    duplicate=True)
-
-
-async def insert_message(conn: asyncpg.Connection, msg: NewMessage, now: dt.datetime
-                         ) -> Accepted:
-    """Store a message and its deliveries (call inside a transaction)."""
-    seq = await conn.fetchval(
-        "UPDATE threads SET last_seq = last_seq + 1 WHERE thread_id = $1 RETURNING last_seq",
-        msg.thread_id)
-    if seq is None:
-        raise RelayError(ErrorCode.THREAD_NOT_FOUND, "no such thread")
-    message_pk = await conn.fetchval(
-        "INSERT INTO messages (message_id, thread_id, thread_seq, sender_user_id, "
-        "sender_device_id, priority, purpose, consent_id, body_hash, recipients, sealed, size, "
-        "created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::uuid[],$11,$12,$13) "
-        "RETURNING message_pk",
-        msg.message_id, msg.thread_id, seq, msg.sender_user_id, msg.sender_device_id,
-        msg.priority, msg.purpose, msg.consent_id, msg.body_hash, list(msg.recipients),
-        msg.sealed, len(msg.sealed), now)
-    if msg.recipients:
-        await conn.execute(
-            "INSERT INTO deliveries (delivery_id, device_id, message_pk, priority, created_at) "
-            "SELECT d, r, $3, $4, $5 FROM unnest($1::uuid[], $2::uuid[]) AS x(d, r)",
-            [uuid.uuid4() for _ in msg.recipients], list(msg.recipients), message_pk,
-            PRIORITY_RANK[msg.priority], now)
-    return Accepted(msg.message_id, msg.thread_id, int(seq), now, duplicate=False)
 
 
 _NEXT_DELIVERIES = """

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from server.errors import Conflict, Forbidden, InvalidInput, NotFound
-from server.store import messages, threads
+from server.errors import Forbidden, InvalidInput, NotFound
+from server.store import batches, messages, threads
 
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -52,6 +52,18 @@ def new_message(thread_id: str, sender: str, device: str, recipients: list[str],
         message_id=mid or str(uuid.uuid4()), thread_id=thread_id, sender_user_id=sender,
         sender_device_id=device, priority="routine", purpose="direct_care", consent_id=None,
         body_hash=hashlib.sha256(body).digest(), sealed=body, recipients=recipients)
+
+
+async def store(conn: asyncpg.Connection, msg: messages.NewMessage) -> int:
+    """Store one message the way the send pipeline stores a batch (server/sends.py): the
+    thread's next number, the message, its deliveries, in one transaction; its number."""
+    async with conn.transaction():
+        seq = (await batches.reserve_sequence_numbers(conn, {msg.thread_id: 1}))[msg.thread_id]
+        pks = await batches.insert_messages(conn, [(msg, seq)], NOW)
+        await batches.insert_deliveries(
+            conn, [(d, pks[(msg.sender_device_id, msg.message_id)], msg.priority)
+                   for d in msg.recipients], NOW)
+    return seq
 
 
 async def test_creator_and_listed_users_are_participants(conn: asyncpg.Connection) -> None:
@@ -132,12 +144,8 @@ async def test_messages_take_consecutive_sequence_numbers_and_count_as_unread(
     tid = str(uuid.uuid4())
     await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
                                 priority="routine", users=[b], roles=[], now=NOW)
-    seqs = []
-    for i in range(3):
-        async with conn.transaction():
-            acc = await messages.insert_message(
-                conn, new_message(tid, a, a1, [b1], body=bytes([i])), NOW)
-        seqs.append(acc.thread_seq)
+    seqs = [await store(conn, new_message(tid, a, a1, [b1], body=bytes([i])))
+            for i in range(3)]
     assert seqs == [1, 2, 3]
     (summary,) = await threads.list_threads(conn, b)
     assert summary.unread == 3
@@ -147,25 +155,24 @@ async def test_messages_take_consecutive_sequence_numbers_and_count_as_unread(
     assert summary.unread == 1
 
 
-async def test_retry_is_recognised_and_a_different_body_under_the_same_id_is_refused(
+async def test_a_stored_message_is_found_by_sender_device_and_id_with_its_hash(
         conn: asyncpg.Connection) -> None:
+    """What the send pipeline compares a retry against (server/sends.py: the same bytes are
+    the original acceptance, other bytes ``duplicate_conflict``; tested there end to end)."""
     a, b = await add_user(conn), await add_user(conn)
     a1, b1 = await add_device(conn, a), await add_device(conn, b)
     tid = str(uuid.uuid4())
     await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
                                 priority="routine", users=[b], roles=[], now=NOW)
     msg = new_message(tid, a, a1, [b1], body=b"first")
-    async with conn.transaction():
-        first = await messages.insert_message(conn, msg, NOW)
-    again = await messages.lookup_existing(conn, msg)
-    assert again is not None and again.duplicate and again.thread_seq == first.thread_seq
-    forged = new_message(tid, a, a1, [b1], body=b"other", mid=msg.message_id)
-    with pytest.raises(Conflict) as err:
-        await messages.lookup_existing(conn, forged)
-    assert err.value.code.value == "duplicate_conflict"
-    stored = await conn.fetchval("SELECT sealed FROM messages WHERE message_id = $1",
-                                 msg.message_id)
-    assert stored == b"first"
+    seq = await store(conn, msg)
+    other = new_message(tid, a, a1, [b1])
+    found = await batches.existing_messages(
+        conn, [(a1, msg.message_id), (a1, other.message_id), (b1, msg.message_id)])
+    assert list(found) == [(a1, msg.message_id)]  # only that device's message, once
+    existing = found[(a1, msg.message_id)]
+    assert (existing.thread_id, existing.thread_seq, existing.body_hash) == (
+        tid, seq, hashlib.sha256(b"first").digest())
 
 
 async def test_deliveries_come_in_order_and_only_the_owner_can_acknowledge(
@@ -176,9 +183,7 @@ async def test_deliveries_come_in_order_and_only_the_owner_can_acknowledge(
     await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
                                 priority="routine", users=[b, c], roles=[], now=NOW)
     for i in range(5):
-        async with conn.transaction():
-            await messages.insert_message(conn, new_message(tid, a, a1, [b1, c1],
-                                                            body=bytes([i])), NOW)
+        await store(conn, new_message(tid, a, a1, [b1, c1], body=bytes([i])))
     page1 = await messages.fetch_deliveries(conn, b1, after_pk=0, limit=3)
     page2 = await messages.fetch_deliveries(conn, b1, after_pk=page1[-1].delivery_pk, limit=3)
     assert [d.thread_seq for d in page1 + page2] == [1, 2, 3, 4, 5]
@@ -198,8 +203,7 @@ async def test_ciphertext_is_purged_once_every_device_acknowledged(
     tid = str(uuid.uuid4())
     await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
                                 priority="routine", users=[b], roles=[], now=NOW)
-    async with conn.transaction():
-        await messages.insert_message(conn, new_message(tid, a, a1, [b1]), NOW)
+    await store(conn, new_message(tid, a, a1, [b1]))
     later = NOW + dt.timedelta(hours=1)
     assert await messages.purge_delivered_ciphertext(conn, older_than=later) == 0
     (d,) = await messages.fetch_deliveries(conn, b1, after_pk=0, limit=10)

@@ -18,8 +18,9 @@ from clients.provisioning import Provisioned, next_revocation_list, provision_us
 from clients.rotaio import RotaRowError, ShiftRow
 from clients.sdk.errors import FlowError
 from clients.sdk.http import RelayHTTP
+from clients.sdk.identity import org_revocation_lists
 from protocol import api, certs
-from protocol.canonical import LABEL_USER_CERTIFICATE, open_compact, peek_compact
+from protocol.canonical import LABEL_USER_CERTIFICATE, open_compact
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.filing import CopiesList
 from protocol.keys import OrganisationKey, PassphraseProfile
@@ -89,14 +90,7 @@ async def current_revocation_list(
     relay: RelayHTTP, org_id: str, org_public_key: bytes
 ) -> certs.RevocationList | None:
     """Our organisation's newest list at the relay, verified under our key (None if none)."""
-    for token in (await relay.revocations()).lists:
-        try:
-            claimed = peek_compact(token, certs.RevocationList,
-                                   max_length=certs.MAX_REVOCATION_LIST_LENGTH)
-        except ProtocolError:
-            continue
-        if claimed.org_id != org_id:
-            continue
+    for token in await org_revocation_lists(relay, org_id):
         try:
             return certs.verify_revocation_list(token, trusted_orgs={org_id: org_public_key})
         except ProtocolError as exc:

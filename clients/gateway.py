@@ -79,7 +79,7 @@ from clients.pacs import (
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.connection import Connection
 from clients.sdk.http import RelayHTTP
-from clients.sdk.identity import login, replenish_one_time_prekeys
+from clients.sdk.identity import login, org_revocation_lists, replenish_one_time_prekeys
 from clients.sdk.keystore import DeviceState
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
 from protocol import certs, envelope, statements
@@ -96,7 +96,6 @@ from protocol.body import (
     decode_body,
     encode_body,
 )
-from protocol.canonical import peek_compact
 from protocol.consent import (
     ConsentClaims,
     peek_consent_token_unverified,
@@ -356,11 +355,9 @@ class RecordGateway:
     async def _revocations(self) -> certs.RevocationSet:
         st = self.store.state
         held = certs.RevocationSet()
-        for token in (await self.relay.revocations()).lists:
+        for token in await org_revocation_lists(self.relay, st.org_id):
             with contextlib.suppress(ProtocolError):
-                if peek_compact(token, certs.RevocationList,
-                                max_length=certs.MAX_REVOCATION_LIST_LENGTH).org_id == st.org_id:
-                    held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs()))
+                held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs()))
         return held
 
     async def _chain(self, user_id: str, device_id: str,

@@ -425,6 +425,22 @@ async def approve_link(
 # --- revocations and the key directory -----------------------------------------------------
 
 
+async def org_revocation_lists(relay: RelayHTTP, org_id: str) -> list[str]:
+    """The revocation-list tokens the relay serves that claim to be ``org_id``'s (unverified:
+    the caller verifies them under the key it pins; other organisations' lists are left out,
+    as we pin no key for them, and so are tokens that do not even parse)."""
+    out = []
+    for token in (await relay.revocations()).lists:
+        try:
+            claimed = peek_compact(token, certs.RevocationList,
+                                   max_length=certs.MAX_REVOCATION_LIST_LENGTH)
+        except ProtocolError:
+            continue
+        if claimed.org_id == org_id:
+            out.append(token)
+    return out
+
+
 async def refresh_revocations(relay: RelayHTTP, opened: DeviceStore) -> certs.RevocationSet:
     """The newest revocation list of our organisation, verified and rollback-checked against
     the one kept in the device's store (which is updated)."""
@@ -433,14 +449,7 @@ async def refresh_revocations(relay: RelayHTTP, opened: DeviceStore) -> certs.Re
     for token in st.revocation_lists:
         held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs()))
     newest = list(st.revocation_lists)
-    for token in (await relay.revocations()).lists:
-        try:
-            claimed = peek_compact(token, certs.RevocationList,
-                                   max_length=certs.MAX_REVOCATION_LIST_LENGTH)
-        except ProtocolError:
-            continue
-        if claimed.org_id != st.org_id:
-            continue  # other organisations' lists: we pin no key for them
+    for token in await org_revocation_lists(relay, st.org_id):
         try:
             if held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs())):
                 newest = [token]

@@ -78,6 +78,7 @@ from clients.pacs import (
 )
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.connection import Connection
+from clients.sdk.errors import KeyStoreError, RelayRequestError, RelayResponseError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import login, org_revocation_lists, replenish_one_time_prekeys
 from clients.sdk.keystore import DeviceState
@@ -522,7 +523,10 @@ class RecordGateway:
                 issuer_cert, trusted_orgs=self.store.state.trusted_orgs(), at=now)
             verified = verify_consent_token(token, issuer.identity_key, at=claims.iat,
                                             leeway=0)
-        except Exception as exc:  # ProtocolError, RelayError: do not file what fails
+        except (ProtocolError, RelayRequestError, RelayResponseError) as exc:
+            # Not filed: a forged or malformed token, an issuer the directory does not know.
+            # (The relay being unreachable is not this: RelayUnavailable propagates and the
+            # delivery is tried again.)
             raise FilingFailed("the consent does not verify") from exc
         if verified.iss != issuer.user_id or verified.org != self.store.state.org_id:
             raise FilingFailed("the consent was issued by someone outside this organisation")
@@ -750,7 +754,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"lightbox-gateway: {exc}", file=sys.stderr)
         return 2
-    from clients.sdk.errors import KeyStoreError
     from clients.sdk.keystore import KeyStore
 
     password = os.environ.get("LIGHTBOX_PASSWORD") or getpass.getpass("Gateway password: ")

@@ -403,3 +403,35 @@ async def test_the_sdk_never_seals_patient_data_into_a_de_identified_share(
             await intern.client.send_image(str(uuid.uuid4()), image, consent_token="a.b.c",
                                            record=record(), purpose=purpose)
         assert refused.value.code == "validation_failed" and "never goes" in str(refused.value)
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [
+    (["--viewer-url", "javascript:alert(1)/{study_instance_uid}"], {},
+     "--viewer-url must be an http(s) URL holding {study_instance_uid}"),
+    (["--viewer-url", "https://pacs.example.org/viewer"], {},
+     "--viewer-url must be an http(s) URL holding {study_instance_uid}"),
+    (["--original-lookback-days", "31"], {}, "between 0 and 30"),
+    ([], {}, "LIGHTBOX_PACS_URL is not set"),
+    (["--fhir-url", "http://fhir.example.org/r4"],
+     {"LIGHTBOX_PACS_URL": "https://pacs.example.org/dicom-web", "LIGHTBOX_FHIR_TOKEN_FILE": ""},
+     "only sent over https"),
+])
+def test_the_gateway_refuses_settings_it_cannot_use_before_it_starts(
+        argv: list[str], env: dict[str, str], expected: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``lightbox-gateway`` says what is wrong in one line and files nothing."""
+    from clients import gateway
+
+    for name in ("LIGHTBOX_PACS_URL", "LIGHTBOX_FHIR_URL", "LIGHTBOX_PACS_VIEWER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        if name == "LIGHTBOX_FHIR_TOKEN_FILE":  # a real token file, over plain http
+            (tmp_path / "token").write_text("a-bearer-token")
+            value = str(tmp_path / "token")
+        monkeypatch.setenv(name, value)
+    try:
+        rc = gateway.main(argv)
+    except SystemExit as exit_:  # argparse's own refusals
+        rc = int(exit_.code or 0)
+    assert rc == 2
+    assert expected in capsys.readouterr().err

@@ -33,7 +33,7 @@ Endpoints (JSON unless said otherwise):
 | ``POST /api/messages/{id}/ack`` | acknowledge: "I'm on it" |
 | ``GET /api/messages/{id}/consent.pdf`` | the patient's copy of its consent (PDF, see below) |
 | ``GET /api/images/{id}`` | image bytes from the vault (410 + record reference once shredded) |
-| ``GET /api/events`` | server-sent events: message, image, receipt, filed, expired, status |
+| ``GET /api/events`` | server-sent events: message, image, receipt, escalation, status... |
 
 Clinical safety (issue 10):
 
@@ -78,6 +78,7 @@ from clients.clinician import ProfileDevice, open_profile
 from clients.consent_pdf import ConsentFormDisplay, FormCopy, patient_label, render_consent_pdf
 from clients.sdk.client import (
     ClientEvent,
+    EscalationEvent,
     ExpiredEvent,
     FiledEvent,
     ImageEvent,
@@ -462,6 +463,9 @@ class DesktopServer:
                                       "attachment_id": event.attachment_id})
         elif isinstance(event, ReceiptEvent):
             self._broadcast("receipt", {"message_id": event.message_id, "kind": event.kind})
+        elif isinstance(event, EscalationEvent):
+            self._broadcast("escalation", {"thread_id": event.thread_id,
+                                           "message_id": event.message_id, "kind": event.kind})
         elif isinstance(event, FiledEvent | ExpiredEvent | WithdrawnEvent):
             kind = {FiledEvent: "filed", ExpiredEvent: "expired",
                     WithdrawnEvent: "withdrawn"}[type(event)]
@@ -705,6 +709,10 @@ def _message_json(client: LightboxClient, view: MessageView,
         "consent": consent, "record": record,
         "receipts": [{"name": r.display_name, "kind": r.kind, "at": r.at}
                      for r in view.receipts],
+        # issue 9: the consult's on-call escalation, as the sender and everyone reached see it
+        "escalations": [{"kind": e.kind, "step": e.step, "level": e.level,
+                         "name": client.display_name(e.user_id), "at": e.at}
+                        for e in view.escalations],
         "acknowledged_by_me": view.acknowledged_by_me,
         "filing": None if body.filing is None else {
             "study": body.filing.study_instance_uid, "record_ref": body.filing.record_ref,

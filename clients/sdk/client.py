@@ -223,13 +223,15 @@ class ImageStatus:
 
 @dataclasses.dataclass(frozen=True)
 class MessageView:
-    """A stored message with its decoded body, image states and the receipts seen."""
+    """A stored message with its decoded body, image states, the receipts seen and the
+    on-call escalation steps heard of (issue 9), in order."""
 
     message: VaultMessage
     body: Body
     images: tuple[ImageStatus, ...]
     receipts: tuple[ReceiptEvent, ...]
     acknowledged_by_me: bool
+    escalations: tuple[EscalationEvent, ...] = ()
 
 
 @dataclasses.dataclass
@@ -284,6 +286,7 @@ class LightboxClient:
         self._image_state: dict[str, tuple[str, str]] = {}
         self._filed: dict[str, FiledEvent] = {}
         self._receipts: dict[str, list[ReceiptEvent]] = {}
+        self._escalations: dict[str, list[EscalationEvent]] = {}  # steps seen, per message
         self._acked: set[str] = set()
         self._threads: dict[str, api.ThreadInfo] = {}
         self._fetch_lock = asyncio.Lock()
@@ -961,8 +964,9 @@ class LightboxClient:
             receipt = ReceiptEvent(body.message_id, frame.user_id, frame.device_id,
                                    body.kind.value, body.at, chain.verified.user.display_name)
             seen = self._receipts.setdefault(body.message_id, [])
-            if all((r.device_id, r.kind) != (receipt.device_id, receipt.kind) for r in seen):
-                seen.append(receipt)
+            if any((r.device_id, r.kind) == (receipt.device_id, receipt.kind) for r in seen):
+                return  # notices are at-least-once: a redelivered receipt is not news
+            seen.append(receipt)
             await self._emit(receipt)
         elif isinstance(frame, KeysLow):
             await self.replenish_prekeys(frame.target - frame.remaining)
@@ -985,9 +989,12 @@ class LightboxClient:
         elif isinstance(frame, ResealRequest):
             self._spawn(self._answer_reseal(frame), "reseal")
         elif isinstance(frame, EscalationNotice):
-            await self._emit(EscalationEvent(frame.thread_id, frame.message_id,
-                                             frame.kind.value, frame.step, frame.level,
-                                             frame.user_id, frame.at))
+            step = EscalationEvent(frame.thread_id, frame.message_id, frame.kind.value,
+                                   frame.step, frame.level, frame.user_id, frame.at)
+            steps = self._escalations.setdefault(frame.message_id, [])
+            if step not in steps:  # at-least-once notices: each step is told once
+                steps.append(step)
+                await self._emit(step)
         elif isinstance(frame, WipeOrder):
             # Verified against the organisation-signed list (a forged or replayed order raises
             # FlowError and destroys nothing); then the vault goes and the client stops.
@@ -1098,7 +1105,8 @@ class LightboxClient:
                                   *(a.attachment_id for a in body.attachments)]))
         return MessageView(message, body, tuple(self.image_status(a) for a in ids),
                            tuple(self._receipts.get(message.message_id, ())),
-                           message.message_id in self._acked)
+                           message.message_id in self._acked,
+                           tuple(self._escalations.get(message.message_id, ())))
 
     def thread_messages(self, thread_id: str) -> list[MessageView]:
         return [self.view(m) for m in self.vault.messages(thread_id)]

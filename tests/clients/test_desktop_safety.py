@@ -34,7 +34,7 @@ import pytest
 
 from clients.consent_pdf import PRIVACY_CONTACT_ENV
 from clients.desktop.app import _note, _Refused, _reply_plan, _ReplyPlan, _study_json
-from clients.sdk.client import ClientEvent, MessageEvent, MessageView
+from clients.sdk.client import ClientEvent, EscalationEvent, MessageEvent, MessageView
 from clients.vault import VaultMessage
 from protocol.body import (
     Body,
@@ -52,6 +52,7 @@ from protocol.consent import (
     ConsentRecipients,
     issue_consent_token,
 )
+from protocol.frames import EscalationKind, EscalationNotice
 from protocol.model import Priority, Purpose
 from tests.clients import test_desktop
 from tests.clients.test_desktop import (
@@ -474,4 +475,43 @@ async def test_a_photo_of_a_film_links_to_the_original_study_the_gateway_found_i
         await page.locator(".original-none", has_text="Original study not found in PACS").wait_for()
         assert await page.locator(".originals").count() == 0
         await page.screenshot(path=shots / "02-original-not-found.png")
+    assert not problems, problems
+
+
+# --- issue 9: the consult's escalation, as the page shows it ------------------------------------
+
+
+async def test_each_escalation_step_shows_once_under_the_consult(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """The relay's escalation notices are at-least-once: the SDK tells each step once, and
+    the page lists the steps under the consult in order, with who was reached."""
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        await unlock_page(page, team.desktop)
+        thread, sent = await send_photo(team.intern, film(), text="Wrist, displaced?",
+                                        subject="Escalating wrist")
+        await page.locator(".thread-item", has_text="Escalating wrist").click()
+        await page.locator(".message", has_text="Wrist, displaced?").wait_for()
+        client = team.desktop.client
+        assert client is not None
+        steps = client.subscribe()
+        at = int(dt.datetime.now(dt.UTC).timestamp())
+        reminded, released = (
+            EscalationNotice(thread_id=thread.thread_id, message_id=sent.message_id, step=step,
+                             level=level, user_id=user, at=at + step, kind=kind)
+            for step, level, user, kind in (
+                (1, 0, team.specialist.user_id, EscalationKind.RENOTIFY),
+                (2, 1, team.intern.user_id, EscalationKind.RELEASED)))
+        for frame in (reminded, released, released, reminded):  # two redelivered
+            await client._handle_frame(frame)
+
+        told = [steps.get_nowait() for _ in range(steps.qsize())]
+        assert [(e.kind, e.step) for e in told if isinstance(e, EscalationEvent)] == [
+            ("renotify", 1), ("released", 2)]
+        lines = page.locator(".message .escalation li")
+        await lines.nth(1).wait_for()
+        texts = await lines.all_inner_texts()
+        assert len(texts) == 2
+        assert texts[0].startswith("No acknowledgement yet: you reminded (step 1, ")
+        assert texts[1].startswith("Not acknowledged in time: passed to Dr Ada Intern (step 2, ")
     assert not problems, problems

@@ -85,7 +85,7 @@ function refreshSoon() {
 function listen() {
   if (events) return;
   events = new EventSource("/api/events");
-  for (const kind of ["message", "image", "receipt", "filed", "expired", "withdrawn"]) {
+  for (const kind of ["message", "image", "receipt", "escalation", "filed", "expired", "withdrawn"]) {
     events.addEventListener(kind, refreshSoon);
   }
   events.addEventListener("status", (e) => {
@@ -93,6 +93,13 @@ function listen() {
     if (s.state === "locked") { showLocked(); return; }
     if (s.state === "connected" || s.state === "disconnected") setConn(s.state === "connected");
   });
+}
+
+function escalationLine(e) {
+  const what = {renotify: "No acknowledgement yet: " + e.name + " reminded",
+                released: "Not acknowledged in time: passed to " + e.name,
+                handover: "Shift change: handed over to " + e.name}[e.kind] || e.kind;
+  return what + " (step " + e.step + ", " + when(e.at) + ")";
 }
 
 // --- inbox ----------------------------------------------------------------------------------
@@ -225,12 +232,15 @@ async function openThread(id, markRead) {
     }
     const receipts = m.mine && m.receipts.length ? el("div", {class: "meta receipts"},
       m.receipts.map((r) => r.name + ": " + r.kind).join("; ")) : null;
+    // On-call escalation (issue 9): each step the relay told this device about, in order.
+    const escalation = m.escalations.length ? el("ol", {class: "escalation"},
+      ...m.escalations.map((e) => el("li", {}, escalationLine(e)))) : null;
     list.append(el("div", {class: "message" + (m.mine ? " mine" : ""), "data-message-id": m.message_id},
       el("div", {class: "meta"}, m.sender + " - " + when(m.sent_at) + (m.priority === "urgent" ? " - URGENT" : "")),
       m.text ? el("p", {class: "text"}, m.text) : (m.note ? el("p", {class: "meta note"}, m.note) : null),
       m.quality_warnings.length ? el("div", {class: "warning"}, "Sent despite: " + m.quality_warnings.join(", ").replaceAll("_", " ")) : null,
       recordBlock(m.record), ...m.images.map((img) => imageBlock(m, img)), consentBlock(m.consent),
-      ack, acked, receipts));
+      ack, acked, receipts, escalation));
   }
   const form = el("form", {id: "reply"},
     el("label", {htmlFor: "reply-text"}, "Reply (r)"),

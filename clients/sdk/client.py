@@ -23,7 +23,8 @@ Why every step is where it is (DESIGN §2):
 
 Events for applications (:meth:`LightboxClient.events`, :meth:`LightboxClient.on_event`):
 :class:`MessageEvent`, :class:`ImageEvent`, :class:`ReceiptEvent`, :class:`FiledEvent`,
-:class:`ExpiredEvent`, :class:`WithdrawnEvent`, :class:`StatusEvent`.
+:class:`ExpiredEvent`, :class:`WithdrawnEvent`, :class:`EscalationEvent`,
+:class:`StatusEvent` (defined in clients/sdk/events.py, re-exported here).
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ from clients.sdk.errors import (
     RelayRequestError,
     RelayUnavailable,
     SDKError,
+)
+from clients.sdk.events import (
+    ClientEvent,
+    EscalationEvent,
+    ExpiredEvent,
+    FiledEvent,
+    ImageEvent,
+    ImageStatus,
+    MessageEvent,
+    MessageView,
+    ReceiptEvent,
+    SentMessage,
+    StatusEvent,
+    WithdrawnEvent,
 )
 from clients.sdk.expiry import wipe
 from clients.sdk.filing import gateway_bundles, needs_gateway
@@ -87,8 +102,12 @@ from protocol.frames import (
 )
 from protocol.model import DeviceKind, MessageHeader, Priority, Purpose, SealedMessage
 
+# The events and views are defined in clients/sdk/events.py and re-exported here (a literal
+# list: type checkers read re-exports only from one).
 __all__ = [
+    "RECORD_THREAD_SUBJECT",
     "ClientEvent",
+    "EscalationEvent",
     "ExpiredEvent",
     "FiledEvent",
     "ImageEvent",
@@ -109,129 +128,6 @@ REVOCATIONS_MAX_AGE = 30.0  # seconds before the revocation list is fetched agai
 MAX_CLAIM = api.MAX_CLAIM_DEVICES
 Progress = Callable[[int, int], None]
 RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's subject line
-
-
-# --- events ------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class MessageEvent:
-    """A message arrived and is stored in the vault."""
-
-    message: VaultMessage
-    body: Body
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageEvent:
-    """An image of a message changed state: ``stored``, ``refused`` (consent check failed:
-    never shown), ``failed`` (will be retried), ``shredded``."""
-
-    attachment_id: str
-    message_id: str
-    thread_id: str
-    status: str
-    reason: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class ReceiptEvent:
-    """A recipient's signed receipt of one of our messages (verified)."""
-
-    message_id: str
-    user_id: str
-    device_id: str
-    kind: str
-    at: int
-    display_name: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class FiledEvent:
-    attachment_id: str
-    message_id: str
-    thread_id: str
-    filed_at: int
-    expires_at: int
-    record_ref: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpiredEvent:
-    attachment_id: str
-    thread_id: str
-    record_ref: str | None
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True)
-class WithdrawnEvent:
-    message_id: str
-    thread_id: str
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True)
-class StatusEvent:
-    """Connection state (``connected``, ``disconnected``, ``stopped``) or a problem to show
-    (``error`` with ``detail``)."""
-
-    state: str
-    detail: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class EscalationEvent:
-    """An on-call escalation step of a consult (issue 9): ``renotify``, ``released`` (to the
-    next on the ladder, ``user_id``), or ``handover`` at a shift change."""
-
-    thread_id: str
-    message_id: str
-    kind: str
-    step: int
-    level: int
-    user_id: str
-    at: int
-
-
-ClientEvent = (MessageEvent | ImageEvent | ReceiptEvent | FiledEvent | ExpiredEvent
-               | WithdrawnEvent | EscalationEvent | StatusEvent)
-
-
-@dataclasses.dataclass(frozen=True)
-class SentMessage:
-    message_id: str
-    thread_id: str
-    thread_seq: int
-    attachment_ids: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageStatus:
-    """What a client can show for one attachment of a message."""
-
-    attachment_id: str
-    state: str  # stored | pending | refused | failed | shredded
-    reason: str = ""
-    record_ref: str | None = None
-    width: int | None = None
-    height: int | None = None
-    filed_at: int | None = None
-    expires_at: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class MessageView:
-    """A stored message with its decoded body, image states, the receipts seen and the
-    on-call escalation steps heard of (issue 9), in order."""
-
-    message: VaultMessage
-    body: Body
-    images: tuple[ImageStatus, ...]
-    receipts: tuple[ReceiptEvent, ...]
-    acknowledged_by_me: bool
-    escalations: tuple[EscalationEvent, ...] = ()
 
 
 @dataclasses.dataclass

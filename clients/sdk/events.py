@@ -1,0 +1,149 @@
+"""What the SDK client tells an application, and what it returns: the events of
+:meth:`clients.sdk.client.LightboxClient.events` (and ``on_event``), a sent message, and a
+stored message as a view (its body, image states, receipts and escalation steps).
+
+Plain frozen data, no I/O. A message event or view holds the decrypted message: an
+application must not log it (STYLE.md: no PHI in logs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from clients.vault import VaultMessage
+from protocol.body import Body
+
+__all__ = [
+    "ClientEvent",
+    "EscalationEvent",
+    "ExpiredEvent",
+    "FiledEvent",
+    "ImageEvent",
+    "ImageStatus",
+    "MessageEvent",
+    "MessageView",
+    "ReceiptEvent",
+    "SentMessage",
+    "StatusEvent",
+    "WithdrawnEvent",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageEvent:
+    """A message arrived and is stored in the vault."""
+
+    message: VaultMessage
+    body: Body
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEvent:
+    """An image of a message changed state: ``stored``, ``refused`` (consent check failed:
+    never shown), ``failed`` (will be retried), ``shredded``."""
+
+    attachment_id: str
+    message_id: str
+    thread_id: str
+    status: str
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceiptEvent:
+    """A recipient's signed receipt of one of our messages (verified)."""
+
+    message_id: str
+    user_id: str
+    device_id: str
+    kind: str
+    at: int
+    display_name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FiledEvent:
+    attachment_id: str
+    message_id: str
+    thread_id: str
+    filed_at: int
+    expires_at: int
+    record_ref: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpiredEvent:
+    attachment_id: str
+    thread_id: str
+    record_ref: str | None
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WithdrawnEvent:
+    message_id: str
+    thread_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusEvent:
+    """Connection state (``connected``, ``disconnected``, ``stopped``) or a problem to show
+    (``error`` with ``detail``)."""
+
+    state: str
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class EscalationEvent:
+    """An on-call escalation step of a consult (issue 9): ``renotify``, ``released`` (to the
+    next on the ladder, ``user_id``), or ``handover`` at a shift change."""
+
+    thread_id: str
+    message_id: str
+    kind: str
+    step: int
+    level: int
+    user_id: str
+    at: int
+
+
+ClientEvent = (MessageEvent | ImageEvent | ReceiptEvent | FiledEvent | ExpiredEvent
+               | WithdrawnEvent | EscalationEvent | StatusEvent)
+
+
+@dataclasses.dataclass(frozen=True)
+class SentMessage:
+    message_id: str
+    thread_id: str
+    thread_seq: int
+    attachment_ids: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageStatus:
+    """What a client can show for one attachment of a message."""
+
+    attachment_id: str
+    state: str  # stored | pending | refused | failed | shredded
+    reason: str = ""
+    record_ref: str | None = None
+    width: int | None = None
+    height: int | None = None
+    filed_at: int | None = None
+    expires_at: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageView:
+    """A stored message with its decoded body, image states, the receipts seen and the
+    on-call escalation steps heard of (issue 9), in order."""
+
+    message: VaultMessage
+    body: Body
+    images: tuple[ImageStatus, ...]
+    receipts: tuple[ReceiptEvent, ...]
+    acknowledged_by_me: bool
+    escalations: tuple[EscalationEvent, ...] = ()

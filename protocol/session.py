@@ -178,6 +178,34 @@ class _Core:
     bad_frames: int = 0
 
 
+class _Session:
+    """What both sides of a connection share: the core (outgoing buffer, close state) and the
+    ``send`` frames awaiting an answer."""
+
+    def __init__(self, max_frame_size: int, max_bad_frames: int) -> None:
+        self._core = _Core(max_frame_size, max_bad_frames)
+        self._in_flight: set[str] = set()
+
+    @property
+    def close_code(self) -> CloseCode | None:
+        """Set once the connection must close; the I/O layer closes with it."""
+        return self._core.close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self._core.close_reason
+
+    @property
+    def in_flight(self) -> int:
+        """``send`` frames not yet answered by ``accepted`` or ``error``."""
+        return len(self._in_flight)
+
+    def data_to_send(self) -> list[bytes]:
+        """Binary websocket messages to write, in order (the buffer is emptied)."""
+        out, self._core.outgoing = self._core.outgoing, []
+        return out
+
+
 def _frame_name(frame: Frame) -> str:
     return str(type(frame).__struct_config__.tag)
 
@@ -190,7 +218,7 @@ _HANDSHAKE_CLOSE: Final[dict[ErrorCode, CloseCode]] = {
 }
 
 
-class ServerSession:
+class ServerSession(_Session):
     """The relay's side of one connection.
 
     ``nonce`` is the 32 random bytes of this connection's challenge and ``now`` the server time
@@ -215,29 +243,7 @@ class ServerSession:
         self._nonce = nonce
         self._now = now
         self._supported = supported_versions
-        self._core = _Core(self.limits.max_frame, max_bad_frames)
-        self._in_flight: set[str] = set()
-
-    # -- introspection --
-
-    @property
-    def close_code(self) -> CloseCode | None:
-        """Set once the connection must close; the I/O layer closes with it."""
-        return self._core.close_code
-
-    @property
-    def close_reason(self) -> str:
-        return self._core.close_reason
-
-    @property
-    def in_flight(self) -> int:
-        """``send`` frames received and not yet answered by ``accepted`` or ``error``."""
-        return len(self._in_flight)
-
-    def data_to_send(self) -> list[bytes]:
-        """Binary websocket messages to write, in order (the buffer is emptied)."""
-        out, self._core.outgoing = self._core.outgoing, []
-        return out
+        super().__init__(self.limits.max_frame, max_bad_frames)
 
     # -- input --
 
@@ -414,7 +420,7 @@ class ServerSession:
         return ErrorEvent(code, detail, req_id, close_code)
 
 
-class ClientSession:
+class ClientSession(_Session):
     """A device's side of one connection.
 
     Queues ``hello`` at construction; answers the challenge with ``sign(bytes) -> signature``
@@ -437,8 +443,7 @@ class ClientSession:
         self._versions = versions
         self._token = access_token
         self._sign = sign
-        self._core = _Core(max_frame_size, 0)
-        self._in_flight: set[str] = set()
+        super().__init__(max_frame_size, 0)
         self._queue(
             Hello(
                 versions=list(versions),
@@ -448,23 +453,6 @@ class ClientSession:
                 client_version=client_version,
             )
         )
-
-    @property
-    def close_code(self) -> CloseCode | None:
-        return self._core.close_code
-
-    @property
-    def close_reason(self) -> str:
-        return self._core.close_reason
-
-    @property
-    def in_flight(self) -> int:
-        """``send`` frames not yet answered by ``accepted`` or ``error``."""
-        return len(self._in_flight)
-
-    def data_to_send(self) -> list[bytes]:
-        out, self._core.outgoing = self._core.outgoing, []
-        return out
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Process one binary websocket message from the relay."""

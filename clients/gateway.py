@@ -80,7 +80,12 @@ from clients.sdk import attachments as sdk_attachments
 from clients.sdk.connection import Connection
 from clients.sdk.errors import KeyStoreError, RelayRequestError, RelayResponseError
 from clients.sdk.http import RelayHTTP
-from clients.sdk.identity import login, org_revocation_lists, replenish_one_time_prekeys
+from clients.sdk.identity import (
+    forget_one_time_prekey,
+    login,
+    org_revocation_lists,
+    replenish_one_time_prekeys,
+)
 from clients.sdk.keystore import DeviceState
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
 from protocol import certs, envelope, statements
@@ -393,7 +398,7 @@ class RecordGateway:
             log.warning("a delivery could not be opened and is dropped",
                         extra={"error_type": type(exc).__name__})
             return
-        self._forget_one_time_prekey(sealed)
+        forget_one_time_prekey(self.store, sealed)
         if body.kind is BodyKind.CONSENT_RECORD:
             await self._file_consent_record(h, body, sender, sender_user_cert, revocations)
             return
@@ -416,15 +421,6 @@ class RecordGateway:
                     reply_to=h.message_id), revocations)
             else:
                 self.filed.append(receipt)
-
-    def _forget_one_time_prekey(self, sealed: SealedMessage) -> None:
-        key = envelope.wrapped_key_for(sealed, self.store.state.device_id)
-        if key is None or key.one_time_prekey_id is None:
-            return
-        st = self.store.state
-        kept = [p for p in st.one_time_prekeys if p.prekey_id != key.one_time_prekey_id]
-        if len(kept) != len(st.one_time_prekeys):
-            self.store.save(msgspec.structs.replace(st, one_time_prekeys=kept))
 
     async def _file_one(self, h: MessageHeader, body: Body, descriptor: AttachmentDescriptor,
                         sender: certs.VerifiedDevice, sender_user_cert: str,

@@ -68,7 +68,12 @@ from clients.sdk.events import (
 from clients.sdk.expiry import wipe
 from clients.sdk.filing import gateway_bundles, needs_gateway
 from clients.sdk.http import RelayHTTP
-from clients.sdk.identity import login, refresh_revocations, replenish_one_time_prekeys
+from clients.sdk.identity import (
+    forget_one_time_prekey,
+    login,
+    refresh_revocations,
+    replenish_one_time_prekeys,
+)
 from clients.sdk.keystore import DeviceState, DeviceStore
 from clients.sdk.socket import SendRefused, SocketClosed
 from clients.vault import ImageShredded, ItemNotFound, Vault, VaultMessage
@@ -81,7 +86,6 @@ from protocol.envelope import (
     RecipientBundle,
     open_message,
     seal_message,
-    wrapped_key_for,
 )
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import (
@@ -751,7 +755,7 @@ class LightboxClient:
             priority=h.priority.value, purpose=h.purpose.value, content=plain,
             thread_seq=frame.thread_seq)
         self.vault.put_message(message)
-        self._forget_one_time_prekey(sealed)
+        forget_one_time_prekey(self.store, sealed)
         self._receipt(message, statements.ReceiptKind.DELIVERED)
         if body.kind is BodyKind.FILING_RECEIPT and body.filing is not None:
             ref = body.filing.record_ref or body.filing.study_instance_uid
@@ -760,16 +764,6 @@ class LightboxClient:
         await self._emit(MessageEvent(message, body))
         if body.attachments and self.fetch_images:
             self._spawn(self._fetch_images(message, body), f"fetch-{h.message_id[:8]}")
-
-    def _forget_one_time_prekey(self, sealed: SealedMessage) -> None:
-        """Delete the one-time prekey secret this message used (PROTOCOL §5.5)."""
-        key = wrapped_key_for(sealed, self.device_id)
-        if key is None or key.one_time_prekey_id is None:
-            return
-        st = self.store.state
-        kept = [p for p in st.one_time_prekeys if p.prekey_id != key.one_time_prekey_id]
-        if len(kept) != len(st.one_time_prekeys):
-            self.store.save(msgspec.structs.replace(st, one_time_prekeys=kept))
 
     # -- images ------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, DeviceStore, KeyStore, OpenKeyStore, PrekeySecret
 from protocol import api, certs, pairing
 from protocol.canonical import b64url_decode, b64url_encode, decode_struct, peek_compact
+from protocol.envelope import wrapped_key_for
 from protocol.errors import DecodeError, ErrorCode, PolicyDenied, ProtocolError
 from protocol.keys import (
     DeviceKeys,
@@ -30,7 +31,7 @@ from protocol.keys import (
     normalise_enrolment_code,
     open_with_passphrase,
 )
-from protocol.model import DeviceKind
+from protocol.model import DeviceKind, SealedMessage
 
 __all__ = [
     "DEVICE_CERTIFICATE_LIFETIME",
@@ -45,9 +46,11 @@ __all__ = [
     "device_relay",
     "enrol",
     "finish_link",
+    "forget_one_time_prekey",
     "login",
     "make_prekeys",
     "offer_link",
+    "org_revocation_lists",
     "refresh_revocations",
     "replenish_one_time_prekeys",
     "upload_prekeys",
@@ -107,6 +110,18 @@ async def replenish_one_time_prekeys(relay: RelayHTTP, store: DeviceStore, count
         one_time_prekeys=st.one_time_prekeys + batch.one_time_secrets))
     for i in range(0, len(batch.one_time_tokens), api.MAX_PREKEY_BATCH):
         await relay.upload_one_time_prekeys(batch.one_time_tokens[i:i + api.MAX_PREKEY_BATCH])
+
+
+def forget_one_time_prekey(store: DeviceStore, sealed: SealedMessage) -> None:
+    """Delete the one-time prekey secret a received message used, once it is opened and
+    stored (forward secrecy, PROTOCOL §5.5): nothing can open that message's key again."""
+    st = store.state
+    key = wrapped_key_for(sealed, st.device_id)
+    if key is None or key.one_time_prekey_id is None:
+        return
+    kept = [p for p in st.one_time_prekeys if p.prekey_id != key.one_time_prekey_id]
+    if len(kept) != len(st.one_time_prekeys):
+        store.save(msgspec.structs.replace(st, one_time_prekeys=kept))
 
 
 def make_prekeys(

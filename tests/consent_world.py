@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
-import uuid
 from typing import Any
 
 import asyncpg
@@ -17,15 +15,14 @@ import msgspec
 from clients.consent import ConsentCapture, capture_consent, image_hash
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState
-from protocol import api, envelope
+from protocol import api
 from protocol.attachments import AttachmentDescriptor
 from protocol.canonical import b64url_decode
-from protocol.certs import verify_chain
 from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.errors import DecodeError
-from protocol.model import MessageHeader, Priority, Purpose, SealedMessage
+from protocol.model import Priority, Purpose, SealedMessage
 from tests.identity_world import World
-from tests.relay_world import Peer
+from tests.relay_world import Peer, seal
 
 # Distinctive fake patient data: none of it may ever appear in the relay's database.
 MRN = "LBX-TEST-0042"
@@ -90,20 +87,10 @@ def consent(world: World, issuer: Peer, images: list[bytes], *,
 def seal_with(sender: Peer, thread_id: str, recipients: list[Peer], body: bytes, *,
               consent_id: str | None, attachment_ids: list[str],
               purpose: Purpose = Purpose.DIRECT_CARE, external: bool = False) -> SealedMessage:
-    """A real sealed message with consent and attachment ids in its (relay-readable) header."""
-    now = int(time.time())
-    bundles = []
-    for r in recipients:
-        vd = verify_chain(r.device.user.cert, r.device.cert,
-                          trusted_orgs={r.device.user.org.org_id: r.device.user.org.key.public},
-                          at=now, revocations=None)
-        bundles.append(envelope.RecipientBundle.from_tokens(vd, r.spk_token))
-    header = MessageHeader(
-        v=1, message_id=str(uuid.uuid4()), thread_id=thread_id, sender_user_id=sender.user_id,
-        sender_device_id=sender.device_id, sent_at=now, purpose=purpose,
-        priority=Priority.URGENT, consent_id=consent_id, attachment_ids=attachment_ids,
-        recipient_devices=[r.device_id for r in recipients], external=external)
-    return envelope.seal_message(header, body, sender=sender.device.keys, recipients=bundles)
+    """A real sealed urgent message with consent and attachment ids in its (relay-readable)
+    header."""
+    return seal(sender, thread_id, recipients, body, priority=Priority.URGENT, purpose=purpose,
+                consent_id=consent_id, attachment_ids=attachment_ids, external=external)
 
 
 def image_body(text: str, descriptor: AttachmentDescriptor | None) -> bytes:

@@ -19,9 +19,8 @@ from clients.sdk import attachments as sdk_attachments
 from clients.sdk.socket import RelaySocket
 from protocol import statements
 from protocol.body import Body, CaptureKind, RecordData, Sex, encode_body
-from protocol.certs import AccountKind, SignedPrekey, issue_signed_prekey
+from protocol.certs import AccountKind
 from protocol.frames import Frame
-from protocol.keys import MemoryPrekeyStore, Prekey
 from protocol.model import DeviceKind, SealedMessage
 from server.blobs import PostgresBlobStore
 from server.db import Database
@@ -29,7 +28,7 @@ from server.expiry import ExpiryPolicy, FilingService
 from tests.consent_world import BIRTH_DATE, MRN, PATIENT_NAME, consent, sdk, seal_with
 from tests.helpers import seconds
 from tests.identity_world import World
-from tests.relay_world import Peer
+from tests.relay_world import Peer, with_signed_prekey
 
 GATEWAY_ROLE = "record_gateway"
 
@@ -38,14 +37,7 @@ async def gateway_peer(world: World, login: str = "record-gateway") -> Peer:
     """A record gateway: service account, gateway device, kept signed prekey."""
     user = world.org.user(login, roles=(GATEWAY_ROLE,), display_name="Record Gateway",
                           account_kind=AccountKind.SERVICE)
-    device = await world.onboard(user, DeviceKind.GATEWAY)
-    spk = Prekey.generate(7)
-    token = issue_signed_prekey(SignedPrekey(device_id=device.device_id, prekey_id=7,
-                                             public=spk.public, created_at=int(time.time())),
-                                device.keys.signing)
-    r = await world.call(device, "PUT", "/v1/keys/signed-prekey", json={"signed_prekey": token})
-    assert r.status_code == 204, r.text
-    return Peer(device, MemoryPrekeyStore(signed=[spk]), spk, token)
+    return await with_signed_prekey(world, await world.onboard(user, DeviceKind.GATEWAY))
 
 
 def record(capture: str = "film") -> RecordData:

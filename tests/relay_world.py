@@ -50,6 +50,11 @@ async def peer(world: World, login: str, *, roles: tuple[str, ...] = ("orthopaed
         r = await world.enrol(device)
         assert r.status_code == 200, r.text
         await world.login(device)
+    return await with_signed_prekey(world, device)
+
+
+async def with_signed_prekey(world: World, device: Device) -> Peer:
+    """Publish a signed prekey for a logged-in ``device`` and keep its secret: a peer."""
     spk = Prekey.generate(7)
     token = issue_signed_prekey(SignedPrekey(device_id=device.device_id, prekey_id=7,
                                              public=spk.public, created_at=int(time.time())),
@@ -71,8 +76,11 @@ async def thread(world: World, creator: Peer, *others: Peer, roles: list[str] | 
 
 def seal(sender: Peer, thread_id: str, recipients: list[Peer], body: bytes = b"hello",
          *, message_id: str | None = None, priority: Priority = Priority.ROUTINE,
-         recipient_ids: list[str] | None = None, external: bool = False) -> SealedMessage:
-    """A real sealed message from ``sender`` to ``recipients`` (recipient_ids may lie)."""
+         recipient_ids: list[str] | None = None, external: bool = False,
+         purpose: Purpose = Purpose.DIRECT_CARE, consent_id: str | None = None,
+         attachment_ids: list[str] | None = None) -> SealedMessage:
+    """A real sealed message from ``sender`` to ``recipients`` (recipient_ids may lie), with
+    the purpose, consent and attachment ids the relay reads in its header."""
     now = int(time.time())
     bundles = []
     for r in recipients:
@@ -83,7 +91,8 @@ def seal(sender: Peer, thread_id: str, recipients: list[Peer], body: bytes = b"h
     header = MessageHeader(
         v=1, message_id=message_id or str(uuid.uuid4()), thread_id=thread_id,
         sender_user_id=sender.user_id, sender_device_id=sender.device_id, sent_at=now,
-        purpose=Purpose.DIRECT_CARE, priority=priority, consent_id=None, attachment_ids=[],
+        purpose=purpose, priority=priority, consent_id=consent_id,
+        attachment_ids=attachment_ids or [],
         recipient_devices=[r.device_id for r in recipients], external=external)
     sealed = envelope.seal_message(header, body, sender=sender.device.keys, recipients=bundles)
     if recipient_ids is not None:

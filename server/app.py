@@ -242,7 +242,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     body_cap = max([settings.max_body_bytes] + [e.body_limit or 0 for e in endpoints])
     app.add_middleware(EdgeMiddleware, metrics=metrics,
                        max_header_bytes=settings.max_header_bytes, body_hard_cap=body_cap,
-                       trusted_proxy_hops=settings.trusted_proxy_hops)
+                       trusted_proxy_hops=settings.trusted_proxy_hops,
+                       trusted_proxies=settings.trusted_proxy_networks)
     return Relay(app=app, settings=settings, db=db, metrics=metrics, hub=hub,
                  endpoints=endpoints, tokens=tokens, authn=authn, trust=trust,
                  pipeline=pipeline, attachments=attachment_service, consents=consents,

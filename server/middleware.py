@@ -8,6 +8,7 @@ the request id, while the log records the exception type.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
@@ -21,6 +22,7 @@ from server.errors import LimitError
 from server.logs import REQUEST_ID
 from server.metrics import Metrics
 from server.problems import problem_response
+from server.settings import IPNetwork
 
 __all__ = ["EdgeMiddleware", "client_address"]
 
@@ -34,30 +36,51 @@ log = logging.getLogger("lightbox.http")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-def client_address(scope: Scope, trusted_proxy_hops: int) -> str | None:
-    """The client's address: the socket peer, or the X-Forwarded-For entry added by the
-    outermost trusted proxy when ``trusted_proxy_hops`` > 0 (never trust more than that)."""
+def _address(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return None
+
+
+def client_address(scope: Scope, trusted_proxy_hops: int,
+                   trusted_proxies: tuple[IPNetwork, ...] = ()) -> str | None:
+    """The client's address: the socket peer, unless the peer is a trusted reverse proxy.
+
+    Then the X-Forwarded-For entry added by the outermost of ``trusted_proxy_hops`` trusted
+    proxies is the client (the rightmost entries are the proxies' own; anything to their left
+    is what the client claimed and is never believed). Every X-Forwarded-For field of the
+    request is read as one list, in order (RFC 9110 §5.3). A list shorter than the trusted
+    hops, or an entry that is not an IP address, leaves the peer's address: a forged header
+    can never make one client look like many, to the lockouts, the rate limits or the audit
+    trail (docs/SECURITY.md "Client addresses")."""
     peer = scope.get("client")
-    addr: str | None = str(peer[0]) if peer else None
-    if trusted_proxy_hops <= 0:
+    addr: str | None = _address(str(peer[0])) if peer else None
+    if trusted_proxy_hops <= 0 or addr is None:
         return addr
+    peer_ip = ipaddress.ip_address(addr)
+    if not any(peer_ip in net for net in trusted_proxies):
+        return addr
+    hops: list[str] = []
     for name, value in scope.get("headers", ()):
         if name == b"x-forwarded-for":
             text = bytes(value).decode("latin-1")
-            hops = [h.strip() for h in text.split(",") if h.strip()]
-            if len(hops) >= trusted_proxy_hops:
-                return hops[-trusted_proxy_hops]
-    return addr
+            hops.extend(h.strip() for h in text.split(",") if h.strip())
+    if len(hops) < trusted_proxy_hops:
+        return addr
+    return _address(hops[-trusted_proxy_hops]) or addr
 
 
 class EdgeMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics, max_header_bytes: int,
-                 body_hard_cap: int, trusted_proxy_hops: int = 0) -> None:
+                 body_hard_cap: int, trusted_proxy_hops: int = 0,
+                 trusted_proxies: tuple[IPNetwork, ...] = ()) -> None:
         self.app = app
         self.metrics = metrics
         self.max_header_bytes = max_header_bytes
         self.body_hard_cap = body_hard_cap
         self.trusted_proxy_hops = trusted_proxy_hops
+        self.trusted_proxies = trusted_proxies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in {"http", "websocket"}:
@@ -67,7 +90,7 @@ class EdgeMiddleware:
         rid_token = REQUEST_ID.set(request_id)
         ctx_token = AUDIT_CONTEXT.set(AuditContext(
             request_id=request_id,
-            client_ip=client_address(scope, self.trusted_proxy_hops),
+            client_ip=client_address(scope, self.trusted_proxy_hops, self.trusted_proxies),
         ))
         try:
             if scope["type"] == "websocket":

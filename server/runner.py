@@ -58,6 +58,11 @@ def uvicorn_config(relay: Relay, settings: Settings, **kw: Any) -> uvicorn.Confi
         log_config=None,
         access_log=False,
         server_header=False,
+        # uvicorn would rewrite the client address from X-Forwarded-For for connections from
+        # its forwarded_allow_ips (127.0.0.1 by default), before our middleware could decide:
+        # client addresses are ours alone, as LIGHTBOX_TRUSTED_PROXY_HOPS and
+        # LIGHTBOX_TRUSTED_PROXIES say (server/middleware.py client_address).
+        proxy_headers=False,
         ws="websockets-sansio",
         # Frames over the limit close the socket with 1009 (RFC 6455 §7.4.1) before we parse
         # them; protocol pings are ours (frames), so uvicorn's own are off.

@@ -8,12 +8,35 @@ a traceback or a repr (the idea of Starlette's ``Secret``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Secret", "Setting", "Settings", "SettingsError", "describe", "load_settings"]
+__all__ = [
+    "IPNetwork",
+    "Secret",
+    "Setting",
+    "Settings",
+    "SettingsError",
+    "describe",
+    "load_settings",
+    "parse_proxies",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_proxies(text: str) -> tuple[IPNetwork, ...]:
+    """``LIGHTBOX_TRUSTED_PROXIES``: comma-separated addresses or CIDR networks.
+
+    Raises ValueError naming the first entry that is neither."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            out.append(ipaddress.ip_network(item, strict=False))
+    return tuple(out)
 
 
 class SettingsError(ValueError):
@@ -106,6 +129,9 @@ class Settings:
     trusted_proxy_hops: int = _s(0, "LIGHTBOX_TRUSTED_PROXY_HOPS", "int",
                                  "Reverse proxies trusted for X-Forwarded-For (0: none).",
                                  limit=True)
+    trusted_proxies: str = _s("127.0.0.1,::1", "LIGHTBOX_TRUSTED_PROXIES", "str",
+                              "Addresses or CIDR networks of those proxies, comma-separated: "
+                              "X-Forwarded-For is read only from them.")
 
     # --- identity (issue 4) ---------------------------------------------------------------
     trusted_orgs_file: Path | None = _s(
@@ -258,6 +284,10 @@ class Settings:
         return self.trusted_orgs_file or self.data_dir / "trusted-orgs.json"
 
     @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        return parse_proxies(self.trusted_proxies)
+
+    @property
     def token_key_path(self) -> Path:
         return self.token_key_file or self.data_dir / "token-key"
 
@@ -326,5 +356,9 @@ def _validate(s: Settings) -> None:
     if s.attachment_max_bytes > s.attachment_quota_bytes:
         raise SettingsError("LIGHTBOX_ATTACHMENT_MAX_BYTES must not exceed "
                             "LIGHTBOX_ATTACHMENT_QUOTA_BYTES")
+    try:
+        parse_proxies(s.trusted_proxies)
+    except ValueError as exc:
+        raise SettingsError(f"LIGHTBOX_TRUSTED_PROXIES: {exc}") from exc
     if s.argon2_profile not in {"rfc9106-low-memory", "cheap"}:
         raise SettingsError("LIGHTBOX_ARGON2_PROFILE must be rfc9106-low-memory or cheap")

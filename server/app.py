@@ -106,7 +106,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
 
     # Identity (issue 4). The token key is read at start-up (lifespan), not here.
     tokens = TokenService(None, access_ttl=settings.access_token_ttl,
-                          admin_ttl=settings.admin_token_ttl, clock=clock)
+                          admin_ttl=settings.admin_token_ttl, clock=clock,
+                          clock_skew=settings.proof_clock_skew)
     trust = Trust.from_file(settings.trusted_orgs_path)
     passwords = Passwords(settings.argon2_profile)
     if settings.argon2_profile == "cheap":

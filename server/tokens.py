@@ -112,8 +112,9 @@ class TokenService:
     """Issues and verifies the relay's JWTs with one Ed25519 key."""
 
     def __init__(self, seed: bytes | None, *, access_ttl: int, admin_ttl: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, clock_skew: int = 60) -> None:
         self.access_ttl, self.admin_ttl = access_ttl, admin_ttl
+        self.clock_skew = clock_skew
         self.clock = clock
         self._key: Ed25519PrivateKey | None = None
         if seed is not None:
@@ -206,9 +207,17 @@ class TokenService:
         if any(name not in payload for name in extra):
             raise _fail(ErrorCode.TOKEN_INVALID, "token lacks required claims")
         sub, iat, exp = payload["sub"], payload["iat"], payload["exp"]
-        if not (isinstance(sub, str) and _UUID.match(sub) and isinstance(iat, int)
-                and isinstance(exp, int) and isinstance(payload["jti"], str)):
+        if not (isinstance(sub, str) and _UUID.match(sub) and type(iat) is int
+                and type(exp) is int and isinstance(payload["jti"], str)):
             raise _fail(ErrorCode.TOKEN_INVALID, "malformed token claims")
-        if self._now(now) >= exp and not allow_expired:
+        current = self._now(now)
+        # RFC 7519 §4.1.6 and §4.1.5: a token issued, or valid only from, later than now (beyond
+        # the clock skew) is not one this relay issued at a time it can vouch for.
+        nbf = payload.get("nbf", iat)
+        if type(nbf) is not int:
+            raise _fail(ErrorCode.TOKEN_INVALID, "malformed token claims")
+        if max(iat, nbf) > current + self.clock_skew:
+            raise _fail(ErrorCode.TOKEN_INVALID, "token issued in the future")
+        if current >= exp and not allow_expired:
             raise _fail(ErrorCode.TOKEN_EXPIRED, "token expired")
         return payload

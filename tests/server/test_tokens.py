@@ -114,6 +114,37 @@ def test_token_missing_the_binding_is_token_invalid() -> None:
     assert code_of(forged) is ErrorCode.TOKEN_INVALID
 
 
+def _resigned(token: str, **changes: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    payload = jwt.decode(token, options={"verify_signature": False})
+    payload.update(changes)
+    return jwt.encode(payload, Ed25519PrivateKey.from_private_bytes(SEED), algorithm="EdDSA")
+
+
+@pytest.mark.parametrize("admin", [False, True])
+def test_a_token_issued_in_the_future_beyond_the_skew_is_token_invalid(admin: bool) -> None:
+    """RFC 7519 §4.1.6: ``iat`` later than now (beyond the clock skew) is not a token this
+    relay issued at a time it can vouch for."""
+    svc = service()
+    token = svc.issue_admin(USER, now=NOW)[0] if admin else access()
+    assert code_of(_resigned(token, iat=NOW + 61), now=NOW, admin=admin) \
+        is ErrorCode.TOKEN_INVALID
+    # Within the skew it is accepted.
+    verify = svc.verify_admin if admin else svc.verify_access
+    verify(_resigned(token, iat=NOW + 60), now=NOW)
+
+
+@pytest.mark.parametrize(("nbf", "ok"), [(NOW + 61, False), (NOW + 60, True), ("soon", False)])
+def test_a_token_not_valid_yet_is_token_invalid(nbf: object, ok: bool) -> None:
+    """RFC 7519 §4.1.5: ``nbf`` beyond the clock skew."""
+    token = _resigned(access(), nbf=nbf)
+    if ok:
+        service().verify_access(token, now=NOW)
+    else:
+        assert code_of(token) is ErrorCode.TOKEN_INVALID
+
+
 def test_token_key_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "token-key"
     ensure_token_key(path)

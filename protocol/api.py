@@ -9,9 +9,13 @@ compact signed strings of :mod:`protocol.canonical`. docs/PROTOCOL.md §11 lists
 Device-bound requests: an access token (RFC 7519 JWT, EdDSA, RFC 8037) is bound to the device's
 Ed25519 key by a ``cnf`` claim (RFC 7800 §3.1) holding ``jkt`` = b64url(SHA-256(signing key)).
 Every HTTP request carrying it also carries a ``Lightbox-Proof`` header, a compact proof of
-possession in the spirit of DPoP (RFC 9449): ``<unix seconds>.<b64url signature>`` where the
-device signs :func:`request_proof_input`. A token presented without a valid proof by the device
-it names is refused (``token_device_mismatch``).
+possession in the spirit of DPoP (RFC 9449): ``<unix seconds>.<b64url nonce>.<b64url
+signature>`` where the device signs :func:`request_proof_input`: the method, the request target
+(path *and* query), a digest of the body (the idea of RFC 9530's ``Content-Digest``), the time,
+a fresh 16-byte nonce and the token's hash. The relay keeps the nonces it has accepted for the
+clock-skew window, so a captured proof cannot be replayed, with the same body or another. A
+token presented without a valid proof by the device it names is refused
+(``token_device_mismatch``); a proof seen before, ``proof_replayed``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "MAX_LADDER",
     "MAX_PREKEY_BATCH",
     "MAX_SHIFTS",
+    "PROOF_NONCE_BYTES",
     "AdminLogin",
     "AdminToken",
     "CertificateRenewal",
@@ -112,7 +117,8 @@ ADMIN_TOKEN_AUDIENCE: Final = "lightbox-admin"  # noqa: S105 - an audience, not 
 
 LABEL_ENROLMENT_TOKEN: Final = b"lightbox/v1/enrolment-token"
 LABEL_LOGIN: Final = b"lightbox/v1/login"
-LABEL_REQUEST_PROOF: Final = b"lightbox/v1/request-proof"
+LABEL_REQUEST_PROOF: Final = b"lightbox/v1/request-proof/2"
+PROOF_NONCE_BYTES: Final = 16
 LABEL_PAIRING_MAC: Final = b"lightbox/v1/pairing-mac"
 
 MAX_PREKEY_BATCH: Final = 100
@@ -149,12 +155,25 @@ def login_signing_input(nonce: bytes, login: str, device_id: str) -> bytes:
     return LABEL_LOGIN + b"\x00" + nonce + login.encode() + b"\x00" + device_id.encode()
 
 
-def request_proof_input(method: str, path: str, timestamp: int, access_token: str) -> bytes:
-    """Bytes the device signs for ``Lightbox-Proof``: label || 0x00 || METHOD || 0x00 || path
-    (no query) || 0x00 || decimal timestamp || 0x00 || SHA-256(access token)."""
+def request_proof_input(method: str, target: str, timestamp: int, nonce: bytes, body: bytes,
+                        access_token: str) -> bytes:
+    """Bytes the device signs for ``Lightbox-Proof``::
+
+        label || 0x00 || METHOD || 0x00 || target || 0x00 || decimal timestamp || 0x00 ||
+        nonce[16] || SHA-256(body)[32] || SHA-256(access token)[32]
+
+    ``target`` is the request target as sent: the path, and ``?`` and the query string when
+    there is one, percent-encoding untouched (RFC 9110 §7.1, origin-form). The body is the exact
+    bytes sent (empty for none). The three digests and the nonce have fixed lengths after the
+    last separator, and no field before them can hold a 0x00 byte, so the input parses one way
+    only."""
+    if len(nonce) != PROOF_NONCE_BYTES:
+        raise ValueError(f"a proof nonce is {PROOF_NONCE_BYTES} bytes")
+    if "\x00" in method or "\x00" in target:
+        raise ValueError("a request method or target cannot contain NUL")
     return b"\x00".join([
-        LABEL_REQUEST_PROOF, method.upper().encode(), path.encode(), str(timestamp).encode(),
-        hashlib.sha256(access_token.encode()).digest(),
+        LABEL_REQUEST_PROOF, method.upper().encode(), target.encode(), str(timestamp).encode(),
+        nonce + hashlib.sha256(body).digest() + hashlib.sha256(access_token.encode()).digest(),
     ])
 
 

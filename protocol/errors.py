@@ -77,6 +77,7 @@ class ErrorCode(enum.StrEnum):
     TOKEN_EXPIRED = "token_expired"
     TOKEN_AUDIENCE = "token_audience"
     TOKEN_DEVICE_MISMATCH = "token_device_mismatch"
+    PROOF_REPLAYED = "proof_replayed"
     REFRESH_REUSED = "refresh_reused"
     CHALLENGE_FAILED = "challenge_failed"
     ENROLMENT_CODE_INVALID = "enrolment_code_invalid"
@@ -178,6 +179,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.TOKEN_EXPIRED: "The token has expired.",
     ErrorCode.TOKEN_AUDIENCE: "The token was issued for another audience.",
     ErrorCode.TOKEN_DEVICE_MISMATCH: "The token is bound to another device key.",
+    ErrorCode.PROOF_REPLAYED: "This Lightbox-Proof was used before; sign a new one per request.",
     ErrorCode.REFRESH_REUSED: "A used refresh token was presented; its whole family is revoked.",
     ErrorCode.CHALLENGE_FAILED: "The device's answer to the server challenge did not verify.",
     ErrorCode.ENROLMENT_CODE_INVALID: "The enrolment code is unknown or wrong.",

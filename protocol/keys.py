@@ -45,6 +45,7 @@ __all__ = [
     "key_id",
     "normalise_enrolment_code",
     "open_with_passphrase",
+    "random_bytes",
     "seal_with_passphrase",
     "verify_signature",
 ]

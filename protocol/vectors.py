@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from protocol import _sodium, canonical, certs, consent, envelope, keys, statements
+from protocol import _sodium, api, canonical, certs, consent, envelope, keys, statements
 from protocol.attachments import AttachmentEncryptor, ciphertext_size, encrypt_attachment
 from protocol.canonical import b64url_encode as b64
 from protocol.model import DeviceKind, MessageHeader, Priority, Purpose
@@ -433,6 +433,35 @@ def _section_filing_statement(ctx: VectorContext) -> dict[str, Any]:
     }
 
 
+def _section_request_proof(ctx: VectorContext) -> dict[str, Any]:
+    """``Lightbox-Proof`` (docs/PROTOCOL.md §11): bob's device proves a request with a query and
+    a JSON body; ``replays`` are the same proof with one field changed, each of which a relay
+    must refuse."""
+    rng = ctx.rng_for("request_proof")
+    nonce = rng(api.PROOF_NONCE_BYTES)
+    token = "eyJhbGciOiJFZERTQSJ9.example-access-token.signature"  # noqa: S105 (a sample)
+    method, target = "POST", f"/v1/threads/{_uuid(rng)}/participants?notify=1"
+    body = b'{"users":["' + _uuid(rng).encode() + b'"]}'
+    signing_input = api.request_proof_input(method, target, ctx.now, nonce, body, token)
+    signature = ctx.bob.device_keys.signing.sign(signing_input)
+    return {
+        "device_id": ctx.bob.device_keys.device_id,
+        "device_signing_public": b64(ctx.bob.device_keys.signing.public),
+        "method": method,
+        "target": target,
+        "timestamp": ctx.now,
+        "nonce": b64(nonce),
+        "body": body.decode(),
+        "body_sha256": _sodium.sha256(body).hex(),
+        "access_token": token,
+        "signing_input": b64(signing_input),
+        "signature": b64(signature),
+        "header": f"{ctx.now}.{b64(nonce)}.{b64(signature)}",
+        "refused_changes": ["another body", "another query", "another method",
+                            "the same proof again (nonce seen)"],
+    }
+
+
 Section = Callable[[VectorContext], dict[str, Any]]
 
 SECTIONS: dict[str, Section] = {
@@ -442,6 +471,7 @@ SECTIONS: dict[str, Section] = {
     "attachment": _section_attachment,
     "revocation": _section_revocation,
     "filing_statement": _section_filing_statement,
+    "request_proof": _section_request_proof,
     # The consent token uses its own fixed key and times (protocol.consent.consent_vectors).
     "consent": lambda ctx: consent.consent_vectors(),
 }

@@ -1,12 +1,15 @@
 """Who is calling: device requests (access token + proof of possession) and admin requests.
 
 A device request carries ``Authorization: Bearer <access token>`` and ``Lightbox-Proof:
-<unix seconds>.<b64url signature>`` over :func:`protocol.api.request_proof_input`, made with
-the device key that the token's ``cnf.jkt`` names (docs/PROTOCOL.md §11; in the spirit of DPoP,
-RFC 9449). The token alone is not enough, so a token that leaks from a log or a proxy cannot be
-replayed from elsewhere. Then, on every request, the current state is checked: device active,
-session (refresh family) not ended, user active, licence and certificate unexpired, so a
-revocation or suspension takes effect at once rather than when the token expires.
+<unix seconds>.<b64url nonce>.<b64url signature>`` over
+:func:`protocol.api.request_proof_input` (method, request target with its query, body digest,
+time, nonce, token hash), made with the device key that the token's ``cnf.jkt`` names
+(docs/PROTOCOL.md §11; in the spirit of DPoP, RFC 9449, whose ``jti`` replay check §11.1 the
+nonce table mirrors). The token alone is not enough, so a token that leaks from a log or a
+proxy cannot be used from elsewhere; and a captured proof is accepted once, for that request
+and body only (``proof_replayed``). Then, on every request, the current state is checked:
+device active, session (refresh family) not ended, user active, licence and certificate
+unexpired, so a revocation or suspension takes effect at once rather than when the token expires.
 
 The websocket handshake uses the same checks without the proof header (the handshake answers a
 challenge instead): ``tokens.verify_access(token, now=...)`` then
@@ -24,13 +27,13 @@ import asyncpg
 from starlette.requests import Request
 
 from protocol import keys
-from protocol.api import key_thumbprint, request_proof_input
+from protocol.api import PROOF_NONCE_BYTES, key_thumbprint, request_proof_input
 from protocol.canonical import b64url_decode
 from protocol.errors import DecodeError, ErrorCode
 from server.audit import AUDIT_CONTEXT
 from server.db import Database
 from server.errors import Forbidden, Unauthorized
-from server.store import admins, devices, sessions, users
+from server.store import admins, devices, proofs, sessions, users
 from server.tokens import AccessClaims, TokenService
 
 __all__ = [
@@ -48,7 +51,8 @@ PROOF_HEADER = "lightbox-proof"
 
 # What a device-authenticated route may answer before its own logic runs (for OpenAPI).
 DEVICE_AUTH_ERRORS = (ErrorCode.TOKEN_INVALID, ErrorCode.TOKEN_EXPIRED, ErrorCode.TOKEN_AUDIENCE,
-                      ErrorCode.TOKEN_DEVICE_MISMATCH, ErrorCode.DEVICE_REVOKED,
+                      ErrorCode.TOKEN_DEVICE_MISMATCH, ErrorCode.PROOF_REPLAYED,
+                      ErrorCode.DEVICE_REVOKED,
                       ErrorCode.USER_SUSPENDED, ErrorCode.LICENCE_EXPIRED,
                       ErrorCode.CERTIFICATE_EXPIRED)
 ADMIN_AUTH_ERRORS = (ErrorCode.TOKEN_INVALID, ErrorCode.TOKEN_EXPIRED, ErrorCode.TOKEN_AUDIENCE)
@@ -92,19 +96,29 @@ class Authenticator:
         self.db, self.tokens, self.proof_skew, self.clock = db, tokens, proof_skew, clock
 
     async def require_device(self, request: Request) -> Principal:
-        """The device behind this request, or the precise refusal (see module docstring)."""
+        """The device behind this request, or the precise refusal (see module docstring).
+
+        The proof covers the method, the request target (path and query), the body, the time
+        and a nonce (protocol.api.request_proof_input); the body is read here, within the edge
+        middleware's cap, and stays available to the route (Starlette caches it)."""
         token = bearer_token(request)
         now = self.clock()
         claims = self.tokens.verify_access(token, now=now)
-        timestamp, signature = self._proof(request)
-        async with self.db.pool.acquire() as conn:
-            principal = await self.check_device(conn, claims, now=now)
+        timestamp, nonce, signature = self._proof(request)
         if abs(now - timestamp) > self.proof_skew:
             raise Unauthorized(ErrorCode.TOKEN_DEVICE_MISMATCH, "proof timestamp out of range")
-        message = request_proof_input(request.method, request.url.path, timestamp, token)
-        if not verify_signature(principal.signing_key, message, signature):
-            raise Unauthorized(ErrorCode.TOKEN_DEVICE_MISMATCH,
-                               "proof not signed by the device the token is bound to")
+        target = _request_target(request)
+        body = await request.body()
+        async with self.db.pool.acquire() as conn:
+            principal = await self.check_device(conn, claims, now=now)
+            message = request_proof_input(request.method, target, timestamp, nonce, body, token)
+            if not verify_signature(principal.signing_key, message, signature):
+                raise Unauthorized(ErrorCode.TOKEN_DEVICE_MISMATCH,
+                                   "proof not signed by the device the token is bound to")
+            # Accepted once, in any relay process, while its timestamp could still pass.
+            if not await proofs.remember(conn, principal.device_id, nonce,
+                                         expires_at=timestamp + self.proof_skew + 1, now=now):
+                raise Unauthorized(ErrorCode.PROOF_REPLAYED, "this proof was used before")
         _set_actor("device", principal.device_id)
         return principal
 
@@ -138,13 +152,18 @@ class Authenticator:
                          device_kind=device.kind, signing_key=device.signing_key,
                          family_id=claims.family_id, roles=tuple(user.roles))
 
-    def _proof(self, request: Request) -> tuple[int, bytes]:
+    def _proof(self, request: Request) -> tuple[int, bytes, bytes]:
+        """``<unix seconds>.<b64url nonce[16]>.<b64url signature[64]>``."""
         raw = request.headers.get(PROOF_HEADER)
-        ts, _, sig = (raw or "").partition(".")
+        parts = (raw or "").split(".")
         try:
+            if len(parts) != 3:
+                raise DecodeError("three parts expected")
+            ts, nonce, sig = parts
             if not ts.isdigit() or len(ts) > 12:
                 raise DecodeError("bad timestamp")
-            return int(ts), b64url_decode(sig, length=64)
+            return (int(ts), b64url_decode(nonce, length=PROOF_NONCE_BYTES),
+                    b64url_decode(sig, length=64))
         except DecodeError as exc:
             raise Unauthorized(ErrorCode.TOKEN_DEVICE_MISMATCH,
                                "a valid Lightbox-Proof header is required") from exc
@@ -158,6 +177,20 @@ class Authenticator:
             raise Unauthorized(ErrorCode.TOKEN_INVALID, "administrator unknown or disabled")
         _set_actor("admin", admin.admin_id)
         return AdminPrincipal(admin_id=admin.admin_id, login=admin.login)
+
+
+def _request_target(request: Request) -> str:
+    """The request target as the client sent it: raw path, and ``?query`` when there is one
+    (RFC 9110 §7.1 origin-form), percent-encoding untouched, as the proof signs it."""
+    scope = request.scope
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string") or b""
+    try:
+        target = bytes(raw_path).decode("ascii")
+        return target + ("?" + bytes(query).decode("ascii") if query else "")
+    except UnicodeDecodeError as exc:
+        raise Unauthorized(ErrorCode.TOKEN_DEVICE_MISMATCH,
+                           "the request target is not ASCII") from exc
 
 
 def _set_actor(kind: str, actor_id: str) -> None:

@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from protocol.errors import ErrorCode
 from server.audit import AUDIT_CONTEXT, AuditContext
 from server.errors import LimitError
@@ -133,6 +135,11 @@ class EdgeMiddleware:
                 await early(scope, receive, send_wrapper)
                 return
             await self.app(scope, self._capped(receive), send_wrapper)
+        except ClientDisconnect:
+            # The client went away mid-request (a cut upload): nothing to answer, nothing was
+            # stored from the partial body, and it is not a fault of ours. 499 in the metrics,
+            # as proxies count it.
+            status_box[0] = 499
         except Exception:
             log.exception("unhandled error", extra={"route": scope.get("lightbox.route")})
             if not started[0]:

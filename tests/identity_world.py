@@ -21,7 +21,12 @@ from typing import Any
 import asyncpg
 import httpx
 
-from protocol.api import enrolment_token, login_signing_input, request_proof_input
+from protocol.api import (
+    PROOF_NONCE_BYTES,
+    enrolment_token,
+    login_signing_input,
+    request_proof_input,
+)
 from protocol.canonical import b64url_decode, b64url_encode
 from protocol.certs import (
     AccountKind,
@@ -165,12 +170,16 @@ class Device:
                                                     public=X25519KeyPair.generate().public),
                                       self.keys.signing) for i in range(first, first + count)]
 
-    def proof(self, method: str, path: str, token: str, *, at: int | None = None,
-              signer: DeviceKeys | None = None) -> dict[str, str]:
+    def proof(self, method: str, target: str, token: str, *, body: bytes = b"",
+              at: int | None = None, signer: DeviceKeys | None = None,
+              nonce: bytes | None = None) -> dict[str, str]:
+        """``Authorization`` and ``Lightbox-Proof`` for one request (target: path and query)."""
         ts = _now() if at is None else at
-        sig = (signer or self.keys).sign(request_proof_input(method, path, ts, token))
+        nonce = secrets.token_bytes(PROOF_NONCE_BYTES) if nonce is None else nonce
+        sig = (signer or self.keys).sign(
+            request_proof_input(method, target, ts, nonce, body, token))
         return {"authorization": f"Bearer {token}",
-                "lightbox-proof": f"{ts}.{b64url_encode(sig)}"}
+                "lightbox-proof": f"{ts}.{b64url_encode(nonce)}.{b64url_encode(sig)}"}
 
 
 @dataclasses.dataclass
@@ -233,10 +242,17 @@ class World:
         await self.login(device)
         return device
 
-    async def call(self, device: Device, method: str, path: str, **kw: Any) -> httpx.Response:
+    def signed(self, device: Device, method: str, path: str, *,
+               headers: dict[str, str] | None = None, **kw: Any) -> httpx.Request:
+        """A request with the device's proof over it exactly as built (target and body)."""
         assert device.access_token is not None
-        headers = device.proof(method, path.split("?")[0], device.access_token)
-        return await self.http.request(method, path, headers=headers, **kw)
+        request = self.http.build_request(method, path, headers=headers, **kw)
+        request.headers.update(device.proof(method, request.url.raw_path.decode(),
+                                            device.access_token, body=request.content))
+        return request
+
+    async def call(self, device: Device, method: str, path: str, **kw: Any) -> httpx.Response:
+        return await self.http.send(self.signed(device, method, path, **kw))
 
     async def revoke(self, org: Org, number: int, **kw: Any) -> httpx.Response:
         return await self.http.post("/v1/admin/revocations", headers=self.admin_headers(),

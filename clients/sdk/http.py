@@ -5,11 +5,13 @@ an answer with unknown fields is a :class:`RelayResponseError`). Errors come bac
 problem documents and are raised as :class:`RelayRequestError` with their stable ``code``.
 
 Device requests carry ``Authorization: Bearer <access token>`` and ``Lightbox-Proof:
-<unix seconds>.<b64url Ed25519 signature over protocol.api.request_proof_input(...)>`` made with
-the device's signing key (a DPoP-like proof of possession, RFC 9449). The access token is
-refreshed through ``/v1/auth/refresh`` shortly before it expires, or once after a
-``token_expired`` answer; every new token pair is handed to ``on_tokens`` so the caller can
-persist the rotated refresh token.
+<unix seconds>.<b64url nonce>.<b64url Ed25519 signature over
+protocol.api.request_proof_input(...)>`` made with the device's signing key (a DPoP-like proof
+of possession, RFC 9449), over the request exactly as it is sent: method, target with its
+query, body, time and a fresh nonce, so the relay accepts it once, for that request only.
+The access token is refreshed through ``/v1/auth/refresh`` shortly before it expires, or
+once after a ``token_expired`` answer; every new token pair is handed to ``on_tokens`` so the
+caller can persist the rotated refresh token.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import msgspec
 from clients.sdk.errors import RelayRequestError, RelayResponseError, RelayUnavailable
 from protocol import api
 from protocol.canonical import b64url_encode
-from protocol.keys import Ed25519KeyPair
+from protocol.keys import Ed25519KeyPair, random_bytes
 
 __all__ = ["ProvisionResults", "RelayHTTP", "Signer", "parse_problem"]
 
@@ -109,7 +111,7 @@ class RelayHTTP:
     async def _send(
         self, method: str, path: str, *, body: msgspec.Struct | None = None,
         params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-        raw: bytes | None = None,
+        raw: bytes | None = None, prove: bool = False,
     ) -> httpx.Response:
         content = raw if body is None else msgspec.json.encode(body)
         hdrs = dict(headers or {})
@@ -117,10 +119,14 @@ class RelayHTTP:
             hdrs["Content-Type"] = "application/json"
         elif raw is not None:
             hdrs["Content-Type"] = "application/octet-stream"
+        request = self._client.build_request(
+            method, self.base_url + path, content=content, params=params, headers=hdrs
+        )
+        if prove:
+            # Signed over the request as built (its encoded target and its body bytes).
+            request.headers.update(self._device_headers(request))
         try:
-            response = await self._client.request(
-                method, self.base_url + path, content=content, params=params, headers=hdrs
-            )
+            response = await self._client.send(request)
         except httpx.HTTPError as exc:
             raise RelayUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         if len(response.content) > MAX_RESPONSE_BYTES:
@@ -154,13 +160,17 @@ class RelayHTTP:
             raise RelayRequestError("unauthenticated", 401, "no admin session: log in first")
         return {"Authorization": f"Bearer {self.admin_token}"}
 
-    def proof_header(self, method: str, path: str, access_token: str) -> str:
-        """``Lightbox-Proof`` for one request: ``<seconds>.<b64url signature>``."""
+    def proof_header(self, method: str, target: str, body: bytes, access_token: str) -> str:
+        """``Lightbox-Proof`` for one request: ``<seconds>.<b64url nonce>.<b64url signature>``.
+
+        ``target`` is the path and query as sent; every call draws a fresh nonce."""
         if self.device is None:
             raise RelayRequestError("unauthenticated", 401, "no device key loaded")
         seconds = int(self._now())
-        signature = self.device.sign(api.request_proof_input(method, path, seconds, access_token))
-        return f"{seconds}.{b64url_encode(signature)}"
+        nonce = random_bytes(api.PROOF_NONCE_BYTES)
+        signature = self.device.sign(
+            api.request_proof_input(method, target, seconds, nonce, body, access_token))
+        return f"{seconds}.{b64url_encode(nonce)}.{b64url_encode(signature)}"
 
     async def _device(
         self, method: str, path: str, *, body: msgspec.Struct | None = None,
@@ -180,18 +190,19 @@ class RelayHTTP:
         if self._now() >= self.tokens.expires_at - REFRESH_MARGIN:
             await self._refresh_if_stale(self.tokens)
 
-    def _device_headers(self, method: str, path: str) -> dict[str, str]:
+    def _device_headers(self, request: httpx.Request) -> dict[str, str]:
         assert self.tokens is not None
         token = self.tokens.access_token
+        target = request.url.raw_path.decode("ascii")
         return {"Authorization": f"Bearer {token}",
-                "Lightbox-Proof": self.proof_header(method, path, token)}
+                "Lightbox-Proof": self.proof_header(request.method, target, request.content,
+                                                    token)}
 
     async def _device_once(
         self, method: str, path: str, *, body: msgspec.Struct | None,
         params: dict[str, str] | None, raw: bytes | None = None,
     ) -> httpx.Response:
-        return await self._send(method, path, body=body, params=params, raw=raw,
-                                headers=self._device_headers(method, path))
+        return await self._send(method, path, body=body, params=params, raw=raw, prove=True)
 
     async def _refresh_if_stale(self, seen: api.TokenPair) -> None:
         async with self._refresh_lock:
@@ -355,21 +366,25 @@ class RelayHTTP:
         A transfer that breaks raises :class:`RelayUnavailable`; resume from what arrived."""
         path = f"/v1/attachments/{quote(attachment_id, safe='')}"
         await self._fresh_token()
-        headers = self._device_headers("GET", path)
-        if start:
-            headers["Range"] = f"bytes={start}-"
+        request = self._client.build_request(
+            "GET", self.base_url + path, headers={"Range": f"bytes={start}-"} if start else None)
+        request.headers.update(self._device_headers(request))
         try:
-            async with self._client.stream("GET", self.base_url + path,
-                                           headers=headers) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise parse_problem(response)
-                if response.status_code != (206 if start else 200):
-                    raise RelayResponseError(f"GET {path}: unexpected status "
-                                             f"{response.status_code}")
-                yield response
+            response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise RelayUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                raise parse_problem(response)
+            if response.status_code != (206 if start else 200):
+                raise RelayResponseError(f"GET {path}: unexpected status "
+                                         f"{response.status_code}")
+            yield response
+        except httpx.HTTPError as exc:
+            raise RelayUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await response.aclose()
 
     # --- consent (PROTOCOL §13) ---------------------------------------------------------------
 

@@ -8,6 +8,7 @@ domain errors from server/errors.py.
     prekeys      signed and one-time prekeys (the atomic claim)
     pairing      linking a new device to an enrolled one
     sessions     login challenge nonces and rotating refresh tokens
+    proofs       nonces of accepted request proofs (replay protection)
     lockout      failure counters with exponential backoff
     revocations  the newest organisation-signed revocation list per organisation
 """

@@ -35,11 +35,14 @@ def test_parse_problem_survives_a_non_json_answer() -> None:
 def test_proof_header_signs_the_documented_input() -> None:
     key = Ed25519KeyPair.generate()
     relay = RelayHTTP("http://relay.invalid", device=key, now=lambda: 1767225600.7)
-    header = relay.proof_header("get", "/v1/keys/count", "tok")
-    seconds, sig = header.split(".")
+    header = relay.proof_header("get", "/v1/keys/count?x=1", b"body", "tok")
+    seconds, nonce, sig = header.split(".")
     assert seconds == "1767225600"
-    message = api.request_proof_input("GET", "/v1/keys/count", 1767225600, "tok")
+    message = api.request_proof_input("GET", "/v1/keys/count?x=1", 1767225600,
+                                      b64url_decode(nonce), b"body", "tok")
     assert ed25519_verify(key.public, message, b64url_decode(sig))
+    # Every proof has a fresh nonce.
+    assert relay.proof_header("get", "/v1/keys/count?x=1", b"body", "tok").split(".")[1] != nonce
 
 
 async def test_relay_errors_carry_the_relay_code(relay: RunningRelay) -> None:

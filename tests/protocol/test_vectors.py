@@ -108,3 +108,49 @@ def test_published_statements_verify(published: dict[str, Any]) -> None:
         device_id=k["gateway"]["device_id"],
     )
     assert filing.filed_at == published["time"]
+
+
+def test_published_request_proof_verifies_from_the_json_and_binds_every_field(
+    published: dict[str, Any],
+) -> None:
+    """A second implementation rebuilds ``Lightbox-Proof``'s signing input from the JSON alone;
+    a proof moved to another body, query, method or token no longer verifies."""
+    import hashlib
+
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    from protocol.api import request_proof_input
+
+    v = published["request_proof"]
+    nonce = b64url_decode(v["nonce"])
+    body = v["body"].encode()
+    assert hashlib.sha256(body).hexdigest() == v["body_sha256"]
+    rebuilt = request_proof_input(v["method"], v["target"], v["timestamp"], nonce, body,
+                                  v["access_token"])
+    assert rebuilt == b64url_decode(v["signing_input"])
+    key = VerifyKey(b64url_decode(v["device_signing_public"]))
+    signature = b64url_decode(v["signature"])
+    key.verify(rebuilt, signature)
+    assert v["header"] == f'{v["timestamp"]}.{v["nonce"]}.{v["signature"]}'
+    target_without_query = v["target"].split("?")[0]
+    for changed in (
+        request_proof_input(v["method"], v["target"], v["timestamp"], nonce, b'{"users":[]}',
+                            v["access_token"]),
+        request_proof_input(v["method"], target_without_query, v["timestamp"], nonce, body,
+                            v["access_token"]),
+        request_proof_input("PUT", v["target"], v["timestamp"], nonce, body, v["access_token"]),
+        request_proof_input(v["method"], v["target"], v["timestamp"], bytes(16), body,
+                            v["access_token"]),
+        request_proof_input(v["method"], v["target"], v["timestamp"], nonce, body, "other"),
+    ):
+        with pytest.raises(BadSignatureError):
+            key.verify(changed, signature)
+
+
+@pytest.mark.parametrize(("nonce", "target"), [(bytes(15), "/v1/x"), (bytes(16), "/v1/\x00")])
+def test_request_proof_input_refuses_ambiguous_fields(nonce: bytes, target: str) -> None:
+    from protocol.api import request_proof_input
+
+    with pytest.raises(ValueError):
+        request_proof_input("GET", target, 1, nonce, b"", "tok")

@@ -669,10 +669,22 @@ class Vault:
 
     def set_record_reference(self, attachment_id: str, record_reference: str) -> None:
         """Remember where the record keeps this image (from the filing receipt); the
-        tombstone keeps it after shredding."""
+        tombstone keeps it after shredding. A tombstone without one (its expiry order came
+        before the receipt, or before the image was ever fetched) takes it; one that has a
+        reference keeps it."""
         with self._mutex:
             db = self._use()
-            image_key, sealed_info = self._image_row(db, attachment_id, "sealed_info")
+            try:
+                image_key, sealed_info = self._image_row(db, attachment_id, "sealed_info")
+            except ImageShredded as exc:
+                if exc.tombstone.record_reference is not None:
+                    return
+                sealed_reference = _seal(self._k().tombstones, _ad("tombstones", attachment_id),
+                                         record_reference.encode())
+                with self._sql(db) as conn:
+                    conn.execute("UPDATE tombstones SET sealed_reference = ? "
+                                 "WHERE attachment_id = ?", (sealed_reference, attachment_id))
+                return
             info = msgspec.structs.replace(
                 self._decode_info(image_key, attachment_id, sealed_info),
                 record_reference=record_reference)

@@ -124,6 +124,10 @@ async def test_a_desktop_offline_until_after_the_expiry_order_never_holds_the_im
             await item.click()
             expired = page.locator(f'.expired[data-attachment-id="{aid}"]')
             await expired.wait_for()
+            # The gateway's filing receipt (delivered after the order) names the study.
+            study = gw.filed[0].study_instance_uid
+            await page.locator(f'.expired[data-attachment-id="{aid}"]',
+                               has_text=f"in the record: {study}").wait_for()
             assert "Image deleted from this device" in await expired.inner_text()
             await page.locator(".message", has_text="Scaphoid?").wait_for()
             await page.screenshot(path=SHOTS / "01-offline-desktop-after-expiry.png")
@@ -181,7 +185,8 @@ async def test_a_desktop_offline_until_after_the_expiry_order_never_holds_the_im
             item = page.locator(".thread-item", has_text="Wrist x-ray, bed 9")
             await item.wait_for()
             await item.click()
-            await page.locator(f'.expired[data-attachment-id="{aid}"]').wait_for()
+            await page.locator(f'.expired[data-attachment-id="{aid}"]',
+                               has_text=f"in the record: {study}").wait_for()
             await page.screenshot(path=SHOTS / "02-after-restart.png")
             assert await page.locator(f'img[src*="{aid}"]').count() == 0
             assert "expires" not in await page.locator("#thread").inner_text()

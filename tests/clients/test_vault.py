@@ -449,6 +449,18 @@ def test_expiring_an_image_never_stored_leaves_a_tombstone_that_refuses_it_later
         vault.get_image("img-held")
     assert sorted(t.attachment_id for t in vault.tombstones()) == ["img-held", "img-late"]
 
+    # The filing receipt arrives after the order: the tombstone learns where the record keeps
+    # the image, once (a reference it has is kept).
+    vault.expire("img-early")
+    vault.set_record_reference("img-early", "study 9")
+    assert vault.tombstone("img-early").record_reference == "study 9"  # type: ignore[union-attr]
+    vault.set_record_reference("img-early", "study 10")
+    vault.set_record_reference("img-late", "study 11")
+    assert vault.tombstone("img-early").record_reference == "study 9"  # type: ignore[union-attr]
+    assert vault.tombstone("img-late").record_reference == "study 7"  # type: ignore[union-attr]
+    with pytest.raises(ItemNotFound):
+        vault.set_record_reference("never-seen", "study 12")
+
 
 def test_tampered_image_ciphertext_is_a_clear_error(vault: Vault) -> None:
     vault.put_image("img-1", _image_bytes(1000), media_type="image/jpeg")

@@ -198,5 +198,43 @@ async def test_a_desktop_offline_until_after_the_expiry_order_never_holds_the_im
             assert r.headers["cache-control"] == "no-store"
     finally:
         await again.stop()
-    assert sorted(p.name for p in SHOTS.iterdir()) == [
-        "01-offline-desktop-after-expiry.png", "02-after-restart.png"]
+    assert {p.name for p in SHOTS.iterdir()} >= {
+        "01-offline-desktop-after-expiry.png", "02-after-restart.png"}
+
+
+async def test_the_page_drops_the_open_image_when_its_copy_expires(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """The specialist is looking at the image in the viewer when the expiry order arrives: the
+    page closes the viewer and clears its pixels, the thumbnail goes, and the image route
+    answers 410 (no-store) from then on."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        intern, desktop, gw = team.intern, team.desktop, team.gateway
+        await unlock_page(page, desktop)
+        _, sent = await send_photo(
+            intern, RecordData(patient_name="Doe^Jane", patient_id="MRN123",
+                               anatomic_region="wrist", capture=CaptureKind.FILM),
+            text="Open this one", subject="Wrist x-ray, bed 3")
+        (aid,) = sent.attachment_ids
+        item = page.locator(".thread-item", has_text="Wrist x-ray, bed 3")
+        await item.wait_for()
+        await item.click()
+        await page.locator(f'.thumb[data-attachment-id="{aid}"]').click()
+        await page.locator("#viewer").wait_for(state="visible")
+        pixels = ("() => { const c = document.getElementById('canvas'); let s = 0;"
+                  " for (const v of c.getContext('2d').getImageData(0, 0, c.width, c.height)"
+                  ".data) s += v; return s; }")
+        assert await page.evaluate(pixels) > 0
+        await page.screenshot(path=SHOTS / "03-viewer-open-before-expiry.png")
+
+        await gw.start()  # filed; the grace period passes; the order reaches the desktop
+        await page.locator("#viewer").wait_for(state="hidden")
+        await page.locator(f'.expired[data-attachment-id="{aid}"]').wait_for()
+        assert await page.evaluate(pixels) == 0
+        assert await page.locator(f'img[src*="{aid}"]').count() == 0
+        await page.screenshot(path=SHOTS / "04-viewer-closed-on-expiry.png")
+        async with desktop_http(desktop) as http:
+            r = await http.get(f"/api/images/{aid}")
+            assert r.status_code == 410 and r.headers["cache-control"] == "no-store"
+        assert not problems, problems

@@ -26,6 +26,7 @@ from protocol.filing import CopiesList
 from protocol.keys import OrganisationKey, PassphraseProfile
 
 __all__ = [
+    "COPY_WORDS",
     "ImportReport",
     "apply_revocations",
     "copies",
@@ -177,6 +178,18 @@ async def copies(relay: RelayHTTP, *, attachment_id: str | None = None,
     return relay._decode(r, CopiesList)
 
 
+COPY_WORDS = {
+    "destroyed": "destroyed",
+    "never_received": "never received (refused after the order)",
+    "fetched_after_confirmation": "MAY BE HELD: downloaded after its confirmation",
+    "ordered": "expiry ordered, not confirmed",
+    "held": "held",
+    "not_received": "not downloaded yet",
+    "gateway": "gateway (keeps none)",
+}
+"""How ``lightbox-admin copies`` words each copy status (server/expiry.py COPY_STATUSES)."""
+
+
 def format_copies(listing: CopiesList) -> list[str]:
     """Human-readable lines, one block per image (times in UTC)."""
 
@@ -195,11 +208,11 @@ def format_copies(listing: CopiesList) -> list[str]:
                          f"statement {r.filing_statement_id}  receipt sha256 {r.receipt_sha256}")
         lines.append(f"  relay ciphertext deleted {t(r.ciphertext_deleted_at)}")
         lines.append(f"  {'device':<36}  {'role':<9}  {'received':<19}  {'expire order':<19}  "
-                     f"{'reason':<15}  confirmed destroyed")
+                     f"{'reason':<15}  {'confirmed destroyed':<19}  copy")
         for c in r.copies:
             lines.append(f"  {c.device_id:<36}  {c.role:<9}  {t(c.received_at):<19}  "
                          f"{t(c.order_issued_at):<19}  {c.order_reason or '-':<15}  "
-                         f"{t(c.confirmed_at)}")
+                         f"{t(c.confirmed_at):<19}  {COPY_WORDS.get(c.status, c.status)}")
         lines.append("  every copy confirmed destroyed" if r.all_destroyed
                      else "  copies remain")
     return lines

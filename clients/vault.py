@@ -24,7 +24,9 @@ shows how many messages there are, not who talks to whom.
 
 Each image has its own random key. :meth:`Vault.shred` deletes that key and the ciphertext in
 one transaction with ``PRAGMA secure_delete`` (freed pages are zeroed) and leaves a tombstone;
-afterwards the passphrase opens everything else but not that image. Limits of software: a
+afterwards the passphrase opens everything else but not that image. :meth:`Vault.expire` (an
+expiry order) does the same and leaves the tombstone even for an image not fetched yet, so it
+is never stored later. Limits of software: a
 flash controller or a filesystem snapshot may keep old blocks, so devices must also use
 full-disk encryption (docs/SECURITY.md "On the device").
 
@@ -667,10 +669,22 @@ class Vault:
 
     def set_record_reference(self, attachment_id: str, record_reference: str) -> None:
         """Remember where the record keeps this image (from the filing receipt); the
-        tombstone keeps it after shredding."""
+        tombstone keeps it after shredding. A tombstone without one (its expiry order came
+        before the receipt, or before the image was ever fetched) takes it; one that has a
+        reference keeps it."""
         with self._mutex:
             db = self._use()
-            image_key, sealed_info = self._image_row(db, attachment_id, "sealed_info")
+            try:
+                image_key, sealed_info = self._image_row(db, attachment_id, "sealed_info")
+            except ImageShredded as exc:
+                if exc.tombstone.record_reference is not None:
+                    return
+                sealed_reference = _seal(self._k().tombstones, _ad("tombstones", attachment_id),
+                                         record_reference.encode())
+                with self._sql(db) as conn:
+                    conn.execute("UPDATE tombstones SET sealed_reference = ? "
+                                 "WHERE attachment_id = ?", (sealed_reference, attachment_id))
+                return
             info = msgspec.structs.replace(
                 self._decode_info(image_key, attachment_id, sealed_info),
                 record_reference=record_reference)
@@ -702,6 +716,27 @@ class Vault:
                                        (attachment_id,)).rowcount
                 if deleted != 1:
                     raise ItemNotFound(f"no image {attachment_id} in this vault")
+                conn.execute("INSERT INTO tombstones VALUES (?, ?, ?)",
+                             (attachment_id, shredded_at, sealed_reference))
+            return Tombstone(attachment_id, record_reference, shredded_at)
+
+    def expire(self, attachment_id: str, *, record_reference: str | None = None) -> Tombstone:
+        """Apply an expiry order (docs/PROTOCOL.md §15): shred the image if it is held, and
+        leave a tombstone even if it never was, so that a delivery or download arriving after
+        the order is refused by :meth:`put_image` (ImageShredded). Idempotent."""
+        _check_id(attachment_id, "attachment_id")
+        with self._mutex:
+            db = self._use()
+            existing = self._tombstone(db, attachment_id)
+            if existing is not None:
+                return existing
+            with contextlib.suppress(ItemNotFound):
+                return self.shred(attachment_id, record_reference=record_reference)
+            shredded_at = self._now()
+            sealed_reference = None if record_reference is None else _seal(
+                self._k().tombstones, _ad("tombstones", attachment_id),
+                record_reference.encode())
+            with self._sql(db) as conn:
                 conn.execute("INSERT INTO tombstones VALUES (?, ?, ?)",
                              (attachment_id, shredded_at, sealed_reference))
             return Tombstone(attachment_id, record_reference, shredded_at)

@@ -134,6 +134,7 @@ class ErrorCode(enum.StrEnum):
     FILING_UNKNOWN_ATTACHMENT = "filing_unknown_attachment"
     FILING_TOO_LATE = "filing_too_late"
     EXPIRY_UNKNOWN_COPY = "expiry_unknown_copy"
+    ATTACHMENT_EXPIRED = "attachment_expired"
 
     # --- on-call -----------------------------------------------------------------------------
     ROLE_UNKNOWN = "role_unknown"
@@ -226,6 +227,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.FILING_UNKNOWN_ATTACHMENT: "The gateway never received this attachment.",
     ErrorCode.FILING_TOO_LATE: "The attachment already expired at the hard limit.",
     ErrorCode.EXPIRY_UNKNOWN_COPY: "The device never held the copy it confirms expiring.",
+    ErrorCode.ATTACHMENT_EXPIRED: "This device's copy was ordered destroyed, or it is gone.",
     ErrorCode.ROLE_UNKNOWN: "No such on-call role.",
     ErrorCode.SHIFT_OVERLAP: "The shift overlaps another shift of the same role.",
     ErrorCode.SHIFT_EMPTY: "The shift names nobody.",

@@ -36,6 +36,9 @@ class CopyInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     order_reason: str | None  # filed | consent_revoked | hard_limit
     order_issued_at: _Time
     confirmed_at: _Time  # the device's signed confirmation that it shredded its copy
+    # What the audit proves (server/expiry.py COPY_STATUSES): destroyed | never_received |
+    # fetched_after_confirmation | ordered | held | not_received | gateway
+    status: str = ""
 
 
 class CopiesReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -48,7 +51,7 @@ class CopiesReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     receipt_sha256: str | None  # hex
     not_filed_at: _Time  # the hard limit passed without a filing
     ciphertext_deleted_at: _Time
-    all_destroyed: bool  # every device copy confirmed shredded
+    all_destroyed: bool  # every device copy confirmed shredded, none downloaded after that
     copies: list[CopyInfo]
 
 

@@ -63,6 +63,7 @@ from server.store.threads import DeviceSet
 from server.trust import Trust
 
 __all__ = [
+    "COPY_STATUSES",
     "FILING_PURPOSES",
     "CopiesReport",
     "CopyRow",
@@ -112,6 +113,21 @@ class CopyRow:
     order_reason: str | None
     order_issued_at: dt.datetime | None
     confirmed_at: dt.datetime | None
+    status: str = "held"  # one of COPY_STATUSES
+
+    @property
+    def destroyed(self) -> bool:
+        return self.status in DESTROYED
+
+
+COPY_STATUSES = ("destroyed", "never_received", "fetched_after_confirmation", "ordered", "held",
+                 "not_received", "gateway")
+"""What the audit trail proves about one copy: ``destroyed`` (confirmed after it was held),
+``never_received`` (confirmed, never downloaded: the device's tombstone refuses it),
+``fetched_after_confirmation`` (a download was completed after the confirmation: the copy may
+exist), ``ordered`` (order issued, not confirmed), ``held`` / ``not_received`` (no order yet),
+``gateway`` (a record gateway keeps nothing)."""
+DESTROYED = frozenset({"destroyed", "never_received"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +145,9 @@ class CopiesReport:
 
     @property
     def all_destroyed(self) -> bool:
+        """Every device copy is accounted for: confirmed, and not downloaded again after."""
         held = [c for c in self.copies if c.role != "gateway"]
-        return bool(held) and all(c.confirmed_at is not None for c in held)
+        return bool(held) and all(c.destroyed for c in held)
 
 
 class WipeRequired(Forbidden):
@@ -502,7 +519,8 @@ class FilingService:
         def copy(device_id: str, role: str) -> dict[str, Any]:
             c = copies.setdefault(device_id, {"role": role, "received_at": None,
                                               "order_id": None, "reason": None,
-                                              "issued_at": None, "confirmed_at": None})
+                                              "issued_at": None, "confirmed_at": None,
+                                              "late_fetch": False})
             if role == "sender":
                 c["role"] = role
             return c
@@ -516,6 +534,8 @@ class FilingService:
             elif r.event == "attachment.fetched":
                 c = copy(d["device_id"], "recipient")
                 c["received_at"] = c["received_at"] or r.at
+                # After its confirmation (the audit is in order): the copy may exist again.
+                c["late_fetch"] = c["late_fetch"] or c["confirmed_at"] is not None
             elif r.event == "attachment.filed":
                 report.update(filed_at=_iso(d.get("filed_at")), gateway=d.get(
                     "gateway_device_id"), statement=d.get("statement_id"),
@@ -530,7 +550,7 @@ class FilingService:
             elif r.event == "expiry.confirmed":
                 c = copy(d["device_id"], "recipient")
                 if c["order_id"] in (None, d.get("order_id")):
-                    c["confirmed_at"] = r.at
+                    c.update(confirmed_at=r.at, late_fetch=False)
             elif r.event == "attachment.not_filed":
                 report["not_filed"] = r.at
             elif r.event == "attachment.ciphertext_deleted":
@@ -543,6 +563,19 @@ class FilingService:
             receipt_sha256=report["receipt"], not_filed_at=report["not_filed"],
             ciphertext_deleted_at=report["deleted"],
             copies=[CopyRow(attachment_id, dev, c["role"], c["received_at"], c["order_id"],
-                            c["reason"], c["issued_at"], c["confirmed_at"])
+                            c["reason"], c["issued_at"], c["confirmed_at"], _status(c))
                     for dev, c in sorted(copies.items(),
                                          key=lambda kv: (order[kv[1]["role"]], kv[0]))])
+
+
+def _status(c: dict[str, Any]) -> str:
+    """One of :data:`COPY_STATUSES` for a copy as :meth:`FilingService._report` collects it."""
+    if c["role"] == "gateway":
+        return "gateway"
+    if c["late_fetch"]:
+        return "fetched_after_confirmation"
+    if c["confirmed_at"] is not None:
+        return "destroyed" if c["received_at"] is not None else "never_received"
+    if c["issued_at"] is not None:
+        return "ordered"
+    return "held" if c["received_at"] is not None else "not_received"

@@ -1,30 +1,39 @@
 """Helpers for the filing and expiry tests: a record-gateway device (a service account with the
 record_gateway role and a gateway device), an image shared under consent to a specialist and
-the gateway, signed filing statements, and the relay's expiry service driven in simulated time
-(its own database pool, with an injected clock)."""
+the gateway, signed filing statements, the relay's expiry service driven in simulated time
+(its own database pool, with an injected clock), a registered direct-care consent for an SDK
+client, and ``lightbox-admin copies`` run as IT runs it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
+from clients import admin as admin_cli
+from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.socket import RelaySocket
 from protocol import statements
 from protocol.body import Body, CaptureKind, RecordData, Sex, encode_body
 from protocol.certs import AccountKind
+from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.frames import Frame
-from protocol.model import DeviceKind, SealedMessage
+from protocol.model import DeviceKind, Purpose, SealedMessage
 from server.blobs import PostgresBlobStore
 from server.db import Database
 from server.expiry import ExpiryPolicy, FilingService
+from tests.clinician_world import Clinician
 from tests.consent_world import BIRTH_DATE, MRN, PATIENT_NAME, consent, sdk, seal_with
 from tests.helpers import seconds
 from tests.identity_world import World
@@ -118,3 +127,32 @@ async def next_of(sock: RelaySocket, kind: type[Any], *, timeout: float = 10.0,
         frame: Frame = await sock.next_event(seconds(timeout))
         if isinstance(frame, kind) and match(frame):
             return frame
+
+
+async def direct_care_consent(sender: Clinician, image: bytes, *, roles: list[str]) -> str:
+    """The patient's agreement (treatment attestation) to share ``image`` for direct care with
+    ``roles``, captured on the sender's device and registered with the relay; the token."""
+    token, _ = capture_consent(sender.vault.state, ConsentCapture(
+        purposes=[Purpose.DIRECT_CARE], images=[image_hash(image)],
+        decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
+        recipient_roles=roles, permanence_statement_shown=True,
+        no_effect_on_care_statement_shown=True))
+    await register_consent(sender.client.relay, token)
+    return token
+
+
+async def admin_copies(world: World, home: Path, monkeypatch: pytest.MonkeyPatch,
+                       capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``lightbox-admin copies ARGS`` as IT runs it against the relay: (exit code, stdout)."""
+    monkeypatch.setenv("LIGHTBOX_SERVER", world.relay.base_url)
+    monkeypatch.setenv("LIGHTBOX_ADMIN_TOKEN", world.admin_token)
+    monkeypatch.setenv("LIGHTBOX_HOME", str(home))
+    rc = await asyncio.to_thread(admin_cli.main, ["copies", *args])
+    return rc, capsys.readouterr().out
+
+
+def copies_json(rc: int, out: str) -> list[dict[str, Any]]:
+    """The reports of ``copies --json`` (after checking it succeeded)."""
+    assert rc == 0, out
+    reports: list[dict[str, Any]] = json.loads(out)["attachments"]
+    return reports

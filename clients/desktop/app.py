@@ -32,7 +32,8 @@ Endpoints (JSON unless said otherwise):
 | ``POST /api/threads/{id}/read`` | mark read (signed read receipts) |
 | ``POST /api/messages/{id}/ack`` | acknowledge: "I'm on it" |
 | ``GET /api/messages/{id}/consent.pdf`` | the patient's copy of its consent (PDF, see below) |
-| ``GET /api/images/{id}`` | image bytes from the vault (410 + record reference once shredded) |
+| ``GET /api/images/{id}`` | image bytes from the vault (410 + record reference once shredded; |
+| | ``no-store`` like every answer; the page drops it on the ``expired`` event) |
 | ``GET /api/events`` | server-sent events: message, image, receipt, escalation, status... |
 
 Clinical safety (issue 10):
@@ -466,9 +467,14 @@ class DesktopServer:
         elif isinstance(event, EscalationEvent):
             self._broadcast("escalation", {"thread_id": event.thread_id,
                                            "message_id": event.message_id, "kind": event.kind})
-        elif isinstance(event, FiledEvent | ExpiredEvent | WithdrawnEvent):
-            kind = {FiledEvent: "filed", ExpiredEvent: "expired",
-                    WithdrawnEvent: "withdrawn"}[type(event)]
+        elif isinstance(event, ExpiredEvent):
+            # Before the SDK confirms the order: the page drops the image it shows (the <img>,
+            # the viewer's canvas); the image route answers 410 from now on and every answer
+            # is no-store, so the browser keeps no copy (docs/PROTOCOL.md §15).
+            self._broadcast("expired", {"thread_id": event.thread_id,
+                                        "attachment_id": event.attachment_id})
+        elif isinstance(event, FiledEvent | WithdrawnEvent):
+            kind = "filed" if isinstance(event, FiledEvent) else "withdrawn"
             self._broadcast(kind, {"thread_id": event.thread_id})
         elif isinstance(event, StatusEvent):
             if event.state in {"connected", "disconnected", "stopped"}:

@@ -748,10 +748,17 @@ class LightboxClient:
             plain = encode_body(body)
             await self._emit(StatusEvent("error", "a filing receipt from a device that is not "
                                                   "a record gateway was ignored"))
+        attachment_ids = tuple(a.attachment_id for a in body.attachments)
+        expired = {a for a in attachment_ids if self.vault.tombstone(a) is not None}
+        if expired:
+            # Its expiry order came first (after a reconnect the relay sends orders before
+            # deliveries): the message is kept, without the key of an image it never fetches.
+            body = _without_images(body, expired)
+            plain = msgspec.msgpack.encode(body)
         message = VaultMessage(
             message_id=h.message_id, thread_id=h.thread_id, sender_user_id=h.sender_user_id,
             sender_device_id=h.sender_device_id, sent_at=float(h.sent_at), body=body.text,
-            attachment_ids=tuple(a.attachment_id for a in body.attachments),
+            attachment_ids=attachment_ids,
             priority=h.priority.value, purpose=h.purpose.value, content=plain,
             thread_seq=frame.thread_seq)
         self.vault.put_message(message)
@@ -815,7 +822,14 @@ class LightboxClient:
             await status("refused", f"the image does not decrypt or match its description "
                                     f"({exc.code.value})")
             return
-        except (RelayUnavailable, RelayRequestError, FlowError) as exc:
+        except RelayRequestError as exc:
+            if exc.code == ErrorCode.ATTACHMENT_EXPIRED.value:
+                # The relay issued this device's expiry order (it arrives as a notice).
+                await status("expired", "this copy has expired and was never downloaded")
+            else:
+                await status("failed", f"could not download the image yet: {exc}")
+            return
+        except (RelayUnavailable, FlowError) as exc:
             await status("failed", f"could not download the image yet: {exc}")
             return
         filed = self._filed.get(aid)
@@ -824,7 +838,8 @@ class LightboxClient:
                                  width=descriptor.width, height=descriptor.height,
                                  thread_id=message.thread_id, message_id=message.message_id,
                                  record_reference=filed.record_ref if filed else None)
-        except ImageShredded:
+        except ImageShredded:  # its expiry order came while it was downloading
+            self._image_state[aid] = ("shredded", "")
             return
         await status("stored")
 
@@ -923,28 +938,31 @@ class LightboxClient:
         await replenish_one_time_prekeys(self.relay, self.store, count, now=int(self._clock()))
 
     async def _expire(self, order: ExpireOrder) -> None:
-        """Shred the copy (key and file; a tombstone keeps the record reference), drop the
-        key from the stored message, then confirm with a signed statement."""
+        """Apply an expiry order before anything it covers (docs/PROTOCOL.md §15): shred the
+        copy, or leave a tombstone when it was never fetched, so that no delivery or download
+        arriving later stores it; drop the image key from every stored message carrying it;
+        tell the application (the desktop drops what its page shows); then confirm with a
+        signed statement."""
         aid = order.attachment_id
-        try:
-            info = self.vault.image_info(aid)
-            message_id = info.message_id
-        except ImageShredded:
-            message_id = None
-        except ItemNotFound:
-            message_id = None
+        holders: set[str] = set()
         with contextlib.suppress(ItemNotFound):
-            self.vault.shred(aid, record_reference=order.record_ref)
-        if message_id is not None:
+            info = self.vault.image_info(aid)
+            if info.message_id:
+                holders.add(info.message_id)
+        self.vault.expire(aid, record_reference=order.record_ref)
+        with contextlib.suppress(ItemNotFound, SDKError):
+            holders.update(m.message_id for m in self.vault.messages(order.thread_id)
+                           if aid in m.attachment_ids)
+        for message_id in sorted(holders):
             self._drop_descriptor_key(message_id, aid)
         self._image_state[aid] = ("shredded", order.reason.value)
+        await self._emit(ExpiredEvent(aid, order.thread_id, order.record_ref,
+                                      order.reason.value))
         confirmation = statements.issue_expiry_confirmation(statements.ExpiryConfirmation(
             v=statements.STATEMENT_VERSION, device_id=self.device_id, attachment_id=aid,
             order_id=order.order_id, shredded_at=int(self._clock())),
             self.store.state.device_keys().signing)
         self._queue_frame(ExpiryConfirm(statement=confirmation))
-        await self._emit(ExpiredEvent(aid, order.thread_id, order.record_ref,
-                                      order.reason.value))
 
     def _drop_descriptor_key(self, message_id: str, attachment_id: str) -> None:
         try:
@@ -954,12 +972,9 @@ class LightboxClient:
         body = self._body(message)
         if body is None:
             return
-        kept = [a for a in body.attachments if a.attachment_id != attachment_id]
-        if len(kept) == len(body.attachments):
+        stripped = _without_images(body, {attachment_id})
+        if stripped is body:
             return
-        # The descriptor (with the key) goes; the text and record data stay.
-        stripped = msgspec.structs.replace(body, attachments=kept,
-                                           record=body.record if kept else None)
         content = msgspec.msgpack.encode(stripped)
         self.vault.update_message(msgspec.structs.replace(message, content=content))
 
@@ -1015,6 +1030,15 @@ class _ProgressRelay:
         status = await self._relay.put_chunk(attachment_id, offset, data)
         self._progress(status.committed, self._total)
         return status
+
+
+def _without_images(body: Body, attachment_ids: set[str]) -> Body:
+    """The body without the descriptors (each with its image key) of ``attachment_ids``; the
+    text stays, the record data only while an image remains. ``body`` itself if none goes."""
+    kept = [a for a in body.attachments if a.attachment_id not in attachment_ids]
+    if len(kept) == len(body.attachments):
+        return body
+    return msgspec.structs.replace(body, attachments=kept, record=body.record if kept else None)
 
 
 def sha256_hex(data: bytes) -> str:

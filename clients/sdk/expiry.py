@@ -3,8 +3,8 @@
 * :func:`shred_and_confirm`: an ``expire_order`` arrived: shred the copy in the vault (the
   per-image key and ciphertext go; a tombstone keeps the record reference) and return the
   ``expiry_confirm`` frame, signed by the device key, to send back. A device that never held
-  the image (or shredded it before) confirms all the same: the order is about its copy, and
-  there is none.
+  the image (or shredded it before) confirms all the same, after writing the tombstone, so
+  that the image is never stored later (:meth:`clients.vault.Vault.expire`).
 * :func:`verify_wipe_order` / :func:`wipe`: a ``wipe_order`` arrived: a relay alone must not be
   able to make a device erase itself, so the order is obeyed only if the organisation-signed
   revocation list it carries verifies under the pinned organisation key, revokes THIS device
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from clients.sdk.errors import FlowError
 from clients.sdk.keystore import DeviceState
-from clients.vault import ItemNotFound, Vault
+from clients.vault import Vault
 from protocol import certs, statements
 from protocol.canonical import peek_compact
 from protocol.errors import ErrorCode, ProtocolError
@@ -37,8 +37,7 @@ __all__ = ["shred_and_confirm", "verify_wipe_order", "wipe"]
 def shred_and_confirm(vault: Vault, state: DeviceState, order: ExpireOrder, *,
                       now: float | None = None) -> ExpiryConfirm:
     """Shred the ordered copy and return the signed confirmation to send."""
-    with contextlib.suppress(ItemNotFound):
-        vault.shred(order.attachment_id, record_reference=order.record_ref)
+    vault.expire(order.attachment_id, record_reference=order.record_ref)
     body = statements.ExpiryConfirmation(
         v=statements.STATEMENT_VERSION, device_id=state.device_id,
         attachment_id=order.attachment_id, order_id=order.order_id,

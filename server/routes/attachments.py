@@ -4,7 +4,9 @@ offsets, ask where to resume, finalise with the SHA-256, and download with range
 Every route needs a device (access token + proof). Uploads answer ``upload_not_found`` to any
 device but the uploader; downloads answer ``attachment_forbidden`` to any device that neither
 uploaded the attachment nor was sent a message referencing it, whether the id exists or not,
-so ids cannot be probed. The logic is in server/attachments.py.
+so ids cannot be probed; and ``attachment_expired`` (410) to a device whose expiry order for it
+was issued, or once the relay deleted the ciphertext (docs/PROTOCOL.md §15). The logic is in
+server/attachments.py.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class AttachmentRoutes:
                      "Download the ciphertext (Range: bytes=a-b supported, 206).",
                      auth="device", tag="attachments", media_type="application/octet-stream",
                      errors=[*_AUTH, E.ATTACHMENT_FORBIDDEN, E.UPLOAD_NOT_FOUND,
-                             E.CONSENT_REVOKED, E.BAD_REQUEST, E.CHUNK_BEYOND_SIZE]),
+                             E.CONSENT_REVOKED, E.ATTACHMENT_EXPIRED, E.BAD_REQUEST,
+                             E.CHUNK_BEYOND_SIZE]),
         ]
 
     def _status(self, record: AttachmentRecord, committed: int,

@@ -52,7 +52,8 @@ def wire_report(r: Report) -> CopiesReport:
         copies=[CopyInfo(device_id=c.device_id, role=c.role, received_at=_t(c.received_at),
                          order_id=c.order_id, order_reason=c.order_reason,
                          order_issued_at=_t(c.order_issued_at),
-                         confirmed_at=_t(c.confirmed_at)) for c in r.copies])
+                         confirmed_at=_t(c.confirmed_at), status=c.status)
+                for c in r.copies])
 
 
 class FilingRoutes:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from protocol.errors import ErrorCode
-from server.errors import Forbidden, InvalidInput, LimitError, NotFound
+from server.errors import Forbidden, InvalidInput, LimitError, NotFound, RelayError
 
 __all__ = [
     "AttachmentRecord",
@@ -94,7 +94,9 @@ async def require_download(conn: asyncpg.Connection, attachment_id: str, device_
                            ) -> AttachmentRecord:
     """The attachment, if this device may download it: it uploaded it, or a message referencing
     it was addressed to it. Otherwise attachment_forbidden, for unknown ids too (no probing);
-    consent_revoked once a consent it was sent under is withdrawn (DESIGN §1 journey 6)."""
+    consent_revoked once a consent it was sent under is withdrawn (DESIGN §1 journey 6);
+    attachment_expired (410) once this device's expiry order for it is issued, or the relay
+    deleted its ciphertext."""
     aid = _uuid(attachment_id)
     row = None if aid is None else await conn.fetchrow(
         "SELECT a.*, EXISTS (SELECT 1 FROM attachment_access x WHERE x.attachment_id = "
@@ -111,6 +113,15 @@ async def require_download(conn: asyncpg.Connection, attachment_id: str, device_
         "AND c.revoked_at IS NOT NULL)", aid)
     if revoked:
         raise Forbidden(ErrorCode.CONSENT_REVOKED, "the consent for this image was withdrawn")
+    # docs/PROTOCOL.md §15: once this device's expiry order is issued, its copy must not
+    # (re)appear; once the ciphertext is deleted, there is nothing to hand out.
+    expired = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM expiry_orders WHERE attachment_id = $1 AND device_id = $2)"
+        " OR EXISTS (SELECT 1 FROM attachment_lifecycle WHERE attachment_id = $1 "
+        "AND ciphertext_deleted_at IS NOT NULL)", aid, uuid.UUID(device_id))
+    if expired:
+        raise RelayError(ErrorCode.ATTACHMENT_EXPIRED,
+                         "this device's copy of the image has expired; the record keeps it")
     return _record(row)
 
 

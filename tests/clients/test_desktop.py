@@ -244,6 +244,11 @@ async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
         await page.locator(".message .not-diagnostic",
                            has_text="not of diagnostic quality").wait_for()
         await page.screenshot(path=SHOTS / "04-thread.png")
+        # The browser may keep no copy of the image: the desktop serves it no-store.
+        cache = await page.evaluate(
+            "async (a) => (await fetch('/api/images/' + a)).headers.get('cache-control')",
+            await thumb.get_attribute("data-attachment-id"))
+        assert cache == "no-store"
 
         # 4. the viewer: zoom with the keyboard, then lower the contrast window
         await thumb.click()

@@ -6,23 +6,39 @@ old list after a re-enrolment, another device's order) are refused."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
+from clients import imaging
+from clients.sdk import attachments as sdk_attachments
+from clients.sdk.client import ClientEvent, ExpiredEvent, ImageEvent, MessageEvent
 from clients.sdk.errors import FlowError
 from clients.sdk.expiry import shred_and_confirm, verify_wipe_order, wipe
 from clients.sdk.socket import RelaySocket
+from clients.vault import ImageShredded
 from protocol import certs, statements
-from protocol.frames import ExpireOrder, ExpiryReason, KeysLow, WipeOrder
+from protocol.frames import ExpireOrder, ExpiryReason, FiledNotice, Filing, KeysLow, WipeOrder
 from protocol.keys import OrganisationKey
-from tests.clinician_world import enrol_clinician
+from tests.clinician_world import Clinician, enrol_clinician
+from tests.consent_world import count, sdk, xray_png
+from tests.filing_world import (
+    direct_care_consent,
+    expiry_service,
+    filing_statement,
+    gateway_peer,
+    later,
+    next_of,
+)
 from tests.helpers import seconds
 from tests.identity_world import World, identity_world
+from tests.relay_world import connect
 
 
 @pytest.fixture
@@ -110,3 +126,133 @@ def _device(state: object) -> certs.DeviceCertificate:
 
     return peek_compact(state.device_certificate,  # type: ignore[attr-defined]
                         certs.DeviceCertificate, max_length=certs.MAX_CERTIFICATE_LENGTH)
+
+
+# --- an order for a copy the device has not fetched (yet) ------------------------------------
+
+ORTHO = "orthopaedics_oncall"
+
+
+async def _share_and_expire(world: World, intern: Clinician, ortho: Clinician,
+                            before_expiry: Callable[[], Awaitable[None]] | None = None,
+                            also: tuple[Clinician, ...] = ()) -> tuple[str, str]:
+    """The intern sends an x-ray to the specialist (and ``also`` to others) and the record
+    gateway; the gateway fetches and files it; the grace period passes (simulated time) and
+    the relay orders every copy destroyed. Returns (attachment id, message id)."""
+    gw = await gateway_peer(world)
+    prepared = imaging.prepare_image(xray_png(320, 240))
+    token = await direct_care_consent(intern, prepared.image.data, roles=[ORTHO])
+    thread = await intern.client.create_thread(users=[ortho.user_id,
+                                                      *(c.user_id for c in also)])
+    sent = await intern.client.send_image(thread.thread_id, prepared.image, consent_token=token,
+                                          text="Wrist AP")
+    (aid,) = sent.attachment_ids
+    http = await sdk(world, gw)
+    try:
+        await sdk_attachments.download(http, aid)
+    finally:
+        await http.aclose()
+    g = await connect(world, gw)
+    try:
+        await g.send_frame(Filing(req_id="file", statement=filing_statement(
+            gw, attachment_id=aid, message_id=sent.message_id, thread_id=thread.thread_id)))
+        await next_of(g, FiledNotice)
+    finally:
+        await g.close()
+    if before_expiry is not None:
+        await before_expiry()
+    async with expiry_service(world) as svc:
+        report = await svc.sweep(now=later(901))
+    assert report.orders == 2 + len(also)  # the intern's copy and each recipient's
+    return aid, sent.message_id
+
+
+async def _confirmed(world: World, device_id: str, aid: str) -> None:
+    async with asyncio.timeout(seconds(20)):
+        while not await count(world, "SELECT count(*) FROM expiry_orders WHERE device_id = $1 "
+                              "AND attachment_id = $2 AND confirmed_at IS NOT NULL",
+                              uuid.UUID(device_id), uuid.UUID(aid)):
+            await asyncio.sleep(0.05)
+
+
+async def _never_held(world: World, c: Clinician, aid: str, message_id: str) -> None:
+    """The device holds no copy, a tombstone refuses one, and the relay never handed it over."""
+    await c.client.threads()  # the threads whose images fetch_missing_images looks at
+    await c.client.fetch_missing_images()  # waits for any download in flight, then tries
+    assert aid not in [i.attachment_id for i in c.vault.images()]
+    assert c.vault.tombstone(aid) is not None
+    with pytest.raises(ImageShredded):
+        c.vault.get_image(aid)
+    assert c.client.image_status(aid).state == "shredded"
+    view = c.client.view(c.vault.message(message_id))
+    assert view.body.attachments == []  # the descriptor (with the image key) is gone
+    assert [i.attachment_id for i in view.images] == [aid]  # shown as deleted, not forgotten
+    assert await count(world, "SELECT count(*) FROM attachment_access WHERE device_id = $1 "
+                       "AND attachment_id = $2 AND fetched_at IS NOT NULL",
+                       uuid.UUID(c.client.device_id), uuid.UUID(aid)) == 0
+
+
+async def test_an_order_for_an_image_not_fetched_yet_tombstones_it_so_it_is_never_fetched(
+        world: World, tmp_path: Path) -> None:
+    """The message arrived, its image was not fetched (yet) when the order came: the order
+    leaves a tombstone and a later fetch (``fetch_missing_images``) never downloads it."""
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    colleague = await enrol_clinician(world, tmp_path, "colleague", roles=(ORTHO,))
+    ortho.client.fetch_images = False
+    events = ortho.client.subscribe()
+    await intern.client.start(wait_connected=seconds(10))
+    await ortho.client.start(wait_connected=seconds(10))
+    try:
+        async def delivered() -> None:
+            await _next(events, MessageEvent)
+        aid, message_id = await _share_and_expire(world, intern, ortho, delivered,
+                                                  also=(colleague,))
+        expired = await _next(events, ExpiredEvent)
+        assert expired.attachment_id == aid
+        await _confirmed(world, ortho.client.device_id, aid)
+        ortho.client.fetch_images = True
+        await _never_held(world, ortho, aid, message_id)
+    finally:
+        await ortho.client.close()
+        await intern.client.close()
+
+
+async def test_a_device_offline_until_after_the_order_never_downloads_the_image(
+        world: World, tmp_path: Path) -> None:
+    """Offline from before the send until after the order: on reconnecting the order comes
+    before the delivery; the image is never downloaded or stored, and the order confirmed.
+    (A colleague's device, offline too, has not confirmed: the relay still keeps the
+    ciphertext for it, so only the order protects this device's copy.)"""
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    colleague = await enrol_clinician(world, tmp_path, "colleague", roles=(ORTHO,))
+    await intern.client.start(wait_connected=seconds(10))
+    try:
+        aid, message_id = await _share_and_expire(world, intern, ortho, also=(colleague,))
+        events = ortho.client.subscribe()
+        await ortho.client.start(wait_connected=seconds(10))
+        await ortho.client.wait_synced(seconds(15))
+        assert (await _next(events, ExpiredEvent)).attachment_id == aid
+        await _confirmed(world, ortho.client.device_id, aid)
+        await _never_held(world, ortho, aid, message_id)
+        assert not any(isinstance(e, ImageEvent) and e.status == "stored"
+                       for e in _drain(events))
+    finally:
+        await ortho.client.close()
+        await intern.client.close()
+
+
+async def _next(queue: asyncio.Queue[ClientEvent], kind: type[Any]) -> Any:
+    async with asyncio.timeout(seconds(20)):
+        while True:
+            event = await queue.get()
+            if isinstance(event, kind):
+                return event
+
+
+def _drain(queue: asyncio.Queue[ClientEvent]) -> list[ClientEvent]:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import io
-import json
 import subprocess
 import time
 import uuid
@@ -27,7 +26,6 @@ import msgspec
 import pydicom
 import pytest
 
-from clients import admin as admin_cli
 from clients import imaging
 from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.fhir import FhirClient
@@ -44,7 +42,13 @@ from protocol.envelope import seal_message
 from protocol.model import DeviceKind, MessageHeader, Priority, Purpose
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import BIRTH_DATE, MRN, PATIENT_NAME, count, xray_png
-from tests.filing_world import expiry_service, later
+from tests.filing_world import (
+    admin_copies,
+    copies_json,
+    direct_care_consent,
+    expiry_service,
+    later,
+)
 from tests.helpers import seconds
 from tests.identity_world import PASSWORD, World, identity_world
 from tests.orthanc import OrthancServer
@@ -212,13 +216,9 @@ async def test_the_full_journey_files_the_xray_and_every_copy_is_destroyed(
                            uuid.UUID(aid)) == 0
 
     # lightbox-admin copies: every copy, from the audit trail, confirmed destroyed.
-    monkeypatch.setenv("LIGHTBOX_SERVER", world.relay.base_url)
-    monkeypatch.setenv("LIGHTBOX_ADMIN_TOKEN", world.admin_token)
-    monkeypatch.setenv("LIGHTBOX_HOME", str(tmp_path / "admin-home"))
-    rc = await asyncio.to_thread(admin_cli.main, ["copies", "--attachment", aid, "--json"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
-    (report_json,) = json.loads(out)["attachments"]
+    home = tmp_path / "admin-home"
+    (report_json,) = copies_json(*await admin_copies(world, home, monkeypatch, capsys,
+                                                     "--attachment", aid, "--json"))
     assert report_json["all_destroyed"] is True
     assert report_json["filed_at"] is not None and report_json["ciphertext_deleted_at"]
     roles = {c["device_id"]: c for c in report_json["copies"]}
@@ -229,8 +229,8 @@ async def test_the_full_journey_files_the_xray_and_every_copy_is_destroyed(
     for device in (intern_device, ortho_device):
         assert roles[device]["order_reason"] == "filed"
         assert roles[device]["confirmed_at"] is not None
-    rc = await asyncio.to_thread(admin_cli.main, ["copies", "--thread", header.thread_id])
-    text = capsys.readouterr().out
+    rc, text = await admin_copies(world, home, monkeypatch, capsys, "--thread",
+                                  header.thread_id)
     assert rc == 0 and "every copy confirmed destroyed" in text
 
 
@@ -378,12 +378,7 @@ async def test_sdk_send_image_names_the_record_gateway_and_the_image_is_filed(
         events = intern.client.subscribe()
         thread = await intern.client.create_thread(users=[ortho.user_id],
                                                    priority=Priority.URGENT)
-        token, _ = capture_consent(intern.vault.state, ConsentCapture(
-            purposes=[Purpose.DIRECT_CARE], images=[image_hash(prepared.image.data)],
-            decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
-            recipient_roles=[ORTHO], permanence_statement_shown=True,
-            no_effect_on_care_statement_shown=True))
-        await register_consent(intern.client.relay, token)
+        token = await direct_care_consent(intern, prepared.image.data, roles=[ORTHO])
         sent = await intern.client.send_image(thread.thread_id, prepared.image,
                                               consent_token=token, record=record(),
                                               text="Wrist AP")

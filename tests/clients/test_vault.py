@@ -229,6 +229,7 @@ OPERATIONS: dict[str, Callable[[Vault], object]] = {
     "images": lambda v: v.images(),
     "set_record_reference": lambda v: v.set_record_reference("img-1", "study 1.2.3"),
     "shred": lambda v: v.shred("img-1"),
+    "expire": lambda v: v.expire("img-1"),
     "tombstone": lambda v: v.tombstone("img-1"),
     "tombstones": lambda v: v.tombstones(),
     "dedupe.seen": lambda v: v.dedupe.seen("device-phone", "msg-0001"),
@@ -424,6 +425,41 @@ def test_shred_with_an_explicit_record_reference_and_unknown_ids(vault: Vault) -
     with pytest.raises(ItemNotFound):
         vault.shred("never-stored")
     assert vault.tombstone("never-stored") is None
+
+
+def test_expiring_an_image_never_stored_leaves_a_tombstone_that_refuses_it_later(
+        vault: Vault) -> None:
+    """An expiry order can come before the image was fetched: the tombstone is written all the
+    same, so a later download is never stored; a held image is shredded as by shred()."""
+    tombstone = vault.expire("img-late", record_reference="study 7")
+    assert (tombstone.attachment_id, tombstone.record_reference) == ("img-late", "study 7")
+    assert vault.tombstone("img-late") == tombstone
+    assert vault.expire("img-late") == tombstone  # idempotent (orders are resent)
+    with pytest.raises(ImageShredded):
+        vault.put_image("img-late", b"\xff\xd8 arrived too late", media_type="image/jpeg")
+    assert vault.images() == []
+    with pytest.raises(ImageShredded):
+        vault.get_image("img-late")
+
+    vault.put_image("img-held", b"\xff\xd8 held", media_type="image/jpeg")
+    vault.set_record_reference("img-held", "study 8")
+    held = vault.expire("img-held")
+    assert held.record_reference == "study 8"
+    with pytest.raises(ImageShredded):
+        vault.get_image("img-held")
+    assert sorted(t.attachment_id for t in vault.tombstones()) == ["img-held", "img-late"]
+
+    # The filing receipt arrives after the order: the tombstone learns where the record keeps
+    # the image, once (a reference it has is kept).
+    vault.expire("img-early")
+    vault.set_record_reference("img-early", "study 9")
+    assert vault.tombstone("img-early").record_reference == "study 9"  # type: ignore[union-attr]
+    vault.set_record_reference("img-early", "study 10")
+    vault.set_record_reference("img-late", "study 11")
+    assert vault.tombstone("img-early").record_reference == "study 9"  # type: ignore[union-attr]
+    assert vault.tombstone("img-late").record_reference == "study 7"  # type: ignore[union-attr]
+    with pytest.raises(ItemNotFound):
+        vault.set_record_reference("never-seen", "study 12")
 
 
 def test_tampered_image_ciphertext_is_a_clear_error(vault: Vault) -> None:

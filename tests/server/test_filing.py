@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from clients.sdk import attachments as sdk_attachments
@@ -38,7 +39,8 @@ from tests.filing_world import (
     upload_image,
 )
 from tests.identity_world import World, identity_world
-from tests.relay_world import connect, peer, thread
+from tests.relay_world import Peer, connect, peer, thread
+from tests.server.test_http_edge import assert_problem
 
 ORTHO = "orthopaedics_oncall"
 
@@ -280,3 +282,133 @@ async def test_a_wiped_phone_coming_back_after_its_token_expired_still_gets_the_
                                   device_id=bystander.device_id,
                                   sign=bystander.device.keys.sign)
     assert (err.value.code, err.value.reason) == (4001, "token_expired")
+
+
+async def download(world: World, who: Peer, path: str, span: str) -> httpx.Response:
+    """``GET path`` as ``who``'s device, with a ``Range: span`` header."""
+    assert who.device.access_token is not None
+    headers = who.device.proof("GET", path, who.device.access_token)
+    return await world.http.get(path, headers={**headers, "Range": span})
+
+
+async def test_a_device_under_an_expiry_order_gets_410_attachment_expired_and_the_blob_goes(
+        world: World) -> None:
+    """Once the relay has issued a device's expiry order for an image, that device can no
+    longer download it (a fresh GET, the resume of a partial one, a replay after it confirmed):
+    410 ``attachment_expired``. The ciphertext goes once every device has confirmed; an image
+    under no order still downloads (nothing already accepted is lost)."""
+    intern = await peer(world, "intern", roles=("intern",))
+    ortho = await peer(world, "ortho", roles=(ORTHO,))
+    gw = await gateway_peer(world)
+    tid = await thread(world, intern, ortho)
+    shared = await upload_image(world, intern, xray_png(160, 120), roles=(ORTHO,))
+    other = await upload_image(world, intern, xray_png(96, 80, seed=4), roles=(ORTHO,))
+    aid = shared.attachment_id
+    path = f"/v1/attachments/{aid}"
+    a, b, g = await connect(world, intern), await connect(world, ortho), await connect(world, gw)
+    try:
+        sealed = image_message(intern, tid, [ortho, gw], shared)
+        await a.send(sealed)
+        await a.send(image_message(intern, tid, [ortho, gw], other))
+        # The specialist starts a download (the first 100 bytes); the gateway fetches and files.
+        r = await download(world, ortho, path, "bytes=0-99")
+        assert r.status_code == 206 and len(r.content) == 100
+        http = await sdk(world, gw)
+        try:
+            await sdk_attachments.download(http, aid)
+        finally:
+            await http.aclose()
+        await g.send_frame(Filing(req_id="ok", statement=filing_statement(
+            gw, attachment_id=aid, message_id=sealed.header.message_id, thread_id=tid)))
+        await next_of(g, FiledNotice)
+        async with expiry_service(world) as svc:
+            report = await svc.sweep(now=later(901))
+        assert report.expired_filed == 1 and report.orders == 2  # sender + specialist
+        order = await next_of(b, ExpireOrder, match=lambda o: o.attachment_id == aid)
+
+        # Under the order: no download for the specialist, fresh or resumed, nor the sender.
+        problem = assert_problem(await world.call(ortho.device, "GET", path), 410,
+                                 "attachment_expired")
+        assert problem["type"] == "https://lightbox.invalid/problems/attachment_expired"
+        assert_problem(await download(world, ortho, path, "bytes=100-"), 410,
+                       "attachment_expired")
+        assert_problem(await world.call(intern.device, "GET", path), 410, "attachment_expired")
+        # The specialist has not confirmed yet: the ciphertext is still kept.
+        assert await count(world, "SELECT count(*) FROM blobs WHERE blob_id = $1",
+                           uuid.UUID(aid)) == 1
+        # The other image is under no order: it downloads whole, as before.
+        r = await world.call(ortho.device, "GET", f"/v1/attachments/{other.attachment_id}")
+        assert r.status_code == 200 and r.content
+        # Bad input keeps its codes: another device, an unknown id, a malformed id.
+        stranger = await peer(world, "stranger", roles=("intern",))
+        assert_problem(await world.call(stranger.device, "GET", path), 403,
+                       "attachment_forbidden")
+        assert_problem(await world.call(ortho.device, "GET", f"/v1/attachments/{uuid.uuid4()}"),
+                       403, "attachment_forbidden")
+        assert_problem(await world.call(ortho.device, "GET", "/v1/attachments/not-an-id"), 403,
+                       "attachment_forbidden")
+
+        await b.send_frame(ExpiryConfirm(statement=confirmation(
+            ortho, attachment_id=aid, order_id=order.order_id)))
+        for _ in range(200):  # confirmations are answered asynchronously (no success frame)
+            if await count(world, "SELECT count(*) FROM blobs WHERE blob_id = $1",
+                           uuid.UUID(aid)) == 0:
+                break
+            await asyncio.sleep(0.05)
+        # Every device that was sent the image confirmed or fetched it: the ciphertext is gone.
+        assert await count(world, "SELECT count(*) FROM blobs WHERE blob_id = $1",
+                           uuid.UUID(aid)) == 0
+        # A replayed download after the confirmation: still 410 with the same code.
+        assert_problem(await world.call(ortho.device, "GET", path), 410, "attachment_expired")
+        assert await count(world, "SELECT count(*) FROM audit_log WHERE event = "
+                           "'attachment.fetched' AND details->>'device_id' = $1 "
+                           "AND subject_id = $2", ortho.device_id, aid) == 0
+    finally:
+        for s in (a, b, g):
+            await s.close()
+
+
+async def test_copies_counts_a_copy_destroyed_only_if_not_downloaded_after_its_confirmation(
+        world: World) -> None:
+    """``lightbox-admin copies`` reads the audit trail in order: a device that confirmed its
+    order and never downloaded the image is ``never_received``; a download completed after a
+    confirmation (what a relay without the 410 let happen) means the copy may exist again, and
+    the image is not reported destroyed."""
+    intern = await peer(world, "intern", roles=("intern",))
+    ortho = await peer(world, "ortho", roles=(ORTHO,))
+    gw = await gateway_peer(world)
+    tid = await thread(world, intern, ortho)
+    shared = await upload_image(world, intern, xray_png(96, 96, seed=6), roles=(ORTHO,))
+    aid = shared.attachment_id
+    a, b, g = await connect(world, intern), await connect(world, ortho), await connect(world, gw)
+    try:
+        sealed = image_message(intern, tid, [ortho, gw], shared)
+        await a.send(sealed)
+        await g.send_frame(Filing(req_id="ok", statement=filing_statement(
+            gw, attachment_id=aid, message_id=sealed.header.message_id, thread_id=tid)))
+        await next_of(g, FiledNotice)
+        async with expiry_service(world) as svc:
+            assert (await svc.sweep(now=later(901))).orders == 2
+            for sock, who in ((a, intern), (b, ortho)):
+                order = await next_of(sock, ExpireOrder, match=lambda o: o.attachment_id == aid)
+                await sock.send_frame(ExpiryConfirm(statement=confirmation(
+                    who, attachment_id=aid, order_id=order.order_id)))
+            for _ in range(200):
+                if await count(world, "SELECT count(*) FROM expiry_orders WHERE "
+                               "confirmed_at IS NULL") == 0:
+                    break
+                await asyncio.sleep(0.05)
+            (report,) = await svc.copies(attachment_id=aid)
+            status = {c.device_id: c.status for c in report.copies}
+            assert status == {intern.device_id: "destroyed", ortho.device_id: "never_received",
+                              gw.device_id: "gateway"}
+            assert report.all_destroyed
+            # A completed download after the confirmation, as the download route records it.
+            await svc.fetched(aid, ortho.device_id)
+            (report,) = await svc.copies(attachment_id=aid)
+            late = next(c for c in report.copies if c.device_id == ortho.device_id)
+            assert late.status == "fetched_after_confirmation" and late.confirmed_at is not None
+            assert not report.all_destroyed
+    finally:
+        for s in (a, b, g):
+            await s.close()

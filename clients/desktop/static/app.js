@@ -85,9 +85,10 @@ function refreshSoon() {
 function listen() {
   if (events) return;
   events = new EventSource("/api/events");
-  for (const kind of ["message", "image", "receipt", "escalation", "filed", "expired", "withdrawn"]) {
+  for (const kind of ["message", "image", "receipt", "escalation", "filed", "withdrawn"]) {
     events.addEventListener(kind, refreshSoon);
   }
+  events.addEventListener("expired", (e) => { dropImage(JSON.parse(e.data).attachment_id); refreshSoon(); });
   events.addEventListener("status", (e) => {
     const s = JSON.parse(e.data);
     if (s.state === "locked") { showLocked(); return; }
@@ -193,10 +194,27 @@ function studyBlock(img) {
     "Filed in PACS as study ", ref, " (this photo; not the original imaging study)");
 }
 
+// An expiry order was applied (docs/PROTOCOL.md §15): nothing of the image stays on the page,
+// not its thumbnail, not the viewer's pixels; the server answers 410 for it from now on.
+function dropImage(aid) {
+  if (!aid) return;
+  for (const node of document.querySelectorAll("[data-attachment-id]")) {
+    if (node.dataset.attachmentId === aid) {
+      node.replaceWith(el("div", {class: "expired", "data-attachment-id": aid}, "Image deleted from this device"));
+    }
+  }
+  if (view.aid === aid) closeViewer();
+}
+
+function copyExpiry(img) {
+  if (!img.expires_at) return "";
+  return img.expires_at * 1000 > Date.now() ? "; this copy expires " + when(img.expires_at)
+                                            : "; this copy is being deleted";
+}
+
 function imageBlock(m, img) {
   const filing = img.filed_at ? el("div", {class: "filing"}, "Filed in the record" +
-      (img.record_ref ? " (" + img.record_ref + ")" : "") +
-      (img.expires_at ? "; this copy expires " + when(img.expires_at) : "")) : null;
+      (img.record_ref ? " (" + img.record_ref + ")" : "") + copyExpiry(img)) : null;
   if (img.state === "shredded") {
     return el("div", {},
       el("div", {class: "expired", "data-attachment-id": img.attachment_id},
@@ -332,16 +350,18 @@ async function acknowledge(messageId) {
 
 // --- image viewer: zoom, pan, window/level ----------------------------------------------------
 
-const view = {base: null, lut: null, scale: 1, x: 0, y: 0, drag: null, off: null};
+const view = {aid: null, base: null, lut: null, scale: 1, x: 0, y: 0, drag: null, off: null};
 
 async function openViewer(aid, film) {
-  const r = await fetch("/api/images/" + aid);
+  const r = await fetch("/api/images/" + aid, {cache: "no-store"});
   if (!r.ok) return;
   const bitmap = await createImageBitmap(await r.blob());
+  view.aid = aid;
   const off = document.createElement("canvas");
   off.width = bitmap.width; off.height = bitmap.height;
   const ctx = off.getContext("2d");
   ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
   view.base = ctx.getImageData(0, 0, off.width, off.height);
   view.off = off;
   $("viewer-note").textContent = film ? NOT_DIAGNOSTIC : "";
@@ -359,6 +379,7 @@ function resetView() {
 
 function applyWindow() {
   // Window/level as radiologists expect: map [level - window/2, level + window/2] to 0..255.
+  if (!view.base) return;
   const w = Number($("contrast").value), l = Number($("brightness").value);
   const lo = l - w / 2, lut = new Uint8ClampedArray(256);
   for (let v = 0; v < 256; v++) lut[v] = ((v - lo) / w) * 255;
@@ -372,6 +393,7 @@ function applyWindow() {
 }
 
 function draw() {
+  if (!view.off) return;
   const c = $("canvas");
   c.width = c.clientWidth || 800; c.height = c.clientHeight || 600;
   const ctx = c.getContext("2d");
@@ -385,7 +407,12 @@ function draw() {
 }
 
 function zoom(f) { view.scale = Math.min(16, Math.max(0.25, view.scale * f)); draw(); }
-function closeViewer() { $("viewer").hidden = true; view.base = null; }
+function closeViewer() {
+  $("viewer").hidden = true;
+  view.aid = null; view.base = null; view.off = null;
+  const c = $("canvas");
+  c.getContext("2d").clearRect(0, 0, c.width, c.height);
+}
 
 $("contrast").addEventListener("input", () => { applyWindow(); draw(); });
 $("brightness").addEventListener("input", () => { applyWindow(); draw(); });

@@ -200,11 +200,12 @@ def _layout(canvas: _Canvas, h: Handout, tz: dt.tzinfo | None, scale: float = 1.
         para(value, face, size, x=left + label_w, w=width - label_w)
         canvas.text(left, top + size * scale * _PT * 1.35 * 0.75, label, "bold", 11 * scale)
         y += 2.5
-    y += 2
     side = 62.0 * scale
     qr = segno.make(h.uri(), error="m")
+    quiet = 4 * side / len(qr.matrix)  # the quiet zone scanners need (ISO/IEC 18004: 4 modules)
+    y += quiet
     canvas.qr(left + (width - side) / 2, y, side, [list(row) for row in qr.matrix])
-    y += side + 4
+    y += side + quiet
     para("Scan the QR code with the Lightbox app, or type this first command on your phone, "
          "on one line:", "regular", 11, after=1.5)
     para(h.first_command(keep=_NBSP), "mono-bold", 11, x=left + 4, w=width - 4, after=4)

@@ -38,9 +38,10 @@ install: $(STAMP)
 # chromium: the real browser the desktop client's tests drive (through playwright).
 # tesseract-ocr + tesseract-ocr-eng: OCR for PHI burned into images (clients/phi.py);
 # poppler-utils: pdftotext reads the patient's consent PDF back in the tests;
+# zbar-tools: zbarimg, an independent decoder for the enrolment handout's QR code;
 # fonts-dejavu-core: the consent PDF's font and the tests' burned-in labels.
 system-deps:
-	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core
+	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core zbar-tools
 
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)

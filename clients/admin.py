@@ -236,16 +236,24 @@ def _login(args: argparse.Namespace) -> int:
 
 
 def _handouts(report: adminops.ImportReport, session: AdminSession, org_key: OrganisationKey,
-              args: argparse.Namespace) -> None:
+              args: argparse.Namespace) -> int:
+    """Each provisioned user's handout on the terminal, and with ``--handout-dir`` as
+    ``<login>.pdf`` and ``<login>.png`` (clients/handout.py); returns how many files failed."""
+    failed = 0
     for p in report.provisioned:
-        handout.print_handout(sys.stdout, name=p.row.name, login=p.row.login, code=p.code,
-                              server=session.server,
-                              expires_at=p.request.enrolment_expires_at,
-                              org_fingerprint=fingerprint(org_key.public), qr=not args.no_qr)
+        sheet = handout.Handout(name=p.row.name, login=p.row.login, server=session.server,
+                                code=p.code, expires_at=p.request.enrolment_expires_at,
+                                org_fingerprint=fingerprint(org_key.public))
+        handout.print_handout(sys.stdout, sheet, qr=not args.no_qr)
         if args.handout_dir:
-            png = handout.save_handout_png(Path(args.handout_dir), p.row.login, session.server,
-                                           p.code)
-            print(f"  handout: {png}")
+            try:
+                files = handout.save_handout(Path(args.handout_dir), sheet)
+            except handout.HandoutError as exc:
+                print(f"{p.row.login}: {exc}; give them the code above", file=sys.stderr)
+                failed += 1
+            else:
+                print(f"  handout: {files.pdf} (print), {files.png} (screen)")
+    return failed
 
 
 def _report_failures(failures: Sequence[csvio.RowError]) -> None:
@@ -258,6 +266,11 @@ def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
                failures: list[csvio.RowError]) -> int:
     session = load_session()
     org_id, org_key = _org_key(args)
+    if args.handout_dir:  # before anyone is provisioned: a code is shown only once
+        try:
+            handout.prepare_directory(Path(args.handout_dir))
+        except handout.HandoutError as exc:
+            raise CommandError(f"{exc}; nobody was provisioned") from None
 
     async def go() -> adminops.ImportReport:
         async with _relay(session) as relay:
@@ -266,11 +279,11 @@ def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
                 code_valid_hours=args.code_valid_hours)
 
     report = _run(go) if rows else adminops.ImportReport([], [])
-    _handouts(report, session, org_key, args)
+    unwritten = _handouts(report, session, org_key, args)
     failures = sorted(failures + report.failed, key=lambda f: f.line)
     _report_failures(failures)
     print(f"{len(report.provisioned)} provisioned, {len(failures)} failed")
-    return 1 if failures else 0
+    return 1 if failures or unwritten else 0
 
 
 def _user_add(args: argparse.Namespace) -> int:
@@ -430,7 +443,8 @@ def _user_renew(args: argparse.Namespace) -> int:
 
 def _provision_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keyfile", help="organisation keyfile (default: $LIGHTBOX_ORG_KEYFILE)")
-    p.add_argument("--handout-dir", help="also write a QR-code PNG per user here (0600)")
+    p.add_argument("--handout-dir", help="also write each user's handout here: <login>.pdf "
+                   "to print, <login>.png for screens (mode 0600)")
     p.add_argument("--no-qr", action="store_true", help="no QR codes in the terminal")
     p.add_argument("--code-valid-hours", type=int, default=72,
                    help="enrolment code validity (default 72; the relay may cap it)")

@@ -1,6 +1,7 @@
 """``lightbox``: the clinician's command-line client (the phone stand-in).
 
-Each device is a *profile* (``--profile``, default ``$LIGHTBOX_PROFILE`` or ``default``): a
+Each device is a *profile* (``--profile``, default ``$LIGHTBOX_PROFILE``, else ``gateway``
+for ``enroll --kind gateway`` as ``lightbox-gateway`` expects, else ``default``): a
 directory under ``$LIGHTBOX_HOME`` (``~/.lightbox``) holding the sealed key store
 (clients/sdk/keystore.py). The password (prompted, or ``$LIGHTBOX_PASSWORD`` for scripts) is the
 account password set at enrolment; it also unlocks the key store.
@@ -20,7 +21,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import re
 import sys
 import time
@@ -35,7 +35,7 @@ from clients.prompts import PromptError, read_secret
 from clients.sdk import identity
 from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, SDKError
 from clients.sdk.http import RelayHTTP
-from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
+from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore, default_profile
 from protocol import certs
 from protocol.body import ConsentFiling
 from protocol.consent import ConsentBasis, ConsentClaims, ConsentDecision
@@ -440,9 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     protocols = ", ".join(map(str, SUPPORTED_VERSIONS))
     p.add_argument("--version", action="version",
                    version=f"lightbox {VERSION} (protocol {protocols})")
-    p.add_argument("--profile", default=os.environ.get("LIGHTBOX_PROFILE", "default"),
-                   help="which device's key store to use (default: $LIGHTBOX_PROFILE or "
-                        "'default')")
+    p.add_argument("--profile", help="which device's key store to use (default: "
+                   "$LIGHTBOX_PROFILE, else 'gateway' for `enroll --kind gateway`, else "
+                   "'default')")
     sub = p.add_subparsers(dest="cmd")
     en = sub.add_parser("enroll", help="enrol this device with the code from IT's handout")
     en.add_argument("--server", required=True)
@@ -513,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.profile = args.profile or default_profile(getattr(args, "kind", None))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -45,6 +45,7 @@ __all__ = [
     "ConsentPdfError",
     "FormCopy",
     "consent_form_lines",
+    "font_path",
     "load_consent_token",
     "patient_label",
     "render_consent_pdf",
@@ -207,7 +208,8 @@ def consent_form_lines(claims: ConsentClaims, display: ConsentFormDisplay,
     return lines
 
 
-def _font_path(name: str) -> Path | None:
+def font_path(name: str) -> Path | None:
+    """The font file ``name`` from the usual folders (Debian's fonts-dejavu-core), if any."""
     for directory in _FONT_DIRS:
         path = Path(directory) / name
         if path.is_file():
@@ -236,7 +238,7 @@ def render_consent_pdf(claims: ConsentClaims, display: ConsentFormDisplay | None
     display = display or ConsentFormDisplay()
     issued = dt.datetime.fromtimestamp(claims.iat, dt.UTC)
     lines = consent_form_lines(claims, display, copy)
-    regular, bold = _font_path("DejaVuSans.ttf"), _font_path("DejaVuSans-Bold.ttf")
+    regular, bold = font_path("DejaVuSans.ttf"), font_path("DejaVuSans-Bold.ttf")
     for size in (11.0, 10.0, 9.0, 8.0, 7.0):
         pdf = FPDF(format="A4")
         pdf.set_creation_date(issued)

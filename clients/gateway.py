@@ -52,7 +52,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 from urllib.parse import urlsplit
 
 import msgspec
@@ -86,7 +86,7 @@ from clients.sdk.identity import (
     org_revocation_lists,
     replenish_one_time_prekeys,
 )
-from clients.sdk.keystore import DeviceState
+from clients.sdk.keystore import DeviceState, KeyStore, default_profile
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
 from protocol import certs, envelope, statements
 from protocol.attachments import AttachmentDescriptor
@@ -110,10 +110,10 @@ from protocol.consent import (
 )
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import Deliver, Error, FiledNotice, Filing, Frame, KeysLow
-from protocol.model import MessageHeader, Priority, Purpose, SealedMessage
+from protocol.model import DeviceKind, MessageHeader, Priority, Purpose, SealedMessage
 from protocol.statements import FilingStatement
 
-__all__ = ["FilingFailed", "GatewayConfig", "RecordGateway", "main"]
+__all__ = ["FilingFailed", "GatewayConfig", "RecordGateway", "configure_logging", "main"]
 
 VERSION = "0.1.0"
 log = logging.getLogger("lightbox.gateway")
@@ -129,7 +129,13 @@ _MODALITY = re.compile(r"[A-Z0-9]{1,16}")
 
 class FilingFailed(Exception):
     """This image cannot be filed as it is (the PACS refused it, or it fails a check): the
-    sender is told why and nothing expires until the hard limit."""
+    sender is told why (``str()``, in the sealed thread) and nothing expires until the hard
+    limit. ``code`` is what the log says: a fixed word, never the reason's text, which may
+    quote the PACS's answer or the record data."""
+
+    def __init__(self, reason: str, *, code: str) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 class StateStore(Protocol):
@@ -150,6 +156,33 @@ class GatewayConfig:
     viewer_url: str = ""
     # Days before the photo's date searched for the original study it shows (issue 10 item 7).
     original_lookback_days: int = 2
+
+
+def _iso(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` where ``exc`` was raised: enough to find a bug, without its message."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "?" if tb is None else f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:" \
+        f"{tb.tb_lineno}"
+
+
+def _dicom_code(exc: dicom.DicomBuildError) -> str:
+    """What the log says of a DICOM build failure: the field's name, never its value."""
+    if isinstance(exc, dicom.RecordDataInvalid):
+        return f"record_data_invalid ({exc.field_name})"
+    return f"dicom_invalid ({type(exc).__name__})"
+
+
+def _pacs_code(exc: PacsError) -> str:
+    """What the log says of a PACS refusal: its kind and HTTP status, never its message (it may
+    quote the object)."""
+    status = getattr(exc, "status", None)
+    return f"pacs_refused ({type(exc).__name__}{f', HTTP {status}' if status else ''})"
 
 
 def dicom_uid(*parts: str) -> str:
@@ -174,10 +207,14 @@ def dicom_record(record: RecordData, header: MessageHeader, *, operator: str,
             consult_reference="x").operator_name
     except dicom.DicomBuildError:
         op = ""
+    try:
+        birth_date = dt.date.fromisoformat(record.birth_date) if record.birth_date else None
+    except ValueError:  # its message quotes the date: a RecordDataInvalid names the field only
+        raise dicom.RecordDataInvalid("birth_date", "not a date (YYYY-MM-DD)") from None
     return dicom.RecordData(
         patient_name=record.patient_name, patient_id=record.patient_id,
         issuer_of_patient_id=record.issuer_of_patient_id or default_issuer,
-        birth_date=dt.date.fromisoformat(record.birth_date) if record.birth_date else None,
+        birth_date=birth_date,
         sex=dicom.Sex(record.sex.value), accession_number=record.accession_number,
         study_description=record.study_description or "Lightbox consult",
         acquisition_datetime=dt.datetime.fromtimestamp(header.sent_at, dt.UTC),
@@ -279,8 +316,12 @@ class _GatewayConnection(Connection):
             self.dedupe.add(*key)
             with contextlib.suppress(SocketClosed, ConnectionError):
                 await sock.ack([frame.delivery_id])
-        except Exception:  # not acknowledged: the relay delivers it again
-            log.exception("filing interrupted; it will be retried")
+        except Exception as exc:  # not acknowledged: the relay delivers it again
+            # The type and the place, not the message or the traceback's values: an
+            # exception's text may quote the record data.
+            log.warning("filing of message %s interrupted (%s at %s); the relay will deliver "
+                        "it again", key[1], type(exc).__name__, _where(exc),
+                        extra={"message_id": key[1], "error_type": type(exc).__name__})
         finally:
             self._busy.discard(key)
 
@@ -335,6 +376,11 @@ class RecordGateway:
             sign=keys.sign, on_message=self.handle, on_event=self._on_event,
             backoff_base=self._backoff[0], backoff_max=self._backoff[1])
         await self.connection.start()
+        st = self.store.state
+        log.info("record gateway %s (device %s) started: relay %s, %r, FHIR Consents %s",
+                 st.login, st.device_id, st.server_url, self.pacs,
+                 "to the FHIR server" if self.fhir is not None else "named in receipts only",
+                 extra={"device_id": st.device_id})
 
     async def stop(self) -> None:
         if self.connection is not None:
@@ -376,7 +422,8 @@ class RecordGateway:
                 revocations=revocations)
             if verified.device_id == device_id and verified.user_id == user_id:
                 return verified, answer.user_certificate
-        raise FilingFailed("the sender's device is not a current device of the sender")
+        raise FilingFailed("the sender's device is not a current device of the sender",
+                           code="sender_not_current")
 
     # -- one delivery ------------------------------------------------------------------------
 
@@ -395,8 +442,11 @@ class RecordGateway:
                 sender=sender, seen=envelope.MemorySeenSet())
             body = decode_body(plain)
         except (ProtocolError, FilingFailed) as exc:
-            log.warning("a delivery could not be opened and is dropped",
-                        extra={"error_type": type(exc).__name__})
+            why = exc.code if isinstance(exc, FilingFailed) else type(exc).__name__
+            log.warning("message %s from device %s could not be opened (%s) and is dropped",
+                        h.message_id, h.sender_device_id, why,
+                        extra={"message_id": h.message_id, "device_id": h.sender_device_id,
+                               "error_type": type(exc).__name__})
             return
         forget_one_time_prekey(self.store, sealed)
         if body.kind is BodyKind.CONSENT_RECORD:
@@ -405,15 +455,25 @@ class RecordGateway:
         if body.kind is not BodyKind.TEXT or not body.attachments:
             return  # nothing to file (text, receipts of other gateways)
         if h.purpose not in (Purpose.DIRECT_CARE, Purpose.EXTERNAL_CONSULT):
+            log.info("message %s: %d image(s) for %s, not for the record; nothing to file",
+                     h.message_id, len(body.attachments), h.purpose.value,
+                     extra={"message_id": h.message_id})
             return  # teaching and research images are not the patient's record
+        log.info("message %s in thread %s: %d image(s) to file", h.message_id, h.thread_id,
+                 len(body.attachments), extra={"message_id": h.message_id,
+                                               "thread_id": h.thread_id})
         for descriptor in body.attachments:
+            aid = descriptor.attachment_id
             try:
                 receipt = await self._file_one(h, body, descriptor, sender, sender_user_cert,
                                                revocations)
             except FilingFailed as exc:
-                self.failed.append((descriptor.attachment_id, str(exc)))
-                log.warning("image not filed", extra={"attachment_id": descriptor.attachment_id,
-                                                       "reason": str(exc)})
+                self.failed.append((aid, str(exc)))
+                log.warning("could not file attachment %s of message %s: %s; the sender is "
+                            "told, and nothing expires before the hard limit", aid,
+                            h.message_id, exc.code, extra={
+                                "attachment_id": aid, "message_id": h.message_id,
+                                "code": exc.code})
                 await self._tell_thread(h, Body(
                     text=f"The record gateway could not file the image "
                          f"{descriptor.attachment_id}: {exc}. It was NOT saved to the "
@@ -426,16 +486,17 @@ class RecordGateway:
                         sender: certs.VerifiedDevice, sender_user_cert: str,
                         revocations: certs.RevocationSet) -> FilingReceipt:
         if body.record is None:
-            raise FilingFailed("the message carries no patient data for the record")
+            raise FilingFailed("the message carries no patient data for the record",
+                               code="no_record_data")
         try:
             image = await sdk_attachments.decrypt(
                 await sdk_attachments.download(self.relay, descriptor.attachment_id),
                 descriptor)
         except (ProtocolError, Exception) as exc:
             raise FilingFailed(f"the image could not be fetched or decrypted "
-                               f"({type(exc).__name__})") from exc
+                               f"({type(exc).__name__})", code="image_unavailable") from exc
         if body.consent_token is None or h.consent_id is None:
-            raise FilingFailed("the image was sent without a consent")
+            raise FilingFailed("the image was sent without a consent", code="no_consent")
         try:
             claims = peek_consent_token_unverified(body.consent_token)
             issuer_cert = (sender_user_cert if claims.iss == sender.user_id
@@ -445,15 +506,18 @@ class RecordGateway:
                 issuer_certificate=issuer_cert, trusted_orgs=self.store.state.trusted_orgs(),
                 consent_id=h.consent_id)
         except Exception as exc:
-            raise FilingFailed("the image is not one its consent names") from exc
+            raise FilingFailed("the image is not one its consent names",
+                               code="consent_mismatch") from exc
         try:
             instance = await asyncio.to_thread(
                 build_instance, image, body.record, h, descriptor,
                 operator=sender.user.display_name,
                 default_issuer=self.config.issuer_of_patient_id or self.store.state.org_id)
         except dicom.DicomBuildError as exc:
-            raise FilingFailed(f"no valid DICOM object can be made: {exc}") from exc
-        ref = await self._store(instance)
+            raise FilingFailed(f"no valid DICOM object can be made: {exc}",
+                               code=_dicom_code(exc)) from exc
+        ref = await self._store(instance, f"attachment {descriptor.attachment_id} of message "
+                                          f"{h.message_id}")
         documents = await self._file_consent(claims, body.consent_token, body.record, h,
                                              instance.study_instance_uid, sender)
         originals = await self._original_studies(body.record, h, instance.study_instance_uid)
@@ -468,8 +532,17 @@ class RecordGateway:
             original_studies=originals)
         sealed_receipt = await self._tell_thread(
             h, Body(kind=BodyKind.FILING_RECEIPT, filing=receipt), revocations)
-        await self._statement(h, descriptor.attachment_id, filed_at,
-                              hashlib.sha256(envelope.encode_sealed(sealed_receipt)).digest())
+        notice = await self._statement(
+            h, descriptor.attachment_id, filed_at,
+            hashlib.sha256(envelope.encode_sealed(sealed_receipt)).digest())
+        # The SOP Instance UID derives from the attachment id alone (build_instance); the Study
+        # Instance UID derives from the patient id, so it stays out of the log.
+        log.info("filed attachment %s of message %s: SOP Instance %s stored and read back, "
+                 "%d consent document(s), receipt sealed to the thread; the relay expires "
+                 "the copies at %s", descriptor.attachment_id, h.message_id,
+                 instance.sop_instance_uid, len(documents), _iso(notice.expires_at),
+                 extra={"attachment_id": descriptor.attachment_id,
+                        "message_id": h.message_id})
         return receipt
 
     async def _file_consent_record(self, h: MessageHeader, body: Body,
@@ -492,6 +565,9 @@ class RecordGateway:
                                                  study_uid, sender)
         except FilingFailed as exc:
             self.failed.append((h.message_id, str(exc)))
+            log.warning("could not file the consent of message %s: %s; the sender is told",
+                        h.message_id, exc.code, extra={"message_id": h.message_id,
+                                                       "code": exc.code})
             await self._tell_thread(h, Body(
                 text=f"The record gateway could not file the consent: {exc}. It was NOT "
                      "saved to the patient's record.", reply_to=h.message_id), revocations)
@@ -499,9 +575,12 @@ class RecordGateway:
         filing = ConsentFiling(consent_id=claims.jti, message_id=h.message_id,
                                decision=claims.decision.value, study_instance_uid=study_uid,
                                filed_at=int(self.clock()), documents=documents)
+        self.consents_filed.append(filing)  # filed: before the thread hears of it
         await self._tell_thread(h, Body(kind=BodyKind.CONSENT_FILED, consent_filing=filing),
                                 revocations)
-        self.consents_filed.append(filing)
+        log.info("filed consent %s (%s) of message %s: %d document(s), receipt sealed to the "
+                 "thread", claims.jti, claims.decision.value, h.message_id, len(documents),
+                 extra={"consent_id": claims.jti, "message_id": h.message_id})
 
     async def _verified_consent(self, token: str, sender: certs.VerifiedDevice,
                                 sender_user_cert: str) -> ConsentClaims:
@@ -523,11 +602,13 @@ class RecordGateway:
             # Not filed: a forged or malformed token, an issuer the directory does not know.
             # (The relay being unreachable is not this: RelayUnavailable propagates and the
             # delivery is tried again.)
-            raise FilingFailed("the consent does not verify") from exc
+            raise FilingFailed("the consent does not verify", code="consent_invalid") from exc
         if verified.iss != issuer.user_id or verified.org != self.store.state.org_id:
-            raise FilingFailed("the consent was issued by someone outside this organisation")
+            raise FilingFailed("the consent was issued by someone outside this organisation",
+                               code="consent_other_org")
         if verified.iat > now + CLOCK_SKEW:
-            raise FilingFailed("the consent claims to be issued in the future")
+            raise FilingFailed("the consent claims to be issued in the future",
+                               code="consent_from_the_future")
         return verified
 
     async def _original_studies(self, record: RecordData, h: MessageHeader,
@@ -548,7 +629,9 @@ class RecordGateway:
                 issuer_of_patient_id=record.issuer_of_patient_id or None,
                 study_dates=window, limit=50)
         except (PacsError, ValueError) as exc:
-            log.warning("original study search failed", extra={"error_type": type(exc).__name__})
+            log.warning("original study search for message %s failed (%s); its receipt has no "
+                        "link to the original", h.message_id, type(exc).__name__,
+                        extra={"message_id": h.message_id, "error_type": type(exc).__name__})
             return []
         originals = [s for s in found if s.study_instance_uid != photo_study_uid
                      and set(s.modalities) - NON_ACQUISITION_MODALITIES]
@@ -582,8 +665,10 @@ class RecordGateway:
                 operator=sender.user.display_name,
                 default_issuer=self.config.issuer_of_patient_id or self.store.state.org_id)
         except Exception as exc:  # DicomBuildError, ConsentPdfError
-            raise FilingFailed(f"the consent form cannot be filed: {exc}") from exc
-        await self._store(form)
+            raise FilingFailed(f"the consent form cannot be filed: {exc}",
+                               code="consent_form_invalid") from exc
+        await self._store(form, f"the consent form of consent {claims.jti} (message "
+                                f"{h.message_id})")
         fhir = fhir_consent_json(claims)
         return [
             FiledDocument(kind="consent_form", consent_id=claims.jti,
@@ -610,29 +695,40 @@ class RecordGateway:
                     identifier_value=f"urn:uuid:{claims.jti}")
             except (FhirUnavailable, FhirAuthError) as exc:
                 attempt += 1
-                await self._pause(attempt, "FHIR server unavailable", exc)
+                await self._pause(attempt, "FHIR server unavailable", exc,
+                                  f"the FHIR Consent of consent {claims.jti}")
             except FhirError as exc:
-                raise FilingFailed(f"the FHIR server refused the Consent: {exc}") from exc
+                raise FilingFailed(f"the FHIR server refused the Consent: {exc}",
+                                   code=f"fhir_refused ({type(exc).__name__})") from exc
 
-    async def _pause(self, attempt: int, what: str, exc: Exception) -> None:
+    async def _pause(self, attempt: int, what: str, exc: Exception, held: str) -> None:
         """Exponential backoff with jitter before trying an unreachable server again."""
-        delay = min(self.config.retry_max, self.config.retry_base * 2 ** min(attempt, 16))
-        log.warning(f"{what}; retrying", extra={
-            "attempt": attempt, "delay": delay, "error_type": type(exc).__name__})
-        await asyncio.sleep(random.uniform(delay / 2, delay))
+        ceiling = min(self.config.retry_max, self.config.retry_base * 2 ** min(attempt, 16))
+        delay = random.uniform(ceiling / 2, ceiling)
+        log.warning("%s (%s): holding %s, attempt %d failed, next in %.1f s; nothing expires "
+                    "meanwhile", what, type(exc).__name__, held, attempt, delay,
+                    extra={"count": attempt, "error_type": type(exc).__name__})
+        await asyncio.sleep(delay)
 
-    async def _store(self, instance: dicom.DicomInstance) -> InstanceRef:
-        """STOW-RS then read back; an unreachable PACS is retried until it answers."""
+    async def _store(self, instance: dicom.DicomInstance, held: str) -> InstanceRef:
+        """STOW-RS then read back; an unreachable PACS is retried until it answers. ``held``
+        names what waits, for the log (ids only)."""
         attempt = 0
         while True:
             try:
                 await self.pacs.store([instance], study_instance_uid=instance.study_instance_uid)
-                return await self.pacs.verify_stored(instance)
+                ref = await self.pacs.verify_stored(instance)
             except (PacsUnavailable, PacsAuthError) as exc:
                 attempt += 1
-                await self._pause(attempt, "PACS unavailable", exc)
+                await self._pause(attempt, "PACS unavailable", exc, held)
+                continue
             except PacsError as exc:  # rejected (400/409), verification failed, protocol
-                raise FilingFailed(f"the PACS refused it: {exc}") from exc
+                raise FilingFailed(f"the PACS refused it: {exc}",
+                                   code=_pacs_code(exc)) from exc
+            if attempt:
+                log.info("PACS answered again: %s stored after %d failed attempt(s)", held,
+                         attempt, extra={"count": attempt})
+            return ref
 
     async def _statement(self, h: MessageHeader, attachment_id: str, filed_at: int,
                          receipt_sha256: bytes) -> FiledNotice:
@@ -655,8 +751,12 @@ class RecordGateway:
                 async with asyncio.timeout(self.config.statement_timeout):
                     return await fut
             except SendRefused as refused:
-                raise FilingFailed(f"the relay refused the filing ({refused.code})") from refused
-            except (TimeoutError, ConnectionError):
+                raise FilingFailed(f"the relay refused the filing ({refused.code})",
+                                   code=f"relay_refused ({refused.code})") from refused
+            except (TimeoutError, ConnectionError) as exc:
+                log.warning("no answer from the relay to the filing of attachment %s (%s); "
+                            "sending it again", attachment_id, type(exc).__name__,
+                            extra={"attachment_id": attachment_id})
                 await asyncio.sleep(self._backoff[0])  # reconnecting: send it again
             finally:
                 self._waiting.pop(attachment_id, None)
@@ -687,11 +787,11 @@ class RecordGateway:
                 return sealed
             except SendRefused as refused:
                 if refused.code != ErrorCode.DEVICE_SET_MISMATCH.value:
-                    raise FilingFailed(f"the thread refused the message ({refused.code})") \
-                        from refused
+                    raise FilingFailed(f"the thread refused the message ({refused.code})",
+                                       code=f"thread_refused ({refused.code})") from refused
                 wanted = (wanted | set(refused.missing or [])) - set(refused.extra or []) \
                     - set(refused.stale or [])
-        raise FilingFailed("the thread's devices kept changing")
+        raise FilingFailed("the thread's devices kept changing", code="thread_unsettled")
 
     async def _bundles(self, device_ids: Sequence[str], revocations: certs.RevocationSet
                        ) -> list[envelope.RecipientBundle]:
@@ -712,6 +812,20 @@ class RecordGateway:
 # --- the program ---------------------------------------------------------------------------
 
 
+def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """The gateway's log: a line per event with ids and codes, never patient data (what it
+    says: docs/USER_GUIDE.md, "Record gateway"). ``level`` applies to Lightbox's own loggers;
+    libraries log warnings only, whatever the level: httpx logs every request's URL (a QIDO-RS
+    URL carries the Patient ID) and fontTools the glyphs of the consent form it subsets."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           datefmt="%Y-%m-%d %H:%M:%S%z"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("lightbox").setLevel(level.upper())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="lightbox-gateway", description="Lightbox record gateway: files every image it "
@@ -719,8 +833,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the filing so device copies expire. PACS settings: LIGHTBOX_PACS_URL, "
         "LIGHTBOX_PACS_USERNAME, LIGHTBOX_PACS_PASSWORD_FILE (docs/OPERATIONS.md).")
     p.add_argument("--version", action="version", version=f"lightbox-gateway {VERSION}")
-    p.add_argument("--profile", default=os.environ.get("LIGHTBOX_PROFILE", "gateway"),
-                   help="the gateway device's key store profile (enrolled like any device)")
+    p.add_argument("--profile", default=default_profile(DeviceKind.GATEWAY),
+                   help="the gateway device's key store profile, as `lightbox enroll --kind "
+                   "gateway` made it (default: $LIGHTBOX_PROFILE, else 'gateway')")
     p.add_argument("--issuer", default=os.environ.get("LIGHTBOX_GATEWAY_ISSUER", ""),
                    help="Issuer of Patient ID when a message names none (default: the org id)")
     p.add_argument("--fhir-url", default=os.environ.get("LIGHTBOX_FHIR_URL", ""),
@@ -743,18 +858,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--viewer-url must be an http(s) URL holding {study_instance_uid}")
     if not 0 <= args.original_lookback_days <= 30:
         p.error("--original-lookback-days must be between 0 and 30")
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper())
     try:
         settings = PacsSettings.from_env()
         fhir_settings = FhirSettings.from_env(url=args.fhir_url) if args.fhir_url else None
     except (ValueError, OSError) as exc:
         print(f"lightbox-gateway: {exc}", file=sys.stderr)
         return 2
-    from clients.sdk.keystore import KeyStore
-
+    keystore = KeyStore.for_profile(args.profile)
+    if not keystore.exists():
+        print(f"lightbox-gateway: profile {args.profile!r} holds no device ({keystore.directory})"
+              f": enrol the gateway first with `lightbox enroll --kind gateway --server URL "
+              f"--code CODE`", file=sys.stderr)
+        return 2
     password = os.environ.get("LIGHTBOX_PASSWORD") or getpass.getpass("Gateway password: ")
     try:
-        store = KeyStore.for_profile(args.profile).open(password)
+        store = keystore.open(password)
     except KeyStoreError as exc:
         print(f"lightbox-gateway: {exc}", file=sys.stderr)
         return 2
@@ -775,6 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 await gw.stop()
 
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))  # only once it runs for real
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
     return 0

@@ -1,53 +1,363 @@
-"""Enrolment handouts: the code as text, a QR code in the terminal, and a PNG per user.
+"""Enrolment handouts: on the terminal, and per user a printable PDF and a PNG for screens.
 
-The QR code encodes ``lightbox://enrol?server=<url>&code=<code>`` so a phone can enrol by
-scanning it. A handout carries a secret (the enrolment code opens the user's identity key for
-72 hours by default): files are written 0600 and should be printed and deleted.
+A handout gives a clinician everything the first enrolment needs (docs/USER_GUIDE.md,
+"Handouts"): their name and login, the relay's address, the enrolment code as text, when it
+expires, the organisation key's fingerprint to compare with what the device pins, a QR code of
+``lightbox://enrol?server=<url>&code=<code>``, and the exact first command. The PDF (one A4
+page, fpdf2 with DejaVu like the consent form) and the PNG (Pillow, 150 dpi) come from one
+layout, so they show the same thing.
+
+A handout carries a secret (the enrolment code opens the user's identity key until it
+expires): files are written 0600 in a 0700 folder and should be printed and deleted.
+
+Exceptions::
+
+    HandoutError    the handouts cannot be written (``str()``: one sentence for IT)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Final, Protocol, TextIO
 from urllib.parse import quote
 
 import segno
+from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["enrol_uri", "print_handout", "save_handout_png"]
+from clients.consent_pdf import font_path
+from clients.sdk.keystore import write_private_file
+
+__all__ = [
+    "EXPIRED_NOTE",
+    "FINGERPRINT_NOTE",
+    "Handout",
+    "HandoutError",
+    "HandoutFiles",
+    "enrol_uri",
+    "expiry_text",
+    "prepare_directory",
+    "print_handout",
+    "render_handout_pdf",
+    "render_handout_png",
+    "save_handout",
+]
+
+FINGERPRINT_NOTE: Final = (
+    "Compare the key: when you enrol, lightbox prints \"key fingerprint ...\"; it must match "
+    "the organisation key above character for character. If it does not, stop and call IT.")
+EXPIRED_NOTE: Final = (
+    "Code expired (lightbox says enrolment_code_expired)? Do not try again: ask IT for a new "
+    "enrolment code. A code works once.")
+CONFIDENTIAL_NOTE: Final = (
+    "Personal and confidential. The code opens your Lightbox identity: keep it to yourself and "
+    "destroy this sheet once you have enrolled.")
+PNG_DPI: Final = 150
+_NBSP: Final = "\u00a0"
+_PAGE_W, _PAGE_H, _MARGIN = 210.0, 297.0, 20.0  # A4, in millimetres
+_PT: Final = 25.4 / 72  # millimetres per point
+# Faces by role, DejaVu from Debian's fonts-dejavu-core (the consent form's font).
+_FACES: Final = {"regular": "DejaVuSans.ttf", "bold": "DejaVuSans-Bold.ttf",
+                 "mono": "DejaVuSansMono.ttf", "mono-bold": "DejaVuSansMono-Bold.ttf"}
+
+
+class HandoutError(Exception):
+    """The handouts cannot be written; the message is one sentence for IT."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handout:
+    """What one user's handout says. ``expires_at``: the code's expiry (Unix seconds)."""
+
+    name: str
+    login: str
+    server: str
+    code: str
+    expires_at: int
+    org_fingerprint: str
+
+    def uri(self) -> str:
+        return enrol_uri(self.server, self.code)
+
+    def first_command(self, *, keep: str = " ") -> str:
+        """The first command to type; ``keep`` joins each option to its value (a no-break
+        space keeps them on one line when the sheet wraps the command)."""
+        return f"lightbox{keep}enroll --server{keep}{self.server} --code{keep}{self.code}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HandoutFiles:
+    pdf: Path
+    png: Path
 
 
 def enrol_uri(server: str, code: str) -> str:
     return f"lightbox://enrol?server={quote(server, safe='')}&code={quote(code, safe='-')}"
 
 
-def print_handout(
-    out: TextIO, *, name: str, login: str, code: str, server: str, expires_at: int,
-    org_fingerprint: str, qr: bool = True,
-) -> None:
-    """Write a handout to ``out`` (the terminal)."""
-    until = dt.datetime.fromtimestamp(expires_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"--- Lightbox enrolment: {name} ({login}) ---", file=out)
-    print(f"  server:           {server}", file=out)
-    print(f"  enrolment code:   {code}", file=out)
-    print(f"  valid until:      {until} (single use)", file=out)
-    print(f"  organisation key: {org_fingerprint}", file=out)
-    print(f"  on the phone:     lightbox enroll --server {server} --code {code}", file=out)
+def expiry_text(expires_at: int, tz: dt.tzinfo | None = None) -> str:
+    """``2026-12-06 14:05 CET (UTC+01:00)``: ISO-like date, 24-hour time, the zone (``tz``,
+    default this computer's local zone), its offset unless the zone is UTC itself."""
+    t = dt.datetime.fromtimestamp(expires_at, dt.UTC).astimezone(tz)
+    offset = t.utcoffset() or dt.timedelta(0)
+    name = t.tzname() or ""
+    if not offset and name in {"UTC", "GMT", ""}:
+        return f"{t:%Y-%m-%d %H:%M} UTC"
+    sign = "-" if offset < dt.timedelta(0) else "+"
+    hours, minutes = divmod(abs(int(offset.total_seconds())) // 60, 60)
+    zone = f"UTC{sign}{hours:02d}:{minutes:02d}"
+    if not name or name[0] in "+-":  # a zone without an abbreviation names its offset
+        return f"{t:%Y-%m-%d %H:%M} {zone}"
+    return f"{t:%Y-%m-%d %H:%M} {name} ({zone})"
+
+
+def print_handout(out: TextIO, handout: Handout, *, qr: bool = True,
+                  tz: dt.tzinfo | None = None) -> None:
+    """Write a handout to ``out`` (IT's terminal)."""
+    h = handout
+    print(f"--- Lightbox enrolment: {h.name} ({h.login}) ---", file=out)
+    print(f"  server:           {h.server}", file=out)
+    print(f"  enrolment code:   {h.code}", file=out)
+    print(f"  valid until:      {expiry_text(h.expires_at, tz)} (single use)", file=out)
+    print(f"  organisation key: {h.org_fingerprint}", file=out)
+    print(f"  on the phone:     {h.first_command()}", file=out)
     if qr:
         buf = io.StringIO()
-        segno.make(enrol_uri(server, code), error="m").terminal(out=buf, compact=True)
+        segno.make(h.uri(), error="m").terminal(out=buf, compact=True)
         out.write(buf.getvalue())
     out.flush()
 
 
-def save_handout_png(directory: Path, login: str, server: str, code: str) -> Path:
-    """``<directory>/<login>.png``, mode 0600: the QR code of :func:`enrol_uri`."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"{login}.png"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        segno.make(enrol_uri(server, code), error="m").save(f, kind="png", scale=6, border=4)
-    return path
+# --- one layout, two renderers ----------------------------------------------------------------
+
+
+class _Canvas(Protocol):
+    """Where the layout draws; coordinates in millimetres from the page's top left."""
+
+    def measure(self, text: str, face: str, size: float) -> float: ...
+
+    def text(self, x: float, baseline: float, text: str, face: str, size: float) -> None: ...
+
+    def rule(self, x: float, y: float, width: float) -> None: ...
+
+    def qr(self, x: float, y: float, size: float, matrix: Sequence[Sequence[int]]) -> None: ...
+
+
+def _wrap(canvas: _Canvas, text: str, face: str, size: float, width: float) -> list[str]:
+    """Greedy word wrap at spaces (not at no-break spaces); a word wider than the line (a long
+    URL) is broken between letters."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        candidate = f"{line} {word}" if line else word
+        if canvas.measure(candidate, face, size) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        line = ""
+        for ch in word:
+            if line and canvas.measure(line + ch, face, size) > width:
+                lines.append(line)
+                line = ""
+            line += ch
+    lines.append(line)
+    return lines
+
+
+def _layout(canvas: _Canvas, h: Handout, tz: dt.tzinfo | None, scale: float = 1.0) -> float:
+    """Draw the handout; returns the y (mm) below the last thing drawn."""
+    left, width = _MARGIN, _PAGE_W - 2 * _MARGIN
+    y = _MARGIN
+
+    def para(text: str, face: str, size: float, *, x: float = left, w: float = width,
+             after: float = 0.0) -> None:
+        nonlocal y
+        step = size * scale * _PT * 1.35
+        for line in _wrap(canvas, text, face, size * scale, w):
+            y += step
+            canvas.text(x, y - step * 0.25, line.replace(_NBSP, " "), face, size * scale)
+        y += after
+
+    para("Lightbox enrolment", "bold", 22, after=1.5)
+    para(f"for {h.name}", "bold", 14, after=1.5)
+    para(CONFIDENTIAL_NOTE, "regular", 10, after=3)
+    canvas.rule(left, y, width)
+    y += 4
+    label_w = 52.0
+    fields = [("Name", h.name, "regular", 12.0),
+              ("Login", h.login, "mono-bold", 12.0),
+              ("Relay address", h.server, "mono", 11.0),
+              ("Enrolment code", h.code, "mono-bold", 15.0),
+              ("Valid until", f"{expiry_text(h.expires_at, tz)}, single use", "regular", 12.0),
+              ("Organisation key", h.org_fingerprint, "mono-bold", 12.0)]
+    for label, value, face, size in fields:
+        top = y
+        para(value, face, size, x=left + label_w, w=width - label_w)
+        canvas.text(left, top + size * scale * _PT * 1.35 * 0.75, label, "bold", 11 * scale)
+        y += 2.5
+    side = 62.0 * scale
+    qr = segno.make(h.uri(), error="m")
+    quiet = 4 * side / len(qr.matrix)  # the quiet zone scanners need (ISO/IEC 18004: 4 modules)
+    y += quiet
+    canvas.qr(left + (width - side) / 2, y, side, [list(row) for row in qr.matrix])
+    y += side + quiet
+    para("Scan the QR code with the Lightbox app, or type this first command on your phone, "
+         "on one line:", "regular", 11, after=1.5)
+    para(h.first_command(keep=_NBSP), "mono-bold", 11, x=left + 4, w=width - 4, after=4)
+    canvas.rule(left, y, width)
+    y += 2
+    para(FINGERPRINT_NOTE, "regular", 10, after=1.5)
+    para(EXPIRED_NOTE, "regular", 10)
+    return y
+
+
+class _PdfCanvas:
+    def __init__(self) -> None:
+        from fpdf import FPDF  # a client-only dependency; imported where it is used
+
+        self.pdf = FPDF(format="A4", unit="mm")
+        self.pdf.set_auto_page_break(False)
+        self.pdf.set_title("Lightbox enrolment handout")
+        self.families: dict[str, tuple[str, str]] = {}
+        for face, file in _FACES.items():
+            path = font_path(file)
+            if path is None:  # the PDF core fonts, Latin-1 only
+                core = "Courier" if face.startswith("mono") else "Helvetica"
+                self.families[face] = (core, "B" if face.endswith("bold") else "")
+            else:
+                self.pdf.add_font(face, "", str(path))
+                self.families[face] = (face, "")
+        self.pdf.add_page()
+
+    def _font(self, face: str, size: float) -> str:
+        family, style = self.families[face]
+        self.pdf.set_font(family, style, size)
+        return family
+
+    def _clean(self, family: str, text: str) -> str:
+        if family in {"Courier", "Helvetica"}:
+            return text.encode("latin-1", "replace").decode("latin-1")
+        return text
+
+    def measure(self, text: str, face: str, size: float) -> float:
+        family = self._font(face, size)
+        return float(self.pdf.get_string_width(self._clean(family, text)))
+
+    def text(self, x: float, baseline: float, text: str, face: str, size: float) -> None:
+        family = self._font(face, size)
+        self.pdf.text(x, baseline, self._clean(family, text))
+
+    def rule(self, x: float, y: float, width: float) -> None:
+        self.pdf.set_line_width(0.3)
+        self.pdf.line(x, y, x + width, y)
+
+    def qr(self, x: float, y: float, size: float, matrix: Sequence[Sequence[int]]) -> None:
+        module = size / len(matrix)
+        self.pdf.set_fill_color(0)
+        for r, row in enumerate(matrix):  # one rectangle per run of dark modules
+            c = 0
+            while c < len(row):
+                if row[c]:
+                    start = c
+                    while c < len(row) and row[c]:
+                        c += 1
+                    self.pdf.rect(x + start * module, y + r * module, (c - start) * module,
+                                  module, style="F")
+                else:
+                    c += 1
+
+
+class _PngCanvas:
+    def __init__(self) -> None:
+        self.px = PNG_DPI / 25.4  # pixels per millimetre
+        self.image = Image.new("L", (round(_PAGE_W * self.px), round(_PAGE_H * self.px)), 255)
+        self.draw = ImageDraw.Draw(self.image)
+        self._fonts: dict[tuple[str, float], ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
+
+    def _font(self, face: str, size: float) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+        key = (face, size)
+        if key not in self._fonts:
+            px = size * _PT * self.px
+            path = font_path(_FACES[face])
+            self._fonts[key] = (ImageFont.load_default(px) if path is None
+                                else ImageFont.truetype(str(path), round(px)))
+        return self._fonts[key]
+
+    def measure(self, text: str, face: str, size: float) -> float:
+        return float(self.draw.textlength(text, font=self._font(face, size))) / self.px
+
+    def text(self, x: float, baseline: float, text: str, face: str, size: float) -> None:
+        self.draw.text((x * self.px, baseline * self.px), text, fill=0,
+                       font=self._font(face, size), anchor="ls")
+
+    def rule(self, x: float, y: float, width: float) -> None:
+        self.draw.line([(x * self.px, y * self.px), ((x + width) * self.px, y * self.px)],
+                       fill=0, width=max(1, round(0.3 * self.px)))
+
+    def qr(self, x: float, y: float, size: float, matrix: Sequence[Sequence[int]]) -> None:
+        module = max(1, int(size * self.px) // len(matrix))  # whole pixels: crisp edges
+        x0 = round(x * self.px + (size * self.px - module * len(matrix)) / 2)
+        y0 = round(y * self.px)
+        for r, row in enumerate(matrix):
+            for c, dark in enumerate(row):
+                if dark:
+                    self.draw.rectangle([x0 + c * module, y0 + r * module,
+                                         x0 + (c + 1) * module - 1, y0 + (r + 1) * module - 1],
+                                        fill=0)
+
+
+def render_handout_pdf(h: Handout, *, tz: dt.tzinfo | None = None) -> bytes:
+    """The handout as a one-page A4 PDF (type shrinks until a long name or address fits)."""
+    for scale in (1.0, 0.9, 0.8, 0.7, 0.6):
+        canvas = _PdfCanvas()
+        if _layout(canvas, h, tz, scale) <= _PAGE_H - _MARGIN / 2:
+            return bytes(canvas.pdf.output())
+    raise HandoutError(f"the handout for {h.login} does not fit on one page")
+
+
+def render_handout_png(h: Handout, *, tz: dt.tzinfo | None = None) -> bytes:
+    """The handout as a PNG for screens (150 dpi, cropped below the last line)."""
+    canvas = _PngCanvas()
+    bottom = min(_PAGE_H, _layout(canvas, h, tz) + _MARGIN / 2)
+    out = io.BytesIO()
+    canvas.image.crop((0, 0, canvas.image.width, round(bottom * canvas.px))).save(
+        out, format="PNG", optimize=True, dpi=(PNG_DPI, PNG_DPI))
+    return out.getvalue()
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return "that path, or one above it, is a file, not a folder"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def prepare_directory(directory: Path) -> Path:
+    """Create ``directory`` (0700) if needed and check that files can be written in it, before
+    any user is provisioned. Raises HandoutError with one sentence."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = directory / f".handout-probe-{os.getpid()}"
+        write_private_file(probe, b"")
+        probe.unlink()
+    except OSError as exc:
+        raise HandoutError(f"cannot write handouts in {directory}: {_why(exc)}") from None
+    return directory
+
+
+def save_handout(directory: Path, h: Handout, *, tz: dt.tzinfo | None = None) -> HandoutFiles:
+    """``<directory>/<login>.pdf`` and ``<login>.png``, mode 0600. Raises HandoutError."""
+    files = HandoutFiles(pdf=directory / f"{h.login}.pdf", png=directory / f"{h.login}.png")
+    try:
+        write_private_file(files.pdf, render_handout_pdf(h, tz=tz))
+        write_private_file(files.png, render_handout_png(h, tz=tz))
+    except OSError as exc:
+        raise HandoutError(f"cannot write the handout for {h.login} in {directory}: "
+                           f"{_why(exc)}") from None
+    return files

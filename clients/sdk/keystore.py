@@ -15,6 +15,11 @@ is encrypted under the data key because it outgrows the 4 KiB that passphrase se
 (a hundred prekey secrets) and so that saving a refreshed token does not re-run Argon2id.
 A wrong password raises :class:`KeyStoreError`. The later encrypted vault implements the same
 :class:`DeviceStore` interface.
+
+Which profile a program uses when none is named is :func:`default_profile`, the one rule for
+``lightbox`` and ``lightbox-gateway``: ``$LIGHTBOX_PROFILE``, else ``gateway`` for a record
+gateway's device (so ``lightbox enroll --kind gateway`` puts it where ``lightbox-gateway``
+looks), else ``default``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import contextlib
 import os
 import struct
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import msgspec
 
@@ -46,17 +51,24 @@ from protocol.keys import (
 )
 
 __all__ = [
+    "DEFAULT_DEVICE_PROFILE",
+    "GATEWAY_DEVICE_PROFILE",
     "KEYSTORE_FILE",
+    "PROFILE_ENV",
     "DeviceState",
     "DeviceStore",
     "KeyStore",
     "OpenKeyStore",
     "PrekeySecret",
+    "default_profile",
     "lightbox_home",
     "write_private_file",
 ]
 
 KEYSTORE_FILE = "keystore.lbx"
+PROFILE_ENV: Final = "LIGHTBOX_PROFILE"
+DEFAULT_DEVICE_PROFILE: Final = "default"
+GATEWAY_DEVICE_PROFILE: Final = "gateway"
 _MAGIC = b"LBKS"
 _VERSION = 1
 _HEAD = struct.Struct(">4sBH")
@@ -132,6 +144,15 @@ def lightbox_home() -> Path:
     """``$LIGHTBOX_HOME``, or ``~/.lightbox``."""
     env = os.environ.get("LIGHTBOX_HOME")
     return Path(env) if env else Path.home() / ".lightbox"
+
+
+def default_profile(kind: str | None = None) -> str:
+    """The profile to use when none is named: ``$LIGHTBOX_PROFILE``, else ``gateway`` for a
+    device of kind ``gateway``, else ``default``."""
+    named = os.environ.get(PROFILE_ENV, "")
+    if named:
+        return named
+    return GATEWAY_DEVICE_PROFILE if kind == "gateway" else DEFAULT_DEVICE_PROFILE
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -31,6 +31,7 @@ import pytest
 from clients import admin as admin_cli
 from clients import cli as device_cli
 from clients.csvio import REQUIRED_COLUMNS
+from clients.handout import enrol_uri
 from clients.sdk import identity
 from clients.sdk.errors import RelayRequestError
 from clients.sdk.http import RelayHTTP
@@ -38,6 +39,7 @@ from clients.sdk.keystore import KeyStore
 from clients.sdk.socket import RelaySocket
 from protocol.errors import CloseCode
 from server import audit
+from tests.documents import pdf_page_png, pdf_text, qr_codes
 from tests.helpers import ROOT, make_settings, running_relay, seconds
 
 PASSWORDS = {"ada.byron": "lamp-orbit-canyon-7", "bo.chen": "velvet-harbour-quiet-3"}
@@ -127,6 +129,12 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
         png = tmp / "it" / "handouts" / "ada.byron.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert stat.S_IMODE(png.stat().st_mode) == 0o600
+        pdf = tmp / "it" / "handouts" / "ada.byron.pdf"
+        assert stat.S_IMODE(pdf.stat().st_mode) == 0o600
+        assert f"handout: {pdf} (print), {png} (screen)" in out
+        for image in (png, pdf_page_png(pdf, tmp)):  # what a phone scanning the handout reads
+            assert qr_codes(image) == [enrol_uri(url, codes["ada.byron"])]
+        assert re.search(rf"Enrolment code\s+{codes['ada.byron']}\n", pdf_text(pdf))
         # importing the same file again: every row refused by the relay, reported per line
         rc, _out, err = await _run(admin_cli.main, ["user", "import", str(csv_path), "--no-qr"])
         assert rc == 1

@@ -39,8 +39,9 @@ install: $(STAMP)
 # tesseract-ocr + tesseract-ocr-eng: OCR for PHI burned into images (clients/phi.py);
 # poppler-utils: pdftotext reads the patient's consent PDF back in the tests;
 # fonts-dejavu-core: the consent PDF's font and the tests' burned-in labels.
+# curl + jq: docs/USER_GUIDE.md scripts the desktop client's HTTP API with them (a test runs it).
 system-deps:
-	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core
+	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core curl jq
 
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)

@@ -404,6 +404,10 @@ class Journey:
             raise self.fail(step, f"no background terminal {name!r} to stop")
         if not _interrupt(bg.proc):
             raise self.fail(step, f"{name} did not stop on Ctrl-C", output=bg.output())
+        if bg.proc.returncode != 0:
+            raise self.fail(step, f"{name} exited with {bg.proc.returncode} on Ctrl-C",
+                            output=bg.output())
+        self._record(step, f"(Ctrl-C in the {name} terminal)", _tail(bg.output(), 5) + "\n", 0)
 
     def wait(self, name: str, step: Step) -> None:
         """The person waits for that terminal's command to finish; it must succeed."""

@@ -40,8 +40,9 @@ install: $(STAMP)
 # poppler-utils: pdftotext reads the patient's consent PDF back in the tests;
 # zbar-tools: zbarimg, an independent decoder for the enrolment handout's QR code;
 # fonts-dejavu-core: the consent PDF's font and the tests' burned-in labels.
+# curl + jq: docs/USER_GUIDE.md scripts the desktop client's HTTP API with them (a test runs it).
 system-deps:
-	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core zbar-tools
+	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core zbar-tools curl jq
 
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)

@@ -61,12 +61,13 @@ class OrthancServer(ServerProcess):
 
     name = "Orthanc"
 
-    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None,
+                 username: str | None = None) -> None:
         super().__init__(workdir, "orthanc.log")
         self.binary = require_orthanc()
         # Orthanc binds every interface, so ask for a port that is free on all of them.
         self.port = port or free_port()
-        self.username = "lbx-test-" + secrets.token_hex(4)
+        self.username = username or "lbx-test-" + secrets.token_hex(4)
         self.password = secrets.token_urlsafe(24)
         self.config_path = workdir / "orthanc.json"
         self._write_config()
@@ -122,9 +123,13 @@ class OrthancServer(ServerProcess):
 
 
 @contextlib.contextmanager
-def running_orthanc() -> Iterator[OrthancServer]:
-    """An Orthanc in a fresh folder under .data/, always stopped and removed afterwards."""
-    with running_in_data_dir("test-orthanc-", OrthancServer, OrthancServer.start) as server:
+def running_orthanc(*, username: str | None = None) -> Iterator[OrthancServer]:
+    """An Orthanc in a fresh folder under .data/, always stopped and removed afterwards; its
+    user is ``username`` (random by default)."""
+    def make(workdir: Path) -> OrthancServer:
+        return OrthancServer(workdir, username=username)
+
+    with running_in_data_dir("test-orthanc-", make, OrthancServer.start) as server:
         yield server
 
 

@@ -88,7 +88,7 @@ from clients.sdk.identity import (
 )
 from clients.sdk.keystore import DeviceState
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
-from protocol import certs, envelope, statements
+from protocol import api, certs, envelope, statements
 from protocol.attachments import AttachmentDescriptor
 from protocol.body import (
     Body,
@@ -303,7 +303,7 @@ class RecordGateway:
         self._password = password
         st = store.state
         self.relay = relay or RelayHTTP(st.server_url, device=st.device_keys().signing,
-                                        tokens=st.session)
+                                        tokens=st.session, on_tokens=self._save_tokens)
         base = st.server_url.rstrip("/")
         self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")
         self._backoff = (backoff_base, backoff_max)
@@ -315,15 +315,24 @@ class RecordGateway:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def _save_tokens(self, tokens: api.TokenPair) -> None:
+        """Keep the rotated refresh token: a restarted gateway presenting the one it replaced
+        would be taken for a stolen copy and lose its session."""
+        self.store.save(msgspec.structs.replace(self.store.state, session=tokens))
+
     async def _access_token(self) -> str:
         tokens = self.relay.tokens
+        if tokens is not None and tokens.refresh_expires_at > self.clock() + 60 \
+                and self.clock() >= tokens.expires_at - 60:
+            try:  # one refresh shared with any other caller (clients/sdk/http.py)
+                tokens = await self.relay.refresh_if_stale(tokens)
+            except RelayRequestError:  # the session ended: log in again with the password
+                tokens = None
         if tokens is None or tokens.refresh_expires_at <= self.clock() + 60:
             if self._password is None:
                 raise RuntimeError("the gateway's session expired: give its password")
             self.relay.tokens = None
             await login(self.relay, self.store.state, self._password)
-        elif self.clock() >= tokens.expires_at - 60:
-            await self.relay.refresh()
         assert self.relay.tokens is not None
         return self.relay.tokens.access_token
 

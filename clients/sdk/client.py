@@ -67,7 +67,7 @@ from clients.sdk.events import (
 )
 from clients.sdk.expiry import wipe
 from clients.sdk.filing import gateway_bundles, needs_gateway
-from clients.sdk.http import RelayHTTP
+from clients.sdk.http import RelayHTTP, SingleFlight
 from clients.sdk.identity import (
     forget_one_time_prekey,
     login,
@@ -190,6 +190,7 @@ class LightboxClient:
         self._acked: set[str] = set()
         self._threads: dict[str, api.ThreadInfo] = {}
         self._fetch_lock = asyncio.Lock()
+        self._logging_in: SingleFlight[None] = SingleFlight()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -208,29 +209,44 @@ class LightboxClient:
     def _save_tokens(self, tokens: api.TokenPair) -> None:
         self.store.save(msgspec.structs.replace(self.store.state, session=tokens))
 
-    async def ensure_login(self) -> None:
-        """Log in again (password + device signature) when there is no usable session."""
+    def _session_usable(self) -> bool:
         tokens = self.relay.tokens
-        if tokens is not None and tokens.refresh_expires_at > self._clock() + 60:
+        return tokens is not None and tokens.refresh_expires_at > self._clock() + 60
+
+    async def ensure_login(self) -> None:
+        """Log in again (password + device signature) when there is no usable session; one
+        login for all concurrent callers (clients/sdk/http.py SingleFlight)."""
+        if self._session_usable():
             return
         if self._password is None:
             raise FlowError("the session has expired: log in again with your password",
                             code=ErrorCode.UNAUTHENTICATED.value)
+        await self._logging_in.run(self._login)
+
+    async def _login(self) -> None:
+        if self._session_usable():  # a login that finished just before this one started
+            return
+        assert self._password is not None
         self.relay.tokens = None
         await login(self.relay, self.store.state, self._password)
 
     async def _access_token(self) -> str:
+        """A fresh access token (the websocket connection asks for one on each connect); a
+        stale one is refreshed through the relay client's single flight, shared with the HTTP
+        calls, so the same refresh token is never presented twice."""
         await self.ensure_login()
         tokens = self.relay.tokens
         assert tokens is not None
         if self._clock() >= tokens.expires_at - 60:
             try:
-                await self.relay.refresh()
-            except RelayRequestError:
-                self.relay.tokens = None
+                tokens = await self.relay.refresh_if_stale(tokens)
+            except RelayRequestError:  # the session ended: log in again with the password
+                if self.relay.tokens is tokens:
+                    self.relay.tokens = None
                 await self.ensure_login()
-        assert self.relay.tokens is not None
-        return self.relay.tokens.access_token
+                tokens = self.relay.tokens
+        assert tokens is not None
+        return tokens.access_token
 
     async def start(self, *, wait_connected: float | None = None) -> None:
         """Log in if needed, fetch the revocation list, and connect (in the background)."""

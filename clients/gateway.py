@@ -66,6 +66,7 @@ from clients.consent_pdf import (
     patient_label,
     render_consent_pdf,
 )
+from clients.failures import run_command
 from clients.fhir import FhirAuthError, FhirClient, FhirError, FhirSettings, FhirUnavailable
 from clients.pacs import (
     InstanceRef,
@@ -753,6 +754,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.original_lookback_days <= 30:
         p.error("--original-lookback-days must be between 0 and 30")
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper())
+    from clients.sdk.keystore import lightbox_home
+
+    return run_command("lightbox-gateway", lambda: _serve(args), failure=2,
+                       details_dir=lightbox_home(),
+                       login_hint="enrol the gateway again, or give its password")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the gateway until it is stopped (Ctrl-C: 0) or the relay ends its access (the
+    reason is raised, for main's one sentence)."""
     try:
         settings = PacsSettings.from_env()
         fhir_settings = FhirSettings.from_env(url=args.fhir_url) if args.fhir_url else None
@@ -780,9 +791,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert gw.connection is not None
             try:
                 stopped = await gw.connection.stopped
-                print(f"lightbox-gateway: stopped: {stopped}", file=sys.stderr)
             finally:
                 await gw.stop()
+            raise stopped
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())

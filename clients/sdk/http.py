@@ -40,6 +40,7 @@ T = TypeVar("T")
 Signer = Ed25519KeyPair
 TokenCallback = Callable[[api.TokenPair], Awaitable[None] | None]
 
+_SESSION_ENDED = frozenset({"token_invalid", "token_expired", "refresh_reused"})
 REFRESH_MARGIN = 60  # seconds before expiry at which a device refreshes its access token
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
@@ -95,7 +96,9 @@ class RelayHTTP:
     """Async client of one relay. Use as ``async with RelayHTTP(url) as relay: ...``.
 
     ``device`` (the device's Ed25519 signing key) and ``tokens`` enable device routes;
-    ``admin_token`` enables admin routes. ``now`` is injectable for tests.
+    ``admin_token`` enables admin routes. ``login_again`` (password and device signature)
+    replaces a refresh the relay refuses because the session ended. ``now`` is injectable for
+    tests.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class RelayHTTP:
         tokens: api.TokenPair | None = None,
         admin_token: str | None = None,
         on_tokens: TokenCallback | None = None,
+        login_again: Callable[[], Awaitable[api.TokenPair]] | None = None,
         client: httpx.AsyncClient | None = None,
         timeout: float = 15.0,
         now: Callable[[], float] = time.time,
@@ -115,6 +119,7 @@ class RelayHTTP:
         self.tokens = tokens
         self.admin_token = admin_token
         self._on_tokens = on_tokens
+        self._login_again = login_again
         self._now = now
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
@@ -321,6 +326,12 @@ class RelayHTTP:
             raise RelayRequestError("unauthenticated", 401, "not logged in")
         r = await self._send("POST", "/v1/auth/refresh",
                              body=api.RefreshRequest(refresh_token=self.tokens.refresh_token))
+        if r.status_code == 401 and self._login_again is not None \
+                and parse_problem(r).code in _SESSION_ENDED:
+            # The session ended (logout elsewhere, revocation, expiry): a client that can
+            # log in again does, once for all the callers waiting on this refresh; a
+            # revoked device is refused there with device_revoked, which is what it is told.
+            return await self._login_again()
         return await self._set_tokens(self._decode(r, api.TokenPair))
 
     async def logout(self) -> None:

@@ -31,17 +31,17 @@ from clients.sdk.errors import (
 from clients.vault import VaultError
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 
-__all__ = ["REVOKED", "describe", "report_crash", "run_command"]
+__all__ = ["describe", "report_crash", "run_command"]
 
-REVOKED = ("This device was revoked by your organisation; it can no longer use Lightbox (ask "
-           "your IT team to enrol it again).")
+_REVOKED = ("This device was revoked by your organisation{code}; ask your IT team for a new "
+           "enrolment code to use Lightbox on it again.")
 _SESSION_ENDED = {ErrorCode.TOKEN_INVALID.value, ErrorCode.TOKEN_EXPIRED.value,
                   ErrorCode.REFRESH_REUSED.value, ErrorCode.UNAUTHENTICATED.value}
 
 
 def _relay_refusal(exc: RelayRequestError, login_hint: str) -> str:
     if exc.code == ErrorCode.DEVICE_REVOKED.value:
-        return f"{REVOKED[:-1]} ({exc.code})."
+        return _REVOKED.format(code=f" ({exc.code})")
     if exc.code == ErrorCode.USER_SUSPENDED.value:
         return f"error: your account is suspended by your organisation; ask your IT team " \
                f"({exc.code})"
@@ -65,7 +65,7 @@ def describe(exc: BaseException, *, login_hint: str) -> str | None:
         return f"error: {exc.code}: {exc}"
     if isinstance(exc, ConnectionStopped):
         if exc.code == CloseCode.DEVICE_REVOKED or exc.reason == ErrorCode.DEVICE_REVOKED.value:
-            return REVOKED
+            return _REVOKED.format(code="")
         if exc.reason in _SESSION_ENDED:
             return f"error: your session has ended ({exc.reason}): {login_hint}"
         return f"error: the relay ended this device's access ({exc.reason or exc.code})"

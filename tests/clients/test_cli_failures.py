@@ -78,6 +78,19 @@ async def run(program: str, *argv: str, env: dict[str, str],
     return proc.returncode, out.decode(), err.decode()
 
 
+async def run_all(cases: list[tuple[str, tuple[str, ...], dict[str, str]]]
+                  ) -> list[tuple[int, str, str]]:
+    """Run independent commands a few at a time (each is a process of its own)."""
+    gate = asyncio.Semaphore(4)
+
+    async def one(program: str, argv: tuple[str, ...], env: dict[str, str]
+                  ) -> tuple[int, str, str]:
+        async with gate:
+            return await run(program, *argv, env=env)
+
+    return await asyncio.gather(*(one(*case) for case in cases))
+
+
 def assert_one_sentence(rc: int, out: str, err: str) -> None:
     assert rc != 0, (out, err)
     assert "Traceback" not in out + err, err
@@ -169,7 +182,7 @@ async def test_every_command_says_one_sentence_when_the_relay_is_down(
     env = _env(tmp_path, LIGHTBOX_SERVER=dead, LIGHTBOX_ADMIN_TOKEN="not-a-token",
                LIGHTBOX_ADMIN_PASSWORD="harbour-mosaic-tundra-9")
     reach = "cannot reach the relay"
-    for program, argv in (
+    commands: tuple[tuple[str, tuple[str, ...]], ...] = (
             ("lightbox", ("--profile", "phone", "threads")),
             ("lightbox", ("--profile", "phone", "inbox", "--timeout", "5")),
             ("lightbox", ("--profile", "phone", "send", "--to", "role:intern", "hello")),
@@ -178,8 +191,9 @@ async def test_every_command_says_one_sentence_when_the_relay_is_down(
                           "ABCD-EFGH-JKMN-PQRS-TVWX")),
             ("lightbox-admin", ("login", "--server", dead, "--login", "it.admin")),
             ("lightbox-admin", ("user", "list")),
-            ("lightbox-gateway", ("--profile", "gateway"))):
-        rc, out, err = await run(program, *argv, env=env)
+            ("lightbox-gateway", ("--profile", "gateway")))
+    results = await run_all([(program, argv, env) for program, argv in commands])
+    for (program, argv), (rc, out, err) in zip(commands, results, strict=True):
         assert_one_sentence(rc, out, err)
         assert reach in err, (program, argv, err)
 
@@ -212,7 +226,7 @@ async def test_wrong_passwords_missing_profiles_and_garbage_arguments_say_one_se
         ("lightbox-admin", ("device", "revoke", "not-a-device-id"), env, "error:"),
         ("lightbox-gateway", ("--retry-max", "forever"), env, "invalid float value"),
     ]
-    for program, argv, case_env, expected in cases:
-        rc, out, err = await run(program, *argv, env=case_env)
+    results = await run_all([(program, argv, case_env) for program, argv, case_env, _ in cases])
+    for (program, argv, _, expected), (rc, out, err) in zip(cases, results, strict=True):
         assert_one_sentence(rc, out, err)
         assert expected in err, (program, argv, err)

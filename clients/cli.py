@@ -37,7 +37,7 @@ from clients.sdk import expiry, identity
 from clients.sdk.errors import DeviceWiped, FlowError, KeyStoreError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore, lightbox_home
-from protocol import certs
+from protocol import api, certs
 from protocol.body import ConsentFiling
 from protocol.consent import ConsentBasis, ConsentClaims, ConsentDecision
 from protocol.keys import key_id
@@ -71,7 +71,10 @@ class _Device:
 
     async def relay(self) -> RelayHTTP:
         """A RelayHTTP acting as this device, logged in (reusing the saved session)."""
-        relay = identity.device_relay(self.opened)
+        async def login_again() -> api.TokenPair:  # the relay ended the session
+            return await identity.login(relay, self.state, self.password)
+
+        relay = identity.device_relay(self.opened, login_again=login_again)
         if relay.tokens is None or relay.tokens.refresh_expires_at <= time.time():
             relay.tokens = None
             try:

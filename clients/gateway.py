@@ -79,7 +79,7 @@ from clients.pacs import (
 )
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.connection import Connection
-from clients.sdk.errors import KeyStoreError, RelayRequestError, RelayResponseError
+from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, RelayResponseError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import (
     forget_one_time_prekey,
@@ -331,7 +331,8 @@ class RecordGateway:
                 tokens = None
         if tokens is None or tokens.refresh_expires_at <= self.clock() + 60:
             if self._password is None:
-                raise RuntimeError("the gateway's session expired: give its password")
+                raise FlowError("the gateway's session expired: give its password",
+                                code=ErrorCode.UNAUTHENTICATED.value)
             self.relay.tokens = None
             await login(self.relay, self.store.state, self._password)
         assert self.relay.tokens is not None

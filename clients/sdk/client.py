@@ -263,7 +263,9 @@ class LightboxClient:
         if self._clock() >= tokens.expires_at - 60:
             try:
                 tokens = await self.relay.refresh_if_stale(tokens)
-            except RelayRequestError:  # the session ended: log in again with the password
+            except RelayRequestError as exc:  # the session ended: log in again
+                if exc.code == ErrorCode.DEVICE_REVOKED.value:
+                    raise  # a login would be refused the same way
                 if self.relay.tokens is tokens:
                     self.relay.tokens = None
                 await self.ensure_login()

@@ -162,7 +162,7 @@ async def test_a_revoked_device_without_a_wipe_is_told_who_ended_its_access(
     env = _env(tmp_path, world)
     rc, out, err = await run("lightbox-admin", "device", "revoke", device_id, env=env)
     assert rc == 0, out + err
-    for argv in (("threads",), ("inbox", "--timeout", "20"), ("login",)):
+    for argv in (("threads",), ("inbox", "--timeout", "20"), ("login",), ("whoami",)):
         rc, out, err = await run("lightbox", "--profile", "phone", *argv, env=env)
         assert_one_sentence(rc, out, err)
         assert "This device was revoked by your organisation" in err, err

@@ -33,7 +33,14 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from clients import adminops, csvio, handout, rotaio
-from clients.adminsession import AdminSession, SessionError, load_session, save_session
+from clients.adminsession import (
+    AdminSession,
+    SessionError,
+    load_session,
+    save_session,
+    session_path,
+)
+from clients.failures import run_command
 from clients.orgkey import (
     OrgKeyError,
     create_org_keyfile,
@@ -42,7 +49,6 @@ from clients.orgkey import (
     read_public_file,
 )
 from clients.prompts import PromptError, read_secret
-from clients.sdk.errors import SDKError
 from clients.sdk.http import RelayHTTP
 from protocol import api, certs
 from protocol.canonical import b64url_encode, peek_compact
@@ -700,22 +706,19 @@ def _copies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_failure(exc: BaseException) -> str | None:
+    if isinstance(exc, csvio.CsvError | CommandError | OrgKeyError | PromptError | SessionError):
+        return f"error: {exc}"
+    if isinstance(exc, ProtocolError | RelayError):  # password policy; admin create's Conflict
+        return f"error: {exc.code.value}: {exc}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except csvio.CsvError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (CommandError, OrgKeyError, PromptError, SessionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except SDKError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ProtocolError, RelayError) as exc:  # password policy; admin create's Conflict
-        print(f"error: {exc.code.value}: {exc}", file=sys.stderr)
-        return 2
+    return run_command("lightbox-admin", lambda: int(args.func(args)), failure=2,
+                       known=_own_failure, login_hint="run `lightbox-admin login`",
+                       details_dir=session_path().parent)
 
 
 if __name__ == "__main__":

@@ -30,16 +30,22 @@ from typing import TypeVar
 
 from clients import clinician, consent_pdf, phi
 from clients import consent as consent_capture
+from clients.failures import run_command
 from clients.imaging import ImageRejected, prepare_image
-from clients.prompts import PromptError, read_secret
-from clients.sdk import identity
-from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, SDKError
+from clients.prompts import read_secret
+from clients.sdk import expiry, identity
+from clients.sdk.errors import DeviceWiped, FlowError, KeyStoreError
 from clients.sdk.http import RelayHTTP
-from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore, default_profile
-from protocol import certs
+from clients.sdk.keystore import (
+    DeviceState,
+    KeyStore,
+    OpenKeyStore,
+    default_profile,
+    lightbox_home,
+)
+from protocol import api, certs
 from protocol.body import ConsentFiling
 from protocol.consent import ConsentBasis, ConsentClaims, ConsentDecision
-from protocol.errors import ProtocolError
 from protocol.keys import key_id
 from protocol.model import SUPPORTED_VERSIONS, DeviceKind, Purpose
 
@@ -71,7 +77,10 @@ class _Device:
 
     async def relay(self) -> RelayHTTP:
         """A RelayHTTP acting as this device, logged in (reusing the saved session)."""
-        relay = identity.device_relay(self.opened)
+        async def login_again() -> api.TokenPair:  # the relay ended the session
+            return await identity.login(relay, self.state, self.password)
+
+        relay = identity.device_relay(self.opened, login_again=login_again)
         if relay.tokens is None or relay.tokens.refresh_expires_at <= time.time():
             relay.tokens = None
             try:
@@ -517,20 +526,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.func(args))
-    except RelayRequestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except FlowError as exc:
-        print(f"error: {exc.code}: {exc}", file=sys.stderr)
-        return 1
-    except (SDKError, PromptError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ProtocolError as exc:
-        print(f"error: {exc.code.value}: {getattr(exc, 'reason', '') or exc}", file=sys.stderr)
-        return 1
+
+    def after_wipe(exc: BaseException) -> str | None:
+        """A profile whose device the organisation revoked and wiped says so, whatever the
+        command tripped over (the erased vault, the ended session...); enrolling anew is
+        the way out, so those commands report their own failures."""
+        if args.cmd in {"enroll", "link"} or isinstance(exc, DeviceWiped):
+            return None
+        try:
+            expiry.check_not_wiped(KeyStore.for_profile(args.profile).directory)
+        except DeviceWiped as wiped:
+            return str(wiped)
+        except KeyStoreError:  # an invalid profile name: said by the failure itself
+            pass
+        return None
+
+    return run_command("lightbox", lambda: int(args.func(args)), known=after_wipe,
+                       login_hint="run `lightbox login`", details_dir=lightbox_home())
 
 
 if __name__ == "__main__":

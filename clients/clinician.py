@@ -42,10 +42,9 @@ from clients.sdk.client import (
     ReceiptEvent,
     StatusEvent,
 )
-from clients.sdk.connection import ConnectionStopped
 from clients.sdk.errors import FlowError, KeyStoreError
 from clients.sdk.keystore import DeviceStore, KeyStore
-from clients.vault import Vault, VaultError
+from clients.vault import Vault
 from protocol.body import Body, BodyKind, RecordData, Sex
 from protocol.consent import (
     ConsentBasis,
@@ -113,21 +112,14 @@ def _when(ts: float) -> str:
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the errors a user can cause into one sentence (cli.main handles SDK errors)."""
+    """Say what is wrong with a rejected image; every other failure becomes one sentence in
+    cli.main (clients/failures.py), which also knows a profile its organisation wiped."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
         except imaging.ImageRejected as exc:
             print(f"error: the image cannot be sent: {exc.reason}", file=sys.stderr)
-        except VaultError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-        except ConnectionStopped as exc:
-            print(f"error: the relay ended this device's access ({exc.reason or exc.code})",
-                  file=sys.stderr)
-        except KeyboardInterrupt:
-            print("stopped", file=sys.stderr)
-            return 130
         return 1
 
     return run

@@ -66,6 +66,7 @@ from clients.consent_pdf import (
     patient_label,
     render_consent_pdf,
 )
+from clients.failures import run_command
 from clients.fhir import FhirAuthError, FhirClient, FhirError, FhirSettings, FhirUnavailable
 from clients.pacs import (
     InstanceRef,
@@ -78,7 +79,7 @@ from clients.pacs import (
 )
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.connection import Connection
-from clients.sdk.errors import KeyStoreError, RelayRequestError, RelayResponseError
+from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, RelayResponseError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import (
     forget_one_time_prekey,
@@ -86,9 +87,9 @@ from clients.sdk.identity import (
     org_revocation_lists,
     replenish_one_time_prekeys,
 )
-from clients.sdk.keystore import DeviceState, KeyStore, default_profile
+from clients.sdk.keystore import DeviceState, KeyStore, default_profile, lightbox_home
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
-from protocol import certs, envelope, statements
+from protocol import api, certs, envelope, statements
 from protocol.attachments import AttachmentDescriptor
 from protocol.body import (
     Body,
@@ -344,7 +345,7 @@ class RecordGateway:
         self._password = password
         st = store.state
         self.relay = relay or RelayHTTP(st.server_url, device=st.device_keys().signing,
-                                        tokens=st.session)
+                                        tokens=st.session, on_tokens=self._save_tokens)
         base = st.server_url.rstrip("/")
         self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")
         self._backoff = (backoff_base, backoff_max)
@@ -356,15 +357,25 @@ class RecordGateway:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def _save_tokens(self, tokens: api.TokenPair) -> None:
+        """Keep the rotated refresh token: a restarted gateway presenting the one it replaced
+        would be taken for a stolen copy and lose its session."""
+        self.store.save(msgspec.structs.replace(self.store.state, session=tokens))
+
     async def _access_token(self) -> str:
         tokens = self.relay.tokens
+        if tokens is not None and tokens.refresh_expires_at > self.clock() + 60 \
+                and self.clock() >= tokens.expires_at - 60:
+            try:  # one refresh shared with any other caller (clients/sdk/http.py)
+                tokens = await self.relay.refresh_if_stale(tokens)
+            except RelayRequestError:  # the session ended: log in again with the password
+                tokens = None
         if tokens is None or tokens.refresh_expires_at <= self.clock() + 60:
             if self._password is None:
-                raise RuntimeError("the gateway's session expired: give its password")
+                raise FlowError("the gateway's session expired: give its password",
+                                code=ErrorCode.UNAUTHENTICATED.value)
             self.relay.tokens = None
             await login(self.relay, self.store.state, self._password)
-        elif self.clock() >= tokens.expires_at - 60:
-            await self.relay.refresh()
         assert self.relay.tokens is not None
         return self.relay.tokens.access_token
 
@@ -858,6 +869,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--viewer-url must be an http(s) URL holding {study_instance_uid}")
     if not 0 <= args.original_lookback_days <= 30:
         p.error("--original-lookback-days must be between 0 and 30")
+    return run_command("lightbox-gateway", lambda: _serve(args), failure=2,
+                       details_dir=lightbox_home(),
+                       login_hint="enrol the gateway again, or give its password")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the gateway until it is stopped (Ctrl-C: 0) or the relay ends its access (the
+    reason is raised, for main's one sentence)."""
     try:
         settings = PacsSettings.from_env()
         fhir_settings = FhirSettings.from_env(url=args.fhir_url) if args.fhir_url else None
@@ -889,9 +908,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert gw.connection is not None
             try:
                 stopped = await gw.connection.stopped
-                print(f"lightbox-gateway: stopped: {stopped}", file=sys.stderr)
             finally:
                 await gw.stop()
+            raise stopped
 
     configure_logging(os.environ.get("LOG_LEVEL", "INFO"))  # only once it runs for real
     with contextlib.suppress(KeyboardInterrupt):

@@ -15,7 +15,9 @@ password):
    unexpired (``licence_expired``, ``certificate_expired``).
 
 Refresh rotates the refresh token; a used token presented again revokes its whole family
-(``refresh_reused``, audited). Refresh re-checks device and user status.
+(``refresh_reused``, audited), except the legitimate race of one device's own requests within
+``LIGHTBOX_REFRESH_REUSE_GRACE`` (the same new pair again, ``auth.refresh_repeat``, audited).
+Refresh re-checks device and user status.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 import asyncpg
+import msgspec
 
 from protocol.api import (
     AdminToken,
@@ -117,47 +120,80 @@ class LoginService:
                          device_id=device.device_id)
 
     async def refresh(self, token: str) -> TokenPair:
+        """Exchange a refresh token for a new pair (rotation, RFC 9700 §4.14.2).
+
+        A used token presented again is reuse and ends the family, except within
+        ``refresh_reuse_grace`` seconds of its exchange while its successor is still unused:
+        that is two requests of one device racing, and they get the very pair the first one
+        got (sealed under the old token, server/store/sessions.py), not a third one. The row
+        lock of :func:`sessions.get_refresh` serialises racing exchanges across processes."""
         now = self.clock()
-        reused: str | None = None
         async with self.db.pool.acquire() as conn:
             async with conn.transaction():
                 rec = await sessions.get_refresh(conn, token)
                 if rec is None or (rec.revoked and not rec.used):
                     raise Unauthorized(ErrorCode.TOKEN_INVALID, "unknown or revoked token")
                 if rec.used:
+                    pair = await self._repeat(conn, token, rec, now)
+                    if pair is not None:
+                        return pair
                     # A copy of a token that was already exchanged: someone else holds the
                     # family. End it for everybody, the legitimate device included.
                     revoked = await sessions.revoke_family(conn, rec.family_id, now=now)
                     await audit.append(conn, "auth.refresh_reused", subject_kind="device",
                                        subject_id=rec.device_id, outcome="denied",
                                        details={"user_id": rec.user_id, "revoked": revoked})
-                    reused = rec.family_id
                 else:
                     if now >= rec.expires_at:
                         raise Unauthorized(ErrorCode.TOKEN_EXPIRED, "refresh token expired")
-                    user = await users.get_user(conn, rec.user_id)
-                    device = await devices.get_device(conn, rec.device_id)
-                    assert user is not None  # foreign keys
-                    assert device is not None
-                    code = _status_refusal(user, device.status, now)
-                    if code is not None:
-                        raise _refusal(code)
-                    await sessions.mark_used(conn, token, now=now)
+                    device = await self._check_status(conn, rec, now)
                     new, new_exp = await sessions.issue_refresh(
                         conn, family_id=rec.family_id, user_id=rec.user_id,
                         device_id=rec.device_id, now=now, ttl=self.settings.refresh_token_ttl)
+                    access, exp = self.tokens.issue_access(
+                        user_id=rec.user_id, device_id=rec.device_id, family_id=rec.family_id,
+                        signing_key=device.signing_key, now=now)
+                    pair = TokenPair(access_token=access, expires_at=exp, refresh_token=new,
+                                     refresh_expires_at=new_exp, user_id=rec.user_id,
+                                     device_id=rec.device_id)
+                    await sessions.rotate(conn, token, successor=new, now=now,
+                                          sealed=sessions.seal_successor(
+                                              token, msgspec.json.encode(pair)))
                     await audit.append(conn, "auth.refresh", subject_kind="device",
                                        subject_id=rec.device_id, actor_kind="device",
                                        actor_id=rec.device_id)
-        if reused is not None or device is None:
-            raise Unauthorized(ErrorCode.REFRESH_REUSED,
-                               "refresh token reused: the session was ended")
-        access, exp = self.tokens.issue_access(user_id=rec.user_id, device_id=rec.device_id,
-                                               family_id=rec.family_id,
-                                               signing_key=device.signing_key, now=now)
-        return TokenPair(access_token=access, expires_at=exp, refresh_token=new,
-                         refresh_expires_at=new_exp, user_id=rec.user_id,
-                         device_id=rec.device_id)
+                    return pair
+        raise Unauthorized(ErrorCode.REFRESH_REUSED, "refresh token reused: the session was ended")
+
+    async def _check_status(self, conn: asyncpg.Connection, rec: sessions.RefreshRecord,
+                            now: float) -> devices.DeviceRecord:
+        """The device, if it and its user may still hold a session (else the refusal)."""
+        user = await users.get_user(conn, rec.user_id)
+        device = await devices.get_device(conn, rec.device_id)
+        assert user is not None  # foreign keys
+        assert device is not None
+        code = _status_refusal(user, device.status, now)
+        if code is not None:
+            raise _refusal(code)
+        return device
+
+    async def _repeat(self, conn: asyncpg.Connection, token: str, rec: sessions.RefreshRecord,
+                      now: float) -> TokenPair | None:
+        """The pair this used token was exchanged for, if this is the legitimate race (within
+        the grace, family live, successor unused); None if it is reuse."""
+        grace = self.settings.refresh_reuse_grace
+        if (rec.revoked or rec.used_at is None or now >= rec.used_at + grace
+                or rec.successor_hash is None or rec.successor_sealed is None
+                or not await sessions.successor_live(conn, rec.successor_hash)):
+            return None
+        sealed = sessions.open_successor(token, rec.successor_sealed)
+        if sealed is None:
+            return None
+        await self._check_status(conn, rec, now)
+        await audit.append(conn, "auth.refresh_repeat", subject_kind="device",
+                           subject_id=rec.device_id, actor_kind="device", actor_id=rec.device_id,
+                           details={"after_ms": int((now - rec.used_at) * 1000)})
+        return msgspec.json.decode(sealed, type=TokenPair)
 
     async def logout(self, token: str) -> None:
         now = self.clock()

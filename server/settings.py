@@ -150,6 +150,11 @@ class Settings:
     refresh_token_ttl: int = _s(30 * 86400, "LIGHTBOX_REFRESH_TOKEN_TTL", "int",
                                 "Seconds a refresh token is valid (rotated on each use).",
                                 limit=True)
+    refresh_reuse_grace: int = _s(10, "LIGHTBOX_REFRESH_REUSE_GRACE", "int",
+                                  "Seconds a just-rotated refresh token still answers with the "
+                                  "same new pair (two requests of one device racing); later, "
+                                  "it is reuse and ends the session (0: no grace).",
+                                  limit=True)
     admin_token_ttl: int = _s(1800, "LIGHTBOX_ADMIN_TOKEN_TTL", "int",
                               "Seconds an IT administrator's token is valid.", limit=True)
     password_min_length: int = _s(12, "LIGHTBOX_PASSWORD_MIN_LENGTH", "int",
@@ -336,10 +341,15 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 def _validate(s: Settings) -> None:
     positive = [f.name for f in dataclasses.fields(Settings)
                 if f.metadata["kind"] in {"int", "float"}
-                and f.name not in {"trusted_proxy_hops", "port"}]
+                and f.name not in {"trusted_proxy_hops", "port", "refresh_reuse_grace"}]
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be positive")
+    if s.refresh_reuse_grace < 0:
+        raise SettingsError("LIGHTBOX_REFRESH_REUSE_GRACE must not be negative")
+    if s.refresh_reuse_grace >= s.access_token_ttl:
+        raise SettingsError("LIGHTBOX_REFRESH_REUSE_GRACE must be shorter than "
+                            "LIGHTBOX_ACCESS_TOKEN_TTL")
     if s.db_pool_min > s.db_pool_max:
         raise SettingsError("LIGHTBOX_DB_POOL_MIN must not exceed LIGHTBOX_DB_POOL_MAX")
     if not 0 <= s.port <= 65535:

@@ -71,6 +71,20 @@ def make_settings(**overrides: object) -> Settings:
     return load_settings({}, **base)
 
 
+class ShiftedClock:
+    """Wall-clock time plus an offset a test moves forward (``clock.advance(30)``): a relay
+    given it sees simulated seconds pass while proofs signed at real time still verify."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
 @dataclass
 class RunningRelay:
     relay: Relay
@@ -84,11 +98,13 @@ class RunningRelay:
 
 @contextlib.contextmanager
 def relay_in_thread(dsn: str, settings: Settings | None = None, *,
-                    oncall_clock: Callable[[], float] | None = None) -> Iterator[RunningRelay]:
+                    oncall_clock: Callable[[], float] | None = None,
+                    clock: Callable[[], float] = time.time) -> Iterator[RunningRelay]:
     """A real uvicorn serving the relay on a free loopback port, in its own thread and loop.
-    ``oncall_clock`` replaces the rota and escalation clock (simulated minutes)."""
+    ``oncall_clock`` replaces the rota and escalation clock (simulated minutes); ``clock``
+    the relay's own (tokens, sessions, expiry)."""
     settings = settings or make_settings()
-    relay = create_app(settings, dsn=dsn, oncall_clock=oncall_clock)
+    relay = create_app(settings, dsn=dsn, oncall_clock=oncall_clock, clock=clock)
     server = RelayServer(uvicorn_config(relay, settings), relay)
     thread = threading.Thread(target=server.run, name="relay", daemon=True)
     thread.start()
@@ -109,10 +125,11 @@ def relay_in_thread(dsn: str, settings: Settings | None = None, *,
 
 @contextlib.asynccontextmanager
 async def running_relay(dsn: str, settings: Settings | None = None, *,
-                        oncall_clock: Callable[[], float] | None = None
+                        oncall_clock: Callable[[], float] | None = None,
+                        clock: Callable[[], float] = time.time
                         ) -> AsyncIterator[RunningRelay]:
     """Async wrapper: start and stop the relay thread without blocking the test's loop."""
-    cm = relay_in_thread(dsn, settings, oncall_clock=oncall_clock)
+    cm = relay_in_thread(dsn, settings, oncall_clock=oncall_clock, clock=clock)
     running = await asyncio.to_thread(cm.__enter__)
     try:
         yield running
@@ -124,6 +141,7 @@ __all__ = [
     "ROOT",
     "Cluster",
     "RunningRelay",
+    "ShiftedClock",
     "make_settings",
     "relay_in_thread",
     "running_relay",

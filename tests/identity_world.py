@@ -55,7 +55,7 @@ from protocol.keys import (
 from protocol.model import DeviceKind
 from server.passwords import Passwords
 from server.store import admins
-from tests.helpers import ROOT, RunningRelay, make_settings, running_relay
+from tests.helpers import ROOT, RunningRelay, ShiftedClock, make_settings, running_relay
 
 __all__ = ["PASSWORD", "Device", "Org", "User", "World", "identity_world"]
 
@@ -191,6 +191,7 @@ class World:
     dsn: str
     orgs: dict[str, Org]
     admin_token: str = ""
+    clock: ShiftedClock = dataclasses.field(default_factory=ShiftedClock)  # the relay's
 
     @property
     def org(self) -> Org:
@@ -270,8 +271,11 @@ def write_trusted_orgs(path: Path, *orgs: Org) -> Path:
 @contextlib.asynccontextmanager
 async def identity_world(dsn: str, tmp: Path, *, orgs: tuple[str, ...] = ("st-elsewhere",),
                          oncall_clock: Callable[[], float] | None = None,
+                         clock: ShiftedClock | None = None,
                          **settings: Any) -> AsyncIterator[World]:
-    """A relay trusting fresh organisations, with an IT administrator logged in."""
+    """A relay trusting fresh organisations, with an IT administrator logged in; ``clock``
+    (``world.clock``) is the relay's, a test moves it forward."""
+    clock = clock or ShiftedClock()
     org_objs = {o: Org(o) for o in orgs}
     trusted = write_trusted_orgs(tmp / "trusted-orgs.json", *org_objs.values())
     s = make_settings(trusted_orgs_file=trusted,
@@ -282,9 +286,9 @@ async def identity_world(dsn: str, tmp: Path, *, orgs: tuple[str, ...] = ("st-el
                                   Passwords("cheap").hash_sync(ADMIN_PASSWORD))
     finally:
         await conn.close()
-    async with running_relay(dsn, s, oncall_clock=oncall_clock) as relay, \
+    async with running_relay(dsn, s, oncall_clock=oncall_clock, clock=clock) as relay, \
             httpx.AsyncClient(base_url=relay.base_url) as c:
-        world = World(relay=relay, http=c, dsn=dsn, orgs=org_objs)
+        world = World(relay=relay, http=c, dsn=dsn, orgs=org_objs, clock=clock)
         r = await c.post("/v1/admin/login", json={"login": "it-admin",
                                                   "password": ADMIN_PASSWORD})
         assert r.status_code == 200, r.text

@@ -9,6 +9,7 @@ Exception tree (every SDK error)::
     ├── RelayResponseError    the relay's answer does not match the contract
     ├── RelayUnavailable      the relay could not be reached
     ├── KeyStoreError         the local key store is missing, exists already, or will not open
+    ├── DeviceWiped           the organisation revoked this device and it erased its data
     └── FlowError             a client-side check failed (``code``: an ErrorCode value)
         └── ConsentImageMismatch  a received image its consent does not name: never shown
 """

@@ -46,6 +46,7 @@ from clients.sdk import attachments as sdk_attachments
 from clients.sdk.connection import Connection, ConnectionStopped, DeferDelivery
 from clients.sdk.errors import (
     ConsentImageMismatch,
+    DeviceWiped,
     FlowError,
     RelayRequestError,
     RelayUnavailable,
@@ -67,7 +68,7 @@ from clients.sdk.events import (
 )
 from clients.sdk.expiry import wipe
 from clients.sdk.filing import gateway_bundles, needs_gateway
-from clients.sdk.http import RelayHTTP
+from clients.sdk.http import RelayHTTP, SingleFlight
 from clients.sdk.identity import (
     forget_one_time_prekey,
     login,
@@ -167,8 +168,10 @@ class LightboxClient:
         self._password = password
         self._clock = clock
         st = store.state
-        self.relay = relay or RelayHTTP(st.server_url, device=st.device_keys().signing,
-                                        tokens=st.session, on_tokens=self._save_tokens)
+        self.relay = relay or RelayHTTP(
+            st.server_url, device=st.device_keys().signing, tokens=st.session,
+            on_tokens=self._save_tokens,
+            login_again=self._login_again if password is not None else None)
         base = st.server_url.rstrip("/")
         self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")
         self._backoff = (backoff_base, backoff_max)
@@ -190,6 +193,8 @@ class LightboxClient:
         self._acked: set[str] = set()
         self._threads: dict[str, api.ThreadInfo] = {}
         self._fetch_lock = asyncio.Lock()
+        self._logging_in: SingleFlight[None] = SingleFlight()
+        self._wiped_at: int | None = None  # the organisation's revocation time, once wiped
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -208,33 +213,74 @@ class LightboxClient:
     def _save_tokens(self, tokens: api.TokenPair) -> None:
         self.store.save(msgspec.structs.replace(self.store.state, session=tokens))
 
-    async def ensure_login(self) -> None:
-        """Log in again (password + device signature) when there is no usable session."""
+    def _session_usable(self) -> bool:
         tokens = self.relay.tokens
-        if tokens is not None and tokens.refresh_expires_at > self._clock() + 60:
+        return tokens is not None and tokens.refresh_expires_at > self._clock() + 60
+
+    async def ensure_login(self) -> None:
+        """Log in again (password + device signature) when there is no usable session; one
+        login for all concurrent callers (clients/sdk/http.py SingleFlight)."""
+        if self._session_usable():
             return
         if self._password is None:
             raise FlowError("the session has expired: log in again with your password",
                             code=ErrorCode.UNAUTHENTICATED.value)
+        await self._logging_in.run(self._login)
+
+    async def _login_again(self) -> api.TokenPair:
+        """Password and device signature, when the relay ended the session (RelayHTTP calls
+        it in place of a refused refresh)."""
+        assert self._password is not None
+        return await login(self.relay, self.store.state, self._password)
+
+    async def _login(self) -> None:
+        if self._session_usable():  # a login that finished just before this one started
+            return
+        assert self._password is not None
         self.relay.tokens = None
         await login(self.relay, self.store.state, self._password)
 
     async def _access_token(self) -> str:
+        """A fresh access token (the websocket connection asks for one on each connect); a
+        stale one is refreshed through the relay client's single flight, shared with the HTTP
+        calls, so the same refresh token is never presented twice.
+
+        A revoked device can neither refresh nor log in, but the relay lets it in with its
+        last token, expired or not, to hear a wipe order (server/ws.py): that token is
+        offered then, and the relay either orders the wipe or closes with device_revoked."""
+        try:
+            return await self._fresh_access_token()
+        except RelayRequestError as exc:
+            last = self.store.state.session
+            if exc.code != ErrorCode.DEVICE_REVOKED.value or last is None:
+                raise
+            return last.access_token
+
+    async def _fresh_access_token(self) -> str:
         await self.ensure_login()
         tokens = self.relay.tokens
         assert tokens is not None
         if self._clock() >= tokens.expires_at - 60:
             try:
-                await self.relay.refresh()
-            except RelayRequestError:
-                self.relay.tokens = None
+                tokens = await self.relay.refresh_if_stale(tokens)
+            except RelayRequestError as exc:  # the session ended: log in again
+                if exc.code == ErrorCode.DEVICE_REVOKED.value:
+                    raise  # a login would be refused the same way
+                if self.relay.tokens is tokens:
+                    self.relay.tokens = None
                 await self.ensure_login()
-        assert self.relay.tokens is not None
-        return self.relay.tokens.access_token
+                tokens = self.relay.tokens
+        assert tokens is not None
+        return tokens.access_token
 
     async def start(self, *, wait_connected: float | None = None) -> None:
-        """Log in if needed, fetch the revocation list, and connect (in the background)."""
-        await self.ensure_login()
+        """Log in if needed, fetch the revocation list, and connect (in the background).
+        A device refused as revoked still connects, to hear a wipe order if one awaits it."""
+        try:
+            await self.ensure_login()
+        except RelayRequestError as exc:
+            if exc.code != ErrorCode.DEVICE_REVOKED.value or self.store.state.session is None:
+                raise
         await self.revocations(force=True)
         keys = self.store.state.device_keys()
         self.connection = Connection(
@@ -246,8 +292,7 @@ class LightboxClient:
         self._spawn(self._flush_outgoing(), "client-outgoing")
         self._spawn(self._watch_connection(), "client-status")
         if wait_connected is not None:
-            async with asyncio.timeout(wait_connected):
-                await self.connection.connected.wait()
+            await self._until(self.connection.connected.wait(), wait_connected)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -273,11 +318,38 @@ class LightboxClient:
         task.add_done_callback(self._tasks.discard)
 
     async def wait_synced(self, timeout: float = 10.0) -> None:
-        """Wait until connected and the offline backlog has been received."""
+        """Wait until connected and the offline backlog has been received. Raises
+        :class:`DeviceWiped` or :class:`ConnectionStopped` as soon as the relay ended this
+        device's access (not a timeout later), TimeoutError if the relay stayed silent."""
         assert self.connection is not None
-        async with asyncio.timeout(timeout):
-            await self.connection.connected.wait()
-            await self.connection.queue_empty.wait()
+        conn = self.connection
+
+        async def synced() -> None:
+            await conn.connected.wait()
+            await conn.queue_empty.wait()
+
+        await self._until(synced(), timeout)
+
+    async def _until(self, waiting: Awaitable[object], timeout: float) -> None:
+        """Wait for ``waiting`` unless the connection stops first (then raise why)."""
+        assert self.connection is not None
+        stopped = self.connection.stopped
+        task: asyncio.Future[Any] = asyncio.ensure_future(waiting)
+        either: set[asyncio.Future[Any]] = {task, stopped}
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            task.cancel()
+        if task.done() and not task.cancelled():
+            task.result()
+            return
+        if stopped.done():
+            if self._wiped_at is not None:
+                raise DeviceWiped(self._wiped_at)
+            raise stopped.result()
+        raise TimeoutError
+
 
     # -- events ------------------------------------------------------------------------------
 
@@ -904,6 +976,7 @@ class LightboxClient:
             # Verified against the organisation-signed list (a forged or replayed order raises
             # FlowError and destroys nothing); then the vault goes and the client stops.
             entry = wipe(frame, self.store.state, self.vault.directory, vault=self.vault)
+            self._wiped_at = entry.revoked_at
             await self._emit(StatusEvent("wiped", f"this device was revoked ({entry.reason}) "
                                                   "and its local data destroyed"))
             self._spawn(self.close(), "close-after-wipe")

@@ -25,6 +25,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from clients.sdk.errors import RelayUnavailable, SDKError
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed, is_retryable
 from protocol.errors import CloseCode
 from protocol.frames import Accepted, Deliver, Frame, QueueEmpty
@@ -146,9 +147,17 @@ class Connection:
         attempt = 0
         while True:
             try:
+                token = await self._token()
+            except RelayUnavailable:
+                attempt += 1
+                await self._backoff(attempt)
+                continue
+            except SDKError as exc:  # no token to be had (session ended, device refused...)
+                self._finish(ConnectionStopped(None, str(getattr(exc, "code", "") or exc)))
+                return
+            try:
                 sock = await RelaySocket.connect(
-                    self.url, access_token=await self._token(), device_id=self.device_id,
-                    sign=self._sign)
+                    self.url, access_token=token, device_id=self.device_id, sign=self._sign)
             except SocketClosed as exc:
                 if exc.code in FINAL_CLOSE_CODES:
                     self._finish(ConnectionStopped(exc.code, exc.reason))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 __all__ = [
     "ConsentImageMismatch",
+    "DeviceWiped",
     "FlowError",
     "KeyStoreError",
     "RelayRequestError",
@@ -68,3 +71,14 @@ class ConsentImageMismatch(FlowError):
     def __init__(self, message: str, *, reason: str = "token_invalid") -> None:
         super().__init__(message, code="consent_image_mismatch")
         self.reason = reason  # image_not_named | token_invalid (reported to the relay)
+
+
+class DeviceWiped(SDKError):
+    """The organisation revoked this device and ordered it wiped; its data is erased.
+    ``revoked_at`` (unix seconds) comes from the organisation-signed revocation list."""
+
+    def __init__(self, revoked_at: int) -> None:
+        self.revoked_at = revoked_at
+        when = dt.datetime.fromtimestamp(revoked_at).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        super().__init__(f"This device was revoked by your organisation on {when}; its data "
+                         "has been erased.")

@@ -10,7 +10,9 @@
   revocation list it carries verifies under the pinned organisation key, revokes THIS device
   with ``wipe`` set, was issued after this device's certificate (an old list replayed after a
   re-enrolment does not count), and is not older than a list the device already holds. Then
-  the vault folder is deleted.
+  the vault folder is deleted, and beside it is left a note of the revocation's date alone
+  (:func:`wiped_note`), so that the next command on this profile can tell its user what
+  happened (:func:`check_not_wiped`) instead of asking for an enrolment out of the blue.
 
 The SDK client (clients/sdk/client.py) calls the same vault operation for expiry orders; these
 functions are what it, the desktop and the CLI use for the wipe.
@@ -19,19 +21,27 @@ functions are what it, the desktop and the CLI use for the wipe.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 from pathlib import Path
 
-from clients.sdk.errors import FlowError
-from clients.sdk.keystore import DeviceState
-from clients.vault import Vault
+from clients.sdk.errors import DeviceWiped, FlowError
+from clients.sdk.keystore import KEYSTORE_FILE, DeviceState, write_private_file
+from clients.vault import VAULT_FILE, Vault
 from protocol import certs, statements
 from protocol.canonical import peek_compact
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import ExpireOrder, ExpiryConfirm, WipeOrder
 
-__all__ = ["shred_and_confirm", "verify_wipe_order", "wipe"]
+__all__ = ["check_not_wiped", "shred_and_confirm", "verify_wipe_order", "wipe", "wiped_at",
+           "wiped_note"]
+
+
+def wiped_note(directory: Path) -> Path:
+    """Where the note of an erased profile goes: ``.<profile>.wiped.json`` beside its folder
+    (``{"revoked_at": unix seconds}``, nothing else; no profile name starts with a dot)."""
+    return directory.parent / f".{directory.name}.wiped.json"
 
 
 def shred_and_confirm(vault: Vault, state: DeviceState, order: ExpireOrder, *,
@@ -82,4 +92,26 @@ def wipe(order: WipeOrder, state: DeviceState, vault_dir: Path, *,
         with contextlib.suppress(Exception):
             vault.lock()
     shutil.rmtree(vault_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the erasure matters; the note is a courtesy
+        write_private_file(wiped_note(vault_dir),
+                           json.dumps({"revoked_at": entry.revoked_at}).encode())
     return entry
+
+
+def wiped_at(directory: Path) -> int | None:
+    """When the organisation revoked the device this profile held, if it was wiped here (and
+    nothing was enrolled in it since); else None."""
+    if (directory / KEYSTORE_FILE).exists() or (directory / VAULT_FILE).exists():
+        return None
+    try:
+        revoked_at = json.loads(wiped_note(directory).read_text())["revoked_at"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return revoked_at if isinstance(revoked_at, int) else None
+
+
+def check_not_wiped(directory: Path) -> None:
+    """Raise :class:`DeviceWiped` if this profile's device was revoked and wiped."""
+    revoked_at = wiped_at(directory)
+    if revoked_at is not None:
+        raise DeviceWiped(revoked_at)

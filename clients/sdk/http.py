@@ -12,6 +12,11 @@ query, body, time and a fresh nonce, so the relay accepts it once, for that requ
 The access token is refreshed through ``/v1/auth/refresh`` shortly before it expires, or
 once after a ``token_expired`` answer; every new token pair is handed to ``on_tokens`` so the
 caller can persist the rotated refresh token.
+
+Refresh is *single flight*: however many requests (and websocket reconnections) find the token
+stale at once, one refresh goes to the relay and every caller waits for it and uses the pair it
+brings. Presenting the same refresh token twice would otherwise look like a stolen copy to the
+relay, which then ends the session (docs/SECURITY.md "Identity and sessions").
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -31,14 +36,38 @@ from protocol import api
 from protocol.canonical import b64url_encode
 from protocol.keys import Ed25519KeyPair, random_bytes
 
-__all__ = ["ProvisionResults", "RelayHTTP", "Signer", "parse_problem"]
+__all__ = ["ProvisionResults", "RelayHTTP", "Signer", "SingleFlight", "parse_problem"]
 
 T = TypeVar("T")
 Signer = Ed25519KeyPair
 TokenCallback = Callable[[api.TokenPair], Awaitable[None] | None]
 
+_SESSION_ENDED = frozenset({"token_invalid", "token_expired", "refresh_reused"})
 REFRESH_MARGIN = 60  # seconds before expiry at which a device refreshes its access token
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+class SingleFlight(Generic[T]):
+    """At most one run of an async operation at a time: callers arriving while it runs wait for
+    that run and share its result or its exception. The run is shielded, so a caller that is
+    cancelled does not cancel it for the others (a refresh whose answer is lost would leave
+    the device holding a rotated-away token)."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Future[T] | None = None
+
+    async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
+        if self._task is None:
+            task = asyncio.ensure_future(operation())
+            self._task = task
+            task.add_done_callback(self._done)
+        return await asyncio.shield(self._task)
+
+    def _done(self, task: asyncio.Future[T]) -> None:
+        if self._task is task:
+            self._task = None
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every caller may have gone meanwhile
 
 
 class ProvisionResults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -69,7 +98,9 @@ class RelayHTTP:
     """Async client of one relay. Use as ``async with RelayHTTP(url) as relay: ...``.
 
     ``device`` (the device's Ed25519 signing key) and ``tokens`` enable device routes;
-    ``admin_token`` enables admin routes. ``now`` is injectable for tests.
+    ``admin_token`` enables admin routes. ``login_again`` (password and device signature)
+    replaces a refresh the relay refuses because the session ended. ``now`` is injectable for
+    tests.
     """
 
     def __init__(
@@ -80,6 +111,7 @@ class RelayHTTP:
         tokens: api.TokenPair | None = None,
         admin_token: str | None = None,
         on_tokens: TokenCallback | None = None,
+        login_again: Callable[[], Awaitable[api.TokenPair]] | None = None,
         client: httpx.AsyncClient | None = None,
         timeout: float = 15.0,
         now: Callable[[], float] = time.time,
@@ -89,12 +121,13 @@ class RelayHTTP:
         self.tokens = tokens
         self.admin_token = admin_token
         self._on_tokens = on_tokens
+        self._login_again = login_again
         self._now = now
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=timeout, headers={"User-Agent": "lightbox-sdk/0.1"}, follow_redirects=False
         )
-        self._refresh_lock = asyncio.Lock()
+        self._refreshing: SingleFlight[api.TokenPair] = SingleFlight()
 
     async def __aenter__(self) -> RelayHTTP:
         return self
@@ -205,10 +238,9 @@ class RelayHTTP:
         return await self._send(method, path, body=body, params=params, raw=raw, prove=True)
 
     async def _refresh_if_stale(self, seen: api.TokenPair) -> None:
-        async with self._refresh_lock:
-            if self.tokens is not seen:  # another task refreshed meanwhile
-                return
-            await self.refresh()
+        if self.tokens is not seen:  # another caller refreshed meanwhile: use its pair
+            return
+        await self.refresh()
 
     async def _set_tokens(self, tokens: api.TokenPair) -> api.TokenPair:
         self.tokens = tokens
@@ -290,10 +322,27 @@ class RelayHTTP:
         return await self._set_tokens(tokens)
 
     async def refresh(self) -> api.TokenPair:
+        """A new token pair for the refresh token held; concurrent callers share one request
+        and its answer (single flight)."""
+        return await self._refreshing.run(self._refresh)
+
+    async def refresh_if_stale(self, seen: api.TokenPair) -> api.TokenPair:
+        """Refresh unless the pair changed since the caller saw ``seen`` (then: the new one)."""
+        await self._refresh_if_stale(seen)
+        assert self.tokens is not None
+        return self.tokens
+
+    async def _refresh(self) -> api.TokenPair:
         if self.tokens is None:
             raise RelayRequestError("unauthenticated", 401, "not logged in")
         r = await self._send("POST", "/v1/auth/refresh",
                              body=api.RefreshRequest(refresh_token=self.tokens.refresh_token))
+        if r.status_code == 401 and self._login_again is not None \
+                and parse_problem(r).code in _SESSION_ENDED:
+            # The session ended (logout elsewhere, revocation, expiry): a client that can
+            # log in again does, once for all the callers waiting on this refresh; a
+            # revoked device is refused there with device_revoked, which is what it is told.
+            return await self._login_again()
         return await self._set_tokens(self._decode(r, api.TokenPair))
 
     async def logout(self) -> None:

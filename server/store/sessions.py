@@ -4,6 +4,13 @@ Refresh tokens are 256-bit random strings; only their SHA-256 is stored. Each lo
 *family*; every refresh marks the presented token used and issues the next one in the family.
 Presenting a used token again means it was copied: the whole family is revoked (the newest
 token too), as OAuth 2.0 Security BCP (RFC 9700 §4.14.2) recommends.
+
+One exception, for the legitimate race of two requests (or two processes) of one device that
+both present the token before either sees the new pair: the used token's row keeps the hash of
+its successor and the new pair *sealed under a key derived from the used token itself*
+(:func:`seal_successor`; HKDF-SHA256 then XChaCha20-Poly1305), so that for a short grace the
+same pair can be handed out again to whoever still holds the old token, and to nobody else:
+the database alone cannot open it (docs/SECURITY.md "Identity and sessions").
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from protocol import _sodium
+from protocol.errors import VerificationError
 from server.store import at, unix
 
 __all__ = [
@@ -25,11 +34,16 @@ __all__ = [
     "family_active",
     "get_refresh",
     "issue_refresh",
-    "mark_used",
+    "open_successor",
     "revoke_family",
     "revoke_for",
+    "rotate",
+    "seal_successor",
+    "successor_live",
     "token_hash",
 ]
+
+_SUCCESSOR_INFO = b"lightbox refresh successor v1"
 
 
 def token_hash(token: str) -> bytes:
@@ -61,6 +75,9 @@ class RefreshRecord:
     expires_at: int
     used: bool
     revoked: bool
+    used_at: float | None = None
+    successor_hash: bytes | None = None
+    successor_sealed: bytes | None = None
 
 
 async def issue_refresh(conn: asyncpg.Connection, *, family_id: str, user_id: str,
@@ -84,16 +101,56 @@ async def get_refresh(conn: asyncpg.Connection, token: str) -> RefreshRecord | N
     return RefreshRecord(family_id=str(row["family_id"]), user_id=str(row["user_id"]),
                          device_id=str(row["device_id"]),
                          expires_at=unix(row["expires_at"]) or 0,
-                         used=row["used_at"] is not None, revoked=row["revoked_at"] is not None)
+                         used=row["used_at"] is not None, revoked=row["revoked_at"] is not None,
+                         used_at=None if row["used_at"] is None else row["used_at"].timestamp(),
+                         successor_hash=row["successor_hash"],
+                         successor_sealed=row["successor_sealed"])
 
 
-async def mark_used(conn: asyncpg.Connection, token: str, *, now: float) -> None:
-    await conn.execute("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1",
-                       token_hash(token), at(now))
+def _successor_key(token: str) -> bytes:
+    return _sodium.hkdf_sha256(token.encode(), salt=b"", info=_SUCCESSOR_INFO)
+
+
+def seal_successor(token: str, pair: bytes) -> bytes:
+    """``pair`` (the encoded new token pair) sealed under a key only ``token`` yields."""
+    nonce = _sodium.random_bytes(_sodium.AEAD_NONCE_BYTES)
+    return nonce + _sodium.aead_encrypt(_successor_key(token), nonce, pair, token_hash(token))
+
+
+def open_successor(token: str, sealed: bytes) -> bytes | None:
+    """The pair sealed by :func:`seal_successor` for ``token``, or None if it does not open."""
+    nonce, body = sealed[:_sodium.AEAD_NONCE_BYTES], sealed[_sodium.AEAD_NONCE_BYTES:]
+    try:
+        return _sodium.aead_decrypt(_successor_key(token), nonce, body, token_hash(token))
+    except VerificationError:
+        return None
+
+
+async def rotate(conn: asyncpg.Connection, token: str, *, successor: str, sealed: bytes,
+                 now: float) -> None:
+    """Mark ``token`` used, replaced by ``successor`` (its pair ``sealed``); the token it
+    replaced no longer needs its own sealed pair (its grace is over: the family moved on)."""
+    await conn.execute(
+        "UPDATE refresh_tokens SET used_at = $2, successor_hash = $3, successor_sealed = $4 "
+        "WHERE token_hash = $1", token_hash(token), at(now), token_hash(successor), sealed)
+    await conn.execute(
+        "UPDATE refresh_tokens SET successor_sealed = NULL WHERE successor_hash = $1",
+        token_hash(token))
+
+
+async def successor_live(conn: asyncpg.Connection, successor_hash: bytes) -> bool:
+    """True while the token that replaced a used one is itself unused and unrevoked."""
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE token_hash = $1 "
+        "AND used_at IS NULL AND revoked_at IS NULL)", successor_hash))
 
 
 async def revoke_family(conn: asyncpg.Connection, family_id: str, *, now: float) -> int:
-    """Revoke every token of the family; return how many were still live."""
+    """Revoke every token of the family; return how many were still live. Sealed successor
+    pairs are dropped: a revoked family hands out nothing again."""
+    await conn.execute(
+        "UPDATE refresh_tokens SET successor_sealed = NULL WHERE family_id = $1 "
+        "AND successor_sealed IS NOT NULL", uuid.UUID(family_id))
     result = await conn.execute(
         "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
         uuid.UUID(family_id), at(now))

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from server import audit
+from tests.helpers import running_relay
 from tests.identity_world import PASSWORD, World, identity_world
 from tests.server.test_http_edge import assert_problem
+
+GRACE = 10  # LIGHTBOX_REFRESH_REUSE_GRACE's default
 
 
 @pytest.fixture
@@ -18,6 +23,72 @@ async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
     async with identity_world(db_dsn, tmp_path, lockout_account_failures=3,
                               lockout_address_failures=50) as w:
         yield w
+
+
+async def _events(world: World, prefix: str) -> list[tuple[str, str]]:
+    conn = await world.db()
+    try:
+        return [(r.event, r.outcome) for r in await audit.rows(conn, event_prefix=prefix)]
+    finally:
+        await conn.close()
+
+
+async def test_two_relay_processes_racing_one_refresh_both_answer_the_same_working_pair(
+        world: World) -> None:
+    """Two processes of one device present the same refresh token at once, each to another
+    relay worker (they share only Postgres): both get the one new pair, and it works."""
+    device = await world.onboard(world.org.user("amy.ortho"))
+    body = {"refresh_token": device.refresh_token}
+    async with running_relay(world.dsn, world.relay.relay.settings) as other, \
+            httpx.AsyncClient(base_url=other.base_url) as second:
+        a, b = await asyncio.gather(world.http.post("/v1/auth/refresh", json=body),
+                                    second.post("/v1/auth/refresh", json=body))
+    assert (a.status_code, b.status_code) == (200, 200), (a.text, b.text)
+    assert a.json() == b.json()  # the same new pair, not a third one
+    assert a.json()["refresh_token"] != device.refresh_token
+    device.access_token = a.json()["access_token"]
+    assert (await world.call(device, "GET", "/v1/keys/count")).status_code == 200
+    r = await world.http.post("/v1/auth/refresh",
+                              json={"refresh_token": a.json()["refresh_token"]})
+    assert r.status_code == 200, r.text
+    assert await _events(world, "auth.refresh") == [("auth.refresh", "ok"),
+                                                    ("auth.refresh_repeat", "ok"),
+                                                    ("auth.refresh", "ok")]
+
+
+async def test_a_repeat_within_the_grace_after_the_new_token_was_used_is_reuse(
+        world: World) -> None:
+    device = await world.onboard(world.org.user("amy.ortho"))
+    first = device.refresh_token
+    r = await world.http.post("/v1/auth/refresh", json={"refresh_token": first})
+    second = r.json()["refresh_token"]
+    assert (await world.http.post("/v1/auth/refresh",
+                                  json={"refresh_token": second})).status_code == 200
+    # The family moved on: whoever presents the first token now holds a copy.
+    assert_problem(await world.http.post("/v1/auth/refresh", json={"refresh_token": first}),
+                   401, "refresh_reused")
+    assert ("auth.refresh_reused", "denied") in await _events(world, "auth.refresh")
+
+
+async def test_a_repeat_within_the_grace_rechecks_the_user_and_the_device(
+        world: World) -> None:
+    amy = world.org.user("amy.ortho")
+    device = await world.onboard(amy)
+    first = device.refresh_token
+    assert (await world.http.post("/v1/auth/refresh",
+                                  json={"refresh_token": first})).status_code == 200
+    conn = await world.db()
+    try:
+        await conn.execute("UPDATE users SET licence_expires_at = now() - interval '1 day' "
+                           "WHERE user_id = $1", uuid.UUID(amy.user_id))
+    finally:
+        await conn.close()
+    assert_problem(await world.http.post("/v1/auth/refresh", json={"refresh_token": first}),
+                   403, "licence_expired")
+    # A revocation ends the family: the repeat hands out nothing.
+    assert (await world.revoke(world.org, 1, devices=(device.device_id,))).status_code == 200
+    assert_problem(await world.http.post("/v1/auth/refresh", json={"refresh_token": first}),
+                   401, "refresh_reused")
 
 
 async def test_login_returns_a_bound_token_pair_and_is_audited(world: World) -> None:
@@ -118,6 +189,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_whole_family(world: World) 
     device.access_token = r.json()["access_token"]
     assert newest != first
     assert (await world.call(device, "GET", "/v1/keys/count")).status_code == 200
+    world.clock.advance(GRACE + 1)  # past the grace for one device's own racing requests
     assert_problem(await world.http.post("/v1/auth/refresh", json={"refresh_token": first}),
                    401, "refresh_reused")
     # The family is gone: the newest refresh token and the access token stop working too.

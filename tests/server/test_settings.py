@@ -41,6 +41,16 @@ def test_pool_min_above_max_is_refused() -> None:
         load_settings({"LIGHTBOX_DB_POOL_MIN": "20", "LIGHTBOX_DB_POOL_MAX": "5"})
 
 
+def test_refresh_reuse_grace_may_be_zero_but_not_negative_nor_outlive_the_access_token(
+        ) -> None:
+    assert load_settings({"LIGHTBOX_REFRESH_REUSE_GRACE": "0"}).refresh_reuse_grace == 0
+    assert load_settings({}).refresh_reuse_grace == 10
+    with pytest.raises(SettingsError, match="LIGHTBOX_REFRESH_REUSE_GRACE must not be negative"):
+        load_settings({"LIGHTBOX_REFRESH_REUSE_GRACE": "-1"})
+    with pytest.raises(SettingsError, match="shorter than LIGHTBOX_ACCESS_TOKEN_TTL"):
+        load_settings({"LIGHTBOX_REFRESH_REUSE_GRACE": "600"})
+
+
 def test_every_setting_is_documented_with_an_env_name_and_help() -> None:
     envs = [d.env for d in describe()]
     assert len(envs) == len(set(envs))

@@ -4,15 +4,15 @@ window so that a captured proof cannot be replayed, in any relay process.
 A logged table, not UNLOGGED: after a crash an unlogged table comes back empty, which would
 reopen the replay window for proofs of the last minute.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-03
 """
 
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

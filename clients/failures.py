@@ -1,0 +1,116 @@
+"""One sentence for every failure a command meets: the last step of ``lightbox``,
+``lightbox-admin`` and ``lightbox-gateway``.
+
+:func:`run_command` runs a command and turns each expected failure (relay unreachable or
+silent, a device revoked or wiped by the organisation, a session ended, a wrong password, a
+missing profile, a refusal from the relay as an RFC 9457 problem document, a bad file) into one
+plain sentence on stderr and the program's failure status. Anything else is a bug: its
+traceback goes to a private file (:func:`report_crash`) and the user reads one sentence saying
+where; a Python traceback never reaches the terminal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from clients.prompts import PromptError
+from clients.sdk.connection import ConnectionStopped
+from clients.sdk.errors import (
+    DeviceWiped,
+    FlowError,
+    RelayRequestError,
+    RelayUnavailable,
+    SDKError,
+)
+from clients.vault import VaultError
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
+
+__all__ = ["describe", "report_crash", "run_command"]
+
+_REVOKED = ("This device was revoked by your organisation{code}; ask your IT team for a new "
+           "enrolment code to use Lightbox on it again.")
+_SESSION_ENDED = {ErrorCode.TOKEN_INVALID.value, ErrorCode.TOKEN_EXPIRED.value,
+                  ErrorCode.REFRESH_REUSED.value, ErrorCode.UNAUTHENTICATED.value}
+
+
+def _relay_refusal(exc: RelayRequestError, login_hint: str) -> str:
+    if exc.code == ErrorCode.DEVICE_REVOKED.value:
+        return _REVOKED.format(code=f" ({exc.code})")
+    if exc.code == ErrorCode.USER_SUSPENDED.value:
+        return f"error: your account is suspended by your organisation; ask your IT team " \
+               f"({exc.code})"
+    if exc.code in _SESSION_ENDED:
+        return f"error: your session has ended ({exc.code}): {login_hint}"
+    return f"error: {exc}"
+
+
+def describe(exc: BaseException, *, login_hint: str) -> str | None:
+    """The sentence for an expected failure, or None for a bug."""
+    if isinstance(exc, DeviceWiped):
+        return str(exc)
+    if isinstance(exc, RelayUnavailable):
+        return (f"error: cannot reach the relay ({exc}): check the network and the server "
+                "address, then try again")
+    if isinstance(exc, TimeoutError):
+        return "error: the relay did not answer in time: check the network, then try again"
+    if isinstance(exc, RelayRequestError):
+        return _relay_refusal(exc, login_hint)
+    if isinstance(exc, FlowError):
+        return f"error: {exc.code}: {exc}"
+    if isinstance(exc, ConnectionStopped):
+        if exc.code == CloseCode.DEVICE_REVOKED or exc.reason == ErrorCode.DEVICE_REVOKED.value:
+            return _REVOKED.format(code="")
+        if exc.reason in _SESSION_ENDED:
+            return f"error: your session has ended ({exc.reason}): {login_hint}"
+        return f"error: the relay ended this device's access ({exc.reason or exc.code})"
+    if isinstance(exc, SDKError | VaultError | PromptError):
+        return f"error: {exc}"
+    if isinstance(exc, ProtocolError):
+        return f"error: {exc.code.value}: {getattr(exc, 'reason', '') or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"error: {exc.strerror}{where}"
+    return None
+
+
+def report_crash(program: str, exc: BaseException, directory: Path) -> Path:
+    """Write the traceback to a private file for support, and return its path."""
+    text = "".join(traceback.format_exception(exc))
+    stamp = dt.datetime.now().astimezone().strftime("%Y%m%d-%H%M%S")
+    for folder in (directory, Path(tempfile.gettempdir())):
+        path = folder / f"{program}-error-{stamp}-{os.getpid()}.log"
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return Path("(nowhere: the details could not be written)")
+
+
+def run_command(program: str, command: Callable[[], int], *, failure: int = 1,
+                login_hint: str, details_dir: Path,
+                known: Callable[[BaseException], str | None] | None = None) -> int:
+    """Run ``command``; map each failure to one sentence and ``failure`` (130 on Ctrl-C).
+    ``known`` maps the program's own failures first (return None to fall through)."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        sentence = (known(exc) if known else None) or describe(exc, login_hint=login_hint)
+        if sentence is None:
+            path = report_crash(program, exc, details_dir)
+            sentence = (f"error: {program} stopped on an unexpected problem "
+                        f"({type(exc).__name__}); the details are in {path}")
+        print(sentence, file=sys.stderr)
+        return failure

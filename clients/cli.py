@@ -32,11 +32,11 @@ from clients import clinician, consent_pdf, phi
 from clients import consent as consent_capture
 from clients.imaging import ImageRejected, prepare_image
 from clients.prompts import PromptError, read_secret
-from clients.sdk import identity
+from clients.sdk import identity, people
 from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, SDKError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
-from protocol import certs
+from protocol import api, certs
 from protocol.body import ConsentFiling
 from protocol.consent import ConsentBasis, ConsentClaims, ConsentDecision
 from protocol.errors import ProtocolError
@@ -248,7 +248,7 @@ def _lookup(args: argparse.Namespace) -> int:
     async def go() -> list[tuple[str, str, str, str]]:
         async with await device.relay() as relay:
             found = await relay.directory(args.query)
-        return [(e.user_id, e.display_name, ", ".join(e.roles),
+        return [(e.user_id, f"{e.display_name} ({e.login})", ", ".join(e.roles),
                  " / ".join(x for x in (e.specialty, e.department, e.org_id) if x))
                 for e in found.users]
 
@@ -264,13 +264,7 @@ def _keys_claim(args: argparse.Namespace) -> int:
 
     async def go() -> list[identity.ClaimedDevice]:
         async with await device.relay() as relay:
-            user_id = args.user
-            if not _UUID.match(user_id):
-                found = (await relay.directory(user_id)).users
-                if len(found) != 1:
-                    raise FlowError(f"{len(found)} users match {user_id!r}: give a user id",
-                                    code="not_found")
-                user_id = found[0].user_id
+            user_id = (await people.resolve_user(relay, args.user)).user_id
             return await identity.claim_user_keys(relay, device.opened, user_id)
 
     claimed = _run(go)
@@ -350,14 +344,15 @@ def _consent_capture(args: argparse.Namespace) -> int:
         args.patient_id = _ask("Patient ID (MRN) for the record")
         args.patient_name = _ask("Patient name (FAMILY^GIVEN)")
         record = clinician.record_from_args(args)
+    device = clinician.unlock_profile(args)  # the vault too: a refusal goes to the record
+    named = _run(lambda: _resolve_people(device, args.user or []))
     capture = consent_capture.ConsentCapture(
         purposes=purposes or [Purpose.DIRECT_CARE], images=images,
         decision=ConsentDecision(decision or "agreed"), basis=ConsentBasis(args.basis),
-        recipient_users=args.user or [], recipient_roles=args.role or [],
+        recipient_users=[e.user_id for e in named], recipient_roles=args.role or [],
         recipient_orgs=args.org or [], external=args.external,
         permanence_statement_shown=shown, no_effect_on_care_statement_shown=shown,
         form_version=args.form_version, valid_for=int(args.valid_days * 86400))
-    device = clinician.unlock_profile(args)  # the vault too: a refusal goes to the record
     token, claims = consent_capture.capture_consent(device.store.state, capture)
 
     async def go() -> str:
@@ -383,8 +378,30 @@ def _consent_capture(args: argparse.Namespace) -> int:
     if args.fhir:
         Path(args.fhir).write_text(json.dumps(consent_capture.fhir_consent(token), indent=2))
     if args.pdf:
-        _write_consent_pdf(args, claims)
+        names = {e.user_id: people.person_label(e.display_name, e.roles, e.specialty)
+                 for e in named}
+        _write_consent_pdf(args, claims, _own_label(device.store.state), names)
     return 0
+
+
+async def _resolve_people(device: clinician.ProfileDevice,
+                          names: Sequence[str]) -> list[api.DirectoryEntry]:
+    """The named recipients, by login (clients/sdk/people.py), before anything is signed."""
+    if not names:
+        return []
+    client = device.client()
+    try:
+        await client.ensure_login()
+        return await people.resolve_users(client.relay, names)
+    finally:
+        await client.close()
+
+
+def _own_label(state: DeviceState) -> str:
+    """How the patient's copy names the clinician on this device: from our certificate."""
+    me = certs.verify_user_certificate(state.user_certificate, trusted_orgs=state.trusted_orgs(),
+                                       at=int(time.time()))
+    return people.person_label(me.display_name, me.roles, me.specialty)
 
 
 def _say_registered(claims: ConsentClaims, status: str) -> None:
@@ -405,11 +422,14 @@ def _say_filed(message_id: str, filed: ConsentFiling | None) -> None:
     print(f"filed in the patient's record by the record gateway: {what}")
 
 
-def _write_consent_pdf(args: argparse.Namespace, claims: ConsentClaims) -> None:
-    """The patient's copy (issue 10 item 2): kept on this device, never sent to the relay."""
+def _write_consent_pdf(args: argparse.Namespace, claims: ConsentClaims, clinician_name: str,
+                       user_names: dict[str, str]) -> None:
+    """The patient's copy (issue 10 item 2): kept on this device, never sent to the relay.
+    People are named by name (and specialty or role), never by an id."""
     display = consent_pdf.ConsentFormDisplay(
         organisation_name=args.organisation_name, privacy_contact=args.privacy_contact,
-        patient_label=args.patient_label or "")
+        patient_label=args.patient_label or "", clinician_name=clinician_name,
+        user_names=user_names)
     path = consent_pdf.save_consent_pdf(args.pdf, consent_pdf.render_consent_pdf(claims,
                                                                                  display))
     print(f"patient's copy of consent {claims.jti}: {path} (give it to the patient; it is "
@@ -422,8 +442,31 @@ def _consent_pdf(args: argparse.Namespace) -> int:
     except consent_pdf.ConsentPdfError as exc:
         raise FlowError(exc.reason, code="not_found") from None
     args.pdf = args.out
-    _write_consent_pdf(args, claims)
+    clinician_name, names = "", {}
+    if (_store(args).directory / "vault.db").exists() or _store(args).exists():
+        # Name people from their verified certificates (the profile's relay session).
+        clinician_name, names = _run(lambda: _names_of(clinician.unlock_profile(args), claims))
+    _write_consent_pdf(args, claims, clinician_name, names)
     return 0
+
+
+async def _names_of(device: clinician.ProfileDevice,
+                    claims: ConsentClaims) -> tuple[str, dict[str, str]]:
+    """The capturing clinician and each named recipient, from certificates verified against
+    the organisation key; someone the directory no longer serves stays unnamed."""
+    labels: dict[str, str] = {}
+    client = device.client()
+    try:
+        await client.ensure_login()
+        for user_id in dict.fromkeys([claims.iss, *claims.recipients.users]):
+            try:
+                user = await client.person(user_id)
+            except (RelayRequestError, FlowError):
+                continue
+            labels[user_id] = people.person_label(user.display_name, user.roles, user.specialty)
+    finally:
+        await client.close()
+    return labels.get(claims.iss, ""), labels
 
 
 def _pdf_options(parser: argparse.ArgumentParser) -> None:
@@ -467,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="debugging the key directory").add_subparsers(
         dest="keys_cmd", required=True)
     cl = keys.add_parser("claim", help="claim and verify a colleague's prekeys")
-    cl.add_argument("user", help="user id, or a directory query matching one user")
+    cl.add_argument("user", help="a colleague's login (or user id, or a directory query "
+                                 "matching one person)")
     cl.set_defaults(func=_keys_claim)
     consent = sub.add_parser("consent", help="patient consent for images").add_subparsers(
         dest="consent_cmd", required=True)
@@ -475,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "identity key and register it")
     cc.add_argument("--image", action="append", metavar="FILE", help="an image shown")
     cc.add_argument("--purpose", action="append", choices=[p.value for p in Purpose])
-    cc.add_argument("--user", action="append", metavar="USER_ID", help="a recipient user")
+    cc.add_argument("--user", action="append", metavar="LOGIN",
+                    help="a named recipient: a colleague's login (or user id)")
     cc.add_argument("--role", action="append", help="a recipient role (your organisation)")
     cc.add_argument("--org", action="append", help="a recipient organisation")
     cc.add_argument("--external", action="store_true", help="recipients outside your "

@@ -172,8 +172,14 @@ def consent_form_lines(claims: ConsentClaims, display: ConsentFormDisplay,
     else:
         who: list[str] = []
         if scope.users:
-            who.append("Named clinicians: " + _listed(
-                [display.user_names.get(u, f"clinician {u[:8]}") for u in scope.users]))
+            # By name only: an id means nothing to a patient. Someone this device could not
+            # name (no longer in the directory) is counted, not shown as an id.
+            named = [display.user_names[u] for u in scope.users if u in display.user_names]
+            unnamed = len(scope.users) - len(named)
+            if unnamed:
+                named.append(f"{unnamed} other clinician{'s' if unnamed > 1 else ''} named by "
+                             "your clinician (ask them who)")
+            who.append("Named clinicians: " + _listed(named))
         if scope.roles:
             who.append("Clinicians in these roles at " + org + ": "
                        + _listed([r.replace("_", " ") for r in scope.roles]))

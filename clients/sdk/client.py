@@ -43,6 +43,7 @@ import msgspec
 
 from clients import imaging
 from clients.sdk import attachments as sdk_attachments
+from clients.sdk import people
 from clients.sdk.connection import Connection, ConnectionStopped, DeferDelivery
 from clients.sdk.errors import (
     ConsentImageMismatch,
@@ -374,6 +375,23 @@ class LightboxClient:
                             code=ErrorCode.CERTIFICATE_INVALID.value)
         return found
 
+    async def person(self, user_id: str) -> certs.UserCertificate:
+        """A colleague's user certificate from the key directory, verified against the pinned
+        organisation key and the revocation list (their name, roles and specialty)."""
+        answer = await self.relay.user_devices(user_id)
+        st = self.store.state
+        try:
+            user = certs.verify_user_certificate(
+                answer.user_certificate, trusted_orgs=st.trusted_orgs(), at=int(self._clock()),
+                revocations=await self.revocations())
+        except ProtocolError as exc:
+            raise _flow(exc, "a certificate from the relay does not verify") from exc
+        if user.user_id != user_id:
+            raise FlowError("the directory answered for another user",
+                            code=ErrorCode.CERTIFICATE_INVALID.value)
+        self._names[user_id] = user.display_name
+        return user
+
     def display_name(self, user_id: str) -> str:
         if user_id == self.user_id:
             return "you"
@@ -382,13 +400,9 @@ class LightboxClient:
     # -- threads -----------------------------------------------------------------------------
 
     async def resolve_user(self, query: str) -> api.DirectoryEntry:
-        """One user from the directory (a login, a name, or a user id)."""
-        found = (await self.relay.directory(query)).users
-        exact = [u for u in found if query in (u.user_id,)]
-        if len(found) != 1 and not exact:
-            raise FlowError(f"{len(found)} people match {query!r}: be more specific",
-                            code=ErrorCode.NOT_FOUND.value)
-        return (exact or found)[0]
+        """One colleague by login (exact match first), user id, or a search matching one
+        person (clients/sdk/people.py)."""
+        return await people.resolve_user(self.relay, query)
 
     async def create_thread(self, users: Sequence[str] = (), roles: Sequence[str] = (),
                             priority: Priority = Priority.ROUTINE) -> api.ThreadInfo:

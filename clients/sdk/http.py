@@ -323,8 +323,10 @@ class RelayHTTP:
     async def prekey_count(self) -> api.PrekeyCount:
         return self._decode(await self._device("GET", "/v1/keys/count"), api.PrekeyCount)
 
-    async def directory(self, q: str) -> api.DirectoryResult:
-        return self._decode(await self._device("GET", "/v1/directory", params={"q": q}),
+    async def directory(self, q: str = "", *, login: str | None = None) -> api.DirectoryResult:
+        """A directory search (``q``), or the one user whose login is exactly ``login``."""
+        params = {"q": q} if login is None else {"login": login}
+        return self._decode(await self._device("GET", "/v1/directory", params=params),
                             api.DirectoryResult)
 
     # --- attachments (PROTOCOL §12) ---------------------------------------------------------

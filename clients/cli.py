@@ -12,6 +12,8 @@ account password set at enrolment; it also unlocks the key store.
     lightbox consent capture --image FILE --purpose direct_care --role R ...   (or prompts)
                              [--pdf FILE] [--redact all-text]
     lightbox consent pdf TOKEN_FILE --out FILE       the patient's copy (clients/consent_pdf.py)
+    lightbox consent list                            the consents you captured
+    lightbox consent withdraw CONSENT_ID [--reason TEXT] [--yes]
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
 from protocol import api, certs
 from protocol.body import ConsentFiling
-from protocol.consent import ConsentBasis, ConsentClaims, ConsentDecision
-from protocol.errors import ProtocolError
+from protocol.consent import (
+    ConsentBasis,
+    ConsentClaims,
+    ConsentDecision,
+    peek_consent_token_unverified,
+)
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import key_id
 from protocol.model import SUPPORTED_VERSIONS, DeviceKind, Purpose
 
@@ -442,7 +449,7 @@ def _consent_pdf(args: argparse.Namespace) -> int:
     except consent_pdf.ConsentPdfError as exc:
         raise FlowError(exc.reason, code="not_found") from None
     args.pdf = args.out
-    clinician_name, names = "", {}
+    clinician_name, names = "", dict[str, str]()
     if (_store(args).directory / "vault.db").exists() or _store(args).exists():
         # Name people from their verified certificates (the profile's relay session).
         clinician_name, names = _run(lambda: _names_of(clinician.unlock_profile(args), claims))
@@ -467,6 +474,102 @@ async def _names_of(device: clinician.ProfileDevice,
     finally:
         await client.close()
     return labels.get(claims.iss, ""), labels
+
+
+# --- consent withdrawal --------------------------------------------------------------------------
+
+
+def _local(ts: int) -> str:
+    """A time as people read it here: ISO-like date, 24-hour time, the local zone."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _consent_line(claims: ConsentClaims) -> str:
+    return (f"{claims.decision.value} for {', '.join(p.value for p in claims.purposes)}, "
+            f"{len(claims.images)} image{'s' if len(claims.images) != 1 else ''}, captured "
+            f"{_local(claims.iat)}")
+
+
+def _consent_list(args: argparse.Namespace) -> int:
+    device = clinician.unlock_profile(args)
+
+    async def go() -> list[api.ConsentInfo]:
+        client = device.client()
+        try:
+            await client.ensure_login()
+            return (await client.relay.my_consents()).consents
+        finally:
+            await client.close()
+
+    found = _run(go)
+    for info in found:
+        claims = peek_consent_token_unverified(info.token)
+        status = (f"withdrawn {_local(info.revoked_at)}" if info.revoked_at is not None
+                  else info.status)
+        print(f"{info.consent_id}  {status}: {_consent_line(claims)}")
+    print(f"{len(found)} consents you captured")
+    return 0
+
+
+def _consent_withdraw(args: argparse.Namespace) -> int:
+    """Withdraw a consent this clinician captured (the relay withdraws undelivered messages
+    and orders every copy of its images destroyed, docs/PROTOCOL.md §13)."""
+    consent_id = args.consent_id.strip().lower()
+    if not _UUID.match(consent_id):
+        raise FlowError(f"{args.consent_id!r} is not a consent id: it is the consent reference "
+                        "on the patient's copy (`lightbox consent list` shows yours)",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    interactive = sys.stdin.isatty() and not args.yes
+    if not interactive and not args.yes:
+        raise FlowError("withdrawing a consent cannot be undone: pass --yes to confirm",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    device = clinician.unlock_profile(args)
+
+    async def go() -> tuple[api.ConsentRevoked, ConsentClaims]:
+        client = device.client()
+        try:
+            await client.ensure_login()
+            try:
+                info = await client.relay.get_consent(consent_id)
+            except RelayRequestError as exc:
+                if exc.code == ErrorCode.NOT_FOUND.value:
+                    raise FlowError(f"no consent {consent_id} that you captured or took part "
+                                    "in (`lightbox consent list` shows yours)",
+                                    code=ErrorCode.NOT_FOUND.value) from None
+                raise
+            claims = peek_consent_token_unverified(info.token)
+            if info.revoked_at is not None:
+                raise FlowError(f"consent {consent_id} was already withdrawn on "
+                                f"{_local(info.revoked_at)}", code=ErrorCode.CONSENT_REVOKED.value)
+            print(f"consent {consent_id}: {_consent_line(claims)}")
+            if interactive and not await asyncio.to_thread(
+                    _yes, "Withdraw it? Undelivered messages are withdrawn and every copy of "
+                    "its images is deleted"):
+                raise FlowError("nothing withdrawn", code="cancelled")
+            try:
+                result = await client.relay.revoke_consent(consent_id, args.reason or "")
+            except RelayRequestError as exc:
+                if exc.code == ErrorCode.FORBIDDEN.value:
+                    who = people.person_label((await client.person(claims.iss)).display_name)
+                    raise FlowError(f"consent {consent_id} was captured by {who}: only they or "
+                                    "the privacy office can withdraw it",
+                                    code=ErrorCode.FORBIDDEN.value) from None
+                raise
+            if result.already:
+                raise FlowError(f"consent {consent_id} was already withdrawn on "
+                                f"{_local(result.revoked_at)}",
+                                code=ErrorCode.CONSENT_REVOKED.value)
+            client.vault.note_consent_withdrawn(consent_id, result.revoked_at)
+            return result, claims
+        finally:
+            await client.close()
+
+    result, _claims = _run(go)
+    print(f"withdrawn: consent {consent_id} at {_local(result.revoked_at)}")
+    print(f"messages withdrawn before delivery: {result.withdrawn_messages}")
+    print(f"copies ordered to expire: {result.expiry_orders} (each device deletes its copy and "
+          "confirms; images already filed in the record stay there)")
+    return 0
 
 
 def _pdf_options(parser: argparse.ArgumentParser) -> None:
@@ -551,6 +654,16 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", required=True, metavar="FILE")
     _pdf_options(cp)
     cp.set_defaults(func=_consent_pdf)
+    cw = consent.add_parser("withdraw", help="withdraw a consent you captured (undelivered "
+                                             "messages withdrawn, copies deleted)")
+    cw.add_argument("consent_id", metavar="CONSENT_ID", help="the consent reference (on the "
+                                                            "patient's copy; `consent list`)")
+    cw.add_argument("--reason", metavar="TEXT", default="",
+                    help="why, for the audit log (no patient details)")
+    cw.add_argument("--yes", action="store_true", help="no confirmation prompt (scripts)")
+    cw.set_defaults(func=_consent_withdraw)
+    consent.add_parser("list", help="the consents you captured, newest first").set_defaults(
+        func=_consent_list)
     clinician.register(sub)  # threads, send, inbox, watch, desktop (clients/clinician.py)
     return p
 

@@ -112,6 +112,21 @@ def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%d %b %H:%M")
 
 
+def _stamp(ts: float) -> str:
+    """ISO-like date, 24-hour time, the local zone."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _consent_of(body: Body) -> str | None:
+    """The id of the consent a message was sent under, if it carries a readable one."""
+    if not body.consent_token:
+        return None
+    try:
+        return peek_consent_token_unverified(body.consent_token).jti
+    except ProtocolError:
+        return None
+
+
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn the errors a user can cause into one sentence (cli.main handles SDK errors)."""
 
@@ -205,6 +220,10 @@ def _inbox(args: argparse.Namespace) -> int:
             await client.wait_synced(args.timeout)
             threads = await client.threads()
             await client.fetch_missing_images()  # waits for downloads already under way
+            unread = [v for t in threads for v in client.thread_messages(t.thread_id)
+                      if not (v.message.read or v.message.outgoing)]
+            withdrawn = await client.refresh_consents(
+                [c for v in unread if (c := _consent_of(v.body)) is not None])
             for t in threads:
                 for view in client.thread_messages(t.thread_id):
                     if view.message.read or view.message.outgoing:
@@ -212,6 +231,10 @@ def _inbox(args: argparse.Namespace) -> int:
                     _print_message(client, MessageEvent(view.message, view.body))
                     for img in view.images:
                         print(f"    image {img.attachment_id[:8]}: {img.state} {img.reason}")
+                    consent_id = _consent_of(view.body)
+                    if consent_id in withdrawn:
+                        print(f"    consent withdrawn {_stamp(withdrawn[consent_id])}: the "
+                              "patient's consent no longer covers this message")
                     shown += 1
                 if args.mark_read:
                     await client.mark_read(t.thread_id)

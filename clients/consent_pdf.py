@@ -100,6 +100,7 @@ class ConsentFormDisplay:
     clinician_name: str = ""
     user_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
     org_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    withdrawn_at: int | None = None  # the consent was withdrawn then (seconds since epoch)
 
     def organisation(self, claims: ConsentClaims) -> str:
         name = self.organisation_name or os.environ.get(ORGANISATION_NAME_ENV, "").strip()
@@ -155,6 +156,9 @@ def consent_form_lines(claims: ConsentClaims, display: ConsentFormDisplay,
     else:
         lines.append(("text", f"You REFUSED to share the {images} you were shown. Your refusal "
                               "is recorded; the images will not be shared for the uses below."))
+    if display.withdrawn_at is not None:
+        lines.append(("text", f"You WITHDREW this consent on {_date(display.withdrawn_at)}: "
+                              "nothing more is shared under it."))
 
     lines.append(("heading", "Uses"))
     for purpose in Purpose:

@@ -355,8 +355,9 @@ class DesktopServer:
                     if v.body.filing is not None}
         # Withdrawn consents (docs/PROTOCOL.md §13): what the relay told this device, kept in
         # the vault (so after a restart too), and asked of the relay for the rest.
-        withdrawals = await client.refresh_consents(
-            [c.jti for v in views if (c := _consent_claims(v.body)) is not None])
+        consents = [c for v in views if (c := _consent_claims(v.body)) is not None]
+        withdrawals = await client.refresh_consents([c.jti for c in consents])
+        await _learn_names(client, [u for c in consents for u in (c.iss, *c.recipients.users)])
         messages = [_message_json(client, v, receipts, withdrawals) for v in views]
         return JSONResponse({"thread_id": thread_id, "priority": info.priority,
                              "roles": info.roles, "messages": messages})
@@ -390,6 +391,7 @@ class DesktopServer:
             raise _Refused(404, "consent_not_found",
                            detail="this message carries no consent that can be read")
         record = view.body.record
+        await _learn_names(client, [claims.iss, *claims.recipients.users])
         display = ConsentFormDisplay(
             withdrawn_at=client.consent_withdrawn_at(claims.jti),
             patient_label=patient_label(record.patient_name) if record is not None else "",
@@ -625,6 +627,16 @@ def _known_name(client: LightboxClient, user_id: str) -> str | None:
                             max_length=certs.MAX_CERTIFICATE_LENGTH).display_name
     name = client.display_name(user_id)
     return None if name == user_id[:8] else name
+
+
+async def _learn_names(client: LightboxClient, user_ids: Sequence[str]) -> None:
+    """Fetch and verify the certificates of people a consent names whom this device does not
+    know yet, so the panel and the patient's form show names, never ids. Someone the
+    directory no longer serves stays unknown."""
+    for user_id in dict.fromkeys(user_ids):
+        if _known_name(client, user_id) is None:
+            with contextlib.suppress(SDKError):
+                await client.person(user_id)
 
 
 @dataclasses.dataclass(frozen=True)

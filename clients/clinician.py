@@ -41,6 +41,7 @@ from clients.sdk.client import (
     MessageEvent,
     ReceiptEvent,
     StatusEvent,
+    WithdrawnEvent,
 )
 from clients.sdk.connection import ConnectionStopped
 from clients.sdk.errors import FlowError, KeyStoreError
@@ -262,7 +263,13 @@ def _describe(client: LightboxClient, event: ClientEvent) -> str | None:
                 f"{' as ' + event.record_ref if event.record_ref else ''}; copies expire "
                 f"{_when(event.expires_at)}")
     if isinstance(event, ExpiredEvent):
-        return f"    image {event.attachment_id[:8]} deleted from this device ({event.reason})"
+        why = ("the patient's consent was withdrawn" if event.reason == "consent_revoked"
+               else event.reason)
+        return f"    image {event.attachment_id[:8]} deleted from this device ({why})"
+    if isinstance(event, WithdrawnEvent):
+        why = ("the patient's consent was withdrawn" if event.reason == "consent_revoked"
+               else "the sending device was revoked")
+        return f"    message {event.message_id[:8]} withdrawn before delivery ({why})"
     if isinstance(event, StatusEvent):
         if event.state == "connected":
             return "-- connected to the relay"

@@ -269,3 +269,16 @@ async def test_the_privacy_office_finds_a_patients_consents_in_the_record(
     rc, out, err = await lightbox_admin("consent", "find", "--patient-id", mrn, "--fhir-url",
                                         "")
     assert rc == 2 and "LIGHTBOX_FHIR_URL is not set" in err
+
+
+def test_watch_says_when_a_withdrawal_withdrew_a_message_or_deleted_a_copy() -> None:
+    """`lightbox watch` prints the relay's withdrawn notices and consent expiry in words."""
+    from clients.clinician import _describe
+    from clients.sdk.client import ExpiredEvent, WithdrawnEvent
+
+    mid, tid, aid = (str(uuid.uuid4()) for _ in range(3))
+    client = None  # these lines need nothing from the client
+    assert _describe(client, WithdrawnEvent(mid, tid, "consent_revoked")) == (  # type: ignore[arg-type]
+        f"    message {mid[:8]} withdrawn before delivery (the patient's consent was withdrawn)")
+    assert _describe(client, ExpiredEvent(aid, tid, None, "consent_revoked")) == (  # type: ignore[arg-type]
+        f"    image {aid[:8]} deleted from this device (the patient's consent was withdrawn)")

@@ -120,12 +120,13 @@ def _find(args: argparse.Namespace) -> int:
         raise FlowError(f"the FHIR server: {exc}", code="fhir_unavailable") from None
     statuses: dict[str, api.ConsentWithdrawal] = {}
     try:
-        session_relay = _relay()
+        load_session()
+        logged_in = True
     except SessionError:
-        session_relay = None
-    if session_relay is not None and found:
+        logged_in = False
+    if logged_in and found:
         async def status() -> None:
-            async with session_relay as relay:
+            async with _relay() as relay:
                 for resource in found:
                     consent_id = _fhir_consent_id(resource)
                     if consent_id is None:
@@ -146,7 +147,7 @@ def _find(args: argparse.Namespace) -> int:
                      else f"; relay: {c.status}") + f"; by {w.issuer_name} ({w.issuer_login})"
         print(line)
     print(f"{len(found)} consents filed for patient {args.patient_id} in the record"
-          + ("" if session_relay is not None else
+          + ("" if logged_in else
              " (log in with `lightbox-admin login` to see each one's status at the relay)"))
     return 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -452,7 +453,12 @@ def _consent_pdf(args: argparse.Namespace) -> int:
     clinician_name, names = "", dict[str, str]()
     if (_store(args).directory / "vault.db").exists() or _store(args).exists():
         # Name people from their verified certificates (the profile's relay session).
-        clinician_name, names = _run(lambda: _names_of(clinician.unlock_profile(args), claims))
+        device = clinician.unlock_profile(args)
+        try:
+            clinician_name, names = _run(lambda: _names_of(device, claims))
+        except SDKError as exc:
+            print(f"warning: people are not named on this copy (the relay could not be asked: "
+                  f"{exc})", file=sys.stderr)
     _write_consent_pdf(args, claims, clinician_name, names)
     return 0
 
@@ -550,7 +556,9 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
                 result = await client.relay.revoke_consent(consent_id, args.reason or "")
             except RelayRequestError as exc:
                 if exc.code == ErrorCode.FORBIDDEN.value:
-                    who = people.person_label((await client.person(claims.iss)).display_name)
+                    who = "another clinician"
+                    with contextlib.suppress(SDKError):
+                        who = (await client.person(claims.iss)).display_name
                     raise FlowError(f"consent {consent_id} was captured by {who}: only they or "
                                     "the privacy office can withdraw it",
                                     code=ErrorCode.FORBIDDEN.value) from None

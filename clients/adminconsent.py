@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from clients.fhir import FhirClient, FhirError, FhirSettings
 from clients.gateway import patient_id_system
 from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP
+from clients.timefmt import local_time
 from protocol import api
 from protocol.errors import ErrorCode
 
@@ -53,10 +53,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 
 
 def _local(ts: int | None) -> str:
-    """ISO-like date, 24-hour time, the local zone."""
-    if ts is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return "-" if ts is None else local_time(ts)
 
 
 def _consent_id(value: str) -> str:

@@ -39,6 +39,7 @@ from clients.sdk import identity, people
 from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, SDKError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
+from clients.timefmt import local_time
 from protocol import api, certs
 from protocol.body import ConsentFiling
 from protocol.consent import (
@@ -485,15 +486,10 @@ async def _names_of(device: clinician.ProfileDevice,
 # --- consent withdrawal --------------------------------------------------------------------------
 
 
-def _local(ts: int) -> str:
-    """A time as people read it here: ISO-like date, 24-hour time, the local zone."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
-
-
 def _consent_line(claims: ConsentClaims) -> str:
     return (f"{claims.decision.value} for {', '.join(p.value for p in claims.purposes)}, "
             f"{len(claims.images)} image{'s' if len(claims.images) != 1 else ''}, captured "
-            f"{_local(claims.iat)}")
+            f"{local_time(claims.iat)}")
 
 
 def _consent_list(args: argparse.Namespace) -> int:
@@ -510,8 +506,8 @@ def _consent_list(args: argparse.Namespace) -> int:
     found = _run(go)
     for info in found:
         claims = peek_consent_token_unverified(info.token)
-        status = (f"withdrawn {_local(info.revoked_at)}" if info.revoked_at is not None
-                  else info.status)
+        status = (info.status if info.revoked_at is None
+                  else f"withdrawn {local_time(info.revoked_at)}")
         print(f"{info.consent_id}  {status}: {_consent_line(claims)}")
     print(f"{len(found)} consents you captured")
     return 0
@@ -546,7 +542,8 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
             claims = peek_consent_token_unverified(info.token)
             if info.revoked_at is not None:
                 raise FlowError(f"consent {consent_id} was already withdrawn on "
-                                f"{_local(info.revoked_at)}", code=ErrorCode.CONSENT_REVOKED.value)
+                                f"{local_time(info.revoked_at)}",
+                                code=ErrorCode.CONSENT_REVOKED.value)
             print(f"consent {consent_id}: {_consent_line(claims)}")
             if interactive and not await asyncio.to_thread(
                     _yes, "Withdraw it? Undelivered messages are withdrawn and every copy of "
@@ -565,7 +562,7 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
                 raise
             if result.already:
                 raise FlowError(f"consent {consent_id} was already withdrawn on "
-                                f"{_local(result.revoked_at)}",
+                                f"{local_time(result.revoked_at)}",
                                 code=ErrorCode.CONSENT_REVOKED.value)
             client.vault.note_consent_withdrawn(consent_id, result.revoked_at)
             return result, claims
@@ -573,7 +570,7 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
             await client.close()
 
     result, _claims = _run(go)
-    print(f"withdrawn: consent {consent_id} at {_local(result.revoked_at)}")
+    print(f"withdrawn: consent {consent_id} at {local_time(result.revoked_at)}")
     print(f"messages withdrawn before delivery: {result.withdrawn_messages}")
     print(f"copies ordered to expire: {result.expiry_orders} (each device deletes its copy and "
           "confirms; images already filed in the record stay there)")

@@ -46,6 +46,7 @@ from clients.sdk.client import (
 from clients.sdk.connection import ConnectionStopped
 from clients.sdk.errors import FlowError, KeyStoreError
 from clients.sdk.keystore import DeviceStore, KeyStore
+from clients.timefmt import local_time
 from clients.vault import Vault, VaultError
 from protocol.body import Body, BodyKind, RecordData, Sex
 from protocol.consent import (
@@ -111,11 +112,6 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%d %b %H:%M")
-
-
-def _stamp(ts: float) -> str:
-    """ISO-like date, 24-hour time, the local zone."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
 def _consent_of(body: Body) -> str | None:
@@ -234,7 +230,7 @@ def _inbox(args: argparse.Namespace) -> int:
                         print(f"    image {img.attachment_id[:8]}: {img.state} {img.reason}")
                     consent_id = _consent_of(view.body)
                     if consent_id in withdrawn:
-                        print(f"    consent withdrawn {_stamp(withdrawn[consent_id])}: the "
+                        print(f"    consent withdrawn {local_time(withdrawn[consent_id])}: the "
                               "patient's consent no longer covers this message")
                     shown += 1
                 if args.mark_read:

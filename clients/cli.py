@@ -8,7 +8,7 @@ account password set at enrolment; it also unlocks the key store.
     lightbox enroll --server URL --code CODE [--kind mobile|desktop]   first device
     lightbox link --server URL [--kind desktop]                        on the NEW device
     lightbox link --approve CODE                                       on the enrolled device
-    lightbox login | whoami | devices | lookup QUERY | keys claim USER
+    lightbox login | whoami | devices | lookup QUERY | keys claim LOGIN
     lightbox consent capture --image FILE --purpose direct_care --role R ...   (or prompts)
                              [--pdf FILE] [--redact all-text]
     lightbox consent pdf TOKEN_FILE --out FILE       the patient's copy (clients/consent_pdf.py)

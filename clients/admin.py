@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from clients import adminops, csvio, handout, rotaio
+from clients import adminconsent, adminops, csvio, handout, rotaio
 from clients.adminsession import (
     AdminSession,
     SessionError,
@@ -682,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--reason", default="revoked by IT")
     rv.add_argument("--keyfile")
     rv.set_defaults(func=_device_revoke)
+    adminconsent.register(sub)  # the privacy office's consent commands
     return p
 
 

@@ -9,16 +9,19 @@ account password set at enrolment; it also unlocks the key store.
     lightbox enroll --server URL --code CODE [--kind mobile|desktop]   first device
     lightbox link --server URL [--kind desktop]                        on the NEW device
     lightbox link --approve CODE                                       on the enrolled device
-    lightbox login | whoami | devices | lookup QUERY | keys claim USER
+    lightbox login | whoami | devices | lookup QUERY | keys claim LOGIN
     lightbox consent capture --image FILE --purpose direct_care --role R ...   (or prompts)
                              [--pdf FILE] [--redact all-text]
     lightbox consent pdf TOKEN_FILE --out FILE       the patient's copy (clients/consent_pdf.py)
+    lightbox consent list                            the consents you captured
+    lightbox consent withdraw CONSENT_ID [--reason TEXT] [--yes]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import re
@@ -33,8 +36,8 @@ from clients import consent as consent_capture
 from clients.failures import run_command
 from clients.imaging import ImageRejected, prepare_image
 from clients.prompts import read_secret
-from clients.sdk import expiry, identity
-from clients.sdk.errors import DeviceWiped, FlowError, KeyStoreError
+from clients.sdk import expiry, identity, people
+from clients.sdk.errors import DeviceWiped, FlowError, KeyStoreError, RelayRequestError, SDKError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import (
     DeviceState,
@@ -43,9 +46,16 @@ from clients.sdk.keystore import (
     default_profile,
     lightbox_home,
 )
+from clients.timefmt import local_time
 from protocol import api, certs
 from protocol.body import ConsentFiling
-from protocol.consent import ConsentBasis, ConsentClaims, ConsentDecision
+from protocol.consent import (
+    ConsentBasis,
+    ConsentClaims,
+    ConsentDecision,
+    peek_consent_token_unverified,
+)
+from protocol.errors import ErrorCode
 from protocol.keys import key_id
 from protocol.model import SUPPORTED_VERSIONS, DeviceKind, Purpose
 
@@ -257,7 +267,7 @@ def _lookup(args: argparse.Namespace) -> int:
     async def go() -> list[tuple[str, str, str, str]]:
         async with await device.relay() as relay:
             found = await relay.directory(args.query)
-        return [(e.user_id, e.display_name, ", ".join(e.roles),
+        return [(e.user_id, f"{e.display_name} ({e.login})", ", ".join(e.roles),
                  " / ".join(x for x in (e.specialty, e.department, e.org_id) if x))
                 for e in found.users]
 
@@ -273,13 +283,7 @@ def _keys_claim(args: argparse.Namespace) -> int:
 
     async def go() -> list[identity.ClaimedDevice]:
         async with await device.relay() as relay:
-            user_id = args.user
-            if not _UUID.match(user_id):
-                found = (await relay.directory(user_id)).users
-                if len(found) != 1:
-                    raise FlowError(f"{len(found)} users match {user_id!r}: give a user id",
-                                    code="not_found")
-                user_id = found[0].user_id
+            user_id = (await people.resolve_user(relay, args.user)).user_id
             return await identity.claim_user_keys(relay, device.opened, user_id)
 
     claimed = _run(go)
@@ -359,14 +363,15 @@ def _consent_capture(args: argparse.Namespace) -> int:
         args.patient_id = _ask("Patient ID (MRN) for the record")
         args.patient_name = _ask("Patient name (FAMILY^GIVEN)")
         record = clinician.record_from_args(args)
+    device = clinician.unlock_profile(args)  # the vault too: a refusal goes to the record
+    named = _run(lambda: _resolve_people(device, args.user or []))
     capture = consent_capture.ConsentCapture(
         purposes=purposes or [Purpose.DIRECT_CARE], images=images,
         decision=ConsentDecision(decision or "agreed"), basis=ConsentBasis(args.basis),
-        recipient_users=args.user or [], recipient_roles=args.role or [],
+        recipient_users=[e.user_id for e in named], recipient_roles=args.role or [],
         recipient_orgs=args.org or [], external=args.external,
         permanence_statement_shown=shown, no_effect_on_care_statement_shown=shown,
         form_version=args.form_version, valid_for=int(args.valid_days * 86400))
-    device = clinician.unlock_profile(args)  # the vault too: a refusal goes to the record
     token, claims = consent_capture.capture_consent(device.store.state, capture)
 
     async def go() -> str:
@@ -392,8 +397,30 @@ def _consent_capture(args: argparse.Namespace) -> int:
     if args.fhir:
         Path(args.fhir).write_text(json.dumps(consent_capture.fhir_consent(token), indent=2))
     if args.pdf:
-        _write_consent_pdf(args, claims)
+        names = {e.user_id: people.person_label(e.display_name, e.roles, e.specialty)
+                 for e in named}
+        _write_consent_pdf(args, claims, _own_label(device.store.state), names)
     return 0
+
+
+async def _resolve_people(device: clinician.ProfileDevice,
+                          names: Sequence[str]) -> list[api.DirectoryEntry]:
+    """The named recipients, by login (clients/sdk/people.py), before anything is signed."""
+    if not names:
+        return []
+    client = device.client()
+    try:
+        await client.ensure_login()
+        return await people.resolve_users(client.relay, names)
+    finally:
+        await client.close()
+
+
+def _own_label(state: DeviceState) -> str:
+    """How the patient's copy names the clinician on this device: from our certificate."""
+    me = certs.verify_user_certificate(state.user_certificate, trusted_orgs=state.trusted_orgs(),
+                                       at=int(time.time()))
+    return people.person_label(me.display_name, me.roles, me.specialty)
 
 
 def _say_registered(claims: ConsentClaims, status: str) -> None:
@@ -414,11 +441,14 @@ def _say_filed(message_id: str, filed: ConsentFiling | None) -> None:
     print(f"filed in the patient's record by the record gateway: {what}")
 
 
-def _write_consent_pdf(args: argparse.Namespace, claims: ConsentClaims) -> None:
-    """The patient's copy (issue 10 item 2): kept on this device, never sent to the relay."""
+def _write_consent_pdf(args: argparse.Namespace, claims: ConsentClaims, clinician_name: str,
+                       user_names: dict[str, str]) -> None:
+    """The patient's copy (issue 10 item 2): kept on this device, never sent to the relay.
+    People are named by name (and specialty or role), never by an id."""
     display = consent_pdf.ConsentFormDisplay(
         organisation_name=args.organisation_name, privacy_contact=args.privacy_contact,
-        patient_label=args.patient_label or "")
+        patient_label=args.patient_label or "", clinician_name=clinician_name,
+        user_names=user_names)
     path = consent_pdf.save_consent_pdf(args.pdf, consent_pdf.render_consent_pdf(claims,
                                                                                  display))
     print(f"patient's copy of consent {claims.jti}: {path} (give it to the patient; it is "
@@ -431,7 +461,129 @@ def _consent_pdf(args: argparse.Namespace) -> int:
     except consent_pdf.ConsentPdfError as exc:
         raise FlowError(exc.reason, code="not_found") from None
     args.pdf = args.out
-    _write_consent_pdf(args, claims)
+    clinician_name, names = "", dict[str, str]()
+    if (_store(args).directory / "vault.db").exists() or _store(args).exists():
+        # Name people from their verified certificates (the profile's relay session).
+        device = clinician.unlock_profile(args)
+        try:
+            clinician_name, names = _run(lambda: _names_of(device, claims))
+        except SDKError as exc:
+            print(f"warning: people are not named on this copy (the relay could not be asked: "
+                  f"{exc})", file=sys.stderr)
+    _write_consent_pdf(args, claims, clinician_name, names)
+    return 0
+
+
+async def _names_of(device: clinician.ProfileDevice,
+                    claims: ConsentClaims) -> tuple[str, dict[str, str]]:
+    """The capturing clinician and each named recipient, from certificates verified against
+    the organisation key; someone the directory no longer serves stays unnamed."""
+    labels: dict[str, str] = {}
+    client = device.client()
+    try:
+        await client.ensure_login()
+        for user_id in dict.fromkeys([claims.iss, *claims.recipients.users]):
+            try:
+                user = await client.person(user_id)
+            except (RelayRequestError, FlowError):
+                continue
+            labels[user_id] = people.person_label(user.display_name, user.roles, user.specialty)
+    finally:
+        await client.close()
+    return labels.get(claims.iss, ""), labels
+
+
+# --- consent withdrawal --------------------------------------------------------------------------
+
+
+def _consent_line(claims: ConsentClaims) -> str:
+    return (f"{claims.decision.value} for {', '.join(p.value for p in claims.purposes)}, "
+            f"{len(claims.images)} image{'s' if len(claims.images) != 1 else ''}, captured "
+            f"{local_time(claims.iat)}")
+
+
+def _consent_list(args: argparse.Namespace) -> int:
+    device = clinician.unlock_profile(args)
+
+    async def go() -> list[api.ConsentInfo]:
+        client = device.client()
+        try:
+            await client.ensure_login()
+            return (await client.relay.my_consents()).consents
+        finally:
+            await client.close()
+
+    found = _run(go)
+    for info in found:
+        claims = peek_consent_token_unverified(info.token)
+        status = (info.status if info.revoked_at is None
+                  else f"withdrawn {local_time(info.revoked_at)}")
+        print(f"{info.consent_id}  {status}: {_consent_line(claims)}")
+    print(f"{len(found)} consents you captured")
+    return 0
+
+
+def _consent_withdraw(args: argparse.Namespace) -> int:
+    """Withdraw a consent this clinician captured (the relay withdraws undelivered messages
+    and orders every copy of its images destroyed, docs/PROTOCOL.md §13)."""
+    consent_id = args.consent_id.strip().lower()
+    if not _UUID.match(consent_id):
+        raise FlowError(f"{args.consent_id!r} is not a consent id: it is the consent reference "
+                        "on the patient's copy (`lightbox consent list` shows yours)",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    interactive = sys.stdin.isatty() and not args.yes
+    if not interactive and not args.yes:
+        raise FlowError("withdrawing a consent cannot be undone: pass --yes to confirm",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    device = clinician.unlock_profile(args)
+
+    async def go() -> tuple[api.ConsentRevoked, ConsentClaims]:
+        client = device.client()
+        try:
+            await client.ensure_login()
+            try:
+                info = await client.relay.get_consent(consent_id)
+            except RelayRequestError as exc:
+                if exc.code == ErrorCode.NOT_FOUND.value:
+                    raise FlowError(f"no consent {consent_id} that you captured or took part "
+                                    "in (`lightbox consent list` shows yours)",
+                                    code=ErrorCode.NOT_FOUND.value) from None
+                raise
+            claims = peek_consent_token_unverified(info.token)
+            if info.revoked_at is not None:
+                raise FlowError(f"consent {consent_id} was already withdrawn on "
+                                f"{local_time(info.revoked_at)}",
+                                code=ErrorCode.CONSENT_REVOKED.value)
+            print(f"consent {consent_id}: {_consent_line(claims)}")
+            if interactive and not await asyncio.to_thread(
+                    _yes, "Withdraw it? Undelivered messages are withdrawn and every copy of "
+                    "its images is deleted"):
+                raise FlowError("nothing withdrawn", code="cancelled")
+            try:
+                result = await client.relay.revoke_consent(consent_id, args.reason or "")
+            except RelayRequestError as exc:
+                if exc.code == ErrorCode.FORBIDDEN.value:
+                    who = "another clinician"
+                    with contextlib.suppress(SDKError):
+                        who = (await client.person(claims.iss)).display_name
+                    raise FlowError(f"consent {consent_id} was captured by {who}: only they or "
+                                    "the privacy office can withdraw it",
+                                    code=ErrorCode.FORBIDDEN.value) from None
+                raise
+            if result.already:
+                raise FlowError(f"consent {consent_id} was already withdrawn on "
+                                f"{local_time(result.revoked_at)}",
+                                code=ErrorCode.CONSENT_REVOKED.value)
+            client.vault.note_consent_withdrawn(consent_id, result.revoked_at)
+            return result, claims
+        finally:
+            await client.close()
+
+    result, _claims = _run(go)
+    print(f"withdrawn: consent {consent_id} at {local_time(result.revoked_at)}")
+    print(f"messages withdrawn before delivery: {result.withdrawn_messages}")
+    print(f"copies ordered to expire: {result.expiry_orders} (each device deletes its copy and "
+          "confirms; images already filed in the record stay there)")
     return 0
 
 
@@ -476,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="debugging the key directory").add_subparsers(
         dest="keys_cmd", required=True)
     cl = keys.add_parser("claim", help="claim and verify a colleague's prekeys")
-    cl.add_argument("user", help="user id, or a directory query matching one user")
+    cl.add_argument("user", help="a colleague's login (or user id, or a directory query "
+                                 "matching one person)")
     cl.set_defaults(func=_keys_claim)
     consent = sub.add_parser("consent", help="patient consent for images").add_subparsers(
         dest="consent_cmd", required=True)
@@ -484,7 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "identity key and register it")
     cc.add_argument("--image", action="append", metavar="FILE", help="an image shown")
     cc.add_argument("--purpose", action="append", choices=[p.value for p in Purpose])
-    cc.add_argument("--user", action="append", metavar="USER_ID", help="a recipient user")
+    cc.add_argument("--user", action="append", metavar="LOGIN",
+                    help="a named recipient: a colleague's login (or user id)")
     cc.add_argument("--role", action="append", help="a recipient role (your organisation)")
     cc.add_argument("--org", action="append", help="a recipient organisation")
     cc.add_argument("--external", action="store_true", help="recipients outside your "
@@ -515,6 +669,16 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", required=True, metavar="FILE")
     _pdf_options(cp)
     cp.set_defaults(func=_consent_pdf)
+    cw = consent.add_parser("withdraw", help="withdraw a consent you captured (undelivered "
+                                             "messages withdrawn, copies deleted)")
+    cw.add_argument("consent_id", metavar="CONSENT_ID", help="the consent reference (on the "
+                                                            "patient's copy; `consent list`)")
+    cw.add_argument("--reason", metavar="TEXT", default="",
+                    help="why, for the audit log (no patient details)")
+    cw.add_argument("--yes", action="store_true", help="no confirmation prompt (scripts)")
+    cw.set_defaults(func=_consent_withdraw)
+    consent.add_parser("list", help="the consents you captured, newest first").set_defaults(
+        func=_consent_list)
     clinician.register(sub)  # threads, send, inbox, watch, desktop (clients/clinician.py)
     return p
 

@@ -41,9 +41,11 @@ from clients.sdk.client import (
     MessageEvent,
     ReceiptEvent,
     StatusEvent,
+    WithdrawnEvent,
 )
 from clients.sdk.errors import FlowError, KeyStoreError
 from clients.sdk.keystore import DeviceStore, KeyStore
+from clients.timefmt import local_time
 from clients.vault import Vault
 from protocol.body import Body, BodyKind, RecordData, Sex
 from protocol.consent import (
@@ -109,6 +111,16 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%d %b %H:%M")
+
+
+def _consent_of(body: Body) -> str | None:
+    """The id of the consent a message was sent under, if it carries a readable one."""
+    if not body.consent_token:
+        return None
+    try:
+        return peek_consent_token_unverified(body.consent_token).jti
+    except ProtocolError:
+        return None
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -197,6 +209,10 @@ def _inbox(args: argparse.Namespace) -> int:
             await client.wait_synced(args.timeout)
             threads = await client.threads()
             await client.fetch_missing_images()  # waits for downloads already under way
+            unread = [v for t in threads for v in client.thread_messages(t.thread_id)
+                      if not (v.message.read or v.message.outgoing)]
+            withdrawn = await client.refresh_consents(
+                [c for v in unread if (c := _consent_of(v.body)) is not None])
             for t in threads:
                 for view in client.thread_messages(t.thread_id):
                     if view.message.read or view.message.outgoing:
@@ -204,6 +220,10 @@ def _inbox(args: argparse.Namespace) -> int:
                     _print_message(client, MessageEvent(view.message, view.body))
                     for img in view.images:
                         print(f"    image {img.attachment_id[:8]}: {img.state} {img.reason}")
+                    consent_id = _consent_of(view.body)
+                    if consent_id in withdrawn:
+                        print(f"    consent withdrawn {local_time(withdrawn[consent_id])}: the "
+                              "patient's consent no longer covers this message")
                     shown += 1
                 if args.mark_read:
                     await client.mark_read(t.thread_id)
@@ -231,7 +251,13 @@ def _describe(client: LightboxClient, event: ClientEvent) -> str | None:
                 f"{' as ' + event.record_ref if event.record_ref else ''}; copies expire "
                 f"{_when(event.expires_at)}")
     if isinstance(event, ExpiredEvent):
-        return f"    image {event.attachment_id[:8]} deleted from this device ({event.reason})"
+        why = ("the patient's consent was withdrawn" if event.reason == "consent_revoked"
+               else event.reason)
+        return f"    image {event.attachment_id[:8]} deleted from this device ({why})"
+    if isinstance(event, WithdrawnEvent):
+        why = ("the patient's consent was withdrawn" if event.reason == "consent_revoked"
+               else "the sending device was revoked")
+        return f"    message {event.message_id[:8]} withdrawn before delivery ({why})"
     if isinstance(event, StatusEvent):
         if event.state == "connected":
             return "-- connected to the relay"

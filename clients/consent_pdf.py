@@ -101,6 +101,7 @@ class ConsentFormDisplay:
     clinician_name: str = ""
     user_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
     org_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    withdrawn_at: int | None = None  # the consent was withdrawn then (seconds since epoch)
 
     def organisation(self, claims: ConsentClaims) -> str:
         name = self.organisation_name or os.environ.get(ORGANISATION_NAME_ENV, "").strip()
@@ -156,6 +157,9 @@ def consent_form_lines(claims: ConsentClaims, display: ConsentFormDisplay,
     else:
         lines.append(("text", f"You REFUSED to share the {images} you were shown. Your refusal "
                               "is recorded; the images will not be shared for the uses below."))
+    if display.withdrawn_at is not None:
+        lines.append(("text", f"You WITHDREW this consent on {_date(display.withdrawn_at)}: "
+                              "nothing more is shared under it."))
 
     lines.append(("heading", "Uses"))
     for purpose in Purpose:
@@ -173,8 +177,14 @@ def consent_form_lines(claims: ConsentClaims, display: ConsentFormDisplay,
     else:
         who: list[str] = []
         if scope.users:
-            who.append("Named clinicians: " + _listed(
-                [display.user_names.get(u, f"clinician {u[:8]}") for u in scope.users]))
+            # By name only: an id means nothing to a patient. Someone this device could not
+            # name (no longer in the directory) is counted, not shown as an id.
+            named = [display.user_names[u] for u in scope.users if u in display.user_names]
+            unnamed = len(scope.users) - len(named)
+            if unnamed:
+                named.append(f"{unnamed} other clinician{'s' if unnamed > 1 else ''} named by "
+                             "your clinician (ask them who)")
+            who.append("Named clinicians: " + _listed(named))
         if scope.roles:
             who.append("Clinicians in these roles at " + org + ": "
                        + _listed([r.replace("_", " ") for r in scope.roles]))

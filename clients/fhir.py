@@ -370,6 +370,40 @@ class FhirClient(HttpService):
                                f"{identifier_system}|{identifier_value}")
         return matches[0] if matches else None
 
+    async def find_patient_consents(
+        self, patient_id: str, *, system: str | None = None, limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The Consents filed for a patient: ``GET [base]/Consent?patient:identifier=
+        [system|]value`` (the ``:identifier`` modifier on a reference parameter matches a
+        logical reference, search.html#modifiers), as the record gateway files them
+        (``to_fhir_consent(..., patient_identifier=...)``). Without ``system``, any issuer's id
+        equal to ``patient_id`` matches. Matches are checked on this side too (a server may
+        ignore a parameter it does not support), at most ``limit`` of them."""
+        if not patient_id:
+            raise ValueError("a search by patient needs the patient's id")
+        value = _token(system, patient_id) if system else re.sub(r"([\\|,$])", r"\\\1",
+                                                                 patient_id)
+        response = await self._request("GET", f"{self._base}/Consent", params=[
+            ("patient:identifier", value), ("_count", str(limit))])
+        _raise_for_status(response)
+        if response.status_code != 200:
+            raise FhirProtocolError(f"unexpected status {response.status_code} to a search")
+        bundle = _json(response)
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise FhirProtocolError("a search answer is not a Bundle")
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list):
+            raise FhirProtocolError("Bundle.entry is not a list")
+
+        def names_patient(resource: Mapping[str, Any]) -> bool:
+            patient = resource.get("patient")
+            ident = patient.get("identifier") if isinstance(patient, dict) else None
+            return isinstance(ident, dict) and ident.get("value") == patient_id and (
+                system is None or ident.get("system") == system)
+
+        return [entry["resource"] for entry in entries if isinstance(entry, dict)
+                and _is_match(entry) and names_patient(entry["resource"])][:limit]
+
     # transport -----------------------------------------------------------------------------
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:

@@ -53,7 +53,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import msgspec
 from PIL import Image
@@ -104,6 +104,7 @@ from protocol.body import (
     encode_body,
 )
 from protocol.consent import (
+    FHIR_SYSTEM_BASE,
     ConsentClaims,
     peek_consent_token_unverified,
     to_fhir_consent,
@@ -114,13 +115,28 @@ from protocol.frames import Deliver, Error, FiledNotice, Filing, Frame, KeysLow
 from protocol.model import DeviceKind, MessageHeader, Priority, Purpose, SealedMessage
 from protocol.statements import FilingStatement
 
-__all__ = ["FilingFailed", "GatewayConfig", "RecordGateway", "configure_logging", "main"]
+__all__ = [
+    "FilingFailed",
+    "GatewayConfig",
+    "RecordGateway",
+    "configure_logging",
+    "main",
+    "patient_id_system",
+]
 
 VERSION = "0.1.0"
 log = logging.getLogger("lightbox.gateway")
 UID_NAMESPACE = uuid.UUID("7b0f3c1e-2a54-4c8e-9a61-5d2f8e0c4b17")
 CONSENT_STUDY = "Consent for clinical images"  # a consent filed without images: its study
 CONSENT_IDENTIFIER_SYSTEM = "urn:ietf:rfc:3986"  # to_fhir_consent's identifier: urn:uuid:<jti>
+
+
+def patient_id_system(issuer: str) -> str:
+    """The FHIR identifier system of a patient id from the sealed record data: the issuer
+    (DICOM Issuer of Patient ID, default the gateway's ``--issuer`` or the organisation id)
+    under the Lightbox system base, so the privacy office can find a patient's consents in the
+    record (``lightbox-admin consent find --patient-id``)."""
+    return f"{FHIR_SYSTEM_BASE}/patient-id/{quote(issuer, safe='')}"
 CLOCK_SKEW = 300  # seconds a consent's iat may lead the gateway's clock
 # Objects that are not an acquisition (PS3.3 C.7.3.1.1.1): a study holding only these is not
 # an original imaging study (OT: our Secondary Capture, XC: photos, DOC: consent forms).
@@ -688,10 +704,10 @@ class RecordGateway:
                           sop_class_uid=form.sop_class_uid),
             FiledDocument(kind="fhir_consent", consent_id=claims.jti,
                           sha256=hashlib.sha256(fhir).hexdigest(),
-                          location=(await self._post_fhir(claims))[:1024]),
+                          location=(await self._post_fhir(claims, record))[:1024]),
         ]
 
-    async def _post_fhir(self, claims: ConsentClaims) -> str:
+    async def _post_fhir(self, claims: ConsentClaims, record: RecordData) -> str:
         """File the FHIR Consent on the configured server (clients/fhir.py: conditional create
         on the consent's identifier, so a retry finds the one already there); returns its
         URL, or "" when no server is configured. An unreachable server (or its credentials
@@ -701,8 +717,12 @@ class RecordGateway:
         attempt = 0
         while True:
             try:
+                issuer = record.issuer_of_patient_id or self.config.issuer_of_patient_id or \
+                    self.store.state.org_id
                 return await self.fhir.create_consent(
-                    to_fhir_consent(claims), identifier_system=CONSENT_IDENTIFIER_SYSTEM,
+                    to_fhir_consent(claims, patient_identifier=(
+                        patient_id_system(issuer), record.patient_id)),
+                    identifier_system=CONSENT_IDENTIFIER_SYSTEM,
                     identifier_value=f"urn:uuid:{claims.jti}")
             except (FhirUnavailable, FhirAuthError) as exc:
                 attempt += 1

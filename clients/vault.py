@@ -753,6 +753,30 @@ class Vault:
                     "SELECT attachment_id FROM tombstones ORDER BY shredded_at").fetchall()]
             return [t for t in (self._tombstone(db, i) for i in ids) if t is not None]
 
+    # -- consent withdrawals -----------------------------------------------------------------
+
+    def note_consent_withdrawn(self, consent_id: str, at: int) -> None:
+        """Remember that a consent was withdrawn (the relay's time), so every view shows it,
+        after a restart too. The first time noted is kept."""
+        name = "consent_withdrawn:" + _check_id(consent_id, "consent id")
+        with self._mutex:
+            db = self._use()
+            sealed = _seal(self._k().state, _ad("secrets", name), str(int(at)).encode())
+            with self._sql(db) as conn:
+                conn.execute("INSERT INTO secrets VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                             (name, sealed))
+
+    def consent_withdrawals(self) -> dict[str, int]:
+        """Consent id -> when it was withdrawn (seconds since the epoch), as noted."""
+        with self._mutex:
+            db = self._use()
+            with self._sql(db) as conn:
+                rows = conn.execute("SELECT name, sealed FROM secrets "
+                                    "WHERE name LIKE 'consent\\_withdrawn:%' ESCAPE '\\'"
+                                    ).fetchall()
+            return {name.split(":", 1)[1]: int(_open(self._k().state, _ad("secrets", name),
+                                                     sealed).decode()) for name, sealed in rows}
+
     def _tombstone(self, db: sqlite3.Connection, attachment_id: str) -> Tombstone | None:
         with self._sql(db) as conn:
             row = conn.execute("SELECT shredded_at, sealed_reference FROM tombstones "

@@ -46,10 +46,14 @@ __all__ = [
     "CertificateRenewal",
     "ClaimedKey",
     "ClaimedKeys",
+    "ConsentCopy",
     "ConsentInfo",
+    "ConsentList",
     "ConsentMismatch",
     "ConsentRegister",
+    "ConsentRevoke",
     "ConsentRevoked",
+    "ConsentWithdrawal",
     "DeviceBundle",
     "DeviceKeys",
     "DeviceSummary",
@@ -416,8 +420,12 @@ class PrekeyCount(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 
 class DirectoryEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A colleague as the directory shows them: ``login`` is how people name each other
+    (``--to user:LOGIN``); the user id is what protocol messages carry."""
+
     user_id: str
     org_id: str
+    login: str
     display_name: str
     roles: list[str]
     specialty: str | None
@@ -529,13 +537,65 @@ class ConsentInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     revoked_at: int | None = None
 
 
+class ConsentList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The consents the caller captured (issued), newest first."""
+
+    consents: list[ConsentInfo]
+
+
+WithdrawalReason = Annotated[str, msgspec.Meta(max_length=500)]
+
+
+class ConsentRevoke(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Why a consent is withdrawn, for the audit log (no patient details: the relay keeps it).
+    The clinician's route takes it optionally (an empty body is no reason); the privacy
+    office's requires one."""
+
+    reason: WithdrawalReason = ""
+
+
 class ConsentRevoked(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Answer of a revocation: messages withdrawn before delivery, expiry orders issued."""
+    """Answer of a revocation: messages withdrawn before delivery, expiry orders issued.
+    ``already``: the consent had been withdrawn before this request (nothing changed)."""
 
     consent_id: Id
     revoked_at: int
     withdrawn_messages: int
     expiry_orders: int
+    already: bool = False
+
+
+class ConsentCopy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One device's copy of an image sent under a consent, and its expiry order: ``reason``
+    ``consent_revoked`` for a withdrawal (or ``filed``, ``hard_limit``, ``wipe`` when another
+    order came first); ``confirmed_at`` is when the device confirmed it destroyed the copy."""
+
+    attachment_id: Id
+    device_id: Id
+    device_kind: str
+    user_id: Id
+    login: str
+    display_name: str
+    reason: str | None
+    ordered_at: int | None
+    confirmed_at: int | None
+
+
+class ConsentWithdrawal(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A consent as the privacy office sees it (``GET /v1/admin/consents/{id}``): who captured
+    it, its status, who withdrew it and why, the messages sent under it (and those withdrawn
+    before delivery), and every copy of its images with its expiry order."""
+
+    consent: ConsentInfo
+    issuer_login: str
+    issuer_name: str
+    decision: str
+    purposes: list[str]
+    revoked_by: str | None
+    reason: str | None
+    messages: int
+    withdrawn_message_ids: list[str]
+    copies: list[ConsentCopy]
 
 
 class ConsentMismatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

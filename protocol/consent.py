@@ -376,7 +376,8 @@ def _ident(system: str, value: str) -> dict[str, str]:
 
 
 def to_fhir_consent(
-    claims: ConsentClaims, *, system_base: str = FHIR_SYSTEM_BASE
+    claims: ConsentClaims, *, system_base: str = FHIR_SYSTEM_BASE,
+    patient_identifier: tuple[str, str] | None = None
 ) -> dict[str, Any]:
     """Map consent claims field by field to a FHIR R4 ``Consent`` resource (as a JSON dict).
 
@@ -408,6 +409,13 @@ def to_fhir_consent(
     ==================================  ======================================================
 
     ``scope`` is patient-privacy and ``category`` LOINC 59284-0 (patient consent).
+
+    ``patient_identifier`` (system, value): for the copy filed *in the patient's record*
+    (the record gateway, which reads the patient's id from the sealed body), ``patient``
+    names the patient by that identifier (a logical reference, FHIR R4 references.html
+    §2.3.0.3, so the record can find every consent of a patient with the ``:identifier``
+    search modifier) and the opaque reference moves to the patient-ref extension. Never for
+    anything the relay sees.
     """
     sys = system_base.rstrip("/")
     agreed = claims.decision is ConsentDecision.AGREED
@@ -450,19 +458,25 @@ def to_fhir_consent(
             {"meaning": "instance", "reference": {"identifier": _ident(f"{sys}/image-sha256", h)}}
             for h in claims.images
         ]
+    extensions: list[dict[str, Any]] = [
+        {
+            "url": f"{sys}/StructureDefinition/permanence-statement-shown",
+            "valueBoolean": claims.permanence_statement_shown,
+        },
+        {
+            "url": f"{sys}/StructureDefinition/no-effect-on-care-statement-shown",
+            "valueBoolean": claims.no_effect_on_care_statement_shown,
+        },
+    ]
+    patient: dict[str, Any] = {"identifier": _ident(f"{sys}/patient-ref", claims.patient)}
+    if patient_identifier is not None:
+        extensions.append({"url": f"{sys}/StructureDefinition/patient-ref",
+                           "valueIdentifier": patient["identifier"]})
+        patient = {"type": "Patient", "identifier": _ident(*patient_identifier)}
     return {
         "resourceType": "Consent",
         "id": claims.jti,
-        "extension": [
-            {
-                "url": f"{sys}/StructureDefinition/permanence-statement-shown",
-                "valueBoolean": claims.permanence_statement_shown,
-            },
-            {
-                "url": f"{sys}/StructureDefinition/no-effect-on-care-statement-shown",
-                "valueBoolean": claims.no_effect_on_care_statement_shown,
-            },
-        ],
+        "extension": extensions,
         "identifier": [_ident(_URI, urn)],
         "status": "active" if agreed else "rejected",
         "scope": {
@@ -476,7 +490,7 @@ def to_fhir_consent(
         "category": [
             {"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Consent"}]}
         ],
-        "patient": {"identifier": _ident(f"{sys}/patient-ref", claims.patient)},
+        "patient": patient,
         "dateTime": _fhir_time(claims.iat),
         "performer": [ref("Practitioner", "user-id", claims.iss)],
         "organization": [ref("Organization", "org-id", claims.org)],

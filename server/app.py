@@ -161,7 +161,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     endpoints += AttachmentRoutes(service=attachment_service, require_device=authn.require_device,
                                   max_body=body).endpoints()
     endpoints += ConsentRoutes(service=consents, require_device=authn.require_device,
-                               max_body=body).endpoints()
+                               require_admin=authn.require_admin, max_body=body).endpoints()
     pipeline = SendPipeline(db, metrics, policy=consents,
                             max_message_bytes=settings.max_message_bytes,
                             max_batch=settings.send_batch,

@@ -24,11 +24,12 @@ A send locks the consent row FOR SHARE and a revocation locks it FOR UPDATE, so 
 either commits first (the send is refused) or waits for the send's batch and then withdraws it.
 
 **Withdrawal** (:meth:`ConsentService.revoke`) by the issuing clinician or a privacy officer of
-the consent's organisation: marks it revoked; deletes every queued delivery of a message sent
-under it and tells each sender's devices (a ``withdrawn`` notice); issues an expiry order
-(reason ``consent_revoked``) to every device that may hold a copy of an image sent under it,
-durable until that device confirms (server/store/expiry.py); from then on the relay refuses to
-serve those images (consent_revoked).
+the consent's organisation, or (:meth:`ConsentService.revoke_as_admin`) by the privacy office
+through IT's tool (an administrator; the reason is audited): marks it revoked; deletes every
+queued delivery of a message sent under it and tells each sender's devices (a ``withdrawn``
+notice); issues an expiry order (reason ``consent_revoked``) to every device that may hold a
+copy of an image sent under it, durable until that device confirms (server/store/expiry.py);
+from then on the relay refuses to serve those images (consent_revoked).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -58,10 +60,10 @@ from protocol.errors import DecodeError, ErrorCode, PolicyDenied, VerificationEr
 from protocol.frames import ExpiryReason, Withdrawn, WithdrawReason, encode_frame
 from protocol.model import MessageHeader, Purpose
 from server import audit, events
-from server.authn import Principal
+from server.authn import AdminPrincipal, Principal
 from server.db import Database
 from server.errors import Forbidden, NotFound, RelayError
-from server.store import consents, devices, expiry, messages, oncall, users
+from server.store import admins, consents, devices, expiry, messages, oncall, users
 from server.trust import Trust
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "ConsentPolicies",
     "ConsentService",
     "RevokeResult",
+    "Withdrawal",
     "needs_consent",
 ]
 
@@ -112,6 +115,22 @@ class RevokeResult:
     record: consents.ConsentRecord
     withdrawn: int
     orders: int
+    already: bool = False  # withdrawn before this request: nothing changed
+
+
+@dataclasses.dataclass(frozen=True)
+class Withdrawal:
+    """A consent for the privacy office: the claims, who captured it, the audited withdrawal
+    (``by``, ``as``, ``reason``, ``withdrawn_message_ids``), its messages and copies."""
+
+    record: consents.ConsentRecord
+    claims: ConsentClaims
+    issuer_login: str
+    issuer_name: str
+    revocation: dict[str, Any] | None
+    revoked_by: str | None  # "Dr Ivy Intern (ivy.intern), the issuing clinician"
+    messages: int
+    copies: list[consents.Copy]
 
 
 def _invalid(detail: str) -> RelayError:
@@ -218,18 +237,42 @@ class ConsentService:
 
     # -- withdrawal ------------------------------------------------------------------------------
 
-    async def revoke(self, me: Principal, consent_id: str) -> RevokeResult:
+    async def revoke(self, me: Principal, consent_id: str, *, reason: str = "") -> RevokeResult:
+        """Withdrawal by the issuing clinician or a privacy officer of the organisation; anyone
+        else who may see the consent: forbidden; anyone else: not_found."""
+        async def allowed(conn: asyncpg.Connection, record: consents.ConsentRecord) -> str:
+            if not await self._may_see(conn, me, record):
+                raise NotFound(ErrorCode.NOT_FOUND, "no such consent")
+            if me.user_id == record.issuer_user_id:
+                return "issuer"
+            if self._officer(me, record):
+                return PRIVACY_OFFICER_ROLE
+            raise Forbidden(ErrorCode.FORBIDDEN, "only the issuing clinician or a privacy "
+                            "officer of the organisation can revoke this consent")
+        return await self._withdraw(consent_id, by=me.user_id, allowed=allowed, reason=reason)
+
+    async def revoke_as_admin(self, admin: AdminPrincipal, consent_id: str, *,
+                              reason: str) -> RevokeResult:
+        """Withdrawal by the privacy office through IT's tool (an administrator of the relay;
+        docs/SECURITY.md "Administrators"): the same effects as the clinician's."""
+        async def allowed(conn: asyncpg.Connection, record: consents.ConsentRecord) -> str:
+            return "it_admin"
+        return await self._withdraw(consent_id, by=admin.admin_id, allowed=allowed,
+                                    reason=reason)
+
+    async def _withdraw(
+        self, consent_id: str, *, by: str, reason: str,
+        allowed: Callable[[asyncpg.Connection, consents.ConsentRecord], Awaitable[str]],
+    ) -> RevokeResult:
         now = self.now()
         async with self.db.pool.acquire() as conn, conn.transaction():
             record = await consents.get(conn, consent_id, lock="update")
-            if record is None or not await self._may_see(conn, me, record):
+            if record is None:
                 raise NotFound(ErrorCode.NOT_FOUND, "no such consent")
-            if me.user_id != record.issuer_user_id and not self._officer(me, record):
-                raise Forbidden(ErrorCode.FORBIDDEN, "only the issuing clinician or a privacy "
-                                "officer of the organisation can revoke this consent")
+            acting_as = await allowed(conn, record)
             if record.revoked_at is not None:
-                return RevokeResult(record, 0, 0)  # idempotent
-            await consents.mark_revoked(conn, consent_id, by=me.user_id, now=now)
+                return RevokeResult(record, 0, 0, already=True)  # idempotent
+            await consents.mark_revoked(conn, consent_id, by=by, now=now)
             woken: set[str] = set()
             withdrawn = await consents.withdraw_undelivered(conn, consent_id)
             for w in withdrawn:
@@ -248,9 +291,10 @@ class ConsentService:
             woken.update(h.device_id for h in holders)
             await audit.append(conn, "consent.revoked", subject_kind="consent",
                                subject_id=consent_id, details={
-                                   "by": me.user_id, "as": "issuer"
-                                   if me.user_id == record.issuer_user_id else PRIVACY_OFFICER_ROLE,
+                                   "by": by, "as": acting_as, "reason": reason or None,
                                    "withdrawn_messages": len(withdrawn),
+                                   "withdrawn_message_ids": [
+                                       w.message_id for w in withdrawn][:audit.MAX_DETAIL_ITEMS],
                                    "withdrawn_deliveries": sum(len(w.devices) for w in withdrawn),
                                    "expiry_orders": len(orders)})
             ids = sorted(woken)
@@ -259,6 +303,46 @@ class ConsentService:
             updated = await consents.get(conn, consent_id)
         assert updated is not None
         return RevokeResult(updated, len(withdrawn), len(orders))
+
+    # -- listing and the privacy office's view ---------------------------------------------------
+
+    async def issued_by(self, me: Principal) -> list[consents.ConsentRecord]:
+        """The consents this clinician captured, newest first."""
+        async with self.db.pool.acquire() as conn:
+            return await consents.list_issued(conn, me.user_id)
+
+    async def withdrawal(self, consent_id: str) -> Withdrawal:
+        """Everything the privacy office needs to see about a consent and its withdrawal."""
+        async with self.db.pool.acquire() as conn:
+            record = await consents.get(conn, consent_id)
+            if record is None:
+                raise NotFound(ErrorCode.NOT_FOUND, "no such consent")
+            issuer = await users.get_user(conn, record.issuer_user_id)
+            revoked = [r for r in await audit.rows(conn, subject_kind="consent",
+                                                   subject_id=consent_id,
+                                                   event_prefix="consent.revoked")]
+            revocation = dict(revoked[0].details) if revoked else None
+            by = None
+            if revocation is not None:
+                by = await self._who(conn, str(revocation.get("as")), str(revocation.get("by")))
+            return Withdrawal(
+                record=record, claims=self._claims(record),
+                issuer_login=issuer.login if issuer else "",
+                issuer_name=issuer.display_name if issuer else "",
+                revocation=revocation, revoked_by=by,
+                messages=await consents.count_messages(conn, consent_id),
+                copies=await consents.copies(conn, consent_id))
+
+    @staticmethod
+    async def _who(conn: asyncpg.Connection, acting_as: str, actor_id: str) -> str:
+        """Who withdrew a consent, as the privacy office reads it."""
+        if acting_as == "it_admin":
+            admin = await admins.get_admin(conn, actor_id)
+            return f"the privacy office through IT ({admin.login if admin else 'an administrator'})"
+        user = await users.get_user(conn, actor_id)
+        name = f"{user.display_name} ({user.login})" if user else "a clinician"
+        return f"{name}, " + ("the issuing clinician" if acting_as == "issuer"
+                              else "privacy officer")
 
     # -- recipients' reports -----------------------------------------------------------------
 

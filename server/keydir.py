@@ -9,6 +9,7 @@ device signed (clients verify them again).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -35,6 +36,7 @@ from server.trust import Trust, refusal
 __all__ = ["DIRECTORY_LIMIT", "KeyDirectory"]
 
 DIRECTORY_LIMIT = 50
+LOGIN = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")  # protocol.api.Login
 
 
 class KeyDirectory:
@@ -156,15 +158,25 @@ class KeyDirectory:
         async with self.db.pool.acquire() as conn:
             return self._count(await prekeys.count_one_time(conn, principal.device_id))
 
-    async def directory(self, q: str) -> list[DirectoryEntry]:
-        q = q.strip()
-        if not 2 <= len(q) <= 64:
-            raise InvalidInput(detail="q must be 2 to 64 characters")
+    async def directory(self, q: str, *, login: str | None = None) -> list[DirectoryEntry]:
+        """A search (``q``: 2 to 64 characters of a login, name, role, specialty or
+        department), or the one user whose login is exactly ``login`` (none or one entry)."""
+        if login is not None:
+            if q or not LOGIN.fullmatch(login):
+                raise InvalidInput(detail="login must be a login (lower-case letters, digits, "
+                                          "'.', '_', '-'; 2 to 64 characters), without q")
+            query, exact = login, True
+        else:
+            query, exact = q.strip(), False
+            if not 2 <= len(query) <= 64:
+                raise InvalidInput(detail="q must be 2 to 64 characters")
         async with self.db.pool.acquire() as conn:
-            found = await users.search_directory(conn, q, org_ids=sorted(self.trust.orgs),
-                                                 now=self.clock(), limit=DIRECTORY_LIMIT)
-        return [DirectoryEntry(user_id=u.user_id, org_id=u.org_id, display_name=u.display_name,
-                               roles=u.roles, specialty=u.specialty, department=u.department)
+            found = await users.search_directory(conn, query, org_ids=sorted(self.trust.orgs),
+                                                 now=self.clock(), limit=DIRECTORY_LIMIT,
+                                                 exact_login=exact)
+        return [DirectoryEntry(user_id=u.user_id, org_id=u.org_id, login=u.login,
+                               display_name=u.display_name, roles=u.roles,
+                               specialty=u.specialty, department=u.department)
                 for u in found]
 
     async def revocation_lists(self) -> list[str]:

@@ -354,7 +354,12 @@ class DesktopServer:
         # 7): the study reference is shown with the image; the desktop never calls the PACS.
         receipts = {v.body.filing.attachment_id: v.body.filing for v in views
                     if v.body.filing is not None}
-        messages = [_message_json(client, v, receipts) for v in views]
+        # Withdrawn consents (docs/PROTOCOL.md §13): what the relay told this device, kept in
+        # the vault (so after a restart too), and asked of the relay for the rest.
+        consents = [c for v in views if (c := _consent_claims(v.body)) is not None]
+        withdrawals = await client.refresh_consents([c.jti for c in consents])
+        await _learn_names(client, [u for c in consents for u in (c.iss, *c.recipients.users)])
+        messages = [_message_json(client, v, receipts, withdrawals) for v in views]
         return JSONResponse({"thread_id": thread_id, "priority": info.priority,
                              "roles": info.roles, "messages": messages})
 
@@ -387,7 +392,9 @@ class DesktopServer:
             raise _Refused(404, "consent_not_found",
                            detail="this message carries no consent that can be read")
         record = view.body.record
+        await _learn_names(client, [claims.iss, *claims.recipients.users])
         display = ConsentFormDisplay(
+            withdrawn_at=client.consent_withdrawn_at(claims.jti),
             patient_label=patient_label(record.patient_name) if record is not None else "",
             clinician_name=_known_name(client, claims.iss) or "",
             user_names={u: name for u in claims.recipients.users
@@ -476,6 +483,9 @@ class DesktopServer:
         elif isinstance(event, FiledEvent | WithdrawnEvent):
             kind = "filed" if isinstance(event, FiledEvent) else "withdrawn"
             self._broadcast(kind, {"thread_id": event.thread_id})
+            if isinstance(event, ExpiredEvent) and event.reason == "consent_revoked":
+                # a recipient learns of a withdrawn consent by its copies' expiry orders
+                self._broadcast("withdrawn", {"thread_id": event.thread_id})
         elif isinstance(event, StatusEvent):
             if event.state in {"connected", "disconnected", "stopped"}:
                 self.connected = event.state == "connected"
@@ -625,6 +635,16 @@ def _known_name(client: LightboxClient, user_id: str) -> str | None:
     return None if name == user_id[:8] else name
 
 
+async def _learn_names(client: LightboxClient, user_ids: Sequence[str]) -> None:
+    """Fetch and verify the certificates of people a consent names whom this device does not
+    know yet, so the panel and the patient's form show names, never ids. Someone the
+    directory no longer serves stays unknown."""
+    for user_id in dict.fromkeys(user_ids):
+        if _known_name(client, user_id) is None:
+            with contextlib.suppress(SDKError):
+                await client.person(user_id)
+
+
 @dataclasses.dataclass(frozen=True)
 class _ReplyPlan:
     """How a reply is sealed: ``purpose`` (what the text guard checks it for), the consent
@@ -676,8 +696,9 @@ async def _send_reply(client: LightboxClient, thread_id: str, text: str, *,
 
 
 def _message_json(client: LightboxClient, view: MessageView,
-                  receipts: Mapping[str, FilingReceipt] | None = None) -> dict[str, Any]:
-    receipts = receipts or {}
+                  receipts: Mapping[str, FilingReceipt] | None = None,
+                  withdrawals: Mapping[str, int] | None = None) -> dict[str, Any]:
+    receipts, withdrawals = receipts or {}, withdrawals or {}
     m, body = view.message, view.body
     consent = None
     c = _consent_claims(body)
@@ -689,6 +710,8 @@ def _message_json(client: LightboxClient, view: MessageView,
             "roles": c.recipients.roles, "orgs": c.recipients.orgs,
             "external": c.recipients.external, "expires_at": c.exp,
             "form_version": c.form_version,
+            # when the consent was withdrawn (the relay's time), or None
+            "withdrawn_at": withdrawals.get(c.jti),
             # the patient's copy (issue 10 item 2), opened by the page in a new tab
             "pdf_url": f"/api/messages/{m.message_id}/consent.pdf",
         }

@@ -43,6 +43,7 @@ import msgspec
 
 from clients import imaging
 from clients.sdk import attachments as sdk_attachments
+from clients.sdk import people
 from clients.sdk.connection import Connection, ConnectionStopped, DeferDelivery
 from clients.sdk.errors import (
     ConsentImageMismatch,
@@ -95,6 +96,7 @@ from protocol.frames import (
     EscalationNotice,
     ExpireOrder,
     ExpiryConfirm,
+    ExpiryReason,
     FiledNotice,
     Frame,
     KeysLow,
@@ -104,6 +106,7 @@ from protocol.frames import (
     Revoked,
     WipeOrder,
     Withdrawn,
+    WithdrawReason,
 )
 from protocol.model import DeviceKind, MessageHeader, Priority, Purpose, SealedMessage
 
@@ -190,6 +193,7 @@ class LightboxClient:
         self._filed: dict[str, FiledEvent] = {}
         self._receipts: dict[str, list[ReceiptEvent]] = {}
         self._escalations: dict[str, list[EscalationEvent]] = {}  # steps seen, per message
+        self._consents_checked: dict[str, float] = {}  # consent id -> last asked the relay
         self._acked: set[str] = set()
         self._threads: dict[str, api.ThreadInfo] = {}
         self._fetch_lock = asyncio.Lock()
@@ -446,6 +450,23 @@ class LightboxClient:
                             code=ErrorCode.CERTIFICATE_INVALID.value)
         return found
 
+    async def person(self, user_id: str) -> certs.UserCertificate:
+        """A colleague's user certificate from the key directory, verified against the pinned
+        organisation key and the revocation list (their name, roles and specialty)."""
+        answer = await self.relay.user_devices(user_id)
+        st = self.store.state
+        try:
+            user = certs.verify_user_certificate(
+                answer.user_certificate, trusted_orgs=st.trusted_orgs(), at=int(self._clock()),
+                revocations=await self.revocations())
+        except ProtocolError as exc:
+            raise _flow(exc, "a certificate from the relay does not verify") from exc
+        if user.user_id != user_id:
+            raise FlowError("the directory answered for another user",
+                            code=ErrorCode.CERTIFICATE_INVALID.value)
+        self._names[user_id] = user.display_name
+        return user
+
     def display_name(self, user_id: str) -> str:
         if user_id == self.user_id:
             return "you"
@@ -454,13 +475,9 @@ class LightboxClient:
     # -- threads -----------------------------------------------------------------------------
 
     async def resolve_user(self, query: str) -> api.DirectoryEntry:
-        """One user from the directory (a login, a name, or a user id)."""
-        found = (await self.relay.directory(query)).users
-        exact = [u for u in found if query in (u.user_id,)]
-        if len(found) != 1 and not exact:
-            raise FlowError(f"{len(found)} people match {query!r}: be more specific",
-                            code=ErrorCode.NOT_FOUND.value)
-        return (exact or found)[0]
+        """One colleague by login (exact match first), user id, or a search matching one
+        person (clients/sdk/people.py)."""
+        return await people.resolve_user(self.relay, query)
 
     async def create_thread(self, users: Sequence[str] = (), roles: Sequence[str] = (),
                             priority: Priority = Priority.ROUTINE) -> api.ThreadInfo:
@@ -956,8 +973,13 @@ class LightboxClient:
                     self.vault.set_record_reference(frame.attachment_id, frame.record_ref)
             await self._emit(filed)
         elif isinstance(frame, ExpireOrder):
+            if frame.reason is ExpiryReason.CONSENT_REVOKED:
+                self._note_withdrawn(frame.thread_id, frame.issued_at,
+                                     attachment_id=frame.attachment_id)
             await self._expire(frame)
         elif isinstance(frame, Withdrawn):
+            if frame.reason is WithdrawReason.CONSENT_REVOKED:
+                self._note_withdrawn(frame.thread_id, frame.at, message_id=frame.message_id)
             await self._emit(WithdrawnEvent(frame.message_id, frame.thread_id,
                                             frame.reason.value))
         elif isinstance(frame, Revoked):
@@ -1050,6 +1072,52 @@ class LightboxClient:
             return
         content = msgspec.msgpack.encode(stripped)
         self.vault.update_message(msgspec.structs.replace(message, content=content))
+
+    # -- consent withdrawals (docs/PROTOCOL.md §13) ----------------------------------------------
+
+    def _consent_id(self, message: VaultMessage) -> str | None:
+        body = self._body(message)
+        if body is None or not body.consent_token:
+            return None
+        try:
+            return peek_consent_token_unverified(body.consent_token).jti
+        except ProtocolError:
+            return None
+
+    def _note_withdrawn(self, thread_id: str, at: int, *, message_id: str | None = None,
+                        attachment_id: str | None = None) -> None:
+        """A withdrawal the relay told us of (a withdrawn message, or an expiry order for a
+        withdrawn consent): remember the consent as withdrawn at the relay's time."""
+        with contextlib.suppress(ItemNotFound):
+            for m in self.vault.messages(thread_id):
+                if m.message_id == message_id or attachment_id in m.attachment_ids:
+                    consent_id = self._consent_id(m)
+                    if consent_id is not None:
+                        self.vault.note_consent_withdrawn(consent_id, at)
+
+    def consent_withdrawn_at(self, consent_id: str) -> int | None:
+        """When the consent was withdrawn, as this device knows (None: not that it knows)."""
+        return self.vault.consent_withdrawals().get(consent_id)
+
+    async def refresh_consents(self, consent_ids: Sequence[str]) -> dict[str, int]:
+        """Ask the relay whether these consents were withdrawn (a recipient of text only is
+        sent no order), remembering each withdrawal; at most once a minute per consent. An
+        unreachable relay or an unknown consent changes nothing. Returns every withdrawal
+        known."""
+        known = self.vault.consent_withdrawals()
+        now = self._clock()
+        for consent_id in dict.fromkeys(consent_ids):
+            if consent_id in known or now - self._consents_checked.get(consent_id, -1e9) < 60:
+                continue
+            self._consents_checked[consent_id] = now
+            try:
+                info = await self.relay.get_consent(consent_id)
+            except (RelayRequestError, RelayUnavailable):
+                continue
+            if info.revoked_at is not None:
+                self.vault.note_consent_withdrawn(consent_id, info.revoked_at)
+                known[consent_id] = info.revoked_at
+        return known
 
     # -- views for applications --------------------------------------------------------------
 

@@ -383,8 +383,10 @@ class RelayHTTP:
     async def prekey_count(self) -> api.PrekeyCount:
         return self._decode(await self._device("GET", "/v1/keys/count"), api.PrekeyCount)
 
-    async def directory(self, q: str) -> api.DirectoryResult:
-        return self._decode(await self._device("GET", "/v1/directory", params={"q": q}),
+    async def directory(self, q: str = "", *, login: str | None = None) -> api.DirectoryResult:
+        """A directory search (``q``), or the one user whose login is exactly ``login``."""
+        params = {"q": q} if login is None else {"login": login}
+        return self._decode(await self._device("GET", "/v1/directory", params=params),
                             api.DirectoryResult)
 
     # --- attachments (PROTOCOL §12) ---------------------------------------------------------
@@ -445,8 +447,26 @@ class RelayHTTP:
         r = await self._device("GET", f"/v1/consents/{quote(consent_id, safe='')}")
         return self._decode(r, api.ConsentInfo)
 
-    async def revoke_consent(self, consent_id: str) -> api.ConsentRevoked:
-        r = await self._device("POST", f"/v1/consents/{quote(consent_id, safe='')}/revoke")
+    async def revoke_consent(self, consent_id: str, reason: str = "") -> api.ConsentRevoked:
+        r = await self._device("POST", f"/v1/consents/{quote(consent_id, safe='')}/revoke",
+                               body=api.ConsentRevoke(reason=reason) if reason else None)
+        return self._decode(r, api.ConsentRevoked)
+
+    async def my_consents(self) -> api.ConsentList:
+        """The consents this user captured, newest first."""
+        return self._decode(await self._device("GET", "/v1/consents"), api.ConsentList)
+
+    async def admin_consent(self, consent_id: str) -> api.ConsentWithdrawal:
+        """The privacy office's view of a consent (admin session)."""
+        r = await self._send("GET", f"/v1/admin/consents/{quote(consent_id, safe='')}",
+                             headers=self._admin_headers())
+        return self._decode(r, api.ConsentWithdrawal)
+
+    async def admin_revoke_consent(self, consent_id: str, reason: str) -> api.ConsentRevoked:
+        """Withdraw a consent for the privacy office (admin session; the reason is audited)."""
+        r = await self._send("POST", f"/v1/admin/consents/{quote(consent_id, safe='')}/revoke",
+                             body=api.ConsentRevoke(reason=reason),
+                             headers=self._admin_headers())
         return self._decode(r, api.ConsentRevoked)
 
     async def report_consent_mismatch(self, consent_id: str, body: api.ConsentMismatch) -> None:

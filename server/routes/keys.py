@@ -56,7 +56,8 @@ class KeyRoutes:
                      "How many one-time prekeys the device has left on the relay.",
                      response=PrekeyCount, auth="device", tag="keys", errors=_AUTH),
             Endpoint("GET", "/v1/directory", self.directory,
-                     "Find credentialed, active users by name, role, specialty or department.",
+                     "Find credentialed, active users by login, name, role, specialty or "
+                     "department (``q``), or the one whose login is exactly ``login``.",
                      response=DirectoryResult, auth="device", tag="keys",
                      errors=[*_AUTH, E.VALIDATION_FAILED]),
             Endpoint("GET", "/v1/revocations", self.revocations,
@@ -93,7 +94,8 @@ class KeyRoutes:
     async def directory(self, request: Request) -> Response:
         await self.authn.require_device(request)
         q = request.query_params.get("q", "")
-        return json_response(DirectoryResult(users=await self.keydir.directory(q)))
+        login = request.query_params.get("login")
+        return json_response(DirectoryResult(users=await self.keydir.directory(q, login=login)))
 
     async def revocations(self, request: Request) -> Response:
         return json_response(RevocationLists(lists=await self.keydir.revocation_lists()))

@@ -20,12 +20,16 @@ from server.store import at
 
 __all__ = [
     "ConsentRecord",
+    "Copy",
     "Holder",
     "WithdrawnMessage",
+    "copies",
+    "count_messages",
     "get",
     "holders",
     "insert",
     "is_participant",
+    "list_issued",
     "mark_revoked",
     "withdraw_undelivered",
 ]
@@ -161,3 +165,54 @@ async def holders(conn: asyncpg.Connection, consent_id: str) -> list[Holder]:
         "WHERE m.consent_id = $1 ORDER BY ma.attachment_id, dev, m.message_pk",
         uuid.UUID(consent_id))
     return [Holder(r["attachment_id"], r["device_id"], r["thread_id"]) for r in rows]
+
+
+async def list_issued(conn: asyncpg.Connection, user_id: str, *, limit: int = 200
+                      ) -> list[ConsentRecord]:
+    """The consents a clinician issued (captured), newest first."""
+    rows = await conn.fetch(
+        "SELECT * FROM consents WHERE issuer_user_id = $1 "
+        "ORDER BY registered_at DESC, consent_id LIMIT $2", uuid.UUID(user_id), limit)
+    return [_record(r) for r in rows]
+
+
+async def count_messages(conn: asyncpg.Connection, consent_id: str) -> int:
+    """How many messages were sent under the consent."""
+    return int(await conn.fetchval("SELECT count(*) FROM messages WHERE consent_id = $1",
+                                   uuid.UUID(consent_id)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Copy:
+    """A device that may hold an image sent under a consent, with the expiry order that
+    covers it (the withdrawal's when there is one, else the earliest other)."""
+
+    attachment_id: str
+    device_id: str
+    device_kind: str
+    user_id: str
+    login: str
+    display_name: str
+    reason: str | None
+    ordered_at: dt.datetime | None
+    confirmed_at: dt.datetime | None
+
+
+async def copies(conn: asyncpg.Connection, consent_id: str) -> list[Copy]:
+    """Every copy :func:`holders` counts, with its owner and its expiry order."""
+    rows = await conn.fetch(
+        "WITH h AS (SELECT DISTINCT ma.attachment_id, dev AS device_id FROM messages m "
+        "JOIN message_attachments ma USING (message_pk) "
+        "CROSS JOIN LATERAL unnest(m.recipients || m.sender_device_id) AS dev "
+        "WHERE m.consent_id = $1) "
+        "SELECT h.attachment_id::text AS attachment_id, h.device_id::text AS device_id, "
+        "d.kind, u.user_id::text AS user_id, u.login, u.display_name, o.reason, o.issued_at, "
+        "o.confirmed_at FROM h JOIN devices d ON d.device_id = h.device_id "
+        "JOIN users u ON u.user_id = d.user_id "
+        "LEFT JOIN LATERAL (SELECT reason, issued_at, confirmed_at FROM expiry_orders e "
+        "WHERE e.device_id = h.device_id AND e.attachment_id = h.attachment_id "
+        "ORDER BY e.reason <> 'consent_revoked', e.issued_at LIMIT 1) o ON true "
+        "ORDER BY h.attachment_id, u.display_name, h.device_id", uuid.UUID(consent_id))
+    return [Copy(r["attachment_id"], r["device_id"], r["kind"], r["user_id"], r["login"],
+                 r["display_name"], r["reason"], r["issued_at"], r["confirmed_at"])
+            for r in rows]

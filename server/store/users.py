@@ -152,18 +152,20 @@ async def list_users(conn: asyncpg.Connection, *, q: str | None = None,
 
 
 async def search_directory(conn: asyncpg.Connection, q: str, *, org_ids: Sequence[str],
-                           now: float, limit: int = 50) -> list[UserRecord]:
+                           now: float, limit: int = 50, exact_login: bool = False
+                           ) -> list[UserRecord]:
     """Active users of the given organisations whose certificate and licence are valid, with
-    ``q`` (case-insensitive) in their name, a role, their specialty or department."""
-    pattern = _like(q)
+    ``q`` (case-insensitive) in their login, name, a role, their specialty or department; with
+    ``exact_login``, only the user whose login is ``q`` (logins are lower case)."""
+    where = "login = $3" if exact_login else (
+        "(login LIKE $3 OR lower(display_name) LIKE $3 "
+        "OR lower(coalesce(specialty, '')) LIKE $3 OR lower(coalesce(department, '')) LIKE $3 "
+        "OR EXISTS (SELECT 1 FROM unnest(roles) r WHERE lower(r) LIKE $3))")
     rows = await conn.fetch(
         "SELECT * FROM users WHERE status = 'active' AND org_id = ANY($1::text[]) "
         "AND cert_not_after > $2 AND (licence_expires_at IS NULL OR licence_expires_at > $2) "
-        "AND (lower(display_name) LIKE $3 OR lower(coalesce(specialty, '')) LIKE $3 "
-        "OR lower(coalesce(department, '')) LIKE $3 "
-        "OR EXISTS (SELECT 1 FROM unnest(roles) r WHERE lower(r) LIKE $3)) "
-        "ORDER BY display_name, user_id LIMIT $4",
-        list(org_ids), at(now), pattern, limit)
+        f"AND {where} ORDER BY display_name, user_id LIMIT $4",
+        list(org_ids), at(now), q if exact_login else _like(q), limit)
     return [_user(r) for r in rows]
 
 

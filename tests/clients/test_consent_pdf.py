@@ -4,6 +4,7 @@ PDF's text (extracted with poppler's pdftotext, Debian poppler-utils), on one pa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import shutil
@@ -114,8 +115,18 @@ def test_the_privacy_contact_comes_from_the_setting(tmp_path: Path,
 
 def test_a_long_recipient_list_still_fits_on_one_page(tmp_path: Path) -> None:
     many = tuple(str(uuid.UUID(int=i + 10)) for i in range(64))
-    text = _text(render_consent_pdf(_claims(users=many), DISPLAY), tmp_path)
-    assert "and 56 more" in text
+    names = {u: f"Dr Number {i}" for i, u in enumerate(many)}
+    display = dataclasses.replace(DISPLAY, user_names=names)
+    text = _text(render_consent_pdf(_claims(users=many), display), tmp_path)
+    assert "Dr Number 0, Dr Number 1" in text and "and 56 more" in text
+
+
+def test_recipients_without_a_name_are_counted_never_shown_as_ids(tmp_path: Path) -> None:
+    """A patient reads names: someone this device could not name is counted, not an id."""
+    unknown = tuple(str(uuid.UUID(int=i + 100)) for i in range(2))
+    text = _text(render_consent_pdf(_claims(users=(SPECIALIST, *unknown)), DISPLAY), tmp_path)
+    assert "Named clinicians: Dr Ada Bone, 2 other clinicians named by your clinician" in text
+    assert not any(u[:8] in text for u in unknown)
 
 
 def test_the_record_copy_is_marked_as_such(tmp_path: Path) -> None:

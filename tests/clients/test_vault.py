@@ -525,3 +525,16 @@ def test_concurrent_use_from_threads(vault: Vault) -> None:
         t.join()
     assert errors == []
     assert all(len(vault.messages(f"t{k}")) == 10 for k in range(4))
+
+
+def test_a_withdrawn_consent_is_remembered_sealed_first_time_kept(vault: Vault) -> None:
+    consent_id = str(uuid.uuid4())
+    assert vault.consent_withdrawals() == {}
+    vault.note_consent_withdrawn(consent_id, 1_800_000_000)
+    vault.note_consent_withdrawn(consent_id, 1_800_000_999)  # a later notice of the same
+    vault.lock()
+    vault.unlock(PASSPHRASE)
+    assert vault.consent_withdrawals() == {consent_id: 1_800_000_000}
+    (sealed,) = _raw(vault, "SELECT sealed FROM secrets WHERE name = ?",
+                     f"consent_withdrawn:{consent_id}")
+    assert b"1800000000" not in bytes(sealed[0])  # type: ignore[arg-type]

@@ -172,7 +172,8 @@ async def test_directory_finds_active_credentialed_users_only(world: World) -> N
         assert r.status_code == 200, r.text
         assert [u["user_id"] for u in r.json()["users"]] == [amy.user_id], q
     assert r.json()["users"][0] == {
-        "user_id": amy.user_id, "org_id": org.org_id, "display_name": "Dr Amy Bone",
+        "user_id": amy.user_id, "org_id": org.org_id, "login": "amy.ortho",
+        "display_name": "Dr Amy Bone",
         "roles": ["orthopaedics_oncall"], "specialty": "Orthopaedics", "department": "Trauma"}
     # LIKE wildcards in q are literal characters, not patterns.
     assert (await world.call(me, "GET", "/v1/directory?q=%25%25")).json()["users"] == []

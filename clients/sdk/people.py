@@ -1,0 +1,99 @@
+"""Naming colleagues: the one resolver every command that takes a person goes through
+(``lightbox send --to user:LOGIN``, ``consent capture --user``, ``keys claim``), and how a
+person is written where a patient or a clinician reads it.
+
+People name each other by login (``rita.ray``), as IT provisioned them; protocol messages carry
+user ids. :func:`resolve_user` asks the relay's directory for the exact login first
+(``GET /v1/directory?login=``, docs/PROTOCOL.md §11), then, for anything that is not a login
+someone holds, searches it (name, role, specialty, department) and accepts a single match. Two
+or more matches are an error that lists each candidate by name and login, so the user can
+choose; none is "no colleague with login ...", never a count.
+
+A user id is accepted too (scripts): its certificate names the person (display only; whoever
+encrypts to that person verifies the chain against the organisation key first).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from clients.sdk.errors import FlowError, RelayRequestError
+from clients.sdk.http import RelayHTTP
+from protocol import api, canonical
+from protocol.certs import MAX_CERTIFICATE_LENGTH, UserCertificate
+from protocol.errors import DecodeError, ErrorCode
+
+__all__ = ["person_label", "resolve_user", "resolve_users"]
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")  # protocol.api.Login
+MAX_CANDIDATES = 8  # listed in an ambiguity error
+
+
+def person_label(name: str, roles: Iterable[str] = (), specialty: str | None = None) -> str:
+    """``Dr Rita Ray (radiology)``: the name, then the specialty (or the roles, readable)."""
+    what = specialty or ", ".join(r.replace("_", " ") for r in roles)
+    return f"{name} ({what})" if what else name
+
+
+def _candidate(e: api.DirectoryEntry) -> str:
+    return f"{e.display_name} ({e.login})"
+
+
+async def _by_id(relay: RelayHTTP, user_id: str) -> api.DirectoryEntry:
+    try:
+        cert = (await relay.user_devices(user_id)).user_certificate
+        body = canonical.peek_compact(cert, UserCertificate, max_length=MAX_CERTIFICATE_LENGTH)
+    except RelayRequestError as exc:
+        if exc.code == ErrorCode.NOT_FOUND.value:
+            raise FlowError(f"no colleague with user id {user_id}",
+                            code=ErrorCode.NOT_FOUND.value) from None
+        raise
+    except DecodeError as exc:
+        raise FlowError(f"the relay's certificate for {user_id} is unreadable",
+                        code=ErrorCode.CERTIFICATE_INVALID.value) from exc
+    return api.DirectoryEntry(user_id=body.user_id, org_id=body.org_id, login="",
+                              display_name=body.display_name, roles=list(body.roles),
+                              specialty=body.specialty, department=body.department)
+
+
+async def resolve_user(relay: RelayHTTP, who: str) -> api.DirectoryEntry:
+    """One colleague named by login (exact match first), user id, or a directory search that
+    matches exactly one person. FlowError ``not_found`` (nobody) or ``ambiguous`` (several,
+    listed by name and login); ``validation_failed`` for an empty or overlong name."""
+    who = who.strip()
+    if who.startswith("user:"):
+        who = who[len("user:"):].strip()
+    if not who:
+        raise FlowError("name a colleague by their login (e.g. rita.ray)",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    if _UUID.match(who):
+        return await _by_id(relay, who)
+    if _LOGIN.match(who):
+        exact = (await relay.directory(login=who)).users
+        if exact:
+            return exact[0]
+    if not 2 <= len(who) <= 64:
+        raise FlowError(f"{who!r} is not a login: logins are 2 to 64 characters",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    found = (await relay.directory(who)).users
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        what = "login" if _LOGIN.match(who) else "login or name"
+        raise FlowError(f"no colleague with {what} {who!r} (try `lightbox lookup NAME`)",
+                        code=ErrorCode.NOT_FOUND.value)
+    listed = "; ".join(_candidate(e) for e in found[:MAX_CANDIDATES])
+    more = f"; and {len(found) - MAX_CANDIDATES} more" if len(found) > MAX_CANDIDATES else ""
+    raise FlowError(f"{who!r} matches {len(found)} people: {listed}{more}. Name one by login",
+                    code="ambiguous")
+
+
+async def resolve_users(relay: RelayHTTP, names: Iterable[str]) -> list[api.DirectoryEntry]:
+    """:func:`resolve_user` for each name, in order, each person once."""
+    people: dict[str, api.DirectoryEntry] = {}
+    for name in names:
+        entry = await resolve_user(relay, name)
+        people.setdefault(entry.user_id, entry)
+    return list(people.values())

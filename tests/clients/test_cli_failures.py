@@ -212,7 +212,7 @@ async def test_wrong_passwords_missing_profiles_and_garbage_arguments_say_one_se
         ("lightbox", ("--profile", "nobody", "threads"), env, "has no device"),
         ("lightbox", ("--profile", "nobody", "whoami"), env, "has no device"),
         ("lightbox", ("--profile", "nobody", "login"), env, "has no device"),
-        ("lightbox-gateway", ("--profile", "nobody"), env, "no key store"),
+        ("lightbox-gateway", ("--profile", "nobody"), env, "holds no device"),
         ("lightbox", ("--profile", "phone", "send", "--bogus", "x"), env,
          "unrecognized arguments"),
         ("lightbox", ("--profile", "phone", "inbox", "--timeout", "soon"), env,

@@ -36,6 +36,7 @@ from clients.sdk import identity
 from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, SDKError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
+from clients.timefmt import format_time
 from protocol import certs
 from protocol.body import ConsentFiling
 from protocol.consent import ConsentBasis, ConsentClaims, ConsentDecision
@@ -98,7 +99,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 
 
 def _when(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return format_time(ts)
 
 
 # --- enrolment and linking -------------------------------------------------------------------

@@ -489,3 +489,52 @@ def test_concurrent_use_from_threads(vault: Vault) -> None:
         t.join()
     assert errors == []
     assert all(len(vault.messages(f"t{k}")) == 10 for k in range(4))
+
+
+# --- notes: what the client must remember across restarts ----------------------------------
+
+
+def test_notes_survive_locking_and_are_replaced_by_key(vault: Vault, tmp_path: Path) -> None:
+    vault.put_note("name", "user-intern", b"Dr Ada Intern")
+    vault.put_note("name", "user-intern", b"Dr Ada Intern-Byron")
+    vault.put_note("acknowledged", "msg-0001", b"")
+    vault.lock()
+    with pytest.raises(VaultLocked):
+        vault.notes("name")
+    vault.unlock(PASSPHRASE)
+    assert vault.notes("name") == {"user-intern": b"Dr Ada Intern-Byron"}
+    assert vault.notes("acknowledged") == {"msg-0001": b""}
+    assert vault.notes("receipt") == {}
+    raw = (tmp_path / "vault" / VAULT_FILE).read_bytes()
+    assert b"user-intern" not in raw and b"Ada" not in raw  # the key is an HMAC, value sealed
+
+
+def test_a_tampered_or_moved_note_is_refused(vault: Vault, tmp_path: Path) -> None:
+    vault.put_note("name", "user-a", b"Dr A")
+    vault.put_note("name", "user-b", b"Dr B")
+    db = sqlite3.connect(tmp_path / "vault" / VAULT_FILE)
+    (a,), (b,) = db.execute("SELECT sealed FROM notes ORDER BY tag").fetchall()
+    db.execute("UPDATE notes SET sealed = ? WHERE sealed = ?", (b, a))  # swap one for another
+    db.commit()
+    db.close()
+    with pytest.raises(VaultCorrupt):
+        vault.notes("name")
+
+
+def test_a_vault_made_before_notes_gets_them_on_unlock(vault: Vault, tmp_path: Path) -> None:
+    vault.lock()
+    db = sqlite3.connect(tmp_path / "vault" / VAULT_FILE)
+    db.execute("DROP TABLE notes")
+    db.commit()
+    db.close()
+    vault.unlock(PASSPHRASE)
+    assert vault.notes("name") == {}
+    vault.put_note("name", "user-a", b"Dr A")
+    assert vault.notes("name") == {"user-a": b"Dr A"}
+
+
+def test_a_note_needs_a_kind_and_a_key(vault: Vault) -> None:
+    with pytest.raises(ValueError):
+        vault.put_note("", "key", b"")
+    with pytest.raises(ValueError):
+        vault.put_note("name", "k" * 201, b"")

@@ -1,4 +1,4 @@
-"""One way to write a time for a person: ``2026-12-03 14:05`` (docs/USER_GUIDE.md, "Everyday commands").
+"""One way to write a time for a person: ``2026-12-03 14:05`` (docs/USER_GUIDE.md).
 
 Why one format: a clinician reads times in the CLI, the desktop page, IT's tool and the record
 gateway's messages, and compares them (when was it sent, when does this copy expire). A time

@@ -145,6 +145,7 @@ RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's s
 _NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION = "acknowledged", "receipt", "escalation"
 _NOTE_FILED, _NOTE_NAME = "filed", "name"
 _NOTE_KINDS = (_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION, _NOTE_FILED, _NOTE_NAME)
+_RECEIPT_ORDER = {"delivered": 0, "read": 1, "acknowledged": 2}
 
 
 @dataclasses.dataclass
@@ -190,7 +191,8 @@ class LightboxClient:
         self._revocations = certs.RevocationSet()
         self._revocations_at = -1e9
         self._chains: dict[str, _Chain] = {}
-        self._names: dict[str, str] = {}
+        self._names: dict[str, str] = {}  # from verified certificates (kept in the vault)
+        self._unnamed: dict[str, float] = {}  # users ensure_names could not name, and when
         self._subscribers: list[asyncio.Queue[ClientEvent]] = []
         self._callbacks: list[Callable[[ClientEvent], Awaitable[None] | None]] = []
         self._outgoing: list[Frame] = []
@@ -403,22 +405,30 @@ class LightboxClient:
 
     async def ensure_names(self, user_ids: Iterable[str]) -> None:
         """Learn the display name of each user not yet known, from their user certificate in
-        the key directory, verified against the pinned organisation key (signature only: a
-        person who has since left still sent what they sent). Best effort: offline or
-        unverifiable, the name stays unknown."""
+        the key directory, verified against the pinned organisation key and valid now (the
+        revocation list is not consulted: a colleague revoked since still wrote what they
+        wrote). Best effort: a user whose certificate cannot be fetched or verified is not
+        asked for again for a while, and an unreachable relay ends the attempt."""
         self._restore()
+        now = self._clock()
         for user_id in dict.fromkeys(user_ids):
-            if self.knows_name(user_id):
+            if self.knows_name(user_id) or now - self._unnamed.get(user_id, -1e9) \
+                    < CHAIN_CACHE_SECONDS:
                 continue
             try:
                 answer = await self.relay.user_devices(user_id)
                 user = certs.verify_user_certificate(
                     answer.user_certificate, trusted_orgs=self.store.state.trusted_orgs(),
-                    at=int(self._clock()))
+                    at=int(now))
+            except RelayUnavailable:
+                return
             except (SDKError, ProtocolError):
+                self._unnamed[user_id] = now
                 continue
             if user.user_id == user_id:
                 self._remember_name(user_id, user.display_name)
+            else:
+                self._unnamed[user_id] = now
 
     def _remember_name(self, user_id: str, name: str) -> None:
         """A name from a verified certificate: kept in memory and in the vault."""
@@ -443,15 +453,11 @@ class LightboxClient:
             if not any((r.device_id, r.kind) == (receipt.device_id, receipt.kind)
                        for r in seen):
                 seen.append(receipt)
-        for seen in self._receipts.values():
-            seen.sort(key=lambda r: (r.at, r.kind))
         for raw in notes[_NOTE_ESCALATION].values():
             step = msgspec.msgpack.decode(raw, type=EscalationEvent)
             steps = self._escalations.setdefault(step.message_id, [])
             if step not in steps:
                 steps.append(step)
-        for steps in self._escalations.values():
-            steps.sort(key=lambda e: (e.step, e.at))
         for key, raw in notes[_NOTE_FILED].items():
             self._filed.setdefault(key, msgspec.msgpack.decode(raw, type=FiledEvent))
         for user_id, raw in notes[_NOTE_NAME].items():
@@ -1098,10 +1104,14 @@ class LightboxClient:
         body = self._body(message) or Body(text="(unreadable message)")
         ids = list(dict.fromkeys([*message.attachment_ids,
                                   *(a.attachment_id for a in body.attachments)]))
+        # In the order they happened, whatever order the notices arrived (or were read back
+        # from the vault) in: by time, then delivered before read before acknowledged.
+        receipts = sorted(self._receipts.get(message.message_id, ()),
+                          key=lambda r: (r.at, _RECEIPT_ORDER.get(r.kind, 9), r.device_id))
+        steps = sorted(self._escalations.get(message.message_id, ()),
+                       key=lambda e: (e.step, e.at))
         return MessageView(message, body, tuple(self.image_status(a) for a in ids),
-                           tuple(self._receipts.get(message.message_id, ())),
-                           message.message_id in self._acked,
-                           tuple(self._escalations.get(message.message_id, ())))
+                           tuple(receipts), message.message_id in self._acked, tuple(steps))
 
     def thread_messages(self, thread_id: str) -> list[MessageView]:
         return [self.view(m) for m in self.vault.messages(thread_id)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,9 @@ async def test_a_restarted_desktop_shows_the_acknowledgement_receipts_and_names(
         await page.click("#reply-send")
         await wait_for_event(events, MessageEvent, lambda e: e.body.text == reply_text)
         await intern.client.mark_read(thread.thread_id)
-        await page.locator(".message.mine .receipts", has_text="Dr Ada Intern: read").wait_for()
+        for kind in ("delivered", "read"):
+            await page.locator(".message.mine .receipts",
+                               has_text=f"Dr Ada Intern: {kind}").wait_for()
         # the record gateway files the image
         await team.gateway.start()
         await page.locator(".filing").wait_for()
@@ -144,6 +147,11 @@ async def test_a_client_restarted_offline_keeps_acknowledgements_receipts_and_na
             await intern.client.mark_read(_thread.thread_id)
             await wait_for_event(inbox, ReceiptEvent,
                                  lambda e: e.message_id == reply.message_id and e.kind == "read")
+            # someone the directory does not know stays unnamed, and nothing breaks
+            stranger = str(uuid.uuid4())
+            await client.ensure_names([stranger])
+            assert client.display_name(stranger) == stranger[:8]
+            assert not client.knows_name(stranger)
         finally:
             await client.close()
 
@@ -152,6 +160,7 @@ async def test_a_client_restarted_offline_keeps_acknowledgements_receipts_and_na
                                  relay=RelayHTTP("http://127.0.0.1:9"))
         consult = offline.view(specialist.vault.message(sent.message_id))
         answer = offline.view(specialist.vault.message(reply.message_id))
+        await offline.ensure_names([intern.user_id, str(uuid.uuid4())])  # unreachable: no error
         assert consult.acknowledged_by_me
         assert [(e.kind, e.step, e.user_id) for e in consult.escalations] == [
             ("renotify", 1, specialist.user_id)]

@@ -50,6 +50,7 @@ from clients.orgkey import (
 )
 from clients.prompts import PromptError, read_secret
 from clients.sdk.http import RelayHTTP
+from clients.timefmt import format_date, format_time
 from protocol import api, certs
 from protocol.canonical import b64url_encode, peek_compact
 from protocol.errors import ProtocolError
@@ -233,7 +234,7 @@ def _login(args: argparse.Namespace) -> int:
 
     session = _run(go)
     path = save_session(session)
-    until = dt.datetime.fromtimestamp(session.expires_at, dt.UTC).strftime("%H:%M UTC")
+    until = format_time(session.expires_at)
     print(f"logged in to {session.server} as {args.login} until {until} (session in {path})")
     return 0
 
@@ -314,7 +315,21 @@ def _user_import(args: argparse.Namespace) -> int:
 
 
 def _date(ts: int | None) -> str:
-    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
+    """A moment's date as people read it (clients/timefmt.py); licences have their own
+    reading, :func:`clients.csvio.licence_through`."""
+    return "" if ts is None else format_date(ts)
+
+
+USER_COLUMNS = ["user_id", "login", "name", "roles", "specialty", "department", "status",
+                "licence_expires", "devices"]
+
+
+def user_rows(users: Sequence[api.UserSummary]) -> tuple[list[str], list[list[Any]]]:
+    """``user list``'s columns and rows; the licence as the day it is valid through."""
+    return USER_COLUMNS, [
+        [u.user_id, u.login, u.display_name, ";".join(u.roles), u.specialty or "",
+         u.department or "", u.status, csvio.licence_through(u.licence_expires_at), u.devices]
+        for u in users]
 
 
 def _user_list(args: argparse.Namespace) -> int:
@@ -324,12 +339,7 @@ def _user_list(args: argparse.Namespace) -> int:
         async with _relay(session) as relay:
             return await relay.list_users(q=args.query, status=args.status)
 
-    users = _run(go).users
-    header = ["user_id", "login", "name", "roles", "specialty", "department", "status",
-              "licence_expires", "devices"]
-    rows = [[u.user_id, u.login, u.display_name, ";".join(u.roles), u.specialty or "",
-             u.department or "", u.status, _date(u.licence_expires_at), u.devices]
-            for u in users]
+    header, rows = user_rows(_run(go).users)
     if args.csv:
         sys.stdout.write(csvio.to_csv(header, rows))
         return 0
@@ -361,7 +371,7 @@ def _user_show(args: argparse.Namespace) -> int:
     if cert.licence is not None:
         lic = cert.licence
         print(f"licence:      {lic.type} {lic.number} ({lic.jurisdiction}), "
-              f"valid through {_date(lic.expires_at - 1)}")
+              f"valid through {csvio.licence_through(lic.expires_at)}")
     print(f"certificate:  serial {cert.serial}, valid {_date(cert.not_before)} to "
           f"{_date(cert.not_after)}, identity key {fingerprint(cert.identity_key)}")
     for d in detail.devices:
@@ -584,7 +594,7 @@ def _rota_show(args: argparse.Namespace) -> int:
             return await relay.shifts(args.org, args.role, current=not args.all)
 
     def fmt(ts: int) -> str:
-        return dt.datetime.fromtimestamp(ts, ZoneInfo(args.tz)).strftime("%Y-%m-%d %H:%M %Z")
+        return format_time(ts, tz=ZoneInfo(args.tz))
 
     for s in _run(go).shifts:
         ladder = " > ".join(m.display_name or m.user_id for m in s.ladder)

@@ -35,7 +35,7 @@ from clients.fhir import FhirClient, FhirError, FhirSettings
 from clients.gateway import patient_id_system
 from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP
-from clients.timefmt import local_time
+from clients.timefmt import format_time
 from protocol import api
 from protocol.errors import ErrorCode
 
@@ -53,7 +53,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 
 
 def _local(ts: int | None) -> str:
-    return "-" if ts is None else local_time(ts)
+    return "-" if ts is None else format_time(ts)
 
 
 def _consent_id(value: str) -> str:

@@ -9,7 +9,6 @@ one is built on them, so a relay cannot make IT's tool drop an entry by serving 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import re
 from collections.abc import Iterable
 
@@ -19,6 +18,7 @@ from clients.rotaio import RotaRowError, ShiftRow
 from clients.sdk.errors import FlowError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import org_revocation_lists
+from clients.timefmt import format_time
 from protocol import api, certs
 from protocol.canonical import LABEL_USER_CERTIFICATE, open_compact
 from protocol.errors import ErrorCode, ProtocolError
@@ -191,12 +191,10 @@ COPY_WORDS = {
 
 
 def format_copies(listing: CopiesList) -> list[str]:
-    """Human-readable lines, one block per image (times in UTC)."""
+    """Human-readable lines, one block per image (times as clients/timefmt.py writes them)."""
 
     def t(value: int | None) -> str:
-        if value is None:
-            return "-"
-        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return "-" if value is None else format_time(value)
 
     lines: list[str] = []
     for r in listing.attachments:
@@ -207,11 +205,11 @@ def format_copies(listing: CopiesList) -> list[str]:
             lines.append(f"  filed {t(r.filed_at)} by gateway {r.gateway_device_id}  "
                          f"statement {r.filing_statement_id}  receipt sha256 {r.receipt_sha256}")
         lines.append(f"  relay ciphertext deleted {t(r.ciphertext_deleted_at)}")
-        lines.append(f"  {'device':<36}  {'role':<9}  {'received':<19}  {'expire order':<19}  "
+        lines.append(f"  {'device':<36}  {'role':<9}  {'received':<16}  {'expire order':<16}  "
                      f"{'reason':<15}  {'confirmed destroyed':<19}  copy")
         for c in r.copies:
-            lines.append(f"  {c.device_id:<36}  {c.role:<9}  {t(c.received_at):<19}  "
-                         f"{t(c.order_issued_at):<19}  {c.order_reason or '-':<15}  "
+            lines.append(f"  {c.device_id:<36}  {c.role:<9}  {t(c.received_at):<16}  "
+                         f"{t(c.order_issued_at):<16}  {c.order_reason or '-':<15}  "
                          f"{t(c.confirmed_at):<19}  {COPY_WORDS.get(c.status, c.status)}")
         lines.append("  every copy confirmed destroyed" if r.all_destroyed
                      else "  copies remain")

@@ -46,7 +46,7 @@ from clients.sdk.keystore import (
     default_profile,
     lightbox_home,
 )
-from clients.timefmt import local_time
+from clients.timefmt import format_time
 from protocol import api, certs
 from protocol.body import ConsentFiling
 from protocol.consent import (
@@ -117,7 +117,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 
 
 def _when(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return format_time(ts)
 
 
 # --- enrolment and linking -------------------------------------------------------------------
@@ -499,7 +499,7 @@ async def _names_of(device: clinician.ProfileDevice,
 def _consent_line(claims: ConsentClaims) -> str:
     return (f"{claims.decision.value} for {', '.join(p.value for p in claims.purposes)}, "
             f"{len(claims.images)} image{'s' if len(claims.images) != 1 else ''}, captured "
-            f"{local_time(claims.iat)}")
+            f"{format_time(claims.iat)}")
 
 
 def _consent_list(args: argparse.Namespace) -> int:
@@ -517,7 +517,7 @@ def _consent_list(args: argparse.Namespace) -> int:
     for info in found:
         claims = peek_consent_token_unverified(info.token)
         status = (info.status if info.revoked_at is None
-                  else f"withdrawn {local_time(info.revoked_at)}")
+                  else f"withdrawn {format_time(info.revoked_at)}")
         print(f"{info.consent_id}  {status}: {_consent_line(claims)}")
     print(f"{len(found)} consents you captured")
     return 0
@@ -552,7 +552,7 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
             claims = peek_consent_token_unverified(info.token)
             if info.revoked_at is not None:
                 raise FlowError(f"consent {consent_id} was already withdrawn on "
-                                f"{local_time(info.revoked_at)}",
+                                f"{format_time(info.revoked_at)}",
                                 code=ErrorCode.CONSENT_REVOKED.value)
             print(f"consent {consent_id}: {_consent_line(claims)}")
             if interactive and not await asyncio.to_thread(
@@ -572,7 +572,7 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
                 raise
             if result.already:
                 raise FlowError(f"consent {consent_id} was already withdrawn on "
-                                f"{local_time(result.revoked_at)}",
+                                f"{format_time(result.revoked_at)}",
                                 code=ErrorCode.CONSENT_REVOKED.value)
             client.vault.note_consent_withdrawn(consent_id, result.revoked_at)
             return result, claims
@@ -580,7 +580,7 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
             await client.close()
 
     result, _claims = _run(go)
-    print(f"withdrawn: consent {consent_id} at {local_time(result.revoked_at)}")
+    print(f"withdrawn: consent {consent_id} at {format_time(result.revoked_at)}")
     print(f"messages withdrawn before delivery: {result.withdrawn_messages}")
     print(f"copies ordered to expire: {result.expiry_orders} (each device deletes its copy and "
           "confirms; images already filed in the record stay there)")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -45,9 +44,9 @@ from clients.sdk.client import (
 )
 from clients.sdk.errors import FlowError, KeyStoreError
 from clients.sdk.keystore import DeviceStore, KeyStore
-from clients.timefmt import local_time
+from clients.timefmt import format_time
 from clients.vault import Vault
-from protocol.body import Body, BodyKind, RecordData, Sex
+from protocol.body import Body, BodyKind, IdentifierKind, RecordData, Sex
 from protocol.consent import (
     ConsentBasis,
     ConsentClaims,
@@ -110,7 +109,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 
 
 def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%d %b %H:%M")
+    return format_time(ts)
 
 
 def _consent_of(body: Body) -> str | None:
@@ -153,14 +152,17 @@ def _threads(args: argparse.Namespace) -> int:
     async def go() -> None:
         client = device.client()
         try:
-            await client.ensure_login()
+            # Synced first, as `inbox` is: unread is what this device holds and has not read
+            # (LightboxClient.unread_messages), the one definition both commands count.
+            await client.start()
+            await client.wait_synced(args.timeout)
             threads = await client.threads()
             for t in threads:
                 flag = "URGENT " if t.priority == "urgent" else "       "
                 who = ", ".join([*(f"role:{r}" for r in t.roles),
                                  f"{len(t.members)} people"])
                 print(f"{flag}{t.thread_id}  {_subject(client, t.thread_id)}  [{who}]  "
-                      f"{t.unread} unread")
+                      f"{client.unread(t.thread_id)} unread")
             print(f"{len(threads)} threads")
         finally:
             await client.close()
@@ -176,8 +178,12 @@ def _print_message(client: LightboxClient, event: MessageEvent) -> None:
     print(f"{flag}[{_when(m.sent_at)}] {sender} in {m.thread_id[:8]}: "
           f"{(body.subject + ' - ') if body.subject else ''}{body.text or _kind_line(body)}",
           flush=True)
+    flagged = {b.attachment_id: b.kinds for b in body.burned_in_identifiers}
     for a in body.attachments:
         print(f"    image {a.attachment_id} ({a.width}x{a.height}, {a.size} bytes)", flush=True)
+        if a.attachment_id in flagged:
+            kinds = ", ".join(k.value.replace("_", " ") for k in flagged[a.attachment_id])
+            print(f"    this image shows patient identifiers: {kinds}", flush=True)
 
 
 def _kind_line(body: Body) -> str:
@@ -209,20 +215,21 @@ def _inbox(args: argparse.Namespace) -> int:
             await client.wait_synced(args.timeout)
             threads = await client.threads()
             await client.fetch_missing_images()  # waits for downloads already under way
-            unread = [v for t in threads for v in client.thread_messages(t.thread_id)
-                      if not (v.message.read or v.message.outgoing)]
+            unread = {t.thread_id: client.unread_messages(t.thread_id) for t in threads}
+            # names from verified certificates, not only of senders heard from in this run
+            await client.ensure_names(v.message.sender_user_id
+                                      for views in unread.values() for v in views)
             withdrawn = await client.refresh_consents(
-                [c for v in unread if (c := _consent_of(v.body)) is not None])
+                [c for views in unread.values() for v in views
+                 if (c := _consent_of(v.body)) is not None])
             for t in threads:
-                for view in client.thread_messages(t.thread_id):
-                    if view.message.read or view.message.outgoing:
-                        continue
+                for view in unread[t.thread_id]:
                     _print_message(client, MessageEvent(view.message, view.body))
                     for img in view.images:
                         print(f"    image {img.attachment_id[:8]}: {img.state} {img.reason}")
                     consent_id = _consent_of(view.body)
                     if consent_id in withdrawn:
-                        print(f"    consent withdrawn {local_time(withdrawn[consent_id])}: the "
+                        print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the "
                               "patient's consent no longer covers this message")
                     shown += 1
                 if args.mark_read:
@@ -381,10 +388,11 @@ def _box(value: str) -> tuple[int, int, int, int]:
     return left, top, width, height
 
 
-def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage,
-                  purpose: Purpose) -> imaging.SanitisedImage:
+def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage, purpose: Purpose
+                  ) -> tuple[imaging.SanitisedImage, tuple[IdentifierKind, ...]]:
     """PHI in the pixels (clients/phi.py): OCR, show what was found, black out per --redact
-    and --redact-box, and refuse a de-identified purpose whose copy still shows text."""
+    and --redact-box, and refuse a de-identified purpose whose copy still shows text. Also
+    the kinds of identifier the copy sent still shows, for the recipient to be told."""
     from clients import phi
 
     try:
@@ -404,7 +412,11 @@ def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage,
         print(f"warning: {warning}", file=sys.stderr)
     if shared.redacted:
         print("the copy sent has the text blacked out", file=sys.stderr)
-    return shared.image
+    kinds = phi.identifier_kinds(shared.shared_scan)
+    if kinds:
+        print("the recipient is told that the image shows "
+              f"{', '.join(k.value.replace('_', ' ') for k in kinds)}", file=sys.stderr)
+    return shared.image, kinds
 
 
 def record_from_args(args: argparse.Namespace) -> RecordData | None:
@@ -516,9 +528,10 @@ def _send(args: argparse.Namespace) -> int:
                         code=ErrorCode.VALIDATION_FAILED.value)
     _guard_text(args, text, purpose)
     original = prepared
+    burned_in: tuple[IdentifierKind, ...] = ()
     if prepared is not None:
-        prepared = imaging.PreparedImage(_shared_image(args, prepared, purpose),
-                                         prepared.warnings)
+        shared_copy, burned_in = _shared_image(args, prepared, purpose)
+        prepared = imaging.PreparedImage(shared_copy, prepared.warnings)
     # A de-identified share never carries the patient's data: with it, the identified
     # original is filed in the record instead (issue 10 item 4; SDK file_image).
     deidentified = _is_deidentified(purpose)
@@ -556,7 +569,7 @@ def _send(args: argparse.Namespace) -> int:
                     record=None if deidentified else record, purpose=purpose,
                     priority=priority, subject=args.subject,
                     warnings=[w.issue.value for w in prepared.warnings],
-                    progress=_ProgressBar(), necessity=args.necessity)
+                    progress=_ProgressBar(), necessity=args.necessity, burned_in=burned_in)
                 if file_original is not None and record is not None:
                     filed = await client.file_image(
                         file_original.image, consent_token=token, record=record,
@@ -614,8 +627,9 @@ def add_patient_options(g: Any) -> None:
 
 def register(sub: Any) -> None:
     """Add the commands to ``lightbox``'s subparsers (called once from clients/cli.py)."""
-    sub.add_parser("threads", help="your consult threads, urgent first").set_defaults(
-        func=_guarded(_threads))
+    t = sub.add_parser("threads", help="your consult threads, urgent first")
+    t.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    t.set_defaults(func=_guarded(_threads))
     s = sub.add_parser("send", help="send a consult: text and/or an image, to a user or a role")
     s.add_argument("text", nargs="*", help="the message")
     s.add_argument("--to", action="append", metavar="user:LOGIN|role:ROLE")

@@ -30,6 +30,7 @@ __all__ = [
     "LicenceFields",
     "RowError",
     "UserRow",
+    "licence_through",
     "neutralise",
     "parse_date",
     "parse_users_csv",
@@ -108,6 +109,15 @@ def parse_date(text: str) -> int:
         raise ValueError(f"{text.strip()!r} is not a date (YYYY-MM-DD)") from None
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
     return int(end.timestamp())
+
+
+def licence_through(expires_at: int | None) -> str:
+    """The inverse of :func:`parse_date`: the ``YYYY-MM-DD`` a licence is valid through, from
+    its stored end (the first second after that day, UTC); "" for none. A licence's day is a
+    UTC day wherever it is read, so the reader's zone does not move it."""
+    if expires_at is None:
+        return ""
+    return dt.datetime.fromtimestamp(expires_at - 1, dt.UTC).date().isoformat()
 
 
 def _text(value: str | None, what: str, *, required: bool) -> str | None:

@@ -641,9 +641,11 @@ class Demo:
             self.detail(f"filing receipt from {receipt['sender']}: record reference "
                         f"{receipt['filing']['record_ref']}, study {receipt['filing']['study']}")
         if img.get("expires_at"):
+            from clients.timefmt import format_time
+
             self.detail("the specialist's desktop shows \"Filed in the record\"; this copy "
                         "expires at "
-                        f"{time.strftime('%H:%M:%S', time.localtime(img['expires_at']))}")
+                        f"{format_time(img['expires_at'])}")
         self.show_pacs()
 
         self.step(f"After the grace period ({EXPIRY_GRACE} s here) every device shreds its copy "

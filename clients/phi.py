@@ -57,6 +57,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageStat
 
 from clients import imaging
 from clients.sdk.errors import FlowError
+from protocol.body import IdentifierKind
 from protocol.model import Purpose
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "TextRegion",
     "check_for_purpose",
     "describe",
+    "identifier_kinds",
     "load_rules",
     "prepare_for_purpose",
     "redact",
@@ -122,10 +124,19 @@ class PhiRule:
 
 
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+# Dates as films, monitors and labels print them: 14/03/1957, 03/14/1957, 14.03.1957, 14-03-57,
+# 1957-03-14 (ISO 8601), 14-Mar-1957, 14 March 1957, 14MAR1957, Mar 14 1957, March 14, 1957,
+# and DICOM's DA form 19570314 (PS3.5 §6.2) when it is a plausible date.
 _DATE = (r"(?:\b\d{1,2}[/.\-]\d{1,2}[/.\-](?:\d{4}|\d{2})\b"
          r"|\b\d{4}[/.\-]\d{1,2}[/.\-]\d{1,2}\b"
-         rf"|\b\d{{1,2}}[ \-]?{_MONTH}[ \-,]*\d{{2,4}}\b"
-         rf"|\b{_MONTH} \d{{1,2}},? \d{{4}}\b)")
+         rf"|\b\d{{1,2}}[ \-.]?{_MONTH}[ \-,.]*\d{{2,4}}\b"
+         rf"|\b{_MONTH} \d{{1,2}},? \d{{4}}\b"
+         r"|\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b)")
+# OCR reads a 1 as l, I, L or |, and a 0 as O or o, most often inside numbers: the rules for
+# dates, numbers and ages are also matched against the line with those letters, where they
+# touch a digit, read as digits (same length, so the words a match covers stay the same).
+_LOOKALIKES: Final = re.compile(r"(?<=\d)[lIL|Oo]|[lIL|Oo](?=\d)")
+_AS_DIGIT: Final = {"l": "1", "I": "1", "L": "1", "|": "1", "O": "0", "o": "0"}
 
 DEFAULT_RULES: Final[tuple[PhiRule, ...]] = (
     # DICOM person names (PS3.5 §6.2: Family^Given); OCR often reads ^ as * or a space.
@@ -136,9 +147,10 @@ DEFAULT_RULES: Final[tuple[PhiRule, ...]] = (
                           r"given name|family name)\b ?[:.\-]? ?[A-Z][A-Za-z'\-]+"
                           r"(?:[ ,^*]{1,2}[A-Z][A-Za-z'\-]+){0,3}"),
     # Labelled record numbers, then bare long digit runs (MRNs, NHS numbers, accessions).
+    # (the label may touch its number: MRN123456)
     PhiRule(PhiKind.IDENTIFIER, r"\b(?:mrn|mr ?no|hosp(?:ital)? ?(?:no|number|#)|nhs(?: ?no)?|"
                                 r"pid|patient ?id|id|ur ?no|urn|acc(?:ession)?(?: ?no)?|"
-                                r"chi)\b ?[:#.]? ?[A-Z0-9][A-Z0-9\-/]{3,}"),
+                                r"chi)(?:\b|(?=\d)) ?[:#.]? ?[A-Z0-9][A-Z0-9\-/]{3,}"),
     PhiRule(PhiKind.IDENTIFIER, r"\b\d{6,}\b"),
     PhiRule(PhiKind.IDENTIFIER, r"\b\d{3}[ \-]\d{3}[ \-]\d{4}\b"),
     PhiRule(PhiKind.DATE_OF_BIRTH, rf"\b(?:dob|d\.o\.b\.?|born|birth ?date|date of birth)"
@@ -293,6 +305,7 @@ def _classify(words: Sequence[OcrWord], rules: Sequence[PhiRule]) -> list[TextRe
     for word in words:
         lines.setdefault(word.line, []).append(word)
     compiled = [(rule.kind, rule.compile()) for rule in rules]
+    numeric = {PhiKind.DATE, PhiKind.DATE_OF_BIRTH, PhiKind.IDENTIFIER, PhiKind.AGE}
     regions = []
     for line_words in lines.values():
         line_words.sort(key=lambda w: w.box[0])
@@ -303,8 +316,10 @@ def _classify(words: Sequence[OcrWord], rules: Sequence[PhiRule]) -> list[TextRe
             at += len(word.text) + 1
         text = " ".join(parts)
         kinds: list[set[PhiKind]] = [set() for _ in line_words]
+        as_digits = _LOOKALIKES.sub(lambda m: _AS_DIGIT[m.group()], text)
         for kind, pattern in compiled:
-            for match in pattern.finditer(text):
+            readings = (text, as_digits) if kind in numeric and as_digits != text else (text,)
+            for match in (m for reading in readings for m in pattern.finditer(reading)):
                 if match.end() == match.start():
                     continue
                 for i, (start, end) in enumerate(spans):
@@ -372,6 +387,19 @@ def describe(scan: PhiScan) -> list[str]:
         what = ", ".join(sorted(k.value.replace("_", " ") for k in r.kinds)) or "text"
         out.append(f"{what} at x={left} y={top} ({width}x{height} px): {r.text!r}")
     return out
+
+
+def identifier_kinds(scan: PhiScan) -> tuple[IdentifierKind, ...]:
+    """What kinds of identifier the scanned image shows, for the sealed body's
+    ``burned_in_identifiers`` (docs/PROTOCOL.md §14): kinds only, never the text, in the
+    protocol's order; a date that is a date of birth is listed as that alone."""
+    found: set[IdentifierKind] = set()
+    for region in scan.findings:
+        kinds = set(region.kinds)
+        if PhiKind.DATE_OF_BIRTH in kinds:
+            kinds.discard(PhiKind.DATE)
+        found |= {IdentifierKind(k.value) for k in kinds}
+    return tuple(k for k in IdentifierKind if k in found)
 
 
 # --- redaction ----------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ Layout: ``<directory>/vault.db`` (SQLite from the standard library), directory 0
                 AEAD(per-image key, info), AEAD(per-image key, image bytes)
     tombstones  attachment_id, shredded_at, AEAD(tombstones_key, record reference)
     dedupe      HMAC(dedupe_key, sender device, message id)
+    notes       HMAC(notes_key, kind, key), kind, AEAD(notes_key, (key, value))
+                what the device learnt besides messages and must still know after a
+                restart: receipts, acknowledgements, escalation steps, filing notices, and
+                the display names of verified certificates (the SDK client's, by kind)
 
 Keys: a random 32-byte master key is sealed under the passphrase with
 :func:`protocol.keys.seal_with_passphrase` (Argon2id, RFC 9106; the cost is stored in the seal,
@@ -229,6 +233,7 @@ class _Keys:
     image_keys: SecretBytes
     tombstones: SecretBytes
     dedupe: SecretBytes
+    notes: SecretBytes
 
     @classmethod
     def derive(cls, master: bytes, vault_id: bytes) -> _Keys:
@@ -238,7 +243,7 @@ class _Keys:
 
         return cls(state=sub("state"), messages=sub("messages"), threads=sub("threads"),
                    image_keys=sub("image-keys"), tombstones=sub("tombstones"),
-                   dedupe=sub("dedupe"))
+                   dedupe=sub("dedupe"), notes=sub("notes"))
 
 
 def _ad(table: str, row_id: str) -> bytes:
@@ -308,6 +313,14 @@ CREATE TABLE tombstones (
     sealed_reference BLOB
 ) STRICT;
 CREATE TABLE dedupe (tag BLOB PRIMARY KEY) STRICT, WITHOUT ROWID;
+"""
+# Added after the first vaults were made: created on unlock when missing.
+_NOTES_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS notes (
+    tag BLOB PRIMARY KEY,
+    kind TEXT NOT NULL,
+    sealed BLOB NOT NULL
+) STRICT
 """
 
 
@@ -596,6 +609,44 @@ class Vault:
             with self._sql(db) as conn:
                 conn.execute("INSERT INTO dedupe VALUES (?) ON CONFLICT DO NOTHING", (tag,))
 
+    # -- notes: what the client must remember across restarts -----------------------------------
+
+    def put_note(self, kind: str, key: str, value: bytes) -> None:
+        """Keep ``value`` under (``kind``, ``key``), replacing what was there. The file shows
+        the kind and how many notes there are, not the key (an HMAC) nor the value."""
+        _check_id(kind, "kind")
+        _check_id(key, "key")
+        with self._mutex:
+            db = self._use()
+            keys = self._k()
+            tag = _tag(keys.notes, kind, key)
+            sealed = _seal(keys.notes, _ad("notes", kind + "\x00" + tag.hex()),
+                           msgspec.msgpack.encode((key, value)))
+            with self._sql(db) as conn:
+                conn.execute("INSERT INTO notes VALUES (?, ?, ?) ON CONFLICT (tag) "
+                             "DO UPDATE SET sealed = excluded.sealed", (tag, kind, sealed))
+
+    def notes(self, kind: str) -> dict[str, bytes]:
+        """Every note of ``kind``, by key."""
+        with self._mutex:
+            db = self._use()
+            keys = self._k()
+            with self._sql(db) as conn:
+                rows = conn.execute("SELECT tag, sealed FROM notes WHERE kind = ?",
+                                    (kind,)).fetchall()
+            found: dict[str, bytes] = {}
+            for tag, sealed in rows:
+                plain = _open(keys.notes, _ad("notes", kind + "\x00" + bytes(tag).hex()),
+                              sealed)
+                try:
+                    key, value = msgspec.msgpack.decode(plain, type=tuple[str, bytes])
+                except msgspec.DecodeError as exc:
+                    raise VaultCorrupt("a stored note is unreadable") from exc
+                if _tag(keys.notes, kind, key) != tag:
+                    raise VaultCorrupt("a stored note is damaged")
+                found[key] = value
+            return found
+
     # -- images ---------------------------------------------------------------------------------
 
     def put_image(
@@ -871,6 +922,8 @@ class Vault:
         return meta
 
     def _set_unlocked(self, db: sqlite3.Connection, master: bytes, vault_id: bytes) -> None:
+        with self._sql(db) as conn:
+            conn.execute(_NOTES_SCHEMA)
         self._db = db
         self._master = SecretBytes(master)
         self._keys = _Keys.derive(master, vault_id)

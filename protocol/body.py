@@ -34,10 +34,12 @@ __all__ = [
     "MAX_TEXT",
     "Body",
     "BodyKind",
+    "BurnedInIdentifiers",
     "CaptureKind",
     "ConsentFiling",
     "FiledDocument",
     "FilingReceipt",
+    "IdentifierKind",
     "OriginalStudy",
     "RecordData",
     "Sex",
@@ -88,6 +90,27 @@ class CaptureKind(enum.StrEnum):
 
     FILM = "film"  # a photo of a film or monitor: Secondary Capture
     CLINICAL = "clinical"  # a clinical photo: VL Photographic Image
+
+
+class IdentifierKind(enum.StrEnum):
+    """Kinds of patient identifier the sender's text recognition found burned into an image
+    (clients/phi.py). Only the kind travels, never the text."""
+
+    NAME = "name"
+    DATE_OF_BIRTH = "date_of_birth"
+    IDENTIFIER = "identifier"  # a record, hospital or accession number
+    DATE = "date"
+    AGE = "age"
+    INSTITUTION = "institution"
+
+
+class BurnedInIdentifiers(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
+                          kw_only=True):
+    """One attachment of this body shows identifiers in its pixels: which kinds (one or more,
+    each once), so the recipient is told before looking."""
+
+    attachment_id: UuidStr
+    kinds: Annotated[list[IdentifierKind], msgspec.Meta(min_length=1, max_length=6)]
 
 
 class RecordData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -184,6 +207,9 @@ class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     quality_warnings: Annotated[list[_Warning], msgspec.Meta(max_length=MAX_WARNINGS)] = []
     filing: FilingReceipt | None = None
     consent_filing: ConsentFiling | None = None
+    # Images sent without redacting text that looks like patient identifiers (PROTOCOL §14).
+    burned_in_identifiers: Annotated[list[BurnedInIdentifiers],
+                                     msgspec.Meta(max_length=MAX_ATTACHMENTS)] = []
 
     def __repr__(self) -> str:  # never print text, keys or patient data
         return (f"Body(kind={self.kind.value}, text=<{len(self.text)} chars>, "
@@ -226,6 +252,13 @@ def _check(body: Body) -> None:
     ids = [a.attachment_id for a in body.attachments]
     if len(set(ids)) != len(ids):
         raise DecodeError("an attachment is listed twice", code=ErrorCode.VALIDATION_FAILED)
+    flagged = [b.attachment_id for b in body.burned_in_identifiers]
+    if len(set(flagged)) != len(flagged) or not set(flagged) <= set(ids):
+        raise DecodeError("burned-in identifiers name each of the body's attachments at most "
+                          "once", code=ErrorCode.VALIDATION_FAILED)
+    if any(len(set(b.kinds)) != len(b.kinds) for b in body.burned_in_identifiers):
+        raise DecodeError("a burned-in identifier kind is listed twice",
+                          code=ErrorCode.VALIDATION_FAILED)
     one_line = [body.subject or ""]
     if body.record is not None:
         r = body.record

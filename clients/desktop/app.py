@@ -323,8 +323,11 @@ class DesktopServer:
         with contextlib.suppress(SDKError):
             await client.threads()
         out = []
+        every = {t.thread_id: client.thread_messages(t.thread_id)
+                 for t in client.cached_threads()}
+        await _learn_names(client, [v for views in every.values() for v in views])
         for t in client.cached_threads():
-            views = client.thread_messages(t.thread_id)
+            views = every[t.thread_id]
             last = views[-1] if views else None
             subject = next((v.body.subject for v in views if v.body.subject), None)
             incoming = [v for v in views if not v.message.outgoing]
@@ -333,7 +336,7 @@ class DesktopServer:
                 "urgent": t.priority == "urgent"
                 or any(v.message.priority == "urgent" for v in incoming),
                 "subject": subject or (last.body.text[:80] if last else "New consult"),
-                "unread": sum(1 for v in incoming if not v.message.read),
+                "unread": client.unread(t.thread_id),
                 "roles": t.roles, "members": len(t.members),
                 "last_at": last.message.sent_at if last else t.created_at,
                 "last_from": client.display_name(last.message.sender_user_id) if last else "",
@@ -350,6 +353,7 @@ class DesktopServer:
         if info is None:
             raise _Refused(404, "no such thread")
         views = client.thread_messages(thread_id)
+        await _learn_names(client, views)
         # The gateway's filing receipts in this thread, by the image they file (issue 10 item
         # 7): the study reference is shown with the image; the desktop never calls the PACS.
         receipts = {v.body.filing.attachment_id: v.body.filing for v in views
@@ -358,7 +362,6 @@ class DesktopServer:
         # the vault (so after a restart too), and asked of the relay for the rest.
         consents = [c for v in views if (c := _consent_claims(v.body)) is not None]
         withdrawals = await client.refresh_consents([c.jti for c in consents])
-        await _learn_names(client, [u for c in consents for u in (c.iss, *c.recipients.users)])
         messages = [_message_json(client, v, receipts, withdrawals) for v in views]
         return JSONResponse({"thread_id": thread_id, "priority": info.priority,
                              "roles": info.roles, "messages": messages})
@@ -392,7 +395,7 @@ class DesktopServer:
             raise _Refused(404, "consent_not_found",
                            detail="this message carries no consent that can be read")
         record = view.body.record
-        await _learn_names(client, [claims.iss, *claims.recipients.users])
+        await _learn_names(client, [view])
         display = ConsentFormDisplay(
             withdrawn_at=client.consent_withdrawn_at(claims.jti),
             patient_label=patient_label(record.patient_name) if record is not None else "",
@@ -625,24 +628,28 @@ def _consent_claims(body: Body) -> ConsentClaims | None:
         return None
 
 
+async def _learn_names(client: LightboxClient, views: Sequence[MessageView]) -> None:
+    """Before a page names people: everyone these messages name (senders, receipts,
+    escalation steps, consent recipients) from verified certificates, the vault's or the
+    key directory's (offline, the vault's alone)."""
+    wanted = []
+    for v in views:
+        wanted += [v.message.sender_user_id, *(r.user_id for r in v.receipts),
+                   *(e.user_id for e in v.escalations)]
+        claims = _consent_claims(v.body)
+        if claims is not None:
+            wanted += [claims.iss, *claims.recipients.users]
+    with contextlib.suppress(SDKError):
+        await client.ensure_names(wanted)
+
+
 def _known_name(client: LightboxClient, user_id: str) -> str | None:
     """A user's display name from a certificate this device verified; None when unknown (the
     SDK's fallback, a shortened id, is no name to print on the patient's form)."""
     if user_id == client.user_id:
         return peek_compact(client.state.user_certificate, certs.UserCertificate,
                             max_length=certs.MAX_CERTIFICATE_LENGTH).display_name
-    name = client.display_name(user_id)
-    return None if name == user_id[:8] else name
-
-
-async def _learn_names(client: LightboxClient, user_ids: Sequence[str]) -> None:
-    """Fetch and verify the certificates of people a consent names whom this device does not
-    know yet, so the panel and the patient's form show names, never ids. Someone the
-    directory no longer serves stays unknown."""
-    for user_id in dict.fromkeys(user_ids):
-        if _known_name(client, user_id) is None:
-            with contextlib.suppress(SDKError):
-                await client.person(user_id)
+    return client.display_name(user_id) if client.knows_name(user_id) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -700,6 +707,9 @@ def _message_json(client: LightboxClient, view: MessageView,
                   withdrawals: Mapping[str, int] | None = None) -> dict[str, Any]:
     receipts, withdrawals = receipts or {}, withdrawals or {}
     m, body = view.message, view.body
+    # what the sender's text recognition found in each image (kinds only), told with it
+    burned_in = {b.attachment_id: [k.value for k in b.kinds]
+                 for b in body.burned_in_identifiers}
     consent = None
     c = _consent_claims(body)
     if c is not None:
@@ -731,12 +741,13 @@ def _message_json(client: LightboxClient, view: MessageView,
         "subject": body.subject, "reply_to": body.reply_to, "kind": body.kind.value,
         "necessity": body.necessity, "quality_warnings": body.quality_warnings,
         "images": [{"attachment_id": i.attachment_id, "state": i.state, "reason": i.reason,
+                    "burned_in_identifiers": burned_in.get(i.attachment_id, []),
                     "record_ref": i.record_ref, "width": i.width, "height": i.height,
                     "filed_at": i.filed_at, "expires_at": i.expires_at,
                     "study": _study_json(receipts.get(i.attachment_id), m.message_id)}
                    for i in view.images],
         "consent": consent, "record": record,
-        "receipts": [{"name": r.display_name, "kind": r.kind, "at": r.at}
+        "receipts": [{"name": client.display_name(r.user_id), "kind": r.kind, "at": r.at}
                      for r in view.receipts],
         # issue 9: the consult's on-call escalation, as the sender and everyone reached see it
         "escalations": [{"kind": e.kind, "step": e.step, "level": e.level,

@@ -36,7 +36,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -78,10 +78,19 @@ from clients.sdk.identity import (
 )
 from clients.sdk.keystore import DeviceState, DeviceStore
 from clients.sdk.socket import SendRefused, SocketClosed
-from clients.vault import ImageShredded, ItemNotFound, Vault, VaultMessage
+from clients.vault import ImageShredded, ItemNotFound, Vault, VaultLocked, VaultMessage
 from protocol import api, certs, statements
 from protocol.attachments import AttachmentDescriptor
-from protocol.body import Body, BodyKind, ConsentFiling, RecordData, decode_body, encode_body
+from protocol.body import (
+    Body,
+    BodyKind,
+    BurnedInIdentifiers,
+    ConsentFiling,
+    IdentifierKind,
+    RecordData,
+    decode_body,
+    encode_body,
+)
 from protocol.consent import peek_consent_token_unverified
 from protocol.envelope import (
     MemorySeenSet,
@@ -136,6 +145,11 @@ REVOCATIONS_MAX_AGE = 30.0  # seconds before the revocation list is fetched agai
 MAX_CLAIM = api.MAX_CLAIM_DEVICES
 Progress = Callable[[int, int], None]
 RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's subject line
+# Kinds of the vault's notes (clients/vault.py) this client keeps across restarts.
+_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION = "acknowledged", "receipt", "escalation"
+_NOTE_FILED, _NOTE_NAME = "filed", "name"
+_NOTE_KINDS = (_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION, _NOTE_FILED, _NOTE_NAME)
+_RECEIPT_ORDER = {"delivered": 0, "read": 1, "acknowledged": 2}
 
 
 @dataclasses.dataclass
@@ -183,7 +197,8 @@ class LightboxClient:
         self._revocations = certs.RevocationSet()
         self._revocations_at = -1e9
         self._chains: dict[str, _Chain] = {}
-        self._names: dict[str, str] = {}
+        self._names: dict[str, str] = {}  # from verified certificates (kept in the vault)
+        self._unnamed: dict[str, float] = {}  # users ensure_names could not name, and when
         self._subscribers: list[asyncio.Queue[ClientEvent]] = []
         self._callbacks: list[Callable[[ClientEvent], Awaitable[None] | None]] = []
         self._outgoing: list[Frame] = []
@@ -199,6 +214,7 @@ class LightboxClient:
         self._fetch_lock = asyncio.Lock()
         self._logging_in: SingleFlight[None] = SingleFlight()
         self._wiped_at: int | None = None  # the organisation's revocation time, once wiped
+        self._restored = False  # the notes above, read back from the vault (_restore)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -441,7 +457,7 @@ class LightboxClient:
             if verified.user_id != user_id:
                 raise FlowError("the directory answered for another user",
                                 code=ErrorCode.CERTIFICATE_INVALID.value)
-            self._names[user_id] = verified.user.display_name
+            self._remember_name(user_id, verified.user.display_name)
             self._chains[verified.device_id] = _Chain(verified, answer.user_certificate,
                                                       self._clock())
         found = self._chains.get(device_id)
@@ -468,9 +484,87 @@ class LightboxClient:
         return user
 
     def display_name(self, user_id: str) -> str:
+        """The name on ``user_id``'s verified certificate (learnt in this run or an earlier
+        one, from the vault); a shortened id only for someone never verified, see
+        :meth:`ensure_names`."""
         if user_id == self.user_id:
             return "you"
+        self._restore()
         return self._names.get(user_id, user_id[:8])
+
+    def knows_name(self, user_id: str) -> bool:
+        self._restore()
+        return user_id == self.user_id or user_id in self._names
+
+    async def ensure_names(self, user_ids: Iterable[str]) -> None:
+        """Learn the display name of each user not yet known, from their user certificate in
+        the key directory, verified against the pinned organisation key and valid now (the
+        revocation list is not consulted: a colleague revoked since still wrote what they
+        wrote). Best effort: a user whose certificate cannot be fetched or verified is not
+        asked for again for a while, and an unreachable relay ends the attempt."""
+        self._restore()
+        now = self._clock()
+        for user_id in dict.fromkeys(user_ids):
+            if self.knows_name(user_id) or now - self._unnamed.get(user_id, -1e9) \
+                    < CHAIN_CACHE_SECONDS:
+                continue
+            try:
+                answer = await self.relay.user_devices(user_id)
+                user = certs.verify_user_certificate(
+                    answer.user_certificate, trusted_orgs=self.store.state.trusted_orgs(),
+                    at=int(now))
+            except RelayUnavailable:
+                return
+            except (SDKError, ProtocolError):
+                self._unnamed[user_id] = now
+                continue
+            if user.user_id == user_id:
+                self._remember_name(user_id, user.display_name)
+            else:
+                self._unnamed[user_id] = now
+
+    def _remember_name(self, user_id: str, name: str) -> None:
+        """A name from a verified certificate: kept in memory and in the vault."""
+        if self._names.get(user_id) != name:
+            self._names[user_id] = name
+            self.vault.put_note(_NOTE_NAME, user_id, name.encode())
+
+    def _restore(self) -> None:
+        """Read back what an earlier run of this device learnt (acknowledgements, receipts,
+        escalation steps, filing notices, names), once the vault is open."""
+        if self._restored:
+            return
+        try:
+            notes = {kind: self.vault.notes(kind) for kind in _NOTE_KINDS}
+        except VaultLocked:
+            return
+        self._restored = True
+        self._acked |= set(notes[_NOTE_ACK])
+        for raw in notes[_NOTE_RECEIPT].values():
+            receipt = msgspec.msgpack.decode(raw, type=ReceiptEvent)
+            seen = self._receipts.setdefault(receipt.message_id, [])
+            if not any((r.device_id, r.kind) == (receipt.device_id, receipt.kind)
+                       for r in seen):
+                seen.append(receipt)
+        for raw in notes[_NOTE_ESCALATION].values():
+            step = msgspec.msgpack.decode(raw, type=EscalationEvent)
+            steps = self._escalations.setdefault(step.message_id, [])
+            if step not in steps:
+                steps.append(step)
+        for key, raw in notes[_NOTE_FILED].items():
+            self._filed.setdefault(key, msgspec.msgpack.decode(raw, type=FiledEvent))
+        for user_id, raw in notes[_NOTE_NAME].items():
+            self._names.setdefault(user_id, raw.decode())
+
+    def unread_messages(self, thread_id: str) -> list[MessageView]:
+        """The one definition of unread, for every client: messages from others that this
+        device holds and has not marked read (``lightbox threads``, ``lightbox inbox`` and
+        the desktop count these; the relay's own counter also counts our own messages)."""
+        return [self.view(m) for m in self.vault.messages(thread_id, unread_only=True)
+                if not m.outgoing]
+
+    def unread(self, thread_id: str) -> int:
+        return len(self.unread_messages(thread_id))
 
     # -- threads -----------------------------------------------------------------------------
 
@@ -509,7 +603,7 @@ class LightboxClient:
             for bundle in user.devices:
                 verified = self._verify(user.user_certificate, bundle.device_certificate,
                                         revocations)
-                self._names[verified.user_id] = verified.user.display_name
+                self._remember_name(verified.user_id, verified.user.display_name)
                 self._chains[verified.device_id] = _Chain(verified, user.user_certificate,
                                                           self._clock())
                 if verified.device_id != self.device_id:
@@ -630,11 +724,13 @@ class LightboxClient:
         purpose: Purpose = Purpose.DIRECT_CARE, priority: Priority | None = None,
         warnings: Sequence[str] = (), subject: str | None = None,
         progress: Progress | None = None, necessity: str | None = None,
-        timeout: float | None = 120.0,
+        timeout: float | None = 120.0, burned_in: Sequence[IdentifierKind] = (),
     ) -> SentMessage:
         """Send a sanitised image (:func:`clients.imaging.prepare_image`) under a registered
         consent token that names it: encrypt (worker thread), upload resumably, seal the
-        descriptor (with its key) in the body. The sender keeps a copy in the vault."""
+        descriptor (with its key) in the body. ``burned_in``: the kinds of patient identifier
+        the image still shows (:func:`clients.phi.identifier_kinds`), told to the recipient
+        in the sealed body. The sender keeps a copy in the vault."""
         from clients.consent import ensure_sendable, image_hash
         from clients.phi import DEIDENTIFIED_PURPOSES
 
@@ -655,8 +751,11 @@ class LightboxClient:
         attachment_id = await sdk_attachments.upload(relay, encrypted.ciphertext)
         descriptor = encrypted.descriptor(attachment_id, image.media_type, width=image.width,
                                           height=image.height)
+        flagged = [BurnedInIdentifiers(attachment_id=attachment_id,
+                                       kinds=list(dict.fromkeys(burned_in)))] if burned_in else []
         body = Body(text=text, attachments=[descriptor], consent_token=consent_token,
-                    record=record, quality_warnings=list(warnings), subject=subject)
+                    record=record, quality_warnings=list(warnings), subject=subject,
+                    burned_in_identifiers=flagged)
         sent, _ = await self._send_body(
             thread_id, body, purpose=purpose, priority=priority or self._thread_priority(
                 thread_id), consent_id=claims.jti, attachment_ids=[attachment_id],
@@ -788,6 +887,7 @@ class LightboxClient:
             self._receipt(message, statements.ReceiptKind.READ)
         self._receipt(message, statements.ReceiptKind.ACKNOWLEDGED)
         self._acked.add(message_id)
+        self.vault.put_note(_NOTE_ACK, message_id, b"")
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -957,17 +1057,23 @@ class LightboxClient:
                 return
             receipt = ReceiptEvent(body.message_id, frame.user_id, frame.device_id,
                                    body.kind.value, body.at, chain.verified.user.display_name)
+            self._restore()
             seen = self._receipts.setdefault(body.message_id, [])
             if any((r.device_id, r.kind) == (receipt.device_id, receipt.kind) for r in seen):
                 return  # notices are at-least-once: a redelivered receipt is not news
             seen.append(receipt)
+            self.vault.put_note(_NOTE_RECEIPT,
+                                f"{receipt.message_id}/{receipt.device_id}/{receipt.kind}",
+                                msgspec.msgpack.encode(receipt))
             await self._emit(receipt)
         elif isinstance(frame, KeysLow):
             await self.replenish_prekeys(frame.target - frame.remaining)
         elif isinstance(frame, FiledNotice):
             filed = FiledEvent(frame.attachment_id, frame.message_id, frame.thread_id,
                                frame.filed_at, frame.expires_at, frame.record_ref)
+            self._restore()
             self._filed[frame.attachment_id] = filed
+            self.vault.put_note(_NOTE_FILED, frame.attachment_id, msgspec.msgpack.encode(filed))
             if frame.record_ref:
                 with contextlib.suppress(ItemNotFound):
                     self.vault.set_record_reference(frame.attachment_id, frame.record_ref)
@@ -990,9 +1096,13 @@ class LightboxClient:
         elif isinstance(frame, EscalationNotice):
             step = EscalationEvent(frame.thread_id, frame.message_id, frame.kind.value,
                                    frame.step, frame.level, frame.user_id, frame.at)
+            self._restore()
             steps = self._escalations.setdefault(frame.message_id, [])
             if step not in steps:  # at-least-once notices: each step is told once
                 steps.append(step)
+                self.vault.put_note(_NOTE_ESCALATION,
+                                    f"{step.message_id}/{step.step}/{step.kind}/{step.user_id}",
+                                    msgspec.msgpack.encode(step))
                 await self._emit(step)
         elif isinstance(frame, WipeOrder):
             # Verified against the organisation-signed list (a forged or replayed order raises
@@ -1146,13 +1256,18 @@ class LightboxClient:
                            info.width, info.height, **times)
 
     def view(self, message: VaultMessage) -> MessageView:
+        self._restore()
         body = self._body(message) or Body(text="(unreadable message)")
         ids = list(dict.fromkeys([*message.attachment_ids,
                                   *(a.attachment_id for a in body.attachments)]))
+        # In the order they happened, whatever order the notices arrived (or were read back
+        # from the vault) in: by time, then delivered before read before acknowledged.
+        receipts = sorted(self._receipts.get(message.message_id, ()),
+                          key=lambda r: (r.at, _RECEIPT_ORDER.get(r.kind, 9), r.device_id))
+        steps = sorted(self._escalations.get(message.message_id, ()),
+                       key=lambda e: (e.step, e.at))
         return MessageView(message, body, tuple(self.image_status(a) for a in ids),
-                           tuple(self._receipts.get(message.message_id, ())),
-                           message.message_id in self._acked,
-                           tuple(self._escalations.get(message.message_id, ())))
+                           tuple(receipts), message.message_id in self._acked, tuple(steps))
 
     def thread_messages(self, thread_id: str) -> list[MessageView]:
         return [self.view(m) for m in self.vault.messages(thread_id)]

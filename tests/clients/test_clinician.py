@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -129,3 +130,79 @@ async def test_a_text_for_teaching_is_sent_only_under_a_consent_naming_it(
     assert rc == 0 and "sent: message" in out, out + err
     rc, out, _ = await lightbox("--profile", "tutor", "inbox")
     assert "Thursday's teaching session" in out and "1 unread messages" in out
+
+
+async def _team(world: World, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for login, roles in (("intern", ("intern",)), ("ortho", (ORTHO,))):
+        person = await enrol_clinician(world, tmp_path, login, roles=roles,
+                                       vault_dir=home / login)
+        person.vault.lock()
+
+
+def _unread(threads_out: str) -> int:
+    return sum(int(n) for n in re.findall(r"(\d+) unread$", threads_out, re.MULTILINE))
+
+
+async def test_threads_and_inbox_count_the_same_unread_messages(
+        world: World, tmp_path: Path) -> None:
+    await _team(world, tmp_path)
+    rc, out, err = await lightbox("--profile", "intern", "send", "--to", f"role:{ORTHO}",
+                                  "--subject", "Wrist", "Is this a scaphoid fracture?")
+    assert rc == 0, err
+    thread = re.search(r"in thread (\S+)", out)
+    assert thread is not None
+    await lightbox("--profile", "intern", "send", "--thread", thread.group(1),
+                   "Tender in the snuffbox too.")
+    # the specialist answers in the thread, without having read it: that answer is no news
+    rc, _, err = await lightbox("--profile", "ortho", "send", "--thread", thread.group(1),
+                                "Coming down.")
+    assert rc == 0, err
+    for profile, expected in (("ortho", 2), ("intern", 1)):
+        rc, threads_out, err = await lightbox("--profile", profile, "threads")
+        assert rc == 0, err
+        rc, inbox_out, err = await lightbox("--profile", profile, "inbox")
+        assert rc == 0, err
+        assert _unread(threads_out) == expected, (profile, threads_out)
+        assert f"{expected} unread messages" in inbox_out, (profile, inbox_out)
+    await lightbox("--profile", "ortho", "inbox", "--mark-read")
+    rc, threads_out, _ = await lightbox("--profile", "ortho", "threads")
+    assert _unread(threads_out) == 0, threads_out
+
+
+async def test_inbox_names_the_sender_of_a_message_stored_in_an_earlier_run(
+        world: World, tmp_path: Path) -> None:
+    await _team(world, tmp_path)
+    rc, _, err = await lightbox("--profile", "intern", "send", "--to", f"role:{ORTHO}",
+                                "Can you see bed 4?")
+    assert rc == 0, err
+    rc, first, err = await lightbox("--profile", "ortho", "inbox")  # delivered in this run
+    assert rc == 0 and "Dr Intern in" in first, first + err
+    # the next run holds it already: nothing is delivered, the name still comes from the
+    # sender's verified certificate, never an id fragment
+    rc, again, err = await lightbox("--profile", "ortho", "inbox")
+    assert rc == 0 and "Dr Intern in" in again, again + err
+
+
+async def test_the_specialist_is_told_the_image_shows_identifiers_sent_unredacted(
+        world: World, tmp_path: Path) -> None:
+    from tests.clients.test_phi import labelled_film
+
+    await _team(world, tmp_path)
+    film = tmp_path / "film.png"
+    labelled_film("DOE^JOHN  DOB: 14.03.1957", footer=None).save(film)
+    send = ["--profile", "intern", "send", "--to", f"role:{ORTHO}", "--image", str(film),
+            "--patient-agreed", "--statements-shown", "--send-anyway", "Wrist?"]
+    rc, out, err = await lightbox(*send)
+    assert rc == 0, err
+    assert "the recipient is told that the image shows name, date of birth" in err
+    rc, out, err = await lightbox("--profile", "ortho", "inbox", "--mark-read")
+    assert rc == 0, err
+    assert "this image shows patient identifiers: name, date of birth" in out
+    assert "DOE" not in out and "1957" not in out  # kinds only, never the text
+
+    # black the identifiers out: the copy sent shows none, and nothing is said
+    rc, out, err = await lightbox(*send, "--redact", "identifiers")
+    assert rc == 0, err
+    rc, out, err = await lightbox("--profile", "ortho", "inbox")
+    assert "1 unread messages" in out and "patient identifiers" not in out

@@ -13,11 +13,13 @@ from clients.csvio import (
     MAX_CSV_BYTES,
     REQUIRED_COLUMNS,
     CsvError,
+    licence_through,
     neutralise,
     parse_date,
     parse_users_csv,
     to_csv,
 )
+from protocol import api
 from protocol.errors import ErrorCode
 
 NOW = 1767225600  # 2026-01-01
@@ -132,3 +134,23 @@ def test_admin_import_refuses_the_whole_file_with_its_code(
     path.write_bytes(content)
     assert admin.main(["user", "import", str(path)]) == 2
     assert f"error: {code}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("day", ["2027-06-30", "2027-12-31", "2028-02-29", "2027-01-01"])
+def test_a_licence_date_reads_back_as_the_day_it_is_valid_through(day: str) -> None:
+    # parse_date stores the first second after the day; the date a person reads is the day
+    assert licence_through(parse_date(day)) == day
+    assert licence_through(None) == ""
+
+
+def test_user_list_shows_the_licence_through_the_day_it_was_imported_with() -> None:
+    (row,), failures = parse_users_csv(f"{HEADER}\n{_row(expires='2027-06-30')}\n".encode(),
+                                       now=NOW)
+    assert not failures
+    summary = api.UserSummary(
+        user_id="00000000-0000-4000-8000-000000000001", org_id="org", login="ada",
+        display_name="Ada Lovelace", roles=["physician"], specialty=None, department=None,
+        status="active", licence_expires_at=row.licence.expires_at if row.licence else None,
+        devices=0)
+    header, rows = admin.user_rows([summary])
+    assert rows[0][header.index("licence_expires")] == "2027-06-30"

@@ -35,7 +35,7 @@ from clients.pacs import PacsClient, PacsSettings
 from clients.sdk.client import MessageEvent, ReceiptEvent, SentMessage
 from clients.sdk.filing import FILING_PURPOSES
 from protocol import api
-from protocol.body import CaptureKind, RecordData
+from protocol.body import CaptureKind, IdentifierKind, RecordData
 from protocol.certs import AccountKind
 from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.model import DeviceKind, Priority, Purpose
@@ -128,12 +128,14 @@ async def send_photo(intern: Clinician, record: RecordData, *, text: str, subjec
                      purpose: Purpose = Purpose.DIRECT_CARE,
                      priority: Priority = Priority.URGENT,
                      consent_users: tuple[str, ...] = (),
-                     consent_purposes: tuple[Purpose, ...] = ()
+                     consent_purposes: tuple[Purpose, ...] = (),
+                     burned_in: tuple[IdentifierKind, ...] = ()
                      ) -> tuple[api.ThreadInfo, SentMessage]:
     """A new consult to the orthopaedic on-call role with a photo of an x-ray and, for direct
     care, the patient's record data (a de-identified share carries none), under the patient's
     consent for ``purpose`` and ``consent_purposes`` (treatment attestation for direct care
-    alone, written otherwise; ``consent_users`` also named), registered."""
+    alone, written otherwise; ``consent_users`` also named), registered. ``burned_in``: the
+    identifier kinds the sender's text recognition found in the image."""
     prepared = imaging.prepare_image(xray_png(900, 700))
     purposes = list(dict.fromkeys([purpose, *consent_purposes]))
     token, _ = capture_consent(intern.vault.state, ConsentCapture(
@@ -148,18 +150,19 @@ async def send_photo(intern: Clinician, record: RecordData, *, text: str, subjec
     sent = await intern.client.send_image(thread.thread_id, prepared.image, consent_token=token,
                                           text=text, subject=subject,
                                           record=record if purpose in FILING_PURPOSES else None,
-                                          purpose=purpose)
+                                          purpose=purpose, burned_in=burned_in)
     return thread, sent
 
 
 @contextlib.asynccontextmanager
-async def browser_page() -> AsyncIterator[tuple[Any, list[str]]]:
-    """A page in a real Chromium, and the console errors and page errors it reports."""
+async def browser_page(**options: Any) -> AsyncIterator[tuple[Any, list[str]]]:
+    """A page in a real Chromium, and the console errors and page errors it reports;
+    ``options`` for its context (``locale``, ``timezone_id``...)."""
     async_playwright = _require_browser()
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page = await browser.new_page(viewport={"width": 1280, "height": 900}, **options)
             # Unlocking runs Argon2id (the vault's real cost); a loaded machine needs longer.
             page.set_default_timeout(seconds(60) * 1000)
             problems: list[str] = []

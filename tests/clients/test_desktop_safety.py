@@ -463,7 +463,7 @@ async def test_a_photo_of_a_film_links_to_the_original_study_the_gateway_found_i
         link = page.locator(".originals a.original-study")
         await link.wait_for()
         assert await link.inner_text() == \
-            f"View the original study (CR, {today.day} {today:%b %Y}, XR WRIST 2 VIEWS)"
+            f"View the original study (CR, {today:%Y-%m-%d}, XR WRIST 2 VIEWS)"
         assert await link.get_attribute("data-study-uid") == study_uid
         href = await link.get_attribute("href") or ""
         assert href.startswith(("http://", "https://")) and study_uid in href

@@ -265,3 +265,55 @@ def test_site_patterns_are_configurable(tmp_path: Path, monkeypatch: pytest.Monk
     rules.write_text(json.dumps([{"kind": "nonsense", "pattern": "x"}]))
     with pytest.raises(ValueError, match="rule 0"):
         phi.rules_from_env()
+
+
+# --- dates in the formats films and monitors print ------------------------------------------
+
+DATE_FORMATS = ("2024-03-14", "14/03/1957", "03/14/1957", "14.03.1957", "14-Mar-1957",
+                "14 March 1957", "Mar 14 1957", "March 14, 1957", "14 Mar 57",
+                # as film printers and DICOM overlays write them: 14MAR1957, DICOM DA
+                "14MAR1957", "14MAR57", "19570314")
+
+
+def _flagged_words(label: str) -> dict[str, frozenset[PhiKind]]:
+    """Each OCR word of a film labelled ``label`` and what it was flagged as."""
+    scan = phi.scan_image(_sanitised(labelled_film(label, footer=None)).data)
+    assert scan.status is OcrStatus.TEXT_FOUND, (label, scan)
+    return {r.text: r.kinds for r in scan.regions}
+
+
+@pytest.mark.parametrize("date", DATE_FORMATS)
+def test_a_burned_in_date_is_found_in_each_common_format(date: str) -> None:
+    words = _flagged_words(f"Study {date}  LATERAL")
+    # every word OCR read but the two around it is a part of the date (as OCR spelt it)
+    parts = {text: kinds for text, kinds in words.items() if text not in {"Study", "LATERAL"}}
+    assert parts and all(PhiKind.DATE in k for k in parts.values()), (date, words)
+    assert PhiKind.DATE not in words.get("LATERAL", frozenset())
+
+
+@pytest.mark.parametrize("label", ["DOB: {}", "DOB {}", "D.O.B. {}", "Born {}",
+                                   "Date of birth: {}"])
+@pytest.mark.parametrize("date", ["14/03/1957", "14.03.1957", "14-Mar-1957", "14 March 1957",
+                                  "Mar 14 1957", "1957-03-14", "14MAR1957", "19570314"])
+def test_a_labelled_date_of_birth_is_found_as_a_date_of_birth(label: str, date: str) -> None:
+    words = _flagged_words(label.format(date))
+    assert words and all(PhiKind.DATE_OF_BIRTH in k for k in words.values()), \
+        (label, date, words)
+
+
+def test_a_record_number_printed_against_its_label_is_found() -> None:
+    words = _flagged_words("MRN123456  ACC:A99812")
+    assert PhiKind.IDENTIFIER in words["MRN123456"], words
+
+
+def test_an_eight_digit_number_that_is_no_date_is_not_called_a_date() -> None:
+    words = _flagged_words("Study 12345678  LATERAL")
+    assert PhiKind.DATE not in words["12345678"] and PhiKind.IDENTIFIER in words["12345678"]
+
+
+def test_identifier_kinds_name_what_was_found_without_the_text(
+        film: imaging.SanitisedImage) -> None:
+    scan = phi.scan_image(film.data)
+    # in the body's order; the date of birth is not also listed as a date
+    assert phi.identifier_kinds(scan) == ("name", "date_of_birth", "identifier", "institution")
+    assert phi.identifier_kinds(phi.scan_image(_sanitised(_no_text_image()).data)) == ()

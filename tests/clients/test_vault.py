@@ -538,3 +538,52 @@ def test_a_withdrawn_consent_is_remembered_sealed_first_time_kept(vault: Vault) 
     (sealed,) = _raw(vault, "SELECT sealed FROM secrets WHERE name = ?",
                      f"consent_withdrawn:{consent_id}")
     assert b"1800000000" not in bytes(sealed[0])  # type: ignore[arg-type]
+
+
+# --- notes: what the client must remember across restarts ----------------------------------
+
+
+def test_notes_survive_locking_and_are_replaced_by_key(vault: Vault, tmp_path: Path) -> None:
+    vault.put_note("name", "user-intern", b"Dr Ada Intern")
+    vault.put_note("name", "user-intern", b"Dr Ada Intern-Byron")
+    vault.put_note("acknowledged", "msg-0001", b"")
+    vault.lock()
+    with pytest.raises(VaultLocked):
+        vault.notes("name")
+    vault.unlock(PASSPHRASE)
+    assert vault.notes("name") == {"user-intern": b"Dr Ada Intern-Byron"}
+    assert vault.notes("acknowledged") == {"msg-0001": b""}
+    assert vault.notes("receipt") == {}
+    raw = (tmp_path / "vault" / VAULT_FILE).read_bytes()
+    assert b"user-intern" not in raw and b"Ada" not in raw  # the key is an HMAC, value sealed
+
+
+def test_a_tampered_or_moved_note_is_refused(vault: Vault, tmp_path: Path) -> None:
+    vault.put_note("name", "user-a", b"Dr A")
+    vault.put_note("name", "user-b", b"Dr B")
+    db = sqlite3.connect(tmp_path / "vault" / VAULT_FILE)
+    (a,), (b,) = db.execute("SELECT sealed FROM notes ORDER BY tag").fetchall()
+    db.execute("UPDATE notes SET sealed = ? WHERE sealed = ?", (b, a))  # swap one for another
+    db.commit()
+    db.close()
+    with pytest.raises(VaultCorrupt):
+        vault.notes("name")
+
+
+def test_a_vault_made_before_notes_gets_them_on_unlock(vault: Vault, tmp_path: Path) -> None:
+    vault.lock()
+    db = sqlite3.connect(tmp_path / "vault" / VAULT_FILE)
+    db.execute("DROP TABLE notes")
+    db.commit()
+    db.close()
+    vault.unlock(PASSPHRASE)
+    assert vault.notes("name") == {}
+    vault.put_note("name", "user-a", b"Dr A")
+    assert vault.notes("name") == {"user-a": b"Dr A"}
+
+
+def test_a_note_needs_a_kind_and_a_key(vault: Vault) -> None:
+    with pytest.raises(ValueError):
+        vault.put_note("", "key", b"")
+    with pytest.raises(ValueError):
+        vault.put_note("name", "k" * 201, b"")

@@ -15,8 +15,10 @@ from protocol.body import (
     MAX_TEXT,
     Body,
     BodyKind,
+    BurnedInIdentifiers,
     ConsentFiling,
     FilingReceipt,
+    IdentifierKind,
     OriginalStudy,
     RecordData,
     Sex,
@@ -162,3 +164,46 @@ def test_an_original_study_link_must_be_http() -> None:
         with pytest.raises(DecodeError) as err:
             decode_body(receipt(bad))
         assert err.value.code == ErrorCode.VALIDATION_FAILED
+
+
+# --- identifiers burned into an image --------------------------------------------------------
+
+
+def test_burned_in_identifier_kinds_travel_with_their_image() -> None:
+    image = _descriptor()
+    flagged = BurnedInIdentifiers(attachment_id=image.attachment_id,
+                                  kinds=[IdentifierKind.NAME, IdentifierKind.DATE_OF_BIRTH])
+    body = Body(text="wrist?", attachments=[image], burned_in_identifiers=[flagged])
+    assert decode_body(encode_body(body)).burned_in_identifiers == [flagged]
+
+
+def test_a_body_from_before_burned_in_identifiers_decodes_with_none() -> None:
+    older = msgspec.msgpack.encode({"v": 1, "kind": "text", "text": "hello"})
+    assert decode_body(older).burned_in_identifiers == []
+
+
+def _raw_with_flags(flags: object, aid: str) -> bytes:
+    image = msgspec.to_builtins(_descriptor(aid), builtin_types=(bytes,))
+    return msgspec.msgpack.encode({"v": 1, "text": "x", "attachments": [image],
+                                   "burned_in_identifiers": flags})
+
+
+@pytest.mark.parametrize("flags", [
+    [{"attachment_id": "A", "kinds": ["date_of_birth"]}],  # not a uuid
+    [{"attachment_id": "OTHER", "kinds": ["name"]}],  # not an attachment of this body
+    [{"attachment_id": "SAME", "kinds": []}],  # no kind
+    [{"attachment_id": "SAME", "kinds": ["birthday"]}],  # not a kind
+    [{"attachment_id": "SAME", "kinds": ["name", "name"]}],  # a kind twice
+    [{"attachment_id": "SAME", "kinds": ["name"]}, {"attachment_id": "SAME", "kinds": ["age"]}],
+    [{"attachment_id": "SAME", "kinds": ["name"], "text": "DOE^JOHN"}],  # never the text
+    "name",
+])
+def test_malformed_burned_in_identifiers_are_refused(flags: object) -> None:
+    aid = str(uuid.uuid4())
+    valid = decode_body(_raw_with_flags([{"attachment_id": aid, "kinds": ["age"]}], aid))
+    assert valid.burned_in_identifiers[0].kinds == [IdentifierKind.AGE]
+    concrete = msgspec.json.decode(msgspec.json.encode(flags).replace(
+        b'"SAME"', f'"{aid}"'.encode()).replace(b'"OTHER"', f'"{uuid.uuid4()}"'.encode()))
+    with pytest.raises(DecodeError) as exc:
+        decode_body(_raw_with_flags(concrete, aid))
+    assert exc.value.code is ErrorCode.VALIDATION_FAILED

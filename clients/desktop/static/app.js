@@ -32,8 +32,14 @@ async function api(path, body) {
   return data;
 }
 
+// The one way a time is written for people (the twin of clients/timefmt.py): "2026-12-03 14:05",
+// an ISO-like date and a 24-hour time in this computer's zone, spelt out here so that the
+// browser's locale never changes it.
 function when(ts) {
-  return new Date(ts * 1000).toLocaleString([], {day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit"});
+  const d = new Date(ts * 1000);
+  const two = (n) => String(n).padStart(2, "0");
+  return d.getFullYear() + "-" + two(d.getMonth() + 1) + "-" + two(d.getDate()) + " " +
+         two(d.getHours()) + ":" + two(d.getMinutes());
 }
 
 // --- unlock ---------------------------------------------------------------------------------
@@ -170,12 +176,6 @@ function notDiagnostic(m) {
   return m.record && m.record.not_diagnostic ? el("p", {class: "not-diagnostic", role: "note"}, NOT_DIAGNOSTIC) : null;
 }
 
-const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-
-function studyDate(iso) {  // "2026-11-22" -> "22 Nov 2026", whatever the browser's locale
-  const [y, m, d] = iso.split("-").map(Number);
-  return d + " " + MONTHS[m - 1] + " " + y;
-}
 
 function originalsBlock(m, img) {
   // Issue 10 item 7: for a photo of a film or monitor, the original imaging studies the record
@@ -185,7 +185,7 @@ function originalsBlock(m, img) {
   const originals = img.study.originals;
   if (!originals.length) return el("p", {class: "original-none"}, "Original study not found in PACS");
   return el("ul", {class: "originals"}, ...originals.map((o) => {
-    const about = [o.modalities.join("/"), o.date ? studyDate(o.date) : "", o.description].filter(Boolean);
+    const about = [o.modalities.join("/"), o.date || ""  /* YYYY-MM-DD, as when() writes dates */, o.description].filter(Boolean);
     const words = "View the original study" + (about.length ? " (" + about.join(", ") + ")" : "");
     return el("li", {}, o.url
       ? el("a", {href: o.url, target: "_blank", rel: "noopener noreferrer", class: "original-study",
@@ -225,6 +225,16 @@ function copyExpiry(img) {
   if (!img.expires_at) return "";
   return img.expires_at * 1000 > Date.now() ? "; this copy expires " + when(img.expires_at)
                                             : "; this copy is being deleted";
+
+// What the sender's text recognition found burned into the image (kinds only, never the text).
+const IDENTIFIER_KINDS = {name: "name", date_of_birth: "date of birth", identifier: "record number",
+                          date: "date", age: "age", institution: "institution"};
+
+function identifiersBlock(img) {
+  const kinds = img.burned_in_identifiers || [];
+  if (!kinds.length) return null;
+  return el("p", {class: "burned-in", role: "note", "data-identifiers-for": img.attachment_id},
+    "This image shows patient identifiers: " + kinds.map((k) => IDENTIFIER_KINDS[k] || k).join(", "));
 }
 
 function imageBlock(m, img) {
@@ -244,7 +254,8 @@ function imageBlock(m, img) {
     el("img", {src: "/api/images/" + img.attachment_id, alt: "Image " + (img.width || "") + "x" + (img.height || "")}));
   const film = Boolean(m.record && m.record.not_diagnostic);
   button.addEventListener("click", () => openViewer(img.attachment_id, film));
-  return el("div", {}, button, notDiagnostic(m), originalsBlock(m, img), filing, studyBlock(img));
+  return el("div", {}, identifiersBlock(img), button, notDiagnostic(m), originalsBlock(m, img), filing,
+            studyBlock(img));
 }
 
 async function openThread(id, markRead) {

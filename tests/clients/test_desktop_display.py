@@ -1,0 +1,75 @@
+"""What the desktop page writes, in a real Chromium (Playwright): times in the one format of
+clients/timefmt.py whatever the browser's locale, and the warning that an image shows patient
+identifiers (kinds only), sent with the image in the sealed body by the sender's client.
+Screenshots go to test-artefacts/desktop-display/."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from clients import timefmt
+from clients.desktop.app import DesktopServer
+from protocol.body import CaptureKind, IdentifierKind, RecordData
+from tests.clients import test_desktop
+from tests.clients.test_desktop import (
+    browser_page,
+    desktop_team,
+    send_photo,
+    unlock_page,
+)
+from tests.helpers import ROOT
+from tests.identity_world import World
+from tests.orthanc import OrthancServer
+
+world = test_desktop.world  # the same relay as the desktop's own tests (a pytest fixture)
+
+SHOTS = ROOT / "test-artefacts" / "desktop-display"
+AFTERNOON = int(dt.datetime(2026, 12, 3, 14, 5, 42, tzinfo=dt.UTC).timestamp())
+
+
+@pytest.mark.parametrize(("locale", "zone"), [("en-US", "America/New_York"),
+                                              ("de-DE", "Europe/Berlin"),
+                                              ("ja-JP", "Asia/Tokyo")])
+async def test_the_page_writes_times_like_the_cli_whatever_the_browser_locale(
+        tmp_path: Path, locale: str, zone: str) -> None:
+    desktop = DesktopServer(tmp_path / "no-profile")  # the locked page is enough
+    await desktop.start()
+    try:
+        async with browser_page(locale=locale, timezone_id=zone) as (page, problems):
+            await page.goto(desktop.launch_url)
+            await page.locator("#password").wait_for()
+            shown = await page.evaluate(f"when({AFTERNOON})")
+            assert not problems, problems
+    finally:
+        await desktop.stop()
+    assert shown == timefmt.format_time(AFTERNOON, tz=ZoneInfo(zone))
+
+
+async def test_the_specialist_is_told_which_identifiers_the_image_shows(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        await unlock_page(page, team.desktop)
+        record = RecordData(patient_name="Testpatient^Alpha", patient_id="LBX-0042",
+                            capture=CaptureKind.FILM)
+        await send_photo(
+            team.intern, record, text="Wrist?", subject="Film with a label",
+            burned_in=(IdentifierKind.NAME, IdentifierKind.DATE_OF_BIRTH))
+        await send_photo(team.intern, record, text="Ankle?", subject="Clean film")
+        await page.locator(".thread-item", has_text="Film with a label").click()
+        warning = page.locator(".burned-in")
+        await warning.wait_for()
+        assert await warning.inner_text() == \
+            "This image shows patient identifiers: name, date of birth"
+        await page.screenshot(path=SHOTS / "01-identifiers-warning.png")
+        await page.locator(".thread-item", has_text="Clean film").click()
+        await page.locator(".thumb").wait_for()
+        assert await page.locator(".burned-in").count() == 0
+        assert not problems, problems

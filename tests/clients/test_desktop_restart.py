@@ -1,0 +1,170 @@
+"""The desktop client restarted mid-journey (a new launch on the same profile, as after a
+reboot) shows what it showed before, rebuilt from the vault: the consult the specialist
+acknowledged stays acknowledged, the receipts of the specialist's reply name who sent them,
+senders are named from their verified certificates (never an id fragment), and the image
+stays "filed in the record". A real relay, the real record gateway filing into a real Orthanc,
+the page in a real Chromium (Playwright); screenshots go to test-artefacts/desktop-restart/.
+
+Also the SDK underneath: a client started again on the same vault with the relay out of reach
+still has the acknowledgement, the escalation step, the receipts and the names (from the
+vault alone).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.desktop.app import DesktopServer
+from clients.sdk.client import LightboxClient, MessageEvent, ReceiptEvent
+from clients.sdk.http import RelayHTTP
+from protocol.body import CaptureKind, RecordData
+from protocol.frames import EscalationKind, EscalationNotice
+from tests.clients.test_desktop import (
+    browser_page,
+    desktop_team,
+    send_photo,
+    unlock_page,
+    wait_for_event,
+)
+from tests.helpers import ROOT
+from tests.identity_world import PASSWORD, World, identity_world
+from tests.orthanc import OrthancServer
+
+SHOTS = ROOT / "test-artefacts" / "desktop-restart"
+RECORD = RecordData(patient_name="Testpatient^Alpha", patient_id="LBX-0042",
+                    birth_date="1957-03-14", anatomic_region="wrist",
+                    capture=CaptureKind.FILM)
+
+
+@pytest.fixture
+async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
+    # Filed copies expire an hour after filing: nothing expires during the test.
+    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024,
+                              expiry_grace=3600) as w:
+        yield w
+
+
+async def _page_state(page: Any, message_id: str, reply_text: str) -> dict[str, Any]:
+    """What the page shows of the consult and of the specialist's reply."""
+    consult = page.locator(f'.message[data-message-id="{message_id}"]')
+    reply = page.locator(".message.mine", has_text=reply_text)
+    return {
+        "consult_sender": (await consult.locator(".meta").first.inner_text()).split(" - ")[0],
+        "acknowledged": await consult.locator(".ack-state").count(),
+        "ack_button": await consult.locator(".ack-button").count(),
+        "receipts": await reply.locator(".receipts").inner_text(),
+        "filing": await consult.locator(".filing").inner_text(),
+    }
+
+
+async def test_a_restarted_desktop_shows_the_acknowledgement_receipts_and_names(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+    reply_text = "Splint it; fracture clinic tomorrow."
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        intern, desktop = team.intern, team.desktop
+        events = intern.client.subscribe()
+        await unlock_page(page, desktop)
+        thread, sent = await send_photo(intern, RECORD, text="Distal radius? Please review.",
+                                        subject="Wrist x-ray, bed 4")
+        await page.locator(".thread-item", has_text="Wrist x-ray, bed 4").click()
+        await page.locator(".thumb").wait_for()
+
+        # acknowledge, reply; the intern reads the reply (signed delivered and read receipts)
+        await page.click(f'.ack-button[data-message-id="{sent.message_id}"]')
+        await page.locator(".ack-state").wait_for()
+        await wait_for_event(events, ReceiptEvent, lambda e: e.kind == "acknowledged")
+        await page.fill("#reply-text", reply_text)
+        await page.click("#reply-send")
+        await wait_for_event(events, MessageEvent, lambda e: e.body.text == reply_text)
+        await intern.client.mark_read(thread.thread_id)
+        for kind in ("delivered", "read"):
+            await page.locator(".message.mine .receipts",
+                               has_text=f"Dr Ada Intern: {kind}").wait_for()
+        # the record gateway files the image
+        await team.gateway.start()
+        await page.locator(".filing").wait_for()
+        before = await _page_state(page, sent.message_id, reply_text)
+        await page.screenshot(path=SHOTS / "01-before-restart.png")
+
+        # --- restart: this launch stops (the vault locks), a new one opens the same profile
+        await desktop.stop()
+        again = DesktopServer(desktop.profile_dir, client_options=desktop.client_options)
+        await again.start()
+        team.desktop = again  # stopped by desktop_team
+        try:
+            await unlock_page(page, again)
+            await page.locator(".thread-item", has_text="Wrist x-ray, bed 4").click()
+            await page.locator(".thumb").wait_for()
+            await page.locator(".message.mine .receipts").wait_for()
+            after = await _page_state(page, sent.message_id, reply_text)
+            await page.screenshot(path=SHOTS / "02-after-restart.png")
+        finally:
+            await again.stop()
+        assert not problems, problems
+
+    assert before["consult_sender"] == "Dr Ada Intern"
+    assert after == before, (before, after)
+    assert after["acknowledged"] == 1 and after["ack_button"] == 0
+    assert "Dr Ada Intern: delivered" in after["receipts"]
+    assert "Dr Ada Intern: read" in after["receipts"]
+    assert "Dr Bo Ortho" not in after["receipts"]  # receipts name who sent them
+    assert after["filing"].startswith("Filed in the record")
+    assert (SHOTS / "02-after-restart.png").stat().st_size > 0
+
+
+async def test_a_client_restarted_offline_keeps_acknowledgements_receipts_and_names(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    async with desktop_team(world, tmp_path, orthanc) as team:
+        intern, specialist = team.intern, team.specialist
+        specialist.vault.unlock(PASSWORD)
+        client = LightboxClient(specialist.vault, specialist.vault, password=PASSWORD,
+                                backoff_base=0.05, backoff_max=0.5)
+        inbox, intern_events = client.subscribe(), intern.client.subscribe()
+        await client.start(wait_connected=10)
+        try:
+            _thread, sent = await send_photo(intern, RECORD, text="Please review.",
+                                             subject="Wrist")
+            await wait_for_event(inbox, MessageEvent,
+                                 lambda e: e.message.message_id == sent.message_id)
+            # an on-call step the relay told this device (a relay notice, as it arrives)
+            await client._handle_frame(EscalationNotice(
+                thread_id=_thread.thread_id, message_id=sent.message_id, step=1, level=0,
+                user_id=specialist.user_id, at=int(time.time()), kind=EscalationKind.RENOTIFY))
+            await client.acknowledge(sent.message_id)
+            reply = await client.send_text(_thread.thread_id, "Seen.")
+            await wait_for_event(intern_events, MessageEvent,
+                                 lambda e: e.message.message_id == reply.message_id)
+            await intern.client.mark_read(_thread.thread_id)
+            await wait_for_event(inbox, ReceiptEvent,
+                                 lambda e: e.message_id == reply.message_id and e.kind == "read")
+            # someone the directory does not know stays unnamed, and nothing breaks
+            stranger = str(uuid.uuid4())
+            await client.ensure_names([stranger])
+            assert client.display_name(stranger) == stranger[:8]
+            assert not client.knows_name(stranger)
+        finally:
+            await client.close()
+
+        # the same vault, the relay out of reach: nothing can be fetched or verified again
+        offline = LightboxClient(specialist.vault, specialist.vault, password=PASSWORD,
+                                 relay=RelayHTTP("http://127.0.0.1:9"))
+        consult = offline.view(specialist.vault.message(sent.message_id))
+        answer = offline.view(specialist.vault.message(reply.message_id))
+        await offline.ensure_names([intern.user_id, str(uuid.uuid4())])  # unreachable: no error
+        assert consult.acknowledged_by_me
+        assert [(e.kind, e.step, e.user_id) for e in consult.escalations] == [
+            ("renotify", 1, specialist.user_id)]
+        assert offline.display_name(intern.user_id) == "Dr Ada Intern"
+        assert {(r.user_id, r.kind) for r in answer.receipts} >= {
+            (intern.user_id, "delivered"), (intern.user_id, "read")}
+        assert {r.display_name for r in answer.receipts} == {"Dr Ada Intern"}

@@ -13,6 +13,7 @@ Layout: ``<directory>/vault.db`` (SQLite from the standard library), directory 0
                 AEAD(per-image key, info), AEAD(per-image key, image bytes)
     tombstones  attachment_id, shredded_at, AEAD(tombstones_key, record reference)
     dedupe      HMAC(dedupe_key, sender device, message id)
+    outbox      message_id, created_at, AEAD(outbox_key, OutboxRecord)
 
 Keys: a random 32-byte master key is sealed under the passphrase with
 :func:`protocol.keys.seal_with_passphrase` (Argon2id, RFC 9106; the cost is stored in the seal,
@@ -27,6 +28,12 @@ one transaction with ``PRAGMA secure_delete`` (freed pages are zeroed) and leave
 afterwards the passphrase opens everything else but not that image. Limits of software: a
 flash controller or a filesystem snapshot may keep old blocks, so devices must also use
 full-disk encryption (docs/SECURITY.md "On the device").
+
+The outbox holds each send from the moment before anything of it leaves the device until the
+relay answers ``accepted`` or refuses it for good (docs/PROTOCOL.md "Outbox"): the sealed message
+as it goes on the wire (so a resend is byte-identical and the relay answers it as a duplicate),
+the body it was sealed from, and, for an image whose upload has not finished, the encrypted
+image and its upload id. The table is created on unlock too, for vaults made before it existed.
 
 Nothing decrypted is written anywhere: images come back as ``bytes`` in memory, SQLite keeps its
 temporary data in memory (``temp_store=MEMORY``), and the rollback journal only ever holds
@@ -81,10 +88,13 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "IDLE_TIMEOUT_ENV",
     "MAX_IMAGE_BYTES",
+    "OUTBOX_STAGES",
     "VAULT_FILE",
     "ImageInfo",
     "ImageShredded",
     "ItemNotFound",
+    "OutboxImage",
+    "OutboxRecord",
     "StoredImage",
     "Tombstone",
     "Vault",
@@ -199,6 +209,57 @@ class ImageInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     record_reference: str | None = None
 
 
+OUTBOX_STAGES: Final = ("upload", "seal", "send")
+
+
+class OutboxImage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The image of a pending send: the sanitised bytes (kept in the vault once sent), the
+    ciphertext being uploaded and what the sealed descriptor will say. ``attachment_id`` is
+    the relay's upload id once the upload was created (a resend resumes it)."""
+
+    data: bytes
+    media_type: str
+    width: int | None = None
+    height: int | None = None
+    key: bytes
+    sha256: bytes
+    size: int
+    ciphertext: bytes
+    attachment_id: str | None = None
+    uploaded: bool = False
+
+    def __repr__(self) -> str:  # never print the key or the image
+        return f"OutboxImage(attachment_id={self.attachment_id!r}, size={self.size})"
+
+
+class OutboxRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A send not yet stored by the relay (clients/sdk/client.py writes it before anything
+    goes on the wire and removes it on ``accepted`` or on a final refusal).
+
+    ``body``: the protocol.body MessagePack as the user wrote it (without the image's
+    descriptor while the upload is pending); ``sealed``: the protocol.envelope encoding of the
+    sealed message last put on the wire (empty before sealing) and ``content`` the exact body
+    sealed in it; ``stage``: one of OUTBOX_STAGES."""
+
+    message_id: str
+    thread_id: str
+    created_at: float
+    purpose: str
+    priority: str
+    body: bytes
+    consent_id: str | None = None
+    necessity: str | None = None
+    attachment_ids: tuple[str, ...] = ()
+    image: OutboxImage | None = None
+    stage: str = "seal"
+    sealed: bytes = b""
+    content: bytes = b""
+    attempts: int = 0
+
+    def __repr__(self) -> str:  # never print the body
+        return f"OutboxRecord(message_id={self.message_id!r}, stage={self.stage!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredImage:
     """A decrypted image: in memory only."""
@@ -227,6 +288,7 @@ class _Keys:
     image_keys: SecretBytes
     tombstones: SecretBytes
     dedupe: SecretBytes
+    outbox: SecretBytes
 
     @classmethod
     def derive(cls, master: bytes, vault_id: bytes) -> _Keys:
@@ -236,7 +298,7 @@ class _Keys:
 
         return cls(state=sub("state"), messages=sub("messages"), threads=sub("threads"),
                    image_keys=sub("image-keys"), tombstones=sub("tombstones"),
-                   dedupe=sub("dedupe"))
+                   dedupe=sub("dedupe"), outbox=sub("outbox"))
 
 
 def _ad(table: str, row_id: str) -> bytes:
@@ -306,7 +368,14 @@ CREATE TABLE tombstones (
     sealed_reference BLOB
 ) STRICT;
 CREATE TABLE dedupe (tag BLOB PRIMARY KEY) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    sealed BLOB NOT NULL
+) STRICT;
 """
+# Added after the first vaults were made: created on unlock when missing.
+_ADDED_TABLES: Final = tuple(s for s in _SCHEMA.split(";") if "IF NOT EXISTS" in s)
 
 
 # --- the vault ---------------------------------------------------------------------------------
@@ -415,6 +484,9 @@ class Vault:
                     raise VaultCorrupt("the vault's key record is damaged") from exc
                 if len(master) != 32:
                     raise VaultCorrupt("the vault's key record is damaged")
+                with self._sql(db) as conn:
+                    for statement in _ADDED_TABLES:
+                        conn.execute(statement)
             except BaseException:
                 db.close()
                 raise
@@ -593,6 +665,49 @@ class Vault:
             tag = _tag(self._k().dedupe, sender_device_id, message_id)
             with self._sql(db) as conn:
                 conn.execute("INSERT INTO dedupe VALUES (?) ON CONFLICT DO NOTHING", (tag,))
+
+    # -- outbox: sends not yet stored by the relay ----------------------------------------------
+
+    def put_outbox(self, record: OutboxRecord) -> None:
+        """Write (or replace) a pending send; durable when this returns (synchronous=FULL)."""
+        _check_id(record.message_id, "message_id")
+        if record.stage not in OUTBOX_STAGES:
+            raise ValueError(f"outbox stage must be one of {OUTBOX_STAGES}")
+        with self._mutex:
+            db = self._use()
+            sealed = _seal(self._k().outbox, _ad("outbox", record.message_id),
+                           msgspec.msgpack.encode(record))
+            with self._sql(db) as conn:
+                conn.execute("INSERT INTO outbox VALUES (?, ?, ?) ON CONFLICT (message_id) "
+                             "DO UPDATE SET sealed = excluded.sealed",
+                             (record.message_id, record.created_at, sealed))
+
+    def outbox(self) -> list[OutboxRecord]:
+        """Every pending send, oldest first."""
+        with self._mutex:
+            db = self._use()
+            with self._sql(db) as conn:
+                rows = conn.execute("SELECT message_id, sealed FROM outbox "
+                                    "ORDER BY created_at, message_id").fetchall()
+            return [self._decode_outbox(mid, sealed) for mid, sealed in rows]
+
+    def drop_outbox(self, message_id: str) -> bool:
+        """Forget a pending send (stored by the relay, or refused for good); False if absent."""
+        with self._mutex:
+            db = self._use()
+            with self._sql(db) as conn:
+                return conn.execute("DELETE FROM outbox WHERE message_id = ?",
+                                    (message_id,)).rowcount == 1
+
+    def _decode_outbox(self, message_id: str, sealed: object) -> OutboxRecord:
+        plain = _open(self._k().outbox, _ad("outbox", message_id), sealed)
+        try:
+            record = msgspec.msgpack.decode(plain, type=OutboxRecord)
+        except msgspec.DecodeError as exc:
+            raise VaultCorrupt("a pending send in the vault is unreadable") from exc
+        if record.message_id != message_id:
+            raise VaultCorrupt("a pending send in the vault is damaged")
+        return record
 
     # -- images ---------------------------------------------------------------------------------
 

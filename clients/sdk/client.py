@@ -60,6 +60,7 @@ from clients.sdk.events import (
     ImageStatus,
     MessageEvent,
     MessageView,
+    OutboxEvent,
     ReceiptEvent,
     SentMessage,
     StatusEvent,
@@ -76,7 +77,14 @@ from clients.sdk.identity import (
 )
 from clients.sdk.keystore import DeviceState, DeviceStore
 from clients.sdk.socket import SendRefused, SocketClosed
-from clients.vault import ImageShredded, ItemNotFound, Vault, VaultMessage
+from clients.vault import (
+    ImageShredded,
+    ItemNotFound,
+    OutboxImage,
+    OutboxRecord,
+    Vault,
+    VaultMessage,
+)
 from protocol import api, certs, statements
 from protocol.attachments import AttachmentDescriptor
 from protocol.body import Body, BodyKind, ConsentFiling, RecordData, decode_body, encode_body
@@ -84,11 +92,14 @@ from protocol.consent import peek_consent_token_unverified
 from protocol.envelope import (
     MemorySeenSet,
     RecipientBundle,
+    decode_sealed,
+    encode_sealed,
     open_message,
     seal_message,
 )
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import (
+    Accepted,
     Deliver,
     Error,
     EscalationNotice,
@@ -119,6 +130,7 @@ __all__ = [
     "LightboxClient",
     "MessageEvent",
     "MessageView",
+    "OutboxEvent",
     "ReceiptEvent",
     "SentMessage",
     "StatusEvent",
@@ -132,6 +144,9 @@ REVOCATIONS_MAX_AGE = 30.0  # seconds before the revocation list is fetched agai
 MAX_CLAIM = api.MAX_CLAIM_DEVICES
 Progress = Callable[[int, int], None]
 RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's subject line
+RESEND_TIMEOUT = 60.0  # seconds a pending send waits for "accepted" when resent at start
+WILL_RESEND = ("it is kept on this device and sent again the next time this device connects "
+               "(lightbox inbox, watch or send; the desktop when it starts)")
 
 
 @dataclasses.dataclass
@@ -190,6 +205,8 @@ class LightboxClient:
         self._acked: set[str] = set()
         self._threads: dict[str, api.ThreadInfo] = {}
         self._fetch_lock = asyncio.Lock()
+        self._in_flight: set[str] = set()  # outbox records being sent by this process
+        self._resend: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -242,7 +259,9 @@ class LightboxClient:
             sign=keys.sign, on_message=self._on_deliver, on_event=self._on_frame,
             dedupe=self.vault.dedupe, backoff_base=self._backoff[0],
             backoff_max=self._backoff[1])
+        pending = self.vault.outbox()  # left by an earlier run: resent once connected
         await self.connection.start()
+        self._resend = self._spawn(self._resend_pending(pending), "client-resend")
         self._spawn(self._flush_outgoing(), "client-outgoing")
         self._spawn(self._watch_connection(), "client-status")
         if wait_connected is not None:
@@ -266,18 +285,22 @@ class LightboxClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def wait_synced(self, timeout: float = 10.0) -> None:
-        """Wait until connected and the offline backlog has been received."""
+        """Wait until connected, the offline backlog has been received and the sends an
+        earlier run left in the outbox have been resent."""
         assert self.connection is not None
         async with asyncio.timeout(timeout):
             await self.connection.connected.wait()
             await self.connection.queue_empty.wait()
+            if self._resend is not None:
+                await asyncio.shield(self._resend)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -453,66 +476,221 @@ class LightboxClient:
                             code=ErrorCode.DEVICE_SET_MISMATCH.value)
         return [bundles[d] for d in wanted]
 
+    # -- the outbox: every send is kept in the vault until the relay stored it ----------------
+
+    def _new_send(self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
+                  consent_id: str | None = None, attachment_ids: Sequence[str] = (),
+                  necessity: str | None = None, image: OutboxImage | None = None
+                  ) -> OutboxRecord:
+        """Write a new send to the vault's outbox, before anything of it leaves the device."""
+        if self.connection is None:
+            raise FlowError("the client is not started", code=ErrorCode.NOT_READY.value)
+        record = OutboxRecord(
+            message_id=str(uuid.uuid4()), thread_id=thread_id, created_at=self._clock(),
+            purpose=purpose.value, priority=priority.value, body=msgspec.msgpack.encode(body),
+            consent_id=consent_id, necessity=necessity, attachment_ids=tuple(attachment_ids),
+            image=image, stage="upload" if image is not None else "seal")
+        self.vault.put_outbox(record)
+        return record
+
     async def _send_body(
         self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
         consent_id: str | None = None, attachment_ids: Sequence[str] = (),
         necessity: str | None = None, timeout: float | None = 60.0,
-    ) -> tuple[SentMessage, MessageHeader]:
+    ) -> SentMessage:
+        encode_body(body)  # an invalid body fails before anything is kept or sent
+        record = self._new_send(thread_id, body, purpose=purpose, priority=priority,
+                                consent_id=consent_id, attachment_ids=attachment_ids,
+                                necessity=necessity)
+        return await self._deliver(record, timeout=timeout)
+
+    @staticmethod
+    def pending_body(record: OutboxRecord) -> Body:
+        """The body of a pending send, as the user wrote it (for listing it)."""
+        try:
+            return msgspec.msgpack.decode(record.body, type=Body)
+        except msgspec.DecodeError:
+            return Body(text="(unreadable message)")
+
+    def pending_sends(self) -> list[OutboxRecord]:
+        """Sends this device has not yet seen stored by the relay (oldest first): resent on
+        the next start (docs/PROTOCOL.md "Outbox")."""
+        return self.vault.outbox()
+
+    async def _deliver(self, record: OutboxRecord, *, timeout: float | None,
+                       progress: Progress | None = None) -> SentMessage:
+        """Upload (if an image), seal and send a pending send until the relay stores it.
+
+        Kept in the outbox (and RelayUnavailable raised) when the relay cannot be reached or
+        does not answer in time; removed (and the error raised) when it is refused for good:
+        a refusal that will not change on a resend, or a check on this device that failed."""
+        self._in_flight.add(record.message_id)
+        try:
+            try:
+                record = await self._upload_pending(record, progress)
+                accepted, record = await self._seal_and_send(record, timeout)
+            except RelayRequestError as exc:
+                if exc.status < 500:
+                    self.vault.drop_outbox(record.message_id)
+                    raise
+                raise RelayUnavailable(f"the relay failed ({exc.code}): {WILL_RESEND}") from exc
+            except RelayUnavailable as exc:
+                raise RelayUnavailable(f"{exc}: {WILL_RESEND}") from exc
+            except (SDKError, ProtocolError):
+                self.vault.drop_outbox(record.message_id)
+                raise
+            return self._stored(record, accepted)
+        finally:
+            self._in_flight.discard(record.message_id)
+
+    async def _upload_pending(self, record: OutboxRecord,
+                              progress: Progress | None) -> OutboxRecord:
+        """Upload the image of a pending send (resuming an upload the relay still holds,
+        else starting again) and put its descriptor in the body."""
+        img = record.image
+        if img is None or img.uploaded:
+            return record
+        relay = self.relay if progress is None else cast(
+            RelayHTTP, _ProgressRelay(self.relay, len(img.ciphertext), progress))
+        attachment_id = img.attachment_id
+        if attachment_id is not None:
+            try:
+                await self.relay.upload_status(attachment_id)
+            except RelayRequestError as exc:
+                if exc.status >= 500:
+                    raise
+                attachment_id = None  # gone (expired, or never finished): start again
+        if attachment_id is None:
+            attachment_id = (await self.relay.create_upload(len(img.ciphertext))).attachment_id
+            img = msgspec.structs.replace(img, attachment_id=attachment_id)
+            record = msgspec.structs.replace(record, image=img)
+            self.vault.put_outbox(record)
+        await sdk_attachments.upload(relay, img.ciphertext, attachment_id=attachment_id)
+        descriptor = AttachmentDescriptor(
+            attachment_id=attachment_id, key=img.key, sha256=img.sha256, size=img.size,
+            media_type=img.media_type, width=img.width, height=img.height)
+        body = msgspec.structs.replace(msgspec.msgpack.decode(record.body, type=Body),
+                                       attachments=[descriptor])
+        record = msgspec.structs.replace(
+            record, body=encode_body(body), attachment_ids=(attachment_id,), stage="seal",
+            image=msgspec.structs.replace(img, uploaded=True, ciphertext=b""))
+        self.vault.put_outbox(record)
+        return record
+
+    async def _seal(self, record: OutboxRecord) -> tuple[OutboxRecord, SealedMessage]:
+        """Seal the pending send for the thread's current devices (verified), same id."""
         from clients.external import apply_external
 
-        if self.connection is None:
-            raise FlowError("the client is not started", code=ErrorCode.NOT_READY.value)
-        encode_body(body)  # an invalid body fails before any network call
-        message_id = str(uuid.uuid4())
-        keys = self.store.state.device_keys()
-        for attempt in range(2):
-            recipients = await self._recipients(thread_id)
-            if needs_gateway(purpose, len(attachment_ids)):
-                # Issue 7: images for direct care are also sealed to the organisation's record
-                # gateway(s), verified like any recipient (clients/sdk/filing.py).
-                known = {r.device.device_id for r in recipients}
-                gateways = await gateway_bundles(
-                    self.relay, trusted_orgs=self.store.state.trusted_orgs(),
-                    revocations=await self.revocations())
-                recipients += [g for g in gateways if g.device.device_id not in known]
-            # Issue 10 item 3: recipients in another organisation (from their verified
-            # certificates) need the sealed clinical-necessity statement and the header flag.
-            body, external = apply_external(
-                body, sender_org=self.store.state.org_id, necessity=necessity, purpose=purpose,
-                recipient_orgs=[r.device.user.org_id for r in recipients])
-            plain = encode_body(body)
-            header = MessageHeader(
-                v=1, message_id=message_id, thread_id=thread_id, sender_user_id=self.user_id,
-                sender_device_id=self.device_id, sent_at=int(self._clock()), purpose=purpose,
-                priority=priority, consent_id=consent_id, attachment_ids=list(attachment_ids),
-                recipient_devices=[r.device.device_id for r in recipients], external=external)
-            sealed: SealedMessage = await asyncio.to_thread(
-                seal_message, header, plain, sender=keys, recipients=recipients)
+        body = msgspec.msgpack.decode(record.body, type=Body)
+        purpose, priority = Purpose(record.purpose), Priority(record.priority)
+        recipients = await self._recipients(record.thread_id)
+        if needs_gateway(purpose, len(record.attachment_ids)):
+            # Issue 7: images for direct care are also sealed to the organisation's record
+            # gateway(s), verified like any recipient (clients/sdk/filing.py).
+            known = {r.device.device_id for r in recipients}
+            gateways = await gateway_bundles(
+                self.relay, trusted_orgs=self.store.state.trusted_orgs(),
+                revocations=await self.revocations())
+            recipients += [g for g in gateways if g.device.device_id not in known]
+        # Issue 10 item 3: recipients in another organisation (from their verified
+        # certificates) need the sealed clinical-necessity statement and the header flag.
+        body, external = apply_external(
+            body, sender_org=self.store.state.org_id, necessity=record.necessity,
+            purpose=purpose, recipient_orgs=[r.device.user.org_id for r in recipients])
+        plain = encode_body(body)
+        header = MessageHeader(
+            v=1, message_id=record.message_id, thread_id=record.thread_id,
+            sender_user_id=self.user_id, sender_device_id=self.device_id,
+            sent_at=int(self._clock()), purpose=purpose, priority=priority,
+            consent_id=record.consent_id, attachment_ids=list(record.attachment_ids),
+            recipient_devices=[r.device.device_id for r in recipients], external=external)
+        sealed: SealedMessage = await asyncio.to_thread(
+            seal_message, header, plain, sender=self.store.state.device_keys(),
+            recipients=recipients)
+        record = msgspec.structs.replace(record, stage="send", sealed=encode_sealed(sealed),
+                                         content=plain, attempts=record.attempts + 1)
+        return record, sealed
+
+    async def _seal_and_send(self, record: OutboxRecord,
+                             timeout: float | None) -> tuple[Accepted, OutboxRecord]:
+        if record.sealed:
+            # A resend: the very bytes that may already be on the relay go first, so a
+            # message it stored is answered as a duplicate (docs/PROTOCOL.md "Send").
             try:
-                async with asyncio.timeout(timeout):
-                    accepted = await self.connection.send(sealed)
+                return await self._send_sealed(decode_sealed(record.sealed), timeout), record
+            except SendRefused as refused:
+                if refused.code != ErrorCode.DEVICE_SET_MISMATCH.value:
+                    raise FlowError(f"the relay refused the message: {refused.detail}",
+                                    code=refused.code) from refused
+                # Not stored (a stored one is answered first): seal again, same message id.
+        for attempt in range(2):
+            record, sealed = await self._seal(record)
+            self.vault.put_outbox(record)  # the bytes are kept before they go on the wire
+            try:
+                return await self._send_sealed(sealed, timeout), record
             except SendRefused as refused:
                 if refused.code == ErrorCode.DEVICE_SET_MISMATCH.value and attempt == 0:
                     continue  # someone joined or left: fetch the recipients again, once
                 raise FlowError(f"the relay refused the message: {refused.detail}",
                                 code=refused.code) from refused
-            except TimeoutError as exc:
-                raise RelayUnavailable(
-                    "the relay did not confirm the message in time: it was NOT sent "
-                    "(nothing was stored; send it again when the relay is back)") from exc
-            except ConnectionStopped as exc:
-                raise FlowError(f"this device can no longer send: {exc}",
-                                code=ErrorCode.DEVICE_REVOKED.value) from exc
-            self.vault.put_message(VaultMessage(
-                message_id=message_id, thread_id=thread_id, sender_user_id=self.user_id,
-                sender_device_id=self.device_id, sent_at=float(header.sent_at),
-                body=body.text, attachment_ids=tuple(attachment_ids), priority=priority.value,
-                purpose=purpose.value, read=True, content=plain, outgoing=True,
-                thread_seq=accepted.thread_seq))
-            sent = SentMessage(message_id, thread_id, accepted.thread_seq,
-                               tuple(attachment_ids), tuple(body.quality_warnings))
-            return sent, header
         raise AssertionError("unreachable")
+
+    async def _send_sealed(self, sealed: SealedMessage, timeout: float | None) -> Accepted:
+        assert self.connection is not None
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.connection.send(sealed)
+        except TimeoutError as exc:
+            raise RelayUnavailable("the relay did not confirm the message in time") from exc
+        except ConnectionStopped as exc:
+            raise FlowError(f"this device can no longer send: {exc}",
+                            code=ErrorCode.DEVICE_REVOKED.value) from exc
+
+    def _stored(self, record: OutboxRecord, accepted: Accepted) -> SentMessage:
+        """The relay stored it: keep the sent message (and image) and empty the slot."""
+        body = decode_body(record.content)
+        self.vault.put_message(VaultMessage(
+            message_id=record.message_id, thread_id=record.thread_id,
+            sender_user_id=self.user_id, sender_device_id=self.device_id,
+            sent_at=float(record.created_at), body=body.text,
+            attachment_ids=record.attachment_ids, priority=record.priority,
+            purpose=record.purpose, read=True, content=record.content, outgoing=True,
+            thread_seq=accepted.thread_seq))
+        img = record.image
+        if img is not None and img.attachment_id is not None:
+            with contextlib.suppress(ImageShredded):
+                self.vault.put_image(img.attachment_id, img.data, media_type=img.media_type,
+                                     width=img.width, height=img.height,
+                                     thread_id=record.thread_id, message_id=record.message_id)
+        self.vault.drop_outbox(record.message_id)
+        return SentMessage(record.message_id, record.thread_id, accepted.thread_seq,
+                           record.attachment_ids, tuple(body.quality_warnings))
+
+    async def _resend_pending(self, records: list[OutboxRecord]) -> None:
+        """Resend what an earlier run left in the outbox, oldest first, once connected."""
+        assert self.connection is not None
+        if not records:
+            return
+        await self.connection.connected.wait()
+        for record in records:
+            if record.message_id in self._in_flight:
+                continue
+            try:
+                sent = await self._deliver(record, timeout=RESEND_TIMEOUT)
+            except RelayUnavailable as exc:
+                await self._emit(OutboxEvent(record.message_id, record.thread_id, "pending",
+                                             str(exc)))
+                return  # the relay is gone again: the next start tries again
+            except (SDKError, ProtocolError) as exc:
+                code = exc.code.value if isinstance(exc, ProtocolError) else getattr(
+                    exc, "code", "")
+                detail = f"{code}: {exc}" if code and not str(exc).startswith(code) else \
+                    str(exc)
+                await self._emit(OutboxEvent(record.message_id, record.thread_id, "refused",
+                                             detail))
+                continue
+            await self._emit(OutboxEvent(record.message_id, record.thread_id, "sent",
+                                         thread_seq=sent.thread_seq))
 
     async def send_text(
         self, thread_id: str, text: str, *, priority: Priority | None = None,
@@ -526,10 +704,9 @@ class LightboxClient:
         registered consent a text outside direct care is sent under (the relay refuses such a
         message without one: ``consent_missing``, PROTOCOL §13)."""
         prio = priority or self._thread_priority(thread_id)
-        sent, _ = await self._send_body(
+        return await self._send_body(
             thread_id, Body(text=text, reply_to=reply_to, subject=subject), purpose=purpose,
             priority=prio, necessity=necessity, consent_id=consent_id, timeout=timeout)
-        return sent
 
     def _thread_priority(self, thread_id: str) -> Priority:
         info = self._threads.get(thread_id)
@@ -561,21 +738,17 @@ class LightboxClient:
             raise _flow(exc, "the consent token is malformed") from exc
         ensure_sendable(claims, purpose, [image_hash(image.data)])
         encrypted = await sdk_attachments.encrypt(image.data)
-        relay = self.relay if progress is None else cast(
-            RelayHTTP, _ProgressRelay(self.relay, len(encrypted.ciphertext), progress))
-        attachment_id = await sdk_attachments.upload(relay, encrypted.ciphertext)
-        descriptor = encrypted.descriptor(attachment_id, image.media_type, width=image.width,
-                                          height=image.height)
-        body = Body(text=text, attachments=[descriptor], consent_token=consent_token,
-                    record=record, quality_warnings=list(warnings), subject=subject)
-        sent, _ = await self._send_body(
-            thread_id, body, purpose=purpose, priority=priority or self._thread_priority(
-                thread_id), consent_id=claims.jti, attachment_ids=[attachment_id],
-            necessity=necessity, timeout=timeout)
-        self.vault.put_image(attachment_id, image.data, media_type=image.media_type,
-                             width=image.width, height=image.height, thread_id=thread_id,
-                             message_id=sent.message_id)
-        return sent
+        # The descriptor (with the key) goes into the body once the upload is finished.
+        body = Body(text=text, consent_token=consent_token, record=record,
+                    quality_warnings=list(warnings), subject=subject)
+        pending = self._new_send(
+            thread_id, body, purpose=purpose,
+            priority=priority or self._thread_priority(thread_id), consent_id=claims.jti,
+            necessity=necessity, image=OutboxImage(
+                data=image.data, media_type=image.media_type, width=image.width,
+                height=image.height, key=encrypted.key, sha256=encrypted.sha256,
+                size=encrypted.size, ciphertext=encrypted.ciphertext))
+        return await self._deliver(pending, timeout=timeout, progress=progress)
 
     async def file_consent(self, consent_token: str, record: RecordData, *,
                            wait: float | None = None) -> tuple[SentMessage, ConsentFiling | None]:
@@ -593,7 +766,7 @@ class LightboxClient:
         thread_id, subject = await self._record_thread()
         queue = self.subscribe()
         try:
-            sent, _ = await self._send_body(
+            sent = await self._send_body(
                 thread_id, Body(kind=BodyKind.CONSENT_RECORD, consent_token=consent_token,
                                 record=record, subject=subject),
                 purpose=Purpose.DIRECT_CARE, priority=Priority.ROUTINE)

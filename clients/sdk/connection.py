@@ -238,9 +238,11 @@ class Connection:
                 if is_retryable(refused.code):
                     await asyncio.sleep(refused.retry_after or 1.0)
                     continue
-                item.future.set_exception(refused)
+                if not item.future.done():  # the sender may have stopped waiting
+                    item.future.set_exception(refused)
             except TimeoutError:
                 continue  # unknown outcome: resend the same bytes (idempotent)
             else:
-                item.future.set_result(acc)
+                if not item.future.done():
+                    item.future.set_result(acc)
             self._outbox.remove(item)

@@ -324,7 +324,7 @@ def _watch(args: argparse.Namespace) -> int:
                     line = _describe(client, event)
                     if line:
                         print(line, flush=True)
-                    if isinstance(event, StatusEvent) and event.state == "stopped":
+                    if isinstance(event, StatusEvent) and event.state in ("stopped", "wiped"):
                         return
         except TimeoutError:
             pass

@@ -66,7 +66,7 @@ from clients.sdk.events import (
     StatusEvent,
     WithdrawnEvent,
 )
-from clients.sdk.expiry import wipe
+from clients.sdk.expiry import verify_wipe_order, wipe
 from clients.sdk.filing import gateway_bundles, needs_gateway
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import (
@@ -97,7 +97,7 @@ from protocol.envelope import (
     open_message,
     seal_message,
 )
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.frames import (
     Accepted,
     Deliver,
@@ -112,6 +112,7 @@ from protocol.frames import (
     ReceiptNotice,
     ResealRequest,
     Revoked,
+    WipeConfirm,
     WipeOrder,
     Withdrawn,
 )
@@ -145,6 +146,9 @@ MAX_CLAIM = api.MAX_CLAIM_DEVICES
 Progress = Callable[[int, int], None]
 RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's subject line
 RESEND_TIMEOUT = 60.0  # seconds a pending send waits for "accepted" when resent at start
+# Refusals that mean the relay has cut this device or user off (not a passing failure).
+_CUT_OFF = frozenset({ErrorCode.DEVICE_REVOKED.value, ErrorCode.USER_SUSPENDED.value,
+                      ErrorCode.TOKEN_INVALID.value, ErrorCode.REFRESH_REUSED.value})
 WILL_RESEND = ("it is kept on this device and sent again the next time this device connects "
                "(lightbox inbox, watch or send; the desktop when it starts)")
 
@@ -207,6 +211,8 @@ class LightboxClient:
         self._fetch_lock = asyncio.Lock()
         self._in_flight: set[str] = set()  # outbox records being sent by this process
         self._resend: asyncio.Task[None] | None = None
+        self.wiped: certs.RevocationEntry | None = None  # set once a wipe order was obeyed
+        self._last_tokens: api.TokenPair | None = None  # presented once after a cut-off
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -249,13 +255,37 @@ class LightboxClient:
         assert self.relay.tokens is not None
         return self.relay.tokens.access_token
 
+    async def _socket_token(self) -> str:
+        """The access token for the websocket. When the relay refuses this device a new one
+        (revoked), the last token it was issued is presented all the same, expired or not:
+        with the device key's answer to the challenge, that is how a revoked device hears its
+        wipe order (docs/PROTOCOL.md "Wipe"); any other revoked device is then closed 4004."""
+        held = self.relay.tokens or self._last_tokens
+        try:
+            return await self._access_token()
+        except (RelayRequestError, FlowError) as exc:
+            if exc.code in _CUT_OFF and held is not None and self._last_tokens is None:
+                self._last_tokens = held  # presented once
+                return held.access_token
+            if isinstance(exc, RelayRequestError) and exc.status >= 500:
+                raise  # the connection tries again later
+            # Logging in again cannot help (revoked, suspended, no password): stop.
+            raise ConnectionStopped(CloseCode.DEVICE_REVOKED if exc.code in _CUT_OFF else None,
+                                    exc.code) from exc
+
     async def start(self, *, wait_connected: float | None = None) -> None:
         """Log in if needed, fetch the revocation list, and connect (in the background)."""
         await self.ensure_login()
-        await self.revocations(force=True)
+        try:
+            await self.revocations(force=True)
+        except RelayRequestError as exc:
+            if exc.code not in _CUT_OFF:
+                raise
+            # Revoked or suspended: connect all the same, to hear a wipe order if there is
+            # one; the relay then closes the connection (4004, 4005) and the client stops.
         keys = self.store.state.device_keys()
         self.connection = Connection(
-            self.ws_url, device_id=keys.device_id, access_token=self._access_token,
+            self.ws_url, device_id=keys.device_id, access_token=self._socket_token,
             sign=keys.sign, on_message=self._on_deliver, on_event=self._on_frame,
             dedupe=self.vault.dedupe, backoff_base=self._backoff[0],
             backoff_max=self._backoff[1])
@@ -296,11 +326,27 @@ class LightboxClient:
         """Wait until connected, the offline backlog has been received and the sends an
         earlier run left in the outbox have been resent."""
         assert self.connection is not None
+        conn = self.connection
         async with asyncio.timeout(timeout):
-            await self.connection.connected.wait()
-            await self.connection.queue_empty.wait()
-            if self._resend is not None:
-                await asyncio.shield(self._resend)
+            for step in (conn.connected.wait(), conn.queue_empty.wait(),
+                         asyncio.shield(self._resend) if self._resend else asyncio.sleep(0)):
+                waiting: asyncio.Future[Any] = asyncio.ensure_future(step)
+                stopped: asyncio.Future[Any] = conn.stopped
+                try:
+                    await asyncio.wait({waiting, stopped},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped_first = not waiting.done()
+                    waiting.cancel()
+                if stopped_first:  # revoked, suspended, wiped: waiting longer cannot help
+                    raise self._stopped_error(conn.stopped.result())
+
+    def _stopped_error(self, stopped: ConnectionStopped) -> ConnectionStopped:
+        """Why the connection ended, in the user's words when this device was wiped."""
+        if self.wiped is None:
+            return stopped
+        return ConnectionStopped(stopped.code, "this device was revoked by your organisation; "
+                                               "its data has been erased")
 
     # -- events ------------------------------------------------------------------------------
 
@@ -1059,14 +1105,31 @@ class LightboxClient:
                 steps.append(step)
                 await self._emit(step)
         elif isinstance(frame, WipeOrder):
-            # Verified against the organisation-signed list (a forged or replayed order raises
-            # FlowError and destroys nothing); then the vault goes and the client stops.
-            entry = wipe(frame, self.store.state, self.vault.directory, vault=self.vault)
-            await self._emit(StatusEvent("wiped", f"this device was revoked ({entry.reason}) "
-                                                  "and its local data destroyed"))
-            self._spawn(self.close(), "close-after-wipe")
+            await self._wipe(frame)
         elif isinstance(frame, Error):
             await self._emit(StatusEvent("error", f"{frame.code.value}: {frame.detail}"))
+
+    async def _wipe(self, order: WipeOrder) -> None:
+        """Obey a wipe order (docs/PROTOCOL.md "Wipe"): verified against the organisation-signed
+        list (a forged or replayed order raises FlowError and destroys nothing); the
+        confirmation is signed while the device key still exists, the vault folder (vault,
+        keys, outbox) is deleted, and only then is the confirmation sent; the client stops."""
+        state = self.store.state
+        verify_wipe_order(order, state)
+        confirmation = statements.issue_wipe_confirmation(statements.WipeConfirmation(
+            v=statements.STATEMENT_VERSION, device_id=state.device_id, order_id=order.order_id,
+            wiped_at=int(self._clock())), state.device_keys().signing)
+        entry = wipe(order, state, self.vault.directory, vault=self.vault)
+        del state
+        self.wiped = entry
+        if not self.vault.directory.exists() and self.connection is not None:
+            with contextlib.suppress(SocketClosed, ConnectionError):
+                await self.connection.send_frame(WipeConfirm(statement=confirmation))
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.revoked_at))
+        await self._emit(StatusEvent("wiped", f"this device was revoked by your organisation "
+                                              f"on {when} ({entry.reason}); its data has been "
+                                              "erased"))
+        self._spawn(self.close(), "close-after-wipe")
 
     async def _answer_reseal(self, request: ResealRequest) -> None:
         """Shift handover (issue 9): the relay is blind, so a device that holds the consult

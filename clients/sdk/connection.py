@@ -144,10 +144,21 @@ class Connection:
 
     async def _run(self) -> None:
         attempt = 0
+        asked_for_wipe = False
         while True:
             try:
+                token = await self._token()
+            except ConnectionStopped as exc:  # the token provider knows it is over
+                self._finish(exc)
+                return
+            except Exception as exc:  # a failed refresh (relay unreachable): try again later
+                log.debug("no access token", extra={"error_type": type(exc).__name__})
+                attempt += 1
+                await self._backoff(attempt)
+                continue
+            try:
                 sock = await RelaySocket.connect(
-                    self.url, access_token=await self._token(), device_id=self.device_id,
+                    self.url, access_token=token, device_id=self.device_id,
                     sign=self._sign)
             except SocketClosed as exc:
                 if exc.code in FINAL_CLOSE_CODES:
@@ -168,6 +179,12 @@ class Connection:
             self.connected.clear()
             self.queue_empty.clear()
             self._socket = None
+            if code == CloseCode.DEVICE_REVOKED and not asked_for_wipe:
+                # Revoked while connected: connect once more, because a device revoked with
+                # wipe is let in only to hear its wipe order (docs/PROTOCOL.md "Wipe"); any
+                # other revoked device is refused at once and the connection ends.
+                asked_for_wipe = True
+                continue
             if code in FINAL_CLOSE_CODES:
                 self._finish(ConnectionStopped(code, reason))
                 return

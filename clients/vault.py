@@ -30,10 +30,11 @@ flash controller or a filesystem snapshot may keep old blocks, so devices must a
 full-disk encryption (docs/SECURITY.md "On the device").
 
 The outbox holds each send from the moment before anything of it leaves the device until the
-relay answers ``accepted`` or refuses it for good (docs/PROTOCOL.md "Outbox"): the sealed message
-as it goes on the wire (so a resend is byte-identical and the relay answers it as a duplicate),
-the body it was sealed from, and, for an image whose upload has not finished, the encrypted
-image and its upload id. The table is created on unlock too, for vaults made before it existed.
+relay answers ``accepted`` or refuses it for good (docs/PROTOCOL.md §3.5 "Outbox"): the sealed
+message as it goes on the wire (so a resend is byte-identical and the relay answers it as a
+duplicate), the body it was sealed from, and, for an image whose upload has not finished, the
+encrypted image and its upload id. The table is created on unlock too, for vaults made before
+it existed.
 
 Nothing decrypted is written anywhere: images come back as ``bytes`` in memory, SQLite keeps its
 temporary data in memory (``temp_store=MEMORY``), and the rollback journal only ever holds

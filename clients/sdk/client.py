@@ -259,7 +259,7 @@ class LightboxClient:
         """The access token for the websocket. When the relay refuses this device a new one
         (revoked), the last token it was issued is presented all the same, expired or not:
         with the device key's answer to the challenge, that is how a revoked device hears its
-        wipe order (docs/PROTOCOL.md "Wipe"); any other revoked device is then closed 4004."""
+        wipe order (docs/PROTOCOL.md §15 "Wipe"); any other revoked device is refused."""
         held = self.relay.tokens or self._last_tokens
         try:
             return await self._access_token()
@@ -560,7 +560,7 @@ class LightboxClient:
 
     def pending_sends(self) -> list[OutboxRecord]:
         """Sends this device has not yet seen stored by the relay (oldest first): resent on
-        the next start (docs/PROTOCOL.md "Outbox")."""
+        the next start (docs/PROTOCOL.md §3.5 "Outbox")."""
         return self.vault.outbox()
 
     async def _deliver(self, record: OutboxRecord, *, timeout: float | None,
@@ -1110,7 +1110,7 @@ class LightboxClient:
             await self._emit(StatusEvent("error", f"{frame.code.value}: {frame.detail}"))
 
     async def _wipe(self, order: WipeOrder) -> None:
-        """Obey a wipe order (docs/PROTOCOL.md "Wipe"): verified against the organisation-signed
+        """Obey a wipe order (docs/PROTOCOL.md §15 "Wipe"): verified against the organisation-signed
         list (a forged or replayed order raises FlowError and destroys nothing); the
         confirmation is signed while the device key still exists, the vault folder (vault,
         keys, outbox) is deleted, and only then is the confirmation sent; the client stops."""

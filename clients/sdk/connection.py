@@ -181,7 +181,7 @@ class Connection:
             self._socket = None
             if code == CloseCode.DEVICE_REVOKED and not asked_for_wipe:
                 # Revoked while connected: connect once more, because a device revoked with
-                # wipe is let in only to hear its wipe order (docs/PROTOCOL.md "Wipe"); any
+                # wipe is let in only to hear its wipe order (docs/PROTOCOL.md §15 "Wipe"); any
                 # other revoked device is refused at once and the connection ends.
                 asked_for_wipe = True
                 continue

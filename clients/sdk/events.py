@@ -112,7 +112,7 @@ class EscalationEvent:
 
 @dataclasses.dataclass(frozen=True)
 class OutboxEvent:
-    """A send an earlier run left in the outbox was resent at start (docs/PROTOCOL.md
+    """A send an earlier run left in the outbox was resent at start (docs/PROTOCOL.md §3.5
     "Outbox"): ``sent`` (stored by the relay as ``thread_seq``; answered as a duplicate if
     it had been stored before), ``refused`` (refused for good and removed from the outbox:
     ``detail`` says why) or ``pending`` (the relay is unreachable: kept for the next start)."""

@@ -1,6 +1,6 @@
-"""The outbox in the vault (clients/vault.py, clients/sdk/client.py; docs/PROTOCOL.md "Outbox"):
-a send is kept on the device from before it goes on the wire until the relay stored it, so the
-phone can die at any moment and the message still arrives, exactly once.
+"""The outbox in the vault (clients/vault.py, clients/sdk/client.py; docs/PROTOCOL.md §3.5
+"Outbox"): a send is kept on the device from before it goes on the wire until the relay stored
+it, so the phone can die at any moment and the message still arrives, exactly once.
 
 The clinician's ``lightbox send`` runs as a real subprocess against the real relay and is
 killed (SIGKILL, or Ctrl-C) at a point made deterministic without touching production code: the

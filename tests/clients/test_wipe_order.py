@@ -1,4 +1,4 @@
-"""A lost phone is erased by the relay's wipe order, not by the test (docs/PROTOCOL.md "Wipe").
+"""A lost phone is erased by the relay's wipe order, not by the test (docs/PROTOCOL.md §15 "Wipe").
 
 IT revokes the phone with wipe (the organisation-signed revocation list that
 ``lightbox-admin device revoke DEVICE_ID --wipe`` posts); the phone is the clinician's real

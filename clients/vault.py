@@ -69,7 +69,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypeVar
 
 import msgspec
 
@@ -319,6 +319,22 @@ def _open(key: SecretBytes, ad: bytes, blob: object) -> bytes:
         return _sodium.aead_decrypt(key.reveal(), nonce, blob[_sodium.AEAD_NONCE_BYTES :], ad)
     except VerificationError as exc:
         raise VaultCorrupt("a vault record is damaged or was tampered with") from exc
+
+
+_Row = TypeVar("_Row", "VaultMessage", "OutboxRecord")
+
+
+def _decode_row(key: SecretBytes, table: str, message_id: str, sealed: object,
+                cls: type[_Row], what: str) -> _Row:
+    """Open and decode a row keyed by message id (a message, a pending send)."""
+    plain = _open(key, _ad(table, message_id), sealed)
+    try:
+        row = msgspec.msgpack.decode(plain, type=cls)
+    except msgspec.DecodeError as exc:
+        raise VaultCorrupt(f"{what} is unreadable") from exc
+    if row.message_id != message_id:
+        raise VaultCorrupt(f"{what} is damaged")
+    return row
 
 
 def _tag(key: SecretBytes, *parts: str) -> bytes:
@@ -641,14 +657,8 @@ class Vault:
                 raise ItemNotFound(f"no message {message.message_id} in this vault")
 
     def _decode_message(self, message_id: str, sealed: object) -> VaultMessage:
-        plain = _open(self._k().messages, _ad("messages", message_id), sealed)
-        try:
-            message = msgspec.msgpack.decode(plain, type=VaultMessage)
-        except msgspec.DecodeError as exc:
-            raise VaultCorrupt("a stored message is unreadable") from exc
-        if message.message_id != message_id:
-            raise VaultCorrupt("a stored message is damaged")
-        return message
+        return _decode_row(self._k().messages, "messages", message_id, sealed, VaultMessage,
+                           "a stored message")
 
     # -- de-duplication (clients.sdk.connection.DedupeStore) -------------------------------------
 
@@ -701,14 +711,8 @@ class Vault:
                                     (message_id,)).rowcount == 1
 
     def _decode_outbox(self, message_id: str, sealed: object) -> OutboxRecord:
-        plain = _open(self._k().outbox, _ad("outbox", message_id), sealed)
-        try:
-            record = msgspec.msgpack.decode(plain, type=OutboxRecord)
-        except msgspec.DecodeError as exc:
-            raise VaultCorrupt("a pending send in the vault is unreadable") from exc
-        if record.message_id != message_id:
-            raise VaultCorrupt("a pending send in the vault is damaged")
-        return record
+        return _decode_row(self._k().outbox, "outbox", message_id, sealed, OutboxRecord,
+                           "a pending send in the vault")
 
     # -- images ---------------------------------------------------------------------------------
 

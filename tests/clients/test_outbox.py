@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
-import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -33,9 +31,9 @@ import pytest
 from clients.sdk.client import LightboxClient
 from clients.vault import OutboxRecord, Vault, VaultLocked
 from protocol.keys import CHEAP_PROFILE
-from tests.clinician_world import enrol_clinician
-from tests.consent_world import xray_png
-from tests.helpers import ROOT, make_settings, running_relay, seconds
+from tests.clinician_world import enrol_clinician, lightbox_process, use_cli_profiles
+from tests.consent_world import count, xray_png
+from tests.helpers import make_settings, running_relay, seconds
 from tests.identity_world import PASSWORD, World, identity_world
 from tests.servers import free_port
 
@@ -45,10 +43,7 @@ ORTHO = "orthopaedics_oncall"
 @pytest.fixture
 async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                 ) -> AsyncIterator[World]:
-    monkeypatch.setenv("LIGHTBOX_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORD)
-    monkeypatch.setenv("LIGHTBOX_INSECURE_FAST_KDF", "1")
-    monkeypatch.delenv("LIGHTBOX_PROFILE", raising=False)
+    use_cli_profiles(monkeypatch, tmp_path)
     # A fixed port, so that a restarted relay is where the devices expect it.
     async with identity_world(db_dsn, tmp_path, port=free_port(),
                               attachment_chunk_bytes=64 * 1024) as w:
@@ -57,16 +52,10 @@ async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 async def lightbox(*argv: str) -> tuple[int, str, str]:
     """``lightbox ARGV`` as its own process, to the end."""
-    proc = await start(*argv)
+    proc = await lightbox_process(*argv)
     out, err = await asyncio.wait_for(proc.communicate(), seconds(90))
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
-
-
-async def start(*argv: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "clients.cli", *argv, cwd=ROOT, env=dict(os.environ),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 
 async def until(predicate: object, timeout: float = 30) -> None:
@@ -127,29 +116,21 @@ async def relay_held(world: World, thread_id: str) -> AsyncIterator[asyncpg.Conn
 
 
 async def sends_waiting(world: World, needle: str = "FOR UPDATE") -> int:
-    conn = await world.db()
-    try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()", needle))
-    finally:
-        await conn.close()
+    return await count(world, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                       "'Lock' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+                       needle)
 
 
 async def stored(world: World, message_id: str) -> int:
-    conn = await world.db()
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM messages WHERE message_id = $1",
-                                       uuid.UUID(message_id)))
-    finally:
-        await conn.close()
+    return await count(world, "SELECT count(*) FROM messages WHERE message_id = $1",
+                       uuid.UUID(message_id))
 
 
 async def send_and_stop(world: World, thread_id: str, argv: Sequence[str], *,
                         sig: int, tmp_path: Path) -> tuple[OutboxRecord, str]:
     """Run ``lightbox send`` while the relay's acceptance is held, stop it with ``sig`` once
     the relay has the frame, and return the outbox record it left and its stderr."""
-    proc = await start("--profile", "intern", "send", "--thread", thread_id, *argv)
+    proc = await lightbox_process("--profile", "intern", "send", "--thread", thread_id, *argv)
     try:
         await until(lambda: _has_waiting(world, proc))
         (record,) = pending(tmp_path)
@@ -280,7 +261,7 @@ async def test_an_image_send_killed_before_its_upload_began_is_uploaded_on_the_n
     tx = conn.transaction()
     await tx.start()
     await conn.execute("LOCK TABLE attachments IN EXCLUSIVE MODE")
-    proc = await start("--profile", "intern", "send", "--thread", thread_id, "--to",
+    proc = await lightbox_process("--profile", "intern", "send", "--thread", thread_id, "--to",
                        f"role:{ORTHO}", "--image", str(film), "--send-anyway",
                        "--patient-agreed", "--statements-shown", "Scaphoid?")
     try:

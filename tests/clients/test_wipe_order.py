@@ -11,8 +11,6 @@ relay records the wipe as confirmed and orders it no more.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,9 +18,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.clinician_world import enrol_clinician
-from tests.helpers import ROOT, seconds
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.clinician_world import enrol_clinician, lightbox_process, use_cli_profiles
+from tests.consent_world import count
+from tests.helpers import seconds
+from tests.identity_world import World, identity_world
 
 ORTHO = "orthopaedics_oncall"
 
@@ -30,18 +29,9 @@ ORTHO = "orthopaedics_oncall"
 @pytest.fixture
 async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                 ) -> AsyncIterator[World]:
-    monkeypatch.setenv("LIGHTBOX_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORD)
-    monkeypatch.setenv("LIGHTBOX_INSECURE_FAST_KDF", "1")
-    monkeypatch.delenv("LIGHTBOX_PROFILE", raising=False)
+    use_cli_profiles(monkeypatch, tmp_path)
     async with identity_world(db_dsn, tmp_path) as w:
         yield w
-
-
-async def start(*argv: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "clients.cli", *argv, cwd=ROOT, env=dict(os.environ),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 
 async def phone(world: World, tmp_path: Path, *, expired: bool = False) -> str:
@@ -79,18 +69,14 @@ async def wipe_audit(world: World, device_id: str) -> list[str]:
 
 
 async def wipe_pending(world: World, device_id: str) -> bool:
-    conn = await world.db()
-    try:
-        return bool(await conn.fetchval("SELECT wipe_pending FROM devices WHERE device_id = $1",
-                                        uuid.UUID(device_id)))
-    finally:
-        await conn.close()
+    return await count(world, "SELECT count(*) FROM devices WHERE device_id = $1 AND "
+                       "wipe_pending", uuid.UUID(device_id)) == 1
 
 
 async def test_a_connected_phone_revoked_with_wipe_is_erased_by_the_relays_order(
         world: World, tmp_path: Path) -> None:
     device_id = await phone(world, tmp_path)
-    watch = await start("--profile", "phone", "watch", "--timeout", str(seconds(60)))
+    watch = await lightbox_process("--profile", "phone", "watch", "--timeout", str(seconds(60)))
     try:
         assert watch.stdout is not None
         async with asyncio.timeout(seconds(30)):
@@ -120,7 +106,7 @@ async def test_a_phone_offline_when_revoked_is_erased_when_it_connects_later(
     r = await world.revoke(world.org, 1, devices=(device_id,), wipe=True)
     assert r.status_code == 200, r.text
     assert (tmp_path / "home" / "phone" / "vault.db").exists()
-    inbox = await start("--profile", "phone", "inbox")
+    inbox = await lightbox_process("--profile", "phone", "inbox")
     out, err = await asyncio.wait_for(inbox.communicate(), seconds(60))
     assert b"Traceback" not in err
     assert b"this device was revoked" in out + err, out + err

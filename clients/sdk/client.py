@@ -543,7 +543,7 @@ class LightboxClient:
         self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
         consent_id: str | None = None, attachment_ids: Sequence[str] = (),
         necessity: str | None = None, timeout: float | None = 60.0,
-    ) -> SentMessage:
+    ) -> tuple[SentMessage, MessageHeader]:
         encode_body(body)  # an invalid body fails before anything is kept or sent
         record = self._new_send(thread_id, body, purpose=purpose, priority=priority,
                                 consent_id=consent_id, attachment_ids=attachment_ids,
@@ -564,7 +564,7 @@ class LightboxClient:
         return self.vault.outbox()
 
     async def _deliver(self, record: OutboxRecord, *, timeout: float | None,
-                       progress: Progress | None = None) -> SentMessage:
+                       progress: Progress | None = None) -> tuple[SentMessage, MessageHeader]:
         """Upload (if an image), seal and send a pending send until the relay stores it.
 
         Kept in the outbox (and RelayUnavailable raised) when the relay cannot be reached or
@@ -585,7 +585,7 @@ class LightboxClient:
             except (SDKError, ProtocolError):
                 self.vault.drop_outbox(record.message_id)
                 raise
-            return self._stored(record, accepted)
+            return self._stored(record, accepted), decode_sealed(record.sealed).header
         finally:
             self._in_flight.discard(record.message_id)
 
@@ -722,7 +722,7 @@ class LightboxClient:
             if record.message_id in self._in_flight:
                 continue
             try:
-                sent = await self._deliver(record, timeout=RESEND_TIMEOUT)
+                sent, _ = await self._deliver(record, timeout=RESEND_TIMEOUT)
             except RelayUnavailable as exc:
                 await self._emit(OutboxEvent(record.message_id, record.thread_id, "pending",
                                              str(exc)))
@@ -750,9 +750,10 @@ class LightboxClient:
         registered consent a text outside direct care is sent under (the relay refuses such a
         message without one: ``consent_missing``, PROTOCOL §13)."""
         prio = priority or self._thread_priority(thread_id)
-        return await self._send_body(
+        sent, _ = await self._send_body(
             thread_id, Body(text=text, reply_to=reply_to, subject=subject), purpose=purpose,
             priority=prio, necessity=necessity, consent_id=consent_id, timeout=timeout)
+        return sent
 
     def _thread_priority(self, thread_id: str) -> Priority:
         info = self._threads.get(thread_id)
@@ -794,7 +795,8 @@ class LightboxClient:
                 data=image.data, media_type=image.media_type, width=image.width,
                 height=image.height, key=encrypted.key, sha256=encrypted.sha256,
                 size=encrypted.size, ciphertext=encrypted.ciphertext))
-        return await self._deliver(pending, timeout=timeout, progress=progress)
+        sent, _ = await self._deliver(pending, timeout=timeout, progress=progress)
+        return sent
 
     async def file_consent(self, consent_token: str, record: RecordData, *,
                            wait: float | None = None) -> tuple[SentMessage, ConsentFiling | None]:
@@ -812,7 +814,7 @@ class LightboxClient:
         thread_id, subject = await self._record_thread()
         queue = self.subscribe()
         try:
-            sent = await self._send_body(
+            sent, _ = await self._send_body(
                 thread_id, Body(kind=BodyKind.CONSENT_RECORD, consent_token=consent_token,
                                 record=record, subject=subject),
                 purpose=Purpose.DIRECT_CARE, priority=Priority.ROUTINE)

@@ -149,6 +149,10 @@ RESEND_TIMEOUT = 60.0  # seconds a pending send waits for "accepted" when resent
 # Refusals that mean the relay has cut this device or user off (not a passing failure).
 _CUT_OFF = frozenset({ErrorCode.DEVICE_REVOKED.value, ErrorCode.USER_SUSPENDED.value,
                       ErrorCode.TOKEN_INVALID.value, ErrorCode.REFRESH_REUSED.value})
+# Failures a pending send outlives (it stays in the outbox): the session must be renewed,
+# the relay is busy or timed out. Anything else below 500 is a refusal of this message.
+_PASSING_STATUS = frozenset({401, 408, 429})
+_PASSING_FLOW = frozenset({ErrorCode.UNAUTHENTICATED.value, ErrorCode.NOT_READY.value})
 WILL_RESEND = ("it is kept on this device and sent again the next time this device connects "
                "(lightbox inbox, watch or send; the desktop when it starts)")
 
@@ -567,21 +571,28 @@ class LightboxClient:
                        progress: Progress | None = None) -> tuple[SentMessage, MessageHeader]:
         """Upload (if an image), seal and send a pending send until the relay stores it.
 
-        Kept in the outbox (and RelayUnavailable raised) when the relay cannot be reached or
-        does not answer in time; removed (and the error raised) when it is refused for good:
-        a refusal that will not change on a resend, or a check on this device that failed."""
+        Kept in the outbox (and RelayUnavailable raised) when the relay cannot be reached,
+        does not answer in time, or the session must be renewed first; removed (and the error
+        raised) when it is refused for good: a refusal that will not change on a resend, or a
+        check on this device that failed (a certificate that does not verify)."""
         self._in_flight.add(record.message_id)
         try:
             try:
                 record = await self._upload_pending(record, progress)
                 accepted, record = await self._seal_and_send(record, timeout)
             except RelayRequestError as exc:
-                if exc.status < 500:
-                    self.vault.drop_outbox(record.message_id)
-                    raise
-                raise RelayUnavailable(f"the relay failed ({exc.code}): {WILL_RESEND}") from exc
+                if exc.status >= 500 or exc.status in _PASSING_STATUS:
+                    raise RelayUnavailable(f"the relay did not take it now ({exc.code}): "
+                                           f"{WILL_RESEND}") from exc
+                self.vault.drop_outbox(record.message_id)
+                raise
             except RelayUnavailable as exc:
                 raise RelayUnavailable(f"{exc}: {WILL_RESEND}") from exc
+            except FlowError as exc:
+                if exc.code in _PASSING_FLOW:  # log in again / start the client: then sent
+                    raise RelayUnavailable(f"{exc}: {WILL_RESEND}") from exc
+                self.vault.drop_outbox(record.message_id)
+                raise
             except (SDKError, ProtocolError):
                 self.vault.drop_outbox(record.message_id)
                 raise

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -28,9 +29,15 @@ import asyncpg
 import msgspec
 import pytest
 
-from clients.sdk.client import LightboxClient
-from clients.vault import OutboxRecord, Vault, VaultLocked
+from clients import imaging
+from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
+from clients.sdk import attachments as sdk_attachments
+from clients.sdk.client import ImageEvent, LightboxClient, OutboxEvent
+from clients.vault import OutboxImage, OutboxRecord, Vault, VaultLocked
+from protocol.body import Body
+from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.keys import CHEAP_PROFILE
+from protocol.model import Purpose
 from tests.clinician_world import enrol_clinician, lightbox_process, use_cli_profiles
 from tests.consent_world import count, xray_png
 from tests.helpers import make_settings, running_relay, seconds
@@ -329,3 +336,62 @@ def test_the_outbox_is_sealed_in_the_vault_and_added_to_a_vault_made_before_it(
     vault.lock()
     with pytest.raises(VaultLocked):
         vault.outbox()
+
+
+async def test_an_image_upload_cut_off_halfway_resumes_at_the_relays_offset_on_the_next_start(
+        world: World, tmp_path: Path) -> None:
+    """The phone died with half the image uploaded: its outbox record names the upload. The
+    next start asks the relay for the committed offset, uploads the rest into the same upload
+    and sends the message under its original id; the specialist gets the image."""
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    prepared = imaging.prepare_image(xray_png(1600, 1200))
+    token, claims = capture_consent(intern.vault.state, ConsentCapture(
+        purposes=[Purpose.DIRECT_CARE], images=[image_hash(prepared.image.data)],
+        decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
+        recipient_roles=[ORTHO], permanence_statement_shown=True,
+        no_effect_on_care_statement_shown=True))
+    relay = intern.client.relay
+    await intern.client.ensure_login()
+    await register_consent(relay, token)
+    thread = await intern.client.create_thread(roles=[ORTHO])
+    # What the phone had done before it died: the record, the upload, the first chunk.
+    encrypted = await sdk_attachments.encrypt(prepared.image.data)
+    upload = await relay.create_upload(len(encrypted.ciphertext))
+    half = await relay.put_chunk(upload.attachment_id, 0,
+                                 encrypted.ciphertext[:upload.chunk_size])
+    assert 0 < half.committed < len(encrypted.ciphertext)
+    image = prepared.image
+    record = OutboxRecord(
+        message_id=str(uuid.uuid4()), thread_id=thread.thread_id, created_at=time.time(),
+        purpose=Purpose.DIRECT_CARE.value, priority="routine", consent_id=claims.jti,
+        body=msgspec.msgpack.encode(Body(text="Scaphoid?", consent_token=token)),
+        stage="upload", image=OutboxImage(
+            data=image.data, media_type=image.media_type, width=image.width,
+            height=image.height, key=encrypted.key, sha256=encrypted.sha256,
+            size=encrypted.size, ciphertext=encrypted.ciphertext,
+            attachment_id=upload.attachment_id))
+    intern.vault.put_outbox(record)
+
+    await ortho.client.start(wait_connected=seconds(10))
+    images = ortho.client.subscribe()
+    outcome = intern.client.subscribe()
+    try:
+        await intern.client.start(wait_connected=seconds(10))
+        await intern.client.wait_synced(seconds(30))
+        async with asyncio.timeout(seconds(10)):
+            while not isinstance(event := await outcome.get(), OutboxEvent):
+                pass
+        assert event.state == "sent" and event.message_id == record.message_id, event
+        async with asyncio.timeout(seconds(30)):
+            while not (isinstance(got := await images.get(), ImageEvent)
+                       and got.status == "stored"):
+                pass
+        assert got.attachment_id == upload.attachment_id  # the same upload, resumed
+        assert got.message_id == record.message_id
+        assert ortho.client.image(upload.attachment_id) == image.data
+        assert intern.vault.outbox() == []
+        assert intern.vault.get_image(upload.attachment_id).data == image.data
+    finally:
+        await intern.client.close()
+        await ortho.client.close()

@@ -8,6 +8,7 @@
                   [--necessity TEXT] [--redact identifiers|all-text] [--redact-box X,Y,W,H]
                   [--text-checked]                   (issue 10: see docs/CLINICAL_SAFETY.md)
     lightbox inbox [--mark-read]                       what arrived (stored in the vault)
+    lightbox outbox                                    sends not yet stored by the relay
     lightbox watch [--count N] [--timeout S]           print consults as they arrive
     lightbox desktop                                   the specialist's desktop client
 
@@ -38,6 +39,7 @@ from clients.sdk.client import (
     ImageEvent,
     LightboxClient,
     MessageEvent,
+    OutboxEvent,
     ReceiptEvent,
     StatusEvent,
     WithdrawnEvent,
@@ -45,7 +47,7 @@ from clients.sdk.client import (
 from clients.sdk.errors import FlowError, KeyStoreError
 from clients.sdk.keystore import DeviceStore, KeyStore
 from clients.timefmt import format_time
-from clients.vault import Vault
+from clients.vault import OutboxRecord, Vault
 from protocol.body import Body, BodyKind, IdentifierKind, RecordData, Sex
 from protocol.consent import (
     ConsentBasis,
@@ -164,6 +166,7 @@ def _threads(args: argparse.Namespace) -> int:
                 print(f"{flag}{t.thread_id}  {_subject(client, t.thread_id)}  [{who}]  "
                       f"{client.unread(t.thread_id)} unread")
             print(f"{len(threads)} threads")
+            _print_pending_count(client)
         finally:
             await client.close()
 
@@ -204,6 +207,50 @@ def _kind_line(body: Body) -> str:
     return ""
 
 
+def _pending_line(client: LightboxClient, record: OutboxRecord) -> str:
+    body = client.pending_body(record)
+    what = (body.subject + " - ") if body.subject else ""
+    what += body.text or ("an image" if record.image or record.attachment_ids else "")
+    image = "" if record.image is None or record.image.uploaded else " (image upload not finished)"
+    return (f"waiting since [{_when(record.created_at)}] in {record.thread_id[:8]}: "
+            f"{what[:60]}{image}  (message {record.message_id})")
+
+
+def _print_pending_count(client: LightboxClient) -> None:
+    pending = client.pending_sends()
+    if pending:
+        print(f"{len(pending)} messages not yet stored by the relay: they are sent again the "
+              "next time this device connects (lightbox outbox lists them)")
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    """The sends the relay has not stored yet (kept in the vault; resent on the next start)."""
+    device = unlock_profile(args)
+    client = device.client()
+    pending = client.pending_sends()
+    for record in pending:
+        print(_pending_line(client, record))
+    print(f"{len(pending)} messages waiting to be sent"
+          + (": they are sent again the next time this device connects (lightbox inbox, "
+             "watch or send)" if pending else ""))
+    return 0
+
+
+def _print_outbox_event(event: OutboxEvent) -> None:
+    line = _describe_outbox(event)
+    print(line, file=sys.stderr if event.state == "refused" else sys.stdout, flush=True)
+
+
+def _describe_outbox(event: OutboxEvent) -> str:
+    if event.state == "sent":
+        return (f"-- message {event.message_id} (sent earlier from this device) is now stored "
+                f"by the relay in thread {event.thread_id} (#{event.thread_seq})")
+    if event.state == "refused":
+        return (f"-- message {event.message_id} (sent earlier from this device) was NOT sent: "
+                f"{event.detail}; it was removed from the outbox")
+    return (f"-- message {event.message_id} is still waiting to be sent: {event.detail}")
+
+
 def _inbox(args: argparse.Namespace) -> int:
     device = unlock_profile(args)
 
@@ -211,8 +258,13 @@ def _inbox(args: argparse.Namespace) -> int:
         client = device.client()
         shown = 0
         try:
+            events = client.subscribe()
             await client.start()
             await client.wait_synced(args.timeout)
+            while not events.empty():
+                event = events.get_nowait()
+                if isinstance(event, OutboxEvent):
+                    _print_outbox_event(event)
             threads = await client.threads()
             await client.fetch_missing_images()  # waits for downloads already under way
             unread = {t.thread_id: client.unread_messages(t.thread_id) for t in threads}
@@ -234,6 +286,7 @@ def _inbox(args: argparse.Namespace) -> int:
                     shown += 1
                 if args.mark_read:
                     await client.mark_read(t.thread_id)
+            _print_pending_count(client)
         finally:
             await client.close()
         return shown
@@ -265,6 +318,8 @@ def _describe(client: LightboxClient, event: ClientEvent) -> str | None:
         why = ("the patient's consent was withdrawn" if event.reason == "consent_revoked"
                else "the sending device was revoked")
         return f"    message {event.message_id[:8]} withdrawn before delivery ({why})"
+    if isinstance(event, OutboxEvent):
+        return _describe_outbox(event)
     if isinstance(event, StatusEvent):
         if event.state == "connected":
             return "-- connected to the relay"
@@ -294,7 +349,7 @@ def _watch(args: argparse.Namespace) -> int:
                     line = _describe(client, event)
                     if line:
                         print(line, flush=True)
-                    if isinstance(event, StatusEvent) and event.state == "stopped":
+                    if isinstance(event, StatusEvent) and event.state in ("stopped", "wiped"):
                         return
         except TimeoutError:
             pass
@@ -580,7 +635,13 @@ def _send(args: argparse.Namespace) -> int:
         finally:
             await client.close()
 
-    message_id, thread_id, seq = _run(go)
+    try:
+        message_id, thread_id, seq = _run(go)
+    except KeyboardInterrupt:
+        print("stopped before the relay confirmed the message: it is kept on this device and "
+              "sent again the next time this device connects (lightbox outbox lists it)",
+              file=sys.stderr)
+        return 130
     print(f"sent: message {message_id} stored by the relay in thread {thread_id} (#{seq})")
     return 0
 
@@ -663,6 +724,8 @@ def register(sub: Any) -> None:
     i.add_argument("--mark-read", action="store_true")
     i.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     i.set_defaults(func=_guarded(_inbox))
+    sub.add_parser("outbox", help="messages not yet stored by the relay (sent again on the "
+                   "next start)").set_defaults(func=_guarded(_outbox))
     w = sub.add_parser("watch", help="print consults as they arrive")
     w.add_argument("--count", type=int, help="stop after this many messages")
     w.add_argument("--timeout", type=float, help="stop after this many seconds")

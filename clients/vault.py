@@ -17,6 +17,7 @@ Layout: ``<directory>/vault.db`` (SQLite from the standard library), directory 0
                 what the device learnt besides messages and must still know after a
                 restart: receipts, acknowledgements, escalation steps, filing notices, and
                 the display names of verified certificates (the SDK client's, by kind)
+    outbox      message_id, created_at, AEAD(outbox_key, OutboxRecord)
 
 Keys: a random 32-byte master key is sealed under the passphrase with
 :func:`protocol.keys.seal_with_passphrase` (Argon2id, RFC 9106; the cost is stored in the seal,
@@ -33,6 +34,13 @@ expiry order) does the same and leaves the tombstone even for an image not fetch
 is never stored later. Limits of software: a
 flash controller or a filesystem snapshot may keep old blocks, so devices must also use
 full-disk encryption (docs/SECURITY.md "On the device").
+
+The outbox holds each send from the moment before anything of it leaves the device until the
+relay answers ``accepted`` or refuses it for good (docs/PROTOCOL.md §3.5 "Outbox"): the sealed
+message as it goes on the wire (so a resend is byte-identical and the relay answers it as a
+duplicate), the body it was sealed from, and, for an image whose upload has not finished, the
+encrypted image and its upload id. The table is created on unlock too, for vaults made before
+it existed.
 
 Nothing decrypted is written anywhere: images come back as ``bytes`` in memory, SQLite keeps its
 temporary data in memory (``temp_store=MEMORY``), and the rollback journal only ever holds
@@ -67,7 +75,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypeVar
 
 import msgspec
 
@@ -87,10 +95,13 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "IDLE_TIMEOUT_ENV",
     "MAX_IMAGE_BYTES",
+    "OUTBOX_STAGES",
     "VAULT_FILE",
     "ImageInfo",
     "ImageShredded",
     "ItemNotFound",
+    "OutboxImage",
+    "OutboxRecord",
     "StoredImage",
     "Tombstone",
     "Vault",
@@ -205,6 +216,58 @@ class ImageInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     record_reference: str | None = None
 
 
+OUTBOX_STAGES: Final = ("upload", "seal", "send")
+
+
+class OutboxImage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The image of a pending send: the sanitised bytes (kept in the vault once sent), the
+    ciphertext being uploaded and what the sealed descriptor will say. ``attachment_id`` is
+    the relay's upload id once the upload was created (a resend resumes it)."""
+
+    data: bytes
+    media_type: str
+    width: int | None = None
+    height: int | None = None
+    key: bytes
+    sha256: bytes
+    size: int
+    ciphertext: bytes
+    attachment_id: str | None = None
+    uploaded: bool = False
+    burned_in: list[str] = []  # kinds of identifier OCR found in the pixels (protocol.body)
+
+    def __repr__(self) -> str:  # never print the key or the image
+        return f"OutboxImage(attachment_id={self.attachment_id!r}, size={self.size})"
+
+
+class OutboxRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A send not yet stored by the relay (clients/sdk/client.py writes it before anything
+    goes on the wire and removes it on ``accepted`` or on a final refusal).
+
+    ``body``: the protocol.body MessagePack as the user wrote it (without the image's
+    descriptor while the upload is pending); ``sealed``: the protocol.envelope encoding of the
+    sealed message last put on the wire (empty before sealing) and ``content`` the exact body
+    sealed in it; ``stage``: one of OUTBOX_STAGES."""
+
+    message_id: str
+    thread_id: str
+    created_at: float
+    purpose: str
+    priority: str
+    body: bytes
+    consent_id: str | None = None
+    necessity: str | None = None
+    attachment_ids: tuple[str, ...] = ()
+    image: OutboxImage | None = None
+    stage: str = "seal"
+    sealed: bytes = b""
+    content: bytes = b""
+    attempts: int = 0
+
+    def __repr__(self) -> str:  # never print the body
+        return f"OutboxRecord(message_id={self.message_id!r}, stage={self.stage!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredImage:
     """A decrypted image: in memory only."""
@@ -234,6 +297,7 @@ class _Keys:
     tombstones: SecretBytes
     dedupe: SecretBytes
     notes: SecretBytes
+    outbox: SecretBytes
 
     @classmethod
     def derive(cls, master: bytes, vault_id: bytes) -> _Keys:
@@ -243,7 +307,7 @@ class _Keys:
 
         return cls(state=sub("state"), messages=sub("messages"), threads=sub("threads"),
                    image_keys=sub("image-keys"), tombstones=sub("tombstones"),
-                   dedupe=sub("dedupe"), notes=sub("notes"))
+                   dedupe=sub("dedupe"), notes=sub("notes"), outbox=sub("outbox"))
 
 
 def _ad(table: str, row_id: str) -> bytes:
@@ -263,6 +327,22 @@ def _open(key: SecretBytes, ad: bytes, blob: object) -> bytes:
         return _sodium.aead_decrypt(key.reveal(), nonce, blob[_sodium.AEAD_NONCE_BYTES :], ad)
     except VerificationError as exc:
         raise VaultCorrupt("a vault record is damaged or was tampered with") from exc
+
+
+_Row = TypeVar("_Row", "VaultMessage", "OutboxRecord")
+
+
+def _decode_row(key: SecretBytes, table: str, message_id: str, sealed: object,
+                cls: type[_Row], what: str) -> _Row:
+    """Open and decode a row keyed by message id (a message, a pending send)."""
+    plain = _open(key, _ad(table, message_id), sealed)
+    try:
+        row = msgspec.msgpack.decode(plain, type=cls)
+    except msgspec.DecodeError as exc:
+        raise VaultCorrupt(f"{what} is unreadable") from exc
+    if row.message_id != message_id:
+        raise VaultCorrupt(f"{what} is damaged")
+    return row
 
 
 def _tag(key: SecretBytes, *parts: str) -> bytes:
@@ -313,15 +393,19 @@ CREATE TABLE tombstones (
     sealed_reference BLOB
 ) STRICT;
 CREATE TABLE dedupe (tag BLOB PRIMARY KEY) STRICT, WITHOUT ROWID;
-"""
-# Added after the first vaults were made: created on unlock when missing.
-_NOTES_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    sealed BLOB NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS notes (
     tag BLOB PRIMARY KEY,
     kind TEXT NOT NULL,
     sealed BLOB NOT NULL
-) STRICT
+) STRICT;
 """
+# Tables added after the first vaults were made (IF NOT EXISTS): created on unlock when missing.
+_ADDED_TABLES: Final = tuple(s for s in _SCHEMA.split(";") if "IF NOT EXISTS" in s)
 
 
 # --- the vault ---------------------------------------------------------------------------------
@@ -430,6 +514,9 @@ class Vault:
                     raise VaultCorrupt("the vault's key record is damaged") from exc
                 if len(master) != 32:
                     raise VaultCorrupt("the vault's key record is damaged")
+                with self._sql(db) as conn:
+                    for statement in _ADDED_TABLES:
+                        conn.execute(statement)
             except BaseException:
                 db.close()
                 raise
@@ -583,14 +670,8 @@ class Vault:
                 raise ItemNotFound(f"no message {message.message_id} in this vault")
 
     def _decode_message(self, message_id: str, sealed: object) -> VaultMessage:
-        plain = _open(self._k().messages, _ad("messages", message_id), sealed)
-        try:
-            message = msgspec.msgpack.decode(plain, type=VaultMessage)
-        except msgspec.DecodeError as exc:
-            raise VaultCorrupt("a stored message is unreadable") from exc
-        if message.message_id != message_id:
-            raise VaultCorrupt("a stored message is damaged")
-        return message
+        return _decode_row(self._k().messages, "messages", message_id, sealed, VaultMessage,
+                           "a stored message")
 
     # -- de-duplication (clients.sdk.connection.DedupeStore) -------------------------------------
 
@@ -646,6 +727,43 @@ class Vault:
                     raise VaultCorrupt("a stored note is damaged")
                 found[key] = value
             return found
+
+    # -- outbox: sends not yet stored by the relay ----------------------------------------------
+
+    def put_outbox(self, record: OutboxRecord) -> None:
+        """Write (or replace) a pending send; durable when this returns (synchronous=FULL)."""
+        _check_id(record.message_id, "message_id")
+        if record.stage not in OUTBOX_STAGES:
+            raise ValueError(f"outbox stage must be one of {OUTBOX_STAGES}")
+        with self._mutex:
+            db = self._use()
+            sealed = _seal(self._k().outbox, _ad("outbox", record.message_id),
+                           msgspec.msgpack.encode(record))
+            with self._sql(db) as conn:
+                conn.execute("INSERT INTO outbox VALUES (?, ?, ?) ON CONFLICT (message_id) "
+                             "DO UPDATE SET sealed = excluded.sealed",
+                             (record.message_id, record.created_at, sealed))
+
+    def outbox(self) -> list[OutboxRecord]:
+        """Every pending send, oldest first."""
+        with self._mutex:
+            db = self._use()
+            with self._sql(db) as conn:
+                rows = conn.execute("SELECT message_id, sealed FROM outbox "
+                                    "ORDER BY created_at, message_id").fetchall()
+            return [self._decode_outbox(mid, sealed) for mid, sealed in rows]
+
+    def drop_outbox(self, message_id: str) -> bool:
+        """Forget a pending send (stored by the relay, or refused for good); False if absent."""
+        with self._mutex:
+            db = self._use()
+            with self._sql(db) as conn:
+                return conn.execute("DELETE FROM outbox WHERE message_id = ?",
+                                    (message_id,)).rowcount == 1
+
+    def _decode_outbox(self, message_id: str, sealed: object) -> OutboxRecord:
+        return _decode_row(self._k().outbox, "outbox", message_id, sealed, OutboxRecord,
+                           "a pending send in the vault")
 
     # -- images ---------------------------------------------------------------------------------
 
@@ -922,8 +1040,6 @@ class Vault:
         return meta
 
     def _set_unlocked(self, db: sqlite3.Connection, master: bytes, vault_id: bytes) -> None:
-        with self._sql(db) as conn:
-            conn.execute(_NOTES_SCHEMA)
         self._db = db
         self._master = SecretBytes(master)
         self._keys = _Keys.derive(master, vault_id)

@@ -39,6 +39,7 @@ __all__ = [
     "LABEL_SEALED_MESSAGE",
     "LABEL_SIGNED_PREKEY",
     "LABEL_USER_CERTIFICATE",
+    "LABEL_WIPE_CONFIRMATION",
     "MAX_COMPACT_LENGTH",
     "MAX_SAFE_INTEGER",
     "Bytes32",
@@ -69,6 +70,7 @@ LABEL_SEALED_MESSAGE = b"lightbox/v1/sealed-message"
 LABEL_FILING_STATEMENT = b"lightbox/v1/filing-statement"
 LABEL_EXPIRY_CONFIRMATION = b"lightbox/v1/expiry-confirmation"
 LABEL_RECEIPT_STATEMENT = b"lightbox/v1/receipt-statement"
+LABEL_WIPE_CONFIRMATION = b"lightbox/v1/wipe-confirmation"
 
 LABELS: tuple[bytes, ...] = (
     LABEL_USER_CERTIFICATE,
@@ -80,6 +82,7 @@ LABELS: tuple[bytes, ...] = (
     LABEL_FILING_STATEMENT,
     LABEL_EXPIRY_CONFIRMATION,
     LABEL_RECEIPT_STATEMENT,
+    LABEL_WIPE_CONFIRMATION,
 )
 
 MAX_SAFE_INTEGER = 2**53 - 1  # I-JSON (RFC 7493 §2.2): larger integers do not round-trip

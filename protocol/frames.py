@@ -93,6 +93,7 @@ __all__ = [
     "RevocationSubject",
     "Revoked",
     "Send",
+    "WipeConfirm",
     "WipeOrder",
     "WithdrawReason",
     "Withdrawn",
@@ -418,6 +419,13 @@ class WipeOrder(_Frame, tag="wipe_order", frozen=True, kw_only=True):
     revocation: Annotated[str, Meta(min_length=1, max_length=MAX_REVOCATION)]
 
 
+class WipeConfirm(_Frame, tag="wipe_confirm", frozen=True, kw_only=True):
+    """Client: the answer to ``wipe_order``, sent once the vault and keys are gone: a
+    protocol.statements.WipeConfirmation signed by the device key just before it was erased."""
+
+    statement: Statement
+
+
 # --- keys and revocation ---------------------------------------------------------------------
 
 
@@ -494,6 +502,7 @@ Frame: TypeAlias = (
     | ExpireOrder
     | ExpiryConfirm
     | WipeOrder
+    | WipeConfirm
     | KeysLow
     | Revoked
     | EscalationNotice
@@ -524,6 +533,7 @@ DIRECTION: Final[Mapping[type[Frame], Direction]] = {
     ExpireOrder: _S2C,
     ExpiryConfirm: _C2S,
     WipeOrder: _S2C,
+    WipeConfirm: _C2S,
     KeysLow: _S2C,
     Revoked: _S2C,
     EscalationNotice: _S2C,

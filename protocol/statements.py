@@ -27,12 +27,15 @@ __all__ = [
     "FilingStatement",
     "ReceiptKind",
     "ReceiptStatement",
+    "WipeConfirmation",
     "issue_expiry_confirmation",
     "issue_filing_statement",
     "issue_receipt_statement",
+    "issue_wipe_confirmation",
     "verify_expiry_confirmation",
     "verify_filing_statement",
     "verify_receipt_statement",
+    "verify_wipe_confirmation",
 ]
 
 T = TypeVar("T")
@@ -72,6 +75,16 @@ class ExpiryConfirmation(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     attachment_id: UuidStr
     order_id: UuidStr
     shredded_at: Timestamp
+
+
+class WipeConfirmation(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """By a device revoked with wipe: it verified the order ``order_id`` and erased its vault
+    and keys (signed just before the key itself was erased; sent only once it is gone)."""
+
+    v: Version
+    device_id: UuidStr
+    order_id: UuidStr
+    wiped_at: Timestamp
 
 
 class ReceiptStatement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -144,4 +157,18 @@ def verify_receipt_statement(
     """Verify under the device's Ed25519 key (and that it names ``device_id``)."""
     return _verify(
         canonical.LABEL_RECEIPT_STATEMENT, token, ReceiptStatement, signing_key, device_id
+    )
+
+
+def issue_wipe_confirmation(body: WipeConfirmation, device_key: Signer) -> str:
+    """Sign a wipe confirmation with the device's key (before that key is erased)."""
+    return _issue(canonical.LABEL_WIPE_CONFIRMATION, body, device_key)
+
+
+def verify_wipe_confirmation(
+    token: str, signing_key: bytes, *, device_id: str | None = None
+) -> WipeConfirmation:
+    """Verify under the device's Ed25519 key (and that it names ``device_id``)."""
+    return _verify(
+        canonical.LABEL_WIPE_CONFIRMATION, token, WipeConfirmation, signing_key, device_id
     )

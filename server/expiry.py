@@ -29,8 +29,9 @@ What the relay does, and why it can be trusted to do it without seeing a single 
 * **Ciphertext.** Once an image is filed and every active recipient device has fetched it or
   confirmed its expiry, the relay deletes its ciphertext (and at the hard limit in any case).
 * **Wipe.** A device revoked with wipe that connects again is told to wipe (``wipe_order``
-  carrying the organisation-signed revocation list), its queued deliveries are dropped, and the
-  socket closes with 4004 (server/ws.py).
+  carrying the organisation-signed revocation list), its queued deliveries are dropped, the
+  relay waits briefly for the device's signed ``wipe_confirm`` (recorded, and the order is not
+  sent again), and the socket closes with 4004 (server/ws.py).
 
 Every step is audited (``attachment.*``, ``expiry.*``, ``device.wipe_*``), which is what
 ``lightbox-admin copies`` reads (:meth:`FilingService.copies`).
@@ -488,6 +489,32 @@ class FilingService:
                                    "dropped_messages": sorted(
                                        {r["message_id"] for r in dropped})[:64]})
         return WipeOrder(order_id=order_id, issued_at=int(now.timestamp()), revocation=token)
+
+    async def confirm_wipe(self, device_id: str, order: WipeOrder, statement: str) -> bool:
+        """Record a device's signed confirmation that it obeyed ``order`` and erased itself
+        (audited ``device.wipe_confirmed``); the relay then orders it no more. False, and
+        nothing recorded, when the statement does not verify under the device's key or
+        names another order."""
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            device = await devices.get_device(conn, device_id)
+            if device is None:
+                return False
+            try:
+                body = statements.verify_wipe_confirmation(statement, device.signing_key,
+                                                           device_id=device_id)
+            except VerificationError as exc:
+                log.info("wipe confirmation refused", extra={"reason": exc.reason})
+                return False
+            if body.order_id != order.order_id:
+                log.info("wipe confirmation refused", extra={"reason": "another order"})
+                return False
+            await devices.clear_wipe_pending(conn, device_id)
+            await audit.append(conn, "device.wipe_confirmed", subject_kind="device",
+                               subject_id=device_id, actor_kind="device", actor_id=device_id,
+                               details={"order_id": body.order_id, "wiped_at":
+                                        dt.datetime.fromtimestamp(body.wiped_at,
+                                                                  dt.UTC).isoformat()})
+        return True
 
     # -- where is every copy (lightbox-admin copies) -----------------------------------------
 

@@ -235,11 +235,16 @@ class SendPipeline:
                           prev if prev is not None else RelayError(ErrorCode.INTERNAL_ERROR))
         for i, (p, _) in enumerate(prepared):
             result = outcome[i]
+            if isinstance(result, messages.Accepted) and not result.duplicate:
+                self.metrics.messages_accepted.inc()
+            if p.future.done():
+                # The sender stopped waiting (its connection closed mid-send). The outcome
+                # stands all the same: a stored message is answered as a duplicate when the
+                # device sends it again.
+                continue
             if isinstance(result, RelayError):
                 p.future.set_exception(result)  # counted where it is answered
             else:
-                if not result.duplicate:
-                    self.metrics.messages_accepted.inc()
                 p.future.set_result(result)
 
     @staticmethod

@@ -47,6 +47,8 @@ from protocol.frames import (
     Receipt,
     ReceiptNotice,
     Send,
+    WipeConfirm,
+    WipeOrder,
     encode_deliver,
     encode_frame,
 )
@@ -549,14 +551,36 @@ class _Connection:
             await self._refuse(frame.req_id, err)
 
     async def _send_wipe(self, wipe: WipeRequired) -> None:
-        """``wipe_order`` first (queued deliveries dropped, audited), then close with 4004."""
+        """``wipe_order`` first (queued deliveries dropped, audited), the device's
+        ``wipe_confirm`` awaited for up to the authentication timeout, then close with 4004."""
         order = None if self.relay.filing is None else await self.relay.filing.wipe(
             wipe.device_id)
         if order is not None:
             self.session.send(order)
+            await self._flush()
+            await self._await_wipe_confirm(wipe.device_id, order)
         self.session.close(CloseCode.DEVICE_REVOKED, code=ErrorCode.DEVICE_REVOKED,
                            detail="this device was revoked")
         await self._flush()
+
+    async def _await_wipe_confirm(self, device_id: str, order: WipeOrder) -> None:
+        """Read frames until the device answers with its one ``wipe_confirm`` (recorded if it
+        verifies), goes, or the time is up; nothing else is served on this connection."""
+        assert self.relay.filing is not None
+        deadline = time.monotonic() + self.cfg.auth_timeout
+        with contextlib.suppress(WebSocketDisconnect):
+            while (remaining := deadline - time.monotonic()) > 0:
+                data = await self._receive(remaining)
+                if data is None:
+                    continue
+                for ev in self.session.receive_data(data):
+                    if isinstance(ev, FrameReceived) and isinstance(ev.frame, WipeConfirm):
+                        await self.relay.filing.confirm_wipe(device_id, order,
+                                                             ev.frame.statement)
+                        return
+                await self._flush()
+                if self.session.close_code is not None:
+                    return
 
     # -- pump --------------------------------------------------------------------------------
 

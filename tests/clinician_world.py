@@ -4,10 +4,15 @@ vault (cheap Argon2id) with its device state inside, as the desktop and CLI keep
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import sys
 import time
 import uuid
 from pathlib import Path
+
+import pytest
 
 from clients.sdk.client import LightboxClient
 from clients.sdk.identity import make_prekeys
@@ -16,9 +21,10 @@ from clients.vault import Vault
 from protocol.certs import DeviceCertificate, issue_device_certificate
 from protocol.keys import CHEAP_PROFILE, DeviceKeys
 from protocol.model import DeviceKind
+from tests.helpers import ROOT
 from tests.identity_world import PASSWORD, User, World
 
-__all__ = ["Clinician", "enrol_clinician"]
+__all__ = ["Clinician", "enrol_clinician", "lightbox_process", "use_cli_profiles"]
 
 
 @dataclasses.dataclass
@@ -71,3 +77,22 @@ async def enrol_clinician(world: World, tmp: Path, login: str, *,
     client = LightboxClient(vault, vault, password=PASSWORD, backoff_base=0.05,
                             backoff_max=0.5)
     return Clinician(user, vault, client)
+
+
+def use_cli_profiles(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Path:
+    """The ``lightbox`` CLI's environment in a test: profiles under ``tmp/home`` (a profile
+    is ``home/<name>``, where :func:`enrol_clinician` can put its vault), the test password,
+    the cheap Argon2id profile. Returns the home folder."""
+    home = tmp / "home"
+    monkeypatch.setenv("LIGHTBOX_HOME", str(home))
+    monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORD)
+    monkeypatch.setenv("LIGHTBOX_INSECURE_FAST_KDF", "1")
+    monkeypatch.delenv("LIGHTBOX_PROFILE", raising=False)
+    return home
+
+
+async def lightbox_process(*argv: str) -> asyncio.subprocess.Process:
+    """``lightbox ARGV`` as a process of its own (a phone that can be killed)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clients.cli", *argv, cwd=ROOT, env=dict(os.environ),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

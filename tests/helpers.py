@@ -90,10 +90,19 @@ class RunningRelay:
     relay: Relay
     server: RelayServer
     base_url: str
+    thread: threading.Thread | None = None
 
     @property
     def ws_url(self) -> str:
         return "ws" + self.base_url[len("http"):]
+
+    def stop(self) -> None:
+        """Stop the relay now (as a restart would); leaving the context then does nothing."""
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(seconds(30))
+            if self.thread.is_alive():
+                raise TimeoutError("the relay did not stop")
 
 
 @contextlib.contextmanager
@@ -117,7 +126,7 @@ def relay_in_thread(dsn: str, settings: Settings | None = None, *,
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield RunningRelay(relay, server, f"http://127.0.0.1:{port}")
+        yield RunningRelay(relay, server, f"http://127.0.0.1:{port}", thread)
     finally:
         server.should_exit = True
         thread.join(seconds(30))

@@ -62,12 +62,13 @@ from clients.sdk.events import (
     ImageStatus,
     MessageEvent,
     MessageView,
+    OutboxEvent,
     ReceiptEvent,
     SentMessage,
     StatusEvent,
     WithdrawnEvent,
 )
-from clients.sdk.expiry import wipe
+from clients.sdk.expiry import verify_wipe_order, wipe
 from clients.sdk.filing import gateway_bundles, needs_gateway
 from clients.sdk.http import RelayHTTP, SingleFlight
 from clients.sdk.identity import (
@@ -78,7 +79,16 @@ from clients.sdk.identity import (
 )
 from clients.sdk.keystore import DeviceState, DeviceStore
 from clients.sdk.socket import SendRefused, SocketClosed
-from clients.vault import ImageShredded, ItemNotFound, Vault, VaultLocked, VaultMessage
+from clients.timefmt import format_time
+from clients.vault import (
+    ImageShredded,
+    ItemNotFound,
+    OutboxImage,
+    OutboxRecord,
+    Vault,
+    VaultLocked,
+    VaultMessage,
+)
 from protocol import api, certs, statements
 from protocol.attachments import AttachmentDescriptor
 from protocol.body import (
@@ -95,11 +105,14 @@ from protocol.consent import peek_consent_token_unverified
 from protocol.envelope import (
     MemorySeenSet,
     RecipientBundle,
+    decode_sealed,
+    encode_sealed,
     open_message,
     seal_message,
 )
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.frames import (
+    Accepted,
     Deliver,
     Error,
     EscalationNotice,
@@ -113,6 +126,7 @@ from protocol.frames import (
     ReceiptNotice,
     ResealRequest,
     Revoked,
+    WipeConfirm,
     WipeOrder,
     Withdrawn,
     WithdrawReason,
@@ -132,6 +146,7 @@ __all__ = [
     "LightboxClient",
     "MessageEvent",
     "MessageView",
+    "OutboxEvent",
     "ReceiptEvent",
     "SentMessage",
     "StatusEvent",
@@ -150,6 +165,16 @@ _NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION = "acknowledged", "receipt", "escalat
 _NOTE_FILED, _NOTE_NAME = "filed", "name"
 _NOTE_KINDS = (_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION, _NOTE_FILED, _NOTE_NAME)
 _RECEIPT_ORDER = {"delivered": 0, "read": 1, "acknowledged": 2}
+RESEND_TIMEOUT = 60.0  # seconds a pending send waits for "accepted" when resent at start
+# Refusals that mean the relay has cut this device or user off (not a passing failure).
+_CUT_OFF = frozenset({ErrorCode.DEVICE_REVOKED.value, ErrorCode.USER_SUSPENDED.value,
+                      ErrorCode.TOKEN_INVALID.value, ErrorCode.REFRESH_REUSED.value})
+# Failures a pending send outlives (it stays in the outbox): the session must be renewed,
+# the relay is busy or timed out. Anything else below 500 is a refusal of this message.
+_PASSING_STATUS = frozenset({401, 408, 429})
+_PASSING_FLOW = frozenset({ErrorCode.UNAUTHENTICATED.value, ErrorCode.NOT_READY.value})
+WILL_RESEND = ("it is kept on this device and sent again the next time this device connects "
+               "(lightbox inbox, watch or send; the desktop when it starts)")
 
 
 @dataclasses.dataclass
@@ -213,8 +238,11 @@ class LightboxClient:
         self._threads: dict[str, api.ThreadInfo] = {}
         self._fetch_lock = asyncio.Lock()
         self._logging_in: SingleFlight[None] = SingleFlight()
-        self._wiped_at: int | None = None  # the organisation's revocation time, once wiped
         self._restored = False  # the notes above, read back from the vault (_restore)
+        self._in_flight: set[str] = set()  # outbox records being sent by this process
+        self._resend: asyncio.Task[None] | None = None
+        self.wiped: certs.RevocationEntry | None = None  # set once a wipe order was obeyed
+        self._last_tokens: api.TokenPair | None = None  # presented once after a cut-off
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -293,22 +321,47 @@ class LightboxClient:
         assert tokens is not None
         return tokens.access_token
 
+    async def _socket_token(self) -> str:
+        """The access token for the websocket. When the relay refuses this device a new one
+        (revoked), the last token it was issued is presented all the same, expired or not:
+        with the device key's answer to the challenge, that is how a revoked device hears its
+        wipe order (docs/PROTOCOL.md §15 "Wipe"); any other revoked device is refused."""
+        held = self.relay.tokens or self._last_tokens
+        try:
+            return await self._access_token()
+        except (RelayRequestError, FlowError) as exc:
+            if exc.code in _CUT_OFF and held is not None and self._last_tokens is None:
+                self._last_tokens = held  # presented once
+                return held.access_token
+            if isinstance(exc, RelayRequestError) and exc.status >= 500:
+                raise  # the connection tries again later
+            # Logging in again cannot help (revoked, suspended, no password): stop.
+            raise ConnectionStopped(CloseCode.DEVICE_REVOKED if exc.code in _CUT_OFF else None,
+                                    exc.code) from exc
+
     async def start(self, *, wait_connected: float | None = None) -> None:
         """Log in if needed, fetch the revocation list, and connect (in the background).
-        A device refused as revoked still connects, to hear a wipe order if one awaits it."""
+        A device refused as revoked, or suspended, still connects, to hear a wipe order if one
+        awaits it; the relay then closes the connection (4004, 4005) and the client stops."""
         try:
             await self.ensure_login()
         except RelayRequestError as exc:
             if exc.code != ErrorCode.DEVICE_REVOKED.value or self.store.state.session is None:
                 raise
-        await self.revocations(force=True)
+        try:
+            await self.revocations(force=True)
+        except RelayRequestError as exc:
+            if exc.code not in _CUT_OFF:
+                raise
         keys = self.store.state.device_keys()
         self.connection = Connection(
-            self.ws_url, device_id=keys.device_id, access_token=self._access_token,
+            self.ws_url, device_id=keys.device_id, access_token=self._socket_token,
             sign=keys.sign, on_message=self._on_deliver, on_event=self._on_frame,
             dedupe=self.vault.dedupe, backoff_base=self._backoff[0],
             backoff_max=self._backoff[1])
+        pending = self.vault.outbox()  # left by an earlier run: resent once connected
         await self.connection.start()
+        self._resend = self._spawn(self._resend_pending(pending), "client-resend")
         self._spawn(self._flush_outgoing(), "client-outgoing")
         self._spawn(self._watch_connection(), "client-status")
         if wait_connected is not None:
@@ -331,22 +384,26 @@ class LightboxClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def wait_synced(self, timeout: float = 10.0) -> None:
-        """Wait until connected and the offline backlog has been received. Raises
-        :class:`DeviceWiped` or :class:`ConnectionStopped` as soon as the relay ended this
-        device's access (not a timeout later), TimeoutError if the relay stayed silent."""
+        """Wait until connected, the offline backlog has been received and the sends an
+        earlier run left in the outbox have been resent. Raises :class:`DeviceWiped` or
+        :class:`ConnectionStopped` as soon as the relay ended this device's access (not a
+        timeout later), TimeoutError if the relay stayed silent."""
         assert self.connection is not None
         conn = self.connection
 
         async def synced() -> None:
             await conn.connected.wait()
             await conn.queue_empty.wait()
+            if self._resend is not None:
+                await asyncio.shield(self._resend)
 
         await self._until(synced(), timeout)
 
@@ -365,8 +422,8 @@ class LightboxClient:
             task.result()
             return
         if stopped.done():
-            if self._wiped_at is not None:
-                raise DeviceWiped(self._wiped_at)
+            if self.wiped is not None:
+                raise DeviceWiped(self.wiped.revoked_at)
             raise stopped.result()
         raise TimeoutError
 
@@ -636,66 +693,231 @@ class LightboxClient:
                             code=ErrorCode.DEVICE_SET_MISMATCH.value)
         return [bundles[d] for d in wanted]
 
+    # -- the outbox: every send is kept in the vault until the relay stored it ----------------
+
+    def _new_send(self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
+                  consent_id: str | None = None, attachment_ids: Sequence[str] = (),
+                  necessity: str | None = None, image: OutboxImage | None = None
+                  ) -> OutboxRecord:
+        """Write a new send to the vault's outbox, before anything of it leaves the device."""
+        if self.connection is None:
+            raise FlowError("the client is not started", code=ErrorCode.NOT_READY.value)
+        record = OutboxRecord(
+            message_id=str(uuid.uuid4()), thread_id=thread_id, created_at=self._clock(),
+            purpose=purpose.value, priority=priority.value, body=msgspec.msgpack.encode(body),
+            consent_id=consent_id, necessity=necessity, attachment_ids=tuple(attachment_ids),
+            image=image, stage="upload" if image is not None else "seal")
+        self.vault.put_outbox(record)
+        return record
+
     async def _send_body(
         self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
         consent_id: str | None = None, attachment_ids: Sequence[str] = (),
         necessity: str | None = None, timeout: float | None = 60.0,
     ) -> tuple[SentMessage, MessageHeader]:
+        encode_body(body)  # an invalid body fails before anything is kept or sent
+        record = self._new_send(thread_id, body, purpose=purpose, priority=priority,
+                                consent_id=consent_id, attachment_ids=attachment_ids,
+                                necessity=necessity)
+        return await self._deliver(record, timeout=timeout)
+
+    @staticmethod
+    def pending_body(record: OutboxRecord) -> Body:
+        """The body of a pending send, as the user wrote it (for listing it)."""
+        try:
+            return msgspec.msgpack.decode(record.body, type=Body)
+        except msgspec.DecodeError:
+            return Body(text="(unreadable message)")
+
+    def pending_sends(self) -> list[OutboxRecord]:
+        """Sends this device has not yet seen stored by the relay (oldest first): resent on
+        the next start (docs/PROTOCOL.md §3.5 "Outbox")."""
+        return self.vault.outbox()
+
+    async def _deliver(self, record: OutboxRecord, *, timeout: float | None,
+                       progress: Progress | None = None) -> tuple[SentMessage, MessageHeader]:
+        """Upload (if an image), seal and send a pending send until the relay stores it.
+
+        Kept in the outbox (and RelayUnavailable raised) when the relay cannot be reached,
+        does not answer in time, or the session must be renewed first; removed (and the error
+        raised) when it is refused for good: a refusal that will not change on a resend, or a
+        check on this device that failed (a certificate that does not verify)."""
+        self._in_flight.add(record.message_id)
+        try:
+            try:
+                record = await self._upload_pending(record, progress)
+                accepted, record = await self._seal_and_send(record, timeout)
+            except RelayRequestError as exc:
+                if exc.status >= 500 or exc.status in _PASSING_STATUS:
+                    raise RelayUnavailable(f"the relay did not take it now ({exc.code}): "
+                                           f"{WILL_RESEND}") from exc
+                self.vault.drop_outbox(record.message_id)
+                raise
+            except RelayUnavailable as exc:
+                raise RelayUnavailable(f"{exc}: {WILL_RESEND}") from exc
+            except FlowError as exc:
+                if exc.code in _PASSING_FLOW:  # log in again / start the client: then sent
+                    raise RelayUnavailable(f"{exc}: {WILL_RESEND}") from exc
+                self.vault.drop_outbox(record.message_id)
+                raise
+            except (SDKError, ProtocolError):
+                self.vault.drop_outbox(record.message_id)
+                raise
+            return self._stored(record, accepted), decode_sealed(record.sealed).header
+        finally:
+            self._in_flight.discard(record.message_id)
+
+    async def _upload_pending(self, record: OutboxRecord,
+                              progress: Progress | None) -> OutboxRecord:
+        """Upload the image of a pending send (resuming an upload the relay still holds,
+        else starting again) and put its descriptor in the body."""
+        img = record.image
+        if img is None or img.uploaded:
+            return record
+        relay = self.relay if progress is None else cast(
+            RelayHTTP, _ProgressRelay(self.relay, len(img.ciphertext), progress))
+        attachment_id = img.attachment_id
+        if attachment_id is not None:
+            try:
+                await self.relay.upload_status(attachment_id)
+            except RelayRequestError as exc:
+                if exc.status >= 500:
+                    raise
+                attachment_id = None  # gone (expired, or never finished): start again
+        if attachment_id is None:
+            attachment_id = (await self.relay.create_upload(len(img.ciphertext))).attachment_id
+            img = msgspec.structs.replace(img, attachment_id=attachment_id)
+            record = msgspec.structs.replace(record, image=img)
+            self.vault.put_outbox(record)
+        await sdk_attachments.upload(relay, img.ciphertext, attachment_id=attachment_id)
+        descriptor = AttachmentDescriptor(
+            attachment_id=attachment_id, key=img.key, sha256=img.sha256, size=img.size,
+            media_type=img.media_type, width=img.width, height=img.height)
+        flagged = [BurnedInIdentifiers(attachment_id=attachment_id,
+                                       kinds=[IdentifierKind(k) for k in img.burned_in])
+                   ] if img.burned_in else []
+        body = msgspec.structs.replace(msgspec.msgpack.decode(record.body, type=Body),
+                                       attachments=[descriptor], burned_in_identifiers=flagged)
+        record = msgspec.structs.replace(
+            record, body=encode_body(body), attachment_ids=(attachment_id,), stage="seal",
+            image=msgspec.structs.replace(img, uploaded=True, ciphertext=b""))
+        self.vault.put_outbox(record)
+        return record
+
+    async def _seal(self, record: OutboxRecord) -> tuple[OutboxRecord, SealedMessage]:
+        """Seal the pending send for the thread's current devices (verified), same id."""
         from clients.external import apply_external
 
-        if self.connection is None:
-            raise FlowError("the client is not started", code=ErrorCode.NOT_READY.value)
-        encode_body(body)  # an invalid body fails before any network call
-        message_id = str(uuid.uuid4())
-        keys = self.store.state.device_keys()
-        for attempt in range(2):
-            recipients = await self._recipients(thread_id)
-            if needs_gateway(purpose, len(attachment_ids)):
-                # Issue 7: images for direct care are also sealed to the organisation's record
-                # gateway(s), verified like any recipient (clients/sdk/filing.py).
-                known = {r.device.device_id for r in recipients}
-                gateways = await gateway_bundles(
-                    self.relay, trusted_orgs=self.store.state.trusted_orgs(),
-                    revocations=await self.revocations())
-                recipients += [g for g in gateways if g.device.device_id not in known]
-            # Issue 10 item 3: recipients in another organisation (from their verified
-            # certificates) need the sealed clinical-necessity statement and the header flag.
-            body, external = apply_external(
-                body, sender_org=self.store.state.org_id, necessity=necessity, purpose=purpose,
-                recipient_orgs=[r.device.user.org_id for r in recipients])
-            plain = encode_body(body)
-            header = MessageHeader(
-                v=1, message_id=message_id, thread_id=thread_id, sender_user_id=self.user_id,
-                sender_device_id=self.device_id, sent_at=int(self._clock()), purpose=purpose,
-                priority=priority, consent_id=consent_id, attachment_ids=list(attachment_ids),
-                recipient_devices=[r.device.device_id for r in recipients], external=external)
-            sealed: SealedMessage = await asyncio.to_thread(
-                seal_message, header, plain, sender=keys, recipients=recipients)
+        body = msgspec.msgpack.decode(record.body, type=Body)
+        purpose, priority = Purpose(record.purpose), Priority(record.priority)
+        recipients = await self._recipients(record.thread_id)
+        if needs_gateway(purpose, len(record.attachment_ids)):
+            # Issue 7: images for direct care are also sealed to the organisation's record
+            # gateway(s), verified like any recipient (clients/sdk/filing.py).
+            known = {r.device.device_id for r in recipients}
+            gateways = await gateway_bundles(
+                self.relay, trusted_orgs=self.store.state.trusted_orgs(),
+                revocations=await self.revocations())
+            recipients += [g for g in gateways if g.device.device_id not in known]
+        # Issue 10 item 3: recipients in another organisation (from their verified
+        # certificates) need the sealed clinical-necessity statement and the header flag.
+        body, external = apply_external(
+            body, sender_org=self.store.state.org_id, necessity=record.necessity,
+            purpose=purpose, recipient_orgs=[r.device.user.org_id for r in recipients])
+        plain = encode_body(body)
+        header = MessageHeader(
+            v=1, message_id=record.message_id, thread_id=record.thread_id,
+            sender_user_id=self.user_id, sender_device_id=self.device_id,
+            sent_at=int(self._clock()), purpose=purpose, priority=priority,
+            consent_id=record.consent_id, attachment_ids=list(record.attachment_ids),
+            recipient_devices=[r.device.device_id for r in recipients], external=external)
+        sealed: SealedMessage = await asyncio.to_thread(
+            seal_message, header, plain, sender=self.store.state.device_keys(),
+            recipients=recipients)
+        record = msgspec.structs.replace(record, stage="send", sealed=encode_sealed(sealed),
+                                         content=plain, attempts=record.attempts + 1)
+        return record, sealed
+
+    async def _seal_and_send(self, record: OutboxRecord,
+                             timeout: float | None) -> tuple[Accepted, OutboxRecord]:
+        if record.sealed:
+            # A resend: the very bytes that may already be on the relay go first, so a
+            # message it stored is answered as a duplicate (docs/PROTOCOL.md "Send").
             try:
-                async with asyncio.timeout(timeout):
-                    accepted = await self.connection.send(sealed)
+                return await self._send_sealed(decode_sealed(record.sealed), timeout), record
+            except SendRefused as refused:
+                if refused.code != ErrorCode.DEVICE_SET_MISMATCH.value:
+                    raise FlowError(f"the relay refused the message: {refused.detail}",
+                                    code=refused.code) from refused
+                # Not stored (a stored one is answered first): seal again, same message id.
+        for attempt in range(2):
+            record, sealed = await self._seal(record)
+            self.vault.put_outbox(record)  # the bytes are kept before they go on the wire
+            try:
+                return await self._send_sealed(sealed, timeout), record
             except SendRefused as refused:
                 if refused.code == ErrorCode.DEVICE_SET_MISMATCH.value and attempt == 0:
                     continue  # someone joined or left: fetch the recipients again, once
                 raise FlowError(f"the relay refused the message: {refused.detail}",
                                 code=refused.code) from refused
-            except TimeoutError as exc:
-                raise RelayUnavailable(
-                    "the relay did not confirm the message in time: it was NOT sent "
-                    "(nothing was stored; send it again when the relay is back)") from exc
-            except ConnectionStopped as exc:
-                raise FlowError(f"this device can no longer send: {exc}",
-                                code=ErrorCode.DEVICE_REVOKED.value) from exc
-            self.vault.put_message(VaultMessage(
-                message_id=message_id, thread_id=thread_id, sender_user_id=self.user_id,
-                sender_device_id=self.device_id, sent_at=float(header.sent_at),
-                body=body.text, attachment_ids=tuple(attachment_ids), priority=priority.value,
-                purpose=purpose.value, read=True, content=plain, outgoing=True,
-                thread_seq=accepted.thread_seq))
-            sent = SentMessage(message_id, thread_id, accepted.thread_seq,
-                               tuple(attachment_ids), tuple(body.quality_warnings))
-            return sent, header
         raise AssertionError("unreachable")
+
+    async def _send_sealed(self, sealed: SealedMessage, timeout: float | None) -> Accepted:
+        assert self.connection is not None
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.connection.send(sealed)
+        except TimeoutError as exc:
+            raise RelayUnavailable("the relay did not confirm the message in time") from exc
+        except ConnectionStopped as exc:
+            raise FlowError(f"this device can no longer send: {exc}",
+                            code=ErrorCode.DEVICE_REVOKED.value) from exc
+
+    def _stored(self, record: OutboxRecord, accepted: Accepted) -> SentMessage:
+        """The relay stored it: keep the sent message (and image) and empty the slot."""
+        body = decode_body(record.content)
+        self.vault.put_message(VaultMessage(
+            message_id=record.message_id, thread_id=record.thread_id,
+            sender_user_id=self.user_id, sender_device_id=self.device_id,
+            sent_at=float(record.created_at), body=body.text,
+            attachment_ids=record.attachment_ids, priority=record.priority,
+            purpose=record.purpose, read=True, content=record.content, outgoing=True,
+            thread_seq=accepted.thread_seq))
+        img = record.image
+        if img is not None and img.attachment_id is not None:
+            with contextlib.suppress(ImageShredded):
+                self.vault.put_image(img.attachment_id, img.data, media_type=img.media_type,
+                                     width=img.width, height=img.height,
+                                     thread_id=record.thread_id, message_id=record.message_id)
+        self.vault.drop_outbox(record.message_id)
+        return SentMessage(record.message_id, record.thread_id, accepted.thread_seq,
+                           record.attachment_ids, tuple(body.quality_warnings))
+
+    async def _resend_pending(self, records: list[OutboxRecord]) -> None:
+        """Resend what an earlier run left in the outbox, oldest first, once connected."""
+        assert self.connection is not None
+        if not records:
+            return
+        await self.connection.connected.wait()
+        for record in records:
+            if record.message_id in self._in_flight:
+                continue
+            try:
+                sent, _ = await self._deliver(record, timeout=RESEND_TIMEOUT)
+            except RelayUnavailable as exc:
+                await self._emit(OutboxEvent(record.message_id, record.thread_id, "pending",
+                                             str(exc)))
+                return  # the relay is gone again: the next start tries again
+            except (SDKError, ProtocolError) as exc:
+                code = exc.code.value if isinstance(exc, ProtocolError) else getattr(
+                    exc, "code", "")
+                detail = f"{code}: {exc}" if code and not str(exc).startswith(code) else \
+                    str(exc)
+                await self._emit(OutboxEvent(record.message_id, record.thread_id, "refused",
+                                             detail))
+                continue
+            await self._emit(OutboxEvent(record.message_id, record.thread_id, "sent",
+                                         thread_seq=sent.thread_seq))
 
     async def send_text(
         self, thread_id: str, text: str, *, priority: Priority | None = None,
@@ -746,23 +968,19 @@ class LightboxClient:
             raise _flow(exc, "the consent token is malformed") from exc
         ensure_sendable(claims, purpose, [image_hash(image.data)])
         encrypted = await sdk_attachments.encrypt(image.data)
-        relay = self.relay if progress is None else cast(
-            RelayHTTP, _ProgressRelay(self.relay, len(encrypted.ciphertext), progress))
-        attachment_id = await sdk_attachments.upload(relay, encrypted.ciphertext)
-        descriptor = encrypted.descriptor(attachment_id, image.media_type, width=image.width,
-                                          height=image.height)
-        flagged = [BurnedInIdentifiers(attachment_id=attachment_id,
-                                       kinds=list(dict.fromkeys(burned_in)))] if burned_in else []
-        body = Body(text=text, attachments=[descriptor], consent_token=consent_token,
-                    record=record, quality_warnings=list(warnings), subject=subject,
-                    burned_in_identifiers=flagged)
-        sent, _ = await self._send_body(
-            thread_id, body, purpose=purpose, priority=priority or self._thread_priority(
-                thread_id), consent_id=claims.jti, attachment_ids=[attachment_id],
-            necessity=necessity, timeout=timeout)
-        self.vault.put_image(attachment_id, image.data, media_type=image.media_type,
-                             width=image.width, height=image.height, thread_id=thread_id,
-                             message_id=sent.message_id)
+        # The descriptor (with the key) goes into the body once the upload is finished, with
+        # the identifiers flagged for that attachment.
+        body = Body(text=text, consent_token=consent_token, record=record,
+                    quality_warnings=list(warnings), subject=subject)
+        pending = self._new_send(
+            thread_id, body, purpose=purpose,
+            priority=priority or self._thread_priority(thread_id), consent_id=claims.jti,
+            necessity=necessity, image=OutboxImage(
+                data=image.data, media_type=image.media_type, width=image.width,
+                height=image.height, key=encrypted.key, sha256=encrypted.sha256,
+                size=encrypted.size, ciphertext=encrypted.ciphertext,
+                burned_in=[k.value for k in dict.fromkeys(burned_in)]))
+        sent, _ = await self._deliver(pending, timeout=timeout, progress=progress)
         return sent
 
     async def file_consent(self, consent_token: str, record: RecordData, *,
@@ -1105,15 +1323,31 @@ class LightboxClient:
                                     msgspec.msgpack.encode(step))
                 await self._emit(step)
         elif isinstance(frame, WipeOrder):
-            # Verified against the organisation-signed list (a forged or replayed order raises
-            # FlowError and destroys nothing); then the vault goes and the client stops.
-            entry = wipe(frame, self.store.state, self.vault.directory, vault=self.vault)
-            self._wiped_at = entry.revoked_at
-            await self._emit(StatusEvent("wiped", f"this device was revoked ({entry.reason}) "
-                                                  "and its local data destroyed"))
-            self._spawn(self.close(), "close-after-wipe")
+            await self._wipe(frame)
         elif isinstance(frame, Error):
             await self._emit(StatusEvent("error", f"{frame.code.value}: {frame.detail}"))
+
+    async def _wipe(self, order: WipeOrder) -> None:
+        """Obey a wipe order (docs/PROTOCOL.md §15 "Wipe"): verified against the organisation-signed
+        list (a forged or replayed order raises FlowError and destroys nothing); the
+        confirmation is signed while the device key still exists, the vault folder (vault,
+        keys, outbox) is deleted, and only then is the confirmation sent; the client stops."""
+        state = self.store.state
+        verify_wipe_order(order, state)
+        confirmation = statements.issue_wipe_confirmation(statements.WipeConfirmation(
+            v=statements.STATEMENT_VERSION, device_id=state.device_id, order_id=order.order_id,
+            wiped_at=int(self._clock())), state.device_keys().signing)
+        entry = wipe(order, state, self.vault.directory, vault=self.vault)
+        del state
+        self.wiped = entry
+        if not self.vault.directory.exists() and self.connection is not None:
+            with contextlib.suppress(SocketClosed, ConnectionError):
+                await self.connection.send_frame(WipeConfirm(statement=confirmation))
+        when = format_time(entry.revoked_at)
+        await self._emit(StatusEvent("wiped", f"this device was revoked by your organisation "
+                                              f"on {when} ({entry.reason}); its data has been "
+                                              "erased"))
+        self._spawn(self.close(), "close-after-wipe")
 
     async def _answer_reseal(self, request: ResealRequest) -> None:
         """Shift handover (issue 9): the relay is blind, so a device that holds the consult

@@ -145,10 +145,14 @@ class Connection:
 
     async def _run(self) -> None:
         attempt = 0
+        asked_for_wipe = False
         while True:
             try:
                 token = await self._token()
-            except RelayUnavailable:
+            except ConnectionStopped as exc:  # the token provider knows it is over
+                self._finish(exc)
+                return
+            except RelayUnavailable:  # a failed refresh (relay unreachable): try again later
                 attempt += 1
                 await self._backoff(attempt)
                 continue
@@ -177,6 +181,12 @@ class Connection:
             self.connected.clear()
             self.queue_empty.clear()
             self._socket = None
+            if code == CloseCode.DEVICE_REVOKED and not asked_for_wipe:
+                # Revoked while connected: connect once more, because a device revoked with
+                # wipe is let in only to hear its wipe order (docs/PROTOCOL.md §15 "Wipe"); any
+                # other revoked device is refused at once and the connection ends.
+                asked_for_wipe = True
+                continue
             if code in FINAL_CLOSE_CODES:
                 self._finish(ConnectionStopped(code, reason))
                 return
@@ -247,9 +257,11 @@ class Connection:
                 if is_retryable(refused.code):
                     await asyncio.sleep(refused.retry_after or 1.0)
                     continue
-                item.future.set_exception(refused)
+                if not item.future.done():  # the sender may have stopped waiting
+                    item.future.set_exception(refused)
             except TimeoutError:
                 continue  # unknown outcome: resend the same bytes (idempotent)
             else:
-                item.future.set_result(acc)
+                if not item.future.done():
+                    item.future.set_result(acc)
             self._outbox.remove(item)

@@ -22,6 +22,7 @@ __all__ = [
     "ImageStatus",
     "MessageEvent",
     "MessageView",
+    "OutboxEvent",
     "ReceiptEvent",
     "SentMessage",
     "StatusEvent",
@@ -109,8 +110,22 @@ class EscalationEvent:
     at: int
 
 
+@dataclasses.dataclass(frozen=True)
+class OutboxEvent:
+    """A send an earlier run left in the outbox was resent at start (docs/PROTOCOL.md §3.5
+    "Outbox"): ``sent`` (stored by the relay as ``thread_seq``; answered as a duplicate if
+    it had been stored before), ``refused`` (refused for good and removed from the outbox:
+    ``detail`` says why) or ``pending`` (the relay is unreachable: kept for the next start)."""
+
+    message_id: str
+    thread_id: str
+    state: str
+    detail: str = ""
+    thread_seq: int = 0
+
+
 ClientEvent = (MessageEvent | ImageEvent | ReceiptEvent | FiledEvent | ExpiredEvent
-               | WithdrawnEvent | EscalationEvent | StatusEvent)
+               | WithdrawnEvent | EscalationEvent | StatusEvent | OutboxEvent)
 
 
 @dataclasses.dataclass(frozen=True)

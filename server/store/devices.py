@@ -15,6 +15,7 @@ from server.store import at, unix
 
 __all__ = [
     "DeviceRecord",
+    "clear_wipe_pending",
     "count_active",
     "get_device",
     "get_devices",
@@ -100,6 +101,12 @@ async def revoke_devices(conn: asyncpg.Connection, device_ids: Sequence[str], *,
         "AND d.device_id = ANY($1::uuid[]) RETURNING d.device_id",
         [uuid.UUID(d) for d in device_ids], org_id, at(now), [uuid.UUID(d) for d in wipe])
     return sorted(str(r["device_id"]) for r in rows)
+
+
+async def clear_wipe_pending(conn: asyncpg.Connection, device_id: str) -> None:
+    """The device confirmed its wipe: no order is sent to it again."""
+    await conn.execute("UPDATE devices SET wipe_pending = false WHERE device_id = $1",
+                       uuid.UUID(device_id))
 
 
 async def touch(conn: asyncpg.Connection, device_id: str, *, now: float) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from clients import cli
-from tests.clinician_world import enrol_clinician
+from tests.clinician_world import enrol_clinician, use_cli_profiles
 from tests.consent_world import xray_png
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.identity_world import World, identity_world
 
 ORTHO = "orthopaedics_oncall"
 
@@ -26,10 +26,7 @@ ORTHO = "orthopaedics_oncall"
 @pytest.fixture
 async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                 ) -> AsyncIterator[World]:
-    monkeypatch.setenv("LIGHTBOX_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORD)
-    monkeypatch.setenv("LIGHTBOX_INSECURE_FAST_KDF", "1")
-    monkeypatch.delenv("LIGHTBOX_PROFILE", raising=False)
+    use_cli_profiles(monkeypatch, tmp_path)
     async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
         yield w
 

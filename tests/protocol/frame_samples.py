@@ -115,6 +115,7 @@ def sample_frames() -> list[f.Frame]:
             issued_at=T0,
         ),
         f.ExpiryConfirm(req_id="r3", statement="eyJlIjoxfQ.c2ln"),
+        f.WipeConfirm(statement="eyJlIjoxfQ.c2ln"),
         f.WipeOrder(order_id=U1, issued_at=T0, revocation="eyJyIjoxfQ.c2ln"),
         f.KeysLow(remaining=3, target=100),
         f.Revoked(subject=f.RevocationSubject.DEVICE, id=U1, reason="lost", at=T0),

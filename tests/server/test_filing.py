@@ -7,6 +7,7 @@ limit for images never filed, and a device revoked with wipe."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.socket import SendRefused
+from protocol import statements
 from protocol.frames import (
     Error,
     ExpireOrder,
@@ -25,6 +27,7 @@ from protocol.frames import (
     Filing,
     KeysLow,
     QueueEmpty,
+    WipeConfirm,
     WipeOrder,
 )
 from tests.consent_world import count, sdk, xray_png
@@ -43,6 +46,12 @@ from tests.relay_world import Peer, connect, peer, thread
 from tests.server.test_http_edge import assert_problem
 
 ORTHO = "orthopaedics_oncall"
+
+
+def wipe_confirmation(signer: Peer, device_id: str, order_id: str) -> str:
+    return statements.issue_wipe_confirmation(statements.WipeConfirmation(
+        v=1, device_id=device_id, order_id=order_id, wiped_at=int(time.time())),
+        signer.device.keys.signing)
 
 
 @pytest.fixture
@@ -203,6 +212,9 @@ async def test_a_device_revoked_with_wipe_gets_the_order_first_and_its_deliverie
     try:
         first = await next_of(b, object, match=lambda f: not isinstance(f, KeysLow))
         assert isinstance(first, WipeOrder)
+        # A confirmation not signed by the device itself is not recorded.
+        await b.send_frame(WipeConfirm(statement=wipe_confirmation(
+            intern, ortho.device_id, first.order_id)))
         closed = await b.closed
         assert closed[0] == 4004
     finally:
@@ -211,6 +223,10 @@ async def test_a_device_revoked_with_wipe_gets_the_order_first_and_its_deliverie
                        uuid.UUID(ortho.device_id)) == 0
     assert await count(world, "SELECT count(*) FROM audit_log WHERE event = "
                        "'device.wipe_ordered'") == 1
+    assert await count(world, "SELECT count(*) FROM audit_log WHERE event = "
+                       "'device.wipe_confirmed'") == 0
+    assert await count(world, "SELECT count(*) FROM devices WHERE device_id = $1 AND "
+                       "wipe_pending", uuid.UUID(ortho.device_id)) == 1
 
 
 async def test_expire_orders_of_a_withdrawn_consent_are_confirmed_the_same_way(
@@ -273,9 +289,19 @@ async def test_a_wiped_phone_coming_back_after_its_token_expired_still_gets_the_
     try:
         first = await next_of(b, object, match=lambda f: not isinstance(f, KeysLow))
         assert isinstance(first, WipeOrder)
+        # The device's own confirmation of this order is recorded.
+        await b.send_frame(WipeConfirm(statement=wipe_confirmation(
+            ortho, ortho.device_id, first.order_id)))
         assert (await b.closed)[0] == 4004
     finally:
         await b.close()
+    assert await count(world, "SELECT count(*) FROM audit_log WHERE event = "
+                       "'device.wipe_confirmed' AND subject_id = $1", ortho.device_id) == 1
+    # Confirmed: the order is not sent again; the expired token is just expired now.
+    with pytest.raises(SocketClosed) as err:
+        await RelaySocket.connect(world.relay.ws_url + "/v1/ws", access_token=expired(ortho),
+                                  device_id=ortho.device_id, sign=ortho.device.keys.sign)
+    assert (err.value.code, err.value.reason) == (4001, "token_expired")
     with pytest.raises(SocketClosed) as err:
         await RelaySocket.connect(world.relay.ws_url + "/v1/ws",
                                   access_token=expired(bystander),

@@ -24,6 +24,7 @@ from protocol.frames import (
     Hello,
     KeysLow,
     Ping,
+    Pong,
     QueueEmpty,
     Receipt,
     ReceiptNotice,
@@ -229,6 +230,51 @@ async def test_retry_with_same_bytes_returns_the_original_acceptance(
         assert again.duplicate and again.thread_seq == first.thread_seq
     finally:
         await a.close()
+
+
+async def test_a_sender_gone_while_its_batch_waited_does_not_fail_the_others_in_it(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    """Group commit: alice's and bob's sends wait in one batch behind a send held on a row
+    lock; alice's connection closes meanwhile. Bob is still answered ``accepted``, both are
+    stored once, and alice's resend of the same bytes is answered as a duplicate."""
+    alice, bob, carol = trio
+    held = await thread(world, carol, alice)
+    t_alice, t_bob = await thread(world, alice, carol), await thread(world, bob, carol)
+    c, a, b = await connect(world, carol), await connect(world, alice), await connect(world, bob)
+    conn = await world.db()
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute("SELECT 1 FROM threads WHERE thread_id = $1 FOR UPDATE",
+                           uuid.UUID(held))
+        blocker = asyncio.create_task(c.send(seal(carol, held, [alice])))
+        async with asyncio.timeout(seconds(20)):
+            while not await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND pid <> pg_backend_pid()"):
+                await asyncio.sleep(0.05)
+        from_alice, from_bob = seal(alice, t_alice, [carol]), seal(bob, t_bob, [carol])
+        gone = asyncio.create_task(a.send(from_alice))
+        answer = asyncio.create_task(b.send(from_bob))
+        for sock in (a, b):  # a pong after the send: the relay has queued the send
+            await sock.send_frame(Ping(nonce=b"q"))
+            await next_of(sock, Pong)
+        await a.close()
+        with pytest.raises(SocketClosed):
+            await gone
+    finally:
+        await tx.rollback()
+        await conn.close()
+    try:
+        await blocker
+        accepted = await answer
+        assert not accepted.duplicate
+        a = await connect(world, alice)
+        again = await a.send(from_alice)
+        assert again.duplicate
+    finally:
+        for sock in (a, b, c):
+            await sock.close()
 
 
 async def test_reused_message_id_with_other_bytes_is_refused_and_overwrites_nothing(

@@ -1,0 +1,397 @@
+"""The outbox in the vault (clients/vault.py, clients/sdk/client.py; docs/PROTOCOL.md §3.5
+"Outbox"): a send is kept on the device from before it goes on the wire until the relay stored
+it, so the phone can die at any moment and the message still arrives, exactly once.
+
+The clinician's ``lightbox send`` runs as a real subprocess against the real relay and is
+killed (SIGKILL, or Ctrl-C) at a point made deterministic without touching production code: the
+test holds the thread's row lock in Postgres, so the relay's send batch waits on it
+(``pg_stat_activity`` shows the wait) while the client waits for ``accepted``. Then:
+
+* the lock is released, the relay commits, and the next start of the client resends the same
+  bytes, answered as a duplicate: the recipient holds one copy;
+* the relay is restarted before it committed: the next start sends it, once;
+* the consent is withdrawn meanwhile: the resend is refused for good, removed and reported;
+* an image whose upload had not started is uploaded on the next start, same message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+
+from clients import imaging
+from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
+from clients.sdk import attachments as sdk_attachments
+from clients.sdk.client import ImageEvent, LightboxClient, OutboxEvent
+from clients.vault import OutboxImage, OutboxRecord, Vault, VaultLocked
+from protocol.body import Body
+from protocol.consent import ConsentBasis, ConsentDecision
+from protocol.keys import CHEAP_PROFILE
+from protocol.model import Purpose
+from tests.clinician_world import enrol_clinician, lightbox_process, use_cli_profiles
+from tests.consent_world import count, xray_png
+from tests.helpers import make_settings, running_relay, seconds
+from tests.identity_world import PASSWORD, World, identity_world
+from tests.servers import free_port
+
+ORTHO = "orthopaedics_oncall"
+
+
+@pytest.fixture
+async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                ) -> AsyncIterator[World]:
+    use_cli_profiles(monkeypatch, tmp_path)
+    # A fixed port, so that a restarted relay is where the devices expect it.
+    async with identity_world(db_dsn, tmp_path, port=free_port(),
+                              attachment_chunk_bytes=64 * 1024) as w:
+        yield w
+
+
+async def lightbox(*argv: str) -> tuple[int, str, str]:
+    """``lightbox ARGV`` as its own process, to the end."""
+    proc = await lightbox_process(*argv)
+    out, err = await asyncio.wait_for(proc.communicate(), seconds(90))
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def until(predicate: object, timeout: float = 30) -> None:
+    async with asyncio.timeout(seconds(timeout)):
+        while not await predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+
+
+async def people(world: World, tmp_path: Path) -> tuple[str, str]:
+    """An intern and the on-call orthopaedic specialist with CLI profiles, and a thread
+    between them; returns (thread id, the specialist's user id)."""
+    home = tmp_path / "home"
+    intern = await enrol_clinician(world, tmp_path, "intern", vault_dir=home / "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
+                                  vault_dir=home / "ortho")
+    await intern.client.ensure_login()
+    thread = await intern.client.create_thread(users=[ortho.user_id])
+    await intern.client.relay.aclose()
+    intern.vault.lock()
+    ortho.vault.lock()
+    return thread.thread_id, ortho.user_id
+
+
+def pending(tmp_path: Path, login: str = "intern") -> list[OutboxRecord]:
+    """The outbox of a profile's vault, read the way the device reads it."""
+    vault = Vault(tmp_path / "home" / login, kdf=CHEAP_PROFILE)
+    vault.unlock(PASSWORD)
+    try:
+        return vault.outbox()
+    finally:
+        vault.lock()
+
+
+def received(tmp_path: Path, thread_id: str, login: str = "ortho") -> list[str]:
+    """The texts of the messages in a thread of a profile's vault."""
+    vault = Vault(tmp_path / "home" / login, kdf=CHEAP_PROFILE)
+    vault.unlock(PASSWORD)
+    try:
+        return [m.body for m in vault.messages(thread_id) if not m.outgoing]
+    finally:
+        vault.lock()
+
+
+@contextlib.asynccontextmanager
+async def relay_held(world: World, thread_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """Hold the thread's row lock: the relay's send batch waits on it until released."""
+    conn = await world.db()
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute("SELECT 1 FROM threads WHERE thread_id = $1 FOR UPDATE",
+                           uuid.UUID(thread_id))
+        yield conn
+    finally:
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
+            await tx.rollback()
+        await conn.close()
+
+
+async def sends_waiting(world: World, needle: str = "FOR UPDATE") -> int:
+    return await count(world, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                       "'Lock' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+                       needle)
+
+
+async def stored(world: World, message_id: str) -> int:
+    return await count(world, "SELECT count(*) FROM messages WHERE message_id = $1",
+                       uuid.UUID(message_id))
+
+
+async def send_and_stop(world: World, thread_id: str, argv: Sequence[str], *,
+                        sig: int, tmp_path: Path) -> tuple[OutboxRecord, str]:
+    """Run ``lightbox send`` while the relay's acceptance is held, stop it with ``sig`` once
+    the relay has the frame, and return the outbox record it left and its stderr."""
+    proc = await lightbox_process("--profile", "intern", "send", "--thread", thread_id, *argv)
+    try:
+        await until(lambda: _has_waiting(world, proc))
+        (record,) = pending(tmp_path)
+        assert record.stage == "send" and record.sealed, record
+        proc.send_signal(sig)
+        _, err = await asyncio.wait_for(proc.communicate(), seconds(30))
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return record, err.decode()
+
+
+async def _has_waiting(world: World, proc: asyncio.subprocess.Process,
+                       needle: str = "FOR UPDATE") -> bool:
+    if proc.returncode is not None:
+        assert proc.stderr is not None
+        raise AssertionError(f"lightbox send ended: {(await proc.stderr.read()).decode()}")
+    return await sends_waiting(world, needle) > 0
+
+
+async def test_a_send_survives_kill_9_of_the_client_and_arrives_exactly_once(
+        world: World, tmp_path: Path) -> None:
+    thread_id, _ = await people(world, tmp_path)
+    text = "Wrist, bed 4: displaced distal radius?"
+    async with relay_held(world, thread_id):
+        record, _ = await send_and_stop(world, thread_id, [text], sig=signal.SIGKILL,
+                                        tmp_path=tmp_path)
+    # The relay had the frame: released, it commits it, but the client never heard.
+    await until(lambda: _is_stored(world, record.message_id))
+
+    rc, out, err = await lightbox("--profile", "intern", "outbox")
+    assert rc == 0, err
+    assert record.message_id in out and "1 messages waiting to be sent" in out
+    assert text[:20] in out
+
+    rc, out, err = await lightbox("--profile", "intern", "inbox")
+    assert rc == 0, err
+    assert f"message {record.message_id} (sent earlier from this device) is now stored" in out
+    assert pending(tmp_path) == []
+    assert await stored(world, record.message_id) == 1
+
+    rc, out, err = await lightbox("--profile", "ortho", "inbox")
+    assert rc == 0, err
+    assert out.count(text) == 1 and "1 unread messages" in out
+    assert received(tmp_path, thread_id) == [text]
+    rc, out, _ = await lightbox("--profile", "intern", "outbox")
+    assert "0 messages waiting to be sent" in out
+
+
+async def _is_stored(world: World, message_id: str) -> bool:
+    return await stored(world, message_id) == 1
+
+
+async def test_a_send_interrupted_before_the_relay_stored_it_is_sent_after_a_relay_restart(
+        world: World, tmp_path: Path) -> None:
+    """Ctrl-C while the relay has not answered: the user is told it will be sent again; the
+    relay then restarts without having stored it, and the next start sends it, once."""
+    thread_id, _ = await people(world, tmp_path)
+    text = "Ankle, bay 2: Weber B?"
+    async with relay_held(world, thread_id):
+        record, err = await send_and_stop(world, thread_id, [text], sig=signal.SIGINT,
+                                          tmp_path=tmp_path)
+        assert "sent again the next time this device connects" in err, err
+        assert "Traceback" not in err
+        world.relay.stop()  # the relay goes down with the send still waiting on the lock
+    assert await stored(world, record.message_id) == 0
+    settings = make_settings(trusted_orgs_file=tmp_path / "trusted-orgs.json",
+                             port=int(world.relay.base_url.rsplit(":", 1)[1]),
+                             attachment_chunk_bytes=64 * 1024)
+    async with running_relay(world.dsn, settings):
+        rc, out, err = await lightbox("--profile", "intern", "inbox")
+        assert rc == 0, err
+        assert f"message {record.message_id} (sent earlier from this device) is now " \
+               "stored" in out
+        assert pending(tmp_path) == []
+        rc, out, err = await lightbox("--profile", "ortho", "inbox")
+        assert rc == 0, err
+        assert out.count(text) == 1
+    assert received(tmp_path, thread_id) == [text]
+    assert await stored(world, record.message_id) == 1
+
+
+async def test_a_pending_send_refused_for_good_is_removed_and_reported_not_retried(
+        world: World, tmp_path: Path) -> None:
+    """The patient withdraws the consent while an image send is pending: the resend is
+    refused (consent_revoked), taken out of the outbox and reported; nothing arrives."""
+    thread_id, _ = await people(world, tmp_path)
+    film = tmp_path / "film.png"
+    film.write_bytes(xray_png(900, 700))
+    async with relay_held(world, thread_id):
+        record, _ = await send_and_stop(
+            world, thread_id, ["--to", f"role:{ORTHO}", "--image", str(film), "--send-anyway",
+                               "--patient-agreed",
+                               "--statements-shown", "Scaphoid?"],
+            sig=signal.SIGKILL, tmp_path=tmp_path)
+        assert record.consent_id is not None and record.image is not None
+        assert record.image.uploaded
+        vault = Vault(tmp_path / "home" / "intern", kdf=CHEAP_PROFILE)
+        vault.unlock(PASSWORD)
+        client = LightboxClient(vault, vault, password=PASSWORD)
+        try:
+            await client.ensure_login()
+            await client.relay.revoke_consent(record.consent_id)
+        finally:
+            await client.relay.aclose()
+            vault.lock()
+    rc, out, err = await lightbox("--profile", "intern", "inbox")
+    assert rc == 0, out + err
+    assert f"message {record.message_id} (sent earlier from this device) was NOT sent" in err
+    assert "consent_revoked" in err and "removed from the outbox" in err
+    assert pending(tmp_path) == []
+    rc, out, err = await lightbox("--profile", "intern", "inbox")  # not tried again
+    assert rc == 0 and record.message_id not in out + err
+    assert await stored(world, record.message_id) == 0
+    rc, out, _ = await lightbox("--profile", "ortho", "inbox")
+    assert "0 unread messages" in out and received(tmp_path, thread_id) == []
+
+
+async def test_an_image_send_killed_before_its_upload_began_is_uploaded_on_the_next_start(
+        world: World, tmp_path: Path) -> None:
+    """The relay's upload table is held: the phone dies with the image not uploaded; the next
+    start uploads it and sends the message under the same id; the specialist gets the image."""
+    thread_id, _ = await people(world, tmp_path)
+    film = tmp_path / "film.png"
+    film.write_bytes(xray_png(900, 700))
+    conn = await world.db()
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute("LOCK TABLE attachments IN EXCLUSIVE MODE")
+    proc = await lightbox_process("--profile", "intern", "send", "--thread", thread_id, "--to",
+                       f"role:{ORTHO}", "--image", str(film), "--send-anyway",
+                       "--patient-agreed", "--statements-shown", "Scaphoid?")
+    try:
+        await until(lambda: _has_waiting(world, proc, "attachments"))
+        (record,) = pending(tmp_path)
+        assert record.stage == "upload" and record.image is not None
+        assert record.image.attachment_id is None and not record.sealed
+        proc.kill()
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await tx.rollback()
+        await conn.close()
+    rc, out, err = await lightbox("--profile", "intern", "inbox")
+    assert rc == 0, err
+    assert f"message {record.message_id} (sent earlier from this device) is now stored" in \
+        out, out + err
+    assert pending(tmp_path) == []
+    rc, out, err = await lightbox("--profile", "ortho", "inbox")
+    assert rc == 0, err
+    assert out.count("Scaphoid?") == 1 and "stored" in out
+    vault = Vault(tmp_path / "home" / "ortho", kdf=CHEAP_PROFILE)
+    vault.unlock(PASSWORD)
+    try:
+        (message,) = [m for m in vault.messages(thread_id) if not m.outgoing]
+        assert message.message_id == record.message_id
+        (aid,) = message.attachment_ids
+        assert vault.get_image(aid).info.media_type.startswith("image/")
+    finally:
+        vault.lock()
+
+
+async def test_the_outbox_command_refuses_a_wrong_password_and_a_missing_profile(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    await people(world, tmp_path)
+    rc, _, err = await lightbox("--profile", "nobody", "outbox")
+    assert rc == 1 and "profile 'nobody' has no device" in err and "Traceback" not in err
+    monkeypatch.setenv("LIGHTBOX_PASSWORD", "not the password at all")
+    rc, _, err = await lightbox("--profile", "intern", "outbox")
+    assert rc == 1 and "wrong passphrase" in err and "Traceback" not in err
+
+
+def test_the_outbox_is_sealed_in_the_vault_and_added_to_a_vault_made_before_it(
+        tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "v", kdf=CHEAP_PROFILE)
+    vault.create(PASSWORD)
+    vault.lock()
+    with sqlite3.connect(tmp_path / "v" / "vault.db") as db:  # a vault from before the outbox
+        db.execute("DROP TABLE outbox")
+    vault.unlock(PASSWORD)
+    record = OutboxRecord(message_id=str(uuid.uuid4()), thread_id=str(uuid.uuid4()),
+                          created_at=1.0, purpose="direct_care", priority="routine",
+                          body=b"Doe^Jane MRN123 wrist", sealed=b"sealed-bytes", stage="send")
+    vault.put_outbox(record)
+    vault.put_outbox(msgspec.structs.replace(record, attempts=2))  # replaced, not added
+    assert vault.outbox() == [msgspec.structs.replace(record, attempts=2)]
+    raw = (tmp_path / "v" / "vault.db").read_bytes()
+    assert b"Doe^Jane" not in raw and b"sealed-bytes" not in raw
+    with pytest.raises(ValueError, match="outbox stage"):
+        vault.put_outbox(msgspec.structs.replace(record, stage="posted"))
+    assert vault.drop_outbox(record.message_id) and not vault.drop_outbox(record.message_id)
+    assert vault.outbox() == []
+    vault.lock()
+    with pytest.raises(VaultLocked):
+        vault.outbox()
+
+
+async def test_an_image_upload_cut_off_halfway_resumes_at_the_relays_offset_on_the_next_start(
+        world: World, tmp_path: Path) -> None:
+    """The phone died with half the image uploaded: its outbox record names the upload. The
+    next start asks the relay for the committed offset, uploads the rest into the same upload
+    and sends the message under its original id; the specialist gets the image."""
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    prepared = imaging.prepare_image(xray_png(1600, 1200))
+    token, claims = capture_consent(intern.vault.state, ConsentCapture(
+        purposes=[Purpose.DIRECT_CARE], images=[image_hash(prepared.image.data)],
+        decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
+        recipient_roles=[ORTHO], permanence_statement_shown=True,
+        no_effect_on_care_statement_shown=True))
+    relay = intern.client.relay
+    await intern.client.ensure_login()
+    await register_consent(relay, token)
+    thread = await intern.client.create_thread(roles=[ORTHO])
+    # What the phone had done before it died: the record, the upload, the first chunk.
+    encrypted = await sdk_attachments.encrypt(prepared.image.data)
+    upload = await relay.create_upload(len(encrypted.ciphertext))
+    half = await relay.put_chunk(upload.attachment_id, 0,
+                                 encrypted.ciphertext[:upload.chunk_size])
+    assert 0 < half.committed < len(encrypted.ciphertext)
+    image = prepared.image
+    record = OutboxRecord(
+        message_id=str(uuid.uuid4()), thread_id=thread.thread_id, created_at=time.time(),
+        purpose=Purpose.DIRECT_CARE.value, priority="routine", consent_id=claims.jti,
+        body=msgspec.msgpack.encode(Body(text="Scaphoid?", consent_token=token)),
+        stage="upload", image=OutboxImage(
+            data=image.data, media_type=image.media_type, width=image.width,
+            height=image.height, key=encrypted.key, sha256=encrypted.sha256,
+            size=encrypted.size, ciphertext=encrypted.ciphertext,
+            attachment_id=upload.attachment_id))
+    intern.vault.put_outbox(record)
+
+    await ortho.client.start(wait_connected=seconds(10))
+    images = ortho.client.subscribe()
+    outcome = intern.client.subscribe()
+    try:
+        await intern.client.start(wait_connected=seconds(10))
+        await intern.client.wait_synced(seconds(30))
+        async with asyncio.timeout(seconds(10)):
+            while not isinstance(event := await outcome.get(), OutboxEvent):
+                pass
+        assert event.state == "sent" and event.message_id == record.message_id, event
+        async with asyncio.timeout(seconds(30)):
+            while not (isinstance(got := await images.get(), ImageEvent)
+                       and got.status == "stored"):
+                pass
+        assert got.attachment_id == upload.attachment_id  # the same upload, resumed
+        assert got.message_id == record.message_id
+        assert ortho.client.image(upload.attachment_id) == image.data
+        assert intern.vault.outbox() == []
+        assert intern.vault.get_image(upload.attachment_id).data == image.data
+    finally:
+        await intern.client.close()
+        await ortho.client.close()

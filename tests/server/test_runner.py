@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from server.embedded import postmaster_pid
-from tests.helpers import ROOT, Cluster, seconds
+from tests.helpers import ROOT, Cluster, seconds, session_dir
 from tests.make_run import made_run
 
 
@@ -59,7 +59,8 @@ async def test_refuses_to_start_with_one_line_when_schema_is_not_at_head(cluster
         dsn = cluster.admin_dsn.replace("/postgres?", "/unmigrated?")
         proc = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "server", "--port", str(_free_port())],
-            cwd=ROOT, env=_env(DATABASE_URL=dsn), capture_output=True, text=True,
+            cwd=ROOT, env=_env(DATABASE_URL=dsn, LIGHTBOX_DATA_DIR=str(session_dir())),
+            capture_output=True, text=True,
             timeout=seconds(60))
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()

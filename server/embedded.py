@@ -33,11 +33,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["HOLDERS_FILE", "EmbeddedPostgres", "postmaster_pid"]
+__all__ = ["HOLDERS_FILE", "EmbeddedError", "EmbeddedPostgres", "postmaster_pid"]
 
 log = logging.getLogger("lightbox.embedded")
 
 HOLDERS_FILE = "lightbox-holders.json"
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded cluster could not be made or started; the message says where to look."""
 
 
 class EmbeddedPostgres:
@@ -63,8 +67,12 @@ class EmbeddedPostgres:
             # The constructor, not get_server(): get_server() caches a handle per process,
             # which would hand back a stale one after this process stopped the cluster.
             # cleanup_mode=None: stopping is ours (see the module docstring).
-            server = pgserver.PostgresServer(  # type: ignore[attr-defined]
-                self.data_dir, cleanup_mode=None)
+            try:
+                server = pgserver.PostgresServer(  # type: ignore[attr-defined]
+                    self.data_dir, cleanup_mode=None)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                raise EmbeddedError(f"the embedded Postgres in {self.data_dir} did not start "
+                                    f"(its log: {self.data_dir / 'log'})") from exc
             holders = [h for h in self._holders() if _alive(h)]
             holders.append(_me(self._token))
             self._write_holders(holders)
@@ -72,6 +80,11 @@ class EmbeddedPostgres:
         self._uri = str(server.get_uri())
         log.info("embedded postgres ready", extra={"data_dir": str(self.data_dir)})
         return self._uri
+
+    @property
+    def started(self) -> bool:
+        """Whether this handle holds the cluster (between start and stop)."""
+        return self._server is not None
 
     @property
     def uri(self) -> str:

@@ -34,7 +34,7 @@ from protocol.errors import ProtocolError
 from protocol.keys import key_id
 from protocol.passwords import check_password
 from server import audit, migrations
-from server.embedded import EmbeddedPostgres
+from server.embedded import EmbeddedError, EmbeddedPostgres
 from server.errors import RelayError
 from server.passwords import Passwords
 from server.settings import Settings, SettingsError, load_settings
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the parsed subcommand; every failure is one line on stderr, never a traceback."""
     try:
         return int(args.func(args, load_settings()))
-    except (CommandError, SettingsError, TrustError) as exc:
+    except (CommandError, EmbeddedError, SettingsError, TrustError) as exc:
         print(f"lightbox-server: {exc}", file=sys.stderr)
     except (ProtocolError, RelayError) as exc:  # the password policy; an existing login
         print(f"lightbox-server: {exc.code.value}: {_detail(exc)}", file=sys.stderr)

@@ -30,7 +30,7 @@ import uvicorn
 
 from server import manage, migrations
 from server.app import Relay, create_app
-from server.embedded import EmbeddedPostgres
+from server.embedded import EmbeddedError, EmbeddedPostgres
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
 from server.tokens import ensure_token_key
@@ -261,8 +261,11 @@ def _serve_main(args: argparse.Namespace) -> int:
         return 0
     except KeyboardInterrupt:
         return 0
+    except EmbeddedError as exc:
+        print(f"lightbox-server: {exc}", file=sys.stderr)
+        return 2
     finally:
-        if embedded is not None:
+        if embedded is not None and embedded.started:
             if embedded.stop():
                 print("Embedded Postgres stopped.", flush=True)
             else:

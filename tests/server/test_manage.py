@@ -225,3 +225,16 @@ def test_old_relay_host_spellings_of_lightbox_admin_name_the_new_command(
     assert _one_line(err) == (f"error: `lightbox-admin {new}` is now `lightbox-server {new}`, "
                               "run on the relay host (lightbox-admin talks to the relay over "
                               "HTTP only)")
+
+
+def test_a_cluster_that_cannot_start_is_one_line_not_a_traceback(relay_host: Path) -> None:
+    (relay_host / "pg").mkdir()
+    (relay_host / "pg" / "PG_VERSION").write_text("16\n")  # a damaged cluster folder
+    env = relay_host_env(relay_host)
+    for argv in (["audit", "head"], ["--migrate", "--port", "0"]):
+        done = run_command([str(BIN / "lightbox-server"), *argv], env)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.splitlines()[-1] == (
+            f"lightbox-server: the embedded Postgres in {relay_host / 'pg'} did not start "
+            f"(its log: {relay_host / 'pg' / 'log'})")

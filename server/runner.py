@@ -265,6 +265,8 @@ def _serve_main(args: argparse.Namespace) -> int:
         print(f"lightbox-server: {exc}", file=sys.stderr)
         return 2
     finally:
+        for sig in _SHUTDOWN_SIGNALS:  # another Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
         if embedded is not None and embedded.started:
             if embedded.stop():
                 print("Embedded Postgres stopped.", flush=True)

@@ -21,6 +21,7 @@ help:
 	@echo "make lint    ruff + mypy (strict on protocol/)"
 	@echo "make bench   relay, attachment and clinical-safety benchmarks (a few minutes; BENCH_ARGS=--help)"
 	@echo "make docs    regenerate the tables in README.md and docs/"
+	@echo "make install install into .venv; the commands are then in .venv/bin"
 	@echo "make clean   remove .venv, .data and caches"
 
 $(BIN)/python:
@@ -31,7 +32,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# The programs land in .venv/bin; say how to reach them (README.md "Where the commands are").
 install: $(STAMP)
+	@echo "Lightbox's commands are in $(BIN) (lightbox-server, lightbox-admin, lightbox, lightbox-gateway)."
+	@echo "Put them on your PATH: source $(BIN)/activate  (or: export PATH=\"\$$PWD/$(BIN):\$$PATH\")"
 
 # Debian packages some tests drive for real (see .ci/system-deps); a no-op when present.
 # orthanc + orthanc-dicomweb: the real PACS the record gateway's tests file into.
@@ -52,7 +56,7 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --cache-dir .ruff_cache .  # one cache, not one per folder ruff.toml
 	$(BIN)/mypy --strict protocol
 	$(BIN)/mypy server clients
 

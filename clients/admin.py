@@ -1,12 +1,12 @@
-"""``lightbox-admin``: hospital IT's tool.
+"""``lightbox-admin``: hospital IT's tool, on IT's workstation.
 
-Commands that act on the relay host's database directly (``db upgrade``, ``audit verify``,
-``audit head``, ``admin create``) use DATABASE_URL, or the embedded Postgres in
-``$LIGHTBOX_DATA_DIR/pg`` when it is unset (started for the command and stopped after it);
-``org trust`` edits the relay's trusted-organisations file. Commands that need the
-organisation key (``org init``, ``user add``/``import``/``suspend``/``resume``/
-``renew-licence``, ``device revoke``) run on IT's workstation and talk to the relay's admin API
-after ``login``.
+It talks to the relay over HTTP only (the admin API, after ``login``); ``org init`` (the
+organisation key ceremony) needs no relay at all. What acts on the relay host itself (the
+schema, administrators, trusted organisations, the audit trail) is the server's own command,
+``lightbox-server db|admin|org trust|audit`` (server/manage.py); the old spellings here answer
+with one line naming it. Commands that need the organisation key (``org init``,
+``user add``/``import``/``suspend``/``resume``/``renew-licence``, ``device revoke``) read it
+from the sealed keyfile.
 
 Secrets come from no-echo prompts or, for scripts, LIGHTBOX_ORG_PASSPHRASE and
 LIGHTBOX_ADMIN_PASSWORD; the keyfile from ``--keyfile`` or LIGHTBOX_ORG_KEYFILE.
@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
-
-import asyncpg
 
 from clients import adminconsent, adminops, csvio, handout, rotaio
 from clients.adminsession import (
@@ -46,7 +42,6 @@ from clients.orgkey import (
     create_org_keyfile,
     fingerprint,
     open_org_keyfile,
-    read_public_file,
 )
 from clients.prompts import PromptError, read_secret
 from clients.sdk.http import RelayHTTP
@@ -55,10 +50,6 @@ from protocol import api, certs
 from protocol.canonical import b64url_encode, peek_compact
 from protocol.errors import ProtocolError
 from protocol.keys import OrganisationKey
-from server import audit, migrations
-from server.embedded import EmbeddedPostgres
-from server.errors import RelayError
-from server.settings import load_settings
 
 __all__ = ["build_parser", "main"]
 
@@ -67,62 +58,6 @@ T = TypeVar("T")
 
 class CommandError(Exception):
     """Nothing was done; the message says why (exit status 2)."""
-
-
-@contextlib.contextmanager
-def _database() -> Iterator[str]:
-    settings = load_settings()
-    if settings.database_url is not None:
-        yield settings.database_url.reveal()
-        return
-    pg = EmbeddedPostgres(settings.data_dir / "pg")
-    try:
-        yield pg.start()
-    finally:
-        pg.stop()
-
-
-def _db_upgrade(args: argparse.Namespace) -> int:
-    with _database() as dsn:
-        migrations.upgrade(dsn, args.revision)
-    print(f"database schema upgraded to {args.revision}")
-    return 0
-
-
-async def _verify(dsn: str) -> audit.VerifyReport:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await audit.verify(conn)
-    finally:
-        await conn.close()
-
-
-def _audit_verify(args: argparse.Namespace) -> int:
-    with _database() as dsn:
-        report = asyncio.run(_verify(dsn))
-    if report.ok:
-        print(f"audit trail intact: {report.checked} rows verified")
-        return 0
-    print(f"AUDIT TRAIL BROKEN at row {report.first_bad_seq} ({report.problem}): "
-          f"{report.message}; {report.checked} rows verified before it", file=sys.stderr)
-    return 1
-
-
-async def _head(dsn: str) -> tuple[int, bytes]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow("SELECT seq, row_hash FROM audit_head")
-        assert row is not None
-        return int(row["seq"]), bytes(row["row_hash"])
-    finally:
-        await conn.close()
-
-
-def _audit_head(args: argparse.Namespace) -> int:
-    with _database() as dsn:
-        seq, h = asyncio.run(_head(dsn))
-    print(f"{seq} {h.hex()}")
-    return 0
 
 
 # --- organisation key ------------------------------------------------------------------------
@@ -151,65 +86,7 @@ def _org_init(args: argparse.Namespace) -> int:
     print(f"public key:  {b64url_encode(key.public)}")
     print(f"fingerprint: {fingerprint(key.public)}")
     print(f"relay file:  {path.parent / (args.org_id + '.pub.json')} "
-          "(copy it to the relay host and run `lightbox-admin org trust` there)")
-    return 0
-
-
-def _trusted_orgs_path() -> Path:
-    settings = load_settings()
-    path = getattr(settings, "trusted_orgs_path", None)
-    return Path(path) if path is not None else settings.data_dir / "trusted-orgs.json"
-
-
-def _org_trust(args: argparse.Namespace) -> int:
-    incoming = read_public_file(Path(args.pubfile))
-    target = _trusted_orgs_path()
-    current = read_public_file(target) if target.exists() else {}
-    for org_id, key in incoming.items():
-        if org_id in current and current[org_id] != key and not args.replace:
-            raise CommandError(f"{target} already trusts another key for {org_id} "
-                               f"({fingerprint(current[org_id])}); pass --replace to change it")
-    merged = {**current, **incoming}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps({"orgs": {k: b64url_encode(v) for k, v in sorted(merged.items())}},
-                              indent=2) + "\n")
-    os.chmod(tmp, 0o644)
-    tmp.replace(target)
-    for org_id, key in incoming.items():
-        print(f"trusted {org_id} (fingerprint {fingerprint(key)}) in {target}")
-    print("restart the relay to load the change")
-    return 0
-
-
-# --- administrators and the admin session ----------------------------------------------------
-
-
-async def _create_admin(dsn: str, login: str, password_hash: str) -> str:
-    from server.store.admins import create_admin
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        async with conn.transaction():
-            admin_id = await create_admin(conn, login, password_hash)
-            await audit.append(conn, "admin.created", subject_kind="admin", subject_id=admin_id,
-                               actor_kind="cli", details={"login": login})
-        return admin_id
-    finally:
-        await conn.close()
-
-
-def _admin_create(args: argparse.Namespace) -> int:
-    from protocol.passwords import check_password
-    from server.passwords import Passwords
-
-    password = read_secret("LIGHTBOX_ADMIN_PASSWORD", f"Password for {args.login}", confirm=True)
-    settings = load_settings()
-    check_password(password, login=args.login, min_length=settings.password_min_length)
-    password_hash = Passwords(settings.argon2_profile).hash_sync(password)
-    with _database() as dsn:
-        admin_id = asyncio.run(_create_admin(dsn, args.login, password_hash))
-    print(f"administrator {args.login} created ({admin_id})")
+          "(copy it to the relay host and run `lightbox-server org trust` there)")
     return 0
 
 
@@ -472,11 +349,6 @@ def _org_parsers(sub: Any) -> None:
     init.add_argument("--org-id", required=True)
     init.add_argument("--keyfile", required=True)
     init.set_defaults(func=_org_init)
-    trust = org.add_parser("trust", help="trust an organisation's public key (relay host)")
-    trust.add_argument("pubfile", help="the <org_id>.pub.json written by `org init`")
-    trust.add_argument("--replace", action="store_true",
-                       help="replace a different key already trusted for the organisation")
-    trust.set_defaults(func=_org_trust)
 
 
 def _user_parsers(sub: Any) -> None:
@@ -654,23 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightbox-admin", description="Lightbox IT administration.")
     sub = p.add_subparsers(dest="group", required=True)
 
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="cmd", required=True)
-    up = db.add_parser("upgrade", help="apply migrations (default: to head)")
-    up.add_argument("revision", nargs="?", default="head")
-    up.set_defaults(func=_db_upgrade)
-
-    au = sub.add_parser("audit", help="audit trail").add_subparsers(dest="cmd", required=True)
-    au.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row"
-                  ).set_defaults(func=_audit_verify)
-    au.add_parser("head", help="print the chain head (sequence and hash) to anchor elsewhere"
-                  ).set_defaults(func=_audit_head)
-
     _org_parsers(sub)
-    adm = sub.add_parser("admin", help="IT administrator accounts (relay host)"
-                         ).add_subparsers(dest="cmd", required=True)
-    create = adm.add_parser("create", help="create an administrator")
-    create.add_argument("--login", required=True)
-    create.set_defaults(func=_admin_create)
 
     login = sub.add_parser("login", help="log in to the relay's admin API")
     login.add_argument("--server", required=True)
@@ -717,15 +573,34 @@ def _copies(args: argparse.Namespace) -> int:
     return 0
 
 
+# The relay host's commands, now `lightbox-server`'s (server/manage.py).
+MOVED = (("db",), ("audit",), ("admin",), ("org", "trust"))
+
+
+def moved(argv: Sequence[str]) -> str | None:
+    """The one sentence that answers an old relay-host spelling, or None."""
+    for prefix in MOVED:
+        if tuple(argv[:len(prefix)]) == prefix:
+            words = " ".join(argv[:len(prefix) + (prefix != ("org", "trust"))])
+            return (f"`lightbox-admin {words}` is now `lightbox-server {words}`, run on the "
+                    "relay host (lightbox-admin talks to the relay over HTTP only)")
+    return None
+
+
 def _own_failure(exc: BaseException) -> str | None:
     if isinstance(exc, csvio.CsvError | CommandError | OrgKeyError | PromptError | SessionError):
         return f"error: {exc}"
-    if isinstance(exc, ProtocolError | RelayError):  # password policy; admin create's Conflict
+    if isinstance(exc, ProtocolError):  # e.g. the password policy
         return f"error: {exc.code.value}: {exc}"
     return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sentence = moved(argv)
+    if sentence is not None:
+        print(f"error: {sentence}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     return run_command("lightbox-admin", lambda: int(args.func(args)), failure=2,
                        known=_own_failure, login_hint="run `lightbox-admin login`",

@@ -4,10 +4,13 @@ It plays DESIGN §1 end to end with the real programs, driven the way their user
 (each one a subprocess with its own environment):
 
 * the relay, ``lightbox-server``, on an embedded Postgres in a fresh demo folder
-  (``.data/demo``; ``--data-dir`` or ``DEMO_DATA_DIR``), with a short expiry grace period;
+  (``.data/demo``; ``--data-dir`` or ``DEMO_DATA_DIR``), with a short expiry grace period,
+  and the relay host's own commands beside it (``lightbox-server org trust``, ``admin create``,
+  ``audit verify``);
 * a real PACS, Debian's Orthanc with its DICOMweb plugin on loopback, when it is installed;
-* hospital IT's ``lightbox-admin``: organisation key, trust, an administrator, and three
-  accounts (an intern, the on-call orthopaedic specialist, the record gateway's service account);
+* hospital IT's ``lightbox-admin``: the organisation key, then, over the relay's admin API,
+  three accounts (an intern, the on-call orthopaedic specialist, the record gateway's service
+  account);
 * each person's own device (``lightbox enroll``, each in its own ``LIGHTBOX_HOME``): the
   intern's phone, the specialist's desktop, the gateway;
 * the intern captures consent and sends a synthetic x-ray (made here, with made-up patient
@@ -15,10 +18,10 @@ It plays DESIGN §1 end to end with the real programs, driven the way their user
   then opens ``lightbox desktop`` and replies and acknowledges through its local web API,
   exactly the requests its page makes; ``lightbox-gateway`` files the image into Orthanc and
   the receipt reaches the thread; every copy expires; ``lightbox-admin copies`` shows each copy
-  destroyed and ``lightbox-admin audit verify`` checks the audit trail.
+  destroyed and ``lightbox-server audit verify`` checks the audit trail.
 
 Everything it starts is stopped at the end, also on Ctrl-C or an error: the clients, the
-gateway, the relay, Orthanc and the embedded Postgres (``pg_ctl stop``). With
+gateway, Orthanc and the relay, which stops the embedded Postgres as its last user. With
 ``DEMO_INTERACTIVE=1`` (or ``--interactive``) the specialist's desktop client is left running
 at the end for a person to look at, until Ctrl-C.
 
@@ -185,8 +188,6 @@ class Demo:
         self.out = out
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.logs: list[IO[bytes]] = []
-        self.pg: Any = None
-        self.dsn = ""
         self.relay_url = ""
         self.relay_port = 0
         self.orthanc_url = ""
@@ -232,8 +233,6 @@ class Demo:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("LIGHTBOX_", "DEMO_")) or k in {
                    "LIGHTBOX_INSECURE_FAST_KDF", "LIGHTBOX_ARGON2_PROFILE"}}
-        if self.dsn:
-            env["DATABASE_URL"] = self.dsn
         env.update({
             "LIGHTBOX_DATA_DIR": str(self.data / "relay"),
             "LIGHTBOX_ADMIN_HOME": str(self.it_dir),
@@ -269,6 +268,10 @@ class Demo:
 
     def admin(self, *args: str, ok: bool = True, show: bool = True) -> tuple[int, str, str]:
         return self.run([*_program("lightbox-admin", "clients.admin"), *args], ok=ok, show=show)
+
+    def relay_host(self, *args: str) -> tuple[int, str, str]:
+        """A relay-host command (``lightbox-server db|admin|org|audit``, server/manage.py)."""
+        return self.run([*_program("lightbox-server", "server"), *args])
 
     def start(self, name: str, argv: Sequence[str], *, person: Person | None = None,
               stdout: int | None = None, env_extra: dict[str, str] | None = None,
@@ -312,31 +315,21 @@ class Demo:
         for log in self.logs:
             log.close()
         self.logs.clear()
-        if self.pg is not None:
-            self.pg.stop()
-            self.pg = None
-            self.say("      embedded Postgres stopped (pg_ctl stop)")
+        if (self.data / "relay" / "pg" / "postmaster.pid").exists():
+            self.say("      the embedded Postgres is still running: see "
+                     f"{self.data / 'relay.log'}")
+        elif (self.data / "relay" / "pg").exists():
+            self.say("      embedded Postgres stopped (by the relay, its last user)")
 
     # -- setting the stage -------------------------------------------------------------------
 
     def fresh_folder(self) -> None:
-        pgdata = self.data / "pg"
-        if (pgdata / "postmaster.pid").exists():  # a previous run that was SIGKILLed
-            from server.embedded import EmbeddedPostgres
-
-            with contextlib.suppress(Exception):
-                EmbeddedPostgres(pgdata).start()
-                EmbeddedPostgres(pgdata).stop(mode="immediate")
+        # A cluster a SIGKILLed run left behind is stopped by pgserver when it makes the new
+        # cluster in the same place (it ends any postgres still serving that folder).
         if self.data.exists():
             shutil.rmtree(self.data)
         self.data.mkdir(parents=True)
         self.it_dir.mkdir(mode=0o700)
-
-    def start_database(self) -> None:
-        from server.embedded import EmbeddedPostgres
-
-        self.pg = EmbeddedPostgres(self.data / "pg")
-        self.dsn = self.pg.start()
 
     def start_relay(self) -> None:
         """The relay, with a short grace period; without filing, the organisation is marked
@@ -411,14 +404,8 @@ class Demo:
         self.detail(f"organisation {ORG}, key fingerprint {fp.group(1) if fp else '?'} "
                     "(printed on every enrolment handout)")
 
-        self.step("On the relay host: trust the organisation's public key, start the "
-                  "database, create an IT administrator.")
-        self.admin("org", "trust", str(self.it_dir / f"{ORG}.pub.json"))
-        self.start_database()
-        self.detail(f"embedded Postgres running in {self.data / 'pg'}")
-        self.admin("db", "upgrade")
-        self.admin("admin", "create", "--login", "it.admin")
-        self.detail("administrator it.admin created (password stored as an Argon2id hash)")
+        self.step("On the relay host: trust the organisation's public key.")
+        self.relay_host("org", "trust", str(self.it_dir / f"{ORG}.pub.json"))
 
         self.step("Start the PACS the record gateway files into.")
         orthanc = _orthanc_binary()
@@ -439,10 +426,15 @@ class Demo:
 
         self.step("Start the relay (blind: it only ever stores ciphertext).")
         self.start_relay()
-        self.detail(f"relay on {self.relay_url}; copies expire {EXPIRY_GRACE} s after filing "
-                    "(LIGHTBOX_EXPIRY_GRACE; 15 minutes by default)" if self.filing else
+        self.detail(f"relay on {self.relay_url}, embedded Postgres in "
+                    f"{self.data / 'relay' / 'pg'}; copies expire {EXPIRY_GRACE} s after "
+                    "filing (LIGHTBOX_EXPIRY_GRACE; 15 minutes by default)" if self.filing else
                     f"relay on {self.relay_url}; filing not required, unfiled copies expire "
                     f"after {HARD_LIMIT} s (LIGHTBOX_EXPIRY_HARD_LIMIT; 72 h by default)")
+
+        self.step("On the relay host, beside the running relay: create an IT administrator.")
+        self.relay_host("admin", "create", "--login", "it.admin")
+        self.detail("administrator it.admin created (password stored as an Argon2id hash)")
 
         self.step("IT logs in and provisions the intern, the on-call orthopaedic specialist "
                   "and the record gateway's service account.")
@@ -576,8 +568,9 @@ class Demo:
         self.stop("gateway")
         if not self.interactive:
             desk.close()
-        self.step("IT checks the audit trail's hash chain (lightbox-admin audit verify).")
-        _rc, out, _ = self.admin("audit", "verify")
+        self.step("On the relay host, IT checks the audit trail's hash chain "
+                  "(lightbox-server audit verify).")
+        _rc, out, _ = self.relay_host("audit", "verify")
         self.detail(out)
         if self.skipped:
             self.say("\nSkipped steps:")

@@ -9,7 +9,8 @@ keyfile (mode 0600) is JSON::
 where ``sealed_seed`` is :func:`protocol.keys.seal_with_passphrase` of the 32-byte seed
 (PROTOCOL §4.7, SENSITIVE profile: 3 passes over 256 MiB). Next to it, ``<org_id>.pub.json``
 holds only the public key in the format of the relay's trusted-organisations file
-(``{"orgs": {org_id: b64url key}}``), ready for ``lightbox-admin org trust`` on the relay host.
+(``{"orgs": {org_id: b64url key}}``), ready for ``lightbox-server org trust`` on the relay
+host.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ __all__ = [
     "fingerprint",
     "open_org_keyfile",
     "public_file_path",
-    "read_public_file",
     "read_public_key",
 ]
 
@@ -57,10 +57,6 @@ class _Keyfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     org_id: str
     public_key: str
     sealed_seed: str
-
-
-class _PublicFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    orgs: dict[str, str]
 
 
 def fingerprint(public_key: bytes) -> str:
@@ -138,22 +134,3 @@ def open_org_keyfile(path: Path, passphrase: str) -> tuple[str, OrganisationKey]
     if b64url_encode(key.public) != body.public_key:
         raise OrgKeyError(f"{path}: the sealed key does not match its public key")
     return body.org_id, key
-
-
-def read_public_file(path: Path) -> dict[str, bytes]:
-    """The organisations of a ``*.pub.json`` (or trusted-organisations) file."""
-    try:
-        body = msgspec.json.decode(path.read_bytes(), type=_PublicFile)
-    except FileNotFoundError as exc:
-        raise OrgKeyError(f"no such file: {path}") from exc
-    except msgspec.DecodeError as exc:
-        raise OrgKeyError(f'{path}: expected {{"orgs": {{org_id: b64url key}}}}') from exc
-    out = {}
-    for org_id, key in body.orgs.items():
-        if not ORG_ID_PATTERN.match(org_id):
-            raise OrgKeyError(f"{path}: invalid organisation id {org_id!r}")
-        try:
-            out[org_id] = b64url_decode(key, length=32)
-        except ProtocolError as exc:
-            raise OrgKeyError(f"{path}: the key of {org_id!r} is not a 32-byte key") from exc
-    return out

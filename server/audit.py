@@ -7,7 +7,7 @@ with the previous row's hash, so editing, deleting or reordering rows breaks the
 hash, updated in the same transaction, so a deleted tail is detected too. A trigger refuses
 UPDATE and DELETE for the relay's role (docs/SECURITY.md: run the relay as a role that does not
 own the table). An attacker able to rewrite the whole chain is out of reach of any unkeyed
-chain; operators anchor the head elsewhere (``lightbox-admin audit head``, docs/OPERATIONS.md).
+chain; operators anchor the head elsewhere (``lightbox-server audit head``, docs/OPERATIONS.md).
 
 Rows carry **no PHI and no secrets**: ids, event names, outcomes and small metadata only. The
 ``details`` mapping is restricted to strings, integers, booleans, None, lists and mappings, and

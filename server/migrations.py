@@ -1,6 +1,6 @@
 """Schema migrations: run alembic to head, and tell whether a database is at head.
 
-The relay refuses to start unless the schema is exactly at head (``lightbox-admin db upgrade``
+The relay refuses to start unless the schema is exactly at head (``lightbox-server db upgrade``
 or ``make run`` applies migrations). Alembic's ``command.upgrade`` runs its own event loop, so
 it is called from a worker thread when a loop is already running (NOTES.md).
 """
@@ -85,5 +85,5 @@ async def ensure_at_head(conn: asyncpg.Connection) -> None:
     if current != head:
         raise SchemaNotAtHead(
             f"database schema is at {current or 'nothing'}, this relay needs {head}: "
-            "run `lightbox-admin db upgrade` (make run does it for you)"
+            "run `lightbox-server db upgrade` (make run does it for you)"
         )

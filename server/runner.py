@@ -1,10 +1,13 @@
-"""``lightbox-server``: start the relay (what ``make run`` calls).
+"""``lightbox-server``: start the relay (what ``make run`` calls), or run one of the relay
+host's commands (``db upgrade``, ``admin create``, ``org trust``, ``audit verify|head``:
+server/manage.py).
 
 With DATABASE_URL unset it starts the embedded Postgres in ``$LIGHTBOX_DATA_DIR/pg`` and stops
 it on exit, even after Ctrl-C. It refuses to start, with one line of explanation, when the
 schema is not at head, unless ``--migrate`` is given (``make run`` passes it). With
 ``--workers N`` the parent binds the port once and N relay processes share it (they coordinate
-through Postgres only, DESIGN §3).
+through Postgres only, docs/OPERATIONS.md "Scale-out"). SIGINT (Ctrl-C, which a terminal sends
+to every process of the group) or SIGTERM asks for a graceful shutdown, after which it exits 0.
 """
 
 from __future__ import annotations
@@ -18,22 +21,25 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
 import uvicorn
 
-from server import migrations
+from server import manage, migrations
 from server.app import Relay, create_app
-from server.embedded import EmbeddedPostgres
+from server.embedded import EmbeddedError, EmbeddedPostgres
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
 from server.tokens import ensure_token_key
 
-__all__ = ["RelayServer", "main", "serve"]
+__all__ = ["RelayServer", "build_parser", "main", "serve"]
 
 log = logging.getLogger("lightbox.runner")
+
+_SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class RelayServer(uvicorn.Server):
@@ -47,6 +53,22 @@ class RelayServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.relay.hub.close_all(1001)
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, less the re-raise of the signal after the graceful shutdown: that would
+        end the process *by* SIGTERM (exit status -15, which make reports as "Error 241"; a
+        worker gets SIGTERM from its parent after Ctrl-C) and skip the caller's cleanup, such
+        as stopping the embedded Postgres. Here a signal only asks for the shutdown."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SHUTDOWN_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def uvicorn_config(relay: Relay, settings: Settings, **kw: Any) -> uvicorn.Config:
@@ -87,9 +109,18 @@ def serve(settings: Settings, dsn: str, sock: socket.socket | None = None) -> No
         sys.exit(3)
 
 
-def _worker(settings: Settings, dsn: str, sock: socket.socket) -> None:
+def _worker(settings: Settings, dsn: str, sock: socket.socket, stopping: Any) -> None:
+    """One relay process of ``--workers N``. Ctrl-C reaches every process of the group, and
+    one that came while this process was still importing would end it by the signal, so it
+    starts with SIGINT and SIGTERM ignored and blocked (inherited from the parent). Once it can
+    shut down cleanly it takes them (a pending one now raises KeyboardInterrupt), and checks
+    whether the parent already asked it to stop (the parent sets ``stopping`` before it
+    signals, so a signal lost while ignored is not missed)."""
+    _take_signals()
     with contextlib.suppress(KeyboardInterrupt):
-        serve(settings, dsn, sock)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)
+        if not stopping.is_set():
+            serve(settings, dsn, sock)
 
 
 async def _check_or_migrate(dsn: str, migrate: bool) -> str | None:
@@ -119,32 +150,89 @@ def _bind(host: str, port: int) -> socket.socket:
 def _run_workers(settings: Settings, dsn: str) -> int:
     sock = _bind(settings.host, settings.port)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(settings, dsn, sock), name=f"relay-{i}")
-             for i in range(settings.workers)]
-    for p in procs:
-        p.start()
+    stopping = ctx.Event()
+    procs = [ctx.Process(target=_worker, args=(settings, dsn, sock, stopping),
+                         name=f"relay-{i}") for i in range(settings.workers)]
 
     def forward(signum: int, frame: Any) -> None:
+        stopping.set()
         for p in procs:
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # The workers inherit both signals ignored and blocked (see _worker). Blocked, a signal that
+    # reaches this process meanwhile is kept pending (a blocked signal is not discarded as
+    # ignored, signal(7)) and forwarded once the handler is in place.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SHUTDOWN_SIGNALS)
+    try:
+        for sig in _SHUTDOWN_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        for p in procs:
+            p.start()
+        for sig in _SHUTDOWN_SIGNALS:
+            signal.signal(sig, forward)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)
     for p in procs:
         p.join()
     sock.close()
-    return max((p.exitcode or 0) for p in procs)
+    return _exit_status([p.exitcode or 0 for p in procs])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lightbox-server", description=__doc__.splitlines()[0])
+def _exit_status(codes: Sequence[int]) -> int:
+    """0 when every worker exited 0; else the first failure, a death by signal N as 128 + N
+    (the shell's convention) rather than a negative number."""
+    for code in codes:
+        if code:
+            return 128 - code if code < 0 else code
+    return 0
+
+
+def _interrupt_once() -> Callable[[int, Any], None]:
+    """A handler for SIGINT and SIGTERM that raises KeyboardInterrupt once, so that a second
+    signal (Ctrl-C, then the parent's SIGTERM) cannot interrupt the unwinding of the first."""
+    fired = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt
+
+    return handler
+
+
+def _take_signals() -> None:
+    handler = _interrupt_once()
+    for sig in _SHUTDOWN_SIGNALS:
+        signal.signal(sig, handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightbox-server",
+        description="Start the Lightbox relay (no command), or run a relay-host command.")
     parser.add_argument("--host", help="listen address (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (default: PORT or 8000)")
     parser.add_argument("--workers", type=int, help="relay processes (default: WORKERS or 1)")
     parser.add_argument("--migrate", action="store_true",
                         help="apply database migrations before starting")
+    manage.add_commands(parser.add_subparsers(dest="group", metavar="COMMAND"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.group is not None:
+        if args.host or args.port is not None or args.workers is not None or args.migrate:
+            parser.error("--host, --port, --workers and --migrate start the relay; "
+                         f"give them without the {args.group!r} command")
+        return manage.run(args)
+    return _serve_main(args)
+
+
+def _serve_main(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
                                    ("workers", args.workers)) if v is not None}
     try:
@@ -153,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lightbox-server: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    # Until uvicorn takes the signals over: SIGTERM, like Ctrl-C, unwinds through `finally`.
+    _take_signals()
     embedded: EmbeddedPostgres | None = None
     try:
         if settings.database_url is None:
@@ -176,7 +266,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 0
+    except EmbeddedError as exc:
+        print(f"lightbox-server: {exc}", file=sys.stderr)
+        return 2
     finally:
-        if embedded is not None:
-            embedded.stop()
-            print("Embedded Postgres stopped.", flush=True)
+        for sig in _SHUTDOWN_SIGNALS:  # another Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        if embedded is not None and embedded.started:
+            if embedded.stop():
+                print("Embedded Postgres stopped.", flush=True)
+            else:
+                print("Embedded Postgres left running: another command is using it.",
+                      flush=True)

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
 
-from protocol.canonical import b64url_decode
+from protocol.canonical import b64url_decode, b64url_encode
 from protocol.certs import RevocationList, RevocationSet, verify_revocation_list
 from protocol.errors import DecodeError, ProtocolError
 from server.errors import InvalidInput, RelayError
 
-__all__ = ["Trust", "TrustError", "load_trusted_orgs", "refusal"]
+__all__ = ["Trust", "TrustError", "load_trusted_orgs", "read_trusted_orgs", "refusal",
+           "write_trusted_orgs"]
 
 log = logging.getLogger("lightbox.trust")
 _ORG_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
@@ -39,13 +41,24 @@ class TrustError(ValueError):
 def load_trusted_orgs(path: Path) -> dict[str, bytes]:
     """Read the trusted organisations file; a missing file trusts nobody (with a warning)."""
     try:
-        raw = json.loads(path.read_text())
+        return read_trusted_orgs(path)
     except FileNotFoundError:
         log.warning("no trusted organisations file: identity routes will refuse every "
                     "certificate", extra={"path": str(path)})
         return {}
+
+
+def read_trusted_orgs(path: Path) -> dict[str, bytes]:
+    """The organisations of a trusted-organisations file, or of the ``<org_id>.pub.json``
+    that IT's ``org init`` writes (the same format); FileNotFoundError when it is missing."""
+    try:
+        raw = json.loads(path.read_text())
     except ValueError as exc:
         raise TrustError(f"{path}: not valid JSON") from exc
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise TrustError(f"{path}: {exc.strerror}") from exc
     orgs = raw.get("orgs") if isinstance(raw, dict) else None
     if not isinstance(orgs, dict):
         raise TrustError(f'{path}: expected {{"orgs": {{org_id: key}}}}')
@@ -58,6 +71,16 @@ def load_trusted_orgs(path: Path) -> dict[str, bytes]:
         except DecodeError as exc:
             raise TrustError(f"{path}: key of {org_id!r} is not a b64url 32-byte key") from exc
     return out
+
+
+def write_trusted_orgs(path: Path, orgs: Mapping[str, bytes]) -> None:
+    """Replace the trusted organisations file atomically (world-readable: public keys)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    body = {"orgs": {k: b64url_encode(v) for k, v in sorted(orgs.items())}}
+    tmp.write_text(json.dumps(body, indent=2) + "\n")
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
 
 
 class Trust:

@@ -1,15 +1,24 @@
 """Session fixtures: one embedded Postgres for the whole run (stopped in teardown, even when
-tests fail), a migrated template database, and a throwaway database per test that needs one."""
+tests fail), a migrated template database, and a throwaway database per test that needs one.
+
+The suite leaves nothing behind but its caches, which live in .data/cache (pytest's, for
+``--lf``, set in pyproject.toml; hypothesis's examples, here): every file a test makes is in
+pytest's tmp_path, in the session folder (tests/helpers.py ``session_dir``, removed at the end)
+or in a folder its fixture removes. The session ends by checking it: a new entry in .data/ or
+at the top of the tree fails the run, naming it."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from server import migrations
 from server.embedded import EmbeddedPostgres
@@ -19,8 +28,43 @@ from tests.fhir_server import (
     require_fhir_server,
     running_fhir_server,
 )
-from tests.helpers import ROOT, Cluster, RunningRelay, running_relay, with_database
+from tests.helpers import (
+    ROOT,
+    Cluster,
+    RunningRelay,
+    end_session,
+    running_relay,
+    with_database,
+)
 from tests.orthanc import OrthancMissing, OrthancServer, require_orthanc, running_orthanc
+
+CACHE = ROOT / ".data" / "cache"
+hypothesis_settings.register_profile(
+    "lightbox", database=DirectoryBasedExampleDatabase(str(CACHE / "hypothesis")))
+hypothesis_settings.load_profile("lightbox")
+
+_BEFORE = pytest.StashKey[frozenset[str]]()
+
+
+def _tree_entries() -> frozenset[str]:
+    data = ROOT / ".data"
+    found = {p.name for p in ROOT.iterdir()} - {".data"}  # the project's own state folder
+    if data.exists():
+        found |= {f".data/{p.name}" for p in data.iterdir()}
+    return frozenset(found - {".data/cache"})
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _tree_entries()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    end_session()
+    left = sorted(_tree_entries() - session.config.stash.get(_BEFORE, frozenset()))
+    if left:
+        print(f"\nThe test session left files behind (tests/conftest.py): {', '.join(left)}",
+              file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -62,10 +64,28 @@ class Cluster:
             await conn.close()
 
 
+_session: list[Path] = []
+
+
+def session_dir() -> Path:
+    """This test session's folder under .data/ (the relays' token key, the relay processes'
+    logs), made on first use and removed when the session ends (tests/conftest.py)."""
+    if not _session:
+        (ROOT / ".data").mkdir(exist_ok=True)
+        _session.append(Path(tempfile.mkdtemp(prefix="test-session-", dir=ROOT / ".data")))
+    return _session[0]
+
+
+def end_session() -> None:
+    """Remove :func:`session_dir`, if it was made."""
+    while _session:
+        shutil.rmtree(_session.pop(), ignore_errors=True)
+
+
 def make_settings(**overrides: object) -> Settings:
     base: dict[str, object] = {"host": "127.0.0.1", "port": 0, "log_level": "warning",
                                "db_pool_min": 1, "db_pool_max": 4,
-                               "token_key_file": ROOT / ".data" / "test-token-key",
+                               "token_key_file": session_dir() / "token-key",
                                "argon2_profile": "cheap"}
     base.update(overrides)
     return load_settings({}, **base)
@@ -151,9 +171,11 @@ __all__ = [
     "Cluster",
     "RunningRelay",
     "ShiftedClock",
+    "end_session",
     "make_settings",
     "relay_in_thread",
     "running_relay",
     "seconds",
+    "session_dir",
     "with_database",
 ]

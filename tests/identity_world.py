@@ -55,7 +55,13 @@ from protocol.keys import (
 from protocol.model import DeviceKind
 from server.passwords import Passwords
 from server.store import admins
-from tests.helpers import ROOT, RunningRelay, ShiftedClock, make_settings, running_relay
+from tests.helpers import (
+    RunningRelay,
+    ShiftedClock,
+    make_settings,
+    running_relay,
+    session_dir,
+)
 
 __all__ = ["PASSWORD", "Device", "Org", "User", "World", "identity_world"]
 
@@ -279,7 +285,7 @@ async def identity_world(dsn: str, tmp: Path, *, orgs: tuple[str, ...] = ("st-el
     org_objs = {o: Org(o) for o in orgs}
     trusted = write_trusted_orgs(tmp / "trusted-orgs.json", *org_objs.values())
     s = make_settings(trusted_orgs_file=trusted,
-                      token_key_file=ROOT / ".data" / "test-token-key", **settings)
+                      token_key_file=session_dir() / "token-key", **settings)
     conn = await asyncpg.connect(dsn)
     try:
         await admins.create_admin(conn, "it-admin",

@@ -42,12 +42,13 @@ def test_make_demo_plays_the_whole_journey() -> None:
         steps = [int(n) for n in re.findall(r"^\[(\d+)\] ", out, re.MULTILINE)]
         assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 12, steps
         for expected in (
-            "lightbox-admin org init", "lightbox-admin admin create", "lightbox-admin user add",
+            "lightbox-admin org init", "lightbox-server org trust",
+            "lightbox-server admin create", "lightbox-admin user add",
             "lightbox enroll", "lightbox consent capture", "lightbox send",
             f"--patient-id {PATIENT_ID}", "sent: message", "lightbox inbox",
             "lightbox desktop --no-browser", "inbox, urgent first: URGENT",
             f"- {PATIENT_ID}, wrist", "consent: agreed for direct_care", "reply sent:",
-            "acknowledged:", "lightbox-admin audit verify", "audit trail intact",
+            "acknowledged:", "lightbox-server audit verify", "audit trail intact",
             "Demo complete", "embedded Postgres stopped",
         ):
             assert expected in out, f"{expected!r} not in the demo's output:\n{out[-4000:]}"
@@ -61,13 +62,13 @@ def test_make_demo_plays_the_whole_journey() -> None:
         assert "every copy confirmed destroyed" in out
         assert "deleted from this device" in phone
         # Everything it started is stopped: no cluster left running in its folder.
-        assert not (data / "demo" / "pg" / "postmaster.pid").exists()
+        assert not (data / "demo" / "relay" / "pg" / "postmaster.pid").exists()
     finally:
-        pid = data / "demo" / "pg" / "postmaster.pid"
+        pid = data / "demo" / "relay" / "pg" / "postmaster.pid"
         if pid.exists():  # the demo failed to stop it: do it here (NOTES.md)
             from server.embedded import EmbeddedPostgres
 
-            pg = EmbeddedPostgres(data / "demo" / "pg")
+            pg = EmbeddedPostgres(data / "demo" / "relay" / "pg")
             pg.start()
             pg.stop(mode="immediate")
         shutil.rmtree(data, ignore_errors=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from server.doctables import render_blocks
 from server.settings import describe
 from tests.helpers import ROOT
@@ -43,3 +45,23 @@ def test_clinical_safety_doc_cites_only_tests_that_exist() -> None:
     for path, name in cited:
         source = (ROOT / "tests" / path).read_text()
         assert re.search(rf"^(async )?def {name}\(", source, re.MULTILINE), f"{path}::{name}"
+
+
+def test_readme_and_guide_say_where_the_commands_are_and_they_are_there() -> None:
+    """A newcomer reads the commands bare; both documents say they live in .venv/bin and how
+    to put them on PATH, and `make install` (this environment) put every one of them there."""
+    import sys
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"lightbox", "lightbox-admin", "lightbox-gateway", "lightbox-server"}
+    for doc in ("README.md", "docs/USER_GUIDE.md"):
+        text = (ROOT / doc).read_text()
+        head = text[:text.index("## Hospital IT")] if doc.endswith("GUIDE.md") else text
+        assert "source .venv/bin/activate" in head, doc
+        assert 'export PATH="$PWD/.venv/bin:$PATH"' in head, doc
+    bin_dir = ROOT / ".venv" / "bin"
+    if Path(sys.executable).parent != bin_dir:  # a suite run from another environment
+        bin_dir = Path(sys.executable).parent
+    for name in scripts:
+        assert (bin_dir / name).is_file(), f"{name} is not in {bin_dir}"

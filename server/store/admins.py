@@ -1,4 +1,4 @@
-"""IT administrator accounts: created on the relay host (``lightbox-admin admin create``, with
+"""IT administrator accounts: created on the relay host (``lightbox-server admin create``, with
 direct database access), used to log in to the admin API. Passwords are Argon2id hashes
 (server/passwords.py); the relay never stores a password."""
 

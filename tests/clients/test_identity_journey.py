@@ -4,7 +4,8 @@ org init, trust the org on the relay, admin create, admin login, import ten user
 enrol one on a "phone", link a "desktop", log in from both, look up a colleague's devices
 (a second enrolled user) and claim their prekeys, suspend/resume and renew a licence, revoke
 the desktop and watch its login fail with device_revoked; every step is in the audit trail and
-``lightbox-admin audit verify`` passes.
+``lightbox-server audit verify`` passes (trust, admin create and audit verify are the relay
+host's commands, ``lightbox-server``'s).
 
 The CLIs run through their ``main(argv)`` in a worker thread (the relay runs in its own
 thread), except the new device of the linking step, which runs as a subprocess because it
@@ -39,6 +40,7 @@ from clients.sdk.keystore import KeyStore
 from clients.sdk.socket import RelaySocket
 from protocol.errors import CloseCode
 from server import audit
+from server import runner as server_cli
 from tests.documents import pdf_page_png, pdf_text, qr_codes
 from tests.helpers import ROOT, make_settings, running_relay, seconds
 
@@ -107,9 +109,9 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
                                      str(tmp / "it" / "org.key")])
     fingerprint = re.search(r"fingerprint: (\S+)", out)
     assert fingerprint is not None
-    await _ok(admin_cli.main, ["org", "trust", str(tmp / "it" / f"{ORG}.pub.json")])
+    await _ok(server_cli.main, ["org", "trust", str(tmp / "it" / f"{ORG}.pub.json")])
     assert (tmp / "relay" / "trusted-orgs.json").exists()
-    await _ok(admin_cli.main, ["admin", "create", "--login", "it.admin"])
+    await _ok(server_cli.main, ["admin", "create", "--login", "it.admin"])
 
     settings = make_settings(data_dir=tmp / "relay", argon2_profile="cheap")
     async with running_relay(db_dsn, settings) as running:
@@ -267,7 +269,7 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
         assert "1 devices" in out and desk.device_id not in out
 
     # --- the audit trail holds every step and verifies ---------------------------------------
-    assert "audit trail intact" in await _ok(admin_cli.main, ["audit", "verify"])
+    assert "audit trail intact" in await _ok(server_cli.main, ["audit", "verify"])
     conn = await asyncpg.connect(db_dsn)
     try:
         events = [(r.event, r.outcome) for r in await audit.rows(conn, limit=10_000)]

@@ -12,11 +12,11 @@ from clients.orgkey import (
     OrgKeyError,
     create_org_keyfile,
     open_org_keyfile,
-    read_public_file,
     read_public_key,
 )
 from protocol.canonical import b64url_encode
 from protocol.keys import CHEAP_PROFILE
+from server.trust import TrustError, read_trusted_orgs
 
 PASS = "a long organisation passphrase"
 
@@ -46,7 +46,7 @@ def test_public_file_is_in_the_trusted_orgs_format(tmp_path: Path) -> None:
     key = create_org_keyfile(path, "st-elsewhere", PASS, profile=CHEAP_PROFILE)
     pub = tmp_path / "st-elsewhere.pub.json"
     assert json.loads(pub.read_text()) == {"orgs": {"st-elsewhere": b64url_encode(key.public)}}
-    assert read_public_file(pub) == {"st-elsewhere": key.public}
+    assert read_trusted_orgs(pub) == {"st-elsewhere": key.public}
 
 
 def test_wrong_passphrase_is_a_clear_error(tmp_path: Path) -> None:
@@ -78,5 +78,5 @@ def test_a_swapped_public_key_is_detected(tmp_path: Path) -> None:
 def test_malformed_public_file(tmp_path: Path) -> None:
     bad = tmp_path / "x.pub.json"
     bad.write_text('{"orgs": {"ok": "short"}}')
-    with pytest.raises(OrgKeyError):
-        read_public_file(bad)
+    with pytest.raises(TrustError, match="not a b64url 32-byte key"):
+        read_trusted_orgs(bad)

@@ -166,18 +166,18 @@ async def test_injected_clock_sets_the_row_time(conn: asyncpg.Connection) -> Non
     assert (await audit.verify(conn)).ok
 
 
-async def test_admin_audit_verify_exits_1_and_names_the_row(conn: asyncpg.Connection,
+async def test_server_audit_verify_exits_1_and_names_the_row(conn: asyncpg.Connection,
                                                             db_dsn: str) -> None:
     await _fill(conn)
     env = {"DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin"}
     ok = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "clients.admin", "audit", "verify"],
+        subprocess.run, [sys.executable, "-m", "server", "audit", "verify"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=seconds(60))
     assert ok.returncode == 0, ok.stderr
     assert "5 rows verified" in ok.stdout
     await _tamper(conn, "UPDATE audit_log SET event = 'test.other' WHERE seq = 3")
     bad = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "clients.admin", "audit", "verify"],
+        subprocess.run, [sys.executable, "-m", "server", "audit", "verify"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=seconds(60))
     assert bad.returncode == 1
     assert "row 3 (edited)" in bad.stderr

@@ -25,7 +25,7 @@ import pytest
 
 from clients.sdk.connection import Connection
 from protocol.frames import Deliver
-from tests.helpers import ROOT, seconds
+from tests.helpers import ROOT, seconds, session_dir
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, opened, peer, seal, thread
 
@@ -56,7 +56,7 @@ class RelayProcess:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
     async def start(self) -> None:
-        log = Path(self.env["LIGHTBOX_TOKEN_KEY_FILE"]).parent / f"relay-{self.port}.log"
+        log = session_dir() / f"relay-{self.port}.log"
         with log.open("ab") as err:  # the child keeps its own descriptor
             self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT,
                                          env=self.env, stdout=subprocess.DEVNULL, stderr=err)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from server.embedded import postmaster_pid
-from tests.helpers import ROOT, Cluster, seconds
+from tests.helpers import ROOT, Cluster, seconds, session_dir
+from tests.make_run import made_run
 
 
 def _free_port() -> int:
@@ -57,13 +59,14 @@ async def test_refuses_to_start_with_one_line_when_schema_is_not_at_head(cluster
         dsn = cluster.admin_dsn.replace("/postgres?", "/unmigrated?")
         proc = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "server", "--port", str(_free_port())],
-            cwd=ROOT, env=_env(DATABASE_URL=dsn), capture_output=True, text=True,
+            cwd=ROOT, env=_env(DATABASE_URL=dsn, LIGHTBOX_DATA_DIR=str(session_dir())),
+            capture_output=True, text=True,
             timeout=seconds(60))
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, proc.stderr
         assert "schema is at nothing" in lines[0]
-        assert "lightbox-admin db upgrade" in lines[0]
+        assert "lightbox-server db upgrade" in lines[0]
     finally:
         conn = await asyncpg.connect(cluster.admin_dsn)
         await conn.execute('DROP DATABASE "unmigrated" WITH (FORCE)')
@@ -120,3 +123,30 @@ async def test_embedded_run_serves_ready_and_ctrl_c_leaves_no_postgres_behind() 
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("workers", "sig"), [(1, signal.SIGINT), (2, signal.SIGINT),
+                                              (1, signal.SIGTERM), (2, signal.SIGTERM)],
+                         ids=["1-ctrl-c", "2-ctrl-c", "1-sigterm", "2-sigterm"])
+def test_make_run_exits_0_after_a_clean_shutdown_on_a_signal_to_its_group(
+        workers: int, sig: signal.Signals) -> None:
+    """Ctrl-C in a terminal is SIGINT to the whole process group: the parent and each worker.
+    A clean shutdown is exit status 0 (make then reports no error), and the embedded
+    Postgres is stopped."""
+    with made_run(workers) as run:
+        out, err = run.signal_group(sig)
+        assert run.proc.returncode == 0, err
+        assert f"({workers} process(es)" in out
+        assert "Embedded Postgres stopped." in out, out + err
+        assert postmaster_pid(run.data / "pg") is None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_while_the_workers_start_still_exits_0_after_a_clean_shutdown(
+        workers: int) -> None:
+    with made_run(workers, ready=False) as run:
+        announced = run.wait_announced()
+        out, err = run.signal_group(signal.SIGINT)
+        assert run.proc.returncode == 0, err
+        assert "Embedded Postgres stopped." in announced + out, out + err
+        assert postmaster_pid(run.data / "pg") is None

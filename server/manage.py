@@ -1,0 +1,202 @@
+"""The relay host's own commands, behind ``lightbox-server``'s subcommands:
+
+* ``lightbox-server db upgrade [REVISION]``: apply migrations (default: to head);
+* ``lightbox-server admin create --login LOGIN``: create an IT administrator (password from a
+  no-echo prompt, twice, or ``LIGHTBOX_ADMIN_PASSWORD``; the clinicians' password policy);
+* ``lightbox-server org trust FILE [--replace]``: merge an organisation's public key (the
+  ``<org_id>.pub.json`` that ``lightbox-admin org init`` writes) into the relay's trusted
+  organisations file (``LIGHTBOX_TRUSTED_ORGS_FILE``; the relay loads it when it starts);
+* ``lightbox-server audit verify``: check the audit trail's hash chain (exit 1 naming the first
+  bad row); ``lightbox-server audit head``: print the chain head to anchor it elsewhere.
+
+They use the relay's own database: DATABASE_URL, or the embedded Postgres in
+``$LIGHTBOX_DATA_DIR/pg``, attached to when the relay is running and started for the command
+otherwise. Either way the cluster is left exactly as the command found it: server/embedded.py
+stops it only when its last holder leaves, so a command never stops a running relay's database.
+Exit status: 0 done, 1 the audit trail is broken, 2 nothing was done (the reason on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from protocol.errors import ProtocolError
+from protocol.keys import key_id
+from protocol.passwords import check_password
+from server import audit, migrations
+from server.embedded import EmbeddedError, EmbeddedPostgres
+from server.errors import RelayError
+from server.passwords import Passwords
+from server.settings import Settings, SettingsError, load_settings
+from server.store.admins import create_admin
+from server.trust import TrustError, load_trusted_orgs, read_trusted_orgs, write_trusted_orgs
+
+__all__ = ["COMMANDS", "CommandError", "add_commands", "run"]
+
+COMMANDS = frozenset({"db", "admin", "org", "audit"})
+
+
+class CommandError(Exception):
+    """Nothing was done; the message says why (exit status 2)."""
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    if settings.database_url is not None:
+        yield settings.database_url.reveal()
+        return
+    with EmbeddedPostgres(settings.data_dir / "pg") as pg:
+        yield pg.uri
+
+
+async def _on(dsn: str, work: Any) -> Any:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    with _database(settings) as dsn:
+        migrations.upgrade(dsn, args.revision)
+    print(f"database schema upgraded to {args.revision}")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    with _database(settings) as dsn:
+        report: audit.VerifyReport = asyncio.run(_on(dsn, audit.verify))
+    if report.ok:
+        print(f"audit trail intact: {report.checked} rows verified")
+        return 0
+    print(f"AUDIT TRAIL BROKEN at row {report.first_bad_seq} ({report.problem}): "
+          f"{report.message}; {report.checked} rows verified before it", file=sys.stderr)
+    return 1
+
+
+async def _head(conn: asyncpg.Connection) -> tuple[int, bytes]:
+    row = await conn.fetchrow("SELECT seq, row_hash FROM audit_head")
+    if row is None:
+        raise CommandError("the database has no audit head: run `lightbox-server db upgrade`")
+    return int(row["seq"]), bytes(row["row_hash"])
+
+
+def _audit_head(args: argparse.Namespace, settings: Settings) -> int:
+    with _database(settings) as dsn:
+        seq, h = asyncio.run(_on(dsn, _head))
+    print(f"{seq} {h.hex()}")
+    return 0
+
+
+def _new_password(login: str) -> str:
+    """``LIGHTBOX_ADMIN_PASSWORD`` if set, else asked twice on the terminal without echo."""
+    value = os.environ.get("LIGHTBOX_ADMIN_PASSWORD")
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise CommandError("no terminal to ask for the password: set LIGHTBOX_ADMIN_PASSWORD")
+    first = getpass.getpass(f"Password for {login}: ")
+    if first != getpass.getpass(f"Password for {login} (again): "):
+        raise CommandError("the two entries differ")
+    return first
+
+
+def _admin_create(args: argparse.Namespace, settings: Settings) -> int:
+    password = _new_password(args.login)
+    check_password(password, login=args.login, min_length=settings.password_min_length)
+    password_hash = Passwords(settings.argon2_profile).hash_sync(password)
+
+    async def create(conn: asyncpg.Connection) -> str:
+        async with conn.transaction():
+            admin_id = await create_admin(conn, args.login, password_hash)
+            await audit.append(conn, "admin.created", subject_kind="admin",
+                               subject_id=admin_id, actor_kind="cli",
+                               details={"login": args.login})
+        return admin_id
+
+    with _database(settings) as dsn:
+        admin_id = asyncio.run(_on(dsn, create))
+    print(f"administrator {args.login} created ({admin_id})")
+    return 0
+
+
+def _org_trust(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        incoming = read_trusted_orgs(Path(args.pubfile))
+    except FileNotFoundError as exc:
+        raise CommandError(f"no such file: {args.pubfile}") from exc
+    target = settings.trusted_orgs_path
+    current = load_trusted_orgs(target) if target.exists() else {}
+    for org_id, key in incoming.items():
+        if org_id in current and current[org_id] != key and not args.replace:
+            raise CommandError(f"{target} already trusts another key for {org_id} "
+                               f"({key_id(current[org_id])}); pass --replace to change it")
+    write_trusted_orgs(target, {**current, **incoming})
+    for org_id, key in incoming.items():
+        print(f"trusted {org_id} (fingerprint {key_id(key)}) in {target}")
+    print("restart the relay to load the change")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """The relay-host subcommands, on ``lightbox-server``'s subparsers."""
+    db = sub.add_parser("db", help="database schema (relay host)").add_subparsers(
+        dest="cmd", required=True)
+    up = db.add_parser("upgrade", help="apply migrations (default: to head)")
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(func=_db_upgrade)
+
+    adm = sub.add_parser("admin", help="IT administrator accounts (relay host)"
+                         ).add_subparsers(dest="cmd", required=True)
+    create = adm.add_parser("create", help="create an administrator (password: prompt or "
+                                           "LIGHTBOX_ADMIN_PASSWORD)")
+    create.add_argument("--login", required=True)
+    create.set_defaults(func=_admin_create)
+
+    org = sub.add_parser("org", help="trusted organisations (relay host)").add_subparsers(
+        dest="cmd", required=True)
+    trust = org.add_parser("trust", help="trust an organisation's public key")
+    trust.add_argument("pubfile", metavar="FILE",
+                       help="the <org_id>.pub.json written by `lightbox-admin org init`")
+    trust.add_argument("--replace", action="store_true",
+                       help="replace a different key already trusted for the organisation")
+    trust.set_defaults(func=_org_trust)
+
+    au = sub.add_parser("audit", help="audit trail (relay host)").add_subparsers(
+        dest="cmd", required=True)
+    au.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row"
+                  ).set_defaults(func=_audit_verify)
+    au.add_parser("head", help="print the chain head (sequence and hash) to anchor elsewhere"
+                  ).set_defaults(func=_audit_head)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand; every failure is one line on stderr, never a traceback."""
+    try:
+        return int(args.func(args, load_settings()))
+    except (CommandError, EmbeddedError, SettingsError, TrustError) as exc:
+        print(f"lightbox-server: {exc}", file=sys.stderr)
+    except (ProtocolError, RelayError) as exc:  # the password policy; an existing login
+        print(f"lightbox-server: {exc.code.value}: {_detail(exc)}", file=sys.stderr)
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"lightbox-server: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("lightbox-server: interrupted", file=sys.stderr)
+    return 2
+
+
+def _detail(exc: ProtocolError | RelayError) -> str:
+    if isinstance(exc, RelayError):
+        return exc.detail or exc.code.value
+    return str(exc)

@@ -1,0 +1,240 @@
+"""The relay-host commands (``lightbox-server db|admin|org|audit``, server/manage.py) as IT runs
+them beside a relay started the way ``make run`` starts it: the relay keeps serving throughout
+(``/readyz`` polled during and after each command) and IT's next step, ``lightbox-admin login``,
+works. Without a relay they start the embedded cluster for themselves and stop it after."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clients import admin as admin_cli
+from protocol.canonical import b64url_encode
+from protocol.keys import OrganisationKey
+from server import runner as server_cli
+from server.embedded import postmaster_pid
+from tests.helpers import seconds
+from tests.make_run import BIN, data_folder, made_run, relay_host_env, run_command
+
+PASSWORD = "lantern-harbour-quince-71"
+
+
+class ReadyzWatch:
+    """Polls ``/readyz`` in a thread and keeps every status that was not 200."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.polls = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=seconds(5)) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.get(self.url + "/readyz")
+                    if r.status_code != 200:
+                        self.failures.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.polls += 1
+                self._stop.wait(0.02)
+
+    def __enter__(self) -> ReadyzWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(seconds(10))
+
+
+def _pubfile(folder: Path, org_id: str) -> tuple[Path, bytes]:
+    key = OrganisationKey.generate()
+    path = folder / f"{org_id}.pub.json"
+    path.write_text(json.dumps({"orgs": {org_id: b64url_encode(key.public)}}))
+    return path, key.public
+
+
+@pytest.fixture
+def workstation(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_relay_host_commands_leave_the_running_relay_serving(workstation: Path) -> None:
+    with made_run() as run:
+        env = relay_host_env(run.data, LIGHTBOX_ADMIN_PASSWORD=PASSWORD)
+        pub, public = _pubfile(workstation, "st-elsewhere")
+        server = str(BIN / "lightbox-server")
+        steps = [
+            ([server, "org", "trust", str(pub)], "trusted st-elsewhere"),
+            ([server, "db", "upgrade"], "database schema upgraded to head"),
+            ([server, "admin", "create", "--login", "it.jones"], "administrator it.jones created"),
+            ([server, "audit", "verify"], "audit trail intact"),
+            ([server, "audit", "head"], None),
+        ]
+        for argv, expected in steps:
+            with ReadyzWatch(run.url) as watch:
+                done = run_command(argv, env)
+                assert done.returncode == 0, done.stdout + done.stderr
+                after = httpx.get(run.url + "/readyz", timeout=seconds(5))
+            assert watch.polls > 0 and watch.failures == [], (argv[1:], watch.failures)
+            assert after.status_code == 200, (argv[1:], after.text)
+            if expected is not None:
+                assert expected in done.stdout, done.stdout
+            else:
+                assert re.fullmatch(r"[0-9]+ [0-9a-f]{64}\n", done.stdout), done.stdout
+        trusted = json.loads((run.data / "trusted-orgs.json").read_text())
+        assert trusted == {"orgs": {"st-elsewhere": b64url_encode(public)}}
+        assert run.proc.poll() is None
+
+        login = run_command(
+            [str(BIN / "lightbox-admin"), "login", "--server", run.url, "--login", "it.jones"],
+            {**env, "LIGHTBOX_ADMIN_HOME": str(workstation / "admin")})
+        assert login.returncode == 0, login.stdout + login.stderr
+        assert f"logged in to {run.url} as it.jones" in login.stdout
+
+
+@pytest.fixture
+def relay_host() -> Iterator[Path]:
+    with data_folder() as data:
+        yield data
+
+
+def test_a_command_without_a_relay_starts_the_cluster_and_stops_it_after(
+        relay_host: Path) -> None:
+    env = relay_host_env(relay_host)
+    server = str(BIN / "lightbox-server")
+    up = run_command([server, "db", "upgrade"], env)
+    assert up.returncode == 0, up.stderr
+    assert postmaster_pid(relay_host / "pg") is None
+    head = run_command([server, "audit", "head"], env)
+    assert head.returncode == 0, head.stderr
+    assert re.fullmatch(r"[0-9]+ [0-9a-f]{64}\n", head.stdout), head.stdout
+    assert postmaster_pid(relay_host / "pg") is None
+
+
+# --- bad input: one line on stderr, exit 2, nothing done -------------------------------------
+
+
+@pytest.fixture
+def host_env(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in [k for k in os.environ if k.startswith("LIGHTBOX_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("DATABASE_URL", db_dsn)
+    monkeypatch.setenv("LIGHTBOX_DATA_DIR", str(tmp_path / "relay"))
+    monkeypatch.setenv("LIGHTBOX_ARGON2_PROFILE", "cheap")
+    return tmp_path
+
+
+def _server(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = server_cli.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("password", "reason"), [
+    ("short-1", "password_too_weak: the password must be at least 12 characters long"),
+    ("password1234", "password_too_weak: the password is too common"),
+    ("it.jones-harbour-9", "password_too_weak: the password must not contain the login name"),
+])
+def test_admin_create_refuses_a_weak_password(host_env: Path, password: str, reason: str,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LIGHTBOX_ADMIN_PASSWORD", password)
+    rc, out, err = _server(["admin", "create", "--login", "it.jones"], capsys)
+    assert rc == 2 and out == ""
+    assert _one_line(err).startswith(f"lightbox-server: {reason}")
+
+
+def test_admin_create_twice_is_a_conflict_and_without_a_terminal_names_the_variable(
+        host_env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LIGHTBOX_ADMIN_PASSWORD", PASSWORD)
+    assert _server(["admin", "create", "--login", "it.jones"], capsys)[0] == 0
+    rc, _out, err = _server(["admin", "create", "--login", "it.jones"], capsys)
+    assert rc == 2
+    assert _one_line(err).startswith("lightbox-server: conflict: ")
+    monkeypatch.delenv("LIGHTBOX_ADMIN_PASSWORD")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal
+    rc, _out, err = _server(["admin", "create", "--login", "it.smith"], capsys)
+    assert rc == 2
+    assert _one_line(err) == ("lightbox-server: no terminal to ask for the password: "
+                              "set LIGHTBOX_ADMIN_PASSWORD")
+
+
+def test_org_trust_refuses_a_missing_or_malformed_file_and_a_silent_key_change(
+        host_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _out, err = _server(["org", "trust", str(host_env / "nowhere.pub.json")], capsys)
+    assert rc == 2
+    assert _one_line(err) == f"lightbox-server: no such file: {host_env / 'nowhere.pub.json'}"
+    bad = host_env / "bad.pub.json"
+    bad.write_text('{"orgs": {"st-elsewhere": "short"}}')
+    rc, _out, err = _server(["org", "trust", str(bad)], capsys)
+    assert rc == 2
+    assert _one_line(err) == (f"lightbox-server: {bad}: key of 'st-elsewhere' is not a b64url "
+                              "32-byte key")
+    (host_env / "first").mkdir()
+    first, _ = _pubfile(host_env / "first", "st-elsewhere")
+    assert _server(["org", "trust", str(first)], capsys)[0] == 0
+    second, new_key = _pubfile(host_env, "st-elsewhere")
+    rc, _out, err = _server(["org", "trust", str(second)], capsys)
+    assert rc == 2
+    assert "already trusts another key for st-elsewhere" in _one_line(err)
+    assert "pass --replace to change it" in err
+    assert _server(["org", "trust", str(second), "--replace"], capsys)[0] == 0
+    trusted = json.loads((host_env / "relay" / "trusted-orgs.json").read_text())
+    assert trusted == {"orgs": {"st-elsewhere": b64url_encode(new_key)}}
+
+
+def test_serving_options_with_a_command_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        server_cli.main(["--port", "9000", "audit", "verify"])
+    assert exit_.value.code == 2
+    assert "--host, --port, --workers and --migrate start the relay" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "new"), [
+    (["db", "upgrade"], "db upgrade"),
+    (["admin", "create", "--login", "it.jones"], "admin create"),
+    (["audit", "verify"], "audit verify"),
+    (["audit", "head"], "audit head"),
+    (["org", "trust", "st-elsewhere.pub.json"], "org trust"),
+    (["db"], "db"),
+])
+def test_old_relay_host_spellings_of_lightbox_admin_name_the_new_command(
+        argv: list[str], new: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert admin_cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert _one_line(err) == (f"error: `lightbox-admin {new}` is now `lightbox-server {new}`, "
+                              "run on the relay host (lightbox-admin talks to the relay over "
+                              "HTTP only)")
+
+
+def test_a_cluster_that_cannot_start_is_one_line_not_a_traceback(relay_host: Path) -> None:
+    (relay_host / "pg").mkdir()
+    (relay_host / "pg" / "PG_VERSION").write_text("16\n")  # a damaged cluster folder
+    env = relay_host_env(relay_host)
+    for argv in (["audit", "head"], ["--migrate", "--port", "0"]):
+        done = run_command([str(BIN / "lightbox-server"), *argv], env)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.splitlines()[-1] == (
+            f"lightbox-server: the embedded Postgres in {relay_host / 'pg'} did not start "
+            f"(its log: {relay_host / 'pg' / 'log'})")

@@ -59,6 +59,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check --cache-dir .ruff_cache .  # one cache, not one per folder ruff.toml
 	$(BIN)/mypy --strict protocol
 	$(BIN)/mypy server clients
+	@# The desktop page's script: a syntax error would leave the page blank (node is on these
+	@# machines; the check is skipped with a note where it is missing).
+	@if command -v node >/dev/null; then node --check clients/desktop/static/app.js; \
+	else echo "lint: node not found, clients/desktop/static/app.js not checked"; fi
 
 # The whole journey with the real programs (clients/demo.py); data in .data/demo, made afresh.
 demo: $(STAMP)

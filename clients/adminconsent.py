@@ -59,7 +59,7 @@ def _local(ts: int | None) -> str:
 def _consent_id(value: str) -> str:
     consent_id = value.strip().lower()
     if not _UUID.match(consent_id):
-        raise FlowError(f"validation_failed: {value!r} is not a consent id (the consent "
+        raise FlowError(f"{value!r} is not a consent id (the consent "
                         "reference on the patient's copy, e.g. 6f1c2a44-5a8e-4f0b-9d53-"
                         "1c2e3f4a5b6c)", code=ErrorCode.VALIDATION_FAILED.value)
     return consent_id
@@ -198,18 +198,18 @@ def _withdraw(args: argparse.Namespace) -> int:
     consent_id = _consent_id(args.consent_id)
     reason = args.reason.strip()
     if not reason:
-        raise FlowError("validation_failed: say why the consent is withdrawn with --reason "
+        raise FlowError("say why the consent is withdrawn with --reason "
                         "TEXT (no patient details: it is kept in the relay's audit log)",
                         code=ErrorCode.VALIDATION_FAILED.value)
     interactive = sys.stdin.isatty() and not args.yes
     if not interactive and not args.yes:
-        raise FlowError("validation_failed: withdrawing a consent cannot be undone: pass --yes "
+        raise FlowError("withdrawing a consent cannot be undone: pass --yes "
                         "to confirm", code=ErrorCode.VALIDATION_FAILED.value)
 
     async def go() -> api.ConsentRevoked:
         w = await _admin_call(consent_id, lambda relay: relay.admin_consent(consent_id))
         if w.consent.revoked_at is not None:
-            raise FlowError(f"consent_revoked: consent {consent_id} was already withdrawn "
+            raise FlowError(f"consent {consent_id} was already withdrawn "
                             f"{_local(w.consent.revoked_at)} by {w.revoked_by}",
                             code=ErrorCode.CONSENT_REVOKED.value)
         print(f"consent {consent_id}: captured by {w.issuer_name} ({w.issuer_login}), "
@@ -224,7 +224,7 @@ def _withdraw(args: argparse.Namespace) -> int:
 
     result = _run(go)
     if result.already:
-        raise FlowError(f"consent_revoked: consent {consent_id} was already withdrawn "
+        raise FlowError(f"consent {consent_id} was already withdrawn "
                         f"{_local(result.revoked_at)}", code=ErrorCode.CONSENT_REVOKED.value)
     print(f"withdrawn: consent {consent_id} at {_local(result.revoked_at)}")
     print(f"messages withdrawn before delivery: {result.withdrawn_messages}")

@@ -483,12 +483,12 @@ class DesktopServer:
             # is no-store, so the browser keeps no copy (docs/PROTOCOL.md §15).
             self._broadcast("expired", {"thread_id": event.thread_id,
                                         "attachment_id": event.attachment_id})
+            if event.reason == "consent_revoked":
+                # a recipient learns of a withdrawn consent by its copies' expiry orders
+                self._broadcast("withdrawn", {"thread_id": event.thread_id})
         elif isinstance(event, FiledEvent | WithdrawnEvent):
             kind = "filed" if isinstance(event, FiledEvent) else "withdrawn"
             self._broadcast(kind, {"thread_id": event.thread_id})
-            if isinstance(event, ExpiredEvent) and event.reason == "consent_revoked":
-                # a recipient learns of a withdrawn consent by its copies' expiry orders
-                self._broadcast("withdrawn", {"thread_id": event.thread_id})
         elif isinstance(event, StatusEvent):
             if event.state in {"connected", "disconnected", "stopped"}:
                 self.connected = event.state == "connected"

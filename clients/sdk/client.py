@@ -228,6 +228,8 @@ class LightboxClient:
         self._callbacks: list[Callable[[ClientEvent], Awaitable[None] | None]] = []
         self._outgoing: list[Frame] = []
         self._outgoing_changed = asyncio.Event()
+        self._outgoing_sent = asyncio.Event()  # set whenever the queue has been emptied
+        self._outgoing_sent.set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._image_state: dict[str, tuple[str, str]] = {}
         self._filed: dict[str, FiledEvent] = {}
@@ -367,7 +369,17 @@ class LightboxClient:
         if wait_connected is not None:
             await self._until(self.connection.connected.wait(), wait_connected)
 
-    async def close(self) -> None:
+    async def close(self, *, drain: float = 5.0) -> None:
+        """Stop. Receipts and expiry confirmations still queued are sent first, for up to
+        ``drain`` seconds while connected: a short run (``lightbox inbox``) that applied an
+        expiry order must not exit before confirming it, or the audit would show the copy as
+        not confirmed until the device's next connection (the order itself stays durable on
+        the relay, so nothing is lost when the relay is out of reach)."""
+        if (self.connection is not None and self.connection.connected.is_set()
+                and not self._outgoing_sent.is_set()):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(drain):
+                    await self._outgoing_sent.wait()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -1053,6 +1065,7 @@ class LightboxClient:
 
     def _queue_frame(self, frame: Frame) -> None:
         self._outgoing.append(frame)
+        self._outgoing_sent.clear()
         self._outgoing_changed.set()
 
     async def _flush_outgoing(self) -> None:
@@ -1071,6 +1084,8 @@ class LightboxClient:
                 await asyncio.sleep(0.2)
                 continue
             self._outgoing.pop(0)
+            if not self._outgoing:
+                self._outgoing_sent.set()
 
     def _receipt(self, message: VaultMessage, kind: statements.ReceiptKind) -> None:
         statement = statements.issue_receipt_statement(statements.ReceiptStatement(

@@ -263,7 +263,8 @@ async def test_the_privacy_office_finds_a_patients_consents_in_the_record(
     # The FHIR server's credentials are needed, and said so when missing.
     monkeypatch.delenv("LIGHTBOX_FHIR_TOKEN_FILE")
     rc, out, err = await lightbox_admin(*find)
-    assert rc == 2 and "error: the FHIR server: FHIR server refused the credentials" in err
+    assert rc == 2 and "error: fhir_unavailable: the FHIR server: FHIR server refused the " \
+        "credentials" in err
     rc, out, err = await lightbox_admin("consent", "find", "--patient-id", mrn, "--fhir-url",
                                         "")
     assert rc == 2 and "LIGHTBOX_FHIR_URL is not set" in err

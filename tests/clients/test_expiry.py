@@ -18,7 +18,13 @@ import pytest
 
 from clients import imaging
 from clients.sdk import attachments as sdk_attachments
-from clients.sdk.client import ClientEvent, ExpiredEvent, ImageEvent, MessageEvent
+from clients.sdk.client import (
+    ClientEvent,
+    ExpiredEvent,
+    ImageEvent,
+    LightboxClient,
+    MessageEvent,
+)
 from clients.sdk.errors import FlowError
 from clients.sdk.expiry import shred_and_confirm, verify_wipe_order, wipe
 from clients.sdk.socket import RelaySocket
@@ -37,7 +43,7 @@ from tests.filing_world import (
     next_of,
 )
 from tests.helpers import seconds
-from tests.identity_world import World, identity_world
+from tests.identity_world import PASSWORD, World, identity_world
 from tests.relay_world import connect
 
 
@@ -256,3 +262,47 @@ def _drain(queue: asyncio.Queue[ClientEvent]) -> list[ClientEvent]:
     while not queue.empty():
         out.append(queue.get_nowait())
     return out
+
+
+async def test_two_orders_for_one_image_while_offline_are_both_applied_and_confirmed(
+        world: World, tmp_path: Path) -> None:
+    """The specialist's desktop received the x-ray and went off; meanwhile it was filed, its
+    copies expired and its consent was withdrawn. The next start (a new client on the same
+    vault) gets both orders (reasons ``filed`` and ``consent_revoked``) and confirms both, so
+    the audit can say every copy is gone."""
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    await intern.client.start(wait_connected=seconds(10))
+    try:
+        async def ortho_receives_then_goes_off() -> None:
+            events = ortho.client.subscribe()
+            await ortho.client.start(wait_connected=seconds(10))
+            await ortho.client.wait_synced(seconds(15))
+            async with asyncio.timeout(seconds(20)):
+                while not ortho.vault.images():
+                    await _next(events, ImageEvent)
+            await ortho.client.close()
+
+        aid, _message_id = await _share_and_expire(world, intern, ortho,
+                                                   before_expiry=ortho_receives_then_goes_off)
+        (consent,) = (await intern.client.relay.my_consents()).consents
+        await intern.client.relay.revoke_consent(consent.consent_id, "the patient asked")
+        device = uuid.UUID(ortho.client.device_id)
+        assert await count(world, "SELECT count(*) FROM expiry_orders WHERE device_id = $1 "
+                           "AND attachment_id = $2", device, uuid.UUID(aid)) == 2
+        restarted = LightboxClient(ortho.vault, ortho.vault, password=PASSWORD,
+                                   backoff_base=0.05, backoff_max=0.5)
+        await restarted.start(wait_connected=seconds(10))
+        try:
+            await restarted.wait_synced(seconds(15))
+            async with asyncio.timeout(seconds(20)):
+                while await count(world, "SELECT count(*) FROM expiry_orders WHERE "
+                                  "device_id = $1 AND attachment_id = $2 AND confirmed_at IS "
+                                  "NULL", device, uuid.UUID(aid)):
+                    await asyncio.sleep(0.05)
+            assert aid not in [i.attachment_id for i in ortho.vault.images()]
+            assert restarted.consent_withdrawn_at(consent.consent_id) is not None
+        finally:
+            await restarted.close()
+    finally:
+        await intern.client.close()

@@ -109,7 +109,8 @@ async def test_a_phone_offline_when_revoked_is_erased_when_it_connects_later(
     inbox = await lightbox_process("--profile", "phone", "inbox")
     out, err = await asyncio.wait_for(inbox.communicate(), seconds(60))
     assert b"Traceback" not in err
-    assert b"this device was revoked" in out + err, out + err
+    assert b"This device was revoked by your organisation on " in out + err, out + err
+    assert b"; its data has been erased." in out + err, out + err
     assert_erased(tmp_path / "home" / "phone")
     assert await wipe_audit(world, device_id) == ["device.wipe_ordered",
                                                   "device.wipe_confirmed"]

@@ -225,6 +225,7 @@ function copyExpiry(img) {
   if (!img.expires_at) return "";
   return img.expires_at * 1000 > Date.now() ? "; this copy expires " + when(img.expires_at)
                                             : "; this copy is being deleted";
+}
 
 // What the sender's text recognition found burned into the image (kinds only, never the text).
 const IDENTIFIER_KINDS = {name: "name", date_of_birth: "date of birth", identifier: "record number",

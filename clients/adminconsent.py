@@ -76,7 +76,7 @@ async def _admin_call(consent_id: str, call: Callable[[RelayHTTP], Awaitable[T]]
             return await call(relay)
         except RelayRequestError as exc:
             if exc.code == ErrorCode.NOT_FOUND.value:
-                raise FlowError(f"not_found: the relay holds no consent {consent_id}",
+                raise FlowError(f"the relay holds no consent {consent_id}",
                                 code=ErrorCode.NOT_FOUND.value) from None
             raise
 

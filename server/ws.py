@@ -267,7 +267,16 @@ class _Connection:
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        """A frame's task ended: an exception it raised is logged (type only, never the
+        frame), not lost with the task."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("frame handling failed", extra={"error_type": type(exc).__name__},
+                      exc_info=exc)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -440,6 +449,7 @@ class _Connection:
 
     async def _refuse(self, req_id: str | None, err: RelayError) -> None:
         self.relay.metrics.ws_rejections.labels(err.code.value).inc()
+        log.info("frame refused", extra={"code": err.code.value})
         extra = err.extra
         await self._send(Error(
             req_id=req_id, code=err.code, detail=(err.detail or "")[:200],

@@ -156,13 +156,20 @@ class Holder:
 async def holders(conn: asyncpg.Connection, consent_id: str) -> list[Holder]:
     """Every (attachment, device) that may hold a copy of an image sent under the consent: the
     sending device and every device the message was addressed to. The relay cannot tell an
-    unacknowledged delivery that reached its device from one that did not, so both count."""
+    unacknowledged delivery that reached its device from one that did not, so both count.
+    Not a record gateway (it keeps nothing), nor a device that already confirmed destroying
+    that image (after filing, say): as for filing (docs/PROTOCOL.md §15), an order it could
+    only confirm again would leave the audit showing a copy "not confirmed" that is gone."""
     rows = await conn.fetch(
         "SELECT DISTINCT ON (ma.attachment_id, dev) ma.attachment_id::text AS attachment_id, "
         "dev::text AS device_id, m.thread_id::text AS thread_id FROM messages m "
         "JOIN message_attachments ma USING (message_pk) "
         "CROSS JOIN LATERAL unnest(m.recipients || m.sender_device_id) AS dev "
-        "WHERE m.consent_id = $1 ORDER BY ma.attachment_id, dev, m.message_pk",
+        "JOIN devices d ON d.device_id = dev "
+        "WHERE m.consent_id = $1 AND d.kind <> 'gateway' AND NOT EXISTS ("
+        "SELECT 1 FROM expiry_orders o WHERE o.attachment_id = ma.attachment_id "
+        "AND o.device_id = dev AND o.confirmed_at IS NOT NULL) "
+        "ORDER BY ma.attachment_id, dev, m.message_pk",
         uuid.UUID(consent_id))
     return [Holder(r["attachment_id"], r["device_id"], r["thread_id"]) for r in rows]
 

@@ -70,6 +70,8 @@ async def test_the_specialist_is_told_which_identifiers_the_image_shows(
             "This image shows patient identifiers: name, date of birth"
         await page.screenshot(path=SHOTS / "01-identifiers-warning.png")
         await page.locator(".thread-item", has_text="Clean film").click()
+        # the clean film's thread is the one shown (not the previous one still on screen)
+        await page.get_by_text("Ankle?").wait_for()
         await page.locator(".thumb").wait_for()
         assert await page.locator(".burned-in").count() == 0
         assert not problems, problems

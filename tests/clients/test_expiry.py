@@ -306,3 +306,28 @@ async def test_two_orders_for_one_image_while_offline_are_both_applied_and_confi
             await restarted.close()
     finally:
         await intern.client.close()
+
+
+async def test_a_withdrawal_orders_no_copy_already_destroyed_nor_the_gateway(
+        world: World, tmp_path: Path) -> None:
+    """Filed, expired and confirmed by the specialist's device, then the consent withdrawn:
+    the relay orders no device that already confirmed destroying the image, nor the record
+    gateway (it keeps nothing), so the audit has no copy left "not confirmed"."""
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    await intern.client.start(wait_connected=seconds(10))
+    await ortho.client.start(wait_connected=seconds(10))
+    try:
+        aid, _message_id = await _share_and_expire(world, intern, ortho)
+        await _confirmed(world, ortho.client.device_id, aid)
+        await _confirmed(world, intern.client.device_id, aid)
+        (consent,) = (await intern.client.relay.my_consents()).consents
+        await intern.client.relay.revoke_consent(consent.consent_id, "the patient asked")
+        assert await count(world, "SELECT count(*) FROM expiry_orders WHERE attachment_id = $1 "
+                           "AND reason = 'consent_revoked'", uuid.UUID(aid)) == 0
+        assert await count(world, "SELECT count(*) FROM expiry_orders o JOIN devices d "
+                           "USING (device_id) WHERE o.attachment_id = $1 AND d.kind = 'gateway'",
+                           uuid.UUID(aid)) == 0
+    finally:
+        await ortho.client.close()
+        await intern.client.close()

@@ -261,6 +261,49 @@ async def test_expire_orders_of_a_withdrawn_consent_are_confirmed_the_same_way(
         await b.close()
 
 
+async def test_confirmations_sent_back_to_back_are_all_recorded(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """A device that was off gets several orders on reconnecting and answers them in one burst
+    (as the SDK does): every confirmation is recorded, none is lost to a concurrent one, and
+    no frame's handling fails."""
+    intern = await peer(world, "intern", roles=("intern",))
+    ortho = await peer(world, "ortho", roles=(ORTHO,))
+    gw = await gateway_peer(world)
+    tid = await thread(world, intern, ortho)
+    shares = [await upload_image(world, intern, xray_png(64, 64 + i), roles=(ORTHO,))
+              for i in range(3)]
+    a = await connect(world, intern)
+    try:
+        for shared in shares:
+            await a.send(image_message(intern, tid, [ortho, gw], shared))
+        for shared in shares:
+            r = await world.call(intern.device, "POST",
+                                 f"/v1/consents/{shared.consent_id}/revoke")
+            assert r.status_code == 200, r.text
+    finally:
+        await a.close()
+    b = await connect(world, ortho)
+    try:
+        orders = [await next_of(b, ExpireOrder) for _ in shares]
+        by_attachment = {o.attachment_id: o for o in orders}
+        frames = [ExpiryConfirm(statement=confirmation(
+            ortho, attachment_id=s.attachment_id,
+            order_id=by_attachment[s.attachment_id].order_id)) for s in shares]
+        await asyncio.gather(*(b.send_frame(f) for f in frames))
+
+        async def unconfirmed() -> int:
+            return await count(world, "SELECT count(*) FROM expiry_orders WHERE device_id = $1 "
+                               "AND confirmed_at IS NULL", uuid.UUID(ortho.device_id))
+        async with asyncio.timeout(20):
+            while await unconfirmed():
+                await asyncio.sleep(0.05)
+        assert await count(world, "SELECT count(*) FROM audit_log WHERE event = "
+                           "'expiry.confirmed'") == len(shares)
+    finally:
+        await b.close()
+    assert not [r for r in caplog.records if r.getMessage() == "frame handling failed"]
+
+
 async def test_a_wiped_phone_coming_back_after_its_token_expired_still_gets_the_order(
         world: World) -> None:
     """A lost phone returns long after its 10-minute access token expired; it cannot log in

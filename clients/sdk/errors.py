@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
+from clients.timefmt import format_time
 
 __all__ = [
     "ConsentImageMismatch",
@@ -79,6 +79,6 @@ class DeviceWiped(SDKError):
 
     def __init__(self, revoked_at: int) -> None:
         self.revoked_at = revoked_at
-        when = dt.datetime.fromtimestamp(revoked_at).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        when = format_time(revoked_at)
         super().__init__(f"This device was revoked by your organisation on {when}; its data "
                          "has been erased.")

@@ -133,22 +133,13 @@ async function loadInbox() {
 
 // --- a thread -------------------------------------------------------------------------------
 
-// ISO-like date, 24-hour time, the local zone: "2026-12-03 08:15 CET".
-function stamp(ts) {
-  const d = new Date(ts * 1000), p = (n) => String(n).padStart(2, "0");
-  const zone = new Intl.DateTimeFormat([], {timeZoneName: "short"}).formatToParts(d)
-    .find((x) => x.type === "timeZoneName");
-  return d.getFullYear() + "-" + p(d.getMonth() + 1) + "-" + p(d.getDate()) + " " +
-    p(d.getHours()) + ":" + p(d.getMinutes()) + (zone ? " " + zone.value : "");
-}
-
 function consentBlock(c) {
   if (!c) return null;
   const who = [...c.roles.map((r) => "role " + r), ...c.users, ...c.orgs.map((o) => "organisation " + o)];
   // A withdrawn consent is never shown as agreed: what it was is kept, struck through.
   const decision = c.withdrawn_at
     ? el("strong", {class: "withdrawn-at", "data-withdrawn-at": String(c.withdrawn_at)},
-         "Consent: withdrawn " + stamp(c.withdrawn_at))
+         "Consent: withdrawn " + when(c.withdrawn_at))
     : el("strong", {}, "Consent: " + c.decision);
   return el("div", {class: "consent" + (c.withdrawn_at ? " withdrawn" : "")},
     decision, (c.withdrawn_at ? " (was " + c.decision + ")" : "") +

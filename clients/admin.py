@@ -4,7 +4,7 @@ Commands that act on the relay host's database directly (``db upgrade``, ``audit
 ``audit head``, ``admin create``) use DATABASE_URL, or the embedded Postgres in
 ``$LIGHTBOX_DATA_DIR/pg`` when it is unset (started for the command and stopped after it);
 ``org trust`` edits the relay's trusted-organisations file. Commands that need the
-organisation key (``org init``, ``user add``/``import``/``suspend``/``resume``/
+organisation key (``org init``, ``user add``/``import``/``reissue``/``suspend``/``resume``/
 ``renew-licence``, ``device revoke``) run on IT's workstation and talk to the relay's admin API
 after ``login``.
 
@@ -365,7 +365,7 @@ def _user_show(args: argparse.Namespace) -> int:
     print(f"login:        {u.login}")
     print(f"name:         {u.display_name}")
     print(f"user id:      {u.user_id}  (organisation {u.org_id})")
-    print(f"status:       {u.status}; enrolment code: {detail.enrolment}")
+    print(f"status:       {u.status}; enrolment code: {adminops.describe_enrolment(detail)}")
     print(f"roles:        {', '.join(u.roles)}")
     print(f"specialty:    {u.specialty or '-'}; department: {u.department or '-'}")
     if cert.licence is not None:
@@ -454,6 +454,27 @@ def _user_renew(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_reissue(args: argparse.Namespace) -> int:
+    """A new enrolment code and handout for a user who has not enrolled; the old code stops
+    working (clients/adminops.py :func:`~clients.adminops.reissue_enrolment`)."""
+    if args.code_valid_hours < 1:
+        raise CommandError("--code-valid-hours must be at least 1")
+    session = load_session()
+    org_id, org_key = _org_key(args)
+
+    async def go() -> Any:
+        async with _relay(session) as relay:
+            user = await adminops.resolve_user(relay, args.user)
+            return await adminops.reissue_enrolment(
+                relay, user, org_id=org_id, org_key=org_key, now=int(time.time()),
+                code_valid_hours=args.code_valid_hours)
+
+    made = _run(go)
+    _handouts(adminops.ImportReport([made], []), session, org_key, args)
+    print(f"{made.row.login}: new enrolment code issued; the previous code no longer works")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -515,6 +536,11 @@ def _user_parsers(sub: Any) -> None:
         p.add_argument("--keyfile")
         p.add_argument("--reason", default=f"{name}ed by IT")
         p.set_defaults(func=func)
+    reissue = user.add_parser("reissue", help="a new enrolment code and handout for a user "
+                              "who has not enrolled (the old code stops working)")
+    reissue.add_argument("user", metavar="LOGIN|ID")
+    _provision_options(reissue)
+    reissue.set_defaults(func=_user_reissue)
     renew = user.add_parser("renew-licence", help="re-sign the certificate with a new expiry")
     renew.add_argument("user", metavar="LOGIN|ID")
     renew.add_argument("--expires", required=True, help="YYYY-MM-DD")

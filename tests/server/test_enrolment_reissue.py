@@ -4,6 +4,7 @@ transaction, the expiry capped, audited; every refusal leaves the user as it was
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -217,3 +218,21 @@ async def test_a_certificate_of_another_user_org_or_signer_is_refused_and_nothin
     assert held == hal.cert
     fetched = await world.http.post("/v1/enrol/fetch", json={"enrolment_token": hal.token_b64})
     assert fetched.status_code == 200, fetched.text  # the old code still works
+
+
+async def test_a_reissue_racing_an_enrolment_lets_exactly_one_of_them_through(
+        world: World) -> None:
+    org = world.org
+    for i in range(6):
+        user = org.user(f"race{i}.ortho")
+        await _provision(world, user)
+        new = org.user(user.login, user_id=user.user_id)
+        enrolled, reissued = await asyncio.gather(world.enrol(user.device()),
+                                                  _reissue(world, user.user_id, _body(new)))
+        if enrolled.status_code == 200:
+            assert_problem(reissued, 409, "user_already_enrolled")
+        else:
+            assert_problem(enrolled, 400, "enrolment_code_invalid")
+            assert reissued.status_code == 200, reissued.text
+            r = await world.enrol(new.device())
+            assert r.status_code == 200, r.text

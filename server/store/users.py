@@ -239,7 +239,8 @@ async def get_enrolment(conn: asyncpg.Connection, token_hash: bytes, *,
     if row["used_at"] is not None:
         raise Conflict(ErrorCode.ENROLMENT_CODE_USED, "this enrolment code was already used")
     if row["expires_at"] <= at(now):
-        raise RelayError(ErrorCode.ENROLMENT_CODE_EXPIRED, "this enrolment code has expired")
+        raise RelayError(ErrorCode.ENROLMENT_CODE_EXPIRED,
+                         "this enrolment code has expired: ask IT for a new one")
     return EnrolmentRecord(user_id=str(row["user_id"]),
                            sealed_identity=bytes(row["sealed_identity"]),
                            expires_at=unix(row["expires_at"]) or 0, used=False)

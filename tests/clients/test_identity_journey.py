@@ -342,7 +342,7 @@ async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled(
         assert "lightbox-admin user reissue bo.chen" in out
         rc, _out, err = await _run(device_cli.main, ["--profile", "bo", "enroll", "--server",
                                                      url, "--code", codes["bo.chen"]])
-        assert rc == 1 and "enrolment_code_expired" in err
+        assert rc == 1 and "enrolment_code_expired" in err and "ask IT for a new one" in err
         new = _codes(await _ok(admin_cli.main, ["user", "reissue", "bo.chen", "--no-qr"]))
         monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORDS["bo.chen"])
         out = await _ok(device_cli.main, ["--profile", "bo", "enroll", "--server", url,

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from protocol.canonical import b64url_encode
+from protocol.certs import issue_user_certificate
 from protocol.keys import OrganisationKey
 from server import audit
 from tests.identity_world import User, World, identity_world
@@ -212,6 +214,12 @@ async def test_a_certificate_of_another_user_org_or_signer_is_refused_and_nothin
     ]
     for new, status, code in cases:
         assert_problem(await _reissue(world, hal.user_id, _body(new)), status, code)
+        assert await _state(world, hal.user_id) == before
+    fresh = org.user("hal.ortho", user_id=hal.user_id)
+    for replayed in (hal.cert, issue_user_certificate(msgspec.structs.replace(
+            fresh.body, issued_at=hal.body.issued_at - 3600), org.key)):  # held, or older
+        body = {**_body(fresh), "user_certificate": replayed}
+        assert_problem(await _reissue(world, hal.user_id, body), 409, "conflict")
         assert await _state(world, hal.user_id) == before
     held = (await world.http.get(f"/v1/admin/users/{hal.user_id}",
                                  headers=world.admin_headers())).json()["user_certificate"]

@@ -269,15 +269,20 @@ def _report_failures(failures: Sequence[csvio.RowError]) -> None:
         print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
 
 
+def _prepare_handout_dir(args: argparse.Namespace, nothing_done: str) -> None:
+    """Check ``--handout-dir`` before any code is made: a code is shown only once."""
+    if args.handout_dir:
+        try:
+            handout.prepare_directory(Path(args.handout_dir))
+        except handout.HandoutError as exc:
+            raise CommandError(f"{exc}; {nothing_done}") from None
+
+
 def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
                failures: list[csvio.RowError]) -> int:
     session = load_session()
     org_id, org_key = _org_key(args)
-    if args.handout_dir:  # before anyone is provisioned: a code is shown only once
-        try:
-            handout.prepare_directory(Path(args.handout_dir))
-        except handout.HandoutError as exc:
-            raise CommandError(f"{exc}; nobody was provisioned") from None
+    _prepare_handout_dir(args, "nobody was provisioned")
 
     async def go() -> adminops.ImportReport:
         async with _relay(session) as relay:
@@ -461,6 +466,7 @@ def _user_reissue(args: argparse.Namespace) -> int:
         raise CommandError("--code-valid-hours must be at least 1")
     session = load_session()
     org_id, org_key = _org_key(args)
+    _prepare_handout_dir(args, "no new code was issued")
 
     async def go() -> Any:
         async with _relay(session) as relay:
@@ -470,9 +476,9 @@ def _user_reissue(args: argparse.Namespace) -> int:
                 code_valid_hours=args.code_valid_hours)
 
     made = _run(go)
-    _handouts(adminops.ImportReport([made], []), session, org_key, args)
+    unwritten = _handouts(adminops.ImportReport([made], []), session, org_key, args)
     print(f"{made.row.login}: new enrolment code issued; the previous code no longer works")
-    return 0
+    return 1 if unwritten else 0
 
 
 # --- parser ----------------------------------------------------------------------------------

@@ -165,6 +165,9 @@ _ENROLLED = ("has enrolled a device, so a new enrolment code would not help: rev
              "still have (`lightbox link`)")
 
 
+_SUSPENDED = "{login} is suspended: resume them first (`lightbox-admin user resume`)"
+
+
 async def reissue_enrolment(
     relay: RelayHTTP, user: api.UserSummary, *, org_id: str, org_key: OrganisationKey,
     now: int, code_valid_hours: int, kdf: PassphraseProfile | None = None,
@@ -175,8 +178,8 @@ async def reissue_enrolment(
         raise FlowError(f"{user.login} {_ENROLLED}",
                         code=ErrorCode.USER_ALREADY_ENROLLED.value)
     if user.status == "suspended":
-        raise FlowError(f"{user.login} is suspended: resume them first "
-                        "(`lightbox-admin user resume`)", code=ErrorCode.USER_SUSPENDED.value)
+        raise FlowError(_SUSPENDED.format(login=user.login),
+                        code=ErrorCode.USER_SUSPENDED.value)
     current = _our_certificate(await relay.get_user(user.user_id), user_id=user.user_id,
                                org_id=org_id, org_key=org_key)
     made = reissue_user(current, user.login, org_key=org_key, now=now,
@@ -188,9 +191,11 @@ async def reissue_enrolment(
         enrolment_expires_at=made.request.enrolment_expires_at)
     try:
         answer = await relay.reissue_enrolment(user.user_id, body)
-    except RelayRequestError as exc:
-        if exc.code == ErrorCode.USER_ALREADY_ENROLLED.value:  # enrolled meanwhile
+    except RelayRequestError as exc:  # enrolled or suspended meanwhile
+        if exc.code == ErrorCode.USER_ALREADY_ENROLLED.value:
             raise FlowError(f"{user.login} {_ENROLLED}", code=exc.code) from exc
+        if exc.code == ErrorCode.USER_SUSPENDED.value:
+            raise FlowError(_SUSPENDED.format(login=user.login), code=exc.code) from exc
         raise
     return dataclasses.replace(made, request=msgspec.structs.replace(
         made.request, enrolment_expires_at=answer.enrolment_expires_at))

@@ -316,6 +316,8 @@ async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled(
         assert new != codes["ada.byron"]
         assert "the previous code no longer works" in out
         assert (tmp / "it" / "handouts" / "ada.byron.png").exists()
+        assert re.search(rf"Enrolment code\s+{new}\n",
+                         pdf_text(tmp / "it" / "handouts" / "ada.byron.pdf"))
         monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORDS["ada.byron"])
         rc, _out, err = await _run(device_cli.main, ["--profile", "old", "enroll", "--server",
                                                      url, "--code", codes["ada.byron"]])
@@ -343,6 +345,12 @@ async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled(
         rc, _out, err = await _run(device_cli.main, ["--profile", "bo", "enroll", "--server",
                                                      url, "--code", codes["bo.chen"]])
         assert rc == 1 and "enrolment_code_expired" in err and "ask IT for a new one" in err
+        not_a_folder = tmp / "it" / "not-a-folder"
+        not_a_folder.write_text("")
+        rc, _out, err = await _run(admin_cli.main, ["user", "reissue", "bo.chen", "--no-qr",
+                                                    "--handout-dir", str(not_a_folder)])
+        assert rc == 2 and "no new code was issued" in err
+        assert "enrolment code: expired" in await _ok(admin_cli.main, ["user", "show", "bo.chen"])
         new = _codes(await _ok(admin_cli.main, ["user", "reissue", "bo.chen", "--no-qr"]))
         monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORDS["bo.chen"])
         out = await _ok(device_cli.main, ["--profile", "bo", "enroll", "--server", url,

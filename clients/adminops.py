@@ -237,19 +237,16 @@ async def copies(relay: RelayHTTP, *, attachment_id: str | None = None,
     return relay._decode(r, CopiesList)
 
 
-def _utc(value: int) -> str:
-    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def describe_enrolment(detail: api.UserDetail) -> str:
     """The state of the user's latest enrolment code for ``user show``: when a pending code
-    expires, and for a user who never enrolled whose code expired, how to issue a new one."""
+    expires (clients/timefmt.py), and for a user who never enrolled whose code expired, how to
+    issue a new one."""
     state, until = detail.enrolment, detail.enrolment_expires_at
     if until is None or state not in ("pending", "expired"):
         return state
     if state == "pending":
-        return f"pending, valid until {_utc(until)}"
-    text = f"expired {_utc(until)}"
+        return f"pending, valid until {format_time(until)}"
+    text = f"expired {format_time(until)}"
     if detail.user.status == "pending":
         text += f" (issue a new one: lightbox-admin user reissue {detail.user.login})"
     return text

@@ -5,7 +5,7 @@ organisation key ceremony) needs no relay at all. What acts on the relay host it
 schema, administrators, trusted organisations, the audit trail) is the server's own command,
 ``lightbox-server db|admin|org trust|audit`` (server/manage.py); the old spellings here answer
 with one line naming it. Commands that need the organisation key (``org init``,
-``user add``/``import``/``suspend``/``resume``/``renew-licence``, ``device revoke``) read it
+``user add``/``import``/``reissue``/``suspend``/``resume``/``renew-licence``, ``device revoke``) read it
 from the sealed keyfile.
 
 Secrets come from no-echo prompts or, for scripts, LIGHTBOX_ORG_PASSPHRASE and
@@ -146,15 +146,20 @@ def _report_failures(failures: Sequence[csvio.RowError]) -> None:
         print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
 
 
+def _prepare_handout_dir(args: argparse.Namespace, nothing_done: str) -> None:
+    """Check ``--handout-dir`` before any code is made: a code is shown only once."""
+    if args.handout_dir:
+        try:
+            handout.prepare_directory(Path(args.handout_dir))
+        except handout.HandoutError as exc:
+            raise CommandError(f"{exc}; {nothing_done}") from None
+
+
 def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
                failures: list[csvio.RowError]) -> int:
     session = load_session()
     org_id, org_key = _org_key(args)
-    if args.handout_dir:  # before anyone is provisioned: a code is shown only once
-        try:
-            handout.prepare_directory(Path(args.handout_dir))
-        except handout.HandoutError as exc:
-            raise CommandError(f"{exc}; nobody was provisioned") from None
+    _prepare_handout_dir(args, "nobody was provisioned")
 
     async def go() -> adminops.ImportReport:
         async with _relay(session) as relay:
@@ -242,7 +247,7 @@ def _user_show(args: argparse.Namespace) -> int:
     print(f"login:        {u.login}")
     print(f"name:         {u.display_name}")
     print(f"user id:      {u.user_id}  (organisation {u.org_id})")
-    print(f"status:       {u.status}; enrolment code: {detail.enrolment}")
+    print(f"status:       {u.status}; enrolment code: {adminops.describe_enrolment(detail)}")
     print(f"roles:        {', '.join(u.roles)}")
     print(f"specialty:    {u.specialty or '-'}; department: {u.department or '-'}")
     if cert.licence is not None:
@@ -331,6 +336,28 @@ def _user_renew(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_reissue(args: argparse.Namespace) -> int:
+    """A new enrolment code and handout for a user who has not enrolled; the old code stops
+    working (clients/adminops.py :func:`~clients.adminops.reissue_enrolment`)."""
+    if args.code_valid_hours < 1:
+        raise CommandError("--code-valid-hours must be at least 1")
+    session = load_session()
+    org_id, org_key = _org_key(args)
+    _prepare_handout_dir(args, "no new code was issued")
+
+    async def go() -> Any:
+        async with _relay(session) as relay:
+            user = await adminops.resolve_user(relay, args.user)
+            return await adminops.reissue_enrolment(
+                relay, user, org_id=org_id, org_key=org_key, now=int(time.time()),
+                code_valid_hours=args.code_valid_hours)
+
+    made = _run(go)
+    unwritten = _handouts(adminops.ImportReport([made], []), session, org_key, args)
+    print(f"{made.row.login}: new enrolment code issued; the previous code no longer works")
+    return 1 if unwritten else 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -387,6 +414,11 @@ def _user_parsers(sub: Any) -> None:
         p.add_argument("--keyfile")
         p.add_argument("--reason", default=f"{name}ed by IT")
         p.set_defaults(func=func)
+    reissue = user.add_parser("reissue", help="a new enrolment code and handout for a user "
+                              "who has not enrolled (the old code stops working)")
+    reissue.add_argument("user", metavar="LOGIN|ID")
+    _provision_options(reissue)
+    reissue.set_defaults(func=_user_reissue)
     renew = user.add_parser("renew-licence", help="re-sign the certificate with a new expiry")
     renew.add_argument("user", metavar="LOGIN|ID")
     renew.add_argument("--expires", required=True, help="YYYY-MM-DD")

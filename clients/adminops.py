@@ -12,10 +12,18 @@ import dataclasses
 import re
 from collections.abc import Iterable
 
+import msgspec
+
 from clients.csvio import RowError, UserRow
-from clients.provisioning import Provisioned, next_revocation_list, provision_user, renew_licence
+from clients.provisioning import (
+    Provisioned,
+    next_revocation_list,
+    provision_user,
+    reissue_user,
+    renew_licence,
+)
 from clients.rotaio import RotaRowError, ShiftRow
-from clients.sdk.errors import FlowError
+from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import org_revocation_lists
 from clients.timefmt import format_time
@@ -31,9 +39,11 @@ __all__ = [
     "apply_revocations",
     "copies",
     "current_revocation_list",
+    "describe_enrolment",
     "format_copies",
     "import_shifts",
     "provision_rows",
+    "reissue_enrolment",
     "renew_user_licence",
     "resolve_user",
 ]
@@ -118,13 +128,10 @@ async def apply_revocations(
     return nxt, True
 
 
-async def renew_user_licence(
-    relay: RelayHTTP, user_id: str, *, org_id: str, org_key: OrganisationKey,
-    expires_at: int, now: int,
-) -> api.UserSummary:
-    """Re-sign the user's certificate (same identity key) with a new licence expiry. The
-    current certificate comes from the relay and must carry our organisation's signature."""
-    detail = await relay.get_user(user_id)
+def _our_certificate(detail: api.UserDetail, *, user_id: str, org_id: str,
+                     org_key: OrganisationKey) -> certs.UserCertificate:
+    """The user's current certificate as the relay serves it, checked to carry our
+    organisation's signature and to name this user and organisation."""
     try:
         current = open_compact(LABEL_USER_CERTIFICATE, detail.user_certificate,
                                certs.UserCertificate, org_key.public,
@@ -135,11 +142,63 @@ async def renew_user_licence(
     if current.user_id != user_id or current.org_id != org_id:
         raise FlowError("the relay served another user's certificate",
                         code=ErrorCode.CERTIFICATE_INVALID.value)
+    return current
+
+
+async def renew_user_licence(
+    relay: RelayHTTP, user_id: str, *, org_id: str, org_key: OrganisationKey,
+    expires_at: int, now: int,
+) -> api.UserSummary:
+    """Re-sign the user's certificate (same identity key) with a new licence expiry. The
+    current certificate comes from the relay and must carry our organisation's signature."""
+    current = _our_certificate(await relay.get_user(user_id), user_id=user_id, org_id=org_id,
+                               org_key=org_key)
     try:
         token = renew_licence(current, org_key=org_key, expires_at=expires_at, now=now)
     except ValueError as exc:
         raise FlowError(str(exc), code=ErrorCode.VALIDATION_FAILED.value) from exc
     return await relay.renew_certificate(user_id, token)
+
+
+_ENROLLED = ("has enrolled a device, so a new enrolment code would not help: revoke a lost "
+             "device (`lightbox-admin device revoke`) and link a new one from a device they "
+             "still have (`lightbox link`)")
+
+
+_SUSPENDED = "{login} is suspended: resume them first (`lightbox-admin user resume`)"
+
+
+async def reissue_enrolment(
+    relay: RelayHTTP, user: api.UserSummary, *, org_id: str, org_key: OrganisationKey,
+    now: int, code_valid_hours: int, kdf: PassphraseProfile | None = None,
+) -> Provisioned:
+    """A new enrolment code (and identity key and certificate) for a user still ``pending``;
+    the relay drops the old code. The returned request carries the expiry the relay stored."""
+    if user.status == "active":
+        raise FlowError(f"{user.login} {_ENROLLED}",
+                        code=ErrorCode.USER_ALREADY_ENROLLED.value)
+    if user.status == "suspended":
+        raise FlowError(_SUSPENDED.format(login=user.login),
+                        code=ErrorCode.USER_SUSPENDED.value)
+    current = _our_certificate(await relay.get_user(user.user_id), user_id=user.user_id,
+                               org_id=org_id, org_key=org_key)
+    made = reissue_user(current, user.login, org_key=org_key, now=now,
+                        code_valid_hours=code_valid_hours, kdf=kdf)
+    body = api.EnrolmentReissue(
+        user_certificate=made.certificate,
+        enrolment_token_hash=made.request.enrolment_token_hash,
+        sealed_identity=made.request.sealed_identity,
+        enrolment_expires_at=made.request.enrolment_expires_at)
+    try:
+        answer = await relay.reissue_enrolment(user.user_id, body)
+    except RelayRequestError as exc:  # enrolled or suspended meanwhile
+        if exc.code == ErrorCode.USER_ALREADY_ENROLLED.value:
+            raise FlowError(f"{user.login} {_ENROLLED}", code=exc.code) from exc
+        if exc.code == ErrorCode.USER_SUSPENDED.value:
+            raise FlowError(_SUSPENDED.format(login=user.login), code=exc.code) from exc
+        raise
+    return dataclasses.replace(made, request=msgspec.structs.replace(
+        made.request, enrolment_expires_at=answer.enrolment_expires_at))
 
 
 async def import_shifts(relay: RelayHTTP, *, org_id: str, role: str,
@@ -176,6 +235,21 @@ async def copies(relay: RelayHTTP, *, attachment_id: str | None = None,
     r = await relay._send("GET", "/v1/admin/copies", params=params,
                           headers=relay._admin_headers())
     return relay._decode(r, CopiesList)
+
+
+def describe_enrolment(detail: api.UserDetail) -> str:
+    """The state of the user's latest enrolment code for ``user show``: when a pending code
+    expires (clients/timefmt.py), and for a user who never enrolled whose code expired, how to
+    issue a new one."""
+    state, until = detail.enrolment, detail.enrolment_expires_at
+    if until is None or state not in ("pending", "expired"):
+        return state
+    if state == "pending":
+        return f"pending, valid until {format_time(until)}"
+    text = f"expired {format_time(until)}"
+    if detail.user.status == "pending":
+        text += f" (issue a new one: lightbox-admin user reissue {detail.user.login})"
+    return text
 
 
 COPY_WORDS = {

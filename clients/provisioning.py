@@ -1,5 +1,5 @@
-"""What IT's tool signs with the organisation key: user certificates, enrolment packages,
-licence renewals and revocation lists (DESIGN §4, PROTOCOL §4).
+"""What IT's tool signs with the organisation key: user certificates, enrolment packages (and
+their re-issue), licence renewals and revocation lists (docs/PROTOCOL.md §4).
 
 Why here and not on the relay: a relay that could sign certificates could mint identities.
 Everything in this module runs on IT's workstation with the unsealed organisation key; the
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from clients.csvio import UserRow
+from clients.csvio import LicenceFields, UserRow
 from clients.sdk.kdf import passphrase_profile
 from protocol import api, certs
 from protocol.canonical import b64url_encode, encode_struct
@@ -40,6 +40,7 @@ __all__ = [
     "Provisioned",
     "next_revocation_list",
     "provision_user",
+    "reissue_user",
     "renew_licence",
 ]
 
@@ -62,34 +63,15 @@ class Provisioned:
         return f"Provisioned(login={self.row.login!r}, user_id={self.user_id!r})"
 
 
-def provision_user(
-    row: UserRow,
-    *,
-    org_id: str,
-    org_key: OrganisationKey,
-    now: int,
-    validity_days: int = CERTIFICATE_VALIDITY_DAYS,
-    code_valid_hours: int = ENROLMENT_VALIDITY_HOURS,
-    kdf: PassphraseProfile | None = None,
+def _enrolment(
+    body: certs.UserCertificate, identity: IdentityKey, row: UserRow, *,
+    org_key: OrganisationKey, now: int, code_valid_hours: int, kdf: PassphraseProfile | None,
 ) -> Provisioned:
-    """Make the user's identity key, sign their certificate, seal the enrolment package."""
-    user_id = str(uuid.uuid4())
-    identity = IdentityKey.generate()
-    licence = None if row.licence is None else certs.Licence(
-        type=row.licence.type, number=row.licence.number,
-        jurisdiction=row.licence.jurisdiction, expires_at=row.licence.expires_at)
-    body = certs.UserCertificate(
-        v=certs.CERTIFICATE_VERSION, serial=str(uuid.uuid4()), user_id=user_id, org_id=org_id,
-        display_name=row.name,
-        account_kind=certs.AccountKind.SERVICE if row.service else certs.AccountKind.CLINICIAN,
-        roles=list(row.roles), specialty=row.specialty, department=row.department,
-        licence=licence, identity_key=identity.public, not_before=now - CLOCK_SKEW,
-        not_after=now + validity_days * 86400, issued_at=now,
-    )
+    """Sign ``body`` and seal the user's identity key under a fresh enrolment code."""
     certificate = certs.issue_user_certificate(body, org_key)
     code = generate_enrolment_code()
     norm = normalise_enrolment_code(code)
-    bundle = api.EnrolmentBundle(user_id=user_id, login=row.login, org_id=org_id,
+    bundle = api.EnrolmentBundle(user_id=body.user_id, login=row.login, org_id=body.org_id,
                                  org_public_key=b64url_encode(org_key.public),
                                  identity_seed=b64url_encode(identity.seed.reveal()))
     profile = kdf or passphrase_profile(DEFAULT_PROFILE)
@@ -101,8 +83,57 @@ def provision_user(
         enrolment_token_hash=b64url_encode(token_hash), sealed_identity=b64url_encode(sealed),
         enrolment_expires_at=now + code_valid_hours * 3600,
     )
-    return Provisioned(row=row, user_id=user_id, code=code, certificate=certificate,
+    return Provisioned(row=row, user_id=body.user_id, code=code, certificate=certificate,
                        request=request)
+
+
+def provision_user(
+    row: UserRow,
+    *,
+    org_id: str,
+    org_key: OrganisationKey,
+    now: int,
+    validity_days: int = CERTIFICATE_VALIDITY_DAYS,
+    code_valid_hours: int = ENROLMENT_VALIDITY_HOURS,
+    kdf: PassphraseProfile | None = None,
+) -> Provisioned:
+    """Make the user's identity key, sign their certificate, seal the enrolment package."""
+    identity = IdentityKey.generate()
+    licence = None if row.licence is None else certs.Licence(
+        type=row.licence.type, number=row.licence.number,
+        jurisdiction=row.licence.jurisdiction, expires_at=row.licence.expires_at)
+    body = certs.UserCertificate(
+        v=certs.CERTIFICATE_VERSION, serial=str(uuid.uuid4()), user_id=str(uuid.uuid4()),
+        org_id=org_id, display_name=row.name,
+        account_kind=certs.AccountKind.SERVICE if row.service else certs.AccountKind.CLINICIAN,
+        roles=list(row.roles), specialty=row.specialty, department=row.department,
+        licence=licence, identity_key=identity.public, not_before=now - CLOCK_SKEW,
+        not_after=now + validity_days * 86400, issued_at=now,
+    )
+    return _enrolment(body, identity, row, org_key=org_key, now=now,
+                      code_valid_hours=code_valid_hours, kdf=kdf)
+
+
+def reissue_user(
+    current: certs.UserCertificate, login: str, *, org_key: OrganisationKey, now: int,
+    validity_days: int = CERTIFICATE_VALIDITY_DAYS,
+    code_valid_hours: int = ENROLMENT_VALIDITY_HOURS, kdf: PassphraseProfile | None = None,
+) -> Provisioned:
+    """A new enrolment for a user who never enrolled. IT keeps no identity keys, so the user
+    gets a new one and a new certificate (same user id, organisation, name, roles and licence;
+    new serial, issued now) sealed under a new code; ``request`` is what the relay needs."""
+    identity = IdentityKey.generate()
+    body = msgspec.structs.replace(
+        current, serial=str(uuid.uuid4()), identity_key=identity.public, issued_at=now,
+        not_before=now - CLOCK_SKEW, not_after=now + validity_days * 86400)
+    licence = None if current.licence is None else LicenceFields(
+        type=current.licence.type, number=current.licence.number,
+        jurisdiction=current.licence.jurisdiction, expires_at=current.licence.expires_at)
+    row = UserRow(line=0, name=current.display_name, login=login, roles=tuple(current.roles),
+                  specialty=current.specialty, department=current.department, licence=licence,
+                  service=current.account_kind is certs.AccountKind.SERVICE)
+    return _enrolment(body, identity, row, org_key=org_key, now=now,
+                      code_valid_hours=code_valid_hours, kdf=kdf)
 
 
 def renew_licence(

@@ -64,6 +64,8 @@ __all__ = [
     "EnrolPackage",
     "Enrolled",
     "EnrolmentBundle",
+    "EnrolmentReissue",
+    "EnrolmentReissued",
     "EscalationInfo",
     "EscalationList",
     "EscalationStep",
@@ -247,6 +249,7 @@ class UserDetail(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     user_certificate: str
     devices: list[DeviceSummary]
     enrolment: str  # pending | used | expired | none
+    enrolment_expires_at: int | None = None  # of the most recent code (None: none)
 
 
 class RevocationUpload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -259,6 +262,28 @@ class RevocationLists(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
 class CertificateRenewal(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     user_certificate: Compact
+
+
+class EnrolmentReissue(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A new enrolment code for a user who has not enrolled yet (status ``pending``): a new
+    certificate for the same user and organisation with a new identity key, and the package
+    sealed under the new code, as in :class:`ProvisionUser`. It replaces the user's certificate
+    and every unused code of theirs."""
+
+    user_certificate: Compact
+    enrolment_token_hash: B64  # b64url(SHA-256(enrolment_token(code)))
+    sealed_identity: B64  # protocol.keys.seal_with_passphrase(bundle, code)
+    enrolment_expires_at: int
+
+
+class EnrolmentReissued(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Answer of a re-issue: the code's expiry as stored (the relay caps it at
+    LIGHTBOX_ENROLMENT_CODE_TTL) and how many unused codes it replaced."""
+
+    user_id: str
+    login: str
+    enrolment_expires_at: int
+    replaced: int
 
 
 # --- enrolment and pairing ---------------------------------------------------------------------

@@ -85,6 +85,7 @@ class ErrorCode(enum.StrEnum):
     ENROLMENT_CODE_EXPIRED = "enrolment_code_expired"
     PAIRING_CODE_INVALID = "pairing_code_invalid"
     PASSWORD_TOO_WEAK = "password_too_weak"
+    USER_ALREADY_ENROLLED = "user_already_enrolled"
 
     # --- certificates, keys, directory -------------------------------------------------------
     CERTIFICATE_INVALID = "certificate_invalid"
@@ -188,6 +189,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.ENROLMENT_CODE_EXPIRED: "The enrolment code has expired.",
     ErrorCode.PAIRING_CODE_INVALID: "The device pairing code is unknown, used or expired.",
     ErrorCode.PASSWORD_TOO_WEAK: "The password is too short or too common.",
+    ErrorCode.USER_ALREADY_ENROLLED: "The user has enrolled a device, so no new enrolment code "
+    "is issued: revoke a lost device and link a new one from an enrolled device.",
     ErrorCode.CERTIFICATE_INVALID: "A certificate is malformed or its signature does not verify.",
     ErrorCode.CERTIFICATE_EXPIRED: "A certificate is outside its validity period.",
     ErrorCode.CERTIFICATE_REVOKED: "A certificate has been revoked.",

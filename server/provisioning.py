@@ -1,4 +1,5 @@
-"""What IT does through the admin API: provision users, renew licences, apply revocation lists.
+"""What IT does through the admin API: provision users, re-issue enrolment codes, renew
+licences, apply revocation lists.
 
 Every certificate and list here was signed by an organisation key inside IT's tool; the relay
 verifies it against the pinned organisation keys (server/trust.py) and stores it, and could not
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import asyncpg
 import msgspec
 
-from protocol.api import ProvisionResult, ProvisionUser
+from protocol.api import EnrolmentReissue, EnrolmentReissued, ProvisionResult, ProvisionUser
 from protocol.canonical import b64url_decode, peek_compact
 from protocol.certs import (
     RevocationSet,
@@ -30,7 +31,7 @@ from protocol.certs import (
 from protocol.errors import DecodeError, ErrorCode, ProtocolError
 from server import audit, events
 from server.db import Database
-from server.errors import Conflict, InvalidInput, NotFound, RelayError
+from server.errors import Conflict, Forbidden, InvalidInput, NotFound, RelayError
 from server.settings import Settings
 from server.store import devices, revocations, sessions, users
 from server.trust import Trust, refusal
@@ -88,24 +89,69 @@ class ProvisioningService:
         except ProtocolError as exc:
             raise refusal(exc, "user certificate") from exc
 
-    async def _provision_one(self, conn: asyncpg.Connection, row: ProvisionUser,
-                             cert: UserCertificate) -> None:
-        now = self.clock()
+    def _enrolment(self, token_hash_b64: str, sealed_b64: str, expires_at: int,
+                   now: float) -> tuple[bytes, bytes, int]:
+        """The token hash and sealed package decoded, and the code's expiry capped at
+        LIGHTBOX_ENROLMENT_CODE_TTL from now."""
         try:
-            token_hash = b64url_decode(row.enrolment_token_hash, length=32)
-            sealed = b64url_decode(row.sealed_identity, max_length=_MAX_SEALED)
+            token_hash = b64url_decode(token_hash_b64, length=32)
+            sealed = b64url_decode(sealed_b64, max_length=_MAX_SEALED)
         except DecodeError as exc:
             raise InvalidInput(detail="enrolment_token_hash or sealed_identity is malformed") \
                 from exc
-        expires = min(row.enrolment_expires_at, int(now) + self.settings.enrolment_code_ttl)
+        expires = min(expires_at, int(now) + self.settings.enrolment_code_ttl)
         if expires <= now:
             raise InvalidInput(detail="enrolment_expires_at is in the past")
+        return token_hash, sealed, expires
+
+    async def _provision_one(self, conn: asyncpg.Connection, row: ProvisionUser,
+                             cert: UserCertificate) -> None:
+        now = self.clock()
+        token_hash, sealed, expires = self._enrolment(
+            row.enrolment_token_hash, row.sealed_identity, row.enrolment_expires_at, now)
         await users.insert_user(conn, cert, row.user_certificate, row.login, now=now)
         await users.insert_enrolment(conn, token_hash, cert.user_id, sealed, expires_at=expires,
                                      now=now)
         await audit.append(conn, "admin.user_provision", subject_kind="user",
                            subject_id=cert.user_id,
                            details={"org_id": cert.org_id, "enrolment_expires_at": expires})
+
+    async def reissue_enrolment(self, user_id: str, body: EnrolmentReissue) -> EnrolmentReissued:
+        """A new enrolment code for a user who never enrolled: their certificate (new identity
+        key, same user and organisation) and every unused code replaced in one transaction, so
+        the old code is unknown at once (enrolment_code_invalid). A user who enrolled is
+        refused (user_already_enrolled): a lost device is revoked and a new one linked."""
+        now = self.clock()
+        token_hash, sealed, expires = self._enrolment(
+            body.enrolment_token_hash, body.sealed_identity, body.enrolment_expires_at, now)
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            await users.lock_enrolments(conn, user_id)
+            current = await users.get_user(conn, user_id, for_update=True)
+            if current is None:
+                raise NotFound(detail="no such user")
+            if current.status == "suspended":
+                raise Forbidden(ErrorCode.USER_SUSPENDED,
+                                "the user is suspended: resume them first")
+            if current.status != "pending" or current.password_hash is not None:
+                raise Conflict(ErrorCode.USER_ALREADY_ENROLLED,
+                               "the user has enrolled a device: revoke a lost device and link "
+                               "a new one instead")
+            cert = self._verify(body.user_certificate, await self.trust.revocations(conn))
+            previous = peek_compact(current.user_certificate, UserCertificate)
+            if cert.user_id != current.user_id or cert.org_id != current.org_id:
+                raise InvalidInput(ErrorCode.CERTIFICATE_INVALID,
+                                   "a re-issue must keep the user and organisation")
+            if cert.issued_at < previous.issued_at or cert.serial == previous.serial:
+                raise Conflict(detail="the certificate is not newer than the one held")
+            await users.replace_certificate(conn, cert, body.user_certificate, now=now)
+            replaced = await users.replace_enrolment(conn, token_hash, user_id, sealed,
+                                                     expires_at=expires, now=now)
+            await audit.append(conn, "admin.enrolment_reissued", subject_kind="user",
+                               subject_id=user_id,
+                               details={"org_id": cert.org_id, "enrolment_expires_at": expires,
+                                        "codes_replaced": replaced})
+        return EnrolmentReissued(user_id=user_id, login=current.login,
+                                 enrolment_expires_at=expires, replaced=replaced)
 
     async def renew_certificate(self, user_id: str, token: str) -> users.UserRecord:
         """Licence renewal: the same user, organisation and identity key, issued later."""

@@ -268,6 +268,14 @@ class World:
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn)
 
+    async def execute(self, query: str, *args: Any) -> None:
+        """One SQL statement on a connection of its own (to stage a state, e.g. an expiry)."""
+        conn = await self.db()
+        try:
+            await conn.execute(query, *args)
+        finally:
+            await conn.close()
+
 
 def write_trusted_orgs(path: Path, *orgs: Org) -> Path:
     path.write_text(json.dumps({"orgs": {o.org_id: o.public_b64 for o in orgs}}))

@@ -282,6 +282,12 @@ class RelayHTTP:
         )
         return self._decode(r, api.UserSummary)
 
+    async def reissue_enrolment(self, user_id: str,
+                                body: api.EnrolmentReissue) -> api.EnrolmentReissued:
+        r = await self._send("POST", f"/v1/admin/users/{quote(user_id, safe='')}/enrolment",
+                             body=body, headers=self._admin_headers())
+        return self._decode(r, api.EnrolmentReissued)
+
     async def upload_revocations(self, revocation_list: str) -> Any:
         r = await self._send("POST", "/v1/admin/revocations",
                              body=api.RevocationUpload(revocation_list=revocation_list),

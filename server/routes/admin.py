@@ -1,6 +1,6 @@
 """The admin API used by IT's tool (docs/PROTOCOL.md §11): administrator login, provisioning,
-user listing and detail, licence renewal and revocation lists. The logic is in
-server/login.py and server/provisioning.py."""
+user listing and detail, enrolment code re-issue, licence renewal and revocation lists. The
+logic is in server/login.py and server/provisioning.py."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from protocol.api import (
     AdminToken,
     CertificateRenewal,
     DeviceSummary,
+    EnrolmentReissue,
+    EnrolmentReissued,
     ProvisionResult,
     ProvisionUsers,
     RevocationUpload,
@@ -86,6 +88,13 @@ class AdminRoutes:
                      "Licence renewal: a newer certificate for the same user and key.",
                      request=CertificateRenewal, response=UserSummary, auth="admin",
                      tag="admin", errors=[*_AUTH, *_CERTS, E.NOT_FOUND, E.CONFLICT]),
+            Endpoint("POST", "/v1/admin/users/{user_id}/enrolment", self.reissue,
+                     "A new enrolment code for a user who has not enrolled: a new certificate "
+                     "(new identity key) and package; the old code stops working.",
+                     request=EnrolmentReissue, response=EnrolmentReissued, auth="admin",
+                     tag="admin", errors=[*_AUTH, *_CERTS, E.VALIDATION_FAILED, E.NOT_FOUND,
+                                          E.CONFLICT, E.USER_ALREADY_ENROLLED,
+                                          E.USER_SUSPENDED]),
             Endpoint("POST", "/v1/admin/revocations", self.revoke,
                      "Apply an organisation-signed revocation list.", request=RevocationUpload,
                      response=AppliedRevocations, auth="admin", tag="admin",
@@ -120,14 +129,15 @@ class AdminRoutes:
             if user is None:
                 raise NotFound(detail="no such user")
             devs = await devices.list_devices(conn, user.user_id)
-            enrolment = await users.enrolment_state(conn, user.user_id, now=self.clock())
+            enrolment, expires_at = await users.enrolment_state(conn, user.user_id,
+                                                                now=self.clock())
         active = sum(d.status == "active" for d in devs)
         return json_response(UserDetail(
             user=summary(user, active), user_certificate=user.user_certificate,
             devices=[DeviceSummary(device_id=d.device_id, kind=DeviceKind(d.kind),
                                    status=d.status, created_at=d.created_at,
                                    last_seen_at=d.last_seen_at) for d in devs],
-            enrolment=enrolment))
+            enrolment=enrolment, enrolment_expires_at=expires_at))
 
     async def renew(self, request: Request) -> Response:
         await self.authn.require_admin(request)
@@ -137,6 +147,12 @@ class AdminRoutes:
         async with self.db.pool.acquire() as conn:
             count = await devices.count_active(conn, user.user_id)
         return json_response(summary(user, count))
+
+    async def reissue(self, request: Request) -> Response:
+        await self.authn.require_admin(request)
+        body = await read_json(request, EnrolmentReissue, self.max_body)
+        return json_response(await self.provisioning.reissue_enrolment(
+            request.path_params["user_id"], body))
 
     async def revoke(self, request: Request) -> Response:
         await self.authn.require_admin(request)

@@ -31,7 +31,9 @@ __all__ = [
     "insert_enrolment",
     "insert_user",
     "list_users",
+    "lock_enrolments",
     "replace_certificate",
+    "replace_enrolment",
     "resume_all_but",
     "search_directory",
     "set_password_hash",
@@ -100,7 +102,8 @@ async def insert_user(conn: asyncpg.Connection, cert: UserCertificate, token: st
 
 async def replace_certificate(conn: asyncpg.Connection, cert: UserCertificate, token: str, *,
                               now: float) -> None:
-    """Store a renewed certificate (the caller checked it is the same user and key)."""
+    """Store a renewed or re-issued certificate (the caller checked it is the same user and
+    organisation, and the same key unless the user never enrolled)."""
     await conn.execute(
         "UPDATE users SET org_id=$2, display_name=$3, account_kind=$4, roles=$5, specialty=$6, "
         "department=$7, licence_expires_at=$8, cert_not_after=$9, identity_key=$10, "
@@ -236,7 +239,8 @@ async def get_enrolment(conn: asyncpg.Connection, token_hash: bytes, *,
     if row["used_at"] is not None:
         raise Conflict(ErrorCode.ENROLMENT_CODE_USED, "this enrolment code was already used")
     if row["expires_at"] <= at(now):
-        raise RelayError(ErrorCode.ENROLMENT_CODE_EXPIRED, "this enrolment code has expired")
+        raise RelayError(ErrorCode.ENROLMENT_CODE_EXPIRED,
+                         "this enrolment code has expired: ask IT for a new one")
     return EnrolmentRecord(user_id=str(row["user_id"]),
                            sealed_identity=bytes(row["sealed_identity"]),
                            expires_at=unix(row["expires_at"]) or 0, used=False)
@@ -254,13 +258,39 @@ async def consume_enrolment(conn: asyncpg.Connection, token_hash: bytes, *, now:
     return str(user_id)
 
 
-async def enrolment_state(conn: asyncpg.Connection, user_id: str, *, now: float) -> str:
-    """pending | used | expired | none, for the user's most recent enrolment code."""
+async def lock_enrolments(conn: asyncpg.Connection, user_id: str) -> None:
+    """Lock the user's enrolment codes. Enrolment locks the code's row, then the user's; taking
+    them in the same order lets a re-issue and a completing enrolment run one after the other
+    instead of deadlocking. A malformed user id has no codes."""
+    try:
+        uid = uuid.UUID(user_id)
+    except ValueError:
+        return
+    await conn.execute("SELECT 1 FROM enrolment_codes WHERE user_id = $1 FOR UPDATE", uid)
+
+
+async def replace_enrolment(conn: asyncpg.Connection, token_hash: bytes, user_id: str,
+                            sealed_identity: bytes, *, expires_at: float, now: float) -> int:
+    """Delete the user's unused codes (their tokens are unknown from now on:
+    enrolment_code_invalid) and insert the new one; returns how many were deleted."""
+    deleted = await conn.fetch(
+        "DELETE FROM enrolment_codes WHERE user_id = $1 AND used_at IS NULL RETURNING 1",
+        uuid.UUID(user_id))
+    await insert_enrolment(conn, token_hash, user_id, sealed_identity, expires_at=expires_at,
+                           now=now)
+    return len(deleted)
+
+
+async def enrolment_state(conn: asyncpg.Connection, user_id: str, *,
+                          now: float) -> tuple[str, int | None]:
+    """pending | used | expired | none, for the user's most recent enrolment code, and when
+    that code expires (None when there is none)."""
     row = await conn.fetchrow(
         "SELECT used_at, expires_at FROM enrolment_codes WHERE user_id = $1 "
         "ORDER BY created_at DESC LIMIT 1", uuid.UUID(user_id))
     if row is None:
-        return "none"
+        return "none", None
+    expires_at = unix(row["expires_at"])
     if row["used_at"] is not None:
-        return "used"
-    return "expired" if row["expires_at"] <= at(now) else "pending"
+        return "used", expires_at
+    return ("expired" if row["expires_at"] <= at(now) else "pending"), expires_at

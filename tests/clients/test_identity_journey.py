@@ -284,3 +284,93 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
         assert expected in names, f"{expected} missing from {sorted(names)}"
     assert ("auth.login", "ok") in events
     assert any(e == "auth.login" and o != "ok" for e, o in events)
+
+
+async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled(
+        journey_env: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lightbox-admin user reissue``: the new code enrols with ``lightbox enroll``, the old
+    one is enrolment_code_invalid, an expired code is replaced, and an enrolled user or an
+    unknown login gets a sentence (never a traceback)."""
+    tmp = journey_env
+    await _ok(admin_cli.main, ["org", "init", "--org-id", ORG, "--keyfile",
+                               str(tmp / "it" / "org.key")])
+    await _ok(admin_cli.main, ["org", "trust", str(tmp / "it" / f"{ORG}.pub.json")])
+    await _ok(admin_cli.main, ["admin", "create", "--login", "it.admin"])
+    settings = make_settings(data_dir=tmp / "relay", argon2_profile="cheap")
+    async with running_relay(db_dsn, settings) as running:
+        url = running.base_url
+        await _ok(admin_cli.main, ["login", "--server", url, "--login", "it.admin"])
+        codes: dict[str, str] = {}
+        for name, login in (("Ada Byron", "ada.byron"), ("Bo Chen", "bo.chen")):
+            codes |= _codes(await _ok(admin_cli.main, [
+                "user", "add", "--name", name, "--login", login, "--roles", "physician",
+                "--licence-type", "MD", "--licence-number", f"GMC-{login}", "--jurisdiction",
+                "UK", "--licence-expires", "2031-12-31", "--no-qr"]))
+        out = await _ok(admin_cli.main, ["user", "show", "ada.byron"])
+        assert re.search(r"enrolment code: pending, valid until \d{4}-\d\d-\d\d \d\d:\d\d\n",
+                         out), out
+
+        # --- lost handout: a new code, the old one stops working at once --------------------
+        out = await _ok(admin_cli.main, ["user", "reissue", "ada.byron", "--no-qr",
+                                         "--code-valid-hours", "24", "--handout-dir",
+                                         str(tmp / "it" / "handouts")])
+        new = _codes(out)["ada.byron"]
+        assert new != codes["ada.byron"]
+        assert "the previous code no longer works" in out
+        assert (tmp / "it" / "handouts" / "ada.byron.png").exists()
+        assert re.search(rf"Enrolment code\s+{new}\n",
+                         pdf_text(tmp / "it" / "handouts" / "ada.byron.pdf"))
+        monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORDS["ada.byron"])
+        rc, _out, err = await _run(device_cli.main, ["--profile", "old", "enroll", "--server",
+                                                     url, "--code", codes["ada.byron"]])
+        assert rc == 1 and "enrolment_code_invalid" in err and "Traceback" not in err
+        out = await _ok(device_cli.main, ["--profile", "phone", "enroll", "--server", url,
+                                          "--code", new])
+        assert "enrolled ada.byron" in out
+        await _ok(device_cli.main, ["--profile", "phone", "login"])
+
+        # --- an enrolled user is not re-issued a code ---------------------------------------
+        rc, _out, err = await _run(admin_cli.main, ["user", "reissue", "ada.byron", "--no-qr"])
+        assert rc == 2 and "Traceback" not in err
+        assert "ada.byron has enrolled a device" in err and "device revoke" in err
+
+        # --- an expired code: `user show` says so, a re-issue replaces it -------------------
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            await conn.execute("UPDATE enrolment_codes SET expires_at = now() - interval "
+                               "'1 hour' WHERE used_at IS NULL")
+        finally:
+            await conn.close()
+        out = await _ok(admin_cli.main, ["user", "show", "bo.chen"])
+        assert "enrolment code: expired" in out
+        assert "lightbox-admin user reissue bo.chen" in out
+        rc, _out, err = await _run(device_cli.main, ["--profile", "bo", "enroll", "--server",
+                                                     url, "--code", codes["bo.chen"]])
+        assert rc == 1 and "enrolment_code_expired" in err and "ask IT for a new one" in err
+        not_a_folder = tmp / "it" / "not-a-folder"
+        not_a_folder.write_text("")
+        rc, _out, err = await _run(admin_cli.main, ["user", "reissue", "bo.chen", "--no-qr",
+                                                    "--handout-dir", str(not_a_folder)])
+        assert rc == 2 and "no new code was issued" in err
+        assert "enrolment code: expired" in await _ok(admin_cli.main, ["user", "show", "bo.chen"])
+        new = _codes(await _ok(admin_cli.main, ["user", "reissue", "bo.chen", "--no-qr"]))
+        monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORDS["bo.chen"])
+        out = await _ok(device_cli.main, ["--profile", "bo", "enroll", "--server", url,
+                                          "--code", new["bo.chen"]])
+        assert "enrolled bo.chen" in out
+
+        # --- bad input: a sentence and exit status 2 ----------------------------------------
+        for argv, sentence in (
+                (["user", "reissue", "nobody.here"], "no user with login 'nobody.here'"),
+                (["user", "reissue", "bo.chen", "--code-valid-hours", "0"],
+                 "--code-valid-hours must be at least 1")):
+            rc, _out, err = await _run(admin_cli.main, [*argv, "--no-qr"])
+            assert (rc, "Traceback" in err) == (2, False), err
+            assert sentence in err
+
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        events = [r.event for r in await audit.rows(conn, limit=10_000)]
+    finally:
+        await conn.close()
+    assert events.count("admin.enrolment_reissued") == 2

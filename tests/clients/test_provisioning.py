@@ -9,7 +9,12 @@ import msgspec
 import pytest
 
 from clients.csvio import LicenceFields, UserRow
-from clients.provisioning import next_revocation_list, provision_user, renew_licence
+from clients.provisioning import (
+    next_revocation_list,
+    provision_user,
+    reissue_user,
+    renew_licence,
+)
 from clients.sdk import identity
 from clients.sdk.errors import FlowError
 from protocol import api, certs, pairing
@@ -63,6 +68,33 @@ def test_service_accounts_have_no_licence() -> None:
     user = certs.verify_user_certificate(p.certificate, trusted_orgs={"st-elsewhere": ORG.public},
                                          at=NOW)
     assert user.is_record_gateway and user.licence is None
+
+
+def test_a_reissue_keeps_the_user_with_a_new_identity_key_code_and_serial() -> None:
+    p = provision_user(ROW, org_id="st-elsewhere", org_key=ORG, now=NOW, kdf=CHEAP_PROFILE)
+    old = certs.verify_user_certificate(p.certificate, trusted_orgs={"st-elsewhere": ORG.public},
+                                        at=NOW)
+    later = NOW + 86400 * 5
+    r = reissue_user(old, "ada.byron", org_key=ORG, now=later, code_valid_hours=24,
+                     kdf=CHEAP_PROFILE)
+    new = certs.verify_user_certificate(r.certificate, trusted_orgs={"st-elsewhere": ORG.public},
+                                        at=later)
+    assert r.user_id == new.user_id == old.user_id
+    kept = ("org_id", "display_name", "account_kind", "roles", "specialty", "department",
+            "licence")
+    assert [getattr(new, f) for f in kept] == [getattr(old, f) for f in kept]
+    assert new.identity_key != old.identity_key and new.serial != old.serial
+    assert new.issued_at == later and new.not_before < later < new.not_after
+    assert r.code != p.code and r.request.enrolment_expires_at == later + 24 * 3600
+    assert (r.row.name, r.row.login, r.row.licence) == (ROW.name, ROW.login, ROW.licence)
+    norm = normalise_enrolment_code(r.code)
+    assert b64url_decode(r.request.enrolment_token_hash) == hashlib.sha256(
+        api.enrolment_token(norm)).digest()
+    bundle = decode_struct(open_with_passphrase(b64url_decode(r.request.sealed_identity), norm),
+                           api.EnrolmentBundle)
+    assert (bundle.user_id, bundle.login, bundle.org_id) == (old.user_id, "ada.byron",
+                                                              "st-elsewhere")
+    assert IdentityKey.from_seed(b64url_decode(bundle.identity_seed)).public == new.identity_key
 
 
 def test_renewal_keeps_user_and_identity_key() -> None:

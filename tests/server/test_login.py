@@ -170,12 +170,8 @@ async def test_suspended_user_and_expired_licence_cannot_log_in(world: World) ->
     assert_problem(await world.login_response(device), 403, "user_suspended")
     assert (await world.revoke(world.org, 2)).status_code == 200  # resumed
     await world.login(device)
-    conn = await world.db()
-    try:
-        await conn.execute("UPDATE users SET licence_expires_at = now() - interval '1 day' "
-                           "WHERE user_id = $1", uuid.UUID(amy.user_id))
-    finally:
-        await conn.close()
+    await world.execute("UPDATE users SET licence_expires_at = now() - interval '1 day' "
+                        "WHERE user_id = $1", uuid.UUID(amy.user_id))
     assert_problem(await world.login_response(device), 403, "licence_expired")
     assert_problem(await world.call(device, "GET", "/v1/keys/count"), 403, "licence_expired")
 

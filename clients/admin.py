@@ -4,9 +4,9 @@ It talks to the relay over HTTP only (the admin API, after ``login``); ``org ini
 organisation key ceremony) needs no relay at all. What acts on the relay host itself (the
 schema, administrators, trusted organisations, the audit trail) is the server's own command,
 ``lightbox-server db|admin|org trust|audit`` (server/manage.py); the old spellings here answer
-with one line naming it. Commands that need the organisation key (``org init``,
-``user add``/``import``/``reissue``/``suspend``/``resume``/``renew-licence``, ``device revoke``) read it
-from the sealed keyfile.
+with one line naming it. Commands that need the organisation key (``org init``, ``user
+add``/``import``/``reissue``/``suspend``/``resume``/``renew-licence``, ``device revoke``) read
+it from the sealed keyfile.
 
 Secrets come from no-echo prompts or, for scripts, LIGHTBOX_ORG_PASSPHRASE and
 LIGHTBOX_ADMIN_PASSWORD; the keyfile from ``--keyfile`` or LIGHTBOX_ORG_KEYFILE.

@@ -1,4 +1,5 @@
-"""Consent capture on the clinician's device (DESIGN §5, issue 6; docs/PROTOCOL.md §7, §13).
+"""Consent capture on the clinician's device (docs/ARCHITECTURE.md §5, issue 6; docs/PROTOCOL.md §7,
+§13).
 
 Before an image can be sent, the capturing clinician records the patient's decision: the
 purposes (direct-care consult, external consult, teaching, publication, research), who may

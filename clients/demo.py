@@ -1,6 +1,7 @@
 """``make demo`` (``python -m clients.demo``): the whole consult journey on this machine.
 
-It plays DESIGN §1 end to end with the real programs, driven the way their users drive them
+It plays docs/ARCHITECTURE.md §1 end to end with the real programs, driven the way their users drive
+them
 (each one a subprocess with its own environment):
 
 * the relay, ``lightbox-server``, on an embedded Postgres in a fresh demo folder

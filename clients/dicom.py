@@ -1,8 +1,8 @@
 """DICOM Part-10 objects for the record gateway, built with pydicom (pure: no network, no files).
 
-Why (DESIGN §6, issue 7 item 1, issue 10 item 1): the gateway files what a clinician sent into
-the patient's record in PACS. Everything that identifies the patient or the study comes from the
-sealed message body, mapped by the caller into :class:`RecordData`; nothing here reads a
+Why (docs/ARCHITECTURE.md §6, issue 7 item 1, issue 10 item 1): the gateway files what a clinician
+sent into the patient's record in PACS. Everything that identifies the patient or the study comes
+from the sealed message body, mapped by the caller into :class:`RecordData`; nothing here reads a
 server-visible field.
 
 Three builders, each returning a :class:`DicomInstance` (the Part-10 bytes and its UIDs):

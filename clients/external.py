@@ -1,4 +1,4 @@
-"""External consults, the client half (issue 10 item 3; DESIGN §5 policy table).
+"""External consults, the client half (issue 10 item 3; docs/ARCHITECTURE.md §5 policy table).
 
 Why: the guidance asks that the clinical necessity be documented before a patient's images or
 details go to a clinician outside the organisation. A message is *external* when any recipient's

@@ -1,7 +1,7 @@
 """An async FHIR R4 client for the record gateway: file a Consent once, and find it again.
 
-Why (DESIGN §6, docs/CLINICAL_SAFETY.md "Document the consent in the record"): with each image
-the gateway files the patient's consent as a FHIR R4 ``Consent`` (``protocol.consent.
+Why (docs/ARCHITECTURE.md §6, docs/CLINICAL_SAFETY.md "Document the consent in the record"): with
+each image the gateway files the patient's consent as a FHIR R4 ``Consent`` (``protocol.consent.
 to_fhir_consent``). It uses *conditional create* (FHIR R4 http.html §3.1.0.8.1, ``If-None-Exist``
 on the consent's ``urn:uuid`` identifier) so that a retry after a lost answer finds the Consent
 already filed instead of filing a second copy, and :meth:`FhirClient.find_consent` searches by

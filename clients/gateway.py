@@ -1,8 +1,9 @@
 """``lightbox-gateway``: the record gateway that files images into PACS (DICOMweb STOW-RS).
 
-Why (DESIGN §6, issue 7): guidance for clinical images says to save the image in the patient's
-record, then delete it from the device. The gateway is a credentialed service device (a service
-account with the role ``record_gateway``, device kind ``gateway``) that every direct-care image
+Why (docs/ARCHITECTURE.md §6, issue 7): guidance for clinical images says to save the image in the
+patient's record, then delete it from the device. The gateway is a credentialed service device (a
+service account with the role ``record_gateway``, device kind ``gateway``) that every direct-care
+image
 is also sealed to. For each image it receives it:
 
 1. opens the message (the sender's chain verified against the pinned organisation key), checks

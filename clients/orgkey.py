@@ -1,7 +1,8 @@
 """The organisation keyfile: the organisation's Ed25519 key, sealed under IT's passphrase.
 
-Why: the organisation key signs every user certificate and revocation list (DESIGN §4), so it
-lives with IT's provisioning tool, never on the relay, and never on disk in the clear. The
+Why: the organisation key signs every user certificate and revocation list (docs/ARCHITECTURE.md
+§4), so it lives with IT's provisioning tool, never on the relay, and never on disk in the clear.
+The
 keyfile (mode 0600) is JSON::
 
     {"org_id": "...", "public_key": "<b64url>", "sealed_seed": "<b64url>"}

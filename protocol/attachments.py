@@ -1,7 +1,7 @@
 """Attachment encryption: libsodium secretstream XChaCha20-Poly1305 in 64 KiB chunks.
 
-Why (DESIGN §5, docs/PROTOCOL.md §6): images are encrypted on the device before a resumable
-upload, so the relay only ever holds ciphertext; the key, plaintext SHA-256, size and type
+Why (docs/ARCHITECTURE.md §5, docs/PROTOCOL.md §6): images are encrypted on the device before a
+resumable upload, so the relay only ever holds ciphertext; the key, plaintext SHA-256, size and type
 travel only inside the sealed message body (:class:`AttachmentDescriptor`).
 
 Stream layout: ``header[24] || chunk_1 || ... || chunk_n``. Every chunk carries exactly

@@ -3,8 +3,9 @@
 Why: the relay reads only the header (:class:`~protocol.model.MessageHeader`); everything a
 clinician writes or a record needs travels here, encrypted end to end: the text, the thread's
 subject, each attachment's descriptor (with its key), the consent token, the patient and study
-data the record gateway files (DESIGN §2: the relay never holds a name, MRN or birth date), the
-clinical-necessity statement of an external consult, and the gateway's full filing receipt.
+data the record gateway files (docs/ARCHITECTURE.md §2: the relay never holds a name, MRN or birth
+date), the clinical-necessity statement of an external consult, and the gateway's full filing
+receipt.
 
 Encoding: MessagePack (maps keyed by field name, binary as ``bin``), like the sealed message.
 Decoding is strict (STYLE.md): unknown fields, wrong types, out-of-range values and oversize

@@ -1,4 +1,4 @@
-"""Certificates, signed prekeys and revocation lists (DESIGN §4, docs/PROTOCOL.md §4).
+"""Certificates, signed prekeys and revocation lists (docs/ARCHITECTURE.md §4, docs/PROTOCOL.md §4).
 
 Why: the relay must not be able to mint identities. Every key a client encrypts to or accepts a
 signature from chains to a pinned organisation key:

@@ -1,4 +1,4 @@
-"""Consent tokens (DESIGN §5): issue, verify, enforce, and map to FHIR.
+"""Consent tokens (docs/ARCHITECTURE.md §5): issue, verify, enforce, and map to FHIR.
 
 A consent token is a compact JWS (RFC 7515 §7.1) signed with EdDSA/Ed25519 (RFC 8037 §3.1) by
 the identity key of the clinician who captured the consent; its payload is a JWT claims set
@@ -90,7 +90,7 @@ class ConsentDecision(enum.StrEnum):
 
 
 class ConsentBasis(enum.StrEnum):
-    """On what the consent rests (DESIGN §5 policy table)."""
+    """On what the consent rests (docs/ARCHITECTURE.md §5 policy table)."""
 
     TREATMENT_ATTESTATION = "treatment_attestation"  # the clinician attests it is for treatment
     WRITTEN = "written"  # the patient's written consent, naming each purpose
@@ -113,7 +113,8 @@ class ConsentClaims(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     ``patient`` is an *opaque* reference chosen by the capturing client (for example a random
     UUID, or a keyed hash of the MRN that only the record gateway can resolve): it must never be
     a name, MRN, date of birth or anything else that identifies the patient, because the relay
-    reads and stores it (DESIGN §2, the relay is blind). The pattern only admits identifier-like
+    reads and stores it (docs/ARCHITECTURE.md §2, the relay is blind). The pattern only admits
+    identifier-like
     strings (no spaces); the rest is the issuing client's duty.
     """
 
@@ -141,7 +142,7 @@ class ConsentClaims(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 class ConsentPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """An organisation's consent policy; the defaults are the DESIGN §5 table.
+    """An organisation's consent policy; the defaults are the docs/ARCHITECTURE.md §5 table.
 
     ``attestation_purposes``: purposes a clinician's treatment attestation covers for
     recipients in the issuer's organisation (every other purpose needs the patient's written
@@ -160,7 +161,8 @@ class ConsentPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
     def __post_init__(self) -> None:
         if not self.attestation_purposes <= {Purpose.DIRECT_CARE}:
-            raise ValueError("treatment attestation can only cover direct care (DESIGN §5)")
+            raise ValueError("treatment attestation can only cover direct care "
+                             "(docs/ARCHITECTURE.md §5)")
 
 
 DEFAULT_CONSENT_POLICY: Final = ConsentPolicy()
@@ -268,7 +270,7 @@ def check_consent(
     images: Sequence[str] = (),
     recipient_oncall_roles: Sequence[str] = (),
 ) -> None:
-    """Refuse, with PolicyDenied, a delivery the consent does not cover (DESIGN §5).
+    """Refuse, with PolicyDenied, a delivery the consent does not cover (docs/ARCHITECTURE.md §5).
 
     ``claims`` must come from :func:`verify_consent_token`; ``sender`` and ``recipient`` from
     verified certificates. Checks, first failure wins:

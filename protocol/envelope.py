@@ -1,6 +1,6 @@
 """Sealed messages: encryption once, key wrapping per recipient device, sender signature.
 
-Why (DESIGN §2 "forward secrecy per message", §5; docs/PROTOCOL.md §5):
+Why (docs/ARCHITECTURE.md §2 "forward secrecy per message", §5; docs/PROTOCOL.md §5):
 
 * The body is encrypted once with a fresh 32-byte content key, XChaCha20-Poly1305-IETF
   (draft-irtf-cfrg-xchacha), associated data ``"lightbox/v1/message-body" 0x00 || H`` where

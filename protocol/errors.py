@@ -117,7 +117,7 @@ class ErrorCode(enum.StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     ATTACHMENT_FORBIDDEN = "attachment_forbidden"
 
-    # --- consent (DESIGN §5) -----------------------------------------------------------------
+    # --- consent (docs/ARCHITECTURE.md §5) --------------------------------------------------------
     CONSENT_MISSING = "consent_missing"
     CONSENT_INVALID = "consent_invalid"
     CONSENT_EXPIRED = "consent_expired"
@@ -129,7 +129,7 @@ class ErrorCode(enum.StrEnum):
     CONSENT_IMAGE_MISMATCH = "consent_image_mismatch"
     EXTERNAL_NECESSITY_MISSING = "external_necessity_missing"
 
-    # --- filing and expiry (DESIGN §6) -------------------------------------------------------
+    # --- filing and expiry (docs/ARCHITECTURE.md §6) ----------------------------------------------
     FILING_GATEWAY_MISSING = "filing_gateway_missing"
     FILING_NOT_GATEWAY = "filing_not_gateway"
     FILING_UNKNOWN_ATTACHMENT = "filing_unknown_attachment"

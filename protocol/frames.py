@@ -191,7 +191,7 @@ class WithdrawReason(enum.StrEnum):
 
 
 class ExpiryReason(enum.StrEnum):
-    """Why a device copy of an attachment must be shredded (DESIGN §6)."""
+    """Why a device copy of an attachment must be shredded (docs/ARCHITECTURE.md §6)."""
 
     FILED = "filed"  # filed in the record; grace period over
     CONSENT_REVOKED = "consent_revoked"
@@ -282,7 +282,8 @@ class Send(_Frame, tag="send", frozen=True, kw_only=True):
 
 
 class Accepted(_Frame, tag="accepted", frozen=True, kw_only=True):
-    """Server: the message is durably committed (DESIGN §2, "accepted means durable")."""
+    """Server: the message is durably committed (docs/ARCHITECTURE.md §2, "accepted means
+    durable")."""
 
     req_id: ReqId
     message_id: Uuid
@@ -356,7 +357,7 @@ class Error(_Frame, tag="error", frozen=True, kw_only=True):
     """Server: a request was refused, or the connection is about to close (``fatal``).
 
     ``missing``/``extra``/``stale`` list recipient devices for ``device_set_mismatch``
-    (DESIGN §5: the relay never silently skips a device).
+    (docs/ARCHITECTURE.md §5: the relay never silently skips a device).
     """
 
     req_id: ReqId | None = None
@@ -369,7 +370,7 @@ class Error(_Frame, tag="error", frozen=True, kw_only=True):
     fatal: bool = False
 
 
-# --- filing and expiry (DESIGN §6) -------------------------------------------------------------
+# --- filing and expiry (docs/ARCHITECTURE.md §6) --------------------------------------------------
 
 
 class Filing(_Frame, tag="filing", frozen=True, kw_only=True):

@@ -1,4 +1,4 @@
-"""Key types of Lightbox (DESIGN §4) and passphrase sealing of secrets.
+"""Key types of Lightbox (docs/ARCHITECTURE.md §4) and passphrase sealing of secrets.
 
 Why: every long-term and medium-term key of the system is defined here, with injectable
 randomness (``rng``) so test vectors are reproducible, and with secrets wrapped in

@@ -28,7 +28,7 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 
 
 class Purpose(enum.StrEnum):
-    """Why a message or image is shared (DESIGN §5 policy table)."""
+    """Why a message or image is shared (docs/ARCHITECTURE.md §5 policy table)."""
 
     DIRECT_CARE = "direct_care"
     EXTERNAL_CONSULT = "external_consult"

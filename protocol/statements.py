@@ -1,8 +1,8 @@
 """Statements signed by a device key: filing receipts, expiry confirmations, read receipts.
 
-Why (DESIGN §6, docs/PROTOCOL.md §8): the relay acts on what devices attest - the record
-gateway that an image is filed in PACS, each device that it shredded its copy, recipients that
-a message was delivered, read or acknowledged - and keeps the statements as evidence. Each is
+Why (docs/ARCHITECTURE.md §6, docs/PROTOCOL.md §8): the relay acts on what devices attest - the
+record gateway that an image is filed in PACS, each device that it shredded its copy, recipients
+that a message was delivered, read or acknowledged - and keeps the statements as evidence. Each is
 a frozen struct, RFC 8785 canonical JSON, in the compact signed format of
 :mod:`protocol.canonical` (Ed25519, RFC 8032) with its own domain label, so no statement can
 pass for another or for a certificate. Verification failures raise one opaque

@@ -1,5 +1,5 @@
-"""Consent on the relay (DESIGN §5, docs/PROTOCOL.md §13): registration, enforcement on every
-send, withdrawal, and recipients' mismatch reports.
+"""Consent on the relay (docs/ARCHITECTURE.md §5, docs/PROTOCOL.md §13): registration, enforcement
+on every send, withdrawal, and recipients' mismatch reports.
 
 **Registration** verifies a token against the identity key in the issuer's stored user
 certificate: the issuer must be an active clinician of a trusted organisation whose certificate
@@ -9,9 +9,9 @@ issuer's. A refusal (decision ``refused``) is registered like an agreement: it i
 **Enforcement** (:meth:`ConsentService.check_send`, called by the send pipeline inside its
 transaction, before anything is stored). A message needs a consent when it carries an
 attachment, declares any purpose other than ``direct_care``, or is flagged ``external``.
-Direct-care text to colleagues of the sender's own organisation needs none: the DESIGN §5 table
-asks only the clinician's treatment attestation there, which sending a consult message is (and
-threads are single-organisation today). A message that names a consent is checked even when it
+Direct-care text to colleagues of the sender's own organisation needs none: the docs/ARCHITECTURE.md
+§5 table asks only the clinician's treatment attestation there, which sending a consult message is
+(and threads are single-organisation today). A message that names a consent is checked even when it
 would not need one. The check, first failure wins: consent_missing (none named),
 consent_invalid (unregistered, the issuer no longer active or their certificate no longer
 valid, or the token no longer verifies), then :func:`protocol.consent.check_consent` for every

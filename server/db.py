@@ -1,7 +1,7 @@
 """The relay's Postgres connection pool (asyncpg).
 
-Postgres is the relay's only stateful dependency (DESIGN §3). The pool is created when the app
-starts and closed when it stops; storage modules receive a connection, never the pool.
+Postgres is the relay's only stateful dependency (docs/ARCHITECTURE.md §3). The pool is created when
+the app starts and closed when it stops; storage modules receive a connection, never the pool.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Cross-process events over Postgres LISTEN/NOTIFY (DESIGN §3: no home-made cluster protocol).
+"""Cross-process events over Postgres LISTEN/NOTIFY (docs/ARCHITECTURE.md §3: no home-made cluster
+protocol).
 
 Several relay processes share one Postgres. When something happens that sockets held by another
 process must react to (a device revoked, a user suspended, a message queued for a device), the

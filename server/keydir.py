@@ -1,10 +1,10 @@
 """The key directory: who can be found, their certificates and prekeys, and the atomic claim
-of one-time prekeys (DESIGN §4).
+of one-time prekeys (docs/ARCHITECTURE.md §4).
 
 Only active devices of active users whose certificate and licence are valid are handed out:
-credentialed recipients only (DESIGN §2). Uploaded prekeys are verified under the uploading
-device's certificate chain before they are stored, so the relay only ever serves keys their
-device signed (clients verify them again).
+credentialed recipients only (docs/ARCHITECTURE.md §2). Uploaded prekeys are verified under the
+uploading device's certificate chain before they are stored, so the relay only ever serves keys
+their device signed (clients verify them again).
 """
 
 from __future__ import annotations

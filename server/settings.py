@@ -250,7 +250,7 @@ class Settings:
     consent_policy_file: Path | None = _s(
         None, "LIGHTBOX_CONSENT_POLICY_FILE", "path",
         "JSON file of per-organisation consent policies, {org_id: {ConsentPolicy fields}} "
-        "(unset, or an organisation not listed: the DESIGN §5 defaults).")
+        "(unset, or an organisation not listed: the docs/ARCHITECTURE.md §5 defaults).")
 
     # --- filing and expiry (docs/PROTOCOL.md §15) ---
     filing_required: bool = _s(True, "LIGHTBOX_FILING_REQUIRED", "bool",

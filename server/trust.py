@@ -1,6 +1,7 @@
 """Which organisations the relay trusts, and their latest revocation lists.
 
-The relay is configured with organisation *public* keys only (DESIGN §4): it can verify the
+The relay is configured with organisation *public* keys only (docs/ARCHITECTURE.md §4): it can
+verify the
 user certificates and revocation lists that IT's tool signs, but make none. The file is JSON::
 
     {"orgs": {"<org_id>": "<b64url Ed25519 public key>"}}

@@ -1,7 +1,7 @@
 """Helpers for the attachment and consent tests: an SDK client acting as a test peer, consent
 tokens captured with the SDK (or forged for bad-input cases), sealed messages carrying an
 attachment descriptor under a consent, an x-ray-like test image, and the database dump search
-that proves the relay is blind (DESIGN §2)."""
+that proves the relay is blind (docs/ARCHITECTURE.md §2)."""
 
 from __future__ import annotations
 

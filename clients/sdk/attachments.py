@@ -9,8 +9,8 @@ Why each step is here:
   it asks the relay for the committed offset and continues from there (never re-sending bytes
   the relay has, which it would refuse as ``chunk_overlap``);
 * the download streams and, when the transfer breaks, resumes with ``Range: bytes=n-``;
-* **recipient-side consent enforcement** (DESIGN §2): after decrypting, the image's SHA-256
-  must be one the consent token names, and the token's signature must verify under the
+* **recipient-side consent enforcement** (docs/ARCHITECTURE.md §2): after decrypting, the image's
+  SHA-256 must be one the consent token names, and the token's signature must verify under the
   issuer's identity key from a certificate that verifies against the pinned organisation keys.
   Otherwise :class:`~clients.sdk.errors.ConsentImageMismatch` is raised, the image is not
   returned, and the relay is told (``POST /v1/consents/{id}/mismatch``, audited there).

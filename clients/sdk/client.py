@@ -6,7 +6,7 @@ newest organisation-signed revocation list, a :class:`~clients.sdk.http.RelayHTT
 :class:`~clients.sdk.connection.Connection` (reconnect with backoff, resume from the relay's
 durable queue, outbox, de-duplication through the vault).
 
-Why every step is where it is (DESIGN §2):
+Why every step is where it is (docs/ARCHITECTURE.md §2):
 
 * **Sending**: the thread's recipients come from the relay, so every user and device
   certificate is verified against the pinned organisation key and the revocation list before

@@ -66,7 +66,8 @@ class FlowError(SDKError):
 
 class ConsentImageMismatch(FlowError):
     """A received image is not one its consent names (or the consent does not verify against
-    the issuer's certificate chain): it must not be shown (DESIGN §2, consent enforced twice)."""
+    the issuer's certificate chain): it must not be shown (docs/ARCHITECTURE.md §2, consent enforced
+    twice)."""
 
     def __init__(self, message: str, *, reason: str = "token_invalid") -> None:
         super().__init__(message, code="consent_image_mismatch")

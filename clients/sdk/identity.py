@@ -1,8 +1,8 @@
 """Identity flows of a device: enrolment, device linking, login, and the verified key directory.
 
-Why here: the relay is not trusted to vouch for anyone (DESIGN §2). Every certificate the relay
-hands out is verified against the organisation key this device pinned when it enrolled (from
-the bundle sealed under the enrolment code) or linked (from the MAC-protected pairing result),
+Why here: the relay is not trusted to vouch for anyone (docs/ARCHITECTURE.md §2). Every certificate
+the relay hands out is verified against the organisation key this device pinned when it enrolled
+(from the bundle sealed under the enrolment code) or linked (from the MAC-protected pairing result),
 and against the newest organisation-signed revocation list it has seen.
 """
 

@@ -94,7 +94,8 @@ async def require_download(conn: asyncpg.Connection, attachment_id: str, device_
                            ) -> AttachmentRecord:
     """The attachment, if this device may download it: it uploaded it, or a message referencing
     it was addressed to it. Otherwise attachment_forbidden, for unknown ids too (no probing);
-    consent_revoked once a consent it was sent under is withdrawn (DESIGN §1 journey 6);
+    consent_revoked once a consent it was sent under is withdrawn (docs/ARCHITECTURE.md §1 journey
+    6);
     attachment_expired (410) once this device's expiry order for it is issued, or the relay
     deleted its ciphertext."""
     aid = _uuid(attachment_id)

@@ -1,5 +1,5 @@
 """Devices: each one's certificate (signed by its user's identity key), its public keys and
-its status. A revoked device stays revoked for good (DESIGN §4)."""
+its status. A revoked device stays revoked for good (docs/ARCHITECTURE.md §4)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Expiry orders: the relay's durable instruction to one device to shred its copy of one
-attachment (DESIGN §6), until that device confirms.
+attachment (docs/ARCHITECTURE.md §6), until that device confirms.
 
 Each order is also queued as a device notice of kind ``expire_order``
 (:func:`server.store.messages.add_notices`), which the websocket pump sends before any

@@ -283,7 +283,7 @@ async def confirmed_devices(conn: asyncpg.Connection, attachment_id: str) -> set
 
 async def releasable(conn: asyncpg.Connection, attachment_id: str) -> bool:
     """Filed, and every active device the image was sent to has fetched it or confirmed its
-    expiry: the relay's ciphertext is no longer needed (DESIGN §6)."""
+    expiry: the relay's ciphertext is no longer needed (docs/ARCHITECTURE.md §6)."""
     return bool(await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM attachment_lifecycle WHERE attachment_id = $1 "
         "AND state <> 'unfiled' AND ciphertext_deleted_at IS NULL) AND NOT EXISTS ("

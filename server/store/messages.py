@@ -2,8 +2,8 @@
 
 A send stores the encoded SealedMessage once and one delivery row per recipient device, and
 takes the thread's next sequence number, in one transaction: the relay answers ``accepted``
-only after that transaction commits (DESIGN §2, "accepted means durable"). A delivery row is
-removed only when its device acknowledges it (at-least-once; clients de-duplicate by message
+only after that transaction commits (docs/ARCHITECTURE.md §2, "accepted means durable"). A delivery
+row is removed only when its device acknowledges it (at-least-once; clients de-duplicate by message
 id). Sends are idempotent on (sender device, message id): a retry with the same bytes returns
 the original acceptance, the same id with different bytes is refused and overwrites nothing.
 """

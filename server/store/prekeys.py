@@ -1,7 +1,7 @@
 """Signed prekeys (one per device, replaced on rotation) and one-time prekeys.
 
-A one-time prekey is handed out at most once (DESIGN §4): :func:`claim_one_time` takes the
-lowest unclaimed row with ``FOR UPDATE SKIP LOCKED`` and marks it claimed in the same
+A one-time prekey is handed out at most once (docs/ARCHITECTURE.md §4): :func:`claim_one_time` takes
+the lowest unclaimed row with ``FOR UPDATE SKIP LOCKED`` and marks it claimed in the same
 statement, so concurrent claimers never get the same key and never wait on each other. The
 claimed row is kept (its text erased) so the device cannot reuse the id.
 """

@@ -6,7 +6,7 @@ A participant is a user listed in ``thread_members`` (not removed), or someone a
 or, when no shift covers the moment, every active user of the thread's organisation whose
 certificate holds the role. Role names are normalised (``orthopaedics-oncall`` is
 ``orthopaedics_oncall``, protocol.oncall). Every send is checked
-against the *current* membership (DESIGN §5: the sender names every recipient device).
+against the *current* membership (docs/ARCHITECTURE.md §5: the sender names every recipient device).
 """
 
 from __future__ import annotations

@@ -294,8 +294,8 @@ async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled(
     tmp = journey_env
     await _ok(admin_cli.main, ["org", "init", "--org-id", ORG, "--keyfile",
                                str(tmp / "it" / "org.key")])
-    await _ok(admin_cli.main, ["org", "trust", str(tmp / "it" / f"{ORG}.pub.json")])
-    await _ok(admin_cli.main, ["admin", "create", "--login", "it.admin"])
+    await _ok(server_cli.main, ["org", "trust", str(tmp / "it" / f"{ORG}.pub.json")])
+    await _ok(server_cli.main, ["admin", "create", "--login", "it.admin"])
     settings = make_settings(data_dir=tmp / "relay", argon2_profile="cheap")
     async with running_relay(db_dsn, settings) as running:
         url = running.base_url

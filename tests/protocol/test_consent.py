@@ -1,4 +1,5 @@
-"""Tests of protocol/consent.py: consent tokens, the DESIGN §5 policy, and the FHIR mapping."""
+"""Tests of protocol/consent.py: consent tokens, the docs/ARCHITECTURE.md §5 policy, and the FHIR
+mapping."""
 
 from __future__ import annotations
 

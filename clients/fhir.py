@@ -350,15 +350,7 @@ class FhirClient(HttpService):
             raise ValueError("a search by identifier needs a system and a value")
         response = await self._request("GET", f"{self._base}/Consent", params=[
             ("identifier", _token(identifier_system, identifier_value)), ("_count", "10")])
-        _raise_for_status(response)
-        if response.status_code != 200:
-            raise FhirProtocolError(f"unexpected status {response.status_code} to a search")
-        bundle = _json(response)
-        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-            raise FhirProtocolError("a search answer is not a Bundle")
-        entries = bundle.get("entry") or []
-        if not isinstance(entries, list):
-            raise FhirProtocolError("Bundle.entry is not a list")
+        bundle, entries = _search_bundle(response)
         matches = [
             entry["resource"] for entry in entries
             if isinstance(entry, dict) and _is_match(entry)
@@ -385,15 +377,7 @@ class FhirClient(HttpService):
                                                                  patient_id)
         response = await self._request("GET", f"{self._base}/Consent", params=[
             ("patient:identifier", value), ("_count", str(limit))])
-        _raise_for_status(response)
-        if response.status_code != 200:
-            raise FhirProtocolError(f"unexpected status {response.status_code} to a search")
-        bundle = _json(response)
-        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-            raise FhirProtocolError("a search answer is not a Bundle")
-        entries = bundle.get("entry") or []
-        if not isinstance(entries, list):
-            raise FhirProtocolError("Bundle.entry is not a list")
+        _bundle, entries = _search_bundle(response)
 
         def names_patient(resource: Mapping[str, Any]) -> bool:
             patient = resource.get("patient")
@@ -468,6 +452,20 @@ def _carries(resource: Mapping[str, Any], system: str, value: str) -> bool:
     return isinstance(identifiers, list) and any(
         isinstance(i, dict) and i.get("system") == system and i.get("value") == value
         for i in identifiers)
+
+
+def _search_bundle(response: httpx.Response) -> tuple[dict[str, Any], list[Any]]:
+    """A search answer: the searchset Bundle and its entries, or the precise refusal."""
+    _raise_for_status(response)
+    if response.status_code != 200:
+        raise FhirProtocolError(f"unexpected status {response.status_code} to a search")
+    bundle = _json(response)
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise FhirProtocolError("a search answer is not a Bundle")
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise FhirProtocolError("Bundle.entry is not a list")
+    return bundle, entries
 
 
 def _json(response: httpx.Response) -> Any:

@@ -112,8 +112,16 @@ class EnrolmentService:
     async def complete(self, body: EnrolComplete) -> Enrolled:
         now = self.clock()
         async with self.db.pool.acquire() as conn:
-            rec = await self._enrolment(conn, body.enrolment_token, "enrol.complete", now)
-            user = await users.get_user(conn, rec.user_id)
+            await self._enrolment(conn, body.enrolment_token, "enrol.complete", now)
+            # The code and the certificate it unlocks, read from one snapshot: a re-issue
+            # (lightbox-admin user reissue) committing between two separate reads would pair
+            # the old code with the new certificate and refuse, as certificate_invalid, a
+            # device that was valid a moment earlier. Here the old pair is seen whole (and the
+            # write below finds the code gone: enrolment_code_invalid), or the new one.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                rec = await users.get_enrolment(conn, _token_hash(body.enrolment_token),
+                                                now=now)
+                user = await users.get_user(conn, rec.user_id)
             assert user is not None
             verified = await self._verify_device(conn, user, body.device_certificate, now)
         try:

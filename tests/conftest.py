@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from server import migrations
@@ -39,6 +40,9 @@ from tests.helpers import (
 from tests.orthanc import OrthancMissing, OrthancServer, require_orthanc, running_orthanc
 
 CACHE = ROOT / ".data" / "cache"
+# Hypothesis keeps more than its examples (a Unicode table, for one) under its home directory,
+# ./.hypothesis unless told otherwise: here, with the other caches.
+set_hypothesis_home_dir(str(CACHE / "hypothesis-home"))
 hypothesis_settings.register_profile(
     "lightbox", database=DirectoryBasedExampleDatabase(str(CACHE / "hypothesis")))
 hypothesis_settings.load_profile("lightbox")
@@ -51,7 +55,9 @@ def _tree_entries() -> frozenset[str]:
     found = {p.name for p in ROOT.iterdir()} - {".data"}  # the project's own state folder
     if data.exists():
         found |= {f".data/{p.name}" for p in data.iterdir()}
-    return frozenset(found - {".data/cache"})
+    # test-artefacts/: what the browser and guide tests save for people to look at (screenshots,
+    # each block's output), on purpose; ignored by git, removed by `make clean`.
+    return frozenset(found - {".data/cache", "test-artefacts"})
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

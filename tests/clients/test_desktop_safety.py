@@ -158,7 +158,7 @@ async def test_a_consent_form_for_a_consent_that_does_not_exist_is_404(
         plain = await intern.send_text(thread.thread_id, "Any news on bed 4?")
         # A body naming a "consent token" that is none (a faulty sender): sealed as send_text
         # would seal it, so the desktop receives it like any message.
-        garbled, _ = await intern._send_body(
+        garbled, _ = await intern.sender.send_body(
             thread.thread_id, Body(text="consent attached", consent_token="not.a.token"),
             purpose=Purpose.DIRECT_CARE, priority=Priority.ROUTINE)
         for sent in (plain, garbled):
@@ -503,7 +503,7 @@ async def test_each_escalation_step_shows_once_under_the_consult(
                 (1, 0, team.specialist.user_id, EscalationKind.RENOTIFY),
                 (2, 1, team.intern.user_id, EscalationKind.RELEASED)))
         for frame in (reminded, released, released, reminded):  # two redelivered
-            await client._handle_frame(frame)
+            await client.notices.handle(frame)
 
         told = [steps.get_nowait() for _ in range(steps.qsize())]
         assert [(e.kind, e.step) for e in told if isinstance(e, EscalationEvent)] == [

@@ -165,7 +165,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     pipeline = SendPipeline(db, metrics, policy=consents,
                             max_message_bytes=settings.max_message_bytes,
                             max_batch=settings.send_batch,
-                            verify_signatures=settings.verify_sender_signatures)
+                            verify_signatures=settings.verify_sender_signatures,
+                            now=consents.now)  # the relay's clock decides a consent's expiry
     acks = AckPipeline(db)
     # Filing and expiry (issue 7): filing statements, expiry orders and confirmations, the
     # timer sweeper, the gateway requirement on images, wipe orders, where every copy went.

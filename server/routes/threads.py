@@ -142,9 +142,10 @@ class ThreadRoutes:
         me = await self.require_device(request)
         thread_id = _uuid_param(request, "thread_id")
         body = await read_json(request, api.ReadMark, self.settings.max_body_bytes)
+        now = self.now()
         async with self.db.pool.acquire() as conn:
-            await threads.require_participant(conn, thread_id, me.user_id)
-            await threads.mark_read(conn, thread_id, me.user_id, body.seq)
+            await threads.require_participant(conn, thread_id, me.user_id, now)
+            await threads.mark_read(conn, thread_id, me.user_id, body.seq, now=now)
         return Response(status_code=204)
 
 

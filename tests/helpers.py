@@ -14,9 +14,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -27,11 +28,23 @@ from server.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME_SCALE = float(os.environ.get("LIGHTBOX_TEST_TIME_SCALE", "1"))
+T = TypeVar("T")
 
 
 def seconds(s: float) -> float:
     """A timeout of ``s`` seconds, scaled for slow machines."""
     return s * TIME_SCALE
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0) -> T:
+    """The first truthy answer of ``probe``, asked again until ``timeout`` (scaled) runs out:
+    for a state that another task or process reaches on its own (a sweeper's step, a counter
+    after an acknowledgement that has no answer frame), where no frame announces it. Never a
+    pause to let things settle: it returns as soon as the state is there."""
+    async with asyncio.timeout(seconds(timeout)):
+        while not (answer := await probe()):
+            await asyncio.sleep(0.02)
+    return answer
 
 
 def with_database(dsn: str, name: str) -> str:

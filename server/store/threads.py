@@ -38,9 +38,10 @@ __all__ = [
 
 MEMBERS_SQL = "SELECT user_id FROM thread_participants(ARRAY[$1::uuid], $2)"
 """A thread's participants at ``$2``: the SQL function ``thread_participants``, the one
-definition of who a thread and its roles reach, which server/store/batches.py and
-:func:`list_threads` read too. The moment is always the caller's (the relay's injected clock),
-never the database's ``now()``."""
+definition of who a thread and its roles reach, which server/store/batches.py reads too
+(:func:`list_threads` asks its ``role_reach`` the other way round: which roles reach a user).
+The moment is always the caller's (the relay's injected clock), never the database's
+``now()``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,19 +178,26 @@ async def remove_participant(
 async def list_threads(conn: asyncpg.Connection, user_id: str, *, at: dt.datetime,
                        limit: int = 200) -> list[ThreadSummary]:
     """Threads the user takes part in at ``at`` (directly or through a role), newest activity
-    first. The candidates are the user's member threads and the role threads of the user's
-    organisation (a role reaches only its own organisation); ``thread_participants`` decides."""
+    first: the threads of which the user is a member, and those naming a role that
+    ``role_reach`` says reaches the user (asked once per role of the user's organisation, not
+    once per thread)."""
     rows = await conn.fetch(
         """
-        WITH mine AS (
-            SELECT p.thread_id FROM thread_participants(ARRAY(
-                SELECT thread_id FROM thread_members WHERE user_id = $1 AND removed_at IS NULL
-                UNION
-                SELECT r.thread_id FROM thread_roles r
-                  JOIN threads t ON t.thread_id = r.thread_id
-                  JOIN users u ON u.user_id = $1 AND u.org_id = t.org_id
-                 WHERE r.removed_at IS NULL), $3) AS p
-             WHERE p.user_id = $1
+        WITH roles AS (
+            SELECT DISTINCT t.org_id, r.role FROM thread_roles r
+              JOIN threads t ON t.thread_id = r.thread_id
+              JOIN users u ON u.user_id = $1 AND u.org_id = t.org_id
+             WHERE r.removed_at IS NULL
+        ), reaching AS (
+            SELECT o.org_id, o.role FROM roles o
+             WHERE $1 IN (SELECT user_id FROM role_reach(o.org_id, o.role, $3))
+        ), mine AS (
+            SELECT thread_id FROM thread_members WHERE user_id = $1 AND removed_at IS NULL
+            UNION
+            SELECT r.thread_id FROM thread_roles r
+              JOIN threads t ON t.thread_id = r.thread_id
+              JOIN reaching x ON x.org_id = t.org_id AND x.role = r.role
+             WHERE r.removed_at IS NULL
         )
         SELECT t.thread_id::text AS thread_id, t.priority, t.created_by::text AS created_by,
                t.created_at, t.last_seq, COALESCE(m.read_seq, 0) AS read_seq,

@@ -248,11 +248,9 @@ async def test_a_sender_gone_while_its_batch_waited_does_not_fail_the_others_in_
         await conn.execute("SELECT 1 FROM threads WHERE thread_id = $1 FOR UPDATE",
                            uuid.UUID(held))
         blocker = asyncio.create_task(c.send(seal(carol, held, [alice])))
-        async with asyncio.timeout(seconds(20)):
-            while not await conn.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND pid <> pg_backend_pid()"):
-                await asyncio.sleep(0.05)
+        await eventually(lambda: conn.fetchval(  # the blocked send waits on the lock
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND pid <> pg_backend_pid()"), timeout=20)
         from_alice, from_bob = seal(alice, t_alice, [carol]), seal(bob, t_bob, [carol])
         gone = asyncio.create_task(a.send(from_alice))
         answer = asyncio.create_task(b.send(from_bob))

@@ -60,6 +60,8 @@ __all__ = [
     "SECRETSTREAM_TAG_FINAL",
     "SECRETSTREAM_TAG_MESSAGE",
     "X25519_BYTES",
+    "JwsSigningKey",
+    "JwsVerifyKey",
     "Rng",
     "SecretStreamPull",
     "SecretStreamPush",
@@ -175,13 +177,17 @@ def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
     return True
 
 
-def jws_private_key(seed: bytes) -> Ed25519PrivateKey:
+JwsSigningKey = Ed25519PrivateKey
+JwsVerifyKey = Ed25519PublicKey
+
+
+def jws_private_key(seed: bytes) -> JwsSigningKey:
     """The seed as the key object PyJWT signs an EdDSA JWS with (RFC 8037 §3.1)."""
     _check_len(seed, ED25519_SEED_BYTES, "Ed25519 seed")
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
-def jws_public_key(public: bytes) -> Ed25519PublicKey:
+def jws_public_key(public: bytes) -> JwsVerifyKey:
     """The public key as the object PyJWT verifies an EdDSA JWS with; VerificationError if the
     bytes are not an Ed25519 public key."""
     if not isinstance(public, bytes) or len(public) != ED25519_PUBLIC_BYTES:

@@ -20,11 +20,6 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, Self
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-
 from protocol import _sodium
 from protocol._sodium import Rng, random_bytes
 from protocol.canonical import b64url_encode
@@ -103,9 +98,9 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     return _sodium.ed25519_verify(public_key, message, signature)
 
 
-JwsSigningKey = Ed25519PrivateKey
+JwsSigningKey = _sodium.JwsSigningKey
 """What :func:`jws_signing_key` returns: PyJWT's EdDSA signing key (pyca/cryptography)."""
-JwsVerifyKey = Ed25519PublicKey
+JwsVerifyKey = _sodium.JwsVerifyKey
 """What :func:`jws_verify_key` returns: PyJWT's EdDSA verifying key (pyca/cryptography)."""
 
 

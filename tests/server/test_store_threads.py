@@ -231,7 +231,8 @@ async def test_every_reader_agrees_on_who_a_role_reaches_across_a_shift_handover
         conn: asyncpg.Connection) -> None:
     """Certificate holders before the first shift, each ladder during its shift (half-open:
     the incoming ladder from the handover's first instant), the holders again after the last;
-    suspended users, users of another organisation and removed roles reach nothing. The send
+    suspended users, users of another organisation (holding the role or on a ladder) and
+    removed roles reach nothing. The send
     check, the batch store, the recipients' devices and the thread list must agree at every
     instant, or a sender is refused with device_set_mismatch forever."""
     creator = await add_user(conn)
@@ -241,8 +242,9 @@ async def test_every_reader_agrees_on_who_a_role_reaches_across_a_shift_handover
     first, first_backup = await add_user(conn), await add_user(conn)
     second = await add_user(conn)
     suspended_backup = await add_user(conn)
+    visitor = await add_user(conn, org="org-b")  # on a ladder, but of another organisation
     people = [creator, holder, suspended_holder, elsewhere, first, first_backup, second,
-              suspended_backup]
+              suspended_backup, visitor]
     for u in people:
         await add_device(conn, u)
     t0, t1, t2 = NOW, NOW + dt.timedelta(hours=8), NOW + dt.timedelta(hours=16)
@@ -251,7 +253,7 @@ async def test_every_reader_agrees_on_who_a_role_reaches_across_a_shift_handover
     await oncall.add_shift(conn, org_id="org-a", role="ortho_oncall", starts_at=t0, ends_at=t1,
                            ladder=[first, first_backup], now=NOW)
     await oncall.add_shift(conn, org_id="org-a", role="ortho_oncall", starts_at=t1, ends_at=t2,
-                           ladder=[second, suspended_backup], now=NOW)
+                           ladder=[second, suspended_backup, visitor], now=NOW)
     await conn.execute("UPDATE users SET status = 'suspended' WHERE user_id = $1",
                        suspended_backup)
     tid, dropped = str(uuid.uuid4()), str(uuid.uuid4())

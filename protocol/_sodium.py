@@ -13,6 +13,8 @@ crypto"), so the list of primitives Lightbox uses is this file and nothing else:
 * HKDF-SHA256, RFC 5869, from pyca/cryptography. Chosen over BLAKE2b because HKDF is the
   standard, widely implemented extract-then-expand KDF with an explicit ``info`` input that
   carries our domain labels and transcript; every mainstream language has it.
+* Ed25519 key objects of pyca/cryptography for PyJWT's EdDSA JWS (RFC 8037 §3.1): consent
+  tokens and the relay's access and admin tokens are signed with the same keys as the rest.
 * SHA-256 (FIPS 180-4) from hashlib; HMAC-SHA-256 (RFC 2104) from the stdlib ``hmac`` module
   (device-linking MACs, docs/PROTOCOL.md §4.8).
 
@@ -30,6 +32,10 @@ from collections.abc import Callable
 import nacl.bindings as _b
 import nacl.exceptions as _nacl_exc
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from protocol.errors import VerificationError
@@ -54,6 +60,8 @@ __all__ = [
     "SECRETSTREAM_TAG_FINAL",
     "SECRETSTREAM_TAG_MESSAGE",
     "X25519_BYTES",
+    "JwsSigningKey",
+    "JwsVerifyKey",
     "Rng",
     "SecretStreamPull",
     "SecretStreamPush",
@@ -66,6 +74,8 @@ __all__ = [
     "ed25519_verify",
     "hkdf_sha256",
     "hmac_sha256",
+    "jws_private_key",
+    "jws_public_key",
     "random_bytes",
     "secretbox_open",
     "secretbox_seal",
@@ -165,6 +175,27 @@ def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
     except (_nacl_exc.BadSignatureError, _nacl_exc.ValueError, _nacl_exc.TypeError):
         return False
     return True
+
+
+JwsSigningKey = Ed25519PrivateKey
+JwsVerifyKey = Ed25519PublicKey
+
+
+def jws_private_key(seed: bytes) -> JwsSigningKey:
+    """The seed as the key object PyJWT signs an EdDSA JWS with (RFC 8037 §3.1)."""
+    _check_len(seed, ED25519_SEED_BYTES, "Ed25519 seed")
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def jws_public_key(public: bytes) -> JwsVerifyKey:
+    """The public key as the object PyJWT verifies an EdDSA JWS with; VerificationError if the
+    bytes are not an Ed25519 public key."""
+    if not isinstance(public, bytes) or len(public) != ED25519_PUBLIC_BYTES:
+        raise VerificationError("Ed25519 public key has the wrong length")
+    try:
+        return Ed25519PublicKey.from_public_bytes(public)
+    except (ValueError, TypeError) as exc:
+        raise VerificationError("not an Ed25519 public key") from exc
 
 
 # --- X25519 ------------------------------------------------------------------------------------

@@ -32,10 +32,6 @@ from typing import Annotated, Any, Final
 
 import jwt
 import msgspec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
 from msgspec import Meta
 
 from protocol import _sodium
@@ -180,7 +176,7 @@ def issue_consent_token(claims: ConsentClaims, signing_key: bytes | SecretBytes)
     seed = signing_key.reveal() if isinstance(signing_key, SecretBytes) else signing_key
     if len(seed) != _sodium.ED25519_SEED_BYTES:
         raise ValueError("the signing key must be a 32-byte Ed25519 seed")
-    private = Ed25519PrivateKey.from_private_bytes(seed)
+    private = _sodium.jws_private_key(seed)
     public = _sodium.ed25519_public_key(seed)
     return jwt.PyJWS().encode(
         msgspec.json.encode(claims),
@@ -202,8 +198,8 @@ def verify_consent_token(
     """
     header = _header(token, invalid=VerificationError)
     try:
-        public = Ed25519PublicKey.from_public_bytes(issuer_identity_key)
-    except (ValueError, TypeError) as exc:
+        public = _sodium.jws_public_key(issuer_identity_key)
+    except VerificationError as exc:
         raise VerificationError(f"bad issuer key: {exc}", code=ErrorCode.CONSENT_INVALID) from None
     if header.get("kid") != key_id(issuer_identity_key):
         raise VerificationError("kid names another key", code=ErrorCode.CONSENT_INVALID)

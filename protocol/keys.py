@@ -33,6 +33,8 @@ __all__ = [
     "DeviceKeys",
     "Ed25519KeyPair",
     "IdentityKey",
+    "JwsSigningKey",
+    "JwsVerifyKey",
     "MemoryPrekeyStore",
     "OrganisationKey",
     "PassphraseProfile",
@@ -42,6 +44,8 @@ __all__ = [
     "X25519KeyPair",
     "generate_enrolment_code",
     "generate_one_time_prekeys",
+    "jws_signing_key",
+    "jws_verify_key",
     "key_id",
     "normalise_enrolment_code",
     "open_with_passphrase",
@@ -92,6 +96,24 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     """Ed25519 (RFC 8032) detached-signature check for callers outside protocol/ (the relay's
     request proofs, login signatures): True or False, never an exception."""
     return _sodium.ed25519_verify(public_key, message, signature)
+
+
+JwsSigningKey = _sodium.JwsSigningKey
+"""What :func:`jws_signing_key` returns: PyJWT's EdDSA signing key (pyca/cryptography)."""
+JwsVerifyKey = _sodium.JwsVerifyKey
+"""What :func:`jws_verify_key` returns: PyJWT's EdDSA verifying key (pyca/cryptography)."""
+
+
+def jws_signing_key(seed: SecretBytes | bytes) -> JwsSigningKey:
+    """An Ed25519 seed as the key PyJWT signs an EdDSA JWT or JWS with (RFC 8037 §3.1), for
+    callers outside protocol/ (the relay's access and admin tokens)."""
+    return _sodium.jws_private_key(seed.reveal() if isinstance(seed, SecretBytes) else seed)
+
+
+def jws_verify_key(public: bytes) -> JwsVerifyKey:
+    """An Ed25519 public key as the key PyJWT verifies an EdDSA JWT or JWS with;
+    VerificationError if the bytes are not one."""
+    return _sodium.jws_public_key(public)
 
 
 def key_id(public: bytes) -> str:

@@ -44,6 +44,7 @@ from server.oncall import OncallService
 from server.passwords import Passwords
 from server.problems import problem_response, relay_error_response
 from server.provisioning import ProvisioningService
+from server.receipts import ReceiptService
 from server.routes.admin import AdminRoutes
 from server.routes.attachments import AttachmentRoutes
 from server.routes.auth import AuthRoutes
@@ -200,7 +201,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
         clock=clock)
     ws_relay.filing = filing
     pipeline.routing = oncall
-    ws_relay.receipts = oncall
+    ws_relay.receipts = ReceiptService(db=db, clock=clock, check=oncall)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

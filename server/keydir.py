@@ -17,7 +17,6 @@ import asyncpg
 
 from protocol.api import (
     ClaimedKey,
-    DeviceBundle,
     DirectoryEntry,
     PrekeyCount,
     UserDevices,
@@ -30,7 +29,7 @@ from server.db import Database
 from server.enrolment import verify_prekeys
 from server.errors import Forbidden, InvalidInput, NotFound
 from server.settings import Settings
-from server.store import devices, prekeys, revocations, users
+from server.store import bundles, devices, prekeys, revocations, users
 from server.trust import Trust, refusal
 
 __all__ = ["DIRECTORY_LIMIT", "KeyDirectory"]
@@ -69,11 +68,10 @@ class KeyDirectory:
             if code is not None:
                 raise Forbidden(code)
             assert user is not None
-            devs = await devices.list_devices(conn, user.user_id, active_only=True)
-            signed = await prekeys.get_signed_many(conn, [d.device_id for d in devs])
-        return UserDevices(user_certificate=user.user_certificate, devices=[
-            DeviceBundle(device_certificate=d.device_certificate,
-                         signed_prekey=signed.get(d.device_id)) for d in devs])
+            found = await bundles.key_bundles(conn, user_ids=[user.user_id])
+        # An active user whose devices are all revoked is found, with no device to seal for.
+        return found[0] if found else UserDevices(user_certificate=user.user_certificate,
+                                                  devices=[])
 
     async def claim(self, principal: Principal, device_ids: list[str]) -> list[ClaimedKey]:
         """One one-time prekey per device (or none left: the signed prekey alone), all or

@@ -51,7 +51,7 @@ from protocol.statements import ReceiptKind, ReceiptStatement
 from server import audit, events
 from server.db import Database
 from server.errors import Forbidden, InvalidInput, RelayError
-from server.store import escalations, oncall, receipts
+from server.store import devices, escalations, oncall, receipts
 from server.store.messages import NewMessage, add_notices
 
 __all__ = ["OncallService", "role_param"]
@@ -248,7 +248,7 @@ class OncallService:
             if any(m.thread_id == tid and m.sender_device_id in holders for m, _ in stored):
                 await escalations.reseal_done(conn, esc_id, at)
 
-    # -- receipts (WebSocketRelay's hook) -----------------------------------------------------
+    # -- receipts (ReceiptService's check, server/receipts.py) ---------------------------------
 
     async def on_receipt(self, conn: Any, body: ReceiptStatement, *, user_id: str,
                          statement: str) -> None:
@@ -339,12 +339,6 @@ class OncallService:
                 await events.publish(conn, "deliver", device_ids=ids[i:i + 180])
         return taken
 
-    async def _devices(self, conn: Any, user_ids: Sequence[str]) -> list[str]:
-        rows = await conn.fetch(
-            "SELECT device_id::text AS d FROM devices WHERE user_id = ANY($1::uuid[]) "
-            "AND status = 'active' ORDER BY device_id", list(user_ids))
-        return [r["d"] for r in rows]
-
     async def _announce(self, conn: Any, e: escalations.Escalation, kind: EscalationKind,
                         step: int, level: int, user_id: str, audience: Sequence[str],
                         now: dt.datetime) -> set[str]:
@@ -352,7 +346,7 @@ class OncallService:
         (everyone the consult has reached)."""
         await escalations.add_event(conn, e.escalation_id,
                                     escalations.Event(step, kind.value, level, user_id, now))
-        targets = await self._devices(conn, [e.sender_user_id, *audience])
+        targets = await devices.active_device_ids(conn, [e.sender_user_id, *audience])
         frame = encode_frame(EscalationNotice(
             thread_id=e.thread_id, message_id=e.message_id, step=step, level=level,
             user_id=user_id, at=int(now.timestamp()), kind=kind))
@@ -396,7 +390,8 @@ class OncallService:
             "AND v.device_id = d.device_id AND NOT (v.user_id = ANY($2::uuid[]))",
             e.thread_id, list(ladder))
         woken = set(await escalations.release_held(conn, e.thread_id, [ladder[0]]))
-        new_devices = [d for d in await self._devices(conn, ladder) if d not in recipients]
+        new_devices = [d for d in await devices.active_device_ids(conn, ladder)
+                       if d not in recipients]
         holders = await conn.fetch(
             "SELECT v.device_id::text AS d FROM devices v WHERE v.status = 'active' AND ("
             "v.user_id = $1 OR (v.user_id = ANY($2::uuid[]) AND v.device_id = ANY($3::uuid[])))",

@@ -29,11 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.api import ACCESS_TOKEN_AUDIENCE, ADMIN_TOKEN_AUDIENCE, key_thumbprint
 from protocol.canonical import b64url_decode, b64url_encode
 from protocol.errors import DecodeError, ErrorCode
+from protocol.keys import (
+    Ed25519KeyPair,
+    JwsSigningKey,
+    JwsVerifyKey,
+    jws_signing_key,
+    jws_verify_key,
+)
 from server.errors import Unauthorized
 
 __all__ = [
@@ -116,19 +122,27 @@ class TokenService:
         self.access_ttl, self.admin_ttl = access_ttl, admin_ttl
         self.clock_skew = clock_skew
         self.clock = clock
-        self._key: Ed25519PrivateKey | None = None
+        self._keys: tuple[JwsSigningKey, JwsVerifyKey] | None = None
         if seed is not None:
             self.load(seed)
 
     def load(self, seed: bytes) -> None:
-        """Install the signing seed (the app does it at start-up, from the key file)."""
-        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        """Install the signing seed (the app does it at start-up, from the key file). The keys
+        come from protocol.keys, the same crypto module as every other Lightbox signature."""
+        pair = Ed25519KeyPair.from_seed(seed)
+        self._keys = (jws_signing_key(pair.seed), jws_verify_key(pair.public))
 
     @property
-    def _signing_key(self) -> Ed25519PrivateKey:
-        if self._key is None:
+    def _signing_key(self) -> JwsSigningKey:
+        if self._keys is None:
             raise RuntimeError("token signing key not loaded")
-        return self._key
+        return self._keys[0]
+
+    @property
+    def _verify_key(self) -> JwsVerifyKey:
+        if self._keys is None:
+            raise RuntimeError("token signing key not loaded")
+        return self._keys[1]
 
     def _now(self, now: float | None) -> int:
         return int(self.clock() if now is None else now)
@@ -192,7 +206,7 @@ class TokenService:
             raise _fail(ErrorCode.TOKEN_INVALID, "malformed token")
         try:
             payload: dict[str, Any] = jwt.decode(
-                token, self._signing_key.public_key(), algorithms=["EdDSA"], audience=audience,
+                token, self._verify_key, algorithms=["EdDSA"], audience=audience,
                 issuer=ISSUER,
                 # Claims of one kind of token only are checked after the audience, so that
                 # an admin token shown as an access token is token_audience, not invalid.

@@ -30,7 +30,6 @@ from typing import Any, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from protocol import statements
 from protocol.errors import CloseCode, ErrorCode, VerificationError
 from protocol.frames import (
     Accepted,
@@ -45,12 +44,10 @@ from protocol.frames import (
     Pong,
     QueueEmpty,
     Receipt,
-    ReceiptNotice,
     Send,
     WipeConfirm,
     WipeOrder,
     encode_deliver,
-    encode_frame,
 )
 from protocol.model import Priority
 from protocol.session import (
@@ -96,10 +93,10 @@ class SocketPrincipal:
 
 
 class ReceiptHook(Protocol):
-    async def on_receipt(self, conn: Any, body: statements.ReceiptStatement, *, user_id: str,
-                         statement: str) -> None:
-        """Check and keep a verified receipt in its transaction (server/oncall.py); raise
-        RelayError (``not_on_ladder``) to refuse it."""
+    async def receive(self, *, device_id: str, user_id: str, signing_key: bytes,
+                      statement: str) -> None:
+        """Verify, check and keep a device's receipt statement and tell the sender's devices
+        (server/receipts.py); raise RelayError to refuse it."""
         ...
 
 
@@ -435,7 +432,7 @@ class _Connection:
             await self._on_send(frame)
         elif isinstance(frame, Ack):
             self._spawn(self._on_ack(frame))
-        elif isinstance(frame, Receipt):
+        elif isinstance(frame, Receipt) and self.relay.receipts is not None:
             self._spawn(self._on_receipt(frame))
         elif isinstance(frame, Filing) and self.relay.filing is not None:
             self._spawn(self._on_filing(frame))
@@ -501,39 +498,23 @@ class _Connection:
                 f"{len(unknown)} acknowledged deliveries were never sent to this device"))
 
     async def _on_receipt(self, frame: Receipt) -> None:
+        """A recipient's signed receipt: kept and passed on (server/receipts.py) or refused."""
         assert self.principal is not None
+        assert self.relay.receipts is not None
+        await self._answer(frame.req_id, self.relay.receipts.receive(
+            device_id=self.device_id, user_id=self.user_id,
+            signing_key=self.principal.signing_key, statement=frame.statement))
+
+    async def _answer(self, req_id: str | None, call: Awaitable[Frame | None]) -> None:
+        """Await a service's handling of a frame: send the frame it answers with, if any, or
+        refuse with its RelayError."""
         try:
-            body = statements.verify_receipt_statement(
-                frame.statement, self.principal.signing_key, device_id=self.device_id)
-        except VerificationError:
-            await self._refuse(frame.req_id, RelayError(
-                ErrorCode.VERIFICATION_FAILED, "receipt statement does not verify"))
+            answer = await call
+        except RelayError as err:
+            await self._refuse(req_id, err)
             return
-        async with self.relay.db.pool.acquire() as conn:
-            ref = await messages.message_ref(conn, body.thread_id, body.message_id)
-            if ref is None or self.device_id not in ref.recipients:
-                await self._refuse(frame.req_id, RelayError(
-                    ErrorCode.DELIVERY_NOT_FOUND, "no such message for this device"))
-                return
-            notice = encode_frame(ReceiptNotice(
-                message_id=body.message_id, device_id=self.device_id, user_id=self.user_id,
-                kind=body.kind, at=body.at, statement=frame.statement))
-            targets = [r["device_id"] for r in await conn.fetch(
-                "SELECT device_id::text AS device_id FROM devices WHERE user_id = $1 "
-                "AND status = 'active'", ref.sender_user_id)]
-            async with conn.transaction():
-                if self.relay.receipts is not None:  # on-call ladder check, stored receipts
-                    try:
-                        await self.relay.receipts.on_receipt(conn, body, user_id=self.user_id,
-                                                             statement=frame.statement)
-                    except RelayError as err:
-                        await self._refuse(frame.req_id, err)
-                        return
-                await messages.add_notices(
-                    conn, targets, "receipt", notice,
-                    dedupe_key=f"receipt:{body.message_id}:{self.device_id}:{body.kind}",
-                    now=dt.datetime.now(dt.UTC))
-                await events.publish(conn, "deliver", device_ids=targets)
+        if answer is not None:
+            await self._send(answer)
 
     # -- filing and expiry (server/expiry.py) ----------------------------------------------
 
@@ -541,14 +522,9 @@ class _Connection:
         """A gateway's filing statement: answered by ``filed_notice`` or an ``error``."""
         assert self.principal is not None
         assert self.relay.filing is not None
-        try:
-            notice = await self.relay.filing.file(device_id=self.device_id,
-                                                  signing_key=self.principal.signing_key,
-                                                  statement=frame.statement)
-        except RelayError as err:
-            await self._refuse(frame.req_id, err)
-            return
-        await self._send(notice)
+        await self._answer(frame.req_id, self.relay.filing.file(
+            device_id=self.device_id, signing_key=self.principal.signing_key,
+            statement=frame.statement))
 
     async def _on_expiry_confirm(self, frame: ExpiryConfirm) -> None:
         assert self.principal is not None

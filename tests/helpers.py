@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -27,6 +28,7 @@ from server.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME_SCALE = float(os.environ.get("LIGHTBOX_TEST_TIME_SCALE", "1"))
+T = TypeVar("T")
 
 
 def seconds(s: float) -> float:
@@ -34,12 +36,15 @@ def seconds(s: float) -> float:
     return s * TIME_SCALE
 
 
-async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0) -> None:
-    """Wait for the state a test expects next (a row written, a metric counted) rather than
-    for time to pass; TimeoutError if it never comes."""
+async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0) -> T:
+    """The first truthy answer of ``probe``, asked again until ``timeout`` (scaled) runs out:
+    for a state that another task or process reaches on its own (a sweeper's step, a counter
+    after an acknowledgement that has no answer frame), where no frame announces it. Never a
+    pause to let things settle: it returns as soon as the state is there."""
     async with asyncio.timeout(seconds(timeout)):
-        while not await check():
+        while not (answer := await probe()):
             await asyncio.sleep(0.02)
+    return answer
 
 
 def with_database(dsn: str, name: str) -> str:

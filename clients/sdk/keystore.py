@@ -5,9 +5,13 @@ user's identity key) must never touch the disk in the clear. The store is a dire
 profile, ``$LIGHTBOX_HOME/<profile>`` (default ``~/.lightbox/<profile>``), mode 0700, holding
 ``keystore.lbx`` (mode 0600, replaced atomically)::
 
-    "LBKS" || 0x01 || u16be(n) || wrapped[n] || nonce[24] || XChaCha20-Poly1305(data_key, nonce,
-        MessagePack(DeviceState), ad = every byte before the ciphertext)
+    header = "LBKS" || 0x02 || u16be(n) || wrapped[n]
+    file   = header || protocol.local.seal_local(data_key, MessagePack(DeviceState),
+                                                 label = header)
     wrapped = protocol.keys.seal_with_passphrase(data_key, password)   # Argon2id + secretbox
+
+Version 1 files (written before version 2) differ only in the label, which was the header and
+the record's nonce: they still open, and the next save writes version 2.
 
 The random 32-byte data key is sealed under the user's password with
 :func:`protocol.keys.seal_with_passphrase` (PROTOCOL §4.7; DEFAULT profile); the state itself
@@ -34,7 +38,6 @@ import msgspec
 
 from clients.sdk.errors import KeyStoreError
 from clients.sdk.kdf import passphrase_profile
-from protocol import _sodium
 from protocol.api import TokenPair
 from protocol.errors import ProtocolError
 from protocol.keys import (
@@ -49,6 +52,7 @@ from protocol.keys import (
     open_with_passphrase,
     seal_with_passphrase,
 )
+from protocol.local import LOCAL_NONCE_BYTES, new_local_key, open_local, seal_local
 
 __all__ = [
     "DEFAULT_DEVICE_PROFILE",
@@ -70,7 +74,8 @@ PROFILE_ENV: Final = "LIGHTBOX_PROFILE"
 DEFAULT_DEVICE_PROFILE: Final = "default"
 GATEWAY_DEVICE_PROFILE: Final = "gateway"
 _MAGIC = b"LBKS"
-_VERSION = 1
+_VERSION = 2
+_NONCE_IN_LABEL = 1  # version 1: the label was the header and the record's nonce
 _HEAD = struct.Struct(">4sBH")
 _MAX_FILE = 16 * 1024 * 1024
 
@@ -205,7 +210,7 @@ class KeyStore:
             raise KeyStoreError(f"a key store already exists in {self.directory}")
         self.check_writable()
         kdf = profile or passphrase_profile(DEFAULT_PROFILE)
-        data_key = _sodium.random_bytes(_sodium.AEAD_KEY_BYTES)
+        data_key = new_local_key().reveal()
         wrapped = seal_with_passphrase(data_key, password, opslimit=kdf.opslimit,
                                        memlimit=kdf.memlimit)
         store = OpenKeyStore(self, wrapped, data_key, state)
@@ -232,19 +237,18 @@ class KeyStore:
         if len(blob) > _MAX_FILE or len(blob) < _HEAD.size:
             raise KeyStoreError("the key store file is corrupt")
         magic, version, n = _HEAD.unpack_from(blob)
-        if magic != _MAGIC or version != _VERSION:
+        if magic != _MAGIC or version not in (_NONCE_IN_LABEL, _VERSION):
             raise KeyStoreError("not a Lightbox key store (or a newer version)")
         start = _HEAD.size
         wrapped = blob[start:start + n]
-        nonce_at = start + n
-        ad = blob[:nonce_at + _sodium.AEAD_NONCE_BYTES]
-        nonce = blob[nonce_at:nonce_at + _sodium.AEAD_NONCE_BYTES]
+        sealed_at = start + n
+        label = blob[:sealed_at + (LOCAL_NONCE_BYTES if version == _NONCE_IN_LABEL else 0)]
         try:
             data_key = open_with_passphrase(wrapped, password)
         except ProtocolError as exc:
             raise KeyStoreError("wrong password (or the key store is damaged)") from exc
         try:
-            plain = _sodium.aead_decrypt(data_key, nonce, blob[len(ad):], ad)
+            plain = open_local(data_key, blob[sealed_at:], label=label)
             state = msgspec.msgpack.decode(plain, type=DeviceState)
         except (ProtocolError, msgspec.DecodeError) as exc:
             raise KeyStoreError("the key store file is corrupt") from exc
@@ -274,11 +278,9 @@ class OpenKeyStore:
     def save(self, state: DeviceState) -> None:
         """Encrypt ``state`` and atomically replace the file (no Argon2id run)."""
         head = _HEAD.pack(_MAGIC, _VERSION, len(self._wrapped)) + self._wrapped
-        nonce = _sodium.random_bytes(_sodium.AEAD_NONCE_BYTES)
-        ad = head + nonce
-        body = _sodium.aead_encrypt(self._data_key, nonce, msgspec.msgpack.encode(state), ad)
+        body = seal_local(self._data_key, msgspec.msgpack.encode(state), label=head)
         self._store._prepare_directory()
-        write_private_file(self._store.path, ad + body)
+        write_private_file(self._store.path, head + body)
         self._state = state
 
     def change_password(

@@ -67,6 +67,7 @@ Exceptions::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sqlite3
 import threading
@@ -81,14 +82,23 @@ import msgspec
 
 from clients.sdk.kdf import passphrase_profile
 from clients.sdk.keystore import DeviceState
-from protocol import _sodium
 from protocol.errors import DecodeError, ProtocolError, VerificationError
 from protocol.keys import (
     SENSITIVE_PROFILE,
     PassphraseProfile,
     SecretBytes,
     open_with_passphrase,
+    random_bytes,
     seal_with_passphrase,
+)
+from protocol.local import (
+    LOCAL_KEY_BYTES,
+    derive_local_key,
+    local_tag,
+    new_local_key,
+    open_local,
+    record_label,
+    seal_local,
 )
 
 __all__ = [
@@ -303,29 +313,28 @@ class _Keys:
     @classmethod
     def derive(cls, master: bytes, vault_id: bytes) -> _Keys:
         def sub(label: str) -> SecretBytes:
-            info = b"lightbox/vault/v1/" + label.encode()
-            return SecretBytes(_sodium.hkdf_sha256(master, salt=vault_id, info=info))
+            return derive_local_key(master, salt=vault_id,
+                                    label=b"lightbox/vault/v1/" + label.encode())
 
         return cls(state=sub("state"), messages=sub("messages"), threads=sub("threads"),
                    image_keys=sub("image-keys"), tombstones=sub("tombstones"),
                    dedupe=sub("dedupe"), notes=sub("notes"), outbox=sub("outbox"))
 
 
-def _ad(table: str, row_id: str) -> bytes:
-    return _FORMAT + b"\x00" + table.encode() + b"\x00" + row_id.encode()
+def _ad(table: str, *row_id: str) -> bytes:
+    """A row's label (protocol.local.record_label): the format, the table, the row's id."""
+    return record_label(_FORMAT, table, *row_id)
 
 
 def _seal(key: SecretBytes, ad: bytes, plaintext: bytes) -> bytes:
-    nonce = _sodium.random_bytes(_sodium.AEAD_NONCE_BYTES)
-    return nonce + _sodium.aead_encrypt(key.reveal(), nonce, plaintext, ad)
+    return seal_local(key, plaintext, label=ad)
 
 
 def _open(key: SecretBytes, ad: bytes, blob: object) -> bytes:
-    if not isinstance(blob, bytes) or len(blob) < _sodium.AEAD_NONCE_BYTES:
+    if not isinstance(blob, bytes):
         raise VaultCorrupt("a vault record is damaged")
-    nonce = blob[: _sodium.AEAD_NONCE_BYTES]
     try:
-        return _sodium.aead_decrypt(key.reveal(), nonce, blob[_sodium.AEAD_NONCE_BYTES :], ad)
+        return open_local(key, blob, label=ad)
     except VerificationError as exc:
         raise VaultCorrupt("a vault record is damaged or was tampered with") from exc
 
@@ -347,8 +356,7 @@ def _decode_row(key: SecretBytes, table: str, message_id: str, sealed: object,
 
 
 def _tag(key: SecretBytes, *parts: str) -> bytes:
-    encoded = b"".join(len(p.encode()).to_bytes(4, "big") + p.encode() for p in parts)
-    return _sodium.hmac_sha256(key.reveal(), encoded)
+    return local_tag(key, *parts)
 
 
 def _check_id(value: str, what: str) -> str:
@@ -467,8 +475,8 @@ class Vault:
                 raise VaultExists(f"a vault already exists in {self.directory}")
             self._prepare_directory()
             profile = self._kdf or passphrase_profile(SENSITIVE_PROFILE)
-            master = _sodium.random_bytes(32)
-            vault_id = _sodium.random_bytes(16)
+            master = new_local_key().reveal()
+            vault_id = random_bytes(16)
             sealed = seal_with_passphrase(master, passphrase, opslimit=profile.opslimit,
                                           memlimit=profile.memlimit)
             try:
@@ -708,7 +716,7 @@ class Vault:
             db = self._use()
             keys = self._k()
             tag = _tag(keys.notes, kind, key)
-            sealed = _seal(keys.notes, _ad("notes", kind + "\x00" + tag.hex()),
+            sealed = _seal(keys.notes, _ad("notes", kind, tag.hex()),
                            msgspec.msgpack.encode((key, value)))
             with self._sql(db) as conn:
                 conn.execute("INSERT INTO notes VALUES (?, ?, ?) ON CONFLICT (tag) "
@@ -724,7 +732,7 @@ class Vault:
                                     (kind,)).fetchall()
             found: dict[str, bytes] = {}
             for tag, sealed in rows:
-                plain = _open(keys.notes, _ad("notes", kind + "\x00" + bytes(tag).hex()),
+                plain = _open(keys.notes, _ad("notes", kind, bytes(tag).hex()),
                               sealed)
                 try:
                     key, value = msgspec.msgpack.decode(plain, type=tuple[str, bytes])
@@ -799,10 +807,10 @@ class Vault:
             tombstone = self._tombstone(db, attachment_id)
             if tombstone is not None:
                 raise ImageShredded(tombstone)
-            image_key = SecretBytes(_sodium.random_bytes(_sodium.AEAD_KEY_BYTES))
+            image_key = new_local_key()
             info = ImageInfo(attachment_id=attachment_id, media_type=media_type,
-                             size=len(data), sha256=_sodium.sha256(data), stored_at=self._now(),
-                             width=width, height=height, thread_id=thread_id,
+                             size=len(data), sha256=hashlib.sha256(data).digest(),
+                             stored_at=self._now(), width=width, height=height, thread_id=thread_id,
                              message_id=message_id, record_reference=record_reference)
             row = (
                 attachment_id,
@@ -828,7 +836,7 @@ class Vault:
             info = self._decode_info(image_key, attachment_id, sealed_info)
             _, sealed_data = self._image_row(db, attachment_id, "sealed_data")
             data = _open(image_key, _ad("image-data", attachment_id), sealed_data)
-            if len(data) != info.size or _sodium.sha256(data) != info.sha256:
+            if len(data) != info.size or hashlib.sha256(data).digest() != info.sha256:
                 raise VaultCorrupt(f"image {attachment_id} is damaged")
             return StoredImage(info=info, data=data)
 
@@ -978,7 +986,7 @@ class Vault:
 
     def _unwrap(self, attachment_id: str, wrapped: object) -> SecretBytes:
         key = _open(self._k().image_keys, _ad("image-key", attachment_id), wrapped)
-        if len(key) != _sodium.AEAD_KEY_BYTES:
+        if len(key) != LOCAL_KEY_BYTES:
             raise VaultCorrupt(f"the key of image {attachment_id} is damaged")
         return SecretBytes(key)
 

@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from protocol.api import DeviceBundle, UserDevices
 from protocol.certs import ROLE_RECORD_GATEWAY
 from protocol.errors import ErrorCode
 from protocol.filing import CopiesList, CopiesReport, CopyInfo, GatewayList
@@ -22,7 +21,7 @@ from server.copies import CopiesReport as Report
 from server.db import Database
 from server.errors import InvalidInput
 from server.expiry import FilingService
-from server.store import filings
+from server.store import bundles, filings
 
 __all__ = ["FilingRoutes"]
 
@@ -80,21 +79,9 @@ class FilingRoutes:
         me = await self.require_device(request)
         async with self.db.pool.acquire() as conn:
             ids = await filings.org_gateways(conn, me.org_id, ROLE_RECORD_GATEWAY)
-            rows = await conn.fetch(
-                "SELECT u.user_id::text AS user_id, u.user_certificate, d.device_certificate, "
-                "s.prekey FROM devices d JOIN users u USING (user_id) LEFT JOIN signed_prekeys "
-                "s ON s.device_id = d.device_id WHERE d.device_id = ANY($1::uuid[]) "
-                "ORDER BY u.user_id, d.created_at", sorted(ids))
-        by_user: dict[str, UserDevices] = {}
-        for r in rows:
-            prev = by_user.get(r["user_id"])
-            bundle = DeviceBundle(device_certificate=r["device_certificate"],
-                                  signed_prekey=r["prekey"])
-            by_user[r["user_id"]] = UserDevices(
-                user_certificate=r["user_certificate"],
-                devices=[*(prev.devices if prev else []), bundle])
+            users = await bundles.key_bundles(conn, device_ids=sorted(ids))
         return json_response(GatewayList(
-            users=list(by_user.values()),
+            users=users,
             required=self.service.policy.requires_filing(me.org_id)))
 
     async def copies(self, request: Request) -> Response:

@@ -22,7 +22,7 @@ from server.authn import Principal
 from server.db import Database
 from server.errors import NotFound
 from server.settings import Settings
-from server.store import threads
+from server.store import bundles, threads
 
 __all__ = ["ThreadRoutes"]
 
@@ -99,21 +99,8 @@ class ThreadRoutes:
             at = self.now()
             await threads.require_participant(conn, thread_id, me.user_id, at)
             members = await threads.participants(conn, thread_id, at)
-            rows = await conn.fetch(
-                "SELECT u.user_id::text AS user_id, u.user_certificate, d.device_certificate, "
-                "s.prekey FROM users u JOIN devices d ON d.user_id = u.user_id "
-                "AND d.status = 'active' LEFT JOIN signed_prekeys s ON s.device_id = d.device_id "
-                "WHERE u.user_id = ANY($1::uuid[]) AND u.status = 'active' "
-                "ORDER BY u.user_id, d.created_at", sorted(members))
-        by_user: dict[str, api.UserDevices] = {}
-        for r in rows:
-            prev = by_user.get(r["user_id"])
-            bundle = api.DeviceBundle(device_certificate=r["device_certificate"],
-                                      signed_prekey=r["prekey"])
-            devices = [*(prev.devices if prev else []), bundle]
-            by_user[r["user_id"]] = api.UserDevices(user_certificate=r["user_certificate"],
-                                                    devices=devices)
-        return json_response(api.ThreadRecipients(users=list(by_user.values())))
+            users = await bundles.key_bundles(conn, user_ids=sorted(members))
+        return json_response(api.ThreadRecipients(users=users))
 
     async def add(self, request: Request) -> Response:
         me = await self.require_device(request)
@@ -142,9 +129,10 @@ class ThreadRoutes:
         me = await self.require_device(request)
         thread_id = _uuid_param(request, "thread_id")
         body = await read_json(request, api.ReadMark, self.settings.max_body_bytes)
+        now = self.now()
         async with self.db.pool.acquire() as conn:
-            await threads.require_participant(conn, thread_id, me.user_id)
-            await threads.mark_read(conn, thread_id, me.user_id, body.seq)
+            await threads.require_participant(conn, thread_id, me.user_id, now)
+            await threads.mark_read(conn, thread_id, me.user_id, body.seq, now=now)
         return Response(status_code=204)
 
 

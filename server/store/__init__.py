@@ -11,6 +11,7 @@ domain errors from server/errors.py.
     proofs       nonces of accepted request proofs (replay protection)
     lockout      failure counters with exponential backoff
     revocations  the newest organisation-signed revocation list per organisation
+    bundles      recipients' key bundles (certificates and signed prekeys)
 """
 
 from __future__ import annotations

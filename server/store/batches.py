@@ -66,31 +66,13 @@ async def existing_messages(conn: asyncpg.Connection, keys: Sequence[tuple[str, 
                                        r["created_at"]) for r in rows}
 
 
-_MEMBERS_MANY = """
-    SELECT thread_id, user_id FROM thread_members
-     WHERE thread_id = ANY($1::uuid[]) AND removed_at IS NULL
-    UNION
-    SELECT r.thread_id, u.user_id FROM thread_roles r
-      JOIN threads t ON t.thread_id = r.thread_id
-      JOIN users u ON u.org_id = t.org_id AND r.role = ANY (u.roles) AND u.status = 'active'
-     WHERE r.thread_id = ANY($1::uuid[]) AND r.removed_at IS NULL AND NOT EXISTS (
-           SELECT 1 FROM oncall_shifts s WHERE s.org_id = t.org_id AND s.role = r.role
-              AND s.starts_at <= $2 AND $2 < s.ends_at)
-    UNION
-    SELECT r.thread_id, u.user_id FROM thread_roles r
-      JOIN threads t ON t.thread_id = r.thread_id
-      JOIN oncall_shifts s ON s.org_id = t.org_id AND s.role = r.role
-           AND s.starts_at <= $2 AND $2 < s.ends_at
-      JOIN users u ON u.user_id = ANY (s.ladder) AND u.status = 'active'
-     WHERE r.thread_id = ANY($1::uuid[]) AND r.removed_at IS NULL
-"""
-"""Participants of many threads at ``$2`` (as server.store.threads.MEMBERS_SQL: a role reaches
-its current on-call ladder, or its certificate holders when no shift covers the moment)."""
-
-
 async def participants(conn: asyncpg.Connection, thread_ids: Sequence[str],
                        at: dt.datetime) -> dict[str, set[str]]:
-    rows = await conn.fetch(_MEMBERS_MANY, list(thread_ids), at)
+    """Participants of many threads at ``at``: the SQL function ``thread_participants`` (an
+    alembic migration creates it), the one definition server.store.threads reads too."""
+    rows = await conn.fetch(
+        "SELECT thread_id::text AS thread_id, user_id::text AS user_id "
+        "FROM thread_participants($1::uuid[], $2)", list(thread_ids), at)
     out: dict[str, set[str]] = {t: set() for t in thread_ids}
     for r in rows:
         out[str(r["thread_id"])].add(str(r["user_id"]))

@@ -15,6 +15,7 @@ from server.store import at, unix
 
 __all__ = [
     "DeviceRecord",
+    "active_device_ids",
     "clear_wipe_pending",
     "count_active",
     "get_device",
@@ -89,6 +90,14 @@ async def count_active(conn: asyncpg.Connection, user_id: str) -> int:
     return int(await conn.fetchval(
         "SELECT count(*) FROM devices WHERE user_id = $1 AND status = 'active'",
         uuid.UUID(user_id)))
+
+
+async def active_device_ids(conn: asyncpg.Connection, user_ids: Sequence[str]) -> list[str]:
+    """The active devices of these users, in id order (where a notice for them is queued)."""
+    rows = await conn.fetch(
+        "SELECT device_id::text AS d FROM devices WHERE user_id = ANY($1::uuid[]) "
+        "AND status = 'active' ORDER BY device_id", [uuid.UUID(u) for u in user_ids])
+    return [r["d"] for r in rows]
 
 
 async def revoke_devices(conn: asyncpg.Connection, device_ids: Sequence[str], *,

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from protocol import _sodium
 from protocol.errors import VerificationError
+from protocol.keys import SecretBytes
+from protocol.local import derive_local_key, open_local, seal_local
 from server.store import at, unix
 
 __all__ = [
@@ -107,21 +108,20 @@ async def get_refresh(conn: asyncpg.Connection, token: str) -> RefreshRecord | N
                          successor_sealed=row["successor_sealed"])
 
 
-def _successor_key(token: str) -> bytes:
-    return _sodium.hkdf_sha256(token.encode(), salt=b"", info=_SUCCESSOR_INFO)
+def _successor_key(token: str) -> SecretBytes:
+    return derive_local_key(token.encode(), salt=b"", label=_SUCCESSOR_INFO)
 
 
 def seal_successor(token: str, pair: bytes) -> bytes:
-    """``pair`` (the encoded new token pair) sealed under a key only ``token`` yields."""
-    nonce = _sodium.random_bytes(_sodium.AEAD_NONCE_BYTES)
-    return nonce + _sodium.aead_encrypt(_successor_key(token), nonce, pair, token_hash(token))
+    """``pair`` (the encoded new token pair) sealed under a key only ``token`` yields, labelled
+    with the token's hash (protocol.local.seal_local)."""
+    return seal_local(_successor_key(token), pair, label=token_hash(token))
 
 
 def open_successor(token: str, sealed: bytes) -> bytes | None:
     """The pair sealed by :func:`seal_successor` for ``token``, or None if it does not open."""
-    nonce, body = sealed[:_sodium.AEAD_NONCE_BYTES], sealed[_sodium.AEAD_NONCE_BYTES:]
     try:
-        return _sodium.aead_decrypt(_successor_key(token), nonce, body, token_hash(token))
+        return open_local(_successor_key(token), sealed, label=token_hash(token))
     except VerificationError:
         return None
 

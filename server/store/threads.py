@@ -4,8 +4,10 @@ the set of devices a message to the thread must be sealed for.
 A participant is a user listed in ``thread_members`` (not removed), or someone a thread's role
 (``thread_roles``) reaches: the ladder of the role's current on-call shift (server/store/oncall.py),
 or, when no shift covers the moment, every active user of the thread's organisation whose
-certificate holds the role. Role names are normalised (``orthopaedics-oncall`` is
-``orthopaedics_oncall``, protocol.oncall). Every send is checked
+certificate holds the role. That rule is written once, as the SQL functions ``role_reach`` and
+``thread_participants`` that an alembic migration creates, and every reader passes the moment
+(the relay's injected clock), never the database's ``now()``. Role names are normalised
+(``orthopaedics-oncall`` is ``orthopaedics_oncall``, protocol.oncall). Every send is checked
 against the *current* membership (docs/ARCHITECTURE.md §5: the sender names every recipient device).
 """
 
@@ -34,28 +36,12 @@ __all__ = [
     "remove_participant",
 ]
 
-MEMBERS_SQL = """
-    SELECT user_id FROM thread_members WHERE thread_id = $1 AND removed_at IS NULL
-    UNION
-    SELECT u.user_id FROM users u
-      JOIN thread_roles r ON r.thread_id = $1 AND r.removed_at IS NULL AND r.role = ANY (u.roles)
-      JOIN threads t ON t.thread_id = $1 AND t.org_id = u.org_id
-     WHERE u.status = 'active' AND NOT EXISTS (
-           SELECT 1 FROM oncall_shifts s WHERE s.org_id = t.org_id AND s.role = r.role
-              AND s.starts_at <= COALESCE($2::timestamptz, now())
-              AND COALESCE($2::timestamptz, now()) < s.ends_at)
-    UNION
-    SELECT u.user_id FROM thread_roles r
-      JOIN threads t ON t.thread_id = r.thread_id
-      JOIN oncall_shifts s ON s.org_id = t.org_id AND s.role = r.role
-           AND s.starts_at <= COALESCE($2::timestamptz, now())
-           AND COALESCE($2::timestamptz, now()) < s.ends_at
-      JOIN users u ON u.user_id = ANY (s.ladder) AND u.status = 'active'
-     WHERE r.thread_id = $1 AND r.removed_at IS NULL
-"""
-"""A thread's participants at ``$2`` (NULL: now): its member users, and for each of its roles
-either the ladder of the role's on-call shift covering that time (issue 9), or, when no shift
-covers it, every active user of the organisation whose certificate holds the role."""
+MEMBERS_SQL = "SELECT user_id FROM thread_participants(ARRAY[$1::uuid], $2)"
+"""A thread's participants at ``$2``: the SQL function ``thread_participants``, the one
+definition of who a thread and its roles reach, which server/store/batches.py reads too
+(:func:`list_threads` asks its ``role_reach`` the other way round: which roles reach a user).
+The moment is always the caller's (the relay's injected clock), never the database's
+``now()``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,21 +119,20 @@ async def _thread_org(conn: asyncpg.Connection, thread_id: str) -> str:
     return str(org)
 
 
-async def participants(conn: asyncpg.Connection, thread_id: str,
-                       at: dt.datetime | None = None) -> set[str]:
+async def participants(conn: asyncpg.Connection, thread_id: str, at: dt.datetime) -> set[str]:
     rows = await conn.fetch(MEMBERS_SQL, thread_id, at)
     return {str(r["user_id"]) for r in rows}
 
 
 async def is_participant(conn: asyncpg.Connection, thread_id: str, user_id: str,
-                         at: dt.datetime | None = None) -> bool:
+                         at: dt.datetime) -> bool:
     """Raises THREAD_NOT_FOUND for an unknown thread."""
     await _thread_org(conn, thread_id)
     return user_id in await participants(conn, thread_id, at)
 
 
 async def require_participant(conn: asyncpg.Connection, thread_id: str, user_id: str,
-                              at: dt.datetime | None = None) -> None:
+                              at: dt.datetime) -> None:
     if not await is_participant(conn, thread_id, user_id, at):
         raise Forbidden(ErrorCode.NOT_THREAD_MEMBER, "not a participant of this thread")
 
@@ -157,7 +142,7 @@ async def add_participants(
     roles: Sequence[str], now: dt.datetime,
 ) -> None:
     org = await _thread_org(conn, thread_id)
-    await require_participant(conn, thread_id, actor)
+    await require_participant(conn, thread_id, actor, now)
     await _check_users(conn, org, users)
     roles = _roles(roles)
     async with conn.transaction():
@@ -177,7 +162,7 @@ async def remove_participant(
     role: str | None = None, now: dt.datetime,
 ) -> None:
     await _thread_org(conn, thread_id)
-    await require_participant(conn, thread_id, actor)
+    await require_participant(conn, thread_id, actor, now)
     if user_id is not None:
         done = await conn.execute(
             "UPDATE thread_members SET removed_at = $3 WHERE thread_id = $1 AND user_id = $2 "
@@ -190,27 +175,28 @@ async def remove_participant(
         raise NotFound(ErrorCode.NOT_FOUND, "no such participant")
 
 
-async def list_threads(conn: asyncpg.Connection, user_id: str, *, limit: int = 200,
-                       at: dt.datetime | None = None) -> list[ThreadSummary]:
-    """Threads the user takes part in (directly or through a role), newest activity first."""
+async def list_threads(conn: asyncpg.Connection, user_id: str, *, at: dt.datetime,
+                       limit: int = 200) -> list[ThreadSummary]:
+    """Threads the user takes part in at ``at`` (directly or through a role), newest activity
+    first: the threads of which the user is a member, and those naming a role that
+    ``role_reach`` says reaches the user (asked once per role of the user's organisation, not
+    once per thread)."""
     rows = await conn.fetch(
         """
-        WITH mine AS (
+        WITH roles AS (
+            SELECT DISTINCT t.org_id, r.role FROM thread_roles r
+              JOIN threads t ON t.thread_id = r.thread_id
+              JOIN users u ON u.user_id = $1 AND u.org_id = t.org_id
+             WHERE r.removed_at IS NULL
+        ), reaching AS (
+            SELECT o.org_id, o.role FROM roles o
+             WHERE $1 IN (SELECT user_id FROM role_reach(o.org_id, o.role, $3))
+        ), mine AS (
             SELECT thread_id FROM thread_members WHERE user_id = $1 AND removed_at IS NULL
             UNION
             SELECT r.thread_id FROM thread_roles r
               JOIN threads t ON t.thread_id = r.thread_id
-              JOIN users u ON u.user_id = $1 AND u.org_id = t.org_id AND r.role = ANY (u.roles)
-             WHERE r.removed_at IS NULL AND NOT EXISTS (
-                   SELECT 1 FROM oncall_shifts s WHERE s.org_id = t.org_id AND s.role = r.role
-                      AND s.starts_at <= COALESCE($3::timestamptz, now())
-                      AND COALESCE($3::timestamptz, now()) < s.ends_at)
-            UNION
-            SELECT r.thread_id FROM thread_roles r
-              JOIN threads t ON t.thread_id = r.thread_id
-              JOIN oncall_shifts s ON s.org_id = t.org_id AND s.role = r.role
-                   AND s.starts_at <= COALESCE($3::timestamptz, now())
-                   AND COALESCE($3::timestamptz, now()) < s.ends_at AND $1 = ANY (s.ladder)
+              JOIN reaching x ON x.org_id = t.org_id AND x.role = r.role
              WHERE r.removed_at IS NULL
         )
         SELECT t.thread_id::text AS thread_id, t.priority, t.created_by::text AS created_by,
@@ -228,17 +214,20 @@ async def list_threads(conn: asyncpg.Connection, user_id: str, *, limit: int = 2
     return [ThreadSummary(**dict(r)) for r in rows]
 
 
-async def mark_read(conn: asyncpg.Connection, thread_id: str, user_id: str, seq: int) -> None:
-    """Record that the user has read the thread up to ``seq`` (never moves backwards)."""
+async def mark_read(conn: asyncpg.Connection, thread_id: str, user_id: str, seq: int, *,
+                    now: dt.datetime) -> None:
+    """Record that the user has read the thread up to ``seq`` (never moves backwards). Someone
+    the thread reaches through a role gets a row already marked removed: it only holds the
+    read mark."""
     await conn.execute(
         "INSERT INTO thread_members (thread_id, user_id, added_at, read_seq, removed_at) "
-        "VALUES ($1, $2, now(), $3, now()) ON CONFLICT (thread_id, user_id) "
-        "DO UPDATE SET read_seq = GREATEST(thread_members.read_seq, $3)", thread_id, user_id, seq)
+        "VALUES ($1, $2, $4, $3, $4) ON CONFLICT (thread_id, user_id) "
+        "DO UPDATE SET read_seq = GREATEST(thread_members.read_seq, $3)",
+        thread_id, user_id, seq, now)
 
 
-async def device_set(conn: asyncpg.Connection, thread_id: str,
-                     at: dt.datetime | None = None) -> DeviceSet:
-    """Active and inactive devices of the thread's current participants."""
+async def device_set(conn: asyncpg.Connection, thread_id: str, at: dt.datetime) -> DeviceSet:
+    """Active and inactive devices of the thread's participants at ``at``."""
     rows = await conn.fetch(
         f"""
         WITH members AS ({MEMBERS_SQL})

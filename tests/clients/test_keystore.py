@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import struct
 from pathlib import Path
 
 import msgspec
@@ -10,7 +12,8 @@ import pytest
 
 from clients.sdk.errors import KeyStoreError
 from clients.sdk.keystore import DeviceState, KeyStore, PrekeySecret
-from protocol.keys import CHEAP_PROFILE
+from protocol import _sodium
+from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
 
 PASSWORD = "correct horse battery staple"
 
@@ -70,11 +73,14 @@ def test_save_replaces_the_file_and_survives_reopen(tmp_path: Path) -> None:
     assert store.open(PASSWORD).state.next_prekey_id == 500
 
 
-def test_tampering_is_detected(tmp_path: Path) -> None:
+# The header is the record's label: the version byte alone (2 relabelled as 1) is detected.
+@pytest.mark.parametrize(("at", "flip"), [(-5, 1), (4, 3)],
+                         ids=["ciphertext", "version-2-relabelled-as-1"])
+def test_tampering_is_detected(tmp_path: Path, at: int, flip: int) -> None:
     store = KeyStore(tmp_path / "phone")
     store.create(_state(), PASSWORD, profile=CHEAP_PROFILE)
     blob = bytearray(store.path.read_bytes())
-    blob[-5] ^= 1
+    blob[at] ^= flip
     store.path.write_bytes(bytes(blob))
     with pytest.raises(KeyStoreError, match="corrupt"):
         store.open(PASSWORD)
@@ -123,3 +129,37 @@ def test_profile_names_cannot_escape_the_home(tmp_path: Path, name: str) -> None
 def test_home_comes_from_lightbox_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIGHTBOX_HOME", str(tmp_path))
     assert KeyStore.for_profile("desktop").directory == tmp_path / "desktop"
+
+
+def _version_1_file(state: DeviceState, password: str) -> bytes:
+    """A key store as the version 1 writer left it (clients/sdk/keystore.py's docstring): the
+    record's associated data was the header *and* the nonce, every byte before the ciphertext."""
+    data_key = os.urandom(32)
+    wrapped = seal_with_passphrase(data_key, password, opslimit=CHEAP_PROFILE.opslimit,
+                                   memlimit=CHEAP_PROFILE.memlimit)
+    nonce = os.urandom(24)
+    ad = struct.pack(">4sBH", b"LBKS", 1, len(wrapped)) + wrapped + nonce
+    return ad + _sodium.aead_encrypt(data_key, nonce, msgspec.msgpack.encode(state), ad)
+
+
+def test_a_version_1_store_opens_and_its_next_save_writes_version_2(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "phone")
+    store.check_writable()
+    store.path.write_bytes(_version_1_file(_state(), PASSWORD))
+    opened = store.open(PASSWORD)
+    assert opened.state == _state()
+    opened.save(msgspec.structs.replace(opened.state, next_prekey_id=7))
+    assert store.path.read_bytes()[:5] == b"LBKS\x02"
+    assert store.open(PASSWORD).state.next_prekey_id == 7
+
+
+def test_a_version_1_store_with_another_nonce_is_corrupt(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "phone")
+    store.check_writable()
+    blob = bytearray(_version_1_file(_state(), PASSWORD))
+    nonce_at = len(blob) - len(msgspec.msgpack.encode(_state())) - 16 - 24
+    blob[nonce_at] ^= 1
+    store.path.write_bytes(bytes(blob))
+    with pytest.raises(KeyStoreError, match="corrupt"):
+        store.open(PASSWORD)
+

@@ -34,7 +34,7 @@ from tests.consent_world import (
     seal_with,
     xray_png,
 )
-from tests.helpers import seconds, until
+from tests.helpers import eventually, seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, peer, thread
 
@@ -347,7 +347,7 @@ async def test_revocation_withdraws_undelivered_orders_expiry_and_stops_the_next
         async def bobs_gone() -> bool:
             return await count(world, "SELECT count(*) FROM deliveries") == 1
 
-        await until(bobs_gone)
+        await eventually(bobs_gone)
         # Neither an unrelated user nor a non-issuing participant may revoke.
         dave = people["dave"]
         r = await world.call(dave.device, "POST", f"/v1/consents/{cid}/revoke")

@@ -6,7 +6,6 @@ relay restart in the middle of the escalation. Real relay, real Postgres, simula
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,7 +31,7 @@ from protocol.frames import (
 )
 from protocol.model import Priority
 from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_statement
-from tests.helpers import running_relay, seconds
+from tests.helpers import eventually, running_relay, seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, opened, peer, seal
 from tests.reseal import answer_reseal
@@ -354,9 +353,11 @@ async def test_a_long_gap_is_caught_up_step_by_step_and_the_ladder_ends_exhauste
     finally:
         await s.close()
     clock.advance(10_000)
-    await asyncio.sleep(seconds(0.5))
     conn = await world.db()
     try:
+        # The sweeper takes the steps on its own; the last one exhausts the escalation.
+        await eventually(lambda: conn.fetchval(
+            "SELECT state = 'exhausted' FROM escalations"))
         steps = await conn.fetch("SELECT step, kind FROM escalation_events ORDER BY step")
         assert [r["kind"] for r in steps] == ["renotify", "released", "renotify", "released",
                                               "renotify", "renotify"]

@@ -41,6 +41,7 @@ from tests.filing_world import (
     next_of,
     upload_image,
 )
+from tests.helpers import eventually
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, peer, thread
 from tests.server.test_http_edge import assert_problem
@@ -143,12 +144,12 @@ async def test_filing_statements_orders_confirmations_and_their_codes(world: Wor
         await a.send_frame(ExpiryConfirm(statement=confirmation(
             intern, attachment_id=aid, order_id=first.order_id)))
         await next_of(a, QueueEmpty)
-        for _ in range(200):  # confirmations are answered asynchronously (no success frame)
-            if await count(world, "SELECT count(*) FROM expiry_orders WHERE "
-                           "confirmed_at IS NULL") == 0 and await count(
-                    world, "SELECT count(*) FROM blobs WHERE blob_id = $1", uuid.UUID(aid)) == 0:
-                break
-            await asyncio.sleep(0.05)
+
+        async def settled() -> bool:  # confirmations have no answer frame
+            return await count(world, "SELECT count(*) FROM expiry_orders WHERE "
+                               "confirmed_at IS NULL") == 0 and await count(
+                world, "SELECT count(*) FROM blobs WHERE blob_id = $1", uuid.UUID(aid)) == 0
+        await eventually(settled)
         assert await count(world, "SELECT count(*) FROM device_notices WHERE kind = "
                            "'expire_order'") == 0
         # Filed, and every recipient fetched it (gateway) or confirmed its expiry (the
@@ -249,10 +250,7 @@ async def test_expire_orders_of_a_withdrawn_consent_are_confirmed_the_same_way(
         async def confirmed() -> int:
             return await count(world, "SELECT count(*) FROM expiry_orders WHERE device_id = $1 "
                                "AND confirmed_at IS NOT NULL", uuid.UUID(ortho.device_id))
-        for _ in range(100):
-            if await confirmed():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(confirmed)
         assert await confirmed() == 1
         assert await count(world, "SELECT count(*) FROM audit_log WHERE event = "
                            "'expiry.confirmed'") == 1
@@ -291,12 +289,10 @@ async def test_confirmations_sent_back_to_back_are_all_recorded(
             order_id=by_attachment[s.attachment_id].order_id)) for s in shares]
         await asyncio.gather(*(b.send_frame(f) for f in frames))
 
-        async def unconfirmed() -> int:
+        async def all_confirmed() -> bool:
             return await count(world, "SELECT count(*) FROM expiry_orders WHERE device_id = $1 "
-                               "AND confirmed_at IS NULL", uuid.UUID(ortho.device_id))
-        async with asyncio.timeout(20):
-            while await unconfirmed():
-                await asyncio.sleep(0.05)
+                               "AND confirmed_at IS NULL", uuid.UUID(ortho.device_id)) == 0
+        await eventually(all_confirmed, timeout=20)
         assert await count(world, "SELECT count(*) FROM audit_log WHERE event = "
                            "'expiry.confirmed'") == len(shares)
     finally:
@@ -419,11 +415,11 @@ async def test_a_device_under_an_expiry_order_gets_410_attachment_expired_and_th
 
         await b.send_frame(ExpiryConfirm(statement=confirmation(
             ortho, attachment_id=aid, order_id=order.order_id)))
-        for _ in range(200):  # confirmations are answered asynchronously (no success frame)
-            if await count(world, "SELECT count(*) FROM blobs WHERE blob_id = $1",
-                           uuid.UUID(aid)) == 0:
-                break
-            await asyncio.sleep(0.05)
+
+        async def ciphertext_gone() -> bool:  # confirmations have no answer frame
+            return await count(world, "SELECT count(*) FROM blobs WHERE blob_id = $1",
+                               uuid.UUID(aid)) == 0
+        await eventually(ciphertext_gone)
         # Every device that was sent the image confirmed or fetched it: the ciphertext is gone.
         assert await count(world, "SELECT count(*) FROM blobs WHERE blob_id = $1",
                            uuid.UUID(aid)) == 0
@@ -462,11 +458,11 @@ async def test_copies_counts_a_copy_destroyed_only_if_not_downloaded_after_its_c
                 order = await next_of(sock, ExpireOrder, match=lambda o: o.attachment_id == aid)
                 await sock.send_frame(ExpiryConfirm(statement=confirmation(
                     who, attachment_id=aid, order_id=order.order_id)))
-            for _ in range(200):
-                if await count(world, "SELECT count(*) FROM expiry_orders WHERE "
-                               "confirmed_at IS NULL") == 0:
-                    break
-                await asyncio.sleep(0.05)
+
+            async def all_confirmed() -> bool:
+                return await count(world, "SELECT count(*) FROM expiry_orders WHERE "
+                                   "confirmed_at IS NULL") == 0
+            await eventually(all_confirmed)
             (report,) = await svc.copies(attachment_id=aid)
             status = {c.device_id: c.status for c in report.copies}
             assert status == {intern.device_id: "destroyed", ortho.device_id: "never_received",

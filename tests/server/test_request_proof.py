@@ -4,6 +4,7 @@ accepts each nonce once, across relay processes (server/store/proofs.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -39,7 +40,8 @@ async def _three(world: World) -> tuple[Device, str, str, str]:
 async def _participants(world: World, thread_id: str) -> set[str]:
     conn: asyncpg.Connection = await world.db()
     try:
-        return set(await threads.participants(conn, thread_id))
+        at = dt.datetime.fromtimestamp(world.clock(), dt.UTC)  # the relay's clock
+        return set(await threads.participants(conn, thread_id, at))
     finally:
         await conn.close()
 

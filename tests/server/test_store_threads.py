@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from server.errors import Forbidden, InvalidInput, NotFound
-from server.store import batches, messages, threads
+from server.store import batches, messages, oncall, threads
 
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -71,8 +71,8 @@ async def test_creator_and_listed_users_are_participants(conn: asyncpg.Connectio
     tid = str(uuid.uuid4())
     await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a, priority="urgent",
                                 users=[b], roles=[], now=NOW)
-    assert await threads.participants(conn, tid) == {a, b}
-    assert not await threads.is_participant(conn, tid, c)
+    assert await threads.participants(conn, tid, NOW) == {a, b}
+    assert not await threads.is_participant(conn, tid, c, NOW)
 
 
 async def test_role_holders_of_the_threads_org_are_participants(conn: asyncpg.Connection) -> None:
@@ -83,7 +83,7 @@ async def test_role_holders_of_the_threads_org_are_participants(conn: asyncpg.Co
     tid = str(uuid.uuid4())
     await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
                                 priority="routine", users=[], roles=["orthopaedics"], now=NOW)
-    members = await threads.participants(conn, tid)
+    members = await threads.participants(conn, tid, NOW)
     assert ortho in members
     assert other_org not in members and suspended not in members
 
@@ -110,9 +110,9 @@ async def test_only_participants_can_add_or_remove(conn: asyncpg.Connection) -> 
                                        now=NOW)
     assert err.value.code.value == "not_thread_member"
     await threads.add_participants(conn, thread_id=tid, actor=a, users=[b], roles=[], now=NOW)
-    assert b in await threads.participants(conn, tid)
+    assert b in await threads.participants(conn, tid, NOW)
     await threads.remove_participant(conn, thread_id=tid, actor=a, user_id=b, now=NOW)
-    assert b not in await threads.participants(conn, tid)
+    assert b not in await threads.participants(conn, tid, NOW)
     with pytest.raises(NotFound):
         await threads.remove_participant(conn, thread_id=tid, actor=a, user_id=b, now=NOW)
 
@@ -120,7 +120,7 @@ async def test_only_participants_can_add_or_remove(conn: asyncpg.Connection) -> 
 async def test_unknown_thread_is_thread_not_found(conn: asyncpg.Connection) -> None:
     a = await add_user(conn)
     with pytest.raises(NotFound) as err:
-        await threads.is_participant(conn, str(uuid.uuid4()), a)
+        await threads.is_participant(conn, str(uuid.uuid4()), a, NOW)
     assert err.value.code.value == "thread_not_found"
 
 
@@ -132,7 +132,7 @@ async def test_device_set_separates_active_from_revoked_and_suspended(
     tid = str(uuid.uuid4())
     await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
                                 priority="routine", users=[b], roles=[], now=NOW)
-    ds = await threads.device_set(conn, tid)
+    ds = await threads.device_set(conn, tid, NOW)
     assert ds.active == {a1, b1}
     assert ds.inactive == {b2}
 
@@ -147,11 +147,11 @@ async def test_messages_take_consecutive_sequence_numbers_and_count_as_unread(
     seqs = [await store(conn, new_message(tid, a, a1, [b1], body=bytes([i])))
             for i in range(3)]
     assert seqs == [1, 2, 3]
-    (summary,) = await threads.list_threads(conn, b)
+    (summary,) = await threads.list_threads(conn, b, at=NOW)
     assert summary.unread == 3
-    await threads.mark_read(conn, tid, b, 2)
-    await threads.mark_read(conn, tid, b, 1)  # never moves backwards
-    (summary,) = await threads.list_threads(conn, b)
+    await threads.mark_read(conn, tid, b, 2, now=NOW)
+    await threads.mark_read(conn, tid, b, 1, now=NOW)  # never moves backwards
+    (summary,) = await threads.list_threads(conn, b, at=NOW)
     assert summary.unread == 1
 
 
@@ -210,3 +210,68 @@ async def test_ciphertext_is_purged_once_every_device_acknowledged(
     await messages.ack(conn, b1, [d.delivery_id])
     assert await messages.purge_delivered_ciphertext(conn, older_than=later) == 1
     assert await conn.fetchval("SELECT sealed FROM messages") is None
+
+
+async def _reach_by_every_path(conn: asyncpg.Connection, tid: str, people: list[str],
+                               at: dt.datetime) -> list[set[str]]:
+    """Who the thread reaches at ``at`` as each reader of the rule sees it: the send check and
+    the recipients endpoint (threads.participants, threads.device_set), the batch store
+    (batches.participants) and the thread list (threads.list_threads of each person)."""
+    single = await threads.participants(conn, tid, at)
+    batch = (await batches.participants(conn, [tid], at))[tid]
+    listed = {u for u in people
+              if tid in {t.thread_id for t in await threads.list_threads(conn, u, at=at)}}
+    ds = await threads.device_set(conn, tid, at)
+    owners = {str(r["user_id"]) for r in await conn.fetch(
+        "SELECT user_id FROM devices WHERE device_id = ANY($1::uuid[])", sorted(ds.active))}
+    return [single, batch, listed, owners]
+
+
+async def test_every_reader_agrees_on_who_a_role_reaches_across_a_shift_handover(
+        conn: asyncpg.Connection) -> None:
+    """Certificate holders before the first shift, each ladder during its shift (half-open:
+    the incoming ladder from the handover's first instant), the holders again after the last;
+    suspended users, users of another organisation (holding the role or on a ladder) and
+    removed roles reach nothing. The send
+    check, the batch store, the recipients' devices and the thread list must agree at every
+    instant, or a sender is refused with device_set_mismatch forever."""
+    creator = await add_user(conn)
+    holder = await add_user(conn, roles=("ortho_oncall",))
+    suspended_holder = await add_user(conn, roles=("ortho_oncall",), status="suspended")
+    elsewhere = await add_user(conn, roles=("ortho_oncall",), org="org-b")
+    first, first_backup = await add_user(conn), await add_user(conn)
+    second = await add_user(conn)
+    suspended_backup = await add_user(conn)
+    visitor = await add_user(conn, org="org-b")  # on a ladder, but of another organisation
+    people = [creator, holder, suspended_holder, elsewhere, first, first_backup, second,
+              suspended_backup, visitor]
+    for u in people:
+        await add_device(conn, u)
+    t0, t1, t2 = NOW, NOW + dt.timedelta(hours=8), NOW + dt.timedelta(hours=16)
+    await oncall.set_role(conn, org_id="org-a", role="ortho_oncall", display_name="Ortho",
+                          urgent_seconds=300, routine_seconds=1800, now=NOW)
+    await oncall.add_shift(conn, org_id="org-a", role="ortho_oncall", starts_at=t0, ends_at=t1,
+                           ladder=[first, first_backup], now=NOW)
+    await oncall.add_shift(conn, org_id="org-a", role="ortho_oncall", starts_at=t1, ends_at=t2,
+                           ladder=[second, suspended_backup, visitor], now=NOW)
+    await conn.execute("UPDATE users SET status = 'suspended' WHERE user_id = $1",
+                       suspended_backup)
+    tid, dropped = str(uuid.uuid4()), str(uuid.uuid4())
+    for thread in (tid, dropped):
+        await threads.create_thread(conn, thread_id=thread, org_id="org-a", creator=creator,
+                                    priority="urgent", users=[], roles=["ortho-oncall"],
+                                    now=NOW)
+    await threads.remove_participant(conn, thread_id=dropped, actor=creator,
+                                     role="ortho_oncall", now=NOW)
+    tick = dt.timedelta(microseconds=1)
+    expected = {
+        t0 - tick: {creator, holder},
+        t0: {creator, first, first_backup},
+        t1 - tick: {creator, first, first_backup},
+        t1: {creator, second},
+        t2 - tick: {creator, second},
+        t2: {creator, holder},
+    }
+    for at, reached in expected.items():
+        assert await _reach_by_every_path(conn, tid, people, at) == [reached] * 4, at
+        assert await _reach_by_every_path(conn, dropped, people, at) == [{creator}] * 4, at

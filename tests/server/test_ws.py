@@ -32,7 +32,7 @@ from protocol.frames import (
 )
 from protocol.keys import DeviceKeys
 from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_statement
-from tests.helpers import seconds, until
+from tests.helpers import eventually, seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, opened, peer, seal, thread
 
@@ -248,11 +248,9 @@ async def test_a_sender_gone_while_its_batch_waited_does_not_fail_the_others_in_
         await conn.execute("SELECT 1 FROM threads WHERE thread_id = $1 FOR UPDATE",
                            uuid.UUID(held))
         blocker = asyncio.create_task(c.send(seal(carol, held, [alice])))
-        async with asyncio.timeout(seconds(20)):
-            while not await conn.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND pid <> pg_backend_pid()"):
-                await asyncio.sleep(0.05)
+        await eventually(lambda: conn.fetchval(  # the blocked send waits on the lock
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND pid <> pg_backend_pid()"), timeout=20)
         from_alice, from_bob = seal(alice, t_alice, [carol]), seal(bob, t_bob, [carol])
         gone = asyncio.create_task(a.send(from_alice))
         answer = asyncio.create_task(b.send(from_bob))
@@ -451,7 +449,8 @@ async def test_flood_past_the_rate_limit_gets_retry_after_and_the_socket_stays_o
         refill = (time.monotonic() - started) * limit / 60
         assert len(accepted) <= limit + refill + 1
         assert len(accepted) + len(refused) == len(results)
-        await asyncio.sleep(max(r.retry_after or 0 for r in refused))
+        # The buckets run on the relay's clock: move it past the longest wait it asked for.
+        world.clock.advance(max(r.retry_after or 0 for r in refused))
         assert (await a.send(seal(alice, tid, [bob]))).thread_seq == len(accepted) + 1
     finally:
         await a.close()
@@ -560,14 +559,13 @@ async def test_metrics_report_connections_messages_latency_and_rejections(
         await b.ack([d.delivery_id])
         with pytest.raises(SendRefused):
             await c.send(seal(carol, tid, [alice, bob]))
-        text = ""
 
-        async def counted() -> bool:  # the acknowledgement is applied by its own pipeline
-            nonlocal text
+        async def metrics_after_the_ack() -> str | None:
+            # An ack has no answer frame: the delivered counter moves once the relay took it.
             text = (await world.http.get("/metrics")).text
-            return "lightbox_messages_delivered_total 1.0" in text
+            return text if "lightbox_messages_delivered_total 1.0" in text else None
 
-        await until(counted)
+        text = await eventually(metrics_after_the_ack)
     finally:
         for s in (a, b, c):
             await s.close()

@@ -221,13 +221,17 @@ class World:
             "one_time_prekeys": device.one_time(1, prekeys), "password": password})
 
     async def login_response(self, device: Device, *, password: str = PASSWORD,
-                             login: str | None = None,
-                             signer: DeviceKeys | None = None) -> httpx.Response:
-        nonce_b64 = (await self.http.post("/v1/auth/challenge")).json()["nonce"]
+                             login: str | None = None, signer: DeviceKeys | None = None,
+                             headers: dict[str, str] | None = None) -> httpx.Response:
+        """A login with ``device``'s id, signed by ``signer`` (default: the device) for
+        ``login`` (default: the device's user); ``headers`` on both requests (e.g. a
+        forwarded address behind a trusted proxy)."""
+        nonce_b64 = (await self.http.post("/v1/auth/challenge",
+                                          headers=headers)).json()["nonce"]
         name = login or device.user.login
         sig = (signer or device.keys).sign(
             login_signing_input(b64url_decode(nonce_b64), name, device.device_id))
-        return await self.http.post("/v1/auth/login", json={
+        return await self.http.post("/v1/auth/login", headers=headers, json={
             "login": name, "password": password, "device_id": device.device_id,
             "nonce": nonce_b64, "signature": b64url_encode(sig)})
 

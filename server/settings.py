@@ -174,6 +174,17 @@ class Settings:
     prekeys_target: int = _s(100, "LIGHTBOX_PREKEYS_TARGET", "int",
                              "How many one-time prekeys a device should keep on the relay.",
                              limit=True)
+    prekey_claim_window: int = _s(3600, "LIGHTBOX_PREKEY_CLAIM_WINDOW", "int",
+                                  "Seconds over which one-time prekey claims are counted.",
+                                  limit=True)
+    prekey_claims_per_requester: int = _s(60, "LIGHTBOX_PREKEY_CLAIMS_PER_REQUESTER", "int",
+                                          "One-time prekeys one device may claim of any one "
+                                          "other device per window; beyond it the claim is "
+                                          "refused (prekey_claims_limited).", limit=True)
+    prekey_claims_per_target: int = _s(100, "LIGHTBOX_PREKEY_CLAIMS_PER_TARGET", "int",
+                                       "One-time prekeys of one device handed out per window, "
+                                       "to all claimers together; beyond it a claim gets the "
+                                       "signed prekey alone.", limit=True)
     lockout_account_failures: int = _s(5, "LIGHTBOX_LOCKOUT_ACCOUNT_FAILURES", "int",
                                        "Failed logins of one account from one client address "
                                        "before that address is locked out of that account; "

@@ -255,11 +255,13 @@ class World:
 
     def signed(self, device: Device, method: str, path: str, *,
                headers: dict[str, str] | None = None, **kw: Any) -> httpx.Request:
-        """A request with the device's proof over it exactly as built (target and body)."""
+        """A request with the device's proof over it exactly as built (target and body),
+        dated by the relay's clock (which a test may have moved on)."""
         assert device.access_token is not None
         request = self.http.build_request(method, path, headers=headers, **kw)
         request.headers.update(device.proof(method, request.url.raw_path.decode(),
-                                            device.access_token, body=request.content))
+                                            device.access_token, body=request.content,
+                                            at=int(self.clock())))
         return request
 
     async def call(self, device: Device, method: str, path: str, **kw: Any) -> httpx.Response:

@@ -77,6 +77,7 @@ from clients.sdk.identity import (
     replenish_one_time_prekeys,
 )
 from clients.sdk.keystore import DeviceState, DeviceStore
+from clients.sdk.prekeys import PrekeyPolicy, rotate_signed_prekey
 from clients.sdk.socket import SendRefused, SocketClosed
 from clients.sdk.timefmt import format_time
 from clients.sdk.vault import (
@@ -153,6 +154,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("lightbox.sdk.client")
+PREKEY_UPKEEP_INTERVAL = 3600.0  # seconds between checks whether the signed prekey is due
 
 CHAIN_CACHE_SECONDS = 60.0  # a verified chain is re-fetched after this, or on a revocation
 REVOCATIONS_MAX_AGE = 30.0  # seconds before the revocation list is fetched again
@@ -204,8 +206,10 @@ class LightboxClient:
         relay: RelayHTTP | None = None, ws_url: str | None = None,
         clock: Callable[[], float] = time.time, backoff_base: float = 0.2,
         backoff_max: float = 10.0, fetch_images: bool = True,
+        prekey_policy: PrekeyPolicy | None = None,
     ) -> None:
         self.store, self.vault = store, vault
+        self.prekey_policy = prekey_policy or PrekeyPolicy.from_env()
         self._password = password
         self._clock = clock
         st = store.state
@@ -354,6 +358,7 @@ class LightboxClient:
         except RelayRequestError as exc:
             if exc.code not in _CUT_OFF:
                 raise
+        self._spawn(self._prekey_upkeep(), "client-prekeys")
         keys = self.store.state.device_keys()
         self.connection = Connection(
             self.ws_url, device_id=keys.device_id, access_token=self._socket_token,
@@ -1384,6 +1389,19 @@ class LightboxClient:
                                   attachment_ids=stored.attachment_ids)
         except SDKError as exc:
             await self._emit(StatusEvent("error", f"handover of a consult failed: {exc}"))
+
+    async def maintain_prekeys(self) -> None:
+        """Rotate the signed prekey when due and delete old ones (clients/sdk/prekeys.py)."""
+        await rotate_signed_prekey(self.relay, self.store, self.prekey_policy,
+                                   now=int(self._clock()))
+
+    async def _prekey_upkeep(self) -> None:
+        while True:
+            try:
+                await self.maintain_prekeys()
+            except (RelayUnavailable, RelayRequestError) as exc:
+                log.warning("signed prekey upkeep failed: %s", exc)
+            await asyncio.sleep(PREKEY_UPKEEP_INTERVAL)
 
     async def replenish_prekeys(self, count: int) -> None:
         """Make ``count`` one-time prekeys, keep their secrets first, then upload them."""

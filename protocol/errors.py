@@ -94,6 +94,7 @@ class ErrorCode(enum.StrEnum):
     CERTIFICATE_UNTRUSTED = "certificate_untrusted"
     PREKEY_BATCH_TOO_LARGE = "prekey_batch_too_large"
     PREKEY_DUPLICATE = "prekey_duplicate"
+    PREKEY_CLAIMS_LIMITED = "prekey_claims_limited"
     CSV_TOO_LARGE = "csv_too_large"
     CSV_INVALID = "csv_invalid"
 
@@ -197,6 +198,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.CERTIFICATE_UNTRUSTED: "A certificate chains to no trusted organisation key.",
     ErrorCode.PREKEY_BATCH_TOO_LARGE: "Too many one-time prekeys in one upload.",
     ErrorCode.PREKEY_DUPLICATE: "A one-time prekey id is repeated or already known.",
+    ErrorCode.PREKEY_CLAIMS_LIMITED: "This device claimed too many one-time prekeys of one "
+    "device lately; retry after the indicated delay.",
     ErrorCode.CSV_TOO_LARGE: "The uploaded CSV exceeds the size limit.",
     ErrorCode.CSV_INVALID: "The CSV lacks required columns or cannot be parsed.",
     ErrorCode.THREAD_NOT_FOUND: "No such consult thread.",

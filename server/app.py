@@ -42,6 +42,7 @@ from server.metrics import Metrics
 from server.middleware import EdgeMiddleware
 from server.oncall import OncallService
 from server.passwords import Passwords
+from server.prekeys import PrekeyService
 from server.problems import problem_response, relay_error_response
 from server.provisioning import ProvisioningService
 from server.receipts import ReceiptService
@@ -120,7 +121,9 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     provisioning = ProvisioningService(db=db, trust=trust, settings=settings, clock=clock)
     enrolment = EnrolmentService(db=db, trust=trust, passwords=passwords, settings=settings,
                                  clock=clock)
-    keydir = KeyDirectory(db=db, trust=trust, settings=settings, clock=clock)
+    prekey_service = PrekeyService(db=db, settings=settings, clock=clock)
+    keydir = KeyDirectory(db=db, trust=trust, settings=settings, prekeys=prekey_service,
+                          clock=clock)
     body = settings.max_body_bytes
     endpoints += AdminRoutes(db=db, authn=authn, login=login, provisioning=provisioning,
                              max_body=body, clock=clock).endpoints()
@@ -195,10 +198,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             max_frame=settings.ws_max_frame, ack_timeout=settings.ws_ack_timeout,
             messages_per_minute=settings.rate_messages_per_minute,
             bytes_per_minute=settings.rate_bytes_per_minute,
-            write_timeout=settings.ws_write_timeout,
-            prekeys_low_water=settings.prekeys_low_water,
-            prekeys_target=settings.prekeys_target),
-        clock=clock)
+            write_timeout=settings.ws_write_timeout),
+        prekeys=prekey_service, clock=clock)
     ws_relay.filing = filing
     pipeline.routing = oncall
     ws_relay.receipts = ReceiptService(db=db, clock=clock, check=oncall)

@@ -6,7 +6,8 @@ stores only its SHA-256), fetches the identity key sealed under the code (which 
 open), then registers the device certificate it signed with that identity key, its prekeys and
 the password. The relay verifies the whole chain (organisation -> user -> device -> prekeys)
 before it stores anything, and marks the code used atomically with the registration.
-Wrong codes are counted per client address with the lockout machinery (``rate_limited``).
+Wrong codes are counted per client address (server/throttle.py): a throttled address gets
+``rate_limited`` for a wrong code, never for a right one.
 
 Pairing (docs/PROTOCOL.md §11): the new device posts its public keys MACed with a secret the
 user carries over; an enrolled device of the user fetches them, checks the MAC, signs the new
@@ -53,7 +54,8 @@ from server.db import Database
 from server.errors import Conflict, InvalidInput, LimitError, NotFound, RelayError
 from server.passwords import Passwords
 from server.settings import Settings
-from server.store import devices, lockout, pairing, prekeys, users
+from server.store import devices, pairing, prekeys, users
+from server.throttle import Throttle
 from server.trust import Trust, refusal
 
 __all__ = ["EnrolmentService", "verify_prekeys"]
@@ -92,9 +94,7 @@ class EnrolmentService:
                  clock: Callable[[], float] = time.time) -> None:
         self.db, self.trust, self.passwords = db, trust, passwords
         self.settings, self.clock = settings, clock
-        self.address_policy = lockout.Policy(settings.lockout_address_failures,
-                                             settings.lockout_base_seconds,
-                                             settings.lockout_max_seconds)
+        self.throttle = Throttle(settings)
 
     # --- enrolment ------------------------------------------------------------------------
 
@@ -157,19 +157,22 @@ class EnrolmentService:
     async def _enrolment(self, conn: asyncpg.Connection, token_b64: str, event: str,
                          now: float) -> users.EnrolmentRecord:
         ip = AUDIT_CONTEXT.get().client_ip
-        key = f"enrol:{ip}"
-        wait = await lockout.retry_after(conn, [key], now=now)
-        if wait is not None:
-            raise LimitError(ErrorCode.RATE_LIMITED, "too many wrong enrolment codes",
-                             retry_after=wait)
         try:
             return await users.get_enrolment(conn, _token_hash(token_b64), now=now)
         except RelayError as exc:
+            # A right code is never held back (server/throttle.py), nor a used or expired
+            # one; a wrong one from a throttled address is answered rate_limited, not counted.
+            wrong = exc.code is ErrorCode.ENROLMENT_CODE_INVALID
+            wait = await self.throttle.enrolment_wait(conn, ip, now=now) if wrong else None
             async with conn.transaction():
-                if exc.code is ErrorCode.ENROLMENT_CODE_INVALID and ip:
-                    await lockout.record_failure(conn, key, self.address_policy, now=now)
+                if wrong and wait is None:
+                    await self.throttle.enrolment_failure(conn, ip, now=now)
                 await audit.append(conn, event, outcome="denied",
-                                   details={"reason": exc.code.value})
+                                   details={"reason": ErrorCode.RATE_LIMITED.value
+                                            if wait is not None else exc.code.value})
+            if wait is not None:
+                raise LimitError(ErrorCode.RATE_LIMITED, "too many wrong enrolment codes",
+                                 retry_after=wait) from exc
             raise
 
     async def _verify_device(self, conn: asyncpg.Connection, user: users.UserRecord,

@@ -23,11 +23,12 @@ from protocol.api import (
 )
 from protocol.certs import VerifiedDevice, verify_chain, verify_signed_prekey
 from protocol.errors import ErrorCode, ProtocolError
-from server import audit, events
+from server import audit
 from server.authn import Principal
 from server.db import Database
 from server.enrolment import verify_prekeys
-from server.errors import Forbidden, InvalidInput, NotFound
+from server.errors import Forbidden, InvalidInput, LimitError, NotFound
+from server.prekeys import PrekeyService
 from server.settings import Settings
 from server.store import bundles, devices, prekeys, revocations, users
 from server.trust import Trust, refusal
@@ -40,12 +41,9 @@ LOGIN = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")  # protocol.api.Login
 
 class KeyDirectory:
     def __init__(self, *, db: Database, trust: Trust, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 prekeys: PrekeyService, clock: Callable[[], float] = time.time) -> None:
         self.db, self.trust, self.settings, self.clock = db, trust, settings, clock
-
-    def _count(self, remaining: int) -> PrekeyCount:
-        return PrekeyCount(remaining=remaining, low_water=self.settings.prekeys_low_water,
-                           target=self.settings.prekeys_target)
+        self.prekeys = prekeys
 
     def _reachable(self, user: users.UserRecord | None, now: float) -> ErrorCode | None:
         if user is None or user.status == "pending" or user.org_id not in self.trust.orgs:
@@ -74,9 +72,10 @@ class KeyDirectory:
                                                   devices=[])
 
     async def claim(self, principal: Principal, device_ids: list[str]) -> list[ClaimedKey]:
-        """One one-time prekey per device (or none left: the signed prekey alone), all or
-        nothing: any unavailable device fails the claim with not_found naming the ids asked
-        for that are unavailable (nothing else)."""
+        """One one-time prekey per device (or none left, or the device's claim window used
+        up: the signed prekey alone), all or nothing: any unavailable device fails the claim
+        with not_found naming the ids asked for that are unavailable (nothing else), a
+        requester over its limit with prekey_claims_limited (server/prekeys.py)."""
         now = self.clock()
         wanted = list(dict.fromkeys(device_ids))
         async with self.db.pool.acquire() as conn, conn.transaction():
@@ -90,25 +89,23 @@ class KeyDirectory:
             if missing:
                 raise NotFound(detail="some devices are unknown or not reachable",
                                extra={"device_ids": missing})
+            wait = await self.prekeys.requester_wait(conn, principal.device_id, wanted,
+                                                     now=now)
             keys = []
-            claimed = 0
-            for did in wanted:
-                one_time = await prekeys.claim_one_time(conn, did, now=now)
-                claimed += one_time is not None
+            for did in wanted if wait is None else ():
+                one_time = await self.prekeys.take(conn, principal.device_id, did, now=now)
                 user = people[devs[did].user_id]
                 assert user is not None
                 keys.append(ClaimedKey(device_id=did, user_certificate=user.user_certificate,
                                        device_certificate=devs[did].device_certificate,
                                        signed_prekey=signed[did], one_time_prekey=one_time))
-            # Tell devices that run low, wherever they are connected (a keys_low frame).
-            low = []
-            for did in wanted:
-                remaining = await prekeys.count_one_time(conn, did)
-                if remaining < self.settings.prekeys_low_water:
-                    low.append({"device_id": did, "remaining": remaining})
-            if low:
-                await events.publish(conn, "keys_low", devices=low,
-                                     target=self.settings.prekeys_target)
+            if wait is None:
+                await self.prekeys.publish_low(conn, wanted)
+        if wait is not None:
+            # After the transaction: its audit row of the refusal is kept.
+            raise LimitError(ErrorCode.PREKEY_CLAIMS_LIMITED,
+                             "too many one-time prekeys claimed of these devices lately",
+                             retry_after=wait)
         return keys
 
     async def _verified(self, conn: asyncpg.Connection, principal: Principal,
@@ -135,7 +132,7 @@ class KeyDirectory:
                 await audit.append(conn, "keys.one_time_uploaded", subject_kind="device",
                                    subject_id=principal.device_id,
                                    details={"count": len(batch), "remaining": remaining})
-        return self._count(remaining)
+        return self.prekeys.count(remaining)
 
     async def set_signed(self, principal: Principal, token: str) -> None:
         now = self.clock()
@@ -154,7 +151,8 @@ class KeyDirectory:
 
     async def count(self, principal: Principal) -> PrekeyCount:
         async with self.db.pool.acquire() as conn:
-            return self._count(await prekeys.count_one_time(conn, principal.device_id))
+            return self.prekeys.count(await prekeys.count_one_time(conn,
+                                                                principal.device_id))
 
     async def directory(self, q: str, *, login: str | None = None) -> list[DirectoryEntry]:
         """A search (``q``: 2 to 64 characters of a login, name, role, specialty or

@@ -5,8 +5,9 @@ nonce (:func:`protocol.api.login_signing_input`), so a phished password alone do
 from an unenrolled machine. Order of checks (each failure audited with its code, never the
 password):
 
-1. lockout of the account (``login:<name>``) or the client address (``addr:<ip>``):
-   ``account_locked`` with ``retry_after``, before any other work;
+1. the failure counters of server/throttle.py: the (account, address) pair, the account and,
+   unless the nonce is signed by an active device of the account, the address:
+   ``account_locked`` with ``retry_after``, before the password is looked at;
 2. the nonce is single use and unexpired (``challenge_failed``);
 3. the password, with Argon2id off the event loop; an unknown login is verified against a dummy
    hash so it takes the same time, and both count as failures (``invalid_credentials``);
@@ -46,7 +47,8 @@ from server.db import Database
 from server.errors import Forbidden, LimitError, RelayError, Unauthorized
 from server.passwords import Passwords
 from server.settings import Settings
-from server.store import admins, devices, lockout, sessions, users
+from server.store import admins, devices, sessions, users
+from server.throttle import Attempt, Throttle, Who
 from server.tokens import TokenService
 
 __all__ = ["LoginService"]
@@ -57,11 +59,7 @@ class LoginService:
                  settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.db, self.tokens, self.passwords = db, tokens, passwords
         self.settings, self.clock = settings, clock
-        s = settings
-        self.account_policy = lockout.Policy(s.lockout_account_failures, s.lockout_base_seconds,
-                                             s.lockout_max_seconds)
-        self.address_policy = lockout.Policy(s.lockout_address_failures, s.lockout_base_seconds,
-                                             s.lockout_max_seconds)
+        self.throttle = Throttle(settings)
 
     # --- device login ---------------------------------------------------------------------
 
@@ -73,27 +71,31 @@ class LoginService:
 
     async def login(self, body: LoginRequest) -> TokenPair:
         now = self.clock()
-        keys = self._keys("login", body.login)
+        try:
+            nonce = b64url_decode(body.nonce, length=32)
+            signature = b64url_decode(body.signature, length=64)
+        except DecodeError:
+            nonce, signature = b"", b""
         async with self.db.pool.acquire() as conn:
-            await self._check_lockout(conn, keys, "auth.login", now)
-            try:
-                nonce = b64url_decode(body.nonce, length=32)
-                signature = b64url_decode(body.signature, length=64)
-            except DecodeError:
-                nonce, signature = b"", b""
+            user = await users.get_user_by_login(conn, body.login)
+            device = await devices.get_device(conn, body.device_id)
+            signed = bool(nonce) and user is not None and device is not None \
+                and device.user_id == user.user_id and verify_signature(
+                    device.signing_key, login_signing_input(nonce, body.login, body.device_id),
+                    signature)
+            holder = signed and device is not None and device.status == "active"
+            attempt = Attempt.of(Who.HOLDER if holder else Who.OTHER, body.login,
+                                 AUDIT_CONTEXT.get().client_ip)
+            await self._check_lockout(conn, attempt, "auth.login", now)
             if not nonce or not await sessions.consume_nonce(conn, nonce, now=now):
                 await self._deny(conn, "auth.login", None, ErrorCode.CHALLENGE_FAILED)
-            user = await users.get_user_by_login(conn, body.login)
         ok = await self.passwords.verify(user.password_hash if user else None, body.password)
         async with self.db.pool.acquire() as conn:
             if user is None or not ok:
-                await self._failure(conn, keys, "auth.login", user.user_id if user else None,
+                await self._failure(conn, attempt, "auth.login", user.user_id if user else None,
                                     now)
             assert user is not None
-            device = await devices.get_device(conn, body.device_id)
-            if device is None or device.user_id != user.user_id or not verify_signature(
-                    device.signing_key, login_signing_input(nonce, body.login, body.device_id),
-                    signature):
+            if not signed:
                 await self._deny(conn, "auth.login", user.user_id, ErrorCode.CHALLENGE_FAILED)
             assert device is not None
             code = _status_refusal(user, device.status, now)
@@ -101,7 +103,7 @@ class LoginService:
                 await self._deny(conn, "auth.login", user.user_id, code)
             family_id = str(uuid.uuid4())
             async with conn.transaction():
-                await lockout.reset(conn, keys[0])
+                await self.throttle.success(conn, attempt)
                 refresh, refresh_exp = await sessions.issue_refresh(
                     conn, family_id=family_id, user_id=user.user_id, device_id=device.device_id,
                     now=now, ttl=self.settings.refresh_token_ttl)
@@ -109,7 +111,7 @@ class LoginService:
                 await audit.append(conn, "auth.login", subject_kind="device",
                                    subject_id=device.device_id, actor_kind="user",
                                    actor_id=user.user_id, details={"user_id": user.user_id})
-            if self.passwords.needs_rehash(user.password_hash or ""):
+        if self.passwords.needs_rehash(user.password_hash or ""):
                 new_hash = await self.passwords.hash(body.password)
                 await users.set_password_hash(conn, user.user_id, new_hash, now=now)
         access, exp = self.tokens.issue_access(user_id=user.user_id, device_id=device.device_id,
@@ -210,15 +212,16 @@ class LoginService:
 
     async def admin_login(self, login: str, password: str) -> AdminToken:
         now = self.clock()
-        keys = self._keys("admin", login)
+        attempt = Attempt.of(Who.ADMIN, login, AUDIT_CONTEXT.get().client_ip)
         async with self.db.pool.acquire() as conn:
-            await self._check_lockout(conn, keys, "admin.login", now)
+            await self._check_lockout(conn, attempt, "admin.login", now)
             try:
                 admin = await admins.verify_admin_login(conn, self.passwords, login, password)
             except Unauthorized:
-                await self._failure(conn, keys, "admin.login", None, now, subject_kind="admin")
+                await self._failure(conn, attempt, "admin.login", None, now,
+                                    subject_kind="admin")
             async with conn.transaction():
-                await lockout.reset(conn, keys[0])
+                await self.throttle.success(conn, attempt)
                 await audit.append(conn, "admin.login", subject_kind="admin",
                                    subject_id=admin.admin_id, actor_kind="admin",
                                    actor_id=admin.admin_id)
@@ -227,36 +230,28 @@ class LoginService:
 
     # --- shared ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _keys(prefix: str, login: str) -> list[str]:
-        ip = AUDIT_CONTEXT.get().client_ip
-        return [f"{prefix}:{login}"] + ([f"addr:{ip}"] if ip else [])
-
-    async def _check_lockout(self, conn: asyncpg.Connection, keys: list[str], event: str,
+    async def _check_lockout(self, conn: asyncpg.Connection, attempt: Attempt, event: str,
                              now: float) -> None:
-        wait = await lockout.retry_after(conn, keys, now=now)
-        if wait is not None:
+        try:
+            await self.throttle.check(conn, attempt, now=now)
+        except LimitError:
             await audit.append(conn, event, outcome="denied",
                                details={"reason": ErrorCode.ACCOUNT_LOCKED.value})
-            raise LimitError(ErrorCode.ACCOUNT_LOCKED, "too many failed attempts",
-                             retry_after=wait)
+            raise
 
-    async def _failure(self, conn: asyncpg.Connection, keys: list[str], event: str,
+    async def _failure(self, conn: asyncpg.Connection, attempt: Attempt, event: str,
                        subject_id: str | None, now: float, *,
                        subject_kind: str = "user") -> NoReturn:
-        """Count a wrong password (or unknown login) against the account and the address."""
+        """Charge a wrong password (or unknown login) to the attempt's counters."""
         async with conn.transaction():
-            locked = await lockout.record_failure(conn, keys[0], self.account_policy, now=now)
-            for key in keys[1:]:
-                locked = max(locked, await lockout.record_failure(conn, key,
-                                                                  self.address_policy, now=now))
+            locked = await self.throttle.failure(conn, attempt, now=now)
             await audit.append(conn, event, subject_kind=subject_kind if subject_id else None,
                                subject_id=subject_id, outcome="denied",
                                details={"reason": ErrorCode.INVALID_CREDENTIALS.value})
             if locked:
                 await audit.append(conn, "auth.lockout", subject_kind=subject_kind if subject_id
                                    else None, subject_id=subject_id, outcome="denied",
-                                   details={"seconds": locked})
+                                   details={"seconds": max(locked.values()), **locked})
         raise Unauthorized(ErrorCode.INVALID_CREDENTIALS, "login or password is wrong")
 
     @staticmethod

@@ -174,17 +174,42 @@ class Settings:
     prekeys_target: int = _s(100, "LIGHTBOX_PREKEYS_TARGET", "int",
                              "How many one-time prekeys a device should keep on the relay.",
                              limit=True)
+    prekey_claim_window: int = _s(3600, "LIGHTBOX_PREKEY_CLAIM_WINDOW", "int",
+                                  "Seconds over which one-time prekey claims are counted.",
+                                  limit=True)
+    prekey_claims_per_requester: int = _s(60, "LIGHTBOX_PREKEY_CLAIMS_PER_REQUESTER", "int",
+                                          "One-time prekeys one device may claim of any one "
+                                          "other device per window; beyond it the claim is "
+                                          "refused (prekey_claims_limited).", limit=True)
+    prekey_claims_per_target: int = _s(100, "LIGHTBOX_PREKEY_CLAIMS_PER_TARGET", "int",
+                                       "One-time prekeys of one device handed out per window, "
+                                       "to all claimers together; beyond it a claim gets the "
+                                       "signed prekey alone.", limit=True)
     lockout_account_failures: int = _s(5, "LIGHTBOX_LOCKOUT_ACCOUNT_FAILURES", "int",
-                                       "Failed logins for one account before it is locked.",
-                                       limit=True)
+                                       "Failed logins of one account from one client address "
+                                       "before that address is locked out of that account; "
+                                       "from this many on, the account's own logins are also "
+                                       "delayed (LIGHTBOX_LOGIN_DELAY_*).", limit=True)
     lockout_address_failures: int = _s(20, "LIGHTBOX_LOCKOUT_ADDRESS_FAILURES", "int",
-                                       "Failed logins (or enrolment codes) from one client "
-                                       "address before it is locked out.", limit=True)
+                                       "Failed logins (any accounts) or wrong enrolment codes "
+                                       "from one client address before its further attempts "
+                                       "are throttled (never a login signed by the account's "
+                                       "own device, never a right code).", limit=True)
     lockout_base_seconds: int = _s(30, "LIGHTBOX_LOCKOUT_BASE_SECONDS", "int",
-                                   "First lockout, in seconds; doubles with each further "
-                                   "failure.", limit=True)
+                                   "First lock of an (account, address) pair or throttle of an "
+                                   "address, in seconds; doubles with each further failure.",
+                                   limit=True)
     lockout_max_seconds: int = _s(3600, "LIGHTBOX_LOCKOUT_MAX_SECONDS", "int",
-                                  "Longest lockout, in seconds.", limit=True)
+                                  "Longest lock or throttle, in seconds; failures older than "
+                                  "this are forgotten.", limit=True)
+    login_delay_base_seconds: int = _s(1, "LIGHTBOX_LOGIN_DELAY_BASE_SECONDS", "int",
+                                       "First delay of an account's logins (from any address) "
+                                       "after LIGHTBOX_LOCKOUT_ACCOUNT_FAILURES failures; "
+                                       "doubles with each further failure.", limit=True)
+    login_delay_max_seconds: int = _s(60, "LIGHTBOX_LOGIN_DELAY_MAX_SECONDS", "int",
+                                      "Longest delay of an account's logins (at most 300): "
+                                      "what a third party can make the account holder wait.",
+                                      limit=True)
     login_challenge_ttl: int = _s(60, "LIGHTBOX_LOGIN_CHALLENGE_TTL", "int",
                                   "Seconds a login challenge nonce stays valid.", limit=True)
     proof_clock_skew: int = _s(60, "LIGHTBOX_PROOF_CLOCK_SKEW", "int",
@@ -363,6 +388,9 @@ def _validate(s: Settings) -> None:
     if s.lockout_base_seconds > s.lockout_max_seconds:
         raise SettingsError("LIGHTBOX_LOCKOUT_BASE_SECONDS must not exceed "
                             "LIGHTBOX_LOCKOUT_MAX_SECONDS")
+    if not s.login_delay_base_seconds <= s.login_delay_max_seconds <= 300:
+        raise SettingsError("LIGHTBOX_LOGIN_DELAY_BASE_SECONDS must not exceed "
+                            "LIGHTBOX_LOGIN_DELAY_MAX_SECONDS, which must not exceed 300")
     if s.attachment_max_bytes > s.attachment_quota_bytes:
         raise SettingsError("LIGHTBOX_ATTACHMENT_MAX_BYTES must not exceed "
                             "LIGHTBOX_ATTACHMENT_QUOTA_BYTES")

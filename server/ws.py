@@ -71,6 +71,7 @@ from server.tokens import TokenService
 
 __all__ = [
     "DeviceSocketAuthenticator",
+    "PrekeyWatch",
     "ReceiptHook",
     "SocketAuthenticator",
     "SocketConfig",
@@ -100,6 +101,13 @@ class ReceiptHook(Protocol):
         ...
 
 
+class PrekeyWatch(Protocol):
+    async def connected(self, device_id: str) -> KeysLow | None:
+        """Record that the device connected; the keys_low frame to push it if it runs low
+        (server/prekeys.py)."""
+        ...
+
+
 class SocketAuthenticator(Protocol):
     async def authenticate(self, request: AuthRequested) -> SocketPrincipal:
         """Verify the access token and the challenge signature; raise RelayError (token_*,
@@ -120,8 +128,6 @@ class SocketConfig:
     messages_per_minute: int = 600
     bytes_per_minute: int = 64 * 1024 * 1024
     write_timeout: float = 30.0
-    prekeys_low_water: int = 20
-    prekeys_target: int = 100
 
 
 _CLOSE_FOR = {
@@ -157,9 +163,10 @@ class WebSocketRelay:
 
     def __init__(self, *, db: Database, hub: Hub, pipeline: SendPipeline, acks: AckPipeline,
                  metrics: Metrics, authenticator: SocketAuthenticator, config: SocketConfig,
-                 clock: Callable[[], float] = time.time,
+                 prekeys: PrekeyWatch, clock: Callable[[], float] = time.time,
                  receipts: ReceiptHook | None = None) -> None:
         self.db, self.hub, self.pipeline, self.metrics = db, hub, pipeline, metrics
+        self.prekeys = prekeys
         self.acks, self.receipts = acks, receipts
         self.authenticator, self.config, self.clock = authenticator, config, clock
 
@@ -370,13 +377,9 @@ class _Connection:
         async with self.relay.db.pool.acquire() as conn:
             await events.publish(conn, "session", device_id=self.device_id,
                                  session_id=self.session_id)
-            await conn.execute("UPDATE devices SET last_seen_at = now() WHERE device_id = $1",
-                               self.device_id)
-            remaining = await conn.fetchval(
-                "SELECT count(*) FROM one_time_prekeys WHERE device_id = $1 "
-                "AND claimed_at IS NULL", self.device_id)
-        if remaining < self.cfg.prekeys_low_water:
-            self.push(KeysLow(remaining=int(remaining), target=self.cfg.prekeys_target))
+        low = await self.relay.prekeys.connected(self.device_id)
+        if low is not None:
+            self.push(low)
 
     # -- reader ------------------------------------------------------------------------------
 

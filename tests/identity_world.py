@@ -221,13 +221,17 @@ class World:
             "one_time_prekeys": device.one_time(1, prekeys), "password": password})
 
     async def login_response(self, device: Device, *, password: str = PASSWORD,
-                             login: str | None = None,
-                             signer: DeviceKeys | None = None) -> httpx.Response:
-        nonce_b64 = (await self.http.post("/v1/auth/challenge")).json()["nonce"]
+                             login: str | None = None, signer: DeviceKeys | None = None,
+                             headers: dict[str, str] | None = None) -> httpx.Response:
+        """A login with ``device``'s id, signed by ``signer`` (default: the device) for
+        ``login`` (default: the device's user); ``headers`` on both requests (e.g. a
+        forwarded address behind a trusted proxy)."""
+        nonce_b64 = (await self.http.post("/v1/auth/challenge",
+                                          headers=headers)).json()["nonce"]
         name = login or device.user.login
         sig = (signer or device.keys).sign(
             login_signing_input(b64url_decode(nonce_b64), name, device.device_id))
-        return await self.http.post("/v1/auth/login", json={
+        return await self.http.post("/v1/auth/login", headers=headers, json={
             "login": name, "password": password, "device_id": device.device_id,
             "nonce": nonce_b64, "signature": b64url_encode(sig)})
 
@@ -251,11 +255,13 @@ class World:
 
     def signed(self, device: Device, method: str, path: str, *,
                headers: dict[str, str] | None = None, **kw: Any) -> httpx.Request:
-        """A request with the device's proof over it exactly as built (target and body)."""
+        """A request with the device's proof over it exactly as built (target and body),
+        dated by the relay's clock (which a test may have moved on)."""
         assert device.access_token is not None
         request = self.http.build_request(method, path, headers=headers, **kw)
         request.headers.update(device.proof(method, request.url.raw_path.decode(),
-                                            device.access_token, body=request.content))
+                                            device.access_token, body=request.content,
+                                            at=int(self.clock())))
         return request
 
     async def call(self, device: Device, method: str, path: str, **kw: Any) -> httpx.Response:

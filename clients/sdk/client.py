@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from clients.sdk import people
 from clients.sdk.connection import Connection
-from clients.sdk.errors import DeviceWiped, RelayRequestError
+from clients.sdk.errors import DeviceWiped, RelayRequestError, RelayUnavailable
 from clients.sdk.events import (
     ClientEvent,
     EscalationEvent,
@@ -66,6 +67,7 @@ from clients.sdk.http import RelayHTTP
 from clients.sdk.hub import Hub
 from clients.sdk.keystore import DeviceState, DeviceStore
 from clients.sdk.memory import Memory, body_of
+from clients.sdk.prekeys import PrekeyPolicy, rotate_signed_prekey
 from clients.sdk.notices import Notices
 from clients.sdk.receiving import Receiver
 from clients.sdk.sending import Sender
@@ -99,6 +101,10 @@ __all__ = [
 ]
 
 
+log = logging.getLogger("lightbox.sdk.client")
+PREKEY_UPKEEP_INTERVAL = 3600.0  # seconds between checks whether the signed prekey is due
+
+
 class LightboxClient:
     """A logged-in device: send, receive, receipts, images. ``async with`` starts and stops it.
 
@@ -112,8 +118,10 @@ class LightboxClient:
         relay: RelayHTTP | None = None, ws_url: str | None = None,
         clock: Callable[[], float] = time.time, backoff_base: float = 0.2,
         backoff_max: float = 10.0, fetch_images: bool = True,
+        prekey_policy: PrekeyPolicy | None = None,
     ) -> None:
         self.store, self.vault = store, vault
+        self.prekey_policy = prekey_policy or PrekeyPolicy.from_env()
         self._clock = clock
         st = store.state
         self.session = Session(store, password=password, clock=clock)
@@ -186,6 +194,7 @@ class LightboxClient:
         except RelayRequestError as exc:
             if exc.code not in CUT_OFF:
                 raise
+        self.hub.spawn(self._prekey_upkeep(), "client-prekeys")
         keys = self.store.state.device_keys()
         connection = self.hub.connection = Connection(
             self.ws_url, device_id=keys.device_id, access_token=self.session.socket_token,
@@ -375,6 +384,19 @@ class LightboxClient:
     def image(self, attachment_id: str) -> bytes:
         """The decrypted image bytes, from the vault (ImageShredded after expiry)."""
         return self.vault.get_image(attachment_id).data
+
+    async def maintain_prekeys(self) -> None:
+        """Rotate the signed prekey when due and delete old ones (clients/sdk/prekeys.py)."""
+        await rotate_signed_prekey(self.relay, self.store, self.prekey_policy,
+                                   now=int(self._clock()))
+
+    async def _prekey_upkeep(self) -> None:
+        while True:
+            try:
+                await self.maintain_prekeys()
+            except (RelayUnavailable, RelayRequestError) as exc:
+                log.warning("signed prekey upkeep failed: %s", exc)
+            await asyncio.sleep(PREKEY_UPKEEP_INTERVAL)
 
     async def replenish_prekeys(self, count: int) -> None:
         """Make ``count`` one-time prekeys, keep their secrets first, then upload them."""

@@ -40,9 +40,10 @@ class KeyRoutes:
                      response=UserDevices, auth="device", tag="keys",
                      errors=[*_AUTH, E.NOT_FOUND]),
             Endpoint("POST", "/v1/keys/claim", self.claim,
-                     "Claim one one-time prekey per device (signed prekey when none is left).",
+                     "Claim one one-time prekey per device (the signed prekey alone when none "
+                     "is left or the device's claim window is used up).",
                      request=KeyClaim, response=ClaimedKeys, auth="device", tag="keys",
-                     errors=[*_AUTH, E.NOT_FOUND]),
+                     errors=[*_AUTH, E.NOT_FOUND, E.PREKEY_CLAIMS_LIMITED]),
             Endpoint("POST", "/v1/keys/one-time", self.upload,
                      "Upload a batch of signed one-time prekeys.", request=PrekeyUpload,
                      response=PrekeyCount, auth="device", tag="keys",

@@ -1,9 +1,10 @@
-"""Failure counters with exponential backoff, per account and per client address.
+"""Failure counters with exponential backoff, one row per key.
 
-A key (``login:<name>``, ``addr:<ip>``, ``enrol:<ip>``...) is locked once it reaches its
-threshold of failures: for ``base`` seconds, doubling with each further failure, capped at
-``cap``. A counter whose last failure is older than ``cap`` starts again from zero. Unknown
-logins are counted like known ones, so lockout reveals nothing about which logins exist.
+A key (server/throttle.py names them: an account and address pair, an account, an address) is
+locked once it reaches its threshold of failures: for ``base`` seconds, doubling with each
+further failure, capped at ``cap``. A counter whose last failure is older than ``forget``
+(default ``cap``) and which is not locked starts again from zero; each failure also deletes a
+few such forgotten rows, so the table holds one window of failures without a sweeper.
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ from server.store import at
 __all__ = ["Policy", "record_failure", "reset", "retry_after"]
 
 
+_PURGE_BATCH = 64
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     threshold: int
     base: int
     cap: int
+    forget: int = 0  # 0: ``cap``
+
+    @property
+    def forget_after(self) -> int:
+        return max(self.forget, self.cap)
 
     def lock_seconds(self, failures: int) -> int:
         if failures < self.threshold:
@@ -41,7 +50,7 @@ async def retry_after(conn: asyncpg.Connection, keys: list[str], *, now: float) 
 async def record_failure(conn: asyncpg.Connection, key: str, policy: Policy, *,
                          now: float) -> int:
     """Count a failure; return the lock in seconds this failure started (0: not locked)."""
-    stale = at(now) - dt.timedelta(seconds=policy.cap)
+    stale = at(now) - dt.timedelta(seconds=policy.forget_after)
     failures = int(await conn.fetchval(
         "INSERT INTO login_failures AS f (key, failures, last_failure_at) VALUES ($1, 1, $2) "
         "ON CONFLICT (key) DO UPDATE SET failures = CASE WHEN f.last_failure_at < $3 "
@@ -51,8 +60,12 @@ async def record_failure(conn: asyncpg.Connection, key: str, policy: Policy, *,
     if seconds:
         await conn.execute("UPDATE login_failures SET locked_until = $2 WHERE key = $1",
                            key, at(now + seconds))
+    await conn.execute(
+        "DELETE FROM login_failures WHERE ctid = ANY (ARRAY(SELECT ctid FROM login_failures "
+        "WHERE last_failure_at < $1 AND (locked_until IS NULL OR locked_until < $2) "
+        "LIMIT $3))", stale, at(now), _PURGE_BATCH)
     return seconds
 
 
-async def reset(conn: asyncpg.Connection, key: str) -> None:
-    await conn.execute("DELETE FROM login_failures WHERE key = $1", key)
+async def reset(conn: asyncpg.Connection, *keys: str) -> None:
+    await conn.execute("DELETE FROM login_failures WHERE key = ANY($1::text[])", list(keys))

@@ -3,7 +3,9 @@
 A one-time prekey is handed out at most once (docs/ARCHITECTURE.md §4): :func:`claim_one_time` takes
 the lowest unclaimed row with ``FOR UPDATE SKIP LOCKED`` and marks it claimed in the same
 statement, so concurrent claimers never get the same key and never wait on each other. The
-claimed row is kept (its text erased) so the device cannot reuse the id.
+claimed row is kept (its text erased, its claimer and time kept) so the device cannot reuse the
+id, and so that claims can be counted per requester and per target over a window
+(server/prekeys.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from server.store import at
 __all__ = [
     "add_one_time",
     "claim_one_time",
+    "claims_since",
     "count_one_time",
     "get_signed",
     "get_signed_many",
@@ -74,14 +77,27 @@ async def count_one_time(conn: asyncpg.Connection, device_id: str) -> int:
         uuid.UUID(device_id)))
 
 
-async def claim_one_time(conn: asyncpg.Connection, device_id: str, *,
+async def claim_one_time(conn: asyncpg.Connection, device_id: str, *, by: str | None = None,
                          now: float) -> str | None:
-    """Hand out one unclaimed one-time prekey of the device, or None when none is left."""
+    """Hand out one unclaimed one-time prekey of the device to device ``by``, or None when none
+    is left."""
     prekey: str | None = await conn.fetchval(
         "WITH c AS (SELECT device_id, prekey_id, prekey FROM one_time_prekeys "
         "WHERE device_id = $1 AND claimed_at IS NULL ORDER BY prekey_id LIMIT 1 "
         "FOR UPDATE SKIP LOCKED) "
-        "UPDATE one_time_prekeys o SET claimed_at = $2, prekey = NULL FROM c "
+        "UPDATE one_time_prekeys o SET claimed_at = $2, claimed_by = $3, prekey = NULL FROM c "
         "WHERE o.device_id = c.device_id AND o.prekey_id = c.prekey_id RETURNING c.prekey",
-        uuid.UUID(device_id), at(now))
+        uuid.UUID(device_id), at(now), uuid.UUID(by) if by else None)
     return prekey
+
+
+async def claims_since(conn: asyncpg.Connection, device_id: str, *, since: float,
+                       by: str | None = None) -> tuple[int, float | None]:
+    """How many one-time prekeys of the device were claimed after ``since`` (by device ``by``
+    only, if given), and when the oldest of them was."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, min(claimed_at) AS oldest FROM one_time_prekeys "
+        "WHERE device_id = $1 AND claimed_at > $2 AND ($3::uuid IS NULL OR claimed_by = $3)",
+        uuid.UUID(device_id), at(since), uuid.UUID(by) if by else None)
+    oldest = row["oldest"]
+    return int(row["n"]), None if oldest is None else oldest.timestamp()

@@ -47,3 +47,23 @@ async def test_lockout_backs_off_exponentially_up_to_the_cap(db_dsn: str) -> Non
         assert await conn.fetchval("SELECT count(*) FROM login_failures") == 0
     finally:
         await conn.close()
+
+
+async def test_a_delay_remembers_failures_past_its_cap_and_forgotten_rows_are_purged(
+        db_dsn: str) -> None:
+    """A short delay (cap 8 s) that forgot its count after 8 quiet seconds would let a patient
+    guesser start every burst from zero; it forgets after ``forget`` instead."""
+    delay = lockout.Policy(threshold=2, base=2, cap=8, forget=600)
+    conn = await asyncpg.connect(db_dsn)
+    t = 1_800_000_000.0
+    try:
+        waits = [await lockout.record_failure(conn, "login:amy", delay, now=t + 100 * i)
+                 for i in range(5)]
+        assert waits == [0, 2, 4, 8, 8]
+        await lockout.record_failure(conn, "addr:old", delay, now=t)
+        # The next failure, long after both: amy's count starts again, addr:old is purged.
+        assert await lockout.record_failure(conn, "login:amy", delay, now=t + 2000) == 0
+        assert await conn.fetchval("SELECT array_agg(key) FROM login_failures") == ["login:amy"]
+        await lockout.reset(conn, "login:amy")
+    finally:
+        await conn.close()

@@ -593,6 +593,25 @@ async def test_device_low_on_prekeys_is_told_on_connect_and_after_a_claim(
         await b.close()
 
 
+async def test_a_connect_is_recorded_by_the_relays_clock_not_the_databases(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    _, bob, _ = trio
+    world.clock.advance(300)
+    b = await connect(world, bob)
+    try:
+        await next_of(b, KeysLow)  # pushed once the connect is recorded
+        conn = await world.db()
+        try:
+            seen = await conn.fetchval(
+                "SELECT extract(epoch FROM last_seen_at) FROM devices WHERE device_id = $1",
+                uuid.UUID(bob.device_id))
+        finally:
+            await conn.close()
+    finally:
+        await b.close()
+    assert float(seen) >= time.time() + 250
+
+
 async def test_open_socket_closes_with_4005_when_the_licence_expires(
         db_dsn: str, tmp_path: Path) -> None:
     async with identity_world(db_dsn, tmp_path, ws_heartbeat=1) as world:

@@ -1,0 +1,99 @@
+"""The device's prekey upkeep (docs/PROTOCOL.md §4.4): the signed prekey rotated on a schedule,
+the old one kept for messages still in flight and then deleted.
+
+Why: a message wrapped without a one-time prekey (none was left, or the relay's claim window
+for the device was used up) has forward secrecy only from the moment the signed prekey it used
+is deleted (§5.3). So the device makes a new signed prekey every ``rotation`` seconds
+(``LIGHTBOX_SIGNED_PREKEY_ROTATION``, default 7 days), keeps each replaced one for ``keep``
+seconds more (``LIGHTBOX_SIGNED_PREKEY_KEEP``, default 30 days, as Signal keeps an old signed
+prekey; a sender offline for weeks may still hold a message sealed to it in its outbox), then
+deletes its secret. The new secret is saved before the relay hears of the key, so no key is
+ever published without its secret. One-time prekeys are refilled by
+:func:`clients.sdk.identity.replenish_one_time_prekeys` on the relay's ``keys_low``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Final
+
+import msgspec
+
+from clients.sdk.errors import KeyStoreError
+from clients.sdk.http import RelayHTTP
+from clients.sdk.identity import make_prekeys
+from clients.sdk.keystore import DeviceState, DeviceStore, PrekeySecret
+from protocol import certs
+from protocol.canonical import peek_compact
+
+__all__ = ["KEEP_ENV", "ROTATION_ENV", "PrekeyPolicy", "rotate_signed_prekey"]
+
+ROTATION_ENV: Final = "LIGHTBOX_SIGNED_PREKEY_ROTATION"
+KEEP_ENV: Final = "LIGHTBOX_SIGNED_PREKEY_KEEP"
+DAY: Final = 86_400
+
+
+def _seconds(env: str, default: int) -> int:
+    raw = os.environ.get(env)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 3600:
+        raise KeyStoreError(f"{env} must be a whole number of seconds, at least 3600")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PrekeyPolicy:
+    rotation: int = 7 * DAY
+    keep: int = 30 * DAY
+
+    @classmethod
+    def from_env(cls) -> PrekeyPolicy:
+        return cls(rotation=_seconds(ROTATION_ENV, 7 * DAY), keep=_seconds(KEEP_ENV, 30 * DAY))
+
+
+async def rotate_signed_prekey(relay: RelayHTTP, store: DeviceStore, policy: PrekeyPolicy, *,
+                               now: int) -> bool:
+    """Make, keep and upload a new signed prekey if the newest is ``rotation`` old (or upload
+    the newest again if the relay serves another, e.g. after an upload was cut short); delete
+    the secrets of those replaced more than ``keep`` ago. True if one was uploaded."""
+    st = store.state
+    newest = max(st.signed_prekeys, key=lambda p: p.created_at, default=None)
+    if newest is None or now - newest.created_at >= policy.rotation:
+        batch = make_prekeys(st.device_keys(), first_id=st.next_prekey_id, one_time=0,
+                             signed=True, now=now)
+        assert batch.signed_token is not None
+        assert batch.signed_secret is not None
+        st = msgspec.structs.replace(st, next_prekey_id=batch.next_prekey_id,
+                                     signed_prekeys=[*st.signed_prekeys, batch.signed_secret])
+        store.save(st)  # the secret first: never a published key without it
+        await relay.upload_signed_prekey(batch.signed_token)
+        uploaded = True
+    else:
+        uploaded = await _upload_if_not_served(relay, st, newest)
+    # A key was replaced when the next newer one was made: keep it ``keep`` past that.
+    ordered = sorted(st.signed_prekeys, key=lambda p: p.created_at)
+    kept = [p for p, successor in zip(ordered, [*ordered[1:], None], strict=True)
+            if successor is None or now - successor.created_at < policy.keep]
+    if len(kept) != len(st.signed_prekeys):
+        store.save(msgspec.structs.replace(st, signed_prekeys=kept))
+    return uploaded
+
+
+async def _upload_if_not_served(relay: RelayHTTP, st: DeviceState, newest: PrekeySecret) -> bool:
+    listing = await relay.user_devices(st.user_id)
+    for bundle in listing.devices:
+        cert = peek_compact(bundle.device_certificate, certs.DeviceCertificate)
+        if cert.device_id == st.device_id and bundle.signed_prekey is not None and peek_compact(
+                bundle.signed_prekey, certs.SignedPrekey).prekey_id == newest.prekey_id:
+            return False
+    token = certs.issue_signed_prekey(certs.SignedPrekey(
+        device_id=st.device_id, prekey_id=newest.prekey_id, public=newest.prekey().public,
+        created_at=newest.created_at), st.device_keys().signing)
+    await relay.upload_signed_prekey(token)
+    return True

@@ -210,6 +210,10 @@ class StudyRef:
     modalities: tuple[str, ...]
     number_of_instances: int | None
     retrieve_url: str | None
+    # The patient as this study records them (PS3.18 Table 10.6.3-3 default attributes): what
+    # the record gateway's wrong-patient check compares with the typed identity.
+    patient_name: str | None = None
+    patient_birth_date: date | None = None
 
 
 @dataclass(frozen=True)
@@ -354,6 +358,8 @@ class PacsClient(HttpService):
             # as Orthanc does not split a comma-separated list.
             ("includefield", "00100021"),  # IssuerOfPatientID
             ("includefield", "00081030"),  # StudyDescription
+            ("includefield", "00100010"),  # PatientName
+            ("includefield", "00100030"),  # PatientBirthDate
             ("limit", str(limit)),
         ]
         if study_date is not None:
@@ -383,6 +389,8 @@ class PacsClient(HttpService):
                 modalities=tuple(str(m) for m in _values(ds, "ModalitiesInStudy")),
                 number_of_instances=_int(ds, "NumberOfStudyRelatedInstances"),
                 retrieve_url=_text(ds, "RetrieveURL"),
+                patient_name=_text(ds, "PatientName"),
+                patient_birth_date=_date(_text(ds, "PatientBirthDate")),
             ))
         return studies
 

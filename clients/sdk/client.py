@@ -43,6 +43,7 @@ import msgspec
 
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk import imaging, people
+from clients.sdk.breakglass import Emergency, check_emergency
 from clients.sdk.connection import Connection, ConnectionStopped, DeferDelivery
 from clients.sdk.errors import (
     ConsentImageMismatch,
@@ -130,7 +131,14 @@ from protocol.frames import (
     Withdrawn,
     WithdrawReason,
 )
-from protocol.model import DeviceKind, MessageHeader, Priority, Purpose, SealedMessage
+from protocol.model import (
+    DeviceKind,
+    EmergencyCategory,
+    MessageHeader,
+    Priority,
+    Purpose,
+    SealedMessage,
+)
 
 # The events and views are defined in clients/sdk/events.py and re-exported here (a literal
 # list: type checkers read re-exports only from one).
@@ -708,8 +716,8 @@ class LightboxClient:
 
     def _new_send(self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
                   consent_id: str | None = None, attachment_ids: Sequence[str] = (),
-                  necessity: str | None = None, image: OutboxImage | None = None
-                  ) -> OutboxRecord:
+                  necessity: str | None = None, image: OutboxImage | None = None,
+                  emergency: EmergencyCategory | None = None) -> OutboxRecord:
         """Write a new send to the vault's outbox, before anything of it leaves the device."""
         if self.connection is None:
             raise FlowError("the client is not started", code=ErrorCode.NOT_READY.value)
@@ -717,7 +725,8 @@ class LightboxClient:
             message_id=str(uuid.uuid4()), thread_id=thread_id, created_at=self._clock(),
             purpose=purpose.value, priority=priority.value, body=msgspec.msgpack.encode(body),
             consent_id=consent_id, necessity=necessity, attachment_ids=tuple(attachment_ids),
-            image=image, stage="upload" if image is not None else "seal")
+            image=image, stage="upload" if image is not None else "seal",
+            emergency=None if emergency is None else emergency.value)
         self.vault.put_outbox(record)
         return record
 
@@ -725,11 +734,12 @@ class LightboxClient:
         self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
         consent_id: str | None = None, attachment_ids: Sequence[str] = (),
         necessity: str | None = None, timeout: float | None = 60.0,
+        emergency: EmergencyCategory | None = None,
     ) -> tuple[SentMessage, MessageHeader]:
         encode_body(body)  # an invalid body fails before anything is kept or sent
         record = self._new_send(thread_id, body, purpose=purpose, priority=priority,
                                 consent_id=consent_id, attachment_ids=attachment_ids,
-                                necessity=necessity)
+                                necessity=necessity, emergency=emergency)
         return await self._deliver(record, timeout=timeout)
 
     @staticmethod
@@ -841,7 +851,8 @@ class LightboxClient:
             sender_user_id=self.user_id, sender_device_id=self.device_id,
             sent_at=int(self._clock()), purpose=purpose, priority=priority,
             consent_id=record.consent_id, attachment_ids=list(record.attachment_ids),
-            recipient_devices=[r.device.device_id for r in recipients], external=external)
+            recipient_devices=[r.device.device_id for r in recipients], external=external,
+            emergency=None if record.emergency is None else EmergencyCategory(record.emergency))
         sealed: SealedMessage = await asyncio.to_thread(
             seal_message, header, plain, sender=self.store.state.device_keys(),
             recipients=recipients)
@@ -893,7 +904,7 @@ class LightboxClient:
             sent_at=float(record.created_at), body=body.text,
             attachment_ids=record.attachment_ids, priority=record.priority,
             purpose=record.purpose, read=True, content=record.content, outgoing=True,
-            thread_seq=accepted.thread_seq))
+            thread_seq=accepted.thread_seq, emergency=record.emergency))
         img = record.image
         if img is not None and img.attachment_id is not None:
             with contextlib.suppress(ImageShredded):
@@ -935,16 +946,22 @@ class LightboxClient:
         purpose: Purpose = Purpose.DIRECT_CARE, reply_to: str | None = None,
         subject: str | None = None, necessity: str | None = None,
         consent_id: str | None = None, timeout: float | None = 60.0,
+        emergency: Emergency | None = None,
     ) -> SentMessage:
         """Seal ``text`` for every current participant device and send it; returns once the
         relay has stored it durably. ``necessity``: the clinical-necessity statement, required
         when a recipient is in another organisation (clients/sdk/external.py). ``consent_id``: the
         registered consent a text outside direct care is sent under (the relay refuses such a
-        message without one: ``consent_missing``, PROTOCOL §13)."""
+        message without one: ``consent_missing``, PROTOCOL §13). ``emergency``: break-glass
+        instead of a consent (:func:`clients.sdk.breakglass.check_emergency`)."""
         prio = priority or self._thread_priority(thread_id)
+        body = Body(text=text, reply_to=reply_to, subject=subject)
+        if emergency is not None:
+            body = check_emergency(emergency, purpose=purpose, consent=consent_id, body=body)
         sent, _ = await self._send_body(
-            thread_id, Body(text=text, reply_to=reply_to, subject=subject), purpose=purpose,
-            priority=prio, necessity=necessity, consent_id=consent_id, timeout=timeout)
+            thread_id, body, purpose=purpose, priority=prio, necessity=necessity,
+            consent_id=consent_id, timeout=timeout,
+            emergency=None if emergency is None else emergency.category)
         return sent
 
     def _thread_priority(self, thread_id: str) -> Priority:
@@ -952,18 +969,21 @@ class LightboxClient:
         return Priority(info.priority) if info is not None else Priority.ROUTINE
 
     async def send_image(
-        self, thread_id: str, image: imaging.SanitisedImage, *, consent_token: str,
+        self, thread_id: str, image: imaging.SanitisedImage, *, consent_token: str | None,
         text: str = "", record: RecordData | None = None,
         purpose: Purpose = Purpose.DIRECT_CARE, priority: Priority | None = None,
         warnings: Sequence[str] = (), subject: str | None = None,
         progress: Progress | None = None, necessity: str | None = None,
         timeout: float | None = 120.0, burned_in: Sequence[IdentifierKind] = (),
+        emergency: Emergency | None = None,
     ) -> SentMessage:
         """Send a sanitised image (:func:`clients.sdk.imaging.prepare_image`) under a registered
         consent token that names it: encrypt (worker thread), upload resumably, seal the
         descriptor (with its key) in the body. ``burned_in``: the kinds of patient identifier
         the image still shows (``phi.identifier_kinds``), told to the recipient
-        in the sealed body. The sender keeps a copy in the vault."""
+        in the sealed body. ``emergency`` (with ``consent_token`` None): break-glass, for an
+        emergency where no consent can be asked (docs/PROTOCOL.md §17). The sender keeps a
+        copy in the vault."""
         from clients.sdk.consent import DEIDENTIFIED_PURPOSES, ensure_sendable, image_hash
 
         if record is not None and purpose in DEIDENTIFIED_PURPOSES:
@@ -972,19 +992,28 @@ class LightboxClient:
             raise FlowError(f"patient data never goes with an image shared for {purpose}: "
                             "file the original in the record instead",
                             code=ErrorCode.VALIDATION_FAILED.value)
-        try:
-            claims = peek_consent_token_unverified(consent_token)
-        except ProtocolError as exc:
-            raise _flow(exc, "the consent token is malformed") from exc
-        ensure_sendable(claims, purpose, [image_hash(image.data)])
+        body = Body(text=text, consent_token=consent_token, record=record,
+                    quality_warnings=list(warnings), subject=subject)
+        consent_id: str | None = None
+        if emergency is not None:
+            body = check_emergency(emergency, purpose=purpose, consent=consent_token, body=body)
+        else:
+            if consent_token is None:
+                raise FlowError("an image needs a consent token (or a declared emergency)",
+                                code=ErrorCode.CONSENT_MISSING.value)
+            try:
+                claims = peek_consent_token_unverified(consent_token)
+            except ProtocolError as exc:
+                raise _flow(exc, "the consent token is malformed") from exc
+            ensure_sendable(claims, purpose, [image_hash(image.data)])
+            consent_id = claims.jti
         encrypted = await sdk_attachments.encrypt(image.data)
         # The descriptor (with the key) goes into the body once the upload is finished, with
         # the identifiers flagged for that attachment.
-        body = Body(text=text, consent_token=consent_token, record=record,
-                    quality_warnings=list(warnings), subject=subject)
         pending = self._new_send(
             thread_id, body, purpose=purpose,
-            priority=priority or self._thread_priority(thread_id), consent_id=claims.jti,
+            priority=priority or self._thread_priority(thread_id), consent_id=consent_id,
+            emergency=None if emergency is None else emergency.category,
             necessity=necessity, image=OutboxImage(
                 data=image.data, media_type=image.media_type, width=image.width,
                 height=image.height, key=encrypted.key, sha256=encrypted.sha256,
@@ -992,6 +1021,88 @@ class LightboxClient:
                 burned_in=[k.value for k in dict.fromkeys(burned_in)]))
         sent, _ = await self._deliver(pending, timeout=timeout, progress=progress)
         return sent
+
+    async def correct_patient(self, message_id: str, *, patient_id: str,
+                              patient_name: str | None = None, birth_date: str | None = None,
+                              issuer: str | None = None, timeout: float | None = 120.0
+                              ) -> SentMessage:
+        """Send again, with the patient's identity corrected, the images of a message this
+        device sent that the record gateway held (its wrong-patient check,
+        docs/HAZARD_LOG.md HAZ-01): the same images, consent (or emergency declaration) and
+        thread, the corrected record data, as a reply to the held message; the gateway files
+        this one. Only the identity changes; the rest of the record data is kept."""
+        try:
+            held = self.vault.message(message_id)
+        except ItemNotFound:
+            raise FlowError(f"no message {message_id} on this device",
+                            code=ErrorCode.NOT_FOUND.value) from None
+        body = self._body(held)
+        if not held.outgoing or body is None or not body.attachments or body.record is None:
+            raise FlowError("only an image this device sent with patient data can be "
+                            "corrected", code=ErrorCode.VALIDATION_FAILED.value)
+        record = msgspec.structs.replace(
+            body.record, patient_id=patient_id,
+            patient_name=body.record.patient_name if patient_name is None else patient_name,
+            birth_date=body.record.birth_date if birth_date is None else birth_date,
+            issuer_of_patient_id=(body.record.issuer_of_patient_id if issuer is None
+                                  else issuer))
+        corrected = Body(
+            text=f"Patient identity corrected for the record (it replaces the identity sent "
+                 f"with message {message_id}).",
+            attachments=body.attachments, consent_token=body.consent_token, record=record,
+            reply_to=message_id, quality_warnings=body.quality_warnings,
+            emergency_reason=body.emergency_reason,
+            burned_in_identifiers=body.burned_in_identifiers)
+        consent_id = None if body.consent_token is None else \
+            peek_consent_token_unverified(body.consent_token).jti
+        sent, _ = await self._send_body(
+            held.thread_id, corrected, purpose=Purpose(held.purpose or Purpose.DIRECT_CARE),
+            priority=Priority(held.priority) if held.priority in {"routine", "urgent"}
+            else Priority.ROUTINE, consent_id=consent_id,
+            attachment_ids=[a.attachment_id for a in body.attachments], timeout=timeout,
+            emergency=None if held.emergency is None else EmergencyCategory(held.emergency))
+        return sent
+
+    async def break_glass_pending(self) -> list[api.BreakGlassCase]:
+        """This user's emergency messages still waiting for a consent, or a reason why none
+        was possible (docs/PROTOCOL.md §17), oldest first."""
+        return (await self.relay.break_glass_pending()).cases
+
+    async def follow_up_break_glass(self, case_id: str, *, consent_token: str | None = None,
+                                    no_consent: str | None = None,
+                                    words: str = "") -> api.BreakGlassCase:
+        """File the follow-up of an emergency message: the consent sought afterwards (it is
+        registered first), or why none was possible: its category to the relay, ``words``
+        (at least MIN_REASON characters) sealed into the thread, replying to the message."""
+        from clients.sdk.breakglass import MIN_REASON
+
+        if (consent_token is None) == (no_consent is None):
+            raise FlowError("give either the consent obtained afterwards or why none was "
+                            "possible", code=ErrorCode.VALIDATION_FAILED.value)
+        if no_consent is not None and no_consent not in api.NO_CONSENT_REASONS:
+            raise FlowError("why no consent was possible is one of "
+                            f"{', '.join(api.NO_CONSENT_REASONS)}",
+                            code=ErrorCode.VALIDATION_FAILED.value)
+        cases = {c.case_id: c for c in await self.break_glass_pending()}
+        case = cases.get(case_id)
+        if case is None:
+            raise FlowError(f"no emergency message of yours awaits a follow-up as {case_id}",
+                            code=ErrorCode.NOT_FOUND.value)
+        if consent_token is not None:
+            info = await self.relay.register_consent(consent_token)
+            decision = "agreed" if info.status != "refused" else "refused"
+            note = (f"Break-glass follow-up: the patient's consent was sought afterwards "
+                    f"({decision}; consent {info.consent_id}).")
+            follow = api.BreakGlassFollowUp(consent_id=info.consent_id)
+        else:
+            said = " ".join(words.split())
+            if len(said) < MIN_REASON:
+                raise FlowError(f"say in a sentence (at least {MIN_REASON} characters) why no "
+                                "consent was possible", code=ErrorCode.VALIDATION_FAILED.value)
+            note = f"Break-glass follow-up: no consent was possible ({no_consent}): {said}"
+            follow = api.BreakGlassFollowUp(no_consent=no_consent)
+        await self.send_text(case.thread_id, note, reply_to=case.message_id)
+        return await self.relay.break_glass_follow_up(case_id, follow)
 
     async def file_consent(self, consent_token: str, record: RecordData, *,
                            wait: float | None = None) -> tuple[SentMessage, ConsentFiling | None]:
@@ -1180,7 +1291,8 @@ class LightboxClient:
             sender_device_id=h.sender_device_id, sent_at=float(h.sent_at), body=body.text,
             attachment_ids=attachment_ids,
             priority=h.priority.value, purpose=h.purpose.value, content=plain,
-            thread_seq=frame.thread_seq)
+            thread_seq=frame.thread_seq,
+            emergency=None if h.emergency is None else h.emergency.value)
         self.vault.put_message(message)
         forget_one_time_prekey(self.store, sealed)
         self._receipt(message, statements.ReceiptKind.DELIVERED)
@@ -1209,6 +1321,15 @@ class LightboxClient:
             for descriptor in body.attachments:
                 await self._fetch_one(message, body, descriptor)
 
+    async def _consented_image(self, message: VaultMessage, token: str,
+                               descriptor: AttachmentDescriptor, sender_certificate: str
+                               ) -> bytes:
+        return await sdk_attachments.receive_image(
+            self.relay, descriptor, consent_id=peek_consent_token_unverified(token).jti,
+            message_id=message.message_id, sender_user_id=message.sender_user_id,
+            sender_certificate=sender_certificate,
+            trusted_orgs=self.store.state.trusted_orgs())
+
     async def _fetch_one(self, message: VaultMessage, body: Body,
                          descriptor: AttachmentDescriptor) -> None:
         aid = descriptor.attachment_id
@@ -1226,15 +1347,21 @@ class LightboxClient:
                                         reason))
 
         try:
-            if body.consent_token is None:
-                raise ConsentImageMismatch("the image came without a consent")
-            consent_id = peek_consent_token_unverified(body.consent_token).jti
             chain = await self._device_chain(message.sender_user_id, message.sender_device_id)
-            data = await sdk_attachments.receive_image(
-                self.relay, descriptor, consent_id=consent_id, message_id=message.message_id,
-                sender_user_id=message.sender_user_id,
-                sender_certificate=chain.user_certificate,
-                trusted_orgs=self.store.state.trusted_orgs())
+            if body.consent_token is None and message.emergency is not None:
+                # Break-glass (PROTOCOL §17): the signed header declares the emergency, the
+                # relay admitted it to colleagues of the sender's organisation only; this
+                # device checks that much itself before it keeps the image.
+                if chain.verified.user.org_id != self.store.state.org_id:
+                    raise ConsentImageMismatch("an emergency image without consent came from "
+                                               "another organisation")
+                data = await sdk_attachments.decrypt(
+                    await sdk_attachments.download(self.relay, aid), descriptor)
+            elif body.consent_token is None:
+                raise ConsentImageMismatch("the image came without a consent")
+            else:
+                data = await self._consented_image(message, body.consent_token, descriptor,
+                                                   chain.user_certificate)
         except ConsentImageMismatch as exc:
             await status("refused", str(exc))
             return

@@ -430,7 +430,8 @@ def _box(value: str) -> tuple[int, int, int, int]:
     return left, top, width, height
 
 
-def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage, purpose: Purpose
+def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage, purpose: Purpose,
+                  record: RecordData | None = None
                   ) -> tuple[imaging.SanitisedImage, tuple[IdentifierKind, ...]]:
     """PHI in the pixels (clinician/phi.py): OCR, show what was found, black out per --redact
     and --redact-box, and refuse a de-identified purpose whose copy still shows text. Also
@@ -450,6 +451,8 @@ def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage, pur
         raise
     for line in phi.describe(shared.original_scan):
         print(f"text in the image: {line}", file=sys.stderr)
+    if record is not None:
+        _check_identity(args, record, shared.original_scan)
     for warning in shared.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if shared.redacted:
@@ -471,6 +474,30 @@ def record_from_args(args: argparse.Namespace) -> RecordData | None:
                       issuer_of_patient_id=args.issuer or "", birth_date=args.birth_date,
                       sex=Sex(args.sex or ""), accession_number=args.accession or "",
                       anatomic_region=args.region or "")
+
+
+def _check_identity(args: argparse.Namespace, record: RecordData, scan: Any) -> None:
+    """The typed identity against the text on the image (clients/clinician/identity.py): a
+    contradiction is shown side by side and must be confirmed or corrected."""
+    from clients.clinician.identity import compare, side_by_side
+
+    differs = compare(record, scan)
+    if not differs:
+        return
+    print("the patient typed and the text on the image disagree:", file=sys.stderr)
+    for line in side_by_side(differs):
+        print(line, file=sys.stderr)
+    if args.identity_checked:
+        print("sent as typed: you confirmed the identity (--identity-checked)", file=sys.stderr)
+        return
+    if sys.stdin.isatty():
+        answer = input("Is this the right patient? Type 'send' to send as typed, anything "
+                       "else to stop and correct it: ").strip().lower()
+        if answer == "send":
+            return
+    raise FlowError("the patient typed is not the one the image shows: correct --patient-id, "
+                    "--patient-name or --birth-date, or confirm with --identity-checked",
+                    code="identity_mismatch")
 
 
 def _token_file(path: str) -> str:
@@ -573,7 +600,7 @@ def _send(args: argparse.Namespace) -> int:
     original = prepared
     burned_in: tuple[IdentifierKind, ...] = ()
     if prepared is not None:
-        shared_copy, burned_in = _shared_image(args, prepared, purpose)
+        shared_copy, burned_in = _shared_image(args, prepared, purpose, record)
         prepared = imaging.PreparedImage(shared_copy, prepared.warnings)
     # A de-identified share never carries the patient's data: with it, the identified
     # original is filed in the record instead (issue 10 item 4; SDK file_image).
@@ -806,6 +833,9 @@ def register(sub: Any) -> None:
                    help="also black out this box (pixels of the upright image)")
     x.add_argument("--text-checked", action="store_true",
                    help="send the text as written despite the identifier warnings")
+    x.add_argument("--identity-checked", action="store_true",
+                   help="send the patient data as typed although the text on the image "
+                   "reads otherwise (shown side by side first)")
     e = s.add_argument_group("break-glass: an emergency where no consent can be asked "
                              "(docs/PROTOCOL.md §17)")
     e.add_argument("--emergency", metavar="REASON", help="send without consent, saying why "

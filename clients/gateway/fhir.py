@@ -408,7 +408,7 @@ class FhirClient(HttpService):
                        for i in resource.get("identifier") or [])
 
         return [entry["resource"] for entry in entries if isinstance(entry, dict)
-                and _is_match(entry) and carries(entry["resource"])][:limit]
+                and _is_match(entry, "Patient") and carries(entry["resource"])][:limit]
 
     # transport -----------------------------------------------------------------------------
 
@@ -459,14 +459,14 @@ def _diagnostics(response: httpx.Response) -> str:
     return reason if len(reason) <= MAX_DIAGNOSTICS else reason[:MAX_DIAGNOSTICS - 1] + "…"
 
 
-def _is_match(entry: Mapping[str, Any]) -> bool:
-    """A searchset entry that is a Consent the search matched (not an _include, not an
-    OperationOutcome: ``Bundle.entry.search.mode``, search.html)."""
+def _is_match(entry: Mapping[str, Any], resource_type: str = "Consent") -> bool:
+    """A searchset entry that is a resource of the type searched that the search matched (not
+    an _include, not an OperationOutcome: ``Bundle.entry.search.mode``, search.html)."""
     search = entry.get("search")
     mode = search.get("mode", "match") if isinstance(search, dict) else "match"
     resource = entry.get("resource")
     return (mode == "match" and isinstance(resource, dict)
-            and resource.get("resourceType") == "Consent")
+            and resource.get("resourceType") == resource_type)
 
 
 def _carries(resource: Mapping[str, Any], system: str, value: str) -> bool:

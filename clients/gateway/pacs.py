@@ -55,6 +55,7 @@ import httpx
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import PersonName
 
 from clients.gateway.dicom import DicomInstance, is_uid
 from clients.gateway.httpio import HttpService, bounded_request
@@ -687,8 +688,8 @@ def _values(ds: Dataset, keyword: str) -> list[Any]:
     value = ds.get(keyword, None)
     if value is None or value == "":
         return []
-    if isinstance(value, str | bytes | int | float):
-        return [value]
+    if isinstance(value, str | bytes | int | float | PersonName):
+        return [value]  # one value (a PersonName iterates over its characters)
     return list(value)
 
 

@@ -164,7 +164,7 @@ async def test_a_bad_emergency_declaration_is_refused_on_the_phone_and_nothing_i
     assert rc == 1 and "break_glass_not_allowed" in err and "direct care" in err
     rc, _, err = await lightbox(*send, "--emergency", REASON, "--patient-agreed")
     assert rc == 1 and "break_glass_not_allowed" in err
-    rc, out, err = await lightbox("--profile", "registrar", "break-glass", "follow-up")
+    rc, _, err = await lightbox("--profile", "registrar", "break-glass", "follow-up")
     assert rc == 1 and "say which case" in err
     conn = await world.db()
     try:

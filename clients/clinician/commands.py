@@ -396,12 +396,14 @@ def _prepare(args: argparse.Namespace) -> imaging.PreparedImage | None:
 
 
 def _guard_text(args: argparse.Namespace, text: str, purpose: Purpose) -> None:
-    """The free-text guard (clients/sdk/textguard.py) on the text and the necessity statement:
-    for purposes that leave direct care, warn about exact ages, dates of birth, MRNs and
-    dates of service, and ask (or require --text-checked) before sealing."""
+    """The free-text guard (clients/sdk/textguard.py) on the text, the subject line (it goes
+    to the same audience) and the necessity statement: for purposes that leave direct care,
+    warn about exact ages, dates of birth, MRNs and dates of service, and ask (or require
+    --text-checked) before sealing."""
     from clients.sdk.textguard import TextGuardWarning, guard_text
 
-    for label, value in (("text", text), ("necessity statement", args.necessity or "")):
+    for label, value in (("text", text), ("subject", args.subject or ""),
+                         ("necessity statement", args.necessity or "")):
         try:
             guard_text(value, purpose, confirmed=args.text_checked)
         except TextGuardWarning as warning:

@@ -11,8 +11,9 @@ against the record (clients/gateway/identity.py) follows at filing.
 Comparisons are lenient where OCR is noisy and strict where it matters: a record number matches
 when the typed one, letters and digits only, equals a number read on the film, either allowed a
 label run into it (``MRN12345678``); a birth date matches any reading of a date printed as
-day/month or month/day; a name matches when the typed family name appears among the words read
-as a name.
+day/month or month/day; a name printed as a DICOM Person Name (``DOE^JOHN``; OCR may read the
+``^`` as ``*``) matches by family and first given name, any other name when the typed family
+name appears among the words read as a name.
 """
 
 from __future__ import annotations
@@ -99,13 +100,25 @@ def compare(record: RecordData, scan: PhiScan) -> list[Disagreement]:
         read = set().union(*(_readings(b) for b in births)) if births else set()
         if read and dt.date.fromisoformat(record.birth_date) not in read:
             out.append(Disagreement("birth date", record.birth_date, " ".join(births)))
-    family = _fold(record.patient_name.split("^")[0].strip()) if record.patient_name else ""
+    name_parts = [_fold(p.strip()) for p in record.patient_name.split("^")[:2]] + ["", ""]
+    family, given = name_parts[0], name_parts[1].split(" ")[0]
     names = [r.text for r in _words(scan, PhiKind.NAME)
              if r.text.rstrip(":").lower() not in {"name", "patient", "pt", "surname"}]
-    if family and names and not any(family in _fold(re.sub(r"[\^*,]", " ", n)).split()
-                                     for n in names):
+    person_names = [n for n in names if re.search(r"\w[\^*]\w", n)]
+    if person_names:
+        agrees = any(_same_person_name(n, family, given) for n in person_names)
+    else:
+        agrees = any(family in _fold(re.sub(r"[\^*,]", " ", n)).split() for n in names)
+    if family and names and not agrees:
         out.append(Disagreement("name", record.patient_name, " ".join(names)))
     return out
+
+
+def _same_person_name(printed: str, family: str, given: str) -> bool:
+    """A name printed as ``FAMILY^GIVEN`` (or ``FAMILY*GIVEN``) against the typed parts."""
+    parts = [_fold(p) for p in re.split(r"[\^*]", printed)[:2]] + ["", ""]
+    printed_given = parts[1].split(" ")[0]
+    return parts[0] == family and (not given or not printed_given or printed_given == given)
 
 
 def side_by_side(disagreements: Sequence[Disagreement]) -> list[str]:

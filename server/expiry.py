@@ -57,6 +57,7 @@ from protocol.frames import ExpiryReason, FiledNotice, WipeOrder, encode_frame
 from protocol.model import MessageHeader, Purpose
 from server import audit, events
 from server.blobs import BlobStore
+from server.copies import CopiesReport, CopyRow, as_datetime, copy_status
 from server.db import Database
 from server.errors import Forbidden, NotFound, RelayError
 from server.store import devices, expiry, filings, messages, revocations, users
@@ -64,10 +65,7 @@ from server.store.threads import DeviceSet
 from server.trust import Trust
 
 __all__ = [
-    "COPY_STATUSES",
     "FILING_PURPOSES",
-    "CopiesReport",
-    "CopyRow",
     "ExpiryPolicy",
     "FilingService",
     "SweepReport",
@@ -102,53 +100,11 @@ class SweepReport:
     ciphertext_deleted: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
-class CopyRow:
-    """One device's copy of one image, from the audit trail."""
-
-    attachment_id: str
-    device_id: str
-    role: str  # sender | recipient | gateway
-    received_at: dt.datetime | None
-    order_id: str | None
-    order_reason: str | None
-    order_issued_at: dt.datetime | None
-    confirmed_at: dt.datetime | None
-    status: str = "held"  # one of COPY_STATUSES
-
-    @property
-    def destroyed(self) -> bool:
-        return self.status in DESTROYED
-
-
-COPY_STATUSES = ("destroyed", "never_received", "fetched_after_confirmation", "ordered", "held",
-                 "not_received", "gateway")
 """What the audit trail proves about one copy: ``destroyed`` (confirmed after it was held),
 ``never_received`` (confirmed, never downloaded: the device's tombstone refuses it),
 ``fetched_after_confirmation`` (a download was completed after the confirmation: the copy may
 exist), ``ordered`` (order issued, not confirmed), ``held`` / ``not_received`` (no order yet),
 ``gateway`` (a record gateway keeps nothing)."""
-DESTROYED = frozenset({"destroyed", "never_received"})
-
-
-@dataclasses.dataclass(frozen=True)
-class CopiesReport:
-    attachment_id: str
-    thread_id: str | None
-    shared_at: dt.datetime | None
-    filed_at: dt.datetime | None
-    gateway_device_id: str | None
-    filing_statement_id: str | None
-    receipt_sha256: str | None
-    not_filed_at: dt.datetime | None
-    ciphertext_deleted_at: dt.datetime | None
-    copies: list[CopyRow]
-
-    @property
-    def all_destroyed(self) -> bool:
-        """Every device copy is accounted for: confirmed, and not downloaded again after."""
-        held = [c for c in self.copies if c.role != "gateway"]
-        return bool(held) and all(c.destroyed for c in held)
 
 
 class WipeRequired(Forbidden):
@@ -158,15 +114,6 @@ class WipeRequired(Forbidden):
     def __init__(self, *, device_id: str, user_id: str) -> None:
         super().__init__(ErrorCode.DEVICE_REVOKED, "this device was revoked and must wipe")
         self.device_id, self.user_id = device_id, user_id
-
-
-def _iso(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 class FilingService:
@@ -555,7 +502,7 @@ class FilingService:
         for r in rows:
             d = r.details
             if r.event == "attachment.shared":
-                report["thread_id"], report["shared_at"] = d.get("thread_id"), _iso(
+                report["thread_id"], report["shared_at"] = d.get("thread_id"), as_datetime(
                     d.get("shared_at"))
                 copy(d["device_id"], "sender")["received_at"] = report["shared_at"]
             elif r.event == "attachment.fetched":
@@ -564,7 +511,7 @@ class FilingService:
                 # After its confirmation (the audit is in order): the copy may exist again.
                 c["late_fetch"] = c["late_fetch"] or c["confirmed_at"] is not None
             elif r.event == "attachment.filed":
-                report.update(filed_at=_iso(d.get("filed_at")), gateway=d.get(
+                report.update(filed_at=as_datetime(d.get("filed_at")), gateway=d.get(
                     "gateway_device_id"), statement=d.get("statement_id"),
                     receipt=d.get("receipt_sha256"))
                 report["thread_id"] = report["thread_id"] or d.get("thread_id")
@@ -590,19 +537,8 @@ class FilingService:
             receipt_sha256=report["receipt"], not_filed_at=report["not_filed"],
             ciphertext_deleted_at=report["deleted"],
             copies=[CopyRow(attachment_id, dev, c["role"], c["received_at"], c["order_id"],
-                            c["reason"], c["issued_at"], c["confirmed_at"], _status(c))
+                            c["reason"], c["issued_at"], c["confirmed_at"], copy_status(c))
                     for dev, c in sorted(copies.items(),
                                          key=lambda kv: (order[kv[1]["role"]], kv[0]))])
 
 
-def _status(c: dict[str, Any]) -> str:
-    """One of :data:`COPY_STATUSES` for a copy as :meth:`FilingService._report` collects it."""
-    if c["role"] == "gateway":
-        return "gateway"
-    if c["late_fetch"]:
-        return "fetched_after_confirmation"
-    if c["confirmed_at"] is not None:
-        return "destroyed" if c["received_at"] is not None else "never_received"
-    if c["issued_at"] is not None:
-        return "ordered"
-    return "held" if c["received_at"] is not None else "not_received"

@@ -57,17 +57,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hmac
 import json
 import logging
 import secrets
 import socket
 import webbrowser
-from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
@@ -75,6 +73,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from clients.desktop.views import (
+    consent_claims,
+    known_name,
+    learn_names,
+    message_json,
+    reply_plan,
+    send_reply,
+    thread_info,
+)
+from clients.desktop.web import Refused, checked_uuid, password_message, read_json
 from clients.sdk.client import (
     ClientEvent,
     EscalationEvent,
@@ -83,9 +91,7 @@ from clients.sdk.client import (
     ImageEvent,
     LightboxClient,
     MessageEvent,
-    MessageView,
     ReceiptEvent,
-    SentMessage,
     StatusEvent,
     WithdrawnEvent,
 )
@@ -94,19 +100,16 @@ from clients.sdk.errors import FlowError, KeyStoreError, SDKError
 from clients.sdk.profile import ProfileDevice, open_profile
 from clients.sdk.textguard import TextGuardWarning, guard_text
 from clients.sdk.vault import ImageShredded, ItemNotFound, VaultError, VaultLocked
-from protocol import api, certs
-from protocol.body import Body, BodyKind, CaptureKind, FilingReceipt
+from protocol import certs
 from protocol.canonical import peek_compact
-from protocol.consent import ConsentClaims, peek_consent_token_unverified
 from protocol.errors import ProtocolError
-from protocol.model import Priority, Purpose
+from protocol.model import Priority
 
 __all__ = ["DesktopServer", "run_desktop"]
 
 log = logging.getLogger("lightbox.desktop")
 STATIC = Path(__file__).parent / "static"
 COOKIE = "lightbox_desktop"
-MAX_JSON = 64 * 1024
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -118,14 +121,6 @@ SECURITY_HEADERS = {
 STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 
 Opener = Callable[[Path, str], ProfileDevice]
-
-
-class _Refused(Exception):
-    """A request answered with ``{"error": message, **extra}`` and ``status``."""
-
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
 
 
 class DesktopServer:
@@ -227,25 +222,25 @@ class DesktopServer:
     def check(self, request: Request) -> None:
         """Host, session cookie and, for state changes, Origin and CSRF token."""
         if request.headers.get("host") != f"127.0.0.1:{self.port}":
-            raise _Refused(421, "wrong host")
+            raise Refused(421, "wrong host")
         if request.url.path == "/" and "k" in request.query_params:
             return  # the launch address: checked in index()
         cookie = request.cookies.get(COOKIE, "")
         if not hmac.compare_digest(cookie.encode(), self.session.encode()):
-            raise _Refused(403, "open the address that `lightbox desktop` printed")
+            raise Refused(403, "open the address that `lightbox desktop` printed")
         if request.method not in {"GET", "HEAD"}:
             origin = request.headers.get("origin")
             if origin is not None and origin != self.origin:
-                raise _Refused(403, "cross-origin request refused")
+                raise Refused(403, "cross-origin request refused")
             token = request.headers.get("x-csrf-token", "")
             if not hmac.compare_digest(token.encode(), self.csrf.encode()):
-                raise _Refused(403, "missing or wrong CSRF token")
+                raise Refused(403, "missing or wrong CSRF token")
 
     async def index(self, request: Request) -> Response:
         given = request.query_params.get("k")
         if given is not None:
             if not hmac.compare_digest(given.encode(), self.secret.encode()):
-                raise _Refused(403, "this address is not valid any more: run lightbox desktop")
+                raise Refused(403, "this address is not valid any more: run lightbox desktop")
             response = RedirectResponse("/", status_code=303)
             response.set_cookie(COOKIE, self.session, httponly=True, samesite="strict",
                                 path="/")
@@ -256,14 +251,14 @@ class DesktopServer:
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC_TYPES:
-            raise _Refused(404, "not found")
+            raise Refused(404, "not found")
         return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name])
 
     # -- session -----------------------------------------------------------------------------
 
     def _client(self) -> LightboxClient:
         if self.client is None or self.device is None or not self.device.vault.is_unlocked:
-            raise _Refused(423, "locked")
+            raise Refused(423, "locked")
         return self.client
 
     async def state(self, request: Request) -> Response:
@@ -277,10 +272,10 @@ class DesktopServer:
                              "device_kind": st.device_kind, "connected": self.connected})
 
     async def unlock(self, request: Request) -> Response:
-        body = await _json(request)
+        body = await read_json(request)
         password = body.get("password")
         if not isinstance(password, str) or not password:
-            raise _Refused(400, "enter your password")
+            raise Refused(400, "enter your password")
         async with self._unlock_lock:
             if self.client is not None and self.device is not None \
                     and self.device.vault.is_unlocked:
@@ -289,7 +284,7 @@ class DesktopServer:
             try:
                 device = await asyncio.to_thread(self.opener, self.profile_dir, password)
             except (KeyStoreError, VaultError) as exc:
-                raise _Refused(401, _password_message(exc)) from exc
+                raise Refused(401, password_message(exc)) from exc
             client = device.client(**self.client_options)
             client.on_event(self._on_client_event)
             try:
@@ -298,7 +293,7 @@ class DesktopServer:
             except SDKError as exc:
                 await client.close()
                 device.vault.lock()
-                raise _Refused(502, f"cannot reach the relay: {exc}") from exc
+                raise Refused(502, f"cannot reach the relay: {exc}") from exc
             self.device, self.client = device, client
         return JSONResponse({"unlocked": True})
 
@@ -325,7 +320,7 @@ class DesktopServer:
         out = []
         every = {t.thread_id: client.thread_messages(t.thread_id)
                  for t in client.cached_threads()}
-        await _learn_names(client, [v for views in every.values() for v in views])
+        await learn_names(client, [v for views in every.values() for v in views])
         for t in client.cached_threads():
             views = every[t.thread_id]
             last = views[-1] if views else None
@@ -348,34 +343,34 @@ class DesktopServer:
 
     async def thread(self, request: Request) -> Response:
         client = self._client()
-        thread_id = _uuid(request.path_params["thread_id"])
+        thread_id = checked_uuid(request.path_params["thread_id"])
         info = next((t for t in client.cached_threads() if t.thread_id == thread_id), None)
         if info is None:
-            raise _Refused(404, "no such thread")
+            raise Refused(404, "no such thread")
         views = client.thread_messages(thread_id)
-        await _learn_names(client, views)
+        await learn_names(client, views)
         # The gateway's filing receipts in this thread, by the image they file (issue 10 item
         # 7): the study reference is shown with the image; the desktop never calls the PACS.
         receipts = {v.body.filing.attachment_id: v.body.filing for v in views
                     if v.body.filing is not None}
         # Withdrawn consents (docs/PROTOCOL.md §13): what the relay told this device, kept in
         # the vault (so after a restart too), and asked of the relay for the rest.
-        consents = [c for v in views if (c := _consent_claims(v.body)) is not None]
+        consents = [c for v in views if (c := consent_claims(v.body)) is not None]
         withdrawals = await client.refresh_consents([c.jti for c in consents])
-        messages = [_message_json(client, v, receipts, withdrawals) for v in views]
+        messages = [message_json(client, v, receipts, withdrawals) for v in views]
         return JSONResponse({"thread_id": thread_id, "priority": info.priority,
                              "roles": info.roles, "messages": messages})
 
     async def image(self, request: Request) -> Response:
         client = self._client()
-        aid = _uuid(request.path_params["attachment_id"])
+        aid = checked_uuid(request.path_params["attachment_id"])
         try:
             stored = client.vault.get_image(aid)
         except ImageShredded as exc:
             return JSONResponse({"error": "expired",
                                  "record_ref": exc.tombstone.record_reference}, status_code=410)
         except ItemNotFound as exc:
-            raise _Refused(404, "not on this device") from exc
+            raise Refused(404, "not on this device") from exc
         return Response(stored.data, media_type=stored.info.media_type)
 
     async def consent_pdf(self, request: Request) -> Response:
@@ -385,23 +380,23 @@ class DesktopServer:
         shows what the capturing clinician recorded), labelled with the patient's name from
         the sealed record data. Nothing is stored or sent; ``no-store`` like every answer."""
         client = self._client()
-        message_id = _uuid(request.path_params["message_id"])
+        message_id = checked_uuid(request.path_params["message_id"])
         try:
             view = client.view(client.vault.message(message_id))
         except ItemNotFound as exc:
-            raise _Refused(404, "no such message") from exc
-        claims = _consent_claims(view.body)
+            raise Refused(404, "no such message") from exc
+        claims = consent_claims(view.body)
         if claims is None:
-            raise _Refused(404, "consent_not_found",
+            raise Refused(404, "consent_not_found",
                            detail="this message carries no consent that can be read")
         record = view.body.record
-        await _learn_names(client, [view])
+        await learn_names(client, [view])
         display = ConsentFormDisplay(
             withdrawn_at=client.consent_withdrawn_at(claims.jti),
             patient_label=patient_label(record.patient_name) if record is not None else "",
-            clinician_name=_known_name(client, claims.iss) or "",
+            clinician_name=known_name(client, claims.iss) or "",
             user_names={u: name for u in claims.recipients.users
-                        if (name := _known_name(client, u)) is not None})
+                        if (name := known_name(client, u)) is not None})
         pdf = await asyncio.to_thread(render_consent_pdf, claims, display, copy=FormCopy.PATIENT)
         return Response(pdf, media_type="application/pdf", headers={
             "Content-Disposition": f'inline; filename="consent-{claims.jti}.pdf"'})
@@ -409,24 +404,24 @@ class DesktopServer:
     # -- acting ------------------------------------------------------------------------------
 
     async def reply(self, request: Request) -> Response:
-        """Send a reply with the purpose of what it answers (:func:`_reply_plan`), after the
+        """Send a reply with the purpose of what it answers (:func:`reply_plan`), after the
         free-text guard for that purpose (issue 10 item 5): findings and no ``confirmed``
         answer 409 ``text_guard`` and nothing is sealed."""
         client = self._client()
-        thread_id = _uuid(request.path_params["thread_id"])
-        body = await _json(request)
+        thread_id = checked_uuid(request.path_params["thread_id"])
+        body = await read_json(request)
         text = body.get("text")
         reply_to = body.get("reply_to")
         confirmed = body.get("confirmed", False)
         if not isinstance(text, str) or not text.strip():
-            raise _Refused(400, "write a reply first")
+            raise Refused(400, "write a reply first")
         if not isinstance(confirmed, bool):
-            raise _Refused(400, "confirmed must be true or false")
+            raise Refused(400, "confirmed must be true or false")
         if reply_to is not None:
-            reply_to = _uuid(str(reply_to))
-        info = await _thread_info(client, thread_id)
+            reply_to = checked_uuid(str(reply_to))
+        info = await thread_info(client, thread_id)
         text = text.strip()
-        plan = _reply_plan(client.thread_messages(thread_id), reply_to)
+        plan = reply_plan(client.thread_messages(thread_id), reply_to)
         try:
             guard_text(text, plan.purpose, confirmed=confirmed)
         except TextGuardWarning as warning:
@@ -436,26 +431,26 @@ class DesktopServer:
                              for f in warning.findings],
                 "suggestion": warning.suggestion}, status_code=409)
         try:
-            sent = await _send_reply(client, thread_id, text, reply_to=reply_to, plan=plan,
+            sent = await send_reply(client, thread_id, text, reply_to=reply_to, plan=plan,
                                      priority=Priority(info.priority))
         except (SDKError, ProtocolError) as exc:
-            raise _Refused(502, f"not sent: {exc}") from exc
+            raise Refused(502, f"not sent: {exc}") from exc
         return JSONResponse({"message_id": sent.message_id, "thread_seq": sent.thread_seq,
                              "purpose": plan.purpose.value})
 
     async def read(self, request: Request) -> Response:
         client = self._client()
-        count = await client.mark_read(_uuid(request.path_params["thread_id"]))
+        count = await client.mark_read(checked_uuid(request.path_params["thread_id"]))
         return JSONResponse({"marked": count})
 
     async def ack(self, request: Request) -> Response:
         client = self._client()
         try:
-            await client.acknowledge(_uuid(request.path_params["message_id"]))
+            await client.acknowledge(checked_uuid(request.path_params["message_id"]))
         except ItemNotFound as exc:
-            raise _Refused(404, "no such message") from exc
+            raise Refused(404, "no such message") from exc
         except FlowError as exc:
-            raise _Refused(400, str(exc)) from exc
+            raise Refused(400, str(exc)) from exc
         return JSONResponse({"acknowledged": True})
 
     # -- live updates (server-sent events) ---------------------------------------------------
@@ -545,236 +540,12 @@ class _Guard:
         try:
             self.server.check(Request(scope))
             await self.app(scope, receive, send_with_headers)
-        except _Refused as exc:
+        except Refused as exc:
             await JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)(
                 scope, receive, send_with_headers)
         except VaultLocked:
             await JSONResponse({"error": "locked"}, status_code=423)(
                 scope, receive, send_with_headers)
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    if request.headers.get("content-type", "").split(";")[0] != "application/json":
-        raise _Refused(415, "send JSON")
-    raw = await request.body()
-    if len(raw) > MAX_JSON:
-        raise _Refused(413, "too large")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise _Refused(400, "malformed JSON") from exc
-    if not isinstance(data, dict):
-        raise _Refused(400, "malformed JSON")
-    return data
-
-
-def _uuid(value: str) -> str:
-    import uuid
-
-    try:
-        return str(uuid.UUID(value))
-    except ValueError as exc:
-        raise _Refused(404, "not found") from exc
-
-
-def _password_message(exc: Exception) -> str:
-    text = str(exc)
-    if "password" in text.lower() or "passphrase" in text.lower():
-        return "wrong password"
-    return text
-
-
-def _http_url(url: str) -> str:
-    """``url`` when it is http(s), else "": the page turns it into a link, so anything else
-    (``javascript:``, ``data:``) is dropped here whatever the sender checked."""
-    return url if urlsplit(url).scheme.lower() in {"http", "https"} else ""
-
-
-def _study_json(receipt: FilingReceipt | None, message_id: str) -> dict[str, Any] | None:
-    """Where the gateway filed this image of this message (its filing receipt): the study the
-    photo went into and its retrieve URL, and, for a photo of a film or monitor, the
-    ``originals`` the gateway found in PACS by patient and date (issue 10 item 7: a photo of
-    an x-ray is not the study itself), in the receipt's order (newest first)."""
-    if receipt is None or receipt.message_id != message_id:
-        return None
-    return {"study_uid": receipt.study_instance_uid,
-            "retrieve_url": _http_url(receipt.retrieve_url),
-            "originals": [{"study_uid": o.study_instance_uid, "date": o.study_date,
-                           "modalities": list(o.modalities), "description": o.description,
-                           "url": _http_url(o.url)} for o in receipt.original_studies]}
-
-
-async def _thread_info(client: LightboxClient, thread_id: str) -> api.ThreadInfo:
-    """The thread from the client's list, fetched again once when it is not there yet (a
-    consult that arrived since the inbox was last read); 404 when the relay has none."""
-    for attempt in range(2):
-        info = next((t for t in client.cached_threads() if t.thread_id == thread_id), None)
-        if info is not None:
-            return info
-        if attempt == 0:
-            with contextlib.suppress(SDKError):
-                await client.threads()
-    raise _Refused(404, "no such thread")
-
-
-def _consent_claims(body: Body) -> ConsentClaims | None:
-    """The claims of the consent token a body carries, decoded (not verified); None when it
-    carries none or one that cannot be read."""
-    if not body.consent_token:
-        return None
-    try:
-        return peek_consent_token_unverified(body.consent_token)
-    except ProtocolError:
-        return None
-
-
-async def _learn_names(client: LightboxClient, views: Sequence[MessageView]) -> None:
-    """Before a page names people: everyone these messages name (senders, receipts,
-    escalation steps, consent recipients) from verified certificates, the vault's or the
-    key directory's (offline, the vault's alone)."""
-    wanted = []
-    for v in views:
-        wanted += [v.message.sender_user_id, *(r.user_id for r in v.receipts),
-                   *(e.user_id for e in v.escalations)]
-        claims = _consent_claims(v.body)
-        if claims is not None:
-            wanted += [claims.iss, *claims.recipients.users]
-    with contextlib.suppress(SDKError):
-        await client.ensure_names(wanted)
-
-
-def _known_name(client: LightboxClient, user_id: str) -> str | None:
-    """A user's display name from a certificate this device verified; None when unknown (the
-    SDK's fallback, a shortened id, is no name to print on the patient's form)."""
-    if user_id == client.user_id:
-        return peek_compact(client.state.user_certificate, certs.UserCertificate,
-                            max_length=certs.MAX_CERTIFICATE_LENGTH).display_name
-    return client.display_name(user_id) if client.knows_name(user_id) else None
-
-
-@dataclasses.dataclass(frozen=True)
-class _ReplyPlan:
-    """How a reply is sealed: ``purpose`` (what the text guard checks it for), the consent
-    the relay needs for any purpose but direct care, and for an external consult the
-    clinical-necessity statement it was asked with (issue 10 item 3: the reply goes back to
-    the other organisation in the same consult)."""
-
-    purpose: Purpose
-    consent_id: str | None = None
-    necessity: str | None = None
-
-
-def _reply_plan(views: Sequence[MessageView], reply_to: str | None) -> _ReplyPlan:
-    """A reply carries the purpose of the message it answers: ``reply_to`` when named (it
-    must be in this thread, else 404), otherwise the thread's latest incoming clinician
-    message (the gateway's receipts are not what a clinician answers), otherwise our own
-    latest; direct care in a thread with none. The consent is that message's when it covers
-    the purpose, else the newest in the thread that does; the statement likewise."""
-    said = [v for v in views if v.body.kind is BodyKind.TEXT]
-    if reply_to is not None:
-        answered = next((v for v in views if v.message.message_id == reply_to), None)
-        if answered is None:
-            raise _Refused(404, "no such message in this thread")
-    else:
-        incoming = [v for v in said if not v.message.outgoing]
-        answered = (incoming or said)[-1] if said else None
-    if answered is None or not answered.message.purpose:
-        return _ReplyPlan(Purpose.DIRECT_CARE)
-    purpose = Purpose(answered.message.purpose)
-    if purpose is Purpose.DIRECT_CARE:
-        return _ReplyPlan(purpose)
-    candidates = [answered, *reversed(views)]
-    consent_id = next((c.jti for v in candidates
-                       if (c := _consent_claims(v.body)) is not None and purpose in c.purposes),
-                      None)
-    necessity = None
-    if purpose is Purpose.EXTERNAL_CONSULT:
-        necessity = next((v.body.necessity for v in candidates if v.body.necessity), None)
-    return _ReplyPlan(purpose, consent_id, necessity)
-
-
-async def _send_reply(client: LightboxClient, thread_id: str, text: str, *,
-                      reply_to: str | None, plan: _ReplyPlan, priority: Priority
-                      ) -> SentMessage:
-    """Seal and send the reply under the plan's purpose, consent and necessity."""
-    return await client.send_text(thread_id, text, priority=priority, purpose=plan.purpose,
-                                  reply_to=reply_to, necessity=plan.necessity,
-                                  consent_id=plan.consent_id, timeout=30.0)
-
-
-def _message_json(client: LightboxClient, view: MessageView,
-                  receipts: Mapping[str, FilingReceipt] | None = None,
-                  withdrawals: Mapping[str, int] | None = None) -> dict[str, Any]:
-    receipts, withdrawals = receipts or {}, withdrawals or {}
-    m, body = view.message, view.body
-    # what the sender's text recognition found in each image (kinds only), told with it
-    burned_in = {b.attachment_id: [k.value for k in b.kinds]
-                 for b in body.burned_in_identifiers}
-    consent = None
-    c = _consent_claims(body)
-    if c is not None:
-        consent = {
-            "consent_id": c.jti, "decision": c.decision.value,
-            "purposes": [p.value for p in c.purposes],
-            "users": [client.display_name(u) for u in c.recipients.users],
-            "roles": c.recipients.roles, "orgs": c.recipients.orgs,
-            "external": c.recipients.external, "expires_at": c.exp,
-            "form_version": c.form_version,
-            # when the consent was withdrawn (the relay's time), or None
-            "withdrawn_at": withdrawals.get(c.jti),
-            # the patient's copy (issue 10 item 2), opened by the page in a new tab
-            "pdf_url": f"/api/messages/{m.message_id}/consent.pdf",
-        }
-    record = None
-    if body.record is not None:
-        r = body.record
-        record = {"patient_name": r.patient_name.replace("^", ", "), "patient_id": r.patient_id,
-                  "issuer": r.issuer_of_patient_id, "birth_date": r.birth_date,
-                  "sex": r.sex.value, "accession": r.accession_number,
-                  "region": r.anatomic_region, "capture": r.capture.value,
-                  # a photo of a film or monitor is not the study itself (issue 10 item 7)
-                  "not_diagnostic": r.capture is CaptureKind.FILM}
-    return {
-        "message_id": m.message_id, "mine": m.outgoing,
-        "sender": client.display_name(m.sender_user_id), "sent_at": m.sent_at,
-        "priority": m.priority, "purpose": m.purpose, "read": m.read, "text": body.text,
-        "subject": body.subject, "reply_to": body.reply_to, "kind": body.kind.value,
-        "necessity": body.necessity, "quality_warnings": body.quality_warnings,
-        # break-glass (docs/PROTOCOL.md §17): the signed header's category, the sealed reason
-        "emergency": m.emergency, "emergency_reason": body.emergency_reason,
-        "images": [{"attachment_id": i.attachment_id, "state": i.state, "reason": i.reason,
-                    "burned_in_identifiers": burned_in.get(i.attachment_id, []),
-                    "record_ref": i.record_ref, "width": i.width, "height": i.height,
-                    "filed_at": i.filed_at, "expires_at": i.expires_at,
-                    "study": _study_json(receipts.get(i.attachment_id), m.message_id)}
-                   for i in view.images],
-        "consent": consent, "record": record,
-        "receipts": [{"name": client.display_name(r.user_id), "kind": r.kind, "at": r.at}
-                     for r in view.receipts],
-        # issue 9: the consult's on-call escalation, as the sender and everyone reached see it
-        "escalations": [{"kind": e.kind, "step": e.step, "level": e.level,
-                         "name": client.display_name(e.user_id), "at": e.at}
-                        for e in view.escalations],
-        "acknowledged_by_me": view.acknowledged_by_me,
-        "filing": None if body.filing is None else {
-            "study": body.filing.study_instance_uid, "record_ref": body.filing.record_ref,
-            "filed_at": body.filing.filed_at},
-        "note": _note(body),
-    }
-
-
-def _note(body: Body) -> str:
-    """What a body without a clinician's text says, in a line: a consent sent to the record
-    or filed there (issue 10 item 1; the record thread), an image filed."""
-    if body.kind is BodyKind.CONSENT_RECORD:
-        return "Consent sent to the record gateway to be filed in the patient's record"
-    if body.consent_filing is not None:
-        c = body.consent_filing
-        return (f"Consent {c.consent_id[:8]} ({c.decision}) filed in the patient's record, "
-                f"study {c.study_instance_uid}")
-    if body.filing is not None:
-        return f"Image filed in the patient's record, study {body.filing.study_instance_uid}"
-    return ""
 
 
 def run_desktop(profile_dir: Path, *, open_browser: bool = True) -> int:

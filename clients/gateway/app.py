@@ -84,13 +84,13 @@ from clients.sdk.failures import run_command
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import (
     forget_one_time_prekey,
-    login,
-    org_revocation_lists,
     replenish_one_time_prekeys,
 )
 from clients.sdk.keystore import DeviceState, KeyStore, default_profile, lightbox_home
+from clients.sdk.session import Session
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
-from protocol import api, certs, envelope, statements
+from clients.sdk.trust import Trust
+from protocol import certs, envelope, statements
 from protocol.attachments import AttachmentDescriptor
 from protocol.body import (
     Body,
@@ -112,7 +112,7 @@ from protocol.consent import (
     verify_consent_token,
 )
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.frames import Deliver, Error, FiledNotice, Filing, Frame, KeysLow
+from protocol.frames import Deliver, Error, FiledNotice, Filing, Frame, KeysLow, Revoked
 from protocol.model import DeviceKind, MessageHeader, Priority, Purpose, SealedMessage
 from protocol.statements import FilingStatement
 
@@ -370,10 +370,16 @@ class RecordGateway:
                  fhir: FhirClient | None = None) -> None:
         self.store, self.pacs, self.clock, self.fhir = store, pacs, clock, fhir
         self.config = config or GatewayConfig()
-        self._password = password
         st = store.state
+        # The same session and trust checks as every client (clients/sdk/session.py,
+        # clients/sdk/trust.py): rotated refresh tokens are kept (a restarted gateway
+        # presenting the one it replaced would be taken for a stolen copy), revocation lists
+        # are rollback-checked, claimed prekeys verified.
+        self.session = Session(store, password=password, clock=clock)
         self.relay = relay or RelayHTTP(st.server_url, device=st.device_keys().signing,
-                                        tokens=st.session, on_tokens=self._save_tokens)
+                                        tokens=st.session, on_tokens=self.session.save_tokens)
+        self.session.relay = self.relay
+        self.trust = Trust(self.relay, store, clock=clock)
         base = st.server_url.rstrip("/")
         self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")
         self._backoff = (backoff_base, backoff_max)
@@ -385,27 +391,8 @@ class RecordGateway:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _save_tokens(self, tokens: api.TokenPair) -> None:
-        """Keep the rotated refresh token: a restarted gateway presenting the one it replaced
-        would be taken for a stolen copy and lose its session."""
-        self.store.save(msgspec.structs.replace(self.store.state, session=tokens))
-
     async def _access_token(self) -> str:
-        tokens = self.relay.tokens
-        if tokens is not None and tokens.refresh_expires_at > self.clock() + 60 \
-                and self.clock() >= tokens.expires_at - 60:
-            try:  # one refresh shared with any other caller (clients/sdk/http.py)
-                tokens = await self.relay.refresh_if_stale(tokens)
-            except RelayRequestError:  # the session ended: log in again with the password
-                tokens = None
-        if tokens is None or tokens.refresh_expires_at <= self.clock() + 60:
-            if self._password is None:
-                raise FlowError("the gateway's session expired: give its password",
-                                code=ErrorCode.UNAUTHENTICATED.value)
-            self.relay.tokens = None
-            await login(self.relay, self.store.state, self._password)
-        assert self.relay.tokens is not None
-        return self.relay.tokens.access_token
+        return await self.session.access_token()
 
     async def start(self) -> None:
         keys = self.store.state.device_keys()
@@ -437,6 +424,9 @@ class RecordGateway:
                 fut.set_exception(SendRefused(frame.code.value, frame.detail))
         elif isinstance(frame, KeysLow):
             await self._replenish(frame.target - frame.remaining)
+        elif isinstance(frame, Revoked):  # chains verified before may now be revoked
+            self.trust.forget()
+            await self.trust.revocations(force=True)
 
     async def _replenish(self, count: int) -> None:
         await replenish_one_time_prekeys(self.relay, self.store, count, now=int(self.clock()))
@@ -444,25 +434,18 @@ class RecordGateway:
     # -- certificates ------------------------------------------------------------------------
 
     async def _revocations(self) -> certs.RevocationSet:
-        st = self.store.state
-        held = certs.RevocationSet()
-        for token in await org_revocation_lists(self.relay, st.org_id):
-            with contextlib.suppress(ProtocolError):
-                held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs()))
-        return held
+        """The newest organisation-signed list, never older than the one held: a bad or
+        older list from the relay raises, and the delivery is tried again later."""
+        return await self.trust.revocations()
 
     async def _chain(self, user_id: str, device_id: str,
                      revocations: certs.RevocationSet) -> tuple[certs.VerifiedDevice, str]:
-        answer = await self.relay.user_devices(user_id)
-        for bundle in answer.devices:
-            verified = certs.verify_chain(
-                answer.user_certificate, bundle.device_certificate,
-                trusted_orgs=self.store.state.trusted_orgs(), at=int(self.clock()),
-                revocations=revocations)
-            if verified.device_id == device_id and verified.user_id == user_id:
-                return verified, answer.user_certificate
-        raise FilingFailed("the sender's device is not a current device of the sender",
-                           code="sender_not_current")
+        try:
+            chain = await self.trust.device_chain(user_id, device_id)
+        except FlowError as exc:
+            raise FilingFailed("the sender's device is not a current device of the sender",
+                               code="sender_not_current") from exc
+        return chain.verified, chain.user_certificate
 
     # -- one delivery ------------------------------------------------------------------------
 
@@ -890,18 +873,15 @@ class RecordGateway:
 
     async def _bundles(self, device_ids: Sequence[str], revocations: certs.RevocationSet
                        ) -> list[envelope.RecipientBundle]:
-        out: list[envelope.RecipientBundle] = []
         if not device_ids:
-            return out
-        claimed = await self.relay.claim_keys(list(device_ids))
-        for key in claimed.keys:
-            verified = certs.verify_chain(key.user_certificate, key.device_certificate,
-                                          trusted_orgs=self.store.state.trusted_orgs(),
-                                          at=int(self.clock()), revocations=revocations)
-            if verified.device_id in device_ids and verified.device.kind.value != "gateway":
-                out.append(envelope.RecipientBundle.from_tokens(
-                    verified, key.signed_prekey, key.one_time_prekey))
-        return out
+            return []
+        try:
+            claimed = await self.trust.claim(device_ids)
+        except FlowError as exc:
+            raise FilingFailed("a device of the thread does not verify",
+                               code=f"thread_refused ({exc.code})") from exc
+        return [b for _, b in sorted(claimed.items())
+                if b.device.device.kind is not DeviceKind.GATEWAY]
 
 
 # --- the program ---------------------------------------------------------------------------

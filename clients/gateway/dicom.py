@@ -59,6 +59,14 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from clients.gateway.jpeg import (
+    FrameError,
+    JpegFrame,
+    encode_frame,
+    has_adobe_transform,
+    read_sof,
+)
+
 __all__ = [
     "NOT_DIAGNOSTIC_NOTE",
     "CapturedFrom",
@@ -83,7 +91,6 @@ NOT_DIAGNOSTIC_NOTE: Final = (
 )
 # LOINC 59284-0 "Patient Consent", the same code the FHIR Consent carries (protocol/consent.py).
 CONSENT_CONCEPT: Final = ("59284-0", "LN", "Patient Consent")
-JPEG_QUALITY: Final = 92  # only used when an image has to be encoded here
 
 UidFactory = Callable[[], str]
 
@@ -395,16 +402,7 @@ def _finish(ds: Dataset, *, transfer_syntax: UID = JPEGBaseline8Bit) -> DicomIns
 # --- pixels --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Frame:
-    jpeg: bytes
-    rows: int
-    columns: int
-    components: int
-    subsampled: bool
-
-
-def _image_pixel(ds: Dataset, frame: _Frame) -> None:
+def _image_pixel(ds: Dataset, frame: JpegFrame) -> None:
     """Image Pixel module for one JPEG Baseline frame, plus the lossy-compression flags."""
     ds.Rows = frame.rows
     ds.Columns = frame.columns
@@ -424,20 +422,27 @@ def _image_pixel(ds: Dataset, frame: _Frame) -> None:
     ds["PixelData"].VR = "OB"
 
 
-def _jpeg_frame(image: bytes | Image.Image) -> _Frame:
+def _jpeg_frame(image: bytes | Image.Image) -> JpegFrame:
     """A JPEG Baseline frame: the input bytes when they already are one, else encoded once."""
+    try:
+        return _frame_of(image)
+    except FrameError as exc:
+        raise DicomBuildError(str(exc)) from exc
+
+
+def _frame_of(image: bytes | Image.Image) -> JpegFrame:
     if isinstance(image, Image.Image):
-        return _encode(image)
+        return encode_frame(image)
     if not isinstance(image, bytes | bytearray):
         raise DicomBuildError("image must be JPEG bytes or a Pillow image")
     data = bytes(image)
-    sof = _read_sof(data)
+    sof = read_sof(data)
     decoded = _decode(data)  # refuse what a viewer could not show
-    if sof is not None and sof.baseline and not _has_adobe_transform(data):
+    if sof is not None and sof.baseline and not has_adobe_transform(data):
         if (decoded.width, decoded.height) != (sof.columns, sof.rows):
             raise DicomBuildError("JPEG frame header disagrees with the decoded size")
-        return _Frame(data, sof.rows, sof.columns, sof.components, sof.subsampled)
-    return _encode(decoded)
+        return JpegFrame(data, sof.rows, sof.columns, sof.components, sof.subsampled)
+    return encode_frame(decoded)
 
 
 def _decode(data: bytes) -> Image.Image:
@@ -454,96 +459,6 @@ def _decode(data: bytes) -> Image.Image:
             Image.DecompressionBombWarning) as exc:
         raise DicomBuildError(f"not a decodable JPEG image ({type(exc).__name__})") from exc
     return img
-
-
-def _encode(img: Image.Image) -> _Frame:
-    if img.mode not in ("L", "RGB"):
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            flat = Image.new("RGB", rgba.size, (255, 255, 255))
-            flat.paste(rgba, mask=rgba.getchannel("A"))
-            img = flat
-        elif img.mode in ("1", "I;16", "I", "F"):
-            img = img.convert("L")
-        else:
-            img = img.convert("RGB")
-    if not (1 <= img.width <= 65535 and 1 <= img.height <= 65535):
-        raise DicomBuildError("image dimensions out of range")
-    out = io.BytesIO()
-    # 4:4:4 (no chroma subsampling) keeps colour detail; the frame is then YBR_FULL.
-    img.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False,
-             progressive=False)
-    data = out.getvalue()
-    sof = _read_sof(data)
-    if sof is None or not sof.baseline:  # Pillow writes SOF0 when not progressive
-        raise DicomBuildError("the JPEG encoder did not produce a baseline frame")
-    return _Frame(data, sof.rows, sof.columns, sof.components, sof.subsampled)
-
-
-@dataclass(frozen=True)
-class _Sof:
-    marker: int
-    precision: int
-    rows: int
-    columns: int
-    components: int
-    subsampled: bool
-
-    @property
-    def baseline(self) -> bool:
-        # Process 1 (PS3.5 §8.2.1, ISO 10918-1 SOF0): 8-bit, Huffman, sequential.
-        return (self.marker == 0xC0 and self.precision == 8 and self.components in (1, 3)
-                and self.rows > 0)
-
-
-_STANDALONE: Final = {0x01, 0xD8, *range(0xD0, 0xD8)}
-_NOT_SOF: Final = {0xC4, 0xC8, 0xCC}
-
-
-def _read_sof(data: bytes) -> _Sof | None:
-    """The JPEG frame header (ISO 10918-1 §B.2.2), or None when it cannot be found."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in _STANDALONE:
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        seg = data[i + 4:i + 2 + length]
-        if length < 2 or len(seg) != length - 2:
-            return None
-        if 0xC0 <= marker <= 0xCF and marker not in _NOT_SOF:
-            if len(seg) < 6:
-                return None
-            ncomp = seg[5]
-            if len(seg) < 6 + 3 * ncomp or ncomp == 0:
-                return None
-            factors = [(seg[7 + 3 * k] >> 4, seg[7 + 3 * k] & 0x0F) for k in range(ncomp)]
-            subsampled = any(f != factors[0] for f in factors[1:])
-            return _Sof(marker, seg[0], int.from_bytes(seg[1:3], "big"),
-                        int.from_bytes(seg[3:5], "big"), ncomp, subsampled)
-        if marker == 0xDA:  # scan before any frame header
-            return None
-        i += 2 + length
-    return None
-
-
-def _has_adobe_transform(data: bytes) -> bool:
-    """An Adobe APP14 segment may say the components are RGB, not YCbCr: re-encode those."""
-    i = 2
-    while i + 4 <= len(data) and data[i] == 0xFF and data[i + 1] != 0xDA:
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if data[i + 1] == 0xEE and data[i + 4:i + 9] == b"Adobe":
-            return True
-        i += 2 + length
-    return False
 
 
 # --- value checks and formatting -----------------------------------------------------------

@@ -13,6 +13,7 @@ __all__ = [
     "RelayResponseError",
     "RelayUnavailable",
     "SDKError",
+    "flow_error",
 ]
 
 
@@ -62,6 +63,15 @@ class FlowError(SDKError):
     def __init__(self, message: str, *, code: str = "verification_failed") -> None:
         self.code = code
         super().__init__(message)
+
+
+def flow_error(exc: Exception, message: str) -> FlowError:
+    """A protocol check that failed on this device, as a FlowError carrying its code and the
+    reason (``message (code: reason)``)."""
+    code = getattr(exc, "code", None)
+    value = getattr(code, "value", None) or "verification_failed"
+    reason = getattr(exc, "reason", "") or str(exc)
+    return FlowError(f"{message} ({value}: {reason})", code=value)
 
 
 class ConsentImageMismatch(FlowError):

@@ -12,9 +12,10 @@ carry a clinical-necessity statement, and it travels in two parts:
   audit it, without reading the body.
 
 :func:`apply_external` does both decisions at once and is called by the SDK's
-``LightboxClient._send_body`` after the recipients' certificate chains are verified (so the
-organisations are known from signed certificates, not from anything the relay says) and before
-the body is encoded and sealed. ``send_text`` and ``send_image`` take ``necessity=``.
+``Sender.send_body`` (clients/sdk/sending.py) after the recipients' certificate chains are
+verified (so the organisations are known from signed certificates, not from anything the
+relay says) and before the body is encoded and sealed. ``send_text`` and ``send_image`` take
+``necessity=``.
 The statement is clinical text leaving direct care, so clients also run it through
 :func:`clients.sdk.textguard.guard_text` with the external-consult purpose.
 

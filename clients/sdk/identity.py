@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError
+from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, flow_error
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, DeviceStore, KeyStore, OpenKeyStore, PrekeySecret
 from protocol import api, certs, pairing
@@ -65,11 +65,6 @@ Clock = Callable[[], float]
 
 def _now(clock: Clock) -> int:
     return int(clock())
-
-
-def _flow(exc: ProtocolError, message: str) -> FlowError:
-    reason = getattr(exc, "reason", "") or str(exc)
-    return FlowError(f"{message} ({exc.code.value}: {reason})", code=exc.code.value)
 
 
 def check_new_password(password: str, *, login: str, display_name: str | None = None) -> None:
@@ -188,7 +183,7 @@ async def enrol(
     try:
         norm = normalise_enrolment_code(code)
     except DecodeError as exc:
-        raise _flow(exc, "the enrolment code is not well formed") from exc
+        raise flow_error(exc, "the enrolment code is not well formed") from exc
     token = api.enrolment_token(norm)
     package = await relay.enrol_fetch(token)
     try:
@@ -204,7 +199,7 @@ async def enrol(
         user = certs.verify_user_certificate(
             package.user_certificate, trusted_orgs={bundle.org_id: org_key}, at=now)
     except ProtocolError as exc:
-        raise _flow(exc, "the user certificate does not verify") from exc
+        raise flow_error(exc, "the user certificate does not verify") from exc
     if (user.user_id, user.org_id, user.identity_key) != (
             bundle.user_id, bundle.org_id, identity.public):
         raise FlowError("the user certificate does not match the sealed identity key",
@@ -343,7 +338,7 @@ def _verify_link_result(
                                       trusted_orgs={claimed.org_id: org_key}, at=now,
                                       revocations=None)
     except ProtocolError as exc:
-        raise _flow(exc, "the pairing result does not verify") from exc
+        raise flow_error(exc, "the pairing result does not verify") from exc
     d = verified.device
     if (d.device_id, d.kind, d.signing_key, d.dh_key) != (
             pending.keys.device_id, pending.kind, pending.keys.signing.public,
@@ -398,7 +393,7 @@ async def approve_link(
     try:
         secret = pairing.PairingSecret(code)
     except DecodeError as exc:
-        raise _flow(exc, "the pairing code is not well formed") from exc
+        raise flow_error(exc, "the pairing code is not well formed") from exc
     pending = await relay.pairing_pending(secret.token_hash_b64)
     try:
         pairing.verify_offer_mac(secret.code, pending.keys,
@@ -406,14 +401,14 @@ async def approve_link(
         signing_key = b64url_decode(pending.keys.signing_key, length=32)
         dh_key = b64url_decode(pending.keys.dh_key, length=32)
     except ProtocolError as exc:
-        raise _flow(exc, "the new device's offer does not match the pairing code") from exc
+        raise flow_error(exc, "the new device's offer does not match the pairing code") from exc
     now = _now(clock)
     current = await relay.user_devices(st.user_id)
     try:
         user = certs.verify_user_certificate(current.user_certificate,
                                              trusted_orgs=st.trusted_orgs(), at=now)
     except ProtocolError as exc:
-        raise _flow(exc, "the relay's copy of our user certificate does not verify") from exc
+        raise flow_error(exc, "the relay's copy of our user certificate does not verify") from exc
     if user.user_id != st.user_id or user.identity_key != identity.public:
         raise FlowError("the relay serves a user certificate for another identity key",
                         code=ErrorCode.CERTIFICATE_INVALID.value)
@@ -469,7 +464,7 @@ async def refresh_revocations(relay: RelayHTTP, opened: DeviceStore) -> certs.Re
             if held.add(certs.verify_revocation_list(token, trusted_orgs=st.trusted_orgs())):
                 newest = [token]
         except ProtocolError as exc:
-            raise _flow(exc, "the relay served a bad or older revocation list") from exc
+            raise flow_error(exc, "the relay served a bad or older revocation list") from exc
     if newest != st.revocation_lists:
         opened.save(msgspec.structs.replace(opened.state, revocation_lists=newest))
     return held
@@ -501,7 +496,7 @@ async def verified_user_devices(
                    else certs.verify_signed_prekey(bundle.signed_prekey, verified))
             views.append(DeviceView(verified, spk))
     except ProtocolError as exc:
-        raise _flow(exc, "the directory served a device that does not verify") from exc
+        raise flow_error(exc, "the directory served a device that does not verify") from exc
     if user.user_id != user_id:
         raise FlowError("the directory answered for another user",
                         code=ErrorCode.CERTIFICATE_INVALID.value)
@@ -540,7 +535,7 @@ async def claim_user_keys(
                    else certs.verify_one_time_prekey(key.one_time_prekey, verified))
             out.append(ClaimedDevice(verified, spk, otk))
     except ProtocolError as exc:
-        raise _flow(exc, "a claimed prekey does not verify") from exc
+        raise flow_error(exc, "a claimed prekey does not verify") from exc
     if {c.verified.device_id for c in out} - wanted:
         raise FlowError("the relay answered for devices we did not ask for")
     return out

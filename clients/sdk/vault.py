@@ -102,6 +102,7 @@ __all__ = [
     "ItemNotFound",
     "OutboxImage",
     "OutboxRecord",
+    "SenderSeenSet",
     "StoredImage",
     "Tombstone",
     "Vault",
@@ -608,7 +609,11 @@ class Vault:
     # -- messages -------------------------------------------------------------------------------
 
     def put_message(self, message: VaultMessage) -> bool:
-        """Store a decrypted message; False if one with that id is already stored (kept)."""
+        """Store a decrypted message; False if one with that id is already stored (kept).
+
+        The message is recorded as seen from its sender device in the same transaction
+        (:class:`VaultDedupe`): a delivery that comes again, after a crash before it was
+        acknowledged or as a replay, is recognised whatever the moment of the crash."""
         _check_id(message.message_id, "message_id")
         _check_id(message.thread_id, "thread_id")
         with self._mutex:
@@ -621,6 +626,8 @@ class Vault:
                     "INSERT INTO messages (message_id, thread_tag, sealed) VALUES (?, ?, ?) "
                     "ON CONFLICT (message_id) DO NOTHING",
                     (message.message_id, _tag(keys.threads, message.thread_id), sealed))
+                conn.execute("INSERT INTO dedupe VALUES (?) ON CONFLICT DO NOTHING",
+                             (_tag(keys.dedupe, message.sender_device_id, message.message_id),))
             return cursor.rowcount == 1
 
     def message(self, message_id: str) -> VaultMessage:
@@ -1066,8 +1073,12 @@ class Vault:
 
 
 class VaultDedupe:
-    """The vault's persisted set of (sender device, message id) seen: a
-    :class:`clients.sdk.connection.DedupeStore`. Raises VaultLocked while the vault is locked."""
+    """The vault's persisted set of (sender device, message id) seen: the one record of
+    which deliveries this device has, used by the connection (a redelivery is acknowledged,
+    not handed on: :class:`clients.sdk.connection.DedupeStore`) and by the protocol's replay
+    check (:meth:`for_sender`, the ``seen`` of :func:`protocol.envelope.open_message`). A
+    message is added when it is stored (:meth:`Vault.put_message`). Raises VaultLocked while
+    the vault is locked."""
 
     def __init__(self, vault: Vault) -> None:
         self._vault = vault
@@ -1077,6 +1088,24 @@ class VaultDedupe:
 
     def add(self, sender_device_id: str, message_id: str) -> None:
         self._vault._dedupe_add(sender_device_id, message_id)
+
+    def for_sender(self, sender_device_id: str) -> SenderSeenSet:
+        return SenderSeenSet(self, sender_device_id)
+
+
+class SenderSeenSet:
+    """The :class:`protocol.envelope.SeenSet` of one sender device, over the vault's record.
+
+    ``check_and_add`` answers False for a message this device already stored; for a new one
+    it answers True and records nothing yet: the record is written with the message itself
+    (:meth:`Vault.put_message`), so a message that could not be stored is not taken for a
+    replay when the relay delivers it again."""
+
+    def __init__(self, dedupe: VaultDedupe, sender_device_id: str) -> None:
+        self._dedupe, self._sender = dedupe, sender_device_id
+
+    def check_and_add(self, message_id: str) -> bool:
+        return not self._dedupe.seen(self._sender, message_id)
 
 
 _UNAVAILABLE: Final = frozenset({

@@ -18,9 +18,9 @@ from protocol.errors import ErrorCode
 from protocol.filing import CopiesList, CopiesReport, CopyInfo, GatewayList
 from server.api import Endpoint, json_response
 from server.authn import ADMIN_AUTH_ERRORS, DEVICE_AUTH_ERRORS, Authenticator, Principal
+from server.copies import CopiesReport as Report
 from server.db import Database
 from server.errors import InvalidInput
-from server.expiry import CopiesReport as Report
 from server.expiry import FilingService
 from server.store import filings
 

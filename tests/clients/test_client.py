@@ -219,7 +219,7 @@ async def test_escalation_notices_become_escalation_events(world: World, tmp_pat
     notice = EscalationNotice(thread_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),
                               step=2, level=1, user_id=str(uuid.uuid4()), at=1767225600,
                               kind=EscalationKind.RELEASED)
-    await intern.client._on_frame(notice)
+    await intern.client.notices.on_frame(notice)
     event = await asyncio.wait_for(events.get(), seconds(5))
     assert isinstance(event, EscalationEvent)
     assert (event.kind, event.step, event.user_id) == ("released", 2, notice.user_id)
@@ -240,14 +240,14 @@ async def test_reseal_request_is_answered_with_the_same_body_for_the_current_par
         sent = await intern.client.send_text(thread.thread_id, "Scaphoid tenderness, x-ray?")
         first = await asyncio.wait_for(_next_message(events), seconds(15))
         assert first.body == "Scaphoid tenderness, x-ray?"
-        await intern.client._on_frame(ResealRequest(
+        await intern.client.notices.on_frame(ResealRequest(
             thread_id=thread.thread_id, message_id=sent.message_id,
             devices=[ortho.client.device_id], deadline=int(time.time()) + 600))
         again = await asyncio.wait_for(_next_message(events), seconds(15))
         assert again.body == "Scaphoid tenderness, x-ray?"
         assert again.message_id != sent.message_id
         # a request for a message this device never held sends nothing
-        await intern.client._on_frame(ResealRequest(
+        await intern.client.notices.on_frame(ResealRequest(
             thread_id=thread.thread_id, message_id=str(uuid.uuid4()),
             devices=[ortho.client.device_id], deadline=int(time.time()) + 600))
         with pytest.raises(TimeoutError):
@@ -278,11 +278,11 @@ async def test_a_filing_receipt_from_a_device_that_is_not_a_gateway_is_not_belie
             attachment_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),
             study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
             sop_instance_uid="1.2.3.4.5", filed_at=int(time.time()), record_ref="FAKE-REF"))
-        await intern.client._send_body(thread.thread_id, forged, purpose=Purpose.DIRECT_CARE,
+        await intern.client.sender.send_body(thread.thread_id, forged, purpose=Purpose.DIRECT_CARE,
                                        priority=Priority.ROUTINE)
         got = await asyncio.wait_for(_next_message(events), seconds(15))
         stored = ortho.vault.message(got.message_id)
-        body = ortho.client._body(stored)
+        body = ortho.client.body(stored)
         assert body is not None
         assert body.filing is None and body.kind is BodyKind.TEXT
 

@@ -137,7 +137,7 @@ async def test_a_client_restarted_offline_keeps_acknowledgements_receipts_and_na
             await wait_for_event(inbox, MessageEvent,
                                  lambda e: e.message.message_id == sent.message_id)
             # an on-call step the relay told this device (a relay notice, as it arrives)
-            await client._handle_frame(EscalationNotice(
+            await client.notices.handle(EscalationNotice(
                 thread_id=_thread.thread_id, message_id=sent.message_id, step=1, level=0,
                 user_id=specialist.user_id, at=int(time.time()), kind=EscalationKind.RENOTIFY))
             await client.acknowledge(sent.message_id)

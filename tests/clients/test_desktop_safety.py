@@ -32,7 +32,8 @@ import httpx
 import pydicom
 import pytest
 
-from clients.desktop.app import _note, _Refused, _reply_plan, _ReplyPlan, _study_json
+from clients.desktop.views import ReplyPlan, note, reply_plan, study_json
+from clients.desktop.web import Refused
 from clients.sdk.client import ClientEvent, EscalationEvent, MessageEvent, MessageView
 from clients.sdk.consent_pdf import PRIVACY_CONTACT_ENV
 from clients.sdk.vault import VaultMessage
@@ -158,7 +159,7 @@ async def test_a_consent_form_for_a_consent_that_does_not_exist_is_404(
         plain = await intern.send_text(thread.thread_id, "Any news on bed 4?")
         # A body naming a "consent token" that is none (a faulty sender): sealed as send_text
         # would seal it, so the desktop receives it like any message.
-        garbled, _ = await intern._send_body(
+        garbled, _ = await intern.sender.send_body(
             thread.thread_id, Body(text="consent attached", consent_token="not.a.token"),
             purpose=Purpose.DIRECT_CARE, priority=Priority.ROUTINE)
         for sent in (plain, garbled):
@@ -294,8 +295,8 @@ def test_a_reply_takes_the_purpose_and_consent_of_the_message_it_answers() -> No
     teaching = _view(Purpose.TEACHING, body=Body(text="teaching?", consent_token=token))
     later = _view(Purpose.DIRECT_CARE)
     views = [teaching, later]
-    assert _reply_plan(views, teaching.message.message_id) == _ReplyPlan(Purpose.TEACHING, jti)
-    assert _reply_plan(views, later.message.message_id) == _ReplyPlan(Purpose.DIRECT_CARE)
+    assert reply_plan(views, teaching.message.message_id) == ReplyPlan(Purpose.TEACHING, jti)
+    assert reply_plan(views, later.message.message_id) == ReplyPlan(Purpose.DIRECT_CARE)
 
 
 def test_a_reply_naming_no_message_answers_the_latest_incoming_clinician_message() -> None:
@@ -304,22 +305,22 @@ def test_a_reply_naming_no_message_answers_the_latest_incoming_clinician_message
     question = _view(Purpose.RESEARCH)  # a later question in the consult, under its consent
     mine = _view(Purpose.DIRECT_CARE, mine=True)
     receipt = _view(Purpose.DIRECT_CARE, body=Body(kind=BodyKind.FILING_RECEIPT))
-    assert _reply_plan([consult, question, mine, receipt], None) == \
-        _ReplyPlan(Purpose.RESEARCH, jti)
-    assert _reply_plan([mine], None) == _ReplyPlan(Purpose.DIRECT_CARE)
-    assert _reply_plan([], None) == _ReplyPlan(Purpose.DIRECT_CARE)
+    assert reply_plan([consult, question, mine, receipt], None) == \
+        ReplyPlan(Purpose.RESEARCH, jti)
+    assert reply_plan([mine], None) == ReplyPlan(Purpose.DIRECT_CARE)
+    assert reply_plan([], None) == ReplyPlan(Purpose.DIRECT_CARE)
 
 
 def test_a_reply_to_an_external_consult_carries_its_necessity_statement() -> None:
     token, jti = _token(Purpose.EXTERNAL_CONSULT)
     consult = _view(Purpose.EXTERNAL_CONSULT,
                     body=Body(text="opinion?", consent_token=token, necessity=NEED))
-    assert _reply_plan([consult], None) == _ReplyPlan(Purpose.EXTERNAL_CONSULT, jti, NEED)
+    assert reply_plan([consult], None) == ReplyPlan(Purpose.EXTERNAL_CONSULT, jti, NEED)
 
 
 def test_a_reply_to_a_message_outside_the_thread_is_404() -> None:
-    with pytest.raises(_Refused) as refused:
-        _reply_plan([_view(Purpose.DIRECT_CARE)], str(uuid.uuid4()))
+    with pytest.raises(Refused) as refused:
+        reply_plan([_view(Purpose.DIRECT_CARE)], str(uuid.uuid4()))
     assert (refused.value.status, refused.value.message) == (404, "no such message in this thread")
 
 
@@ -341,7 +342,7 @@ def test_the_filed_study_lists_the_original_studies_in_order_and_drops_links_tha
         attachment_id=aid, message_id=message_id, study_instance_uid="1.2.9",
         series_instance_uid="1.2.9.1", sop_instance_uid="1.2.9.1.1", filed_at=T0,
         retrieve_url="data:text/html,hi", original_studies=[newest, sneaky, older])
-    assert _study_json(receipt, message_id) == {
+    assert study_json(receipt, message_id) == {
         "study_uid": "1.2.9", "retrieve_url": "",
         "originals": [
             {"study_uid": "1.2.3.4", "date": "2026-11-22", "modalities": ["CR"],
@@ -351,7 +352,7 @@ def test_the_filed_study_lists_the_original_studies_in_order_and_drops_links_tha
             {"study_uid": "1.2.3.6", "date": "2026-11-20", "modalities": ["DX", "CR"],
              "description": "", "url": "HTTP://pacs.example/studies/1.2.3.6"},
         ]}
-    assert _study_json(receipt, str(uuid.uuid4())) is None  # another message's image
+    assert study_json(receipt, str(uuid.uuid4())) is None  # another message's image
 
 
 def test_the_record_thread_says_what_was_sent_to_and_filed_in_the_record() -> None:
@@ -360,14 +361,14 @@ def test_the_record_thread_says_what_was_sent_to_and_filed_in_the_record() -> No
     token = "a.b.c"
     record = RecordData(patient_name="Testpatient^Beta", patient_id="LBX-TEST-7")
     sent = Body(kind=BodyKind.CONSENT_RECORD, consent_token=token, record=record)
-    assert _note(sent) == "Consent sent to the record gateway to be filed in the patient's record"
+    assert note(sent) == "Consent sent to the record gateway to be filed in the patient's record"
     consent_id = str(uuid.uuid4())
     filed = Body(kind=BodyKind.CONSENT_FILED, consent_filing=ConsentFiling(
         consent_id=consent_id, message_id=str(uuid.uuid4()), decision="refused",
         study_instance_uid="2.25.9", filed_at=T0))
-    assert _note(filed) == (f"Consent {consent_id[:8]} (refused) filed in the patient's "
+    assert note(filed) == (f"Consent {consent_id[:8]} (refused) filed in the patient's "
                             "record, study 2.25.9")
-    assert _note(Body(text="Displaced?")) == ""
+    assert note(Body(text="Displaced?")) == ""
 
 
 # --- the page ---------------------------------------------------------------------------------
@@ -503,7 +504,7 @@ async def test_each_escalation_step_shows_once_under_the_consult(
                 (1, 0, team.specialist.user_id, EscalationKind.RENOTIFY),
                 (2, 1, team.intern.user_id, EscalationKind.RELEASED)))
         for frame in (reminded, released, released, reminded):  # two redelivered
-            await client._handle_frame(frame)
+            await client.notices.handle(frame)
 
         told = [steps.get_nowait() for _ in range(steps.qsize())]
         assert [(e.kind, e.step) for e in told if isinstance(e, EscalationEvent)] == [

@@ -116,7 +116,7 @@ async def send_for_filing(intern: Clinician, thread_id: str, image: imaging.Sani
                 attachments=[enc.descriptor(aid, image.media_type, width=image.width,
                                             height=image.height)])
     state = intern.vault.state
-    recipients = await client._recipients(thread_id)
+    recipients = await client.trust.recipients(thread_id, me=client.device_id)
     recipients += await gateway_bundles(client.relay, trusted_orgs=state.trusted_orgs(),
                                         revocations=await client.revocations())
     header = MessageHeader(

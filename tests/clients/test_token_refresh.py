@@ -61,7 +61,7 @@ async def test_eight_concurrent_calls_after_expiry_share_one_refresh_and_all_suc
         results = await asyncio.gather(
             *(client.relay.prekey_count() for _ in range(3)),
             *(client.threads() for _ in range(3)),
-            *(client._access_token() for _ in range(2)))
+            *(client.session.access_token() for _ in range(2)))
         after = (await _auth_events(world))[len(before):]
         assert after == ["auth.refresh"]  # one refresh; no repeat, no reuse, no new login
         tokens = client.relay.tokens

@@ -587,3 +587,19 @@ def test_a_note_needs_a_kind_and_a_key(vault: Vault) -> None:
         vault.put_note("", "key", b"")
     with pytest.raises(ValueError):
         vault.put_note("name", "k" * 201, b"")
+
+
+def test_a_stored_message_is_seen_from_its_sender_device_in_the_same_write(vault: Vault) -> None:
+    """The vault's record of deliveries is written with the message itself: the connection
+    and the protocol's replay check (``open_message``'s ``seen``) both find it at once,
+    whatever the moment a crash comes after the message was stored."""
+    message = _message(7)
+    seen = vault.dedupe.for_sender(message.sender_device_id)
+    assert seen.check_and_add(message.message_id) is True  # new: nothing recorded yet
+    assert seen.check_and_add(message.message_id) is True
+    assert not vault.dedupe.seen(message.sender_device_id, message.message_id)
+    assert vault.put_message(message)
+    assert vault.dedupe.seen(message.sender_device_id, message.message_id)
+    assert seen.check_and_add(message.message_id) is False
+    # the record is per sender device: another device may use the same id
+    assert vault.dedupe.for_sender("another-device").check_and_add(message.message_id)

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from clients.sdk.reseal import answer_reseal
 from clients.sdk.socket import RelaySocket, SendRefused
 from protocol import envelope
 from protocol.certs import verify_chain
@@ -36,6 +35,7 @@ from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_sta
 from tests.helpers import running_relay, seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, opened, peer, seal
+from tests.reseal import answer_reseal
 
 ROLE = "role:orthopaedics-oncall"
 ORG = "st-elsewhere"

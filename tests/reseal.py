@@ -1,4 +1,5 @@
-"""Client side of on-call (docs/PROTOCOL.md §16): answering a relay's ``reseal_request``.
+"""A raw peer's answer to a relay's ``reseal_request`` (docs/PROTOCOL.md §16), for the relay's
+own tests, which speak the protocol without the SDK.
 
 At a shift handover the relay asks a device that holds a consult's content (the sender's, or
 one it reached) to seal it for the incoming clinician's devices: the relay is blind and cannot
@@ -8,8 +9,8 @@ participants (``GET /v1/threads/{id}/recipients``, whose certificates the caller
 first, as for any send). The relay treats any message a requested holder sends to the thread
 afterwards as the answer and drops the request.
 
-:func:`answer_reseal` is pure (no I/O); the SDK wires it to the socket (it must keep the
-plaintext of its unacknowledged role consults, or read it back from its vault).
+:func:`answer_reseal` is pure (no I/O). The SDK answers through its outbox instead
+(clients/sdk/notices.py), so an answer survives a restart like any send.
 """
 
 from __future__ import annotations

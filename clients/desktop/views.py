@@ -1,0 +1,225 @@
+"""What the desktop page is given: each message as JSON (its images, receipts, escalation steps,
+filing and consent as the specialist sees them), the names of the people in a thread, and the
+plan of a reply (who it goes to, under which consent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from clients.desktop.web import Refused, http_url
+from clients.sdk.client import (
+    LightboxClient,
+    MessageView,
+    SentMessage,
+)
+from clients.sdk.errors import SDKError
+from protocol import api, certs
+from protocol.body import Body, BodyKind, CaptureKind, FilingReceipt
+from protocol.canonical import peek_compact
+from protocol.consent import ConsentClaims, peek_consent_token_unverified
+from protocol.errors import ProtocolError
+from protocol.model import Priority, Purpose
+
+__all__ = [
+    "ReplyPlan",
+    "consent_claims",
+    "known_name",
+    "learn_names",
+    "message_json",
+    "note",
+    "reply_plan",
+    "send_reply",
+    "study_json",
+    "thread_info",
+]
+
+
+def study_json(receipt: FilingReceipt | None, message_id: str) -> dict[str, Any] | None:
+    """Where the gateway filed this image of this message (its filing receipt): the study the
+    photo went into and its retrieve URL, and, for a photo of a film or monitor, the
+    ``originals`` the gateway found in PACS by patient and date (issue 10 item 7: a photo of
+    an x-ray is not the study itself), in the receipt's order (newest first)."""
+    if receipt is None or receipt.message_id != message_id:
+        return None
+    return {"study_uid": receipt.study_instance_uid,
+            "retrieve_url": http_url(receipt.retrieve_url),
+            "originals": [{"study_uid": o.study_instance_uid, "date": o.study_date,
+                           "modalities": list(o.modalities), "description": o.description,
+                           "url": http_url(o.url)} for o in receipt.original_studies]}
+
+
+async def thread_info(client: LightboxClient, thread_id: str) -> api.ThreadInfo:
+    """The thread from the client's list, fetched again once when it is not there yet (a
+    consult that arrived since the inbox was last read); 404 when the relay has none."""
+    for attempt in range(2):
+        info = next((t for t in client.cached_threads() if t.thread_id == thread_id), None)
+        if info is not None:
+            return info
+        if attempt == 0:
+            with contextlib.suppress(SDKError):
+                await client.threads()
+    raise Refused(404, "no such thread")
+
+
+def consent_claims(body: Body) -> ConsentClaims | None:
+    """The claims of the consent token a body carries, decoded (not verified); None when it
+    carries none or one that cannot be read."""
+    if not body.consent_token:
+        return None
+    try:
+        return peek_consent_token_unverified(body.consent_token)
+    except ProtocolError:
+        return None
+
+
+async def learn_names(client: LightboxClient, views: Sequence[MessageView]) -> None:
+    """Before a page names people: everyone these messages name (senders, receipts,
+    escalation steps, consent recipients) from verified certificates, the vault's or the
+    key directory's (offline, the vault's alone)."""
+    wanted = []
+    for v in views:
+        wanted += [v.message.sender_user_id, *(r.user_id for r in v.receipts),
+                   *(e.user_id for e in v.escalations)]
+        claims = consent_claims(v.body)
+        if claims is not None:
+            wanted += [claims.iss, *claims.recipients.users]
+    with contextlib.suppress(SDKError):
+        await client.ensure_names(wanted)
+
+
+def known_name(client: LightboxClient, user_id: str) -> str | None:
+    """A user's display name from a certificate this device verified; None when unknown (the
+    SDK's fallback, a shortened id, is no name to print on the patient's form)."""
+    if user_id == client.user_id:
+        return peek_compact(client.state.user_certificate, certs.UserCertificate,
+                            max_length=certs.MAX_CERTIFICATE_LENGTH).display_name
+    return client.display_name(user_id) if client.knows_name(user_id) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplyPlan:
+    """How a reply is sealed: ``purpose`` (what the text guard checks it for), the consent
+    the relay needs for any purpose but direct care, and for an external consult the
+    clinical-necessity statement it was asked with (issue 10 item 3: the reply goes back to
+    the other organisation in the same consult)."""
+
+    purpose: Purpose
+    consent_id: str | None = None
+    necessity: str | None = None
+
+
+def reply_plan(views: Sequence[MessageView], reply_to: str | None) -> ReplyPlan:
+    """A reply carries the purpose of the message it answers: ``reply_to`` when named (it
+    must be in this thread, else 404), otherwise the thread's latest incoming clinician
+    message (the gateway's receipts are not what a clinician answers), otherwise our own
+    latest; direct care in a thread with none. The consent is that message's when it covers
+    the purpose, else the newest in the thread that does; the statement likewise."""
+    said = [v for v in views if v.body.kind is BodyKind.TEXT]
+    if reply_to is not None:
+        answered = next((v for v in views if v.message.message_id == reply_to), None)
+        if answered is None:
+            raise Refused(404, "no such message in this thread")
+    else:
+        incoming = [v for v in said if not v.message.outgoing]
+        answered = (incoming or said)[-1] if said else None
+    if answered is None or not answered.message.purpose:
+        return ReplyPlan(Purpose.DIRECT_CARE)
+    purpose = Purpose(answered.message.purpose)
+    if purpose is Purpose.DIRECT_CARE:
+        return ReplyPlan(purpose)
+    candidates = [answered, *reversed(views)]
+    consent_id = next((c.jti for v in candidates
+                       if (c := consent_claims(v.body)) is not None and purpose in c.purposes),
+                      None)
+    necessity = None
+    if purpose is Purpose.EXTERNAL_CONSULT:
+        necessity = next((v.body.necessity for v in candidates if v.body.necessity), None)
+    return ReplyPlan(purpose, consent_id, necessity)
+
+
+async def send_reply(client: LightboxClient, thread_id: str, text: str, *,
+                      reply_to: str | None, plan: ReplyPlan, priority: Priority
+                      ) -> SentMessage:
+    """Seal and send the reply under the plan's purpose, consent and necessity."""
+    return await client.send_text(thread_id, text, priority=priority, purpose=plan.purpose,
+                                  reply_to=reply_to, necessity=plan.necessity,
+                                  consent_id=plan.consent_id, timeout=30.0)
+
+
+def message_json(client: LightboxClient, view: MessageView,
+                  receipts: Mapping[str, FilingReceipt] | None = None,
+                  withdrawals: Mapping[str, int] | None = None) -> dict[str, Any]:
+    receipts, withdrawals = receipts or {}, withdrawals or {}
+    m, body = view.message, view.body
+    # what the sender's text recognition found in each image (kinds only), told with it
+    burned_in = {b.attachment_id: [k.value for k in b.kinds]
+                 for b in body.burned_in_identifiers}
+    consent = None
+    c = consent_claims(body)
+    if c is not None:
+        consent = {
+            "consent_id": c.jti, "decision": c.decision.value,
+            "purposes": [p.value for p in c.purposes],
+            "users": [client.display_name(u) for u in c.recipients.users],
+            "roles": c.recipients.roles, "orgs": c.recipients.orgs,
+            "external": c.recipients.external, "expires_at": c.exp,
+            "form_version": c.form_version,
+            # when the consent was withdrawn (the relay's time), or None
+            "withdrawn_at": withdrawals.get(c.jti),
+            # the patient's copy (issue 10 item 2), opened by the page in a new tab
+            "pdf_url": f"/api/messages/{m.message_id}/consent.pdf",
+        }
+    record = None
+    if body.record is not None:
+        r = body.record
+        record = {"patient_name": r.patient_name.replace("^", ", "), "patient_id": r.patient_id,
+                  "issuer": r.issuer_of_patient_id, "birth_date": r.birth_date,
+                  "sex": r.sex.value, "accession": r.accession_number,
+                  "region": r.anatomic_region, "capture": r.capture.value,
+                  # a photo of a film or monitor is not the study itself (issue 10 item 7)
+                  "not_diagnostic": r.capture is CaptureKind.FILM}
+    return {
+        "message_id": m.message_id, "mine": m.outgoing,
+        "sender": client.display_name(m.sender_user_id), "sent_at": m.sent_at,
+        "priority": m.priority, "purpose": m.purpose, "read": m.read, "text": body.text,
+        "subject": body.subject, "reply_to": body.reply_to, "kind": body.kind.value,
+        "necessity": body.necessity, "quality_warnings": body.quality_warnings,
+        # break-glass (docs/PROTOCOL.md §17): the signed header's category, the sealed reason
+        "emergency": m.emergency, "emergency_reason": body.emergency_reason,
+        "images": [{"attachment_id": i.attachment_id, "state": i.state, "reason": i.reason,
+                    "burned_in_identifiers": burned_in.get(i.attachment_id, []),
+                    "record_ref": i.record_ref, "width": i.width, "height": i.height,
+                    "filed_at": i.filed_at, "expires_at": i.expires_at,
+                    "study": study_json(receipts.get(i.attachment_id), m.message_id)}
+                   for i in view.images],
+        "consent": consent, "record": record,
+        "receipts": [{"name": client.display_name(r.user_id), "kind": r.kind, "at": r.at}
+                     for r in view.receipts],
+        # issue 9: the consult's on-call escalation, as the sender and everyone reached see it
+        "escalations": [{"kind": e.kind, "step": e.step, "level": e.level,
+                         "name": client.display_name(e.user_id), "at": e.at}
+                        for e in view.escalations],
+        "acknowledged_by_me": view.acknowledged_by_me,
+        "filing": None if body.filing is None else {
+            "study": body.filing.study_instance_uid, "record_ref": body.filing.record_ref,
+            "filed_at": body.filing.filed_at},
+        "note": note(body),
+    }
+
+
+def note(body: Body) -> str:
+    """What a body without a clinician's text says, in a line: a consent sent to the record
+    or filed there (issue 10 item 1; the record thread), an image filed."""
+    if body.kind is BodyKind.CONSENT_RECORD:
+        return "Consent sent to the record gateway to be filed in the patient's record"
+    if body.consent_filing is not None:
+        c = body.consent_filing
+        return (f"Consent {c.consent_id[:8]} ({c.decision}) filed in the patient's record, "
+                f"study {c.study_instance_uid}")
+    if body.filing is not None:
+        return f"Image filed in the patient's record, study {body.filing.study_instance_uid}"
+    return ""

@@ -1,0 +1,168 @@
+"""What a device learnt besides its messages, kept in the vault's notes so a restart forgets
+nothing (clients/sdk/vault.py "notes"): acknowledgements, receipts, escalation steps, filing
+notices and the names on verified certificates; and the views an application shows, built
+from them and the stored messages.
+
+Notices are at-least-once: each ``note_*`` method tells whether the fact is new, so a
+redelivered notice is not told to the application twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from clients.sdk.events import (
+    EscalationEvent,
+    FiledEvent,
+    ImageStatus,
+    MessageView,
+    ReceiptEvent,
+)
+from clients.sdk.vault import ItemNotFound, Vault, VaultLocked, VaultMessage
+from protocol.body import Body
+
+__all__ = ["Memory", "body_of"]
+
+# Kinds of the vault's notes this client keeps across restarts.
+_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION = "acknowledged", "receipt", "escalation"
+_NOTE_FILED, _NOTE_NAME = "filed", "name"
+_NOTE_KINDS = (_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION, _NOTE_FILED, _NOTE_NAME)
+_RECEIPT_ORDER = {"delivered": 0, "read": 1, "acknowledged": 2}
+
+
+def body_of(message: VaultMessage) -> Body | None:
+    """The decoded body of a stored message (None when unreadable or empty)."""
+    if not message.content:
+        return Body(text=message.body) if message.body.strip() else None
+    try:
+        return msgspec.msgpack.decode(message.content, type=Body)
+    except msgspec.DecodeError:
+        return None
+
+
+class Memory:
+    """The notes of one device, read back from the vault once it is open."""
+
+    def __init__(self, vault: Vault, user_id: Callable[[], str]) -> None:
+        self._vault, self._user_id = vault, user_id
+        self.names: dict[str, str] = {}  # from verified certificates
+        self.image_state: dict[str, tuple[str, str]] = {}  # not kept: this run's downloads
+        self.filed: dict[str, FiledEvent] = {}
+        self._receipts: dict[str, list[ReceiptEvent]] = {}
+        self._escalations: dict[str, list[EscalationEvent]] = {}  # steps seen, per message
+        self._acked: set[str] = set()
+        self._restored = False
+
+    def restore(self) -> None:
+        """Read back what an earlier run of this device learnt, once the vault is open."""
+        if self._restored:
+            return
+        try:
+            notes = {kind: self._vault.notes(kind) for kind in _NOTE_KINDS}
+        except VaultLocked:
+            return
+        self._restored = True
+        self._acked |= set(notes[_NOTE_ACK])
+        for raw in notes[_NOTE_RECEIPT].values():
+            self._add_receipt(msgspec.msgpack.decode(raw, type=ReceiptEvent))
+        for raw in notes[_NOTE_ESCALATION].values():
+            self._add_step(msgspec.msgpack.decode(raw, type=EscalationEvent))
+        for key, raw in notes[_NOTE_FILED].items():
+            self.filed.setdefault(key, msgspec.msgpack.decode(raw, type=FiledEvent))
+        for user_id, raw in notes[_NOTE_NAME].items():
+            self.names.setdefault(user_id, raw.decode())
+
+    # -- names -------------------------------------------------------------------------------
+
+    def display_name(self, user_id: str) -> str:
+        if user_id == self._user_id():
+            return "you"
+        self.restore()
+        return self.names.get(user_id, user_id[:8])
+
+    def knows_name(self, user_id: str) -> bool:
+        self.restore()
+        return user_id == self._user_id() or user_id in self.names
+
+    def remember_name(self, user_id: str, name: str) -> None:
+        """A name from a verified certificate: kept in memory and in the vault."""
+        if self.names.get(user_id) != name:
+            self.names[user_id] = name
+            self._vault.put_note(_NOTE_NAME, user_id, name.encode())
+
+    # -- facts from notices ------------------------------------------------------------------
+
+    def _add_receipt(self, receipt: ReceiptEvent) -> bool:
+        seen = self._receipts.setdefault(receipt.message_id, [])
+        if any((r.device_id, r.kind) == (receipt.device_id, receipt.kind) for r in seen):
+            return False
+        seen.append(receipt)
+        return True
+
+    def _add_step(self, step: EscalationEvent) -> bool:
+        steps = self._escalations.setdefault(step.message_id, [])
+        if step in steps:
+            return False
+        steps.append(step)
+        return True
+
+    def note_receipt(self, receipt: ReceiptEvent) -> bool:
+        self.restore()
+        if not self._add_receipt(receipt):
+            return False
+        self._vault.put_note(_NOTE_RECEIPT,
+                             f"{receipt.message_id}/{receipt.device_id}/{receipt.kind}",
+                             msgspec.msgpack.encode(receipt))
+        return True
+
+    def note_step(self, step: EscalationEvent) -> bool:
+        self.restore()
+        if not self._add_step(step):
+            return False
+        self._vault.put_note(_NOTE_ESCALATION,
+                             f"{step.message_id}/{step.step}/{step.kind}/{step.user_id}",
+                             msgspec.msgpack.encode(step))
+        return True
+
+    def note_filed(self, filed: FiledEvent) -> None:
+        self.restore()
+        self.filed[filed.attachment_id] = filed
+        self._vault.put_note(_NOTE_FILED, filed.attachment_id, msgspec.msgpack.encode(filed))
+
+    def note_acknowledged(self, message_id: str) -> None:
+        self._acked.add(message_id)
+        self._vault.put_note(_NOTE_ACK, message_id, b"")
+
+    # -- views -------------------------------------------------------------------------------
+
+    def image_status(self, attachment_id: str) -> ImageStatus:
+        filed = self.filed.get(attachment_id)
+        times = {"filed_at": filed.filed_at if filed else None,
+                 "expires_at": filed.expires_at if filed else None}
+        tomb = self._vault.tombstone(attachment_id)
+        if tomb is not None:
+            return ImageStatus(attachment_id, "shredded", "", tomb.record_reference, **times)
+        try:
+            info = self._vault.image_info(attachment_id)
+        except ItemNotFound:
+            state, reason = self.image_state.get(attachment_id, ("pending", ""))
+            return ImageStatus(attachment_id, state, reason,
+                               filed.record_ref if filed else None, **times)
+        return ImageStatus(attachment_id, "stored", "", info.record_reference,
+                           info.width, info.height, **times)
+
+    def view(self, message: VaultMessage) -> MessageView:
+        self.restore()
+        body = body_of(message) or Body(text="(unreadable message)")
+        ids = list(dict.fromkeys([*message.attachment_ids,
+                                  *(a.attachment_id for a in body.attachments)]))
+        # In the order they happened, whatever order the notices arrived (or were read back
+        # from the vault) in: by time, then delivered before read before acknowledged.
+        receipts = sorted(self._receipts.get(message.message_id, ()),
+                          key=lambda r: (r.at, _RECEIPT_ORDER.get(r.kind, 9), r.device_id))
+        steps = sorted(self._escalations.get(message.message_id, ()),
+                       key=lambda e: (e.step, e.at))
+        return MessageView(message, body, tuple(self.image_status(a) for a in ids),
+                           tuple(receipts), message.message_id in self._acked, tuple(steps))

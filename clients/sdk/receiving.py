@@ -1,0 +1,259 @@
+"""Receiving: each delivery is opened, stored and only then acknowledged; images follow in the
+background (docs/ARCHITECTURE.md §2).
+
+The sender's chain is fetched and verified before opening; the body is stored in the vault,
+the one-time prekey secret used is then deleted from the device state (forward secrecy,
+docs/PROTOCOL.md §5.5), and a signed ``delivered`` receipt is queued. The vault's record of
+the deliveries it holds is the one replay memory: the connection acknowledges a redelivery
+without handing it on, and :func:`protocol.envelope.open_message` checks the same record
+(:class:`clients.sdk.vault.SenderSeenSet`). Images are fetched, decrypted and checked against
+their consent (clients/sdk/attachments.py); the message is already safe in the vault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import msgspec
+
+from clients.sdk import attachments as sdk_attachments
+from clients.sdk.connection import DeferDelivery
+from clients.sdk.errors import (
+    ConsentImageMismatch,
+    FlowError,
+    RelayRequestError,
+    RelayUnavailable,
+    SDKError,
+)
+from clients.sdk.events import ImageEvent, MessageEvent, StatusEvent
+from clients.sdk.http import RelayHTTP
+from clients.sdk.hub import Hub
+from clients.sdk.identity import forget_one_time_prekey
+from clients.sdk.keystore import DeviceStore
+from clients.sdk.memory import Memory, body_of
+from clients.sdk.threads import ThreadBook
+from clients.sdk.trust import Trust
+from clients.sdk.vault import ImageShredded, ItemNotFound, Vault, VaultMessage
+from protocol import statements
+from protocol.attachments import AttachmentDescriptor
+from protocol.body import Body, BodyKind, decode_body, encode_body
+from protocol.consent import peek_consent_token_unverified
+from protocol.envelope import open_message
+from protocol.errors import ErrorCode, ProtocolError, ReplayError
+from protocol.frames import Deliver, Receipt
+from protocol.model import DeviceKind
+
+__all__ = ["Receiver", "without_images"]
+
+log = logging.getLogger("lightbox.sdk.client")
+
+
+def without_images(body: Body, attachment_ids: set[str]) -> Body:
+    """The body without the descriptors (each with its image key) of ``attachment_ids``; the
+    text stays, the record data only while an image remains. ``body`` itself if none goes."""
+    kept = [a for a in body.attachments if a.attachment_id not in attachment_ids]
+    if len(kept) == len(body.attachments):
+        return body
+    return msgspec.structs.replace(body, attachments=kept, record=body.record if kept else None)
+
+
+class Receiver:
+    """Deliveries, images and the receipts this device signs."""
+
+    def __init__(self, *, relay: RelayHTTP, store: DeviceStore, vault: Vault, trust: Trust,
+                 memory: Memory, threads: ThreadBook, hub: Hub, clock: Callable[[], float],
+                 fetch_images: Callable[[], bool]) -> None:
+        self._relay, self._store, self._vault = relay, store, vault
+        self._trust, self._memory, self._threads = trust, memory, threads
+        self._hub, self._clock, self._fetch_images_on = hub, clock, fetch_images
+        self._fetch_lock = asyncio.Lock()
+
+    # -- deliveries --------------------------------------------------------------------------
+
+    async def on_deliver(self, frame: Deliver) -> None:
+        sealed = frame.message
+        h = sealed.header
+        try:
+            chain = await self._trust.device_chain(h.sender_user_id, h.sender_device_id)
+        except (RelayUnavailable, RelayRequestError) as exc:
+            if isinstance(exc, RelayRequestError) and exc.status < 500:
+                await self._hub.emit(StatusEvent("error", f"a message from an unknown or "
+                                                          f"revoked device was dropped "
+                                                          f"({exc.code})"))
+                return
+            raise DeferDelivery from exc
+        except FlowError as exc:
+            await self._hub.emit(StatusEvent("error", f"a message whose sender does not "
+                                                      f"verify was dropped ({exc.code})"))
+            return
+        st = self._store.state
+        try:
+            plain = await asyncio.to_thread(
+                open_message, sealed, me=st.device_keys(), prekeys=st.prekey_store(),
+                sender=chain.verified, seen=self._vault.dedupe.for_sender(h.sender_device_id))
+            body = decode_body(plain)
+        except ReplayError:
+            return  # stored already (before a crash, or a replay): acknowledged, not again
+        except ProtocolError as exc:
+            log.warning("undecryptable message", extra={"code": exc.code.value})
+            await self._hub.emit(StatusEvent("error", f"a message could not be opened and "
+                                                      f"was dropped ({exc.code.value})"))
+            return
+        if (body.filing or body.consent_filing) is not None and not (
+                chain.verified.user.is_record_gateway
+                and chain.verified.device.kind is DeviceKind.GATEWAY):
+            # Only the organisation's record gateway may say where an image or a consent is
+            # filed: a "receipt" from anyone else is kept as an ordinary message, without it.
+            body = msgspec.structs.replace(
+                body, filing=None, consent_filing=None, kind=BodyKind.TEXT,
+                text=body.text or "(an unverified claim that something was filed was removed)")
+            plain = encode_body(body)
+            await self._hub.emit(StatusEvent("error", "a filing receipt from a device that "
+                                                      "is not a record gateway was ignored"))
+        attachment_ids = tuple(a.attachment_id for a in body.attachments)
+        expired = {a for a in attachment_ids if self._vault.tombstone(a) is not None}
+        if expired:
+            # Its expiry order came first (after a reconnect the relay sends orders before
+            # deliveries): the message is kept, without the key of an image it never fetches.
+            body = without_images(body, expired)
+            plain = msgspec.msgpack.encode(body)
+        message = VaultMessage(
+            message_id=h.message_id, thread_id=h.thread_id, sender_user_id=h.sender_user_id,
+            sender_device_id=h.sender_device_id, sent_at=float(h.sent_at), body=body.text,
+            attachment_ids=attachment_ids,
+            priority=h.priority.value, purpose=h.purpose.value, content=plain,
+            thread_seq=frame.thread_seq,
+            emergency=None if h.emergency is None else h.emergency.value)
+        self._vault.put_message(message)
+        forget_one_time_prekey(self._store, sealed)
+        self.receipt(message, statements.ReceiptKind.DELIVERED)
+        if body.kind is BodyKind.FILING_RECEIPT and body.filing is not None:
+            ref = body.filing.record_ref or body.filing.study_instance_uid
+            with contextlib.suppress(ItemNotFound):
+                self._vault.set_record_reference(body.filing.attachment_id, ref)
+        await self._hub.emit(MessageEvent(message, body))
+        if body.attachments and self._fetch_images_on():
+            self._hub.spawn(self.fetch_images(message, body), f"fetch-{h.message_id[:8]}")
+
+    # -- images ------------------------------------------------------------------------------
+
+    async def fetch_missing_images(self) -> None:
+        """Fetch every image of a stored message that is not in the vault yet (after a
+        reconnect, or a download that failed)."""
+        for thread in self._threads.ids():
+            with contextlib.suppress(SDKError, OSError):
+                for m in self._vault.messages(thread):
+                    body = body_of(m)
+                    if body is not None and body.attachments and not m.outgoing:
+                        await self.fetch_images(m, body)
+
+    async def fetch_images(self, message: VaultMessage, body: Body) -> None:
+        async with self._fetch_lock:
+            for descriptor in body.attachments:
+                await self._fetch_one(message, body, descriptor)
+
+    async def _fetch_one(self, message: VaultMessage, body: Body,
+                         descriptor: AttachmentDescriptor) -> None:
+        aid = descriptor.attachment_id
+        if self._vault.tombstone(aid) is not None:
+            return
+        with contextlib.suppress(ItemNotFound):
+            self._vault.image_info(aid)
+            return
+        states = self._memory.image_state
+        if states.get(aid, ("", ""))[0] == "refused":
+            return
+
+        async def status(state: str, reason: str = "") -> None:
+            states[aid] = (state, reason)
+            await self._hub.emit(ImageEvent(aid, message.message_id, message.thread_id, state,
+                                            reason))
+
+        try:
+            chain = await self._trust.device_chain(message.sender_user_id,
+                                                   message.sender_device_id)
+            if body.consent_token is None and message.emergency is not None:
+                # Break-glass (PROTOCOL §17): the signed header declares the emergency, the
+                # relay admitted it to colleagues of the sender's organisation only; this
+                # device checks that much itself before it keeps the image.
+                if chain.verified.user.org_id != self._store.state.org_id:
+                    raise ConsentImageMismatch("an emergency image without consent came from "
+                                               "another organisation")
+                data = await sdk_attachments.decrypt(
+                    await sdk_attachments.download(self._relay, aid), descriptor)
+            elif body.consent_token is None:
+                raise ConsentImageMismatch("the image came without a consent")
+            else:
+                data = await sdk_attachments.receive_image(
+                    self._relay, descriptor,
+                    consent_id=peek_consent_token_unverified(body.consent_token).jti,
+                    message_id=message.message_id, sender_user_id=message.sender_user_id,
+                    sender_certificate=chain.user_certificate,
+                    trusted_orgs=self._store.state.trusted_orgs())
+        except ConsentImageMismatch as exc:
+            await status("refused", str(exc))
+            return
+        except ProtocolError as exc:
+            await status("refused", f"the image does not decrypt or match its description "
+                                    f"({exc.code.value})")
+            return
+        except RelayRequestError as exc:
+            if exc.code == ErrorCode.ATTACHMENT_EXPIRED.value:
+                # The relay issued this device's expiry order (it arrives as a notice).
+                await status("expired", "this copy has expired and was never downloaded")
+            else:
+                await status("failed", f"could not download the image yet: {exc}")
+            return
+        except (RelayUnavailable, FlowError) as exc:
+            await status("failed", f"could not download the image yet: {exc}")
+            return
+        filed = self._memory.filed.get(aid)
+        try:
+            self._vault.put_image(aid, data, media_type=descriptor.media_type,
+                                  width=descriptor.width, height=descriptor.height,
+                                  thread_id=message.thread_id, message_id=message.message_id,
+                                  record_reference=filed.record_ref if filed else None)
+        except ImageShredded:  # its expiry order came while it was downloading
+            states[aid] = ("shredded", "")
+            return
+        await status("stored")
+
+    # -- receipts this device signs ----------------------------------------------------------
+
+    def receipt(self, message: VaultMessage, kind: statements.ReceiptKind) -> None:
+        st = self._store.state
+        statement = statements.issue_receipt_statement(statements.ReceiptStatement(
+            v=statements.STATEMENT_VERSION, device_id=st.device_id,
+            message_id=message.message_id, thread_id=message.thread_id, kind=kind,
+            at=int(self._clock())), st.device_keys().signing)
+        self._hub.queue_frame(Receipt(statement=statement))
+
+    async def mark_read(self, thread_id: str) -> int:
+        """Mark every unread message of a thread read: vault, signed ``read`` receipts to the
+        senders, and the relay's unread counter. Returns how many were unread."""
+        unread = self._vault.messages(thread_id, unread_only=True)
+        for m in unread:
+            self._vault.mark_read(m.message_id)
+            if not m.outgoing:
+                self.receipt(m, statements.ReceiptKind.READ)
+        seqs = [m.thread_seq for m in self._vault.messages(thread_id) if m.thread_seq]
+        if seqs:
+            with contextlib.suppress(RelayRequestError, RelayUnavailable):
+                await self._relay.mark_thread_read(thread_id, max(seqs))
+        return len(unread)
+
+    async def acknowledge(self, message_id: str) -> None:
+        """"I'm on it": a signed ``acknowledged`` receipt to the sender (and the escalation
+        ladder, docs/PROTOCOL.md §16)."""
+        message = self._vault.message(message_id)
+        if message.outgoing:
+            raise FlowError("you cannot acknowledge your own message",
+                            code=ErrorCode.VALIDATION_FAILED.value)
+        if not message.read:
+            self._vault.mark_read(message_id)
+            self.receipt(message, statements.ReceiptKind.READ)
+        self.receipt(message, statements.ReceiptKind.ACKNOWLEDGED)
+        self._memory.note_acknowledged(message_id)

@@ -1,0 +1,70 @@
+"""The consult threads a device is in, as the relay lists them (ids, members, roles,
+priority; never content), and the record thread each user files through."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from clients.sdk.errors import FlowError
+from clients.sdk.filing import gateway_bundles
+from clients.sdk.http import RelayHTTP
+from clients.sdk.keystore import DeviceStore
+from clients.sdk.trust import Trust
+from protocol import api
+from protocol.errors import ErrorCode
+from protocol.model import Priority
+
+__all__ = ["RECORD_THREAD_SUBJECT", "ThreadBook"]
+
+RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's subject line
+
+
+class ThreadBook:
+    def __init__(self, relay: RelayHTTP, store: DeviceStore, trust: Trust) -> None:
+        self._relay, self._store, self._trust = relay, store, trust
+        self._threads: dict[str, api.ThreadInfo] = {}
+
+    async def create(self, users: Sequence[str] = (), roles: Sequence[str] = (),
+                     priority: Priority = Priority.ROUTINE) -> api.ThreadInfo:
+        """A new consult thread with these user ids and roles (we are always in it)."""
+        info = await self._relay.create_thread(api.ThreadCreate(
+            thread_id=str(uuid.uuid4()), users=list(users), roles=list(roles),
+            priority=priority.value))
+        self._threads[info.thread_id] = info
+        return info
+
+    async def fetch(self) -> list[api.ThreadInfo]:
+        """My threads from the relay (urgent first, then newest activity)."""
+        found = (await self._relay.threads()).threads
+        for t in found:
+            self._threads[t.thread_id] = t
+        return sorted(found, key=lambda t: (t.priority != "urgent", -t.last_seq, -t.created_at))
+
+    def cached(self) -> list[api.ThreadInfo]:
+        return list(self._threads.values())
+
+    def ids(self) -> list[str]:
+        return list(self._threads)
+
+    def priority(self, thread_id: str) -> Priority:
+        info = self._threads.get(thread_id)
+        return Priority(info.priority) if info is not None else Priority.ROUTINE
+
+    async def record_thread(self) -> tuple[str, str | None]:
+        """This user's record thread: its only other members are the organisation's record
+        gateway accounts (verified); found among the user's threads, or made once. Returns
+        its id and, when it was just made, the subject its first message gives it."""
+        st = self._store.state
+        gateways = await gateway_bundles(self._relay, trusted_orgs=st.trusted_orgs(),
+                                         revocations=await self._trust.revocations())
+        if not gateways:
+            raise FlowError("this organisation has no record gateway to file with",
+                            code=ErrorCode.FILING_GATEWAY_MISSING.value)
+        members = {st.user_id, *(g.device.user_id for g in gateways)}
+        thread = next((t for t in await self.fetch()
+                       if set(t.members) == members and not t.roles), None)
+        if thread is None:
+            thread = await self.create(sorted(members - {st.user_id}))
+            return thread.thread_id, RECORD_THREAD_SUBJECT
+        return thread.thread_id, None

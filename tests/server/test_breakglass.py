@@ -6,6 +6,7 @@ consent or why none was possible."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -259,3 +260,21 @@ async def test_the_privacy_office_lists_shows_closes_and_reports(world: World) -
     finally:
         await conn.close()
     assert events.count("break_glass.closed") == 1
+
+
+async def test_emergencies_sent_at_once_never_pass_the_limit_together(world: World) -> None:
+    """Sends queued together are checked in one batch: the batch's own count is the limit's
+    too (and relay processes serialise a sender's emergencies with an advisory lock)."""
+    alice, carol = await peer(world, "alice"), await peer(world, "carol")
+    tid = await thread(world, alice, carol)
+    sock = await connect(world, alice)
+    try:
+        results = await asyncio.gather(
+            *(sock.send(seal(alice, tid, [carol], REASON, emergency=UNCONSCIOUS))
+              for _ in range(4)), return_exceptions=True)
+    finally:
+        await sock.close()
+    refused = [r for r in results if isinstance(r, SendRefused)]
+    assert len(results) - len(refused) == 2
+    assert [r.code for r in refused] == ["break_glass_limit"] * 2
+    assert await _count(world, "break_glass_cases") == 2

@@ -18,7 +18,7 @@ help:
 	@echo "make run     start the relay on 127.0.0.1:8000 (embedded Postgres in .data/pg)"
 	@echo "make test    run the whole test suite"
 	@echo "make demo    play the whole consult journey (DEMO_INTERACTIVE=1: keep the desktop open)"
-	@echo "make lint    ruff + mypy (strict on protocol/)"
+	@echo "make lint    ruff + mypy (strict on protocol/) + the hazard log's checker"
 	@echo "make bench   relay, attachment and clinical-safety benchmarks (a few minutes; BENCH_ARGS=--help)"
 	@echo "make docs    regenerate the tables in README.md and docs/"
 	@echo "make install install into .venv; the commands are then in .venv/bin"
@@ -58,8 +58,10 @@ test: $(STAMP) system-deps
 lint: $(STAMP)
 	$(BIN)/ruff check --cache-dir .ruff_cache .  # one cache, not one per folder ruff.toml
 	$(BIN)/mypy --strict protocol
-	$(BIN)/mypy server clients
+	$(BIN)/mypy server clients scripts
 	$(BIN)/lint-imports --no-cache  # layers and import cycles (pyproject.toml [tool.importlinter])
+	@# Every hazard's control names tests that exist (docs/HAZARD_LOG.md).
+	$(BIN)/python scripts/check_hazard_log.py
 	@# The desktop page's script: a syntax error would leave the page blank (node is on these
 	@# machines; the check is skipped with a note where it is missing).
 	@if command -v node >/dev/null; then node --check clients/desktop/static/app.js; \

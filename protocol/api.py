@@ -31,6 +31,7 @@ from protocol.model import DeviceKind
 __all__ = [
     "ACCESS_TOKEN_AUDIENCE",
     "ADMIN_TOKEN_AUDIENCE",
+    "BREAK_GLASS_OUTCOMES",
     "LABEL_ENROLMENT_TOKEN",
     "LABEL_LOGIN",
     "LABEL_PAIRING_MAC",
@@ -40,9 +41,16 @@ __all__ = [
     "MAX_LADDER",
     "MAX_PREKEY_BATCH",
     "MAX_SHIFTS",
+    "NO_CONSENT_REASONS",
     "PROOF_NONCE_BYTES",
     "AdminLogin",
     "AdminToken",
+    "BreakGlassCase",
+    "BreakGlassClose",
+    "BreakGlassFollowUp",
+    "BreakGlassList",
+    "BreakGlassReport",
+    "BreakGlassUse",
     "CertificateRenewal",
     "ClaimedKey",
     "ClaimedKeys",
@@ -488,6 +496,9 @@ class ThreadInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     unread: int
     members: list[str]
     roles: list[str]
+    # Emergency messages of this thread still waiting for a consent, or a reason why none was
+    # possible (PROTOCOL §17): the reminder every participant's client shows.
+    break_glass_pending: int = 0
 
 
 class ThreadList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -761,3 +772,80 @@ class EscalationInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 class EscalationList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     escalations: list[EscalationInfo]
+
+
+# --- break-glass (PROTOCOL §17) ------------------------------------------------------------------
+
+NO_CONSENT_REASONS: Final = ("patient_died", "no_capacity_no_representative",
+                             "patient_unreachable", "other")
+BREAK_GLASS_OUTCOMES: Final = ("appropriate", "inappropriate", "referred")
+
+
+class BreakGlassFollowUp(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What the sender files after an emergency message: the consent sought afterwards (its id,
+    registered first), or the category of reason why no consent was possible (its words go
+    sealed into the thread). Exactly one of the two."""
+
+    consent_id: Id | None = None
+    no_consent: Annotated[str, msgspec.Meta(
+        pattern=r"^(patient_died|no_capacity_no_representative|patient_unreachable|other)$"
+    )] | None = None
+
+
+class BreakGlassClose(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The privacy office's review of a case; ``note`` is audited (no patient details)."""
+
+    outcome: Annotated[str, msgspec.Meta(pattern=r"^(appropriate|inappropriate|referred)$")]
+    note: WithdrawalReason = ""
+
+
+class BreakGlassCase(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    case_id: str
+    message_id: str
+    thread_id: str
+    org_id: str
+    sender_user_id: str
+    sender_login: str
+    sender_name: str
+    sender_device_id: str
+    category: str  # protocol.model.EmergencyCategory
+    recipients: int  # users the message went to (record gateways not counted)
+    attachments: int
+    declared_at: int
+    follow_up: str | None  # None (awaiting), consent, no_consent
+    follow_up_consent: str | None
+    follow_up_detail: str | None  # the consent's decision, or the no-consent category
+    followed_up_at: int | None
+    status: str  # open | closed
+    outcome: str | None
+    note: str | None
+    closed_by: str | None
+    closed_at: int | None
+
+
+class BreakGlassList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    cases: list[BreakGlassCase]
+
+
+class BreakGlassUse(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    user_id: str
+    login: str
+    display_name: str
+    cases: int
+    awaiting_follow_up: int
+    inappropriate: int
+
+
+class BreakGlassReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Use of break-glass over [since, until): totals, by category, by review outcome and by
+    clinician (most cases first)."""
+
+    since: int
+    until: int
+    total: int
+    open: int
+    closed: int
+    awaiting_follow_up: int
+    by_category: dict[str, int]
+    by_outcome: dict[str, int]
+    by_clinician: list[BreakGlassUse]

@@ -54,6 +54,7 @@ MAX_SUBJECT: Final = 200
 MAX_ATTACHMENTS: Final = 16
 MAX_CONSENT_TOKEN: Final = 8192
 MAX_NECESSITY: Final = 4000
+MAX_EMERGENCY_REASON: Final = 2000
 MAX_WARNINGS: Final = 16
 
 _Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
@@ -203,6 +204,9 @@ class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     consent_token: Annotated[str, msgspec.Meta(max_length=MAX_CONSENT_TOKEN)] | None = None
     record: RecordData | None = None
     necessity: Annotated[str, msgspec.Meta(max_length=MAX_NECESSITY)] | None = None
+    # Break-glass (PROTOCOL §17): why no consent could be asked, in the sender's words; only
+    # its category (MessageHeader.emergency) is visible to the relay.
+    emergency_reason: Annotated[str, msgspec.Meta(max_length=MAX_EMERGENCY_REASON)] | None = None
     reply_to: UuidStr | None = None
     # Quality checks the sender saw and chose to send anyway (clients.sdk.imaging QualityIssue).
     quality_warnings: Annotated[list[_Warning], msgspec.Meta(max_length=MAX_WARNINGS)] = []
@@ -268,7 +272,8 @@ def _check(body: Body) -> None:
     if any(_CONTROL.search(s) or "\n" in s or "\r" in s for s in one_line):
         raise DecodeError("control characters in a one-line field",
                           code=ErrorCode.VALIDATION_FAILED)
-    if _CONTROL.search(body.text) or (body.necessity and _CONTROL.search(body.necessity)):
+    if any(_CONTROL.search(s) for s in (body.text, body.necessity or "",
+                                        body.emergency_reason or "")):
         raise DecodeError("control characters in the text", code=ErrorCode.VALIDATION_FAILED)
 
 

@@ -129,6 +129,8 @@ class ErrorCode(enum.StrEnum):
     CONSENT_EXTERNAL_REQUIRES_WRITTEN = "consent_external_requires_written"
     CONSENT_IMAGE_MISMATCH = "consent_image_mismatch"
     EXTERNAL_NECESSITY_MISSING = "external_necessity_missing"
+    BREAK_GLASS_NOT_ALLOWED = "break_glass_not_allowed"
+    BREAK_GLASS_LIMIT = "break_glass_limit"
 
     # --- filing and expiry (docs/ARCHITECTURE.md §6) ----------------------------------------------
     FILING_GATEWAY_MISSING = "filing_gateway_missing"
@@ -228,6 +230,10 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.CONSENT_EXTERNAL_REQUIRES_WRITTEN: "An external recipient needs written consent.",
     ErrorCode.CONSENT_IMAGE_MISMATCH: "The image's hash is not one the consent names.",
     ErrorCode.EXTERNAL_NECESSITY_MISSING: "An external consult lacks its clinical-necessity flag.",
+    ErrorCode.BREAK_GLASS_NOT_ALLOWED: "An emergency (break-glass) message may go only to "
+    "credentialed clinicians of the sender's organisation, for direct care, without a consent.",
+    ErrorCode.BREAK_GLASS_LIMIT: "The clinician reached the day's limit of emergency "
+    "(break-glass) messages.",
     ErrorCode.FILING_GATEWAY_MISSING: "Policy requires filing; no gateway device is a recipient.",
     ErrorCode.FILING_NOT_GATEWAY: "The filing statement is not signed by a gateway device.",
     ErrorCode.FILING_UNKNOWN_ATTACHMENT: "The gateway never received this attachment.",

@@ -16,6 +16,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "DeviceKind",
+    "EmergencyCategory",
     "MessageHeader",
     "Priority",
     "Purpose",
@@ -35,6 +36,17 @@ class Purpose(enum.StrEnum):
     TEACHING = "teaching"
     PUBLICATION = "publication"
     RESEARCH = "research"
+
+
+class EmergencyCategory(enum.StrEnum):
+    """Why a message is sent without a consent (break-glass, docs/PROTOCOL.md §17): the only
+    part of the declaration the relay reads. The clinician's own words travel sealed in the
+    body (``Body.emergency_reason``), since they may name the patient."""
+
+    UNCONSCIOUS = "unconscious"  # the patient cannot be asked
+    LACKS_CAPACITY = "lacks_capacity"  # cannot decide, and no representative can be reached
+    TIME_CRITICAL = "time_critical"  # asking first would delay life- or limb-saving care
+    OTHER = "other"
 
 
 class Priority(enum.StrEnum):
@@ -64,6 +76,9 @@ class MessageHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     attachment_ids: list[str]
     recipient_devices: list[str]
     external: bool = False  # server-visible "external consult" flag (clinical necessity sealed)
+    # Break-glass: sent in an emergency without a consent (docs/PROTOCOL.md §17); the reason's
+    # category only, its words are sealed.
+    emergency: EmergencyCategory | None = None
     body_size: int = 0
 
 

@@ -28,6 +28,7 @@ from server.api import Endpoint, openapi_document, starlette_routes
 from server.attachments import AttachmentLimits, AttachmentService
 from server.authn import Authenticator
 from server.blobs import BlobStore, PostgresBlobStore
+from server.breakglass import BreakGlassService
 from server.consents import ConsentPolicies, ConsentService
 from server.db import Database
 from server.enrolment import EnrolmentService
@@ -49,6 +50,7 @@ from server.receipts import ReceiptService
 from server.routes.admin import AdminRoutes
 from server.routes.attachments import AttachmentRoutes
 from server.routes.auth import AuthRoutes
+from server.routes.breakglass import BreakGlassRoutes
 from server.routes.consents import ConsentRoutes
 from server.routes.enrol import EnrolRoutes
 from server.routes.filing import FilingRoutes
@@ -171,6 +173,12 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                             max_batch=settings.send_batch,
                             verify_signatures=settings.verify_sender_signatures,
                             now=consents.now)  # the relay's clock decides a consent's expiry
+    # Break-glass: emergency messages without a consent, their review queue and follow-up.
+    break_glass = BreakGlassService(db, daily_limit=settings.break_glass_daily_limit,
+                                    clock=clock)
+    pipeline.break_glass = break_glass
+    endpoints += BreakGlassRoutes(service=break_glass, require_device=authn.require_device,
+                                  require_admin=authn.require_admin, max_body=body).endpoints()
     acks = AckPipeline(db)
     # Filing and expiry (issue 7): filing statements, expiry orders and confirmations, the
     # timer sweeper, the gateway requirement on images, wipe orders, where every copy went.

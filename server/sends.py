@@ -15,7 +15,9 @@ Checks before anything is stored (each refusal has its code; nothing is written)
    sent to it (forwarding) (``upload_not_found``, ``validation_failed``);
 7. the consent policy (server/consents.py): a message with an attachment, a purpose other than
    direct care, or flagged external must name a registered consent that covers its purpose and
-   every recipient (``consent_*``).
+   every recipient (``consent_*``); a message declaring an emergency (break-glass) passes
+   server/breakglass.py's checks instead (``break_glass_*``), before the external check, and is
+   stored with its break-glass case.
 
 Checks 6 and 7 run inside the batch transaction, before the message is stored; a message that
 passes is stored with its attachment references, and every recipient device is granted access
@@ -34,7 +36,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from protocol import envelope
@@ -96,8 +98,33 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class BreakGlass(Protocol):
+    """Emergency messages without a consent (server/breakglass.py)."""
+
+    async def lock(self, conn: Any, headers: Sequence[MessageHeader]) -> None: ...
+
+    async def check(self, conn: Any, header: MessageHeader, *, org_id: str,
+                    gateways: frozenset[str], counted: dict[str, int],
+                    now: dt.datetime) -> int: ...
+
+    async def record(self, conn: Any, stored: Sequence[tuple[MessageHeader, str, int]],
+                     now: dt.datetime) -> None: ...
+
+
+@dataclasses.dataclass
+class _Batch:
+    """What one batch's checks share: emergency messages accepted so far per sender (the
+    daily limit) and, per accepted emergency message, its header, organisation and recipient
+    users (its break-glass case)."""
+
+    counted: dict[str, int] = dataclasses.field(default_factory=dict)
+    emergencies: dict[tuple[str, str], tuple[MessageHeader, str, int]] = dataclasses.field(
+        default_factory=dict)
+
+
 class SendPipeline:
     filing: FilingHook | None = None  # set where the app is assembled (server/app.py)
+    break_glass: BreakGlass | None = None  # likewise
 
     def __init__(self, db: Database, metrics: Metrics, *, policy: SendPolicy,
                  max_message_bytes: int, max_batch: int = 256, verify_signatures: bool = True,
@@ -197,6 +224,9 @@ class SendPipeline:
         accepted: list[tuple[int, messages.NewMessage, list[str]]] = []
         async with self.db.pool.acquire() as conn, conn.transaction():
             orgs = await batches.lock_threads(conn, (m.thread_id for _, m in prepared))
+            batch_state = _Batch()
+            if self.break_glass is not None:
+                await self.break_glass.lock(conn, [p.message.header for p, _ in prepared])
             existing = await batches.existing_messages(
                 conn, [(m.sender_device_id, m.message_id) for _, m in prepared])
             members = await batches.participants(conn, sorted(orgs), at)
@@ -218,13 +248,18 @@ class SendPipeline:
                                                        old.thread_seq, old.created_at,
                                                        duplicate=True)
                         continue
-                    await self._check(conn, p, orgs, members, device_sets, now)
+                    await self._check(conn, p, orgs, members, device_sets, now, batch_state)
                 except RelayError as err:
                     outcome[i] = err
                     continue
                 first_of[key] = i
                 accepted.append((i, m, list(p.message.header.attachment_ids)))
             await self._insert(conn, accepted, outcome, now, at)
+            if self.break_glass is not None:
+                await self.break_glass.record(conn, [
+                    batch_state.emergencies[(m.sender_device_id, m.message_id)]
+                    for _, m, _ in accepted
+                    if (m.sender_device_id, m.message_id) in batch_state.emergencies], now)
             woken = sorted({d for _, m, _ in accepted for d in m.recipients})
             for k in range(0, len(woken), 180):
                 await events.publish(conn, "deliver", device_ids=woken[k:k + 180])
@@ -259,8 +294,9 @@ class SendPipeline:
 
     async def _check(self, conn: Any, p: _Pending, orgs: dict[str, str],
                      members: dict[str, set[str]], device_sets: dict[str, threads.DeviceSet],
-                     now: dt.datetime) -> None:
-        """Checks 3 to 5 of the module docstring, plus attachments and consent."""
+                     now: dt.datetime, batch: _Batch) -> None:
+        """Checks 3 to 5 of the module docstring, plus attachments and consent (or
+        break-glass)."""
         h = p.message.header
         if h.thread_id not in orgs:
             raise RelayError(ErrorCode.THREAD_NOT_FOUND, "no such thread")
@@ -278,6 +314,18 @@ class SendPipeline:
             raise RelayError(ErrorCode.DEVICE_SET_MISMATCH,
                              "the recipient devices do not match the thread's participants",
                              extra={"missing": missing, "extra": extra, "stale": stale})
+        if h.emergency is not None:
+            if self.break_glass is None:
+                raise Forbidden(ErrorCode.BREAK_GLASS_NOT_ALLOWED,
+                                "this relay does not accept emergency messages")
+            if h.attachment_ids:
+                await attachments.check_references(conn, h.attachment_ids, h.sender_device_id)
+            users = await self.break_glass.check(
+                conn, h, org_id=orgs[h.thread_id], gateways=gateways, counted=batch.counted,
+                now=now)
+            batch.emergencies[(h.sender_device_id, h.message_id)] = (
+                h, orgs[h.thread_id], users)
+            return
         sender_org = ds.orgs.get(h.sender_device_id)
         if not h.external and sender_org is not None and any(
                 ds.orgs.get(d, sender_org) != sender_org for d in named):

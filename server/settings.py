@@ -294,6 +294,12 @@ class Settings:
     expiry_sweep_interval: float = _s(30.0, "LIGHTBOX_EXPIRY_SWEEP_INTERVAL", "float",
                                       "Seconds between sweeps of due expiry timers.")
 
+    # --- break-glass (docs/PROTOCOL.md §17) ---
+    break_glass_daily_limit: int = _s(3, "LIGHTBOX_BREAK_GLASS_DAILY_LIMIT", "int",
+                                      "Emergency messages without a consent a clinician may "
+                                      "send in any 24 hours (break_glass_limit beyond); 0 "
+                                      "turns break-glass off.", limit=True)
+
     # --- on-call routing and escalation (docs/PROTOCOL.md §16) ---
     oncall_sweep_interval: float = _s(5.0, "LIGHTBOX_ONCALL_SWEEP_INTERVAL", "float",
                                       "Seconds between sweeps of due escalation and handover "
@@ -366,12 +372,15 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 def _validate(s: Settings) -> None:
     positive = [f.name for f in dataclasses.fields(Settings)
                 if f.metadata["kind"] in {"int", "float"}
-                and f.name not in {"trusted_proxy_hops", "port", "refresh_reuse_grace"}]
+                and f.name not in {"trusted_proxy_hops", "port", "refresh_reuse_grace",
+                                   "break_glass_daily_limit"}]
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be positive")
     if s.refresh_reuse_grace < 0:
         raise SettingsError("LIGHTBOX_REFRESH_REUSE_GRACE must not be negative")
+    if s.break_glass_daily_limit < 0:
+        raise SettingsError("LIGHTBOX_BREAK_GLASS_DAILY_LIMIT must not be negative")
     if s.refresh_reuse_grace >= s.access_token_ttl:
         raise SettingsError("LIGHTBOX_REFRESH_REUSE_GRACE must be shorter than "
                             "LIGHTBOX_ACCESS_TOKEN_TTL")

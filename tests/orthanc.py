@@ -134,7 +134,9 @@ def running_orthanc(*, username: str | None = None) -> Iterator[OrthancServer]:
 
 
 def original_study(patient_id: str, issuer: str, study_date: dt.date, *,
-                   modality: str = "CR", description: str = "XR WRIST 2 VIEWS") -> bytes:
+                   modality: str = "CR", description: str = "XR WRIST 2 VIEWS",
+                   patient_name: str = "TEST^ORIGINAL",
+                   birth_date: dt.date | None = None) -> bytes:
     """A Part-10 acquisition object (a small Computed Radiography image by default) for a
     test patient: what the imaging department filed before anyone photographed the film.
     Issue 10 item 7's gateway search must find it by patient and date."""
@@ -148,7 +150,9 @@ def original_study(patient_id: str, issuer: str, study_date: dt.date, *,
         meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = pydicom.uid.generate_uid()
     ds.SeriesInstanceUID = pydicom.uid.generate_uid()
-    ds.PatientName, ds.PatientID, ds.IssuerOfPatientID = "TEST^ORIGINAL", patient_id, issuer
+    ds.PatientName, ds.PatientID, ds.IssuerOfPatientID = patient_name, patient_id, issuer
+    if birth_date is not None:
+        ds.PatientBirthDate = birth_date.strftime("%Y%m%d")
     ds.StudyDate = ds.SeriesDate = study_date.strftime("%Y%m%d")
     ds.StudyTime = "083000"
     ds.Modality, ds.StudyDescription = modality, description

@@ -13,7 +13,7 @@ from clients.sdk.socket import RelaySocket
 from protocol import envelope
 from protocol.certs import SignedPrekey, issue_signed_prekey, verify_chain
 from protocol.keys import MemoryPrekeyStore, Prekey
-from protocol.model import MessageHeader, Priority, Purpose, SealedMessage
+from protocol.model import EmergencyCategory, MessageHeader, Priority, Purpose, SealedMessage
 from tests.identity_world import Device, User, World
 
 
@@ -78,7 +78,8 @@ def seal(sender: Peer, thread_id: str, recipients: list[Peer], body: bytes = b"h
          *, message_id: str | None = None, priority: Priority = Priority.ROUTINE,
          recipient_ids: list[str] | None = None, external: bool = False,
          purpose: Purpose = Purpose.DIRECT_CARE, consent_id: str | None = None,
-         attachment_ids: list[str] | None = None) -> SealedMessage:
+         attachment_ids: list[str] | None = None,
+         emergency: EmergencyCategory | None = None) -> SealedMessage:
     """A real sealed message from ``sender`` to ``recipients`` (recipient_ids may lie), with
     the purpose, consent and attachment ids the relay reads in its header."""
     now = int(time.time())
@@ -93,7 +94,8 @@ def seal(sender: Peer, thread_id: str, recipients: list[Peer], body: bytes = b"h
         sender_user_id=sender.user_id, sender_device_id=sender.device_id, sent_at=now,
         purpose=purpose, priority=priority, consent_id=consent_id,
         attachment_ids=attachment_ids or [],
-        recipient_devices=[r.device_id for r in recipients], external=external)
+        recipient_devices=[r.device_id for r in recipients], external=external,
+        emergency=emergency)
     sealed = envelope.seal_message(header, body, sender=sender.device.keys, recipients=bundles)
     if recipient_ids is not None:
         sealed = msgspec.structs.replace(

@@ -27,6 +27,7 @@ import pytest
 
 from scripts.demo import xray_film_png
 from server.embedded import EmbeddedPostgres
+from tests.clients.test_phi import labelled_film
 from tests.guide_runner import GuideFailed, Journey, parse_guide
 from tests.helpers import ROOT, seconds
 from tests.orthanc import running_orthanc
@@ -177,6 +178,8 @@ def test_the_user_guide_runs_as_written() -> None:
             # What the people bring with them: the intern's photo, the PACS password.
             (journey.home("intern-phone") / "film.jpg").write_bytes(_film_jpeg(seed=7))
             (journey.home("intern-phone") / "hand.jpg").write_bytes(_film_jpeg(seed=11))
+            # A film whose label names another patient (the guide's wrong-patient example).
+            labelled_film().save(journey.home("intern-phone") / "labelled-film.png")
             secret = journey.home("gateway-host") / "pacs-password"
             secret.write_text(orthanc.password)
             secret.chmod(0o600)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+from clients.admin import breakglass as adminbreakglass
 from clients.admin import consent as adminconsent
 from clients.admin import csvio, handout, rotaio
 from clients.admin import ops as adminops
@@ -583,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--keyfile")
     rv.set_defaults(func=_device_revoke)
     adminconsent.register(sub)  # the privacy office's consent commands
+    adminbreakglass.register(sub)  # and its break-glass review queue
     return p
 
 

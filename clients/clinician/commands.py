@@ -6,7 +6,12 @@
                   [--patient-name 'Doe^Jane' --patient-id MRN ...]   (sealed body only)
                   [--consent-token FILE | --patient-agreed --statements-shown]
                   [--necessity TEXT] [--redact identifiers|all-text] [--redact-box X,Y,W,H]
-                  [--text-checked]                   (issue 10: see docs/CLINICAL_SAFETY.md)
+                  [--text-checked]                   (see docs/CLINICAL_SAFETY.md)
+                  [--emergency REASON [--emergency-category C]]   break-glass, no consent
+    lightbox correct-patient THREAD MESSAGE --patient-id ID [--patient-name N] [--birth-date D]
+                                                       send a held image again, identity fixed
+    lightbox break-glass [follow-up CASE (--consent-token FILE | --no-consent WHY --reason T)]
+                                                       emergencies awaiting their follow-up
     lightbox inbox [--mark-read]                       what arrived (stored in the vault)
     lightbox outbox                                    sends not yet stored by the relay
     lightbox watch [--count N] [--timeout S]           print consults as they arrive
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from clients.sdk import imaging
+from clients.sdk.breakglass import Emergency, check_emergency
 from clients.sdk.client import (
     ClientEvent,
     EscalationEvent,
@@ -48,7 +54,8 @@ from clients.sdk.keystore import KeyStore
 from clients.sdk.profile import ProfileDevice, open_profile
 from clients.sdk.prompts import read_secret
 from clients.sdk.timefmt import format_time
-from clients.sdk.vault import OutboxRecord
+from clients.sdk.vault import ItemNotFound, OutboxRecord
+from protocol import api
 from protocol.body import Body, BodyKind, IdentifierKind, RecordData, Sex
 from protocol.consent import (
     ConsentBasis,
@@ -57,7 +64,7 @@ from protocol.consent import (
     peek_consent_token_unverified,
 )
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.model import Priority, Purpose
+from protocol.model import EmergencyCategory, Priority, Purpose
 
 __all__ = ["register", "unlock_profile"]
 
@@ -138,6 +145,10 @@ def _threads(args: argparse.Namespace) -> int:
                                  f"{len(t.members)} people"])
                 print(f"{flag}{t.thread_id}  {_subject(client, t.thread_id)}  [{who}]  "
                       f"{client.unread(t.thread_id)} unread")
+                if t.break_glass_pending:
+                    print(f"        BREAK-GLASS: {t.break_glass_pending} emergency message(s) "
+                          "sent without consent: seek the patient's consent, or file why "
+                          "none was possible (lightbox break-glass)")
             print(f"{len(threads)} threads")
             _print_pending_count(client)
         finally:
@@ -154,6 +165,9 @@ def _print_message(client: LightboxClient, event: MessageEvent) -> None:
     print(f"{flag}[{_when(m.sent_at)}] {sender} in {m.thread_id[:8]}: "
           f"{(body.subject + ' - ') if body.subject else ''}{body.text or _kind_line(body)}",
           flush=True)
+    if m.emergency is not None:
+        print(f"    BREAK-GLASS ({m.emergency.replace('_', ' ')}): sent without consent in an "
+              f"emergency: {body.emergency_reason or '(no reason given)'}", flush=True)
     flagged = {b.attachment_id: b.kinds for b in body.burned_in_identifiers}
     for a in body.attachments:
         print(f"    image {a.attachment_id} ({a.width}x{a.height}, {a.size} bytes)", flush=True)
@@ -382,12 +396,14 @@ def _prepare(args: argparse.Namespace) -> imaging.PreparedImage | None:
 
 
 def _guard_text(args: argparse.Namespace, text: str, purpose: Purpose) -> None:
-    """The free-text guard (clients/sdk/textguard.py) on the text and the necessity statement:
-    for purposes that leave direct care, warn about exact ages, dates of birth, MRNs and
-    dates of service, and ask (or require --text-checked) before sealing."""
+    """The free-text guard (clients/sdk/textguard.py) on the text, the subject line (it goes
+    to the same audience) and the necessity statement: for purposes that leave direct care,
+    warn about exact ages, dates of birth, MRNs and dates of service, and ask (or require
+    --text-checked) before sealing."""
     from clients.sdk.textguard import TextGuardWarning, guard_text
 
-    for label, value in (("text", text), ("necessity statement", args.necessity or "")):
+    for label, value in (("text", text), ("subject", args.subject or ""),
+                         ("necessity statement", args.necessity or "")):
         try:
             guard_text(value, purpose, confirmed=args.text_checked)
         except TextGuardWarning as warning:
@@ -416,7 +432,8 @@ def _box(value: str) -> tuple[int, int, int, int]:
     return left, top, width, height
 
 
-def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage, purpose: Purpose
+def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage, purpose: Purpose,
+                  record: RecordData | None = None
                   ) -> tuple[imaging.SanitisedImage, tuple[IdentifierKind, ...]]:
     """PHI in the pixels (clinician/phi.py): OCR, show what was found, black out per --redact
     and --redact-box, and refuse a de-identified purpose whose copy still shows text. Also
@@ -436,6 +453,8 @@ def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage, pur
         raise
     for line in phi.describe(shared.original_scan):
         print(f"text in the image: {line}", file=sys.stderr)
+    if record is not None:
+        _check_identity(args, record, shared.original_scan)
     for warning in shared.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if shared.redacted:
@@ -457,6 +476,30 @@ def record_from_args(args: argparse.Namespace) -> RecordData | None:
                       issuer_of_patient_id=args.issuer or "", birth_date=args.birth_date,
                       sex=Sex(args.sex or ""), accession_number=args.accession or "",
                       anatomic_region=args.region or "")
+
+
+def _check_identity(args: argparse.Namespace, record: RecordData, scan: Any) -> None:
+    """The typed identity against the text on the image (clients/clinician/identity.py): a
+    contradiction is shown side by side and must be confirmed or corrected."""
+    from clients.clinician.identity import compare, side_by_side
+
+    differs = compare(record, scan)
+    if not differs:
+        return
+    print("the patient typed and the text on the image disagree:", file=sys.stderr)
+    for line in side_by_side(differs):
+        print(line, file=sys.stderr)
+    if args.identity_checked:
+        print("sent as typed: you confirmed the identity (--identity-checked)", file=sys.stderr)
+        return
+    if sys.stdin.isatty():
+        answer = input("Is this the right patient? Type 'send' to send as typed, anything "
+                       "else to stop and correct it: ").strip().lower()
+        if answer == "send":
+            return
+    raise FlowError("the patient typed is not the one the image shows: correct --patient-id, "
+                    "--patient-name or --birth-date, or confirm with --identity-checked",
+                    code="identity_mismatch")
 
 
 def _token_file(path: str) -> str:
@@ -549,6 +592,7 @@ def _send(args: argparse.Namespace) -> int:
     logins, roles = _targets(args.to or [])
     purpose = Purpose(args.purpose)
     priority = Priority.URGENT if args.urgent else Priority.ROUTINE
+    emergency = _emergency(args, purpose)
     record = record_from_args(args)
     prepared = _prepare(args)  # before the password: a bad image fails fast
     if record is not None and prepared is None:
@@ -558,7 +602,7 @@ def _send(args: argparse.Namespace) -> int:
     original = prepared
     burned_in: tuple[IdentifierKind, ...] = ()
     if prepared is not None:
-        shared_copy, burned_in = _shared_image(args, prepared, purpose)
+        shared_copy, burned_in = _shared_image(args, prepared, purpose, record)
         prepared = imaging.PreparedImage(shared_copy, prepared.warnings)
     # A de-identified share never carries the patient's data: with it, the identified
     # original is filed in the record instead (issue 10 item 4; SDK file_image).
@@ -580,7 +624,17 @@ def _send(args: argparse.Namespace) -> int:
                 sent = await client.send_text(thread_id, text, priority=priority,
                                               purpose=purpose, subject=args.subject,
                                               necessity=args.necessity,
-                                              consent_id=_text_consent_id(args))
+                                              consent_id=_text_consent_id(args),
+                                              emergency=emergency)
+            elif emergency is not None:
+                sent = await client.send_image(
+                    thread_id, prepared.image, consent_token=None, text=text, record=record,
+                    purpose=purpose, priority=priority, subject=args.subject,
+                    warnings=[w.issue.value for w in prepared.warnings],
+                    progress=_ProgressBar(), burned_in=burned_in, emergency=emergency)
+                print("BREAK-GLASS: sent without consent; the privacy office reviews it, and "
+                      "the thread reminds you until you file the consent sought afterwards "
+                      "or why none was possible (lightbox break-glass)")
             else:
                 from clients.sdk.consent import register_consent
 
@@ -616,6 +670,95 @@ def _send(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     print(f"sent: message {message_id} stored by the relay in thread {thread_id} (#{seq})")
+    return 0
+
+
+def _emergency(args: argparse.Namespace, purpose: Purpose) -> Emergency | None:
+    """The break-glass declaration of ``send --emergency``, checked before the password."""
+    if args.emergency is None:
+        return None
+    if args.consent_token or args.patient_agreed:
+        raise FlowError("--emergency is for when no consent can be asked: leave out "
+                        "--consent-token and --patient-agreed",
+                        code=ErrorCode.BREAK_GLASS_NOT_ALLOWED.value)
+    emergency = Emergency(EmergencyCategory(args.emergency_category), args.emergency)
+    check_emergency(emergency, purpose=purpose, consent=None, body=Body(text="-"))
+    return emergency
+
+
+def _break_glass(args: argparse.Namespace) -> int:
+    """List this user's emergency messages awaiting their follow-up, or file one."""
+    if args.action == "follow-up" and not args.case:
+        raise FlowError("say which case: lightbox break-glass follow-up CASE",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    token = _token_file(args.consent_token) if args.consent_token else None
+    device = unlock_profile(args)
+
+    async def go() -> None:
+        client = device.client()
+        try:
+            await client.start()
+            if args.action == "follow-up":
+                case = await client.follow_up_break_glass(
+                    args.case, consent_token=token, no_consent=args.no_consent,
+                    words=args.reason or "")
+                print(f"break-glass case {case.case_id}: follow-up filed ({case.follow_up}: "
+                      f"{case.follow_up_detail}); the reminder is cleared")
+                return
+            cases = await client.break_glass_pending()
+            for c in cases:
+                print(f"{c.case_id}  [{_when(c.declared_at)}] {c.category.replace('_', ' ')}  "
+                      f"thread {c.thread_id}  message {c.message_id}")
+            print(f"{len(cases)} emergency messages await a consent or a reason why none was "
+                  "possible" + (": lightbox break-glass follow-up CASE --consent-token FILE "
+                                "| --no-consent WHY --reason TEXT" if cases else ""))
+        finally:
+            await client.close()
+
+    _run(go)
+    return 0
+
+
+def _correct_patient(args: argparse.Namespace) -> int:
+    """The record gateway held an image (the identity typed is not the record's): send it
+    again with the identity corrected (SDK ``correct_patient``)."""
+    import datetime as dt
+
+    try:
+        if args.birth_date is not None and len(args.birth_date) == 10:
+            dt.date.fromisoformat(args.birth_date)
+        elif args.birth_date is not None:
+            raise ValueError(args.birth_date)
+    except ValueError:
+        raise FlowError(f"--birth-date takes YYYY-MM-DD, not {args.birth_date!r}",
+                        code=ErrorCode.VALIDATION_FAILED.value) from None
+    if not args.patient_id.strip() or any(c in args.patient_id for c in "*?\\^"):
+        raise FlowError("--patient-id must be the record number, without * ? \\ or ^",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    device = unlock_profile(args)
+
+    async def go() -> tuple[str, int]:
+        client = device.client()
+        try:
+            await client.start()
+            await client.threads()
+            try:
+                held = client.vault.message(args.message)
+            except ItemNotFound:
+                held = None
+            if held is None or held.thread_id != args.thread:
+                raise FlowError(f"no message {args.message} of yours in thread {args.thread}",
+                                code=ErrorCode.NOT_FOUND.value)
+            sent = await client.correct_patient(
+                args.message, patient_id=args.patient_id, patient_name=args.patient_name,
+                birth_date=args.birth_date, issuer=args.issuer)
+            return sent.message_id, sent.thread_seq
+        finally:
+            await client.close()
+
+    message_id, seq = _run(go)
+    print(f"sent again with the corrected patient identity: message {message_id} (#{seq}); "
+          "the record gateway checks it again before filing")
     return 0
 
 
@@ -692,7 +835,39 @@ def register(sub: Any) -> None:
                    help="also black out this box (pixels of the upright image)")
     x.add_argument("--text-checked", action="store_true",
                    help="send the text as written despite the identifier warnings")
+    x.add_argument("--identity-checked", action="store_true",
+                   help="send the patient data as typed although the text on the image "
+                   "reads otherwise (shown side by side first)")
+    e = s.add_argument_group("break-glass: an emergency where no consent can be asked "
+                             "(docs/PROTOCOL.md §17)")
+    e.add_argument("--emergency", metavar="REASON", help="send without consent, saying why "
+                   "(sealed; the relay sees only the category); colleagues of your "
+                   "organisation only, for direct care; reviewed by the privacy office")
+    e.add_argument("--emergency-category", choices=[c.value for c in EmergencyCategory],
+                   default=EmergencyCategory.OTHER.value)
     s.set_defaults(func=_guarded(_send))
+    cp = sub.add_parser("correct-patient", help="the record gateway held an image: send it "
+                        "again with the patient's identity corrected")
+    cp.add_argument("thread", metavar="THREAD")
+    cp.add_argument("message", metavar="MESSAGE", help="the held message (the gateway's "
+                    "message names it)")
+    cp.add_argument("--patient-id", required=True, metavar="MRN")
+    cp.add_argument("--patient-name", metavar="FAMILY^GIVEN")
+    cp.add_argument("--birth-date", metavar="YYYY-MM-DD")
+    cp.add_argument("--issuer", metavar="ISSUER")
+    cp.set_defaults(func=_guarded(_correct_patient))
+    b = sub.add_parser("break-glass", help="emergency messages sent without consent that "
+                       "await a follow-up; file one")
+    b.add_argument("action", nargs="?", choices=["list", "follow-up"], default="list")
+    b.add_argument("case", nargs="?", metavar="CASE")
+    how = b.add_mutually_exclusive_group()
+    how.add_argument("--consent-token", metavar="FILE",
+                     help="the consent sought afterwards (lightbox consent capture --out)")
+    how.add_argument("--no-consent", choices=list(api.NO_CONSENT_REASONS),
+                     help="why no consent was possible")
+    b.add_argument("--reason", metavar="TEXT", help="with --no-consent: in a sentence "
+                   "(sealed into the thread)")
+    b.set_defaults(func=_guarded(_break_glass))
     i = sub.add_parser("inbox", help="messages that arrived (stored in your vault)")
     i.add_argument("--mark-read", action="store_true")
     i.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)

@@ -188,6 +188,8 @@ def message_json(client: LightboxClient, view: MessageView,
         "priority": m.priority, "purpose": m.purpose, "read": m.read, "text": body.text,
         "subject": body.subject, "reply_to": body.reply_to, "kind": body.kind.value,
         "necessity": body.necessity, "quality_warnings": body.quality_warnings,
+        # break-glass (docs/PROTOCOL.md §17): the signed header's category, the sealed reason
+        "emergency": m.emergency, "emergency_reason": body.emergency_reason,
         "images": [{"attachment_id": i.attachment_id, "state": i.state, "reason": i.reason,
                     "burned_in_identifiers": burned_in.get(i.attachment_id, []),
                     "record_ref": i.record_ref, "width": i.width, "height": i.height,

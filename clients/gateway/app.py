@@ -59,7 +59,7 @@ from urllib.parse import quote, urlsplit
 import msgspec
 from PIL import Image
 
-from clients.gateway import dicom
+from clients.gateway import dicom, identity
 from clients.gateway.fhir import FhirAuthError, FhirClient, FhirError, FhirSettings, FhirUnavailable
 from clients.gateway.pacs import (
     InstanceRef,
@@ -118,6 +118,7 @@ from protocol.statements import FilingStatement
 
 __all__ = [
     "FilingFailed",
+    "FilingHeld",
     "GatewayConfig",
     "RecordGateway",
     "configure_logging",
@@ -156,6 +157,12 @@ class FilingFailed(Exception):
         self.code = code
 
 
+class FilingHeld(FilingFailed):
+    """The wrong-patient check (clients/gateway/identity.py) holds the filing: the typed
+    identity is unknown to the record or disagrees with it. Nothing is filed; the sender is told
+    how to correct it (``lightbox correct-patient``)."""
+
+
 class StateStore(Protocol):
     @property
     def state(self) -> DeviceState: ...
@@ -174,6 +181,10 @@ class GatewayConfig:
     viewer_url: str = ""
     # Days before the photo's date searched for the original study it shows (issue 10 item 7).
     original_lookback_days: int = 2
+    # The wrong-patient check before filing (clients/gateway/identity.py; --patient-check,
+    # LIGHTBOX_PATIENT_CHECK): the typed identity must be one the PACS (and the FHIR server,
+    # when configured) already knows, by name and birth date.
+    patient_check: bool = False
 
 
 def _iso(ts: int) -> str:
@@ -485,11 +496,16 @@ class RecordGateway:
                             h.message_id, exc.code, extra={
                                 "attachment_id": aid, "message_id": h.message_id,
                                 "code": exc.code})
-                await self._tell_thread(h, Body(
-                    text=f"The record gateway could not file the image "
-                         f"{descriptor.attachment_id}: {exc}. It was NOT saved to the "
-                         f"patient's record; nothing will expire until the hard limit.",
-                    reply_to=h.message_id), revocations)
+                text = (f"The record gateway HELD the image {descriptor.attachment_id}: "
+                        f"{exc}. Nothing was filed, and nothing expires until the hard limit. "
+                        f"Check the patient's identity; the sender corrects it with: lightbox "
+                        f"correct-patient {h.thread_id} {h.message_id} --patient-id ID "
+                        f"--patient-name FAMILY^GIVEN --birth-date YYYY-MM-DD"
+                        if isinstance(exc, FilingHeld) else
+                        f"The record gateway could not file the image "
+                        f"{descriptor.attachment_id}: {exc}. It was NOT saved to the "
+                        f"patient's record; nothing will expire until the hard limit.")
+                await self._tell_thread(h, Body(text=text, reply_to=h.message_id), revocations)
             else:
                 self.filed.append(receipt)
 
@@ -499,6 +515,10 @@ class RecordGateway:
         if body.record is None:
             raise FilingFailed("the message carries no patient data for the record",
                                code="no_record_data")
+        if self.config.patient_check:
+            verdict = await self._patient_verdict(body.record, h)
+            if verdict.holds:
+                raise FilingHeld(verdict.reason, code=verdict.code)
         try:
             image = await sdk_attachments.decrypt(
                 await sdk_attachments.download(self.relay, descriptor.attachment_id),
@@ -506,19 +526,29 @@ class RecordGateway:
         except (ProtocolError, Exception) as exc:
             raise FilingFailed(f"the image could not be fetched or decrypted "
                                f"({type(exc).__name__})", code="image_unavailable") from exc
-        if body.consent_token is None or h.consent_id is None:
+        claims: ConsentClaims | None = None
+        if body.consent_token is None and h.emergency is not None:
+            # Break-glass (docs/PROTOCOL.md §17): direct care without a consent, declared in
+            # the signed header; filed like any image, without a consent form (there is none
+            # yet), by a clinician of this organisation only.
+            if sender.user.org_id != self.store.state.org_id:
+                raise FilingFailed("an emergency image without consent came from another "
+                                   "organisation", code="break_glass_other_org")
+        elif body.consent_token is None or h.consent_id is None:
             raise FilingFailed("the image was sent without a consent", code="no_consent")
-        try:
-            claims = peek_consent_token_unverified(body.consent_token)
-            issuer_cert = (sender_user_cert if claims.iss == sender.user_id
-                           else (await self.relay.user_devices(claims.iss)).user_certificate)
-            sdk_attachments.check_image_consent(
-                hashlib.sha256(image).digest(), body.consent_token,
-                issuer_certificate=issuer_cert, trusted_orgs=self.store.state.trusted_orgs(),
-                consent_id=h.consent_id)
-        except Exception as exc:
-            raise FilingFailed("the image is not one its consent names",
-                               code="consent_mismatch") from exc
+        else:
+            try:
+                claims = peek_consent_token_unverified(body.consent_token)
+                issuer_cert = (sender_user_cert if claims.iss == sender.user_id
+                               else (await self.relay.user_devices(claims.iss)
+                                     ).user_certificate)
+                sdk_attachments.check_image_consent(
+                    hashlib.sha256(image).digest(), body.consent_token,
+                    issuer_certificate=issuer_cert,
+                    trusted_orgs=self.store.state.trusted_orgs(), consent_id=h.consent_id)
+            except Exception as exc:
+                raise FilingFailed("the image is not one its consent names",
+                                   code="consent_mismatch") from exc
         try:
             instance = await asyncio.to_thread(
                 build_instance, image, body.record, h, descriptor,
@@ -529,8 +559,9 @@ class RecordGateway:
                                code=_dicom_code(exc)) from exc
         ref = await self._store(instance, f"attachment {descriptor.attachment_id} of message "
                                           f"{h.message_id}")
-        documents = await self._file_consent(claims, body.consent_token, body.record, h,
-                                             instance.study_instance_uid, sender)
+        documents = [] if claims is None or body.consent_token is None else \
+            await self._file_consent(claims, body.consent_token, body.record, h,
+                                     instance.study_instance_uid, sender)
         originals = await self._original_studies(body.record, h, instance.study_instance_uid)
         filed_at = int(self.clock())
         receipt = FilingReceipt(
@@ -555,6 +586,38 @@ class RecordGateway:
                  extra={"attachment_id": descriptor.attachment_id,
                         "message_id": h.message_id})
         return receipt
+
+    async def _patient_verdict(self, record: RecordData, h: MessageHeader) -> identity.Verdict:
+        """What the record says of the typed Patient ID (clients/gateway/identity.py): its
+        PACS studies (QIDO-RS) and FHIR Patients. An unreachable PACS or FHIR server is waited
+        for like a filing (nothing expires meanwhile); one that refuses the search holds."""
+        issuer = record.issuer_of_patient_id or None
+        known: list[identity.Known] = []
+        attempt = 0
+        while True:
+            try:
+                studies = await self.pacs.find_studies(
+                    record.patient_id, issuer_of_patient_id=issuer, limit=50)
+                known = [identity.Known("PACS", s.patient_name, s.patient_birth_date)
+                         for s in studies]
+                if self.fhir is not None:
+                    system = patient_id_system(issuer or self.config.issuer_of_patient_id
+                                               or self.store.state.org_id)
+                    for resource in await self.fhir.find_patients(record.patient_id,
+                                                                  system=system):
+                        known += identity.from_fhir_patient(resource)
+                break
+            except (PacsUnavailable, PacsAuthError, FhirUnavailable, FhirAuthError) as exc:
+                attempt += 1
+                await self._pause(attempt, "record unavailable for the patient check", exc,
+                                  f"the patient check of message {h.message_id}")
+            except (PacsError, FhirError, ValueError) as exc:
+                return identity.Verdict("patient_check_failed", "the record could not be "
+                                        f"searched for this patient ({type(exc).__name__})")
+        verdict = identity.judge(record, known)
+        log.info("patient check of message %s: %s", h.message_id, verdict.code,
+                 extra={"message_id": h.message_id, "code": verdict.code})
+        return verdict
 
     async def _file_consent_record(self, h: MessageHeader, body: Body,
                                    sender: certs.VerifiedDevice, sender_user_cert: str,
@@ -861,6 +924,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--original-lookback-days", type=int, default=int(
         os.environ.get("LIGHTBOX_ORIGINAL_LOOKBACK_DAYS", "2")),
                    help="days before a photo of a film searched for its original study")
+    p.add_argument("--patient-check", choices=["on", "off"],
+                   default=os.environ.get("LIGHTBOX_PATIENT_CHECK", "off"),
+                   help="hold an image whose typed patient the PACS (and FHIR server) does "
+                   "not know by that name and birth date (LIGHTBOX_PATIENT_CHECK)")
     p.add_argument("--retry-max", type=float, default=300.0,
                    help="longest wait between retries of an unreachable PACS or FHIR "
                    "server, in seconds")
@@ -870,6 +937,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--viewer-url must be an http(s) URL holding {study_instance_uid}")
     if not 0 <= args.original_lookback_days <= 30:
         p.error("--original-lookback-days must be between 0 and 30")
+    if args.patient_check not in {"on", "off"}:  # a default from the environment
+        p.error("LIGHTBOX_PATIENT_CHECK must be on or off")
     return run_command("lightbox-gateway", lambda: _serve(args), failure=2,
                        details_dir=lightbox_home(),
                        login_hint="enrol the gateway again, or give its password")
@@ -904,7 +973,8 @@ def _serve(args: argparse.Namespace) -> int:
                 FhirClient(fhir_settings))
             gw = RecordGateway(store, pacs, password=password, fhir=fhir, config=GatewayConfig(
                 retry_max=args.retry_max, issuer_of_patient_id=args.issuer,
-                viewer_url=args.viewer_url, original_lookback_days=args.original_lookback_days))
+                viewer_url=args.viewer_url, original_lookback_days=args.original_lookback_days,
+                patient_check=args.patient_check == "on"))
             await gw.start()
             assert gw.connection is not None
             try:

@@ -23,6 +23,7 @@ import httpx
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import PersonName
 
 from clients.gateway.dicom import is_uid
 
@@ -176,6 +177,10 @@ class StudyRef:
     modalities: tuple[str, ...]
     number_of_instances: int | None
     retrieve_url: str | None
+    # The patient as this study records them (PS3.18 Table 10.6.3-3 default attributes): what
+    # the record gateway's wrong-patient check compares with the typed identity.
+    patient_name: str | None = None
+    patient_birth_date: date | None = None
 
 
 def raise_for_status(response: httpx.Response) -> None:
@@ -356,8 +361,8 @@ def ds_values(ds: Dataset, keyword: str) -> list[Any]:
     value = ds.get(keyword, None)
     if value is None or value == "":
         return []
-    if isinstance(value, str | bytes | int | float):
-        return [value]
+    if isinstance(value, str | bytes | int | float | PersonName):
+        return [value]  # one value (a PersonName iterates over its characters)
     return list(value)
 
 

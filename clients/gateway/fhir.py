@@ -388,6 +388,28 @@ class FhirClient(HttpService):
         return [entry["resource"] for entry in entries if isinstance(entry, dict)
                 and _is_match(entry) and names_patient(entry["resource"])][:limit]
 
+    async def find_patients(self, patient_id: str, *, system: str | None = None,
+                            limit: int = 10) -> list[dict[str, Any]]:
+        """The Patient resources carrying this identifier (``GET [base]/Patient?identifier=
+        [system|]value``, search.html#token): what the record says of a patient the clinician
+        typed, for the record gateway's wrong-patient check. Matches are checked on this side
+        too (a server may ignore a parameter it does not support)."""
+        if not patient_id:
+            raise ValueError("a search by identifier needs the patient's id")
+        value = _token(system, patient_id) if system else re.sub(r"([\\|,$])", r"\\\1",
+                                                                 patient_id)
+        response = await self._request("GET", f"{self._base}/Patient", params=[
+            ("identifier", value), ("_count", str(limit))])
+        _bundle, entries = _search_bundle(response)
+
+        def carries(resource: Mapping[str, Any]) -> bool:
+            return any(isinstance(i, dict) and i.get("value") == patient_id
+                       and (system is None or i.get("system") == system)
+                       for i in resource.get("identifier") or [])
+
+        return [entry["resource"] for entry in entries if isinstance(entry, dict)
+                and _is_match(entry, "Patient") and carries(entry["resource"])][:limit]
+
     # transport -----------------------------------------------------------------------------
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -437,14 +459,14 @@ def _diagnostics(response: httpx.Response) -> str:
     return reason if len(reason) <= MAX_DIAGNOSTICS else reason[:MAX_DIAGNOSTICS - 1] + "…"
 
 
-def _is_match(entry: Mapping[str, Any]) -> bool:
-    """A searchset entry that is a Consent the search matched (not an _include, not an
-    OperationOutcome: ``Bundle.entry.search.mode``, search.html)."""
+def _is_match(entry: Mapping[str, Any], resource_type: str = "Consent") -> bool:
+    """A searchset entry that is a resource of the type searched that the search matched (not
+    an _include, not an OperationOutcome: ``Bundle.entry.search.mode``, search.html)."""
     search = entry.get("search")
     mode = search.get("mode", "match") if isinstance(search, dict) else "match"
     resource = entry.get("resource")
     return (mode == "match" and isinstance(resource, dict)
-            and resource.get("resourceType") == "Consent")
+            and resource.get("resourceType") == resource_type)
 
 
 def _carries(resource: Mapping[str, Any], system: str, value: str) -> bool:

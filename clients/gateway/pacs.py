@@ -259,6 +259,8 @@ class PacsClient(HttpService):
             # as Orthanc does not split a comma-separated list.
             ("includefield", "00100021"),  # IssuerOfPatientID
             ("includefield", "00081030"),  # StudyDescription
+            ("includefield", "00100010"),  # PatientName
+            ("includefield", "00100030"),  # PatientBirthDate
             ("limit", str(limit)),
         ]
         if study_date is not None:
@@ -288,6 +290,8 @@ class PacsClient(HttpService):
                 modalities=tuple(str(m) for m in ds_values(ds, "ModalitiesInStudy")),
                 number_of_instances=ds_int(ds, "NumberOfStudyRelatedInstances"),
                 retrieve_url=ds_text(ds, "RetrieveURL"),
+                patient_name=ds_text(ds, "PatientName"),
+                patient_birth_date=da_date(ds_text(ds, "PatientBirthDate")),
             ))
         return studies
 

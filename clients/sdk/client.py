@@ -67,8 +67,8 @@ from clients.sdk.http import RelayHTTP
 from clients.sdk.hub import Hub
 from clients.sdk.keystore import DeviceState, DeviceStore
 from clients.sdk.memory import Memory, body_of
-from clients.sdk.prekeys import PrekeyPolicy, rotate_signed_prekey
 from clients.sdk.notices import Notices
+from clients.sdk.prekeys import PrekeyPolicy, rotate_signed_prekey
 from clients.sdk.receiving import Receiver
 from clients.sdk.sending import Sender
 from clients.sdk.session import CUT_OFF, Session
@@ -151,6 +151,9 @@ class LightboxClient:
         self.send_image = self.sender.send_image
         self.file_consent = self.sender.file_consent
         self.file_image = self.sender.file_image
+        self.correct_patient = self.sender.correct_patient
+        self.break_glass_pending = self.sender.break_glass_pending
+        self.follow_up_break_glass = self.sender.follow_up_break_glass
         self.pending_sends = self.sender.pending_sends
         self._resend: asyncio.Task[None] | None = None
         self.wiped: certs.RevocationEntry | None = None  # set once a wipe order was obeyed

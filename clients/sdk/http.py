@@ -480,6 +480,42 @@ class RelayHTTP:
                                body=body)
         self._expect(r, 204)
 
+    # --- break-glass (PROTOCOL §17) -------------------------------------------------------------
+
+    async def break_glass_pending(self) -> api.BreakGlassList:
+        """This user's emergency messages still waiting for a consent or a reason."""
+        return self._decode(await self._device("GET", "/v1/break-glass"), api.BreakGlassList)
+
+    async def break_glass_follow_up(self, case_id: str,
+                                    body: api.BreakGlassFollowUp) -> api.BreakGlassCase:
+        r = await self._device("POST", f"/v1/break-glass/{quote(case_id, safe='')}/follow-up",
+                               body=body)
+        return self._decode(r, api.BreakGlassCase)
+
+    async def admin_break_glass(self, *, status: str = "open", since: int | None = None,
+                                until: int | None = None) -> api.BreakGlassList:
+        """The privacy office's review queue (admin session)."""
+        r = await self._send("GET", "/v1/admin/break-glass", headers=self._admin_headers(),
+                             params=_window({"status": status}, since, until))
+        return self._decode(r, api.BreakGlassList)
+
+    async def admin_break_glass_case(self, case_id: str) -> api.BreakGlassCase:
+        r = await self._send("GET", f"/v1/admin/break-glass/{quote(case_id, safe='')}",
+                             headers=self._admin_headers())
+        return self._decode(r, api.BreakGlassCase)
+
+    async def admin_close_break_glass(self, case_id: str,
+                                      body: api.BreakGlassClose) -> api.BreakGlassCase:
+        r = await self._send("POST", f"/v1/admin/break-glass/{quote(case_id, safe='')}/close",
+                             body=body, headers=self._admin_headers())
+        return self._decode(r, api.BreakGlassCase)
+
+    async def admin_break_glass_report(self, *, since: int | None = None,
+                                       until: int | None = None) -> api.BreakGlassReport:
+        r = await self._send("GET", "/v1/admin/break-glass/report",
+                             headers=self._admin_headers(), params=_window({}, since, until))
+        return self._decode(r, api.BreakGlassReport)
+
     # --- threads (PROTOCOL §11) ------------------------------------------------------------------
 
     async def create_thread(self, body: api.ThreadCreate) -> api.ThreadInfo:
@@ -546,3 +582,13 @@ class RelayHTTP:
             "DELETE", self._oncall_path(org_id, role) + f"/shifts/{quote(shift_id, safe='')}",
             headers=self._admin_headers())
         self._expect(r, 204)
+
+
+def _window(params: dict[str, str], since: int | None, until: int | None) -> dict[str, str]:
+    """Query parameters with an optional [since, until) period in seconds since 1970."""
+    out = dict(params)
+    if since is not None:
+        out["since"] = str(since)
+    if until is not None:
+        out["until"] = str(until)
+    return out

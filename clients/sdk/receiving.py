@@ -125,7 +125,8 @@ class Receiver:
             sender_device_id=h.sender_device_id, sent_at=float(h.sent_at), body=body.text,
             attachment_ids=attachment_ids,
             priority=h.priority.value, purpose=h.purpose.value, content=plain,
-            thread_seq=frame.thread_seq)
+            thread_seq=frame.thread_seq,
+            emergency=None if h.emergency is None else h.emergency.value)
         self._vault.put_message(message)
         forget_one_time_prekey(self._store, sealed)
         self.receipt(message, statements.ReceiptKind.DELIVERED)
@@ -172,16 +173,26 @@ class Receiver:
                                             reason))
 
         try:
-            if body.consent_token is None:
-                raise ConsentImageMismatch("the image came without a consent")
-            consent_id = peek_consent_token_unverified(body.consent_token).jti
             chain = await self._trust.device_chain(message.sender_user_id,
                                                    message.sender_device_id)
-            data = await sdk_attachments.receive_image(
-                self._relay, descriptor, consent_id=consent_id, message_id=message.message_id,
-                sender_user_id=message.sender_user_id,
-                sender_certificate=chain.user_certificate,
-                trusted_orgs=self._store.state.trusted_orgs())
+            if body.consent_token is None and message.emergency is not None:
+                # Break-glass (PROTOCOL §17): the signed header declares the emergency, the
+                # relay admitted it to colleagues of the sender's organisation only; this
+                # device checks that much itself before it keeps the image.
+                if chain.verified.user.org_id != self._store.state.org_id:
+                    raise ConsentImageMismatch("an emergency image without consent came from "
+                                               "another organisation")
+                data = await sdk_attachments.decrypt(
+                    await sdk_attachments.download(self._relay, aid), descriptor)
+            elif body.consent_token is None:
+                raise ConsentImageMismatch("the image came without a consent")
+            else:
+                data = await sdk_attachments.receive_image(
+                    self._relay, descriptor,
+                    consent_id=peek_consent_token_unverified(body.consent_token).jti,
+                    message_id=message.message_id, sender_user_id=message.sender_user_id,
+                    sender_certificate=chain.user_certificate,
+                    trusted_orgs=self._store.state.trusted_orgs())
         except ConsentImageMismatch as exc:
             await status("refused", str(exc))
             return

@@ -21,6 +21,7 @@ import msgspec
 
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk import imaging
+from clients.sdk.breakglass import MIN_REASON, Emergency, check_emergency
 from clients.sdk.connection import ConnectionStopped
 from clients.sdk.consent import DEIDENTIFIED_PURPOSES, ensure_sendable, image_hash
 from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable, SDKError, flow_error
@@ -33,7 +34,14 @@ from clients.sdk.keystore import DeviceStore
 from clients.sdk.socket import SendRefused
 from clients.sdk.threads import ThreadBook
 from clients.sdk.trust import Trust
-from clients.sdk.vault import ImageShredded, OutboxImage, OutboxRecord, Vault, VaultMessage
+from clients.sdk.vault import (
+    ImageShredded,
+    ItemNotFound,
+    OutboxImage,
+    OutboxRecord,
+    Vault,
+    VaultMessage,
+)
 from protocol import api
 from protocol.attachments import AttachmentDescriptor
 from protocol.body import (
@@ -50,7 +58,7 @@ from protocol.consent import peek_consent_token_unverified
 from protocol.envelope import decode_sealed, encode_sealed, seal_message
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import Accepted
-from protocol.model import MessageHeader, Priority, Purpose, SealedMessage
+from protocol.model import EmergencyCategory, MessageHeader, Priority, Purpose, SealedMessage
 
 __all__ = ["RESEND_TIMEOUT", "WILL_RESEND", "Progress", "Sender"]
 
@@ -75,15 +83,16 @@ class Sender:
 
     def new_send(self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
                   consent_id: str | None = None, attachment_ids: Sequence[str] = (),
-                  necessity: str | None = None, image: OutboxImage | None = None
-                  ) -> OutboxRecord:
+                  necessity: str | None = None, image: OutboxImage | None = None,
+                  emergency: EmergencyCategory | None = None) -> OutboxRecord:
         """Write a new send to the vault's outbox, before anything of it leaves the device."""
         self._hub.connected()
         record = OutboxRecord(
             message_id=str(uuid.uuid4()), thread_id=thread_id, created_at=self._clock(),
             purpose=purpose.value, priority=priority.value, body=msgspec.msgpack.encode(body),
             consent_id=consent_id, necessity=necessity, attachment_ids=tuple(attachment_ids),
-            image=image, stage="upload" if image is not None else "seal")
+            image=image, stage="upload" if image is not None else "seal",
+            emergency=None if emergency is None else emergency.value)
         self._vault.put_outbox(record)
         return record
 
@@ -91,11 +100,12 @@ class Sender:
         self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
         consent_id: str | None = None, attachment_ids: Sequence[str] = (),
         necessity: str | None = None, timeout: float | None = 60.0,
+        emergency: EmergencyCategory | None = None,
     ) -> tuple[SentMessage, MessageHeader]:
         encode_body(body)  # an invalid body fails before anything is kept or sent
         record = self.new_send(thread_id, body, purpose=purpose, priority=priority,
                                 consent_id=consent_id, attachment_ids=attachment_ids,
-                                necessity=necessity)
+                                necessity=necessity, emergency=emergency)
         return await self.deliver(record, timeout=timeout)
 
     @staticmethod
@@ -206,7 +216,8 @@ class Sender:
             sender_user_id=st.user_id, sender_device_id=st.device_id,
             sent_at=int(self._clock()), purpose=purpose, priority=priority,
             consent_id=record.consent_id, attachment_ids=list(record.attachment_ids),
-            recipient_devices=[r.device.device_id for r in recipients], external=external)
+            recipient_devices=[r.device.device_id for r in recipients], external=external,
+            emergency=None if record.emergency is None else EmergencyCategory(record.emergency))
         sealed: SealedMessage = await asyncio.to_thread(
             seal_message, header, plain, sender=st.device_keys(),
             recipients=recipients)
@@ -259,7 +270,7 @@ class Sender:
             sent_at=float(record.created_at), body=body.text,
             attachment_ids=record.attachment_ids, priority=record.priority,
             purpose=record.purpose, read=True, content=record.content, outgoing=True,
-            thread_seq=accepted.thread_seq))
+            thread_seq=accepted.thread_seq, emergency=record.emergency))
         img = record.image
         if img is not None and img.attachment_id is not None:
             with contextlib.suppress(ImageShredded):
@@ -300,50 +311,68 @@ class Sender:
         purpose: Purpose = Purpose.DIRECT_CARE, reply_to: str | None = None,
         subject: str | None = None, necessity: str | None = None,
         consent_id: str | None = None, timeout: float | None = 60.0,
+        emergency: Emergency | None = None,
     ) -> SentMessage:
         """Seal ``text`` for every current participant device and send it; returns once the
         relay has stored it durably. ``necessity``: the clinical-necessity statement, required
         when a recipient is in another organisation (clients/sdk/external.py). ``consent_id``: the
         registered consent a text outside direct care is sent under (the relay refuses such a
-        message without one: ``consent_missing``, PROTOCOL §13)."""
+        message without one: ``consent_missing``, PROTOCOL §13). ``emergency``: break-glass
+        instead of a consent (:func:`clients.sdk.breakglass.check_emergency`)."""
         prio = priority or self._threads.priority(thread_id)
+        body = Body(text=text, reply_to=reply_to, subject=subject)
+        if emergency is not None:
+            body = check_emergency(emergency, purpose=purpose, consent=consent_id, body=body)
         sent, _ = await self.send_body(
-            thread_id, Body(text=text, reply_to=reply_to, subject=subject), purpose=purpose,
-            priority=prio, necessity=necessity, consent_id=consent_id, timeout=timeout)
+            thread_id, body, purpose=purpose, priority=prio, necessity=necessity,
+            consent_id=consent_id, timeout=timeout,
+            emergency=None if emergency is None else emergency.category)
         return sent
 
     async def send_image(
-        self, thread_id: str, image: imaging.SanitisedImage, *, consent_token: str,
+        self, thread_id: str, image: imaging.SanitisedImage, *, consent_token: str | None,
         text: str = "", record: RecordData | None = None,
         purpose: Purpose = Purpose.DIRECT_CARE, priority: Priority | None = None,
         warnings: Sequence[str] = (), subject: str | None = None,
         progress: Progress | None = None, necessity: str | None = None,
         timeout: float | None = 120.0, burned_in: Sequence[IdentifierKind] = (),
+        emergency: Emergency | None = None,
     ) -> SentMessage:
         """Send a sanitised image (:func:`clients.sdk.imaging.prepare_image`) under a registered
         consent token that names it: encrypt (worker thread), upload resumably, seal the
         descriptor (with its key) in the body. ``burned_in``: the kinds of patient identifier
         the image still shows (``phi.identifier_kinds``), told to the recipient
-        in the sealed body. The sender keeps a copy in the vault."""
+        in the sealed body. ``emergency`` (with ``consent_token`` None): break-glass, for an
+        emergency where no consent can be asked (docs/PROTOCOL.md §17). The sender keeps a
+        copy in the vault."""
         if record is not None and purpose in DEIDENTIFIED_PURPOSES:
             # Issue 10 item 4: a de-identified share never carries the patient's identity;
             # the record gets the identified original through file_image.
             raise FlowError(f"patient data never goes with an image shared for {purpose}: "
                             "file the original in the record instead",
                             code=ErrorCode.VALIDATION_FAILED.value)
-        try:
-            claims = peek_consent_token_unverified(consent_token)
-        except ProtocolError as exc:
-            raise flow_error(exc, "the consent token is malformed") from exc
-        ensure_sendable(claims, purpose, [image_hash(image.data)])
+        body = Body(text=text, consent_token=consent_token, record=record,
+                    quality_warnings=list(warnings), subject=subject)
+        consent_id: str | None = None
+        if emergency is not None:
+            body = check_emergency(emergency, purpose=purpose, consent=consent_token, body=body)
+        else:
+            if consent_token is None:
+                raise FlowError("an image needs a consent token (or a declared emergency)",
+                                code=ErrorCode.CONSENT_MISSING.value)
+            try:
+                claims = peek_consent_token_unverified(consent_token)
+            except ProtocolError as exc:
+                raise flow_error(exc, "the consent token is malformed") from exc
+            ensure_sendable(claims, purpose, [image_hash(image.data)])
+            consent_id = claims.jti
         encrypted = await sdk_attachments.encrypt(image.data)
         # The descriptor (with the key) goes into the body once the upload is finished, with
         # the identifiers flagged for that attachment.
-        body = Body(text=text, consent_token=consent_token, record=record,
-                    quality_warnings=list(warnings), subject=subject)
         pending = self.new_send(
             thread_id, body, purpose=purpose,
-            priority=priority or self._threads.priority(thread_id), consent_id=claims.jti,
+            priority=priority or self._threads.priority(thread_id), consent_id=consent_id,
+            emergency=None if emergency is None else emergency.category,
             necessity=necessity, image=OutboxImage(
                 data=image.data, media_type=image.media_type, width=image.width,
                 height=image.height, key=encrypted.key, sha256=encrypted.sha256,
@@ -351,6 +380,89 @@ class Sender:
                 burned_in=[k.value for k in dict.fromkeys(burned_in)]))
         sent, _ = await self.deliver(pending, timeout=timeout, progress=progress)
         return sent
+
+    async def correct_patient(self, message_id: str, *, patient_id: str,
+                              patient_name: str | None = None, birth_date: str | None = None,
+                              issuer: str | None = None, timeout: float | None = 120.0
+                              ) -> SentMessage:
+        """Send again, with the patient's identity corrected, the images of a message this
+        device sent that the record gateway held (its wrong-patient check,
+        docs/HAZARD_LOG.md HAZ-01): the same images, consent (or emergency declaration) and
+        thread, the corrected record data, as a reply to the held message; the gateway files
+        this one. Only the identity changes; the rest of the record data is kept."""
+        try:
+            held = self._vault.message(message_id)
+        except ItemNotFound:
+            raise FlowError(f"no message {message_id} on this device",
+                            code=ErrorCode.NOT_FOUND.value) from None
+        try:
+            body = msgspec.msgpack.decode(held.content, type=Body) if held.content else None
+        except msgspec.DecodeError:
+            body = None
+        if not held.outgoing or body is None or not body.attachments or body.record is None:
+            raise FlowError("only an image this device sent with patient data can be "
+                            "corrected", code=ErrorCode.VALIDATION_FAILED.value)
+        record = msgspec.structs.replace(
+            body.record, patient_id=patient_id,
+            patient_name=body.record.patient_name if patient_name is None else patient_name,
+            birth_date=body.record.birth_date if birth_date is None else birth_date,
+            issuer_of_patient_id=(body.record.issuer_of_patient_id if issuer is None
+                                  else issuer))
+        corrected = Body(
+            text=f"Patient identity corrected for the record (it replaces the identity sent "
+                 f"with message {message_id}).",
+            attachments=body.attachments, consent_token=body.consent_token, record=record,
+            reply_to=message_id, quality_warnings=body.quality_warnings,
+            emergency_reason=body.emergency_reason,
+            burned_in_identifiers=body.burned_in_identifiers)
+        consent_id = None if body.consent_token is None else \
+            peek_consent_token_unverified(body.consent_token).jti
+        sent, _ = await self.send_body(
+            held.thread_id, corrected, purpose=Purpose(held.purpose or Purpose.DIRECT_CARE),
+            priority=Priority(held.priority) if held.priority in {"routine", "urgent"}
+            else Priority.ROUTINE, consent_id=consent_id,
+            attachment_ids=[a.attachment_id for a in body.attachments], timeout=timeout,
+            emergency=None if held.emergency is None else EmergencyCategory(held.emergency))
+        return sent
+
+    async def break_glass_pending(self) -> list[api.BreakGlassCase]:
+        """This user's emergency messages still waiting for a consent, or a reason why none
+        was possible (docs/PROTOCOL.md §17), oldest first."""
+        return (await self._relay.break_glass_pending()).cases
+
+    async def follow_up_break_glass(self, case_id: str, *, consent_token: str | None = None,
+                                    no_consent: str | None = None,
+                                    words: str = "") -> api.BreakGlassCase:
+        """File the follow-up of an emergency message: the consent sought afterwards (it is
+        registered first), or why none was possible: its category to the relay, ``words``
+        (at least MIN_REASON characters) sealed into the thread, replying to the message."""
+        if (consent_token is None) == (no_consent is None):
+            raise FlowError("give either the consent obtained afterwards or why none was "
+                            "possible", code=ErrorCode.VALIDATION_FAILED.value)
+        if no_consent is not None and no_consent not in api.NO_CONSENT_REASONS:
+            raise FlowError("why no consent was possible is one of "
+                            f"{', '.join(api.NO_CONSENT_REASONS)}",
+                            code=ErrorCode.VALIDATION_FAILED.value)
+        cases = {c.case_id: c for c in await self.break_glass_pending()}
+        case = cases.get(case_id)
+        if case is None:
+            raise FlowError(f"no emergency message of yours awaits a follow-up as {case_id}",
+                            code=ErrorCode.NOT_FOUND.value)
+        if consent_token is not None:
+            info = await self._relay.register_consent(consent_token)
+            decision = "agreed" if info.status != "refused" else "refused"
+            note = (f"Break-glass follow-up: the patient's consent was sought afterwards "
+                    f"({decision}; consent {info.consent_id}).")
+            follow = api.BreakGlassFollowUp(consent_id=info.consent_id)
+        else:
+            said = " ".join(words.split())
+            if len(said) < MIN_REASON:
+                raise FlowError(f"say in a sentence (at least {MIN_REASON} characters) why no "
+                                "consent was possible", code=ErrorCode.VALIDATION_FAILED.value)
+            note = f"Break-glass follow-up: no consent was possible ({no_consent}): {said}"
+            follow = api.BreakGlassFollowUp(no_consent=no_consent)
+        await self.send_text(case.thread_id, note, reply_to=case.message_id)
+        return await self._relay.break_glass_follow_up(case_id, follow)
 
     async def file_consent(self, consent_token: str, record: RecordData, *,
                            wait: float | None = None) -> tuple[SentMessage, ConsentFiling | None]:

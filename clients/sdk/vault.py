@@ -205,6 +205,8 @@ class VaultMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     content: bytes = b""
     outgoing: bool = False
     thread_seq: int = 0
+    # Break-glass (docs/PROTOCOL.md §17): the category the signed header declared, if any.
+    emergency: str | None = None
 
     def __repr__(self) -> str:  # never print the body
         return (f"VaultMessage(message_id={self.message_id!r}, thread_id={self.thread_id!r}, "
@@ -268,6 +270,7 @@ class OutboxRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     body: bytes
     consent_id: str | None = None
     necessity: str | None = None
+    emergency: str | None = None  # break-glass category for the header (reason in the body)
     attachment_ids: tuple[str, ...] = ()
     image: OutboxImage | None = None
     stage: str = "seal"

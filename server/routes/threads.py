@@ -22,7 +22,7 @@ from server.authn import Principal
 from server.db import Database
 from server.errors import NotFound
 from server.settings import Settings
-from server.store import bundles, threads
+from server.store import breakglass, bundles, threads
 
 __all__ = ["ThreadRoutes"]
 
@@ -64,11 +64,11 @@ class ThreadRoutes:
         ]
 
     @staticmethod
-    def _info(t: threads.ThreadSummary) -> api.ThreadInfo:
+    def _info(t: threads.ThreadSummary, pending: int = 0) -> api.ThreadInfo:
         return api.ThreadInfo(thread_id=t.thread_id, priority=t.priority,
                               created_by=t.created_by, created_at=int(t.created_at.timestamp()),
                               last_seq=t.last_seq, unread=t.unread, members=t.members,
-                              roles=t.roles)
+                              roles=t.roles, break_glass_pending=pending)
 
     async def create(self, request: Request) -> Response:
         me = await self.require_device(request)
@@ -89,7 +89,9 @@ class ThreadRoutes:
         me = await self.require_device(request)
         async with self.db.pool.acquire() as conn:
             rows = await threads.list_threads(conn, me.user_id, at=self.now())
-        return json_response(api.ThreadList(threads=[self._info(t) for t in rows]))
+            pending = await breakglass.pending_by_thread(conn, [t.thread_id for t in rows])
+        return json_response(api.ThreadList(threads=[
+            self._info(t, pending.get(t.thread_id, 0)) for t in rows]))
 
     async def recipients(self, request: Request) -> Response:
         me = await self.require_device(request)

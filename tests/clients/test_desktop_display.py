@@ -1,6 +1,7 @@
 """What the desktop page writes, in a real Chromium (Playwright): times in the one format of
-clients/sdk/timefmt.py whatever the browser's locale, and the warning that an image shows patient
-identifiers (kinds only), sent with the image in the sealed body by the sender's client.
+clients/sdk/timefmt.py whatever the browser's locale, the warning that an image shows patient
+identifiers (kinds only), sent with the image in the sealed body by the sender's client, and the
+break-glass mark of an image sent without consent in an emergency.
 Screenshots go to test-artefacts/desktop-display/."""
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from clients.desktop.app import DesktopServer
-from clients.sdk import timefmt
+from clients.sdk import imaging, timefmt
+from clients.sdk.breakglass import Emergency
 from protocol.body import CaptureKind, IdentifierKind, RecordData
+from protocol.model import EmergencyCategory, Priority
 from tests.clients import test_desktop
 from tests.clients.test_desktop import (
+    ORTHO,
     browser_page,
     desktop_team,
     send_photo,
     unlock_page,
 )
+from tests.consent_world import xray_png
 from tests.helpers import ROOT
 from tests.identity_world import World
 from tests.orthanc import OrthancServer
@@ -74,4 +79,35 @@ async def test_the_specialist_is_told_which_identifiers_the_image_shows(
         await page.get_by_text("Ankle?").wait_for()
         await page.locator(".thumb").wait_for()
         assert await page.locator(".burned-in").count() == 0
+        assert not problems, problems
+
+
+async def test_the_specialist_sees_an_emergency_image_marked_break_glass_with_its_reason(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """docs/PROTOCOL.md §17: an image sent without consent in an emergency is shown, marked
+    break-glass with the sender's sealed reason; an ordinary consult carries no mark."""
+    reason = "Unconscious after a fall, no relative reachable"
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        await unlock_page(page, team.desktop)
+        thread = await team.intern.client.create_thread(roles=[ORTHO],
+                                                        priority=Priority.URGENT)
+        await team.intern.client.send_image(
+            thread.thread_id, imaging.prepare_image(xray_png(900, 700, seed=61)).image,
+            consent_token=None, text="Wrist deformity?", subject="Emergency film",
+            record=RecordData(patient_name="Testpatient^Alpha", patient_id="LBX-0042",
+                              capture=CaptureKind.FILM),
+            emergency=Emergency(EmergencyCategory.UNCONSCIOUS, reason))
+        await send_photo(team.intern, RecordData(patient_name="Testpatient^Alpha",
+                                                 patient_id="LBX-0042"),
+                         text="Ankle?", subject="Ordinary film")
+        await page.locator(".thread-item", has_text="Emergency film").click()
+        mark = page.locator(".break-glass")
+        await mark.wait_for()
+        assert await mark.inner_text() == (
+            f"BREAK-GLASS (unconscious): sent without consent in an emergency: {reason}")
+        await page.locator(".thumb").wait_for()  # the image itself is shown
+        await page.locator(".thread-item", has_text="Ordinary film").click()
+        await page.get_by_text("Ankle?").wait_for()
+        assert await page.locator(".break-glass").count() == 0
         assert not problems, problems

@@ -185,6 +185,18 @@ async def test_find_studies_filters_by_date_and_issuer(pacs: PacsClient) -> None
     assert await pacs.find_studies(new_patient_id()) == []
 
 
+async def test_find_studies_reports_the_patients_whole_name_and_birth_date(
+        pacs: PacsClient) -> None:
+    """What the wrong-patient check compares (a Person Name is one value, not a list of its
+    characters)."""
+    pid = new_patient_id()
+    rec = record(pid)
+    await pacs.store([build_vl_photographic(jpeg(), rec)])
+    (study,) = await pacs.find_studies(pid)
+    assert study.patient_name == rec.patient_name
+    assert study.patient_birth_date == rec.birth_date == date(1901, 1, 1)
+
+
 async def test_find_studies_matches_a_date_range_inclusively(pacs: PacsClient) -> None:
     pid = new_patient_id()
     inst = build_vl_photographic(jpeg(), record(pid))  # study date 2001-02-03

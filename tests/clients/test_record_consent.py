@@ -343,7 +343,9 @@ async def test_a_teaching_share_carries_no_patient_data_and_the_identified_origi
     labelled_film().save(film)
     original = imaging.prepare_image(film.read_bytes()).image
     token_file = tmp_path / "consent.jws"
-    rec = ["--patient-id", "LBX-TEST-TEACH", "--patient-name", "TEST^TEACHING"]
+    # The patient the film's label shows (DOE^JOHN, MRN 12345678): the phone checks the two
+    # agree before sending (clients/clinician/identity.py).
+    rec = ["--patient-id", "12345678", "--patient-name", "DOE^JOHN"]
     async with journey(world, tmp_path, orthanc) as (_intern, ortho, gw):
         registrar = await enrol_clinician(world, tmp_path, "registrar", vault_dir=home /
                                           "registrar")
@@ -389,7 +391,7 @@ async def test_a_teaching_share_carries_no_patient_data_and_the_identified_origi
                                        password=orthanc.password)) as pacs:
         ds = pydicom.dcmread(io.BytesIO(await pacs.retrieve_instance(
             receipt.study_instance_uid, receipt.series_instance_uid, receipt.sop_instance_uid)))
-    assert ds.PatientID == "LBX-TEST-TEACH"
+    assert ds.PatientID == "12345678"
     (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
     assert frame.rstrip(b"\0") == original.data  # the identified original, as photographed
 

@@ -119,6 +119,16 @@ def test_lightbox_send_warns_before_sealing_and_suggests_a_range() -> None:
     assert "suggested: a patient in their 40s with a scaphoid fracture" in err
 
 
+def test_lightbox_send_guards_the_subject_line_too() -> None:
+    """The subject travels to the same audience as the text: an exact age there is caught."""
+    rc, out, err = _lightbox("--profile", "nobody", "send", "--to", "role:x", "--purpose",
+                             "external_consult", "--subject", "A 47-year-old's wrist",
+                             "scaphoid fracture, please advise")
+    assert rc == 1 and "phi_in_text" in err and "sent:" not in out
+    assert "the subject holds exact age 'A 47-year-old'" in err
+    assert "suggested: a patient in their 40s" in err
+
+
 def test_the_full_stop_after_a_date_is_not_part_of_it() -> None:
     (finding,) = scan_text("Seen in clinic on 3 March.")
     assert finding.text.endswith("3 March")

@@ -275,6 +275,9 @@ async function openThread(id, markRead) {
       el("div", {class: "meta"}, m.sender + " - " + when(m.sent_at) + (m.priority === "urgent" ? " - URGENT" : "")),
       m.text ? el("p", {class: "text"}, m.text) : (m.note ? el("p", {class: "meta note"}, m.note) : null),
       m.quality_warnings.length ? el("div", {class: "warning"}, "Sent despite: " + m.quality_warnings.join(", ").replaceAll("_", " ")) : null,
+      m.emergency ? el("div", {class: "warning break-glass", role: "note"}, "BREAK-GLASS (" +
+        m.emergency.replaceAll("_", " ") + "): sent without consent in an emergency: " +
+        (m.emergency_reason || "no reason given")) : null,
       recordBlock(m.record), ...m.images.map((img) => imageBlock(m, img)), consentBlock(m.consent),
       ack, acked, receipts, escalation));
   }

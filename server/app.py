@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
 
 from protocol.errors import ErrorCode
 from server import migrations
@@ -41,6 +41,7 @@ from server.logs import REQUEST_ID
 from server.metrics import Metrics
 from server.middleware import EdgeMiddleware
 from server.oncall import OncallService
+from server.orgidentity import IdentitySettings
 from server.passwords import Passwords
 from server.problems import problem_response, relay_error_response
 from server.provisioning import ProvisioningService
@@ -54,6 +55,9 @@ from server.routes.health import HealthRoutes
 from server.routes.keys import KeyRoutes
 from server.routes.oncall import OncallRoutes
 from server.routes.threads import ThreadRoutes
+from server.scim.routes import PREFIX as SCIM_PREFIX
+from server.scim.routes import ScimRoutes
+from server.scim.service import DirectoryService
 from server.sends import SendPipeline
 from server.settings import Settings
 from server.tokens import TokenService, ensure_token_key, load_token_key
@@ -128,6 +132,12 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     endpoints += AuthRoutes(login=login, max_body=body).endpoints()
     endpoints += KeyRoutes(keydir=keydir, authn=authn, max_body=body,
                            prekey_batch_max=settings.prekey_batch_max).endpoints()
+    # The hospital's directory over SCIM 2.0 (server/scim/): requests for identities that IT's
+    # workstation signs, and suspensions and removals that take effect at once.
+    identity = IdentitySettings.from_file(settings.identity_file)
+    directory = DirectoryService(db=db, trust=trust, identity=identity,
+                                 max_results=settings.scim_max_results, clock=clock)
+    scim = ScimRoutes(service=directory, max_body=body)
 
     # The relay (issue 5): threads over HTTP, messages over the websocket, group commit,
     # cross-process wake-ups over LISTEN/NOTIFY.
@@ -233,7 +243,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             log.info("relay stopped")
 
     routes: list[BaseRoute] = [*starlette_routes(endpoints),
-                               WebSocketRoute("/v1/ws", ws_relay.endpoint)]
+                               WebSocketRoute("/v1/ws", ws_relay.endpoint),
+                               Mount(SCIM_PREFIX, app=scim.app())]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={
                         RelayError: _relay_error,

@@ -252,6 +252,15 @@ class Settings:
         "JSON file of per-organisation consent policies, {org_id: {ConsentPolicy fields}} "
         "(unset, or an organisation not listed: the docs/ARCHITECTURE.md §5 defaults).")
 
+    # --- hospital directory (SCIM 2.0) and single sign-on ---
+    identity_file: Path | None = _s(
+        None, "LIGHTBOX_IDENTITY_FILE", "path",
+        "JSON file of per-organisation directory and sign-on settings, {\"orgs\": {org_id: "
+        "{\"group_roles\": {group: role}}}} (unset: no SCIM group maps to a role).")
+    scim_max_results: int = _s(200, "LIGHTBOX_SCIM_MAX_RESULTS", "int",
+                               "Most resources one SCIM list or search answers (RFC 7644 "
+                               "§3.4.2.4 count is capped to it).", limit=True)
+
     # --- filing and expiry (docs/PROTOCOL.md §15) ---
     filing_required: bool = _s(True, "LIGHTBOX_FILING_REQUIRED", "bool",
                                "Refuse a direct-care image that does not name every active "

@@ -55,6 +55,7 @@ from server.routes.health import HealthRoutes
 from server.routes.keys import KeyRoutes
 from server.routes.oncall import OncallRoutes
 from server.routes.threads import ThreadRoutes
+from server.scim.pending import PendingRoutes
 from server.scim.routes import PREFIX as SCIM_PREFIX
 from server.scim.routes import ScimRoutes
 from server.scim.service import DirectoryService
@@ -138,6 +139,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     directory = DirectoryService(db=db, trust=trust, identity=identity,
                                  max_results=settings.scim_max_results, clock=clock)
     scim = ScimRoutes(service=directory, max_body=body)
+    endpoints += PendingRoutes(db=db, authn=authn, provisioning=provisioning, identity=identity,
+                               max_body=body, clock=clock).endpoints()
 
     # The relay (issue 5): threads over HTTP, messages over the websocket, group commit,
     # cross-process wake-ups over LISTEN/NOTIFY.

@@ -4,8 +4,9 @@ workstation signed its certificate.
 
 A directory entry is not an identity: only a certificate signed by the organisation key makes
 a relay user (docs/SECURITY.md). Until IT signs, ``scim_users.user_id`` is NULL and the entry
-is *pending*. Bearer tokens are kept as SHA-256 hashes (256-bit random tokens, like refresh
-tokens).
+is *pending*. A deleted user that IT had signed keeps its row (inactive, ``deleted_at`` set):
+it holds the login and keeps the relay user suspended. Bearer tokens are kept as SHA-256
+hashes (256-bit random tokens, like refresh tokens).
 
 Revision ID: 0009_identity_directory
 Revises: 0008
@@ -41,7 +42,9 @@ STATEMENTS = [
         version     integer NOT NULL,
         user_id     uuid UNIQUE REFERENCES users (user_id),
         created_at  timestamptz NOT NULL,
-        updated_at  timestamptz NOT NULL
+        updated_at  timestamptz NOT NULL,
+        deleted_at  timestamptz,
+        CHECK (deleted_at IS NULL OR NOT active)
     )
     """,
     # Logins are unique across the relay and case-insensitive in SCIM (RFC 7643 §4.1.1).

@@ -222,7 +222,7 @@ class DirectoryService:
             revoked: list[str] = []
             if entry.user_id is not None:
                 revoked = await self._remove(conn, org_id, entry.user_id, now)
-            await directory.delete_user(conn, scim_id)
+            await directory.delete_user(conn, scim_id, now=now)
             await audit.append(conn, "scim.user_deleted", subject_kind="directory_user",
                                subject_id=scim_id, actor_kind="directory", actor_id=org_id,
                                details={"org_id": org_id, "user_id": entry.user_id,

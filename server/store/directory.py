@@ -164,13 +164,15 @@ async def insert_user(conn: asyncpg.Connection, *, scim_id: str, org_id: str, us
     return _user(row)
 
 
-async def get_user(conn: asyncpg.Connection, org_id: str, scim_id: str, *,
+async def get_user(conn: asyncpg.Connection, org_id: str | None, scim_id: str, *,
                    for_update: bool = False) -> DirectoryUser | None:
+    """The directory user of ``org_id`` (None: of any organisation, for IT's queue)."""
     uid = _uuid(scim_id)
     if uid is None:
         return None
     row = await conn.fetchrow(
-        "SELECT * FROM scim_users WHERE org_id = $1 AND scim_id = $2"
+        "SELECT * FROM scim_users WHERE ($1::text IS NULL OR org_id = $1) AND scim_id = $2 "
+        "AND deleted_at IS NULL"
         + (" FOR UPDATE" if for_update else ""), org_id, uid)
     return None if row is None else _user(row)
 
@@ -180,7 +182,7 @@ async def list_users(conn: asyncpg.Connection, org_id: str, *, user_name: str | 
     """The organisation's directory users, narrowed by an exact userName (case-insensitive)
     or externalId (case-exact, RFC 7643 §3.1) when given, oldest first."""
     rows = await conn.fetch(
-        "SELECT * FROM scim_users WHERE org_id = $1 "
+        "SELECT * FROM scim_users WHERE org_id = $1 AND deleted_at IS NULL "
         "AND ($2::text IS NULL OR lower(user_name) = lower($2)) "
         "AND ($3::text IS NULL OR external_id = $3) ORDER BY created_at, scim_id LIMIT $4",
         org_id, user_name, external_id, limit)
@@ -205,8 +207,15 @@ async def update_user(conn: asyncpg.Connection, current: DirectoryUser, *, user_
     return _user(row)
 
 
-async def delete_user(conn: asyncpg.Connection, scim_id: str) -> None:
-    await conn.execute("DELETE FROM scim_users WHERE scim_id = $1", uuid.UUID(scim_id))
+async def delete_user(conn: asyncpg.Connection, scim_id: str, *, now: float) -> None:
+    """Gone from the directory. A user IT signed keeps its row, inactive and marked deleted
+    (its relay user stays suspended, its login taken); its group memberships go."""
+    uid = uuid.UUID(scim_id)
+    await conn.execute("DELETE FROM scim_members WHERE user_id = $1", uid)
+    await conn.execute("DELETE FROM scim_users WHERE scim_id = $1 AND user_id IS NULL", uid)
+    await conn.execute(
+        "UPDATE scim_users SET active = false, deleted_at = $2, updated_at = $2 "
+        "WHERE scim_id = $1", uid, at(now))
 
 
 async def link_user(conn: asyncpg.Connection, scim_id: str, user_id: str, *,
@@ -298,7 +307,7 @@ async def unknown_members(conn: asyncpg.Connection, org_id: str,
     """The ids that name no directory user of ``org_id``."""
     valid = {str(u) for u in (_uuid(i) for i in user_ids) if u is not None}
     rows = await conn.fetch(
-        "SELECT scim_id::text AS id FROM scim_users WHERE org_id = $1 "
+        "SELECT scim_id::text AS id FROM scim_users WHERE org_id = $1 AND deleted_at IS NULL "
         "AND scim_id = ANY($2::uuid[])", org_id, [uuid.UUID(v) for v in valid])
     found = {r["id"] for r in rows}
     return sorted(i for i in user_ids if i not in found)

@@ -19,7 +19,7 @@ def _run_checks(base_url: str, token: str) -> list[tuple[str, str, str, str]]:
     with Client(base_url=base_url, headers={"authorization": f"Bearer {token}"}) as http:
         client = SyncSCIMClient(http)
         results = check_server(client)
-    return [(r.resource_type or "-", r.title, r.status.name, r.reason or "")
+    return [(r.resource_type or "-", r.title or "-", r.status.name, r.reason or "")
             for r in results]
 
 

@@ -24,7 +24,8 @@ Role = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]  # as pro
 
 class PendingUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A directory user no certificate was signed for: the login (the SCIM ``userName``, in
-    lower case), the display name and the roles its groups map to (LIGHTBOX_IDENTITY_FILE)."""
+    lower case), the display name, the roles its groups map to (LIGHTBOX_IDENTITY_FILE) and
+    the licence, specialty and department the directory states."""
 
     directory_id: str
     org_id: str
@@ -32,6 +33,14 @@ class PendingUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     display_name: str
     roles: list[Role]
     version: int
+    # The directory's Lightbox extension (server/scim/schema.py Clinician), unchecked: IT's
+    # tool validates them before it signs anything.
+    licence_type: str | None = None
+    licence_number: str | None = None
+    jurisdiction: str | None = None
+    licence_expires: str | None = None  # YYYY-MM-DD
+    specialty: str | None = None
+    department: str | None = None
 
 
 class PendingUsers(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

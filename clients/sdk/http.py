@@ -34,6 +34,7 @@ import msgspec
 from clients.sdk.errors import RelayRequestError, RelayResponseError, RelayUnavailable
 from protocol import api
 from protocol.canonical import b64url_encode
+from protocol.directory import PendingUsers, SignedPending, SignPending
 from protocol.keys import Ed25519KeyPair, random_bytes
 
 __all__ = ["ProvisionResults", "RelayHTTP", "Signer", "SingleFlight", "parse_problem"]
@@ -293,6 +294,17 @@ class RelayHTTP:
                              body=api.RevocationUpload(revocation_list=revocation_list),
                              headers=self._admin_headers())
         return self._decode(r, object)
+
+    async def directory_pending(self) -> PendingUsers:
+        """Directory (SCIM) users waiting for IT's signature (protocol/directory.py)."""
+        r = await self._send("GET", "/v1/admin/directory/pending",
+                             headers=self._admin_headers())
+        return self._decode(r, PendingUsers)
+
+    async def sign_pending(self, directory_id: str, body: SignPending) -> SignedPending:
+        r = await self._send("POST", f"/v1/admin/directory/pending/{quote(directory_id, safe='')}",
+                             body=body, headers=self._admin_headers())
+        return self._decode(r, SignedPending)
 
     # --- public ---------------------------------------------------------------------------
 

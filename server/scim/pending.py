@@ -31,6 +31,7 @@ from server.db import Database
 from server.errors import Conflict, InvalidInput, NotFound
 from server.orgidentity import IdentitySettings
 from server.provisioning import ProvisioningService
+from server.scim.schema import CLINICIAN_SCHEMA
 from server.store import directory
 
 __all__ = ["PendingRoutes", "display_name"]
@@ -49,6 +50,18 @@ def display_name(resource: dict[str, Any], user_name: str) -> str:
         if isinstance(candidate, str) and candidate.strip():
             return candidate.strip()[:200]
     return user_name[:200]
+
+
+_CLINICIAN_FIELDS = {"licenceType": "licence_type", "licenceNumber": "licence_number",
+                     "jurisdiction": "jurisdiction", "licenceExpires": "licence_expires",
+                     "specialty": "specialty", "department": "department"}
+
+
+def _clinician(resource: dict[str, Any]) -> dict[str, str]:
+    """The Lightbox extension's strings (RFC 7643 §3.3: under the extension's URN)."""
+    ext = resource.get(CLINICIAN_SCHEMA) or {}
+    return {field: value[:200] for key, field in _CLINICIAN_FIELDS.items()
+            if isinstance(value := ext.get(key), str) and value.strip()}
 
 
 class PendingRoutes:
@@ -81,7 +94,7 @@ class PendingRoutes:
                         display_name=display_name(e.resource, e.user_name),
                         roles=self.identity.for_org(e.org_id).roles_for(
                             name for _, name in groups[e.scim_id]),
-                        version=e.version)
+                        version=e.version, **_clinician(e.resource))
             for e in entries]))
 
     async def sign(self, request: Request) -> Response:

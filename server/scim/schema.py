@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from scim2_models import (
+    URN,
     AuthenticationScheme,
     Bulk,
     ChangePassword,
     ETag,
+    Extension,
     Filter,
     Group,
     Patch,
@@ -28,10 +30,12 @@ from scim2_models import (
 )
 
 __all__ = [
+    "CLINICIAN_SCHEMA",
     "GROUP_ATTRIBUTES",
     "RESOURCE_TYPES",
     "SCHEMAS",
     "USER_ATTRIBUTES",
+    "Clinician",
     "GroupModel",
     "UserModel",
     "service_provider_config",
@@ -47,19 +51,40 @@ def _narrowed(model: type[Resource[Any]], keep: tuple[str, ...]) -> tuple[Schema
     return schema, Resource.from_schema(schema)
 
 
-_USER_SCHEMA, UserModel = _narrowed(User, USER_ATTRIBUTES)
+CLINICIAN_SCHEMA = "urn:lightbox:params:scim:schemas:extension:clinician:2.0:User"
+
+
+class Clinician(Extension):
+    """What a clinician's certificate states beyond the core schema: the professional licence
+    (IT's tool refuses to sign a clinician without one), specialty and department. Plain
+    strings here; ``lightbox-admin sign-pending`` checks them (``licenceExpires`` is
+    YYYY-MM-DD) and reports a user it cannot sign."""
+
+    __schema__ = URN(CLINICIAN_SCHEMA)
+    licence_type: str | None = None
+    licence_number: str | None = None
+    jurisdiction: str | None = None
+    licence_expires: str | None = None
+    specialty: str | None = None
+    department: str | None = None
+
+
+_USER_SCHEMA, _CoreUser = _narrowed(User, USER_ATTRIBUTES)
+UserModel = _CoreUser[Clinician]
 _GROUP_SCHEMA, GroupModel = _narrowed(Group, GROUP_ATTRIBUTES)
-SCHEMAS: tuple[Schema, ...] = (_USER_SCHEMA, _GROUP_SCHEMA)
+SCHEMAS: tuple[Schema, ...] = (_USER_SCHEMA, Clinician.to_schema(), _GROUP_SCHEMA)
 
 
-def _resource_type(name: str, schema: Schema) -> ResourceType:
-    return ResourceType.model_validate({"id": name, "name": name,
-                                        "description": f"Lightbox {name.lower()}s",
-                                        "endpoint": f"/{name}s", "schema": schema.id})
+def _resource_type(name: str, schema: Schema, *extensions: str) -> ResourceType:
+    return ResourceType.model_validate({
+        "id": name, "name": name, "description": f"Lightbox {name.lower()}s",
+        "endpoint": f"/{name}s", "schema": schema.id,
+        "schemaExtensions": [{"schema": e, "required": False} for e in extensions]})
 
 
-RESOURCE_TYPES: tuple[ResourceType, ...] = (_resource_type("User", _USER_SCHEMA),
-                                            _resource_type("Group", _GROUP_SCHEMA))
+RESOURCE_TYPES: tuple[ResourceType, ...] = (
+    _resource_type("User", _USER_SCHEMA, CLINICIAN_SCHEMA),
+    _resource_type("Group", _GROUP_SCHEMA))
 
 
 def service_provider_config(max_results: int) -> ServiceProviderConfig:

@@ -32,8 +32,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# The test IdP (tests/idp: oidc-provider, a certified OpenID provider) from its lock file.
+IDP_STAMP := tests/idp/node_modules/.installed
+$(IDP_STAMP): tests/idp/package.json tests/idp/package-lock.json
+	@command -v npm >/dev/null || { echo "make install: node and npm (Node.js 20 or later) are needed for the test IdP in tests/idp; install them (apt-get install nodejs npm) and run make install again" >&2; exit 1; }
+	cd tests/idp && npm ci --no-audit --no-fund --silent
+	@touch $@
+
 # The programs land in .venv/bin; say how to reach them (README.md "Where the commands are").
-install: $(STAMP)
+install: $(STAMP) $(IDP_STAMP)
 	@echo "Lightbox's commands are in $(BIN) (lightbox-server, lightbox-admin, lightbox, lightbox-gateway)."
 	@echo "Put them on your PATH: source $(BIN)/activate  (or: export PATH=\"\$$PWD/$(BIN):\$$PATH\")"
 
@@ -51,7 +58,7 @@ system-deps:
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(IDP_STAMP) system-deps
 	@mkdir -p .data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

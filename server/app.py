@@ -40,6 +40,7 @@ from server.login import LoginService
 from server.logs import REQUEST_ID
 from server.metrics import Metrics
 from server.middleware import EdgeMiddleware
+from server.oidc import OidcService
 from server.oncall import OncallService
 from server.orgidentity import IdentitySettings
 from server.passwords import Passwords
@@ -54,6 +55,7 @@ from server.routes.filing import FilingRoutes
 from server.routes.health import HealthRoutes
 from server.routes.keys import KeyRoutes
 from server.routes.oncall import OncallRoutes
+from server.routes.sso import SsoRoutes
 from server.routes.threads import ThreadRoutes
 from server.scim.pending import PendingRoutes
 from server.scim.routes import PREFIX as SCIM_PREFIX
@@ -141,6 +143,12 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     scim = ScimRoutes(service=directory, max_body=body)
     endpoints += PendingRoutes(db=db, authn=authn, provisioning=provisioning, identity=identity,
                                max_body=body, clock=clock).endpoints()
+    # Single sign-on with the hospital's OpenID provider (server/oidc.py): the ID token is the
+    # first factor, the device key the second, as with a password.
+    oidc = OidcService(db=db, identity=identity, login=login, enrolment=enrolment,
+                       settings=settings, clock=clock)
+    endpoints += SsoRoutes(service=oidc, max_body=body,
+                           prekey_batch_max=settings.prekey_batch_max).endpoints()
 
     # The relay (issue 5): threads over HTTP, messages over the websocket, group commit,
     # cross-process wake-ups over LISTEN/NOTIFY.

@@ -90,28 +90,41 @@ class LoginService:
                 await self._failure(conn, keys, "auth.login", user.user_id if user else None,
                                     now)
             assert user is not None
-            device = await devices.get_device(conn, body.device_id)
-            if device is None or device.user_id != user.user_id or not verify_signature(
-                    device.signing_key, login_signing_input(nonce, body.login, body.device_id),
-                    signature):
-                await self._deny(conn, "auth.login", user.user_id, ErrorCode.CHALLENGE_FAILED)
-            assert device is not None
-            code = _status_refusal(user, device.status, now)
-            if code is not None:
-                await self._deny(conn, "auth.login", user.user_id, code)
-            family_id = str(uuid.uuid4())
-            async with conn.transaction():
-                await lockout.reset(conn, keys[0])
-                refresh, refresh_exp = await sessions.issue_refresh(
-                    conn, family_id=family_id, user_id=user.user_id, device_id=device.device_id,
-                    now=now, ttl=self.settings.refresh_token_ttl)
-                await devices.touch(conn, device.device_id, now=now)
-                await audit.append(conn, "auth.login", subject_kind="device",
-                                   subject_id=device.device_id, actor_kind="user",
-                                   actor_id=user.user_id, details={"user_id": user.user_id})
+            pair = await self.open_session(conn, user, body.device_id, nonce, signature,
+                                           event="auth.login", now=now)
+            await lockout.reset(conn, keys[0])
             if self.passwords.needs_rehash(user.password_hash or ""):
                 new_hash = await self.passwords.hash(body.password)
                 await users.set_password_hash(conn, user.user_id, new_hash, now=now)
+        return pair
+
+    async def open_session(self, conn: asyncpg.Connection, user: users.UserRecord,
+                           device_id: str, nonce: bytes, signature: bytes, *, event: str,
+                           now: float, details: dict[str, str] | None = None) -> TokenPair:
+        """The second factor and the session, once the first (password, or the IdP's ID
+        token: server/oidc.py) named ``user``: the device is the user's and signed the nonce
+        (``challenge_failed``), device and user may log in (``device_revoked``,
+        ``user_suspended``, ...); then a new refresh family and an access token bound to the
+        device key (``cnf.jkt``)."""
+        device = await devices.get_device(conn, device_id)
+        if device is None or device.user_id != user.user_id or not verify_signature(
+                device.signing_key, login_signing_input(nonce, user.login, device_id),
+                signature):
+            await self._deny(conn, event, user.user_id, ErrorCode.CHALLENGE_FAILED)
+        assert device is not None
+        code = _status_refusal(user, device.status, now)
+        if code is not None:
+            await self._deny(conn, event, user.user_id, code)
+        family_id = str(uuid.uuid4())
+        async with conn.transaction():
+            refresh, refresh_exp = await sessions.issue_refresh(
+                conn, family_id=family_id, user_id=user.user_id, device_id=device.device_id,
+                now=now, ttl=self.settings.refresh_token_ttl)
+            await devices.touch(conn, device.device_id, now=now)
+            await audit.append(conn, event, subject_kind="device",
+                               subject_id=device.device_id, actor_kind="user",
+                               actor_id=user.user_id,
+                               details={"user_id": user.user_id, **(details or {})})
         access, exp = self.tokens.issue_access(user_id=user.user_id, device_id=device.device_id,
                                                family_id=family_id,
                                                signing_key=device.signing_key, now=now)

@@ -257,6 +257,17 @@ class Settings:
         None, "LIGHTBOX_IDENTITY_FILE", "path",
         "JSON file of per-organisation directory and sign-on settings, {\"orgs\": {org_id: "
         "{\"group_roles\": {group: role}}}} (unset: no SCIM group maps to a role).")
+    sso_challenge_ttl: int = _s(600, "LIGHTBOX_SSO_CHALLENGE_TTL", "int",
+                                "Seconds a single sign-on challenge (the OpenID nonce) stays "
+                                "valid: the clinician's time at the IdP's login page.",
+                                limit=True)
+    oidc_metadata_ttl: int = _s(3600, "LIGHTBOX_OIDC_METADATA_TTL", "int",
+                                "Seconds an IdP's discovery document and signing keys are "
+                                "cached (an unknown key id fetches the keys again at once).",
+                                limit=True)
+    oidc_http_timeout: float = _s(5.0, "LIGHTBOX_OIDC_HTTP_TIMEOUT", "float",
+                                  "Seconds the relay waits for an IdP's discovery document or "
+                                  "keys.", limit=True)
     scim_max_results: int = _s(200, "LIGHTBOX_SCIM_MAX_RESULTS", "int",
                                "Most resources one SCIM list or search answers (RFC 7644 "
                                "§3.4.2.4 count is capped to it).", limit=True)

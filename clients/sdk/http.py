@@ -36,6 +36,7 @@ from protocol import api
 from protocol.canonical import b64url_encode
 from protocol.directory import PendingUsers, SignedPending, SignPending
 from protocol.keys import Ed25519KeyPair, random_bytes
+from protocol.sso import SsoChallenge, SsoConfig, SsoEnrolComplete, SsoLogin
 
 __all__ = ["ProvisionResults", "RelayHTTP", "Signer", "SingleFlight", "parse_problem"]
 
@@ -319,6 +320,22 @@ class RelayHTTP:
     async def enrol_complete(self, body: api.EnrolComplete) -> api.Enrolled:
         return self._decode(await self._send("POST", "/v1/enrol/complete", body=body),
                             api.Enrolled)
+
+    async def enrol_complete_sso(self, body: SsoEnrolComplete) -> api.Enrolled:
+        return self._decode(await self._send("POST", "/v1/enrol/complete-sso", body=body),
+                            api.Enrolled)
+
+    async def sso_config(self, org_id: str) -> SsoConfig:
+        return self._decode(await self._send("GET", f"/v1/auth/sso/{quote(org_id, safe='')}"),
+                            SsoConfig)
+
+    async def sso_challenge(self) -> SsoChallenge:
+        return self._decode(await self._send("POST", "/v1/auth/sso/challenge"), SsoChallenge)
+
+    async def sso_login(self, body: SsoLogin) -> api.TokenPair:
+        tokens = self._decode(await self._send("POST", "/v1/auth/sso/login", body=body),
+                              api.TokenPair)
+        return await self._set_tokens(tokens)
 
     async def pairing_offer(self, body: api.PairingOffer) -> None:
         self._expect(await self._send("POST", "/v1/pairing", body=body), 200, 201, 204)

@@ -79,22 +79,23 @@ def running_idp(accounts: dict[str, dict[str, Any]], *,
             "port": 0, "jwks": {"keys": [jwk]}, "accounts": accounts,
             "clients": [{"client_id": c, "redirect_uris": ["http://127.0.0.1/callback"]}
                         for c in clients]}))
-        proc = subprocess.Popen([node, str(IDP_DIR / "server.mjs"), str(config)], cwd=IDP_DIR,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None
-            deadline = time.monotonic() + seconds(30)
-            line = ""
-            while not line.startswith("ready ") and time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line and proc.poll() is not None:
-                    raise RuntimeError(f"the test IdP did not start: {proc.stderr.read()}")  # type: ignore[union-attr]
-            issuer = line.split()[1]
-            yield IdP(issuer=issuer, key=key, kid=kid)
-        finally:
-            proc.terminate()
+        log = Path(tmp) / "idp.log"
+        with log.open("w") as errors, subprocess.Popen(
+                [node, str(IDP_DIR / "server.mjs"), str(config)], cwd=IDP_DIR,
+                stdout=subprocess.PIPE, stderr=errors, text=True) as proc:
             try:
-                proc.wait(seconds(10))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                assert proc.stdout is not None
+                deadline = time.monotonic() + seconds(30)
+                line = ""
+                while not line.startswith("ready ") and time.monotonic() < deadline:
+                    line = proc.stdout.readline()
+                    if not line and proc.poll() is not None:
+                        raise RuntimeError(f"the test IdP did not start: {log.read_text()}")
+                yield IdP(issuer=line.split()[1], key=key, kid=kid)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(seconds(10))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

@@ -128,9 +128,13 @@ class OidcService:
                                  "its configured issuer")
             keys = cached.keys if cached is not None and \
                 cached.metadata.get("jwks_uri") == metadata["jwks_uri"] else jwt.PyJWKClient(
-                    metadata["jwks_uri"], cache_keys=True,
+                    # The key *set* is cached (with its lifespan), never single keys:
+                    # PyJWKClient's per-kid cache has no expiry, and would keep trusting a key
+                    # the IdP retired (tests/server/test_oidc.py, the rotation test).
+                    metadata["jwks_uri"], cache_keys=False, cache_jwk_set=True,
                     lifespan=self.settings.oidc_metadata_ttl,
-                    timeout=self.settings.oidc_http_timeout)
+                    timeout=self.settings.oidc_http_timeout,
+                    cooldown_duration=self.settings.oidc_key_refetch_cooldown)
             entry = _Issuer(metadata=metadata, fetched_at=self.clock(), keys=keys)
             self._issuers[cfg.issuer] = entry
             return entry
@@ -212,7 +216,8 @@ class OidcService:
         async with self.db.pool.acquire() as conn:
             return await self.login_service.open_session(
                 conn, user, body.device_id, verified.nonce, signature, event="auth.login",
-                now=self.clock(), details={"first_factor": "sso"})
+                now=self.clock(), details={"first_factor": "sso"},
+                reauth_after=self.settings.sso_session_ttl)
 
     async def enrol(self, body: SsoEnrolComplete) -> Any:
         verified, _ = await self._first_factor(body.org_id, body.id_token, "enrol.complete")

@@ -261,10 +261,19 @@ class Settings:
                                 "Seconds a single sign-on challenge (the OpenID nonce) stays "
                                 "valid: the clinician's time at the IdP's login page.",
                                 limit=True)
+    sso_session_ttl: int = _s(43_200, "LIGHTBOX_SSO_SESSION_TTL", "int",
+                              "Seconds a session begun with the IdP refreshes before the "
+                              "clinician must sign in at the IdP again (so a user disabled "
+                              "there is out within this and one access token).", limit=True)
     oidc_metadata_ttl: int = _s(3600, "LIGHTBOX_OIDC_METADATA_TTL", "int",
                                 "Seconds an IdP's discovery document and signing keys are "
                                 "cached (an unknown key id fetches the keys again at once).",
                                 limit=True)
+    oidc_key_refetch_cooldown: float = _s(
+        30.0, "LIGHTBOX_OIDC_KEY_REFETCH_COOLDOWN", "float",
+        "Least seconds between two fetches of an IdP's keys for a key id the relay does not "
+        "know (a rotation is picked up at once; forged key ids cannot make it fetch more).",
+        limit=True)
     oidc_http_timeout: float = _s(5.0, "LIGHTBOX_OIDC_HTTP_TIMEOUT", "float",
                                   "Seconds the relay waits for an IdP's discovery document or "
                                   "keys.", limit=True)

@@ -52,6 +52,10 @@ class IdP:
     key: rsa.RSAPrivateKey
     kid: str
 
+    @property
+    def port(self) -> int:
+        return int(self.issuer.rsplit(":", 1)[1])
+
     def sign(self, claims: dict[str, Any], *, key: rsa.RSAPrivateKey | None = None,
              kid: str | None = None) -> str:
         """An ID token signed as the IdP signs (RS256, its kid), with the claims given."""
@@ -67,7 +71,9 @@ class IdP:
 
 @contextlib.contextmanager
 def running_idp(accounts: dict[str, dict[str, Any]], *,
-                clients: tuple[str, ...] = (CLIENT_ID,)) -> Iterator[IdP]:
+                clients: tuple[str, ...] = (CLIENT_ID,), port: int = 0) -> Iterator[IdP]:
+    """The IdP with a fresh signing key; ``port`` (0: any) lets a test restart it where the
+    relay expects it, with a new key: a key rotation."""
     node = require_idp()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     kid = uuid.uuid4().hex
@@ -76,7 +82,7 @@ def running_idp(accounts: dict[str, dict[str, Any]], *,
     with tempfile.TemporaryDirectory(prefix="lightbox-idp-") as tmp:
         config = Path(tmp) / "idp.json"
         config.write_text(json.dumps({
-            "port": 0, "jwks": {"keys": [jwk]}, "accounts": accounts,
+            "port": port, "jwks": {"keys": [jwk]}, "accounts": accounts,
             "clients": [{"client_id": c, "redirect_uris": ["http://127.0.0.1/callback"]}
                         for c in clients]}))
         log = Path(tmp) / "idp.log"

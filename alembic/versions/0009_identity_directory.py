@@ -6,7 +6,8 @@ A directory entry is not an identity: only a certificate signed by the organisat
 a relay user (docs/SECURITY.md). Until IT signs, ``scim_users.user_id`` is NULL and the entry
 is *pending*. A deleted user that IT had signed keeps its row (inactive, ``deleted_at`` set):
 it holds the login and keeps the relay user suspended. Bearer tokens are kept as SHA-256
-hashes (256-bit random tokens, like refresh tokens).
+hashes (256-bit random tokens, like refresh tokens). ``sso_sessions`` marks the refresh
+families begun with the hospital's OpenID provider and when they must sign in there again.
 
 Revision ID: 0009_identity_directory
 Revises: 0008
@@ -72,6 +73,15 @@ STATEMENTS = [
     )
     """,
     "CREATE INDEX scim_members_user ON scim_members (user_id)",
+    # Sessions begun with the hospital's IdP (server/oidc.py): they refresh until reauth_at,
+    # then the clinician signs in at the IdP again.
+    """
+    CREATE TABLE sso_sessions (
+        family_id uuid PRIMARY KEY,
+        user_id   uuid NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+        reauth_at timestamptz NOT NULL
+    )
+    """,
 ]
 
 
@@ -81,5 +91,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("scim_members", "scim_groups", "scim_users", "scim_tokens"):
+    for table in ("sso_sessions", "scim_members", "scim_groups", "scim_users", "scim_tokens"):
         op.execute(f"DROP TABLE {table}")

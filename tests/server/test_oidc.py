@@ -6,6 +6,7 @@ with its code. The real browser flow is tests/clients/test_sso_journey.py."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -180,3 +181,49 @@ async def test_a_password_organisation_on_the_same_relay_logs_in_as_before(
     assert bo.access_token is not None
     await sso.sso_user("ada.byron")
     assert (await sso.world.call(bo, "GET", "/v1/keys/count")).status_code == 200
+
+
+
+async def test_a_rotated_idp_key_is_fetched_and_the_retired_one_refused(
+        db_dsn: str, tmp_path: Path) -> None:
+    with contextlib.ExitStack() as idps:
+        first = idps.enter_context(running_idp({"ada.byron": {}}))
+        identity = tmp_path / "identity.json"
+        identity.write_text(json.dumps({"orgs": {SSO_ORG: {"oidc": {
+            "issuer": first.issuer, "client_id": CLIENT_ID}}}}))
+        async with identity_world(db_dsn, tmp_path, orgs=(SSO_ORG,), identity_file=identity,
+                                  oidc_key_refetch_cooldown=0.01) as world:
+            sso = SsoWorld(world, first)
+            device = await sso.sso_user("ada.byron")  # the relay has fetched the first key
+            old_token = await sso.token("ada.byron")
+            idps.close()
+            # The IdP comes back where the relay expects it, signing with a new key only.
+            with running_idp({"ada.byron": {}}, port=first.port) as second:
+                assert second.kid != first.kid
+                sso.idp = second
+                r = await sso.login(device, await sso.token("ada.byron"))
+                assert r.status_code == 200, r.text
+                assert_problem(await sso.login(device, old_token), 401, "token_invalid")
+
+
+async def test_an_sso_session_must_sign_in_at_the_idp_again_after_its_lifetime(
+        sso: SsoWorld) -> None:
+    """A user disabled at the IdP alone (no directory push) loses the relay too: an SSO
+    session refreshes only until LIGHTBOX_SSO_SESSION_TTL, then needs a new ID token."""
+    device = await sso.sso_user("ada.byron")
+    r = await sso.login(device, await sso.token("ada.byron"))
+    assert r.status_code == 200, r.text
+    sso_refresh = r.json()["refresh_token"]
+    bo = await sso.world.onboard(sso.world.orgs[PASSWORD_ORG].user("bo.chen"))
+    ttl = sso.world.relay.relay.settings.sso_session_ttl
+    sso.world.clock.advance(ttl - 60)
+    r = await sso.world.http.post("/v1/auth/refresh", json={"refresh_token": sso_refresh})
+    assert r.status_code == 200, r.text  # within its lifetime it refreshes as usual
+    sso_refresh = r.json()["refresh_token"]
+    sso.world.clock.advance(120)
+    r = await sso.world.http.post("/v1/auth/refresh", json={"refresh_token": sso_refresh})
+    assert_problem(r, 401, "token_expired")
+    r = await sso.world.http.post("/v1/auth/refresh", json={"refresh_token": bo.refresh_token})
+    assert r.status_code == 200, r.text  # a password session is not affected
+    r = await sso.login(device, await sso.token("ada.byron"))
+    assert r.status_code == 200, r.text  # a new sign-in at the IdP starts a new one

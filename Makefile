@@ -52,13 +52,14 @@ install: $(STAMP) $(IDP_STAMP)
 # zbar-tools: zbarimg, an independent decoder for the enrolment handout's QR code;
 # fonts-dejavu-core: the consent PDF's font and the tests' burned-in labels.
 # curl + jq: docs/USER_GUIDE.md scripts the desktop client's HTTP API with them (a test runs it).
+# nodejs: runs the test IdP (tests/idp, oidc-provider; Node.js 20 or later, with npm).
 system-deps:
-	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core zbar-tools curl jq
+	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core zbar-tools curl jq nodejs
 
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: $(STAMP) $(IDP_STAMP) system-deps
+test: $(STAMP) system-deps $(IDP_STAMP)
 	@mkdir -p .data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -88,5 +89,5 @@ docs: $(STAMP)
 	$(BIN)/python -m server.doctables
 
 clean:
-	rm -rf $(VENV) .data build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artefacts
+	rm -rf $(VENV) .data build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artefacts tests/idp/node_modules
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

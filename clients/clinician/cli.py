@@ -90,17 +90,35 @@ class _Device:
     async def relay(self) -> RelayHTTP:
         """A RelayHTTP acting as this device, logged in (reusing the saved session)."""
         async def login_again() -> api.TokenPair:  # the relay ended the session
-            return await identity.login(relay, self.state, self.password)
+            return await _password_login(relay, self.state, self.password)
 
         relay = identity.device_relay(self.opened, login_again=login_again)
         if relay.tokens is None or relay.tokens.refresh_expires_at <= time.time():
             relay.tokens = None
             try:
-                await identity.login(relay, self.state, self.password)
+                await _password_login(relay, self.state, self.password)
             except BaseException:
                 await relay.aclose()
                 raise
         return relay
+
+
+async def _password_login(relay: RelayHTTP, state: DeviceState, password: str
+                          ) -> api.TokenPair:
+    """Log in again with the password; a clinician of an organisation that signs in with its
+    IdP has none at the relay, and is told to run ``lightbox login --sso`` instead."""
+    try:
+        return await identity.login(relay, state, password)
+    except RelayRequestError as exc:
+        if exc.code != ErrorCode.INVALID_CREDENTIALS.value:
+            raise
+        try:
+            await relay.sso_config(state.org_id)
+        except RelayRequestError:
+            raise exc from None
+        raise FlowError("your organisation signs in with its identity provider: run "
+                        "`lightbox login --sso`", code=ErrorCode.INVALID_CREDENTIALS.value) \
+            from exc
 
 
 def _open(args: argparse.Namespace) -> _Device:

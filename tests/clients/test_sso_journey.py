@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from clients.admin import cli as admin_cli
+from clients.clinician import cli as device_cli
 from server import runner as server_cli
 from tests.clients.test_desktop import browser_page
-from tests.clients.test_identity_journey import ORG, _codes, _ok, journey_env
-from tests.helpers import ROOT, make_settings, running_relay, seconds
+from tests.clients.test_identity_journey import ORG, _codes, _ok, _run, journey_env
+from tests.helpers import ROOT, ShiftedClock, make_settings, running_relay, seconds
 from tests.idp_world import CLIENT_ID, running_idp
 
 __all__ = ["journey_env"]
@@ -83,7 +84,8 @@ async def test_a_clinician_enrols_and_signs_in_with_the_idp_only(
             "issuer": idp.issuer, "client_id": CLIENT_ID}}}}))
         settings = make_settings(data_dir=tmp / "relay", argon2_profile="cheap",
                                  identity_file=identity)
-        async with running_relay(db_dsn, settings) as running:
+        clock = ShiftedClock()
+        async with running_relay(db_dsn, settings, clock=clock) as running:
             url = running.base_url
             await _ok(admin_cli.main, ["login", "--server", url, "--login", "it.admin"])
             codes = {}
@@ -107,6 +109,18 @@ async def test_a_clinician_enrols_and_signs_in_with_the_idp_only(
             rc, out, err = await _finish(login)
             assert rc == 0, out + err
             assert "logged in as ada.byron" in out
+            monkeypatch.setenv("LIGHTBOX_PASSWORD", KEYSTORE_PASSPHRASE)
+            assert "1 devices, every certificate verified" in await _ok(
+                device_cli.main, ["--profile", "ada", "devices"])
+
+            # A day later the session no longer refreshes: she is told to sign in again at
+            # the IdP (she has no Lightbox password to be asked for).
+            clock.advance(settings.sso_session_ttl + settings.access_token_ttl)
+            rc, _out, err = await _run(device_cli.main, ["--profile", "ada", "devices"])
+            assert rc == 1
+            assert "your organisation signs in with its identity provider: run " \
+                "`lightbox login --sso`" in err
+            clock.offset = 0  # back to the time the devices' proofs are signed at
 
             # Disabled at the IdP: its page refuses, the relay is never reached.
             enrol = await _lightbox("--profile", "cy", "enroll", "--sso", "--no-browser",

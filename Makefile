@@ -32,8 +32,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# The test IdP (tests/idp: oidc-provider, a certified OpenID provider) from its lock file.
+IDP_STAMP := tests/idp/node_modules/.installed
+$(IDP_STAMP): tests/idp/package.json tests/idp/package-lock.json
+	@command -v npm >/dev/null || { echo "make install: node and npm (Node.js 20 or later) are needed for the test IdP in tests/idp; install them (apt-get install nodejs npm) and run make install again" >&2; exit 1; }
+	cd tests/idp && npm ci --no-audit --no-fund --silent
+	@touch $@
+
 # The programs land in .venv/bin; say how to reach them (README.md "Where the commands are").
-install: $(STAMP)
+install: $(STAMP) $(IDP_STAMP)
 	@echo "Lightbox's commands are in $(BIN) (lightbox-server, lightbox-admin, lightbox, lightbox-gateway)."
 	@echo "Put them on your PATH: source $(BIN)/activate  (or: export PATH=\"\$$PWD/$(BIN):\$$PATH\")"
 
@@ -45,13 +52,14 @@ install: $(STAMP)
 # zbar-tools: zbarimg, an independent decoder for the enrolment handout's QR code;
 # fonts-dejavu-core: the consent PDF's font and the tests' burned-in labels.
 # curl + jq: docs/USER_GUIDE.md scripts the desktop client's HTTP API with them (a test runs it).
+# nodejs: runs the test IdP (tests/idp, oidc-provider; Node.js 20 or later, with npm).
 system-deps:
-	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core zbar-tools curl jq
+	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core zbar-tools curl jq nodejs
 
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(IDP_STAMP)
 	@mkdir -p .data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -83,5 +91,5 @@ docs: $(STAMP)
 	$(BIN)/python -m server.doctables
 
 clean:
-	rm -rf $(VENV) .data build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artefacts
+	rm -rf $(VENV) .data build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artefacts tests/idp/node_modules
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
 
 from protocol.errors import ErrorCode
 from server import migrations
@@ -41,7 +41,9 @@ from server.login import LoginService
 from server.logs import REQUEST_ID
 from server.metrics import Metrics
 from server.middleware import EdgeMiddleware
+from server.oidc import OidcService
 from server.oncall import OncallService
+from server.orgidentity import IdentitySettings
 from server.passwords import Passwords
 from server.prekeys import PrekeyService
 from server.problems import problem_response, relay_error_response
@@ -57,7 +59,12 @@ from server.routes.filing import FilingRoutes
 from server.routes.health import HealthRoutes
 from server.routes.keys import KeyRoutes
 from server.routes.oncall import OncallRoutes
+from server.routes.sso import SsoRoutes
 from server.routes.threads import ThreadRoutes
+from server.scim.pending import PendingRoutes
+from server.scim.routes import PREFIX as SCIM_PREFIX
+from server.scim.routes import ScimRoutes
+from server.scim.service import DirectoryService
 from server.sends import SendPipeline
 from server.settings import Settings
 from server.tokens import TokenService, ensure_token_key, load_token_key
@@ -133,6 +140,20 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                              prekey_batch_max=settings.prekey_batch_max).endpoints()
     endpoints += AuthRoutes(login=login, max_body=body).endpoints()
     endpoints += KeyRoutes(keydir=keydir, authn=authn, max_body=body,
+                           prekey_batch_max=settings.prekey_batch_max).endpoints()
+    # The hospital's directory over SCIM 2.0 (server/scim/): requests for identities that IT's
+    # workstation signs, and suspensions and removals that take effect at once.
+    identity = IdentitySettings.from_file(settings.identity_file)
+    directory = DirectoryService(db=db, trust=trust, identity=identity,
+                                 max_results=settings.scim_max_results, clock=clock)
+    scim = ScimRoutes(service=directory, max_body=body)
+    endpoints += PendingRoutes(db=db, authn=authn, provisioning=provisioning, identity=identity,
+                               max_body=body, clock=clock).endpoints()
+    # Single sign-on with the hospital's OpenID provider (server/oidc.py): the ID token is the
+    # first factor, the device key the second, as with a password.
+    oidc = OidcService(db=db, identity=identity, login=login, enrolment=enrolment,
+                       settings=settings, clock=clock)
+    endpoints += SsoRoutes(service=oidc, max_body=body,
                            prekey_batch_max=settings.prekey_batch_max).endpoints()
 
     # The relay (issue 5): threads over HTTP, messages over the websocket, group commit,
@@ -244,7 +265,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             log.info("relay stopped")
 
     routes: list[BaseRoute] = [*starlette_routes(endpoints),
-                               WebSocketRoute("/v1/ws", ws_relay.endpoint)]
+                               WebSocketRoute("/v1/ws", ws_relay.endpoint),
+                               Mount(SCIM_PREFIX, app=scim.app())]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={
                         RelayError: _relay_error,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -47,6 +47,7 @@ from protocol.certs import (
 from protocol.errors import DecodeError, ErrorCode, PolicyDenied, ProtocolError
 from protocol.model import DeviceKind
 from protocol.passwords import check_password
+from protocol.sso import SsoEnrolComplete
 from server import audit
 from server.audit import AUDIT_CONTEXT
 from server.authn import Principal
@@ -109,7 +110,12 @@ class EnrolmentService:
                             sealed_identity=b64url_encode(rec.sealed_identity),
                             expires_at=rec.expires_at)
 
-    async def complete(self, body: EnrolComplete) -> Enrolled:
+    async def complete(self, body: EnrolComplete | SsoEnrolComplete, *,
+                       first_factor: Callable[[users.UserRecord], Awaitable[None]] | None = None
+                       ) -> Enrolled:
+        """Register the first device. The first factor is the password of ``EnrolComplete``,
+        or, for ``SsoEnrolComplete``, ``first_factor``: the check that the IdP's ID token names
+        this user (server/oidc.py); such a user has no relay password."""
         now = self.clock()
         async with self.db.pool.acquire() as conn:
             await self._enrolment(conn, body.enrolment_token, "enrol.complete", now)
@@ -130,12 +136,17 @@ class EnrolmentService:
             raise refusal(exc, "signed prekey") from exc
         one_time = verify_prekeys(verified, list(body.one_time_prekeys),
                                   batch_max=self.settings.prekey_batch_max)
-        try:
-            check_password(body.password, login=user.login, display_name=user.display_name,
-                           min_length=self.settings.password_min_length)
-        except PolicyDenied as exc:
-            raise InvalidInput(ErrorCode.PASSWORD_TOO_WEAK, str(exc)) from exc
-        password_hash = await self.passwords.hash(body.password)
+        password_hash: str | None = None
+        if isinstance(body, EnrolComplete):
+            try:
+                check_password(body.password, login=user.login, display_name=user.display_name,
+                               min_length=self.settings.password_min_length)
+            except PolicyDenied as exc:
+                raise InvalidInput(ErrorCode.PASSWORD_TOO_WEAK, str(exc)) from exc
+            password_hash = await self.passwords.hash(body.password)
+        else:
+            assert first_factor is not None
+            await first_factor(user)
         token_hash = _token_hash(body.enrolment_token)
         device = verified.device
         async with self.db.pool.acquire() as conn, conn.transaction():
@@ -145,13 +156,15 @@ class EnrolmentService:
                                      now=now)
             if one_time:
                 await prekeys.add_one_time(conn, device.device_id, one_time)
-            await users.set_password_hash(conn, user.user_id, password_hash, now=now)
+            if password_hash is not None:
+                await users.set_password_hash(conn, user.user_id, password_hash, now=now)
             await users.set_status(conn, user.user_id, "active", now=now)
             await audit.append(conn, "enrol.complete", subject_kind="device",
                                subject_id=device.device_id, actor_kind="user",
                                actor_id=user.user_id,
                                details={"user_id": user.user_id, "kind": device.kind.value,
-                                        "one_time_prekeys": len(one_time)})
+                                        "one_time_prekeys": len(one_time),
+                                        "first_factor": "password" if password_hash else "sso"})
         return Enrolled(user_id=user.user_id, device_id=device.device_id, login=user.login)
 
     async def _enrolment(self, conn: asyncpg.Connection, token_b64: str, event: str,

@@ -47,7 +47,7 @@ from server.db import Database
 from server.errors import Forbidden, LimitError, RelayError, Unauthorized
 from server.passwords import Passwords
 from server.settings import Settings
-from server.store import admins, devices, sessions, users
+from server.store import admins, devices, sessions, sso, users
 from server.throttle import Attempt, Throttle, Who
 from server.tokens import TokenService
 
@@ -95,25 +95,45 @@ class LoginService:
                 await self._failure(conn, attempt, "auth.login", user.user_id if user else None,
                                     now)
             assert user is not None
-            if not signed:
-                await self._deny(conn, "auth.login", user.user_id, ErrorCode.CHALLENGE_FAILED)
-            assert device is not None
-            code = _status_refusal(user, device.status, now)
-            if code is not None:
-                await self._deny(conn, "auth.login", user.user_id, code)
-            family_id = str(uuid.uuid4())
-            async with conn.transaction():
-                await self.throttle.success(conn, attempt)
-                refresh, refresh_exp = await sessions.issue_refresh(
-                    conn, family_id=family_id, user_id=user.user_id, device_id=device.device_id,
-                    now=now, ttl=self.settings.refresh_token_ttl)
-                await devices.touch(conn, device.device_id, now=now)
-                await audit.append(conn, "auth.login", subject_kind="device",
-                                   subject_id=device.device_id, actor_kind="user",
-                                   actor_id=user.user_id, details={"user_id": user.user_id})
-        if self.passwords.needs_rehash(user.password_hash or ""):
+            pair = await self.open_session(conn, user, body.device_id, nonce, signature,
+                                           event="auth.login", now=now)
+            await self.throttle.success(conn, attempt)
+            if self.passwords.needs_rehash(user.password_hash or ""):
                 new_hash = await self.passwords.hash(body.password)
                 await users.set_password_hash(conn, user.user_id, new_hash, now=now)
+        return pair
+
+    async def open_session(self, conn: asyncpg.Connection, user: users.UserRecord,
+                           device_id: str, nonce: bytes, signature: bytes, *, event: str,
+                           now: float, details: dict[str, str] | None = None,
+                           reauth_after: float | None = None) -> TokenPair:
+        """The second factor and the session, once the first (password, or the IdP's ID
+        token: server/oidc.py) named ``user``: the device is the user's and signed the nonce
+        (``challenge_failed``), device and user may log in (``device_revoked``,
+        ``user_suspended``, ...); then a new refresh family and an access token bound to the
+        device key (``cnf.jkt``). With ``reauth_after`` (a session begun at the IdP) the
+        family refreshes for that many seconds only (server/store/sso.py)."""
+        device = await devices.get_device(conn, device_id)
+        if device is None or device.user_id != user.user_id or not verify_signature(
+                device.signing_key, login_signing_input(nonce, user.login, device_id),
+                signature):
+            await self._deny(conn, event, user.user_id, ErrorCode.CHALLENGE_FAILED)
+        assert device is not None
+        code = _status_refusal(user, device.status, now)
+        if code is not None:
+            await self._deny(conn, event, user.user_id, code)
+        family_id = str(uuid.uuid4())
+        async with conn.transaction():
+            refresh, refresh_exp = await sessions.issue_refresh(
+                conn, family_id=family_id, user_id=user.user_id, device_id=device.device_id,
+                now=now, ttl=self.settings.refresh_token_ttl)
+            await devices.touch(conn, device.device_id, now=now)
+            if reauth_after is not None:
+                await sso.record(conn, family_id, user.user_id, reauth_at=now + reauth_after)
+            await audit.append(conn, event, subject_kind="device",
+                               subject_id=device.device_id, actor_kind="user",
+                               actor_id=user.user_id,
+                               details={"user_id": user.user_id, **(details or {})})
         access, exp = self.tokens.issue_access(user_id=user.user_id, device_id=device.device_id,
                                                family_id=family_id,
                                                signing_key=device.signing_key, now=now)
@@ -148,24 +168,41 @@ class LoginService:
                 else:
                     if now >= rec.expires_at:
                         raise Unauthorized(ErrorCode.TOKEN_EXPIRED, "refresh token expired")
-                    device = await self._check_status(conn, rec, now)
-                    new, new_exp = await sessions.issue_refresh(
-                        conn, family_id=rec.family_id, user_id=rec.user_id,
-                        device_id=rec.device_id, now=now, ttl=self.settings.refresh_token_ttl)
-                    access, exp = self.tokens.issue_access(
-                        user_id=rec.user_id, device_id=rec.device_id, family_id=rec.family_id,
-                        signing_key=device.signing_key, now=now)
-                    pair = TokenPair(access_token=access, expires_at=exp, refresh_token=new,
-                                     refresh_expires_at=new_exp, user_id=rec.user_id,
-                                     device_id=rec.device_id)
-                    await sessions.rotate(conn, token, successor=new, now=now,
-                                          sealed=sessions.seal_successor(
-                                              token, msgspec.json.encode(pair)))
+                    reauth = await sso.reauth_at(conn, rec.family_id)
+                    if reauth is None or now < reauth:
+                        return await self._rotate(conn, token, rec, now)
+                    # Begun at the IdP and past its lifetime: sign in there again (it decides
+                    # whether the user still may). The family ends; the refusal follows the
+                    # commit.
+                    await sessions.revoke_family(conn, rec.family_id, now=now)
                     await audit.append(conn, "auth.refresh", subject_kind="device",
-                                       subject_id=rec.device_id, actor_kind="device",
-                                       actor_id=rec.device_id)
-                    return pair
+                                       subject_id=rec.device_id, outcome="denied",
+                                       details={"reason": "sso_reauth"})
+            if not rec.used:
+                raise Unauthorized(ErrorCode.TOKEN_EXPIRED,
+                                   "the single sign-on session has ended: sign in again")
         raise Unauthorized(ErrorCode.REFRESH_REUSED, "refresh token reused: the session was ended")
+
+    async def _rotate(self, conn: asyncpg.Connection, token: str,
+                      rec: sessions.RefreshRecord, now: float) -> TokenPair:
+        """The next pair of the family, the presented token marked used (in the caller's
+        transaction)."""
+        device = await self._check_status(conn, rec, now)
+        new, new_exp = await sessions.issue_refresh(
+            conn, family_id=rec.family_id, user_id=rec.user_id,
+            device_id=rec.device_id, now=now, ttl=self.settings.refresh_token_ttl)
+        access, exp = self.tokens.issue_access(
+            user_id=rec.user_id, device_id=rec.device_id, family_id=rec.family_id,
+            signing_key=device.signing_key, now=now)
+        pair = TokenPair(access_token=access, expires_at=exp, refresh_token=new,
+                         refresh_expires_at=new_exp, user_id=rec.user_id,
+                         device_id=rec.device_id)
+        await sessions.rotate(conn, token, successor=new, now=now,
+                              sealed=sessions.seal_successor(token, msgspec.json.encode(pair)))
+        await audit.append(conn, "auth.refresh", subject_kind="device",
+                           subject_id=rec.device_id, actor_kind="device",
+                           actor_id=rec.device_id)
+        return pair
 
     async def _check_status(self, conn: asyncpg.Connection, rec: sessions.RefreshRecord,
                             now: float) -> devices.DeviceRecord:

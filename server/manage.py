@@ -7,7 +7,10 @@
   ``<org_id>.pub.json`` that ``lightbox-admin org init`` writes) into the relay's trusted
   organisations file (``LIGHTBOX_TRUSTED_ORGS_FILE``; the relay loads it when it starts);
 * ``lightbox-server audit verify``: check the audit trail's hash chain (exit 1 naming the first
-  bad row); ``lightbox-server audit head``: print the chain head to anchor it elsewhere.
+  bad row); ``lightbox-server audit head``: print the chain head to anchor it elsewhere;
+* ``lightbox-server scim token issue|rotate|revoke|list --org ORG``: the bearer tokens a
+  hospital directory uses at ``/scim/v2`` (printed once, stored as hashes; ``rotate`` issues a
+  new one and revokes the others, ``revoke`` revokes them all).
 
 They use the relay's own database: DATABASE_URL, or the embedded Postgres in
 ``$LIGHTBOX_DATA_DIR/pg``, attached to when the relay is running and started for the command
@@ -24,6 +27,7 @@ import contextlib
 import getpass
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,12 +42,13 @@ from server.embedded import EmbeddedError, EmbeddedPostgres
 from server.errors import RelayError
 from server.passwords import Passwords
 from server.settings import Settings, SettingsError, load_settings
+from server.store import directory
 from server.store.admins import create_admin
 from server.trust import TrustError, load_trusted_orgs, read_trusted_orgs, write_trusted_orgs
 
 __all__ = ["COMMANDS", "CommandError", "add_commands", "run"]
 
-COMMANDS = frozenset({"db", "admin", "org", "audit"})
+COMMANDS = frozenset({"db", "admin", "org", "audit", "scim"})
 
 
 class CommandError(Exception):
@@ -149,6 +154,47 @@ def _org_trust(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _scim_token(args: argparse.Namespace, settings: Settings) -> int:
+    """Bearer tokens of one organisation's directory (docs/OPERATIONS.md)."""
+    org_id = args.org
+    if args.action in {"issue", "rotate"} and org_id not in load_trusted_orgs(
+            settings.trusted_orgs_path):
+        raise CommandError(f"{org_id} is not a trusted organisation: run "
+                           "`lightbox-server org trust` first")
+
+    async def work(conn: asyncpg.Connection) -> tuple[str | None, int, list[Any]]:
+        now = time.time()
+        async with conn.transaction():
+            token, revoked = None, 0
+            if args.action in {"issue", "rotate"}:
+                token_id, token = await directory.issue_token(conn, org_id, now=now)
+                if args.action == "rotate":
+                    revoked = await directory.revoke_tokens(conn, org_id, now=now,
+                                                            keep=token_id)
+            elif args.action == "revoke":
+                revoked = await directory.revoke_tokens(conn, org_id, now=now)
+            if args.action != "list":
+                await audit.append(conn, f"scim.token_{args.action}", subject_kind="org",
+                                   subject_id=org_id, actor_kind="cli",
+                                   details={"revoked": revoked})
+        return token, revoked, await directory.list_tokens(conn, org_id)
+
+    with _database(settings) as dsn:
+        token, revoked, tokens = asyncio.run(_on(dsn, work))
+    if args.action == "list":
+        for t in tokens:
+            state = "live" if t.revoked_at is None else f"revoked {t.revoked_at}"
+            print(f"{t.token_id} created {t.created_at} {state}")
+        return 0
+    if revoked:
+        print(f"revoked {revoked} token(s) of {org_id}", file=sys.stderr)
+    if token is not None:
+        print(f"SCIM bearer token for {org_id} (shown once; give it to the directory):",
+              file=sys.stderr)
+        print(token)
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """The relay-host subcommands, on ``lightbox-server``'s subparsers."""
     db = sub.add_parser("db", help="database schema (relay host)").add_subparsers(
@@ -179,6 +225,15 @@ def add_commands(sub: Any) -> None:
                   ).set_defaults(func=_audit_verify)
     au.add_parser("head", help="print the chain head (sequence and hash) to anchor elsewhere"
                   ).set_defaults(func=_audit_head)
+
+    scim = sub.add_parser("scim", help="hospital directory over SCIM 2.0 (relay host)"
+                          ).add_subparsers(dest="cmd", required=True)
+    tok = scim.add_parser("token", help="bearer tokens of an organisation's directory")
+    tok.add_argument("action", choices=["issue", "rotate", "revoke", "list"],
+                     help="issue another token, rotate (new one, the others revoked), "
+                          "revoke all, or list them")
+    tok.add_argument("--org", required=True, help="the organisation id")
+    tok.set_defaults(func=_scim_token)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -82,6 +82,14 @@ class ProvisioningService:
                     results.append(ProvisionResult(index=index, user_id=user_id, ok=True))
         return results
 
+    async def provision_in(self, conn: asyncpg.Connection, row: ProvisionUser
+                           ) -> UserCertificate:
+        """One user, in the caller's transaction (the directory's queue links it in the same
+        one, server/scim/pending.py); the certificate it verified."""
+        cert = self._verify(row.user_certificate, await self.trust.revocations(conn))
+        await self._provision_one(conn, row, cert)
+        return cert
+
     def _verify(self, token: str, revs: RevocationSet) -> UserCertificate:
         try:
             return verify_user_certificate(token, trusted_orgs=self.trust.orgs,

@@ -277,6 +277,35 @@ class Settings:
         "JSON file of per-organisation consent policies, {org_id: {ConsentPolicy fields}} "
         "(unset, or an organisation not listed: the docs/ARCHITECTURE.md §5 defaults).")
 
+    # --- hospital directory (SCIM 2.0) and single sign-on ---
+    identity_file: Path | None = _s(
+        None, "LIGHTBOX_IDENTITY_FILE", "path",
+        "JSON file of per-organisation directory and sign-on settings, {\"orgs\": {org_id: "
+        "{\"group_roles\": {group: role}}}} (unset: no SCIM group maps to a role).")
+    sso_challenge_ttl: int = _s(600, "LIGHTBOX_SSO_CHALLENGE_TTL", "int",
+                                "Seconds a single sign-on challenge (the OpenID nonce) stays "
+                                "valid: the clinician's time at the IdP's login page.",
+                                limit=True)
+    sso_session_ttl: int = _s(43_200, "LIGHTBOX_SSO_SESSION_TTL", "int",
+                              "Seconds a session begun with the IdP refreshes before the "
+                              "clinician must sign in at the IdP again (so a user disabled "
+                              "there is out within this and one access token).", limit=True)
+    oidc_metadata_ttl: int = _s(3600, "LIGHTBOX_OIDC_METADATA_TTL", "int",
+                                "Seconds an IdP's discovery document and signing keys are "
+                                "cached (an unknown key id fetches the keys again at once).",
+                                limit=True)
+    oidc_key_refetch_cooldown: float = _s(
+        30.0, "LIGHTBOX_OIDC_KEY_REFETCH_COOLDOWN", "float",
+        "Least seconds between two fetches of an IdP's keys for a key id the relay does not "
+        "know (a rotation is picked up at once; forged key ids cannot make it fetch more).",
+        limit=True)
+    oidc_http_timeout: float = _s(5.0, "LIGHTBOX_OIDC_HTTP_TIMEOUT", "float",
+                                  "Seconds the relay waits for an IdP's discovery document or "
+                                  "keys.", limit=True)
+    scim_max_results: int = _s(200, "LIGHTBOX_SCIM_MAX_RESULTS", "int",
+                               "Most resources one SCIM list or search answers (RFC 7644 "
+                               "§3.4.2.4 count is capped to it).", limit=True)
+
     # --- filing and expiry (docs/PROTOCOL.md §15) ---
     filing_required: bool = _s(True, "LIGHTBOX_FILING_REQUIRED", "bool",
                                "Refuse a direct-care image that does not name every active "

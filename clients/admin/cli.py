@@ -1,8 +1,10 @@
 """``lightbox-admin``: hospital IT's tool, on IT's workstation.
 
 It talks to the relay over HTTP only (the admin API, after ``login``); ``org init`` (the
-organisation key ceremony) needs no relay at all. What acts on the relay host itself (the
-schema, administrators, trusted organisations, the audit trail) is the server's own command,
+organisation key ceremony) needs no relay at all. ``sign-pending`` signs the users the
+hospital directory created over SCIM (clients/admin/directory.py). What acts on the relay
+host itself (the schema, administrators, trusted organisations, the audit trail) is the
+server's own command,
 ``lightbox-server db|admin|org trust|audit`` (server/manage.py); the old spellings here answer
 with one line naming it. Commands that need the organisation key (``org init``, ``user
 add``/``import``/``reissue``/``suspend``/``resume``/``renew-licence``, ``device revoke``) read
@@ -31,6 +33,7 @@ from zoneinfo import ZoneInfo
 from clients.admin import breakglass as adminbreakglass
 from clients.admin import consent as adminconsent
 from clients.admin import csvio, handout, rotaio
+from clients.admin import directory as admindirectory
 from clients.admin import ops as adminops
 from clients.admin.orgkey import (
     OrgKeyError,
@@ -189,6 +192,27 @@ def _user_add(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     return _provision(args, [row], [])
+
+
+def _sign_pending(args: argparse.Namespace) -> int:
+    """Sign the directory's pending users (clients/admin/directory.py); a handout each."""
+    session = load_session()
+    org_id, org_key = _org_key(args)
+    _prepare_handout_dir(args, "nobody was signed")
+
+    async def go() -> tuple[adminops.ImportReport, int]:
+        async with _relay(session) as relay:
+            return await admindirectory.sign_pending(
+                relay, org_id=org_id, org_key=org_key, now=int(time.time()),
+                code_valid_hours=args.code_valid_hours)
+
+    report, others = _run(go)
+    unwritten = _handouts(report, session, org_key, args)
+    for f in report.failed:
+        print(f"{f.login}: {f.reason}", file=sys.stderr)
+    print(f"{len(report.provisioned)} signed, {len(report.failed)} failed"
+          + (f", {others} of other organisations left for their IT" if others else ""))
+    return 1 if report.failed or unwritten else 0
 
 
 def _user_import(args: argparse.Namespace) -> int:
@@ -569,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
     login.set_defaults(func=_login)
 
     _user_parsers(sub)
+    sign = sub.add_parser("sign-pending", help="sign the certificates of the users the "
+                          "hospital directory (SCIM) created, and print their handouts")
+    _provision_options(sign)
+    sign.set_defaults(func=_sign_pending)
     _rota_parsers(sub)
     cp = sub.add_parser("copies", help="where every copy of an image went (filing, expiry)")
     which = cp.add_mutually_exclusive_group(required=True)

@@ -34,7 +34,7 @@ from typing import TypeVar
 from clients.clinician import commands as clinician
 from clients.clinician import phi
 from clients.sdk import consent as consent_capture
-from clients.sdk import consent_pdf, expiry, identity, people
+from clients.sdk import consent_pdf, expiry, identity, people, sso
 from clients.sdk.errors import DeviceWiped, FlowError, KeyStoreError, RelayRequestError, SDKError
 from clients.sdk.failures import run_command
 from clients.sdk.http import RelayHTTP
@@ -90,17 +90,35 @@ class _Device:
     async def relay(self) -> RelayHTTP:
         """A RelayHTTP acting as this device, logged in (reusing the saved session)."""
         async def login_again() -> api.TokenPair:  # the relay ended the session
-            return await identity.login(relay, self.state, self.password)
+            return await _password_login(relay, self.state, self.password)
 
         relay = identity.device_relay(self.opened, login_again=login_again)
         if relay.tokens is None or relay.tokens.refresh_expires_at <= time.time():
             relay.tokens = None
             try:
-                await identity.login(relay, self.state, self.password)
+                await _password_login(relay, self.state, self.password)
             except BaseException:
                 await relay.aclose()
                 raise
         return relay
+
+
+async def _password_login(relay: RelayHTTP, state: DeviceState, password: str
+                          ) -> api.TokenPair:
+    """Log in again with the password; a clinician of an organisation that signs in with its
+    IdP has none at the relay, and is told to run ``lightbox login --sso`` instead."""
+    try:
+        return await identity.login(relay, state, password)
+    except RelayRequestError as exc:
+        if exc.code != ErrorCode.INVALID_CREDENTIALS.value:
+            raise
+        try:
+            await relay.sso_config(state.org_id)
+        except RelayRequestError:
+            raise exc from None
+        raise FlowError("your organisation signs in with its identity provider: run "
+                        "`lightbox login --sso`", code=ErrorCode.INVALID_CREDENTIALS.value) \
+            from exc
 
 
 def _open(args: argparse.Namespace) -> _Device:
@@ -129,12 +147,18 @@ def _enroll(args: argparse.Namespace) -> int:
     store = _store(args)
     if store.exists():
         raise KeyStoreError(f"profile {args.profile!r} already holds a device")
-    password = _password("Choose a password (at least 12 characters)", confirm=True)
+    password = _password("Choose a password (at least 12 characters)"
+                         if not args.sso else "Choose a passphrase for this device's key store "
+                         "(at least 12 characters)", confirm=True)
 
     async def go() -> OpenKeyStore:
         async with RelayHTTP(args.server) as relay:
+            async def id_token(org_id: str) -> str:
+                return (await _sso(relay, args, org_id)).id_token
+
             return await identity.enrol(relay, store, args.code, password,
-                                        kind=DeviceKind(args.kind))
+                                        kind=DeviceKind(args.kind),
+                                        sso=id_token if args.sso else None)
 
     opened = _run(go)
     st = opened.state
@@ -197,13 +221,18 @@ def _login(args: argparse.Namespace) -> int:
     store = _store(args)
     if not store.exists():
         raise KeyStoreError(f"profile {args.profile!r} has no device")
-    password = _password(f"Password ({args.profile})")
+    password = _password(f"Passphrase of this device's key store ({args.profile})"
+                         if args.sso else f"Password ({args.profile})")
     opened = store.open(password)
 
     async def go() -> int | None:
         async with identity.device_relay(opened) as relay:
             relay.tokens = None
-            await identity.login(relay, opened.state, password)
+            if args.sso:
+                signed_in = await _sso(relay, args, opened.state.org_id)
+                await identity.sso_login(relay, opened.state, signed_in)
+            else:
+                await identity.login(relay, opened.state, password)
             count = await relay.prekey_count()
             if count.remaining < count.low_water:
                 await identity.upload_prekeys(relay, opened,
@@ -598,6 +627,24 @@ def _pdf_options(parser: argparse.ArgumentParser) -> None:
                         f"${consent_pdf.PRIVACY_CONTACT_ENV}")
 
 
+def _sso_options(p: argparse.ArgumentParser, help_: str) -> None:
+    p.add_argument("--sso", action="store_true", help=help_)
+    p.add_argument("--no-browser", action="store_true",
+                   help="with --sso: only print the sign-in address (open it anywhere that "
+                        "can reach this machine's 127.0.0.1, e.g. this machine's browser)")
+    p.add_argument("--sso-wait", type=float, default=300.0, help=argparse.SUPPRESS)
+
+
+def _sso(relay: RelayHTTP, args: argparse.Namespace, org_id: str) -> Awaitable[sso.SignedIn]:
+    """The IdP's sign-in page (clients/sdk/sso.py): its address printed, a browser opened."""
+    def show(url: str) -> None:
+        print("sign in with your hospital account at:", flush=True)
+        print(f"  {url}", flush=True)
+
+    return sso.sign_in(relay, org_id, show=show, open_browser=not args.no_browser,
+                       timeout=args.sso_wait)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightbox", description="Lightbox clinician client.")
     protocols = ", ".join(map(str, SUPPORTED_VERSIONS))
@@ -611,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--server", required=True)
     en.add_argument("--code", required=True)
     en.add_argument("--kind", choices=[k.value for k in DeviceKind], default="mobile")
+    _sso_options(en, "sign in with the hospital's single sign-on instead of choosing a "
+                     "Lightbox password (the password asked for then protects only this "
+                     "device's key store)")
     en.set_defaults(func=_enroll)
     ln = sub.add_parser("link", help="link a new device (run here on the new device), or "
                                      "approve one with --approve CODE on the enrolled device")
@@ -620,8 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--wait", type=float, default=600.0, help="seconds to wait for approval")
     ln.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
     ln.set_defaults(func=_link)
-    sub.add_parser("login", help="log in (password + device signature)").set_defaults(
-        func=_login)
+    lg = sub.add_parser("login", help="log in (password, or --sso, + device signature)")
+    _sso_options(lg, "sign in with the hospital's single sign-on (a browser page)")
+    lg.set_defaults(func=_login)
     sub.add_parser("whoami", help="this device and its user").set_defaults(func=_whoami)
     sub.add_parser("devices", help="your devices, verified").set_defaults(func=_devices)
     lk = sub.add_parser("lookup", help="search the directory")

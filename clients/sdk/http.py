@@ -34,7 +34,9 @@ import msgspec
 from clients.sdk.errors import RelayRequestError, RelayResponseError, RelayUnavailable
 from protocol import api
 from protocol.canonical import b64url_encode
+from protocol.directory import PendingUsers, SignedPending, SignPending
 from protocol.keys import Ed25519KeyPair, random_bytes
+from protocol.sso import SsoChallenge, SsoConfig, SsoEnrolComplete, SsoLogin
 
 __all__ = ["ProvisionResults", "RelayHTTP", "Signer", "SingleFlight", "parse_problem"]
 
@@ -294,6 +296,17 @@ class RelayHTTP:
                              headers=self._admin_headers())
         return self._decode(r, object)
 
+    async def directory_pending(self) -> PendingUsers:
+        """Directory (SCIM) users waiting for IT's signature (protocol/directory.py)."""
+        r = await self._send("GET", "/v1/admin/directory/pending",
+                             headers=self._admin_headers())
+        return self._decode(r, PendingUsers)
+
+    async def sign_pending(self, directory_id: str, body: SignPending) -> SignedPending:
+        r = await self._send("POST", f"/v1/admin/directory/pending/{quote(directory_id, safe='')}",
+                             body=body, headers=self._admin_headers())
+        return self._decode(r, SignedPending)
+
     # --- public ---------------------------------------------------------------------------
 
     async def revocations(self) -> api.RevocationLists:
@@ -307,6 +320,22 @@ class RelayHTTP:
     async def enrol_complete(self, body: api.EnrolComplete) -> api.Enrolled:
         return self._decode(await self._send("POST", "/v1/enrol/complete", body=body),
                             api.Enrolled)
+
+    async def enrol_complete_sso(self, body: SsoEnrolComplete) -> api.Enrolled:
+        return self._decode(await self._send("POST", "/v1/enrol/complete-sso", body=body),
+                            api.Enrolled)
+
+    async def sso_config(self, org_id: str) -> SsoConfig:
+        return self._decode(await self._send("GET", f"/v1/auth/sso/{quote(org_id, safe='')}"),
+                            SsoConfig)
+
+    async def sso_challenge(self) -> SsoChallenge:
+        return self._decode(await self._send("POST", "/v1/auth/sso/challenge"), SsoChallenge)
+
+    async def sso_login(self, body: SsoLogin) -> api.TokenPair:
+        tokens = self._decode(await self._send("POST", "/v1/auth/sso/login", body=body),
+                              api.TokenPair)
+        return await self._set_tokens(tokens)
 
     async def pairing_offer(self, body: api.PairingOffer) -> None:
         self._expect(await self._send("POST", "/v1/pairing", body=body), 200, 201, 204)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -19,6 +19,7 @@ import msgspec
 from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, flow_error
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, DeviceStore, KeyStore, OpenKeyStore, PrekeySecret
+from clients.sdk.sso import SignedIn
 from protocol import api, certs, pairing
 from protocol.canonical import b64url_decode, b64url_encode, decode_struct, peek_compact
 from protocol.envelope import wrapped_key_for
@@ -32,6 +33,7 @@ from protocol.keys import (
     open_with_passphrase,
 )
 from protocol.model import DeviceKind, SealedMessage
+from protocol.sso import SsoEnrolComplete, SsoLogin
 
 __all__ = [
     "DEVICE_CERTIFICATE_LIFETIME",
@@ -53,6 +55,7 @@ __all__ = [
     "org_revocation_lists",
     "refresh_revocations",
     "replenish_one_time_prekeys",
+    "sso_login",
     "upload_prekeys",
     "verified_user_devices",
     "wait_for_link",
@@ -173,10 +176,15 @@ async def enrol(
     one_time: int = ONE_TIME_PREKEYS,
     kdf: PassphraseProfile | None = None,
     clock: Clock = time.time,
+    sso: Callable[[str], Awaitable[str]] | None = None,
 ) -> OpenKeyStore:
     """Enrol this device as the user's first: unseal the identity key with the code, pin the
     organisation key from the sealed bundle, verify the user certificate against it, register
-    the device and its prekeys, and save the key store under ``password``."""
+    the device and its prekeys, and save the key store under ``password``.
+
+    With ``sso`` (the organisation signs in with its IdP: clients/sdk/sso.py), the relay gets
+    the ID token ``sso(org_id)`` returns instead of a password, and ``password`` protects only
+    this device's key store."""
     if store.exists():
         raise KeyStoreError(f"{store.directory} already holds an enrolled device")
     store.check_writable()
@@ -214,10 +222,16 @@ async def enrol(
     batch = make_prekeys(keys, first_id=1, one_time=one_time, signed=True, now=now)
     assert batch.signed_token is not None
     assert batch.signed_secret is not None
-    enrolled = await relay.enrol_complete(api.EnrolComplete(
-        enrolment_token=b64url_encode(token), device_certificate=device_cert,
-        signed_prekey=batch.signed_token, one_time_prekeys=batch.one_time_tokens,
-        password=password))
+    if sso is None:
+        enrolled = await relay.enrol_complete(api.EnrolComplete(
+            enrolment_token=b64url_encode(token), device_certificate=device_cert,
+            signed_prekey=batch.signed_token, one_time_prekeys=batch.one_time_tokens,
+            password=password))
+    else:
+        enrolled = await relay.enrol_complete_sso(SsoEnrolComplete(
+            enrolment_token=b64url_encode(token), device_certificate=device_cert,
+            signed_prekey=batch.signed_token, one_time_prekeys=batch.one_time_tokens,
+            org_id=user.org_id, id_token=await sso(user.org_id)))
     if enrolled.user_id != user.user_id or enrolled.device_id != device_id:
         raise FlowError("the relay confirmed another user or device")
     state = DeviceState(
@@ -243,6 +257,19 @@ def device_relay(opened: OpenKeyStore, **kwargs: object) -> RelayHTTP:
     st = opened.state
     return RelayHTTP(st.server_url, device=st.device_keys().signing, tokens=st.session,
                      on_tokens=save_tokens, **kwargs)  # type: ignore[arg-type]
+
+
+async def sso_login(relay: RelayHTTP, state: DeviceState, signed_in: SignedIn
+                    ) -> api.TokenPair:
+    """The IdP's ID token (clients/sdk/sso.py) + the device's signature over its nonce (the
+    relay's challenge) -> a token pair, exactly as :func:`login` with a password."""
+    keys = state.device_keys()
+    relay.device = keys.signing
+    nonce = b64url_decode(signed_in.nonce, max_length=64)
+    signature = keys.sign(api.login_signing_input(nonce, state.login, state.device_id))
+    return await relay.sso_login(SsoLogin(org_id=state.org_id, id_token=signed_in.id_token,
+                                          device_id=state.device_id,
+                                          signature=b64url_encode(signature)))
 
 
 async def login(relay: RelayHTTP, state: DeviceState, password: str) -> api.TokenPair:

@@ -191,11 +191,14 @@ async def suspend(conn: asyncpg.Connection, org_id: str, user_ids: Sequence[str]
 async def resume_all_but(conn: asyncpg.Connection, org_id: str, user_ids: Sequence[str], *,
                          now: float) -> list[str]:
     """Resume the suspended users of ``org_id`` not named (active again, or pending if they
-    never enrolled); return them."""
+    never enrolled); return them. A user the hospital directory deactivated or deleted
+    (server/store/directory.py keeps a deleted user's row, inactive) stays suspended: that
+    suspension is the directory's to lift (server/scim/service.py)."""
     rows = await conn.fetch(
         "UPDATE users SET status = CASE WHEN password_hash IS NULL THEN 'pending' "
         "ELSE 'active' END, updated_at = $3 WHERE org_id = $1 AND status = 'suspended' "
-        "AND NOT user_id = ANY($2::uuid[]) RETURNING user_id",
+        "AND NOT user_id = ANY($2::uuid[]) AND NOT EXISTS (SELECT 1 FROM scim_users s "
+        "WHERE s.user_id = users.user_id AND NOT s.active) RETURNING user_id",
         org_id, [uuid.UUID(u) for u in user_ids], at(now))
     return sorted(str(r["user_id"]) for r in rows)
 

@@ -1,0 +1,91 @@
+"""Per-organisation identity settings: how a hospital's directory and single sign-on map onto
+Lightbox (docs/OPERATIONS.md "Hospital directory and single sign-on").
+
+The file (``LIGHTBOX_IDENTITY_FILE``) is JSON ``{"orgs": {org_id: {OrgIdentity fields}}}``::
+
+    {"orgs": {"st-elsewhere": {
+        "group_roles": {"Orthopaedics on call": "orthopaedics_oncall"}}}}
+
+``group_roles`` maps a directory group's ``displayName`` (SCIM Groups, matched without regard
+to case) to the Lightbox role IT's workstation writes into the certificates of its members.
+An organisation not listed maps no groups; its users are provisioned with no role.
+
+``oidc`` turns on single sign-on for the organisation (server/oidc.py)::
+
+    "oidc": {"issuer": "https://login.example.org/tenant/v2.0", "client_id": "lightbox",
+             "login_claim": "preferred_username", "required_claims": {"tid": "..."}}
+
+``issuer`` is compared exactly with the ID token's ``iss`` and the discovery document's
+``issuer`` (OpenID Connect Discovery 1.0 §4.3); it must be https (loopback http is allowed
+for tests). ``login_claim`` names the claim that carries the Lightbox login (case ignored);
+``required_claims`` are claims the ID token must carry with exactly these values (a tenant,
+an audience group); ``algorithms`` the signature algorithms accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+__all__ = ["IdentitySettings", "OidcSettings", "OrgIdentity"]
+
+Role = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]  # as protocol.certs
+OrgId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$")]
+
+
+_ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"]
+
+
+class OidcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    issuer: Annotated[str, msgspec.Meta(
+        pattern=r"^(https://[^\s]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?(/[^\s]*)?)$")]
+    client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    login_claim: str = "preferred_username"
+    required_claims: dict[str, str] = {}
+    scopes: list[str] = msgspec.field(default_factory=lambda: ["openid", "profile"])
+    algorithms: list[Annotated[str, msgspec.Meta(pattern=r"^(RS|PS|ES)(256|384|512)$|^EdDSA$")]] = \
+        msgspec.field(default_factory=lambda: list(_ALGORITHMS))
+
+
+class OrgIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    group_roles: dict[str, Role] = {}
+    oidc: OidcSettings | None = None
+
+    def roles_for(self, groups: Iterable[str]) -> list[str]:
+        """The roles the named groups map to (sorted, each once)."""
+        table = {name.casefold(): role for name, role in self.group_roles.items()}
+        return sorted({table[g.casefold()] for g in groups if g.casefold() in table})
+
+
+class _File(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    orgs: dict[OrgId, OrgIdentity]
+
+
+_EMPTY = OrgIdentity()
+
+
+class IdentitySettings:
+    def __init__(self, by_org: Mapping[str, OrgIdentity] | None = None) -> None:
+        self.by_org = dict(by_org or {})
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> IdentitySettings:
+        """The settings of ``path`` (None: no organisation configured); ValueError naming the
+        file when it is unreadable or malformed."""
+        if path is None:
+            return cls()
+        try:
+            parsed = msgspec.convert(json.loads(path.read_text()), _File)
+        except (OSError, ValueError, msgspec.ValidationError) as exc:
+            raise ValueError(f"{path}: not a valid identity settings file: {exc}") from exc
+        issuers = [o.oidc.issuer for o in parsed.orgs.values() if o.oidc is not None]
+        if len(set(issuers)) != len(issuers):
+            raise ValueError(f"{path}: two organisations name the same OpenID issuer")
+        return cls(parsed.orgs)
+
+    def for_org(self, org_id: str) -> OrgIdentity:
+        return self.by_org.get(org_id, _EMPTY)

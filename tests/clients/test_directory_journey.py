@@ -1,0 +1,103 @@
+"""The hospital directory's journey through the real commands against a real relay: IT issues
+a SCIM token on the relay host, the directory creates a clinician and puts her in a mapped
+group, ``lightbox-admin sign-pending`` signs her certificate on IT's workstation and prints her
+handout, she enrols and logs in with the code, and the directory's ``active: false`` locks her
+out at once. A CSV-provisioned colleague of the same relay is untouched throughout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clients.admin import cli as admin_cli
+from clients.clinician import cli as device_cli
+from server import runner as server_cli
+from tests.clients.test_identity_journey import (  # the same workstation and relay host
+    ORG,
+    _codes,
+    _ok,
+    _run,
+    journey_env,
+)
+from tests.helpers import make_settings, running_relay
+
+__all__ = ["journey_env"]
+
+SCIM_JSON = "application/scim+json"
+LICENCE = "urn:lightbox:params:scim:schemas:extension:clinician:2.0:User"
+PASSWORD = "quarry-violet-lantern-5"
+
+
+async def test_directory_user_is_signed_by_it_enrols_and_is_suspended_by_the_directory(
+        journey_env: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp = journey_env
+    await _ok(admin_cli.main, ["org", "init", "--org-id", ORG, "--keyfile",
+                               str(tmp / "it" / "org.key")])
+    await _ok(server_cli.main, ["org", "trust", str(tmp / "it" / f"{ORG}.pub.json")])
+    await _ok(server_cli.main, ["admin", "create", "--login", "it.admin"])
+    token = (await _ok(server_cli.main, ["scim", "token", "issue", "--org", ORG])).strip()
+    identity = tmp / "identity.json"
+    identity.write_text(json.dumps({"orgs": {ORG: {"group_roles": {
+        "Radiology consultants": "radiologist"}}}}))
+    settings = make_settings(data_dir=tmp / "relay", argon2_profile="cheap",
+                             identity_file=identity)
+    async with running_relay(db_dsn, settings) as running, httpx.AsyncClient(
+            base_url=running.base_url + "/scim/v2",
+            headers={"authorization": f"Bearer {token}", "content-type": SCIM_JSON}) as scim:
+        url = running.base_url
+        await _ok(admin_cli.main, ["login", "--server", url, "--login", "it.admin"])
+        # A colleague provisioned the old way, by CSV, on the same relay.
+        await _ok(admin_cli.main, ["user", "add", "--name", "Bo Chen", "--login", "bo.chen",
+                                   "--roles", "physician", "--licence-type", "MD",
+                                   "--licence-number", "GMC-1", "--jurisdiction", "UK",
+                                   "--licence-expires", "2031-12-31", "--no-qr"])
+
+        r = await scim.post("/Users", json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "Ada.Byron",
+            "externalId": "00u1ada", "name": {"givenName": "Ada", "familyName": "Byron"},
+            "active": True, LICENCE: {"licenceType": "MD", "licenceNumber": "GMC-7",
+                                      "jurisdiction": "UK", "licenceExpires": "2031-12-31",
+                                      "specialty": "radiology"}})
+        assert r.status_code == 201, r.text
+        ada = r.json()
+        r = await scim.post("/Groups", json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": "Radiology consultants", "members": [{"value": ada["id"]}]})
+        assert r.status_code == 201, r.text
+
+        # A colleague the directory describes without a licence is not signed.
+        r = await scim.post("/Users", json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "cy.dee",
+            "active": True})
+        assert r.status_code == 201, r.text
+        rc, out, err = await _run(admin_cli.main, ["sign-pending", "--no-qr", "--handout-dir",
+                                                   str(tmp / "it" / "handouts")])
+        assert rc == 1
+        assert "1 signed, 1 failed" in out
+        assert "cy.dee: not signed: no role given" in err
+        codes = _codes(out)
+        assert list(codes) == ["ada.byron"]
+        assert (tmp / "it" / "handouts" / "ada.byron.pdf").exists()
+        rc, out, _err = await _run(admin_cli.main, ["sign-pending", "--no-qr"])
+        assert "0 signed, 1 failed" in out  # Ada is done; Cy still waits
+        shown = await _ok(admin_cli.main, ["user", "show", "ada.byron"])
+        assert "radiologist" in shown and "Ada Byron" in shown
+
+        monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORD)
+        out = await _ok(device_cli.main, ["--profile", "ada", "enroll", "--server", url,
+                                          "--code", codes["ada.byron"]])
+        assert "enrolled ada.byron" in out
+        await _ok(device_cli.main, ["--profile", "ada", "login"])
+
+        r = await scim.patch(f"/Users/{ada['id']}", json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "active", "value": False}]})
+        assert r.status_code == 200, r.text
+        rc, _out, err = await _run(device_cli.main, ["--profile", "ada", "login"])
+        assert rc == 1
+        assert "user_suspended" in err
+        shown = await _ok(admin_cli.main, ["user", "show", "bo.chen"])
+        assert "pending" in shown  # the CSV user is as he was

@@ -1,0 +1,103 @@
+"""A relay with a hospital directory: an identity world (tests/identity_world.py) plus SCIM
+bearer tokens issued as ``lightbox-server scim token issue`` issues them, and an HTTP client
+for ``/scim/v2``."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from server.store import directory
+from tests.identity_world import User, World, identity_world
+
+__all__ = ["SCIM_JSON", "ScimWorld", "issue_scim_token", "scim_world"]
+
+SCIM_JSON = "application/scim+json"
+USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
+PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+async def issue_scim_token(dsn: str, org_id: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        _, token = await directory.issue_token(conn, org_id, now=time.time())
+    finally:
+        await conn.close()
+    return token
+
+
+@dataclasses.dataclass
+class ScimWorld:
+    world: World
+    token: str
+    scim: httpx.AsyncClient  # base URL .../scim/v2, the bearer set
+
+    def user_body(self, login: str, **extra: Any) -> dict[str, Any]:
+        return {"schemas": [USER_SCHEMA], "userName": login,
+                "name": {"givenName": "Jane", "familyName": "Doe"},
+                "displayName": "Dr Jane Doe", "active": True, **extra}
+
+    async def create_user(self, login: str, **extra: Any) -> dict[str, Any]:
+        r = await self.scim.post("/Users", json=self.user_body(login, **extra),
+                                 headers={"content-type": SCIM_JSON})
+        assert r.status_code == 201, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    async def pending(self) -> list[dict[str, Any]]:
+        r = await self.world.http.get("/v1/admin/directory/pending",
+                                      headers=self.world.admin_headers())
+        assert r.status_code == 200, r.text
+        users: list[dict[str, Any]] = r.json()["users"]
+        return users
+
+    async def sign(self, entry: dict[str, Any], **cert: Any) -> tuple[User, httpx.Response]:
+        """What ``lightbox-admin sign-pending`` does for one pending user, with the test
+        organisation's key: the certificate and enrolment row, posted with the version read."""
+        org = self.world.orgs[entry["org_id"]]
+        user = org.user(entry["login"], display_name=entry["display_name"],
+                        roles=tuple(entry["roles"]), **cert)
+        r = await self.world.http.post(
+            f"/v1/admin/directory/pending/{entry['directory_id']}",
+            headers=self.world.admin_headers(),
+            json={"version": entry["version"], "user": user.provision_row()})
+        return user, r
+
+    async def signed_user(self, login: str, **extra: Any) -> tuple[dict[str, Any], User]:
+        """A directory user IT has signed: (its SCIM resource, the relay user to enrol)."""
+        created = await self.create_user(login, **extra)
+        (entry,) = [e for e in await self.pending() if e["directory_id"] == created["id"]]
+        user, r = await self.sign(entry)
+        assert r.status_code == 200, r.text
+        return created, user
+
+    async def patch(self, path: str, operations: list[dict[str, Any]],
+                    **headers: str) -> httpx.Response:
+        return await self.scim.patch(path, json={"schemas": [PATCH_SCHEMA],
+                                                 "Operations": operations},
+                                     headers={"content-type": SCIM_JSON, **headers})
+
+
+@contextlib.asynccontextmanager
+async def scim_world(dsn: str, tmp: Path, **kw: Any) -> AsyncIterator[ScimWorld]:
+    """The first organisation maps the group "Orthopaedics on call" to its role."""
+    orgs = kw.get("orgs", ("st-elsewhere",))
+    identity = tmp / "identity.json"
+    identity.write_text(json.dumps({"orgs": {orgs[0]: {
+        "group_roles": {"Orthopaedics on call": "orthopaedics_oncall"}}}}))
+    kw.setdefault("identity_file", identity)
+    async with identity_world(dsn, tmp, **kw) as world:
+        token = await issue_scim_token(dsn, world.org.org_id)
+        async with httpx.AsyncClient(base_url=world.relay.base_url + "/scim/v2",
+                                     headers={"authorization": f"Bearer {token}"}) as scim:
+            yield ScimWorld(world=world, token=token, scim=scim)

@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 export HOST PORT WORKERS
 
-.PHONY: help install run test lint docs clean system-deps bench demo
+.PHONY: help install run test lint docs clean system-deps bench demo phone
 
 help:
 	@echo "make run     start the relay on 127.0.0.1:8000 (embedded Postgres in .data/pg)"
@@ -32,8 +32,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# The phone app (clients/phone, TypeScript): npm ci from package-lock.json, then the build,
+# which prints the bundle's SHA-256. Node.js 20+ and npm are needed (README.md).
+PHONE       := clients/phone
+PHONE_STAMP := $(PHONE)/node_modules/.installed
+
+$(PHONE_STAMP): $(PHONE)/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "make: the phone app (clients/phone) needs Node.js 20 or newer and npm, which are not installed; on Debian: apt-get install nodejs npm" >&2; exit 1; }
+	cd $(PHONE) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+phone: $(PHONE_STAMP)
+	cd $(PHONE) && node build.mjs
+
 # The programs land in .venv/bin; say how to reach them (README.md "Where the commands are").
-install: $(STAMP)
+install: $(STAMP) phone
 	@echo "Lightbox's commands are in $(BIN) (lightbox-server, lightbox-admin, lightbox, lightbox-gateway)."
 	@echo "Put them on your PATH: source $(BIN)/activate  (or: export PATH=\"\$$PWD/$(BIN):\$$PATH\")"
 
@@ -51,11 +65,12 @@ system-deps:
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps phone
 	@mkdir -p .data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) $(PHONE_STAMP)
+	cd $(PHONE) && npx --no-install tsc --noEmit -p .
 	$(BIN)/ruff check --cache-dir .ruff_cache .  # one cache, not one per folder ruff.toml
 	$(BIN)/mypy --strict protocol
 	$(BIN)/mypy server clients
@@ -81,4 +96,5 @@ docs: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artefacts
+	rm -rf $(PHONE)/node_modules $(PHONE)/dist $(PHONE)/dist-test
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

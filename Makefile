@@ -54,7 +54,7 @@ install: $(STAMP) phone
 # Debian packages some tests drive for real (see .ci/system-deps); a no-op when present.
 # orthanc + orthanc-dicomweb: the real PACS the record gateway's tests file into.
 # chromium: the real browser the desktop client's tests drive (through playwright).
-# tesseract-ocr + tesseract-ocr-eng: OCR for PHI burned into images (clients/phi.py);
+# tesseract-ocr + tesseract-ocr-eng: OCR for PHI burned into images (clients/clinician/phi.py);
 # poppler-utils: pdftotext reads the patient's consent PDF back in the tests;
 # zbar-tools: zbarimg, an independent decoder for the enrolment handout's QR code;
 # fonts-dejavu-core: the consent PDF's font and the tests' burned-in labels.
@@ -74,15 +74,16 @@ lint: $(STAMP) $(PHONE_STAMP)
 	$(BIN)/ruff check --cache-dir .ruff_cache .  # one cache, not one per folder ruff.toml
 	$(BIN)/mypy --strict protocol
 	$(BIN)/mypy server clients
+	$(BIN)/lint-imports --no-cache  # layers and import cycles (pyproject.toml [tool.importlinter])
 	@# The desktop page's script: a syntax error would leave the page blank (node is on these
 	@# machines; the check is skipped with a note where it is missing).
 	@if command -v node >/dev/null; then node --check clients/desktop/static/app.js; \
 	else echo "lint: node not found, clients/desktop/static/app.js not checked"; fi
 
-# The whole journey with the real programs (clients/demo.py); data in .data/demo, made afresh.
+# The whole journey with the real programs (scripts/demo.py); data in .data/demo, made afresh.
 demo: $(STAMP)
 	@mkdir -p .data
-	$(BIN)/python -m clients.demo
+	$(BIN)/python scripts/demo.py
 
 # The relay benchmark (docs/BENCHMARKS.md); not part of `make test`.
 bench: $(STAMP)

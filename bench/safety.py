@@ -7,17 +7,17 @@ A phone photo of a labelled film (12 MP, 4032 x 3024, the label ``DOE^JOHN  MRN 
 table gives the median wall time over ``--runs`` and its ratio to the baseline measured in the
 same run:
 
-* ``baseline_prepare``: ``clients.imaging.prepare_image`` (decode, orientation, metadata
+* ``baseline_prepare``: ``clients.sdk.imaging.prepare_image`` (decode, orientation, metadata
   stripped, re-encode, quality checks): what every image costs before it is sent;
-* ``ocr_scan``: ``clients.phi.scan_image`` (Tesseract) on the prepared image: the direct-care
+* ``ocr_scan``: ``phi.scan_image`` (Tesseract) on the prepared image: the direct-care
   warning;
-* ``teaching_redact``: ``clients.phi.prepare_for_purpose(teaching, all-text)``: scan, black
+* ``teaching_redact``: ``phi.prepare_for_purpose(teaching, all-text)``: scan, black
   out, re-sanitise, scan the copy again (the step that gates a de-identified share);
 * ``consent_pdf``: the patient's one-page consent form (fpdf2, DejaVu fonts);
 * ``gateway_consent_form``: the record's copy as DICOM Encapsulated PDF with the signed token
-  and FHIR Consent embedded (``clients.gateway.build_consent_form``);
-* ``gateway_image``: the photo as DICOM Secondary Capture (``clients.gateway.build_instance``);
-* ``text_guard``: ``clients.textguard.scan_text`` over a 2,000-character consult note.
+  and FHIR Consent embedded (``clients.gateway.app.build_consent_form``);
+* ``gateway_image``: the photo as DICOM Secondary Capture (``clients.gateway.app.build_instance``);
+* ``text_guard``: ``clients.sdk.textguard.scan_text`` over a 2,000-character consult note.
 
 It prints a table and writes JSON to bench/results/safety.json. It needs Tesseract (``make
 system-deps``); without it the OCR rows say so rather than timing a refusal.
@@ -38,11 +38,12 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from clients import imaging, phi
-from clients.consent import image_hash
-from clients.consent_pdf import ConsentFormDisplay, render_consent_pdf
-from clients.gateway import build_consent_form, build_instance
-from clients.textguard import scan_text
+from clients.clinician import phi
+from clients.gateway.app import build_consent_form, build_instance
+from clients.sdk import imaging
+from clients.sdk.consent import image_hash
+from clients.sdk.consent_pdf import ConsentFormDisplay, render_consent_pdf
+from clients.sdk.textguard import scan_text
 from protocol.body import RecordData, Sex
 from protocol.consent import (
     ConsentBasis,

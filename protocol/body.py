@@ -95,7 +95,7 @@ class CaptureKind(enum.StrEnum):
 
 class IdentifierKind(enum.StrEnum):
     """Kinds of patient identifier the sender's text recognition found burned into an image
-    (clients/phi.py). Only the kind travels, never the text."""
+    (clients/clinician/phi.py). Only the kind travels, never the text."""
 
     NAME = "name"
     DATE_OF_BIRTH = "date_of_birth"
@@ -204,7 +204,7 @@ class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     record: RecordData | None = None
     necessity: Annotated[str, msgspec.Meta(max_length=MAX_NECESSITY)] | None = None
     reply_to: UuidStr | None = None
-    # Quality checks the sender saw and chose to send anyway (clients.imaging QualityIssue).
+    # Quality checks the sender saw and chose to send anyway (clients.sdk.imaging QualityIssue).
     quality_warnings: Annotated[list[_Warning], msgspec.Meta(max_length=MAX_WARNINGS)] = []
     filing: FilingReceipt | None = None
     consent_filing: ConsentFiling | None = None

@@ -26,7 +26,7 @@ their shift), and drops copies still held.
 **Handover.** When the shift of an open escalation ends, the incoming shift's ladder takes
 over: the relay cannot re-encrypt, so it queues a ``reseal_request`` to the devices that hold
 the content (the sender's, and those it reached), durable until one of them sends the content
-again to the thread (:func:`clients.oncall.answer_reseal`), and announces the ``handover``.
+again to the thread (:func:`clients.sdk.reseal.answer_reseal`), and announces the ``handover``.
 
 All times come from the injected clock (``clock``: Unix seconds), never from the database.
 """

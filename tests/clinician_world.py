@@ -17,7 +17,7 @@ import pytest
 from clients.sdk.client import LightboxClient
 from clients.sdk.identity import make_prekeys
 from clients.sdk.keystore import DeviceState
-from clients.vault import Vault
+from clients.sdk.vault import Vault
 from protocol.certs import DeviceCertificate, issue_device_certificate
 from protocol.keys import CHEAP_PROFILE, DeviceKeys
 from protocol.model import DeviceKind
@@ -94,5 +94,5 @@ def use_cli_profiles(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Path:
 async def lightbox_process(*argv: str) -> asyncio.subprocess.Process:
     """``lightbox ARGV`` as a process of its own (a phone that can be killed)."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "clients.cli", *argv, cwd=ROOT, env=dict(os.environ),
+        sys.executable, "-m", "clients.clinician.cli", *argv, cwd=ROOT, env=dict(os.environ),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from clients.consent import ConsentCapture, capture_consent, image_hash
+from clients.sdk.consent import ConsentCapture, capture_consent, image_hash
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState
 from protocol import api

@@ -1,4 +1,4 @@
-"""A real FHIR R4 server for clients/fhir.py's tests: SEKMET FHIR R4 Tester (``sekmet-fhir``).
+"""A real FHIR R4 server for gateway/fhir.py's tests: SEKMET FHIR R4 Tester (``sekmet-fhir``).
 
 Installed from PyPI by the dev extras (``pip install -e '.[dev]'``, which ``make test`` runs).
 It is a complete FHIR R4 server on a SQLite store (FastAPI under uvicorn): create, conditional
@@ -41,7 +41,7 @@ __all__ = ["FhirServer", "FhirServerMissing", "TlsFiles", "make_tls_files",
            "require_fhir_server", "running_fhir_server"]
 
 INSTALL_HINT = (
-    "clients/fhir.py's tests need a real FHIR R4 server: the PyPI package sekmet-fhir, in the "
+    "gateway/fhir.py's tests need a real FHIR R4 server: the PyPI package sekmet-fhir, in the "
     "dev extras; install them with `.venv/bin/pip install -e '.[dev]'` (`make test` does)"
 )
 

@@ -20,9 +20,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from clients import admin as admin_cli
-from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
+from clients.admin import cli as admin_cli
 from clients.sdk import attachments as sdk_attachments
+from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.sdk.socket import RelaySocket
 from protocol import statements
 from protocol.body import Body, CaptureKind, RecordData, Sex, encode_body

@@ -1,4 +1,4 @@
-"""``make demo`` plays the journey end to end: run ``python -m clients.demo`` non-interactively
+"""``make demo`` plays the journey end to end: run ``python -m scripts.demo`` non-interactively
 in a subprocess, in a throwaway folder under .data/ (the embedded Postgres must live inside the
 project, NOTES.md), with the cheap KDFs the tests use, and check its printed steps, that it
 exits 0, and that it stopped everything it started. Steps the demo could not play (no Orthanc,
@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from clients.demo import PATIENT_ID, xray_film_png
-from clients.imaging import prepare_image
+from clients.sdk.imaging import prepare_image
+from scripts.demo import PATIENT_ID, xray_film_png
 from tests.helpers import ROOT, seconds
 
 
@@ -33,7 +33,7 @@ def test_make_demo_plays_the_whole_journey() -> None:
                PYTHONWARNINGS="error")
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "clients.demo", "--data-dir", str(data / "demo"),
+            [sys.executable, "-m", "scripts.demo", "--data-dir", str(data / "demo"),
              "--timeout", "30", "--strict"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=seconds(110))
         out = proc.stdout

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.demo import xray_film_png
+from scripts.demo import xray_film_png
 from server.embedded import EmbeddedPostgres
 from tests.guide_runner import GuideFailed, Journey, parse_guide
 from tests.helpers import ROOT, seconds
@@ -148,7 +148,7 @@ def _base_env() -> dict[str, str]:
 
 
 def _film_jpeg(*, seed: int) -> bytes:
-    """A photo of a film (made up: clients/demo.py), as a phone saves it."""
+    """A photo of a film (made up: scripts/demo.py), as a phone saves it."""
     from PIL import Image
 
     out = io.BytesIO()

@@ -75,8 +75,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from clients.clinician import ProfileDevice, open_profile
-from clients.consent_pdf import ConsentFormDisplay, FormCopy, patient_label, render_consent_pdf
 from clients.sdk.client import (
     ClientEvent,
     EscalationEvent,
@@ -91,9 +89,11 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
+from clients.sdk.consent_pdf import ConsentFormDisplay, FormCopy, patient_label, render_consent_pdf
 from clients.sdk.errors import FlowError, KeyStoreError, SDKError
-from clients.textguard import TextGuardWarning, guard_text
-from clients.vault import ImageShredded, ItemNotFound, VaultError, VaultLocked
+from clients.sdk.profile import ProfileDevice, open_profile
+from clients.sdk.textguard import TextGuardWarning, guard_text
+from clients.sdk.vault import ImageShredded, ItemNotFound, VaultError, VaultLocked
 from protocol import api, certs
 from protocol.body import Body, BodyKind, CaptureKind, FilingReceipt
 from protocol.canonical import peek_compact
@@ -380,7 +380,7 @@ class DesktopServer:
 
     async def consent_pdf(self, request: Request) -> Response:
         """The patient's copy of the consent this message carries (issue 10 item 2: "the
-        desktop client shows it"): the one-page form of :mod:`clients.consent_pdf`, rendered
+        desktop client shows it"): the one-page form of :mod:`clients.sdk.consent_pdf`, rendered
         here from the token's claims (decoded, not verified, as the panel beside it: the copy
         shows what the capturing clinician recorded), labelled with the patient's name from
         the sealed record data. Nothing is stored or sent; ``no-store`` like every answer."""

@@ -41,9 +41,8 @@ from typing import Any, cast
 
 import msgspec
 
-from clients import imaging
 from clients.sdk import attachments as sdk_attachments
-from clients.sdk import people
+from clients.sdk import imaging, people
 from clients.sdk.connection import Connection, ConnectionStopped, DeferDelivery
 from clients.sdk.errors import (
     ConsentImageMismatch,
@@ -79,8 +78,8 @@ from clients.sdk.identity import (
 )
 from clients.sdk.keystore import DeviceState, DeviceStore
 from clients.sdk.socket import SendRefused, SocketClosed
-from clients.timefmt import format_time
-from clients.vault import (
+from clients.sdk.timefmt import format_time
+from clients.sdk.vault import (
     ImageShredded,
     ItemNotFound,
     OutboxImage,
@@ -160,7 +159,7 @@ REVOCATIONS_MAX_AGE = 30.0  # seconds before the revocation list is fetched agai
 MAX_CLAIM = api.MAX_CLAIM_DEVICES
 Progress = Callable[[int, int], None]
 RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's subject line
-# Kinds of the vault's notes (clients/vault.py) this client keeps across restarts.
+# Kinds of the vault's notes (clients/sdk/vault.py) this client keeps across restarts.
 _NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION = "acknowledged", "receipt", "escalation"
 _NOTE_FILED, _NOTE_NAME = "filed", "name"
 _NOTE_KINDS = (_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION, _NOTE_FILED, _NOTE_NAME)
@@ -818,7 +817,7 @@ class LightboxClient:
 
     async def _seal(self, record: OutboxRecord) -> tuple[OutboxRecord, SealedMessage]:
         """Seal the pending send for the thread's current devices (verified), same id."""
-        from clients.external import apply_external
+        from clients.sdk.external import apply_external
 
         body = msgspec.msgpack.decode(record.body, type=Body)
         purpose, priority = Purpose(record.purpose), Priority(record.priority)
@@ -939,7 +938,7 @@ class LightboxClient:
     ) -> SentMessage:
         """Seal ``text`` for every current participant device and send it; returns once the
         relay has stored it durably. ``necessity``: the clinical-necessity statement, required
-        when a recipient is in another organisation (clients/external.py). ``consent_id``: the
+        when a recipient is in another organisation (clients/sdk/external.py). ``consent_id``: the
         registered consent a text outside direct care is sent under (the relay refuses such a
         message without one: ``consent_missing``, PROTOCOL §13)."""
         prio = priority or self._thread_priority(thread_id)
@@ -960,13 +959,12 @@ class LightboxClient:
         progress: Progress | None = None, necessity: str | None = None,
         timeout: float | None = 120.0, burned_in: Sequence[IdentifierKind] = (),
     ) -> SentMessage:
-        """Send a sanitised image (:func:`clients.imaging.prepare_image`) under a registered
+        """Send a sanitised image (:func:`clients.sdk.imaging.prepare_image`) under a registered
         consent token that names it: encrypt (worker thread), upload resumably, seal the
         descriptor (with its key) in the body. ``burned_in``: the kinds of patient identifier
-        the image still shows (:func:`clients.phi.identifier_kinds`), told to the recipient
+        the image still shows (``phi.identifier_kinds``), told to the recipient
         in the sealed body. The sender keeps a copy in the vault."""
-        from clients.consent import ensure_sendable, image_hash
-        from clients.phi import DEIDENTIFIED_PURPOSES
+        from clients.sdk.consent import DEIDENTIFIED_PURPOSES, ensure_sendable, image_hash
 
         if record is not None and purpose in DEIDENTIFIED_PURPOSES:
             # Issue 10 item 4: a de-identified share never carries the patient's identity;

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clients.timefmt import format_time
+from clients.sdk.timefmt import format_time
 
 __all__ = [
     "ConsentImageMismatch",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from clients.vault import VaultMessage
+from clients.sdk.vault import VaultMessage
 from protocol.body import Body
 
 __all__ = [

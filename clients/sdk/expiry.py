@@ -4,7 +4,7 @@
   per-image key and ciphertext go; a tombstone keeps the record reference) and return the
   ``expiry_confirm`` frame, signed by the device key, to send back. A device that never held
   the image (or shredded it before) confirms all the same, after writing the tombstone, so
-  that the image is never stored later (:meth:`clients.vault.Vault.expire`).
+  that the image is never stored later (:meth:`clients.sdk.vault.Vault.expire`).
 * :func:`verify_wipe_order` / :func:`wipe`: a ``wipe_order`` arrived: a relay alone must not be
   able to make a device erase itself, so the order is obeyed only if the organisation-signed
   revocation list it carries verifies under the pinned organisation key, revokes THIS device
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from clients.sdk.errors import DeviceWiped, FlowError
 from clients.sdk.keystore import KEYSTORE_FILE, DeviceState, write_private_file
-from clients.vault import VAULT_FILE, Vault
+from clients.sdk.vault import VAULT_FILE, Vault
 from protocol import certs, statements
 from protocol.canonical import peek_compact
 from protocol.errors import ErrorCode, ProtocolError

@@ -60,10 +60,10 @@ def _env(tmp: Path, world: World | None = None, **extra: str) -> dict[str, str]:
 
 async def run(program: str, *argv: str, env: dict[str, str],
               timeout: float = 60) -> tuple[int, str, str]:
-    """Run ``lightbox`` (clients.cli), ``lightbox-admin`` or ``lightbox-gateway`` as a user
+    """Run ``lightbox`` (clinician/cli.py), ``lightbox-admin`` or ``lightbox-gateway`` as a user
     does, in a process of its own."""
-    module = {"lightbox": "clients.cli", "lightbox-admin": "clients.admin",
-              "lightbox-gateway": "clients.gateway"}[program]
+    module = {"lightbox": "clients.clinician.cli", "lightbox-admin": "clients.admin.cli",
+              "lightbox-gateway": "clients.gateway.app"}[program]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", module, *argv, cwd=ROOT, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

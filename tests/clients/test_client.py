@@ -16,14 +16,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from clients import imaging
-from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
+from clients.sdk import imaging
 from clients.sdk.client import (
     ClientEvent,
     ImageEvent,
     MessageEvent,
     ReceiptEvent,
 )
+from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.sdk.errors import FlowError
 from protocol import api
 from protocol.body import RecordData

@@ -1,4 +1,4 @@
-"""The intern's CLI (clients/clinician.py) against a real relay: `lightbox send` an urgent
+"""The intern's CLI (clients/clinician/commands.py) against a real relay: `lightbox send` an urgent
 x-ray with patient data and consent to a role, `lightbox inbox` on the specialist's profile
 shows it with the image stored; and every bad input a user can cause gives one clear sentence
 and sends nothing: a non-image, a truncated image, a missing file, quality warnings without
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from clients import cli
+from clients.clinician import cli
 from tests.clinician_world import enrol_clinician, use_cli_profiles
 from tests.consent_world import xray_png
 from tests.identity_world import World, identity_world

@@ -1,4 +1,4 @@
-"""The patient's copy of a consent (clients/consent_pdf.py): every required statement is in the
+"""The patient's copy of a consent (clients/sdk/consent_pdf.py): every required statement is in the
 PDF's text (extracted with poppler's pdftotext, Debian poppler-utils), on one page."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from clients import cli
-from clients.consent_pdf import (
+from clients.clinician import cli
+from clients.sdk.consent_pdf import (
     ConsentFormDisplay,
     ConsentPdfError,
     FormCopy,

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from clients import admin as admin_cli
-from clients import imaging
-from clients.consent import register_consent
-from clients.fhir import FhirClient, FhirSettings
+from clients.admin import cli as admin_cli
+from clients.gateway.fhir import FhirClient, FhirSettings
+from clients.sdk import imaging
+from clients.sdk.consent import register_consent
 from tests.clients.test_clinician import lightbox
 from tests.clients.test_filing_journey import journey
 from tests.clients.test_people import _people
@@ -272,7 +272,7 @@ async def test_the_privacy_office_finds_a_patients_consents_in_the_record(
 
 def test_watch_says_when_a_withdrawal_withdrew_a_message_or_deleted_a_copy() -> None:
     """`lightbox watch` prints the relay's withdrawn notices and consent expiry in words."""
-    from clients.clinician import _describe
+    from clients.clinician.commands import _describe
     from clients.sdk.client import ExpiredEvent, WithdrawnEvent
 
     mid, tid, aid = (str(uuid.uuid4()) for _ in range(3))

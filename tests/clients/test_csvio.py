@@ -1,4 +1,4 @@
-"""clients/csvio.py: the import format, its limits and per-row report; safe exports."""
+"""clients/admin/csvio.py: the import format, its limits and per-row report; safe exports."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clients import admin
-from clients.csvio import (
+from clients.admin import cli as admin
+from clients.admin.csvio import (
     MAX_CSV_BYTES,
     REQUIRED_COLUMNS,
     CsvError,

@@ -27,12 +27,12 @@ from typing import Any
 import httpx
 import pytest
 
-from clients import imaging
-from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.desktop.app import DesktopServer
-from clients.gateway import GatewayConfig, RecordGateway
-from clients.pacs import PacsClient, PacsSettings
+from clients.gateway.app import GatewayConfig, RecordGateway
+from clients.gateway.pacs import PacsClient, PacsSettings
+from clients.sdk import imaging
 from clients.sdk.client import MessageEvent, ReceiptEvent, SentMessage
+from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.sdk.filing import FILING_PURPOSES
 from protocol import api
 from protocol.body import CaptureKind, IdentifierKind, RecordData

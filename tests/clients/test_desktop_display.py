@@ -1,5 +1,5 @@
 """What the desktop page writes, in a real Chromium (Playwright): times in the one format of
-clients/timefmt.py whatever the browser's locale, and the warning that an image shows patient
+clients/sdk/timefmt.py whatever the browser's locale, and the warning that an image shows patient
 identifiers (kinds only), sent with the image in the sealed body by the sender's client.
 Screenshots go to test-artefacts/desktop-display/."""
 
@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from clients import timefmt
 from clients.desktop.app import DesktopServer
+from clients.sdk import timefmt
 from protocol.body import CaptureKind, IdentifierKind, RecordData
 from tests.clients import test_desktop
 from tests.clients.test_desktop import (

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from clients.desktop.app import DesktopServer
-from clients.vault import ImageShredded
+from clients.sdk.vault import ImageShredded
 from protocol.body import CaptureKind, RecordData
 from tests.clients.test_desktop import (
     ORTHO,

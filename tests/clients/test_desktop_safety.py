@@ -32,10 +32,10 @@ import httpx
 import pydicom
 import pytest
 
-from clients.consent_pdf import PRIVACY_CONTACT_ENV
 from clients.desktop.app import _note, _Refused, _reply_plan, _ReplyPlan, _study_json
 from clients.sdk.client import ClientEvent, EscalationEvent, MessageEvent, MessageView
-from clients.vault import VaultMessage
+from clients.sdk.consent_pdf import PRIVACY_CONTACT_ENV
+from clients.sdk.vault import VaultMessage
 from protocol.body import (
     Body,
     BodyKind,

@@ -1,4 +1,5 @@
-"""clients/dicom.py: Part-10 objects built from a JPEG and the sealed record data, read back with
+"""clients/gateway/dicom.py: Part-10 objects built from a JPEG and the sealed record data, read
+back with
 pydicom. Pure: no network. The patient is obviously fake (LBX-TEST-0042, issuer LIGHTBOX-TEST)."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
-from clients.dicom import (
+from clients.gateway.dicom import (
     NOT_DIAGNOSTIC_NOTE,
     CapturedFrom,
     CodedConcept,

@@ -16,8 +16,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from clients import imaging
 from clients.sdk import attachments as sdk_attachments
+from clients.sdk import imaging
 from clients.sdk.client import (
     ClientEvent,
     ExpiredEvent,
@@ -28,7 +28,7 @@ from clients.sdk.client import (
 from clients.sdk.errors import FlowError
 from clients.sdk.expiry import shred_and_confirm, verify_wipe_order, wipe
 from clients.sdk.socket import RelaySocket
-from clients.vault import ImageShredded
+from clients.sdk.vault import ImageShredded
 from protocol import certs, statements
 from protocol.frames import ExpireOrder, ExpiryReason, FiledNotice, Filing, KeysLow, WipeOrder
 from protocol.keys import OrganisationKey

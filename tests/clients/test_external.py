@@ -1,12 +1,12 @@
-"""External consults, the client half (clients/external.py): the clinical-necessity statement
+"""External consults, the client half (clients/sdk/external.py): the clinical-necessity statement
 is required for a recipient in another organisation, sealed in the body, and flagged."""
 
 from __future__ import annotations
 
 import pytest
 
-from clients.external import MIN_NECESSITY, NecessityMissing, apply_external, is_external
 from clients.sdk.errors import FlowError
+from clients.sdk.external import MIN_NECESSITY, NecessityMissing, apply_external, is_external
 from protocol.body import Body, decode_body, encode_body
 from protocol.model import Purpose
 

@@ -1,4 +1,4 @@
-"""clients/failures.py: expected failures become one sentence; a bug becomes one sentence that
+"""clients/sdk/failures.py: expected failures become one sentence; a bug becomes one sentence that
 says where its details were written (a private file), never a traceback on the terminal."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from clients.failures import describe, run_command
 from clients.sdk.connection import ConnectionStopped
 from clients.sdk.errors import DeviceWiped, RelayRequestError, RelayUnavailable
+from clients.sdk.failures import describe, run_command
 from protocol.errors import CloseCode
 
 HINT = "run `lightbox login`"

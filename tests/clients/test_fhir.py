@@ -1,4 +1,4 @@
-"""clients/fhir.py against a real FHIR R4 server (``fhir_server``, tests/fhir_server.py).
+"""clients/gateway/fhir.py against a real FHIR R4 server (``fhir_server``, tests/fhir_server.py).
 
 What SEKMET FHIR R4 Tester 0.1.1 (``sekmet-fhir``, SQLite store) does, as these tests pin down:
 
@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from clients.fhir import (
+from clients.gateway.fhir import (
     FhirAuthError,
     FhirClient,
     FhirConflict,
@@ -114,7 +114,7 @@ async def create(fhir: FhirClient, claims: ConsentClaims,
 
 
 def raw_http(server: FhirServer) -> httpx.AsyncClient:
-    """Plain httpx with the server's token: what the server holds, seen without clients/fhir.py."""
+    """Plain httpx with the server's token: what the server holds, seen without gateway/fhir.py."""
     return httpx.AsyncClient(headers={"Authorization": f"Bearer {server.token}"},
                              timeout=seconds(10))
 

@@ -26,15 +26,15 @@ import msgspec
 import pydicom
 import pytest
 
-from clients import imaging
-from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
-from clients.fhir import FhirClient
-from clients.gateway import GatewayConfig, RecordGateway, build_consent_form, build_instance
-from clients.pacs import PacsClient, PacsSettings
+from clients.gateway.app import GatewayConfig, RecordGateway, build_consent_form, build_instance
+from clients.gateway.fhir import FhirClient
+from clients.gateway.pacs import PacsClient, PacsSettings
 from clients.sdk import attachments as sdk_attachments
+from clients.sdk import imaging
 from clients.sdk.client import ClientEvent, ExpiredEvent, FiledEvent, ImageEvent, MessageEvent
+from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.sdk.filing import gateway_bundles
-from clients.vault import ItemNotFound
+from clients.sdk.vault import ItemNotFound
 from protocol.body import Body, BodyKind, RecordData, Sex, encode_body
 from protocol.certs import AccountKind
 from protocol.consent import ConsentBasis, ConsentDecision, verify_consent_token

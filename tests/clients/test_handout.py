@@ -1,4 +1,4 @@
-"""The enrolment handout (clients/handout.py) read back the way a person and a phone read it:
+"""The enrolment handout (clients/admin/handout.py) read back the way a person and a phone read it:
 the PDF's text by poppler, its page rendered by poppler and its QR code decoded by zbar (an
 independent decoder), the PNG's QR code by zbar and its text by tesseract. What the QR code
 carries must be what the text says; the page must hold everything the first enrolment needs."""
@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from clients import admin as admin_cli
-from clients.handout import (
+from clients.admin import cli as admin_cli
+from clients.admin.handout import (
     EXPIRED_NOTE,
     FINGERPRINT_NOTE,
     Handout,

@@ -29,10 +29,10 @@ import asyncpg
 import msgspec
 import pytest
 
-from clients import admin as admin_cli
-from clients import cli as device_cli
-from clients.csvio import REQUIRED_COLUMNS
-from clients.handout import enrol_uri
+from clients.admin import cli as admin_cli
+from clients.admin.csvio import REQUIRED_COLUMNS
+from clients.admin.handout import enrol_uri
+from clients.clinician import cli as device_cli
 from clients.sdk import identity
 from clients.sdk.errors import RelayRequestError
 from clients.sdk.http import RelayHTTP
@@ -168,7 +168,8 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
         monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORDS["ada.byron"])
         await _ok(device_cli.main, ["--profile", "phone", "login"])
         desktop = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "clients.cli", "--profile", "desktop", "link", "--server",
+            sys.executable, "-m", "clients.clinician.cli", "--profile", "desktop", "link",
+            "--server",
             url, "--kind", "desktop", "--wait", str(seconds(60)), "--poll", "0.2",
             cwd=ROOT, env=dict(os.environ), stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B.consent import Consent
 
-from clients import cli as device_cli
-from clients.consent import (
+from clients.clinician import cli as device_cli
+from clients.sdk import attachments as sdk_attachments
+from clients.sdk.consent import (
     ConsentCapture,
     capture_consent,
     ensure_sendable,
@@ -28,9 +29,8 @@ from clients.consent import (
     image_hash,
     register_consent,
 )
-from clients.imaging import prepare_image
-from clients.sdk import attachments as sdk_attachments
 from clients.sdk.errors import ConsentImageMismatch, FlowError
+from clients.sdk.imaging import prepare_image
 from clients.sdk.keystore import KeyStore
 from protocol.consent import ConsentBasis, ConsentDecision, peek_consent_token_unverified
 from protocol.frames import Deliver

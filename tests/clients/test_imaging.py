@@ -1,4 +1,4 @@
-"""clients/imaging.py: no metadata leaves the device, images arrive upright, quality is told."""
+"""clients/sdk/imaging.py: no metadata leaves the device, images arrive upright, quality is told."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from PIL import Image, ImageCms, ImageDraw, ImageFilter, PngImagePlugin
 
-from clients.imaging import (
+from clients.sdk.imaging import (
     DEFAULT_LIMITS,
     ImageLimits,
     ImageRejected,

@@ -1,4 +1,4 @@
-"""clients/orgkey.py: the sealed organisation keyfile and its public file."""
+"""clients/admin/orgkey.py: the sealed organisation keyfile and its public file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.orgkey import (
+from clients.admin.orgkey import (
     OrgKeyError,
     create_org_keyfile,
     open_org_keyfile,

@@ -1,4 +1,4 @@
-"""The outbox in the vault (clients/vault.py, clients/sdk/client.py; docs/PROTOCOL.md §3.5
+"""The outbox in the vault (clients/sdk/vault.py, clients/sdk/client.py; docs/PROTOCOL.md §3.5
 "Outbox"): a send is kept on the device from before it goes on the wire until the relay stored
 it, so the phone can die at any moment and the message still arrives, exactly once.
 
@@ -29,11 +29,11 @@ import asyncpg
 import msgspec
 import pytest
 
-from clients import imaging
-from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.sdk import attachments as sdk_attachments
+from clients.sdk import imaging
 from clients.sdk.client import ImageEvent, LightboxClient, OutboxEvent
-from clients.vault import OutboxImage, OutboxRecord, Vault, VaultLocked
+from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
+from clients.sdk.vault import OutboxImage, OutboxRecord, Vault, VaultLocked
 from protocol.body import Body
 from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.keys import CHEAP_PROFILE

@@ -1,4 +1,4 @@
-"""clients/pacs.py against a real Orthanc with its DICOMweb plugin (the ``orthanc`` fixture).
+"""clients/gateway/pacs.py against a real Orthanc with its DICOMweb plugin (``orthanc`` fixture).
 
 What Orthanc 1.10.1 + orthanc-dicomweb (Debian 12) does, as these tests pin down:
 
@@ -31,7 +31,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from clients.dicom import (
+from clients.gateway.dicom import (
     CapturedFrom,
     RecordData,
     Sex,
@@ -39,7 +39,7 @@ from clients.dicom import (
     build_secondary_capture,
     build_vl_photographic,
 )
-from clients.pacs import (
+from clients.gateway.pacs import (
     PacsAuthError,
     PacsClient,
     PacsConflict,

@@ -1,4 +1,4 @@
-"""PHI burned into images (clients/phi.py), with the real Tesseract (Debian tesseract-ocr,
+"""PHI burned into images (clients/clinician/phi.py), with the real Tesseract (Debian tesseract-ocr,
 tesseract-ocr-eng) on generated images whose labels are drawn with a TrueType font."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
-from clients import cli, imaging, phi
-from clients.phi import OcrStatus, PhiKind, PhiRefused, RedactMode
+from clients.clinician import cli, phi
+from clients.clinician.phi import OcrStatus, PhiKind, PhiRefused, RedactMode
+from clients.sdk import imaging
 from protocol.model import Purpose
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"

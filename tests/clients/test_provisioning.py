@@ -1,4 +1,4 @@
-"""clients/provisioning.py: what IT's tool signs, and clients/sdk/identity.py's offline checks
+"""clients/admin/provisioning.py: what IT's tool signs, and clients/sdk/identity.py's offline checks
 (prekeys, the pairing result a new device accepts)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import hashlib
 import msgspec
 import pytest
 
-from clients.csvio import LicenceFields, UserRow
-from clients.provisioning import (
+from clients.admin.csvio import LicenceFields, UserRow
+from clients.admin.provisioning import (
     next_revocation_list,
     provision_user,
     reissue_user,

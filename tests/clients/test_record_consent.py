@@ -26,12 +26,12 @@ import pydicom
 import pytest
 from pydicom.encaps import generate_frames
 
-from clients import imaging
-from clients.consent import ConsentCapture, capture_consent, image_hash, register_consent
-from clients.fhir import FhirAuthError, FhirClient, FhirSettings
-from clients.gateway import CONSENT_IDENTIFIER_SYSTEM, GatewayConfig
-from clients.pacs import PacsClient, PacsSettings
+from clients.gateway.app import CONSENT_IDENTIFIER_SYSTEM, GatewayConfig
+from clients.gateway.fhir import FhirAuthError, FhirClient, FhirSettings
+from clients.gateway.pacs import PacsClient, PacsSettings
+from clients.sdk import imaging
 from clients.sdk.client import RECORD_THREAD_SUBJECT, ImageEvent, MessageEvent
+from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.sdk.errors import FlowError
 from clients.sdk.keystore import DeviceState
 from protocol.body import BodyKind, CaptureKind
@@ -420,7 +420,7 @@ def test_the_gateway_refuses_settings_it_cannot_use_before_it_starts(
         argv: list[str], env: dict[str, str], expected: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """``lightbox-gateway`` says what is wrong in one line and files nothing."""
-    from clients import gateway
+    from clients.gateway import app as gateway
 
     for name in ("LIGHTBOX_PACS_URL", "LIGHTBOX_FHIR_URL", "LIGHTBOX_PACS_VIEWER_URL"):
         monkeypatch.delenv(name, raising=False)

@@ -1,4 +1,4 @@
-"""The free-text guard (clients/textguard.py): exact ages, dates of birth, MRN-like numbers and
+"""The free-text guard (clients/sdk/textguard.py): exact ages, dates of birth, MRN-like numbers and
 dates of service are caught for purposes that leave direct care; ordinary clinical text is not."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import io
 
 import pytest
 
-from clients import cli
-from clients.textguard import (
+from clients.clinician import cli
+from clients.sdk.textguard import (
     GUARDED_PURPOSES,
     TextGuardWarning,
     TextKind,

@@ -1,4 +1,4 @@
-"""One time format for people (clients/timefmt.py): ISO-like date, 24-hour time, the reader's
+"""One time format for people (clients/sdk/timefmt.py): ISO-like date, 24-hour time, the reader's
 local zone, whatever the locale; and the places people read times use it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from clients import timefmt
+from clients.sdk import timefmt
 from protocol.filing import CopiesList, CopiesReport
 
 # 2026-12-03 14:05:42 UTC: an afternoon, so a 12-hour clock would show it differently.
@@ -40,7 +40,9 @@ def test_a_time_is_in_the_local_zone_by_default(local_zone: str) -> None:
 
 
 def test_the_cli_and_the_admin_tool_write_times_with_the_one_helper(local_zone: str) -> None:
-    from clients import adminops, cli, clinician
+    from clients.admin import ops as adminops
+    from clients.clinician import cli
+    from clients.clinician import commands as clinician
 
     expected = "2026-12-04 01:05"
     assert cli._when(AFTERNOON) == expected

@@ -15,7 +15,7 @@ import pytest
 
 from clients.sdk.client import LightboxClient
 from clients.sdk.errors import RelayRequestError
-from clients.vault import Vault
+from clients.sdk.vault import Vault
 from protocol.keys import CHEAP_PROFILE
 from server import audit
 from tests.clinician_world import Clinician, enrol_clinician

@@ -1,4 +1,4 @@
-"""clients/vault.py: sealed under the passphrase, locks itself, shreds for good, and never
+"""clients/sdk/vault.py: sealed under the passphrase, locks itself, shreds for good, and never
 writes anything decrypted to disk."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from clients.sdk.connection import DedupeStore
 from clients.sdk.keystore import DeviceState, DeviceStore, PrekeySecret
-from clients.vault import (
+from clients.sdk.vault import (
     IDLE_TIMEOUT_ENV,
     VAULT_FILE,
     ImageShredded,

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from clients.oncall import answer_reseal
+from clients.sdk.reseal import answer_reseal
 from clients.sdk.socket import RelaySocket, SendRefused
 from protocol import envelope
 from protocol.certs import verify_chain

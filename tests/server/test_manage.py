@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clients import admin as admin_cli
+from clients.admin import cli as admin_cli
 from protocol.canonical import b64url_encode
 from protocol.keys import OrganisationKey
 from server import runner as server_cli

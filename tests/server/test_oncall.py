@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from clients import adminops, rotaio
+from clients.admin import ops as adminops
+from clients.admin import rotaio
 from clients.sdk.http import RelayHTTP
 from protocol.frames import Deliver, QueueEmpty, Receipt
 from protocol.model import Priority

@@ -32,7 +32,7 @@ async function api(path, body) {
   return data;
 }
 
-// The one way a time is written for people (the twin of clients/timefmt.py): "2026-12-03 14:05",
+// The one way a time is written for people (the twin of clients/sdk/timefmt.py): "2026-12-03 14:05",
 // an ISO-like date and a 24-hour time in this computer's zone, spelt out here so that the
 // browser's locale never changes it.
 function when(ts) {

@@ -13,7 +13,7 @@ What it holds about the patient: nothing but what the clinician types for the pa
 patient's document: :func:`save_consent_pdf` writes it on the device with mode 0600, and nothing
 here talks to the relay. The record gateway (issue 10 item 1) may render the *record* copy with
 the same function (``copy=FormCopy.RECORD``, ``patient_label`` from the sealed record data) and
-file it with :func:`clients.dicom.build_encapsulated_pdf`.
+file it with :func:`clients.gateway.dicom.build_encapsulated_pdf`.
 
 Rendering uses fpdf2 with DejaVu Sans (Debian ``fonts-dejavu-core``) when present so any name
 prints; otherwise the PDF core font Helvetica with characters outside Latin-1 replaced. The

@@ -12,7 +12,7 @@ account password set at enrolment; it also unlocks the key store.
     lightbox login | whoami | devices | lookup QUERY | keys claim LOGIN
     lightbox consent capture --image FILE --purpose direct_care --role R ...   (or prompts)
                              [--pdf FILE] [--redact all-text]
-    lightbox consent pdf TOKEN_FILE --out FILE       the patient's copy (clients/consent_pdf.py)
+    lightbox consent pdf TOKEN_FILE --out FILE       the patient's copy (clients/sdk/consent_pdf.py)
     lightbox consent list                            the consents you captured
     lightbox consent withdraw CONSENT_ID [--reason TEXT] [--yes]
 """
@@ -31,14 +31,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from clients import clinician, consent_pdf, phi
-from clients import consent as consent_capture
-from clients.failures import run_command
-from clients.imaging import ImageRejected, prepare_image
-from clients.prompts import read_secret
-from clients.sdk import expiry, identity, people
+from clients.clinician import commands as clinician
+from clients.clinician import phi
+from clients.sdk import consent as consent_capture
+from clients.sdk import consent_pdf, expiry, identity, people
 from clients.sdk.errors import DeviceWiped, FlowError, KeyStoreError, RelayRequestError, SDKError
+from clients.sdk.failures import run_command
 from clients.sdk.http import RelayHTTP
+from clients.sdk.imaging import ImageRejected, prepare_image
 from clients.sdk.keystore import (
     DeviceState,
     KeyStore,
@@ -46,7 +46,9 @@ from clients.sdk.keystore import (
     default_profile,
     lightbox_home,
 )
-from clients.timefmt import format_time
+from clients.sdk.profile import ProfileDevice
+from clients.sdk.prompts import read_secret
+from clients.sdk.timefmt import format_time
 from protocol import api, certs
 from protocol.body import ConsentFiling
 from protocol.consent import (
@@ -318,7 +320,7 @@ def _consent_capture(args: argparse.Namespace) -> int:
     for path in args.image or []:
         # The consent names the image that will be sent: the sanitised JPEG (orientation
         # applied, metadata stripped), which is what `lightbox send` encrypts; with --redact,
-        # the redacted copy (clients/phi.py, deterministic), which is what it then shares.
+        # the redacted copy (clients/clinician/phi.py, deterministic), which is what it then shares.
         try:
             clean = prepare_image(Path(path).read_bytes()).image
         except ImageRejected as exc:
@@ -403,7 +405,7 @@ def _consent_capture(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _resolve_people(device: clinician.ProfileDevice,
+async def _resolve_people(device: ProfileDevice,
                           names: Sequence[str]) -> list[api.DirectoryEntry]:
     """The named recipients, by login (clients/sdk/people.py), before anything is signed."""
     if not names:
@@ -474,7 +476,7 @@ def _consent_pdf(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _names_of(device: clinician.ProfileDevice,
+async def _names_of(device: ProfileDevice,
                     claims: ConsentClaims) -> tuple[str, dict[str, str]]:
     """The capturing clinician and each named recipient, from certificates verified against
     the organisation key; someone the directory no longer serves stays unnamed."""
@@ -679,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     cw.set_defaults(func=_consent_withdraw)
     consent.add_parser("list", help="the consents you captured, newest first").set_defaults(
         func=_consent_list)
-    clinician.register(sub)  # threads, send, inbox, watch, desktop (clients/clinician.py)
+    clinician.register(sub)  # threads, send, inbox, watch, desktop (clients/clinician/commands.py)
     return p
 
 

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import segno
 from PIL import Image, ImageDraw, ImageFont
 
-from clients.consent_pdf import font_path
+from clients.sdk.consent_pdf import font_path
 from clients.sdk.keystore import write_private_file
 
 __all__ = [

@@ -41,6 +41,7 @@ from protocol.consent import (
 from protocol.model import Purpose
 
 __all__ = [
+    "DEIDENTIFIED_PURPOSES",
     "FORM_VERSION",
     "NO_EFFECT_ON_CARE_STATEMENT",
     "PERMANENCE_STATEMENT",
@@ -53,6 +54,10 @@ __all__ = [
     "register_consent",
 ]
 
+# Purposes whose image must be de-identified before it leaves the phone (docs/CLINICAL_SAFETY.md):
+# the SDK refuses to send a patient record with them, the CLI redacts for them.
+DEIDENTIFIED_PURPOSES: frozenset[Purpose] = frozenset({Purpose.TEACHING, Purpose.PUBLICATION,
+                                                       Purpose.RESEARCH})
 FORM_VERSION = "2026.1"
 PERMANENCE_STATEMENT = (
     "Images shared for your care are filed in your medical record and kept there like any "

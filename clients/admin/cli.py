@@ -11,7 +11,7 @@ it from the sealed keyfile.
 Secrets come from no-echo prompts or, for scripts, LIGHTBOX_ORG_PASSPHRASE and
 LIGHTBOX_ADMIN_PASSWORD; the keyfile from ``--keyfile`` or LIGHTBOX_ORG_KEYFILE.
 ``rota`` (``role``, ``add``, ``import``, ``show``, ``remove``) manages on-call rotas through
-the admin API after ``login``; imports take CSV or iCalendar files (clients/rotaio.py).
+the admin API after ``login``; imports take CSV or iCalendar files (clients/admin/rotaio.py).
 Exit status: 0 success, 1 some of the work failed (per-row reports), 2 nothing was done.
 """
 
@@ -28,24 +28,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from clients import adminconsent, adminops, csvio, handout, rotaio
-from clients.adminsession import (
+from clients.admin import consent as adminconsent
+from clients.admin import csvio, handout, rotaio
+from clients.admin import ops as adminops
+from clients.admin.orgkey import (
+    OrgKeyError,
+    create_org_keyfile,
+    fingerprint,
+    open_org_keyfile,
+)
+from clients.admin.session import (
     AdminSession,
     SessionError,
     load_session,
     save_session,
     session_path,
 )
-from clients.failures import run_command
-from clients.orgkey import (
-    OrgKeyError,
-    create_org_keyfile,
-    fingerprint,
-    open_org_keyfile,
-)
-from clients.prompts import PromptError, read_secret
+from clients.sdk.failures import run_command
 from clients.sdk.http import RelayHTTP
-from clients.timefmt import format_date, format_time
+from clients.sdk.prompts import PromptError, read_secret
+from clients.sdk.timefmt import format_date, format_time
 from protocol import api, certs
 from protocol.canonical import b64url_encode, peek_compact
 from protocol.errors import ProtocolError
@@ -122,7 +124,7 @@ def _login(args: argparse.Namespace) -> int:
 def _handouts(report: adminops.ImportReport, session: AdminSession, org_key: OrganisationKey,
               args: argparse.Namespace) -> int:
     """Each provisioned user's handout on the terminal, and with ``--handout-dir`` as
-    ``<login>.pdf`` and ``<login>.png`` (clients/handout.py); returns how many files failed."""
+    ``<login>.pdf`` and ``<login>.png`` (admin/handout.py); returns how many files failed."""
     failed = 0
     for p in report.provisioned:
         sheet = handout.Handout(name=p.row.name, login=p.row.login, server=session.server,
@@ -197,8 +199,8 @@ def _user_import(args: argparse.Namespace) -> int:
 
 
 def _date(ts: int | None) -> str:
-    """A moment's date as people read it (clients/timefmt.py); licences have their own
-    reading, :func:`clients.csvio.licence_through`."""
+    """A moment's date as people read it (clients/sdk/timefmt.py); licences have their own
+    reading, :func:`clients.admin.csvio.licence_through`."""
     return "" if ts is None else format_date(ts)
 
 
@@ -338,7 +340,7 @@ def _user_renew(args: argparse.Namespace) -> int:
 
 def _user_reissue(args: argparse.Namespace) -> int:
     """A new enrolment code and handout for a user who has not enrolled; the old code stops
-    working (clients/adminops.py :func:`~clients.adminops.reissue_enrolment`)."""
+    working (clients/admin/ops.py :func:`~clients.admin.ops.reissue_enrolment`)."""
     if args.code_valid_hours < 1:
         raise CommandError("--code-valid-hours must be at least 1")
     session = load_session()

@@ -2,7 +2,7 @@
 
 Why: a photo captures what the clinician did not mean to send: the corner of a monitor shows the
 patient's name, MRN and date of birth; a film label reads ``DOE^JOHN  MRN 12345678``. Metadata
-stripping (clients/imaging.py) cannot remove pixels. Before an image is sent the client reads
+stripping (clients/sdk/imaging.py) cannot remove pixels. Before an image is sent the client reads
 its text with Tesseract (Debian ``tesseract-ocr`` + ``tesseract-ocr-eng``, through pytesseract),
 flags the words that look like identifiers, shows them, and lets the clinician black them out.
 
@@ -55,7 +55,8 @@ from typing import Any, Final
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageStat
 
-from clients import imaging
+from clients.sdk import imaging
+from clients.sdk.consent import DEIDENTIFIED_PURPOSES
 from clients.sdk.errors import FlowError
 from protocol.body import IdentifierKind
 from protocol.model import Purpose
@@ -94,8 +95,6 @@ INSTALL_HINT: Final = (
     "Text recognition (Tesseract OCR) is not installed, so this image cannot be checked for "
     "names, MRNs or dates. Install it with `apt-get install tesseract-ocr tesseract-ocr-eng` "
     "and `pip install pytesseract`.")
-DEIDENTIFIED_PURPOSES: Final = frozenset({Purpose.TEACHING, Purpose.PUBLICATION,
-                                          Purpose.RESEARCH})
 
 Box = tuple[int, int, int, int]
 """``(left, top, width, height)`` in pixels of the (upright, sanitised) image."""
@@ -332,7 +331,7 @@ def _classify(words: Sequence[OcrWord], rules: Sequence[PhiRule]) -> list[TextRe
 
 def scan_image(image: bytes | Image.Image, *, rules: Sequence[PhiRule] | None = None,
                settings: ScanSettings = DEFAULT_SETTINGS, ocr: Ocr | None = None) -> PhiScan:
-    """OCR ``image`` (file bytes, decoded upright by clients.imaging, or a PIL image already
+    """OCR ``image`` (file bytes, decoded upright by clients.sdk.imaging, or a PIL image already
     upright) and flag identifier-like text. Never raises for what OCR cannot do: the status
     says ``unreadable`` or ``unavailable`` with a plain ``reason``."""
     if isinstance(image, bytes):

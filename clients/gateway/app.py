@@ -13,7 +13,7 @@ is also sealed to. For each image it receives it:
    for a clinical photo) with UIDs derived from the consult and attachment ids, so a retry
    stores the same object again rather than a second one;
 3. stores it with STOW-RS and proves it by reading it back (QIDO-RS + WADO-RS, pixel data
-   compared byte for byte): :meth:`clients.pacs.PacsClient.verify_stored`;
+   compared byte for byte): :meth:`clients.gateway.pacs.PacsClient.verify_stored`;
 4. files the consent with it (issue 10 item 1): the human-readable consent form (copy for the
    record) as a DICOM Encapsulated PDF in the same study, once per consent and study (its UIDs
    derive from the consent id and the study), read back like the image; and the FHIR R4
@@ -59,17 +59,9 @@ from urllib.parse import quote, urlsplit
 import msgspec
 from PIL import Image
 
-from clients import dicom
-from clients.consent_pdf import (
-    Attachment,
-    ConsentFormDisplay,
-    FormCopy,
-    patient_label,
-    render_consent_pdf,
-)
-from clients.failures import run_command
-from clients.fhir import FhirAuthError, FhirClient, FhirError, FhirSettings, FhirUnavailable
-from clients.pacs import (
+from clients.gateway import dicom
+from clients.gateway.fhir import FhirAuthError, FhirClient, FhirError, FhirSettings, FhirUnavailable
+from clients.gateway.pacs import (
     InstanceRef,
     PacsAuthError,
     PacsClient,
@@ -80,7 +72,15 @@ from clients.pacs import (
 )
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.connection import Connection
+from clients.sdk.consent_pdf import (
+    Attachment,
+    ConsentFormDisplay,
+    FormCopy,
+    patient_label,
+    render_consent_pdf,
+)
 from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, RelayResponseError
+from clients.sdk.failures import run_command
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import (
     forget_one_time_prekey,
@@ -709,7 +709,7 @@ class RecordGateway:
         ]
 
     async def _post_fhir(self, claims: ConsentClaims, record: RecordData) -> str:
-        """File the FHIR Consent on the configured server (clients/fhir.py: conditional create
+        """File the FHIR Consent on the configured server (gateway/fhir.py: conditional create
         on the consent's identifier, so a retry finds the one already there); returns its
         URL, or "" when no server is configured. An unreachable server (or its credentials
         refused) is retried like the PACS; a refusal fails the filing."""

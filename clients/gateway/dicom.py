@@ -17,7 +17,7 @@ Three builders, each returning a :class:`DicomInstance` (the Part-10 bytes and i
   same study as the images it covers.
 
 Images are JPEG Baseline (PS3.5 §8.2.1, transfer syntax 1.2.840.10008.1.2.4.50). A baseline
-8-bit JPEG (what :func:`clients.imaging.sanitise_image` produces) is encapsulated byte for byte,
+8-bit JPEG (what :func:`clients.sdk.imaging.sanitise_image` produces) is encapsulated byte for byte,
 so the PACS holds exactly the pixels the clinician saw; other images (progressive JPEG, Pillow
 images) are decoded and encoded once as baseline. The photometric interpretation follows the JPEG
 frame: MONOCHROME2 for one component, YBR_FULL_422 when chroma is subsampled, YBR_FULL when not.
@@ -154,7 +154,7 @@ class RecordData:
     ``study_time`` when given, else the acquisition's. Every instance must carry its study's
     attributes: Orthanc (and other PACS) overwrite a study's date, description and accession
     number with the newest instance's, so filing into a study found in PACS means copying its
-    values here (:class:`clients.pacs.StudyRef`)."""
+    values here (:class:`clients.gateway.pacs.StudyRef`)."""
 
     patient_name: str
     patient_id: str

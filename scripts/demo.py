@@ -1,4 +1,4 @@
-"""``make demo`` (``python -m clients.demo``): the whole consult journey on this machine.
+"""``make demo`` (``python -m scripts.demo``): the whole consult journey on this machine.
 
 It plays docs/ARCHITECTURE.md §1 end to end with the real programs, driven the way their users drive
 them
@@ -144,6 +144,10 @@ def _program(name: str, module: str) -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", module]
 
 
+def _lightbox() -> list[str]:
+    return _program("lightbox", "clients.clinician.cli")
+
+
 def _orthanc_binary() -> str | None:
     found = shutil.which("Orthanc")
     for candidate in (found, "/usr/bin/Orthanc", "/usr/sbin/Orthanc"):
@@ -155,11 +159,11 @@ def _orthanc_binary() -> str | None:
 def _gateway_ready() -> str | None:
     """None when ``lightbox-gateway`` can file; else why not (it is being built elsewhere)."""
     try:
-        from clients import gateway
+        from clients.gateway import app as gateway
     except Exception as exc:  # any import failure means "not ready"
-        return f"clients/gateway.py does not import ({type(exc).__name__}: {exc})"
+        return f"clients/gateway/app.py does not import ({type(exc).__name__}: {exc})"
     if not callable(getattr(gateway, "main", None)):
-        return "clients/gateway.py has no main() yet"
+        return "clients/gateway/app.py has no main() yet"
     return None
 
 
@@ -265,10 +269,10 @@ class Demo:
         return proc.returncode, out, err
 
     def lightbox(self, person: Person, *args: str, ok: bool = True) -> tuple[int, str, str]:
-        return self.run([*_program("lightbox", "clients.cli"), *args], person=person, ok=ok)
+        return self.run([*_lightbox(), *args], person=person, ok=ok)
 
     def admin(self, *args: str, ok: bool = True, show: bool = True) -> tuple[int, str, str]:
-        return self.run([*_program("lightbox-admin", "clients.admin"), *args], ok=ok, show=show)
+        return self.run([*_program("lightbox-admin", "clients.admin.cli"), *args], ok=ok, show=show)
 
     def relay_host(self, *args: str) -> tuple[int, str, str]:
         """A relay-host command (``lightbox-server db|admin|org|audit``, server/manage.py)."""
@@ -513,7 +517,7 @@ class Demo:
         thread_id = thread.group(1)
 
         # The intern's phone stays online (to hear the reply, the receipt and the expiry).
-        watch = self.start("intern-watch", [*_program("lightbox", "clients.cli"), "watch"],
+        watch = self.start("intern-watch", [*_lightbox(), "watch"],
                            person=intern)
 
         self.step("The specialist's inbox shows the urgent consult.")
@@ -593,7 +597,7 @@ class Demo:
                   "queued for it at the relay meanwhile.")
         pw = self.data / "orthanc" / "pacs-password"
         assert self.orthanc_auth is not None
-        proc = self.start("gateway", [*_program("lightbox-gateway", "clients.gateway"),
+        proc = self.start("gateway", [*_program("lightbox-gateway", "clients.gateway.app"),
                                       "--retry-max", "5"], person=gateway,
                           LIGHTBOX_PACS_URL=f"{self.orthanc_url}/dicom-web",
                           LIGHTBOX_PACS_USERNAME=self.orthanc_auth[0],
@@ -635,7 +639,7 @@ class Demo:
             self.detail(f"filing receipt from {receipt['sender']}: record reference "
                         f"{receipt['filing']['record_ref']}, study {receipt['filing']['study']}")
         if img.get("expires_at"):
-            from clients.timefmt import format_time
+            from clients.sdk.timefmt import format_time
 
             self.detail("the specialist's desktop shows \"Filed in the record\"; this copy "
                         "expires at "
@@ -708,7 +712,7 @@ class Desktop:
 
     def open(self) -> None:
         self.demo.say("      $ lightbox desktop --no-browser")
-        self.proc = self.demo.start("desktop", [*_program("lightbox", "clients.cli"), "desktop",
+        self.proc = self.demo.start("desktop", [*_lightbox(), "desktop",
                                                 "--no-browser"], person=self.person,
                                     stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
@@ -783,7 +787,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m clients.demo", description=__doc__.splitlines()[0]
+    p = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__.splitlines()[0]
                                 if __doc__ else None)
     p.add_argument("--data-dir", default=os.environ.get("DEMO_DATA_DIR",
                                                         str(ROOT / ".data" / "demo")),

@@ -296,7 +296,7 @@ def _load_upright(data: bytes, limits: ImageLimits) -> Image.Image:
 
 def load_upright(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
     """Decode ``data`` as :func:`sanitise_image` does (limits, orientation applied, 8-bit sRGB
-    or grey) without encoding: the pixels that OCR and redaction work on (clients/phi.py)."""
+    or grey) without encoding: the pixels that OCR and redaction work on (clinician/phi.py)."""
     return _load_upright(data, limits)
 
 

@@ -16,7 +16,7 @@ carry a clinical-necessity statement, and it travels in two parts:
 organisations are known from signed certificates, not from anything the relay says) and before
 the body is encoded and sealed. ``send_text`` and ``send_image`` take ``necessity=``.
 The statement is clinical text leaving direct care, so clients also run it through
-:func:`clients.textguard.guard_text` with the external-consult purpose.
+:func:`clients.sdk.textguard.guard_text` with the external-consult purpose.
 
 Exceptions::
 

@@ -29,8 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clients import imaging
-from clients.prompts import read_secret
+from clients.sdk import imaging
 from clients.sdk.client import (
     ClientEvent,
     EscalationEvent,
@@ -45,9 +44,11 @@ from clients.sdk.client import (
     WithdrawnEvent,
 )
 from clients.sdk.errors import FlowError, KeyStoreError
-from clients.sdk.keystore import DeviceStore, KeyStore
-from clients.timefmt import format_time
-from clients.vault import OutboxRecord, Vault
+from clients.sdk.keystore import KeyStore
+from clients.sdk.profile import ProfileDevice, open_profile
+from clients.sdk.prompts import read_secret
+from clients.sdk.timefmt import format_time
+from clients.sdk.vault import OutboxRecord
 from protocol.body import Body, BodyKind, IdentifierKind, RecordData, Sex
 from protocol.consent import (
     ConsentBasis,
@@ -58,38 +59,10 @@ from protocol.consent import (
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.model import Priority, Purpose
 
-__all__ = ["ProfileDevice", "open_profile", "register"]
+__all__ = ["register", "unlock_profile"]
 
 T = TypeVar("T")
 MAX_IMAGE_FILE = 40 * 1024 * 1024  # imaging.DEFAULT_LIMITS.max_bytes
-
-
-class ProfileDevice:
-    """An unlocked profile: device state (key store, or the vault when it holds it), vault."""
-
-    def __init__(self, store: DeviceStore, vault: Vault, password: str) -> None:
-        self.store, self.vault, self.password = store, vault, password
-
-    def client(self, **kwargs: Any) -> LightboxClient:
-        return LightboxClient(self.store, self.vault, password=self.password, **kwargs)
-
-
-def open_profile(directory: Path, password: str) -> ProfileDevice:
-    """Unlock a profile's vault (creating it beside the key store on first use) and its device
-    state. Wrong password: KeyStoreError / VaultPassphraseError with a plain message."""
-    vault = Vault(directory)
-    if vault.exists():
-        vault.unlock(password)
-        if vault.has_state():
-            return ProfileDevice(vault, vault, password)
-    keystore = KeyStore(directory)
-    if not keystore.exists():
-        raise KeyStoreError(f"no device in {directory}: run `lightbox enroll` or "
-                            "`lightbox link` first")
-    opened = keystore.open(password)  # checks the password before a vault is created
-    if not vault.exists():
-        vault.create(password)
-    return ProfileDevice(opened, vault, password)
 
 
 def _profile_dir(args: argparse.Namespace) -> Path:
@@ -126,7 +99,7 @@ def _consent_of(body: Body) -> str | None:
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Say what is wrong with a rejected image; every other failure becomes one sentence in
-    cli.main (clients/failures.py), which also knows a profile its organisation wiped."""
+    cli.main (clients/sdk/failures.py), which also knows a profile its organisation wiped."""
 
     def run(args: argparse.Namespace) -> int:
         try:
@@ -409,10 +382,10 @@ def _prepare(args: argparse.Namespace) -> imaging.PreparedImage | None:
 
 
 def _guard_text(args: argparse.Namespace, text: str, purpose: Purpose) -> None:
-    """The free-text guard (clients/textguard.py) on the text and the necessity statement:
+    """The free-text guard (clients/sdk/textguard.py) on the text and the necessity statement:
     for purposes that leave direct care, warn about exact ages, dates of birth, MRNs and
     dates of service, and ask (or require --text-checked) before sealing."""
-    from clients.textguard import TextGuardWarning, guard_text
+    from clients.sdk.textguard import TextGuardWarning, guard_text
 
     for label, value in (("text", text), ("necessity statement", args.necessity or "")):
         try:
@@ -445,10 +418,10 @@ def _box(value: str) -> tuple[int, int, int, int]:
 
 def _shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage, purpose: Purpose
                   ) -> tuple[imaging.SanitisedImage, tuple[IdentifierKind, ...]]:
-    """PHI in the pixels (clients/phi.py): OCR, show what was found, black out per --redact
+    """PHI in the pixels (clinician/phi.py): OCR, show what was found, black out per --redact
     and --redact-box, and refuse a de-identified purpose whose copy still shows text. Also
     the kinds of identifier the copy sent still shows, for the recipient to be told."""
-    from clients import phi
+    from clients.clinician import phi
 
     try:
         shared = phi.prepare_for_purpose(
@@ -509,13 +482,13 @@ def _text_consent_id(args: argparse.Namespace) -> str | None:
 def _consent_token(args: argparse.Namespace, device: ProfileDevice, image: bytes,
                    users: list[str], roles: list[str], purpose: Purpose) -> str:
     """A token from --consent-token FILE, or captured now over exactly the sanitised bytes."""
-    from clients.consent import ConsentCapture, capture_consent, image_hash
+    from clients.sdk.consent import ConsentCapture, capture_consent, image_hash
 
     if args.consent_token:
         return _token_file(args.consent_token)
     agreed, shown = args.patient_agreed, args.statements_shown
     if not (agreed and shown) and sys.stdin.isatty():
-        from clients.consent import NO_EFFECT_ON_CARE_STATEMENT, PERMANENCE_STATEMENT
+        from clients.sdk.consent import NO_EFFECT_ON_CARE_STATEMENT, PERMANENCE_STATEMENT
 
         print("Show the patient this photo and read:")
         print("  1. " + PERMANENCE_STATEMENT)
@@ -609,7 +582,7 @@ def _send(args: argparse.Namespace) -> int:
                                               necessity=args.necessity,
                                               consent_id=_text_consent_id(args))
             else:
-                from clients.consent import register_consent
+                from clients.sdk.consent import register_consent
 
                 token = _consent_token(args, device, prepared.image.data, users, roles,
                                        purpose)
@@ -647,7 +620,7 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _is_deidentified(purpose: Purpose) -> bool:
-    from clients.phi import DEIDENTIFIED_PURPOSES
+    from clients.sdk.consent import DEIDENTIFIED_PURPOSES
 
     return purpose in DEIDENTIFIED_PURPOSES
 
@@ -655,7 +628,7 @@ def _is_deidentified(purpose: Purpose) -> bool:
 def _check_covers_original(claims: ConsentClaims, original: imaging.SanitisedImage) -> None:
     """Before anything is sent: filing the identified original needs a consent for direct
     care that names it (``consent capture`` with both purposes names both copies)."""
-    from clients.consent import image_hash
+    from clients.sdk.consent import image_hash
 
     if Purpose.DIRECT_CARE not in claims.purposes or \
             image_hash(original.data) not in claims.images:
@@ -687,7 +660,7 @@ def add_patient_options(g: Any) -> None:
 
 
 def register(sub: Any) -> None:
-    """Add the commands to ``lightbox``'s subparsers (called once from clients/cli.py)."""
+    """Add the commands to ``lightbox``'s subparsers (called once from clients/clinician/cli.py)."""
     t = sub.add_parser("threads", help="your consult threads, urgent first")
     t.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     t.set_defaults(func=_guarded(_threads))

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from clients.csvio import LicenceFields, UserRow
+from clients.admin.csvio import LicenceFields, UserRow
 from clients.sdk.kdf import passphrase_profile
 from protocol import api, certs
 from protocol.canonical import b64url_encode, encode_struct

@@ -19,7 +19,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from clients.prompts import PromptError
 from clients.sdk.connection import ConnectionStopped
 from clients.sdk.errors import (
     DeviceWiped,
@@ -28,7 +27,8 @@ from clients.sdk.errors import (
     RelayUnavailable,
     SDKError,
 )
-from clients.vault import VaultError
+from clients.sdk.prompts import PromptError
+from clients.sdk.vault import VaultError
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 
 __all__ = ["describe", "report_crash", "run_command"]

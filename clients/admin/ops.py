@@ -1,7 +1,7 @@
 """IT operations through the relay's admin API (PROTOCOL §11), for ``lightbox-admin``.
 
 Each function takes a logged-in :class:`RelayHTTP` and, where something must be signed, the
-unsealed organisation key; the signing itself is in :mod:`clients.provisioning`.
+unsealed organisation key; the signing itself is in :mod:`clients.admin.provisioning`.
 Revocation lists are read back from the relay and verified under our own key before the next
 one is built on them, so a relay cannot make IT's tool drop an entry by serving a forged list.
 """
@@ -14,19 +14,19 @@ from collections.abc import Iterable
 
 import msgspec
 
-from clients.csvio import RowError, UserRow
-from clients.provisioning import (
+from clients.admin.csvio import RowError, UserRow
+from clients.admin.provisioning import (
     Provisioned,
     next_revocation_list,
     provision_user,
     reissue_user,
     renew_licence,
 )
-from clients.rotaio import RotaRowError, ShiftRow
+from clients.admin.rotaio import RotaRowError, ShiftRow
 from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import org_revocation_lists
-from clients.timefmt import format_time
+from clients.sdk.timefmt import format_time
 from protocol import api, certs
 from protocol.canonical import LABEL_USER_CERTIFICATE, open_compact
 from protocol.errors import ErrorCode, ProtocolError
@@ -239,7 +239,7 @@ async def copies(relay: RelayHTTP, *, attachment_id: str | None = None,
 
 def describe_enrolment(detail: api.UserDetail) -> str:
     """The state of the user's latest enrolment code for ``user show``: when a pending code
-    expires (clients/timefmt.py), and for a user who never enrolled whose code expired, how to
+    expires (clients/sdk/timefmt.py), and for a user who never enrolled whose code expired, how to
     issue a new one."""
     state, until = detail.enrolment, detail.enrolment_expires_at
     if until is None or state not in ("pending", "expired"):
@@ -265,7 +265,7 @@ COPY_WORDS = {
 
 
 def format_copies(listing: CopiesList) -> list[str]:
-    """Human-readable lines, one block per image (times as clients/timefmt.py writes them)."""
+    """Human-readable lines, one block per image (times as clients/sdk/timefmt.py writes them)."""
 
     def t(value: int | None) -> str:
         return "-" if value is None else format_time(value)

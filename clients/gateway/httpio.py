@@ -1,5 +1,5 @@
-"""One bounded HTTP exchange for the gateway's clients of other systems (clients/pacs.py,
-clients/fhir.py): read the answer up to a size limit, and map transport failures to the
+"""One bounded HTTP exchange for the gateway's clients of other systems (clients/gateway/pacs.py,
+clients/gateway/fhir.py): read the answer up to a size limit, and map transport failures to the
 caller's "unavailable" exception, so each client keeps its own exception family.
 
 Why: a PACS or FHIR server is outside our control; an answer larger than any we expect is

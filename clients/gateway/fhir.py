@@ -54,7 +54,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from clients.httpio import HttpService, bounded_request
+from clients.gateway.httpio import HttpService, bounded_request
 
 __all__ = [
     "FhirAuthError",

@@ -12,8 +12,8 @@ attendee is named by its ``CN`` parameter, or else by the local part of its ``ma
 address; either must be a login (or user id). Parsing is the ``icalendar`` library's, never
 ours. All-day and recurring events are refused per event (export the rota expanded).
 
-A file over :data:`~clients.csvio.MAX_CSV_BYTES`, or one that is not a CSV with the columns /
-not an iCalendar stream, is refused whole (:class:`~clients.csvio.CsvError`); every other
+A file over :data:`~clients.admin.csvio.MAX_CSV_BYTES`, or one that is not a CSV with the columns /
+not an iCalendar stream, is refused whole (:class:`~clients.admin.csvio.CsvError`); every other
 problem (bad or missing dates, an end before the start, nobody named) is reported per row and
 the good rows are kept. Unknown users are reported per row by the relay.
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 import icalendar
 
-from clients.csvio import CsvError, decode_csv, dict_reader
+from clients.admin.csvio import CsvError, decode_csv, dict_reader
 from protocol.errors import ErrorCode
 
 __all__ = ["RotaRowError", "ShiftRow", "parse_rota", "parse_rota_csv", "parse_rota_ics"]

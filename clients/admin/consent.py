@@ -7,9 +7,9 @@ tool (docs/USER_GUIDE.md "Withdrawing a consent: the privacy office").
 
 The relay never sees a patient id (it travels only in sealed bodies), so ``find`` searches the
 *record*: the FHIR R4 Consents the record gateway files, each naming the patient by the id from
-the sealed record data (clients/gateway.py ``patient_id_system``; the ``:identifier`` search
+the sealed record data (clients/gateway/app.py ``patient_id_system``; the ``:identifier`` search
 modifier, FHIR R4 search.html#modifiers). It reads the FHIR server's URL and credentials as the
-gateway does (clients/fhir.py ``FhirSettings.from_env``: ``LIGHTBOX_FHIR_TOKEN_FILE``, or
+gateway does (clients/gateway/fhir.py ``FhirSettings.from_env``: ``LIGHTBOX_FHIR_TOKEN_FILE``, or
 ``LIGHTBOX_FHIR_USERNAME`` and ``LIGHTBOX_FHIR_PASSWORD_FILE``). With an admin session it also
 shows each consent's status at the relay.
 
@@ -30,12 +30,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from clients.adminsession import SessionError, load_session
-from clients.fhir import FhirClient, FhirError, FhirSettings
-from clients.gateway import patient_id_system
+from clients.admin.session import SessionError, load_session
+from clients.gateway.app import patient_id_system
+from clients.gateway.fhir import FhirClient, FhirError, FhirSettings
 from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP
-from clients.timefmt import format_time
+from clients.sdk.timefmt import format_time
 from protocol import api
 from protocol.errors import ErrorCode
 
@@ -234,7 +234,7 @@ def _withdraw(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``consent`` to ``lightbox-admin``'s subparsers (clients/admin.py build_parser)."""
+    """Add ``consent`` to ``lightbox-admin``'s subparsers (clients/admin/cli.py build_parser)."""
     import os
 
     cs = sub.add_parser("consent", help="the privacy office: find, show and withdraw a "

@@ -56,8 +56,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from clients.dicom import DicomInstance, is_uid
-from clients.httpio import HttpService, bounded_request
+from clients.gateway.dicom import DicomInstance, is_uid
+from clients.gateway.httpio import HttpService, bounded_request
 
 __all__ = [
     "FailedInstance",

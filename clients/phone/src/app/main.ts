@@ -1,0 +1,332 @@
+/**
+ * The page: screens, camera and QR scanning (jsQR), auto-lock. It holds no key: every
+ * cryptographic step and every call to the relay happens in the worker (worker.ts).
+ */
+import jsQR from "jsqr";
+
+interface Config {
+  relay: string;
+  kdf: "interactive" | "cheap";
+  autolock_seconds: number;
+}
+interface MessageView {
+  message_id: string;
+  thread_id: string;
+  from_name: string;
+  mine: boolean;
+  text: string;
+  subject: string | null;
+  sent_at: number;
+  status: string;
+}
+interface ThreadRecord {
+  thread_id: string;
+  role: string | null;
+  subject: string | null;
+  priority: string;
+  messages: MessageView[];
+}
+
+const $ = <T extends HTMLElement = HTMLElement>(id: string): T => document.getElementById(id) as T;
+const SCREENS = ["loading", "enrol", "confirm", "passphrase", "unlock", "home"];
+
+function show(name: string): void {
+  for (const s of SCREENS) $(`screen-${s}`).hidden = s !== name;
+  $("lock").hidden = name !== "home";
+  const heading = $(`screen-${name}`).querySelector("h1");
+  if (heading) {
+    heading.setAttribute("tabindex", "-1");
+    heading.focus();
+  }
+  document.body.dataset["screen"] = name;
+}
+
+// --- the worker --------------------------------------------------------------------------------
+
+const worker = new Worker("worker.js", { type: "module" });
+let nextId = 1;
+const calls = new Map<number, { resolve: (v: any) => void; reject: (e: any) => void }>();
+
+class AppError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function call<T = any>(op: string, args: unknown = {}): Promise<T> {
+  const id = nextId++;
+  worker.postMessage({ id, op, args });
+  return new Promise<T>((resolve, reject) => calls.set(id, { resolve, reject }));
+}
+
+worker.onmessage = (m: MessageEvent) => {
+  const data = m.data as { id?: number; ok?: boolean; result?: unknown; error?: { code: string; message: string }; event?: string; [k: string]: unknown };
+  if (data.event) return onEvent(data);
+  const c = calls.get(data.id!);
+  if (!c) return;
+  calls.delete(data.id!);
+  if (data.ok) c.resolve(data.result);
+  else c.reject(new AppError(data.error!.code, data.error!.message));
+};
+
+function onEvent(data: Record<string, unknown>): void {
+  switch (data["event"]) {
+    case "connection":
+      $("conn").textContent = data["state"] === "connected" ? "connected" : "offline";
+      return;
+    case "message":
+    case "sent":
+      void renderThreads();
+      return;
+    case "revoked":
+      $("conn").textContent = "revoked";
+      return;
+    case "problem":
+      $("send-status").textContent = String(data["message"] ?? "");
+      return;
+  }
+}
+
+async function busy<T>(button: HTMLButtonElement, errorEl: HTMLElement, fn: () => Promise<T>): Promise<T | undefined> {
+  button.disabled = true;
+  errorEl.textContent = "";
+  try {
+    return await fn();
+  } catch (err) {
+    errorEl.textContent = err instanceof AppError ? err.message : "Something went wrong on the phone.";
+    return undefined;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- enrolment -----------------------------------------------------------------------------------
+
+let handoutServer: string | undefined;
+
+/** `lightbox://enrol?server=<url>&code=<code>` (clients/admin/handout.py enrol_uri), or null. */
+function parseHandout(text: string): { server: string; code: string } | null {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return null;
+  }
+  if (url.protocol !== "lightbox:" || (url.hostname !== "enrol" && url.pathname.replace(/^\/+/, "") !== "enrol")) return null;
+  const server = url.searchParams.get("server");
+  const code = url.searchParams.get("code");
+  return server && code ? { server, code } : null;
+}
+
+async function enrolNext(): Promise<void> {
+  const info = await busy($<HTMLButtonElement>("enrol-next"), $("enrol-error"), () =>
+    call<{ display_name: string; login: string; org_id: string; fingerprint: string }>("enrolStart", { code: $<HTMLInputElement>("code").value, server: handoutServer }),
+  );
+  if (!info) return;
+  $("who").textContent = info.display_name;
+  $("who-login").textContent = info.login;
+  $("who-org").textContent = info.org_id;
+  $("fingerprint").textContent = info.fingerprint;
+  $("confirm-error").textContent = "";
+  show("confirm");
+}
+
+let scanning: MediaStream | null = null;
+
+async function startScan(): Promise<void> {
+  $("enrol-error").textContent = "";
+  try {
+    scanning = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+  } catch {
+    $("enrol-error").textContent = "The camera is not available to Lightbox: type the code from the handout instead.";
+    return;
+  }
+  const video = $<HTMLVideoElement>("camera");
+  video.srcObject = scanning;
+  $("scanner").hidden = false;
+  await video.play().catch(() => undefined);
+  const canvas = document.createElement("canvas");
+  const ctx = canvas.getContext("2d", { willReadFrequently: true })!;
+  const tick = (): void => {
+    if (!scanning) return;
+    if (video.videoWidth) {
+      canvas.width = video.videoWidth;
+      canvas.height = video.videoHeight;
+      ctx.drawImage(video, 0, 0);
+      const found = jsQR(ctx.getImageData(0, 0, canvas.width, canvas.height).data, canvas.width, canvas.height);
+      if (found) {
+        const handout = parseHandout(found.data);
+        if (!handout) {
+          $("scan-status").textContent = "This QR code is not a Lightbox enrolment handout.";
+        } else {
+          stopScan();
+          handoutServer = handout.server;
+          $<HTMLInputElement>("code").value = handout.code;
+          void enrolNext();
+          return;
+        }
+      }
+    }
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+}
+
+function stopScan(): void {
+  scanning?.getTracks().forEach((t) => t.stop());
+  scanning = null;
+  $<HTMLVideoElement>("camera").srcObject = null;
+  $("scanner").hidden = true;
+}
+
+async function enrolFinish(): Promise<void> {
+  const a = $<HTMLInputElement>("new-pass").value;
+  const b = $<HTMLInputElement>("new-pass2").value;
+  if (a !== b) {
+    $("pass-error").textContent = "The two passphrases differ: type the same one twice.";
+    return;
+  }
+  const me = await busy($<HTMLButtonElement>("enrol-finish"), $("pass-error"), () => call<{ display_name: string; login: string }>("enrolFinish", { passphrase: a }));
+  if (!me) return;
+  $<HTMLInputElement>("new-pass").value = "";
+  $<HTMLInputElement>("new-pass2").value = "";
+  await home(me);
+}
+
+// --- unlock, lock, auto-lock ------------------------------------------------------------------------
+
+async function unlock(): Promise<void> {
+  const field = $<HTMLInputElement>("passphrase");
+  const me = await busy($<HTMLButtonElement>("unlock"), $("unlock-error"), () => call<{ display_name: string; login: string }>("unlock", { passphrase: field.value }));
+  if (!me) return;
+  field.value = "";
+  await home(me);
+}
+
+async function lock(): Promise<void> {
+  await call("lock");
+  $("threads").replaceChildren();
+  $("conn").textContent = "locked";
+  show("unlock");
+}
+
+let idle: ReturnType<typeof setTimeout> | null = null;
+let autolockMs = 120_000;
+
+function activity(): void {
+  if (document.body.dataset["screen"] !== "home") return;
+  if (idle) clearTimeout(idle);
+  idle = setTimeout(() => void lock(), autolockMs);
+}
+
+// --- home: compose and threads ----------------------------------------------------------------------
+
+async function home(me: { display_name: string; login: string }): Promise<void> {
+  $("me").textContent = `Signed in as ${me.display_name} (${me.login}).`;
+  show("home");
+  activity();
+  await renderThreads();
+}
+
+function when(t: number): string {
+  return new Date(t * 1000).toLocaleString([], { hour: "2-digit", minute: "2-digit", day: "numeric", month: "short" });
+}
+
+async function renderThreads(): Promise<void> {
+  let list: ThreadRecord[];
+  try {
+    list = await call<ThreadRecord[]>("threads");
+  } catch {
+    return;
+  }
+  $("no-threads").hidden = list.length > 0;
+  $("threads").replaceChildren(
+    ...list.map((t) => {
+      const li = document.createElement("li");
+      li.className = "thread";
+      li.dataset["thread"] = t.thread_id;
+      const h = document.createElement("h3");
+      h.textContent = `${t.subject ?? "Consult"}${t.role ? ` · ${t.role}` : ""} · ${t.priority}`;
+      li.append(h);
+      for (const m of t.messages) {
+        const div = document.createElement("div");
+        div.className = `message ${m.mine ? "mine" : "theirs"}`;
+        div.dataset["message"] = m.message_id;
+        const meta = document.createElement("div");
+        meta.className = "meta";
+        meta.textContent = `${m.mine ? "You" : m.from_name} · ${when(m.sent_at)}${m.mine ? ` · ${m.status}` : ""}`;
+        const text = document.createElement("div");
+        text.className = "text";
+        text.textContent = m.text;
+        div.append(meta, text);
+        li.append(div);
+      }
+      return li;
+    }),
+  );
+}
+
+async function send(): Promise<void> {
+  const status = $("send-status");
+  const sent = await busy($<HTMLButtonElement>("send"), status, () =>
+    call("sendConsult", {
+      role: $<HTMLInputElement>("role").value,
+      priority: $<HTMLSelectElement>("priority").value,
+      subject: $<HTMLInputElement>("subject").value,
+      text: $<HTMLTextAreaElement>("text").value,
+    }),
+  );
+  if (!sent) return;
+  $<HTMLTextAreaElement>("text").value = "";
+  $<HTMLInputElement>("subject").value = "";
+  status.textContent = "Sent: the relay stored it.";
+  await renderThreads();
+}
+
+// --- start --------------------------------------------------------------------------------------------
+
+async function start(): Promise<void> {
+  const cfg = (await (await fetch("config.json", { cache: "no-store" })).json()) as Config;
+  autolockMs = cfg.autolock_seconds * 1000;
+  const state = await call<{ enrolled: boolean; unlocked: boolean }>("init", { relay: cfg.relay, kdf: cfg.kdf });
+  $("conn").textContent = state.enrolled ? "locked" : "not enrolled";
+  show(state.enrolled ? "unlock" : "enrol");
+}
+
+$("enrol-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  handoutServer = undefined;
+  void enrolNext();
+});
+$("scan").addEventListener("click", () => void startScan());
+$("scan-stop").addEventListener("click", stopScan);
+$("fp-match").addEventListener("click", () => show("passphrase"));
+$("fp-mismatch").addEventListener("click", () => {
+  $("confirm-error").textContent = "Stop here and call IT: the key is not your organisation's. Nothing was saved on this phone.";
+});
+$("pass-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  void enrolFinish();
+});
+$("unlock-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  void unlock();
+});
+$("compose").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  void send();
+});
+$("lock").addEventListener("click", () => void lock());
+for (const kind of ["pointerdown", "keydown", "touchstart"]) document.addEventListener(kind, activity, { passive: true });
+// Locks when the app goes to the background (another app, the home screen, the screen off).
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "hidden" && document.body.dataset["screen"] === "home") void lock();
+});
+
+if ("serviceWorker" in navigator) void navigator.serviceWorker.register("sw.js").catch(() => undefined);
+void start().catch(() => {
+  $("conn").textContent = "error";
+});

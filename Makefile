@@ -48,7 +48,7 @@ phone: $(PHONE_STAMP)
 
 # The programs land in .venv/bin; say how to reach them (README.md "Where the commands are").
 install: $(STAMP) phone
-	@echo "Lightbox's commands are in $(BIN) (lightbox-server, lightbox-admin, lightbox, lightbox-gateway)."
+	@echo "Lightbox's commands are in $(BIN) (lightbox-server, lightbox-admin, lightbox, lightbox-gateway, lightbox-phone)."
 	@echo "Put them on your PATH: source $(BIN)/activate  (or: export PATH=\"\$$PWD/$(BIN):\$$PATH\")"
 
 # Debian packages some tests drive for real (see .ci/system-deps); a no-op when present.

@@ -80,10 +80,11 @@ async def provision_with_package(world: World, user: User) -> None:
     assert result["ok"], result
 
 
-def still_video(path: Path, image: Image.Image, *, frames: int = 6) -> Path:
+def still_video(path: Path, image: Image.Image, *, frames: int = 6,
+                size: tuple[int, int] = (640, 480)) -> Path:
     """A Y4M (YUV4MPEG2, 4:2:0) video of one still picture, for Chromium's fake camera
     (``--use-file-for-fake-video-capture``)."""
-    w, h = 640, 480
+    w, h = size
     canvas = Image.new("RGB", (w, h), "white")
     img = image.convert("RGB")
     img.thumbnail((w - 40, h - 40))

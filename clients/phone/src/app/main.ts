@@ -10,6 +10,9 @@ interface Config {
   autolock_seconds: number;
 }
 interface MessageView {
+  attachment_id?: string | null;
+  image_state?: string | null;
+  quality_warnings?: string[];
   message_id: string;
   thread_id: string;
   from_name: string;
@@ -28,11 +31,11 @@ interface ThreadRecord {
 }
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => document.getElementById(id) as T;
-const SCREENS = ["loading", "enrol", "confirm", "passphrase", "unlock", "home"];
+const SCREENS = ["loading", "enrol", "confirm", "passphrase", "unlock", "home", "capture", "review", "consent"];
 
 function show(name: string): void {
   for (const s of SCREENS) $(`screen-${s}`).hidden = s !== name;
-  $("lock").hidden = name !== "home";
+  $("lock").hidden = ["loading", "enrol", "confirm", "passphrase", "unlock"].includes(name);
   const heading = $(`screen-${name}`).querySelector("h1");
   if (heading) {
     heading.setAttribute("tabindex", "-1");
@@ -83,6 +86,16 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     case "revoked":
       $("conn").textContent = "revoked";
+      return;
+    case "progress": {
+      const bar = $<HTMLProgressElement>("upload");
+      bar.max = Number(data["total"]) || 1;
+      bar.value = Number(data["done"]) || 0;
+      $("consent-status").textContent = data["stage"] === "encrypting" ? "Encrypting the photo…" : `Uploading: ${Math.round((100 * bar.value) / bar.max)}%`;
+      return;
+    }
+    case "expired":
+      void renderThreads();
       return;
     case "problem":
       $("send-status").textContent = String(data["message"] ?? "");
@@ -207,6 +220,8 @@ async function unlock(): Promise<void> {
 }
 
 async function lock(): Promise<void> {
+  stopCamera();
+  dropPhoto();
   await call("lock");
   $("threads").replaceChildren();
   $("conn").textContent = "locked";
@@ -216,8 +231,10 @@ async function lock(): Promise<void> {
 let idle: ReturnType<typeof setTimeout> | null = null;
 let autolockMs = 120_000;
 
+const UNLOCKED = ["home", "capture", "review", "consent"];
+
 function activity(): void {
-  if (document.body.dataset["screen"] !== "home") return;
+  if (!UNLOCKED.includes(document.body.dataset["screen"] ?? "")) return;
   if (idle) clearTimeout(idle);
   idle = setTimeout(() => void lock(), autolockMs);
 }
@@ -262,6 +279,22 @@ async function renderThreads(): Promise<void> {
         text.className = "text";
         text.textContent = m.text;
         div.append(meta, text);
+        if (m.attachment_id) {
+          if (m.image_state === "held") {
+            const img = document.createElement("img");
+            img.alt = "The photo sent with this consult";
+            img.dataset["attachment"] = m.attachment_id;
+            div.append(img);
+            void call<Uint8Array | null>("image", { attachment_id: m.attachment_id }).then((bytes) => {
+              if (bytes) img.src = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "image/jpeg" }));
+            });
+          } else {
+            const gone = document.createElement("div");
+            gone.className = "meta photo-gone";
+            gone.textContent = "Photo removed from this phone, as ordered by the relay (confirmed).";
+            div.append(gone);
+          }
+        }
         li.append(div);
       }
       return li;
@@ -283,6 +316,108 @@ async function send(): Promise<void> {
   $<HTMLTextAreaElement>("text").value = "";
   $<HTMLInputElement>("subject").value = "";
   status.textContent = "Sent: the relay stored it.";
+  await renderThreads();
+}
+
+// --- capture, review, consent ----------------------------------------------------------------------
+
+let camera: MediaStream | null = null;
+let photo: { jpeg: Uint8Array; width: number; height: number; url: string; warnings: string[] } | null = null;
+
+function stopCamera(): void {
+  camera?.getTracks().forEach((t) => t.stop());
+  camera = null;
+  $<HTMLVideoElement>("viewfinder").srcObject = null;
+}
+
+function dropPhoto(): void {
+  if (photo) {
+    URL.revokeObjectURL(photo.url);
+    photo.jpeg.fill(0);
+  }
+  photo = null;
+  $<HTMLImageElement>("photo").removeAttribute("src");
+  $<HTMLImageElement>("consent-photo").removeAttribute("src");
+}
+
+async function startCapture(): Promise<void> {
+  $("capture-error").textContent = "";
+  dropPhoto();
+  show("capture");
+  try {
+    camera = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment", width: { ideal: 1920 }, height: { ideal: 1440 } }, audio: false });
+  } catch {
+    $("capture-error").textContent = "The camera is not available to Lightbox: allow the camera for this app in the browser's settings, then try again.";
+    return;
+  }
+  const video = $<HTMLVideoElement>("viewfinder");
+  video.srcObject = camera;
+  await video.play().catch(() => undefined);
+}
+
+/** The frame re-encoded from a canvas: a fresh JPEG of the pixels alone (no EXIF, no location). */
+async function take(): Promise<void> {
+  const video = $<HTMLVideoElement>("viewfinder");
+  if (!camera || !video.videoWidth) {
+    $("capture-error").textContent = "The camera has not started yet: wait a moment and try again.";
+    return;
+  }
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true })!;
+  ctx.drawImage(video, 0, 0);
+  const blob = await new Promise<Blob | null>((ok) => canvas.toBlob(ok, "image/jpeg", 0.92));
+  stopCamera();
+  if (!blob) {
+    $("capture-error").textContent = "The photo could not be made: try again.";
+    return;
+  }
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  canvas.width = canvas.height = 0;
+  const warnings = await call<{ issue: string; message: string }[]>("quality", { rgba: pixels.data, width: pixels.width, height: pixels.height });
+  photo = { jpeg: new Uint8Array(await blob.arrayBuffer()), width: pixels.width, height: pixels.height, url: URL.createObjectURL(blob), warnings: warnings.map((w) => w.issue) };
+  $<HTMLImageElement>("photo").src = photo.url;
+  $("hints").replaceChildren(...warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w.message })));
+  $("hints-ok").hidden = warnings.length > 0;
+  $("use-photo").textContent = warnings.length ? "Send anyway" : "Use this photo";
+  show("review");
+}
+
+function toConsent(): void {
+  if (!photo) return;
+  $<HTMLImageElement>("consent-photo").src = photo.url;
+  $("consent-role").textContent = $<HTMLInputElement>("role").value;
+  $("consent-error").textContent = "";
+  $("consent-status").textContent = "";
+  $<HTMLProgressElement>("upload").value = 0;
+  show("consent");
+}
+
+async function sendPhoto(): Promise<void> {
+  if (!photo) return;
+  const decision = $<HTMLInputElement>("refused").checked ? "refused" : "agreed";
+  const purposes = [$<HTMLInputElement>("p-direct"), $<HTMLInputElement>("p-teaching")].filter((c) => c.checked).map((c) => c.value);
+  const answer = await busy($<HTMLButtonElement>("consent-send"), $("consent-error"), () =>
+    call<{ decision?: string }>("sendImage", {
+      jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
+      role: $<HTMLInputElement>("role").value, priority: $<HTMLSelectElement>("priority").value,
+      subject: "", text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
+      consent: { decision, purposes, permanence: $<HTMLInputElement>("st-permanence").checked, no_effect: $<HTMLInputElement>("st-no-effect").checked },
+      record: {
+        patient_name: $<HTMLInputElement>("patient-name").value.trim(), patient_id: $<HTMLInputElement>("patient-id").value.trim() || "unknown",
+        issuer_of_patient_id: "", birth_date: null, sex: "", accession_number: "", anatomic_region: "", study_description: "", capture: "film",
+      },
+    }),
+  );
+  if (!answer) return;
+  for (const id of ["patient-name", "patient-id", "img-text"]) $<HTMLInputElement>(id).value = "";
+  for (const id of ["st-permanence", "st-no-effect"]) $<HTMLInputElement>(id).checked = false;
+  dropPhoto();
+  $("photo-status").textContent = answer.decision === "refused"
+    ? "The refusal is recorded. The photo was not sent, and it is gone from this phone."
+    : "Photo sent: the relay stored it.";
+  show("home");
   await renderThreads();
 }
 
@@ -320,10 +455,20 @@ $("compose").addEventListener("submit", (ev) => {
   void send();
 });
 $("lock").addEventListener("click", () => void lock());
+$("capture").addEventListener("click", () => void startCapture());
+$("take").addEventListener("click", () => void take());
+$("capture-cancel").addEventListener("click", () => {
+  stopCamera();
+  show("home");
+});
+$("retake").addEventListener("click", () => void startCapture());
+$("use-photo").addEventListener("click", toConsent);
+$("fullscreen").addEventListener("click", () => void $("consent-photo").requestFullscreen?.().catch(() => undefined));
+$("consent-send").addEventListener("click", () => void sendPhoto());
 for (const kind of ["pointerdown", "keydown", "touchstart"]) document.addEventListener(kind, activity, { passive: true });
 // Locks when the app goes to the background (another app, the home screen, the screen off).
 document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "hidden" && document.body.dataset["screen"] === "home") void lock();
+  if (document.visibilityState === "hidden" && UNLOCKED.includes(document.body.dataset["screen"] ?? "")) void lock();
 });
 
 if ("serviceWorker" in navigator) void navigator.serviceWorker.register("sw.js").catch(() => undefined);

@@ -50,9 +50,10 @@ export class Relay {
   }
 
   private async raw(method: string, target: string, body: unknown, device: boolean): Promise<Response> {
-    const data = body === undefined ? new Uint8Array(0) : utf8(JSON.stringify(body));
+    const binary = body instanceof Uint8Array;
+    const data = body === undefined ? new Uint8Array(0) : binary ? body : utf8(JSON.stringify(body));
     const headers: Record<string, string> = {};
-    if (body !== undefined) headers["content-type"] = "application/json";
+    if (body !== undefined) headers["content-type"] = binary ? "application/octet-stream" : "application/json";
     if (device) {
       if (!this.tokens || !this.deviceSeed) throw new RelayError("unauthenticated", 401, "not logged in");
       headers["authorization"] = `Bearer ${this.tokens.access_token}`;
@@ -65,7 +66,9 @@ export class Relay {
     }
   }
 
-  /** One request; `device`: signed as this device (refreshing an expired token once). */
+  /** One request; `device`: signed as this device (refreshing an expired token once). A
+   * Uint8Array body is sent as application/octet-stream (attachment chunks), anything else as
+   * JSON. */
   async call<T>(method: string, target: string, body?: unknown, device = true): Promise<T> {
     let r = await this.raw(method, target, body, device);
     if (device && r.status === 401 && this.tokens) {

@@ -14,6 +14,13 @@ import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
 import { Relay, RelayError, enrolmentToken, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
+import { checkQuality } from "./quality.js";
+import { NotAJpeg, pixelsOnlyJpeg } from "./jpeg.js";
+import { encryptAttachment } from "../protocol/attachments.js";
+import { hex } from "../protocol/bytes.js";
+import { imageHash, issueConsentToken, type ConsentClaims } from "../protocol/consent.js";
+import type { RecordData } from "../protocol/body.js";
+import { issueExpiryConfirmation } from "../protocol/statements.js";
 
 const CLIENT = "lightbox-phone";
 const CLIENT_VERSION = "0.1.0";
@@ -33,6 +40,9 @@ interface DeviceState {
   org_id: string;
   org_public_key: Uint8Array;
   display_name: string;
+  /** The identity key: this phone is the user's first device, which signs consent tokens
+   * (PROTOCOL §7) and would certify a linked device (§4.8). */
+  identity_seed: Uint8Array;
   device_id: string;
   device_seed: Uint8Array;
   dh_secret: Uint8Array;
@@ -52,6 +62,10 @@ export interface MessageView {
   subject: string | null;
   sent_at: number;
   status: "sending" | "sent" | "received";
+  /** The photo this message carries: `image:<id>` in the vault until its expiry order. */
+  attachment_id?: string | null;
+  image_state?: "held" | "expired" | null;
+  quality_warnings?: string[];
 }
 
 interface ThreadRecord {
@@ -158,7 +172,6 @@ async function enrolFinish(args: { passphrase: string }): Promise<Record<string,
     signing_key: e(dk.signing.public), dh_key: e(dk.dh.public), issued_at: t,
     not_after: Math.min(p.user.not_after, t + DEVICE_CERTIFICATE_LIFETIME),
   }, identitySeed);
-  identitySeed.fill(0); // the identity key stays with IT's package: the phone keeps no copy
   const spk = keys.generatePrekey(1);
   const otks = Array.from({ length: ONE_TIME_PREKEYS }, (_, i) => keys.generatePrekey(2 + i));
   const enrolled = await p.relay.call<{ user_id: string; device_id: string; login: string }>("POST", "/v1/enrol/complete", {
@@ -174,7 +187,7 @@ async function enrolFinish(args: { passphrase: string }): Promise<Record<string,
   st = {
     server: config.relay, login: p.bundle.login, user_id: p.user.user_id, org_id: p.user.org_id,
     org_public_key: d(p.bundle.org_public_key, { length: 32 }), display_name: p.user.display_name,
-    device_id: deviceId, device_seed: dk.signing.seed, dh_secret: dk.dh.secret,
+    identity_seed: identitySeed, device_id: deviceId, device_seed: dk.signing.seed, dh_secret: dk.dh.secret,
     user_certificate: p.userCertificate, device_certificate: deviceCert,
     signed_prekeys: [{ id: 1, secret: spk.keypair.secret }],
     one_time_prekeys: otks.map((o) => ({ id: o.prekeyId, secret: o.keypair.secret })),
@@ -224,6 +237,7 @@ function lock(): Record<string, unknown> {
   if (st) {
     st.device_seed.fill(0);
     st.dh_secret.fill(0);
+    st.identity_seed.fill(0);
   }
   st = null;
   relay = null;
@@ -310,6 +324,9 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
     case "ping":
       sendFrame(ws, { t: "pong", nonce: frame["nonce"] as Uint8Array });
       return;
+    case "expire_order":
+      await onExpireOrder(ws, frame);
+      return;
     default:
       return; // known frames the phone does not act on yet (PROTOCOL §3.3)
   }
@@ -355,9 +372,47 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
   sendFrame(ws, { t: "ack", delivery_ids: [frame["delivery_id"] as string] });
 }
 
+/**
+ * An expiry order (PROTOCOL §15): shred the photo (its vault record) first, then confirm with a
+ * signed statement. An order for a photo this phone never held is confirmed all the same.
+ */
+async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
+  const aid = frame["attachment_id"] as string;
+  await vault!.delete(`image:${aid}`);
+  const threadKey = `thread:${frame["thread_id"] as string}`;
+  const thread = await vault!.get<ThreadRecord>(threadKey);
+  if (thread) {
+    for (const m of thread.messages) if (m.attachment_id === aid) m.image_state = "expired";
+    await vault!.put(threadKey, thread);
+  }
+  const statement = issueExpiryConfirmation(
+    { v: 1, device_id: st!.device_id, attachment_id: aid, order_id: frame["order_id"] as string, shredded_at: now() },
+    st!.device_seed,
+  );
+  sendFrame(ws, { t: "expiry_confirm", req_id: null, statement });
+  event("expired", { attachment_id: aid, reason: frame["reason"] });
+}
+
 // --- sending -------------------------------------------------------------------------------------
 
-async function recipients(threadId: string): Promise<env.RecipientBundle[]> {
+/** The organisation's record gateways, when its policy requires them on an image (§15). */
+async function gatewayDevices(): Promise<Map<string, certs.VerifiedDevice>> {
+  const found = new Map<string, certs.VerifiedDevice>();
+  const list = await relay!.call<{ users: { user_certificate: string; devices: { device_certificate: string }[] }[]; required: boolean }>("GET", "/v1/filing/gateways");
+  if (!list.required) return found;
+  for (const u of list.users) {
+    for (const dev of u.devices) {
+      const vd = certs.verifyChain(u.user_certificate, dev.device_certificate, pinned(), now(), null);
+      if (vd.user.account_kind !== "service" || !vd.user.roles.includes(certs.ROLE_RECORD_GATEWAY) || vd.device.kind !== "gateway") {
+        throw new UserError("certificate_invalid", "The relay named a record gateway that is not one.");
+      }
+      found.set(vd.deviceId, vd);
+    }
+  }
+  return found;
+}
+
+async function recipients(threadId: string, extra: Map<string, certs.VerifiedDevice> = new Map()): Promise<env.RecipientBundle[]> {
   const answer = await relay!.call<{ users: { user_certificate: string; devices: { device_certificate: string }[] }[] }>("GET", `/v1/threads/${threadId}/recipients`);
   const devices = new Map<string, certs.VerifiedDevice>();
   for (const u of answer.users) {
@@ -367,6 +422,7 @@ async function recipients(threadId: string): Promise<env.RecipientBundle[]> {
     }
   }
   if (!devices.size) throw new UserError("device_set_mismatch", "Nobody on call has a device that can receive the consult yet.");
+  for (const [id, vd] of extra) devices.set(id, vd);
   const wanted = [...devices.keys()].sort();
   const claimed = await relay!.call<{ keys: { device_id: string; user_certificate: string; device_certificate: string; signed_prekey: string; one_time_prekey: string | null }[] }>(
     "POST", "/v1/keys/claim", { devices: wanted });
@@ -453,6 +509,102 @@ async function sendConsult(args: { role: string; text: string; subject: string; 
   return { thread_id: threadId, message_id: messageId };
 }
 
+const FORM_VERSION = "2026.1"; // clients/sdk/consent.py
+const CONSENT_VALIDITY = 30 * 86400;
+
+interface ImageSend {
+  jpeg: Uint8Array;
+  width: number;
+  height: number;
+  role: string;
+  priority: "routine" | "urgent";
+  subject: string;
+  text: string;
+  warnings: string[];
+  consent: { decision: "agreed" | "refused"; purposes: env.Purpose[]; permanence: boolean; no_effect: boolean };
+  record: RecordData;
+}
+
+/**
+ * The photo of a film, with the patient's consent: the token signed here with the identity key
+ * and registered (an agreement or a refusal alike, PROTOCOL §13); on agreement the photo is
+ * encrypted (secretstream, §6), uploaded chunk by chunk (progress events), and sealed with its
+ * descriptor, the token and the patient's record data to the role (and the record gateways).
+ */
+async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
+  try {
+    a.jpeg = pixelsOnlyJpeg(a.jpeg);
+  } catch (err) {
+    if (err instanceof NotAJpeg) throw new UserError("validation_failed", "The photo could not be prepared: take it again.");
+    throw err;
+  }
+  const role = a.role.replace(/^role:/, "").toLowerCase().replace(/-/g, "_");
+  if (!/^[a-z][a-z0-9_]{0,63}$/.test(role)) throw new UserError("validation_failed", "A role is a name like orthopaedics_oncall.");
+  if (!a.consent.permanence || !a.consent.no_effect) {
+    throw new UserError("validation_failed", "Show the patient both statements before recording the decision.");
+  }
+  if (!a.consent.purposes.length) throw new UserError("validation_failed", "Choose at least one purpose.");
+  if (a.consent.decision === "agreed" && !a.record.patient_id.trim()) {
+    throw new UserError("validation_failed", "Enter the patient's hospital number: the record needs it to file the photo.");
+  }
+  const t = now();
+  const written = !(a.consent.purposes.length === 1 && a.consent.purposes[0] === "direct_care");
+  const claims: ConsentClaims = {
+    jti: keys.uuid4(), iss: st!.user_id, org: st!.org_id, patient: "pt-" + hex(s.randomBytes(12)),
+    purposes: a.consent.purposes, recipients: { users: [], roles: [role], orgs: [], external: false },
+    images: [imageHash(a.jpeg)], form_version: FORM_VERSION, decision: a.consent.decision,
+    basis: written ? "written" : "treatment_attestation", permanence_statement_shown: true,
+    no_effect_on_care_statement_shown: true, iat: t, nbf: t, exp: t + CONSENT_VALIDITY,
+  };
+  const token = issueConsentToken(claims, st!.identity_seed);
+  await relay!.call("POST", "/v1/consents", { token });
+  if (a.consent.decision === "refused") return { consent_id: claims.jti, decision: "refused" };
+
+  event("progress", { stage: "encrypting", done: 0, total: 1 });
+  const enc = encryptAttachment(a.jpeg);
+  const upload = await relay!.call<{ attachment_id: string; chunk_size: number; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length });
+  const aid = upload.attachment_id;
+  let committed = upload.committed;
+  while (committed < enc.ciphertext.length) {
+    const chunk = enc.ciphertext.subarray(committed, committed + upload.chunk_size);
+    const status = await relay!.call<{ committed: number }>("PUT", `/v1/attachments/${aid}/upload?offset=${committed}`, chunk);
+    committed = status.committed;
+    event("progress", { stage: "uploading", done: committed, total: enc.ciphertext.length });
+  }
+  await relay!.call("POST", `/v1/attachments/${aid}/finalise`, { sha256: hex(s.sha256(enc.ciphertext)) });
+
+  const body = encodeBody(makeBody({
+    text: a.text, subject: a.subject.trim() || null, consent_token: token, record: a.record,
+    quality_warnings: a.warnings,
+    attachments: [{ attachment_id: aid, key: enc.key, sha256: enc.sha256, size: enc.size, media_type: "image/jpeg", width: a.width, height: a.height }],
+  }));
+  const threadId = keys.uuid4();
+  await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [role], priority: a.priority });
+  const bundles = await recipients(threadId, await gatewayDevices());
+  const messageId = keys.uuid4();
+  const header: env.MessageHeader = {
+    v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
+    sent_at: now(), purpose: "direct_care", priority: a.priority, consent_id: claims.jti, attachment_ids: [aid],
+    recipient_devices: bundles.map((b) => b.device.deviceId), external: false, body_size: 0,
+  };
+  const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
+  const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
+  const view: MessageView = {
+    message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
+    text: a.text, subject: a.subject.trim() || null, sent_at: header.sent_at, status: "sending",
+    attachment_id: aid, image_state: "held", quality_warnings: a.warnings,
+  };
+  await vault!.put(`image:${aid}`, a.jpeg);
+  await vault!.put(`outbox:${messageId}`, record);
+  await vault!.put(`thread:${threadId}`, { thread_id: threadId, role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
+  await sendSealed(record);
+  return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: claims.jti };
+}
+
+async function image(args: { attachment_id: string }): Promise<Uint8Array | null> {
+  return (await vault!.get<Uint8Array>(`image:${args.attachment_id}`)) ?? null;
+}
+
 async function threads(): Promise<ThreadRecord[]> {
   const out: ThreadRecord[] = [];
   for (const name of await vault!.names("thread:")) {
@@ -475,7 +627,10 @@ const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
   unlock,
   lock,
   sendConsult,
+  sendImage,
+  image,
   threads,
+  quality: (a: { rgba: Uint8ClampedArray; width: number; height: number }) => checkQuality(a.rgba, a.width, a.height),
 };
 
 self.onmessage = async (m: MessageEvent) => {

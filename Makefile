@@ -19,7 +19,7 @@ help:
 	@echo "make test    run the whole test suite"
 	@echo "make demo    play the whole consult journey (DEMO_INTERACTIVE=1: keep the desktop open)"
 	@echo "make lint    ruff + mypy (strict on protocol/)"
-	@echo "make bench   relay, attachment and clinical-safety benchmarks (a few minutes; BENCH_ARGS=--help)"
+	@echo "make bench   relay, attachment, clinical-safety and phone-app benchmarks (a few minutes; BENCH_ARGS=--help)"
 	@echo "make docs    regenerate the tables in README.md and docs/"
 	@echo "make install install into .venv; the commands are then in .venv/bin"
 	@echo "make clean   remove .venv, .data and caches"
@@ -86,11 +86,12 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 # The relay benchmark (docs/BENCHMARKS.md); not part of `make test`.
-bench: $(STAMP)
+bench: $(STAMP) phone
 	@mkdir -p .data
 	$(BIN)/python -m bench.relay $(BENCH_ARGS)
 	$(BIN)/python -m bench.attachments
 	$(BIN)/python -m bench.safety
+	$(BIN)/python -m bench.phone
 
 docs: $(STAMP)
 	$(BIN)/python -m server.doctables

@@ -6,6 +6,7 @@
  *   {"op": "seal", "sender", "recipients", "trusted", "at", "header", "body"}  -> {sealed}
  *   {"op": "open", "me", "sender", "trusted", "at", "sealed", "attachments"}    -> {body, images} | {error}
  *   {"op": "sign_consent", "claims", "identity_seed"}          -> {token}
+ *   {"op": "bench_encrypt", "size", "runs"}                     -> {median_ms} (bench/phone.py)
  *   {"op": "verify_consent", "token", "identity_public", "at"} -> {claims} | {error}
  */
 import { readFileSync } from "node:fs";
@@ -75,6 +76,18 @@ async function run(cmd: V): Promise<V> {
         if (blob) images[a.attachment_id] = e(att.decryptAttachment(d(blob), a.key, { sha256: a.sha256, size: a.size }));
       }
       return { body: bodyToJson(body), images };
+    }
+    case "bench_encrypt": {
+      // Median time to encrypt `size` random bytes as an attachment (secretstream, §6).
+      const data = s.randomBytes(cmd.size);
+      const times: number[] = [];
+      for (let i = 0; i < cmd.runs; i++) {
+        const t0 = performance.now();
+        att.encryptAttachment(data);
+        times.push(performance.now() - t0);
+      }
+      times.sort((x, y) => x - y);
+      return { median_ms: times[Math.floor(times.length / 2)] };
     }
     case "sign_consent":
       return { token: consent.issueConsentToken(cmd.claims, d(cmd.identity_seed)) };

@@ -25,11 +25,12 @@ from protocol import api
 from protocol.canonical import b64url_encode, encode_struct
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
 from tests.helpers import ROOT, seconds
-from tests.identity_world import User, World
+from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
 __all__ = ["ARGS", "CHROMIUM", "PHONE_VIEWPORT", "SHOTS", "axe_violations", "bound_socket",
-           "phone_page", "provision_with_package", "qr_image", "running_phone", "still_video"]
+           "phone_page", "phone_world", "provision_with_package", "qr_image", "running_phone",
+           "still_video"]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -46,6 +47,20 @@ def bound_socket() -> tuple[socket.socket, int]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     return sock, sock.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def phone_world(db_dsn: str, tmp: Path, *, autolock_seconds: int = 60,
+                      **settings: Any) -> AsyncIterator[tuple[World, str]]:
+    """A relay that lets the phone's origin call it (``settings`` are the relay's), and the
+    phone app served on that origin (the cheapest Argon2id for its vault); yields both."""
+    sock, port = bound_socket()
+    origin = f"http://127.0.0.1:{port}"
+    async with identity_world(db_dsn, tmp, phone_origins=origin, **settings) as world:
+        config = PhoneConfig(world.relay.base_url, kdf="cheap",
+                             autolock_seconds=autolock_seconds)
+        async with running_phone(config, sock) as served:
+            yield world, served
 
 
 @contextlib.asynccontextmanager

@@ -152,6 +152,19 @@ async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
         yield w
 
 
+def consent_claims(issuer: Peer, now: int, *, images: list[str], decision: str
+                   ) -> dict[str, Any]:
+    """The claims of a direct-care consent for the orthopaedic on-call role (PROTOCOL §7.2)."""
+    return {"jti": str(uuid.uuid4()), "iss": issuer.user_id,
+            "org": issuer.device.user.org.org_id, "patient": "pt-" + uuid.uuid4().hex[:16],
+            "purposes": ["direct_care"],
+            "recipients": {"users": [], "roles": [ORTHO], "orgs": [], "external": False},
+            "images": images, "form_version": "2026.1", "decision": decision,
+            "basis": "treatment_attestation", "permanence_statement_shown": True,
+            "no_effect_on_care_statement_shown": True, "iat": now, "nbf": now,
+            "exp": now + 3600}
+
+
 def secrets_of(p: Peer) -> dict[str, Any]:
     d = p.device
     return {"device_id": d.device_id, "signing_seed": b64(d.keys.signing.seed.reveal()),
@@ -172,14 +185,8 @@ async def test_an_image_consult_sealed_and_consented_on_the_phone_is_accepted_an
     finally:
         await relay.aclose()
     # The phone signs the consent with the intern's identity key; the relay registers it.
-    jti = str(uuid.uuid4())
-    claims = {"jti": jti, "iss": alice.user_id, "org": alice.device.user.org.org_id,
-              "patient": "pt-" + uuid.uuid4().hex[:16], "purposes": ["direct_care"],
-              "recipients": {"users": [], "roles": [ORTHO], "orgs": [], "external": False},
-              "images": [enc["sha256_hex"]], "form_version": "2026.1", "decision": "agreed",
-              "basis": "treatment_attestation", "permanence_statement_shown": True,
-              "no_effect_on_care_statement_shown": True, "iat": now, "nbf": now,
-              "exp": now + 3600}
+    claims = consent_claims(alice, now, images=[enc["sha256_hex"]], decision="agreed")
+    jti = claims["jti"]
     token = run_driver({"op": "sign_consent", "claims": claims,
                         "identity_seed": b64(alice.device.user.identity.seed.reveal())})["token"]
     r = await world.call(alice.device, "POST", "/v1/consents", json={"token": token})
@@ -251,14 +258,7 @@ async def test_a_consent_token_the_phone_signs_with_another_key_is_refused_by_th
     alice = await peer(world, "alice", roles=("intern",))
     bob = await peer(world, "bob", roles=(ORTHO,))
     now = int(time.time())
-    claims = {"jti": str(uuid.uuid4()), "iss": alice.user_id,
-              "org": alice.device.user.org.org_id, "patient": "pt-0001",
-              "purposes": ["direct_care"],
-              "recipients": {"users": [], "roles": [ORTHO], "orgs": [], "external": False},
-              "images": [], "form_version": "2026.1", "decision": "refused",
-              "basis": "treatment_attestation", "permanence_statement_shown": True,
-              "no_effect_on_care_statement_shown": True, "iat": now, "nbf": now,
-              "exp": now + 3600}
+    claims = consent_claims(alice, now, images=[], decision="refused")
     forged = run_driver({"op": "sign_consent", "claims": claims,
                          "identity_seed": b64(bob.device.user.identity.seed.reveal())})["token"]
     r = await world.call(alice.device, "POST", "/v1/consents", json={"token": forged})

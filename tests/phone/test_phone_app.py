@@ -17,19 +17,17 @@ import pytest
 
 from clients.admin.handout import enrol_uri
 from clients.admin.orgkey import fingerprint
-from clients.phone.serve import PhoneConfig
 from clients.sdk.client import MessageEvent
 from tests.clinician_world import enrol_clinician
 from tests.helpers import seconds
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 from tests.phone.phone_world import (
     SHOTS,
     axe_violations,
-    bound_socket,
     phone_page,
+    phone_world,
     provision_with_package,
     qr_image,
-    running_phone,
     still_video,
 )
 
@@ -39,12 +37,8 @@ PASSPHRASE = "amber kettle nightshift wrist"
 
 @pytest.fixture
 async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]:
-    sock, port = bound_socket()
-    origin = f"http://127.0.0.1:{port}"
-    async with identity_world(db_dsn, tmp_path, phone_origins=origin) as world:
-        config = PhoneConfig(world.relay.base_url, kdf="cheap", autolock_seconds=60)
-        async with running_phone(config, sock) as served:
-            yield world, served
+    async with phone_world(db_dsn, tmp_path, autolock_seconds=60) as found:
+        yield found
 
 
 async def shot(page: Any, name: str, violations: dict[str, Any]) -> None:

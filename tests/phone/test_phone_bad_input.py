@@ -12,14 +12,12 @@ from typing import Any
 
 import pytest
 
-from clients.phone.serve import PhoneConfig
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 from tests.phone.phone_world import (
-    bound_socket,
     phone_page,
+    phone_world,
     provision_with_package,
     qr_image,
-    running_phone,
     still_video,
 )
 
@@ -28,12 +26,8 @@ PASSPHRASE = "amber kettle nightshift wrist"
 
 @pytest.fixture
 async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]:
-    sock, port = bound_socket()
-    origin = f"http://127.0.0.1:{port}"
-    async with identity_world(db_dsn, tmp_path, phone_origins=origin) as world:
-        config = PhoneConfig(world.relay.base_url, kdf="cheap", autolock_seconds=10)
-        async with running_phone(config, sock) as served:
-            yield world, served
+    async with phone_world(db_dsn, tmp_path, autolock_seconds=10) as found:
+        yield found
 
 
 async def test_a_qr_code_that_is_not_a_handout_is_named_and_nothing_happens(

@@ -19,20 +19,18 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from clients.phone.serve import PhoneConfig
 from clients.sdk.client import ImageEvent, MessageEvent
 from clients.sdk.imaging import jpeg_segments
 from tests.clinician_world import enrol_clinician
 from tests.consent_world import xray_png
 from tests.helpers import seconds
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 from tests.phone.phone_world import (
     SHOTS,
     axe_violations,
-    bound_socket,
     phone_page,
+    phone_world,
     provision_with_package,
-    running_phone,
     still_video,
 )
 from tests.phone.test_phone_bad_input import idb_records
@@ -44,14 +42,10 @@ ALLOWED = {0xD8, 0xE0, 0xDB, 0xC0, 0xC1, 0xC2, 0xC4, 0xDA, 0xD9}  # SOI APP0 DQT
 
 @pytest.fixture
 async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]:
-    sock, port = bound_socket()
-    origin = f"http://127.0.0.1:{port}"
     # An image never filed expires everywhere after the hard limit: 25 s here, swept often.
-    async with identity_world(db_dsn, tmp_path, phone_origins=origin, expiry_hard_limit=25,
-                              expiry_sweep_interval=0.5) as world:
-        config = PhoneConfig(world.relay.base_url, kdf="cheap", autolock_seconds=600)
-        async with running_phone(config, sock) as served:
-            yield world, served
+    async with phone_world(db_dsn, tmp_path, autolock_seconds=600, expiry_hard_limit=25,
+                           expiry_sweep_interval=0.5) as found:
+        yield found
 
 
 def film(width: int, height: int) -> Image.Image:

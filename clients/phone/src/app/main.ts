@@ -3,33 +3,13 @@
  * cryptographic step and every call to the relay happens in the worker (worker.ts).
  */
 import jsQR from "jsqr";
+import type { MessageView, ThreadRecord } from "./views.js";
 
 interface Config {
   relay: string;
   kdf: "interactive" | "cheap";
   autolock_seconds: number;
 }
-interface MessageView {
-  attachment_id?: string | null;
-  image_state?: string | null;
-  quality_warnings?: string[];
-  message_id: string;
-  thread_id: string;
-  from_name: string;
-  mine: boolean;
-  text: string;
-  subject: string | null;
-  sent_at: number;
-  status: string;
-}
-interface ThreadRecord {
-  thread_id: string;
-  role: string | null;
-  subject: string | null;
-  priority: string;
-  messages: MessageView[];
-}
-
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => document.getElementById(id) as T;
 const SCREENS = ["loading", "enrol", "confirm", "passphrase", "unlock", "home", "capture", "review", "consent"];
 

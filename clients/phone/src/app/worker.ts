@@ -14,6 +14,7 @@ import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
 import { Relay, RelayError, enrolmentToken, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
+import type { MessageView, ThreadRecord } from "./views.js";
 import { checkQuality } from "./quality.js";
 import { NotAJpeg, pixelsOnlyJpeg } from "./jpeg.js";
 import { encryptAttachment } from "../protocol/attachments.js";
@@ -50,30 +51,6 @@ interface DeviceState {
   device_certificate: string;
   signed_prekeys: { id: number; secret: Uint8Array }[];
   one_time_prekeys: { id: number; secret: Uint8Array }[];
-}
-
-export interface MessageView {
-  message_id: string;
-  thread_id: string;
-  from_user_id: string;
-  from_name: string;
-  mine: boolean;
-  text: string;
-  subject: string | null;
-  sent_at: number;
-  status: "sending" | "sent" | "received";
-  /** The photo this message carries: `image:<id>` in the vault until its expiry order. */
-  attachment_id?: string | null;
-  image_state?: "held" | "expired" | null;
-  quality_warnings?: string[];
-}
-
-interface ThreadRecord {
-  thread_id: string;
-  role: string | null;
-  subject: string | null;
-  priority: string;
-  messages: MessageView[];
 }
 
 interface PendingEnrolment {

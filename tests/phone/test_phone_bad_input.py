@@ -6,6 +6,7 @@ IndexedDB holds after a consult is ciphertext only."""
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,28 @@ async def idb_records(page: Any) -> list[bytes]:
 
 
 
+
+
+async def test_a_phone_revoked_while_open_says_so(phone: tuple[World, str]) -> None:
+    world, origin = phone
+    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
+    await provision_with_package(world, intern)
+    async with phone_page() as (page, _):
+        await page.goto(origin)
+        await page.fill("#code", intern.code)
+        await page.tap("#enrol-next")
+        await page.tap("#fp-match")
+        await page.fill("#new-pass", PASSPHRASE)
+        await page.fill("#new-pass2", PASSPHRASE)
+        await page.tap("#enrol-finish")
+        await page.locator("#conn", has_text="connected").wait_for()
+        conn = await world.db()
+        try:
+            device_id = str(await conn.fetchval(
+                "SELECT device_id FROM devices WHERE user_id = $1", uuid.UUID(intern.user_id)))
+        finally:
+            await conn.close()
+        r = await world.revoke(intern.org, 1, devices=(device_id,))
+        assert r.status_code == 200, r.text
+        await page.locator("#banner", has_text="This phone has been revoked by IT").wait_for()
+        assert await page.text_content("#conn") == "revoked"

@@ -208,3 +208,43 @@ async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, s
     finally:
         await conn.close()
     assert [r["decision"] for r in consents] == ["refused"] and messages == 0 and uploads == 0
+
+
+async def test_an_upload_cut_off_midway_resumes_and_the_consult_arrives(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    world, origin = phone
+    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
+    await provision_with_package(world, intern)
+    await world.onboard(world.org.user("ortho", roles=(ORTHO,)))
+    video = still_video(tmp_path / "film.y4m", film(640, 480))
+    cut: list[str] = []
+
+    async def drop_first_chunk(route: Any) -> None:
+        # The connection breaks during the first chunk: the relay never answers it.
+        if route.request.method == "PUT" and not cut:
+            cut.append(route.request.url)
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    async with phone_page(video=video) as (page, _):
+        await enrol_by_code(page, origin, intern.code)
+        await page.context.route("**/v1/attachments/*/upload?offset=*", drop_first_chunk)
+        await page.tap("#capture")
+        await camera_started(page)
+        await page.tap("#take")
+        await page.tap("#use-photo")
+        await page.check("#st-permanence")
+        await page.check("#st-no-effect")
+        await page.fill("#patient-id", "MRN123")
+        await page.tap("#consent-send")
+        await page.locator("#photo-status", has_text="Photo sent").wait_for()
+    assert len(cut) == 1
+    conn = await world.db()
+    try:
+        finalised = await conn.fetchval(
+            "SELECT count(*) FROM attachments WHERE finalised_at IS NOT NULL")
+        messages = await conn.fetchval("SELECT count(*) FROM messages")
+    finally:
+        await conn.close()
+    assert (finalised, messages) == (1, 1)

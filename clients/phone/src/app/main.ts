@@ -66,12 +66,16 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     case "revoked":
       $("conn").textContent = "revoked";
+      $("banner").textContent = "This phone has been revoked by IT: it can no longer send or receive consults. Ask IT if you did not expect this.";
+      $("banner").hidden = false;
       return;
     case "progress": {
       const bar = $<HTMLProgressElement>("upload");
       bar.max = Number(data["total"]) || 1;
       bar.value = Number(data["done"]) || 0;
-      $("consent-status").textContent = data["stage"] === "encrypting" ? "Encrypting the photo…" : `Uploading: ${Math.round((100 * bar.value) / bar.max)}%`;
+      const pct = Math.round((100 * bar.value) / bar.max);
+      $("consent-status").textContent = data["stage"] === "encrypting" ? "Encrypting the photo…"
+        : data["stage"] === "retrying" ? `The connection dropped at ${pct}%: resuming the upload…` : `Uploading: ${pct}%`;
       return;
     }
     case "expired":

@@ -487,6 +487,7 @@ async function sendConsult(args: { role: string; text: string; subject: string; 
 }
 
 const FORM_VERSION = "2026.1"; // clients/sdk/consent.py
+const UPLOAD_RETRIES = 5;
 const CONSENT_VALIDITY = 30 * 86400;
 
 interface ImageSend {
@@ -542,11 +543,28 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
   const upload = await relay!.call<{ attachment_id: string; chunk_size: number; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length });
   const aid = upload.attachment_id;
   let committed = upload.committed;
+  let failures = 0;
   while (committed < enc.ciphertext.length) {
     const chunk = enc.ciphertext.subarray(committed, committed + upload.chunk_size);
-    const status = await relay!.call<{ committed: number }>("PUT", `/v1/attachments/${aid}/upload?offset=${committed}`, chunk);
-    committed = status.committed;
-    event("progress", { stage: "uploading", done: committed, total: enc.ciphertext.length });
+    try {
+      const status = await relay!.call<{ committed: number }>("PUT", `/v1/attachments/${aid}/upload?offset=${committed}`, chunk);
+      committed = status.committed;
+      failures = 0;
+      event("progress", { stage: "uploading", done: committed, total: enc.ciphertext.length });
+      continue;
+    } catch (err) {
+      // A dropped connection, or a chunk that did land before the answer was lost: ask the
+      // relay where the upload stands and go on from there (PROTOCOL §12 "Resuming").
+      const resumable = err instanceof RelayError && (err.status === 0 || ["chunk_overlap", "chunk_out_of_order"].includes(err.code));
+      if (!resumable || ++failures > UPLOAD_RETRIES) throw err;
+      event("progress", { stage: "retrying", done: committed, total: enc.ciphertext.length });
+    }
+    await new Promise((ok) => setTimeout(ok, 300 * failures));
+    try {
+      committed = (await relay!.call<{ committed: number }>("GET", `/v1/attachments/${aid}/upload`)).committed;
+    } catch (err) {
+      if (!(err instanceof RelayError && err.status === 0)) throw err; // counted at the next try
+    }
   }
   await relay!.call("POST", `/v1/attachments/${aid}/finalise`, { sha256: hex(s.sha256(enc.ciphertext)) });
 

@@ -5,6 +5,7 @@ IndexedDB holds after a consult is ciphertext only."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import seconds
 from tests.identity_world import World
 from tests.phone.phone_world import (
     phone_page,
@@ -140,7 +142,9 @@ async def idb_records(page: Any) -> list[bytes]:
 
 
 
-async def test_a_phone_revoked_while_open_says_so(phone: tuple[World, str]) -> None:
+@pytest.mark.parametrize("wipe", [False, True])
+async def test_a_phone_revoked_while_open_says_so_and_obeys_a_wipe(
+        phone: tuple[World, str], wipe: bool) -> None:
     world, origin = phone
     intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
     await provision_with_package(world, intern)
@@ -159,7 +163,27 @@ async def test_a_phone_revoked_while_open_says_so(phone: tuple[World, str]) -> N
                 "SELECT device_id FROM devices WHERE user_id = $1", uuid.UUID(intern.user_id)))
         finally:
             await conn.close()
-        r = await world.revoke(intern.org, 1, devices=(device_id,))
+        r = await world.revoke(intern.org, 1, devices=(device_id,), wipe=wipe)
         assert r.status_code == 200, r.text
-        await page.locator("#banner", has_text="This phone has been revoked by IT").wait_for()
-        assert await page.text_content("#conn") == "revoked"
+        if not wipe:
+            await page.locator("#banner", has_text="This phone has been revoked by IT").wait_for()
+            assert await page.text_content("#conn") == "revoked"
+            assert await idb_records(page) != []
+            return
+        # The organisation-signed order verified: the vault is erased, then confirmed.
+        await page.locator("#banner", has_text="its Lightbox data has been erased").wait_for()
+        assert await page.is_visible("#screen-enrol")
+        assert await idb_records(page) == []
+    async with asyncio.timeout(seconds(20)):
+        while not await count_events(world, "device.wipe_confirmed", device_id):
+            await asyncio.sleep(0.2)
+
+
+async def count_events(world: World, event: str, subject: str) -> int:
+    conn = await world.db()
+    try:
+        found: int = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE event = $1 AND subject_id = $2", event, subject)
+        return found
+    finally:
+        await conn.close()

@@ -81,6 +81,15 @@ function onEvent(data: Record<string, unknown>): void {
     case "expired":
       void renderThreads();
       return;
+    case "wiped":
+      $("banner").textContent = `This phone was revoked by your organisation on ${new Date(Number(data["revoked_at"]) * 1000).toLocaleString()}; its Lightbox data has been erased.`;
+      $("banner").hidden = false;
+      $("threads").replaceChildren();
+      $("conn").textContent = "wiped";
+      dropPhoto();
+      stopCamera();
+      show("enrol");
+      return;
     case "problem":
       $("send-status").textContent = String(data["message"] ?? "");
       return;

@@ -21,7 +21,7 @@ import { encryptAttachment } from "../protocol/attachments.js";
 import { hex } from "../protocol/bytes.js";
 import { imageHash, issueConsentToken, type ConsentClaims } from "../protocol/consent.js";
 import type { RecordData } from "../protocol/body.js";
-import { issueExpiryConfirmation } from "../protocol/statements.js";
+import { issueExpiryConfirmation, issueWipeConfirmation } from "../protocol/statements.js";
 
 const CLIENT = "lightbox-phone";
 const CLIENT_VERSION = "0.1.0";
@@ -69,6 +69,7 @@ let relay: Relay | null = null;
 let pending: PendingEnrolment | null = null;
 let socket: WebSocket | null = null;
 let reconnect: ReturnType<typeof setTimeout> | null = null;
+let heardRevocation = false;
 const waiting = new Map<string, { resolve: (v: ServerFrame) => void; reject: (e: Error) => void }>();
 
 const post = (msg: unknown): void => (self as unknown as Worker).postMessage(msg);
@@ -205,10 +206,17 @@ async function startSession(passphrase: string): Promise<void> {
 }
 
 function lock(): Record<string, unknown> {
-  if (reconnect) clearTimeout(reconnect);
-  reconnect = null;
   socket?.close(1000, "locked");
   socket = null;
+  lockKeys();
+  return {};
+}
+
+/** Forget every key and the vault key; the socket is the caller's. */
+function lockKeys(): void {
+  if (reconnect) clearTimeout(reconnect);
+  reconnect = null;
+  heardRevocation = false;
   vault?.lock();
   vault = null;
   if (st) {
@@ -221,7 +229,6 @@ function lock(): Record<string, unknown> {
   pending = null;
   for (const w of waiting.values()) w.reject(new UserError("locked", "The app locked before the relay answered."));
   waiting.clear();
-  return {};
 }
 
 // --- websocket (§3) ----------------------------------------------------------------------------
@@ -244,6 +251,12 @@ function connect(): void {
     event("connection", { state: "offline", code: c.code, reason: c.reason });
     if (c.reason === "device_revoked") {
       event("revoked", {});
+      // Once more, with the last access token: a device revoked with wipe hears its wipe order
+      // there (PROTOCOL §15 "Wipe"); one revoked without is refused again, and stops.
+      if (vault && !heardRevocation) {
+        heardRevocation = true;
+        connect();
+      }
       return;
     }
     if (vault) reconnect = setTimeout(() => void reconnectNow(), 1000);
@@ -303,6 +316,9 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
       return;
     case "expire_order":
       await onExpireOrder(ws, frame);
+      return;
+    case "wipe_order":
+      await onWipeOrder(ws, frame);
       return;
     default:
       return; // known frames the phone does not act on yet (PROTOCOL §3.3)
@@ -368,6 +384,33 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   );
   sendFrame(ws, { t: "expiry_confirm", req_id: null, statement });
   event("expired", { attachment_id: aid, reason: frame["reason"] });
+}
+
+/**
+ * A wipe order (PROTOCOL §15 "Wipe"), obeyed only when the organisation-signed revocation list
+ * it carries verifies under the pinned organisation key and names this device with wipe, in an
+ * entry not older than this device's certificate (an old list replayed after a re-enrolment is
+ * refused). Then: sign the confirmation (the key's last use), erase the vault, send it.
+ */
+async function onWipeOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
+  let revokedAt: number;
+  try {
+    const list = certs.verifyRevocationList(frame["revocation"] as string, pinned());
+    const mine = list.entries.find((e2) => e2.subject === "device" && e2.id === st!.device_id && e2.wipe);
+    const issued = (certs.verifyDeviceCertificate(st!.device_certificate, certs.verifyUserCertificate(st!.user_certificate, pinned(), list.issued_at, null), list.issued_at, null)).issued_at;
+    if (!mine || list.org_id !== st!.org_id || mine.revoked_at < issued) throw new UserError("replayed", "an order this device does not obey");
+    revokedAt = mine.revoked_at;
+  } catch (err) {
+    event("problem", { code: (err as { code?: string }).code ?? "verification_failed", message: "The relay sent a wipe order that does not verify; it was ignored." });
+    ws.close(4000, "verification_failed");
+    return;
+  }
+  const statement = issueWipeConfirmation({ v: 1, device_id: st!.device_id, order_id: frame["order_id"] as string, wiped_at: now() }, st!.device_seed);
+  socket = null; // the relay closes this connection next: nothing to reconnect to
+  lockKeys();
+  await Vault.erase();
+  ws.send(encodeFrame({ t: "wipe_confirm", statement }));
+  event("wiped", { revoked_at: revokedAt });
 }
 
 // --- sending -------------------------------------------------------------------------------------

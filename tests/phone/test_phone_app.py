@@ -1,7 +1,8 @@
 """The intern's phone app in a real browser (Debian's Chromium in mobile emulation: a phone's
 viewport, touch, a fake camera) against a real relay, served by ``lightbox-phone``'s app on its
 own origin: scan the handout's QR code, check the organisation key, choose a passphrase, send
-a consult to the on-call role, and see the specialist's reply (a real SDK client); lock, a
+a consult to the on-call role, see it read (a signed receipt) and the specialist's reply (a
+real SDK client); lock, a
 wrong passphrase, unlock. Screenshots of every screen go to test-artefacts/phone/; axe-core
 finds no serious or critical violation on any of them."""
 
@@ -93,6 +94,9 @@ async def test_intern_scans_the_handout_enrols_sends_to_the_role_and_sees_the_re
             received = await wait_for_message(events, "Query scaphoid fracture")
             assert received.message.sender_user_id == intern.user_id
             assert received.body.subject == "Wrist after a fall"
+            # The specialist reads it: the phone shows the signed read receipt.
+            await specialist.client.mark_read(received.message.thread_id)
+            await page.locator(".message.mine .meta", has_text="read by Dr Bo Ortho").wait_for()
             await specialist.client.send_text(received.message.thread_id,
                                               "Seen: splint and fracture clinic tomorrow.",
                                               reply_to=received.message.message_id)

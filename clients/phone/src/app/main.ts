@@ -62,6 +62,7 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     case "message":
     case "sent":
+    case "receipt":
       void renderThreads();
       return;
     case "revoked":
@@ -268,6 +269,8 @@ async function renderThreads(): Promise<void> {
         const meta = document.createElement("div");
         meta.className = "meta";
         meta.textContent = `${m.mine ? "You" : m.from_name} · ${when(m.sent_at)}${m.mine ? ` · ${m.status}` : ""}`;
+        const best = ["acknowledged", "read", "delivered"].map((k) => (m.receipts ?? []).filter((r) => r.kind === k)).find((rs) => rs.length);
+        if (m.mine && best) meta.textContent += ` · ${best[0]!.kind} by ${best.map((r) => r.name).join(", ")}`;
         const text = document.createElement("div");
         text.className = "text";
         text.textContent = m.text;

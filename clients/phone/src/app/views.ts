@@ -13,6 +13,8 @@ export interface MessageView {
   attachment_id?: string | null;
   image_state?: "held" | "expired" | null;
   quality_warnings?: string[];
+  /** Signed receipts from recipients' devices, verified (PROTOCOL §8, §16.6). */
+  receipts?: { kind: "delivered" | "read" | "acknowledged"; name: string; at: number }[];
 }
 
 export interface ThreadRecord {

@@ -21,7 +21,7 @@ import { encryptAttachment } from "../protocol/attachments.js";
 import { hex } from "../protocol/bytes.js";
 import { imageHash, issueConsentToken, type ConsentClaims } from "../protocol/consent.js";
 import type { RecordData } from "../protocol/body.js";
-import { issueExpiryConfirmation, issueWipeConfirmation } from "../protocol/statements.js";
+import { issueExpiryConfirmation, issueWipeConfirmation, verifyReceiptStatement } from "../protocol/statements.js";
 
 const CLIENT = "lightbox-phone";
 const CLIENT_VERSION = "0.1.0";
@@ -317,6 +317,9 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
     case "expire_order":
       await onExpireOrder(ws, frame);
       return;
+    case "receipt_notice":
+      await onReceiptNotice(frame);
+      return;
     case "wipe_order":
       await onWipeOrder(ws, frame);
       return;
@@ -384,6 +387,31 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   );
   sendFrame(ws, { t: "expiry_confirm", req_id: null, statement });
   event("expired", { attachment_id: aid, reason: frame["reason"] });
+}
+
+/** A recipient's receipt for one of our messages, shown only once its statement verifies under
+ * that device's certified key and names the message (PROTOCOL §16.6). */
+async function onReceiptNotice(frame: ServerFrame): Promise<void> {
+  let body: ReturnType<typeof verifyReceiptStatement>;
+  let name: string;
+  try {
+    const device = await senderChain(frame["user_id"] as string, frame["device_id"] as string);
+    body = verifyReceiptStatement(frame["statement"] as string, device.signingKey, device.deviceId);
+    if (body.message_id !== frame["message_id"] || body.kind !== frame["kind"]) throw new UserError("verification_failed", "receipt names another message");
+    name = device.user.display_name;
+  } catch {
+    return; // an unverifiable receipt is not shown (and is the relay's to explain)
+  }
+  const key = `thread:${body.thread_id}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  const message = thread?.messages.find((m) => m.message_id === body.message_id && m.mine);
+  if (!thread || !message) return;
+  message.receipts ??= [];
+  if (!message.receipts.some((r) => r.kind === body.kind && r.name === name)) {
+    message.receipts.push({ kind: body.kind, name, at: body.at });
+    await vault!.put(key, thread);
+    event("receipt", { message_id: body.message_id, kind: body.kind });
+  }
 }
 
 /**

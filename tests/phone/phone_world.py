@@ -7,6 +7,7 @@ Debian's Chromium in mobile emulation (a phone's viewport, touch) driven by Play
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import os
@@ -29,6 +30,7 @@ from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
 __all__ = ["ARGS", "CHROMIUM", "PHONE_VIEWPORT", "SHOTS", "axe_violations", "bound_socket",
+           "idb_records",
            "phone_page", "phone_world", "provision_with_package", "qr_image", "running_phone",
            "still_video"]
 
@@ -165,3 +167,31 @@ async def axe_violations(page: Any) -> list[dict[str, Any]]:
     assert result["testEngine"]["name"] == "axe-core" and result["passes"] is not None
     return [{"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]]}
             for v in result["violations"] if v["impact"] in ("serious", "critical")]
+
+
+async def idb_records(page: Any) -> list[bytes]:
+    """Every value in the app's IndexedDB, its byte strings concatenated (what a thief who
+    copies the phone's storage gets)."""
+    dumped: list[str] = await page.evaluate("""async () => {
+      const names = (await indexedDB.databases()).map((d) => d.name);
+      if (!names.includes("lightbox-phone")) return [];
+      const db = await new Promise((ok, ko) => {
+        const r = indexedDB.open("lightbox-phone"); r.onsuccess = () => ok(r.result);
+        r.onerror = () => ko(r.error); });
+      const out = [];
+      const flat = (v) => v instanceof Uint8Array ? [v] : (v && typeof v === "object")
+        ? Object.values(v).flatMap(flat) : [new TextEncoder().encode(String(v))];
+      for (const store of db.objectStoreNames) {
+        const all = await new Promise((ok) => {
+          const r = db.transaction(store).objectStore(store).getAll();
+          r.onsuccess = () => ok(r.result); });
+        for (const value of all) {
+          let s = "";
+          for (const part of flat(value)) for (const b of part) s += String.fromCharCode(b);
+          out.push(btoa(s));
+        }
+      }
+      db.close();
+      return out;
+    }""")
+    return [base64.b64decode(d) for d in dumped]

@@ -6,17 +6,16 @@ IndexedDB holds after a consult is ciphertext only."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.helpers import seconds
 from tests.identity_world import World
 from tests.phone.phone_world import (
+    idb_records,
     phone_page,
     phone_world,
     provision_with_package,
@@ -109,34 +108,6 @@ async def test_the_vault_holds_only_ciphertext_and_the_app_locks_itself_when_idl
         # Ten seconds without a touch: the app locks and asks for the passphrase.
         await page.locator("#screen-unlock").wait_for(timeout=30_000)
         assert await page.text_content("#conn") == "locked"
-
-
-async def idb_records(page: Any) -> list[bytes]:
-    """Every value in the app's IndexedDB, its byte strings concatenated (what a thief who
-    copies the phone's storage gets)."""
-    dumped: list[str] = await page.evaluate("""async () => {
-      const names = (await indexedDB.databases()).map((d) => d.name);
-      if (!names.includes("lightbox-phone")) return [];
-      const db = await new Promise((ok, ko) => {
-        const r = indexedDB.open("lightbox-phone"); r.onsuccess = () => ok(r.result);
-        r.onerror = () => ko(r.error); });
-      const out = [];
-      const flat = (v) => v instanceof Uint8Array ? [v] : (v && typeof v === "object")
-        ? Object.values(v).flatMap(flat) : [new TextEncoder().encode(String(v))];
-      for (const store of db.objectStoreNames) {
-        const all = await new Promise((ok) => {
-          const r = db.transaction(store).objectStore(store).getAll();
-          r.onsuccess = () => ok(r.result); });
-        for (const value of all) {
-          let s = "";
-          for (const part of flat(value)) for (const b of part) s += String.fromCharCode(b);
-          out.push(btoa(s));
-        }
-      }
-      db.close();
-      return out;
-    }""")
-    return [base64.b64decode(d) for d in dumped]
 
 
 

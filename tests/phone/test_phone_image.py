@@ -28,12 +28,12 @@ from tests.identity_world import World
 from tests.phone.phone_world import (
     SHOTS,
     axe_violations,
+    idb_records,
     phone_page,
     phone_world,
     provision_with_package,
     still_video,
 )
-from tests.phone.test_phone_bad_input import idb_records
 
 ORTHO = "orthopaedics_oncall"
 PASSPHRASE = "amber kettle nightshift wrist"

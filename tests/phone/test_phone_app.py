@@ -102,6 +102,7 @@ async def test_intern_scans_the_handout_enrols_sends_to_the_role_and_sees_the_re
                                               reply_to=received.message.message_id)
             reply = page.locator(".message.theirs", has_text="splint and fracture clinic")
             await reply.wait_for()
+            await page.locator("#notice", has_text="New message from Dr Bo Ortho").wait_for()
             assert "Dr Bo Ortho" in (await reply.text_content() or "")
             await shot(page, "05-reply", violations)
 

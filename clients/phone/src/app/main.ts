@@ -60,7 +60,14 @@ function onEvent(data: Record<string, unknown>): void {
     case "connection":
       $("conn").textContent = data["state"] === "connected" ? "connected" : "offline";
       return;
-    case "message":
+    case "message": {
+      // While the app is open: announced to screen readers, and in the title when not looked at.
+      const m = data["message"] as MessageView;
+      $("notice").textContent = `New message from ${m.from_name}: ${m.subject ?? m.text.slice(0, 60)}`;
+      if (!document.hasFocus()) document.title = `(new) Lightbox`;
+      void renderThreads();
+      return;
+    }
     case "sent":
     case "receipt":
       void renderThreads();
@@ -462,6 +469,9 @@ $("use-photo").addEventListener("click", toConsent);
 $("fullscreen").addEventListener("click", () => void $("consent-photo").requestFullscreen?.().catch(() => undefined));
 $("consent-send").addEventListener("click", () => void sendPhoto());
 for (const kind of ["pointerdown", "keydown", "touchstart"]) document.addEventListener(kind, activity, { passive: true });
+window.addEventListener("focus", () => {
+  document.title = "Lightbox";
+});
 // Locks when the app goes to the background (another app, the home screen, the screen off).
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "hidden" && UNLOCKED.includes(document.body.dataset["screen"] ?? "")) void lock();

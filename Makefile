@@ -12,14 +12,14 @@ PYTEST_ARGS ?=
 
 export HOST PORT WORKERS
 
-.PHONY: help install run test lint docs clean system-deps bench demo
+.PHONY: help install run test lint docs clean system-deps bench demo phone
 
 help:
 	@echo "make run     start the relay on 127.0.0.1:8000 (embedded Postgres in .data/pg)"
 	@echo "make test    run the whole test suite"
 	@echo "make demo    play the whole consult journey (DEMO_INTERACTIVE=1: keep the desktop open)"
 	@echo "make lint    ruff + mypy (strict on protocol/) + the hazard log's checker"
-	@echo "make bench   relay, attachment and clinical-safety benchmarks (a few minutes; BENCH_ARGS=--help)"
+	@echo "make bench   relay, attachment, clinical-safety and phone-app benchmarks (a few minutes; BENCH_ARGS=--help)"
 	@echo "make docs    regenerate the tables in README.md and docs/"
 	@echo "make install install into .venv; the commands are then in .venv/bin"
 	@echo "make clean   remove .venv, .data and caches"
@@ -39,9 +39,23 @@ $(IDP_STAMP): tests/idp/package.json tests/idp/package-lock.json
 	cd tests/idp && npm ci --no-audit --no-fund --silent
 	@touch $@
 
+# The phone app (clients/phone, TypeScript): npm ci from package-lock.json, then the build,
+# which prints the bundle's SHA-256. Node.js 20+ and npm are needed (README.md).
+PHONE       := clients/phone
+PHONE_STAMP := $(PHONE)/node_modules/.installed
+
+$(PHONE_STAMP): $(PHONE)/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "make: the phone app (clients/phone) needs Node.js 20 or newer and npm, which are not installed; on Debian: apt-get install nodejs npm" >&2; exit 1; }
+	cd $(PHONE) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+phone: $(PHONE_STAMP)
+	cd $(PHONE) && node build.mjs
+
 # The programs land in .venv/bin; say how to reach them (README.md "Where the commands are").
-install: $(STAMP) $(IDP_STAMP)
-	@echo "Lightbox's commands are in $(BIN) (lightbox-server, lightbox-admin, lightbox, lightbox-gateway)."
+install: $(STAMP) $(IDP_STAMP) phone
+	@echo "Lightbox's commands are in $(BIN) (lightbox-server, lightbox-admin, lightbox, lightbox-gateway, lightbox-phone)."
 	@echo "Put them on your PATH: source $(BIN)/activate  (or: export PATH=\"\$$PWD/$(BIN):\$$PATH\")"
 
 # Debian packages some tests drive for real (see .ci/system-deps); a no-op when present.
@@ -59,11 +73,12 @@ system-deps:
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: $(STAMP) system-deps $(IDP_STAMP)
+test: $(STAMP) system-deps $(IDP_STAMP) phone
 	@mkdir -p .data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) $(PHONE_STAMP)
+	cd $(PHONE) && npx --no-install tsc --noEmit -p .
 	$(BIN)/ruff check --cache-dir .ruff_cache .  # one cache, not one per folder ruff.toml
 	$(BIN)/mypy --strict protocol
 	$(BIN)/mypy server clients scripts
@@ -81,15 +96,17 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 # The relay benchmark (docs/BENCHMARKS.md); not part of `make test`.
-bench: $(STAMP)
+bench: $(STAMP) phone
 	@mkdir -p .data
 	$(BIN)/python -m bench.relay $(BENCH_ARGS)
 	$(BIN)/python -m bench.attachments
 	$(BIN)/python -m bench.safety
+	$(BIN)/python -m bench.phone
 
 docs: $(STAMP)
 	$(BIN)/python -m server.doctables
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artefacts tests/idp/node_modules
+	rm -rf $(PHONE)/node_modules $(PHONE)/dist $(PHONE)/dist-test
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
@@ -278,6 +279,15 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                        max_header_bytes=settings.max_header_bytes, body_hard_cap=body_cap,
                        trusted_proxy_hops=settings.trusted_proxy_hops,
                        trusted_proxies=settings.trusted_proxy_networks)
+    if settings.phone_origin_list:
+        # The phone app is served by its own process from another origin (docs/SECURITY.md
+        # "Who serves the phone app"): its browser may call the HTTP API from there, and from
+        # nowhere else. Outermost, so a preflight is answered before the edge checks.
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.phone_origin_list),
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["authorization", "content-type", "lightbox-proof",
+                                          "range"],
+                           expose_headers=["content-range"], max_age=600)
     return Relay(app=app, settings=settings, db=db, metrics=metrics, hub=hub,
                  endpoints=endpoints, tokens=tokens, authn=authn, trust=trust,
                  pipeline=pipeline, attachments=attachment_service, consents=consents,

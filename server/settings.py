@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "SettingsError",
     "describe",
     "load_settings",
+    "parse_origins",
     "parse_proxies",
 ]
 
@@ -36,6 +38,24 @@ def parse_proxies(text: str) -> tuple[IPNetwork, ...]:
     for item in (part.strip() for part in text.split(",")):
         if item:
             out.append(ipaddress.ip_network(item, strict=False))
+    return tuple(out)
+
+
+_ORIGIN = re.compile(r"^https?://[a-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?$")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """``LIGHTBOX_PHONE_ORIGINS``: comma-separated web origins (RFC 6454 §6.2 serialisation:
+    scheme, host and optional port; no path, no trailing slash, lowercase).
+
+    Raises ValueError naming the first entry that is not one."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if not _ORIGIN.match(item):
+            raise ValueError(f"{item!r} is not an origin like https://phone.example.org")
+        out.append(item)
     return tuple(out)
 
 
@@ -132,6 +152,10 @@ class Settings:
     trusted_proxies: str = _s("127.0.0.1,::1", "LIGHTBOX_TRUSTED_PROXIES", "str",
                               "Addresses or CIDR networks of those proxies, comma-separated: "
                               "X-Forwarded-For is read only from them.")
+    phone_origins: str = _s("", "LIGHTBOX_PHONE_ORIGINS", "str",
+                            "Origins (scheme://host[:port]) that serve the phone app "
+                            "(lightbox-phone), comma-separated: browsers may call the HTTP API "
+                            "from them (CORS, Fetch standard); empty: from none.")
 
     # --- identity (issue 4) ---------------------------------------------------------------
     trusted_orgs_file: Path | None = _s(
@@ -353,6 +377,10 @@ class Settings:
         return parse_proxies(self.trusted_proxies)
 
     @property
+    def phone_origin_list(self) -> tuple[str, ...]:
+        return parse_origins(self.phone_origins)
+
+    @property
     def token_key_path(self) -> Path:
         return self.token_key_file or self.data_dir / "token-key"
 
@@ -436,5 +464,9 @@ def _validate(s: Settings) -> None:
         parse_proxies(s.trusted_proxies)
     except ValueError as exc:
         raise SettingsError(f"LIGHTBOX_TRUSTED_PROXIES: {exc}") from exc
+    try:
+        parse_origins(s.phone_origins)
+    except ValueError as exc:
+        raise SettingsError(f"LIGHTBOX_PHONE_ORIGINS: {exc}") from exc
     if s.argon2_profile not in {"rfc9106-low-memory", "cheap"}:
         raise SettingsError("LIGHTBOX_ARGON2_PROFILE must be rfc9106-low-memory or cheap")

@@ -54,7 +54,8 @@ def test_readme_and_guide_say_where_the_commands_are_and_they_are_there() -> Non
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(scripts) == {"lightbox", "lightbox-admin", "lightbox-gateway", "lightbox-server"}
+    assert set(scripts) == {"lightbox", "lightbox-admin", "lightbox-gateway", "lightbox-phone",
+                            "lightbox-server"}
     for doc in ("README.md", "docs/USER_GUIDE.md"):
         text = (ROOT / doc).read_text()
         head = text[:text.index("## Hospital IT")] if doc.endswith("GUIDE.md") else text

@@ -1,0 +1,483 @@
+/**
+ * The page: screens, camera and QR scanning (jsQR), auto-lock. It holds no key: every
+ * cryptographic step and every call to the relay happens in the worker (worker.ts).
+ */
+import jsQR from "jsqr";
+import type { MessageView, ThreadRecord } from "./views.js";
+
+interface Config {
+  relay: string;
+  kdf: "interactive" | "cheap";
+  autolock_seconds: number;
+}
+const $ = <T extends HTMLElement = HTMLElement>(id: string): T => document.getElementById(id) as T;
+const SCREENS = ["loading", "enrol", "confirm", "passphrase", "unlock", "home", "capture", "review", "consent"];
+
+function show(name: string): void {
+  for (const s of SCREENS) $(`screen-${s}`).hidden = s !== name;
+  $("lock").hidden = ["loading", "enrol", "confirm", "passphrase", "unlock"].includes(name);
+  const heading = $(`screen-${name}`).querySelector("h1");
+  if (heading) {
+    heading.setAttribute("tabindex", "-1");
+    heading.focus();
+  }
+  document.body.dataset["screen"] = name;
+}
+
+// --- the worker --------------------------------------------------------------------------------
+
+const worker = new Worker("worker.js", { type: "module" });
+let nextId = 1;
+const calls = new Map<number, { resolve: (v: any) => void; reject: (e: any) => void }>();
+
+class AppError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function call<T = any>(op: string, args: unknown = {}): Promise<T> {
+  const id = nextId++;
+  worker.postMessage({ id, op, args });
+  return new Promise<T>((resolve, reject) => calls.set(id, { resolve, reject }));
+}
+
+worker.onmessage = (m: MessageEvent) => {
+  const data = m.data as { id?: number; ok?: boolean; result?: unknown; error?: { code: string; message: string }; event?: string; [k: string]: unknown };
+  if (data.event) return onEvent(data);
+  const c = calls.get(data.id!);
+  if (!c) return;
+  calls.delete(data.id!);
+  if (data.ok) c.resolve(data.result);
+  else c.reject(new AppError(data.error!.code, data.error!.message));
+};
+
+function onEvent(data: Record<string, unknown>): void {
+  switch (data["event"]) {
+    case "connection":
+      $("conn").textContent = data["state"] === "connected" ? "connected" : "offline";
+      return;
+    case "message": {
+      // While the app is open: announced to screen readers, and in the title when not looked at.
+      const m = data["message"] as MessageView;
+      $("notice").textContent = `New message from ${m.from_name}: ${m.subject ?? m.text.slice(0, 60)}`;
+      if (!document.hasFocus()) document.title = `(new) Lightbox`;
+      void renderThreads();
+      return;
+    }
+    case "sent":
+    case "receipt":
+      void renderThreads();
+      return;
+    case "revoked":
+      $("conn").textContent = "revoked";
+      $("banner").textContent = "This phone has been revoked by IT: it can no longer send or receive consults. Ask IT if you did not expect this.";
+      $("banner").hidden = false;
+      return;
+    case "progress": {
+      const bar = $<HTMLProgressElement>("upload");
+      bar.max = Number(data["total"]) || 1;
+      bar.value = Number(data["done"]) || 0;
+      const pct = Math.round((100 * bar.value) / bar.max);
+      $("consent-status").textContent = data["stage"] === "encrypting" ? "Encrypting the photo…"
+        : data["stage"] === "retrying" ? `The connection dropped at ${pct}%: resuming the upload…` : `Uploading: ${pct}%`;
+      return;
+    }
+    case "expired":
+      void renderThreads();
+      return;
+    case "wiped":
+      $("banner").textContent = `This phone was revoked by your organisation on ${new Date(Number(data["revoked_at"]) * 1000).toLocaleString()}; its Lightbox data has been erased.`;
+      $("banner").hidden = false;
+      $("threads").replaceChildren();
+      $("conn").textContent = "wiped";
+      dropPhoto();
+      stopCamera();
+      show("enrol");
+      return;
+    case "problem":
+      $("send-status").textContent = String(data["message"] ?? "");
+      return;
+  }
+}
+
+async function busy<T>(button: HTMLButtonElement, errorEl: HTMLElement, fn: () => Promise<T>): Promise<T | undefined> {
+  button.disabled = true;
+  errorEl.textContent = "";
+  try {
+    return await fn();
+  } catch (err) {
+    errorEl.textContent = err instanceof AppError ? err.message : "Something went wrong on the phone.";
+    return undefined;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- enrolment -----------------------------------------------------------------------------------
+
+let handoutServer: string | undefined;
+
+/** `lightbox://enrol?server=<url>&code=<code>` (clients/admin/handout.py enrol_uri), or null. */
+function parseHandout(text: string): { server: string; code: string } | null {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return null;
+  }
+  if (url.protocol !== "lightbox:" || (url.hostname !== "enrol" && url.pathname.replace(/^\/+/, "") !== "enrol")) return null;
+  const server = url.searchParams.get("server");
+  const code = url.searchParams.get("code");
+  return server && code ? { server, code } : null;
+}
+
+async function enrolNext(): Promise<void> {
+  const info = await busy($<HTMLButtonElement>("enrol-next"), $("enrol-error"), () =>
+    call<{ display_name: string; login: string; org_id: string; fingerprint: string }>("enrolStart", { code: $<HTMLInputElement>("code").value, server: handoutServer }),
+  );
+  if (!info) return;
+  $("who").textContent = info.display_name;
+  $("who-login").textContent = info.login;
+  $("who-org").textContent = info.org_id;
+  $("fingerprint").textContent = info.fingerprint;
+  $("confirm-error").textContent = "";
+  show("confirm");
+}
+
+let scanning: MediaStream | null = null;
+
+async function startScan(): Promise<void> {
+  $("enrol-error").textContent = "";
+  try {
+    scanning = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+  } catch {
+    $("enrol-error").textContent = "The camera is not available to Lightbox: type the code from the handout instead.";
+    return;
+  }
+  const video = $<HTMLVideoElement>("camera");
+  video.srcObject = scanning;
+  $("scanner").hidden = false;
+  await video.play().catch(() => undefined);
+  const canvas = document.createElement("canvas");
+  const ctx = canvas.getContext("2d", { willReadFrequently: true })!;
+  const tick = (): void => {
+    if (!scanning) return;
+    if (video.videoWidth) {
+      canvas.width = video.videoWidth;
+      canvas.height = video.videoHeight;
+      ctx.drawImage(video, 0, 0);
+      const found = jsQR(ctx.getImageData(0, 0, canvas.width, canvas.height).data, canvas.width, canvas.height);
+      if (found) {
+        const handout = parseHandout(found.data);
+        if (!handout) {
+          $("scan-status").textContent = "This QR code is not a Lightbox enrolment handout.";
+        } else {
+          stopScan();
+          handoutServer = handout.server;
+          $<HTMLInputElement>("code").value = handout.code;
+          void enrolNext();
+          return;
+        }
+      }
+    }
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+}
+
+function stopScan(): void {
+  scanning?.getTracks().forEach((t) => t.stop());
+  scanning = null;
+  $<HTMLVideoElement>("camera").srcObject = null;
+  $("scanner").hidden = true;
+}
+
+async function enrolFinish(): Promise<void> {
+  const a = $<HTMLInputElement>("new-pass").value;
+  const b = $<HTMLInputElement>("new-pass2").value;
+  if (a !== b) {
+    $("pass-error").textContent = "The two passphrases differ: type the same one twice.";
+    return;
+  }
+  const me = await busy($<HTMLButtonElement>("enrol-finish"), $("pass-error"), () => call<{ display_name: string; login: string }>("enrolFinish", { passphrase: a }));
+  if (!me) return;
+  $<HTMLInputElement>("new-pass").value = "";
+  $<HTMLInputElement>("new-pass2").value = "";
+  await home(me);
+}
+
+// --- unlock, lock, auto-lock ------------------------------------------------------------------------
+
+async function unlock(): Promise<void> {
+  const field = $<HTMLInputElement>("passphrase");
+  const me = await busy($<HTMLButtonElement>("unlock"), $("unlock-error"), () => call<{ display_name: string; login: string }>("unlock", { passphrase: field.value }));
+  if (!me) return;
+  field.value = "";
+  await home(me);
+}
+
+async function lock(): Promise<void> {
+  stopCamera();
+  dropPhoto();
+  await call("lock");
+  $("threads").replaceChildren();
+  $("conn").textContent = "locked";
+  show("unlock");
+}
+
+let idle: ReturnType<typeof setTimeout> | null = null;
+let autolockMs = 120_000;
+
+const UNLOCKED = ["home", "capture", "review", "consent"];
+
+function activity(): void {
+  if (!UNLOCKED.includes(document.body.dataset["screen"] ?? "")) return;
+  if (idle) clearTimeout(idle);
+  idle = setTimeout(() => void lock(), autolockMs);
+}
+
+// --- home: compose and threads ----------------------------------------------------------------------
+
+async function home(me: { display_name: string; login: string }): Promise<void> {
+  $("me").textContent = `Signed in as ${me.display_name} (${me.login}).`;
+  show("home");
+  activity();
+  await renderThreads();
+}
+
+function when(t: number): string {
+  return new Date(t * 1000).toLocaleString([], { hour: "2-digit", minute: "2-digit", day: "numeric", month: "short" });
+}
+
+async function renderThreads(): Promise<void> {
+  let list: ThreadRecord[];
+  try {
+    list = await call<ThreadRecord[]>("threads");
+  } catch {
+    return;
+  }
+  $("no-threads").hidden = list.length > 0;
+  $("threads").replaceChildren(
+    ...list.map((t) => {
+      const li = document.createElement("li");
+      li.className = "thread";
+      li.dataset["thread"] = t.thread_id;
+      const h = document.createElement("h3");
+      h.textContent = `${t.subject ?? "Consult"}${t.role ? ` · ${t.role}` : ""} · ${t.priority}`;
+      li.append(h);
+      for (const m of t.messages) {
+        const div = document.createElement("div");
+        div.className = `message ${m.mine ? "mine" : "theirs"}`;
+        div.dataset["message"] = m.message_id;
+        const meta = document.createElement("div");
+        meta.className = "meta";
+        meta.textContent = `${m.mine ? "You" : m.from_name} · ${when(m.sent_at)}${m.mine ? ` · ${m.status}` : ""}`;
+        const best = ["acknowledged", "read", "delivered"].map((k) => (m.receipts ?? []).filter((r) => r.kind === k)).find((rs) => rs.length);
+        if (m.mine && best) meta.textContent += ` · ${best[0]!.kind} by ${best.map((r) => r.name).join(", ")}`;
+        const text = document.createElement("div");
+        text.className = "text";
+        text.textContent = m.text;
+        div.append(meta, text);
+        if (m.attachment_id) {
+          if (m.image_state === "held") {
+            const img = document.createElement("img");
+            img.alt = "The photo sent with this consult";
+            img.dataset["attachment"] = m.attachment_id;
+            div.append(img);
+            void call<Uint8Array | null>("image", { attachment_id: m.attachment_id }).then((bytes) => {
+              if (bytes) img.src = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "image/jpeg" }));
+            });
+          } else {
+            const gone = document.createElement("div");
+            gone.className = "meta photo-gone";
+            gone.textContent = "Photo removed from this phone, as ordered by the relay (confirmed).";
+            div.append(gone);
+          }
+        }
+        li.append(div);
+      }
+      return li;
+    }),
+  );
+}
+
+async function send(): Promise<void> {
+  const status = $("send-status");
+  const sent = await busy($<HTMLButtonElement>("send"), status, () =>
+    call("sendConsult", {
+      role: $<HTMLInputElement>("role").value,
+      priority: $<HTMLSelectElement>("priority").value,
+      subject: $<HTMLInputElement>("subject").value,
+      text: $<HTMLTextAreaElement>("text").value,
+    }),
+  );
+  if (!sent) return;
+  $<HTMLTextAreaElement>("text").value = "";
+  $<HTMLInputElement>("subject").value = "";
+  status.textContent = "Sent: the relay stored it.";
+  await renderThreads();
+}
+
+// --- capture, review, consent ----------------------------------------------------------------------
+
+let camera: MediaStream | null = null;
+let photo: { jpeg: Uint8Array; width: number; height: number; url: string; warnings: string[] } | null = null;
+
+function stopCamera(): void {
+  camera?.getTracks().forEach((t) => t.stop());
+  camera = null;
+  $<HTMLVideoElement>("viewfinder").srcObject = null;
+}
+
+function dropPhoto(): void {
+  if (photo) {
+    URL.revokeObjectURL(photo.url);
+    photo.jpeg.fill(0);
+  }
+  photo = null;
+  $<HTMLImageElement>("photo").removeAttribute("src");
+  $<HTMLImageElement>("consent-photo").removeAttribute("src");
+}
+
+async function startCapture(): Promise<void> {
+  $("capture-error").textContent = "";
+  dropPhoto();
+  show("capture");
+  try {
+    camera = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment", width: { ideal: 1920 }, height: { ideal: 1440 } }, audio: false });
+  } catch {
+    $("capture-error").textContent = "The camera is not available to Lightbox: allow the camera for this app in the browser's settings, then try again.";
+    return;
+  }
+  const video = $<HTMLVideoElement>("viewfinder");
+  video.srcObject = camera;
+  await video.play().catch(() => undefined);
+}
+
+/** The frame re-encoded from a canvas: a fresh JPEG of the pixels alone (no EXIF, no location). */
+async function take(): Promise<void> {
+  const video = $<HTMLVideoElement>("viewfinder");
+  if (!camera || !video.videoWidth) {
+    $("capture-error").textContent = "The camera has not started yet: wait a moment and try again.";
+    return;
+  }
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true })!;
+  ctx.drawImage(video, 0, 0);
+  const blob = await new Promise<Blob | null>((ok) => canvas.toBlob(ok, "image/jpeg", 0.92));
+  stopCamera();
+  if (!blob) {
+    $("capture-error").textContent = "The photo could not be made: try again.";
+    return;
+  }
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  canvas.width = canvas.height = 0;
+  const warnings = await call<{ issue: string; message: string }[]>("quality", { rgba: pixels.data, width: pixels.width, height: pixels.height });
+  photo = { jpeg: new Uint8Array(await blob.arrayBuffer()), width: pixels.width, height: pixels.height, url: URL.createObjectURL(blob), warnings: warnings.map((w) => w.issue) };
+  $<HTMLImageElement>("photo").src = photo.url;
+  $("hints").replaceChildren(...warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w.message })));
+  $("hints-ok").hidden = warnings.length > 0;
+  $("use-photo").textContent = warnings.length ? "Send anyway" : "Use this photo";
+  show("review");
+}
+
+function toConsent(): void {
+  if (!photo) return;
+  $<HTMLImageElement>("consent-photo").src = photo.url;
+  $("consent-role").textContent = $<HTMLInputElement>("role").value;
+  $("consent-error").textContent = "";
+  $("consent-status").textContent = "";
+  $<HTMLProgressElement>("upload").value = 0;
+  show("consent");
+}
+
+async function sendPhoto(): Promise<void> {
+  if (!photo) return;
+  const decision = $<HTMLInputElement>("refused").checked ? "refused" : "agreed";
+  const purposes = [$<HTMLInputElement>("p-direct"), $<HTMLInputElement>("p-teaching")].filter((c) => c.checked).map((c) => c.value);
+  const answer = await busy($<HTMLButtonElement>("consent-send"), $("consent-error"), () =>
+    call<{ decision?: string }>("sendImage", {
+      jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
+      role: $<HTMLInputElement>("role").value, priority: $<HTMLSelectElement>("priority").value,
+      subject: "", text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
+      consent: { decision, purposes, permanence: $<HTMLInputElement>("st-permanence").checked, no_effect: $<HTMLInputElement>("st-no-effect").checked },
+      record: {
+        patient_name: $<HTMLInputElement>("patient-name").value.trim(), patient_id: $<HTMLInputElement>("patient-id").value.trim() || "unknown",
+        issuer_of_patient_id: "", birth_date: null, sex: "", accession_number: "", anatomic_region: "", study_description: "", capture: "film",
+      },
+    }),
+  );
+  if (!answer) return;
+  for (const id of ["patient-name", "patient-id", "img-text"]) $<HTMLInputElement>(id).value = "";
+  for (const id of ["st-permanence", "st-no-effect"]) $<HTMLInputElement>(id).checked = false;
+  dropPhoto();
+  $("photo-status").textContent = answer.decision === "refused"
+    ? "The refusal is recorded. The photo was not sent, and it is gone from this phone."
+    : "Photo sent: the relay stored it.";
+  show("home");
+  await renderThreads();
+}
+
+// --- start --------------------------------------------------------------------------------------------
+
+async function start(): Promise<void> {
+  const cfg = (await (await fetch("config.json", { cache: "no-store" })).json()) as Config;
+  autolockMs = cfg.autolock_seconds * 1000;
+  const state = await call<{ enrolled: boolean; unlocked: boolean }>("init", { relay: cfg.relay, kdf: cfg.kdf });
+  $("conn").textContent = state.enrolled ? "locked" : "not enrolled";
+  show(state.enrolled ? "unlock" : "enrol");
+}
+
+$("enrol-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  handoutServer = undefined;
+  void enrolNext();
+});
+$("scan").addEventListener("click", () => void startScan());
+$("scan-stop").addEventListener("click", stopScan);
+$("fp-match").addEventListener("click", () => show("passphrase"));
+$("fp-mismatch").addEventListener("click", () => {
+  $("confirm-error").textContent = "Stop here and call IT: the key is not your organisation's. Nothing was saved on this phone.";
+});
+$("pass-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  void enrolFinish();
+});
+$("unlock-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  void unlock();
+});
+$("compose").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  void send();
+});
+$("lock").addEventListener("click", () => void lock());
+$("capture").addEventListener("click", () => void startCapture());
+$("take").addEventListener("click", () => void take());
+$("capture-cancel").addEventListener("click", () => {
+  stopCamera();
+  show("home");
+});
+$("retake").addEventListener("click", () => void startCapture());
+$("use-photo").addEventListener("click", toConsent);
+$("fullscreen").addEventListener("click", () => void $("consent-photo").requestFullscreen?.().catch(() => undefined));
+$("consent-send").addEventListener("click", () => void sendPhoto());
+for (const kind of ["pointerdown", "keydown", "touchstart"]) document.addEventListener(kind, activity, { passive: true });
+window.addEventListener("focus", () => {
+  document.title = "Lightbox";
+});
+// Locks when the app goes to the background (another app, the home screen, the screen off).
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "hidden" && UNLOCKED.includes(document.body.dataset["screen"] ?? "")) void lock();
+});
+
+if ("serviceWorker" in navigator) void navigator.serviceWorker.register("sw.js").catch(() => undefined);
+void start().catch(() => {
+  $("conn").textContent = "error";
+});

@@ -1,0 +1,116 @@
+/**
+ * The thin HTTP shell over the relay's API (docs/PROTOCOL.md §11): JSON bodies, RFC 9457
+ * problem documents turned into RelayError(code), and on every device request the access token
+ * and a fresh `Lightbox-Proof` (proof.ts) over the exact method, target and body.
+ */
+import { utf8 } from "../protocol/bytes.js";
+import { b64urlDecode, b64urlEncode } from "../protocol/canonical.js";
+import { makeProof } from "../protocol/proof.js";
+import * as s from "../protocol/sodium.js";
+
+export class RelayError extends Error {
+  constructor(
+    readonly code: string,
+    readonly status: number,
+    readonly detail: string,
+  ) {
+    super(`${code}: ${detail}`);
+  }
+}
+
+export interface TokenPair {
+  access_token: string;
+  expires_at: number;
+  refresh_token: string;
+  refresh_expires_at: number;
+  user_id: string;
+  device_id: string;
+}
+
+export const LABEL_LOGIN = "lightbox/v1/login";
+export const LABEL_ENROLMENT_TOKEN = "lightbox/v1/enrolment-token";
+
+export function enrolmentToken(normalisedCode: string): Uint8Array {
+  return s.sha256(utf8(`${LABEL_ENROLMENT_TOKEN}\0${normalisedCode}`));
+}
+
+export class Relay {
+  tokens: TokenPair | null = null;
+  constructor(
+    readonly base: string,
+    private deviceSeed: Uint8Array | null = null,
+  ) {}
+
+  get wsUrl(): string {
+    return this.base.replace(/^http/, "ws") + "/v1/ws";
+  }
+
+  setDevice(seed: Uint8Array): void {
+    this.deviceSeed = seed;
+  }
+
+  private async raw(method: string, target: string, body: unknown, device: boolean): Promise<Response> {
+    const binary = body instanceof Uint8Array;
+    const data = body === undefined ? new Uint8Array(0) : binary ? body : utf8(JSON.stringify(body));
+    const headers: Record<string, string> = {};
+    if (body !== undefined) headers["content-type"] = binary ? "application/octet-stream" : "application/json";
+    if (device) {
+      if (!this.tokens || !this.deviceSeed) throw new RelayError("unauthenticated", 401, "not logged in");
+      headers["authorization"] = `Bearer ${this.tokens.access_token}`;
+      headers["lightbox-proof"] = makeProof(this.deviceSeed, method, target, data, this.tokens.access_token, Math.floor(Date.now() / 1000));
+    }
+    try {
+      return await fetch(this.base + target, { method, headers, body: body === undefined ? undefined : (data as BodyInit), cache: "no-store", credentials: "omit" });
+    } catch {
+      throw new RelayError("relay_unavailable", 0, "the relay cannot be reached");
+    }
+  }
+
+  /** One request; `device`: signed as this device (refreshing an expired token once). A
+   * Uint8Array body is sent as application/octet-stream (attachment chunks), anything else as
+   * JSON. */
+  async call<T>(method: string, target: string, body?: unknown, device = true): Promise<T> {
+    let r = await this.raw(method, target, body, device);
+    if (device && r.status === 401 && this.tokens) {
+      const problem = (await r.clone().json().catch(() => ({}))) as { code?: string };
+      if (problem.code === "token_expired") {
+        await this.refresh();
+        r = await this.raw(method, target, body, device);
+      }
+    }
+    if (r.status === 204 || r.status === 202) return undefined as T;
+    const text = await r.text();
+    let json: unknown = undefined;
+    try {
+      json = text ? JSON.parse(text) : undefined;
+    } catch {
+      /* not JSON: reported below */
+    }
+    if (!r.ok) {
+      const p = (json ?? {}) as { code?: string; detail?: string };
+      throw new RelayError(p.code ?? "internal_error", r.status, p.detail ?? `HTTP ${r.status}`);
+    }
+    return json as T;
+  }
+
+  async refresh(): Promise<void> {
+    if (!this.tokens) throw new RelayError("unauthenticated", 401, "not logged in");
+    this.tokens = await this.call<TokenPair>("POST", "/v1/auth/refresh", { refresh_token: this.tokens.refresh_token }, false);
+  }
+
+  async login(login: string, password: string, deviceId: string, deviceSeed: Uint8Array): Promise<TokenPair> {
+    this.deviceSeed = deviceSeed;
+    const challenge = await this.call<{ nonce: string; expires_at: number }>("POST", "/v1/auth/challenge", undefined, false);
+    const nonce = b64urlDecode(challenge.nonce, { maxLength: 64 });
+    const input = new Uint8Array([...utf8(LABEL_LOGIN), 0, ...nonce, ...utf8(login), 0, ...utf8(deviceId)]);
+    const signature = s.ed25519Sign(deviceSeed, input);
+    this.tokens = await this.call<TokenPair>(
+      "POST",
+      "/v1/auth/login",
+      { login, password, device_id: deviceId, nonce: challenge.nonce, signature: b64urlEncode(signature) },
+      false,
+    );
+    return this.tokens;
+  }
+}
+

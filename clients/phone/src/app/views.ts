@@ -1,0 +1,27 @@
+/** What the worker tells the page about threads and messages (never a key, never an image). */
+export interface MessageView {
+  message_id: string;
+  thread_id: string;
+  from_user_id: string;
+  from_name: string;
+  mine: boolean;
+  text: string;
+  subject: string | null;
+  sent_at: number;
+  status: "sending" | "sent" | "received";
+  /** The photo this message carries: `image:<id>` in the vault until its expiry order. */
+  attachment_id?: string | null;
+  image_state?: "held" | "expired" | null;
+  quality_warnings?: string[];
+  /** Signed receipts from recipients' devices, verified (PROTOCOL §8, §16.6). */
+  receipts?: { kind: "delivered" | "read" | "acknowledged"; name: string; at: number }[];
+}
+
+export interface ThreadRecord {
+  thread_id: string;
+  role: string | null;
+  subject: string | null;
+  priority: string;
+  messages: MessageView[];
+}
+

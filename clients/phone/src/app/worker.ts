@@ -1,0 +1,737 @@
+/**
+ * The phone's engine, in a Web Worker: every key, every seal and open, the vault, the relay's
+ * HTTP API and its websocket live here, so sealing never freezes the page and the page never
+ * holds a key. The page (main.ts) sends requests {id, op, args} and gets {id, ok, result|error};
+ * the worker also posts events {event, ...} (a message arrived, the connection changed).
+ */
+import { b64urlDecode as d, b64urlEncode as e } from "../protocol/canonical.js";
+import { decodeBody, encodeBody, makeBody } from "../protocol/body.js";
+import * as certs from "../protocol/certs.js";
+import { DecodeError, ProtocolError } from "../protocol/errors.js";
+import * as env from "../protocol/envelope.js";
+import { challengeSigningBytes, decodeFrame, encodeFrame, PROTOCOL_VERSION, type ServerFrame } from "../protocol/frames.js";
+import * as keys from "../protocol/keys.js";
+import * as s from "../protocol/sodium.js";
+import { Relay, RelayError, enrolmentToken, type TokenPair } from "./relay.js";
+import { Vault } from "./vault.js";
+import type { MessageView, ThreadRecord } from "./views.js";
+import { checkQuality } from "./quality.js";
+import { NotAJpeg, pixelsOnlyJpeg } from "./jpeg.js";
+import { encryptAttachment } from "../protocol/attachments.js";
+import { hex } from "../protocol/bytes.js";
+import { imageHash, issueConsentToken, type ConsentClaims } from "../protocol/consent.js";
+import type { RecordData } from "../protocol/body.js";
+import { issueExpiryConfirmation, issueWipeConfirmation, verifyReceiptStatement } from "../protocol/statements.js";
+
+const CLIENT = "lightbox-phone";
+const CLIENT_VERSION = "0.1.0";
+const ONE_TIME_PREKEYS = 20;
+const DEVICE_CERTIFICATE_LIFETIME = 2 * 365 * 86400;
+
+interface Config {
+  relay: string;
+  kdf: "interactive" | "cheap";
+}
+
+/** What the vault keeps about this device (like clients/sdk/keystore.py DeviceState). */
+interface DeviceState {
+  server: string;
+  login: string;
+  user_id: string;
+  org_id: string;
+  org_public_key: Uint8Array;
+  display_name: string;
+  /** The identity key: this phone is the user's first device, which signs consent tokens
+   * (PROTOCOL §7) and would certify a linked device (§4.8). */
+  identity_seed: Uint8Array;
+  device_id: string;
+  device_seed: Uint8Array;
+  dh_secret: Uint8Array;
+  user_certificate: string;
+  device_certificate: string;
+  signed_prekeys: { id: number; secret: Uint8Array }[];
+  one_time_prekeys: { id: number; secret: Uint8Array }[];
+}
+
+interface PendingEnrolment {
+  relay: Relay;
+  code: string;
+  token: Uint8Array;
+  userCertificate: string;
+  user: certs.UserCertificate;
+  bundle: { user_id: string; login: string; org_id: string; org_public_key: string; identity_seed: string };
+}
+
+let config: Config = { relay: "", kdf: "interactive" };
+let vault: Vault | null = null;
+let st: DeviceState | null = null;
+let relay: Relay | null = null;
+let pending: PendingEnrolment | null = null;
+let socket: WebSocket | null = null;
+let reconnect: ReturnType<typeof setTimeout> | null = null;
+let heardRevocation = false;
+const waiting = new Map<string, { resolve: (v: ServerFrame) => void; reject: (e: Error) => void }>();
+
+const post = (msg: unknown): void => (self as unknown as Worker).postMessage(msg);
+const event = (name: string, data: Record<string, unknown> = {}): void => post({ event: name, ...data });
+const now = (): number => Math.floor(Date.now() / 1000);
+
+function profile(): keys.PassphraseProfile {
+  return config.kdf === "cheap" ? keys.CHEAP_PROFILE : keys.DEFAULT_PROFILE;
+}
+
+function pinned(): Record<string, Uint8Array> {
+  return { [st!.org_id]: st!.org_public_key };
+}
+
+function deviceKeys(): keys.DeviceKeys {
+  return { deviceId: st!.device_id, signing: keys.ed25519FromSeed(st!.device_seed), dh: keys.x25519FromSecret(st!.dh_secret) };
+}
+
+class UserError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+// --- enrolment ---------------------------------------------------------------------------------
+
+/** Read the enrolment package with the code; show who and which organisation key it pins. */
+async function enrolStart(args: { code: string; server?: string }): Promise<Record<string, unknown>> {
+  if (args.server && args.server.replace(/\/+$/, "") !== config.relay) {
+    throw new UserError("wrong_relay", `This handout is for another relay (${args.server}); this app talks to ${config.relay}.`);
+  }
+  let code: string;
+  try {
+    code = keys.normaliseEnrolmentCode(args.code);
+  } catch {
+    throw new UserError("enrolment_code_invalid", "That is not an enrolment code: it has 20 letters and digits, in five groups of four.");
+  }
+  const r = new Relay(config.relay);
+  const token = enrolmentToken(code);
+  const pkg = await r.call<{ user_certificate: string; sealed_identity: string; expires_at: number }>(
+    "POST", "/v1/enrol/fetch", { enrolment_token: e(token) }, false);
+  let bundle: PendingEnrolment["bundle"];
+  try {
+    const opened = keys.openWithPassphrase(d(pkg.sealed_identity), code);
+    bundle = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(opened)) as PendingEnrolment["bundle"];
+  } catch {
+    throw new UserError("enrolment_code_invalid", "The enrolment code does not open the enrolment package: check the code on the handout.");
+  }
+  const orgKey = d(bundle.org_public_key, { length: 32 });
+  let user: certs.UserCertificate;
+  try {
+    user = certs.verifyUserCertificate(pkg.user_certificate, { [bundle.org_id]: orgKey }, now(), null);
+  } catch (err) {
+    throw new UserError((err as ProtocolError).code ?? "certificate_invalid", "Your certificate does not verify against the organisation key: stop and call IT.");
+  }
+  const identity = keys.ed25519FromSeed(d(bundle.identity_seed, { length: 32 }));
+  if (user.user_id !== bundle.user_id || user.org_id !== bundle.org_id || user.identity_key !== e(identity.public)) {
+    throw new UserError("certificate_invalid", "The certificate does not match the enrolment package: stop and call IT.");
+  }
+  pending = { relay: r, code, token, userCertificate: pkg.user_certificate, user, bundle };
+  return { login: bundle.login, display_name: user.display_name, org_id: user.org_id, fingerprint: keys.keyId(orgKey) };
+}
+
+/** Register this phone as the user's device, then create the vault under the passphrase. */
+async function enrolFinish(args: { passphrase: string }): Promise<Record<string, unknown>> {
+  if (!pending) throw new UserError("not_ready", "Start again by scanning or typing the enrolment code.");
+  if ([...args.passphrase].length < 12) throw new UserError("password_too_weak", "The passphrase must be at least 12 characters long.");
+  const p = pending;
+  const t = now();
+  const deviceId = keys.uuid4();
+  const dk = keys.generateDeviceKeys(deviceId);
+  const identitySeed = d(p.bundle.identity_seed, { length: 32 });
+  const deviceCert = certs.issueDeviceCertificate({
+    v: 1, device_id: deviceId, user_id: p.user.user_id, org_id: p.user.org_id, kind: "mobile",
+    signing_key: e(dk.signing.public), dh_key: e(dk.dh.public), issued_at: t,
+    not_after: Math.min(p.user.not_after, t + DEVICE_CERTIFICATE_LIFETIME),
+  }, identitySeed);
+  const spk = keys.generatePrekey(1);
+  const otks = Array.from({ length: ONE_TIME_PREKEYS }, (_, i) => keys.generatePrekey(2 + i));
+  const enrolled = await p.relay.call<{ user_id: string; device_id: string; login: string }>("POST", "/v1/enrol/complete", {
+    enrolment_token: e(p.token),
+    device_certificate: deviceCert,
+    signed_prekey: certs.issueSignedPrekey({ device_id: deviceId, prekey_id: 1, public: e(spk.keypair.public), created_at: t }, dk.signing.seed),
+    one_time_prekeys: otks.map((o) => certs.issueOneTimePrekey({ device_id: deviceId, prekey_id: o.prekeyId, public: e(o.keypair.public) }, dk.signing.seed)),
+    password: args.passphrase,
+  }, false);
+  if (enrolled.device_id !== deviceId || enrolled.user_id !== p.user.user_id) throw new UserError("certificate_invalid", "The relay confirmed another user or device.");
+  await Vault.erase();
+  vault = await Vault.create(args.passphrase, profile());
+  st = {
+    server: config.relay, login: p.bundle.login, user_id: p.user.user_id, org_id: p.user.org_id,
+    org_public_key: d(p.bundle.org_public_key, { length: 32 }), display_name: p.user.display_name,
+    identity_seed: identitySeed, device_id: deviceId, device_seed: dk.signing.seed, dh_secret: dk.dh.secret,
+    user_certificate: p.userCertificate, device_certificate: deviceCert,
+    signed_prekeys: [{ id: 1, secret: spk.keypair.secret }],
+    one_time_prekeys: otks.map((o) => ({ id: o.prekeyId, secret: o.keypair.secret })),
+  };
+  await vault.put("state", st);
+  pending = null;
+  await startSession(args.passphrase);
+  return { login: st.login, display_name: st.display_name };
+}
+
+// --- unlock, lock, session ---------------------------------------------------------------------
+
+async function unlock(args: { passphrase: string }): Promise<Record<string, unknown>> {
+  try {
+    vault = await Vault.unlock(args.passphrase);
+  } catch (err) {
+    if (err instanceof ProtocolError) throw new UserError("invalid_credentials", "That passphrase is not right. Try again.");
+    throw err;
+  }
+  st = (await vault.get<DeviceState>("state")) ?? null;
+  if (!st) throw new UserError("not_ready", "This phone's vault holds no device: enrol again.");
+  await startSession(args.passphrase);
+  return { login: st.login, display_name: st.display_name };
+}
+
+async function startSession(passphrase: string): Promise<void> {
+  relay = new Relay(st!.server, st!.device_seed);
+  try {
+    await relay.login(st!.login, passphrase, st!.device_id, st!.device_seed);
+  } catch (err) {
+    if (err instanceof RelayError && err.status === 0) {
+      event("connection", { state: "offline" });
+      return; // the vault is open; the relay is tried again by connect()
+    }
+    throw err;
+  }
+  connect();
+}
+
+function lock(): Record<string, unknown> {
+  socket?.close(1000, "locked");
+  socket = null;
+  lockKeys();
+  return {};
+}
+
+/** Forget every key and the vault key; the socket is the caller's. */
+function lockKeys(): void {
+  if (reconnect) clearTimeout(reconnect);
+  reconnect = null;
+  heardRevocation = false;
+  vault?.lock();
+  vault = null;
+  if (st) {
+    st.device_seed.fill(0);
+    st.dh_secret.fill(0);
+    st.identity_seed.fill(0);
+  }
+  st = null;
+  relay = null;
+  pending = null;
+  for (const w of waiting.values()) w.reject(new UserError("locked", "The app locked before the relay answered."));
+  waiting.clear();
+}
+
+// --- websocket (§3) ----------------------------------------------------------------------------
+
+function connect(): void {
+  if (!relay || !st || !relay.tokens) return;
+  const ws = new WebSocket(relay.wsUrl);
+  ws.binaryType = "arraybuffer";
+  socket = ws;
+  const tokens: TokenPair = relay.tokens;
+  ws.onopen = () => {
+    ws.send(encodeFrame({ t: "hello", versions: [PROTOCOL_VERSION], access_token: tokens.access_token, device_id: st!.device_id, client: CLIENT, client_version: CLIENT_VERSION }));
+  };
+  ws.onmessage = (m) => {
+    void onFrame(ws, new Uint8Array(m.data as ArrayBuffer)).catch((err) => event("problem", { message: String(err) }));
+  };
+  ws.onclose = (c) => {
+    if (socket !== ws) return;
+    socket = null;
+    event("connection", { state: "offline", code: c.code, reason: c.reason });
+    if (c.reason === "device_revoked") {
+      event("revoked", {});
+      // Once more, with the last access token: a device revoked with wipe hears its wipe order
+      // there (PROTOCOL §15 "Wipe"); one revoked without is refused again, and stops.
+      if (vault && !heardRevocation) {
+        heardRevocation = true;
+        connect();
+      }
+      return;
+    }
+    if (vault) reconnect = setTimeout(() => void reconnectNow(), 1000);
+  };
+}
+
+async function reconnectNow(): Promise<void> {
+  reconnect = null;
+  if (!vault || !relay || !st) return;
+  try {
+    await relay.refresh();
+  } catch {
+    /* the old token may still do; the relay says otherwise */
+  }
+  connect();
+}
+
+function sendFrame(ws: WebSocket, frame: Parameters<typeof encodeFrame>[0]): void {
+  ws.send(encodeFrame(frame));
+}
+
+async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
+  let frame: ServerFrame;
+  try {
+    frame = decodeFrame(data);
+  } catch (err) {
+    ws.close(4000, (err as DecodeError).code ?? "malformed_frame");
+    return;
+  }
+  switch (frame.t) {
+    case "challenge": {
+      const sig = s.ed25519Sign(st!.device_seed, challengeSigningBytes(frame["nonce"] as Uint8Array, relay!.tokens!.access_token));
+      sendFrame(ws, { t: "auth", signature: sig });
+      return;
+    }
+    case "ready":
+      event("connection", { state: "connected" });
+      await resendOutbox(ws);
+      return;
+    case "deliver":
+      await onDeliver(ws, frame);
+      return;
+    case "accepted":
+    case "error": {
+      const reqId = frame["req_id"] as string | null;
+      const w = reqId ? waiting.get(reqId) : undefined;
+      if (w) {
+        waiting.delete(reqId!);
+        w.resolve(frame);
+      } else if (frame.t === "error" && frame["fatal"]) {
+        event("problem", { code: frame["code"], message: frame["detail"] });
+      }
+      return;
+    }
+    case "ping":
+      sendFrame(ws, { t: "pong", nonce: frame["nonce"] as Uint8Array });
+      return;
+    case "expire_order":
+      await onExpireOrder(ws, frame);
+      return;
+    case "receipt_notice":
+      await onReceiptNotice(frame);
+      return;
+    case "wipe_order":
+      await onWipeOrder(ws, frame);
+      return;
+    default:
+      return; // known frames the phone does not act on yet (PROTOCOL §3.3)
+  }
+}
+
+async function senderChain(userId: string, deviceId: string): Promise<certs.VerifiedDevice> {
+  const answer = await relay!.call<{ user_certificate: string; devices: { device_certificate: string }[] }>("GET", `/v1/users/${userId}/devices`);
+  for (const dev of answer.devices) {
+    const vd = certs.verifyChain(answer.user_certificate, dev.device_certificate, pinned(), now(), null);
+    if (vd.deviceId === deviceId) return vd;
+  }
+  throw new UserError("certificate_invalid", "the sender's device is unknown");
+}
+
+async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
+  const sealed = frame["message"] as env.SealedMessage;
+  const h = sealed.header;
+  const seenKey = `seen:${h.sender_device_id}:${h.message_id}`;
+  if (!(await vault!.get(seenKey))) {
+    const sender = await senderChain(h.sender_user_id, h.sender_device_id);
+    const store = new keys.MemoryPrekeyStore(
+      st!.signed_prekeys.map((p) => ({ prekeyId: p.id, keypair: keys.x25519FromSecret(p.secret) })),
+      st!.one_time_prekeys.map((p) => ({ prekeyId: p.id, keypair: keys.x25519FromSecret(p.secret) })),
+    );
+    const plain = await env.openMessage(sealed, deviceKeys(), store, sender, new env.MemorySeenSet());
+    const used = env.wrappedKeyFor(sealed, st!.device_id)?.one_time_prekey_id;
+    if (used !== null && used !== undefined) {
+      st!.one_time_prekeys = st!.one_time_prekeys.filter((p) => p.id !== used); // forward secrecy (§5.3)
+      await vault!.put("state", st);
+    }
+    const body = decodeBody(plain);
+    const thread = (await vault!.get<ThreadRecord>(`thread:${h.thread_id}`)) ?? { thread_id: h.thread_id, role: null, subject: null, priority: h.priority, messages: [] };
+    const view: MessageView = {
+      message_id: h.message_id, thread_id: h.thread_id, from_user_id: h.sender_user_id, from_name: sender.user.display_name,
+      mine: false, text: body.text, subject: body.subject, sent_at: h.sent_at, status: "received",
+    };
+    if (body.subject) thread.subject = body.subject;
+    if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
+    await vault!.put(`thread:${h.thread_id}`, thread);
+    await vault!.put(seenKey, 1);
+    event("message", { message: view });
+  }
+  sendFrame(ws, { t: "ack", delivery_ids: [frame["delivery_id"] as string] });
+}
+
+/**
+ * An expiry order (PROTOCOL §15): shred the photo (its vault record) first, then confirm with a
+ * signed statement. An order for a photo this phone never held is confirmed all the same.
+ */
+async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
+  const aid = frame["attachment_id"] as string;
+  await vault!.delete(`image:${aid}`);
+  const threadKey = `thread:${frame["thread_id"] as string}`;
+  const thread = await vault!.get<ThreadRecord>(threadKey);
+  if (thread) {
+    for (const m of thread.messages) if (m.attachment_id === aid) m.image_state = "expired";
+    await vault!.put(threadKey, thread);
+  }
+  const statement = issueExpiryConfirmation(
+    { v: 1, device_id: st!.device_id, attachment_id: aid, order_id: frame["order_id"] as string, shredded_at: now() },
+    st!.device_seed,
+  );
+  sendFrame(ws, { t: "expiry_confirm", req_id: null, statement });
+  event("expired", { attachment_id: aid, reason: frame["reason"] });
+}
+
+/** A recipient's receipt for one of our messages, shown only once its statement verifies under
+ * that device's certified key and names the message (PROTOCOL §16.6). */
+async function onReceiptNotice(frame: ServerFrame): Promise<void> {
+  let body: ReturnType<typeof verifyReceiptStatement>;
+  let name: string;
+  try {
+    const device = await senderChain(frame["user_id"] as string, frame["device_id"] as string);
+    body = verifyReceiptStatement(frame["statement"] as string, device.signingKey, device.deviceId);
+    if (body.message_id !== frame["message_id"] || body.kind !== frame["kind"]) throw new UserError("verification_failed", "receipt names another message");
+    name = device.user.display_name;
+  } catch {
+    return; // an unverifiable receipt is not shown (and is the relay's to explain)
+  }
+  const key = `thread:${body.thread_id}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  const message = thread?.messages.find((m) => m.message_id === body.message_id && m.mine);
+  if (!thread || !message) return;
+  message.receipts ??= [];
+  if (!message.receipts.some((r) => r.kind === body.kind && r.name === name)) {
+    message.receipts.push({ kind: body.kind, name, at: body.at });
+    await vault!.put(key, thread);
+    event("receipt", { message_id: body.message_id, kind: body.kind });
+  }
+}
+
+/**
+ * A wipe order (PROTOCOL §15 "Wipe"), obeyed only when the organisation-signed revocation list
+ * it carries verifies under the pinned organisation key and names this device with wipe, in an
+ * entry not older than this device's certificate (an old list replayed after a re-enrolment is
+ * refused). Then: sign the confirmation (the key's last use), erase the vault, send it.
+ */
+async function onWipeOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
+  let revokedAt: number;
+  try {
+    const list = certs.verifyRevocationList(frame["revocation"] as string, pinned());
+    const mine = list.entries.find((e2) => e2.subject === "device" && e2.id === st!.device_id && e2.wipe);
+    const issued = (certs.verifyDeviceCertificate(st!.device_certificate, certs.verifyUserCertificate(st!.user_certificate, pinned(), list.issued_at, null), list.issued_at, null)).issued_at;
+    if (!mine || list.org_id !== st!.org_id || mine.revoked_at < issued) throw new UserError("replayed", "an order this device does not obey");
+    revokedAt = mine.revoked_at;
+  } catch (err) {
+    event("problem", { code: (err as { code?: string }).code ?? "verification_failed", message: "The relay sent a wipe order that does not verify; it was ignored." });
+    ws.close(4000, "verification_failed");
+    return;
+  }
+  const statement = issueWipeConfirmation({ v: 1, device_id: st!.device_id, order_id: frame["order_id"] as string, wiped_at: now() }, st!.device_seed);
+  socket = null; // the relay closes this connection next: nothing to reconnect to
+  lockKeys();
+  await Vault.erase();
+  ws.send(encodeFrame({ t: "wipe_confirm", statement }));
+  event("wiped", { revoked_at: revokedAt });
+}
+
+// --- sending -------------------------------------------------------------------------------------
+
+/** The organisation's record gateways, when its policy requires them on an image (§15). */
+async function gatewayDevices(): Promise<Map<string, certs.VerifiedDevice>> {
+  const found = new Map<string, certs.VerifiedDevice>();
+  const list = await relay!.call<{ users: { user_certificate: string; devices: { device_certificate: string }[] }[]; required: boolean }>("GET", "/v1/filing/gateways");
+  if (!list.required) return found;
+  for (const u of list.users) {
+    for (const dev of u.devices) {
+      const vd = certs.verifyChain(u.user_certificate, dev.device_certificate, pinned(), now(), null);
+      if (vd.user.account_kind !== "service" || !vd.user.roles.includes(certs.ROLE_RECORD_GATEWAY) || vd.device.kind !== "gateway") {
+        throw new UserError("certificate_invalid", "The relay named a record gateway that is not one.");
+      }
+      found.set(vd.deviceId, vd);
+    }
+  }
+  return found;
+}
+
+async function recipients(threadId: string, extra: Map<string, certs.VerifiedDevice> = new Map()): Promise<env.RecipientBundle[]> {
+  const answer = await relay!.call<{ users: { user_certificate: string; devices: { device_certificate: string }[] }[] }>("GET", `/v1/threads/${threadId}/recipients`);
+  const devices = new Map<string, certs.VerifiedDevice>();
+  for (const u of answer.users) {
+    for (const dev of u.devices) {
+      const vd = certs.verifyChain(u.user_certificate, dev.device_certificate, pinned(), now(), null);
+      if (vd.deviceId !== st!.device_id) devices.set(vd.deviceId, vd);
+    }
+  }
+  if (!devices.size) throw new UserError("device_set_mismatch", "Nobody on call has a device that can receive the consult yet.");
+  for (const [id, vd] of extra) devices.set(id, vd);
+  const wanted = [...devices.keys()].sort();
+  const claimed = await relay!.call<{ keys: { device_id: string; user_certificate: string; device_certificate: string; signed_prekey: string; one_time_prekey: string | null }[] }>(
+    "POST", "/v1/keys/claim", { devices: wanted });
+  const bundles = new Map<string, env.RecipientBundle>();
+  for (const k of claimed.keys) {
+    const known = devices.get(k.device_id);
+    if (!known) throw new UserError("certificate_invalid", "The relay answered for a device the phone did not ask for.");
+    const vd = certs.verifyChain(k.user_certificate, k.device_certificate, pinned(), now(), null);
+    if (e(vd.signingKey) !== e(known.signingKey)) throw new UserError("certificate_invalid", "The relay served two certificates for one device.");
+    bundles.set(k.device_id, env.bundleFromTokens(vd, k.signed_prekey, k.one_time_prekey));
+  }
+  if (bundles.size !== wanted.length) throw new UserError("device_set_mismatch", "Some recipient devices have no keys.");
+  return wanted.map((id) => bundles.get(id)!);
+}
+
+interface OutboxRecord {
+  message_id: string;
+  thread_id: string;
+  sealed: Uint8Array;
+  created_at: number;
+}
+
+function awaitAnswer(reqId: string): Promise<ServerFrame> {
+  return new Promise((resolve, reject) => waiting.set(reqId, { resolve, reject }));
+}
+
+async function sendSealed(record: OutboxRecord): Promise<void> {
+  const ws = socket;
+  if (!ws || ws.readyState !== WebSocket.OPEN) return; // stays in the outbox; sent on reconnect
+  const reqId = record.message_id;
+  const answer = awaitAnswer(reqId);
+  sendFrame(ws, { t: "send", req_id: reqId, message: env.decodeSealed(record.sealed) });
+  const frame = await answer;
+  if (frame.t === "accepted") {
+    await vault!.delete(`outbox:${record.message_id}`);
+    await markSent(record.thread_id, record.message_id);
+    return;
+  }
+  const code = String(frame["code"]);
+  if (["rate_limited", "queue_full", "internal_error", "not_ready"].includes(code)) return; // kept: resent later
+  await vault!.delete(`outbox:${record.message_id}`);
+  throw new UserError(code, `The relay refused the consult (${code}).`);
+}
+
+async function markSent(threadId: string, messageId: string): Promise<void> {
+  const thread = await vault!.get<ThreadRecord>(`thread:${threadId}`);
+  if (!thread) return;
+  for (const m of thread.messages) if (m.message_id === messageId) m.status = "sent";
+  await vault!.put(`thread:${threadId}`, thread);
+  event("sent", { message_id: messageId, thread_id: threadId });
+}
+
+async function resendOutbox(_ws: WebSocket): Promise<void> {
+  for (const name of await vault!.names("outbox:")) {
+    const record = await vault!.get<OutboxRecord>(name);
+    if (record) await sendSealed(record).catch((err) => event("problem", { code: (err as UserError).code, message: (err as Error).message }));
+  }
+}
+
+async function sendConsult(args: { role: string; text: string; subject: string; priority: "routine" | "urgent" }): Promise<Record<string, unknown>> {
+  const role = args.role.replace(/^role:/, "").toLowerCase().replace(/-/g, "_");
+  if (!/^[a-z][a-z0-9_]{0,63}$/.test(role)) throw new UserError("validation_failed", "A role is a name like orthopaedics_oncall.");
+  if (!args.text.trim()) throw new UserError("validation_failed", "Write the consult before sending it.");
+  const body = encodeBody(makeBody({ text: args.text, subject: args.subject.trim() || null }));
+  const threadId = keys.uuid4();
+  await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [role], priority: args.priority });
+  const bundles = await recipients(threadId);
+  const messageId = keys.uuid4();
+  const header: env.MessageHeader = {
+    v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
+    sent_at: now(), purpose: "direct_care", priority: args.priority, consent_id: null, attachment_ids: [],
+    recipient_devices: bundles.map((b) => b.device.deviceId), external: false, body_size: 0,
+  };
+  const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
+  const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
+  const view: MessageView = {
+    message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
+    text: args.text, subject: args.subject.trim() || null, sent_at: header.sent_at, status: "sending",
+  };
+  // The outbox and the thread are written before anything leaves the phone (PROTOCOL §3.5).
+  await vault!.put(`outbox:${messageId}`, record);
+  await vault!.put(`thread:${threadId}`, { thread_id: threadId, role, subject: view.subject, priority: args.priority, messages: [view] } satisfies ThreadRecord);
+  await sendSealed(record);
+  return { thread_id: threadId, message_id: messageId };
+}
+
+const FORM_VERSION = "2026.1"; // clients/sdk/consent.py
+const UPLOAD_RETRIES = 5;
+const CONSENT_VALIDITY = 30 * 86400;
+
+interface ImageSend {
+  jpeg: Uint8Array;
+  width: number;
+  height: number;
+  role: string;
+  priority: "routine" | "urgent";
+  subject: string;
+  text: string;
+  warnings: string[];
+  consent: { decision: "agreed" | "refused"; purposes: env.Purpose[]; permanence: boolean; no_effect: boolean };
+  record: RecordData;
+}
+
+/**
+ * The photo of a film, with the patient's consent: the token signed here with the identity key
+ * and registered (an agreement or a refusal alike, PROTOCOL §13); on agreement the photo is
+ * encrypted (secretstream, §6), uploaded chunk by chunk (progress events), and sealed with its
+ * descriptor, the token and the patient's record data to the role (and the record gateways).
+ */
+async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
+  try {
+    a.jpeg = pixelsOnlyJpeg(a.jpeg);
+  } catch (err) {
+    if (err instanceof NotAJpeg) throw new UserError("validation_failed", "The photo could not be prepared: take it again.");
+    throw err;
+  }
+  const role = a.role.replace(/^role:/, "").toLowerCase().replace(/-/g, "_");
+  if (!/^[a-z][a-z0-9_]{0,63}$/.test(role)) throw new UserError("validation_failed", "A role is a name like orthopaedics_oncall.");
+  if (!a.consent.permanence || !a.consent.no_effect) {
+    throw new UserError("validation_failed", "Show the patient both statements before recording the decision.");
+  }
+  if (!a.consent.purposes.length) throw new UserError("validation_failed", "Choose at least one purpose.");
+  if (a.consent.decision === "agreed" && !a.record.patient_id.trim()) {
+    throw new UserError("validation_failed", "Enter the patient's hospital number: the record needs it to file the photo.");
+  }
+  const t = now();
+  const written = !(a.consent.purposes.length === 1 && a.consent.purposes[0] === "direct_care");
+  const claims: ConsentClaims = {
+    jti: keys.uuid4(), iss: st!.user_id, org: st!.org_id, patient: "pt-" + hex(s.randomBytes(12)),
+    purposes: a.consent.purposes, recipients: { users: [], roles: [role], orgs: [], external: false },
+    images: [imageHash(a.jpeg)], form_version: FORM_VERSION, decision: a.consent.decision,
+    basis: written ? "written" : "treatment_attestation", permanence_statement_shown: true,
+    no_effect_on_care_statement_shown: true, iat: t, nbf: t, exp: t + CONSENT_VALIDITY,
+  };
+  const token = issueConsentToken(claims, st!.identity_seed);
+  await relay!.call("POST", "/v1/consents", { token });
+  if (a.consent.decision === "refused") return { consent_id: claims.jti, decision: "refused" };
+
+  event("progress", { stage: "encrypting", done: 0, total: 1 });
+  const enc = encryptAttachment(a.jpeg);
+  const upload = await relay!.call<{ attachment_id: string; chunk_size: number; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length });
+  const aid = upload.attachment_id;
+  let committed = upload.committed;
+  let failures = 0;
+  while (committed < enc.ciphertext.length) {
+    const chunk = enc.ciphertext.subarray(committed, committed + upload.chunk_size);
+    try {
+      const status = await relay!.call<{ committed: number }>("PUT", `/v1/attachments/${aid}/upload?offset=${committed}`, chunk);
+      committed = status.committed;
+      failures = 0;
+      event("progress", { stage: "uploading", done: committed, total: enc.ciphertext.length });
+      continue;
+    } catch (err) {
+      // A dropped connection, or a chunk that did land before the answer was lost: ask the
+      // relay where the upload stands and go on from there (PROTOCOL §12 "Resuming").
+      const resumable = err instanceof RelayError && (err.status === 0 || ["chunk_overlap", "chunk_out_of_order"].includes(err.code));
+      if (!resumable || ++failures > UPLOAD_RETRIES) throw err;
+      event("progress", { stage: "retrying", done: committed, total: enc.ciphertext.length });
+    }
+    await new Promise((ok) => setTimeout(ok, 300 * failures));
+    try {
+      committed = (await relay!.call<{ committed: number }>("GET", `/v1/attachments/${aid}/upload`)).committed;
+    } catch (err) {
+      if (!(err instanceof RelayError && err.status === 0)) throw err; // counted at the next try
+    }
+  }
+  await relay!.call("POST", `/v1/attachments/${aid}/finalise`, { sha256: hex(s.sha256(enc.ciphertext)) });
+
+  const body = encodeBody(makeBody({
+    text: a.text, subject: a.subject.trim() || null, consent_token: token, record: a.record,
+    quality_warnings: a.warnings,
+    attachments: [{ attachment_id: aid, key: enc.key, sha256: enc.sha256, size: enc.size, media_type: "image/jpeg", width: a.width, height: a.height }],
+  }));
+  const threadId = keys.uuid4();
+  await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [role], priority: a.priority });
+  const bundles = await recipients(threadId, await gatewayDevices());
+  const messageId = keys.uuid4();
+  const header: env.MessageHeader = {
+    v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
+    sent_at: now(), purpose: "direct_care", priority: a.priority, consent_id: claims.jti, attachment_ids: [aid],
+    recipient_devices: bundles.map((b) => b.device.deviceId), external: false, body_size: 0,
+  };
+  const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
+  const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
+  const view: MessageView = {
+    message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
+    text: a.text, subject: a.subject.trim() || null, sent_at: header.sent_at, status: "sending",
+    attachment_id: aid, image_state: "held", quality_warnings: a.warnings,
+  };
+  await vault!.put(`image:${aid}`, a.jpeg);
+  await vault!.put(`outbox:${messageId}`, record);
+  await vault!.put(`thread:${threadId}`, { thread_id: threadId, role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
+  await sendSealed(record);
+  return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: claims.jti };
+}
+
+async function image(args: { attachment_id: string }): Promise<Uint8Array | null> {
+  return (await vault!.get<Uint8Array>(`image:${args.attachment_id}`)) ?? null;
+}
+
+async function threads(): Promise<ThreadRecord[]> {
+  const out: ThreadRecord[] = [];
+  for (const name of await vault!.names("thread:")) {
+    const t = await vault!.get<ThreadRecord>(name);
+    if (t) out.push(t);
+  }
+  return out.sort((a, b) => (b.messages.at(-1)?.sent_at ?? 0) - (a.messages.at(-1)?.sent_at ?? 0));
+}
+
+// --- dispatch ------------------------------------------------------------------------------------
+
+const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
+  async init(args: Config) {
+    config = { relay: args.relay.replace(/\/+$/, ""), kdf: args.kdf };
+    await s.ready();
+    return { enrolled: await Vault.exists(), unlocked: vault !== null };
+  },
+  enrolStart,
+  enrolFinish,
+  unlock,
+  lock,
+  sendConsult,
+  sendImage,
+  image,
+  threads,
+  quality: (a: { rgba: Uint8ClampedArray; width: number; height: number }) => checkQuality(a.rgba, a.width, a.height),
+};
+
+self.onmessage = async (m: MessageEvent) => {
+  const { id, op, args } = m.data as { id: number; op: string; args: unknown };
+  try {
+    const fn = ops[op];
+    if (!fn) throw new UserError("bad_request", `unknown operation ${op}`);
+    if (!["init", "enrolStart", "enrolFinish", "unlock", "lock"].includes(op) && !vault) {
+      throw new UserError("locked", "The app is locked: unlock it with your passphrase.");
+    }
+    post({ id, ok: true, result: await fn(args) });
+  } catch (err) {
+    const code = (err as { code?: string }).code ?? "internal_error";
+    const message = err instanceof UserError ? err.message : err instanceof RelayError ? relaySentence(err) : "Something went wrong on the phone; nothing was sent.";
+    post({ id, ok: false, error: { code, message } });
+  }
+};
+
+function relaySentence(err: RelayError): string {
+  switch (err.code) {
+    case "relay_unavailable":
+      return "The relay cannot be reached. Check the network; nothing is lost.";
+    case "enrolment_code_invalid":
+      return "The relay does not know that enrolment code: check it against the handout.";
+    case "enrolment_code_expired":
+      return "This enrolment code has expired: ask IT for a new one.";
+    case "password_too_weak":
+      return `Choose another passphrase: ${err.detail}.`;
+    case "invalid_credentials":
+      return "That passphrase is not right. Try again.";
+    case "device_revoked":
+      return "This phone has been revoked by IT: it can no longer send or receive.";
+    case "role_unknown":
+      return "There is no such on-call role.";
+    default:
+      return `The relay refused: ${err.code}.`;
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * Lets the Python tests drive the TypeScript protocol core (tests/phone/test_cross.py): one
+ * JSON command on stdin, one JSON answer on stdout; binary values are base64url.
+ *
+ *   {"op": "encrypt_attachment", "plaintext"}                  -> {key, ciphertext, sha256, size}
+ *   {"op": "seal", "sender", "recipients", "trusted", "at", "header", "body"}  -> {sealed}
+ *   {"op": "open", "me", "sender", "trusted", "at", "sealed", "attachments"}    -> {body, images} | {error}
+ *   {"op": "sign_consent", "claims", "identity_seed"}          -> {token}
+ *   {"op": "bench_encrypt", "size", "runs"}                     -> {median_ms} (bench/phone.py)
+ *   {"op": "verify_consent", "token", "identity_public", "at"} -> {claims} | {error}
+ */
+import { readFileSync } from "node:fs";
+import * as att from "../src/protocol/attachments.js";
+import { hex } from "../src/protocol/bytes.js";
+import { makeBody, encodeBody, decodeBody, type Body } from "../src/protocol/body.js";
+import { b64urlDecode as d, b64urlEncode as e } from "../src/protocol/canonical.js";
+import * as certs from "../src/protocol/certs.js";
+import * as consent from "../src/protocol/consent.js";
+import * as env from "../src/protocol/envelope.js";
+import * as keys from "../src/protocol/keys.js";
+import * as s from "../src/protocol/sodium.js";
+
+type V = Record<string, any>;
+
+function trusted(t: Record<string, string>): Record<string, Uint8Array> {
+  return Object.fromEntries(Object.entries(t).map(([k, v]) => [k, d(v)]));
+}
+
+function deviceKeys(x: V): keys.DeviceKeys {
+  return { deviceId: x.device_id, signing: keys.ed25519FromSeed(d(x.signing_seed)), dh: keys.x25519FromSecret(d(x.dh_secret)) };
+}
+
+function bodyFromJson(b: V): Body {
+  return makeBody({
+    ...b,
+    attachments: (b.attachments ?? []).map((a: V) => ({ ...a, key: d(a.key), sha256: d(a.sha256), width: a.width ?? null, height: a.height ?? null })),
+  });
+}
+
+function bodyToJson(b: Body): V {
+  return { ...b, attachments: b.attachments.map((a) => ({ ...a, key: e(a.key), sha256: e(a.sha256) })) };
+}
+
+async function run(cmd: V): Promise<V> {
+  switch (cmd.op) {
+    case "encrypt_attachment": {
+      const enc = att.encryptAttachment(d(cmd.plaintext));
+      return { key: e(enc.key), ciphertext: e(enc.ciphertext), sha256: e(enc.sha256), sha256_hex: hex(enc.sha256), size: enc.size };
+    }
+    case "seal": {
+      const orgs = trusted(cmd.trusted);
+      const bundles = cmd.recipients.map((r: V) =>
+        env.bundleFromTokens(certs.verifyChain(r.user_certificate, r.device_certificate, orgs, cmd.at, null), r.signed_prekey, r.one_time_prekey ?? null),
+      );
+      const header: env.MessageHeader = { external: false, body_size: 0, ...cmd.header };
+      const sealed = await env.sealMessage(header, encodeBody(bodyFromJson(cmd.body)), deviceKeys(cmd.sender), bundles);
+      return { sealed: e(env.encodeSealed(sealed)) };
+    }
+    case "open": {
+      const orgs = trusted(cmd.trusted);
+      const sender = certs.verifyChain(cmd.sender.user_certificate, cmd.sender.device_certificate, orgs, cmd.at, null);
+      const store = new keys.MemoryPrekeyStore(
+        cmd.me.signed_prekeys.map((p: V) => ({ prekeyId: p.id, keypair: keys.x25519FromSecret(d(p.secret)) })),
+        (cmd.me.one_time_prekeys ?? []).map((p: V) => ({ prekeyId: p.id, keypair: keys.x25519FromSecret(d(p.secret)) })),
+      );
+      let body: Body;
+      try {
+        const sealed = env.decodeSealed(d(cmd.sealed));
+        body = decodeBody(await env.openMessage(sealed, deviceKeys(cmd.me), store, sender, new env.MemorySeenSet()));
+      } catch (err) {
+        return { error: (err as { code?: string }).code ?? String(err) };
+      }
+      const images: V = {};
+      for (const a of body.attachments) {
+        const blob = cmd.attachments?.[a.attachment_id];
+        if (blob) images[a.attachment_id] = e(att.decryptAttachment(d(blob), a.key, { sha256: a.sha256, size: a.size }));
+      }
+      return { body: bodyToJson(body), images };
+    }
+    case "bench_encrypt": {
+      // Median time to encrypt `size` random bytes as an attachment (secretstream, §6).
+      const data = s.randomBytes(cmd.size);
+      const times: number[] = [];
+      for (let i = 0; i < cmd.runs; i++) {
+        const t0 = performance.now();
+        att.encryptAttachment(data);
+        times.push(performance.now() - t0);
+      }
+      times.sort((x, y) => x - y);
+      return { median_ms: times[Math.floor(times.length / 2)] };
+    }
+    case "sign_consent":
+      return { token: consent.issueConsentToken(cmd.claims, d(cmd.identity_seed)) };
+    case "verify_consent":
+      try {
+        return { claims: consent.verifyConsentToken(cmd.token, d(cmd.identity_public), cmd.at) };
+      } catch (err) {
+        return { error: (err as { code?: string }).code ?? String(err) };
+      }
+    default:
+      throw new Error(`unknown op ${String(cmd.op)}`);
+  }
+}
+
+await s.ready();
+const answer = await run(JSON.parse(readFileSync(0, "utf-8")) as V);
+process.stdout.write(JSON.stringify(answer) + "\n");

@@ -1,0 +1,197 @@
+"""The phone app's world for its browser tests: the app served by ``lightbox-phone``'s Starlette
+app on a loopback port (never by the relay), a relay that lets that origin call it, a user
+provisioned with a real sealed enrolment package (so the code on the handout opens it), a
+fake camera fed from a Y4M video (a QR code of the handout, or anything else), and a phone:
+Debian's Chromium in mobile emulation (a phone's viewport, touch) driven by Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import segno
+import uvicorn
+from PIL import Image
+
+from clients.phone.serve import PhoneConfig, make_app
+from protocol import api
+from protocol.canonical import b64url_encode, encode_struct
+from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
+from tests.helpers import ROOT, seconds
+from tests.identity_world import User, World, identity_world
+from tests.phone.node import build
+
+__all__ = ["ARGS", "CHROMIUM", "PHONE_VIEWPORT", "SHOTS", "axe_violations", "bound_socket",
+           "idb_records",
+           "phone_page", "phone_world", "provision_with_package", "qr_image", "running_phone",
+           "still_video"]
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+PHONE_VIEWPORT: Any = {"width": 390, "height": 844}  # a mid-size phone, CSS pixels
+SHOTS = ROOT / "test-artefacts" / "phone"
+
+
+def bound_socket() -> tuple[socket.socket, int]:
+    """A listening loopback socket on a free port (known before the relay starts, which must
+    name the phone's origin)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock, sock.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def phone_world(db_dsn: str, tmp: Path, *, autolock_seconds: int = 60,
+                      **settings: Any) -> AsyncIterator[tuple[World, str]]:
+    """A relay that lets the phone's origin call it (``settings`` are the relay's), and the
+    phone app served on that origin (the cheapest Argon2id for its vault); yields both."""
+    sock, port = bound_socket()
+    origin = f"http://127.0.0.1:{port}"
+    async with identity_world(db_dsn, tmp, phone_origins=origin, **settings) as world:
+        config = PhoneConfig(world.relay.base_url, kdf="cheap",
+                             autolock_seconds=autolock_seconds)
+        async with running_phone(config, sock) as served:
+            yield world, served
+
+
+@contextlib.asynccontextmanager
+async def running_phone(config: PhoneConfig, sock: socket.socket) -> AsyncIterator[str]:
+    """The built app served on ``sock``; yields its origin."""
+    dist = build().parent / "dist"
+    server = uvicorn.Server(uvicorn.Config(make_app(config, dist), log_level="warning",
+                                           access_log=False, lifespan="off", ws="none"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def provision_with_package(world: World, user: User) -> None:
+    """Provision ``user`` as IT's tool does: the identity key and the organisation key sealed
+    under the enrolment code (PROTOCOL §4.7; the cheapest Argon2id, tests only)."""
+    bundle = api.EnrolmentBundle(user_id=user.user_id, login=user.login, org_id=user.org.org_id,
+                                 org_public_key=user.org.public_b64,
+                                 identity_seed=b64url_encode(user.identity.seed.reveal()))
+    sealed = seal_with_passphrase(encode_struct(bundle), user.code,
+                                  opslimit=CHEAP_PROFILE.opslimit,
+                                  memlimit=CHEAP_PROFILE.memlimit)
+    (result,) = await world.provision(user, sealed_identity=b64url_encode(sealed))
+    assert result["ok"], result
+
+
+def still_video(path: Path, image: Image.Image, *, frames: int = 6,
+                size: tuple[int, int] = (640, 480)) -> Path:
+    """A Y4M (YUV4MPEG2, 4:2:0) video of one still picture, for Chromium's fake camera
+    (``--use-file-for-fake-video-capture``)."""
+    w, h = size
+    canvas = Image.new("RGB", (w, h), "white")
+    img = image.convert("RGB")
+    img.thumbnail((w - 40, h - 40))
+    canvas.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
+    y, cb, cr = canvas.convert("YCbCr").split()
+    half = (w // 2, h // 2)
+    planes = y.tobytes() + cb.resize(half).tobytes() + cr.resize(half).tobytes()
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            out.write(b"FRAME\n" + planes)
+    return path
+
+
+def qr_image(text: str) -> Image.Image:
+    """The QR code of ``text`` as the handout prints it (segno, error correction M, quiet zone)."""
+    out = io.BytesIO()
+    segno.make(text, error="m").save(out, kind="png", scale=8, border=4)
+    out.seek(0)
+    return Image.open(out).convert("L")
+
+
+@contextlib.asynccontextmanager
+async def phone_page(*, video: Path | None = None, camera: bool = True
+                     ) -> AsyncIterator[tuple[Any, list[str]]]:
+    """A phone-sized page in a real Chromium (touch, mobile), with a fake camera fed from
+    ``video``; ``camera=False``: the camera permission is refused. Yields the page and the
+    console and page errors it reports."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium is missing: install it with `bash .ci/system-deps chromium`",
+                    pytrace=False)
+    from playwright.async_api import async_playwright
+    args = list(ARGS)
+    if video is not None:
+        args += ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                 f"--use-file-for-fake-video-capture={video}"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            context = await browser.new_context(
+                viewport=PHONE_VIEWPORT, device_scale_factor=2, is_mobile=True, has_touch=True,
+                locale="en-GB", timezone_id="Europe/London",
+                user_agent="Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
+                           "(KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36",
+                permissions=["camera"] if camera else [])
+            page = await context.new_page()
+            page.set_default_timeout(seconds(30) * 1000)
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            yield page, problems
+        finally:
+            await browser.close()
+
+
+async def axe_violations(page: Any) -> list[dict[str, Any]]:
+    """Serious and critical axe-core violations on the page as it is (axe-core from npm,
+    evaluated through the DevTools protocol, so the page's CSP stays as served)."""
+    source = (ROOT / "clients" / "phone" / "node_modules" / "axe-core" / "axe.min.js").read_text()
+    await page.evaluate(f"() => {{ {source}\n; window.__axe = axe; }}")
+    result: dict[str, Any] = await page.evaluate(
+        "async () => await window.__axe.run(document, {resultTypes: ['violations']})")
+    assert result["testEngine"]["name"] == "axe-core" and result["passes"] is not None
+    return [{"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]]}
+            for v in result["violations"] if v["impact"] in ("serious", "critical")]
+
+
+async def idb_records(page: Any) -> list[bytes]:
+    """Every value in the app's IndexedDB, its byte strings concatenated (what a thief who
+    copies the phone's storage gets)."""
+    dumped: list[str] = await page.evaluate("""async () => {
+      const names = (await indexedDB.databases()).map((d) => d.name);
+      if (!names.includes("lightbox-phone")) return [];
+      const db = await new Promise((ok, ko) => {
+        const r = indexedDB.open("lightbox-phone"); r.onsuccess = () => ok(r.result);
+        r.onerror = () => ko(r.error); });
+      const out = [];
+      const flat = (v) => v instanceof Uint8Array ? [v] : (v && typeof v === "object")
+        ? Object.values(v).flatMap(flat) : [new TextEncoder().encode(String(v))];
+      for (const store of db.objectStoreNames) {
+        const all = await new Promise((ok) => {
+          const r = db.transaction(store).objectStore(store).getAll();
+          r.onsuccess = () => ok(r.result); });
+        for (const value of all) {
+          let s = "";
+          for (const part of flat(value)) for (const b of part) s += String.fromCharCode(b);
+          out.push(btoa(s));
+        }
+      }
+      db.close();
+      return out;
+    }""")
+    return [base64.b64decode(d) for d in dumped]

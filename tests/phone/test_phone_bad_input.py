@@ -1,0 +1,160 @@
+"""Bad input on the phone, each a clear sentence on the screen and nothing saved: a QR code that
+is not a handout, the camera refused, a malformed or unknown enrolment code, an organisation
+key that does not match the handout; and the app locks itself after inactivity. Also: what
+IndexedDB holds after a consult is ciphertext only."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import seconds
+from tests.identity_world import World
+from tests.phone.phone_world import (
+    idb_records,
+    phone_page,
+    phone_world,
+    provision_with_package,
+    qr_image,
+    still_video,
+)
+
+PASSPHRASE = "amber kettle nightshift wrist"
+
+
+@pytest.fixture
+async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]:
+    async with phone_world(db_dsn, tmp_path, autolock_seconds=10) as found:
+        yield found
+
+
+async def test_a_qr_code_that_is_not_a_handout_is_named_and_nothing_happens(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    _, origin = phone
+    video = still_video(tmp_path / "menu.y4m", qr_image("https://canteen.example.org/menu"))
+    async with phone_page(video=video) as (page, _):
+        await page.goto(origin)
+        await page.tap("#scan")
+        await page.locator("#scan-status",
+                           has_text="This QR code is not a Lightbox enrolment handout").wait_for()
+        assert await page.is_visible("#screen-enrol")
+        assert await page.input_value("#code") == ""
+
+
+async def test_a_refused_camera_says_to_type_the_code(phone: tuple[World, str]) -> None:
+    _, origin = phone
+    async with phone_page(camera=False) as (page, _):
+        await page.goto(origin)
+        await page.tap("#scan")
+        await page.locator("#enrol-error", has_text="The camera is not available to Lightbox: "
+                           "type the code from the handout instead").wait_for()
+        assert await page.is_hidden("#scanner")
+
+
+async def test_typed_codes_that_are_malformed_or_unknown_are_refused_in_words(
+        phone: tuple[World, str]) -> None:
+    world, origin = phone
+    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
+    await provision_with_package(world, intern)
+    async with phone_page() as (page, problems):
+        await page.goto(origin)
+        await page.fill("#code", "not a code")
+        await page.tap("#enrol-next")
+        await page.locator("#enrol-error", has_text="That is not an enrolment code").wait_for()
+        await page.fill("#code", "ABCD-EFGH-JKMN-PQRS-TVWX")
+        await page.tap("#enrol-next")
+        await page.locator("#enrol-error",
+                           has_text="The relay does not know that enrolment code").wait_for()
+        # The right code, typed in lower case with spaces; a key that does not match stops.
+        await page.fill("#code", intern.code.lower().replace("-", " "))
+        await page.tap("#enrol-next")
+        await page.locator("#screen-confirm").wait_for()
+        await page.tap("#fp-mismatch")
+        await page.locator("#confirm-error", has_text="Stop here and call IT").wait_for()
+        assert await page.is_hidden("#screen-passphrase")
+        assert await idb_records(page) == []
+        assert problems == []
+
+
+async def test_the_vault_holds_only_ciphertext_and_the_app_locks_itself_when_idle(
+        phone: tuple[World, str]) -> None:
+    world, origin = phone
+    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
+    await provision_with_package(world, intern)
+    specialist = world.org.user("ortho", roles=("orthopaedics_oncall",))
+    await world.onboard(specialist)
+    async with phone_page() as (page, _):
+        await page.goto(origin)
+        await page.fill("#code", intern.code)
+        await page.tap("#enrol-next")
+        await page.tap("#fp-match")
+        await page.fill("#new-pass", PASSPHRASE)
+        await page.fill("#new-pass2", PASSPHRASE)
+        await page.tap("#enrol-finish")
+        await page.locator("#screen-home").wait_for()
+        await page.fill("#text", "Doe^Jane MRN123 distal radius")
+        await page.tap("#send")
+        await page.locator("#send-status", has_text="Sent").wait_for()
+        records = await idb_records(page)
+        assert len(records) >= 3  # the KDF header, the device state, the thread
+        blob = b"".join(records)
+        for needle in (b"MRN123", b"Doe^Jane", b"distal radius", intern.login.encode(),
+                       PASSPHRASE.encode(), intern.identity.public):
+            assert needle not in blob, needle
+        # Ten seconds without a touch: the app locks and asks for the passphrase.
+        await page.locator("#screen-unlock").wait_for(timeout=30_000)
+        assert await page.text_content("#conn") == "locked"
+
+
+
+
+
+@pytest.mark.parametrize("wipe", [False, True])
+async def test_a_phone_revoked_while_open_says_so_and_obeys_a_wipe(
+        phone: tuple[World, str], wipe: bool) -> None:
+    world, origin = phone
+    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
+    await provision_with_package(world, intern)
+    async with phone_page() as (page, _):
+        await page.goto(origin)
+        await page.fill("#code", intern.code)
+        await page.tap("#enrol-next")
+        await page.tap("#fp-match")
+        await page.fill("#new-pass", PASSPHRASE)
+        await page.fill("#new-pass2", PASSPHRASE)
+        await page.tap("#enrol-finish")
+        await page.locator("#conn", has_text="connected").wait_for()
+        conn = await world.db()
+        try:
+            device_id = str(await conn.fetchval(
+                "SELECT device_id FROM devices WHERE user_id = $1", uuid.UUID(intern.user_id)))
+        finally:
+            await conn.close()
+        r = await world.revoke(intern.org, 1, devices=(device_id,), wipe=wipe)
+        assert r.status_code == 200, r.text
+        if not wipe:
+            await page.locator("#banner", has_text="This phone has been revoked by IT").wait_for()
+            assert await page.text_content("#conn") == "revoked"
+            assert await idb_records(page) != []
+            return
+        # The organisation-signed order verified: the vault is erased, then confirmed.
+        await page.locator("#banner", has_text="its Lightbox data has been erased").wait_for()
+        assert await page.is_visible("#screen-enrol")
+        assert await idb_records(page) == []
+    async with asyncio.timeout(seconds(20)):
+        while not await count_events(world, "device.wipe_confirmed", device_id):
+            await asyncio.sleep(0.2)
+
+
+async def count_events(world: World, event: str, subject: str) -> int:
+    conn = await world.db()
+    try:
+        found: int = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE event = $1 AND subject_id = $2", event, subject)
+        return found
+    finally:
+        await conn.close()

@@ -5,15 +5,15 @@ A claimed row was already kept (its key erased) so that its id is never reused; 
 names the claiming device. Rows claimed before this revision have no claimer and count towards
 the target's limit only.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-03
 """
 
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

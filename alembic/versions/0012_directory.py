@@ -9,15 +9,15 @@ it holds the login and keeps the relay user suspended. Bearer tokens are kept as
 hashes (256-bit random tokens, like refresh tokens). ``sso_sessions`` marks the refresh
 families begun with the hospital's OpenID provider and when they must sign in there again.
 
-Revision ID: 0009_identity_directory
-Revises: 0008
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-03
 """
 
 from alembic import op
 
-revision = "0009_identity_directory"
-down_revision = "0008"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

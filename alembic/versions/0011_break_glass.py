@@ -6,15 +6,15 @@ Nothing in a row is patient data: the clinician's written reason stays sealed in
 the relay keeps its category. ``note`` is the privacy office's own words (no patient details,
 as for a consent withdrawal's reason).
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-03
 """
 
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

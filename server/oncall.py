@@ -181,11 +181,14 @@ class OncallService:
 
     async def _roles_now(self, conn: asyncpg.Connection, thread_ids: Sequence[str],
                          at: dt.datetime) -> dict[str, list[_RoleNow]]:
+        """Each thread role's shift covering ``at``, its ladder in order cut to those
+        ``role_reach`` reaches: the same people the sender sealed for (server/store/threads.py)."""
         rows = await conn.fetch(
             "SELECT r.thread_id::text AS thread_id, t.org_id, r.role, s.shift_id::text AS sid, "
-            "ARRAY(SELECT l FROM unnest(s.ladder) WITH ORDINALITY AS x(l, n) "
-            "      JOIN users u ON u.user_id = x.l AND u.status = 'active' ORDER BY x.n"
-            ")::text[] AS ladder, s.ends_at, o.urgent_seconds, o.routine_seconds "
+            "ARRAY(SELECT x.l FROM unnest(s.ladder) WITH ORDINALITY AS x(l, n) "
+            "      WHERE x.l IN (SELECT user_id FROM role_reach(t.org_id, r.role, $2)) "
+            "      ORDER BY x.n)::text[] AS ladder, s.ends_at, o.urgent_seconds, "
+            "o.routine_seconds "
             "FROM thread_roles r JOIN threads t ON t.thread_id = r.thread_id "
             "JOIN oncall_roles o ON o.org_id = t.org_id AND o.role = r.role "
             "JOIN oncall_shifts s ON s.org_id = t.org_id AND s.role = r.role "
@@ -419,12 +422,12 @@ class OncallService:
 
     async def _roles_for(self, conn: Any, e: escalations.Escalation, now: dt.datetime
                          ) -> tuple[str, list[str], dt.datetime] | None:
+        """The incoming shift and its ladder in order, cut to those ``role_reach`` reaches."""
         shift = await oncall.on_call(conn, e.org_id, e.role, now)
         if shift is None:
             return None
-        rows = await conn.fetch(
-            "SELECT user_id::text AS u FROM users WHERE user_id = ANY($1::uuid[]) "
-            "AND status = 'active'", list(shift.ladder))
+        rows = await conn.fetch("SELECT user_id::text AS u FROM role_reach($1, $2, $3)",
+                                e.org_id, e.role, now)
         active = {r["u"] for r in rows}
         ladder = [u for u in shift.ladder if u in active]
         if not ladder:

@@ -1,5 +1,5 @@
 """Per-organisation identity settings: how a hospital's directory and single sign-on map onto
-Lightbox (docs/OPERATIONS.md "Hospital directory and single sign-on").
+Lightbox (docs/OPERATIONS.md "Hospital directory (SCIM)" and "Single sign-on (OpenID Connect)").
 
 The file (``LIGHTBOX_IDENTITY_FILE``) is JSON ``{"orgs": {org_id: {OrgIdentity fields}}}``::
 

@@ -67,21 +67,50 @@ Exceptions::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, TypeVar
+from typing import Final, Self
 
 import msgspec
 
 from clients.sdk.kdf import passphrase_profile
 from clients.sdk.keystore import DeviceState
+from clients.sdk.vaultimages import VaultImages
+from clients.sdk.vaultnotes import SenderSeenSet, VaultDedupe, VaultNotes
+from clients.sdk.vaultrows import (
+    MAX_IMAGE_BYTES,
+    OUTBOX_STAGES,
+    VAULT_FORMAT,
+    ImageInfo,
+    ImageShredded,
+    ItemNotFound,
+    OutboxImage,
+    OutboxRecord,
+    StoredImage,
+    Tombstone,
+    VaultCorrupt,
+    VaultError,
+    VaultExists,
+    VaultKeys,
+    VaultLocked,
+    VaultMessage,
+    VaultNotFound,
+    VaultPassphraseError,
+    VaultUnavailable,
+    check_id,
+    decode_row,
+    map_sqlite_error,
+    mapped,
+    open_row,
+    row_label,
+    row_tag,
+    seal_row,
+)
 from protocol.errors import DecodeError, ProtocolError, VerificationError
 from protocol.keys import (
     SENSITIVE_PROFILE,
@@ -92,13 +121,7 @@ from protocol.keys import (
     seal_with_passphrase,
 )
 from protocol.local import (
-    LOCAL_KEY_BYTES,
-    derive_local_key,
-    local_tag,
     new_local_key,
-    open_local,
-    record_label,
-    seal_local,
 )
 
 __all__ = [
@@ -131,241 +154,14 @@ VAULT_FILE: Final = "vault.db"
 IDLE_TIMEOUT_ENV: Final = "LIGHTBOX_VAULT_IDLE_TIMEOUT"
 DEFAULT_IDLE_TIMEOUT: Final = 300.0  # seconds; five minutes, as for a phone's screen lock
 MAX_IDLE_TIMEOUT: Final = 24 * 3600.0
-MAX_IMAGE_BYTES: Final = 64 * 1024 * 1024  # protocol.attachments.MAX_ATTACHMENT_SIZE
-_MAX_ID: Final = 200
-_FORMAT: Final = b"lightbox-vault/1"
 
 # --- errors ------------------------------------------------------------------------------------
-
-
-class VaultError(Exception):
-    """Base of every vault error; the message is written for the user."""
-
-
-class VaultLocked(VaultError):
-    """The vault is locked: unlock it with the passphrase."""
-
-
-class VaultPassphraseError(VaultError):
-    """The passphrase does not open this vault."""
-
-
-class VaultNotFound(VaultError):
-    """There is no vault in that folder."""
-
-
-class VaultExists(VaultError):
-    """A vault already exists in that folder."""
-
-
-class VaultCorrupt(VaultError):
-    """The vault file is damaged, truncated, tampered with, or not a vault."""
-
-
-class VaultUnavailable(VaultError):
-    """The vault file is busy (another process), read-only, or the disk is full."""
-
-
-class ItemNotFound(VaultError, KeyError):
-    """No message or image with that id."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-class ImageShredded(ItemNotFound):
-    """The image was shredded; only its tombstone remains."""
-
-    def __init__(self, tombstone: Tombstone) -> None:
-        where = f" (in the record: {tombstone.record_reference})" if tombstone.record_reference \
-            else ""
-        super().__init__(f"image {tombstone.attachment_id} was deleted from this device{where}")
-        self.tombstone = tombstone
 
 
 # --- records -----------------------------------------------------------------------------------
 
 
-class VaultMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A decrypted message as the device keeps it."""
-
-    message_id: str
-    thread_id: str
-    sender_user_id: str
-    sender_device_id: str
-    sent_at: float  # seconds since the epoch
-    body: str
-    attachment_ids: tuple[str, ...] = ()
-    priority: str = "normal"
-    purpose: str | None = None
-    read: bool = False
-    # Added by the SDK client (clients/sdk/client.py): the whole sealed body as received
-    # (protocol.body MessagePack: kind, attachment descriptors, consent, record data), whether
-    # this device sent it, and the relay's sequence number in the thread.
-    content: bytes = b""
-    outgoing: bool = False
-    thread_seq: int = 0
-    # Break-glass (docs/PROTOCOL.md §17): the category the signed header declared, if any.
-    emergency: str | None = None
-
-    def __repr__(self) -> str:  # never print the body
-        return (f"VaultMessage(message_id={self.message_id!r}, thread_id={self.thread_id!r}, "
-                f"read={self.read})")
-
-
-class ImageInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What the vault knows about a stored image (encrypted under the image's own key, so it
-    goes when the image is shredded)."""
-
-    attachment_id: str
-    media_type: str
-    size: int
-    sha256: bytes
-    stored_at: float
-    width: int | None = None
-    height: int | None = None
-    thread_id: str | None = None
-    message_id: str | None = None
-    record_reference: str | None = None
-
-
-OUTBOX_STAGES: Final = ("upload", "seal", "send")
-
-
-class OutboxImage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The image of a pending send: the sanitised bytes (kept in the vault once sent), the
-    ciphertext being uploaded and what the sealed descriptor will say. ``attachment_id`` is
-    the relay's upload id once the upload was created (a resend resumes it)."""
-
-    data: bytes
-    media_type: str
-    width: int | None = None
-    height: int | None = None
-    key: bytes
-    sha256: bytes
-    size: int
-    ciphertext: bytes
-    attachment_id: str | None = None
-    uploaded: bool = False
-    burned_in: list[str] = []  # kinds of identifier OCR found in the pixels (protocol.body)
-
-    def __repr__(self) -> str:  # never print the key or the image
-        return f"OutboxImage(attachment_id={self.attachment_id!r}, size={self.size})"
-
-
-class OutboxRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A send not yet stored by the relay (clients/sdk/client.py writes it before anything
-    goes on the wire and removes it on ``accepted`` or on a final refusal).
-
-    ``body``: the protocol.body MessagePack as the user wrote it (without the image's
-    descriptor while the upload is pending); ``sealed``: the protocol.envelope encoding of the
-    sealed message last put on the wire (empty before sealing) and ``content`` the exact body
-    sealed in it; ``stage``: one of OUTBOX_STAGES."""
-
-    message_id: str
-    thread_id: str
-    created_at: float
-    purpose: str
-    priority: str
-    body: bytes
-    consent_id: str | None = None
-    necessity: str | None = None
-    emergency: str | None = None  # break-glass category for the header (reason in the body)
-    attachment_ids: tuple[str, ...] = ()
-    image: OutboxImage | None = None
-    stage: str = "seal"
-    sealed: bytes = b""
-    content: bytes = b""
-    attempts: int = 0
-
-    def __repr__(self) -> str:  # never print the body
-        return f"OutboxRecord(message_id={self.message_id!r}, stage={self.stage!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredImage:
-    """A decrypted image: in memory only."""
-
-    info: ImageInfo
-    data: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Tombstone:
-    """What remains of a shredded image: its id, where the record keeps it, and when."""
-
-    attachment_id: str
-    record_reference: str | None
-    shredded_at: float
-
-
 # --- keys --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Keys:
-    state: SecretBytes
-    messages: SecretBytes
-    threads: SecretBytes
-    image_keys: SecretBytes
-    tombstones: SecretBytes
-    dedupe: SecretBytes
-    notes: SecretBytes
-    outbox: SecretBytes
-
-    @classmethod
-    def derive(cls, master: bytes, vault_id: bytes) -> _Keys:
-        def sub(label: str) -> SecretBytes:
-            return derive_local_key(master, salt=vault_id,
-                                    label=b"lightbox/vault/v1/" + label.encode())
-
-        return cls(state=sub("state"), messages=sub("messages"), threads=sub("threads"),
-                   image_keys=sub("image-keys"), tombstones=sub("tombstones"),
-                   dedupe=sub("dedupe"), notes=sub("notes"), outbox=sub("outbox"))
-
-
-def _ad(table: str, *row_id: str) -> bytes:
-    """A row's label (protocol.local.record_label): the format, the table, the row's id."""
-    return record_label(_FORMAT, table, *row_id)
-
-
-def _seal(key: SecretBytes, ad: bytes, plaintext: bytes) -> bytes:
-    return seal_local(key, plaintext, label=ad)
-
-
-def _open(key: SecretBytes, ad: bytes, blob: object) -> bytes:
-    if not isinstance(blob, bytes):
-        raise VaultCorrupt("a vault record is damaged")
-    try:
-        return open_local(key, blob, label=ad)
-    except VerificationError as exc:
-        raise VaultCorrupt("a vault record is damaged or was tampered with") from exc
-
-
-_Row = TypeVar("_Row", "VaultMessage", "OutboxRecord")
-
-
-def _decode_row(key: SecretBytes, table: str, message_id: str, sealed: object,
-                cls: type[_Row], what: str) -> _Row:
-    """Open and decode a row keyed by message id (a message, a pending send)."""
-    plain = _open(key, _ad(table, message_id), sealed)
-    try:
-        row = msgspec.msgpack.decode(plain, type=cls)
-    except msgspec.DecodeError as exc:
-        raise VaultCorrupt(f"{what} is unreadable") from exc
-    if row.message_id != message_id:
-        raise VaultCorrupt(f"{what} is damaged")
-    return row
-
-
-def _tag(key: SecretBytes, *parts: str) -> bytes:
-    return local_tag(key, *parts)
-
-
-def _check_id(value: str, what: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID:
-        raise ValueError(f"{what} must be a non-empty string of at most {_MAX_ID} characters")
-    return value
 
 
 def _idle_timeout_from_env() -> float:
@@ -450,11 +246,32 @@ class Vault:
         self._clock, self._now = clock, now
         self._mutex = threading.RLock()
         self._db: sqlite3.Connection | None = None
-        self._keys: _Keys | None = None
+        self._keys: VaultKeys | None = None
         self._master: SecretBytes | None = None
         self._state: DeviceState | None = None
         self._last_used = 0.0
-        self.dedupe = VaultDedupe(self)
+        # Notes, the outbox, consent withdrawals and the record of deliveries seen
+        # (clients/sdk/vaultnotes.py), as the vault's own methods.
+        self._notes = VaultNotes(self)
+        self.dedupe = VaultDedupe(self._notes)
+        self.put_note = self._notes.put_note
+        self.notes = self._notes.notes
+        self.put_outbox = self._notes.put_outbox
+        self.outbox = self._notes.outbox
+        self.drop_outbox = self._notes.drop_outbox
+        self.note_consent_withdrawn = self._notes.note_consent_withdrawn
+        self.consent_withdrawals = self._notes.consent_withdrawals
+        # Images and tombstones (clients/sdk/vaultimages.py), as the vault's own methods.
+        self._images = VaultImages(self)
+        self.put_image = self._images.put_image
+        self.image_info = self._images.image_info
+        self.get_image = self._images.get_image
+        self.images = self._images.images
+        self.set_record_reference = self._images.set_record_reference
+        self.shred = self._images.shred
+        self.expire = self._images.expire
+        self.tombstone = self._images.tombstone
+        self.tombstones = self._images.tombstones
 
     def __repr__(self) -> str:
         return f"Vault({str(self.directory)!r}, {'unlocked' if self._keys else 'locked'})"
@@ -497,7 +314,8 @@ class Vault:
                     for statement in filter(str.strip, _SCHEMA.split(";")):
                         conn.execute(statement)
                     conn.executemany("INSERT INTO meta VALUES (?, ?)", [
-                        ("format", _FORMAT), ("vault_id", vault_id), ("sealed_master", sealed)])
+                        ("format", VAULT_FORMAT), ("vault_id", vault_id),
+                        ("sealed_master", sealed)])
             except BaseException:
                 with contextlib.suppress(OSError):
                     self.path.unlink()
@@ -597,7 +415,7 @@ class Vault:
                         "SELECT sealed FROM secrets WHERE name = 'device_state'").fetchone()
                 if row is None:
                     raise VaultError("this vault holds no device keys yet: enrol or link first")
-                plain = _open(self._k().state, _ad("secrets", "device_state"), row[0])
+                plain = open_row(self._k().state, row_label("secrets", "device_state"), row[0])
                 try:
                     self._state = msgspec.msgpack.decode(plain, type=DeviceState)
                 except msgspec.DecodeError as exc:
@@ -607,7 +425,7 @@ class Vault:
     def save(self, state: DeviceState) -> None:
         with self._mutex:
             db = self._use()
-            sealed = _seal(self._k().state, _ad("secrets", "device_state"),
+            sealed = seal_row(self._k().state, row_label("secrets", "device_state"),
                            msgspec.msgpack.encode(state))
             with self._sql(db) as conn:
                 conn.execute("INSERT INTO secrets VALUES ('device_state', ?) ON CONFLICT (name) "
@@ -622,20 +440,20 @@ class Vault:
         The message is recorded as seen from its sender device in the same transaction
         (:class:`VaultDedupe`): a delivery that comes again, after a crash before it was
         acknowledged or as a replay, is recognised whatever the moment of the crash."""
-        _check_id(message.message_id, "message_id")
-        _check_id(message.thread_id, "thread_id")
+        check_id(message.message_id, "message_id")
+        check_id(message.thread_id, "thread_id")
         with self._mutex:
             db = self._use()
             keys = self._k()
-            sealed = _seal(keys.messages, _ad("messages", message.message_id),
+            sealed = seal_row(keys.messages, row_label("messages", message.message_id),
                            msgspec.msgpack.encode(message))
             with self._sql(db) as conn:
                 cursor = conn.execute(
                     "INSERT INTO messages (message_id, thread_tag, sealed) VALUES (?, ?, ?) "
                     "ON CONFLICT (message_id) DO NOTHING",
-                    (message.message_id, _tag(keys.threads, message.thread_id), sealed))
+                    (message.message_id, row_tag(keys.threads, message.thread_id), sealed))
                 conn.execute("INSERT INTO dedupe VALUES (?) ON CONFLICT DO NOTHING",
-                             (_tag(keys.dedupe, message.sender_device_id, message.message_id),))
+                             (row_tag(keys.dedupe, message.sender_device_id, message.message_id),))
             return cursor.rowcount == 1
 
     def message(self, message_id: str) -> VaultMessage:
@@ -655,7 +473,7 @@ class Vault:
             with self._sql(db) as conn:
                 rows = conn.execute(
                     "SELECT message_id, sealed FROM messages WHERE thread_tag = ? ORDER BY seq",
-                    (_tag(self._k().threads, thread_id),)).fetchall()
+                    (row_tag(self._k().threads, thread_id),)).fetchall()
             found = [self._decode_message(mid, sealed) for mid, sealed in rows]
         # thread_tag is not authenticated: the decrypted thread id is what decides.
         found = [m for m in found if m.thread_id == thread_id and not (unread_only and m.read)]
@@ -667,7 +485,7 @@ class Vault:
             if message.read:
                 return
             updated = msgspec.structs.replace(message, read=True)
-            sealed = _seal(self._k().messages, _ad("messages", message_id),
+            sealed = seal_row(self._k().messages, row_label("messages", message_id),
                            msgspec.msgpack.encode(updated))
             with self._sql(self._use()) as conn:
                 conn.execute("UPDATE messages SET sealed = ? WHERE message_id = ?",
@@ -679,7 +497,7 @@ class Vault:
         with self._mutex:
             db = self._use()
             keys = self._k()
-            sealed = _seal(keys.messages, _ad("messages", message.message_id),
+            sealed = seal_row(keys.messages, row_label("messages", message.message_id),
                            msgspec.msgpack.encode(message))
             with self._sql(db) as conn:
                 cursor = conn.execute("UPDATE messages SET sealed = ? WHERE message_id = ?",
@@ -688,321 +506,8 @@ class Vault:
                 raise ItemNotFound(f"no message {message.message_id} in this vault")
 
     def _decode_message(self, message_id: str, sealed: object) -> VaultMessage:
-        return _decode_row(self._k().messages, "messages", message_id, sealed, VaultMessage,
+        return decode_row(self._k().messages, "messages", message_id, sealed, VaultMessage,
                            "a stored message")
-
-    # -- de-duplication (clients.sdk.connection.DedupeStore) -------------------------------------
-
-    def _dedupe_seen(self, sender_device_id: str, message_id: str) -> bool:
-        with self._mutex:
-            db = self._use()
-            tag = _tag(self._k().dedupe, sender_device_id, message_id)
-            with self._sql(db) as conn:
-                return conn.execute("SELECT 1 FROM dedupe WHERE tag = ?", (tag,)).fetchone() \
-                    is not None
-
-    def _dedupe_add(self, sender_device_id: str, message_id: str) -> None:
-        with self._mutex:
-            db = self._use()
-            tag = _tag(self._k().dedupe, sender_device_id, message_id)
-            with self._sql(db) as conn:
-                conn.execute("INSERT INTO dedupe VALUES (?) ON CONFLICT DO NOTHING", (tag,))
-
-    # -- notes: what the client must remember across restarts -----------------------------------
-
-    def put_note(self, kind: str, key: str, value: bytes) -> None:
-        """Keep ``value`` under (``kind``, ``key``), replacing what was there. The file shows
-        the kind and how many notes there are, not the key (an HMAC) nor the value."""
-        _check_id(kind, "kind")
-        _check_id(key, "key")
-        with self._mutex:
-            db = self._use()
-            keys = self._k()
-            tag = _tag(keys.notes, kind, key)
-            sealed = _seal(keys.notes, _ad("notes", kind, tag.hex()),
-                           msgspec.msgpack.encode((key, value)))
-            with self._sql(db) as conn:
-                conn.execute("INSERT INTO notes VALUES (?, ?, ?) ON CONFLICT (tag) "
-                             "DO UPDATE SET sealed = excluded.sealed", (tag, kind, sealed))
-
-    def notes(self, kind: str) -> dict[str, bytes]:
-        """Every note of ``kind``, by key."""
-        with self._mutex:
-            db = self._use()
-            keys = self._k()
-            with self._sql(db) as conn:
-                rows = conn.execute("SELECT tag, sealed FROM notes WHERE kind = ?",
-                                    (kind,)).fetchall()
-            found: dict[str, bytes] = {}
-            for tag, sealed in rows:
-                plain = _open(keys.notes, _ad("notes", kind, bytes(tag).hex()),
-                              sealed)
-                try:
-                    key, value = msgspec.msgpack.decode(plain, type=tuple[str, bytes])
-                except msgspec.DecodeError as exc:
-                    raise VaultCorrupt("a stored note is unreadable") from exc
-                if _tag(keys.notes, kind, key) != tag:
-                    raise VaultCorrupt("a stored note is damaged")
-                found[key] = value
-            return found
-
-    # -- outbox: sends not yet stored by the relay ----------------------------------------------
-
-    def put_outbox(self, record: OutboxRecord) -> None:
-        """Write (or replace) a pending send; durable when this returns (synchronous=FULL)."""
-        _check_id(record.message_id, "message_id")
-        if record.stage not in OUTBOX_STAGES:
-            raise ValueError(f"outbox stage must be one of {OUTBOX_STAGES}")
-        with self._mutex:
-            db = self._use()
-            sealed = _seal(self._k().outbox, _ad("outbox", record.message_id),
-                           msgspec.msgpack.encode(record))
-            with self._sql(db) as conn:
-                conn.execute("INSERT INTO outbox VALUES (?, ?, ?) ON CONFLICT (message_id) "
-                             "DO UPDATE SET sealed = excluded.sealed",
-                             (record.message_id, record.created_at, sealed))
-
-    def outbox(self) -> list[OutboxRecord]:
-        """Every pending send, oldest first."""
-        with self._mutex:
-            db = self._use()
-            with self._sql(db) as conn:
-                rows = conn.execute("SELECT message_id, sealed FROM outbox "
-                                    "ORDER BY created_at, message_id").fetchall()
-            return [self._decode_outbox(mid, sealed) for mid, sealed in rows]
-
-    def drop_outbox(self, message_id: str) -> bool:
-        """Forget a pending send (stored by the relay, or refused for good); False if absent."""
-        with self._mutex:
-            db = self._use()
-            with self._sql(db) as conn:
-                return conn.execute("DELETE FROM outbox WHERE message_id = ?",
-                                    (message_id,)).rowcount == 1
-
-    def _decode_outbox(self, message_id: str, sealed: object) -> OutboxRecord:
-        return _decode_row(self._k().outbox, "outbox", message_id, sealed, OutboxRecord,
-                           "a pending send in the vault")
-
-    # -- images ---------------------------------------------------------------------------------
-
-    def put_image(
-        self,
-        attachment_id: str,
-        data: bytes,
-        *,
-        media_type: str,
-        width: int | None = None,
-        height: int | None = None,
-        thread_id: str | None = None,
-        message_id: str | None = None,
-        record_reference: str | None = None,
-    ) -> ImageInfo:
-        """Encrypt ``data`` under a fresh key of its own and store it. Storing an id again
-        replaces it; an id that was shredded is refused (ImageShredded)."""
-        _check_id(attachment_id, "attachment_id")
-        if not isinstance(data, bytes):
-            raise TypeError("image data must be bytes")
-        if len(data) > MAX_IMAGE_BYTES:
-            raise ValueError(f"image over the {MAX_IMAGE_BYTES} byte limit")
-        with self._mutex:
-            db = self._use()
-            keys = self._k()
-            tombstone = self._tombstone(db, attachment_id)
-            if tombstone is not None:
-                raise ImageShredded(tombstone)
-            image_key = new_local_key()
-            info = ImageInfo(attachment_id=attachment_id, media_type=media_type,
-                             size=len(data), sha256=hashlib.sha256(data).digest(),
-                             stored_at=self._now(), width=width, height=height, thread_id=thread_id,
-                             message_id=message_id, record_reference=record_reference)
-            row = (
-                attachment_id,
-                _seal(keys.image_keys, _ad("image-key", attachment_id), image_key.reveal()),
-                _seal(image_key, _ad("image-info", attachment_id), msgspec.msgpack.encode(info)),
-                _seal(image_key, _ad("image-data", attachment_id), data),
-            )
-            with self._sql(db) as conn:
-                conn.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)", row)
-            return info
-
-    def image_info(self, attachment_id: str) -> ImageInfo:
-        with self._mutex:
-            db = self._use()
-            image_key, sealed_info = self._image_row(db, attachment_id, "sealed_info")
-            return self._decode_info(image_key, attachment_id, sealed_info)
-
-    def get_image(self, attachment_id: str) -> StoredImage:
-        """The decrypted image, in memory. ImageShredded after :meth:`shred`."""
-        with self._mutex:
-            db = self._use()
-            image_key, sealed_info = self._image_row(db, attachment_id, "sealed_info")
-            info = self._decode_info(image_key, attachment_id, sealed_info)
-            _, sealed_data = self._image_row(db, attachment_id, "sealed_data")
-            data = _open(image_key, _ad("image-data", attachment_id), sealed_data)
-            if len(data) != info.size or hashlib.sha256(data).digest() != info.sha256:
-                raise VaultCorrupt(f"image {attachment_id} is damaged")
-            return StoredImage(info=info, data=data)
-
-    def images(self) -> list[ImageInfo]:
-        """Every image still held (not shredded), oldest first."""
-        with self._mutex:
-            db = self._use()
-            with self._sql(db) as conn:
-                rows = conn.execute(
-                    "SELECT attachment_id, wrapped_key, sealed_info FROM images").fetchall()
-            found = [self._decode_info(self._unwrap(aid, wrapped), aid, sealed)
-                     for aid, wrapped, sealed in rows]
-        return sorted(found, key=lambda i: i.stored_at)
-
-    def set_record_reference(self, attachment_id: str, record_reference: str) -> None:
-        """Remember where the record keeps this image (from the filing receipt); the
-        tombstone keeps it after shredding. A tombstone without one (its expiry order came
-        before the receipt, or before the image was ever fetched) takes it; one that has a
-        reference keeps it."""
-        with self._mutex:
-            db = self._use()
-            try:
-                image_key, sealed_info = self._image_row(db, attachment_id, "sealed_info")
-            except ImageShredded as exc:
-                if exc.tombstone.record_reference is not None:
-                    return
-                sealed_reference = _seal(self._k().tombstones, _ad("tombstones", attachment_id),
-                                         record_reference.encode())
-                with self._sql(db) as conn:
-                    conn.execute("UPDATE tombstones SET sealed_reference = ? "
-                                 "WHERE attachment_id = ?", (sealed_reference, attachment_id))
-                return
-            info = msgspec.structs.replace(
-                self._decode_info(image_key, attachment_id, sealed_info),
-                record_reference=record_reference)
-            sealed = _seal(image_key, _ad("image-info", attachment_id),
-                           msgspec.msgpack.encode(info))
-            with self._sql(db) as conn:
-                conn.execute("UPDATE images SET sealed_info = ? WHERE attachment_id = ?",
-                             (sealed, attachment_id))
-
-    def shred(self, attachment_id: str, *, record_reference: str | None = None) -> Tombstone:
-        """Delete the image's key and ciphertext for good and leave a tombstone.
-
-        Idempotent: shredding again returns the existing tombstone (expiry orders can arrive
-        twice). ItemNotFound if the vault never held the image.
-        """
-        with self._mutex:
-            db = self._use()
-            keys = self._k()
-            existing = self._tombstone(db, attachment_id)
-            if existing is not None:
-                return existing
-            if record_reference is None:
-                record_reference = self.image_info(attachment_id).record_reference
-            shredded_at = self._now()
-            sealed_reference = None if record_reference is None else _seal(
-                keys.tombstones, _ad("tombstones", attachment_id), record_reference.encode())
-            with self._sql(db) as conn:
-                deleted = conn.execute("DELETE FROM images WHERE attachment_id = ?",
-                                       (attachment_id,)).rowcount
-                if deleted != 1:
-                    raise ItemNotFound(f"no image {attachment_id} in this vault")
-                conn.execute("INSERT INTO tombstones VALUES (?, ?, ?)",
-                             (attachment_id, shredded_at, sealed_reference))
-            return Tombstone(attachment_id, record_reference, shredded_at)
-
-    def expire(self, attachment_id: str, *, record_reference: str | None = None) -> Tombstone:
-        """Apply an expiry order (docs/PROTOCOL.md §15): shred the image if it is held, and
-        leave a tombstone even if it never was, so that a delivery or download arriving after
-        the order is refused by :meth:`put_image` (ImageShredded). Idempotent."""
-        _check_id(attachment_id, "attachment_id")
-        with self._mutex:
-            db = self._use()
-            existing = self._tombstone(db, attachment_id)
-            if existing is not None:
-                return existing
-            with contextlib.suppress(ItemNotFound):
-                return self.shred(attachment_id, record_reference=record_reference)
-            shredded_at = self._now()
-            sealed_reference = None if record_reference is None else _seal(
-                self._k().tombstones, _ad("tombstones", attachment_id),
-                record_reference.encode())
-            with self._sql(db) as conn:
-                conn.execute("INSERT INTO tombstones VALUES (?, ?, ?)",
-                             (attachment_id, shredded_at, sealed_reference))
-            return Tombstone(attachment_id, record_reference, shredded_at)
-
-    def tombstone(self, attachment_id: str) -> Tombstone | None:
-        with self._mutex:
-            return self._tombstone(self._use(), attachment_id)
-
-    def tombstones(self) -> list[Tombstone]:
-        with self._mutex:
-            db = self._use()
-            with self._sql(db) as conn:
-                ids = [r[0] for r in conn.execute(
-                    "SELECT attachment_id FROM tombstones ORDER BY shredded_at").fetchall()]
-            return [t for t in (self._tombstone(db, i) for i in ids) if t is not None]
-
-    # -- consent withdrawals -----------------------------------------------------------------
-
-    def note_consent_withdrawn(self, consent_id: str, at: int) -> None:
-        """Remember that a consent was withdrawn (the relay's time), so every view shows it,
-        after a restart too. The first time noted is kept."""
-        name = "consent_withdrawn:" + _check_id(consent_id, "consent id")
-        with self._mutex:
-            db = self._use()
-            sealed = _seal(self._k().state, _ad("secrets", name), str(int(at)).encode())
-            with self._sql(db) as conn:
-                conn.execute("INSERT INTO secrets VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-                             (name, sealed))
-
-    def consent_withdrawals(self) -> dict[str, int]:
-        """Consent id -> when it was withdrawn (seconds since the epoch), as noted."""
-        with self._mutex:
-            db = self._use()
-            with self._sql(db) as conn:
-                rows = conn.execute("SELECT name, sealed FROM secrets "
-                                    "WHERE name LIKE 'consent\\_withdrawn:%' ESCAPE '\\'"
-                                    ).fetchall()
-            return {name.split(":", 1)[1]: int(_open(self._k().state, _ad("secrets", name),
-                                                     sealed).decode()) for name, sealed in rows}
-
-    def _tombstone(self, db: sqlite3.Connection, attachment_id: str) -> Tombstone | None:
-        with self._sql(db) as conn:
-            row = conn.execute("SELECT shredded_at, sealed_reference FROM tombstones "
-                               "WHERE attachment_id = ?", (attachment_id,)).fetchone()
-        if row is None:
-            return None
-        reference = None if row[1] is None else _open(
-            self._k().tombstones, _ad("tombstones", attachment_id), row[1]).decode()
-        return Tombstone(attachment_id, reference, float(row[0]))
-
-    def _image_row(self, db: sqlite3.Connection, attachment_id: str,
-                   column: str) -> tuple[SecretBytes, object]:
-        assert column in ("sealed_info", "sealed_data")
-        with self._sql(db) as conn:
-            row = conn.execute(f"SELECT wrapped_key, {column} FROM images "
-                               "WHERE attachment_id = ?", (attachment_id,)).fetchone()
-        if row is None:
-            tombstone = self._tombstone(db, attachment_id)
-            if tombstone is not None:
-                raise ImageShredded(tombstone)
-            raise ItemNotFound(f"no image {attachment_id} in this vault")
-        return self._unwrap(attachment_id, row[0]), row[1]
-
-    def _unwrap(self, attachment_id: str, wrapped: object) -> SecretBytes:
-        key = _open(self._k().image_keys, _ad("image-key", attachment_id), wrapped)
-        if len(key) != LOCAL_KEY_BYTES:
-            raise VaultCorrupt(f"the key of image {attachment_id} is damaged")
-        return SecretBytes(key)
-
-    def _decode_info(self, image_key: SecretBytes, attachment_id: str,
-                     sealed: object) -> ImageInfo:
-        plain = _open(image_key, _ad("image-info", attachment_id), sealed)
-        try:
-            info = msgspec.msgpack.decode(plain, type=ImageInfo)
-        except msgspec.DecodeError as exc:
-            raise VaultCorrupt(f"the record of image {attachment_id} is unreadable") from exc
-        if info.attachment_id != attachment_id:
-            raise VaultCorrupt(f"the record of image {attachment_id} is damaged")
-        return info
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -1019,9 +524,9 @@ class Vault:
             db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
                                  check_same_thread=False)
         except sqlite3.Error as exc:
-            raise _map_sqlite_error(exc) from exc
+            raise map_sqlite_error(exc) from exc
         try:
-            with _mapped():
+            with mapped():
                 # secure_delete: freed pages are zeroed (shredding); temp_store: SQLite's
                 # temporary tables and sorts never touch a temp folder; DELETE journal: no
                 # -wal file keeping old pages around after a checkpoint.
@@ -1037,7 +542,7 @@ class Vault:
     @contextlib.contextmanager
     def _sql(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """One transaction; every SQLite failure becomes a VaultError."""
-        with _mapped():
+        with mapped():
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -1051,7 +556,7 @@ class Vault:
         with self._sql(db) as conn:
             rows = conn.execute("SELECT name, value FROM meta").fetchall()
         meta = {name: value for name, value in rows if isinstance(value, bytes)}
-        if meta.get("format") != _FORMAT:
+        if meta.get("format") != VAULT_FORMAT:
             raise VaultCorrupt("not a Lightbox vault (or a newer version)")
         if len(meta.get("vault_id", b"")) != 16 or "sealed_master" not in meta:
             raise VaultCorrupt("the vault's key record is missing")
@@ -1060,7 +565,7 @@ class Vault:
     def _set_unlocked(self, db: sqlite3.Connection, master: bytes, vault_id: bytes) -> None:
         self._db = db
         self._master = SecretBytes(master)
-        self._keys = _Keys.derive(master, vault_id)
+        self._keys = VaultKeys.derive(master, vault_id)
         self._last_used = self._clock()
 
     def _use(self) -> sqlite3.Connection:
@@ -1074,65 +579,9 @@ class Vault:
         self._last_used = self._clock()
         return self._db
 
-    def _k(self) -> _Keys:
+    def _k(self) -> VaultKeys:
         if self._keys is None:
             raise VaultLocked("the vault is locked: unlock it with your passphrase")
         return self._keys
 
 
-class VaultDedupe:
-    """The vault's persisted set of (sender device, message id) seen: the one record of
-    which deliveries this device has, used by the connection (a redelivery is acknowledged,
-    not handed on: :class:`clients.sdk.connection.DedupeStore`) and by the protocol's replay
-    check (:meth:`for_sender`, the ``seen`` of :func:`protocol.envelope.open_message`). A
-    message is added when it is stored (:meth:`Vault.put_message`). Raises VaultLocked while
-    the vault is locked."""
-
-    def __init__(self, vault: Vault) -> None:
-        self._vault = vault
-
-    def seen(self, sender_device_id: str, message_id: str) -> bool:
-        return self._vault._dedupe_seen(sender_device_id, message_id)
-
-    def add(self, sender_device_id: str, message_id: str) -> None:
-        self._vault._dedupe_add(sender_device_id, message_id)
-
-    def for_sender(self, sender_device_id: str) -> SenderSeenSet:
-        return SenderSeenSet(self, sender_device_id)
-
-
-class SenderSeenSet:
-    """The :class:`protocol.envelope.SeenSet` of one sender device, over the vault's record.
-
-    ``check_and_add`` answers False for a message this device already stored; for a new one
-    it answers True and records nothing yet: the record is written with the message itself
-    (:meth:`Vault.put_message`), so a message that could not be stored is not taken for a
-    replay when the relay delivers it again."""
-
-    def __init__(self, dedupe: VaultDedupe, sender_device_id: str) -> None:
-        self._dedupe, self._sender = dedupe, sender_device_id
-
-    def check_and_add(self, message_id: str) -> bool:
-        return not self._dedupe.seen(self._sender, message_id)
-
-
-_UNAVAILABLE: Final = frozenset({
-    "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_READONLY", "SQLITE_CANTOPEN",
-    "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_NOMEM", "SQLITE_INTERRUPT",
-})
-
-
-def _map_sqlite_error(exc: sqlite3.Error) -> VaultError:
-    # Extended names such as SQLITE_IOERR_SHORT_READ map by their primary code.
-    primary = "_".join((getattr(exc, "sqlite_errorname", "") or "").split("_")[:2])
-    if primary in _UNAVAILABLE:
-        return VaultUnavailable(f"the vault cannot be used right now ({exc})")
-    return VaultCorrupt(f"the vault file is damaged or is not a vault ({exc})")
-
-
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise _map_sqlite_error(exc) from exc

@@ -167,7 +167,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     pipeline = SendPipeline(db, metrics, policy=consents,
                             max_message_bytes=settings.max_message_bytes,
                             max_batch=settings.send_batch,
-                            verify_signatures=settings.verify_sender_signatures)
+                            verify_signatures=settings.verify_sender_signatures,
+                            now=consents.now)  # the relay's clock decides a consent's expiry
     # Break-glass: emergency messages without a consent, their review queue and follow-up.
     break_glass = BreakGlassService(db, daily_limit=settings.break_glass_daily_limit,
                                     clock=clock)

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +32,14 @@ TIME_SCALE = float(os.environ.get("LIGHTBOX_TEST_TIME_SCALE", "1"))
 def seconds(s: float) -> float:
     """A timeout of ``s`` seconds, scaled for slow machines."""
     return s * TIME_SCALE
+
+
+async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0) -> None:
+    """Wait for the state a test expects next (a row written, a metric counted) rather than
+    for time to pass; TimeoutError if it never comes."""
+    async with asyncio.timeout(seconds(timeout)):
+        while not await check():
+            await asyncio.sleep(0.02)
 
 
 def with_database(dsn: str, name: str) -> str:

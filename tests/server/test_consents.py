@@ -4,7 +4,6 @@ withdrawal with withdrawn notices and durable expiry orders, and who may see or 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -35,7 +34,7 @@ from tests.consent_world import (
     seal_with,
     xray_png,
 )
-from tests.helpers import seconds
+from tests.helpers import seconds, until
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, peer, thread
 
@@ -264,7 +263,7 @@ async def test_an_expired_consent_is_refused_at_send(db_dsn: str, tmp_path: Path
         assert (await register(world, alice, token))[0] == 201
         d = await upload(world, alice, b"img")
         tid = await thread(world, alice, bob)
-        await asyncio.sleep(2.2)
+        world.clock.advance(2.2)  # the relay's clock: the consent's two seconds have passed
         a = await connect(world, alice)
         try:
             sealed = seal_with(alice, tid, [bob], b"x", consent_id=cid,
@@ -344,8 +343,11 @@ async def test_revocation_withdraws_undelivered_orders_expiry_and_stops_the_next
         await a.send(sent)
         got = await next_of(b, Deliver)
         await b.ack([got.delivery_id])  # bob has it; carol is offline: still queued
-        await asyncio.sleep(0.2)
-        assert await count(world, "SELECT count(*) FROM deliveries") == 1
+
+        async def bobs_gone() -> bool:
+            return await count(world, "SELECT count(*) FROM deliveries") == 1
+
+        await until(bobs_gone)
         # Neither an unrelated user nor a non-issuing participant may revoke.
         dave = people["dave"]
         r = await world.call(dave.device, "POST", f"/v1/consents/{cid}/revoke")

@@ -32,7 +32,7 @@ from protocol.frames import (
 )
 from protocol.keys import DeviceKeys
 from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_statement
-from tests.helpers import seconds
+from tests.helpers import seconds, until
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, opened, peer, seal, thread
 
@@ -560,8 +560,14 @@ async def test_metrics_report_connections_messages_latency_and_rejections(
         await b.ack([d.delivery_id])
         with pytest.raises(SendRefused):
             await c.send(seal(carol, tid, [alice, bob]))
-        await asyncio.sleep(0.2)
-        text = (await world.http.get("/metrics")).text
+        text = ""
+
+        async def counted() -> bool:  # the acknowledgement is applied by its own pipeline
+            nonlocal text
+            text = (await world.http.get("/metrics")).text
+            return "lightbox_messages_delivered_total 1.0" in text
+
+        await until(counted)
     finally:
         for s in (a, b, c):
             await s.close()

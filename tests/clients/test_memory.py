@@ -1,0 +1,96 @@
+"""clients/sdk/memory.py: what a device learnt outlives a restart (the vault's notes), each
+fact is told once however often its notice comes, and a message's view lists receipts in the
+order they happened and images as they stand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clients.sdk.events import EscalationEvent, FiledEvent, ReceiptEvent
+from clients.sdk.memory import Memory, body_of
+from clients.sdk.vault import Vault, VaultMessage
+from protocol.attachments import AttachmentDescriptor
+from protocol.body import Body, encode_body
+from protocol.keys import CHEAP_PROFILE
+
+PASSPHRASE = "correct horse battery staple"
+ME, SENDER = "user-me", "user-intern"
+
+
+@pytest.fixture
+def vault(tmp_path: Path) -> Iterator[Vault]:
+    v = Vault(tmp_path / "vault", kdf=CHEAP_PROFILE)
+    v.create(PASSPHRASE)
+    yield v
+    v.close()
+
+
+def _reopened(vault: Vault) -> Memory:
+    vault.lock()
+    vault.unlock(PASSPHRASE)
+    return Memory(vault, lambda: ME)
+
+
+def _message(body: Body) -> VaultMessage:
+    return VaultMessage(message_id="msg-1", thread_id="thread-1", sender_user_id=SENDER,
+                        sender_device_id="device-1", sent_at=1.0, body=body.text,
+                        attachment_ids=tuple(a.attachment_id for a in body.attachments),
+                        content=encode_body(body))
+
+
+def test_receipts_steps_filings_acknowledgements_and_names_survive_a_restart(
+        vault: Vault) -> None:
+    memory = Memory(vault, lambda: ME)
+    read = ReceiptEvent("msg-1", "user-b", "device-b", "read", 20, "Dr B")
+    delivered = ReceiptEvent("msg-1", "user-b", "device-b", "delivered", 20, "Dr B")
+    step = EscalationEvent("thread-1", "msg-1", "renotify", 1, 0, "user-b", 30)
+    assert memory.note_receipt(read) and memory.note_receipt(delivered)
+    assert memory.note_step(step)
+    memory.note_filed(FiledEvent("img-1", "msg-1", "thread-1", 40, 940, "REF-9"))
+    memory.note_acknowledged("msg-1")
+    memory.remember_name(SENDER, "Dr Intern")
+
+    again = _reopened(vault)
+    view = again.view(_message(Body(text="wrist")))
+    # delivered before read at the same second, whatever order the notices came in
+    assert [r.kind for r in view.receipts] == ["delivered", "read"]
+    assert view.escalations == (step,)
+    assert view.acknowledged_by_me
+    assert again.filed["img-1"].record_ref == "REF-9"
+    assert again.display_name(SENDER) == "Dr Intern"
+    assert again.display_name(ME) == "you"
+    assert again.display_name("user-unknown-123") == "user-unk"
+
+
+def test_a_redelivered_notice_is_news_once(vault: Vault) -> None:
+    memory = Memory(vault, lambda: ME)
+    receipt = ReceiptEvent("msg-1", "user-b", "device-b", "delivered", 20)
+    step = EscalationEvent("thread-1", "msg-1", "released", 2, 1, "user-b", 30)
+    assert memory.note_receipt(receipt) and not memory.note_receipt(receipt)
+    assert memory.note_step(step) and not memory.note_step(step)
+    assert not _reopened(vault).note_receipt(receipt)  # nor after a restart
+
+
+def test_an_image_not_yet_fetched_is_pending_and_an_expired_one_shredded(vault: Vault) -> None:
+    memory = Memory(vault, lambda: ME)
+    descriptor = AttachmentDescriptor(attachment_id="img-1", key=b"k" * 32, sha256=b"s" * 32,
+                                      size=10, media_type="image/jpeg", width=4, height=3)
+    message = _message(Body(text="film", attachments=[descriptor]))
+    assert [s.state for s in memory.view(message).images] == ["pending"]
+    memory.image_state["img-1"] = ("failed", "the relay is away")
+    assert memory.image_status("img-1").reason == "the relay is away"
+    vault.expire("img-1", record_reference="REF-1")
+    status = memory.image_status("img-1")
+    assert (status.state, status.record_ref) == ("shredded", "REF-1")
+
+
+def test_an_unreadable_body_is_none_and_a_plain_text_one_is_read(vault: Vault) -> None:
+    garbled = VaultMessage(message_id="m", thread_id="t", sender_user_id=SENDER,
+                           sender_device_id="d", sent_at=1.0, body="", content=b"\xc1")
+    assert body_of(garbled) is None
+    plain = VaultMessage(message_id="m", thread_id="t", sender_user_id=SENDER,
+                         sender_device_id="d", sent_at=1.0, body="hello")
+    assert body_of(plain) == Body(text="hello")

@@ -46,7 +46,7 @@ import json
 import os
 import re
 import ssl
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -371,44 +371,47 @@ class FhirClient(HttpService):
         (``to_fhir_consent(..., patient_identifier=...)``). Without ``system``, any issuer's id
         equal to ``patient_id`` matches. Matches are checked on this side too (a server may
         ignore a parameter it does not support), at most ``limit`` of them."""
-        if not patient_id:
-            raise ValueError("a search by patient needs the patient's id")
-        value = _token(system, patient_id) if system else re.sub(r"([\\|,$])", r"\\\1",
-                                                                 patient_id)
-        response = await self._request("GET", f"{self._base}/Consent", params=[
-            ("patient:identifier", value), ("_count", str(limit))])
-        _bundle, entries = _search_bundle(response)
-
-        def names_patient(resource: Mapping[str, Any]) -> bool:
+        def identifiers(resource: Mapping[str, Any]) -> list[Any]:
             patient = resource.get("patient")
-            ident = patient.get("identifier") if isinstance(patient, dict) else None
-            return isinstance(ident, dict) and ident.get("value") == patient_id and (
-                system is None or ident.get("system") == system)
+            return [patient.get("identifier")] if isinstance(patient, dict) else []
 
-        return [entry["resource"] for entry in entries if isinstance(entry, dict)
-                and _is_match(entry) and names_patient(entry["resource"])][:limit]
+        return await self._by_patient("Consent", "patient:identifier", patient_id, system,
+                                      limit, identifiers)
 
     async def find_patients(self, patient_id: str, *, system: str | None = None,
                             limit: int = 10) -> list[dict[str, Any]]:
         """The Patient resources carrying this identifier (``GET [base]/Patient?identifier=
         [system|]value``, search.html#token): what the record says of a patient the clinician
         typed, for the record gateway's wrong-patient check. Matches are checked on this side
-        too (a server may ignore a parameter it does not support)."""
+        too, as for :meth:`find_patient_consents`."""
+        def identifiers(resource: Mapping[str, Any]) -> list[Any]:
+            found = resource.get("identifier")
+            return found if isinstance(found, list) else []
+
+        return await self._by_patient("Patient", "identifier", patient_id, system, limit,
+                                      identifiers)
+
+    async def _by_patient(
+        self, resource_type: str, param: str, patient_id: str, system: str | None, limit: int,
+        identifiers: Callable[[Mapping[str, Any]], list[Any]],
+    ) -> list[dict[str, Any]]:
+        """One token search by a patient's identifier, the matches checked here as well."""
         if not patient_id:
-            raise ValueError("a search by identifier needs the patient's id")
+            raise ValueError("a search by patient needs the patient's id")
         value = _token(system, patient_id) if system else re.sub(r"([\\|,$])", r"\\\1",
                                                                  patient_id)
-        response = await self._request("GET", f"{self._base}/Patient", params=[
-            ("identifier", value), ("_count", str(limit))])
+        response = await self._request("GET", f"{self._base}/{resource_type}", params=[
+            (param, value), ("_count", str(limit))])
         _bundle, entries = _search_bundle(response)
 
-        def carries(resource: Mapping[str, Any]) -> bool:
+        def names_patient(resource: Mapping[str, Any]) -> bool:
             return any(isinstance(i, dict) and i.get("value") == patient_id
                        and (system is None or i.get("system") == system)
-                       for i in resource.get("identifier") or [])
+                       for i in identifiers(resource))
 
         return [entry["resource"] for entry in entries if isinstance(entry, dict)
-                and _is_match(entry, "Patient") and carries(entry["resource"])][:limit]
+                and _is_match(entry, resource_type) and names_patient(entry["resource"])
+                ][:limit]
 
     # transport -----------------------------------------------------------------------------
 

@@ -8,21 +8,18 @@ breakglass``. Bad declarations are refused on the phone before anything is sent.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import io
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from clients.admin import cli as admin_cli
 from clients.gateway.pacs import PacsClient, PacsSettings
 from clients.sdk.client import ImageEvent, MessageEvent
 from protocol.body import BodyKind
 from tests.clients.test_clinician import lightbox
+from tests.clients.test_consent_withdraw import lightbox_admin as admin
 from tests.clients.test_filing_journey import ORTHO, journey, next_event, until
 from tests.clients.test_filing_journey import world as world  # the same relay world
 from tests.clinician_world import enrol_clinician
@@ -44,16 +41,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world: World) -> Path:
     monkeypatch.setenv("LIGHTBOX_SERVER", world.relay.base_url)
     monkeypatch.setenv("LIGHTBOX_ADMIN_TOKEN", world.admin_token)
     return home
-
-
-async def admin(*argv: str) -> tuple[int, str, str]:
-    """``lightbox-admin ARGV`` as IT runs it (session from the environment)."""
-    def call(args: Sequence[str]) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = admin_cli.main(list(args))
-        return rc, out.getvalue(), err.getvalue()
-    return await asyncio.to_thread(call, argv)
 
 
 async def test_an_emergency_photo_reaches_the_specialist_is_filed_reviewed_and_followed_up(

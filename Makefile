@@ -12,13 +12,14 @@ PYTEST_ARGS ?=
 
 export HOST PORT WORKERS
 
-.PHONY: help install run test lint docs clean system-deps bench demo phone
+.PHONY: help install run test lint docs clean system-deps bench demo phone fuzz-api
 
 help:
 	@echo "make run     start the relay on 127.0.0.1:8000 (embedded Postgres in .data/pg)"
 	@echo "make test    run the whole test suite"
 	@echo "make demo    play the whole consult journey (DEMO_INTERACTIVE=1: keep the desktop open)"
 	@echo "make lint    ruff + mypy (strict on protocol/) + the hazard log's checker"
+	@echo "make fuzz-api schemathesis --checks all against a real relay, anonymous and signed (minutes)"
 	@echo "make bench   relay, attachment, clinical-safety and phone-app benchmarks (a few minutes; BENCH_ARGS=--help)"
 	@echo "make docs    regenerate the tables in README.md and docs/"
 	@echo "make install install into .venv; the commands are then in .venv/bin"
@@ -94,6 +95,14 @@ lint: $(STAMP) $(PHONE_STAMP)
 demo: $(STAMP)
 	@mkdir -p .data
 	$(BIN)/python scripts/demo.py
+
+# schemathesis over every operation, all phases, anonymous and as a device and IT (through
+# tests/signing_proxy.py); exceptions the schema cannot state are in schemathesis.toml.
+FUZZ_EXAMPLES ?= 50
+fuzz-api: $(STAMP)
+	@mkdir -p .data
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_PHASES=examples,coverage,fuzzing,stateful \
+		$(BIN)/python -m pytest tests/server/test_fuzz_api.py -q
 
 # The relay benchmark (docs/BENCHMARKS.md); not part of `make test`.
 bench: $(STAMP) phone

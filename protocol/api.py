@@ -139,8 +139,22 @@ MAX_PREKEY_BATCH: Final = 100
 MAX_CLAIM_DEVICES: Final = 64
 MAX_BATCH_USERS: Final = 500
 
-Compact = Annotated[str, msgspec.Meta(min_length=3, max_length=MAX_CERTIFICATE_LENGTH)]
-B64 = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]*$", max_length=8192)]
+# Canonical unpadded base64url (protocol/canonical.py b64url_decode): whole groups of four, then
+# two or three characters whose unused trailing bits are zero. The OpenAPI document carries the
+# patterns, so it refuses exactly what the relay refuses.
+_B64_TAIL2 = "[A-Za-z0-9_-][AQgw]"
+_B64_TAIL3 = "[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048]"
+_B64_ANY = f"(?:[A-Za-z0-9_-]{{4}})*(?:{_B64_TAIL2}|{_B64_TAIL3})?"
+_B64_32 = f"[A-Za-z0-9_-]{{40}}{_B64_TAIL3}"  # 32 bytes: 43 characters
+_B64_64 = f"[A-Za-z0-9_-]{{84}}{_B64_TAIL2}"  # 64 bytes: 86 characters
+B64 = Annotated[str, msgspec.Meta(pattern=f"^{_B64_ANY}$", max_length=8192)]
+B64Key = Annotated[str, msgspec.Meta(pattern=f"^{_B64_32}$", min_length=43, max_length=43,
+                                     description="32 bytes, canonical unpadded base64url")]
+B64Signature = Annotated[str, msgspec.Meta(pattern=f"^{_B64_64}$", min_length=86, max_length=86,
+                                           description="64 bytes, canonical unpadded base64url")]
+# A signed artefact: base64url(canonical JSON body) "." base64url(Ed25519 signature).
+Compact = Annotated[str, msgspec.Meta(pattern=f"^{_B64_ANY}\\.{_B64_64}$", min_length=88,
+                                      max_length=MAX_CERTIFICATE_LENGTH)]
 Id = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
                                          r"[0-9a-f]{12}$")]
 Login = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{1,63}$")]
@@ -210,7 +224,7 @@ class ProvisionUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
     login: Login
     user_certificate: Compact
-    enrolment_token_hash: B64  # b64url(SHA-256(enrolment_token(code)))
+    enrolment_token_hash: B64Key  # b64url(SHA-256(enrolment_token(code)))
     sealed_identity: B64  # protocol.keys.seal_with_passphrase(bundle, code)
     enrolment_expires_at: int
 
@@ -279,7 +293,7 @@ class EnrolmentReissue(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     and every unused code of theirs."""
 
     user_certificate: Compact
-    enrolment_token_hash: B64  # b64url(SHA-256(enrolment_token(code)))
+    enrolment_token_hash: B64Key  # b64url(SHA-256(enrolment_token(code)))
     sealed_identity: B64  # protocol.keys.seal_with_passphrase(bundle, code)
     enrolment_expires_at: int
 
@@ -311,7 +325,7 @@ class EnrolmentBundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
 
 class EnrolFetch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    enrolment_token: B64
+    enrolment_token: B64Key
 
 
 class EnrolPackage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -321,7 +335,7 @@ class EnrolPackage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 
 class EnrolComplete(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    enrolment_token: B64
+    enrolment_token: B64Key
     device_certificate: Compact
     signed_prekey: Compact
     one_time_prekeys: Annotated[list[Compact], msgspec.Meta(max_length=MAX_PREKEY_BATCH)]
@@ -337,22 +351,22 @@ class Enrolled(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 class DeviceKeys(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     device_id: Id
     kind: DeviceKind
-    signing_key: B64
-    dh_key: B64
+    signing_key: B64Key
+    dh_key: B64Key
 
 
 class PairingOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Posted by the new device: its public keys, MACed with the pairing secret that the user
     carries to the enrolled device, so the relay cannot substitute keys."""
 
-    pairing_token_hash: B64  # b64url(SHA-256(pairing token)); the token itself stays local
+    pairing_token_hash: B64Key  # b64url(SHA-256(pairing token)); the token itself stays local
     keys: DeviceKeys
-    mac: B64  # HMAC-SHA-256(pairing secret, LABEL_PAIRING_MAC || canonical(keys))
+    mac: B64Key  # HMAC-SHA-256(pairing secret, LABEL_PAIRING_MAC || canonical(keys))
 
 
 class PairingPending(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     keys: DeviceKeys
-    mac: B64
+    mac: B64Key
     expires_at: int
 
 
@@ -362,21 +376,21 @@ class PairingCertificate(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     new device can tell it came from its user's device and not from the relay."""
 
     device_certificate: Compact
-    org_public_key: B64
-    mac: B64
+    org_public_key: B64Key
+    mac: B64Key
 
 
 class PairingClaim(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Posted by the new device to collect its certificate: proves it knows the pairing token."""
 
-    pairing_token: B64
+    pairing_token: B64Key
 
 
 class PairingResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     user_certificate: str
     device_certificate: str
-    org_public_key: B64
-    mac: B64
+    org_public_key: B64Key
+    mac: B64Key
     login: str
 
 
@@ -384,7 +398,7 @@ class PairingResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 class LoginChallenge(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    nonce: B64
+    nonce: B64Key
     expires_at: int
 
 
@@ -392,8 +406,8 @@ class LoginRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     login: Login
     password: Password
     device_id: Id
-    nonce: B64
-    signature: B64
+    nonce: B64Key
+    signature: B64Signature
 
 
 class RefreshRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -648,7 +662,8 @@ class ConsentMismatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
 OncallRole = Annotated[str, msgspec.Meta(pattern=r"^(role:)?[a-z][a-z0-9_-]{0,63}$")]
 Seconds = Annotated[int, msgspec.Meta(ge=30, le=7 * 86400)]
-Time = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+# Unix seconds up to 9999-12-31T23:59:59Z, the last instant a datetime can hold.
+Time = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799)]
 LadderRef = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]  # user id or login
 MAX_LADDER: Final = 16
 MAX_SHIFTS: Final = 1000

@@ -269,8 +269,7 @@ class EnrolmentService:
     async def result(self, token_hash_b64: str, body: PairingClaim) -> PairingResult | None:
         """The certificate for the new device, or None while the pairing is still pending."""
         token_hash = _decode(token_hash_b64, ErrorCode.PAIRING_CODE_INVALID, "pairing code")
-        token = _decode(body.pairing_token, ErrorCode.PAIRING_CODE_INVALID, "pairing token",
-                        length=None)
+        token = _decode(body.pairing_token, ErrorCode.PAIRING_CODE_INVALID, "pairing token")
         if not hmac.compare_digest(hashlib.sha256(token).digest(), token_hash):
             raise NotFound(ErrorCode.PAIRING_CODE_INVALID, "wrong pairing token")
         async with self.db.pool.acquire() as conn:

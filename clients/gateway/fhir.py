@@ -41,7 +41,6 @@ Exceptions::
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
@@ -55,6 +54,7 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from clients.gateway.httpio import HttpService, bounded_request
+from clients.sdk.http import is_loopback
 
 __all__ = [
     "FhirAuthError",
@@ -161,7 +161,7 @@ class FhirSettings:
                              "(RFC 7617 §2)")
         if self.password is not None and not self.password.isprintable():
             raise ValueError("the FHIR password must be printable")
-        if self.has_credentials and url.scheme != "https" and not _is_loopback(url.host):
+        if self.has_credentials and url.scheme != "https" and not is_loopback(url.host):
             raise ValueError("FHIR credentials are only sent over https (RFC 6750 §5.3, "
                              "RFC 7617 §4), or to a loopback address")
         if not self.timeout > 0:
@@ -230,15 +230,6 @@ def _number(env: Mapping[str, str], name: str, default: N, kind: type[N]) -> N:
         return kind(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be a number, not {raw!r}") from exc
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _BearerAuth(httpx.Auth):

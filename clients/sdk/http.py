@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -31,14 +32,23 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from clients.sdk.errors import RelayRequestError, RelayResponseError, RelayUnavailable
+from clients.sdk.errors import FlowError, RelayRequestError, RelayResponseError, RelayUnavailable
 from protocol import api
 from protocol.canonical import b64url_encode
 from protocol.directory import PendingUsers, SignedPending, SignPending
+from protocol.errors import ErrorCode
 from protocol.keys import Ed25519KeyPair, random_bytes
 from protocol.sso import SsoChallenge, SsoConfig, SsoEnrolComplete, SsoLogin
 
-__all__ = ["ProvisionResults", "RelayHTTP", "Signer", "SingleFlight", "parse_problem"]
+__all__ = [
+    "ProvisionResults",
+    "RelayHTTP",
+    "Signer",
+    "SingleFlight",
+    "is_loopback",
+    "parse_problem",
+    "require_tls",
+]
 
 T = TypeVar("T")
 Signer = Ed25519KeyPair
@@ -47,6 +57,26 @@ TokenCallback = Callable[[api.TokenPair], Awaitable[None] | None]
 _SESSION_ENDED = frozenset({"token_invalid", "token_expired", "refresh_reused"})
 REFRESH_MARGIN = 60  # seconds before expiry at which a device refreshes its access token
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this computer (``localhost``, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_tls(url: str, what: str) -> None:
+    """Refuse an address that would carry passwords, tokens or proofs in the clear: https://,
+    or http:// to this computer only (a local TLS proxy, a test bench). RFC 6750 §5.3."""
+    parsed = httpx.URL(url)
+    if parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(parsed.host)):
+        return
+    raise FlowError(f"{what} must start with https:// (plain http:// only to this computer: "
+                    f"localhost or 127.0.0.1), not {url!r}", code=ErrorCode.BAD_REQUEST.value)
 
 
 class SingleFlight(Generic[T]):
@@ -119,6 +149,7 @@ class RelayHTTP:
         now: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        require_tls(self.base_url, "the relay address")
         self.device = device
         self.tokens = tokens
         self.admin_token = admin_token

@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from protocol.api import UploadCreate, UploadFinalise, UploadStatus
 from protocol.errors import ErrorCode
-from server.api import Endpoint, json_response, read_body, read_json
+from server.api import Endpoint, QueryParameter, json_response, read_body, read_json
 from server.attachments import AttachmentService
 from server.authn import DEVICE_AUTH_ERRORS, Principal
 from server.errors import InvalidInput, NotFound, RelayError
@@ -88,6 +88,8 @@ class AttachmentRoutes:
                      response=UploadStatus, auth="device", tag="attachments",
                      request_media_type="application/octet-stream",
                      body_limit=self.service.limits.chunk_bytes,
+                     query=[QueryParameter("offset", {"type": "integer", "minimum": 0,
+                                                      "maximum": 10**15 - 1}, required=True)],
                      errors=[*upload, E.CHUNK_OUT_OF_ORDER, E.CHUNK_OVERLAP,
                              E.CHUNK_BEYOND_SIZE, E.UNSUPPORTED_MEDIA_TYPE,
                              E.VALIDATION_FAILED]),

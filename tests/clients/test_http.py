@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from clients.sdk.errors import RelayRequestError, RelayUnavailable
+from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable
 from clients.sdk.http import RelayHTTP, parse_problem
 from protocol import api
 from protocol._sodium import ed25519_verify
@@ -32,9 +32,25 @@ def test_parse_problem_survives_a_non_json_answer() -> None:
     assert (err.code, err.retry_after) == ("http_502", 5.0)
 
 
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://relay.example.org", True), ("http://127.0.0.1:8000", True),
+    ("http://localhost:8000/", True), ("http://[::1]:8000", True),
+    ("http://relay.example.org", False), ("http://10.1.2.3:8000", False),
+    ("ftp://relay.example.org", False), ("relay.example.org", False)])
+def test_a_relay_address_over_plain_http_is_refused_unless_on_this_computer(
+        url: str, allowed: bool) -> None:
+    """Passwords, tokens and proofs go over TLS (docs/SECURITY.md, HIPAA §164.312(e))."""
+    if allowed:
+        assert RelayHTTP(url).base_url == url.rstrip("/")
+        return
+    with pytest.raises(FlowError, match="https://") as err:
+        RelayHTTP(url)
+    assert err.value.code == "bad_request"
+
+
 def test_proof_header_signs_the_documented_input() -> None:
     key = Ed25519KeyPair.generate()
-    relay = RelayHTTP("http://relay.invalid", device=key, now=lambda: 1767225600.7)
+    relay = RelayHTTP("https://relay.invalid", device=key, now=lambda: 1767225600.7)
     header = relay.proof_header("get", "/v1/keys/count?x=1", b"body", "tok")
     seconds, nonce, sig = header.split(".")
     assert seconds == "1767225600"

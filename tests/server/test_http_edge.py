@@ -3,6 +3,8 @@ server keeps serving afterwards."""
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 import httpx
 import pytest
@@ -98,6 +100,27 @@ async def test_no_common_version_is_a_400_unsupported_version(relay: RunningRela
     async with httpx.AsyncClient(base_url=relay.base_url) as c:
         r = await c.post("/v1/negotiate", json={"versions": [99, 100]})
     assert_problem(r, 400, "unsupported_version")
+
+
+async def test_a_whole_float_is_the_integer_it_spells_and_a_fraction_is_refused(
+        relay: RunningRelay) -> None:
+    """JSON Schema 2020-12, which the OpenAPI document declares: 1.0 is the integer 1."""
+    async with httpx.AsyncClient(base_url=relay.base_url) as c:
+        r = await c.post("/v1/negotiate", json={"versions": [1.0], "client": "test"})
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == 1
+        for bad in (1.5, 2.0**60, "1"):
+            assert_problem(await c.post("/v1/negotiate", json={"versions": [bad]}),
+                           422, "validation_failed")
+
+
+async def test_a_string_holding_u0000_is_a_422_wherever_it_is(relay: RunningRelay) -> None:
+    async with httpx.AsyncClient(base_url=relay.base_url) as c:
+        for body in ({"versions": [1], "client": "a\u0000b"}, {"versions": [1], "\u0000": 1}):
+            r = await c.post("/v1/negotiate", content=json.dumps(body),
+                             headers={"content-type": "application/json"})
+            body_ = assert_problem(r, 422, "validation_failed")
+            assert "U+0000" in str(body_["detail"])
 
 
 async def test_negotiation_picks_highest_common_version(relay: RunningRelay) -> None:

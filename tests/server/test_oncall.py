@@ -111,6 +111,22 @@ async def test_role_deadlines_are_validated(world: World) -> None:
     assert r.status_code == 401
 
 
+async def test_times_past_the_year_9999_and_u0000_in_names_are_refused_not_a_500(
+        world: World) -> None:
+    """Found by schemathesis: both reached Python's datetime or Postgres and answered 500."""
+    r = await put_role(world, role="orthopaedics_oncall", display_name="Ortho",
+                       urgent_seconds=300, routine_seconds=3600)
+    assert r.status_code == 200, r.text
+    r = await post_shifts(world, [{"starts_at": 0, "ends_at": 9_007_199_254_740_990,
+                                   "ladder": []}])
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "validation_failed"
+    r = await put_role(world, display_name="Ortho\u0000", urgent_seconds=300,
+                       routine_seconds=3600)
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "validation_failed"
+
+
 CSV = """start,end,primary,backups
 2030-01-01T08:00,2030-01-01T20:00,ana,ben;cem
 2030-01-01T20:00,yesterday,ben,ana

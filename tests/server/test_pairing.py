@@ -97,9 +97,13 @@ async def test_unknown_pairing_codes_are_refused(world: World) -> None:
                    "pairing_code_invalid")
     assert_problem(await world.call(phone, "GET", "/v1/pairing/not-base64!"), 400,
                    "pairing_code_invalid")
+    r = await world.http.post(f"/v1/pairing/{th}/result", json={
+        "pairing_token": b64url_encode(hashlib.sha256(b"another pairing").digest())})
+    assert_problem(r, 400, "pairing_code_invalid")
+    # A pairing token is 32 bytes (protocol/pairing.py); anything else is not one at all.
     r = await world.http.post(f"/v1/pairing/{th}/result",
                               json={"pairing_token": b64url_encode(b"nothing")})
-    assert_problem(r, 400, "pairing_code_invalid")
+    assert_problem(r, 422, "validation_failed")
 
 
 async def test_a_gateway_certificate_for_a_clinician_is_refused(world: World) -> None:

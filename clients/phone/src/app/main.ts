@@ -69,6 +69,7 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     }
     case "sent":
+    case "filed":
     case "receipt":
       void renderThreads();
       return;
@@ -282,6 +283,13 @@ async function renderThreads(): Promise<void> {
         text.className = "text";
         text.textContent = m.text;
         div.append(meta, text);
+        if (m.filed) {
+          const filed = document.createElement("div");
+          filed.className = "meta filed";
+          filed.textContent = `Filed in the patient's record${m.filed.study_instance_uid ? ` (study ${m.filed.study_instance_uid})` : ""}` +
+            (m.filed.expires_at && m.image_state === "held" ? `; this phone's copy is deleted at ${when(m.filed.expires_at)}.` : ".");
+          div.append(filed);
+        }
         if (m.attachment_id) {
           if (m.image_state === "held") {
             const img = document.createElement("img");

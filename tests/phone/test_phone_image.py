@@ -194,6 +194,9 @@ async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, s
         # A 640 x 480 photo is small: the hint says so, and "Send anyway" carries it on.
         await page.locator("#hints", has_text="The photo is small").wait_for()
         assert await page.text_content("#use-photo") == "Send anyway"
+        # The phone reads no text in photos, and says so where the intern decides.
+        await page.locator("#screen-review .warning",
+                           has_text="this app does not read text in photos").wait_for()
         await page.tap("#use-photo")
         await page.check("#st-permanence")
         await page.check("#st-no-effect")

@@ -69,6 +69,7 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     }
     case "sent":
+    case "escalation":
     case "filed":
     case "receipt":
       void renderThreads();
@@ -283,6 +284,13 @@ async function renderThreads(): Promise<void> {
         text.className = "text";
         text.textContent = m.text;
         div.append(meta, text);
+        for (const s of m.escalation ?? []) {
+          const line = document.createElement("div");
+          line.className = "meta escalation";
+          const who = s.level === 0 ? `${s.name} (on call)` : `${s.name} (backup ${s.level})`;
+          line.textContent = `${when(s.at)} · ${s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
+          div.append(line);
+        }
         if (m.filed) {
           const filed = document.createElement("div");
           filed.className = "meta filed";

@@ -18,6 +18,8 @@ export interface MessageView {
   /** Where the record gateway filed the photo (its sealed filing receipt, PROTOCOL §15), and
    * when this phone's copy expires (the relay's filed notice). */
   filed?: { study_instance_uid: string | null; record_ref: string | null; expires_at: number | null } | null;
+  /** The on-call escalation of this consult, step by step (PROTOCOL §16.3). */
+  escalation?: { step: number; kind: "renotify" | "released" | "handover"; level: number; name: string; at: number }[];
 }
 
 export interface ThreadRecord {

@@ -317,6 +317,9 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
     case "expire_order":
       await onExpireOrder(ws, frame);
       return;
+    case "escalation_notice":
+      await onEscalationNotice(frame);
+      return;
     case "filed_notice":
       await onFiledNotice(frame);
       return;
@@ -398,6 +401,32 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   );
   sendFrame(ws, { t: "expiry_confirm", req_id: null, statement });
   event("expired", { attachment_id: aid, reason: frame["reason"] });
+}
+
+/** A user's name, from their certificate verified against the pinned organisation key. */
+async function displayName(userId: string): Promise<string> {
+  const answer = await relay!.call<{ user_certificate: string }>("GET", `/v1/users/${userId}/devices`);
+  return certs.verifyUserCertificate(answer.user_certificate, pinned(), now(), null).display_name;
+}
+
+/** An escalation step of one of our consults: who was re-notified, or reached next. */
+async function onEscalationNotice(frame: ServerFrame): Promise<void> {
+  const key = `thread:${frame["thread_id"] as string}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  const message = thread?.messages.find((m) => m.message_id === frame["message_id"]);
+  if (!thread || !message) return;
+  let name: string;
+  try {
+    name = await displayName(frame["user_id"] as string);
+  } catch {
+    name = "someone on the rota";
+  }
+  message.escalation ??= [];
+  const step = frame["step"] as number;
+  if (message.escalation.some((s2) => s2.step === step)) return;
+  message.escalation.push({ step, kind: frame["kind"] as "renotify", level: frame["level"] as number, name, at: frame["at"] as number });
+  await vault!.put(key, thread);
+  event("escalation", { message_id: message.message_id });
 }
 
 /** The relay's word that a photo is in the record: this phone's copy expires at `expires_at`. */

@@ -6,30 +6,22 @@ time)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.identity_world import World
-from tests.phone.phone_world import phone_page, phone_world, provision_with_package
-from tests.phone.test_phone_image import ORTHO, enrol_by_code
+from tests.phone.phone_world import (
+    ORTHO,
+    enrol_by_code,
+    phone_page,
+    phone_world,
+    provision_with_package,
+)
+from tests.server.test_escalation import SimClock
 
 ORG = "st-elsewhere"
-
-
-class SimClock:
-    """Simulated Unix time for rotas and escalations: moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, s: float) -> None:
-        self.now += s
 
 
 @pytest.fixture

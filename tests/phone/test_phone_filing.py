@@ -21,14 +21,17 @@ from tests.helpers import seconds
 from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer
 from tests.phone.phone_world import (
+    ORTHO,
     SHOTS,
+    camera_started,
+    enrol_by_code,
+    film,
     idb_records,
     phone_page,
     phone_world,
     provision_with_package,
     still_video,
 )
-from tests.phone.test_phone_image import ORTHO, camera_started, enrol_by_code, film
 
 
 @pytest.fixture

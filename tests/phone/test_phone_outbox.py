@@ -17,12 +17,15 @@ from tests.clinician_world import enrol_clinician
 from tests.helpers import seconds
 from tests.identity_world import identity_world
 from tests.phone.phone_world import (
+    ORTHO,
+    PASSPHRASE,
     bound_socket,
+    enrol_by_code,
+    next_event,
     phone_page,
     provision_with_package,
     running_phone,
 )
-from tests.phone.test_phone_image import ORTHO, PASSPHRASE, enrol_by_code, next_event
 
 
 class SwallowingProxy:

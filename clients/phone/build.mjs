@@ -31,8 +31,9 @@ await build({
   platform: "node",
   format: "esm",
   outExtension: { ".js": ".mjs" },
-  target: "node20",
-  banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+  target: "node18",
+  // CommonJS's require for libsodium.js, and WebCrypto as a global on Node 18 (global from 19).
+  banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url); globalThis.crypto ??= require('node:crypto').webcrypto;" },
 });
 
 // 2. The app (only once its sources exist).

@@ -25,12 +25,13 @@ from clients.phone.serve import PhoneConfig, make_app
 from protocol import api
 from protocol.canonical import b64url_encode, encode_struct
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
+from tests.consent_world import xray_png
 from tests.helpers import ROOT, seconds
 from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
-__all__ = ["ARGS", "CHROMIUM", "PHONE_VIEWPORT", "SHOTS", "axe_violations", "bound_socket",
-           "idb_records",
+__all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "axe_violations",
+           "bound_socket", "camera_started", "enrol_by_code", "film", "idb_records", "next_event",
            "phone_page", "phone_world", "provision_with_package", "qr_image", "running_phone",
            "still_video"]
 
@@ -39,6 +40,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 PHONE_VIEWPORT: Any = {"width": 390, "height": 844}  # a mid-size phone, CSS pixels
 SHOTS = ROOT / "test-artefacts" / "phone"
+ORTHO = "orthopaedics_oncall"
+PASSPHRASE = "amber kettle nightshift wrist"
 
 
 def bound_socket() -> tuple[socket.socket, int]:
@@ -195,3 +198,35 @@ async def idb_records(page: Any) -> list[bytes]:
       return out;
     }""")
     return [base64.b64decode(d) for d in dumped]
+
+
+def film(width: int, height: int) -> Image.Image:
+    """A generated x-ray (tests/consent_world.py), as the fake camera shows it."""
+    return Image.open(io.BytesIO(xray_png(width, height)))
+
+
+async def camera_started(page: Any) -> None:
+    """Wait until the viewfinder shows frames (polled through the DevTools protocol: the page's
+    CSP forbids the string evaluation wait_for_function uses)."""
+    async with asyncio.timeout(seconds(20)):
+        while not await page.evaluate("() => document.getElementById('viewfinder').videoWidth"):
+            await asyncio.sleep(0.1)
+
+
+async def enrol_by_code(page: Any, origin: str, code: str) -> None:
+    await page.goto(origin)
+    await page.fill("#code", code)
+    await page.tap("#enrol-next")
+    await page.tap("#fp-match")
+    await page.fill("#new-pass", PASSPHRASE)
+    await page.fill("#new-pass2", PASSPHRASE)
+    await page.tap("#enrol-finish")
+    await page.locator("#conn", has_text="connected").wait_for()
+
+
+async def next_event(queue: asyncio.Queue[Any], kind: type, match: Any) -> Any:
+    async with asyncio.timeout(seconds(30)):
+        while True:
+            event = await queue.get()
+            if isinstance(event, kind) and match(event):
+                return event

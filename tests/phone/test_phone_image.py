@@ -10,33 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from clients.sdk.client import ImageEvent, MessageEvent
 from clients.sdk.imaging import jpeg_segments
 from tests.clinician_world import enrol_clinician
-from tests.consent_world import xray_png
 from tests.helpers import seconds
 from tests.identity_world import World
 from tests.phone.phone_world import (
+    ORTHO,
     SHOTS,
     axe_violations,
+    camera_started,
+    enrol_by_code,
+    film,
     idb_records,
+    next_event,
     phone_page,
     phone_world,
     provision_with_package,
     still_video,
 )
 
-ORTHO = "orthopaedics_oncall"
-PASSPHRASE = "amber kettle nightshift wrist"
 ALLOWED = {0xD8, 0xE0, 0xDB, 0xC0, 0xC1, 0xC2, 0xC4, 0xDA, 0xD9}  # SOI APP0 DQT SOF DHT SOS EOI
 
 
@@ -46,38 +46,6 @@ async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]
     async with phone_world(db_dsn, tmp_path, autolock_seconds=600, expiry_hard_limit=25,
                            expiry_sweep_interval=0.5) as found:
         yield found
-
-
-def film(width: int, height: int) -> Image.Image:
-    """A generated x-ray (tests/consent_world.py), as the fake camera shows it."""
-    return Image.open(io.BytesIO(xray_png(width, height)))
-
-
-async def camera_started(page: Any) -> None:
-    """Wait until the viewfinder shows frames (polled through the DevTools protocol: the page's
-    CSP forbids the string evaluation wait_for_function uses)."""
-    async with asyncio.timeout(seconds(20)):
-        while not await page.evaluate("() => document.getElementById('viewfinder').videoWidth"):
-            await asyncio.sleep(0.1)
-
-
-async def enrol_by_code(page: Any, origin: str, code: str) -> None:
-    await page.goto(origin)
-    await page.fill("#code", code)
-    await page.tap("#enrol-next")
-    await page.tap("#fp-match")
-    await page.fill("#new-pass", PASSPHRASE)
-    await page.fill("#new-pass2", PASSPHRASE)
-    await page.tap("#enrol-finish")
-    await page.locator("#conn", has_text="connected").wait_for()
-
-
-async def next_event(queue: asyncio.Queue[Any], kind: type, match: Any) -> Any:
-    async with asyncio.timeout(seconds(30)):
-        while True:
-            event = await queue.get()
-            if isinstance(event, kind) and match(event):
-                return event
 
 
 async def test_a_film_captured_consented_and_sent_from_the_phone_then_erased_on_expiry(
@@ -194,6 +162,9 @@ async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, s
         # A 640 x 480 photo is small: the hint says so, and "Send anyway" carries it on.
         await page.locator("#hints", has_text="The photo is small").wait_for()
         assert await page.text_content("#use-photo") == "Send anyway"
+        # The phone reads no text in photos, and says so where the intern decides.
+        await page.locator("#screen-review .warning",
+                           has_text="this app does not read text in photos").wait_for()
         await page.tap("#use-photo")
         await page.check("#st-permanence")
         await page.check("#st-no-effect")

@@ -69,6 +69,8 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     }
     case "sent":
+    case "escalation":
+    case "filed":
     case "receipt":
       void renderThreads();
       return;
@@ -282,6 +284,20 @@ async function renderThreads(): Promise<void> {
         text.className = "text";
         text.textContent = m.text;
         div.append(meta, text);
+        for (const s of m.escalation ?? []) {
+          const line = document.createElement("div");
+          line.className = "meta escalation";
+          const who = s.level === 0 ? `${s.name} (on call)` : `${s.name} (backup ${s.level})`;
+          line.textContent = `${when(s.at)} · ${s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
+          div.append(line);
+        }
+        if (m.filed) {
+          const filed = document.createElement("div");
+          filed.className = "meta filed";
+          filed.textContent = `Filed in the patient's record${m.filed.study_instance_uid ? ` (study ${m.filed.study_instance_uid})` : ""}` +
+            (m.filed.expires_at && m.image_state === "held" ? `; this phone's copy is deleted at ${when(m.filed.expires_at)}.` : ".");
+          div.append(filed);
+        }
         if (m.attachment_id) {
           if (m.image_state === "held") {
             const img = document.createElement("img");

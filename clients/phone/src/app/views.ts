@@ -15,6 +15,11 @@ export interface MessageView {
   quality_warnings?: string[];
   /** Signed receipts from recipients' devices, verified (PROTOCOL §8, §16.6). */
   receipts?: { kind: "delivered" | "read" | "acknowledged"; name: string; at: number }[];
+  /** Where the record gateway filed the photo (its sealed filing receipt, PROTOCOL §15), and
+   * when this phone's copy expires (the relay's filed notice). */
+  filed?: { study_instance_uid: string | null; record_ref: string | null; expires_at: number | null } | null;
+  /** The on-call escalation of this consult, step by step (PROTOCOL §16.3). */
+  escalation?: { step: number; kind: "renotify" | "released" | "handover"; level: number; name: string; at: number }[];
 }
 
 export interface ThreadRecord {

@@ -317,6 +317,12 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
     case "expire_order":
       await onExpireOrder(ws, frame);
       return;
+    case "escalation_notice":
+      await onEscalationNotice(frame);
+      return;
+    case "filed_notice":
+      await onFiledNotice(frame);
+      return;
     case "receipt_notice":
       await onReceiptNotice(frame);
       return;
@@ -361,9 +367,17 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
     };
     if (body.subject) thread.subject = body.subject;
     if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
+    if (body.kind === "filing_receipt" && body.filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY)) {
+      const f = body.filing as { attachment_id?: string; study_instance_uid?: string; record_ref?: string };
+      for (const m of thread.messages) {
+        if (m.mine && m.attachment_id === f.attachment_id) {
+          m.filed = { study_instance_uid: f.study_instance_uid ?? null, record_ref: f.record_ref ?? null, expires_at: m.filed?.expires_at ?? null };
+        }
+      }
+    }
     await vault!.put(`thread:${h.thread_id}`, thread);
     await vault!.put(seenKey, 1);
-    event("message", { message: view });
+    event(body.kind === "text" || body.kind === "subject" ? "message" : "filed", { message: view });
   }
   sendFrame(ws, { t: "ack", delivery_ids: [frame["delivery_id"] as string] });
 }
@@ -387,6 +401,46 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   );
   sendFrame(ws, { t: "expiry_confirm", req_id: null, statement });
   event("expired", { attachment_id: aid, reason: frame["reason"] });
+}
+
+/** A user's name, from their certificate verified against the pinned organisation key. */
+async function displayName(userId: string): Promise<string> {
+  const answer = await relay!.call<{ user_certificate: string }>("GET", `/v1/users/${userId}/devices`);
+  return certs.verifyUserCertificate(answer.user_certificate, pinned(), now(), null).display_name;
+}
+
+/** An escalation step of one of our consults: who was re-notified, or reached next. */
+async function onEscalationNotice(frame: ServerFrame): Promise<void> {
+  const key = `thread:${frame["thread_id"] as string}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  const message = thread?.messages.find((m) => m.message_id === frame["message_id"]);
+  if (!thread || !message) return;
+  let name: string;
+  try {
+    name = await displayName(frame["user_id"] as string);
+  } catch {
+    name = "someone on the rota";
+  }
+  message.escalation ??= [];
+  const step = frame["step"] as number;
+  if (message.escalation.some((s2) => s2.step === step)) return;
+  message.escalation.push({ step, kind: frame["kind"] as "renotify", level: frame["level"] as number, name, at: frame["at"] as number });
+  await vault!.put(key, thread);
+  event("escalation", { message_id: message.message_id });
+}
+
+/** The relay's word that a photo is in the record: this phone's copy expires at `expires_at`. */
+async function onFiledNotice(frame: ServerFrame): Promise<void> {
+  const key = `thread:${frame["thread_id"] as string}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  if (!thread) return;
+  for (const m of thread.messages) {
+    if (m.attachment_id === frame["attachment_id"]) {
+      m.filed = { study_instance_uid: m.filed?.study_instance_uid ?? null, record_ref: (frame["record_ref"] as string | null) ?? m.filed?.record_ref ?? null, expires_at: frame["expires_at"] as number };
+    }
+  }
+  await vault!.put(key, thread);
+  event("filed", { attachment_id: frame["attachment_id"] });
 }
 
 /** A recipient's receipt for one of our messages, shown only once its statement verifies under

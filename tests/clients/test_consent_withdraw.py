@@ -272,12 +272,12 @@ async def test_the_privacy_office_finds_a_patients_consents_in_the_record(
 
 def test_watch_says_when_a_withdrawal_withdrew_a_message_or_deleted_a_copy() -> None:
     """`lightbox watch` prints the relay's withdrawn notices and consent expiry in words."""
-    from clients.clinician.commands import _describe
+    from clients.clinician.reading import describe
     from clients.sdk.client import ExpiredEvent, WithdrawnEvent
 
     mid, tid, aid = (str(uuid.uuid4()) for _ in range(3))
     client = None  # these lines need nothing from the client
-    assert _describe(client, WithdrawnEvent(mid, tid, "consent_revoked")) == (  # type: ignore[arg-type]
+    assert describe(client, WithdrawnEvent(mid, tid, "consent_revoked")) == (  # type: ignore[arg-type]
         f"    message {mid[:8]} withdrawn before delivery (the patient's consent was withdrawn)")
-    assert _describe(client, ExpiredEvent(aid, tid, None, "consent_revoked")) == (  # type: ignore[arg-type]
+    assert describe(client, ExpiredEvent(aid, tid, None, "consent_revoked")) == (  # type: ignore[arg-type]
         f"    image {aid[:8]} deleted from this device (the patient's consent was withdrawn)")

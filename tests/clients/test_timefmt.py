@@ -41,12 +41,10 @@ def test_a_time_is_in_the_local_zone_by_default(local_zone: str) -> None:
 
 def test_the_cli_and_the_admin_tool_write_times_with_the_one_helper(local_zone: str) -> None:
     from clients.admin import ops as adminops
-    from clients.clinician import cli
-    from clients.clinician import commands as clinician
+    from clients.clinician import shell
 
     expected = "2026-12-04 01:05"
-    assert cli._when(AFTERNOON) == expected
-    assert clinician._when(AFTERNOON) == expected
+    assert shell.when(AFTERNOON) == expected
     lines = adminops.format_copies(CopiesList(attachments=[CopiesReport(
         attachment_id="a" * 8, thread_id=None, shared_at=AFTERNOON, filed_at=AFTERNOON,
         gateway_device_id="g", filing_statement_id="s", receipt_sha256="0" * 64,

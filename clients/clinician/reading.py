@@ -1,0 +1,274 @@
+"""Reading consults on the command line: ``lightbox threads`` (urgent first, unread counts,
+break-glass reminders), ``lightbox inbox``, ``lightbox outbox`` and ``lightbox watch``; each message
+with its kind, images, receipts and escalation steps, from the vault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from clients.clinician.shell import (
+    consent_of,
+    run_client,
+    unlock_profile,
+    when,
+)
+from clients.sdk.client import (
+    ClientEvent,
+    EscalationEvent,
+    ExpiredEvent,
+    FiledEvent,
+    ImageEvent,
+    LightboxClient,
+    MessageEvent,
+    OutboxEvent,
+    ReceiptEvent,
+    StatusEvent,
+    WithdrawnEvent,
+)
+from clients.sdk.timefmt import format_time
+from clients.sdk.vault import OutboxRecord
+from protocol.body import Body, BodyKind
+
+__all__ = [
+    "describe",
+    "describe_outbox",
+    "inbox_command",
+    "kind_line",
+    "outbox_command",
+    "pending_line",
+    "print_message",
+    "print_outbox_event",
+    "print_pending_count",
+    "subject",
+    "threads_command",
+    "watch_command",
+]
+
+
+def subject(client: LightboxClient, thread_id: str) -> str:
+    for view in client.thread_messages(thread_id):
+        if view.body.subject:
+            return view.body.subject
+    return "(no subject yet)"
+
+
+def threads_command(args: argparse.Namespace) -> int:
+    device = unlock_profile(args)
+
+    async def go() -> None:
+        client = device.client()
+        try:
+            # Synced first, as `inbox` is: unread is what this device holds and has not read
+            # (LightboxClient.unread_messages), the one definition both commands count.
+            await client.start()
+            await client.wait_synced(args.timeout)
+            threads = await client.threads()
+            for t in threads:
+                flag = "URGENT " if t.priority == "urgent" else "       "
+                who = ", ".join([*(f"role:{r}" for r in t.roles),
+                                 f"{len(t.members)} people"])
+                print(f"{flag}{t.thread_id}  {subject(client, t.thread_id)}  [{who}]  "
+                      f"{client.unread(t.thread_id)} unread")
+                if t.break_glass_pending:
+                    print(f"        BREAK-GLASS: {t.break_glass_pending} emergency message(s) "
+                          "sent without consent: seek the patient's consent, or file why "
+                          "none was possible (lightbox break-glass)")
+            print(f"{len(threads)} threads")
+            print_pending_count(client)
+        finally:
+            await client.close()
+
+    run_client(go)
+    return 0
+
+
+def print_message(client: LightboxClient, event: MessageEvent) -> None:
+    m, body = event.message, event.body
+    flag = "URGENT " if m.priority == "urgent" else ""
+    sender = client.display_name(m.sender_user_id)
+    print(f"{flag}[{when(m.sent_at)}] {sender} in {m.thread_id[:8]}: "
+          f"{(body.subject + ' - ') if body.subject else ''}{body.text or kind_line(body)}",
+          flush=True)
+    if m.emergency is not None:
+        print(f"    BREAK-GLASS ({m.emergency.replace('_', ' ')}): sent without consent in an "
+              f"emergency: {body.emergency_reason or '(no reason given)'}", flush=True)
+    flagged = {b.attachment_id: b.kinds for b in body.burned_in_identifiers}
+    for a in body.attachments:
+        print(f"    image {a.attachment_id} ({a.width}x{a.height}, {a.size} bytes)", flush=True)
+        if a.attachment_id in flagged:
+            kinds = ", ".join(k.value.replace("_", " ") for k in flagged[a.attachment_id])
+            print(f"    this image shows patient identifiers: {kinds}", flush=True)
+
+
+def kind_line(body: Body) -> str:
+    """What a body without text says: filing receipts, consents sent for filing."""
+    if body.filing is not None:
+        f = body.filing
+        line = f"image {f.attachment_id[:8]} filed in the record (study {f.study_instance_uid})"
+        for o in f.original_studies:
+            line += (f"\n    original study: {'/'.join(o.modalities) or '?'} "
+                     f"{o.study_date or ''} {o.url or o.study_instance_uid}")
+        return line
+    if body.consent_filing is not None:
+        c = body.consent_filing
+        return (f"consent {c.consent_id[:8]} ({c.decision}) filed in the record "
+                f"(study {c.study_instance_uid})")
+    if body.kind is BodyKind.CONSENT_RECORD:
+        return "a consent sent to the record gateway for filing"
+    return ""
+
+
+def pending_line(client: LightboxClient, record: OutboxRecord) -> str:
+    body = client.pending_body(record)
+    what = (body.subject + " - ") if body.subject else ""
+    what += body.text or ("an image" if record.image or record.attachment_ids else "")
+    image = "" if record.image is None or record.image.uploaded else " (image upload not finished)"
+    return (f"waiting since [{when(record.created_at)}] in {record.thread_id[:8]}: "
+            f"{what[:60]}{image}  (message {record.message_id})")
+
+
+def print_pending_count(client: LightboxClient) -> None:
+    pending = client.pending_sends()
+    if pending:
+        print(f"{len(pending)} messages not yet stored by the relay: they are sent again the "
+              "next time this device connects (lightbox outbox lists them)")
+
+
+def outbox_command(args: argparse.Namespace) -> int:
+    """The sends the relay has not stored yet (kept in the vault; resent on the next start)."""
+    device = unlock_profile(args)
+    client = device.client()
+    pending = client.pending_sends()
+    for record in pending:
+        print(pending_line(client, record))
+    print(f"{len(pending)} messages waiting to be sent"
+          + (": they are sent again the next time this device connects (lightbox inbox, "
+             "watch or send)" if pending else ""))
+    return 0
+
+
+def print_outbox_event(event: OutboxEvent) -> None:
+    line = describe_outbox(event)
+    print(line, file=sys.stderr if event.state == "refused" else sys.stdout, flush=True)
+
+
+def describe_outbox(event: OutboxEvent) -> str:
+    if event.state == "sent":
+        return (f"-- message {event.message_id} (sent earlier from this device) is now stored "
+                f"by the relay in thread {event.thread_id} (#{event.thread_seq})")
+    if event.state == "refused":
+        return (f"-- message {event.message_id} (sent earlier from this device) was NOT sent: "
+                f"{event.detail}; it was removed from the outbox")
+    return (f"-- message {event.message_id} is still waiting to be sent: {event.detail}")
+
+
+def inbox_command(args: argparse.Namespace) -> int:
+    device = unlock_profile(args)
+
+    async def go() -> int:
+        client = device.client()
+        shown = 0
+        try:
+            events = client.subscribe()
+            await client.start()
+            await client.wait_synced(args.timeout)
+            while not events.empty():
+                event = events.get_nowait()
+                if isinstance(event, OutboxEvent):
+                    print_outbox_event(event)
+            threads = await client.threads()
+            await client.fetch_missing_images()  # waits for downloads already under way
+            unread = {t.thread_id: client.unread_messages(t.thread_id) for t in threads}
+            # names from verified certificates, not only of senders heard from in this run
+            await client.ensure_names(v.message.sender_user_id
+                                      for views in unread.values() for v in views)
+            withdrawn = await client.refresh_consents(
+                [c for views in unread.values() for v in views
+                 if (c := consent_of(v.body)) is not None])
+            for t in threads:
+                for view in unread[t.thread_id]:
+                    print_message(client, MessageEvent(view.message, view.body))
+                    for img in view.images:
+                        print(f"    image {img.attachment_id[:8]}: {img.state} {img.reason}")
+                    consent_id = consent_of(view.body)
+                    if consent_id in withdrawn:
+                        print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the "
+                              "patient's consent no longer covers this message")
+                    shown += 1
+                if args.mark_read:
+                    await client.mark_read(t.thread_id)
+            print_pending_count(client)
+        finally:
+            await client.close()
+        return shown
+
+    count = run_client(go)
+    print(f"{count} unread messages")
+    return 0
+
+
+def describe(client: LightboxClient, event: ClientEvent) -> str | None:
+    if isinstance(event, ImageEvent):
+        return f"    image {event.attachment_id[:8]}: {event.status} {event.reason}".rstrip()
+    if isinstance(event, EscalationEvent):
+        what = {"renotify": "reminded", "released": "passed to the next on call",
+                "handover": "handed over to the incoming shift"}.get(event.kind, event.kind)
+        return f"    consult {event.message_id[:8]} {what} (step {event.step})"
+    if isinstance(event, ReceiptEvent):
+        return f"    {event.display_name or event.user_id[:8]}: {event.kind} " \
+               f"({event.message_id[:8]})"
+    if isinstance(event, FiledEvent):
+        return (f"    image {event.attachment_id[:8]} filed in the record"
+                f"{' as ' + event.record_ref if event.record_ref else ''}; copies expire "
+                f"{when(event.expires_at)}")
+    if isinstance(event, ExpiredEvent):
+        why = ("the patient's consent was withdrawn" if event.reason == "consent_revoked"
+               else event.reason)
+        return f"    image {event.attachment_id[:8]} deleted from this device ({why})"
+    if isinstance(event, WithdrawnEvent):
+        why = ("the patient's consent was withdrawn" if event.reason == "consent_revoked"
+               else "the sending device was revoked")
+        return f"    message {event.message_id[:8]} withdrawn before delivery ({why})"
+    if isinstance(event, OutboxEvent):
+        return describe_outbox(event)
+    if isinstance(event, StatusEvent):
+        if event.state == "connected":
+            return "-- connected to the relay"
+        if event.state == "disconnected":
+            return "-- relay connection lost: reconnecting (nothing is lost)"
+        return f"-- {event.state}: {event.detail}"
+    return None
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    device = unlock_profile(args)
+
+    async def go() -> None:
+        client = device.client()
+        seen = 0
+        try:
+            queue = client.subscribe()
+            await client.start()
+            print("watching for consults (Ctrl-C to stop)", flush=True)
+            async with asyncio.timeout(args.timeout):
+                while args.count is None or seen < args.count:
+                    event = await queue.get()
+                    if isinstance(event, MessageEvent):
+                        print_message(client, event)
+                        seen += 1
+                        continue
+                    line = describe(client, event)
+                    if line:
+                        print(line, flush=True)
+                    if isinstance(event, StatusEvent) and event.state in ("stopped", "wiped"):
+                        return
+        except TimeoutError:
+            pass
+        finally:
+            await client.close()
+
+    run_client(go)
+    return 0

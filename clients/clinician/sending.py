@@ -1,0 +1,489 @@
+"""``lightbox send`` and its relatives: the image read, sanitised and checked (quality, the PHI
+burned into its pixels, the patient typed against the film), consent captured or named, the
+free text guarded, the upload shown; ``lightbox break-glass`` and
+``lightbox correct-patient``. Patient data goes only into the sealed body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from clients.clinician.shell import (
+    MAX_IMAGE_FILE,
+    run_client,
+    unlock_profile,
+    when,
+)
+from clients.sdk import imaging
+from clients.sdk.breakglass import Emergency, check_emergency
+from clients.sdk.client import (
+    LightboxClient,
+)
+from clients.sdk.errors import FlowError
+from clients.sdk.profile import ProfileDevice
+from clients.sdk.vault import ItemNotFound
+from protocol.body import Body, IdentifierKind, RecordData, Sex
+from protocol.consent import (
+    ConsentBasis,
+    ConsentClaims,
+    ConsentDecision,
+    peek_consent_token_unverified,
+)
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.model import EmergencyCategory, Priority, Purpose
+
+__all__ = [
+    "ProgressBar",
+    "box",
+    "break_glass_command",
+    "check_covers_original",
+    "check_identity",
+    "consent_token",
+    "correct_patient_command",
+    "emergency_of",
+    "file_refusal",
+    "guard_text",
+    "is_deidentified",
+    "prepare",
+    "read_image",
+    "record_from_args",
+    "send_command",
+    "shared_image",
+    "targets",
+    "text_consent_id",
+    "token_file",
+]
+
+
+def targets(values: list[str]) -> tuple[list[str], list[str]]:
+    users, roles = [], []
+    for value in values:
+        kind, _, name = value.partition(":")
+        if kind == "user" and name:
+            users.append(name)
+        elif kind == "role" and name:
+            roles.append(name)
+        else:
+            raise FlowError(f"--to {value!r}: write user:LOGIN or role:ROLE",
+                            code=ErrorCode.VALIDATION_FAILED.value)
+    return users, roles
+
+
+def read_image(path: str) -> bytes:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_IMAGE_FILE:
+            raise imaging.ImageRejected(imaging.RejectCode.TOO_LARGE,
+                                        f"{p.name} is {size / 2**20:.1f} MB, over the "
+                                        f"{MAX_IMAGE_FILE // 2**20} MB limit")
+        return p.read_bytes()
+    except OSError as exc:
+        raise FlowError(f"cannot read {path}: {exc.strerror}",
+                        code=ErrorCode.VALIDATION_FAILED.value) from exc
+
+
+def prepare(args: argparse.Namespace) -> imaging.PreparedImage | None:
+    if not args.image:
+        return None
+    prepared = imaging.prepare_image(read_image(args.image))
+    for w in prepared.warnings:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if prepared.warnings and not args.send_anyway:
+        if not sys.stdin.isatty():
+            raise FlowError("the photo may be hard to read (see the warnings): retake it, or "
+                            "pass --send-anyway", code="quality_warning")
+        answer = input("Retake the photo, or send anyway? [retake/send] ").strip().lower()
+        if answer not in {"s", "send", "send anyway"}:
+            raise FlowError("not sent: retake the photo and send it again",
+                            code="quality_warning")
+    return prepared
+
+
+def guard_text(args: argparse.Namespace, text: str, purpose: Purpose) -> None:
+    """The free-text guard (clients/sdk/textguard.py) on the text, the subject line (it goes
+    to the same audience) and the necessity statement: for purposes that leave direct care,
+    warn about exact ages, dates of birth, MRNs and dates of service, and ask (or require
+    --text-checked) before sealing."""
+    from clients.sdk.textguard import TextGuardWarning, guard_text
+
+    for label, value in (("text", text), ("subject", args.subject or ""),
+                         ("necessity statement", args.necessity or "")):
+        try:
+            guard_text(value, purpose, confirmed=args.text_checked)
+        except TextGuardWarning as warning:
+            for f in warning.findings:
+                print(f"warning: the {label} holds {f.kind.value.replace('_', ' ')} "
+                      f"{f.text!r}: {f.suggestion}", file=sys.stderr)
+            if warning.suggestion != value:
+                print(f"suggested: {warning.suggestion}", file=sys.stderr)
+            if not sys.stdin.isatty():
+                raise
+            answer = input("Send it as written? [edit/send] ").strip().lower()
+            if answer not in {"s", "send"}:
+                raise FlowError("not sent: reword the text and send it again",
+                                code=warning.code) from None
+
+
+def box(value: str) -> tuple[int, int, int, int]:
+    try:
+        left, top, width, height = (int(v) for v in value.split(","))
+    except ValueError:
+        raise FlowError(f"--redact-box {value!r}: write X,Y,WIDTH,HEIGHT in pixels",
+                        code=ErrorCode.VALIDATION_FAILED.value) from None
+    if min(left, top) < 0 or min(width, height) <= 0:
+        raise FlowError(f"--redact-box {value!r}: the box is empty or off the image",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    return left, top, width, height
+
+
+def shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage, purpose: Purpose,
+                  record: RecordData | None = None
+                  ) -> tuple[imaging.SanitisedImage, tuple[IdentifierKind, ...]]:
+    """PHI in the pixels (clinician/phi.py): OCR, show what was found, black out per --redact
+    and --redact-box, and refuse a de-identified purpose whose copy still shows text. Also
+    the kinds of identifier the copy sent still shows, for the recipient to be told."""
+    from clients.clinician import phi
+
+    try:
+        shared = phi.prepare_for_purpose(
+            prepared.image, purpose, mode=phi.RedactMode(args.redact),
+            boxes=[box(b) for b in args.redact_box or []], rules=phi.rules_from_env())
+    except phi.PhiRefused as refused:
+        for line in phi.describe(refused.scan) if refused.scan else []:
+            print(f"text in the image: {line}", file=sys.stderr)
+        if refused.code == "phi_unredacted":
+            print("black it all out with --redact all-text (and --redact-box X,Y,W,H for "
+                  "anything OCR missed), then check the copy", file=sys.stderr)
+        raise
+    for line in phi.describe(shared.original_scan):
+        print(f"text in the image: {line}", file=sys.stderr)
+    if record is not None:
+        check_identity(args, record, shared.original_scan)
+    for warning in shared.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if shared.redacted:
+        print("the copy sent has the text blacked out", file=sys.stderr)
+    kinds = phi.identifier_kinds(shared.shared_scan)
+    if kinds:
+        print("the recipient is told that the image shows "
+              f"{', '.join(k.value.replace('_', ' ') for k in kinds)}", file=sys.stderr)
+    return shared.image, kinds
+
+
+def record_from_args(args: argparse.Namespace) -> RecordData | None:
+    if not (args.patient_name or args.patient_id):
+        return None
+    if not args.patient_id:
+        raise FlowError("--patient-id (the MRN) is needed with patient data",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    return RecordData(patient_name=args.patient_name or "", patient_id=args.patient_id,
+                      issuer_of_patient_id=args.issuer or "", birth_date=args.birth_date,
+                      sex=Sex(args.sex or ""), accession_number=args.accession or "",
+                      anatomic_region=args.region or "")
+
+
+def check_identity(args: argparse.Namespace, record: RecordData, scan: Any) -> None:
+    """The typed identity against the text on the image (clients/clinician/identity.py): a
+    contradiction is shown side by side and must be confirmed or corrected."""
+    from clients.clinician.identity import compare, side_by_side
+
+    differs = compare(record, scan)
+    if not differs:
+        return
+    print("the patient typed and the text on the image disagree:", file=sys.stderr)
+    for line in side_by_side(differs):
+        print(line, file=sys.stderr)
+    if args.identity_checked:
+        print("sent as typed: you confirmed the identity (--identity-checked)", file=sys.stderr)
+        return
+    if sys.stdin.isatty():
+        answer = input("Is this the right patient? Type 'send' to send as typed, anything "
+                       "else to stop and correct it: ").strip().lower()
+        if answer == "send":
+            return
+    raise FlowError("the patient typed is not the one the image shows: correct --patient-id, "
+                    "--patient-name or --birth-date, or confirm with --identity-checked",
+                    code="identity_mismatch")
+
+
+def token_file(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise FlowError(f"cannot read {path}: {exc.strerror}",
+                        code=ErrorCode.VALIDATION_FAILED.value) from exc
+
+
+def text_consent_id(args: argparse.Namespace) -> str | None:
+    """The consent a text-only message is sent under (``--consent-token``): needed outside
+    direct care, where the relay refuses a message that names none (``consent_missing``)."""
+    if not args.consent_token:
+        return None
+    try:
+        return peek_consent_token_unverified(token_file(args.consent_token)).jti
+    except ProtocolError as exc:
+        raise FlowError(f"{args.consent_token} does not hold a consent token",
+                        code=ErrorCode.CONSENT_INVALID.value) from exc
+
+
+def consent_token(args: argparse.Namespace, device: ProfileDevice, image: bytes,
+                   users: list[str], roles: list[str], purpose: Purpose) -> str:
+    """A token from --consent-token FILE, or captured now over exactly the sanitised bytes."""
+    from clients.sdk.consent import ConsentCapture, capture_consent, image_hash
+
+    if args.consent_token:
+        return token_file(args.consent_token)
+    agreed, shown = args.patient_agreed, args.statements_shown
+    if not (agreed and shown) and sys.stdin.isatty():
+        from clients.sdk.consent import NO_EFFECT_ON_CARE_STATEMENT, PERMANENCE_STATEMENT
+
+        print("Show the patient this photo and read:")
+        print("  1. " + PERMANENCE_STATEMENT)
+        print("  2. " + NO_EFFECT_ON_CARE_STATEMENT)
+        shown = input("Were both statements shown and understood? (yes/no) ").lower() \
+            in {"y", "yes"}
+        agreed = input("Does the patient agree? (yes/no) ").lower() in {"y", "yes"}
+    if not shown or (not agreed and not sys.stdin.isatty()):
+        raise FlowError("no consent: pass --patient-agreed --statements-shown once the patient "
+                        "has seen the photo and agreed (or --consent-token FILE)",
+                        code=ErrorCode.CONSENT_MISSING.value)
+    # A patient who answered "no" at the prompt: the refusal is signed too (and filed).
+    decision = ConsentDecision.AGREED if agreed else ConsentDecision.REFUSED
+    token, _claims = capture_consent(device.store.state, ConsentCapture(
+        purposes=[purpose], images=[image_hash(image)], decision=decision,
+        basis=ConsentBasis.TREATMENT_ATTESTATION, recipient_users=users,
+        recipient_roles=roles, permanence_statement_shown=True,
+        no_effect_on_care_statement_shown=True))
+    return token
+
+
+async def file_refusal(client: LightboxClient, token: str, record: RecordData | None) -> None:
+    """The patient said no at the prompt: the refusal is registered (above) and filed in the
+    record when there is patient data (issue 10 item 1); nothing is sent to anyone else."""
+    where = "registered, but NOT filed in the record (no --patient-id)"
+    if record is not None:
+        _, filed = await client.file_consent(token, record, wait=30.0)
+        where = ("registered and filed in the record" if filed else
+                 "registered and sent to the record gateway for filing")
+    raise FlowError(f"the patient refused: nothing was sent; the refusal was {where}",
+                    code=ErrorCode.CONSENT_REFUSED.value)
+
+
+class ProgressBar:
+    """``[#####.....]  42%`` on stderr, for uploads over a few chunks."""
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100 * done // max(total, 1)
+        if pct == self.last:
+            return
+        self.last = pct
+        bar = "#" * (pct // 5) + "." * (20 - pct // 5)
+        end = "\n" if done >= total else ""
+        print(f"\ruploading [{bar}] {pct:3d}%", end=end, file=sys.stderr, flush=True)
+
+
+def send_command(args: argparse.Namespace) -> int:
+    text = " ".join(args.text or []).strip()
+    if not text and not args.image:
+        raise FlowError("nothing to send: give a text and/or --image FILE",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    if not args.thread and not args.to:
+        raise FlowError("say who it is for: --to role:ROLE or --to user:LOGIN (or --thread ID)",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    logins, roles = targets(args.to or [])
+    purpose = Purpose(args.purpose)
+    priority = Priority.URGENT if args.urgent else Priority.ROUTINE
+    emergency = emergency_of(args, purpose)
+    record = record_from_args(args)
+    prepared = prepare(args)  # before the password: a bad image fails fast
+    if record is not None and prepared is None:
+        raise FlowError("patient data goes with an image (--image FILE)",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    guard_text(args, text, purpose)
+    original = prepared
+    burned_in: tuple[IdentifierKind, ...] = ()
+    if prepared is not None:
+        shared_copy, burned_in = shared_image(args, prepared, purpose, record)
+        prepared = imaging.PreparedImage(shared_copy, prepared.warnings)
+    # A de-identified share never carries the patient's data: with it, the identified
+    # original is filed in the record instead (issue 10 item 4; SDK file_image).
+    deidentified = is_deidentified(purpose)
+    file_original = original if deidentified and record is not None else None
+    device = unlock_profile(args)
+
+    async def go() -> tuple[str, str, int]:
+        client = device.client()
+        try:
+            await client.start()
+            users = [(await client.resolve_user(login)).user_id for login in logins]
+            if args.thread:
+                thread_id = args.thread
+                await client.threads()
+            else:
+                thread_id = (await client.create_thread(users, roles, priority)).thread_id
+            if prepared is None:
+                sent = await client.send_text(thread_id, text, priority=priority,
+                                              purpose=purpose, subject=args.subject,
+                                              necessity=args.necessity,
+                                              consent_id=text_consent_id(args),
+                                              emergency=emergency)
+            elif emergency is not None:
+                sent = await client.send_image(
+                    thread_id, prepared.image, consent_token=None, text=text, record=record,
+                    purpose=purpose, priority=priority, subject=args.subject,
+                    warnings=[w.issue.value for w in prepared.warnings],
+                    progress=ProgressBar(), burned_in=burned_in, emergency=emergency)
+                print("BREAK-GLASS: sent without consent; the privacy office reviews it, and "
+                      "the thread reminds you until you file the consent sought afterwards "
+                      "or why none was possible (lightbox break-glass)")
+            else:
+                from clients.sdk.consent import register_consent
+
+                token = consent_token(args, device, prepared.image.data, users, roles,
+                                       purpose)
+                await register_consent(client.relay, token)
+                claims = peek_consent_token_unverified(token)
+                if claims.decision is ConsentDecision.REFUSED:
+                    await file_refusal(client, token, record)
+                if file_original is not None:
+                    check_covers_original(claims, file_original.image)
+                sent = await client.send_image(
+                    thread_id, prepared.image, consent_token=token, text=text,
+                    record=None if deidentified else record, purpose=purpose,
+                    priority=priority, subject=args.subject,
+                    warnings=[w.issue.value for w in prepared.warnings],
+                    progress=ProgressBar(), necessity=args.necessity, burned_in=burned_in)
+                if file_original is not None and record is not None:
+                    filed = await client.file_image(
+                        file_original.image, consent_token=token, record=record,
+                        warnings=[w.issue.value for w in file_original.warnings])
+                    print(f"the identified original went to the record gateway to be filed "
+                          f"in the patient's record (message {filed.message_id})")
+            return sent.message_id, thread_id, sent.thread_seq
+        finally:
+            await client.close()
+
+    try:
+        message_id, thread_id, seq = run_client(go)
+    except KeyboardInterrupt:
+        print("stopped before the relay confirmed the message: it is kept on this device and "
+              "sent again the next time this device connects (lightbox outbox lists it)",
+              file=sys.stderr)
+        return 130
+    print(f"sent: message {message_id} stored by the relay in thread {thread_id} (#{seq})")
+    return 0
+
+
+def emergency_of(args: argparse.Namespace, purpose: Purpose) -> Emergency | None:
+    """The break-glass declaration of ``send --emergency``, checked before the password."""
+    if args.emergency is None:
+        return None
+    if args.consent_token or args.patient_agreed:
+        raise FlowError("--emergency is for when no consent can be asked: leave out "
+                        "--consent-token and --patient-agreed",
+                        code=ErrorCode.BREAK_GLASS_NOT_ALLOWED.value)
+    emergency = Emergency(EmergencyCategory(args.emergency_category), args.emergency)
+    check_emergency(emergency, purpose=purpose, consent=None, body=Body(text="-"))
+    return emergency
+
+
+def break_glass_command(args: argparse.Namespace) -> int:
+    """List this user's emergency messages awaiting their follow-up, or file one."""
+    if args.action == "follow-up" and not args.case:
+        raise FlowError("say which case: lightbox break-glass follow-up CASE",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    token = token_file(args.consent_token) if args.consent_token else None
+    device = unlock_profile(args)
+
+    async def go() -> None:
+        client = device.client()
+        try:
+            await client.start()
+            if args.action == "follow-up":
+                case = await client.follow_up_break_glass(
+                    args.case, consent_token=token, no_consent=args.no_consent,
+                    words=args.reason or "")
+                print(f"break-glass case {case.case_id}: follow-up filed ({case.follow_up}: "
+                      f"{case.follow_up_detail}); the reminder is cleared")
+                return
+            cases = await client.break_glass_pending()
+            for c in cases:
+                print(f"{c.case_id}  [{when(c.declared_at)}] {c.category.replace('_', ' ')}  "
+                      f"thread {c.thread_id}  message {c.message_id}")
+            print(f"{len(cases)} emergency messages await a consent or a reason why none was "
+                  "possible" + (": lightbox break-glass follow-up CASE --consent-token FILE "
+                                "| --no-consent WHY --reason TEXT" if cases else ""))
+        finally:
+            await client.close()
+
+    run_client(go)
+    return 0
+
+
+def correct_patient_command(args: argparse.Namespace) -> int:
+    """The record gateway held an image (the identity typed is not the record's): send it
+    again with the identity corrected (SDK ``correct_patient``)."""
+    import datetime as dt
+
+    try:
+        if args.birth_date is not None and len(args.birth_date) == 10:
+            dt.date.fromisoformat(args.birth_date)
+        elif args.birth_date is not None:
+            raise ValueError(args.birth_date)
+    except ValueError:
+        raise FlowError(f"--birth-date takes YYYY-MM-DD, not {args.birth_date!r}",
+                        code=ErrorCode.VALIDATION_FAILED.value) from None
+    if not args.patient_id.strip() or any(c in args.patient_id for c in "*?\\^"):
+        raise FlowError("--patient-id must be the record number, without * ? \\ or ^",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    device = unlock_profile(args)
+
+    async def go() -> tuple[str, int]:
+        client = device.client()
+        try:
+            await client.start()
+            await client.threads()
+            try:
+                held = client.vault.message(args.message)
+            except ItemNotFound:
+                held = None
+            if held is None or held.thread_id != args.thread:
+                raise FlowError(f"no message {args.message} of yours in thread {args.thread}",
+                                code=ErrorCode.NOT_FOUND.value)
+            sent = await client.correct_patient(
+                args.message, patient_id=args.patient_id, patient_name=args.patient_name,
+                birth_date=args.birth_date, issuer=args.issuer)
+            return sent.message_id, sent.thread_seq
+        finally:
+            await client.close()
+
+    message_id, seq = run_client(go)
+    print(f"sent again with the corrected patient identity: message {message_id} (#{seq}); "
+          "the record gateway checks it again before filing")
+    return 0
+
+
+def is_deidentified(purpose: Purpose) -> bool:
+    from clients.sdk.consent import DEIDENTIFIED_PURPOSES
+
+    return purpose in DEIDENTIFIED_PURPOSES
+
+
+def check_covers_original(claims: ConsentClaims, original: imaging.SanitisedImage) -> None:
+    """Before anything is sent: filing the identified original needs a consent for direct
+    care that names it (``consent capture`` with both purposes names both copies)."""
+    from clients.sdk.consent import image_hash
+
+    if Purpose.DIRECT_CARE not in claims.purposes or \
+            image_hash(original.data) not in claims.images:
+        raise FlowError("to file the identified original in the patient's record, the consent "
+                        "must also cover direct care and name the original: capture it with "
+                        "--purpose direct_care as well (it then names both copies), or send "
+                        "without patient data", code=ErrorCode.CONSENT_PURPOSE.value)

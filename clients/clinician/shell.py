@@ -1,0 +1,88 @@
+"""What every ``lightbox`` command shares: unlocking the profile (the password from
+``LIGHTBOX_PASSWORD`` or a prompt), running the SDK client for one command, plain failures
+instead of tracebacks, and the time and consent shown beside a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from clients.sdk import imaging
+from clients.sdk.errors import KeyStoreError
+from clients.sdk.keystore import KeyStore
+from clients.sdk.profile import ProfileDevice, open_profile
+from clients.sdk.prompts import read_secret
+from clients.sdk.timefmt import format_time
+from protocol.body import Body
+from protocol.consent import (
+    peek_consent_token_unverified,
+)
+from protocol.errors import ProtocolError
+
+__all__ = [
+    "MAX_IMAGE_FILE",
+    "T",
+    "consent_of",
+    "guarded",
+    "profile_dir",
+    "run_client",
+    "unlock_profile",
+    "when",
+]
+
+
+T = TypeVar("T")
+
+
+MAX_IMAGE_FILE = 40 * 1024 * 1024  # imaging.DEFAULT_LIMITS.max_bytes
+
+
+def profile_dir(args: argparse.Namespace) -> Path:
+    return KeyStore.for_profile(args.profile).directory
+
+
+def unlock_profile(args: argparse.Namespace) -> ProfileDevice:
+    directory = profile_dir(args)
+    if not (directory / "keystore.lbx").exists() and not (directory / "vault.db").exists():
+        raise KeyStoreError(f"profile {args.profile!r} has no device: run `lightbox enroll` "
+                            "or `lightbox link` first")
+    return open_profile(directory, read_secret("LIGHTBOX_PASSWORD", f"Password ({args.profile})"))
+
+
+def run_client(factory: Callable[[], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        return await factory()
+    return asyncio.run(runner())
+
+
+def when(ts: float) -> str:
+    return format_time(ts)
+
+
+def consent_of(body: Body) -> str | None:
+    """The id of the consent a message was sent under, if it carries a readable one."""
+    if not body.consent_token:
+        return None
+    try:
+        return peek_consent_token_unverified(body.consent_token).jti
+    except ProtocolError:
+        return None
+
+
+def guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Say what is wrong with a rejected image; every other failure becomes one sentence in
+    cli.main (clients/sdk/failures.py), which also knows a profile its organisation wiped."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except imaging.ImageRejected as exc:
+            print(f"error: the image cannot be sent: {exc.reason}", file=sys.stderr)
+        return 1
+
+    return run

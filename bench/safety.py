@@ -15,8 +15,8 @@ same run:
   out, re-sanitise, scan the copy again (the step that gates a de-identified share);
 * ``consent_pdf``: the patient's one-page consent form (fpdf2, DejaVu fonts);
 * ``gateway_consent_form``: the record's copy as DICOM Encapsulated PDF with the signed token
-  and FHIR Consent embedded (``clients.gateway.app.build_consent_form``);
-* ``gateway_image``: the photo as DICOM Secondary Capture (``clients.gateway.app.build_instance``);
+  and FHIR Consent embedded (``clients.gateway.records.build_consent_form``);
+* ``gateway_image``: the photo as DICOM Secondary Capture (``clients.gateway.records.build_instance``);
 * ``text_guard``: ``clients.sdk.textguard.scan_text`` over a 2,000-character consult note.
 
 It prints a table and writes JSON to bench/results/safety.json. It needs Tesseract (``make
@@ -39,7 +39,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from clients.clinician import phi
-from clients.gateway.app import build_consent_form, build_instance
+from clients.gateway.records import build_consent_form, build_instance
 from clients.sdk import imaging
 from clients.sdk.consent import image_hash
 from clients.sdk.consent_pdf import ConsentFormDisplay, render_consent_pdf

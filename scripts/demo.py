@@ -159,11 +159,11 @@ def _orthanc_binary() -> str | None:
 def _gateway_ready() -> str | None:
     """None when ``lightbox-gateway`` can file; else why not (it is being built elsewhere)."""
     try:
-        from clients.gateway import app as gateway
+        from clients.gateway import cli as gateway
     except Exception as exc:  # any import failure means "not ready"
-        return f"clients/gateway/app.py does not import ({type(exc).__name__}: {exc})"
+        return f"clients/gateway/cli.py does not import ({type(exc).__name__}: {exc})"
     if not callable(getattr(gateway, "main", None)):
-        return "clients/gateway/app.py has no main() yet"
+        return "clients/gateway/cli.py has no main() yet"
     return None
 
 
@@ -597,7 +597,7 @@ class Demo:
                   "queued for it at the relay meanwhile.")
         pw = self.data / "orthanc" / "pacs-password"
         assert self.orthanc_auth is not None
-        proc = self.start("gateway", [*_program("lightbox-gateway", "clients.gateway.app"),
+        proc = self.start("gateway", [*_program("lightbox-gateway", "clients.gateway.cli"),
                                       "--retry-max", "5"], person=gateway,
                           LIGHTBOX_PACS_URL=f"{self.orthanc_url}/dicom-web",
                           LIGHTBOX_PACS_USERNAME=self.orthanc_auth[0],

@@ -7,7 +7,7 @@ tool (docs/USER_GUIDE.md "Withdrawing a consent: the privacy office").
 
 The relay never sees a patient id (it travels only in sealed bodies), so ``find`` searches the
 *record*: the FHIR R4 Consents the record gateway files, each naming the patient by the id from
-the sealed record data (clients/gateway/app.py ``patient_id_system``; the ``:identifier`` search
+the sealed record data (clients/gateway/records.py ``patient_id_system``; the ``:identifier`` search
 modifier, FHIR R4 search.html#modifiers). It reads the FHIR server's URL and credentials as the
 gateway does (clients/gateway/fhir.py ``FhirSettings.from_env``: ``LIGHTBOX_FHIR_TOKEN_FILE``, or
 ``LIGHTBOX_FHIR_USERNAME`` and ``LIGHTBOX_FHIR_PASSWORD_FILE``). With an admin session it also
@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from clients.admin.session import SessionError, load_session
-from clients.gateway.app import patient_id_system
+from clients.gateway.records import patient_id_system
 from clients.gateway.fhir import FhirClient, FhirError, FhirSettings
 from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP

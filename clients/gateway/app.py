@@ -36,80 +36,70 @@ duration of one filing.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import dataclasses
-import datetime as dt
-import getpass
 import hashlib
-import io
-import json
 import logging
-import os
 import random
-import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TextIO
-from urllib.parse import quote, urlsplit
+from typing import Protocol
 
 import msgspec
-from PIL import Image
 
 from clients.gateway import dicom, identity
-from clients.gateway.fhir import FhirAuthError, FhirClient, FhirError, FhirSettings, FhirUnavailable
+from clients.gateway.checks import original_studies, verified_consent
+from clients.gateway.connection import GatewayConnection
+from clients.gateway.errors import FilingFailed, FilingHeld
+from clients.gateway.fhir import FhirAuthError, FhirClient, FhirError, FhirUnavailable
 from clients.gateway.pacs import (
     InstanceRef,
     PacsAuthError,
     PacsClient,
     PacsError,
-    PacsSettings,
     PacsUnavailable,
-    StudyRef,
+)
+from clients.gateway.records import (
+    CONSENT_IDENTIFIER_SYSTEM,
+    CONSENT_STUDY,
+    UID_NAMESPACE,
+    build_consent_form,
+    build_instance,
+    dicom_code,
+    dicom_uid,
+    fhir_consent_json,
+    iso_date,
+    pacs_code,
+    patient_id_system,
 )
 from clients.sdk import attachments as sdk_attachments
-from clients.sdk.connection import Connection
-from clients.sdk.consent_pdf import (
-    Attachment,
-    ConsentFormDisplay,
-    FormCopy,
-    patient_label,
-    render_consent_pdf,
-)
-from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, RelayResponseError
-from clients.sdk.failures import run_command
+from clients.sdk.errors import FlowError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import (
     forget_one_time_prekey,
     replenish_one_time_prekeys,
 )
-from clients.sdk.keystore import DeviceState, KeyStore, default_profile, lightbox_home
+from clients.sdk.keystore import DeviceState
 from clients.sdk.session import Session
-from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
+from clients.sdk.socket import SendRefused
 from clients.sdk.trust import Trust
 from protocol import certs, envelope, statements
 from protocol.attachments import AttachmentDescriptor
 from protocol.body import (
     Body,
     BodyKind,
-    CaptureKind,
     ConsentFiling,
     FiledDocument,
     FilingReceipt,
-    OriginalStudy,
     RecordData,
     decode_body,
     encode_body,
 )
 from protocol.consent import (
-    FHIR_SYSTEM_BASE,
     ConsentClaims,
     peek_consent_token_unverified,
     to_fhir_consent,
-    verify_consent_token,
 )
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import Deliver, Error, FiledNotice, Filing, Frame, KeysLow, Revoked
@@ -121,46 +111,9 @@ __all__ = [
     "FilingHeld",
     "GatewayConfig",
     "RecordGateway",
-    "configure_logging",
-    "main",
-    "patient_id_system",
 ]
 
-VERSION = "0.1.0"
 log = logging.getLogger("lightbox.gateway")
-UID_NAMESPACE = uuid.UUID("7b0f3c1e-2a54-4c8e-9a61-5d2f8e0c4b17")
-CONSENT_STUDY = "Consent for clinical images"  # a consent filed without images: its study
-CONSENT_IDENTIFIER_SYSTEM = "urn:ietf:rfc:3986"  # to_fhir_consent's identifier: urn:uuid:<jti>
-
-
-def patient_id_system(issuer: str) -> str:
-    """The FHIR identifier system of a patient id from the sealed record data: the issuer
-    (DICOM Issuer of Patient ID, default the gateway's ``--issuer`` or the organisation id)
-    under the Lightbox system base, so the privacy office can find a patient's consents in the
-    record (``lightbox-admin consent find --patient-id``)."""
-    return f"{FHIR_SYSTEM_BASE}/patient-id/{quote(issuer, safe='')}"
-CLOCK_SKEW = 300  # seconds a consent's iat may lead the gateway's clock
-# Objects that are not an acquisition (PS3.3 C.7.3.1.1.1): a study holding only these is not
-# an original imaging study (OT: our Secondary Capture, XC: photos, DOC: consent forms).
-NON_ACQUISITION_MODALITIES = frozenset({"OT", "XC", "DOC", "SR", "KO", "PR", "SC", "REG"})
-_MODALITY = re.compile(r"[A-Z0-9]{1,16}")
-
-
-class FilingFailed(Exception):
-    """This image cannot be filed as it is (the PACS refused it, or it fails a check): the
-    sender is told why (``str()``, in the sealed thread) and nothing expires until the hard
-    limit. ``code`` is what the log says: a fixed word, never the reason's text, which may
-    quote the PACS's answer or the record data."""
-
-    def __init__(self, reason: str, *, code: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-class FilingHeld(FilingFailed):
-    """The wrong-patient check (clients/gateway/identity.py) holds the filing: the typed
-    identity is unknown to the record or disagrees with it. Nothing is filed; the sender is told
-    how to correct it (``lightbox correct-patient``)."""
 
 
 class StateStore(Protocol):
@@ -187,179 +140,6 @@ class GatewayConfig:
     patient_check: bool = False
 
 
-def _iso(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _where(exc: BaseException) -> str:
-    """``file:line`` where ``exc`` was raised: enough to find a bug, without its message."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return "?" if tb is None else f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:" \
-        f"{tb.tb_lineno}"
-
-
-def _dicom_code(exc: dicom.DicomBuildError) -> str:
-    """What the log says of a DICOM build failure: the field's name, never its value."""
-    if isinstance(exc, dicom.RecordDataInvalid):
-        return f"record_data_invalid ({exc.field_name})"
-    return f"dicom_invalid ({type(exc).__name__})"
-
-
-def _pacs_code(exc: PacsError) -> str:
-    """What the log says of a PACS refusal: its kind and HTTP status, never its message (it may
-    quote the object)."""
-    status = getattr(exc, "status", None)
-    return f"pacs_refused ({type(exc).__name__}{f', HTTP {status}' if status else ''})"
-
-
-def dicom_uid(*parts: str) -> str:
-    """A UUID-derived UID (PS3.5 §B.2, root 2.25) that is the same for the same inputs, so a
-    retried filing stores the same object rather than a duplicate."""
-    return "2.25." + str(uuid.uuid5(UID_NAMESPACE, "/".join(parts)).int)
-
-
-def dicom_record(record: RecordData, header: MessageHeader, *, operator: str,
-                 default_issuer: str) -> dicom.RecordData:
-    """The DICOM patient/study data, from the sealed body's record data (never from server-
-    visible fields: the header only contributes ids and the time the image was sent)."""
-    region = None
-    if record.anatomic_region:
-        region = dicom.CodedConcept(record.anatomic_region[:16], "99LBX",
-                                    record.anatomic_region[:64])
-    try:
-        op = dicom.RecordData(  # validate the operator's name alone first
-            patient_name="X", patient_id="X", issuer_of_patient_id="X", birth_date=None,
-            sex=dicom.Sex.UNKNOWN, accession_number="", study_description="",
-            acquisition_datetime=dt.datetime.now(dt.UTC), operator_name=operator,
-            consult_reference="x").operator_name
-    except dicom.DicomBuildError:
-        op = ""
-    try:
-        birth_date = dt.date.fromisoformat(record.birth_date) if record.birth_date else None
-    except ValueError:  # its message quotes the date: a RecordDataInvalid names the field only
-        raise dicom.RecordDataInvalid("birth_date", "not a date (YYYY-MM-DD)") from None
-    return dicom.RecordData(
-        patient_name=record.patient_name, patient_id=record.patient_id,
-        issuer_of_patient_id=record.issuer_of_patient_id or default_issuer,
-        birth_date=birth_date,
-        sex=dicom.Sex(record.sex.value), accession_number=record.accession_number,
-        study_description=record.study_description or "Lightbox consult",
-        acquisition_datetime=dt.datetime.fromtimestamp(header.sent_at, dt.UTC),
-        operator_name=op, consult_reference=header.thread_id,
-        study_instance_uid=dicom_uid("study", header.thread_id, record.patient_id),
-        anatomic_region=region)
-
-
-def build_instance(image: bytes, record: RecordData, header: MessageHeader,
-                   descriptor: AttachmentDescriptor, *, operator: str,
-                   default_issuer: str) -> dicom.DicomInstance:
-    data = dicom_record(record, header, operator=operator, default_issuer=default_issuer)
-    pixels: bytes | Image.Image = image
-    if not image.startswith(b"\xff\xd8"):  # not JPEG (a PNG from a desktop): decode it
-        try:
-            pixels = Image.open(io.BytesIO(image))
-            pixels.load()
-        except (OSError, ValueError) as exc:
-            raise dicom.DicomBuildError(f"not a readable image: {exc}") from exc
-    series = dicom_uid("series", header.message_id)
-    sop = iter([dicom_uid("sop", descriptor.attachment_id)])
-
-    def new_uid() -> str:
-        return next(sop)
-
-    if record.capture is CaptureKind.CLINICAL:
-        return dicom.build_vl_photographic(pixels, data, series_instance_uid=series,
-                                           new_uid=new_uid)
-    return dicom.build_secondary_capture(pixels, data, captured_from=dicom.CapturedFrom.FILM,
-                                         series_instance_uid=series, new_uid=new_uid)
-
-
-def build_consent_form(claims: ConsentClaims, token: str, record: RecordData,
-                       header: MessageHeader, *, study_instance_uid: str, clinician_name: str,
-                       operator: str, default_issuer: str) -> dicom.DicomInstance:
-    """The consent form (copy for the record) as Encapsulated PDF in the images' study, with
-    the consent itself embedded in the PDF: the signed token (anyone holding the issuer's
-    certificate can verify it, RFC 7515 §5.2) and the FHIR R4 Consent. Its UIDs and content
-    depend only on the consent and the study, so every image of the study that the consent
-    covers, and every retry, files the same object once."""
-    pdf = render_consent_pdf(claims, ConsentFormDisplay(
-        patient_label=patient_label(record.patient_name), clinician_name=clinician_name),
-        copy=FormCopy.RECORD, attachments=consent_attachments(claims, token))
-    data = dataclasses.replace(
-        dicom_record(record, header, operator=operator, default_issuer=default_issuer),
-        acquisition_datetime=dt.datetime.fromtimestamp(claims.iat, dt.UTC))
-    uid = iter([dicom_uid("consent-form", claims.jti, study_instance_uid)])
-    return dicom.build_encapsulated_pdf(
-        pdf, data, study_instance_uid=study_instance_uid,
-        series_instance_uid=dicom_uid("consent-series", claims.jti, study_instance_uid),
-        new_uid=lambda: next(uid))
-
-
-def consent_attachments(claims: ConsentClaims, token: str) -> list[Attachment]:
-    """What the record's form carries besides its text: the consent, machine-readable."""
-    return [
-        Attachment(f"consent-{claims.jti}.jws", token.encode(), "application/jose",
-                   "The signed consent token (JWS, EdDSA; Lightbox PROTOCOL.md section 7)"),
-        Attachment(f"consent-{claims.jti}.fhir.json", fhir_consent_json(claims),
-                   "application/fhir+json", "The consent as a FHIR R4 Consent resource"),
-    ]
-
-
-def fhir_consent_json(claims: ConsentClaims) -> bytes:
-    """The FHIR R4 Consent as canonical-enough JSON (sorted keys), hashed into the receipt."""
-    return json.dumps(to_fhir_consent(claims), sort_keys=True, separators=(",", ":")).encode()
-
-
-class _GatewayConnection(Connection):
-    """A Connection that files deliveries beside the read loop rather than inside it, so the
-    relay's answer to a filing statement (``filed_notice`` or ``error``) reaches the gateway
-    while the filing waits for it. Each delivery is still acknowledged only after its filing
-    finished (filed, or failed for good); one that is interrupted is delivered again."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._busy: set[tuple[str, str]] = set()
-        self._jobs: set[asyncio.Task[None]] = set()
-
-    async def _handle(self, sock: RelaySocket, frame: Frame) -> None:
-        if not isinstance(frame, Deliver):
-            await super()._handle(sock, frame)
-            return
-        h = frame.message.header
-        key = (h.sender_device_id, h.message_id)
-        if self.dedupe.seen(*key):
-            await sock.ack([frame.delivery_id])
-            return
-        if key in self._busy:
-            return  # redelivered while its filing is still running
-        self._busy.add(key)
-        job = asyncio.create_task(self._file(sock, frame, key))
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
-
-    async def _file(self, sock: RelaySocket, frame: Deliver, key: tuple[str, str]) -> None:
-        try:
-            await self._on_message(frame)
-            self.dedupe.add(*key)
-            with contextlib.suppress(SocketClosed, ConnectionError):
-                await sock.ack([frame.delivery_id])
-        except Exception as exc:  # not acknowledged: the relay delivers it again
-            # The type and the place, not the message or the traceback's values: an
-            # exception's text may quote the record data.
-            log.warning("filing of message %s interrupted (%s at %s); the relay will deliver "
-                        "it again", key[1], type(exc).__name__, _where(exc),
-                        extra={"message_id": key[1], "error_type": type(exc).__name__})
-        finally:
-            self._busy.discard(key)
-
-    async def stop(self) -> None:
-        for job in list(self._jobs):
-            job.cancel()
-        await super().stop()
-
-
 class RecordGateway:
     """One gateway device's filing loop (``await start()``, then it runs until ``stop()``)."""
 
@@ -383,7 +163,7 @@ class RecordGateway:
         base = st.server_url.rstrip("/")
         self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")
         self._backoff = (backoff_base, backoff_max)
-        self.connection: _GatewayConnection | None = None
+        self.connection: GatewayConnection | None = None
         self._waiting: dict[str, asyncio.Future[FiledNotice]] = {}
         self.filed: list[FilingReceipt] = []
         self.consents_filed: list[ConsentFiling] = []
@@ -397,7 +177,7 @@ class RecordGateway:
     async def start(self) -> None:
         keys = self.store.state.device_keys()
         await self._access_token()
-        self.connection = _GatewayConnection(
+        self.connection = GatewayConnection(
             self.ws_url, device_id=keys.device_id, access_token=self._access_token,
             sign=keys.sign, on_message=self.handle, on_event=self._on_event,
             backoff_base=self._backoff[0], backoff_max=self._backoff[1])
@@ -556,13 +336,15 @@ class RecordGateway:
                 default_issuer=self.config.issuer_of_patient_id or self.store.state.org_id)
         except dicom.DicomBuildError as exc:
             raise FilingFailed(f"no valid DICOM object can be made: {exc}",
-                               code=_dicom_code(exc)) from exc
+                               code=dicom_code(exc)) from exc
         ref = await self._store(instance, f"attachment {descriptor.attachment_id} of message "
                                           f"{h.message_id}")
         documents = [] if claims is None or body.consent_token is None else \
             await self._file_consent(claims, body.consent_token, body.record, h,
                                      instance.study_instance_uid, sender)
-        originals = await self._original_studies(body.record, h, instance.study_instance_uid)
+        originals = await original_studies(
+            self.pacs, body.record, h, instance.study_instance_uid,
+            lookback_days=self.config.original_lookback_days, viewer_url=self.config.viewer_url)
         filed_at = int(self.clock())
         receipt = FilingReceipt(
             attachment_id=descriptor.attachment_id, message_id=h.message_id,
@@ -582,7 +364,7 @@ class RecordGateway:
         log.info("filed attachment %s of message %s: SOP Instance %s stored and read back, "
                  "%d consent document(s), receipt sealed to the thread; the relay expires "
                  "the copies at %s", descriptor.attachment_id, h.message_id,
-                 instance.sop_instance_uid, len(documents), _iso(notice.expires_at),
+                 instance.sop_instance_uid, len(documents), iso_date(notice.expires_at),
                  extra={"attachment_id": descriptor.attachment_id,
                         "message_id": h.message_id})
         return receipt
@@ -633,7 +415,9 @@ class RecordGateway:
         if not record.study_description:
             record = msgspec.structs.replace(record, study_description=CONSENT_STUDY)
         try:
-            claims = await self._verified_consent(body.consent_token, sender, sender_user_cert)
+            claims = await verified_consent(body.consent_token, sender, sender_user_cert,
+                                            relay=self.relay, state=self.store.state,
+                                            now=int(self.clock()))
             study_uid = dicom_uid("consent-study", claims.jti, record.patient_id)
             documents = await self._file_consent(claims, body.consent_token, record, h,
                                                  study_uid, sender)
@@ -655,75 +439,6 @@ class RecordGateway:
         log.info("filed consent %s (%s) of message %s: %d document(s), receipt sealed to the "
                  "thread", claims.jti, claims.decision.value, h.message_id, len(documents),
                  extra={"consent_id": claims.jti, "message_id": h.message_id})
-
-    async def _verified_consent(self, token: str, sender: certs.VerifiedDevice,
-                                sender_user_cert: str) -> ConsentClaims:
-        """The token's claims once its signature verifies under its issuer's certificate
-        (RFC 7515 §5.2 via protocol.consent), issued in the gateway's organisation. Checked
-        at the moment it was issued: the filing records a decision made then, and a token's
-        validity period limits sharing, not keeping the evidence; a token claiming to be
-        issued in the future (beyond the skew) is refused."""
-        try:
-            claims = peek_consent_token_unverified(token)
-            issuer_cert = (sender_user_cert if claims.iss == sender.user_id
-                           else (await self.relay.user_devices(claims.iss)).user_certificate)
-            now = int(self.clock())
-            issuer = certs.verify_user_certificate(
-                issuer_cert, trusted_orgs=self.store.state.trusted_orgs(), at=now)
-            verified = verify_consent_token(token, issuer.identity_key, at=claims.iat,
-                                            leeway=0)
-        except (ProtocolError, RelayRequestError, RelayResponseError) as exc:
-            # Not filed: a forged or malformed token, an issuer the directory does not know.
-            # (The relay being unreachable is not this: RelayUnavailable propagates and the
-            # delivery is tried again.)
-            raise FilingFailed("the consent does not verify", code="consent_invalid") from exc
-        if verified.iss != issuer.user_id or verified.org != self.store.state.org_id:
-            raise FilingFailed("the consent was issued by someone outside this organisation",
-                               code="consent_other_org")
-        if verified.iat > now + CLOCK_SKEW:
-            raise FilingFailed("the consent claims to be issued in the future",
-                               code="consent_from_the_future")
-        return verified
-
-    async def _original_studies(self, record: RecordData, h: MessageHeader,
-                                photo_study_uid: str) -> list[OriginalStudy]:
-        """For a photo of a film or monitor, the studies it may stand for (issue 10 item 7:
-        a photo of an x-ray is not the study itself): QIDO-RS by the patient's ID (and
-        issuer) and the days around the photo (PS3.18 §10.6), leaving out the studies
-        Lightbox itself files and any study with only non-acquisition objects (photos,
-        documents, secondary captures). Best effort: a failed search only means no link."""
-        if record.capture is not CaptureKind.FILM:
-            return []
-        sent = dt.datetime.fromtimestamp(h.sent_at, dt.UTC).date()
-        window = (sent - dt.timedelta(days=self.config.original_lookback_days),
-                  sent + dt.timedelta(days=1))  # a day after: the PACS's local date may lead
-        try:
-            found = await self.pacs.find_studies(
-                record.patient_id,
-                issuer_of_patient_id=record.issuer_of_patient_id or None,
-                study_dates=window, limit=50)
-        except (PacsError, ValueError) as exc:
-            log.warning("original study search for message %s failed (%s); its receipt has no "
-                        "link to the original", h.message_id, type(exc).__name__,
-                        extra={"message_id": h.message_id, "error_type": type(exc).__name__})
-            return []
-        originals = [s for s in found if s.study_instance_uid != photo_study_uid
-                     and set(s.modalities) - NON_ACQUISITION_MODALITIES]
-        originals.sort(key=lambda s: (s.study_date or dt.date.min,
-                                      s.study_time or dt.time.min), reverse=True)
-        return [self._original(s) for s in originals[:4]]
-
-    def _original(self, study: StudyRef) -> OriginalStudy:
-        url = (self.config.viewer_url.replace("{study_instance_uid}", study.study_instance_uid)
-               if self.config.viewer_url else (study.retrieve_url or ""))
-        if urlsplit(url).scheme.lower() not in {"http", "https"} or any(c.isspace() for c in url) \
-                or len(url) > 1024:
-            url = ""
-        return OriginalStudy(
-            study_instance_uid=study.study_instance_uid,
-            study_date=study.study_date.isoformat() if study.study_date else None,
-            modalities=[m for m in study.modalities if _MODALITY.fullmatch(m)][:16],
-            description=(study.study_description or "")[:64], url=url)
 
     async def _file_consent(self, claims: ConsentClaims, token: str, record: RecordData,
                             h: MessageHeader, study_instance_uid: str,
@@ -802,7 +517,7 @@ class RecordGateway:
                 continue
             except PacsError as exc:  # rejected (400/409), verification failed, protocol
                 raise FilingFailed(f"the PACS refused it: {exc}",
-                                   code=_pacs_code(exc)) from exc
+                                   code=pacs_code(exc)) from exc
             if attempt:
                 log.info("PACS answered again: %s stored after %d failed attempt(s)", held,
                          attempt, extra={"count": attempt})
@@ -882,112 +597,3 @@ class RecordGateway:
                                code=f"thread_refused ({exc.code})") from exc
         return [b for _, b in sorted(claimed.items())
                 if b.device.device.kind is not DeviceKind.GATEWAY]
-
-
-# --- the program ---------------------------------------------------------------------------
-
-
-def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
-    """The gateway's log: a line per event with ids and codes, never patient data (what it
-    says: docs/USER_GUIDE.md, "Record gateway"). ``level`` applies to Lightbox's own loggers;
-    libraries log warnings only, whatever the level: httpx logs every request's URL (a QIDO-RS
-    URL carries the Patient ID) and fontTools the glyphs of the consent form it subsets."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                           datefmt="%Y-%m-%d %H:%M:%S%z"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("lightbox").setLevel(level.upper())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="lightbox-gateway", description="Lightbox record gateway: files every image it "
-        "receives into PACS (DICOMweb STOW-RS), confirms it by reading it back, and reports "
-        "the filing so device copies expire. PACS settings: LIGHTBOX_PACS_URL, "
-        "LIGHTBOX_PACS_USERNAME, LIGHTBOX_PACS_PASSWORD_FILE (docs/OPERATIONS.md).")
-    p.add_argument("--version", action="version", version=f"lightbox-gateway {VERSION}")
-    p.add_argument("--profile", default=default_profile(DeviceKind.GATEWAY),
-                   help="the gateway device's key store profile, as `lightbox enroll --kind "
-                   "gateway` made it (default: $LIGHTBOX_PROFILE, else 'gateway')")
-    p.add_argument("--issuer", default=os.environ.get("LIGHTBOX_GATEWAY_ISSUER", ""),
-                   help="Issuer of Patient ID when a message names none (default: the org id)")
-    p.add_argument("--fhir-url", default=os.environ.get("LIGHTBOX_FHIR_URL", ""),
-                   help="FHIR R4 base URL to file each Consent on (optional; without it the "
-                   "Consent is only named in the receipt by its SHA-256); credentials: "
-                   "LIGHTBOX_FHIR_TOKEN_FILE or LIGHTBOX_FHIR_USERNAME + "
-                   "LIGHTBOX_FHIR_PASSWORD_FILE (docs/OPERATIONS.md)")
-    p.add_argument("--viewer-url", default=os.environ.get("LIGHTBOX_PACS_VIEWER_URL", ""),
-                   help="where clinicians view a study: an http(s) URL template holding "
-                   "{study_instance_uid} (default: the study's DICOMweb URL)")
-    p.add_argument("--original-lookback-days", type=int, default=int(
-        os.environ.get("LIGHTBOX_ORIGINAL_LOOKBACK_DAYS", "2")),
-                   help="days before a photo of a film searched for its original study")
-    p.add_argument("--patient-check", choices=["on", "off"],
-                   default=os.environ.get("LIGHTBOX_PATIENT_CHECK", "off"),
-                   help="hold an image whose typed patient the PACS (and FHIR server) does "
-                   "not know by that name and birth date (LIGHTBOX_PATIENT_CHECK)")
-    p.add_argument("--retry-max", type=float, default=300.0,
-                   help="longest wait between retries of an unreachable PACS or FHIR "
-                   "server, in seconds")
-    args = p.parse_args(argv)
-    if args.viewer_url and (urlsplit(args.viewer_url).scheme not in {"http", "https"}
-                            or "{study_instance_uid}" not in args.viewer_url):
-        p.error("--viewer-url must be an http(s) URL holding {study_instance_uid}")
-    if not 0 <= args.original_lookback_days <= 30:
-        p.error("--original-lookback-days must be between 0 and 30")
-    if args.patient_check not in {"on", "off"}:  # a default from the environment
-        p.error("LIGHTBOX_PATIENT_CHECK must be on or off")
-    return run_command("lightbox-gateway", lambda: _serve(args), failure=2,
-                       details_dir=lightbox_home(),
-                       login_hint="enrol the gateway again, or give its password")
-
-
-def _serve(args: argparse.Namespace) -> int:
-    """Run the gateway until it is stopped (Ctrl-C: 0) or the relay ends its access (the
-    reason is raised, for main's one sentence)."""
-    try:
-        settings = PacsSettings.from_env()
-        fhir_settings = FhirSettings.from_env(url=args.fhir_url) if args.fhir_url else None
-    except (ValueError, OSError) as exc:
-        print(f"lightbox-gateway: {exc}", file=sys.stderr)
-        return 2
-    keystore = KeyStore.for_profile(args.profile)
-    if not keystore.exists():
-        print(f"lightbox-gateway: profile {args.profile!r} holds no device ({keystore.directory})"
-              f": enrol the gateway first with `lightbox enroll --kind gateway --server URL "
-              f"--code CODE`", file=sys.stderr)
-        return 2
-    password = os.environ.get("LIGHTBOX_PASSWORD") or getpass.getpass("Gateway password: ")
-    try:
-        store = keystore.open(password)
-    except KeyStoreError as exc:
-        print(f"lightbox-gateway: {exc}", file=sys.stderr)
-        return 2
-
-    async def run() -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            pacs = await stack.enter_async_context(PacsClient(settings))
-            fhir = None if fhir_settings is None else await stack.enter_async_context(
-                FhirClient(fhir_settings))
-            gw = RecordGateway(store, pacs, password=password, fhir=fhir, config=GatewayConfig(
-                retry_max=args.retry_max, issuer_of_patient_id=args.issuer,
-                viewer_url=args.viewer_url, original_lookback_days=args.original_lookback_days,
-                patient_check=args.patient_check == "on"))
-            await gw.start()
-            assert gw.connection is not None
-            try:
-                stopped = await gw.connection.stopped
-            finally:
-                await gw.stop()
-            raise stopped
-
-    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))  # only once it runs for real
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -63,7 +63,7 @@ async def run(program: str, *argv: str, env: dict[str, str],
     """Run ``lightbox`` (clinician/cli.py), ``lightbox-admin`` or ``lightbox-gateway`` as a user
     does, in a process of its own."""
     module = {"lightbox": "clients.clinician.cli", "lightbox-admin": "clients.admin.cli",
-              "lightbox-gateway": "clients.gateway.app"}[program]
+              "lightbox-gateway": "clients.gateway.cli"}[program]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", module, *argv, cwd=ROOT, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

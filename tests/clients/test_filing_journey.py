@@ -26,7 +26,8 @@ import msgspec
 import pydicom
 import pytest
 
-from clients.gateway.app import GatewayConfig, RecordGateway, build_consent_form, build_instance
+from clients.gateway.app import GatewayConfig, RecordGateway
+from clients.gateway.records import build_consent_form, build_instance
 from clients.gateway.fhir import FhirClient
 from clients.gateway.pacs import PacsClient, PacsSettings
 from clients.sdk import attachments as sdk_attachments

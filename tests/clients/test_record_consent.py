@@ -26,7 +26,8 @@ import pydicom
 import pytest
 from pydicom.encaps import generate_frames
 
-from clients.gateway.app import CONSENT_IDENTIFIER_SYSTEM, GatewayConfig
+from clients.gateway.app import GatewayConfig
+from clients.gateway.records import CONSENT_IDENTIFIER_SYSTEM
 from clients.gateway.fhir import FhirAuthError, FhirClient, FhirSettings
 from clients.gateway.pacs import PacsClient, PacsSettings
 from clients.sdk import imaging
@@ -422,7 +423,7 @@ def test_the_gateway_refuses_settings_it_cannot_use_before_it_starts(
         argv: list[str], env: dict[str, str], expected: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """``lightbox-gateway`` says what is wrong in one line and files nothing."""
-    from clients.gateway import app as gateway
+    from clients.gateway import cli as gateway
 
     for name in ("LIGHTBOX_PACS_URL", "LIGHTBOX_FHIR_URL", "LIGHTBOX_PACS_VIEWER_URL"):
         monkeypatch.delenv(name, raising=False)

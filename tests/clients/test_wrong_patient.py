@@ -20,7 +20,8 @@ import msgspec
 import pydicom
 import pytest
 
-from clients.gateway.app import GatewayConfig, patient_id_system
+from clients.gateway.app import GatewayConfig
+from clients.gateway.records import patient_id_system
 from clients.gateway.fhir import FhirClient, FhirSettings
 from clients.gateway.identity import Known, from_fhir_patient, judge, same_name
 from clients.gateway.pacs import PacsClient, PacsSettings

@@ -16,7 +16,7 @@ same run:
 * ``consent_pdf``: the patient's one-page consent form (fpdf2, DejaVu fonts);
 * ``gateway_consent_form``: the record's copy as DICOM Encapsulated PDF with the signed token
   and FHIR Consent embedded (``clients.gateway.records.build_consent_form``);
-* ``gateway_image``: the photo as DICOM Secondary Capture (``clients.gateway.records.build_instance``);
+* ``gateway_image``: the photo as DICOM Secondary Capture (``gateway.records.build_instance``);
 * ``text_guard``: ``clients.sdk.textguard.scan_text`` over a 2,000-character consult note.
 
 It prints a table and writes JSON to bench/results/safety.json. It needs Tesseract (``make

@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from clients.admin.session import SessionError, load_session
-from clients.gateway.records import patient_id_system
 from clients.gateway.fhir import FhirClient, FhirError, FhirSettings
+from clients.gateway.records import patient_id_system
 from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.timefmt import format_time

@@ -27,9 +27,9 @@ import pydicom
 import pytest
 
 from clients.gateway.app import GatewayConfig, RecordGateway
-from clients.gateway.records import build_consent_form, build_instance
 from clients.gateway.fhir import FhirClient
 from clients.gateway.pacs import PacsClient, PacsSettings
+from clients.gateway.records import build_consent_form, build_instance
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk import imaging
 from clients.sdk.client import ClientEvent, ExpiredEvent, FiledEvent, ImageEvent, MessageEvent

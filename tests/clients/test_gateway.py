@@ -24,8 +24,8 @@ import pytest
 from clients.admin import csvio
 from clients.admin.provisioning import provision_user
 from clients.gateway import cli as gateway_cli
-from clients.gateway.records import build_instance, dicom_uid
 from clients.gateway.pacs import PacsClient, PacsSettings
+from clients.gateway.records import build_instance, dicom_uid
 from clients.sdk import imaging
 from clients.sdk.keystore import GATEWAY_DEVICE_PROFILE, KeyStore
 from protocol.keys import CHEAP_PROFILE
@@ -219,7 +219,7 @@ async def test_the_gateway_enrolled_without_a_profile_runs_without_one_and_logs_
     assert not others, f"lines from other loggers (libraries log warnings only): {others}"
     patient_data = {PATIENT_NAME, *PATIENT_NAME.split("^"), MRN, refused_pid, held_pid,
                     BIRTH_DATE, BIRTH_DATE.replace("-", ""), "ACC42",
-                    # study UIDs derive from the patient id (clients/gateway/records.py dicom_record)
+                    # study UIDs derive from the patient id (gateway/records.py dicom_record)
                     *(dicom_uid("study", tid, pid) for pid in (MRN, refused_pid, held_pid))}
     leaked = sorted(p for p in patient_data if p.lower() in log.lower())
     assert not leaked, f"patient data in the gateway's log: {leaked}\n{log}"

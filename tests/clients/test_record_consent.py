@@ -27,9 +27,9 @@ import pytest
 from pydicom.encaps import generate_frames
 
 from clients.gateway.app import GatewayConfig
-from clients.gateway.records import CONSENT_IDENTIFIER_SYSTEM
 from clients.gateway.fhir import FhirAuthError, FhirClient, FhirSettings
 from clients.gateway.pacs import PacsClient, PacsSettings
+from clients.gateway.records import CONSENT_IDENTIFIER_SYSTEM
 from clients.sdk import imaging
 from clients.sdk.client import RECORD_THREAD_SUBJECT, ImageEvent, MessageEvent
 from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent

@@ -21,10 +21,10 @@ import pydicom
 import pytest
 
 from clients.gateway.app import GatewayConfig
-from clients.gateway.records import patient_id_system
 from clients.gateway.fhir import FhirClient, FhirSettings
 from clients.gateway.identity import Known, from_fhir_patient, judge, same_name
 from clients.gateway.pacs import PacsClient, PacsSettings
+from clients.gateway.records import patient_id_system
 from clients.sdk import imaging
 from clients.sdk.client import MessageEvent
 from protocol.body import RecordData, Sex

@@ -20,26 +20,27 @@ Exit status: 0 success, 1 some of the work failed (per-row reports), 2 nothing w
 from __future__ import annotations
 
 import argparse
-import asyncio
-import datetime as dt
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
+from typing import Any
 
 from clients.admin import breakglass as adminbreakglass
 from clients.admin import consent as adminconsent
-from clients.admin import csvio, handout, rotaio
+from clients.admin import csvio, handout
 from clients.admin import directory as admindirectory
 from clients.admin import ops as adminops
+from clients.admin.common import CommandError, admin_relay, run_async
 from clients.admin.orgkey import (
     OrgKeyError,
     create_org_keyfile,
     fingerprint,
     open_org_keyfile,
+)
+from clients.admin.rota import (
+    rota_parsers,
 )
 from clients.admin.session import (
     AdminSession,
@@ -58,12 +59,6 @@ from protocol.errors import ProtocolError
 from protocol.keys import OrganisationKey
 
 __all__ = ["build_parser", "main"]
-
-T = TypeVar("T")
-
-
-class CommandError(Exception):
-    """Nothing was done; the message says why (exit status 2)."""
 
 
 # --- organisation key ------------------------------------------------------------------------
@@ -96,16 +91,6 @@ def _org_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(coro: Callable[[], Awaitable[T]]) -> T:
-    async def runner() -> T:
-        return await coro()
-    return asyncio.run(runner())
-
-
-def _relay(session: AdminSession) -> RelayHTTP:
-    return RelayHTTP(session.server, admin_token=session.token)
-
-
 def _login(args: argparse.Namespace) -> int:
     password = read_secret("LIGHTBOX_ADMIN_PASSWORD", f"Password for {args.login}")
 
@@ -115,7 +100,7 @@ def _login(args: argparse.Namespace) -> int:
         return AdminSession(server=args.server.rstrip("/"), token=token.token,
                             expires_at=token.expires_at, login=args.login)
 
-    session = _run(go)
+    session = run_async(go)
     path = save_session(session)
     until = format_time(session.expires_at)
     print(f"logged in to {session.server} as {args.login} until {until} (session in {path})")
@@ -168,12 +153,12 @@ def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
     _prepare_handout_dir(args, "nobody was provisioned")
 
     async def go() -> adminops.ImportReport:
-        async with _relay(session) as relay:
+        async with admin_relay(session) as relay:
             return await adminops.provision_rows(
                 relay, rows, org_id=org_id, org_key=org_key, now=int(time.time()),
                 code_valid_hours=args.code_valid_hours)
 
-    report = _run(go) if rows else adminops.ImportReport([], [])
+    report = run_async(go) if rows else adminops.ImportReport([], [])
     unwritten = _handouts(report, session, org_key, args)
     failures = sorted(failures + report.failed, key=lambda f: f.line)
     _report_failures(failures)
@@ -201,12 +186,12 @@ def _sign_pending(args: argparse.Namespace) -> int:
     _prepare_handout_dir(args, "nobody was signed")
 
     async def go() -> tuple[adminops.ImportReport, int]:
-        async with _relay(session) as relay:
+        async with admin_relay(session) as relay:
             return await admindirectory.sign_pending(
                 relay, org_id=org_id, org_key=org_key, now=int(time.time()),
                 code_valid_hours=args.code_valid_hours)
 
-    report, others = _run(go)
+    report, others = run_async(go)
     unwritten = _handouts(report, session, org_key, args)
     for f in report.failed:
         print(f"{f.login}: {f.reason}", file=sys.stderr)
@@ -245,10 +230,10 @@ def _user_list(args: argparse.Namespace) -> int:
     session = load_session()
 
     async def go() -> Any:
-        async with _relay(session) as relay:
+        async with admin_relay(session) as relay:
             return await relay.list_users(q=args.query, status=args.status)
 
-    header, rows = user_rows(_run(go).users)
+    header, rows = user_rows(run_async(go).users)
     if args.csv:
         sys.stdout.write(csvio.to_csv(header, rows))
         return 0
@@ -263,11 +248,11 @@ def _user_show(args: argparse.Namespace) -> int:
     session = load_session()
 
     async def go() -> Any:
-        async with _relay(session) as relay:
+        async with admin_relay(session) as relay:
             user = await adminops.resolve_user(relay, args.user)
             return await relay.get_user(user.user_id)
 
-    detail = _run(go)
+    detail = run_async(go)
     u = detail.user
     cert = peek_compact(detail.user_certificate, certs.UserCertificate,
                         max_length=certs.MAX_CERTIFICATE_LENGTH)
@@ -298,13 +283,13 @@ def _revoke(args: argparse.Namespace, describe: str,
     org_id, org_key = _org_key(args)
 
     async def go() -> tuple[certs.RevocationList | None, bool]:
-        async with _relay(session) as relay:
+        async with admin_relay(session) as relay:
             add, remove = await build(relay)
             return await adminops.apply_revocations(
                 relay, org_id=org_id, org_key=org_key, now=int(time.time()), add=add,
                 remove_users=remove)
 
-    applied, changed = _run(go)
+    applied, changed = run_async(go)
     if not changed:
         print(f"{describe}: already so; nothing to change")
     elif applied is not None:
@@ -352,13 +337,13 @@ def _user_renew(args: argparse.Namespace) -> int:
     org_id, org_key = _org_key(args)
 
     async def go() -> Any:
-        async with _relay(session) as relay:
+        async with admin_relay(session) as relay:
             user = await adminops.resolve_user(relay, args.user)
             return await adminops.renew_user_licence(relay, user.user_id, org_id=org_id,
                                                      org_key=org_key, expires_at=expires_at,
                                                      now=int(time.time()))
 
-    summary = _run(go)
+    summary = run_async(go)
     print(f"{summary.login}: licence renewed through {args.expires}; new certificate issued")
     return 0
 
@@ -373,13 +358,13 @@ def _user_reissue(args: argparse.Namespace) -> int:
     _prepare_handout_dir(args, "no new code was issued")
 
     async def go() -> Any:
-        async with _relay(session) as relay:
+        async with admin_relay(session) as relay:
             user = await adminops.resolve_user(relay, args.user)
             return await adminops.reissue_enrolment(
                 relay, user, org_id=org_id, org_key=org_key, now=int(time.time()),
                 code_valid_hours=args.code_valid_hours)
 
-    made = _run(go)
+    made = run_async(go)
     unwritten = _handouts(adminops.ImportReport([made], []), session, org_key, args)
     print(f"{made.row.login}: new enrolment code issued; the previous code no longer works")
     return 1 if unwritten else 0
@@ -456,131 +441,6 @@ def _user_parsers(sub: Any) -> None:
 # --- on-call rotas (docs/OPERATIONS.md) --------------------------------------------------------
 
 
-def _when_arg(text: str, tz: str) -> int:
-    try:
-        t = dt.datetime.fromisoformat(text)
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=ZoneInfo(tz))
-    except (ValueError, KeyError) as exc:
-        raise CommandError(f"{text!r}: not an ISO 8601 date-time ({exc})") from exc
-    return int(t.timestamp())
-
-
-def _rota_report(stored: int, failures: Sequence[rotaio.RotaRowError]) -> int:
-    for f in sorted(failures, key=lambda f: f.line):
-        who = f" ({f.what})" if f.what else ""
-        print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
-    print(f"{stored} shifts stored, {len(failures)} refused")
-    return 1 if failures else 0
-
-
-def _rota_role(args: argparse.Namespace) -> int:
-    session = load_session()
-
-    async def go() -> Any:
-        async with _relay(session) as relay:
-            return await relay.set_oncall_role(args.org, args.role, api.OncallRoleSet(
-                display_name=args.name or "", urgent_seconds=int(args.urgent_minutes * 60),
-                routine_seconds=int(args.routine_minutes * 60)))
-
-    info = _run(go)
-    print(f"role {info.role} of {info.org_id}: acknowledge urgent within "
-          f"{info.urgent_seconds // 60} min, routine within {info.routine_seconds // 60} min")
-    return 0
-
-
-def _post_shifts(args: argparse.Namespace, rows: list[rotaio.ShiftRow],
-                 failures: list[rotaio.RotaRowError]) -> int:
-    session = load_session()
-
-    async def go() -> tuple[list[str], list[rotaio.RotaRowError]]:
-        async with _relay(session) as relay:
-            return await adminops.import_shifts(relay, org_id=args.org, role=args.role,
-                                                rows=rows)
-
-    stored, refused = _run(go) if rows else ([], [])
-    return _rota_report(len(stored), failures + refused)
-
-
-def _rota_add(args: argparse.Namespace) -> int:
-    ladder = [p.strip() for p in args.ladder.replace(",", ";").split(";") if p.strip()]
-    row = rotaio.ShiftRow(0, _when_arg(args.start, args.tz), _when_arg(args.end, args.tz),
-                          tuple(ladder))
-    return _post_shifts(args, [row], [])
-
-
-def _rota_import(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    with path.open("rb") as f:
-        data = f.read(csvio.MAX_CSV_BYTES + 1)
-    rows, failures = rotaio.parse_rota(path.name, data, tz=args.tz)
-    return _post_shifts(args, rows, failures)
-
-
-def _rota_show(args: argparse.Namespace) -> int:
-    session = load_session()
-
-    async def go() -> api.ShiftList:
-        async with _relay(session) as relay:
-            return await relay.shifts(args.org, args.role, current=not args.all)
-
-    def fmt(ts: int) -> str:
-        return format_time(ts, tz=ZoneInfo(args.tz))
-
-    for s in _run(go).shifts:
-        ladder = " > ".join(m.display_name or m.user_id for m in s.ladder)
-        print(f"{s.shift_id}  {fmt(s.starts_at)} - {fmt(s.ends_at)}  {ladder}")
-    return 0
-
-
-def _rota_remove(args: argparse.Namespace) -> int:
-    session = load_session()
-
-    async def go() -> None:
-        async with _relay(session) as relay:
-            await relay.delete_shift(args.org, args.role, args.shift_id)
-
-    _run(go)
-    print(f"shift {args.shift_id} removed")
-    return 0
-
-
-def _rota_parsers(sub: Any) -> None:
-    rota = sub.add_parser("rota", help="on-call roles and rotas").add_subparsers(
-        dest="cmd", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("role", help="e.g. orthopaedics-oncall (same as orthopaedics_oncall)")
-        p.add_argument("--org", required=True, help="organisation id")
-        p.add_argument("--tz", default="UTC", help="time zone of times without an offset")
-
-    role = rota.add_parser("role", help="define a role and its acknowledgement deadlines")
-    common(role)
-    role.add_argument("--name", help="display name")
-    role.add_argument("--urgent-minutes", type=float, default=5)
-    role.add_argument("--routine-minutes", type=float, default=30)
-    role.set_defaults(func=_rota_role)
-    add = rota.add_parser("add", help="add one shift")
-    common(add)
-    add.add_argument("--start", required=True, help="ISO 8601, e.g. 2026-12-01T20:00")
-    add.add_argument("--end", required=True)
-    add.add_argument("--ladder", required=True,
-                     help="logins, primary first then backups, separated by ';'")
-    add.set_defaults(func=_rota_add)
-    imp = rota.add_parser("import", help="add shifts from a CSV or iCalendar (.ics) file")
-    common(imp)
-    imp.add_argument("file")
-    imp.set_defaults(func=_rota_import)
-    show = rota.add_parser("show", help="the role's shifts not yet ended")
-    common(show)
-    show.add_argument("--all", action="store_true", help="past shifts too")
-    show.set_defaults(func=_rota_show)
-    rm = rota.add_parser("remove", help="remove a shift")
-    common(rm)
-    rm.add_argument("shift_id")
-    rm.set_defaults(func=_rota_remove)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightbox-admin", description="Lightbox IT administration.")
     sub = p.add_subparsers(dest="group", required=True)
@@ -597,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "hospital directory (SCIM) created, and print their handouts")
     _provision_options(sign)
     sign.set_defaults(func=_sign_pending)
-    _rota_parsers(sub)
+    rota_parsers(sub)
     cp = sub.add_parser("copies", help="where every copy of an image went (filing, expiry)")
     which = cp.add_mutually_exclusive_group(required=True)
     which.add_argument("--attachment", help="one image's attachment id")
@@ -622,11 +482,11 @@ def _copies(args: argparse.Namespace) -> int:
     session = load_session()
 
     async def go() -> Any:
-        async with _relay(session) as relay:
+        async with admin_relay(session) as relay:
             return await adminops.copies(relay, attachment_id=args.attachment,
                                          thread_id=args.thread)
 
-    listing = _run(go)
+    listing = run_async(go)
     if args.json:
         import msgspec
 

@@ -1,0 +1,160 @@
+"""On-call rotas from IT's workstation (docs/PROTOCOL.md §16): ``lightbox-admin rota add``,
+``import``, ``show`` and ``remove``; the shifts of a role posted to the relay, each refusal
+reported per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from clients.admin import csvio, rotaio
+from clients.admin import ops as adminops
+from clients.admin.common import CommandError, admin_relay, run_async
+from clients.admin.session import (
+    load_session,
+)
+from clients.sdk.timefmt import format_time
+from protocol import api
+
+__all__ = [
+    "post_shifts",
+    "rota_add",
+    "rota_import",
+    "rota_parsers",
+    "rota_remove",
+    "rota_report",
+    "rota_role",
+    "rota_show",
+    "when_arg",
+]
+
+
+def when_arg(text: str, tz: str) -> int:
+    try:
+        t = dt.datetime.fromisoformat(text)
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=ZoneInfo(tz))
+    except (ValueError, KeyError) as exc:
+        raise CommandError(f"{text!r}: not an ISO 8601 date-time ({exc})") from exc
+    return int(t.timestamp())
+
+
+def rota_report(stored: int, failures: Sequence[rotaio.RotaRowError]) -> int:
+    for f in sorted(failures, key=lambda f: f.line):
+        who = f" ({f.what})" if f.what else ""
+        print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
+    print(f"{stored} shifts stored, {len(failures)} refused")
+    return 1 if failures else 0
+
+
+def rota_role(args: argparse.Namespace) -> int:
+    session = load_session()
+
+    async def go() -> Any:
+        async with admin_relay(session) as relay:
+            return await relay.set_oncall_role(args.org, args.role, api.OncallRoleSet(
+                display_name=args.name or "", urgent_seconds=int(args.urgent_minutes * 60),
+                routine_seconds=int(args.routine_minutes * 60)))
+
+    info = run_async(go)
+    print(f"role {info.role} of {info.org_id}: acknowledge urgent within "
+          f"{info.urgent_seconds // 60} min, routine within {info.routine_seconds // 60} min")
+    return 0
+
+
+def post_shifts(args: argparse.Namespace, rows: list[rotaio.ShiftRow],
+                 failures: list[rotaio.RotaRowError]) -> int:
+    session = load_session()
+
+    async def go() -> tuple[list[str], list[rotaio.RotaRowError]]:
+        async with admin_relay(session) as relay:
+            return await adminops.import_shifts(relay, org_id=args.org, role=args.role,
+                                                rows=rows)
+
+    stored, refused = run_async(go) if rows else ([], [])
+    return rota_report(len(stored), failures + refused)
+
+
+def rota_add(args: argparse.Namespace) -> int:
+    ladder = [p.strip() for p in args.ladder.replace(",", ";").split(";") if p.strip()]
+    row = rotaio.ShiftRow(0, when_arg(args.start, args.tz), when_arg(args.end, args.tz),
+                          tuple(ladder))
+    return post_shifts(args, [row], [])
+
+
+def rota_import(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    with path.open("rb") as f:
+        data = f.read(csvio.MAX_CSV_BYTES + 1)
+    rows, failures = rotaio.parse_rota(path.name, data, tz=args.tz)
+    return post_shifts(args, rows, failures)
+
+
+def rota_show(args: argparse.Namespace) -> int:
+    session = load_session()
+
+    async def go() -> api.ShiftList:
+        async with admin_relay(session) as relay:
+            return await relay.shifts(args.org, args.role, current=not args.all)
+
+    def fmt(ts: int) -> str:
+        return format_time(ts, tz=ZoneInfo(args.tz))
+
+    for s in run_async(go).shifts:
+        ladder = " > ".join(m.display_name or m.user_id for m in s.ladder)
+        print(f"{s.shift_id}  {fmt(s.starts_at)} - {fmt(s.ends_at)}  {ladder}")
+    return 0
+
+
+def rota_remove(args: argparse.Namespace) -> int:
+    session = load_session()
+
+    async def go() -> None:
+        async with admin_relay(session) as relay:
+            await relay.delete_shift(args.org, args.role, args.shift_id)
+
+    run_async(go)
+    print(f"shift {args.shift_id} removed")
+    return 0
+
+
+def rota_parsers(sub: Any) -> None:
+    rota = sub.add_parser("rota", help="on-call roles and rotas").add_subparsers(
+        dest="cmd", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("role", help="e.g. orthopaedics-oncall (same as orthopaedics_oncall)")
+        p.add_argument("--org", required=True, help="organisation id")
+        p.add_argument("--tz", default="UTC", help="time zone of times without an offset")
+
+    role = rota.add_parser("role", help="define a role and its acknowledgement deadlines")
+    common(role)
+    role.add_argument("--name", help="display name")
+    role.add_argument("--urgent-minutes", type=float, default=5)
+    role.add_argument("--routine-minutes", type=float, default=30)
+    role.set_defaults(func=rota_role)
+    add = rota.add_parser("add", help="add one shift")
+    common(add)
+    add.add_argument("--start", required=True, help="ISO 8601, e.g. 2026-12-01T20:00")
+    add.add_argument("--end", required=True)
+    add.add_argument("--ladder", required=True,
+                     help="logins, primary first then backups, separated by ';'")
+    add.set_defaults(func=rota_add)
+    imp = rota.add_parser("import", help="add shifts from a CSV or iCalendar (.ics) file")
+    common(imp)
+    imp.add_argument("file")
+    imp.set_defaults(func=rota_import)
+    show = rota.add_parser("show", help="the role's shifts not yet ended")
+    common(show)
+    show.add_argument("--all", action="store_true", help="past shifts too")
+    show.set_defaults(func=rota_show)
+    rm = rota.add_parser("remove", help="remove a shift")
+    common(rm)
+    rm.add_argument("shift_id")
+    rm.set_defaults(func=rota_remove)

@@ -1,5 +1,5 @@
 """Attachment throughput: upload and download of a 5 MiB image through the relay, in MB/s,
-beside the raw Postgres bytea write and read rate measured in the same run (issue 6).
+beside the raw Postgres bytea write and read rate measured in the same run (ARCHITECTURE.md §5).
 
     .venv/bin/python -m bench.attachments [--size-mib 5] [--runs 5] [--out FILE]
 

@@ -1,4 +1,4 @@
-"""``make bench``: the relay's benchmark (issue 5, item 9). Not part of ``make test``.
+"""``make bench``: the relay's benchmark (ARCHITECTURE.md §8). Not part of ``make test``.
 
 It starts everything it needs and stops everything it started: a private embedded Postgres in
 ``.data/bench-<pid>`` (stopped with ``pg_ctl stop`` and removed at the end, even after an error

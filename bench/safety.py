@@ -1,4 +1,5 @@
-"""What the clinical-safety steps of issue 10 cost, beside the step every send already pays.
+"""What the clinical-safety steps of CLINICAL_SAFETY.md cost, beside the step every send already
+pays.
 
     .venv/bin/python -m bench.safety [--runs 5] [--out FILE]
 

@@ -71,7 +71,7 @@ class BodyKind(enum.StrEnum):
     TEXT = "text"  # a message: text and/or images (the first one of a thread may carry subject)
     SUBJECT = "subject"  # the thread's subject line, set or changed
     FILING_RECEIPT = "filing_receipt"  # the record gateway: where the image is filed
-    # Issue 10 item 1: a consent filed to the record without images (a refusal): the capturing
+    # A consent filed to the record without images (a refusal): the capturing
     # clinician sends it to the record gateway with the patient's record data ...
     CONSENT_RECORD = "consent_record"
     # ... and the gateway answers where it filed it.
@@ -88,7 +88,7 @@ class Sex(enum.StrEnum):
 
 
 class CaptureKind(enum.StrEnum):
-    """What the photo shows; decides the DICOM object the gateway builds (issue 7)."""
+    """What the photo shows; decides the DICOM object the gateway builds (PROTOCOL.md §15)."""
 
     FILM = "film"  # a photo of a film or monitor: Secondary Capture
     CLINICAL = "clinical"  # a clinical photo: VL Photographic Image
@@ -134,7 +134,7 @@ class RecordData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
 
 class FiledDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Something the gateway filed beside the image (issue 10 item 1). ``kind``
+    """Something the gateway filed beside the image (CLINICAL_SAFETY.md). ``kind``
     ``consent_form``: the consent form as DICOM Encapsulated PDF in the image's study (its
     UIDs set). ``fhir_consent``: the FHIR R4 Consent, ``sha256`` of its JSON, ``location`` the
     FHIR server's answer when one is configured (empty: not posted anywhere)."""
@@ -150,7 +150,7 @@ class FiledDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 class OriginalStudy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The imaging study a photo of a film or monitor stands for, as the gateway found it in
-    PACS by QIDO-RS (issue 10 item 7: a photo of an x-ray is not the study itself). ``url``
+    PACS by QIDO-RS (CLINICAL_SAFETY.md: a photo of an x-ray is not the study itself). ``url``
     is where to view it: the organisation's PACS viewer when the gateway is configured with
     one, else the study's DICOMweb retrieve URL. Always ``http``/``https``."""
 

@@ -341,7 +341,7 @@ def _check_recipient(claims: ConsentClaims, cert: UserCertificate, who: str,
         or cert.org_id in scope.orgs
         # A role name only means something inside the organisation that defines it.
         or (not external and any(role in scope.roles for role in cert.roles))
-        # A role also covers everyone on its on-call ladder (issue 9), whatever their
+        # A role also covers everyone on its on-call ladder (PROTOCOL.md §16), whatever their
         # certificate says: the rota, not the certificate, decides who answers the role.
         or (not external and any(role in scope.roles for role in oncall_roles))
     )

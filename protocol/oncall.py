@@ -6,7 +6,7 @@ write on-call roles with hyphens (``role:orthopaedics-oncall``), so an address i
 (``orthopaedics-oncall`` and ``orthopaedics_oncall`` are the same role). The relay stores and
 answers the normalised name only.
 
-**Escalation** of a consult addressed to a role (issue 9): the relay delivers it to the
+**Escalation** of a consult addressed to a role (PROTOCOL.md §16): the relay delivers it to the
 shift's primary (level 0) and holds the backups' copies. With ``deadline`` seconds per level
 (the role's urgent or routine deadline) and nobody acknowledging:
 

@@ -1,5 +1,5 @@
-"""Password policy shared by the relay and the clients (issue 4: at least 12 characters, not a
-common password).
+"""Password policy shared by the relay and the clients (PROTOCOL.md §11: at least 12 characters, not
+a common password).
 
 Why here: the enrolling client checks the password before it sends it (a clear message at the
 prompt), and the relay checks it again (it must not trust the client). Both use this one

@@ -116,7 +116,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                           clock=clock)
     endpoints += health.endpoints()
 
-    # Identity (issue 4). The token key is read at start-up (lifespan), not here.
+    # Identity (PROTOCOL.md §11). The token key is read at start-up (lifespan), not here.
     tokens = TokenService(None, access_ttl=settings.access_token_ttl,
                           admin_ttl=settings.admin_token_ttl, clock=clock,
                           clock_skew=settings.proof_clock_skew)
@@ -157,9 +157,9 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     endpoints += SsoRoutes(service=oidc, max_body=body,
                            prekey_batch_max=settings.prekey_batch_max).endpoints()
 
-    # The relay (issue 5): threads over HTTP, messages over the websocket, group commit,
+    # The relay (ARCHITECTURE.md §8): threads over HTTP, messages over the websocket, group commit,
     # cross-process wake-ups over LISTEN/NOTIFY.
-    # On-call (issue 9): rotas, role addressing, escalation timers in Postgres, receipts.
+    # On-call (PROTOCOL.md §16): rotas, role addressing, escalation timers in Postgres, receipts.
     oncall = OncallService(db=db, clock=oncall_clock or clock,
                            sweep_interval=settings.oncall_sweep_interval,
                            sweep_batch=settings.oncall_sweep_batch)
@@ -173,7 +173,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     bus.subscribe("session", hub.on_session)
     bus.subscribe("revoked", hub.on_revoked)
     bus.subscribe("keys_low", hub.on_keys_low)
-    # Attachments and consent (issue 6): ciphertext blobs behind a BlobStore (Postgres by
+    # Attachments and consent (ARCHITECTURE.md §5): ciphertext blobs behind a BlobStore (Postgres by
     # default), consent registration and withdrawal, and the consent policy every send passes.
     consents = ConsentService(db=db, trust=trust,
                               policies=ConsentPolicies.from_file(settings.consent_policy_file),
@@ -202,7 +202,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     endpoints += BreakGlassRoutes(service=break_glass, require_device=authn.require_device,
                                   require_admin=authn.require_admin, max_body=body).endpoints()
     acks = AckPipeline(db)
-    # Filing and expiry (issue 7): filing statements, expiry orders and confirmations, the
+    # Filing and expiry (PROTOCOL.md §15): filing statements, expiry orders and confirmations, the
     # timer sweeper, the gateway requirement on images, wipe orders, where every copy went.
     filing = FilingService(
         db=db, blobs=attachment_service.blobs, trust=trust, clock=clock,

@@ -46,7 +46,7 @@ class Download:
 
 class AttachmentService:
     # Told (attachment id, device id) after a device downloaded a whole attachment, so the
-    # ciphertext can go once every recipient has it (server/expiry.py, issue 7).
+    # ciphertext can go once every recipient has it (server/expiry.py, PROTOCOL.md §15).
     on_fetched: Callable[[str, str], Awaitable[None]] | None = None
 
     def __init__(self, *, db: Database, blobs: BlobStore, limits: AttachmentLimits,

@@ -1,7 +1,7 @@
 """Where attachment ciphertext lives: a small blob-store interface and its Postgres default.
 
-Why an interface (issue 6): the relay stores attachments in Postgres by default, so that a
-fresh machine needs nothing else (docs/ARCHITECTURE.md §3), but a deployment may prefer an object
+Why an interface (ARCHITECTURE.md §5): the relay stores attachments in Postgres by default, so that
+a fresh machine needs nothing else (docs/ARCHITECTURE.md §3), but a deployment may prefer an object
 store. The
 callers (server/attachments.py) only use :class:`BlobStore`; nothing else touches the blob
 tables. Every byte given to a blob store is secretstream ciphertext (docs/PROTOCOL.md §6): the

@@ -1,4 +1,4 @@
-"""Filing and expiry of every copy (docs/ARCHITECTURE.md §6, issue 7; docs/PROTOCOL.md §15).
+"""Filing and expiry of every copy (docs/ARCHITECTURE.md §6, PROTOCOL.md §15; docs/PROTOCOL.md §15).
 
 What the relay does, and why it can be trusted to do it without seeing a single image:
 

@@ -1,4 +1,4 @@
-"""On-call routing and escalation (issue 9; docs/PROTOCOL.md §15).
+"""On-call routing and escalation (PROTOCOL.md §16; docs/PROTOCOL.md §15).
 
 **Rotas.** IT defines a role per organisation (its acknowledgement deadlines: urgent 5 min,
 routine 30 min by default) and its shifts, each with a ladder: primary first, then backups in

@@ -75,7 +75,7 @@ class FilingHook(Protocol):
     async def admit(self, conn: Any, header: MessageHeader, org_id: str, members: set[str],
                     device_set: threads.DeviceSet) -> frozenset[str]:
         """Record-gateway devices the message may involve beyond the participants (left out
-        of checks 3 and 4); raises filing_gateway_missing (server/expiry.py, issue 7)."""
+        of checks 3 and 4); raises filing_gateway_missing (server/expiry.py, PROTOCOL.md §15)."""
         ...
 
 
@@ -329,7 +329,7 @@ class SendPipeline:
         sender_org = ds.orgs.get(h.sender_device_id)
         if not h.external and sender_org is not None and any(
                 ds.orgs.get(d, sender_org) != sender_org for d in named):
-            # Issue 10 item 3: a recipient in another organisation needs the clinical-necessity
+            # A recipient in another organisation needs the clinical-necessity
             # statement (sealed in the body) and the header's external flag. Audited.
             await audit.append(conn, "message.external_necessity_missing", outcome="refused",
                                subject_kind="thread", subject_id=h.thread_id,

@@ -157,7 +157,7 @@ class Settings:
                             "(lightbox-phone), comma-separated: browsers may call the HTTP API "
                             "from them (CORS, Fetch standard); empty: from none.")
 
-    # --- identity (issue 4) ---------------------------------------------------------------
+    # --- identity (PROTOCOL.md §11) ---------------------------------------------------------------
     trusted_orgs_file: Path | None = _s(
         None, "LIGHTBOX_TRUSTED_ORGS_FILE", "path",
         "JSON file of trusted organisation keys, {\"orgs\": {org_id: b64url Ed25519 key}} "

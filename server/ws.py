@@ -159,7 +159,7 @@ class _Bucket:
 class WebSocketRelay:
     """Builds the ``/v1/ws`` endpoint from the relay's parts (assembled in server/app.py)."""
 
-    filing: FilingService | None = None  # filing, expiry confirmations, wipe (issue 7)
+    filing: FilingService | None = None  # filing, expiry confirmations, wipe (PROTOCOL.md §15)
 
     def __init__(self, *, db: Database, hub: Hub, pipeline: SendPipeline, acks: AckPipeline,
                  metrics: Metrics, authenticator: SocketAuthenticator, config: SocketConfig,
@@ -348,7 +348,7 @@ class _Connection:
             p = await self.relay.authenticator.authenticate(ev)
         except WipeRequired as wipe:
             # Revoked with wipe, and the device proved it holds its key: let it in only to
-            # hear the order (before anything else), then close (issue 7 item 3).
+            # hear the order (before anything else), then close (PROTOCOL.md §15).
             self._wipe = wipe
             now = self.relay.clock()
             self.session.accept(session_id=self.session_id, user_id=wipe.user_id,
@@ -582,7 +582,7 @@ class _Connection:
                 notices = await messages.fetch_notices(conn, self.device_id,
                                                        after_pk=self._last_notice_pk, limit=64)
                 room = self.cfg.send_window - len(self._in_flight)
-                # Urgent first across threads, thread order kept (issue 9): everything still
+                # Urgent first across threads, thread order kept (PROTOCOL.md §16): everything still
                 # queued and not in flight on this connection, rather than a cursor, so a
                 # later urgent or a released held delivery is not skipped.
                 batch = (await messages.fetch_deliveries(

@@ -139,7 +139,7 @@ def original_study(patient_id: str, issuer: str, study_date: dt.date, *,
                    birth_date: dt.date | None = None) -> bytes:
     """A Part-10 acquisition object (a small Computed Radiography image by default) for a
     test patient: what the imaging department filed before anyone photographed the film.
-    Issue 10 item 7's gateway search must find it by patient and date."""
+    CLINICAL_SAFETY.md gateway search must find it by patient and date."""
     meta = pydicom.dataset.FileMetaDataset()
     meta.MediaStorageSOPClassUID = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.1")  # CR Storage
     meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()

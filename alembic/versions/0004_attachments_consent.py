@@ -95,7 +95,7 @@ STATEMENTS = [
     )
     """,
     "CREATE INDEX consents_issuer ON consents (issuer_user_id)",
-    # --- expiry orders (issue 7 builds on it) -------------------------------------------------
+    # --- expiry orders (PROTOCOL.md §15 builds on it) --------------------------------------------
     """
     CREATE TABLE expiry_orders (
         order_id      uuid PRIMARY KEY,

@@ -1,4 +1,4 @@
-"""Filing and expiry (issue 7): the record gateway's filings, the lifecycle timer of every
+"""Filing and expiry (PROTOCOL.md §15): the record gateway's filings, the lifecycle timer of every
 shared image, and when each recipient device fetched it.
 
 ``filings`` keeps each filing statement (signed by the gateway device; evidence), one per

@@ -2,7 +2,7 @@
 first), escalation timers of consults addressed to a role, their steps, reseal requests of a
 shift handover, and recipients' signed receipts.
 
-Timers live here, not in memory (issue 9): ``escalations.due_at`` is swept by every relay
+Timers live here, not in memory (PROTOCOL.md §16): ``escalations.due_at`` is swept by every relay
 process with ``FOR UPDATE SKIP LOCKED``, so a restarted relay carries on where it stopped.
 Shift overlap is checked by the relay under a lock on the role row (no btree_gist needed).
 

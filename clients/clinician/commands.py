@@ -1,4 +1,4 @@
-"""The clinician's messaging commands of ``lightbox`` (issue 8 item 3), on the SDK client:
+"""The clinician's messaging commands of ``lightbox`` (ARCHITECTURE.md §3), on the SDK client:
 
     lightbox threads                                   my consult threads, urgent first
     lightbox send --to role:orthopaedics_oncall [--to user:LOGIN] [--urgent] "text"
@@ -102,7 +102,7 @@ def register(sub: Any) -> None:
                    "(also names the consent a text outside direct care is sent under)")
     c.add_argument("--patient-agreed", action="store_true")
     c.add_argument("--statements-shown", action="store_true")
-    x = s.add_argument_group("clinical safety (issue 10; docs/CLINICAL_SAFETY.md)")
+    x = s.add_argument_group("clinical safety (CLINICAL_SAFETY.md; docs/CLINICAL_SAFETY.md)")
     x.add_argument("--necessity", metavar="TEXT", help="the clinical necessity of consulting "
                    "outside your organisation (sealed; required for external recipients)")
     x.add_argument("--redact", choices=["none", "identifiers", "all-text"], default="none",

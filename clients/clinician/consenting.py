@@ -92,7 +92,7 @@ def capture_command(args: argparse.Namespace) -> int:
         images.append(consent_capture.image_hash(clean.data))
         if strictest is not None and Purpose.DIRECT_CARE in purposes and \
                 original.data != clean.data:
-            # The identified original is what the record gets (issue 10 item 4): a consent
+            # The identified original is what the record gets (CLINICAL_SAFETY.md): a consent
             # for direct care as well names it too, so `send` can file it.
             images.append(consent_capture.image_hash(original.data))
     if not images:
@@ -117,7 +117,7 @@ def capture_command(args: argparse.Namespace) -> int:
                         "sent (`lightbox send --patient-id ...`)", code="validation_failed")
     if refused and record is None and not args.no_register:
         if not interactive:
-            raise FlowError("a refusal is filed in the patient's record (issue 10): give "
+            raise FlowError("a refusal is filed in the patient's record (CLINICAL_SAFETY.md): give "
                             "--patient-id MRN and --patient-name FAMILY^GIVEN",
                             code="validation_failed")
         args.patient_id = ask("Patient ID (MRN) for the record")
@@ -203,7 +203,7 @@ def say_filed(message_id: str, filed: ConsentFiling | None) -> None:
 
 def write_consent_pdf(args: argparse.Namespace, claims: ConsentClaims, clinician_name: str,
                        user_names: dict[str, str]) -> None:
-    """The patient's copy (issue 10 item 2): kept on this device, never sent to the relay.
+    """The patient's copy (CLINICAL_SAFETY.md): kept on this device, never sent to the relay.
     People are named by name (and specialty or role), never by an id."""
     display = consent_pdf.ConsentFormDisplay(
         organisation_name=args.organisation_name, privacy_contact=args.privacy_contact,

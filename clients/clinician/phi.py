@@ -1,4 +1,4 @@
-"""Identifiers burned into an image: find them with OCR, black them out (issue 10 item 4).
+"""Identifiers burned into an image: find them with OCR, black them out (CLINICAL_SAFETY.md).
 
 Why: a photo captures what the clinician did not mean to send: the corner of a monitor shows the
 patient's name, MRN and date of birth; a film label reads ``DOE^JOHN  MRN 12345678``. Metadata

@@ -263,7 +263,7 @@ def consent_token(args: argparse.Namespace, device: ProfileDevice, image: bytes,
 
 async def file_refusal(client: LightboxClient, token: str, record: RecordData | None) -> None:
     """The patient said no at the prompt: the refusal is registered (above) and filed in the
-    record when there is patient data (issue 10 item 1); nothing is sent to anyone else."""
+    record when there is patient data (CLINICAL_SAFETY.md); nothing is sent to anyone else."""
     where = "registered, but NOT filed in the record (no --patient-id)"
     if record is not None:
         _, filed = await client.file_consent(token, record, wait=30.0)
@@ -313,7 +313,7 @@ def send_command(args: argparse.Namespace) -> int:
         shared_copy, burned_in = shared_image(args, prepared, purpose, record)
         prepared = imaging.PreparedImage(shared_copy, prepared.warnings)
     # A de-identified share never carries the patient's data: with it, the identified
-    # original is filed in the record instead (issue 10 item 4; SDK file_image).
+    # original is filed in the record instead (CLINICAL_SAFETY.md; SDK file_image).
     deidentified = is_deidentified(purpose)
     file_original = original if deidentified and record is not None else None
     device = unlock_profile(args)

@@ -1,4 +1,4 @@
-"""``lightbox desktop``: the specialist's client as a local web page (issue 8 item 4).
+"""``lightbox desktop``: the specialist's client as a local web page (ARCHITECTURE.md §3).
 
 Why a page served by the client process: the keys, the vault and every decrypted image stay in
 this Python process; the browser only ever receives what is on screen, over loopback.
@@ -36,20 +36,20 @@ Endpoints (JSON unless said otherwise):
 | | ``no-store`` like every answer; the page drops it on the ``expired`` event) |
 | ``GET /api/events`` | server-sent events: message, image, receipt, escalation, status... |
 
-Clinical safety (issue 10):
+Clinical safety (CLINICAL_SAFETY.md):
 
 * **A reply** is sealed for every device of the thread with the purpose of the message it
   answers (``reply_to``, else the thread's latest incoming message), under that message's
-  consent and, for an external consult, its clinical-necessity statement (item 3). When that
+  consent and, for an external consult, its clinical-necessity statement. When that
   purpose leaves direct care and the text holds an exact age, a date of birth, an MRN-like
-  number or a date of service, nothing is sent until the clinician confirms (item 5): 409
+  number or a date of service, nothing is sent until the clinician confirms: 409
   ``{"error": "text_guard", "purpose", "findings": [{kind, text, suggestion}], "suggestion"}``
   (``suggestion``: the text with exact ages turned into ranges); ``"confirmed": true`` sends it
   as written.
-* **The patient's consent form** (item 2: "the desktop client shows it"): the one-page PDF of
-  the consent a message carries, rendered here from the token's claims (never sent anywhere);
+* **The patient's consent form** (CLINICAL_SAFETY.md: "the desktop client shows it"): the
+  one-page PDF of the consent a message carries, rendered here from the token's claims (never sent anywhere);
   404 ``{"error": "consent_not_found"}`` for a message that carries none or an unreadable one.
-* **A photo of a film or monitor** (item 7): each image's ``study`` lists the ``originals`` the
+* **A photo of a film or monitor**: each image's ``study`` lists the ``originals`` the
   record gateway found in PACS (newest first, http(s) links only); the page links to them.
 """
 
@@ -349,8 +349,8 @@ class DesktopServer:
             raise Refused(404, "no such thread")
         views = client.thread_messages(thread_id)
         await learn_names(client, views)
-        # The gateway's filing receipts in this thread, by the image they file (issue 10 item
-        # 7): the study reference is shown with the image; the desktop never calls the PACS.
+        # The gateway's filing receipts in this thread, by the image they file (CLINICAL_SAFETY.md):
+        # the study reference is shown with the image; the desktop never calls the PACS.
         receipts = {v.body.filing.attachment_id: v.body.filing for v in views
                     if v.body.filing is not None}
         # Withdrawn consents (docs/PROTOCOL.md §13): what the relay told this device, kept in
@@ -374,7 +374,7 @@ class DesktopServer:
         return Response(stored.data, media_type=stored.info.media_type)
 
     async def consent_pdf(self, request: Request) -> Response:
-        """The patient's copy of the consent this message carries (issue 10 item 2: "the
+        """The patient's copy of the consent this message carries (CLINICAL_SAFETY.md: "the
         desktop client shows it"): the one-page form of :mod:`clients.sdk.consent_pdf`, rendered
         here from the token's claims (decoded, not verified, as the panel beside it: the copy
         shows what the capturing clinician recorded), labelled with the patient's name from
@@ -405,7 +405,7 @@ class DesktopServer:
 
     async def reply(self, request: Request) -> Response:
         """Send a reply with the purpose of what it answers (:func:`reply_plan`), after the
-        free-text guard for that purpose (issue 10 item 5): findings and no ``confirmed``
+        free-text guard for that purpose (CLINICAL_SAFETY.md): findings and no ``confirmed``
         answer 409 ``text_guard`` and nothing is sealed."""
         client = self._client()
         thread_id = checked_uuid(request.path_params["thread_id"])

@@ -41,7 +41,7 @@ __all__ = [
 def study_json(receipt: FilingReceipt | None, message_id: str) -> dict[str, Any] | None:
     """Where the gateway filed this image of this message (its filing receipt): the study the
     photo went into and its retrieve URL, and, for a photo of a film or monitor, the
-    ``originals`` the gateway found in PACS by patient and date (issue 10 item 7: a photo of
+    ``originals`` the gateway found in PACS by patient and date (CLINICAL_SAFETY.md: a photo of
     an x-ray is not the study itself), in the receipt's order (newest first)."""
     if receipt is None or receipt.message_id != message_id:
         return None
@@ -104,7 +104,7 @@ def known_name(client: LightboxClient, user_id: str) -> str | None:
 class ReplyPlan:
     """How a reply is sealed: ``purpose`` (what the text guard checks it for), the consent
     the relay needs for any purpose but direct care, and for an external consult the
-    clinical-necessity statement it was asked with (issue 10 item 3: the reply goes back to
+    clinical-necessity statement it was asked with (CLINICAL_SAFETY.md: the reply goes back to
     the other organisation in the same consult)."""
 
     purpose: Purpose
@@ -170,7 +170,7 @@ def message_json(client: LightboxClient, view: MessageView,
             "form_version": c.form_version,
             # when the consent was withdrawn (the relay's time), or None
             "withdrawn_at": withdrawals.get(c.jti),
-            # the patient's copy (issue 10 item 2), opened by the page in a new tab
+            # the patient's copy (CLINICAL_SAFETY.md), opened by the page in a new tab
             "pdf_url": f"/api/messages/{m.message_id}/consent.pdf",
         }
     record = None
@@ -180,7 +180,7 @@ def message_json(client: LightboxClient, view: MessageView,
                   "issuer": r.issuer_of_patient_id, "birth_date": r.birth_date,
                   "sex": r.sex.value, "accession": r.accession_number,
                   "region": r.anatomic_region, "capture": r.capture.value,
-                  # a photo of a film or monitor is not the study itself (issue 10 item 7)
+                  # a photo of a film or monitor is not the study itself (CLINICAL_SAFETY.md)
                   "not_diagnostic": r.capture is CaptureKind.FILM}
     return {
         "message_id": m.message_id, "mine": m.outgoing,
@@ -199,7 +199,8 @@ def message_json(client: LightboxClient, view: MessageView,
         "consent": consent, "record": record,
         "receipts": [{"name": client.display_name(r.user_id), "kind": r.kind, "at": r.at}
                      for r in view.receipts],
-        # issue 9: the consult's on-call escalation, as the sender and everyone reached see it
+        # PROTOCOL.md §16: the consult's on-call escalation, as the sender and everyone reached see
+        # it
         "escalations": [{"kind": e.kind, "step": e.step, "level": e.level,
                          "name": client.display_name(e.user_id), "at": e.at}
                         for e in view.escalations],
@@ -213,7 +214,7 @@ def message_json(client: LightboxClient, view: MessageView,
 
 def note(body: Body) -> str:
     """What a body without a clinician's text says, in a line: a consent sent to the record
-    or filed there (issue 10 item 1; the record thread), an image filed."""
+    or filed there (CLINICAL_SAFETY.md; the record thread), an image filed."""
     if body.kind is BodyKind.CONSENT_RECORD:
         return "Consent sent to the record gateway to be filed in the patient's record"
     if body.consent_filing is not None:

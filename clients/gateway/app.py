@@ -1,9 +1,9 @@
 """``lightbox-gateway``: the record gateway that files images into PACS (DICOMweb STOW-RS).
 
-Why (docs/ARCHITECTURE.md §6, issue 7): guidance for clinical images says to save the image in the
-patient's record, then delete it from the device. The gateway is a credentialed service device (a
-service account with the role ``record_gateway``, device kind ``gateway``) that every direct-care
-image
+Why (docs/ARCHITECTURE.md §6, PROTOCOL.md §15): guidance for clinical images says to save the image
+in the patient's record, then delete it from the device. The gateway is a credentialed service
+device (a service account with the role ``record_gateway``, device kind ``gateway``) that every
+direct-care image
 is also sealed to. For each image it receives it:
 
 1. opens the message (the sender's chain verified against the pinned organisation key), checks
@@ -14,7 +14,7 @@ is also sealed to. For each image it receives it:
    stores the same object again rather than a second one;
 3. stores it with STOW-RS and proves it by reading it back (QIDO-RS + WADO-RS, pixel data
    compared byte for byte): :meth:`clients.gateway.pacs.PacsClient.verify_stored`;
-4. files the consent with it (issue 10 item 1): the human-readable consent form (copy for the
+4. files the consent with it (CLINICAL_SAFETY.md): the human-readable consent form (copy for the
    record) as a DICOM Encapsulated PDF in the same study, once per consent and study (its UIDs
    derive from the consent id and the study), read back like the image; and the FHIR R4
    Consent, POSTed to ``LIGHTBOX_FHIR_URL`` when one is configured (conditional create on the
@@ -132,7 +132,7 @@ class GatewayConfig:
     # Where a clinician views a study: a URL template with {study_instance_uid} (the PACS
     # viewer, LIGHTBOX_PACS_VIEWER_URL); empty: the study's DICOMweb retrieve URL.
     viewer_url: str = ""
-    # Days before the photo's date searched for the original study it shows (issue 10 item 7).
+    # Days before the photo's date searched for the original study it shows (CLINICAL_SAFETY.md).
     original_lookback_days: int = 2
     # The wrong-patient check before filing (clients/gateway/identity.py; --patient-check,
     # LIGHTBOX_PATIENT_CHECK): the typed identity must be one the PACS (and the FHIR server,
@@ -404,7 +404,7 @@ class RecordGateway:
     async def _file_consent_record(self, h: MessageHeader, body: Body,
                                    sender: certs.VerifiedDevice, sender_user_cert: str,
                                    revocations: certs.RevocationSet) -> None:
-        """File a consent that comes without images (issue 10 item 1: "a refusal is filed as
+        """File a consent that comes without images (CLINICAL_SAFETY.md: "a refusal is filed as
         well, without images"): the form as Encapsulated PDF in a study of its own (its UIDs
         derive from the consent, so a retry files the same object), and the FHIR Consent;
         then seal a ``consent_filed`` receipt to the thread. A consent that does not verify,

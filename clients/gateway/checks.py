@@ -71,7 +71,7 @@ async def verified_consent(token: str, sender: certs.VerifiedDevice, sender_user
 async def original_studies(pacs: PacsClient, record: RecordData, h: MessageHeader,
                            photo_study_uid: str, *, lookback_days: int,
                            viewer_url: str | None) -> list[OriginalStudy]:
-    """For a photo of a film or monitor, the studies it may stand for (issue 10 item 7:
+    """For a photo of a film or monitor, the studies it may stand for (CLINICAL_SAFETY.md:
     a photo of an x-ray is not the study itself): QIDO-RS by the patient's ID (and
     issuer) and the days around the photo (PS3.18 §10.6), leaving out the studies
     Lightbox itself files and any study with only non-acquisition objects (photos,

@@ -1,16 +1,16 @@
 """DICOM Part-10 objects for the record gateway, built with pydicom (pure: no network, no files).
 
-Why (docs/ARCHITECTURE.md §6, issue 7 item 1, issue 10 item 1): the gateway files what a clinician
-sent into the patient's record in PACS. Everything that identifies the patient or the study comes
-from the sealed message body, mapped by the caller into :class:`RecordData`; nothing here reads a
-server-visible field.
+Why (docs/ARCHITECTURE.md §6, PROTOCOL.md §15, CLINICAL_SAFETY.md): the gateway files what a
+clinician sent into the patient's record in PACS. Everything that identifies the patient or the
+study comes from the sealed message body, mapped by the caller into :class:`RecordData`; nothing
+here reads a server-visible field.
 
 Three builders, each returning a :class:`DicomInstance` (the Part-10 bytes and its UIDs):
 
 - :func:`build_secondary_capture`: a phone photo of a film or of a monitor (Secondary Capture
   Image Storage, PS3.3 A.8.1; Conversion Type ``DF`` for a film, ``WSD`` for a screen). It is
   marked as having burned-in annotation and, in Image Comments and the series description, as
-  *not of diagnostic quality*: a photo of an x-ray is not the study (issue 10 item 7).
+  *not of diagnostic quality*: a photo of an x-ray is not the study (CLINICAL_SAFETY.md).
 - :func:`build_vl_photographic`: a clinical photo (VL Photographic Image Storage, PS3.3 A.32.4,
   modality XC).
 - :func:`build_encapsulated_pdf`: a consent form (Encapsulated PDF Storage, PS3.3 A.45.1) for the

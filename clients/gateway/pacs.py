@@ -1,9 +1,9 @@
 """An async DICOMweb client for the record gateway: STOW-RS, QIDO-RS and WADO-RS (PS3.18).
 
-Why (docs/ARCHITECTURE.md §6, issue 7 items 1 and 6): the gateway stores each object with STOW-RS
+Why (docs/ARCHITECTURE.md §6, PROTOCOL.md §15): the gateway stores each object with STOW-RS
 (PS3.18 §10.5), finds it again with QIDO-RS (§10.6) and reads it back with WADO-RS (§10.4) to
 prove the PACS holds exactly the pixels that were sent before anything on a device expires.
-Issue 10 item 7 uses :meth:`PacsClient.find_studies` to find the original study a photo of a film
+CLINICAL_SAFETY.md uses :meth:`PacsClient.find_studies` to find the original study a photo of a film
 stands for.
 
 Every failure of the transport or of the PACS maps to one exception, in one place

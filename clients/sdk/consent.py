@@ -1,4 +1,4 @@
-"""Consent capture on the clinician's device (docs/ARCHITECTURE.md §5, issue 6; docs/PROTOCOL.md §7,
+"""Consent capture on the clinician's device (docs/ARCHITECTURE.md §5; docs/PROTOCOL.md §7,
 §13).
 
 Before an image can be sent, the capturing clinician records the patient's decision: the

@@ -1,4 +1,4 @@
-"""The patient's copy of an image-sharing consent: a one-page PDF (issue 10 item 2).
+"""The patient's copy of an image-sharing consent: a one-page PDF (CLINICAL_SAFETY.md).
 
 Why: the guidance asks that the patient be given a copy of what they agreed to (or refused) and
 how to withdraw it. The copy states, in plain words: the decision; every use asked about, each
@@ -11,7 +11,7 @@ organisation's privacy contact, the ``LIGHTBOX_PRIVACY_CONTACT`` setting or a pa
 What it holds about the patient: nothing but what the clinician types for the patient's own copy
 (``patient_label``, for example the name, so the patient can tell their papers apart). It is the
 patient's document: :func:`save_consent_pdf` writes it on the device with mode 0600, and nothing
-here talks to the relay. The record gateway (issue 10 item 1) may render the *record* copy with
+here talks to the relay. The record gateway (CLINICAL_SAFETY.md) may render the *record* copy with
 the same function (``copy=FormCopy.RECORD``, ``patient_label`` from the sealed record data) and
 file it with :func:`clients.gateway.dicom.build_encapsulated_pdf`.
 

@@ -98,7 +98,7 @@ class StatusEvent:
 
 @dataclasses.dataclass(frozen=True)
 class EscalationEvent:
-    """An on-call escalation step of a consult (issue 9): ``renotify``, ``released`` (to the
+    """An on-call escalation step of a consult (PROTOCOL.md §16): ``renotify``, ``released`` (to the
     next on the ladder, ``user_id``), or ``handover`` at a shift change."""
 
     thread_id: str
@@ -154,7 +154,7 @@ class ImageStatus:
 @dataclasses.dataclass(frozen=True)
 class MessageView:
     """A stored message with its decoded body, image states, the receipts seen and the
-    on-call escalation steps heard of (issue 9), in order."""
+    on-call escalation steps heard of (PROTOCOL.md §16), in order."""
 
     message: VaultMessage
     body: Body

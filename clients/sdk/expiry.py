@@ -1,4 +1,4 @@
-"""The device side of expiry and wipe (issue 7; docs/PROTOCOL.md §15).
+"""The device side of expiry and wipe (PROTOCOL.md §15; docs/PROTOCOL.md §15).
 
 * :func:`shred_and_confirm`: an ``expire_order`` arrived: shred the copy in the vault (the
   per-image key and ciphertext go; a tombstone keeps the record reference) and return the

@@ -1,4 +1,4 @@
-"""External consults, the client half (issue 10 item 3; docs/ARCHITECTURE.md §5 policy table).
+"""External consults, the client half (CLINICAL_SAFETY.md; docs/ARCHITECTURE.md §5 policy table).
 
 Why: the guidance asks that the clinical necessity be documented before a patient's images or
 details go to a clinician outside the organisation. A message is *external* when any recipient's
@@ -8,7 +8,7 @@ carry a clinical-necessity statement, and it travels in two parts:
 * the statement itself, **sealed** in the body (``protocol.body.Body.necessity``): it is
   clinical text and the relay is blind;
 * a **server-visible flag**, ``MessageHeader.external = True``, so the relay can refuse an
-  external message without it (``external_necessity_missing``, the relay half of item 3) and
+  external message without it (``external_necessity_missing``, the relay half) and
   audit it, without reading the body.
 
 :func:`apply_external` does both decisions at once and is called by the SDK's

@@ -1,4 +1,4 @@
-"""The sender's side of filing (issue 7; docs/PROTOCOL.md §15): an image shared for direct care
+"""The sender's side of filing (docs/PROTOCOL.md §15): an image shared for direct care
 (or an external consult) is also sealed to the organisation's record gateway device(s), which
 file it in PACS; the relay refuses it without them (``filing_gateway_missing``) when the
 organisation requires filing.

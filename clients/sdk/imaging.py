@@ -1,9 +1,9 @@
 """Image hygiene before a photo leaves the device: orientation, metadata stripping, quality.
 
-Why (docs/ARCHITECTURE.md §5, issue 8 item 3, issue 10 item 6): a phone photo of a film carries EXIF
-(GPS position, device serial, time), XMP, IPTC, comments, colour profiles and vendor APPn segments;
-none of it may travel. And a clinician must be told, in plain words, when a photo will be hard to
-read (blurred, too dark or bright, glare, too small, tilted) so they can retake it.
+Why (docs/ARCHITECTURE.md §5, ARCHITECTURE.md §3, CLINICAL_SAFETY.md): a phone photo of a film
+carries EXIF (GPS position, device serial, time), XMP, IPTC, comments, colour profiles and vendor
+APPn segments; none of it may travel. And a clinician must be told, in plain words, when a photo
+will be hard to read (blurred, too dark or bright, glare, too small, tilted) so they can retake it.
 
 What :func:`sanitise_image` does, in this order:
 

@@ -198,14 +198,14 @@ class Sender:
         purpose, priority = Purpose(record.purpose), Priority(record.priority)
         recipients = await self._trust.recipients(record.thread_id, me=st.device_id)
         if needs_gateway(purpose, len(record.attachment_ids)):
-            # Issue 7: images for direct care are also sealed to the organisation's record
+            # Images for direct care are also sealed to the organisation's record
             # gateway(s), verified like any recipient (clients/sdk/filing.py).
             known = {r.device.device_id for r in recipients}
             gateways = await gateway_bundles(
                 self._relay, trusted_orgs=st.trusted_orgs(),
                 revocations=await self._trust.revocations())
             recipients += [g for g in gateways if g.device.device_id not in known]
-        # Issue 10 item 3: recipients in another organisation (from their verified
+        # Recipients in another organisation (from their verified
         # certificates) need the sealed clinical-necessity statement and the header flag.
         body, external = apply_external(
             body, sender_org=st.org_id, necessity=record.necessity,
@@ -346,7 +346,7 @@ class Sender:
         emergency where no consent can be asked (docs/PROTOCOL.md §17). The sender keeps a
         copy in the vault."""
         if record is not None and purpose in DEIDENTIFIED_PURPOSES:
-            # Issue 10 item 4: a de-identified share never carries the patient's identity;
+            # A de-identified share never carries the patient's identity;
             # the record gets the identified original through file_image.
             raise FlowError(f"patient data never goes with an image shared for {purpose}: "
                             "file the original in the record instead",
@@ -466,7 +466,7 @@ class Sender:
 
     async def file_consent(self, consent_token: str, record: RecordData, *,
                            wait: float | None = None) -> tuple[SentMessage, ConsentFiling | None]:
-        """File a consent that goes with no image (issue 10 item 1: "a refusal is filed as
+        """File a consent that goes with no image (CLINICAL_SAFETY.md: "a refusal is filed as
         well, without images") in the patient's record: seal the token with the patient's
         record data to the organisation's record gateway(s), in this user's record thread
         (a thread whose only other members are the gateways, found or made once). With
@@ -503,7 +503,7 @@ class Sender:
                          record: RecordData, warnings: Sequence[str] = (),
                          progress: Progress | None = None) -> SentMessage:
         """File an image in the patient's record and nowhere else: the identified original of
-        a de-identified share (issue 10 item 4: "the redacted copy is what is shared, while
+        a de-identified share (CLINICAL_SAFETY.md: "the redacted copy is what is shared, while
         the identified original is what the gateway files for direct care"). It goes, for
         direct care, into this user's record thread, so only the record gateway(s) and the
         user's own devices receive it; like any filed image, its copies expire once filed.

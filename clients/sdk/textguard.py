@@ -1,5 +1,5 @@
-"""The free-text guard: identifiers typed into a message that leaves direct care (issue 10
-item 5).
+"""The free-text guard: identifiers typed into a message that leaves direct care
+(docs/CLINICAL_SAFETY.md).
 
 Why: the guidance asks for age ranges rather than exact ages, and no dates of birth, record
 numbers or dates of service, wherever information leaves the treating team: an external

@@ -1,6 +1,6 @@
 """The device's vault: keys, messages and images in one encrypted SQLite file.
 
-Why (docs/ARCHITECTURE.md §1 step 4, §6; issue 8 item 2): a phone or desktop that holds consult
+Why (docs/ARCHITECTURE.md §1 step 4, §6; ARCHITECTURE.md §3): a phone or desktop that holds consult
 images must keep them unreadable without the user's passphrase, lock itself when left alone, and be
 able to destroy one image for good when the record has it (crypto-shredding).
 

@@ -1,4 +1,4 @@
-"""On-call over HTTP (issue 9, docs/PROTOCOL.md §16): IT's rota management (admin token), who
+"""On-call over HTTP (docs/PROTOCOL.md §16): IT's rota management (admin token), who
 is on call (device), and a thread's receipts and escalation steps (participants)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Escalation timers of consults addressed to an on-call role, their steps, and the reseal
-requests of shift handovers (issue 9; the state machine is protocol.oncall.advance).
+requests of shift handovers (PROTOCOL.md §16; the state machine is protocol.oncall.advance).
 
 Timers are rows: ``due_at`` (the next renotify/release) and ``shift_ends_at`` (the handover)
 of open escalations. Every relay process sweeps them with ``FOR UPDATE SKIP LOCKED``

@@ -3,7 +3,7 @@ attachment (docs/ARCHITECTURE.md §6), until that device confirms.
 
 Each order is also queued as a device notice of kind ``expire_order``
 (:func:`server.store.messages.add_notices`), which the websocket pump sends before any
-delivery and does not drop after sending: it stays until the device confirms (issue 7's
+delivery and does not drop after sending: it stays until the device confirms (PROTOCOL.md §15
 ``expiry_confirm`` sets ``confirmed_at`` and removes the notice). An order is unique per
 (device, attachment, reason), so issuing it twice is a no-op. Each new order is audited
 (``expiry.order_issued``) in the same transaction: ``lightbox-admin copies`` reads it.

@@ -1,5 +1,5 @@
-"""Filing and expiry storage (issue 7): filings, the lifecycle timer of each shared image, the
-devices that hold a copy, first downloads, and confirmations of expiry orders.
+"""Filing and expiry storage (PROTOCOL.md §15): filings, the lifecycle timer of each shared image,
+the devices that hold a copy, first downloads, and confirmations of expiry orders.
 
 Queries only: the orchestration (what a filing or a due timer causes) is server/expiry.py.
 Every function takes a connection; the caller owns the transaction.

@@ -96,7 +96,7 @@ async def fetch_deliveries(conn: asyncpg.Connection, device_id: str, *, after_pk
     Without ``sent``: queue order after the cursor ``after_pk`` (the original behaviour).
     With ``sent`` (the ids already written on this connection and not yet acknowledged, i.e.
     still in the queue): every other unheld delivery, ordered by *effective* priority
-    (issue 9 item 5). A delivery's effective rank is the most urgent rank of itself and every
+    (PROTOCOL.md §16). A delivery's effective rank is the most urgent rank of itself and every
     later message of its thread still waiting, so a routine message ahead of an urgent one in
     the same thread is carried forward with it rather than overtaken: thread order is kept
     (ties within a thread break on ``thread_seq``), and between threads urgent goes first,

@@ -1,4 +1,4 @@
-"""On-call roles and rota shifts (issue 9): storage, overlap checks, and who is on call.
+"""On-call roles and rota shifts (PROTOCOL.md §16): storage, overlap checks, and who is on call.
 
 A role is defined per organisation with its acknowledgement deadlines. A shift is a half-open
 period ``[starts_at, ends_at)`` with a ladder of users, primary first. Shifts of one role never

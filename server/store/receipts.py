@@ -1,6 +1,6 @@
 """Recipients' signed receipts (delivered, read, acknowledged), kept per message, device and
-kind so a thread's per-recipient status can be listed (issue 9; PROTOCOL §8, §15). The signed
-statement is stored with each row: a client verifies it under the recipient device's key
+kind so a thread's per-recipient status can be listed (PROTOCOL.md §16; PROTOCOL §8, §15). The
+signed statement is stored with each row: a client verifies it under the recipient device's key
 rather than trusting the relay's word."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Also: the local server's guards (per-launch secret, session cookie, CSRF token, 
 CSP).
 
 The world these tests share with tests/clients/test_desktop_safety.py (the clinical-safety
-features of issue 10) is built here: :func:`desktop_team`, :func:`send_photo`,
+features of CLINICAL_SAFETY.md) is built here: :func:`desktop_team`, :func:`send_photo`,
 :func:`browser_page`, :func:`unlock_page`, :func:`desktop_http`, :func:`wait_for_event`.
 """
 
@@ -243,7 +243,7 @@ async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
         consent = page.locator(".consent")
         await consent.filter(has_text="direct care").wait_for()
         assert "role orthopaedics_oncall" in await consent.inner_text()
-        # a photo of a film is marked as not the study itself (issue 10 item 7)
+        # a photo of a film is marked as not the study itself (CLINICAL_SAFETY.md)
         await page.locator(".message .not-diagnostic",
                            has_text="not of diagnostic quality").wait_for()
         await page.screenshot(path=SHOTS / "04-thread.png")

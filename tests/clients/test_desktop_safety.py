@@ -1,15 +1,15 @@
-"""The desktop client's part of issue 10 (clinical safety), against a real relay, a real record
-gateway filing into a real Orthanc and, for the page, a real Chromium (the world of
+"""The desktop client's part of CLINICAL_SAFETY.md (clinical safety), against a real relay, a real
+record gateway filing into a real Orthanc and, for the page, a real Chromium (the world of
 tests/clients/test_desktop.py):
 
-* item 2, the patient's consent form: ``GET /api/messages/{id}/consent.pdf`` serves the
+* the patient's consent form: ``GET /api/messages/{id}/consent.pdf`` serves the
   one-page PDF of the consent a message carries (its text read back with poppler's
   ``pdftotext``), 404 ``consent_not_found`` when there is none; the page opens it in a tab;
-* item 5, the free-text guard: a reply carries the purpose of the message it answers, and a
+* the free-text guard: a reply carries the purpose of the message it answers, and a
   reply leaving direct care whose text holds an exact age or a date of service is held back
   (409 ``text_guard`` with a suggested rewrite) until the clinician confirms; the page shows
   the warning, "Use suggested wording" and "Send anyway";
-* item 7, a photo of a film: the page links to the original study the gateway found in PACS
+* a photo of a film: the page links to the original study the gateway found in PACS
   by patient and date, or says it was not found, once the photo is filed.
 
 Screenshots go to test-artefacts/desktop-safety/.
@@ -74,7 +74,7 @@ world = test_desktop.world  # the same relay as the desktop's own tests (a pytes
 SHOTS = ROOT / "test-artefacts" / "desktop-safety"
 PDF_VIEWER = "mhjfbmdgcfjbbpaeojofohoefgiehjai"  # Chromium's built-in PDF viewer (extension id)
 PRIVACY = "the Privacy Office, privacy@st-elsewhere.example"
-# An exact age and a date of service: what item 5 asks to keep out of teaching material.
+# An exact age and a date of service: what the free-text guard keeps out of teaching material.
 AGED = "Good teaching case: a 47-year-old with a distal radius fracture, seen on 3 March."
 REWRITTEN = ("Good teaching case: a patient in their 40s with a distal radius fracture, "
              "seen on 3 March.")
@@ -115,7 +115,7 @@ async def thread_messages(http: httpx.AsyncClient, thread_id: str) -> list[dict[
     return messages
 
 
-# --- item 2: the patient's consent form -------------------------------------------------------
+# --- the patient's consent form -------------------------------------------------------
 
 
 async def test_the_patients_consent_form_is_a_pdf_with_the_consent_purposes_contact_and_patient(
@@ -180,7 +180,7 @@ async def test_a_consent_form_for_a_consent_that_does_not_exist_is_404(
             assert r.status_code == 403 and r.headers["content-type"] == "application/json"
 
 
-# --- item 5: the free-text guard on replies ---------------------------------------------------
+# --- the free-text guard on replies ---------------------------------------------------
 
 
 async def test_a_teaching_reply_with_an_exact_age_is_held_back_with_a_rewrite_and_not_sent(
@@ -324,7 +324,7 @@ def test_a_reply_to_a_message_outside_the_thread_is_404() -> None:
     assert (refused.value.status, refused.value.message) == (404, "no such message in this thread")
 
 
-# --- item 7: the original study of a photo of a film (no sockets) -------------------------------
+# --- the original study of a photo of a film (no sockets) -------------------------------
 
 
 def test_the_filed_study_lists_the_original_studies_in_order_and_drops_links_that_are_not_http(
@@ -356,7 +356,7 @@ def test_the_filed_study_lists_the_original_studies_in_order_and_drops_links_tha
 
 
 def test_the_record_thread_says_what_was_sent_to_and_filed_in_the_record() -> None:
-    """Issue 10 item 1: a refusal sent for filing, and the gateway's answer, have no text of
+    """A refusal sent for filing, and the gateway's answer, have no text of
     their own; the page shows what they are."""
     token = "a.b.c"
     record = RecordData(patient_name="Testpatient^Beta", patient_id="LBX-TEST-7")
@@ -479,7 +479,7 @@ async def test_a_photo_of_a_film_links_to_the_original_study_the_gateway_found_i
     assert not problems, problems
 
 
-# --- issue 9: the consult's escalation, as the page shows it ------------------------------------
+# --- PROTOCOL.md §16: the consult's escalation, as the page shows it  -----------------------------
 
 
 async def test_each_escalation_step_shows_once_under_the_consult(

@@ -1,6 +1,6 @@
 """Filing to the record and expiry of every copy, end to end against a real relay and a real
-Orthanc (issue 7): an intern sends an x-ray with consent and patient data in the sealed body to
-a specialist and the record gateway; the specialist receives it; the gateway files it in Orthanc
+Orthanc (PROTOCOL.md §15): an intern sends an x-ray with consent and patient data in the sealed body
+to a specialist and the record gateway; the specialist receives it; the gateway files it in Orthanc
 (STOW-RS, read back), the sealed receipt reaches both clinicians; after the grace period
 (simulated time) both devices shred their copies and confirm; the relay's ciphertext is gone;
 the study in Orthanc has the right PatientID and pixel data; ``lightbox-admin copies`` shows
@@ -296,7 +296,7 @@ async def test_orthanc_refusing_the_object_alerts_the_sender_and_nothing_expires
 
 async def test_the_consent_form_is_filed_as_encapsulated_pdf_in_the_images_study(
         world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
-    """Issue 10 item 1: with the image, the gateway files the consent form (copy for the
+    """With the image, the gateway files the consent form (copy for the
     record) as DICOM Encapsulated PDF in the same study, lists it and the FHIR Consent in the
     receipt; the form's UIDs and bytes depend only on the consent and the study."""
     first = imaging.prepare_image(xray_png(320, 240, seed=11))

@@ -1,4 +1,4 @@
-"""The identity journey of issue 4, driven through the real CLIs against a real relay:
+"""The identity journey of PROTOCOL.md §11, driven through the real CLIs against a real relay:
 
 org init, trust the org on the relay, admin create, admin login, import ten users from CSV,
 enrol one on a "phone", link a "desktop", log in from both, look up a colleague's devices

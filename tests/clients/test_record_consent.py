@@ -1,4 +1,4 @@
-"""Issue 10 items 1 and 7 at the record gateway, against a real relay and a real Orthanc:
+"""CLINICAL_SAFETY.md at the record gateway, against a real relay and a real Orthanc:
 
 * a refused consent is filed in the patient's record without images: the capturing clinician's
   SDK seals the token with the patient's record data to the organisation's record gateway (in
@@ -337,7 +337,7 @@ async def test_the_fhir_consent_is_filed_on_the_fhir_server_once_with_credential
 
 async def test_a_teaching_share_carries_no_patient_data_and_the_identified_original_is_filed(
         world: World, tmp_path: Path, orthanc: OrthancServer, home: Path) -> None:
-    """Issue 10 item 4: "the redacted copy is what is shared, while the identified original is
+    """CLINICAL_SAFETY.md: "the redacted copy is what is shared, while the identified original is
     what the gateway files for direct care". With patient data, ``lightbox send --purpose
     teaching`` shares the redacted copy without it and files the original in the record."""
     film = tmp_path / "film.png"

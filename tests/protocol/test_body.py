@@ -127,7 +127,7 @@ def _consent_filing() -> ConsentFiling:
 
 
 def test_a_consent_record_and_its_receipt_round_trip() -> None:
-    """Issue 10 item 1: a consent filed without images, and the gateway's answer."""
+    """A consent filed without images, and the gateway's answer."""
     record = Body(kind=BodyKind.CONSENT_RECORD, consent_token="a.b.c", record=_record())
     assert decode_body(encode_body(record)) == record
     filed = Body(kind=BodyKind.CONSENT_FILED, consent_filing=_consent_filing())
@@ -151,7 +151,7 @@ def test_inconsistent_consent_bodies_are_refused(body: Body) -> None:
 
 
 def test_an_original_study_link_must_be_http() -> None:
-    """Issue 10 item 7: the viewer shows the link; a receiver refuses anything but http(s)."""
+    """The viewer shows the link; a receiver refuses anything but http(s)."""
     def receipt(url: str) -> bytes:
         return msgspec.msgpack.encode(Body(kind=BodyKind.FILING_RECEIPT, filing=FilingReceipt(
             attachment_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()),

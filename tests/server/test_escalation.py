@@ -1,4 +1,4 @@
-"""Issue 9's "done when": an intern pages ``role:orthopaedics-oncall`` with an urgent consult,
+"""The "done when": an intern pages ``role:orthopaedics-oncall`` with an urgent consult,
 nobody acknowledges, the relay re-notifies, then releases the held copy to the backup at the
 deadline; the backup acknowledges and the sender has seen the whole ladder. The same across a
 relay restart in the middle of the escalation. Real relay, real Postgres, simulated minutes

@@ -1,4 +1,4 @@
-"""External consults on the relay (issue 10 item 3): a message to a recipient in another
+"""External consults on the relay (CLINICAL_SAFETY.md): a message to a recipient in another
 organisation must carry the server-visible ``external`` flag (its clinical-necessity statement
 is sealed in the body); without it the relay refuses with ``external_necessity_missing``,
 stores nothing, and audits the refusal."""

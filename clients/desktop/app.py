@@ -48,7 +48,8 @@ Clinical safety (CLINICAL_SAFETY.md):
   as written.
 * **The patient's consent form** (CLINICAL_SAFETY.md: "the desktop client shows it"): the
   one-page PDF of the consent a message carries, rendered here from the token's claims (never
-  sent anywhere); 404 ``{"error": "consent_not_found"}`` for a message that carries none or an unreadable one.
+  sent anywhere); 404 ``{"error": "consent_not_found"}`` for a message that carries none or an
+  unreadable one.
 * **A photo of a film or monitor**: each image's ``study`` lists the ``originals`` the
   record gateway found in PACS (newest first, http(s) links only); the page links to them.
 """

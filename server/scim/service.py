@@ -61,6 +61,26 @@ def invalid(exc: ValidationError) -> SCIMException:
     return SCIMException.from_error(Error.from_validation_errors(exc)[0])
 
 
+def change_of(model: Any, body: Any, *, patch: bool) -> Callable[[Any], Any]:
+    """What a PUT body (the resource replaced, RFC 7644 §3.5.1) or a PATCH body (its
+    operations, §3.5.2) does to the current resource, validated first: an invalid body is
+    the RFC's ``invalidValue``/``invalidSyntax`` error and changes nothing."""
+    try:
+        if not patch:
+            replacement = model.model_validate(
+                body, scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST)
+            return lambda _: replacement
+        operations = PatchOp[model].model_validate(body, scim_ctx=Context.RESOURCE_PATCH_REQUEST)
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+
+    def apply(current: Any) -> Any:
+        operations.patch(current)
+        return current
+
+    return apply
+
+
 @dataclasses.dataclass(frozen=True)
 class Listing:
     total: int
@@ -163,25 +183,13 @@ class DirectoryService:
 
     async def replace_user(self, org_id: str, scim_id: str, body: Any, base: str,
                            if_match: str | None) -> Any:
-        try:
-            model = UserModel.model_validate(body, scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST)
-        except ValidationError as exc:
-            raise invalid(exc) from exc
-        return await self._change_user(org_id, scim_id, base, if_match, lambda _: model)
+        return await self._change_user(org_id, scim_id, base, if_match,
+                                       change_of(UserModel, body, patch=False))
 
     async def patch_user(self, org_id: str, scim_id: str, body: Any, base: str,
                          if_match: str | None) -> Any:
-        try:
-            patch = PatchOp[UserModel].model_validate(
-                body, scim_ctx=Context.RESOURCE_PATCH_REQUEST)
-        except ValidationError as exc:
-            raise invalid(exc) from exc
-
-        def apply(current: Any) -> Any:
-            patch.patch(current)
-            return current
-
-        return await self._change_user(org_id, scim_id, base, if_match, apply)
+        return await self._change_user(org_id, scim_id, base, if_match,
+                                       change_of(UserModel, body, patch=True))
 
     async def _change_user(self, org_id: str, scim_id: str, base: str, if_match: str | None,
                            change: Callable[[Any], Any]) -> Any:
@@ -338,26 +346,13 @@ class DirectoryService:
 
     async def replace_group(self, org_id: str, scim_id: str, body: Any, base: str,
                             if_match: str | None) -> Any:
-        try:
-            model = GroupModel.model_validate(body,
-                                              scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST)
-        except ValidationError as exc:
-            raise invalid(exc) from exc
-        return await self._change_group(org_id, scim_id, base, if_match, lambda _: model)
+        return await self._change_group(org_id, scim_id, base, if_match,
+                                        change_of(GroupModel, body, patch=False))
 
     async def patch_group(self, org_id: str, scim_id: str, body: Any, base: str,
                           if_match: str | None) -> Any:
-        try:
-            patch = PatchOp[GroupModel].model_validate(
-                body, scim_ctx=Context.RESOURCE_PATCH_REQUEST)
-        except ValidationError as exc:
-            raise invalid(exc) from exc
-
-        def apply(current: Any) -> Any:
-            patch.patch(current)
-            return current
-
-        return await self._change_group(org_id, scim_id, base, if_match, apply)
+        return await self._change_group(org_id, scim_id, base, if_match,
+                                        change_of(GroupModel, body, patch=True))
 
     async def _change_group(self, org_id: str, scim_id: str, base: str, if_match: str | None,
                             change: Callable[[Any], Any]) -> Any:

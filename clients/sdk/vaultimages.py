@@ -25,6 +25,7 @@ from clients.sdk.vaultrows import (
     VaultCore,
     VaultCorrupt,
     check_id,
+    decode_row,
     open_row,
     row_label,
     seal_row,
@@ -229,11 +230,5 @@ class VaultImages:
 
     def _decode_info(self, image_key: SecretBytes, attachment_id: str,
                      sealed: object) -> ImageInfo:
-        plain = open_row(image_key, row_label("image-info", attachment_id), sealed)
-        try:
-            info = msgspec.msgpack.decode(plain, type=ImageInfo)
-        except msgspec.DecodeError as exc:
-            raise VaultCorrupt(f"the record of image {attachment_id} is unreadable") from exc
-        if info.attachment_id != attachment_id:
-            raise VaultCorrupt(f"the record of image {attachment_id} is damaged")
-        return info
+        return decode_row(image_key, "image-info", attachment_id, sealed, ImageInfo,
+                          f"the record of image {attachment_id}")

@@ -269,18 +269,20 @@ def open_row(key: SecretBytes, ad: bytes, blob: object) -> bytes:
         raise VaultCorrupt("a vault record is damaged or was tampered with") from exc
 
 
-Row = TypeVar("Row", "VaultMessage", "OutboxRecord")
+Row = TypeVar("Row", "VaultMessage", "OutboxRecord", "ImageInfo")
 
 
-def decode_row(key: SecretBytes, table: str, message_id: str, sealed: object,
-                cls: type[Row], what: str) -> Row:
-    """Open and decode a row keyed by message id (a message, a pending send)."""
-    plain = open_row(key, row_label(table, message_id), sealed)
+def decode_row(key: SecretBytes, table: str, row_id: str, sealed: object,
+               cls: type[Row], what: str) -> Row:
+    """Open and decode a row (a message, a pending send, an image's record) and check that it
+    is the row its id says (the id it holds, ``message_id`` or ``attachment_id``)."""
+    plain = open_row(key, row_label(table, row_id), sealed)
     try:
         row = msgspec.msgpack.decode(plain, type=cls)
     except msgspec.DecodeError as exc:
         raise VaultCorrupt(f"{what} is unreadable") from exc
-    if row.message_id != message_id:
+    held = row.attachment_id if isinstance(row, ImageInfo) else row.message_id
+    if held != row_id:
         raise VaultCorrupt(f"{what} is damaged")
     return row
 

@@ -52,7 +52,7 @@ async function run(cmd: V): Promise<V> {
       const bundles = cmd.recipients.map((r: V) =>
         env.bundleFromTokens(certs.verifyChain(r.user_certificate, r.device_certificate, orgs, cmd.at, null), r.signed_prekey, r.one_time_prekey ?? null),
       );
-      const header: env.MessageHeader = { external: false, body_size: 0, ...cmd.header };
+      const header: env.MessageHeader = { external: false, emergency: null, body_size: 0, ...cmd.header };
       const sealed = await env.sealMessage(header, encodeBody(bodyFromJson(cmd.body)), deviceKeys(cmd.sender), bundles);
       return { sealed: e(env.encodeSealed(sealed)) };
     }

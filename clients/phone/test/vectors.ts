@@ -149,7 +149,7 @@ async function sectionSealed(v: V, k: V, t: Section): Promise<void> {
   const header: env.MessageHeader = {
     v: 1, message_id: keys.uuid4(rng), thread_id: keys.uuid4(rng), sender_user_id: alice.userId, sender_device_id: alice.deviceId,
     sent_at: T0, purpose: "direct_care", priority: "routine", consent_id: keys.uuid4(rng), attachment_ids: [],
-    recipient_devices: [bob.deviceId, gw.deviceId], external: false, body_size: 0,
+    recipient_devices: [bob.deviceId, gw.deviceId], external: false, emergency: null, body_size: 0,
   };
   const sender: keys.DeviceKeys = { deviceId: alice.deviceId, signing: keys.ed25519FromSeed(d(k.alice.device_signing_seed)), dh: keys.x25519FromSecret(d(k.alice.device_dh_secret)) };
   const bundles = [

@@ -596,7 +596,7 @@ async function sendConsult(args: { role: string; text: string; subject: string; 
   const header: env.MessageHeader = {
     v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
     sent_at: now(), purpose: "direct_care", priority: args.priority, consent_id: null, attachment_ids: [],
-    recipient_devices: bundles.map((b) => b.device.deviceId), external: false, body_size: 0,
+    recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
   };
   const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
   const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
@@ -705,7 +705,7 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
   const header: env.MessageHeader = {
     v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
     sent_at: now(), purpose: "direct_care", priority: a.priority, consent_id: claims.jti, attachment_ids: [aid],
-    recipient_devices: bundles.map((b) => b.device.deviceId), external: false, body_size: 0,
+    recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
   };
   const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
   const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };

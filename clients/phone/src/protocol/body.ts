@@ -35,6 +35,8 @@ export interface Body {
   consent_token: string | null;
   record: RecordData | null;
   necessity: string | null;
+  /** Break-glass (PROTOCOL.md §17): why no consent could be asked, in the sender's words. */
+  emergency_reason: string | null;
   reply_to: string | null;
   quality_warnings: string[];
   filing: Record<string, unknown> | null;
@@ -53,6 +55,7 @@ export function makeBody(fields: Partial<Body>): Body {
     consent_token: null,
     record: null,
     necessity: null,
+    emergency_reason: null,
     reply_to: null,
     quality_warnings: [],
     filing: null,
@@ -103,13 +106,14 @@ const BODY: Check = struct(
     consent_token: nullable(str({ max: 8192 })),
     record: nullable(RECORD),
     necessity: nullable(str({ max: 4000 })),
+    emergency_reason: nullable(str({ max: 2000 })),
     reply_to: nullable(uuid),
     quality_warnings: list(str({ pattern: /^[a-z_]{1,32}$/ }), { max: 16 }),
     filing: nullable(anyMap),
     consent_filing: nullable(anyMap),
     burned_in_identifiers: list(struct({ attachment_id: uuid, kinds: list(oneOf(...KINDS), { min: 1, max: 6 }) }), { max: 16 }),
   },
-  { optional: ["v", "kind", "text", "subject", "attachments", "consent_token", "record", "necessity", "reply_to", "quality_warnings", "filing", "consent_filing", "burned_in_identifiers"] },
+  { optional: ["v", "kind", "text", "subject", "attachments", "consent_token", "record", "necessity", "emergency_reason", "reply_to", "quality_warnings", "filing", "consent_filing", "burned_in_identifiers"] },
 );
 
 const CONTROL = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
@@ -141,7 +145,7 @@ function check(b: Body): void {
     oneLine.push(r.patient_name, r.patient_id, r.issuer_of_patient_id, r.accession_number, r.anatomic_region, r.study_description);
   }
   if (oneLine.some((x) => CONTROL.test(x) || x.includes("\n") || x.includes("\r"))) fail("control characters in a one-line field");
-  if (CONTROL.test(b.text) || (b.necessity && CONTROL.test(b.necessity))) fail("control characters in the text");
+  if ([b.text, b.necessity ?? "", b.emergency_reason ?? ""].some((x) => CONTROL.test(x))) fail("control characters in the text");
 }
 
 function ordered(b: Body): Record<string, unknown> {
@@ -172,6 +176,7 @@ function ordered(b: Body): Record<string, unknown> {
       capture: b.record.capture,
     },
     necessity: b.necessity,
+    emergency_reason: b.emergency_reason ?? null,
     reply_to: b.reply_to,
     quality_warnings: b.quality_warnings,
     filing: b.filing,

@@ -28,6 +28,8 @@ const MAX_ID_BYTES = 128;
 export type Purpose = "direct_care" | "external_consult" | "teaching" | "publication" | "research";
 export const PURPOSES: readonly Purpose[] = ["direct_care", "external_consult", "teaching", "publication", "research"];
 export type Priority = "routine" | "urgent";
+export type EmergencyCategory = "unconscious" | "lacks_capacity" | "time_critical" | "other";
+export const EMERGENCY_CATEGORIES: readonly EmergencyCategory[] = ["unconscious", "lacks_capacity", "time_critical", "other"];
 
 export interface MessageHeader {
   v: number;
@@ -42,6 +44,8 @@ export interface MessageHeader {
   attachment_ids: string[];
   recipient_devices: string[];
   external: boolean;
+  /** Break-glass (PROTOCOL.md §17): why it goes without a consent; null for every other. */
+  emergency: EmergencyCategory | null;
   body_size: number;
 }
 
@@ -108,6 +112,7 @@ function orderedHeader(h: MessageHeader): MessageHeader {
     attachment_ids: [...h.attachment_ids],
     recipient_devices: [...h.recipient_devices],
     external: h.external,
+    emergency: h.emergency ?? null,
     body_size: h.body_size,
   };
 }
@@ -427,9 +432,10 @@ export const MESSAGE_HEADER = struct(
     attachment_ids: list(str()),
     recipient_devices: list(str()),
     external: bool,
+    emergency: nullable(oneOf(...EMERGENCY_CATEGORIES)),
     body_size: int(),
   },
-  { optional: ["external", "body_size"] },
+  { optional: ["external", "emergency", "body_size"] },
 );
 export const SEALED_MESSAGE = struct({ header: MESSAGE_HEADER, nonce: bin(), ciphertext: bin(), keys: list(WRAPPED_KEY), signature: bin() });
 
@@ -456,6 +462,7 @@ export function sealedToWire(sealed: SealedMessage): Record<string, unknown> {
 export function sealedFromWire(value: unknown): SealedMessage {
   const sealed = validate<SealedMessage>(SEALED_MESSAGE, value, "sealed message");
   sealed.header.external ??= false;
+  sealed.header.emergency ??= null;
   sealed.header.body_size ??= 0;
   checkShape(sealed);
   return sealed;

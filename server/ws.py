@@ -65,6 +65,7 @@ from server.errors import RelayError
 from server.expiry import FilingService, WipeRequired
 from server.hub import Hub
 from server.metrics import Metrics
+from server.reads import DeliveryReader
 from server.sends import Sender, SendPipeline
 from server.store import devices, messages, users
 from server.tokens import TokenService
@@ -163,9 +164,11 @@ class WebSocketRelay:
 
     def __init__(self, *, db: Database, hub: Hub, pipeline: SendPipeline, acks: AckPipeline,
                  metrics: Metrics, authenticator: SocketAuthenticator, config: SocketConfig,
-                 prekeys: PrekeyWatch, clock: Callable[[], float] = time.time,
+                 prekeys: PrekeyWatch, reader: DeliveryReader,
+                 clock: Callable[[], float] = time.time,
                  receipts: ReceiptHook | None = None) -> None:
         self.db, self.hub, self.pipeline, self.metrics = db, hub, pipeline, metrics
+        self.reader = reader
         self.prekeys = prekeys
         self.acks, self.receipts = acks, receipts
         self.authenticator, self.config, self.clock = authenticator, config, clock
@@ -195,6 +198,7 @@ class _Connection:
         self.device_id = ""
         self.user_id = ""
         self._wake = asyncio.Event()
+        self._notices_pending = True  # read the device's notices at least once, at connect
         self._closed = False
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -213,7 +217,9 @@ class _Connection:
 
     # -- Member protocol (hub) ---------------------------------------------------------------
 
-    def wake(self) -> None:
+    def wake(self, notices: bool = True) -> None:
+        if notices:
+            self._notices_pending = True
         self._wake.set()
 
     def push(self, frame: Frame) -> None:
@@ -232,6 +238,10 @@ class _Connection:
     async def _flush(self) -> None:
         out = self.session.data_to_send()
         if self._closed:
+            return
+        if not out:  # most incoming frames queue no answer: no lock, no timer
+            if self.session.close_code is not None:
+                await self.close(int(self.session.close_code), self.session.close_reason)
             return
         async with self._write_lock:
             try:
@@ -578,16 +588,24 @@ class _Connection:
         page = self.cfg.send_window
         while not self._closed:
             self._wake.clear()
-            async with self.relay.db.pool.acquire() as conn:
-                notices = await messages.fetch_notices(conn, self.device_id,
-                                                       after_pk=self._last_notice_pk, limit=64)
-                room = self.cfg.send_window - len(self._in_flight)
-                # Urgent first across threads, thread order kept (issue 9): everything still
-                # queued and not in flight on this connection, rather than a cursor, so a
-                # later urgent or a released held delivery is not skipped.
-                batch = (await messages.fetch_deliveries(
-                    conn, self.device_id, sent=list(self._in_flight), limit=min(room, page))
-                    if room > 0 else [])
+            notices: list[messages.Notice] = []
+            if self._notices_pending:
+                # Only when a wake-up said notices may be waiting (and once at connect): a
+                # message's wake-up does not (server/sends.py), so the paced path reads
+                # deliveries alone.
+                self._notices_pending = False
+                async with self.relay.db.pool.acquire() as conn:
+                    notices = await messages.fetch_notices(
+                        conn, self.device_id, after_pk=self._last_notice_pk, limit=64)
+                self._notices_pending = self._notices_pending or len(notices) == 64
+            room = self.cfg.send_window - len(self._in_flight)
+            # Urgent first across threads, thread order kept: everything still queued and not
+            # in flight on this connection, rather than a cursor, so a later urgent or a
+            # released held delivery is not skipped. Read together with the other pumps
+            # that ask in this event-loop turn (server/reads.py).
+            batch = (await self.relay.reader.next_deliveries(
+                self.device_id, sent=list(self._in_flight), limit=min(room, page))
+                if room > 0 else [])
             for n in notices:
                 self._last_notice_pk = n.notice_pk
                 await self._write_raw(n.frame)
@@ -619,7 +637,7 @@ class _Connection:
                 await self._send(QueueEmpty(pending=0, server_time=int(self.relay.clock())))
             # Deliveries may be waiting behind a full window: only then must an ack wake us.
             self._window_bound = room <= 0 or len(batch) == min(room, page)
-            if len(notices) == 64 or (room > 0 and len(batch) == min(room, page)):
+            if self._notices_pending or (room > 0 and len(batch) == min(room, page)):
                 continue  # more waiting: go on without sleeping
             await self._wake.wait()
 

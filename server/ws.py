@@ -5,8 +5,10 @@ websocket messages in, writes the frames the session produces, and closes with t
 session sets. After the handshake (access token + the device's signature over a fresh
 challenge), three things run per connection:
 
-* the reader: frames from the device (``send``, ``ack``, ``receipt``, ``ping``...), with
-  heartbeats, the idle timeout and the absolute session lifetime checked between reads;
+* the reader: frames from the device (``send``, ``ack``, ``receipt``, ``ping``...), read
+  without a timer per frame; heartbeats, the idle timeout, the licence, the absolute session
+  lifetime and the acknowledgement timeout are checked by a tick every
+  ``min(heartbeat, heartbeat_timeout) / 2`` seconds (one timer per connection, no task);
 * the pump: durable notices, then deliveries in queue order, at most ``send_window`` of them
   unacknowledged (flow control: a device that stops acknowledging stops receiving, and one
   that stops reading is closed with 4009 and later resumes from its durable queue);
@@ -213,6 +215,7 @@ class _Connection:
         self._last_activity = self._started  # last frame other than ping/pong: idle timeout
         self._last_seen = self._started  # last frame of any kind: heartbeat
         self._ping_sent_at: float | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
         self._wipe: WipeRequired | None = None
 
     # -- Member protocol (hub) ---------------------------------------------------------------
@@ -269,6 +272,11 @@ class _Connection:
                 msg = await self.ws.receive()
         except TimeoutError:
             return None
+        return self._unpack(msg)
+
+    @staticmethod
+    def _unpack(msg: Any) -> bytes:
+        """The bytes of a received ASGI message; WebSocketDisconnect when the peer is gone."""
         if msg["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(msg.get("code", 1000))
         data = msg.get("bytes")
@@ -394,23 +402,39 @@ class _Connection:
     # -- reader ------------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        while not self._closed:
-            data = await self._receive(self.cfg.heartbeat)
-            if data is None:
-                await self._tick()
-                continue
-            for ev in self.session.receive_data(data):
-                if isinstance(ev, FrameReceived):
-                    await self._on_frame(ev.frame)
-                elif isinstance(ev, ErrorEvent):
-                    self.relay.metrics.ws_rejections.labels(ev.code.value).inc()
-            await self._flush()
-            if self.session.close_code is not None:
-                return
-            await self._tick()
+        """Frames until the connection closes. No timer per frame: the tick (below) enforces
+        every deadline, and a close it decides ends the pending read (the server closes the
+        transport at most 10 s after its close frame if the device never answers)."""
+        self._arm_tick()
+        try:
+            while not self._closed:
+                data = self._unpack(await self.ws.receive())
+                for ev in self.session.receive_data(data):
+                    if isinstance(ev, FrameReceived):
+                        await self._on_frame(ev.frame)
+                    elif isinstance(ev, ErrorEvent):
+                        self.relay.metrics.ws_rejections.labels(ev.code.value).inc()
+                await self._flush()
+                if self.session.close_code is not None:
+                    return
+        finally:
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
 
-    async def _tick(self) -> None:
-        """Heartbeat, idle timeout, absolute lifetime and acknowledgement timeout."""
+    def _arm_tick(self) -> None:
+        every = max(0.05, min(self.cfg.heartbeat, self.cfg.heartbeat_timeout) / 2)
+        self._tick_handle = asyncio.get_running_loop().call_later(every, self._on_tick)
+
+    def _on_tick(self) -> None:
+        if self._closed:
+            return
+        if self._check_deadlines():
+            self._spawn(self._flush())  # a ping or a close to write
+        self._arm_tick()
+
+    def _check_deadlines(self) -> bool:
+        """Heartbeat, idle timeout, licence, absolute lifetime and acknowledgement timeout;
+        True when a frame (ping) or a close was queued on the session."""
         now = time.monotonic()
         assert self.principal is not None
         licence_end = self.principal.licence_expires_at
@@ -428,9 +452,10 @@ class _Connection:
         elif now - self._last_seen >= self.cfg.heartbeat:
             self._ping_sent_at = now
             self.session.send(Ping(nonce=os.urandom(8)))
+            return True
         if self._in_flight and now - min(self._in_flight.values()) >= self.cfg.ack_timeout:
             self.session.close(CloseCode.TOO_SLOW, detail="deliveries not acknowledged")
-        await self._flush()
+        return self.session.close_code is not None
 
     async def _on_frame(self, frame: Frame) -> None:
         self._last_seen = time.monotonic()

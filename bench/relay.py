@@ -692,6 +692,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "generators": gens.pids}
             # The paced table first, on a fresh database, so that --paced-only measures the
             # same thing as the full run.
+            out["idle_cost"] = idle_cost(groups, dsn)
+            log(f"  idle, 200 devices connected: {out['idle_cost']}")
             out["paced"] = []
             for rate in args.paced_rates:
                 before = relay.log_errors()
@@ -772,8 +774,10 @@ async def _pg_counters(dsn: str) -> dict[str, int]:
     """The database's cumulative counters (pg_stat_database). The embedded Postgres has no
     pg_stat_statements (its build ships no contrib modules), so statements are not counted
     one by one: every statement outside BEGIN/COMMIT is a transaction of its own, so
-    transactions per message is the closest statement count Postgres keeps. Backends report
-    their counters when idle, at most once a second: the caller waits 1.5 s before reading."""
+    transactions per message is the closest statement count Postgres keeps. A busy backend
+    reports its counters at most once a second, an idle one within 10 s
+    (``PGSTAT_IDLE_INTERVAL``): the caller waits 11 s before reading, so nothing of a window
+    is left unreported or counted in the next one."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("SELECT pg_stat_clear_snapshot()")
@@ -785,22 +789,27 @@ async def _pg_counters(dsn: str) -> dict[str, int]:
         await conn.close()
 
 
-class PgMeter:
-    """pg_stat_database counters over a window (None when there is no database: bare)."""
+PG_SETTLE = 11.0  # seconds: PGSTAT_IDLE_INTERVAL (10 s) and a margin
 
-    def __init__(self, dsn: str | None) -> None:
-        self.dsn = dsn
+
+class PgMeter:
+    """pg_stat_database counters over a window (None when there is no database: bare).
+    ``settle`` waits before the first reading too (when the window before was not metered)."""
+
+    def __init__(self, dsn: str | None, *, settle: bool = False) -> None:
+        self.dsn, self.settle = dsn, settle
         self.used: dict[str, int] = {}
 
     def __enter__(self) -> PgMeter:
         if self.dsn:
-            time.sleep(1.5)
+            if self.settle:
+                time.sleep(PG_SETTLE)
             self.start = asyncio.run(_pg_counters(self.dsn))
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.dsn and exc[0] is None:
-            time.sleep(1.5)
+            time.sleep(PG_SETTLE)
             end = asyncio.run(_pg_counters(self.dsn))
             # Our own two snapshot connections count one transaction each.
             self.used = {k: end[k] - self.start[k] for k in PG_COUNTERS}
@@ -861,11 +870,11 @@ def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
           cyclic: bool, rate: float, seconds: float, one_per_pair: bool = True,
-          dsn: str | None = None) -> dict[str, Any]:
+          dsn: str | None = None, settle: bool = False) -> dict[str, Any]:
     """Open loop at ``rate`` msg/s offered (split over the generators), for ``seconds``; CPU,
     Postgres counters and frames are measured over the window and its drain and divided by
     the messages delivered."""
-    with PgMeter(dsn) as pm:
+    with PgMeter(dsn, settle=settle) as pm:
         start_at = time.monotonic() + 1.0
         with CpuMeter(groups) as cm:
             res = gens.call("paced", seconds + 120, start_at=start_at, duration=seconds,
@@ -894,6 +903,16 @@ def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
         "latency": percentiles(lat), "accept_latency": percentiles(acc), "cpu": cm.shares(),
         "per_message": per_message(cm, pm, res),
     }
+
+
+def idle_cost(groups: dict[str, Any], dsn: str, seconds: float = 10.0) -> dict[str, Any]:
+    """What the relay and Postgres use with every device connected and nothing sent (sweeps,
+    timers): the floor under the per-message figures of the slowest paced rows."""
+    with PgMeter(dsn, settle=True) as pm, CpuMeter(groups) as cm:
+        time.sleep(seconds)
+    return {"seconds": seconds, "cpu_percent_of_core": cm.shares(),
+            "xacts_per_s": round((pm.used["xact_commit"] + pm.used["xact_rollback"])
+                                 / (seconds + PG_SETTLE), 1)}
 
 
 def _paced_line(row: dict[str, Any]) -> str:
@@ -1056,10 +1075,15 @@ def paced_table(out: dict[str, Any]) -> str:
              "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.rjust(w) for c, w in zip(x, widths, strict=True)) for x in rows]
     first = out["paced"][0]
+    idle = out.get("idle_cost")
+    floor = "" if not idle else (
+        f"\nIdle floor (every device connected, nothing sent, {idle['seconds']:g} s): CPU "
+        f"{idle['cpu_percent_of_core']} % of a core, {idle['xacts_per_s']} Postgres "
+        "transactions/s; it is included in the per-message figures above.")
     return (f"Paced (open loop, {first['senders']} senders, {first['seconds']:g} s per row; "
             "latency send->deliver; CPU from /proc over the row and its drain; Postgres "
             "transactions from pg_stat_database, not statements: no pg_stat_statements in "
-            "the embedded build)\n" + "\n".join(lines))
+            "the embedded build)\n" + "\n".join(lines) + floor)
 
 
 def main(argv: list[str] | None = None) -> int:

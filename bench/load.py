@@ -56,7 +56,11 @@ class Stats:
         self.acc_buckets: Counter[int] = Counter()
         self.del_buckets: Counter[int] = Counter()
         self.sent_at: dict[str, float] = {}
+        self.accept_at: dict[str, float] = {}  # message id -> sent at, until ``accepted``
         self.latencies: list[float] = []
+        self.accept_latencies: list[float] = []
+        self.frames_in = 0  # websocket frames received by this generator's devices
+        self.frames_out = 0  # and sent by them (sends, acks, pongs)
         self.t0 = time.monotonic()
 
     def bucket(self, now: float) -> int:
@@ -120,12 +124,16 @@ class Device:
 
     async def _on_frame(self, data: bytes) -> None:
         st = self.gen.stats
+        st.frames_in += 1
         frame = decode_frame(data)
         if isinstance(frame, Accepted):
             now = time.monotonic()
             self.inflight -= 1
             st.accepted += 1
             st.acc_buckets[st.bucket(now)] += 1
+            sent = st.accept_at.pop(frame.message_id, None)
+            if sent is not None and self.gen.record_latency:
+                st.accept_latencies.append(now - sent)
             if self.gen.closed_loop and now < self.gen.stop_at:
                 await self.send_next()
         elif isinstance(frame, Deliver):
@@ -141,6 +149,7 @@ class Device:
                 self.ack_task = asyncio.create_task(self._ack())
         elif isinstance(frame, Ping):
             assert self.ws is not None
+            st.frames_out += 1
             await self.ws.send(encode_frame(Pong(nonce=frame.nonce)))
         elif isinstance(frame, Error):
             st.refused[frame.code.value] += 1
@@ -154,6 +163,7 @@ class Device:
         assert self.ws is not None
         with contextlib.suppress(websockets.ConnectionClosed):
             for i in range(0, len(ids), 256):
+                self.gen.stats.frames_out += 1
                 await self.ws.send(encode_frame(Ack(delivery_ids=ids[i:i + 256])))
 
     async def send_next(self) -> bool:
@@ -166,8 +176,9 @@ class Device:
         mid, data = self.pool[self.next]
         self.next += 1
         st = self.gen.stats
-        st.sent_at[mid] = time.monotonic()
+        st.sent_at[mid] = st.accept_at[mid] = time.monotonic()
         st.sent += 1
+        st.frames_out += 1
         self.inflight += 1
         assert self.ws is not None
         try:
@@ -226,20 +237,23 @@ class Generator:
         return {"connected": ok, "failed": len(todo) - ok, "errors": dict(errors),
                 "seconds": time.monotonic() - started}
 
-    async def cmd_seal(self, per_device: int, body_bytes: int) -> dict[str, Any]:
+    async def cmd_seal(self, per_device: int, body_bytes: int, extra_even: int = 0
+                       ) -> dict[str, Any]:
+        """Seal ``per_device`` messages for every sender, ``extra_even`` more for the even
+        device of each pair (the senders of the paced table)."""
         started = time.monotonic()
         cpu = _cpu()
         body = os.urandom(body_bytes)
-        n = 0
+        n = size = 0
         for d in self.senders():
             peer = self.by_index[d.spec.peer].spec
             sealer = Sealer(d.spec, peer, self.trusted)
-            for _ in range(per_device):
+            for _ in range(per_device + (extra_even if d.spec.index % 2 == 0 else 0)):
                 m = sealer.seal(body)
                 mid = m.header.message_id
                 d.pool.append((mid, encode_frame(Send(req_id=mid.replace("-", ""), message=m))))
                 n += 1
-        size = len(d.pool[-1][1]) if n else 0
+                size = len(d.pool[-1][1])
         return {"sealed": n, "seconds": time.monotonic() - started, "cpu": _cpu() - cpu,
                 "frame_bytes": size}
 
@@ -283,15 +297,21 @@ class Generator:
         return self._report(start_at, end, cpu_window) | {"drained": time.monotonic() - end}
 
     async def cmd_paced(self, start_at: float, duration: float, rate: float, window: int,
-                        cyclic: bool, drain: float = 20.0) -> dict[str, Any]:
-        """Open loop at ``rate`` messages/s over this process's senders, round robin."""
+                        cyclic: bool, drain: float = 20.0, one_per_pair: bool = False
+                        ) -> dict[str, Any]:
+        """Open loop at ``rate`` messages/s over this process's senders, round robin: each
+        send goes out when it is due, whatever happened to the earlier ones (a late generator
+        sends at once and records how late). With ``one_per_pair`` only the even device of
+        each pair sends (100 senders for 200 devices); the other only receives."""
         self._reset(closed_loop=False, latency=True, cyclic=cyclic)
         st = self.stats
         st.t0 = start_at
-        senders = [d for d in self.senders() if d.ws is not None]
+        senders = [d for d in self.senders() if d.ws is not None
+                   and (not one_per_pair or d.spec.index % 2 == 0)]
         total = int(rate * duration)
         skipped = 0
         late = 0.0
+        lateness: list[float] = []
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         cpu = _cpu()
         for k in range(total):
@@ -299,8 +319,10 @@ class Generator:
             now = time.monotonic()
             if due > now:
                 await asyncio.sleep(due - now)
+                lateness.append(max(0.0, time.monotonic() - due))
             else:
                 late = max(late, now - due)
+                lateness.append(now - due)
             d = senders[k % len(senders)]
             if d.inflight >= window:
                 skipped += 1
@@ -311,8 +333,12 @@ class Generator:
         cpu_window = _cpu() - cpu
         drain_until = end + drain
         await self._drain(drain_until)
+        lateness.sort()
         return self._report(start_at, end, cpu_window) | {
-            "skipped": skipped, "max_late": late, "latencies": st.latencies}
+            "skipped": skipped, "max_late": max([late, *lateness[-1:]]),
+            "p99_late": lateness[int(0.99 * len(lateness))] if lateness else 0.0,
+            "senders": len(senders), "latencies": st.latencies,
+            "accept_latencies": st.accept_latencies}
 
     def _report(self, start: float, end: float, cpu: float) -> dict[str, Any]:
         st = self.stats
@@ -320,6 +346,7 @@ class Generator:
                 "refused": dict(st.refused), "acc_buckets": dict(st.acc_buckets),
                 "del_buckets": dict(st.del_buckets), "start": start, "end": end,
                 "exhausted_at": self.exhausted_at, "cpu": cpu,
+                "frames_in": st.frames_in, "frames_out": st.frames_out,
                 "closed": sum(1 for d in self.devices
                               if d.ws is not None and d.reader is not None
                               and d.reader.done())}

@@ -13,7 +13,10 @@ Phases, each printed and written to ``bench/results/latest.json``:
 2. durable throughput: N devices (pairs sharing a thread, each sending to its peer) through
    ``lightbox-server --workers 2``; counted are messages accepted (after COMMIT) and delivered
    to the recipient, which acknowledges them;
-3. latency: end-to-end (send to deliver) p50/p99 at a fixed offered load, paced;
+3. the paced table, run first on the fresh database: open loop from 100 senders at 100, 500,
+   1,000 and 2,000 msg/s offered, with p50/p99 send to deliver, the achieved rate, and per
+   delivered message the relay's and Postgres's CPU, Postgres transactions and websocket
+   frames; the same rows against the bare relay (``--paced-only``: just these);
 4. the bare websocket relay ceiling (a): the same generator, same sealed frames, 2 processes;
 5. memory per idle device and the 10,000-device test on ``lightbox-server --workers 1``.
 
@@ -366,27 +369,50 @@ def percentiles(values: list[float]) -> dict[str, float]:
 # -- profiling (py-spy) --------------------------------------------------------------------------
 
 PROFILE_BUCKETS = [
-    # (label, substring of a frame); a sample counts once per label it contains.
+    # (label, substring of a frame). Inclusive: a sample counts once for every label one of
+    # its frames matches. Own: a sample counts once, for the label of its innermost matching
+    # frame, so that the server stack every request runs under (uvicorn's ``run_asgi``,
+    # Starlette) is charged only for time spent in its own code, not for the relay's.
     ("sender signature check (envelope.verify_sealed)", "verify_sealed"),
+    ("canonical JSON (RFC 8785)", "canonical"),
+    ("Ed25519 / SHA-256 (nacl)", "nacl/"),
     ("group commit (sends._store)", "_store (server/sends.py"),
+    ("send validation (sends.enqueue)", "enqueue (server/sends.py"),
     ("delivery pump (ws._pump)", "_pump (server/ws.py"),
-    ("acks (ws._on_ack)", "_on_ack (server/ws.py"),
+    ("acks (acks.py, ws._on_ack)", "server/acks.py"),
+    ("acks (acks.py, ws._on_ack)", "_on_ack (server/ws.py"),
     ("websocket read loop (ws._read_loop)", "_read_loop (server/ws.py"),
+    ("relay connection code (server/ws.py)", "server/ws.py"),
     ("handshake (ws._handshake)", "_handshake (server/ws.py"),
     ("asyncpg (driver, protocol)", "asyncpg/"),
-    ("uvicorn/websockets framing", "websockets_sansio_impl"),
-    ("websockets library", "/websockets/"),
+    ("uvicorn websocket protocol (framing, transport)", "uvicorn/protocols/websockets"),
+    ("websockets library (framing)", "/websockets/"),
+    ("Starlette (WebSocket wrapper, routing)", "starlette/"),
+    ("protocol session (protocol/session.py)", "protocol/session.py"),
     ("msgspec frame codec (protocol/frames.py)", "protocol/frames.py"),
     ("sealed-message codec (encode/decode_sealed)", "code_sealed"),
     ("NOTIFY handling (events._on_notify)", "_on_notify"),
+    ("asyncio: timeouts (asyncio.timeout)", "asyncio/timeouts.py"),
     ("asyncio/uvloop scheduling", "asyncio/"),
+    ("metrics (prometheus_client)", "prometheus_client/"),
+    ("logging", "logging/"),
 ]
+
+
+def _own_bucket(frames: list[str]) -> str:
+    """The label of the innermost frame that matches a bucket ('other' if none does)."""
+    for frame in reversed(frames):
+        for label, needle in PROFILE_BUCKETS:
+            if needle in frame:
+                return label
+    return "other"
 
 
 def summarise_profile(raw: str, seconds: float, rate: int) -> dict[str, Any]:
     total = 0
     leaves: Counter[str] = Counter()
     buckets: Counter[str] = Counter()
+    own: Counter[str] = Counter()
     for line in raw.splitlines():
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
@@ -395,14 +421,15 @@ def summarise_profile(raw: str, seconds: float, rate: int) -> dict[str, Any]:
         total += count
         frames = stack.split(";")
         leaves[re.sub(r":\d+\)$", ")", frames[-1])] += count
-        for label, needle in PROFILE_BUCKETS:
-            if needle in stack:
-                buckets[label] += count
+        for label in {label for label, needle in PROFILE_BUCKETS if needle in stack}:
+            buckets[label] += count
+        own[_own_bucket(frames)] += count
     if not total:
         return {"samples": 0}
     return {
         "samples": total,
         "busy_percent_of_core": round(100 * total / (seconds * rate), 1),
+        "own_percent": {k: round(100 * v / total, 1) for k, v in own.most_common()},
         "inclusive_percent": {k: round(100 * v / total, 1) for k, v in buckets.most_common()},
         "top_self_percent": {k: round(100 * v / total, 1) for k, v in leaves.most_common(15)},
     }
@@ -622,7 +649,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trusted = world.trusted
 
         # (b) raw asyncpg ceiling, before any relay runs (nothing else on the database).
-        if not args.skip_raw:
+        if not args.skip_raw and not args.paced_only:
             log(f"raw asyncpg ceiling: {args.raw_seconds:.0f} s per variant, batches of "
                 f"{args.raw_batch}, 2 connections")
             out["raw_asyncpg"] = asyncio.run(
@@ -632,13 +659,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gens = Generators(slice_pairs(world.devices, args.procs), trusted)
         stack.callback(gens.stop)
         senders = sum(1 for d in world.devices if d.peer != d.index)
-        per_device_tp = max(1, args.messages // max(1, senders))
-        per_device_lat = int(args.rate * args.latency_seconds / max(1, senders)) + 2
+        per_device_tp = 0 if args.paced_only else max(1, args.messages // max(1, senders))
         per_device_prof = per_device_tp if args.profile else 0
-        per_device_lat *= 2  # at the offered rate, then at half the durable rate
+        # The paced table: only the even device of each pair sends.
+        per_sender_paced = sum(int(r * args.paced_seconds / max(1, senders // 2)) + 2
+                               for r in args.paced_rates)
         t = time.monotonic()
-        seal = gens.call("seal", 600, per_device=per_device_tp + per_device_lat + per_device_prof,
-                         body_bytes=args.body)
+        seal = gens.call("seal", 600, per_device=per_device_tp + per_device_prof,
+                         extra_even=per_sender_paced, body_bytes=args.body)
         out["sealing"] = {"messages": sum(r["sealed"] for r in seal),
                           "seconds": round(time.monotonic() - t, 1),
                           "send_frame_bytes": seal[0]["frame_bytes"],
@@ -662,11 +690,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"devices failed to connect: {[r['errors'] for r in conn]}")
             groups = {"relay": relay.relay_pids, "postgres": lambda: postgres_procs(pgdata),
                       "generators": gens.pids}
-            out["durable"] = throughput(gens, groups, args, cyclic=False)
-            out["durable"]["relay_log_errors"] = relay.log_errors()
-            out["durable"]["connect_seconds"] = round(max(r["seconds"] for r in conn), 2)
-            log(f"  durable: {out['durable']}")
-            if args.profile:
+            # The paced table first, on a fresh database, so that --paced-only measures the
+            # same thing as the full run.
+            out["idle_cost"] = idle_cost(groups, dsn)
+            log(f"  idle, 200 devices connected: {out['idle_cost']}")
+            out["paced"] = []
+            for rate in args.paced_rates:
+                before = relay.log_errors()
+                row = paced(gens, groups, args, cyclic=False, rate=rate, one_per_pair=True,
+                            seconds=args.paced_seconds, dsn=dsn)
+                row["relay_log_errors"] = _diff(relay.log_errors(), before)
+                out["paced"].append(row)
+                log(f"  paced {rate:,.0f} msg/s: {_paced_line(row)}")
+            if not args.paced_only:
+                out["durable"] = throughput(gens, groups, args, cyclic=False, dsn=dsn)
+                out["durable"]["relay_log_errors"] = relay.log_errors()
+                out["durable"]["connect_seconds"] = round(max(r["seconds"] for r in conn), 2)
+                log(f"  durable: {out['durable']}")
+            if args.profile and not args.paced_only:
                 log(f"  profiling the relay workers with py-spy ({args.seconds:.0f} s, "
                     "a separate pass, not counted)")
                 before = relay.log_errors()
@@ -680,19 +721,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "workers": collect_profiles(spies, args.seconds + 1)}
                 log(f"  under py-spy: {prof_run['msgs_per_s']} msg/s, refused "
                     f"{prof_run['refused']}")
-            before = relay.log_errors()
-            out["latency"] = paced(gens, groups, args, cyclic=False)
-            out["latency"]["relay_log_errors"] = _diff(relay.log_errors(), before)
-            log(f"  latency at {args.rate} msg/s: {out['latency']}")
-            # The same measurement at half the durable rate just measured (below saturation).
-            before = relay.log_errors()
-            half = max(10.0, round(out["durable"]["msgs_per_s"] / 2, -1))
-            out["latency_half_capacity"] = paced(gens, groups, args, cyclic=False, rate=half)
-            out["latency_half_capacity"]["relay_log_errors"] = _diff(relay.log_errors(), before)
-            log(f"  latency at {half:.0f} msg/s: {out['latency_half_capacity']}")
-            out["latency"]["left_in_queue"] = asyncio.run(_count(dsn, "deliveries"))
+            out["left_in_queue"] = asyncio.run(_count(dsn, "deliveries"))
             gens.call("close", 120)
-            out["durable"]["relay_metrics"] = {
+            out.setdefault("durable", {})["relay_metrics"] = {
                 "accepted_total": relay.metric("lightbox_messages_accepted_total"),
                 "delivered_total": relay.metric("lightbox_messages_delivered_total")}
             relay.stop()
@@ -708,16 +739,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"bare relay ({len(bare.ports)} processes): "
                 f"{sum(r['connected'] for r in conn)} devices connected")
             groups = {"relay": bare.pids, "generators": gens.pids}
-            out["bare"] = throughput(gens, groups, args, cyclic=True)
-            log(f"  bare: {out['bare']['msgs_per_s']:.0f} msg/s  cpu {out['bare']['cpu']}")
-            out["bare_latency"] = paced(gens, groups, args, cyclic=True)
-            log(f"  bare latency at {args.rate} msg/s: {out['bare_latency']['latency']}")
+            if not args.paced_only:
+                out["bare"] = throughput(gens, groups, args, cyclic=True)
+                log(f"  bare: {out['bare']['msgs_per_s']:.0f} msg/s  cpu {out['bare']['cpu']}")
+            out["bare_paced"] = []
+            for rate in args.paced_rates:
+                row = paced(gens, groups, args, cyclic=True, rate=rate, one_per_pair=True,
+                            seconds=args.paced_seconds)
+                out["bare_paced"].append(row)
+                log(f"  bare paced {rate:,.0f} msg/s: {_paced_line(row)}")
             gens.call("close", 120)
             bare.stop()
         gens.stop()
 
         # -- memory per idle device, and 10,000 idle devices on one process -------------------
-        if not args.skip_idle:
+        if not args.skip_idle and not args.paced_only:
             out["idle"] = idle(dsn, data, env, args, make, pgdata)
     return out
 
@@ -730,12 +766,84 @@ async def _count(dsn: str, table: str) -> int:
         await conn.close()
 
 
+PG_COUNTERS = ("xact_commit", "xact_rollback", "tup_returned", "tup_fetched", "tup_inserted",
+               "tup_updated", "tup_deleted")
+
+
+async def _pg_counters(dsn: str) -> dict[str, int]:
+    """The database's cumulative counters (pg_stat_database). The embedded Postgres has no
+    pg_stat_statements (its build ships no contrib modules), so statements are not counted
+    one by one: every statement outside BEGIN/COMMIT is a transaction of its own, so
+    transactions per message is the closest statement count Postgres keeps. A busy backend
+    reports its counters at most once a second, an idle one within 10 s
+    (``PGSTAT_IDLE_INTERVAL``): the caller waits 11 s before reading, so nothing of a window
+    is left unreported or counted in the next one."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = await conn.fetchrow(
+            f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database "
+            "WHERE datname = current_database()")
+        return {k: int(row[k]) for k in PG_COUNTERS}
+    finally:
+        await conn.close()
+
+
+PG_SETTLE = 11.0  # seconds: PGSTAT_IDLE_INTERVAL (10 s) and a margin
+
+
+class PgMeter:
+    """pg_stat_database counters over a window (None when there is no database: bare).
+    ``settle`` waits before the first reading too (when the window before was not metered)."""
+
+    def __init__(self, dsn: str | None, *, settle: bool = False) -> None:
+        self.dsn, self.settle = dsn, settle
+        self.used: dict[str, int] = {}
+
+    def __enter__(self) -> PgMeter:
+        if self.dsn:
+            if self.settle:
+                time.sleep(PG_SETTLE)
+            self.start = asyncio.run(_pg_counters(self.dsn))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.dsn and exc[0] is None:
+            time.sleep(PG_SETTLE)
+            end = asyncio.run(_pg_counters(self.dsn))
+            # Our own two snapshot connections count one transaction each.
+            self.used = {k: end[k] - self.start[k] for k in PG_COUNTERS}
+            self.used["xact_commit"] -= 2
+
+    def per_message(self, messages: int) -> dict[str, float]:
+        if not self.used or not messages:
+            return {}
+        u = self.used
+        return {"xacts": round((u["xact_commit"] + u["xact_rollback"]) / messages, 2),
+                "tuples_read": round((u["tup_returned"] + u["tup_fetched"]) / messages, 1),
+                "tuples_written": round((u["tup_inserted"] + u["tup_updated"]
+                                         + u["tup_deleted"]) / messages, 2)}
+
+
+def per_message(cm: CpuMeter, pm: PgMeter, res: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPU (µs, from /proc through psutil), Postgres transactions and tuples, and websocket
+    frames (both directions, counted by the generators) per delivered message."""
+    n = sum(r["delivered"] for r in res)
+    if not n:
+        return {}
+    frames = sum(r["frames_in"] + r["frames_out"] for r in res)
+    return {"messages": n,
+            "cpu_us": {k: round(1e6 * v / n) for k, v in cm.used.items()},
+            "frames": round(frames / n, 2), **({"postgres": pm.per_message(n)} if pm.used else {})}
+
+
 def throughput(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
-               cyclic: bool) -> dict[str, Any]:
-    start_at = time.monotonic() + 1.0
-    with CpuMeter(groups) as cm:
-        res = gens.call("throughput", args.seconds + 120, start_at=start_at,
-                        duration=args.seconds, window=args.window, cyclic=cyclic)
+               cyclic: bool, dsn: str | None = None) -> dict[str, Any]:
+    with PgMeter(dsn) as pm:
+        start_at = time.monotonic() + 1.0
+        with CpuMeter(groups) as cm:
+            res = gens.call("throughput", args.seconds + 120, start_at=start_at,
+                            duration=args.seconds, window=args.window, cyclic=cyclic)
     delivered = merge_rate(res, "del_buckets", args.warmup)
     accepted = merge_rate(res, "acc_buckets", args.warmup)
     refused: Counter[str] = Counter()
@@ -749,7 +857,7 @@ def throughput(gens: Generators, groups: dict[str, Any], args: argparse.Namespac
         "sent": sum(r["sent"] for r in res), "accepted": sum(r["accepted"] for r in res),
         "delivered": sum(r["delivered"] for r in res), "refused": dict(refused),
         "ran_out_of_sealed_messages": min(r["exhausted_at"] for r in res) < float("inf"),
-        "cpu": cm.shares(),
+        "cpu": cm.shares(), "per_message": per_message(cm, pm, res),
         "generator_cpu_share_percent": round(100 * gen_cpu / (cm.wall * (os.cpu_count() or 1)),
                                              1),
         "window_per_device": args.window, "devices": args.devices,
@@ -761,28 +869,57 @@ def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
-          cyclic: bool, rate: float | None = None) -> dict[str, Any]:
-    start_at = time.monotonic() + 1.0
-    offered = args.rate if rate is None else rate
-    rate = offered / args.procs
-    with CpuMeter(groups) as cm:
-        res = gens.call("paced", args.latency_seconds + 120, start_at=start_at,
-                        duration=args.latency_seconds, rate=rate, window=args.window,
-                        cyclic=cyclic)
+          cyclic: bool, rate: float, seconds: float, one_per_pair: bool = True,
+          dsn: str | None = None, settle: bool = False) -> dict[str, Any]:
+    """Open loop at ``rate`` msg/s offered (split over the generators), for ``seconds``; CPU,
+    Postgres counters and frames are measured over the window and its drain and divided by
+    the messages delivered."""
+    with PgMeter(dsn, settle=settle) as pm:
+        start_at = time.monotonic() + 1.0
+        with CpuMeter(groups) as cm:
+            res = gens.call("paced", seconds + 120, start_at=start_at, duration=seconds,
+                            rate=rate / args.procs, window=args.window, cyclic=cyclic,
+                            one_per_pair=one_per_pair)
     lat = [x for r in res for x in r["latencies"]]
+    acc = [x for r in res for x in r["accept_latencies"]]
     if os.environ.get("BENCH_DEBUG"):
-        print([{k: v for k, v in r.items() if "bucket" not in k and k != "latencies"}
+        print([{k: v for k, v in r.items() if "bucket" not in k and "latencies" not in k}
                for r in res])
     sent = sum(r["sent"] for r in res)
+    in_window = sum(n for r in res for b, n in r["del_buckets"].items()
+                    if int(b) < seconds / load.BUCKET)
+    refused: Counter[str] = Counter()
+    for r in res:
+        refused.update(r["refused"])
     return {
-        "offered_per_s": offered, "seconds": args.latency_seconds, "sent": sent,
-        "achieved_send_rate": round(sent / args.latency_seconds),
+        "offered_per_s": rate, "seconds": seconds, "senders": sum(r["senders"] for r in res),
+        "sent": sent, "achieved_send_rate": round(sent / seconds),
+        "delivered_per_s_in_window": round(in_window / seconds),
         "accepted": sum(r["accepted"] for r in res),
         "delivered": sum(r["delivered"] for r in res),
-        "skipped": sum(r["skipped"] for r in res),
+        "skipped": sum(r["skipped"] for r in res), "refused": dict(refused),
         "max_generator_lateness_ms": round(1000 * max(r["max_late"] for r in res), 1),
-        "latency": percentiles(lat), "cpu": cm.shares(),
+        "p99_generator_lateness_ms": round(1000 * max(r["p99_late"] for r in res), 1),
+        "latency": percentiles(lat), "accept_latency": percentiles(acc), "cpu": cm.shares(),
+        "per_message": per_message(cm, pm, res),
     }
+
+
+def idle_cost(groups: dict[str, Any], dsn: str, seconds: float = 10.0) -> dict[str, Any]:
+    """What the relay and Postgres use with every device connected and nothing sent (sweeps,
+    timers): the floor under the per-message figures of the slowest paced rows."""
+    with PgMeter(dsn, settle=True) as pm, CpuMeter(groups) as cm:
+        time.sleep(seconds)
+    return {"seconds": seconds, "cpu_percent_of_core": cm.shares(),
+            "xacts_per_s": round((pm.used["xact_commit"] + pm.used["xact_rollback"])
+                                 / (seconds + PG_SETTLE), 1)}
+
+
+def _paced_line(row: dict[str, Any]) -> str:
+    lat, pm = row["latency"], row["per_message"]
+    return (f"p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms, delivered "
+            f"{row['delivered_per_s_in_window']}/s, per message {pm.get('cpu_us')} µs CPU, "
+            f"{pm.get('postgres', {})}, {pm.get('frames')} frames")
 
 
 def idle(dsn: str, data: Path, env: dict[str, str], args: argparse.Namespace, make: Any,
@@ -863,7 +1000,7 @@ def ratio(a: float | None, b: float | None) -> str:
 def table(out: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str, str, str]] = []
     d, b, raw = out.get("durable"), out.get("bare"), out.get("raw_asyncpg")
-    if d:
+    if d and "msgs_per_s" in d:
         raw_rate = raw["set_based"]["msgs_per_s"] if raw else None
         rows.append(("durable msgs/s (accepted+delivered+acked)", f"{d['msgs_per_s']:,}",
                      f"bare {b['msgs_per_s']:,} -> {ratio(d['msgs_per_s'], b['msgs_per_s'])}"
@@ -877,20 +1014,17 @@ def table(out: dict[str, Any]) -> str:
                      f"set-based {raw['set_based']['msgs_per_s']:,} -> "
                      f"{ratio(raw['relay_shaped']['msgs_per_s'], raw['set_based']['msgs_per_s'])}",
                      "-"))
-    lat, blat = out.get("latency"), out.get("bare_latency")
-    if lat and lat["latency"].get("n"):
-        for q in ("p50_ms", "p99_ms"):
-            v = lat["latency"][q]
-            bv = blat["latency"].get(q) if blat else None
-            rows.append((f"latency {q[:3]} at {lat['offered_per_s']:,.0f} msg/s", f"{v} ms",
-                         f"bare {bv} ms -> {ratio(v, bv)}x" if bv else "-", "-",
-                         (f"< 20 ms {'MET' if v < 20 else 'NOT MET'}" if q == "p99_ms" else "-")))
-    half = out.get("latency_half_capacity")
-    if half and half["latency"].get("n"):
-        for q in ("p50_ms", "p99_ms"):
-            v = half["latency"][q]
-            rows.append((f"latency {q[:3]} at {half['offered_per_s']:,.0f} msg/s (half capacity)",
-                         f"{v} ms", "-", "-", "-"))
+    if d and d.get("per_message"):
+        pm = d["per_message"]
+        cpu = pm["cpu_us"].get("relay", 0) + pm["cpu_us"].get("postgres", 0)
+        bare_cpu = b["per_message"].get("cpu_us", {}).get("relay") if b else None
+        rows.append(("closed loop, per message: relay + Postgres CPU",
+                     f"{cpu} µs ({pm['cpu_us'].get('relay')} + {pm['cpu_us'].get('postgres')})",
+                     f"bare relay {bare_cpu} µs" if bare_cpu else "-", "-",
+                     f"<= 250 µs {'MET' if cpu <= 250 else 'NOT MET'}"))
+        rows.append(("closed loop, per message: Postgres xacts, frames",
+                     f"{pm.get('postgres', {}).get('xacts')} xacts, {pm['frames']} frames",
+                     "-", "-", "-"))
     idle_r = out.get("idle")
     if idle_r:
         m = idle_r["memory"]
@@ -902,12 +1036,54 @@ def table(out: dict[str, Any]) -> str:
             rows.append(("idle devices on 1 process", f"{mx['connected_now']:,} in "
                          f"{mx['connect_seconds']} s, {mx['rss_mib']} MiB", "-", "-",
                          f"10,000 {'MET' if mx['connected_now'] >= 10_000 else 'NOT MET'}"))
+    if not rows:
+        return ""
     head = ("figure", "measured", "ceiling (a) ratio", "ceiling (b) ratio", "target")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)),
              "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
+
+
+PACED_TARGETS = {100: 10.0, 1000: 20.0, 2000: 50.0}  # offered msg/s -> p99 target, ms
+
+
+def paced_table(out: dict[str, Any]) -> str:
+    """The paced rows: offered load, what was achieved, latency, and the cost per message."""
+    bare = {r["offered_per_s"]: r for r in out.get("bare_paced", [])}
+    head = ("offered/s", "sent/s", "delivered/s", "p50 ms", "p99 ms", "accepted p99",
+            "relay µs/msg", "pg µs/msg", "pg xacts/msg", "frames/msg", "bare p99", "target")
+    rows = []
+    for r in out.get("paced", []):
+        lat, pm = r["latency"], r["per_message"]
+        cpu, pg = pm.get("cpu_us", {}), pm.get("postgres", {})
+        goal = PACED_TARGETS.get(int(r["offered_per_s"]))
+        p99 = lat.get("p99_ms")
+        b = bare.get(r["offered_per_s"])
+        rows.append((f"{r['offered_per_s']:,.0f}", f"{r['achieved_send_rate']:,}",
+                     f"{r['delivered_per_s_in_window']:,}", str(lat.get("p50_ms")), str(p99),
+                     str(r["accept_latency"].get("p99_ms")), str(cpu.get("relay")),
+                     str(cpu.get("postgres")), str(pg.get("xacts")), str(pm.get("frames")),
+                     str(b["latency"].get("p99_ms")) if b else "-",
+                     "-" if goal is None or p99 is None else
+                     f"< {goal:g} ms {'MET' if p99 < goal else 'NOT MET'}"))
+    if not rows:
+        return ""
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(head, widths, strict=True)),
+             "-+-".join("-" * w for w in widths)]
+    lines += [" | ".join(c.rjust(w) for c, w in zip(x, widths, strict=True)) for x in rows]
+    first = out["paced"][0]
+    idle = out.get("idle_cost")
+    floor = "" if not idle else (
+        f"\nIdle floor (every device connected, nothing sent, {idle['seconds']:g} s): CPU "
+        f"{idle['cpu_percent_of_core']} % of a core, {idle['xacts_per_s']} Postgres "
+        "transactions/s; it is included in the per-message figures above.")
+    return (f"Paced (open loop, {first['senders']} senders, {first['seconds']:g} s per row; "
+            "latency send->deliver; CPU from /proc over the row and its drain; Postgres "
+            "transactions from pg_stat_database, not statements: no pg_stat_statements in "
+            "the embedded build)\n" + "\n".join(lines) + floor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -919,8 +1095,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="pre-sealed messages for the durable window (it ends early if used up)")
     p.add_argument("--window", type=int, default=16, help="unanswered sends per device")
     p.add_argument("--relay-window", type=int, default=32, help="LIGHTBOX_WS_SEND_WINDOW")
-    p.add_argument("--rate", type=float, default=2000.0, help="offered msg/s for latency")
-    p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--paced-rates", type=lambda v: [float(x) for x in v.split(",")],
+                   default=[100.0, 500.0, 1000.0, 2000.0],
+                   help="offered msg/s of the paced table's rows (comma-separated)")
+    p.add_argument("--paced-seconds", type=float, default=10.0, help="seconds per paced row")
+    p.add_argument("--paced-only", action="store_true",
+                   help="just the paced table (relay, then bare unless --skip-bare), 6 s rows; "
+                        "about a minute and a half")
     p.add_argument("--body", type=int, default=2000, help="plaintext body bytes")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
     p.add_argument("--workers", type=int, default=2, help="relay processes")
@@ -937,6 +1118,8 @@ def main(argv: list[str] | None = None) -> int:
     for phase in ("raw", "relay", "bare", "idle"):
         p.add_argument(f"--skip-{phase}", action="store_true")
     args = p.parse_args(argv)
+    if args.paced_only and "--paced-seconds" not in " ".join(argv or sys.argv):
+        args.paced_seconds = 6.0
     if args.devices < 2 or args.devices % 2:
         p.error("--devices must be even and at least 2")
 
@@ -950,8 +1133,12 @@ def main(argv: list[str] | None = None) -> int:
     out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    print()
-    print(table(out))
+    if main_table := table(out):
+        print()
+        print(main_table)
+    if out.get("paced"):
+        print()
+        print(paced_table(out))
     print(f"\n{out['machine']['cpus']} cores, load average "
           f"{out['machine']['load_average_at_start']} at start, "
           f"{out['load_average_at_end']} at end (other work on the machine counts)."

@@ -49,6 +49,7 @@ from server.passwords import Passwords
 from server.prekeys import PrekeyService
 from server.problems import problem_response, relay_error_response
 from server.provisioning import ProvisioningService
+from server.reads import DeliveryReader
 from server.receipts import ReceiptService
 from server.routes.admin import AdminRoutes
 from server.routes.attachments import AttachmentRoutes
@@ -218,6 +219,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                               require_device=authn.require_device).endpoints()
     ws_relay = WebSocketRelay(
         db=db, hub=hub, pipeline=pipeline, acks=acks, metrics=metrics,
+        reader=DeliveryReader(db),
         authenticator=DeviceSocketAuthenticator(db=db, tokens=tokens, authenticator=authn,
                                                 clock=clock),
         config=SocketConfig(

@@ -2,6 +2,17 @@
 
 Postgres is the relay's only stateful dependency (docs/ARCHITECTURE.md §3). The pool is created when
 the app starts and closed when it stops; storage modules receive a connection, never the pool.
+
+Releasing a connection resets only what the relay's code can change on it. asyncpg's default
+reset sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every
+release: a round trip and a Postgres transaction for each time any code path borrows a
+connection, a third of the statements of a paced delivery (docs/BENCHMARKS.md). The relay's
+pooled connections never hold that state: advisory locks are transaction-level
+(``pg_advisory_xact_lock``), cursors live inside transactions, ``SET`` is never used without
+``LOCAL``, and the one ``LISTEN`` connection (server/events.py) is not pooled;
+tests/server/test_db.py scans server/ for statements that would break this. What a connection
+can carry over is an open transaction after an error, and asyncpg still rolls that back before
+the reset hook runs (``Connection._reset``), so the hook itself has nothing left to do.
 """
 
 from __future__ import annotations
@@ -9,6 +20,11 @@ from __future__ import annotations
 import asyncpg
 
 __all__ = ["Database"]
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Nothing beyond asyncpg's own rollback of an open transaction (see the module
+    docstring): the relay leaves no session state on a pooled connection."""
 
 
 class Database:
@@ -24,7 +40,7 @@ class Database:
         if self._pool is None:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._min, max_size=self._max,
-                command_timeout=self.timeout, timeout=self.timeout,
+                command_timeout=self.timeout, timeout=self.timeout, reset=_reset,
             )
 
     async def close(self) -> None:

@@ -35,7 +35,9 @@ class Member(Closable, Protocol):
     user_id: str
     session_id: str
 
-    def wake(self) -> None: ...
+    def wake(self, notices: bool = True) -> None:
+        """New deliveries may be queued; with ``notices``, device notices may be too."""
+        ...
 
     def push(self, frame: Frame) -> None:
         """Send a relay frame soon (best effort; durable frames go through notices)."""
@@ -97,16 +99,19 @@ class Hub:
     def devices(self) -> int:
         return len(self._by_device)
 
-    def wake(self, device_ids: Iterable[str]) -> None:
+    def wake(self, device_ids: Iterable[str], *, notices: bool = True) -> None:
         for d in device_ids:
             m = self._by_device.get(d)
             if m is not None:
-                m.wake()
+                m.wake(notices)
 
     # -- events from any process --------------------------------------------------------------
 
     async def on_deliver(self, event: dict[str, Any]) -> None:
-        self.wake(event.get("device_ids", ()))
+        """A ``deliver`` event: its devices have new deliveries, and notices too unless the
+        event says ``"notices": false`` (a message's, server/sends.py). Every other publisher
+        leaves the field out, so a new kind of notice cannot be missed by forgetting it."""
+        self.wake(event.get("device_ids", ()), notices=event.get("notices", True) is not False)
 
     async def on_keys_low(self, event: dict[str, Any]) -> None:
         target = int(event.get("target", 0))

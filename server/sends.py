@@ -262,7 +262,8 @@ class SendPipeline:
                     if (m.sender_device_id, m.message_id) in batch_state.emergencies], now)
             woken = sorted({d for _, m, _ in accepted for d in m.recipients})
             for k in range(0, len(woken), 180):
-                await events.publish(conn, "deliver", device_ids=woken[k:k + 180])
+                await events.publish(conn, "deliver", device_ids=woken[k:k + 180],
+                                     notices=False)  # messages only: pumps skip notices
         for i, j in twins:
             prev = outcome.get(j)
             outcome[i] = (dataclasses.replace(prev, duplicate=True)

@@ -5,8 +5,10 @@ websocket messages in, writes the frames the session produces, and closes with t
 session sets. After the handshake (access token + the device's signature over a fresh
 challenge), three things run per connection:
 
-* the reader: frames from the device (``send``, ``ack``, ``receipt``, ``ping``...), with
-  heartbeats, the idle timeout and the absolute session lifetime checked between reads;
+* the reader: frames from the device (``send``, ``ack``, ``receipt``, ``ping``...), read
+  without a timer per frame; heartbeats, the idle timeout, the licence, the absolute session
+  lifetime and the acknowledgement timeout are checked by a tick every
+  ``min(heartbeat, heartbeat_timeout) / 2`` seconds (one timer per connection, no task);
 * the pump: durable notices, then deliveries in queue order, at most ``send_window`` of them
   unacknowledged (flow control: a device that stops acknowledging stops receiving, and one
   that stops reading is closed with 4009 and later resumes from its durable queue);
@@ -65,6 +67,7 @@ from server.errors import RelayError
 from server.expiry import FilingService, WipeRequired
 from server.hub import Hub
 from server.metrics import Metrics
+from server.reads import DeliveryReader
 from server.sends import Sender, SendPipeline
 from server.store import devices, messages, users
 from server.tokens import TokenService
@@ -163,9 +166,11 @@ class WebSocketRelay:
 
     def __init__(self, *, db: Database, hub: Hub, pipeline: SendPipeline, acks: AckPipeline,
                  metrics: Metrics, authenticator: SocketAuthenticator, config: SocketConfig,
-                 prekeys: PrekeyWatch, clock: Callable[[], float] = time.time,
+                 prekeys: PrekeyWatch, reader: DeliveryReader,
+                 clock: Callable[[], float] = time.time,
                  receipts: ReceiptHook | None = None) -> None:
         self.db, self.hub, self.pipeline, self.metrics = db, hub, pipeline, metrics
+        self.reader = reader
         self.prekeys = prekeys
         self.acks, self.receipts = acks, receipts
         self.authenticator, self.config, self.clock = authenticator, config, clock
@@ -195,6 +200,7 @@ class _Connection:
         self.device_id = ""
         self.user_id = ""
         self._wake = asyncio.Event()
+        self._notices_pending = True  # read the device's notices at least once, at connect
         self._closed = False
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -209,11 +215,14 @@ class _Connection:
         self._last_activity = self._started  # last frame other than ping/pong: idle timeout
         self._last_seen = self._started  # last frame of any kind: heartbeat
         self._ping_sent_at: float | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
         self._wipe: WipeRequired | None = None
 
     # -- Member protocol (hub) ---------------------------------------------------------------
 
-    def wake(self) -> None:
+    def wake(self, notices: bool = True) -> None:
+        if notices:
+            self._notices_pending = True
         self._wake.set()
 
     def push(self, frame: Frame) -> None:
@@ -232,6 +241,10 @@ class _Connection:
     async def _flush(self) -> None:
         out = self.session.data_to_send()
         if self._closed:
+            return
+        if not out:  # most incoming frames queue no answer: no lock, no timer
+            if self.session.close_code is not None:
+                await self.close(int(self.session.close_code), self.session.close_reason)
             return
         async with self._write_lock:
             try:
@@ -259,6 +272,11 @@ class _Connection:
                 msg = await self.ws.receive()
         except TimeoutError:
             return None
+        return self._unpack(msg)
+
+    @staticmethod
+    def _unpack(msg: Any) -> bytes:
+        """The bytes of a received ASGI message; WebSocketDisconnect when the peer is gone."""
         if msg["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(msg.get("code", 1000))
         data = msg.get("bytes")
@@ -384,23 +402,39 @@ class _Connection:
     # -- reader ------------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        while not self._closed:
-            data = await self._receive(self.cfg.heartbeat)
-            if data is None:
-                await self._tick()
-                continue
-            for ev in self.session.receive_data(data):
-                if isinstance(ev, FrameReceived):
-                    await self._on_frame(ev.frame)
-                elif isinstance(ev, ErrorEvent):
-                    self.relay.metrics.ws_rejections.labels(ev.code.value).inc()
-            await self._flush()
-            if self.session.close_code is not None:
-                return
-            await self._tick()
+        """Frames until the connection closes. No timer per frame: the tick (below) enforces
+        every deadline, and a close it decides ends the pending read (the server closes the
+        transport at most 10 s after its close frame if the device never answers)."""
+        self._arm_tick()
+        try:
+            while not self._closed:
+                data = self._unpack(await self.ws.receive())
+                for ev in self.session.receive_data(data):
+                    if isinstance(ev, FrameReceived):
+                        await self._on_frame(ev.frame)
+                    elif isinstance(ev, ErrorEvent):
+                        self.relay.metrics.ws_rejections.labels(ev.code.value).inc()
+                await self._flush()
+                if self.session.close_code is not None:
+                    return
+        finally:
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
 
-    async def _tick(self) -> None:
-        """Heartbeat, idle timeout, absolute lifetime and acknowledgement timeout."""
+    def _arm_tick(self) -> None:
+        every = max(0.05, min(self.cfg.heartbeat, self.cfg.heartbeat_timeout) / 2)
+        self._tick_handle = asyncio.get_running_loop().call_later(every, self._on_tick)
+
+    def _on_tick(self) -> None:
+        if self._closed:
+            return
+        if self._check_deadlines():
+            self._spawn(self._flush())  # a ping or a close to write
+        self._arm_tick()
+
+    def _check_deadlines(self) -> bool:
+        """Heartbeat, idle timeout, licence, absolute lifetime and acknowledgement timeout;
+        True when a frame (ping) or a close was queued on the session."""
         now = time.monotonic()
         assert self.principal is not None
         licence_end = self.principal.licence_expires_at
@@ -418,9 +452,10 @@ class _Connection:
         elif now - self._last_seen >= self.cfg.heartbeat:
             self._ping_sent_at = now
             self.session.send(Ping(nonce=os.urandom(8)))
+            return True
         if self._in_flight and now - min(self._in_flight.values()) >= self.cfg.ack_timeout:
             self.session.close(CloseCode.TOO_SLOW, detail="deliveries not acknowledged")
-        await self._flush()
+        return self.session.close_code is not None
 
     async def _on_frame(self, frame: Frame) -> None:
         self._last_seen = time.monotonic()
@@ -578,16 +613,24 @@ class _Connection:
         page = self.cfg.send_window
         while not self._closed:
             self._wake.clear()
-            async with self.relay.db.pool.acquire() as conn:
-                notices = await messages.fetch_notices(conn, self.device_id,
-                                                       after_pk=self._last_notice_pk, limit=64)
-                room = self.cfg.send_window - len(self._in_flight)
-                # Urgent first across threads, thread order kept (PROTOCOL.md §16): everything still
-                # queued and not in flight on this connection, rather than a cursor, so a
-                # later urgent or a released held delivery is not skipped.
-                batch = (await messages.fetch_deliveries(
-                    conn, self.device_id, sent=list(self._in_flight), limit=min(room, page))
-                    if room > 0 else [])
+            notices: list[messages.Notice] = []
+            if self._notices_pending:
+                # Only when a wake-up said notices may be waiting (and once at connect): a
+                # message's wake-up does not (server/sends.py), so the paced path reads
+                # deliveries alone.
+                self._notices_pending = False
+                async with self.relay.db.pool.acquire() as conn:
+                    notices = await messages.fetch_notices(
+                        conn, self.device_id, after_pk=self._last_notice_pk, limit=64)
+                self._notices_pending = self._notices_pending or len(notices) == 64
+            room = self.cfg.send_window - len(self._in_flight)
+            # Urgent first across threads, thread order kept: everything still queued and not
+            # in flight on this connection, rather than a cursor, so a later urgent or a
+            # released held delivery is not skipped. Read together with the other pumps
+            # that ask in this event-loop turn (server/reads.py).
+            batch = (await self.relay.reader.next_deliveries(
+                self.device_id, sent=list(self._in_flight), limit=min(room, page))
+                if room > 0 else [])
             for n in notices:
                 self._last_notice_pk = n.notice_pk
                 await self._write_raw(n.frame)
@@ -619,7 +662,7 @@ class _Connection:
                 await self._send(QueueEmpty(pending=0, server_time=int(self.relay.clock())))
             # Deliveries may be waiting behind a full window: only then must an ack wake us.
             self._window_bound = room <= 0 or len(batch) == min(room, page)
-            if len(notices) == 64 or (room > 0 and len(batch) == min(room, page)):
+            if self._notices_pending or (room > 0 and len(batch) == min(room, page)):
                 continue  # more waiting: go on without sleeping
             await self._wake.wait()
 

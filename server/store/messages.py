@@ -20,6 +20,7 @@ __all__ = [
     "DROPPED_AFTER_SENDING",
     "Accepted",
     "Delivery",
+    "DeliveryRequest",
     "MessageRef",
     "NewMessage",
     "Notice",
@@ -27,6 +28,7 @@ __all__ = [
     "add_notices",
     "drop_notices",
     "fetch_deliveries",
+    "fetch_next_deliveries",
     "fetch_notices",
     "message_ref",
     "purge_delivered_ciphertext",
@@ -70,42 +72,72 @@ class Delivery:
 
 
 _NEXT_DELIVERIES = """
-    WITH q AS (
-        SELECT d.delivery_pk, d.delivery_id, d.created_at, d.priority AS rank, m.thread_id,
-               m.thread_seq, m.priority, m.sealed
-          FROM deliveries d JOIN messages m USING (message_pk)
-         WHERE d.device_id = $1 AND NOT d.held AND d.delivery_id <> ALL ($2::uuid[])
-    ), ranked AS (
-        SELECT q.*,
-               min(rank) OVER later AS eff_rank,
-               min(delivery_pk) OVER later AS eff_pk
-          FROM q
-        WINDOW later AS (PARTITION BY thread_id ORDER BY thread_seq DESC
-                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-    )
-    SELECT delivery_pk, delivery_id::text AS delivery_id, thread_seq, priority, created_at,
-           sealed
-      FROM ranked ORDER BY eff_rank, eff_pk, thread_id, thread_seq LIMIT $3
+    SELECT x.ord, r.delivery_pk, r.delivery_id::text AS delivery_id, r.thread_seq, r.priority,
+           r.created_at, r.sealed
+      FROM unnest($1::uuid[], $2::int[]) WITH ORDINALITY AS x(device_id, lim, ord)
+      CROSS JOIN LATERAL (
+        SELECT ranked.* FROM (
+            SELECT d.delivery_pk, d.delivery_id, d.created_at, m.thread_id, m.thread_seq,
+                   m.priority,  m.sealed,
+                   min(d.priority) OVER later AS eff_rank,
+                   min(d.delivery_pk) OVER later AS eff_pk
+              FROM deliveries d JOIN messages m USING (message_pk)
+             WHERE d.device_id = x.device_id AND NOT d.held
+               AND d.delivery_id <> ALL (SELECT s.delivery_id
+                                           FROM unnest($3::uuid[], $4::uuid[])
+                                                AS s(device_id, delivery_id)
+                                          WHERE s.device_id = x.device_id)
+            WINDOW later AS (PARTITION BY m.thread_id ORDER BY m.thread_seq DESC
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+        ) ranked
+        ORDER BY eff_rank, eff_pk, thread_id, thread_seq LIMIT x.lim
+      ) r
+     ORDER BY x.ord, r.eff_rank, r.eff_pk, r.thread_id, r.thread_seq
 """
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryRequest:
+    """One device's read: its next ``limit`` deliveries, leaving out ``sent`` (the ids already
+    written on its connection and not yet acknowledged)."""
+
+    device_id: str
+    sent: Sequence[str]
+    limit: int
+
+
+async def fetch_next_deliveries(conn: asyncpg.Connection, requests: Sequence[DeliveryRequest]
+                                ) -> list[list[Delivery]]:
+    """The next deliveries of several devices in one query, one list per request, each in the
+    order of :func:`fetch_deliveries` with ``sent``: urgent before routine *across* threads,
+    never within one. A delivery's effective rank is the most urgent rank of
+    itself and every later message of its thread still waiting, so a routine message ahead of
+    an urgent one in the same thread is carried forward with it rather than overtaken: thread
+    order is kept (ties within a thread break on ``thread_seq``), and between threads urgent
+    goes first, then oldest first (by the first queued delivery of the thread's waiting
+    tail)."""
+    out: list[list[Delivery]] = [[] for _ in requests]
+    if not requests:
+        return out
+    rows = await conn.fetch(
+        _NEXT_DELIVERIES, [r.device_id for r in requests], [r.limit for r in requests],
+        [r.device_id for r in requests for _ in r.sent],
+        [d for r in requests for d in r.sent])
+    for r in rows:
+        out[r["ord"] - 1].append(Delivery(r["delivery_pk"], r["delivery_id"], r["thread_seq"],
+                                          r["priority"], r["created_at"], bytes(r["sealed"])))
+    return out
 
 
 async def fetch_deliveries(conn: asyncpg.Connection, device_id: str, *, after_pk: int = 0,
                            limit: int, sent: Sequence[str] | None = None) -> list[Delivery]:
-    """The device's next deliveries: urgent before routine *across* threads, never within one.
+    """The device's next deliveries.
 
     Without ``sent``: queue order after the cursor ``after_pk`` (the original behaviour).
-    With ``sent`` (the ids already written on this connection and not yet acknowledged, i.e.
-    still in the queue): every other unheld delivery, ordered by *effective* priority
-    (PROTOCOL.md §16). A delivery's effective rank is the most urgent rank of itself and every
-    later message of its thread still waiting, so a routine message ahead of an urgent one in
-    the same thread is carried forward with it rather than overtaken: thread order is kept
-    (ties within a thread break on ``thread_seq``), and between threads urgent goes first,
-    then oldest first (by the first queued delivery of the thread's waiting tail).
+    With ``sent``: as :func:`fetch_next_deliveries` for this one device.
     """
     if sent is not None:
-        rows = await conn.fetch(_NEXT_DELIVERIES, device_id, list(sent), limit)
-        return [Delivery(r["delivery_pk"], r["delivery_id"], r["thread_seq"], r["priority"],
-                         r["created_at"], bytes(r["sealed"])) for r in rows]
+        return (await fetch_next_deliveries(conn, [DeliveryRequest(device_id, sent, limit)]))[0]
     rows = await conn.fetch(
         "SELECT d.delivery_pk, d.delivery_id::text AS delivery_id, m.thread_seq, m.priority, "
         "d.created_at, m.sealed FROM deliveries d JOIN messages m USING (message_pk) "

@@ -1,0 +1,84 @@
+"""The relay's connection pool (server/db.py): what a released connection carries over.
+
+Releasing a connection runs no statement when it is idle; a transaction left open is rolled
+back; and the relay's code never changes session state that only a full reset would undo
+(docs/BENCHMARKS.md, "the pool's reset")."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from server.db import Database
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_releasing_an_idle_connection_sends_no_statement(db_dsn: str) -> None:
+    db = Database(db_dsn, min_size=1, max_size=1)
+    await db.open()
+    try:
+        seen: list[str] = []
+        async with db.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+            conn.add_query_logger(lambda q: seen.append(q.query))
+        await asyncio.sleep(0.05)  # query loggers are called soon, not at once
+        assert seen == []
+    finally:
+        await db.close()
+
+
+async def test_a_transaction_left_open_is_rolled_back_on_release(db_dsn: str) -> None:
+    db = Database(db_dsn, min_size=1, max_size=1)
+    await db.open()
+    try:
+        async with db.pool.acquire() as conn:
+            await conn.execute("CREATE TABLE pool_probe (x int)")
+        async with db.pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO pool_probe VALUES (1)")
+        async with db.pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM pool_probe") == 0
+    finally:
+        await db.close()
+
+
+# Session state that would outlive a release without RESET ALL / UNLISTEN * / CLOSE ALL /
+# pg_advisory_unlock_all(): settings (SET without LOCAL, set_config(..., false)), LISTEN,
+# cursors held past their transaction, session advisory locks, prepared statements, temporary
+# tables. Scanned over whole files, so that a statement on the line after its call counts.
+_SESSION_STATE = re.compile(
+    r"""(execute|fetch\w*)\(\s*f?["']\s*SET\s+(?!LOCAL\b)"""
+    r"""|set_config\([^)]*false|(?-i:\bLISTEN\s)|add_listener\(|WITH\s+HOLD"""
+    r"""|pg_advisory_lock(_shared)?\(|pg_try_advisory_lock(_shared)?\("""
+    r"""|["']\s*PREPARE\s|CREATE\s+TEMP""", re.I)
+
+
+def test_relay_code_leaves_no_session_state_on_pooled_connections() -> None:
+    offenders = []
+    for path in sorted((ROOT / "server").rglob("*.py")):
+        if path.name == "events.py":  # its LISTEN connection is its own, never pooled
+            continue
+        text = path.read_text()
+        for m in _SESSION_STATE.finditer(text):
+            line = text.count("\n", 0, m.start()) + 1
+            offenders.append(f"{path.relative_to(ROOT)}:{line}: {m.group(0)}")
+    assert offenders == []
+
+
+def test_the_session_state_pattern_finds_what_it_looks_for() -> None:
+    for text in ('await conn.execute("SET statement_timeout = 0")',
+                 "await conn.execute(\n    'SET SESSION search_path TO x')",
+                 'await conn.execute("SELECT set_config($1, $2, false)")',
+                 'await conn.execute("LISTEN lightbox")',
+                 'await conn.execute("SELECT pg_advisory_lock(1)")',
+                 "conn.add_listener(CHANNEL, cb)"):
+        assert _SESSION_STATE.search(text), text
+    for text in ('await conn.execute("SET LOCAL statement_timeout = 0")',
+                 'await conn.execute("UPDATE devices SET revoked_at = $1")',
+                 '"ON CONFLICT (device_id) DO UPDATE "\n"SET prekey = EXCLUDED.prekey"',
+                 'parser.add_argument("--host", help="listen address")',
+                 'await conn.execute("SELECT pg_advisory_xact_lock(1)")'):
+        assert not _SESSION_STATE.search(text), text

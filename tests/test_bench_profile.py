@@ -1,0 +1,33 @@
+"""The benchmark's profile summary (bench/relay.py): each py-spy sample is charged to the
+bucket of its innermost matching frame, so the server stack every request runs under (uvicorn's
+``run_asgi``, Starlette) is charged only for its own time (docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+from bench.relay import summarise_profile
+
+_ASGI = ("run_asgi (uvicorn/protocols/websockets/websockets_sansio_impl.py:420);"
+         "__call__ (starlette/routing.py:100);endpoint (server/ws.py:180);run (server/ws.py:300)")
+
+
+def _raw(*samples: tuple[str, int]) -> str:
+    return "\n".join(f"{stack} {n}" for stack, n in samples)
+
+
+def test_a_sample_under_run_asgi_is_charged_to_its_innermost_bucket() -> None:
+    raw = _raw(
+        (f"{_ASGI};_pump (server/ws.py:640);fetch (asyncpg/connection.py:690)", 6),
+        (f"{_ASGI};_read_loop (server/ws.py:400);receive_data (protocol/session.py:300)", 3),
+        (f"{_ASGI};_write_raw (server/ws.py:700);send (uvicorn/protocols/websockets/"
+         "websockets_sansio_impl.py:460)", 1))
+    own = summarise_profile(raw, seconds=1.0, rate=10)["own_percent"]
+    assert own == {"asyncpg (driver, protocol)": 60.0,
+                   "protocol session (protocol/session.py)": 30.0,
+                   "uvicorn websocket protocol (framing, transport)": 10.0}
+
+
+def test_inclusive_buckets_count_a_sample_once_per_label() -> None:
+    raw = _raw((f"{_ASGI};_on_ack (server/ws.py:490);ack (server/acks.py:45)", 2))
+    inclusive = summarise_profile(raw, seconds=1.0, rate=2)["inclusive_percent"]
+    assert inclusive["acks (acks.py, ws._on_ack)"] == 100.0
+    assert inclusive["uvicorn websocket protocol (framing, transport)"] == 100.0

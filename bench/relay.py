@@ -707,7 +707,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 out["durable"]["relay_log_errors"] = relay.log_errors()
                 out["durable"]["connect_seconds"] = round(max(r["seconds"] for r in conn), 2)
                 log(f"  durable: {out['durable']}")
-            if args.profile and not args.paced_only:
+            if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
+                log("  --profile: py-spy is not installed in this environment "
+                    "(.venv/bin/pip install py-spy); no profile taken")
+            elif args.profile and not args.paced_only:
                 log(f"  profiling the relay workers with py-spy ({args.seconds:.0f} s, "
                     "a separate pass, not counted)")
                 before = relay.log_errors()

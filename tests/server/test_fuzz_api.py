@@ -54,7 +54,7 @@ async def schemathesis(base_url: str, report: Path, *args: str) -> tuple[int, st
     assert proc.returncode is not None
     text = out.decode(errors="replace")
     (report / "output.txt").write_text(text)
-    kept = ROOT / ".data" / "fuzz"  # the last run's whole output, for reading afterwards
+    kept = ROOT / "test-artefacts" / "fuzz"  # the last run's output, for people to read
     kept.mkdir(parents=True, exist_ok=True)
     (kept / f"{report.name}.txt").write_text(text)
     return proc.returncode, text

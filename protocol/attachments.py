@@ -75,7 +75,24 @@ def ciphertext_size(plaintext_size: int) -> int:
     return HEADER_BYTES + plaintext_size + chunks * _sodium.SECRETSTREAM_ABYTES
 
 
-class AttachmentEncryptor:
+class _Digesting:
+    """The plaintext's running SHA-256 and size, kept alike by both directions of the stream."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    @property
+    def sha256(self) -> bytes:
+        """SHA-256 of the plaintext so far (of all of it once the stream is finished)."""
+        return self._hash.digest()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+
+class AttachmentEncryptor(_Digesting):
     """Incremental encryption: ``header + feed(...) + ... + finish()`` is the stream.
 
     A full chunk is only emitted once a byte beyond it arrives, so :meth:`finish` always has
@@ -83,11 +100,10 @@ class AttachmentEncryptor:
     """
 
     def __init__(self, key: bytes, *, rng: Rng = random_bytes) -> None:
+        super().__init__()
         self.header = rng(HEADER_BYTES)
         self._stream = _sodium.SecretStreamPush(key, self.header)
         self._buffer = bytearray()
-        self._hash = hashlib.sha256()
-        self._size = 0
         self._finished = False
 
     def feed(self, data: bytes) -> bytes:
@@ -112,17 +128,8 @@ class AttachmentEncryptor:
         self._buffer.clear()
         return last
 
-    @property
-    def sha256(self) -> bytes:
-        """SHA-256 of the plaintext fed so far."""
-        return self._hash.digest()
 
-    @property
-    def size(self) -> int:
-        return self._size
-
-
-class AttachmentDecryptor:
+class AttachmentDecryptor(_Digesting):
     """Incremental decryption of a stream made by :class:`AttachmentEncryptor`.
 
     Feed ciphertext in any split; plaintext comes out chunk by chunk. Any tampering,
@@ -132,12 +139,11 @@ class AttachmentDecryptor:
     """
 
     def __init__(self, key: bytes, *, max_size: int = MAX_ATTACHMENT_SIZE) -> None:
+        super().__init__()
         self._key = key
         self._max_size = max_size
         self._stream: _sodium.SecretStreamPull | None = None
         self._buffer = bytearray()
-        self._hash = hashlib.sha256()
-        self._size = 0
         self._final_seen = False
         self._failed = False
 
@@ -197,15 +203,6 @@ class AttachmentDecryptor:
             if not self._final_seen:
                 raise self._fail("stream truncated: last chunk is not final")
         return out
-
-    @property
-    def sha256(self) -> bytes:
-        """SHA-256 of the plaintext released so far (final after :meth:`finish`)."""
-        return self._hash.digest()
-
-    @property
-    def size(self) -> int:
-        return self._size
 
 
 @dataclass(frozen=True, slots=True)

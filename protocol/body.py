@@ -225,6 +225,16 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Body)
 
 
+def _check_receipt_only(body: Body, kind: BodyKind, receipt: object, this: str, what: str) -> None:
+    """A body of ``kind`` carries its ``receipt`` and nothing else; no other kind carries one."""
+    if body.kind is kind:
+        if receipt is None or body.attachments or body.record is not None:
+            raise DecodeError(f"{this} carries the receipt only", code=ErrorCode.VALIDATION_FAILED)
+    elif receipt is not None:
+        raise DecodeError(f"only a {kind.value} body carries {what}",
+                          code=ErrorCode.VALIDATION_FAILED)
+
+
 def _check(body: Body) -> None:
     """Invariants per kind, and no control characters in one-line fields."""
     if body.v != BODY_VERSION:
@@ -234,20 +244,10 @@ def _check(body: Body) -> None:
                           code=ErrorCode.VALIDATION_FAILED)
     if body.kind is BodyKind.SUBJECT and not (body.subject and body.subject.strip()):
         raise DecodeError("a subject body needs a subject", code=ErrorCode.VALIDATION_FAILED)
-    if body.kind is BodyKind.FILING_RECEIPT:
-        if body.filing is None or body.attachments or body.record is not None:
-            raise DecodeError("a filing receipt carries the receipt only",
-                              code=ErrorCode.VALIDATION_FAILED)
-    elif body.filing is not None:
-        raise DecodeError("only a filing_receipt body carries a receipt",
-                          code=ErrorCode.VALIDATION_FAILED)
-    if body.kind is BodyKind.CONSENT_FILED:
-        if body.consent_filing is None or body.attachments or body.record is not None:
-            raise DecodeError("a consent_filed body carries the receipt only",
-                              code=ErrorCode.VALIDATION_FAILED)
-    elif body.consent_filing is not None:
-        raise DecodeError("only a consent_filed body carries a consent filing",
-                          code=ErrorCode.VALIDATION_FAILED)
+    _check_receipt_only(body, BodyKind.FILING_RECEIPT, body.filing,
+                        "a filing receipt", "a receipt")
+    _check_receipt_only(body, BodyKind.CONSENT_FILED, body.consent_filing,
+                        "a consent_filed body", "a consent filing")
     if body.kind is BodyKind.CONSENT_RECORD:
         if body.consent_token is None or body.record is None or body.attachments:
             raise DecodeError("a consent_record carries a consent token and record data, "

@@ -242,6 +242,9 @@ class RevocationSet:
 
 # --- helpers -----------------------------------------------------------------------------------
 
+OrgSigned = TypeVar("OrgSigned", UserCertificate, RevocationList)
+Prekey = TypeVar("Prekey", SignedPrekey, OneTimePrekey)
+
 
 def _fail(reason: str, code: ErrorCode = ErrorCode.CERTIFICATE_INVALID) -> VerificationError:
     return VerificationError(reason, code=code)
@@ -258,8 +261,42 @@ def _open(
         raise _fail(exc.reason) from exc
 
 
+def _open_for_org(
+    label: bytes,
+    token: str,
+    cls: type[OrgSigned],
+    trusted_orgs: Mapping[str, bytes],
+    *,
+    what: str,
+    max_length: int = MAX_CERTIFICATE_LENGTH,
+) -> OrgSigned:
+    """Open a token the organisation key signed: read which organisation it claims (unverified),
+    take that organisation's pinned key (UNTRUSTED if none), then verify under it (INVALID)."""
+    try:
+        claimed = canonical.peek_compact(token, cls, max_length=max_length)
+    except DecodeError as exc:
+        raise _fail(f"malformed {what}: {exc}") from exc
+    key = _trusted_key(trusted_orgs, claimed.org_id)
+    return _open(label, token, cls, key, max_length=max_length)
+
+
+def _open_prekey(
+    label: bytes, token: str, cls: type[Prekey], device: VerifiedDevice, *, what: str
+) -> Prekey:
+    """Open a prekey under a verified device's key; it must name that device."""
+    body = _open(label, token, cls, device.signing_key)
+    if body.device_id != device.device_id:
+        raise _fail(f"{what} belongs to another device")
+    return body
+
+
 def _sign(label: bytes, body: msgspec.Struct, signer: Signer) -> str:
     return canonical.sign_compact(label, canonical.encode_struct(body), signer)
+
+
+def _check_list_body(body: RevocationList) -> None:
+    if body.v != CERTIFICATE_VERSION:
+        raise _fail(f"unsupported revocation list version {body.v}")
 
 
 def _check_user_body(body: UserCertificate) -> None:
@@ -307,12 +344,13 @@ def verify_user_certificate(
     revocation (REVOKED), ``not_before <= at < not_after`` (EXPIRED), and for clinicians
     ``at < licence.expires_at`` (LICENCE_EXPIRED).
     """
-    try:
-        claimed = canonical.peek_compact(token, UserCertificate, max_length=MAX_CERTIFICATE_LENGTH)
-    except DecodeError as exc:
-        raise _fail(f"malformed user certificate: {exc}") from exc
-    key = _trusted_key(trusted_orgs, claimed.org_id)
-    body = _open(canonical.LABEL_USER_CERTIFICATE, token, UserCertificate, key)
+    body = _open_for_org(
+        canonical.LABEL_USER_CERTIFICATE,
+        token,
+        UserCertificate,
+        trusted_orgs,
+        what="user certificate",
+    )
     _check_user_body(body)
     if revocations is not None and revocations.user_entry(body.org_id, body.user_id) is not None:
         raise _fail(f"user {body.user_id} is revoked", ErrorCode.CERTIFICATE_REVOKED)
@@ -386,10 +424,9 @@ def issue_signed_prekey(body: SignedPrekey, device_key: Signer) -> str:
 
 def verify_signed_prekey(token: str, device: VerifiedDevice) -> SignedPrekey:
     """Verify a signed prekey under a verified device's key (CERTIFICATE_INVALID otherwise)."""
-    body = _open(canonical.LABEL_SIGNED_PREKEY, token, SignedPrekey, device.signing_key)
-    if body.device_id != device.device_id:
-        raise _fail("signed prekey belongs to another device")
-    return body
+    return _open_prekey(
+        canonical.LABEL_SIGNED_PREKEY, token, SignedPrekey, device, what="signed prekey"
+    )
 
 
 def issue_one_time_prekey(body: OneTimePrekey, device_key: Signer) -> str:
@@ -399,10 +436,9 @@ def issue_one_time_prekey(body: OneTimePrekey, device_key: Signer) -> str:
 
 def verify_one_time_prekey(token: str, device: VerifiedDevice) -> OneTimePrekey:
     """Verify a one-time prekey under a verified device's key (CERTIFICATE_INVALID otherwise)."""
-    body = _open(canonical.LABEL_ONE_TIME_PREKEY, token, OneTimePrekey, device.signing_key)
-    if body.device_id != device.device_id:
-        raise _fail("one-time prekey belongs to another device")
-    return body
+    return _open_prekey(
+        canonical.LABEL_ONE_TIME_PREKEY, token, OneTimePrekey, device, what="one-time prekey"
+    )
 
 
 # --- revocation --------------------------------------------------------------------------------
@@ -410,28 +446,20 @@ def verify_one_time_prekey(token: str, device: VerifiedDevice) -> OneTimePrekey:
 
 def issue_revocation_list(body: RevocationList, org_key: Signer) -> str:
     """Sign a revocation list with the organisation key."""
-    if body.v != CERTIFICATE_VERSION:
-        raise _fail(f"unsupported revocation list version {body.v}")
+    _check_list_body(body)
     return _sign(canonical.LABEL_REVOCATION_LIST, body, org_key)
 
 
 def verify_revocation_list(token: str, *, trusted_orgs: Mapping[str, bytes]) -> RevocationList:
     """Verify a revocation list under its pinned organisation key. Feed the result to
     :meth:`RevocationSet.add`, which refuses rollbacks."""
-    try:
-        claimed = canonical.peek_compact(
-            token, RevocationList, max_length=MAX_REVOCATION_LIST_LENGTH
-        )
-    except DecodeError as exc:
-        raise _fail(f"malformed revocation list: {exc}") from exc
-    key = _trusted_key(trusted_orgs, claimed.org_id)
-    body = _open(
+    body = _open_for_org(
         canonical.LABEL_REVOCATION_LIST,
         token,
         RevocationList,
-        key,
+        trusted_orgs,
+        what="revocation list",
         max_length=MAX_REVOCATION_LIST_LENGTH,
     )
-    if body.v != CERTIFICATE_VERSION:
-        raise _fail(f"unsupported revocation list version {body.v}")
+    _check_list_body(body)
     return body

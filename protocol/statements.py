@@ -12,7 +12,7 @@ VerificationError (reason in ``.reason``).
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Final, TypeVar
+from typing import Annotated, Final, Generic, TypeVar
 
 import msgspec
 
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 
 STATEMENT_VERSION: Final = 1
 MAX_STATEMENT_LENGTH: Final = 4 * 1024
@@ -120,55 +121,36 @@ def _verify(
     return body
 
 
-def issue_filing_statement(body: FilingStatement, device_key: Signer) -> str:
-    """Sign a filing statement with the gateway device's key."""
-    return _issue(canonical.LABEL_FILING_STATEMENT, body, device_key)
+class _Statement(Generic[S]):
+    """One kind of statement: its domain label and struct, and the sign/verify pair for it."""
+
+    def __init__(self, label: bytes, cls: type[S]) -> None:
+        self._label = label
+        self._cls = cls
+
+    def issue(self, body: S, device_key: Signer) -> str:
+        """Sign ``body`` with the device's key (ValueError for another statement version)."""
+        return _issue(self._label, body, device_key)
+
+    def verify(self, token: str, signing_key: bytes, *, device_id: str | None = None) -> S:
+        """Verify under the device's Ed25519 key (and that it names ``device_id``)."""
+        return _verify(self._label, token, self._cls, signing_key, device_id)
 
 
-def verify_filing_statement(
-    token: str, signing_key: bytes, *, device_id: str | None = None
-) -> FilingStatement:
-    """Verify under the gateway device's Ed25519 key (and that it names ``device_id``)."""
-    return _verify(canonical.LABEL_FILING_STATEMENT, token, FilingStatement, signing_key, device_id)
+_FILING: Final = _Statement(canonical.LABEL_FILING_STATEMENT, FilingStatement)
+_EXPIRY: Final = _Statement(canonical.LABEL_EXPIRY_CONFIRMATION, ExpiryConfirmation)
+_RECEIPT: Final = _Statement(canonical.LABEL_RECEIPT_STATEMENT, ReceiptStatement)
+_WIPE: Final = _Statement(canonical.LABEL_WIPE_CONFIRMATION, WipeConfirmation)
 
-
-def issue_expiry_confirmation(body: ExpiryConfirmation, device_key: Signer) -> str:
-    """Sign an expiry confirmation with the device's key."""
-    return _issue(canonical.LABEL_EXPIRY_CONFIRMATION, body, device_key)
-
-
-def verify_expiry_confirmation(
-    token: str, signing_key: bytes, *, device_id: str | None = None
-) -> ExpiryConfirmation:
-    """Verify under the device's Ed25519 key (and that it names ``device_id``)."""
-    return _verify(
-        canonical.LABEL_EXPIRY_CONFIRMATION, token, ExpiryConfirmation, signing_key, device_id
-    )
-
-
-def issue_receipt_statement(body: ReceiptStatement, device_key: Signer) -> str:
-    """Sign a delivery/read/acknowledgement receipt with the recipient device's key."""
-    return _issue(canonical.LABEL_RECEIPT_STATEMENT, body, device_key)
-
-
-def verify_receipt_statement(
-    token: str, signing_key: bytes, *, device_id: str | None = None
-) -> ReceiptStatement:
-    """Verify under the device's Ed25519 key (and that it names ``device_id``)."""
-    return _verify(
-        canonical.LABEL_RECEIPT_STATEMENT, token, ReceiptStatement, signing_key, device_id
-    )
-
-
-def issue_wipe_confirmation(body: WipeConfirmation, device_key: Signer) -> str:
-    """Sign a wipe confirmation with the device's key (before that key is erased)."""
-    return _issue(canonical.LABEL_WIPE_CONFIRMATION, body, device_key)
-
-
-def verify_wipe_confirmation(
-    token: str, signing_key: bytes, *, device_id: str | None = None
-) -> WipeConfirmation:
-    """Verify under the device's Ed25519 key (and that it names ``device_id``)."""
-    return _verify(
-        canonical.LABEL_WIPE_CONFIRMATION, token, WipeConfirmation, signing_key, device_id
-    )
+# By the record gateway device, under its key.
+issue_filing_statement: Final = _FILING.issue
+verify_filing_statement: Final = _FILING.verify
+# By a device, once it deleted the attachment's key and file.
+issue_expiry_confirmation: Final = _EXPIRY.issue
+verify_expiry_confirmation: Final = _EXPIRY.verify
+# By a recipient device: delivered, read or acknowledged.
+issue_receipt_statement: Final = _RECEIPT.issue
+verify_receipt_statement: Final = _RECEIPT.verify
+# By a device revoked with wipe, before its key is erased.
+issue_wipe_confirmation: Final = _WIPE.issue
+verify_wipe_confirmation: Final = _WIPE.verify

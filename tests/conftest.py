@@ -13,9 +13,10 @@ import asyncio
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from hypothesis import settings as hypothesis_settings
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -37,6 +38,7 @@ from tests.helpers import (
     running_relay,
     with_database,
 )
+from tests.identity_world import World, identity_world
 from tests.orthanc import OrthancMissing, OrthancServer, require_orthanc, running_orthanc
 
 CACHE = ROOT / ".data" / "cache"
@@ -91,8 +93,6 @@ def cluster() -> Iterator[Cluster]:
 
 
 async def _create_db(uri: str, name: str) -> None:
-    import asyncpg
-
     conn = await asyncpg.connect(uri)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
@@ -111,20 +111,45 @@ async def db_dsn(cluster: Cluster) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the test's database, for the storage tests."""
+    c = await asyncpg.connect(db_dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
 async def relay(db_dsn: str) -> AsyncIterator[RunningRelay]:
     """A real relay (uvicorn on a loopback port) on a fresh database."""
     async with running_relay(db_dsn) as running:
         yield running
 
 
+@pytest.fixture
+async def world(request: pytest.FixtureRequest, db_dsn: str, tmp_path: Path
+                ) -> AsyncIterator[World]:
+    """A relay with its organisation (tests/identity_world.py), with the settings of the
+    nearest ``world`` mark: ``pytestmark = pytest.mark.world(attachment_chunk_bytes=...)``."""
+    mark = request.node.get_closest_marker("world")
+    async with identity_world(db_dsn, tmp_path, **(mark.kwargs if mark else {})) as w:
+        yield w
+
+
+def _require(check: Callable[[], None], missing: type[Exception]) -> None:
+    """A machine without a real part the tests run fails here with how to install it: never a
+    silent skip."""
+    try:
+        check()
+    except missing as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def fhir_server() -> Iterator[FhirServer]:
-    """A real FHIR R4 server on a loopback port (tests/fhir_server.py), stopped in teardown. A
-    machine without it fails here with how to install it: never a silent skip."""
-    try:
-        require_fhir_server()
-    except FhirServerMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
+    """A real FHIR R4 server on a loopback port (tests/fhir_server.py), stopped in teardown."""
+    _require(require_fhir_server, FhirServerMissing)
     with running_fhir_server() as server:
         yield server
 
@@ -132,11 +157,7 @@ def fhir_server() -> Iterator[FhirServer]:
 @pytest.fixture(scope="session")
 def orthanc() -> Iterator[OrthancServer]:
     """A real Orthanc PACS with DICOMweb on a loopback port (tests/orthanc.py), stopped in
-    teardown. Tests may ``stop()`` and ``start()`` it; it restarts on the same storage. A machine
-    without Orthanc fails here with how to install it: never a silent skip."""
-    try:
-        require_orthanc()
-    except OrthancMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
+    teardown. Tests may ``stop()`` and ``start()`` it; it restarts on the same storage."""
+    _require(require_orthanc, OrthancMissing)
     with running_orthanc() as server:
         yield server

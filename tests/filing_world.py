@@ -21,6 +21,9 @@ import msgspec
 import pytest
 
 from clients.admin import cli as admin_cli
+from clients.gateway.app import GatewayConfig, RecordGateway
+from clients.gateway.fhir import FhirClient
+from clients.gateway.pacs import PacsClient, PacsSettings
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.sdk.socket import RelaySocket
@@ -33,13 +36,36 @@ from protocol.model import DeviceKind, Purpose, SealedMessage
 from server.blobs import PostgresBlobStore
 from server.db import Database
 from server.expiry import ExpiryPolicy, FilingService
-from tests.clinician_world import Clinician
+from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import BIRTH_DATE, MRN, PATIENT_NAME, consent, sdk, seal_with
 from tests.helpers import seconds
-from tests.identity_world import World
+from tests.identity_world import PASSWORD, World
+from tests.orthanc import OrthancServer
 from tests.relay_world import Peer, with_signed_prekey
 
 GATEWAY_ROLE = "record_gateway"
+
+
+async def enrol_gateway(world: World, tmp_path: Path) -> Clinician:
+    """The organisation's record gateway as an SDK client: the service account ``gateway`` with
+    the record_gateway role and one gateway device (not started)."""
+    user = world.org.user("gateway", roles=(GATEWAY_ROLE,), display_name="Gateway",
+                          account_kind=AccountKind.SERVICE)
+    return await enrol_clinician(world, tmp_path, "gateway", kind=DeviceKind.GATEWAY, user=user)
+
+
+def orthanc_gateway(gateway: Clinician, orthanc: OrthancServer, *,
+                    config: GatewayConfig | None = None,
+                    fhir: FhirClient | None = None) -> tuple[RecordGateway, PacsClient]:
+    """A record gateway (not started) filing into the test's Orthanc with quick retries, and
+    its PACS client: the caller stops the one and closes the other."""
+    pacs = PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=orthanc.username,
+                                   password=orthanc.password, timeout=seconds(5)))
+    gw = RecordGateway(gateway.vault, pacs, password=PASSWORD, backoff_base=0.05,
+                       backoff_max=0.5,
+                       config=config or GatewayConfig(retry_base=0.1, retry_max=0.5),
+                       fhir=fhir)
+    return gw, pacs
 
 
 async def gateway_peer(world: World, login: str = "record-gateway") -> Peer:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -45,6 +45,22 @@ async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0
         while not (answer := await probe()):
             await asyncio.sleep(0.02)
     return answer
+
+
+async def query_loggers_called() -> None:
+    """Return once the query loggers of the queries already answered have run: asyncpg hands
+    each answered query to its loggers with ``loop.call_soon``, so one turn of the event loop
+    runs them all (an ordering, not a wait for time)."""
+    await asyncio.sleep(0)
+
+
+def page_problems(page: Any) -> list[str]:
+    """The console errors and uncaught errors a Playwright page reports from now on, as a list
+    that fills as they come (a browser test ends asserting it is empty)."""
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    return problems
 
 
 def with_database(dsn: str, name: str) -> str:

@@ -7,23 +7,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.clients.test_consent_withdraw import admin_session as admin_session
 from tests.clients.test_consent_withdraw import lightbox_admin
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 
 ROLE = "orthopaedics-oncall"
 SHIFT = re.compile(r"^([0-9a-f-]{36})  ", re.M)
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path) as w:
-        yield w
 
 
 def _at(days: int, hour: int) -> str:

@@ -20,12 +20,15 @@ from clients.sdk.client import ImageEvent, MessageEvent
 from protocol.body import BodyKind
 from tests.clients.test_clinician import lightbox
 from tests.clients.test_consent_withdraw import lightbox_admin as admin
-from tests.clients.test_filing_journey import ORTHO, journey, next_event, until
-from tests.clients.test_filing_journey import world as world  # the same relay world
+from tests.clients.test_filing_journey import ORTHO, journey, next_event
 from tests.clinician_world import enrol_clinician
 from tests.consent_world import assert_blind, xray_png
+from tests.helpers import eventually
 from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer
+
+# Attachments in 64 KiB chunks, as the image and filing journeys need.
+pytestmark = pytest.mark.world(attachment_chunk_bytes=64 * 1024)
 
 REASON = "Unconscious after a fall, no relative or representative reachable tonight"
 PATIENT = ["--patient-name", "Testpatient^Breakglass", "--patient-id", "LBX-BG-0001",
@@ -70,7 +73,7 @@ async def test_an_emergency_photo_reaches_the_specialist_is_filed_reviewed_and_f
         # The record gateway files it in PACS, for the right patient, without a consent form.
         async def filed() -> bool:
             return bool(gw.filed)
-        await until(filed)
+        await eventually(filed, timeout=20)
         (receipt,) = gw.filed
         assert receipt.attachment_id == aid and receipt.documents == []
         async with PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=orthanc.username,

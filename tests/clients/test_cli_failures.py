@@ -13,28 +13,20 @@ import os
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from clients.sdk.keystore import KeyStore
 from protocol.canonical import b64url_encode
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.helpers import ROOT, seconds
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.identity_world import PASSWORD, World
 
 ORG_PASSPHRASE = "orbit lantern quarry 42"
 REVOKED = re.compile(r"^This device was revoked by your organisation on "
                      r"(\d{4}-\d\d-\d\d \d\d:\d\d)(?: \S+)?; its data has been erased\.$", re.M)
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path) as w:
-        yield w
 
 
 def _dead_url() -> str:

@@ -28,21 +28,21 @@ import httpx
 import pytest
 
 from clients.desktop.app import DesktopServer
-from clients.gateway.app import GatewayConfig, RecordGateway
-from clients.gateway.pacs import PacsClient, PacsSettings
+from clients.gateway.app import RecordGateway
+from clients.gateway.pacs import PacsClient
 from clients.sdk import imaging
 from clients.sdk.client import MessageEvent, ReceiptEvent, SentMessage
 from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.sdk.filing import FILING_PURPOSES
 from protocol import api
 from protocol.body import CaptureKind, IdentifierKind, RecordData
-from protocol.certs import AccountKind
 from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.model import DeviceKind, Priority, Purpose
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import xray_png
-from tests.helpers import ROOT, seconds
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.filing_world import enrol_gateway, orthanc_gateway
+from tests.helpers import ROOT, page_problems, seconds
+from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -64,12 +64,11 @@ def _require_browser() -> Any:
     return async_playwright
 
 
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    # A short grace after filing, swept often, so the copy expires within the test.
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024,
-                              expiry_grace=3, expiry_sweep_interval=0.5) as w:
-        yield w
+# The relay of the desktop's tests (and of the modules that share them): a short grace after
+# filing, swept often, so the copy expires within the test.
+DESKTOP_WORLD = pytest.mark.world(attachment_chunk_bytes=64 * 1024, expiry_grace=3,
+                                  expiry_sweep_interval=0.5)
+pytestmark = DESKTOP_WORLD
 
 
 async def wait_for_event(queue: asyncio.Queue[Any], kind: type, match: Any) -> Any:
@@ -105,14 +104,8 @@ async def desktop_team(world: World, tmp_path: Path,
     specialist.vault.lock()  # the desktop opens it with the password
     desktop = DesktopServer(profile, client_options={"backoff_base": 0.05, "backoff_max": 0.5})
     await desktop.start()
-    gw_user = world.org.user("gateway", roles=("record_gateway",), display_name="Gateway",
-                             account_kind=AccountKind.SERVICE)
-    gateway = await enrol_clinician(world, tmp_path, "gateway", kind=DeviceKind.GATEWAY,
-                                    user=gw_user)
-    pacs = PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=orthanc.username,
-                                   password=orthanc.password, timeout=seconds(5)))
-    gw = RecordGateway(gateway.vault, pacs, password=PASSWORD, backoff_base=0.05,
-                       backoff_max=0.5, config=GatewayConfig(retry_base=0.1, retry_max=0.5))
+    gateway = await enrol_gateway(world, tmp_path)
+    gw, pacs = orthanc_gateway(gateway, orthanc)
     try:
         await intern.client.start(wait_connected=seconds(10))
         yield DesktopTeam(intern, specialist, desktop, gw, pacs)
@@ -165,10 +158,7 @@ async def browser_page(**options: Any) -> AsyncIterator[tuple[Any, list[str]]]:
             page = await browser.new_page(viewport={"width": 1280, "height": 900}, **options)
             # Unlocking runs Argon2id (the vault's real cost); a loaded machine needs longer.
             page.set_default_timeout(seconds(60) * 1000)
-            problems: list[str] = []
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            yield page, problems
+            yield page, page_problems(page)
         finally:
             await browser.close()
 

@@ -28,7 +28,7 @@ from tests.helpers import ROOT
 from tests.identity_world import World
 from tests.orthanc import OrthancServer
 
-world = test_desktop.world  # the same relay as the desktop's own tests (a pytest fixture)
+pytestmark = test_desktop.DESKTOP_WORLD  # the same relay as the desktop's own tests
 
 SHOTS = ROOT / "test-artefacts" / "desktop-consent"
 STAMP = re.compile(r"Consent: withdrawn (\d{4}-\d{2}-\d{2} \d{2}:\d{2})( \S+)?")

@@ -31,7 +31,7 @@ from tests.helpers import ROOT
 from tests.identity_world import World
 from tests.orthanc import OrthancServer
 
-world = test_desktop.world  # the same relay as the desktop's own tests (a pytest fixture)
+pytestmark = test_desktop.DESKTOP_WORLD  # the same relay as the desktop's own tests
 
 SHOTS = ROOT / "test-artefacts" / "desktop-display"
 AFTERNOON = int(dt.datetime(2026, 12, 3, 14, 5, 42, tzinfo=dt.UTC).timestamp())

@@ -13,10 +13,8 @@ route answers 410. Screenshots go to test-artefacts/desktop-expiry/.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +34,16 @@ from tests.clients.test_desktop import (
 from tests.clinician_world import enrol_clinician
 from tests.consent_world import count
 from tests.filing_world import admin_copies, copies_json
-from tests.helpers import ROOT, seconds
-from tests.identity_world import World, identity_world
+from tests.helpers import ROOT, eventually, seconds
+from tests.identity_world import World
 from tests.orthanc import OrthancServer
 
 SHOTS = ROOT / "test-artefacts" / "desktop-expiry"
 
 
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    # A short grace after filing, swept often: the copies expire within the test.
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024,
-                              expiry_grace=2, expiry_sweep_interval=0.5) as w:
-        yield w
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
-    async with asyncio.timeout(seconds(timeout)):
-        while not await predicate():
-            await asyncio.sleep(0.05)
+# A short grace after filing, swept often: the copies expire within the test.
+pytestmark = pytest.mark.world(attachment_chunk_bytes=64 * 1024, expiry_grace=2,
+                               expiry_sweep_interval=0.5)
 
 
 async def _device_of(world: World, user_id: str) -> str:
@@ -100,7 +89,7 @@ async def test_a_desktop_offline_until_after_the_expiry_order_never_holds_the_im
                                "AND attachment_id = $2", uuid.UUID(desktop_device),
                                uuid.UUID(aid)) == 1
         await gw.start()  # files it; the grace period passes; the relay orders every copy
-        await until(ordered)
+        await eventually(ordered, timeout=30)
 
         async def all_confirmed() -> bool:
             return await count(world, "SELECT count(*) FROM expiry_orders WHERE "
@@ -115,7 +104,7 @@ async def test_a_desktop_offline_until_after_the_expiry_order_never_holds_the_im
         async with browser_page() as (page, problems):
             answers = _image_answers(page)
             await unlock_page(page, desktop)  # the desktop comes back
-            await until(confirmed)
+            await eventually(confirmed, timeout=30)
             client = desktop.client
             assert client is not None
             await client.wait_synced(seconds(15))
@@ -154,7 +143,7 @@ async def test_a_desktop_offline_until_after_the_expiry_order_never_holds_the_im
         await phone.client.start(wait_connected=seconds(10))
         try:
             await phone.client.wait_synced(seconds(15))
-            await until(all_confirmed)
+            await eventually(all_confirmed, timeout=30)
         finally:
             await phone.client.close()
         assert await count(world, "SELECT count(*) FROM blobs WHERE blob_id = $1",

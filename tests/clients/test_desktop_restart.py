@@ -15,7 +15,6 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from tests.clients.test_desktop import (
     wait_for_event,
 )
 from tests.helpers import ROOT
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer
 
 SHOTS = ROOT / "test-artefacts" / "desktop-restart"
@@ -43,12 +42,8 @@ RECORD = RecordData(patient_name="Testpatient^Alpha", patient_id="LBX-0042",
                     capture=CaptureKind.FILM)
 
 
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    # Filed copies expire an hour after filing: nothing expires during the test.
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024,
-                              expiry_grace=3600) as w:
-        yield w
+# Filed copies expire an hour after filing: nothing expires during the test.
+pytestmark = pytest.mark.world(attachment_chunk_bytes=64 * 1024, expiry_grace=3600)
 
 
 async def _page_state(page: Any, message_id: str, reply_text: str) -> dict[str, Any]:

@@ -69,7 +69,7 @@ from tests.helpers import ROOT
 from tests.identity_world import World
 from tests.orthanc import OrthancServer, original_study
 
-world = test_desktop.world  # the same relay as the desktop's own tests (a pytest fixture)
+pytestmark = test_desktop.DESKTOP_WORLD  # the same relay as the desktop's own tests
 
 SHOTS = ROOT / "test-artefacts" / "desktop-safety"
 PDF_VIEWER = "mhjfbmdgcfjbbpaeojofohoefgiehjai"  # Chromium's built-in PDF viewer (extension id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,9 @@ from tests.filing_world import (
     later,
     next_of,
 )
-from tests.helpers import seconds
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.helpers import eventually, seconds
+from tests.identity_world import PASSWORD, World
 from tests.relay_world import connect
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path) as w:
-        yield w
 
 
 async def test_an_expire_order_shreds_the_copy_and_is_confirmed_by_the_device(
@@ -174,11 +168,10 @@ async def _share_and_expire(world: World, intern: Clinician, ortho: Clinician,
 
 
 async def _confirmed(world: World, device_id: str, aid: str) -> None:
-    async with asyncio.timeout(seconds(20)):
-        while not await count(world, "SELECT count(*) FROM expiry_orders WHERE device_id = $1 "
-                              "AND attachment_id = $2 AND confirmed_at IS NOT NULL",
-                              uuid.UUID(device_id), uuid.UUID(aid)):
-            await asyncio.sleep(0.05)
+    await eventually(lambda: count(world, "SELECT count(*) FROM expiry_orders WHERE "
+                                   "device_id = $1 AND attachment_id = $2 AND confirmed_at IS "
+                                   "NOT NULL", uuid.UUID(device_id), uuid.UUID(aid)),
+                     timeout=20)
 
 
 async def _never_held(world: World, c: Clinician, aid: str, message_id: str) -> None:
@@ -295,11 +288,11 @@ async def test_two_orders_for_one_image_while_offline_are_both_applied_and_confi
         await restarted.start(wait_connected=seconds(10))
         try:
             await restarted.wait_synced(seconds(15))
-            async with asyncio.timeout(seconds(20)):
-                while await count(world, "SELECT count(*) FROM expiry_orders WHERE "
-                                  "device_id = $1 AND attachment_id = $2 AND confirmed_at IS "
-                                  "NULL", device, uuid.UUID(aid)):
-                    await asyncio.sleep(0.05)
+            async def none_unconfirmed() -> bool:
+                return not await count(world, "SELECT count(*) FROM expiry_orders WHERE "
+                                       "device_id = $1 AND attachment_id = $2 AND "
+                                       "confirmed_at IS NULL", device, uuid.UUID(aid))
+            await eventually(none_unconfirmed, timeout=20)
             assert aid not in [i.attachment_id for i in ortho.vault.images()]
             assert restarted.consent_withdrawn_at(consent.consent_id) is not None
         finally:

@@ -37,30 +37,28 @@ from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, reg
 from clients.sdk.filing import gateway_bundles
 from clients.sdk.vault import ItemNotFound
 from protocol.body import Body, BodyKind, RecordData, Sex, encode_body
-from protocol.certs import AccountKind
 from protocol.consent import ConsentBasis, ConsentDecision, verify_consent_token
 from protocol.envelope import seal_message
-from protocol.model import DeviceKind, MessageHeader, Priority, Purpose
+from protocol.model import MessageHeader, Priority, Purpose
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import BIRTH_DATE, MRN, PATIENT_NAME, count, xray_png
 from tests.filing_world import (
     admin_copies,
     copies_json,
     direct_care_consent,
+    enrol_gateway,
     expiry_service,
     later,
+    orthanc_gateway,
 )
-from tests.helpers import seconds
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.helpers import eventually, seconds
+from tests.identity_world import World
 from tests.orthanc import OrthancServer
 
+# Attachments in 64 KiB chunks, as the image and filing journeys need.
+pytestmark = pytest.mark.world(attachment_chunk_bytes=64 * 1024)
+
 ORTHO = "orthopaedics_oncall"
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
-        yield w
 
 
 @contextlib.asynccontextmanager
@@ -69,16 +67,8 @@ async def journey(world: World, tmp_path: Path, orthanc: OrthancServer, *,
                   ) -> AsyncIterator[tuple[Clinician, Clinician, RecordGateway]]:
     intern = await enrol_clinician(world, tmp_path, "intern")
     ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
-    gw_user = world.org.user("gateway", roles=("record_gateway",), display_name="Gateway",
-                             account_kind=AccountKind.SERVICE)
-    gateway = await enrol_clinician(world, tmp_path, "gateway", kind=DeviceKind.GATEWAY,
-                                    user=gw_user)
-    pacs = PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=orthanc.username,
-                                   password=orthanc.password, timeout=seconds(5)))
-    gw = RecordGateway(gateway.vault, pacs, password=PASSWORD, backoff_base=0.05,
-                       backoff_max=0.5,
-                       config=config or GatewayConfig(retry_base=0.1, retry_max=0.5),
-                       fhir=fhir)
+    gateway = await enrol_gateway(world, tmp_path)
+    gw, pacs = orthanc_gateway(gateway, orthanc, config=config, fhir=fhir)
     try:
         for c in (intern, ortho):
             await c.client.start(wait_connected=seconds(10))
@@ -146,12 +136,6 @@ async def next_event(queue: asyncio.Queue[ClientEvent], kind: type[Any],
                 return event
 
 
-async def until(predicate: Any, timeout: float = 20) -> None:
-    async with asyncio.timeout(seconds(timeout)):
-        while not await predicate():
-            await asyncio.sleep(0.05)
-
-
 async def test_the_full_journey_files_the_xray_and_every_copy_is_destroyed(
         world: World, tmp_path: Path, orthanc: OrthancServer,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -177,7 +161,7 @@ async def test_the_full_journey_files_the_xray_and_every_copy_is_destroyed(
             filed = await next_event(events, FiledEvent, lambda e: e.attachment_id == aid)
         async def gateway_done() -> bool:
             return bool(gw.filed)
-        await until(gateway_done)
+        await eventually(gateway_done, timeout=20)
         assert gw.filed[0].sop_instance_uid == receipt.sop_instance_uid
         assert await count(world, "SELECT count(*) FROM filings") == 1
 
@@ -211,7 +195,7 @@ async def test_the_full_journey_files_the_xray_and_every_copy_is_destroyed(
         async def all_confirmed() -> bool:
             return await count(world, "SELECT count(*) FROM expiry_orders "
                                "WHERE confirmed_at IS NULL") == 0
-        await until(all_confirmed)
+        await eventually(all_confirmed, timeout=20)
         # Filed and every recipient fetched it: the relay's ciphertext is gone.
         assert await count(world, "SELECT count(*) FROM blobs WHERE blob_id = $1",
                            uuid.UUID(aid)) == 0
@@ -241,7 +225,8 @@ def _descriptor(attachment_id: str) -> Any:
 
 
 async def test_orthanc_down_mid_way_files_once_it_returns(
-        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+        world: World, tmp_path: Path, orthanc: OrthancServer,
+        caplog: pytest.LogCaptureFixture) -> None:
     prepared = imaging.prepare_image(xray_png(320, 240, seed=3))
     async with journey(world, tmp_path, orthanc) as (intern, ortho, gw):
         thread = await intern.client.create_thread(users=[ortho.user_id])
@@ -249,7 +234,12 @@ async def test_orthanc_down_mid_way_files_once_it_returns(
         try:
             aid, _ = await send_for_filing(intern, thread.thread_id, prepared.image,
                                            record("LBX-TEST-DOWN"))
-            await asyncio.sleep(seconds(1.0))  # the gateway is retrying
+
+            async def retried() -> bool:
+                # The gateway tried, waited and tried again: its second failed attempt.
+                return any(r.getMessage().startswith("PACS unavailable")
+                           and getattr(r, "count", 0) >= 2 for r in caplog.records)
+            await eventually(retried, timeout=20)
             assert not gw.filed
             assert await count(world, "SELECT count(*) FROM filings") == 0
         finally:
@@ -257,7 +247,7 @@ async def test_orthanc_down_mid_way_files_once_it_returns(
 
         async def filed() -> bool:
             return await count(world, "SELECT count(*) FROM filings") == 1
-        await until(filed, timeout=30)
+        await eventually(filed, timeout=30)
         assert gw.filed[0].attachment_id == aid and not gw.failed
 
 
@@ -308,7 +298,7 @@ async def test_the_consent_form_is_filed_as_encapsulated_pdf_in_the_images_study
 
         async def filed_once() -> bool:
             return len(gw.filed) == 1
-        await until(filed_once, timeout=30)
+        await eventually(filed_once, timeout=30)
         receipt = gw.filed[0]
         form, fhir = receipt.documents
         assert form.kind == "consent_form" and form.consent_id == header.consent_id

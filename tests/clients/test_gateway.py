@@ -14,7 +14,6 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,16 +35,13 @@ from tests.clients.test_filing_journey import ORTHO, record, send_for_filing
 from tests.clinician_world import enrol_clinician
 from tests.consent_world import BIRTH_DATE, MRN, PATIENT_NAME, count, xray_png
 from tests.helpers import ROOT, seconds
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 from tests.orthanc import OrthancServer
 
+# Attachments in 64 KiB chunks, as the image and filing journeys need.
+pytestmark = pytest.mark.world(attachment_chunk_bytes=64 * 1024)
+
 GATEWAY_PASSWORD = "gateway filing quarry 93 lantern"
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
-        yield w
 
 
 class Process:

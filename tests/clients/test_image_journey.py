@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -49,17 +48,14 @@ from tests.consent_world import (
     xray_png,
 )
 from tests.helpers import seconds
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.identity_world import PASSWORD, World
 from tests.relay_world import connect, opened, peer, thread
+
+# Attachments in 64 KiB chunks, as the image and filing journeys need.
+pytestmark = pytest.mark.world(attachment_chunk_bytes=64 * 1024)
 
 ORTHO = "orthopaedics_oncall"
 TEXT = "Night shift: displaced distal radius fracture? Please review LBX urgently."
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
-        yield w
 
 
 async def next_deliver(sock: object) -> Deliver:

@@ -40,7 +40,7 @@ from protocol.keys import CHEAP_PROFILE
 from protocol.model import Purpose
 from tests.clinician_world import enrol_clinician, lightbox_process, use_cli_profiles
 from tests.consent_world import count, xray_png
-from tests.helpers import make_settings, running_relay, seconds
+from tests.helpers import eventually, make_settings, running_relay, seconds
 from tests.identity_world import PASSWORD, World, identity_world
 from tests.servers import free_port
 
@@ -63,12 +63,6 @@ async def lightbox(*argv: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), seconds(90))
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
-
-
-async def until(predicate: object, timeout: float = 30) -> None:
-    async with asyncio.timeout(seconds(timeout)):
-        while not await predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.05)
 
 
 async def people(world: World, tmp_path: Path) -> tuple[str, str]:
@@ -139,7 +133,7 @@ async def send_and_stop(world: World, thread_id: str, argv: Sequence[str], *,
     the relay has the frame, and return the outbox record it left and its stderr."""
     proc = await lightbox_process("--profile", "intern", "send", "--thread", thread_id, *argv)
     try:
-        await until(lambda: _has_waiting(world, proc))
+        await eventually(lambda: _has_waiting(world, proc), timeout=30)
         (record,) = pending(tmp_path)
         assert record.stage == "send" and record.sealed, record
         proc.send_signal(sig)
@@ -167,7 +161,7 @@ async def test_a_send_survives_kill_9_of_the_client_and_arrives_exactly_once(
         record, _ = await send_and_stop(world, thread_id, [text], sig=signal.SIGKILL,
                                         tmp_path=tmp_path)
     # The relay had the frame: released, it commits it, but the client never heard.
-    await until(lambda: _is_stored(world, record.message_id))
+    await eventually(lambda: _is_stored(world, record.message_id), timeout=30)
 
     rc, out, err = await lightbox("--profile", "intern", "outbox")
     assert rc == 0, err
@@ -272,7 +266,7 @@ async def test_an_image_send_killed_before_its_upload_began_is_uploaded_on_the_n
                        f"role:{ORTHO}", "--image", str(film), "--send-anyway",
                        "--patient-agreed", "--statements-shown", "Scaphoid?")
     try:
-        await until(lambda: _has_waiting(world, proc, "attachments"))
+        await eventually(lambda: _has_waiting(world, proc, "attachments"), timeout=30)
         (record,) = pending(tmp_path)
         assert record.stage == "upload" and record.image is not None
         assert record.image.attachment_id is None and not record.sealed

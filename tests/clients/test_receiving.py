@@ -7,24 +7,16 @@ prekey is gone by then)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import pytest
 
 from clients.sdk.client import ClientEvent, MessageEvent, StatusEvent
 from protocol.frames import Deliver
 from tests.clinician_world import enrol_clinician
 from tests.helpers import seconds
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 
 ORTHO = "orthopaedics_oncall"
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path) as w:
-        yield w
 
 
 async def test_a_delivery_handed_over_twice_is_stored_once_and_not_reported_as_an_error(

@@ -45,15 +45,17 @@ from tests.clients.test_filing_journey import (
     next_event,
     record,
     send_for_filing,
-    until,
 )
-from tests.clients.test_filing_journey import world as world  # the same relay world
 from tests.clients.test_phi import labelled_film
 from tests.clinician_world import enrol_clinician
 from tests.consent_world import assert_blind, count, xray_png
 from tests.fhir_server import FhirServer
+from tests.helpers import eventually
 from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer, original_study
+
+# Attachments in 64 KiB chunks, as the image and filing journeys need.
+pytestmark = pytest.mark.world(attachment_chunk_bytes=64 * 1024)
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
@@ -201,7 +203,7 @@ async def test_a_photo_of_a_film_lists_the_original_study_found_in_pacs(
 
         async def both_filed() -> bool:
             return len(gw.filed) == 2
-        await until(both_filed, timeout=60)
+        await eventually(both_filed, timeout=60)
     by_photo = {r.study_instance_uid: r for r in gw.filed}
     assert len(by_photo) == 1  # the same thread and patient: one study of photos
     film_receipt, photo_receipt = sorted(gw.filed, key=lambda r: not r.original_studies)
@@ -311,7 +313,7 @@ async def test_the_fhir_consent_is_filed_on_the_fhir_server_once_with_credential
 
         async def filed() -> bool:
             return bool(gw.filed)
-        await until(filed, timeout=60)
+        await eventually(filed, timeout=60)
         fhir_doc = gw.filed[0].documents[1]
         assert fhir_doc.kind == "fhir_consent"
         assert fhir_doc.location.startswith(f"{fhir_server.base_url}/Consent/")
@@ -386,7 +388,7 @@ async def test_a_teaching_share_carries_no_patient_data_and_the_identified_origi
 
         async def filed() -> bool:
             return bool(gw.filed)
-        await until(filed, timeout=60)
+        await eventually(filed, timeout=60)
     (receipt,) = gw.filed
     async with PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=orthanc.username,
                                        password=orthanc.password)) as pacs:

@@ -7,7 +7,6 @@ tokens; a replay of the old refresh token after the grace still ends the session
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -19,15 +18,9 @@ from clients.sdk.vault import Vault
 from protocol.keys import CHEAP_PROFILE
 from server import audit
 from tests.clinician_world import Clinician, enrol_clinician
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.identity_world import PASSWORD, World
 
 GRACE = 10  # LIGHTBOX_REFRESH_REUSE_GRACE's default
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path) as w:
-        yield w
 
 
 async def _auth_events(world: World) -> list[str]:

@@ -7,7 +7,6 @@ a device asked for."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -17,17 +16,10 @@ from clients.gateway.app import RecordGateway
 from clients.gateway.pacs import PacsClient, PacsSettings
 from clients.sdk.errors import FlowError
 from clients.sdk.trust import Trust
-from protocol.certs import AccountKind
 from protocol.errors import ErrorCode
-from protocol.model import DeviceKind
 from tests.clinician_world import Clinician, enrol_clinician
-from tests.identity_world import PASSWORD, World, identity_world
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path) as w:
-        yield w
+from tests.filing_world import enrol_gateway
+from tests.identity_world import PASSWORD, World
 
 
 async def _holding_a_newer_list(world: World, device: Clinician, lost_device: str) -> str:
@@ -59,10 +51,7 @@ async def test_the_sdk_refuses_a_revocation_list_older_than_the_one_it_holds(
 
 async def test_the_record_gateway_refuses_a_revocation_list_older_than_the_one_it_holds(
         world: World, tmp_path: Path) -> None:
-    gw_user = world.org.user("gateway", roles=("record_gateway",), display_name="Gateway",
-                             account_kind=AccountKind.SERVICE)
-    gateway = await enrol_clinician(world, tmp_path, "gateway", kind=DeviceKind.GATEWAY,
-                                    user=gw_user)
+    gateway = await enrol_gateway(world, tmp_path)
     lost = await enrol_clinician(world, tmp_path, "lost")
     await _holding_a_newer_list(world, gateway, lost.client.device_id)
     # The PACS is never reached: the revocation check comes before any filing.

@@ -8,7 +8,6 @@ one."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import io
 import re
@@ -29,13 +28,16 @@ from clients.sdk import imaging
 from clients.sdk.client import MessageEvent
 from protocol.body import RecordData, Sex
 from tests.clients.test_clinician import lightbox
-from tests.clients.test_filing_journey import ORTHO, journey, next_event, send_for_filing, until
-from tests.clients.test_filing_journey import world as world  # the same relay world
+from tests.clients.test_filing_journey import ORTHO, journey, next_event, send_for_filing
 from tests.clinician_world import enrol_clinician
 from tests.consent_world import xray_png
 from tests.fhir_server import FhirServer
+from tests.helpers import eventually
 from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer, original_study
+
+# Attachments in 64 KiB chunks, as the image and filing journeys need.
+pytestmark = pytest.mark.world(attachment_chunk_bytes=64 * 1024)
 
 ISSUER = "LBX"
 BORN = dt.date(1950, 5, 6)
@@ -171,7 +173,7 @@ async def test_a_mistyped_patient_is_held_and_after_correction_filed_to_the_righ
 
         async def filed() -> bool:
             return bool(gw.filed)
-        await until(filed)
+        await eventually(filed, timeout=20)
         (receipt,) = gw.filed
         async with _pacs(orthanc) as pacs:
             ds = pydicom.dcmread(io.BytesIO(await pacs.retrieve_instance(
@@ -226,7 +228,6 @@ async def test_a_patient_known_to_the_fhir_server_is_checked_there_too(
 
         async def filed() -> bool:
             return bool(gw.filed)
-        await until(filed)
-        assert len(gw.filed) == 1
-    await asyncio.sleep(0)
+        await eventually(filed, timeout=20)
+        assert len(gw.filed) == 1  # stored and read back before it counts as filed
     assert await _patient_ids_in_pacs(orthanc, patient_id) == {patient_id: 1}

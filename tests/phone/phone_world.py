@@ -22,17 +22,20 @@ import uvicorn
 from PIL import Image
 
 from clients.phone.serve import PhoneConfig, make_app
+from clients.sdk.client import ClientEvent
 from protocol import api
 from protocol.canonical import b64url_encode, encode_struct
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
+from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import xray_png
-from tests.helpers import ROOT, seconds
+from tests.helpers import ROOT, page_problems, seconds
 from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
 __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "axe_violations",
-           "bound_socket", "camera_started", "enrol_by_code", "film", "idb_records", "next_event",
-           "phone_page", "phone_world", "provision_with_package", "qr_image", "running_phone",
+           "bound_socket", "camera_started", "enrol_by_code", "film", "idb_records",
+           "listening_specialist", "next_event", "phone_page", "phone_world", "photo_with_consent",
+           "provision_with_package", "provisioned_intern", "qr_image", "running_phone",
            "still_video"]
 
 CHROMIUM = "/usr/bin/chromium"
@@ -100,6 +103,24 @@ async def provision_with_package(world: World, user: User) -> None:
     assert result["ok"], result
 
 
+async def provisioned_intern(world: World) -> User:
+    """The intern Dr Ada Intern, provisioned with a package: the phone enrols with her code."""
+    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
+    await provision_with_package(world, intern)
+    return intern
+
+
+async def listening_specialist(world: World, tmp_path: Path
+                               ) -> tuple[Clinician, asyncio.Queue[ClientEvent]]:
+    """The orthopaedic on-call specialist Dr Bo Ortho as a started SDK client, and his events
+    (subscribed before the start, so none is missed). The caller closes the client."""
+    specialist = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
+                                       display_name="Dr Bo Ortho")
+    events = specialist.client.subscribe()
+    await specialist.client.start(wait_connected=seconds(10))
+    return specialist, events
+
+
 def still_video(path: Path, image: Image.Image, *, frames: int = 6,
                 size: tuple[int, int] = (640, 480)) -> Path:
     """A Y4M (YUV4MPEG2, 4:2:0) video of one still picture, for Chromium's fake camera
@@ -152,10 +173,7 @@ async def phone_page(*, video: Path | None = None, camera: bool = True
                 permissions=["camera"] if camera else [])
             page = await context.new_page()
             page.set_default_timeout(seconds(30) * 1000)
-            problems: list[str] = []
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            yield page, problems
+            yield page, page_problems(page)
         finally:
             await browser.close()
 
@@ -211,6 +229,17 @@ async def camera_started(page: Any) -> None:
     async with asyncio.timeout(seconds(20)):
         while not await page.evaluate("() => document.getElementById('viewfinder').videoWidth"):
             await asyncio.sleep(0.1)
+
+
+async def photo_with_consent(page: Any) -> None:
+    """Take a photo with the fake camera, use it, and tick both consent statements shown to the
+    patient: the consent screen is then ready for the record data."""
+    await page.tap("#capture")
+    await camera_started(page)
+    await page.tap("#take")
+    await page.tap("#use-photo")
+    await page.check("#st-permanence")
+    await page.check("#st-no-effect")
 
 
 async def enrol_by_code(page: Any, origin: str, code: str) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,7 +26,7 @@ from protocol.model import MessageHeader, Priority, Purpose
 from protocol.vectors import ORG_ID, T0, Party, VectorContext, build_context
 from tests.consent_world import sdk, xray_png
 from tests.helpers import seconds
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 from tests.phone.node import run_driver
 from tests.relay_world import Peer, connect, peer, thread
 
@@ -144,12 +142,6 @@ def test_a_message_and_an_image_sealed_in_python_open_on_the_phone(ctx: VectorCo
 
 
 # --- against the real relay ----------------------------------------------------------------
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path) as w:
-        yield w
 
 
 def consent_claims(issuer: Peer, now: int, *, images: list[str], decision: str

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,14 @@ import pytest
 from clients.admin.handout import enrol_uri
 from clients.admin.orgkey import fingerprint
 from clients.sdk.client import MessageEvent
-from tests.clinician_world import enrol_clinician
 from tests.helpers import seconds
 from tests.identity_world import World
 from tests.phone.phone_world import (
     SHOTS,
     axe_violations,
+    listening_specialist,
     phone_page,
-    phone_world,
-    provision_with_package,
+    provisioned_intern,
     qr_image,
     still_video,
 )
@@ -37,9 +35,8 @@ PASSPHRASE = "amber kettle nightshift wrist"
 
 
 @pytest.fixture
-async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]:
-    async with phone_world(db_dsn, tmp_path, autolock_seconds=60) as found:
-        yield found
+def phone_settings() -> dict[str, Any]:
+    return {"autolock_seconds": 60}
 
 
 async def shot(page: Any, name: str, violations: dict[str, Any]) -> None:
@@ -54,12 +51,8 @@ async def test_intern_scans_the_handout_enrols_sends_to_the_role_and_sees_the_re
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
     shutil.rmtree(SHOTS, ignore_errors=True)
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-    await provision_with_package(world, intern)
-    specialist = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
-                                       display_name="Dr Bo Ortho")
-    events = specialist.client.subscribe()
-    await specialist.client.start(wait_connected=seconds(10))
+    intern = await provisioned_intern(world)
+    specialist, events = await listening_specialist(world, tmp_path)
     video = still_video(tmp_path / "handout.y4m",
                         qr_image(enrol_uri(world.relay.base_url, intern.code)))
     violations: dict[str, Any] = {}

@@ -5,20 +5,19 @@ IndexedDB holds after a consult is ciphertext only."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import seconds
+from tests.helpers import eventually
 from tests.identity_world import World
 from tests.phone.phone_world import (
+    enrol_by_code,
     idb_records,
     phone_page,
-    phone_world,
-    provision_with_package,
+    provisioned_intern,
     qr_image,
     still_video,
 )
@@ -27,9 +26,8 @@ PASSPHRASE = "amber kettle nightshift wrist"
 
 
 @pytest.fixture
-async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]:
-    async with phone_world(db_dsn, tmp_path, autolock_seconds=10) as found:
-        yield found
+def phone_settings() -> dict[str, Any]:
+    return {"autolock_seconds": 10}
 
 
 async def test_a_qr_code_that_is_not_a_handout_is_named_and_nothing_happens(
@@ -58,8 +56,7 @@ async def test_a_refused_camera_says_to_type_the_code(phone: tuple[World, str]) 
 async def test_typed_codes_that_are_malformed_or_unknown_are_refused_in_words(
         phone: tuple[World, str]) -> None:
     world, origin = phone
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-    await provision_with_package(world, intern)
+    intern = await provisioned_intern(world)
     async with phone_page() as (page, problems):
         await page.goto(origin)
         await page.fill("#code", "not a code")
@@ -83,18 +80,11 @@ async def test_typed_codes_that_are_malformed_or_unknown_are_refused_in_words(
 async def test_the_vault_holds_only_ciphertext_and_the_app_locks_itself_when_idle(
         phone: tuple[World, str]) -> None:
     world, origin = phone
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-    await provision_with_package(world, intern)
+    intern = await provisioned_intern(world)
     specialist = world.org.user("ortho", roles=("orthopaedics_oncall",))
     await world.onboard(specialist)
     async with phone_page() as (page, _):
-        await page.goto(origin)
-        await page.fill("#code", intern.code)
-        await page.tap("#enrol-next")
-        await page.tap("#fp-match")
-        await page.fill("#new-pass", PASSPHRASE)
-        await page.fill("#new-pass2", PASSPHRASE)
-        await page.tap("#enrol-finish")
+        await enrol_by_code(page, origin, intern.code)
         await page.locator("#screen-home").wait_for()
         await page.fill("#text", "Doe^Jane MRN123 distal radius")
         await page.tap("#send")
@@ -117,17 +107,9 @@ async def test_the_vault_holds_only_ciphertext_and_the_app_locks_itself_when_idl
 async def test_a_phone_revoked_while_open_says_so_and_obeys_a_wipe(
         phone: tuple[World, str], wipe: bool) -> None:
     world, origin = phone
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-    await provision_with_package(world, intern)
+    intern = await provisioned_intern(world)
     async with phone_page() as (page, _):
-        await page.goto(origin)
-        await page.fill("#code", intern.code)
-        await page.tap("#enrol-next")
-        await page.tap("#fp-match")
-        await page.fill("#new-pass", PASSPHRASE)
-        await page.fill("#new-pass2", PASSPHRASE)
-        await page.tap("#enrol-finish")
-        await page.locator("#conn", has_text="connected").wait_for()
+        await enrol_by_code(page, origin, intern.code)
         conn = await world.db()
         try:
             device_id = str(await conn.fetchval(
@@ -145,9 +127,8 @@ async def test_a_phone_revoked_while_open_says_so_and_obeys_a_wipe(
         await page.locator("#banner", has_text="its Lightbox data has been erased").wait_for()
         assert await page.is_visible("#screen-enrol")
         assert await idb_records(page) == []
-    async with asyncio.timeout(seconds(20)):
-        while not await count_events(world, "device.wipe_confirmed", device_id):
-            await asyncio.sleep(0.2)
+    await eventually(lambda: count_events(world, "device.wipe_confirmed", device_id),
+                     timeout=20)
 
 
 async def count_events(world: World, event: str, subject: str) -> int:

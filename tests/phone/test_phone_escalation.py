@@ -6,8 +6,7 @@ time)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +15,7 @@ from tests.phone.phone_world import (
     ORTHO,
     enrol_by_code,
     phone_page,
-    phone_world,
-    provision_with_package,
+    provisioned_intern,
 )
 from tests.server.test_escalation import SimClock
 
@@ -30,18 +28,14 @@ def clock() -> SimClock:
 
 
 @pytest.fixture
-async def phone(db_dsn: str, tmp_path: Path, clock: SimClock
-                ) -> AsyncIterator[tuple[World, str]]:
-    async with phone_world(db_dsn, tmp_path, autolock_seconds=600, oncall_clock=clock,
-                           oncall_sweep_interval=0.05) as found:
-        yield found
+def phone_settings(clock: SimClock) -> dict[str, Any]:
+    return {"autolock_seconds": 600, "oncall_clock": clock, "oncall_sweep_interval": 0.05}
 
 
 async def test_the_intern_sees_the_reminder_then_the_backup_reached(
         phone: tuple[World, str], clock: SimClock) -> None:
     world, origin = phone
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-    await provision_with_package(world, intern)
+    intern = await provisioned_intern(world)
     await world.onboard(world.org.user("bob", roles=(ORTHO,), display_name="Dr Bob Primary"))
     await world.onboard(world.org.user("carol", roles=(ORTHO,), display_name="Dr Carol Backup"))
     r = await world.http.put(f"/v1/admin/oncall/{ORG}/role:orthopaedics-oncall",

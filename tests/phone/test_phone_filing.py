@@ -5,68 +5,49 @@ every copy destroyed and the phone erases its copy from IndexedDB and confirms, 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
-from clients.gateway.app import GatewayConfig, RecordGateway
-from clients.gateway.pacs import PacsClient, PacsSettings
-from protocol.certs import AccountKind
-from protocol.model import DeviceKind
-from tests.clinician_world import enrol_clinician
-from tests.helpers import seconds
-from tests.identity_world import PASSWORD, World
+from tests.filing_world import enrol_gateway, orthanc_gateway
+from tests.helpers import eventually
+from tests.identity_world import World
 from tests.orthanc import OrthancServer
 from tests.phone.phone_world import (
     ORTHO,
     SHOTS,
-    camera_started,
     enrol_by_code,
     film,
     idb_records,
     phone_page,
-    phone_world,
-    provision_with_package,
+    photo_with_consent,
+    provisioned_intern,
     still_video,
 )
 
 
 @pytest.fixture
-async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]:
+def phone_settings() -> dict[str, Any]:
     # Filed copies expire 3 s after filing, swept often.
-    async with phone_world(db_dsn, tmp_path, autolock_seconds=600, expiry_grace=3,
-                           expiry_sweep_interval=0.5) as found:
-        yield found
+    return {"autolock_seconds": 600, "expiry_grace": 3, "expiry_sweep_interval": 0.5}
 
 
 async def test_the_photo_is_filed_by_the_gateway_then_erased_from_the_phone(
         phone: tuple[World, str], tmp_path: Path, orthanc: OrthancServer) -> None:
     world, origin = phone
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-    await provision_with_package(world, intern)
+    intern = await provisioned_intern(world)
     await world.onboard(world.org.user("ortho", roles=(ORTHO,)))
-    gw_user = world.org.user("gateway", roles=("record_gateway",), display_name="Gateway",
-                             account_kind=AccountKind.SERVICE)
-    gateway = await enrol_clinician(world, tmp_path, "gateway", kind=DeviceKind.GATEWAY,
-                                    user=gw_user)
-    pacs = PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=orthanc.username,
-                                   password=orthanc.password, timeout=seconds(5)))
-    gw = RecordGateway(gateway.vault, pacs, password=PASSWORD, backoff_base=0.05,
-                       backoff_max=0.5, config=GatewayConfig(retry_base=0.1, retry_max=0.5))
+    gateway = await enrol_gateway(world, tmp_path)
+    gw, pacs = orthanc_gateway(gateway, orthanc)
     await gw.start()
     try:
         async with phone_page(video=still_video(tmp_path / "film.y4m", film(960, 720),
                                                 size=(960, 720))) as (page, problems):
             await enrol_by_code(page, origin, intern.code)
-            await page.tap("#capture")
-            await camera_started(page)
-            await page.tap("#take")
-            await page.tap("#use-photo")
-            await page.check("#st-permanence")
-            await page.check("#st-no-effect")
+            await photo_with_consent(page)
             await page.fill("#patient-name", "Doe^Jane")
             await page.fill("#patient-id", "MRN123")
             await page.fill("#img-text", "Query scaphoid fracture, film attached.")
@@ -88,17 +69,15 @@ async def test_the_photo_is_filed_by_the_gateway_then_erased_from_the_phone(
     finally:
         await gw.stop()
         await pacs.aclose()
-    async with asyncio.timeout(seconds(20)):
-        while True:
-            conn = await world.db()
-            try:
-                row = await conn.fetchrow(
-                    "SELECT o.reason, o.confirmed_at FROM expiry_orders o JOIN devices d "
-                    "ON d.device_id = o.device_id WHERE d.user_id = $1",
-                    uuid.UUID(intern.user_id))
-            finally:
-                await conn.close()
-            if row is not None and row["confirmed_at"] is not None:
-                break
-            await asyncio.sleep(0.2)
+
+    async def confirmed_order() -> asyncpg.Record | None:
+        conn = await world.db()
+        try:
+            row: asyncpg.Record | None = await conn.fetchrow(
+                "SELECT o.reason, o.confirmed_at FROM expiry_orders o JOIN devices d "
+                "ON d.device_id = o.device_id WHERE d.user_id = $1", uuid.UUID(intern.user_id))
+        finally:
+            await conn.close()
+        return row if row is not None and row["confirmed_at"] is not None else None
+    row = await eventually(confirmed_order, timeout=20)
     assert row["reason"] == "filed"

@@ -8,10 +8,8 @@ is sent."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,7 @@ import pytest
 
 from clients.sdk.client import ImageEvent, MessageEvent
 from clients.sdk.imaging import jpeg_segments
-from tests.clinician_world import enrol_clinician
-from tests.helpers import seconds
+from tests.helpers import eventually, seconds
 from tests.identity_world import World
 from tests.phone.phone_world import (
     ORTHO,
@@ -30,10 +27,11 @@ from tests.phone.phone_world import (
     enrol_by_code,
     film,
     idb_records,
+    listening_specialist,
     next_event,
     phone_page,
-    phone_world,
-    provision_with_package,
+    photo_with_consent,
+    provisioned_intern,
     still_video,
 )
 
@@ -41,22 +39,16 @@ ALLOWED = {0xD8, 0xE0, 0xDB, 0xC0, 0xC1, 0xC2, 0xC4, 0xDA, 0xD9}  # SOI APP0 DQT
 
 
 @pytest.fixture
-async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]:
+def phone_settings() -> dict[str, Any]:
     # An image never filed expires everywhere after the hard limit: 25 s here, swept often.
-    async with phone_world(db_dsn, tmp_path, autolock_seconds=600, expiry_hard_limit=25,
-                           expiry_sweep_interval=0.5) as found:
-        yield found
+    return {"autolock_seconds": 600, "expiry_hard_limit": 25, "expiry_sweep_interval": 0.5}
 
 
 async def test_a_film_captured_consented_and_sent_from_the_phone_then_erased_on_expiry(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-    await provision_with_package(world, intern)
-    specialist = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
-                                       display_name="Dr Bo Ortho")
-    events = specialist.client.subscribe()
-    await specialist.client.start(wait_connected=seconds(10))
+    intern = await provisioned_intern(world)
+    specialist, events = await listening_specialist(world, tmp_path)
     video = still_video(tmp_path / "film.y4m", film(1280, 960), size=(1280, 960))
     violations: dict[str, Any] = {}
     try:
@@ -133,25 +125,21 @@ async def phone_device_id(world: World, user_id: str) -> uuid.UUID:
 
 
 async def confirmed(world: World, device_id: uuid.UUID, attachment_id: str) -> bool:
-    async with asyncio.timeout(seconds(20)):
-        while True:
-            conn = await world.db()
-            try:
-                at = await conn.fetchval(
-                    "SELECT confirmed_at FROM expiry_orders WHERE device_id = $1 AND "
-                    "attachment_id = $2", device_id, uuid.UUID(attachment_id))
-            finally:
-                await conn.close()
-            if at is not None:
-                return True
-            await asyncio.sleep(0.2)
+    async def confirmed_at() -> bool:
+        conn = await world.db()
+        try:
+            return await conn.fetchval(
+                "SELECT confirmed_at FROM expiry_orders WHERE device_id = $1 AND "
+                "attachment_id = $2", device_id, uuid.UUID(attachment_id)) is not None
+        finally:
+            await conn.close()
+    return await eventually(confirmed_at, timeout=20)
 
 
 async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, str],
                                                            tmp_path: Path) -> None:
     world, origin = phone
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-    await provision_with_package(world, intern)
+    intern = await provisioned_intern(world)
     await world.onboard(world.org.user("ortho", roles=(ORTHO,)))
     video = still_video(tmp_path / "film.y4m", film(640, 480))
     async with phone_page(video=video) as (page, _):
@@ -184,8 +172,7 @@ async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, s
 async def test_an_upload_cut_off_midway_resumes_and_the_consult_arrives(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-    await provision_with_package(world, intern)
+    intern = await provisioned_intern(world)
     await world.onboard(world.org.user("ortho", roles=(ORTHO,)))
     video = still_video(tmp_path / "film.y4m", film(640, 480))
     cut: list[str] = []
@@ -201,12 +188,7 @@ async def test_an_upload_cut_off_midway_resumes_and_the_consult_arrives(
     async with phone_page(video=video) as (page, _):
         await enrol_by_code(page, origin, intern.code)
         await page.context.route("**/v1/attachments/*/upload?offset=*", drop_first_chunk)
-        await page.tap("#capture")
-        await camera_started(page)
-        await page.tap("#take")
-        await page.tap("#use-photo")
-        await page.check("#st-permanence")
-        await page.check("#st-no-effect")
+        await photo_with_consent(page)
         await page.fill("#patient-id", "MRN123")
         await page.tap("#consent-send")
         await page.locator("#photo-status", has_text="Photo sent").wait_for()

@@ -13,17 +13,16 @@ from pathlib import Path
 
 from clients.phone.serve import PhoneConfig
 from clients.sdk.client import MessageEvent
-from tests.clinician_world import enrol_clinician
 from tests.helpers import seconds
 from tests.identity_world import identity_world
 from tests.phone.phone_world import (
-    ORTHO,
     PASSPHRASE,
     bound_socket,
     enrol_by_code,
+    listening_specialist,
     next_event,
     phone_page,
-    provision_with_package,
+    provisioned_intern,
     running_phone,
 )
 
@@ -76,12 +75,8 @@ async def test_a_consult_kept_in_the_outbox_is_sent_after_the_app_is_killed(
         proxy = SwallowingProxy(int(world.relay.base_url.rsplit(":", 1)[1]))
         async with proxy.running() as relay_via_proxy, running_phone(
                 PhoneConfig(relay_via_proxy, kdf="cheap", autolock_seconds=600), sock) as origin:
-            intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-            await provision_with_package(world, intern)
-            specialist = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
-                                               display_name="Dr Bo Ortho")
-            events = specialist.client.subscribe()
-            await specialist.client.start(wait_connected=seconds(10))
+            intern = await provisioned_intern(world)
+            specialist, events = await listening_specialist(world, tmp_path)
             try:
                 async with phone_page() as (page, problems):
                     await enrol_by_code(page, origin, intern.code)

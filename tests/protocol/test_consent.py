@@ -128,28 +128,26 @@ def verify_code(token: str, at: int = T0 + 10, key: bytes = ISSUER_KEY.public) -
     return info.value.code
 
 
-def denial(c: ConsentClaims, **kw: Any) -> ErrorCode:
-    args: dict[str, Any] = {
+def check_args(**kw: Any) -> dict[str, Any]:
+    """check_consent's arguments for the sender's direct-care send to the specialist, unrevoked,
+    just after issue; ``kw`` changes any of them."""
+    return {
         "purpose": Purpose.DIRECT_CARE,
         "sender": SENDER,
         "recipient": SPECIALIST,
         "revoked": False,
         "at": T0 + 10,
     } | kw
+
+
+def denial(c: ConsentClaims, **kw: Any) -> ErrorCode:
     with pytest.raises(PolicyDenied) as info:
-        check_consent(c, **args)
+        check_consent(c, **check_args(**kw))
     return info.value.code
 
 
 def allow(c: ConsentClaims, **kw: Any) -> None:
-    args: dict[str, Any] = {
-        "purpose": Purpose.DIRECT_CARE,
-        "sender": SENDER,
-        "recipient": SPECIALIST,
-        "revoked": False,
-        "at": T0 + 10,
-    } | kw
-    check_consent(c, **args)
+    check_consent(c, **check_args(**kw))
 
 
 # --- issue and verify ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from server.attachments import AttachmentLimits, AttachmentService
 from server.blobs import PostgresBlobStore
 from server.db import Database
 from tests.consent_world import sdk
-from tests.helpers import seconds
+from tests.helpers import eventually, seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, peer
 
@@ -228,6 +229,7 @@ async def test_bad_ranges_are_refused(world: World, pair: tuple[Peer, Peer]) -> 
 async def test_upload_resumes_after_the_connection_is_cut_mid_chunk(
         world: World, pair: tuple[Peer, Peer], caplog: pytest.LogCaptureFixture) -> None:
     alice = pair[0]
+    caplog.set_level(logging.INFO, logger="lightbox.http")  # its line for each request
     blob = encrypt_attachment(os.urandom(3 * CHUNK)).ciphertext
     aid = (await create(world, alice, len(blob))).json()["attachment_id"]
     assert (await _put(world, alice, aid, 0, blob[:CHUNK])).status_code == 200
@@ -250,7 +252,11 @@ async def test_upload_resumes_after_the_connection_is_cut_mid_chunk(
     with pytest.raises((Cut, httpx.HTTPError)):
         await world.http.put(path, params={"offset": CHUNK}, content=half_then_cut(),
                              headers=headers)
-    await asyncio.sleep(0.2)
+
+    async def relay_done_with_the_cut() -> bool:  # 499: the client went away mid-request
+        return any(r.name == "lightbox.http" and getattr(r, "status", None) == 499
+                   for r in caplog.records)
+    await eventually(relay_done_with_the_cut)
     st = (await status(world, alice, aid)).json()
     assert st["committed"] == CHUNK  # the cut chunk was not stored, not even in part
     # A client that goes away is not a fault of the relay's: no "unhandled error" logged.

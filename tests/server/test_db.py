@@ -6,11 +6,11 @@ back; and the relay's code never changes session state that only a full reset wo
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 from server.db import Database
+from tests.helpers import query_loggers_called
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ async def test_releasing_an_idle_connection_sends_no_statement(db_dsn: str) -> N
         async with db.pool.acquire() as conn:
             assert await conn.fetchval("SELECT 1") == 1
             conn.add_query_logger(lambda q: seen.append(q.query))
-        await asyncio.sleep(0.05)  # query loggers are called soon, not at once
+        await query_loggers_called()
         assert seen == []
     finally:
         await db.close()

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -42,9 +40,12 @@ from tests.filing_world import (
     upload_image,
 )
 from tests.helpers import eventually
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 from tests.relay_world import Peer, connect, peer, thread
 from tests.server.test_http_edge import assert_problem
+
+# Attachments in 64 KiB chunks, as the image and filing journeys need.
+pytestmark = pytest.mark.world(attachment_chunk_bytes=64 * 1024)
 
 ORTHO = "orthopaedics_oncall"
 
@@ -53,12 +54,6 @@ def wipe_confirmation(signer: Peer, device_id: str, order_id: str) -> str:
     return statements.issue_wipe_confirmation(statements.WipeConfirmation(
         v=1, device_id=device_id, order_id=order_id, wiped_at=int(time.time())),
         signer.device.keys.signing)
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
-        yield w
 
 
 async def test_filing_statements_orders_confirmations_and_their_codes(world: World) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,17 +17,11 @@ from protocol.frames import Deliver, QueueEmpty, Receipt
 from protocol.model import Priority
 from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_statement
 from tests.helpers import seconds
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 from tests.relay_world import Peer, connect, peer, seal, thread
 
 ORG = "st-elsewhere"
 H = 3600
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path) as w:
-        yield w
 
 
 async def put_role(world: World, role: str = "orthopaedics-oncall", **body: Any) -> Any:

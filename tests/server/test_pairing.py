@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
-import pytest
 
 from protocol.canonical import b64url_encode
 from protocol.certs import DeviceCertificate, issue_device_certificate
 from protocol.keys import DeviceKeys
 from protocol.model import DeviceKind
-from tests.identity_world import DAY, Device, World, identity_world
+from tests.identity_world import DAY, Device, World
 from tests.server.test_http_edge import assert_problem
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path) as w:
-        yield w
 
 
 def _offer(device: Device) -> tuple[bytes, dict[str, object]]:

@@ -24,8 +24,9 @@ import httpx
 import pytest
 
 from clients.sdk.connection import Connection
+from clients.sdk.socket import RelaySocket
 from protocol.frames import Deliver
-from tests.helpers import ROOT, seconds, session_dir
+from tests.helpers import ROOT, eventually, seconds, session_dir
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, opened, peer, seal, thread
 
@@ -54,6 +55,11 @@ class RelayProcess:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    async def socket(self, p: Peer) -> RelaySocket:
+        """``p``'s device connected and authenticated to this process."""
+        return await RelaySocket.connect(self.ws_url, access_token=p.token,
+                                         device_id=p.device_id, sign=p.device.keys.sign)
 
     async def start(self) -> None:
         log = session_dir() / f"relay-{self.port}.log"
@@ -106,12 +112,8 @@ async def test_message_sent_through_one_process_is_delivered_by_another(world: W
     one, two = RelayProcess(world), RelayProcess(world)
     with processes(one, two):
         await asyncio.gather(one.start(), two.start())
-        from clients.sdk.socket import RelaySocket
-
-        b = await RelaySocket.connect(two.ws_url, access_token=bob.token,
-                                      device_id=bob.device_id, sign=bob.device.keys.sign)
-        a = await RelaySocket.connect(one.ws_url, access_token=alice.token,
-                                      device_id=alice.device_id, sign=alice.device.keys.sign)
+        b = await two.socket(bob)
+        a = await one.socket(alice)
         try:
             for i in range(5):
                 sealed = seal(alice, tid, [bob], f"across processes {i}".encode())
@@ -134,13 +136,8 @@ async def test_second_connection_on_another_process_replaces_the_first(world: Wo
     one, two = RelayProcess(world), RelayProcess(world)
     with processes(one, two):
         await asyncio.gather(one.start(), two.start())
-        from clients.sdk.socket import RelaySocket
-
-        first = await RelaySocket.connect(one.ws_url, access_token=alice.token,
-                                          device_id=alice.device_id, sign=alice.device.keys.sign)
-        second = await RelaySocket.connect(two.ws_url, access_token=alice.token,
-                                           device_id=alice.device_id,
-                                           sign=alice.device.keys.sign)
+        first = await one.socket(alice)
+        second = await two.socket(alice)
         try:
             code, _ = await asyncio.wait_for(first.closed, seconds(10))
             assert code == 4003
@@ -184,8 +181,12 @@ async def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(world: Wo
         try:
             while len(accepted) < total // 3:
                 await asyncio.sleep(0.01)
+            seen = sender.reconnects, recipient.reconnects
             relay.kill()  # SIGKILL: no shutdown, no flush, nothing graceful
-            await asyncio.sleep(0.3)
+
+            async def both_lost_it() -> bool:  # each connection saw its socket die
+                return sender.reconnects > seen[0] and recipient.reconnects > seen[1]
+            await eventually(both_lost_it)
             await relay.start()
             await asyncio.wait_for(streaming, seconds(60))
             deadline = time.monotonic() + seconds(30)
@@ -204,8 +205,6 @@ async def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(world: Wo
 async def test_concurrent_sends_both_ways_across_processes_never_deadlock(world: World) -> None:
     """Batches on two processes touching the same threads lock them in one order: no batch
     fails (a deadlock would surface as internal_error after Postgres's deadlock timeout)."""
-    from clients.sdk.socket import RelaySocket
-
     pairs = [(await peer(world, f"a{i}"), await peer(world, f"b{i}")) for i in range(6)]
     tids = [await thread(world, a, b) for a, b in pairs]
     one, two = RelayProcess(world), RelayProcess(world)
@@ -213,10 +212,8 @@ async def test_concurrent_sends_both_ways_across_processes_never_deadlock(world:
         await asyncio.gather(one.start(), two.start())
         socks: dict[str, RelaySocket] = {}
         for a, b in pairs:
-            socks[a.device_id] = await RelaySocket.connect(
-                one.ws_url, access_token=a.token, device_id=a.device_id, sign=a.device.keys.sign)
-            socks[b.device_id] = await RelaySocket.connect(
-                two.ws_url, access_token=b.token, device_id=b.device_id, sign=b.device.keys.sign)
+            socks[a.device_id] = await one.socket(a)
+            socks[b.device_id] = await two.socket(b)
         try:
             # one process sees the threads in one order, the other in the reverse order
             forward = [socks[a.device_id].send(seal(a, tid, [b]))

@@ -14,6 +14,7 @@ import asyncpg
 from server.db import Database
 from server.reads import DeliveryReader
 from server.store import messages, threads
+from tests.helpers import query_loggers_called
 from tests.server.test_store_threads import NOW, add_device, add_user, new_message, store
 
 
@@ -71,12 +72,12 @@ async def test_pumps_asking_in_the_same_turn_share_one_query(db_dsn: str) -> Non
             pooled.add_query_logger(lambda q: queries.append(q.query))
         got_b, got_c = await asyncio.gather(reader.next_deliveries(b1, sent=[], limit=10),
                                             reader.next_deliveries(c1, sent=[], limit=10))
-        await asyncio.sleep(0.05)  # query loggers are called soon, not at once
+        await query_loggers_called()
         assert len(queries) == 1
         assert [d.thread_seq for d in got_b] == [d.thread_seq for d in got_c] == [1, 2]
         # A later turn is a later query.
         later = await reader.next_deliveries(b1, sent=[got_b[0].delivery_id], limit=10)
-        await asyncio.sleep(0.05)
+        await query_loggers_called()
         assert [d.thread_seq for d in later] == [2]
         assert len(queries) == 2
     finally:

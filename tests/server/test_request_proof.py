@@ -7,8 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -16,14 +14,8 @@ import pytest
 
 from server.store import proofs, threads
 from tests.helpers import running_relay
-from tests.identity_world import Device, World, identity_world
+from tests.identity_world import Device, World
 from tests.server.test_http_edge import assert_problem
-
-
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
-    async with identity_world(db_dsn, tmp_path) as w:
-        yield w
 
 
 async def _three(world: World) -> tuple[Device, str, str, str]:

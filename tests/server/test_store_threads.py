@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -15,15 +14,6 @@ from server.errors import Forbidden, InvalidInput, NotFound
 from server.store import batches, messages, oncall, threads
 
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(db_dsn)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def add_user(conn: asyncpg.Connection, *, roles: tuple[str, ...] = (), org: str = "org-a",
@@ -65,6 +55,18 @@ async def store(conn: asyncpg.Connection, msg: messages.NewMessage) -> int:
                    for d in msg.recipients], NOW)
     return seq
 
+
+
+async def two_party_thread(conn: asyncpg.Connection
+                           ) -> tuple[str, tuple[str, str], tuple[str, str]]:
+    """Users a and b of org-a with one device each, and a routine thread a opened to b:
+    ``(thread id, (a, a's device), (b, b's device))``."""
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = str(uuid.uuid4())
+    await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
+                                priority="routine", users=[b], roles=[], now=NOW)
+    return tid, (a, a1), (b, b1)
 
 async def test_creator_and_listed_users_are_participants(conn: asyncpg.Connection) -> None:
     a, b, c = [await add_user(conn) for _ in range(3)]
@@ -139,11 +141,7 @@ async def test_device_set_separates_active_from_revoked_and_suspended(
 
 async def test_messages_take_consecutive_sequence_numbers_and_count_as_unread(
         conn: asyncpg.Connection) -> None:
-    a, b = await add_user(conn), await add_user(conn)
-    a1, b1 = await add_device(conn, a), await add_device(conn, b)
-    tid = str(uuid.uuid4())
-    await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
-                                priority="routine", users=[b], roles=[], now=NOW)
+    tid, (a, a1), (b, b1) = await two_party_thread(conn)
     seqs = [await store(conn, new_message(tid, a, a1, [b1], body=bytes([i])))
             for i in range(3)]
     assert seqs == [1, 2, 3]
@@ -159,11 +157,7 @@ async def test_a_stored_message_is_found_by_sender_device_and_id_with_its_hash(
         conn: asyncpg.Connection) -> None:
     """What the send pipeline compares a retry against (server/sends.py: the same bytes are
     the original acceptance, other bytes ``duplicate_conflict``; tested there end to end)."""
-    a, b = await add_user(conn), await add_user(conn)
-    a1, b1 = await add_device(conn, a), await add_device(conn, b)
-    tid = str(uuid.uuid4())
-    await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
-                                priority="routine", users=[b], roles=[], now=NOW)
+    tid, (a, a1), (_, b1) = await two_party_thread(conn)
     msg = new_message(tid, a, a1, [b1], body=b"first")
     seq = await store(conn, msg)
     other = new_message(tid, a, a1, [b1])
@@ -198,11 +192,7 @@ async def test_deliveries_come_in_order_and_only_the_owner_can_acknowledge(
 
 async def test_ciphertext_is_purged_once_every_device_acknowledged(
         conn: asyncpg.Connection) -> None:
-    a, b = await add_user(conn), await add_user(conn)
-    a1, b1 = await add_device(conn, a), await add_device(conn, b)
-    tid = str(uuid.uuid4())
-    await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
-                                priority="routine", users=[b], roles=[], now=NOW)
+    tid, (a, a1), (_, b1) = await two_party_thread(conn)
     await store(conn, new_message(tid, a, a1, [b1]))
     later = NOW + dt.timedelta(hours=1)
     assert await messages.purge_delivered_ciphertext(conn, older_than=later) == 0

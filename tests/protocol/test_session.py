@@ -74,6 +74,13 @@ def only_error(session: ServerSession, events: list[object]) -> tuple[ErrorEvent
     return event, frame
 
 
+def the_error(events: list[object]) -> ErrorEvent:
+    """The one event a client's input produced, which must be an error."""
+    (event,) = events
+    assert isinstance(event, ErrorEvent)
+    return event
+
+
 # --- server handshake ----------------------------------------------------------------------------
 
 
@@ -377,8 +384,7 @@ def ready_client(**kw: object) -> ClientSession:
 def test_client_refuses_a_version_it_did_not_offer() -> None:
     c = client()
     c.data_to_send()
-    (event,) = c.receive_data(enc(f.Challenge(version=2, nonce=NONCE, server_time=T0)))
-    assert isinstance(event, ErrorEvent)
+    event = the_error(c.receive_data(enc(f.Challenge(version=2, nonce=NONCE, server_time=T0))))
     assert event.code is ErrorCode.UNSUPPORTED_VERSION
     assert c.state is ClientState.CLOSED
 
@@ -390,16 +396,14 @@ def test_client_refuses_a_version_it_did_not_offer() -> None:
 )
 def test_client_treats_anything_but_challenge_first_as_unexpected(frame: f.Frame) -> None:
     c = client()
-    (event,) = c.receive_data(enc(frame))
-    assert isinstance(event, ErrorEvent)
+    event = the_error(c.receive_data(enc(frame)))
     assert event.code is ErrorCode.UNEXPECTED_FRAME
     assert event.close_code is CloseCode.PROTOCOL_ERROR
 
 
 def test_client_treats_client_frames_from_the_relay_as_unexpected() -> None:
     c = ready_client()
-    (event,) = c.receive_data(enc(f.Ack(delivery_ids=[U1])))
-    assert isinstance(event, ErrorEvent)
+    event = the_error(c.receive_data(enc(f.Ack(delivery_ids=[U1]))))
     assert event.code is ErrorCode.UNEXPECTED_FRAME
 
 

@@ -16,7 +16,7 @@ import pytest
 from clients.sdk.keystore import KeyStore
 from protocol.keys import CHEAP_PROFILE
 from tests.clients.test_clinician import lightbox
-from tests.clinician_world import enrol_clinician
+from tests.clinician_world import enrol_clinician, use_cli_profiles
 from tests.consent_world import xray_png
 from tests.identity_world import PASSWORD, World, identity_world
 
@@ -26,10 +26,7 @@ UUID_PREFIX = re.compile(r"\b[0-9a-f]{8}\b")
 @pytest.fixture
 async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                 ) -> AsyncIterator[World]:
-    monkeypatch.setenv("LIGHTBOX_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORD)
-    monkeypatch.setenv("LIGHTBOX_INSECURE_FAST_KDF", "1")
-    monkeypatch.delenv("LIGHTBOX_PROFILE", raising=False)
+    use_cli_profiles(monkeypatch, tmp_path)
     async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
         yield w
 

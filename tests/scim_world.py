@@ -8,17 +8,22 @@ import contextlib
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 
+from protocol.canonical import peek_compact
+from protocol.certs import UserCertificate, issue_user_certificate
 from server.store import directory
 from tests.identity_world import User, World, identity_world
 
-__all__ = ["SCIM_JSON", "ScimWorld", "issue_scim_token", "scim_world"]
+__all__ = ["SCIM_JSON", "ScimWorld", "issue_scim_token", "renew", "scim_world",
+           "signing_queue"]
 
 SCIM_JSON = "application/scim+json"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -34,6 +39,30 @@ async def issue_scim_token(dsn: str, org_id: str) -> str:
     finally:
         await conn.close()
     return token
+
+
+async def signing_queue(world: World) -> dict[str, Any]:
+    """IT's queue as ``lightbox-admin sign-pending`` reads it: ``users`` and ``renewals``."""
+    r = await world.http.get("/v1/admin/directory/pending", headers=world.admin_headers())
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def renew(world: World, entry: dict[str, Any], *, version: int | None = None,
+                **changes: Any) -> httpx.Response:
+    """What ``lightbox-admin sign-pending`` does for one renewal, with the test organisation's
+    key: the certificate held, re-signed with what is asked (``changes`` override it)."""
+    held = peek_compact(entry["user_certificate"], UserCertificate)
+    asked = {k: v for k, v in (("display_name", entry["display_name"]),
+                               ("roles", entry["roles"])) if v is not None}
+    body = msgspec.structs.replace(held, serial=str(uuid.uuid4()),
+                                   issued_at=held.issued_at + 1, **(asked | changes))
+    cert = issue_user_certificate(body, world.orgs[entry["org_id"]].key)
+    return await world.http.post(
+        f"/v1/admin/directory/renewals/{entry['user_id']}", headers=world.admin_headers(),
+        json={"version": entry["version"] if version is None else version,
+              "user_certificate": cert})
 
 
 @dataclasses.dataclass
@@ -55,10 +84,7 @@ class ScimWorld:
         return body
 
     async def pending(self) -> list[dict[str, Any]]:
-        r = await self.world.http.get("/v1/admin/directory/pending",
-                                      headers=self.world.admin_headers())
-        assert r.status_code == 200, r.text
-        users: list[dict[str, Any]] = r.json()["users"]
+        users: list[dict[str, Any]] = (await signing_queue(self.world))["users"]
         return users
 
     async def sign(self, entry: dict[str, Any], **cert: Any) -> tuple[User, httpx.Response]:

@@ -7,7 +7,8 @@ server/scim/pending.py). What the directory can do to a relay user it became is 
 give: ``active: false`` suspends the user at once (refresh tokens revoked, open websockets
 closed through the ``revoked`` event, docs/SECURITY.md), ``active: true`` lifts that suspension
 unless the organisation's signed revocation list names the user, and DELETE revokes every device
-of the user and suspends it for good.
+of the user and suspends it for good. A rename (``userName``, ``displayName``, ``name``) of a
+signed user asks IT to renew the certificate, which carries the name (server/renewals.py).
 
 Errors are scim2-models' exceptions (RFC 7644 §3.12 status and ``scimType``); the routes turn
 them into SCIM error bodies. Every change is audited in its transaction, by ids only.
@@ -44,6 +45,8 @@ from server import audit, events
 from server.db import Database
 from server.errors import Conflict
 from server.orgidentity import IdentitySettings
+from server.renewals import ask_display_name
+from server.scim.pending import display_name
 from server.scim.schema import GroupModel, UserModel
 from server.store import devices, directory, sessions, users
 from server.trust import Trust
@@ -213,6 +216,10 @@ class DirectoryService:
             await audit.append(conn, "scim.user_updated", subject_kind="directory_user",
                                subject_id=scim_id, actor_kind="directory", actor_id=org_id,
                                details={"org_id": org_id, "active": active})
+            renamed = display_name(resource, name)
+            if entry.user_id is not None and \
+                    renamed != display_name(entry.resource, entry.user_name):
+                await self._rename(conn, entry.user_id, renamed, now)
             if entry.user_id is not None and active != entry.active:
                 if active:
                     await self._resume(conn, org_id, entry.user_id, now)
@@ -237,6 +244,15 @@ class DirectoryService:
                                         "devices_revoked": len(revoked)})
 
     # --- what the directory does to relay users -------------------------------------------
+
+    async def _rename(self, conn: asyncpg.Connection, user_id: str, name: str,
+                      now: float) -> None:
+        """The certificate carries the display name: a new one is asked of IT's signature
+        (server/renewals.py); the certificate held stays valid until it is renewed."""
+        user = await users.get_user(conn, user_id, for_update=True)
+        if user is not None and await ask_display_name(conn, user, name, now=now):
+            await audit.append(conn, "scim.renewal_asked", subject_kind="user",
+                               subject_id=user_id, actor_kind="directory")
 
     async def _suspend(self, conn: asyncpg.Connection, user_id: str, now: float) -> None:
         await users.set_status(conn, user_id, "suspended", now=now)

@@ -21,7 +21,9 @@ from tests.scim_world import (
     SCIM_JSON,
     ScimWorld,
     issue_scim_token,
+    renew,
     scim_world,
+    signing_queue,
 )
 from tests.server.test_http_edge import assert_problem
 
@@ -277,6 +279,81 @@ async def test_active_false_closes_the_open_websocket_within_a_second(sw: ScimWo
     refresh = await sw.world.http.post("/v1/auth/refresh",
                                        json={"refresh_token": p.device.refresh_token})
     assert refresh.status_code == 401, refresh.text
+
+
+async def _names(sw: ScimWorld, p: Any) -> tuple[str, ...]:
+    """What colleagues see of jane.doe (the key directory) and what IT's queue asks."""
+    r = await sw.world.call(p.device, "GET", "/v1/directory?login=jane.doe")
+    assert r.status_code == 200, r.text
+    (seen,) = r.json()["users"]
+    asked = [e["display_name"] for e in (await signing_queue(sw.world))["renewals"]]
+    return (seen["display_name"], *asked)
+
+
+@pytest.mark.parametrize("rename", [
+    [{"op": "replace", "path": "displayName", "value": "Dr Jane Smith"}],
+    [{"op": "remove", "path": "displayName"},
+     {"op": "replace", "path": "name.familyName", "value": "Smith"},
+     {"op": "replace", "path": "name.givenName", "value": "Dr Jane"}],
+])
+async def test_a_rename_queues_a_renewal_and_the_old_certificate_serves_until_it_is_signed(
+        sw: ScimWorld, rename: list[dict[str, Any]]) -> None:
+    jane, user = await sw.signed_user("jane.doe")
+    p = await peer(sw.world, "jane.doe", user=user)
+    assert await _names(sw, p) == ("Dr Jane Doe",)
+    r = await sw.patch(f"/Users/{jane['id']}", rename)
+    assert r.status_code == 200, r.text
+    # Asked of IT; until signed the certificate held says what it said, and still works.
+    assert await _names(sw, p) == ("Dr Jane Doe", "Dr Jane Smith")
+    await sw.world.login(p.device)
+    (entry,) = (await signing_queue(sw.world))["renewals"]
+    assert (entry["login"], entry["roles"]) == ("jane.doe", None)
+    # A certificate that says something else than asked, or read before a change, is refused.
+    assert_problem(await renew(sw.world, entry, display_name="Dr Someone Else"), 422,
+                   "certificate_invalid")
+    assert_problem(await renew(sw.world, entry, roles=["radiologist"]), 422,
+                   "certificate_invalid")
+    assert_problem(await renew(sw.world, entry, version=entry["version"] + 1), 409,
+                   "conflict")
+    r = await renew(sw.world, entry)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"user_id": user.user_id, "login": "jane.doe"}
+    assert await _names(sw, p) == ("Dr Jane Smith",)
+    await sw.world.login(p.device)
+
+
+async def test_a_rename_undone_before_it_is_signed_asks_nothing(sw: ScimWorld) -> None:
+    jane, user = await sw.signed_user("jane.doe")
+    p = await peer(sw.world, "jane.doe", user=user)
+    for name in ("Dr Jane Smith", "Dr Jane Doe"):
+        r = await sw.patch(f"/Users/{jane['id']}", [{"op": "replace", "path": "displayName",
+                                                      "value": name}])
+        assert r.status_code == 200, r.text
+    assert await _names(sw, p) == ("Dr Jane Doe",)
+
+
+async def test_a_renewal_needs_an_administrator_and_a_renewal_asked(sw: ScimWorld) -> None:
+    jane, user = await sw.signed_user("jane.doe")
+    await peer(sw.world, "jane.doe", user=user)
+    r = await sw.patch(f"/Users/{jane['id']}", [{"op": "replace", "path": "displayName",
+                                                  "value": "Dr Jane Smith"}])
+    assert r.status_code == 200, r.text
+    (entry,) = (await signing_queue(sw.world))["renewals"]
+    path = f"/v1/admin/directory/renewals/{user.user_id}"
+    body = {"version": entry["version"], "user_certificate": entry["user_certificate"]}
+    assert_problem(await sw.world.http.post(path, json=body), 401, "unauthenticated")
+    # The certificate held, posted again, is not a renewal.
+    assert_problem(await sw.world.http.post(path, json=body,
+                                            headers=sw.world.admin_headers()), 409, "conflict")
+    for other in ("/v1/admin/directory/renewals/not-a-user",
+                  "/v1/admin/directory/renewals/7d0cbb6c-56cf-4b66-9c3c-1d1f0c6b3f1e"):
+        assert_problem(await sw.world.http.post(other, json=body,
+                                                headers=sw.world.admin_headers()), 404,
+                       "not_found")
+    assert_problem(await sw.world.http.post(path, json={"version": "1"},
+                                            headers=sw.world.admin_headers()), 422,
+                   "validation_failed")
+    assert len((await signing_queue(sw.world))["renewals"]) == 1
 
 
 async def test_active_true_again_lets_the_user_log_in(sw: ScimWorld) -> None:

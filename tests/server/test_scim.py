@@ -412,3 +412,36 @@ async def test_delete_revokes_every_device_and_closes_its_socket(sw: ScimWorld) 
     r = await sw.scim.post("/Users", json=sw.user_body("jane.doe"),
                            headers={"content-type": SCIM_JSON})
     assert_scim_error(r, 409, "uniqueness")
+
+
+# --- failures of the relay itself -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/Users", None),
+    ("POST", "/Users", {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                        "userName": "jane.doe"}),
+    ("GET", "/Users/7d0cbb6c-56cf-4b66-9c3c-1d1f0c6b3f1e", None),
+])
+async def test_an_unexpected_failure_is_a_scim_500_without_a_traceback(
+        sw: ScimWorld, method: str, path: str, body: dict[str, Any] | None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The directory's table gone from under the relay (a real database error, no mock): the
+    RFC 7644 §3.12 body, never problem+json or a Python traceback; the log has the cause."""
+    await sw.world.execute("ALTER TABLE scim_users RENAME TO scim_users_gone")
+    try:
+        r = await sw.scim.request(method, path, json=body,
+                                  headers={"content-type": SCIM_JSON})
+    finally:
+        await sw.world.execute("ALTER TABLE scim_users_gone RENAME TO scim_users")
+    assert r.status_code == 500, r.text
+    assert r.headers["content-type"] == SCIM_JSON
+    assert r.json() == {"schemas": [ERROR_SCHEMA], "status": "500",
+                        "detail": "the relay could not handle this request; its log names "
+                                  f"request {r.headers['x-request-id']}"}
+    for leak in ("Traceback", "asyncpg", "scim_users", "UndefinedTable"):
+        assert leak not in r.text
+    (logged,) = [rec for rec in caplog.records if rec.getMessage() == "unhandled error"]
+    assert logged.exc_info is not None and "UndefinedTable" in repr(logged.exc_info[1])
+    # The relay answers again once the database is whole.
+    assert (await sw.scim.get("/Users")).status_code == 200

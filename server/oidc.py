@@ -250,4 +250,5 @@ class OidcService:
                 return
             user = await users.get_user(conn, user.user_id, for_update=True)
             if user is not None:
-                await restate_roles(conn, user, verified.roles, managed, now=self.clock())
+                await restate_roles(conn, user, verified.roles, managed, source="idp",
+                                    now=self.clock())

@@ -11,8 +11,10 @@ which roles they hold; the relay cannot make one. So:
   (``users.roles``, what authorisation and the key directory read) without a signature,
   since taking away needs none; the renewal asked for drops it from the certificate too.
 
-The IdP speaks only for the roles its claim mapping names (``claim_roles`` in
-LIGHTBOX_IDENTITY_FILE, server/orgidentity.py): a role IT signed by other means is untouched.
+The same holds for the directory's groups of a signed user (``group_roles``): joining a mapped
+group asks, leaving it withdraws. Each source speaks only for the roles its mapping names
+(``claim_roles`` for the IdP, ``group_roles`` for the directory, LIGHTBOX_IDENTITY_FILE,
+server/orgidentity.py): a role IT signed by other means is untouched.
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ async def ask_display_name(conn: asyncpg.Connection, user: users.UserRecord,
 
 
 async def restate_roles(conn: asyncpg.Connection, user: users.UserRecord,
-                        granted: Iterable[str], managed: Iterable[str], *,
+                        granted: Iterable[str], managed: Iterable[str], *, source: str,
                         now: float) -> tuple[list[str], list[str]]:
-    """The IdP grants ``granted`` out of the ``managed`` roles: (roles withdrawn at once,
-    roles asked of IT's signature). Returns what changed since the last statement."""
+    """``source`` (``idp``, ``directory``) grants ``granted`` out of the ``managed`` roles:
+    (roles withdrawn at once, roles asked of IT's signature)."""
     cert = peek_compact(user.user_certificate, UserCertificate)
     managed_set, granted_set = set(managed), set(granted) & set(managed)
     desired = sorted((set(cert.roles) - managed_set) | granted_set)
@@ -60,8 +62,8 @@ async def restate_roles(conn: asyncpg.Connection, user: users.UserRecord,
     if acting != user.roles:
         await users.set_roles(conn, user.user_id, acting, now=now)
     if withdrawn or (roles is not None and (held is None or held.roles != roles)):
-        await audit.append(conn, "sso.roles_restated", subject_kind="user",
-                           subject_id=user.user_id, actor_kind="idp",
+        await audit.append(conn, f"{source}.roles_restated", subject_kind="user",
+                           subject_id=user.user_id, actor_kind=source,
                            details={"org_id": user.org_id, "withdrawn": withdrawn,
                                     "asked": asked})
     return withdrawn, asked

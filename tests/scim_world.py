@@ -116,11 +116,13 @@ class ScimWorld:
 
 @contextlib.asynccontextmanager
 async def scim_world(dsn: str, tmp: Path, **kw: Any) -> AsyncIterator[ScimWorld]:
-    """The first organisation maps the group "Orthopaedics on call" to its role."""
+    """The first organisation maps the groups "Orthopaedics on call" and "Trauma on call" to
+    their roles."""
     orgs = kw.get("orgs", ("st-elsewhere",))
     identity = tmp / "identity.json"
     identity.write_text(json.dumps({"orgs": {orgs[0]: {
-        "group_roles": {"Orthopaedics on call": "orthopaedics_oncall"}}}}))
+        "group_roles": {"Orthopaedics on call": "orthopaedics_oncall",
+                        "Trauma on call": "trauma_oncall"}}}}))
     kw.setdefault("identity_file", identity)
     async with identity_world(dsn, tmp, **kw) as world:
         token = await issue_scim_token(dsn, world.org.org_id)

@@ -322,6 +322,51 @@ async def test_a_rename_queues_a_renewal_and_the_old_certificate_serves_until_it
     await sw.world.login(p.device)
 
 
+async def _roles(sw: ScimWorld, p: Any) -> tuple[list[str], list[Any]]:
+    """The roles the relay acts on for jane.doe, and the roles IT's queue asks for her."""
+    r = await sw.world.call(p.device, "GET", "/v1/directory?login=jane.doe")
+    assert r.status_code == 200, r.text
+    (seen,) = r.json()["users"]
+    return seen["roles"], [e["roles"] for e in (await signing_queue(sw.world))["renewals"]]
+
+
+async def test_a_signed_user_joining_a_mapped_group_asks_for_the_role_and_leaving_withdraws_it(
+        sw: ScimWorld) -> None:
+    jane = await sw.create_user("jane.doe")
+    group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+             "members": [{"value": jane["id"]}]}
+    r = await sw.scim.post("/Groups", headers={"content-type": SCIM_JSON},
+                           json=group | {"displayName": "Orthopaedics on call"})
+    assert r.status_code == 201, r.text
+    ortho = r.json()
+    (entry,) = await sw.pending()
+    user, r = await sw.sign(entry)
+    assert r.status_code == 200, r.text
+    p = await peer(sw.world, "jane.doe", user=user)
+    assert await _roles(sw, p) == (["orthopaedics_oncall"], [])
+
+    # Joining a mapped group asks IT; nothing is granted before it signs.
+    r = await sw.scim.post("/Groups", headers={"content-type": SCIM_JSON},
+                           json=group | {"displayName": "Trauma on call"})
+    assert r.status_code == 201, r.text
+    trauma = r.json()
+    assert await _roles(sw, p) == (["orthopaedics_oncall"],
+                                   [["orthopaedics_oncall", "trauma_oncall"]])
+    # Leaving one withdraws its role at once.
+    r = await sw.patch(f"/Groups/{ortho['id']}", [{"op": "remove", "path": "members"}])
+    assert r.status_code == 200, r.text
+    assert await _roles(sw, p) == ([], [["trauma_oncall"]])
+    (asked,) = (await signing_queue(sw.world))["renewals"]
+    r = await renew(sw.world, asked)
+    assert r.status_code == 200, r.text
+    assert await _roles(sw, p) == (["trauma_oncall"], [])
+    # Deleting the group is leaving it.
+    r = await sw.scim.delete(f"/Groups/{trauma['id']}")
+    assert r.status_code == 204, r.text
+    assert await _roles(sw, p) == ([], [[]])
+    await sw.world.login(p.device)  # access stays; only the role went
+
+
 async def test_a_rename_undone_before_it_is_signed_asks_nothing(sw: ScimWorld) -> None:
     jane, user = await sw.signed_user("jane.doe")
     p = await peer(sw.world, "jane.doe", user=user)

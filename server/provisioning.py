@@ -32,6 +32,7 @@ from protocol.errors import DecodeError, ErrorCode, ProtocolError
 from server import audit, events
 from server.db import Database
 from server.errors import Conflict, Forbidden, InvalidInput, NotFound, RelayError
+from server.renewals import keep_withdrawn
 from server.settings import Settings
 from server.store import devices, revocations, sessions, users
 from server.trust import Trust, refusal
@@ -152,6 +153,7 @@ class ProvisioningService:
             if cert.issued_at < previous.issued_at or cert.serial == previous.serial:
                 raise Conflict(detail="the certificate is not newer than the one held")
             await users.replace_certificate(conn, cert, body.user_certificate, now=now)
+            await keep_withdrawn(conn, cert, now=now)
             replaced = await users.replace_enrolment(conn, token_hash, user_id, sealed,
                                                      expires_at=expires, now=now)
             await audit.append(conn, "admin.enrolment_reissued", subject_kind="user",
@@ -189,6 +191,7 @@ class ProvisioningService:
         if cert.issued_at <= previous.issued_at:
             raise Conflict(detail="the certificate is not newer than the one held")
         await users.replace_certificate(conn, cert, token, now=self.clock())
+        await keep_withdrawn(conn, cert, now=self.clock())
         return cert, previous
 
     # --- revocation -----------------------------------------------------------------------

@@ -28,7 +28,7 @@ from protocol.certs import UserCertificate
 from server import audit
 from server.store import renewals, users
 
-__all__ = ["ask_display_name", "restate_roles"]
+__all__ = ["ask_display_name", "keep_withdrawn", "restate_roles"]
 
 
 async def ask_display_name(conn: asyncpg.Connection, user: users.UserRecord,
@@ -41,6 +41,17 @@ async def ask_display_name(conn: asyncpg.Connection, user: users.UserRecord,
     await renewals.request(conn, user.user_id, user.org_id, display_name=name,
                            roles=None if held is None else held.roles, now=now)
     return name is not None
+
+
+async def keep_withdrawn(conn: asyncpg.Connection, cert: UserCertificate, *,
+                         now: float) -> None:
+    """After IT stored another certificate (a licence renewal, a re-issued code): a role
+    withdrawn while a renewal asks for less stays withdrawn, though the new certificate was
+    made from one that still names it."""
+    held = await renewals.get(conn, cert.user_id)
+    if held is not None and held.roles is not None:
+        await users.set_roles(conn, cert.user_id, [r for r in cert.roles if r in held.roles],
+                              now=now)
 
 
 async def restate_roles(conn: asyncpg.Connection, user: users.UserRecord,

@@ -22,8 +22,8 @@ from protocol.certs import UserCertificate, issue_user_certificate
 from server.store import directory
 from tests.identity_world import User, World, identity_world
 
-__all__ = ["SCIM_JSON", "ScimWorld", "issue_scim_token", "renew", "scim_world",
-           "signing_queue"]
+__all__ = ["SCIM_JSON", "ScimWorld", "issue_scim_token", "renew", "renewed_certificate",
+           "scim_world", "signing_queue"]
 
 SCIM_JSON = "application/scim+json"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -49,16 +49,22 @@ async def signing_queue(world: World) -> dict[str, Any]:
     return body
 
 
-async def renew(world: World, entry: dict[str, Any], *, version: int | None = None,
-                **changes: Any) -> httpx.Response:
-    """What ``lightbox-admin sign-pending`` does for one renewal, with the test organisation's
-    key: the certificate held, re-signed with what is asked (``changes`` override it)."""
+def renewed_certificate(world: World, entry: dict[str, Any], **changes: Any) -> str:
+    """The renewal's certificate held, re-signed by the test organisation's key with what is
+    asked (``changes`` override it)."""
     held = peek_compact(entry["user_certificate"], UserCertificate)
     asked = {k: v for k, v in (("display_name", entry["display_name"]),
                                ("roles", entry["roles"])) if v is not None}
     body = msgspec.structs.replace(held, serial=str(uuid.uuid4()),
                                    issued_at=held.issued_at + 1, **(asked | changes))
-    cert = issue_user_certificate(body, world.orgs[entry["org_id"]].key)
+    return issue_user_certificate(body, world.orgs[entry["org_id"]].key)
+
+
+async def renew(world: World, entry: dict[str, Any], *, version: int | None = None,
+                **changes: Any) -> httpx.Response:
+    """What ``lightbox-admin sign-pending`` does for one renewal (:func:`renewed_certificate`),
+    posted with the version read."""
+    cert = renewed_certificate(world, entry, **changes)
     return await world.http.post(
         f"/v1/admin/directory/renewals/{entry['user_id']}", headers=world.admin_headers(),
         json={"version": entry["version"] if version is None else version,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from protocol.errors import CloseCode
@@ -22,6 +23,7 @@ from tests.scim_world import (
     ScimWorld,
     issue_scim_token,
     renew,
+    renewed_certificate,
     scim_world,
     signing_queue,
 )
@@ -365,6 +367,34 @@ async def test_a_signed_user_joining_a_mapped_group_asks_for_the_role_and_leavin
     assert r.status_code == 204, r.text
     assert await _roles(sw, p) == ([], [[]])
     await sw.world.login(p.device)  # access stays; only the role went
+
+
+async def test_a_licence_renewal_made_from_the_old_certificate_does_not_restore_a_withdrawn_role(
+        sw: ScimWorld) -> None:
+    jane = await sw.create_user("jane.doe")
+    r = await sw.scim.post("/Groups", headers={"content-type": SCIM_JSON}, json={
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+        "displayName": "Orthopaedics on call", "members": [{"value": jane["id"]}]})
+    assert r.status_code == 201, r.text
+    group_id = r.json()["id"]
+    (entry,) = await sw.pending()
+    user, r = await sw.sign(entry)
+    assert r.status_code == 200, r.text
+    p = await peer(sw.world, "jane.doe", user=user)
+    r = await sw.patch(f"/Groups/{group_id}", [{"op": "remove", "path": "members"}])
+    assert r.status_code == 200, r.text
+    assert await _roles(sw, p) == ([], [[]])
+    # IT renews her licence from the certificate held, which still names the role.
+    (held,) = (await signing_queue(sw.world))["renewals"]
+    assert user.body.licence is not None
+    renewed = renewed_certificate(sw.world, held | {"roles": None, "display_name": None},
+                                  licence=msgspec.structs.replace(user.body.licence,
+                                                                  expires_at=2_000_000_000))
+    r = await sw.world.http.put(f"/v1/admin/users/{user.user_id}/certificate",
+                                headers=sw.world.admin_headers(),
+                                json={"user_certificate": renewed})
+    assert r.status_code == 200, r.text
+    assert await _roles(sw, p) == ([], [[]])
 
 
 async def test_a_rename_undone_before_it_is_signed_asks_nothing(sw: ScimWorld) -> None:

@@ -2,7 +2,8 @@
 
 It talks to the relay over HTTP only (the admin API, after ``login``); ``org init`` (the
 organisation key ceremony) needs no relay at all. ``sign-pending`` signs the users the
-hospital directory created over SCIM (clients/admin/directory.py). What acts on the relay
+hospital directory created over SCIM and renews the certificates it or the IdP asked to change
+(clients/admin/directory.py). What acts on the relay
 host itself (the schema, administrators, trusted organisations, the audit trail) is the
 server's own command,
 ``lightbox-server db|admin|org trust|audit`` (server/manage.py); the old spellings here answer
@@ -459,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _user_parsers(sub)
     sign = sub.add_parser("sign-pending", help="sign the certificates of the users the "
-                          "hospital directory (SCIM) created, and print their handouts")
+                          "hospital directory (SCIM) created, and print their handouts; "
+                          "renew those the directory or the IdP asked to change")
     _provision_options(sign)
     sign.set_defaults(func=_sign_pending)
     rota_parsers(sub)

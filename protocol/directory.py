@@ -5,6 +5,10 @@ A hospital directory (SCIM 2.0) can ask for a user, never make one: IT's tool re
 :class:`PendingUsers`, signs each user's certificate with the organisation key on IT's
 workstation, and posts a :class:`SignPending` naming the ``version`` it read, so a user the
 directory changed in the meantime is refused (``conflict``) rather than signed stale.
+
+The directory (a rename) and the IdP (a role its claim now grants) can likewise ask for a
+user's certificate to be *renewed*: a :class:`PendingRenewal`, answered with a
+:class:`RenewPending` (the certificate held, re-signed with what is asked and nothing else).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import msgspec
 
 from protocol.api import ProvisionUser
 
-__all__ = ["MAX_PENDING", "PendingUser", "PendingUsers", "SignPending", "SignedPending"]
+__all__ = ["MAX_PENDING", "PendingRenewal", "PendingUser", "PendingUsers", "RenewPending",
+           "Renewed", "SignPending", "SignedPending"]
 
 MAX_PENDING = 500  # one listing; the tool repeats until the queue is empty
 
@@ -43,8 +48,30 @@ class PendingUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     department: str | None = None
 
 
+class PendingRenewal(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A user whose certificate should say something new: the certificate held (compact
+    form, to re-sign with the same key, licence and account kind), and the display name or
+    the roles asked (None: keep the certificate's)."""
+
+    user_id: str
+    org_id: str
+    login: str
+    user_certificate: str
+    display_name: str | None
+    roles: list[Role] | None
+    version: int
+
+
 class PendingUsers(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     users: list[PendingUser]
+    renewals: list[PendingRenewal] = msgspec.field(default_factory=list)
+
+
+class RenewPending(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """IT's answer for one renewal: the version it read and the renewed certificate."""
+
+    version: int
+    user_certificate: str
 
 
 class SignPending(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -57,5 +84,10 @@ class SignPending(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 class SignedPending(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     directory_id: str
+    user_id: str
+    login: str
+
+
+class Renewed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     user_id: str
     login: str

@@ -21,9 +21,11 @@ IdP and brings the ID token here; this module checks it (OpenID Connect Core 1.0
 
 Then the device's signature over the challenge and the user's and device's status are checked
 exactly as for a password (server/login.py ``open_session``). The IdP authenticates a person;
-it certifies nothing: roles, licence and keys still come from certificates IT signed, and an
-ID token's group claims change none of them. A user the directory suspended
-(``active: false``) is refused (``user_suspended``) whatever the IdP says.
+it certifies nothing: roles, licence and keys still come from certificates IT signed. With a
+``role_claim`` configured, a sign-in's groups restate the roles the IdP speaks for
+(server/renewals.py): a role it no longer grants is withdrawn at once, one it newly grants
+waits for IT's signature. A user the directory suspended (``active: false``) is refused
+(``user_suspended``) whatever the IdP says.
 
 JOSE is pyjwt's (``jwt.decode``, ``PyJWKClient``); nothing here parses a JWT by hand.
 """
@@ -50,6 +52,7 @@ from server.enrolment import EnrolmentService
 from server.errors import Forbidden, RelayError, Unauthorized
 from server.login import LoginService
 from server.orgidentity import IdentitySettings, OidcSettings
+from server.renewals import restate_roles
 from server.settings import Settings
 from server.store import sessions, users
 
@@ -64,6 +67,7 @@ class VerifiedIdToken:
     login: str
     nonce: bytes
     subject: str
+    roles: list[str] | None = None  # the role claim's roles; None: no role claim configured
 
 
 @dataclasses.dataclass
@@ -184,7 +188,7 @@ class OidcService:
         except DecodeError as exc:
             raise Unauthorized(ErrorCode.CHALLENGE_FAILED, "unknown nonce") from exc
         return VerifiedIdToken(org_id=org_id, login=login.lower(), nonce=nonce,
-                               subject=str(claims["sub"]))
+                               subject=str(claims["sub"]), roles=cfg.roles_for(claims))
 
     async def _first_factor(self, org_id: str, token: str, event: str
                             ) -> tuple[VerifiedIdToken, users.UserRecord]:
@@ -214,10 +218,12 @@ class OidcService:
         except DecodeError:
             signature = b""
         async with self.db.pool.acquire() as conn:
-            return await self.login_service.open_session(
+            pair = await self.login_service.open_session(
                 conn, user, body.device_id, verified.nonce, signature, event="auth.login",
                 now=self.clock(), details={"first_factor": "sso"},
                 reauth_after=self.settings.sso_session_ttl)
+        await self._restate_roles(verified)
+        return pair
 
     async def enrol(self, body: SsoEnrolComplete) -> Any:
         verified, _ = await self._first_factor(body.org_id, body.id_token, "enrol.complete")
@@ -227,4 +233,22 @@ class OidcService:
                 raise Unauthorized(ErrorCode.INVALID_CREDENTIALS,
                                    "the ID token names another user than the enrolment code")
 
-        return await self.enrolment.complete(body, first_factor=same_user)
+        enrolled = await self.enrolment.complete(body, first_factor=same_user)
+        await self._restate_roles(verified)
+        return enrolled
+
+    async def _restate_roles(self, verified: VerifiedIdToken) -> None:
+        """After a successful sign-in: what the token's role claim says, applied
+        (server/renewals.py). The session token was issued before, from the same row the
+        next request reads again, so a withdrawn role is gone from that request on."""
+        if verified.roles is None:
+            return
+        managed = self._settings(verified.org_id).claim_roles.values()
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            user = await users.get_user_by_login(conn, verified.login)
+            if user is None:
+                return
+            user = await users.get_user(conn, user.user_id, for_update=True)
+            if user is not None:
+                await restate_roles(conn, user, verified.roles, managed, source="idp",
+                                    now=self.clock())

@@ -20,6 +20,17 @@ An organisation not listed maps no groups; its users are provisioned with no rol
 for tests). ``login_claim`` names the claim that carries the Lightbox login (case ignored);
 ``required_claims`` are claims the ID token must carry with exactly these values (a tenant,
 an audience group); ``algorithms`` the signature algorithms accepted.
+
+``role_claim`` names the ID token claim that carries the user's groups or roles at the IdP
+(``groups`` for Okta and Keycloak, ``roles`` for Entra ID app roles), a string or a list of
+strings; ``claim_roles`` maps its values (case ignored) to Lightbox roles::
+
+    "oidc": {..., "scopes": ["openid", "profile", "groups"], "role_claim": "groups",
+             "claim_roles": {"Orthopaedics on call": "orthopaedics_oncall"}}
+
+The IdP then speaks for those roles only (server/renewals.py): one it grants that the
+certificate lacks waits for IT's signature, one it no longer grants is withdrawn at sign-in.
+A token without the claim grants none of them.
 """
 
 from __future__ import annotations
@@ -49,6 +60,21 @@ class OidcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     scopes: list[str] = msgspec.field(default_factory=lambda: ["openid", "profile"])
     algorithms: list[Annotated[str, msgspec.Meta(pattern=r"^(RS|PS|ES)(256|384|512)$|^EdDSA$")]] = \
         msgspec.field(default_factory=lambda: list(_ALGORITHMS))
+    role_claim: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    claim_roles: dict[str, Role] = {}
+
+    def __post_init__(self) -> None:
+        if self.claim_roles and self.role_claim is None:
+            raise ValueError("claim_roles needs role_claim: the claim whose values they map")
+
+    def roles_for(self, claims: dict[str, object]) -> list[str] | None:
+        """The roles the ID token's ``role_claim`` maps to (sorted, each once), or None when
+        no role claim is configured (the IdP then speaks for no role)."""
+        if self.role_claim is None:
+            return None
+        value = claims.get(self.role_claim)
+        values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        return _mapped(self.claim_roles, [v for v in values if isinstance(v, str)])
 
 
 class OrgIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -57,8 +83,13 @@ class OrgIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
     def roles_for(self, groups: Iterable[str]) -> list[str]:
         """The roles the named groups map to (sorted, each once)."""
-        table = {name.casefold(): role for name, role in self.group_roles.items()}
-        return sorted({table[g.casefold()] for g in groups if g.casefold() in table})
+        return _mapped(self.group_roles, groups)
+
+
+def _mapped(table: Mapping[str, str], names: Iterable[str]) -> list[str]:
+    """The roles ``names`` map to in ``table`` (keys matched without regard to case)."""
+    folded = {name.casefold(): role for name, role in table.items()}
+    return sorted({folded[n.casefold()] for n in names if n.casefold() in folded})
 
 
 class _File(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

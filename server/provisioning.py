@@ -32,6 +32,7 @@ from protocol.errors import DecodeError, ErrorCode, ProtocolError
 from server import audit, events
 from server.db import Database
 from server.errors import Conflict, Forbidden, InvalidInput, NotFound, RelayError
+from server.renewals import keep_withdrawn
 from server.settings import Settings
 from server.store import devices, revocations, sessions, users
 from server.trust import Trust, refusal
@@ -152,6 +153,7 @@ class ProvisioningService:
             if cert.issued_at < previous.issued_at or cert.serial == previous.serial:
                 raise Conflict(detail="the certificate is not newer than the one held")
             await users.replace_certificate(conn, cert, body.user_certificate, now=now)
+            await keep_withdrawn(conn, cert, now=now)
             replaced = await users.replace_enrolment(conn, token_hash, user_id, sealed,
                                                      expires_at=expires, now=now)
             await audit.append(conn, "admin.enrolment_reissued", subject_kind="user",
@@ -163,20 +165,8 @@ class ProvisioningService:
 
     async def renew_certificate(self, user_id: str, token: str) -> users.UserRecord:
         """Licence renewal: the same user, organisation and identity key, issued later."""
-        now = self.clock()
         async with self.db.pool.acquire() as conn, conn.transaction():
-            current = await users.get_user(conn, user_id, for_update=True)
-            if current is None:
-                raise NotFound(detail="no such user")
-            cert = self._verify(token, await self.trust.revocations(conn))
-            previous = peek_compact(current.user_certificate, UserCertificate)
-            if (cert.user_id != current.user_id or cert.org_id != current.org_id
-                    or cert.identity_key != current.identity_key):
-                raise InvalidInput(ErrorCode.CERTIFICATE_INVALID,
-                                   "a renewal must keep the user, organisation and identity key")
-            if cert.issued_at <= previous.issued_at:
-                raise Conflict(detail="the certificate is not newer than the one held")
-            await users.replace_certificate(conn, cert, token, now=now)
+            cert, _ = await self.renew_in(conn, user_id, token)
             await audit.append(conn, "admin.licence_renewal", subject_kind="user",
                                subject_id=user_id,
                                details={"licence_expires_at": None if cert.licence is None
@@ -184,6 +174,25 @@ class ProvisioningService:
             renewed = await users.get_user(conn, user_id)
         assert renewed is not None
         return renewed
+
+    async def renew_in(self, conn: asyncpg.Connection, user_id: str, token: str
+                       ) -> tuple[UserCertificate, UserCertificate]:
+        """A renewed certificate stored in the caller's transaction (the renewal queue's
+        too, server/scim/pending.py): (the new certificate, the one it replaced)."""
+        current = await users.get_user(conn, user_id, for_update=True)
+        if current is None:
+            raise NotFound(detail="no such user")
+        cert = self._verify(token, await self.trust.revocations(conn))
+        previous = peek_compact(current.user_certificate, UserCertificate)
+        if (cert.user_id != current.user_id or cert.org_id != current.org_id
+                or cert.identity_key != current.identity_key):
+            raise InvalidInput(ErrorCode.CERTIFICATE_INVALID,
+                               "a renewal must keep the user, organisation and identity key")
+        if cert.issued_at <= previous.issued_at:
+            raise Conflict(detail="the certificate is not newer than the one held")
+        await users.replace_certificate(conn, cert, token, now=self.clock())
+        await keep_withdrawn(conn, cert, now=self.clock())
+        return cert, previous
 
     # --- revocation -----------------------------------------------------------------------
 

@@ -8,17 +8,22 @@ import contextlib
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 
+from protocol.canonical import peek_compact
+from protocol.certs import UserCertificate, issue_user_certificate
 from server.store import directory
 from tests.identity_world import User, World, identity_world
 
-__all__ = ["SCIM_JSON", "ScimWorld", "issue_scim_token", "scim_world"]
+__all__ = ["SCIM_JSON", "ScimWorld", "issue_scim_token", "renew", "renewed_certificate",
+           "scim_world", "signing_queue"]
 
 SCIM_JSON = "application/scim+json"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -34,6 +39,36 @@ async def issue_scim_token(dsn: str, org_id: str) -> str:
     finally:
         await conn.close()
     return token
+
+
+async def signing_queue(world: World) -> dict[str, Any]:
+    """IT's queue as ``lightbox-admin sign-pending`` reads it: ``users`` and ``renewals``."""
+    r = await world.http.get("/v1/admin/directory/pending", headers=world.admin_headers())
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def renewed_certificate(world: World, entry: dict[str, Any], **changes: Any) -> str:
+    """The renewal's certificate held, re-signed by the test organisation's key with what is
+    asked (``changes`` override it)."""
+    held = peek_compact(entry["user_certificate"], UserCertificate)
+    asked = {k: v for k, v in (("display_name", entry["display_name"]),
+                               ("roles", entry["roles"])) if v is not None}
+    body = msgspec.structs.replace(held, serial=str(uuid.uuid4()),
+                                   issued_at=held.issued_at + 1, **(asked | changes))
+    return issue_user_certificate(body, world.orgs[entry["org_id"]].key)
+
+
+async def renew(world: World, entry: dict[str, Any], *, version: int | None = None,
+                **changes: Any) -> httpx.Response:
+    """What ``lightbox-admin sign-pending`` does for one renewal (:func:`renewed_certificate`),
+    posted with the version read."""
+    cert = renewed_certificate(world, entry, **changes)
+    return await world.http.post(
+        f"/v1/admin/directory/renewals/{entry['user_id']}", headers=world.admin_headers(),
+        json={"version": entry["version"] if version is None else version,
+              "user_certificate": cert})
 
 
 @dataclasses.dataclass
@@ -55,10 +90,7 @@ class ScimWorld:
         return body
 
     async def pending(self) -> list[dict[str, Any]]:
-        r = await self.world.http.get("/v1/admin/directory/pending",
-                                      headers=self.world.admin_headers())
-        assert r.status_code == 200, r.text
-        users: list[dict[str, Any]] = r.json()["users"]
+        users: list[dict[str, Any]] = (await signing_queue(self.world))["users"]
         return users
 
     async def sign(self, entry: dict[str, Any], **cert: Any) -> tuple[User, httpx.Response]:
@@ -90,11 +122,13 @@ class ScimWorld:
 
 @contextlib.asynccontextmanager
 async def scim_world(dsn: str, tmp: Path, **kw: Any) -> AsyncIterator[ScimWorld]:
-    """The first organisation maps the group "Orthopaedics on call" to its role."""
+    """The first organisation maps the groups "Orthopaedics on call" and "Trauma on call" to
+    their roles."""
     orgs = kw.get("orgs", ("st-elsewhere",))
     identity = tmp / "identity.json"
     identity.write_text(json.dumps({"orgs": {orgs[0]: {
-        "group_roles": {"Orthopaedics on call": "orthopaedics_oncall"}}}}))
+        "group_roles": {"Orthopaedics on call": "orthopaedics_oncall",
+                        "Trauma on call": "trauma_oncall"}}}}))
     kw.setdefault("identity_file", identity)
     async with identity_world(dsn, tmp, **kw) as world:
         token = await issue_scim_token(dsn, world.org.org_id)

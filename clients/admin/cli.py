@@ -2,7 +2,8 @@
 
 It talks to the relay over HTTP only (the admin API, after ``login``); ``org init`` (the
 organisation key ceremony) needs no relay at all. ``sign-pending`` signs the users the
-hospital directory created over SCIM (clients/admin/directory.py). What acts on the relay
+hospital directory created over SCIM and renews the certificates it or the IdP asked to change
+(clients/admin/directory.py). What acts on the relay
 host itself (the schema, administrators, trusted organisations, the audit trail) is the
 server's own command,
 ``lightbox-server db|admin|org trust|audit`` (server/manage.py); the old spellings here answer
@@ -185,18 +186,23 @@ def _sign_pending(args: argparse.Namespace) -> int:
     org_id, org_key = _org_key(args)
     _prepare_handout_dir(args, "nobody was signed")
 
-    async def go() -> tuple[adminops.ImportReport, int]:
+    async def go() -> admindirectory.SignRun:
         async with admin_relay(session) as relay:
             return await admindirectory.sign_pending(
                 relay, org_id=org_id, org_key=org_key, now=int(time.time()),
                 code_valid_hours=args.code_valid_hours)
 
-    report, others = run_async(go)
+    run = run_async(go)
+    report = run.report
     unwritten = _handouts(report, session, org_key, args)
     for f in report.failed:
         print(f"{f.login}: {f.reason}", file=sys.stderr)
-    print(f"{len(report.provisioned)} signed, {len(report.failed)} failed"
-          + (f", {others} of other organisations left for their IT" if others else ""))
+    for login in run.renewed:
+        print(f"{login}: certificate renewed")
+    print(f"{len(report.provisioned)} signed, "
+          + (f"{len(run.renewed)} renewed, " if run.renewed else "")
+          + f"{len(report.failed)} failed"
+          + (f", {run.others} of other organisations left for their IT" if run.others else ""))
     return 1 if report.failed or unwritten else 0
 
 
@@ -454,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _user_parsers(sub)
     sign = sub.add_parser("sign-pending", help="sign the certificates of the users the "
-                          "hospital directory (SCIM) created, and print their handouts")
+                          "hospital directory (SCIM) created, and print their handouts; "
+                          "renew those the directory or the IdP asked to change")
     _provision_options(sign)
     sign.set_defaults(func=_sign_pending)
     rota_parsers(sub)

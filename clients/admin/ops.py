@@ -42,6 +42,7 @@ __all__ = [
     "describe_enrolment",
     "format_copies",
     "import_shifts",
+    "our_certificate",
     "provision_rows",
     "reissue_enrolment",
     "renew_user_licence",
@@ -128,12 +129,12 @@ async def apply_revocations(
     return nxt, True
 
 
-def _our_certificate(detail: api.UserDetail, *, user_id: str, org_id: str,
-                     org_key: OrganisationKey) -> certs.UserCertificate:
+def our_certificate(token: str, *, user_id: str, org_id: str,
+                    org_key: OrganisationKey) -> certs.UserCertificate:
     """The user's current certificate as the relay serves it, checked to carry our
     organisation's signature and to name this user and organisation."""
     try:
-        current = open_compact(LABEL_USER_CERTIFICATE, detail.user_certificate,
+        current = open_compact(LABEL_USER_CERTIFICATE, token,
                                certs.UserCertificate, org_key.public,
                                max_length=certs.MAX_CERTIFICATE_LENGTH)
     except ProtocolError as exc:
@@ -151,8 +152,9 @@ async def renew_user_licence(
 ) -> api.UserSummary:
     """Re-sign the user's certificate (same identity key) with a new licence expiry. The
     current certificate comes from the relay and must carry our organisation's signature."""
-    current = _our_certificate(await relay.get_user(user_id), user_id=user_id, org_id=org_id,
-                               org_key=org_key)
+    detail = await relay.get_user(user_id)
+    current = our_certificate(detail.user_certificate, user_id=user_id, org_id=org_id,
+                              org_key=org_key)
     try:
         token = renew_licence(current, org_key=org_key, expires_at=expires_at, now=now)
     except ValueError as exc:
@@ -180,8 +182,9 @@ async def reissue_enrolment(
     if user.status == "suspended":
         raise FlowError(_SUSPENDED.format(login=user.login),
                         code=ErrorCode.USER_SUSPENDED.value)
-    current = _our_certificate(await relay.get_user(user.user_id), user_id=user.user_id,
-                               org_id=org_id, org_key=org_key)
+    detail = await relay.get_user(user.user_id)
+    current = our_certificate(detail.user_certificate, user_id=user.user_id, org_id=org_id,
+                              org_key=org_key)
     made = reissue_user(current, user.login, org_key=org_key, now=now,
                         code_valid_hours=code_valid_hours, kdf=kdf)
     body = api.EnrolmentReissue(

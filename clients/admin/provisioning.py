@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -41,6 +42,7 @@ __all__ = [
     "next_revocation_list",
     "provision_user",
     "reissue_user",
+    "renew_certificate",
     "renew_licence",
 ]
 
@@ -146,12 +148,20 @@ def renew_licence(
         raise ValueError("this account has no licence (a service account?)")
     if expires_at <= now:
         raise ValueError("the new licence expiry is in the past")
+    return renew_certificate(
+        current, org_key=org_key, now=now, validity_days=validity_days,
+        licence=msgspec.structs.replace(current.licence, expires_at=expires_at))
+
+
+def renew_certificate(
+    current: certs.UserCertificate, *, org_key: OrganisationKey, now: int,
+    validity_days: int = CERTIFICATE_VALIDITY_DAYS, **changes: Any,
+) -> str:
+    """The same user and identity key with ``changes`` (a licence, a display name, roles),
+    a new serial and a validity period from now (never shorter than the one held)."""
     body = msgspec.structs.replace(
-        current, serial=str(uuid.uuid4()),
-        licence=msgspec.structs.replace(current.licence, expires_at=expires_at),
-        issued_at=now, not_before=now - CLOCK_SKEW,
-        not_after=max(current.not_after, now + validity_days * 86400),
-    )
+        current, serial=str(uuid.uuid4()), issued_at=now, not_before=now - CLOCK_SKEW,
+        not_after=max(current.not_after, now + validity_days * 86400), **changes)
     return certs.issue_user_certificate(body, org_key)
 
 

@@ -35,7 +35,7 @@ import msgspec
 from clients.sdk.errors import FlowError, RelayRequestError, RelayResponseError, RelayUnavailable
 from protocol import api
 from protocol.canonical import b64url_encode
-from protocol.directory import PendingUsers, SignedPending, SignPending
+from protocol.directory import PendingUsers, Renewed, RenewPending, SignedPending, SignPending
 from protocol.errors import ErrorCode
 from protocol.keys import Ed25519KeyPair, random_bytes
 from protocol.sso import SsoChallenge, SsoConfig, SsoEnrolComplete, SsoLogin
@@ -337,6 +337,12 @@ class RelayHTTP:
         r = await self._send("POST", f"/v1/admin/directory/pending/{quote(directory_id, safe='')}",
                              body=body, headers=self._admin_headers())
         return self._decode(r, SignedPending)
+
+    async def renew_pending(self, user_id: str, body: RenewPending) -> Renewed:
+        """A certificate renewed as the directory or the IdP asked (protocol/directory.py)."""
+        r = await self._send("POST", f"/v1/admin/directory/renewals/{quote(user_id, safe='')}",
+                             body=body, headers=self._admin_headers())
+        return self._decode(r, Renewed)
 
     # --- public ---------------------------------------------------------------------------
 

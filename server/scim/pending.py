@@ -5,12 +5,17 @@
 * ``POST /v1/admin/directory/pending/{directory_id}``: the provisioning row IT's tool made for
   one of them (certificate signed with the organisation key on IT's workstation, enrolment
   package sealed under a code), provisioned and linked to the directory user in one
-  transaction.
+  transaction;
+* ``POST /v1/admin/directory/renewals/{user_id}``: a certificate renewed as a renewal in the
+  same listing asks (a directory rename, a role the IdP grants: server/renewals.py), stored
+  like a licence renewal (same user, organisation and identity key, newer) and the request
+  closed in one transaction.
 
 The relay checks what it can without being able to sign: the certificate verifies under the
 organisation's pinned key and names the directory user's organisation, the login is the
 directory's ``userName``, and the directory user is still pending at the version IT read
-(``conflict`` otherwise: the directory changed it, list again).
+(``conflict`` otherwise: the directory changed it, list again); a renewed certificate must
+say exactly the display name and roles asked and keep everything else the old one said.
 """
 
 from __future__ import annotations
@@ -19,10 +24,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from protocol.directory import MAX_PENDING, PendingUser, PendingUsers, SignedPending, SignPending
+from protocol.directory import (
+    MAX_PENDING,
+    PendingRenewal,
+    PendingUser,
+    PendingUsers,
+    Renewed,
+    RenewPending,
+    SignedPending,
+    SignPending,
+)
 from protocol.errors import ErrorCode
 from server import audit
 from server.api import Endpoint, json_response, read_json
@@ -32,7 +47,7 @@ from server.errors import Conflict, InvalidInput, NotFound
 from server.orgidentity import IdentitySettings
 from server.provisioning import ProvisioningService
 from server.scim.schema import CLINICIAN_SCHEMA
-from server.store import directory
+from server.store import directory, renewals, users
 
 __all__ = ["PendingRoutes", "display_name"]
 
@@ -82,6 +97,11 @@ class PendingRoutes:
                      request=SignPending, response=SignedPending, auth="admin", tag="admin",
                      errors=[*ADMIN_AUTH_ERRORS, *_CERTS, E.VALIDATION_FAILED, E.NOT_FOUND,
                              E.CONFLICT]),
+            Endpoint("POST", "/v1/admin/directory/renewals/{user_id}", self.renew,
+                     "Store the certificate IT renewed as the directory or the IdP asked.",
+                     request=RenewPending, response=Renewed, auth="admin",
+                     tag="admin", errors=[*ADMIN_AUTH_ERRORS, *_CERTS, E.VALIDATION_FAILED,
+                                          E.NOT_FOUND, E.CONFLICT]),
         ]
 
     async def pending(self, request: Request) -> Response:
@@ -89,7 +109,11 @@ class PendingRoutes:
         async with self.db.pool.acquire() as conn:
             entries = await directory.pending_users(conn, limit=MAX_PENDING)
             groups = await directory.groups_of(conn, [e.scim_id for e in entries])
-        return json_response(PendingUsers(users=[
+            asked = await renewals.list_renewals(conn, limit=MAX_PENDING)
+        return json_response(PendingUsers(renewals=[
+            PendingRenewal(user_id=r.user_id, org_id=r.org_id, login=r.login,
+                           user_certificate=r.user_certificate, display_name=r.display_name,
+                           roles=r.roles, version=r.version) for r in asked], users=[
             PendingUser(directory_id=e.scim_id, org_id=e.org_id, login=e.user_name.lower(),
                         display_name=display_name(e.resource, e.user_name),
                         roles=self.identity.for_org(e.org_id).roles_for(
@@ -123,3 +147,35 @@ class PendingRoutes:
                                details={"directory_id": entry.scim_id, "org_id": cert.org_id})
         return json_response(SignedPending(directory_id=entry.scim_id, user_id=cert.user_id,
                                            login=body.user.login))
+
+    async def renew(self, request: Request) -> Response:
+        principal = await self.authn.require_admin(request)
+        body = await read_json(request, RenewPending, self.max_body)
+        user_id = request.path_params["user_id"]
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            asked = await renewals.get(conn, user_id, for_update=True)
+            if asked is None:
+                raise NotFound(detail="no renewal is asked for this user")
+            if asked.version != body.version:
+                raise Conflict(detail="the renewal asked changed: list the queue again")
+            cert, previous = await self.provisioning.renew_in(conn, user_id,
+                                                              body.user_certificate)
+            expected = msgspec.structs.replace(
+                previous, display_name=asked.display_name or previous.display_name,
+                roles=sorted(previous.roles) if asked.roles is None else asked.roles)
+            said = msgspec.structs.replace(cert, roles=sorted(cert.roles))
+            if _content(said) != _content(expected):
+                raise InvalidInput(E.CERTIFICATE_INVALID, "the certificate must say what the "
+                                   "renewal asks and keep the rest of the one held")
+            await renewals.delete(conn, user_id)
+            await audit.append(conn, "directory.certificate_renewed", subject_kind="user",
+                               subject_id=user_id, actor_kind="admin",
+                               actor_id=principal.admin_id, details={"org_id": cert.org_id})
+            renewed = await users.get_user(conn, user_id)
+        assert renewed is not None  # renew_in locked the row
+        return json_response(Renewed(user_id=user_id, login=renewed.login))
+
+
+def _content(cert: Any) -> Any:
+    """What a renewal keeps: all but the serial and the validity period."""
+    return msgspec.structs.replace(cert, serial="", not_before=0, not_after=0, issued_at=0)

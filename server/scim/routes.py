@@ -3,7 +3,8 @@
 A Starlette application of its own, mounted by server/app.py, so that every answer under the
 prefix, a 404 for an unknown path included, is a SCIM message (``application/scim+json``) and
 every error the RFC 7644 §3.12 body (``urn:ietf:params:scim:api:messages:2.0:Error`` with its
-``status`` and, where the RFC names one, ``scimType``), never the relay's problem+json.
+``status`` and, where the RFC names one, ``scimType``), never the relay's problem+json: an
+unexpected failure too (500, naming only the request id; the log has the rest).
 
 Every request carries ``Authorization: Bearer <token>`` (RFC 6750 §2.1): a token IT issued on
 the relay host (``lightbox-server scim token issue --org ORG``), kept there as a SHA-256 hash;
@@ -41,6 +42,7 @@ from starlette.routing import Route
 
 from server.api import read_body
 from server.errors import LimitError, RelayError
+from server.logs import REQUEST_ID
 from server.scim.schema import (
     RESOURCE_TYPES,
     SCHEMAS,
@@ -118,7 +120,8 @@ class ScimRoutes:
             r("/.search", ["POST"], self.search_all),
             r("/{path:path}", _ALL, self.unknown),
         ]
-        return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+        return Starlette(routes=routes, exception_handlers={HTTPException: _http_error,
+                                                            Exception: _internal_error})
 
     def _route(self, path: str, methods: list[str], handler: Handler) -> Route:
         template = PREFIX + path
@@ -316,6 +319,16 @@ class ScimRoutes:
         if version and version in tags:
             return Response(status_code=304, headers={"etag": version})
         return _resource(model, params)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """An unexpected failure (the database gone, a bug) as the RFC 7644 §3.12 error body with
+    status 500, naming only the request id; Starlette re-raises the exception after this
+    answer, so the relay's edge (server/middleware.py) logs it with its route."""
+    error = SCIMException.from_error(Error(
+        status=500, detail=f"the relay could not handle this request; its log names request "
+                           f"{REQUEST_ID.get()}"))
+    return error_response(error)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

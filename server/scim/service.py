@@ -7,7 +7,9 @@ server/scim/pending.py). What the directory can do to a relay user it became is 
 give: ``active: false`` suspends the user at once (refresh tokens revoked, open websockets
 closed through the ``revoked`` event, docs/SECURITY.md), ``active: true`` lifts that suspension
 unless the organisation's signed revocation list names the user, and DELETE revokes every device
-of the user and suspends it for good.
+of the user and suspends it for good. A signed user joining a mapped group asks IT for the
+role; leaving one withdraws the role at once; a rename (``userName``, ``displayName``,
+``name``) asks IT to renew the certificate, which carries the name (server/renewals.py).
 
 Errors are scim2-models' exceptions (RFC 7644 §3.12 status and ``scimType``); the routes turn
 them into SCIM error bodies. Every change is audited in its transaction, by ids only.
@@ -44,6 +46,8 @@ from server import audit, events
 from server.db import Database
 from server.errors import Conflict
 from server.orgidentity import IdentitySettings
+from server.renewals import ask_display_name, restate_roles
+from server.scim.pending import display_name
 from server.scim.schema import GroupModel, UserModel
 from server.store import devices, directory, sessions, users
 from server.trust import Trust
@@ -213,6 +217,10 @@ class DirectoryService:
             await audit.append(conn, "scim.user_updated", subject_kind="directory_user",
                                subject_id=scim_id, actor_kind="directory", actor_id=org_id,
                                details={"org_id": org_id, "active": active})
+            renamed = display_name(resource, name)
+            if entry.user_id is not None and \
+                    renamed != display_name(entry.resource, entry.user_name):
+                await self._rename(conn, entry.user_id, renamed, now)
             if entry.user_id is not None and active != entry.active:
                 if active:
                     await self._resume(conn, org_id, entry.user_id, now)
@@ -237,6 +245,33 @@ class DirectoryService:
                                         "devices_revoked": len(revoked)})
 
     # --- what the directory does to relay users -------------------------------------------
+
+    async def _regroup(self, conn: asyncpg.Connection, org_id: str, scim_ids: list[str],
+                       now: float) -> None:
+        """Signed users whose groups changed: the roles ``group_roles`` maps restated
+        (server/renewals.py): a mapped group left is a role withdrawn at once, one joined a
+        role asked of IT's signature."""
+        mapping = self.identity.for_org(org_id)
+        managed = sorted(set(mapping.group_roles.values()))
+        if not managed or not scim_ids:
+            return
+        groups = await directory.groups_of(conn, scim_ids)
+        for scim_id in scim_ids:
+            entry = await directory.get_user(conn, org_id, scim_id)
+            user = None if entry is None or entry.user_id is None else \
+                await users.get_user(conn, entry.user_id, for_update=True)
+            if user is not None:
+                await restate_roles(conn, user, mapping.roles_for(n for _, n in groups[scim_id]),
+                                    managed, source="directory", now=now)
+
+    async def _rename(self, conn: asyncpg.Connection, user_id: str, name: str,
+                      now: float) -> None:
+        """The certificate carries the display name: a new one is asked of IT's signature
+        (server/renewals.py); the certificate held stays valid until it is renewed."""
+        user = await users.get_user(conn, user_id, for_update=True)
+        if user is not None and await ask_display_name(conn, user, name, now=now):
+            await audit.append(conn, "scim.renewal_asked", subject_kind="user",
+                               subject_id=user_id, actor_kind="directory")
 
     async def _suspend(self, conn: asyncpg.Connection, user_id: str, now: float) -> None:
         await users.set_status(conn, user_id, "suspended", now=now)
@@ -323,6 +358,7 @@ class DirectoryService:
                 conn, scim_id=str(uuid.uuid4()), org_id=org_id, display_name=name,
                 external_id=external_id, resource=resource, now=now)
             await directory.set_members(conn, entry.scim_id, members)
+            await self._regroup(conn, org_id, [m for m, _ in members], now)
             await audit.append(conn, "scim.group_created", subject_kind="directory_group",
                                subject_id=entry.scim_id, actor_kind="directory",
                                actor_id=org_id, details={"org_id": org_id,
@@ -372,6 +408,9 @@ class DirectoryService:
                                                    external_id=external_id, resource=resource,
                                                    now=now)
             moved = await directory.set_members(conn, scim_id, members)
+            if name != entry.display_name:  # a renamed group may map to another role
+                moved = sorted(set(moved) | {m for m, _ in members})
+            await self._regroup(conn, org_id, moved, now)
             await audit.append(conn, "scim.group_updated", subject_kind="directory_group",
                                subject_id=scim_id, actor_kind="directory", actor_id=org_id,
                                details={"org_id": org_id, "members_changed": len(moved)})
@@ -383,7 +422,9 @@ class DirectoryService:
             if entry is None:
                 raise NotFoundException(detail="no such group")
             check_precondition(if_match, entry.version)
+            members = [m for m, _ in await directory.members_of(conn, scim_id)]
             await directory.delete_group(conn, scim_id)
+            await self._regroup(conn, org_id, members, self.clock())
             await audit.append(conn, "scim.group_deleted", subject_kind="directory_group",
                                subject_id=scim_id, actor_kind="directory", actor_id=org_id,
                                details={"org_id": org_id})

@@ -37,6 +37,7 @@ __all__ = [
     "resume_all_but",
     "search_directory",
     "set_password_hash",
+    "set_roles",
     "set_status",
     "suspend",
 ]
@@ -170,6 +171,14 @@ async def search_directory(conn: asyncpg.Connection, q: str, *, org_ids: Sequenc
         f"AND {where} ORDER BY display_name, user_id LIMIT $4",
         list(org_ids), at(now), q if exact_login else _like(q), limit)
     return [_user(r) for r in rows]
+
+
+async def set_roles(conn: asyncpg.Connection, user_id: str, roles: Sequence[str], *,
+                    now: float) -> None:
+    """The roles the relay acts on: those of the certificate, less any the IdP withdrew
+    (server/renewals.py); never one the certificate lacks."""
+    await conn.execute("UPDATE users SET roles = $2, updated_at = $3 WHERE user_id = $1",
+                       uuid.UUID(user_id), list(roles), at(now))
 
 
 async def set_status(conn: asyncpg.Connection, user_id: str, status: str, *,

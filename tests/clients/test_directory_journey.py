@@ -1,8 +1,9 @@
 """The hospital directory's journey through the real commands against a real relay: IT issues
 a SCIM token on the relay host, the directory creates a clinician and puts her in a mapped
 group, ``lightbox-admin sign-pending`` signs her certificate on IT's workstation and prints her
-handout, she enrols and logs in with the code, and the directory's ``active: false`` locks her
-out at once. A CSV-provisioned colleague of the same relay is untouched throughout."""
+handout, she enrols and logs in with the code, a rename in the directory is renewed by the next
+``sign-pending``, and the directory's ``active: false`` locks her out at once. A
+CSV-provisioned colleague of the same relay is untouched throughout."""
 
 from __future__ import annotations
 
@@ -90,6 +91,21 @@ async def test_directory_user_is_signed_by_it_enrols_and_is_suspended_by_the_dir
         out = await _ok(device_cli.main, ["--profile", "ada", "enroll", "--server", url,
                                           "--code", codes["ada.byron"]])
         assert "enrolled ada.byron" in out
+        await _ok(device_cli.main, ["--profile", "ada", "login"])
+
+        # The directory renames her: the certificate carries the name, so IT renews it; until
+        # then the one she has still serves.
+        r = await scim.patch(f"/Users/{ada['id']}", json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "displayName", "value": "Ada King"}]})
+        assert r.status_code == 200, r.text
+        await _ok(device_cli.main, ["--profile", "ada", "login"])
+        assert "Ada Byron" in await _ok(admin_cli.main, ["user", "show", "ada.byron"])
+        rc, out, _err = await _run(admin_cli.main, ["sign-pending", "--no-qr"])
+        assert "ada.byron: certificate renewed" in out
+        assert "0 signed, 1 renewed, 1 failed" in out
+        shown = await _ok(admin_cli.main, ["user", "show", "ada.byron"])
+        assert "Ada King" in shown and "radiologist" in shown
         await _ok(device_cli.main, ["--profile", "ada", "login"])
 
         r = await scim.patch(f"/Users/{ada['id']}", json={

@@ -10,6 +10,8 @@
 // Prints one line, "ready ISSUER", once it listens. The login page is oidc-provider's own
 // development interaction (a form with login and password; any password is accepted): a
 // disabled account is one findAccount does not find, as a directory does for a blocked user.
+// Accounts are read from CONFIG at each sign-in, so a test can change a user's groups (or
+// disable them) between two sign-ins as IT changes the directory behind the IdP.
 import fs from "node:fs";
 import http from "node:http";
 import Provider from "oidc-provider";
@@ -35,7 +37,7 @@ const provider = new Provider(issuer, {
   features: { devInteractions: { enabled: true } },
   ttl: { IdToken: 600, AccessToken: 600, AuthorizationCode: 120 },
   async findAccount(ctx, id) {
-    const account = config.accounts[id];
+    const account = JSON.parse(fs.readFileSync(process.argv[2], "utf8")).accounts[id];
     if (!account || account.disabled) return undefined;
     return {
       accountId: id,

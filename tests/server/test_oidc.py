@@ -23,6 +23,7 @@ from protocol.api import login_signing_input
 from protocol.canonical import b64url_decode, b64url_encode
 from tests.identity_world import Device, User, World, identity_world
 from tests.idp_world import CLIENT_ID, IdP, running_idp
+from tests.scim_world import renew, signing_queue
 from tests.server.test_http_edge import assert_problem
 
 SSO_ORG, PASSWORD_ORG = "st-elsewhere", "county-general"
@@ -227,3 +228,99 @@ async def test_an_sso_session_must_sign_in_at_the_idp_again_after_its_lifetime(
     assert r.status_code == 200, r.text  # a password session is not affected
     r = await sso.login(device, await sso.token("ada.byron"))
     assert r.status_code == 200, r.text  # a new sign-in at the IdP starts a new one
+
+
+# --- the IdP's groups and Lightbox roles ------------------------------------------------------
+
+ORTHO, TRAUMA = "Orthopaedics on call", "Trauma on call"
+
+
+@pytest.fixture
+async def sso_roles(db_dsn: str, tmp_path: Path) -> AsyncIterator[SsoWorld]:
+    """An organisation whose IdP's ``groups`` claim speaks for two on-call roles."""
+    with running_idp({"ada.byron": {"name": "Ada Byron", "groups": [ORTHO]}}) as idp:
+        identity = tmp_path / "identity.json"
+        identity.write_text(json.dumps({"orgs": {SSO_ORG: {"oidc": {
+            "issuer": idp.issuer, "client_id": CLIENT_ID,
+            "scopes": ["openid", "profile", "groups"], "role_claim": "groups",
+            "claim_roles": {ORTHO: "orthopaedics_oncall", TRAUMA: "trauma_oncall"}}}}}))
+        async with identity_world(db_dsn, tmp_path, orgs=(SSO_ORG,),
+                                  identity_file=identity) as world:
+            yield SsoWorld(world, idp)
+
+
+async def _signed_in(sso: SsoWorld, device: Device) -> None:
+    """A sign-in at the real IdP (its pages, the code flow with PKCE) and at the relay."""
+    token = await sso.idp.sign_in(device.user.login, nonce=await sso.challenge())
+    r = await sso.login(device, token)
+    assert r.status_code == 200, r.text
+    device.access_token = r.json()["access_token"]
+
+
+async def _roles(sso: SsoWorld, device: Device) -> tuple[list[str], list[Any]]:
+    """The roles the relay acts on for the user (what colleagues see in the key directory)
+    and the renewals IT's queue holds."""
+    r = await sso.world.call(device, "GET", f"/v1/directory?login={device.user.login}")
+    assert r.status_code == 200, r.text
+    (seen,) = r.json()["users"]
+    return seen["roles"], (await signing_queue(sso.world))["renewals"]
+
+
+async def test_idp_groups_changing_between_sign_ins_withdraw_a_role_at_once_and_ask_it_to_sign_one(
+        sso_roles: SsoWorld) -> None:
+    sso = sso_roles
+    user = sso.world.orgs[SSO_ORG].user("ada.byron", roles=("orthopaedics_oncall", "physician"))
+    (result,) = await sso.world.provision(user)
+    assert result["ok"], result
+    device = user.device()
+    r = await sso.enrol(device, await sso.idp.sign_in("ada.byron", nonce=await sso.challenge()))
+    assert r.status_code == 200, r.text
+    await _signed_in(sso, device)
+    assert await _roles(sso, device) == (["orthopaedics_oncall", "physician"], [])
+
+    # IT moves her from orthopaedics to trauma in the directory behind the IdP.
+    sso.idp.set_account("ada.byron", groups=[TRAUMA])
+    await _signed_in(sso, device)
+    roles, (asked,) = await _roles(sso, device)
+    # Orthopaedics is gone at once; trauma waits for IT's signature; "physician", which the
+    # IdP does not speak for, stays.
+    assert roles == ["physician"]
+    assert (asked["login"], asked["roles"], asked["display_name"]) == \
+        ("ada.byron", ["physician", "trauma_oncall"], None)
+    r = await renew(sso.world, asked)
+    assert r.status_code == 200, r.text
+    assert await _roles(sso, device) == (["physician", "trauma_oncall"], [])
+
+    # Signing in again with the same groups asks nothing more.
+    await _signed_in(sso, device)
+    assert await _roles(sso, device) == (["physician", "trauma_oncall"], [])
+
+
+async def test_a_role_the_idp_grants_is_never_minted_by_the_relay(sso_roles: SsoWorld) -> None:
+    sso = sso_roles
+    device = await sso.sso_user("ada.byron")  # certified for orthopaedics_oncall only
+    sso.idp.set_account("ada.byron", groups=[ORTHO, TRAUMA, "Hospital admins"])
+    await _signed_in(sso, device)
+    roles, (asked,) = await _roles(sso, device)
+    assert roles == ["orthopaedics_oncall"]
+    assert asked["roles"] == ["orthopaedics_oncall", "trauma_oncall"]  # unmapped group ignored
+    # A certificate granting more than asked, or signed by another organisation, is refused.
+    assert_problem(await renew(sso.world, asked, roles=["hospital_admin", "trauma_oncall"]),
+                   422, "certificate_invalid")
+    # A withdrawal before IT signs takes back what was asked.
+    sso.idp.set_account("ada.byron", groups=[ORTHO])
+    await _signed_in(sso, device)
+    assert await _roles(sso, device) == (["orthopaedics_oncall"], [])
+
+
+async def test_a_token_without_the_role_claim_grants_none_of_the_roles_it_speaks_for(
+        sso_roles: SsoWorld) -> None:
+    sso = sso_roles
+    device = await sso.sso_user("ada.byron")
+    token = await sso.idp.sign_in("ada.byron", nonce=await sso.challenge(),
+                                  scope="openid profile")  # no groups scope, no groups claim
+    r = await sso.login(device, token)
+    assert r.status_code == 200, r.text
+    device.access_token = r.json()["access_token"]
+    roles, (asked,) = await _roles(sso, device)
+    assert (roles, asked["roles"]) == ([], [])

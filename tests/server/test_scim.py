@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from protocol.errors import CloseCode
@@ -21,7 +22,10 @@ from tests.scim_world import (
     SCIM_JSON,
     ScimWorld,
     issue_scim_token,
+    renew,
+    renewed_certificate,
     scim_world,
+    signing_queue,
 )
 from tests.server.test_http_edge import assert_problem
 
@@ -279,6 +283,154 @@ async def test_active_false_closes_the_open_websocket_within_a_second(sw: ScimWo
     assert refresh.status_code == 401, refresh.text
 
 
+async def _names(sw: ScimWorld, p: Any) -> tuple[str, ...]:
+    """What colleagues see of jane.doe (the key directory) and what IT's queue asks."""
+    r = await sw.world.call(p.device, "GET", "/v1/directory?login=jane.doe")
+    assert r.status_code == 200, r.text
+    (seen,) = r.json()["users"]
+    asked = [e["display_name"] for e in (await signing_queue(sw.world))["renewals"]]
+    return (seen["display_name"], *asked)
+
+
+@pytest.mark.parametrize("rename", [
+    [{"op": "replace", "path": "displayName", "value": "Dr Jane Smith"}],
+    [{"op": "remove", "path": "displayName"},
+     {"op": "replace", "path": "name.familyName", "value": "Smith"},
+     {"op": "replace", "path": "name.givenName", "value": "Dr Jane"}],
+])
+async def test_a_rename_queues_a_renewal_and_the_old_certificate_serves_until_it_is_signed(
+        sw: ScimWorld, rename: list[dict[str, Any]]) -> None:
+    jane, user = await sw.signed_user("jane.doe")
+    p = await peer(sw.world, "jane.doe", user=user)
+    assert await _names(sw, p) == ("Dr Jane Doe",)
+    r = await sw.patch(f"/Users/{jane['id']}", rename)
+    assert r.status_code == 200, r.text
+    # Asked of IT; until signed the certificate held says what it said, and still works.
+    assert await _names(sw, p) == ("Dr Jane Doe", "Dr Jane Smith")
+    await sw.world.login(p.device)
+    (entry,) = (await signing_queue(sw.world))["renewals"]
+    assert (entry["login"], entry["roles"]) == ("jane.doe", None)
+    # A certificate that says something else than asked, or read before a change, is refused.
+    assert_problem(await renew(sw.world, entry, display_name="Dr Someone Else"), 422,
+                   "certificate_invalid")
+    assert_problem(await renew(sw.world, entry, roles=["radiologist"]), 422,
+                   "certificate_invalid")
+    assert_problem(await renew(sw.world, entry, version=entry["version"] + 1), 409,
+                   "conflict")
+    r = await renew(sw.world, entry)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"user_id": user.user_id, "login": "jane.doe"}
+    assert await _names(sw, p) == ("Dr Jane Smith",)
+    await sw.world.login(p.device)
+
+
+async def _roles(sw: ScimWorld, p: Any) -> tuple[list[str], list[Any]]:
+    """The roles the relay acts on for jane.doe, and the roles IT's queue asks for her."""
+    r = await sw.world.call(p.device, "GET", "/v1/directory?login=jane.doe")
+    assert r.status_code == 200, r.text
+    (seen,) = r.json()["users"]
+    return seen["roles"], [e["roles"] for e in (await signing_queue(sw.world))["renewals"]]
+
+
+async def test_a_signed_user_joining_a_mapped_group_asks_for_the_role_and_leaving_withdraws_it(
+        sw: ScimWorld) -> None:
+    jane = await sw.create_user("jane.doe")
+    group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+             "members": [{"value": jane["id"]}]}
+    r = await sw.scim.post("/Groups", headers={"content-type": SCIM_JSON},
+                           json=group | {"displayName": "Orthopaedics on call"})
+    assert r.status_code == 201, r.text
+    ortho = r.json()
+    (entry,) = await sw.pending()
+    user, r = await sw.sign(entry)
+    assert r.status_code == 200, r.text
+    p = await peer(sw.world, "jane.doe", user=user)
+    assert await _roles(sw, p) == (["orthopaedics_oncall"], [])
+
+    # Joining a mapped group asks IT; nothing is granted before it signs.
+    r = await sw.scim.post("/Groups", headers={"content-type": SCIM_JSON},
+                           json=group | {"displayName": "Trauma on call"})
+    assert r.status_code == 201, r.text
+    trauma = r.json()
+    assert await _roles(sw, p) == (["orthopaedics_oncall"],
+                                   [["orthopaedics_oncall", "trauma_oncall"]])
+    # Leaving one withdraws its role at once.
+    r = await sw.patch(f"/Groups/{ortho['id']}", [{"op": "remove", "path": "members"}])
+    assert r.status_code == 200, r.text
+    assert await _roles(sw, p) == ([], [["trauma_oncall"]])
+    (asked,) = (await signing_queue(sw.world))["renewals"]
+    r = await renew(sw.world, asked)
+    assert r.status_code == 200, r.text
+    assert await _roles(sw, p) == (["trauma_oncall"], [])
+    # Deleting the group is leaving it.
+    r = await sw.scim.delete(f"/Groups/{trauma['id']}")
+    assert r.status_code == 204, r.text
+    assert await _roles(sw, p) == ([], [[]])
+    await sw.world.login(p.device)  # access stays; only the role went
+
+
+async def test_a_licence_renewal_made_from_the_old_certificate_does_not_restore_a_withdrawn_role(
+        sw: ScimWorld) -> None:
+    jane = await sw.create_user("jane.doe")
+    r = await sw.scim.post("/Groups", headers={"content-type": SCIM_JSON}, json={
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+        "displayName": "Orthopaedics on call", "members": [{"value": jane["id"]}]})
+    assert r.status_code == 201, r.text
+    group_id = r.json()["id"]
+    (entry,) = await sw.pending()
+    user, r = await sw.sign(entry)
+    assert r.status_code == 200, r.text
+    p = await peer(sw.world, "jane.doe", user=user)
+    r = await sw.patch(f"/Groups/{group_id}", [{"op": "remove", "path": "members"}])
+    assert r.status_code == 200, r.text
+    assert await _roles(sw, p) == ([], [[]])
+    # IT renews her licence from the certificate held, which still names the role.
+    (held,) = (await signing_queue(sw.world))["renewals"]
+    assert user.body.licence is not None
+    renewed = renewed_certificate(sw.world, held | {"roles": None, "display_name": None},
+                                  licence=msgspec.structs.replace(user.body.licence,
+                                                                  expires_at=2_000_000_000))
+    r = await sw.world.http.put(f"/v1/admin/users/{user.user_id}/certificate",
+                                headers=sw.world.admin_headers(),
+                                json={"user_certificate": renewed})
+    assert r.status_code == 200, r.text
+    assert await _roles(sw, p) == ([], [[]])
+
+
+async def test_a_rename_undone_before_it_is_signed_asks_nothing(sw: ScimWorld) -> None:
+    jane, user = await sw.signed_user("jane.doe")
+    p = await peer(sw.world, "jane.doe", user=user)
+    for name in ("Dr Jane Smith", "Dr Jane Doe"):
+        r = await sw.patch(f"/Users/{jane['id']}", [{"op": "replace", "path": "displayName",
+                                                      "value": name}])
+        assert r.status_code == 200, r.text
+    assert await _names(sw, p) == ("Dr Jane Doe",)
+
+
+async def test_a_renewal_needs_an_administrator_and_a_renewal_asked(sw: ScimWorld) -> None:
+    jane, user = await sw.signed_user("jane.doe")
+    await peer(sw.world, "jane.doe", user=user)
+    r = await sw.patch(f"/Users/{jane['id']}", [{"op": "replace", "path": "displayName",
+                                                  "value": "Dr Jane Smith"}])
+    assert r.status_code == 200, r.text
+    (entry,) = (await signing_queue(sw.world))["renewals"]
+    path = f"/v1/admin/directory/renewals/{user.user_id}"
+    body = {"version": entry["version"], "user_certificate": entry["user_certificate"]}
+    assert_problem(await sw.world.http.post(path, json=body), 401, "unauthenticated")
+    # The certificate held, posted again, is not a renewal.
+    assert_problem(await sw.world.http.post(path, json=body,
+                                            headers=sw.world.admin_headers()), 409, "conflict")
+    for other in ("/v1/admin/directory/renewals/not-a-user",
+                  "/v1/admin/directory/renewals/7d0cbb6c-56cf-4b66-9c3c-1d1f0c6b3f1e"):
+        assert_problem(await sw.world.http.post(other, json=body,
+                                                headers=sw.world.admin_headers()), 404,
+                       "not_found")
+    assert_problem(await sw.world.http.post(path, json={"version": "1"},
+                                            headers=sw.world.admin_headers()), 422,
+                   "validation_failed")
+    assert len((await signing_queue(sw.world))["renewals"]) == 1
+
+
 async def test_active_true_again_lets_the_user_log_in(sw: ScimWorld) -> None:
     jane, user = await sw.signed_user("jane.doe")
     p = await peer(sw.world, "jane.doe", user=user)
@@ -335,3 +487,36 @@ async def test_delete_revokes_every_device_and_closes_its_socket(sw: ScimWorld) 
     r = await sw.scim.post("/Users", json=sw.user_body("jane.doe"),
                            headers={"content-type": SCIM_JSON})
     assert_scim_error(r, 409, "uniqueness")
+
+
+# --- failures of the relay itself -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/Users", None),
+    ("POST", "/Users", {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                        "userName": "jane.doe"}),
+    ("GET", "/Users/7d0cbb6c-56cf-4b66-9c3c-1d1f0c6b3f1e", None),
+])
+async def test_an_unexpected_failure_is_a_scim_500_without_a_traceback(
+        sw: ScimWorld, method: str, path: str, body: dict[str, Any] | None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The directory's table gone from under the relay (a real database error, no mock): the
+    RFC 7644 §3.12 body, never problem+json or a Python traceback; the log has the cause."""
+    await sw.world.execute("ALTER TABLE scim_users RENAME TO scim_users_gone")
+    try:
+        r = await sw.scim.request(method, path, json=body,
+                                  headers={"content-type": SCIM_JSON})
+    finally:
+        await sw.world.execute("ALTER TABLE scim_users_gone RENAME TO scim_users")
+    assert r.status_code == 500, r.text
+    assert r.headers["content-type"] == SCIM_JSON
+    assert r.json() == {"schemas": [ERROR_SCHEMA], "status": "500",
+                        "detail": "the relay could not handle this request; its log names "
+                                  f"request {r.headers['x-request-id']}"}
+    for leak in ("Traceback", "asyncpg", "scim_users", "UndefinedTable"):
+        assert leak not in r.text
+    (logged,) = [rec for rec in caplog.records if rec.getMessage() == "unhandled error"]
+    assert logged.exc_info is not None and "UndefinedTable" in repr(logged.exc_info[1])
+    # The relay answers again once the database is whole.
+    assert (await sw.scim.get("/Users")).status_code == 200

@@ -238,9 +238,13 @@ _INSERTION_JSON = msgspec.json.Encoder()
 _ABOVE_BMP = re.compile("[\U00010000-\U0010ffff]")
 
 
-def _check_fast(obj: object, depth: int) -> bool:
+def _check_fast(obj: object, depth: int, b64: bool = False) -> bool:
     """Raise _Outside unless ``obj`` is in the compiled encoder's domain; True if some object
-    key has a code point above U+FFFF (so code-point order is not UTF-16 order)."""
+    key has a code point above U+FFFF (so code-point order is not UTF-16 order).
+
+    With ``b64`` (``obj`` is a fresh ``msgspec.to_builtins`` result, owned by the caller),
+    ``bytes`` inside lists and objects are replaced in place by their base64url strings, as
+    :func:`_bytes_to_b64` would do, instead of being refused."""
     if depth > _MAX_DEPTH:
         raise _Outside
     kind = type(obj)
@@ -257,12 +261,21 @@ def _check_fast(obj: object, depth: int) -> bool:
                 raise _Outside
             if not key.isascii() and _ABOVE_BMP.search(key):
                 wide = True
-            if _check_fast(value, depth + 1):
+            if b64 and type(value) is bytes:
+                obj[key] = b64url_encode(value)  # type: ignore[index]
+            elif _check_fast(value, depth + 1, b64):
                 wide = True
         return wide
-    if kind is list or kind is tuple:
+    if kind is list:
+        for i, value in enumerate(obj):  # type: ignore[arg-type]
+            if b64 and type(value) is bytes:
+                obj[i] = b64url_encode(value)  # type: ignore[index]
+            elif _check_fast(value, depth + 1, b64):
+                wide = True
+        return wide
+    if kind is tuple:
         for value in obj:  # type: ignore[attr-defined]
-            if _check_fast(value, depth + 1):
+            if _check_fast(value, depth + 1, b64):
                 wide = True
         return wide
     raise _Outside
@@ -277,11 +290,12 @@ def _utf16_ordered(obj: Any) -> Any:
     return obj
 
 
-def _fast_canonical_json(obj: object) -> bytes | None:
+def _fast_canonical_json(obj: object, *, b64: bool = False) -> bytes | None:
     """RFC 8785 canonical JSON through msgspec, or None when ``obj`` is outside the domain where
-    that is proven equal to :func:`_pure_canonical_json` (module docstring)."""
+    that is proven equal to :func:`_pure_canonical_json` (module docstring). ``b64``: see
+    :func:`_check_fast`."""
     try:
-        wide = _check_fast(obj, 0)
+        wide = _check_fast(obj, 0, b64)
     except _Outside:
         return None
     try:
@@ -326,7 +340,9 @@ def _bytes_to_b64(obj: Any) -> Any:
 def encode_struct(value: object) -> bytes:
     """Canonical JSON of a msgspec struct (or a list of them); ``bytes`` values become
     base64url strings, enums their values."""
-    return canonical_json(_bytes_to_b64(msgspec.to_builtins(value, builtin_types=(bytes,))))
+    builtins = msgspec.to_builtins(value, builtin_types=(bytes,))
+    fast = _fast_canonical_json(builtins, b64=True)
+    return fast if fast is not None else canonical_json(_bytes_to_b64(builtins))
 
 
 def _b64_to_bytes(obj: Any, info: msgspec.inspect.Type) -> Any:

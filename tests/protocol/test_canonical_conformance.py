@@ -226,3 +226,17 @@ def test_the_signed_header_takes_the_compiled_path_and_gives_the_reference_bytes
 def test_a_header_with_an_unsafe_integer_is_still_refused() -> None:
     with pytest.raises(DecodeError):
         envelope.header_bytes(_header(sent_at=SAFE + 1))
+
+
+def test_wrapped_keys_with_bytes_take_the_compiled_path_and_give_the_reference_bytes() -> None:
+    from tests.protocol.test_envelope import _sealed
+
+    keys = _sealed().keys
+    reference = canonical._pure_canonical_json(
+        canonical._bytes_to_b64(msgspec.to_builtins(keys, builtin_types=(bytes,)))
+    )
+    fast = canonical._fast_canonical_json(
+        msgspec.to_builtins(keys, builtin_types=(bytes,)), b64=True
+    )
+    assert fast == reference
+    assert canonical.encode_struct(keys) == reference

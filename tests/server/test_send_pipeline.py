@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from clients.sdk.socket import SocketClosed
 from tests.helpers import seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import connect, peer, seal, thread
@@ -68,3 +69,26 @@ async def test_next_batch_starts_while_the_one_before_commits_and_keeps_thread_o
         assert await conn.fetchval("SELECT count(*) FROM deliveries") == 3
     finally:
         await conn.close()
+
+
+async def test_relay_stopped_while_a_batch_waits_stores_nothing_of_it(world: World) -> None:
+    alice, bob = await peer(world, "alice"), await peer(world, "bob")
+    tid = await thread(world, alice, bob)
+    sock = await connect(world, alice)
+    blocker = await asyncpg.connect(world.dsn)
+    try:
+        hold = blocker.transaction()
+        await hold.start()
+        await blocker.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
+        sending = asyncio.create_task(sock.send(seal(alice, tid, [bob], b"never stored")))
+        await _wait_for_blocked(blocker, 1)
+        await asyncio.wait_for(asyncio.to_thread(world.relay.stop), seconds(30))
+        with pytest.raises(SocketClosed):  # the outcome is unknown to alice: she retries
+            await asyncio.wait_for(sending, seconds(20))
+        await hold.rollback()
+        # the batch was rolled back, not left running on a closed pool
+        assert await blocker.fetchval("SELECT count(*) FROM messages") == 0
+        assert await blocker.fetchval("SELECT count(*) FROM deliveries") == 0
+    finally:
+        await blocker.close()
+        await sock.close()

@@ -1,4 +1,4 @@
-"""Canonical bytes for signing, base64url, and the compact signed-artefact format.
+r"""Canonical bytes for signing, base64url, and the compact signed-artefact format.
 
 Why: a signature is only meaningful over one agreed byte string. Lightbox signs the RFC 8785
 (JCS) canonical JSON of a body, restricted to the types that have a single obvious encoding
@@ -13,6 +13,26 @@ signature made for one artefact type can never be replayed as another (docs/PROT
 
 Decoding is strict: exact alphabet, no padding, canonical trailing bits, exact lengths, size
 limits, and the body must be byte-for-byte canonical (one body, one encoding).
+
+Two encoders give the same bytes. The pure-Python one (:func:`_pure_canonical_json`) is the
+reference and handles every input. The compiled one (:func:`_fast_canonical_json`, msgspec's
+JSON encoder) is used when the value lies in a domain where its output provably equals RFC 8785:
+
+* the value is built only from ``dict`` with ``str`` keys, ``list``/``tuple``, ``str``, ``int``
+  within +-(2**53 - 1), ``bool`` and ``None`` (exact types: no subclass, no float), at most as deep
+  as the pure encoder allows; anything else falls back to the pure encoder, which encodes it or
+  raises its own error;
+* strings (RFC 8785 §3.2.2.2): msgspec escapes exactly ``"``, ``\``, the five short forms
+  ``\b \t \n \f \r`` and every other control character below U+0020 as ``\u00xx`` with
+  lowercase hex, and writes every other code point (U+007F, U+2028, U+2029, non-ASCII) as
+  UTF-8, as the pure encoder does; tests/protocol/test_canonical_conformance.py checks this for
+  every code point. A lone surrogate makes msgspec fail, and the pure encoder then refuses it;
+* integers (§3.2.2.3): inside the safe range an integer's shortest decimal form is its ECMAScript
+  number form, which is what both write;
+* key order (§3.2.3): msgspec's ``order="sorted"`` sorts by code point. Where every key is in the
+  Basic Multilingual Plane a key's UTF-16 code units are its code points, so the orders agree.
+  When some key lies above U+FFFF, every object is re-inserted in UTF-16 order first and
+  encoded in insertion order.
 """
 
 from __future__ import annotations
@@ -209,8 +229,93 @@ def _encode(obj: object, out: list[str], depth: int) -> None:
         raise DecodeError(f"type {type(obj).__name__} is not allowed in canonical JSON")
 
 
+class _Outside(Exception):
+    """The value lies outside the compiled encoder's proven domain (see the module docstring)."""
+
+
+_SORTED_JSON = msgspec.json.Encoder(order="sorted")
+_INSERTION_JSON = msgspec.json.Encoder()
+_ABOVE_BMP = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _check_fast(obj: object, depth: int, b64: bool = False) -> bool:
+    """Raise _Outside unless ``obj`` is in the compiled encoder's domain; True if some object
+    key has a code point above U+FFFF (so code-point order is not UTF-16 order).
+
+    With ``b64`` (``obj`` is a fresh ``msgspec.to_builtins`` result, owned by the caller),
+    ``bytes`` inside lists and objects are replaced in place by their base64url strings, as
+    :func:`_bytes_to_b64` would do, instead of being refused."""
+    if depth > _MAX_DEPTH:
+        raise _Outside
+    kind = type(obj)
+    if kind is str or kind is bool or obj is None:
+        return False
+    if kind is int:
+        if -MAX_SAFE_INTEGER <= obj <= MAX_SAFE_INTEGER:  # type: ignore[operator]
+            return False
+        raise _Outside
+    wide = False
+    if kind is dict:
+        for key, value in obj.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                raise _Outside
+            if not key.isascii() and _ABOVE_BMP.search(key):
+                wide = True
+            if b64 and type(value) is bytes:
+                obj[key] = b64url_encode(value)  # type: ignore[index]
+            elif _check_fast(value, depth + 1, b64):
+                wide = True
+        return wide
+    if kind is list:
+        for i, value in enumerate(obj):  # type: ignore[arg-type]
+            if b64 and type(value) is bytes:
+                obj[i] = b64url_encode(value)  # type: ignore[index]
+            elif _check_fast(value, depth + 1, b64):
+                wide = True
+        return wide
+    if kind is tuple:
+        for value in obj:  # type: ignore[attr-defined]
+            if _check_fast(value, depth + 1, b64):
+                wide = True
+        return wide
+    raise _Outside
+
+
+def _utf16_ordered(obj: Any) -> Any:
+    """``obj`` with every object's keys re-inserted in UTF-16 code-unit order."""
+    if type(obj) is dict:
+        return {k: _utf16_ordered(obj[k]) for k in sorted(obj, key=_utf16_key)}
+    if type(obj) is list or type(obj) is tuple:
+        return [_utf16_ordered(v) for v in obj]
+    return obj
+
+
+def _fast_canonical_json(obj: object, *, b64: bool = False) -> bytes | None:
+    """RFC 8785 canonical JSON through msgspec, or None when ``obj`` is outside the domain where
+    that is proven equal to :func:`_pure_canonical_json` (module docstring). ``b64``: see
+    :func:`_check_fast`."""
+    try:
+        wide = _check_fast(obj, 0, b64)
+    except _Outside:
+        return None
+    try:
+        if wide:
+            return _INSERTION_JSON.encode(_utf16_ordered(obj))
+        return _SORTED_JSON.encode(obj)
+    except UnicodeEncodeError:  # a lone surrogate: the pure encoder refuses it
+        return None
+
+
 def canonical_json(obj: object) -> bytes:
-    """RFC 8785 canonical JSON of ``obj`` (restricted types; floats rejected with DecodeError)."""
+    """RFC 8785 canonical JSON of ``obj`` (restricted types; floats rejected with DecodeError).
+
+    The compiled encoder when it applies, else the pure-Python reference (same bytes)."""
+    fast = _fast_canonical_json(obj)
+    return fast if fast is not None else _pure_canonical_json(obj)
+
+
+def _pure_canonical_json(obj: object) -> bytes:
+    """The reference RFC 8785 encoder, in Python: every input, every refusal."""
     out: list[str] = []
     _encode(obj, out, 0)
     try:
@@ -235,7 +340,9 @@ def _bytes_to_b64(obj: Any) -> Any:
 def encode_struct(value: object) -> bytes:
     """Canonical JSON of a msgspec struct (or a list of them); ``bytes`` values become
     base64url strings, enums their values."""
-    return canonical_json(_bytes_to_b64(msgspec.to_builtins(value, builtin_types=(bytes,))))
+    builtins = msgspec.to_builtins(value, builtin_types=(bytes,))
+    fast = _fast_canonical_json(builtins, b64=True)
+    return fast if fast is not None else canonical_json(_bytes_to_b64(builtins))
 
 
 def _b64_to_bytes(obj: Any, info: msgspec.inspect.Type) -> Any:

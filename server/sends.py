@@ -23,10 +23,13 @@ Checks 6 and 7 run inside the batch transaction, before the message is stored; a
 passes is stored with its attachment references, and every recipient device is granted access
 to its attachments, in the same transaction.
 
-Group commit: sends from every connection of this process queue up; one flusher stores each
-batch in a single transaction (one WAL flush for many messages) and resolves each sender's
-future only after COMMIT. Batches run one after another, so messages keep their submission order
-within a thread. Recipients' processes are woken by a NOTIFY sent in the same transaction.
+Group commit: sends from every connection of this process queue up; each batch is stored in a
+single transaction (one WAL flush for many messages) and each sender's future is resolved only
+after COMMIT. Batches are pipelined: while one commits (its round trips and its WAL flush), the
+next one collects and starts, up to ``pipeline`` batches in flight. A batch starts only once
+the one before it holds its thread locks, so a later batch touching the same thread waits for
+the earlier one's COMMIT and messages keep their submission order within a thread. Recipients'
+processes are woken by a NOTIFY sent in the same transaction.
 """
 
 from __future__ import annotations
@@ -128,11 +131,13 @@ class SendPipeline:
 
     def __init__(self, db: Database, metrics: Metrics, *, policy: SendPolicy,
                  max_message_bytes: int, max_batch: int = 256, verify_signatures: bool = True,
-                 now: Callable[[], dt.datetime] = _utcnow, routing: Routing | None = None
-                 ) -> None:
+                 now: Callable[[], dt.datetime] = _utcnow, routing: Routing | None = None,
+                 pipeline: int = 2) -> None:
         self.db, self.metrics, self.policy, self.routing = db, metrics, policy, routing
         self.max_message_bytes = max_message_bytes
         self.max_batch = max_batch
+        self.pipeline = max(1, pipeline)  # batches in flight at once
+        self._batches: dict[asyncio.Task[None], list[_Pending]] = {}
         self.verify_signatures = verify_signatures
         self.now = now
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -149,8 +154,14 @@ class SendPipeline:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        unanswered = [p for batch in self._batches.values() for p in batch]
+        for task in list(self._batches):  # a cancelled batch rolls back: nothing stored
+            task.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
+        self._batches.clear()
         while not self._queue.empty():
-            p = self._queue.get_nowait()
+            unanswered.append(self._queue.get_nowait())
+        for p in unanswered:
             if not p.future.done():
                 p.future.set_exception(RelayError(ErrorCode.NOT_READY, "relay shutting down"))
 
@@ -197,20 +208,39 @@ class SendPipeline:
     # -- group commit ------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        locked = asyncio.Event()  # the batch before holds its thread locks (none yet: set)
+        locked.set()
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            # Sends keep arriving into the queue while the batch before takes its locks and
+            # while the pipeline is full: the next batch is collected from all of them.
+            await locked.wait()
+            while len(self._batches) >= self.pipeline:
+                await asyncio.wait(list(self._batches), return_when=asyncio.FIRST_COMPLETED)
+            batch = [first]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                await self._store(batch)
-            except Exception as exc:  # the batch failed as a whole: every sender may retry
-                log.error("send batch failed", exc_info=exc, extra={"count": len(batch)})
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(
-                            RelayError(ErrorCode.INTERNAL_ERROR, "not stored; retry"))
+            locked = asyncio.Event()
+            task = asyncio.create_task(self._run_batch(batch, locked), name="send-batch")
+            self._batches[task] = batch
+            task.add_done_callback(self._forget)
 
-    async def _store(self, batch: list[_Pending]) -> None:
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._batches.pop(task, None)
+
+    async def _run_batch(self, batch: list[_Pending], locked: asyncio.Event) -> None:
+        try:
+            await self._store(batch, locked)
+        except Exception as exc:  # the batch failed as a whole: every sender may retry
+            log.error("send batch failed", exc_info=exc, extra={"count": len(batch)})
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(
+                        RelayError(ErrorCode.INTERNAL_ERROR, "not stored; retry"))
+        finally:
+            locked.set()  # also when the batch failed before it could lock anything
+
+    async def _store(self, batch: list[_Pending], locked: asyncio.Event | None = None) -> None:
         """Store a batch in one transaction with a fixed number of set-based statements
         (server/store/batches.py): lock the threads in id order (no deadlock between relay
         processes), look up retries, load participants and device sets, check each send, then
@@ -227,6 +257,8 @@ class SendPipeline:
             batch_state = _Batch()
             if self.break_glass is not None:
                 await self.break_glass.lock(conn, [p.message.header for p, _ in prepared])
+            if locked is not None:
+                locked.set()  # the next batch may start: it waits here for a shared thread
             existing = await batches.existing_messages(
                 conn, [(m.sender_device_id, m.message_id) for _, m in prepared])
             members = await batches.participants(conn, sorted(orgs), at)

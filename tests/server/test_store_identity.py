@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncpg
 import pytest
 
 from protocol.errors import ErrorCode
 from server.errors import Conflict, Unauthorized
 from server.passwords import Passwords
-from server.store import admins, lockout, users
+from server.store import admins, lockout
 
 
 async def test_admin_accounts_are_created_once_and_verified(db_dsn: str) -> None:
@@ -70,19 +68,3 @@ async def test_a_delay_remembers_failures_past_its_cap_and_forgotten_rows_are_pu
     finally:
         await conn.close()
 
-
-def test_a_users_standing_reports_suspension_then_licence_then_certificate() -> None:
-    """The one rule login, every request and the key directory apply (UserRecord.standing)."""
-    now = 1_800_000_000
-    user = users.UserRecord(
-        user_id="u", org_id="o", login="amy", display_name="Dr Amy", account_kind="clinician",
-        roles=[], specialty=None, department=None, licence_expires_at=now + 60,
-        cert_not_after=now + 120, identity_key=b"", user_certificate="", status="active",
-        password_hash=None)
-    assert user.standing(now) is None
-    assert user.standing(now + 60) is ErrorCode.LICENCE_EXPIRED
-    assert dataclasses.replace(user, licence_expires_at=None).standing(now + 119) is None
-    assert dataclasses.replace(user, licence_expires_at=None).standing(
-        now + 120) is ErrorCode.CERTIFICATE_EXPIRED
-    assert dataclasses.replace(user, status="suspended").standing(
-        now + 120) is ErrorCode.USER_SUSPENDED

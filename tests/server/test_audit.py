@@ -7,22 +7,12 @@ import asyncio
 import datetime as dt
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from server import audit
 from tests.helpers import ROOT, seconds
-
-
-@pytest.fixture
-async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(db_dsn)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def _fill(conn: asyncpg.Connection, n: int = 5) -> None:

@@ -26,9 +26,7 @@ from server.db import Database
 from server.errors import Forbidden, RelayError
 from server.receipts import ReceiptService
 from server.store import threads
-from tests.server.test_store_threads import NOW, add_device, add_user, conn, new_message, store
-
-__all__ = ["conn"]  # the fixture, shared with the thread storage tests
+from tests.server.test_store_threads import NOW, add_device, add_user, new_message, store
 
 CLOCK = NOW + dt.timedelta(days=3)  # the relay's clock, far from the database's
 

@@ -9,9 +9,7 @@ import uuid
 import asyncpg
 
 from server.store import batches, threads
-from tests.server.test_store_threads import NOW, add_device, add_user, conn
-
-__all__ = ["conn"]  # the fixture, shared with the thread storage tests
+from tests.server.test_store_threads import NOW, add_device, add_user
 
 
 async def new_thread(conn: asyncpg.Connection, creator: str, *users: str,

@@ -10,9 +10,7 @@ import asyncpg
 
 from protocol.api import DeviceBundle, UserDevices
 from server.store import bundles, prekeys
-from tests.server.test_store_threads import NOW, add_device, add_user, conn
-
-__all__ = ["conn"]  # the fixture, shared with the thread storage tests
+from tests.server.test_store_threads import NOW, add_device, add_user
 
 
 async def _device(conn: asyncpg.Connection, user_id: str, *, minutes: int,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -15,15 +14,6 @@ from server.errors import Forbidden, InvalidInput, NotFound
 from server.store import batches, messages, oncall, threads
 
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(db_dsn)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def add_user(conn: asyncpg.Connection, *, roles: tuple[str, ...] = (), org: str = "org-a",

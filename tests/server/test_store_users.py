@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -18,15 +17,6 @@ from server.store import users
 from tests.identity_world import Org, User
 
 NOW = time.time()
-
-
-@pytest.fixture
-async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(db_dsn)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def stored(conn: asyncpg.Connection, user: User, *, status: str = "active") -> User:

@@ -33,6 +33,7 @@ from protocol.frames import (
     encode_frame,
 )
 from protocol.keys import DeviceKeys
+from protocol.model import SealedMessage
 from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_statement
 from tests.consent_world import count
 from tests.helpers import eventually, seconds
@@ -102,6 +103,13 @@ async def refused_at_handshake(world: World, p: Peer, *, token: str | None = Non
     return err.value.code, err.value.reason
 
 
+async def refused_send(sock: RelaySocket, sealed: SealedMessage) -> SendRefused:
+    """The relay's refusal of ``sealed`` (the socket stays open)."""
+    with pytest.raises(SendRefused) as err:
+        await sock.send(sealed)
+    return err.value
+
+
 @contextlib.asynccontextmanager
 async def alone(db_dsn: str, tmp_path: Path, login: str,
                 **settings: Any) -> AsyncIterator[tuple[World, RelaySocket]]:
@@ -124,14 +132,11 @@ async def next_of(sock: RelaySocket, kind: type, timeout: float = 10.0):  # type
 async def test_handshake_answers_ready_for_the_authenticated_device(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice = trio[0]
-    sock = await connect(world, alice)
-    try:
+    async with sockets(world, alice) as (sock,):
         assert sock.ready is not None
         assert sock.ready.device_id == alice.device_id
         assert sock.ready.user_id == alice.user_id
         assert sock.ready.limits.send_window == world.relay.relay.settings.ws_send_window
-    finally:
-        await sock.close()
 
 
 async def test_anything_before_hello_closes_with_1008_unexpected_frame(world: World) -> None:
@@ -250,14 +255,11 @@ async def test_retry_with_same_bytes_returns_the_original_acceptance(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
     tid = await thread(world, alice, bob)
-    a = await connect(world, alice)
-    try:
+    async with sockets(world, alice) as (a,):
         s = seal(alice, tid, [bob])
         first = await a.send(s)
         again = await a.send(s)
         assert again.duplicate and again.thread_seq == first.thread_seq
-    finally:
-        await a.close()
 
 
 async def test_a_sender_gone_while_its_batch_waited_does_not_fail_the_others_in_it(
@@ -310,9 +312,8 @@ async def test_reused_message_id_with_other_bytes_is_refused_and_overwrites_noth
     async with sockets(world, alice, bob) as (a, b):
         s = seal(alice, tid, [bob], b"original")
         await a.send(s)
-        with pytest.raises(SendRefused) as err:
-            await a.send(seal(alice, tid, [bob], b"forgery", message_id=s.header.message_id))
-        assert err.value.code == "duplicate_conflict"
+        forgery = seal(alice, tid, [bob], b"forgery", message_id=s.header.message_id)
+        assert (await refused_send(a, forgery)).code == "duplicate_conflict"
         d = await next_of(b, Deliver)
         assert opened(bob, alice, d.message) == b"original"
         assert (await a.send(seal(alice, tid, [bob]))).thread_seq == 2  # still usable
@@ -322,65 +323,44 @@ async def test_send_to_a_thread_the_device_is_not_in_is_refused(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, carol = trio
     tid = await thread(world, alice, bob)
-    c = await connect(world, carol)
-    try:
-        with pytest.raises(SendRefused) as err:
-            await c.send(seal(carol, tid, [alice, bob]))
-        assert err.value.code == "not_thread_member"
-        with pytest.raises(SendRefused) as err:
-            await c.send(seal(carol, str(uuid.uuid4()), [alice]))
-        assert err.value.code == "thread_not_found"
-    finally:
-        await c.close()
+    async with sockets(world, carol) as (c,):
+        assert (await refused_send(c, seal(carol, tid, [alice, bob]))).code == \
+            "not_thread_member"
+        assert (await refused_send(c, seal(carol, str(uuid.uuid4()), [alice]))).code == \
+            "thread_not_found"
 
 
 async def test_forged_sender_device_is_refused(world: World,
                                                trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, carol = trio
     tid = await thread(world, alice, bob, carol)
-    c = await connect(world, carol)
-    try:
-        with pytest.raises(SendRefused) as err:
-            await c.send(seal(alice, tid, [bob]))  # sealed as alice, sent on carol's socket
-        assert err.value.code == "sender_mismatch"
-    finally:
-        await c.close()
+    async with sockets(world, carol) as (c,):
+        # Sealed as alice, sent on carol's socket.
+        assert (await refused_send(c, seal(alice, tid, [bob]))).code == "sender_mismatch"
 
 
 async def test_tampered_ciphertext_fails_the_sender_signature(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
     tid = await thread(world, alice, bob)
-    a = await connect(world, alice)
-    try:
+    async with sockets(world, alice) as (a,):
         s = seal(alice, tid, [bob])
         bad = msgspec.structs.replace(s, ciphertext=bytes([s.ciphertext[0] ^ 1]) + s.ciphertext[1:])
-        with pytest.raises(SendRefused) as err:
-            await a.send(bad)
-        assert err.value.code == "sender_mismatch"
-    finally:
-        await a.close()
+        assert (await refused_send(a, bad)).code == "sender_mismatch"
 
 
 async def test_missing_extra_and_stale_devices_are_listed_and_nothing_is_stored(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, carol = trio
     tid = await thread(world, alice, bob)
-    a = await connect(world, alice)
-    try:
-        with pytest.raises(SendRefused) as err:
-            await a.send(seal(alice, tid, [carol]))
-        assert err.value.code == "device_set_mismatch"
-        assert err.value.missing == [bob.device_id]
-        assert err.value.extra == [carol.device_id]
+    async with sockets(world, alice) as (a,):
+        err = await refused_send(a, seal(alice, tid, [carol]))
+        assert err.code == "device_set_mismatch"
+        assert (err.missing, err.extra) == ([bob.device_id], [carol.device_id])
         r = await world.revoke(world.org, 1, devices=(bob.device_id,))
         assert r.status_code == 200, r.text
-        with pytest.raises(SendRefused) as err:
-            await a.send(seal(alice, tid, [bob]))
-        assert err.value.stale == [bob.device_id]
+        assert (await refused_send(a, seal(alice, tid, [bob]))).stale == [bob.device_id]
         assert await count(world, "SELECT count(*) FROM messages") == 0
-    finally:
-        await a.close()
 
 
 async def test_acknowledging_another_devices_delivery_is_refused_and_changes_nothing(
@@ -410,8 +390,7 @@ async def test_garbage_truncated_and_unknown_frames_get_errors_and_the_socket_st
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
     tid = await thread(world, alice, bob)
-    a = await connect(world, alice)
-    try:
+    async with sockets(world, alice) as (a,):
         await next_of(a, QueueEmpty)
         good = encode_frame(Ping(nonce=b"abcdefgh"))
         for data, code in [
@@ -430,8 +409,6 @@ async def test_garbage_truncated_and_unknown_frames_get_errors_and_the_socket_st
             assert not err.fatal
         acc = await a.send(seal(alice, tid, [bob]))
         assert acc.thread_seq == 1
-    finally:
-        await a.close()
 
 
 async def test_oversize_frame_closes_with_1009(world: World, trio: tuple[Peer, Peer, Peer]) -> None:
@@ -444,8 +421,7 @@ async def test_flood_past_the_rate_limit_gets_retry_after_and_the_socket_stays_o
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
     tid = await thread(world, alice, bob)
-    a = await connect(world, alice)
-    try:
+    async with sockets(world, alice) as (a,):
         limit = world.relay.relay.settings.rate_messages_per_minute
         window = a.ready.limits.send_window if a.ready else 1
         results: list[object] = []
@@ -463,8 +439,6 @@ async def test_flood_past_the_rate_limit_gets_retry_after_and_the_socket_stays_o
         # The buckets run on the relay's clock: move it past the longest wait it asked for.
         world.clock.advance(max(r.retry_after or 0 for r in refused))
         assert (await a.send(seal(alice, tid, [bob]))).thread_seq == len(accepted) + 1
-    finally:
-        await a.close()
 
 
 # --- sessions -------------------------------------------------------------------------------
@@ -576,8 +550,7 @@ async def test_metrics_report_connections_messages_latency_and_rejections(
 async def test_device_low_on_prekeys_is_told_on_connect_and_after_a_claim(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio  # enrolled with 5 one-time prekeys, below the low-water mark
-    b = await connect(world, bob)
-    try:
+    async with sockets(world, bob) as (b,):
         low = await next_of(b, KeysLow)
         assert (low.remaining, low.target) == (5, world.relay.relay.settings.prekeys_target)
         r = await world.call(alice.device, "POST", "/v1/keys/claim",
@@ -585,16 +558,13 @@ async def test_device_low_on_prekeys_is_told_on_connect_and_after_a_claim(
         assert r.status_code == 200, r.text
         low = await next_of(b, KeysLow)
         assert low.remaining == 4
-    finally:
-        await b.close()
 
 
 async def test_a_connect_is_recorded_by_the_relays_clock_not_the_databases(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     _, bob, _ = trio
     world.clock.advance(300)
-    b = await connect(world, bob)
-    try:
+    async with sockets(world, bob) as (b,):
         await next_of(b, KeysLow)  # pushed once the connect is recorded
         conn = await world.db()
         try:
@@ -603,8 +573,6 @@ async def test_a_connect_is_recorded_by_the_relays_clock_not_the_databases(
                 uuid.UUID(bob.device_id))
         finally:
             await conn.close()
-    finally:
-        await b.close()
     assert float(seen) >= time.time() + 250
 
 

@@ -90,6 +90,15 @@ async def close_code(sock: RelaySocket, timeout: float = 15.0) -> int:
     return code
 
 
+async def closed_by_list(world: World, p: Peer, **names: tuple[str, ...]) -> int:
+    """Connect ``p``, then post the organisation's revocation list naming ``names``
+    (``devices=``, ``users=``): the code the relay closes ``p``'s socket with."""
+    sock = await connect(world, p)
+    r = await world.revoke(world.org, 1, **names)
+    assert r.status_code == 200, r.text
+    return await close_code(sock)
+
+
 async def refused_at_handshake(world: World, p: Peer, *, token: str | None = None,
                                device_id: str | None = None,
                                keys: DeviceKeys | None = None) -> tuple[int, str]:
@@ -454,10 +463,7 @@ async def test_second_connection_of_a_device_replaces_the_first_with_4003(
 async def test_revoking_a_device_closes_its_socket_with_4004_and_it_cannot_reconnect(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     bob = trio[1]
-    b = await connect(world, bob)
-    r = await world.revoke(world.org, 1, devices=(bob.device_id,))
-    assert r.status_code == 200, r.text
-    assert await close_code(b) == CloseCode.DEVICE_REVOKED
+    assert await closed_by_list(world, bob, devices=(bob.device_id,)) == CloseCode.DEVICE_REVOKED
     assert await refused_at_handshake(world, bob) == (CloseCode.DEVICE_REVOKED,
                                                       "device_revoked")
 
@@ -465,10 +471,7 @@ async def test_revoking_a_device_closes_its_socket_with_4004_and_it_cannot_recon
 async def test_suspending_a_user_closes_their_sockets_with_4005(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     carol = trio[2]
-    c = await connect(world, carol)
-    r = await world.revoke(world.org, 1, users=(carol.user_id,))
-    assert r.status_code == 200, r.text
-    assert await close_code(c) == CloseCode.USER_SUSPENDED
+    assert await closed_by_list(world, carol, users=(carol.user_id,)) == CloseCode.USER_SUSPENDED
 
 
 async def test_relay_shutdown_closes_sockets_with_1001(db_dsn: str, tmp_path: Path) -> None:

@@ -69,9 +69,11 @@ from server.scim.routes import ScimRoutes
 from server.scim.service import DirectoryService
 from server.sends import SendPipeline
 from server.settings import Settings
+from server.socketauth import DeviceSocketAuthenticator
 from server.tokens import TokenService, ensure_token_key, load_token_key
 from server.trust import Trust
-from server.ws import DeviceSocketAuthenticator, SocketConfig, WebSocketRelay
+from server.wipes import WipeService
+from server.ws import SocketConfig, WebSocketRelay
 
 __all__ = ["Relay", "create_app"]
 
@@ -233,6 +235,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             write_timeout=settings.ws_write_timeout),
         prekeys=prekey_service, clock=clock)
     ws_relay.filing = filing
+    ws_relay.wipes = WipeService(db=db, trust=trust, clock=clock)
     pipeline.routing = oncall
     ws_relay.receipts = ReceiptService(db=db, clock=clock, check=oncall)
 

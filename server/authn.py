@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 PROOF_HEADER = "lightbox-proof"
+_STANDING = {ErrorCode.USER_SUSPENDED: "the user is suspended",
+             ErrorCode.LICENCE_EXPIRED: "the user's licence has expired",
+             ErrorCode.CERTIFICATE_EXPIRED: "the user's certificate has expired"}
 
 # What a device-authenticated route may answer before its own logic runs (for OpenAPI).
 DEVICE_AUTH_ERRORS = (ErrorCode.TOKEN_INVALID, ErrorCode.TOKEN_EXPIRED, ErrorCode.TOKEN_AUDIENCE,
@@ -140,12 +143,9 @@ class Authenticator:
         user = await users.get_user(conn, claims.user_id)
         if user is None or user.status == "pending":
             raise Unauthorized(ErrorCode.TOKEN_INVALID, "token names an unknown user")
-        if user.status != "active":
-            raise Forbidden(ErrorCode.USER_SUSPENDED, "the user is suspended")
-        if not user.licence_valid(now):
-            raise Forbidden(ErrorCode.LICENCE_EXPIRED, "the user's licence has expired")
-        if now >= user.cert_not_after:
-            raise Forbidden(ErrorCode.CERTIFICATE_EXPIRED, "the user's certificate has expired")
+        refused = user.standing(now)
+        if refused is not None:
+            raise Forbidden(refused, _STANDING[refused])
         if not await sessions.family_active(conn, claims.family_id):
             raise Unauthorized(ErrorCode.TOKEN_INVALID, "session ended; log in again")
         return Principal(user_id=user.user_id, device_id=device.device_id, org_id=user.org_id,

@@ -28,10 +28,7 @@ What the relay does, and why it can be trusted to do it without seeing a single 
   withdrawal (server/consents.py) are confirmed the same way.
 * **Ciphertext.** Once an image is filed and every active recipient device has fetched it or
   confirmed its expiry, the relay deletes its ciphertext (and at the hard limit in any case).
-* **Wipe.** A device revoked with wipe that connects again is told to wipe (``wipe_order``
-  carrying the organisation-signed revocation list), its queued deliveries are dropped, the
-  relay waits briefly for the device's signed ``wipe_confirm`` (recorded, and the order is not
-  sent again), and the socket closes with 4004 (server/ws.py).
+* **Wipe.** A device revoked with wipe that connects again is told to wipe: server/wipes.py.
 
 Every step is audited (``attachment.*``, ``expiry.*``, ``device.wipe_*``), which is what
 ``lightbox-admin copies`` reads (:meth:`FilingService.copies`).
@@ -44,23 +41,22 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
 
 from protocol import statements
-from protocol.certs import ROLE_RECORD_GATEWAY, RevocationSubject
+from protocol.certs import ROLE_RECORD_GATEWAY
 from protocol.errors import ErrorCode, VerificationError
-from protocol.frames import ExpiryReason, FiledNotice, WipeOrder, encode_frame
+from protocol.frames import ExpiryReason, FiledNotice, encode_frame
 from protocol.model import MessageHeader, Purpose
 from server import audit, events
 from server.blobs import BlobStore
 from server.copies import CopiesReport, CopyRow, as_datetime, copy_status
 from server.db import Database
 from server.errors import Forbidden, NotFound, RelayError
-from server.store import devices, expiry, filings, messages, revocations, users
+from server.store import devices, expiry, filings, messages, users
 from server.store.threads import DeviceSet
 from server.trust import Trust
 
@@ -69,14 +65,12 @@ __all__ = [
     "ExpiryPolicy",
     "FilingService",
     "SweepReport",
-    "WipeRequired",
 ]
 
 log = logging.getLogger("lightbox.expiry")
 
 FILING_PURPOSES = frozenset({Purpose.DIRECT_CARE, Purpose.EXTERNAL_CONSULT})
 """Purposes whose images go to the record (the consent policy's ``filing_purposes``)."""
-WIPE_NAMESPACE = uuid.UUID("5e0b1c62-6d1a-4f0e-9b7e-1f1c0a7d9e21")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,15 +99,6 @@ class SweepReport:
 ``fetched_after_confirmation`` (a download was completed after the confirmation: the copy may
 exist), ``ordered`` (order issued, not confirmed), ``held`` / ``not_received`` (no order yet),
 ``gateway`` (a record gateway keeps nothing)."""
-
-
-class WipeRequired(Forbidden):
-    """Raised by the websocket handshake for a device revoked with wipe that proved it holds
-    its key: the connection sends ``wipe_order`` before closing (server/ws.py)."""
-
-    def __init__(self, *, device_id: str, user_id: str) -> None:
-        super().__init__(ErrorCode.DEVICE_REVOKED, "this device was revoked and must wipe")
-        self.device_id, self.user_id = device_id, user_id
 
 
 class FilingService:
@@ -396,72 +381,6 @@ class FilingService:
         ids = sorted(set(device_ids))
         for i in range(0, len(ids), 180):
             await events.publish(conn, "deliver", device_ids=ids[i:i + 180])
-
-    # -- wipe (server/ws.py) -----------------------------------------------------------------
-
-    async def wipe(self, device_id: str) -> WipeOrder | None:
-        """The wipe order for a device revoked with wipe, proven by its organisation's signed
-        revocation list; drops its queued deliveries and notices (audited). None when the
-        relay holds no list naming the device with wipe (it then just closes with 4004)."""
-        now = self.now()
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            device = await devices.get_device(conn, device_id)
-            if device is None or not device.wipe_pending:
-                return None
-            user = await users.get_user(conn, device.user_id)
-            if user is None:
-                return None
-            held = await revocations.get_latest(conn, user.org_id)
-            if held is None:
-                return None
-            number, token = held
-            try:
-                rl = self.trust.verify_list(token)
-            except Exception:
-                return None
-            if not any(e.subject is RevocationSubject.DEVICE and e.id == device_id and e.wipe
-                       for e in rl.entries):
-                return None
-            order_id = str(uuid.uuid5(WIPE_NAMESPACE, f"{device_id}:{number}"))
-            dropped = await conn.fetch(
-                "DELETE FROM deliveries d USING messages m WHERE d.message_pk = m.message_pk "
-                "AND d.device_id = $1 RETURNING m.message_id::text AS message_id",
-                uuid.UUID(device_id))
-            await conn.execute("DELETE FROM device_notices WHERE device_id = $1",
-                               uuid.UUID(device_id))
-            await audit.append(conn, "device.wipe_ordered", subject_kind="device",
-                               subject_id=device_id, details={
-                                   "order_id": order_id, "revocation_list": number,
-                                   "dropped_deliveries": len(dropped),
-                                   "dropped_messages": sorted(
-                                       {r["message_id"] for r in dropped})[:64]})
-        return WipeOrder(order_id=order_id, issued_at=int(now.timestamp()), revocation=token)
-
-    async def confirm_wipe(self, device_id: str, order: WipeOrder, statement: str) -> bool:
-        """Record a device's signed confirmation that it obeyed ``order`` and erased itself
-        (audited ``device.wipe_confirmed``); the relay then orders it no more. False, and
-        nothing recorded, when the statement does not verify under the device's key or
-        names another order."""
-        async with self.db.pool.acquire() as conn, conn.transaction():
-            device = await devices.get_device(conn, device_id)
-            if device is None:
-                return False
-            try:
-                body = statements.verify_wipe_confirmation(statement, device.signing_key,
-                                                           device_id=device_id)
-            except VerificationError as exc:
-                log.info("wipe confirmation refused", extra={"reason": exc.reason})
-                return False
-            if body.order_id != order.order_id:
-                log.info("wipe confirmation refused", extra={"reason": "another order"})
-                return False
-            await devices.clear_wipe_pending(conn, device_id)
-            await audit.append(conn, "device.wipe_confirmed", subject_kind="device",
-                               subject_id=device_id, actor_kind="device", actor_id=device_id,
-                               details={"order_id": body.order_id, "wiped_at":
-                                        dt.datetime.fromtimestamp(body.wiped_at,
-                                                                  dt.UTC).isoformat()})
-        return True
 
     # -- where is every copy (lightbox-admin copies) -----------------------------------------
 

@@ -48,13 +48,7 @@ class KeyDirectory:
     def _reachable(self, user: users.UserRecord | None, now: float) -> ErrorCode | None:
         if user is None or user.status == "pending" or user.org_id not in self.trust.orgs:
             return ErrorCode.NOT_FOUND
-        if user.status != "active":
-            return ErrorCode.USER_SUSPENDED
-        if not user.licence_valid(now) :
-            return ErrorCode.LICENCE_EXPIRED
-        if now >= user.cert_not_after:
-            return ErrorCode.CERTIFICATE_EXPIRED
-        return None
+        return user.standing(now)
 
     async def user_devices(self, user_id: str) -> UserDevices:
         now = self.clock()

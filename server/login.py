@@ -302,15 +302,9 @@ class LoginService:
 def _status_refusal(user: users.UserRecord, device_status: str, now: float) -> ErrorCode | None:
     if device_status != "active":
         return ErrorCode.DEVICE_REVOKED
-    if user.status == "suspended":
-        return ErrorCode.USER_SUSPENDED
-    if user.status != "active":
+    if user.status == "pending":
         return ErrorCode.INVALID_CREDENTIALS
-    if not user.licence_valid(now):
-        return ErrorCode.LICENCE_EXPIRED
-    if now >= user.cert_not_after:
-        return ErrorCode.CERTIFICATE_EXPIRED
-    return None
+    return user.standing(now)
 
 
 def _refusal(code: ErrorCode) -> RelayError:

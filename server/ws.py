@@ -14,7 +14,10 @@ challenge), three things run per connection:
   that stops reading is closed with 4009 and later resumes from its durable queue);
 * per-send tasks awaiting group commit (:mod:`server.sends`), answering ``accepted``.
 
-Memory per connection is bounded by the window, never by the queue length.
+Memory per connection is bounded by the window, never by the queue length. The decisions are
+made elsewhere: who the device is (server/socketauth.py), its deadlines (server/liveness.py),
+its send budget (server/sendrate.py), a revoked device's wipe order (server/wipes.py), and the
+services each frame goes to (sends, acks, receipts, expiry).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from protocol.errors import CloseCode, ErrorCode, VerificationError
+from protocol.errors import CloseCode, ErrorCode
 from protocol.frames import (
     Accepted,
     Ack,
@@ -48,52 +51,28 @@ from protocol.frames import (
     Receipt,
     Send,
     WipeConfirm,
-    WipeOrder,
     encode_deliver,
 )
 from protocol.model import Priority
-from protocol.session import (
-    AuthRequested,
-    ErrorEvent,
-    FrameReceived,
-    ServerSession,
-    verify_challenge,
-)
+from protocol.session import AuthRequested, ErrorEvent, Event, FrameReceived, ServerSession
 from server import events
 from server.acks import AckPipeline
-from server.authn import Authenticator
 from server.db import Database
 from server.errors import RelayError
-from server.expiry import FilingService, WipeRequired
+from server.expiry import FilingService
 from server.hub import Hub
+from server.liveness import PING, Close, Liveness
 from server.metrics import Metrics
 from server.reads import DeliveryReader
+from server.sendrate import SendRate
 from server.sends import Sender, SendPipeline
-from server.store import devices, messages, users
-from server.tokens import TokenService
+from server.socketauth import SocketAuthenticator, SocketPrincipal
+from server.store import messages
+from server.wipes import WipeRequired, WipeService
 
-__all__ = [
-    "DeviceSocketAuthenticator",
-    "PrekeyWatch",
-    "ReceiptHook",
-    "SocketAuthenticator",
-    "SocketConfig",
-    "SocketPrincipal",
-    "WebSocketRelay",
-]
+__all__ = ["PrekeyWatch", "ReceiptHook", "SocketConfig", "WebSocketRelay"]
 
 log = logging.getLogger("lightbox.ws")
-
-
-@dataclasses.dataclass(frozen=True)
-class SocketPrincipal:
-    """An authenticated device on a websocket."""
-
-    user_id: str
-    device_id: str
-    org_id: str
-    signing_key: bytes
-    licence_expires_at: int | None = None  # the socket closes (4005) when the licence ends
 
 
 class ReceiptHook(Protocol):
@@ -108,13 +87,6 @@ class PrekeyWatch(Protocol):
     async def connected(self, device_id: str) -> KeysLow | None:
         """Record that the device connected; the keys_low frame to push it if it runs low
         (server/prekeys.py)."""
-        ...
-
-
-class SocketAuthenticator(Protocol):
-    async def authenticate(self, request: AuthRequested) -> SocketPrincipal:
-        """Verify the access token and the challenge signature; raise RelayError (token_*,
-        challenge_failed, device_revoked, user_suspended, licence_expired) otherwise."""
         ...
 
 
@@ -140,29 +112,11 @@ _CLOSE_FOR = {
 }
 
 
-class _Bucket:
-    """Token bucket: ``rate`` units per minute, bursts up to one minute's worth."""
-
-    def __init__(self, per_minute: int, now: float) -> None:
-        self.capacity = float(per_minute)
-        self.tokens = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.at = now
-
-    def take(self, amount: float, now: float) -> float:
-        """Take ``amount``; returns 0 on success or the seconds to wait."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if amount <= self.tokens:
-            self.tokens -= amount
-            return 0.0
-        return (amount - self.tokens) / self.rate
-
-
 class WebSocketRelay:
     """Builds the ``/v1/ws`` endpoint from the relay's parts (assembled in server/app.py)."""
 
-    filing: FilingService | None = None  # filing, expiry confirmations, wipe (PROTOCOL.md §15)
+    filing: FilingService | None = None  # filing and expiry confirmations (PROTOCOL.md §15)
+    wipes: WipeService | None = None  # wipe orders (PROTOCOL.md §15 "Wipe")
 
     def __init__(self, *, db: Database, hub: Hub, pipeline: SendPipeline, acks: AckPipeline,
                  metrics: Metrics, authenticator: SocketAuthenticator, config: SocketConfig,
@@ -209,12 +163,12 @@ class _Connection:
         self._last_pk = 0
         self._last_notice_pk = 0
         self._window_bound = False
-        self._msg_bucket = _Bucket(self.cfg.messages_per_minute, now)
-        self._byte_bucket = _Bucket(self.cfg.bytes_per_minute, now)
-        self._started = time.monotonic()
-        self._last_activity = self._started  # last frame other than ping/pong: idle timeout
-        self._last_seen = self._started  # last frame of any kind: heartbeat
-        self._ping_sent_at: float | None = None
+        self._rate = SendRate(messages_per_minute=self.cfg.messages_per_minute,
+                              bytes_per_minute=self.cfg.bytes_per_minute, now=now)
+        self._liveness = Liveness(  # heartbeat, idle, lifetime, licence, ack deadlines
+            started=time.monotonic(), heartbeat=self.cfg.heartbeat,
+            heartbeat_timeout=self.cfg.heartbeat_timeout, idle_timeout=self.cfg.idle_timeout,
+            session_lifetime=self.cfg.session_lifetime, ack_timeout=self.cfg.ack_timeout)
         self._tick_handle: asyncio.TimerHandle | None = None
         self._wipe: WipeRequired | None = None
 
@@ -340,26 +294,40 @@ class _Connection:
             self._spawn(self.close(1011, "internal error"))
 
     async def _handshake(self) -> bool:
-        deadline = time.monotonic() + self.cfg.auth_timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        async def settled(ev: Event) -> bool:
+            if isinstance(ev, AuthRequested):
+                await self._authenticate(ev)
+            return self.principal is not None or self._wipe is not None
+
+        if not await self._serve_until(self.cfg.auth_timeout, settled):
+            if not self._closed and self.session.close_code is None:
                 await self.close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
-                return False
+            return False
+        await self._flush()
+        if self._closed or self.session.close_code is not None:
+            return False
+        if self._wipe is not None:
+            await self._send_wipe(self._wipe)
+            return False
+        return True
+
+    async def _serve_until(self, seconds: float,
+                           handle: Callable[[Event], Awaitable[bool]]) -> bool:
+        """Feed the device's frames to the session for up to ``seconds``, each event to
+        ``handle`` until it returns True (then True); False when the time is up or the session
+        closes. Raises WebSocketDisconnect when the device goes."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
             data = await self._receive(remaining)
             if data is None:
                 continue
             for ev in self.session.receive_data(data):
-                if isinstance(ev, AuthRequested):
-                    await self._authenticate(ev)
+                if await handle(ev):
+                    return True
             await self._flush()
             if self._closed or self.session.close_code is not None:
                 return False
-            if self._wipe is not None:
-                await self._send_wipe(self._wipe)
-                return False
-            if self.principal is not None:
-                return True
+        return False
 
     async def _authenticate(self, ev: AuthRequested) -> None:
         try:
@@ -379,6 +347,7 @@ class _Connection:
                                 _CLOSE_FOR.get(err.code, CloseCode.AUTH_FAILED))
             return
         self.principal = p
+        self._liveness.licence_expires_at = p.licence_expires_at
         self.device_id, self.user_id = p.device_id, p.user_id
         now = self.relay.clock()
         self.session.accept(session_id=self.session_id, user_id=p.user_id,
@@ -433,49 +402,42 @@ class _Connection:
         self._arm_tick()
 
     def _check_deadlines(self) -> bool:
-        """Heartbeat, idle timeout, licence, absolute lifetime and acknowledgement timeout;
-        True when a frame (ping) or a close was queued on the session."""
-        now = time.monotonic()
-        assert self.principal is not None
-        licence_end = self.principal.licence_expires_at
-        if licence_end is not None and self.relay.clock() >= licence_end:
-            self.session.close(CloseCode.USER_SUSPENDED, code=ErrorCode.LICENCE_EXPIRED,
-                               detail="the user's licence has expired")
-        elif now - self._started >= self.cfg.session_lifetime:
-            self.session.close(CloseCode.SESSION_EXPIRED, code=ErrorCode.TOKEN_EXPIRED,
-                               detail="session lifetime reached; log in again")
-        elif now - self._last_activity >= self.cfg.idle_timeout:
-            self.session.close(CloseCode.IDLE_TIMEOUT, detail="idle")
-        elif self._ping_sent_at is not None:
-            if now - self._ping_sent_at >= self.cfg.heartbeat_timeout:
-                self.session.close(CloseCode.HEARTBEAT_TIMEOUT, detail="no pong")
-        elif now - self._last_seen >= self.cfg.heartbeat:
-            self._ping_sent_at = now
+        """True when a frame (ping) or a close was queued on the session (server/liveness.py)."""
+        due = self._liveness.due(time.monotonic(), self.relay.clock(),
+                                 min(self._in_flight.values(), default=None))
+        if due == PING:
             self.session.send(Ping(nonce=os.urandom(8)))
             return True
-        if self._in_flight and now - min(self._in_flight.values()) >= self.cfg.ack_timeout:
-            self.session.close(CloseCode.TOO_SLOW, detail="deliveries not acknowledged")
+        if isinstance(due, Close):
+            self.session.close(due.close_code, code=due.code, detail=due.detail)
         return self.session.close_code is not None
 
     async def _on_frame(self, frame: Frame) -> None:
-        self._last_seen = time.monotonic()
         if isinstance(frame, Pong):
-            self._ping_sent_at = None
+            self._liveness.pong(time.monotonic())
             return
         if isinstance(frame, Ping):
+            self._liveness.seen(time.monotonic(), activity=False)
             return  # the session already queued the pong
-        self._last_activity = time.monotonic()
-        self._ping_sent_at = None
+        self._liveness.seen(time.monotonic(), activity=True)
+        assert self.principal is not None
+        key, filing, receipts = self.principal.signing_key, self.relay.filing, self.relay.receipts
         if isinstance(frame, Send):
             await self._on_send(frame)
         elif isinstance(frame, Ack):
             self._spawn(self._on_ack(frame))
-        elif isinstance(frame, Receipt) and self.relay.receipts is not None:
-            self._spawn(self._on_receipt(frame))
-        elif isinstance(frame, Filing) and self.relay.filing is not None:
-            self._spawn(self._on_filing(frame))
-        elif isinstance(frame, ExpiryConfirm) and self.relay.filing is not None:
-            self._spawn(self._on_expiry_confirm(frame))
+        elif isinstance(frame, Receipt) and receipts is not None:
+            # A recipient's signed receipt: kept and passed on (server/receipts.py) or refused.
+            self._spawn(self._answer(frame.req_id, receipts.receive(
+                device_id=self.device_id, user_id=self.user_id, signing_key=key,
+                statement=frame.statement)))
+        elif isinstance(frame, Filing) and filing is not None:
+            # A gateway's filing statement: answered by filed_notice or refused (expiry.py).
+            self._spawn(self._answer(frame.req_id, filing.file(
+                device_id=self.device_id, signing_key=key, statement=frame.statement)))
+        elif isinstance(frame, ExpiryConfirm) and filing is not None:
+            self._spawn(self._answer(frame.req_id, filing.confirm(
+                device_id=self.device_id, signing_key=key, statement=frame.statement)))
         else:
             self.session.send(Error(code=ErrorCode.UNEXPECTED_FRAME,
                                     detail=f"{type(frame).__name__} is not accepted by this "
@@ -493,16 +455,10 @@ class _Connection:
 
     async def _on_send(self, frame: Send) -> None:
         assert self.principal is not None
-        now = self.relay.clock()
-        size = len(frame.message.ciphertext) + sum(len(k.wrapped) for k in frame.message.keys)
-        wait = max(self._msg_bucket.take(1, now), self._byte_bucket.take(size, now))
-        if wait > 0:
-            await self._refuse(frame.req_id, RelayError(
-                ErrorCode.RATE_LIMITED, "too many messages; slow down", retry_after=wait))
-            return
         sender = Sender(self.principal.user_id, self.principal.device_id,
                         self.principal.signing_key)
         try:
+            self._rate.admit(frame.message, self.relay.clock())
             fut = self.relay.pipeline.enqueue(sender, frame.message)
         except RelayError as err:
             await self._refuse(frame.req_id, err)
@@ -535,15 +491,7 @@ class _Connection:
                 ErrorCode.DELIVERY_NOT_FOUND,
                 f"{len(unknown)} acknowledged deliveries were never sent to this device"))
 
-    async def _on_receipt(self, frame: Receipt) -> None:
-        """A recipient's signed receipt: kept and passed on (server/receipts.py) or refused."""
-        assert self.principal is not None
-        assert self.relay.receipts is not None
-        await self._answer(frame.req_id, self.relay.receipts.receive(
-            device_id=self.device_id, user_id=self.user_id,
-            signing_key=self.principal.signing_key, statement=frame.statement))
-
-    async def _answer(self, req_id: str | None, call: Awaitable[Frame | None]) -> None:
+    async def _answer(self, req_id: str | None, call: Awaitable[Frame | bool | None]) -> None:
         """Await a service's handling of a frame: send the frame it answers with, if any, or
         refuse with its RelayError."""
         try:
@@ -551,60 +499,32 @@ class _Connection:
         except RelayError as err:
             await self._refuse(req_id, err)
             return
-        if answer is not None:
+        if answer is not None and not isinstance(answer, bool):
             await self._send(answer)
 
-    # -- filing and expiry (server/expiry.py) ----------------------------------------------
-
-    async def _on_filing(self, frame: Filing) -> None:
-        """A gateway's filing statement: answered by ``filed_notice`` or an ``error``."""
-        assert self.principal is not None
-        assert self.relay.filing is not None
-        await self._answer(frame.req_id, self.relay.filing.file(
-            device_id=self.device_id, signing_key=self.principal.signing_key,
-            statement=frame.statement))
-
-    async def _on_expiry_confirm(self, frame: ExpiryConfirm) -> None:
-        assert self.principal is not None
-        assert self.relay.filing is not None
-        try:
-            await self.relay.filing.confirm(device_id=self.device_id,
-                                            signing_key=self.principal.signing_key,
-                                            statement=frame.statement)
-        except RelayError as err:
-            await self._refuse(frame.req_id, err)
+    # -- wipe (server/wipes.py) --------------------------------------------------------------
 
     async def _send_wipe(self, wipe: WipeRequired) -> None:
-        """``wipe_order`` first (queued deliveries dropped, audited), the device's
-        ``wipe_confirm`` awaited for up to the authentication timeout, then close with 4004."""
-        order = None if self.relay.filing is None else await self.relay.filing.wipe(
-            wipe.device_id)
-        if order is not None:
+        """``wipe_order`` first (queued deliveries dropped, audited), then the device's one
+        ``wipe_confirm`` awaited for up to the authentication timeout (recorded if it verifies;
+        nothing else is served), then close with 4004 (server/wipes.py)."""
+        wipes = self.relay.wipes
+        order = None if wipes is None else await wipes.order(wipe.device_id)
+        if wipes is not None and order is not None:
             self.session.send(order)
             await self._flush()
-            await self._await_wipe_confirm(wipe.device_id, order)
+
+            async def confirmed(ev: Event) -> bool:
+                if isinstance(ev, FrameReceived) and isinstance(ev.frame, WipeConfirm):
+                    await wipes.confirm(wipe.device_id, order, ev.frame.statement)
+                    return True
+                return False
+
+            with contextlib.suppress(WebSocketDisconnect):
+                await self._serve_until(self.cfg.auth_timeout, confirmed)
         self.session.close(CloseCode.DEVICE_REVOKED, code=ErrorCode.DEVICE_REVOKED,
                            detail="this device was revoked")
         await self._flush()
-
-    async def _await_wipe_confirm(self, device_id: str, order: WipeOrder) -> None:
-        """Read frames until the device answers with its one ``wipe_confirm`` (recorded if it
-        verifies), goes, or the time is up; nothing else is served on this connection."""
-        assert self.relay.filing is not None
-        deadline = time.monotonic() + self.cfg.auth_timeout
-        with contextlib.suppress(WebSocketDisconnect):
-            while (remaining := deadline - time.monotonic()) > 0:
-                data = await self._receive(remaining)
-                if data is None:
-                    continue
-                for ev in self.session.receive_data(data):
-                    if isinstance(ev, FrameReceived) and isinstance(ev.frame, WipeConfirm):
-                        await self.relay.filing.confirm_wipe(device_id, order,
-                                                             ev.frame.statement)
-                        return
-                await self._flush()
-                if self.session.close_code is not None:
-                    return
 
     # -- pump --------------------------------------------------------------------------------
 
@@ -670,65 +590,3 @@ class _Connection:
         async with self._write_lock:
             with contextlib.suppress(Exception):
                 await self.ws.send_bytes(data)
-
-
-
-class DeviceSocketAuthenticator:
-    """The handshake's checks: a valid access token naming the device in ``hello``, the current
-    state of device and user (revoked, suspended, licence), and the device's Ed25519 signature
-    over this connection's challenge (``challenge_failed``)."""
-
-    def __init__(self, *, db: Database, tokens: TokenService, authenticator: Authenticator,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.db, self.tokens, self.authenticator, self.clock = db, tokens, authenticator, clock
-
-    async def authenticate(self, request: AuthRequested) -> SocketPrincipal:
-        now = self.clock()
-        try:
-            claims = self.tokens.verify_access(request.hello.access_token, now=now)
-        except RelayError as err:
-            if err.code is ErrorCode.TOKEN_EXPIRED:
-                # A device revoked with wipe can never log in again (its sessions were
-                # revoked), so its last token will have expired when a lost phone comes back.
-                # A genuine expired token naming it, with this challenge signed by the device's
-                # own key, is enough to hear the wipe order: nothing else is let through.
-                stale = self.tokens.verify_access(request.hello.access_token, now=now,
-                                                  allow_expired=True)
-                if stale.device_id == request.hello.device_id:
-                    async with self.db.pool.acquire() as conn:
-                        await self._wipe_pending(conn, stale.device_id, request)
-            raise
-        if claims.device_id != request.hello.device_id:
-            raise RelayError(ErrorCode.TOKEN_DEVICE_MISMATCH,
-                             "the token was issued to another device")
-        async with self.db.pool.acquire() as conn:
-            try:
-                principal = await self.authenticator.check_device(conn, claims, now=now)
-            except RelayError as err:
-                if err.code is ErrorCode.DEVICE_REVOKED:
-                    await self._wipe_pending(conn, claims.device_id, request)
-                raise
-            user = await users.get_user(conn, principal.user_id)
-        try:
-            verify_challenge(principal.signing_key, request.nonce, request.hello.access_token,
-                             request.signature)
-        except VerificationError as exc:
-            raise RelayError(ErrorCode.CHALLENGE_FAILED,
-                             "the challenge was not signed by this device") from exc
-        return SocketPrincipal(user_id=principal.user_id, device_id=principal.device_id,
-                               org_id=principal.org_id, signing_key=principal.signing_key,
-                               licence_expires_at=user.licence_expires_at if user else None)
-
-    @staticmethod
-    async def _wipe_pending(conn: Any, device_id: str, request: AuthRequested) -> None:
-        """Raise WipeRequired when the revoked device must wipe and signed this challenge with
-        its own key (so nobody else can trigger or intercept the order)."""
-        device = await devices.get_device(conn, device_id)
-        if device is None or not device.wipe_pending:
-            return
-        try:
-            verify_challenge(device.signing_key, request.nonce, request.hello.access_token,
-                             request.signature)
-        except VerificationError:
-            return
-        raise WipeRequired(device_id=device.device_id, user_id=device.user_id)

@@ -109,6 +109,17 @@ async def connect(world: World, p: Peer) -> RelaySocket:
                                      device_id=p.device_id, sign=p.device.keys.sign)
 
 
+async def send_while_offline(world: World, sender: Peer, recipient: Peer, thread_id: str,
+                             body: bytes) -> None:
+    """``sender`` connects, sends ``body`` to ``recipient`` (offline: it stays queued for it),
+    and goes."""
+    a = await connect(world, sender)
+    try:
+        await a.send(seal(sender, thread_id, [recipient], body))
+    finally:
+        await a.close()
+
+
 def opened(p: Peer, sender: Peer, sealed: SealedMessage) -> bytes:
     """What ``p`` reads from ``sealed`` (verifying the sender's chain and signature)."""
     s = sender.device

@@ -21,7 +21,7 @@ import dataclasses
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -107,6 +107,50 @@ def check_precondition(if_match: str | None, version: int) -> None:
     raise PreconditionFailedException(detail="the resource changed: read it again")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    """What differs between the two resource types (RFC 7643 §4.1, §4.2) where the service
+    treats them alike: their schema model, their endpoint and how the store reads one."""
+
+    name: str  # "User", "Group": the resourceType
+    model: Any
+    get: Callable[..., Awaitable[Any]]  # directory.get_user, directory.get_group
+    list: Callable[..., Awaitable[list[Any]]]  # directory.list_users, directory.list_groups
+    columns: dict[str, str]  # filter attribute (lower case) -> the store's exact-match keyword
+
+    def parse(self, body: Any) -> Any:
+        """A creation request (RFC 7644 §3.3), validated; ``invalidValue`` otherwise."""
+        try:
+            return self.model.model_validate(body, scim_ctx=Context.RESOURCE_CREATION_REQUEST)
+        except ValidationError as exc:
+            raise invalid(exc) from exc
+
+    def data(self, entry: Any, base: str) -> dict[str, Any]:
+        """The stored resource with its ``id`` and ``meta`` (RFC 7643 §3.1)."""
+        data = dict(entry.resource)
+        data.update(id=entry.scim_id, meta={
+            "resourceType": self.name, "created": entry.created_at.isoformat(),
+            "lastModified": entry.updated_at.isoformat(),
+            "location": f"{base}/{self.name}s/{entry.scim_id}", "version": _etag(entry.version)})
+        return data
+
+    async def find(self, conn: asyncpg.Connection, org_id: str, scim_id: str, *,
+                   if_match: str | None = None, for_update: bool = False) -> Any:
+        """The organisation's resource (404 ``no such user``/``group``), locked and checked
+        against ``If-Match`` (412) when it is to change."""
+        entry = await self.get(conn, org_id, scim_id, for_update=for_update)
+        if entry is None:
+            raise NotFoundException(detail=f"no such {self.name.lower()}")
+        check_precondition(if_match, entry.version)
+        return entry
+
+
+_USER = _Kind("User", UserModel, directory.get_user, directory.list_users,
+              {"username": "user_name", "externalid": "external_id"})
+_GROUP = _Kind("Group", GroupModel, directory.get_group, directory.list_groups,
+               {"displayname": "display_name", "externalid": "external_id"})
+
+
 class DirectoryService:
     def __init__(self, *, db: Database, trust: Trust, identity: IdentitySettings,
                  max_results: int, clock: Callable[[], float] = time.time) -> None:
@@ -123,11 +167,7 @@ class DirectoryService:
 
     def _user_model(self, entry: directory.DirectoryUser, groups: list[tuple[str, str]],
                     base: str) -> Any:
-        data = dict(entry.resource)
-        data.update(id=entry.scim_id, meta={
-            "resourceType": "User", "created": entry.created_at.isoformat(),
-            "lastModified": entry.updated_at.isoformat(),
-            "location": f"{base}/Users/{entry.scim_id}", "version": _etag(entry.version)})
+        data = _USER.data(entry, base)
         if groups:
             data["groups"] = [{"value": gid, "display": name, "type": "direct",
                                "$ref": f"{base}/Groups/{gid}"} for gid, name in groups]
@@ -152,11 +192,7 @@ class DirectoryService:
         return name, model.external_id, active, resource
 
     async def create_user(self, org_id: str, body: Any, base: str) -> Any:
-        try:
-            model = UserModel.model_validate(body, scim_ctx=Context.RESOURCE_CREATION_REQUEST)
-        except ValidationError as exc:
-            raise invalid(exc) from exc
-        name, external_id, active, resource = self._user_fields(model)
+        name, external_id, active, resource = self._user_fields(_USER.parse(body))
         now = self.clock()
         async with self.db.pool.acquire() as conn, conn.transaction():
             try:
@@ -172,18 +208,11 @@ class DirectoryService:
 
     async def get_user(self, org_id: str, scim_id: str, base: str) -> Any:
         async with self.db.pool.acquire() as conn:
-            entry = await directory.get_user(conn, org_id, scim_id)
-            if entry is None:
-                raise NotFoundException(detail="no such user")
+            entry = await _USER.find(conn, org_id, scim_id)
             return (await self._users_out(conn, [entry], base))[0]
 
     async def list_users(self, org_id: str, search: SearchRequest[Any], base: str) -> Listing:
-        scim_filter = _filter(search.filter, UserModel)
-        exact = _exact(scim_filter, {"username": "user_name", "externalid": "external_id"})
-        async with self.db.pool.acquire() as conn:
-            entries = await directory.list_users(conn, org_id, limit=_SCAN_LIMIT, **exact)
-            models = await self._users_out(conn, entries, base)
-        return self._page(models, scim_filter, search)
+        return await self._list(_USER, self._users_out, org_id, search, base)
 
     async def replace_user(self, org_id: str, scim_id: str, body: Any, base: str,
                            if_match: str | None) -> Any:
@@ -199,10 +228,7 @@ class DirectoryService:
                            change: Callable[[Any], Any]) -> Any:
         now = self.clock()
         async with self.db.pool.acquire() as conn, conn.transaction():
-            entry = await directory.get_user(conn, org_id, scim_id, for_update=True)
-            if entry is None:
-                raise NotFoundException(detail="no such user")
-            check_precondition(if_match, entry.version)
+            entry = await _USER.find(conn, org_id, scim_id, if_match=if_match, for_update=True)
             (current,) = await self._users_out(conn, [entry], base)
             updated = change(current)
             name, external_id, active, resource = self._user_fields(updated)
@@ -231,10 +257,7 @@ class DirectoryService:
     async def delete_user(self, org_id: str, scim_id: str, if_match: str | None) -> None:
         now = self.clock()
         async with self.db.pool.acquire() as conn, conn.transaction():
-            entry = await directory.get_user(conn, org_id, scim_id, for_update=True)
-            if entry is None:
-                raise NotFoundException(detail="no such user")
-            check_precondition(if_match, entry.version)
+            entry = await _USER.find(conn, org_id, scim_id, if_match=if_match, for_update=True)
             revoked: list[str] = []
             if entry.user_id is not None:
                 revoked = await self._remove(conn, org_id, entry.user_id, now)
@@ -318,11 +341,7 @@ class DirectoryService:
         out = []
         for entry in entries:
             members = await directory.members_of(conn, entry.scim_id)
-            data = dict(entry.resource)
-            data.update(id=entry.scim_id, meta={
-                "resourceType": "Group", "created": entry.created_at.isoformat(),
-                "lastModified": entry.updated_at.isoformat(),
-                "location": f"{base}/Groups/{entry.scim_id}", "version": _etag(entry.version)})
+            data = _GROUP.data(entry, base)
             if members:
                 data["members"] = [{"value": m, "type": "User", "$ref": f"{base}/Users/{m}",
                                     **({"display": d} if d is not None else {})}
@@ -347,10 +366,7 @@ class DirectoryService:
         return name, model.external_id, members, resource
 
     async def create_group(self, org_id: str, body: Any, base: str) -> Any:
-        try:
-            model = GroupModel.model_validate(body, scim_ctx=Context.RESOURCE_CREATION_REQUEST)
-        except ValidationError as exc:
-            raise invalid(exc) from exc
+        model = _GROUP.parse(body)
         now = self.clock()
         async with self.db.pool.acquire() as conn, conn.transaction():
             name, external_id, members, resource = await self._group_fields(conn, org_id, model)
@@ -367,18 +383,11 @@ class DirectoryService:
 
     async def get_group(self, org_id: str, scim_id: str, base: str) -> Any:
         async with self.db.pool.acquire() as conn:
-            entry = await directory.get_group(conn, org_id, scim_id)
-            if entry is None:
-                raise NotFoundException(detail="no such group")
+            entry = await _GROUP.find(conn, org_id, scim_id)
             return (await self._groups_out(conn, [entry], base))[0]
 
     async def list_groups(self, org_id: str, search: SearchRequest[Any], base: str) -> Listing:
-        scim_filter = _filter(search.filter, GroupModel)
-        exact = _exact(scim_filter, {"displayname": "display_name", "externalid": "external_id"})
-        async with self.db.pool.acquire() as conn:
-            entries = await directory.list_groups(conn, org_id, limit=_SCAN_LIMIT, **exact)
-            models = await self._groups_out(conn, entries, base)
-        return self._page(models, scim_filter, search)
+        return await self._list(_GROUP, self._groups_out, org_id, search, base)
 
     async def replace_group(self, org_id: str, scim_id: str, body: Any, base: str,
                             if_match: str | None) -> Any:
@@ -394,10 +403,7 @@ class DirectoryService:
                             change: Callable[[Any], Any]) -> Any:
         now = self.clock()
         async with self.db.pool.acquire() as conn, conn.transaction():
-            entry = await directory.get_group(conn, org_id, scim_id, for_update=True)
-            if entry is None:
-                raise NotFoundException(detail="no such group")
-            check_precondition(if_match, entry.version)
+            entry = await _GROUP.find(conn, org_id, scim_id, if_match=if_match, for_update=True)
             (current,) = await self._groups_out(conn, [entry], base)
             before = await directory.members_of(conn, scim_id)
             name, external_id, members, resource = await self._group_fields(
@@ -418,10 +424,7 @@ class DirectoryService:
 
     async def delete_group(self, org_id: str, scim_id: str, if_match: str | None) -> None:
         async with self.db.pool.acquire() as conn, conn.transaction():
-            entry = await directory.get_group(conn, org_id, scim_id, for_update=True)
-            if entry is None:
-                raise NotFoundException(detail="no such group")
-            check_precondition(if_match, entry.version)
+            await _GROUP.find(conn, org_id, scim_id, if_match=if_match, for_update=True)
             members = [m for m, _ in await directory.members_of(conn, scim_id)]
             await directory.delete_group(conn, scim_id)
             await self._regroup(conn, org_id, members, self.clock())
@@ -441,6 +444,16 @@ class DirectoryService:
         return self._page(found, scim_filter, search)
 
     # --- lists ----------------------------------------------------------------------------
+
+    async def _list(self, kind: _Kind, out: Callable[..., Awaitable[list[Any]]], org_id: str,
+                    search: SearchRequest[Any], base: str) -> Listing:
+        """One resource type's list (RFC 7644 §3.4.2), an exact filter narrowed in SQL."""
+        scim_filter = _filter(search.filter, kind.model)
+        exact = _exact(scim_filter, kind.columns)
+        async with self.db.pool.acquire() as conn:
+            entries = await kind.list(conn, org_id, limit=_SCAN_LIMIT, **exact)
+            models = await out(conn, entries, base)
+        return self._page(models, scim_filter, search)
 
     def _page(self, models: list[Any], scim_filter: ScimFilter[Any] | None,
               search: SearchRequest[Any]) -> Listing:

@@ -16,7 +16,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -58,6 +58,40 @@ def _hash(token: str) -> bytes:
 
 
 # --- bearer credentials ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    """How one resource table is read by id and listed (users and groups alike)."""
+
+    name: Literal["scim_users", "scim_groups"]
+    name_column: Literal["user_name", "display_name"]  # matched case-insensitively
+    live: str  # the condition a row still in the directory meets
+
+    async def one(self, conn: asyncpg.Connection, org_id: str | None, scim_id: str, *,
+                  for_update: bool) -> asyncpg.Record | None:
+        """The row of ``org_id`` (None: of any organisation) with this id, if it is one."""
+        sid = _uuid(scim_id)
+        if sid is None:
+            return None
+        return await conn.fetchrow(
+            f"SELECT * FROM {self.name} WHERE ($1::text IS NULL OR org_id = $1) "
+            f"AND scim_id = $2 AND {self.live}" + (" FOR UPDATE" if for_update else ""),
+            org_id, sid)
+
+    async def many(self, conn: asyncpg.Connection, org_id: str, name: str | None,
+                   external_id: str | None, limit: int) -> list[asyncpg.Record]:
+        """The organisation's rows, narrowed by an exact name (case-insensitive) or externalId
+        (case-exact, RFC 7643 §3.1) when given, oldest first."""
+        return list(await conn.fetch(
+            f"SELECT * FROM {self.name} WHERE org_id = $1 AND {self.live} "
+            f"AND ($2::text IS NULL OR lower({self.name_column}) = lower($2)) "
+            "AND ($3::text IS NULL OR external_id = $3) ORDER BY created_at, scim_id LIMIT $4",
+            org_id, name, external_id, limit))
+
+
+_USERS = _Table("scim_users", "user_name", "deleted_at IS NULL")
+_GROUPS = _Table("scim_groups", "display_name", "true")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,13 +201,7 @@ async def insert_user(conn: asyncpg.Connection, *, scim_id: str, org_id: str, us
 async def get_user(conn: asyncpg.Connection, org_id: str | None, scim_id: str, *,
                    for_update: bool = False) -> DirectoryUser | None:
     """The directory user of ``org_id`` (None: of any organisation, for IT's queue)."""
-    uid = _uuid(scim_id)
-    if uid is None:
-        return None
-    row = await conn.fetchrow(
-        "SELECT * FROM scim_users WHERE ($1::text IS NULL OR org_id = $1) AND scim_id = $2 "
-        "AND deleted_at IS NULL"
-        + (" FOR UPDATE" if for_update else ""), org_id, uid)
+    row = await _USERS.one(conn, org_id, scim_id, for_update=for_update)
     return None if row is None else _user(row)
 
 
@@ -181,12 +209,7 @@ async def list_users(conn: asyncpg.Connection, org_id: str, *, user_name: str | 
                      external_id: str | None = None, limit: int) -> list[DirectoryUser]:
     """The organisation's directory users, narrowed by an exact userName (case-insensitive)
     or externalId (case-exact, RFC 7643 §3.1) when given, oldest first."""
-    rows = await conn.fetch(
-        "SELECT * FROM scim_users WHERE org_id = $1 AND deleted_at IS NULL "
-        "AND ($2::text IS NULL OR lower(user_name) = lower($2)) "
-        "AND ($3::text IS NULL OR external_id = $3) ORDER BY created_at, scim_id LIMIT $4",
-        org_id, user_name, external_id, limit)
-    return [_user(r) for r in rows]
+    return [_user(r) for r in await _USERS.many(conn, org_id, user_name, external_id, limit)]
 
 
 async def update_user(conn: asyncpg.Connection, current: DirectoryUser, *, user_name: str,
@@ -268,23 +291,14 @@ async def insert_group(conn: asyncpg.Connection, *, scim_id: str, org_id: str,
 
 async def get_group(conn: asyncpg.Connection, org_id: str, scim_id: str, *,
                     for_update: bool = False) -> DirectoryGroup | None:
-    gid = _uuid(scim_id)
-    if gid is None:
-        return None
-    row = await conn.fetchrow(
-        "SELECT * FROM scim_groups WHERE org_id = $1 AND scim_id = $2"
-        + (" FOR UPDATE" if for_update else ""), org_id, gid)
+    row = await _GROUPS.one(conn, org_id, scim_id, for_update=for_update)
     return None if row is None else _group(row)
 
 
 async def list_groups(conn: asyncpg.Connection, org_id: str, *,
                       display_name: str | None = None, external_id: str | None = None,
                       limit: int) -> list[DirectoryGroup]:
-    rows = await conn.fetch(
-        "SELECT * FROM scim_groups WHERE org_id = $1 "
-        "AND ($2::text IS NULL OR lower(display_name) = lower($2)) "
-        "AND ($3::text IS NULL OR external_id = $3) ORDER BY created_at, scim_id LIMIT $4",
-        org_id, display_name, external_id, limit)
+    rows = await _GROUPS.many(conn, org_id, display_name, external_id, limit)
     return [_group(r) for r in rows]
 
 

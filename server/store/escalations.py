@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from typing import Literal
 
 import asyncpg
 
@@ -118,18 +119,20 @@ def held_users(escalations: Sequence[Escalation]) -> set[str]:
 async def claim_due(conn: asyncpg.Connection, now: dt.datetime, *, limit: int
                     ) -> list[Escalation]:
     """Open escalations whose timer fell due, locked for this transaction (others skip them)."""
-    rows = await conn.fetch(
-        f"SELECT {_COLS} FROM escalations WHERE state = 'open' AND due_at <= $1 "
-        "ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)
-    return [_esc(r) for r in rows]
+    return await _claim(conn, "due_at", now, limit)
 
 
 async def claim_handovers(conn: asyncpg.Connection, now: dt.datetime, *, limit: int
                           ) -> list[Escalation]:
     """Open escalations whose shift has ended, locked for this transaction."""
+    return await _claim(conn, "shift_ends_at", now, limit)
+
+
+async def _claim(conn: asyncpg.Connection, column: Literal["due_at", "shift_ends_at"],
+                 now: dt.datetime, limit: int) -> list[Escalation]:
     rows = await conn.fetch(
-        f"SELECT {_COLS} FROM escalations WHERE state = 'open' AND shift_ends_at <= $1 "
-        "ORDER BY shift_ends_at LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)
+        f"SELECT {_COLS} FROM escalations WHERE state = 'open' AND {column} <= $1 "
+        f"ORDER BY {column} LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)
     return [_esc(r) for r in rows]
 
 

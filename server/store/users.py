@@ -64,6 +64,18 @@ class UserRecord:
     def licence_valid(self, now: float) -> bool:
         return self.licence_expires_at is None or now < self.licence_expires_at
 
+    def standing(self, now: float) -> ErrorCode | None:
+        """Why this enrolled user may not act at ``now``, in the order every check reports it
+        (login, each request, the key directory): ``user_suspended``, ``licence_expired``,
+        ``certificate_expired``; None when it may. A pending user is the caller's to judge."""
+        if self.status != "active":
+            return ErrorCode.USER_SUSPENDED
+        if not self.licence_valid(now):
+            return ErrorCode.LICENCE_EXPIRED
+        if now >= self.cert_not_after:
+            return ErrorCode.CERTIFICATE_EXPIRED
+        return None
+
 
 def _user(row: asyncpg.Record) -> UserRecord:
     return UserRecord(

@@ -41,7 +41,7 @@ from tests.filing_world import (
 )
 from tests.helpers import eventually
 from tests.identity_world import World
-from tests.relay_world import Peer, connect, peer, thread
+from tests.relay_world import Peer, connect, peer, send_while_offline, thread
 from tests.server.test_http_edge import assert_problem
 
 # Attachments in 64 KiB chunks, as the image and filing journeys need.
@@ -194,14 +194,8 @@ async def test_a_device_revoked_with_wipe_gets_the_order_first_and_its_deliverie
         world: World) -> None:
     intern = await peer(world, "intern", roles=("intern",))
     ortho = await peer(world, "ortho", roles=(ORTHO,))
-    tid = await thread(world, intern, ortho)
-    a = await connect(world, intern)
-    try:
-        from tests.relay_world import seal
-
-        await a.send(seal(intern, tid, [ortho], b"queued for the lost phone"))
-    finally:
-        await a.close()
+    await send_while_offline(world, intern, ortho, await thread(world, intern, ortho),
+                             b"queued for the lost phone")
     r = await world.revoke(world.org, 1, devices=(ortho.device_id,), wipe=True)
     assert r.status_code == 200, r.text
     b = await connect(world, ortho)  # its access token is still within its lifetime

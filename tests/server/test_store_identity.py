@@ -67,3 +67,4 @@ async def test_a_delay_remembers_failures_past_its_cap_and_forgotten_rows_are_pu
         await lockout.reset(conn, "login:amy")
     finally:
         await conn.close()
+

@@ -5,11 +5,13 @@ its exact code, the connection kept open where the protocol allows."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -31,7 +33,9 @@ from protocol.frames import (
     encode_frame,
 )
 from protocol.keys import DeviceKeys
+from protocol.model import SealedMessage
 from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_statement
+from tests.consent_world import count
 from tests.helpers import eventually, seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, opened, peer, seal, thread
@@ -66,6 +70,64 @@ async def closed_with(ws: websockets.asyncio.client.ClientConnection) -> tuple[i
     return ws.close_code, errors
 
 
+@contextlib.asynccontextmanager
+async def sockets(world: World, *peers: Peer) -> AsyncIterator[list[RelaySocket]]:
+    """Each peer connected, closed again whatever the test did."""
+    socks: list[RelaySocket] = []
+    try:
+        for p in peers:
+            socks.append(await connect(world, p))
+        yield socks
+    finally:
+        for sock in socks:
+            await sock.close()
+
+
+async def close_code(sock: RelaySocket, timeout: float = 15.0) -> int:
+    """The close code the relay ended ``sock`` with."""
+    code, _ = await asyncio.wait_for(sock.closed, seconds(timeout))
+    assert code is not None
+    return code
+
+
+async def closed_by_list(world: World, p: Peer, **names: tuple[str, ...]) -> int:
+    """Connect ``p``, then post the organisation's revocation list naming ``names``
+    (``devices=``, ``users=``): the code the relay closes ``p``'s socket with."""
+    sock = await connect(world, p)
+    r = await world.revoke(world.org, 1, **names)
+    assert r.status_code == 200, r.text
+    return await close_code(sock)
+
+
+async def refused_at_handshake(world: World, p: Peer, *, token: str | None = None,
+                               device_id: str | None = None,
+                               keys: DeviceKeys | None = None) -> tuple[int, str]:
+    """Connect as ``p`` with another token, claimed device or signing key: the close code and
+    reason the handshake ends with."""
+    with pytest.raises(SocketClosed) as err:
+        await RelaySocket.connect(world.relay.ws_url + "/v1/ws", access_token=token or p.token,
+                                  device_id=device_id or p.device_id,
+                                  sign=(keys or p.device.keys).sign)
+    assert err.value.code is not None
+    return err.value.code, err.value.reason
+
+
+async def refused_send(sock: RelaySocket, sealed: SealedMessage) -> SendRefused:
+    """The relay's refusal of ``sealed`` (the socket stays open)."""
+    with pytest.raises(SendRefused) as err:
+        await sock.send(sealed)
+    return err.value
+
+
+@contextlib.asynccontextmanager
+async def alone(db_dsn: str, tmp_path: Path, login: str,
+                **settings: Any) -> AsyncIterator[tuple[World, RelaySocket]]:
+    """A relay with these settings and one connected device."""
+    async with identity_world(db_dsn, tmp_path, **settings) as world:
+        async with sockets(world, await peer(world, login)) as (sock,):
+            yield world, sock
+
+
 async def next_of(sock: RelaySocket, kind: type, timeout: float = 10.0):  # type: ignore[no-untyped-def]
     while True:
         frame = await sock.next_event(seconds(timeout))
@@ -79,14 +141,11 @@ async def next_of(sock: RelaySocket, kind: type, timeout: float = 10.0):  # type
 async def test_handshake_answers_ready_for_the_authenticated_device(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice = trio[0]
-    sock = await connect(world, alice)
-    try:
+    async with sockets(world, alice) as (sock,):
         assert sock.ready is not None
         assert sock.ready.device_id == alice.device_id
         assert sock.ready.user_id == alice.user_id
         assert sock.ready.limits.send_window == world.relay.relay.settings.ws_send_window
-    finally:
-        await sock.close()
 
 
 async def test_anything_before_hello_closes_with_1008_unexpected_frame(world: World) -> None:
@@ -109,31 +168,22 @@ async def test_wrong_protocol_version_closes_with_4008(world: World,
 
 async def test_forged_token_closes_with_4001_token_invalid(world: World,
                                                           trio: tuple[Peer, Peer, Peer]) -> None:
-    alice = trio[0]
-    with pytest.raises(SocketClosed) as err:
-        await RelaySocket.connect(world.relay.ws_url + "/v1/ws", access_token="e30.e30.AAAA",
-                                  device_id=alice.device_id, sign=alice.device.keys.sign)
-    assert err.value.code == CloseCode.AUTH_FAILED
-    assert err.value.reason == "token_invalid"
+    assert await refused_at_handshake(world, trio[0], token="e30.e30.AAAA") == (
+        CloseCode.AUTH_FAILED, "token_invalid")
 
 
 async def test_challenge_signed_by_another_key_closes_with_4001(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
-    alice = trio[0]
-    thief = DeviceKeys.generate(alice.device_id)
-    with pytest.raises(SocketClosed) as err:
-        await RelaySocket.connect(world.relay.ws_url + "/v1/ws", access_token=alice.token,
-                                  device_id=alice.device_id, sign=thief.sign)
-    assert (err.value.code, err.value.reason) == (CloseCode.AUTH_FAILED, "challenge_failed")
+    thief = DeviceKeys.generate(trio[0].device_id)
+    assert await refused_at_handshake(world, trio[0], keys=thief) == (
+        CloseCode.AUTH_FAILED, "challenge_failed")
 
 
 async def test_token_of_another_device_closes_with_token_device_mismatch(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
-    with pytest.raises(SocketClosed) as err:
-        await RelaySocket.connect(world.relay.ws_url + "/v1/ws", access_token=alice.token,
-                                  device_id=bob.device_id, sign=bob.device.keys.sign)
-    assert (err.value.code, err.value.reason) == (CloseCode.AUTH_FAILED, "token_device_mismatch")
+    assert await refused_at_handshake(world, bob, token=alice.token) == (
+        CloseCode.AUTH_FAILED, "token_device_mismatch")
 
 
 async def test_silence_after_connecting_closes_with_4002(db_dsn: str, tmp_path: Path) -> None:
@@ -150,8 +200,7 @@ async def test_send_is_accepted_then_delivered_opened_acknowledged_and_receipted
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
     tid = await thread(world, alice, bob)
-    a, b = await connect(world, alice), await connect(world, bob)
-    try:
+    async with sockets(world, alice, bob) as (a, b):
         await next_of(b, QueueEmpty)
         sealed = seal(alice, tid, [bob], b"fracture of the distal radius?")
         acc = await a.send(sealed)
@@ -166,14 +215,7 @@ async def test_send_is_accepted_then_delivered_opened_acknowledged_and_receipted
         await b.send_frame(Receipt(statement=stmt))
         notice = await next_of(a, ReceiptNotice)
         assert (notice.device_id, notice.kind.value) == (bob.device_id, "delivered")
-        conn = await world.db()
-        try:
-            assert await conn.fetchval("SELECT count(*) FROM deliveries") == 0
-        finally:
-            await conn.close()
-    finally:
-        await a.close()
-        await b.close()
+        assert await count(world, "SELECT count(*) FROM deliveries") == 0
 
 
 async def test_offline_device_gets_its_backlog_in_order_in_pages_then_queue_empty(
@@ -222,14 +264,11 @@ async def test_retry_with_same_bytes_returns_the_original_acceptance(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
     tid = await thread(world, alice, bob)
-    a = await connect(world, alice)
-    try:
+    async with sockets(world, alice) as (a,):
         s = seal(alice, tid, [bob])
         first = await a.send(s)
         again = await a.send(s)
         assert again.duplicate and again.thread_seq == first.thread_seq
-    finally:
-        await a.close()
 
 
 async def test_a_sender_gone_while_its_batch_waited_does_not_fail_the_others_in_it(
@@ -279,110 +318,72 @@ async def test_reused_message_id_with_other_bytes_is_refused_and_overwrites_noth
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
     tid = await thread(world, alice, bob)
-    a, b = await connect(world, alice), await connect(world, bob)
-    try:
+    async with sockets(world, alice, bob) as (a, b):
         s = seal(alice, tid, [bob], b"original")
         await a.send(s)
-        with pytest.raises(SendRefused) as err:
-            await a.send(seal(alice, tid, [bob], b"forgery", message_id=s.header.message_id))
-        assert err.value.code == "duplicate_conflict"
+        forgery = seal(alice, tid, [bob], b"forgery", message_id=s.header.message_id)
+        assert (await refused_send(a, forgery)).code == "duplicate_conflict"
         d = await next_of(b, Deliver)
         assert opened(bob, alice, d.message) == b"original"
         assert (await a.send(seal(alice, tid, [bob]))).thread_seq == 2  # still usable
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_send_to_a_thread_the_device_is_not_in_is_refused(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, carol = trio
     tid = await thread(world, alice, bob)
-    c = await connect(world, carol)
-    try:
-        with pytest.raises(SendRefused) as err:
-            await c.send(seal(carol, tid, [alice, bob]))
-        assert err.value.code == "not_thread_member"
-        with pytest.raises(SendRefused) as err:
-            await c.send(seal(carol, str(uuid.uuid4()), [alice]))
-        assert err.value.code == "thread_not_found"
-    finally:
-        await c.close()
+    async with sockets(world, carol) as (c,):
+        assert (await refused_send(c, seal(carol, tid, [alice, bob]))).code == \
+            "not_thread_member"
+        assert (await refused_send(c, seal(carol, str(uuid.uuid4()), [alice]))).code == \
+            "thread_not_found"
 
 
 async def test_forged_sender_device_is_refused(world: World,
                                                trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, carol = trio
     tid = await thread(world, alice, bob, carol)
-    c = await connect(world, carol)
-    try:
-        with pytest.raises(SendRefused) as err:
-            await c.send(seal(alice, tid, [bob]))  # sealed as alice, sent on carol's socket
-        assert err.value.code == "sender_mismatch"
-    finally:
-        await c.close()
+    async with sockets(world, carol) as (c,):
+        # Sealed as alice, sent on carol's socket.
+        assert (await refused_send(c, seal(alice, tid, [bob]))).code == "sender_mismatch"
 
 
 async def test_tampered_ciphertext_fails_the_sender_signature(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
     tid = await thread(world, alice, bob)
-    a = await connect(world, alice)
-    try:
+    async with sockets(world, alice) as (a,):
         s = seal(alice, tid, [bob])
         bad = msgspec.structs.replace(s, ciphertext=bytes([s.ciphertext[0] ^ 1]) + s.ciphertext[1:])
-        with pytest.raises(SendRefused) as err:
-            await a.send(bad)
-        assert err.value.code == "sender_mismatch"
-    finally:
-        await a.close()
+        assert (await refused_send(a, bad)).code == "sender_mismatch"
 
 
 async def test_missing_extra_and_stale_devices_are_listed_and_nothing_is_stored(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, carol = trio
     tid = await thread(world, alice, bob)
-    a = await connect(world, alice)
-    try:
-        with pytest.raises(SendRefused) as err:
-            await a.send(seal(alice, tid, [carol]))
-        assert err.value.code == "device_set_mismatch"
-        assert err.value.missing == [bob.device_id]
-        assert err.value.extra == [carol.device_id]
+    async with sockets(world, alice) as (a,):
+        err = await refused_send(a, seal(alice, tid, [carol]))
+        assert err.code == "device_set_mismatch"
+        assert (err.missing, err.extra) == ([bob.device_id], [carol.device_id])
         r = await world.revoke(world.org, 1, devices=(bob.device_id,))
         assert r.status_code == 200, r.text
-        with pytest.raises(SendRefused) as err:
-            await a.send(seal(alice, tid, [bob]))
-        assert err.value.stale == [bob.device_id]
-        conn = await world.db()
-        try:
-            assert await conn.fetchval("SELECT count(*) FROM messages") == 0
-        finally:
-            await conn.close()
-    finally:
-        await a.close()
+        assert (await refused_send(a, seal(alice, tid, [bob]))).stale == [bob.device_id]
+        assert await count(world, "SELECT count(*) FROM messages") == 0
 
 
 async def test_acknowledging_another_devices_delivery_is_refused_and_changes_nothing(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, carol = trio
     tid = await thread(world, alice, bob, carol)
-    a, b, c = [await connect(world, p) for p in trio]
-    try:
+    async with sockets(world, *trio) as (a, b, c):
         await a.send(seal(alice, tid, [bob, carol]))
         d = await next_of(b, Deliver)
         await c.send_frame(Ack(delivery_ids=[d.delivery_id]))
         err = await next_of(c, Error)
         assert err.code.value == "delivery_not_found"
-        conn = await world.db()
-        try:
-            assert await conn.fetchval(
-                "SELECT count(*) FROM deliveries WHERE delivery_id = $1", d.delivery_id) == 1
-        finally:
-            await conn.close()
-    finally:
-        for s in (a, b, c):
-            await s.close()
+        assert await count(world, "SELECT count(*) FROM deliveries WHERE delivery_id = $1",
+                           d.delivery_id) == 1
 
 
 # --- bad input on a ready connection ----------------------------------------------------------
@@ -398,8 +399,7 @@ async def test_garbage_truncated_and_unknown_frames_get_errors_and_the_socket_st
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
     tid = await thread(world, alice, bob)
-    a = await connect(world, alice)
-    try:
+    async with sockets(world, alice) as (a,):
         await next_of(a, QueueEmpty)
         good = encode_frame(Ping(nonce=b"abcdefgh"))
         for data, code in [
@@ -418,23 +418,19 @@ async def test_garbage_truncated_and_unknown_frames_get_errors_and_the_socket_st
             assert not err.fatal
         acc = await a.send(seal(alice, tid, [bob]))
         assert acc.thread_seq == 1
-    finally:
-        await a.close()
 
 
 async def test_oversize_frame_closes_with_1009(world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     a = await connect(world, trio[0])
     await a._ws.send(b"\x00" * (world.relay.relay.settings.ws_max_frame + 1))
-    code, _ = await asyncio.wait_for(a.closed, seconds(10))
-    assert code == CloseCode.MESSAGE_TOO_BIG
+    assert await close_code(a) == CloseCode.MESSAGE_TOO_BIG
 
 
 async def test_flood_past_the_rate_limit_gets_retry_after_and_the_socket_stays_open(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio
     tid = await thread(world, alice, bob)
-    a = await connect(world, alice)
-    try:
+    async with sockets(world, alice) as (a,):
         limit = world.relay.relay.settings.rate_messages_per_minute
         window = a.ready.limits.send_window if a.ready else 1
         results: list[object] = []
@@ -452,8 +448,6 @@ async def test_flood_past_the_rate_limit_gets_retry_after_and_the_socket_stays_o
         # The buckets run on the relay's clock: move it past the longest wait it asked for.
         world.clock.advance(max(r.retry_after or 0 for r in refused))
         assert (await a.send(seal(alice, tid, [bob]))).thread_seq == len(accepted) + 1
-    finally:
-        await a.close()
 
 
 # --- sessions -------------------------------------------------------------------------------
@@ -461,46 +455,29 @@ async def test_flood_past_the_rate_limit_gets_retry_after_and_the_socket_stays_o
 
 async def test_second_connection_of_a_device_replaces_the_first_with_4003(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
-    first = await connect(world, trio[0])
-    second = await connect(world, trio[0])
-    try:
-        code, _ = await asyncio.wait_for(first.closed, seconds(10))
-        assert code == CloseCode.SESSION_REPLACED
+    async with sockets(world, trio[0], trio[0]) as (first, second):
+        assert await close_code(first) == CloseCode.SESSION_REPLACED
         assert not second.closed.done()
-    finally:
-        await second.close()
 
 
 async def test_revoking_a_device_closes_its_socket_with_4004_and_it_cannot_reconnect(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     bob = trio[1]
-    b = await connect(world, bob)
-    r = await world.revoke(world.org, 1, devices=(bob.device_id,))
-    assert r.status_code == 200, r.text
-    code, _ = await asyncio.wait_for(b.closed, seconds(10))
-    assert code == CloseCode.DEVICE_REVOKED
-    with pytest.raises(SocketClosed) as err:
-        await connect(world, bob)
-    assert (err.value.code, err.value.reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
+    assert await closed_by_list(world, bob, devices=(bob.device_id,)) == CloseCode.DEVICE_REVOKED
+    assert await refused_at_handshake(world, bob) == (CloseCode.DEVICE_REVOKED,
+                                                      "device_revoked")
 
 
 async def test_suspending_a_user_closes_their_sockets_with_4005(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     carol = trio[2]
-    c = await connect(world, carol)
-    r = await world.revoke(world.org, 1, users=(carol.user_id,))
-    assert r.status_code == 200, r.text
-    code, _ = await asyncio.wait_for(c.closed, seconds(10))
-    assert code == CloseCode.USER_SUSPENDED
+    assert await closed_by_list(world, carol, users=(carol.user_id,)) == CloseCode.USER_SUSPENDED
 
 
 async def test_relay_shutdown_closes_sockets_with_1001(db_dsn: str, tmp_path: Path) -> None:
-    async with identity_world(db_dsn, tmp_path) as world:
-        p = await peer(world, "alice")
-        sock = await connect(world, p)
+    async with alone(db_dsn, tmp_path, "alice") as (world, sock):
         await asyncio.to_thread(lambda: setattr(world.relay.server, "should_exit", True))
-        code, _ = await asyncio.wait_for(sock.closed, seconds(15))
-    assert code == CloseCode.GOING_AWAY
+        assert await close_code(sock) == CloseCode.GOING_AWAY
 
 
 async def test_a_thousand_abrupt_connections_leave_other_users_unharmed(
@@ -552,8 +529,7 @@ async def test_metrics_report_connections_messages_latency_and_rejections(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, carol = trio
     tid = await thread(world, alice, bob)
-    a, b, c = [await connect(world, p) for p in trio]
-    try:
+    async with sockets(world, *trio) as (a, b, c):
         await a.send(seal(alice, tid, [bob]))
         d = await next_of(b, Deliver)
         await b.ack([d.delivery_id])
@@ -566,9 +542,6 @@ async def test_metrics_report_connections_messages_latency_and_rejections(
             return text if "lightbox_messages_delivered_total 1.0" in text else None
 
         text = await eventually(metrics_after_the_ack)
-    finally:
-        for s in (a, b, c):
-            await s.close()
     assert "lightbox_ws_connections 3.0" in text
     assert "lightbox_messages_accepted_total 1.0" in text
     assert "lightbox_messages_delivered_total 1.0" in text
@@ -580,8 +553,7 @@ async def test_metrics_report_connections_messages_latency_and_rejections(
 async def test_device_low_on_prekeys_is_told_on_connect_and_after_a_claim(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, _ = trio  # enrolled with 5 one-time prekeys, below the low-water mark
-    b = await connect(world, bob)
-    try:
+    async with sockets(world, bob) as (b,):
         low = await next_of(b, KeysLow)
         assert (low.remaining, low.target) == (5, world.relay.relay.settings.prekeys_target)
         r = await world.call(alice.device, "POST", "/v1/keys/claim",
@@ -589,16 +561,13 @@ async def test_device_low_on_prekeys_is_told_on_connect_and_after_a_claim(
         assert r.status_code == 200, r.text
         low = await next_of(b, KeysLow)
         assert low.remaining == 4
-    finally:
-        await b.close()
 
 
 async def test_a_connect_is_recorded_by_the_relays_clock_not_the_databases(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     _, bob, _ = trio
     world.clock.advance(300)
-    b = await connect(world, bob)
-    try:
+    async with sockets(world, bob) as (b,):
         await next_of(b, KeysLow)  # pushed once the connect is recorded
         conn = await world.db()
         try:
@@ -607,8 +576,6 @@ async def test_a_connect_is_recorded_by_the_relays_clock_not_the_databases(
                 uuid.UUID(bob.device_id))
         finally:
             await conn.close()
-    finally:
-        await b.close()
     assert float(seen) >= time.time() + 250
 
 
@@ -626,18 +593,13 @@ async def test_open_socket_closes_with_4005_when_the_licence_expires(
 
 async def test_silent_device_is_pinged_and_closed_with_4010_without_pong(
         db_dsn: str, tmp_path: Path) -> None:
-    async with identity_world(db_dsn, tmp_path, ws_heartbeat=1,
-                              ws_heartbeat_timeout=0.5) as world:
-        p = await peer(world, "quiet")
-        sock = await connect(world, p)
+    async with alone(db_dsn, tmp_path, "quiet", ws_heartbeat=1,
+                     ws_heartbeat_timeout=0.5) as (_, sock):
         sock._session._queue = lambda frame: None  # type: ignore[method-assign]  # never pong
-        code, _ = await asyncio.wait_for(sock.closed, seconds(15))
-    assert code == CloseCode.HEARTBEAT_TIMEOUT
+        assert await close_code(sock) == CloseCode.HEARTBEAT_TIMEOUT
 
 
 async def test_idle_device_is_closed_with_4007(db_dsn: str, tmp_path: Path) -> None:
-    async with identity_world(db_dsn, tmp_path, ws_heartbeat=1, ws_idle_timeout=1.5) as world:
-        p = await peer(world, "idle")
-        sock = await connect(world, p)
-        code, _ = await asyncio.wait_for(sock.closed, seconds(15))
-    assert code == CloseCode.IDLE_TIMEOUT
+    async with alone(db_dsn, tmp_path, "idle", ws_heartbeat=1,
+                     ws_idle_timeout=1.5) as (_, sock):
+        assert await close_code(sock) == CloseCode.IDLE_TIMEOUT

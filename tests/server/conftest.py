@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
 from server.db import Database
@@ -21,13 +20,3 @@ async def relay_db(world: World) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.close()
-
-
-@pytest.fixture
-async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to a fresh database at the schema's head."""
-    c = await asyncpg.connect(db_dsn)
-    try:
-        yield c
-    finally:
-        await c.close()

@@ -32,7 +32,7 @@ from clients.admin import consent as adminconsent
 from clients.admin import csvio, handout
 from clients.admin import directory as admindirectory
 from clients.admin import ops as adminops
-from clients.admin.common import CommandError, admin_relay, run_async
+from clients.admin.common import CommandError, admin_relay
 from clients.admin.orgkey import (
     OrgKeyError,
     create_org_keyfile,
@@ -49,7 +49,7 @@ from clients.admin.session import (
     save_session,
     session_path,
 )
-from clients.sdk.failures import run_command
+from clients.sdk.failures import run_async, run_command
 from clients.sdk.http import RelayHTTP
 from clients.sdk.prompts import PromptError, read_secret
 from clients.sdk.timefmt import format_date, format_time

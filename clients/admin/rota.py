@@ -15,10 +15,11 @@ from zoneinfo import ZoneInfo
 
 from clients.admin import csvio, rotaio
 from clients.admin import ops as adminops
-from clients.admin.common import CommandError, admin_relay, run_async
+from clients.admin.common import CommandError, admin_relay
 from clients.admin.session import (
     load_session,
 )
+from clients.sdk.failures import run_async
 from clients.sdk.timefmt import format_time
 from protocol import api
 

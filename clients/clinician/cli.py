@@ -34,11 +34,11 @@ from clients.clinician.consenting import (
     pdf_options,
 )
 from clients.clinician.device import open_device, read_password, store_of
-from clients.clinician.shell import run_client, when
+from clients.clinician.shell import when
 from clients.sdk import consent as consent_capture
 from clients.sdk import expiry, identity, people, sso
 from clients.sdk.errors import DeviceWiped, FlowError, KeyStoreError
-from clients.sdk.failures import run_command
+from clients.sdk.failures import run_async, run_command
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import (
     KeyStore,
@@ -80,7 +80,7 @@ def _enroll(args: argparse.Namespace) -> int:
                                         kind=DeviceKind(args.kind),
                                         sso=id_token if args.sso else None)
 
-    opened = run_client(go)
+    opened = run_async(go)
     st = opened.state
     print(f"enrolled {st.login} on this {st.device_kind} (device {st.device_id})")
     print(f"organisation {st.org_id} pinned, key fingerprint {key_id(st.org_public_key)}")
@@ -105,7 +105,7 @@ def _link_new(args: argparse.Namespace) -> int:
                                                   interval=args.poll)
             return await identity.finish_link(relay, store, pending, result, password)
 
-    opened = run_client(go)
+    opened = run_async(go)
     st = opened.state
     print(f"linked: {st.login} on this {st.device_kind} (device {st.device_id}), logged in")
     print(f"organisation {st.org_id} pinned, key fingerprint {key_id(st.org_public_key)}")
@@ -119,7 +119,7 @@ def _link_approve(args: argparse.Namespace) -> int:
         async with await device.relay() as relay:
             return await identity.approve_link(relay, device.opened, args.approve)
 
-    cert = run_client(go)
+    cert = run_async(go)
     print(f"approved: {cert.kind.value} device {cert.device_id} certified for "
           f"{device.state.login} until {when(cert.not_after)}")
     return 0
@@ -160,7 +160,7 @@ def _login(args: argparse.Namespace) -> int:
                 return count.target
             return count.remaining
 
-    remaining = run_client(go)
+    remaining = run_async(go)
     st = opened.state
     assert st.session is not None
     print(f"logged in as {st.login} on device {st.device_id}; session until "
@@ -189,7 +189,7 @@ def _whoami(args: argparse.Namespace) -> int:
         async with await device.relay() as relay:
             return (await relay.prekey_count()).remaining
 
-    print(f"session:      valid; {run_client(go)} one-time prekeys at the relay")
+    print(f"session:      valid; {run_async(go)} one-time prekeys at the relay")
     return 0
 
 
@@ -202,7 +202,7 @@ def _devices(args: argparse.Namespace) -> int:
                                                                 device.state.user_id)
             return views
 
-    views = run_client(go)
+    views = run_async(go)
     for v in views:
         d = v.verified.device
         mark = "*" if d.device_id == device.state.device_id else " "
@@ -222,7 +222,7 @@ def _lookup(args: argparse.Namespace) -> int:
                  " / ".join(x for x in (e.specialty, e.department, e.org_id) if x))
                 for e in found.users]
 
-    rows = run_client(go)
+    rows = run_async(go)
     for user_id, name, roles, where in rows:
         print(f"{user_id}  {name}  [{roles}]  {where}")
     print(f"{len(rows)} found")
@@ -237,7 +237,7 @@ def _keys_claim(args: argparse.Namespace) -> int:
             user_id = (await people.resolve_user(relay, args.user)).user_id
             return await identity.claim_user_keys(relay, device.opened, user_id)
 
-    claimed = run_client(go)
+    claimed = run_async(go)
     for c in claimed:
         otk = (f"one-time prekey {c.one_time_prekey.prekey_id}" if c.one_time_prekey
                else "no one-time prekey left (signed prekey only)")

@@ -11,7 +11,6 @@ import sys
 
 from clients.clinician.shell import (
     consent_of,
-    run_client,
     unlock_profile,
     when,
 )
@@ -28,6 +27,7 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
+from clients.sdk.failures import run_async
 from clients.sdk.timefmt import format_time
 from clients.sdk.vault import OutboxRecord
 from protocol.body import Body, BodyKind
@@ -81,7 +81,7 @@ def threads_command(args: argparse.Namespace) -> int:
         finally:
             await client.close()
 
-    run_client(go)
+    run_async(go)
     return 0
 
 
@@ -205,7 +205,7 @@ def inbox_command(args: argparse.Namespace) -> int:
             await client.close()
         return shown
 
-    count = run_client(go)
+    count = run_async(go)
     print(f"{count} unread messages")
     return 0
 
@@ -270,5 +270,5 @@ def watch_command(args: argparse.Namespace) -> int:
         finally:
             await client.close()
 
-    run_client(go)
+    run_async(go)
     return 0

@@ -13,7 +13,6 @@ from typing import Any
 
 from clients.clinician.shell import (
     MAX_IMAGE_FILE,
-    run_client,
     unlock_profile,
     when,
 )
@@ -23,6 +22,7 @@ from clients.sdk.client import (
     LightboxClient,
 )
 from clients.sdk.errors import FlowError
+from clients.sdk.failures import run_async
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.vault import ItemNotFound
 from protocol.body import Body, IdentifierKind, RecordData, Sex
@@ -371,7 +371,7 @@ def send_command(args: argparse.Namespace) -> int:
             await client.close()
 
     try:
-        message_id, thread_id, seq = run_client(go)
+        message_id, thread_id, seq = run_async(go)
     except KeyboardInterrupt:
         print("stopped before the relay confirmed the message: it is kept on this device and "
               "sent again the next time this device connects (lightbox outbox lists it)",
@@ -423,7 +423,7 @@ def break_glass_command(args: argparse.Namespace) -> int:
         finally:
             await client.close()
 
-    run_client(go)
+    run_async(go)
     return 0
 
 
@@ -464,7 +464,7 @@ def correct_patient_command(args: argparse.Namespace) -> int:
         finally:
             await client.close()
 
-    message_id, seq = run_client(go)
+    message_id, seq = run_async(go)
     print(f"sent again with the corrected patient identity: message {message_id} (#{seq}); "
           "the record gateway checks it again before filing")
     return 0

@@ -21,6 +21,7 @@ from clients.admin.session import (
 )
 from clients.sdk.failures import run_async
 from clients.sdk.timefmt import format_time
+from clients.sdk.wording import counted
 from protocol import api
 
 __all__ = [
@@ -50,7 +51,7 @@ def rota_report(stored: int, failures: Sequence[rotaio.RotaRowError]) -> int:
     for f in sorted(failures, key=lambda f: f.line):
         who = f" ({f.what})" if f.what else ""
         print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
-    print(f"{stored} shifts stored, {len(failures)} refused")
+    print(f"{counted(stored, 'shift')} stored, {len(failures)} refused")
     return 1 if failures else 0
 
 

@@ -46,6 +46,7 @@ from clients.sdk.keystore import (
     default_profile,
     lightbox_home,
 )
+from clients.sdk.wording import counted
 from protocol import certs
 from protocol.consent import (
     ConsentBasis,
@@ -208,7 +209,8 @@ def _devices(args: argparse.Namespace) -> int:
         mark = "*" if d.device_id == device.state.device_id else " "
         print(f"{mark} {d.device_id} {d.kind.value:<8} certified {when(d.issued_at)} "
               f"key {key_id(d.signing_key)}")
-    print(f"{len(views)} devices, every certificate verified against the organisation key")
+    print(f"{counted(len(views), 'device')}, every certificate verified against the "
+          "organisation key")
     return 0
 
 
@@ -243,7 +245,7 @@ def _keys_claim(args: argparse.Namespace) -> int:
                else "no one-time prekey left (signed prekey only)")
         print(f"{c.verified.device_id} {c.verified.device.kind.value:<8} "
               f"signed prekey {c.signed_prekey.prekey_id}, {otk}: chain and signatures verified")
-    print(f"{len(claimed)} devices claimed")
+    print(f"{counted(len(claimed), 'device')} claimed")
     return 0
 
 

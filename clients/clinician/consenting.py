@@ -29,6 +29,7 @@ from clients.sdk.keystore import (
 )
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.timefmt import format_time
+from clients.sdk.wording import counted
 from protocol import api, certs
 from protocol.body import ConsentFiling
 from protocol.consent import (
@@ -186,7 +187,7 @@ def own_label(state: DeviceState) -> str:
 
 def say_registered(claims: ConsentClaims, status: str) -> None:
     print(f"consent {claims.jti}: {claims.decision.value} (relay: {status}) for "
-          f"{', '.join(p.value for p in claims.purposes)}; {len(claims.images)} images",
+          f"{', '.join(p.value for p in claims.purposes)}; {counted(len(claims.images), 'image')}",
           flush=True)
 
 
@@ -277,7 +278,7 @@ def consent_list(args: argparse.Namespace) -> int:
         status = (info.status if info.revoked_at is None
                   else f"withdrawn {format_time(info.revoked_at)}")
         print(f"{info.consent_id}  {status}: {consent_line(claims)}")
-    print(f"{len(found)} consents you captured")
+    print(f"{counted(len(found), 'consent')} you captured")
     return 0
 
 

@@ -25,6 +25,7 @@ from clients.sdk.errors import FlowError
 from clients.sdk.failures import run_async
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.vault import ItemNotFound
+from clients.sdk.wording import counted, for_count
 from protocol.body import Body, IdentifierKind, RecordData, Sex
 from protocol.consent import (
     ConsentBasis,
@@ -417,7 +418,8 @@ def break_glass_command(args: argparse.Namespace) -> int:
             for c in cases:
                 print(f"{c.case_id}  [{when(c.declared_at)}] {c.category.replace('_', ' ')}  "
                       f"thread {c.thread_id}  message {c.message_id}")
-            print(f"{len(cases)} emergency messages await a consent or a reason why none was "
+            print(f"{counted(len(cases), 'emergency message')} "
+                  f"{for_count(len(cases), 'awaits', 'await')} a consent or a reason why none was "
                   "possible" + (": lightbox break-glass follow-up CASE --consent-token FILE "
                                 "| --no-consent WHY --reason TEXT" if cases else ""))
         finally:

@@ -78,6 +78,7 @@ from typing import Final, Self
 
 import msgspec
 
+from clients.sdk.environ import number_setting
 from clients.sdk.kdf import passphrase_profile
 from clients.sdk.keystore import DeviceState
 from clients.sdk.vaultimages import VaultImages
@@ -165,14 +166,9 @@ MAX_IDLE_TIMEOUT: Final = 24 * 3600.0
 
 
 def _idle_timeout_from_env() -> float:
-    raw = os.environ.get(IDLE_TIMEOUT_ENV)
-    if raw is None:
-        return DEFAULT_IDLE_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= MAX_IDLE_TIMEOUT:
+    value = number_setting(IDLE_TIMEOUT_ENV, DEFAULT_IDLE_TIMEOUT, float,
+                           lambda v: 0 < v <= MAX_IDLE_TIMEOUT)
+    if value is None:
         raise VaultError(
             f"{IDLE_TIMEOUT_ENV} must be a number of seconds between 1 and {MAX_IDLE_TIMEOUT:.0f}"
         )

@@ -116,11 +116,7 @@ def _link_new(args: argparse.Namespace) -> int:
 def _link_approve(args: argparse.Namespace) -> int:
     device = open_device(args)
 
-    async def go() -> certs.DeviceCertificate:
-        async with await device.relay() as relay:
-            return await identity.approve_link(relay, device.opened, args.approve)
-
-    cert = run_async(go)
+    cert = device.call(lambda relay: identity.approve_link(relay, device.opened, args.approve))
     print(f"approved: {cert.kind.value} device {cert.device_id} certified for "
           f"{device.state.login} until {when(cert.not_after)}")
     return 0
@@ -186,24 +182,16 @@ def _whoami(args: argparse.Namespace) -> int:
         print("session:      not logged in")
         return 0
 
-    async def go() -> int:
-        async with await device.relay() as relay:
-            return (await relay.prekey_count()).remaining
-
-    print(f"session:      valid; {run_async(go)} one-time prekeys at the relay")
+    remaining = device.call(lambda relay: relay.prekey_count()).remaining
+    print(f"session:      valid; {remaining} one-time prekeys at the relay")
     return 0
 
 
 def _devices(args: argparse.Namespace) -> int:
     device = open_device(args)
 
-    async def go() -> list[identity.DeviceView]:
-        async with await device.relay() as relay:
-            _user, views = await identity.verified_user_devices(relay, device.opened,
-                                                                device.state.user_id)
-            return views
-
-    views = run_async(go)
+    _user, views = device.call(lambda relay: identity.verified_user_devices(
+        relay, device.opened, device.state.user_id))
     for v in views:
         d = v.verified.device
         mark = "*" if d.device_id == device.state.device_id else " "
@@ -217,14 +205,10 @@ def _devices(args: argparse.Namespace) -> int:
 def _lookup(args: argparse.Namespace) -> int:
     device = open_device(args)
 
-    async def go() -> list[tuple[str, str, str, str]]:
-        async with await device.relay() as relay:
-            found = await relay.directory(args.query)
-        return [(e.user_id, f"{e.display_name} ({e.login})", ", ".join(e.roles),
-                 " / ".join(x for x in (e.specialty, e.department, e.org_id) if x))
-                for e in found.users]
-
-    rows = run_async(go)
+    found = device.call(lambda relay: relay.directory(args.query))
+    rows = [(e.user_id, f"{e.display_name} ({e.login})", ", ".join(e.roles),
+             " / ".join(x for x in (e.specialty, e.department, e.org_id) if x))
+            for e in found.users]
     for user_id, name, roles, where in rows:
         print(f"{user_id}  {name}  [{roles}]  {where}")
     print(f"{len(rows)} found")
@@ -234,12 +218,11 @@ def _lookup(args: argparse.Namespace) -> int:
 def _keys_claim(args: argparse.Namespace) -> int:
     device = open_device(args)
 
-    async def go() -> list[identity.ClaimedDevice]:
-        async with await device.relay() as relay:
-            user_id = (await people.resolve_user(relay, args.user)).user_id
-            return await identity.claim_user_keys(relay, device.opened, user_id)
+    async def claim(relay: RelayHTTP) -> list[identity.ClaimedDevice]:
+        user_id = (await people.resolve_user(relay, args.user)).user_id
+        return await identity.claim_user_keys(relay, device.opened, user_id)
 
-    claimed = run_async(go)
+    claimed = device.call(claim)
     for c in claimed:
         otk = (f"one-time prekey {c.one_time_prekey.prekey_id}" if c.one_time_prekey
                else "no one-time prekey left (signed prekey only)")

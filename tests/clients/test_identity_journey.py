@@ -204,6 +204,7 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
         assert "2 devices" in out and desk.device_id in out and phone.device_id in out
         out = await _ok(device_cli.main, ["--profile", "desktop", "whoami"])
         assert "not on this device" in out
+        assert re.search(r"^session: +valid; \d+ one-time prekeys at the relay$", out, re.M), out
 
         # --- look up a colleague and claim his prekeys --------------------------------------
         out = await _ok(device_cli.main, ["--profile", "phone", "lookup", "Bo Chen"])

@@ -27,6 +27,7 @@ from clients.admin.session import load_session
 from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.timefmt import format_time
+from clients.sdk.wording import counted
 from protocol import api
 from protocol.errors import ErrorCode
 
@@ -96,8 +97,8 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{c.case_id}  [{_when(c.declared_at)}] {c.sender_login}  "
               f"{c.category.replace('_', ' ')}  {c.status}"
               + ("" if c.follow_up else "  (no follow-up yet)"))
-    print(f"{len(listing.cases)} {'' if args.status == 'all' else args.status + ' '}"
-          "break-glass cases")
+    status = "" if args.status == "all" else args.status + " "
+    print(counted(len(listing.cases), f"{status}break-glass case"))
     return 0
 
 
@@ -119,14 +120,14 @@ def _report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(msgspec.to_builtins(r), indent=2))
         return 0
-    print(f"break-glass from {_when(r.since)} to {_when(r.until)}: {r.total} cases, "
+    print(f"break-glass from {_when(r.since)} to {_when(r.until)}: {counted(r.total, 'case')}, "
           f"{r.open} open, {r.closed} closed, {r.awaiting_follow_up} awaiting follow-up")
     for name, counts in (("by category", r.by_category), ("by outcome", r.by_outcome)):
         if counts:
             print(f"  {name}: " + ", ".join(f"{k.replace('_', ' ')} {v}"
                                             for k, v in counts.items()))
     for u in r.by_clinician:
-        print(f"  {u.display_name} ({u.login}): {u.cases} cases, {u.awaiting_follow_up} "
+        print(f"  {u.display_name} ({u.login}): {counted(u.cases, 'case')}, {u.awaiting_follow_up} "
               f"awaiting follow-up, {u.inappropriate} found inappropriate")
     return 0
 

@@ -33,7 +33,7 @@ from clients.admin import consent as adminconsent
 from clients.admin import csvio, handout
 from clients.admin import directory as admindirectory
 from clients.admin import ops as adminops
-from clients.admin.common import CommandError, admin_relay, run_async
+from clients.admin.common import CommandError, admin_relay
 from clients.admin.orgkey import (
     OrgKeyError,
     create_org_keyfile,
@@ -50,10 +50,11 @@ from clients.admin.session import (
     save_session,
     session_path,
 )
-from clients.sdk.failures import run_command
+from clients.sdk.failures import run_async, run_command
 from clients.sdk.http import RelayHTTP
 from clients.sdk.prompts import PromptError, read_secret
 from clients.sdk.timefmt import format_date, format_time
+from clients.sdk.wording import counted
 from protocol import api, certs
 from protocol.canonical import b64url_encode, peek_compact
 from protocol.errors import ProtocolError
@@ -246,7 +247,7 @@ def _user_list(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r[1]:<20} {r[6]:<9} {r[8]!s:>2} dev  {r[2]}  [{r[3]}] {r[4]}  "
               f"licence {r[7] or '-'}  {r[0]}")
-    print(f"{len(rows)} users")
+    print(counted(len(rows), "user"))
     return 0
 
 
@@ -300,7 +301,7 @@ def _revoke(args: argparse.Namespace, describe: str,
         print(f"{describe}: already so; nothing to change")
     elif applied is not None:
         print(f"{describe}: revocation list {applied.number} signed and applied "
-              f"({len(applied.entries)} entries)")
+              f"({counted(len(applied.entries), 'entry', 'entries')})")
     return 0
 
 

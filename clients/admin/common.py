@@ -4,8 +4,6 @@ relay call, and the relay client acting as the logged-in IT administrator.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from clients.admin.session import (
@@ -17,7 +15,6 @@ __all__ = [
     "CommandError",
     "T",
     "admin_relay",
-    "run_async",
 ]
 
 
@@ -26,12 +23,6 @@ T = TypeVar("T")
 
 class CommandError(Exception):
     """Nothing was done; the message says why (exit status 2)."""
-
-
-def run_async(coro: Callable[[], Awaitable[T]]) -> T:
-    async def runner() -> T:
-        return await coro()
-    return asyncio.run(runner())
 
 
 def admin_relay(session: AdminSession) -> RelayHTTP:

@@ -36,6 +36,7 @@ from clients.gateway.records import patient_id_system
 from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.timefmt import format_time
+from clients.sdk.wording import counted
 from protocol import api
 from protocol.errors import ErrorCode
 
@@ -143,7 +144,7 @@ def _find(args: argparse.Namespace) -> int:
             line += (f"; relay: withdrawn {_local(c.revoked_at)}" if c.revoked_at is not None
                      else f"; relay: {c.status}") + f"; by {w.issuer_name} ({w.issuer_login})"
         print(line)
-    print(f"{len(found)} consents filed for patient {args.patient_id} in the record"
+    print(f"{counted(len(found), 'consent')} filed for patient {args.patient_id} in the record"
           + ("" if logged_in else
              " (log in with `lightbox-admin login` to see each one's status at the relay)"))
     return 0
@@ -181,7 +182,8 @@ def format_withdrawal(w: api.ConsentWithdrawal) -> list[str]:
     if c.revoked_at is not None:
         pending = sum(copy.confirmed_at is None for copy in w.copies)
         lines.append("  every copy confirmed destroyed" if not pending else
-                     f"  {pending} copies not yet confirmed destroyed (each device confirms "
+                     f"  {counted(pending, 'copy', 'copies')} not yet confirmed destroyed (each "
+                     "device confirms "
                      "when it next connects)")
     return lines
 

@@ -18,7 +18,8 @@ import dataclasses
 import datetime as dt
 import io
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 from protocol.certs import ROLE_RECORD_GATEWAY
 from protocol.errors import ErrorCode
@@ -27,9 +28,11 @@ __all__ = [
     "MAX_CSV_BYTES",
     "REQUIRED_COLUMNS",
     "CsvError",
+    "CsvRecord",
     "LicenceFields",
     "RowError",
     "UserRow",
+    "csv_records",
     "licence_through",
     "neutralise",
     "parse_date",
@@ -210,32 +213,54 @@ def dict_reader(data: bytes, required: Sequence[str]) -> csv.DictReader[str]:
     return reader
 
 
-def parse_users_csv(data: bytes, *, now: int) -> tuple[list[UserRow], list[RowError]]:
-    """Parse an import file: the valid rows, and one error per bad row (line numbers are the
-    file's physical lines, the header being line 1; blank lines are skipped). Raises CsvError
-    for the whole file."""
-    reader = dict_reader(data, REQUIRED_COLUMNS)
-    good: list[UserRow] = []
-    bad: list[RowError] = []
-    seen: dict[str, int] = {}
+
+class CsvRecord(NamedTuple):
+    """One non-blank record of an import file: its last physical line, its named cells (an
+    empty cell is ""), and what makes it unreadable, if anything."""
+
+    line: int
+    values: dict[str, str]
+    problem: str | None
+
+
+def csv_records(data: bytes, required: Sequence[str], *, max_rows: int,
+                extra_fields: bool = False) -> Iterator[CsvRecord]:
+    """The records of an import file, blank lines skipped. A record with more cells than the
+    header has the problem "too many fields" (unless ``extra_fields``, then they are dropped);
+    a broken quote ends the file with a "cannot be parsed" record, since the csv module cannot
+    resynchronise after one. More than ``max_rows`` records: CsvError for the whole file."""
+    reader = dict_reader(data, required)
+    count = 0
     while True:
         try:
             raw = next(reader)
         except StopIteration:
-            break
+            return
         except csv.Error as exc:
-            bad.append(RowError(reader.line_num, "", f"cannot be parsed: {exc}"))
-            break  # the csv module cannot resynchronise after a broken quote
-        line = reader.line_num  # the record's last physical line (its only one, usually)
-        if len(good) + len(bad) >= MAX_ROWS:
-            raise CsvError(ErrorCode.CSV_INVALID, f"more than {MAX_ROWS} rows")
-        if None in raw:
-            bad.append(RowError(line, (raw.get("login") or "").strip(), "too many fields"))
-            continue
-        values = {k: (v or "") for k, v in raw.items()}
-        if not any(v.strip() for v in values.values()):
+            yield CsvRecord(reader.line_num, {}, f"cannot be parsed: {exc}")
+            return
+        if count >= max_rows:
+            raise CsvError(ErrorCode.CSV_INVALID, f"more than {max_rows} rows")
+        values = {k: (v or "") for k, v in raw.items() if k is not None}
+        too_many = None in raw and not extra_fields
+        if not too_many and not any(v.strip() for v in values.values()):
             continue  # blank line
+        count += 1
+        # reader.line_num: the record's last physical line (its only one, usually).
+        yield CsvRecord(reader.line_num, values, "too many fields" if too_many else None)
+
+def parse_users_csv(data: bytes, *, now: int) -> tuple[list[UserRow], list[RowError]]:
+    """Parse an import file: the valid rows, and one error per bad row (line numbers are the
+    file's physical lines, the header being line 1; blank lines are skipped). Raises CsvError
+    for the whole file."""
+    good: list[UserRow] = []
+    bad: list[RowError] = []
+    seen: dict[str, int] = {}
+    for line, values, problem in csv_records(data, REQUIRED_COLUMNS, max_rows=MAX_ROWS):
         login = values.get("login", "").strip()
+        if problem is not None:
+            bad.append(RowError(line, login, problem))
+            continue
         try:
             row = validate_user(line=line, name=values["name"], login=login,
                                 roles=values["roles"], specialty=values["specialty"],

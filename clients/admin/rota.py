@@ -15,11 +15,13 @@ from zoneinfo import ZoneInfo
 
 from clients.admin import csvio, rotaio
 from clients.admin import ops as adminops
-from clients.admin.common import CommandError, admin_relay, run_async
+from clients.admin.common import CommandError, admin_relay
 from clients.admin.session import (
     load_session,
 )
+from clients.sdk.failures import run_async
 from clients.sdk.timefmt import format_time
+from clients.sdk.wording import counted
 from protocol import api
 
 __all__ = [
@@ -49,7 +51,7 @@ def rota_report(stored: int, failures: Sequence[rotaio.RotaRowError]) -> int:
     for f in sorted(failures, key=lambda f: f.line):
         who = f" ({f.what})" if f.what else ""
         print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
-    print(f"{stored} shifts stored, {len(failures)} refused")
+    print(f"{counted(stored, 'shift')} stored, {len(failures)} refused")
     return 1 if failures else 0
 
 

@@ -20,7 +20,6 @@ the good rows are kept. Unknown users are reported per row by the relay.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as dt
 import zoneinfo
@@ -28,7 +27,7 @@ from typing import Any
 
 import icalendar
 
-from clients.admin.csvio import CsvError, decode_csv, dict_reader
+from clients.admin.csvio import CsvError, csv_records, decode_csv
 from protocol.errors import ErrorCode
 
 __all__ = ["RotaRowError", "ShiftRow", "parse_rota", "parse_rota_csv", "parse_rota_ics"]
@@ -80,22 +79,12 @@ def _check(start: int, end: int, ladder: list[str]) -> None:
 
 def parse_rota_csv(data: bytes, *, tz: str = "UTC") -> tuple[list[ShiftRow], list[RotaRowError]]:
     zone = _zone(tz)
-    reader = dict_reader(data, CSV_COLUMNS)
     good: list[ShiftRow] = []
     bad: list[RotaRowError] = []
-    while True:
-        try:
-            raw = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            bad.append(RotaRowError(reader.line_num, "", f"cannot be parsed: {exc}"))
-            break
-        line = reader.line_num
-        if len(good) + len(bad) >= MAX_ROWS:
-            raise CsvError(ErrorCode.CSV_INVALID, f"more than {MAX_ROWS} rows")
-        values = {k: (v or "") for k, v in raw.items() if k is not None}
-        if not any(v.strip() for v in values.values()):
+    for line, values, problem in csv_records(data, CSV_COLUMNS, max_rows=MAX_ROWS,
+                                             extra_fields=True):
+        if problem is not None:
+            bad.append(RotaRowError(line, "", problem))
             continue
         primary = values["primary"].strip()
         ladder = [primary] if primary else []

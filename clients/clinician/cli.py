@@ -34,11 +34,11 @@ from clients.clinician.consenting import (
     pdf_options,
 )
 from clients.clinician.device import open_device, read_password, store_of
-from clients.clinician.shell import run_client, when
+from clients.clinician.shell import when
 from clients.sdk import consent as consent_capture
 from clients.sdk import expiry, identity, people, sso
 from clients.sdk.errors import DeviceWiped, FlowError, KeyStoreError
-from clients.sdk.failures import run_command
+from clients.sdk.failures import run_async, run_command
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import (
     KeyStore,
@@ -46,6 +46,7 @@ from clients.sdk.keystore import (
     default_profile,
     lightbox_home,
 )
+from clients.sdk.wording import counted
 from protocol import certs
 from protocol.consent import (
     ConsentBasis,
@@ -80,7 +81,7 @@ def _enroll(args: argparse.Namespace) -> int:
                                         kind=DeviceKind(args.kind),
                                         sso=id_token if args.sso else None)
 
-    opened = run_client(go)
+    opened = run_async(go)
     st = opened.state
     print(f"enrolled {st.login} on this {st.device_kind} (device {st.device_id})")
     print(f"organisation {st.org_id} pinned, key fingerprint {key_id(st.org_public_key)}")
@@ -105,7 +106,7 @@ def _link_new(args: argparse.Namespace) -> int:
                                                   interval=args.poll)
             return await identity.finish_link(relay, store, pending, result, password)
 
-    opened = run_client(go)
+    opened = run_async(go)
     st = opened.state
     print(f"linked: {st.login} on this {st.device_kind} (device {st.device_id}), logged in")
     print(f"organisation {st.org_id} pinned, key fingerprint {key_id(st.org_public_key)}")
@@ -115,11 +116,7 @@ def _link_new(args: argparse.Namespace) -> int:
 def _link_approve(args: argparse.Namespace) -> int:
     device = open_device(args)
 
-    async def go() -> certs.DeviceCertificate:
-        async with await device.relay() as relay:
-            return await identity.approve_link(relay, device.opened, args.approve)
-
-    cert = run_client(go)
+    cert = device.call(lambda relay: identity.approve_link(relay, device.opened, args.approve))
     print(f"approved: {cert.kind.value} device {cert.device_id} certified for "
           f"{device.state.login} until {when(cert.not_after)}")
     return 0
@@ -160,7 +157,7 @@ def _login(args: argparse.Namespace) -> int:
                 return count.target
             return count.remaining
 
-    remaining = run_client(go)
+    remaining = run_async(go)
     st = opened.state
     assert st.session is not None
     print(f"logged in as {st.login} on device {st.device_id}; session until "
@@ -185,44 +182,33 @@ def _whoami(args: argparse.Namespace) -> int:
         print("session:      not logged in")
         return 0
 
-    async def go() -> int:
-        async with await device.relay() as relay:
-            return (await relay.prekey_count()).remaining
-
-    print(f"session:      valid; {run_client(go)} one-time prekeys at the relay")
+    remaining = device.call(lambda relay: relay.prekey_count()).remaining
+    print(f"session:      valid; {remaining} one-time prekeys at the relay")
     return 0
 
 
 def _devices(args: argparse.Namespace) -> int:
     device = open_device(args)
 
-    async def go() -> list[identity.DeviceView]:
-        async with await device.relay() as relay:
-            _user, views = await identity.verified_user_devices(relay, device.opened,
-                                                                device.state.user_id)
-            return views
-
-    views = run_client(go)
+    _user, views = device.call(lambda relay: identity.verified_user_devices(
+        relay, device.opened, device.state.user_id))
     for v in views:
         d = v.verified.device
         mark = "*" if d.device_id == device.state.device_id else " "
         print(f"{mark} {d.device_id} {d.kind.value:<8} certified {when(d.issued_at)} "
               f"key {key_id(d.signing_key)}")
-    print(f"{len(views)} devices, every certificate verified against the organisation key")
+    print(f"{counted(len(views), 'device')}, every certificate verified against the "
+          "organisation key")
     return 0
 
 
 def _lookup(args: argparse.Namespace) -> int:
     device = open_device(args)
 
-    async def go() -> list[tuple[str, str, str, str]]:
-        async with await device.relay() as relay:
-            found = await relay.directory(args.query)
-        return [(e.user_id, f"{e.display_name} ({e.login})", ", ".join(e.roles),
-                 " / ".join(x for x in (e.specialty, e.department, e.org_id) if x))
-                for e in found.users]
-
-    rows = run_client(go)
+    found = device.call(lambda relay: relay.directory(args.query))
+    rows = [(e.user_id, f"{e.display_name} ({e.login})", ", ".join(e.roles),
+             " / ".join(x for x in (e.specialty, e.department, e.org_id) if x))
+            for e in found.users]
     for user_id, name, roles, where in rows:
         print(f"{user_id}  {name}  [{roles}]  {where}")
     print(f"{len(rows)} found")
@@ -232,18 +218,17 @@ def _lookup(args: argparse.Namespace) -> int:
 def _keys_claim(args: argparse.Namespace) -> int:
     device = open_device(args)
 
-    async def go() -> list[identity.ClaimedDevice]:
-        async with await device.relay() as relay:
-            user_id = (await people.resolve_user(relay, args.user)).user_id
-            return await identity.claim_user_keys(relay, device.opened, user_id)
+    async def claim(relay: RelayHTTP) -> list[identity.ClaimedDevice]:
+        user_id = (await people.resolve_user(relay, args.user)).user_id
+        return await identity.claim_user_keys(relay, device.opened, user_id)
 
-    claimed = run_client(go)
+    claimed = device.call(claim)
     for c in claimed:
         otk = (f"one-time prekey {c.one_time_prekey.prekey_id}" if c.one_time_prekey
                else "no one-time prekey left (signed prekey only)")
         print(f"{c.verified.device_id} {c.verified.device.kind.value:<8} "
               f"signed prekey {c.signed_prekey.prekey_id}, {otk}: chain and signatures verified")
-    print(f"{len(claimed)} devices claimed")
+    print(f"{counted(len(claimed), 'device')} claimed")
     return 0
 
 

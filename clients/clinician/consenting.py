@@ -18,16 +18,18 @@ from pathlib import Path
 from clients.clinician import phi
 from clients.clinician.device import store_of
 from clients.clinician.sending import record_from_args
-from clients.clinician.shell import run_client, unlock_profile
+from clients.clinician.shell import unlock_profile
 from clients.sdk import consent as consent_capture
 from clients.sdk import consent_pdf, people
 from clients.sdk.errors import FlowError, RelayRequestError, SDKError
+from clients.sdk.failures import run_async
 from clients.sdk.imaging import ImageRejected, prepare_image
 from clients.sdk.keystore import (
     DeviceState,
 )
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.timefmt import format_time
+from clients.sdk.wording import counted
 from protocol import api, certs
 from protocol.body import ConsentFiling
 from protocol.consent import (
@@ -124,7 +126,7 @@ def capture_command(args: argparse.Namespace) -> int:
         args.patient_name = ask("Patient name (FAMILY^GIVEN)")
         record = record_from_args(args)
     device = unlock_profile(args)  # the vault too: a refusal goes to the record
-    named = run_client(lambda: resolve_people(device, args.user or []))
+    named = run_async(lambda: resolve_people(device, args.user or []))
     capture = consent_capture.ConsentCapture(
         purposes=purposes or [Purpose.DIRECT_CARE], images=images,
         decision=ConsentDecision(decision or "agreed"), basis=ConsentBasis(args.basis),
@@ -151,7 +153,7 @@ def capture_command(args: argparse.Namespace) -> int:
     if args.no_register:
         say_registered(claims, "not registered")
     else:
-        run_client(go)
+        run_async(go)
     if args.token_out:
         Path(args.token_out).write_text(token + "\n")
     if args.fhir:
@@ -185,7 +187,7 @@ def own_label(state: DeviceState) -> str:
 
 def say_registered(claims: ConsentClaims, status: str) -> None:
     print(f"consent {claims.jti}: {claims.decision.value} (relay: {status}) for "
-          f"{', '.join(p.value for p in claims.purposes)}; {len(claims.images)} images",
+          f"{', '.join(p.value for p in claims.purposes)}; {counted(len(claims.images), 'image')}",
           flush=True)
 
 
@@ -226,7 +228,7 @@ def pdf_command(args: argparse.Namespace) -> int:
         # Name people from their verified certificates (the profile's relay session).
         device = unlock_profile(args)
         try:
-            clinician_name, names = run_client(lambda: names_of(device, claims))
+            clinician_name, names = run_async(lambda: names_of(device, claims))
         except SDKError as exc:
             print(f"warning: people are not named on this copy (the relay could not be asked: "
                   f"{exc})", file=sys.stderr)
@@ -270,13 +272,13 @@ def consent_list(args: argparse.Namespace) -> int:
         finally:
             await client.close()
 
-    found = run_client(go)
+    found = run_async(go)
     for info in found:
         claims = peek_consent_token_unverified(info.token)
         status = (info.status if info.revoked_at is None
                   else f"withdrawn {format_time(info.revoked_at)}")
         print(f"{info.consent_id}  {status}: {consent_line(claims)}")
-    print(f"{len(found)} consents you captured")
+    print(f"{counted(len(found), 'consent')} you captured")
     return 0
 
 
@@ -336,7 +338,7 @@ def consent_withdraw(args: argparse.Namespace) -> int:
         finally:
             await client.close()
 
-    result, _claims = run_client(go)
+    result, _claims = run_async(go)
     print(f"withdrawn: consent {consent_id} at {format_time(result.revoked_at)}")
     print(f"messages withdrawn before delivery: {result.withdrawn_messages}")
     print(f"copies ordered to expire: {result.expiry_orders} (each device deletes its copy and "

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from clients.sdk import identity
 from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError
+from clients.sdk.failures import run_async
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import (
     DeviceState,
@@ -37,6 +40,8 @@ def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:
     return read_secret("LIGHTBOX_PASSWORD", prompt, confirm=confirm)
 
 
+T = TypeVar("T")
+
 class KeyDevice:
     """An unlocked profile: its key store and the password (to log in again when needed)."""
 
@@ -62,6 +67,15 @@ class KeyDevice:
                 await relay.aclose()
                 raise
         return relay
+
+    def call(self, work: Callable[[RelayHTTP], Awaitable[T]]) -> T:
+        """Run one command's ``work`` with a logged-in relay client of this device, closed
+        after it."""
+        async def go() -> T:
+            async with await self.relay() as relay:
+                return await work(relay)
+
+        return run_async(go)
 
 
 async def password_login(relay: RelayHTTP, state: DeviceState, password: str

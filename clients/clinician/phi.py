@@ -58,6 +58,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageStat
 from clients.sdk import imaging
 from clients.sdk.consent import DEIDENTIFIED_PURPOSES
 from clients.sdk.errors import FlowError
+from clients.sdk.wording import counted
 from protocol.body import IdentifierKind
 from protocol.model import Purpose
 
@@ -457,7 +458,8 @@ def check_for_purpose(purpose: Purpose, scan: PhiScan) -> list[str]:
             raise PhiRefused(f"not sent: {scan.reason} Images for {purpose.value} must be "
                              "verified free of text.", code="phi_unverified")
         if scan.status is OcrStatus.TEXT_FOUND:
-            raise PhiRefused(f"not sent: the image shows {len(scan.regions)} text regions; "
+            raise PhiRefused(f"not sent: the image shows "
+                             f"{counted(len(scan.regions), 'text region')}; "
                              f"for {purpose.value} every one must be blacked out (redact all "
                              "text)", code="phi_unredacted", scan=scan)
         return []

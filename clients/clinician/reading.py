@@ -11,7 +11,6 @@ import sys
 
 from clients.clinician.shell import (
     consent_of,
-    run_client,
     unlock_profile,
     when,
 )
@@ -28,8 +27,10 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
+from clients.sdk.failures import run_async
 from clients.sdk.timefmt import format_time
 from clients.sdk.vault import OutboxRecord
+from clients.sdk.wording import counted
 from protocol.body import Body, BodyKind
 
 __all__ = [
@@ -69,19 +70,19 @@ def threads_command(args: argparse.Namespace) -> int:
             for t in threads:
                 flag = "URGENT " if t.priority == "urgent" else "       "
                 who = ", ".join([*(f"role:{r}" for r in t.roles),
-                                 f"{len(t.members)} people"])
+                                 counted(len(t.members), "person", "people")])
                 print(f"{flag}{t.thread_id}  {subject(client, t.thread_id)}  [{who}]  "
                       f"{client.unread(t.thread_id)} unread")
                 if t.break_glass_pending:
                     print(f"        BREAK-GLASS: {t.break_glass_pending} emergency message(s) "
                           "sent without consent: seek the patient's consent, or file why "
                           "none was possible (lightbox break-glass)")
-            print(f"{len(threads)} threads")
+            print(counted(len(threads), "thread"))
             print_pending_count(client)
         finally:
             await client.close()
 
-    run_client(go)
+    run_async(go)
     return 0
 
 
@@ -133,8 +134,8 @@ def pending_line(client: LightboxClient, record: OutboxRecord) -> str:
 def print_pending_count(client: LightboxClient) -> None:
     pending = client.pending_sends()
     if pending:
-        print(f"{len(pending)} messages not yet stored by the relay: they are sent again the "
-              "next time this device connects (lightbox outbox lists them)")
+        print(f"{counted(len(pending), 'message')} not yet stored by the relay: they are sent "
+              "again the next time this device connects (lightbox outbox lists them)")
 
 
 def outbox_command(args: argparse.Namespace) -> int:
@@ -144,7 +145,7 @@ def outbox_command(args: argparse.Namespace) -> int:
     pending = client.pending_sends()
     for record in pending:
         print(pending_line(client, record))
-    print(f"{len(pending)} messages waiting to be sent"
+    print(f"{counted(len(pending), 'message')} waiting to be sent"
           + (": they are sent again the next time this device connects (lightbox inbox, "
              "watch or send)" if pending else ""))
     return 0
@@ -205,8 +206,8 @@ def inbox_command(args: argparse.Namespace) -> int:
             await client.close()
         return shown
 
-    count = run_client(go)
-    print(f"{count} unread messages")
+    count = run_async(go)
+    print(counted(count, "unread message"))
     return 0
 
 
@@ -270,5 +271,5 @@ def watch_command(args: argparse.Namespace) -> int:
         finally:
             await client.close()
 
-    run_client(go)
+    run_async(go)
     return 0

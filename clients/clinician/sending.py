@@ -13,7 +13,6 @@ from typing import Any
 
 from clients.clinician.shell import (
     MAX_IMAGE_FILE,
-    run_client,
     unlock_profile,
     when,
 )
@@ -23,8 +22,10 @@ from clients.sdk.client import (
     LightboxClient,
 )
 from clients.sdk.errors import FlowError
+from clients.sdk.failures import run_async
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.vault import ItemNotFound
+from clients.sdk.wording import counted, for_count
 from protocol.body import Body, IdentifierKind, RecordData, Sex
 from protocol.consent import (
     ConsentBasis,
@@ -371,7 +372,7 @@ def send_command(args: argparse.Namespace) -> int:
             await client.close()
 
     try:
-        message_id, thread_id, seq = run_client(go)
+        message_id, thread_id, seq = run_async(go)
     except KeyboardInterrupt:
         print("stopped before the relay confirmed the message: it is kept on this device and "
               "sent again the next time this device connects (lightbox outbox lists it)",
@@ -417,13 +418,14 @@ def break_glass_command(args: argparse.Namespace) -> int:
             for c in cases:
                 print(f"{c.case_id}  [{when(c.declared_at)}] {c.category.replace('_', ' ')}  "
                       f"thread {c.thread_id}  message {c.message_id}")
-            print(f"{len(cases)} emergency messages await a consent or a reason why none was "
+            print(f"{counted(len(cases), 'emergency message')} "
+                  f"{for_count(len(cases), 'awaits', 'await')} a consent or a reason why none was "
                   "possible" + (": lightbox break-glass follow-up CASE --consent-token FILE "
                                 "| --no-consent WHY --reason TEXT" if cases else ""))
         finally:
             await client.close()
 
-    run_client(go)
+    run_async(go)
     return 0
 
 
@@ -464,7 +466,7 @@ def correct_patient_command(args: argparse.Namespace) -> int:
         finally:
             await client.close()
 
-    message_id, seq = run_client(go)
+    message_id, seq = run_async(go)
     print(f"sent again with the corrected patient identity: message {message_id} (#{seq}); "
           "the record gateway checks it again before filing")
     return 0

@@ -6,9 +6,8 @@ instead of tracebacks, and the time and consent shown beside a message.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,7 +29,6 @@ __all__ = [
     "consent_of",
     "guarded",
     "profile_dir",
-    "run_client",
     "unlock_profile",
     "when",
 ]
@@ -52,12 +50,6 @@ def unlock_profile(args: argparse.Namespace) -> ProfileDevice:
         raise KeyStoreError(f"profile {args.profile!r} has no device: run `lightbox enroll` "
                             "or `lightbox link` first")
     return open_profile(directory, read_secret("LIGHTBOX_PASSWORD", f"Password ({args.profile})"))
-
-
-def run_client(factory: Callable[[], Awaitable[T]]) -> T:
-    async def runner() -> T:
-        return await factory()
-    return asyncio.run(runner())
 
 
 def when(ts: float) -> str:

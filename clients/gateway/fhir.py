@@ -54,7 +54,7 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from clients.gateway.httpio import HttpService, bounded_request
-from clients.sdk.http import is_loopback
+from clients.sdk.addresses import is_loopback
 
 __all__ = [
     "FhirAuthError",

@@ -11,13 +11,15 @@ where; a Python traceback never reaches the terminal.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from clients.sdk.connection import ConnectionStopped
 from clients.sdk.errors import (
@@ -31,7 +33,9 @@ from clients.sdk.prompts import PromptError
 from clients.sdk.vault import VaultError
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 
-__all__ = ["describe", "report_crash", "run_command"]
+__all__ = ["describe", "report_crash", "run_async", "run_command"]
+
+T = TypeVar("T")
 
 _REVOKED = ("This device was revoked by your organisation{code}; ask your IT team for a new "
            "enrolment code to use Lightbox on it again.")
@@ -114,3 +118,11 @@ def run_command(program: str, command: Callable[[], int], *, failure: int = 1,
                         f"({type(exc).__name__}); the details are in {path}")
         print(sentence, file=sys.stderr)
         return failure
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run one command's async work to its end in a fresh event loop. ``factory`` is called
+    inside the loop, so what it builds (clients, locks) belongs to that loop."""
+    async def runner() -> T:
+        return await factory()
+    return asyncio.run(runner())

@@ -1,105 +1,28 @@
-"""The relay's HTTP API (docs/PROTOCOL.md §11) for clients: one async method per route.
+"""The relay's HTTP API (docs/PROTOCOL.md §11) for clients: one async method per route, and
+nothing else. A route names its method, path, body struct (:mod:`protocol.api`) and answer
+struct; how a request is authenticated, sent, retried and its answer mapped to errors lives in
+:mod:`clients.sdk.transport` (and :mod:`clients.sdk.answers`, :mod:`clients.sdk.proof`).
 
-Bodies are the structs of :mod:`protocol.api`, encoded and decoded with msgspec (strictly:
-an answer with unknown fields is a :class:`RelayResponseError`). Errors come back as RFC 9457
-problem documents and are raised as :class:`RelayRequestError` with their stable ``code``.
-
-Device requests carry ``Authorization: Bearer <access token>`` and ``Lightbox-Proof:
-<unix seconds>.<b64url nonce>.<b64url Ed25519 signature over
-protocol.api.request_proof_input(...)>`` made with the device's signing key (a DPoP-like proof
-of possession, RFC 9449), over the request exactly as it is sent: method, target with its
-query, body, time and a fresh nonce, so the relay accepts it once, for that request only.
-The access token is refreshed through ``/v1/auth/refresh`` shortly before it expires, or
-once after a ``token_expired`` answer; every new token pair is handed to ``on_tokens`` so the
-caller can persist the rotated refresh token.
-
-Refresh is *single flight*: however many requests (and websocket reconnections) find the token
-stale at once, one refresh goes to the relay and every caller waits for it and uses the pair it
-brings. Presenting the same refresh token twice would otherwise look like a stolen copy to the
-relay, which then ends the session (docs/SECURITY.md "Identity and sessions").
+Device routes go through ``_device`` (bearer token and ``Lightbox-Proof``, refreshed as
+needed); admin routes send ``_admin_headers()``; public routes neither.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ipaddress
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import msgspec
 
-from clients.sdk.errors import FlowError, RelayRequestError, RelayResponseError, RelayUnavailable
+from clients.sdk.transport import RelayTransport
 from protocol import api
 from protocol.canonical import b64url_encode
 from protocol.directory import PendingUsers, Renewed, RenewPending, SignedPending, SignPending
-from protocol.errors import ErrorCode
-from protocol.keys import Ed25519KeyPair, random_bytes
 from protocol.sso import SsoChallenge, SsoConfig, SsoEnrolComplete, SsoLogin
 
-__all__ = [
-    "ProvisionResults",
-    "RelayHTTP",
-    "Signer",
-    "SingleFlight",
-    "is_loopback",
-    "parse_problem",
-    "require_tls",
-]
-
-T = TypeVar("T")
-Signer = Ed25519KeyPair
-TokenCallback = Callable[[api.TokenPair], Awaitable[None] | None]
-
-_SESSION_ENDED = frozenset({"token_invalid", "token_expired", "refresh_reused"})
-REFRESH_MARGIN = 60  # seconds before expiry at which a device refreshes its access token
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is this computer (``localhost``, 127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def require_tls(url: str, what: str) -> None:
-    """Refuse an address that would carry passwords, tokens or proofs in the clear: https://,
-    or http:// to this computer only (a local TLS proxy, a test bench). RFC 6750 §5.3."""
-    parsed = httpx.URL(url)
-    if parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(parsed.host)):
-        return
-    raise FlowError(f"{what} must start with https:// (plain http:// only to this computer: "
-                    f"localhost or 127.0.0.1), not {url!r}", code=ErrorCode.BAD_REQUEST.value)
-
-
-class SingleFlight(Generic[T]):
-    """At most one run of an async operation at a time: callers arriving while it runs wait for
-    that run and share its result or its exception. The run is shielded, so a caller that is
-    cancelled does not cancel it for the others (a refresh whose answer is lost would leave
-    the device holding a rotated-away token)."""
-
-    def __init__(self) -> None:
-        self._task: asyncio.Future[T] | None = None
-
-    async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
-        if self._task is None:
-            task = asyncio.ensure_future(operation())
-            self._task = task
-            task.add_done_callback(self._done)
-        return await asyncio.shield(self._task)
-
-    def _done(self, task: asyncio.Future[T]) -> None:
-        if self._task is task:
-            self._task = None
-        if not task.cancelled():
-            task.exception()  # retrieved here too: every caller may have gone meanwhile
+__all__ = ["ProvisionResults", "RelayHTTP"]
 
 
 class ProvisionResults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -108,180 +31,12 @@ class ProvisionResults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     results: list[api.ProvisionResult]
 
 
-def parse_problem(response: httpx.Response) -> RelayRequestError:
-    """A :class:`RelayRequestError` from an error response (problem+json, or anything else)."""
-    code, detail, retry_after, extra = f"http_{response.status_code}", None, None, None
-    try:
-        doc = msgspec.json.decode(response.content)
-    except msgspec.DecodeError:
-        doc = None
-    if isinstance(doc, dict):
-        code = str(doc.get("code") or code)
-        detail = doc.get("detail") if isinstance(doc.get("detail"), str) else None
-        ra = doc.get("retry_after")
-        retry_after = float(ra) if isinstance(ra, int | float) else None
-        extra = doc.get("extra") if isinstance(doc.get("extra"), dict) else None
-    if retry_after is None and response.headers.get("retry-after", "").isdigit():
-        retry_after = float(response.headers["retry-after"])
-    return RelayRequestError(code, response.status_code, detail, retry_after, extra)
-
-
-class RelayHTTP:
-    """Async client of one relay. Use as ``async with RelayHTTP(url) as relay: ...``.
-
-    ``device`` (the device's Ed25519 signing key) and ``tokens`` enable device routes;
-    ``admin_token`` enables admin routes. ``login_again`` (password and device signature)
-    replaces a refresh the relay refuses because the session ended. ``now`` is injectable for
-    tests.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        device: Signer | None = None,
-        tokens: api.TokenPair | None = None,
-        admin_token: str | None = None,
-        on_tokens: TokenCallback | None = None,
-        login_again: Callable[[], Awaitable[api.TokenPair]] | None = None,
-        client: httpx.AsyncClient | None = None,
-        timeout: float = 15.0,
-        now: Callable[[], float] = time.time,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        require_tls(self.base_url, "the relay address")
-        self.device = device
-        self.tokens = tokens
-        self.admin_token = admin_token
-        self._on_tokens = on_tokens
-        self._login_again = login_again
-        self._now = now
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            timeout=timeout, headers={"User-Agent": "lightbox-sdk/0.1"}, follow_redirects=False
-        )
-        self._refreshing: SingleFlight[api.TokenPair] = SingleFlight()
+class RelayHTTP(RelayTransport):
+    """Async client of one relay: the routes. Use as ``async with RelayHTTP(url) as relay: ...``
+    (the arguments are :class:`~clients.sdk.transport.RelayTransport`'s)."""
 
     async def __aenter__(self) -> RelayHTTP:
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    # --- plumbing -------------------------------------------------------------------------
-
-    async def _send(
-        self, method: str, path: str, *, body: msgspec.Struct | None = None,
-        params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-        raw: bytes | None = None, prove: bool = False,
-    ) -> httpx.Response:
-        content = raw if body is None else msgspec.json.encode(body)
-        hdrs = dict(headers or {})
-        if body is not None:
-            hdrs["Content-Type"] = "application/json"
-        elif raw is not None:
-            hdrs["Content-Type"] = "application/octet-stream"
-        request = self._client.build_request(
-            method, self.base_url + path, content=content, params=params, headers=hdrs
-        )
-        if prove:
-            # Signed over the request as built (its encoded target and its body bytes).
-            request.headers.update(self._device_headers(request))
-        try:
-            response = await self._client.send(request)
-        except httpx.HTTPError as exc:
-            raise RelayUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        if len(response.content) > MAX_RESPONSE_BYTES:
-            raise RelayResponseError(f"{method} {path}: answer too large")
-        return response
-
-    @staticmethod
-    def _decode(response: httpx.Response, cls: type[T]) -> T:
-        if response.status_code >= 400:
-            raise parse_problem(response)
-        try:
-            return msgspec.json.decode(response.content, type=cls)
-        except msgspec.DecodeError as exc:
-            raise RelayResponseError(
-                f"{response.request.method} {response.request.url.path}: answer is not a "
-                f"valid {cls.__name__}: {exc}"
-            ) from exc
-
-    @staticmethod
-    def _expect(response: httpx.Response, *statuses: int) -> None:
-        if response.status_code >= 400:
-            raise parse_problem(response)
-        if response.status_code not in statuses:
-            raise RelayResponseError(
-                f"{response.request.method} {response.request.url.path}: unexpected status "
-                f"{response.status_code}"
-            )
-
-    def _admin_headers(self) -> dict[str, str]:
-        if not self.admin_token:
-            raise RelayRequestError("unauthenticated", 401, "no admin session: log in first")
-        return {"Authorization": f"Bearer {self.admin_token}"}
-
-    def proof_header(self, method: str, target: str, body: bytes, access_token: str) -> str:
-        """``Lightbox-Proof`` for one request: ``<seconds>.<b64url nonce>.<b64url signature>``.
-
-        ``target`` is the path and query as sent; every call draws a fresh nonce."""
-        if self.device is None:
-            raise RelayRequestError("unauthenticated", 401, "no device key loaded")
-        seconds = int(self._now())
-        nonce = random_bytes(api.PROOF_NONCE_BYTES)
-        signature = self.device.sign(
-            api.request_proof_input(method, target, seconds, nonce, body, access_token))
-        return f"{seconds}.{b64url_encode(nonce)}.{b64url_encode(signature)}"
-
-    async def _device(
-        self, method: str, path: str, *, body: msgspec.Struct | None = None,
-        params: dict[str, str] | None = None, raw: bytes | None = None,
-    ) -> httpx.Response:
-        await self._fresh_token()
-        response = await self._device_once(method, path, body=body, params=params, raw=raw)
-        if response.status_code == 401 and parse_problem(response).code == "token_expired":
-            assert self.tokens is not None
-            await self._refresh_if_stale(self.tokens)
-            response = await self._device_once(method, path, body=body, params=params, raw=raw)
-        return response
-
-    async def _fresh_token(self) -> None:
-        if self.tokens is None:
-            raise RelayRequestError("unauthenticated", 401, "not logged in")
-        if self._now() >= self.tokens.expires_at - REFRESH_MARGIN:
-            await self._refresh_if_stale(self.tokens)
-
-    def _device_headers(self, request: httpx.Request) -> dict[str, str]:
-        assert self.tokens is not None
-        token = self.tokens.access_token
-        target = request.url.raw_path.decode("ascii")
-        return {"Authorization": f"Bearer {token}",
-                "Lightbox-Proof": self.proof_header(request.method, target, request.content,
-                                                    token)}
-
-    async def _device_once(
-        self, method: str, path: str, *, body: msgspec.Struct | None,
-        params: dict[str, str] | None, raw: bytes | None = None,
-    ) -> httpx.Response:
-        return await self._send(method, path, body=body, params=params, raw=raw, prove=True)
-
-    async def _refresh_if_stale(self, seen: api.TokenPair) -> None:
-        if self.tokens is not seen:  # another caller refreshed meanwhile: use its pair
-            return
-        await self.refresh()
-
-    async def _set_tokens(self, tokens: api.TokenPair) -> api.TokenPair:
-        self.tokens = tokens
-        if self._on_tokens is not None:
-            result = self._on_tokens(tokens)
-            if result is not None:
-                await result
-        return tokens
 
     # --- admin ----------------------------------------------------------------------------
 
@@ -393,30 +148,6 @@ class RelayHTTP:
                               api.TokenPair)
         return await self._set_tokens(tokens)
 
-    async def refresh(self) -> api.TokenPair:
-        """A new token pair for the refresh token held; concurrent callers share one request
-        and its answer (single flight)."""
-        return await self._refreshing.run(self._refresh)
-
-    async def refresh_if_stale(self, seen: api.TokenPair) -> api.TokenPair:
-        """Refresh unless the pair changed since the caller saw ``seen`` (then: the new one)."""
-        await self._refresh_if_stale(seen)
-        assert self.tokens is not None
-        return self.tokens
-
-    async def _refresh(self) -> api.TokenPair:
-        if self.tokens is None:
-            raise RelayRequestError("unauthenticated", 401, "not logged in")
-        r = await self._send("POST", "/v1/auth/refresh",
-                             body=api.RefreshRequest(refresh_token=self.tokens.refresh_token))
-        if r.status_code == 401 and self._login_again is not None \
-                and parse_problem(r).code in _SESSION_ENDED:
-            # The session ended (logout elsewhere, revocation, expiry): a client that can
-            # log in again does, once for all the callers waiting on this refresh; a
-            # revoked device is refused there with device_revoked, which is what it is told.
-            return await self._login_again()
-        return await self._set_tokens(self._decode(r, api.TokenPair))
-
     async def logout(self) -> None:
         if self.tokens is None:
             return
@@ -482,32 +213,13 @@ class RelayHTTP:
                                body=api.UploadFinalise(sha256=sha256_hex))
         return self._decode(r, api.UploadStatus)
 
-    @contextlib.asynccontextmanager
-    async def download_stream(self, attachment_id: str, *, start: int = 0
-                              ) -> AsyncIterator[httpx.Response]:
+    def download_stream(self, attachment_id: str, *, start: int = 0
+                        ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
         """Stream an attachment's ciphertext from byte ``start`` (a Range request when > 0).
         A transfer that breaks raises :class:`RelayUnavailable`; resume from what arrived."""
-        path = f"/v1/attachments/{quote(attachment_id, safe='')}"
-        await self._fresh_token()
-        request = self._client.build_request(
-            "GET", self.base_url + path, headers={"Range": f"bytes={start}-"} if start else None)
-        request.headers.update(self._device_headers(request))
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise RelayUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
-        try:
-            if response.status_code >= 400:
-                await response.aread()
-                raise parse_problem(response)
-            if response.status_code != (206 if start else 200):
-                raise RelayResponseError(f"GET {path}: unexpected status "
-                                         f"{response.status_code}")
-            yield response
-        except httpx.HTTPError as exc:
-            raise RelayUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            await response.aclose()
+        return self._device_stream(f"/v1/attachments/{quote(attachment_id, safe='')}",
+                                   headers={"Range": f"bytes={start}-"} if start else None,
+                                   expect=206 if start else 200)
 
     # --- consent (PROTOCOL §13) ---------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, flow
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, DeviceStore, KeyStore, OpenKeyStore, PrekeySecret
 from clients.sdk.sso import SignedIn
+from clients.sdk.wording import counted
 from protocol import api, certs, pairing
 from protocol.canonical import b64url_decode, b64url_encode, decode_struct, peek_compact
 from protocol.envelope import wrapped_key_for
@@ -452,8 +453,8 @@ async def approve_link(
     except RelayRequestError as exc:
         if exc.code == ErrorCode.DEVICE_LIMIT.value:
             raise FlowError(
-                f"you already have {len(current.devices)} devices, the most your organisation "
-                "allows: revoke one (ask IT) before linking another",
+                f"you already have {counted(len(current.devices), 'device')}, the most your "
+                "organisation allows: revoke one (ask IT) before linking another",
                 code=exc.code) from exc
         raise
     return certs.verify_device_certificate(token, user=user, at=now)

@@ -15,11 +15,11 @@ ever published without its secret. One-time prekeys are refilled by
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Final
 
 import msgspec
 
+from clients.sdk.environ import number_setting
 from clients.sdk.errors import KeyStoreError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import make_prekeys
@@ -35,14 +35,8 @@ DAY: Final = 86_400
 
 
 def _seconds(env: str, default: int) -> int:
-    raw = os.environ.get(env)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 3600:
+    value = number_setting(env, default, int, lambda v: v >= 3600)
+    if value is None:
         raise KeyStoreError(f"{env} must be a whole number of seconds, at least 3600")
     return value
 

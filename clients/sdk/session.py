@@ -13,9 +13,10 @@ import msgspec
 
 from clients.sdk.connection import ConnectionStopped
 from clients.sdk.errors import FlowError, RelayRequestError
-from clients.sdk.http import RelayHTTP, SingleFlight
+from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import login
 from clients.sdk.keystore import DeviceStore
+from clients.sdk.singleflight import SingleFlight
 from protocol import api
 from protocol.errors import CloseCode, ErrorCode
 

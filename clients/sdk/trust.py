@@ -24,6 +24,7 @@ from clients.sdk.errors import FlowError, RelayUnavailable, SDKError, flow_error
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import refresh_revocations
 from clients.sdk.keystore import DeviceStore
+from clients.sdk.wording import counted
 from protocol import api, certs
 from protocol.envelope import RecipientBundle
 from protocol.errors import ErrorCode, ProtocolError
@@ -160,7 +161,7 @@ class Trust:
         bundles = await self.claim(sorted(devices), devices)
         missing = set(devices) - set(bundles)
         if missing:
-            raise FlowError(f"no prekeys for {len(missing)} recipient devices",
+            raise FlowError(f"no prekeys for {counted(len(missing), 'recipient device')}",
                             code=ErrorCode.DEVICE_SET_MISMATCH.value)
         return [bundles[d] for d in sorted(devices)]
 

@@ -78,6 +78,7 @@ from typing import Final, Self
 
 import msgspec
 
+from clients.sdk.environ import number_setting
 from clients.sdk.kdf import passphrase_profile
 from clients.sdk.keystore import DeviceState
 from clients.sdk.vaultimages import VaultImages
@@ -165,14 +166,9 @@ MAX_IDLE_TIMEOUT: Final = 24 * 3600.0
 
 
 def _idle_timeout_from_env() -> float:
-    raw = os.environ.get(IDLE_TIMEOUT_ENV)
-    if raw is None:
-        return DEFAULT_IDLE_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= MAX_IDLE_TIMEOUT:
+    value = number_setting(IDLE_TIMEOUT_ENV, DEFAULT_IDLE_TIMEOUT, float,
+                           lambda v: 0 < v <= MAX_IDLE_TIMEOUT)
+    if value is None:
         raise VaultError(
             f"{IDLE_TIMEOUT_ENV} must be a number of seconds between 1 and {MAX_IDLE_TIMEOUT:.0f}"
         )
@@ -445,8 +441,7 @@ class Vault:
         with self._mutex:
             db = self._use()
             keys = self._k()
-            sealed = seal_row(keys.messages, row_label("messages", message.message_id),
-                           msgspec.msgpack.encode(message))
+            sealed = self._seal_message(message)
             with self._sql(db) as conn:
                 cursor = conn.execute(
                     "INSERT INTO messages (message_id, thread_tag, sealed) VALUES (?, ?, ?) "
@@ -484,26 +479,23 @@ class Vault:
             message = self.message(message_id)
             if message.read:
                 return
-            updated = msgspec.structs.replace(message, read=True)
-            sealed = seal_row(self._k().messages, row_label("messages", message_id),
-                           msgspec.msgpack.encode(updated))
-            with self._sql(self._use()) as conn:
-                conn.execute("UPDATE messages SET sealed = ? WHERE message_id = ?",
-                             (sealed, message_id))
+            self.update_message(msgspec.structs.replace(message, read=True))
 
     def update_message(self, message: VaultMessage) -> None:
         """Replace a stored message (the SDK drops an attachment's key from the stored body
         once the image is shredded, so the key cannot outlive the image)."""
         with self._mutex:
             db = self._use()
-            keys = self._k()
-            sealed = seal_row(keys.messages, row_label("messages", message.message_id),
-                           msgspec.msgpack.encode(message))
+            sealed = self._seal_message(message)
             with self._sql(db) as conn:
                 cursor = conn.execute("UPDATE messages SET sealed = ? WHERE message_id = ?",
                                       (sealed, message.message_id))
             if cursor.rowcount != 1:
                 raise ItemNotFound(f"no message {message.message_id} in this vault")
+
+    def _seal_message(self, message: VaultMessage) -> bytes:
+        return seal_row(self._k().messages, row_label("messages", message.message_id),
+                        msgspec.msgpack.encode(message))
 
     def _decode_message(self, message_id: str, sealed: object) -> VaultMessage:
         return decode_row(self._k().messages, "messages", message_id, sealed, VaultMessage,

@@ -90,7 +90,7 @@ async def test_an_emergency_photo_reaches_the_specialist_is_filed_reviewed_and_f
         rc, out, err = await lightbox("--profile", "registrar", "break-glass")
         assert rc == 0, err
         case_id = out.split()[0]
-        assert "unconscious" in out and "1 emergency messages await" in out
+        assert "unconscious" in out and "1 emergency message awaits" in out
 
         # The privacy office's queue.
         rc, out, err = await admin("breakglass", "list")

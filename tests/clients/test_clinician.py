@@ -64,11 +64,12 @@ async def test_an_urgent_xray_sent_from_the_cli_reaches_the_specialists_inbox(
     rc, out, err = await lightbox("--profile", "ortho", "inbox", "--mark-read")
     assert rc == 0, err
     assert "URGENT" in out and "Wrist, bed 4 - Displaced distal radius?" in out
-    assert "stored" in out and "1 unread messages" in out
+    assert "stored" in out and "1 unread message\n" in out
     rc, out, _ = await lightbox("--profile", "ortho", "inbox")
     assert "0 unread messages" in out
     rc, out, _ = await lightbox("--profile", "intern", "threads")
-    assert rc == 0 and "URGENT" in out and "1 threads" in out
+    assert rc == 0 and "URGENT" in out and "1 thread\n" in out
+    assert "[role:orthopaedics_oncall, 1 person]" in out
 
 
 @pytest.mark.parametrize(("content", "expected"), [
@@ -126,7 +127,7 @@ async def test_a_text_for_teaching_is_sent_only_under_a_consent_naming_it(
     rc, out, err = await lightbox(*send, "--consent-token", str(token))
     assert rc == 0 and "sent: message" in out, out + err
     rc, out, _ = await lightbox("--profile", "tutor", "inbox")
-    assert "Thursday's teaching session" in out and "1 unread messages" in out
+    assert "Thursday's teaching session" in out and "1 unread message\n" in out
 
 
 async def _team(world: World, tmp_path: Path) -> None:
@@ -161,7 +162,8 @@ async def test_threads_and_inbox_count_the_same_unread_messages(
         rc, inbox_out, err = await lightbox("--profile", profile, "inbox")
         assert rc == 0, err
         assert _unread(threads_out) == expected, (profile, threads_out)
-        assert f"{expected} unread messages" in inbox_out, (profile, inbox_out)
+        noun = "message" if expected == 1 else "messages"
+        assert f"{expected} unread {noun}\n" in inbox_out, (profile, inbox_out)
     await lightbox("--profile", "ortho", "inbox", "--mark-read")
     rc, threads_out, _ = await lightbox("--profile", "ortho", "threads")
     assert _unread(threads_out) == 0, threads_out
@@ -202,4 +204,4 @@ async def test_the_specialist_is_told_the_image_shows_identifiers_sent_unredacte
     rc, out, err = await lightbox(*send, "--redact", "identifiers")
     assert rc == 0, err
     rc, out, err = await lightbox("--profile", "ortho", "inbox")
-    assert "1 unread messages" in out and "patient identifiers" not in out
+    assert "1 unread message\n" in out and "patient identifiers" not in out

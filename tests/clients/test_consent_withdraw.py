@@ -110,7 +110,7 @@ async def test_a_clinician_withdraws_a_consent_from_the_cli(world: World, tmp_pa
     rc, out, err = await lightbox("--profile", "ivy.intern", "consent", "list")
     assert rc == 0, err
     assert f"{consent_id}  active: agreed for direct_care, 1 image, captured " in out
-    assert "1 consents you captured" in out
+    assert "1 consent you captured" in out
 
     # Bad input first: nothing is withdrawn by any of these.
     rc, _, err = await lightbox("--profile", "ivy.intern", "consent", "withdraw", "not-an-id",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from clients.admin import cli as admin
+from clients.admin import csvio
 from clients.admin.csvio import (
     MAX_CSV_BYTES,
     REQUIRED_COLUMNS,
@@ -154,3 +155,20 @@ def test_user_list_shows_the_licence_through_the_day_it_was_imported_with() -> N
         devices=0)
     header, rows = admin.user_rows([summary])
     assert rows[0][header.index("licence_expires")] == "2027-06-30"
+
+
+def test_csv_records_skip_blank_lines_flag_extra_cells_and_stop_at_a_broken_quote() -> None:
+    data = b"a,b\n1,2\n,\n3,4,5\n\"6,7\n"
+    records = list(csvio.csv_records(data, ["a", "b"], max_rows=10))
+    assert [(r.line, r.values, r.problem) for r in records[:2]] == [
+        (2, {"a": "1", "b": "2"}, None), (4, {"a": "3", "b": "4"}, "too many fields")]
+    assert len(records) == 3 and records[2].problem is not None
+    assert records[2].problem.startswith("cannot be parsed: ")
+    loose = list(csvio.csv_records(b"a,b\n3,4,5\n", ["a", "b"], max_rows=10, extra_fields=True))
+    assert loose == [csvio.CsvRecord(2, {"a": "3", "b": "4"}, None)]
+
+
+def test_csv_records_refuse_the_file_past_max_rows_not_counting_blank_lines() -> None:
+    assert len(list(csvio.csv_records(b"a,b\n1,2\n,\n ,\n3,4\n", ["a"], max_rows=2))) == 2
+    with pytest.raises(csvio.CsvError, match="more than 2 rows"):
+        list(csvio.csv_records(b"a\n1\n2\n3\n", ["a"], max_rows=2))

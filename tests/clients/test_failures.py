@@ -3,6 +3,7 @@ says where its details were written (a private file), never a traceback on the t
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from clients.sdk.connection import ConnectionStopped
 from clients.sdk.errors import DeviceWiped, RelayRequestError, RelayUnavailable
-from clients.sdk.failures import describe, run_command
+from clients.sdk.failures import describe, run_async, run_command
 from protocol.errors import CloseCode
 
 HINT = "run `lightbox login`"
@@ -74,3 +75,17 @@ def test_a_wiped_device_names_the_day_its_organisation_revoked_it() -> None:
 
 def test_an_unknown_exception_is_not_described() -> None:
     assert describe(ValueError("x"), login_hint=HINT) is None
+
+
+def test_run_async_builds_the_work_inside_the_loop_it_runs_in() -> None:
+    seen: list[asyncio.AbstractEventLoop] = []
+
+    def factory() -> asyncio.Future[int]:
+        loop = asyncio.get_running_loop()  # raises RuntimeError outside a running loop
+        seen.append(loop)
+        future: asyncio.Future[int] = loop.create_future()
+        loop.call_soon(future.set_result, 7)
+        return future
+
+    assert run_async(factory) == 7
+    assert len(seen) == 1 and seen[0].is_closed()

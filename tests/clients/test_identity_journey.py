@@ -204,6 +204,7 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
         assert "2 devices" in out and desk.device_id in out and phone.device_id in out
         out = await _ok(device_cli.main, ["--profile", "desktop", "whoami"])
         assert "not on this device" in out
+        assert re.search(r"^session: +valid; \d+ one-time prekeys at the relay$", out, re.M), out
 
         # --- look up a colleague and claim his prekeys --------------------------------------
         out = await _ok(device_cli.main, ["--profile", "phone", "lookup", "Bo Chen"])
@@ -211,7 +212,7 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
         assert bo_id, out
         out = await _ok(device_cli.main, ["--profile", "phone", "keys", "claim",
                                           bo_id.group(1)])
-        assert "1 devices claimed" in out and "one-time prekey" in out
+        assert "1 device claimed" in out and "one-time prekey" in out
         assert "chain and signatures verified" in out
 
         # --- the access token is renewed shortly before it expires, and the rotated refresh
@@ -267,7 +268,7 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
                 await identity.login(relay, desk, PASSWORDS["ada.byron"])
         assert exc.value.code == "device_revoked"
         out = await _ok(device_cli.main, ["--profile", "phone", "devices"])
-        assert "1 devices" in out and desk.device_id not in out
+        assert "1 device," in out and desk.device_id not in out
 
     # --- the audit trail holds every step and verifies ---------------------------------------
     assert "audit trail intact" in await _ok(server_cli.main, ["audit", "verify"])

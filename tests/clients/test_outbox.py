@@ -165,7 +165,7 @@ async def test_a_send_survives_kill_9_of_the_client_and_arrives_exactly_once(
 
     rc, out, err = await lightbox("--profile", "intern", "outbox")
     assert rc == 0, err
-    assert record.message_id in out and "1 messages waiting to be sent" in out
+    assert record.message_id in out and "1 message waiting to be sent" in out
     assert text[:20] in out
 
     rc, out, err = await lightbox("--profile", "intern", "inbox")
@@ -176,7 +176,7 @@ async def test_a_send_survives_kill_9_of_the_client_and_arrives_exactly_once(
 
     rc, out, err = await lightbox("--profile", "ortho", "inbox")
     assert rc == 0, err
-    assert out.count(text) == 1 and "1 unread messages" in out
+    assert out.count(text) == 1 and "1 unread message\n" in out
     assert received(tmp_path, thread_id) == [text]
     rc, out, _ = await lightbox("--profile", "intern", "outbox")
     assert "0 messages waiting to be sent" in out

@@ -61,7 +61,7 @@ async def test_send_to_user_login_reaches_that_colleague(world: World, tmp_path:
     assert "sent: message" in out
     rc, out, err = await lightbox("--profile", "rita.ray", "inbox")
     assert rc == 0, err
-    assert "Dr Ivy Intern" in out and "bed 4's film" in out and "1 unread messages" in out
+    assert "Dr Ivy Intern" in out and "bed 4's film" in out and "1 unread message\n" in out
     rc, out, _ = await lightbox("--profile", "ada.bone", "inbox")
     assert "0 unread messages" in out
 
@@ -125,7 +125,7 @@ async def test_keys_claim_takes_a_login(world: World, tmp_path: Path) -> None:
     KeyStore.for_profile("kim").create(kim.vault.state, PASSWORD, profile=CHEAP_PROFILE)
     rc, out, err = await lightbox("--profile", "kim", "keys", "claim", "rita.ray")
     assert rc == 0, err
-    assert "1 devices claimed" in out
+    assert "1 device claimed" in out
     rc, out, err = await lightbox("--profile", "kim", "keys", "claim", "nobody.here")
     assert rc == 1 and "no colleague with login 'nobody.here'" in err
 

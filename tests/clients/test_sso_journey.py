@@ -110,7 +110,7 @@ async def test_a_clinician_enrols_and_signs_in_with_the_idp_only(
             assert rc == 0, out + err
             assert "logged in as ada.byron" in out
             monkeypatch.setenv("LIGHTBOX_PASSWORD", KEYSTORE_PASSPHRASE)
-            assert "1 devices, every certificate verified" in await _ok(
+            assert "1 device, every certificate verified" in await _ok(
                 device_cli.main, ["--profile", "ada", "devices"])
 
             # A day later the session no longer refreshes: she is told to sign in again at

@@ -1,0 +1,231 @@
+"""How a client sends a request to the relay's HTTP API (docs/PROTOCOL.md §11): the one place
+that builds, authenticates, sends and retries it. The routes themselves are a list in
+:mod:`clients.sdk.http`; the answer mapping is :mod:`clients.sdk.answers`; the proof of
+possession is :mod:`clients.sdk.proof`.
+
+Device requests carry ``Authorization: Bearer <access token>`` and a ``Lightbox-Proof`` signed
+over the request exactly as it is sent (its encoded target and its body bytes). The access
+token is refreshed through ``/v1/auth/refresh`` shortly before it expires, or once after a
+``token_expired`` answer; every new token pair is handed to ``on_tokens`` so the caller can
+persist the rotated refresh token.
+
+Refresh is *single flight* (:mod:`clients.sdk.singleflight`): however many requests (and
+websocket reconnections) find the token stale at once, one refresh goes to the relay and every
+caller waits for it and uses the pair it brings. Presenting the same refresh token twice would
+otherwise look like a stolen copy to the relay, which then ends the session (docs/SECURITY.md
+"Identity and sessions"). A refresh refused because the session ended is replaced, once, by
+``login_again`` where the caller can log in again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import httpx
+import msgspec
+
+from clients.sdk.addresses import require_tls
+from clients.sdk.answers import MAX_RESPONSE_BYTES, decode_answer, expect_status, parse_problem
+from clients.sdk.errors import RelayRequestError, RelayResponseError, RelayUnavailable
+from clients.sdk.proof import proof_header
+from clients.sdk.singleflight import SingleFlight
+from protocol import api
+from protocol.keys import Ed25519KeyPair
+
+__all__ = ["REFRESH_MARGIN", "RelayTransport", "Signer", "TokenCallback"]
+
+T = TypeVar("T")
+Signer = Ed25519KeyPair
+TokenCallback = Callable[[api.TokenPair], Awaitable[None] | None]
+
+_SESSION_ENDED = frozenset({"token_invalid", "token_expired", "refresh_reused"})
+REFRESH_MARGIN = 60  # seconds before expiry at which a device refreshes its access token
+
+
+class RelayTransport:
+    """Async sender of requests to one relay. Use as ``async with ...(url) as relay: ...``.
+
+    ``device`` (the device's Ed25519 signing key) and ``tokens`` enable device requests;
+    ``admin_token`` enables admin requests. ``login_again`` (password and device signature)
+    replaces a refresh the relay refuses because the session ended. ``now`` is injectable for
+    tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        device: Signer | None = None,
+        tokens: api.TokenPair | None = None,
+        admin_token: str | None = None,
+        on_tokens: TokenCallback | None = None,
+        login_again: Callable[[], Awaitable[api.TokenPair]] | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 15.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        require_tls(self.base_url, "the relay address")
+        self.device = device
+        self.tokens = tokens
+        self.admin_token = admin_token
+        self._on_tokens = on_tokens
+        self._login_again = login_again
+        self._now = now
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(
+            timeout=timeout, headers={"User-Agent": "lightbox-sdk/0.1"}, follow_redirects=False
+        )
+        self._refreshing: SingleFlight[api.TokenPair] = SingleFlight()
+
+    async def __aenter__(self) -> RelayTransport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    # --- sending ----------------------------------------------------------------------------
+
+    async def _send(
+        self, method: str, path: str, *, body: msgspec.Struct | None = None,
+        params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+        raw: bytes | None = None, prove: bool = False,
+    ) -> httpx.Response:
+        content = raw if body is None else msgspec.json.encode(body)
+        hdrs = dict(headers or {})
+        if body is not None:
+            hdrs["Content-Type"] = "application/json"
+        elif raw is not None:
+            hdrs["Content-Type"] = "application/octet-stream"
+        request = self._client.build_request(
+            method, self.base_url + path, content=content, params=params, headers=hdrs
+        )
+        if prove:
+            # Signed over the request as built (its encoded target and its body bytes).
+            request.headers.update(self._device_headers(request))
+        try:
+            response = await self._client.send(request)
+        except httpx.HTTPError as exc:
+            raise RelayUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if len(response.content) > MAX_RESPONSE_BYTES:
+            raise RelayResponseError(f"{method} {path}: answer too large")
+        return response
+
+    @staticmethod
+    def _decode(response: httpx.Response, cls: type[T]) -> T:
+        return decode_answer(response, cls)
+
+    @staticmethod
+    def _expect(response: httpx.Response, *statuses: int) -> None:
+        expect_status(response, *statuses)
+
+    def _admin_headers(self) -> dict[str, str]:
+        if not self.admin_token:
+            raise RelayRequestError("unauthenticated", 401, "no admin session: log in first")
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def proof_header(self, method: str, target: str, body: bytes, access_token: str) -> str:
+        """``Lightbox-Proof`` for one request with this device's key, at the injected time."""
+        if self.device is None:
+            raise RelayRequestError("unauthenticated", 401, "no device key loaded")
+        return proof_header(self.device, method, target, body, access_token,
+                            seconds=int(self._now()))
+
+    async def _device(
+        self, method: str, path: str, *, body: msgspec.Struct | None = None,
+        params: dict[str, str] | None = None, raw: bytes | None = None,
+    ) -> httpx.Response:
+        """A device request; after a ``token_expired`` answer, refreshed and sent once more."""
+        await self._fresh_token()
+        response = await self._send(method, path, body=body, params=params, raw=raw, prove=True)
+        if response.status_code == 401 and parse_problem(response).code == "token_expired":
+            assert self.tokens is not None
+            await self._refresh_if_stale(self.tokens)
+            response = await self._send(method, path, body=body, params=params, raw=raw,
+                                        prove=True)
+        return response
+
+    @contextlib.asynccontextmanager
+    async def _device_stream(self, path: str, *, headers: dict[str, str] | None,
+                             expect: int) -> AsyncIterator[httpx.Response]:
+        """A device GET whose body is streamed; a transfer that breaks raises
+        :class:`RelayUnavailable` (resume from what arrived)."""
+        await self._fresh_token()
+        request = self._client.build_request("GET", self.base_url + path, headers=headers)
+        request.headers.update(self._device_headers(request))
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise RelayUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                raise parse_problem(response)
+            if response.status_code != expect:
+                raise RelayResponseError(f"GET {path}: unexpected status "
+                                         f"{response.status_code}")
+            yield response
+        except httpx.HTTPError as exc:
+            raise RelayUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await response.aclose()
+
+    def _device_headers(self, request: httpx.Request) -> dict[str, str]:
+        assert self.tokens is not None
+        token = self.tokens.access_token
+        target = request.url.raw_path.decode("ascii")
+        return {"Authorization": f"Bearer {token}",
+                "Lightbox-Proof": self.proof_header(request.method, target, request.content,
+                                                    token)}
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    async def _fresh_token(self) -> None:
+        if self.tokens is None:
+            raise RelayRequestError("unauthenticated", 401, "not logged in")
+        if self._now() >= self.tokens.expires_at - REFRESH_MARGIN:
+            await self._refresh_if_stale(self.tokens)
+
+    async def _refresh_if_stale(self, seen: api.TokenPair) -> None:
+        if self.tokens is not seen:  # another caller refreshed meanwhile: use its pair
+            return
+        await self.refresh()
+
+    async def _set_tokens(self, tokens: api.TokenPair) -> api.TokenPair:
+        self.tokens = tokens
+        if self._on_tokens is not None:
+            result = self._on_tokens(tokens)
+            if result is not None:
+                await result
+        return tokens
+
+    async def refresh(self) -> api.TokenPair:
+        """A new token pair for the refresh token held; concurrent callers share one request
+        and its answer (single flight)."""
+        return await self._refreshing.run(self._refresh)
+
+    async def refresh_if_stale(self, seen: api.TokenPair) -> api.TokenPair:
+        """Refresh unless the pair changed since the caller saw ``seen`` (then: the new one)."""
+        await self._refresh_if_stale(seen)
+        assert self.tokens is not None
+        return self.tokens
+
+    async def _refresh(self) -> api.TokenPair:
+        if self.tokens is None:
+            raise RelayRequestError("unauthenticated", 401, "not logged in")
+        r = await self._send("POST", "/v1/auth/refresh",
+                             body=api.RefreshRequest(refresh_token=self.tokens.refresh_token))
+        if r.status_code == 401 and self._login_again is not None \
+                and parse_problem(r).code in _SESSION_ENDED:
+            # The session ended (logout elsewhere, revocation, expiry): a client that can
+            # log in again does, once for all the callers waiting on this refresh; a
+            # revoked device is refused there with device_revoked, which is what it is told.
+            return await self._login_again()
+        return await self._set_tokens(decode_answer(r, api.TokenPair))

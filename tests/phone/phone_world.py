@@ -25,15 +25,16 @@ from clients.phone.serve import PhoneConfig, make_app
 from protocol import api
 from protocol.canonical import b64url_encode, encode_struct
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
+from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import xray_png
 from tests.helpers import ROOT, seconds
 from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
 __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "axe_violations",
-           "bound_socket", "camera_started", "enrol_by_code", "film", "idb_records", "next_event",
-           "phone_page", "phone_world", "provision_with_package", "qr_image", "running_phone",
-           "still_video"]
+           "bound_socket", "camera_started", "enrol_by_code", "film", "idb_records",
+           "intern_and_specialist", "next_event", "phone_page", "phone_world",
+           "provision_with_package", "qr_image", "running_phone", "still_video"]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -98,6 +99,24 @@ async def provision_with_package(world: World, user: User) -> None:
                                   memlimit=CHEAP_PROFILE.memlimit)
     (result,) = await world.provision(user, sealed_identity=b64url_encode(sealed))
     assert result["ok"], result
+
+
+@contextlib.asynccontextmanager
+async def intern_and_specialist(world: World, tmp: Path
+                                ) -> AsyncIterator[tuple[User, Clinician, asyncio.Queue[Any]]]:
+    """The intern (provisioned with a sealed package, to enrol on the phone) and the on-call
+    orthopaedic specialist (a started SDK client); yields both and the specialist's events."""
+    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
+    await provision_with_package(world, intern)
+    specialist = await enrol_clinician(world, tmp, "ortho", roles=(ORTHO,),
+                                       display_name="Dr Bo Ortho")
+    events = specialist.client.subscribe()
+    await specialist.client.start(wait_connected=seconds(10))
+    try:
+        yield intern, specialist, events
+    finally:
+        specialist.client.unsubscribe(events)
+        await specialist.client.close()
 
 
 def still_video(path: Path, image: Image.Image, *, frames: int = 6,

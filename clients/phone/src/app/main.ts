@@ -319,6 +319,11 @@ async function renderThreads(): Promise<void> {
       return li;
     }),
   );
+  // What is on the home screen of a visible app has been seen: signed `read` receipts go to
+  // the senders (the worker signs them; PROTOCOL §16.6).
+  if (document.body.dataset["screen"] === "home" && document.visibilityState === "visible") {
+    for (const t of list) if (t.messages.some((m) => !m.mine && m.read === false)) void call("markRead", { thread_id: t.thread_id }).catch(() => undefined);
+  }
 }
 
 async function send(): Promise<void> {

@@ -9,6 +9,10 @@ export interface MessageView {
   subject: string | null;
   sent_at: number;
   status: "sending" | "sent" | "received";
+  /** A received message: its place in the thread, and whether the intern has seen it (a
+   * signed `read` receipt went to the sender then). */
+  thread_seq?: number;
+  read?: boolean;
   /** The photo this message carries: `image:<id>` in the vault until its expiry order. */
   attachment_id?: string | null;
   image_state?: "held" | "expired" | null;

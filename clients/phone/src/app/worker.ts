@@ -21,7 +21,7 @@ import { encryptAttachment } from "../protocol/attachments.js";
 import { hex } from "../protocol/bytes.js";
 import { imageHash, issueConsentToken, type ConsentClaims } from "../protocol/consent.js";
 import type { RecordData } from "../protocol/body.js";
-import { issueExpiryConfirmation, issueWipeConfirmation, verifyReceiptStatement } from "../protocol/statements.js";
+import { issueExpiryConfirmation, issueReceiptStatement, issueWipeConfirmation, verifyReceiptStatement, type ReceiptKind } from "../protocol/statements.js";
 
 const CLIENT = "lightbox-phone";
 const CLIENT_VERSION = "0.1.0";
@@ -294,6 +294,7 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
     }
     case "ready":
       event("connection", { state: "connected" });
+      await sendQueuedReceipts(ws);
       await resendOutbox(ws);
       return;
     case "deliver":
@@ -364,6 +365,7 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
     const view: MessageView = {
       message_id: h.message_id, thread_id: h.thread_id, from_user_id: h.sender_user_id, from_name: sender.user.display_name,
       mine: false, text: body.text, subject: body.subject, sent_at: h.sent_at, status: "received",
+      thread_seq: frame["thread_seq"] as number, read: false,
     };
     if (body.subject) thread.subject = body.subject;
     if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
@@ -377,6 +379,8 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
     }
     await vault!.put(`thread:${h.thread_id}`, thread);
     await vault!.put(seenKey, 1);
+    // Stored first, then the signed receipt (clients/sdk/receiving.py; PROTOCOL §8, §16.6).
+    await queueReceipt(h.message_id, h.thread_id, "delivered");
     event(body.kind === "text" || body.kind === "subject" ? "message" : "filed", { message: view });
   }
   sendFrame(ws, { t: "ack", delivery_ids: [frame["delivery_id"] as string] });
@@ -493,6 +497,48 @@ async function onWipeOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   await Vault.erase();
   ws.send(encodeFrame({ t: "wipe_confirm", statement }));
   event("wiped", { revoked_at: revokedAt });
+}
+
+// --- receipts this phone signs (PROTOCOL §8, §16.6) -----------------------------------------------
+
+/**
+ * Sign a receipt for a message this phone received and send it; kept in the vault until it
+ * has left on an open connection (a receipt sent twice is queued once by the relay, §3.5).
+ */
+async function queueReceipt(messageId: string, threadId: string, kind: ReceiptKind): Promise<void> {
+  const statement = issueReceiptStatement({ v: 1, device_id: st!.device_id, message_id: messageId, thread_id: threadId, kind, at: now() }, st!.device_seed);
+  const key = `receipt:${messageId}:${kind}`;
+  await vault!.put(key, statement);
+  const ws = socket;
+  if (ws && ws.readyState === WebSocket.OPEN) await sendReceipt(ws, key, statement);
+}
+
+async function sendReceipt(ws: WebSocket, key: string, statement: string): Promise<void> {
+  sendFrame(ws, { t: "receipt", req_id: null, statement });
+  await vault!.delete(key);
+}
+
+async function sendQueuedReceipts(ws: WebSocket): Promise<void> {
+  for (const key of await vault!.names("receipt:")) {
+    const statement = await vault!.get<string>(key);
+    if (statement) await sendReceipt(ws, key, statement);
+  }
+}
+
+/** The intern has seen a thread's messages: each unread one gets a signed `read` receipt, and
+ * the relay's unread counter moves to the newest (clients/sdk/receiving.py mark_read). */
+async function markRead(args: { thread_id: string }): Promise<{ read: number }> {
+  const key = `thread:${args.thread_id}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  if (!thread) return { read: 0 };
+  const unread = thread.messages.filter((m) => !m.mine && m.read === false);
+  if (!unread.length) return { read: 0 };
+  for (const m of unread) m.read = true;
+  await vault!.put(key, thread);
+  for (const m of unread) await queueReceipt(m.message_id, m.thread_id, "read");
+  const seq = Math.max(0, ...thread.messages.map((m) => m.thread_seq ?? 0));
+  if (seq) await relay!.call("POST", `/v1/threads/${args.thread_id}/read`, { seq }).catch(() => undefined);
+  return { read: unread.length };
 }
 
 // --- sending -------------------------------------------------------------------------------------
@@ -750,6 +796,7 @@ const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
   sendImage,
   image,
   threads,
+  markRead,
   quality: (a: { rgba: Uint8ClampedArray; width: number; height: number }) => checkQuality(a.rgba, a.width, a.height),
 };
 

@@ -1,0 +1,76 @@
+"""The phone signs receipts for what it receives, as the Python SDK does
+(clients/sdk/receiving.py): ``delivered`` once a message is stored in its vault, ``read`` once
+the intern has it on the screen; the specialist's real SDK client gets both as verified receipt
+notices naming the phone's device. Real relay, real Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.sdk.client import MessageEvent, ReceiptEvent
+from tests.identity_world import World
+from tests.phone.phone_world import (
+    PASSPHRASE,
+    enrol_by_code,
+    intern_and_specialist,
+    next_event,
+    phone_page,
+    phone_world,
+)
+
+
+@pytest.fixture
+async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]:
+    async with phone_world(db_dsn, tmp_path, autolock_seconds=600) as found:
+        yield found
+
+
+async def phone_device(world: World, user_id: str) -> str:
+    r = await world.http.get(f"/v1/admin/users/{user_id}", headers=world.admin_headers())
+    assert r.status_code == 200, r.text
+    (device,) = r.json()["devices"]
+    return str(device["device_id"])
+
+
+async def receipts_of(queue: asyncio.Queue[Any], message_id: str) -> set[tuple[str, str, str]]:
+    """Delivered and read receipts of ``message_id``: (kind, user, device) each."""
+    got: set[tuple[str, str, str]] = set()
+    while {k for k, _, _ in got} != {"delivered", "read"}:
+        r = await next_event(queue, ReceiptEvent, lambda e: e.message_id == message_id)
+        got.add((r.kind, r.user_id, r.device_id))
+    return got
+
+
+async def test_the_phone_sends_delivered_and_read_receipts_for_the_specialists_reply(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    world, origin = phone
+    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
+            phone_page() as (page, problems):
+        await enrol_by_code(page, origin, intern.code)
+        device = await phone_device(world, intern.user_id)
+        await page.fill("#text", "Query scaphoid fracture. Please review.")
+        await page.tap("#send")
+        consult = await next_event(events, MessageEvent,
+                                   lambda e: "scaphoid" in e.body.text)
+        thread = consult.message.thread_id
+        reply = await specialist.client.send_text(thread, "Splint, clinic tomorrow.")
+        await page.locator(".message.theirs", has_text="Splint, clinic tomorrow").wait_for()
+        assert await receipts_of(events, reply.message_id) == {
+            ("delivered", intern.user_id, device), ("read", intern.user_id, device)}
+
+        # Locked, the phone holds no key: the next reply waits at the relay, and both receipts
+        # come once the intern unlocks.
+        await page.tap("#lock")
+        await page.locator("#screen-unlock").wait_for()
+        second = await specialist.client.send_text(thread, "Also: elevate the arm.")
+        await page.fill("#passphrase", PASSPHRASE)
+        await page.tap("#unlock")
+        await page.locator(".message.theirs", has_text="elevate the arm").wait_for()
+        assert await receipts_of(events, second.message_id) == {
+            ("delivered", intern.user_id, device), ("read", intern.user_id, device)}
+        assert problems == []

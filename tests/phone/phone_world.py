@@ -34,7 +34,8 @@ from tests.phone.node import build
 __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "axe_violations",
            "bound_socket", "camera_started", "enrol_by_code", "film", "idb_records",
            "intern_and_specialist", "next_event", "phone_page", "phone_world",
-           "provision_with_package", "qr_image", "running_phone", "still_video"]
+           "provision_with_package", "qr_image", "running_phone", "sent_from_phone",
+           "still_video"]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -249,3 +250,11 @@ async def next_event(queue: asyncio.Queue[Any], kind: type, match: Any) -> Any:
             event = await queue.get()
             if isinstance(event, kind) and match(event):
                 return event
+
+
+async def sent_from_phone(page: Any, events: asyncio.Queue[Any], text: str) -> Any:
+    """Send ``text`` as a consult from the phone's home screen; the specialist's MessageEvent."""
+    from clients.sdk.client import MessageEvent
+    await page.fill("#text", text)
+    await page.tap("#send")
+    return await next_event(events, MessageEvent, lambda e: text in e.body.text)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from clients.sdk.client import MessageEvent, ReceiptEvent
+from clients.sdk.client import ReceiptEvent
 from tests.identity_world import World
 from tests.phone.phone_world import (
     PASSPHRASE,
@@ -21,6 +21,7 @@ from tests.phone.phone_world import (
     next_event,
     phone_page,
     phone_world,
+    sent_from_phone,
 )
 
 
@@ -53,10 +54,7 @@ async def test_the_phone_sends_delivered_and_read_receipts_for_the_specialists_r
             phone_page() as (page, problems):
         await enrol_by_code(page, origin, intern.code)
         device = await phone_device(world, intern.user_id)
-        await page.fill("#text", "Query scaphoid fracture. Please review.")
-        await page.tap("#send")
-        consult = await next_event(events, MessageEvent,
-                                   lambda e: "scaphoid" in e.body.text)
+        consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         thread = consult.message.thread_id
         reply = await specialist.client.send_text(thread, "Splint, clinic tomorrow.")
         await page.locator(".message.theirs", has_text="Splint, clinic tomorrow").wait_for()

@@ -4,7 +4,7 @@
  * holds a key. The page (main.ts) sends requests {id, op, args} and gets {id, ok, result|error};
  * the worker also posts events {event, ...} (a message arrived, the connection changed).
  */
-import { b64urlDecode as d, b64urlEncode as e } from "../protocol/canonical.js";
+import { b64urlDecode as d, b64urlEncode as e, peekCompact } from "../protocol/canonical.js";
 import { decodeBody, encodeBody, makeBody } from "../protocol/body.js";
 import * as certs from "../protocol/certs.js";
 import { DecodeError, ProtocolError } from "../protocol/errors.js";
@@ -14,6 +14,7 @@ import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
 import { Relay, RelayError, enrolmentToken, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
+import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, type SignedPrekeySecret } from "./prekeys.js";
 import type { MessageView, ThreadRecord } from "./views.js";
 import { checkQuality } from "./quality.js";
 import { NotAJpeg, pixelsOnlyJpeg } from "./jpeg.js";
@@ -26,6 +27,8 @@ import { issueExpiryConfirmation, issueReceiptStatement, issueWipeConfirmation, 
 const CLIENT = "lightbox-phone";
 const CLIENT_VERSION = "0.1.0";
 const ONE_TIME_PREKEYS = 20;
+const MAX_PREKEY_BATCH = 100; // protocol/api.py
+const PREKEY_UPKEEP_MS = 3600_000;
 const DEVICE_CERTIFICATE_LIFETIME = 2 * 365 * 86400;
 
 interface Config {
@@ -49,8 +52,10 @@ interface DeviceState {
   dh_secret: Uint8Array;
   user_certificate: string;
   device_certificate: string;
-  signed_prekeys: { id: number; secret: Uint8Array }[];
+  signed_prekeys: SignedPrekeySecret[];
   one_time_prekeys: { id: number; secret: Uint8Array }[];
+  /** The next prekey id (ids are never reused); missing in a vault written before top-ups. */
+  next_prekey_id?: number;
 }
 
 interface PendingEnrolment {
@@ -70,6 +75,7 @@ let pending: PendingEnrolment | null = null;
 let socket: WebSocket | null = null;
 let reconnect: ReturnType<typeof setTimeout> | null = null;
 let heardRevocation = false;
+let upkeep: ReturnType<typeof setInterval> | null = null;
 const waiting = new Map<string, { resolve: (v: ServerFrame) => void; reject: (e: Error) => void }>();
 
 const post = (msg: unknown): void => (self as unknown as Worker).postMessage(msg);
@@ -167,8 +173,9 @@ async function enrolFinish(args: { passphrase: string }): Promise<Record<string,
     org_public_key: d(p.bundle.org_public_key, { length: 32 }), display_name: p.user.display_name,
     identity_seed: identitySeed, device_id: deviceId, device_seed: dk.signing.seed, dh_secret: dk.dh.secret,
     user_certificate: p.userCertificate, device_certificate: deviceCert,
-    signed_prekeys: [{ id: 1, secret: spk.keypair.secret }],
+    signed_prekeys: [{ id: 1, secret: spk.keypair.secret, created_at: t }],
     one_time_prekeys: otks.map((o) => ({ id: o.prekeyId, secret: o.keypair.secret })),
+    next_prekey_id: 2 + ONE_TIME_PREKEYS,
   };
   await vault.put("state", st);
   pending = null;
@@ -216,6 +223,8 @@ function lock(): Record<string, unknown> {
 function lockKeys(): void {
   if (reconnect) clearTimeout(reconnect);
   reconnect = null;
+  if (upkeep) clearInterval(upkeep);
+  upkeep = null;
   heardRevocation = false;
   vault?.lock();
   vault = null;
@@ -294,6 +303,8 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
     }
     case "ready":
       event("connection", { state: "connected" });
+      upkeep ??= setInterval(() => void maintainPrekeys().catch(() => undefined), PREKEY_UPKEEP_MS);
+      void maintainPrekeys().catch(() => undefined); // tried again within the hour
       await sendQueuedReceipts(ws);
       await resendOutbox(ws);
       return;
@@ -329,6 +340,9 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
       return;
     case "wipe_order":
       await onWipeOrder(ws, frame);
+      return;
+    case "keys_low":
+      await replenishPrekeys(Number(frame["target"]) - Number(frame["remaining"]));
       return;
     default:
       return; // known frames the phone does not act on yet (PROTOCOL §3.3)
@@ -497,6 +511,71 @@ async function onWipeOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   await Vault.erase();
   ws.send(encodeFrame({ t: "wipe_confirm", statement }));
   event("wiped", { revoked_at: revokedAt });
+}
+
+// --- prekey upkeep (PROTOCOL §4.4; clients/sdk/prekeys.py, identity.py) --------------------------
+
+function nextPrekeyId(): number {
+  // Enrolment used ids 1..1+ONE_TIME_PREKEYS: an older vault starts after those and its own.
+  const known = [...st!.signed_prekeys, ...st!.one_time_prekeys].map((p) => p.id);
+  return st!.next_prekey_id ?? Math.max(2 + ONE_TIME_PREKEYS, ...known.map((id) => id + 1));
+}
+
+/** The relay's `keys_low`: make `count` one-time prekeys, keep their secrets in the vault
+ * first (never a published key without its secret), then upload them in batches. */
+async function replenishPrekeys(count: number): Promise<void> {
+  if (!Number.isInteger(count) || count <= 0) return;
+  const first = nextPrekeyId();
+  const made = Array.from({ length: count }, (_, i) => keys.generatePrekey(first + i));
+  st!.one_time_prekeys.push(...made.map((p) => ({ id: p.prekeyId, secret: p.keypair.secret })));
+  st!.next_prekey_id = first + count;
+  await vault!.put("state", st);
+  const tokens = made.map((p) => certs.issueOneTimePrekey({ device_id: st!.device_id, prekey_id: p.prekeyId, public: e(p.keypair.public) }, st!.device_seed));
+  for (let i = 0; i < tokens.length; i += MAX_PREKEY_BATCH) {
+    await relay!.call("POST", "/v1/keys/one-time", { prekeys: tokens.slice(i, i + MAX_PREKEY_BATCH) });
+  }
+}
+
+/**
+ * Rotate the signed prekey when due (saved before it is uploaded), or upload the newest again
+ * if the relay serves another (an upload cut short); then delete the secrets of those replaced
+ * more than the keep period ago (forward secrecy for messages sealed without a one-time key).
+ */
+async function maintainPrekeys(t: number = now()): Promise<void> {
+  if (!st || !relay) return;
+  if (rotationDue(st.signed_prekeys, t, DEFAULT_POLICY)) {
+    const id = nextPrekeyId();
+    const pk = keys.generatePrekey(id);
+    st.signed_prekeys.push({ id, secret: pk.keypair.secret, created_at: t });
+    st.next_prekey_id = id + 1;
+    await vault!.put("state", st);
+    await uploadSignedPrekey(id, pk.keypair.public, t);
+  } else {
+    const newest = newestSignedPrekey(st.signed_prekeys)!;
+    const answer = await relay.call<{ devices: { device_certificate: string; signed_prekey: string | null }[] }>("GET", `/v1/users/${st.user_id}/devices`);
+    const field = (token: string | null | undefined, name: string): unknown => {
+      try {
+        return token ? (peekCompact(token) as Record<string, unknown>)[name] : undefined;
+      } catch {
+        return undefined; // unreadable: uploaded again
+      }
+    };
+    const served = answer.devices.find((dv) => field(dv.device_certificate, "device_id") === st!.device_id)?.signed_prekey;
+    if (field(served, "prekey_id") !== newest.id) {
+      await uploadSignedPrekey(newest.id, keys.x25519FromSecret(newest.secret).public, newest.created_at ?? t);
+    }
+  }
+  const kept = keptSignedPrekeys(st.signed_prekeys, t, DEFAULT_POLICY);
+  if (kept.length !== st.signed_prekeys.length) {
+    for (const p of st.signed_prekeys) if (!kept.includes(p)) p.secret.fill(0);
+    st.signed_prekeys = kept;
+    await vault!.put("state", st);
+  }
+}
+
+async function uploadSignedPrekey(id: number, pub: Uint8Array, createdAt: number): Promise<void> {
+  const token = certs.issueSignedPrekey({ device_id: st!.device_id, prekey_id: id, public: e(pub), created_at: createdAt }, st!.device_seed);
+  await relay!.call("PUT", "/v1/keys/signed-prekey", { signed_prekey: token });
 }
 
 // --- receipts this phone signs (PROTOCOL §8, §16.6) -----------------------------------------------

@@ -100,6 +100,11 @@ function onEvent(data: Record<string, unknown>): void {
       stopCamera();
       show("enrol");
       return;
+    case "dropped":
+      $("notice").textContent = data["code"] === "certificate_revoked"
+        ? "A message was not shown: its sender's device is revoked by your organisation."
+        : "A message was not shown: its sender's certificate does not verify. Tell IT if this happens again.";
+      return;
     case "problem":
       $("send-status").textContent = String(data["message"] ?? "");
       return;

@@ -56,6 +56,8 @@ interface DeviceState {
   one_time_prekeys: { id: number; secret: Uint8Array }[];
   /** The next prekey id (ids are never reused); missing in a vault written before top-ups. */
   next_prekey_id?: number;
+  /** The newest revocation list of the organisation seen so far (the rollback floor, §4.5). */
+  revocation_list?: string | null;
 }
 
 interface PendingEnrolment {
@@ -76,6 +78,9 @@ let socket: WebSocket | null = null;
 let reconnect: ReturnType<typeof setTimeout> | null = null;
 let heardRevocation = false;
 let upkeep: ReturnType<typeof setInterval> | null = null;
+let revocationSet: certs.RevocationSet | null = null;
+let revocationsAt = -Infinity;
+const REVOCATIONS_MAX_AGE = 30; // seconds, as clients/sdk/trust.py
 const waiting = new Map<string, { resolve: (v: ServerFrame) => void; reject: (e: Error) => void }>();
 
 const post = (msg: unknown): void => (self as unknown as Worker).postMessage(msg);
@@ -236,6 +241,8 @@ function lockKeys(): void {
   st = null;
   relay = null;
   pending = null;
+  revocationSet = null;
+  revocationsAt = -Infinity;
   for (const w of waiting.values()) w.reject(new UserError("locked", "The app locked before the relay answered."));
   waiting.clear();
 }
@@ -341,6 +348,9 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
     case "wipe_order":
       await onWipeOrder(ws, frame);
       return;
+    case "revoked":
+      revocationsAt = -Infinity; // someone was revoked: the list is fetched before the next check
+      return;
     case "keys_low":
       await replenishPrekeys(Number(frame["target"]) - Number(frame["remaining"]));
       return;
@@ -349,12 +359,61 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
   }
 }
 
+/**
+ * The organisation's revocation list (PROTOCOL §4.5, as clients/sdk/trust.py): the newest one
+ * signed by the pinned organisation key, never older than the one this phone already holds (a
+ * relay serving an older list, or another with the same number, is refused: rollback), kept
+ * in the vault, fetched again after 30 s or on a `revoked` notice.
+ */
+async function revocations(): Promise<certs.RevocationSet> {
+  if (revocationSet && now() - revocationsAt < REVOCATIONS_MAX_AGE) return revocationSet;
+  const held = new certs.RevocationSet();
+  if (st!.revocation_list) held.add(certs.verifyRevocationList(st!.revocation_list, pinned()));
+  let newest = st!.revocation_list ?? null;
+  const served = await relay!.call<{ lists: string[] }>("GET", "/v1/revocations", undefined, false);
+  for (const token of served.lists) {
+    let org: unknown;
+    try {
+      org = (peekCompact(token) as Record<string, unknown>)["org_id"];
+    } catch {
+      continue; // not even a list: another organisation's business at most
+    }
+    if (org !== st!.org_id) continue;
+    try {
+      if (held.add(certs.verifyRevocationList(token, pinned()))) newest = token;
+    } catch {
+      throw new UserError("revocation_rollback", "The relay served an out-of-date or forged revocation list: nothing was sent or shown. Tell IT.");
+    }
+  }
+  if (newest !== (st!.revocation_list ?? null)) {
+    st!.revocation_list = newest;
+    await vault!.put("state", st);
+  }
+  revocationSet = held;
+  revocationsAt = now();
+  return held;
+}
+
+/** A chain verified against the pinned key and the current revocation list (§4.6). */
+async function chain(userCert: string, deviceCert: string): Promise<certs.VerifiedDevice> {
+  const held = await revocations();
+  try {
+    return certs.verifyChain(userCert, deviceCert, pinned(), now(), held);
+  } catch (err) {
+    const code = (err as ProtocolError).code ?? "certificate_invalid";
+    throw new UserError(code, code === "certificate_revoked"
+      ? "The relay offered a certificate your organisation has revoked: nothing was sent to it or shown from it. Tell IT."
+      : "A certificate from the relay does not verify: nothing was sent to it or shown from it. Tell IT.");
+  }
+}
+
 async function senderChain(userId: string, deviceId: string): Promise<certs.VerifiedDevice> {
   const answer = await relay!.call<{ user_certificate: string; devices: { device_certificate: string }[] }>("GET", `/v1/users/${userId}/devices`);
   for (const dev of answer.devices) {
-    const vd = certs.verifyChain(answer.user_certificate, dev.device_certificate, pinned(), now(), null);
+    const vd = await chain(answer.user_certificate, dev.device_certificate);
     if (vd.deviceId === deviceId) return vd;
   }
+  if ((await revocations()).entry(st!.org_id, "device", deviceId)) throw new UserError("certificate_revoked", "the sender's device is revoked");
   throw new UserError("certificate_invalid", "the sender's device is unknown");
 }
 
@@ -363,7 +422,17 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
   const h = sealed.header;
   const seenKey = `seen:${h.sender_device_id}:${h.message_id}`;
   if (!(await vault!.get(seenKey))) {
-    const sender = await senderChain(h.sender_user_id, h.sender_device_id);
+    let sender: certs.VerifiedDevice;
+    try {
+      sender = await senderChain(h.sender_user_id, h.sender_device_id);
+    } catch (err) {
+      // An unreachable relay: not acknowledged, so delivered again. A sender that does not
+      // verify (revoked, unknown, or a list rolled back): dropped, as clients/sdk/receiving.py.
+      if (err instanceof RelayError && (err.status === 0 || err.status >= 500)) throw err;
+      event("dropped", { code: (err as { code?: string }).code ?? "certificate_invalid" });
+      sendFrame(ws, { t: "ack", delivery_ids: [frame["delivery_id"] as string] });
+      return;
+    }
     const store = new keys.MemoryPrekeyStore(
       st!.signed_prekeys.map((p) => ({ prekeyId: p.id, keypair: keys.x25519FromSecret(p.secret) })),
       st!.one_time_prekeys.map((p) => ({ prekeyId: p.id, keypair: keys.x25519FromSecret(p.secret) })),
@@ -629,7 +698,7 @@ async function gatewayDevices(): Promise<Map<string, certs.VerifiedDevice>> {
   if (!list.required) return found;
   for (const u of list.users) {
     for (const dev of u.devices) {
-      const vd = certs.verifyChain(u.user_certificate, dev.device_certificate, pinned(), now(), null);
+      const vd = await chain(u.user_certificate, dev.device_certificate);
       if (vd.user.account_kind !== "service" || !vd.user.roles.includes(certs.ROLE_RECORD_GATEWAY) || vd.device.kind !== "gateway") {
         throw new UserError("certificate_invalid", "The relay named a record gateway that is not one.");
       }
@@ -644,7 +713,7 @@ async function recipients(threadId: string, extra: Map<string, certs.VerifiedDev
   const devices = new Map<string, certs.VerifiedDevice>();
   for (const u of answer.users) {
     for (const dev of u.devices) {
-      const vd = certs.verifyChain(u.user_certificate, dev.device_certificate, pinned(), now(), null);
+      const vd = await chain(u.user_certificate, dev.device_certificate);
       if (vd.deviceId !== st!.device_id) devices.set(vd.deviceId, vd);
     }
   }
@@ -657,7 +726,7 @@ async function recipients(threadId: string, extra: Map<string, certs.VerifiedDev
   for (const k of claimed.keys) {
     const known = devices.get(k.device_id);
     if (!known) throw new UserError("certificate_invalid", "The relay answered for a device the phone did not ask for.");
-    const vd = certs.verifyChain(k.user_certificate, k.device_certificate, pinned(), now(), null);
+    const vd = await chain(k.user_certificate, k.device_certificate);
     if (e(vd.signingKey) !== e(known.signingKey)) throw new UserError("certificate_invalid", "The relay served two certificates for one device.");
     bundles.set(k.device_id, env.bundleFromTokens(vd, k.signed_prekey, k.one_time_prekey));
   }

@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,8 @@ from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
 __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "axe_violations",
-           "bound_socket", "camera_started", "enrol_by_code", "film", "idb_records",
-           "intern_and_specialist", "next_event", "phone_page", "phone_world",
+           "bound_socket", "camera_started", "confirmed", "enrol_by_code", "film", "idb_records",
+           "intern_and_specialist", "next_event", "phone_device_id", "phone_page", "phone_world",
            "provision_with_package", "qr_image", "running_phone", "sent_from_phone",
            "still_video"]
 
@@ -258,3 +259,30 @@ async def sent_from_phone(page: Any, events: asyncio.Queue[Any], text: str) -> A
     await page.fill("#text", text)
     await page.tap("#send")
     return await next_event(events, MessageEvent, lambda e: text in e.body.text)
+
+
+async def phone_device_id(world: World, user_id: str) -> uuid.UUID:
+    """The device id of the user's one device (the phone)."""
+    conn = await world.db()
+    try:
+        found: uuid.UUID = await conn.fetchval(
+            "SELECT device_id FROM devices WHERE user_id = $1", uuid.UUID(user_id))
+        return found
+    finally:
+        await conn.close()
+
+
+async def confirmed(world: World, device_id: uuid.UUID, attachment_id: str) -> bool:
+    """Wait until the device has confirmed the expiry order of ``attachment_id``."""
+    async with asyncio.timeout(seconds(20)):
+        while True:
+            conn = await world.db()
+            try:
+                at = await conn.fetchval(
+                    "SELECT confirmed_at FROM expiry_orders WHERE device_id = $1 AND "
+                    "attachment_id = $2", device_id, uuid.UUID(attachment_id))
+            finally:
+                await conn.close()
+            if at is not None:
+                return True
+            await asyncio.sleep(0.2)

@@ -8,9 +8,7 @@ is sent."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +25,12 @@ from tests.phone.phone_world import (
     SHOTS,
     axe_violations,
     camera_started,
+    confirmed,
     enrol_by_code,
     film,
     idb_records,
     next_event,
+    phone_device_id,
     phone_page,
     phone_world,
     provision_with_package,
@@ -122,29 +122,6 @@ async def test_a_film_captured_consented_and_sent_from_the_phone_then_erased_on_
     assert {k: v for k, v in violations.items() if v} == {}
 
 
-async def phone_device_id(world: World, user_id: str) -> uuid.UUID:
-    conn = await world.db()
-    try:
-        found: uuid.UUID = await conn.fetchval(
-            "SELECT device_id FROM devices WHERE user_id = $1", uuid.UUID(user_id))
-        return found
-    finally:
-        await conn.close()
-
-
-async def confirmed(world: World, device_id: uuid.UUID, attachment_id: str) -> bool:
-    async with asyncio.timeout(seconds(20)):
-        while True:
-            conn = await world.db()
-            try:
-                at = await conn.fetchval(
-                    "SELECT confirmed_at FROM expiry_orders WHERE device_id = $1 AND "
-                    "attachment_id = $2", device_id, uuid.UUID(attachment_id))
-            finally:
-                await conn.close()
-            if at is not None:
-                return True
-            await asyncio.sleep(0.2)
 
 
 async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, str],

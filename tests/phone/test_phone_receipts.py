@@ -19,6 +19,7 @@ from tests.phone.phone_world import (
     enrol_by_code,
     intern_and_specialist,
     next_event,
+    phone_device_id,
     phone_page,
     phone_world,
     sent_from_phone,
@@ -29,13 +30,6 @@ from tests.phone.phone_world import (
 async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]:
     async with phone_world(db_dsn, tmp_path, autolock_seconds=600) as found:
         yield found
-
-
-async def phone_device(world: World, user_id: str) -> str:
-    r = await world.http.get(f"/v1/admin/users/{user_id}", headers=world.admin_headers())
-    assert r.status_code == 200, r.text
-    (device,) = r.json()["devices"]
-    return str(device["device_id"])
 
 
 async def receipts_of(queue: asyncio.Queue[Any], message_id: str) -> set[tuple[str, str, str]]:
@@ -53,7 +47,7 @@ async def test_the_phone_sends_delivered_and_read_receipts_for_the_specialists_r
     async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
             phone_page() as (page, problems):
         await enrol_by_code(page, origin, intern.code)
-        device = await phone_device(world, intern.user_id)
+        device = str(await phone_device_id(world, intern.user_id))
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         thread = consult.message.thread_id
         reply = await specialist.client.send_text(thread, "Splint, clinic tomorrow.")

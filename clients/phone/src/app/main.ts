@@ -89,6 +89,7 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     }
     case "expired":
+    case "image":
       void renderThreads();
       return;
     case "wiped":
@@ -306,12 +307,24 @@ async function renderThreads(): Promise<void> {
         if (m.attachment_id) {
           if (m.image_state === "held") {
             const img = document.createElement("img");
-            img.alt = "The photo sent with this consult";
+            img.alt = m.mine ? "The photo sent with this consult" : `The photo from ${m.from_name}`;
             img.dataset["attachment"] = m.attachment_id;
-            div.append(img);
+            const full = document.createElement("button");
+            full.type = "button";
+            full.className = "secondary full-screen";
+            full.textContent = "Show the photo full screen";
+            full.addEventListener("click", () => void img.requestFullscreen?.().catch(() => undefined));
+            div.append(img, full);
             void call<Uint8Array | null>("image", { attachment_id: m.attachment_id }).then((bytes) => {
               if (bytes) img.src = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "image/jpeg" }));
             });
+          } else if (m.image_state === "fetching" || m.image_state === "failed" || m.image_state === "refused") {
+            const note = document.createElement("div");
+            note.className = `meta photo-${m.image_state}`;
+            note.textContent = m.image_state === "fetching" ? "Downloading the photo…"
+              : m.image_state === "failed" ? (m.image_note ?? "The photo could not be downloaded yet.")
+              : `The photo is not shown: ${m.image_note ?? "it does not match its consent"}.`;
+            div.append(note);
           } else {
             const gone = document.createElement("div");
             gone.className = "meta photo-gone";

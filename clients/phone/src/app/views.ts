@@ -15,7 +15,9 @@ export interface MessageView {
   read?: boolean;
   /** The photo this message carries: `image:<id>` in the vault until its expiry order. */
   attachment_id?: string | null;
-  image_state?: "held" | "expired" | null;
+  image_state?: "held" | "expired" | "fetching" | "refused" | "failed" | null;
+  /** Why a received photo is not shown (refused by its consent check, or not downloaded yet). */
+  image_note?: string | null;
   quality_warnings?: string[];
   /** Signed receipts from recipients' devices, verified (PROTOCOL §8, §16.6). */
   receipts?: { kind: "delivered" | "read" | "acknowledged"; name: string; at: number }[];

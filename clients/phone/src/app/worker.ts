@@ -18,9 +18,9 @@ import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, typ
 import type { MessageView, ThreadRecord } from "./views.js";
 import { checkQuality } from "./quality.js";
 import { NotAJpeg, pixelsOnlyJpeg } from "./jpeg.js";
-import { encryptAttachment } from "../protocol/attachments.js";
+import { ciphertextSize, decryptAttachment, encryptAttachment, type AttachmentDescriptor } from "../protocol/attachments.js";
 import { hex } from "../protocol/bytes.js";
-import { imageHash, issueConsentToken, type ConsentClaims } from "../protocol/consent.js";
+import { imageHash, issueConsentToken, peekConsentTokenUnverified, verifyConsentToken, type ConsentClaims } from "../protocol/consent.js";
 import type { RecordData } from "../protocol/body.js";
 import { issueExpiryConfirmation, issueReceiptStatement, issueWipeConfirmation, verifyReceiptStatement, type ReceiptKind } from "../protocol/statements.js";
 
@@ -313,6 +313,7 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
       upkeep ??= setInterval(() => void maintainPrekeys().catch(() => undefined), PREKEY_UPKEEP_MS);
       void maintainPrekeys().catch(() => undefined); // tried again within the hour
       await sendQueuedReceipts(ws);
+      void fetchMissingImages().catch(() => undefined);
       await resendOutbox(ws);
       return;
     case "deliver":
@@ -450,6 +451,18 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       mine: false, text: body.text, subject: body.subject, sent_at: h.sent_at, status: "received",
       thread_seq: frame["thread_seq"] as number, read: false,
     };
+    const photo = body.kind === "text" ? body.attachments[0] : undefined;
+    if (photo) {
+      // Kept until the photo is fetched (or refused, or expired): its key is in the descriptor.
+      view.attachment_id = photo.attachment_id;
+      view.image_state = (await vault!.get(`expired:${photo.attachment_id}`)) ? "expired" : "fetching";
+      if (view.image_state === "fetching") {
+        await vault!.put(`incoming:${photo.attachment_id}`, {
+          descriptor: photo, consent_token: body.consent_token, emergency: h.emergency, thread_id: h.thread_id, message_id: h.message_id,
+          sender_user_id: h.sender_user_id, sender_org: sender.orgId, sender_user_certificate: sender.user,
+        } satisfies Incoming);
+      }
+    }
     if (body.subject) thread.subject = body.subject;
     if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
     if (body.kind === "filing_receipt" && body.filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY)) {
@@ -464,6 +477,7 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
     await vault!.put(seenKey, 1);
     // Stored first, then the signed receipt (clients/sdk/receiving.py; PROTOCOL §8, §16.6).
     await queueReceipt(h.message_id, h.thread_id, "delivered");
+    if (photo && view.image_state === "fetching") void fetchImage(photo.attachment_id);
     event(body.kind === "text" || body.kind === "subject" ? "message" : "filed", { message: view });
   }
   sendFrame(ws, { t: "ack", delivery_ids: [frame["delivery_id"] as string] });
@@ -475,6 +489,10 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
  */
 async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   const aid = frame["attachment_id"] as string;
+  // A tombstone first, so that no delivery or download arriving later stores it; the key of a
+  // photo never fetched goes with its descriptor (clients/sdk/notices.py).
+  await vault!.put(`expired:${aid}`, now());
+  await vault!.delete(`incoming:${aid}`);
   await vault!.delete(`image:${aid}`);
   const threadKey = `thread:${frame["thread_id"] as string}`;
   const thread = await vault!.get<ThreadRecord>(threadKey);
@@ -488,6 +506,133 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   );
   sendFrame(ws, { t: "expiry_confirm", req_id: null, statement });
   event("expired", { attachment_id: aid, reason: frame["reason"] });
+}
+
+// --- photos other clinicians send (PROTOCOL §6, §7.4; clients/sdk/receiving.py) ------------------
+
+/** What the vault keeps of a received photo until it is fetched: the descriptor (its key). */
+interface Incoming {
+  descriptor: AttachmentDescriptor;
+  consent_token: string | null;
+  emergency: string | null;
+  thread_id: string;
+  message_id: string;
+  sender_user_id: string;
+  sender_org: string;
+  sender_user_certificate: certs.UserCertificate;
+}
+
+class ImageRefused extends Error {
+  constructor(
+    message: string,
+    readonly reason: "image_not_named" | "token_invalid" = "token_invalid",
+  ) {
+    super(message);
+  }
+}
+
+const fetching = new Set<string>();
+
+/**
+ * Download, decrypt (the descriptor's size and SHA-256 checked) and consent-check a photo
+ * another clinician sent, then keep it in the vault like the phone's own: the token must
+ * verify under its issuer's identity key, be the consent the message named, record an
+ * agreement and name this photo's hash (clients/sdk/attachments.py check_image_consent); a
+ * mismatch is reported to the relay and the photo is not shown. An emergency photo without
+ * consent is kept only from a colleague of this organisation (PROTOCOL §17).
+ */
+async function fetchImage(aid: string): Promise<void> {
+  if (fetching.has(aid) || !vault) return;
+  fetching.add(aid);
+  try {
+    const job = await vault.get<Incoming>(`incoming:${aid}`);
+    if (!job) return;
+    let state: "held" | "refused" | "failed" | "expired" = "held";
+    let reason = "";
+    try {
+      const d = job.descriptor;
+      const blob = await relay!.bytes(`/v1/attachments/${aid}`, ciphertextSize(d.size));
+      let image: Uint8Array;
+      try {
+        image = decryptAttachment(blob, d.key, { sha256: d.sha256, size: d.size });
+      } catch {
+        throw new ImageRefused("the photo does not decrypt or match its description");
+      }
+      if (job.consent_token === null) {
+        if (job.emergency === null) throw new ImageRefused("the photo came without a consent");
+        if (job.sender_org !== st!.org_id) throw new ImageRefused("an emergency photo without consent came from another organisation");
+      } else {
+        await checkImageConsent(image, job);
+      }
+      if (await vault.get(`expired:${aid}`)) {
+        state = "expired"; // its expiry order came while it was downloading
+      } else {
+        await vault.put(`image:${aid}`, image);
+      }
+    } catch (err) {
+      if (err instanceof ImageRefused) {
+        state = "refused";
+        reason = err.message;
+      } else if (err instanceof RelayError && err.code === "attachment_expired") {
+        state = "expired";
+      } else {
+        state = "failed"; // kept: tried again when the connection is next ready
+        reason = "The photo could not be downloaded yet; the app tries again when it reconnects.";
+      }
+    }
+    if (state !== "failed") await vault.delete(`incoming:${aid}`);
+    await setImageState(job.thread_id, aid, state, reason);
+  } finally {
+    fetching.delete(aid);
+  }
+}
+
+async function checkImageConsent(image: Uint8Array, job: Incoming): Promise<void> {
+  let consentId: string;
+  try {
+    consentId = peekConsentTokenUnverified(job.consent_token!).jti;
+  } catch {
+    throw new ImageRefused("the consent with the photo is malformed");
+  }
+  const info = await relay!.call<{ token: string }>("GET", `/v1/consents/${consentId}`);
+  try {
+    const iss = peekConsentTokenUnverified(info.token).iss;
+    const issuer = iss === job.sender_user_id ? job.sender_user_certificate
+      : certs.verifyUserCertificate((await relay!.call<{ user_certificate: string }>("GET", `/v1/users/${iss}/devices`)).user_certificate, pinned(), now(), null);
+    let claims: ConsentClaims;
+    try {
+      claims = verifyConsentToken(info.token, d(issuer.identity_key, { length: 32 }), now(), 60);
+    } catch {
+      throw new ImageRefused("the consent does not verify");
+    }
+    if (claims.iss !== issuer.user_id || claims.org !== issuer.org_id) throw new ImageRefused("the consent was not issued by its signer");
+    if (claims.jti !== consentId) throw new ImageRefused("the message names another consent than this token");
+    if (claims.decision !== "agreed") throw new ImageRefused("the patient refused consent for this photo");
+    if (!claims.images.includes(imageHash(image))) throw new ImageRefused("the photo is not one the patient was shown and agreed to", "image_not_named");
+  } catch (err) {
+    if (err instanceof ImageRefused) {
+      await relay!.call("POST", `/v1/consents/${consentId}/mismatch`, { message_id: job.message_id, attachment_id: job.descriptor.attachment_id, reason: err.reason }).catch(() => undefined);
+    }
+    throw err;
+  }
+}
+
+async function setImageState(threadId: string, aid: string, state: NonNullable<MessageView["image_state"]>, reason = ""): Promise<void> {
+  const key = `thread:${threadId}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  if (!thread) return;
+  for (const m of thread.messages) {
+    if (m.attachment_id === aid && m.image_state !== "expired") {
+      m.image_state = state;
+      m.image_note = reason || null;
+    }
+  }
+  await vault!.put(key, thread);
+  event("image", { attachment_id: aid, state });
+}
+
+async function fetchMissingImages(): Promise<void> {
+  for (const name of await vault!.names("incoming:")) await fetchImage(name.slice("incoming:".length));
 }
 
 /** A user's name, from their certificate verified against the pinned organisation key. */

@@ -35,6 +35,7 @@ from tests.phone.node import build
 __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "axe_violations",
            "bound_socket", "camera_started", "confirmed", "enrol_by_code", "film", "idb_records",
            "intern_and_specialist", "next_event", "phone_device_id", "phone_page", "phone_world",
+           "photo_from_phone",
            "provision_with_package", "qr_image", "running_phone", "sent_from_phone",
            "still_video"]
 
@@ -286,3 +287,24 @@ async def confirmed(world: World, device_id: uuid.UUID, attachment_id: str) -> b
             if at is not None:
                 return True
             await asyncio.sleep(0.2)
+
+
+async def photo_from_phone(page: Any, *, text: str, refused: bool = False) -> None:
+    """From the home screen: photograph the film the fake camera shows, show both statements,
+    record the patient's decision (agreed, or ``refused``) and send; waits for the outcome."""
+    await page.tap("#capture")
+    await camera_started(page)
+    await page.tap("#take")
+    await page.locator("#screen-review").wait_for()
+    await page.tap("#use-photo")
+    await page.locator("#screen-consent").wait_for()
+    await page.fill("#patient-name", "Doe^Jane")
+    await page.fill("#patient-id", "MRN123")
+    await page.fill("#img-text", text)
+    await page.check("#st-permanence")
+    await page.check("#st-no-effect")
+    if refused:
+        await page.check("#refused")
+    await page.tap("#consent-send")
+    await page.locator("#photo-status", has_text="refusal is recorded" if refused
+                       else "Photo sent").wait_for()

@@ -119,3 +119,33 @@ async def test_a_photo_its_consent_does_not_name_is_not_shown_and_is_reported(
             await conn.close()
         assert reported == 1
         assert problems == []
+
+
+async def test_a_withdrawn_consent_erases_the_photo_and_the_phone_confirms_it(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    world, origin = phone
+    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
+            phone_page() as (page, problems):
+        await enrol_by_code(page, origin, intern.code)
+        consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
+        prepared = imaging.prepare_image(xray_png(400, 300, seed=7))
+        token = await direct_care_consent(specialist, prepared.image.data,
+                                          roles=[ORTHO], users=[intern.user_id])
+        sent = await specialist.client.send_image(
+            consult.message.thread_id, prepared.image, consent_token=token,
+            text="Marked up: the fracture line is circled.")
+        (aid,) = sent.attachment_ids
+        await page.locator(f".message.theirs img[data-attachment='{aid}']").wait_for()
+        # The patient withdraws consent (the specialist captured it): every copy is ordered
+        # erased, the phone's with it, and the phone confirms with a signed statement.
+        revoked = await specialist.client.relay.revoke_consent(
+            peek_consent_token_unverified(token).jti, "the patient asked")
+        assert revoked.expiry_orders >= 1
+        await page.locator(".message.theirs .photo-gone",
+                           has_text="The patient's consent was withdrawn on").wait_for()
+        assert await page.locator(f"img[data-attachment='{aid}']").count() == 0
+        assert await confirmed(world, await phone_device_id(world, intern.user_id), aid)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / "16-consent-withdrawn.png"), full_page=True)
+        assert await axe_violations(page) == []
+        assert problems == []

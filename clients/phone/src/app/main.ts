@@ -90,6 +90,7 @@ function onEvent(data: Record<string, unknown>): void {
     }
     case "expired":
     case "image":
+    case "withdrawn":
       void renderThreads();
       return;
     case "wiped":
@@ -297,6 +298,14 @@ async function renderThreads(): Promise<void> {
           line.textContent = `${when(s.at)} · ${s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
           div.append(line);
         }
+        if (m.withdrawn_reason) {
+          const line = document.createElement("div");
+          line.className = "meta withdrawn";
+          line.textContent = m.withdrawn_reason === "consent_revoked"
+            ? `Withdrawn on ${when(m.withdrawn_at ?? 0)} before it was delivered: the patient withdrew consent.`
+            : `Withdrawn on ${when(m.withdrawn_at ?? 0)} before it was delivered: the sender's access was revoked.`;
+          div.append(line);
+        }
         if (m.filed) {
           const filed = document.createElement("div");
           filed.className = "meta filed";
@@ -328,7 +337,9 @@ async function renderThreads(): Promise<void> {
           } else {
             const gone = document.createElement("div");
             gone.className = "meta photo-gone";
-            gone.textContent = "Photo removed from this phone, as ordered by the relay (confirmed).";
+            gone.textContent = m.withdrawn_at
+              ? `The patient's consent was withdrawn on ${when(m.withdrawn_at)}: the photo was erased from this phone (confirmed).`
+              : "Photo removed from this phone, as ordered by the relay (confirmed).";
             div.append(gone);
           }
         }

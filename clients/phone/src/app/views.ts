@@ -16,6 +16,10 @@ export interface MessageView {
   /** The photo this message carries: `image:<id>` in the vault until its expiry order. */
   attachment_id?: string | null;
   image_state?: "held" | "expired" | "fetching" | "refused" | "failed" | null;
+  /** When the patient's consent for this message was withdrawn (the relay's time), and why a
+   * message was withdrawn before delivery (`consent_revoked`, `sender_revoked`). */
+  withdrawn_at?: number | null;
+  withdrawn_reason?: string | null;
   /** Why a received photo is not shown (refused by its consent check, or not downloaded yet). */
   image_note?: string | null;
   quality_warnings?: string[];

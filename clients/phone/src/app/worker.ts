@@ -349,6 +349,9 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
     case "wipe_order":
       await onWipeOrder(ws, frame);
       return;
+    case "withdrawn":
+      await onWithdrawn(frame);
+      return;
     case "revoked":
       revocationsAt = -Infinity; // someone was revoked: the list is fetched before the next check
       return;
@@ -497,7 +500,12 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   const threadKey = `thread:${frame["thread_id"] as string}`;
   const thread = await vault!.get<ThreadRecord>(threadKey);
   if (thread) {
-    for (const m of thread.messages) if (m.attachment_id === aid) m.image_state = "expired";
+    for (const m of thread.messages) {
+      if (m.attachment_id !== aid) continue;
+      m.image_state = "expired";
+      // A withdrawn consent is remembered with the relay's time and shown (PROTOCOL §13).
+      if (frame["reason"] === "consent_revoked") m.withdrawn_at ??= frame["issued_at"] as number;
+    }
     await vault!.put(threadKey, thread);
   }
   const statement = issueExpiryConfirmation(
@@ -506,6 +514,19 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   );
   sendFrame(ws, { t: "expiry_confirm", req_id: null, statement });
   event("expired", { attachment_id: aid, reason: frame["reason"] });
+}
+
+/** One of our messages was withdrawn before delivery (its consent was revoked, or we were):
+ * shown as such; its photo's copies are erased by the expiry orders that follow (§13). */
+async function onWithdrawn(frame: ServerFrame): Promise<void> {
+  const key = `thread:${frame["thread_id"] as string}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  const message = thread?.messages.find((m) => m.message_id === frame["message_id"]);
+  if (!thread || !message || message.withdrawn_at) return;
+  message.withdrawn_at = frame["at"] as number;
+  message.withdrawn_reason = frame["reason"] as string;
+  await vault!.put(key, thread);
+  event("withdrawn", { message_id: message.message_id });
 }
 
 // --- photos other clinicians send (PROTOCOL §6, §7.4; clients/sdk/receiving.py) ------------------

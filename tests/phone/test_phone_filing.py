@@ -6,6 +6,7 @@ every copy destroyed and the phone erases its copy from IndexedDB and confirms, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,12 +24,14 @@ from tests.orthanc import OrthancServer
 from tests.phone.phone_world import (
     ORTHO,
     SHOTS,
+    axe_violations,
     camera_started,
     enrol_by_code,
     film,
     idb_records,
     phone_page,
     phone_world,
+    photo_from_phone,
     provision_with_package,
     still_video,
 )
@@ -42,12 +45,10 @@ async def phone(db_dsn: str, tmp_path: Path) -> AsyncIterator[tuple[World, str]]
         yield found
 
 
-async def test_the_photo_is_filed_by_the_gateway_then_erased_from_the_phone(
-        phone: tuple[World, str], tmp_path: Path, orthanc: OrthancServer) -> None:
-    world, origin = phone
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
-    await provision_with_package(world, intern)
-    await world.onboard(world.org.user("ortho", roles=(ORTHO,)))
+@contextlib.asynccontextmanager
+async def record_gateway(world: World, tmp_path: Path, orthanc: OrthancServer
+                         ) -> AsyncIterator[RecordGateway]:
+    """The organisation's record gateway (the real one, SDK) filing into a real Orthanc."""
     gw_user = world.org.user("gateway", roles=("record_gateway",), display_name="Gateway",
                              account_kind=AccountKind.SERVICE)
     gateway = await enrol_clinician(world, tmp_path, "gateway", kind=DeviceKind.GATEWAY,
@@ -58,6 +59,19 @@ async def test_the_photo_is_filed_by_the_gateway_then_erased_from_the_phone(
                        backoff_max=0.5, config=GatewayConfig(retry_base=0.1, retry_max=0.5))
     await gw.start()
     try:
+        yield gw
+    finally:
+        await gw.stop()
+        await pacs.aclose()
+
+
+async def test_the_photo_is_filed_by_the_gateway_then_erased_from_the_phone(
+        phone: tuple[World, str], tmp_path: Path, orthanc: OrthancServer) -> None:
+    world, origin = phone
+    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
+    await provision_with_package(world, intern)
+    await world.onboard(world.org.user("ortho", roles=(ORTHO,)))
+    async with record_gateway(world, tmp_path, orthanc) as gw:
         async with phone_page(video=still_video(tmp_path / "film.y4m", film(960, 720),
                                                 size=(960, 720))) as (page, problems):
             await enrol_by_code(page, origin, intern.code)
@@ -85,9 +99,6 @@ async def test_the_photo_is_filed_by_the_gateway_then_erased_from_the_phone(
             images = [r for r in await idb_records(page) if len(r) > 20_000]
             assert images == [], "a record the size of a photo is still in IndexedDB"
             assert problems == []
-    finally:
-        await gw.stop()
-        await pacs.aclose()
     async with asyncio.timeout(seconds(20)):
         while True:
             conn = await world.db()
@@ -102,3 +113,32 @@ async def test_the_photo_is_filed_by_the_gateway_then_erased_from_the_phone(
                 break
             await asyncio.sleep(0.2)
     assert row["reason"] == "filed"
+
+
+async def test_a_refusal_on_the_phone_is_filed_in_the_record_as_the_cli_files_it(
+        phone: tuple[World, str], tmp_path: Path, orthanc: OrthancServer) -> None:
+    world, origin = phone
+    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
+    await provision_with_package(world, intern)
+    await world.onboard(world.org.user("ortho", roles=(ORTHO,)))
+    async with record_gateway(world, tmp_path, orthanc), \
+            phone_page(video=still_video(tmp_path / "film.y4m", film(960, 720),
+                                         size=(960, 720))) as (page, problems):
+        await enrol_by_code(page, origin, intern.code)
+        await photo_from_phone(page, text="Query scaphoid fracture.", refused=True)
+        await page.locator("#photo-status", has_text="sent to be filed in the patient's "
+                           "record").wait_for()
+        # The gateway files the signed refusal with the patient's record data and answers.
+        refusal = page.locator(".message.mine", has_text="The patient refused consent")
+        await refusal.locator(".filed", has_text="Filed in the patient's record (study "
+                              ).wait_for(timeout=seconds(30) * 1000)
+        await page.screenshot(path=str(SHOTS / "18-refusal-filed.png"), full_page=True)
+        assert await axe_violations(page) == []
+        assert problems == []
+    conn = await world.db()
+    try:
+        decisions = [r["decision"] for r in await conn.fetch("SELECT decision FROM consents")]
+        uploads = await conn.fetchval("SELECT count(*) FROM attachments")
+    finally:
+        await conn.close()
+    assert decisions == ["refused"] and uploads == 0  # the photo itself never left the phone

@@ -146,8 +146,15 @@ async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, s
         await page.check("#st-permanence")
         await page.check("#st-no-effect")
         await page.check("#refused")
+        # A refusal is filed in the record too (as the CLI does): it needs the hospital number.
         await page.tap("#consent-send")
-        await page.locator("#photo-status", has_text="The refusal is recorded").wait_for()
+        await page.locator("#consent-error", has_text="a refusal is filed in the patient's "
+                           "record too").wait_for()
+        await page.fill("#patient-id", "MRN123")
+        await page.tap("#consent-send")
+        # This organisation has no record gateway: the intern is told where to record it.
+        await page.locator("#photo-status", has_text="The refusal is recorded at the relay, "
+                           "but your organisation has no record gateway").wait_for()
     conn = await world.db()
     try:
         consents = await conn.fetch("SELECT decision FROM consents")

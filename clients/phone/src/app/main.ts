@@ -452,13 +452,13 @@ async function sendPhoto(): Promise<void> {
   const decision = $<HTMLInputElement>("refused").checked ? "refused" : "agreed";
   const purposes = [$<HTMLInputElement>("p-direct"), $<HTMLInputElement>("p-teaching")].filter((c) => c.checked).map((c) => c.value);
   const answer = await busy($<HTMLButtonElement>("consent-send"), $("consent-error"), () =>
-    call<{ decision?: string }>("sendImage", {
+    call<{ decision?: string; filed?: string }>("sendImage", {
       jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
       role: $<HTMLInputElement>("role").value, priority: $<HTMLSelectElement>("priority").value,
       subject: "", text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
       consent: { decision, purposes, permanence: $<HTMLInputElement>("st-permanence").checked, no_effect: $<HTMLInputElement>("st-no-effect").checked },
       record: {
-        patient_name: $<HTMLInputElement>("patient-name").value.trim(), patient_id: $<HTMLInputElement>("patient-id").value.trim() || "unknown",
+        patient_name: $<HTMLInputElement>("patient-name").value.trim(), patient_id: $<HTMLInputElement>("patient-id").value.trim(),
         issuer_of_patient_id: "", birth_date: null, sex: "", accession_number: "", anatomic_region: "", study_description: "", capture: "film",
       },
     }),
@@ -467,9 +467,10 @@ async function sendPhoto(): Promise<void> {
   for (const id of ["patient-name", "patient-id", "img-text"]) $<HTMLInputElement>(id).value = "";
   for (const id of ["st-permanence", "st-no-effect"]) $<HTMLInputElement>(id).checked = false;
   dropPhoto();
-  $("photo-status").textContent = answer.decision === "refused"
-    ? "The refusal is recorded. The photo was not sent, and it is gone from this phone."
-    : "Photo sent: the relay stored it.";
+  $("photo-status").textContent = answer.decision !== "refused" ? "Photo sent: the relay stored it."
+    : answer.filed === "no_gateway"
+      ? "The refusal is recorded at the relay, but your organisation has no record gateway to file it: write it in the patient's notes. The photo was not sent, and it is gone from this phone."
+      : "The refusal is recorded and sent to be filed in the patient's record. The photo was not sent, and it is gone from this phone.";
   show("home");
   await renderThreads();
 }

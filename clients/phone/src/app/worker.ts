@@ -468,6 +468,12 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
     }
     if (body.subject) thread.subject = body.subject;
     if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
+    if (body.kind === "consent_filed" && body.consent_filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY) && sender.device.kind === "gateway") {
+      const f = body.consent_filing as { message_id?: string; study_instance_uid?: string | null };
+      for (const m of thread.messages) {
+        if (m.mine && m.message_id === f.message_id) m.filed = { study_instance_uid: f.study_instance_uid ?? null, record_ref: null, expires_at: null };
+      }
+    }
     if (body.kind === "filing_receipt" && body.filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY)) {
       const f = body.filing as { attachment_id?: string; study_instance_uid?: string; record_ref?: string };
       for (const m of thread.messages) {
@@ -858,10 +864,10 @@ async function markRead(args: { thread_id: string }): Promise<{ read: number }> 
 // --- sending -------------------------------------------------------------------------------------
 
 /** The organisation's record gateways, when its policy requires them on an image (§15). */
-async function gatewayDevices(): Promise<Map<string, certs.VerifiedDevice>> {
+async function gatewayDevices(evenIfOptional = false): Promise<Map<string, certs.VerifiedDevice>> {
   const found = new Map<string, certs.VerifiedDevice>();
   const list = await relay!.call<{ users: { user_certificate: string; devices: { device_certificate: string }[] }[]; required: boolean }>("GET", "/v1/filing/gateways");
-  if (!list.required) return found;
+  if (!list.required && !evenIfOptional) return found;
   for (const u of list.users) {
     for (const dev of u.devices) {
       const vd = await chain(u.user_certificate, dev.device_certificate);
@@ -1007,8 +1013,10 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
     throw new UserError("validation_failed", "Show the patient both statements before recording the decision.");
   }
   if (!a.consent.purposes.length) throw new UserError("validation_failed", "Choose at least one purpose.");
-  if (a.consent.decision === "agreed" && !a.record.patient_id.trim()) {
-    throw new UserError("validation_failed", "Enter the patient's hospital number: the record needs it to file the photo.");
+  if (!a.record.patient_id.trim()) {
+    throw new UserError("validation_failed", a.consent.decision === "agreed"
+      ? "Enter the patient's hospital number: the record needs it to file the photo."
+      : "Enter the patient's hospital number: a refusal is filed in the patient's record too.");
   }
   const t = now();
   const written = !(a.consent.purposes.length === 1 && a.consent.purposes[0] === "direct_care");
@@ -1021,7 +1029,10 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
   };
   const token = issueConsentToken(claims, st!.identity_seed);
   await relay!.call("POST", "/v1/consents", { token });
-  if (a.consent.decision === "refused") return { consent_id: claims.jti, decision: "refused" };
+  if (a.consent.decision === "refused") {
+    const filed = await fileRefusal(token, a.record);
+    return { consent_id: claims.jti, decision: "refused", ...filed };
+  }
 
   event("progress", { stage: "encrypting", done: 0, total: 1 });
   const enc = encryptAttachment(a.jpeg);
@@ -1079,6 +1090,52 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
   await vault!.put(`thread:${threadId}`, { thread_id: threadId, role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
   await sendSealed(record);
   return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: claims.jti };
+}
+
+const RECORD_THREAD_SUBJECT = "Filed to the patient's record"; // clients/sdk/threads.py
+
+/**
+ * File a refusal in the patient's record, as the CLI does (clients/clinician/consenting.py,
+ * clients/sdk/sending.py file_consent; PROTOCOL §15): the signed token with the patient's
+ * record data, sealed as a `consent_record` to the organisation's record gateways in this
+ * user's record thread (its only other members are the gateways; found, or made once). The
+ * gateway answers with `consent_filed`, shown under the message. Without a gateway the refusal
+ * stays registered at the relay and the intern is told to record it in the notes.
+ */
+async function fileRefusal(token: string, record: RecordData): Promise<Record<string, unknown>> {
+  const gateways = await gatewayDevices(true);
+  if (!gateways.size) return { filed: "no_gateway" };
+  const members = new Set([st!.user_id, ...[...gateways.values()].map((g) => g.userId)]);
+  const listed = await relay!.call<{ threads: { thread_id: string; members: string[]; roles: string[] }[] }>("GET", "/v1/threads");
+  let threadId = listed.threads.find((t) => !t.roles.length && t.members.length === members.size && t.members.every((m) => members.has(m)))?.thread_id;
+  let subject: string | null = null;
+  if (!threadId) {
+    threadId = keys.uuid4();
+    subject = RECORD_THREAD_SUBJECT;
+    await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [...members].filter((m) => m !== st!.user_id).sort(), roles: [], priority: "routine" });
+  }
+  const text = "The patient refused consent to share the photo; the refusal is filed in their record.";
+  const body = encodeBody(makeBody({ kind: "consent_record", consent_token: token, record, subject }));
+  const bundles = await recipients(threadId);
+  const messageId = keys.uuid4();
+  const header: env.MessageHeader = {
+    v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
+    sent_at: now(), purpose: "direct_care", priority: "routine", consent_id: null, attachment_ids: [],
+    recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
+  };
+  const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
+  const out: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
+  const view: MessageView = {
+    message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
+    text, subject: RECORD_THREAD_SUBJECT, sent_at: header.sent_at, status: "sending",
+  };
+  const key = `thread:${threadId}`;
+  const thread = (await vault!.get<ThreadRecord>(key)) ?? { thread_id: threadId, role: null, subject: RECORD_THREAD_SUBJECT, priority: "routine", messages: [] };
+  thread.messages.push(view);
+  await vault!.put(`outbox:${messageId}`, out);
+  await vault!.put(key, thread);
+  await sendSealed(out);
+  return { filed: "sent", thread_id: threadId, message_id: messageId };
 }
 
 async function image(args: { attachment_id: string }): Promise<Uint8Array | null> {

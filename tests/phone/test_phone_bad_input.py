@@ -6,6 +6,7 @@ IndexedDB holds after a consult is ciphertext only."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -143,6 +144,9 @@ async def test_a_phone_revoked_while_open_says_so_and_obeys_a_wipe(
             return
         # The organisation-signed order verified: the vault is erased, then confirmed.
         await page.locator("#banner", has_text="its Lightbox data has been erased").wait_for()
+        # When, in the house format (clients/sdk/timefmt.py), never the browser's locale's.
+        assert re.search(r"revoked by your organisation on \d{4}-\d\d-\d\d \d\d:\d\d;",
+                         await page.text_content("#banner") or "")
         assert await page.is_visible("#screen-enrol")
         assert await idb_records(page) == []
     async with asyncio.timeout(seconds(20)):

@@ -3,6 +3,7 @@
  * cryptographic step and every call to the relay happens in the worker (worker.ts).
  */
 import jsQR from "jsqr";
+import { when } from "./timefmt.js";
 import type { MessageView, ThreadRecord } from "./views.js";
 
 interface Config {
@@ -94,7 +95,7 @@ function onEvent(data: Record<string, unknown>): void {
       void renderThreads();
       return;
     case "wiped":
-      $("banner").textContent = `This phone was revoked by your organisation on ${new Date(Number(data["revoked_at"]) * 1000).toLocaleString()}; its Lightbox data has been erased.`;
+      $("banner").textContent = `This phone was revoked by your organisation on ${when(Number(data["revoked_at"]))}; its Lightbox data has been erased.`;
       $("banner").hidden = false;
       $("threads").replaceChildren();
       $("conn").textContent = "wiped";
@@ -258,9 +259,6 @@ async function home(me: { display_name: string; login: string }): Promise<void> 
   await renderThreads();
 }
 
-function when(t: number): string {
-  return new Date(t * 1000).toLocaleString([], { hour: "2-digit", minute: "2-digit", day: "numeric", month: "short" });
-}
 
 async function renderThreads(): Promise<void> {
   let list: ThreadRecord[];

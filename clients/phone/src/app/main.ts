@@ -85,6 +85,7 @@ function onEvent(data: Record<string, unknown>): void {
       bar.max = Number(data["total"]) || 1;
       bar.value = Number(data["done"]) || 0;
       const pct = Math.round((100 * bar.value) / bar.max);
+      if (data["stage"] === "resuming") $("photo-status").textContent = `Resuming the photo upload at ${pct}%…`;
       $("consent-status").textContent = data["stage"] === "encrypting" ? "Encrypting the photo…"
         : data["stage"] === "retrying" ? `The connection dropped at ${pct}%: resuming the upload…` : `Uploading: ${pct}%`;
       return;
@@ -102,6 +103,12 @@ function onEvent(data: Record<string, unknown>): void {
       dropPhoto();
       stopCamera();
       show("enrol");
+      return;
+    case "resumed":
+      $("photo-status").textContent = data["ok"]
+        ? "The photo upload that was cut off when the app closed is finished: photo sent."
+        : `The photo upload that was cut off when the app closed could not be finished (${String(data["code"])}): take the photo again.`;
+      void renderThreads();
       return;
     case "dropped":
       $("notice").textContent = data["code"] === "certificate_revoked"

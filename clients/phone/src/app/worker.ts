@@ -314,6 +314,7 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
       void maintainPrekeys().catch(() => undefined); // tried again within the hour
       await sendQueuedReceipts(ws);
       void fetchMissingImages().catch(() => undefined);
+      void resumeUploads().catch(() => undefined);
       await resendOutbox(ws);
       return;
     case "deliver":
@@ -1036,60 +1037,119 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
 
   event("progress", { stage: "encrypting", done: 0, total: 1 });
   const enc = encryptAttachment(a.jpeg);
-  const upload = await relay!.call<{ attachment_id: string; chunk_size: number; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length });
-  const aid = upload.attachment_id;
-  let committed = upload.committed;
-  let failures = 0;
-  while (committed < enc.ciphertext.length) {
-    const chunk = enc.ciphertext.subarray(committed, committed + upload.chunk_size);
-    try {
-      const status = await relay!.call<{ committed: number }>("PUT", `/v1/attachments/${aid}/upload?offset=${committed}`, chunk);
-      committed = status.committed;
-      failures = 0;
-      event("progress", { stage: "uploading", done: committed, total: enc.ciphertext.length });
-      continue;
-    } catch (err) {
-      // A dropped connection, or a chunk that did land before the answer was lost: ask the
-      // relay where the upload stands and go on from there (PROTOCOL §12 "Resuming").
-      const resumable = err instanceof RelayError && (err.status === 0 || ["chunk_overlap", "chunk_out_of_order"].includes(err.code));
-      if (!resumable || ++failures > UPLOAD_RETRIES) throw err;
-      event("progress", { stage: "retrying", done: committed, total: enc.ciphertext.length });
+  const upload = await relay!.call<{ attachment_id: string; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length });
+  // Kept before the first byte leaves: an upload cut by closing the app resumes from the
+  // relay's offset when it is next unlocked, with the same ciphertext (PROTOCOL §12).
+  const job: UploadJob = {
+    attachment_id: upload.attachment_id, ciphertext: enc.ciphertext, key: enc.key, sha256: enc.sha256, size: enc.size,
+    token, consent_id: claims.jti, role, send: { ...a, jpeg: a.jpeg },
+  };
+  await vault!.put(`upload:${job.attachment_id}`, job);
+  return finishUpload(job);
+}
+
+/** A photo on its way: everything needed to finish its upload and send it after a restart. */
+interface UploadJob {
+  attachment_id: string;
+  ciphertext: Uint8Array;
+  key: Uint8Array;
+  sha256: Uint8Array;
+  size: number;
+  token: string;
+  consent_id: string;
+  role: string;
+  send: ImageSend;
+}
+
+const uploading = new Set<string>();
+
+/** Upload the rest of the ciphertext from where the relay says it stands, finalise, and seal
+ * the descriptor to the role (and the record gateways); the job is then the outbox's. */
+async function finishUpload(job: UploadJob): Promise<Record<string, unknown>> {
+  const aid = job.attachment_id;
+  const a = job.send;
+  if (uploading.has(aid)) throw new UserError("busy", "This photo is already being uploaded.");
+  uploading.add(aid);
+  try {
+    let failures = 0;
+    let status = await relay!.call<{ committed: number; chunk_size?: number }>("GET", `/v1/attachments/${aid}/upload`);
+    let committed = status.committed;
+    const chunkSize = status.chunk_size ?? 1024 * 1024;
+    const total = job.ciphertext.length;
+    event("progress", { stage: committed ? "resuming" : "uploading", done: committed, total });
+    while (committed < total) {
+      const chunk = job.ciphertext.subarray(committed, committed + chunkSize);
+      try {
+        status = await relay!.call<{ committed: number }>("PUT", `/v1/attachments/${aid}/upload?offset=${committed}`, chunk);
+        committed = status.committed;
+        failures = 0;
+        event("progress", { stage: "uploading", done: committed, total });
+        continue;
+      } catch (err) {
+        // A dropped connection, or a chunk that did land before the answer was lost: ask the
+        // relay where the upload stands and go on from there (PROTOCOL §12 "Resuming").
+        const resumable = err instanceof RelayError && (err.status === 0 || ["chunk_overlap", "chunk_out_of_order"].includes(err.code));
+        if (!resumable || ++failures > UPLOAD_RETRIES) throw err;
+        event("progress", { stage: "retrying", done: committed, total });
+      }
+      await new Promise((ok) => setTimeout(ok, 300 * failures));
+      try {
+        committed = (await relay!.call<{ committed: number }>("GET", `/v1/attachments/${aid}/upload`)).committed;
+      } catch (err) {
+        if (!(err instanceof RelayError && err.status === 0)) throw err; // counted at the next try
+      }
     }
-    await new Promise((ok) => setTimeout(ok, 300 * failures));
+    await relay!.call("POST", `/v1/attachments/${aid}/finalise`, { sha256: hex(s.sha256(job.ciphertext)) });
+
+    const body = encodeBody(makeBody({
+      text: a.text, subject: a.subject.trim() || null, consent_token: job.token, record: a.record,
+      quality_warnings: a.warnings,
+      attachments: [{ attachment_id: aid, key: job.key, sha256: job.sha256, size: job.size, media_type: "image/jpeg", width: a.width, height: a.height }],
+    }));
+    const threadId = keys.uuid4();
+    await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [job.role], priority: a.priority });
+    const bundles = await recipients(threadId, await gatewayDevices());
+    const messageId = keys.uuid4();
+    const header: env.MessageHeader = {
+      v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
+      sent_at: now(), purpose: "direct_care", priority: a.priority, consent_id: job.consent_id, attachment_ids: [aid],
+      recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
+    };
+    const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
+    const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
+    const view: MessageView = {
+      message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
+      text: a.text, subject: a.subject.trim() || null, sent_at: header.sent_at, status: "sending",
+      attachment_id: aid, image_state: "held", quality_warnings: a.warnings,
+    };
+    await vault!.put(`image:${aid}`, a.jpeg);
+    await vault!.put(`outbox:${messageId}`, record);
+    await vault!.put(`thread:${threadId}`, { thread_id: threadId, role: job.role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
+    await vault!.delete(`upload:${aid}`);
+    await sendSealed(record);
+    return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: job.consent_id };
+  } finally {
+    uploading.delete(aid);
+  }
+}
+
+/** Photos whose upload the app was closed in the middle of: resumed when the connection is
+ * ready; the page hears `resumed` with the outcome. */
+async function resumeUploads(): Promise<void> {
+  for (const name of await vault!.names("upload:")) {
+    const job = await vault!.get<UploadJob>(name);
+    if (!job || uploading.has(job.attachment_id)) continue;
     try {
-      committed = (await relay!.call<{ committed: number }>("GET", `/v1/attachments/${aid}/upload`)).committed;
+      const sent = await finishUpload(job);
+      event("resumed", { ok: true, ...sent });
     } catch (err) {
-      if (!(err instanceof RelayError && err.status === 0)) throw err; // counted at the next try
+      const code = (err as { code?: string }).code ?? "internal_error";
+      if (err instanceof RelayError && ["upload_not_found", "attachment_expired", "consent_revoked"].includes(code)) {
+        await vault!.delete(name); // nothing left to resume: the photo is sent again from scratch or not at all
+      }
+      event("resumed", { ok: false, code });
     }
   }
-  await relay!.call("POST", `/v1/attachments/${aid}/finalise`, { sha256: hex(s.sha256(enc.ciphertext)) });
-
-  const body = encodeBody(makeBody({
-    text: a.text, subject: a.subject.trim() || null, consent_token: token, record: a.record,
-    quality_warnings: a.warnings,
-    attachments: [{ attachment_id: aid, key: enc.key, sha256: enc.sha256, size: enc.size, media_type: "image/jpeg", width: a.width, height: a.height }],
-  }));
-  const threadId = keys.uuid4();
-  await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [role], priority: a.priority });
-  const bundles = await recipients(threadId, await gatewayDevices());
-  const messageId = keys.uuid4();
-  const header: env.MessageHeader = {
-    v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
-    sent_at: now(), purpose: "direct_care", priority: a.priority, consent_id: claims.jti, attachment_ids: [aid],
-    recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
-  };
-  const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
-  const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
-  const view: MessageView = {
-    message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
-    text: a.text, subject: a.subject.trim() || null, sent_at: header.sent_at, status: "sending",
-    attachment_id: aid, image_state: "held", quality_warnings: a.warnings,
-  };
-  await vault!.put(`image:${aid}`, a.jpeg);
-  await vault!.put(`outbox:${messageId}`, record);
-  await vault!.put(`thread:${threadId}`, { thread_id: threadId, role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
-  await sendSealed(record);
-  return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: claims.jti };
 }
 
 const RECORD_THREAD_SUBJECT = "Filed to the patient's record"; // clients/sdk/threads.py

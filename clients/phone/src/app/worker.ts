@@ -1044,8 +1044,14 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
     attachment_id: upload.attachment_id, ciphertext: enc.ciphertext, key: enc.key, sha256: enc.sha256, size: enc.size,
     token, consent_id: claims.jti, role, send: { ...a, jpeg: a.jpeg },
   };
-  await vault!.put(`upload:${job.attachment_id}`, job);
-  return finishUpload(job);
+  uploading.add(job.attachment_id); // ours from here: a reconnect meanwhile does not resume it too
+  try {
+    await vault!.put(`upload:${job.attachment_id}`, job);
+  } catch (err) {
+    uploading.delete(job.attachment_id);
+    throw err;
+  }
+  return finishUpload(job, true);
 }
 
 /** A photo on its way: everything needed to finish its upload and send it after a restart. */
@@ -1065,10 +1071,10 @@ const uploading = new Set<string>();
 
 /** Upload the rest of the ciphertext from where the relay says it stands, finalise, and seal
  * the descriptor to the role (and the record gateways); the job is then the outbox's. */
-async function finishUpload(job: UploadJob): Promise<Record<string, unknown>> {
+async function finishUpload(job: UploadJob, owned = false): Promise<Record<string, unknown>> {
   const aid = job.attachment_id;
   const a = job.send;
-  if (uploading.has(aid)) throw new UserError("busy", "This photo is already being uploaded.");
+  if (!owned && uploading.has(aid)) throw new UserError("busy", "This photo is already being uploaded.");
   uploading.add(aid);
   try {
     let failures = 0;

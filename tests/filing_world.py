@@ -155,13 +155,15 @@ async def next_of(sock: RelaySocket, kind: type[Any], *, timeout: float = 10.0,
             return frame
 
 
-async def direct_care_consent(sender: Clinician, image: bytes, *, roles: list[str]) -> str:
+async def direct_care_consent(sender: Clinician, image: bytes, *, roles: list[str],
+                              users: list[str] | None = None) -> str:
     """The patient's agreement (treatment attestation) to share ``image`` for direct care with
-    ``roles``, captured on the sender's device and registered with the relay; the token."""
+    ``roles`` (and ``users``), captured on the sender's device and registered with the relay;
+    the token."""
     token, _ = capture_consent(sender.vault.state, ConsentCapture(
         purposes=[Purpose.DIRECT_CARE], images=[image_hash(image)],
         decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
-        recipient_roles=roles, permanence_statement_shown=True,
+        recipient_roles=roles, recipient_users=users or [], permanence_statement_shown=True,
         no_effect_on_care_statement_shown=True))
     await register_consent(sender.client.relay, token)
     return token

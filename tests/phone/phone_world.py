@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,16 @@ from protocol.canonical import b64url_encode, encode_struct
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import xray_png
-from tests.helpers import ROOT, page_problems, seconds
+from tests.helpers import ROOT, eventually, page_problems, seconds
 from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
 __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "axe_violations",
-           "bound_socket", "camera_started", "enrol_by_code", "film", "idb_records",
-           "listening_specialist", "next_event", "phone_page", "phone_world", "photo_with_consent",
+           "bound_socket", "camera_started", "confirmed", "enrol_by_code", "film", "idb_records",
+           "intern_and_specialist", "listening_specialist", "next_event", "phone_device_id",
+           "phone_page", "phone_world", "photo_from_phone", "photo_with_consent",
            "provision_with_package", "provisioned_intern", "qr_image", "running_phone",
+           "sent_from_phone",
            "still_video"]
 
 CHROMIUM = "/usr/bin/chromium"
@@ -119,6 +122,20 @@ async def listening_specialist(world: World, tmp_path: Path
     events = specialist.client.subscribe()
     await specialist.client.start(wait_connected=seconds(10))
     return specialist, events
+
+
+@contextlib.asynccontextmanager
+async def intern_and_specialist(world: World, tmp: Path
+                                ) -> AsyncIterator[tuple[User, Clinician, asyncio.Queue[Any]]]:
+    """The intern (provisioned with a sealed package, to enrol on the phone) and the on-call
+    orthopaedic specialist (a started SDK client); yields both and the specialist's events."""
+    intern = await provisioned_intern(world)
+    specialist, events = await listening_specialist(world, tmp)
+    try:
+        yield intern, specialist, events
+    finally:
+        specialist.client.unsubscribe(events)
+        await specialist.client.close()
 
 
 def still_video(path: Path, image: Image.Image, *, frames: int = 6,
@@ -259,3 +276,56 @@ async def next_event(queue: asyncio.Queue[Any], kind: type, match: Any) -> Any:
             event = await queue.get()
             if isinstance(event, kind) and match(event):
                 return event
+
+
+async def sent_from_phone(page: Any, events: asyncio.Queue[Any], text: str) -> Any:
+    """Send ``text`` as a consult from the phone's home screen; the specialist's MessageEvent."""
+    from clients.sdk.client import MessageEvent
+    await page.fill("#text", text)
+    await page.tap("#send")
+    return await next_event(events, MessageEvent, lambda e: text in e.body.text)
+
+
+async def phone_device_id(world: World, user_id: str) -> uuid.UUID:
+    """The device id of the user's one device (the phone)."""
+    conn = await world.db()
+    try:
+        found: uuid.UUID = await conn.fetchval(
+            "SELECT device_id FROM devices WHERE user_id = $1", uuid.UUID(user_id))
+        return found
+    finally:
+        await conn.close()
+
+
+async def confirmed(world: World, device_id: uuid.UUID, attachment_id: str) -> bool:
+    """Wait until the device has confirmed the expiry order of ``attachment_id``."""
+    async def confirmed_at() -> bool:
+        conn = await world.db()
+        try:
+            return await conn.fetchval(
+                "SELECT confirmed_at FROM expiry_orders WHERE device_id = $1 AND "
+                "attachment_id = $2", device_id, uuid.UUID(attachment_id)) is not None
+        finally:
+            await conn.close()
+    return await eventually(confirmed_at, timeout=20)
+
+
+async def photo_from_phone(page: Any, *, text: str, refused: bool = False) -> None:
+    """From the home screen: photograph the film the fake camera shows, show both statements,
+    record the patient's decision (agreed, or ``refused``) and send; waits for the outcome."""
+    await page.tap("#capture")
+    await camera_started(page)
+    await page.tap("#take")
+    await page.locator("#screen-review").wait_for()
+    await page.tap("#use-photo")
+    await page.locator("#screen-consent").wait_for()
+    await page.fill("#patient-name", "Doe^Jane")
+    await page.fill("#patient-id", "MRN123")
+    await page.fill("#img-text", text)
+    await page.check("#st-permanence")
+    await page.check("#st-no-effect")
+    if refused:
+        await page.check("#refused")
+    await page.tap("#consent-send")
+    await page.locator("#photo-status", has_text="refusal is recorded" if refused
+                       else "Photo sent").wait_for()

@@ -5,6 +5,7 @@ IndexedDB holds after a consult is ciphertext only."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,9 @@ async def test_a_phone_revoked_while_open_says_so_and_obeys_a_wipe(
             return
         # The organisation-signed order verified: the vault is erased, then confirmed.
         await page.locator("#banner", has_text="its Lightbox data has been erased").wait_for()
+        # When, in the house format (clients/sdk/timefmt.py), never the browser's locale's.
+        assert re.search(r"revoked by your organisation on \d{4}-\d\d-\d\d \d\d:\d\d;",
+                         await page.text_content("#banner") or "")
         assert await page.is_visible("#screen-enrol")
         assert await idb_records(page) == []
     await eventually(lambda: count_events(world, "device.wipe_confirmed", device_id),

@@ -9,7 +9,6 @@ is sent."""
 from __future__ import annotations
 
 import hashlib
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,20 @@ import pytest
 
 from clients.sdk.client import ImageEvent, MessageEvent
 from clients.sdk.imaging import jpeg_segments
-from tests.helpers import eventually, seconds
+from tests.helpers import seconds
 from tests.identity_world import World
 from tests.phone.phone_world import (
     ORTHO,
     SHOTS,
     axe_violations,
     camera_started,
+    confirmed,
     enrol_by_code,
     film,
     idb_records,
     listening_specialist,
     next_event,
+    phone_device_id,
     phone_page,
     photo_with_consent,
     provisioned_intern,
@@ -114,28 +115,6 @@ async def test_a_film_captured_consented_and_sent_from_the_phone_then_erased_on_
     assert {k: v for k, v in violations.items() if v} == {}
 
 
-async def phone_device_id(world: World, user_id: str) -> uuid.UUID:
-    conn = await world.db()
-    try:
-        found: uuid.UUID = await conn.fetchval(
-            "SELECT device_id FROM devices WHERE user_id = $1", uuid.UUID(user_id))
-        return found
-    finally:
-        await conn.close()
-
-
-async def confirmed(world: World, device_id: uuid.UUID, attachment_id: str) -> bool:
-    async def confirmed_at() -> bool:
-        conn = await world.db()
-        try:
-            return await conn.fetchval(
-                "SELECT confirmed_at FROM expiry_orders WHERE device_id = $1 AND "
-                "attachment_id = $2", device_id, uuid.UUID(attachment_id)) is not None
-        finally:
-            await conn.close()
-    return await eventually(confirmed_at, timeout=20)
-
-
 async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, str],
                                                            tmp_path: Path) -> None:
     world, origin = phone
@@ -157,8 +136,15 @@ async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, s
         await page.check("#st-permanence")
         await page.check("#st-no-effect")
         await page.check("#refused")
+        # A refusal is filed in the record too (as the CLI does): it needs the hospital number.
         await page.tap("#consent-send")
-        await page.locator("#photo-status", has_text="The refusal is recorded").wait_for()
+        await page.locator("#consent-error", has_text="a refusal is filed in the patient's "
+                           "record too").wait_for()
+        await page.fill("#patient-id", "MRN123")
+        await page.tap("#consent-send")
+        # This organisation has no record gateway: the intern is told where to record it.
+        await page.locator("#photo-status", has_text="The refusal is recorded at the relay, "
+                           "but your organisation has no record gateway").wait_for()
     conn = await world.db()
     try:
         consents = await conn.fetch("SELECT decision FROM consents")

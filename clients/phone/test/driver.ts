@@ -8,6 +8,8 @@
  *   {"op": "sign_consent", "claims", "identity_seed"}          -> {token}
  *   {"op": "bench_encrypt", "size", "runs"}                     -> {median_ms} (bench/phone.py)
  *   {"op": "verify_consent", "token", "identity_public", "at"} -> {claims} | {error}
+ *   {"op": "quality", "rgba", "width", "height"}              -> {warnings: [{issue, message}]} (app/quality.ts)
+ *   {"op": "prekey_schedule", "signed": [{id, created_at}], "now"} -> {due, kept: [id]} (app/prekeys.ts)
  */
 import { readFileSync } from "node:fs";
 import * as att from "../src/protocol/attachments.js";
@@ -19,6 +21,8 @@ import * as consent from "../src/protocol/consent.js";
 import * as env from "../src/protocol/envelope.js";
 import * as keys from "../src/protocol/keys.js";
 import * as s from "../src/protocol/sodium.js";
+import * as prekeys from "../src/app/prekeys.js";
+import { checkQuality } from "../src/app/quality.js";
 
 type V = Record<string, any>;
 
@@ -97,6 +101,15 @@ async function run(cmd: V): Promise<V> {
       } catch (err) {
         return { error: (err as { code?: string }).code ?? String(err) };
       }
+    case "quality":
+      return { warnings: checkQuality(new Uint8ClampedArray(d(cmd.rgba)), cmd.width, cmd.height) };
+    case "prekey_schedule": {
+      const signed = (cmd.signed as V[]).map((p) => ({ id: p.id as number, secret: new Uint8Array(32), created_at: p.created_at as number | undefined }));
+      return {
+        due: prekeys.rotationDue(signed, cmd.now, prekeys.DEFAULT_POLICY),
+        kept: prekeys.keptSignedPrekeys(signed, cmd.now, prekeys.DEFAULT_POLICY).map((p) => p.id),
+      };
+    }
     default:
       throw new Error(`unknown op ${String(cmd.op)}`);
   }

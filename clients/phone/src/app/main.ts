@@ -3,6 +3,7 @@
  * cryptographic step and every call to the relay happens in the worker (worker.ts).
  */
 import jsQR from "jsqr";
+import { when } from "./timefmt.js";
 import type { MessageView, ThreadRecord } from "./views.js";
 
 interface Config {
@@ -84,21 +85,35 @@ function onEvent(data: Record<string, unknown>): void {
       bar.max = Number(data["total"]) || 1;
       bar.value = Number(data["done"]) || 0;
       const pct = Math.round((100 * bar.value) / bar.max);
+      if (data["stage"] === "resuming") $("photo-status").textContent = `Resuming the photo upload at ${pct}%…`;
       $("consent-status").textContent = data["stage"] === "encrypting" ? "Encrypting the photo…"
         : data["stage"] === "retrying" ? `The connection dropped at ${pct}%: resuming the upload…` : `Uploading: ${pct}%`;
       return;
     }
     case "expired":
+    case "image":
+    case "withdrawn":
       void renderThreads();
       return;
     case "wiped":
-      $("banner").textContent = `This phone was revoked by your organisation on ${new Date(Number(data["revoked_at"]) * 1000).toLocaleString()}; its Lightbox data has been erased.`;
+      $("banner").textContent = `This phone was revoked by your organisation on ${when(Number(data["revoked_at"]))}; its Lightbox data has been erased.`;
       $("banner").hidden = false;
       $("threads").replaceChildren();
       $("conn").textContent = "wiped";
       dropPhoto();
       stopCamera();
       show("enrol");
+      return;
+    case "resumed":
+      $("photo-status").textContent = data["ok"]
+        ? "The photo upload that was cut off when the app closed is finished: photo sent."
+        : `The photo upload that was cut off when the app closed could not be finished (${String(data["code"])}): take the photo again.`;
+      void renderThreads();
+      return;
+    case "dropped":
+      $("notice").textContent = data["code"] === "certificate_revoked"
+        ? "A message was not shown: its sender's device is revoked by your organisation."
+        : "A message was not shown: its sender's certificate does not verify. Tell IT if this happens again.";
       return;
     case "problem":
       $("send-status").textContent = String(data["message"] ?? "");
@@ -251,9 +266,6 @@ async function home(me: { display_name: string; login: string }): Promise<void> 
   await renderThreads();
 }
 
-function when(t: number): string {
-  return new Date(t * 1000).toLocaleString([], { hour: "2-digit", minute: "2-digit", day: "numeric", month: "short" });
-}
 
 async function renderThreads(): Promise<void> {
   let list: ThreadRecord[];
@@ -291,6 +303,14 @@ async function renderThreads(): Promise<void> {
           line.textContent = `${when(s.at)} · ${s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
           div.append(line);
         }
+        if (m.withdrawn_reason) {
+          const line = document.createElement("div");
+          line.className = "meta withdrawn";
+          line.textContent = m.withdrawn_reason === "consent_revoked"
+            ? `Withdrawn on ${when(m.withdrawn_at ?? 0)} before it was delivered: the patient withdrew consent.`
+            : `Withdrawn on ${when(m.withdrawn_at ?? 0)} before it was delivered: the sender's access was revoked.`;
+          div.append(line);
+        }
         if (m.filed) {
           const filed = document.createElement("div");
           filed.className = "meta filed";
@@ -301,16 +321,30 @@ async function renderThreads(): Promise<void> {
         if (m.attachment_id) {
           if (m.image_state === "held") {
             const img = document.createElement("img");
-            img.alt = "The photo sent with this consult";
+            img.alt = m.mine ? "The photo sent with this consult" : `The photo from ${m.from_name}`;
             img.dataset["attachment"] = m.attachment_id;
-            div.append(img);
+            const full = document.createElement("button");
+            full.type = "button";
+            full.className = "secondary full-screen";
+            full.textContent = "Show the photo full screen";
+            full.addEventListener("click", () => void img.requestFullscreen?.().catch(() => undefined));
+            div.append(img, full);
             void call<Uint8Array | null>("image", { attachment_id: m.attachment_id }).then((bytes) => {
               if (bytes) img.src = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "image/jpeg" }));
             });
+          } else if (m.image_state === "fetching" || m.image_state === "failed" || m.image_state === "refused") {
+            const note = document.createElement("div");
+            note.className = `meta photo-${m.image_state}`;
+            note.textContent = m.image_state === "fetching" ? "Downloading the photo…"
+              : m.image_state === "failed" ? (m.image_note ?? "The photo could not be downloaded yet.")
+              : `The photo is not shown: ${m.image_note ?? "it does not match its consent"}.`;
+            div.append(note);
           } else {
             const gone = document.createElement("div");
             gone.className = "meta photo-gone";
-            gone.textContent = "Photo removed from this phone, as ordered by the relay (confirmed).";
+            gone.textContent = m.withdrawn_at
+              ? `The patient's consent was withdrawn on ${when(m.withdrawn_at)}: the photo was erased from this phone (confirmed).`
+              : "Photo removed from this phone, as ordered by the relay (confirmed).";
             div.append(gone);
           }
         }
@@ -319,6 +353,11 @@ async function renderThreads(): Promise<void> {
       return li;
     }),
   );
+  // What is on the home screen of a visible app has been seen: signed `read` receipts go to
+  // the senders (the worker signs them; PROTOCOL §16.6).
+  if (document.body.dataset["screen"] === "home" && document.visibilityState === "visible") {
+    for (const t of list) if (t.messages.some((m) => !m.mine && m.read === false)) void call("markRead", { thread_id: t.thread_id }).catch(() => undefined);
+  }
 }
 
 async function send(): Promise<void> {
@@ -418,13 +457,13 @@ async function sendPhoto(): Promise<void> {
   const decision = $<HTMLInputElement>("refused").checked ? "refused" : "agreed";
   const purposes = [$<HTMLInputElement>("p-direct"), $<HTMLInputElement>("p-teaching")].filter((c) => c.checked).map((c) => c.value);
   const answer = await busy($<HTMLButtonElement>("consent-send"), $("consent-error"), () =>
-    call<{ decision?: string }>("sendImage", {
+    call<{ decision?: string; filed?: string }>("sendImage", {
       jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
       role: $<HTMLInputElement>("role").value, priority: $<HTMLSelectElement>("priority").value,
       subject: "", text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
       consent: { decision, purposes, permanence: $<HTMLInputElement>("st-permanence").checked, no_effect: $<HTMLInputElement>("st-no-effect").checked },
       record: {
-        patient_name: $<HTMLInputElement>("patient-name").value.trim(), patient_id: $<HTMLInputElement>("patient-id").value.trim() || "unknown",
+        patient_name: $<HTMLInputElement>("patient-name").value.trim(), patient_id: $<HTMLInputElement>("patient-id").value.trim(),
         issuer_of_patient_id: "", birth_date: null, sex: "", accession_number: "", anatomic_region: "", study_description: "", capture: "film",
       },
     }),
@@ -433,9 +472,10 @@ async function sendPhoto(): Promise<void> {
   for (const id of ["patient-name", "patient-id", "img-text"]) $<HTMLInputElement>(id).value = "";
   for (const id of ["st-permanence", "st-no-effect"]) $<HTMLInputElement>(id).checked = false;
   dropPhoto();
-  $("photo-status").textContent = answer.decision === "refused"
-    ? "The refusal is recorded. The photo was not sent, and it is gone from this phone."
-    : "Photo sent: the relay stored it.";
+  $("photo-status").textContent = answer.decision !== "refused" ? "Photo sent: the relay stored it."
+    : answer.filed === "no_gateway"
+      ? "The refusal is recorded at the relay, but your organisation has no record gateway to file it: write it in the patient's notes. The photo was not sent, and it is gone from this phone."
+      : "The refusal is recorded and sent to be filed in the patient's record. The photo was not sent, and it is gone from this phone.";
   show("home");
   await renderThreads();
 }

@@ -93,6 +93,29 @@ export class Relay {
     return json as T;
   }
 
+  /** A device GET of binary content (an attachment's ciphertext); `max` bounds what is read. */
+  async bytes(target: string, max: number): Promise<Uint8Array> {
+    let r = await this.raw("GET", target, undefined, true);
+    if (r.status === 401 && this.tokens) {
+      await this.refresh();
+      r = await this.raw("GET", target, undefined, true);
+    }
+    if (!r.ok) {
+      const p = (await r.json().catch(() => ({}))) as { code?: string; detail?: string };
+      throw new RelayError(p.code ?? "internal_error", r.status, p.detail ?? `HTTP ${r.status}`);
+    }
+    const length = Number(r.headers.get("content-length") ?? "0");
+    if (length > max) throw new RelayError("attachment_too_large", r.status, "larger than its descriptor");
+    let data: Uint8Array;
+    try {
+      data = new Uint8Array(await r.arrayBuffer());
+    } catch {
+      throw new RelayError("relay_unavailable", 0, "the download broke off");
+    }
+    if (data.length > max) throw new RelayError("attachment_too_large", r.status, "larger than its descriptor");
+    return data;
+  }
+
   async refresh(): Promise<void> {
     if (!this.tokens) throw new RelayError("unauthenticated", 401, "not logged in");
     this.tokens = await this.call<TokenPair>("POST", "/v1/auth/refresh", { refresh_token: this.tokens.refresh_token }, false);

@@ -9,9 +9,19 @@ export interface MessageView {
   subject: string | null;
   sent_at: number;
   status: "sending" | "sent" | "received";
+  /** A received message: its place in the thread, and whether the intern has seen it (a
+   * signed `read` receipt went to the sender then). */
+  thread_seq?: number;
+  read?: boolean;
   /** The photo this message carries: `image:<id>` in the vault until its expiry order. */
   attachment_id?: string | null;
-  image_state?: "held" | "expired" | null;
+  image_state?: "held" | "expired" | "fetching" | "refused" | "failed" | null;
+  /** When the patient's consent for this message was withdrawn (the relay's time), and why a
+   * message was withdrawn before delivery (`consent_revoked`, `sender_revoked`). */
+  withdrawn_at?: number | null;
+  withdrawn_reason?: string | null;
+  /** Why a received photo is not shown (refused by its consent check, or not downloaded yet). */
+  image_note?: string | null;
   quality_warnings?: string[];
   /** Signed receipts from recipients' devices, verified (PROTOCOL §8, §16.6). */
   receipts?: { kind: "delivered" | "read" | "acknowledged"; name: string; at: number }[];

@@ -4,7 +4,7 @@
  * holds a key. The page (main.ts) sends requests {id, op, args} and gets {id, ok, result|error};
  * the worker also posts events {event, ...} (a message arrived, the connection changed).
  */
-import { b64urlDecode as d, b64urlEncode as e } from "../protocol/canonical.js";
+import { b64urlDecode as d, b64urlEncode as e, peekCompact } from "../protocol/canonical.js";
 import { decodeBody, encodeBody, makeBody } from "../protocol/body.js";
 import * as certs from "../protocol/certs.js";
 import { DecodeError, ProtocolError } from "../protocol/errors.js";
@@ -14,18 +14,21 @@ import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
 import { Relay, RelayError, enrolmentToken, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
+import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, type SignedPrekeySecret } from "./prekeys.js";
 import type { MessageView, ThreadRecord } from "./views.js";
 import { checkQuality } from "./quality.js";
 import { NotAJpeg, pixelsOnlyJpeg } from "./jpeg.js";
-import { encryptAttachment } from "../protocol/attachments.js";
+import { ciphertextSize, decryptAttachment, encryptAttachment, type AttachmentDescriptor } from "../protocol/attachments.js";
 import { hex } from "../protocol/bytes.js";
-import { imageHash, issueConsentToken, type ConsentClaims } from "../protocol/consent.js";
+import { imageHash, issueConsentToken, peekConsentTokenUnverified, verifyConsentToken, type ConsentClaims } from "../protocol/consent.js";
 import type { RecordData } from "../protocol/body.js";
-import { issueExpiryConfirmation, issueWipeConfirmation, verifyReceiptStatement } from "../protocol/statements.js";
+import { issueExpiryConfirmation, issueReceiptStatement, issueWipeConfirmation, verifyReceiptStatement, type ReceiptKind } from "../protocol/statements.js";
 
 const CLIENT = "lightbox-phone";
 const CLIENT_VERSION = "0.1.0";
 const ONE_TIME_PREKEYS = 20;
+const MAX_PREKEY_BATCH = 100; // protocol/api.py
+const PREKEY_UPKEEP_MS = 3600_000;
 const DEVICE_CERTIFICATE_LIFETIME = 2 * 365 * 86400;
 
 interface Config {
@@ -49,8 +52,12 @@ interface DeviceState {
   dh_secret: Uint8Array;
   user_certificate: string;
   device_certificate: string;
-  signed_prekeys: { id: number; secret: Uint8Array }[];
+  signed_prekeys: SignedPrekeySecret[];
   one_time_prekeys: { id: number; secret: Uint8Array }[];
+  /** The next prekey id (ids are never reused); missing in a vault written before top-ups. */
+  next_prekey_id?: number;
+  /** The newest revocation list of the organisation seen so far (the rollback floor, §4.5). */
+  revocation_list?: string | null;
 }
 
 interface PendingEnrolment {
@@ -70,6 +77,10 @@ let pending: PendingEnrolment | null = null;
 let socket: WebSocket | null = null;
 let reconnect: ReturnType<typeof setTimeout> | null = null;
 let heardRevocation = false;
+let upkeep: ReturnType<typeof setInterval> | null = null;
+let revocationSet: certs.RevocationSet | null = null;
+let revocationsAt = -Infinity;
+const REVOCATIONS_MAX_AGE = 30; // seconds, as clients/sdk/trust.py
 const waiting = new Map<string, { resolve: (v: ServerFrame) => void; reject: (e: Error) => void }>();
 
 const post = (msg: unknown): void => (self as unknown as Worker).postMessage(msg);
@@ -167,8 +178,9 @@ async function enrolFinish(args: { passphrase: string }): Promise<Record<string,
     org_public_key: d(p.bundle.org_public_key, { length: 32 }), display_name: p.user.display_name,
     identity_seed: identitySeed, device_id: deviceId, device_seed: dk.signing.seed, dh_secret: dk.dh.secret,
     user_certificate: p.userCertificate, device_certificate: deviceCert,
-    signed_prekeys: [{ id: 1, secret: spk.keypair.secret }],
+    signed_prekeys: [{ id: 1, secret: spk.keypair.secret, created_at: t }],
     one_time_prekeys: otks.map((o) => ({ id: o.prekeyId, secret: o.keypair.secret })),
+    next_prekey_id: 2 + ONE_TIME_PREKEYS,
   };
   await vault.put("state", st);
   pending = null;
@@ -216,6 +228,8 @@ function lock(): Record<string, unknown> {
 function lockKeys(): void {
   if (reconnect) clearTimeout(reconnect);
   reconnect = null;
+  if (upkeep) clearInterval(upkeep);
+  upkeep = null;
   heardRevocation = false;
   vault?.lock();
   vault = null;
@@ -227,6 +241,8 @@ function lockKeys(): void {
   st = null;
   relay = null;
   pending = null;
+  revocationSet = null;
+  revocationsAt = -Infinity;
   for (const w of waiting.values()) w.reject(new UserError("locked", "The app locked before the relay answered."));
   waiting.clear();
 }
@@ -294,6 +310,11 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
     }
     case "ready":
       event("connection", { state: "connected" });
+      upkeep ??= setInterval(() => void maintainPrekeys().catch(() => undefined), PREKEY_UPKEEP_MS);
+      void maintainPrekeys().catch(() => undefined); // tried again within the hour
+      await sendQueuedReceipts(ws);
+      void fetchMissingImages().catch(() => undefined);
+      void resumeUploads().catch(() => undefined);
       await resendOutbox(ws);
       return;
     case "deliver":
@@ -329,17 +350,75 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
     case "wipe_order":
       await onWipeOrder(ws, frame);
       return;
+    case "withdrawn":
+      await onWithdrawn(frame);
+      return;
+    case "revoked":
+      revocationsAt = -Infinity; // someone was revoked: the list is fetched before the next check
+      return;
+    case "keys_low":
+      await replenishPrekeys(Number(frame["target"]) - Number(frame["remaining"]));
+      return;
     default:
       return; // known frames the phone does not act on yet (PROTOCOL §3.3)
+  }
+}
+
+/**
+ * The organisation's revocation list (PROTOCOL §4.5, as clients/sdk/trust.py): the newest one
+ * signed by the pinned organisation key, never older than the one this phone already holds (a
+ * relay serving an older list, or another with the same number, is refused: rollback), kept
+ * in the vault, fetched again after 30 s or on a `revoked` notice.
+ */
+async function revocations(): Promise<certs.RevocationSet> {
+  if (revocationSet && now() - revocationsAt < REVOCATIONS_MAX_AGE) return revocationSet;
+  const held = new certs.RevocationSet();
+  if (st!.revocation_list) held.add(certs.verifyRevocationList(st!.revocation_list, pinned()));
+  let newest = st!.revocation_list ?? null;
+  const served = await relay!.call<{ lists: string[] }>("GET", "/v1/revocations", undefined, false);
+  for (const token of served.lists) {
+    let org: unknown;
+    try {
+      org = (peekCompact(token) as Record<string, unknown>)["org_id"];
+    } catch {
+      continue; // not even a list: another organisation's business at most
+    }
+    if (org !== st!.org_id) continue;
+    try {
+      if (held.add(certs.verifyRevocationList(token, pinned()))) newest = token;
+    } catch {
+      throw new UserError("revocation_rollback", "The relay served an out-of-date or forged revocation list: nothing was sent or shown. Tell IT.");
+    }
+  }
+  if (newest !== (st!.revocation_list ?? null)) {
+    st!.revocation_list = newest;
+    await vault!.put("state", st);
+  }
+  revocationSet = held;
+  revocationsAt = now();
+  return held;
+}
+
+/** A chain verified against the pinned key and the current revocation list (§4.6). */
+async function chain(userCert: string, deviceCert: string): Promise<certs.VerifiedDevice> {
+  const held = await revocations();
+  try {
+    return certs.verifyChain(userCert, deviceCert, pinned(), now(), held);
+  } catch (err) {
+    const code = (err as ProtocolError).code ?? "certificate_invalid";
+    throw new UserError(code, code === "certificate_revoked"
+      ? "The relay offered a certificate your organisation has revoked: nothing was sent to it or shown from it. Tell IT."
+      : "A certificate from the relay does not verify: nothing was sent to it or shown from it. Tell IT.");
   }
 }
 
 async function senderChain(userId: string, deviceId: string): Promise<certs.VerifiedDevice> {
   const answer = await relay!.call<{ user_certificate: string; devices: { device_certificate: string }[] }>("GET", `/v1/users/${userId}/devices`);
   for (const dev of answer.devices) {
-    const vd = certs.verifyChain(answer.user_certificate, dev.device_certificate, pinned(), now(), null);
+    const vd = await chain(answer.user_certificate, dev.device_certificate);
     if (vd.deviceId === deviceId) return vd;
   }
+  if ((await revocations()).entry(st!.org_id, "device", deviceId)) throw new UserError("certificate_revoked", "the sender's device is revoked");
   throw new UserError("certificate_invalid", "the sender's device is unknown");
 }
 
@@ -348,7 +427,17 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
   const h = sealed.header;
   const seenKey = `seen:${h.sender_device_id}:${h.message_id}`;
   if (!(await vault!.get(seenKey))) {
-    const sender = await senderChain(h.sender_user_id, h.sender_device_id);
+    let sender: certs.VerifiedDevice;
+    try {
+      sender = await senderChain(h.sender_user_id, h.sender_device_id);
+    } catch (err) {
+      // An unreachable relay: not acknowledged, so delivered again. A sender that does not
+      // verify (revoked, unknown, or a list rolled back): dropped, as clients/sdk/receiving.py.
+      if (err instanceof RelayError && (err.status === 0 || err.status >= 500)) throw err;
+      event("dropped", { code: (err as { code?: string }).code ?? "certificate_invalid" });
+      sendFrame(ws, { t: "ack", delivery_ids: [frame["delivery_id"] as string] });
+      return;
+    }
     const store = new keys.MemoryPrekeyStore(
       st!.signed_prekeys.map((p) => ({ prekeyId: p.id, keypair: keys.x25519FromSecret(p.secret) })),
       st!.one_time_prekeys.map((p) => ({ prekeyId: p.id, keypair: keys.x25519FromSecret(p.secret) })),
@@ -364,9 +453,28 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
     const view: MessageView = {
       message_id: h.message_id, thread_id: h.thread_id, from_user_id: h.sender_user_id, from_name: sender.user.display_name,
       mine: false, text: body.text, subject: body.subject, sent_at: h.sent_at, status: "received",
+      thread_seq: frame["thread_seq"] as number, read: false,
     };
+    const photo = body.kind === "text" ? body.attachments[0] : undefined;
+    if (photo) {
+      // Kept until the photo is fetched (or refused, or expired): its key is in the descriptor.
+      view.attachment_id = photo.attachment_id;
+      view.image_state = (await vault!.get(`expired:${photo.attachment_id}`)) ? "expired" : "fetching";
+      if (view.image_state === "fetching") {
+        await vault!.put(`incoming:${photo.attachment_id}`, {
+          descriptor: photo, consent_token: body.consent_token, emergency: h.emergency, thread_id: h.thread_id, message_id: h.message_id,
+          sender_user_id: h.sender_user_id, sender_org: sender.orgId, sender_user_certificate: sender.user,
+        } satisfies Incoming);
+      }
+    }
     if (body.subject) thread.subject = body.subject;
     if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
+    if (body.kind === "consent_filed" && body.consent_filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY) && sender.device.kind === "gateway") {
+      const f = body.consent_filing as { message_id?: string; study_instance_uid?: string | null };
+      for (const m of thread.messages) {
+        if (m.mine && m.message_id === f.message_id) m.filed = { study_instance_uid: f.study_instance_uid ?? null, record_ref: null, expires_at: null };
+      }
+    }
     if (body.kind === "filing_receipt" && body.filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY)) {
       const f = body.filing as { attachment_id?: string; study_instance_uid?: string; record_ref?: string };
       for (const m of thread.messages) {
@@ -377,6 +485,9 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
     }
     await vault!.put(`thread:${h.thread_id}`, thread);
     await vault!.put(seenKey, 1);
+    // Stored first, then the signed receipt (clients/sdk/receiving.py; PROTOCOL §8, §16.6).
+    await queueReceipt(h.message_id, h.thread_id, "delivered");
+    if (photo && view.image_state === "fetching") void fetchImage(photo.attachment_id);
     event(body.kind === "text" || body.kind === "subject" ? "message" : "filed", { message: view });
   }
   sendFrame(ws, { t: "ack", delivery_ids: [frame["delivery_id"] as string] });
@@ -388,11 +499,20 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
  */
 async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   const aid = frame["attachment_id"] as string;
+  // A tombstone first, so that no delivery or download arriving later stores it; the key of a
+  // photo never fetched goes with its descriptor (clients/sdk/notices.py).
+  await vault!.put(`expired:${aid}`, now());
+  await vault!.delete(`incoming:${aid}`);
   await vault!.delete(`image:${aid}`);
   const threadKey = `thread:${frame["thread_id"] as string}`;
   const thread = await vault!.get<ThreadRecord>(threadKey);
   if (thread) {
-    for (const m of thread.messages) if (m.attachment_id === aid) m.image_state = "expired";
+    for (const m of thread.messages) {
+      if (m.attachment_id !== aid) continue;
+      m.image_state = "expired";
+      // A withdrawn consent is remembered with the relay's time and shown (PROTOCOL §13).
+      if (frame["reason"] === "consent_revoked") m.withdrawn_at ??= frame["issued_at"] as number;
+    }
     await vault!.put(threadKey, thread);
   }
   const statement = issueExpiryConfirmation(
@@ -401,6 +521,146 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   );
   sendFrame(ws, { t: "expiry_confirm", req_id: null, statement });
   event("expired", { attachment_id: aid, reason: frame["reason"] });
+}
+
+/** One of our messages was withdrawn before delivery (its consent was revoked, or we were):
+ * shown as such; its photo's copies are erased by the expiry orders that follow (§13). */
+async function onWithdrawn(frame: ServerFrame): Promise<void> {
+  const key = `thread:${frame["thread_id"] as string}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  const message = thread?.messages.find((m) => m.message_id === frame["message_id"]);
+  if (!thread || !message || message.withdrawn_at) return;
+  message.withdrawn_at = frame["at"] as number;
+  message.withdrawn_reason = frame["reason"] as string;
+  await vault!.put(key, thread);
+  event("withdrawn", { message_id: message.message_id });
+}
+
+// --- photos other clinicians send (PROTOCOL §6, §7.4; clients/sdk/receiving.py) ------------------
+
+/** What the vault keeps of a received photo until it is fetched: the descriptor (its key). */
+interface Incoming {
+  descriptor: AttachmentDescriptor;
+  consent_token: string | null;
+  emergency: string | null;
+  thread_id: string;
+  message_id: string;
+  sender_user_id: string;
+  sender_org: string;
+  sender_user_certificate: certs.UserCertificate;
+}
+
+class ImageRefused extends Error {
+  constructor(
+    message: string,
+    readonly reason: "image_not_named" | "token_invalid" = "token_invalid",
+  ) {
+    super(message);
+  }
+}
+
+const fetching = new Set<string>();
+
+/**
+ * Download, decrypt (the descriptor's size and SHA-256 checked) and consent-check a photo
+ * another clinician sent, then keep it in the vault like the phone's own: the token must
+ * verify under its issuer's identity key, be the consent the message named, record an
+ * agreement and name this photo's hash (clients/sdk/attachments.py check_image_consent); a
+ * mismatch is reported to the relay and the photo is not shown. An emergency photo without
+ * consent is kept only from a colleague of this organisation (PROTOCOL §17).
+ */
+async function fetchImage(aid: string): Promise<void> {
+  if (fetching.has(aid) || !vault) return;
+  fetching.add(aid);
+  try {
+    const job = await vault.get<Incoming>(`incoming:${aid}`);
+    if (!job) return;
+    let state: "held" | "refused" | "failed" | "expired" = "held";
+    let reason = "";
+    try {
+      const d = job.descriptor;
+      const blob = await relay!.bytes(`/v1/attachments/${aid}`, ciphertextSize(d.size));
+      let image: Uint8Array;
+      try {
+        image = decryptAttachment(blob, d.key, { sha256: d.sha256, size: d.size });
+      } catch {
+        throw new ImageRefused("the photo does not decrypt or match its description");
+      }
+      if (job.consent_token === null) {
+        if (job.emergency === null) throw new ImageRefused("the photo came without a consent");
+        if (job.sender_org !== st!.org_id) throw new ImageRefused("an emergency photo without consent came from another organisation");
+      } else {
+        await checkImageConsent(image, job);
+      }
+      if (await vault.get(`expired:${aid}`)) {
+        state = "expired"; // its expiry order came while it was downloading
+      } else {
+        await vault.put(`image:${aid}`, image);
+      }
+    } catch (err) {
+      if (err instanceof ImageRefused) {
+        state = "refused";
+        reason = err.message;
+      } else if (err instanceof RelayError && err.code === "attachment_expired") {
+        state = "expired";
+      } else {
+        state = "failed"; // kept: tried again when the connection is next ready
+        reason = "The photo could not be downloaded yet; the app tries again when it reconnects.";
+      }
+    }
+    if (state !== "failed") await vault.delete(`incoming:${aid}`);
+    await setImageState(job.thread_id, aid, state, reason);
+  } finally {
+    fetching.delete(aid);
+  }
+}
+
+async function checkImageConsent(image: Uint8Array, job: Incoming): Promise<void> {
+  let consentId: string;
+  try {
+    consentId = peekConsentTokenUnverified(job.consent_token!).jti;
+  } catch {
+    throw new ImageRefused("the consent with the photo is malformed");
+  }
+  const info = await relay!.call<{ token: string }>("GET", `/v1/consents/${consentId}`);
+  try {
+    const iss = peekConsentTokenUnverified(info.token).iss;
+    const issuer = iss === job.sender_user_id ? job.sender_user_certificate
+      : certs.verifyUserCertificate((await relay!.call<{ user_certificate: string }>("GET", `/v1/users/${iss}/devices`)).user_certificate, pinned(), now(), null);
+    let claims: ConsentClaims;
+    try {
+      claims = verifyConsentToken(info.token, d(issuer.identity_key, { length: 32 }), now(), 60);
+    } catch {
+      throw new ImageRefused("the consent does not verify");
+    }
+    if (claims.iss !== issuer.user_id || claims.org !== issuer.org_id) throw new ImageRefused("the consent was not issued by its signer");
+    if (claims.jti !== consentId) throw new ImageRefused("the message names another consent than this token");
+    if (claims.decision !== "agreed") throw new ImageRefused("the patient refused consent for this photo");
+    if (!claims.images.includes(imageHash(image))) throw new ImageRefused("the photo is not one the patient was shown and agreed to", "image_not_named");
+  } catch (err) {
+    if (err instanceof ImageRefused) {
+      await relay!.call("POST", `/v1/consents/${consentId}/mismatch`, { message_id: job.message_id, attachment_id: job.descriptor.attachment_id, reason: err.reason }).catch(() => undefined);
+    }
+    throw err;
+  }
+}
+
+async function setImageState(threadId: string, aid: string, state: NonNullable<MessageView["image_state"]>, reason = ""): Promise<void> {
+  const key = `thread:${threadId}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  if (!thread) return;
+  for (const m of thread.messages) {
+    if (m.attachment_id === aid && m.image_state !== "expired") {
+      m.image_state = state;
+      m.image_note = reason || null;
+    }
+  }
+  await vault!.put(key, thread);
+  event("image", { attachment_id: aid, state });
+}
+
+async function fetchMissingImages(): Promise<void> {
+  for (const name of await vault!.names("incoming:")) await fetchImage(name.slice("incoming:".length));
 }
 
 /** A user's name, from their certificate verified against the pinned organisation key. */
@@ -495,16 +755,123 @@ async function onWipeOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   event("wiped", { revoked_at: revokedAt });
 }
 
+// --- prekey upkeep (PROTOCOL §4.4; clients/sdk/prekeys.py, identity.py) --------------------------
+
+function nextPrekeyId(): number {
+  // Enrolment used ids 1..1+ONE_TIME_PREKEYS: an older vault starts after those and its own.
+  const known = [...st!.signed_prekeys, ...st!.one_time_prekeys].map((p) => p.id);
+  return st!.next_prekey_id ?? Math.max(2 + ONE_TIME_PREKEYS, ...known.map((id) => id + 1));
+}
+
+/** The relay's `keys_low`: make `count` one-time prekeys, keep their secrets in the vault
+ * first (never a published key without its secret), then upload them in batches. */
+async function replenishPrekeys(count: number): Promise<void> {
+  if (!Number.isInteger(count) || count <= 0) return;
+  const first = nextPrekeyId();
+  const made = Array.from({ length: count }, (_, i) => keys.generatePrekey(first + i));
+  st!.one_time_prekeys.push(...made.map((p) => ({ id: p.prekeyId, secret: p.keypair.secret })));
+  st!.next_prekey_id = first + count;
+  await vault!.put("state", st);
+  const tokens = made.map((p) => certs.issueOneTimePrekey({ device_id: st!.device_id, prekey_id: p.prekeyId, public: e(p.keypair.public) }, st!.device_seed));
+  for (let i = 0; i < tokens.length; i += MAX_PREKEY_BATCH) {
+    await relay!.call("POST", "/v1/keys/one-time", { prekeys: tokens.slice(i, i + MAX_PREKEY_BATCH) });
+  }
+}
+
+/**
+ * Rotate the signed prekey when due (saved before it is uploaded), or upload the newest again
+ * if the relay serves another (an upload cut short); then delete the secrets of those replaced
+ * more than the keep period ago (forward secrecy for messages sealed without a one-time key).
+ */
+async function maintainPrekeys(t: number = now()): Promise<void> {
+  if (!st || !relay) return;
+  if (rotationDue(st.signed_prekeys, t, DEFAULT_POLICY)) {
+    const id = nextPrekeyId();
+    const pk = keys.generatePrekey(id);
+    st.signed_prekeys.push({ id, secret: pk.keypair.secret, created_at: t });
+    st.next_prekey_id = id + 1;
+    await vault!.put("state", st);
+    await uploadSignedPrekey(id, pk.keypair.public, t);
+  } else {
+    const newest = newestSignedPrekey(st.signed_prekeys)!;
+    const answer = await relay.call<{ devices: { device_certificate: string; signed_prekey: string | null }[] }>("GET", `/v1/users/${st.user_id}/devices`);
+    const field = (token: string | null | undefined, name: string): unknown => {
+      try {
+        return token ? (peekCompact(token) as Record<string, unknown>)[name] : undefined;
+      } catch {
+        return undefined; // unreadable: uploaded again
+      }
+    };
+    const served = answer.devices.find((dv) => field(dv.device_certificate, "device_id") === st!.device_id)?.signed_prekey;
+    if (field(served, "prekey_id") !== newest.id) {
+      await uploadSignedPrekey(newest.id, keys.x25519FromSecret(newest.secret).public, newest.created_at ?? t);
+    }
+  }
+  const kept = keptSignedPrekeys(st.signed_prekeys, t, DEFAULT_POLICY);
+  if (kept.length !== st.signed_prekeys.length) {
+    for (const p of st.signed_prekeys) if (!kept.includes(p)) p.secret.fill(0);
+    st.signed_prekeys = kept;
+    await vault!.put("state", st);
+  }
+}
+
+async function uploadSignedPrekey(id: number, pub: Uint8Array, createdAt: number): Promise<void> {
+  const token = certs.issueSignedPrekey({ device_id: st!.device_id, prekey_id: id, public: e(pub), created_at: createdAt }, st!.device_seed);
+  await relay!.call("PUT", "/v1/keys/signed-prekey", { signed_prekey: token });
+}
+
+// --- receipts this phone signs (PROTOCOL §8, §16.6) -----------------------------------------------
+
+/**
+ * Sign a receipt for a message this phone received and send it; kept in the vault until it
+ * has left on an open connection (a receipt sent twice is queued once by the relay, §3.5).
+ */
+async function queueReceipt(messageId: string, threadId: string, kind: ReceiptKind): Promise<void> {
+  const statement = issueReceiptStatement({ v: 1, device_id: st!.device_id, message_id: messageId, thread_id: threadId, kind, at: now() }, st!.device_seed);
+  const key = `receipt:${messageId}:${kind}`;
+  await vault!.put(key, statement);
+  const ws = socket;
+  if (ws && ws.readyState === WebSocket.OPEN) await sendReceipt(ws, key, statement);
+}
+
+async function sendReceipt(ws: WebSocket, key: string, statement: string): Promise<void> {
+  sendFrame(ws, { t: "receipt", req_id: null, statement });
+  await vault!.delete(key);
+}
+
+async function sendQueuedReceipts(ws: WebSocket): Promise<void> {
+  for (const key of await vault!.names("receipt:")) {
+    const statement = await vault!.get<string>(key);
+    if (statement) await sendReceipt(ws, key, statement);
+  }
+}
+
+/** The intern has seen a thread's messages: each unread one gets a signed `read` receipt, and
+ * the relay's unread counter moves to the newest (clients/sdk/receiving.py mark_read). */
+async function markRead(args: { thread_id: string }): Promise<{ read: number }> {
+  const key = `thread:${args.thread_id}`;
+  const thread = await vault!.get<ThreadRecord>(key);
+  if (!thread) return { read: 0 };
+  const unread = thread.messages.filter((m) => !m.mine && m.read === false);
+  if (!unread.length) return { read: 0 };
+  for (const m of unread) m.read = true;
+  await vault!.put(key, thread);
+  for (const m of unread) await queueReceipt(m.message_id, m.thread_id, "read");
+  const seq = Math.max(0, ...thread.messages.map((m) => m.thread_seq ?? 0));
+  if (seq) await relay!.call("POST", `/v1/threads/${args.thread_id}/read`, { seq }).catch(() => undefined);
+  return { read: unread.length };
+}
+
 // --- sending -------------------------------------------------------------------------------------
 
 /** The organisation's record gateways, when its policy requires them on an image (§15). */
-async function gatewayDevices(): Promise<Map<string, certs.VerifiedDevice>> {
+async function gatewayDevices(evenIfOptional = false): Promise<Map<string, certs.VerifiedDevice>> {
   const found = new Map<string, certs.VerifiedDevice>();
   const list = await relay!.call<{ users: { user_certificate: string; devices: { device_certificate: string }[] }[]; required: boolean }>("GET", "/v1/filing/gateways");
-  if (!list.required) return found;
+  if (!list.required && !evenIfOptional) return found;
   for (const u of list.users) {
     for (const dev of u.devices) {
-      const vd = certs.verifyChain(u.user_certificate, dev.device_certificate, pinned(), now(), null);
+      const vd = await chain(u.user_certificate, dev.device_certificate);
       if (vd.user.account_kind !== "service" || !vd.user.roles.includes(certs.ROLE_RECORD_GATEWAY) || vd.device.kind !== "gateway") {
         throw new UserError("certificate_invalid", "The relay named a record gateway that is not one.");
       }
@@ -519,7 +886,7 @@ async function recipients(threadId: string, extra: Map<string, certs.VerifiedDev
   const devices = new Map<string, certs.VerifiedDevice>();
   for (const u of answer.users) {
     for (const dev of u.devices) {
-      const vd = certs.verifyChain(u.user_certificate, dev.device_certificate, pinned(), now(), null);
+      const vd = await chain(u.user_certificate, dev.device_certificate);
       if (vd.deviceId !== st!.device_id) devices.set(vd.deviceId, vd);
     }
   }
@@ -532,7 +899,7 @@ async function recipients(threadId: string, extra: Map<string, certs.VerifiedDev
   for (const k of claimed.keys) {
     const known = devices.get(k.device_id);
     if (!known) throw new UserError("certificate_invalid", "The relay answered for a device the phone did not ask for.");
-    const vd = certs.verifyChain(k.user_certificate, k.device_certificate, pinned(), now(), null);
+    const vd = await chain(k.user_certificate, k.device_certificate);
     if (e(vd.signingKey) !== e(known.signingKey)) throw new UserError("certificate_invalid", "The relay served two certificates for one device.");
     bundles.set(k.device_id, env.bundleFromTokens(vd, k.signed_prekey, k.one_time_prekey));
   }
@@ -647,8 +1014,10 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
     throw new UserError("validation_failed", "Show the patient both statements before recording the decision.");
   }
   if (!a.consent.purposes.length) throw new UserError("validation_failed", "Choose at least one purpose.");
-  if (a.consent.decision === "agreed" && !a.record.patient_id.trim()) {
-    throw new UserError("validation_failed", "Enter the patient's hospital number: the record needs it to file the photo.");
+  if (!a.record.patient_id.trim()) {
+    throw new UserError("validation_failed", a.consent.decision === "agreed"
+      ? "Enter the patient's hospital number: the record needs it to file the photo."
+      : "Enter the patient's hospital number: a refusal is filed in the patient's record too.");
   }
   const t = now();
   const written = !(a.consent.purposes.length === 1 && a.consent.purposes[0] === "direct_care");
@@ -661,64 +1030,178 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
   };
   const token = issueConsentToken(claims, st!.identity_seed);
   await relay!.call("POST", "/v1/consents", { token });
-  if (a.consent.decision === "refused") return { consent_id: claims.jti, decision: "refused" };
+  if (a.consent.decision === "refused") {
+    const filed = await fileRefusal(token, a.record);
+    return { consent_id: claims.jti, decision: "refused", ...filed };
+  }
 
   event("progress", { stage: "encrypting", done: 0, total: 1 });
   const enc = encryptAttachment(a.jpeg);
-  const upload = await relay!.call<{ attachment_id: string; chunk_size: number; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length });
-  const aid = upload.attachment_id;
-  let committed = upload.committed;
-  let failures = 0;
-  while (committed < enc.ciphertext.length) {
-    const chunk = enc.ciphertext.subarray(committed, committed + upload.chunk_size);
-    try {
-      const status = await relay!.call<{ committed: number }>("PUT", `/v1/attachments/${aid}/upload?offset=${committed}`, chunk);
-      committed = status.committed;
-      failures = 0;
-      event("progress", { stage: "uploading", done: committed, total: enc.ciphertext.length });
-      continue;
-    } catch (err) {
-      // A dropped connection, or a chunk that did land before the answer was lost: ask the
-      // relay where the upload stands and go on from there (PROTOCOL §12 "Resuming").
-      const resumable = err instanceof RelayError && (err.status === 0 || ["chunk_overlap", "chunk_out_of_order"].includes(err.code));
-      if (!resumable || ++failures > UPLOAD_RETRIES) throw err;
-      event("progress", { stage: "retrying", done: committed, total: enc.ciphertext.length });
+  const upload = await relay!.call<{ attachment_id: string; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length });
+  // Kept before the first byte leaves: an upload cut by closing the app resumes from the
+  // relay's offset when it is next unlocked, with the same ciphertext (PROTOCOL §12).
+  const job: UploadJob = {
+    attachment_id: upload.attachment_id, ciphertext: enc.ciphertext, key: enc.key, sha256: enc.sha256, size: enc.size,
+    token, consent_id: claims.jti, role, send: { ...a, jpeg: a.jpeg },
+  };
+  uploading.add(job.attachment_id); // ours from here: a reconnect meanwhile does not resume it too
+  try {
+    await vault!.put(`upload:${job.attachment_id}`, job);
+  } catch (err) {
+    uploading.delete(job.attachment_id);
+    throw err;
+  }
+  return finishUpload(job, true);
+}
+
+/** A photo on its way: everything needed to finish its upload and send it after a restart. */
+interface UploadJob {
+  attachment_id: string;
+  ciphertext: Uint8Array;
+  key: Uint8Array;
+  sha256: Uint8Array;
+  size: number;
+  token: string;
+  consent_id: string;
+  role: string;
+  send: ImageSend;
+}
+
+const uploading = new Set<string>();
+
+/** Upload the rest of the ciphertext from where the relay says it stands, finalise, and seal
+ * the descriptor to the role (and the record gateways); the job is then the outbox's. */
+async function finishUpload(job: UploadJob, owned = false): Promise<Record<string, unknown>> {
+  const aid = job.attachment_id;
+  const a = job.send;
+  if (!owned && uploading.has(aid)) throw new UserError("busy", "This photo is already being uploaded.");
+  uploading.add(aid);
+  try {
+    let failures = 0;
+    let status = await relay!.call<{ committed: number; chunk_size?: number }>("GET", `/v1/attachments/${aid}/upload`);
+    let committed = status.committed;
+    const chunkSize = status.chunk_size ?? 1024 * 1024;
+    const total = job.ciphertext.length;
+    event("progress", { stage: committed ? "resuming" : "uploading", done: committed, total });
+    while (committed < total) {
+      const chunk = job.ciphertext.subarray(committed, committed + chunkSize);
+      try {
+        status = await relay!.call<{ committed: number }>("PUT", `/v1/attachments/${aid}/upload?offset=${committed}`, chunk);
+        committed = status.committed;
+        failures = 0;
+        event("progress", { stage: "uploading", done: committed, total });
+        continue;
+      } catch (err) {
+        // A dropped connection, or a chunk that did land before the answer was lost: ask the
+        // relay where the upload stands and go on from there (PROTOCOL §12 "Resuming").
+        const resumable = err instanceof RelayError && (err.status === 0 || ["chunk_overlap", "chunk_out_of_order"].includes(err.code));
+        if (!resumable || ++failures > UPLOAD_RETRIES) throw err;
+        event("progress", { stage: "retrying", done: committed, total });
+      }
+      await new Promise((ok) => setTimeout(ok, 300 * failures));
+      try {
+        committed = (await relay!.call<{ committed: number }>("GET", `/v1/attachments/${aid}/upload`)).committed;
+      } catch (err) {
+        if (!(err instanceof RelayError && err.status === 0)) throw err; // counted at the next try
+      }
     }
-    await new Promise((ok) => setTimeout(ok, 300 * failures));
+    await relay!.call("POST", `/v1/attachments/${aid}/finalise`, { sha256: hex(s.sha256(job.ciphertext)) });
+
+    const body = encodeBody(makeBody({
+      text: a.text, subject: a.subject.trim() || null, consent_token: job.token, record: a.record,
+      quality_warnings: a.warnings,
+      attachments: [{ attachment_id: aid, key: job.key, sha256: job.sha256, size: job.size, media_type: "image/jpeg", width: a.width, height: a.height }],
+    }));
+    const threadId = keys.uuid4();
+    await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [job.role], priority: a.priority });
+    const bundles = await recipients(threadId, await gatewayDevices());
+    const messageId = keys.uuid4();
+    const header: env.MessageHeader = {
+      v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
+      sent_at: now(), purpose: "direct_care", priority: a.priority, consent_id: job.consent_id, attachment_ids: [aid],
+      recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
+    };
+    const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
+    const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
+    const view: MessageView = {
+      message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
+      text: a.text, subject: a.subject.trim() || null, sent_at: header.sent_at, status: "sending",
+      attachment_id: aid, image_state: "held", quality_warnings: a.warnings,
+    };
+    await vault!.put(`image:${aid}`, a.jpeg);
+    await vault!.put(`outbox:${messageId}`, record);
+    await vault!.put(`thread:${threadId}`, { thread_id: threadId, role: job.role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
+    await vault!.delete(`upload:${aid}`);
+    await sendSealed(record);
+    return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: job.consent_id };
+  } finally {
+    uploading.delete(aid);
+  }
+}
+
+/** Photos whose upload the app was closed in the middle of: resumed when the connection is
+ * ready; the page hears `resumed` with the outcome. */
+async function resumeUploads(): Promise<void> {
+  for (const name of await vault!.names("upload:")) {
+    const job = await vault!.get<UploadJob>(name);
+    if (!job || uploading.has(job.attachment_id)) continue;
     try {
-      committed = (await relay!.call<{ committed: number }>("GET", `/v1/attachments/${aid}/upload`)).committed;
+      const sent = await finishUpload(job);
+      event("resumed", { ok: true, ...sent });
     } catch (err) {
-      if (!(err instanceof RelayError && err.status === 0)) throw err; // counted at the next try
+      const code = (err as { code?: string }).code ?? "internal_error";
+      if (err instanceof RelayError && ["upload_not_found", "attachment_expired", "consent_revoked"].includes(code)) {
+        await vault!.delete(name); // nothing left to resume: the photo is sent again from scratch or not at all
+      }
+      event("resumed", { ok: false, code });
     }
   }
-  await relay!.call("POST", `/v1/attachments/${aid}/finalise`, { sha256: hex(s.sha256(enc.ciphertext)) });
+}
 
-  const body = encodeBody(makeBody({
-    text: a.text, subject: a.subject.trim() || null, consent_token: token, record: a.record,
-    quality_warnings: a.warnings,
-    attachments: [{ attachment_id: aid, key: enc.key, sha256: enc.sha256, size: enc.size, media_type: "image/jpeg", width: a.width, height: a.height }],
-  }));
-  const threadId = keys.uuid4();
-  await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [role], priority: a.priority });
-  const bundles = await recipients(threadId, await gatewayDevices());
+const RECORD_THREAD_SUBJECT = "Filed to the patient's record"; // clients/sdk/threads.py
+
+/**
+ * File a refusal in the patient's record, as the CLI does (clients/clinician/consenting.py,
+ * clients/sdk/sending.py file_consent; PROTOCOL §15): the signed token with the patient's
+ * record data, sealed as a `consent_record` to the organisation's record gateways in this
+ * user's record thread (its only other members are the gateways; found, or made once). The
+ * gateway answers with `consent_filed`, shown under the message. Without a gateway the refusal
+ * stays registered at the relay and the intern is told to record it in the notes.
+ */
+async function fileRefusal(token: string, record: RecordData): Promise<Record<string, unknown>> {
+  const gateways = await gatewayDevices(true);
+  if (!gateways.size) return { filed: "no_gateway" };
+  const members = new Set([st!.user_id, ...[...gateways.values()].map((g) => g.userId)]);
+  const listed = await relay!.call<{ threads: { thread_id: string; members: string[]; roles: string[] }[] }>("GET", "/v1/threads");
+  let threadId = listed.threads.find((t) => !t.roles.length && t.members.length === members.size && t.members.every((m) => members.has(m)))?.thread_id;
+  let subject: string | null = null;
+  if (!threadId) {
+    threadId = keys.uuid4();
+    subject = RECORD_THREAD_SUBJECT;
+    await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [...members].filter((m) => m !== st!.user_id).sort(), roles: [], priority: "routine" });
+  }
+  const text = "The patient refused consent to share the photo; the refusal is filed in their record.";
+  const body = encodeBody(makeBody({ kind: "consent_record", consent_token: token, record, subject }));
+  const bundles = await recipients(threadId);
   const messageId = keys.uuid4();
   const header: env.MessageHeader = {
     v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
-    sent_at: now(), purpose: "direct_care", priority: a.priority, consent_id: claims.jti, attachment_ids: [aid],
+    sent_at: now(), purpose: "direct_care", priority: "routine", consent_id: null, attachment_ids: [],
     recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
   };
   const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
-  const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
+  const out: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
   const view: MessageView = {
     message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
-    text: a.text, subject: a.subject.trim() || null, sent_at: header.sent_at, status: "sending",
-    attachment_id: aid, image_state: "held", quality_warnings: a.warnings,
+    text, subject: RECORD_THREAD_SUBJECT, sent_at: header.sent_at, status: "sending",
   };
-  await vault!.put(`image:${aid}`, a.jpeg);
-  await vault!.put(`outbox:${messageId}`, record);
-  await vault!.put(`thread:${threadId}`, { thread_id: threadId, role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
-  await sendSealed(record);
-  return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: claims.jti };
+  const key = `thread:${threadId}`;
+  const thread = (await vault!.get<ThreadRecord>(key)) ?? { thread_id: threadId, role: null, subject: RECORD_THREAD_SUBJECT, priority: "routine", messages: [] };
+  thread.messages.push(view);
+  await vault!.put(`outbox:${messageId}`, out);
+  await vault!.put(key, thread);
+  await sendSealed(out);
+  return { filed: "sent", thread_id: threadId, message_id: messageId };
 }
 
 async function image(args: { attachment_id: string }): Promise<Uint8Array | null> {
@@ -750,6 +1233,7 @@ const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
   sendImage,
   image,
   threads,
+  markRead,
   quality: (a: { rgba: Uint8ClampedArray; width: number; height: number }) => checkQuality(a.rgba, a.width, a.height),
 };
 

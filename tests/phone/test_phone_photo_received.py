@@ -1,0 +1,147 @@
+"""A photo another clinician sends to the phone (the specialist's marked-up film back, from a
+real SDK client): downloaded and decrypted in the worker, checked against its consent as the
+SDK does (clients/sdk/attachments.py), shown in the thread and full screen, and erased from
+the vault with a signed confirmation when the relay's expiry order comes, like the phone's
+own photos. A photo its consent does not name is not shown, and the relay hears of it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.sdk import attachments as sdk_attachments
+from clients.sdk import imaging
+from protocol.body import Body
+from protocol.consent import peek_consent_token_unverified
+from protocol.model import Priority, Purpose
+from tests.consent_world import xray_png
+from tests.filing_world import direct_care_consent
+from tests.helpers import seconds
+from tests.identity_world import World
+from tests.phone.phone_world import (
+    ORTHO,
+    SHOTS,
+    axe_violations,
+    confirmed,
+    enrol_by_code,
+    intern_and_specialist,
+    phone_device_id,
+    phone_page,
+    sent_from_phone,
+)
+
+
+@pytest.fixture
+def phone_settings() -> dict[str, Any]:
+    # An image never filed expires everywhere after the hard limit: 25 s here, swept often.
+    return {"autolock_seconds": 600, "expiry_hard_limit": 25, "expiry_sweep_interval": 0.5}
+
+
+async def shown(page: Any, attachment_id: str) -> bool:
+    loaded: bool = await page.evaluate(
+        "(id) => { const i = document.querySelector(`img[data-attachment='${id}']`);"
+        " return !!i && i.complete && i.naturalWidth > 0; }", attachment_id)
+    return loaded
+
+
+async def test_the_specialists_photo_opens_on_the_phone_full_screen_and_is_erased_on_expiry(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    world, origin = phone
+    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
+            phone_page() as (page, problems):
+        await enrol_by_code(page, origin, intern.code)
+        consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
+        prepared = imaging.prepare_image(xray_png(400, 300, seed=7))
+        token = await direct_care_consent(specialist, prepared.image.data,
+                                          roles=[ORTHO], users=[intern.user_id])
+        sent = await specialist.client.send_image(
+            consult.message.thread_id, prepared.image, consent_token=token,
+            text="Marked up: the fracture line is circled.")
+        (aid,) = sent.attachment_ids
+        photo = page.locator(f".message.theirs img[data-attachment='{aid}']")
+        await photo.wait_for()
+        await page.locator(".message.theirs", has_text="the fracture line is circled").wait_for()
+        async with asyncio.timeout(seconds(20)):
+            while not await shown(page, aid):
+                await page.wait_for_timeout(100)
+        assert await photo.get_attribute("alt") == "The photo from Dr Bo Ortho"
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / "14-photo-received.png"), full_page=True)
+        assert await axe_violations(page) == []
+        await page.locator(".message.theirs .full-screen").tap()
+        await page.locator("img:fullscreen").wait_for()
+        await page.screenshot(path=str(SHOTS / "15-photo-full-screen.png"))
+        await page.evaluate("() => document.exitFullscreen()")
+
+        # The hard limit passes unfiled: every copy is ordered destroyed, the phone's included.
+        await page.locator(".message.theirs .photo-gone").wait_for(timeout=seconds(60) * 1000)
+        assert await page.locator(f"img[data-attachment='{aid}']").count() == 0
+        assert await confirmed(world, await phone_device_id(world, intern.user_id), aid)
+        assert problems == []
+
+
+async def test_a_photo_its_consent_does_not_name_is_not_shown_and_is_reported(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    world, origin = phone
+    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
+            phone_page() as (page, problems):
+        await enrol_by_code(page, origin, intern.code)
+        consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
+        named = imaging.prepare_image(xray_png(400, 300, seed=7))
+        other = imaging.prepare_image(xray_png(400, 300, seed=8))
+        token = await direct_care_consent(specialist, named.image.data,
+                                          roles=[ORTHO], users=[intern.user_id])
+        # The SDK refuses to send an image its consent does not name: here a client that lies
+        # seals one anyway (the relay cannot see image hashes), so the phone's check is tested.
+        enc = await sdk_attachments.encrypt(other.image.data)
+        aid = await sdk_attachments.upload(specialist.client.relay, enc.ciphertext)
+        body = Body(text="And this one.", consent_token=token,
+                    attachments=[enc.descriptor(aid, "image/jpeg", width=400, height=300)])
+        await specialist.client.sender.send_body(
+            consult.message.thread_id, body, purpose=Purpose.DIRECT_CARE,
+            priority=Priority.ROUTINE, consent_id=peek_consent_token_unverified(token).jti,
+            attachment_ids=[aid])
+        await page.locator(".message.theirs .photo-refused", has_text="The photo is not shown: "
+                           "the photo is not one the patient was shown and agreed to").wait_for()
+        assert await page.locator(f"img[data-attachment='{aid}']").count() == 0
+        conn = await world.db()
+        try:
+            reported = await conn.fetchval("SELECT count(*) FROM audit_log WHERE event = $1",
+                                           "consent.image_mismatch")
+        finally:
+            await conn.close()
+        assert reported == 1
+        assert problems == []
+
+
+async def test_a_withdrawn_consent_erases_the_photo_and_the_phone_confirms_it(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    world, origin = phone
+    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
+            phone_page() as (page, problems):
+        await enrol_by_code(page, origin, intern.code)
+        consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
+        prepared = imaging.prepare_image(xray_png(400, 300, seed=7))
+        token = await direct_care_consent(specialist, prepared.image.data,
+                                          roles=[ORTHO], users=[intern.user_id])
+        sent = await specialist.client.send_image(
+            consult.message.thread_id, prepared.image, consent_token=token,
+            text="Marked up: the fracture line is circled.")
+        (aid,) = sent.attachment_ids
+        await page.locator(f".message.theirs img[data-attachment='{aid}']").wait_for()
+        # The patient withdraws consent (the specialist captured it): every copy is ordered
+        # erased, the phone's with it, and the phone confirms with a signed statement.
+        revoked = await specialist.client.relay.revoke_consent(
+            peek_consent_token_unverified(token).jti, "the patient asked")
+        assert revoked.expiry_orders >= 1
+        await page.locator(".message.theirs .photo-gone",
+                           has_text="The patient's consent was withdrawn on").wait_for()
+        assert await page.locator(f"img[data-attachment='{aid}']").count() == 0
+        assert await confirmed(world, await phone_device_id(world, intern.user_id), aid)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / "16-consent-withdrawn.png"), full_page=True)
+        assert await axe_violations(page) == []
+        assert problems == []

@@ -1,0 +1,112 @@
+"""The phone checks the organisation's revocation list as the Python SDK does
+(clients/sdk/trust.py; PROTOCOL §4.5, §4.6): a message from a device revoked while it waited
+at the relay is not shown; a relay that still offers a revoked device gets nothing sealed to
+it; a relay that serves an older list than the phone holds is refused (rollback). The lying
+relay is the real relay with its database edited, as a compromised relay host could."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.identity_world import World
+from tests.phone.phone_world import (
+    PASSPHRASE,
+    enrol_by_code,
+    intern_and_specialist,
+    phone_page,
+    sent_from_phone,
+)
+
+
+@pytest.fixture
+def phone_settings() -> dict[str, Any]:
+    return {"autolock_seconds": 600}
+
+
+async def relay_edits(world: World, sql: str, *args: object) -> None:
+    conn = await world.db()
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def unlock(page: Any) -> None:
+    await page.tap("#lock")
+    await page.locator("#screen-unlock").wait_for()
+    await page.fill("#passphrase", PASSPHRASE)
+    await page.tap("#unlock")
+    await page.locator("#conn", has_text="connected").wait_for()
+
+
+async def test_a_message_from_a_device_revoked_while_it_was_queued_is_not_shown(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    world, origin = phone
+    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
+            phone_page() as (page, problems):
+        await enrol_by_code(page, origin, intern.code)
+        consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
+        await page.tap("#lock")
+        await page.locator("#screen-unlock").wait_for()
+        await specialist.client.send_text(consult.message.thread_id, "Sent before revocation.")
+        r = await world.revoke(world.org, 1,
+                               devices=(specialist.client.store.state.device_id,))
+        assert r.status_code == 200, r.text
+        await page.fill("#passphrase", PASSPHRASE)
+        await page.tap("#unlock")
+        await page.locator("#notice", has_text="A message was not shown: its sender's device "
+                           "is revoked by your organisation.").wait_for()
+        assert await page.locator(".message.theirs").count() == 0
+        # Dropped and acknowledged: it does not come back with the next connection.
+        await page.evaluate("() => { document.getElementById('notice').textContent = ''; }")
+        await unlock(page)
+        await page.locator(".message.mine").wait_for()
+        assert await page.text_content("#notice") == ""
+        assert problems == []
+
+
+async def test_a_relay_offering_a_revoked_device_gets_nothing_sealed_to_it(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    world, origin = phone
+    async with intern_and_specialist(world, tmp_path) as (intern, specialist, _), \
+            phone_page() as (page, problems):
+        device = specialist.client.store.state.device_id
+        r = await world.revoke(world.org, 1, devices=(device,))
+        assert r.status_code == 200, r.text
+        # The relay lies: the revoked device is offered again as active (its prekeys with it).
+        await relay_edits(world, "UPDATE devices SET status = 'active', revoked_at = NULL "
+                                 "WHERE device_id = $1", uuid.UUID(device))
+        await enrol_by_code(page, origin, intern.code)
+        await page.fill("#text", "Query scaphoid fracture.")
+        await page.tap("#send")
+        await page.locator("#send-status", has_text="The relay offered a certificate your "
+                           "organisation has revoked: nothing was sent").wait_for()
+        assert await page.locator(".message.mine").count() == 0
+        assert problems == []
+
+
+async def test_a_relay_serving_an_older_revocation_list_than_the_phone_holds_is_refused(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    world, origin = phone
+    async with intern_and_specialist(world, tmp_path) as (intern, _, events), \
+            phone_page() as (page, problems):
+        other = world.org.user("gone", roles=("intern",))
+        r = await world.revoke(world.org, 2, users=(other.user_id,))
+        assert r.status_code == 200, r.text
+        await enrol_by_code(page, origin, intern.code)
+        await sent_from_phone(page, events, "First consult.")  # list 2 is now the phone's
+        # The relay rolls back to list 1, which revokes nobody.
+        await relay_edits(world, "UPDATE revocation_lists SET number = 1, list = $1 "
+                                 "WHERE org_id = $2", world.org.revocation_list(1),
+                          world.org.org_id)
+        await unlock(page)
+        await page.fill("#text", "Second consult.")
+        await page.tap("#send")
+        await page.locator("#send-status", has_text="The relay served an out-of-date or "
+                           "forged revocation list").wait_for()
+        assert await page.locator(".message.mine").count() == 1
+        assert problems == []

@@ -92,6 +92,7 @@ async def test_a_restarted_desktop_shows_the_acknowledgement_receipts_and_names(
         await page.screenshot(path=SHOTS / "01-before-restart.png")
 
         # --- restart: this launch stops (the vault locks), a new one opens the same profile
+        before_restart = len(problems)
         await desktop.stop()
         again = DesktopServer(desktop.profile_dir, client_options=desktop.client_options)
         await again.start()
@@ -105,7 +106,12 @@ async def test_a_restarted_desktop_shows_the_acknowledgement_receipts_and_names(
             await page.screenshot(path=SHOTS / "02-after-restart.png")
         finally:
             await again.stop()
-        assert not problems, problems
+        # The open tab may poll the new launch before it is unlocked: the desktop answers that
+        # with 423 Locked (the page then shows the unlock screen), which Chromium logs as a
+        # console error. That answer is the locked state working; anything else is a problem.
+        locked = "the server responded with a status of 423"
+        assert not problems[:before_restart], problems
+        assert [p for p in problems[before_restart:] if locked not in p] == [], problems
 
     assert before["consult_sender"] == "Dr Ada Intern"
     assert after == before, (before, after)

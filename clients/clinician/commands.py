@@ -52,10 +52,7 @@ from protocol.model import EmergencyCategory, Purpose
 __all__ = ["register", "unlock_profile"]
 
 
-# --- threads and inbox -------------------------------------------------------------------------
-
-
-# --- send --------------------------------------------------------------------------------------
+# --- desktop -----------------------------------------------------------------------------------
 
 
 def _desktop(args: argparse.Namespace) -> int:

@@ -157,6 +157,22 @@ async def test_the_intern_enrols_and_signs_in_with_the_hospital_idp_only(
                 await page.tap("#sso-signin")
             await at_the_idp(await opened.value, origin, INTERN)
             await page.locator("#conn", has_text="connected").wait_for()
+
+            # The session ends while the app is open: the next request is refused, and the
+            # app asks for the sign-in at the IdP instead of naming a token.
+            world.clock.advance(relay_settings.sso_session_ttl
+                                + relay_settings.access_token_ttl)
+            await page.fill("#text", "Query scaphoid fracture, please review")
+            await page.tap("#send")
+            await page.locator("#signin-panel").wait_for()
+            assert await page.inner_text("#send-status") == (
+                "Your hospital sign-in has ended: sign in with your hospital account again, "
+                "then try again.")
+            world.clock.offset = 0
+            async with page.context.expect_page() as opened:
+                await page.tap("#sso-signin")
+            await at_the_idp(await opened.value, origin, INTERN)
+            await page.locator("#signin-panel").wait_for(state="hidden")
             assert problems == []
     assert violations == {}
 

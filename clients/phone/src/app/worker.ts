@@ -1354,11 +1354,22 @@ self.onmessage = async (m: MessageEvent) => {
     }
     post({ id, ok: true, result: await fn(args) });
   } catch (err) {
+    if (op !== "ssoLogin" && st?.sso && vault && err instanceof RelayError && SESSION_ENDED.includes(err.code)) {
+      // The relay ended this single sign-on session while the app was open (its lifetime is
+      // over, or the IdP's user was disabled): only a new sign-in at the IdP opens another.
+      await forgetSession(st);
+      event("signin", {});
+      post({ id, ok: false, error: { code: err.code, message: "Your hospital sign-in has ended: sign in with your hospital account again, then try again." } });
+      return;
+    }
     const code = (err as { code?: string }).code ?? "internal_error";
     const message = err instanceof UserError || err instanceof SsoError ? err.message : err instanceof RelayError ? relaySentence(err) : "Something went wrong on the phone; nothing was sent.";
     post({ id, ok: false, error: { code, message } });
   }
 };
+
+/** The relay's refusals of a session (as opposed to of a request). */
+const SESSION_ENDED = ["token_expired", "token_invalid", "refresh_reused", "unauthenticated"];
 
 function relaySentence(err: RelayError): string {
   switch (err.code) {

@@ -5,7 +5,8 @@ Authorization Code flow with PKCE in a sign-in window of its own, the IdP's logi
 in there as the intern would. The intern enrols with the handout's code and the IdP (no relay
 password), signs in to the relay at the IdP, and signs in there again when the relay's single
 sign-on session has ended. A forged answer on the app's redirect URI (another ``state``) is
-refused with nothing enrolled; a user disabled at the IdP gets no further than its page.
+refused with nothing enrolled; a user disabled at the IdP gets no further than its page; an
+IdP that cannot be reached is named in a sentence, and the sign-in window closed.
 Screenshots go to test-artefacts/phone/ (``sso-*``); axe-core finds no serious or critical
 violation on them."""
 
@@ -221,3 +222,28 @@ async def test_a_user_disabled_at_the_idp_gets_no_further_than_its_page(
             assert await page.inner_text("#pass-error") == ""
             assert await devices_of(world, intern) == 0
             await popup.close()
+
+
+async def test_an_idp_that_cannot_be_reached_is_a_sentence_and_nothing_is_enrolled(
+        db_dsn: str, tmp_path: Path) -> None:
+    dead, dead_port = bound_socket()
+    dead.close()  # nothing listens there any more
+    issuer = f"http://127.0.0.1:{dead_port}"
+    identity = tmp_path / "identity.json"
+    identity.write_text(json.dumps({"orgs": {"st-elsewhere": {"oidc": {
+        "issuer": issuer, "client_id": CLIENT_ID}}}}))
+    async with phone_world(db_dsn, tmp_path, idps=(issuer,), identity_file=identity) as (
+            world, origin):
+        intern = await provisioned_intern(world)
+        async with phone_page() as (page, _problems):
+            await to_the_idp(page, origin, intern.code, {})
+            async with page.context.expect_page() as opened:
+                await page.tap("#enrol-finish")
+            popup = await opened.value
+            await page.locator("#pass-error", has_text="cannot be reached").wait_for()
+            assert await page.inner_text("#pass-error") == (
+                "Your hospital's sign-in service cannot be reached. Check the network and try "
+                "again.")
+            if not popup.is_closed():
+                await popup.wait_for_event("close")
+            assert await devices_of(world, intern) == 0

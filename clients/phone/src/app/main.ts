@@ -308,6 +308,9 @@ async function unlock(): Promise<void> {
 async function lock(): Promise<void> {
   stopCamera();
   dropPhoto();
+  ssoChannel?.close(); // a sign-in still waiting is abandoned (the worker forgets its request)
+  ssoChannel = null;
+  $("sso-status").textContent = "";
   await call("lock");
   $("threads").replaceChildren();
   $("conn").textContent = "locked";

@@ -248,6 +248,10 @@ async function ssoLogin(args: { sso: SsoAnswer }): Promise<Record<string, unknow
   const request = ssoRequest;
   const idToken = await ssoIdToken(args.sso);
   await relay.ssoLogin(st.org_id, idToken, request!.nonce, st.login, st.device_id, st.device_seed);
+  // A socket of the session that ended gives way to one of the new session.
+  const old = socket;
+  socket = null;
+  old?.close(1000, "signed in again");
   connect();
   return {};
 }

@@ -68,6 +68,7 @@ async def to_the_idp(page: Any, origin: str, code: str, violations: dict[str, An
     await page.tap("#enrol-next")
     await page.tap("#fp-match")
     await page.locator("#pass-sso").wait_for()
+    assert await page.locator("#pass-password").is_hidden()
     await page.fill("#new-pass", PASSPHRASE)
     await page.fill("#new-pass2", PASSPHRASE)
     assert await page.inner_text("#enrol-finish") == \

@@ -164,6 +164,7 @@ async function enrolNext(): Promise<void> {
   if (!info) return;
   enrolSso = info.sso;
   $("pass-sso").hidden = !enrolSso;
+  $("pass-password").hidden = enrolSso;
   $("enrol-finish").textContent = enrolSso ? "Sign in with your hospital account and enrol" : "Enrol";
   $("who").textContent = info.display_name;
   $("who-login").textContent = info.login;

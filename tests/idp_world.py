@@ -132,9 +132,12 @@ class IdP:
 
 @contextlib.contextmanager
 def running_idp(accounts: dict[str, dict[str, Any]], *,
-                clients: tuple[str, ...] = (CLIENT_ID,), port: int = 0) -> Iterator[IdP]:
+                clients: tuple[str, ...] = (CLIENT_ID,), port: int = 0,
+                redirect_uris: tuple[str, ...] = ()) -> Iterator[IdP]:
     """The IdP with a fresh signing key; ``port`` (0: any) lets a test restart it where the
-    relay expects it, with a new key: a key rotation."""
+    relay expects it, with a new key: a key rotation. ``redirect_uris`` are registered for
+    every client beside the loopback one (the phone app's ``sso-callback.html``; the IdP allows
+    CORS to its token endpoint from a public client's registered origins)."""
     node = require_idp()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     kid = uuid.uuid4().hex
@@ -144,7 +147,7 @@ def running_idp(accounts: dict[str, dict[str, Any]], *,
         config = Path(tmp) / "idp.json"
         config.write_text(json.dumps({
             "port": port, "jwks": {"keys": [jwk]}, "accounts": dict(accounts),
-            "clients": [{"client_id": c, "redirect_uris": ["http://127.0.0.1/callback"]}
+            "clients": [{"client_id": c, "redirect_uris": [REDIRECT_URI, *redirect_uris]}
                         for c in clients]}))
         log = Path(tmp) / "idp.log"
         with log.open("w") as errors, subprocess.Popen(

@@ -42,7 +42,7 @@ if (existsSync("src/app/main.ts")) {
   mkdirSync("dist", { recursive: true });
   await build({
     ...common,
-    entryPoints: { app: "src/app/main.ts", worker: "src/app/worker.ts", sw: "src/app/sw.ts" },
+    entryPoints: { app: "src/app/main.ts", worker: "src/app/worker.ts", sw: "src/app/sw.ts", "sso-callback": "src/app/sso-callback.ts" },
     outdir: "dist",
     platform: "browser",
     format: "esm",
@@ -52,10 +52,13 @@ if (existsSync("src/app/main.ts")) {
   for (const f of readdirSync("static").sort()) copyFileSync(join("static", f), join("dist", f));
   // Subresource Integrity (W3C SRI §3.5): sha384 of each script the page loads.
   const sri = (f) => "sha384-" + createHash("sha384").update(readFileSync(join("dist", f))).digest("base64");
-  const html = readFileSync("dist/index.html", "utf-8")
-    .replaceAll("{{SRI_APP}}", sri("app.js"))
-    .replaceAll("{{SRI_CSS}}", sri("app.css"));
-  writeFileSync("dist/index.html", html);
+  for (const page of ["index.html", "sso-callback.html"]) {
+    const html = readFileSync(join("dist", page), "utf-8")
+      .replaceAll("{{SRI_APP}}", sri("app.js"))
+      .replaceAll("{{SRI_CALLBACK}}", sri("sso-callback.js"))
+      .replaceAll("{{SRI_CSS}}", sri("app.css"));
+    writeFileSync(join("dist", page), html);
+  }
   const files = readdirSync("dist").filter((f) => f !== "MANIFEST.sha256").sort();
   const lines = files.map((f) => `${createHash("sha256").update(readFileSync(join("dist", f))).digest("hex")}  ${f}`);
   writeFileSync("dist/MANIFEST.sha256", lines.join("\n") + "\n");

@@ -7,7 +7,10 @@ serves it. This server only hands out static files that IT can pin by their SHA-
 * a strict Content-Security-Policy (CSP Level 3): scripts, styles, workers and the manifest from
   this origin only, no inline script or style, ``wasm-unsafe-eval`` for libsodium's WebAssembly
   (it allows compiling WebAssembly, not ``eval`` of JavaScript), ``connect-src`` this origin
-  (``config.json``) and the relay alone (HTTP and websocket), no framing, no forms, no base URI;
+  (``config.json``) and the relay alone (HTTP and websocket), and, for an organisation that
+  signs in with its identity provider, that IdP's origin (``--idp``: its discovery document and
+  token endpoint, where the app exchanges the sign-in's code, docs/SECURITY.md "On the phone"),
+  no framing, no forms, no base URI;
 * Subresource Integrity (W3C SRI) on the page's script and style, written by the build;
 * ``nosniff``, no referrer, ``no-store`` on the page and ``config.json``, camera allowed to
   this origin only (Permissions-Policy);
@@ -15,7 +18,8 @@ serves it. This server only hands out static files that IT can pin by their SHA-
   printed at start and served at ``/MANIFEST.sha256``, the same value ``node build.mjs``
   prints, so a reproducible build can be checked against what is served.
 
-    lightbox-phone --relay https://relay.example.org [--host 127.0.0.1] [--port 8443]
+    lightbox-phone --relay https://relay.example.org [--idp https://login.example.org/tenant]
+                   [--host 127.0.0.1] [--port 8443]
 """
 
 from __future__ import annotations
@@ -42,19 +46,24 @@ _TYPES: Final = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
                  ".webmanifest": "application/manifest+json", ".sha256": "text/plain"}
 _FILES: Final = ("index.html", "app.js", "worker.js", "sw.js", "app.css",
-                 "manifest.webmanifest", "icon.svg", "MANIFEST.sha256")
+                 "manifest.webmanifest", "icon.svg", "MANIFEST.sha256", "sso-callback.html",
+                 "sso-callback.js")
 
 
 class PhoneConfig:
     """What the app is told at start (``/config.json``): the relay's URL, the vault's Argon2id
-    profile (``cheap`` only for tests) and the inactivity before it locks itself."""
+    profile (``cheap`` only for tests) and the inactivity before it locks itself. ``idps``:
+    the issuers of the organisations' identity providers the app may call (their origins go
+    into ``connect-src``)."""
 
-    def __init__(self, relay: str, *, kdf: str = "interactive", autolock_seconds: int = 120):
+    def __init__(self, relay: str, *, kdf: str = "interactive", autolock_seconds: int = 120,
+                 idps: tuple[str, ...] = ()):
         parts = urlsplit(relay)
         if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path.strip("/") \
                 or parts.query or parts.fragment:
             raise ValueError(f"--relay must be the relay's origin, like https://relay.example.org"
                              f" (got {relay!r})")
+        self.idp_origins: tuple[str, ...] = tuple(dict.fromkeys(_idp_origin(i) for i in idps))
         if kdf not in {"interactive", "cheap"}:
             raise ValueError("kdf must be interactive or cheap")
         if not 10 <= autolock_seconds <= 3600:
@@ -68,6 +77,18 @@ class PhoneConfig:
         return self.relay.replace("http", "ws", 1)
 
 
+def _idp_origin(issuer: str) -> str:
+    """The origin of an IdP's issuer URL (OpenID Connect Discovery 1.0 §4: https, no query or
+    fragment; http only on the loopback, for tests)."""
+    parts = urlsplit(issuer)
+    loopback = parts.hostname in {"127.0.0.1", "localhost", "::1"}
+    if not parts.netloc or parts.query or parts.fragment or not (
+            parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        raise ValueError(f"--idp must be the identity provider's issuer URL, like "
+                         f"https://login.example.org/tenant (got {issuer!r})")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def content_security_policy(config: PhoneConfig) -> str:
     return "; ".join([
         "default-src 'none'",
@@ -76,7 +97,7 @@ def content_security_policy(config: PhoneConfig) -> str:
         "style-src 'self'",
         "img-src 'self' blob: data:",
         "media-src 'self' blob: mediastream:",
-        f"connect-src 'self' {config.relay} {config.relay_ws}",
+        " ".join(["connect-src 'self'", config.relay, config.relay_ws, *config.idp_origins]),
         "manifest-src 'self'",
         "base-uri 'none'",
         "form-action 'none'",
@@ -134,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lightbox-phone", description="Serve the Lightbox phone app (never the relay).")
     parser.add_argument("--relay", required=True, help="the relay's origin, https://host[:port]")
+    parser.add_argument("--idp", action="append", default=[], metavar="ISSUER",
+                        help="the issuer URL of an organisation's identity provider (single "
+                             "sign-on); repeat for several")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--dist", type=Path, default=DIST,
@@ -145,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = PhoneConfig(args.relay, kdf="cheap" if args.insecure_fast_kdf else "interactive",
-                             autolock_seconds=args.autolock)
+                             autolock_seconds=args.autolock, idps=tuple(args.idp))
         app = make_app(config, args.dist)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

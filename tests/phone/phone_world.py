@@ -62,14 +62,18 @@ def bound_socket() -> tuple[socket.socket, int]:
 
 @contextlib.asynccontextmanager
 async def phone_world(db_dsn: str, tmp: Path, *, autolock_seconds: int = 60,
+                      sock: socket.socket | None = None, idps: tuple[str, ...] = (),
                       **settings: Any) -> AsyncIterator[tuple[World, str]]:
     """A relay that lets the phone's origin call it (``settings`` are the relay's), and the
-    phone app served on that origin (the cheapest Argon2id for its vault); yields both."""
-    sock, port = bound_socket()
-    origin = f"http://127.0.0.1:{port}"
+    phone app served on that origin (the cheapest Argon2id for its vault; ``sock``: a socket
+    of :func:`bound_socket` when the origin must be known before, ``idps``: the IdPs it may
+    call); yields both."""
+    if sock is None:
+        sock, _port = bound_socket()
+    origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
     async with identity_world(db_dsn, tmp, phone_origins=origin, **settings) as world:
         config = PhoneConfig(world.relay.base_url, kdf="cheap",
-                             autolock_seconds=autolock_seconds)
+                             autolock_seconds=autolock_seconds, idps=idps)
         async with running_phone(config, sock) as served:
             yield world, served
 

@@ -61,6 +61,35 @@ def test_a_relay_that_is_not_an_origin_is_refused_with_a_sentence(
         assert "--relay must be the relay's origin" in capsys.readouterr().err
 
 
+async def test_the_csp_adds_only_the_idps_origin_and_the_callback_page_has_sri(
+        dist: Path) -> None:
+    idp = "https://login.example.org/tenant-1/v2.0"
+    app = make_app(PhoneConfig(RELAY, idps=(idp, idp + "/other")), dist)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://phone.test") as http:
+        for path in ("/", "/worker.js", "/sso-callback.html", "/sso-callback.js"):
+            r = await http.get(path)
+            assert r.status_code == 200, path
+            directives = dict(d.split(" ", 1) for d in
+                              r.headers["content-security-policy"].split("; "))
+            assert directives["connect-src"] == (
+                f"'self' {RELAY} wss://relay.example.org:8443 https://login.example.org")
+            assert directives["form-action"] == "'none'"
+        page = (await http.get("/sso-callback.html")).text
+        assert "<script>" not in page and "style=" not in page
+        digest = base64.b64encode(hashlib.sha384((dist / "sso-callback.js").read_bytes())
+                                  .digest()).decode()
+        assert f'"sso-callback.js" integrity="sha384-{digest}"' in page
+
+
+def test_an_idp_that_is_not_an_issuer_url_is_refused_with_a_sentence(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("login.example.org", "http://login.example.org", "https://idp/?tenant=1",
+                "https://idp/#x"):
+        assert main(["--relay", RELAY, "--idp", bad]) == 2
+        assert "--idp must be the identity provider's issuer URL" in capsys.readouterr().err
+
+
 def test_an_unbuilt_app_is_refused_with_a_sentence(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--relay", RELAY, "--dist", str(tmp_path)]) == 2

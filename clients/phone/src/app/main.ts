@@ -61,6 +61,9 @@ function onEvent(data: Record<string, unknown>): void {
     case "connection":
       $("conn").textContent = data["state"] === "connected" ? "connected" : "offline";
       return;
+    case "signin":
+      needSignIn();
+      return;
     case "message": {
       // While the app is open: announced to screen readers, and in the title when not looked at.
       const m = data["message"] as MessageView;
@@ -137,6 +140,8 @@ async function busy<T>(button: HTMLButtonElement, errorEl: HTMLElement, fn: () =
 // --- enrolment -----------------------------------------------------------------------------------
 
 let handoutServer: string | undefined;
+/** The organisation of the enrolment under way signs in with its identity provider. */
+let enrolSso = false;
 
 /** `lightbox://enrol?server=<url>&code=<code>` (clients/admin/handout.py enrol_uri), or null. */
 function parseHandout(text: string): { server: string; code: string } | null {
@@ -154,9 +159,13 @@ function parseHandout(text: string): { server: string; code: string } | null {
 
 async function enrolNext(): Promise<void> {
   const info = await busy($<HTMLButtonElement>("enrol-next"), $("enrol-error"), () =>
-    call<{ display_name: string; login: string; org_id: string; fingerprint: string }>("enrolStart", { code: $<HTMLInputElement>("code").value, server: handoutServer }),
+    call<{ display_name: string; login: string; org_id: string; fingerprint: string; sso: boolean }>("enrolStart", { code: $<HTMLInputElement>("code").value, server: handoutServer }),
   );
   if (!info) return;
+  enrolSso = info.sso;
+  $("pass-sso").hidden = !enrolSso;
+  $("pass-password").hidden = enrolSso;
+  $("enrol-finish").textContent = enrolSso ? "Sign in with your hospital account and enrol" : "Enrol";
   $("who").textContent = info.display_name;
   $("who-login").textContent = info.login;
   $("who-org").textContent = info.org_id;
@@ -220,18 +229,78 @@ async function enrolFinish(): Promise<void> {
     $("pass-error").textContent = "The two passphrases differ: type the same one twice.";
     return;
   }
-  const me = await busy($<HTMLButtonElement>("enrol-finish"), $("pass-error"), () => call<{ display_name: string; login: string }>("enrolFinish", { passphrase: a }));
+  const me = enrolSso
+    ? await viaIdp($<HTMLButtonElement>("enrol-finish"), $("pass-error"), { passphrase: a }, (sso) => call<Me>("enrolFinish", { passphrase: a, sso }))
+    : await busy($<HTMLButtonElement>("enrol-finish"), $("pass-error"), () => call<Me>("enrolFinish", { passphrase: a }));
   if (!me) return;
   $<HTMLInputElement>("new-pass").value = "";
   $<HTMLInputElement>("new-pass2").value = "";
   await home(me);
 }
 
+// --- single sign-on (sso.ts, sso-callback.ts) -------------------------------------------------------
+
+interface Me {
+  display_name: string;
+  login: string;
+  signin?: boolean;
+}
+
+let ssoChannel: BroadcastChannel | null = null;
+
+/** Sign in at the organisation's IdP in a window of its own (this page, and the worker with
+ * the enrolment or the open vault, stay as they are), then `finish` with the IdP's answer,
+ * which sso-callback.html passes back over a same-origin BroadcastChannel; the worker checks
+ * its `state`. A new attempt replaces one still waiting (the user closed the window). */
+async function viaIdp<T>(button: HTMLButtonElement, errorEl: HTMLElement, start: { passphrase?: string }, finish: (answer: unknown) => Promise<T>): Promise<T | undefined> {
+  errorEl.textContent = "";
+  // Opened at once, in the tap's user activation, and sent to the IdP when the request is made.
+  const popup = window.open("about:blank", "lightbox-sso");
+  if (!popup) {
+    errorEl.textContent = "The sign-in window was blocked: allow pop-up windows for Lightbox, then try again.";
+    return undefined;
+  }
+  ssoChannel?.close();
+  const channel = new BroadcastChannel("lightbox-sso");
+  ssoChannel = channel;
+  const answer = new Promise<unknown>((resolve) => {
+    channel.onmessage = (m: MessageEvent) => resolve(m.data);
+  });
+  $("sso-status").textContent = "Sign in with your hospital account in the window that opened…";
+  try {
+    const started = await busy(button, errorEl, () => call<{ url: string }>("ssoStart", { origin: location.origin, ...start }));
+    if (!started) {
+      popup.close();
+      return undefined;
+    }
+    popup.location.href = started.url;
+    const got = await answer;
+    return await busy(button, errorEl, () => finish(got));
+  } finally {
+    channel.close();
+    if (ssoChannel === channel) ssoChannel = null;
+    $("sso-status").textContent = "";
+  }
+}
+
+function needSignIn(): void {
+  $("conn").textContent = "signed out";
+  $("signin-panel").hidden = false;
+}
+
+async function signIn(): Promise<void> {
+  const done = await viaIdp($<HTMLButtonElement>("sso-signin"), $("signin-error"), {}, async (sso) => {
+    await call("ssoLogin", { sso });
+    return true;
+  });
+  if (done) $("signin-panel").hidden = true;
+}
+
 // --- unlock, lock, auto-lock ------------------------------------------------------------------------
 
 async function unlock(): Promise<void> {
   const field = $<HTMLInputElement>("passphrase");
-  const me = await busy($<HTMLButtonElement>("unlock"), $("unlock-error"), () => call<{ display_name: string; login: string }>("unlock", { passphrase: field.value }));
+  const me = await busy($<HTMLButtonElement>("unlock"), $("unlock-error"), () => call<Me>("unlock", { passphrase: field.value }));
   if (!me) return;
   field.value = "";
   await home(me);
@@ -240,6 +309,9 @@ async function unlock(): Promise<void> {
 async function lock(): Promise<void> {
   stopCamera();
   dropPhoto();
+  ssoChannel?.close(); // a sign-in still waiting is abandoned (the worker forgets its request)
+  ssoChannel = null;
+  $("sso-status").textContent = "";
   await call("lock");
   $("threads").replaceChildren();
   $("conn").textContent = "locked";
@@ -259,9 +331,11 @@ function activity(): void {
 
 // --- home: compose and threads ----------------------------------------------------------------------
 
-async function home(me: { display_name: string; login: string }): Promise<void> {
+async function home(me: Me): Promise<void> {
   $("me").textContent = `Signed in as ${me.display_name} (${me.login}).`;
+  $("signin-panel").hidden = true;
   show("home");
+  if (me.signin) needSignIn();
   activity();
   await renderThreads();
 }
@@ -514,6 +588,7 @@ $("compose").addEventListener("submit", (ev) => {
   void send();
 });
 $("lock").addEventListener("click", () => void lock());
+$("sso-signin").addEventListener("click", () => void signIn());
 $("capture").addEventListener("click", () => void startCapture());
 $("take").addEventListener("click", () => void take());
 $("capture-cancel").addEventListener("click", () => {

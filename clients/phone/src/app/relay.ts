@@ -34,8 +34,17 @@ export function enrolmentToken(normalisedCode: string): Uint8Array {
   return s.sha256(utf8(`${LABEL_ENROLMENT_TOKEN}\0${normalisedCode}`));
 }
 
+/** The device's signature over the login input (docs/PROTOCOL.md §11, protocol/api.py
+ * login_signing_input): label, nonce, login, device id. */
+function loginSignature(deviceSeed: Uint8Array, nonceB64: string, login: string, deviceId: string): string {
+  const nonce = b64urlDecode(nonceB64, { maxLength: 64 });
+  const input = new Uint8Array([...utf8(LABEL_LOGIN), 0, ...nonce, ...utf8(login), 0, ...utf8(deviceId)]);
+  return b64urlEncode(s.ed25519Sign(deviceSeed, input));
+}
+
 export class Relay {
   tokens: TokenPair | null = null;
+  onTokens: ((tokens: TokenPair) => void) | null = null;
   constructor(
     readonly base: string,
     private deviceSeed: Uint8Array | null = null,
@@ -118,22 +127,33 @@ export class Relay {
 
   async refresh(): Promise<void> {
     if (!this.tokens) throw new RelayError("unauthenticated", 401, "not logged in");
-    this.tokens = await this.call<TokenPair>("POST", "/v1/auth/refresh", { refresh_token: this.tokens.refresh_token }, false);
+    this.setTokens(await this.call<TokenPair>("POST", "/v1/auth/refresh", { refresh_token: this.tokens.refresh_token }, false));
   }
 
   async login(login: string, password: string, deviceId: string, deviceSeed: Uint8Array): Promise<TokenPair> {
     this.deviceSeed = deviceSeed;
     const challenge = await this.call<{ nonce: string; expires_at: number }>("POST", "/v1/auth/challenge", undefined, false);
-    const nonce = b64urlDecode(challenge.nonce, { maxLength: 64 });
-    const input = new Uint8Array([...utf8(LABEL_LOGIN), 0, ...nonce, ...utf8(login), 0, ...utf8(deviceId)]);
-    const signature = s.ed25519Sign(deviceSeed, input);
-    this.tokens = await this.call<TokenPair>(
-      "POST",
-      "/v1/auth/login",
-      { login, password, device_id: deviceId, nonce: challenge.nonce, signature: b64urlEncode(signature) },
-      false,
-    );
-    return this.tokens;
+    return this.signedIn("/v1/auth/login", { login, password, device_id: deviceId, nonce: challenge.nonce,
+      signature: loginSignature(deviceSeed, challenge.nonce, login, deviceId) });
+  }
+
+  /** Log in with the IdP's ID token (docs/PROTOCOL.md §11 "Single sign-on"): the device signs
+   * the nonce the token carries (the relay's challenge), exactly as for a password. */
+  async ssoLogin(orgId: string, idToken: string, nonce: string, login: string, deviceId: string, deviceSeed: Uint8Array): Promise<TokenPair> {
+    this.deviceSeed = deviceSeed;
+    return this.signedIn("/v1/auth/sso/login", { org_id: orgId, id_token: idToken, device_id: deviceId,
+      signature: loginSignature(deviceSeed, nonce, login, deviceId) });
+  }
+
+  private async signedIn(target: string, body: Record<string, unknown>): Promise<TokenPair> {
+    this.setTokens(await this.call<TokenPair>("POST", target, body, false));
+    return this.tokens!;
+  }
+
+  /** New tokens, and the `onTokens` hook told (a single sign-on device keeps them in its vault). */
+  setTokens(tokens: TokenPair | null): void {
+    this.tokens = tokens;
+    if (tokens) this.onTokens?.(tokens);
   }
 }
 

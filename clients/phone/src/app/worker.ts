@@ -14,6 +14,7 @@ import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
 import { Relay, RelayError, enrolmentToken, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
+import { SsoError, finishRequest, ssoConfig, startRequest, type SsoAnswer, type SsoConfig, type SsoRequest } from "./sso.js";
 import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, type SignedPrekeySecret } from "./prekeys.js";
 import type { MessageView, ThreadRecord } from "./views.js";
 import { checkQuality } from "./quality.js";
@@ -58,6 +59,11 @@ interface DeviceState {
   next_prekey_id?: number;
   /** The newest revocation list of the organisation seen so far (the rollback floor, §4.5). */
   revocation_list?: string | null;
+  /** The organisation signs in with its identity provider (sso.ts): the passphrase opens the
+   * vault only, and the relay's session, kept here, is renewed until the relay asks for a new
+   * sign-in at the IdP. */
+  sso?: boolean;
+  session?: TokenPair | null;
 }
 
 interface PendingEnrolment {
@@ -67,6 +73,8 @@ interface PendingEnrolment {
   userCertificate: string;
   user: certs.UserCertificate;
   bundle: { user_id: string; login: string; org_id: string; org_public_key: string; identity_seed: string };
+  /** The organisation's IdP, when it signs in with one (the relay's /v1/auth/sso/{org_id}). */
+  sso: SsoConfig | null;
 }
 
 let config: Config = { relay: "", kdf: "interactive" };
@@ -74,6 +82,7 @@ let vault: Vault | null = null;
 let st: DeviceState | null = null;
 let relay: Relay | null = null;
 let pending: PendingEnrolment | null = null;
+let ssoRequest: SsoRequest | null = null;
 let socket: WebSocket | null = null;
 let reconnect: ReturnType<typeof setTimeout> | null = null;
 let heardRevocation = false;
@@ -143,15 +152,23 @@ async function enrolStart(args: { code: string; server?: string }): Promise<Reco
   if (user.user_id !== bundle.user_id || user.org_id !== bundle.org_id || user.identity_key !== e(identity.public)) {
     throw new UserError("certificate_invalid", "The certificate does not match the enrolment package: stop and call IT.");
   }
-  pending = { relay: r, code, token, userCertificate: pkg.user_certificate, user, bundle };
-  return { login: bundle.login, display_name: user.display_name, org_id: user.org_id, fingerprint: keys.keyId(orgKey) };
+  const sso = await ssoConfig(r, bundle.org_id);
+  pending = { relay: r, code, token, userCertificate: pkg.user_certificate, user, bundle, sso };
+  return { login: bundle.login, display_name: user.display_name, org_id: user.org_id, fingerprint: keys.keyId(orgKey), sso: sso !== null };
 }
 
-/** Register this phone as the user's device, then create the vault under the passphrase. */
-async function enrolFinish(args: { passphrase: string }): Promise<Record<string, unknown>> {
+function checkNewPassphrase(passphrase: string): void {
+  if ([...passphrase].length < 12) throw new UserError("password_too_weak", "The passphrase must be at least 12 characters long.");
+}
+
+/** Register this phone as the user's device, then create the vault under the passphrase. An
+ * organisation with single sign-on: `sso` is the IdP's answer to the request ssoStart made, and
+ * its ID token stands in for a relay password (POST /v1/enrol/complete-sso). */
+async function enrolFinish(args: { passphrase: string; sso?: SsoAnswer }): Promise<Record<string, unknown>> {
   if (!pending) throw new UserError("not_ready", "Start again by scanning or typing the enrolment code.");
-  if ([...args.passphrase].length < 12) throw new UserError("password_too_weak", "The passphrase must be at least 12 characters long.");
+  checkNewPassphrase(args.passphrase);
   const p = pending;
+  const idToken = p.sso ? await ssoIdToken(args.sso) : null;
   const t = now();
   const deviceId = keys.uuid4();
   const dk = keys.generateDeviceKeys(deviceId);
@@ -163,13 +180,15 @@ async function enrolFinish(args: { passphrase: string }): Promise<Record<string,
   }, identitySeed);
   const spk = keys.generatePrekey(1);
   const otks = Array.from({ length: ONE_TIME_PREKEYS }, (_, i) => keys.generatePrekey(2 + i));
-  const enrolled = await p.relay.call<{ user_id: string; device_id: string; login: string }>("POST", "/v1/enrol/complete", {
+  const registration = {
     enrolment_token: e(p.token),
     device_certificate: deviceCert,
     signed_prekey: certs.issueSignedPrekey({ device_id: deviceId, prekey_id: 1, public: e(spk.keypair.public), created_at: t }, dk.signing.seed),
     one_time_prekeys: otks.map((o) => certs.issueOneTimePrekey({ device_id: deviceId, prekey_id: o.prekeyId, public: e(o.keypair.public) }, dk.signing.seed)),
-    password: args.passphrase,
-  }, false);
+  };
+  const enrolled = await p.relay.call<{ user_id: string; device_id: string; login: string }>("POST",
+    idToken ? "/v1/enrol/complete-sso" : "/v1/enrol/complete",
+    idToken ? { ...registration, org_id: p.user.org_id, id_token: idToken } : { ...registration, password: args.passphrase }, false);
   if (enrolled.device_id !== deviceId || enrolled.user_id !== p.user.user_id) throw new UserError("certificate_invalid", "The relay confirmed another user or device.");
   await Vault.erase();
   vault = await Vault.create(args.passphrase, profile());
@@ -181,11 +200,92 @@ async function enrolFinish(args: { passphrase: string }): Promise<Record<string,
     signed_prekeys: [{ id: 1, secret: spk.keypair.secret, created_at: t }],
     one_time_prekeys: otks.map((o) => ({ id: o.prekeyId, secret: o.keypair.secret })),
     next_prekey_id: 2 + ONE_TIME_PREKEYS,
+    ...(idToken ? { sso: true, session: null } : {}),
   };
   await vault.put("state", st);
   pending = null;
-  await startSession(args.passphrase);
-  return { login: st.login, display_name: st.display_name };
+  // A single sign-on device signs in to the relay at the IdP next (the enrolment's nonce is
+  // spent): the page offers it.
+  const signin = st.sso ? !(await startSsoSession()) : (await startSession(args.passphrase), false);
+  return { login: st.login, display_name: st.display_name, signin };
+}
+
+// --- single sign-on (sso.ts) -------------------------------------------------------------------
+
+/** A new authorization request, for the enrolment under way or for this device's login; the
+ * page opens `url` in the sign-in window. */
+async function ssoStart(args: { origin: string; passphrase?: string }): Promise<Record<string, unknown>> {
+  ssoRequest = null;
+  let r: Relay;
+  let cfg: SsoConfig | null;
+  if (pending) {
+    if (args.passphrase !== undefined) checkNewPassphrase(args.passphrase);
+    r = pending.relay;
+    cfg = pending.sso;
+  } else if (vault && st?.sso && relay) {
+    r = relay;
+    cfg = await ssoConfig(relay, st.org_id);
+  } else {
+    throw new UserError("not_ready", "There is nothing to sign in for: unlock the app first.");
+  }
+  if (!cfg) throw new UserError("forbidden", "Your organisation does not sign in with an identity provider: ask IT.");
+  ssoRequest = await startRequest(r, cfg, args.origin);
+  return { url: ssoRequest.url };
+}
+
+/** The answer checked against the request in flight (which is used up either way), the code
+ * exchanged: the ID token. */
+async function ssoIdToken(answer: SsoAnswer | undefined): Promise<string> {
+  const request = ssoRequest;
+  ssoRequest = null;
+  if (!request || !answer) throw new UserError("sso_state", "No sign-in is under way here: sign in again.");
+  return finishRequest(request, answer);
+}
+
+/** Log this single sign-on device in with the IdP's answer; the session is kept in the vault. */
+async function ssoLogin(args: { sso: SsoAnswer }): Promise<Record<string, unknown>> {
+  if (!st?.sso || !relay) throw new UserError("not_ready", "This phone does not sign in with an identity provider.");
+  const request = ssoRequest;
+  const idToken = await ssoIdToken(args.sso);
+  await relay.ssoLogin(st.org_id, idToken, request!.nonce, st.login, st.device_id, st.device_seed);
+  // A socket of the session that ended gives way to one of the new session.
+  const old = socket;
+  socket = null;
+  old?.close(1000, "signed in again");
+  connect();
+  return {};
+}
+
+/** A single sign-on device's relay session from the vault, renewed; false when there is none
+ * or the relay wants a new sign-in at the IdP (the page asks for one). */
+async function startSsoSession(): Promise<boolean> {
+  const state = st!;
+  relay = new Relay(state.server, state.device_seed);
+  relay.onTokens = (tokens) => {
+    if (!vault || st !== state) return;
+    state.session = tokens;
+    void vault.put("state", state);
+  };
+  if (!state.session) return false;
+  relay.tokens = state.session;
+  try {
+    await relay.refresh();
+  } catch (err) {
+    if (err instanceof RelayError && err.status === 0) {
+      event("connection", { state: "offline" });
+      return true; // the relay is tried again by connect()
+    }
+    await forgetSession(state);
+    return false;
+  }
+  connect();
+  return true;
+}
+
+async function forgetSession(state: DeviceState): Promise<void> {
+  state.session = null;
+  if (relay) relay.tokens = null;
+  if (vault && st === state) await vault.put("state", state);
 }
 
 // --- unlock, lock, session ---------------------------------------------------------------------
@@ -199,8 +299,9 @@ async function unlock(args: { passphrase: string }): Promise<Record<string, unkn
   }
   st = (await vault.get<DeviceState>("state")) ?? null;
   if (!st) throw new UserError("not_ready", "This phone's vault holds no device: enrol again.");
+  if (st.sso) return { login: st.login, display_name: st.display_name, signin: !(await startSsoSession()) };
   await startSession(args.passphrase);
-  return { login: st.login, display_name: st.display_name };
+  return { login: st.login, display_name: st.display_name, signin: false };
 }
 
 async function startSession(passphrase: string): Promise<void> {
@@ -241,6 +342,7 @@ function lockKeys(): void {
   st = null;
   relay = null;
   pending = null;
+  ssoRequest = null;
   revocationSet = null;
   revocationsAt = -Infinity;
   for (const w of waiting.values()) w.reject(new UserError("locked", "The app locked before the relay answered."));
@@ -284,7 +386,14 @@ async function reconnectNow(): Promise<void> {
   if (!vault || !relay || !st) return;
   try {
     await relay.refresh();
-  } catch {
+  } catch (err) {
+    // The relay ended a single sign-on session (its lifetime is over, or the IdP's user was
+    // disabled): only a new sign-in at the IdP opens another.
+    if (st.sso && err instanceof RelayError && err.status === 401) {
+      await forgetSession(st);
+      event("signin", {});
+      return;
+    }
     /* the old token may still do; the relay says otherwise */
   }
   connect();
@@ -1227,6 +1336,8 @@ const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
   },
   enrolStart,
   enrolFinish,
+  ssoStart,
+  ssoLogin,
   unlock,
   lock,
   sendConsult,
@@ -1242,16 +1353,27 @@ self.onmessage = async (m: MessageEvent) => {
   try {
     const fn = ops[op];
     if (!fn) throw new UserError("bad_request", `unknown operation ${op}`);
-    if (!["init", "enrolStart", "enrolFinish", "unlock", "lock"].includes(op) && !vault) {
+    if (!["init", "enrolStart", "enrolFinish", "ssoStart", "unlock", "lock"].includes(op) && !vault) {
       throw new UserError("locked", "The app is locked: unlock it with your passphrase.");
     }
     post({ id, ok: true, result: await fn(args) });
   } catch (err) {
+    if (op !== "ssoLogin" && st?.sso && vault && err instanceof RelayError && SESSION_ENDED.includes(err.code)) {
+      // The relay ended this single sign-on session while the app was open (its lifetime is
+      // over, or the IdP's user was disabled): only a new sign-in at the IdP opens another.
+      await forgetSession(st);
+      event("signin", {});
+      post({ id, ok: false, error: { code: err.code, message: "Your hospital sign-in has ended: sign in with your hospital account again, then try again." } });
+      return;
+    }
     const code = (err as { code?: string }).code ?? "internal_error";
-    const message = err instanceof UserError ? err.message : err instanceof RelayError ? relaySentence(err) : "Something went wrong on the phone; nothing was sent.";
+    const message = err instanceof UserError || err instanceof SsoError ? err.message : err instanceof RelayError ? relaySentence(err) : "Something went wrong on the phone; nothing was sent.";
     post({ id, ok: false, error: { code, message } });
   }
 };
+
+/** The relay's refusals of a session (as opposed to of a request). */
+const SESSION_ENDED = ["token_expired", "token_invalid", "refresh_reused", "unauthenticated"];
 
 function relaySentence(err: RelayError): string {
   switch (err.code) {
@@ -1267,6 +1389,8 @@ function relaySentence(err: RelayError): string {
       return "That passphrase is not right. Try again.";
     case "device_revoked":
       return "This phone has been revoked by IT: it can no longer send or receive.";
+    case "user_suspended":
+      return "Your account is suspended by your organisation: ask IT.";
     case "role_unknown":
       return "There is no such on-call role.";
     default:

@@ -169,22 +169,22 @@ async def test_a_proof_is_accepted_once(world: World, authn: Authenticator, cloc
         ErrorCode.PROOF_REPLAYED, "this proof was used before")
 
 
-async def test_a_revoked_device_is_refused_at_once(
-        world: World, authn: Authenticator, clock: Clock) -> None:
+@pytest.mark.parametrize(("change", "code", "detail"), [
+    ("UPDATE devices SET status = 'revoked' WHERE device_id = $1",
+     ErrorCode.DEVICE_REVOKED, "this device was revoked"),
+    ("UPDATE users SET status = 'suspended' WHERE user_id = (SELECT user_id FROM devices "
+     "WHERE device_id = $1)", ErrorCode.USER_SUSPENDED, "the user is suspended"),
+    ("UPDATE refresh_tokens SET revoked_at = now() WHERE device_id = $1",
+     ErrorCode.TOKEN_INVALID, "session ended; log in again"),
+], ids=["device revoked", "user suspended", "session ended"])
+async def test_a_device_user_or_session_that_no_longer_stands_is_refused_at_once(
+        world: World, authn: Authenticator, clock: Clock, change: str, code: ErrorCode,
+        detail: str) -> None:
+    """The token is still unexpired: the state is read on every request."""
     amy = await world.onboard(world.org.user("amy.ortho"))
-    await world.execute("UPDATE devices SET status = 'revoked' WHERE device_id = $1",
-                        uuid.UUID(amy.device_id))
-    assert await refused(authn.require_device(signed(amy, clock))) == (
-        ErrorCode.DEVICE_REVOKED, "this device was revoked")
-
-
-async def test_a_suspended_user_is_refused_at_once(
-        world: World, authn: Authenticator, clock: Clock) -> None:
-    amy = await world.onboard(world.org.user("amy.ortho"))
-    await world.execute("UPDATE users SET status = 'suspended' WHERE user_id = $1",
-                        uuid.UUID(amy.user.user_id))
-    assert await refused(authn.require_device(signed(amy, clock))) == (
-        ErrorCode.USER_SUSPENDED, "the user is suspended")
+    await authn.require_device(signed(amy, clock))
+    await world.execute(change, uuid.UUID(amy.device_id))
+    assert await refused(authn.require_device(signed(amy, clock))) == (code, detail)
 
 
 async def test_a_user_whose_licence_has_lapsed_is_refused(
@@ -193,15 +193,6 @@ async def test_a_user_whose_licence_has_lapsed_is_refused(
     clock.now = clock.start + 31
     assert await refused(authn.require_device(signed(amy, clock))) == (
         ErrorCode.LICENCE_EXPIRED, "the user's licence has expired")
-
-
-async def test_a_token_of_an_ended_session_is_refused(
-        world: World, authn: Authenticator, clock: Clock) -> None:
-    amy = await world.onboard(world.org.user("amy.ortho"))
-    await world.execute("UPDATE refresh_tokens SET revoked_at = now() WHERE device_id = $1",
-                        uuid.UUID(amy.device_id))
-    assert await refused(authn.require_device(signed(amy, clock))) == (
-        ErrorCode.TOKEN_INVALID, "session ended; log in again")
 
 
 async def test_a_token_naming_a_device_of_another_user_is_refused(

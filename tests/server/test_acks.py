@@ -14,8 +14,8 @@ import pytest
 
 from server.acks import AckPipeline
 from server.db import Database
-from server.store import messages, threads
-from tests.server.test_store_threads import NOW, add_device, add_user, new_message, store
+from server.store import messages
+from tests.server.test_reads import _two_recipients
 
 
 @pytest.fixture
@@ -34,20 +34,14 @@ async def pipeline(db_dsn: str) -> AsyncIterator[AckPipeline]:
 async def deliveries(conn: asyncpg.Connection, count: int = 1
                      ) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
     """Two recipients' devices, each with ``count`` deliveries waiting: ``(device, ids)``."""
-    a, b, c = [await add_user(conn) for _ in range(3)]
-    a1, b1, c1 = [await add_device(conn, u) for u in (a, b, c)]
-    tid = str(uuid.uuid4())
-    await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=a,
-                                priority="routine", users=[b, c], roles=[], now=NOW)
-    for _ in range(count):
-        await store(conn, new_message(tid, a, a1, [b1, c1]))
+    b1, c1 = await _two_recipients(conn, count)
     waiting = [await messages.fetch_deliveries(conn, d, sent=[], limit=100) for d in (b1, c1)]
     return ((b1, [x.delivery_id for x in waiting[0]]), (c1, [x.delivery_id for x in waiting[1]]))
 
 
 async def test_an_ack_removes_the_devices_deliveries_and_says_which(
         conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
-    (b1, for_b), (c1, for_c) = await deliveries(conn, 2)
+    (b1, for_b), (c1, _) = await deliveries(conn, 2)
     assert await pipeline.ack(b1, for_b) == set(for_b)
     assert await messages.queue_depth(conn, b1) == 0
     assert await messages.queue_depth(conn, c1) == 2
@@ -55,7 +49,7 @@ async def test_an_ack_removes_the_devices_deliveries_and_says_which(
 
 async def test_a_device_never_removes_another_devices_delivery(
         conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
-    (b1, for_b), (c1, for_c) = await deliveries(conn)
+    (b1, _), (c1, for_c) = await deliveries(conn)
     assert await pipeline.ack(b1, for_c) == set()
     assert await messages.queue_depth(conn, c1) == 1
 

@@ -6,7 +6,6 @@ its password passing through the configuration file's parser."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,19 +14,13 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from server import migrations
-from tests.helpers import Cluster, with_database
+from tests.helpers import Cluster
 
 
 @pytest.fixture
 async def empty_dsn(cluster: Cluster) -> AsyncIterator[str]:
     """A database with no schema at all, dropped after the test."""
-    name = "e_" + uuid.uuid4().hex[:16]
-    admin = await asyncpg.connect(cluster.admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = with_database(cluster.admin_dsn, name)
+    dsn = await cluster.create_database(empty=True)
     try:
         yield dsn
     finally:

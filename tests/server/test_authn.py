@@ -8,7 +8,6 @@ admin token of an account that is not disabled."""
 from __future__ import annotations
 
 import secrets
-import time
 import uuid
 from collections.abc import Awaitable
 
@@ -25,30 +24,19 @@ from server.errors import RelayError
 from server.tokens import TokenService, load_token_key
 from tests.helpers import session_dir
 from tests.identity_world import Device, World
+from tests.server.test_escalation import SimClock
 
 SKEW = 60
 SOME_TIME = 1_800_000_000  # in headers that fail to decode before their time is read
 
 
-class Clock:
-    """The authenticator's clock: the test's start (tokens the relay issues in the test verify
-    at it), moved only by the test."""
-
-    def __init__(self) -> None:
-        self.start = int(time.time())
-        self.now = float(self.start)
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> SimClock:
+    return SimClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def authn(relay_db: Database, clock: Clock) -> Authenticator:
+def authn(relay_db: Database, clock: SimClock) -> Authenticator:
     tokens = TokenService(load_token_key(session_dir() / "token-key"), access_ttl=600,
                           admin_ttl=1800, clock=clock, clock_skew=SKEW)
     return Authenticator(db=relay_db, tokens=tokens, proof_skew=SKEW, clock=clock)
@@ -67,7 +55,7 @@ def request(method: str, target: str, headers: dict[str, str], body: bytes = b""
     return Request(scope, receive)
 
 
-def signed(device: Device, clock: Clock, method: str = "POST", target: str = "/v1/things?x=1",
+def signed(device: Device, clock: SimClock, method: str = "POST", target: str = "/v1/things?x=1",
            body: bytes = b'{"a": 1}', **proof: object) -> Request:
     """A request proven by ``device``, dated ``at`` (default: the clock's time)."""
     assert device.access_token is not None
@@ -84,7 +72,7 @@ async def refused(call: Awaitable[object]) -> tuple[ErrorCode, str | None]:
 
 
 async def test_a_proven_request_is_its_devices_principal(
-        world: World, authn: Authenticator, clock: Clock) -> None:
+        world: World, authn: Authenticator, clock: SimClock) -> None:
     amy = await world.onboard(world.org.user("amy.ortho", roles=("orthopaedics_oncall",)))
     token = AUDIT_CONTEXT.set(AuditContext())
     try:
@@ -130,17 +118,17 @@ async def test_a_missing_or_malformed_proof_header_is_token_device_mismatch(
 
 
 async def test_a_proof_dated_outside_the_clock_skew_is_refused_and_inside_accepted(
-        world: World, authn: Authenticator, clock: Clock) -> None:
+        world: World, authn: Authenticator, clock: SimClock) -> None:
     amy = await world.onboard(world.org.user("amy.ortho"))
-    for at in (clock.start - SKEW - 1, clock.start + SKEW + 1):
+    for at in (int(clock.now) - SKEW - 1, int(clock.now) + SKEW + 1):
         assert await refused(authn.require_device(signed(amy, clock, at=at))) == (
             ErrorCode.TOKEN_DEVICE_MISMATCH, "proof timestamp out of range")
-    for at in (clock.start - SKEW, clock.start + SKEW):
+    for at in (int(clock.now) - SKEW, int(clock.now) + SKEW):
         assert (await authn.require_device(signed(amy, clock, at=at))).device_id == amy.device_id
 
 
 async def test_a_proof_by_another_key_is_refused(
-        world: World, authn: Authenticator, clock: Clock) -> None:
+        world: World, authn: Authenticator, clock: SimClock) -> None:
     amy = await world.onboard(world.org.user("amy.ortho"))
     ben = await world.onboard(world.org.user("ben.ortho"))
     assert await refused(authn.require_device(signed(amy, clock, signer=ben.keys))) == (
@@ -152,7 +140,7 @@ async def test_a_proof_by_another_key_is_refused(
     ("PUT", "/v1/things?x=1", b'{"a": 1}'), ("POST", "/v1/things?x=2", b'{"a": 1}'),
     ("POST", "/v1/other?x=1", b'{"a": 1}'), ("POST", "/v1/things?x=1", b'{"a": 2}')])
 async def test_a_proof_over_another_method_target_or_body_is_refused(
-        world: World, authn: Authenticator, clock: Clock, method: str, target: str, body: bytes,
+        world: World, authn: Authenticator, clock: SimClock, method: str, target: str, body: bytes,
         ) -> None:
     amy = await world.onboard(world.org.user("amy.ortho"))
     genuine = signed(amy, clock)
@@ -161,7 +149,8 @@ async def test_a_proof_over_another_method_target_or_body_is_refused(
     assert code == ErrorCode.TOKEN_DEVICE_MISMATCH
 
 
-async def test_a_proof_is_accepted_once(world: World, authn: Authenticator, clock: Clock) -> None:
+async def test_a_proof_is_accepted_once(
+        world: World, authn: Authenticator, clock: SimClock) -> None:
     amy = await world.onboard(world.org.user("amy.ortho"))
     nonce = secrets.token_bytes(PROOF_NONCE_BYTES)
     await authn.require_device(signed(amy, clock, nonce=nonce))
@@ -178,7 +167,7 @@ async def test_a_proof_is_accepted_once(world: World, authn: Authenticator, cloc
      ErrorCode.TOKEN_INVALID, "session ended; log in again"),
 ], ids=["device revoked", "user suspended", "session ended"])
 async def test_a_device_user_or_session_that_no_longer_stands_is_refused_at_once(
-        world: World, authn: Authenticator, clock: Clock, change: str, code: ErrorCode,
+        world: World, authn: Authenticator, clock: SimClock, change: str, code: ErrorCode,
         detail: str) -> None:
     """The token is still unexpired: the state is read on every request."""
     amy = await world.onboard(world.org.user("amy.ortho"))
@@ -188,15 +177,15 @@ async def test_a_device_user_or_session_that_no_longer_stands_is_refused_at_once
 
 
 async def test_a_user_whose_licence_has_lapsed_is_refused(
-        world: World, authn: Authenticator, clock: Clock) -> None:
-    amy = await world.onboard(world.org.user("amy.ortho", licence_expires_at=clock.start + 30))
-    clock.now = clock.start + 31
+        world: World, authn: Authenticator, clock: SimClock) -> None:
+    amy = await world.onboard(world.org.user("amy.ortho", licence_expires_at=int(clock.now) + 30))
+    clock.advance(31)
     assert await refused(authn.require_device(signed(amy, clock))) == (
         ErrorCode.LICENCE_EXPIRED, "the user's licence has expired")
 
 
 async def test_a_token_naming_a_device_of_another_user_is_refused(
-        world: World, authn: Authenticator, clock: Clock) -> None:
+        world: World, authn: Authenticator, clock: SimClock) -> None:
     amy = await world.onboard(world.org.user("amy.ortho"))
     ben = await world.onboard(world.org.user("ben.ortho"))
     await world.execute("UPDATE devices SET user_id = $2 WHERE device_id = $1",

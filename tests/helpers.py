@@ -75,11 +75,13 @@ class Cluster:
     admin_dsn: str
     template: str
 
-    async def create_database(self) -> str:
+    async def create_database(self, *, empty: bool = False) -> str:
+        """A new database at the schema's head (``empty``: with no schema at all)."""
         name = "t_" + uuid.uuid4().hex[:16]
+        template = "" if empty else f' TEMPLATE "{self.template}"'
         conn = await asyncpg.connect(self.admin_dsn)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+            await conn.execute(f'CREATE DATABASE "{name}"{template}')
         finally:
             await conn.close()
         return with_database(self.admin_dsn, name)

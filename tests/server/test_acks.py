@@ -1,0 +1,88 @@
+"""Acknowledgements with group commit (server/acks.py) on a real database: acks from many
+connections go out in one statement yet each caller hears only of its own deliveries removed,
+a device never removes another device's delivery, an id already gone is not reported, and a
+batch that fails fails its callers without stopping the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from server.acks import AckPipeline
+from server.db import Database
+from server.store import messages
+from tests.server.test_reads import _two_recipients
+
+
+@pytest.fixture
+async def pipeline(db_dsn: str) -> AsyncIterator[AckPipeline]:
+    db = Database(db_dsn, min_size=1, max_size=2)
+    await db.open()
+    acks = AckPipeline(db, max_batch=4)
+    await acks.start()
+    try:
+        yield acks
+    finally:
+        await acks.stop()
+        await db.close()
+
+
+async def deliveries(conn: asyncpg.Connection, count: int = 1
+                     ) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
+    """Two recipients' devices, each with ``count`` deliveries waiting: ``(device, ids)``."""
+    b1, c1 = await _two_recipients(conn, count)
+    waiting = [await messages.fetch_deliveries(conn, d, sent=[], limit=100) for d in (b1, c1)]
+    return ((b1, [x.delivery_id for x in waiting[0]]), (c1, [x.delivery_id for x in waiting[1]]))
+
+
+async def test_an_ack_removes_the_devices_deliveries_and_says_which(
+        conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
+    (b1, for_b), (c1, _) = await deliveries(conn, 2)
+    assert await pipeline.ack(b1, for_b) == set(for_b)
+    assert await messages.queue_depth(conn, b1) == 0
+    assert await messages.queue_depth(conn, c1) == 2
+
+
+async def test_a_device_never_removes_another_devices_delivery(
+        conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
+    (b1, _), (c1, for_c) = await deliveries(conn)
+    assert await pipeline.ack(b1, for_c) == set()
+    assert await messages.queue_depth(conn, c1) == 1
+
+
+async def test_an_id_already_removed_is_not_reported_again(
+        conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
+    (b1, for_b), _ = await deliveries(conn)
+    await pipeline.ack(b1, for_b)
+    assert await pipeline.ack(b1, for_b) == set()
+    assert await pipeline.ack(b1, [str(uuid.uuid4())]) == set()
+
+
+async def test_concurrent_acks_each_hear_only_of_their_own(
+        conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
+    (b1, for_b), (c1, for_c) = await deliveries(conn, 5)
+    got = await asyncio.gather(*[pipeline.ack(b1, [i]) for i in for_b],
+                               *[pipeline.ack(c1, [i]) for i in for_c],
+                               pipeline.ack(b1, for_c[:1]))
+    assert got == [{i} for i in for_b + for_c] + [set()]
+    assert await messages.queue_depth(conn, b1) == await messages.queue_depth(conn, c1) == 0
+
+
+async def test_the_same_delivery_acked_twice_in_one_batch_is_removed_once(
+        conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
+    (b1, for_b), _ = await deliveries(conn)
+    first, second = await asyncio.gather(pipeline.ack(b1, for_b), pipeline.ack(b1, for_b))
+    assert first == second == set(for_b)  # each caller: the delivery is gone
+    assert await messages.queue_depth(conn, b1) == 0
+
+
+async def test_a_failed_batch_fails_its_callers_and_the_pipeline_goes_on(
+        conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
+    (b1, for_b), _ = await deliveries(conn)
+    with pytest.raises(asyncpg.DataError):
+        await pipeline.ack("not-a-device-id", ["not-a-delivery-id"])
+    assert await pipeline.ack(b1, for_b) == set(for_b)

@@ -1,0 +1,71 @@
+"""Prometheus metrics (server/metrics.py): each Metrics has its own registry, so two relays in
+one process do not share counts, and the exposition carries only the labels it was given
+(route templates and codes, never a raw path or id)."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.metrics import CONTENT_TYPE, Metrics
+
+
+def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(m.render().decode())
+            for s in family.samples}
+
+
+def test_two_instances_count_apart() -> None:
+    one, two = Metrics(), Metrics()
+    one.http_requests.labels("/v1/threads", "POST", "201").inc()
+    one.messages_accepted.inc(3)
+    assert one.registry.get_sample_value("lightbox_messages_accepted_total") == 3
+    assert two.registry.get_sample_value("lightbox_messages_accepted_total") == 0
+    assert two.registry.get_sample_value("lightbox_http_requests_total", {
+        "route": "/v1/threads", "method": "POST", "status": "201"}) is None
+
+
+def test_the_exposition_names_every_instrument_with_its_labels_only() -> None:
+    m = Metrics()
+    m.http_requests.labels("/v1/threads/{thread_id}", "GET", "200").inc()
+    m.http_latency.labels("/v1/threads/{thread_id}", "GET").observe(0.004)
+    m.http_errors.labels("not_found").inc()
+    m.ws_rejections.labels("token_expired").inc(2)
+    m.ws_connections.set(4)
+    m.queue_depth.set(7)
+    got = samples(m)
+    assert got[("lightbox_http_requests_total", (
+        ("method", "GET"), ("route", "/v1/threads/{thread_id}"), ("status", "200")))] == 1
+    assert got[("lightbox_http_request_duration_seconds_bucket", (
+        ("le", "0.005"), ("method", "GET"), ("route", "/v1/threads/{thread_id}")))] == 1
+    assert got[("lightbox_http_request_duration_seconds_bucket", (
+        ("le", "0.0025"), ("method", "GET"), ("route", "/v1/threads/{thread_id}")))] == 0
+    assert got[("lightbox_http_errors_total", (("code", "not_found"),))] == 1
+    assert got[("lightbox_ws_rejections_total", (("code", "token_expired"),))] == 2
+    assert got[("lightbox_ws_connections", ())] == 4
+    assert got[("lightbox_queue_depth", ())] == 7
+
+
+def test_every_instrument_is_described_even_before_its_first_count() -> None:
+    text = Metrics().render().decode()
+    for name in ("lightbox_http_requests_total", "lightbox_http_request_duration_seconds",
+                 "lightbox_http_errors_total", "lightbox_audit_events_total",
+                 "lightbox_ws_connections", "lightbox_ws_rejections_total",
+                 "lightbox_messages_accepted_total", "lightbox_messages_delivered_total",
+                 "lightbox_delivery_latency_seconds", "lightbox_queue_depth",
+                 "lightbox_queue_depth_connected"):
+        assert f"# HELP {name} " in text
+
+
+def test_delivery_latency_buckets_reach_from_a_millisecond_to_an_hour() -> None:
+    m = Metrics()
+    m.delivery_latency.observe(0.0005)
+    m.delivery_latency.observe(1800)
+    got = samples(m)
+    assert got[("lightbox_delivery_latency_seconds_bucket", (("le", "0.001"),))] == 1
+    assert got[("lightbox_delivery_latency_seconds_bucket", (("le", "300.0"),))] == 1
+    assert got[("lightbox_delivery_latency_seconds_bucket", (("le", "3600.0"),))] == 2
+
+
+def test_the_exposition_is_prometheus_text() -> None:
+    assert CONTENT_TYPE.startswith("text/plain; version=")

@@ -1,0 +1,177 @@
+"""clients/sdk/connection.py, the SDK's lasting websocket connection, against a real relay
+(``world``, devices from tests/relay_world.py): an outbox that holds messages until the relay
+accepts them, deliveries acknowledged only once stored (a deferred one comes again, one
+stored already is acknowledged without being handled twice), and the ways a connection
+ends (the token provider says it is over, no token can be had, ``stop()``), each telling
+every waiting sender. Waits are for events, with the suite's time unit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from clients.sdk.connection import Connection, ConnectionStopped, DeferDelivery
+from clients.sdk.errors import FlowError
+from protocol.errors import CloseCode
+from protocol.frames import Deliver
+from tests.helpers import seconds
+from tests.identity_world import World
+from tests.relay_world import Peer, peer, seal, send_while_offline, thread
+
+Handler = Callable[[Deliver], Awaitable[None]]
+
+
+def _token(p: Peer) -> Callable[[], Awaitable[str]]:
+    async def token() -> str:
+        return p.token
+    return token
+
+
+class Opened:
+    """The connections a test opened, stopped at its end."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.all: list[Connection] = []
+
+    def __call__(self, p: Peer, on_message: Handler | None = None,
+                 token: Callable[[], Awaitable[str]] | None = None) -> Connection:
+        async def ignore(_: Deliver) -> None:
+            return None
+        c = Connection(self.world.relay.ws_url + "/v1/ws", device_id=p.device_id,
+                       access_token=token or _token(p), sign=p.device.keys.sign,
+                       on_message=on_message or ignore, backoff_base=0.01, backoff_max=0.05)
+        self.all.append(c)
+        return c
+
+
+@pytest.fixture
+async def opened(world: World) -> AsyncIterator[Opened]:
+    o = Opened(world)
+    yield o
+    for c in o.all:
+        await c.stop()
+
+
+@pytest.fixture
+async def ab(world: World) -> tuple[Peer, Peer, str]:
+    a, b = await peer(world, "alice"), await peer(world, "bob")
+    return a, b, await thread(world, a, b)
+
+
+async def _within(awaitable: Awaitable[object]) -> object:
+    return await asyncio.wait_for(awaitable, seconds(10))
+
+
+async def test_a_message_sent_before_connecting_is_sent_once_connected(
+        ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+    a, b, tid = ab
+    got: asyncio.Queue[Deliver] = asyncio.Queue()
+    receiving = opened(b, got.put)
+    await receiving.start()
+    sending = opened(a)
+    message = seal(a, tid, [b], b"hello")
+    pending = asyncio.create_task(sending.send(message))
+    await sending.start()
+    accepted = await _within(pending)
+    assert getattr(accepted, "message_id", None) == message.header.message_id
+    delivered = await _within(got.get())
+    assert isinstance(delivered, Deliver)
+    assert delivered.message.header.message_id == message.header.message_id
+
+
+async def test_a_deferred_delivery_is_not_acknowledged_and_comes_again(
+        world: World, ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+    a, b, tid = ab
+    await send_while_offline(world, a, b, tid, b"later")
+    seen: list[str] = []
+    stored: asyncio.Queue[str] = asyncio.Queue()
+
+    async def store_on_second_try(frame: Deliver) -> None:
+        seen.append(frame.delivery_id)
+        if len(seen) == 1:
+            raise DeferDelivery  # e.g. the vault is locked: not stored, so not acknowledged
+        await stored.put(frame.message.header.message_id)
+
+    c = opened(b, store_on_second_try)
+    await c.start()
+    await _within(stored.get())
+    assert len(seen) == 2 and c.reconnects >= 1
+
+
+async def test_a_delivery_stored_already_is_acknowledged_without_handling_it_again(
+        world: World, ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+    a, b, tid = ab
+    message = seal(a, tid, [b], b"redelivered")
+    sender = opened(a)
+    await sender.start()
+    await _within(sender.send(message))
+    handled: list[str] = []
+
+    async def handle(frame: Deliver) -> None:
+        handled.append(frame.message.header.message_id)
+
+    first = opened(b, handle)
+    first.dedupe.add(a.device_id, message.header.message_id)  # stored before a crash
+    await first.start()
+    await _within(first.queue_empty.wait())
+    assert handled == []
+    await first.stop()
+    again = opened(b, handle)  # acknowledged: the relay does not deliver it again
+    await again.start()
+    await _within(again.queue_empty.wait())
+    assert handled == []
+
+
+async def test_a_token_provider_that_knows_it_is_over_stops_the_connection(
+        ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+    a, b, tid = ab
+
+    async def revoked() -> str:
+        raise ConnectionStopped(CloseCode.DEVICE_REVOKED, "device_revoked")
+
+    c = opened(a, token=revoked)
+    waiting = asyncio.create_task(c.send(seal(a, tid, [b])))
+    await c.start()
+    stopped = await _within(c.stopped)
+    assert isinstance(stopped, ConnectionStopped)
+    assert (stopped.code, stopped.reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
+    with pytest.raises(ConnectionStopped):
+        await _within(waiting)
+    with pytest.raises(ConnectionStopped):  # a send after the end fails at once
+        await c.send(seal(a, tid, [b]))
+
+
+async def test_without_a_token_to_be_had_the_connection_stops_with_its_code(
+        ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+    a, _, _ = ab
+
+    async def no_password() -> str:
+        raise FlowError("log in again with your password", code="unauthenticated")
+
+    c = opened(a, token=no_password)
+    await c.start()
+    stopped = await _within(c.stopped)
+    assert isinstance(stopped, ConnectionStopped)
+    assert (stopped.code, stopped.reason) == (None, "unauthenticated")
+
+
+async def test_stopping_fails_every_waiting_sender(ab: tuple[Peer, Peer, str],
+                                                   opened: Opened) -> None:
+    a, b, tid = ab
+    never = asyncio.Event()
+
+    async def waiting_for_a_token() -> str:
+        await never.wait()
+        return a.token
+
+    c = opened(a, token=waiting_for_a_token)
+    await c.start()
+    pending = asyncio.create_task(c.send(seal(a, tid, [b])))
+    await asyncio.sleep(0)  # one turn of the loop (not a wait for time): the send joins the outbox
+    await c.stop()
+    with pytest.raises(ConnectionStopped) as err:
+        await _within(pending)
+    assert (err.value.code, err.value.reason) == (None, "stopped")

@@ -34,7 +34,8 @@ from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
 __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "axe_violations",
-           "bound_socket", "camera_started", "confirmed", "enrol_by_code", "film", "idb_records",
+           "bound_socket", "camera_started", "confirmed", "enrol_by_code", "enrolled_phone",
+           "film", "idb_records",
            "intern_and_specialist", "listening_specialist", "next_event", "phone_device_id",
            "phone_page", "phone_world", "photo_from_phone", "photo_with_consent",
            "provision_with_package", "provisioned_intern", "qr_image", "running_phone",
@@ -140,6 +141,18 @@ async def intern_and_specialist(world: World, tmp: Path
     finally:
         specialist.client.unsubscribe(events)
         await specialist.client.close()
+
+
+@contextlib.asynccontextmanager
+async def enrolled_phone(world: World, tmp: Path, origin: str
+                         ) -> AsyncIterator[tuple[User, Clinician, asyncio.Queue[Any], Any,
+                                                  list[str]]]:
+    """:func:`intern_and_specialist`, with the intern's phone enrolled by code in a phone-sized
+    page: yields the intern, the specialist, his events, the page and its problems."""
+    async with intern_and_specialist(world, tmp) as (intern, specialist, events), \
+            phone_page() as (page, problems):
+        await enrol_by_code(page, origin, intern.code)
+        yield intern, specialist, events, page, problems
 
 
 def still_video(path: Path, image: Image.Image, *, frames: int = 6,

@@ -26,10 +26,8 @@ from tests.phone.phone_world import (
     SHOTS,
     axe_violations,
     confirmed,
-    enrol_by_code,
-    intern_and_specialist,
+    enrolled_phone,
     phone_device_id,
-    phone_page,
     sent_from_phone,
 )
 
@@ -50,9 +48,8 @@ async def shown(page: Any, attachment_id: str) -> bool:
 async def test_the_specialists_photo_opens_on_the_phone_full_screen_and_is_erased_on_expiry(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
-    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
-            phone_page() as (page, problems):
-        await enrol_by_code(page, origin, intern.code)
+    async with enrolled_phone(world, tmp_path, origin) as (intern, specialist, events, page,
+                                                           problems):
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         prepared = imaging.prepare_image(xray_png(400, 300, seed=7))
         token = await direct_care_consent(specialist, prepared.image.data,
@@ -86,9 +83,8 @@ async def test_the_specialists_photo_opens_on_the_phone_full_screen_and_is_erase
 async def test_a_photo_its_consent_does_not_name_is_not_shown_and_is_reported(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
-    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
-            phone_page() as (page, problems):
-        await enrol_by_code(page, origin, intern.code)
+    async with enrolled_phone(world, tmp_path, origin) as (intern, specialist, events, page,
+                                                           problems):
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         named = imaging.prepare_image(xray_png(400, 300, seed=7))
         other = imaging.prepare_image(xray_png(400, 300, seed=8))
@@ -120,9 +116,8 @@ async def test_a_photo_its_consent_does_not_name_is_not_shown_and_is_reported(
 async def test_a_withdrawn_consent_erases_the_photo_and_the_phone_confirms_it(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
-    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
-            phone_page() as (page, problems):
-        await enrol_by_code(page, origin, intern.code)
+    async with enrolled_phone(world, tmp_path, origin) as (intern, specialist, events, page,
+                                                           problems):
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         prepared = imaging.prepare_image(xray_png(400, 300, seed=7))
         token = await direct_care_consent(specialist, prepared.image.data,

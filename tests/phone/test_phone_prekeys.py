@@ -19,9 +19,7 @@ from tests.helpers import seconds
 from tests.identity_world import World
 from tests.phone.node import run_driver
 from tests.phone.phone_world import (
-    enrol_by_code,
-    intern_and_specialist,
-    phone_page,
+    enrolled_phone,
     sent_from_phone,
 )
 
@@ -49,9 +47,8 @@ async def unclaimed(world: World, user_id: str) -> int:
 async def test_the_phone_tops_up_its_one_time_prekeys_when_the_relay_says_keys_low(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
-    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
-            phone_page() as (page, problems):
-        await enrol_by_code(page, origin, intern.code)
+    async with enrolled_phone(world, tmp_path, origin) as (intern, specialist, events, page,
+                                                           problems):
         assert await unclaimed(world, intern.user_id) == 20
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         # The reply claims one of the phone's keys: 19 left, under 20, the relay says keys_low

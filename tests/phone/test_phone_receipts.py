@@ -15,11 +15,9 @@ from clients.sdk.client import ReceiptEvent
 from tests.identity_world import World
 from tests.phone.phone_world import (
     PASSPHRASE,
-    enrol_by_code,
-    intern_and_specialist,
+    enrolled_phone,
     next_event,
     phone_device_id,
-    phone_page,
     sent_from_phone,
 )
 
@@ -41,9 +39,8 @@ async def receipts_of(queue: asyncio.Queue[Any], message_id: str) -> set[tuple[s
 async def test_the_phone_sends_delivered_and_read_receipts_for_the_specialists_reply(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
-    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
-            phone_page() as (page, problems):
-        await enrol_by_code(page, origin, intern.code)
+    async with enrolled_phone(world, tmp_path, origin) as (intern, specialist, events, page,
+                                                           problems):
         device = str(await phone_device_id(world, intern.user_id))
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         thread = consult.message.thread_id

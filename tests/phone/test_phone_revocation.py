@@ -16,6 +16,7 @@ from tests.identity_world import World
 from tests.phone.phone_world import (
     PASSPHRASE,
     enrol_by_code,
+    enrolled_phone,
     intern_and_specialist,
     phone_page,
     sent_from_phone,
@@ -46,9 +47,8 @@ async def unlock(page: Any) -> None:
 async def test_a_message_from_a_device_revoked_while_it_was_queued_is_not_shown(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
-    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
-            phone_page() as (page, problems):
-        await enrol_by_code(page, origin, intern.code)
+    async with enrolled_phone(world, tmp_path, origin) as (_intern, specialist, events, page,
+                                                           problems):
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         await page.tap("#lock")
         await page.locator("#screen-unlock").wait_for()

@@ -15,9 +15,7 @@ import pytest
 from clients.sdk.timefmt import format_time
 from tests.identity_world import World
 from tests.phone.phone_world import (
-    enrol_by_code,
-    intern_and_specialist,
-    phone_page,
+    enrolled_phone,
     sent_from_phone,
 )
 
@@ -32,9 +30,8 @@ def phone_settings() -> dict[str, Any]:
 async def test_message_times_on_the_phone_are_in_the_house_format(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
-    async with intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
-            phone_page() as (page, problems):
-        await enrol_by_code(page, origin, intern.code)
+    async with enrolled_phone(world, tmp_path, origin) as (_intern, specialist, events, page,
+                                                           problems):
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         mine = await page.locator(".message.mine .meta").first.text_content() or ""
         assert f"You · {format_time(consult.message.sent_at, tz=PHONE_ZONE)} · " in mine, mine

@@ -17,10 +17,11 @@ from clients.sdk import imaging
 from protocol.body import Body
 from protocol.consent import peek_consent_token_unverified
 from protocol.model import Priority, Purpose
+from tests.clinician_world import Clinician
 from tests.consent_world import xray_png
 from tests.filing_world import direct_care_consent
 from tests.helpers import seconds
-from tests.identity_world import World
+from tests.identity_world import User, World
 from tests.phone.phone_world import (
     ORTHO,
     SHOTS,
@@ -45,19 +46,27 @@ async def shown(page: Any, attachment_id: str) -> bool:
     return loaded
 
 
+async def marked_up_film(specialist: Clinician, intern: User, thread_id: str
+                         ) -> tuple[str, str]:
+    """The specialist sends a film into the intern's consult, under a direct-care consent that
+    names the intern: the attachment id and the consent token."""
+    prepared = imaging.prepare_image(xray_png(400, 300, seed=7))
+    token = await direct_care_consent(specialist, prepared.image.data,
+                                      roles=[ORTHO], users=[intern.user_id])
+    sent = await specialist.client.send_image(
+        thread_id, prepared.image, consent_token=token,
+        text="Marked up: the fracture line is circled.")
+    (aid,) = sent.attachment_ids
+    return aid, token
+
+
 async def test_the_specialists_photo_opens_on_the_phone_full_screen_and_is_erased_on_expiry(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
     async with enrolled_phone(world, tmp_path, origin) as (intern, specialist, events, page,
                                                            problems):
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
-        prepared = imaging.prepare_image(xray_png(400, 300, seed=7))
-        token = await direct_care_consent(specialist, prepared.image.data,
-                                          roles=[ORTHO], users=[intern.user_id])
-        sent = await specialist.client.send_image(
-            consult.message.thread_id, prepared.image, consent_token=token,
-            text="Marked up: the fracture line is circled.")
-        (aid,) = sent.attachment_ids
+        aid, _ = await marked_up_film(specialist, intern, consult.message.thread_id)
         photo = page.locator(f".message.theirs img[data-attachment='{aid}']")
         await photo.wait_for()
         await page.locator(".message.theirs", has_text="the fracture line is circled").wait_for()
@@ -119,13 +128,7 @@ async def test_a_withdrawn_consent_erases_the_photo_and_the_phone_confirms_it(
     async with enrolled_phone(world, tmp_path, origin) as (intern, specialist, events, page,
                                                            problems):
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
-        prepared = imaging.prepare_image(xray_png(400, 300, seed=7))
-        token = await direct_care_consent(specialist, prepared.image.data,
-                                          roles=[ORTHO], users=[intern.user_id])
-        sent = await specialist.client.send_image(
-            consult.message.thread_id, prepared.image, consent_token=token,
-            text="Marked up: the fracture line is circled.")
-        (aid,) = sent.attachment_ids
+        aid, token = await marked_up_film(specialist, intern, consult.message.thread_id)
         await page.locator(f".message.theirs img[data-attachment='{aid}']").wait_for()
         # The patient withdraws consent (the specialist captured it): every copy is ordered
         # erased, the phone's with it, and the phone confirms with a signed statement.

@@ -111,6 +111,13 @@ async def devices_of(world: World, user: User) -> int:
         await conn.close()
 
 
+async def idp_window(page: Any, button: str) -> Any:
+    """Tap ``button`` and return the sign-in window it opens at the IdP."""
+    async with page.context.expect_page() as opened:
+        await page.tap(button)
+    return await opened.value
+
+
 async def test_the_intern_enrols_and_signs_in_with_the_hospital_idp_only(
         db_dsn: str, tmp_path: Path) -> None:
     violations: dict[str, Any] = {}
@@ -119,9 +126,7 @@ async def test_the_intern_enrols_and_signs_in_with_the_hospital_idp_only(
         intern = await provisioned_intern(world)
         async with phone_page() as (page, problems):
             await to_the_idp(page, origin, intern.code, violations)
-            async with page.context.expect_page() as opened:
-                await page.tap("#enrol-finish")
-            popup = await opened.value
+            popup = await idp_window(page, "#enrol-finish")
             await at_the_idp(popup, origin, INTERN)
 
             # Enrolled with the IdP's ID token, no relay password; the session is begun at
@@ -130,9 +135,7 @@ async def test_the_intern_enrols_and_signs_in_with_the_hospital_idp_only(
             assert await page.inner_text("#conn") == "signed out"
             assert await devices_of(world, intern) == 1
             await shot(page, "sso-2-signin-needed", violations)
-            async with page.context.expect_page() as opened:
-                await page.tap("#sso-signin")
-            await at_the_idp(await opened.value, origin, INTERN)
+            await at_the_idp(await idp_window(page, "#sso-signin"), origin, INTERN)
             await page.locator("#conn", has_text="connected").wait_for()
             assert await page.locator("#signin-panel").is_hidden()
             await shot(page, "sso-3-connected", violations)
@@ -155,9 +158,7 @@ async def test_the_intern_enrols_and_signs_in_with_the_hospital_idp_only(
             await page.locator("#signin-panel").wait_for()
             assert await page.inner_text("#conn") == "signed out"
             world.clock.offset = 0  # back to the phone's time, which signs its proofs
-            async with page.context.expect_page() as opened:
-                await page.tap("#sso-signin")
-            await at_the_idp(await opened.value, origin, INTERN)
+            await at_the_idp(await idp_window(page, "#sso-signin"), origin, INTERN)
             await page.locator("#conn", has_text="connected").wait_for()
 
             # The session ends while the app is open: the next request is refused, and the
@@ -171,9 +172,7 @@ async def test_the_intern_enrols_and_signs_in_with_the_hospital_idp_only(
                 "Your hospital sign-in has ended: sign in with your hospital account again, "
                 "then try again.")
             world.clock.offset = 0
-            async with page.context.expect_page() as opened:
-                await page.tap("#sso-signin")
-            await at_the_idp(await opened.value, origin, INTERN)
+            await at_the_idp(await idp_window(page, "#sso-signin"), origin, INTERN)
             await page.locator("#signin-panel").wait_for(state="hidden")
             assert problems == []
     assert violations == {}
@@ -186,9 +185,7 @@ async def test_an_answer_for_another_request_is_refused_and_nothing_is_enrolled(
         intern = await provisioned_intern(world)
         async with phone_page() as (page, _problems):
             await to_the_idp(page, origin, intern.code, {})
-            async with page.context.expect_page() as opened:
-                await page.tap("#enrol-finish")
-            popup = await opened.value
+            popup = await idp_window(page, "#enrol-finish")
             await popup.wait_for_load_state()
             # While the intern is at the IdP, a link (a login CSRF) sends another sign-in's
             # answer to the app's redirect URI.
@@ -211,9 +208,7 @@ async def test_a_user_disabled_at_the_idp_gets_no_further_than_its_page(
         intern = await provisioned_intern(world)
         async with phone_page() as (page, _problems):
             await to_the_idp(page, origin, intern.code, {})
-            async with page.context.expect_page() as opened:
-                await page.tap("#enrol-finish")
-            popup = await opened.value
+            popup = await idp_window(page, "#enrol-finish")
             text = await at_the_idp(popup, origin, INTERN)
             assert not popup.url.startswith(origin)
             assert "error" in text
@@ -238,9 +233,7 @@ async def test_an_idp_that_cannot_be_reached_is_a_sentence_and_nothing_is_enroll
         intern = await provisioned_intern(world)
         async with phone_page() as (page, _problems):
             await to_the_idp(page, origin, intern.code, {})
-            async with page.context.expect_page() as opened:
-                await page.tap("#enrol-finish")
-            popup = await opened.value
+            popup = await idp_window(page, "#enrol-finish")
             await page.locator("#pass-error", has_text="cannot be reached").wait_for()
             assert await page.inner_text("#pass-error") == (
                 "Your hospital's sign-in service cannot be reached. Check the network and try "

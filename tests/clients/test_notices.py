@@ -27,14 +27,15 @@ from protocol.model import Purpose
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.identity_world import PASSWORD, Org, World
 
-T0 = float(int(time.time()))  # the relay dates its tokens by the real clock
-
 
 class Clock:
     """The time the client under test reads; a test moves it."""
 
     def __init__(self) -> None:
-        self.now = T0
+        # From the real time when the test starts: the relay dates tokens and the test's
+        # certificates by the real clock (a time read at import would be minutes before them
+        # in a long run).
+        self.now = float(int(time.time()))
 
     def __call__(self) -> float:
         return self.now
@@ -74,13 +75,14 @@ def _receipt(by: Clinician, message_id: str, *, signed_for: str | None = None,
     is signed by ``signer``'s device (default ``by``'s) for ``signed_for`` (default the same
     message)."""
     state = by.vault.state
+    at = int(time.time())
     statement = statements.issue_receipt_statement(statements.ReceiptStatement(
         v=statements.STATEMENT_VERSION, device_id=state.device_id,
         message_id=signed_for or message_id, thread_id=str(uuid.uuid4()),
-        kind=statements.ReceiptKind.READ, at=int(T0)),
+        kind=statements.ReceiptKind.READ, at=at),
         (signer or by).vault.state.device_keys().signing)
     return ReceiptNotice(message_id=message_id, device_id=state.device_id,
-                         user_id=state.user_id, kind=statements.ReceiptKind.READ, at=int(T0),
+                         user_id=state.user_id, kind=statements.ReceiptKind.READ, at=at,
                          statement=statement)
 
 
@@ -121,13 +123,14 @@ async def test_a_receipt_whose_statement_names_another_message_is_ignored(
 async def test_an_escalation_step_is_told_once(pair: tuple[LightboxClient, Clinician]) -> None:
     client, consultant = pair
     events = client.hub.subscribe()
+    at = int(time.time())
     notice = EscalationNotice(thread_id=str(uuid.uuid4()), message_id=str(uuid.uuid4()), step=1,
-                              level=2, user_id=consultant.user_id, at=int(T0),
+                              level=2, user_id=consultant.user_id, at=at,
                               kind=EscalationKind.RELEASED)
     await client.notices.handle(notice)
     await client.notices.handle(notice)
     assert _drain(events) == [EscalationEvent(notice.thread_id, notice.message_id, "released",
-                                              1, 2, consultant.user_id, int(T0))]
+                                              1, 2, consultant.user_id, at)]
 
 
 async def test_a_relay_error_is_told_as_an_error_status(
@@ -145,7 +148,7 @@ async def test_a_wipe_order_the_organisation_did_not_sign_destroys_nothing(
     forger = Org(world.org.org_id, OrganisationKey.generate())
     events = client.hub.subscribe()
     await client.notices.on_frame(WipeOrder(
-        order_id=str(uuid.uuid4()), issued_at=int(T0),
+        order_id=str(uuid.uuid4()), issued_at=int(time.time()),
         revocation=forger.revocation_list(9, devices=(state.device_id,), wipe=True)))
     assert _drain(events) == [StatusEvent(
         "error", "WipeOrder: the wipe order does not carry a valid organisation-signed list")]

@@ -246,7 +246,10 @@ async def test_orthanc_down_mid_way_files_once_it_returns(
             await asyncio.to_thread(orthanc.start)
 
         async def filed() -> bool:
-            return await count(world, "SELECT count(*) FROM filings") == 1
+            # The relay records the filing when the gateway's receipt arrives; the gateway
+            # adds it to its own list just after: wait for both, not for the first alone.
+            return bool(gw.filed) and await count(
+                world, "SELECT count(*) FROM filings") == 1
         await eventually(filed, timeout=30)
         assert gw.filed[0].attachment_id == aid and not gw.failed
 

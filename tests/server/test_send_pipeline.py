@@ -9,9 +9,11 @@ a lock (pg_stat_activity) then shows how many batches are in flight at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -41,26 +43,37 @@ async def _wait_for_blocked(conn: asyncpg.Connection, count: int) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_next_batch_starts_while_the_one_before_commits_and_keeps_thread_order(
-        world: World) -> None:
-    alice, bob = await peer(world, "alice"), await peer(world, "bob")
-    first_thread, other_thread = await thread(world, alice, bob), await thread(world, alice, bob)
-    sock = await connect(world, alice)
+@contextlib.asynccontextmanager
+async def deliveries_locked(world: World
+                            ) -> AsyncIterator[tuple[asyncpg.Connection, Any]]:
+    """A connection holding ``deliveries`` locked in an open transaction, so that a batch
+    waits at its deliveries; the test rolls the transaction back to let it go on."""
     blocker = await asyncpg.connect(world.dsn)
     try:
         hold = blocker.transaction()
         await hold.start()
         await blocker.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
-        one = asyncio.create_task(sock.send(seal(alice, first_thread, [bob], b"one")))
-        await _wait_for_blocked(blocker, 1)  # batch 1: locks taken, waiting at its deliveries
-        two = asyncio.create_task(sock.send(seal(alice, first_thread, [bob], b"two")))
-        three = asyncio.create_task(sock.send(seal(alice, other_thread, [bob], b"three")))
-        await _wait_for_blocked(blocker, 2)  # batch 2 started before batch 1 committed
-        assert not (one.done() or two.done() or three.done()), "accepted before COMMIT"
-        await hold.rollback()
-        accepted = await asyncio.wait_for(asyncio.gather(one, two, three), seconds(20))
+        yield blocker, hold
     finally:
         await blocker.close()
+
+
+async def test_next_batch_starts_while_the_one_before_commits_and_keeps_thread_order(
+        world: World) -> None:
+    alice, bob = await peer(world, "alice"), await peer(world, "bob")
+    first_thread, other_thread = await thread(world, alice, bob), await thread(world, alice, bob)
+    sock = await connect(world, alice)
+    try:
+        async with deliveries_locked(world) as (blocker, hold):
+            one = asyncio.create_task(sock.send(seal(alice, first_thread, [bob], b"one")))
+            await _wait_for_blocked(blocker, 1)  # batch 1: locks taken, waiting at its deliveries
+            two = asyncio.create_task(sock.send(seal(alice, first_thread, [bob], b"two")))
+            three = asyncio.create_task(sock.send(seal(alice, other_thread, [bob], b"three")))
+            await _wait_for_blocked(blocker, 2)  # batch 2 started before batch 1 committed
+            assert not (one.done() or two.done() or three.done()), "accepted before COMMIT"
+            await hold.rollback()
+            accepted = await asyncio.wait_for(asyncio.gather(one, two, three), seconds(20))
+    finally:
         await sock.close()
     assert [(a.thread_id, a.thread_seq) for a in accepted] == [
         (first_thread, 1), (first_thread, 2), (other_thread, 1)]
@@ -75,20 +88,16 @@ async def test_relay_stopped_while_a_batch_waits_stores_nothing_of_it(world: Wor
     alice, bob = await peer(world, "alice"), await peer(world, "bob")
     tid = await thread(world, alice, bob)
     sock = await connect(world, alice)
-    blocker = await asyncpg.connect(world.dsn)
     try:
-        hold = blocker.transaction()
-        await hold.start()
-        await blocker.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
-        sending = asyncio.create_task(sock.send(seal(alice, tid, [bob], b"never stored")))
-        await _wait_for_blocked(blocker, 1)
-        await asyncio.wait_for(asyncio.to_thread(world.relay.stop), seconds(30))
-        with pytest.raises(SocketClosed):  # the outcome is unknown to alice: she retries
-            await asyncio.wait_for(sending, seconds(20))
-        await hold.rollback()
-        # the batch was rolled back, not left running on a closed pool
-        assert await blocker.fetchval("SELECT count(*) FROM messages") == 0
-        assert await blocker.fetchval("SELECT count(*) FROM deliveries") == 0
+        async with deliveries_locked(world) as (blocker, hold):
+            sending = asyncio.create_task(sock.send(seal(alice, tid, [bob], b"never stored")))
+            await _wait_for_blocked(blocker, 1)
+            await asyncio.wait_for(asyncio.to_thread(world.relay.stop), seconds(30))
+            with pytest.raises(SocketClosed):  # the outcome is unknown to alice: she retries
+                await asyncio.wait_for(sending, seconds(20))
+            await hold.rollback()
+            # the batch was rolled back, not left running on a closed pool
+            assert await blocker.fetchval("SELECT count(*) FROM messages") == 0
+            assert await blocker.fetchval("SELECT count(*) FROM deliveries") == 0
     finally:
-        await blocker.close()
         await sock.close()

@@ -13,6 +13,15 @@ pooled connections never hold that state: advisory locks are transaction-level
 tests/server/test_db.py scans server/ for statements that would break this. What a connection
 can carry over is an open transaction after an error, and asyncpg still rolls that back before
 the reset hook runs (``Connection._reset``), so the hook itself has nothing left to do.
+
+Pooled connections plan prepared statements once (``plan_cache_mode = force_generic_plan``).
+asyncpg prepares every statement and reuses it; Postgres's default then plans each execution
+again for its parameter values whenever it guesses that a plan for "any value" would cost more,
+and for the statements of the send and delivery paths (arrays through ``unnest``, the inlined
+``thread_participants``) it always guesses so: planning cost four to seven times the execution
+itself, most of Postgres's CPU per paced message (docs/BENCHMARKS.md has the figures). The
+relay's statements look rows up by key or by arrays of keys; none of them needs a plan chosen
+for particular values, so one generic plan per statement and connection serves.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ class Database:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._min, max_size=self._max,
                 command_timeout=self.timeout, timeout=self.timeout, reset=_reset,
+                server_settings={"plan_cache_mode": "force_generic_plan"},
             )
 
     async def close(self) -> None:

@@ -6,13 +6,17 @@ back; and the relay's code never changes session state that only a full reset wo
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import uuid
 from pathlib import Path
 
 from server.db import Database
+from server.store import batches
 from tests.helpers import query_loggers_called
 
 ROOT = Path(__file__).resolve().parents[2]
+NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
 
 async def test_releasing_an_idle_connection_sends_no_statement(db_dsn: str) -> None:
@@ -82,3 +86,21 @@ def test_the_session_state_pattern_finds_what_it_looks_for() -> None:
                  'parser.add_argument("--host", help="listen address")',
                  'await conn.execute("SELECT pg_advisory_xact_lock(1)")'):
         assert not _SESSION_STATE.search(text), text
+
+
+async def test_pooled_connections_plan_a_statement_once_not_per_execution(db_dsn: str) -> None:
+    """The send path's reads (arrays through ``unnest``, the inlined ``thread_participants``)
+    would be planned again at every execution under Postgres's default plan cache mode, which
+    cost more than executing them (server/db.py)."""
+    db = Database(db_dsn, min_size=1, max_size=1)
+    await db.open()
+    try:
+        async with db.pool.acquire() as conn:
+            for _ in range(8):
+                await batches.read_batch(conn, [str(uuid.uuid4())], [], NOW)
+            plans = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement = $1", batches._READ_BATCH)
+        assert (plans["generic_plans"], plans["custom_plans"]) == (8, 0)
+    finally:
+        await db.close()

@@ -18,19 +18,25 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["CHANNEL", "EventBus", "publish", "publish_revocation"]
+__all__ = ["CHANNEL", "EventBus", "notification", "publish", "publish_revocation"]
 
 log = logging.getLogger("lightbox.events")
 CHANNEL = "lightbox_events"
 Handler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 
-async def publish(conn: asyncpg.Connection, kind: str, **fields: Any) -> None:
-    """Queue a notification; Postgres delivers it when the surrounding transaction commits."""
+def notification(kind: str, **fields: Any) -> str:
+    """The payload of an event on :data:`CHANNEL` (for a statement that sends it itself, as
+    the batch store does: server/store/batches.py)."""
     payload = json.dumps({"kind": kind, **fields}, separators=(",", ":"))
     if len(payload) > 7900:
         raise ValueError("event payload too large for NOTIFY")
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+    return payload
+
+
+async def publish(conn: asyncpg.Connection, kind: str, **fields: Any) -> None:
+    """Queue a notification; Postgres delivers it when the surrounding transaction commits."""
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, notification(kind, **fields))
 
 
 async def publish_revocation(conn: asyncpg.Connection, *, device_ids: Sequence[str] = (),

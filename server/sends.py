@@ -241,10 +241,11 @@ class SendPipeline:
             locked.set()  # also when the batch failed before it could lock anything
 
     async def _store(self, batch: list[_Pending], locked: asyncio.Event | None = None) -> None:
-        """Store a batch in one transaction with a fixed number of set-based statements
+        """Store a batch in one transaction of three set-based statements whatever its size
         (server/store/batches.py): lock the threads in id order (no deadlock between relay
-        processes), look up retries, load participants and device sets, check each send, then
-        reserve sequence numbers and insert messages and deliveries for all accepted ones."""
+        processes); read retries, participants and device sets; check each send; then number,
+        insert and announce all accepted ones. Attachments, consents, emergencies and on-call
+        threads add their own statements, only when a message has them."""
         now = self.now()
         at = self.routing.at() if self.routing is not None else now
         prepared = [(p, self._new_message(p)) for p in batch]
@@ -259,10 +260,9 @@ class SendPipeline:
                 await self.break_glass.lock(conn, [p.message.header for p, _ in prepared])
             if locked is not None:
                 locked.set()  # the next batch may start: it waits here for a shared thread
-            existing = await batches.existing_messages(
-                conn, [(m.sender_device_id, m.message_id) for _, m in prepared])
-            members = await batches.participants(conn, sorted(orgs), at)
-            device_sets = await batches.device_sets(conn, members)
+            reads = await batches.read_batch(
+                conn, sorted(orgs), [(m.sender_device_id, m.message_id) for _, m in prepared],
+                at)
             for i, (p, m) in enumerate(prepared):
                 key = (m.sender_device_id, m.message_id)
                 try:
@@ -272,7 +272,7 @@ class SendPipeline:
                             raise Conflict(ErrorCode.DUPLICATE_CONFLICT, _REUSED)
                         twins.append((i, j))
                         continue
-                    old = existing.get(key)
+                    old = reads.existing.get(key)
                     if old is not None:
                         if old.body_hash != m.body_hash or old.thread_id != m.thread_id:
                             raise Conflict(ErrorCode.DUPLICATE_CONFLICT, _REUSED)
@@ -280,22 +280,19 @@ class SendPipeline:
                                                        old.thread_seq, old.created_at,
                                                        duplicate=True)
                         continue
-                    await self._check(conn, p, orgs, members, device_sets, now, batch_state)
+                    await self._check(conn, p, orgs, reads.members, reads.device_sets, now,
+                                      batch_state)
                 except RelayError as err:
                     outcome[i] = err
                     continue
                 first_of[key] = i
                 accepted.append((i, m, list(p.message.header.attachment_ids)))
-            await self._insert(conn, accepted, outcome, now, at)
+            await self._insert(conn, accepted, outcome, now, at, reads.routed)
             if self.break_glass is not None:
                 await self.break_glass.record(conn, [
                     batch_state.emergencies[(m.sender_device_id, m.message_id)]
                     for _, m, _ in accepted
                     if (m.sender_device_id, m.message_id) in batch_state.emergencies], now)
-            woken = sorted({d for _, m, _ in accepted for d in m.recipients})
-            for k in range(0, len(woken), 180):
-                await events.publish(conn, "deliver", device_ids=woken[k:k + 180],
-                                     notices=False)  # messages only: pumps skip notices
         for i, j in twins:
             prev = outcome.get(j)
             outcome[i] = (dataclasses.replace(prev, duplicate=True)
@@ -377,27 +374,28 @@ class SendPipeline:
     async def _insert(self, conn: Any,
                       accepted: list[tuple[int, messages.NewMessage, list[str]]],
                       outcome: dict[int, messages.Accepted | RelayError],
-                      now: dt.datetime, at: dt.datetime) -> None:
-        counts: dict[str, int] = {}
-        for _, m, _ in accepted:
-            counts[m.thread_id] = counts.get(m.thread_id, 0) + 1
-        first = await batches.reserve_sequence_numbers(conn, counts)
-        rows = []
-        for i, m, _ in accepted:  # batch order = submission order: thread order is kept
-            seq = first[m.thread_id]
-            first[m.thread_id] = seq + 1
-            rows.append((m, seq))
-            outcome[i] = messages.Accepted(m.message_id, m.thread_id, seq, now,
-                                           duplicate=False)
-        pks = await batches.insert_messages(conn, rows, now)
-        await batches.insert_deliveries(
-            conn, [(d, pks[(m.sender_device_id, m.message_id)], m.priority)
-                   for m, _ in rows for d in m.recipients], now)
+                      now: dt.datetime, at: dt.datetime, routed: frozenset[str]) -> None:
+        """Store the accepted messages, their deliveries and the recipients' wake-up in one
+        statement (server/store/batches.py), then their attachment grants and on-call work."""
+        if not accepted:
+            return
+        woken = sorted({d for _, m, _ in accepted for d in m.recipients})
+        stored = await batches.store_messages(
+            conn, [m for _, m, _ in accepted], now, channel=events.CHANNEL,
+            notifications=[events.notification("deliver", device_ids=woken[k:k + 180],
+                                               notices=False)  # pumps skip notices
+                           for k in range(0, len(woken), 180)])
+        for i, m, _ in accepted:
+            outcome[i] = messages.Accepted(
+                m.message_id, m.thread_id, stored[(m.sender_device_id, m.message_id)].thread_seq,
+                now, duplicate=False)
         for _, m, attachment_ids in accepted:
             if attachment_ids:
                 await attachments.record_references(
                     conn, sender_device_id=m.sender_device_id, message_id=m.message_id,
                     attachment_ids=attachment_ids, recipients=m.recipients, now=now)
-        if self.routing is not None and rows:
-            await self.routing.after_store(
-                conn, [(m, pks[(m.sender_device_id, m.message_id)]) for m, _ in rows], at)
+        if self.routing is not None:
+            rows = [(m, stored[(m.sender_device_id, m.message_id)].message_pk)
+                    for _, m, _ in accepted if m.thread_id in routed]
+            if rows:
+                await self.routing.after_store(conn, rows, at)

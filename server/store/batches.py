@@ -1,8 +1,11 @@
-"""Set-based storage for group commit: a whole batch of sends in a handful of statements.
+"""Set-based storage for group commit: a whole batch of sends in three statements.
 
 The send pipeline (server/sends.py) stores many messages per transaction. Doing that row by row
 costs several round trips per message; these functions take the whole batch at once (arrays
-through ``unnest``), so a batch costs the same few round trips whatever its size
+through ``unnest``), so a batch costs the same round trips whatever its size. Paced traffic
+makes batches of one or two messages, where the round trips are the cost, so there are three:
+:func:`lock_threads`, :func:`read_batch` (everything the checks read) and
+:func:`store_messages` (everything written, and the wake-up), besides ``BEGIN`` and ``COMMIT``
 (docs/BENCHMARKS.md has the figures).
 
 Lock order: :func:`lock_threads` locks the batch's thread rows in ``thread_id`` order before
@@ -14,8 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import asyncpg
 
@@ -23,14 +25,12 @@ from server.store.messages import PRIORITY_RANK, NewMessage
 from server.store.threads import DeviceSet
 
 __all__ = [
+    "BatchReads",
     "Existing",
-    "device_sets",
-    "existing_messages",
-    "insert_deliveries",
-    "insert_messages",
+    "Stored",
     "lock_threads",
-    "participants",
-    "reserve_sequence_numbers",
+    "read_batch",
+    "store_messages",
 ]
 
 
@@ -51,100 +51,127 @@ class Existing:
     created_at: dt.datetime
 
 
-async def existing_messages(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
-                            ) -> dict[tuple[str, str], Existing]:
-    """Messages already stored under these (sender device, message id) pairs."""
-    if not keys:
-        return {}
-    rows = await conn.fetch(
-        "SELECT m.sender_device_id::text AS d, m.message_id::text AS m, "
-        "m.thread_id::text AS t, m.thread_seq, m.body_hash, m.created_at "
-        "FROM messages m JOIN unnest($1::uuid[], $2::uuid[]) AS k(d, m) "
-        "ON m.sender_device_id = k.d AND m.message_id = k.m",
-        [k[0] for k in keys], [k[1] for k in keys])
-    return {(r["d"], r["m"]): Existing(r["t"], int(r["thread_seq"]), bytes(r["body_hash"]),
-                                       r["created_at"]) for r in rows}
+@dataclasses.dataclass(frozen=True)
+class BatchReads:
+    """What the checks of a batch read, in one statement (:func:`read_batch`)."""
+
+    existing: dict[tuple[str, str], Existing]  # (sender device, message id) already stored
+    members: dict[str, set[str]]  # thread -> its participants at the moment given
+    device_sets: dict[str, DeviceSet]  # thread -> its participants' devices
+    routed: frozenset[str]  # threads with on-call work: a role, or a reseal request pending
 
 
-async def participants(conn: asyncpg.Connection, thread_ids: Sequence[str],
-                       at: dt.datetime) -> dict[str, set[str]]:
-    """Participants of many threads at ``at``: the SQL function ``thread_participants`` (an
-    alembic migration creates it), the one definition server.store.threads reads too."""
-    rows = await conn.fetch(
-        "SELECT thread_id::text AS thread_id, user_id::text AS user_id "
-        "FROM thread_participants($1::uuid[], $2)", list(thread_ids), at)
-    out: dict[str, set[str]] = {t: set() for t in thread_ids}
-    for r in rows:
-        out[str(r["thread_id"])].add(str(r["user_id"]))
-    return out
+# One statement, its parts told apart by ``k``: the messages already stored under the batch's
+# keys (retries); the participants at ``$4`` by the SQL function ``thread_participants`` (an
+# alembic migration creates it; server.store.threads reads the same definition); their devices,
+# active or stale, with their organisations; and the threads that have on-call work
+# (server/oncall.py ``after_store`` reads nothing for the others).
+_READ_BATCH = """
+WITH p AS (SELECT thread_id, user_id FROM thread_participants($3::uuid[], $4))
+SELECT 'm' AS k, m.sender_device_id::text AS a, m.message_id::text AS b,
+       m.thread_id::text AS c, m.thread_seq AS n, m.body_hash AS h, m.created_at AS at,
+       NULL::boolean AS f
+  FROM messages m JOIN unnest($1::uuid[], $2::uuid[]) AS x(d, m)
+    ON m.sender_device_id = x.d AND m.message_id = x.m
+UNION ALL
+SELECT 'p', p.thread_id::text, p.user_id::text, NULL, NULL, NULL, NULL, NULL FROM p
+UNION ALL
+SELECT 'd', d.user_id::text, d.device_id::text, u.org_id, NULL, NULL, NULL,
+       (d.status = 'active' AND u.status = 'active')
+  FROM devices d JOIN users u USING (user_id) WHERE d.user_id IN (SELECT user_id FROM p)
+UNION ALL
+SELECT 'r', t.tid::text, NULL, NULL, NULL, NULL, NULL, NULL FROM unnest($3::uuid[]) AS t(tid)
+ WHERE EXISTS (SELECT 1 FROM thread_roles r WHERE r.thread_id = t.tid AND r.removed_at IS NULL)
+    OR EXISTS (SELECT 1 FROM reseal_requests q WHERE q.thread_id = t.tid AND q.done_at IS NULL)
+"""
 
 
-async def device_sets(conn: asyncpg.Connection, members: Mapping[str, set[str]]
-                      ) -> dict[str, DeviceSet]:
-    """Active and inactive devices of each thread's participants (one query)."""
-    users = sorted({u for us in members.values() for u in us})
-    rows = await conn.fetch(
-        "SELECT d.user_id::text AS u, d.device_id::text AS d, u.org_id AS o, "
-        "(d.status = 'active' AND u.status = 'active') AS active "
-        "FROM devices d JOIN users u USING (user_id) WHERE d.user_id = ANY($1::uuid[])", users)
+async def read_batch(conn: asyncpg.Connection, thread_ids: Sequence[str],
+                     keys: Sequence[tuple[str, str]], at: dt.datetime) -> BatchReads:
+    """Retries, participants at ``at``, device sets and on-call work of a batch's threads."""
+    rows = await conn.fetch(_READ_BATCH, [k[0] for k in keys], [k[1] for k in keys],
+                            list(thread_ids), at)
+    existing: dict[tuple[str, str], Existing] = {}
+    members: dict[str, set[str]] = {t: set() for t in thread_ids}
     by_user: dict[str, list[tuple[str, bool]]] = {}
     orgs: dict[str, str] = {}
+    routed = set()
     for r in rows:
-        by_user.setdefault(r["u"], []).append((r["d"], r["active"]))
-        orgs[r["d"]] = r["o"]
-    out = {}
+        k = r["k"]
+        if k == "m":
+            existing[(r["a"], r["b"])] = Existing(r["c"], int(r["n"]), bytes(r["h"]), r["at"])
+        elif k == "p":
+            members[r["a"]].add(r["b"])
+        elif k == "d":
+            by_user.setdefault(r["a"], []).append((r["b"], r["f"]))
+            orgs[r["b"]] = r["c"]
+        else:
+            routed.add(r["a"])
+    sets = {}
     for tid, us in members.items():
         devs = [d for u in us for d in by_user.get(u, ())]
-        out[tid] = DeviceSet(active=frozenset(d for d, a in devs if a),
-                             inactive=frozenset(d for d, a in devs if not a),
-                             orgs={d: orgs[d] for d, _ in devs})
-    return out
+        sets[tid] = DeviceSet(active=frozenset(d for d, a in devs if a),
+                              inactive=frozenset(d for d, a in devs if not a),
+                              orgs={d: orgs[d] for d, _ in devs})
+    return BatchReads(existing, members, sets, frozenset(routed))
 
 
-async def reserve_sequence_numbers(conn: asyncpg.Connection, counts: Mapping[str, int]
-                                   ) -> dict[str, int]:
-    """Advance each thread's counter by its count; returns the first number reserved."""
-    if not counts:
-        return {}
-    tids = sorted(counts)
-    rows = await conn.fetch(
-        "UPDATE threads t SET last_seq = t.last_seq + x.n "
-        "FROM unnest($1::uuid[], $2::bigint[]) AS x(tid, n) WHERE t.thread_id = x.tid "
-        "RETURNING t.thread_id::text AS t, t.last_seq", tids, [counts[t] for t in tids])
-    return {r["t"]: int(r["last_seq"]) - counts[r["t"]] + 1 for r in rows}
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    message_pk: int
+    thread_seq: int
 
 
-async def insert_messages(conn: asyncpg.Connection, msgs: Sequence[tuple[NewMessage, int]],
-                          now: dt.datetime) -> dict[tuple[str, str], int]:
-    """Insert (message, thread sequence number) pairs; returns their primary keys."""
+# One statement: each thread's counter advanced by its count, the messages numbered on from it
+# in batch order (submission order: thread order is kept), one delivery per recipient device in
+# the same order, and the notifications (delivered by Postgres only if the transaction commits).
+_STORE_MESSAGES = """
+WITH x AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                         $6::smallint[], $7::text[], $8::uuid[], $9::bytea[], $10::text[],
+                         $11::bytea[]) WITH ORDINALITY
+        AS x(mid, tid, su, sd, pr, rank, pu, c, h, r, s, ord)
+), n AS (
+    SELECT tid, count(*) AS n FROM x GROUP BY tid
+), seq AS (
+    UPDATE threads t SET last_seq = t.last_seq + n.n FROM n WHERE t.thread_id = n.tid
+    RETURNING t.thread_id AS tid, t.last_seq - n.n AS base
+), m AS (
+    INSERT INTO messages (message_id, thread_id, thread_seq, sender_user_id, sender_device_id,
+                          priority, purpose, consent_id, body_hash, recipients, sealed, size,
+                          created_at)
+    SELECT x.mid, x.tid, seq.base + row_number() OVER (PARTITION BY x.tid ORDER BY x.ord),
+           x.su, x.sd, x.pr, x.pu, x.c, x.h, x.r::uuid[], x.s, octet_length(x.s), $12
+      FROM x JOIN seq USING (tid) ORDER BY x.ord
+    RETURNING message_pk, sender_device_id, message_id, thread_seq, recipients, priority
+), d AS (
+    INSERT INTO deliveries (delivery_id, device_id, message_pk, priority, created_at)
+    SELECT gen_random_uuid(), r.dev, m.message_pk, x.rank, $12
+      FROM m JOIN x ON x.sd = m.sender_device_id AND x.mid = m.message_id
+     CROSS JOIN LATERAL unnest(m.recipients) WITH ORDINALITY AS r(dev, k)
+     ORDER BY m.message_pk, r.k
+), woken AS (
+    SELECT count(pg_notify($13, p)) AS n FROM unnest($14::text[]) AS p
+)
+SELECT m.message_pk, m.sender_device_id::text AS d, m.message_id::text AS mid, m.thread_seq
+  FROM m CROSS JOIN woken
+"""
+
+
+async def store_messages(conn: asyncpg.Connection, msgs: Sequence[NewMessage],
+                         now: dt.datetime, *, channel: str, notifications: Sequence[str]
+                         ) -> dict[tuple[str, str], Stored]:
+    """Store messages (in batch order) with their deliveries and send ``notifications`` on
+    ``channel``, in one statement; returns each message's primary key and thread number.
+    The threads must be locked (:func:`lock_threads`)."""
     if not msgs:
         return {}
-    cols: list[list[object]] = [[] for _ in range(12)]
-    for m, seq in msgs:
-        for i, v in enumerate((m.message_id, m.thread_id, seq, m.sender_user_id,
-                               m.sender_device_id, m.priority, m.purpose, m.consent_id,
-                               m.body_hash, "{" + ",".join(m.recipients) + "}", m.sealed,
-                               len(m.sealed))):
+    cols: list[list[object]] = [[] for _ in range(11)]
+    for m in msgs:
+        for i, v in enumerate((m.message_id, m.thread_id, m.sender_user_id, m.sender_device_id,
+                               m.priority, PRIORITY_RANK[m.priority], m.purpose, m.consent_id,
+                               m.body_hash, "{" + ",".join(m.recipients) + "}", m.sealed)):
             cols[i].append(v)
-    rows = await conn.fetch(
-        "INSERT INTO messages (message_id, thread_id, thread_seq, sender_user_id, "
-        "sender_device_id, priority, purpose, consent_id, body_hash, recipients, sealed, size, "
-        "created_at) SELECT x.mid, x.tid, x.seq, x.su, x.sd, x.pr, x.pu, x.c, x.h, "
-        "x.r::uuid[], x.s, x.sz, $13 FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], "
-        "$4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::uuid[], $9::bytea[], $10::text[], "
-        "$11::bytea[], $12::int[]) AS x(mid, tid, seq, su, sd, pr, pu, c, h, r, s, sz) "
-        "RETURNING message_pk, sender_device_id::text AS d, message_id::text AS m",
-        *cols, now)
-    return {(r["d"], r["m"]): int(r["message_pk"]) for r in rows}
-
-
-async def insert_deliveries(conn: asyncpg.Connection,
-                            rows: Sequence[tuple[str, int, str]], now: dt.datetime) -> None:
-    """Insert (device id, message pk, priority) delivery rows."""
-    if not rows:
-        return
-    await conn.execute(
-        "INSERT INTO deliveries (delivery_id, device_id, message_pk, priority, created_at) "
-        "SELECT * , $5 FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::smallint[])",
-        [uuid.uuid4() for _ in rows], [r[0] for r in rows], [r[1] for r in rows],
-        [PRIORITY_RANK[r[2]] for r in rows], now)
+    rows = await conn.fetch(_STORE_MESSAGES, *cols, now, channel, list(notifications))
+    return {(r["d"], r["mid"]): Stored(int(r["message_pk"]), int(r["thread_seq"]))
+            for r in rows}

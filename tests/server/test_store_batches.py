@@ -1,22 +1,27 @@
-"""server/store/batches.py: the set-based storage of group commit (thread locks, sequence
-numbers, device sets of many threads at once), against the real Postgres. Who the threads
-reach is tested with the other readers of the rule in test_store_threads.py."""
+"""server/store/batches.py: the set-based storage of group commit (thread locks, what a batch's
+checks read, what it writes), against the real Postgres. Who the threads reach is tested with
+the other readers of the rule in test_store_threads.py."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import datetime as dt
+import json
 import uuid
 
 import asyncpg
 
-from server.store import batches, threads
-from tests.server.test_store_threads import NOW, add_device, add_user
+from server.store import batches, escalations, threads
+from tests.server.test_store_threads import NOW, add_device, add_user, new_message
 
 
 async def new_thread(conn: asyncpg.Connection, creator: str, *users: str,
-                     org: str = "org-a") -> str:
+                     org: str = "org-a", roles: tuple[str, ...] = ()) -> str:
     tid = str(uuid.uuid4())
     await threads.create_thread(conn, thread_id=tid, org_id=org, creator=creator,
-                                priority="routine", users=list(users), roles=[], now=NOW)
+                                priority="routine", users=list(users), roles=list(roles),
+                                now=NOW)
     return tid
 
 
@@ -30,17 +35,82 @@ async def test_locking_names_the_organisation_of_each_existing_thread_only(
             ta: "org-a", tb: "org-b"}
 
 
-async def test_sequence_numbers_are_reserved_per_thread_in_consecutive_runs(
+async def test_messages_are_numbered_per_thread_in_batch_order_across_batches(
         conn: asyncpg.Connection) -> None:
-    a = await add_user(conn)
-    t1, t2 = await new_thread(conn, a), await new_thread(conn, a)
-    assert await batches.reserve_sequence_numbers(conn, {}) == {}
-    assert await batches.reserve_sequence_numbers(conn, {t1: 3, t2: 1}) == {t1: 1, t2: 1}
-    assert await batches.reserve_sequence_numbers(conn, {t1: 2, t2: 2}) == {t1: 4, t2: 2}
-    assert await conn.fetchval("SELECT last_seq FROM threads WHERE thread_id = $1", t1) == 5
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    t1, t2 = await new_thread(conn, a, b), await new_thread(conn, a, b)
+    first = [new_message(t, a, a1, [b1]) for t in (t1, t2, t1, t1)]
+    async with conn.transaction():
+        stored = await batches.store_messages(conn, first, NOW, channel="c", notifications=[])
+    assert [stored[(m.sender_device_id, m.message_id)].thread_seq for m in first] == [1, 1, 2, 3]
+    second = [new_message(t, a, a1, [b1]) for t in (t2, t1)]
+    async with conn.transaction():
+        stored = await batches.store_messages(conn, second, NOW, channel="c", notifications=[])
+    assert [stored[(m.sender_device_id, m.message_id)].thread_seq for m in second] == [2, 4]
+    assert await conn.fetchval("SELECT last_seq FROM threads WHERE thread_id = $1", t1) == 4
+    by_id = {r["m"]: r["message_pk"] for r in await conn.fetch(
+        "SELECT message_id::text AS m, message_pk FROM messages")}
+    assert [by_id[m.message_id] for m in first] == sorted(by_id[m.message_id] for m in first)
+    assert [stored[(a1, m.message_id)].message_pk for m in second] == [
+        by_id[m.message_id] for m in second]  # primary keys in batch order too
 
 
-async def test_device_sets_of_many_threads_split_active_from_stale_with_organisations(
+async def test_each_recipient_device_gets_one_delivery_in_batch_order_with_its_rank(
+        conn: asyncpg.Connection) -> None:
+    a, b, c = [await add_user(conn) for _ in range(3)]
+    a1 = await add_device(conn, a)
+    b1, b2, c1 = await add_device(conn, b), await add_device(conn, b), await add_device(conn, c)
+    tid = await new_thread(conn, a, b, c)
+    routine = new_message(tid, a, a1, [b1, b2, c1])
+    urgent = dataclasses.replace(new_message(tid, a, a1, [c1, b1]), priority="urgent")
+    async with conn.transaction():
+        stored = await batches.store_messages(conn, [routine, urgent], NOW, channel="c",
+                                              notifications=[])
+    rows = await conn.fetch(
+        "SELECT device_id::text AS d, message_pk, priority, created_at, held FROM deliveries "
+        "ORDER BY delivery_pk")
+    pk_r = stored[(a1, routine.message_id)].message_pk
+    pk_u = stored[(a1, urgent.message_id)].message_pk
+    assert [(r["d"], r["message_pk"], r["priority"]) for r in rows] == [
+        (b1, pk_r, 1), (b2, pk_r, 1), (c1, pk_r, 1), (c1, pk_u, 0), (b1, pk_u, 0)]
+    assert {r["created_at"] for r in rows} == {NOW} and not any(r["held"] for r in rows)
+    sealed = await conn.fetchrow("SELECT sealed, size, body_hash, recipients::text[] AS r "
+                                 "FROM messages WHERE message_pk = $1", pk_r)
+    assert (bytes(sealed["sealed"]), sealed["size"], bytes(sealed["body_hash"]),
+            sealed["r"]) == (routine.sealed, len(routine.sealed), routine.body_hash,
+                             [b1, b2, c1])
+
+
+async def test_the_notifications_go_out_when_the_batch_commits_and_never_when_it_rolls_back(
+        conn: asyncpg.Connection, db_dsn: str) -> None:
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = await new_thread(conn, a, b)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(db_dsn)
+    try:
+        await listener.add_listener("batch_test", lambda *args: heard.put_nowait(args[-1]))
+        payloads = [json.dumps({"n": 1}), json.dumps({"n": 2})]
+        try:
+            async with conn.transaction():
+                await batches.store_messages(conn, [new_message(tid, a, a1, [b1])], NOW,
+                                             channel="batch_test", notifications=payloads)
+                raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+        async with conn.transaction():
+            await batches.store_messages(conn, [new_message(tid, a, a1, [b1])], NOW,
+                                         channel="batch_test", notifications=payloads)
+        got = [await asyncio.wait_for(heard.get(), 10) for _ in payloads]
+        await listener.execute("SELECT 1")  # a round trip: anything else queued has arrived
+        assert got == payloads and heard.empty()
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 1
+    finally:
+        await listener.close()
+
+
+async def test_the_reads_split_active_devices_from_stale_with_organisations(
         conn: asyncpg.Connection) -> None:
     a, b = await add_user(conn), await add_user(conn)
     suspended = await add_user(conn, status="suspended")
@@ -48,10 +118,59 @@ async def test_device_sets_of_many_threads_split_active_from_stale_with_organisa
     a1, b1 = await add_device(conn, a), await add_device(conn, b)
     b_old = await add_device(conn, b, status="revoked")
     s1, e1 = await add_device(conn, suspended), await add_device(conn, elsewhere)
-    t1, t2 = str(uuid.uuid4()), str(uuid.uuid4())
-    members = {t1: {a, b, suspended}, t2: {a, elsewhere}}
-    sets = await batches.device_sets(conn, members)
+    t1 = await new_thread(conn, a, b)
+    t2 = await new_thread(conn, a)
+    await conn.executemany(  # a suspended member, and one of another organisation
+        "INSERT INTO thread_members (thread_id, user_id, added_at, added_by) "
+        "VALUES ($1, $2, $3, $4)", [(t1, suspended, NOW, a), (t2, elsewhere, NOW, a)])
+    reads = await batches.read_batch(conn, [t1, t2], [], NOW)
+    assert reads.members == {t1: {a, b, suspended}, t2: {a, elsewhere}}
+    sets = reads.device_sets
     assert sets[t1].active == {a1, b1} and sets[t1].inactive == {b_old, s1}
     assert sets[t2].active == {a1, e1} and sets[t2].inactive == frozenset()
     assert sets[t2].orgs == {a1: "org-a", e1: "org-b"}
     assert set(sets[t1].orgs) == {a1, b1, b_old, s1}
+
+
+async def test_the_reads_find_retries_by_sender_device_and_id_only(
+        conn: asyncpg.Connection) -> None:
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = await new_thread(conn, a, b)
+    msg = new_message(tid, a, a1, [b1])
+    async with conn.transaction():
+        await batches.store_messages(conn, [msg], NOW, channel="c", notifications=[])
+    other = str(uuid.uuid4())
+    reads = await batches.read_batch(conn, [tid], [(a1, msg.message_id), (b1, msg.message_id),
+                                                   (a1, other)], NOW)
+    assert list(reads.existing) == [(a1, msg.message_id)]
+    assert reads.existing[(a1, msg.message_id)].thread_seq == 1
+
+
+async def test_only_threads_with_a_role_or_a_pending_reseal_are_routed(
+        conn: asyncpg.Connection) -> None:
+    """server/oncall.py's after-store work is skipped for the others: a thread counts while a
+    role is on it, or while a reseal request of it is not done (even once its role is gone)."""
+    a, b = await add_user(conn, roles=("cardiology",)), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    plain, with_role = await new_thread(conn, a, b), await new_thread(
+        conn, b, roles=("cardiology",))
+    resealing = await new_thread(conn, a, b)
+    msg = new_message(resealing, a, a1, [b1])
+    async with conn.transaction():
+        stored = await batches.store_messages(conn, [msg], NOW, channel="c", notifications=[])
+    esc = await escalations.create(
+        conn, message_pk=stored[(a1, msg.message_id)].message_pk, message_id=msg.message_id,
+        thread_id=resealing, sender_user_id=a, org_id="org-a", role="cardiology",
+        shift_id=str(uuid.uuid4()), ladder=[b], deadline=60, due_at=NOW, shift_ends_at=NOW,
+        now=NOW)
+    assert esc is not None
+    await escalations.request_reseal(conn, escalation_id=esc.escalation_id, thread_id=resealing,
+                                     devices=[b1], holders=[a1], now=NOW,
+                                     deadline=NOW + dt.timedelta(minutes=5))
+    all_three = [plain, with_role, resealing]
+    assert (await batches.read_batch(conn, all_three, [], NOW)).routed == {
+        with_role, resealing}
+    await escalations.reseal_done(conn, esc.escalation_id, NOW)
+    await conn.execute("UPDATE thread_roles SET removed_at = $1", NOW)
+    assert (await batches.read_batch(conn, all_three, [], NOW)).routed == frozenset()

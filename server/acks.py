@@ -40,11 +40,16 @@ class AckPipeline:
                 await self._task
             self._task = None
 
-    async def ack(self, device_id: str, delivery_ids: Sequence[str]) -> set[str]:
-        """Remove these deliveries of this device; returns the ids actually removed."""
+    def submit(self, device_id: str, delivery_ids: Sequence[str]) -> asyncio.Future[set[str]]:
+        """Queue the removal of these deliveries of this device; the future resolves after
+        COMMIT with the ids actually removed."""
         fut: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((device_id, list(delivery_ids), fut))
-        return await fut
+        return fut
+
+    async def ack(self, device_id: str, delivery_ids: Sequence[str]) -> set[str]:
+        """Remove these deliveries of this device; returns the ids actually removed."""
+        return await self.submit(device_id, delivery_ids)
 
     async def _run(self) -> None:
         while True:

@@ -158,6 +158,7 @@ class _Connection:
         self._closed = False
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flush_scheduled = False
         self._in_flight: dict[str, float] = {}  # delivery id -> sent at (monotonic)
         self._sent_ids: set[str] = set()  # every delivery id sent on this connection
         self._last_pk = 0
@@ -423,9 +424,9 @@ class _Connection:
         assert self.principal is not None
         key, filing, receipts = self.principal.signing_key, self.relay.filing, self.relay.receipts
         if isinstance(frame, Send):
-            await self._on_send(frame)
+            self._on_send(frame)
         elif isinstance(frame, Ack):
-            self._spawn(self._on_ack(frame))
+            self._on_ack(frame)
         elif isinstance(frame, Receipt) and receipts is not None:
             # A recipient's signed receipt: kept and passed on (server/receipts.py) or refused.
             self._spawn(self._answer(frame.req_id, receipts.receive(
@@ -444,16 +445,36 @@ class _Connection:
                                            "relay version", req_id=getattr(frame, "req_id",
                                                                           None)))
 
-    async def _refuse(self, req_id: str | None, err: RelayError) -> None:
+    def _queue_refusal(self, req_id: str | None, err: RelayError) -> None:
+        """Queue the error frame answering a refused frame (written by the next flush)."""
         self.relay.metrics.ws_rejections.labels(err.code.value).inc()
         log.info("frame refused", extra={"code": err.code.value})
         extra = err.extra
-        await self._send(Error(
+        self.session.send(Error(
             req_id=req_id, code=err.code, detail=(err.detail or "")[:200],
             retry_after=err.retry_after,
             missing=extra.get("missing"), extra=extra.get("extra"), stale=extra.get("stale")))
 
-    async def _on_send(self, frame: Send) -> None:
+    async def _refuse(self, req_id: str | None, err: RelayError) -> None:
+        if not self._closed:
+            self._queue_refusal(req_id, err)
+            await self._flush()
+
+    def _flush_soon(self) -> None:
+        """Write what the session has queued, once for everything queued in this event-loop
+        turn: the answers of one group-commit batch to one connection cost one task, not one
+        each (docs/BENCHMARKS.md)."""
+        if not self._flush_scheduled and not self._closed:
+            self._flush_scheduled = True
+            self._spawn(self._flush_scheduled_now())
+
+    async def _flush_scheduled_now(self) -> None:
+        self._flush_scheduled = False
+        await self._flush()
+
+    def _on_send(self, frame: Send) -> None:
+        """Validate and queue a send; ``accepted`` (or the refusal) is queued by a callback
+        when its batch commits (no task per send)."""
         assert self.principal is not None
         sender = Sender(self.principal.user_id, self.principal.device_id,
                         self.principal.signing_key)
@@ -461,35 +482,52 @@ class _Connection:
             self._rate.admit(frame.message, self.relay.clock())
             fut = self.relay.pipeline.enqueue(sender, frame.message)
         except RelayError as err:
-            await self._refuse(frame.req_id, err)
+            self._queue_refusal(frame.req_id, err)  # written by the read loop's flush
             return
-        self._spawn(self._answer_send(frame.req_id, fut))
+        req_id = frame.req_id
+        fut.add_done_callback(lambda f: self._answer_send(req_id, f))
 
-    async def _answer_send(self, req_id: str, fut: asyncio.Future[messages.Accepted]) -> None:
-        try:
-            acc = await fut
-        except RelayError as err:
-            await self._refuse(req_id, err)
+    def _answer_send(self, req_id: str, fut: asyncio.Future[messages.Accepted]) -> None:
+        err = fut.exception()
+        if self._closed:
             return
-        await self._send(Accepted(req_id=req_id, message_id=acc.message_id,
-                                  thread_id=acc.thread_id, thread_seq=acc.thread_seq,
-                                  server_time=int(acc.server_time.timestamp()),
-                                  duplicate=acc.duplicate))
+        if isinstance(err, RelayError):
+            self._queue_refusal(req_id, err)
+        elif err is not None:  # the pipeline answers RelayError only: logged, not lost
+            log.error("send answer failed", extra={"error_type": type(err).__name__},
+                      exc_info=err)
+            self._queue_refusal(req_id, RelayError(ErrorCode.INTERNAL_ERROR, "not stored; retry"))
+        else:
+            acc = fut.result()
+            self.session.send(Accepted(
+                req_id=req_id, message_id=acc.message_id, thread_id=acc.thread_id,
+                thread_seq=acc.thread_seq, server_time=int(acc.server_time.timestamp()),
+                duplicate=acc.duplicate))
+        self._flush_soon()
 
-    async def _on_ack(self, frame: Ack) -> None:
+    def _on_ack(self, frame: Ack) -> None:
+        """Queue the removal of the acknowledged deliveries (group commit, server/acks.py);
+        a callback finishes when it is durable (no task per ack)."""
         unknown = [d for d in frame.delivery_ids if d not in self._sent_ids]
         mine = [d for d in frame.delivery_ids if d in self._sent_ids]
         if mine:
-            removed = await self.relay.acks.ack(self.device_id, mine)
-            for d in mine:  # an id acknowledged twice is simply no longer in flight
-                self._in_flight.pop(d, None)
-            self.relay.metrics.messages_delivered.inc(len(removed))
-            if self._window_bound:
-                self._wake.set()
+            self.relay.acks.submit(self.device_id, mine).add_done_callback(
+                lambda f: self._acked(mine, f))
         if unknown:
-            await self._refuse(None, RelayError(
+            self._queue_refusal(None, RelayError(
                 ErrorCode.DELIVERY_NOT_FOUND,
                 f"{len(unknown)} acknowledged deliveries were never sent to this device"))
+
+    def _acked(self, mine: list[str], fut: asyncio.Future[set[str]]) -> None:
+        err = fut.exception()
+        if err is not None:  # not removed: the deliveries stay queued and in flight
+            log.error("ack failed", extra={"error_type": type(err).__name__}, exc_info=err)
+            return
+        for d in mine:  # an id acknowledged twice is simply no longer in flight
+            self._in_flight.pop(d, None)
+        self.relay.metrics.messages_delivered.inc(len(fut.result()))
+        if self._window_bound:
+            self._wake.set()
 
     async def _answer(self, req_id: str | None, call: Awaitable[Frame | bool | None]) -> None:
         """Await a service's handling of a frame: send the frame it answers with, if any, or

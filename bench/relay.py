@@ -464,6 +464,36 @@ def collect_profiles(procs: list[tuple[subprocess.Popen[bytes], Path]], seconds:
     return out
 
 
+# -- history -------------------------------------------------------------------------------------
+
+_HISTORY = """
+INSERT INTO messages (message_id, thread_id, thread_seq, sender_user_id, sender_device_id,
+                      priority, purpose, body_hash, recipients, sealed, size, created_at)
+SELECT gen_random_uuid(), t.thread_id, g.n, t.created_by, d.device_id, 'routine', 'direct_care',
+       sha256(convert_to(g.n::text, 'UTF8')), '{}', NULL, 2016,
+       now() - interval '30 days' + g.n * interval '1 second'
+  FROM threads t JOIN devices d ON d.user_id = t.created_by
+ CROSS JOIN generate_series(1, $1) AS g(n)
+"""
+
+
+async def seed_history(dsn: str, messages: int) -> None:
+    """A relay in service holds history: ``messages`` delivered and acknowledged messages
+    (ciphertext already purged, no delivery rows) spread over the threads, then ``VACUUM
+    ANALYZE``, so that Postgres plans for tables of a relay in use rather than for the empty
+    ones of a fresh database (a plan made for an empty ``messages`` scans it whole)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        threads = int(await conn.fetchval("SELECT count(*) FROM threads"))
+        per_thread = max(1, messages // max(1, threads))
+        async with conn.transaction():
+            await conn.execute(_HISTORY, per_thread)
+            await conn.execute("UPDATE threads SET last_seq = $1", per_thread)
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+
+
 # -- the raw asyncpg ceiling ---------------------------------------------------------------------
 
 
@@ -647,6 +677,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"{args.devices} devices, {args.devices // 2} threads provisioned in "
             f"{time.monotonic() - t:.1f} s")
         trusted = world.trusted
+        if args.history:
+            t = time.monotonic()
+            asyncio.run(seed_history(dsn, args.history))
+            log(f"{args.history:,} delivered messages of history written and analysed in "
+                f"{time.monotonic() - t:.1f} s")
 
         # (b) raw asyncpg ceiling, before any relay runs (nothing else on the database).
         if not args.skip_raw and not args.paced_only:
@@ -661,9 +696,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         senders = sum(1 for d in world.devices if d.peer != d.index)
         per_device_tp = 0 if args.paced_only else max(1, args.messages // max(1, senders))
         per_device_prof = per_device_tp if args.profile else 0
-        # The paced table: only the even device of each pair sends.
-        per_sender_paced = sum(int(r * args.paced_seconds / max(1, senders // 2)) + 2
-                               for r in args.paced_rates)
+        # The paced table: only the even device of each pair sends; each rate once timed and
+        # once for the statement count (COUNT_SECONDS).
+        per_sender_paced = sum(int(r * (args.paced_seconds + COUNT_SECONDS)
+                                   / max(1, senders // 2)) + 4 for r in args.paced_rates)
         t = time.monotonic()
         seal = gens.call("seal", 600, per_device=per_device_tp + per_device_prof,
                          extra_even=per_sender_paced, body_bytes=args.body)
@@ -702,6 +738,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["relay_log_errors"] = _diff(relay.log_errors(), before)
                 out["paced"].append(row)
                 log(f"  paced {rate:,.0f} msg/s: {_paced_line(row)}")
+            for row in out["paced"]:  # after the timed rows: logging every statement costs
+                row["statements"] = count_statements(gens, groups, args, dsn, pgdata,
+                                                     rate=row["offered_per_s"])
+                log(f"  statements at {row['offered_per_s']:,.0f} msg/s: {row['statements']}")
             if not args.paced_only:
                 out["durable"] = throughput(gens, groups, args, cyclic=False, dsn=dsn)
                 out["durable"]["relay_log_errors"] = relay.log_errors()
@@ -908,6 +948,54 @@ def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
     }
 
 
+# A statement the relay ran, in Postgres's log with log_min_duration_statement = 0: one line per
+# simple-protocol statement or extended-protocol execute (parse and bind have lines of their
+# own, not counted).
+COUNT_SECONDS = 3.0
+_LOGGED_STATEMENT = re.compile(rb"LOG:  duration: [0-9.]+ ms  (?:statement|execute )")
+
+
+def logged_statements(log: bytes) -> int:
+    """Statements run, in a piece of Postgres's log written with log_min_duration_statement = 0."""
+    return len(_LOGGED_STATEMENT.findall(log))
+
+
+async def _log_statements(dsn: str, on: bool) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if on:
+            await conn.execute("ALTER SYSTEM SET log_min_duration_statement = 0")
+        else:
+            await conn.execute("ALTER SYSTEM RESET log_min_duration_statement")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+
+
+def count_statements(gens: Generators, groups: dict[str, Any], args: argparse.Namespace,
+                     dsn: str, pgdata: Path, *, rate: float,
+                     seconds: float = COUNT_SECONDS) -> dict[str, Any]:
+    """Statements per delivered message at ``rate`` msg/s: a short paced pass with every
+    statement logged (the embedded build has no pg_stat_statements), counted in the cluster's
+    log. Separate from the timed rows, whose CPU and latency it would distort."""
+    log_file = pgdata / "log"
+    asyncio.run(_log_statements(dsn, True))
+    time.sleep(0.5)  # the reload reaches every backend
+    start = log_file.stat().st_size
+    try:
+        row = paced(gens, groups, args, cyclic=False, rate=rate, one_per_pair=True,
+                    seconds=seconds)
+    finally:
+        asyncio.run(_log_statements(dsn, False))
+    time.sleep(0.5)
+    with log_file.open("rb") as f:
+        f.seek(start)
+        logged = logged_statements(f.read())
+    delivered = row["delivered"]
+    return {"delivered": delivered, "statements": logged,
+            "per_message": round(logged / delivered, 2) if delivered else None}
+
+
 def idle_cost(groups: dict[str, Any], dsn: str, seconds: float = 10.0) -> dict[str, Any]:
     """What the relay and Postgres use with every device connected and nothing sent (sweeps,
     timers): the floor under the per-message figures of the slowest paced rows."""
@@ -1056,7 +1144,8 @@ def paced_table(out: dict[str, Any]) -> str:
     """The paced rows: offered load, what was achieved, latency, and the cost per message."""
     bare = {r["offered_per_s"]: r for r in out.get("bare_paced", [])}
     head = ("offered/s", "sent/s", "delivered/s", "p50 ms", "p99 ms", "accepted p99",
-            "relay µs/msg", "pg µs/msg", "pg xacts/msg", "frames/msg", "bare p99", "target")
+            "relay µs/msg", "pg µs/msg", "pg xacts/msg", "statements/msg", "frames/msg",
+            "bare p99", "target")
     rows = []
     for r in out.get("paced", []):
         lat, pm = r["latency"], r["per_message"]
@@ -1067,7 +1156,8 @@ def paced_table(out: dict[str, Any]) -> str:
         rows.append((f"{r['offered_per_s']:,.0f}", f"{r['achieved_send_rate']:,}",
                      f"{r['delivered_per_s_in_window']:,}", str(lat.get("p50_ms")), str(p99),
                      str(r["accept_latency"].get("p99_ms")), str(cpu.get("relay")),
-                     str(cpu.get("postgres")), str(pg.get("xacts")), str(pm.get("frames")),
+                     str(cpu.get("postgres")), str(pg.get("xacts")),
+                     str(r.get("statements", {}).get("per_message", "-")), str(pm.get("frames")),
                      str(b["latency"].get("p99_ms")) if b else "-",
                      "-" if goal is None or p99 is None else
                      f"< {goal:g} ms {'MET' if p99 < goal else 'NOT MET'}"))
@@ -1085,7 +1175,8 @@ def paced_table(out: dict[str, Any]) -> str:
         "transactions/s; it is included in the per-message figures above.")
     return (f"Paced (open loop, {first['senders']} senders, {first['seconds']:g} s per row; "
             "latency send->deliver; CPU from /proc over the row and its drain; Postgres "
-            "transactions from pg_stat_database, not statements: no pg_stat_statements in "
+            "transactions from pg_stat_database; statements counted in Postgres's log in a "
+            "separate 3 s pass per rate, every statement logged: no pg_stat_statements in "
             "the embedded build)\n" + "\n".join(lines) + floor)
 
 
@@ -1116,6 +1207,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="time allowed to connect the idle devices")
     p.add_argument("--profile", action="store_true",
                    help="one more durable pass with py-spy on the relay workers")
+    p.add_argument("--history", type=int, default=100_000,
+                   help="delivered messages already in the database before anything is "
+                        "measured (0: a fresh, empty database)")
     p.add_argument("--keep", action="store_true",
                    help="keep .data/bench-<pid> (relay logs, profiles) after the run")
     for phase in ("raw", "relay", "bare", "idle"):

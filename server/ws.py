@@ -12,7 +12,9 @@ challenge), three things run per connection:
 * the pump: durable notices, then deliveries in queue order, at most ``send_window`` of them
   unacknowledged (flow control: a device that stops acknowledging stops receiving, and one
   that stops reading is closed with 4009 and later resumes from its durable queue);
-* per-send tasks awaiting group commit (:mod:`server.sends`), answering ``accepted``.
+* the answers to sends and acks: callbacks on the group-commit futures (:mod:`server.sends`,
+  :mod:`server.acks`) queue ``accepted`` (or the error) when the batch commits, and one
+  flush per connection and event-loop turn writes them (no task per frame).
 
 Memory per connection is bounded by the window, never by the queue length. The decisions are
 made elsewhere: who the device is (server/socketauth.py), its deadlines (server/liveness.py),
@@ -488,7 +490,9 @@ class _Connection:
         fut.add_done_callback(lambda f: self._answer_send(req_id, f))
 
     def _answer_send(self, req_id: str, fut: asyncio.Future[messages.Accepted]) -> None:
-        err = fut.exception()
+        if fut.cancelled():
+            return
+        err = fut.exception()  # retrieved even when nobody is left to answer
         if self._closed:
             return
         if isinstance(err, RelayError):
@@ -519,6 +523,8 @@ class _Connection:
                 f"{len(unknown)} acknowledged deliveries were never sent to this device"))
 
     def _acked(self, mine: list[str], fut: asyncio.Future[set[str]]) -> None:
+        if fut.cancelled():
+            return
         err = fut.exception()
         if err is not None:  # not removed: the deliveries stay queued and in flight
             log.error("ack failed", extra={"error_type": type(err).__name__}, exc_info=err)

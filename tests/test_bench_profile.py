@@ -4,7 +4,7 @@ bucket of its innermost matching frame, so the server stack every request runs u
 
 from __future__ import annotations
 
-from bench.relay import summarise_profile
+from bench.relay import logged_statements, summarise_profile
 
 _ASGI = ("run_asgi (uvicorn/protocols/websockets/websockets_sansio_impl.py:420);"
          "__call__ (starlette/routing.py:100);endpoint (server/ws.py:180);run (server/ws.py:300)")
@@ -31,3 +31,24 @@ def test_inclusive_buckets_count_a_sample_once_per_label() -> None:
     inclusive = summarise_profile(raw, seconds=1.0, rate=2)["inclusive_percent"]
     assert inclusive["acks (acks.py, ws._on_ack)"] == 100.0
     assert inclusive["uvicorn websocket protocol (framing, transport)"] == 100.0
+
+
+def test_statements_are_counted_once_each_from_postgres_log() -> None:
+    """bench/relay.py's statement count: a simple-protocol statement and an extended-protocol
+    execute count once; the parse and bind lines of the same execute, and other log lines,
+    do not."""
+    log = b"\n".join([
+        b"2026-12-03 16:46:34.240 UTC [29180] LOG:  duration: 0.027 ms  statement: BEGIN;",
+        b"2026-12-03 16:46:34.241 UTC [29180] LOG:  duration: 0.210 ms  parse "
+        b"__asyncpg_stmt_3__: SELECT thread_id FROM threads",
+        b"2026-12-03 16:46:34.241 UTC [29180] LOG:  duration: 0.020 ms  bind "
+        b"__asyncpg_stmt_3__: SELECT thread_id FROM threads",
+        b"2026-12-03 16:46:34.242 UTC [29180] LOG:  duration: 0.056 ms  execute "
+        b"__asyncpg_stmt_3__: SELECT thread_id FROM threads",
+        b"2026-12-03 16:46:34.242 UTC [29180] DETAIL:  parameters: $1 = '{}'",
+        b"2026-12-03 16:46:34.243 UTC [29180] LOG:  duration: 0.030 ms  execute <unnamed>: "
+        b"SELECT 1",
+        b"2026-12-03 16:46:34.250 UTC [29180] LOG:  duration: 0.650 ms  statement: COMMIT;",
+        b"2026-12-03 16:46:35.000 UTC [29157] LOG:  checkpoint starting: time",
+    ])
+    assert logged_statements(log) == 4

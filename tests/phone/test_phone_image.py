@@ -33,6 +33,7 @@ from tests.phone.phone_world import (
     phone_page,
     photo_with_consent,
     provisioned_intern,
+    space_taken,
     still_video,
 )
 
@@ -75,6 +76,9 @@ async def test_a_film_captured_consented_and_sent_from_the_phone_then_erased_on_
                                ).wait_for()
             await page.check("#st-permanence")
             await page.check("#st-no-effect")
+            # Both read now: the sentence that said they were not is gone, with its line.
+            assert await page.inner_text("#consent-error") == ""
+            assert await space_taken(page, "#consent-error") == 0
             await page.screenshot(path=str(SHOTS / "09-consent.png"), full_page=True)
             violations["09"] = await axe_violations(page)
             await page.tap("#consent-send")

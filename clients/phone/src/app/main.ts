@@ -608,6 +608,11 @@ $("retake").addEventListener("click", () => void startCapture());
 $("use-photo").addEventListener("click", toConsent);
 $("fullscreen").addEventListener("click", () => void $("consent-photo").requestFullscreen?.().catch(() => undefined));
 $("consent-send").addEventListener("click", () => void sendPhoto());
+// A refusal to record the decision spoke of the form as it was: once a statement is ticked
+// (or unticked) it no longer holds, and is not left on screen beside the ticked boxes.
+for (const id of ["st-permanence", "st-no-effect"]) $(id).addEventListener("change", () => {
+  $("consent-error").textContent = "";
+});
 for (const kind of ["pointerdown", "keydown", "touchstart"]) document.addEventListener(kind, activity, { passive: true });
 window.addEventListener("focus", () => {
   document.title = "Lightbox";

@@ -42,6 +42,33 @@ function loginSignature(deviceSeed: Uint8Array, nonceB64: string, login: string,
   return b64urlEncode(s.ed25519Sign(deviceSeed, input));
 }
 
+/** What the relay answered, as clients/sdk/answers.py reads it: the JSON body of a success;
+ * a problem document (RFC 9457) under an error status as RelayError(code). A problem document
+ * under a success status, which the relay never sends (server/problems.py pairs every code with
+ * an error status), is `relay_answer_invalid` naming the code it carries: never taken for the
+ * answer (a TokenPair made of a problem's fields, say). */
+export function readAnswer(status: number, contentType: string, text: string): unknown {
+  let json: unknown = undefined;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    /* not JSON: reported below */
+  }
+  if (status < 200 || status > 299) {
+    const p = (json ?? {}) as { code?: string; detail?: string };
+    throw new RelayError(p.code ?? "internal_error", status, p.detail ?? `HTTP ${status}`);
+  }
+  const doc = (json ?? null) as { type?: unknown; code?: unknown; status?: unknown; detail?: unknown } | null;
+  const shaped = doc !== null && typeof doc === "object" && typeof doc.type === "string" && typeof doc.code === "string" && typeof doc.status === "number";
+  if (doc !== null && typeof doc === "object" && !Array.isArray(doc) && (shaped || contentType.split(";")[0]!.trim().toLowerCase() === "application/problem+json")) {
+    let said = typeof doc.code === "string" ? doc.code : "internal_error";
+    if (typeof doc.status === "number") said += ` (HTTP ${doc.status} in the document)`;
+    if (typeof doc.detail === "string") said += `: ${doc.detail}`;
+    throw new RelayError("relay_answer_invalid", status, `the relay answered HTTP ${status} (success) with an error document: ${said}`);
+  }
+  return json;
+}
+
 export class Relay {
   tokens: TokenPair | null = null;
   onTokens: ((tokens: TokenPair) => void) | null = null;
@@ -88,18 +115,7 @@ export class Relay {
       }
     }
     if (r.status === 204 || r.status === 202) return undefined as T;
-    const text = await r.text();
-    let json: unknown = undefined;
-    try {
-      json = text ? JSON.parse(text) : undefined;
-    } catch {
-      /* not JSON: reported below */
-    }
-    if (!r.ok) {
-      const p = (json ?? {}) as { code?: string; detail?: string };
-      throw new RelayError(p.code ?? "internal_error", r.status, p.detail ?? `HTTP ${r.status}`);
-    }
-    return json as T;
+    return readAnswer(r.status, r.headers.get("content-type") ?? "", await r.text()) as T;
   }
 
   /** A device GET of binary content (an attachment's ciphertext); `max` bounds what is read. */

@@ -1379,6 +1379,8 @@ function relaySentence(err: RelayError): string {
   switch (err.code) {
     case "relay_unavailable":
       return "The relay cannot be reached. Check the network; nothing is lost.";
+    case "relay_answer_invalid":
+      return "The relay's answer contradicted itself (a refusal marked as a success), so the app did not act on it. Try again; tell IT if it happens again.";
     case "enrolment_code_invalid":
       return "The relay does not know that enrolment code: check it against the handout.";
     case "enrolment_code_expired":

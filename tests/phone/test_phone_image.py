@@ -130,9 +130,10 @@ async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, s
         await page.tap("#capture")
         await camera_started(page)
         await page.tap("#take")
-        # A 640 x 480 photo is small: the hint says so, and "Send anyway" carries it on.
+        # A 640 x 480 photo is small: the hint says so, and "Use it anyway" carries it on to
+        # the consent (not "Send anyway": nothing is sent from this screen).
         await page.locator("#hints", has_text="The photo is small").wait_for()
-        assert await page.text_content("#use-photo") == "Send anyway"
+        assert await page.text_content("#use-photo") == "Use it anyway"
         # The phone reads no text in photos, and says so where the intern decides.
         await page.locator("#screen-review .warning",
                            has_text="this app does not read text in photos").wait_for()

@@ -521,7 +521,8 @@ async function take(): Promise<void> {
   $<HTMLImageElement>("photo").src = photo.url;
   $("hints").replaceChildren(...warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w.message })));
   $("hints-ok").hidden = warnings.length > 0;
-  $("use-photo").textContent = warnings.length ? "Send anyway" : "Use this photo";
+  // The consent comes next: nothing is sent from this screen, so its button never says "send".
+  $("use-photo").textContent = warnings.length ? "Use it anyway" : "Use this photo";
   show("review");
 }
 

@@ -1,7 +1,9 @@
 """clients/phone/src/app/relay.ts readAnswer, run under Node (tests/phone/node.py): the body of
 a success; a problem document (RFC 9457) under an error status as RelayError with the relay's
 code; a problem document under a success status, which the relay never sends, named as such
-(tests/clients/test_answers.py holds the Python SDK to the same)."""
+(tests/clients/test_answers.py holds the Python SDK to the same); and the sentence the phone
+shows for each: a refusal the app has no sentence of its own for is told in the relay's words
+for its code (the problem's title), never as the bare code."""
 
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def test_a_success_answer_is_its_body() -> None:
 def test_a_problem_document_under_an_error_status_is_the_relay_s_refusal() -> None:
     assert read_answer(403, _SUSPENDED, "application/problem+json") == {"error": {
         "code": "user_suspended", "status": 403,
-        "message": "user_suspended: the user may not log in"}}
+        "message": "user_suspended: the user may not log in",
+        "sentence": "Your account is suspended by your organisation: ask IT."}}
 
 
 @pytest.mark.parametrize("content_type", ["application/problem+json", "application/json"])
@@ -41,4 +44,18 @@ def test_a_problem_document_under_a_success_status_is_named_not_taken_for_the_an
         "code": "relay_answer_invalid", "status": 200,
         "message": "relay_answer_invalid: the relay answered HTTP 200 (success) with an error "
                    "document: user_suspended (HTTP 403 in the document): the user may not log "
-                   "in"}}
+                   "in",
+        "sentence": "The relay's answer contradicted itself (a refusal marked as a success), so "
+                    "the app did not act on it. Try again; tell IT if it happens again."}}
+
+
+def test_a_refusal_without_a_sentence_of_the_app_s_own_is_told_in_the_relay_s_words() -> None:
+    purpose = {"type": "https://lightbox.invalid/problems/consent_purpose",
+               "title": "The consent does not cover the message's purpose.", "status": 403,
+               "code": "consent_purpose", "detail": "teaching"}
+    answer = read_answer(403, purpose, "application/problem+json")
+    assert answer["error"]["sentence"] == (  # type: ignore[index]
+        "The relay refused this. The consent does not cover the message's purpose.")
+    untitled = read_answer(403, {"code": "consent_purpose"}, "application/problem+json")
+    assert untitled["error"]["sentence"] == (  # type: ignore[index]
+        "The relay refused this. Try again; tell IT if it happens again.")

@@ -13,8 +13,39 @@ export class RelayError extends Error {
     readonly code: string,
     readonly status: number,
     readonly detail: string,
+    /** The problem document's `title`: the code's meaning in words (docs/SECURITY.md). */
+    readonly title: string = "",
   ) {
     super(`${code}: ${detail}`);
+  }
+}
+
+/** A relay refusal as the person holding the phone reads it: what to do where the app knows,
+ * else the relay's own words for the code (the problem's title), never the bare code. */
+export function refusalSentence(err: RelayError): string {
+  switch (err.code) {
+    case "relay_unavailable":
+      return "The relay cannot be reached. Check the network; nothing is lost.";
+    case "relay_answer_invalid":
+      return "The relay's answer contradicted itself (a refusal marked as a success), so the app did not act on it. Try again; tell IT if it happens again.";
+    case "enrolment_code_invalid":
+      return "The relay does not know that enrolment code: check it against the handout.";
+    case "enrolment_code_used":
+      return "This enrolment code has already been used: ask IT for a new one to enrol this phone.";
+    case "enrolment_code_expired":
+      return "This enrolment code has expired: ask IT for a new one.";
+    case "password_too_weak":
+      return `Choose another passphrase: ${err.detail}.`;
+    case "invalid_credentials":
+      return "That passphrase is not right. Try again.";
+    case "device_revoked":
+      return "This phone has been revoked by IT: it can no longer send or receive.";
+    case "user_suspended":
+      return "Your account is suspended by your organisation: ask IT.";
+    case "role_unknown":
+      return "There is no such on-call role.";
+    default:
+      return err.title ? `The relay refused this. ${err.title}` : "The relay refused this. Try again; tell IT if it happens again.";
   }
 }
 
@@ -55,8 +86,8 @@ export function readAnswer(status: number, contentType: string, text: string): u
     /* not JSON: reported below */
   }
   if (status < 200 || status > 299) {
-    const p = (json ?? {}) as { code?: string; detail?: string };
-    throw new RelayError(p.code ?? "internal_error", status, p.detail ?? `HTTP ${status}`);
+    const p = (json ?? {}) as { code?: string; detail?: string; title?: string };
+    throw new RelayError(p.code ?? "internal_error", status, p.detail ?? `HTTP ${status}`, typeof p.title === "string" ? p.title : "");
   }
   const doc = (json ?? null) as { type?: unknown; code?: unknown; status?: unknown; detail?: unknown } | null;
   const shaped = doc !== null && typeof doc === "object" && typeof doc.type === "string" && typeof doc.code === "string" && typeof doc.status === "number";
@@ -126,8 +157,8 @@ export class Relay {
       r = await this.raw("GET", target, undefined, true);
     }
     if (!r.ok) {
-      const p = (await r.json().catch(() => ({}))) as { code?: string; detail?: string };
-      throw new RelayError(p.code ?? "internal_error", r.status, p.detail ?? `HTTP ${r.status}`);
+      const p = (await r.json().catch(() => ({}))) as { code?: string; detail?: string; title?: string };
+      throw new RelayError(p.code ?? "internal_error", r.status, p.detail ?? `HTTP ${r.status}`, typeof p.title === "string" ? p.title : "");
     }
     const length = Number(r.headers.get("content-length") ?? "0");
     if (length > max) throw new RelayError("attachment_too_large", r.status, "larger than its descriptor");

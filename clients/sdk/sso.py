@@ -26,6 +26,7 @@ import httpx
 
 from clients.sdk.errors import FlowError
 from clients.sdk.http import RelayHTTP
+from clients.sdk.transport import KEEPALIVE_EXPIRY
 
 __all__ = ["SignedIn", "sign_in"]
 
@@ -112,7 +113,9 @@ async def sign_in(relay: RelayHTTP, org_id: str, *, show: Callable[[str], None],
     loopback = _Loopback()
     redirect_uri = await loopback.start()
     try:
-        async with httpx.AsyncClient(timeout=30, follow_redirects=False) as http:
+        async with httpx.AsyncClient(  # idle while the user is at the IdP's page
+                timeout=30, follow_redirects=False,
+                limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY)) as http:
             try:
                 metadata = await _discover(http, config.issuer)
             except (httpx.HTTPError, ValueError) as exc:

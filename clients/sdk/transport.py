@@ -35,7 +35,7 @@ from clients.sdk.singleflight import SingleFlight
 from protocol import api
 from protocol.keys import Ed25519KeyPair
 
-__all__ = ["REFRESH_MARGIN", "RelayTransport", "Signer", "TokenCallback"]
+__all__ = ["KEEPALIVE_EXPIRY", "REFRESH_MARGIN", "RelayTransport", "Signer", "TokenCallback"]
 
 T = TypeVar("T")
 Signer = Ed25519KeyPair
@@ -43,6 +43,11 @@ TokenCallback = Callable[[api.TokenPair], Awaitable[None] | None]
 
 _SESSION_ENDED = frozenset({"token_invalid", "token_expired", "refresh_reused"})
 REFRESH_MARGIN = 60  # seconds before expiry at which a device refreshes its access token
+# Seconds an idle connection is kept for reuse: below the servers' own idle timeouts (the
+# relay's uvicorn and Node's HTTP server, the test IdP's, close after 5 s). A request sent on a
+# connection the server is closing at that moment gets no answer (RFC 9112 §9.6), which the
+# client can only report as an unreachable relay; a login's single-use nonce cannot be resent.
+KEEPALIVE_EXPIRY = 2.0
 
 
 class RelayTransport:
@@ -77,7 +82,8 @@ class RelayTransport:
         self._now = now
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
-            timeout=timeout, headers={"User-Agent": "lightbox-sdk/0.1"}, follow_redirects=False
+            timeout=timeout, headers={"User-Agent": "lightbox-sdk/0.1"}, follow_redirects=False,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
         )
         self._refreshing: SingleFlight[api.TokenPair] = SingleFlight()
 

@@ -59,6 +59,34 @@ def test_decode_answer_raises_the_problem_of_an_error_answer() -> None:
     assert (err.value.code, err.value.status) == ("token_expired", 401)
 
 
+_SSO_LOGIN = httpx.Request("POST", "https://relay.invalid/v1/auth/sso/login")
+_SUSPENDED = {"type": "https://lightbox.invalid/problems/user_suspended",
+              "title": "The user is suspended.", "status": 403, "code": "user_suspended",
+              "detail": "the user may not log in"}
+
+
+@pytest.mark.parametrize("content_type", ["application/problem+json", "application/json"])
+def test_a_problem_document_under_a_success_status_is_named_not_decoded(
+        content_type: str) -> None:
+    answer = httpx.Response(200, content=msgspec.json.encode(_SUSPENDED),
+                            headers={"content-type": content_type}, request=_SSO_LOGIN)
+    with pytest.raises(RelayResponseError) as err:
+        decode_answer(answer, api.TokenPair)
+    assert str(err.value) == (
+        "POST /v1/auth/sso/login: the relay answered HTTP 200 (success) with an error "
+        "document instead of a TokenPair: user_suspended (HTTP 403 in the document): the "
+        "user may not log in")
+
+
+def test_expect_status_names_a_problem_document_under_a_listed_status() -> None:
+    answer = httpx.Response(200, content=msgspec.json.encode(_SUSPENDED),
+                            headers={"content-type": "application/problem+json"},
+                            request=_SSO_LOGIN)
+    with pytest.raises(RelayResponseError, match=r"answered HTTP 200 \(success\) with an "
+                                                 r"error document: user_suspended"):
+        expect_status(answer, 200, 204)
+
+
 def test_expect_status_accepts_a_listed_status_only() -> None:
     expect_status(httpx.Response(204, request=_REQUEST), 200, 204)
     with pytest.raises(RelayResponseError, match="unexpected status 202"):

@@ -38,3 +38,14 @@ async def test_relay_errors_carry_the_relay_code(relay: RunningRelay) -> None:
         with pytest.raises(RelayRequestError) as exc:
             await client.list_users()
         assert exc.value.status == 401
+
+
+async def test_the_client_drops_an_idle_connection_before_the_relay_closes_it(
+        relay: RunningRelay) -> None:
+    # A request sent on a connection at the moment the relay's server closes it for idleness
+    # gets no answer (RFC 9112 §9.6): the SDK must stop reusing a connection first. Seen as
+    # "cannot reach the relay" after a clinician spent about that long at the IdP's page
+    # between the relay's challenge and the login. httpx keeps the setting on its pool.
+    async with RelayHTTP(relay.base_url) as client:
+        pool = client._client._transport._pool  # type: ignore[attr-defined]
+        assert pool._keepalive_expiry < relay.server.config.timeout_keep_alive

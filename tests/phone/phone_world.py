@@ -39,7 +39,7 @@ __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS",
            "intern_and_specialist", "listening_specialist", "next_event", "phone_device_id",
            "phone_page", "phone_world", "photo_from_phone", "photo_with_consent",
            "provision_with_package", "provisioned_intern", "qr_image", "running_phone",
-           "sent_from_phone",
+           "sent_from_phone", "space_taken",
            "still_video"]
 
 CHROMIUM = "/usr/bin/chromium"
@@ -222,6 +222,14 @@ async def axe_violations(page: Any) -> list[dict[str, Any]]:
     assert result["testEngine"]["name"] == "axe-core" and result["passes"] is not None
     return [{"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]]}
             for v in result["violations"] if v["impact"] in ("serious", "critical")]
+
+
+async def space_taken(page: Any, selector: str) -> float:
+    """The vertical space an element takes on the page: its height and its margins."""
+    taken: float = await page.locator(selector).evaluate(
+        "(e) => { const s = getComputedStyle(e); return e.getBoundingClientRect().height"
+        " + parseFloat(s.marginTop) + parseFloat(s.marginBottom); }")
+    return taken
 
 
 async def idb_records(page: Any) -> list[bytes]:

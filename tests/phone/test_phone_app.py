@@ -9,7 +9,6 @@ finds no serious or critical violation on any of them."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from tests.phone.phone_world import (
     phone_page,
     provisioned_intern,
     qr_image,
+    space_taken,
     still_video,
 )
 
@@ -50,7 +50,8 @@ async def shot(page: Any, name: str, violations: dict[str, Any]) -> None:
 async def test_intern_scans_the_handout_enrols_sends_to_the_role_and_sees_the_reply(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
-    shutil.rmtree(SHOTS, ignore_errors=True)
+    for old in SHOTS.glob("0[1-6]-*.png"):  # this test's own, not the other tests' shots
+        old.unlink()
     intern = await provisioned_intern(world)
     specialist, events = await listening_specialist(world, tmp_path)
     video = still_video(tmp_path / "handout.y4m",
@@ -78,6 +79,9 @@ async def test_intern_scans_the_handout_enrols_sends_to_the_role_and_sees_the_re
             await page.tap("#enrol-finish")
             await page.locator("#screen-home").wait_for()
             await page.locator("#conn", has_text="connected").wait_for()
+            assert await page.inner_text("#me") == "This phone is Dr Ada Intern's (intern)."
+            assert await space_taken(page, "#notice") == 0  # no blank band above the threads
+            assert await space_taken(page, "#sso-status") == 0
             await shot(page, "04-home", violations)
 
             await page.fill("#subject", "Wrist after a fall")
@@ -97,6 +101,8 @@ async def test_intern_scans_the_handout_enrols_sends_to_the_role_and_sees_the_re
             await reply.wait_for()
             await page.locator("#notice", has_text="New message from Dr Bo Ortho").wait_for()
             assert "Dr Bo Ortho" in (await reply.text_content() or "")
+            assert await page.inner_text(".thread h3") == \
+                "Wrist after a fall · orthopaedics_oncall · Urgent"
             await shot(page, "05-reply", violations)
 
             # Lock; a wrong passphrase is a sentence, the right one shows the thread again.
@@ -107,13 +113,34 @@ async def test_intern_scans_the_handout_enrols_sends_to_the_role_and_sees_the_re
             await page.locator("#unlock-error", has_text="That passphrase is not right").wait_for()
             await shot(page, "06-unlock-wrong-passphrase", violations)
             await page.fill("#passphrase", PASSPHRASE)
+            await headers_seen_on_screens(page)
             await page.tap("#unlock")
             await page.locator(".message.theirs", has_text="splint and fracture clinic").wait_for()
+            await page.locator("#conn", has_text="connected").wait_for()
+            # From the tap to the connection the header says "connecting…", never "locked"
+            # over the unlocked home screen.
+            seen = await page.evaluate("() => window.__headers")
+            assert ["home", "locked"] not in seen
+            assert ["home", "connecting…"] in seen
             assert problems == []
     finally:
         specialist.client.unsubscribe(events)
         await specialist.client.close()
     assert violations == {}
+
+
+async def headers_seen_on_screens(page: Any) -> None:
+    """From now on, record in ``window.__headers`` every [screen, header state] the page
+    shows (a MutationObserver over the header and the screen marker)."""
+    await page.evaluate("""() => {
+      window.__headers = [];
+      const note = () => window.__headers.push(
+        [document.body.dataset.screen, document.getElementById("conn").textContent]);
+      const seen = new MutationObserver(note);
+      seen.observe(document.getElementById("conn"), {childList: true, characterData: true,
+                                                     subtree: true});
+      seen.observe(document.body, {attributes: true, attributeFilter: ["data-screen"]});
+    }""")
 
 
 async def wait_for_message(queue: asyncio.Queue[Any], text: str) -> MessageEvent:

@@ -78,6 +78,24 @@ async def test_typed_codes_that_are_malformed_or_unknown_are_refused_in_words(
         assert problems == []
 
 
+async def test_a_used_enrolment_code_is_refused_in_words_not_by_its_code(
+        phone: tuple[World, str]) -> None:
+    world, origin = phone
+    intern = await provisioned_intern(world)
+    async with phone_page() as (page, _problems):
+        await enrol_by_code(page, origin, intern.code)
+    async with phone_page() as (page, problems):  # another phone, the same handout
+        await page.goto(origin)
+        await page.fill("#code", intern.code)
+        await page.tap("#enrol-next")
+        await page.locator("#enrol-error:not(:empty)").wait_for()
+        assert await page.inner_text("#enrol-error") == (
+            "This enrolment code has already been used: ask IT for a new one to enrol this "
+            "phone.")
+        assert await idb_records(page) == []
+        assert problems == []
+
+
 async def test_the_vault_holds_only_ciphertext_and_the_app_locks_itself_when_idle(
         phone: tuple[World, str]) -> None:
     world, origin = phone

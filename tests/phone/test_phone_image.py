@@ -33,6 +33,7 @@ from tests.phone.phone_world import (
     phone_page,
     photo_with_consent,
     provisioned_intern,
+    space_taken,
     still_video,
 )
 
@@ -75,6 +76,9 @@ async def test_a_film_captured_consented_and_sent_from_the_phone_then_erased_on_
                                ).wait_for()
             await page.check("#st-permanence")
             await page.check("#st-no-effect")
+            # Both read now: the sentence that said they were not is gone, with its line.
+            assert await page.inner_text("#consent-error") == ""
+            assert await space_taken(page, "#consent-error") == 0
             await page.screenshot(path=str(SHOTS / "09-consent.png"), full_page=True)
             violations["09"] = await axe_violations(page)
             await page.tap("#consent-send")
@@ -126,9 +130,10 @@ async def test_a_refusal_is_registered_and_nothing_is_sent(phone: tuple[World, s
         await page.tap("#capture")
         await camera_started(page)
         await page.tap("#take")
-        # A 640 x 480 photo is small: the hint says so, and "Send anyway" carries it on.
+        # A 640 x 480 photo is small: the hint says so, and "Use it anyway" carries it on to
+        # the consent (not "Send anyway": nothing is sent from this screen).
         await page.locator("#hints", has_text="The photo is small").wait_for()
-        assert await page.text_content("#use-photo") == "Send anyway"
+        assert await page.text_content("#use-photo") == "Use it anyway"
         # The phone reads no text in photos, and says so where the intern decides.
         await page.locator("#screen-review .warning",
                            has_text="this app does not read text in photos").wait_for()

@@ -30,6 +30,7 @@ from tests.phone.phone_world import (
     phone_page,
     phone_world,
     provisioned_intern,
+    space_taken,
 )
 
 INTERN = "intern"  # the intern's login at the relay and at the IdP (provisioned_intern)
@@ -134,6 +135,13 @@ async def test_the_intern_enrols_and_signs_in_with_the_hospital_idp_only(
             await page.locator("#signin-panel").wait_for()
             assert await page.inner_text("#conn") == "signed out"
             assert await devices_of(world, intern) == 1
+            # The header and the page agree: the page says whose phone it is, and nowhere
+            # that she is signed in; the empty notice lines above the screen and in the
+            # sign-in panel leave no blank band.
+            assert await page.inner_text("#me") == "This phone is Dr Ada Intern's (intern)."
+            assert "signed in as" not in (await page.inner_text("body")).lower()
+            assert await space_taken(page, "#sso-status") == 0
+            assert await space_taken(page, "#signin-error") == 0
             await shot(page, "sso-2-signin-needed", violations)
             await at_the_idp(await idp_window(page, "#sso-signin"), origin, INTERN)
             await page.locator("#conn", has_text="connected").wait_for()

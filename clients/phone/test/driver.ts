@@ -10,6 +10,7 @@
  *   {"op": "verify_consent", "token", "identity_public", "at"} -> {claims} | {error}
  *   {"op": "quality", "rgba", "width", "height"}              -> {warnings: [{issue, message}]} (app/quality.ts)
  *   {"op": "prekey_schedule", "signed": [{id, created_at}], "now"} -> {due, kept: [id]} (app/prekeys.ts)
+ *   {"op": "read_answer", "status", "content_type", "text"}   -> {value} | {error: {code, status, message, sentence}} (app/relay.ts)
  */
 import { readFileSync } from "node:fs";
 import * as att from "../src/protocol/attachments.js";
@@ -23,6 +24,7 @@ import * as keys from "../src/protocol/keys.js";
 import * as s from "../src/protocol/sodium.js";
 import * as prekeys from "../src/app/prekeys.js";
 import { checkQuality } from "../src/app/quality.js";
+import { RelayError, readAnswer, refusalSentence } from "../src/app/relay.js";
 
 type V = Record<string, any>;
 
@@ -109,6 +111,14 @@ async function run(cmd: V): Promise<V> {
         due: prekeys.rotationDue(signed, cmd.now, prekeys.DEFAULT_POLICY),
         kept: prekeys.keptSignedPrekeys(signed, cmd.now, prekeys.DEFAULT_POLICY).map((p) => p.id),
       };
+    }
+    case "read_answer": {
+      try {
+        return { value: readAnswer(cmd.status, cmd.content_type, cmd.text) ?? null };
+      } catch (err) {
+        if (!(err instanceof RelayError)) throw err;
+        return { error: { code: err.code, status: err.status, message: err.message, sentence: refusalSentence(err) } };
+      }
     }
     default:
       throw new Error(`unknown op ${String(cmd.op)}`);

@@ -331,8 +331,15 @@ function activity(): void {
 
 // --- home: compose and threads ----------------------------------------------------------------------
 
+/** The header's word for the connection before the worker has said anything of it (its
+ * events, handled before the answer that shows the home screen, are left as they are). */
+const NOT_YET_CONNECTED = ["starting", "not enrolled", "locked"];
+
 async function home(me: Me): Promise<void> {
-  $("me").textContent = `Signed in as ${me.display_name} (${me.login}).`;
+  // Whose phone this is, never "signed in": the relay session may not be open (signed out,
+  // offline), and the header says which.
+  $("me").textContent = `This phone is ${me.display_name}'s (${me.login}).`;
+  if (NOT_YET_CONNECTED.includes($("conn").textContent ?? "")) $("conn").textContent = "connecting…";
   $("signin-panel").hidden = true;
   show("home");
   if (me.signin) needSignIn();
@@ -340,6 +347,8 @@ async function home(me: Me): Promise<void> {
   await renderThreads();
 }
 
+/** A thread's priority in the words of the compose form's choice. */
+const PRIORITY: Record<string, string> = { urgent: "Urgent", routine: "Routine" };
 
 async function renderThreads(): Promise<void> {
   let list: ThreadRecord[];
@@ -355,7 +364,7 @@ async function renderThreads(): Promise<void> {
       li.className = "thread";
       li.dataset["thread"] = t.thread_id;
       const h = document.createElement("h3");
-      h.textContent = `${t.subject ?? "Consult"}${t.role ? ` · ${t.role}` : ""} · ${t.priority}`;
+      h.textContent = `${t.subject ?? "Consult"}${t.role ? ` · ${t.role}` : ""} · ${PRIORITY[t.priority] ?? t.priority}`;
       li.append(h);
       for (const m of t.messages) {
         const div = document.createElement("div");
@@ -512,7 +521,8 @@ async function take(): Promise<void> {
   $<HTMLImageElement>("photo").src = photo.url;
   $("hints").replaceChildren(...warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w.message })));
   $("hints-ok").hidden = warnings.length > 0;
-  $("use-photo").textContent = warnings.length ? "Send anyway" : "Use this photo";
+  // The consent comes next: nothing is sent from this screen, so its button never says "send".
+  $("use-photo").textContent = warnings.length ? "Use it anyway" : "Use this photo";
   show("review");
 }
 
@@ -599,6 +609,11 @@ $("retake").addEventListener("click", () => void startCapture());
 $("use-photo").addEventListener("click", toConsent);
 $("fullscreen").addEventListener("click", () => void $("consent-photo").requestFullscreen?.().catch(() => undefined));
 $("consent-send").addEventListener("click", () => void sendPhoto());
+// A refusal to record the decision spoke of the form as it was: once a statement is ticked
+// (or unticked) it no longer holds, and is not left on screen beside the ticked boxes.
+for (const id of ["st-permanence", "st-no-effect"]) $(id).addEventListener("change", () => {
+  $("consent-error").textContent = "";
+});
 for (const kind of ["pointerdown", "keydown", "touchstart"]) document.addEventListener(kind, activity, { passive: true });
 window.addEventListener("focus", () => {
   document.title = "Lightbox";

@@ -13,8 +13,39 @@ export class RelayError extends Error {
     readonly code: string,
     readonly status: number,
     readonly detail: string,
+    /** The problem document's `title`: the code's meaning in words (docs/SECURITY.md). */
+    readonly title: string = "",
   ) {
     super(`${code}: ${detail}`);
+  }
+}
+
+/** A relay refusal as the person holding the phone reads it: what to do where the app knows,
+ * else the relay's own words for the code (the problem's title), never the bare code. */
+export function refusalSentence(err: RelayError): string {
+  switch (err.code) {
+    case "relay_unavailable":
+      return "The relay cannot be reached. Check the network; nothing is lost.";
+    case "relay_answer_invalid":
+      return "The relay's answer contradicted itself (a refusal marked as a success), so the app did not act on it. Try again; tell IT if it happens again.";
+    case "enrolment_code_invalid":
+      return "The relay does not know that enrolment code: check it against the handout.";
+    case "enrolment_code_used":
+      return "This enrolment code has already been used: ask IT for a new one to enrol this phone.";
+    case "enrolment_code_expired":
+      return "This enrolment code has expired: ask IT for a new one.";
+    case "password_too_weak":
+      return `Choose another passphrase: ${err.detail}.`;
+    case "invalid_credentials":
+      return "That passphrase is not right. Try again.";
+    case "device_revoked":
+      return "This phone has been revoked by IT: it can no longer send or receive.";
+    case "user_suspended":
+      return "Your account is suspended by your organisation: ask IT.";
+    case "role_unknown":
+      return "There is no such on-call role.";
+    default:
+      return err.title ? `The relay refused this. ${err.title}` : "The relay refused this. Try again; tell IT if it happens again.";
   }
 }
 
@@ -40,6 +71,33 @@ function loginSignature(deviceSeed: Uint8Array, nonceB64: string, login: string,
   const nonce = b64urlDecode(nonceB64, { maxLength: 64 });
   const input = new Uint8Array([...utf8(LABEL_LOGIN), 0, ...nonce, ...utf8(login), 0, ...utf8(deviceId)]);
   return b64urlEncode(s.ed25519Sign(deviceSeed, input));
+}
+
+/** What the relay answered, as clients/sdk/answers.py reads it: the JSON body of a success;
+ * a problem document (RFC 9457) under an error status as RelayError(code). A problem document
+ * under a success status, which the relay never sends (server/problems.py pairs every code with
+ * an error status), is `relay_answer_invalid` naming the code it carries: never taken for the
+ * answer (a TokenPair made of a problem's fields, say). */
+export function readAnswer(status: number, contentType: string, text: string): unknown {
+  let json: unknown = undefined;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    /* not JSON: reported below */
+  }
+  if (status < 200 || status > 299) {
+    const p = (json ?? {}) as { code?: string; detail?: string; title?: string };
+    throw new RelayError(p.code ?? "internal_error", status, p.detail ?? `HTTP ${status}`, typeof p.title === "string" ? p.title : "");
+  }
+  const doc = (json ?? null) as { type?: unknown; code?: unknown; status?: unknown; detail?: unknown } | null;
+  const shaped = doc !== null && typeof doc === "object" && typeof doc.type === "string" && typeof doc.code === "string" && typeof doc.status === "number";
+  if (doc !== null && typeof doc === "object" && !Array.isArray(doc) && (shaped || contentType.split(";")[0]!.trim().toLowerCase() === "application/problem+json")) {
+    let said = typeof doc.code === "string" ? doc.code : "internal_error";
+    if (typeof doc.status === "number") said += ` (HTTP ${doc.status} in the document)`;
+    if (typeof doc.detail === "string") said += `: ${doc.detail}`;
+    throw new RelayError("relay_answer_invalid", status, `the relay answered HTTP ${status} (success) with an error document: ${said}`);
+  }
+  return json;
 }
 
 export class Relay {
@@ -88,18 +146,7 @@ export class Relay {
       }
     }
     if (r.status === 204 || r.status === 202) return undefined as T;
-    const text = await r.text();
-    let json: unknown = undefined;
-    try {
-      json = text ? JSON.parse(text) : undefined;
-    } catch {
-      /* not JSON: reported below */
-    }
-    if (!r.ok) {
-      const p = (json ?? {}) as { code?: string; detail?: string };
-      throw new RelayError(p.code ?? "internal_error", r.status, p.detail ?? `HTTP ${r.status}`);
-    }
-    return json as T;
+    return readAnswer(r.status, r.headers.get("content-type") ?? "", await r.text()) as T;
   }
 
   /** A device GET of binary content (an attachment's ciphertext); `max` bounds what is read. */
@@ -110,8 +157,8 @@ export class Relay {
       r = await this.raw("GET", target, undefined, true);
     }
     if (!r.ok) {
-      const p = (await r.json().catch(() => ({}))) as { code?: string; detail?: string };
-      throw new RelayError(p.code ?? "internal_error", r.status, p.detail ?? `HTTP ${r.status}`);
+      const p = (await r.json().catch(() => ({}))) as { code?: string; detail?: string; title?: string };
+      throw new RelayError(p.code ?? "internal_error", r.status, p.detail ?? `HTTP ${r.status}`, typeof p.title === "string" ? p.title : "");
     }
     const length = Number(r.headers.get("content-length") ?? "0");
     if (length > max) throw new RelayError("attachment_too_large", r.status, "larger than its descriptor");

@@ -12,7 +12,7 @@ import * as env from "../protocol/envelope.js";
 import { challengeSigningBytes, decodeFrame, encodeFrame, PROTOCOL_VERSION, type ServerFrame } from "../protocol/frames.js";
 import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
-import { Relay, RelayError, enrolmentToken, type TokenPair } from "./relay.js";
+import { Relay, RelayError, enrolmentToken, refusalSentence, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
 import { SsoError, finishRequest, ssoConfig, startRequest, type SsoAnswer, type SsoConfig, type SsoRequest } from "./sso.js";
 import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, type SignedPrekeySecret } from "./prekeys.js";
@@ -1367,33 +1367,10 @@ self.onmessage = async (m: MessageEvent) => {
       return;
     }
     const code = (err as { code?: string }).code ?? "internal_error";
-    const message = err instanceof UserError || err instanceof SsoError ? err.message : err instanceof RelayError ? relaySentence(err) : "Something went wrong on the phone; nothing was sent.";
+    const message = err instanceof UserError || err instanceof SsoError ? err.message : err instanceof RelayError ? refusalSentence(err) : "Something went wrong on the phone; nothing was sent.";
     post({ id, ok: false, error: { code, message } });
   }
 };
 
 /** The relay's refusals of a session (as opposed to of a request). */
 const SESSION_ENDED = ["token_expired", "token_invalid", "refresh_reused", "unauthenticated"];
-
-function relaySentence(err: RelayError): string {
-  switch (err.code) {
-    case "relay_unavailable":
-      return "The relay cannot be reached. Check the network; nothing is lost.";
-    case "enrolment_code_invalid":
-      return "The relay does not know that enrolment code: check it against the handout.";
-    case "enrolment_code_expired":
-      return "This enrolment code has expired: ask IT for a new one.";
-    case "password_too_weak":
-      return `Choose another passphrase: ${err.detail}.`;
-    case "invalid_credentials":
-      return "That passphrase is not right. Try again.";
-    case "device_revoked":
-      return "This phone has been revoked by IT: it can no longer send or receive.";
-    case "user_suspended":
-      return "Your account is suspended by your organisation: ask IT.";
-    case "role_unknown":
-      return "There is no such on-call role.";
-    default:
-      return `The relay refused: ${err.code}.`;
-  }
-}

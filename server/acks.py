@@ -62,7 +62,7 @@ class AckPipeline:
             devices = [d for d, ids, _ in batch for _ in ids]
             deliveries = [i for _, ids, _ in batch for i in ids]
             try:
-                async with self.db.pool.acquire() as conn:
+                async with self.db.hot_pool.acquire() as conn:
                     rows = await conn.fetch(
                         "DELETE FROM deliveries d USING unnest($1::uuid[], $2::uuid[]) "
                         "AS x(dev, del) WHERE d.device_id = x.dev AND d.delivery_id = x.del "

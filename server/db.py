@@ -14,14 +14,18 @@ tests/server/test_db.py scans server/ for statements that would break this. What
 can carry over is an open transaction after an error, and asyncpg still rolls that back before
 the reset hook runs (``Connection._reset``), so the hook itself has nothing left to do.
 
-Pooled connections plan prepared statements once (``plan_cache_mode = force_generic_plan``).
-asyncpg prepares every statement and reuses it; Postgres's default then plans each execution
-again for its parameter values whenever it guesses that a plan for "any value" would cost more,
-and for the statements of the send and delivery paths (arrays through ``unnest``, the inlined
-``thread_participants``) it always guesses so: planning cost four to seven times the execution
-itself, most of Postgres's CPU per paced message (docs/BENCHMARKS.md has the figures). The
-relay's statements look rows up by key or by arrays of keys; none of them needs a plan chosen
-for particular values, so one generic plan per statement and connection serves.
+Two pools. The message path (group commit, acknowledgements, delivery reads: server/sends.py,
+server/acks.py, server/reads.py) borrows from :attr:`Database.hot_pool`, whose connections plan
+each prepared statement once (``plan_cache_mode = force_generic_plan``). asyncpg prepares every
+statement and reuses it; Postgres's default plans each execution again for its parameter values
+whenever it guesses that a plan for "any value" would cost more, and for the message path's
+statements (arrays of keys through ``unnest``, the inlined ``thread_participants``) it always
+guessed so: planning cost four to seven times the execution, most of Postgres's CPU per paced
+message (docs/BENCHMARKS.md, round 4). Those statements look rows up by key or arrays of keys,
+so one plan serves every value. Everything else uses :attr:`Database.pool` with Postgres's
+default, because some of its statements have optional filters (``$1 IS NULL OR column = $1``:
+the audit trail, SCIM searches, admin listings) for which only a plan made for the actual
+values can use an index.
 """
 
 from __future__ import annotations
@@ -44,25 +48,47 @@ class Database:
         self._dsn = dsn
         self._min, self._max, self.timeout = min_size, max_size, timeout
         self._pool: asyncpg.Pool | None = None
+        self._hot: asyncpg.Pool | None = None
+
+    @property
+    def hot_max_size(self) -> int:
+        """Connections of :attr:`hot_pool` at most: half the main pool's, and never fewer than
+        two (two group-commit batches in flight, server/sends.py)."""
+        return max(2, self._max // 2)
 
     async def open(self) -> None:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=self._min, max_size=self._max,
-                command_timeout=self.timeout, timeout=self.timeout, reset=_reset,
-                server_settings={"plan_cache_mode": "force_generic_plan"},
-            )
+            self._pool = await self._create(self._min, self._max, {})
+        if self._hot is None:
+            self._hot = await self._create(
+                1, self.hot_max_size, {"plan_cache_mode": "force_generic_plan"})
+
+    async def _create(self, min_size: int, max_size: int, settings: dict[str, str]
+                      ) -> asyncpg.Pool:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            self._dsn, min_size=min_size, max_size=max_size, command_timeout=self.timeout,
+            timeout=self.timeout, reset=_reset, server_settings=settings)
+        return pool
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        for name in ("_hot", "_pool"):
+            pool = getattr(self, name)
+            if pool is not None:
+                setattr(self, name, None)
+                await pool.close()
 
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("database pool is not open")
         return self._pool
+
+    @property
+    def hot_pool(self) -> asyncpg.Pool:
+        """The message path's connections: each prepared statement planned once (above)."""
+        if self._hot is None:
+            raise RuntimeError("database pool is not open")
+        return self._hot
 
     @property
     def dsn(self) -> str:

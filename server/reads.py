@@ -54,7 +54,7 @@ class DeliveryReader:
                                               asyncio.Future[list[messages.Delivery]]]]
                     ) -> None:
         try:
-            async with self.db.pool.acquire() as conn:
+            async with self.db.hot_pool.acquire() as conn:
                 found = await messages.fetch_next_deliveries(conn, [r for r, _ in waiting])
         except BaseException as exc:  # each pump sees the failure (and its connection closes)
             for _, fut in waiting:

@@ -253,7 +253,7 @@ class SendPipeline:
         first_of: dict[tuple[str, str], int] = {}  # key -> index of its first send here
         twins: list[tuple[int, int]] = []  # (index, index of the same send earlier in batch)
         accepted: list[tuple[int, messages.NewMessage, list[str]]] = []
-        async with self.db.pool.acquire() as conn, conn.transaction():
+        async with self.db.hot_pool.acquire() as conn, conn.transaction():
             orgs = await batches.lock_threads(conn, (m.thread_id for _, m in prepared))
             batch_state = _Batch()
             if self.break_glass is not None:

@@ -88,19 +88,25 @@ def test_the_session_state_pattern_finds_what_it_looks_for() -> None:
         assert not _SESSION_STATE.search(text), text
 
 
-async def test_pooled_connections_plan_a_statement_once_not_per_execution(db_dsn: str) -> None:
-    """The send path's reads (arrays through ``unnest``, the inlined ``thread_participants``)
-    would be planned again at every execution under Postgres's default plan cache mode, which
-    cost more than executing them (server/db.py)."""
+async def test_the_message_path_plans_a_statement_once_and_the_rest_per_execution(
+        db_dsn: str) -> None:
+    """The message path's reads (arrays through ``unnest``, the inlined
+    ``thread_participants``) would be planned again at every execution under Postgres's default,
+    which cost more than executing them; everything else keeps the default, so that a query with
+    an optional filter gets a plan for its actual values (server/db.py)."""
     db = Database(db_dsn, min_size=1, max_size=1)
     await db.open()
     try:
-        async with db.pool.acquire() as conn:
-            for _ in range(8):
-                await batches.read_batch(conn, [str(uuid.uuid4())], [], NOW)
-            plans = await conn.fetchrow(
-                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                "WHERE statement = $1", batches._READ_BATCH)
-        assert (plans["generic_plans"], plans["custom_plans"]) == (8, 0)
+        plans = []
+        for pool in (db.hot_pool, db.pool):
+            async with pool.acquire() as conn:
+                for _ in range(8):
+                    await batches.read_batch(conn, [str(uuid.uuid4())], [], NOW)
+                row = await conn.fetchrow(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE statement = $1", batches._READ_BATCH)
+                plans.append((row["generic_plans"], row["custom_plans"]))
+        assert plans == [(8, 0), (0, 8)]
+        assert db.hot_max_size == 2  # two batches in flight even from the smallest pool
     finally:
         await db.close()

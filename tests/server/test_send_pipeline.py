@@ -34,6 +34,10 @@ async def _wait_for_blocked(conn: asyncpg.Connection, count: int) -> None:
     """Wait until ``count`` backends of this database wait on a lock (or fail after a while)."""
     deadline = time.monotonic() + seconds(20)
     while True:
+        # The blocker asks from inside its transaction, where Postgres would otherwise answer
+        # from the activity snapshot of the transaction's first question (a backend connected
+        # since, as a new pooled connection, would never be seen).
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
         blocked = await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND cardinality(pg_blocking_pids(pid)) > 0")

@@ -82,7 +82,7 @@ lint: $(STAMP) $(PHONE_STAMP)
 	cd $(PHONE) && npx --no-install tsc --noEmit -p .
 	$(BIN)/ruff check --cache-dir .ruff_cache .  # one cache, not one per folder ruff.toml
 	$(BIN)/mypy --strict protocol
-	$(BIN)/mypy server clients scripts
+	$(BIN)/mypy server clients scripts tests  # tests/ too: the same settings as server/
 	$(BIN)/lint-imports --no-cache  # layers and import cycles (pyproject.toml [tool.importlinter])
 	@# Every hazard's control names tests that exist (docs/HAZARD_LOG.md).
 	$(BIN)/python scripts/check_hazard_log.py

@@ -68,7 +68,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     end_session()
-    left = sorted(_tree_entries() - session.config.stash.get(_BEFORE, frozenset()))
+    before: frozenset[str] = session.config.stash.get(_BEFORE, frozenset())
+    left = sorted(_tree_entries() - before)
     if left:
         print(f"\nThe test session left files behind (tests/conftest.py): {', '.join(left)}",
               file=sys.stderr)
@@ -137,7 +138,7 @@ async def world(request: pytest.FixtureRequest, db_dsn: str, tmp_path: Path
         yield w
 
 
-def _require(check: Callable[[], None], missing: type[Exception]) -> None:
+def _require(check: Callable[[], object], missing: type[Exception]) -> None:
     """A machine without a real part the tests run fails here with how to install it: never a
     silent skip."""
     try:

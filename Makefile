@@ -9,6 +9,10 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many pytest-xdist workers, each test file whole in one of
+# them (--dist loadfile); the suite mostly waits on relays, browsers and subprocesses, so two
+# workers on a 2-core machine take about half the time of one. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 
 export HOST PORT WORKERS
 
@@ -76,7 +80,7 @@ run: $(STAMP)
 
 test: $(STAMP) system-deps $(IDP_STAMP) phone
 	@mkdir -p .data
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP) $(PHONE_STAMP)
 	cd $(PHONE) && npx --no-install tsc --noEmit -p .

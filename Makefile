@@ -9,6 +9,10 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many pytest-xdist workers, each test file whole in one of
+# them (--dist loadfile); the suite mostly waits on relays, browsers and subprocesses, so two
+# workers on a 2-core machine take about half the time of one. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 
 export HOST PORT WORKERS
 
@@ -76,13 +80,13 @@ run: $(STAMP)
 
 test: $(STAMP) system-deps $(IDP_STAMP) phone
 	@mkdir -p .data
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP) $(PHONE_STAMP)
 	cd $(PHONE) && npx --no-install tsc --noEmit -p .
 	$(BIN)/ruff check --cache-dir .ruff_cache .  # one cache, not one per folder ruff.toml
 	$(BIN)/mypy --strict protocol
-	$(BIN)/mypy server clients scripts
+	$(BIN)/mypy server clients scripts tests  # tests/ too: the same settings as server/
 	$(BIN)/lint-imports --no-cache  # layers and import cycles (pyproject.toml [tool.importlinter])
 	@# Every hazard's control names tests that exist (docs/HAZARD_LOG.md).
 	$(BIN)/python scripts/check_hazard_log.py

@@ -5,7 +5,11 @@ The suite leaves nothing behind but its caches, which live in .data/cache (pytes
 ``--lf``, set in pyproject.toml; hypothesis's examples, here): every file a test makes is in
 pytest's tmp_path, in the session folder (tests/helpers.py ``session_dir``, removed at the end)
 or in a folder its fixture removes. The session ends by checking it: a new entry in .data/ or
-at the top of the tree fails the run, naming it."""
+at the top of the tree fails the run, naming it.
+
+Under pytest-xdist (``make test`` runs two workers) each worker is a session of its own, with its
+own Postgres, session folder and real servers, all in fresh folders under .data/; the check of
+what is left behind runs once, in the controller, after every worker has ended and cleaned up."""
 
 from __future__ import annotations
 
@@ -62,13 +66,42 @@ def _tree_entries() -> frozenset[str]:
     return frozenset(found - {".data/cache", "test-artefacts"})
 
 
+def _in_worker(config: pytest.Config) -> bool:
+    """True in a pytest-xdist worker (it has ``workerinput``); false in plain pytest and in
+    xdist's controller, the process that sees the whole run."""
+    return hasattr(config, "workerinput")
+
+
+# The files that take longest, each a whole journey of real programs (minutes, measured with
+# --durations): under xdist they start first, so neither worker is left running one of them
+# alone at the end while the other has nothing to do. Only the order changes.
+LONGEST_FIRST = ("tests/test_user_guide.py", "tests/server/test_runner.py", "tests/test_demo.py",
+                 "tests/server/test_manage.py", "tests/clients/test_cli_failures.py",
+                 "tests/server/test_processes.py", "tests/server/test_fuzz_api.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _in_worker(config):
+        return  # one process: the order the files are in
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[_BEFORE] = _tree_entries()
+    if not _in_worker(session.config):  # a worker's siblings' folders come and go
+        session.config.stash[_BEFORE] = _tree_entries()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     end_session()
-    left = sorted(_tree_entries() - session.config.stash.get(_BEFORE, frozenset()))
+    if _in_worker(session.config):
+        return
+    before: frozenset[str] = session.config.stash.get(_BEFORE, frozenset())
+    left = sorted(_tree_entries() - before)
     if left:
         print(f"\nThe test session left files behind (tests/conftest.py): {', '.join(left)}",
               file=sys.stderr)
@@ -137,7 +170,7 @@ async def world(request: pytest.FixtureRequest, db_dsn: str, tmp_path: Path
         yield w
 
 
-def _require(check: Callable[[], None], missing: type[Exception]) -> None:
+def _require(check: Callable[[], object], missing: type[Exception]) -> None:
     """A machine without a real part the tests run fails here with how to install it: never a
     silent skip."""
     try:

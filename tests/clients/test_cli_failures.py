@@ -143,7 +143,8 @@ async def test_a_revoked_and_wiped_phone_says_so_and_erases_itself(
                  ("whoami",), ("login",)):
         rc, out, err2 = await run("lightbox", "--profile", "phone", *argv, env=env)
         assert_one_sentence(rc, out, err2)
-        assert REVOKED.search(err2) and REVOKED.search(err2).group(1) == found.group(1), err2
+        again = REVOKED.search(err2)
+        assert again and again.group(1) == found.group(1), err2
         assert "enroll" not in err2
 
 

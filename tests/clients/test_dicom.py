@@ -8,6 +8,7 @@ import dataclasses
 import io
 import itertools
 from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
 
 import pydicom
 import pytest
@@ -156,7 +157,7 @@ def test_vl_photographic_is_xc_with_its_modules() -> None:
     ("L", {}, "MONOCHROME2", 1),
 ])
 def test_photometric_interpretation_follows_the_jpeg_frame(
-    mode: str, save: dict[str, object], photometric: str, samples: int,
+    mode: str, save: dict[str, Any], photometric: str, samples: int,
 ) -> None:
     data = jpeg(mode=mode, **save)
     ds = read(build_vl_photographic(data, record()))

@@ -338,7 +338,9 @@ async def test_the_consent_form_is_filed_as_encapsulated_pdf_in_the_images_study
         subprocess.run(["pdfdetach", "-saveall", "-o", str(out), str(tmp_path / "form.pdf")],
                        check=True, capture_output=True)
         jws = (out / f"consent-{header.consent_id}.jws").read_text()
-        verified = verify_consent_token(jws, intern.vault.state.identity_key().public,
+        identity = intern.vault.state.identity_key()
+        assert identity is not None
+        verified = verify_consent_token(jws, identity.public,
                                         at=header.sent_at)
         assert verified.jti == header.consent_id
         fhir_json = (out / f"consent-{header.consent_id}.fhir.json").read_bytes()

@@ -181,12 +181,12 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
             out = await _ok(device_cli.main, ["--profile", "phone", "link", "--approve",
                                               match.group(1).decode()])
             assert "approved: desktop device" in out
-            rest, err = await asyncio.wait_for(desktop.communicate(), seconds(60))
+            rest, desktop_err = await asyncio.wait_for(desktop.communicate(), seconds(60))
         finally:
             if desktop.returncode is None:
                 desktop.kill()
                 await desktop.wait()
-        assert desktop.returncode == 0, err.decode()
+        assert desktop.returncode == 0, desktop_err.decode()
         assert b"linked: ada.byron on this desktop" in rest
         await _ok(device_cli.main, ["--profile", "desktop", "login"])
         rc, _out, err = await _run(device_cli.main, ["--profile", "desktop", "link",
@@ -355,10 +355,10 @@ async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled(
                                                     "--handout-dir", str(not_a_folder)])
         assert rc == 2 and "no new code was issued" in err
         assert "enrolment code: expired" in await _ok(admin_cli.main, ["user", "show", "bo.chen"])
-        new = _codes(await _ok(admin_cli.main, ["user", "reissue", "bo.chen", "--no-qr"]))
+        reissued = _codes(await _ok(admin_cli.main, ["user", "reissue", "bo.chen", "--no-qr"]))
         monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORDS["bo.chen"])
         out = await _ok(device_cli.main, ["--profile", "bo", "enroll", "--server", url,
-                                          "--code", new["bo.chen"]])
+                                          "--code", reissued["bo.chen"]])
         assert "enrolled bo.chen" in out
 
         # --- bad input: a sentence and exit status 2 ----------------------------------------

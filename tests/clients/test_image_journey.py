@@ -14,6 +14,7 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fhir.resources.R4B.consent import Consent
@@ -162,7 +163,7 @@ async def test_recipient_refuses_tokens_that_do_not_verify_or_do_not_name_the_im
     claims = sdk_attachments.check_image_consent(digest, token, issuer_certificate=cert,
                                                  trusted_orgs=trusted, consent_id=cid)
     assert claims.jti == cid
-    cases = [
+    cases: list[dict[str, Any]] = [
         dict(image_sha256=hashlib.sha256(b"another").digest()),  # not named
         dict(issuer_certificate=bob.device.user.cert),  # signed by someone else
         dict(trusted_orgs={world.org.org_id: bytes(32)}),  # chain does not verify
@@ -170,11 +171,11 @@ async def test_recipient_refuses_tokens_that_do_not_verify_or_do_not_name_the_im
         dict(at=int(time.time()) + 10 * 86400),  # expired
     ]
     for change in cases:
-        args: dict[str, object] = {"image_sha256": digest, "issuer_certificate": cert,
-                                   "trusted_orgs": trusted, "consent_id": cid, **change}
+        args: dict[str, Any] = {"image_sha256": digest, "issuer_certificate": cert,
+                                "trusted_orgs": trusted, "consent_id": cid, **change}
         digest_arg = args.pop("image_sha256")
         with pytest.raises(ConsentImageMismatch):
-            sdk_attachments.check_image_consent(digest_arg, token, **args)  # type: ignore[arg-type]
+            sdk_attachments.check_image_consent(digest_arg, token, **args)
     refused_token, _ = consent(world, alice, [image], roles=(ORTHO,),
                                decision=ConsentDecision.REFUSED)
     with pytest.raises(ConsentImageMismatch):
@@ -192,27 +193,28 @@ async def test_recipient_refuses_tokens_that_do_not_verify_or_do_not_name_the_im
 async def test_capture_requires_statements_identity_key_and_written_basis(
         world: World) -> None:
     alice = await peer(world, "alice", roles=("intern",))
-    base = dict(purposes=[Purpose.DIRECT_CARE], images=[image_hash(b"i")],
+    base: dict[str, Any] = dict(purposes=[Purpose.DIRECT_CARE], images=[image_hash(b"i")],
                 decision=ConsentDecision.AGREED, basis=ConsentBasis.TREATMENT_ATTESTATION,
                 permanence_statement_shown=True, no_effect_on_care_statement_shown=True)
-    for change, code in [
+    changes: list[tuple[dict[str, Any], str]] = [
         (dict(permanence_statement_shown=False), "validation_failed"),
         (dict(no_effect_on_care_statement_shown=False), "validation_failed"),
         (dict(images=[]), "validation_failed"),
         (dict(purposes=[Purpose.RESEARCH]), "consent_purpose"),
         (dict(external=True), "consent_external_requires_written"),
-    ]:
+    ]
+    for change, code in changes:
         with pytest.raises(FlowError) as err:
             capture_consent(device_state(world, alice), ConsentCapture(**{**base, **change}))
         assert err.value.code == code, change
     with pytest.raises(FlowError) as err:  # a linked device holds no identity key
         capture_consent(device_state(world, alice, with_identity=False),
-                        ConsentCapture(**base))  # type: ignore[arg-type]
+                        ConsentCapture(**base))
     assert err.value.code == "forbidden"
-    _, claims = capture_consent(device_state(world, alice), ConsentCapture(**base))  # type: ignore[arg-type]
+    _, claims = capture_consent(device_state(world, alice), ConsentCapture(**base))
     assert claims.patient.startswith("pt-") and claims.iss == alice.user_id
     refusal = capture_consent(device_state(world, alice), ConsentCapture(
-        **{**base, "decision": ConsentDecision.REFUSED}))[0]  # type: ignore[arg-type]
+        **{**base, "decision": ConsentDecision.REFUSED}))[0]
     resource = Consent.model_validate(fhir_consent(refusal))
     assert resource.status == "rejected"
 

@@ -70,7 +70,7 @@ async def test_an_upload_cut_short_is_made_good_on_the_next_run(
     t0 = int(time.time())
     real_upload = intern.client.relay.upload_signed_prekey
 
-    async def cut(token: str) -> None:
+    async def cut(signed_prekey: str) -> None:
         raise ConnectionError("the network went away")
 
     try:

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,8 +73,8 @@ async def _finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
 async def test_a_clinician_enrols_and_signs_in_with_the_idp_only(
         journey_env: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     tmp = journey_env
-    accounts = {"ada.byron": {"name": "Ada Byron"}, "cy.dee": {"name": "Cy Dee",
-                                                               "disabled": True}}
+    accounts: dict[str, dict[str, Any]] = {
+        "ada.byron": {"name": "Ada Byron"}, "cy.dee": {"name": "Cy Dee", "disabled": True}}
     with running_idp(accounts) as idp:
         await _ok(admin_cli.main, ["org", "init", "--org-id", ORG, "--keyfile",
                                    str(tmp / "it" / "org.key")])
@@ -104,9 +105,9 @@ async def test_a_clinician_enrols_and_signs_in_with_the_idp_only(
             assert rc == 0, out + err
             assert "enrolled ada.byron" in out
 
-            login = await _lightbox("--profile", "ada", "login", "--sso", "--no-browser")
-            await _at_the_idp(await _sign_in_url(login), "ada.byron")
-            rc, out, err = await _finish(login)
+            signing_in = await _lightbox("--profile", "ada", "login", "--sso", "--no-browser")
+            await _at_the_idp(await _sign_in_url(signing_in), "ada.byron")
+            rc, out, err = await _finish(signing_in)
             assert rc == 0, out + err
             assert "logged in as ada.byron" in out
             monkeypatch.setenv("LIGHTBOX_PASSWORD", KEYSTORE_PASSPHRASE)
@@ -135,8 +136,8 @@ async def test_a_clinician_enrols_and_signs_in_with_the_idp_only(
             # Suspended by IT (a signed revocation list): the IdP still signs her in, the
             # relay refuses.
             await _ok(admin_cli.main, ["user", "suspend", "ada.byron"])
-            login = await _lightbox("--profile", "ada", "login", "--sso", "--no-browser")
-            await _at_the_idp(await _sign_in_url(login), "ada.byron")
-            rc, out, err = await _finish(login)
+            signing_in = await _lightbox("--profile", "ada", "login", "--sso", "--no-browser")
+            await _at_the_idp(await _sign_in_url(signing_in), "ada.byron")
+            rc, out, err = await _finish(signing_in)
             assert rc == 1
             assert "user_suspended" in err

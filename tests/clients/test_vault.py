@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -50,9 +51,9 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def _vault(directory: Path, clock: Callable[[], float] | None = None, **kw: object) -> Vault:
-    return Vault(directory, kdf=CHEAP_PROFILE, idle_timeout=kw.pop("idle_timeout", 300.0),  # type: ignore[arg-type]
-                 clock=clock or time.monotonic, now=lambda: 1_700_000_000.0, **kw)  # type: ignore[arg-type]
+def _vault(directory: Path, clock: Callable[[], float] | None = None, **kw: Any) -> Vault:
+    return Vault(directory, kdf=CHEAP_PROFILE, idle_timeout=kw.pop("idle_timeout", 300.0),
+                 clock=clock or time.monotonic, now=lambda: 1_700_000_000.0, **kw)
 
 
 @pytest.fixture
@@ -537,7 +538,8 @@ def test_a_withdrawn_consent_is_remembered_sealed_first_time_kept(vault: Vault) 
     assert vault.consent_withdrawals() == {consent_id: 1_800_000_000}
     (sealed,) = _raw(vault, "SELECT sealed FROM secrets WHERE name = ?",
                      f"consent_withdrawn:{consent_id}")
-    assert b"1800000000" not in bytes(sealed[0])  # type: ignore[arg-type]
+    assert isinstance(sealed[0], bytes)
+    assert b"1800000000" not in sealed[0]
 
 
 # --- notes: what the client must remember across restarts ----------------------------------

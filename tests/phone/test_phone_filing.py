@@ -92,7 +92,7 @@ async def test_the_photo_is_filed_by_the_gateway_then_erased_from_the_phone(
             await conn.close()
         return row if row is not None and row["confirmed_at"] is not None else None
     row = await eventually(confirmed_order, timeout=20)
-    assert row["reason"] == "filed"
+    assert row is not None and row["reason"] == "filed"
 
 
 async def test_a_refusal_on_the_phone_is_filed_in_the_record_as_the_cli_files_it(

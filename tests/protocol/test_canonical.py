@@ -68,7 +68,7 @@ json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**53) + 1, 2**53 - 1)
-    | st.text(st.characters(blacklist_categories=("Cs",))),
+    | st.text(st.characters(blacklist_categories=["Cs"])),
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(

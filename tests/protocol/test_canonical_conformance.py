@@ -173,11 +173,11 @@ json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-SAFE, SAFE)
-    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=8),
+    | st.text(st.characters(blacklist_categories=["Cs"]), max_size=8),
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(
-            st.text(st.characters(blacklist_categories=("Cs",)), max_size=4), children, max_size=5
+            st.text(st.characters(blacklist_categories=["Cs"]), max_size=4), children, max_size=5
         )
     ),
     max_leaves=25,

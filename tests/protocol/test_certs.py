@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import certs, keys
+from protocol import canonical, certs, keys
 from protocol.certs import (
     AccountKind,
     RevocationEntry,
@@ -98,7 +98,9 @@ def test_device_certificate_issued_in_the_future_is_rejected_as_expired() -> Non
 
 
 def test_clinician_with_expired_licence_is_rejected_with_licence_expired() -> None:
-    licence = msgspec.structs.replace(world().alice.user.licence, expires_at=T0)
+    current = world().alice.user.licence
+    assert current is not None
+    licence = msgspec.structs.replace(current, expires_at=T0)
     _reject(ErrorCode.LICENCE_EXPIRED, _user(licence=licence), world().alice.device_token)
 
 
@@ -109,8 +111,8 @@ def test_issuing_a_clinician_certificate_without_licence_is_refused() -> None:
 
 def test_clinician_certificate_without_licence_signed_anyway_is_rejected() -> None:
     body = msgspec.structs.replace(world().alice.user, licence=None)
-    token = certs.canonical.sign_compact(
-        certs.canonical.LABEL_USER_CERTIFICATE, certs.canonical.encode_struct(body), world().org
+    token = canonical.sign_compact(
+        canonical.LABEL_USER_CERTIFICATE, canonical.encode_struct(body), world().org
     )
     _reject(ErrorCode.CERTIFICATE_INVALID, token, world().alice.device_token)
 
@@ -207,8 +209,8 @@ def test_user_certificate_presented_as_device_certificate_is_rejected() -> None:
 
 def test_unsupported_certificate_version_is_rejected() -> None:
     body = msgspec.structs.replace(world().alice.user, v=2)
-    token = certs.canonical.sign_compact(
-        certs.canonical.LABEL_USER_CERTIFICATE, certs.canonical.encode_struct(body), world().org
+    token = canonical.sign_compact(
+        canonical.LABEL_USER_CERTIFICATE, canonical.encode_struct(body), world().org
     )
     _reject(ErrorCode.CERTIFICATE_INVALID, token, world().alice.device_token)
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import certs, envelope, keys
+from protocol import _sodium, certs, envelope, keys
 from protocol.envelope import (
     MemorySeenSet,
     RecipientBundle,
@@ -240,7 +240,7 @@ def test_forward_secrecy_deleted_one_time_prekey_leaves_message_unopenable() -> 
     )
     ad = envelope.wrap_associated_data(sealed.header, w.bob.device_keys.device_id)
     with pytest.raises(VerificationError):
-        envelope._sodium.aead_decrypt(guess, used.nonce, used.wrapped, ad)
+        _sodium.aead_decrypt(guess, used.nonce, used.wrapped, ad)
 
 
 def test_unknown_signed_prekey_makes_the_message_unopenable() -> None:

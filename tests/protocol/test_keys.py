@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from protocol.keys import (
 )
 from tests.protocol.crypto_world import DeterministicRng, flip_bit
 
-CHEAP = {"opslimit": CHEAP_PROFILE.opslimit, "memlimit": CHEAP_PROFILE.memlimit}
+CHEAP: dict[str, Any] = {"opslimit": CHEAP_PROFILE.opslimit, "memlimit": CHEAP_PROFILE.memlimit}
 
 
 def test_ed25519_matches_rfc8032_test_vector_1() -> None:

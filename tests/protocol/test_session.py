@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 from protocol import frames as f
 from protocol.errors import CloseCode, ErrorCode, LimitExceeded, ProtocolError, VerificationError
 from protocol.keys import Ed25519KeyPair
+from protocol.model import SealedMessage
 from protocol.session import (
     AuthRequested,
     ClientSession,
@@ -64,7 +67,14 @@ def ready_server(**kw: object) -> ServerSession:
     return s
 
 
-def only_error(session: ServerSession, events: list[object]) -> tuple[ErrorEvent, f.Error]:
+def sample_message() -> SealedMessage:
+    """The sealed message of the catalogue's ``send`` frame."""
+    send = sample_frames()[4]
+    assert isinstance(send, f.Send)
+    return send.message
+
+
+def only_error(session: ServerSession, events: Sequence[object]) -> tuple[ErrorEvent, f.Error]:
     (event,) = events
     assert isinstance(event, ErrorEvent)
     (frame,) = sent(session)
@@ -74,7 +84,7 @@ def only_error(session: ServerSession, events: list[object]) -> tuple[ErrorEvent
     return event, frame
 
 
-def the_error(events: list[object]) -> ErrorEvent:
+def the_error(events: Sequence[object]) -> ErrorEvent:
     """The one event a client's input produced, which must be an error."""
     (event,) = events
     assert isinstance(event, ErrorEvent)
@@ -283,7 +293,7 @@ def test_ping_is_answered_with_pong_of_the_same_nonce() -> None:
 def test_send_window_overflow_is_rate_limited_until_accepted() -> None:
     s = ready_server(limits=f.Limits(send_window=2))
     first, second, third = (
-        f.Send(req_id=r, message=sample_frames()[4].message)  # type: ignore[attr-defined]
+        f.Send(req_id=r, message=sample_message())
         for r in ("a", "b", "c")
     )
     assert s.receive_data(enc(first)) == [FrameReceived(first)]
@@ -423,7 +433,7 @@ def test_client_cannot_send_before_ready_or_send_relay_frames() -> None:
 
 def test_client_send_window_is_enforced_locally_and_freed_by_accepted() -> None:
     c = ready_client()
-    message = sample_frames()[4].message  # type: ignore[attr-defined]
+    message = sample_message()
     for i in range(f.DEFAULT_SEND_WINDOW):
         c.send(f.Send(req_id=f"r{i}", message=message))
     with pytest.raises(ProtocolError) as info:

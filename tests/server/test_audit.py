@@ -143,7 +143,8 @@ async def test_append_rolls_back_with_the_callers_transaction(conn: asyncpg.Conn
     {"blob": b"bytes"}, {"x": 1.5}, {"s": "x" * 600}, {"n": {"a": {"b": {"c": {"d": {"e": 1}}}}}},
 ])
 async def test_details_refuse_values_outside_the_metadata_subset(conn: asyncpg.Connection,
-                                                                 details: dict) -> None:
+                                                                 details: dict[str, object]
+                                                                 ) -> None:
     with pytest.raises(ValueError):
         await audit.append(conn, "test.bad", details=details)
 

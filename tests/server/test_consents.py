@@ -219,7 +219,7 @@ async def test_every_consent_failure_is_refused_with_its_code_and_stores_nothing
         acc = await a.send(msg(ok_id))  # type: ignore[arg-type]
         assert not acc.duplicate
         # Direct-care text without attachments needs no consent.
-        await a.send(seal_with(alice, tid, [bob], b"thanks", consent_id=None,  # type: ignore[arg-type]
+        await a.send(seal_with(alice, tid, [bob], b"thanks", consent_id=None,
                                attachment_ids=[]))
     finally:
         await a.close()

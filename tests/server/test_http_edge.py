@@ -4,6 +4,8 @@ server keeps serving afterwards."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -17,7 +19,7 @@ PROBLEM = "application/problem+json"
 def assert_problem(resp: httpx.Response, status: int, code: str) -> dict[str, object]:
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith(PROBLEM)
-    body = resp.json()
+    body: dict[str, Any] = resp.json()
     assert body["code"] == code
     assert body["status"] == status
     assert body["type"].endswith("/" + code)
@@ -141,7 +143,8 @@ async def test_declared_oversize_body_is_a_413_problem(relay: RunningRelay) -> N
 async def test_streamed_oversize_body_without_length_is_a_413_problem(relay: RunningRelay) -> None:
     limit = relay.relay.settings.max_body_bytes
 
-    async def chunks():  # chunked transfer encoding: no Content-Length to check up front
+    # Chunked transfer encoding: no Content-Length to check up front.
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(limit // 65536 + 2):
             yield b" " * 65536
 

@@ -20,7 +20,8 @@ def _format(record_extra: dict[str, object], exc: BaseException | None = None) -
     record = logger.makeRecord("test.logs", logging.INFO, __file__, 1, "event happened", (),
                                (type(exc), exc, exc.__traceback__) if exc else None,
                                extra=record_extra)
-    return json.loads(JsonFormatter().format(record))
+    formatted: dict[str, object] = json.loads(JsonFormatter().format(record))
+    return formatted
 
 
 def test_log_line_is_json_with_request_id_and_safe_fields_only() -> None:

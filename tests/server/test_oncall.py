@@ -12,6 +12,7 @@ import pytest
 
 from clients.admin import ops as adminops
 from clients.admin import rotaio
+from clients.admin.csvio import CsvError
 from clients.sdk.http import RelayHTTP
 from protocol.frames import Deliver, QueueEmpty, Receipt
 from protocol.model import Priority
@@ -181,13 +182,13 @@ async def test_csv_and_ics_rota_imports_report_each_bad_row_and_keep_the_good(
 
 
 def test_rota_files_refused_whole_with_their_code() -> None:
-    with pytest.raises(rotaio.CsvError) as err:
+    with pytest.raises(CsvError) as err:
         rotaio.parse_rota("r.csv", b"when,who\n1,2\n")
     assert err.value.code.value == "csv_invalid"
-    with pytest.raises(rotaio.CsvError) as err:
+    with pytest.raises(CsvError) as err:
         rotaio.parse_rota("r.ics", b"this is not a calendar")
     assert err.value.code.value == "rota_invalid"
-    with pytest.raises(rotaio.CsvError) as err:
+    with pytest.raises(CsvError) as err:
         rotaio.parse_rota("r.csv", b"x" * (2 * 1024 * 1024))
     assert err.value.code.value == "csv_too_large"
 
@@ -211,7 +212,7 @@ async def test_urgent_overtakes_routine_across_threads_but_never_within_one(
         await a.close()
     b = await connect(world, bob)
     try:
-        order = []
+        order: list[tuple[str, Priority]] = []
         while len(order) < 4:
             f = await b.next_event(seconds(10))
             if isinstance(f, Deliver):

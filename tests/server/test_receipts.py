@@ -85,8 +85,10 @@ async def receive(svc: ReceiptService, c: Consult, statement: str, *,
 
 
 async def notices(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT device_id::text AS device_id, kind, frame, created_at "
-                            "FROM device_notices ORDER BY device_id")
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT device_id::text AS device_id, kind, frame, created_at "
+        "FROM device_notices ORDER BY device_id")
+    return rows
 
 
 async def test_a_receipt_is_queued_for_the_senders_active_devices_at_the_relays_time(

@@ -52,6 +52,7 @@ async def test_an_images_lifecycle_holders_gateways_and_release(world: World) ->
         made = await filings.materialise(conn, hard_limit=HARD_LIMIT, attachment_ids=[aid])
         assert [(m.attachment_id, m.message_id, m.thread_id, m.state) for m in made] == [
             (aid, mid, tid, "unfiled")]
+        assert made[0].due_at is not None
         assert made[0].due_at - made[0].shared_at == dt.timedelta(seconds=HARD_LIMIT)
         assert await filings.materialise(conn, hard_limit=HARD_LIMIT) == []  # once
         assert await filings.thread_attachments(conn, tid) == [aid]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ def confirmation(keys: DeviceKeys, device_id: str, order_id: str) -> str:
         v=1, device_id=device_id, order_id=order_id, wiped_at=int(time.time())), keys.signing)
 
 
-async def wipe_events(world: World) -> list[tuple[str, dict[str, object]]]:
+async def wipe_events(world: World) -> list[tuple[str, Mapping[str, Any]]]:
     conn = await world.db()
     try:
         return [(r.event, r.details) for r in await audit.rows(conn, event_prefix="device.wipe")]

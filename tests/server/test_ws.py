@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 import websockets
+import websockets.asyncio.client
 
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
 from protocol.errors import CloseCode
@@ -61,6 +62,7 @@ async def closed_with(ws: websockets.asyncio.client.ClientConnection) -> tuple[i
     errors = []
     try:
         async for data in ws:
+            assert isinstance(data, bytes)  # the relay speaks binary frames only
             frame = msgspec.msgpack.decode(data)
             if frame.get("t") == "error":
                 errors.append(msgspec.convert(frame, Error))
@@ -536,10 +538,10 @@ async def test_metrics_report_connections_messages_latency_and_rejections(
         with pytest.raises(SendRefused):
             await c.send(seal(carol, tid, [alice, bob]))
 
-        async def metrics_after_the_ack() -> str | None:
+        async def metrics_after_the_ack() -> str:
             # An ack has no answer frame: the delivered counter moves once the relay took it.
             text = (await world.http.get("/metrics")).text
-            return text if "lightbox_messages_delivered_total 1.0" in text else None
+            return text if "lightbox_messages_delivered_total 1.0" in text else ""
 
         text = await eventually(metrics_after_the_ack)
     assert "lightbox_ws_connections 3.0" in text

@@ -117,10 +117,17 @@ def _worker(settings: Settings, dsn: str, sock: socket.socket, stopping: Any) ->
     whether the parent already asked it to stop (the parent sets ``stopping`` before it
     signals, so a signal lost while ignored is not missed)."""
     _take_signals()
-    with contextlib.suppress(KeyboardInterrupt):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)
-        if not stopping.is_set():
-            serve(settings, dsn, sock)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)
+            if not stopping.is_set():
+                serve(settings, dsn, sock)
+    finally:
+        # Shut down: a later signal (the parent forwards the group's Ctrl-C or SIGTERM, and
+        # may do so after this process has finished) must not end it while the interpreter
+        # finalises, which restores the default actions (death by the signal, exit 128 + N).
+        # Blocked, it stays pending until the process has exited.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SHUTDOWN_SIGNALS)
 
 
 async def _check_or_migrate(dsn: str, migrate: bool) -> str | None:

@@ -68,7 +68,7 @@ async def test_pumps_asking_in_the_same_turn_share_one_query(db_dsn: str) -> Non
         # A first read, so that asyncpg's one-off type introspection is not counted below.
         assert await reader.next_deliveries(str(uuid.uuid4()), sent=[b1], limit=1) == []
         queries: list[str] = []
-        async with db.pool.acquire() as pooled:  # the pool's only connection
+        async with db.hot_pool.acquire() as pooled:  # the one its reads have used so far
             pooled.add_query_logger(lambda q: queries.append(q.query))
         got_b, got_c = await asyncio.gather(reader.next_deliveries(b1, sent=[], limit=10),
                                             reader.next_deliveries(c1, sent=[], limit=10))

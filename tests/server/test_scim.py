@@ -6,6 +6,7 @@ body and changing nothing."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import msgspec
 import pytest
 
 from protocol.errors import CloseCode
-from tests.helpers import seconds
+from tests.helpers import eventually, seconds
 from tests.relay_world import connect, peer
 from tests.scim_world import (
     ERROR_SCHEMA,
@@ -516,7 +517,13 @@ async def test_an_unexpected_failure_is_a_scim_500_without_a_traceback(
                                   f"request {r.headers['x-request-id']}"}
     for leak in ("Traceback", "asyncpg", "scim_users", "UndefinedTable"):
         assert leak not in r.text
-    (logged,) = [rec for rec in caplog.records if rec.getMessage() == "unhandled error"]
+    # The relay runs in its own thread and logs after it has answered (Starlette re-raises
+    # once the 500 is sent), so the record may land a moment after the response.
+
+    async def logged_errors() -> list[logging.LogRecord]:
+        return [rec for rec in caplog.records if rec.getMessage() == "unhandled error"]
+
+    (logged,) = await eventually(logged_errors)
     assert logged.exc_info is not None and "UndefinedTable" in repr(logged.exc_info[1])
     # The relay answers again once the database is whole.
     assert (await sw.scim.get("/Users")).status_code == 200

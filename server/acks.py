@@ -47,10 +47,6 @@ class AckPipeline:
         self._queue.put_nowait((device_id, list(delivery_ids), fut))
         return fut
 
-    async def ack(self, device_id: str, delivery_ids: Sequence[str]) -> set[str]:
-        """Remove these deliveries of this device; returns the ids actually removed."""
-        return await self.submit(device_id, delivery_ids)
-
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]

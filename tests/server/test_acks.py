@@ -42,7 +42,7 @@ async def deliveries(conn: asyncpg.Connection, count: int = 1
 async def test_an_ack_removes_the_devices_deliveries_and_says_which(
         conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
     (b1, for_b), (c1, _) = await deliveries(conn, 2)
-    assert await pipeline.ack(b1, for_b) == set(for_b)
+    assert await pipeline.submit(b1, for_b) == set(for_b)
     assert await messages.queue_depth(conn, b1) == 0
     assert await messages.queue_depth(conn, c1) == 2
 
@@ -50,24 +50,24 @@ async def test_an_ack_removes_the_devices_deliveries_and_says_which(
 async def test_a_device_never_removes_another_devices_delivery(
         conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
     (b1, _), (c1, for_c) = await deliveries(conn)
-    assert await pipeline.ack(b1, for_c) == set()
+    assert await pipeline.submit(b1, for_c) == set()
     assert await messages.queue_depth(conn, c1) == 1
 
 
 async def test_an_id_already_removed_is_not_reported_again(
         conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
     (b1, for_b), _ = await deliveries(conn)
-    await pipeline.ack(b1, for_b)
-    assert await pipeline.ack(b1, for_b) == set()
-    assert await pipeline.ack(b1, [str(uuid.uuid4())]) == set()
+    await pipeline.submit(b1, for_b)
+    assert await pipeline.submit(b1, for_b) == set()
+    assert await pipeline.submit(b1, [str(uuid.uuid4())]) == set()
 
 
 async def test_concurrent_acks_each_hear_only_of_their_own(
         conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
     (b1, for_b), (c1, for_c) = await deliveries(conn, 5)
-    got = await asyncio.gather(*[pipeline.ack(b1, [i]) for i in for_b],
-                               *[pipeline.ack(c1, [i]) for i in for_c],
-                               pipeline.ack(b1, for_c[:1]))
+    got = await asyncio.gather(*[pipeline.submit(b1, [i]) for i in for_b],
+                               *[pipeline.submit(c1, [i]) for i in for_c],
+                               pipeline.submit(b1, for_c[:1]))
     assert got == [{i} for i in for_b + for_c] + [set()]
     assert await messages.queue_depth(conn, b1) == await messages.queue_depth(conn, c1) == 0
 
@@ -75,7 +75,7 @@ async def test_concurrent_acks_each_hear_only_of_their_own(
 async def test_the_same_delivery_acked_twice_in_one_batch_is_removed_once(
         conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
     (b1, for_b), _ = await deliveries(conn)
-    first, second = await asyncio.gather(pipeline.ack(b1, for_b), pipeline.ack(b1, for_b))
+    first, second = await asyncio.gather(pipeline.submit(b1, for_b), pipeline.submit(b1, for_b))
     assert first == second == set(for_b)  # each caller: the delivery is gone
     assert await messages.queue_depth(conn, b1) == 0
 
@@ -84,5 +84,5 @@ async def test_a_failed_batch_fails_its_callers_and_the_pipeline_goes_on(
         conn: asyncpg.Connection, pipeline: AckPipeline) -> None:
     (b1, for_b), _ = await deliveries(conn)
     with pytest.raises(asyncpg.DataError):
-        await pipeline.ack("not-a-device-id", ["not-a-delivery-id"])
-    assert await pipeline.ack(b1, for_b) == set(for_b)
+        await pipeline.submit("not-a-device-id", ["not-a-delivery-id"])
+    assert await pipeline.submit(b1, for_b) == set(for_b)

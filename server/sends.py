@@ -241,11 +241,12 @@ class SendPipeline:
             locked.set()  # also when the batch failed before it could lock anything
 
     async def _store(self, batch: list[_Pending], locked: asyncio.Event | None = None) -> None:
-        """Store a batch in one transaction of three set-based statements whatever its size
+        """Store a batch in one transaction of two set-based statements whatever its size
         (server/store/batches.py): lock the threads in id order (no deadlock between relay
-        processes); read retries, participants and device sets; check each send; then number,
-        insert and announce all accepted ones. Attachments, consents, emergencies and on-call
-        threads add their own statements, only when a message has them."""
+        processes), then read retries, participants and device sets, in one call; check each
+        send; then number, insert and announce all accepted ones. Attachments, consents,
+        emergencies and on-call threads add their own statements, only when a message has
+        them."""
         now = self.now()
         at = self.routing.at() if self.routing is not None else now
         prepared = [(p, self._new_message(p)) for p in batch]
@@ -254,15 +255,17 @@ class SendPipeline:
         twins: list[tuple[int, int]] = []  # (index, index of the same send earlier in batch)
         accepted: list[tuple[int, messages.NewMessage, list[str]]] = []
         async with self.db.hot_pool.acquire() as conn, conn.transaction():
-            orgs = await batches.lock_threads(conn, (m.thread_id for _, m in prepared))
+            reads = await batches.lock_and_read(
+                conn, (m.thread_id for _, m in prepared),
+                [(m.sender_device_id, m.message_id) for _, m in prepared], at)
+            orgs = reads.orgs
             batch_state = _Batch()
             if self.break_glass is not None:
+                # After the thread locks, as every batch takes them (no crosswise wait); the
+                # limit's count is read by a later statement, under this lock.
                 await self.break_glass.lock(conn, [p.message.header for p, _ in prepared])
             if locked is not None:
                 locked.set()  # the next batch may start: it waits here for a shared thread
-            reads = await batches.read_batch(
-                conn, sorted(orgs), [(m.sender_device_id, m.message_id) for _, m in prepared],
-                at)
             for i, (p, m) in enumerate(prepared):
                 key = (m.sender_device_id, m.message_id)
                 try:

@@ -1,16 +1,18 @@
-"""Set-based storage for group commit: a whole batch of sends in three statements.
+"""Set-based storage for group commit: a whole batch of sends in two statements.
 
 The send pipeline (server/sends.py) stores many messages per transaction. Doing that row by row
 costs several round trips per message; these functions take the whole batch at once (arrays
 through ``unnest``), so a batch costs the same round trips whatever its size. Paced traffic
-makes batches of one or two messages, where the round trips are the cost, so there are three:
-:func:`lock_threads`, :func:`read_batch` (everything the checks read) and
+makes batches of one or two messages, where the round trips are the cost, so there are two:
+:func:`lock_and_read` (the thread locks, then everything the checks read) and
 :func:`store_messages` (everything written, and the wake-up), besides ``BEGIN`` and ``COMMIT``
 (docs/BENCHMARKS.md has the figures).
 
-Lock order: :func:`lock_threads` locks the batch's thread rows in ``thread_id`` order before
-anything else, so two relay processes storing batches that touch the same threads cannot
-deadlock (each waits for the other in the same order).
+Lock order: :func:`lock_and_read` locks the batch's thread rows in ``thread_id`` order before
+it reads anything, so two relay processes storing batches that touch the same threads cannot
+deadlock (each waits for the other in the same order). The locks and the reads are one call of
+the SQL function ``lock_and_read_batch`` (alembic migration 0014 says why it is a function: its
+reads take their snapshot after the locks are granted, never before).
 """
 
 from __future__ import annotations
@@ -28,19 +30,9 @@ __all__ = [
     "BatchReads",
     "Existing",
     "Stored",
-    "lock_threads",
-    "read_batch",
+    "lock_and_read",
     "store_messages",
 ]
-
-
-async def lock_threads(conn: asyncpg.Connection, thread_ids: Iterable[str]) -> dict[str, str]:
-    """Lock the threads' rows in id order; returns thread id → organisation for those that
-    exist."""
-    rows = await conn.fetch(
-        "SELECT thread_id::text AS t, org_id FROM threads WHERE thread_id = ANY($1::uuid[]) "
-        "ORDER BY thread_id FOR UPDATE", sorted(set(thread_ids)))
-    return {r["t"]: r["org_id"] for r in rows}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,58 +45,41 @@ class Existing:
 
 @dataclasses.dataclass(frozen=True)
 class BatchReads:
-    """What the checks of a batch read, in one statement (:func:`read_batch`)."""
+    """What the checks of a batch read once its threads are locked (:func:`lock_and_read`)."""
 
+    orgs: dict[str, str]  # thread -> its organisation, for the threads that exist
     existing: dict[tuple[str, str], Existing]  # (sender device, message id) already stored
     members: dict[str, set[str]]  # thread -> its participants at the moment given
     device_sets: dict[str, DeviceSet]  # thread -> its participants' devices
     routed: frozenset[str]  # threads with on-call work: a role, or a reseal request pending
 
 
-# One statement, its parts told apart by ``k``: the messages already stored under the batch's
-# keys (retries); the participants at ``$4`` by the SQL function ``thread_participants`` (an
-# alembic migration creates it; server.store.threads reads the same definition); their devices,
-# active or stale, with their organisations; and the threads that have on-call work
-# (server/oncall.py ``after_store`` reads nothing for the others).
-_READ_BATCH = """
-WITH p AS (SELECT thread_id, user_id FROM thread_participants($3::uuid[], $4))
-SELECT 'm' AS k, m.sender_device_id::text AS a, m.message_id::text AS b,
-       m.thread_id::text AS c, m.thread_seq AS n, m.body_hash AS h, m.created_at AS at,
-       NULL::boolean AS f
-  FROM messages m JOIN unnest($1::uuid[], $2::uuid[]) AS x(d, m)
-    ON m.sender_device_id = x.d AND m.message_id = x.m
-UNION ALL
-SELECT 'p', p.thread_id::text, p.user_id::text, NULL, NULL, NULL, NULL, NULL FROM p
-UNION ALL
-SELECT 'd', d.user_id::text, d.device_id::text, u.org_id, NULL, NULL, NULL,
-       (d.status = 'active' AND u.status = 'active')
-  FROM devices d JOIN users u USING (user_id) WHERE d.user_id IN (SELECT user_id FROM p)
-UNION ALL
-SELECT 'r', t.tid::text, NULL, NULL, NULL, NULL, NULL, NULL FROM unnest($3::uuid[]) AS t(tid)
- WHERE EXISTS (SELECT 1 FROM thread_roles r WHERE r.thread_id = t.tid AND r.removed_at IS NULL)
-    OR EXISTS (SELECT 1 FROM reseal_requests q WHERE q.thread_id = t.tid AND q.done_at IS NULL)
-"""
-
-
-async def read_batch(conn: asyncpg.Connection, thread_ids: Sequence[str],
-                     keys: Sequence[tuple[str, str]], at: dt.datetime) -> BatchReads:
-    """Retries, participants at ``at``, device sets and on-call work of a batch's threads."""
-    rows = await conn.fetch(_READ_BATCH, [k[0] for k in keys], [k[1] for k in keys],
-                            list(thread_ids), at)
-    existing: dict[tuple[str, str], Existing] = {}
-    members: dict[str, set[str]] = {t: set() for t in thread_ids}
-    by_user: dict[str, list[tuple[str, bool]]] = {}
+async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
+                        keys: Sequence[tuple[str, str]], at: dt.datetime) -> BatchReads:
+    """Lock the threads' rows in id order (within the caller's transaction), then read the
+    retries among ``keys`` (sender device, message id), each existing thread's organisation,
+    participants at ``at``, device sets and on-call work: one round trip."""
+    rows = await conn.fetch(
+        "SELECT * FROM lock_and_read_batch($1::uuid[], $2::uuid[], $3::uuid[], $4)",
+        [k[0] for k in keys], [k[1] for k in keys], sorted(set(thread_ids)), at)
     orgs: dict[str, str] = {}
+    existing: dict[tuple[str, str], Existing] = {}
+    members: dict[str, set[str]] = {}
+    by_user: dict[str, list[tuple[str, bool]]] = {}
+    device_orgs: dict[str, str] = {}
     routed = set()
     for r in rows:
         k = r["k"]
-        if k == "m":
+        if k == "o":
+            orgs[r["a"]] = r["b"]
+            members.setdefault(r["a"], set())
+        elif k == "m":
             existing[(r["a"], r["b"])] = Existing(r["c"], int(r["n"]), bytes(r["h"]), r["at"])
         elif k == "p":
-            members[r["a"]].add(r["b"])
+            members.setdefault(r["a"], set()).add(r["b"])
         elif k == "d":
             by_user.setdefault(r["a"], []).append((r["b"], r["f"]))
-            orgs[r["b"]] = r["c"]
+            device_orgs[r["b"]] = r["c"]
         else:
             routed.add(r["a"])
     sets = {}
@@ -112,8 +87,8 @@ async def read_batch(conn: asyncpg.Connection, thread_ids: Sequence[str],
         devs = [d for u in us for d in by_user.get(u, ())]
         sets[tid] = DeviceSet(active=frozenset(d for d, a in devs if a),
                               inactive=frozenset(d for d, a in devs if not a),
-                              orgs={d: orgs[d] for d, _ in devs})
-    return BatchReads(existing, members, sets, frozenset(routed))
+                              orgs={d: device_orgs[d] for d, _ in devs})
+    return BatchReads(orgs, existing, members, sets, frozenset(routed))
 
 
 @dataclasses.dataclass(frozen=True)

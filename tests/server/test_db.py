@@ -6,17 +6,15 @@ back; and the relay's code never changes session state that only a full reset wo
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import uuid
 from pathlib import Path
 
 from server.db import Database
-from server.store import batches
+from server.store import messages
 from tests.helpers import query_loggers_called
 
 ROOT = Path(__file__).resolve().parents[2]
-NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
 
 async def test_releasing_an_idle_connection_sends_no_statement(db_dsn: str) -> None:
@@ -90,8 +88,9 @@ def test_the_session_state_pattern_finds_what_it_looks_for() -> None:
 
 async def test_the_message_path_plans_a_statement_once_and_the_rest_per_execution(
         db_dsn: str) -> None:
-    """The message path's reads (arrays through ``unnest``, the inlined
-    ``thread_participants``) would be planned again at every execution under Postgres's default,
+    """The message path's reads (arrays through ``unnest``, window functions; the batch read
+    in ``lock_and_read_batch`` too, whose statements Postgres caches the same way) would be
+    planned again at every execution under Postgres's default,
     which cost more than executing them; everything else keeps the default, so that a query with
     an optional filter gets a plan for its actual values (server/db.py)."""
     db = Database(db_dsn, min_size=1, max_size=1)
@@ -101,10 +100,11 @@ async def test_the_message_path_plans_a_statement_once_and_the_rest_per_executio
         for pool in (db.hot_pool, db.pool):
             async with pool.acquire() as conn:
                 for _ in range(8):
-                    await batches.read_batch(conn, [str(uuid.uuid4())], [], NOW)
+                    await messages.fetch_next_deliveries(
+                        conn, [messages.DeliveryRequest(str(uuid.uuid4()), [], 8)])
                 row = await conn.fetchrow(
                     "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                    "WHERE statement = $1", batches._READ_BATCH)
+                    "WHERE statement = $1", messages._NEXT_DELIVERIES)
                 plans.append((row["generic_plans"], row["custom_plans"]))
         assert plans == [(8, 0), (0, 8)]
         assert db.hot_max_size == 2  # two batches in flight even from the smallest pool

@@ -11,8 +11,10 @@ import json
 import uuid
 
 import asyncpg
+import pytest
 
 from server.store import batches, escalations, threads
+from tests.helpers import eventually
 from tests.server.test_store_threads import NOW, add_device, add_user, new_message
 
 
@@ -26,13 +28,64 @@ async def new_thread(conn: asyncpg.Connection, creator: str, *users: str,
 
 
 async def test_locking_names_the_organisation_of_each_existing_thread_only(
-        conn: asyncpg.Connection) -> None:
+        conn: asyncpg.Connection, db_dsn: str) -> None:
     a, b = await add_user(conn), await add_user(conn, org="org-b")
     ta, tb = await new_thread(conn, a), await new_thread(conn, b, org="org-b")
+    spare = await new_thread(conn, a)
     missing = str(uuid.uuid4())
-    async with conn.transaction():
-        assert await batches.lock_threads(conn, [tb, missing, ta, ta]) == {
-            ta: "org-a", tb: "org-b"}
+    other = await asyncpg.connect(db_dsn)
+    try:
+        async with conn.transaction():
+            reads = await batches.lock_and_read(conn, [tb, missing, ta, ta], [], NOW)
+            assert reads.orgs == {ta: "org-a", tb: "org-b"}
+            assert set(reads.members) == set(reads.device_sets) == {ta, tb}
+            for tid in (ta, tb):  # held until the batch's transaction ends
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await other.execute("SELECT 1 FROM threads WHERE thread_id = $1 "
+                                        "FOR UPDATE NOWAIT", tid)
+            await other.execute(  # a thread the batch does not name is not locked
+                "SELECT 1 FROM threads WHERE thread_id = $1 FOR UPDATE NOWAIT", spare)
+        await other.execute("SELECT 1 FROM threads WHERE thread_id = $1 FOR UPDATE NOWAIT", ta)
+    finally:
+        await other.close()
+
+
+async def test_the_reads_see_what_the_transaction_holding_the_lock_committed(
+        conn: asyncpg.Connection, db_dsn: str) -> None:
+    """A batch that waits for another batch's thread lock reads after that one commits: its
+    retry, a member added and a device enrolled with it are all seen (one statement that
+    locked and read would keep the snapshot it started with, from before the wait)."""
+    a, b, c = await add_user(conn), await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = await new_thread(conn, a, b)
+    msg = new_message(tid, a, a1, [b1])
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await batches.lock_and_read(holder, [tid], [], NOW)
+        await batches.store_messages(holder, [msg], NOW, channel="c", notifications=[])
+        await holder.execute("INSERT INTO thread_members (thread_id, user_id, added_at, "
+                             "added_by) VALUES ($1, $2, $3, $4)", tid, c, NOW, a)
+        c1 = await add_device(holder, c)
+        async with conn.transaction():
+            waiting = asyncio.ensure_future(batches.lock_and_read(
+                conn, [tid], [(a1, msg.message_id)], NOW))
+
+            async def blocked() -> bool:  # Postgres shows the batch waiting for the row lock
+                return await holder.fetchval(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1",
+                    conn.get_server_pid()) == "Lock"
+
+            await eventually(blocked)
+            assert not waiting.done()
+            await tx.commit()
+            reads = await waiting
+        assert reads.members[tid] == {a, b, c}
+        assert reads.device_sets[tid].active == {a1, b1, c1}
+        assert reads.existing[(a1, msg.message_id)].thread_seq == 1
+    finally:
+        await holder.close()
 
 
 async def test_messages_are_numbered_per_thread_in_batch_order_across_batches(
@@ -123,7 +176,7 @@ async def test_the_reads_split_active_devices_from_stale_with_organisations(
     await conn.executemany(  # a suspended member, and one of another organisation
         "INSERT INTO thread_members (thread_id, user_id, added_at, added_by) "
         "VALUES ($1, $2, $3, $4)", [(t1, suspended, NOW, a), (t2, elsewhere, NOW, a)])
-    reads = await batches.read_batch(conn, [t1, t2], [], NOW)
+    reads = await batches.lock_and_read(conn, [t1, t2], [], NOW)
     assert reads.members == {t1: {a, b, suspended}, t2: {a, elsewhere}}
     sets = reads.device_sets
     assert sets[t1].active == {a1, b1} and sets[t1].inactive == {b_old, s1}
@@ -141,8 +194,8 @@ async def test_the_reads_find_retries_by_sender_device_and_id_only(
     async with conn.transaction():
         await batches.store_messages(conn, [msg], NOW, channel="c", notifications=[])
     other = str(uuid.uuid4())
-    reads = await batches.read_batch(conn, [tid], [(a1, msg.message_id), (b1, msg.message_id),
-                                                   (a1, other)], NOW)
+    reads = await batches.lock_and_read(
+        conn, [tid], [(a1, msg.message_id), (b1, msg.message_id), (a1, other)], NOW)
     assert list(reads.existing) == [(a1, msg.message_id)]
     assert reads.existing[(a1, msg.message_id)].thread_seq == 1
 
@@ -169,8 +222,8 @@ async def test_only_threads_with_a_role_or_a_pending_reseal_are_routed(
                                      devices=[b1], holders=[a1], now=NOW,
                                      deadline=NOW + dt.timedelta(minutes=5))
     all_three = [plain, with_role, resealing]
-    assert (await batches.read_batch(conn, all_three, [], NOW)).routed == {
+    assert (await batches.lock_and_read(conn, all_three, [], NOW)).routed == {
         with_role, resealing}
     await escalations.reseal_done(conn, esc.escalation_id, NOW)
     await conn.execute("UPDATE thread_roles SET removed_at = $1", NOW)
-    assert (await batches.read_batch(conn, all_three, [], NOW)).routed == frozenset()
+    assert (await batches.lock_and_read(conn, all_three, [], NOW)).routed == frozenset()

@@ -48,7 +48,7 @@ async def store(conn: asyncpg.Connection, msg: messages.NewMessage) -> int:
     """Store one message the way the send pipeline stores a batch (server/sends.py): the
     thread's next number, the message, its deliveries, in one transaction; its number."""
     async with conn.transaction():
-        await batches.lock_threads(conn, [msg.thread_id])
+        await batches.lock_and_read(conn, [msg.thread_id], [], NOW)
         stored = await batches.store_messages(conn, [msg], NOW, channel="test_store",
                                               notifications=[])
     return stored[(msg.sender_device_id, msg.message_id)].thread_seq
@@ -159,7 +159,7 @@ async def test_a_stored_message_is_found_by_sender_device_and_id_with_its_hash(
     msg = new_message(tid, a, a1, [b1], body=b"first")
     seq = await store(conn, msg)
     other = new_message(tid, a, a1, [b1])
-    found = (await batches.read_batch(
+    found = (await batches.lock_and_read(
         conn, [tid], [(a1, msg.message_id), (a1, other.message_id), (b1, msg.message_id)],
         NOW)).existing
     assert list(found) == [(a1, msg.message_id)]  # only that device's message, once
@@ -205,9 +205,9 @@ async def _reach_by_every_path(conn: asyncpg.Connection, tid: str, people: list[
                                at: dt.datetime) -> list[set[str]]:
     """Who the thread reaches at ``at`` as each reader of the rule sees it: the send check and
     the recipients endpoint (threads.participants, threads.device_set), the batch store
-    (batches.read_batch) and the thread list (threads.list_threads of each person)."""
+    (batches.lock_and_read) and the thread list (threads.list_threads of each person)."""
     single = await threads.participants(conn, tid, at)
-    batch = (await batches.read_batch(conn, [tid], [], at)).members[tid]
+    batch = (await batches.lock_and_read(conn, [tid], [], at)).members[tid]
     listed = {u for u in people
               if tid in {t.thread_id for t in await threads.list_threads(conn, u, at=at)}}
     ds = await threads.device_set(conn, tid, at)

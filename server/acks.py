@@ -3,9 +3,13 @@
 Every ``ack`` removes delivery rows, which is a write: one transaction (one WAL flush) per
 acknowledgement frame would cap the relay at the disk's flush rate. Acknowledgements from all
 connections of this process queue up and one flusher removes each batch in a single statement
-(``DELETE ... USING unnest``), resolving each connection's future after COMMIT: a delivery is
-gone only once the removal is durable, and never for another device (the device id is part of
-every pair).
+(the SQL function ``ack_deliveries``, alembic migration 0014), resolving each connection's
+future after COMMIT, and never for another device (the device id is part of every pair).
+
+The removal's COMMIT does not wait for the WAL flush (asynchronous commit, for that transaction
+only): an acknowledgement lost to a database crash is a redelivery, which clients de-duplicate
+(docs/PROTOCOL.md §3.5), so waiting for the disk would buy nothing and would queue the flush a
+message's ``accepted`` waits for behind this one.
 """
 
 from __future__ import annotations
@@ -60,10 +64,8 @@ class AckPipeline:
             try:
                 async with self.db.hot_pool.acquire() as conn:
                     rows = await conn.fetch(
-                        "DELETE FROM deliveries d USING unnest($1::uuid[], $2::uuid[]) "
-                        "AS x(dev, del) WHERE d.device_id = x.dev AND d.delivery_id = x.del "
-                        "RETURNING d.device_id::text AS dev, d.delivery_id::text AS del",
-                        devices, deliveries)
+                        "SELECT device_id AS dev, delivery_id AS del "
+                        "FROM ack_deliveries($1::uuid[], $2::uuid[])", devices, deliveries)
             except Exception as exc:
                 log.error("ack batch failed", exc_info=exc, extra={"count": len(batch)})
                 for _, _, fut in batch:

@@ -86,3 +86,20 @@ async def test_a_failed_batch_fails_its_callers_and_the_pipeline_goes_on(
     with pytest.raises(asyncpg.DataError):
         await pipeline.submit("not-a-device-id", ["not-a-delivery-id"])
     assert await pipeline.submit(b1, for_b) == set(for_b)
+
+
+async def test_a_removal_commits_without_waiting_for_the_disk_and_nothing_after_it_does(
+        conn: asyncpg.Connection) -> None:
+    """``ack_deliveries`` switches off ``synchronous_commit`` for its own transaction only
+    (docs/PROTOCOL.md §3.5: a lost acknowledgement is a redelivery); the connection's next
+    transaction, such as a batch of sends on the same pooled connection, waits for the disk."""
+    (b1, for_b), _ = await deliveries(conn, 2)
+    async with conn.transaction():
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        gone = await conn.fetch("SELECT * FROM ack_deliveries($1::uuid[], $2::uuid[])",
+                                [b1] * len(for_b), for_b)
+        assert sorted((r["device_id"], r["delivery_id"]) for r in gone) == sorted(
+            (b1, d) for d in for_b)
+        assert await conn.fetchval("SHOW synchronous_commit") == "off"
+    assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    assert await messages.queue_depth(conn, b1) == 0

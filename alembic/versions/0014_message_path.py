@@ -1,4 +1,5 @@
-"""Group commit's thread locks and reads in one round trip (server/store/batches.py).
+"""The message path in fewer round trips and WAL flushes (server/store/batches.py,
+server/acks.py).
 
 ``lock_and_read_batch(devices, messages, threads, at)`` locks the rows of ``threads`` that
 exist, in thread id order (two relay processes never wait for each other crosswise), and then
@@ -17,6 +18,16 @@ device committed by the transaction it waited for. A PL/pgSQL function is ``VOLA
 default, and a volatile function takes a fresh snapshot for each statement it runs (Postgres
 docs, "Function Volatility Categories"), so the reads see everything committed before the locks
 were granted, as the two statements did, in one round trip instead of two.
+
+``ack_deliveries(devices, deliveries)`` removes acknowledged deliveries (each pair names its
+device, so a device never removes another's) and returns the pairs removed. It sets
+``synchronous_commit`` to ``off`` for its own transaction only (``set_config(..., true)`` is
+``SET LOCAL``; Postgres docs, "Asynchronous Commit"): the removal is visible at once, and on
+disk within three times ``wal_writer_delay`` (600 ms by default) instead of before the answer.
+A Postgres crash in that window can bring back deliveries already acknowledged; they are sent
+again, and a client de-duplicates on (sender device, message id) as it must for any redelivery
+(docs/PROTOCOL.md §3.5, "Deliver"). A message's ``accepted`` is never
+asynchronous: the send transaction keeps the default.
 
 Revision ID: 0014
 Revises: 0013
@@ -69,9 +80,22 @@ $$
 """
 
 
+ACK_DELIVERIES = """
+CREATE FUNCTION ack_deliveries(p_devices uuid[], p_deliveries uuid[])
+RETURNS TABLE (device_id text, delivery_id text) LANGUAGE sql VOLATILE AS $$
+    SELECT set_config('synchronous_commit', 'off', true);
+    DELETE FROM deliveries d USING unnest(p_devices, p_deliveries) AS x(dev, del)
+     WHERE d.device_id = x.dev AND d.delivery_id = x.del
+    RETURNING d.device_id::text, d.delivery_id::text;
+$$
+"""
+
+
 def upgrade() -> None:
     op.execute(LOCK_AND_READ)
+    op.execute(ACK_DELIVERIES)
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION ack_deliveries(uuid[], uuid[])")
     op.execute("DROP FUNCTION lock_and_read_batch(uuid[], uuid[], uuid[], timestamptz)")

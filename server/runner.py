@@ -23,17 +23,19 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import uvicorn
 
 from server import manage, migrations
-from server.app import Relay, create_app
 from server.embedded import EmbeddedError, EmbeddedPostgres
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
 from server.tokens import ensure_token_key
+
+if TYPE_CHECKING:
+    from server.app import Relay
 
 __all__ = ["RelayServer", "build_parser", "main", "serve"]
 
@@ -102,6 +104,11 @@ def uvicorn_config(relay: Relay, settings: Settings, **kw: Any) -> uvicorn.Confi
 def serve(settings: Settings, dsn: str, sock: socket.socket | None = None) -> None:
     """Run one relay process until SIGINT/SIGTERM."""
     configure_logging(settings.log_level)
+    # Imported here: the relay-host commands (``db upgrade``, ``scim token issue``, ...) never
+    # need the application, and importing it (the SCIM schema most of all) was most of their
+    # start-up time.
+    from server.app import create_app
+
     relay = create_app(settings, dsn=dsn)
     server = RelayServer(uvicorn_config(relay, settings), relay)
     server.run(sockets=[sock] if sock is not None else None)

@@ -9,6 +9,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +240,15 @@ def test_a_cluster_that_cannot_start_is_one_line_not_a_traceback(relay_host: Pat
         assert done.stderr.splitlines()[-1] == (
             f"lightbox-server: the embedded Postgres in {relay_host / 'pg'} did not start "
             f"(its log: {relay_host / 'pg' / 'log'})")
+
+
+def test_a_relay_host_command_does_not_load_the_relay_application() -> None:
+    """``lightbox-server db upgrade`` and the other commands import only what they use: the
+    application (server/app.py and the SCIM schema under it) is imported by the process that
+    serves, so IT's commands start in a fraction of the time."""
+    probe = ("import sys; import server.__main__; "
+             "print(sorted(m for m in ('server.app', 'server.scim.schema', 'scim2_models') "
+             "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -698,7 +698,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         per_device_prof = per_device_tp if args.profile else 0
         # The paced table: only the even device of each pair sends; each rate once timed and
         # once for the statement count (COUNT_SECONDS).
-        per_sender_paced = sum(int(r * (args.paced_seconds + COUNT_SECONDS)
+        per_sender_paced = sum(int(r * (row_seconds(r, args.paced_seconds) + COUNT_SECONDS)
                                    / max(1, senders // 2)) + 4 for r in args.paced_rates)
         t = time.monotonic()
         seal = gens.call("seal", 600, per_device=per_device_tp + per_device_prof,
@@ -734,7 +734,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for rate in args.paced_rates:
                 before = relay.log_errors()
                 row = paced(gens, groups, args, cyclic=False, rate=rate, one_per_pair=True,
-                            seconds=args.paced_seconds, dsn=dsn)
+                            seconds=row_seconds(rate, args.paced_seconds), dsn=dsn)
                 row["relay_log_errors"] = _diff(relay.log_errors(), before)
                 out["paced"].append(row)
                 log(f"  paced {rate:,.0f} msg/s: {_paced_line(row)}")
@@ -788,7 +788,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["bare_paced"] = []
             for rate in args.paced_rates:
                 row = paced(gens, groups, args, cyclic=True, rate=rate, one_per_pair=True,
-                            seconds=args.paced_seconds)
+                            seconds=row_seconds(rate, args.paced_seconds))
                 out["bare_paced"].append(row)
                 log(f"  bare paced {rate:,.0f} msg/s: {_paced_line(row)}")
             gens.call("close", 120)
@@ -946,6 +946,17 @@ def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
         "latency": percentiles(lat), "accept_latency": percentiles(acc), "cpu": cm.shares(),
         "per_message": per_message(cm, pm, res),
     }
+
+
+# A paced row lasts long enough for its p99 to rest on at least 20 latencies above it: at 100
+# msg/s a 6 s row would have 600 samples, and its p99 would be the 6th slowest, one stall.
+MIN_PACED_SAMPLES = 2_000
+
+
+def row_seconds(rate: float, seconds: float) -> float:
+    """How long a paced row at ``rate`` msg/s runs: ``seconds``, or longer at low rates so
+    that it measures at least ``MIN_PACED_SAMPLES`` messages."""
+    return max(seconds, MIN_PACED_SAMPLES / rate)
 
 
 # A statement the relay ran, in Postgres's log with log_min_duration_statement = 0: one line per
@@ -1173,7 +1184,9 @@ def paced_table(out: dict[str, Any]) -> str:
         f"\nIdle floor (every device connected, nothing sent, {idle['seconds']:g} s): CPU "
         f"{idle['cpu_percent_of_core']} % of a core, {idle['xacts_per_s']} Postgres "
         "transactions/s; it is included in the per-message figures above.")
-    return (f"Paced (open loop, {first['senders']} senders, {first['seconds']:g} s per row; "
+    secs = ", ".join(f"{r['seconds']:g}" for r in out["paced"])
+    return (f"Paced (open loop, {first['senders']} senders, rows of {secs} s: at least "
+            f"{MIN_PACED_SAMPLES:,} messages each; "
             "latency send->deliver; CPU from /proc over the row and its drain; Postgres "
             "transactions from pg_stat_database; statements counted in Postgres's log in a "
             "separate 3 s pass per rate, every statement logged: no pg_stat_statements in "

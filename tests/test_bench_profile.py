@@ -4,7 +4,7 @@ bucket of its innermost matching frame, so the server stack every request runs u
 
 from __future__ import annotations
 
-from bench.relay import logged_statements, summarise_profile
+from bench.relay import MIN_PACED_SAMPLES, logged_statements, row_seconds, summarise_profile
 
 _ASGI = ("run_asgi (uvicorn/protocols/websockets/websockets_sansio_impl.py:420);"
          "__call__ (starlette/routing.py:100);endpoint (server/ws.py:180);run (server/ws.py:300)")
@@ -52,3 +52,11 @@ def test_statements_are_counted_once_each_from_postgres_log() -> None:
         b"2026-12-03 16:46:35.000 UTC [29157] LOG:  checkpoint starting: time",
     ])
     assert logged_statements(log) == 4
+
+
+def test_a_paced_row_at_a_low_rate_runs_long_enough_for_its_p99() -> None:
+    """A p99 over 600 latencies (6 s at 100 msg/s) is the sixth slowest, one stall: a row
+    runs until it has measured MIN_PACED_SAMPLES messages, and never shorter than asked."""
+    assert row_seconds(100, 6.0) * 100 == MIN_PACED_SAMPLES == 2_000
+    assert row_seconds(1_000, 6.0) == 6.0
+    assert row_seconds(100, 40.0) == 40.0

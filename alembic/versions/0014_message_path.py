@@ -80,13 +80,21 @@ $$
 """
 
 
+# PL/pgSQL rather than LANGUAGE sql: Postgres 16 plans the statements of a SQL function again
+# at every call, and keeps a PL/pgSQL function's plans for the session (a third of the CPU here).
 ACK_DELIVERIES = """
 CREATE FUNCTION ack_deliveries(p_devices uuid[], p_deliveries uuid[])
-RETURNS TABLE (device_id text, delivery_id text) LANGUAGE sql VOLATILE AS $$
-    SELECT set_config('synchronous_commit', 'off', true);
-    DELETE FROM deliveries d USING unnest(p_devices, p_deliveries) AS x(dev, del)
-     WHERE d.device_id = x.dev AND d.delivery_id = x.del
-    RETURNING d.device_id::text, d.delivery_id::text;
+RETURNS TABLE (device_id text, delivery_id text) LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    RETURN QUERY
+    WITH gone AS (
+        DELETE FROM deliveries d USING unnest(p_devices, p_deliveries) AS x(dev, del)
+         WHERE d.device_id = x.dev AND d.delivery_id = x.del
+        RETURNING d.device_id, d.delivery_id)
+    SELECT gone.device_id::text, gone.delivery_id::text FROM gone;
+END
 $$
 """
 

@@ -108,9 +108,8 @@ function onEvent(data: Record<string, unknown>): void {
       show("enrol");
       return;
     case "resumed":
-      $("photo-status").textContent = data["ok"]
-        ? "The photo upload that was cut off when the app closed is finished: photo sent."
-        : `The photo upload that was cut off when the app closed could not be finished (${String(data["code"])}): take the photo again.`;
+      // In words, from the worker (relay.ts resumedSentence): never the relay's bare code.
+      $("photo-status").textContent = String(data["message"] ?? "");
       void renderThreads();
       return;
     case "dropped":
@@ -536,10 +535,18 @@ function toConsent(): void {
   show("consent");
 }
 
+/** The consent screen emptied and the photo dropped: what was decided is used up. */
+function clearConsent(): void {
+  for (const id of ["patient-name", "patient-id", "img-text"]) $<HTMLInputElement>(id).value = "";
+  for (const id of ["st-permanence", "st-no-effect"]) $<HTMLInputElement>(id).checked = false;
+  dropPhoto();
+}
+
 async function sendPhoto(): Promise<void> {
   if (!photo) return;
   const decision = $<HTMLInputElement>("refused").checked ? "refused" : "agreed";
   const purposes = [$<HTMLInputElement>("p-direct"), $<HTMLInputElement>("p-teaching")].filter((c) => c.checked).map((c) => c.value);
+  let failed = null as AppError | null;
   const answer = await busy($<HTMLButtonElement>("consent-send"), $("consent-error"), () =>
     call<{ decision?: string; filed?: string }>("sendImage", {
       jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
@@ -550,12 +557,23 @@ async function sendPhoto(): Promise<void> {
         patient_name: $<HTMLInputElement>("patient-name").value.trim(), patient_id: $<HTMLInputElement>("patient-id").value.trim(),
         issuer_of_patient_id: "", birth_date: null, sex: "", accession_number: "", anatomic_region: "", study_description: "", capture: "film",
       },
+    }).catch((err: unknown) => {
+      if (err instanceof AppError) failed = err;
+      throw err;
     }),
   );
+  if (!answer && failed?.code === "consent_revoked") {
+    // The patient withdrew consent while the photo was on its way: the worker erased its copy;
+    // the form, still ticked "agreed", must not offer to send it again under a new consent.
+    $("consent-error").textContent = "";
+    clearConsent();
+    $("photo-status").textContent = failed.message;
+    show("home");
+    await renderThreads();
+    return;
+  }
   if (!answer) return;
-  for (const id of ["patient-name", "patient-id", "img-text"]) $<HTMLInputElement>(id).value = "";
-  for (const id of ["st-permanence", "st-no-effect"]) $<HTMLInputElement>(id).checked = false;
-  dropPhoto();
+  clearConsent();
   $("photo-status").textContent = answer.decision !== "refused" ? "Photo sent: the relay stored it."
     : answer.filed === "no_gateway"
       ? "The refusal is recorded at the relay, but your organisation has no record gateway to file it: write it in the patient's notes. The photo was not sent, and it is gone from this phone."

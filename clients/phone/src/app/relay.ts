@@ -44,9 +44,37 @@ export function refusalSentence(err: RelayError): string {
       return "Your account is suspended by your organisation: ask IT.";
     case "role_unknown":
       return "There is no such on-call role.";
+    case "consent_revoked":
+      return "The patient withdrew consent, so the relay refused the photo: it was not sent. Do not send it again unless the patient gives consent again and it is recorded.";
+    case "consent_expired":
+      return "The patient's consent has expired, so the relay refused the photo: it was not sent. Ask the patient for consent again before sending a photo.";
     default:
       return err.title ? `The relay refused this. ${err.title}` : "The relay refused this. Try again; tell IT if it happens again.";
   }
+}
+
+/** How a photo upload that was cut off when the app closed, and resumed at the next
+ * connection (worker.ts resumeUploads), ended, in words: `refusal` is the failure as the person
+ * reads it (refusalSentence or the app's own sentence); `kept`, whether the app still holds the
+ * photo and tries again by itself the next time it connects. Never the bare code. */
+export type Resumed = { ok: true } | { ok: false; code: string; kept: boolean; refusal: string };
+
+const CUT_OFF = "The photo upload that was cut off when the app closed";
+
+export function resumedSentence(r: Resumed): string {
+  if (r.ok) return `${CUT_OFF} is finished: photo sent.`;
+  switch (r.code) {
+    case "consent_revoked":
+      // Withdrawn consent forbids the photo itself: taking it again would be the hazard.
+      return `${CUT_OFF} was stopped: the patient withdrew consent. The photo was not sent, and it is gone from this phone. Do not take or send it again unless the patient gives consent again and it is recorded.`;
+    case "upload_not_found":
+    case "attachment_expired":
+      return `${CUT_OFF} could not be finished: the relay no longer holds the part already sent. The photo was not sent, and it is gone from this phone: take it again if it is still needed.`;
+  }
+  const said = r.refusal.replace(/^(\S)/, (c) => c.toLowerCase());
+  return r.kept
+    ? `${CUT_OFF} is not finished yet: ${said} The app keeps the photo and sends it by itself the next time it connects to the relay, at the latest when you next unlock the app.`
+    : `${CUT_OFF} could not be finished: ${said} The photo was not sent, and it is gone from this phone.`;
 }
 
 export interface TokenPair {

@@ -12,7 +12,7 @@ import * as env from "../protocol/envelope.js";
 import { challengeSigningBytes, decodeFrame, encodeFrame, PROTOCOL_VERSION, type ServerFrame } from "../protocol/frames.js";
 import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
-import { Relay, RelayError, enrolmentToken, refusalSentence, type TokenPair } from "./relay.js";
+import { Relay, RelayError, enrolmentToken, refusalSentence, resumedSentence, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
 import { SsoError, finishRequest, ssoConfig, startRequest, type SsoAnswer, type SsoConfig, type SsoRequest } from "./sso.js";
 import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, type SignedPrekeySecret } from "./prekeys.js";
@@ -115,6 +115,16 @@ class UserError extends Error {
   ) {
     super(message);
   }
+}
+
+/** The relay refused a sealed message over the websocket: it is out of the outbox, never sent. */
+class SendRefused extends UserError {}
+
+/** A failure as the person holding the phone reads it: the app's own sentence, or the relay's
+ * refusal in words (refusalSentence), never a bare code. */
+function inWords(err: unknown): string {
+  return err instanceof UserError || err instanceof SsoError ? err.message
+    : err instanceof RelayError ? refusalSentence(err) : "Something went wrong on the phone; nothing was sent.";
 }
 
 // --- enrolment ---------------------------------------------------------------------------------
@@ -1042,7 +1052,7 @@ async function sendSealed(record: OutboxRecord): Promise<void> {
   const code = String(frame["code"]);
   if (["rate_limited", "queue_full", "internal_error", "not_ready"].includes(code)) return; // kept: resent later
   await vault!.delete(`outbox:${record.message_id}`);
-  throw new UserError(code, `The relay refused the consult (${code}).`);
+  throw new SendRefused(code, refusalSentence(new RelayError(code, 0, String(frame["detail"] ?? ""))));
 }
 
 async function markSent(threadId: string, messageId: string): Promise<void> {
@@ -1241,7 +1251,17 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     await vault!.put(`outbox:${messageId}`, record);
     await vault!.put(`thread:${threadId}`, { thread_id: threadId, role: job.role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
     await vault!.delete(`upload:${aid}`);
-    await sendSealed(record);
+    try {
+      await sendSealed(record);
+    } catch (err) {
+      // Refused (the patient withdrew consent meanwhile, say): never sent, and never will be,
+      // so neither the photo nor a consult "sending" stays on this phone.
+      if (err instanceof SendRefused) {
+        await vault!.delete(`image:${aid}`);
+        await vault!.delete(`thread:${threadId}`);
+      }
+      throw err;
+    }
     return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: job.consent_id };
   } finally {
     uploading.delete(aid);
@@ -1256,13 +1276,15 @@ async function resumeUploads(): Promise<void> {
     if (!job || uploading.has(job.attachment_id)) continue;
     try {
       const sent = await finishUpload(job);
-      event("resumed", { ok: true, ...sent });
+      event("resumed", { ok: true, ...sent, message: resumedSentence({ ok: true }) });
     } catch (err) {
       const code = (err as { code?: string }).code ?? "internal_error";
       if (err instanceof RelayError && ["upload_not_found", "attachment_expired", "consent_revoked"].includes(code)) {
-        await vault!.delete(name); // nothing left to resume: the photo is sent again from scratch or not at all
+        await vault!.delete(name); // nothing left to resume: the photo is taken again or not at all
       }
-      event("resumed", { ok: false, code });
+      // Kept (the relay could not be reached, say): tried again at the next connection's `ready`.
+      const kept = (await vault!.names(name)).includes(name);
+      event("resumed", { ok: false, code, message: resumedSentence({ ok: false, code, kept, refusal: inWords(err) }) });
     }
   }
 }
@@ -1367,8 +1389,7 @@ self.onmessage = async (m: MessageEvent) => {
       return;
     }
     const code = (err as { code?: string }).code ?? "internal_error";
-    const message = err instanceof UserError || err instanceof SsoError ? err.message : err instanceof RelayError ? refusalSentence(err) : "Something went wrong on the phone; nothing was sent.";
-    post({ id, ok: false, error: { code, message } });
+    post({ id, ok: false, error: { code, message: inWords(err) } });
   }
 };
 

@@ -121,10 +121,10 @@ class UserError extends Error {
 class SendRefused extends UserError {}
 
 /** A failure as the person holding the phone reads it: the app's own sentence, or the relay's
- * refusal in words (refusalSentence), never a bare code. */
-function inWords(err: unknown): string {
+ * refusal in words (refusalSentence), never a bare code; `otherwise`, for anything else. */
+function inWords(err: unknown, otherwise = "Something went wrong on the phone; nothing was sent."): string {
   return err instanceof UserError || err instanceof SsoError ? err.message
-    : err instanceof RelayError ? refusalSentence(err) : "Something went wrong on the phone; nothing was sent.";
+    : err instanceof RelayError ? refusalSentence(err) : otherwise;
 }
 
 // --- enrolment ---------------------------------------------------------------------------------
@@ -371,7 +371,12 @@ function connect(): void {
     ws.send(encodeFrame({ t: "hello", versions: [PROTOCOL_VERSION], access_token: tokens.access_token, device_id: st!.device_id, client: CLIENT, client_version: CLIENT_VERSION }));
   };
   ws.onmessage = (m) => {
-    void onFrame(ws, new Uint8Array(m.data as ArrayBuffer)).catch((err) => event("problem", { message: String(err) }));
+    // In words, never the relay's code or an exception's text; a delivery that failed here is
+    // not acknowledged, so the relay brings it again with the next connection.
+    void onFrame(ws, new Uint8Array(m.data as ArrayBuffer)).catch((err) => event("problem", {
+      code: (err as { code?: string }).code ?? "internal_error",
+      message: inWords(err, "Something went wrong on the phone with what the relay sent. Tell IT if it happens again."),
+    }));
   };
   ws.onclose = (c) => {
     if (socket !== ws) return;
@@ -1066,7 +1071,7 @@ async function markSent(threadId: string, messageId: string): Promise<void> {
 async function resendOutbox(_ws: WebSocket): Promise<void> {
   for (const name of await vault!.names("outbox:")) {
     const record = await vault!.get<OutboxRecord>(name);
-    if (record) await sendSealed(record).catch((err) => event("problem", { code: (err as UserError).code, message: (err as Error).message }));
+    if (record) await sendSealed(record).catch((err) => event("problem", { code: (err as UserError).code, message: inWords(err) }));
   }
 }
 

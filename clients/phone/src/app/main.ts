@@ -73,6 +73,7 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     }
     case "sent":
+    case "unsent":
     case "escalation":
     case "filed":
     case "receipt":
@@ -371,13 +372,21 @@ async function renderThreads(): Promise<void> {
         div.dataset["message"] = m.message_id;
         const meta = document.createElement("div");
         meta.className = "meta";
-        meta.textContent = `${m.mine ? "You" : m.from_name} · ${when(m.sent_at)}${m.mine ? ` · ${m.status}` : ""}`;
+        meta.textContent = `${m.mine ? "You" : m.from_name} · ${when(m.sent_at)}${m.mine ? ` · ${m.status === "not_sent" ? "not sent" : m.status}` : ""}`;
         const best = ["acknowledged", "read", "delivered"].map((k) => (m.receipts ?? []).filter((r) => r.kind === k)).find((rs) => rs.length);
         if (m.mine && best) meta.textContent += ` · ${best[0]!.kind} by ${best.map((r) => r.name).join(", ")}`;
         const text = document.createElement("div");
         text.className = "text";
         text.textContent = m.text;
-        div.append(meta, text);
+        div.append(meta);
+        if (m.status === "not_sent") {
+          // Under its date, above the text: seen first, however long the consult is.
+          const line = document.createElement("div");
+          line.className = "meta not-sent";
+          line.textContent = m.status_note ?? "Not sent: the relay refused it.";
+          div.append(line);
+        }
+        div.append(text);
         for (const s of m.escalation ?? []) {
           const line = document.createElement("div");
           line.className = "meta escalation";
@@ -452,11 +461,13 @@ async function send(): Promise<void> {
       text: $<HTMLTextAreaElement>("text").value,
     }),
   );
+  // Refused for good: said in the status line (busy), and the consult is shown as not sent.
+  await renderThreads();
   if (!sent) return;
   $<HTMLTextAreaElement>("text").value = "";
   $<HTMLInputElement>("subject").value = "";
-  status.textContent = "Sent: the relay stored it.";
-  await renderThreads();
+  const kept = (sent as { kept?: string }).kept;
+  status.textContent = kept ?? "Sent: the relay stored it.";
 }
 
 // --- capture, review, consent ----------------------------------------------------------------------

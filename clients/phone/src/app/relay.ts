@@ -53,6 +53,73 @@ export function refusalSentence(err: RelayError): string {
   }
 }
 
+/** Websocket refusals of a sealed message that a resend may change (clients/sdk/socket.py
+ * is_retryable; docs/PROTOCOL.md §3.5 "Outbox"): the message stays in the outbox. Any other
+ * code is a refusal for good, but for `device_set_mismatch`, after which the message is sealed
+ * again once for the thread's current devices. */
+const SEND_PASSING = ["rate_limited", "queue_full", "internal_error", "not_ready"];
+
+export function sendPasses(code: string): boolean {
+  return SEND_PASSING.includes(code);
+}
+
+/** Whether an HTTP failure leaves a pending send worth trying again as it is, by the SDK's
+ * rule (clients/sdk/sending.py deliver): the relay unreachable (status 0), failing or busy
+ * (5xx), timing out (408), rate limiting (429), or a session to renew first (401). Any other
+ * refusal (a 4xx) will be the same on every retry: the send is dropped and the user told. */
+export function httpPasses(err: RelayError): boolean {
+  return err.status === 0 || err.status >= 500 || [401, 408, 429].includes(err.status);
+}
+
+/** A consult (or photo) the relay refused for good, in words: not sent, why, and what to do;
+ * never "try again" for what the relay will refuse again as it is. */
+export function notSentSentence(code: string, detail = ""): string {
+  switch (code) {
+    case "message_too_large":
+      return "Not sent: the consult is too long for the relay, which refuses it as it is. Shorten it, or split it in two, and send it again.";
+    case "device_set_mismatch":
+      return "Not sent: the on-call team's phones changed while it was being sent, twice. Send it again.";
+    case "thread_not_found":
+    case "not_thread_member":
+      return "Not sent: this phone is no longer part of that conversation. Start a new consult to send it.";
+    case "role_unknown":
+      return "Not sent: there is no such on-call role. Check the role and send it again.";
+    case "consent_revoked":
+    case "consent_expired":
+    case "device_revoked":
+    case "user_suspended":
+      return refusalSentence(new RelayError(code, 0, detail));
+  }
+  return "Not sent: the relay refused it, and would refuse it again as it is. Tell IT if this happens again; call the on-call team if it is urgent.";
+}
+
+/** A consult kept on the phone because the relay could not take it now (`code`: its passing
+ * refusal; null: no connection), in words: it goes by itself, nothing to do. */
+export function keptSentence(code: string | null): string {
+  const why = code === "rate_limited" ? "this phone sent too many messages in a short time"
+    : code === "queue_full" ? "the recipients' queue at the relay is full"
+    : code === null ? "this phone is not connected to the relay"
+    : "the relay could not store it just now";
+  return `Not sent yet: ${why}. It is kept on this phone and sent by itself as soon as the relay takes it; it shows as sent then.`;
+}
+
+/** A fatal error the relay sent before closing the connection (docs/PROTOCOL.md §3), in
+ * words: never its raw detail. The app reconnects by itself unless this phone was revoked. */
+export function connectionLostSentence(code: string): string {
+  switch (code) {
+    case "device_revoked":
+    case "user_suspended":
+      return refusalSentence(new RelayError(code, 0, ""));
+    case "licence_expired":
+      return "The relay ended the connection: your organisation's licence for your account has expired. Ask IT.";
+    case "unsupported_version":
+      return "The relay ended the connection: it no longer speaks this version of the app. Reload the app; tell IT if it happens again.";
+    case "token_expired":
+      return "The connection to the relay reached its time limit and was closed; the app reconnects by itself. Nothing is lost.";
+  }
+  return "The connection to the relay was lost; the app reconnects by itself. Nothing is lost; tell IT if it keeps happening.";
+}
+
 /** How a photo upload that was cut off when the app closed, and resumed at the next
  * connection (worker.ts resumeUploads), ended, in words: `refusal` is the failure as the person
  * reads it (refusalSentence or the app's own sentence); `kept`, whether the app still holds the

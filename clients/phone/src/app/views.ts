@@ -8,7 +8,9 @@ export interface MessageView {
   text: string;
   subject: string | null;
   sent_at: number;
-  status: "sending" | "sent" | "received";
+  status: "sending" | "sent" | "received" | "not_sent";
+  /** Why one of ours is not sent (refused for good by the relay), and what to do, in words. */
+  status_note?: string | null;
   /** A received message: its place in the thread, and whether the intern has seen it (a
    * signed `read` receipt went to the sender then). */
   thread_seq?: number;

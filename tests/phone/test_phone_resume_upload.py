@@ -4,8 +4,9 @@ and its job were kept in the vault before the first byte left. The specialist's 
 then opens the photo, consent-checked. When the resumed upload cannot be finished, the intern is
 told in words what happened and what to do, never the relay's bare code: the patient withdrew
 consent meanwhile (not sent, not to be sent again without new consent, erased from the phone);
-the relay swept the unfinished upload (not sent, take it again); the relay cannot be reached (the
-photo is kept and sent by itself at the next connection). Real relay (small chunks), real
+the relay swept the unfinished upload (not sent, take it again); the part already sent was
+damaged (refused for good: dropped, not retried at every connection); the relay cannot be
+reached (the photo is kept and sent by itself at the next connection). Real relay (small chunks), real
 Chromium; the network to the relay is held still mid-upload, then the page is closed."""
 
 from __future__ import annotations
@@ -221,3 +222,38 @@ async def test_a_cut_off_upload_that_meets_no_relay_is_kept_and_sent_at_the_next
         await next_event(cut.events, MessageEvent, lambda e: "scaphoid" in e.body.text)
         # The browser's own report of each refused request is all the console has.
         assert [p for p in cut.problems if "net::ERR_INTERNET_DISCONNECTED" not in p] == []
+
+
+async def test_a_cut_off_upload_refused_for_good_is_dropped_and_says_so_in_words(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    async with cut_off_upload(phone, tmp_path) as cut:
+        page = cut.page
+        # The part already at the relay was damaged meanwhile: the finished upload's SHA-256
+        # differs (hash_mismatch, HTTP 422), which no retry of the same bytes changes.
+        conn = await cut.world.db()
+        try:
+            damaged = await conn.execute(
+                'UPDATE attachment_chunks SET data = set_byte(data, 0, 255 - get_byte(data, 0)) '
+                'WHERE "offset" = 0')
+        finally:
+            await conn.close()
+        assert damaged == "UPDATE 1"
+        finalised: list[str] = []
+        page.on("request", lambda r: finalised.append(r.url) if r.url.endswith("/finalise")
+                else None)
+        await open_and_unlock(page, cut.origin)
+        text = await status_shown(page, "25-resumed-upload-refused")
+        assert text == (
+            f"{CUT_OFF} could not be finished: the part already sent was damaged on its way to "
+            "the relay. The photo was not sent, and it is gone from this phone: take it again "
+            "if it is still needed.")
+        # Dropped, not kept to be refused again at every connection.
+        assert await photo_records(page) == []
+        assert len(finalised) == 1
+        await page.tap("#lock")
+        await page.fill("#passphrase", PASSPHRASE)
+        await page.tap("#unlock")
+        await page.locator("#conn", has_text="connected").wait_for()
+        assert len(finalised) == 1
+        assert await stored_under(cut.world, await consent_of(cut.world, cut.intern_id)) == 0
+        assert cut.problems == []

@@ -559,7 +559,7 @@ async function sendPhoto(): Promise<void> {
   const purposes = [$<HTMLInputElement>("p-direct"), $<HTMLInputElement>("p-teaching")].filter((c) => c.checked).map((c) => c.value);
   let failed = null as AppError | null;
   const answer = await busy($<HTMLButtonElement>("consent-send"), $("consent-error"), () =>
-    call<{ decision?: string; filed?: string }>("sendImage", {
+    call<{ decision?: string; filed?: string; kept?: string }>("sendImage", {
       jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
       role: $<HTMLInputElement>("role").value, priority: $<HTMLSelectElement>("priority").value,
       subject: "", text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
@@ -585,7 +585,7 @@ async function sendPhoto(): Promise<void> {
   }
   if (!answer) return;
   clearConsent();
-  $("photo-status").textContent = answer.decision !== "refused" ? "Photo sent: the relay stored it."
+  $("photo-status").textContent = answer.decision !== "refused" ? answer.kept ?? "Photo sent: the relay stored it."
     : answer.filed === "no_gateway"
       ? "The refusal is recorded at the relay, but your organisation has no record gateway to file it: write it in the patient's notes. The photo was not sent, and it is gone from this phone."
       : "The refusal is recorded and sent to be filed in the patient's record. The photo was not sent, and it is gone from this phone.";

@@ -71,6 +71,14 @@ export function httpPasses(err: RelayError): boolean {
   return err.status === 0 || err.status >= 500 || [401, 408, 429].includes(err.status);
 }
 
+/** A refusal for good (not httpPasses) in words: the relay's reason, never "try again" for
+ * what it will refuse again as it is. */
+export function finalRefusalSentence(err: RelayError): string {
+  const said = refusalSentence(err);
+  return said === refusalSentence(new RelayError("", err.status, ""))
+    ? "The relay refused it, and would refuse it again as it is. Tell IT if this happens again." : said;
+}
+
 /** A consult (or photo) the relay refused for good, in words: not sent, why, and what to do;
  * never "try again" for what the relay will refuse again as it is. */
 export function notSentSentence(code: string, detail = ""): string {
@@ -137,6 +145,8 @@ export function resumedSentence(r: Resumed): string {
     case "upload_not_found":
     case "attachment_expired":
       return `${CUT_OFF} could not be finished: the relay no longer holds the part already sent. The photo was not sent, and it is gone from this phone: take it again if it is still needed.`;
+    case "hash_mismatch":
+      return `${CUT_OFF} could not be finished: the part already sent was damaged on its way to the relay. The photo was not sent, and it is gone from this phone: take it again if it is still needed.`;
   }
   const said = r.refusal.replace(/^(\S)/, (c) => c.toLowerCase());
   return r.kept

@@ -12,7 +12,7 @@ import * as env from "../protocol/envelope.js";
 import { challengeSigningBytes, decodeFrame, encodeFrame, PROTOCOL_VERSION, type ServerFrame } from "../protocol/frames.js";
 import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
-import { Relay, RelayError, connectionLostSentence, enrolmentToken, httpPasses, keptSentence, notSentSentence, refusalSentence, resumedSentence, sendPasses, type TokenPair } from "./relay.js";
+import { Relay, RelayError, connectionLostSentence, enrolmentToken, finalRefusalSentence, httpPasses, keptSentence, notSentSentence, refusalSentence, resumedSentence, sendPasses, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
 import { SsoError, finishRequest, ssoConfig, startRequest, type SsoAnswer, type SsoConfig, type SsoRequest } from "./sso.js";
 import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, type SignedPrekeySecret } from "./prekeys.js";
@@ -1256,7 +1256,13 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
     uploading.delete(job.attachment_id);
     throw err;
   }
-  return finishUpload(job, true);
+  try {
+    return await finishUpload(job, true);
+  } catch (err) {
+    // Refused for good (relay.ts httpPasses): never resumed later to be refused again.
+    if (err instanceof RelayError && !httpPasses(err)) await vault!.delete(`upload:${job.attachment_id}`);
+    throw err;
+  }
 }
 
 /** A photo on its way: everything needed to finish its upload and send it after a restart. */
@@ -1337,8 +1343,9 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     await vault!.put(`outbox:${messageId}`, record);
     await vault!.put(`thread:${threadId}`, { thread_id: threadId, role: job.role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
     await vault!.delete(`upload:${aid}`);
+    let sent: SendOutcome;
     try {
-      await sendSealed(record);
+      sent = await sendSealed(record);
     } catch (err) {
       // Refused (the patient withdrew consent meanwhile, say): never sent, and never will be,
       // so neither the photo nor a consult "sending" stays on this phone.
@@ -1348,7 +1355,7 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
       }
       throw err;
     }
-    return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: job.consent_id };
+    return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: job.consent_id, ...(sent.stored ? {} : { kept: keptSentence(sent.code) }) };
   } finally {
     uploading.delete(aid);
   }
@@ -1362,15 +1369,18 @@ async function resumeUploads(): Promise<void> {
     if (!job || uploading.has(job.attachment_id)) continue;
     try {
       const sent = await finishUpload(job);
-      event("resumed", { ok: true, ...sent, message: resumedSentence({ ok: true }) });
+      event("resumed", { ok: true, ...sent, message: (sent["kept"] as string | undefined) ?? resumedSentence({ ok: true }) });
     } catch (err) {
       const code = (err as { code?: string }).code ?? "internal_error";
-      if (err instanceof RelayError && ["upload_not_found", "attachment_expired", "consent_revoked"].includes(code)) {
-        await vault!.delete(name); // nothing left to resume: the photo is taken again or not at all
-      }
-      // Kept (the relay could not be reached, say): tried again at the next connection's `ready`.
+      // Refused for good, by the SDK's rule (relay.ts httpPasses): the same on every retry, so
+      // the job goes (the photo is taken again or not at all) and the intern is told.
+      const final = err instanceof RelayError && !httpPasses(err);
+      if (final) await vault!.delete(name);
+      // Kept (the relay could not be reached or failed, say): tried again at the next
+      // connection's `ready`.
       const kept = (await vault!.names(name)).includes(name);
-      event("resumed", { ok: false, code, message: resumedSentence({ ok: false, code, kept, refusal: inWords(err) }) });
+      const refusal = final ? finalRefusalSentence(err) : inWords(err);
+      event("resumed", { ok: false, code, message: resumedSentence({ ok: false, code, kept, refusal }) });
     }
   }
 }

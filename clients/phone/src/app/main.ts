@@ -60,6 +60,11 @@ function onEvent(data: Record<string, unknown>): void {
   switch (data["event"]) {
     case "connection":
       $("conn").textContent = data["state"] === "connected" ? "connected" : "offline";
+      // A lost connection that came back: its sentence said the app reconnects by itself.
+      if (data["state"] === "connected" && $("send-status").dataset["connection"]) {
+        $("send-status").textContent = "";
+        delete $("send-status").dataset["connection"];
+      }
       return;
     case "signin":
       needSignIn();
@@ -120,6 +125,8 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     case "problem":
       $("send-status").textContent = String(data["message"] ?? "");
+      if (data["connection"]) $("send-status").dataset["connection"] = "lost";
+      else delete $("send-status").dataset["connection"];
       return;
   }
 }
@@ -127,6 +134,7 @@ function onEvent(data: Record<string, unknown>): void {
 async function busy<T>(button: HTMLButtonElement, errorEl: HTMLElement, fn: () => Promise<T>): Promise<T | undefined> {
   button.disabled = true;
   errorEl.textContent = "";
+  delete errorEl.dataset["connection"]; // what it says next is this action's outcome
   try {
     return await fn();
   } catch (err) {

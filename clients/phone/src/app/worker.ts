@@ -455,7 +455,7 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
         w.resolve(frame);
       } else if (frame.t === "error" && frame["fatal"]) {
         // In words, never the relay's raw detail ("no pong", "idle").
-        event("problem", { code: frame["code"], message: connectionLostSentence(String(frame["code"])) });
+        event("problem", { code: frame["code"], message: connectionLostSentence(String(frame["code"])), connection: true });
       }
       return;
     }

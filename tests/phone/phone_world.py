@@ -33,7 +33,8 @@ from tests.helpers import ROOT, eventually, page_problems, seconds
 from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
-__all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "axe_violations",
+__all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "RelayProxy",
+           "axe_violations",
            "bound_socket", "camera_started", "confirmed", "consent_of", "enrol_by_code",
            "enrolled_phone", "fetch_value", "film", "idb_records",
            "intern_and_specialist", "listening_specialist", "next_event", "phone_device_id",
@@ -76,6 +77,62 @@ async def phone_world(db_dsn: str, tmp: Path, *, autolock_seconds: int = 60,
                              autolock_seconds=autolock_seconds, idps=idps)
         async with running_phone(config, sock) as served:
             yield world, served
+
+
+class RelayProxy:
+    """Forwards TCP to the relay at ``port``; on a websocket connection, while ``swallow`` is
+    set, bytes the phone writes go nowhere (a connection that silently stopped delivering),
+    and while ``hold_down`` is set, bytes the relay writes wait, in order, until it is cleared
+    (a connection that is slow to bring the relay's frames)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.swallow = False
+        self.swallowed = 0
+        self.hold_down = False
+        self.held = 0
+        self._released = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    def release(self) -> None:
+        """Clear ``hold_down``: what the relay wrote meanwhile goes on to the phone."""
+        self.hold_down = False
+        self._released.set()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        """The proxy listening; yields its base URL."""
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            self.release()
+            self._server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        websocket = False
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       from_phone: bool) -> None:
+            nonlocal websocket
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if from_phone and b"upgrade: websocket" in data.lower():
+                        websocket = True
+                    elif from_phone and websocket and self.swallow:
+                        self.swallowed += len(data)
+                        continue
+                    elif not from_phone and websocket and self.hold_down:
+                        self.held += len(data)
+                        self._released.clear()
+                        await self._released.wait()
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 
 
 @contextlib.asynccontextmanager

@@ -6,8 +6,9 @@ told in words what happened and what to do, never the relay's bare code: the pat
 consent meanwhile (not sent, not to be sent again without new consent, erased from the phone);
 the relay swept the unfinished upload (not sent, take it again); the part already sent was
 damaged (refused for good: dropped, not retried at every connection); the relay cannot be
-reached (the photo is kept and sent by itself at the next connection). Real relay (small chunks), real
-Chromium; the network to the relay is held still mid-upload, then the page is closed."""
+reached (the photo is kept and sent by itself at the next connection). Real relay (small
+chunks), real Chromium; the network to the relay is held still mid-upload, then the page is
+closed."""
 
 from __future__ import annotations
 

@@ -431,10 +431,11 @@ async function renderThreads(): Promise<void> {
             void call<Uint8Array | null>("image", { attachment_id: m.attachment_id }).then((bytes) => {
               if (bytes) img.src = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "image/jpeg" }));
             });
-          } else if (m.image_state === "fetching" || m.image_state === "failed" || m.image_state === "refused") {
+          } else if (m.image_state === "fetching" || m.image_state === "failed" || m.image_state === "refused" || m.image_state === "withdrawn") {
             const note = document.createElement("div");
             note.className = `meta photo-${m.image_state}`;
             note.textContent = m.image_state === "fetching" ? "Downloading the photo…"
+              : m.image_state === "withdrawn" ? "The patient's consent was withdrawn before the photo was downloaded: it is not shown, and it was never kept on this phone."
               : m.image_state === "failed" ? (m.image_note ?? "The photo could not be downloaded yet.")
               : `The photo is not shown: ${m.image_note ?? "it does not match its consent"}.`;
             div.append(note);

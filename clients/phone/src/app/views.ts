@@ -17,7 +17,7 @@ export interface MessageView {
   read?: boolean;
   /** The photo this message carries: `image:<id>` in the vault until its expiry order. */
   attachment_id?: string | null;
-  image_state?: "held" | "expired" | "fetching" | "refused" | "failed" | null;
+  image_state?: "held" | "expired" | "fetching" | "refused" | "failed" | "withdrawn" | null;
   /** When the patient's consent for this message was withdrawn (the relay's time), and why a
    * message was withdrawn before delivery (`consent_revoked`, `sender_revoked`). */
   withdrawn_at?: number | null;

@@ -702,7 +702,7 @@ async function fetchImage(aid: string): Promise<void> {
   try {
     const job = await vault.get<Incoming>(`incoming:${aid}`);
     if (!job) return;
-    let state: "held" | "refused" | "failed" | "expired" = "held";
+    let state: "held" | "refused" | "failed" | "expired" | "withdrawn" = "held";
     let reason = "";
     try {
       const d = job.descriptor;
@@ -730,6 +730,10 @@ async function fetchImage(aid: string): Promise<void> {
         reason = err.message;
       } else if (err instanceof RelayError && err.code === "attachment_expired") {
         state = "expired";
+      } else if (err instanceof RelayError && err.code === "consent_revoked") {
+        // The patient withdrew consent before it was downloaded: never retried; its expiry
+        // order, when it comes, is confirmed as for any photo (PROTOCOL §13).
+        state = "withdrawn";
       } else {
         state = "failed"; // kept: tried again when the connection is next ready
         reason = "The photo could not be downloaded yet; the app tries again when it reconnects.";

@@ -122,3 +122,30 @@ def test_a_resumed_upload_refused_for_good_says_so_and_that_the_photo_is_gone() 
 
 def test_a_finished_resumed_upload_says_photo_sent() -> None:
     assert sentence("resumed_sentence", ok=True) == f"{CUT_OFF} is finished: photo sent."
+
+
+@pytest.mark.parametrize("status", [0, 401, 408, 429, 500, 503])
+def test_a_failure_the_sdk_keeps_a_send_for_is_not_final(status: int) -> None:
+    answer = run_driver({"op": "final_refusal_sentence", "code": "internal_error",
+                         "status": status})
+    assert answer["passes"] is True
+
+
+def test_a_refusal_for_good_never_says_try_again() -> None:
+    def final(code: str, title: str = "") -> str:
+        answer = run_driver({"op": "final_refusal_sentence", "code": code, "status": 422,
+                             "title": title})
+        assert answer["passes"] is False
+        said: str = answer["sentence"]
+        return said
+
+    assert final("validation_failed") == (
+        "The relay refused it, and would refuse it again as it is. Tell IT if this happens "
+        "again.")
+    assert final("role_unknown") == "There is no such on-call role."
+    assert final("consent_purpose", "The consent does not cover the message's purpose.") == (
+        "The relay refused this. The consent does not cover the message's purpose.")
+    assert resumed("validation_failed", kept=False, said=final("validation_failed")) == (
+        f"{CUT_OFF} could not be finished: the relay refused it, and would refuse it again as "
+        "it is. Tell IT if this happens again. The photo was not sent, and it is gone from this "
+        "phone.")

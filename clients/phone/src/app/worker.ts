@@ -1105,7 +1105,16 @@ async function sendSealed(record: OutboxRecord, resealed = false): Promise<SendO
     if (again) return sendSealed(again, true);
   }
   await vault!.delete(`outbox:${record.message_id}`);
-  await markNotSent(record.thread_id, record.message_id, refusal);
+  const photos = env.decodeSealed(record.sealed).header.attachment_ids;
+  if (photos.length) {
+    // A photo never sent, and never to be: neither it nor its consult stays on this phone
+    // (no expiry order will come for a copy the relay never stored).
+    for (const aid of photos) await vault!.delete(`image:${aid}`);
+    await vault!.delete(`thread:${record.thread_id}`);
+    event("unsent", { message_id: record.message_id, thread_id: record.thread_id });
+  } else {
+    await markNotSent(record.thread_id, record.message_id, refusal);
+  }
   throw new SendRefused(code, refusal);
 }
 
@@ -1347,18 +1356,9 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     await vault!.put(`outbox:${messageId}`, record);
     await vault!.put(`thread:${threadId}`, { thread_id: threadId, role: job.role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
     await vault!.delete(`upload:${aid}`);
-    let sent: SendOutcome;
-    try {
-      sent = await sendSealed(record);
-    } catch (err) {
-      // Refused (the patient withdrew consent meanwhile, say): never sent, and never will be,
-      // so neither the photo nor a consult "sending" stays on this phone.
-      if (err instanceof SendRefused) {
-        await vault!.delete(`image:${aid}`);
-        await vault!.delete(`thread:${threadId}`);
-      }
-      throw err;
-    }
+    // Refused for good (the patient withdrew consent meanwhile, say): sendSealed erases the
+    // photo and its consult, so nothing "sending" stays on this phone.
+    const sent = await sendSealed(record);
     return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: job.consent_id, ...(sent.stored ? {} : { kept: keptSentence(sent.code) }) };
   } finally {
     uploading.delete(aid);

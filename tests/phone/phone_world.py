@@ -33,14 +33,14 @@ from tests.helpers import ROOT, eventually, page_problems, seconds
 from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
-__all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "axe_violations",
-           "bound_socket", "camera_started", "confirmed", "enrol_by_code", "enrolled_phone",
-           "film", "idb_records",
+__all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "RelayProxy",
+           "axe_violations",
+           "bound_socket", "camera_started", "confirmed", "consent_of", "enrol_by_code",
+           "enrolled_phone", "fetch_value", "film", "idb_records",
            "intern_and_specialist", "listening_specialist", "next_event", "phone_device_id",
-           "phone_page", "phone_world", "photo_from_phone", "photo_with_consent",
+           "phone_page", "phone_world", "photo_from_phone", "photo_records", "photo_with_consent",
            "provision_with_package", "provisioned_intern", "qr_image", "running_phone",
-           "sent_from_phone", "space_taken",
-           "still_video"]
+           "sent_from_phone", "space_taken", "still_video", "stored_under", "vault_names"]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -77,6 +77,62 @@ async def phone_world(db_dsn: str, tmp: Path, *, autolock_seconds: int = 60,
                              autolock_seconds=autolock_seconds, idps=idps)
         async with running_phone(config, sock) as served:
             yield world, served
+
+
+class RelayProxy:
+    """Forwards TCP to the relay at ``port``; on a websocket connection, while ``swallow`` is
+    set, bytes the phone writes go nowhere (a connection that silently stopped delivering),
+    and while ``hold_down`` is set, bytes the relay writes wait, in order, until it is cleared
+    (a connection that is slow to bring the relay's frames)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.swallow = False
+        self.swallowed = 0
+        self.hold_down = False
+        self.held = 0
+        self._released = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    def release(self) -> None:
+        """Clear ``hold_down``: what the relay wrote meanwhile goes on to the phone."""
+        self.hold_down = False
+        self._released.set()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        """The proxy listening; yields its base URL."""
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            self.release()
+            self._server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        websocket = False
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       from_phone: bool) -> None:
+            nonlocal websocket
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if from_phone and b"upgrade: websocket" in data.lower():
+                        websocket = True
+                    elif from_phone and websocket and self.swallow:
+                        self.swallowed += len(data)
+                        continue
+                    elif not from_phone and websocket and self.hold_down:
+                        self.held += len(data)
+                        self._released.clear()
+                        await self._released.wait()
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 
 
 @contextlib.asynccontextmanager
@@ -260,6 +316,30 @@ async def idb_records(page: Any) -> list[bytes]:
     return [base64.b64decode(d) for d in dumped]
 
 
+async def vault_names(page: Any) -> list[str]:
+    """The names of the records in the app's vault (IndexedDB keys: ``upload:<id>``,
+    ``image:<id>``, ``thread:<id>``...), which are not sealed; their values are."""
+    names: list[str] = await page.evaluate("""async () => {
+      if (!(await indexedDB.databases()).some((d) => d.name === "lightbox-phone")) return [];
+      const db = await new Promise((ok, ko) => {
+        const r = indexedDB.open("lightbox-phone"); r.onsuccess = () => ok(r.result);
+        r.onerror = () => ko(r.error); });
+      const keys = await new Promise((ok) => {
+        const r = db.transaction("records").objectStore("records").getAllKeys();
+        r.onsuccess = () => ok(r.result); });
+      db.close();
+      return keys.map(String);
+    }""")
+    return sorted(names)
+
+
+async def photo_records(page: Any) -> list[str]:
+    """The vault's records of a photo on its way or sent: its upload job, its image, its
+    consult, its outbox record."""
+    return [n for n in await vault_names(page)
+            if n.split(":")[0] in ("upload", "image", "thread", "outbox")]
+
+
 def film(width: int, height: int) -> Image.Image:
     """A generated x-ray (tests/consent_world.py), as the fake camera shows it."""
     return Image.open(io.BytesIO(xray_png(width, height)))
@@ -311,27 +391,42 @@ async def sent_from_phone(page: Any, events: asyncio.Queue[Any], text: str) -> A
     return await next_event(events, MessageEvent, lambda e: text in e.body.text)
 
 
-async def phone_device_id(world: World, user_id: str) -> uuid.UUID:
-    """The device id of the user's one device (the phone)."""
+async def fetch_value(world: World, query: str, *args: Any) -> Any:
+    """The first column of the first row ``query`` finds in the relay's database."""
     conn = await world.db()
     try:
-        found: uuid.UUID = await conn.fetchval(
-            "SELECT device_id FROM devices WHERE user_id = $1", uuid.UUID(user_id))
-        return found
+        return await conn.fetchval(query, *args)
     finally:
         await conn.close()
+
+
+async def phone_device_id(world: World, user_id: str) -> uuid.UUID:
+    """The device id of the user's one device (the phone)."""
+    found: uuid.UUID = await fetch_value(
+        world, "SELECT device_id FROM devices WHERE user_id = $1", uuid.UUID(user_id))
+    return found
+
+
+async def consent_of(world: World, user_id: str) -> uuid.UUID:
+    """The id of the one consent the user registered."""
+    found: uuid.UUID = await fetch_value(
+        world, "SELECT consent_id FROM consents WHERE issuer_user_id = $1", uuid.UUID(user_id))
+    return found
+
+
+async def stored_under(world: World, consent_id: uuid.UUID) -> int:
+    """How many messages the relay stored under the consent."""
+    count: int = await fetch_value(
+        world, "SELECT count(*) FROM messages WHERE consent_id = $1", consent_id)
+    return count
 
 
 async def confirmed(world: World, device_id: uuid.UUID, attachment_id: str) -> bool:
     """Wait until the device has confirmed the expiry order of ``attachment_id``."""
     async def confirmed_at() -> bool:
-        conn = await world.db()
-        try:
-            return await conn.fetchval(
-                "SELECT confirmed_at FROM expiry_orders WHERE device_id = $1 AND "
-                "attachment_id = $2", device_id, uuid.UUID(attachment_id)) is not None
-        finally:
-            await conn.close()
+        return await fetch_value(
+            world, "SELECT confirmed_at FROM expiry_orders WHERE device_id = $1 AND "
+            "attachment_id = $2", device_id, uuid.UUID(attachment_id)) is not None
     return await eventually(confirmed_at, timeout=20)
 
 

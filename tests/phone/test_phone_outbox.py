@@ -1,70 +1,38 @@
 """The outbox survives the app being killed: a consult sealed and kept in the vault, whose
 ``send`` frame never reached the relay (the connection swallowed it) when the app was closed,
 is sent again from the vault after the next unlock, the very bytes, and stored once
-(PROTOCOL §3.5 "Outbox"). Between the phone and the relay: a TCP proxy that can stop passing
-what the phone writes on its websocket connections."""
+(PROTOCOL §3.5 "Outbox"); a photo whose resend is refused for good (its consent withdrawn
+meanwhile) is erased with its consult and the refusal told in words. Between the phone and the
+relay: a TCP proxy that can stop passing what the phone writes on its websocket connections."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from clients.phone.serve import PhoneConfig
 from clients.sdk.client import MessageEvent
-from tests.helpers import seconds
+from tests.helpers import page_problems, seconds
 from tests.identity_world import identity_world
 from tests.phone.phone_world import (
     PASSPHRASE,
+    RelayProxy,
     bound_socket,
+    consent_of,
     enrol_by_code,
+    film,
+    intern_and_specialist,
     listening_specialist,
     next_event,
     phone_page,
+    photo_from_phone,
+    photo_records,
     provisioned_intern,
     running_phone,
+    still_video,
+    stored_under,
 )
-
-
-class SwallowingProxy:
-    """Forwards TCP to the relay; while ``swallow`` is set, bytes the phone writes on a
-    websocket connection go nowhere (a connection that silently stopped delivering)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.swallow = False
-        self.swallowed = 0
-        self._server: asyncio.Server | None = None
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[str]:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            self._server.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
-        websocket = False
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                       from_phone: bool) -> None:
-            nonlocal websocket
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    if from_phone and b"upgrade: websocket" in data.lower():
-                        websocket = True
-                    elif from_phone and websocket and self.swallow:
-                        self.swallowed += len(data)
-                        continue
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 
 
 async def test_a_consult_kept_in_the_outbox_is_sent_after_the_app_is_killed(
@@ -72,7 +40,7 @@ async def test_a_consult_kept_in_the_outbox_is_sent_after_the_app_is_killed(
     sock, port = bound_socket()
     async with identity_world(db_dsn, tmp_path,
                               phone_origins=f"http://127.0.0.1:{port}") as world:
-        proxy = SwallowingProxy(int(world.relay.base_url.rsplit(":", 1)[1]))
+        proxy = RelayProxy(int(world.relay.base_url.rsplit(":", 1)[1]))
         async with proxy.running() as relay_via_proxy, running_phone(
                 PhoneConfig(relay_via_proxy, kdf="cheap", autolock_seconds=600), sock) as origin:
             intern = await provisioned_intern(world)
@@ -106,3 +74,48 @@ async def test_a_consult_kept_in_the_outbox_is_sent_after_the_app_is_killed(
             finally:
                 await conn.close()
             assert stored == 1 and received.message.sender_user_id == intern.user_id
+
+
+async def test_a_photo_in_the_outbox_refused_for_good_when_resent_is_erased_and_told_in_words(
+        db_dsn: str, tmp_path: Path) -> None:
+    sock, port = bound_socket()
+    async with identity_world(db_dsn, tmp_path,
+                              phone_origins=f"http://127.0.0.1:{port}") as world:
+        proxy = RelayProxy(int(world.relay.base_url.rsplit(":", 1)[1]))
+        video = still_video(tmp_path / "film.y4m", film(1280, 960), size=(1280, 960))
+        async with proxy.running() as relay_via_proxy, running_phone(
+                PhoneConfig(relay_via_proxy, kdf="cheap", autolock_seconds=600), sock
+                ) as origin, intern_and_specialist(world, tmp_path) as (intern, _s, _e), \
+                phone_page(video=video) as (page, _problems):
+            await enrol_by_code(page, origin, intern.code)
+            # The photo is uploaded and sealed; its send frame goes nowhere; the app is killed.
+            proxy.swallow = True
+            sending = asyncio.ensure_future(photo_from_phone(page, text="Query scaphoid."))
+            async with asyncio.timeout(seconds(30)):
+                while not proxy.swallowed:
+                    await asyncio.sleep(0.05)
+            sending.cancel()
+            with contextlib.suppress(BaseException):
+                await sending
+            await page.close()
+            proxy.swallow = False
+            # The patient withdraws consent meanwhile: the resend is refused for good.
+            consent_id = await consent_of(world, intern.user_id)
+            r = await world.http.post(f"/v1/admin/consents/{consent_id}/revoke",
+                                      headers=world.admin_headers(),
+                                      json={"reason": "the patient asked"})
+            assert r.status_code == 200, r.text
+            again = await page.context.new_page()
+            problems = page_problems(again)
+            await again.goto(origin)
+            await again.fill("#passphrase", PASSPHRASE)
+            await again.tap("#unlock")
+            said = again.locator("#send-status", has_text="The patient withdrew consent")
+            await said.wait_for()
+            assert await said.inner_text() == (
+                "The patient withdrew consent, so the relay refused the photo: it was not sent. "
+                "Do not send it again unless the patient gives consent again and it is recorded.")
+            # Neither the photo nor a consult "sending" stays on the phone.
+            assert await photo_records(again) == []
+            assert await stored_under(world, consent_id) == 0
+            assert problems == []

@@ -2,7 +2,9 @@
 (clients/sdk/trust.py; PROTOCOL §4.5, §4.6): a message from a device revoked while it waited
 at the relay is not shown; a relay that still offers a revoked device gets nothing sealed to
 it; a relay that serves an older list than the phone holds is refused (rollback). The lying
-relay is the real relay with its database edited, as a compromised relay host could."""
+relay is the real relay with its database edited, as a compromised relay host could. A reply
+whose sender cannot be checked because the relay cannot be reached is told in words (never as
+the relay's code) and shown once the next connection brings it again."""
 
 from __future__ import annotations
 
@@ -110,3 +112,27 @@ async def test_a_relay_serving_an_older_revocation_list_than_the_phone_holds_is_
                            "forged revocation list").wait_for()
         assert await page.locator(".message.mine").count() == 1
         assert problems == []
+
+
+async def test_a_reply_whose_sender_cannot_be_checked_yet_is_told_in_words_and_comes_again(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    world, origin = phone
+    async with enrolled_phone(world, tmp_path, origin) as (_intern, specialist, events, page,
+                                                           problems):
+        consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
+        # The specialist's certificates cannot be fetched: the reply cannot be checked yet.
+        ortho = specialist.client.store.state.user_id
+        await page.context.route(f"**/v1/users/{ortho}/devices",
+                                 lambda route: route.abort("internetdisconnected"))
+        await specialist.client.send_text(consult.message.thread_id, "Splint, clinic tomorrow.")
+        status = page.locator("#send-status", has_text="The relay cannot be reached")
+        await status.wait_for()
+        assert await status.inner_text() == \
+            "The relay cannot be reached. Check the network; nothing is lost."
+        assert await page.locator(".message.theirs").count() == 0
+        # Not acknowledged: the next connection brings it again, and it is shown.
+        await page.context.unroute_all(behavior="ignoreErrors")
+        await unlock(page)
+        await page.locator(".message.theirs", has_text="Splint, clinic tomorrow.").wait_for()
+        # The browser's own report of each refused request is all the console has.
+        assert [p for p in problems if "net::ERR_INTERNET_DISCONNECTED" not in p] == []

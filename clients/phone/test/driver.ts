@@ -11,6 +11,9 @@
  *   {"op": "quality", "rgba", "width", "height"}              -> {warnings: [{issue, message}]} (app/quality.ts)
  *   {"op": "prekey_schedule", "signed": [{id, created_at}], "now"} -> {due, kept: [id]} (app/prekeys.ts)
  *   {"op": "read_answer", "status", "content_type", "text"}   -> {value} | {error: {code, status, message, sentence}} (app/relay.ts)
+ *   {"op": "refusal_sentence", "code", "detail", "title"}     -> {sentence} (app/relay.ts)
+ *   {"op": "resumed_sentence", "ok", "code", "kept", "refusal"} -> {sentence} (app/relay.ts)
+ *   {"op": "final_refusal_sentence", "code", "status", "title"} -> {sentence, passes} (app/relay.ts)
  */
 import { readFileSync } from "node:fs";
 import * as att from "../src/protocol/attachments.js";
@@ -24,7 +27,7 @@ import * as keys from "../src/protocol/keys.js";
 import * as s from "../src/protocol/sodium.js";
 import * as prekeys from "../src/app/prekeys.js";
 import { checkQuality } from "../src/app/quality.js";
-import { RelayError, readAnswer, refusalSentence } from "../src/app/relay.js";
+import { RelayError, finalRefusalSentence, httpPasses, readAnswer, refusalSentence, resumedSentence } from "../src/app/relay.js";
 
 type V = Record<string, any>;
 
@@ -119,6 +122,14 @@ async function run(cmd: V): Promise<V> {
         if (!(err instanceof RelayError)) throw err;
         return { error: { code: err.code, status: err.status, message: err.message, sentence: refusalSentence(err) } };
       }
+    }
+    case "refusal_sentence":
+      return { sentence: refusalSentence(new RelayError(cmd.code, 403, cmd.detail ?? "", cmd.title ?? "")) };
+    case "resumed_sentence":
+      return { sentence: resumedSentence(cmd.ok ? { ok: true } : { ok: false, code: cmd.code, kept: cmd.kept, refusal: cmd.refusal }) };
+    case "final_refusal_sentence": {
+      const err = new RelayError(cmd.code, cmd.status, "", cmd.title ?? "");
+      return { sentence: finalRefusalSentence(err), passes: httpPasses(err) };
     }
     default:
       throw new Error(`unknown op ${String(cmd.op)}`);

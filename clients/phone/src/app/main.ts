@@ -60,6 +60,11 @@ function onEvent(data: Record<string, unknown>): void {
   switch (data["event"]) {
     case "connection":
       $("conn").textContent = data["state"] === "connected" ? "connected" : "offline";
+      // A lost connection that came back: its sentence said the app reconnects by itself.
+      if (data["state"] === "connected" && $("send-status").dataset["connection"]) {
+        $("send-status").textContent = "";
+        delete $("send-status").dataset["connection"];
+      }
       return;
     case "signin":
       needSignIn();
@@ -73,6 +78,7 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     }
     case "sent":
+    case "unsent":
     case "escalation":
     case "filed":
     case "receipt":
@@ -108,9 +114,8 @@ function onEvent(data: Record<string, unknown>): void {
       show("enrol");
       return;
     case "resumed":
-      $("photo-status").textContent = data["ok"]
-        ? "The photo upload that was cut off when the app closed is finished: photo sent."
-        : `The photo upload that was cut off when the app closed could not be finished (${String(data["code"])}): take the photo again.`;
+      // In words, from the worker (relay.ts resumedSentence): never the relay's bare code.
+      $("photo-status").textContent = String(data["message"] ?? "");
       void renderThreads();
       return;
     case "dropped":
@@ -120,6 +125,8 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     case "problem":
       $("send-status").textContent = String(data["message"] ?? "");
+      if (data["connection"]) $("send-status").dataset["connection"] = "lost";
+      else delete $("send-status").dataset["connection"];
       return;
   }
 }
@@ -127,6 +134,7 @@ function onEvent(data: Record<string, unknown>): void {
 async function busy<T>(button: HTMLButtonElement, errorEl: HTMLElement, fn: () => Promise<T>): Promise<T | undefined> {
   button.disabled = true;
   errorEl.textContent = "";
+  delete errorEl.dataset["connection"]; // what it says next is this action's outcome
   try {
     return await fn();
   } catch (err) {
@@ -372,13 +380,21 @@ async function renderThreads(): Promise<void> {
         div.dataset["message"] = m.message_id;
         const meta = document.createElement("div");
         meta.className = "meta";
-        meta.textContent = `${m.mine ? "You" : m.from_name} · ${when(m.sent_at)}${m.mine ? ` · ${m.status}` : ""}`;
+        meta.textContent = `${m.mine ? "You" : m.from_name} · ${when(m.sent_at)}${m.mine ? ` · ${m.status === "not_sent" ? "not sent" : m.status}` : ""}`;
         const best = ["acknowledged", "read", "delivered"].map((k) => (m.receipts ?? []).filter((r) => r.kind === k)).find((rs) => rs.length);
         if (m.mine && best) meta.textContent += ` · ${best[0]!.kind} by ${best.map((r) => r.name).join(", ")}`;
         const text = document.createElement("div");
         text.className = "text";
         text.textContent = m.text;
-        div.append(meta, text);
+        div.append(meta);
+        if (m.status === "not_sent") {
+          // Under its date, above the text: seen first, however long the consult is.
+          const line = document.createElement("div");
+          line.className = "meta not-sent";
+          line.textContent = m.status_note ?? "Not sent: the relay refused it.";
+          div.append(line);
+        }
+        div.append(text);
         for (const s of m.escalation ?? []) {
           const line = document.createElement("div");
           line.className = "meta escalation";
@@ -415,10 +431,11 @@ async function renderThreads(): Promise<void> {
             void call<Uint8Array | null>("image", { attachment_id: m.attachment_id }).then((bytes) => {
               if (bytes) img.src = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "image/jpeg" }));
             });
-          } else if (m.image_state === "fetching" || m.image_state === "failed" || m.image_state === "refused") {
+          } else if (m.image_state === "fetching" || m.image_state === "failed" || m.image_state === "refused" || m.image_state === "withdrawn") {
             const note = document.createElement("div");
             note.className = `meta photo-${m.image_state}`;
             note.textContent = m.image_state === "fetching" ? "Downloading the photo…"
+              : m.image_state === "withdrawn" ? "The patient's consent was withdrawn before the photo was downloaded: it is not shown, and it was never kept on this phone."
               : m.image_state === "failed" ? (m.image_note ?? "The photo could not be downloaded yet.")
               : `The photo is not shown: ${m.image_note ?? "it does not match its consent"}.`;
             div.append(note);
@@ -453,11 +470,13 @@ async function send(): Promise<void> {
       text: $<HTMLTextAreaElement>("text").value,
     }),
   );
+  // Refused for good: said in the status line (busy), and the consult is shown as not sent.
+  await renderThreads();
   if (!sent) return;
   $<HTMLTextAreaElement>("text").value = "";
   $<HTMLInputElement>("subject").value = "";
-  status.textContent = "Sent: the relay stored it.";
-  await renderThreads();
+  const kept = (sent as { kept?: string }).kept;
+  status.textContent = kept ?? "Sent: the relay stored it.";
 }
 
 // --- capture, review, consent ----------------------------------------------------------------------
@@ -536,12 +555,20 @@ function toConsent(): void {
   show("consent");
 }
 
+/** The consent screen emptied and the photo dropped: what was decided is used up. */
+function clearConsent(): void {
+  for (const id of ["patient-name", "patient-id", "img-text"]) $<HTMLInputElement>(id).value = "";
+  for (const id of ["st-permanence", "st-no-effect"]) $<HTMLInputElement>(id).checked = false;
+  dropPhoto();
+}
+
 async function sendPhoto(): Promise<void> {
   if (!photo) return;
   const decision = $<HTMLInputElement>("refused").checked ? "refused" : "agreed";
   const purposes = [$<HTMLInputElement>("p-direct"), $<HTMLInputElement>("p-teaching")].filter((c) => c.checked).map((c) => c.value);
+  let failed = null as AppError | null;
   const answer = await busy($<HTMLButtonElement>("consent-send"), $("consent-error"), () =>
-    call<{ decision?: string; filed?: string }>("sendImage", {
+    call<{ decision?: string; filed?: string; kept?: string }>("sendImage", {
       jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
       role: $<HTMLInputElement>("role").value, priority: $<HTMLSelectElement>("priority").value,
       subject: "", text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
@@ -550,13 +577,24 @@ async function sendPhoto(): Promise<void> {
         patient_name: $<HTMLInputElement>("patient-name").value.trim(), patient_id: $<HTMLInputElement>("patient-id").value.trim(),
         issuer_of_patient_id: "", birth_date: null, sex: "", accession_number: "", anatomic_region: "", study_description: "", capture: "film",
       },
+    }).catch((err: unknown) => {
+      if (err instanceof AppError) failed = err;
+      throw err;
     }),
   );
+  if (!answer && failed?.code === "consent_revoked") {
+    // The patient withdrew consent while the photo was on its way: the worker erased its copy;
+    // the form, still ticked "agreed", must not offer to send it again under a new consent.
+    $("consent-error").textContent = "";
+    clearConsent();
+    $("photo-status").textContent = failed.message;
+    show("home");
+    await renderThreads();
+    return;
+  }
   if (!answer) return;
-  for (const id of ["patient-name", "patient-id", "img-text"]) $<HTMLInputElement>(id).value = "";
-  for (const id of ["st-permanence", "st-no-effect"]) $<HTMLInputElement>(id).checked = false;
-  dropPhoto();
-  $("photo-status").textContent = answer.decision !== "refused" ? "Photo sent: the relay stored it."
+  clearConsent();
+  $("photo-status").textContent = answer.decision !== "refused" ? answer.kept ?? "Photo sent: the relay stored it."
     : answer.filed === "no_gateway"
       ? "The refusal is recorded at the relay, but your organisation has no record gateway to file it: write it in the patient's notes. The photo was not sent, and it is gone from this phone."
       : "The refusal is recorded and sent to be filed in the patient's record. The photo was not sent, and it is gone from this phone.";

@@ -44,9 +44,114 @@ export function refusalSentence(err: RelayError): string {
       return "Your account is suspended by your organisation: ask IT.";
     case "role_unknown":
       return "There is no such on-call role.";
+    case "consent_revoked":
+      return "The patient withdrew consent, so the relay refused the photo: it was not sent. Do not send it again unless the patient gives consent again and it is recorded.";
+    case "consent_expired":
+      return "The patient's consent has expired, so the relay refused the photo: it was not sent. Ask the patient for consent again before sending a photo.";
     default:
       return err.title ? `The relay refused this. ${err.title}` : "The relay refused this. Try again; tell IT if it happens again.";
   }
+}
+
+/** Websocket refusals of a sealed message that a resend may change (clients/sdk/socket.py
+ * is_retryable; docs/PROTOCOL.md §3.5 "Outbox"): the message stays in the outbox. Any other
+ * code is a refusal for good, but for `device_set_mismatch`, after which the message is sealed
+ * again once for the thread's current devices. */
+const SEND_PASSING = ["rate_limited", "queue_full", "internal_error", "not_ready"];
+
+export function sendPasses(code: string): boolean {
+  return SEND_PASSING.includes(code);
+}
+
+/** Whether an HTTP failure leaves a pending send worth trying again as it is, by the SDK's
+ * rule (clients/sdk/sending.py deliver): the relay unreachable (status 0), failing or busy
+ * (5xx), timing out (408), rate limiting (429), or a session to renew first (401). Any other
+ * refusal (a 4xx) will be the same on every retry: the send is dropped and the user told. */
+export function httpPasses(err: RelayError): boolean {
+  return err.status === 0 || err.status >= 500 || [401, 408, 429].includes(err.status);
+}
+
+/** A refusal for good (not httpPasses) in words: the relay's reason, never "try again" for
+ * what it will refuse again as it is. */
+export function finalRefusalSentence(err: RelayError): string {
+  const said = refusalSentence(err);
+  return said === refusalSentence(new RelayError("", err.status, ""))
+    ? "The relay refused it, and would refuse it again as it is. Tell IT if this happens again." : said;
+}
+
+/** A consult (or photo) the relay refused for good, in words: not sent, why, and what to do;
+ * never "try again" for what the relay will refuse again as it is. */
+export function notSentSentence(code: string, detail = ""): string {
+  switch (code) {
+    case "message_too_large":
+      return "Not sent: the consult is too long for the relay, which refuses it as it is. Shorten it, or split it in two, and send it again.";
+    case "device_set_mismatch":
+      return "Not sent: the on-call team's phones changed while it was being sent, twice. Send it again.";
+    case "thread_not_found":
+    case "not_thread_member":
+      return "Not sent: this phone is no longer part of that conversation. Start a new consult to send it.";
+    case "role_unknown":
+      return "Not sent: there is no such on-call role. Check the role and send it again.";
+    case "consent_revoked":
+    case "consent_expired":
+    case "device_revoked":
+    case "user_suspended":
+      return refusalSentence(new RelayError(code, 0, detail));
+  }
+  return "Not sent: the relay refused it, and would refuse it again as it is. Tell IT if this happens again; call the on-call team if it is urgent.";
+}
+
+/** A consult kept on the phone because the relay could not take it now (`code`: its passing
+ * refusal; null: no connection), in words: it goes by itself, nothing to do. */
+export function keptSentence(code: string | null): string {
+  const why = code === "rate_limited" ? "this phone sent too many messages in a short time"
+    : code === "queue_full" ? "the recipients' queue at the relay is full"
+    : code === null ? "this phone is not connected to the relay"
+    : "the relay could not store it just now";
+  return `Not sent yet: ${why}. It is kept on this phone and sent by itself as soon as the relay takes it; it shows as sent then.`;
+}
+
+/** A fatal error the relay sent before closing the connection (docs/PROTOCOL.md §3), in
+ * words: never its raw detail. The app reconnects by itself unless this phone was revoked. */
+export function connectionLostSentence(code: string): string {
+  switch (code) {
+    case "device_revoked":
+    case "user_suspended":
+      return refusalSentence(new RelayError(code, 0, ""));
+    case "licence_expired":
+      return "The relay ended the connection: your organisation's licence for your account has expired. Ask IT.";
+    case "unsupported_version":
+      return "The relay ended the connection: it no longer speaks this version of the app. Reload the app; tell IT if it happens again.";
+    case "token_expired":
+      return "The connection to the relay reached its time limit and was closed; the app reconnects by itself. Nothing is lost.";
+  }
+  return "The connection to the relay was lost; the app reconnects by itself. Nothing is lost; tell IT if it keeps happening.";
+}
+
+/** How a photo upload that was cut off when the app closed, and resumed at the next
+ * connection (worker.ts resumeUploads), ended, in words: `refusal` is the failure as the person
+ * reads it (refusalSentence or the app's own sentence); `kept`, whether the app still holds the
+ * photo and tries again by itself the next time it connects. Never the bare code. */
+export type Resumed = { ok: true } | { ok: false; code: string; kept: boolean; refusal: string };
+
+const CUT_OFF = "The photo upload that was cut off when the app closed";
+
+export function resumedSentence(r: Resumed): string {
+  if (r.ok) return `${CUT_OFF} is finished: photo sent.`;
+  switch (r.code) {
+    case "consent_revoked":
+      // Withdrawn consent forbids the photo itself: taking it again would be the hazard.
+      return `${CUT_OFF} was stopped: the patient withdrew consent. The photo was not sent, and it is gone from this phone. Do not take or send it again unless the patient gives consent again and it is recorded.`;
+    case "upload_not_found":
+    case "attachment_expired":
+      return `${CUT_OFF} could not be finished: the relay no longer holds the part already sent. The photo was not sent, and it is gone from this phone: take it again if it is still needed.`;
+    case "hash_mismatch":
+      return `${CUT_OFF} could not be finished: the part already sent was damaged on its way to the relay. The photo was not sent, and it is gone from this phone: take it again if it is still needed.`;
+  }
+  const said = r.refusal.replace(/^(\S)/, (c) => c.toLowerCase());
+  return r.kept
+    ? `${CUT_OFF} is not finished yet: ${said} The app keeps the photo and sends it by itself the next time it connects to the relay, at the latest when you next unlock the app.`
+    : `${CUT_OFF} could not be finished: ${said} The photo was not sent, and it is gone from this phone.`;
 }
 
 export interface TokenPair {

@@ -8,14 +8,16 @@ export interface MessageView {
   text: string;
   subject: string | null;
   sent_at: number;
-  status: "sending" | "sent" | "received";
+  status: "sending" | "sent" | "received" | "not_sent";
+  /** Why one of ours is not sent (refused for good by the relay), and what to do, in words. */
+  status_note?: string | null;
   /** A received message: its place in the thread, and whether the intern has seen it (a
    * signed `read` receipt went to the sender then). */
   thread_seq?: number;
   read?: boolean;
   /** The photo this message carries: `image:<id>` in the vault until its expiry order. */
   attachment_id?: string | null;
-  image_state?: "held" | "expired" | "fetching" | "refused" | "failed" | null;
+  image_state?: "held" | "expired" | "fetching" | "refused" | "failed" | "withdrawn" | null;
   /** When the patient's consent for this message was withdrawn (the relay's time), and why a
    * message was withdrawn before delivery (`consent_revoked`, `sender_revoked`). */
   withdrawn_at?: number | null;

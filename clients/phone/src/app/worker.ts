@@ -12,7 +12,7 @@ import * as env from "../protocol/envelope.js";
 import { challengeSigningBytes, decodeFrame, encodeFrame, PROTOCOL_VERSION, type ServerFrame } from "../protocol/frames.js";
 import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
-import { Relay, RelayError, enrolmentToken, refusalSentence, type TokenPair } from "./relay.js";
+import { Relay, RelayError, connectionLostSentence, enrolmentToken, finalRefusalSentence, httpPasses, keptSentence, notSentSentence, refusalSentence, resumedSentence, sendPasses, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
 import { SsoError, finishRequest, ssoConfig, startRequest, type SsoAnswer, type SsoConfig, type SsoRequest } from "./sso.js";
 import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, type SignedPrekeySecret } from "./prekeys.js";
@@ -115,6 +115,16 @@ class UserError extends Error {
   ) {
     super(message);
   }
+}
+
+/** The relay refused a sealed message over the websocket: it is out of the outbox, never sent. */
+class SendRefused extends UserError {}
+
+/** A failure as the person holding the phone reads it: the app's own sentence, or the relay's
+ * refusal in words (refusalSentence), never a bare code; `otherwise`, for anything else. */
+function inWords(err: unknown, otherwise = "Something went wrong on the phone; nothing was sent."): string {
+  return err instanceof UserError || err instanceof SsoError ? err.message
+    : err instanceof RelayError ? refusalSentence(err) : otherwise;
 }
 
 // --- enrolment ---------------------------------------------------------------------------------
@@ -331,6 +341,8 @@ function lockKeys(): void {
   reconnect = null;
   if (upkeep) clearInterval(upkeep);
   upkeep = null;
+  if (resendTimer) clearTimeout(resendTimer);
+  resendTimer = null;
   heardRevocation = false;
   vault?.lock();
   vault = null;
@@ -361,7 +373,12 @@ function connect(): void {
     ws.send(encodeFrame({ t: "hello", versions: [PROTOCOL_VERSION], access_token: tokens.access_token, device_id: st!.device_id, client: CLIENT, client_version: CLIENT_VERSION }));
   };
   ws.onmessage = (m) => {
-    void onFrame(ws, new Uint8Array(m.data as ArrayBuffer)).catch((err) => event("problem", { message: String(err) }));
+    // In words, never the relay's code or an exception's text; a delivery that failed here is
+    // not acknowledged, so the relay brings it again with the next connection.
+    void onFrame(ws, new Uint8Array(m.data as ArrayBuffer)).catch((err) => event("problem", {
+      code: (err as { code?: string }).code ?? "internal_error",
+      message: inWords(err, "Something went wrong on the phone with what the relay sent. Tell IT if it happens again."),
+    }));
   };
   ws.onclose = (c) => {
     if (socket !== ws) return;
@@ -437,7 +454,8 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
         waiting.delete(reqId!);
         w.resolve(frame);
       } else if (frame.t === "error" && frame["fatal"]) {
-        event("problem", { code: frame["code"], message: frame["detail"] });
+        // In words, never the relay's raw detail ("no pong", "idle").
+        event("problem", { code: frame["code"], message: connectionLostSentence(String(frame["code"])), connection: true });
       }
       return;
     }
@@ -684,7 +702,7 @@ async function fetchImage(aid: string): Promise<void> {
   try {
     const job = await vault.get<Incoming>(`incoming:${aid}`);
     if (!job) return;
-    let state: "held" | "refused" | "failed" | "expired" = "held";
+    let state: "held" | "refused" | "failed" | "expired" | "withdrawn" = "held";
     let reason = "";
     try {
       const d = job.descriptor;
@@ -712,6 +730,10 @@ async function fetchImage(aid: string): Promise<void> {
         reason = err.message;
       } else if (err instanceof RelayError && err.code === "attachment_expired") {
         state = "expired";
+      } else if (err instanceof RelayError && err.code === "consent_revoked") {
+        // The patient withdrew consent before it was downloaded: never retried; its expiry
+        // order, when it comes, is confirmed as for any photo (PROTOCOL §13).
+        state = "withdrawn";
       } else {
         state = "failed"; // kept: tried again when the connection is next ready
         reason = "The photo could not be downloaded yet; the app tries again when it reconnects.";
@@ -1021,28 +1043,100 @@ interface OutboxRecord {
   thread_id: string;
   sealed: Uint8Array;
   created_at: number;
+  /** The body as written, to seal it again for the thread's current devices after a
+   * `device_set_mismatch` (missing in a record written before), and whether the record
+   * gateways are among its recipients (a photo's). */
+  body?: Uint8Array;
+  gateways?: boolean;
 }
 
 function awaitAnswer(reqId: string): Promise<ServerFrame> {
   return new Promise((resolve, reject) => waiting.set(reqId, { resolve, reject }));
 }
 
-async function sendSealed(record: OutboxRecord): Promise<void> {
+/** How a send from the outbox ended, unless refused for good (SendRefused): stored by the
+ * relay, or kept in the outbox (`code`: the relay's passing refusal; null: no connection). */
+type SendOutcome = { stored: true } | { stored: false; code: string | null };
+
+const inFlight = new Set<string>();
+let resendTimer: ReturnType<typeof setTimeout> | null = null;
+
+/**
+ * Send a sealed message of the outbox and wait for the relay's answer, by the SDK's rule
+ * (clients/sdk/connection.py, sending.py; docs/PROTOCOL.md §3.5 "Outbox"): `accepted` takes it
+ * out of the outbox, marked sent; a refusal a resend may change keeps it (sent again after the
+ * relay's `retry_after`, or at the next connection); `device_set_mismatch` seals it again once
+ * for the thread's current devices, same message id; any other refusal is final: out of the
+ * outbox, the message marked not sent with the reason in words, and SendRefused thrown.
+ */
+async function sendSealed(record: OutboxRecord, resealed = false): Promise<SendOutcome> {
   const ws = socket;
-  if (!ws || ws.readyState !== WebSocket.OPEN) return; // stays in the outbox; sent on reconnect
+  if (!ws || ws.readyState !== WebSocket.OPEN) return { stored: false, code: null }; // sent on reconnect
   const reqId = record.message_id;
-  const answer = awaitAnswer(reqId);
-  sendFrame(ws, { t: "send", req_id: reqId, message: env.decodeSealed(record.sealed) });
-  const frame = await answer;
+  inFlight.add(reqId);
+  let frame: ServerFrame;
+  try {
+    const answer = awaitAnswer(reqId);
+    sendFrame(ws, { t: "send", req_id: reqId, message: env.decodeSealed(record.sealed) });
+    frame = await answer;
+  } finally {
+    inFlight.delete(reqId);
+  }
   if (frame.t === "accepted") {
     await vault!.delete(`outbox:${record.message_id}`);
     await markSent(record.thread_id, record.message_id);
-    return;
+    return { stored: true };
   }
   const code = String(frame["code"]);
-  if (["rate_limited", "queue_full", "internal_error", "not_ready"].includes(code)) return; // kept: resent later
+  if (sendPasses(code)) {
+    resendLater(Number(frame["retry_after"]) || 1);
+    return { stored: false, code };
+  }
+  let refusal = notSentSentence(code, String(frame["detail"] ?? ""));
+  if (code === "device_set_mismatch" && !resealed && record.body) {
+    let again: OutboxRecord | null = null;
+    try {
+      again = await reseal(record);
+    } catch (err) {
+      if (err instanceof RelayError && httpPasses(err)) return { stored: false, code: null };
+      if (!(err instanceof RelayError || err instanceof UserError)) throw err;
+      refusal = `Not sent: ${inWords(err).replace(/^(\S)/, (c) => c.toLowerCase())}`;
+    }
+    if (again) return sendSealed(again, true);
+  }
   await vault!.delete(`outbox:${record.message_id}`);
-  throw new UserError(code, `The relay refused the consult (${code}).`);
+  const photos = env.decodeSealed(record.sealed).header.attachment_ids;
+  if (photos.length) {
+    // A photo never sent, and never to be: neither it nor its consult stays on this phone
+    // (no expiry order will come for a copy the relay never stored).
+    for (const aid of photos) await vault!.delete(`image:${aid}`);
+    await vault!.delete(`thread:${record.thread_id}`);
+    event("unsent", { message_id: record.message_id, thread_id: record.thread_id });
+  } else {
+    await markNotSent(record.thread_id, record.message_id, refusal);
+  }
+  throw new SendRefused(code, refusal);
+}
+
+/** The outbox record sealed again for the thread's current devices (someone joined or left
+ * meanwhile), same message id, kept before it goes on the wire. */
+async function reseal(record: OutboxRecord): Promise<OutboxRecord> {
+  const bundles = await recipients(record.thread_id, record.gateways ? await gatewayDevices() : new Map());
+  const header: env.MessageHeader = { ...env.decodeSealed(record.sealed).header, recipient_devices: bundles.map((b) => b.device.deviceId), body_size: 0 };
+  const sealed = await env.sealMessage(header, record.body!, deviceKeys(), bundles);
+  const again: OutboxRecord = { ...record, sealed: env.encodeSealed(sealed) };
+  await vault!.put(`outbox:${record.message_id}`, again);
+  return again;
+}
+
+/** The outbox again after the relay's `retry_after` (seconds), while connected. */
+function resendLater(seconds: number): void {
+  if (resendTimer) return;
+  resendTimer = setTimeout(() => {
+    resendTimer = null;
+    const ws = socket;
+    if (vault && ws && ws.readyState === WebSocket.OPEN) void resendOutbox(ws).catch(() => undefined);
+  }, Math.min(Math.max(seconds, 1), 300) * 1000);
 }
 
 async function markSent(threadId: string, messageId: string): Promise<void> {
@@ -1053,10 +1147,25 @@ async function markSent(threadId: string, messageId: string): Promise<void> {
   event("sent", { message_id: messageId, thread_id: threadId });
 }
 
+/** A message the relay refused for good: shown as not sent, with why and what to do. */
+async function markNotSent(threadId: string, messageId: string, note: string): Promise<void> {
+  const thread = await vault!.get<ThreadRecord>(`thread:${threadId}`);
+  if (!thread) return;
+  for (const m of thread.messages) {
+    if (m.message_id === messageId) {
+      m.status = "not_sent";
+      m.status_note = note;
+    }
+  }
+  await vault!.put(`thread:${threadId}`, thread);
+  event("unsent", { message_id: messageId, thread_id: threadId });
+}
+
 async function resendOutbox(_ws: WebSocket): Promise<void> {
   for (const name of await vault!.names("outbox:")) {
     const record = await vault!.get<OutboxRecord>(name);
-    if (record) await sendSealed(record).catch((err) => event("problem", { code: (err as UserError).code, message: (err as Error).message }));
+    if (!record || inFlight.has(record.message_id)) continue;
+    await sendSealed(record).catch((err) => event("problem", { code: (err as UserError).code, message: inWords(err) }));
   }
 }
 
@@ -1075,7 +1184,7 @@ async function sendConsult(args: { role: string; text: string; subject: string; 
     recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
   };
   const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
-  const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
+  const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now(), body };
   const view: MessageView = {
     message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
     text: args.text, subject: args.subject.trim() || null, sent_at: header.sent_at, status: "sending",
@@ -1083,8 +1192,8 @@ async function sendConsult(args: { role: string; text: string; subject: string; 
   // The outbox and the thread are written before anything leaves the phone (PROTOCOL §3.5).
   await vault!.put(`outbox:${messageId}`, record);
   await vault!.put(`thread:${threadId}`, { thread_id: threadId, role, subject: view.subject, priority: args.priority, messages: [view] } satisfies ThreadRecord);
-  await sendSealed(record);
-  return { thread_id: threadId, message_id: messageId };
+  const sent = await sendSealed(record);
+  return { thread_id: threadId, message_id: messageId, ...(sent.stored ? {} : { kept: keptSentence(sent.code) }) };
 }
 
 const FORM_VERSION = "2026.1"; // clients/sdk/consent.py
@@ -1160,7 +1269,13 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
     uploading.delete(job.attachment_id);
     throw err;
   }
-  return finishUpload(job, true);
+  try {
+    return await finishUpload(job, true);
+  } catch (err) {
+    // Refused for good (relay.ts httpPasses): never resumed later to be refused again.
+    if (err instanceof RelayError && !httpPasses(err)) await vault!.delete(`upload:${job.attachment_id}`);
+    throw err;
+  }
 }
 
 /** A photo on its way: everything needed to finish its upload and send it after a restart. */
@@ -1231,7 +1346,7 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
       recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
     };
     const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
-    const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
+    const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now(), body, gateways: true };
     const view: MessageView = {
       message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
       text: a.text, subject: a.subject.trim() || null, sent_at: header.sent_at, status: "sending",
@@ -1241,8 +1356,10 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     await vault!.put(`outbox:${messageId}`, record);
     await vault!.put(`thread:${threadId}`, { thread_id: threadId, role: job.role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
     await vault!.delete(`upload:${aid}`);
-    await sendSealed(record);
-    return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: job.consent_id };
+    // Refused for good (the patient withdrew consent meanwhile, say): sendSealed erases the
+    // photo and its consult, so nothing "sending" stays on this phone.
+    const sent = await sendSealed(record);
+    return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: job.consent_id, ...(sent.stored ? {} : { kept: keptSentence(sent.code) }) };
   } finally {
     uploading.delete(aid);
   }
@@ -1256,13 +1373,18 @@ async function resumeUploads(): Promise<void> {
     if (!job || uploading.has(job.attachment_id)) continue;
     try {
       const sent = await finishUpload(job);
-      event("resumed", { ok: true, ...sent });
+      event("resumed", { ok: true, ...sent, message: (sent["kept"] as string | undefined) ?? resumedSentence({ ok: true }) });
     } catch (err) {
       const code = (err as { code?: string }).code ?? "internal_error";
-      if (err instanceof RelayError && ["upload_not_found", "attachment_expired", "consent_revoked"].includes(code)) {
-        await vault!.delete(name); // nothing left to resume: the photo is sent again from scratch or not at all
-      }
-      event("resumed", { ok: false, code });
+      // Refused for good, by the SDK's rule (relay.ts httpPasses): the same on every retry, so
+      // the job goes (the photo is taken again or not at all) and the intern is told.
+      const final = err instanceof RelayError && !httpPasses(err);
+      if (final) await vault!.delete(name);
+      // Kept (the relay could not be reached or failed, say): tried again at the next
+      // connection's `ready`.
+      const kept = (await vault!.names(name)).includes(name);
+      const refusal = final ? finalRefusalSentence(err) : inWords(err);
+      event("resumed", { ok: false, code, message: resumedSentence({ ok: false, code, kept, refusal }) });
     }
   }
 }
@@ -1299,7 +1421,7 @@ async function fileRefusal(token: string, record: RecordData): Promise<Record<st
     recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
   };
   const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
-  const out: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now() };
+  const out: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now(), body };
   const view: MessageView = {
     message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
     text, subject: RECORD_THREAD_SUBJECT, sent_at: header.sent_at, status: "sending",
@@ -1367,8 +1489,7 @@ self.onmessage = async (m: MessageEvent) => {
       return;
     }
     const code = (err as { code?: string }).code ?? "internal_error";
-    const message = err instanceof UserError || err instanceof SsoError ? err.message : err instanceof RelayError ? refusalSentence(err) : "Something went wrong on the phone; nothing was sent.";
-    post({ id, ok: false, error: { code, message } });
+    post({ id, ok: false, error: { code, message: inWords(err) } });
   }
 };
 

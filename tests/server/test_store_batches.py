@@ -73,9 +73,10 @@ async def test_the_reads_see_what_the_transaction_holding_the_lock_committed(
                 conn, [tid], [(a1, msg.message_id)], NOW))
 
             async def blocked() -> bool:  # Postgres shows the batch waiting for the row lock
-                return await holder.fetchval(
+                event = await holder.fetchval(
                     "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1",
-                    conn.get_server_pid()) == "Lock"
+                    conn.get_server_pid())
+                return bool(event == "Lock")
 
             await eventually(blocked)
             assert not waiting.done()

@@ -39,8 +39,9 @@ __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS",
            "enrolled_phone", "fetch_value", "film", "idb_records",
            "intern_and_specialist", "listening_specialist", "next_event", "phone_device_id",
            "phone_page", "phone_world", "photo_from_phone", "photo_records", "photo_with_consent",
-           "provision_with_package", "provisioned_intern", "qr_image", "running_phone",
-           "sent_from_phone", "space_taken", "still_video", "stored_under", "vault_names"]
+           "provision_with_package", "provisioned_intern", "proxied_phone_world", "qr_image",
+           "running_phone", "sent_from_phone", "space_taken", "still_video", "stored_under",
+           "vault_names"]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -133,6 +134,21 @@ class RelayProxy:
             dst.close()
 
         await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+
+@contextlib.asynccontextmanager
+async def proxied_phone_world(db_dsn: str, tmp: Path, *, autolock_seconds: int = 600
+                              ) -> AsyncIterator[tuple[World, str, RelayProxy]]:
+    """:func:`phone_world` with the phone reaching the relay through a :class:`RelayProxy`,
+    which the test can have drop or hold back what passes; yields the world, the phone's
+    origin and the proxy."""
+    sock, port = bound_socket()
+    async with identity_world(db_dsn, tmp, phone_origins=f"http://127.0.0.1:{port}") as world:
+        proxy = RelayProxy(int(world.relay.base_url.rsplit(":", 1)[1]))
+        async with proxy.running() as relay_via_proxy, running_phone(
+                PhoneConfig(relay_via_proxy, kdf="cheap", autolock_seconds=autolock_seconds),
+                sock) as origin:
+            yield world, origin, proxy
 
 
 @contextlib.asynccontextmanager

@@ -11,14 +11,10 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from clients.phone.serve import PhoneConfig
 from clients.sdk.client import MessageEvent
 from tests.helpers import page_problems, seconds
-from tests.identity_world import identity_world
 from tests.phone.phone_world import (
     PASSPHRASE,
-    RelayProxy,
-    bound_socket,
     consent_of,
     enrol_by_code,
     film,
@@ -29,7 +25,7 @@ from tests.phone.phone_world import (
     photo_from_phone,
     photo_records,
     provisioned_intern,
-    running_phone,
+    proxied_phone_world,
     still_video,
     stored_under,
 )
@@ -37,85 +33,75 @@ from tests.phone.phone_world import (
 
 async def test_a_consult_kept_in_the_outbox_is_sent_after_the_app_is_killed(
         db_dsn: str, tmp_path: Path) -> None:
-    sock, port = bound_socket()
-    async with identity_world(db_dsn, tmp_path,
-                              phone_origins=f"http://127.0.0.1:{port}") as world:
-        proxy = RelayProxy(int(world.relay.base_url.rsplit(":", 1)[1]))
-        async with proxy.running() as relay_via_proxy, running_phone(
-                PhoneConfig(relay_via_proxy, kdf="cheap", autolock_seconds=600), sock) as origin:
-            intern = await provisioned_intern(world)
-            specialist, events = await listening_specialist(world, tmp_path)
-            try:
-                async with phone_page() as (page, problems):
-                    await enrol_by_code(page, origin, intern.code)
-                    proxy.swallow = True
-                    await page.fill("#text", "Pulseless foot after a fall, please call.")
-                    await page.tap("#send")
-                    async with asyncio.timeout(seconds(20)):
-                        while not proxy.swallowed:  # the send frame went nowhere
-                            await asyncio.sleep(0.05)
-                    await page.close()  # the app is killed while its consult waits
-                    proxy.swallow = False
+    async with proxied_phone_world(db_dsn, tmp_path) as (world, origin, proxy):
+        intern = await provisioned_intern(world)
+        specialist, events = await listening_specialist(world, tmp_path)
+        try:
+            async with phone_page() as (page, problems):
+                await enrol_by_code(page, origin, intern.code)
+                proxy.swallow = True
+                await page.fill("#text", "Pulseless foot after a fall, please call.")
+                await page.tap("#send")
+                async with asyncio.timeout(seconds(20)):
+                    while not proxy.swallowed:  # the send frame went nowhere
+                        await asyncio.sleep(0.05)
+                await page.close()  # the app is killed while its consult waits
+                proxy.swallow = False
 
-                    again = await page.context.new_page()
-                    await again.goto(origin)
-                    await again.fill("#passphrase", PASSPHRASE)
-                    await again.tap("#unlock")
-                    received = await next_event(events, MessageEvent,
-                                                lambda e: "Pulseless foot" in e.body.text)
-                    await again.locator(".message.mine .meta", has_text="sent").wait_for()
-                    assert problems == []
-            finally:
-                specialist.client.unsubscribe(events)
-                await specialist.client.close()
-            conn = await world.db()
-            try:
-                stored = await conn.fetchval("SELECT count(*) FROM messages")
-            finally:
-                await conn.close()
-            assert stored == 1 and received.message.sender_user_id == intern.user_id
+                again = await page.context.new_page()
+                await again.goto(origin)
+                await again.fill("#passphrase", PASSPHRASE)
+                await again.tap("#unlock")
+                received = await next_event(events, MessageEvent,
+                                            lambda e: "Pulseless foot" in e.body.text)
+                await again.locator(".message.mine .meta", has_text="sent").wait_for()
+                assert problems == []
+        finally:
+            specialist.client.unsubscribe(events)
+            await specialist.client.close()
+        conn = await world.db()
+        try:
+            stored = await conn.fetchval("SELECT count(*) FROM messages")
+        finally:
+            await conn.close()
+        assert stored == 1 and received.message.sender_user_id == intern.user_id
 
 
 async def test_a_photo_in_the_outbox_refused_for_good_when_resent_is_erased_and_told_in_words(
         db_dsn: str, tmp_path: Path) -> None:
-    sock, port = bound_socket()
-    async with identity_world(db_dsn, tmp_path,
-                              phone_origins=f"http://127.0.0.1:{port}") as world:
-        proxy = RelayProxy(int(world.relay.base_url.rsplit(":", 1)[1]))
-        video = still_video(tmp_path / "film.y4m", film(1280, 960), size=(1280, 960))
-        async with proxy.running() as relay_via_proxy, running_phone(
-                PhoneConfig(relay_via_proxy, kdf="cheap", autolock_seconds=600), sock
-                ) as origin, intern_and_specialist(world, tmp_path) as (intern, _s, _e), \
-                phone_page(video=video) as (page, _problems):
-            await enrol_by_code(page, origin, intern.code)
-            # The photo is uploaded and sealed; its send frame goes nowhere; the app is killed.
-            proxy.swallow = True
-            sending = asyncio.ensure_future(photo_from_phone(page, text="Query scaphoid."))
-            async with asyncio.timeout(seconds(30)):
-                while not proxy.swallowed:
-                    await asyncio.sleep(0.05)
-            sending.cancel()
-            with contextlib.suppress(BaseException):
-                await sending
-            await page.close()
-            proxy.swallow = False
-            # The patient withdraws consent meanwhile: the resend is refused for good.
-            consent_id = await consent_of(world, intern.user_id)
-            r = await world.http.post(f"/v1/admin/consents/{consent_id}/revoke",
-                                      headers=world.admin_headers(),
-                                      json={"reason": "the patient asked"})
-            assert r.status_code == 200, r.text
-            again = await page.context.new_page()
-            problems = page_problems(again)
-            await again.goto(origin)
-            await again.fill("#passphrase", PASSPHRASE)
-            await again.tap("#unlock")
-            said = again.locator("#send-status", has_text="The patient withdrew consent")
-            await said.wait_for()
-            assert await said.inner_text() == (
-                "The patient withdrew consent, so the relay refused the photo: it was not sent. "
-                "Do not send it again unless the patient gives consent again and it is recorded.")
-            # Neither the photo nor a consult "sending" stays on the phone.
-            assert await photo_records(again) == []
-            assert await stored_under(world, consent_id) == 0
-            assert problems == []
+    video = still_video(tmp_path / "film.y4m", film(1280, 960), size=(1280, 960))
+    async with proxied_phone_world(db_dsn, tmp_path) as (world, origin, proxy), \
+            intern_and_specialist(world, tmp_path) as (intern, _s, _e), \
+            phone_page(video=video) as (page, _problems):
+        await enrol_by_code(page, origin, intern.code)
+        # The photo is uploaded and sealed; its send frame goes nowhere; the app is killed.
+        proxy.swallow = True
+        sending = asyncio.ensure_future(photo_from_phone(page, text="Query scaphoid."))
+        async with asyncio.timeout(seconds(30)):
+            while not proxy.swallowed:
+                await asyncio.sleep(0.05)
+        sending.cancel()
+        with contextlib.suppress(BaseException):
+            await sending
+        await page.close()
+        proxy.swallow = False
+        # The patient withdraws consent meanwhile: the resend is refused for good.
+        consent_id = await consent_of(world, intern.user_id)
+        r = await world.http.post(f"/v1/admin/consents/{consent_id}/revoke",
+                                  headers=world.admin_headers(),
+                                  json={"reason": "the patient asked"})
+        assert r.status_code == 200, r.text
+        again = await page.context.new_page()
+        problems = page_problems(again)
+        await again.goto(origin)
+        await again.fill("#passphrase", PASSPHRASE)
+        await again.tap("#unlock")
+        said = again.locator("#send-status", has_text="The patient withdrew consent")
+        await said.wait_for()
+        assert await said.inner_text() == (
+            "The patient withdrew consent, so the relay refused the photo: it was not sent. "
+            "Do not send it again unless the patient gives consent again and it is recorded.")
+        # Neither the photo nor a consult "sending" stays on the phone.
+        assert await photo_records(again) == []
+        assert await stored_under(world, consent_id) == 0
+        assert problems == []

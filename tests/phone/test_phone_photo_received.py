@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from clients.phone.serve import PhoneConfig
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk import imaging
 from protocol.body import Body
@@ -24,20 +23,18 @@ from tests.clinician_world import Clinician
 from tests.consent_world import xray_png
 from tests.filing_world import direct_care_consent
 from tests.helpers import seconds
-from tests.identity_world import User, World, identity_world
+from tests.identity_world import User, World
 from tests.phone.phone_world import (
     ORTHO,
     SHOTS,
-    RelayProxy,
     axe_violations,
-    bound_socket,
     confirmed,
     enrol_by_code,
     enrolled_phone,
     intern_and_specialist,
     phone_device_id,
     phone_page,
-    running_phone,
+    proxied_phone_world,
     sent_from_phone,
     vault_names,
 )
@@ -157,52 +154,47 @@ async def test_a_withdrawn_consent_erases_the_photo_and_the_phone_confirms_it(
 
 async def test_a_photo_whose_consent_was_withdrawn_before_download_is_shown_withdrawn(
         db_dsn: str, tmp_path: Path) -> None:
-    sock, port = bound_socket()
-    async with identity_world(db_dsn, tmp_path,
-                              phone_origins=f"http://127.0.0.1:{port}") as world:
-        # The relay's frames to the phone are held back while the consent is withdrawn (its
-        # expiry order would otherwise come first and say the same): the download's own
-        # refusal is what the phone acts on.
-        proxy = RelayProxy(int(world.relay.base_url.rsplit(":", 1)[1]))
-        async with proxy.running() as relay_via_proxy, running_phone(
-                PhoneConfig(relay_via_proxy, kdf="cheap", autolock_seconds=600), sock
-                ) as origin, intern_and_specialist(world, tmp_path) as (
-                intern, specialist, events), phone_page() as (page, problems):
-            await enrol_by_code(page, origin, intern.code)
-            consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
-            downloads: list[str] = []
-            withdrawn = asyncio.Event()
+    # The relay's frames to the phone are held back while the consent is withdrawn (its
+    # expiry order would otherwise come first and say the same): the download's own refusal
+    # is what the phone acts on.
+    async with proxied_phone_world(db_dsn, tmp_path) as (world, origin, proxy), \
+            intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
+            phone_page() as (page, problems):
+        await enrol_by_code(page, origin, intern.code)
+        consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
+        downloads: list[str] = []
+        withdrawn = asyncio.Event()
 
-            async def download_after_withdrawal(route: Any) -> None:
-                downloads.append(route.request.url)
-                await withdrawn.wait()
-                await route.continue_()
+        async def download_after_withdrawal(route: Any) -> None:
+            downloads.append(route.request.url)
+            await withdrawn.wait()
+            await route.continue_()
 
-            await page.context.route("**/v1/attachments/*", download_after_withdrawal)
-            aid, token = await marked_up_film(specialist, intern, consult.message.thread_id)
-            async with asyncio.timeout(seconds(30)):
-                while not downloads:
-                    await asyncio.sleep(0.05)
-            proxy.hold_down = True
-            await specialist.client.relay.revoke_consent(
-                peek_consent_token_unverified(token).jti, "the patient asked")
-            withdrawn.set()
-            note = page.locator(".message.theirs .photo-withdrawn")
-            await note.wait_for()
-            assert await note.inner_text() == (
-                "The patient's consent was withdrawn before the photo was downloaded: it is "
-                "not shown, and it was never kept on this phone.")
-            assert await page.locator(f"img[data-attachment='{aid}']").count() == 0
-            # Not kept to be tried again at the next connection: its key is gone.
-            assert f"incoming:{aid}" not in await vault_names(page)
-            SHOTS.mkdir(parents=True, exist_ok=True)
-            await page.screenshot(path=str(SHOTS / "27-photo-received-withdrawn.png"),
-                                  full_page=True)
-            assert await axe_violations(page) == []
-            # The expiry order, once through, is confirmed as for any photo.
-            proxy.release()
-            await page.locator(".message.theirs .photo-gone",
-                               has_text="The patient's consent was withdrawn on").wait_for()
-            assert await confirmed(world, await phone_device_id(world, intern.user_id), aid)
-            assert len(downloads) == 1, downloads
-            assert problems == []
+        await page.context.route("**/v1/attachments/*", download_after_withdrawal)
+        aid, token = await marked_up_film(specialist, intern, consult.message.thread_id)
+        async with asyncio.timeout(seconds(30)):
+            while not downloads:
+                await asyncio.sleep(0.05)
+        proxy.hold_down = True
+        await specialist.client.relay.revoke_consent(
+            peek_consent_token_unverified(token).jti, "the patient asked")
+        withdrawn.set()
+        note = page.locator(".message.theirs .photo-withdrawn")
+        await note.wait_for()
+        assert await note.inner_text() == (
+            "The patient's consent was withdrawn before the photo was downloaded: it is "
+            "not shown, and it was never kept on this phone.")
+        assert await page.locator(f"img[data-attachment='{aid}']").count() == 0
+        # Not kept to be tried again at the next connection: its key is gone.
+        assert f"incoming:{aid}" not in await vault_names(page)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / "27-photo-received-withdrawn.png"),
+                              full_page=True)
+        assert await axe_violations(page) == []
+        # The expiry order, once through, is confirmed as for any photo.
+        proxy.release()
+        await page.locator(".message.theirs .photo-gone",
+                           has_text="The patient's consent was withdrawn on").wait_for()
+        assert await confirmed(world, await phone_device_id(world, intern.user_id), aid)
+        assert len(downloads) == 1, downloads
+        assert problems == []

@@ -164,7 +164,7 @@ class _Connection:
         self._in_flight: dict[str, float] = {}  # delivery id -> sent at (monotonic)
         self._sent_ids: set[str] = set()  # every delivery id sent on this connection
         self._last_pk = 0
-        self._last_notice_pk = 0
+        self._kept_notices: set[int] = set()  # orders written here, still queued until confirmed
         self._window_bound = False
         self._rate = SendRate(messages_per_minute=self.cfg.messages_per_minute,
                               bytes_per_minute=self.cfg.bytes_per_minute, now=now)
@@ -585,7 +585,7 @@ class _Connection:
                 self._notices_pending = False
                 async with self.relay.db.pool.acquire() as conn:
                     notices = await messages.fetch_notices(
-                        conn, self.device_id, after_pk=self._last_notice_pk, limit=64)
+                        conn, self.device_id, skip=sorted(self._kept_notices), limit=64)
                 self._notices_pending = self._notices_pending or len(notices) == 64
             room = self.cfg.send_window - len(self._in_flight)
             # Urgent first across threads, thread order kept: everything still queued and not
@@ -596,7 +596,8 @@ class _Connection:
                 self.device_id, sent=list(self._in_flight), limit=min(room, page))
                 if room > 0 else [])
             for n in notices:
-                self._last_notice_pk = n.notice_pk
+                if n.kept:
+                    self._kept_notices.add(n.notice_pk)
                 await self._write_raw(n.frame)
             if notices:
                 async with self.relay.db.pool.acquire() as conn:

@@ -178,7 +178,14 @@ async def purge_delivered_ciphertext(conn: asyncpg.Connection, *, older_than: dt
 @dataclasses.dataclass(frozen=True)
 class Notice:
     notice_pk: int
+    kind: str
     frame: bytes
+
+    @property
+    def kept(self) -> bool:
+        """Whether it stays queued after it is written to the socket (an order, until the
+        device confirms it; see DROPPED_AFTER_SENDING)."""
+        return self.kind not in DROPPED_AFTER_SENDING
 
 
 async def add_notices(conn: asyncpg.Connection, device_ids: Sequence[str], kind: str,
@@ -192,12 +199,17 @@ async def add_notices(conn: asyncpg.Connection, device_ids: Sequence[str], kind:
         [(d, kind, frame, dedupe_key, now) for d in device_ids])
 
 
-async def fetch_notices(conn: asyncpg.Connection, device_id: str, *, after_pk: int,
+async def fetch_notices(conn: asyncpg.Connection, device_id: str, *, skip: Sequence[int] = (),
                         limit: int) -> list[Notice]:
+    """The device's queued notices in number order, except those in ``skip`` (the orders this
+    connection already wrote). Not a "numbers after the last one read" cursor: a notice's number
+    is drawn when it is inserted, not when it commits, so a notice can become visible after a
+    higher-numbered one has been read, and a cursor would pass it by."""
     rows = await conn.fetch(
-        "SELECT notice_pk, frame FROM device_notices WHERE device_id = $1 AND notice_pk > $2 "
-        "ORDER BY notice_pk LIMIT $3", device_id, after_pk, limit)
-    return [Notice(r["notice_pk"], bytes(r["frame"])) for r in rows]
+        "SELECT notice_pk, kind, frame FROM device_notices WHERE device_id = $1 "
+        "AND notice_pk <> ALL($2::bigint[]) ORDER BY notice_pk LIMIT $3",
+        device_id, list(skip), limit)
+    return [Notice(r["notice_pk"], r["kind"], bytes(r["frame"])) for r in rows]
 
 
 DROPPED_AFTER_SENDING = ("receipt", "withdrawn", "escalation_notice", "filed")

@@ -90,10 +90,25 @@ async def test_a_restarted_desktop_shows_the_acknowledgement_receipts_and_names(
         await page.locator(".filing").wait_for()
         before = await _page_state(page, sent.message_id, reply_text)
         await page.screenshot(path=SHOTS / "01-before-restart.png")
+        # Lock: the page keeps nothing of the consult, not even hidden; unlocking lists it again.
+        await page.click("#lock")
+        await page.locator("#password").wait_for()
+        assert await page.locator("#inbox li, .thumb, .message").count() == 0
+        assert "Wrist" not in await page.content()
+        await page.fill("#password", PASSWORD)
+        await page.press("#password", "Enter")
+        await page.locator(".thread-item", has_text="Wrist x-ray, bed 4").wait_for()
 
         # --- restart: this launch stops (the vault locks), a new one opens the same profile
         before_restart = len(problems)
         await desktop.stop()
+        # The tab of the ended launch says so, in words, and forgets the consult and the image.
+        await page.locator("#gone", has_text="Close this window and open Lightbox again").wait_for()
+        await page.screenshot(path=SHOTS / "02-ended-launch.png")
+        assert await page.locator("#app").is_hidden()
+        assert await page.locator("#inbox li, .thumb, .message").count() == 0
+        assert "Wrist" not in await page.content()
+        assert await page.locator("#conn").inner_text() == "Lightbox has closed: open it again."
         again = DesktopServer(desktop.profile_dir, client_options=desktop.client_options)
         await again.start()
         team.desktop = again  # stopped by desktop_team
@@ -103,15 +118,17 @@ async def test_a_restarted_desktop_shows_the_acknowledgement_receipts_and_names(
             await page.locator(".thumb").wait_for()
             await page.locator(".message.mine .receipts").wait_for()
             after = await _page_state(page, sent.message_id, reply_text)
-            await page.screenshot(path=SHOTS / "02-after-restart.png")
+            await page.screenshot(path=SHOTS / "03-after-restart.png")
         finally:
             await again.stop()
-        # The open tab may poll the new launch before it is unlocked: the desktop answers that
-        # with 423 Locked (the page then shows the unlock screen), which Chromium logs as a
-        # console error. That answer is the locked state working; anything else is a problem.
-        locked = "the server responded with a status of 423"
+        # While the launch stops, the open tab may ask it for something after its vault locked
+        # (answered 423 Locked; the page shows the unlock screen) or once nothing answers (the
+        # tab says it lost the app). Chromium logs each such failed load as a console error
+        # itself; those are the states working. An uncaught error is a problem.
+        expected = ("the server responded with a status of 423", "net::ERR_CONNECTION_REFUSED")
         assert not problems[:before_restart], problems
-        assert [p for p in problems[before_restart:] if locked not in p] == [], problems
+        assert [p for p in problems[before_restart:]
+                if not any(e in p for e in expected)] == [], problems
 
     assert before["consult_sender"] == "Dr Ada Intern"
     assert after == before, (before, after)
@@ -120,7 +137,7 @@ async def test_a_restarted_desktop_shows_the_acknowledgement_receipts_and_names(
     assert "Dr Ada Intern: read" in after["receipts"]
     assert "Dr Bo Ortho" not in after["receipts"]  # receipts name who sent them
     assert after["filing"].startswith("Filed in the record")
-    assert (SHOTS / "02-after-restart.png").stat().st_size > 0
+    assert (SHOTS / "03-after-restart.png").stat().st_size > 0
 
 
 async def test_a_client_restarted_offline_keeps_acknowledgements_receipts_and_names(

@@ -31,7 +31,7 @@ async def test_an_order_is_queued_for_its_device_as_the_frame_it_returns(
     (frame,) = await expiry.issue(conn, [order(device, attachment)], ExpiryReason.FILED, now=NOW)
     assert (frame.attachment_id, frame.thread_id, frame.reason, frame.issued_at) == (
         attachment, THREAD, ExpiryReason.FILED, int(NOW.timestamp()))
-    (notice,) = await messages.fetch_notices(conn, device, after_pk=0, limit=10)
+    (notice,) = await messages.fetch_notices(conn, device, limit=10)
     assert decode_frame(notice.frame) == frame
     assert await conn.fetchval("SELECT kind FROM device_notices") == expiry.NOTICE_KIND
 
@@ -53,7 +53,7 @@ async def test_issuing_an_order_again_issues_nothing(conn: asyncpg.Connection) -
     again = await expiry.issue(conn, [order(device, attachment)], ExpiryReason.FILED,
                                now=NOW + dt.timedelta(hours=1))
     assert again == []
-    assert len(await messages.fetch_notices(conn, device, after_pk=0, limit=10)) == 1
+    assert len(await messages.fetch_notices(conn, device, limit=10)) == 1
     assert await conn.fetchval(
         "SELECT count(*) FROM audit_log WHERE event = 'expiry.order_issued'") == 1
 

@@ -49,12 +49,14 @@ async def test_notices_are_kept_once_per_key_and_orders_outlive_their_sending(
     await messages.add_notices(conn, [d1], "expire_order", b"o1 again", dedupe_key="expire:o1",
                                now=NOW)
     await messages.add_notices(conn, [d1], "filed", b"f1", now=NOW)
-    got = await messages.fetch_notices(conn, d1, after_pk=0, limit=10)
+    got = await messages.fetch_notices(conn, d1, limit=10)
     assert [n.frame for n in got] == [b"r1", b"o1", b"f1"]
+    assert [n.kept for n in got] == [False, True, False]
     assert [n.frame for n in await messages.fetch_notices(
-        conn, d1, after_pk=got[0].notice_pk, limit=1)] == [b"o1"]
+        conn, d1, skip=[got[0].notice_pk], limit=1)] == [b"o1"]
     await messages.drop_notices(conn, d1, [n.notice_pk for n in got])
-    left = await messages.fetch_notices(conn, d1, after_pk=0, limit=10)
+    left = await messages.fetch_notices(conn, d1, limit=10)
     assert [n.frame for n in left] == [b"o1"]  # the order stays until confirmed
-    assert [n.frame for n in await messages.fetch_notices(conn, d2, after_pk=0, limit=10)] == [
+    assert await messages.fetch_notices(conn, d1, skip=[left[0].notice_pk], limit=10) == []
+    assert [n.frame for n in await messages.fetch_notices(conn, d2, limit=10)] == [
         b"r1"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import time
 import uuid
@@ -36,6 +37,8 @@ from protocol.frames import (
 from protocol.keys import DeviceKeys
 from protocol.model import SealedMessage
 from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_statement
+from server import events
+from server.store import messages
 from tests.consent_world import count
 from tests.helpers import eventually, seconds
 from tests.identity_world import World, identity_world
@@ -218,6 +221,41 @@ async def test_send_is_accepted_then_delivered_opened_acknowledged_and_receipted
         notice = await next_of(a, ReceiptNotice)
         assert (notice.device_id, notice.kind.value) == (bob.device_id, "delivered")
         assert await count(world, "SELECT count(*) FROM deliveries") == 0
+
+
+async def test_a_notice_committed_after_a_later_numbered_one_still_reaches_the_device(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    """Notice numbers are drawn at insert, not at commit: two receipts queued at once can
+    commit in the other order. The one that commits last still reaches the open socket."""
+    alice, _, _ = trio
+    async with sockets(world, alice) as (a,):
+        await next_of(a, QueueEmpty)
+        slow, quick = await world.db(), await world.db()
+        try:
+            when = dt.datetime.now(dt.UTC)
+
+            def receipt(kind: ReceiptKind) -> bytes:
+                body = ReceiptStatement(v=1, device_id=alice.device_id,
+                                        message_id=str(uuid.uuid4()),
+                                        thread_id=str(uuid.uuid4()), kind=kind, at=1)
+                return encode_frame(ReceiptNotice(
+                    message_id=body.message_id, device_id=alice.device_id,
+                    user_id=alice.user_id, kind=kind, at=1,
+                    statement=issue_receipt_statement(body, alice.device.keys.signing)))
+
+            late, early = receipt(ReceiptKind.READ), receipt(ReceiptKind.DELIVERED)
+            tx = slow.transaction()
+            await tx.start()
+            await messages.add_notices(slow, [alice.device_id], "receipt", late, now=when)
+            await messages.add_notices(quick, [alice.device_id], "receipt", early, now=when)
+            await events.publish(quick, "deliver", device_ids=[alice.device_id])
+            assert (await next_of(a, ReceiptNotice)).kind == ReceiptKind.DELIVERED
+            await events.publish(slow, "deliver", device_ids=[alice.device_id])
+            await tx.commit()
+            assert (await next_of(a, ReceiptNotice)).kind == ReceiptKind.READ
+        finally:
+            await slow.close()
+            await quick.close()
 
 
 async def test_offline_device_gets_its_backlog_in_order_in_pages_then_queue_empty(

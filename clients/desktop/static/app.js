@@ -25,9 +25,15 @@ async function api(path, body) {
   const opts = body === undefined ? {} : {
     method: "POST", headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
     body: JSON.stringify(body)};
-  const r = await fetch(path, opts);
+  let r;
+  try {
+    r = await fetch(path, opts);
+  } catch (err) {
+    showGone();  // no answer at all: this launch of the desktop app has ended
+    throw Object.assign(new Error(GONE), {shown: true});
+  }
   const data = await r.json().catch(() => ({}));
-  if (r.status === 423) { showLocked(); throw new Error("locked"); }
+  if (r.status === 423) { showLocked(); throw Object.assign(new Error("locked"), {shown: true}); }
   if (!r.ok) throw Object.assign(new Error(data.error || ("HTTP " + r.status)), {status: r.status, data});
   return data;
 }
@@ -42,11 +48,38 @@ function when(ts) {
          two(d.getHours()) + ":" + two(d.getMinutes());
 }
 
+// A failure api() has already shown (the unlock screen, or the sentence below) needs nothing more
+// from the handler that made the request; any other failure stays an uncaught error.
+window.addEventListener("unhandledrejection", (e) => { if (e.reason?.shown) e.preventDefault(); });
+
+// Each launch of the desktop app serves its page at a new address: once it has ended (closed or
+// restarted; its vault locked as it ended), this tab can never reach it again. The tab then
+// forgets what it showed, as the vault did: no consult or image stays on screen or in the page.
+const GONE = "Lightbox has closed: open it again.";
+function showGone() {
+  if (events) { events.close(); }  // no reconnecting to an address nothing serves
+  forget();
+  $("unlock").hidden = true; $("gone").hidden = false;
+  $("conn").textContent = GONE;
+  $("conn").classList.add("down");
+}
+
+// The vault locked (or the app ended): the page drops every consult and image it was showing,
+// not merely hides them; unlocking loads the inbox again.
+function forget() {
+  closeViewer();
+  $("inbox").replaceChildren();
+  $("thread").replaceChildren(el("p", {class: "empty"}, "Choose a consult."));
+  current = null; threads = []; guard = null;
+  $("app").hidden = true; $("lock").hidden = true;
+  $("who").textContent = ""; $("conn").textContent = "";
+}
+
 // --- unlock ---------------------------------------------------------------------------------
 
 function showLocked() {
-  $("app").hidden = true; $("lock").hidden = true; $("unlock").hidden = false;
-  $("who").textContent = ""; $("conn").textContent = "";
+  forget();
+  $("gone").hidden = true; $("unlock").hidden = false;
   $("password").focus();
 }
 
@@ -91,6 +124,9 @@ function refreshSoon() {
 function listen() {
   if (events) return;
   events = new EventSource("/api/events");
+  // The stream broke: if the app itself no longer answers, say so (api() does) instead of
+  // "reconnecting..." for ever; if it answers, the stream reconnects by itself.
+  events.addEventListener("error", () => { api("/api/state").catch(() => {}); });
   for (const kind of ["message", "image", "receipt", "escalation", "filed", "withdrawn"]) {
     events.addEventListener(kind, refreshSoon);
   }

@@ -4,11 +4,11 @@ and its job were kept in the vault before the first byte left. The specialist's 
 then opens the photo, consent-checked. When the resumed upload cannot be finished, the intern is
 told in words what happened and what to do, never the relay's bare code: the patient withdrew
 consent meanwhile (not sent, not to be sent again without new consent, erased from the phone);
-the relay swept the unfinished upload (not sent, take it again); the part already sent was
-damaged (refused for good: dropped, not retried at every connection); the relay cannot be
-reached (the photo is kept and sent by itself at the next connection). Real relay (small
-chunks), real Chromium; the network to the relay is held still mid-upload, then the page is
-closed."""
+the part already sent was damaged (refused for good: dropped, not retried at every
+connection); the relay cannot be reached (the photo is kept and sent by itself at the next
+connection). An upload the relay swept while the app was closed is uploaded again from the
+start and sent. Real relay (small chunks), real Chromium; the network to the relay is held
+still mid-upload, then the page is closed."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ async def test_a_cut_off_upload_whose_consent_was_withdrawn_is_not_sent_and_says
         assert cut.problems == []
 
 
-async def test_a_cut_off_upload_the_relay_swept_is_not_sent_and_says_take_it_again(
+async def test_a_cut_off_upload_the_relay_swept_is_uploaded_again_from_the_start_and_sent(
         phone: tuple[World, str], db_dsn: str, tmp_path: Path) -> None:
     async with cut_off_upload(phone, tmp_path) as cut:
         # The app stayed closed past the relay's time for unfinished uploads: its sweep (the
@@ -186,16 +186,28 @@ async def test_a_cut_off_upload_the_relay_swept_is_not_sent_and_says_take_it_aga
                 max_bytes=s.attachment_max_bytes, chunk_bytes=CHUNK,
                 quota_bytes=s.attachment_quota_bytes, unreferenced_ttl=ttl, janitor_interval=60))
             later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl + 60)
-            assert len(await sweeper.sweep(now=later)) == 1
+            (swept,) = await sweeper.sweep(now=later)
         finally:
             await db.close()
-        await open_and_unlock(cut.page, cut.origin)
-        text = await status_shown(cut.page, "20-resumed-upload-gone")
-        assert text == (
-            f"{CUT_OFF} could not be finished: the relay no longer holds the part already sent. "
-            "The photo was not sent, and it is gone from this phone: take it again if it is "
-            "still needed.")
-        assert await photo_records(cut.page) == []
+        page = cut.page
+        puts: list[str] = []
+        page.on("request", lambda r: puts.append(r.url)
+                if r.method == "PUT" and "/upload?offset=" in r.url else None)
+        await open_and_unlock(page, cut.origin)
+        text = await status_shown(page, "20-resumed-upload-again")
+        assert text == f"{CUT_OFF} is finished: photo sent."
+        # A new upload, from the first byte, of the ciphertext the app kept.
+        assert puts and offset_of(puts[0]) == 0 and str(swept) not in puts[0], puts
+        message = await next_event(cut.events, MessageEvent, lambda e: "scaphoid" in e.body.text)
+        (descriptor,) = message.body.attachments
+        assert descriptor.attachment_id != str(swept)
+        stored = await next_event(cut.events, ImageEvent,
+                                  lambda e: e.attachment_id == descriptor.attachment_id)
+        assert stored.status == "stored", stored
+        assert hashlib.sha256(cut.specialist.client.image(descriptor.attachment_id)).digest() \
+            == descriptor.sha256
+        # The job is gone with the upload it finished: nothing resumes it again.
+        assert [n for n in await vault_names(page) if n.startswith("upload:")] == []
         assert cut.problems == []
 
 

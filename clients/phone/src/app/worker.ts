@@ -1296,13 +1296,31 @@ const uploading = new Set<string>();
 /** Upload the rest of the ciphertext from where the relay says it stands, finalise, and seal
  * the descriptor to the role (and the record gateways); the job is then the outbox's. */
 async function finishUpload(job: UploadJob, owned = false): Promise<Record<string, unknown>> {
-  const aid = job.attachment_id;
+  const name = `upload:${job.attachment_id}`; // the job's vault record, whatever upload it is on
+  let aid = job.attachment_id;
   const a = job.send;
   if (!owned && uploading.has(aid)) throw new UserError("busy", "This photo is already being uploaded.");
   uploading.add(aid);
+  const claimed = [aid];
   try {
     let failures = 0;
-    let status = await relay!.call<{ committed: number; chunk_size?: number }>("GET", `/v1/attachments/${aid}/upload`);
+    let status: { committed: number; chunk_size?: number };
+    try {
+      status = await relay!.call<{ committed: number; chunk_size?: number }>("GET", `/v1/attachments/${aid}/upload`);
+    } catch (err) {
+      // The relay no longer holds the unfinished upload (the app stayed closed past the relay's
+      // time for unfinished uploads, PROTOCOL §12): upload the kept ciphertext again as a new
+      // upload, as the SDK does (clients/sdk/sending.py). The job is rewritten under the same
+      // vault record first, so a restart meanwhile resumes the new upload, never both.
+      if (!(err instanceof RelayError && ["upload_not_found", "attachment_expired"].includes(err.code))) throw err;
+      const again = await relay!.call<{ attachment_id: string; committed: number; chunk_size?: number }>("POST", "/v1/attachments", { size: job.ciphertext.length });
+      job = { ...job, attachment_id: again.attachment_id };
+      await vault!.put(name, job);
+      aid = job.attachment_id;
+      uploading.add(aid);
+      claimed.push(aid);
+      status = again;
+    }
     let committed = status.committed;
     const chunkSize = status.chunk_size ?? 1024 * 1024;
     const total = job.ciphertext.length;
@@ -1355,13 +1373,13 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     await vault!.put(`image:${aid}`, a.jpeg);
     await vault!.put(`outbox:${messageId}`, record);
     await vault!.put(`thread:${threadId}`, { thread_id: threadId, role: job.role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
-    await vault!.delete(`upload:${aid}`);
+    await vault!.delete(name);
     // Refused for good (the patient withdrew consent meanwhile, say): sendSealed erases the
     // photo and its consult, so nothing "sending" stays on this phone.
     const sent = await sendSealed(record);
     return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: job.consent_id, ...(sent.stored ? {} : { kept: keptSentence(sent.code) }) };
   } finally {
-    uploading.delete(aid);
+    for (const id of claimed) uploading.delete(id);
   }
 }
 

@@ -84,7 +84,9 @@ class RelayProxy:
     """Forwards TCP to the relay at ``port``; on a websocket connection, while ``swallow`` is
     set, bytes the phone writes go nowhere (a connection that silently stopped delivering),
     and while ``hold_down`` is set, bytes the relay writes wait, in order, until it is cleared
-    (a connection that is slow to bring the relay's frames)."""
+    (a connection that is slow to bring the relay's frames); :meth:`websockets_down` cuts the
+    websocket connections and refuses new ones (plain HTTP still passes) until
+    :meth:`websockets_up`."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -94,6 +96,16 @@ class RelayProxy:
         self.held = 0
         self._released = asyncio.Event()
         self._server: asyncio.Server | None = None
+        self._refuse_websockets = False
+        self._websockets: set[asyncio.StreamWriter] = set()
+
+    def websockets_down(self) -> None:
+        self._refuse_websockets = True
+        for writer in self._websockets:
+            writer.close()
+
+    def websockets_up(self) -> None:
+        self._refuse_websockets = False
 
     def release(self) -> None:
         """Clear ``hold_down``: what the relay wrote meanwhile goes on to the phone."""
@@ -121,7 +133,11 @@ class RelayProxy:
             with contextlib.suppress(ConnectionError):
                 while data := await src.read(65536):
                     if from_phone and b"upgrade: websocket" in data.lower():
+                        if self._refuse_websockets:
+                            writer.close()  # the phone's upgrade request meets a closed connection
+                            break
                         websocket = True
+                        self._websockets.add(writer)
                     elif from_phone and websocket and self.swallow:
                         self.swallowed += len(data)
                         continue
@@ -133,7 +149,10 @@ class RelayProxy:
                     await dst.drain()
             dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        try:
+            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        finally:
+            self._websockets.discard(writer)
 
 
 @contextlib.asynccontextmanager

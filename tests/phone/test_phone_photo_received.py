@@ -29,11 +29,8 @@ from tests.phone.phone_world import (
     SHOTS,
     axe_violations,
     confirmed,
-    enrol_by_code,
     enrolled_phone,
-    intern_and_specialist,
     phone_device_id,
-    phone_page,
     proxied_phone_world,
     sent_from_phone,
     vault_names,
@@ -158,9 +155,8 @@ async def test_a_photo_whose_consent_was_withdrawn_before_download_is_shown_with
     # expiry order would otherwise come first and say the same): the download's own refusal
     # is what the phone acts on.
     async with proxied_phone_world(db_dsn, tmp_path) as (world, origin, proxy), \
-            intern_and_specialist(world, tmp_path) as (intern, specialist, events), \
-            phone_page() as (page, problems):
-        await enrol_by_code(page, origin, intern.code)
+            enrolled_phone(world, tmp_path, origin) as (intern, specialist, events, page,
+                                                        problems):
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         downloads: list[str] = []
         withdrawn = asyncio.Event()

@@ -62,7 +62,7 @@ function onEvent(data: Record<string, unknown>): void {
       $("conn").textContent = data["state"] === "connected" ? "connected" : "offline";
       // A lost connection that came back: its sentence said the app reconnects by itself.
       if (data["state"] === "connected" && $("send-status").dataset["connection"]) {
-        $("send-status").textContent = "";
+        sayKept("send-status", "", null);
         delete $("send-status").dataset["connection"];
       }
       return;
@@ -79,6 +79,9 @@ function onEvent(data: Record<string, unknown>): void {
     }
     case "sent":
     case "unsent":
+      settleKept(String(data["message_id"]), data["event"] === "sent" ? null : String(data["refusal"] ?? ""));
+      void renderThreads();
+      return;
     case "escalation":
     case "filed":
     case "receipt":
@@ -94,7 +97,7 @@ function onEvent(data: Record<string, unknown>): void {
       bar.max = Number(data["total"]) || 1;
       bar.value = Number(data["done"]) || 0;
       const pct = Math.round((100 * bar.value) / bar.max);
-      if (data["stage"] === "resuming") $("photo-status").textContent = `Resuming the photo upload at ${pct}%…`;
+      if (data["stage"] === "resuming") sayKept("photo-status", `Resuming the photo upload at ${pct}%…`, null);
       $("consent-status").textContent = data["stage"] === "encrypting" ? "Encrypting the photo…"
         : data["stage"] === "retrying" ? `The connection dropped at ${pct}%: resuming the upload…` : `Uploading: ${pct}%`;
       return;
@@ -115,7 +118,7 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     case "resumed":
       // In words, from the worker (relay.ts resumedSentence): never the relay's bare code.
-      $("photo-status").textContent = String(data["message"] ?? "");
+      sayKept("photo-status", String(data["message"] ?? ""), data["kept"] ? String(data["message_id"]) : null);
       void renderThreads();
       return;
     case "dropped":
@@ -124,10 +127,28 @@ function onEvent(data: Record<string, unknown>): void {
         : "A message was not shown: its sender's certificate does not verify. Tell IT if this happens again.";
       return;
     case "problem":
-      $("send-status").textContent = String(data["message"] ?? "");
+      sayKept("send-status", String(data["message"] ?? ""), null);
       if (data["connection"]) $("send-status").dataset["connection"] = "lost";
       else delete $("send-status").dataset["connection"];
       return;
+  }
+}
+
+// A status line that said a consult or photo was kept ("Not sent yet: ... sent by itself") names
+// it (data-kept, its message id) until the outbox settles it: then the line says it was sent,
+// or why it was not, instead of a "not sent yet" that is no longer true.
+const SENT_LINE: Record<string, string> = { "send-status": "Sent: the relay stored it.", "photo-status": "Photo sent: the relay stored it." };
+
+function sayKept(id: "send-status" | "photo-status", text: string, messageId: string | null): void {
+  $(id).textContent = text;
+  if (messageId) $(id).dataset["kept"] = messageId;
+  else delete $(id).dataset["kept"];
+}
+
+function settleKept(messageId: string, refusal: string | null): void {
+  for (const id of ["send-status", "photo-status"] as const) {
+    if ($(id).dataset["kept"] !== messageId) continue;
+    sayKept(id, refusal ?? SENT_LINE[id]!, null);
   }
 }
 
@@ -135,6 +156,7 @@ async function busy<T>(button: HTMLButtonElement, errorEl: HTMLElement, fn: () =
   button.disabled = true;
   errorEl.textContent = "";
   delete errorEl.dataset["connection"]; // what it says next is this action's outcome
+  delete errorEl.dataset["kept"];
   try {
     return await fn();
   } catch (err) {
@@ -475,8 +497,8 @@ async function send(): Promise<void> {
   if (!sent) return;
   $<HTMLTextAreaElement>("text").value = "";
   $<HTMLInputElement>("subject").value = "";
-  const kept = (sent as { kept?: string }).kept;
-  status.textContent = kept ?? "Sent: the relay stored it.";
+  const kept = (sent as { kept?: string; message_id?: string });
+  sayKept("send-status", kept.kept ?? SENT_LINE["send-status"]!, kept.kept ? kept.message_id ?? null : null);
 }
 
 // --- capture, review, consent ----------------------------------------------------------------------
@@ -568,7 +590,7 @@ async function sendPhoto(): Promise<void> {
   const purposes = [$<HTMLInputElement>("p-direct"), $<HTMLInputElement>("p-teaching")].filter((c) => c.checked).map((c) => c.value);
   let failed = null as AppError | null;
   const answer = await busy($<HTMLButtonElement>("consent-send"), $("consent-error"), () =>
-    call<{ decision?: string; filed?: string; kept?: string }>("sendImage", {
+    call<{ decision?: string; filed?: string; kept?: string; message_id?: string }>("sendImage", {
       jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
       role: $<HTMLInputElement>("role").value, priority: $<HTMLSelectElement>("priority").value,
       subject: "", text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
@@ -587,17 +609,18 @@ async function sendPhoto(): Promise<void> {
     // the form, still ticked "agreed", must not offer to send it again under a new consent.
     $("consent-error").textContent = "";
     clearConsent();
-    $("photo-status").textContent = failed.message;
+    sayKept("photo-status", failed.message, null);
     show("home");
     await renderThreads();
     return;
   }
   if (!answer) return;
   clearConsent();
-  $("photo-status").textContent = answer.decision !== "refused" ? answer.kept ?? "Photo sent: the relay stored it."
+  sayKept("photo-status", answer.decision !== "refused" ? answer.kept ?? SENT_LINE["photo-status"]!
     : answer.filed === "no_gateway"
       ? "The refusal is recorded at the relay, but your organisation has no record gateway to file it: write it in the patient's notes. The photo was not sent, and it is gone from this phone."
-      : "The refusal is recorded and sent to be filed in the patient's record. The photo was not sent, and it is gone from this phone.";
+      : "The refusal is recorded and sent to be filed in the patient's record. The photo was not sent, and it is gone from this phone.",
+    answer.decision !== "refused" && answer.kept ? answer.message_id ?? null : null);
   show("home");
   await renderThreads();
 }

@@ -1111,7 +1111,7 @@ async function sendSealed(record: OutboxRecord, resealed = false): Promise<SendO
     // (no expiry order will come for a copy the relay never stored).
     for (const aid of photos) await vault!.delete(`image:${aid}`);
     await vault!.delete(`thread:${record.thread_id}`);
-    event("unsent", { message_id: record.message_id, thread_id: record.thread_id });
+    event("unsent", { message_id: record.message_id, thread_id: record.thread_id, refusal });
   } else {
     await markNotSent(record.thread_id, record.message_id, refusal);
   }
@@ -1158,7 +1158,7 @@ async function markNotSent(threadId: string, messageId: string, note: string): P
     }
   }
   await vault!.put(`thread:${threadId}`, thread);
-  event("unsent", { message_id: messageId, thread_id: threadId });
+  event("unsent", { message_id: messageId, thread_id: threadId, refusal: note });
 }
 
 async function resendOutbox(_ws: WebSocket): Promise<void> {

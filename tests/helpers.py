@@ -210,3 +210,37 @@ __all__ = [
     "session_dir",
     "with_database",
 ]
+
+
+@dataclass
+class ConnectionCount:
+    """What :func:`counting_proxy` saw: its port, and the TCP connections opened through it."""
+
+    port: int
+    opened: int = 0
+
+
+@contextlib.asynccontextmanager
+async def counting_proxy(upstream_port: int) -> AsyncIterator[ConnectionCount]:
+    """A loopback TCP proxy to ``upstream_port`` that counts the connections made through it
+    (how a client's connection pool reuses or opens connections, seen from outside)."""
+    count = ConnectionCount(port=0)
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        count.opened += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(client, "127.0.0.1", 0)
+    count.port = server.sockets[0].getsockname()[1]
+    try:
+        yield count
+    finally:
+        server.close()

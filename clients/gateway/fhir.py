@@ -53,7 +53,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from clients.gateway.httpio import HttpService, bounded_request
+from clients.gateway.httpio import HttpService, bounded_request, service_limits
 from clients.sdk.addresses import is_loopback
 
 __all__ = [
@@ -269,7 +269,7 @@ class FhirClient(HttpService):
         # No redirects: following one would send the credentials wherever it points.
         self._http = httpx.AsyncClient(
             auth=auth, timeout=settings.timeout, transport=transport, verify=verify,
-            follow_redirects=False, headers={"Accept": FHIR_JSON},
+            follow_redirects=False, headers={"Accept": FHIR_JSON}, limits=service_limits(),
         )
 
     def __repr__(self) -> str:

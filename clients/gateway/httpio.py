@@ -13,7 +13,20 @@ from typing import Any, Self
 
 import httpx
 
-__all__ = ["HttpService", "bounded_request"]
+__all__ = ["KEEPALIVE_EXPIRY", "HttpService", "bounded_request", "service_limits"]
+
+# Seconds an idle connection to the PACS or FHIR server is kept for reuse. A server may close an
+# idle connection at any moment, and a request sent as it does gets no answer (RFC 9112 §9.6):
+# the gateway could only call that "unreachable" and retry. Orthanc closes after 1 s (it
+# answers `Keep-Alive: timeout=1`; its KeepAliveTimeout), where httpx would keep a connection
+# 5 s: half of Orthanc's second leaves the race no room. A connection reused within it saves
+# the new TCP (and TLS) handshake of a burst of requests, as a filing makes.
+KEEPALIVE_EXPIRY = 0.5
+
+
+def service_limits() -> httpx.Limits:
+    """The connection pool's limits for a client of a PACS or FHIR server."""
+    return httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY)
 
 
 class HttpService:

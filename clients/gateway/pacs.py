@@ -76,7 +76,7 @@ from clients.gateway.dicomweb import (
     tm_time,
     unacknowledged,
 )
-from clients.gateway.httpio import HttpService, bounded_request
+from clients.gateway.httpio import HttpService, bounded_request, service_limits
 
 __all__ = [
     "FailedInstance",
@@ -179,7 +179,7 @@ class PacsClient(HttpService):
             verify = ssl.create_default_context(cafile=str(settings.ca_file))
         self._http = httpx.AsyncClient(
             auth=auth, timeout=settings.timeout, transport=transport, verify=verify,
-            follow_redirects=False,
+            follow_redirects=False, limits=service_limits(),
         )
 
     def __repr__(self) -> str:

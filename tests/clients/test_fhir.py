@@ -20,6 +20,7 @@ gateway reads from it → ``to_fhir_consent``); the patient reference is an opaq
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import uuid
@@ -40,6 +41,7 @@ from clients.gateway.fhir import (
     FhirSettings,
     FhirUnavailable,
 )
+from clients.gateway.httpio import KEEPALIVE_EXPIRY
 from protocol.consent import (
     ConsentBasis,
     ConsentClaims,
@@ -55,7 +57,7 @@ from tests.fhir_server import (
     FhirServer,
     running_fhir_server,
 )
-from tests.helpers import seconds
+from tests.helpers import counting_proxy, seconds
 
 ISSUER_KEY = Ed25519KeyPair.from_seed(b"\x31" * 32)
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -189,6 +191,20 @@ async def test_a_refused_consent_is_filed_as_rejected_deny(fhir: FhirClient) -> 
 
 async def test_find_consent_is_none_for_an_identifier_never_filed(fhir: FhirClient) -> None:
     assert await fhir.find_consent(URI, f"urn:uuid:{uuid.uuid4()}") is None
+
+
+async def test_a_connection_is_reused_at_once_but_not_once_idle_past_the_expiry(
+        fhir_server: FhirServer) -> None:
+    async with counting_proxy(fhir_server.port) as proxy:
+        url = fhir_server.base_url.replace(f":{fhir_server.port}/", f":{proxy.port}/")
+        settings = FhirSettings(url=url, token=fhir_server.token, timeout=seconds(10))
+        async with FhirClient(settings) as fhir:
+            for _ in range(2):
+                assert await fhir.find_consent(URI, f"urn:uuid:{uuid.uuid4()}") is None
+            assert proxy.opened == 1  # a burst shares one connection
+            await asyncio.sleep(KEEPALIVE_EXPIRY + 0.25)
+            assert await fhir.find_consent(URI, f"urn:uuid:{uuid.uuid4()}") is None
+            assert proxy.opened == 2  # never sent as the server may be closing it
 
 
 async def test_an_identifier_on_two_consents_is_a_conflict_not_a_third_copy(

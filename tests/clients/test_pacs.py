@@ -39,6 +39,7 @@ from clients.gateway.dicom import (
     build_secondary_capture,
     build_vl_photographic,
 )
+from clients.gateway.httpio import KEEPALIVE_EXPIRY
 from clients.gateway.pacs import (
     PacsAuthError,
     PacsClient,
@@ -52,7 +53,7 @@ from clients.gateway.pacs import (
     PacsVerificationFailed,
     retrying,
 )
-from tests.helpers import seconds
+from tests.helpers import counting_proxy, seconds
 from tests.orthanc import OrthancServer
 
 ACQUIRED = datetime(2001, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=1)))
@@ -326,6 +327,27 @@ async def test_a_pacs_that_never_answers_times_out_as_unavailable() -> None:
         async with PacsClient(cfg) as pacs:
             with pytest.raises(PacsUnavailable, match="timed out"):
                 await pacs.find_studies("LBX-TEST-0042")
+
+
+async def test_orthanc_closes_an_idle_connection_after_one_second_and_says_so(
+        orthanc: OrthancServer) -> None:
+    async with httpx.AsyncClient(auth=orthanc.auth) as http:
+        r = await http.get(f"{orthanc.base_url}/system")
+    assert r.status_code == 200 and r.headers["Keep-Alive"] == "timeout=1"
+    assert KEEPALIVE_EXPIRY <= 0.5  # half of it, for the race of RFC 9112 §9.6
+
+
+async def test_a_connection_is_reused_at_once_but_not_once_idle_past_the_expiry(
+        orthanc: OrthancServer) -> None:
+    async with counting_proxy(orthanc.port) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}/dicom-web"
+        async with PacsClient(settings(orthanc, url=url)) as pacs:
+            await pacs.find_studies("LBX-TEST-0042")
+            await pacs.find_studies("LBX-TEST-0042")
+            assert proxy.opened == 1  # a burst shares one connection
+            await asyncio.sleep(KEEPALIVE_EXPIRY + 0.25)  # still short of Orthanc's second
+            await pacs.find_studies("LBX-TEST-0042")
+            assert proxy.opened == 2  # never sent as Orthanc may be closing it
 
 
 # --- duplicates ----------------------------------------------------------------------------

@@ -125,8 +125,11 @@ function listen() {
   if (events) return;
   events = new EventSource("/api/events");
   // The stream broke: if the app itself no longer answers, say so (api() does) instead of
-  // "reconnecting..." for ever; if it answers, the stream reconnects by itself.
-  events.addEventListener("error", () => { api("/api/state").catch(() => {}); });
+  // "reconnecting..." for ever; if its vault locked meanwhile (the app stopping locks it
+  // first), show the unlock screen; otherwise the stream reconnects by itself.
+  events.addEventListener("error", () => {
+    api("/api/state").then((s) => { if (!s.unlocked) showLocked(); }).catch(() => {});
+  });
   for (const kind of ["message", "image", "receipt", "escalation", "filed", "withdrawn"]) {
     events.addEventListener(kind, refreshSoon);
   }

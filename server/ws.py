@@ -585,7 +585,7 @@ class _Connection:
                 self._notices_pending = False
                 async with self.relay.db.pool.acquire() as conn:
                     notices = await messages.fetch_notices(
-                        conn, self.device_id, skip=sorted(self._kept_notices), limit=64)
+                        conn, self.device_id, skip=list(self._kept_notices), limit=64)
                 self._notices_pending = self._notices_pending or len(notices) == 64
             room = self.cfg.send_window - len(self._in_flight)
             # Urgent first across threads, thread order kept: everything still queued and not

@@ -197,11 +197,90 @@ async def running_relay(dsn: str, settings: Settings | None = None, *,
         await asyncio.to_thread(cm.__exit__, None, None, None)
 
 
+class TcpProxy:
+    """Forwards TCP on loopback to ``port`` (the relay, a PACS...) and counts the connections
+    opened through it (``opened``: how a client's pool reuses connections, seen from outside).
+    On a websocket connection, while ``swallow`` is set, bytes the client writes go nowhere (a
+    connection that silently stopped delivering), and while ``hold_down`` is set, bytes the
+    server writes wait, in order, until it is cleared (a connection slow to bring the relay's
+    frames); :meth:`websockets_down` cuts the websocket connections and refuses new ones
+    (plain HTTP still passes) until :meth:`websockets_up`."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.swallow = False
+        self.swallowed = 0
+        self.hold_down = False
+        self.held = 0
+        self.opened = 0
+        self._released = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._refuse_websockets = False
+        self._websockets: set[asyncio.StreamWriter] = set()
+
+    def websockets_down(self) -> None:
+        self._refuse_websockets = True
+        for writer in self._websockets:
+            writer.close()
+
+    def websockets_up(self) -> None:
+        self._refuse_websockets = False
+
+    def release(self) -> None:
+        """Clear ``hold_down``: what the relay wrote meanwhile goes on to the phone."""
+        self.hold_down = False
+        self._released.set()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        """The proxy listening; yields its base URL."""
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            self.release()
+            self._server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.opened += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        websocket = False
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       from_phone: bool) -> None:
+            nonlocal websocket
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if from_phone and b"upgrade: websocket" in data.lower():
+                        if self._refuse_websockets:
+                            writer.close()  # the phone's upgrade request meets a closed connection
+                            break
+                        websocket = True
+                        self._websockets.add(writer)
+                    elif from_phone and websocket and self.swallow:
+                        self.swallowed += len(data)
+                        continue
+                    elif not from_phone and websocket and self.hold_down:
+                        self.held += len(data)
+                        self._released.clear()
+                        await self._released.wait()
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        finally:
+            self._websockets.discard(writer)
+
+
 __all__ = [
     "ROOT",
     "Cluster",
     "RunningRelay",
     "ShiftedClock",
+    "TcpProxy",
     "end_session",
     "make_settings",
     "relay_in_thread",
@@ -211,36 +290,3 @@ __all__ = [
     "with_database",
 ]
 
-
-@dataclass
-class ConnectionCount:
-    """What :func:`counting_proxy` saw: its port, and the TCP connections opened through it."""
-
-    port: int
-    opened: int = 0
-
-
-@contextlib.asynccontextmanager
-async def counting_proxy(upstream_port: int) -> AsyncIterator[ConnectionCount]:
-    """A loopback TCP proxy to ``upstream_port`` that counts the connections made through it
-    (how a client's connection pool reuses or opens connections, seen from outside)."""
-    count = ConnectionCount(port=0)
-
-    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        dst.close()
-
-    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        count.opened += 1
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    server = await asyncio.start_server(client, "127.0.0.1", 0)
-    count.port = server.sockets[0].getsockname()[1]
-    try:
-        yield count
-    finally:
-        server.close()

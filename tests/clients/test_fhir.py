@@ -57,7 +57,7 @@ from tests.fhir_server import (
     FhirServer,
     running_fhir_server,
 )
-from tests.helpers import counting_proxy, seconds
+from tests.helpers import TcpProxy, seconds
 
 ISSUER_KEY = Ed25519KeyPair.from_seed(b"\x31" * 32)
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -195,9 +195,10 @@ async def test_find_consent_is_none_for_an_identifier_never_filed(fhir: FhirClie
 
 async def test_a_connection_is_reused_at_once_but_not_once_idle_past_the_expiry(
         fhir_server: FhirServer) -> None:
-    async with counting_proxy(fhir_server.port) as proxy:
-        url = fhir_server.base_url.replace(f":{fhir_server.port}/", f":{proxy.port}/")
-        settings = FhirSettings(url=url, token=fhir_server.token, timeout=seconds(10))
+    proxy = TcpProxy(fhir_server.port)
+    async with proxy.running() as base_url:
+        settings = FhirSettings(url=f"{base_url}/fhir", token=fhir_server.token,
+                                timeout=seconds(10))
         async with FhirClient(settings) as fhir:
             for _ in range(2):
                 assert await fhir.find_consent(URI, f"urn:uuid:{uuid.uuid4()}") is None

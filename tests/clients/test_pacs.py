@@ -53,7 +53,7 @@ from clients.gateway.pacs import (
     PacsVerificationFailed,
     retrying,
 )
-from tests.helpers import counting_proxy, seconds
+from tests.helpers import TcpProxy, seconds
 from tests.orthanc import OrthancServer
 
 ACQUIRED = datetime(2001, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=1)))
@@ -339,15 +339,15 @@ async def test_orthanc_closes_an_idle_connection_after_one_second_and_says_so(
 
 async def test_a_connection_is_reused_at_once_but_not_once_idle_past_the_expiry(
         orthanc: OrthancServer) -> None:
-    async with counting_proxy(orthanc.port) as proxy:
-        url = f"http://127.0.0.1:{proxy.port}/dicom-web"
-        async with PacsClient(settings(orthanc, url=url)) as pacs:
-            await pacs.find_studies("LBX-TEST-0042")
-            await pacs.find_studies("LBX-TEST-0042")
-            assert proxy.opened == 1  # a burst shares one connection
-            await asyncio.sleep(KEEPALIVE_EXPIRY + 0.25)  # still short of Orthanc's second
-            await pacs.find_studies("LBX-TEST-0042")
-            assert proxy.opened == 2  # never sent as Orthanc may be closing it
+    proxy = TcpProxy(orthanc.port)
+    async with proxy.running() as base_url, \
+            PacsClient(settings(orthanc, url=f"{base_url}/dicom-web")) as pacs:
+        await pacs.find_studies("LBX-TEST-0042")
+        await pacs.find_studies("LBX-TEST-0042")
+        assert proxy.opened == 1  # a burst shares one connection
+        await asyncio.sleep(KEEPALIVE_EXPIRY + 0.25)  # still short of Orthanc's second
+        await pacs.find_studies("LBX-TEST-0042")
+        assert proxy.opened == 2  # never sent as Orthanc may be closing it
 
 
 # --- duplicates ----------------------------------------------------------------------------

@@ -29,11 +29,11 @@ from protocol.canonical import b64url_encode, encode_struct
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import xray_png
-from tests.helpers import ROOT, eventually, page_problems, seconds
+from tests.helpers import ROOT, TcpProxy, eventually, page_problems, seconds
 from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
-__all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "RelayProxy",
+__all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "TcpProxy",
            "axe_violations",
            "bound_socket", "camera_started", "confirmed", "consent_of", "enrol_by_code",
            "enrolled_phone", "fetch_value", "film", "idb_records",
@@ -80,90 +80,15 @@ async def phone_world(db_dsn: str, tmp: Path, *, autolock_seconds: int = 60,
             yield world, served
 
 
-class RelayProxy:
-    """Forwards TCP to the relay at ``port``; on a websocket connection, while ``swallow`` is
-    set, bytes the phone writes go nowhere (a connection that silently stopped delivering),
-    and while ``hold_down`` is set, bytes the relay writes wait, in order, until it is cleared
-    (a connection that is slow to bring the relay's frames); :meth:`websockets_down` cuts the
-    websocket connections and refuses new ones (plain HTTP still passes) until
-    :meth:`websockets_up`."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.swallow = False
-        self.swallowed = 0
-        self.hold_down = False
-        self.held = 0
-        self._released = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._refuse_websockets = False
-        self._websockets: set[asyncio.StreamWriter] = set()
-
-    def websockets_down(self) -> None:
-        self._refuse_websockets = True
-        for writer in self._websockets:
-            writer.close()
-
-    def websockets_up(self) -> None:
-        self._refuse_websockets = False
-
-    def release(self) -> None:
-        """Clear ``hold_down``: what the relay wrote meanwhile goes on to the phone."""
-        self.hold_down = False
-        self._released.set()
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[str]:
-        """The proxy listening; yields its base URL."""
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            self.release()
-            self._server.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
-        websocket = False
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                       from_phone: bool) -> None:
-            nonlocal websocket
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    if from_phone and b"upgrade: websocket" in data.lower():
-                        if self._refuse_websockets:
-                            writer.close()  # the phone's upgrade request meets a closed connection
-                            break
-                        websocket = True
-                        self._websockets.add(writer)
-                    elif from_phone and websocket and self.swallow:
-                        self.swallowed += len(data)
-                        continue
-                    elif not from_phone and websocket and self.hold_down:
-                        self.held += len(data)
-                        self._released.clear()
-                        await self._released.wait()
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        try:
-            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
-        finally:
-            self._websockets.discard(writer)
-
-
 @contextlib.asynccontextmanager
 async def proxied_phone_world(db_dsn: str, tmp: Path, *, autolock_seconds: int = 600
-                              ) -> AsyncIterator[tuple[World, str, RelayProxy]]:
-    """:func:`phone_world` with the phone reaching the relay through a :class:`RelayProxy`,
+                              ) -> AsyncIterator[tuple[World, str, TcpProxy]]:
+    """:func:`phone_world` with the phone reaching the relay through a :class:`TcpProxy`,
     which the test can have drop or hold back what passes; yields the world, the phone's
     origin and the proxy."""
     sock, port = bound_socket()
     async with identity_world(db_dsn, tmp, phone_origins=f"http://127.0.0.1:{port}") as world:
-        proxy = RelayProxy(int(world.relay.base_url.rsplit(":", 1)[1]))
+        proxy = TcpProxy(int(world.relay.base_url.rsplit(":", 1)[1]))
         async with proxy.running() as relay_via_proxy, running_phone(
                 PhoneConfig(relay_via_proxy, kdf="cheap", autolock_seconds=autolock_seconds),
                 sock) as origin:

@@ -137,7 +137,7 @@ function onEvent(data: Record<string, unknown>): void {
 // A status line that said a consult or photo was kept ("Not sent yet: ... sent by itself") names
 // it (data-kept, its message id) until the outbox settles it: then the line says it was sent,
 // or why it was not, instead of a "not sent yet" that is no longer true.
-const SENT_LINE: Record<string, string> = { "send-status": "Sent: the relay stored it.", "photo-status": "Photo sent: the relay stored it." };
+const SENT_LINE: Record<"send-status" | "photo-status", string> = { "send-status": "Sent: the relay stored it.", "photo-status": "Photo sent: the relay stored it." };
 
 function sayKept(id: "send-status" | "photo-status", text: string, messageId: string | null): void {
   $(id).textContent = text;
@@ -148,7 +148,7 @@ function sayKept(id: "send-status" | "photo-status", text: string, messageId: st
 function settleKept(messageId: string, refusal: string | null): void {
   for (const id of ["send-status", "photo-status"] as const) {
     if ($(id).dataset["kept"] !== messageId) continue;
-    sayKept(id, refusal ?? SENT_LINE[id]!, null);
+    sayKept(id, refusal ?? SENT_LINE[id], null);
   }
 }
 
@@ -498,7 +498,7 @@ async function send(): Promise<void> {
   $<HTMLTextAreaElement>("text").value = "";
   $<HTMLInputElement>("subject").value = "";
   const kept = (sent as { kept?: string; message_id?: string });
-  sayKept("send-status", kept.kept ?? SENT_LINE["send-status"]!, kept.kept ? kept.message_id ?? null : null);
+  sayKept("send-status", kept.kept ?? SENT_LINE["send-status"], kept.kept ? kept.message_id ?? null : null);
 }
 
 // --- capture, review, consent ----------------------------------------------------------------------
@@ -616,7 +616,7 @@ async function sendPhoto(): Promise<void> {
   }
   if (!answer) return;
   clearConsent();
-  sayKept("photo-status", answer.decision !== "refused" ? answer.kept ?? SENT_LINE["photo-status"]!
+  sayKept("photo-status", answer.decision !== "refused" ? answer.kept ?? SENT_LINE["photo-status"]
     : answer.filed === "no_gateway"
       ? "The refusal is recorded at the relay, but your organisation has no record gateway to file it: write it in the patient's notes. The photo was not sent, and it is gone from this phone."
       : "The refusal is recorded and sent to be filed in the patient's record. The photo was not sent, and it is gone from this phone.",

@@ -36,6 +36,13 @@ class Metrics:
             ["code"], registry=r)
         self.messages_accepted = Counter(
             "lightbox_messages_accepted_total", "Messages durably accepted.", registry=r)
+        self.send_batches = Counter(
+            "lightbox_send_batches_total",
+            "Group-commit batches by how they were stored: 'known' in one statement against "
+            "the threads' state read before, 'read' after reading it under the locks, "
+            "'rechecked' when a thread's state had changed since or a message was a retry "
+            "(then also counted as 'read').",
+            ["path"], registry=r)
         self.messages_delivered = Counter(
             "lightbox_messages_delivered_total",
             "Deliveries acknowledged by their device.", registry=r)

@@ -30,11 +30,22 @@ next one collects and starts, up to ``pipeline`` batches in flight. A batch star
 the one before it holds its thread locks, so a later batch touching the same thread waits for
 the earlier one's COMMIT and messages keep their submission order within a thread. Recipients'
 processes are woken by a NOTIFY sent in the same transaction.
+
+Threads already known: checks 3 to 7 read a thread's organisation, participants and their
+devices, and that state rarely changes between two messages. The pipeline keeps what the last
+read under a thread's lock found, with Postgres's digest of it (server/store/batches.py). A
+batch whose threads are all known, whose checks pass on that state without asking the database
+(no attachment, consent, emergency or on-call work, no refusal) and that repeats no message
+is stored in one statement that confirms, under the thread locks, that every digest is still
+current and that no message is a retry, and commits. If anything changed, nothing is stored
+and the batch takes the path above, whose reads decide: a check never passes on state that is
+not the database's at the moment of the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
@@ -50,6 +61,7 @@ from server.db import Database
 from server.errors import Conflict, Forbidden, LimitError, RelayError
 from server.metrics import Metrics
 from server.store import attachments, batches, messages, threads
+from server.store.threads import DeviceSet
 
 __all__ = ["Routing", "SendPipeline", "SendPolicy", "Sender"]
 
@@ -125,6 +137,33 @@ class _Batch:
         default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Known:
+    """A thread's state as the last read under its lock found it, and Postgres's digest of it
+    (alembic migration 0015)."""
+
+    org: str
+    members: frozenset[str]
+    device_set: DeviceSet
+    digest: bytes
+
+
+class _NeedsDatabase(Exception):
+    """A check asked the database: the batch is checked on fresh reads instead."""
+
+
+class _NoDatabase:
+    """The connection given to the checks of a batch of known threads: any use of it means
+    that the check needs the database, and the batch takes the path that reads."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise _NeedsDatabase(name)
+
+
+_NO_DATABASE: Any = _NoDatabase()
+KNOWN_THREADS = 4096  # threads whose state a process keeps (least recently used dropped)
+
+
 class SendPipeline:
     filing: FilingHook | None = None  # set where the app is assembled (server/app.py)
     break_glass: BreakGlass | None = None  # likewise
@@ -142,6 +181,7 @@ class SendPipeline:
         self.now = now
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._known: collections.OrderedDict[str, _Known] = collections.OrderedDict()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="send-pipeline")
@@ -241,15 +281,95 @@ class SendPipeline:
             locked.set()  # also when the batch failed before it could lock anything
 
     async def _store(self, batch: list[_Pending], locked: asyncio.Event | None = None) -> None:
+        """Store a batch and answer each send: in one statement when its threads are known
+        and unchanged (:meth:`_store_known`), else in one transaction that reads first
+        (:meth:`_store_read`)."""
+        now = self.now()
+        at = self.routing.at() if self.routing is not None else now
+        prepared = [(p, self._new_message(p)) for p in batch]
+        outcome = await self._store_known(prepared, now, at)
+        if outcome is None:
+            outcome = await self._store_read(prepared, now, at, locked)
+        for i, (p, _) in enumerate(prepared):
+            result = outcome[i]
+            if isinstance(result, messages.Accepted) and not result.duplicate:
+                self.metrics.messages_accepted.inc()
+            if p.future.done():
+                # The sender stopped waiting (its connection closed mid-send). The outcome
+                # stands all the same: a stored message is answered as a duplicate when the
+                # device sends it again.
+                continue
+            if isinstance(result, RelayError):
+                p.future.set_exception(result)  # counted where it is answered
+            else:
+                p.future.set_result(result)
+
+    async def _store_known(self, prepared: list[tuple[_Pending, messages.NewMessage]],
+                           now: dt.datetime, at: dt.datetime
+                           ) -> dict[int, messages.Accepted | RelayError] | None:
+        """Store the batch in one statement if every thread is known, every check passes on
+        the known state without the database, no message repeats another of the batch, and
+        Postgres confirms under the thread locks that each thread's state is unchanged and no
+        message is stored yet (server/store/batches.py ``lock_and_store``). ``None``: nothing
+        stored; the batch must be read and checked under the locks."""
+        known: dict[str, _Known] = {}
+        keys: set[tuple[str, str]] = set()
+        for p, m in prepared:
+            thread = self._known.get(m.thread_id)
+            key = (m.sender_device_id, m.message_id)
+            if thread is None or key in keys or p.message.header.emergency is not None:
+                return None
+            known[m.thread_id] = thread
+            keys.add(key)
+        orgs = {t: k.org for t, k in known.items()}
+        members = {t: set(k.members) for t, k in known.items()}
+        device_sets = {t: k.device_set for t, k in known.items()}
+        try:
+            for p, _ in prepared:
+                await self._check(_NO_DATABASE, p, orgs, members, device_sets, now, _Batch())
+        except (RelayError, _NeedsDatabase):
+            return None  # a refusal is decided, and audited, on the database's own reads
+        msgs = [m for _, m in prepared]
+        async with self.db.hot_pool.acquire() as conn:
+            stored = await batches.lock_and_store(
+                conn, {t: k.digest for t, k in known.items()}, at, msgs, now,
+                channel=events.CHANNEL, notifications=self._wake(msgs))
+        if stored is None:
+            for t in known:
+                self._known.pop(t, None)
+            self.metrics.send_batches.labels("rechecked").inc()
+            return None
+        for t in known:
+            self._known.move_to_end(t)
+        self.metrics.send_batches.labels("known").inc()
+        return {i: messages.Accepted(m.message_id, m.thread_id,
+                                     stored[(m.sender_device_id, m.message_id)].thread_seq,
+                                     now, duplicate=False)
+                for i, (_, m) in enumerate(prepared)}
+
+    def _remember(self, reads: batches.BatchReads) -> None:
+        """Keep each thread's state as read under its lock (threads with on-call work are
+        left out: storing their messages needs the database, server/oncall.py)."""
+        for tid, org in reads.orgs.items():
+            digest = reads.digests.get(tid)
+            if tid in reads.routed or digest is None:
+                self._known.pop(tid, None)
+                continue
+            self._known[tid] = _Known(org, frozenset(reads.members[tid]),
+                                      reads.device_sets[tid], digest)
+            self._known.move_to_end(tid)
+        while len(self._known) > KNOWN_THREADS:
+            self._known.popitem(last=False)
+
+    async def _store_read(self, prepared: list[tuple[_Pending, messages.NewMessage]],
+                          now: dt.datetime, at: dt.datetime, locked: asyncio.Event | None
+                          ) -> dict[int, messages.Accepted | RelayError]:
         """Store a batch in one transaction of two set-based statements whatever its size
         (server/store/batches.py): lock the threads in id order (no deadlock between relay
         processes), then read retries, participants and device sets, in one call; check each
         send; then number, insert and announce all accepted ones. Attachments, consents,
         emergencies and on-call threads add their own statements, only when a message has
         them."""
-        now = self.now()
-        at = self.routing.at() if self.routing is not None else now
-        prepared = [(p, self._new_message(p)) for p in batch]
         outcome: dict[int, messages.Accepted | RelayError] = {}
         first_of: dict[tuple[str, str], int] = {}  # key -> index of its first send here
         twins: list[tuple[int, int]] = []  # (index, index of the same send earlier in batch)
@@ -258,6 +378,7 @@ class SendPipeline:
             reads = await batches.lock_and_read(
                 conn, (m.thread_id for _, m in prepared),
                 [(m.sender_device_id, m.message_id) for _, m in prepared], at)
+            self._remember(reads)
             orgs = reads.orgs
             batch_state = _Batch()
             if self.break_glass is not None:
@@ -301,19 +422,17 @@ class SendPipeline:
             outcome[i] = (dataclasses.replace(prev, duplicate=True)
                           if isinstance(prev, messages.Accepted) else
                           prev if prev is not None else RelayError(ErrorCode.INTERNAL_ERROR))
-        for i, (p, _) in enumerate(prepared):
-            result = outcome[i]
-            if isinstance(result, messages.Accepted) and not result.duplicate:
-                self.metrics.messages_accepted.inc()
-            if p.future.done():
-                # The sender stopped waiting (its connection closed mid-send). The outcome
-                # stands all the same: a stored message is answered as a duplicate when the
-                # device sends it again.
-                continue
-            if isinstance(result, RelayError):
-                p.future.set_exception(result)  # counted where it is answered
-            else:
-                p.future.set_result(result)
+        self.metrics.send_batches.labels("read").inc()
+        return outcome
+
+    @staticmethod
+    def _wake(msgs: Sequence[messages.NewMessage]) -> list[str]:
+        """The notifications that wake the recipients' pumps (server/events.py), at most 180
+        devices each (a NOTIFY payload is limited to 8,000 bytes)."""
+        woken = sorted({d for m in msgs for d in m.recipients})
+        return [events.notification("deliver", device_ids=woken[k:k + 180],
+                                    notices=False)  # pumps skip notices
+                for k in range(0, len(woken), 180)]
 
     @staticmethod
     def _new_message(p: _Pending) -> messages.NewMessage:
@@ -382,12 +501,9 @@ class SendPipeline:
         statement (server/store/batches.py), then their attachment grants and on-call work."""
         if not accepted:
             return
-        woken = sorted({d for _, m, _ in accepted for d in m.recipients})
-        stored = await batches.store_messages(
-            conn, [m for _, m, _ in accepted], now, channel=events.CHANNEL,
-            notifications=[events.notification("deliver", device_ids=woken[k:k + 180],
-                                               notices=False)  # pumps skip notices
-                           for k in range(0, len(woken), 180)])
+        msgs = [m for _, m, _ in accepted]
+        stored = await batches.store_messages(conn, msgs, now, channel=events.CHANNEL,
+                                              notifications=self._wake(msgs))
         for i, m, _ in accepted:
             outcome[i] = messages.Accepted(
                 m.message_id, m.thread_id, stored[(m.sender_device_id, m.message_id)].thread_seq,

@@ -1,25 +1,28 @@
-"""Set-based storage for group commit: a whole batch of sends in two statements.
+"""Set-based storage for group commit: a whole batch of sends in one or two statements.
 
 The send pipeline (server/sends.py) stores many messages per transaction. Doing that row by row
 costs several round trips per message; these functions take the whole batch at once (arrays
 through ``unnest``), so a batch costs the same round trips whatever its size. Paced traffic
-makes batches of one or two messages, where the round trips are the cost, so there are two:
-:func:`lock_and_read` (the thread locks, then everything the checks read) and
-:func:`store_messages` (everything written, and the wake-up), besides ``BEGIN`` and ``COMMIT``
-(docs/BENCHMARKS.md has the figures).
+makes batches of one or two messages, where the round trips are the cost. A batch whose threads
+the relay has not read yet (or whose state has changed since) takes four:
+``BEGIN``, :func:`lock_and_read` (the thread locks, then everything the checks read, with a
+digest of it per thread), :func:`store_messages` (everything written, and the wake-up) and
+``COMMIT``. A batch of threads the relay has read before takes one: :func:`lock_and_store`
+locks them, confirms that each thread's digest is unchanged, stores and commits, in one
+statement (alembic migration 0015; docs/BENCHMARKS.md has the figures).
 
-Lock order: :func:`lock_and_read` locks the batch's thread rows in ``thread_id`` order before
-it reads anything, so two relay processes storing batches that touch the same threads cannot
-deadlock (each waits for the other in the same order). The locks and the reads are one call of
-the SQL function ``lock_and_read_batch`` (alembic migration 0014 says why it is a function: its
-reads take their snapshot after the locks are granted, never before).
+Lock order: both lock the batch's thread rows in ``thread_id`` order before they read
+anything, so two relay processes storing batches that touch the same threads cannot deadlock
+(each waits for the other in the same order). The locks and the reads are one call of a SQL
+function (alembic migration 0014 says why it is a function: its reads take their snapshot
+after the locks are granted, never before).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import asyncpg
 
@@ -31,6 +34,7 @@ __all__ = [
     "Existing",
     "Stored",
     "lock_and_read",
+    "lock_and_store",
     "store_messages",
 ]
 
@@ -52,6 +56,7 @@ class BatchReads:
     members: dict[str, set[str]]  # thread -> its participants at the moment given
     device_sets: dict[str, DeviceSet]  # thread -> its participants' devices
     routed: frozenset[str]  # threads with on-call work: a role, or a reseal request pending
+    digests: dict[str, bytes]  # thread -> the digest of all the above (:func:`lock_and_store`)
 
 
 async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
@@ -68,6 +73,7 @@ async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
     by_user: dict[str, list[tuple[str, bool]]] = {}
     device_orgs: dict[str, str] = {}
     routed = set()
+    digests: dict[str, bytes] = {}
     for r in rows:
         k = r["k"]
         if k == "o":
@@ -80,6 +86,8 @@ async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
         elif k == "d":
             by_user.setdefault(r["a"], []).append((r["b"], r["f"]))
             device_orgs[r["b"]] = r["c"]
+        elif k == "v":
+            digests[r["a"]] = bytes(r["h"])
         else:
             routed.add(r["a"])
     sets = {}
@@ -88,7 +96,7 @@ async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
         sets[tid] = DeviceSet(active=frozenset(d for d, a in devs if a),
                               inactive=frozenset(d for d, a in devs if not a),
                               orgs={d: device_orgs[d] for d, _ in devs})
-    return BatchReads(orgs, existing, members, sets, frozenset(routed))
+    return BatchReads(orgs, existing, members, sets, frozenset(routed), digests)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,56 +105,58 @@ class Stored:
     thread_seq: int
 
 
-# One statement: each thread's counter advanced by its count, the messages numbered on from it
-# in batch order (submission order: thread order is kept), one delivery per recipient device in
-# the same order, and the notifications (delivered by Postgres only if the transaction commits).
-_STORE_MESSAGES = """
-WITH x AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                         $6::smallint[], $7::text[], $8::uuid[], $9::bytea[], $10::text[],
-                         $11::bytea[]) WITH ORDINALITY
-        AS x(mid, tid, su, sd, pr, rank, pu, c, h, r, s, ord)
-), n AS (
-    SELECT tid, count(*) AS n FROM x GROUP BY tid
-), seq AS (
-    UPDATE threads t SET last_seq = t.last_seq + n.n FROM n WHERE t.thread_id = n.tid
-    RETURNING t.thread_id AS tid, t.last_seq - n.n AS base
-), m AS (
-    INSERT INTO messages (message_id, thread_id, thread_seq, sender_user_id, sender_device_id,
-                          priority, purpose, consent_id, body_hash, recipients, sealed, size,
-                          created_at)
-    SELECT x.mid, x.tid, seq.base + row_number() OVER (PARTITION BY x.tid ORDER BY x.ord),
-           x.su, x.sd, x.pr, x.pu, x.c, x.h, x.r::uuid[], x.s, octet_length(x.s), $12
-      FROM x JOIN seq USING (tid) ORDER BY x.ord
-    RETURNING message_pk, sender_device_id, message_id, thread_seq, recipients, priority
-), d AS (
-    INSERT INTO deliveries (delivery_id, device_id, message_pk, priority, created_at)
-    SELECT gen_random_uuid(), r.dev, m.message_pk, x.rank, $12
-      FROM m JOIN x ON x.sd = m.sender_device_id AND x.mid = m.message_id
-     CROSS JOIN LATERAL unnest(m.recipients) WITH ORDINALITY AS r(dev, k)
-     ORDER BY m.message_pk, r.k
-), woken AS (
-    SELECT count(pg_notify($13, p)) AS n FROM unnest($14::text[]) AS p
-)
-SELECT m.message_pk, m.sender_device_id::text AS d, m.message_id::text AS mid, m.thread_seq
-  FROM m CROSS JOIN woken
-"""
-
-
-async def store_messages(conn: asyncpg.Connection, msgs: Sequence[NewMessage],
-                         now: dt.datetime, *, channel: str, notifications: Sequence[str]
-                         ) -> dict[tuple[str, str], Stored]:
-    """Store messages (in batch order) with their deliveries and send ``notifications`` on
-    ``channel``, in one statement; returns each message's primary key and thread number.
-    The threads must be locked (:func:`lock_threads`)."""
-    if not msgs:
-        return {}
+def _columns(msgs: Sequence[NewMessage]) -> list[list[object]]:
+    """The batch as the store functions take it: one array per column, in batch order."""
     cols: list[list[object]] = [[] for _ in range(11)]
     for m in msgs:
         for i, v in enumerate((m.message_id, m.thread_id, m.sender_user_id, m.sender_device_id,
                                m.priority, PRIORITY_RANK[m.priority], m.purpose, m.consent_id,
                                m.body_hash, "{" + ",".join(m.recipients) + "}", m.sealed)):
             cols[i].append(v)
-    rows = await conn.fetch(_STORE_MESSAGES, *cols, now, channel, list(notifications))
-    return {(r["d"], r["mid"]): Stored(int(r["message_pk"]), int(r["thread_seq"]))
-            for r in rows}
+    return cols
+
+
+def _stored(rows: Iterable[asyncpg.Record]) -> dict[tuple[str, str], Stored]:
+    return {(r["stored_device"], r["stored_id"]): Stored(int(r["stored_pk"]),
+                                                        int(r["stored_seq"])) for r in rows}
+
+
+_STORE = ("SELECT * FROM store_batch($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], "
+          "$6::smallint[], $7::text[], $8::uuid[], $9::bytea[], $10::text[], $11::bytea[], $12, "
+          "$13, $14::text[])")
+_LOCK_AND_STORE = (
+    "SELECT * FROM lock_and_store_batch($1::uuid[], $2::bytea[], $3, $4::uuid[], $5::uuid[], "
+    "$6::uuid[], $7::uuid[], $8::text[], $9::smallint[], $10::text[], $11::uuid[], $12::bytea[], "
+    "$13::text[], $14::bytea[], $15, $16, $17::text[])")
+
+
+async def store_messages(conn: asyncpg.Connection, msgs: Sequence[NewMessage],
+                         now: dt.datetime, *, channel: str, notifications: Sequence[str]
+                         ) -> dict[tuple[str, str], Stored]:
+    """Store messages (in batch order) with their deliveries and send ``notifications`` on
+    ``channel``, in one statement (the SQL function ``store_batch``: each thread's counter
+    advanced, the messages numbered on from it in batch order, one delivery per recipient
+    device in the same order, the notifications delivered by Postgres only if the transaction
+    commits); returns each message's primary key and thread number. The threads must be
+    locked (:func:`lock_and_read`)."""
+    if not msgs:
+        return {}
+    rows = await conn.fetch(_STORE, *_columns(msgs), now, channel, list(notifications))
+    return _stored(rows)
+
+
+async def lock_and_store(conn: asyncpg.Connection, digests: Mapping[str, bytes],
+                         at: dt.datetime, msgs: Sequence[NewMessage], now: dt.datetime, *,
+                         channel: str, notifications: Sequence[str]
+                         ) -> dict[tuple[str, str], Stored] | None:
+    """Lock the threads, and store the batch as :func:`store_messages` does only if each
+    thread's state is still the one whose digest is given (read by :func:`lock_and_read` at
+    an earlier moment) and none of the messages is stored yet: one statement, run outside any
+    transaction so that it commits on its own (alembic migration 0015). ``None``: nothing was
+    stored, and the caller must read again under the locks."""
+    if not msgs:
+        return {}
+    tids = sorted(digests)
+    rows = await conn.fetch(_LOCK_AND_STORE, tids, [digests[t] for t in tids], at,
+                            *_columns(msgs), now, channel, list(notifications))
+    return _stored(rows) if rows else None

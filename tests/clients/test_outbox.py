@@ -116,7 +116,12 @@ async def relay_held(world: World, thread_id: str) -> AsyncIterator[asyncpg.Conn
         await conn.close()
 
 
-async def sends_waiting(world: World, needle: str = "lock_and_read_batch") -> int:
+# A send batch waiting for a thread's lock: lock_and_read_batch, or lock_and_store_batch for a
+# thread the relay has read before (server/store/batches.py).
+SEND_BATCH = "lock_and_"
+
+
+async def sends_waiting(world: World, needle: str = SEND_BATCH) -> int:
     return await count(world, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
                        "'Lock' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
                        needle)
@@ -146,7 +151,7 @@ async def send_and_stop(world: World, thread_id: str, argv: Sequence[str], *,
 
 
 async def _has_waiting(world: World, proc: asyncio.subprocess.Process,
-                       needle: str = "lock_and_read_batch") -> bool:
+                       needle: str = SEND_BATCH) -> bool:
     if proc.returncode is not None:
         assert proc.stderr is not None
         raise AssertionError(f"lightbox send ended: {(await proc.stderr.read()).decode()}")

@@ -27,6 +27,13 @@ async def new_thread(conn: asyncpg.Connection, creator: str, *users: str,
     return tid
 
 
+async def waits_for_a_lock(observer: asyncpg.Connection, conn: asyncpg.Connection) -> bool:
+    """Postgres shows ``conn``'s statement waiting for a lock (a thread's row lock here)."""
+    event = await observer.fetchval(
+        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", conn.get_server_pid())
+    return bool(event == "Lock")
+
+
 async def test_locking_names_the_organisation_of_each_existing_thread_only(
         conn: asyncpg.Connection, db_dsn: str) -> None:
     a, b = await add_user(conn), await add_user(conn, org="org-b")
@@ -72,13 +79,7 @@ async def test_the_reads_see_what_the_transaction_holding_the_lock_committed(
             waiting = asyncio.ensure_future(batches.lock_and_read(
                 conn, [tid], [(a1, msg.message_id)], NOW))
 
-            async def blocked() -> bool:  # Postgres shows the batch waiting for the row lock
-                event = await holder.fetchval(
-                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1",
-                    conn.get_server_pid())
-                return bool(event == "Lock")
-
-            await eventually(blocked)
+            await eventually(lambda: waits_for_a_lock(holder, conn))
             assert not waiting.done()
             await tx.commit()
             reads = await waiting
@@ -228,3 +229,127 @@ async def test_only_threads_with_a_role_or_a_pending_reseal_are_routed(
     await escalations.reseal_done(conn, esc.escalation_id, NOW)
     await conn.execute("UPDATE thread_roles SET removed_at = $1", NOW)
     assert (await batches.lock_and_read(conn, all_three, [], NOW)).routed == frozenset()
+
+
+async def _digest(conn: asyncpg.Connection, tid: str) -> bytes:
+    return (await batches.lock_and_read(conn, [tid], [], NOW)).digests[tid]
+
+
+async def test_a_threads_digest_changes_with_everything_the_checks_read_and_nothing_else(
+        conn: asyncpg.Connection) -> None:
+    """The digest covers the organisation, the participants, their devices (organisation,
+    active or not) and on-call work; a message stored in the thread leaves it as it was."""
+    a, b, c = await add_user(conn), await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid, other = await new_thread(conn, a, b), await new_thread(conn, a, b)
+    seen = [await _digest(conn, tid)]
+    assert len(seen[0]) == 32  # SHA-256
+    assert await _digest(conn, other) == seen[0]  # state only: compared thread by thread
+
+    async def changed(sql: str, *args: object) -> None:
+        await conn.execute(sql, *args)
+        seen.append(await _digest(conn, tid))
+        assert seen[-1] not in seen[:-1], sql
+
+    async with conn.transaction():
+        await batches.store_messages(conn, [new_message(tid, a, a1, [b1])], NOW, channel="c",
+                                     notifications=[])
+    assert await _digest(conn, tid) == seen[0]
+    await changed("INSERT INTO thread_members (thread_id, user_id, added_at, added_by) "
+                  "VALUES ($1, $2, $3, $4)", tid, c, NOW, a)
+    c1 = await add_device(conn, c)
+    seen.append(await _digest(conn, tid))
+    assert seen[-1] not in seen[:-1]  # a participant's device enrolled
+    await changed("UPDATE devices SET status = 'revoked' WHERE device_id = $1", c1)
+    await changed("UPDATE users SET status = 'suspended' WHERE user_id = $1", b)
+    await changed("UPDATE users SET org_id = 'org-b' WHERE user_id = $1", c)
+    await changed("UPDATE thread_members SET removed_at = $2 WHERE thread_id = $1 "
+                  "AND user_id = $3", tid, NOW, c)
+    await changed("INSERT INTO thread_roles (thread_id, role, added_at) "
+                  "VALUES ($1, 'cardiology', $2)", tid, NOW)
+
+
+async def test_a_batch_of_unchanged_threads_is_stored_and_committed_in_one_statement(
+        conn: asyncpg.Connection, db_dsn: str) -> None:
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    t1, t2 = await new_thread(conn, a, b), await new_thread(conn, a, b)
+    reads = await batches.lock_and_read(conn, [t1, t2], [], NOW)
+    msgs = [new_message(t, a, a1, [b1]) for t in (t1, t2, t1)]
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    other = await asyncpg.connect(db_dsn)
+    try:
+        await other.add_listener("known_test", lambda *args: heard.put_nowait(args[-1]))
+        stored = await batches.lock_and_store(conn, reads.digests, NOW, msgs, NOW,
+                                              channel="known_test", notifications=["wake"])
+        assert stored is not None
+        assert [stored[(m.sender_device_id, m.message_id)].thread_seq for m in msgs] == [1, 1, 2]
+        assert not conn.is_in_transaction()
+        # Committed: another connection sees the messages and deliveries, and heard the wake-up.
+        assert await other.fetchval("SELECT count(*) FROM messages") == 3
+        assert await other.fetchval("SELECT count(*) FROM deliveries WHERE device_id = $1",
+                                    b1) == 3
+        assert await asyncio.wait_for(heard.get(), 10) == "wake"
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("change", ["device", "member", "retry", "thread"])
+async def test_nothing_is_stored_when_a_thread_changed_or_a_message_is_a_retry(
+        conn: asyncpg.Connection, db_dsn: str, change: str) -> None:
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = await new_thread(conn, a, b)
+    digests = (await batches.lock_and_read(conn, [tid], [], NOW)).digests
+    msg = new_message(tid, a, a1, [b1])
+    if change == "device":
+        await add_device(conn, b)
+    elif change == "member":
+        await conn.execute("UPDATE thread_members SET removed_at = $2 WHERE thread_id = $1 "
+                           "AND user_id = $3", tid, NOW, b)
+    elif change == "retry":
+        async with conn.transaction():
+            await batches.store_messages(conn, [msg], NOW, channel="c", notifications=[])
+    else:  # a digest for a thread that does not exist
+        digests = {**digests, str(uuid.uuid4()): digests[tid]}
+    before = await conn.fetchval("SELECT count(*) FROM messages")
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(db_dsn)
+    try:
+        await listener.add_listener("known_test", lambda *args: heard.put_nowait(args[-1]))
+        assert await batches.lock_and_store(conn, digests, NOW, [msg], NOW,
+                                            channel="known_test", notifications=["wake"]) is None
+        await listener.execute("SELECT 1")
+        assert heard.empty()
+    finally:
+        await listener.close()
+    assert await conn.fetchval("SELECT count(*) FROM messages") == before
+    assert await conn.fetchval("SELECT last_seq FROM threads WHERE thread_id = $1", tid) == (
+        1 if change == "retry" else 0)
+
+
+async def test_the_store_of_known_threads_waits_for_the_lock_and_sees_what_its_holder_did(
+        conn: asyncpg.Connection, db_dsn: str) -> None:
+    """Its comparison runs after the lock is granted, on a snapshot taken then: a device
+    enrolled by the transaction that held the thread is seen, and nothing is stored."""
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = await new_thread(conn, a, b)
+    digests = (await batches.lock_and_read(conn, [tid], [], NOW)).digests
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await batches.lock_and_read(holder, [tid], [], NOW)
+        await add_device(holder, b)
+        waiting = asyncio.ensure_future(batches.lock_and_store(
+            conn, digests, NOW, [new_message(tid, a, a1, [b1])], NOW, channel="c",
+            notifications=[]))
+
+        await eventually(lambda: waits_for_a_lock(holder, conn))
+        assert not waiting.done()
+        await tx.commit()
+        assert await waiting is None
+    finally:
+        await holder.close()
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 0

@@ -65,8 +65,10 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-TARGETS = {"durable_msgs_per_s": 10_000, "p99_ms": 20.0, "kib_per_idle_device": 50.0,
-           "idle_devices": 10_000}
+# Closed-loop throughput: at least 5,000 msg/s on this 2-core machine with the generator on
+# it, and at least a quarter of the bare relay measured in the same run (docs/BENCHMARKS.md).
+TARGETS = {"durable_msgs_per_s": 5_000, "durable_of_bare": 0.25, "p99_ms": 20.0,
+           "kib_per_idle_device": 50.0, "idle_devices": 10_000}
 
 # --- the per-row store (the relay's before group commit), for the relay-shaped baseline -------
 
@@ -1099,6 +1101,13 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
+def durable_met(d: dict[str, Any], b: dict[str, Any] | None) -> bool:
+    """The closed-loop target: the rate, and the share of the bare relay when it was run."""
+    rate = d["msgs_per_s"]
+    return bool(rate >= TARGETS["durable_msgs_per_s"] and (
+        b is None or rate >= TARGETS["durable_of_bare"] * b["msgs_per_s"]))
+
+
 def table(out: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str, str, str]] = []
     d, b, raw = out.get("durable"), out.get("bare"), out.get("raw_asyncpg")
@@ -1109,7 +1118,9 @@ def table(out: dict[str, Any]) -> str:
                      if b else "-",
                      f"raw pg {raw_rate:,} -> {ratio(d['msgs_per_s'], raw_rate)}"
                      if raw_rate else "-",
-                     f">= 10,000 {'MET' if d['msgs_per_s'] >= 10_000 else 'NOT MET'}"))
+                     f">= {TARGETS['durable_msgs_per_s']:,} and >= "
+                     f"{TARGETS['durable_of_bare']} of bare "
+                     f"{'MET' if durable_met(d, b) else 'NOT MET'}"))
     if raw:
         rows.append(("raw asyncpg, relay-shaped store calls",
                      f"{raw['relay_shaped']['msgs_per_s']:,}", "-",
@@ -1198,8 +1209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=200, help="connected devices (even; pairs)")
     p.add_argument("--seconds", type=float, default=10.0, help="throughput window")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds not counted at start")
-    p.add_argument("--messages", type=int, default=40_000,
-                   help="pre-sealed messages for the durable window (it ends early if used up)")
+    p.add_argument("--messages", type=int, default=60_000,
+                   help="pre-sealed messages for the durable window (it ends early if used up: "
+                        "the window of 10 s at 5,000 msg/s needs 50,000)")
     p.add_argument("--window", type=int, default=16, help="unanswered sends per device")
     p.add_argument("--relay-window", type=int, default=32, help="LIGHTBOX_WS_SEND_WINDOW")
     p.add_argument("--paced-rates", type=lambda v: [float(x) for x in v.split(",")],

@@ -50,7 +50,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from protocol import envelope
@@ -330,13 +330,16 @@ class SendPipeline:
         except (RelayError, _NeedsDatabase):
             return None  # a refusal is decided, and audited, on the database's own reads
         msgs = [m for _, m in prepared]
-        async with self.db.hot_pool.acquire() as conn:
-            stored = await batches.lock_and_store(
-                conn, {t: k.digest for t, k in known.items()}, at, msgs, now,
-                channel=events.CHANNEL, notifications=self._wake(msgs))
+        try:
+            async with self.db.hot_pool.acquire() as conn:
+                stored = await batches.lock_and_store(
+                    conn, {t: k.digest for t, k in known.items()}, at, msgs, now,
+                    channel=events.CHANNEL, notifications=self._wake(msgs))
+        except BaseException:
+            self._forget_threads(known)  # the senders' retries are read and checked afresh
+            raise
         if stored is None:
-            for t in known:
-                self._known.pop(t, None)
+            self._forget_threads(known)
             self.metrics.send_batches.labels("rechecked").inc()
             return None
         for t in known:
@@ -346,6 +349,10 @@ class SendPipeline:
                                      stored[(m.sender_device_id, m.message_id)].thread_seq,
                                      now, duplicate=False)
                 for i, (_, m) in enumerate(prepared)}
+
+    def _forget_threads(self, thread_ids: Iterable[str]) -> None:
+        for t in thread_ids:
+            self._known.pop(t, None)
 
     def _remember(self, reads: batches.BatchReads) -> None:
         """Keep each thread's state as read under its lock (threads with on-call work are

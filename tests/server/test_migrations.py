@@ -1,10 +1,12 @@
 """Schema migrations (server/migrations.py) on real databases: an empty database is upgraded
 to head from inside a running event loop, a database anywhere but at head is refused with the
-one line that says what to run, and the relay's DSN becomes SQLAlchemy's asyncpg URL without
-its password passing through the configuration file's parser."""
+one line that says what to run, each downgrade undoes its upgrade, and the relay's DSN becomes
+SQLAlchemy's asyncpg URL without its password passing through the configuration file's
+parser."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -115,3 +117,32 @@ def test_the_password_stays_out_of_the_parsed_configuration() -> None:
     assert cfg.attributes["sqlalchemy_url"] == "postgresql+asyncpg://u:100%25secret@db.example/lb"
     assert "secret" not in (cfg.get_main_option("sqlalchemy.url") or "")
     assert cfg.get_main_option("script_location") == str(migrations.ROOT / "alembic")
+
+
+async def test_every_migration_down_to_the_first_and_back_up_leaves_the_same_functions(
+        empty_dsn: str) -> None:
+    """Each migration's downgrade undoes its upgrade: the newest one down gives back the
+    functions of the schema before it, and all of them down to the first migration and up
+    again give back those of the head (the SQL functions, with their full definitions)."""
+    from alembic import command
+
+    functions = ("SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p "
+                 "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                 "WHERE n.nspname = 'public' ORDER BY 1, 2")
+    head = migrations.head_revision()
+    cfg = migrations.alembic_config(empty_dsn)
+    await migrations.upgrade_async(empty_dsn, previous(head))
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        before_head = await conn.fetch(functions)
+        await migrations.upgrade_async(empty_dsn)
+        at_head = await conn.fetch(functions)
+        assert at_head != before_head
+        await asyncio.to_thread(command.downgrade, cfg, previous(head))
+        assert await conn.fetch(functions) == before_head
+        await asyncio.to_thread(command.downgrade, cfg, "0001")
+        assert await migrations.current_revision(conn) == "0001"
+        await migrations.upgrade_async(empty_dsn)
+        assert await conn.fetch(functions) == at_head
+    finally:
+        await conn.close()

@@ -43,6 +43,8 @@ class Metrics:
             "'rechecked' when a thread's state had changed since or a message was a retry "
             "(then also counted as 'read').",
             ["path"], registry=r)
+        for path in ("known", "read", "rechecked"):  # exposed at 0 before the first batch
+            self.send_batches.labels(path)
         self.messages_delivered = Counter(
             "lightbox_messages_delivered_total",
             "Deliveries acknowledged by their device.", registry=r)

@@ -42,6 +42,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import asyncpg
@@ -112,7 +113,7 @@ class FilingService:
     # -- the send hook (server/sends.py) -----------------------------------------------------
 
     async def admit(self, conn: asyncpg.Connection, header: MessageHeader, org_id: str,
-                    members: set[str], device_set: DeviceSet) -> frozenset[str]:
+                    members: AbstractSet[str], device_set: DeviceSet) -> frozenset[str]:
         """Gateway devices this message may involve beyond the thread's participants (the
         device-set and membership checks leave them out); refuses an image for a filing purpose
         that does not name every gateway of the organisation (``filing_gateway_missing``).

@@ -50,7 +50,8 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 from protocol import envelope
@@ -61,7 +62,6 @@ from server.db import Database
 from server.errors import Conflict, Forbidden, LimitError, RelayError
 from server.metrics import Metrics
 from server.store import attachments, batches, messages, threads
-from server.store.threads import DeviceSet
 
 __all__ = ["Routing", "SendPipeline", "SendPolicy", "Sender"]
 
@@ -87,8 +87,9 @@ class Routing(Protocol):
 
 
 class FilingHook(Protocol):
-    async def admit(self, conn: Any, header: MessageHeader, org_id: str, members: set[str],
-                    device_set: threads.DeviceSet) -> frozenset[str]:
+    async def admit(self, conn: Any, header: MessageHeader, org_id: str,
+                    members: AbstractSet[str], device_set: threads.DeviceSet
+                    ) -> frozenset[str]:
         """Record-gateway devices the message may involve beyond the participants (left out
         of checks 3 and 4); raises filing_gateway_missing (server/expiry.py, PROTOCOL.md §15)."""
         ...
@@ -144,7 +145,7 @@ class _Known:
 
     org: str
     members: frozenset[str]
-    device_set: DeviceSet
+    device_set: threads.DeviceSet
     digest: bytes
 
 
@@ -322,7 +323,7 @@ class SendPipeline:
             known[m.thread_id] = thread
             keys.add(key)
         orgs = {t: k.org for t, k in known.items()}
-        members = {t: set(k.members) for t, k in known.items()}
+        members = {t: k.members for t, k in known.items()}
         device_sets = {t: k.device_set for t, k in known.items()}
         try:
             for p, _ in prepared:
@@ -452,7 +453,8 @@ class SendPipeline:
             recipients=list(h.recipient_devices))
 
     async def _check(self, conn: Any, p: _Pending, orgs: dict[str, str],
-                     members: dict[str, set[str]], device_sets: dict[str, threads.DeviceSet],
+                     members: Mapping[str, AbstractSet[str]],
+                     device_sets: dict[str, threads.DeviceSet],
                      now: dt.datetime, batch: _Batch) -> None:
         """Checks 3 to 5 of the module docstring, plus attachments and consent (or
         break-glass)."""

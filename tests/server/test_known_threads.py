@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from clients.sdk.socket import RelaySocket, SendRefused
 from protocol.frames import Deliver
@@ -30,12 +31,8 @@ async def world(db_dsn: str, tmp_path: Path) -> AsyncIterator[World]:
 async def batches(world: World) -> dict[str, int]:
     """The relay's ``lightbox_send_batches_total`` by path, from its /metrics page."""
     text = (await world.http.get("/metrics")).text
-    out = {}
-    for path in ("known", "read", "rechecked"):
-        line = f'lightbox_send_batches_total{{path="{path}"}} '
-        found = [ln for ln in text.splitlines() if ln.startswith(line)]
-        out[path] = int(float(found[0][len(line):])) if found else 0
-    return out
+    return {s.labels["path"]: int(s.value) for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "lightbox_send_batches_total"}
 
 
 async def stored_in(world: World, tid: str) -> int:

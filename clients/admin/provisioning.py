@@ -158,9 +158,15 @@ def renew_certificate(
     validity_days: int = CERTIFICATE_VALIDITY_DAYS, **changes: Any,
 ) -> str:
     """The same user and identity key with ``changes`` (a licence, a display name, roles),
-    a new serial and a validity period from now (never shorter than the one held)."""
+    a new serial and a validity period from now (never shorter than the one held).
+
+    The relay keeps a renewal only if it was issued after the certificate it replaces
+    (server/provisioning.py), and ``issued_at`` counts whole seconds: a certificate renewed in
+    the second it was issued (a directory rename just after signing) is dated one second after
+    the one it replaces."""
+    issued_at = max(now, current.issued_at + 1)
     body = msgspec.structs.replace(
-        current, serial=str(uuid.uuid4()), issued_at=now, not_before=now - CLOCK_SKEW,
+        current, serial=str(uuid.uuid4()), issued_at=issued_at, not_before=now - CLOCK_SKEW,
         not_after=max(current.not_after, now + validity_days * 86400), **changes)
     return certs.issue_user_certificate(body, org_key)
 

@@ -112,6 +112,22 @@ def test_renewal_keeps_user_and_identity_key() -> None:
         renew_licence(old, org_key=ORG, expires_at=NOW - 1, now=NOW)
 
 
+def test_a_renewal_in_the_second_of_issue_is_dated_after_the_one_it_replaces() -> None:
+    """The relay keeps only a renewal issued after the certificate held, to the second: a
+    renewal signed in the same second (a directory rename just after signing) is dated the next
+    one, still valid from now."""
+    p = provision_user(ROW, org_id="st-elsewhere", org_key=ORG, now=NOW, kdf=CHEAP_PROFILE)
+    old = certs.verify_user_certificate(p.certificate, trusted_orgs={"st-elsewhere": ORG.public},
+                                        at=NOW)
+    token = renew_licence(old, org_key=ORG, expires_at=NOW + 86400 * 365 * 3, now=NOW)
+    new = certs.verify_user_certificate(token, trusted_orgs={"st-elsewhere": ORG.public},
+                                        at=NOW)
+    assert (old.issued_at, new.issued_at) == (NOW, NOW + 1)
+    later = renew_licence(new, org_key=ORG, expires_at=NOW + 86400 * 365 * 3, now=NOW + 60)
+    assert certs.verify_user_certificate(
+        later, trusted_orgs={"st-elsewhere": ORG.public}, at=NOW + 60).issued_at == NOW + 60
+
+
 def _entry(subject: certs.RevocationSubject, id_: str) -> certs.RevocationEntry:
     return certs.RevocationEntry(subject=subject, id=id_, revoked_at=NOW, reason="r", wipe=False)
 

@@ -204,7 +204,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     pipeline.break_glass = break_glass
     endpoints += BreakGlassRoutes(service=break_glass, require_device=authn.require_device,
                                   require_admin=authn.require_admin, max_body=body).endpoints()
-    acks = AckPipeline(db)
+    acks = AckPipeline(db, linger=settings.ack_linger)
     # Filing and expiry (PROTOCOL.md §15): filing statements, expiry orders and confirmations, the
     # timer sweeper, the gateway requirement on images, wipe orders, where every copy went.
     filing = FilingService(

@@ -277,6 +277,9 @@ class Settings:
                                     "Sealed bytes one device may send per minute.", limit=True)
     send_batch: int = _s(256, "LIGHTBOX_SEND_BATCH", "int",
                          "Most sends stored in one group-commit transaction.")
+    ack_linger: float = _s(0.005, "LIGHTBOX_ACK_LINGER", "float",
+                           "Seconds the relay waits after an acknowledgement for more to "
+                           "remove in the same statement (0: none).")
     verify_sender_signatures: bool = _s(True, "LIGHTBOX_VERIFY_SENDER_SIGNATURES", "bool",
                                         "Check each sealed message's sender signature on the "
                                         "relay too (recipients always do).")
@@ -430,7 +433,7 @@ def _validate(s: Settings) -> None:
     positive = [f.name for f in dataclasses.fields(Settings)
                 if f.metadata["kind"] in {"int", "float"}
                 and f.name not in {"trusted_proxy_hops", "port", "refresh_reuse_grace",
-                                   "break_glass_daily_limit"}]
+                                   "break_glass_daily_limit", "ack_linger"}]
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name} must be positive")
@@ -438,6 +441,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("LIGHTBOX_REFRESH_REUSE_GRACE must not be negative")
     if s.break_glass_daily_limit < 0:
         raise SettingsError("LIGHTBOX_BREAK_GLASS_DAILY_LIMIT must not be negative")
+    if not 0 <= s.ack_linger <= 1:
+        raise SettingsError("LIGHTBOX_ACK_LINGER must be from 0 to 1 (seconds)")
     if s.refresh_reuse_grace >= s.access_token_ttl:
         raise SettingsError("LIGHTBOX_REFRESH_REUSE_GRACE must be shorter than "
                             "LIGHTBOX_ACCESS_TOKEN_TTL")

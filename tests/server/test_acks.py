@@ -1,11 +1,13 @@
 """Acknowledgements with group commit (server/acks.py) on a real database: acks from many
 connections go out in one statement yet each caller hears only of its own deliveries removed,
-a device never removes another device's delivery, an id already gone is not reported, and a
-batch that fails fails its callers without stopping the pipeline."""
+a device never removes another device's delivery, an id already gone is not reported, a
+batch that fails fails its callers without stopping the pipeline, acknowledgements that come
+within the linger share a statement, and stopping removes what is queued."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,17 +20,30 @@ from server.store import messages
 from tests.server.test_reads import _two_recipients
 
 
-@pytest.fixture
-async def pipeline(db_dsn: str) -> AsyncIterator[AckPipeline]:
+@contextlib.asynccontextmanager
+async def running(db_dsn: str, *, linger: float = 0.0) -> AsyncIterator[AckPipeline]:
     db = Database(db_dsn, min_size=1, max_size=2)
     await db.open()
-    acks = AckPipeline(db, max_batch=4)
+    acks = AckPipeline(db, max_batch=4, linger=linger)
     await acks.start()
     try:
         yield acks
     finally:
         await acks.stop()
         await db.close()
+
+
+@pytest.fixture
+async def pipeline(db_dsn: str) -> AsyncIterator[AckPipeline]:
+    async with running(db_dsn) as acks:
+        yield acks
+
+
+@pytest.fixture
+async def lingering(db_dsn: str) -> AsyncIterator[AckPipeline]:
+    """A pipeline whose linger outlasts any test: only a full batch or ``stop()`` flushes."""
+    async with running(db_dsn, linger=3600.0) as acks:
+        yield acks
 
 
 async def deliveries(conn: asyncpg.Connection, count: int = 1
@@ -103,3 +118,36 @@ async def test_a_removal_commits_without_waiting_for_the_disk_and_nothing_after_
         assert await conn.fetchval("SHOW synchronous_commit") == "off"
     assert await conn.fetchval("SHOW synchronous_commit") == "on"
     assert await messages.queue_depth(conn, b1) == 0
+
+
+async def test_acknowledgements_within_the_linger_share_one_statement(
+        conn: asyncpg.Connection, lingering: AckPipeline) -> None:
+    (b1, for_b), (c1, for_c) = await deliveries(conn, 2)
+    first = lingering.submit(b1, for_b[:1])
+    await asyncio.sleep(0.2)  # the flusher has the first and waits for more
+    assert not first.done() and lingering.statements == 0
+    assert await messages.queue_depth(conn, b1) == 2
+    rest = [lingering.submit(b1, for_b[1:]), lingering.submit(c1, for_c)]  # 4 ids: a batch
+    assert await asyncio.gather(first, *rest) == [set(for_b[:1]), set(for_b[1:]), set(for_c)]
+    assert lingering.statements == 1
+    assert await messages.queue_depth(conn, b1) == await messages.queue_depth(conn, c1) == 0
+
+
+async def test_a_lone_acknowledgement_is_removed_when_the_linger_ends(
+        conn: asyncpg.Connection, db_dsn: str) -> None:
+    (b1, for_b), _ = await deliveries(conn)
+    async with running(db_dsn, linger=0.05) as acks:
+        assert await acks.submit(b1, for_b) == set(for_b)
+        assert acks.statements == 1
+    assert await messages.queue_depth(conn, b1) == 0
+
+
+async def test_stopping_removes_what_is_queued_without_waiting_for_the_linger(
+        conn: asyncpg.Connection, lingering: AckPipeline) -> None:
+    (b1, for_b), (c1, for_c) = await deliveries(conn)
+    waiting = [lingering.submit(b1, for_b), lingering.submit(c1, for_c)]
+    await asyncio.sleep(0.2)
+    assert not any(f.done() for f in waiting)
+    await lingering.stop()  # the linger is an hour: this returns only by flushing
+    assert [f.result() for f in waiting] == [set(for_b), set(for_c)]
+    assert await messages.queue_depth(conn, b1) == await messages.queue_depth(conn, c1) == 0

@@ -51,6 +51,14 @@ def test_refresh_reuse_grace_may_be_zero_but_not_negative_nor_outlive_the_access
         load_settings({"LIGHTBOX_REFRESH_REUSE_GRACE": "600"})
 
 
+@pytest.mark.parametrize("value", ["-0.001", "1.5", "nan", "soon"])
+def test_the_ack_linger_is_from_zero_to_one_second(value: str) -> None:
+    assert load_settings({}).ack_linger == 0.005
+    assert load_settings({"LIGHTBOX_ACK_LINGER": "0"}).ack_linger == 0
+    with pytest.raises(SettingsError, match="LIGHTBOX_ACK_LINGER"):
+        load_settings({"LIGHTBOX_ACK_LINGER": value})
+
+
 def test_every_setting_is_documented_with_an_env_name_and_help() -> None:
     envs = [d.env for d in describe()]
     assert len(envs) == len(set(envs))

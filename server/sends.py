@@ -26,10 +26,13 @@ to its attachments, in the same transaction.
 Group commit: sends from every connection of this process queue up; each batch is stored in a
 single transaction (one WAL flush for many messages) and each sender's future is resolved only
 after COMMIT. Batches are pipelined: while one commits (its round trips and its WAL flush), the
-next one collects and starts, up to ``pipeline`` batches in flight. A batch starts only once
-the one before it holds its thread locks, so a later batch touching the same thread waits for
-the earlier one's COMMIT and messages keep their submission order within a thread. Recipients'
-processes are woken by a NOTIFY sent in the same transaction.
+next one collects and starts, up to ``pipeline`` batches in flight. A batch starts once every
+batch in flight that shares a thread (or a sender's message id) with it holds its thread locks;
+a batch of other threads starts at once, even while one before it waits for a lock. So a later
+batch touching the same thread waits for the earlier one's COMMIT and messages keep their
+submission order within a thread. A batch stored in one statement (below) holds its locks
+only inside that statement: a later batch sharing one of its threads waits for it to end.
+Recipients' processes are woken by a NOTIFY sent in the same transaction.
 
 Threads already known: checks 3 to 7 read a thread's organisation, participants and their
 devices, and that state rarely changes between two messages. The pipeline keeps what the last
@@ -178,6 +181,9 @@ class SendPipeline:
         self.max_batch = max_batch
         self.pipeline = max(1, pipeline)  # batches in flight at once
         self._batches: dict[asyncio.Task[None], list[_Pending]] = {}
+        # each batch in flight: its keys (_keys), and set once it holds its locks (or is done)
+        self._locking: dict[asyncio.Task[None], tuple[frozenset[str], asyncio.Event]] = {}
+        self._collecting: list[_Pending] = []  # the next batch, until it starts
         self.verify_signatures = verify_signatures
         self.now = now
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -195,7 +201,8 @@ class SendPipeline:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        unanswered = [p for batch in self._batches.values() for p in batch]
+        unanswered = [*self._collecting, *(p for batch in self._batches.values() for p in batch)]
+        self._collecting = []
         for task in list(self._batches):  # a cancelled batch rolls back: nothing stored
             task.cancel()
         await asyncio.gather(*self._batches, return_exceptions=True)
@@ -249,25 +256,41 @@ class SendPipeline:
     # -- group commit ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        locked = asyncio.Event()  # the batch before holds its thread locks (none yet: set)
-        locked.set()
         while True:
-            first = await self._queue.get()
-            # Sends keep arriving into the queue while the batch before takes its locks and
-            # while the pipeline is full: the next batch is collected from all of them.
-            await locked.wait()
-            while len(self._batches) >= self.pipeline:
-                await asyncio.wait(list(self._batches), return_when=asyncio.FIRST_COMPLETED)
-            batch = [first]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = self._collecting = [await self._queue.get()]
+            while True:
+                # Sends keep arriving into the queue while the pipeline is full and while a
+                # batch in flight that shares a thread with this one takes its locks: this
+                # batch is collected from all of them.
+                while len(self._batches) >= self.pipeline:
+                    await asyncio.wait(list(self._batches), return_when=asyncio.FIRST_COMPLETED)
+                while len(batch) < self.max_batch and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                keys = self._keys(batch)
+                before = next((locked for shared, locked in self._locking.values()
+                               if not locked.is_set() and shared & keys), None)
+                if before is None:
+                    break
+                await before.wait()
+            self._collecting = []
             locked = asyncio.Event()
             task = asyncio.create_task(self._run_batch(batch, locked), name="send-batch")
             self._batches[task] = batch
+            self._locking[task] = (keys, locked)
             task.add_done_callback(self._forget)
+
+    @staticmethod
+    def _keys(batch: list[_Pending]) -> frozenset[str]:
+        """What two batches in flight at once must not share: a thread (its order), or a
+        message id of one sender device (a retry of a send still in flight, even to another
+        thread, must meet the first one's outcome, not its uncommitted row)."""
+        return frozenset(
+            k for p in batch for k in (p.message.header.thread_id,
+                                       f"{p.sender.device_id}/{p.message.header.message_id}"))
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._batches.pop(task, None)
+        self._locking.pop(task, None)
 
     async def _run_batch(self, batch: list[_Pending], locked: asyncio.Event) -> None:
         try:

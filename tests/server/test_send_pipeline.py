@@ -1,5 +1,6 @@
 """Group commit pipelined (server/sends.py): the next batch starts while the one before is
-still committing, yet no send is answered before its own COMMIT and a thread keeps its order.
+still committing, yet no send is answered before its own COMMIT and a thread keeps its order;
+a batch of other threads starts even while a batch stored in one statement waits.
 
 A test connection holds ``deliveries`` locked, so a batch that has stored its messages waits at
 its deliveries, uncommitted, for as long as the test wants; Postgres's own view of who waits on
@@ -22,6 +23,7 @@ from clients.sdk.socket import SocketClosed
 from tests.helpers import seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import connect, peer, seal, thread
+from tests.server.test_known_threads import batches
 
 
 @pytest.fixture
@@ -105,3 +107,32 @@ async def test_relay_stopped_while_a_batch_waits_stores_nothing_of_it(world: Wor
             assert await blocker.fetchval("SELECT count(*) FROM deliveries") == 0
     finally:
         await sock.close()
+
+
+async def test_a_batch_to_other_threads_starts_while_a_one_statement_batch_waits(
+        world: World) -> None:
+    """Threads the relay knows are stored in one statement, which holds its thread locks
+    until it ends: a batch of other threads must not wait for it, one of the same thread
+    must, and keeps the thread's order."""
+    alice, bob = await peer(world, "alice"), await peer(world, "bob")
+    first_thread, other_thread = await thread(world, alice, bob), await thread(world, alice, bob)
+    sock = await connect(world, alice)
+    try:
+        for tid in (first_thread, other_thread):  # read once: both threads are now known
+            await sock.send(seal(alice, tid, [bob], b"first"))
+        known = (await batches(world))["known"]
+        async with deliveries_locked(world) as (blocker, hold):
+            one = asyncio.create_task(sock.send(seal(alice, first_thread, [bob], b"one")))
+            await _wait_for_blocked(blocker, 1)  # batch 1: in its one statement, waiting
+            other = asyncio.create_task(sock.send(seal(alice, other_thread, [bob], b"other")))
+            await _wait_for_blocked(blocker, 2)  # batch 2 started although batch 1 waits
+            two = asyncio.create_task(sock.send(seal(alice, first_thread, [bob], b"two")))
+            await asyncio.sleep(0.2)
+            assert not any(t.done() for t in (one, other, two)), "accepted before COMMIT"
+            await hold.rollback()
+            accepted = await asyncio.wait_for(asyncio.gather(one, other, two), seconds(20))
+    finally:
+        await sock.close()
+    assert [(a.thread_id, a.thread_seq) for a in accepted] == [
+        (first_thread, 2), (other_thread, 2), (first_thread, 3)]
+    assert (await batches(world))["known"] == known + 3

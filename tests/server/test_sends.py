@@ -2,11 +2,13 @@
 on real sealed messages, and its shutdown: the header must name this connection as sender,
 the sealed message fit LIGHTBOX_MAX_MESSAGE_BYTES, the recipients named and the wrapped keys
 agree without repeats, a device never send to itself, and the sender's signature verify; a
-pipeline stopped with sends still queued answers each ``not_ready``, storing none. Group
+pipeline stopped with sends still queued, or collected into a batch that waits for another,
+answers each ``not_ready``, storing none. Group
 commit over a real relay is tests/server/test_send_pipeline.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -116,3 +118,31 @@ async def test_sends_queued_when_the_pipeline_stops_are_answered_not_ready_and_n
         assert await conn.fetchval("SELECT count(*) FROM messages") == 0
     finally:
         await conn.close()
+
+
+async def test_a_batch_waiting_for_the_one_before_is_answered_not_ready_when_the_pipeline_stops(
+        world: World, relay_db: Database) -> None:
+    """Batch 1 waits for its thread's lock (held here); batch 2, of the same thread, is
+    collected and waits for batch 1 to hold it. Stopping answers both, storing neither."""
+    alice, bob = await peer(world, "alice"), await peer(world, "bob")
+    tid = await thread(world, alice, bob)
+    pipe = pipeline(world, relay_db)
+    await pipe.start()
+    holder = await world.db()
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM threads WHERE thread_id = $1 FOR UPDATE", tid)
+            first = pipe.enqueue(sender(alice), seal(alice, tid, [bob], b"1"))
+            while not await holder.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                await asyncio.sleep(0.02)  # batch 1 waits for the thread's row lock
+            second = pipe.enqueue(sender(alice), seal(alice, tid, [bob], b"2"))
+            while not pipe._queue.empty():  # collected into batch 2, which waits for batch 1
+                await asyncio.sleep(0.01)
+            await pipe.stop()
+            for fut in (first, second):
+                with pytest.raises(RelayError) as info:
+                    await asyncio.wait_for(fut, 10)
+                assert info.value.code is ErrorCode.NOT_READY
+        assert await holder.fetchval("SELECT count(*) FROM messages") == 0
+    finally:
+        await holder.close()

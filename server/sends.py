@@ -113,6 +113,15 @@ class _Pending:
     future: asyncio.Future[messages.Accepted]
 
 
+@dataclasses.dataclass(frozen=True)
+class _InFlight:
+    """A batch being stored: its sends, its keys (``SendPipeline._keys``), and an event set
+    once it holds its thread locks (or has ended)."""
+    batch: list[_Pending]
+    keys: frozenset[str]
+    locked: asyncio.Event
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -180,9 +189,7 @@ class SendPipeline:
         self.max_message_bytes = max_message_bytes
         self.max_batch = max_batch
         self.pipeline = max(1, pipeline)  # batches in flight at once
-        self._batches: dict[asyncio.Task[None], list[_Pending]] = {}
-        # each batch in flight: its keys (_keys), and set once it holds its locks (or is done)
-        self._locking: dict[asyncio.Task[None], tuple[frozenset[str], asyncio.Event]] = {}
+        self._batches: dict[asyncio.Task[None], _InFlight] = {}
         self._collecting: list[_Pending] = []  # the next batch, until it starts
         self.verify_signatures = verify_signatures
         self.now = now
@@ -201,7 +208,7 @@ class SendPipeline:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        unanswered = [*self._collecting, *(p for batch in self._batches.values() for p in batch)]
+        unanswered = [*self._collecting, *(p for f in self._batches.values() for p in f.batch)]
         self._collecting = []
         for task in list(self._batches):  # a cancelled batch rolls back: nothing stored
             task.cancel()
@@ -267,16 +274,15 @@ class SendPipeline:
                 while len(batch) < self.max_batch and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 keys = self._keys(batch)
-                before = next((locked for shared, locked in self._locking.values()
-                               if not locked.is_set() and shared & keys), None)
+                before = next((f.locked for f in self._batches.values()
+                               if not f.locked.is_set() and f.keys & keys), None)
                 if before is None:
                     break
                 await before.wait()
             self._collecting = []
             locked = asyncio.Event()
             task = asyncio.create_task(self._run_batch(batch, locked), name="send-batch")
-            self._batches[task] = batch
-            self._locking[task] = (keys, locked)
+            self._batches[task] = _InFlight(batch, keys, locked)
             task.add_done_callback(self._forget)
 
     @staticmethod
@@ -290,7 +296,6 @@ class SendPipeline:
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._batches.pop(task, None)
-        self._locking.pop(task, None)
 
     async def _run_batch(self, batch: list[_Pending], locked: asyncio.Event) -> None:
         try:

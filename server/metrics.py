@@ -45,6 +45,15 @@ class Metrics:
             ["path"], registry=r)
         for path in ("known", "read", "rechecked"):  # exposed at 0 before the first batch
             self.send_batches.labels(path)
+        self.known_batch_checks = Counter(
+            "lightbox_known_batch_checks_total",
+            "Batches stored in one statement ('known' above), by how the threads' state was "
+            "confirmed unchanged: 'epoch' when no change to members, devices or users had "
+            "committed anywhere since it was read, 'digest' when one had and each thread's "
+            "digest was compared.",
+            ["check"], registry=r)
+        for check in ("epoch", "digest"):
+            self.known_batch_checks.labels(check)
         self.messages_delivered = Counter(
             "lightbox_messages_delivered_total",
             "Deliveries acknowledged by their device.", registry=r)

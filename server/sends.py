@@ -42,7 +42,9 @@ batch whose threads are all known, whose checks pass on that state without askin
 is stored in one statement that confirms, under the thread locks, that every digest is still
 current and that no message is a retry, and commits. If anything changed, nothing is stored
 and the batch takes the path above, whose reads decide: a check never passes on state that is
-not the database's at the moment of the store.
+not the database's at the moment of the store. The digests are recomputed only when the
+directory epoch read with the state has moved since (alembic migration 0016: every change the
+digests cover advances it), so a batch to threads nobody has touched costs no digest at all.
 """
 
 from __future__ import annotations
@@ -152,13 +154,15 @@ class _Batch:
 
 @dataclasses.dataclass(frozen=True)
 class _Known:
-    """A thread's state as the last read under its lock found it, and Postgres's digest of it
-    (alembic migration 0015)."""
+    """A thread's state as the last read under its lock found it, Postgres's digest of it
+    (alembic migration 0015) and the directory epoch at which it was last known current
+    (migration 0016)."""
 
     org: str
     members: frozenset[str]
     device_set: threads.DeviceSet
     digest: bytes
+    epoch: int | None
 
 
 class _NeedsDatabase(Exception):
@@ -359,21 +363,28 @@ class SendPipeline:
         except (RelayError, _NeedsDatabase):
             return None  # a refusal is decided, and audited, on the database's own reads
         msgs = [m for _, m in prepared]
+        # One epoch for the batch: threads known at different epochs are confirmed by digest.
+        epochs = {k.epoch for k in known.values()}
+        epoch = epochs.pop() if len(epochs) == 1 else None
         try:
             async with self.db.hot_pool.acquire() as conn:
-                stored = await batches.lock_and_store(
-                    conn, {t: k.digest for t, k in known.items()}, at, msgs, now,
+                result = await batches.lock_and_store(
+                    conn, {t: k.digest for t, k in known.items()}, epoch, at, msgs, now,
                     channel=events.CHANNEL, notifications=self._wake(msgs))
         except BaseException:
             self._forget_threads(known)  # the senders' retries are read and checked afresh
             raise
-        if stored is None:
+        if result is None:
             self._forget_threads(known)
             self.metrics.send_batches.labels("rechecked").inc()
             return None
-        for t in known:
-            self._known.move_to_end(t)
+        stored = result.stored
+        for t, k in known.items():
+            if self._known.get(t) is k:  # not replaced by a newer read meanwhile
+                self._known[t] = dataclasses.replace(k, epoch=result.epoch)
+                self._known.move_to_end(t)
         self.metrics.send_batches.labels("known").inc()
+        self.metrics.known_batch_checks.labels("epoch" if result.by_epoch else "digest").inc()
         return {i: messages.Accepted(m.message_id, m.thread_id,
                                      stored[(m.sender_device_id, m.message_id)].thread_seq,
                                      now, duplicate=False)
@@ -392,7 +403,7 @@ class SendPipeline:
                 self._known.pop(tid, None)
                 continue
             self._known[tid] = _Known(org, frozenset(reads.members[tid]),
-                                      reads.device_sets[tid], digest)
+                                      reads.device_sets[tid], digest, reads.epoch)
             self._known.move_to_end(tid)
         while len(self._known) > KNOWN_THREADS:
             self._known.popitem(last=False)

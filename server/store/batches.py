@@ -8,8 +8,10 @@ the relay has not read yet (or whose state has changed since) takes four:
 ``BEGIN``, :func:`lock_and_read` (the thread locks, then everything the checks read, with a
 digest of it per thread), :func:`store_messages` (everything written, and the wake-up) and
 ``COMMIT``. A batch of threads the relay has read before takes one: :func:`lock_and_store`
-locks them, confirms that each thread's digest is unchanged, stores and commits, in one
-statement (alembic migration 0015; docs/BENCHMARKS.md has the figures).
+locks them, confirms that each thread's state is unchanged, stores and commits, in one
+statement (alembic migration 0015; docs/BENCHMARKS.md has the figures). "Unchanged" is the
+directory epoch when no change the digest covers has committed anywhere since the read, and
+each thread's digest when one has (alembic migration 0016).
 
 Lock order: both lock the batch's thread rows in ``thread_id`` order before they read
 anything, so two relay processes storing batches that touch the same threads cannot deadlock
@@ -32,6 +34,7 @@ from server.store.threads import DeviceSet
 __all__ = [
     "BatchReads",
     "Existing",
+    "KnownStored",
     "Stored",
     "lock_and_read",
     "lock_and_store",
@@ -57,6 +60,7 @@ class BatchReads:
     device_sets: dict[str, DeviceSet]  # thread -> its participants' devices
     routed: frozenset[str]  # threads with on-call work: a role, or a reseal request pending
     digests: dict[str, bytes]  # thread -> the digest of all the above (:func:`lock_and_store`)
+    epoch: int | None = None  # the directory epoch, in the same snapshot (migration 0016)
 
 
 async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
@@ -74,6 +78,7 @@ async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
     device_orgs: dict[str, str] = {}
     routed = set()
     digests: dict[str, bytes] = {}
+    epoch: int | None = None
     for r in rows:
         k = r["k"]
         if k == "o":
@@ -88,6 +93,8 @@ async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
             device_orgs[r["b"]] = r["c"]
         elif k == "v":
             digests[r["a"]] = bytes(r["h"])
+        elif k == "e":
+            epoch = int(r["n"])
         else:
             routed.add(r["a"])
     sets = {}
@@ -96,7 +103,7 @@ async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
         sets[tid] = DeviceSet(active=frozenset(d for d, a in devs if a),
                               inactive=frozenset(d for d, a in devs if not a),
                               orgs={d: device_orgs[d] for d, _ in devs})
-    return BatchReads(orgs, existing, members, sets, frozenset(routed), digests)
+    return BatchReads(orgs, existing, members, sets, frozenset(routed), digests, epoch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +132,9 @@ _STORE = ("SELECT * FROM store_batch($1::uuid[], $2::uuid[], $3::uuid[], $4::uui
           "$6::smallint[], $7::text[], $8::uuid[], $9::bytea[], $10::text[], $11::bytea[], $12, "
           "$13, $14::text[])")
 _LOCK_AND_STORE = (
-    "SELECT * FROM lock_and_store_batch($1::uuid[], $2::bytea[], $3, $4::uuid[], $5::uuid[], "
-    "$6::uuid[], $7::uuid[], $8::text[], $9::smallint[], $10::text[], $11::uuid[], $12::bytea[], "
-    "$13::text[], $14::bytea[], $15, $16, $17::text[])")
+    "SELECT * FROM lock_and_store_batch($1::uuid[], $2::bytea[], $3::bigint, $4, $5::uuid[], "
+    "$6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::smallint[], $11::text[], $12::uuid[], "
+    "$13::bytea[], $14::text[], $15::bytea[], $16, $17, $18::text[])")
 
 
 async def store_messages(conn: asyncpg.Connection, msgs: Sequence[NewMessage],
@@ -145,18 +152,34 @@ async def store_messages(conn: asyncpg.Connection, msgs: Sequence[NewMessage],
     return _stored(rows)
 
 
+@dataclasses.dataclass(frozen=True)
+class KnownStored:
+    """What :func:`lock_and_store` stored, and the directory epoch it read under the locks:
+    the state the batch was checked against is current as of that epoch."""
+
+    stored: dict[tuple[str, str], Stored]
+    epoch: int | None
+    by_epoch: bool  # the epoch given was current: no digest was computed
+
+
 async def lock_and_store(conn: asyncpg.Connection, digests: Mapping[str, bytes],
-                         at: dt.datetime, msgs: Sequence[NewMessage], now: dt.datetime, *,
-                         channel: str, notifications: Sequence[str]
-                         ) -> dict[tuple[str, str], Stored] | None:
+                         epoch: int | None, at: dt.datetime, msgs: Sequence[NewMessage],
+                         now: dt.datetime, *, channel: str, notifications: Sequence[str]
+                         ) -> KnownStored | None:
     """Lock the threads, and store the batch as :func:`store_messages` does only if each
-    thread's state is still the one whose digest is given (read by :func:`lock_and_read` at
-    an earlier moment) and none of the messages is stored yet: one statement, run outside any
-    transaction so that it commits on its own (alembic migration 0015). ``None``: nothing was
-    stored, and the caller must read again under the locks."""
+    thread's state is still the one read by :func:`lock_and_read` at an earlier moment (the
+    directory ``epoch`` read with it is still current, or else each thread's digest given is)
+    and none of the messages is stored yet: one statement, run outside any transaction so that
+    it commits on its own (alembic migrations 0015 and 0016). ``None``: nothing was stored,
+    and the caller must read again under the locks."""
     if not msgs:
-        return {}
+        return KnownStored({}, epoch, by_epoch=False)
     tids = sorted(digests)
-    rows = await conn.fetch(_LOCK_AND_STORE, tids, [digests[t] for t in tids], at,
+    rows = await conn.fetch(_LOCK_AND_STORE, tids, [digests[t] for t in tids], epoch, at,
                             *_columns(msgs), now, channel, list(notifications))
-    return _stored(rows) if rows else None
+    if not rows:
+        return None
+    current = rows[0]["epoch"]
+    current = None if current is None else int(current)
+    return KnownStored(_stored(rows), current,
+                       by_epoch=epoch is not None and current == epoch)

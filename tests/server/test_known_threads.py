@@ -35,6 +35,13 @@ async def batches(world: World) -> dict[str, int]:
             for s in family.samples if s.name == "lightbox_send_batches_total"}
 
 
+async def checks(world: World) -> dict[str, int]:
+    """The relay's ``lightbox_known_batch_checks_total`` by check, from its /metrics page."""
+    text = (await world.http.get("/metrics")).text
+    return {s.labels["check"]: int(s.value) for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "lightbox_known_batch_checks_total"}
+
+
 async def stored_in(world: World, tid: str) -> int:
     """Messages stored in the thread."""
     conn = await world.db()
@@ -149,3 +156,21 @@ async def test_a_retry_of_a_message_stored_in_one_statement_is_its_duplicate(
         with pytest.raises(SendRefused) as info:  # the same id with other bytes
             await a.send(seal(alice, tid, [bob], b"other", message_id=again.header.message_id))
         assert info.value.code == "duplicate_conflict"
+
+
+async def test_a_change_to_another_thread_costs_one_digest_comparison_then_none(
+        world: World) -> None:
+    """A thread created elsewhere moves the directory epoch (alembic migration 0016): the next
+    batch to the known thread is confirmed by its digest, still in one statement, and the one
+    after by the new epoch."""
+    async with after_one_send(world, "bob") as (alice, [bob], tid, a):
+        await a.send(seal(alice, tid, [bob], b"two"))
+        assert await checks(world) == {"epoch": 1, "digest": 0}
+        cat = await peer(world, "cat")
+        await thread(world, bob, cat)
+        await a.send(seal(alice, tid, [bob], b"three"))
+        assert await checks(world) == {"epoch": 1, "digest": 1}
+        await a.send(seal(alice, tid, [bob], b"four"))
+        assert await checks(world) == {"epoch": 2, "digest": 1}
+        assert await batches(world) == {"known": 3, "read": 1, "rechecked": 0}
+    assert await stored_in(world, tid) == 4

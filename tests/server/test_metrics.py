@@ -53,7 +53,8 @@ def test_every_instrument_is_described_even_before_its_first_count() -> None:
                  "lightbox_ws_connections", "lightbox_ws_rejections_total",
                  "lightbox_messages_accepted_total", "lightbox_messages_delivered_total",
                  "lightbox_delivery_latency_seconds", "lightbox_queue_depth",
-                 "lightbox_queue_depth_connected", "lightbox_send_batches_total"):
+                 "lightbox_queue_depth_connected", "lightbox_send_batches_total",
+                 "lightbox_known_batch_checks_total"):
         assert f"# HELP {name} " in text
 
 
@@ -62,6 +63,9 @@ def test_each_path_of_the_send_batches_is_exposed_at_zero_before_the_first_batch
     assert {labels: value for (name, labels), value in got.items()
             if name == "lightbox_send_batches_total"} == {
         (("path", "known"),): 0, (("path", "read"),): 0, (("path", "rechecked"),): 0}
+    assert {labels: value for (name, labels), value in got.items()
+            if name == "lightbox_known_batch_checks_total"} == {
+        (("check", "epoch"),): 0, (("check", "digest"),): 0}
 
 
 def test_delivery_latency_buckets_reach_from_a_millisecond_to_an_hour() -> None:

@@ -280,9 +280,10 @@ async def test_a_batch_of_unchanged_threads_is_stored_and_committed_in_one_state
     other = await asyncpg.connect(db_dsn)
     try:
         await other.add_listener("known_test", lambda *args: heard.put_nowait(args[-1]))
-        stored = await batches.lock_and_store(conn, reads.digests, NOW, msgs, NOW,
+        result = await batches.lock_and_store(conn, reads.digests, reads.epoch, NOW, msgs, NOW,
                                               channel="known_test", notifications=["wake"])
-        assert stored is not None
+        assert result is not None and (result.by_epoch, result.epoch) == (True, reads.epoch)
+        stored = result.stored
         assert [stored[(m.sender_device_id, m.message_id)].thread_seq for m in msgs] == [1, 1, 2]
         assert not conn.is_in_transaction()
         # Committed: another connection sees the messages and deliveries, and heard the wake-up.
@@ -294,13 +295,17 @@ async def test_a_batch_of_unchanged_threads_is_stored_and_committed_in_one_state
         await other.close()
 
 
+@pytest.mark.parametrize("epoch", ["as read", "none"])
 @pytest.mark.parametrize("change", ["device", "member", "retry", "thread"])
 async def test_nothing_is_stored_when_a_thread_changed_or_a_message_is_a_retry(
-        conn: asyncpg.Connection, db_dsn: str, change: str) -> None:
+        conn: asyncpg.Connection, db_dsn: str, change: str, epoch: str) -> None:
+    """Whether the epoch given is the one read with the state (and has moved since) or there
+    is none (the digests decide at once)."""
     a, b = await add_user(conn), await add_user(conn)
     a1, b1 = await add_device(conn, a), await add_device(conn, b)
     tid = await new_thread(conn, a, b)
-    digests = (await batches.lock_and_read(conn, [tid], [], NOW)).digests
+    reads = await batches.lock_and_read(conn, [tid], [], NOW)
+    digests, given = reads.digests, (reads.epoch if epoch == "as read" else None)
     msg = new_message(tid, a, a1, [b1])
     if change == "device":
         await add_device(conn, b)
@@ -317,7 +322,7 @@ async def test_nothing_is_stored_when_a_thread_changed_or_a_message_is_a_retry(
     listener = await asyncpg.connect(db_dsn)
     try:
         await listener.add_listener("known_test", lambda *args: heard.put_nowait(args[-1]))
-        assert await batches.lock_and_store(conn, digests, NOW, [msg], NOW,
+        assert await batches.lock_and_store(conn, digests, given, NOW, [msg], NOW,
                                             channel="known_test", notifications=["wake"]) is None
         await listener.execute("SELECT 1")
         assert heard.empty()
@@ -335,7 +340,7 @@ async def test_the_store_of_known_threads_waits_for_the_lock_and_sees_what_its_h
     a, b = await add_user(conn), await add_user(conn)
     a1, b1 = await add_device(conn, a), await add_device(conn, b)
     tid = await new_thread(conn, a, b)
-    digests = (await batches.lock_and_read(conn, [tid], [], NOW)).digests
+    reads = await batches.lock_and_read(conn, [tid], [], NOW)
     holder = await asyncpg.connect(db_dsn)
     try:
         tx = holder.transaction()
@@ -343,8 +348,8 @@ async def test_the_store_of_known_threads_waits_for_the_lock_and_sees_what_its_h
         await batches.lock_and_read(holder, [tid], [], NOW)
         await add_device(holder, b)
         waiting = asyncio.ensure_future(batches.lock_and_store(
-            conn, digests, NOW, [new_message(tid, a, a1, [b1])], NOW, channel="c",
-            notifications=[]))
+            conn, reads.digests, reads.epoch, NOW, [new_message(tid, a, a1, [b1])], NOW,
+            channel="c", notifications=[]))
 
         await eventually(lambda: waits_for_a_lock(holder, conn))
         assert not waiting.done()
@@ -353,3 +358,140 @@ async def test_the_store_of_known_threads_waits_for_the_lock_and_sees_what_its_h
     finally:
         await holder.close()
     assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+
+
+# -- the directory epoch (alembic migration 0016) -------------------------------------------
+
+
+async def _epoch(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT n FROM directory_epoch"))
+
+
+async def test_every_change_the_digest_covers_advances_the_epoch_once_per_transaction(
+        conn: asyncpg.Connection) -> None:
+    """The same changes as the digest test above, each in a transaction of its own, and the
+    thread's deletion: each moves the epoch on by one, however many rows it touched."""
+    a, b, c = await add_user(conn), await add_user(conn), await add_user(conn)
+    await add_device(conn, a)
+    tid = await new_thread(conn, a, b)
+    c1 = str(uuid.uuid4())
+    changes = [
+        ("INSERT INTO thread_members (thread_id, user_id, added_at, added_by) "
+         "VALUES ($1, $2, $3, $4)", tid, c, NOW, a),
+        ("INSERT INTO devices (device_id, user_id, kind, device_certificate, signing_key, "
+         "dh_key, status, created_at) VALUES ($1, $2, 'mobile', 'cert', $3, $3, 'active', $4)",
+         c1, c, bytes(32), NOW),
+        ("UPDATE devices SET status = 'revoked' WHERE device_id = $1", c1),
+        ("UPDATE users SET status = 'suspended' WHERE user_id = $1", b),
+        ("UPDATE users SET org_id = 'org-b' WHERE user_id = $1", c),
+        ("UPDATE thread_members SET removed_at = $2 WHERE thread_id = $1 AND user_id = $3",
+         tid, NOW, c),
+        ("INSERT INTO thread_roles (thread_id, role, added_at) VALUES ($1, 'cardiology', $2)",
+         tid, NOW),
+        ("UPDATE thread_roles SET removed_at = $2 WHERE thread_id = $1", tid, NOW),
+        ("UPDATE threads SET org_id = 'org-b' WHERE thread_id = $1", tid),
+        ("DELETE FROM devices WHERE device_id = $1", c1),
+        ("UPDATE devices SET status = 'revoked' WHERE user_id = ANY ($1::uuid[])", [a, b, c]),
+        ("DELETE FROM threads WHERE thread_id = $1", tid),
+    ]
+    for sql, *args in changes:
+        before = await _epoch(conn)
+        await conn.execute(sql, *args)
+        assert await _epoch(conn) == before + 1, sql
+    before = await _epoch(conn)
+    async with conn.transaction():  # several changes, one transaction: one step
+        d = await add_user(conn)
+        await add_device(conn, d)
+        await add_device(conn, d)
+        await new_thread(conn, a, d)
+    assert await _epoch(conn) == before + 1
+
+
+async def test_what_the_digest_does_not_cover_leaves_the_epoch_alone(
+        conn: asyncpg.Connection) -> None:
+    """Messages, read marks (also of someone a role reaches, whose row is born removed),
+    a device seen or wiped, a user's name, roles or password: nothing a send checks."""
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = await new_thread(conn, a, b)
+    outsider = await add_user(conn)
+    before = await _epoch(conn)
+    async with conn.transaction():
+        await batches.store_messages(conn, [new_message(tid, a, a1, [b1])], NOW, channel="c",
+                                     notifications=[])
+    await threads.mark_read(conn, tid, b, 1, now=NOW)
+    await threads.mark_read(conn, tid, outsider, 1, now=NOW)
+    await conn.execute("UPDATE devices SET last_seen_at = $2, wipe_pending = false "
+                       "WHERE device_id = $1", b1, NOW)
+    await conn.execute("UPDATE users SET display_name = 'Dr Renamed', roles = '{x}', "
+                       "password_hash = 'h' WHERE user_id = $1", b)
+    await conn.execute("UPDATE devices SET status = 'active' WHERE device_id = $1", b1)
+    await conn.execute("UPDATE users SET status = 'active' WHERE user_id = $1", b)
+    assert await _epoch(conn) == before
+    assert (await batches.lock_and_read(conn, [tid], [], NOW)).epoch == before
+
+
+async def test_a_current_epoch_stores_without_a_digest_and_a_moved_one_compares_them(
+        conn: asyncpg.Connection) -> None:
+    """The epoch decides alone while it is current: a change made with the triggers off (so
+    that it does not advance the epoch) goes unseen with the epoch given and is refused on
+    the digests without one. An epoch moved by another thread's change costs a digest
+    comparison, and the store answers the new epoch, current for the next batch."""
+    a, b, c = await add_user(conn), await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = await new_thread(conn, a, b)
+    reads = await batches.lock_and_read(conn, [tid], [], NOW)
+    assert reads.epoch is not None
+
+    async def store(epoch: int | None) -> batches.KnownStored | None:
+        return await batches.lock_and_store(conn, reads.digests, epoch, NOW,
+                                            [new_message(tid, a, a1, [b1])], NOW, channel="c",
+                                            notifications=[])
+
+    first = await store(reads.epoch)
+    assert first is not None and (first.by_epoch, first.epoch) == (True, reads.epoch)
+    await new_thread(conn, a, c)  # another thread: the epoch moves, this thread's state not
+    second = await store(reads.epoch)
+    assert second is not None and second.by_epoch is False
+    assert second.epoch == reads.epoch + 1
+    third = await store(second.epoch)
+    assert third is not None and third.by_epoch is True
+
+    async with conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")  # no triggers
+        await add_device(conn, b)
+    assert await _epoch(conn) == second.epoch
+    assert await store(None) is None  # the digests see the device
+    trusted = await store(second.epoch)
+    assert trusted is not None and trusted.by_epoch is True
+    assert [r["n"] for r in await conn.fetch(
+        "SELECT thread_seq AS n FROM messages WHERE thread_id = $1 ORDER BY 1", tid)] == [
+            1, 2, 3, 4]
+
+
+async def test_the_epoch_joins_no_deadlock_with_the_thread_locks(
+        conn: asyncpg.Connection, db_dsn: str) -> None:
+    """One transaction holds a thread's lock and adds a member; another has enrolled a device
+    and then waits for that thread. Were the epoch's row taken at the change, each would wait
+    for the other; it is taken at the commit, so the first commits and the second goes on."""
+    a, b, c = await add_user(conn), await add_user(conn), await add_user(conn)
+    tid = await new_thread(conn, a, b)
+    before = await _epoch(conn)
+    other = await asyncpg.connect(db_dsn)
+    try:
+        first, second = conn.transaction(), other.transaction()
+        await first.start()
+        await second.start()
+        await batches.lock_and_read(conn, [tid], [], NOW)  # the thread's lock
+        await add_device(other, c)
+        waiting = asyncio.ensure_future(batches.lock_and_read(other, [tid], [], NOW))
+        await eventually(lambda: waits_for_a_lock(conn, other))
+        await conn.execute("INSERT INTO thread_members (thread_id, user_id, added_at, "
+                           "added_by) VALUES ($1, $2, $3, $4)", tid, c, NOW, a)
+        await first.commit()
+        reads = await asyncio.wait_for(waiting, 10)
+        assert c in reads.members[tid]  # read after the first committed
+        await second.commit()
+    finally:
+        await other.close()
+    assert await _epoch(conn) == before + 2

@@ -3,9 +3,9 @@ the send checks read has changed anywhere (server/sends.py, server/store/batches
 
 Migration 0015 lets the relay store a batch to threads it has read before in one statement,
 after Postgres recomputes each thread's digest under the lock and finds it unchanged. That
-digest costs about 150 µs of backend CPU a call (a SQL function, planned again at every call)
-and a third of the statement's time at paced rates (docs/BENCHMARKS.md, round 8), to confirm
-what is almost always true: nobody changed the thread's members or their devices since.
+digest costs about 150 µs of backend CPU a call (docs/BENCHMARKS.md, round 6), 300-400 µs of
+the statement's time at paced rates (round 8), to confirm what is almost always true: nobody
+changed the thread's members or their devices since.
 
 * ``directory_epoch``: one row, one counter. Every transaction that changes something the
   digest covers advances it, once, through row triggers on those tables and columns only:

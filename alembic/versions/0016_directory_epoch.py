@@ -34,7 +34,10 @@ changed the thread's members or their devices since.
   committed since the state was read, and it stores without computing a digest; otherwise it
   compares the digests as migration 0015 did. It returns the epoch it read after the locks
   with each stored row, and the relay keeps it with the state the batch was checked against.
-  A missing epoch row (or ``NULL`` given) is never equal: the digests decide.
+  A missing epoch row (or ``NULL`` given) is never equal: the digests decide. It takes one
+  argument more than migration 0015's, which stays: a relay of the release before, still
+  running while this migration is applied, keeps storing through it (by digest; the ``e``
+  row its read now returns is harmless to it) until it is restarted.
 
 The digests stay the authority: an epoch that moved (a device enrolled anywhere) costs each
 known thread one digest comparison, never a wrong store.
@@ -173,9 +176,6 @@ $$
 """
 
 
-_OLD_LOCK_AND_STORE_ARGS = (
-    "uuid[], bytea[], timestamptz, uuid[], uuid[], uuid[], uuid[], text[], smallint[], text[], "
-    "uuid[], bytea[], text[], bytea[], timestamptz, text, text[]")
 _NEW_LOCK_AND_STORE_ARGS = (
     "uuid[], bytea[], bigint, timestamptz, uuid[], uuid[], uuid[], uuid[], text[], smallint[], "
     "text[], uuid[], bytea[], text[], bytea[], timestamptz, text, text[]")
@@ -190,13 +190,13 @@ def upgrade() -> None:
                    f"ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW {condition} "
                    "EXECUTE FUNCTION advance_directory_epoch()")
     op.execute(_lock_and_read(with_epoch=True))
-    op.execute(f"DROP FUNCTION lock_and_store_batch({_OLD_LOCK_AND_STORE_ARGS})")
+    # A new function beside migration 0015's (another argument list): relays still running the
+    # release before keep storing through theirs, by digest, until they are restarted.
     op.execute(_lock_and_store())
 
 
 def downgrade() -> None:
     op.execute(f"DROP FUNCTION lock_and_store_batch({_NEW_LOCK_AND_STORE_ARGS})")
-    op.execute(_migration("0015_known_threads.py").LOCK_AND_STORE)
     op.execute(_lock_and_read(with_epoch=False))
     for table, suffix, _, _ in TRIGGERS:
         op.execute(f"DROP TRIGGER {_trigger_name(table, suffix)} ON {table}")

@@ -495,3 +495,33 @@ async def test_the_epoch_joins_no_deadlock_with_the_thread_locks(
     finally:
         await other.close()
     assert await _epoch(conn) == before + 2
+
+
+# The statement of the release before migration 0016, as its relays send it.
+_STATEMENT_BEFORE_0016 = (
+    "SELECT * FROM lock_and_store_batch($1::uuid[], $2::bytea[], $3, $4::uuid[], $5::uuid[], "
+    "$6::uuid[], $7::uuid[], $8::text[], $9::smallint[], $10::text[], $11::uuid[], $12::bytea[], "
+    "$13::text[], $14::bytea[], $15, $16, $17::text[])")
+
+
+async def test_a_relay_of_the_release_before_still_stores_by_digest_after_the_upgrade(
+        conn: asyncpg.Connection) -> None:
+    """A relay still running while migration 0016 is applied (until it is restarted) stores
+    through the function it knows, which compares digests: an unchanged thread is stored, a
+    thread with a device enrolled since is not."""
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = await new_thread(conn, a, b)
+    reads = await batches.lock_and_read(conn, [tid], [], NOW)
+
+    async def send() -> list[asyncpg.Record]:
+        msg = new_message(tid, a, a1, [b1])
+        rows: list[asyncpg.Record] = await conn.fetch(
+            _STATEMENT_BEFORE_0016, [tid], [reads.digests[tid]], NOW, *batches._columns([msg]),
+            NOW, "c", [])
+        return rows
+
+    assert [r["stored_seq"] for r in await send()] == [1]
+    await add_device(conn, b)
+    assert await send() == []
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 1

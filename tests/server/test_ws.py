@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 import websockets
@@ -311,6 +312,19 @@ async def test_retry_with_same_bytes_returns_the_original_acceptance(
         assert again.duplicate and again.thread_seq == first.thread_seq
 
 
+async def lock_waits(conn: asyncpg.Connection) -> int:
+    """How many other backends wait for a lock, asked from inside ``conn``'s open transaction.
+    Postgres reads the activity of all backends once per transaction and answers every later
+    question of that transaction from the same snapshot, so it is discarded first
+    (``pg_stat_clear_snapshot``, PostgreSQL manual, "The Cumulative Statistics System"):
+    otherwise a first question asked before the send reached the lock would be answered
+    "none" for as long as the transaction lasts."""
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND pid <> pg_backend_pid()"))
+
+
 async def test_a_sender_gone_while_its_batch_waited_does_not_fail_the_others_in_it(
         world: World, trio: tuple[Peer, Peer, Peer]) -> None:
     """Group commit: alice's and bob's sends wait in one batch behind a send held on a row
@@ -327,9 +341,7 @@ async def test_a_sender_gone_while_its_batch_waited_does_not_fail_the_others_in_
         await conn.execute("SELECT 1 FROM threads WHERE thread_id = $1 FOR UPDATE",
                            uuid.UUID(held))
         blocker = asyncio.create_task(c.send(seal(carol, held, [alice])))
-        await eventually(lambda: conn.fetchval(  # the blocked send waits on the lock
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND pid <> pg_backend_pid()"), timeout=20)
+        await eventually(lambda: lock_waits(conn), timeout=20)  # the blocked send waits
         from_alice, from_bob = seal(alice, t_alice, [carol]), seal(bob, t_bob, [carol])
         gone = asyncio.create_task(a.send(from_alice))
         answer = asyncio.create_task(b.send(from_bob))

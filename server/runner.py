@@ -30,6 +30,7 @@ import uvicorn
 
 from server import manage, migrations
 from server.embedded import EmbeddedError, EmbeddedPostgres
+from server.gcwatch import PauseWatch, freeze_start_up
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
 from server.tokens import ensure_token_key
@@ -48,9 +49,19 @@ class RelayServer(uvicorn.Server):
     """uvicorn's server, closing our websockets with 1001 before uvicorn's own shutdown
     (which would otherwise close them with 1012)."""
 
-    def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
+    def __init__(self, config: uvicorn.Config, relay: Relay, *,
+                 freeze_after_start: bool = False) -> None:
         super().__init__(config)
         self.relay = relay
+        self.freeze_after_start = freeze_after_start
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's (the lifespan, then the listening sockets); then, in a relay process,
+        everything start-up made is frozen, so that no garbage collection walks it again
+        (server/gcwatch.py)."""
+        await super().startup(sockets)
+        if self.started and self.freeze_after_start:
+            log.info("start-up objects frozen", extra={"count": freeze_start_up()})
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.relay.hub.close_all(1001)
@@ -110,7 +121,8 @@ def serve(settings: Settings, dsn: str, sock: socket.socket | None = None) -> No
     from server.app import create_app
 
     relay = create_app(settings, dsn=dsn)
-    server = RelayServer(uvicorn_config(relay, settings), relay)
+    relay.metrics.registry.register(PauseWatch().install())
+    server = RelayServer(uvicorn_config(relay, settings), relay, freeze_after_start=True)
     server.run(sockets=[sock] if sock is not None else None)
     if not server.started:
         sys.exit(3)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from clients.sdk.connection import Connection
 from clients.sdk.socket import RelaySocket
@@ -232,3 +233,21 @@ async def test_concurrent_sends_both_ways_across_processes_never_deadlock(world:
     per_thread = {tid: sorted(r.thread_seq for r in accepted if r.thread_id == tid)
                   for tid in tids}
     assert all(seqs == list(range(1, 17)) for seqs in per_thread.values())
+
+
+async def test_a_relay_process_freezes_its_start_up_objects_and_times_each_collection(
+        world: World) -> None:
+    """server/gcwatch.py in a real relay process: what start-up made (over 100,000 objects
+    here) is frozen, so that full collections no longer walk it, and the start-up's own full
+    collection is already among the pauses /metrics reports."""
+    one = RelayProcess(world)
+    with processes(one):
+        await one.start()
+        async with httpx.AsyncClient() as c:
+            text = (await c.get(f"http://127.0.0.1:{one.port}/metrics")).text
+    samples = {(s.name, s.labels.get("generation"), s.labels.get("le")): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("lightbox_gc_frozen_objects", None, None)] >= 10_000
+    assert samples[("lightbox_gc_pause_seconds_count", "2", None)] >= 1
+    assert samples[("lightbox_gc_pause_seconds_bucket", "0", "+Inf")] == \
+        samples[("lightbox_gc_pause_seconds_count", "0", None)]

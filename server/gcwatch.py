@@ -1,0 +1,107 @@
+"""The relay process's garbage collector: start-up objects frozen, every collection's pause
+measured (docs/ARCHITECTURE.md §3, "Garbage collection").
+
+CPython frees most objects by reference counting; its cyclic collector also walks, now and then,
+every object that can hold references, and stops the whole process while it does. A relay
+process holds about 120,000 such objects once started (modules, classes, the application, the
+SCIM schema), almost none of which will ever be garbage, and a full collection walked them all:
+80-186 ms here, with every websocket of the process waiting, every few seconds under load
+(docs/BENCHMARKS.md, round 9). :func:`freeze_start_up` collects once, then moves everything
+alive to the collector's permanent generation (``gc.freeze``, Python's ``gc`` documentation),
+which later collections skip. What the process allocates afterwards is collected as before;
+an object made at start-up and later dropped inside a reference cycle is never freed (bounded:
+once per such object).
+
+This is for a relay *process* (server/runner.py ``serve``), never a relay run inside another
+program: tests start relays in threads of the test process, and freezing there would keep that
+process's cyclic garbage for good.
+
+:class:`PauseWatch` times each collection from ``gc.callbacks`` and exposes the pauses as the
+histogram ``lightbox_gc_pause_seconds{generation}`` and the frozen count as
+``lightbox_gc_frozen_objects``. The callback runs inside the collector, so it takes no lock and
+allocates nothing that the collector tracks: it only updates numbers in preallocated lists,
+read when ``/metrics`` is scraped (a custom collector, prometheus_client's documented way).
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["BUCKETS", "PauseWatch", "freeze_start_up"]
+
+# Seconds: a young collection takes well under a millisecond; an unfrozen full one took up
+# to 160 ms here.
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+GENERATIONS = 3
+
+
+def freeze_start_up() -> int:
+    """Collect what start-up left behind, then freeze everything still alive; returns how many
+    objects are frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+class PauseWatch(Collector):
+    """Times every collection of this process (once :meth:`install`-ed) and exposes the pauses
+    by generation, beside how many objects are frozen."""
+
+    def __init__(self, clock: Any = time.perf_counter) -> None:
+        self._clock = clock
+        self._started = 0.0
+        # Per generation: how many collections fell in each bucket (the last: above them all),
+        # and the pauses' sum. Plain lists of numbers: the callback only assigns into them.
+        self._counts = [[0] * (len(BUCKETS) + 1) for _ in range(GENERATIONS)]
+        self._sums = [0.0] * GENERATIONS
+        self._installed = False
+
+    def install(self) -> PauseWatch:
+        if not self._installed:
+            gc.callbacks.append(self.on_gc)
+            self._installed = True
+        return self
+
+    def uninstall(self) -> None:
+        if self._installed:
+            gc.callbacks.remove(self.on_gc)
+            self._installed = False
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """``gc.callbacks`` entry: called with ``"start"`` and ``"stop"`` around each
+        collection (Python's ``gc`` documentation)."""
+        if phase == "start":
+            self._started = self._clock()
+            return
+        generation = info.get("generation", 0)
+        if not 0 <= generation < GENERATIONS:
+            return
+        pause = self._clock() - self._started
+        self._counts[generation][bisect.bisect_left(BUCKETS, pause)] += 1
+        self._sums[generation] += pause
+
+    def collect(self) -> Iterator[Any]:
+        pauses = HistogramMetricFamily(
+            "lightbox_gc_pause_seconds",
+            "How long each garbage collection stopped this relay process, by generation "
+            "(2 is a full collection; objects alive at start-up are frozen and not walked).",
+            labels=["generation"])
+        for g in range(GENERATIONS):
+            counts, running = self._counts[g], 0
+            buckets = []
+            for bound, n in zip((*BUCKETS, float("inf")), counts, strict=True):
+                running += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            pauses.add_metric([str(g)], buckets, self._sums[g])
+        yield pauses
+        yield GaugeMetricFamily(
+            "lightbox_gc_frozen_objects",
+            "Objects frozen at start-up, which garbage collections no longer walk.",
+            value=gc.get_freeze_count())

@@ -115,12 +115,13 @@ async def test_revocation_lists_apply_in_order_and_resume_who_they_no_longer_nam
     org = world.org
     amy = await world.onboard(org.user("amy.ortho"))
     ben = await world.onboard(org.user("ben.ortho"))
-    first = await service.apply_revocations(org.revocation_list(
-        2, devices=(amy.device_id,), users=(ben.user.user_id,)))
+    # The same signed list twice (issued again, it would carry a later time whenever the
+    # clock's second turned in between, and be another list 2).
+    listed = org.revocation_list(2, devices=(amy.device_id,), users=(ben.user.user_id,))
+    first = await service.apply_revocations(listed)
     assert (first.devices_revoked, first.users_suspended, first.users_resumed) == (
         [amy.device_id], [ben.user.user_id], [])
-    same = org.revocation_list(2, devices=(amy.device_id,), users=(ben.user.user_id,))
-    again = await service.apply_revocations(same)
+    again = await service.apply_revocations(listed)
     assert again.unchanged and again.devices_revoked == again.users_suspended == []
     err = await refused(service.apply_revocations(org.revocation_list(2)))
     assert (err.code, err.detail) == (ErrorCode.CONFLICT, "a different list 2 is already held")

@@ -3,7 +3,7 @@ measured (docs/ARCHITECTURE.md §3, "Garbage collection").
 
 CPython frees most objects by reference counting; its cyclic collector also walks, now and then,
 every object that can hold references, and stops the whole process while it does. A relay
-process holds about 120,000 such objects once started (modules, classes, the application, the
+process holds 120,000-140,000 such objects once started (modules, classes, the application, the
 SCIM schema), almost none of which will ever be garbage, and a full collection walked them all:
 80-186 ms here, with every websocket of the process waiting, every few seconds under load
 (docs/BENCHMARKS.md, round 9). :func:`freeze_start_up` collects once, then moves everything

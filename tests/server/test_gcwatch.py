@@ -96,7 +96,6 @@ def test_an_installed_watch_times_the_collections_python_runs() -> None:
 
 FREEZE = """
 import gc, json, weakref
-import pytest
 from prometheus_client import CollectorRegistry
 from server.gcwatch import PauseWatch, freeze_start_up
 

@@ -198,6 +198,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                             max_batch=settings.send_batch,
                             verify_signatures=settings.verify_sender_signatures,
                             now=consents.now)  # the relay's clock decides a consent's expiry
+    pipeline.local = hub  # stored deliveries handed to connections here after COMMIT
     # Break-glass: emergency messages without a consent, their review queue and follow-up.
     break_glass = BreakGlassService(db, daily_limit=settings.break_glass_daily_limit,
                                     clock=clock)
@@ -221,7 +222,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                               require_device=authn.require_device).endpoints()
     ws_relay = WebSocketRelay(
         db=db, hub=hub, pipeline=pipeline, acks=acks, metrics=metrics,
-        reader=DeliveryReader(db),
+        reader=DeliveryReader(db, metrics=metrics),
         authenticator=DeviceSocketAuthenticator(db=db, tokens=tokens, authenticator=authn,
                                                 clock=clock),
         config=SocketConfig(

@@ -3,7 +3,11 @@
 * One connection per device: a newer connection of the same device replaces the older one
   (closed with 4003, ``session_replaced``), in this process or in another (a ``session`` event
   over Postgres NOTIFY tells the other processes).
-* ``deliver`` events wake the connections of the devices that have new deliveries.
+* ``deliver`` events wake the connections of the devices that have new deliveries. Those of
+  this process's own send pipeline carry its ``origin`` and are skipped: the pipeline hands the
+  stored deliveries over after COMMIT (:meth:`Hub.deliver`), and a pump writes them without
+  reading them back when nothing can be ahead of them (docs/ARCHITECTURE.md §3 "Local
+  delivery").
 * ``revoked`` events close the sockets of revoked devices (4004) and suspended users (4005).
 * Graceful shutdown closes every connection with 1001 (going away, RFC 6455 §7.4.1) before the
   server stops, so clients reconnect to another process at once.
@@ -13,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from protocol.errors import CloseCode
 from protocol.frames import Frame, KeysLow
+from server.store.messages import NewDelivery
 
 __all__ = ["Closable", "Hub", "Member"]
 
@@ -43,6 +49,11 @@ class Member(Closable, Protocol):
         """Send a relay frame soon (best effort; durable frames go through notices)."""
         ...
 
+    def offer(self, new: list[NewDelivery]) -> None:
+        """Deliveries this process has just stored for the device: written without a read
+        when nothing can be ahead of them, else a wake-up (its pump reads its queue)."""
+        ...
+
 
 _REASON_CLOSE = {
     "device_revoked": CloseCode.DEVICE_REVOKED,
@@ -57,6 +68,7 @@ class Hub:
         self._by_device: dict[str, Member] = {}
         self._by_user: dict[str, set[Member]] = {}
         self.accepting = True
+        self.origin = uuid.uuid4().hex  # marks this process's own ``deliver`` events
 
     # -- raw connections (before authentication too) ---------------------------------------
 
@@ -105,12 +117,27 @@ class Hub:
             if m is not None:
                 m.wake(notices)
 
+    def deliver(self, new: Sequence[NewDelivery]) -> None:
+        """Deliveries this process's send pipeline has just committed (server/sends.py): each
+        device connected here is offered its own."""
+        by_device: dict[str, list[NewDelivery]] = {}
+        for n in new:
+            by_device.setdefault(n.device_id, []).append(n)
+        for d, items in by_device.items():
+            m = self._by_device.get(d)
+            if m is not None:
+                m.offer(items)
+
     # -- events from any process --------------------------------------------------------------
 
     async def on_deliver(self, event: dict[str, Any]) -> None:
         """A ``deliver`` event: its devices have new deliveries, and notices too unless the
         event says ``"notices": false`` (a message's, server/sends.py). Every other publisher
-        leaves the field out, so a new kind of notice cannot be missed by forgetting it."""
+        leaves the field out, so a new kind of notice cannot be missed by forgetting it. An
+        event of this process's own send pipeline is skipped: it has already handed the
+        deliveries over (:meth:`deliver`) or woken their devices."""
+        if event.get("origin") == self.origin:
+            return
         self.wake(event.get("device_ids", ()), notices=event.get("notices", True) is not False)
 
     async def on_keys_low(self, event: dict[str, Any]) -> None:

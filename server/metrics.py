@@ -57,6 +57,19 @@ class Metrics:
         self.messages_delivered = Counter(
             "lightbox_messages_delivered_total",
             "Deliveries acknowledged by their device.", registry=r)
+        self.deliveries_written = Counter(
+            "lightbox_deliveries_written_total",
+            "Deliveries written to devices' websockets, by how the pump had them: 'read' from "
+            "the device's durable queue, 'handed_over' by this process's send pipeline right "
+            "after COMMIT, without a read (the device connected to the process that stored "
+            "the message, nothing of the thread queued ahead of it).",
+            ["path"], registry=r)
+        for path in ("read", "handed_over"):
+            self.deliveries_written.labels(path)
+        self.delivery_reads = Counter(
+            "lightbox_delivery_reads_total",
+            "Statements reading devices' next deliveries (one for all the pumps that ask in "
+            "an event-loop turn).", registry=r)
         self.delivery_latency = Histogram(
             "lightbox_delivery_latency_seconds",
             "From commit of a message to its delivery frame being written to the device.",

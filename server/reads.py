@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 
 from server.db import Database
+from server.metrics import Metrics
 from server.store import messages
 
 __all__ = ["DeliveryReader"]
@@ -23,8 +24,9 @@ log = logging.getLogger("lightbox.reads")
 
 
 class DeliveryReader:
-    def __init__(self, db: Database, *, max_devices: int = 256) -> None:
-        self.db = db
+    def __init__(self, db: Database, *, max_devices: int = 256,
+                 metrics: Metrics | None = None) -> None:
+        self.db, self.metrics = db, metrics
         self.max_devices = max_devices
         self._waiting: list[tuple[messages.DeliveryRequest,
                                   asyncio.Future[list[messages.Delivery]]]] = []
@@ -55,6 +57,8 @@ class DeliveryReader:
                     ) -> None:
         try:
             async with self.db.hot_pool.acquire() as conn:
+                if self.metrics is not None:
+                    self.metrics.delivery_reads.inc()
                 found = await messages.fetch_next_deliveries(conn, [r for r, _ in waiting])
         except BaseException as exc:  # each pump sees the failure (and its connection closes)
             for _, fut in waiting:

@@ -91,6 +91,17 @@ class Routing(Protocol):
                           at: dt.datetime) -> None: ...
 
 
+class LocalDelivery(Protocol):
+    """This process's websocket connections (server/hub.py), told after COMMIT about what a
+    batch queued, so that a recipient connected here is written to without a read."""
+
+    origin: str  # marks the wake-up events this process publishes (it skips its own)
+
+    def deliver(self, new: Sequence[messages.NewDelivery]) -> None: ...
+
+    def wake(self, device_ids: Iterable[str], *, notices: bool = True) -> None: ...
+
+
 class FilingHook(Protocol):
     async def admit(self, conn: Any, header: MessageHeader, org_id: str,
                     members: AbstractSet[str], device_set: threads.DeviceSet
@@ -184,6 +195,7 @@ KNOWN_THREADS = 4096  # threads whose state a process keeps (least recently used
 class SendPipeline:
     filing: FilingHook | None = None  # set where the app is assembled (server/app.py)
     break_glass: BreakGlass | None = None  # likewise
+    local: LocalDelivery | None = None  # likewise
 
     def __init__(self, db: Database, metrics: Metrics, *, policy: SendPolicy,
                  max_message_bytes: int, max_batch: int = 256, verify_signatures: bool = True,
@@ -306,6 +318,11 @@ class SendPipeline:
             await self._store(batch, locked)
         except Exception as exc:  # the batch failed as a whole: every sender may retry
             log.error("send batch failed", exc_info=exc, extra={"count": len(batch)})
+            if self.local is not None:
+                # It may have committed all the same (the answer to COMMIT lost): this
+                # process skips its own wake-up events, so its recipients read their queues.
+                self.local.wake({d for p in batch for d in p.message.header.recipient_devices},
+                                notices=False)
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(
@@ -379,6 +396,7 @@ class SendPipeline:
             self.metrics.send_batches.labels("rechecked").inc()
             return None
         stored = result.stored
+        self._hand_over([(m, stored[(m.sender_device_id, m.message_id)]) for m in msgs], now)
         for t, k in known.items():
             if self._known.get(t) is k:  # not replaced by a newer read meanwhile
                 self._known[t] = dataclasses.replace(k, epoch=result.epoch)
@@ -421,6 +439,7 @@ class SendPipeline:
         first_of: dict[tuple[str, str], int] = {}  # key -> index of its first send here
         twins: list[tuple[int, int]] = []  # (index, index of the same send earlier in batch)
         accepted: list[tuple[int, messages.NewMessage, list[str]]] = []
+        stored: list[tuple[messages.NewMessage, batches.Stored]] = []
         async with self.db.hot_pool.acquire() as conn, conn.transaction():
             reads = await batches.lock_and_read(
                 conn, (m.thread_id for _, m in prepared),
@@ -458,12 +477,18 @@ class SendPipeline:
                     continue
                 first_of[key] = i
                 accepted.append((i, m, list(p.message.header.attachment_ids)))
-            await self._insert(conn, accepted, outcome, now, at, reads.routed)
+            stored = await self._insert(conn, accepted, outcome, now, at, reads.routed)
             if self.break_glass is not None:
                 await self.break_glass.record(conn, [
                     batch_state.emergencies[(m.sender_device_id, m.message_id)]
                     for _, m, _ in accepted
                     if (m.sender_device_id, m.message_id) in batch_state.emergencies], now)
+        # Committed. Messages of threads with on-call work may have had deliveries held
+        # (server/oncall.py): their recipients read their queues.
+        self._hand_over([(m, st) for m, st in stored if m.thread_id not in reads.routed], now)
+        if self.local is not None:
+            self.local.wake({d for m, _ in stored if m.thread_id in reads.routed
+                             for d in m.recipients}, notices=False)
         for i, j in twins:
             prev = outcome.get(j)
             outcome[i] = (dataclasses.replace(prev, duplicate=True)
@@ -472,14 +497,28 @@ class SendPipeline:
         self.metrics.send_batches.labels("read").inc()
         return outcome
 
-    @staticmethod
-    def _wake(msgs: Sequence[messages.NewMessage]) -> list[str]:
+    def _wake(self, msgs: Sequence[messages.NewMessage]) -> list[str]:
         """The notifications that wake the recipients' pumps (server/events.py), at most 180
-        devices each (a NOTIFY payload is limited to 8,000 bytes)."""
+        devices each (a NOTIFY payload is limited to 8,000 bytes). With local delivery they
+        carry this process's ``origin``: its own hub skips them, as it is told after COMMIT
+        (:meth:`_hand_over`)."""
         woken = sorted({d for m in msgs for d in m.recipients})
+        origin = {} if self.local is None else {"origin": self.local.origin}
         return [events.notification("deliver", device_ids=woken[k:k + 180],
-                                    notices=False)  # pumps skip notices
+                                    notices=False, **origin)  # pumps skip notices
                 for k in range(0, len(woken), 180)]
+
+    def _hand_over(self, stored: Sequence[tuple[messages.NewMessage, batches.Stored]],
+                   now: dt.datetime) -> None:
+        """After COMMIT: every delivery just queued, to this process's hub, which hands those
+        of devices connected here to their pumps (docs/ARCHITECTURE.md §3 "Local delivery")."""
+        if self.local is None:
+            return
+        self.local.deliver([
+            messages.NewDelivery(d.device_id, m.thread_id, messages.Delivery(
+                d.delivery_pk, d.delivery_id, st.thread_seq, m.priority, now, m.sealed),
+                d.queued)
+            for m, st in stored for d in st.deliveries])
 
     @staticmethod
     def _new_message(p: _Pending) -> messages.NewMessage:
@@ -544,11 +583,13 @@ class SendPipeline:
     async def _insert(self, conn: Any,
                       accepted: list[tuple[int, messages.NewMessage, list[str]]],
                       outcome: dict[int, messages.Accepted | RelayError],
-                      now: dt.datetime, at: dt.datetime, routed: frozenset[str]) -> None:
+                      now: dt.datetime, at: dt.datetime, routed: frozenset[str]
+                      ) -> list[tuple[messages.NewMessage, batches.Stored]]:
         """Store the accepted messages, their deliveries and the recipients' wake-up in one
-        statement (server/store/batches.py), then their attachment grants and on-call work."""
+        statement (server/store/batches.py), then their attachment grants and on-call work.
+        Returns each message stored with what the store returned for it."""
         if not accepted:
-            return
+            return []
         msgs = [m for _, m, _ in accepted]
         stored = await batches.store_messages(conn, msgs, now, channel=events.CHANNEL,
                                               notifications=self._wake(msgs))
@@ -566,3 +607,4 @@ class SendPipeline:
                     for _, m, _ in accepted if m.thread_id in routed]
             if rows:
                 await self.routing.after_store(conn, rows, at)
+        return [(m, stored[(m.sender_device_id, m.message_id)]) for _, m, _ in accepted]

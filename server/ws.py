@@ -11,7 +11,10 @@ challenge), three things run per connection:
   ``min(heartbeat, heartbeat_timeout) / 2`` seconds (one timer per connection, no task);
 * the pump: durable notices, then deliveries in queue order, at most ``send_window`` of them
   unacknowledged (flow control: a device that stops acknowledging stops receiving, and one
-  that stops reading is closed with 4009 and later resumes from its durable queue);
+  that stops reading is closed with 4009 and later resumes from its durable queue). A
+  delivery this process has just stored is written without reading it back when the pump is
+  idle and every other delivery the device had queued was already written on this connection
+  (:meth:`_Connection.offer`, docs/ARCHITECTURE.md §3 "Local delivery");
 * the answers to sends and acks: callbacks on the group-commit futures (:mod:`server.sends`,
   :mod:`server.acks`) queue ``accepted`` (or the error) when the batch commits, and one
   flush per connection and event-loop turn writes them (no task per frame).
@@ -157,13 +160,15 @@ class _Connection:
         self.user_id = ""
         self._wake = asyncio.Event()
         self._notices_pending = True  # read the device's notices at least once, at connect
+        self._read_needed = True  # the pump must read the queue (at connect, and each wake)
+        self._idle = False  # the pump waits for a wake-up, every read's deliveries written
+        self._handed: list[messages.NewDelivery] = []  # stored here, to write without a read
         self._closed = False
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
         self._in_flight: dict[str, float] = {}  # delivery id -> sent at (monotonic)
         self._sent_ids: set[str] = set()  # every delivery id sent on this connection
-        self._last_pk = 0
         self._kept_notices: set[int] = set()  # orders written here, still queued until confirmed
         self._window_bound = False
         self._rate = SendRate(messages_per_minute=self.cfg.messages_per_minute,
@@ -180,7 +185,28 @@ class _Connection:
     def wake(self, notices: bool = True) -> None:
         if notices:
             self._notices_pending = True
+        self._read_needed = True
         self._wake.set()
+
+    def offer(self, new: list[messages.NewDelivery]) -> None:
+        """Deliveries this process has just committed for this device (server/sends.py). The
+        pump writes them without reading them back only when a read would return exactly
+        them: it is idle (every delivery a read returned is written, no wake-up pending, the
+        window was not full), they fit in the window, and every other delivery the device had
+        queued when they were stored (``queued``, seen under the thread locks) has been
+        written on this connection. So the queue's order holds across relay processes: a
+        message for this device stored by another process, whose wake-up has not arrived
+        yet, sends these to the read instead. Otherwise: a wake-up, and the pump reads."""
+        if self._closed:
+            return
+        if (self._idle and not self._read_needed and not self._window_bound
+                and len(self._in_flight) + len(self._handed) + len(new) <= self.cfg.send_window
+                and all(n.queued is not None and self._sent_ids.issuperset(n.queued)
+                        for n in new)):
+            self._handed.extend(new)
+            self._wake.set()
+        else:
+            self.wake(notices=False)
 
     def push(self, frame: Frame) -> None:
         self._spawn(self._send(frame))
@@ -533,7 +559,7 @@ class _Connection:
             self._in_flight.pop(d, None)
         self.relay.metrics.messages_delivered.inc(len(fut.result()))
         if self._window_bound:
-            self._wake.set()
+            self.wake(notices=False)
 
     async def _answer(self, req_id: str | None, call: Awaitable[Frame | bool | None]) -> None:
         """Await a service's handling of a frame: send the frame it answers with, if any, or
@@ -577,6 +603,18 @@ class _Connection:
         page = self.cfg.send_window
         while not self._closed:
             self._wake.clear()
+            if not self._read_needed:
+                # Woken only by deliveries handed over after their COMMIT (offer): written in
+                # queue order, without a read; any a read has written meanwhile are skipped.
+                handed, self._handed = self._handed, []
+                await self._write_deliveries(
+                    [n.delivery for n in messages.queue_order(handed)
+                     if n.delivery.delivery_id not in self._sent_ids], "handed_over")
+                await self._flush()
+                await self._sleep()
+                continue
+            self._read_needed = False
+            self._handed = []  # committed before the read below: it returns them, in order
             notices: list[messages.Notice] = []
             if self._notices_pending:
                 # Only when a wake-up said notices may be waiting (and once at connect): a
@@ -603,23 +641,7 @@ class _Connection:
                 async with self.relay.db.pool.acquire() as conn:
                     await messages.drop_notices(conn, self.device_id,
                                                 [n.notice_pk for n in notices])
-            now = time.monotonic()
-            wall = dt.datetime.now(dt.UTC)
-            frames = []
-            for d in batch:
-                self._last_pk = d.delivery_pk
-                self._in_flight[d.delivery_id] = now
-                self._sent_ids.add(d.delivery_id)
-                # The stored bytes are the sender's sealed message as strictly decoded and
-                # re-encoded at send time: embed them as they are (same wire bytes as Deliver).
-                frames.append(encode_deliver(
-                    delivery_id=d.delivery_id, thread_seq=d.thread_seq,
-                    priority=Priority(d.priority), received_at=int(d.received_at.timestamp()),
-                    sealed=d.sealed))
-                self.relay.metrics.delivery_latency.observe(
-                    max(0.0, (wall - d.received_at).total_seconds()))
-            for data in frames:
-                await self._write_raw(data)
+            await self._write_deliveries(batch, "read")
             await self._flush()
             if not backlog_done and room > 0 and len(batch) < min(room, page):
                 # Everything queued when the device connected has now been sent.
@@ -628,8 +650,39 @@ class _Connection:
             # Deliveries may be waiting behind a full window: only then must an ack wake us.
             self._window_bound = room <= 0 or len(batch) == min(room, page)
             if self._notices_pending or (room > 0 and len(batch) == min(room, page)):
+                self._read_needed = True
                 continue  # more waiting: go on without sleeping
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        """Wait for the next wake-up or handed-over delivery, marked idle meanwhile (offer)."""
+        if self._wake.is_set():
+            return
+        self._idle = True
+        try:
             await self._wake.wait()
+        finally:
+            self._idle = False
+
+    async def _write_deliveries(self, batch: list[messages.Delivery], path: str) -> None:
+        now = time.monotonic()
+        wall = dt.datetime.now(dt.UTC)
+        frames = []
+        for d in batch:
+            self._in_flight[d.delivery_id] = now
+            self._sent_ids.add(d.delivery_id)
+            # The stored bytes are the sender's sealed message as strictly decoded and
+            # re-encoded at send time: embed them as they are (same wire bytes as Deliver).
+            frames.append(encode_deliver(
+                delivery_id=d.delivery_id, thread_seq=d.thread_seq,
+                priority=Priority(d.priority), received_at=int(d.received_at.timestamp()),
+                sealed=d.sealed))
+            self.relay.metrics.delivery_latency.observe(
+                max(0.0, (wall - d.received_at).total_seconds()))
+        if frames:
+            self.relay.metrics.deliveries_written.labels(path).inc(len(frames))
+        for data in frames:
+            await self._write_raw(data)
 
     async def _write_raw(self, data: bytes) -> None:
         async with self._write_lock:

@@ -32,10 +32,12 @@ from server.store.messages import PRIORITY_RANK, NewMessage
 from server.store.threads import DeviceSet
 
 __all__ = [
+    "QUEUED_LIMIT",
     "BatchReads",
     "Existing",
     "KnownStored",
     "Stored",
+    "StoredDelivery",
     "lock_and_read",
     "lock_and_store",
     "store_messages",
@@ -107,9 +109,27 @@ async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
 
 
 @dataclasses.dataclass(frozen=True)
+class StoredDelivery:
+    """A delivery the store queued: its primary key, id and device, and ``queued``: the ids of
+    that device's other deliveries still queued and not held, as the store saw them under the
+    thread locks (alembic migration 0017). The same batch's deliveries are not among them."""
+
+    delivery_pk: int
+    delivery_id: str
+    device_id: str
+    queued: tuple[str, ...] | None  # None: more than the store lists (QUEUED_LIMIT)
+
+
+QUEUED_LIMIT = 256
+"""The most queued ids the store returns per delivery (alembic migration 0017); a delivery
+with that many has ``queued`` None, as the store may have left some out."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Stored:
     message_pk: int
     thread_seq: int
+    deliveries: tuple[StoredDelivery, ...] = ()
 
 
 def _columns(msgs: Sequence[NewMessage]) -> list[list[object]]:
@@ -124,28 +144,37 @@ def _columns(msgs: Sequence[NewMessage]) -> list[list[object]]:
 
 
 def _stored(rows: Iterable[asyncpg.Record]) -> dict[tuple[str, str], Stored]:
-    return {(r["stored_device"], r["stored_id"]): Stored(int(r["stored_pk"]),
-                                                        int(r["stored_seq"])) for r in rows}
+    """One row per delivery (a message without any has one row without): per message."""
+    out: dict[tuple[str, str], tuple[int, int, list[StoredDelivery]]] = {}
+    for r in rows:
+        _, _, ds = out.setdefault((r["stored_device"], r["stored_id"]),
+                                  (int(r["stored_pk"]), int(r["stored_seq"]), []))
+        if r["d_pk"] is not None:
+            queued = tuple(r["d_queued"])
+            ds.append(StoredDelivery(int(r["d_pk"]), r["d_id"], r["d_device"],
+                                     queued if len(queued) < QUEUED_LIMIT else None))
+    return {k: Stored(pk, seq, tuple(ds)) for k, (pk, seq, ds) in out.items()}
 
 
-_STORE = ("SELECT * FROM store_batch($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], "
-          "$6::smallint[], $7::text[], $8::uuid[], $9::bytea[], $10::text[], $11::bytea[], $12, "
-          "$13, $14::text[])")
+_STORE = (
+    "SELECT * FROM store_batch_delivering($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], "
+    "$5::text[], $6::smallint[], $7::text[], $8::uuid[], $9::bytea[], $10::text[], $11::bytea[], "
+    "$12, $13, $14::text[])")
 _LOCK_AND_STORE = (
-    "SELECT * FROM lock_and_store_batch($1::uuid[], $2::bytea[], $3::bigint, $4, $5::uuid[], "
-    "$6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::smallint[], $11::text[], $12::uuid[], "
-    "$13::bytea[], $14::text[], $15::bytea[], $16, $17, $18::text[])")
+    "SELECT * FROM lock_and_store_batch_delivering($1::uuid[], $2::bytea[], $3::bigint, $4, "
+    "$5::uuid[], $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::smallint[], $11::text[], "
+    "$12::uuid[], $13::bytea[], $14::text[], $15::bytea[], $16, $17, $18::text[])")
 
 
 async def store_messages(conn: asyncpg.Connection, msgs: Sequence[NewMessage],
                          now: dt.datetime, *, channel: str, notifications: Sequence[str]
                          ) -> dict[tuple[str, str], Stored]:
     """Store messages (in batch order) with their deliveries and send ``notifications`` on
-    ``channel``, in one statement (the SQL function ``store_batch``: each thread's counter
-    advanced, the messages numbered on from it in batch order, one delivery per recipient
-    device in the same order, the notifications delivered by Postgres only if the transaction
-    commits); returns each message's primary key and thread number. The threads must be
-    locked (:func:`lock_and_read`)."""
+    ``channel``, in one statement (the SQL function ``store_batch_delivering``: each thread's
+    counter advanced, the messages numbered on from it in batch order, one delivery per
+    recipient device in the same order, the notifications delivered by Postgres only if the
+    transaction commits); returns each message's primary key, thread number and deliveries
+    (:class:`StoredDelivery`). The threads must be locked (:func:`lock_and_read`)."""
     if not msgs:
         return {}
     rows = await conn.fetch(_STORE, *_columns(msgs), now, channel, list(notifications))

@@ -22,6 +22,7 @@ __all__ = [
     "Delivery",
     "DeliveryRequest",
     "MessageRef",
+    "NewDelivery",
     "NewMessage",
     "Notice",
     "ack",
@@ -33,6 +34,7 @@ __all__ = [
     "message_ref",
     "purge_delivered_ciphertext",
     "queue_depth",
+    "queue_order",
 ]
 
 PRIORITY_RANK = {"urgent": 0, "routine": 1}
@@ -69,6 +71,38 @@ class Delivery:
     priority: str
     received_at: dt.datetime
     sealed: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class NewDelivery:
+    """A delivery its relay process has just stored (server/sends.py), with what the device's
+    pump needs to write it without reading it back: its thread, and the ids of the device's
+    other deliveries still queued when it was stored (alembic migration 0017)."""
+
+    device_id: str
+    thread_id: str
+    delivery: Delivery
+    queued: tuple[str, ...] | None  # None: too many to list (server/store/batches.py)
+
+
+def queue_order(new: Sequence[NewDelivery]) -> list[NewDelivery]:
+    """``new`` (one device's) in the order :func:`fetch_next_deliveries` reads a queue, as if
+    these were all it held: within a thread by thread number; across threads by the most
+    urgent rank of a delivery and every later one of its thread, then by the first queued
+    delivery of that tail, then thread id."""
+    by_thread: dict[str, list[NewDelivery]] = {}
+    for n in new:
+        by_thread.setdefault(n.thread_id, []).append(n)
+    keyed: list[tuple[tuple[int, int, str, int], NewDelivery]] = []
+    for tid, items in by_thread.items():
+        items.sort(key=lambda n: n.delivery.thread_seq, reverse=True)
+        rank, pk = len(PRIORITY_RANK), None
+        for n in items:  # latest first: each takes the minimum over itself and those after it
+            rank = min(rank, PRIORITY_RANK[n.delivery.priority])
+            pk = n.delivery.delivery_pk if pk is None else min(pk, n.delivery.delivery_pk)
+            keyed.append(((rank, pk, tid, n.delivery.thread_seq), n))
+    keyed.sort(key=lambda k: k[0])
+    return [n for _, n in keyed]
 
 
 _NEXT_DELIVERIES = """

@@ -8,12 +8,13 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import random
 import uuid
 
 import asyncpg
 import pytest
 
-from server.store import batches, escalations, threads
+from server.store import batches, escalations, messages, threads
 from tests.helpers import eventually
 from tests.server.test_store_threads import NOW, add_device, add_user, new_message
 
@@ -525,3 +526,125 @@ async def test_a_relay_of_the_release_before_still_stores_by_digest_after_the_up
     await add_device(conn, b)
     assert await send() == []
     assert await conn.fetchval("SELECT count(*) FROM messages") == 1
+
+
+async def test_each_delivery_stored_lists_its_devices_other_deliveries_still_queued(
+        conn: asyncpg.Connection) -> None:
+    """What lets a relay write a delivery it stored without reading it back (alembic migration
+    0017): per delivery, the ids of its device's other deliveries still queued and not held,
+    in queue order, whatever their thread. Acknowledged, held, other devices' and the same
+    batch's deliveries are not listed."""
+    a, b, c = await add_user(conn), await add_user(conn), await add_user(conn)
+    a1, b1, c1 = await add_device(conn, a), await add_device(conn, b), await add_device(conn, c)
+    t1, t2 = await new_thread(conn, a, b, c), await new_thread(conn, a, b)
+
+    async def send(*msgs: messages.NewMessage) -> dict[tuple[str, str], batches.Stored]:
+        async with conn.transaction():
+            return await batches.store_messages(conn, list(msgs), NOW, channel="c",
+                                                notifications=[])
+
+    def to(stored: dict[tuple[str, str], batches.Stored], msg: messages.NewMessage,
+           device: str) -> batches.StoredDelivery:
+        (d,) = [d for d in stored[(a1, msg.message_id)].deliveries if d.device_id == device]
+        return d
+
+    first, acked, held = (new_message(t1, a, a1, [b1, c1]) for _ in range(3))
+    elsewhere = new_message(t2, a, a1, [b1])
+    s = await send(first, acked, held, elsewhere)
+    assert to(s, elsewhere, b1).queued == ()  # the same batch's are not listed
+    assert [d.device_id for d in s[(a1, first.message_id)].deliveries] == [b1, c1]
+    await messages.ack(conn, b1, [to(s, acked, b1).delivery_id])
+    await conn.execute("UPDATE deliveries SET held = true WHERE delivery_id = $1",
+                       to(s, held, b1).delivery_id)
+    later = new_message(t1, a, a1, [b1, c1])
+    s2 = await send(later)
+    assert to(s2, later, b1).queued == (to(s, first, b1).delivery_id,
+                                        to(s, elsewhere, b1).delivery_id)
+    assert to(s2, later, c1).queued == tuple(
+        to(s, m, c1).delivery_id for m in (first, acked, held))
+    row = await conn.fetchrow("SELECT delivery_pk, device_id::text AS d FROM deliveries "
+                              "WHERE delivery_id = $1", to(s2, later, b1).delivery_id)
+    assert (row["delivery_pk"], row["d"]) == (to(s2, later, b1).delivery_pk, b1)
+
+
+async def test_a_delivery_with_more_queued_than_listed_says_so(
+        conn: asyncpg.Connection) -> None:
+    """Past the store's limit the list is cut, and a cut list must never pass for complete."""
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = await new_thread(conn, a, b)
+    ahead = [new_message(tid, a, a1, [b1]) for _ in range(batches.QUEUED_LIMIT)]
+    async with conn.transaction():
+        await batches.store_messages(conn, ahead[:-1], NOW, channel="c", notifications=[])
+        last = await batches.store_messages(conn, ahead[-1:], NOW, channel="c",
+                                            notifications=[])
+        over = new_message(tid, a, a1, [b1])
+        stored = await batches.store_messages(conn, [over], NOW, channel="c",
+                                              notifications=[])
+    (d,) = last[(a1, ahead[-1].message_id)].deliveries
+    assert d.queued is not None and len(d.queued) == batches.QUEUED_LIMIT - 1
+    (d,) = stored[(a1, over.message_id)].deliveries
+    assert d.queued is None
+
+
+async def test_a_message_to_no_device_is_stored_without_deliveries(
+        conn: asyncpg.Connection) -> None:
+    a = await add_user(conn)
+    a1 = await add_device(conn, a)
+    tid = await new_thread(conn, a)
+    msg = new_message(tid, a, a1, [])
+    async with conn.transaction():
+        stored = await batches.store_messages(conn, [msg], NOW, channel="c", notifications=[])
+    assert stored[(a1, msg.message_id)].deliveries == ()
+    assert stored[(a1, msg.message_id)].thread_seq == 1
+
+
+# The statement of the release before migration 0017, as its relays send it.
+_STATEMENT_BEFORE_0017 = (
+    "SELECT * FROM lock_and_store_batch($1::uuid[], $2::bytea[], $3::bigint, $4, $5::uuid[], "
+    "$6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::smallint[], $11::text[], $12::uuid[], "
+    "$13::bytea[], $14::text[], $15::bytea[], $16, $17, $18::text[])")
+
+
+async def test_a_relay_of_the_release_before_0017_still_stores_after_the_upgrade(
+        conn: asyncpg.Connection) -> None:
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tid = await new_thread(conn, a, b)
+    reads = await batches.lock_and_read(conn, [tid], [], NOW)
+    msg = new_message(tid, a, a1, [b1])
+    rows = await conn.fetch(_STATEMENT_BEFORE_0017, [tid], [reads.digests[tid]], reads.epoch,
+                            NOW, *batches._columns([msg]), NOW, "c", [])
+    assert [(r["stored_id"], r["stored_seq"], r["epoch"]) for r in rows] == [
+        (msg.message_id, 1, reads.epoch)]
+    assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE device_id = $1", b1) == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_handed_over_deliveries_are_ordered_as_the_queue_read_orders_them(
+        conn: asyncpg.Connection, seed: int) -> None:
+    """messages.queue_order (the pump's order for deliveries written without a read) against
+    fetch_next_deliveries on the same deliveries: urgent first across threads, a routine
+    delivery carried forward by a later urgent one of its thread, thread order kept."""
+    rng = random.Random(seed)
+    a, b = await add_user(conn), await add_user(conn)
+    a1, b1 = await add_device(conn, a), await add_device(conn, b)
+    tids = [await new_thread(conn, a, b) for _ in range(4)]
+    new: list[messages.NewDelivery] = []
+    for _ in range(4):
+        batch = [dataclasses.replace(new_message(rng.choice(tids), a, a1, [b1]),
+                                     priority=rng.choice(["urgent", "routine"]))
+                 for _ in range(rng.randint(1, 5))]
+        async with conn.transaction():
+            stored = await batches.store_messages(conn, batch, NOW, channel="c",
+                                                  notifications=[])
+        for m in batch:
+            st = stored[(a1, m.message_id)]
+            (d,) = st.deliveries
+            new.append(messages.NewDelivery(b1, m.thread_id, messages.Delivery(
+                d.delivery_pk, d.delivery_id, st.thread_seq, m.priority, NOW, m.sealed),
+                d.queued))
+    (read,) = await messages.fetch_next_deliveries(
+        conn, [messages.DeliveryRequest(b1, [], 100)])
+    rng.shuffle(new)
+    assert [n.delivery for n in messages.queue_order(new)] == read

@@ -117,6 +117,10 @@ class Hub:
             if m is not None:
                 m.wake(notices)
 
+    def connected(self, device_ids: Iterable[str]) -> list[str]:
+        """Those of ``device_ids`` with a connection in this process."""
+        return [d for d in device_ids if d in self._by_device]
+
     def deliver(self, new: Sequence[NewDelivery]) -> None:
         """Deliveries this process's send pipeline has just committed (server/sends.py): each
         device connected here is offered its own."""

@@ -97,6 +97,8 @@ class LocalDelivery(Protocol):
 
     origin: str  # marks the wake-up events this process publishes (it skips its own)
 
+    def connected(self, device_ids: Iterable[str]) -> list[str]: ...
+
     def deliver(self, new: Sequence[messages.NewDelivery]) -> None: ...
 
     def wake(self, device_ids: Iterable[str], *, notices: bool = True) -> None: ...
@@ -387,7 +389,8 @@ class SendPipeline:
             async with self.db.hot_pool.acquire() as conn:
                 result = await batches.lock_and_store(
                     conn, {t: k.digest for t, k in known.items()}, epoch, at, msgs, now,
-                    channel=events.CHANNEL, notifications=self._wake(msgs))
+                    channel=events.CHANNEL, notifications=self._wake(msgs),
+                    local=self._connected_here(msgs))
         except BaseException:
             self._forget_threads(known)  # the senders' retries are read and checked afresh
             raise
@@ -508,6 +511,13 @@ class SendPipeline:
                                     notices=False, **origin)  # pumps skip notices
                 for k in range(0, len(woken), 180)]
 
+    def _connected_here(self, msgs: Sequence[messages.NewMessage]) -> list[str]:
+        """The recipient devices connected to this process: the store lists what else each
+        has queued for those only (alembic migration 0017)."""
+        if self.local is None:
+            return []
+        return self.local.connected({d for m in msgs for d in m.recipients})
+
     def _hand_over(self, stored: Sequence[tuple[messages.NewMessage, batches.Stored]],
                    now: dt.datetime) -> None:
         """After COMMIT: every delivery just queued, to this process's hub, which hands those
@@ -592,7 +602,8 @@ class SendPipeline:
             return []
         msgs = [m for _, m, _ in accepted]
         stored = await batches.store_messages(conn, msgs, now, channel=events.CHANNEL,
-                                              notifications=self._wake(msgs))
+                                              notifications=self._wake(msgs),
+                                              local=self._connected_here(msgs))
         for i, m, _ in accepted:
             outcome[i] = messages.Accepted(
                 m.message_id, m.thread_id, stored[(m.sender_device_id, m.message_id)].thread_seq,

@@ -10,17 +10,19 @@ blindly, though: the read orders a device's queue (thread order, then urgent fir
 threads, PROTOCOL.md §16.5), and another relay process may have stored a message for the same
 device whose ``NOTIFY`` has not arrived yet. Only the store knows what else was queued.
 
-* ``store_batch_delivering(...)``: ``store_batch`` of migration 0015 (same arguments, same
-  writes, same notifications), returning one row per delivery (a message without one keeps a
-  row with ``NULL`` delivery columns): the message's key, primary key and thread number as
-  before, and the delivery's primary key, id, device, and ``d_queued``: the ids of that
-  device's other deliveries still queued and not held (at most 256, in queue order). Its
-  snapshot is taken after the thread locks (a later statement of the transaction, or of the
-  function that took them), so within the batch's threads it misses nothing: every earlier
-  message of those threads was numbered, and committed, under the locks this batch now holds.
-  The batch's own deliveries are not among them (a statement does not see its own inserts);
-  the relay orders those itself.
-* ``lock_and_store_batch_delivering(...)``: migration 0016's ``lock_and_store_batch`` (same
+* ``store_batch_delivering(..., p_local)``: ``store_batch`` of migration 0015 (the same
+  arguments and ``p_local``, the same writes and notifications), returning one row per
+  delivery (a message without one keeps a row with ``NULL`` delivery columns): the message's
+  key, primary key and thread number as before, and the delivery's primary key, id, device,
+  and ``d_queued``: for a device the relay names in ``p_local`` (those connected to it), the
+  ids of that device's other deliveries still queued and not held (at most 8, in queue order;
+  a device with more reads its queue anyway, and a short list keeps the store cheap when
+  devices have many in flight). Its snapshot is taken after the thread locks (a later
+  statement of the transaction, or of the function that took them), so within the batch's
+  threads it misses nothing: every earlier message of those threads was numbered, and
+  committed, under the locks this batch now holds. The batch's own deliveries are not among
+  them (a statement does not see its own inserts); the relay orders those itself.
+* ``lock_and_store_batch_delivering(..., p_local)``: migration 0016's ``lock_and_store_batch`` (same
   locks, same checks of the epoch, digests and retries), storing through the function above.
 
 The relay writes a delivery without a read only when every id in ``d_queued`` has already been
@@ -45,7 +47,7 @@ down_revision = "0016"
 branch_labels = None
 depends_on = None
 
-QUEUED_LIMIT = 256  # ids of other queued deliveries returned at most (server/store/batches.py)
+QUEUED_LIMIT = 8  # ids of other queued deliveries returned at most (server/store/batches.py)
 
 
 def _migration(name: str) -> Any:
@@ -69,8 +71,9 @@ def _store_batch_delivering() -> str:
     text = str(_migration("0015_known_threads.py").STORE_BATCH)
     text = _replace_once(text, "CREATE FUNCTION store_batch(",
                          "CREATE FUNCTION store_batch_delivering(")
-    text = _replace_once(text, "RETURNS TABLE (stored_pk bigint, stored_device text, "
-                               "stored_id text, stored_seq bigint)", _RETURNS + ")")
+    text = _replace_once(text, "p_notes text[])\nRETURNS TABLE (stored_pk bigint, "
+                               "stored_device text, stored_id text, stored_seq bigint)",
+                         "p_notes text[], p_local uuid[])\n" + _RETURNS + ")")
     text = _replace_once(text, """         ORDER BY m.message_pk, r.k
     ), woken AS (""", """         ORDER BY m.message_pk, r.k
         RETURNING deliveries.delivery_pk, deliveries.delivery_id, deliveries.device_id,
@@ -79,7 +82,7 @@ def _store_batch_delivering() -> str:
     select = "    SELECT m.message_pk, m.sender_device_id::text, m.message_id::text, m.thread_seq"
     return _replace_once(text, select + "\n      FROM m CROSS JOIN woken;", select + f""",
            dl.delivery_pk, dl.delivery_id::text, dl.device_id::text,
-           CASE WHEN dl.delivery_pk IS NULL THEN NULL ELSE ARRAY(
+           CASE WHEN dl.device_id = ANY (p_local) THEN ARRAY(
                SELECT e.delivery_id::text FROM deliveries e
                 WHERE e.device_id = dl.device_id AND NOT e.held
                 ORDER BY e.delivery_pk LIMIT {QUEUED_LIMIT}) END
@@ -99,8 +102,10 @@ def _lock_and_store_delivering() -> str:
     text = _replace_once(text, "CREATE FUNCTION lock_and_store_batch(",
                          "CREATE FUNCTION lock_and_store_batch_delivering(")
     text = _replace_once(
-        text, "RETURNS TABLE (stored_pk bigint, stored_device text, stored_id text, "
-              "stored_seq bigint,\n               epoch bigint)", _RETURNS + ", epoch bigint)")
+        text, "p_notes text[])\nRETURNS TABLE (stored_pk bigint, stored_device text, "
+              "stored_id text, stored_seq bigint,\n               epoch bigint)",
+        "p_notes text[], p_local uuid[])\n" + _RETURNS + ", epoch bigint)")
+    text = _replace_once(text, "p_channel, p_notes) AS s;", "p_channel, p_notes, p_local) AS s;")
     return _replace_once(
         text, "RETURN QUERY SELECT s.stored_pk, s.stored_device, s.stored_id, s.stored_seq, "
               "current\n                   FROM store_batch(",
@@ -108,7 +113,7 @@ def _lock_and_store_delivering() -> str:
 
 
 _STORE_ARGS = ("uuid[], uuid[], uuid[], uuid[], text[], smallint[], text[], uuid[], bytea[], "
-               "text[], bytea[], timestamptz, text, text[]")
+               "text[], bytea[], timestamptz, text, text[], uuid[]")
 
 
 def upgrade() -> None:

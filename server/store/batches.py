@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import asyncpg
 
@@ -117,12 +117,14 @@ class StoredDelivery:
     delivery_pk: int
     delivery_id: str
     device_id: str
-    queued: tuple[str, ...] | None  # None: more than the store lists (QUEUED_LIMIT)
+    queued: tuple[str, ...] | None  # None: not asked (not local), or QUEUED_LIMIT or more
 
 
-QUEUED_LIMIT = 256
-"""The most queued ids the store returns per delivery (alembic migration 0017); a delivery
-with that many has ``queued`` None, as the store may have left some out."""
+QUEUED_LIMIT = 8
+"""The most queued ids the store returns per delivery (alembic migration 0017). A delivery
+with that many has ``queued`` None, as the store may have left some out: a device with that
+many deliveries unacknowledged reads its queue anyway (a closed loop, a backlog), and a
+short list keeps the store cheap."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,34 +152,37 @@ def _stored(rows: Iterable[asyncpg.Record]) -> dict[tuple[str, str], Stored]:
         _, _, ds = out.setdefault((r["stored_device"], r["stored_id"]),
                                   (int(r["stored_pk"]), int(r["stored_seq"]), []))
         if r["d_pk"] is not None:
-            queued = tuple(r["d_queued"])
-            ds.append(StoredDelivery(int(r["d_pk"]), r["d_id"], r["d_device"],
-                                     queued if len(queued) < QUEUED_LIMIT else None))
+            queued = r["d_queued"]
+            ds.append(StoredDelivery(
+                int(r["d_pk"]), r["d_id"], r["d_device"],
+                tuple(queued) if queued is not None and len(queued) < QUEUED_LIMIT else None))
     return {k: Stored(pk, seq, tuple(ds)) for k, (pk, seq, ds) in out.items()}
 
 
 _STORE = (
     "SELECT * FROM store_batch_delivering($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], "
     "$5::text[], $6::smallint[], $7::text[], $8::uuid[], $9::bytea[], $10::text[], $11::bytea[], "
-    "$12, $13, $14::text[])")
+    "$12, $13, $14::text[], $15::uuid[])")
 _LOCK_AND_STORE = (
     "SELECT * FROM lock_and_store_batch_delivering($1::uuid[], $2::bytea[], $3::bigint, $4, "
     "$5::uuid[], $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::smallint[], $11::text[], "
-    "$12::uuid[], $13::bytea[], $14::text[], $15::bytea[], $16, $17, $18::text[])")
+    "$12::uuid[], $13::bytea[], $14::text[], $15::bytea[], $16, $17, $18::text[], $19::uuid[])")
 
 
 async def store_messages(conn: asyncpg.Connection, msgs: Sequence[NewMessage],
-                         now: dt.datetime, *, channel: str, notifications: Sequence[str]
-                         ) -> dict[tuple[str, str], Stored]:
+                         now: dt.datetime, *, channel: str, notifications: Sequence[str],
+                         local: Collection[str] = ()) -> dict[tuple[str, str], Stored]:
     """Store messages (in batch order) with their deliveries and send ``notifications`` on
     ``channel``, in one statement (the SQL function ``store_batch_delivering``: each thread's
     counter advanced, the messages numbered on from it in batch order, one delivery per
     recipient device in the same order, the notifications delivered by Postgres only if the
     transaction commits); returns each message's primary key, thread number and deliveries
-    (:class:`StoredDelivery`). The threads must be locked (:func:`lock_and_read`)."""
+    (:class:`StoredDelivery`, with ``queued`` for the devices in ``local`` only). The threads
+    must be locked (:func:`lock_and_read`)."""
     if not msgs:
         return {}
-    rows = await conn.fetch(_STORE, *_columns(msgs), now, channel, list(notifications))
+    rows = await conn.fetch(_STORE, *_columns(msgs), now, channel, list(notifications),
+                            list(local))
     return _stored(rows)
 
 
@@ -193,8 +198,8 @@ class KnownStored:
 
 async def lock_and_store(conn: asyncpg.Connection, digests: Mapping[str, bytes],
                          epoch: int | None, at: dt.datetime, msgs: Sequence[NewMessage],
-                         now: dt.datetime, *, channel: str, notifications: Sequence[str]
-                         ) -> KnownStored | None:
+                         now: dt.datetime, *, channel: str, notifications: Sequence[str],
+                         local: Collection[str] = ()) -> KnownStored | None:
     """Lock the threads, and store the batch as :func:`store_messages` does only if each
     thread's state is still the one read by :func:`lock_and_read` at an earlier moment (the
     directory ``epoch`` read with it is still current, or else each thread's digest given is)
@@ -205,7 +210,7 @@ async def lock_and_store(conn: asyncpg.Connection, digests: Mapping[str, bytes],
         return KnownStored({}, epoch, by_epoch=False)
     tids = sorted(digests)
     rows = await conn.fetch(_LOCK_AND_STORE, tids, [digests[t] for t in tids], epoch, at,
-                            *_columns(msgs), now, channel, list(notifications))
+                            *_columns(msgs), now, channel, list(notifications), list(local))
     if not rows:
         return None
     current = rows[0]["epoch"]

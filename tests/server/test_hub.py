@@ -76,3 +76,11 @@ def test_handed_over_deliveries_go_to_their_devices_connected_here_one_offer_eac
         ["delivery-1", "delivery-3"]]
     assert [[n.delivery.delivery_id for n in o] for o in b.offered] == [["delivery-4"]]
     assert a.wakes == b.wakes == []
+
+
+def test_the_devices_connected_here_are_named_among_those_asked_about() -> None:
+    hub = Hub()
+    hub.register(_Socket("dev-a"))
+    hub.register(_Socket("dev-b"))
+    assert sorted(hub.connected(["dev-b", "dev-gone", "dev-a"])) == ["dev-a", "dev-b"]
+    assert hub.connected([]) == []

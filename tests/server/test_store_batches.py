@@ -531,9 +531,10 @@ async def test_a_relay_of_the_release_before_still_stores_by_digest_after_the_up
 async def test_each_delivery_stored_lists_its_devices_other_deliveries_still_queued(
         conn: asyncpg.Connection) -> None:
     """What lets a relay write a delivery it stored without reading it back (alembic migration
-    0017): per delivery, the ids of its device's other deliveries still queued and not held,
-    in queue order, whatever their thread. Acknowledged, held, other devices' and the same
-    batch's deliveries are not listed."""
+    0017): per delivery to a device the relay names as connected to it, the ids of the device's
+    other deliveries still queued and not held, in queue order, whatever their thread.
+    Acknowledged, held, other devices' and the same batch's deliveries are not listed; for a
+    device not named, nothing is asked."""
     a, b, c = await add_user(conn), await add_user(conn), await add_user(conn)
     a1, b1, c1 = await add_device(conn, a), await add_device(conn, b), await add_device(conn, c)
     t1, t2 = await new_thread(conn, a, b, c), await new_thread(conn, a, b)
@@ -541,7 +542,7 @@ async def test_each_delivery_stored_lists_its_devices_other_deliveries_still_que
     async def send(*msgs: messages.NewMessage) -> dict[tuple[str, str], batches.Stored]:
         async with conn.transaction():
             return await batches.store_messages(conn, list(msgs), NOW, channel="c",
-                                                notifications=[])
+                                                notifications=[], local=[b1, c1])
 
     def to(stored: dict[tuple[str, str], batches.Stored], msg: messages.NewMessage,
            device: str) -> batches.StoredDelivery:
@@ -565,6 +566,14 @@ async def test_each_delivery_stored_lists_its_devices_other_deliveries_still_que
     row = await conn.fetchrow("SELECT delivery_pk, device_id::text AS d FROM deliveries "
                               "WHERE delivery_id = $1", to(s2, later, b1).delivery_id)
     assert (row["delivery_pk"], row["d"]) == (to(s2, later, b1).delivery_pk, b1)
+    elsewhere_only = new_message(t1, a, a1, [b1, c1])
+    async with conn.transaction():
+        s3 = await batches.store_messages(conn, [elsewhere_only], NOW, channel="c",
+                                          notifications=[], local=[c1])
+    assert to(s3, elsewhere_only, b1).queued is None  # b1 is connected elsewhere: not asked
+    before = to(s2, later, c1)
+    assert before.queued is not None
+    assert to(s3, elsewhere_only, c1).queued == (*before.queued, before.delivery_id)
 
 
 async def test_a_delivery_with_more_queued_than_listed_says_so(
@@ -577,10 +586,10 @@ async def test_a_delivery_with_more_queued_than_listed_says_so(
     async with conn.transaction():
         await batches.store_messages(conn, ahead[:-1], NOW, channel="c", notifications=[])
         last = await batches.store_messages(conn, ahead[-1:], NOW, channel="c",
-                                            notifications=[])
+                                            notifications=[], local=[b1])
         over = new_message(tid, a, a1, [b1])
         stored = await batches.store_messages(conn, [over], NOW, channel="c",
-                                              notifications=[])
+                                              notifications=[], local=[b1])
     (d,) = last[(a1, ahead[-1].message_id)].deliveries
     assert d.queued is not None and len(d.queued) == batches.QUEUED_LIMIT - 1
     (d,) = stored[(a1, over.message_id)].deliveries
@@ -637,7 +646,7 @@ async def test_handed_over_deliveries_are_ordered_as_the_queue_read_orders_them(
                  for _ in range(rng.randint(1, 5))]
         async with conn.transaction():
             stored = await batches.store_messages(conn, batch, NOW, channel="c",
-                                                  notifications=[])
+                                                  notifications=[], local=[b1])
         for m in batch:
             st = stored[(a1, m.message_id)]
             (d,) = st.deliveries

@@ -54,6 +54,11 @@ class Member(Closable, Protocol):
         when nothing can be ahead of them, else a wake-up (its pump reads its queue)."""
         ...
 
+    def may_take(self) -> bool:
+        """Whether deliveries handed over now could be written without a read (the store
+        then lists what else the device has queued, server/sends.py)."""
+        ...
+
 
 _REASON_CLOSE = {
     "device_revoked": CloseCode.DEVICE_REVOKED,
@@ -117,9 +122,11 @@ class Hub:
             if m is not None:
                 m.wake(notices)
 
-    def connected(self, device_ids: Iterable[str]) -> list[str]:
-        """Those of ``device_ids`` with a connection in this process."""
-        return [d for d in device_ids if d in self._by_device]
+    def takers(self, device_ids: Iterable[str]) -> list[str]:
+        """Those of ``device_ids`` connected to this process whose pumps could take a
+        delivery handed over now (:meth:`Member.may_take`)."""
+        return [d for d in device_ids
+                if (m := self._by_device.get(d)) is not None and m.may_take()]
 
     def deliver(self, new: Sequence[NewDelivery]) -> None:
         """Deliveries this process's send pipeline has just committed (server/sends.py): each

@@ -97,7 +97,7 @@ class LocalDelivery(Protocol):
 
     origin: str  # marks the wake-up events this process publishes (it skips its own)
 
-    def connected(self, device_ids: Iterable[str]) -> list[str]: ...
+    def takers(self, device_ids: Iterable[str]) -> list[str]: ...
 
     def deliver(self, new: Sequence[messages.NewDelivery]) -> None: ...
 
@@ -512,11 +512,13 @@ class SendPipeline:
                 for k in range(0, len(woken), 180)]
 
     def _connected_here(self, msgs: Sequence[messages.NewMessage]) -> list[str]:
-        """The recipient devices connected to this process: the store lists what else each
-        has queued for those only (alembic migration 0017)."""
+        """The recipient devices connected to this process whose pumps could take a delivery
+        handed over: the store lists what else each has queued for those only (alembic
+        migration 0017). Listing it costs a scan of the device's queue, so a device whose
+        pump is busy or has deliveries in flight is not asked about (a closed loop's)."""
         if self.local is None:
             return []
-        return self.local.connected({d for m in msgs for d in m.recipients})
+        return self.local.takers({d for m in msgs for d in m.recipients})
 
     def _hand_over(self, stored: Sequence[tuple[messages.NewMessage, batches.Stored]],
                    now: dt.datetime) -> None:

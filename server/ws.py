@@ -72,7 +72,7 @@ from server.reads import DeliveryReader
 from server.sendrate import SendRate
 from server.sends import Sender, SendPipeline
 from server.socketauth import SocketAuthenticator, SocketPrincipal
-from server.store import messages
+from server.store import batches, messages
 from server.wipes import WipeRequired, WipeService
 
 __all__ = ["PrekeyWatch", "ReceiptHook", "SocketConfig", "WebSocketRelay"]
@@ -207,6 +207,12 @@ class _Connection:
             self._wake.set()
         else:
             self.wake(notices=False)
+
+    def may_take(self) -> bool:
+        """Whether :meth:`offer` could take deliveries stored now: the pump is idle and
+        fewer deliveries are unacknowledged than the store would list (QUEUED_LIMIT)."""
+        return (self._idle and not self._read_needed and not self._window_bound
+                and not self._closed and len(self._in_flight) < batches.QUEUED_LIMIT)
 
     def push(self, frame: Frame) -> None:
         self._spawn(self._send(frame))

@@ -22,12 +22,16 @@ class _Socket:
     session_id: str = "session"
     wakes: list[bool] = dataclasses.field(default_factory=list)
     offered: list[list[NewDelivery]] = dataclasses.field(default_factory=list)
+    taking: bool = True
 
     def wake(self, notices: bool = True) -> None:
         self.wakes.append(notices)
 
     def offer(self, new: list[NewDelivery]) -> None:
         self.offered.append(new)
+
+    def may_take(self) -> bool:
+        return self.taking
 
     def push(self, frame: Frame) -> None:
         raise AssertionError("no frame is pushed by a wake-up")
@@ -78,9 +82,10 @@ def test_handed_over_deliveries_go_to_their_devices_connected_here_one_offer_eac
     assert a.wakes == b.wakes == []
 
 
-def test_the_devices_connected_here_are_named_among_those_asked_about() -> None:
+def test_the_takers_are_the_devices_connected_here_whose_pumps_could_take_a_delivery() -> None:
     hub = Hub()
     hub.register(_Socket("dev-a"))
     hub.register(_Socket("dev-b"))
-    assert sorted(hub.connected(["dev-b", "dev-gone", "dev-a"])) == ["dev-a", "dev-b"]
-    assert hub.connected([]) == []
+    hub.register(_Socket("dev-busy", taking=False))
+    assert sorted(hub.takers(["dev-b", "dev-gone", "dev-busy", "dev-a"])) == ["dev-a", "dev-b"]
+    assert hub.takers([]) == []

@@ -32,7 +32,9 @@ a batch of other threads starts at once, even while one before it waits for a lo
 batch touching the same thread waits for the earlier one's COMMIT and messages keep their
 submission order within a thread. A batch stored in one statement (below) holds its locks
 only inside that statement: a later batch sharing one of its threads waits for it to end.
-Recipients' processes are woken by a NOTIFY sent in the same transaction.
+Recipients' processes are woken by a NOTIFY sent in the same transaction; recipients connected
+to this process are handed their deliveries after COMMIT instead (docs/ARCHITECTURE.md §3,
+"Local delivery").
 
 Threads already known: checks 3 to 7 read a thread's organisation, participants and their
 devices, and that state rarely changes between two messages. The pipeline keeps what the last
@@ -192,6 +194,7 @@ class _NoDatabase:
 
 _NO_DATABASE: Any = _NoDatabase()
 KNOWN_THREADS = 4096  # threads whose state a process keeps (least recently used dropped)
+HANDOVER_BATCH = 16  # the largest batch whose deliveries are handed over (_connected_here)
 
 
 class SendPipeline:
@@ -514,9 +517,13 @@ class SendPipeline:
     def _connected_here(self, msgs: Sequence[messages.NewMessage]) -> list[str]:
         """The recipient devices connected to this process whose pumps could take a delivery
         handed over: the store lists what else each has queued for those only (alembic
-        migration 0017). Listing it costs a scan of the device's queue, so a device whose
-        pump is busy or has deliveries in flight is not asked about (a closed loop's)."""
-        if self.local is None:
+        migration 0017). Listing it costs a scan of the device's queue, which a queue that
+        many deliveries pass through keeps long with dead entries. So a device whose pump is
+        busy or has deliveries in flight is not asked about, nor any in a batch of more than
+        ``HANDOVER_BATCH`` messages: under that load the pumps' reads are shared, one
+        statement for every pump that asks in an event-loop turn (server/reads.py), and the
+        scans would cost more than they save (docs/BENCHMARKS.md, round 10)."""
+        if self.local is None or len(msgs) > HANDOVER_BATCH:
             return []
         return self.local.takers({d for m in msgs for d in m.recipients})
 

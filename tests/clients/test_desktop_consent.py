@@ -71,6 +71,7 @@ async def test_the_desktop_shows_a_withdrawn_consent_live_and_after_a_restart(
 
         # The desktop client restarts (a new launch of the same profile): still withdrawn,
         # at the same time, from what the vault kept.
+        before_restart = len(problems)
         await team.desktop.stop()
         again = DesktopServer(tmp_path / "specialist-profile",
                               client_options={"backoff_base": 0.05, "backoff_max": 0.5})
@@ -95,7 +96,13 @@ async def test_the_desktop_shows_a_withdrawn_consent_live_and_after_a_restart(
             assert "You WITHDREW this consent on" in text
         finally:
             await again.stop()
-        assert not problems, problems
+        # While the launch stops, the open tab may ask it for something after its vault locked
+        # (423 Locked) or once nothing answers; Chromium logs each such failed load as a
+        # console error itself (as in test_desktop_restart.py). An uncaught error is a problem.
+        expected = ("the server responded with a status of 423", "net::ERR_CONNECTION_REFUSED")
+        assert not problems[:before_restart], problems
+        assert [p for p in problems[before_restart:]
+                if not any(e in p for e in expected)] == [], problems
 
 
 def _consent_id(intern: Clinician, message_id: str) -> str:

@@ -14,7 +14,7 @@ from server.store.messages import Delivery, NewDelivery
 
 
 @dataclasses.dataclass(eq=False)
-class _Socket:
+class RecordingMember:
     """A registered connection that records its wake-ups (the hub's Member protocol)."""
 
     device_id: str
@@ -42,7 +42,7 @@ class _Socket:
 
 async def test_a_messages_wake_up_skips_notices_and_any_other_reads_them() -> None:
     hub = Hub()
-    a, b = _Socket("dev-a"), _Socket("dev-b")
+    a, b = RecordingMember("dev-a"), RecordingMember("dev-b")
     hub.register(a)
     hub.register(b)
     await hub.on_deliver({"kind": "deliver", "device_ids": ["dev-a"], "notices": False})
@@ -55,7 +55,7 @@ async def test_a_messages_wake_up_skips_notices_and_any_other_reads_them() -> No
 async def test_this_processs_own_wake_ups_are_skipped_and_another_processs_are_not() -> None:
     hub, other = Hub(), Hub()
     assert hub.origin != other.origin
-    a = _Socket("dev-a")
+    a = RecordingMember("dev-a")
     hub.register(a)
     await hub.on_deliver({"kind": "deliver", "device_ids": ["dev-a"], "notices": False,
                           "origin": hub.origin})
@@ -72,7 +72,7 @@ def _new(device_id: str, n: int) -> NewDelivery:
 
 def test_handed_over_deliveries_go_to_their_devices_connected_here_one_offer_each() -> None:
     hub = Hub()
-    a, b = _Socket("dev-a"), _Socket("dev-b")
+    a, b = RecordingMember("dev-a"), RecordingMember("dev-b")
     hub.register(a)
     hub.register(b)
     hub.deliver([_new("dev-a", 1), _new("dev-gone", 2), _new("dev-a", 3), _new("dev-b", 4)])
@@ -84,8 +84,8 @@ def test_handed_over_deliveries_go_to_their_devices_connected_here_one_offer_eac
 
 def test_the_takers_are_the_devices_connected_here_whose_pumps_could_take_a_delivery() -> None:
     hub = Hub()
-    hub.register(_Socket("dev-a"))
-    hub.register(_Socket("dev-b"))
-    hub.register(_Socket("dev-busy", taking=False))
+    hub.register(RecordingMember("dev-a"))
+    hub.register(RecordingMember("dev-b"))
+    hub.register(RecordingMember("dev-busy", taking=False))
     assert sorted(hub.takers(["dev-b", "dev-gone", "dev-busy", "dev-a"])) == ["dev-a", "dev-b"]
     assert hub.takers([]) == []

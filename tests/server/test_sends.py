@@ -18,10 +18,13 @@ from protocol.errors import ErrorCode
 from protocol.model import SealedMessage
 from server.db import Database
 from server.errors import RelayError
+from server.hub import Hub
 from server.metrics import Metrics
-from server.sends import Sender, SendPipeline
+from server.sends import HANDOVER_BATCH, Sender, SendPipeline
 from tests.identity_world import World
 from tests.relay_world import Peer, peer, seal, thread
+from tests.server.test_hub import RecordingMember
+from tests.server.test_store_threads import new_message
 
 MAX = 64 * 1024
 
@@ -146,3 +149,21 @@ async def test_a_batch_waiting_for_the_one_before_is_answered_not_ready_when_the
         assert await holder.fetchval("SELECT count(*) FROM messages") == 0
     finally:
         await holder.close()
+
+
+async def test_the_store_is_asked_about_takers_here_and_only_for_a_small_batch(
+        world: World, relay_db: Database) -> None:
+    """Local delivery (docs/ARCHITECTURE.md §3): the batch store lists what else a device has
+    queued only for recipients connected here whose pumps could take a delivery now, and not
+    at all for a batch of more than HANDOVER_BATCH messages, whose scans would cost more than
+    the reads they save (docs/BENCHMARKS.md, round 10)."""
+    pipe = pipeline(world, relay_db)
+    assert pipe._connected_here([new_message("t", "u", "d", ["here"])]) == []  # no hub
+    hub = Hub()
+    hub.register(RecordingMember("here"))
+    hub.register(RecordingMember("busy", taking=False))
+    pipe.local = hub
+    small = [new_message("t", "u", "d", ["here", "busy", "elsewhere"])
+             for _ in range(HANDOVER_BATCH)]
+    assert pipe._connected_here(small) == ["here"]
+    assert pipe._connected_here([*small, new_message("t", "u", "d", ["here"])]) == []

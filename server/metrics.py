@@ -62,7 +62,7 @@ class Metrics:
             "Deliveries written to devices' websockets, by how the pump had them: 'read' from "
             "the device's durable queue, 'handed_over' by this process's send pipeline right "
             "after COMMIT, without a read (the device connected to the process that stored "
-            "the message, nothing of the thread queued ahead of it).",
+            "the message, everything else it had queued already written to it).",
             ["path"], registry=r)
         for path in ("read", "handed_over"):
             self.deliveries_written.labels(path)

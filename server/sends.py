@@ -519,10 +519,11 @@ class SendPipeline:
         handed over: the store lists what else each has queued for those only (alembic
         migration 0017). Listing it costs a scan of the device's queue, which a queue that
         many deliveries pass through keeps long with dead entries. So a device whose pump is
-        busy or has deliveries in flight is not asked about, nor any in a batch of more than
-        ``HANDOVER_BATCH`` messages: under that load the pumps' reads are shared, one
-        statement for every pump that asks in an event-loop turn (server/reads.py), and the
-        scans would cost more than they save (docs/BENCHMARKS.md, round 10)."""
+        busy, or has as many unacknowledged deliveries as the store would list, is not
+        asked about (``Member.may_take``), nor any in a batch of more than ``HANDOVER_BATCH``
+        messages: under that load the pumps' reads are shared, one statement for every pump
+        that asks in an event-loop turn (server/reads.py), and the scans would cost more than
+        they save (docs/BENCHMARKS.md, round 10)."""
         if self.local is None or len(msgs) > HANDOVER_BATCH:
             return []
         return self.local.takers({d for m in msgs for d in m.recipients})

@@ -70,7 +70,7 @@ from server.errors import Conflict, Forbidden, LimitError, RelayError
 from server.metrics import Metrics
 from server.store import attachments, batches, messages, threads
 
-__all__ = ["Routing", "SendPipeline", "SendPolicy", "Sender"]
+__all__ = ["Routing", "SendPipeline", "SendPolicy", "Sender", "new_message"]
 
 log = logging.getLogger("lightbox.sends")
 _REUSED = "this message id was already used with a different message"
@@ -120,6 +120,18 @@ class SendPolicy(Protocol):
         """Raise RelayError if policy (consent) refuses the message; runs in the send
         transaction, before anything is stored."""
         ...
+
+
+def new_message(message: SealedMessage, encoded: bytes) -> messages.NewMessage:
+    """What the store keeps of a sealed message: its header's ids and flags, and ``encoded``
+    (the sealed message as the relay re-encoded it) with its SHA-256."""
+    h = message.header
+    return messages.NewMessage(
+        message_id=h.message_id, thread_id=h.thread_id, sender_user_id=h.sender_user_id,
+        sender_device_id=h.sender_device_id, priority=h.priority.value,
+        purpose=h.purpose.value, consent_id=h.consent_id,
+        body_hash=hashlib.sha256(encoded).digest(), sealed=encoded,
+        recipients=list(h.recipient_devices))
 
 
 @dataclasses.dataclass
@@ -341,7 +353,7 @@ class SendPipeline:
         (:meth:`_store_read`)."""
         now = self.now()
         at = self.routing.at() if self.routing is not None else now
-        prepared = [(p, self._new_message(p)) for p in batch]
+        prepared = [(p, new_message(p.message, p.encoded)) for p in batch]
         outcome = await self._store_known(prepared, now, at)
         if outcome is None:
             outcome = await self._store_read(prepared, now, at, locked)
@@ -539,16 +551,6 @@ class SendPipeline:
                 d.delivery_pk, d.delivery_id, st.thread_seq, m.priority, now, m.sealed),
                 d.queued)
             for m, st in stored for d in st.deliveries])
-
-    @staticmethod
-    def _new_message(p: _Pending) -> messages.NewMessage:
-        h = p.message.header
-        return messages.NewMessage(
-            message_id=h.message_id, thread_id=h.thread_id, sender_user_id=h.sender_user_id,
-            sender_device_id=h.sender_device_id, priority=h.priority.value,
-            purpose=h.purpose.value, consent_id=h.consent_id,
-            body_hash=hashlib.sha256(p.encoded).digest(), sealed=p.encoded,
-            recipients=list(h.recipient_devices))
 
     async def _check(self, conn: Any, p: _Pending, orgs: dict[str, str],
                      members: Mapping[str, AbstractSet[str]],

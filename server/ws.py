@@ -197,22 +197,25 @@ class _Connection:
         written on this connection. So the queue's order holds across relay processes: a
         message for this device stored by another process, whose wake-up has not arrived
         yet, sends these to the read instead. Otherwise: a wake-up, and the pump reads."""
-        if self._closed:
-            return
-        if (self._idle and not self._read_needed and not self._window_bound
+        if (self._settled()
                 and len(self._in_flight) + len(self._handed) + len(new) <= self.cfg.send_window
                 and all(n.queued is not None and self._sent_ids.issuperset(n.queued)
                         for n in new)):
             self._handed.extend(new)
             self._wake.set()
-        else:
+        elif not self._closed:
             self.wake(notices=False)
 
     def may_take(self) -> bool:
         """Whether :meth:`offer` could take deliveries stored now: the pump is idle and
         fewer deliveries are unacknowledged than the store would list (QUEUED_LIMIT)."""
-        return (self._idle and not self._read_needed and not self._window_bound
-                and not self._closed and len(self._in_flight) < batches.QUEUED_LIMIT)
+        return self._settled() and len(self._in_flight) < batches.QUEUED_LIMIT
+
+    def _settled(self) -> bool:
+        """The pump waits with nothing to read: every delivery a read returned is written,
+        no wake-up is pending and the last read did not fill the window."""
+        return (not self._closed and self._idle and not self._read_needed
+                and not self._window_bound)
 
     def push(self, frame: Frame) -> None:
         self._spawn(self._send(frame))

@@ -82,7 +82,7 @@ class NewDelivery:
     device_id: str
     thread_id: str
     delivery: Delivery
-    queued: tuple[str, ...] | None  # None: too many to list (server/store/batches.py)
+    queued: tuple[str, ...] | None  # None: not listed, or too many (server/store/batches.py)
 
 
 def queue_order(new: Sequence[NewDelivery]) -> list[NewDelivery]:

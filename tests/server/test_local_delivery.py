@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from protocol.errors import ErrorCode
 from protocol.frames import Deliver, QueueEmpty
 from protocol.model import Priority, SealedMessage
 from server.hub import Member
+from server.sends import new_message
 from server.store import batches, messages
 from tests.helpers import eventually, seconds
 from tests.identity_world import World, identity_world
@@ -99,19 +99,12 @@ async def test_a_message_to_a_device_connected_here_is_written_without_reading_t
 async def store_unannounced(world: World, sealed: SealedMessage) -> None:
     """Store a message as another relay process would, whose wake-up has not arrived yet (no
     NOTIFY at all here): the thread locked, the message and its deliveries committed."""
-    encoded = envelope.encode_sealed(sealed)
-    h = sealed.header
-    msg = messages.NewMessage(
-        message_id=h.message_id, thread_id=h.thread_id, sender_user_id=h.sender_user_id,
-        sender_device_id=h.sender_device_id, priority=h.priority.value,
-        purpose=h.purpose.value, consent_id=h.consent_id,
-        body_hash=hashlib.sha256(encoded).digest(), sealed=encoded,
-        recipients=list(h.recipient_devices))
+    msg = new_message(sealed, envelope.encode_sealed(sealed))
     now = dt.datetime.now(dt.UTC)
     db = await world.db()
     try:
         async with db.transaction():
-            await batches.lock_and_read(db, [h.thread_id], [], now)
+            await batches.lock_and_read(db, [msg.thread_id], [], now)
             await batches.store_messages(db, [msg], now, channel="elsewhere", notifications=[])
     finally:
         await db.close()

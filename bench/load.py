@@ -26,19 +26,24 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from bench.world import DeviceSpec, Sealer
 from protocol.frames import (
+    BUNDLE_SUBPROTOCOL,
     DEFAULT_MAX_FRAME,
     Accepted,
     Ack,
+    Bundle,
     Deliver,
     Error,
+    Frame,
     Ping,
     Pong,
     Send,
     decode_frame,
     encode_frame,
+    pack_bundles,
 )
 from protocol.session import ClientSession, SessionReady
 
@@ -78,6 +83,7 @@ class Device:
         self.ack_task: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[None] | None = None
         self.close_code: int | None = None
+        self.bundles = False  # the relay selected lightbox.bundle (docs/PROTOCOL.md §3.6)
 
     async def connect(self, url: str, kind: str, timeout: float) -> None:
         if kind == "bare":
@@ -90,7 +96,12 @@ class Device:
                                     client="lightbox-bench", client_version="0.1.0",
                                     sign=keys.sign)
             ws = await connect(url, max_size=DEFAULT_MAX_FRAME, ping_interval=None,
-                               open_timeout=timeout, compression=None, close_timeout=2)
+                               open_timeout=timeout, compression=None, close_timeout=2,
+                               subprotocols=([Subprotocol(BUNDLE_SUBPROTOCOL)]
+                                             if self.gen.bundles else None))
+            if ws.subprotocol == BUNDLE_SUBPROTOCOL:
+                session.use_bundles()
+                self.bundles = True
             try:
                 async with asyncio.timeout(timeout):
                     ready = False
@@ -116,16 +127,29 @@ class Device:
             async for data in self.ws:
                 if isinstance(data, str):
                     continue
-                await self._on_frame(data)
+                await self._on_message(data)
         except websockets.ConnectionClosed:
             pass
         finally:
             self.close_code = self.ws.close_code
 
-    async def _on_frame(self, data: bytes) -> None:
-        st = self.gen.stats
-        st.frames_in += 1
+    async def _on_message(self, data: bytes) -> None:
+        """One websocket message: a frame, or a bundle of them; what they call for (the next
+        sends of the closed loop, pongs) goes out together, in one bundle when the relay
+        selected bundles."""
+        self.gen.stats.frames_in += 1
         frame = decode_frame(data)
+        out: list[bytes] = []
+        if isinstance(frame, Bundle):
+            for inner in frame.frames:
+                self._on_frame(decode_frame(inner), out)
+        else:
+            self._on_frame(frame, out)
+        if out:
+            await self._write(out)
+
+    def _on_frame(self, frame: Frame, out: list[bytes]) -> None:
+        st = self.gen.stats
         if isinstance(frame, Accepted):
             now = time.monotonic()
             self.inflight -= 1
@@ -135,7 +159,7 @@ class Device:
             if sent is not None and self.gen.record_latency:
                 st.accept_latencies.append(now - sent)
             if self.gen.closed_loop and now < self.gen.stop_at:
-                await self.send_next()
+                self._take_next(out)
         elif isinstance(frame, Deliver):
             now = time.monotonic()
             st.delivered += 1
@@ -148,9 +172,7 @@ class Device:
                 # Acknowledge together whatever arrives before the loop comes round again.
                 self.ack_task = asyncio.create_task(self._ack())
         elif isinstance(frame, Ping):
-            assert self.ws is not None
-            st.frames_out += 1
-            await self.ws.send(encode_frame(Pong(nonce=frame.nonce)))
+            out.append(encode_frame(Pong(nonce=frame.nonce)))
         elif isinstance(frame, Error):
             st.refused[frame.code.value] += 1
             if frame.req_id is not None:
@@ -166,8 +188,8 @@ class Device:
                 self.gen.stats.frames_out += 1
                 await self.ws.send(encode_frame(Ack(delivery_ids=ids[i:i + 256])))
 
-    async def send_next(self) -> bool:
-        """Send the next pre-sealed message; False when the pool is used up."""
+    def _take_next(self, out: list[bytes]) -> bool:
+        """Queue the next pre-sealed message on ``out``; False when the pool is used up."""
         if self.next >= len(self.pool):
             if not self.gen.cyclic or not self.pool:
                 self.gen.exhausted_at = min(self.gen.exhausted_at, time.monotonic())
@@ -178,16 +200,31 @@ class Device:
         st = self.gen.stats
         st.sent_at[mid] = st.accept_at[mid] = time.monotonic()
         st.sent += 1
-        st.frames_out += 1
         self.inflight += 1
+        out.append(data)
+        return True
+
+    async def _write(self, out: list[bytes]) -> bool:
+        """Write frames (bundled when the relay selected bundles); False when the connection
+        closed, and then the sends among them count as refused."""
         assert self.ws is not None
+        st = self.gen.stats
+        messages = pack_bundles(out, DEFAULT_MAX_FRAME) if self.bundles else out
         try:
-            await self.ws.send(data)
+            for data in messages:
+                st.frames_out += 1
+                await self.ws.send(data)
         except websockets.ConnectionClosed:
-            self.inflight -= 1
-            st.refused["connection_closed"] += 1
+            lost = sum(1 for data in out if decode_frame(data).__class__ is Send)
+            self.inflight -= lost
+            st.refused["connection_closed"] += lost
             return False
         return True
+
+    async def send_next(self) -> bool:
+        """Send the next pre-sealed message; False when the pool is used up."""
+        out: list[bytes] = []
+        return self._take_next(out) and await self._write(out)
 
     async def close(self) -> None:
         if self.ws is not None:
@@ -210,6 +247,7 @@ class Generator:
         self.cyclic = False
         self.stop_at = 0.0
         self.exhausted_at = float("inf")
+        self.bundles = True  # ask the relay for lightbox.bundle (bench/relay.py --no-bundles)
 
     def senders(self) -> list[Device]:
         return [d for d in self.devices if d.spec.peer != d.spec.index and d.spec.thread_id]
@@ -218,7 +256,10 @@ class Generator:
 
     async def cmd_connect(self, url: str, kind: str, concurrency: int = 64,
                           open_timeout: float = 30.0, first: int = 0,
-                          last: int | None = None) -> dict[str, Any]:
+                          last: int | None = None, bundles: bool | None = None
+                          ) -> dict[str, Any]:
+        if bundles is not None:
+            self.bundles = bundles
         sem = asyncio.Semaphore(concurrency)
         errors: Counter[str] = Counter()
         todo = self.devices[first:last]

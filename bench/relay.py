@@ -720,7 +720,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             workers = relay.relay_pids()
             log(f"lightbox-server --workers {args.workers} on port {relay.port} "
                 f"(pids {[p.pid for p in workers]})")
-            conn = gens.call("connect", 300, url=relay.url, kind="relay")
+            conn = gens.call("connect", 300, url=relay.url, kind="relay",
+                             bundles=not args.no_bundles)
             n_ok = sum(r["connected"] for r in conn)
             log(f"  {n_ok}/{args.devices} devices connected in "
                 f"{max(r['seconds'] for r in conn):.1f} s")
@@ -1235,6 +1236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--history", type=int, default=100_000,
                    help="delivered messages already in the database before anything is "
                         "measured (0: a fresh, empty database)")
+    p.add_argument("--no-bundles", action="store_true",
+                   help="the generator does not ask for the lightbox.bundle subprotocol: one "
+                        "frame per websocket message, as the phone and desktop apps send")
     p.add_argument("--keep", action="store_true",
                    help="keep .data/bench-<pid> (relay logs, profiles) after the run")
     for phase in ("raw", "relay", "bare", "idle"):

@@ -41,6 +41,7 @@ from protocol.model import SUPPORTED_VERSIONS, Priority, SealedMessage
 from protocol.statements import ReceiptKind
 
 __all__ = [
+    "BUNDLE_SUBPROTOCOL",
     "CHALLENGE_LABEL",
     "DEFAULT_ACK_BATCH",
     "DEFAULT_HEARTBEAT",
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_ACCESS_TOKEN",
     "MAX_ACK_BATCH",
     "MAX_ATTACHMENTS",
+    "MAX_BUNDLE",
     "MAX_CIPHERTEXT",
     "MAX_CLIENT_NAME",
     "MAX_DETAIL",
@@ -67,6 +69,7 @@ __all__ = [
     "Accepted",
     "Ack",
     "Auth",
+    "Bundle",
     "Challenge",
     "Deliver",
     "Direction",
@@ -102,6 +105,7 @@ __all__ = [
     "encode_deliver",
     "encode_frame",
     "negotiate",
+    "pack_bundles",
     "peek_req_id",
 ]
 
@@ -143,6 +147,12 @@ MAX_RECORD_REF: Final = 256
 """Longest record reference (a DICOM Study Instance UID is at most 64; a URL may be longer)."""
 MAX_PING_NONCE: Final = 32
 """Longest ``ping``/``pong`` nonce."""
+MAX_BUNDLE: Final = 64
+"""Most frames in one ``bundle`` (docs/PROTOCOL.md §3.6)."""
+BUNDLE_SUBPROTOCOL: Final = "lightbox.bundle"
+"""The websocket subprotocol (RFC 6455 §1.9, ``Sec-WebSocket-Protocol``) a client asks for
+when it can take ``bundle`` frames; the relay selects it when it can too, and only then may
+either side send one (docs/PROTOCOL.md §3.6)."""
 NONCE_SIZE: Final = 32
 """Size of the server's challenge nonce."""
 SIGNATURE_SIZE: Final = 64
@@ -474,6 +484,14 @@ class ResealRequest(_Frame, tag="reseal_request", frozen=True, kw_only=True):
 # --- liveness --------------------------------------------------------------------------------
 
 
+class Bundle(_Frame, tag="bundle", frozen=True, kw_only=True):
+    """Either side, only on a connection that selected :data:`BUNDLE_SUBPROTOCOL`: several
+    encoded frames in one websocket message, each handled exactly as if it had come alone, in
+    order (docs/PROTOCOL.md §3.6). Never nested, never before ``ready``."""
+
+    frames: Annotated[list[bytes], Meta(min_length=1, max_length=MAX_BUNDLE)]
+
+
 class Ping(_Frame, tag="ping", frozen=True, kw_only=True):
     """Either side: liveness check; the peer answers ``pong`` with the same nonce."""
 
@@ -508,6 +526,7 @@ Frame: TypeAlias = (
     | Revoked
     | EscalationNotice
     | ResealRequest
+    | Bundle
     | Ping
     | Pong
 )
@@ -539,6 +558,7 @@ DIRECTION: Final[Mapping[type[Frame], Direction]] = {
     Revoked: _S2C,
     EscalationNotice: _S2C,
     ResealRequest: _S2C,
+    Bundle: Direction.BOTH,
     Ping: Direction.BOTH,
     Pong: Direction.BOTH,
 }
@@ -599,6 +619,40 @@ def encode_deliver(*, delivery_id: str, thread_seq: int, priority: Priority, rec
     return _ENCODER.encode(_DeliverEncoded(
         delivery_id=delivery_id, thread_seq=thread_seq, priority=priority.value,
         received_at=received_at, message=msgspec.Raw(sealed)))
+
+
+# A bundle's MessagePack map before its frames: fixmap of 2, "t": "bundle", "frames", and an
+# array header of at most 3 bytes (MAX_BUNDLE <= 65535); each frame adds a bin header of at
+# most 5 bytes (bin 32). An upper bound, so a packed bundle never exceeds the size it was cut to.
+_BUNDLE_HEAD: Final = 1 + 2 + 7 + 7 + 3
+_BUNDLE_PER_FRAME: Final = 5
+
+
+def pack_bundles(frames: list[bytes], max_size: int) -> list[bytes]:
+    """Websocket messages carrying ``frames`` in order: consecutive frames joined into
+    ``bundle`` frames of at most ``max_size`` bytes and :data:`MAX_BUNDLE` frames; a frame that
+    would be alone is sent as itself (docs/PROTOCOL.md §3.6)."""
+    if len(frames) < 2:
+        return frames
+    out: list[bytes] = []
+    group: list[bytes] = []
+    size = _BUNDLE_HEAD
+
+    def close_group() -> None:
+        if len(group) == 1:
+            out.append(group[0])
+        elif group:
+            out.append(_ENCODER.encode(Bundle(frames=group)))
+
+    for data in frames:
+        cost = len(data) + _BUNDLE_PER_FRAME
+        if group and (size + cost > max_size or len(group) == MAX_BUNDLE):
+            close_group()
+            group, size = [], _BUNDLE_HEAD
+        group.append(data)
+        size += cost
+    close_group()
+    return out
 
 
 def decode_frame(data: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME) -> Frame:

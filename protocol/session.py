@@ -27,6 +27,14 @@ Error handling (the ``error`` frame goes out before the close):
 * once ready, a malformed frame, a frame in the wrong direction, a repeated handshake frame or
   an overflowing send window is answered with a non-fatal ``error`` and the connection stays
   usable; after ``max_bad_frames`` such frames the session closes with 4000.
+
+Bundles (docs/PROTOCOL.md §3.6): once the I/O layer has seen the ``lightbox.bundle``
+subprotocol selected in the websocket handshake, it calls :meth:`use_bundles`. From ``ready``
+on, :meth:`data_to_send` then joins consecutive frames into ``bundle`` frames, and
+:meth:`receive_data` takes a received ``bundle`` apart: each frame in it is checked and
+answered exactly as if it had come alone, in order (one malformed frame in a bundle costs
+that frame, not its neighbours). Without the subprotocol a ``bundle`` is an
+``unexpected_frame``, like any frame out of place.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from protocol.frames import (
     NONCE_SIZE,
     Accepted,
     Auth,
+    Bundle,
     Challenge,
     Direction,
     Error,
@@ -66,6 +75,7 @@ from protocol.frames import (
     decode_frame,
     encode_frame,
     negotiate,
+    pack_bundles,
     peek_req_id,
 )
 from protocol.model import SUPPORTED_VERSIONS
@@ -176,6 +186,8 @@ class _Core:
     close_code: CloseCode | None = None
     close_reason: str = ""
     bad_frames: int = 0
+    bundles: bool = False  # the lightbox.bundle subprotocol was selected
+    plain: int = 0  # the first ``plain`` outgoing frames go alone (queued before ready)
 
 
 class _Session:
@@ -200,10 +212,36 @@ class _Session:
         """``send`` frames not yet answered by ``accepted`` or ``error``."""
         return len(self._in_flight)
 
+    def use_bundles(self) -> None:
+        """The websocket handshake selected the ``lightbox.bundle`` subprotocol: once ready,
+        frames may travel in ``bundle`` frames both ways (docs/PROTOCOL.md §3.6)."""
+        self._core.bundles = True
+
+    @property
+    def bundles(self) -> bool:
+        return self._core.bundles
+
     def data_to_send(self) -> list[bytes]:
-        """Binary websocket messages to write, in order (the buffer is emptied)."""
-        out, self._core.outgoing = self._core.outgoing, []
-        return out
+        """Binary websocket messages to write, in order (the buffer is emptied). With bundles,
+        the frames queued since ``ready`` are joined into ``bundle`` frames no larger than the
+        relay's announced ``max_frame``."""
+        core = self._core
+        out, core.outgoing = core.outgoing, []
+        if not core.bundles or len(out) - core.plain < 2:
+            core.plain = 0
+            return out
+        plain, core.plain = core.plain, 0
+        return out[:plain] + pack_bundles(out[plain:], self._bundle_max())
+
+    def _bundle_max(self) -> int:
+        return DEFAULT_MAX_FRAME
+
+    def _push(self, data: bytes, ready: bool) -> None:
+        """Queue one encoded frame; one queued before ``ready`` is never bundled."""
+        core = self._core
+        core.outgoing.append(data)
+        if not ready:
+            core.plain = len(core.outgoing)
 
 
 def _frame_name(frame: Frame) -> str:
@@ -251,14 +289,39 @@ class ServerSession(_Session):
         """Process one binary websocket message from the client."""
         if self.state is ServerState.CLOSED:
             return []
+        frame = self._decode(data)
+        if isinstance(frame, ErrorEvent):
+            return [frame]
+        if isinstance(frame, Bundle) and self.state is ServerState.READY:
+            if not self._core.bundles:
+                return [self._unexpected(frame, "the lightbox.bundle subprotocol was not "
+                                                "selected for this connection")]
+            return self._receive_bundle(frame)
+        return self._receive_frame(frame)
+
+    def _decode(self, data: bytes) -> Frame | ErrorEvent:
         try:
-            frame = decode_frame(data, max_frame_size=self._core.max_frame_size)
+            return decode_frame(data, max_frame_size=self._core.max_frame_size)
         except DecodeError as exc:
             # Never parse an oversize frame, not even to find its req_id.
             too_large = exc.code is ErrorCode.FRAME_TOO_LARGE
-            return [
-                self._reject_input(exc.code, str(exc), None if too_large else peek_req_id(data))
-            ]
+            return self._reject_input(exc.code, str(exc),
+                                      None if too_large else peek_req_id(data))
+
+    def _receive_bundle(self, bundle: Bundle) -> list[Event]:
+        """Each frame of a bundle, in order, as if it had come alone (PROTOCOL.md §3.6)."""
+        events: list[Event] = []
+        for data in bundle.frames:
+            if self.state is ServerState.CLOSED:
+                break
+            frame = self._decode(data)
+            if isinstance(frame, ErrorEvent):
+                events.append(frame)
+            else:  # a bundle in it is refused there, as out of place
+                events.extend(self._receive_frame(frame))
+        return events
+
+    def _receive_frame(self, frame: Frame) -> list[Event]:
         if DIRECTION[type(frame)] is Direction.SERVER_TO_CLIENT:
             return [self._unexpected(frame, "server-to-client frame sent by the client")]
         if self.state is ServerState.AWAIT_HELLO:
@@ -277,6 +340,8 @@ class ServerSession(_Session):
         # READY
         if isinstance(frame, Hello | Auth):
             return [self._unexpected(frame, "already authenticated")]
+        if isinstance(frame, Bundle):
+            return [self._unexpected(frame, "bundle inside a bundle")]
         if isinstance(frame, Send) and frame.req_id not in self._in_flight:
             if len(self._in_flight) >= self.limits.send_window:
                 return [
@@ -346,7 +411,7 @@ class ServerSession(_Session):
         """
         if (
             DIRECTION[type(frame)] is Direction.CLIENT_TO_SERVER
-            or isinstance(frame, Challenge | Ready)
+            or isinstance(frame, Challenge | Ready | Bundle)
             or (isinstance(frame, Error) and frame.fatal)
         ):
             raise ProtocolError(
@@ -359,6 +424,15 @@ class ServerSession(_Session):
         if isinstance(frame, Accepted | Error) and frame.req_id is not None:
             self._in_flight.discard(frame.req_id)
         self._queue(frame)
+
+    def send_encoded(self, data: bytes) -> None:
+        """Queue a relay frame that is already encoded (``encode_deliver``, a stored notice),
+        in order with the frames :meth:`send` queues; only once ready."""
+        if self.state is not ServerState.READY:
+            raise ProtocolError(
+                f"cannot send in state {self.state.value}", code=ErrorCode.UNEXPECTED_FRAME
+            )
+        self._push(data, True)
 
     def close(
         self, close_code: CloseCode, *, code: ErrorCode | None = None, detail: str = ""
@@ -376,7 +450,10 @@ class ServerSession(_Session):
     # -- helpers --
 
     def _queue(self, frame: Frame) -> None:
-        self._core.outgoing.append(encode_frame(frame))
+        self._push(encode_frame(frame), self.state is ServerState.READY)
+
+    def _bundle_max(self) -> int:
+        return self.limits.max_frame
 
     def _set_closed(self, close_code: CloseCode, reason: str) -> None:
         self.state = ServerState.CLOSED
@@ -462,6 +539,33 @@ class ClientSession(_Session):
             frame = decode_frame(data, max_frame_size=self._core.max_frame_size)
         except DecodeError as exc:
             return [self._fail(exc.code, str(exc))]
+        if isinstance(frame, Bundle):
+            if self.state is not ClientState.READY or not self._core.bundles:
+                return [self._fail(ErrorCode.UNEXPECTED_FRAME,
+                                   "bundle from the relay before ready or without the "
+                                   "lightbox.bundle subprotocol")]
+            return self._receive_bundle(frame)
+        return self._receive_frame(frame)
+
+    def _receive_bundle(self, bundle: Bundle) -> list[Event]:
+        """Each frame of a bundle, in order, as if it had come alone (PROTOCOL.md §3.6); the
+        first bad one closes, like a bad frame alone."""
+        events: list[Event] = []
+        for data in bundle.frames:
+            if self.state is ClientState.CLOSED:
+                break
+            try:
+                frame = decode_frame(data, max_frame_size=self._core.max_frame_size)
+            except DecodeError as exc:
+                events.append(self._fail(exc.code, str(exc)))
+                break
+            if isinstance(frame, Bundle):
+                events.append(self._fail(ErrorCode.UNEXPECTED_FRAME, "bundle inside a bundle"))
+                break
+            events.extend(self._receive_frame(frame))
+        return events
+
+    def _receive_frame(self, frame: Frame) -> list[Event]:
         if DIRECTION[type(frame)] is Direction.CLIENT_TO_SERVER:
             return [self._fail(ErrorCode.UNEXPECTED_FRAME, f"{_frame_name(frame)} from the relay")]
         if isinstance(frame, Error):
@@ -505,7 +609,8 @@ class ClientSession(_Session):
         announced in ``ready`` is full; LimitExceeded(frame_too_large) when the encoded frame
         exceeds the relay's announced maximum.
         """
-        if DIRECTION[type(frame)] is Direction.SERVER_TO_CLIENT or isinstance(frame, Hello | Auth):
+        if (DIRECTION[type(frame)] is Direction.SERVER_TO_CLIENT
+                or isinstance(frame, Hello | Auth | Bundle)):
             raise ProtocolError(
                 f"the client cannot send {_frame_name(frame)}", code=ErrorCode.UNEXPECTED_FRAME
             )
@@ -522,10 +627,13 @@ class ClientSession(_Session):
             raise LimitExceeded("frame exceeds the relay's maximum", code=ErrorCode.FRAME_TOO_LARGE)
         if isinstance(frame, Send):
             self._in_flight.add(frame.req_id)
-        self._core.outgoing.append(data)
+        self._push(data, True)
 
     def _queue(self, frame: Frame) -> None:
-        self._core.outgoing.append(encode_frame(frame))
+        self._push(encode_frame(frame), self.state is ClientState.READY)
+
+    def _bundle_max(self) -> int:
+        return self.ready.limits.max_frame if self.ready is not None else DEFAULT_MAX_FRAME
 
     def _set_closed(self, close_code: CloseCode, reason: str) -> None:
         self.state = ClientState.CLOSED

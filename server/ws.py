@@ -19,6 +19,11 @@ challenge), three things run per connection:
   :mod:`server.acks`) queue ``accepted`` (or the error) when the batch commits, and one
   flush per connection and event-loop turn writes them (no task per frame).
 
+A device that asked for the ``lightbox.bundle`` subprotocol may send ``bundle`` frames, and
+gets what one flush writes joined into them (docs/PROTOCOL.md §3.6): its pump queues its frames
+on the session, already encoded, instead of writing each at once, and the session packs and
+unpacks bundles, so nothing here handles one.
+
 Memory per connection is bounded by the window, never by the queue length. The decisions are
 made elsewhere: who the device is (server/socketauth.py), its deadlines (server/liveness.py),
 its send budget (server/sendrate.py), a revoked device's wipe order (server/wipes.py), and the
@@ -42,6 +47,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol.errors import CloseCode, ErrorCode
 from protocol.frames import (
+    BUNDLE_SUBPROTOCOL,
     Accepted,
     Ack,
     Error,
@@ -138,8 +144,14 @@ class WebSocketRelay:
         if not self.hub.accepting:
             await ws.close(CloseCode.GOING_AWAY)
             return
-        await ws.accept()
+        # A client that can take several frames in one websocket message asks for the
+        # lightbox.bundle subprotocol (RFC 6455 §1.9, docs/PROTOCOL.md §3.6); others are served
+        # one frame per message, as before.
+        bundles = BUNDLE_SUBPROTOCOL in ws.scope.get("subprotocols", ())
+        await ws.accept(subprotocol=BUNDLE_SUBPROTOCOL if bundles else None)
         conn = _Connection(self, ws)
+        if bundles:
+            conn.session.use_bundles()
         self.hub.add(conn)
         try:
             await conn.run()
@@ -645,8 +657,9 @@ class _Connection:
             for n in notices:
                 if n.kept:
                     self._kept_notices.add(n.notice_pk)
-                await self._write_raw(n.frame)
+                await self._write(n.frame)
             if notices:
+                await self._flush()  # written before they are dropped from the database
                 async with self.relay.db.pool.acquire() as conn:
                     await messages.drop_notices(conn, self.device_id,
                                                 [n.notice_pk for n in notices])
@@ -691,9 +704,18 @@ class _Connection:
         if frames:
             self.relay.metrics.deliveries_written.labels(path).inc(len(frames))
         for data in frames:
-            await self._write_raw(data)
+            await self._write(data)
 
-    async def _write_raw(self, data: bytes) -> None:
+    async def _write(self, data: bytes) -> None:
+        """An encoded relay frame (a delivery, a stored notice). For a device that asked for
+        bundles it is queued on the session, in order with the others, and the pump's next
+        flush writes them together (PROTOCOL.md §3.6); nothing is queued on a session that is
+        closing (what was not written stays queued in the database). For any other device it
+        is written at once, one websocket message, as before bundles existed."""
+        if self.session.bundles:
+            if not self._closed and self.session.close_code is None:
+                self.session.send_encoded(data)
+            return
         async with self._write_lock:
             with contextlib.suppress(Exception):
                 await self.ws.send_bytes(data)

@@ -17,9 +17,11 @@ from collections.abc import Callable
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from protocol.errors import ErrorCode
 from protocol.frames import (
+    BUNDLE_SUBPROTOCOL,
     DEFAULT_MAX_FRAME,
     Accepted,
     Ack,
@@ -72,16 +74,20 @@ class RelaySocket:
     async def connect(
         cls, url: str, *, access_token: str, device_id: str, sign: Callable[[bytes], bytes],
         client: str = "lightbox-sdk", client_version: str = "0.1.0",
-        open_timeout: float = 10.0, max_frame: int = DEFAULT_MAX_FRAME,
+        open_timeout: float = 10.0, max_frame: int = DEFAULT_MAX_FRAME, bundles: bool = True,
     ) -> RelaySocket:
         """Open ``url`` (``ws(s)://host/v1/ws``) and authenticate; raises SocketClosed with the
-        relay's close code when it refuses."""
+        relay's close code when it refuses. With ``bundles``, ask for the ``lightbox.bundle``
+        subprotocol (docs/PROTOCOL.md §3.6): a relay that selects it may put several frames in
+        one websocket message; one that does not (an older relay) sends them one by one."""
         session = ClientSession(access_token=access_token, device_id=device_id, client=client,
                                 client_version=client_version, sign=sign,
                                 max_frame_size=max_frame)
         ws = await connect(
             url, max_size=max_frame, ping_interval=None, open_timeout=open_timeout,
-            compression=None)
+            compression=None, subprotocols=[Subprotocol(BUNDLE_SUBPROTOCOL)] if bundles else None)
+        if ws.subprotocol == BUNDLE_SUBPROTOCOL:
+            session.use_bundles()
         sock = cls(ws, session)
         try:
             async with asyncio.timeout(open_timeout):

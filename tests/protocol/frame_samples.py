@@ -131,4 +131,6 @@ def sample_frames() -> list[f.Frame]:
         f.ResealRequest(thread_id=U1, message_id=U2, devices=[U3], deadline=T0 + 600),
         f.Ping(nonce=b"p" * 8),
         f.Pong(nonce=b"p" * 8),
+        f.Bundle(frames=[f.encode_frame(f.Ping(nonce=b"b1")),
+                         f.encode_frame(f.Pong(nonce=b"b2"))]),
     ]

@@ -48,9 +48,9 @@ def test_frame_tags_are_unique_short_snake_case() -> None:
         assert re.fullmatch(r"[a-z][a-z_]{1,23}", tag)
 
 
-def test_only_ping_and_pong_travel_both_ways() -> None:
+def test_only_ping_pong_and_bundle_travel_both_ways() -> None:
     both = {cls for cls, d in f.DIRECTION.items() if d is f.Direction.BOTH}
-    assert both == {f.Ping, f.Pong}
+    assert both == {f.Ping, f.Pong, f.Bundle}
     assert f.DIRECTION[f.Hello] is f.Direction.CLIENT_TO_SERVER
     assert f.DIRECTION[f.Deliver] is f.Direction.SERVER_TO_CLIENT
 

@@ -122,13 +122,24 @@ def test_the_password_stays_out_of_the_parsed_configuration() -> None:
 async def test_every_migration_down_to_the_first_and_back_up_leaves_the_same_functions(
         empty_dsn: str) -> None:
     """Each migration's downgrade undoes its upgrade: the newest one down gives back the
-    functions of the schema before it, and all of them down to the first migration and up
-    again give back those of the head (the SQL functions, with their full definitions)."""
+    functions and storage settings of the schema before it, and all of them down to the first
+    migration and up again give back those of the head (the SQL functions with their full
+    definitions, each column's storage and each table's options)."""
     from alembic import command
 
-    functions = ("SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p "
-                 "JOIN pg_namespace n ON n.oid = p.pronamespace "
-                 "WHERE n.nspname = 'public' ORDER BY 1, 2")
+    functions = (
+        "SELECT 'function ' || p.proname AS what, pg_get_functiondef(p.oid) AS how "
+        "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'public' "
+        "UNION ALL SELECT 'storage ' || c.relname || '.' || a.attname, a.attstorage::text "
+        "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind = 'r' AND a.attnum > 0 "
+        "AND NOT a.attisdropped "
+        "UNION ALL SELECT 'options ' || c.relname, array_to_string(c.reloptions, ',') "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.reloptions IS NOT NULL "
+        "ORDER BY 1, 2")
     head = migrations.head_revision()
     cfg = migrations.alembic_config(empty_dsn)
     await migrations.upgrade_async(empty_dsn, previous(head))

@@ -830,7 +830,26 @@ async def _pg_counters(dsn: str) -> dict[str, int]:
         row = await conn.fetchrow(
             f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database "
             "WHERE datname = current_database()")
-        return {k: int(row[k]) for k in PG_COUNTERS}
+        out = {k: int(row[k]) for k in PG_COUNTERS}
+        # Where the tuples are read: index entries returned per index, rows read by
+        # sequential scans per table (pg_stat_user_indexes, pg_stat_user_tables).
+        for r in await conn.fetch(
+                "SELECT 'index ' || indexrelname AS name, idx_tup_read AS n "
+                "FROM pg_stat_user_indexes UNION ALL "
+                "SELECT 'seq scan ' || relname, coalesce(seq_tup_read, 0) "
+                "FROM pg_stat_user_tables"):
+            out[r["name"]] = int(r["n"])
+        return out
+    finally:
+        await conn.close()
+
+
+async def _dead_tuples(dsn: str) -> dict[str, int]:
+    """Dead rows not yet vacuumed, per table (pg_stat_user_tables.n_dead_tup)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {r["relname"]: int(r["n_dead_tup"]) for r in await conn.fetch(
+            "SELECT relname, n_dead_tup FROM pg_stat_user_tables WHERE n_dead_tup > 0")}
     finally:
         await conn.close()
 
@@ -845,6 +864,8 @@ class PgMeter:
     def __init__(self, dsn: str | None, *, settle: bool = False) -> None:
         self.dsn, self.settle = dsn, settle
         self.used: dict[str, int] = {}
+        self.by_relation: dict[str, int] = {}
+        self.dead: dict[str, int] = {}
 
     def __enter__(self) -> PgMeter:
         if self.dsn:
@@ -860,15 +881,21 @@ class PgMeter:
             # Our own two snapshot connections count one transaction each.
             self.used = {k: end[k] - self.start[k] for k in PG_COUNTERS}
             self.used["xact_commit"] -= 2
+            self.by_relation = {k: end[k] - self.start.get(k, 0) for k in end
+                                if k not in PG_COUNTERS}
+            self.dead = asyncio.run(_dead_tuples(self.dsn))
 
-    def per_message(self, messages: int) -> dict[str, float]:
+    def per_message(self, messages: int) -> dict[str, Any]:
         if not self.used or not messages:
             return {}
         u = self.used
+        top = sorted(((n, k) for k, n in self.by_relation.items() if n), reverse=True)[:6]
         return {"xacts": round((u["xact_commit"] + u["xact_rollback"]) / messages, 2),
                 "tuples_read": round((u["tup_returned"] + u["tup_fetched"]) / messages, 1),
                 "tuples_written": round((u["tup_inserted"] + u["tup_updated"]
-                                         + u["tup_deleted"]) / messages, 2)}
+                                         + u["tup_deleted"]) / messages, 2),
+                "tuples_read_where": {k: round(n / messages, 1) for n, k in top},
+                "dead_rows_after": self.dead}
 
 
 def per_message(cm: CpuMeter, pm: PgMeter, res: list[dict[str, Any]]) -> dict[str, Any]:

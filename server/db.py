@@ -26,6 +26,18 @@ so one plan serves every value. Everything else uses :attr:`Database.pool` with 
 default, because some of its statements have optional filters (``$1 IS NULL OR column = $1``:
 the audit trail, SCIM searches, admin listings) for which only a plan made for the actual
 values can use an index.
+
+The hot pool's connections also plan with ``enable_seqscan = off`` (PostgreSQL 16 manual,
+§20.7.1: it "discourages the planner from using one if there are other methods available").
+A generic plan is made once, from the table sizes of the moment, and kept for the
+connection's life. ``deliveries`` is a queue, often empty, and a plan made while it was
+empty reads it, and ``threads``, sequentially: every read then walked every queued and dead
+row of every device (round 12 of docs/BENCHMARKS.md: up to 55 rows read per message by
+sequential scans of ``deliveries`` in the closed-loop runs that got such a plan, and 20-90 µs
+more of Postgres CPU per message than in the runs that did not). Every statement of the
+message path finds its rows by a key that has an index, so the index is the right plan at
+every size; a table with no index for a statement is still scanned. tests/server/test_plans.py
+checks the message path on an empty database whose statistics say so.
 """
 
 from __future__ import annotations
@@ -61,7 +73,8 @@ class Database:
             self._pool = await self._create(self._min, self._max, {})
         if self._hot is None:
             self._hot = await self._create(
-                1, self.hot_max_size, {"plan_cache_mode": "force_generic_plan"})
+                1, self.hot_max_size,
+                {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"})
 
     async def _create(self, min_size: int, max_size: int, settings: dict[str, str]
                       ) -> asyncpg.Pool:

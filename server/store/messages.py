@@ -115,7 +115,13 @@ _NEXT_DELIVERIES = """
                    m.priority,  m.sealed,
                    min(d.priority) OVER later AS eff_rank,
                    min(d.delivery_pk) OVER later AS eff_pk
-              FROM deliveries d JOIN messages m USING (message_pk)
+              FROM deliveries d
+              -- Each delivery's message by its key. OFFSET 0 keeps this a lookup per
+              -- delivery (the planner may not turn it into a join that walks messages in
+              -- thread order, as a plan made while the tables were empty did; server/db.py).
+              CROSS JOIN LATERAL (SELECT mm.thread_id, mm.thread_seq, mm.priority, mm.sealed
+                                    FROM messages mm WHERE mm.message_pk = d.message_pk
+                                  OFFSET 0) m
              WHERE d.device_id = x.device_id AND NOT d.held
                AND d.delivery_id <> ALL (SELECT s.delivery_id
                                            FROM unnest($3::uuid[], $4::uuid[])

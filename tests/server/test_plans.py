@@ -1,0 +1,160 @@
+"""The message path's plans do not depend on the tables' sizes (server/db.py).
+
+The hot pool plans each statement once, generically, and keeps the plan for the connection's
+life. A plan made while ``deliveries`` (a queue, often empty) or ``threads`` was small read
+them sequentially, and kept doing so as they grew: every read walked every queued and dead
+row (docs/BENCHMARKS.md, round 12). These tests plan on a database whose statistics say it is
+empty, as a relay started on a quiet database does, and check what the plans read."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from server.db import Database
+from server.store import batches, messages, threads
+from tests.server.test_store_threads import NOW, add_device, add_user, new_message
+
+TABLES = ("deliveries", "messages", "threads", "thread_members", "devices")
+
+
+@pytest.fixture
+async def hot(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the relay's hot pool, on a database analysed while empty."""
+    plain = await asyncpg.connect(db_dsn)
+    try:
+        await plain.execute("ANALYZE")
+    finally:
+        await plain.close()
+    db = Database(db_dsn)
+    await db.open()
+    try:
+        async with db.hot_pool.acquire() as conn:
+            yield conn
+    finally:
+        await db.close()
+
+
+async def plan_of_the_read(conn: asyncpg.Connection) -> str:
+    """The plan the hot pool keeps for the delivery read (a prepared statement's generic
+    plan, as asyncpg prepares it)."""
+    await conn.execute("DEALLOCATE ALL")
+    await conn.execute("PREPARE next_deliveries AS " + messages._NEXT_DELIVERIES)
+    rows = await conn.fetch(f"EXPLAIN EXECUTE next_deliveries('{{{uuid.uuid4()}}}', '{{16}}', "
+                            "'{}', '{}')")
+    return "\n".join(r[0] for r in rows)
+
+
+async def read_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    """Per table of the message path, so far, this connection's own included: its sequential
+    scans (``seq <table>``) and the index entries its index scans returned (``idx <table>``)."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")  # flushed once it is idle
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = await conn.fetch(
+        "SELECT t.relname, t.seq_scan, (SELECT coalesce(sum(i.idx_tup_read), 0) "
+        "FROM pg_stat_user_indexes i WHERE i.relid = t.relid) AS idx "
+        "FROM pg_stat_user_tables t WHERE t.relname = ANY($1::text[])", list(TABLES))
+    return {f"{kind} {r['relname']}": int(r[column]) for r in rows
+            for kind, column in (("seq", "seq_scan"), ("idx", "idx"))}
+
+
+async def thread_with_queue(conn: asyncpg.Connection, sender: tuple[str, str], to: tuple[str, str],
+                 count: int) -> str:
+    """A thread from ``sender`` (user, device) to ``to`` holding ``count`` messages stored
+    (committed) for ``to``'s device, all still queued; its id."""
+    tid = str(uuid.uuid4())
+    await threads.create_thread(conn, thread_id=tid, org_id="org-a", creator=sender[0],
+                                priority="routine", users=[to[0]], roles=[], now=NOW)
+    if count:
+        async with conn.transaction():
+            await batches.lock_and_read(conn, [tid], [], NOW)
+            await batches.store_messages(conn, [new_message(tid, *sender, [to[1]])
+                                                for _ in range(count)],
+                                         NOW, channel="test_plans", notifications=[])
+    return tid
+
+
+async def people(conn: asyncpg.Connection, n: int) -> list[tuple[str, str]]:
+    """``n`` users with a device each: (user, device)."""
+    users = [await add_user(conn) for _ in range(n)]
+    return [(u, await add_device(conn, u)) for u in users]
+
+
+async def test_the_delivery_read_looks_deliveries_and_messages_up_by_their_indexes(
+        hot: asyncpg.Connection) -> None:
+    plan = await plan_of_the_read(hot)
+    assert "Seq Scan" not in plan, plan
+    assert "Index Scan using deliveries_device_queue on deliveries" in plan, plan
+    assert "Index Scan using messages_pkey on messages" in plan, plan
+
+
+async def test_the_read_keeps_that_plan_once_the_tables_have_grown(
+        hot: asyncpg.Connection, db_dsn: str) -> None:
+    plain = await asyncpg.connect(db_dsn)
+    try:
+        a, b = await people(plain, 2)
+        await thread_with_queue(plain, a, b, 300)
+        await plain.execute("ANALYZE")
+    finally:
+        await plain.close()
+    plan = await plan_of_the_read(hot)
+    assert "Seq Scan" not in plan, plan
+    assert "deliveries_device_queue" in plan and "messages_pkey" in plan, plan
+
+
+async def test_the_acknowledgement_looks_each_delivery_up_by_its_key(
+        hot: asyncpg.Connection) -> None:
+    """The statement inside ``ack_deliveries`` (alembic migration 0019), planned as the hot
+    pool plans it, on tables analysed while empty."""
+    body = await hot.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'ack_deliveries'")
+    delete = body[body.index("DELETE"):body.index("RETURNING")]
+    await hot.execute("DEALLOCATE ALL")
+    await hot.execute("PREPARE ack(uuid[], uuid[]) AS "
+                      + delete.replace("p_devices", "$1").replace("p_deliveries", "$2"))
+    plan = "\n".join(r[0] for r in await hot.fetch(
+        f"EXPLAIN EXECUTE ack('{{{uuid.uuid4()}}}', '{{{uuid.uuid4()}}}')"))
+    assert "Seq Scan on deliveries" not in plan, plan
+    assert "Index Scan using deliveries_delivery_id_key on deliveries" in plan, plan
+    assert "Index Cond: (delivery_id = ANY ($2))" in plan, plan
+
+
+async def test_storing_reading_and_acknowledging_read_only_the_rows_they_need(
+        hot: asyncpg.Connection, db_dsn: str) -> None:
+    """The whole path on the hot connection, its plans made while the tables were nearly
+    empty: lock and read the thread, store a batch, read the device's deliveries, store a
+    batch to the known thread, acknowledge. Another device has 200 deliveries queued
+    meanwhile: no table is scanned sequentially, and no index is walked past the rows the
+    path looks up (a walk would read those 200 entries, or more)."""
+    plain = await asyncpg.connect(db_dsn)
+    try:
+        (a, a1), (b, b1), c = await people(plain, 3)
+        tid = await thread_with_queue(plain, (a, a1), (b, b1), 0)
+        await thread_with_queue(plain, (a, a1), c, 200)
+    finally:
+        await plain.close()
+    before = await read_counts(hot)
+    async with hot.transaction():
+        reads = await batches.lock_and_read(hot, [tid], [], NOW)
+        await batches.store_messages(hot, [new_message(tid, a, a1, [b1]) for _ in range(3)],
+                                     NOW, channel="test_plans", notifications=[])
+    (first,) = await messages.fetch_next_deliveries(
+        hot, [messages.DeliveryRequest(b1, [], 16)])
+    assert len(first) == 3
+    result = await batches.lock_and_store(hot, reads.digests, reads.epoch, NOW,
+                                          [new_message(tid, a, a1, [b1])], NOW,
+                                          channel="test_plans", notifications=[],
+                                          local=[b1])
+    assert result is not None
+    (queued,) = await messages.fetch_next_deliveries(
+        hot, [messages.DeliveryRequest(b1, [d.delivery_id for d in first], 16)])
+    assert len(queued) == 1
+    acked = await messages.ack(hot, b1, [d.delivery_id for d in first + queued])
+    assert len(acked) == 4
+    after = await read_counts(hot)
+    used = {k: after[k] - before[k] for k in after}
+    assert {k: n for k, n in used.items() if k.startswith("seq ")} == {
+        f"seq {t}": 0 for t in TABLES}
+    assert max(n for k, n in used.items() if k.startswith("idx ")) < 100, used

@@ -27,7 +27,8 @@ down_revision = "0018"
 branch_labels = None
 depends_on = None
 
-ACK_BY_KEY = """
+# The function around its DELETE, as migration 0014 wrote it but for OR REPLACE.
+_ACK = """
 CREATE OR REPLACE FUNCTION ack_deliveries(p_devices uuid[], p_deliveries uuid[])
 RETURNS TABLE (device_id text, delivery_id text) LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
@@ -35,33 +36,24 @@ BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     RETURN QUERY
     WITH gone AS (
-        DELETE FROM deliveries d
-         WHERE d.delivery_id = ANY (p_deliveries)
-           AND (d.device_id, d.delivery_id) IN (
-               SELECT x.dev, x.del FROM unnest(p_devices, p_deliveries) AS x(dev, del))
+%s
         RETURNING d.device_id, d.delivery_id)
     SELECT gone.device_id::text, gone.delivery_id::text FROM gone;
 END
 $$
 """
 
-# Migration 0014's text, verbatim but for OR REPLACE: what a downgrade puts back (a migration
-# is frozen, so it is copied rather than read from 0014's module).
-ACK_BY_JOIN = """
-CREATE OR REPLACE FUNCTION ack_deliveries(p_devices uuid[], p_deliveries uuid[])
-RETURNS TABLE (device_id text, delivery_id text) LANGUAGE plpgsql VOLATILE AS $$
-#variable_conflict use_column
-BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
-    RETURN QUERY
-    WITH gone AS (
+ACK_BY_KEY = _ACK % """\
+        DELETE FROM deliveries d
+         WHERE d.delivery_id = ANY (p_deliveries)
+           AND (d.device_id, d.delivery_id) IN (
+               SELECT x.dev, x.del FROM unnest(p_devices, p_deliveries) AS x(dev, del))"""
+
+# Migration 0014's DELETE, verbatim: what a downgrade puts back (a migration is frozen, so it
+# is copied rather than read from 0014's module).
+ACK_BY_JOIN = _ACK % """\
         DELETE FROM deliveries d USING unnest(p_devices, p_deliveries) AS x(dev, del)
-         WHERE d.device_id = x.dev AND d.delivery_id = x.del
-        RETURNING d.device_id, d.delivery_id)
-    SELECT gone.device_id::text, gone.delivery_id::text FROM gone;
-END
-$$
-"""
+         WHERE d.device_id = x.dev AND d.delivery_id = x.del"""
 
 
 def upgrade() -> None:

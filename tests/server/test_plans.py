@@ -38,14 +38,17 @@ async def hot(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await db.close()
 
 
-async def plan_of_the_read(conn: asyncpg.Connection) -> str:
-    """The plan the hot pool keeps for the delivery read (a prepared statement's generic
-    plan, as asyncpg prepares it)."""
+async def generic_plan(conn: asyncpg.Connection, statement: str, arguments: str) -> str:
+    """The plan the hot pool keeps for ``statement`` (a prepared statement's generic plan, as
+    asyncpg prepares it), shown for ``arguments`` (SQL literals)."""
     await conn.execute("DEALLOCATE ALL")
-    await conn.execute("PREPARE next_deliveries AS " + messages._NEXT_DELIVERIES)
-    rows = await conn.fetch(f"EXPLAIN EXECUTE next_deliveries('{{{uuid.uuid4()}}}', '{{16}}', "
-                            "'{}', '{}')")
-    return "\n".join(r[0] for r in rows)
+    await conn.execute(f"PREPARE planned AS {statement}")
+    return "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE planned({arguments})"))
+
+
+async def plan_of_the_read(conn: asyncpg.Connection) -> str:
+    return await generic_plan(conn, messages._NEXT_DELIVERIES,
+                              f"'{{{uuid.uuid4()}}}', '{{16}}', '{{}}', '{{}}'")
 
 
 async def read_counts(conn: asyncpg.Connection) -> dict[str, int]:
@@ -61,8 +64,8 @@ async def read_counts(conn: asyncpg.Connection) -> dict[str, int]:
             for kind, column in (("seq", "seq_scan"), ("idx", "idx"))}
 
 
-async def thread_with_queue(conn: asyncpg.Connection, sender: tuple[str, str], to: tuple[str, str],
-                 count: int) -> str:
+async def thread_with_queue(conn: asyncpg.Connection, sender: tuple[str, str],
+                            to: tuple[str, str], count: int) -> str:
     """A thread from ``sender`` (user, device) to ``to`` holding ``count`` messages stored
     (committed) for ``to``'s device, all still queued; its id."""
     tid = str(uuid.uuid4())
@@ -111,11 +114,10 @@ async def test_the_acknowledgement_looks_each_delivery_up_by_its_key(
     pool plans it, on tables analysed while empty."""
     body = await hot.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'ack_deliveries'")
     delete = body[body.index("DELETE"):body.index("RETURNING")]
-    await hot.execute("DEALLOCATE ALL")
-    await hot.execute("PREPARE ack(uuid[], uuid[]) AS "
-                      + delete.replace("p_devices", "$1").replace("p_deliveries", "$2"))
-    plan = "\n".join(r[0] for r in await hot.fetch(
-        f"EXPLAIN EXECUTE ack('{{{uuid.uuid4()}}}', '{{{uuid.uuid4()}}}')"))
+    typed = "$1::uuid[]", "$2::uuid[]"
+    plan = await generic_plan(
+        hot, delete.replace("p_devices", typed[0]).replace("p_deliveries", typed[1]),
+        f"'{{{uuid.uuid4()}}}', '{{{uuid.uuid4()}}}'")
     assert "Seq Scan on deliveries" not in plan, plan
     assert "Index Scan using deliveries_delivery_id_key on deliveries" in plan, plan
     assert "Index Cond: (delivery_id = ANY ($2))" in plan, plan

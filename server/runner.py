@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -77,6 +77,8 @@ class RelayServer(uvicorn.Server):
             yield
             return
         previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SHUTDOWN_SIGNALS}
+        if _stop_asked.is_set():  # a signal came before, its KeyboardInterrupt was dropped
+            self.handle_exit(signal.SIGTERM, None)
         try:
             yield
         finally:
@@ -197,6 +199,8 @@ def _run_workers(settings: Settings, dsn: str) -> int:
             p.start()
         for sig in _SHUTDOWN_SIGNALS:
             signal.signal(sig, forward)
+        if _stop_asked.is_set():  # a signal came before, its KeyboardInterrupt was dropped
+            forward(signal.SIGTERM, None)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)
     for p in procs:
@@ -214,24 +218,37 @@ def _exit_status(codes: Sequence[int]) -> int:
     return 0
 
 
-def _interrupt_once() -> Callable[[int, Any], None]:
-    """A handler for SIGINT and SIGTERM that raises KeyboardInterrupt once, so that a second
-    signal (Ctrl-C, then the parent's SIGTERM) cannot interrupt the unwinding of the first."""
-    fired = False
+# Set by the first SIGINT or SIGTERM that reached _take_signals' handler (per process).
+_stop_asked = threading.Event()
 
-    def handler(signum: int, frame: Any) -> None:
-        nonlocal fired
-        if not fired:
-            fired = True
-            raise KeyboardInterrupt
 
-    return handler
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """SIGINT and SIGTERM until uvicorn takes them: raise KeyboardInterrupt once, so that a
+    second signal (Ctrl-C, then the parent's SIGTERM) cannot interrupt the unwinding of the
+    first. The request is also recorded in ``_stop_asked``: a handler runs wherever the main
+    thread happens to be, and an exception raised while it runs a weakref callback or a
+    ``__del__`` (a garbage collection, at any allocation) is printed as "Exception ignored"
+    and dropped by the interpreter (Python reference, "Data model", ``__del__``). Every step
+    that would then wait for a signal already spent checks the record instead:
+    RelayServer.capture_signals and _run_workers."""
+    if not _stop_asked.is_set():
+        _stop_asked.set()
+        raise KeyboardInterrupt
+
+
+def _quiet_dropped_interrupt(unraisable: Any) -> None:
+    """sys.unraisablehook: a KeyboardInterrupt of _interrupt_once that the interpreter dropped
+    is not news to the person who pressed Ctrl-C (its request is recorded), so it is not
+    printed as a traceback; anything else is, as by default."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _stop_asked.is_set():
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _take_signals() -> None:
-    handler = _interrupt_once()
+    sys.unraisablehook = _quiet_dropped_interrupt
     for sig in _SHUTDOWN_SIGNALS:
-        signal.signal(sig, handler)
+        signal.signal(sig, _interrupt_once)
 
 
 def build_parser() -> argparse.ArgumentParser:

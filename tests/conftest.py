@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -44,6 +45,15 @@ from tests.helpers import (
 )
 from tests.identity_world import World, identity_world
 from tests.orthanc import OrthancMissing, OrthancServer, require_orthanc, running_orthanc
+
+# The suite starts its commands as a terminal's shell does, with SIGINT at its default action,
+# so that the Ctrl-C a test sends them reaches them. A runner started in the background
+# (`make test &`, `nohup`: a non-interactive shell starts background jobs with SIGINT ignored)
+# would otherwise pass that on: an ignored signal stays ignored across fork and execve
+# (signal(7)), Python then installs no KeyboardInterrupt handler, and each such test waits out
+# its timeout on a command that never heard the Ctrl-C.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 CACHE = ROOT / ".data" / "cache"
 # Hypothesis keeps more than its examples (a Unicode table, for one) under its home directory,

@@ -59,7 +59,10 @@ worker.onmessage = (m: MessageEvent) => {
 function onEvent(data: Record<string, unknown>): void {
   switch (data["event"]) {
     case "connection":
-      $("conn").textContent = data["state"] === "connected" ? "connected" : "offline";
+      // "connection trouble": the websocket is up, but the relay's other requests (photos,
+      // colleagues' keys, sign-in) do not get through; the status lines say what waits.
+      $("conn").textContent = data["state"] === "connected" ? "connected"
+        : data["state"] === "partial" ? "connection trouble" : "offline";
       // A lost connection that came back: its sentence said the app reconnects by itself.
       if (data["state"] === "connected" && $("send-status").dataset["connection"]) {
         sayKept("send-status", "", null);

@@ -208,6 +208,9 @@ export function readAnswer(status: number, contentType: string, text: string): u
 export class Relay {
   tokens: TokenPair | null = null;
   onTokens: ((tokens: TokenPair) => void) | null = null;
+  /** Told after every request whether the relay answered it (any status) or could not be
+   * reached; the websocket can be up while these fail (worker.ts, the header's state). */
+  onReach: ((reached: boolean) => void) | null = null;
   constructor(
     readonly base: string,
     private deviceSeed: Uint8Array | null = null,
@@ -231,11 +234,15 @@ export class Relay {
       headers["authorization"] = `Bearer ${this.tokens.access_token}`;
       headers["lightbox-proof"] = makeProof(this.deviceSeed, method, target, data, this.tokens.access_token, Math.floor(Date.now() / 1000));
     }
+    let answer: Response;
     try {
-      return await fetch(this.base + target, { method, headers, body: body === undefined ? undefined : (data as BodyInit), cache: "no-store", credentials: "omit" });
+      answer = await fetch(this.base + target, { method, headers, body: body === undefined ? undefined : (data as BodyInit), cache: "no-store", credentials: "omit" });
     } catch {
+      this.onReach?.(false);
       throw new RelayError("relay_unavailable", 0, "the relay cannot be reached");
     }
+    this.onReach?.(true);
+    return answer;
   }
 
   /** One request; `device`: signed as this device (refreshing an expired token once). A
@@ -271,6 +278,7 @@ export class Relay {
     try {
       data = new Uint8Array(await r.arrayBuffer());
     } catch {
+      this.onReach?.(false);
       throw new RelayError("relay_unavailable", 0, "the download broke off");
     }
     if (data.length > max) throw new RelayError("attachment_too_large", r.status, "larger than its descriptor");

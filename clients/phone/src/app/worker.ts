@@ -86,6 +86,14 @@ let ssoRequest: SsoRequest | null = null;
 let socket: WebSocket | null = null;
 let reconnect: ReturnType<typeof setTimeout> | null = null;
 let heardRevocation = false;
+// The header's state: "offline" until the websocket is ready; then "connected", or
+// "partial" while the relay's HTTP requests (photos, look-ups, sign-in) cannot reach it
+// though the websocket can (a proxy that blocks uploads, a route cut). While they fail, a
+// look-up every PROBE_MS finds out when they pass again.
+let ready = false;
+let httpFailing = false;
+let probe: ReturnType<typeof setInterval> | null = null;
+const PROBE_MS = 15_000;
 let upkeep: ReturnType<typeof setInterval> | null = null;
 let revocationSet: certs.RevocationSet | null = null;
 let revocationsAt = -Infinity;
@@ -95,6 +103,26 @@ const waiting = new Map<string, { resolve: (v: ServerFrame) => void; reject: (e:
 const post = (msg: unknown): void => (self as unknown as Worker).postMessage(msg);
 const event = (name: string, data: Record<string, unknown> = {}): void => post({ event: name, ...data });
 const now = (): number => Math.floor(Date.now() / 1000);
+
+const connectionState = (): string => (!ready ? "offline" : httpFailing ? "partial" : "connected");
+
+function reached(ok: boolean): void {
+  if (ok === !httpFailing) return;
+  httpFailing = !ok;
+  if (httpFailing) probe ??= setInterval(() => void maintainPrekeys().catch(() => undefined), PROBE_MS);
+  else if (probe) {
+    clearInterval(probe);
+    probe = null;
+  }
+  if (ready) event("connection", { state: connectionState() });
+}
+
+/** The device's relay client, telling the header whether its requests get through. */
+function deviceRelay(server: string, seed: Uint8Array): Relay {
+  const r = new Relay(server, seed);
+  r.onReach = reached;
+  return r;
+}
 
 function profile(): keys.PassphraseProfile {
   return config.kdf === "cheap" ? keys.CHEAP_PROFILE : keys.DEFAULT_PROFILE;
@@ -270,7 +298,7 @@ async function ssoLogin(args: { sso: SsoAnswer }): Promise<Record<string, unknow
  * or the relay wants a new sign-in at the IdP (the page asks for one). */
 async function startSsoSession(): Promise<boolean> {
   const state = st!;
-  relay = new Relay(state.server, state.device_seed);
+  relay = deviceRelay(state.server, state.device_seed);
   relay.onTokens = (tokens) => {
     if (!vault || st !== state) return;
     state.session = tokens;
@@ -315,7 +343,7 @@ async function unlock(args: { passphrase: string }): Promise<Record<string, unkn
 }
 
 async function startSession(passphrase: string): Promise<void> {
-  relay = new Relay(st!.server, st!.device_seed);
+  relay = deviceRelay(st!.server, st!.device_seed);
   try {
     await relay.login(st!.login, passphrase, st!.device_id, st!.device_seed);
   } catch (err) {
@@ -344,6 +372,10 @@ function lockKeys(): void {
   if (resendTimer) clearTimeout(resendTimer);
   resendTimer = null;
   heardRevocation = false;
+  ready = false;
+  httpFailing = false;
+  if (probe) clearInterval(probe);
+  probe = null;
   vault?.lock();
   vault = null;
   if (st) {
@@ -383,6 +415,7 @@ function connect(): void {
   ws.onclose = (c) => {
     if (socket !== ws) return;
     socket = null;
+    ready = false;
     event("connection", { state: "offline", code: c.code, reason: c.reason });
     if (c.reason === "device_revoked") {
       event("revoked", {});
@@ -435,7 +468,8 @@ async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
       return;
     }
     case "ready":
-      event("connection", { state: "connected" });
+      ready = true;
+      event("connection", { state: connectionState() });
       upkeep ??= setInterval(() => void maintainPrekeys().catch(() => undefined), PREKEY_UPKEEP_MS);
       void maintainPrekeys().catch(() => undefined); // tried again within the hour
       await sendQueuedReceipts(ws);

@@ -44,15 +44,16 @@ def relay_host_env(data: Path, **extra: str) -> dict[str, str]:
 
 
 class MadeRun:
-    """One ``lightbox-server`` process and its data folder."""
+    """One ``lightbox-server`` process and its data folder. ``program``: what is run instead
+    of the console script, given the same arguments (its entry point, instrumented)."""
 
-    def __init__(self, data: Path, workers: int) -> None:
+    def __init__(self, data: Path, workers: int, program: Sequence[str] | None = None) -> None:
         self.data = data
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = relay_host_env(data)
         self.proc = subprocess.Popen(
-            [str(BIN / "lightbox-server"), "--migrate", "--host", "127.0.0.1",
+            [*(program or [str(BIN / "lightbox-server")]), "--migrate", "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", str(workers)],
             cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
@@ -105,11 +106,12 @@ def data_folder() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def made_run(workers: int = 1, *, ready: bool = True) -> Iterator[MadeRun]:
+def made_run(workers: int = 1, *, ready: bool = True, program: Sequence[str] | None = None
+             ) -> Iterator[MadeRun]:
     """``make run WORKERS=workers``, ready (or just started); killed (group) afterwards if
     still running."""
     with data_folder() as data:
-        run = MadeRun(data, workers)
+        run = MadeRun(data, workers, program)
         try:
             if ready:
                 run.wait_ready()

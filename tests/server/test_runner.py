@@ -19,7 +19,7 @@ import pytest
 
 from server.embedded import postmaster_pid
 from tests.helpers import ROOT, Cluster, seconds, session_dir
-from tests.make_run import data_folder, made_run, relay_host_env
+from tests.make_run import made_run
 
 
 def _free_port() -> int:
@@ -187,20 +187,11 @@ def test_a_ctrl_c_whose_interrupt_the_interpreter_dropped_still_stops_the_relay(
         workers: int, step: str) -> None:
     """A Ctrl-C that arrives while a garbage collection runs a weakref callback still shuts the
     relay down cleanly (exit 0, Postgres stopped), without printing a traceback."""
-    with data_folder() as data:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _DROPPED_INTERRUPT, step, "--migrate", "--host",
-             "127.0.0.1", "--port", str(_free_port()), "--workers", str(workers)],
-            cwd=ROOT, env=relay_host_env(data), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=seconds(60))
-        finally:  # a relay that kept running is killed with its workers
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
+    with made_run(workers, ready=False,
+                  program=[sys.executable, "-c", _DROPPED_INTERRUPT, step]) as run:
+        out, err = run.proc.communicate(timeout=seconds(60))
         assert "interrupt dropped" in out, out + err
-        assert proc.returncode == 0, err
+        assert run.proc.returncode == 0, err
         assert "Embedded Postgres stopped." in out, out + err
         assert "Traceback" not in err, err
-        assert postmaster_pid(data / "pg") is None
+        assert postmaster_pid(run.data / "pg") is None

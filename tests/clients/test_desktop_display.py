@@ -1,14 +1,18 @@
 """What the desktop page writes, in a real Chromium (Playwright): times in the one format of
 clients/sdk/timefmt.py whatever the browser's locale, the warning that an image shows patient
-identifiers (kinds only), sent with the image in the sealed body by the sender's client, and the
-break-glass mark of an image sent without consent in an emergency.
+identifiers (kinds only), sent with the image in the sealed body by the sender's client, the
+break-glass mark of an image sent without consent in an emergency; and that it shows the consult
+clicked last whatever order its requests are answered in, each reply draft staying with its
+consult.
 Screenshots go to test-artefacts/desktop-display/."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import shutil
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -16,6 +20,7 @@ import pytest
 from clients.desktop.app import DesktopServer
 from clients.sdk import imaging, timefmt
 from clients.sdk.breakglass import Emergency
+from clients.sdk.client import MessageEvent
 from protocol.body import CaptureKind, IdentifierKind, RecordData
 from protocol.model import EmergencyCategory, Priority
 from tests.clients import test_desktop
@@ -25,9 +30,10 @@ from tests.clients.test_desktop import (
     desktop_team,
     send_photo,
     unlock_page,
+    wait_for_event,
 )
 from tests.consent_world import xray_png
-from tests.helpers import ROOT
+from tests.helpers import ROOT, seconds
 from tests.identity_world import World
 from tests.orthanc import OrthancServer
 
@@ -110,4 +116,81 @@ async def test_the_specialist_sees_an_emergency_image_marked_break_glass_with_it
         await page.locator(".thread-item", has_text="Ordinary film").click()
         await page.get_by_text("Ankle?").wait_for()
         assert await page.locator(".break-glass").count() == 0
+        assert not problems, problems
+
+
+async def test_the_page_shows_the_consult_clicked_and_keeps_each_reply_with_its_consult(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """The page's requests may be answered in any order. A refresh of the consult that was open,
+    answered after the specialist clicked another one, never covers the one clicked (another
+    patient's consult under the click: CLINICAL_SAFETY.md); a reply being written stays with its
+    consult, and goes to the consult whose reply box it was written in, even while the next one
+    clicked is still loading."""
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        intern = team.intern.client
+        team_events = intern.subscribe()
+        await unlock_page(page, team.desktop)
+        wrist = await intern.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+        await intern.send_text(wrist.thread_id, "Wrist?", subject="Bed 4 wrist")
+        ankle = await intern.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+        await intern.send_text(ankle.thread_id, "Ankle?", subject="Bed 9 ankle")
+        await page.locator(".thread-item", has_text="Bed 9 ankle").wait_for()
+        await page.locator(".thread-item", has_text="Bed 4 wrist").click()
+        await page.get_by_text("Wrist?").wait_for()
+        await page.fill("#reply-text", "Splint it")
+
+        # 1. the page's next look at the wrist consult is held on its way back
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def hold(route: Any) -> None:
+            held.set()
+            await release.wait()
+            await route.continue_()
+
+        def of(thread_id: str) -> Any:
+            return lambda url: url.endswith(f"/api/threads/{thread_id}")
+
+        await page.route(of(wrist.thread_id), hold)
+        await intern.send_text(wrist.thread_id, "Any news?")  # the page refreshes the consult
+        await asyncio.wait_for(held.wait(), seconds(30))
+        await page.locator(".thread-item", has_text="Bed 9 ankle").click()
+        await page.get_by_text("Ankle?").wait_for()
+        assert await page.input_value("#reply-text") == ""  # the wrist's draft stayed behind
+        async with page.expect_request_finished(
+                lambda request: of(wrist.thread_id)(request.url)) as answered:
+            release.set()
+        await answered.value
+        await page.evaluate("() => new Promise((done) => setTimeout(done, 500))")
+        assert await page.locator("#thread h2").inner_text() == "URGENT - Bed 9 ankle"
+        assert await page.get_by_text("Wrist?").count() == 0
+        assert "Bed 9 ankle" in await page.locator(".thread-item.selected").inner_text()
+        await page.unroute(of(wrist.thread_id), hold)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=SHOTS / "02-the-consult-clicked.png")
+
+        # 2. back to the wrist: its draft, and the message that came meanwhile
+        await page.locator(".thread-item", has_text="Bed 4 wrist").click()
+        await page.get_by_text("Any news?").wait_for()
+        assert await page.input_value("#reply-text") == "Splint it"
+
+        # 3. the ankle is clicked but still loading: "Send reply" sends the draft on screen to
+        # the wrist consult, its own
+        held.clear()
+        release.clear()
+        await page.route(of(ankle.thread_id), hold)
+        await page.locator(".thread-item", has_text="Bed 9 ankle").click()
+        await asyncio.wait_for(held.wait(), seconds(30))
+        await page.click("#reply-send")
+        reply = await wait_for_event(team_events, MessageEvent,
+                                     lambda e: e.body.text == "Splint it")
+        assert reply.message.thread_id == wrist.thread_id
+        await page.locator("#reply-status", has_text="sent").wait_for()
+        release.set()
+        await page.get_by_text("Ankle?").wait_for()
+        assert await page.input_value("#reply-text") == ""
+        await page.unroute(of(ankle.thread_id), hold)
+        await page.locator(".thread-item", has_text="Bed 4 wrist").click()
+        await page.locator(".message.mine", has_text="Splint it").wait_for()
+        assert await page.input_value("#reply-text") == ""  # sent, so no longer a draft
         assert not problems, problems

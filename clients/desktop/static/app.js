@@ -4,7 +4,11 @@
 
 const csrf = document.querySelector('meta[name="csrf"]').content;
 const $ = (id) => document.getElementById(id);
-let current = null;        // open thread id
+let current = null;        // the thread the clinician asked for last (its page may be loading)
+let shown = null;          // the thread whose page is on screen (its reply box is its draft)
+let drafts = new Map();    // thread id -> the reply being written in it, kept while another is open
+let opening = 0;           // openThread's calls, counted: only the latest one's answer is shown
+let listing = 0;           // loadInbox's calls, counted likewise
 let threads = [];          // inbox entries
 let events = null;
 let guard = null;          // the text guard's warning on the reply being written:
@@ -70,7 +74,8 @@ function forget() {
   closeViewer();
   $("inbox").replaceChildren();
   $("thread").replaceChildren(el("p", {class: "empty"}, "Choose a consult."));
-  current = null; threads = []; guard = null;
+  current = null; shown = null; threads = []; guard = null; drafts = new Map();
+  opening++; listing++;  // an answer still on its way is for a page no longer shown
   $("app").hidden = true; $("lock").hidden = true;
   $("who").textContent = ""; $("conn").textContent = "";
 }
@@ -151,7 +156,9 @@ function escalationLine(e) {
 // --- inbox ----------------------------------------------------------------------------------
 
 async function loadInbox() {
+  const ticket = ++listing;
   const data = await api("/api/threads");
+  if (ticket !== listing) return;  // a later call's answer is the newer list (as in openThread)
   threads = data.threads;
   const list = $("inbox");
   list.replaceChildren();
@@ -291,7 +298,13 @@ function imageBlock(m, img) {
 
 async function openThread(id, markRead) {
   current = id;
+  const ticket = ++opening;
   const t = await api("/api/threads/" + id);
+  // Answers may come back in any order: a refresh of the consult that was open can be answered
+  // after the clinician clicked another one. Only the latest call's answer is shown, never an
+  // earlier one over it (a page showing one patient's consult under another's click is a
+  // wrong-patient hazard, docs/CLINICAL_SAFETY.md).
+  if (ticket !== opening) return;
   const article = $("thread");
   const header = el("h2", {}, (t.priority === "urgent" ? "URGENT - " : "") +
     (t.messages.find((m) => m.subject)?.subject || "Consult"));
@@ -327,9 +340,12 @@ async function openThread(id, markRead) {
     el("button", {type: "submit", id: "reply-send"}, "Send reply"),
     el("p", {id: "reply-status", class: "meta", role: "status"}));
   form.addEventListener("submit", sendReply);
-  const typed = $("reply-text")?.value || "";
+  // A reply being written stays with its consult: kept while another is open, never carried
+  // into the next patient's consult, and still there when the page is refreshed.
+  if (shown && $("reply-text")) drafts.set(shown, $("reply-text").value);
   article.replaceChildren(header, list, form);
-  $("reply-text").value = typed;
+  shown = id;
+  $("reply-text").value = drafts.get(id) || "";
   // Changing the text answers the warning: the next send checks the new text.
   $("reply-text").addEventListener("input", () => { guard = null; showGuard(); });
   showGuard();
@@ -349,15 +365,20 @@ async function sendReply(e) {
 }
 
 async function postReply(text, confirmed) {
-  const thread = current;
+  // The reply goes to the consult whose reply box it was written in, the one on screen, even
+  // if another was clicked meanwhile and is still loading.
+  const thread = shown;
+  const here = () => shown === thread;  // still on screen when the answer comes back
   $("reply-status").textContent = "sending...";
   try {
     await api("/api/threads/" + thread + "/reply", confirmed ? {text, confirmed} : {text});
-    guard = null;
-    $("reply-text").value = "";
-    await openThread(thread, false);
-    $("reply-status").textContent = "sent";
+    if (guard?.thread === thread) guard = null;
+    drafts.delete(thread);
+    if (here()) $("reply-text").value = "";
+    if (current === thread) await openThread(thread, false);
+    if (here()) $("reply-status").textContent = "sent";
   } catch (err) {
+    if (!here()) return;  // its draft is kept; opening the consult again shows it
     if (err.data?.error === "text_guard") {
       guard = {thread, text: $("reply-text").value, sent: text, data: err.data};
       showGuard();
@@ -376,7 +397,7 @@ function showGuard() {
   // patient. The clinician decides: take the suggested wording, or send it as written.
   const box = $("text-guard");
   if (!box) return;
-  const g = guard && guard.thread === current && guard.text === $("reply-text").value ? guard : null;
+  const g = guard && guard.thread === shown && guard.text === $("reply-text").value ? guard : null;
   box.hidden = !g;
   if (!g) { box.replaceChildren(); return; }
   // Only exact ages have a mechanical rewrite (age ranges); other findings are the clinician's

@@ -393,6 +393,31 @@ function lockKeys(): void {
   waiting.clear();
 }
 
+// --- thread records ------------------------------------------------------------------------------
+
+/**
+ * A thread's record (`thread:<id>`) is changed by reading it, changing the copy and writing the
+ * copy back, and the websocket's frames, the photo downloads and the page's calls are handled
+ * concurrently. Two changes to one thread that overlapped would each write back the copy they
+ * read, the later undoing the earlier: the gateway's filing receipt (the study) lost under the
+ * relay's `filed` notice that came with it, a receipt or an escalation step lost under
+ * another. So each change to a thread runs only once the previous one to it is written.
+ * A change must not wait on the network: the next change to its thread waits for it.
+ */
+const threadChanges = new Map<string, Promise<unknown>>();
+
+async function changingThread<T>(threadId: string, change: () => Promise<T>): Promise<T> {
+  const before = threadChanges.get(threadId) ?? Promise.resolve();
+  const run = before.then(change, change);
+  const settled = run.catch(() => undefined);
+  threadChanges.set(threadId, settled);
+  try {
+    return await run;
+  } finally {
+    if (threadChanges.get(threadId) === settled) threadChanges.delete(threadId);
+  }
+}
+
 // --- websocket (§3) ----------------------------------------------------------------------------
 
 function connect(): void {
@@ -610,41 +635,43 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       await vault!.put("state", st);
     }
     const body = decodeBody(plain);
-    const thread = (await vault!.get<ThreadRecord>(`thread:${h.thread_id}`)) ?? { thread_id: h.thread_id, role: null, subject: null, priority: h.priority, messages: [] };
     const view: MessageView = {
       message_id: h.message_id, thread_id: h.thread_id, from_user_id: h.sender_user_id, from_name: sender.user.display_name,
       mine: false, text: body.text, subject: body.subject, sent_at: h.sent_at, status: "received",
       thread_seq: frame["thread_seq"] as number, read: false,
     };
     const photo = body.kind === "text" ? body.attachments[0] : undefined;
-    if (photo) {
-      // Kept until the photo is fetched (or refused, or expired): its key is in the descriptor.
-      view.attachment_id = photo.attachment_id;
-      view.image_state = (await vault!.get(`expired:${photo.attachment_id}`)) ? "expired" : "fetching";
-      if (view.image_state === "fetching") {
-        await vault!.put(`incoming:${photo.attachment_id}`, {
-          descriptor: photo, consent_token: body.consent_token, emergency: h.emergency, thread_id: h.thread_id, message_id: h.message_id,
-          sender_user_id: h.sender_user_id, sender_org: sender.orgId, sender_user_certificate: sender.user,
-        } satisfies Incoming);
-      }
-    }
-    if (body.subject) thread.subject = body.subject;
-    if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
-    if (body.kind === "consent_filed" && body.consent_filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY) && sender.device.kind === "gateway") {
-      const f = body.consent_filing as { message_id?: string; study_instance_uid?: string | null };
-      for (const m of thread.messages) {
-        if (m.mine && m.message_id === f.message_id) m.filed = { study_instance_uid: f.study_instance_uid ?? null, record_ref: null, expires_at: null };
-      }
-    }
-    if (body.kind === "filing_receipt" && body.filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY)) {
-      const f = body.filing as { attachment_id?: string; study_instance_uid?: string; record_ref?: string };
-      for (const m of thread.messages) {
-        if (m.mine && m.attachment_id === f.attachment_id) {
-          m.filed = { study_instance_uid: f.study_instance_uid ?? null, record_ref: f.record_ref ?? null, expires_at: m.filed?.expires_at ?? null };
+    await changingThread(h.thread_id, async () => {
+      const thread = (await vault!.get<ThreadRecord>(`thread:${h.thread_id}`)) ?? { thread_id: h.thread_id, role: null, subject: null, priority: h.priority, messages: [] };
+      if (photo) {
+        // Kept until the photo is fetched (or refused, or expired): its key is in the descriptor.
+        view.attachment_id = photo.attachment_id;
+        view.image_state = (await vault!.get(`expired:${photo.attachment_id}`)) ? "expired" : "fetching";
+        if (view.image_state === "fetching") {
+          await vault!.put(`incoming:${photo.attachment_id}`, {
+            descriptor: photo, consent_token: body.consent_token, emergency: h.emergency, thread_id: h.thread_id, message_id: h.message_id,
+            sender_user_id: h.sender_user_id, sender_org: sender.orgId, sender_user_certificate: sender.user,
+          } satisfies Incoming);
         }
       }
-    }
-    await vault!.put(`thread:${h.thread_id}`, thread);
+      if (body.subject) thread.subject = body.subject;
+      if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
+      if (body.kind === "consent_filed" && body.consent_filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY) && sender.device.kind === "gateway") {
+        const f = body.consent_filing as { message_id?: string; study_instance_uid?: string | null };
+        for (const m of thread.messages) {
+          if (m.mine && m.message_id === f.message_id) m.filed = { study_instance_uid: f.study_instance_uid ?? null, record_ref: null, expires_at: null };
+        }
+      }
+      if (body.kind === "filing_receipt" && body.filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY)) {
+        const f = body.filing as { attachment_id?: string; study_instance_uid?: string; record_ref?: string };
+        for (const m of thread.messages) {
+          if (m.mine && m.attachment_id === f.attachment_id) {
+            m.filed = { study_instance_uid: f.study_instance_uid ?? null, record_ref: f.record_ref ?? null, expires_at: m.filed?.expires_at ?? null };
+          }
+        }
+      }
+      await vault!.put(`thread:${h.thread_id}`, thread);
+    });
     await vault!.put(seenKey, 1);
     // Stored first, then the signed receipt (clients/sdk/receiving.py; PROTOCOL §8, §16.6).
     await queueReceipt(h.message_id, h.thread_id, "delivered");
@@ -666,8 +693,9 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   await vault!.delete(`incoming:${aid}`);
   await vault!.delete(`image:${aid}`);
   const threadKey = `thread:${frame["thread_id"] as string}`;
-  const thread = await vault!.get<ThreadRecord>(threadKey);
-  if (thread) {
+  await changingThread(frame["thread_id"] as string, async () => {
+    const thread = await vault!.get<ThreadRecord>(threadKey);
+    if (!thread) return;
     for (const m of thread.messages) {
       if (m.attachment_id !== aid) continue;
       m.image_state = "expired";
@@ -675,7 +703,7 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
       if (frame["reason"] === "consent_revoked") m.withdrawn_at ??= frame["issued_at"] as number;
     }
     await vault!.put(threadKey, thread);
-  }
+  });
   const statement = issueExpiryConfirmation(
     { v: 1, device_id: st!.device_id, attachment_id: aid, order_id: frame["order_id"] as string, shredded_at: now() },
     st!.device_seed,
@@ -688,13 +716,16 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
  * shown as such; its photo's copies are erased by the expiry orders that follow (§13). */
 async function onWithdrawn(frame: ServerFrame): Promise<void> {
   const key = `thread:${frame["thread_id"] as string}`;
-  const thread = await vault!.get<ThreadRecord>(key);
-  const message = thread?.messages.find((m) => m.message_id === frame["message_id"]);
-  if (!thread || !message || message.withdrawn_at) return;
-  message.withdrawn_at = frame["at"] as number;
-  message.withdrawn_reason = frame["reason"] as string;
-  await vault!.put(key, thread);
-  event("withdrawn", { message_id: message.message_id });
+  const changed = await changingThread(frame["thread_id"] as string, async () => {
+    const thread = await vault!.get<ThreadRecord>(key);
+    const message = thread?.messages.find((m) => m.message_id === frame["message_id"]);
+    if (!thread || !message || message.withdrawn_at) return false;
+    message.withdrawn_at = frame["at"] as number;
+    message.withdrawn_reason = frame["reason"] as string;
+    await vault!.put(key, thread);
+    return true;
+  });
+  if (changed) event("withdrawn", { message_id: frame["message_id"] as string });
 }
 
 // --- photos other clinicians send (PROTOCOL §6, §7.4; clients/sdk/receiving.py) ------------------
@@ -812,16 +843,19 @@ async function checkImageConsent(image: Uint8Array, job: Incoming): Promise<void
 
 async function setImageState(threadId: string, aid: string, state: NonNullable<MessageView["image_state"]>, reason = ""): Promise<void> {
   const key = `thread:${threadId}`;
-  const thread = await vault!.get<ThreadRecord>(key);
-  if (!thread) return;
-  for (const m of thread.messages) {
-    if (m.attachment_id === aid && m.image_state !== "expired") {
-      m.image_state = state;
-      m.image_note = reason || null;
+  const changed = await changingThread(threadId, async () => {
+    const thread = await vault!.get<ThreadRecord>(key);
+    if (!thread) return false;
+    for (const m of thread.messages) {
+      if (m.attachment_id === aid && m.image_state !== "expired") {
+        m.image_state = state;
+        m.image_note = reason || null;
+      }
     }
-  }
-  await vault!.put(key, thread);
-  event("image", { attachment_id: aid, state });
+    await vault!.put(key, thread);
+    return true;
+  });
+  if (changed) event("image", { attachment_id: aid, state });
 }
 
 async function fetchMissingImages(): Promise<void> {
@@ -837,35 +871,44 @@ async function displayName(userId: string): Promise<string> {
 /** An escalation step of one of our consults: who was re-notified, or reached next. */
 async function onEscalationNotice(frame: ServerFrame): Promise<void> {
   const key = `thread:${frame["thread_id"] as string}`;
-  const thread = await vault!.get<ThreadRecord>(key);
-  const message = thread?.messages.find((m) => m.message_id === frame["message_id"]);
-  if (!thread || !message) return;
+  const ours = (thread: ThreadRecord | undefined) => thread?.messages.find((m) => m.message_id === frame["message_id"]);
+  if (!ours(await vault!.get<ThreadRecord>(key))) return;
+  // The name first, from the network, outside the thread's change (see changingThread).
   let name: string;
   try {
     name = await displayName(frame["user_id"] as string);
   } catch {
     name = "someone on the rota";
   }
-  message.escalation ??= [];
   const step = frame["step"] as number;
-  if (message.escalation.some((s2) => s2.step === step)) return;
-  message.escalation.push({ step, kind: frame["kind"] as "renotify", level: frame["level"] as number, name, at: frame["at"] as number });
-  await vault!.put(key, thread);
-  event("escalation", { message_id: message.message_id });
+  const changed = await changingThread(frame["thread_id"] as string, async () => {
+    const thread = await vault!.get<ThreadRecord>(key);
+    const message = ours(thread);
+    if (!thread || !message) return false;
+    message.escalation ??= [];
+    if (message.escalation.some((s2) => s2.step === step)) return false;
+    message.escalation.push({ step, kind: frame["kind"] as "renotify", level: frame["level"] as number, name, at: frame["at"] as number });
+    await vault!.put(key, thread);
+    return true;
+  });
+  if (changed) event("escalation", { message_id: frame["message_id"] as string });
 }
 
 /** The relay's word that a photo is in the record: this phone's copy expires at `expires_at`. */
 async function onFiledNotice(frame: ServerFrame): Promise<void> {
   const key = `thread:${frame["thread_id"] as string}`;
-  const thread = await vault!.get<ThreadRecord>(key);
-  if (!thread) return;
-  for (const m of thread.messages) {
-    if (m.attachment_id === frame["attachment_id"]) {
-      m.filed = { study_instance_uid: m.filed?.study_instance_uid ?? null, record_ref: (frame["record_ref"] as string | null) ?? m.filed?.record_ref ?? null, expires_at: frame["expires_at"] as number };
+  const changed = await changingThread(frame["thread_id"] as string, async () => {
+    const thread = await vault!.get<ThreadRecord>(key);
+    if (!thread) return false;
+    for (const m of thread.messages) {
+      if (m.attachment_id === frame["attachment_id"]) {
+        m.filed = { study_instance_uid: m.filed?.study_instance_uid ?? null, record_ref: (frame["record_ref"] as string | null) ?? m.filed?.record_ref ?? null, expires_at: frame["expires_at"] as number };
+      }
     }
-  }
-  await vault!.put(key, thread);
-  event("filed", { attachment_id: frame["attachment_id"] });
+    await vault!.put(key, thread);
+    return true;
+  });
+  if (changed) event("filed", { attachment_id: frame["attachment_id"] });
 }
 
 /** A recipient's receipt for one of our messages, shown only once its statement verifies under
@@ -882,15 +925,17 @@ async function onReceiptNotice(frame: ServerFrame): Promise<void> {
     return; // an unverifiable receipt is not shown (and is the relay's to explain)
   }
   const key = `thread:${body.thread_id}`;
-  const thread = await vault!.get<ThreadRecord>(key);
-  const message = thread?.messages.find((m) => m.message_id === body.message_id && m.mine);
-  if (!thread || !message) return;
-  message.receipts ??= [];
-  if (!message.receipts.some((r) => r.kind === body.kind && r.name === name)) {
+  const changed = await changingThread(body.thread_id, async () => {
+    const thread = await vault!.get<ThreadRecord>(key);
+    const message = thread?.messages.find((m) => m.message_id === body.message_id && m.mine);
+    if (!thread || !message) return false;
+    message.receipts ??= [];
+    if (message.receipts.some((r) => r.kind === body.kind && r.name === name)) return false;
     message.receipts.push({ kind: body.kind, name, at: body.at });
     await vault!.put(key, thread);
-    event("receipt", { message_id: body.message_id, kind: body.kind });
-  }
+    return true;
+  });
+  if (changed) event("receipt", { message_id: body.message_id, kind: body.kind });
 }
 
 /**
@@ -1015,12 +1060,17 @@ async function sendQueuedReceipts(ws: WebSocket): Promise<void> {
  * the relay's unread counter moves to the newest (clients/sdk/receiving.py mark_read). */
 async function markRead(args: { thread_id: string }): Promise<{ read: number }> {
   const key = `thread:${args.thread_id}`;
-  const thread = await vault!.get<ThreadRecord>(key);
-  if (!thread) return { read: 0 };
-  const unread = thread.messages.filter((m) => !m.mine && m.read === false);
-  if (!unread.length) return { read: 0 };
-  for (const m of unread) m.read = true;
-  await vault!.put(key, thread);
+  const marked = await changingThread(args.thread_id, async () => {
+    const thread = await vault!.get<ThreadRecord>(key);
+    if (!thread) return null;
+    const unread = thread.messages.filter((m) => !m.mine && m.read === false);
+    if (!unread.length) return null;
+    for (const m of unread) m.read = true;
+    await vault!.put(key, thread);
+    return { thread, unread };
+  });
+  if (!marked) return { read: 0 };
+  const { thread, unread } = marked;
   for (const m of unread) await queueReceipt(m.message_id, m.thread_id, "read");
   const seq = Math.max(0, ...thread.messages.map((m) => m.thread_seq ?? 0));
   if (seq) await relay!.call("POST", `/v1/threads/${args.thread_id}/read`, { seq }).catch(() => undefined);
@@ -1144,7 +1194,7 @@ async function sendSealed(record: OutboxRecord, resealed = false): Promise<SendO
     // A photo never sent, and never to be: neither it nor its consult stays on this phone
     // (no expiry order will come for a copy the relay never stored).
     for (const aid of photos) await vault!.delete(`image:${aid}`);
-    await vault!.delete(`thread:${record.thread_id}`);
+    await changingThread(record.thread_id, () => vault!.delete(`thread:${record.thread_id}`));
     event("unsent", { message_id: record.message_id, thread_id: record.thread_id, refusal });
   } else {
     await markNotSent(record.thread_id, record.message_id, refusal);
@@ -1174,25 +1224,31 @@ function resendLater(seconds: number): void {
 }
 
 async function markSent(threadId: string, messageId: string): Promise<void> {
-  const thread = await vault!.get<ThreadRecord>(`thread:${threadId}`);
-  if (!thread) return;
-  for (const m of thread.messages) if (m.message_id === messageId) m.status = "sent";
-  await vault!.put(`thread:${threadId}`, thread);
-  event("sent", { message_id: messageId, thread_id: threadId });
+  const changed = await changingThread(threadId, async () => {
+    const thread = await vault!.get<ThreadRecord>(`thread:${threadId}`);
+    if (!thread) return false;
+    for (const m of thread.messages) if (m.message_id === messageId) m.status = "sent";
+    await vault!.put(`thread:${threadId}`, thread);
+    return true;
+  });
+  if (changed) event("sent", { message_id: messageId, thread_id: threadId });
 }
 
 /** A message the relay refused for good: shown as not sent, with why and what to do. */
 async function markNotSent(threadId: string, messageId: string, note: string): Promise<void> {
-  const thread = await vault!.get<ThreadRecord>(`thread:${threadId}`);
-  if (!thread) return;
-  for (const m of thread.messages) {
-    if (m.message_id === messageId) {
-      m.status = "not_sent";
-      m.status_note = note;
+  const changed = await changingThread(threadId, async () => {
+    const thread = await vault!.get<ThreadRecord>(`thread:${threadId}`);
+    if (!thread) return false;
+    for (const m of thread.messages) {
+      if (m.message_id === messageId) {
+        m.status = "not_sent";
+        m.status_note = note;
+      }
     }
-  }
-  await vault!.put(`thread:${threadId}`, thread);
-  event("unsent", { message_id: messageId, thread_id: threadId, refusal: note });
+    await vault!.put(`thread:${threadId}`, thread);
+    return true;
+  });
+  if (changed) event("unsent", { message_id: messageId, thread_id: threadId, refusal: note });
 }
 
 async function resendOutbox(_ws: WebSocket): Promise<void> {
@@ -1479,10 +1535,12 @@ async function fileRefusal(token: string, record: RecordData): Promise<Record<st
     text, subject: RECORD_THREAD_SUBJECT, sent_at: header.sent_at, status: "sending",
   };
   const key = `thread:${threadId}`;
-  const thread = (await vault!.get<ThreadRecord>(key)) ?? { thread_id: threadId, role: null, subject: RECORD_THREAD_SUBJECT, priority: "routine", messages: [] };
-  thread.messages.push(view);
-  await vault!.put(`outbox:${messageId}`, out);
-  await vault!.put(key, thread);
+  await changingThread(threadId, async () => {
+    const thread = (await vault!.get<ThreadRecord>(key)) ?? { thread_id: threadId, role: null, subject: RECORD_THREAD_SUBJECT, priority: "routine", messages: [] };
+    thread.messages.push(view);
+    await vault!.put(`outbox:${messageId}`, out);
+    await vault!.put(key, thread);
+  });
   await sendSealed(out);
   return { filed: "sent", thread_id: threadId, message_id: messageId };
 }

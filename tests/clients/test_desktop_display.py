@@ -3,12 +3,13 @@ clients/sdk/timefmt.py whatever the browser's locale, the warning that an image 
 identifiers (kinds only), sent with the image in the sealed body by the sender's client, the
 break-glass mark of an image sent without consent in an emergency; and that it shows the consult
 clicked last whatever order its requests are answered in, each reply draft staying with its
-consult.
+consult, and never opens the viewer for an image that was still loading when it should not.
 Screenshots go to test-artefacts/desktop-display/."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import shutil
 from pathlib import Path
@@ -34,7 +35,7 @@ from tests.clients.test_desktop import (
 )
 from tests.consent_world import xray_png
 from tests.helpers import ROOT, seconds
-from tests.identity_world import World
+from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer
 
 pytestmark = test_desktop.DESKTOP_WORLD  # the same relay as the desktop's own tests
@@ -193,4 +194,94 @@ async def test_the_page_shows_the_consult_clicked_and_keeps_each_reply_with_its_
         await page.locator(".thread-item", has_text="Bed 4 wrist").click()
         await page.locator(".message.mine", has_text="Splint it").wait_for()
         assert await page.input_value("#reply-text") == ""  # sent, so no longer a draft
+        assert not problems, problems
+
+
+async def test_an_image_still_loading_when_the_viewer_closes_is_never_shown(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """The viewer loads an image after the click. Its bytes, answered by the desktop while
+    allowed, may reach the page after the specialist locked the desktop, after the image
+    expired, or after another consult was opened: the viewer, a full-screen overlay, must not
+    open then (over the unlock screen, or with an image deleted from this device)."""
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        await unlock_page(page, team.desktop)
+        record = RecordData(patient_name="Testpatient^Alpha", patient_id="LBX-0042")
+        await send_photo(team.intern, record, text="Wrist?", subject="Bed 4 wrist")
+        await send_photo(team.intern, record, text="Ankle?", subject="Bed 9 ankle")
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def hold(route: Any) -> None:
+            if route.request.resource_type != "fetch":  # a thumbnail, drawn again
+                await route.continue_()
+                return
+            answer = await route.fetch()  # the desktop answers now, while it may
+            held.set()
+            await release.wait()
+            await route.fulfill(response=answer)
+
+        def image_url(url: str) -> bool:
+            return "/api/images/" in url
+
+        async def click_and_hold_the_image() -> str:
+            thumb = page.locator(".thumb")
+            await page.wait_for_function(
+                "() => document.querySelector('.thumb img')?.complete === true")
+            aid = await thumb.get_attribute("data-attachment-id")
+            assert aid
+            held.clear()
+            release.clear()
+            await page.route(image_url, hold)
+            await thumb.click()
+            await asyncio.wait_for(held.wait(), seconds(30))
+            return str(aid)
+
+        async def release_and_settle(aid: str) -> None:
+            """Let the held answer reach the page, wait until the page has read or dropped its
+            body, then give the viewer the time to open, had the page gone on to draw it."""
+            body_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def settled(request: Any) -> None:
+                if (request.resource_type == "fetch" and request.url.endswith(f"/api/images/{aid}")
+                        and not body_done.done()):
+                    body_done.set_result(None)
+
+            page.on("requestfinished", settled)
+            page.on("requestfailed", settled)
+            release.set()
+            await asyncio.wait_for(body_done, seconds(30))
+            page.remove_listener("requestfinished", settled)
+            page.remove_listener("requestfailed", settled)
+            await page.unroute(image_url, hold)
+            from playwright.async_api import TimeoutError as PlaywrightTimeout
+            with contextlib.suppress(PlaywrightTimeout):
+                await page.locator("#viewer").wait_for(state="visible", timeout=2000)
+
+        # 1. locked while the image loads: the unlock screen, and no viewer over it
+        await page.locator(".thread-item", has_text="Bed 4 wrist").click()
+        aid = await click_and_hold_the_image()
+        await page.click("#lock")
+        await page.locator("#password").wait_for()
+        await release_and_settle(aid)
+        assert await page.locator("#viewer").is_hidden()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=SHOTS / "03-locked-while-an-image-loaded.png")
+
+        # 2. another consult opened while the image loads: that consult, no viewer
+        await page.fill("#password", PASSWORD)
+        await page.press("#password", "Enter")
+        await page.locator(".thread-item", has_text="Bed 4 wrist").click()
+        aid = await click_and_hold_the_image()
+        await page.locator(".thread-item", has_text="Bed 9 ankle").click()
+        await page.get_by_text("Ankle?").wait_for()
+        await release_and_settle(aid)
+        assert await page.locator("#viewer").is_hidden()
+
+        # 3. expired while the image loads (filed, then the grace period passed): deleted
+        # from the page, and no viewer showing it
+        aid = await click_and_hold_the_image()
+        await team.gateway.start()
+        await page.locator(f'.expired[data-attachment-id="{aid}"]').wait_for()
+        await release_and_settle(aid)
+        assert await page.locator("#viewer").is_hidden()
         assert not problems, problems

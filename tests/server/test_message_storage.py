@@ -12,7 +12,7 @@ import pytest
 
 from clients.sdk.socket import RelaySocket
 from protocol.frames import Deliver
-from tests.helpers import seconds
+from tests.helpers import eventually, seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, opened, peer, seal, send_while_offline, thread
 
@@ -47,6 +47,16 @@ async def send_and_receive(world: World, alice: Peer, bob: Peer, tid: str,
             await a.send(seal(alice, tid, [bob], body))
         got = await delivered(b, len(bodies))
         await b.ack([d.delivery_id for d in got])
+        # An ack has no answer frame, and its removal commits a moment later: the next call's
+        # connection would otherwise be handed these again (a redelivery, PROTOCOL.md §3.5).
+        db = await world.db()
+        try:
+            async def removed() -> bool:
+                return bool(await db.fetchval("SELECT count(*) FROM deliveries") == 0)
+
+            assert await eventually(removed)
+        finally:
+            await db.close()
         return [opened(bob, alice, d.message) for d in got]
     finally:
         await a.close()

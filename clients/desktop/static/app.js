@@ -255,7 +255,7 @@ function dropImage(aid) {
       node.replaceWith(el("div", {class: "expired", "data-attachment-id": aid}, "Image deleted from this device"));
     }
   }
-  if (view.aid === aid) closeViewer();
+  if (view.aid === aid || view.pending === aid) closeViewer();
 }
 
 function copyExpiry(img) {
@@ -343,6 +343,7 @@ async function openThread(id, markRead) {
   // A reply being written stays with its consult: kept while another is open, never carried
   // into the next patient's consult, and still there when the page is refreshed.
   if (shown && $("reply-text")) drafts.set(shown, $("reply-text").value);
+  if (shown !== id) closeViewer();  // nor does an image of the consult left open over this one
   article.replaceChildren(header, list, form);
   shown = id;
   $("reply-text").value = drafts.get(id) || "";
@@ -431,12 +432,20 @@ async function acknowledge(messageId) {
 
 // --- image viewer: zoom, pan, window/level ----------------------------------------------------
 
-const view = {aid: null, base: null, lut: null, scale: 1, x: 0, y: 0, drag: null, off: null};
+const view = {aid: null, pending: null, base: null, lut: null, scale: 1, x: 0, y: 0, drag: null, off: null};
+// openViewer's calls and the viewer's closings, counted: an image still loading when the viewer
+// was closed (the vault locked, the image expired, another consult opened) is never shown.
+let viewing = 0;
 
 async function openViewer(aid, film) {
+  const ticket = ++viewing;
+  view.pending = aid;
   const r = await fetch("/api/images/" + aid, {cache: "no-store"});
-  if (!r.ok) return;
+  if (ticket !== viewing) { r.body?.cancel(); return; }
+  if (!r.ok) { view.pending = null; return; }
   const bitmap = await createImageBitmap(await r.blob());
+  if (ticket !== viewing) { bitmap.close(); return; }
+  view.pending = null;
   view.aid = aid;
   const off = document.createElement("canvas");
   off.width = bitmap.width; off.height = bitmap.height;
@@ -489,8 +498,9 @@ function draw() {
 
 function zoom(f) { view.scale = Math.min(16, Math.max(0.25, view.scale * f)); draw(); }
 function closeViewer() {
+  viewing++;
   $("viewer").hidden = true;
-  view.aid = null; view.base = null; view.off = null;
+  view.aid = null; view.pending = null; view.base = null; view.off = null;
   const c = $("canvas");
   c.getContext("2d").clearRect(0, 0, c.width, c.height);
 }

@@ -285,3 +285,43 @@ async def test_an_image_still_loading_when_the_viewer_closes_is_never_shown(
         await release_and_settle(aid)
         assert await page.locator("#viewer").is_hidden()
         assert not problems, problems
+
+
+async def test_an_older_inbox_answered_late_never_replaces_a_newer_one(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """Each new consult makes the page list the inbox again; a list answered late (taken before
+    the newest consult came) never replaces the newer one already shown, which would hide that
+    consult until the next one arrived."""
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        await unlock_page(page, team.desktop)
+        intern = team.intern.client
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def hold_the_first(route: Any) -> None:
+            if held.is_set():
+                await route.continue_()
+                return
+            answer = await route.fetch()  # the list as it is now
+            held.set()
+            await release.wait()
+            await route.fulfill(response=answer)
+
+        def inbox(url: str) -> bool:
+            return url.endswith("/api/threads")
+
+        await page.route(inbox, hold_the_first)
+        wrist = await intern.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+        await intern.send_text(wrist.thread_id, "Wrist?", subject="Bed 4 wrist")
+        await asyncio.wait_for(held.wait(), seconds(30))
+        ankle = await intern.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+        await intern.send_text(ankle.thread_id, "Ankle?", subject="Bed 9 ankle")
+        await page.locator(".thread-item", has_text="Bed 9 ankle").wait_for()
+        async with page.expect_request_finished(
+                lambda request: inbox(request.url)) as answered:
+            release.set()
+        await answered.value
+        await page.unroute(inbox, hold_the_first)
+        await page.evaluate("() => new Promise((settled) => setTimeout(settled, 500))")
+        assert await page.locator(".thread-item", has_text="Bed 9 ankle").count() == 1
+        assert not problems, problems

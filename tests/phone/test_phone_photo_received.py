@@ -50,6 +50,35 @@ async def shown(page: Any, attachment_id: str) -> bool:
     return loaded
 
 
+async def photo_on_screen(page: Any, attachment_id: str) -> str:
+    """Wait until the received photo is drawn in its thread; the object URL it is shown under."""
+    async with asyncio.timeout(seconds(20)):
+        while not await shown(page, attachment_id):
+            await page.wait_for_timeout(100)
+    url = await page.get_attribute(f"img[data-attachment='{attachment_id}']", "src")
+    assert url and url.startswith("blob:"), url
+    return str(url)
+
+
+MISSED = "Failed to load resource: net::ERR_FILE_NOT_FOUND"
+
+
+async def resolves(page: Any, url: str, problems: list[str]) -> bool:
+    """Whether the page can still load this object URL as an image (a revoked one no longer
+    resolves; the app's CSP lets images, not fetch, read blob: URLs). The console error of a
+    probe that missed is the probe's, and is taken out of ``problems``; any other (an image of
+    the app's own under a revoked URL) stays there."""
+    answer: bool = await page.evaluate(
+        "(u) => new Promise((done) => { const i = new Image();"
+        " i.onload = () => done(true); i.onerror = () => done(false); i.src = u; })", url)
+    if not answer:
+        async with asyncio.timeout(seconds(10)):
+            while MISSED not in problems:
+                await page.wait_for_timeout(50)
+        problems.remove(MISSED)
+    return answer
+
+
 async def marked_up_film(specialist: Clinician, intern: User, thread_id: str
                          ) -> tuple[str, str]:
     """The specialist sends a film into the intern's consult, under a direct-care consent that
@@ -74,10 +103,13 @@ async def test_the_specialists_photo_opens_on_the_phone_full_screen_and_is_erase
         photo = page.locator(f".message.theirs img[data-attachment='{aid}']")
         await photo.wait_for()
         await page.locator(".message.theirs", has_text="the fracture line is circled").wait_for()
-        async with asyncio.timeout(seconds(20)):
-            while not await shown(page, aid):
-                await page.wait_for_timeout(100)
+        # The decrypted photo is in the page once, under one object URL, whatever the number of
+        # times the list is drawn again (here for a message that comes after it).
+        url = await photo_on_screen(page, aid)
         assert await photo.get_attribute("alt") == "The photo from Dr Bo Ortho"
+        await specialist.client.send_text(consult.message.thread_id, "Splint for now.")
+        await page.locator(".message.theirs", has_text="Splint for now.").wait_for()
+        assert await photo.get_attribute("src") == url
         SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / "14-photo-received.png"), full_page=True)
         assert await axe_violations(page) == []
@@ -89,7 +121,25 @@ async def test_the_specialists_photo_opens_on_the_phone_full_screen_and_is_erase
         # The hard limit passes unfiled: every copy is ordered destroyed, the phone's included.
         await page.locator(".message.theirs .photo-gone").wait_for(timeout=seconds(60) * 1000)
         assert await page.locator(f"img[data-attachment='{aid}']").count() == 0
+        assert not await resolves(page, url, problems)  # nor is it left in the page's memory
         assert await confirmed(world, await phone_device_id(world, intern.user_id), aid)
+        assert problems == []
+
+
+async def test_locking_the_phone_drops_the_photos_it_showed_from_the_page(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    """Locked, the app keeps no decrypted photo in the page: the object URL a received photo
+    was shown under no longer resolves."""
+    world, origin = phone
+    async with enrolled_phone(world, tmp_path, origin) as (intern, specialist, events, page,
+                                                           problems):
+        consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
+        aid, _ = await marked_up_film(specialist, intern, consult.message.thread_id)
+        url = await photo_on_screen(page, aid)
+        assert await resolves(page, url, problems)
+        await page.locator("#lock").tap()
+        await page.locator("#passphrase").wait_for()
+        assert not await resolves(page, url, problems)
         assert problems == []
 
 

@@ -114,6 +114,7 @@ function onEvent(data: Record<string, unknown>): void {
       $("banner").textContent = `This phone was revoked by your organisation on ${when(Number(data["revoked_at"]))}; its Lightbox data has been erased.`;
       $("banner").hidden = false;
       $("threads").replaceChildren();
+      forgetPhotos();
       $("conn").textContent = "wiped";
       dropPhoto();
       stopCamera();
@@ -345,8 +346,9 @@ async function lock(): Promise<void> {
   ssoChannel?.close(); // a sign-in still waiting is abandoned (the worker forgets its request)
   ssoChannel = null;
   $("sso-status").textContent = "";
-  await call("lock");
   $("threads").replaceChildren();
+  forgetPhotos();
+  await call("lock");
   $("conn").textContent = "locked";
   show("unlock");
 }
@@ -382,6 +384,41 @@ async function home(me: Me): Promise<void> {
 
 /** A thread's priority in the words of the compose form's choice. */
 const PRIORITY: Record<string, string> = { urgent: "Urgent", routine: "Routine" };
+
+/**
+ * The object URLs of the photos shown in the threads: one per photo, reused by every render of
+ * the list, and revoked once the photo is no longer shown (erased on the relay's order,
+ * withdrawn) or the app locks. A decrypted photo then stays in the page no longer than on the
+ * screen, and a shift's renders do not pile up copies of it in memory.
+ */
+const photoUrls = new Map<string, string>();
+
+function showPhoto(img: HTMLImageElement, aid: string): void {
+  const known = photoUrls.get(aid);
+  if (known) {
+    img.src = known;
+    return;
+  }
+  void call<Uint8Array | null>("image", { attachment_id: aid }).then((bytes) => {
+    // A later render (or the lock) replaced this element meanwhile: it shows what is current.
+    if (!bytes || !img.isConnected) return;
+    let url = photoUrls.get(aid);
+    if (!url) {
+      url = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "image/jpeg" }));
+      photoUrls.set(aid, url);
+    }
+    img.src = url;
+  });
+}
+
+/** Revoke the photos' object URLs, but those of the photos in `shown`. */
+function forgetPhotos(shown: Set<string> = new Set()): void {
+  for (const [aid, url] of photoUrls) {
+    if (shown.has(aid)) continue;
+    URL.revokeObjectURL(url);
+    photoUrls.delete(aid);
+  }
+}
 
 async function renderThreads(): Promise<void> {
   let list: ThreadRecord[];
@@ -453,9 +490,7 @@ async function renderThreads(): Promise<void> {
             full.textContent = "Show the photo full screen";
             full.addEventListener("click", () => void img.requestFullscreen?.().catch(() => undefined));
             div.append(img, full);
-            void call<Uint8Array | null>("image", { attachment_id: m.attachment_id }).then((bytes) => {
-              if (bytes) img.src = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "image/jpeg" }));
-            });
+            showPhoto(img, m.attachment_id);
           } else if (m.image_state === "fetching" || m.image_state === "failed" || m.image_state === "refused" || m.image_state === "withdrawn") {
             const note = document.createElement("div");
             note.className = `meta photo-${m.image_state}`;
@@ -478,6 +513,7 @@ async function renderThreads(): Promise<void> {
       return li;
     }),
   );
+  forgetPhotos(new Set(list.flatMap((t) => t.messages.filter((m) => m.image_state === "held" && m.attachment_id).map((m) => m.attachment_id!))));
   // What is on the home screen of a visible app has been seen: signed `read` receipts go to
   // the senders (the worker signs them; PROTOCOL §16.6).
   if (document.body.dataset["screen"] === "home" && document.visibilityState === "visible") {

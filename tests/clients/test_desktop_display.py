@@ -3,7 +3,8 @@ clients/sdk/timefmt.py whatever the browser's locale, the warning that an image 
 identifiers (kinds only), sent with the image in the sealed body by the sender's client, the
 break-glass mark of an image sent without consent in an emergency; and that it shows the consult
 clicked last whatever order its requests are answered in, each reply draft staying with its
-consult, and never opens the viewer for an image that was still loading when it should not.
+consult, never opens the viewer for an image that was still loading when it should not, and
+keeps the reply being typed in its box when a message arrives.
 Screenshots go to test-artefacts/desktop-display/."""
 
 from __future__ import annotations
@@ -324,4 +325,31 @@ async def test_an_older_inbox_answered_late_never_replaces_a_newer_one(
         await page.unroute(inbox, hold_the_first)
         await page.evaluate("() => new Promise((settled) => setTimeout(settled, 500))")
         assert await page.locator(".thread-item", has_text="Bed 9 ankle").count() == 1
+        assert not problems, problems
+
+
+async def test_a_message_arriving_while_the_specialist_types_a_reply_does_not_take_the_keys(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """The consult is drawn again when a message arrives in it. The specialist typing a reply
+    goes on typing in it: the reply box keeps the focus and the caret, and no keystroke falls
+    through to the page's shortcuts ("a" acknowledges the consult, which would stop its
+    escalation, CLINICAL_SAFETY.md)."""
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        await unlock_page(page, team.desktop)
+        intern = team.intern.client
+        wrist = await intern.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+        await intern.send_text(wrist.thread_id, "Wrist?", subject="Bed 4 wrist")
+        await page.locator(".thread-item", has_text="Bed 4 wrist").click()
+        await page.get_by_text("Wrist?").wait_for()
+        await page.click("#reply-text")
+        await page.keyboard.type("Splint it, then ")
+        await intern.send_text(wrist.thread_id, "Also swollen fingers.")
+        await page.get_by_text("Also swollen fingers.").wait_for()
+        await page.keyboard.type("a sling")
+        assert await page.input_value("#reply-text") == "Splint it, then a sling"
+        await page.click("#reply-send")
+        await page.locator(".message.mine", has_text="Splint it, then a sling").wait_for()
+        assert await page.locator(".ack-state").count() == 0  # nothing acknowledged
+        assert await page.locator(".ack-button").count() == 2
         assert not problems, problems

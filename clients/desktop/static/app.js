@@ -342,11 +342,17 @@ async function openThread(id, markRead) {
   form.addEventListener("submit", sendReply);
   // A reply being written stays with its consult: kept while another is open, never carried
   // into the next patient's consult, and still there when the page is refreshed.
-  if (shown && $("reply-text")) drafts.set(shown, $("reply-text").value);
+  const box = $("reply-text");
+  if (shown && box) drafts.set(shown, box.value);
+  // Drawn again while the specialist types in it (a message arrived): the new box takes the
+  // focus and the caret, so no keystroke falls through to a shortcut ("a" would acknowledge).
+  const caret = shown === id && box && document.activeElement === box
+    ? [box.selectionStart, box.selectionEnd, box.selectionDirection] : null;
   if (shown !== id) closeViewer();  // nor does an image of the consult left open over this one
   article.replaceChildren(header, list, form);
   shown = id;
   $("reply-text").value = drafts.get(id) || "";
+  if (caret) { $("reply-text").focus(); $("reply-text").setSelectionRange(...caret); }
   // Changing the text answers the warning: the next send checks the new text.
   $("reply-text").addEventListener("input", () => { guard = null; showGuard(); });
   showGuard();

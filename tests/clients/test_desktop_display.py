@@ -4,7 +4,8 @@ identifiers (kinds only), sent with the image in the sealed body by the sender's
 break-glass mark of an image sent without consent in an emergency; and that it shows the consult
 clicked last whatever order its requests are answered in, each reply draft staying with its
 consult, never opens the viewer for an image that was still loading when it should not, and
-keeps the reply being typed in its box when a message arrives.
+keeps the reply being typed in its box, and the keyboard's place in the inbox, when a message
+arrives.
 Screenshots go to test-artefacts/desktop-display/."""
 
 from __future__ import annotations
@@ -352,4 +353,30 @@ async def test_a_message_arriving_while_the_specialist_types_a_reply_does_not_ta
         await page.locator(".message.mine", has_text="Splint it, then a sling").wait_for()
         assert await page.locator(".ack-state").count() == 0  # nothing acknowledged
         assert await page.locator(".ack-button").count() == 2
+        assert not problems, problems
+
+
+async def test_a_consult_arriving_while_the_specialist_moves_through_the_inbox_keeps_their_place(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """The inbox is listed again when a consult arrives. Someone moving through it with the
+    keyboard (j/k, Enter) keeps their place: Enter opens the consult they had reached."""
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        await unlock_page(page, team.desktop)
+        intern = team.intern.client
+        for subject in ("Bed 4 wrist", "Bed 9 ankle"):
+            thread = await intern.create_thread(roles=[ORTHO], priority=Priority.ROUTINE)
+            await intern.send_text(thread.thread_id, f"{subject}?", subject=subject)
+        await page.locator(".thread-item", has_text="Bed 9 ankle").wait_for()
+        await page.keyboard.press("j")
+        await page.keyboard.press("j")  # the second consult in the list
+        reached = await page.evaluate("() => document.activeElement.textContent")
+        hip = await intern.create_thread(roles=[ORTHO], priority=Priority.ROUTINE)
+        await intern.send_text(hip.thread_id, "Bed 2 hip?", subject="Bed 2 hip")
+        await page.locator(".thread-item", has_text="Bed 2 hip").wait_for()
+        assert await page.evaluate("() => document.activeElement.textContent") == reached
+        await page.keyboard.press("Enter")
+        await page.locator("#thread h2").wait_for()
+        subject = await page.locator("#thread h2").inner_text()
+        assert subject in reached and "Bed 2 hip" not in subject
         assert not problems, problems

@@ -161,6 +161,9 @@ async function loadInbox() {
   if (ticket !== listing) return;  // a later call's answer is the newer list (as in openThread)
   threads = data.threads;
   const list = $("inbox");
+  // Someone moving through the inbox with j/k keeps their place when it is listed again.
+  const focused = document.activeElement?.classList.contains("thread-item")
+    ? document.activeElement.dataset.threadId : null;
   list.replaceChildren();
   for (const t of threads) {
     const item = el("button", {type: "button", class: "thread-item" + (t.urgent ? " urgent" : "") +
@@ -175,6 +178,7 @@ async function loadInbox() {
     list.append(el("li", {}, item));
   }
   if (!threads.length) list.append(el("li", {class: "empty"}, "No consults yet."));
+  if (focused) [...list.querySelectorAll(".thread-item")].find((b) => b.dataset.threadId === focused)?.focus();
 }
 
 // --- a thread -------------------------------------------------------------------------------

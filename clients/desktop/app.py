@@ -92,12 +92,13 @@ from clients.sdk.client import (
     ImageEvent,
     LightboxClient,
     MessageEvent,
+    OutboxEvent,
     ReceiptEvent,
     StatusEvent,
     WithdrawnEvent,
 )
 from clients.sdk.consent_pdf import ConsentFormDisplay, FormCopy, patient_label, render_consent_pdf
-from clients.sdk.errors import FlowError, KeyStoreError, SDKError
+from clients.sdk.errors import FlowError, KeyStoreError, RelayUnavailable, SDKError
 from clients.sdk.profile import ProfileDevice, open_profile
 from clients.sdk.textguard import TextGuardWarning, guard_text
 from clients.sdk.vault import ImageShredded, ItemNotFound, VaultError, VaultLocked
@@ -111,6 +112,10 @@ __all__ = ["DesktopServer", "run_desktop"]
 log = logging.getLogger("lightbox.desktop")
 STATIC = Path(__file__).parent / "static"
 COOKIE = "lightbox_desktop"
+# A reply the relay could not take now (out of reach, or not answering in time).
+KEPT_REPLY = ("Not sent yet: Lightbox cannot reach the relay. Your reply is kept on this "
+              "computer and goes as soon as the relay can be reached again; do not send it "
+              "again.")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -359,8 +364,15 @@ class DesktopServer:
         consents = [c for v in views if (c := consent_claims(v.body)) is not None]
         withdrawals = await client.refresh_consents([c.jti for c in consents])
         messages = [message_json(client, v, receipts, withdrawals) for v in views]
+        # This device's sends the relay has not stored yet (the outbox, docs/PROTOCOL.md §3.5):
+        # shown as not sent yet, until the client sends them once it reaches the relay.
+        shown = {v.message.message_id for v in views}
+        pending = [{"message_id": r.message_id, "text": client.pending_body(r).text,
+                    "created_at": r.created_at}
+                   for r in client.pending_sends()
+                   if r.thread_id == thread_id and r.message_id not in shown]
         return JSONResponse({"thread_id": thread_id, "priority": info.priority,
-                             "roles": info.roles, "messages": messages})
+                             "roles": info.roles, "messages": messages, "pending": pending})
 
     async def image(self, request: Request) -> Response:
         client = self._client()
@@ -434,6 +446,11 @@ class DesktopServer:
         try:
             sent = await send_reply(client, thread_id, text, reply_to=reply_to, plan=plan,
                                      priority=Priority(info.priority))
+        except RelayUnavailable:
+            # Kept in the outbox: the client sends it as soon as it is connected again
+            # (docs/PROTOCOL.md §3.5 "Outbox"). Not an error to act on: sent again by hand, it
+            # would reach the sender twice.
+            return JSONResponse({"kept": True, "detail": KEPT_REPLY}, status_code=202)
         except (SDKError, ProtocolError) as exc:
             raise Refused(502, f"not sent: {exc}") from exc
         return JSONResponse({"message_id": sent.message_id, "thread_seq": sent.thread_seq,
@@ -482,6 +499,8 @@ class DesktopServer:
             if event.reason == "consent_revoked":
                 # a recipient learns of a withdrawn consent by its copies' expiry orders
                 self._broadcast("withdrawn", {"thread_id": event.thread_id})
+        elif isinstance(event, OutboxEvent):
+            self._broadcast("outbox", {"thread_id": event.thread_id, "state": event.state})
         elif isinstance(event, FiledEvent | WithdrawnEvent):
             kind = "filed" if isinstance(event, FiledEvent) else "withdrawn"
             self._broadcast(kind, {"thread_id": event.thread_id})

@@ -278,6 +278,12 @@ class LightboxClient:
         while not conn.stopped.done():
             await conn.connected.wait()
             await self.hub.emit(StatusEvent("connected"))
+            # What this run kept in the outbox while the relay was out of reach goes now, not
+            # at the next start: a desktop or a record gateway runs for days
+            # (docs/PROTOCOL.md §3.5 "Outbox").
+            if self._resend is None or self._resend.done():
+                self._resend = self.hub.spawn(self._resend_pending(self.vault.outbox()),
+                                              "client-resend")
             if self.fetch_images:
                 self.hub.spawn(self.receiver.fetch_missing_images(), "client-fetch-images")
             # Connection exposes no "disconnected" event; a tenth of a second is fine for a UI.

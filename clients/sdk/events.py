@@ -112,10 +112,11 @@ class EscalationEvent:
 
 @dataclasses.dataclass(frozen=True)
 class OutboxEvent:
-    """A send an earlier run left in the outbox was resent at start (docs/PROTOCOL.md §3.5
-    "Outbox"): ``sent`` (stored by the relay as ``thread_seq``; answered as a duplicate if
-    it had been stored before), ``refused`` (refused for good and removed from the outbox:
-    ``detail`` says why) or ``pending`` (the relay is unreachable: kept for the next start)."""
+    """A send kept in the outbox (by an earlier run, or by this one while the relay was out of
+    reach) was resent, at start or on reconnection (docs/PROTOCOL.md §3.5 "Outbox"): ``sent``
+    (stored by the relay as ``thread_seq``; answered as a duplicate if it had been stored
+    before), ``refused`` (refused for good and removed from the outbox: ``detail`` says why) or
+    ``pending`` (the relay is unreachable again: kept for the next connection)."""
 
     message_id: str
     thread_id: str

@@ -63,13 +63,14 @@ from protocol.model import EmergencyCategory, MessageHeader, Priority, Purpose, 
 __all__ = ["RESEND_TIMEOUT", "WILL_RESEND", "Progress", "Sender"]
 
 Progress = Callable[[int, int], None]
-RESEND_TIMEOUT = 60.0  # seconds a pending send waits for "accepted" when resent at start
+RESEND_TIMEOUT = 60.0  # seconds a pending send waits for "accepted" when resent
 # Failures a pending send outlives (it stays in the outbox): the session must be renewed,
 # the relay is busy or timed out. Anything else below 500 is a refusal of this message.
 _PASSING_STATUS = frozenset({401, 408, 429})
 _PASSING_FLOW = frozenset({ErrorCode.UNAUTHENTICATED.value, ErrorCode.NOT_READY.value})
 WILL_RESEND = ("it is kept on this device and sent again the next time this device connects "
-               "(lightbox inbox, watch or send; the desktop when it starts)")
+               "(lightbox inbox, watch or send; the desktop and the record gateway as soon as "
+               "they reach the relay again)")
 
 
 class Sender:
@@ -282,12 +283,15 @@ class Sender:
                            record.attachment_ids, tuple(body.quality_warnings))
 
     async def resend_pending(self, records: list[OutboxRecord]) -> None:
-        """Resend what an earlier run left in the outbox, oldest first, once connected."""
+        """Resend what an earlier run left in the outbox, or what this run kept there while
+        the relay was out of reach, oldest first, once connected. A send that is on its way
+        meanwhile (in flight), or that was stored since ``records`` was read, is skipped."""
         if not records:
             return
         await self._hub.connected().connected.wait()
         for record in records:
-            if record.message_id in self._in_flight:
+            if (record.message_id in self._in_flight
+                    or record.message_id not in {r.message_id for r in self._vault.outbox()}):
                 continue
             try:
                 sent, _ = await self.deliver(record, timeout=RESEND_TIMEOUT)

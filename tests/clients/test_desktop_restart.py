@@ -5,6 +5,9 @@ senders are named from their verified certificates (never an id fragment), and t
 stays "filed in the record". A real relay, the real record gateway filing into a real Orthanc,
 the page in a real Chromium (Playwright); screenshots go to test-artefacts/desktop-restart/.
 
+And the relay restarted while the desktop runs: a reply written meanwhile is kept, shown as
+not sent yet, and sent by the running desktop once the relay is back.
+
 Also the SDK underneath: a client started again on the same vault with the relay out of reach
 still has the acknowledgement, the escalation step, the receipts and the names (from the
 vault alone).
@@ -12,6 +15,7 @@ vault alone).
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 import uuid
@@ -26,13 +30,14 @@ from clients.sdk.http import RelayHTTP
 from protocol.body import CaptureKind, RecordData
 from protocol.frames import EscalationKind, EscalationNotice
 from tests.clients.test_desktop import (
+    ORTHO,
     browser_page,
     desktop_team,
     send_photo,
     unlock_page,
     wait_for_event,
 )
-from tests.helpers import ROOT
+from tests.helpers import ROOT, make_settings, running_relay, seconds
 from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer
 
@@ -186,3 +191,46 @@ async def test_a_client_restarted_offline_keeps_acknowledgements_receipts_and_na
         assert {(r.user_id, r.kind) for r in answer.receipts} >= {
             (intern.user_id, "delivered"), (intern.user_id, "read")}
         assert {r.display_name for r in answer.receipts} == {"Dr Ada Intern"}
+
+
+async def test_a_reply_written_while_the_relay_is_down_is_kept_and_goes_when_it_is_back(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """The relay goes down while the desktop runs. The specialist's reply is not lost and not
+    sent twice: the page says it is kept, clears the box and shows it under the consult as not
+    sent yet; once the relay is back, the running desktop sends it by itself (no restart) and
+    the page shows it sent; the intern receives it once."""
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        intern_events = team.intern.client.subscribe()
+        await unlock_page(page, team.desktop)
+        thread = await team.intern.client.create_thread(roles=[ORTHO])
+        await team.intern.client.send_text(thread.thread_id, "Bay 2: Weber B?",
+                                           subject="Bay 2 ankle")
+        await page.locator(".thread-item", has_text="Bay 2 ankle").click()
+        await page.get_by_text("Bay 2: Weber B?").wait_for()
+        # Stopped off this loop: the desktop's client on it answers the relay's closing handshake.
+        await asyncio.to_thread(world.relay.stop)
+        await page.fill("#reply-text", "Boot and weight-bear as tolerated.")
+        await page.click("#reply-send")
+        await page.locator("#reply-status", has_text="Not sent yet").wait_for()
+        assert await page.input_value("#reply-text") == ""
+        pending = page.locator(".message.mine.pending",
+                               has_text="Boot and weight-bear as tolerated.")
+        await pending.wait_for()
+        assert "not sent yet" in await pending.inner_text()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=SHOTS / "03-reply-kept-while-the-relay-is-down.png")
+        settings = make_settings(trusted_orgs_file=tmp_path / "trusted-orgs.json",
+                                 port=int(world.relay.base_url.rsplit(":", 1)[1]),
+                                 attachment_chunk_bytes=64 * 1024, expiry_grace=3600)
+        async with running_relay(world.dsn, settings):
+            sent = page.locator(".message.mine:not(.pending)",
+                                has_text="Boot and weight-bear as tolerated.")
+            await sent.wait_for(timeout=seconds(60) * 1000)
+            assert await page.locator(".message.mine.pending").count() == 0
+            reply = await wait_for_event(
+                intern_events, MessageEvent,
+                lambda e: e.body.text == "Boot and weight-bear as tolerated.")
+            assert reply.message.thread_id == thread.thread_id
+            await page.screenshot(path=SHOTS / "04-reply-sent-once-the-relay-is-back.png")
+            assert not problems, problems

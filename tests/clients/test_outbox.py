@@ -31,8 +31,9 @@ import pytest
 
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk import imaging
-from clients.sdk.client import ImageEvent, LightboxClient, OutboxEvent
+from clients.sdk.client import ImageEvent, LightboxClient, MessageEvent, OutboxEvent
 from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
+from clients.sdk.errors import RelayUnavailable
 from clients.sdk.vault import OutboxImage, OutboxRecord, Vault, VaultLocked
 from protocol.body import Body
 from protocol.consent import ConsentBasis, ConsentDecision
@@ -391,6 +392,49 @@ async def test_an_image_upload_cut_off_halfway_resumes_at_the_relays_offset_on_t
         assert ortho.client.image(upload.attachment_id) == image.data
         assert intern.vault.outbox() == []
         assert intern.vault.get_image(upload.attachment_id).data == image.data
+    finally:
+        await intern.client.close()
+        await ortho.client.close()
+
+
+async def test_a_send_kept_while_the_relay_was_down_goes_when_the_running_client_reconnects(
+        world: World, tmp_path: Path) -> None:
+    """A client that keeps running (the desktop, the record gateway) and sends while the relay
+    is out of reach is told the send is kept; once it is connected again it sends it, without a
+    restart (an ``OutboxEvent`` ``sent``), and the recipient holds it once."""
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    await intern.client.start(wait_connected=seconds(10))
+    await ortho.client.start(wait_connected=seconds(10))
+    sent_events, arrivals = intern.client.subscribe(), ortho.client.subscribe()
+    try:
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        await intern.client.threads()
+        # Stopped off this loop: the clients on it answer the relay's closing handshake.
+        await asyncio.to_thread(world.relay.stop)
+        with pytest.raises(RelayUnavailable, match="sent again the next time this device "
+                                                   "connects"):
+            await intern.client.send_text(thread.thread_id, "Bay 2: Weber B?", timeout=5)
+        (kept,) = intern.client.pending_sends()
+        settings = make_settings(trusted_orgs_file=tmp_path / "trusted-orgs.json",
+                                 port=int(world.relay.base_url.rsplit(":", 1)[1]),
+                                 attachment_chunk_bytes=64 * 1024)
+        async with running_relay(world.dsn, settings):
+            async with asyncio.timeout(seconds(60)):
+                while True:
+                    event = await sent_events.get()
+                    if isinstance(event, OutboxEvent) and event.message_id == kept.message_id:
+                        break
+            assert event.state == "sent", event
+            assert intern.client.pending_sends() == []
+            async with asyncio.timeout(seconds(30)):
+                while True:
+                    got = await arrivals.get()
+                    if isinstance(got, MessageEvent) and got.message.message_id == \
+                            kept.message_id:
+                        break
+            assert got.body.text == "Bay 2: Weber B?"
+            assert await stored(world, kept.message_id) == 1
     finally:
         await intern.client.close()
         await ortho.client.close()

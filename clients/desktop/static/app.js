@@ -135,7 +135,7 @@ function listen() {
   events.addEventListener("error", () => {
     api("/api/state").then((s) => { if (!s.unlocked) showLocked(); }).catch(() => {});
   });
-  for (const kind of ["message", "image", "receipt", "escalation", "filed", "withdrawn"]) {
+  for (const kind of ["message", "image", "receipt", "escalation", "filed", "withdrawn", "outbox"]) {
     events.addEventListener(kind, refreshSoon);
   }
   events.addEventListener("expired", (e) => { dropImage(JSON.parse(e.data).attachment_id); refreshSoon(); });
@@ -337,6 +337,12 @@ async function openThread(id, markRead) {
       recordBlock(m.record), ...m.images.map((img) => imageBlock(m, img)), consentBlock(m.consent),
       ack, acked, receipts, escalation));
   }
+  for (const p of t.pending || []) {
+    list.append(el("div", {class: "message mine pending", "data-message-id": p.message_id},
+      el("div", {class: "meta"}, "you - " + when(p.created_at) +
+         " - not sent yet: kept on this computer, it goes as soon as the relay can be reached"),
+      el("p", {class: "text"}, p.text)));
+  }
   const form = el("form", {id: "reply"},
     el("label", {htmlFor: "reply-text"}, "Reply (r)"),
     el("textarea", {id: "reply-text", required: true}),
@@ -382,12 +388,14 @@ async function postReply(text, confirmed) {
   const here = () => shown === thread;  // still on screen when the answer comes back
   $("reply-status").textContent = "sending...";
   try {
-    await api("/api/threads/" + thread + "/reply", confirmed ? {text, confirmed} : {text});
+    const answer = await api("/api/threads/" + thread + "/reply", confirmed ? {text, confirmed} : {text});
+    // Sent, or kept on this computer to go once the relay is reachable (answer.kept): either
+    // way it is no longer a draft, so that it is not sent twice.
     if (guard?.thread === thread) guard = null;
     drafts.delete(thread);
     if (here()) $("reply-text").value = "";
     if (current === thread) await openThread(thread, false);
-    if (here()) $("reply-status").textContent = "sent";
+    if (here()) $("reply-status").textContent = answer.kept ? answer.detail : "sent";
   } catch (err) {
     if (!here()) return;  // its draft is kept; opening the consult again shows it
     if (err.data?.error === "text_guard") {

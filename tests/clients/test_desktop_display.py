@@ -126,9 +126,9 @@ async def test_the_page_shows_the_consult_clicked_and_keeps_each_reply_with_its_
         world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
     """The page's requests may be answered in any order. A refresh of the consult that was open,
     answered after the specialist clicked another one, never covers the one clicked (another
-    patient's consult under the click: CLINICAL_SAFETY.md); a reply being written stays with its
-    consult, and goes to the consult whose reply box it was written in, even while the next one
-    clicked is still loading."""
+    patient's consult under the click: docs/HAZARD_LOG.md HAZ-14); a reply being written stays
+    with its consult, and goes to the consult whose reply box it was written in, even while the
+    next one clicked is still loading."""
     async with desktop_team(world, tmp_path, orthanc) as team, \
             browser_page() as (page, problems):
         intern = team.intern.client
@@ -334,7 +334,7 @@ async def test_a_message_arriving_while_the_specialist_types_a_reply_does_not_ta
     """The consult is drawn again when a message arrives in it. The specialist typing a reply
     goes on typing in it: the reply box keeps the focus and the caret, and no keystroke falls
     through to the page's shortcuts ("a" acknowledges the consult, which would stop its
-    escalation, CLINICAL_SAFETY.md)."""
+    escalation, docs/HAZARD_LOG.md HAZ-02)."""
     async with desktop_team(world, tmp_path, orthanc) as team, \
             browser_page() as (page, problems):
         await unlock_page(page, team.desktop)

@@ -307,7 +307,7 @@ async function openThread(id, markRead) {
   // Answers may come back in any order: a refresh of the consult that was open can be answered
   // after the clinician clicked another one. Only the latest call's answer is shown, never an
   // earlier one over it (a page showing one patient's consult under another's click is a
-  // wrong-patient hazard, docs/CLINICAL_SAFETY.md).
+  // wrong-patient hazard, docs/HAZARD_LOG.md HAZ-14).
   if (ticket !== opening) return;
   const article = $("thread");
   const header = el("h2", {}, (t.priority === "urgent" ? "URGENT - " : "") +

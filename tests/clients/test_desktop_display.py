@@ -43,6 +43,7 @@ from tests.orthanc import OrthancServer
 pytestmark = test_desktop.DESKTOP_WORLD  # the same relay as the desktop's own tests
 
 SHOTS = ROOT / "test-artefacts" / "desktop-display"
+LOCKED_ANSWER = "Failed to load resource: the server responded with a status of 423 (Locked)"
 AFTERNOON = int(dt.datetime(2026, 12, 3, 14, 5, 42, tzinfo=dt.UTC).timestamp())
 
 
@@ -268,6 +269,9 @@ async def test_an_image_still_loading_when_the_viewer_closes_is_never_shown(
         assert await page.locator("#viewer").is_hidden()
         SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=SHOTS / "03-locked-while-an-image-loaded.png")
+        # A request of the page's already on its way when the vault locked is answered 423,
+        # which the browser logs; the page then shows the unlock screen, as it does here.
+        problems[:] = [p for p in problems if p != LOCKED_ANSWER]
 
         # 2. another consult opened while the image loads: that consult, no viewer
         await page.fill("#password", PASSWORD)

@@ -76,6 +76,7 @@ function forget() {
   $("thread").replaceChildren(el("p", {class: "empty"}, "Choose a consult."));
   current = null; shown = null; threads = []; guard = null; drafts = new Map();
   opening++; listing++;  // an answer still on its way is for a page no longer shown
+  clearTimeout(refreshTimer);  // nor does a refresh asked for before it run after it
   $("app").hidden = true; $("lock").hidden = true;
   $("who").textContent = ""; $("conn").textContent = "";
 }
@@ -121,6 +122,7 @@ let refreshTimer = null;
 function refreshSoon() {
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(async () => {
+    if ($("app").hidden) return;  // locked or closed: nothing to refresh
     await loadInbox();
     if (current) await openThread(current, false);
   }, 100);

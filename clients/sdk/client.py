@@ -280,9 +280,9 @@ class LightboxClient:
             await self.hub.emit(StatusEvent("connected"))
             # What this run kept in the outbox while the relay was out of reach goes now, not
             # at the next start: a desktop or a record gateway runs for days
-            # (docs/PROTOCOL.md §3.5 "Outbox").
+            # (docs/PROTOCOL.md §3.5 "Outbox"). Only this run's own (Sender.kept_sends).
             if self._resend is None or self._resend.done():
-                self._resend = self.hub.spawn(self._resend_pending(self.vault.outbox()),
+                self._resend = self.hub.spawn(self._resend_pending(self.sender.kept_sends()),
                                               "client-resend")
             if self.fetch_images:
                 self.hub.spawn(self.receiver.fetch_missing_images(), "client-fetch-images")

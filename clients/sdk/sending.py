@@ -81,6 +81,12 @@ class Sender:
         self._relay, self._store, self._vault = relay, store, vault
         self._trust, self._threads, self._hub, self._clock = trust, threads, hub, clock
         self._in_flight: set[str] = set()  # outbox records being sent by this process
+        # Sends this process kept in the outbox because the relay could not take them: it
+        # sends them again itself once it is connected again (kept_sends). Only its own: another
+        # process on the same vault (``lightbox send`` beside ``lightbox watch``) may be sending
+        # one of the others at this moment, and a second sealing of it would be refused as
+        # ``duplicate_conflict``.
+        self._kept: set[str] = set()
 
     def new_send(self, thread_id: str, body: Body, *, purpose: Purpose, priority: Priority,
                   consent_id: str | None = None, attachment_ids: Sequence[str] = (),
@@ -131,20 +137,24 @@ class Sender:
         raised) when it is refused for good: a refusal that will not change on a resend, or a
         check on this device that failed (a certificate that does not verify)."""
         self._in_flight.add(record.message_id)
+        self._kept.discard(record.message_id)
         try:
             try:
                 record = await self._upload_pending(record, progress)
                 accepted, record = await self._seal_and_send(record, timeout)
             except RelayRequestError as exc:
                 if exc.status >= 500 or exc.status in _PASSING_STATUS:
+                    self._kept.add(record.message_id)
                     raise RelayUnavailable(f"the relay did not take it now ({exc.code}): "
                                            f"{WILL_RESEND}") from exc
                 self._vault.drop_outbox(record.message_id)
                 raise
             except RelayUnavailable as exc:
+                self._kept.add(record.message_id)
                 raise RelayUnavailable(f"{exc}: {WILL_RESEND}") from exc
             except FlowError as exc:
                 if exc.code in _PASSING_FLOW:  # log in again / start the client: then sent
+                    self._kept.add(record.message_id)
                     raise RelayUnavailable(f"{exc}: {WILL_RESEND}") from exc
                 self._vault.drop_outbox(record.message_id)
                 raise
@@ -154,6 +164,11 @@ class Sender:
             return self._stored(record, accepted), decode_sealed(record.sealed).header
         finally:
             self._in_flight.discard(record.message_id)
+
+    def kept_sends(self) -> list[OutboxRecord]:
+        """The outbox records this process kept because the relay could not take them
+        (oldest first), to send again once connected."""
+        return [r for r in self._vault.outbox() if r.message_id in self._kept]
 
     async def _upload_pending(self, record: OutboxRecord,
                               progress: Progress | None) -> OutboxRecord:

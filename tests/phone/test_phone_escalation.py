@@ -78,8 +78,8 @@ async def test_two_steps_written_to_the_consult_at_once_are_both_kept(
     handles what the relay sends concurrently. Here the reminder's step waits for the primary's
     name (his certificate held on its way back from the relay) while the backup's step is
     written: the reminder, written after, must keep the backup's step, not write back the copy
-    it read before it (each change to a thread waits for the previous one,
-    clients/phone/src/app/worker.ts changingThread)."""
+    it read before it (clients/phone/src/app/worker.ts: the name is looked up before the
+    thread's change, which reads and writes the record under changingThread)."""
     world, origin = phone
     intern = await provisioned_intern(world)
     bob, _ = await on_call_ladder(world, clock)

@@ -418,6 +418,18 @@ async function changingThread<T>(threadId: string, change: () => Promise<T>): Pr
   }
 }
 
+/** Change a thread's record, if this phone has it, under changingThread: `change` edits it and
+ * says whether it changed anything (only then is it written back). Whether it was written. */
+async function updateThread(threadId: string, change: (thread: ThreadRecord) => boolean): Promise<boolean> {
+  return changingThread(threadId, async () => {
+    const key = `thread:${threadId}`;
+    const thread = await vault!.get<ThreadRecord>(key);
+    if (!thread || !change(thread)) return false;
+    await vault!.put(key, thread);
+    return true;
+  });
+}
+
 // --- websocket (§3) ----------------------------------------------------------------------------
 
 function connect(): void {
@@ -692,17 +704,14 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
   await vault!.put(`expired:${aid}`, now());
   await vault!.delete(`incoming:${aid}`);
   await vault!.delete(`image:${aid}`);
-  const threadKey = `thread:${frame["thread_id"] as string}`;
-  await changingThread(frame["thread_id"] as string, async () => {
-    const thread = await vault!.get<ThreadRecord>(threadKey);
-    if (!thread) return;
+  await updateThread(frame["thread_id"] as string, (thread) => {
     for (const m of thread.messages) {
       if (m.attachment_id !== aid) continue;
       m.image_state = "expired";
       // A withdrawn consent is remembered with the relay's time and shown (PROTOCOL §13).
       if (frame["reason"] === "consent_revoked") m.withdrawn_at ??= frame["issued_at"] as number;
     }
-    await vault!.put(threadKey, thread);
+    return true;
   });
   const statement = issueExpiryConfirmation(
     { v: 1, device_id: st!.device_id, attachment_id: aid, order_id: frame["order_id"] as string, shredded_at: now() },
@@ -715,14 +724,11 @@ async function onExpireOrder(ws: WebSocket, frame: ServerFrame): Promise<void> {
 /** One of our messages was withdrawn before delivery (its consent was revoked, or we were):
  * shown as such; its photo's copies are erased by the expiry orders that follow (§13). */
 async function onWithdrawn(frame: ServerFrame): Promise<void> {
-  const key = `thread:${frame["thread_id"] as string}`;
-  const changed = await changingThread(frame["thread_id"] as string, async () => {
-    const thread = await vault!.get<ThreadRecord>(key);
-    const message = thread?.messages.find((m) => m.message_id === frame["message_id"]);
-    if (!thread || !message || message.withdrawn_at) return false;
+  const changed = await updateThread(frame["thread_id"] as string, (thread) => {
+    const message = thread.messages.find((m) => m.message_id === frame["message_id"]);
+    if (!message || message.withdrawn_at) return false;
     message.withdrawn_at = frame["at"] as number;
     message.withdrawn_reason = frame["reason"] as string;
-    await vault!.put(key, thread);
     return true;
   });
   if (changed) event("withdrawn", { message_id: frame["message_id"] as string });
@@ -842,17 +848,13 @@ async function checkImageConsent(image: Uint8Array, job: Incoming): Promise<void
 }
 
 async function setImageState(threadId: string, aid: string, state: NonNullable<MessageView["image_state"]>, reason = ""): Promise<void> {
-  const key = `thread:${threadId}`;
-  const changed = await changingThread(threadId, async () => {
-    const thread = await vault!.get<ThreadRecord>(key);
-    if (!thread) return false;
+  const changed = await updateThread(threadId, (thread) => {
     for (const m of thread.messages) {
       if (m.attachment_id === aid && m.image_state !== "expired") {
         m.image_state = state;
         m.image_note = reason || null;
       }
     }
-    await vault!.put(key, thread);
     return true;
   });
   if (changed) event("image", { attachment_id: aid, state });
@@ -870,9 +872,8 @@ async function displayName(userId: string): Promise<string> {
 
 /** An escalation step of one of our consults: who was re-notified, or reached next. */
 async function onEscalationNotice(frame: ServerFrame): Promise<void> {
-  const key = `thread:${frame["thread_id"] as string}`;
   const ours = (thread: ThreadRecord | undefined) => thread?.messages.find((m) => m.message_id === frame["message_id"]);
-  if (!ours(await vault!.get<ThreadRecord>(key))) return;
+  if (!ours(await vault!.get<ThreadRecord>(`thread:${frame["thread_id"] as string}`))) return;
   // The name first, from the network, outside the thread's change (see changingThread).
   let name: string;
   try {
@@ -881,14 +882,12 @@ async function onEscalationNotice(frame: ServerFrame): Promise<void> {
     name = "someone on the rota";
   }
   const step = frame["step"] as number;
-  const changed = await changingThread(frame["thread_id"] as string, async () => {
-    const thread = await vault!.get<ThreadRecord>(key);
+  const changed = await updateThread(frame["thread_id"] as string, (thread) => {
     const message = ours(thread);
-    if (!thread || !message) return false;
+    if (!message) return false;
     message.escalation ??= [];
     if (message.escalation.some((s2) => s2.step === step)) return false;
     message.escalation.push({ step, kind: frame["kind"] as "renotify", level: frame["level"] as number, name, at: frame["at"] as number });
-    await vault!.put(key, thread);
     return true;
   });
   if (changed) event("escalation", { message_id: frame["message_id"] as string });
@@ -896,16 +895,12 @@ async function onEscalationNotice(frame: ServerFrame): Promise<void> {
 
 /** The relay's word that a photo is in the record: this phone's copy expires at `expires_at`. */
 async function onFiledNotice(frame: ServerFrame): Promise<void> {
-  const key = `thread:${frame["thread_id"] as string}`;
-  const changed = await changingThread(frame["thread_id"] as string, async () => {
-    const thread = await vault!.get<ThreadRecord>(key);
-    if (!thread) return false;
+  const changed = await updateThread(frame["thread_id"] as string, (thread) => {
     for (const m of thread.messages) {
       if (m.attachment_id === frame["attachment_id"]) {
         m.filed = { study_instance_uid: m.filed?.study_instance_uid ?? null, record_ref: (frame["record_ref"] as string | null) ?? m.filed?.record_ref ?? null, expires_at: frame["expires_at"] as number };
       }
     }
-    await vault!.put(key, thread);
     return true;
   });
   if (changed) event("filed", { attachment_id: frame["attachment_id"] });
@@ -924,15 +919,12 @@ async function onReceiptNotice(frame: ServerFrame): Promise<void> {
   } catch {
     return; // an unverifiable receipt is not shown (and is the relay's to explain)
   }
-  const key = `thread:${body.thread_id}`;
-  const changed = await changingThread(body.thread_id, async () => {
-    const thread = await vault!.get<ThreadRecord>(key);
-    const message = thread?.messages.find((m) => m.message_id === body.message_id && m.mine);
-    if (!thread || !message) return false;
+  const changed = await updateThread(body.thread_id, (thread) => {
+    const message = thread.messages.find((m) => m.message_id === body.message_id && m.mine);
+    if (!message) return false;
     message.receipts ??= [];
     if (message.receipts.some((r) => r.kind === body.kind && r.name === name)) return false;
     message.receipts.push({ kind: body.kind, name, at: body.at });
-    await vault!.put(key, thread);
     return true;
   });
   if (changed) event("receipt", { message_id: body.message_id, kind: body.kind });
@@ -1059,20 +1051,16 @@ async function sendQueuedReceipts(ws: WebSocket): Promise<void> {
 /** The intern has seen a thread's messages: each unread one gets a signed `read` receipt, and
  * the relay's unread counter moves to the newest (clients/sdk/receiving.py mark_read). */
 async function markRead(args: { thread_id: string }): Promise<{ read: number }> {
-  const key = `thread:${args.thread_id}`;
-  const marked = await changingThread(args.thread_id, async () => {
-    const thread = await vault!.get<ThreadRecord>(key);
-    if (!thread) return null;
-    const unread = thread.messages.filter((m) => !m.mine && m.read === false);
-    if (!unread.length) return null;
+  let unread: MessageView[] = [];
+  let seq = 0;
+  const marked = await updateThread(args.thread_id, (thread) => {
+    unread = thread.messages.filter((m) => !m.mine && m.read === false);
     for (const m of unread) m.read = true;
-    await vault!.put(key, thread);
-    return { thread, unread };
+    seq = Math.max(0, ...thread.messages.map((m) => m.thread_seq ?? 0));
+    return unread.length > 0;
   });
   if (!marked) return { read: 0 };
-  const { thread, unread } = marked;
   for (const m of unread) await queueReceipt(m.message_id, m.thread_id, "read");
-  const seq = Math.max(0, ...thread.messages.map((m) => m.thread_seq ?? 0));
   if (seq) await relay!.call("POST", `/v1/threads/${args.thread_id}/read`, { seq }).catch(() => undefined);
   return { read: unread.length };
 }
@@ -1224,11 +1212,8 @@ function resendLater(seconds: number): void {
 }
 
 async function markSent(threadId: string, messageId: string): Promise<void> {
-  const changed = await changingThread(threadId, async () => {
-    const thread = await vault!.get<ThreadRecord>(`thread:${threadId}`);
-    if (!thread) return false;
+  const changed = await updateThread(threadId, (thread) => {
     for (const m of thread.messages) if (m.message_id === messageId) m.status = "sent";
-    await vault!.put(`thread:${threadId}`, thread);
     return true;
   });
   if (changed) event("sent", { message_id: messageId, thread_id: threadId });
@@ -1236,16 +1221,13 @@ async function markSent(threadId: string, messageId: string): Promise<void> {
 
 /** A message the relay refused for good: shown as not sent, with why and what to do. */
 async function markNotSent(threadId: string, messageId: string, note: string): Promise<void> {
-  const changed = await changingThread(threadId, async () => {
-    const thread = await vault!.get<ThreadRecord>(`thread:${threadId}`);
-    if (!thread) return false;
+  const changed = await updateThread(threadId, (thread) => {
     for (const m of thread.messages) {
       if (m.message_id === messageId) {
         m.status = "not_sent";
         m.status_note = note;
       }
     }
-    await vault!.put(`thread:${threadId}`, thread);
     return true;
   });
   if (changed) event("unsent", { message_id: messageId, thread_id: threadId, refusal: note });

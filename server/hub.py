@@ -2,7 +2,10 @@
 
 * One connection per device: a newer connection of the same device replaces the older one
   (closed with 4003, ``session_replaced``), in this process or in another (a ``session`` event
-  over Postgres NOTIFY tells the other processes).
+  over Postgres NOTIFY tells the other processes). "Newer" is decided by the time each
+  connection registered, read from Postgres's clock (one clock for every process), and not by
+  the order in which the events arrive: a late event of an older connection must never close
+  the device's newer one (docs/ARCHITECTURE.md §3, "One connection per device").
 * ``deliver`` events wake the connections of the devices that have new deliveries. Those of
   this process's own send pipeline carry its ``origin`` and are skipped: the pipeline hands the
   stored deliveries over after COMMIT (:meth:`Hub.deliver`), and a pump writes them without
@@ -40,6 +43,7 @@ class Member(Closable, Protocol):
     device_id: str
     user_id: str
     session_id: str
+    registered_at: int  # Postgres's clock when it registered, in microseconds (see Hub)
 
     def wake(self, notices: bool = True) -> None:
         """New deliveries may be queued; with ``notices``, device notices may be too."""
@@ -58,6 +62,22 @@ class Member(Closable, Protocol):
         """Whether deliveries handed over now could be written without a read (the store
         then lists what else the device has queued, server/sends.py)."""
         ...
+
+
+class _Registered(Protocol):
+    session_id: str
+    registered_at: int
+
+
+class _Registration:
+    def __init__(self, session_id: str, registered_at: int) -> None:
+        self.session_id, self.registered_at = session_id, registered_at
+
+
+def _newer(a: _Registered, b: _Registered) -> bool:
+    """Whether ``a`` registered after ``b``: by Postgres's clock, then (a tie within one
+    microsecond) by session id, so that every process decides alike."""
+    return (a.registered_at, a.session_id) > (b.registered_at, b.session_id)
 
 
 _REASON_CLOSE = {
@@ -89,8 +109,12 @@ class Hub:
     # -- authenticated members ---------------------------------------------------------------
 
     def register(self, member: Member) -> Member | None:
-        """Index an authenticated connection; returns the connection it replaces, if any."""
+        """Index an authenticated connection; returns the connection that must now close, if
+        any: the device's older one, or ``member`` itself when the device's connection here
+        registered later than it (two registrations of one device racing in this process)."""
         old = self._by_device.get(member.device_id)
+        if old is not None and old is not member and _newer(old, member):
+            return member
         self._by_device[member.device_id] = member
         self._by_user.setdefault(member.user_id, set()).add(member)
         if old is not None and old is not member:
@@ -159,11 +183,23 @@ class Hub:
                 m.push(KeysLow(remaining=int(item.get("remaining", 0)), target=target))
 
     async def on_session(self, event: dict[str, Any]) -> None:
-        """Another connection of this device authenticated (maybe in another process)."""
+        """Another connection of this device registered in another process: the device's
+        connection here closes if it is the older one. This process's own events are skipped
+        (:meth:`register` has already replaced the connection), and an event that arrives after
+        a newer connection registered here leaves that one open. An event without
+        ``registered_at`` (a relay of an earlier version, during a rolling upgrade) replaces
+        as before: whatever is here."""
+        if event.get("origin") == self.origin:
+            return
         m = self._by_device.get(str(event.get("device_id")))
-        if m is not None and m.session_id != event.get("session_id"):
-            self.unregister(m)
-            await m.close(CloseCode.SESSION_REPLACED, "session replaced")
+        if m is None or m.session_id == event.get("session_id"):
+            return
+        at = event.get("registered_at")
+        if isinstance(at, int) and not isinstance(at, bool) and not _newer(
+                _Registration(str(event.get("session_id")), at), m):
+            return
+        self.unregister(m)
+        await m.close(CloseCode.SESSION_REPLACED, "session replaced")
 
     async def on_revoked(self, event: dict[str, Any]) -> None:
         code = _REASON_CLOSE.get(str(event.get("reason")), CloseCode.DEVICE_REVOKED)

@@ -85,6 +85,10 @@ __all__ = ["PrekeyWatch", "ReceiptHook", "SocketConfig", "WebSocketRelay"]
 
 log = logging.getLogger("lightbox.ws")
 
+# Postgres's clock in microseconds: one clock for every relay process, so that all of them
+# agree which of a device's connections registered last (server/hub.py).
+_NOW_US = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+
 
 class ReceiptHook(Protocol):
     async def receive(self, *, device_id: str, user_id: str, signing_key: bytes,
@@ -168,6 +172,7 @@ class _Connection:
             limits=Limits(max_frame=self.cfg.max_frame, send_window=self.cfg.send_window))
         self.principal: SocketPrincipal | None = None
         self.session_id = str(uuid.uuid4())
+        self.registered_at = 0  # Postgres's clock at registration, in µs (server/hub.py)
         self.device_id = ""
         self.user_id = ""
         self._wake = asyncio.Event()
@@ -312,7 +317,8 @@ class _Connection:
             if not await self._handshake():
                 return
             assert self.principal is not None
-            await self._register()
+            if not await self._register():
+                return
             try:
                 pump = asyncio.create_task(self._pump(), name="pump")
                 pump.add_done_callback(self._pump_ended)
@@ -405,18 +411,28 @@ class _Connection:
                             expires_at=int(now + self.cfg.session_lifetime),
                             heartbeat=self.cfg.heartbeat)
 
-    async def _register(self) -> None:
-        old = self.relay.hub.register(self)
-        self.relay.metrics.ws_connections.inc()
-        if old is not None:
-            await old.close(CloseCode.SESSION_REPLACED, "session replaced")
-        # Tell the other relay processes: their connection of this device (if any) must go.
+    async def _register(self) -> bool:
+        """Index this connection as its device's one connection and tell the other relay
+        processes, whose connection of this device (if older) must go. Postgres's clock orders
+        the registrations (server/hub.py). False if a newer connection of the device won."""
+        hub = self.relay.hub
         async with self.relay.db.pool.acquire() as conn:
-            await events.publish(conn, "session", device_id=self.device_id,
-                                 session_id=self.session_id)
+            self.registered_at = await conn.fetchval(_NOW_US)
+            loser = hub.register(self)
+            if loser is not self:
+                await events.publish(conn, "session", device_id=self.device_id,
+                                     session_id=self.session_id,
+                                     registered_at=self.registered_at, origin=hub.origin)
+        if loser is self:
+            await self.close(CloseCode.SESSION_REPLACED, "session replaced")
+            return False
+        self.relay.metrics.ws_connections.inc()
+        if loser is not None:
+            await loser.close(CloseCode.SESSION_REPLACED, "session replaced")
         low = await self.relay.prekeys.connected(self.device_id)
         if low is not None:
             self.push(low)
+        return True
 
     # -- reader ------------------------------------------------------------------------------
 

@@ -1,13 +1,16 @@
-"""The hub's wake-ups (server/hub.py): a message's ``deliver`` event wakes its devices' pumps
+"""The hub (server/hub.py). Wake-ups: a message's ``deliver`` event wakes its devices' pumps
 for deliveries only; every other ``deliver`` event (receipts, withdrawals, filings, on-call
 notices) leaves out the field and so also wakes the read of device notices. The events of this
-process's own send pipeline are skipped: it hands its deliveries over instead."""
+process's own send pipeline are skipped: it hands its deliveries over instead. Replacement: of
+a device's connections the one registered last stays, whatever order the processes' ``session``
+events arrive in."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 
+from protocol.errors import CloseCode
 from protocol.frames import Frame
 from server.hub import Hub
 from server.store.messages import Delivery, NewDelivery
@@ -20,7 +23,9 @@ class RecordingMember:
     device_id: str
     user_id: str = "user"
     session_id: str = "session"
+    registered_at: int = 0
     wakes: list[bool] = dataclasses.field(default_factory=list)
+    closes: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     offered: list[list[NewDelivery]] = dataclasses.field(default_factory=list)
     taking: bool = True
 
@@ -37,7 +42,7 @@ class RecordingMember:
         raise AssertionError("no frame is pushed by a wake-up")
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        raise AssertionError("no socket is closed by a wake-up")
+        self.closes.append((code, reason))
 
 
 async def test_a_messages_wake_up_skips_notices_and_any_other_reads_them() -> None:
@@ -89,3 +94,84 @@ def test_the_takers_are_the_devices_connected_here_whose_pumps_could_take_a_deli
     hub.register(RecordingMember("dev-busy", taking=False))
     assert sorted(hub.takers(["dev-b", "dev-gone", "dev-busy", "dev-a"])) == ["dev-a", "dev-b"]
     assert hub.takers([]) == []
+
+
+# --- one connection per device ----------------------------------------------------------------
+
+
+def _session(member: RecordingMember, origin: str) -> dict[str, object]:
+    """The ``session`` event a process publishes when ``member`` registers there."""
+    return {"kind": "session", "device_id": member.device_id, "session_id": member.session_id,
+            "registered_at": member.registered_at, "origin": origin}
+
+
+async def test_a_late_event_of_an_older_connection_leaves_the_newer_one_open() -> None:
+    """The race CI met: the device reconnected at once, and the event of the connection it
+    replaced arrived after the new one had registered."""
+    hub, elsewhere = Hub(), Hub()
+    older = RecordingMember("dev-a", session_id="s-old", registered_at=1_000)
+    newer = RecordingMember("dev-a", session_id="s-new", registered_at=1_500)
+    hub.register(newer)
+    await hub.on_session(_session(older, elsewhere.origin))
+    assert newer.closes == []
+    assert hub.member("dev-a") is newer
+
+
+async def test_an_event_of_a_newer_connection_elsewhere_closes_the_one_here_with_4003() -> None:
+    hub, elsewhere = Hub(), Hub()
+    here = RecordingMember("dev-a", user_id="amy", session_id="s-here", registered_at=1_000)
+    hub.register(here)
+    there = RecordingMember("dev-a", session_id="s-there", registered_at=1_001)
+    await hub.on_session(_session(there, elsewhere.origin))
+    assert here.closes == [(CloseCode.SESSION_REPLACED, "session replaced")]
+    assert hub.member("dev-a") is None
+    await hub.on_revoked({"kind": "revoked", "user_ids": ["amy"], "reason": "user_suspended"})
+    assert len(here.closes) == 1  # no longer indexed under its user either
+
+
+async def test_registrations_in_the_same_microsecond_are_ordered_by_session_id_alike() -> None:
+    """Both processes must keep the same one, or the device would lose both connections."""
+    p1, p2 = Hub(), Hub()
+    a = RecordingMember("dev-a", session_id="s-a", registered_at=7)
+    b = RecordingMember("dev-a", session_id="s-b", registered_at=7)
+    p1.register(a)
+    p2.register(b)
+    await p1.on_session(_session(b, p2.origin))
+    await p2.on_session(_session(a, p1.origin))
+    assert a.closes == [(CloseCode.SESSION_REPLACED, "session replaced")]
+    assert b.closes == []
+
+
+async def test_this_processs_own_session_events_are_skipped() -> None:
+    hub = Hub()
+    newer = RecordingMember("dev-a", session_id="s-new", registered_at=2)
+    hub.register(newer)
+    await hub.on_session({"kind": "session", "device_id": "dev-a", "session_id": "s-x",
+                          "registered_at": 3, "origin": hub.origin})
+    assert newer.closes == []
+
+
+async def test_an_event_of_an_earlier_relay_version_without_a_time_replaces_as_before() -> None:
+    hub = Hub()
+    here = RecordingMember("dev-a", session_id="s-here", registered_at=5)
+    hub.register(here)
+    await hub.on_session({"kind": "session", "device_id": "dev-a", "session_id": "s-here"})
+    assert here.closes == []  # its own session
+    for at in ("5", True, None):  # not a time: the earlier behaviour
+        here.closes.clear()
+        hub.register(here)
+        await hub.on_session({"kind": "session", "device_id": "dev-a", "session_id": "s-y",
+                              "registered_at": at})
+        assert here.closes == [(CloseCode.SESSION_REPLACED, "session replaced")]
+
+
+def test_a_registration_that_lost_the_race_in_this_process_is_the_one_to_close() -> None:
+    hub = Hub()
+    newer = RecordingMember("dev-a", session_id="s-new", registered_at=20)
+    older = RecordingMember("dev-a", session_id="s-old", registered_at=10)
+    assert hub.register(newer) is None
+    assert hub.register(older) is older
+    assert hub.member("dev-a") is newer
+    later = RecordingMember("dev-a", session_id="s-later", registered_at=30)
+    assert hub.register(later) is newer
+    assert hub.member("dev-a") is later

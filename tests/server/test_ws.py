@@ -41,7 +41,7 @@ from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_sta
 from server import events
 from server.store import messages
 from tests.consent_world import count
-from tests.helpers import eventually, seconds
+from tests.helpers import eventually, running_relay, seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, opened, peer, seal, thread
 
@@ -510,6 +510,68 @@ async def test_second_connection_of_a_device_replaces_the_first_with_4003(
     async with sockets(world, trio[0], trio[0]) as (first, second):
         assert await close_code(first) == CloseCode.SESSION_REPLACED
         assert not second.closed.done()
+
+
+async def _registered_at(world: World, sock: RelaySocket) -> int:
+    """The time the relay recorded for ``sock``'s registration (Postgres's clock, µs), once
+    it has registered (just after its ``ready``)."""
+    ready = sock.ready
+    assert ready is not None
+
+    async def registered() -> int:
+        m = world.relay.relay.hub.member(ready.device_id)
+        return m.registered_at if m is not None and m.session_id == ready.session_id else 0
+    return await eventually(registered)
+
+
+async def test_a_late_event_of_the_connection_a_device_replaced_leaves_its_new_one_open(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    """A device that reconnects at once keeps its new connection when the ``session`` event
+    of the old one reaches a relay process late (server/hub.py): here another process's event
+    for an older registration, sent through Postgres as a process would send it."""
+    alice = trio[0]
+    async with sockets(world, alice) as (sock,):
+        at = await _registered_at(world, sock)
+        conn: asyncpg.Connection = await world.db()
+        try:
+            async with conn.transaction():
+                await events.publish(conn, "session", device_id=alice.device_id,
+                                     session_id=str(uuid.uuid4()), registered_at=at - 1,
+                                     origin="another-process")
+                # Handled after the session event: reaches the socket only if it is still
+                # the device's registered connection.
+                await events.publish(conn, "keys_low", target=4242,
+                                     devices=[{"device_id": alice.device_id, "remaining": 1}])
+            while (await next_of(sock, KeysLow)).target != 4242:
+                pass  # the relay's own at connect (the peer's stock of one-time keys is low)
+            assert not sock.closed.done()
+            await events.publish(conn, "session", device_id=alice.device_id,
+                                 session_id=str(uuid.uuid4()), registered_at=at + 1,
+                                 origin="another-process")
+            assert await close_code(sock) == CloseCode.SESSION_REPLACED
+        finally:
+            await conn.close()
+
+
+async def test_a_connection_to_another_relay_process_replaces_the_one_here_and_stays(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice = trio[0]
+    async with sockets(world, alice) as (first,), \
+            running_relay(world.dsn, world.relay.relay.settings) as other:
+        second = await RelaySocket.connect(other.ws_url + "/v1/ws", access_token=alice.token,
+                                           device_id=alice.device_id, sign=alice.device.keys.sign)
+        try:
+            assert await close_code(first) == CloseCode.SESSION_REPLACED
+            # and the first connection's own event, long delivered, did not close it
+            bob = trio[1]
+            async with sockets(world, bob) as (b,):
+                tid = await thread(world, bob, alice)
+                await b.send(seal(bob, tid, [alice], b"still here"))
+            delivered = await next_of(second, Deliver)
+            assert opened(alice, bob, delivered.message) == b"still here"
+            assert not second.closed.done()
+        finally:
+            await second.close()
 
 
 async def test_revoking_a_device_closes_its_socket_with_4004_and_it_cannot_reconnect(

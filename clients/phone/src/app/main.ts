@@ -113,8 +113,7 @@ function onEvent(data: Record<string, unknown>): void {
     case "wiped":
       $("banner").textContent = `This phone was revoked by your organisation on ${when(Number(data["revoked_at"]))}; its Lightbox data has been erased.`;
       $("banner").hidden = false;
-      $("threads").replaceChildren();
-      forgetPhotos();
+      dropThreads();
       $("conn").textContent = "wiped";
       dropPhoto();
       stopCamera();
@@ -346,8 +345,7 @@ async function lock(): Promise<void> {
   ssoChannel?.close(); // a sign-in still waiting is abandoned (the worker forgets its request)
   ssoChannel = null;
   $("sso-status").textContent = "";
-  $("threads").replaceChildren();
-  forgetPhotos();
+  dropThreads();
   await call("lock");
   $("conn").textContent = "locked";
   show("unlock");
@@ -420,13 +418,31 @@ function forgetPhotos(shown: Set<string> = new Set()): void {
   }
 }
 
+/**
+ * renderThreads's calls, counted: only the latest one's answer is drawn. Every event asks for
+ * the list again without waiting for the one asked for before, and the worker answers them
+ * concurrently: an earlier request answered after a later one is an older list, which would
+ * take a reply just shown off the screen (the desktop page's inbox does the same).
+ */
+let listing = 0;
+
+/** The consults off the page (the app locks, the phone is wiped), and any list still on its
+ * way from the worker is for a page no longer shown. */
+function dropThreads(): void {
+  listing++;
+  $("threads").replaceChildren();
+  forgetPhotos();
+}
+
 async function renderThreads(): Promise<void> {
+  const ticket = ++listing;
   let list: ThreadRecord[];
   try {
     list = await call<ThreadRecord[]>("threads");
   } catch {
     return;
   }
+  if (ticket !== listing) return; // a later call's answer is the newer list
   $("no-threads").hidden = list.length > 0;
   $("threads").replaceChildren(
     ...list.map((t) => {

@@ -110,6 +110,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                   timeout=settings.db_timeout)
     metrics = Metrics()
     hub = Hub()
+    metrics.add_refresh(lambda: metrics.queue_depth_connected.set(hub.unacknowledged()))
     endpoints: list[Endpoint] = []
 
     def openapi() -> dict[str, Any]:
@@ -253,6 +254,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             await pipeline.start()
             await acks.start()
             gauges = asyncio.create_task(_queue_gauges(db, metrics), name="queue-gauges")
+            published = (asyncio.create_task(metrics.publish_every(), name="metrics-publish")
+                         if metrics.shared else None)
             janitor = asyncio.create_task(attachment_service.janitor(),
                                           name="attachment-janitor")
             sweeper = asyncio.create_task(filing.sweeper(), name="expiry-sweeper")
@@ -262,6 +265,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
         finally:
             await hub.close_all()
             gauges.cancel()
+            if published is not None:
+                published.cancel()
             janitor.cancel()
             sweeper.cancel()
             escalator.cancel()

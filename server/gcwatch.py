@@ -21,6 +21,10 @@ histogram ``lightbox_gc_pause_seconds{generation}`` and the frozen count as
 ``lightbox_gc_frozen_objects``. The callback runs inside the collector, so it takes no lock and
 allocates nothing that the collector tracks: it only updates numbers in preallocated lists,
 read when ``/metrics`` is scraped (a custom collector, prometheus_client's documented way).
+In a relay of several processes (server/metrics.py) each process publishes its counts into the
+shared files every second, as gauges summed over the processes, and the scrape folds them back
+into the one histogram; the frozen count is then the fewest any live process froze, so that a
+process that did not freeze still shows as 0.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["BUCKETS", "PauseWatch", "freeze_start_up"]
@@ -40,6 +46,14 @@ __all__ = ["BUCKETS", "PauseWatch", "freeze_start_up"]
 # to 186 ms here.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 GENERATIONS = 3
+_PAUSES = "lightbox_gc_pause_seconds"
+_PAUSES_HELP = ("How long each garbage collection stopped this relay process, by generation "
+                "(2 is a full collection; objects alive at start-up are frozen and not walked).")
+_FROZEN = "lightbox_gc_frozen_objects"
+_FROZEN_HELP = "Objects frozen at start-up, which garbage collections no longer walk."
+# The gauges a process publishes its counts in when its relay has several processes.
+_SHARED_COUNTS = "lightbox_gc_pause_shared_count"  # per bucket, not cumulative
+_SHARED_SUMS = "lightbox_gc_pause_shared_sum"
 
 
 def freeze_start_up() -> int:
@@ -62,6 +76,7 @@ class PauseWatch(Collector):
         self._counts = [[0] * (len(BUCKETS) + 1) for _ in range(GENERATIONS)]
         self._sums = [0.0] * GENERATIONS
         self._installed = False
+        self._shared: tuple[Gauge, Gauge, Gauge] | None = None
 
     def install(self) -> PauseWatch:
         if not self._installed:
@@ -88,20 +103,67 @@ class PauseWatch(Collector):
         self._sums[generation] += pause
 
     def collect(self) -> Iterator[Any]:
-        pauses = HistogramMetricFamily(
-            "lightbox_gc_pause_seconds",
-            "How long each garbage collection stopped this relay process, by generation "
-            "(2 is a full collection; objects alive at start-up are frozen and not walked).",
-            labels=["generation"])
+        yield _histogram([self._counts[g] for g in range(GENERATIONS)], self._sums)
+        yield GaugeMetricFamily(_FROZEN, _FROZEN_HELP, value=gc.get_freeze_count())
+
+    # -- several processes (server/metrics.py PerProcess) ---------------------------------
+
+    def share(self, registry: CollectorRegistry) -> None:
+        counts = Gauge(_SHARED_COUNTS, "Garbage collections by pause bucket (folded into "
+                       f"{_PAUSES} at scrape).", ["generation", "le"], registry=registry,
+                       multiprocess_mode="sum")
+        sums = Gauge(_SHARED_SUMS, f"Pause seconds (folded into {_PAUSES} at scrape).",
+                     ["generation"], registry=registry, multiprocess_mode="sum")
+        frozen = Gauge(_FROZEN, _FROZEN_HELP, registry=registry, multiprocess_mode="livemin")
+        self._shared = (counts, sums, frozen)
+
+    def publish(self) -> None:
+        """This process's counts into the shared files (gauges set to its own totals, summed
+        over the processes at scrape, those that have ended included)."""
+        if self._shared is None:
+            return
+        counts, sums, frozen = self._shared
         for g in range(GENERATIONS):
-            counts, running = self._counts[g], 0
-            buckets = []
-            for bound, n in zip((*BUCKETS, float("inf")), counts, strict=True):
-                running += n
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-            pauses.add_metric([str(g)], buckets, self._sums[g])
-        yield pauses
-        yield GaugeMetricFamily(
-            "lightbox_gc_frozen_objects",
-            "Objects frozen at start-up, which garbage collections no longer walk.",
-            value=gc.get_freeze_count())
+            for bound, n in zip(_LABELS, self._counts[g], strict=True):
+                counts.labels(str(g), bound).set(n)
+            sums.labels(str(g)).set(self._sums[g])
+        frozen.set(gc.get_freeze_count())
+
+    @staticmethod
+    def fold(families: list[Metric]) -> list[Metric]:
+        """Every process's published counts, read from the shared files, as the histogram
+        a process alone exposes."""
+        counts = [[0.0] * len(_LABELS) for _ in range(GENERATIONS)]
+        sums = [0.0] * GENERATIONS
+        kept = []
+        for family in families:
+            if family.name not in (_SHARED_COUNTS, _SHARED_SUMS):
+                kept.append(family)
+                continue
+            for sample in family.samples:
+                g = int(sample.labels.get("generation", -1))
+                if not 0 <= g < GENERATIONS:
+                    continue
+                if family.name == _SHARED_SUMS:
+                    sums[g] += sample.value
+                elif (le := sample.labels.get("le")) in _LABELS:
+                    counts[g][_LABELS.index(le)] += sample.value
+        kept.append(_histogram(counts, sums))
+        return kept
+
+
+_LABELS = (*(repr(b) for b in BUCKETS), "+Inf")
+
+
+def _histogram(counts: list[list[int]] | list[list[float]], sums: list[float]
+               ) -> HistogramMetricFamily:
+    """The pauses by generation, from per-bucket counts (the last: above every bound)."""
+    pauses = HistogramMetricFamily(_PAUSES, _PAUSES_HELP, labels=["generation"])
+    for g in range(GENERATIONS):
+        running = 0.0
+        buckets = []
+        for bound, n in zip(_LABELS, counts[g], strict=True):
+            running += n
+            buckets.append((bound, running))
+        pauses.add_metric([str(g)], buckets, sums[g])
+    return pauses

@@ -63,6 +63,10 @@ class Member(Closable, Protocol):
         then lists what else the device has queued, server/sends.py)."""
         ...
 
+    def unacknowledged(self) -> int:
+        """Deliveries written on this connection and not yet acknowledged."""
+        ...
+
 
 class _Registered(Protocol):
     session_id: str
@@ -139,6 +143,10 @@ class Hub:
     @property
     def devices(self) -> int:
         return len(self._by_device)
+
+    def unacknowledged(self) -> int:
+        """Deliveries written to this process's connections and not yet acknowledged."""
+        return sum(m.unacknowledged() for m in self._by_device.values())
 
     def wake(self, device_ids: Iterable[str], *, notices: bool = True) -> None:
         for d in device_ids:

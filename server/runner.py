@@ -18,20 +18,25 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import uvicorn
+from prometheus_client.multiprocess import mark_process_dead
 
 from server import manage, migrations
 from server.embedded import EmbeddedError, EmbeddedPostgres
 from server.gcwatch import PauseWatch, freeze_start_up
 from server.logs import configure_logging
+from server.metrics import SHARED_DIR
 from server.settings import Settings, SettingsError, load_settings
 from server.tokens import ensure_token_key
 
@@ -123,7 +128,7 @@ def serve(settings: Settings, dsn: str, sock: socket.socket | None = None) -> No
     from server.app import create_app
 
     relay = create_app(settings, dsn=dsn)
-    relay.metrics.registry.register(PauseWatch().install())
+    relay.metrics.add_per_process(PauseWatch().install())
     server = RelayServer(uvicorn_config(relay, settings), relay, freeze_after_start=True)
     server.run(sockets=[sock] if sock is not None else None)
     if not server.started:
@@ -175,7 +180,31 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[str]:
+    """The directory the workers keep their metrics in, so that a scrape answered by any of
+    them reports the whole relay (server/metrics.py). The operator's ``PROMETHEUS_MULTIPROC_DIR``
+    if set (emptied of an earlier run's files, prometheus_client's documented start-up step),
+    else a private one removed at exit."""
+    given = os.environ.get(SHARED_DIR)
+    path = given or tempfile.mkdtemp(prefix="lightbox-metrics-")
+    for stale in Path(path).glob("*.db"):
+        stale.unlink()
+    os.environ[SHARED_DIR] = path  # the spawned workers inherit it
+    try:
+        yield path
+    finally:
+        if given is None:
+            shutil.rmtree(path, ignore_errors=True)
+            os.environ.pop(SHARED_DIR, None)
+
+
 def _run_workers(settings: Settings, dsn: str) -> int:
+    with _shared_metrics() as metrics_dir:
+        return _serve_workers(settings, dsn, metrics_dir)
+
+
+def _serve_workers(settings: Settings, dsn: str, metrics_dir: str) -> int:
     sock = _bind(settings.host, settings.port)
     ctx = multiprocessing.get_context("spawn")
     stopping = ctx.Event()
@@ -205,6 +234,8 @@ def _run_workers(settings: Settings, dsn: str) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)
     for p in procs:
         p.join()
+        if p.pid is not None:  # its live gauges (connections) no longer count
+            mark_process_dead(p.pid, metrics_dir)  # type: ignore[no-untyped-call]
     sock.close()
     return _exit_status([p.exitcode or 0 for p in procs])
 

@@ -228,6 +228,9 @@ class _Connection:
         fewer deliveries are unacknowledged than the store would list (QUEUED_LIMIT)."""
         return self._settled() and len(self._in_flight) < batches.QUEUED_LIMIT
 
+    def unacknowledged(self) -> int:
+        return len(self._in_flight)
+
     def _settled(self) -> bool:
         """The pump waits with nothing to read: every delivery a read returned is written,
         no wake-up is pending and the last read did not fill the window."""

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from server.gcwatch import BUCKETS, PauseWatch
 from tests.helpers import ROOT
@@ -74,6 +76,52 @@ def test_a_generation_the_watch_does_not_know_is_ignored_not_raised_inside_the_c
     collection(watch, clock, -1, 0.01)
     assert all(sample(registry, "lightbox_gc_pause_seconds_count", generation=str(g)) == 0
                for g in range(3))
+
+
+def test_the_counts_two_processes_publish_fold_into_the_one_histogram() -> None:
+    """A relay of several processes (server/metrics.py): each publishes its counts as gauges,
+    summed over the processes when the shared files are read; the scrape folds them into the
+    histogram a process alone exposes, and the gauges themselves are not exposed."""
+    shared = CollectorRegistry()  # stands for the sum over the processes' files
+    one, two = PauseWatch(Clock()), PauseWatch(Clock())
+    one.share(CollectorRegistry())
+    two.share(CollectorRegistry())
+    collection(one, one._clock, 0, 0.0004)
+    collection(one, one._clock, 2, 0.03)
+    collection(two, two._clock, 0, 0.0004)
+    collection(two, two._clock, 0, 2.0)
+    one.publish()
+    two.publish()
+    families: list[Metric] = []
+    for w in (one, two):
+        assert w._shared is not None
+        for gauge in w._shared[:2]:
+            families.extend(gauge.collect())
+    for family in PauseWatch.fold(families):
+        shared.register(_Fixed(family))
+    assert sample(shared, "lightbox_gc_pause_seconds_bucket", generation="0", le="0.0005") == 2
+    assert sample(shared, "lightbox_gc_pause_seconds_bucket", generation="0", le="+Inf") == 3
+    assert sample(shared, "lightbox_gc_pause_seconds_count", generation="0") == 3
+    assert sample(shared, "lightbox_gc_pause_seconds_sum", generation="0") == pytest.approx(2.0008)
+    assert sample(shared, "lightbox_gc_pause_seconds_bucket", generation="2", le="0.025") == 0
+    assert sample(shared, "lightbox_gc_pause_seconds_bucket", generation="2", le="0.05") == 1
+    assert sample(shared, "lightbox_gc_pause_seconds_count", generation="1") == 0
+    assert sample(shared, "lightbox_gc_pause_shared_count", generation="0", le="+Inf") is None
+
+
+def test_a_watch_not_shared_publishes_nothing() -> None:
+    watch, clock, registry = watched()
+    collection(watch, clock, 0, 0.001)
+    watch.publish()  # a process alone: its registry collects the watch directly
+    assert sample(registry, "lightbox_gc_pause_seconds_count", generation="0") == 1
+
+
+class _Fixed(Collector):
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> list[Metric]:
+        return [self.family]
 
 
 def test_an_installed_watch_times_the_collections_python_runs() -> None:

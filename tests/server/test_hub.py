@@ -38,6 +38,9 @@ class RecordingMember:
     def may_take(self) -> bool:
         return self.taking
 
+    def unacknowledged(self) -> int:
+        return len(self.offered)
+
     def push(self, frame: Frame) -> None:
         raise AssertionError("no frame is pushed by a wake-up")
 
@@ -175,3 +178,16 @@ def test_a_registration_that_lost_the_race_in_this_process_is_the_one_to_close()
     later = RecordingMember("dev-a", session_id="s-later", registered_at=30)
     assert hub.register(later) is newer
     assert hub.member("dev-a") is later
+
+
+def test_the_unacknowledged_deliveries_are_summed_over_the_connections_here() -> None:
+    hub = Hub()
+    a, b = RecordingMember("dev-a"), RecordingMember("dev-b")
+    hub.register(a)
+    hub.register(b)
+    a.offer([_new("dev-a", 1)])
+    a.offer([_new("dev-a", 2)])
+    b.offer([_new("dev-b", 3)])
+    assert hub.unacknowledged() == 3
+    hub.unregister(a)
+    assert hub.unacknowledged() == 1

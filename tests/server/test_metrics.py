@@ -80,3 +80,14 @@ def test_delivery_latency_buckets_reach_from_a_millisecond_to_an_hour() -> None:
 
 def test_the_exposition_is_prometheus_text() -> None:
     assert CONTENT_TYPE.startswith("text/plain; version=")
+
+
+def test_gauges_refreshed_from_the_process_state_are_current_at_each_scrape() -> None:
+    """``lightbox_queue_depth_connected`` comes from the hub's connections (server/app.py):
+    read when /metrics is scraped, not when the state changed."""
+    m = Metrics()
+    unacknowledged = [3]
+    m.add_refresh(lambda: m.queue_depth_connected.set(unacknowledged[0]))
+    assert samples(m)[("lightbox_queue_depth_connected", ())] == 3
+    unacknowledged[0] = 0
+    assert samples(m)[("lightbox_queue_depth_connected", ())] == 0

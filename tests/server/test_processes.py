@@ -19,8 +19,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,16 +43,19 @@ def _free_port() -> int:
 class RelayProcess:
     """A real relay process on the test database, with the world's keys and trust."""
 
-    def __init__(self, world: World, port: int | None = None) -> None:
+    def __init__(self, world: World, port: int | None = None, *, workers: int = 1) -> None:
         s = world.relay.relay.settings
         self.port = port or _free_port()
+        self.workers = workers
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LIGHTBOX_")},
             "DATABASE_URL": world.dsn, "PORT": str(self.port), "LOG_LEVEL": "warning",
             "LIGHTBOX_TRUSTED_ORGS_FILE": str(s.trusted_orgs_path),
             "LIGHTBOX_TOKEN_KEY_FILE": str(s.token_key_path),
             "LIGHTBOX_ARGON2_PROFILE": "cheap", "LIGHTBOX_RATE_MESSAGES_PER_MINUTE": "100000",
+            "WORKERS": str(workers),
         }
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,10 +77,34 @@ class RelayProcess:
             while time.monotonic() < deadline:
                 assert self.proc.poll() is None, log.read_text()[-2000:]
                 with contextlib.suppress(httpx.TransportError):
-                    if (await c.get(f"http://127.0.0.1:{self.port}/readyz")).status_code == 200:
+                    if (await c.get(f"http://127.0.0.1:{self.port}/readyz")).status_code == 200 \
+                            and len(self.serving()) == self.workers:
                         return
                 await asyncio.sleep(0.1)
         raise TimeoutError("relay process not ready")
+
+    def serving(self) -> list[psutil.Process]:
+        """The processes that serve requests: the relay itself, or its workers."""
+        assert self.proc is not None
+        parent = psutil.Process(self.proc.pid)
+        if self.workers == 1:
+            return [parent]
+        return [p for p in parent.children() if "resource_tracker" not in " ".join(p.cmdline())]
+
+    def holder(self, client_port: int) -> int | None:
+        """The pid of the process that accepted the TCP connection from ``client_port``."""
+        for p in self.serving():
+            for c in p.net_connections(kind="tcp"):
+                if c.raddr and c.raddr.port == client_port and c.laddr.port == self.port:
+                    return int(p.pid)
+        return None
+
+    async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """One /metrics answer, on a connection of its own (any process may answer it)."""
+        async with httpx.AsyncClient() as c:
+            text = (await c.get(f"http://127.0.0.1:{self.port}/metrics")).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -251,3 +280,62 @@ async def test_a_relay_process_freezes_its_start_up_objects_and_times_each_colle
     assert samples[("lightbox_gc_pause_seconds_count", "2", None)] >= 1
     assert samples[("lightbox_gc_pause_seconds_bucket", "0", "+Inf")] == \
         samples[("lightbox_gc_pause_seconds_count", "0", None)]
+
+
+async def test_metrics_of_a_relay_of_two_processes_count_both_whichever_answers(
+        world: World) -> None:
+    """``--workers 2``: a scrape reaches one of the processes, and reports the whole relay
+    (server/metrics.py): the connections of both, the messages both accepted, the garbage
+    collections both ran. Each process alone would report its own, and Prometheus would read
+    every switch between them as a counter reset."""
+    relay = RelayProcess(world, workers=2)
+    peers = [await peer(world, f"clinician{i}") for i in range(6)]
+    tid = await thread(world, peers[0], *peers[1:])
+    held: dict[int, list[RelaySocket]] = {}
+    socks: list[RelaySocket] = []
+    with processes(relay):
+        await relay.start()
+        try:
+            # Which process accepts a connection is the kernel's choice: each process in turn
+            # is stopped (SIGSTOP) while a share of the devices connect, so the other takes them.
+            workers = relay.serving()
+            for paused, share in zip(workers, (peers[:2], peers[2:]), strict=True):
+                paused.suspend()
+                try:
+                    socks_now = [await relay.socket(p) for p in share]
+                finally:
+                    paused.resume()
+                socks += socks_now
+                for sock in socks_now:
+                    port = sock._ws.local_address[1]
+
+                    async def holder(port: int = port) -> int:
+                        return relay.holder(port) or 0
+                    held.setdefault(await eventually(holder), []).append(sock)
+            assert sorted(len(v) for v in held.values()) == [2, 4]
+            for sock in socks:  # one message each: accepted by the process holding it
+                members = [q for q in peers if q.device_id != sock.device_id]
+                sender = next(q for q in peers if q.device_id == sock.device_id)
+                await sock.send(seal(sender, tid, members, b"counted"))
+
+            async def whole_relay_in_every_scrape() -> bool:
+                for _ in range(8):
+                    got = await relay.scrape()
+                    if (got[("lightbox_ws_connections", ())] != len(socks)
+                            or got[("lightbox_messages_accepted_total", ())] != len(socks)):
+                        return False
+                return True
+            assert await eventually(whole_relay_in_every_scrape)
+
+            async def both_full_collections() -> dict[Any, float]:
+                # Each process's start-up collected in full once before freezing; a process
+                # that does not answer the scrape published its count within the last second.
+                got = await relay.scrape()
+                n = got[("lightbox_gc_pause_seconds_count", (("generation", "2"),))]
+                return got if n >= 2 else {}
+            got = await eventually(both_full_collections)
+            assert got[("lightbox_gc_frozen_objects", ())] >= 10_000
+            assert not any(name.startswith("lightbox_gc_pause_shared") for name, _ in got)
+        finally:
+            for sock in socks:
+                await sock.close()

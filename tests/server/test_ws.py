@@ -19,6 +19,7 @@ import msgspec
 import pytest
 import websockets
 import websockets.asyncio.client
+from prometheus_client.parser import text_string_to_metric_families
 
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed
 from protocol.errors import CloseCode
@@ -225,6 +226,34 @@ async def test_send_is_accepted_then_delivered_opened_acknowledged_and_receipted
         async def removed() -> bool:  # an ack has no answer: its removal commits on its own
             return await count(world, "SELECT count(*) FROM deliveries") == 0
         await eventually(removed)
+
+
+async def test_metrics_count_the_deliveries_written_to_connected_devices_until_acknowledged(
+        world: World, trio: tuple[Peer, Peer, Peer]) -> None:
+    alice, bob, _ = trio
+    tid = await thread(world, alice, bob)
+
+    async def written_unacknowledged() -> float:
+        text = (await world.http.get("/metrics")).text
+        return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                    if s.name == "lightbox_queue_depth_connected")
+    async with sockets(world, alice, bob) as (a, b):
+        await next_of(b, QueueEmpty)
+        assert await written_unacknowledged() == 0
+        await a.send(seal(alice, tid, [bob], b"one"))
+        await a.send(seal(alice, tid, [bob], b"two"))
+        first, second = await next_of(b, Deliver), await next_of(b, Deliver)
+        assert await written_unacknowledged() == 2
+        await b.ack([first.delivery_id])
+
+        async def one_left() -> bool:
+            return await written_unacknowledged() == 1
+        await eventually(one_left)
+        await b.ack([second.delivery_id])
+
+        async def none_left() -> bool:
+            return await written_unacknowledged() == 0
+        await eventually(none_left)
 
 
 async def test_a_notice_committed_after_a_later_numbered_one_still_reaches_the_device(

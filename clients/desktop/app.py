@@ -30,7 +30,7 @@ Endpoints (JSON unless said otherwise):
 | ``GET /api/threads/{id}`` | a thread: messages, images, filed study, consent, record data |
 | ``POST /api/threads/{id}/reply`` ``{text, reply_to?, confirmed?}`` | reply (see below) |
 | ``POST /api/threads/{id}/read`` | mark read (signed read receipts) |
-| ``POST /api/messages/{id}/ack`` | acknowledge: "I'm on it" |
+| ``POST /api/messages/{id}/ack`` | acknowledge: "I'm on it" (202 ``kept``: not sent yet) |
 | ``GET /api/messages/{id}/consent.pdf`` | the patient's copy of its consent (PDF, see below) |
 | ``GET /api/images/{id}`` | image bytes from the vault (410 + record reference once shredded; |
 | | ``no-store`` like every answer; the page drops it on the ``expired`` event) |
@@ -75,6 +75,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from clients.desktop.views import (
+    KEPT_ACK,
     consent_claims,
     known_name,
     learn_names,
@@ -85,6 +86,7 @@ from clients.desktop.views import (
 )
 from clients.desktop.web import Refused, checked_uuid, password_message, read_json
 from clients.sdk.client import (
+    AcknowledgementEvent,
     ClientEvent,
     EscalationEvent,
     ExpiredEvent,
@@ -116,6 +118,8 @@ COOKIE = "lightbox_desktop"
 KEPT_REPLY = ("Not sent yet: Lightbox cannot reach the relay. Your reply is kept on this "
               "computer and goes as soon as the relay can be reached again; do not send it "
               "again.")
+# How long an acknowledgement may take to go to a connected relay before it counts as kept.
+ACK_WAIT = 5.0
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -343,6 +347,7 @@ class DesktopServer:
                 "last_from": client.display_name(last.message.sender_user_id) if last else "",
                 "has_image": any(v.images for v in views),
                 "acknowledged": any(v.acknowledged_by_me for v in incoming),
+                "acknowledgement_waiting": any(v.acknowledgement_waiting for v in incoming),
             })
         out.sort(key=lambda x: (not x["urgent"], -float(str(x["last_at"]))))
         return JSONResponse({"threads": out})
@@ -462,13 +467,20 @@ class DesktopServer:
         return JSONResponse({"marked": count})
 
     async def ack(self, request: Request) -> Response:
+        """"I'm on it". 200 once the receipt has gone to the relay; 202 ``kept`` when the
+        relay is out of reach (it goes once connected again; the thread shows it as not sent
+        yet); 404 and 400 (your own message) refuse it. The relay's own refusal
+        (``not_on_ladder``) comes later, as the ``acknowledgement`` event."""
         client = self._client()
         try:
-            await client.acknowledge(checked_uuid(request.path_params["message_id"]))
+            sent = await client.acknowledge(checked_uuid(request.path_params["message_id"]),
+                                            wait=ACK_WAIT)
         except ItemNotFound as exc:
-            raise Refused(404, "no such message") from exc
+            raise Refused(404, "no such message on this computer") from exc
         except FlowError as exc:
             raise Refused(400, str(exc)) from exc
+        if not sent:
+            return JSONResponse({"kept": True, "detail": KEPT_ACK}, status_code=202)
         return JSONResponse({"acknowledged": True})
 
     # -- live updates (server-sent events) ---------------------------------------------------
@@ -501,6 +513,10 @@ class DesktopServer:
                 self._broadcast("withdrawn", {"thread_id": event.thread_id})
         elif isinstance(event, OutboxEvent):
             self._broadcast("outbox", {"thread_id": event.thread_id, "state": event.state})
+        elif isinstance(event, AcknowledgementEvent):
+            self._broadcast("acknowledgement", {"thread_id": event.thread_id,
+                                                "message_id": event.message_id,
+                                                "state": event.state})
         elif isinstance(event, FiledEvent | WithdrawnEvent):
             kind = "filed" if isinstance(event, FiledEvent) else "withdrawn"
             self._broadcast(kind, {"thread_id": event.thread_id})

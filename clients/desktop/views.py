@@ -25,7 +25,9 @@ from protocol.errors import ProtocolError
 from protocol.model import Priority, Purpose
 
 __all__ = [
+    "KEPT_ACK",
     "ReplyPlan",
+    "acknowledgement_note",
     "consent_claims",
     "known_name",
     "learn_names",
@@ -36,6 +38,25 @@ __all__ = [
     "study_json",
     "thread_info",
 ]
+
+# An "I'm on it" the relay could not take now: said when it is pressed, and under the consult
+# until it has gone.
+KEPT_ACK = ("Acknowledged on this computer, not sent yet: Lightbox cannot reach the relay, so "
+            "the sender does not know yet. It goes as soon as the relay can be reached; keep "
+            "Lightbox open and unlocked until then. If the consult cannot wait, phone the "
+            "sender.")
+
+
+def acknowledgement_note(view: MessageView) -> str:
+    """What the page says under a message about this device's acknowledgement of it, beyond
+    "You acknowledged this": not sent yet, or refused by the relay (and what to do)."""
+    if view.acknowledgement_waiting:
+        return KEPT_ACK
+    if view.acknowledgement_refused:
+        return (f"Not acknowledged: the relay refused it ({view.acknowledgement_refused}). "
+                "The sender has not been told you are on it: reply to tell them, or phone "
+                "them.")
+    return ""
 
 
 def study_json(receipt: FilingReceipt | None, message_id: str) -> dict[str, Any] | None:
@@ -205,6 +226,8 @@ def message_json(client: LightboxClient, view: MessageView,
                          "name": client.display_name(e.user_id), "at": e.at}
                         for e in view.escalations],
         "acknowledged_by_me": view.acknowledged_by_me,
+        "acknowledgement_waiting": view.acknowledgement_waiting,
+        "acknowledgement_note": acknowledgement_note(view),
         "filing": None if body.filing is None else {
             "study": body.filing.study_instance_uid, "record_ref": body.filing.record_ref,
             "filed_at": body.filing.filed_at},

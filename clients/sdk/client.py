@@ -33,7 +33,8 @@ Why every step is where it is (docs/ARCHITECTURE.md §2):
 Events for applications (:meth:`LightboxClient.events`, :meth:`LightboxClient.on_event`):
 :class:`MessageEvent`, :class:`ImageEvent`, :class:`ReceiptEvent`, :class:`FiledEvent`,
 :class:`ExpiredEvent`, :class:`WithdrawnEvent`, :class:`EscalationEvent`,
-:class:`StatusEvent` (defined in clients/sdk/events.py, re-exported here).
+:class:`StatusEvent`, :class:`OutboxEvent`, :class:`AcknowledgementEvent` (defined in
+clients/sdk/events.py, re-exported here).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from clients.sdk import people
 from clients.sdk.connection import Connection
 from clients.sdk.errors import DeviceWiped, RelayRequestError, RelayUnavailable
 from clients.sdk.events import (
+    AcknowledgementEvent,
     ClientEvent,
     EscalationEvent,
     ExpiredEvent,
@@ -84,6 +86,7 @@ from protocol.model import Priority
 # list: type checkers read re-exports only from one).
 __all__ = [
     "RECORD_THREAD_SUBJECT",
+    "AcknowledgementEvent",
     "ClientEvent",
     "EscalationEvent",
     "ExpiredEvent",
@@ -144,8 +147,9 @@ class LightboxClient:
                                  memory=self.memory, threads=self.thread_book, hub=self.hub,
                                  clock=clock, fetch_images=lambda: self.fetch_images)
         self.notices = Notices(relay=self.relay, store=store, vault=vault, trust=self.trust,
-                               memory=self.memory, sender=self.sender, hub=self.hub,
-                               clock=clock, on_wiped=self._wiped, close=self.close)
+                               memory=self.memory, sender=self.sender,
+                               receiver=self.receiver, hub=self.hub, clock=clock,
+                               on_wiped=self._wiped, close=self.close)
         # Sending is the Sender's: its methods are the client's (clients/sdk/sending.py).
         self.send_text = self.sender.send_text
         self.send_image = self.sender.send_image
@@ -382,9 +386,19 @@ class LightboxClient:
         senders, and the relay's unread counter. Returns how many were unread."""
         return await self.receiver.mark_read(thread_id)
 
-    async def acknowledge(self, message_id: str) -> None:
-        """"I'm on it": a signed ``acknowledged`` receipt to the sender."""
-        await self.receiver.acknowledge(message_id)
+    async def acknowledge(self, message_id: str, *, wait: float = 0.0) -> bool:
+        """"I'm on it": a signed ``acknowledged`` receipt to the sender. True once it has gone
+        to the relay, waiting up to ``wait`` seconds while connected; False when it waits on
+        this device for the relay (sent as soon as this client is connected again, and shown
+        meanwhile as ``acknowledgement_waiting``). The relay's refusal comes later, as an
+        :class:`AcknowledgementEvent` ``refused``."""
+        sent = await self.receiver.acknowledge(message_id)
+        connection = self.hub.connection
+        if wait > 0 and connection is not None and connection.connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await sent.wait()
+        return sent.is_set()
 
     async def fetch_missing_images(self) -> None:
         """Fetch every image of a stored message that is not in the vault yet."""

@@ -14,6 +14,7 @@ from clients.sdk.vault import VaultMessage
 from protocol.body import Body
 
 __all__ = [
+    "AcknowledgementEvent",
     "ClientEvent",
     "EscalationEvent",
     "ExpiredEvent",
@@ -125,8 +126,23 @@ class OutboxEvent:
     thread_seq: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class AcknowledgementEvent:
+    """What became of this device's "I'm on it" (docs/PROTOCOL.md §8, §16): ``sent`` (its
+    signed receipt went to the relay; kept on the device until it could) or ``refused`` (the
+    relay refused it, ``detail`` says why: ``not_on_ladder`` for someone not on the consult's
+    on-call ladder). A refused acknowledgement is not one: the message can be acknowledged
+    again."""
+
+    message_id: str
+    thread_id: str
+    state: str
+    detail: str = ""
+
+
 ClientEvent = (MessageEvent | ImageEvent | ReceiptEvent | FiledEvent | ExpiredEvent
-               | WithdrawnEvent | EscalationEvent | StatusEvent | OutboxEvent)
+               | WithdrawnEvent | EscalationEvent | StatusEvent | OutboxEvent
+               | AcknowledgementEvent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +171,12 @@ class ImageStatus:
 @dataclasses.dataclass(frozen=True)
 class MessageView:
     """A stored message with its decoded body, image states, the receipts seen and the
-    on-call escalation steps heard of (PROTOCOL.md §16), in order."""
+    on-call escalation steps heard of (PROTOCOL.md §16), in order.
+
+    ``acknowledged_by_me``: this device said "I'm on it" and the relay has not refused it;
+    ``acknowledgement_waiting``: that receipt is still on this device, not yet sent (the relay
+    out of reach); ``acknowledgement_refused``: why the relay refused this device's last
+    acknowledgement of it ("" if it did not)."""
 
     message: VaultMessage
     body: Body
@@ -163,3 +184,5 @@ class MessageView:
     receipts: tuple[ReceiptEvent, ...]
     acknowledged_by_me: bool
     escalations: tuple[EscalationEvent, ...] = ()
+    acknowledgement_waiting: bool = False
+    acknowledgement_refused: str = ""

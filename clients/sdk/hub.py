@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from clients.sdk.connection import Connection
 from clients.sdk.errors import FlowError
@@ -23,6 +23,8 @@ from protocol.frames import Frame
 __all__ = ["Hub"]
 
 log = logging.getLogger("lightbox.sdk.client")
+# What the part that queued a frame does once it has gone to the relay (or nothing).
+OnSent: TypeAlias = Callable[[], None] | None
 
 
 class Hub:
@@ -33,7 +35,7 @@ class Hub:
         self._subscribers: list[asyncio.Queue[ClientEvent]] = []
         self._callbacks: list[Callable[[ClientEvent], Awaitable[None] | None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._outgoing: list[Frame] = []
+        self._outgoing: list[tuple[Frame, OnSent]] = []
         self._outgoing_changed = asyncio.Event()
         self.outgoing_sent = asyncio.Event()  # set whenever the queue has been emptied
         self.outgoing_sent.set()
@@ -87,8 +89,10 @@ class Hub:
 
     # -- frames for the relay: receipts and confirmations, kept until sent --------------------
 
-    def queue_frame(self, frame: Frame) -> None:
-        self._outgoing.append(frame)
+    def queue_frame(self, frame: Frame, on_sent: OnSent = None) -> None:
+        """Send ``frame`` whenever connected; ``on_sent`` is called once it has been written
+        to the relay (never, if this client stops first: the frame is kept in memory only)."""
+        self._outgoing.append((frame, on_sent))
         self.outgoing_sent.clear()
         self._outgoing_changed.set()
 
@@ -101,12 +105,17 @@ class Hub:
                 await self._outgoing_changed.wait()
                 continue
             await connection.connected.wait()
-            frame = self._outgoing[0]
+            frame, on_sent = self._outgoing[0]
             try:
                 await connection.send_frame(frame)
             except (SocketClosed, ConnectionError):
                 await asyncio.sleep(0.2)
                 continue
             self._outgoing.pop(0)
+            if on_sent is not None:
+                try:
+                    on_sent()
+                except Exception:  # the frame has gone; what follows must not stop the queue
+                    log.exception("after a frame was sent")
             if not self._outgoing:
                 self.outgoing_sent.set()

@@ -3,6 +3,11 @@ nothing (clients/sdk/vault.py "notes"): acknowledgements, receipts, escalation s
 notices and the names on verified certificates; and the views an application shows, built
 from them and the stored messages.
 
+An acknowledgement is noted once its receipt has gone to the relay (one still waiting to go is
+this run's alone: it lives in memory with the frame, docs/PROTOCOL.md §8), and replaced by the
+relay's refusal when there is one, so that a restart never shows as acknowledged what the
+relay never had or refused.
+
 Notices are at-least-once: each ``note_*`` method tells whether the fact is new, so a
 redelivered notice is not told to the application twice.
 """
@@ -52,7 +57,9 @@ class Memory:
         self.filed: dict[str, FiledEvent] = {}
         self._receipts: dict[str, list[ReceiptEvent]] = {}
         self._escalations: dict[str, list[EscalationEvent]] = {}  # steps seen, per message
-        self._acked: set[str] = set()
+        self._acked: set[str] = set()  # acknowledgements sent to the relay
+        self._ack_waiting: set[str] = set()  # not yet sent (this run only: kept in memory)
+        self._ack_refused: dict[str, str] = {}  # refused by the relay: why
         self._restored = False
 
     def restore(self) -> None:
@@ -64,7 +71,11 @@ class Memory:
         except VaultLocked:
             return
         self._restored = True
-        self._acked |= set(notes[_NOTE_ACK])
+        for message_id, refused in notes[_NOTE_ACK].items():  # b"": sent; else the refusal
+            if refused:
+                self._ack_refused.setdefault(message_id, refused.decode())
+            else:
+                self._acked.add(message_id)
         for raw in notes[_NOTE_RECEIPT].values():
             self._add_receipt(msgspec.msgpack.decode(raw, type=ReceiptEvent))
         for raw in notes[_NOTE_ESCALATION].values():
@@ -131,9 +142,27 @@ class Memory:
         self.filed[filed.attachment_id] = filed
         self._vault.put_note(_NOTE_FILED, filed.attachment_id, msgspec.msgpack.encode(filed))
 
+    def acknowledging(self, message_id: str) -> None:
+        """This device acknowledged the message; its receipt waits to go to the relay."""
+        self.restore()
+        self._ack_waiting.add(message_id)
+        self._ack_refused.pop(message_id, None)
+
     def note_acknowledged(self, message_id: str) -> None:
-        self._acked.add(message_id)
+        """The acknowledgement went to the relay: kept across restarts."""
+        self.restore()
         self._vault.put_note(_NOTE_ACK, message_id, b"")
+        self._ack_waiting.discard(message_id)
+        self._ack_refused.pop(message_id, None)
+        self._acked.add(message_id)
+
+    def note_acknowledgement_refused(self, message_id: str, reason: str) -> None:
+        """The relay refused the acknowledgement: the message is not acknowledged."""
+        self.restore()
+        self._vault.put_note(_NOTE_ACK, message_id, reason.encode() or b"refused")
+        self._ack_waiting.discard(message_id)
+        self._acked.discard(message_id)
+        self._ack_refused[message_id] = reason or "refused"
 
     # -- views -------------------------------------------------------------------------------
 
@@ -164,5 +193,8 @@ class Memory:
                           key=lambda r: (r.at, _RECEIPT_ORDER.get(r.kind, 9), r.device_id))
         steps = sorted(self._escalations.get(message.message_id, ()),
                        key=lambda e: (e.step, e.at))
+        mid = message.message_id
         return MessageView(message, body, tuple(self.image_status(a) for a in ids),
-                           tuple(receipts), message.message_id in self._acked, tuple(steps))
+                           tuple(receipts), mid in self._acked or mid in self._ack_waiting,
+                           tuple(steps), acknowledgement_waiting=mid in self._ack_waiting,
+                           acknowledgement_refused=self._ack_refused.get(mid, ""))

@@ -29,7 +29,7 @@ from clients.sdk.hub import Hub
 from clients.sdk.identity import replenish_one_time_prekeys
 from clients.sdk.keystore import DeviceStore
 from clients.sdk.memory import Memory, body_of
-from clients.sdk.receiving import without_images
+from clients.sdk.receiving import Receiver, without_images
 from clients.sdk.sending import Sender
 from clients.sdk.socket import SocketClosed
 from clients.sdk.timefmt import format_time
@@ -66,11 +66,13 @@ class Notices:
     """Handles every notice frame of one device."""
 
     def __init__(self, *, relay: RelayHTTP, store: DeviceStore, vault: Vault, trust: Trust,
-                 memory: Memory, sender: Sender, hub: Hub, clock: Callable[[], float],
+                 memory: Memory, sender: Sender, receiver: Receiver, hub: Hub,
+                 clock: Callable[[], float],
                  on_wiped: Callable[[certs.RevocationEntry], None],
                  close: Callable[[], Awaitable[None]]) -> None:
         self._relay, self._store, self._vault = relay, store, vault
         self._trust, self._memory, self._sender = trust, memory, sender
+        self._receiver = receiver
         self._hub, self._clock, self._on_wiped, self._close = hub, clock, on_wiped, close
         self._consents_checked: dict[str, float] = {}  # consent id -> last asked the relay
 
@@ -117,7 +119,8 @@ class Notices:
         elif isinstance(frame, WipeOrder):
             await self._wipe(frame)
         elif isinstance(frame, Error):
-            await self._hub.emit(StatusEvent("error", f"{frame.code.value}: {frame.detail}"))
+            if not await self._receiver.refused(frame):  # an acknowledgement refused: told so
+                await self._hub.emit(StatusEvent("error", f"{frame.code.value}: {frame.detail}"))
 
     async def _receipt_notice(self, frame: ReceiptNotice) -> None:
         chain = await self._trust.device_chain(frame.user_id, frame.device_id)

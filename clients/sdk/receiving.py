@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable
 
 import msgspec
@@ -28,9 +29,9 @@ from clients.sdk.errors import (
     RelayUnavailable,
     SDKError,
 )
-from clients.sdk.events import ImageEvent, MessageEvent, StatusEvent
+from clients.sdk.events import AcknowledgementEvent, ImageEvent, MessageEvent, StatusEvent
 from clients.sdk.http import RelayHTTP
-from clients.sdk.hub import Hub
+from clients.sdk.hub import Hub, OnSent
 from clients.sdk.identity import forget_one_time_prekey
 from clients.sdk.keystore import DeviceStore
 from clients.sdk.memory import Memory, body_of
@@ -43,7 +44,7 @@ from protocol.body import Body, BodyKind, decode_body, encode_body
 from protocol.consent import peek_consent_token_unverified
 from protocol.envelope import open_message
 from protocol.errors import ErrorCode, ProtocolError, ReplayError
-from protocol.frames import Deliver, Receipt
+from protocol.frames import Deliver, Error, Receipt
 from protocol.model import DeviceKind
 
 __all__ = ["Receiver", "without_images"]
@@ -70,6 +71,9 @@ class Receiver:
         self._trust, self._memory, self._threads = trust, memory, threads
         self._hub, self._clock, self._fetch_images_on = hub, clock, fetch_images
         self._fetch_lock = asyncio.Lock()
+        # The acknowledgements this run sent, by the request id the relay answers a refusal
+        # with (it answers nothing when it takes one).
+        self._acks_asked: dict[str, VaultMessage] = {}
 
     # -- deliveries --------------------------------------------------------------------------
 
@@ -223,13 +227,14 @@ class Receiver:
 
     # -- receipts this device signs ----------------------------------------------------------
 
-    def receipt(self, message: VaultMessage, kind: statements.ReceiptKind) -> None:
+    def receipt(self, message: VaultMessage, kind: statements.ReceiptKind, *,
+                req_id: str | None = None, on_sent: OnSent = None) -> None:
         st = self._store.state
         statement = statements.issue_receipt_statement(statements.ReceiptStatement(
             v=statements.STATEMENT_VERSION, device_id=st.device_id,
             message_id=message.message_id, thread_id=message.thread_id, kind=kind,
             at=int(self._clock())), st.device_keys().signing)
-        self._hub.queue_frame(Receipt(statement=statement))
+        self._hub.queue_frame(Receipt(req_id=req_id, statement=statement), on_sent)
 
     async def mark_read(self, thread_id: str) -> int:
         """Mark every unread message of a thread read: vault, signed ``read`` receipts to the
@@ -245,9 +250,13 @@ class Receiver:
                 await self._relay.mark_thread_read(thread_id, max(seqs))
         return len(unread)
 
-    async def acknowledge(self, message_id: str) -> None:
+    async def acknowledge(self, message_id: str) -> asyncio.Event:
         """"I'm on it": a signed ``acknowledged`` receipt to the sender (and the escalation
-        ladder, docs/PROTOCOL.md §16)."""
+        ladder, docs/PROTOCOL.md §16). Returns an event set once the receipt has gone to the
+        relay: it waits on this device while the relay is out of reach (shown acknowledged,
+        ``acknowledgement_waiting``), and goes as soon as this client is connected again. It
+        is noted in the vault only once it has gone; the relay's refusal (``not_on_ladder``)
+        undoes it and is told as an :class:`AcknowledgementEvent` ``refused``."""
         message = self._vault.message(message_id)
         if message.outgoing:
             raise FlowError("you cannot acknowledge your own message",
@@ -255,5 +264,30 @@ class Receiver:
         if not message.read:
             self._vault.mark_read(message_id)
             self.receipt(message, statements.ReceiptKind.READ)
-        self.receipt(message, statements.ReceiptKind.ACKNOWLEDGED)
-        self._memory.note_acknowledged(message_id)
+        sent = asyncio.Event()
+        req_id = uuid.uuid4().hex
+        self._acks_asked[req_id] = message
+
+        def gone() -> None:
+            sent.set()
+            if req_id not in self._acks_asked:
+                return  # refused already: the relay answered before this ran
+            self._memory.note_acknowledged(message_id)
+            self._hub.spawn(self._hub.emit(AcknowledgementEvent(
+                message_id, message.thread_id, "sent")), "acknowledgement-sent")
+
+        self._memory.acknowledging(message_id)
+        self.receipt(message, statements.ReceiptKind.ACKNOWLEDGED, req_id=req_id, on_sent=gone)
+        return sent
+
+    async def refused(self, frame: Error) -> bool:
+        """The relay's refusal of an acknowledgement this run sent: noted (the message is not
+        acknowledged) and told. False for an error frame that answers anything else."""
+        message = self._acks_asked.pop(frame.req_id, None) if frame.req_id else None
+        if message is None:
+            return False
+        reason = f"{frame.code.value}: {frame.detail}" if frame.detail else frame.code.value
+        self._memory.note_acknowledgement_refused(message.message_id, reason)
+        await self._hub.emit(AcknowledgementEvent(message.message_id, message.thread_id,
+                                                  "refused", reason))
+        return True

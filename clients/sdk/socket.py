@@ -77,15 +77,24 @@ class RelaySocket:
         open_timeout: float = 10.0, max_frame: int = DEFAULT_MAX_FRAME, bundles: bool = True,
     ) -> RelaySocket:
         """Open ``url`` (``ws(s)://host/v1/ws``) and authenticate; raises SocketClosed with the
-        relay's close code when it refuses. With ``bundles``, ask for the ``lightbox.bundle``
+        relay's close code when it refuses (without one when the upgrade itself was answered
+        with an HTTP error). With ``bundles``, ask for the ``lightbox.bundle``
         subprotocol (docs/PROTOCOL.md §3.6): a relay that selects it may put several frames in
         one websocket message; one that does not (an older relay) sends them one by one."""
         session = ClientSession(access_token=access_token, device_id=device_id, client=client,
                                 client_version=client_version, sign=sign,
                                 max_frame_size=max_frame)
-        ws = await connect(
-            url, max_size=max_frame, ping_interval=None, open_timeout=open_timeout,
-            compression=None, subprotocols=[Subprotocol(BUNDLE_SUBPROTOCOL)] if bundles else None)
+        try:
+            ws = await connect(
+                url, max_size=max_frame, ping_interval=None, open_timeout=open_timeout,
+                compression=None,
+                subprotocols=[Subprotocol(BUNDLE_SUBPROTOCOL)] if bundles else None)
+        except websockets.InvalidHandshake as exc:
+            # Answered over HTTP instead of upgraded: a relay shutting down (503), or a proxy
+            # in front of one that is restarting. The relay refuses a device inside the
+            # websocket (close codes), never here, so this is worth another try: as a closed
+            # socket without a code, never an error that ends the reconnecting loop.
+            raise SocketClosed(None, f"the relay did not open the websocket: {exc}") from exc
         if ws.subprotocol == BUNDLE_SUBPROTOCOL:
             session.use_bundles()
         sock = cls(ws, session)
@@ -93,17 +102,20 @@ class RelaySocket:
             async with asyncio.timeout(open_timeout):
                 await sock._flush()
                 while sock.ready is None:
-                    try:
-                        data = await ws.recv(decode=False)
-                    except websockets.ConnectionClosed as exc:
-                        raise SocketClosed(exc.rcvd.code if exc.rcvd else None,
-                                           exc.rcvd.reason if exc.rcvd else "") from exc
+                    data = await ws.recv(decode=False)
                     for ev in session.receive_data(data):
                         if isinstance(ev, SessionReady):
                             sock.ready = ev.ready
                         elif isinstance(ev, FrameReceived) and isinstance(ev.frame, Error):
                             sock.handshake_error = ev.frame
                     await sock._flush()
+        except websockets.ConnectionClosed as exc:
+            # Closed while authenticating, reading or writing (a relay shutting down closes
+            # with 1001 between the upgrade and ``ready``): a closed socket, tried again unless
+            # its code is final; never an error that ends the reconnecting loop.
+            await ws.close()
+            raise SocketClosed(exc.rcvd.code if exc.rcvd else None,
+                               exc.rcvd.reason if exc.rcvd else "") from exc
         except BaseException:
             await ws.close()
             raise

@@ -22,16 +22,29 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.http11 import Request as WsRequest
+from websockets.http11 import Response as WsResponse
 
 from clients.sdk import attachments as sdk_attachments
 from clients.sdk import imaging
-from clients.sdk.client import ImageEvent, LightboxClient, MessageEvent, OutboxEvent
+from clients.sdk.client import (
+    ClientEvent,
+    ImageEvent,
+    LightboxClient,
+    MessageEvent,
+    OutboxEvent,
+    StatusEvent,
+)
 from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
 from clients.sdk.errors import RelayUnavailable
 from clients.sdk.vault import OutboxImage, OutboxRecord, Vault, VaultLocked
@@ -39,7 +52,12 @@ from protocol.body import Body
 from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.keys import CHEAP_PROFILE
 from protocol.model import Purpose
-from tests.clinician_world import enrol_clinician, lightbox_process, use_cli_profiles
+from tests.clinician_world import (
+    Clinician,
+    enrol_clinician,
+    lightbox_process,
+    use_cli_profiles,
+)
 from tests.consent_world import count, xray_png
 from tests.helpers import eventually, make_settings, running_relay, seconds
 from tests.identity_world import PASSWORD, World, identity_world
@@ -397,29 +415,53 @@ async def test_an_image_upload_cut_off_halfway_resumes_at_the_relays_offset_on_t
         await ortho.client.close()
 
 
+@contextlib.asynccontextmanager
+async def running_pair(world: World, tmp_path: Path, *, intern_vault: Path | None = None
+                       ) -> AsyncIterator[tuple[Clinician, Clinician, str]]:
+    """An intern and the orthopaedic specialist, both clients running (connected; closed
+    after), and a thread between them: (intern, specialist, thread id)."""
+    intern = await enrol_clinician(world, tmp_path, "intern", vault_dir=intern_vault)
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    await intern.client.start(wait_connected=seconds(10))
+    await ortho.client.start(wait_connected=seconds(10))
+    try:
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        await intern.client.threads()
+        yield intern, ortho, thread.thread_id
+    finally:
+        await intern.client.close()
+        await ortho.client.close()
+
+
+async def kept_while_down(world: World, client: LightboxClient,
+                          thread_id: str) -> OutboxRecord:
+    """Stop the relay, then send from ``client``: it is told the send is kept; the record."""
+    # Stopped off this loop: the clients on it answer the relay's closing handshake.
+    await asyncio.to_thread(world.relay.stop)
+    with pytest.raises(RelayUnavailable, match="sent again the next time this device "
+                                               "connects"):
+        await client.send_text(thread_id, "Bay 2: Weber B?", timeout=5)
+    (kept,) = client.pending_sends()
+    return kept
+
+
+def relay_back(world: World, tmp_path: Path) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The relay stopped by :func:`kept_while_down`, started again where it was."""
+    settings = make_settings(trusted_orgs_file=tmp_path / "trusted-orgs.json",
+                             port=int(world.relay.base_url.rsplit(":", 1)[1]),
+                             attachment_chunk_bytes=64 * 1024)
+    return running_relay(world.dsn, settings)
+
+
 async def test_a_send_kept_while_the_relay_was_down_goes_when_the_running_client_reconnects(
         world: World, tmp_path: Path) -> None:
     """A client that keeps running (the desktop, the record gateway) and sends while the relay
     is out of reach is told the send is kept; once it is connected again it sends it, without a
     restart (an ``OutboxEvent`` ``sent``), and the recipient holds it once."""
-    intern = await enrol_clinician(world, tmp_path, "intern")
-    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
-    await intern.client.start(wait_connected=seconds(10))
-    await ortho.client.start(wait_connected=seconds(10))
-    sent_events, arrivals = intern.client.subscribe(), ortho.client.subscribe()
-    try:
-        thread = await intern.client.create_thread(users=[ortho.user_id])
-        await intern.client.threads()
-        # Stopped off this loop: the clients on it answer the relay's closing handshake.
-        await asyncio.to_thread(world.relay.stop)
-        with pytest.raises(RelayUnavailable, match="sent again the next time this device "
-                                                   "connects"):
-            await intern.client.send_text(thread.thread_id, "Bay 2: Weber B?", timeout=5)
-        (kept,) = intern.client.pending_sends()
-        settings = make_settings(trusted_orgs_file=tmp_path / "trusted-orgs.json",
-                                 port=int(world.relay.base_url.rsplit(":", 1)[1]),
-                                 attachment_chunk_bytes=64 * 1024)
-        async with running_relay(world.dsn, settings):
+    async with running_pair(world, tmp_path) as (intern, ortho, thread_id):
+        sent_events, arrivals = intern.client.subscribe(), ortho.client.subscribe()
+        kept = await kept_while_down(world, intern.client, thread_id)
+        async with relay_back(world, tmp_path):
             async with asyncio.timeout(seconds(60)):
                 while True:
                     event = await sent_events.get()
@@ -435,6 +477,124 @@ async def test_a_send_kept_while_the_relay_was_down_goes_when_the_running_client
                         break
             assert got.body.text == "Bay 2: Weber B?"
             assert await stored(world, kept.message_id) == 1
-    finally:
-        await intern.client.close()
-        await ortho.client.close()
+
+
+def _second_process(vault_dir: Path) -> LightboxClient:
+    """A client on its own handle of the same vault: a ``lightbox send`` run beside a running
+    ``lightbox watch`` of the same profile."""
+    vault = Vault(vault_dir, kdf=CHEAP_PROFILE)
+    vault.unlock(PASSWORD)
+    return LightboxClient(vault, vault, password=PASSWORD, backoff_base=0.05, backoff_max=0.5)
+
+
+async def _next(queue: asyncio.Queue[ClientEvent], match: Callable[[ClientEvent], bool],
+                timeout: float = 30) -> ClientEvent:
+    """The first event ``match`` accepts; on a timeout, the failure lists what came instead."""
+    heard: list[ClientEvent] = []
+    try:
+        async with asyncio.timeout(seconds(timeout)):
+            while not match(event := await queue.get()):
+                heard.append(event)
+    except TimeoutError:
+        raise AssertionError(f"not heard; heard instead: {heard}") from None
+    return event
+
+
+async def sent_once(world: World, kept: OutboxRecord, outcome: asyncio.Queue[ClientEvent],
+                    arrivals: asyncio.Queue[ClientEvent]) -> None:
+    """The kept send is told ``sent`` to its sender (``outcome``, not ``refused`` as a
+    ``duplicate_conflict``), arrives at the recipient (``arrivals``), and is stored once."""
+    sent = await _next(outcome, lambda e: isinstance(e, OutboxEvent)
+                       and e.message_id == kept.message_id)
+    assert isinstance(sent, OutboxEvent) and sent.state == "sent", sent
+    got = await _next(arrivals, lambda e: isinstance(e, MessageEvent)
+                      and e.message.message_id == kept.message_id)
+    assert isinstance(got, MessageEvent) and got.body.text == "Bay 2: Weber B?"
+    assert await stored(world, kept.message_id) == 1
+
+
+async def test_a_running_client_leaves_a_send_another_process_kept_to_that_process(
+        world: World, tmp_path: Path) -> None:
+    """``lightbox watch`` runs while a ``lightbox send`` beside it, on the same vault, keeps a
+    send because the relay is down. The relay comes back: the running client, connected again,
+    sends only what it kept itself, so the other process's record stays in the outbox as it
+    was (never sealed a second time, which the relay refused as ``duplicate_conflict``) and
+    nothing of it is stored. The other process's own resend, at its next start, then delivers
+    it: ``sent``, stored once, and the specialist holds one copy."""
+    vault = tmp_path / "home" / "intern"
+    async with running_pair(world, tmp_path, intern_vault=vault) as (intern, ortho, thread_id):
+        watch = intern.client  # the running client
+        arrivals = ortho.client.subscribe()
+        beside, again = _second_process(vault), _second_process(vault)
+        try:
+            await beside.start()
+            await beside.threads()
+            kept = await kept_while_down(world, beside, thread_id)
+            await beside.close()  # `lightbox send` ends; its record stays in the outbox
+            heard = watch.subscribe()  # from here on: the relay is down until restarted below
+            async with relay_back(world, tmp_path):
+                await _next(heard, lambda e: isinstance(e, StatusEvent) and e.state == "connected")
+                await watch.wait_synced(seconds(30))  # its resend on this connection has run
+                assert watch.vault.outbox() == [kept]  # as the other process left it
+                assert await stored(world, kept.message_id) == 0
+                told = [heard.get_nowait() for _ in range(heard.qsize())]
+                assert not [e for e in told if isinstance(e, OutboxEvent)], told
+
+                outcome = again.subscribe()
+                await again.start()  # the other process's next start: its own resend
+                await sent_once(world, kept, outcome, arrivals)
+                assert watch.vault.outbox() == []
+                assert [m.message_id for m in ortho.vault.messages(thread_id)] == [
+                    kept.message_id]
+                assert not [e for e in [heard.get_nowait() for _ in range(heard.qsize())]
+                            if isinstance(e, OutboxEvent)]  # the running client sent none of it
+        finally:
+            await again.close()
+            again.vault.lock()
+            beside.vault.lock()
+
+
+@contextlib.asynccontextmanager
+async def relay_restarting(port: int) -> AsyncIterator[asyncio.Queue[str]]:
+    """What a client meets at the relay's address while the relay restarts: the first
+    websocket upgrade answered 503 (a proxy in front of it, or the relay shutting down), every
+    later one opened and closed at once with 1001 "relay shutting down" (as the relay's own
+    shutdown does), any other request answered 503. Yields what it answered, as it does."""
+    answered: asyncio.Queue[str] = asyncio.Queue()
+    upgrades = 0
+
+    def turn_away(connection: ServerConnection, request: WsRequest) -> WsResponse | None:
+        nonlocal upgrades
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            upgrades += 1
+            if upgrades > 1:
+                return None  # opened, then closed by close_at_once
+        answered.put_nowait("503")
+        return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "restarting\n")
+
+    async def close_at_once(ws: ServerConnection) -> None:
+        await ws.close(1001, "relay shutting down")
+        answered.put_nowait("1001")
+
+    async with ws_serve(close_at_once, "127.0.0.1", port, process_request=turn_away):
+        yield answered
+
+
+async def test_a_client_turned_away_while_the_relay_restarts_reconnects_and_sends_what_it_kept(
+        world: World, tmp_path: Path) -> None:
+    """While the relay restarts, the clients' attempts to connect are answered with an HTTP
+    503, or opened and closed at once with 1001 "relay shutting down". They keep trying, as for
+    a refused connection: either answer used to end a client's reconnecting for good, silently,
+    so the send it had kept never went, nothing more arrived, and the desktop said
+    "reconnecting..." until it was restarted. Once the relay is back the kept send goes, and
+    the specialist holds it once."""
+    async with running_pair(world, tmp_path) as (intern, ortho, thread_id):
+        outcome, arrivals = intern.client.subscribe(), ortho.client.subscribe()
+        kept = await kept_while_down(world, intern.client, thread_id)
+        async with relay_restarting(int(world.relay.base_url.rsplit(":", 1)[1])) as answered:
+            async with asyncio.timeout(seconds(30)):
+                seen = {await answered.get()}
+                while seen != {"503", "1001"}:  # the clients met both
+                    seen.add(await answered.get())
+        async with relay_back(world, tmp_path):
+            await sent_once(world, kept, outcome, arrivals)

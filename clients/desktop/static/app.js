@@ -13,6 +13,7 @@ let threads = [];          // inbox entries
 let events = null;
 let guard = null;          // the text guard's warning on the reply being written:
                            // {thread, text (in the box), sent (the text checked), data (the 409)}
+let ackFailures = new Map();  // message id -> why this computer did not take its "I'm on it"
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -75,6 +76,7 @@ function forget() {
   $("inbox").replaceChildren();
   $("thread").replaceChildren(el("p", {class: "empty"}, "Choose a consult."));
   current = null; shown = null; threads = []; guard = null; drafts = new Map();
+  ackFailures = new Map();
   opening++; listing++;  // an answer still on its way is for a page no longer shown
   clearTimeout(refreshTimer);  // nor does a refresh asked for before it run after it
   $("app").hidden = true; $("lock").hidden = true;
@@ -137,7 +139,8 @@ function listen() {
   events.addEventListener("error", () => {
     api("/api/state").then((s) => { if (!s.unlocked) showLocked(); }).catch(() => {});
   });
-  for (const kind of ["message", "image", "receipt", "escalation", "filed", "withdrawn", "outbox"]) {
+  for (const kind of ["message", "image", "receipt", "escalation", "filed", "withdrawn", "outbox",
+                      "acknowledgement"]) {
     events.addEventListener(kind, refreshSoon);
   }
   events.addEventListener("expired", (e) => { dropImage(JSON.parse(e.data).attachment_id); refreshSoon(); });
@@ -175,7 +178,8 @@ async function loadInbox() {
       t.urgent ? el("span", {class: "urgent-flag"}, "URGENT ") : null,
       el("strong", {}, t.subject),
       el("div", {class: "meta"}, (t.last_from ? t.last_from + ", " : "") + when(t.last_at) +
-         (t.has_image ? " - image" : "") + (t.acknowledged ? " - acknowledged" : "")));
+         (t.has_image ? " - image" : "") + (t.acknowledged ? " - acknowledged" : "") +
+         (t.acknowledgement_waiting ? ", not sent yet" : "")));
     item.addEventListener("click", () => openThread(t.thread_id, true));
     list.append(el("li", {}, item));
   }
@@ -316,7 +320,9 @@ async function openThread(id, markRead) {
     (t.messages.find((m) => m.subject)?.subject || "Consult"));
   const list = el("div", {id: "messages"});
   for (const m of t.messages) {
-    const acked = m.acknowledged_by_me ? el("span", {class: "ack-state"}, "You acknowledged this") : null;
+    // Not yet sent (the relay out of reach): said by ackLine instead, never "You acknowledged this".
+    const acked = m.acknowledged_by_me && !m.acknowledgement_waiting
+      ? el("span", {class: "ack-state"}, "You acknowledged this") : null;
     let ack = null;
     // A clinician's message is acknowledged, not the record gateway's receipts (and so "a"
     // acknowledges the consult even after the gateway has answered in the thread).
@@ -337,7 +343,7 @@ async function openThread(id, markRead) {
         m.emergency.replaceAll("_", " ") + "): sent without consent in an emergency: " +
         (m.emergency_reason || "no reason given")) : null,
       recordBlock(m.record), ...m.images.map((img) => imageBlock(m, img)), consentBlock(m.consent),
-      ack, acked, receipts, escalation));
+      ack, acked, ackLine(m), receipts, escalation));
   }
   for (const p of t.pending || []) {
     list.append(el("div", {class: "message mine pending", "data-message-id": p.message_id},
@@ -444,8 +450,29 @@ function showGuard() {
     el("div", {class: "guard-actions"}, use, send));
 }
 
+// What became of "I'm on it" beyond "You acknowledged this", under the message: not sent yet
+// (the relay out of reach: it goes by itself), refused by the relay (the server's sentence), or
+// not taken by this computer (ackFailures). The button stays whenever it is not acknowledged.
+function ackLine(m) {
+  const failed = ackFailures.get(m.message_id);
+  const text = failed || m.acknowledgement_note;
+  if (!text) return null;
+  const waiting = !failed && m.acknowledgement_waiting;
+  return el("p", {class: waiting ? "ack-waiting" : "ack-problem", role: waiting ? "status" : "alert",
+                  "data-ack-for": m.message_id}, text);
+}
+
 async function acknowledge(messageId) {
-  await api("/api/messages/" + messageId + "/ack", {});
+  ackFailures.delete(messageId);
+  try {
+    await api("/api/messages/" + messageId + "/ack", {});
+  } catch (err) {
+    if (err.shown) throw err;  // the unlock screen or "Lightbox has closed" says it already
+    // Refused here (4xx/5xx): nothing went to the sender, who must not be left believing it.
+    ackFailures.set(messageId, "Not acknowledged: " + (err.data?.error ||
+      "this computer could not record it (HTTP " + err.status + ")") +
+      ". The sender has not been told you are on it: try again.");
+  }
   await openThread(current, false);
   await loadInbox();
 }

@@ -64,6 +64,7 @@ class Stats:
         self.accept_at: dict[str, float] = {}  # message id -> sent at, until ``accepted``
         self.latencies: list[float] = []
         self.accept_latencies: list[float] = []
+        self.worst = (0.0, 0.0)  # the slowest delivery: (latency, sent at, monotonic)
         self.frames_in = 0  # websocket frames received by this generator's devices
         self.frames_out = 0  # and sent by them (sends, acks, pongs)
         self.t0 = time.monotonic()
@@ -167,6 +168,8 @@ class Device:
             sent = st.sent_at.pop(frame.message.header.message_id, None)
             if sent is not None and self.gen.record_latency:
                 st.latencies.append(now - sent)
+                if now - sent > st.worst[0]:
+                    st.worst = (now - sent, sent)
             self.acks.append(frame.delivery_id)
             if self.ack_task is None:
                 # Acknowledge together whatever arrives before the loop comes round again.
@@ -379,7 +382,9 @@ class Generator:
             "skipped": skipped, "max_late": max([late, *lateness[-1:]]),
             "p99_late": lateness[int(0.99 * len(lateness))] if lateness else 0.0,
             "senders": len(senders), "latencies": st.latencies,
-            "accept_latencies": st.accept_latencies}
+            "accept_latencies": st.accept_latencies,
+            # when the slowest message was sent, in seconds from the row's start
+            "worst": [st.worst[0], st.worst[1] - start_at if st.worst[1] else None]}
 
     def _report(self, start: float, end: float, cpu: float) -> dict[str, Any]:
         st = self.stats

@@ -53,6 +53,7 @@ from typing import Any
 import asyncpg
 import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import load
 from bench.world import DeviceSpec, World, build_world, make_org, write_trusted_orgs
@@ -183,6 +184,27 @@ class RelayProcess:
             m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
             return float(m.group(1)) if m else None
         return None
+
+    def gc_pauses(self) -> dict[str, float]:
+        """Every relay process's garbage collections (one scrape answers for all of them,
+        server/metrics.py): how many, how many paused the process 25 ms or more, and the
+        seconds paused, over every generation."""
+        with contextlib.suppress(httpx.HTTPError):
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+            got = {"collections": 0.0, "over_25ms": 0.0, "seconds": 0.0}
+            for family in text_string_to_metric_families(text):
+                if family.name != "lightbox_gc_pause_seconds":
+                    continue
+                for s in family.samples:
+                    if s.name.endswith("_count"):
+                        got["collections"] += s.value
+                        got["over_25ms"] += s.value
+                    elif s.name.endswith("_sum"):
+                        got["seconds"] += s.value
+                    elif s.labels.get("le") == "0.025":
+                        got["over_25ms"] -= s.value
+            return got
+        return {}
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -734,11 +756,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["idle_cost"] = idle_cost(groups, dsn)
             log(f"  idle, 200 devices connected: {out['idle_cost']}")
             out["paced"] = []
+            asyncio.run(_log_background(dsn))
             for rate in args.paced_rates:
                 before = relay.log_errors()
-                row = paced(gens, groups, args, cyclic=False, rate=rate, one_per_pair=True,
-                            seconds=row_seconds(rate, args.paced_seconds), dsn=dsn)
+                with RowWatch(relay, pgdata) as beside:
+                    row = paced(gens, groups, args, cyclic=False, rate=rate, one_per_pair=True,
+                                seconds=row_seconds(rate, args.paced_seconds), dsn=dsn)
                 row["relay_log_errors"] = _diff(relay.log_errors(), before)
+                row["beside"] = beside.result
                 out["paced"].append(row)
                 log(f"  paced {rate:,.0f} msg/s: {_paced_line(row)}")
             for row in out["paced"]:  # after the timed rows: logging every statement costs
@@ -955,6 +980,7 @@ def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
                             one_per_pair=one_per_pair)
     lat = [x for r in res for x in r["latencies"]]
     acc = [x for r in res for x in r["accept_latencies"]]
+    worst, worst_at = max((r["worst"] for r in res), key=lambda w: w[0])
     if os.environ.get("BENCH_DEBUG"):
         print([{k: v for k, v in r.items() if "bucket" not in k and "latencies" not in k}
                for r in res])
@@ -974,6 +1000,8 @@ def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
         "max_generator_lateness_ms": round(1000 * max(r["max_late"] for r in res), 1),
         "p99_generator_lateness_ms": round(1000 * max(r["p99_late"] for r in res), 1),
         "latency": percentiles(lat), "accept_latency": percentiles(acc), "cpu": cm.shares(),
+        "slowest": {"ms": round(1000 * worst, 2),
+                    "sent_at_s": None if worst_at is None else round(worst_at, 3)},
         "per_message": per_message(cm, pm, res),
     }
 
@@ -981,6 +1009,51 @@ def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
 # A paced row lasts long enough for its p99 to rest on at least 20 latencies above it: at 100
 # msg/s a 6 s row would have 600 samples, and its p99 would be the 6th slowest, one stall.
 MIN_PACED_SAMPLES = 2_000
+
+
+# Postgres's log lines that can stall a commit, logged for the whole bench (log_checkpoints is
+# on by default in PostgreSQL 16; autovacuum and autoanalyze runs are logged from the start).
+_PG_EVENT = re.compile(rb"^(\S+ \S+) \S+ \[\d+\] LOG:  (automatic vacuum of table \S+|automatic "
+                       rb"analyze of table \S+|checkpoint starting: [^\n]*|checkpoint complete)",
+                       re.M)
+
+
+class RowWatch:
+    """What happened beside a paced row that can explain a stall: the relay's garbage
+    collections (every process's) and Postgres's autovacuum, autoanalyze and checkpoints, each
+    with its log time, to set beside the row's slowest message (``slowest.sent_at_s``)."""
+
+    def __init__(self, relay: RelayProcess, pgdata: Path) -> None:
+        self.relay, self.log_file = relay, pgdata / "log"
+
+    def __enter__(self) -> RowWatch:
+        self.gc = self.relay.gc_pauses()
+        self.offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self.started = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = self.relay.gc_pauses()
+        self.result: dict[str, Any] = {
+            "wall_start": self.started,
+            "gc": {k: round(after[k] - self.gc.get(k, 0.0), 4) for k in after}}
+        events: list[str] = []
+        if self.log_file.exists():
+            with self.log_file.open("rb") as f:
+                f.seek(self.offset)
+                events = [f"{m.group(1).decode()} {m.group(2).decode()}"
+                          for m in _PG_EVENT.finditer(f.read())]
+        self.result["postgres_events"] = events
+
+
+async def _log_background(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("ALTER SYSTEM SET log_autovacuum_min_duration = 0")
+        await conn.execute("ALTER SYSTEM SET log_checkpoints = on")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
 
 
 def row_seconds(rate: float, seconds: float) -> float:
@@ -1051,7 +1124,8 @@ def _paced_line(row: dict[str, Any]) -> str:
     lat, pm = row["latency"], row["per_message"]
     return (f"p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms, delivered "
             f"{row['delivered_per_s_in_window']}/s, per message {pm.get('cpu_us')} µs CPU, "
-            f"{pm.get('postgres', {})}, {pm.get('frames')} frames")
+            f"{pm.get('postgres', {})}, {pm.get('frames')} frames; slowest {row.get('slowest')}"
+            + (f"; beside it {row['beside']}" if "beside" in row else ""))
 
 
 def idle(dsn: str, data: Path, env: dict[str, str], args: argparse.Namespace, make: Any,

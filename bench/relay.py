@@ -623,6 +623,7 @@ def relay_env(data: Path, token_key: Path, trusted: Path, args: argparse.Namespa
         "LIGHTBOX_RATE_MESSAGES_PER_MINUTE": "100000000",
         "LIGHTBOX_RATE_BYTES_PER_MINUTE": str(2**40),
         "LIGHTBOX_WS_SEND_WINDOW": str(args.relay_window),
+        **dict(kv.split("=", 1) for kv in args.relay_env),
     }
 
 
@@ -1316,6 +1317,10 @@ def main(argv: list[str] | None = None) -> int:
                         "the window of 10 s at 5,000 msg/s needs 50,000)")
     p.add_argument("--window", type=int, default=16, help="unanswered sends per device")
     p.add_argument("--relay-window", type=int, default=32, help="LIGHTBOX_WS_SEND_WINDOW")
+    p.add_argument("--relay-env", action="append", default=[], metavar="NAME=VALUE",
+                   type=lambda v: v if "=" in v else p.error(f"--relay-env {v}: NAME=VALUE"),
+                   help="another setting for the relay under test (repeatable), e.g. "
+                        "LIGHTBOX_ONCALL_SWEEP_INTERVAL=3600 to see what a timer costs")
     p.add_argument("--paced-rates", type=lambda v: [float(x) for x in v.split(",")],
                    default=[100.0, 500.0, 1000.0, 2000.0],
                    help="offered msg/s of the paced table's rows (comma-separated)")

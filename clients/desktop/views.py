@@ -42,9 +42,9 @@ __all__ = [
 # An "I'm on it" the relay could not take now: said when it is pressed, and under the consult
 # until it has gone.
 KEPT_ACK = ("Acknowledged on this computer, not sent yet: Lightbox cannot reach the relay, so "
-            "the sender does not know yet. It goes as soon as the relay can be reached; keep "
-            "Lightbox open and unlocked until then. If the consult cannot wait, phone the "
-            "sender.")
+            "the sender does not know yet. It is kept on this computer and goes by itself as "
+            "soon as the relay can be reached while Lightbox is unlocked. If the consult "
+            "cannot wait, phone the sender.")
 
 
 def acknowledgement_note(view: MessageView) -> str:

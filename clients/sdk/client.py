@@ -76,7 +76,7 @@ from clients.sdk.sending import Sender
 from clients.sdk.session import CUT_OFF, Session
 from clients.sdk.threads import RECORD_THREAD_SUBJECT, ThreadBook
 from clients.sdk.trust import Trust
-from clients.sdk.vault import OutboxRecord, Vault, VaultMessage
+from clients.sdk.vault import OutboxRecord, Vault, VaultLocked, VaultMessage
 from protocol import api, certs
 from protocol.body import Body
 from protocol.errors import ErrorCode
@@ -288,6 +288,9 @@ class LightboxClient:
             if self._resend is None or self._resend.done():
                 self._resend = self.hub.spawn(self._resend_pending(self.sender.kept_sends()),
                                               "client-resend")
+            # An "I'm on it" an earlier run kept in the vault (clients/sdk/memory.py) goes now.
+            with contextlib.suppress(VaultLocked):
+                self.receiver.resend_acknowledgements()
             if self.fetch_images:
                 self.hub.spawn(self.receiver.fetch_missing_images(), "client-fetch-images")
             # Connection exposes no "disconnected" event; a tenth of a second is fine for a UI.

@@ -3,10 +3,10 @@ nothing (clients/sdk/vault.py "notes"): acknowledgements, receipts, escalation s
 notices and the names on verified certificates; and the views an application shows, built
 from them and the stored messages.
 
-An acknowledgement is noted once its receipt has gone to the relay (one still waiting to go is
-this run's alone: it lives in memory with the frame, docs/PROTOCOL.md §8), and replaced by the
-relay's refusal when there is one, so that a restart never shows as acknowledged what the
-relay never had or refused.
+An acknowledgement is noted with its signed receipt while it waits to go to the relay (so a
+lock or a restart does not lose it: the next run sends it, clients/sdk/receiving.py), as sent
+once it has gone, and replaced by the relay's refusal when there is one, so that a restart
+never shows as acknowledged what the relay refused.
 
 Notices are at-least-once: each ``note_*`` method tells whether the fact is new, so a
 redelivered notice is not told to the application twice.
@@ -32,6 +32,9 @@ __all__ = ["Memory", "body_of"]
 
 # Kinds of the vault's notes this client keeps across restarts.
 _NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION = "acknowledged", "receipt", "escalation"
+# An acknowledgement note's value while its receipt waits to go (then the signed statement); a
+# refusal's value is its reason, which never starts with a NUL byte.
+_WAITING = b"\x00waiting\x00"
 _NOTE_FILED, _NOTE_NAME = "filed", "name"
 _NOTE_KINDS = (_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION, _NOTE_FILED, _NOTE_NAME)
 _RECEIPT_ORDER = {"delivered": 0, "read": 1, "acknowledged": 2}
@@ -58,7 +61,7 @@ class Memory:
         self._receipts: dict[str, list[ReceiptEvent]] = {}
         self._escalations: dict[str, list[EscalationEvent]] = {}  # steps seen, per message
         self._acked: set[str] = set()  # acknowledgements sent to the relay
-        self._ack_waiting: set[str] = set()  # not yet sent (this run only: kept in memory)
+        self._ack_waiting: dict[str, str] = {}  # not yet sent: the signed receipt statement
         self._ack_refused: dict[str, str] = {}  # refused by the relay: why
         self._restored = False
 
@@ -71,9 +74,11 @@ class Memory:
         except VaultLocked:
             return
         self._restored = True
-        for message_id, refused in notes[_NOTE_ACK].items():  # b"": sent; else the refusal
-            if refused:
-                self._ack_refused.setdefault(message_id, refused.decode())
+        for message_id, value in notes[_NOTE_ACK].items():  # b"": sent; else waiting, refused
+            if value.startswith(_WAITING):
+                self._ack_waiting.setdefault(message_id, value[len(_WAITING):].decode())
+            elif value:
+                self._ack_refused.setdefault(message_id, value.decode())
             else:
                 self._acked.add(message_id)
         for raw in notes[_NOTE_RECEIPT].values():
@@ -142,17 +147,24 @@ class Memory:
         self.filed[filed.attachment_id] = filed
         self._vault.put_note(_NOTE_FILED, filed.attachment_id, msgspec.msgpack.encode(filed))
 
-    def acknowledging(self, message_id: str) -> None:
-        """This device acknowledged the message; its receipt waits to go to the relay."""
+    def acknowledging(self, message_id: str, statement: str) -> None:
+        """This device acknowledged the message; its signed receipt (``statement``) waits to go
+        to the relay, kept in the vault until it has."""
         self.restore()
-        self._ack_waiting.add(message_id)
+        self._vault.put_note(_NOTE_ACK, message_id, _WAITING + statement.encode())
+        self._ack_waiting[message_id] = statement
         self._ack_refused.pop(message_id, None)
+
+    def waiting_acknowledgements(self) -> dict[str, str]:
+        """The acknowledgements not yet sent, this run's and earlier runs': their statements."""
+        self.restore()
+        return dict(self._ack_waiting)
 
     def note_acknowledged(self, message_id: str) -> None:
         """The acknowledgement went to the relay: kept across restarts."""
         self.restore()
         self._vault.put_note(_NOTE_ACK, message_id, b"")
-        self._ack_waiting.discard(message_id)
+        self._ack_waiting.pop(message_id, None)
         self._ack_refused.pop(message_id, None)
         self._acked.add(message_id)
 
@@ -160,7 +172,7 @@ class Memory:
         """The relay refused the acknowledgement: the message is not acknowledged."""
         self.restore()
         self._vault.put_note(_NOTE_ACK, message_id, reason.encode() or b"refused")
-        self._ack_waiting.discard(message_id)
+        self._ack_waiting.pop(message_id, None)
         self._acked.discard(message_id)
         self._ack_refused[message_id] = reason or "refused"
 

@@ -31,7 +31,7 @@ from clients.sdk.errors import (
 )
 from clients.sdk.events import AcknowledgementEvent, ImageEvent, MessageEvent, StatusEvent
 from clients.sdk.http import RelayHTTP
-from clients.sdk.hub import Hub, OnSent
+from clients.sdk.hub import Hub
 from clients.sdk.identity import forget_one_time_prekey
 from clients.sdk.keystore import DeviceStore
 from clients.sdk.memory import Memory, body_of
@@ -74,6 +74,7 @@ class Receiver:
         # The acknowledgements this run sent, by the request id the relay answers a refusal
         # with (it answers nothing when it takes one).
         self._acks_asked: dict[str, VaultMessage] = {}
+        self._acks_queued: set[str] = set()  # message ids whose acknowledgement is queued
 
     # -- deliveries --------------------------------------------------------------------------
 
@@ -227,14 +228,15 @@ class Receiver:
 
     # -- receipts this device signs ----------------------------------------------------------
 
-    def receipt(self, message: VaultMessage, kind: statements.ReceiptKind, *,
-                req_id: str | None = None, on_sent: OnSent = None) -> None:
+    def receipt(self, message: VaultMessage, kind: statements.ReceiptKind) -> None:
+        self._hub.queue_frame(Receipt(statement=self._statement(message, kind)))
+
+    def _statement(self, message: VaultMessage, kind: statements.ReceiptKind) -> str:
         st = self._store.state
-        statement = statements.issue_receipt_statement(statements.ReceiptStatement(
+        return statements.issue_receipt_statement(statements.ReceiptStatement(
             v=statements.STATEMENT_VERSION, device_id=st.device_id,
             message_id=message.message_id, thread_id=message.thread_id, kind=kind,
             at=int(self._clock())), st.device_keys().signing)
-        self._hub.queue_frame(Receipt(req_id=req_id, statement=statement), on_sent)
 
     async def mark_read(self, thread_id: str) -> int:
         """Mark every unread message of a thread read: vault, signed ``read`` receipts to the
@@ -254,9 +256,10 @@ class Receiver:
         """"I'm on it": a signed ``acknowledged`` receipt to the sender (and the escalation
         ladder, docs/PROTOCOL.md §16). Returns an event set once the receipt has gone to the
         relay: it waits on this device while the relay is out of reach (shown acknowledged,
-        ``acknowledgement_waiting``), and goes as soon as this client is connected again. It
-        is noted in the vault only once it has gone; the relay's refusal (``not_on_ladder``)
-        undoes it and is told as an :class:`AcknowledgementEvent` ``refused``."""
+        ``acknowledgement_waiting``), kept in the vault with its signed receipt (a later run
+        sends it if this one stops first, :meth:`resend_acknowledgements`), and goes as soon
+        as this client is connected again. The relay's refusal (``not_on_ladder``) undoes it
+        and is told as an :class:`AcknowledgementEvent` ``refused``."""
         message = self._vault.message(message_id)
         if message.outgoing:
             raise FlowError("you cannot acknowledge your own message",
@@ -264,20 +267,39 @@ class Receiver:
         if not message.read:
             self._vault.mark_read(message_id)
             self.receipt(message, statements.ReceiptKind.READ)
+        statement = self._statement(message, statements.ReceiptKind.ACKNOWLEDGED)
+        self._memory.acknowledging(message_id, statement)
+        return self._send_acknowledgement(message, statement)
+
+    def resend_acknowledgements(self) -> None:
+        """Queue the acknowledgements an earlier run of this device kept in the vault, not yet
+        sent (the vault locked or the program stopped before the relay was back): each goes
+        with the statement signed when it was made. This run's own are queued already."""
+        for message_id, statement in self._memory.waiting_acknowledgements().items():
+            if message_id in self._acks_queued:
+                continue
+            try:
+                message = self._vault.message(message_id)
+            except ItemNotFound:  # the message is no longer in the vault: nothing to send
+                continue
+            self._send_acknowledgement(message, statement)
+
+    def _send_acknowledgement(self, message: VaultMessage, statement: str) -> asyncio.Event:
         sent = asyncio.Event()
         req_id = uuid.uuid4().hex
         self._acks_asked[req_id] = message
+        self._acks_queued.add(message.message_id)
 
         def gone() -> None:
             sent.set()
+            self._acks_queued.discard(message.message_id)
             if req_id not in self._acks_asked:
                 return  # refused already: the relay answered before this ran
-            self._memory.note_acknowledged(message_id)
+            self._memory.note_acknowledged(message.message_id)
             self._hub.spawn(self._hub.emit(AcknowledgementEvent(
-                message_id, message.thread_id, "sent")), "acknowledgement-sent")
+                message.message_id, message.thread_id, "sent")), "acknowledgement-sent")
 
-        self._memory.acknowledging(message_id)
-        self.receipt(message, statements.ReceiptKind.ACKNOWLEDGED, req_id=req_id, on_sent=gone)
+        self._hub.queue_frame(Receipt(req_id=req_id, statement=statement), gone)
         return sent
 
     async def refused(self, frame: Error) -> bool:

@@ -139,8 +139,9 @@ async def test_an_acknowledgement_made_while_the_relay_is_down_says_not_sent_yet
         world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
     """The relay goes down while the specialist reads a consult. "I'm on it" is taken by this
     computer and the page says it has not reached the sender yet (no button to press twice);
-    once the relay is back the running desktop sends it by itself, the intern is told, and the
-    page shows it acknowledged."""
+    it is kept in the vault, so locking the desktop before the relay is back does not lose it:
+    at the next unlock the desktop sends it by itself, the intern is told, and the page shows
+    it acknowledged."""
     async with desktop_team(world, tmp_path, orthanc) as team, \
             browser_page() as (page, problems):
         told = team.intern.client.subscribe()
@@ -160,18 +161,24 @@ async def test_an_acknowledgement_made_while_the_relay_is_down_says_not_sent_yet
         await waiting.wait_for()
         assert await waiting.inner_text() == (
             "Acknowledged on this computer, not sent yet: Lightbox cannot reach the relay, so "
-            "the sender does not know yet. It goes as soon as the relay can be reached; keep "
-            "Lightbox open and unlocked until then. If the consult cannot wait, phone the "
-            "sender.")
+            "the sender does not know yet. It is kept on this computer and goes by itself as "
+            "soon as the relay can be reached while Lightbox is unlocked. If the consult "
+            "cannot wait, phone the sender.")
         assert await consult.locator(".ack-button, .ack-state").count() == 0
         await page.locator(".thread-item.selected .meta",
                            has_text=" - acknowledged, not sent yet").wait_for()
         await page.screenshot(path=SHOTS / "04-acknowledged-while-the-relay-is-down.png")
+        # Kept in the vault, not in this run's memory: the specialist locks the desktop (its
+        # client stops) before the relay is back, and it still goes at the next unlock.
+        await page.click("#lock")
 
         settings = make_settings(trusted_orgs_file=tmp_path / "trusted-orgs.json",
                                  port=int(world.relay.base_url.rsplit(":", 1)[1]),
                                  attachment_chunk_bytes=64 * 1024, expiry_grace=3600)
         async with running_relay(world.dsn, settings):
+            await page.fill("#password", PASSWORD)
+            await page.press("#password", "Enter")
+            await page.locator(".thread-item", has_text="Bay 3 hip").click()
             ack = await wait_for_event(told, ReceiptEvent, lambda e: e.kind == "acknowledged")
             assert ack.message_id == sent.message_id and ack.display_name == "Dr Bo Ortho"
             await waiting.wait_for(state="detached", timeout=seconds(30) * 1000)

@@ -65,6 +65,29 @@ def test_receipts_steps_filings_acknowledgements_and_names_survive_a_restart(
     assert again.display_name("user-unknown-123") == "user-unk"
 
 
+def test_an_acknowledgement_waiting_for_the_relay_survives_a_restart_with_its_statement(
+        vault: Vault) -> None:
+    """Kept with its signed receipt until it has gone (the next run sends it, clients/sdk/
+    receiving.py); once gone, acknowledged; refused, not acknowledged, and no longer waiting."""
+    memory = Memory(vault, lambda: ME)
+    memory.acknowledging("msg-1", "signed.statement")
+    again = _reopened(vault)
+    assert again.waiting_acknowledgements() == {"msg-1": "signed.statement"}
+    view = again.view(_message(Body(text="wrist")))
+    assert view.acknowledged_by_me and view.acknowledgement_waiting
+    again.note_acknowledged("msg-1")
+    sent = _reopened(vault)
+    assert sent.waiting_acknowledgements() == {}
+    assert sent.view(_message(Body(text="wrist"))).acknowledged_by_me
+    sent.acknowledging("msg-1", "signed.again")
+    sent.note_acknowledgement_refused("msg-1", "not_on_ladder: not on the ladder")
+    refused = _reopened(vault)
+    assert refused.waiting_acknowledgements() == {}
+    view = refused.view(_message(Body(text="wrist")))
+    assert not view.acknowledged_by_me
+    assert view.acknowledgement_refused == "not_on_ladder: not on the ladder"
+
+
 def test_a_redelivered_notice_is_news_once(vault: Vault) -> None:
     memory = Memory(vault, lambda: ME)
     receipt = ReceiptEvent("msg-1", "user-b", "device-b", "delivered", 20)

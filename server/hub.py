@@ -68,20 +68,10 @@ class Member(Closable, Protocol):
         ...
 
 
-class _Registered(Protocol):
-    session_id: str
-    registered_at: int
-
-
-class _Registration:
-    def __init__(self, session_id: str, registered_at: int) -> None:
-        self.session_id, self.registered_at = session_id, registered_at
-
-
-def _newer(a: _Registered, b: _Registered) -> bool:
-    """Whether ``a`` registered after ``b``: by Postgres's clock, then (a tie within one
-    microsecond) by session id, so that every process decides alike."""
-    return (a.registered_at, a.session_id) > (b.registered_at, b.session_id)
+def _order(m: Member) -> tuple[int, str]:
+    """When ``m`` registered: by Postgres's clock, then (a tie within one microsecond) by
+    session id, so that every process orders a device's connections alike."""
+    return m.registered_at, m.session_id
 
 
 _REASON_CLOSE = {
@@ -117,7 +107,7 @@ class Hub:
         any: the device's older one, or ``member`` itself when the device's connection here
         registered later than it (two registrations of one device racing in this process)."""
         old = self._by_device.get(member.device_id)
-        if old is not None and old is not member and _newer(old, member):
+        if old is not None and old is not member and _order(old) > _order(member):
             return member
         self._by_device[member.device_id] = member
         self._by_user.setdefault(member.user_id, set()).add(member)
@@ -203,8 +193,8 @@ class Hub:
         if m is None or m.session_id == event.get("session_id"):
             return
         at = event.get("registered_at")
-        if isinstance(at, int) and not isinstance(at, bool) and not _newer(
-                _Registration(str(event.get("session_id")), at), m):
+        if isinstance(at, int) and not isinstance(at, bool) \
+                and (at, str(event.get("session_id"))) <= _order(m):
             return
         self.unregister(m)
         await m.close(CloseCode.SESSION_REPLACED, "session replaced")

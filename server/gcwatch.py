@@ -40,7 +40,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["BUCKETS", "PauseWatch", "freeze_start_up"]
+__all__ = ["BUCKETS", "PauseWatch", "freeze_start_up", "frozen_count"]
 
 # Seconds: a young collection takes well under a millisecond; an unfrozen full one took up
 # to 186 ms here.
@@ -56,12 +56,27 @@ _SHARED_COUNTS = "lightbox_gc_pause_shared_count"  # per bucket, not cumulative
 _SHARED_SUMS = "lightbox_gc_pause_shared_sum"
 
 
+# How many objects freeze_start_up froze, counted once. ``gc.get_freeze_count`` walks the whole
+# permanent generation to count it (a linked list; 4 ms for the relay's 120,000 objects with
+# the cache warm, more when cold), with the process stopped meanwhile; reading it every second
+# and at every scrape stalled every websocket of the process for that long (BENCHMARKS.md,
+# round 16). Nothing else in the relay freezes, so the count cannot change after start-up.
+_frozen = 0
+
+
 def freeze_start_up() -> int:
     """Collect what start-up left behind, then freeze everything still alive; returns how many
     objects are frozen."""
+    global _frozen
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
+    _frozen = gc.get_freeze_count()
+    return _frozen
+
+
+def frozen_count() -> int:
+    """How many objects :func:`freeze_start_up` froze (0 before, or when it never ran)."""
+    return _frozen
 
 
 class PauseWatch(Collector):
@@ -104,7 +119,7 @@ class PauseWatch(Collector):
 
     def collect(self) -> Iterator[Any]:
         yield _histogram([self._counts[g] for g in range(GENERATIONS)], self._sums)
-        yield GaugeMetricFamily(_FROZEN, _FROZEN_HELP, value=gc.get_freeze_count())
+        yield GaugeMetricFamily(_FROZEN, _FROZEN_HELP, value=frozen_count())
 
     # -- several processes (server/metrics.py PerProcess) ---------------------------------
 
@@ -127,7 +142,7 @@ class PauseWatch(Collector):
             for bound, n in zip(_LABELS, self._counts[g], strict=True):
                 counts.labels(str(g), bound).set(n)
             sums.labels(str(g)).set(self._sums[g])
-        frozen.set(gc.get_freeze_count())
+        frozen.set(_frozen)
 
     @staticmethod
     def fold(families: list[Metric]) -> list[Metric]:

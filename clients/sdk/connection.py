@@ -12,7 +12,12 @@ must see each message exactly once. :class:`Connection`:
   through a caller-supplied store that a real client persists), and acknowledges it only after
   the application's handler returned, i.e. after the message is stored on the device.
 
-Close codes that mean "stop" (revoked device, suspended user) end the connection for good.
+Close codes that mean "stop" (revoked device, suspended user) end the connection for good,
+and so does an address that is not a websocket URL. Anything else that goes wrong (a drop, a
+relay that is restarting, a token provider or a message handler that raises, the device's disk
+full) is a failed attempt: logged, backed off and tried again, with ``connected`` cleared
+meanwhile. A connection never stops in silence while the application believes it is there;
+a delivery whose handler raised was not acknowledged, so the relay delivers it again.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import websockets
+
 from clients.sdk.errors import RelayUnavailable, SDKError
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed, is_retryable
-from protocol.errors import CloseCode
+from protocol.errors import CloseCode, ProtocolError
 from protocol.frames import Accepted, Deliver, Frame, QueueEmpty
 from protocol.model import SealedMessage
 
@@ -145,6 +152,7 @@ class Connection:
 
     async def _run(self) -> None:
         attempt = 0
+        failing = 0  # connections in a row that ended with a handler's error
         asked_for_wipe = False
         while True:
             try:
@@ -159,6 +167,12 @@ class Connection:
             except SDKError as exc:  # no token to be had (session ended, device refused...)
                 self._finish(ConnectionStopped(None, str(getattr(exc, "code", "") or exc)))
                 return
+            except Exception as exc:  # the provider failed otherwise: not a reason to give up
+                log.warning("access token failed; trying again",
+                            extra={"error_type": type(exc).__name__})
+                attempt += 1
+                await self._backoff(attempt)
+                continue
             try:
                 sock = await RelaySocket.connect(
                     self.url, access_token=token, device_id=self.device_id, sign=self._sign)
@@ -169,18 +183,40 @@ class Connection:
                 attempt += 1
                 await self._backoff(attempt)
                 continue
+            except websockets.InvalidURI:  # configuration: no later attempt can differ
+                self._finish(ConnectionStopped(None, "the relay's address is not a websocket "
+                                               "URL (ws:// or wss://)"))
+                return
             except (OSError, TimeoutError, ConnectionError) as exc:
                 log.debug("connect failed", extra={"error_type": type(exc).__name__})
+                attempt += 1
+                await self._backoff(attempt)
+                continue
+            except Exception as exc:  # anything else: another attempt, never a silent end
+                log.warning("connect failed; trying again",
+                            extra={"error_type": type(exc).__name__})
                 attempt += 1
                 await self._backoff(attempt)
                 continue
             attempt = 0
             self._socket = sock
             self.connected.set()
-            code, reason = await self._serve(sock)
-            self.connected.clear()
-            self.queue_empty.clear()
-            self._socket = None
+            try:
+                code, reason = await self._serve(sock)
+            except Exception as exc:
+                # A handler raised (the device's disk full, a bug): what it was handling was
+                # not acknowledged, so it comes again on the next connection. Backed off by
+                # the failures in a row, so that one that persists does not hammer the relay.
+                failing += 1
+                log.warning("connection failed while handling a frame; reconnecting",
+                            extra={"error_type": type(exc).__name__, "failures": failing})
+                code, reason = None, "client error"
+            else:
+                failing = 0
+            finally:
+                self.connected.clear()
+                self.queue_empty.clear()
+                self._socket = None
             if code == CloseCode.DEVICE_REVOKED and not asked_for_wipe:
                 # Revoked while connected: connect once more, because a device revoked with
                 # wipe is let in only to hear its wipe order (docs/PROTOCOL.md §15 "Wipe"); any
@@ -191,7 +227,7 @@ class Connection:
                 self._finish(ConnectionStopped(code, reason))
                 return
             self.reconnects += 1
-            await self._backoff(1)
+            await self._backoff(1 + failing)
 
     async def _backoff(self, attempt: int) -> None:
         cap = min(self.backoff_max, self.backoff_base * (2 ** min(attempt, 16)))
@@ -261,6 +297,17 @@ class Connection:
                     item.future.set_exception(refused)
             except TimeoutError:
                 continue  # unknown outcome: resend the same bytes (idempotent)
+            except ProtocolError as exc:
+                # Refused here, before it left: a frame over the relay's maximum (announced
+                # in ``ready``, docs/PROTOCOL.md §3) can never go as it is. Its sender learns
+                # now, and the messages behind it are not held up for good.
+                if is_retryable(exc.code.value):
+                    await asyncio.sleep(1.0)
+                    continue
+                log.warning("send refused before it left",
+                            extra={"error_type": type(exc).__name__, "code": exc.code.value})
+                if not item.future.done():
+                    item.future.set_exception(SendRefused(exc.code.value, str(exc)))
             else:
                 if not item.future.done():
                     item.future.set_result(acc)

@@ -14,6 +14,7 @@ import pytest
 
 from clients.sdk.connection import Connection, ConnectionStopped, DeferDelivery
 from clients.sdk.errors import FlowError
+from clients.sdk.socket import SendRefused
 from protocol.errors import CloseCode
 from protocol.frames import Deliver
 from tests.consent_world import count
@@ -83,8 +84,14 @@ async def test_a_message_sent_before_connecting_is_sent_once_connected(
     assert delivered.message.header.message_id == message.header.message_id
 
 
-async def test_a_deferred_delivery_is_not_acknowledged_and_comes_again(
-        world: World, ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+@pytest.mark.parametrize("refusal", [DeferDelivery(), OSError(28, "No space left on device")],
+                         ids=["deferred", "disk_full"])
+async def test_a_delivery_its_handler_could_not_store_is_not_acknowledged_and_comes_again(
+        world: World, ab: tuple[Peer, Peer, str], opened: Opened, refusal: Exception,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Deferred (the vault is locked), or an error the handler did not expect (the device's
+    disk full, a bug): not stored, so not acknowledged. The connection does not end; it
+    reconnects, and the delivery comes again. An unexpected error is logged by its type."""
     a, b, tid = ab
     await send_while_offline(world, a, b, tid, b"later")
     seen: list[str] = []
@@ -93,13 +100,18 @@ async def test_a_deferred_delivery_is_not_acknowledged_and_comes_again(
     async def store_on_second_try(frame: Deliver) -> None:
         seen.append(frame.delivery_id)
         if len(seen) == 1:
-            raise DeferDelivery  # e.g. the vault is locked: not stored, so not acknowledged
+            raise refusal
         await stored.put(frame.message.header.message_id)
 
     c = opened(b, store_on_second_try)
-    await c.start()
-    await _within(stored.get())
-    assert len(seen) == 2 and c.reconnects >= 1
+    with caplog.at_level("WARNING", logger="lightbox.sdk"):
+        await c.start()
+        await _within(stored.get())
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert not c.stopped.done() and c.reconnects >= 1
+    failed = [getattr(r, "error_type", None) for r in caplog.records
+              if r.getMessage().startswith("connection failed")]
+    assert failed == ([] if isinstance(refusal, DeferDelivery) else ["OSError"])
 
 
 async def test_a_delivery_stored_already_is_acknowledged_without_handling_it_again(
@@ -184,3 +196,83 @@ async def test_stopping_fails_every_waiting_sender(ab: tuple[Peer, Peer, str],
     with pytest.raises(ConnectionStopped) as err:
         await _within(pending)
     assert (err.value.code, err.value.reason) == (None, "stopped")
+
+
+async def test_the_connection_is_not_shown_as_connected_while_a_failing_handler_recycles_it(
+        world: World, ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+    a, b, tid = ab
+    await send_while_offline(world, a, b, tid, b"cannot be stored")
+    failures = 0
+
+    async def always_failing(_: Deliver) -> None:
+        nonlocal failures
+        failures += 1
+        raise RuntimeError("vault write failed")
+
+    async def failed_twice() -> bool:
+        return failures >= 2
+
+    async def shown_as_down() -> bool:
+        return not c.connected.is_set()
+
+    c = opened(b, always_failing)
+    await c.start()
+    assert await eventually(failed_twice)
+    # Between attempts ``connected`` is cleared (it was left set when the loop died).
+    assert await eventually(shown_as_down)
+    assert not c.stopped.done()
+
+
+async def test_a_token_provider_that_fails_unexpectedly_is_asked_again(
+        ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+    a, b, tid = ab
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("keyring unavailable")
+        return a.token
+
+    c = opened(a, token=flaky)
+    await c.start()
+    accepted = await _within(c.send(seal(a, tid, [b], b"after a second try")))
+    assert getattr(accepted, "message_id", None) and calls >= 2
+
+
+@pytest.mark.world(ws_max_frame=64 * 1024)
+async def test_a_message_over_the_relays_frame_maximum_is_refused_and_the_next_still_goes(
+        ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+    """The relay announces its largest frame in ``ready`` (an operator's
+    ``LIGHTBOX_WS_MAX_FRAME``, 64 KiB here); a message that cannot fit is refused before it
+    leaves, and the outbox goes on with the next one."""
+    a, b, tid = ab
+    c = opened(a)
+    await c.start()
+    too_big = asyncio.create_task(c.send(seal(a, tid, [b], b"x" * (100 * 1024))))
+    after = asyncio.create_task(c.send(seal(a, tid, [b], b"the next one")))
+    with pytest.raises(SendRefused) as refused:
+        await _within(too_big)
+    assert refused.value.code == "frame_too_large"
+    assert getattr(await _within(after), "message_id", None)
+    assert not c.stopped.done()
+
+
+async def test_an_address_that_is_not_a_websocket_url_stops_the_connection_with_a_reason(
+        world: World, ab: tuple[Peer, Peer, str]) -> None:
+    a, _, _ = ab
+
+    async def ignore(_: Deliver) -> None:
+        return None
+
+    c = Connection(world.relay.base_url + "/v1/ws", device_id=a.device_id,
+                   access_token=_token(a), sign=a.device.keys.sign, on_message=ignore,
+                   backoff_base=0.01, backoff_max=0.05)
+    await c.start()
+    try:
+        stopped = await _within(c.stopped)
+    finally:
+        await c.stop()
+    assert isinstance(stopped, ConnectionStopped)
+    assert "not a websocket URL" in stopped.reason

@@ -40,7 +40,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -88,6 +88,11 @@ log = logging.getLogger("lightbox.ws")
 # Postgres's clock in microseconds: one clock for every relay process, so that all of them
 # agree which of a device's connections registered last (server/hub.py).
 _NOW_US = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+
+# How many acknowledged delivery ids a connection still recognises (a duplicate ack is then
+# quiet, and a delivery handed over after a read wrote and acknowledged it is not written
+# again): a connection's memory is bounded by this and its send window, not its lifetime.
+ACKED_KEPT = 1024
 
 
 class ReceiptHook(Protocol):
@@ -185,7 +190,12 @@ class _Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
         self._in_flight: dict[str, float] = {}  # delivery id -> sent at (monotonic)
-        self._sent_ids: set[str] = set()  # every delivery id sent on this connection
+        # Delivery ids written on this connection and not yet acknowledged, then the latest
+        # acknowledged ones (a bounded few: a duplicate ack or a late hand-over of one of
+        # them is recognised), so that what a connection remembers does not grow with its
+        # lifetime.
+        self._sent_ids: set[str] = set()
+        self._acked_recently: dict[str, None] = {}
         self._kept_notices: set[int] = set()  # orders written here, still queued until confirmed
         self._window_bound = False
         self._rate = SendRate(messages_per_minute=self.cfg.messages_per_minute,
@@ -216,12 +226,16 @@ class _Connection:
         yet, sends these to the read instead. Otherwise: a wake-up, and the pump reads."""
         if (self._settled()
                 and len(self._in_flight) + len(self._handed) + len(new) <= self.cfg.send_window
-                and all(n.queued is not None and self._sent_ids.issuperset(n.queued)
-                        for n in new)):
+                and all(n.queued is not None and self._all_written(n.queued) for n in new)):
             self._handed.extend(new)
             self._wake.set()
         elif not self._closed:
             self.wake(notices=False)
+
+    def _all_written(self, ids: Iterable[str]) -> bool:
+        """Whether every one of ``ids`` was written on this connection (acknowledged or not)."""
+        sent, acked = self._sent_ids, self._acked_recently
+        return all(d in sent or d in acked for d in ids)
 
     def may_take(self) -> bool:
         """Whether :meth:`offer` could take deliveries stored now: the pump is idle and
@@ -578,8 +592,9 @@ class _Connection:
     def _on_ack(self, frame: Ack) -> None:
         """Queue the removal of the acknowledged deliveries (group commit, server/acks.py);
         a callback finishes when it is durable (no task per ack)."""
-        unknown = [d for d in frame.delivery_ids if d not in self._sent_ids]
-        mine = [d for d in frame.delivery_ids if d in self._sent_ids]
+        sent, acked = self._sent_ids, self._acked_recently
+        mine = [d for d in frame.delivery_ids if d in sent or d in acked]
+        unknown = [d for d in frame.delivery_ids if d not in sent and d not in acked]
         if mine:
             self.relay.acks.submit(self.device_id, mine).add_done_callback(
                 lambda f: self._acked(mine, f))
@@ -595,8 +610,14 @@ class _Connection:
         if err is not None:  # not removed: the deliveries stay queued and in flight
             log.error("ack failed", extra={"error_type": type(err).__name__}, exc_info=err)
             return
+        acked = self._acked_recently
         for d in mine:  # an id acknowledged twice is simply no longer in flight
             self._in_flight.pop(d, None)
+            if d in self._sent_ids:
+                self._sent_ids.discard(d)
+                acked[d] = None
+        while len(acked) > ACKED_KEPT:
+            del acked[next(iter(acked))]  # the oldest (insertion order)
         self.relay.metrics.messages_delivered.inc(len(fut.result()))
         if self._window_bound:
             self.wake(notices=False)
@@ -649,7 +670,7 @@ class _Connection:
                 handed, self._handed = self._handed, []
                 await self._write_deliveries(
                     [n.delivery for n in messages.queue_order(handed)
-                     if n.delivery.delivery_id not in self._sent_ids], "handed_over")
+                     if not self._all_written((n.delivery.delivery_id,))], "handed_over")
                 await self._flush()
                 await self._sleep()
                 continue

@@ -14,8 +14,9 @@ import pytest
 from clients.sdk.socket import RelaySocket, SendRefused
 from protocol import envelope
 from protocol.errors import ErrorCode
-from protocol.frames import Deliver, QueueEmpty
+from protocol.frames import Deliver, Error, QueueEmpty
 from protocol.model import Priority, SealedMessage
+from server import ws
 from server.hub import Member
 from server.sends import new_message
 from server.store import batches, messages
@@ -179,10 +180,13 @@ async def test_handed_over_deliveries_keep_to_the_window_and_the_rest_wait_for_a
         await b.close()
 
 
+@pytest.mark.parametrize("acknowledged", [False, True], ids=["in_flight", "acknowledged"])
 async def test_a_delivery_handed_over_after_a_read_wrote_it_is_not_written_twice(
-        world: World) -> None:
+        world: World, acknowledged: bool) -> None:
     """A read can write a delivery before the process that stored it hands it over (another
-    wake-up came between the COMMIT and the hand-over): the pump skips what it has written."""
+    wake-up came between the COMMIT and the hand-over): the pump skips what it has written,
+    also when the device has acknowledged it meanwhile (the connection no longer holds it in
+    flight, but still knows it among the latest acknowledged)."""
     alice, bob, tid, a, b = await pair(world)
     try:
         first = seal(alice, tid, [bob], b"once")
@@ -194,6 +198,15 @@ async def test_a_delivery_handed_over_after_a_read_wrote_it_is_not_written_twice
                 "SELECT d.delivery_pk, d.created_at, m.thread_seq, m.priority, m.sealed "
                 "FROM deliveries d JOIN messages m USING (message_pk) "
                 "WHERE d.delivery_id = $1", d.delivery_id)
+            if acknowledged:
+                await b.ack([d.delivery_id])
+
+                async def removed() -> bool:
+                    left = await db.fetchval("SELECT count(*) FROM deliveries "
+                                             "WHERE delivery_id = $1", d.delivery_id)
+                    return bool(left == 0)
+
+                assert await eventually(removed)
         finally:
             await db.close()
         again = messages.NewDelivery(bob.device_id, tid, messages.Delivery(
@@ -257,3 +270,42 @@ async def test_a_batch_that_failed_as_a_whole_wakes_its_recipients_here_to_read(
         await observer.close()
         await a.close()
         await b.close()
+
+
+async def test_what_a_connection_remembers_of_its_deliveries_does_not_grow_with_its_life(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Acknowledged deliveries leave the connection's memory; it keeps only the latest few
+    (``ACKED_KEPT``, 4 here) to recognise a duplicate ack, which stays quiet. An ack of one
+    older than those is answered as for any delivery it does not know."""
+    monkeypatch.setattr(ws, "ACKED_KEPT", 4)
+    alice, bob, tid, a, b = await pair(world)
+    member = world.relay.relay.hub.member(bob.device_id)
+    assert isinstance(member, ws._Connection)
+    try:
+        ids = []
+        for i in range(10):
+            await a.send(seal(alice, tid, [bob], b"note %d" % i))
+            ids.append((await next_deliver(b)).delivery_id)
+            await b.ack([ids[-1]])
+
+        async def forgotten() -> bool:
+            return not member._sent_ids and list(member._acked_recently) == ids[-4:]
+
+        assert await eventually(forgotten)
+        await b.ack([ids[-1]])  # a duplicate of a recent one: no answer
+        await b.ack(ids[:2])  # older than the four kept: not known any more
+        err = await next_event_of(b, Error)
+        assert err.code == ErrorCode.DELIVERY_NOT_FOUND
+        assert err.detail.startswith("2 acknowledged deliveries")  # not the duplicate's
+        await a.send(seal(alice, tid, [bob], b"after"))
+        assert (await next_deliver(b)).delivery_id not in ids
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def next_event_of(sock: RelaySocket, kind: type[Error]) -> Error:
+    while True:
+        frame = await sock.next_event(seconds(10))
+        if isinstance(frame, kind):
+            return frame

@@ -187,7 +187,9 @@ def _shared_metrics() -> Iterator[str]:
     if set (emptied of an earlier run's files, prometheus_client's documented start-up step),
     else a private one removed at exit."""
     given = os.environ.get(SHARED_DIR)
-    path = given or tempfile.mkdtemp(prefix="lightbox-metrics-")
+    if given is None:
+        _remove_orphaned_metrics(Path(tempfile.gettempdir()))
+    path = given or tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
     for stale in Path(path).glob("*.db"):
         stale.unlink()
     os.environ[SHARED_DIR] = path  # the spawned workers inherit it
@@ -197,6 +199,26 @@ def _shared_metrics() -> Iterator[str]:
         if given is None:
             shutil.rmtree(path, ignore_errors=True)
             os.environ.pop(SHARED_DIR, None)
+
+
+_METRICS_PREFIX = "lightbox-metrics-"
+
+
+def _remove_orphaned_metrics(tmp: Path) -> None:
+    """Remove the private metrics directories of relays that ended without their clean-up (a
+    SIGKILL, a power cut): those named after a process that no longer exists, and owned by
+    this user. A directory whose process is alive, or whose name this does not make, stays."""
+    for orphan in tmp.glob(f"{_METRICS_PREFIX}*-*"):
+        pid = orphan.name[len(_METRICS_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or orphan.stat().st_uid != os.getuid() \
+                    or not orphan.is_dir():
+                continue
+            os.kill(int(pid), 0)  # signal 0: only whether the process exists (kill(2))
+        except ProcessLookupError:
+            shutil.rmtree(orphan, ignore_errors=True)
+        except OSError:  # alive under another user (EPERM), or the directory just went
+            continue
 
 
 def _run_workers(settings: Settings, dsn: str) -> int:

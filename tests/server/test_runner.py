@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
+from server import runner
 from server.embedded import postmaster_pid
 from tests.helpers import ROOT, Cluster, seconds, session_dir
 from tests.make_run import made_run
@@ -195,3 +196,32 @@ def test_a_ctrl_c_whose_interrupt_the_interpreter_dropped_still_stops_the_relay(
         assert "Embedded Postgres stopped." in out, out + err
         assert "Traceback" not in err, err
         assert postmaster_pid(run.data / "pg") is None
+
+
+def test_a_relay_removes_the_metrics_directories_of_relays_killed_before_their_clean_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay of several processes keeps its metrics in a private temporary directory named
+    after it, removed when it stops; one SIGKILLed never removes it. The next relay removes
+    those whose relay is gone, and keeps a running relay's and anything else."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        orphan = tmp_path / f"lightbox-metrics-{dead.pid}-x1"
+        running = tmp_path / f"lightbox-metrics-{alive.pid}-x2"
+        unrelated = tmp_path / "lightbox-metrics-notes"
+        for d in (orphan, running, unrelated):
+            d.mkdir()
+            (d / "counter_1.db").write_bytes(b"")
+        with runner._shared_metrics() as path:
+            mine = Path(path)
+            assert mine.parent == tmp_path
+            assert mine.name.startswith(f"lightbox-metrics-{os.getpid()}-")
+            assert not orphan.exists()
+            assert running.exists() and unrelated.exists()
+        assert not mine.exists()  # its own, removed as it stops
+    finally:
+        alive.kill()
+        alive.wait()

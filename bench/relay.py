@@ -735,6 +735,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"pre-sealed {out['sealing']['messages']} messages of {args.body} B "
             f"(send frame {seal[0]['frame_bytes']} B) in {out['sealing']['seconds']} s")
 
+        # Before anything is timed, the set-up's own upkeep is done and on the disk (the
+        # history, and the raw ceiling's 100,000-odd rows in the relay's own tables): left to
+        # itself, autovacuum went over them during the first paced rows and dirtied 400 MB,
+        # which the kernel wrote back 30 s later in one burst, holding Postgres's WAL flush
+        # (so every commit) for 70-190 ms (BENCHMARKS.md, round 16).
+        t = time.monotonic()
+        asyncio.run(_settle(dsn))
+        log(f"set-up vacuumed and flushed to disk (VACUUM ANALYZE, CHECKPOINT, sync) in "
+            f"{time.monotonic() - t:.1f} s")
+
         # -- the real relay, 2 processes ---------------------------------------------------------
         if not args.skip_relay:
             relay = RelayProcess(data, dsn, args.workers, env)
@@ -1049,6 +1059,19 @@ class RowWatch:
                 events = [f"{m.group(1).decode()} {m.group(2).decode()}"
                           for m in _PG_EVENT.finditer(f.read())]
         self.result["postgres_events"] = events
+
+
+async def _settle(dsn: str) -> None:
+    """What autovacuum would do about the set-up's rows, done now (``VACUUM ANALYZE``); then
+    Postgres's dirty buffers written and synced (``CHECKPOINT``), and everything else the
+    kernel holds dirty (``sync(2)``)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM ANALYZE")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+    await asyncio.to_thread(os.sync)
 
 
 async def _log_background(dsn: str) -> None:

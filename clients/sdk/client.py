@@ -291,6 +291,8 @@ class LightboxClient:
             # An "I'm on it" an earlier run kept in the vault (clients/sdk/memory.py) goes now.
             with contextlib.suppress(VaultLocked):
                 self.receiver.resend_acknowledgements()
+            with contextlib.suppress(VaultLocked):  # delivered and read receipts kept
+                self.receiver.resend_receipts()
             if self.fetch_images:
                 self.hub.spawn(self.receiver.fetch_missing_images(), "client-fetch-images")
             # Connection exposes no "disconnected" event; a tenth of a second is fine for a UI.

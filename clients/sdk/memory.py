@@ -36,6 +36,9 @@ _NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION = "acknowledged", "receipt", "escalat
 # refusal's value is its reason, which never starts with a NUL byte.
 _WAITING = b"\x00waiting\x00"
 _NOTE_FILED, _NOTE_NAME = "filed", "name"
+# Delivered and read receipts this device signed, kept until written to the relay (not read
+# back by restore: the client asks for them when it connects, Receiver.resend_receipts).
+_NOTE_RECEIPT_OUT = "receipt-out"
 _NOTE_KINDS = (_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION, _NOTE_FILED, _NOTE_NAME)
 _RECEIPT_ORDER = {"delivered": 0, "read": 1, "acknowledged": 2}
 
@@ -146,6 +149,25 @@ class Memory:
         self.restore()
         self.filed[filed.attachment_id] = filed
         self._vault.put_note(_NOTE_FILED, filed.attachment_id, msgspec.msgpack.encode(filed))
+
+    # -- delivered and read receipts this device signed, until sent -------------------------
+
+    def receipt_waiting(self, message_id: str, kind: str, statement: str) -> None:
+        """A receipt this device signed, to go to the relay: kept in the vault until it has
+        (:meth:`receipt_sent`), so a lock, a restart or a relay out of reach does not lose it."""
+        self._vault.put_note(_NOTE_RECEIPT_OUT, f"{message_id}/{kind}", statement.encode())
+
+    def receipt_sent(self, message_id: str, kind: str) -> None:
+        self._vault.drop_note(_NOTE_RECEIPT_OUT, f"{message_id}/{kind}")
+
+    def waiting_receipts(self) -> dict[tuple[str, str], str]:
+        """The receipts not yet sent, this run's and earlier runs': (message id, kind) ->
+        the signed statement."""
+        waiting = {}
+        for key, statement in self._vault.notes(_NOTE_RECEIPT_OUT).items():
+            message_id, _, kind = key.rpartition("/")
+            waiting[(message_id, kind)] = statement.decode()
+        return waiting
 
     def acknowledging(self, message_id: str, statement: str) -> None:
         """This device acknowledged the message; its signed receipt (``statement``) waits to go

@@ -37,7 +37,7 @@ from clients.sdk.keystore import DeviceStore
 from clients.sdk.memory import Memory, body_of
 from clients.sdk.threads import ThreadBook
 from clients.sdk.trust import Trust
-from clients.sdk.vault import ImageShredded, ItemNotFound, Vault, VaultMessage
+from clients.sdk.vault import ImageShredded, ItemNotFound, Vault, VaultLocked, VaultMessage
 from protocol import statements
 from protocol.attachments import AttachmentDescriptor
 from protocol.body import Body, BodyKind, decode_body, encode_body
@@ -75,6 +75,7 @@ class Receiver:
         # with (it answers nothing when it takes one).
         self._acks_asked: dict[str, VaultMessage] = {}
         self._acks_queued: set[str] = set()  # message ids whose acknowledgement is queued
+        self._receipts_queued: set[tuple[str, str]] = set()  # (message id, kind) queued
 
     # -- deliveries --------------------------------------------------------------------------
 
@@ -229,7 +230,31 @@ class Receiver:
     # -- receipts this device signs ----------------------------------------------------------
 
     def receipt(self, message: VaultMessage, kind: statements.ReceiptKind) -> None:
-        self._hub.queue_frame(Receipt(statement=self._statement(message, kind)))
+        """Sign a ``delivered`` or ``read`` receipt and send it: kept in the vault until it
+        has gone to the relay, and sent by a later run if this one stops first
+        (:meth:`resend_receipts`; the relay keeps one per device and kind, so one sent twice
+        is harmless, docs/PROTOCOL.md §3.5 "Receipts")."""
+        statement = self._statement(message, kind)
+        self._memory.receipt_waiting(message.message_id, kind.value, statement)
+        self._send_receipt((message.message_id, kind.value), statement)
+
+    def resend_receipts(self) -> None:
+        """Queue the delivered and read receipts kept in the vault and not yet sent (an
+        earlier run stopped, or the vault was locked, before the relay could be reached)."""
+        for key, statement in self._memory.waiting_receipts().items():
+            if key not in self._receipts_queued:
+                self._send_receipt(key, statement)
+
+    def _send_receipt(self, key: tuple[str, str], statement: str) -> None:
+        self._receipts_queued.add(key)
+
+        def gone() -> None:
+            self._receipts_queued.discard(key)
+            # Locked since: the note stays and a later connection sends it again.
+            with contextlib.suppress(VaultLocked):
+                self._memory.receipt_sent(*key)
+
+        self._hub.queue_frame(Receipt(statement=statement), gone)
 
     def _statement(self, message: VaultMessage, kind: statements.ReceiptKind) -> str:
         st = self._store.state

@@ -252,6 +252,7 @@ class Vault:
         self.dedupe = VaultDedupe(self._notes)
         self.put_note = self._notes.put_note
         self.notes = self._notes.notes
+        self.drop_note = self._notes.drop_note
         self.put_outbox = self._notes.put_outbox
         self.outbox = self._notes.outbox
         self.drop_outbox = self._notes.drop_outbox

@@ -65,6 +65,16 @@ class VaultNotes:
                 conn.execute("INSERT INTO notes VALUES (?, ?, ?) ON CONFLICT (tag) "
                              "DO UPDATE SET sealed = excluded.sealed", (tag, kind, sealed))
 
+    def drop_note(self, kind: str, key: str) -> bool:
+        """Forget the note under (``kind``, ``key``); False if there was none."""
+        check_id(kind, "kind")
+        check_id(key, "key")
+        with self._vault._mutex:
+            db = self._vault._use()
+            tag = row_tag(self._vault._k().notes, kind, key)
+            with self._vault._sql(db) as conn:
+                return conn.execute("DELETE FROM notes WHERE tag = ?", (tag,)).rowcount == 1
+
     def notes(self, kind: str) -> dict[str, bytes]:
         """Every note of ``kind``, by key."""
         with self._vault._mutex:

@@ -88,6 +88,21 @@ def test_an_acknowledgement_waiting_for_the_relay_survives_a_restart_with_its_st
     assert view.acknowledgement_refused == "not_on_ladder: not on the ladder"
 
 
+def test_a_delivered_or_read_receipt_waiting_to_go_survives_a_restart_until_sent(
+        vault: Vault) -> None:
+    """Kept with its signed statement until written to the relay (clients/sdk/receiving.py
+    sends what a restart finds); once sent, no longer kept."""
+    memory = Memory(vault, lambda: ME)
+    memory.receipt_waiting("msg-1", "read", "signed.read")
+    memory.receipt_waiting("msg-2", "delivered", "signed.delivered")
+    again = _reopened(vault)
+    assert again.waiting_receipts() == {("msg-1", "read"): "signed.read",
+                                        ("msg-2", "delivered"): "signed.delivered"}
+    again.receipt_sent("msg-1", "read")
+    again.receipt_sent("msg-1", "read")  # twice: harmless
+    assert _reopened(vault).waiting_receipts() == {("msg-2", "delivered"): "signed.delivered"}
+
+
 def test_a_redelivered_notice_is_news_once(vault: Vault) -> None:
     memory = Memory(vault, lambda: ME)
     receipt = ReceiptEvent("msg-1", "user-b", "device-b", "delivered", 20)

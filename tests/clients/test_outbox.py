@@ -43,6 +43,7 @@ from clients.sdk.client import (
     LightboxClient,
     MessageEvent,
     OutboxEvent,
+    ReceiptEvent,
     StatusEvent,
 )
 from clients.sdk.consent import ConsentCapture, capture_consent, image_hash, register_consent
@@ -552,6 +553,44 @@ async def test_a_running_client_leaves_a_send_another_process_kept_to_that_proce
             await again.close()
             again.vault.lock()
             beside.vault.lock()
+
+
+async def receipts(world: World, message_id: str, kind: str) -> int:
+    return await count(world, "SELECT count(*) FROM receipts WHERE message_id = $1 "
+                       "AND kind = $2", uuid.UUID(message_id), kind)
+
+
+async def test_a_read_receipt_made_while_the_relay_was_down_goes_at_the_next_start(
+        world: World, tmp_path: Path) -> None:
+    """The specialist reads a consult while the relay is out of reach, and Lightbox is closed
+    before it is back. The signed ``read`` receipt is kept in the vault until it has gone: the
+    next start sends it, and the intern learns the consult was read."""
+    async with running_pair(world, tmp_path) as (intern, ortho, thread_id):
+        arrivals = ortho.client.subscribe()
+        sent = await intern.client.send_text(thread_id, "Bay 4: scaphoid tender, x-ray clear")
+        await _next(arrivals, lambda e: isinstance(e, MessageEvent)
+                    and e.message.message_id == sent.message_id)
+        await asyncio.to_thread(world.relay.stop)  # off this loop: the clients on it answer
+        assert await ortho.client.mark_read(thread_id) == 1
+        await ortho.client.close(drain=0)
+        async with relay_back(world, tmp_path):
+            told = intern.client.subscribe()
+            assert await receipts(world, sent.message_id, "read") == 0
+            again = LightboxClient(ortho.vault, ortho.vault, password=PASSWORD,
+                                   backoff_base=0.05, backoff_max=0.5)
+            try:
+                await again.start()
+                got = await _next(told, lambda e: isinstance(e, ReceiptEvent)
+                                  and e.message_id == sent.message_id and e.kind == "read")
+                assert isinstance(got, ReceiptEvent) and got.user_id == ortho.user_id
+
+                async def forgotten() -> bool:  # gone: no longer kept to send
+                    return not again.receiver._memory.waiting_receipts()
+
+                assert await eventually(forgotten)
+            finally:
+                await again.close()
+            assert await receipts(world, sent.message_id, "read") == 1
 
 
 @contextlib.asynccontextmanager

@@ -298,8 +298,12 @@ class DesktopServer:
             client = device.client(**self.client_options)
             client.on_event(self._on_client_event)
             try:
-                await client.start()
-                await client.threads()
+                # The relay out of reach does not keep the specialist from the consults this
+                # computer holds: unlocked with the password alone (the vault's own check),
+                # the page says it is reconnecting, and the client connects when it can.
+                await client.start(offline=True)
+                with contextlib.suppress(RelayUnavailable):
+                    await client.threads()
             except SDKError as exc:
                 await client.close()
                 device.vault.lock()

@@ -140,7 +140,7 @@ class LightboxClient:
         self.hub = Hub()
         self.memory = Memory(vault, lambda: self.store.state.user_id)
         self.trust = Trust(self.relay, store, clock=clock, on_name=self.memory.remember_name)
-        self.thread_book = ThreadBook(self.relay, store, self.trust)
+        self.thread_book = ThreadBook(self.relay, store, self.trust, vault)
         self.sender = Sender(relay=self.relay, store=store, vault=vault, trust=self.trust,
                              threads=self.thread_book, hub=self.hub, clock=clock)
         self.receiver = Receiver(relay=self.relay, store=store, vault=vault, trust=self.trust,
@@ -187,19 +187,33 @@ class LightboxClient:
         """Log in again (password + device signature) when there is no usable session."""
         await self.session.ensure_login()
 
-    async def start(self, *, wait_connected: float | None = None) -> None:
+    async def start(self, *, wait_connected: float | None = None,
+                    offline: bool = False) -> None:
         """Log in if needed, fetch the revocation list, and connect (in the background).
         A device refused as revoked, or suspended, still connects, to hear a wipe order if one
-        awaits it; the relay then closes the connection (4004, 4005) and the client stops."""
+        awaits it; the relay then closes the connection (4004, 4005) and the client stops.
+
+        With ``offline``, a relay out of reach (:class:`RelayUnavailable`, never a refusal)
+        does not stop the start: the client holds what the vault holds (messages, images, the
+        threads as last listed) and connects, logs in and fetches the revocation list once the
+        relay answers. Until then nothing arrives; the first delivery verifies its sender
+        against a revocation list fetched then (clients/sdk/trust.py)."""
         try:
             await self.session.ensure_login()
         except RelayRequestError as exc:
             if exc.code != ErrorCode.DEVICE_REVOKED.value or self.store.state.session is None:
                 raise
+        except RelayUnavailable:
+            if not offline:
+                raise
+            log.info("starting without the relay: it cannot be reached")
         try:
             await self.trust.revocations(force=True)
         except RelayRequestError as exc:
             if exc.code not in CUT_OFF:
+                raise
+        except RelayUnavailable:
+            if not offline:
                 raise
         self.hub.spawn(self._prekey_upkeep(), "client-prekeys")
         keys = self.store.state.device_keys()

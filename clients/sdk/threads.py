@@ -3,14 +3,18 @@ priority; never content), and the record thread each user files through."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
+
+import msgspec
 
 from clients.sdk.errors import FlowError
 from clients.sdk.filing import gateway_bundles
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceStore
 from clients.sdk.trust import Trust
+from clients.sdk.vault import Vault, VaultLocked
 from protocol import api
 from protocol.errors import ErrorCode
 from protocol.model import Priority
@@ -20,10 +24,45 @@ __all__ = ["RECORD_THREAD_SUBJECT", "ThreadBook"]
 RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's subject line
 
 
+_NOTE_THREAD = "thread"  # vault notes: the relay's last word on each thread, for offline use
+
+
 class ThreadBook:
-    def __init__(self, relay: RelayHTTP, store: DeviceStore, trust: Trust) -> None:
+    """The threads as the relay last listed them, kept in the vault too (``vault``), so that a
+    client started while the relay is out of reach still lists the consults it holds."""
+
+    def __init__(self, relay: RelayHTTP, store: DeviceStore, trust: Trust,
+                 vault: Vault | None = None) -> None:
         self._relay, self._store, self._trust = relay, store, trust
+        self._vault = vault
         self._threads: dict[str, api.ThreadInfo] = {}
+        self._loaded = vault is None
+
+    def _load(self) -> None:
+        """The threads kept by an earlier run, once the vault is open (this run's own
+        answers from the relay take precedence)."""
+        if self._loaded or self._vault is None:
+            return
+        try:
+            kept = self._vault.notes(_NOTE_THREAD)
+        except VaultLocked:
+            return
+        self._loaded = True
+        for thread_id, raw in kept.items():
+            try:
+                info = msgspec.msgpack.decode(raw, type=api.ThreadInfo)
+            except msgspec.DecodeError:  # an older layout: the next listing replaces it
+                continue
+            self._threads.setdefault(thread_id, info)
+
+    def _keep(self, info: api.ThreadInfo) -> None:
+        self._load()
+        if self._threads.get(info.thread_id) == info:
+            return
+        self._threads[info.thread_id] = info
+        if self._vault is not None:
+            with contextlib.suppress(VaultLocked):
+                self._vault.put_note(_NOTE_THREAD, info.thread_id, msgspec.msgpack.encode(info))
 
     async def create(self, users: Sequence[str] = (), roles: Sequence[str] = (),
                      priority: Priority = Priority.ROUTINE) -> api.ThreadInfo:
@@ -31,23 +70,26 @@ class ThreadBook:
         info = await self._relay.create_thread(api.ThreadCreate(
             thread_id=str(uuid.uuid4()), users=list(users), roles=list(roles),
             priority=priority.value))
-        self._threads[info.thread_id] = info
+        self._keep(info)
         return info
 
     async def fetch(self) -> list[api.ThreadInfo]:
         """My threads from the relay (urgent first, then newest activity)."""
         found = (await self._relay.threads()).threads
         for t in found:
-            self._threads[t.thread_id] = t
+            self._keep(t)
         return sorted(found, key=lambda t: (t.priority != "urgent", -t.last_seq, -t.created_at))
 
     def cached(self) -> list[api.ThreadInfo]:
+        self._load()
         return list(self._threads.values())
 
     def ids(self) -> list[str]:
+        self._load()
         return list(self._threads)
 
     def priority(self, thread_id: str) -> Priority:
+        self._load()
         info = self._threads.get(thread_id)
         return Priority(info.priority) if info is not None else Priority.ROUTINE
 

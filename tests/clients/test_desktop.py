@@ -172,6 +172,18 @@ async def unlock_page(page: Any, desktop: DesktopServer) -> None:
     await page.locator("#conn", has_text="connected").wait_for()
 
 
+async def urgent_consult_open(page: Any, team: DesktopTeam, text: str, subject: str
+                              ) -> tuple[api.ThreadInfo, SentMessage, Any]:
+    """The intern sends an urgent consult to the orthopaedic on-call role; the specialist
+    opens it on the page. Returns the thread, the message and its element on the page."""
+    thread = await team.intern.client.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+    sent = await team.intern.client.send_text(thread.thread_id, text, subject=subject)
+    await page.locator(".thread-item", has_text=subject).click()
+    shown = page.locator(f'.message[data-message-id="{sent.message_id}"]')
+    await shown.wait_for()
+    return thread, sent, shown
+
+
 @contextlib.asynccontextmanager
 async def desktop_http(desktop: DesktopServer) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client that holds what the page holds: the session cookie (from the launch

@@ -30,6 +30,7 @@ from tests.clients.test_desktop import (
     browser_page,
     desktop_team,
     unlock_page,
+    urgent_consult_open,
     wait_for_event,
 )
 from tests.clinician_world import enrol_clinician
@@ -146,12 +147,8 @@ async def test_an_acknowledgement_made_while_the_relay_is_down_says_not_sent_yet
             browser_page() as (page, problems):
         told = team.intern.client.subscribe()
         await unlock_page(page, team.desktop)
-        thread = await team.intern.client.create_thread(roles=[ORTHO],
-                                                        priority=Priority.URGENT)
-        sent = await team.intern.client.send_text(thread.thread_id, "Bay 3: hip, shortened "
-                                                  "and rotated.", subject="Bay 3 hip")
-        await page.locator(".thread-item", has_text="Bay 3 hip").click()
-        consult = _under(page, sent.message_id)
+        _, sent, consult = await urgent_consult_open(
+            page, team, "Bay 3: hip, shortened and rotated.", "Bay 3 hip")
         await consult.locator(".ack-button").wait_for()
         # Stopped off this loop: the desktop's client on it answers the relay's closing handshake.
         await asyncio.to_thread(world.relay.stop)

@@ -116,7 +116,9 @@ $("unlock-form").addEventListener("submit", async (e) => {
   } catch (err) { $("unlock-error").textContent = err.message; }
 });
 
-$("lock").addEventListener("click", async () => { await api("/api/lock", {}); showLocked(); });
+// The page forgets first, then tells the desktop: a refresh due meanwhile must not ask a
+// vault that is locking (it was answered 423, an error in the console).
+$("lock").addEventListener("click", async () => { showLocked(); await api("/api/lock", {}); });
 
 // --- live updates ---------------------------------------------------------------------------
 

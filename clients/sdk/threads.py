@@ -78,6 +78,14 @@ class ThreadBook:
         found = (await self._relay.threads()).threads
         for t in found:
             self._keep(t)
+        # The relay's answer is the list: a thread it no longer lists (the user removed from
+        # it, or beyond the newest it lists) is forgotten here and in the vault.
+        listed = {t.thread_id for t in found}
+        for gone in [i for i in self._threads if i not in listed]:
+            del self._threads[gone]
+            if self._vault is not None:
+                with contextlib.suppress(VaultLocked):
+                    self._vault.drop_note(_NOTE_THREAD, gone)
         return sorted(found, key=lambda t: (t.priority != "urgent", -t.last_seq, -t.created_at))
 
     def cached(self) -> list[api.ThreadInfo]:

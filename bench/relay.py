@@ -1065,21 +1065,22 @@ async def _settle(dsn: str) -> None:
     """What autovacuum would do about the set-up's rows, done now (``VACUUM ANALYZE``); then
     Postgres's dirty buffers written and synced (``CHECKPOINT``), and everything else the
     kernel holds dirty (``sync(2)``)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("VACUUM ANALYZE")
-        await conn.execute("CHECKPOINT")
-    finally:
-        await conn.close()
+    await _execute(dsn, "VACUUM ANALYZE", "CHECKPOINT")
     await asyncio.to_thread(os.sync)
 
 
 async def _log_background(dsn: str) -> None:
+    await _execute(dsn, "ALTER SYSTEM SET log_autovacuum_min_duration = 0",
+                   "ALTER SYSTEM SET log_checkpoints = on", "SELECT pg_reload_conf()")
+
+
+async def _execute(dsn: str, *statements: str) -> None:
+    """``statements`` in order, on a connection of their own, each its own transaction (as
+    ``VACUUM``, ``CHECKPOINT`` and ``ALTER SYSTEM`` must be)."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("ALTER SYSTEM SET log_autovacuum_min_duration = 0")
-        await conn.execute("ALTER SYSTEM SET log_checkpoints = on")
-        await conn.execute("SELECT pg_reload_conf()")
+        for statement in statements:
+            await conn.execute(statement)
     finally:
         await conn.close()
 
@@ -1103,15 +1104,8 @@ def logged_statements(log: bytes) -> int:
 
 
 async def _log_statements(dsn: str, on: bool) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        if on:
-            await conn.execute("ALTER SYSTEM SET log_min_duration_statement = 0")
-        else:
-            await conn.execute("ALTER SYSTEM RESET log_min_duration_statement")
-        await conn.execute("SELECT pg_reload_conf()")
-    finally:
-        await conn.close()
+    await _execute(dsn, "ALTER SYSTEM SET log_min_duration_statement = 0" if on
+                   else "ALTER SYSTEM RESET log_min_duration_statement", "SELECT pg_reload_conf()")
 
 
 def count_statements(gens: Generators, groups: dict[str, Any], args: argparse.Namespace,

@@ -40,7 +40,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -226,16 +226,16 @@ class _Connection:
         yet, sends these to the read instead. Otherwise: a wake-up, and the pump reads."""
         if (self._settled()
                 and len(self._in_flight) + len(self._handed) + len(new) <= self.cfg.send_window
-                and all(n.queued is not None and self._all_written(n.queued) for n in new)):
+                and all(n.queued is not None and all(map(self._written, n.queued))
+                        for n in new)):
             self._handed.extend(new)
             self._wake.set()
         elif not self._closed:
             self.wake(notices=False)
 
-    def _all_written(self, ids: Iterable[str]) -> bool:
-        """Whether every one of ``ids`` was written on this connection (acknowledged or not)."""
-        sent, acked = self._sent_ids, self._acked_recently
-        return all(d in sent or d in acked for d in ids)
+    def _written(self, delivery_id: str) -> bool:
+        """Whether the delivery was written on this connection (acknowledged or not)."""
+        return delivery_id in self._sent_ids or delivery_id in self._acked_recently
 
     def may_take(self) -> bool:
         """Whether :meth:`offer` could take deliveries stored now: the pump is idle and
@@ -592,9 +592,8 @@ class _Connection:
     def _on_ack(self, frame: Ack) -> None:
         """Queue the removal of the acknowledged deliveries (group commit, server/acks.py);
         a callback finishes when it is durable (no task per ack)."""
-        sent, acked = self._sent_ids, self._acked_recently
-        mine = [d for d in frame.delivery_ids if d in sent or d in acked]
-        unknown = [d for d in frame.delivery_ids if d not in sent and d not in acked]
+        mine = [d for d in frame.delivery_ids if self._written(d)]
+        unknown = [d for d in frame.delivery_ids if not self._written(d)]
         if mine:
             self.relay.acks.submit(self.device_id, mine).add_done_callback(
                 lambda f: self._acked(mine, f))
@@ -670,7 +669,7 @@ class _Connection:
                 handed, self._handed = self._handed, []
                 await self._write_deliveries(
                     [n.delivery for n in messages.queue_order(handed)
-                     if not self._all_written((n.delivery.delivery_id,))], "handed_over")
+                     if not self._written(n.delivery.delivery_id)], "handed_over")
                 await self._flush()
                 await self._sleep()
                 continue

@@ -187,14 +187,12 @@ class Connection:
                 self._finish(ConnectionStopped(None, "the relay's address is not a websocket "
                                                "URL (ws:// or wss://)"))
                 return
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                log.debug("connect failed", extra={"error_type": type(exc).__name__})
-                attempt += 1
-                await self._backoff(attempt)
-                continue
-            except Exception as exc:  # anything else: another attempt, never a silent end
-                log.warning("connect failed; trying again",
-                            extra={"error_type": type(exc).__name__})
+            except Exception as exc:  # another attempt, never a silent end
+                # Refused or timed out is what a relay out of reach does; anything else is
+                # worth a warning.
+                expected = isinstance(exc, OSError | TimeoutError | ConnectionError)
+                log.log(logging.DEBUG if expected else logging.WARNING,
+                        "connect failed; trying again", extra={"error_type": type(exc).__name__})
                 attempt += 1
                 await self._backoff(attempt)
                 continue

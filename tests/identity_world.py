@@ -274,6 +274,15 @@ class World:
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn)
 
+    async def device_of(self, user_id: str) -> str:
+        """The id of the user's device (of one who has enrolled one device)."""
+        conn = await self.db()
+        try:
+            return str(await conn.fetchval("SELECT device_id FROM devices WHERE user_id = $1",
+                                           uuid.UUID(user_id)))
+        finally:
+            await conn.close()
+
     async def execute(self, query: str, *args: Any) -> None:
         """One SQL statement on a connection of its own (to stage a state, e.g. an expiry)."""
         conn = await self.db()

@@ -46,15 +46,6 @@ pytestmark = pytest.mark.world(attachment_chunk_bytes=64 * 1024, expiry_grace=2,
                                expiry_sweep_interval=0.5)
 
 
-async def _device_of(world: World, user_id: str) -> str:
-    conn = await world.db()
-    try:
-        return str(await conn.fetchval("SELECT device_id FROM devices WHERE user_id = $1",
-                                       uuid.UUID(user_id)))
-    finally:
-        await conn.close()
-
-
 def _image_answers(page: Any) -> list[tuple[str, int]]:
     """Every answer the page received from the desktop's image route (url, status)."""
     seen: list[tuple[str, int]] = []
@@ -71,7 +62,7 @@ async def test_a_desktop_offline_until_after_the_expiry_order_never_holds_the_im
     profile = tmp_path / "specialist-profile"
     async with desktop_team(world, tmp_path, orthanc) as team:
         intern, specialist, desktop, gw = team.intern, team.specialist, team.desktop, team.gateway
-        desktop_device = await _device_of(world, specialist.user_id)
+        desktop_device = await world.device_of(specialist.user_id)
         # A colleague on the same on-call role is offline too and confirms last: until then
         # the relay keeps the ciphertext, so only the order stands between the desktop and
         # the image.

@@ -6,7 +6,6 @@ IndexedDB holds after a consult is ciphertext only."""
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from tests.helpers import eventually
 from tests.identity_world import World
 from tests.phone.phone_world import (
+    SHOTS,
     enrol_by_code,
     idb_records,
     phone_page,
@@ -129,12 +129,7 @@ async def test_a_phone_revoked_while_open_says_so_and_obeys_a_wipe(
     intern = await provisioned_intern(world)
     async with phone_page() as (page, _):
         await enrol_by_code(page, origin, intern.code)
-        conn = await world.db()
-        try:
-            device_id = str(await conn.fetchval(
-                "SELECT device_id FROM devices WHERE user_id = $1", uuid.UUID(intern.user_id)))
-        finally:
-            await conn.close()
+        device_id = await world.device_of(intern.user_id)
         r = await world.revoke(intern.org, 1, devices=(device_id,), wipe=wipe)
         assert r.status_code == 200, r.text
         if not wipe:
@@ -151,6 +146,59 @@ async def test_a_phone_revoked_while_open_says_so_and_obeys_a_wipe(
         assert await idb_records(page) == []
     await eventually(lambda: count_events(world, "device.wipe_confirmed", device_id),
                      timeout=20)
+
+
+@pytest.mark.parametrize("wipe", [True, False])
+async def test_a_phone_closed_when_revoked_is_wiped_when_next_opened_after_its_token_expired(
+        phone: tuple[World, str], wipe: bool) -> None:
+    """The lost phone of USER_GUIDE "A lost phone" that was off: IT revokes it while the app
+    is closed, and whoever opens it hours later (its access token long expired, its session
+    ended by the revocation) and knows the passphrase never sees the consults. Revoked with
+    wipe: the vault is erased and the relay records the signed confirmation. Without: the app
+    stays on its unlock screen and says the phone is revoked."""
+    world, origin = phone
+    intern = await provisioned_intern(world)
+    async with phone_page() as (page, _):
+        await enrol_by_code(page, origin, intern.code)
+        await page.locator("#conn", has_text="connected").wait_for()
+        device_id = await world.device_of(intern.user_id)
+        context = page.context
+        await page.close()  # the phone is off
+        r = await world.revoke(intern.org, 1, devices=(device_id,), wipe=wipe)
+        assert r.status_code == 200, r.text
+        world.clock.advance(6 * 3600)  # found the next morning: every token it holds expired
+
+        found = await context.new_page()
+        await found.goto(origin)
+        kept = await idb_records(found)
+        assert kept != []  # nothing is erased before the relay's order
+        await found.fill("#passphrase", PASSPHRASE)
+        await found.tap("#unlock")
+        if wipe:
+            await found.locator("#banner", has_text="its Lightbox data has been erased").wait_for()
+            assert await found.is_visible("#screen-enrol")
+            assert await found.text_content("#conn") == "wiped"
+            assert await idb_records(found) == []
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            await found.screenshot(path=str(SHOTS / "31-found-phone-wiped.png"), full_page=True)
+        else:
+            await found.locator("#banner", has_text="This phone has been revoked by IT").wait_for()
+            assert await found.text_content("#conn") == "revoked"
+            assert await found.is_visible("#screen-unlock")
+            assert await found.is_hidden("#screen-home")
+            assert await found.input_value("#passphrase") == ""
+            assert await idb_records(found) == kept
+            # It does not keep knocking: no reconnection (each would say "offline") after the
+            # app's one-second retry.
+            await found.wait_for_timeout(2500)
+            assert await found.text_content("#conn") == "revoked"
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            await found.screenshot(path=str(SHOTS / "32-found-phone-revoked.png"), full_page=True)
+    if wipe:
+        await eventually(lambda: count_events(world, "device.wipe_confirmed", device_id),
+                         timeout=20)
+    else:
+        assert await count_events(world, "device.wipe_ordered", device_id) == 0
 
 
 async def count_events(world: World, event: str, subject: str) -> int:

@@ -277,6 +277,9 @@ interface Me {
   display_name: string;
   login: string;
   signin?: boolean;
+  /** The relay refused this phone as revoked: nothing is shown, the worker only listens for a
+   * wipe order (the "revoked" and "wiped" events say what happened). */
+  revoked?: boolean;
 }
 
 let ssoChannel: BroadcastChannel | null = null;
@@ -336,6 +339,7 @@ async function unlock(): Promise<void> {
   const me = await busy($<HTMLButtonElement>("unlock"), $("unlock-error"), () => call<Me>("unlock", { passphrase: field.value }));
   if (!me) return;
   field.value = "";
+  if (me.revoked) return;
   await home(me);
 }
 

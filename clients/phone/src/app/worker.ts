@@ -63,6 +63,9 @@ interface DeviceState {
    * vault only, and the relay's session, kept here, is renewed until the relay asks for a new
    * sign-in at the IdP. */
   sso?: boolean;
+  /** The relay's last session (every device, as clients/sdk/keystore.py keeps it): a single
+   * sign-on device renews it at unlock, and a device the relay refuses as revoked offers its
+   * access token, expired or not, to hear a wipe order (PROTOCOL §15 "Wipe"). */
   session?: TokenPair | null;
 }
 
@@ -86,6 +89,9 @@ let ssoRequest: SsoRequest | null = null;
 let socket: WebSocket | null = null;
 let reconnect: ReturnType<typeof setTimeout> | null = null;
 let heardRevocation = false;
+// The relay refused this device as revoked when the app was unlocked: the socket opened with
+// the last session only hears a wipe order, and the keys are forgotten once it closes.
+let refusedAtUnlock = false;
 // The header's state: "offline" until the websocket is ready; then "connected", or
 // "partial" while the relay's HTTP requests (photos, look-ups, sign-in) cannot reach it
 // though the websocket can (a proxy that blocks uploads, a route cut). While they fail, a
@@ -299,11 +305,7 @@ async function ssoLogin(args: { sso: SsoAnswer }): Promise<Record<string, unknow
 async function startSsoSession(): Promise<boolean> {
   const state = st!;
   relay = deviceRelay(state.server, state.device_seed);
-  relay.onTokens = (tokens) => {
-    if (!vault || st !== state) return;
-    state.session = tokens;
-    void vault.put("state", state);
-  };
+  keepSession(state);
   if (!state.session) return false;
   relay.tokens = state.session;
   try {
@@ -313,6 +315,7 @@ async function startSsoSession(): Promise<boolean> {
       event("connection", { state: "offline" });
       return true; // the relay is tried again by connect()
     }
+    if (hearWipe(err)) return false;
     await forgetSession(state);
     return false;
   }
@@ -337,13 +340,17 @@ async function unlock(args: { passphrase: string }): Promise<Record<string, unkn
   }
   st = (await vault.get<DeviceState>("state")) ?? null;
   if (!st) throw new UserError("not_ready", "This phone's vault holds no device: enrol again.");
-  if (st.sso) return { login: st.login, display_name: st.display_name, signin: !(await startSsoSession()) };
+  if (st.sso) {
+    const signedIn = await startSsoSession();
+    return { login: st.login, display_name: st.display_name, signin: !signedIn && !refusedAtUnlock, revoked: refusedAtUnlock };
+  }
   await startSession(args.passphrase);
-  return { login: st.login, display_name: st.display_name, signin: false };
+  return { login: st.login, display_name: st.display_name, signin: false, revoked: refusedAtUnlock };
 }
 
 async function startSession(passphrase: string): Promise<void> {
   relay = deviceRelay(st!.server, st!.device_seed);
+  keepSession(st!);
   try {
     await relay.login(st!.login, passphrase, st!.device_id, st!.device_seed);
   } catch (err) {
@@ -351,9 +358,37 @@ async function startSession(passphrase: string): Promise<void> {
       event("connection", { state: "offline" });
       return; // the vault is open; the relay is tried again by connect()
     }
+    if (hearWipe(err)) return;
     throw err;
   }
   connect();
+}
+
+/** Each new session kept in the vault (DeviceState.session). */
+function keepSession(state: DeviceState): void {
+  relay!.onTokens = (tokens) => {
+    if (!vault || st !== state) return;
+    state.session = tokens;
+    void vault.put("state", state);
+  };
+}
+
+/**
+ * The relay refused this device a session as revoked (a lost phone found and opened, its
+ * session ended by the revocation and its token long expired): connect once with the last
+ * access token kept, which with the device key's answer to the challenge is how a device
+ * revoked with wipe hears its order (PROTOCOL §15 "Wipe"; server/socketauth.py). Nothing is
+ * shown meanwhile: the page stays on the unlock screen, says the phone is revoked, and the
+ * keys are forgotten when the relay closes without an order. False: not that refusal, or no
+ * session was ever kept.
+ */
+function hearWipe(err: unknown): boolean {
+  if (!(err instanceof RelayError) || err.code !== "device_revoked" || !st?.session || !relay) return false;
+  relay.tokens = st.session;
+  refusedAtUnlock = true;
+  event("revoked", {});
+  connect();
+  return true;
 }
 
 function lock(): Record<string, unknown> {
@@ -372,6 +407,7 @@ function lockKeys(): void {
   if (resendTimer) clearTimeout(resendTimer);
   resendTimer = null;
   heardRevocation = false;
+  refusedAtUnlock = false;
   ready = false;
   httpFailing = false;
   if (probe) clearInterval(probe);
@@ -454,6 +490,13 @@ function connect(): void {
     socket = null;
     ready = false;
     event("connection", { state: "offline", code: c.code, reason: c.reason });
+    if (refusedAtUnlock && c.reason) {
+      // Connected only to hear a wipe order, and the relay closed without one (device_revoked,
+      // or token_expired for a token it renews no more): nothing more to hear, nothing shown.
+      event("revoked", {});
+      lockKeys();
+      return;
+    }
     if (c.reason === "device_revoked") {
       event("revoked", {});
       // Once more, with the last access token: a device revoked with wipe hears its wipe order

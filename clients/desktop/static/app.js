@@ -128,9 +128,25 @@ function refreshSoon() {
   refreshTimer = setTimeout(async () => {
     if ($("app").hidden) return;  // locked or closed: nothing to refresh
     await loadInbox();
-    if (current) await openThread(current, false);
+    if (current) await openThread(current, looking());
   }, 100);
 }
+
+// A message that arrives in the consult on screen is read (and its sender's device told
+// "read") only while someone can be looking at it: the page shown and its window in front. A
+// desktop left on a consult behind other windows, or minimised, must not tell the intern that
+// the specialist read an urgent message nobody saw (docs/HAZARD_LOG.md HAZ-02); the consult is
+// read when its window comes back to the front.
+function looking() {
+  return document.visibilityState === "visible" && document.hasFocus();
+}
+
+async function backInFront() {
+  if ($("app").hidden || !current || !looking()) return;
+  if (threads.some((t) => t.thread_id === current && t.unread)) await openThread(current, true);
+}
+window.addEventListener("focus", backInFront);
+document.addEventListener("visibilitychange", backInFront);
 
 function listen() {
   if (events) return;

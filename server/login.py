@@ -153,7 +153,14 @@ class LoginService:
         async with self.db.pool.acquire() as conn:
             async with conn.transaction():
                 rec = await sessions.get_refresh(conn, token)
-                if rec is None or (rec.revoked and not rec.used):
+                if rec is None:
+                    raise Unauthorized(ErrorCode.TOKEN_INVALID, "unknown or revoked token")
+                if rec.revoked and not rec.used:
+                    # Ended with its device or user (revoked, suspended): say why, as a login
+                    # would, so that a revoked device knows to present its last access token to
+                    # hear a wipe order (PROTOCOL.md §15 "Wipe"). Ended otherwise (logout):
+                    # token_invalid.
+                    await self._check_status(conn, rec, now)
                     raise Unauthorized(ErrorCode.TOKEN_INVALID, "unknown or revoked token")
                 if rec.used:
                     pair = await self._repeat(conn, token, rec, now)

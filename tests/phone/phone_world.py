@@ -409,3 +409,20 @@ async def photo_from_phone(page: Any, *, text: str, refused: bool = False) -> No
     await page.tap("#consent-send")
     await page.locator("#photo-status", has_text="refusal is recorded" if refused
                        else "Photo sent").wait_for()
+
+
+async def lost_overnight(world: World, page: Any, origin: str, user: User, *, wipe: bool
+                         ) -> tuple[Any, str]:
+    """The phone of ``page`` (enrolled and connected) is switched off, IT revokes it (with
+    ``wipe``), and the relay's clock moves on six hours, past every token it holds; whoever
+    finds it opens the app again. Returns that new page (on the unlock screen) and the
+    phone's device id."""
+    device_id = await world.device_of(user.user_id)
+    context = page.context
+    await page.close()
+    r = await world.revoke(user.org, 1, devices=(device_id,), wipe=wipe)
+    assert r.status_code == 200, r.text
+    world.clock.advance(6 * 3600)
+    found = await context.new_page()
+    await found.goto(origin)
+    return found, device_id

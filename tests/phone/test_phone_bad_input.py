@@ -17,6 +17,7 @@ from tests.phone.phone_world import (
     SHOTS,
     enrol_by_code,
     idb_records,
+    lost_overnight,
     phone_page,
     provisioned_intern,
     qr_image,
@@ -161,15 +162,7 @@ async def test_a_phone_closed_when_revoked_is_wiped_when_next_opened_after_its_t
     async with phone_page() as (page, _):
         await enrol_by_code(page, origin, intern.code)
         await page.locator("#conn", has_text="connected").wait_for()
-        device_id = await world.device_of(intern.user_id)
-        context = page.context
-        await page.close()  # the phone is off
-        r = await world.revoke(intern.org, 1, devices=(device_id,), wipe=wipe)
-        assert r.status_code == 200, r.text
-        world.clock.advance(6 * 3600)  # found the next morning: every token it holds expired
-
-        found = await context.new_page()
-        await found.goto(origin)
+        found, device_id = await lost_overnight(world, page, origin, intern, wipe=wipe)
         kept = await idb_records(found)
         assert kept != []  # nothing is erased before the relay's order
         await found.fill("#passphrase", PASSPHRASE)

@@ -6,7 +6,8 @@ in there as the intern would. The intern enrols with the handout's code and the 
 password), signs in to the relay at the IdP, and signs in there again when the relay's single
 sign-on session has ended. A forged answer on the app's redirect URI (another ``state``) is
 refused with nothing enrolled; a user disabled at the IdP gets no further than its page; an
-IdP that cannot be reached is named in a sentence, and the sign-in window closed.
+IdP that cannot be reached is named in a sentence, and the sign-in window closed. A phone off
+when IT revoked it with wipe is erased at its next unlock, without a trip to the IdP.
 Screenshots go to test-artefacts/phone/ (``sso-*``); axe-core finds no serious or critical
 violation on them."""
 
@@ -27,6 +28,7 @@ from tests.phone.phone_world import (
     SHOTS,
     axe_violations,
     bound_socket,
+    lost_overnight,
     phone_page,
     phone_world,
     provisioned_intern,
@@ -249,3 +251,25 @@ async def test_an_idp_that_cannot_be_reached_is_a_sentence_and_nothing_is_enroll
             if not popup.is_closed():
                 await popup.wait_for_event("close")
             assert await devices_of(world, intern) == 0
+
+
+async def test_a_lost_sso_phone_off_when_revoked_with_wipe_is_wiped_at_its_next_unlock(
+        db_dsn: str, tmp_path: Path) -> None:
+    """USER_GUIDE "A lost phone" for a phone that signs in with the hospital's IdP: closed when
+    IT revoked it with wipe, opened hours later, it is erased at unlock, before any consult is
+    shown and without a trip to the IdP (its kept relay session is refused as revoked; its last
+    access token, expired, hears the order)."""
+    async with sso_phone(db_dsn, tmp_path, {INTERN: {"name": "Dr Ada Intern"}}) as (
+            world, origin, _idp):
+        intern = await provisioned_intern(world)
+        async with phone_page() as (page, _):
+            await to_the_idp(page, origin, intern.code, {})
+            await at_the_idp(await idp_window(page, "#enrol-finish"), origin, INTERN)
+            await at_the_idp(await idp_window(page, "#sso-signin"), origin, INTERN)
+            await page.locator("#conn", has_text="connected").wait_for()
+            found, _ = await lost_overnight(world, page, origin, intern, wipe=True)
+            await found.fill("#passphrase", PASSPHRASE)
+            await found.tap("#unlock")
+            await found.locator("#banner", has_text="its Lightbox data has been erased").wait_for()
+            assert await found.is_visible("#screen-enrol")
+            assert len(found.context.pages) == 1  # no sign-in window was opened

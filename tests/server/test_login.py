@@ -210,12 +210,15 @@ async def test_logout_ends_the_session(world: World) -> None:
     assert_problem(await world.call(device, "GET", "/v1/keys/count"), 401, "token_invalid")
 
 
-async def test_refresh_fails_once_the_device_is_revoked(world: World) -> None:
+async def test_refresh_fails_once_the_device_is_revoked_and_says_why(world: World) -> None:
+    """Its refresh tokens were revoked with it; the refusal names the revocation, as a login's
+    does (a device told only token_invalid would ask for a new sign-in instead of hearing its
+    wipe order)."""
     device = await world.onboard(world.org.user("amy.ortho"))
     assert (await world.revoke(world.org, 1, devices=(device.device_id,))).status_code == 200
     assert_problem(await world.http.post("/v1/auth/refresh",
                                          json={"refresh_token": device.refresh_token}),
-                   401, "token_invalid")  # its refresh tokens were revoked with it
+                   403, "device_revoked")
     assert_problem(await world.login_response(device), 403, "device_revoked")
 
 

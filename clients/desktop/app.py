@@ -23,8 +23,8 @@ Endpoints (JSON unless said otherwise):
 | ``GET /?k=SECRET`` | sets the session cookie, redirects to ``/`` |
 | ``GET /`` | the page (``static/index.html`` with the CSRF token) |
 | ``GET /static/{app.js,app.css}`` | the script and style |
-| ``GET /api/state`` | unlocked?, who, connected? |
-| ``POST /api/unlock`` ``{password}`` | unlock the vault, log in, connect |
+| ``GET /api/state`` | unlocked?, who, connected?, ``ended`` (see below) |
+| ``POST /api/unlock`` ``{password}`` | unlock the vault, log in, connect (403/410 ``ended``) |
 | ``POST /api/lock`` | lock the vault, disconnect |
 | ``GET /api/threads`` | the inbox: urgent consults first, then newest |
 | ``GET /api/threads/{id}`` | a thread: messages, images, filed study, consent, record data |
@@ -52,6 +52,10 @@ Clinical safety (CLINICAL_SAFETY.md):
   unreadable one.
 * **A photo of a film or monitor**: each image's ``study`` lists the ``originals`` the
   record gateway found in PACS (newest first, http(s) links only); the page links to them.
+* **A computer the relay no longer serves** is never shown as connected: once the relay ends
+  its access, ``ended`` says how, ``{"ended": "wiped"|"revoked"|"suspended"|"stopped",
+  "message"}``, in ``/api/state``, in the ``status`` event ``ended``, and in a refused unlock
+  (410 once wiped, 403 otherwise, nothing from the vault shown).
 """
 
 from __future__ import annotations
@@ -99,14 +103,24 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
+from clients.sdk.connection import ConnectionStopped
 from clients.sdk.consent_pdf import ConsentFormDisplay, FormCopy, patient_label, render_consent_pdf
-from clients.sdk.errors import FlowError, KeyStoreError, RelayUnavailable, SDKError
+from clients.sdk.errors import (
+    DeviceWiped,
+    FlowError,
+    KeyStoreError,
+    RelayRequestError,
+    RelayUnavailable,
+    SDKError,
+)
 from clients.sdk.profile import ProfileDevice, open_profile
+from clients.sdk.session import CUT_OFF
 from clients.sdk.textguard import TextGuardWarning, guard_text
+from clients.sdk.timefmt import format_time
 from clients.sdk.vault import ImageShredded, ItemNotFound, VaultError, VaultLocked
 from protocol import certs
 from protocol.canonical import peek_compact
-from protocol.errors import ProtocolError
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.model import Priority
 
 __all__ = ["DesktopServer", "run_desktop"]
@@ -148,6 +162,10 @@ class DesktopServer:
         self.device: ProfileDevice | None = None
         self.client: LightboxClient | None = None
         self.connected = False
+        # How this computer's access ended, once it has (``ended``, ``message``): revoked or
+        # suspended by the relay, or erased by IT's wipe order (docs/PROTOCOL.md §15 "Wipe").
+        # The page says so, never "connected" nor an unlock form for a vault that is gone.
+        self.ended: dict[str, str] | None = None
         self._listeners: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
         self._unlock_lock = asyncio.Lock()
         self._server: uvicorn.Server | None = None
@@ -272,6 +290,8 @@ class DesktopServer:
         return self.client
 
     async def state(self, request: Request) -> Response:
+        if self.ended is not None and self.ended["ended"] == "wiped":
+            return JSONResponse({"unlocked": False, "ended": self.ended})
         if self.client is None or self.device is None or not self.device.vault.is_unlocked:
             return JSONResponse({"unlocked": False})
         st = self.client.state
@@ -279,7 +299,8 @@ class DesktopServer:
                             max_length=certs.MAX_CERTIFICATE_LENGTH)
         return JSONResponse({"unlocked": True, "login": st.login, "user_id": st.user_id,
                              "display_name": user.display_name, "roles": user.roles,
-                             "device_kind": st.device_kind, "connected": self.connected})
+                             "device_kind": st.device_kind, "connected": self.connected,
+                             "ended": self.ended})
 
     async def unlock(self, request: Request) -> Response:
         body = await read_json(request)
@@ -287,6 +308,8 @@ class DesktopServer:
         if not isinstance(password, str) or not password:
             raise Refused(400, "enter your password")
         async with self._unlock_lock:
+            if self.ended is not None and self.ended["ended"] == "wiped":
+                raise Refused(410, self.ended["message"], ended=self.ended)
             if self.client is not None and self.device is not None \
                     and self.device.vault.is_unlocked:
                 return JSONResponse({"unlocked": True})
@@ -296,7 +319,7 @@ class DesktopServer:
             except (KeyStoreError, VaultError) as exc:
                 raise Refused(401, password_message(exc)) from exc
             client = device.client(**self.client_options)
-            client.on_event(self._on_client_event)
+            client.on_event(lambda event: self._on_client_event(event, client))
             try:
                 # The relay out of reach does not keep the specialist from the consults this
                 # computer holds: unlocked with the password alone (the vault's own check),
@@ -305,11 +328,28 @@ class DesktopServer:
                 with contextlib.suppress(RelayUnavailable):
                     await client.threads()
             except SDKError as exc:
+                refused = exc.code if isinstance(exc, RelayRequestError) \
+                    and exc.code in CUT_OFF else None
+                ended = await self._end_heard(client, refused) if refused else None
                 await client.close()
                 device.vault.lock()
-                raise Refused(502, f"cannot reach the relay: {exc}") from exc
-            self.device, self.client = device, client
+                if ended is None:
+                    raise Refused(502, f"cannot reach the relay: {exc}") from exc
+                self.ended = ended
+                raise Refused(410 if ended["ended"] == "wiped" else 403, ended["message"],
+                              ended=ended) from exc
+            self.device, self.client, self.ended = device, client, None
         return JSONResponse({"unlocked": True})
+
+    async def _end_heard(self, client: LightboxClient, code: str) -> dict[str, str]:
+        """The relay refused this computer (revoked, suspended: ``code``) at unlock, before the
+        page showed anything: its connection, begun with the last access token, hears IT's
+        wipe order if one waits (the vault is then erased) or is closed by the relay. How its
+        access ended; nothing is shown from the vault either way."""
+        with contextlib.suppress(DeviceWiped, ConnectionStopped, TimeoutError):
+            await client.wait_synced(timeout=UNLOCK_HEARING_SECONDS)
+        return _ended_by(client) or _ending(
+            "revoked" if code == ErrorCode.DEVICE_REVOKED.value else "suspended")
 
     async def lock(self, request: Request) -> Response:
         await self._lock()
@@ -493,7 +533,7 @@ class DesktopServer:
         for queue in self._listeners:
             queue.put_nowait((kind, data))
 
-    def _on_client_event(self, event: ClientEvent) -> None:
+    def _on_client_event(self, event: ClientEvent, client: LightboxClient) -> None:
         if isinstance(event, MessageEvent):
             m = event.message
             self._broadcast("message", {"thread_id": m.thread_id, "message_id": m.message_id,
@@ -525,8 +565,13 @@ class DesktopServer:
             kind = "filed" if isinstance(event, FiledEvent) else "withdrawn"
             self._broadcast(kind, {"thread_id": event.thread_id})
         elif isinstance(event, StatusEvent):
-            if event.state in {"connected", "disconnected", "stopped"}:
+            if event.state in {"connected", "disconnected", "stopped", "wiped"}:
                 self.connected = event.state == "connected"
+            ended = _ended_by(client) if event.state in {"stopped", "wiped"} else None
+            if ended is not None:
+                self.ended = ended
+                self._broadcast("status", {"state": "ended", **ended})
+                return
             self._broadcast("status", {"state": event.state, "detail": event.detail})
 
     async def events(self, request: Request) -> Response:
@@ -535,7 +580,8 @@ class DesktopServer:
 
         # The current connection state goes first: the page read /api/state before it opened
         # this stream, and a change in between would otherwise never reach it.
-        current = {"state": "connected" if self.connected else "disconnected", "detail": ""}
+        current: dict[str, str] = {"state": "ended", **self.ended} if self.ended else {
+            "state": "connected" if self.connected else "disconnected", "detail": ""}
 
         async def stream() -> AsyncIterator[bytes]:
             try:
@@ -555,6 +601,49 @@ class DesktopServer:
                     self._listeners.remove(queue)
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+UNLOCK_HEARING_SECONDS = 10.0  # a revoked computer's wait, at unlock, for a wipe order
+
+_ENDINGS = {
+    "revoked": "This computer has been revoked by IT: it can no longer send or receive "
+               "consults. Ask IT if you did not expect this.",
+    "suspended": "Your account is suspended by your organisation (or your licence has "
+                 "expired): this computer can no longer send or receive consults. Ask IT.",
+    "stopped": "The connection to the relay has stopped and will not be tried again: "
+               "restart Lightbox, and tell IT if it happens again.",
+}
+
+
+def _ending(kind: str, revoked_at: int | None = None) -> dict[str, str]:
+    """How this computer's access ended, in words (``kind``: wiped, revoked, suspended,
+    stopped; ``revoked_at`` for a wipe, from the organisation-signed list)."""
+    if kind == "wiped":
+        message = (f"This computer was revoked by your organisation on "
+                   f"{format_time(revoked_at or 0)}; its Lightbox data has been erased.")
+    else:
+        message = _ENDINGS[kind]
+    return {"ended": kind, "message": message}
+
+
+def _ended_by(client: LightboxClient) -> dict[str, str] | None:
+    """Whether the relay ended ``client``'s access for good (docs/PROTOCOL.md §15: a wipe
+    obeyed, closed as revoked or suspended, or stopped otherwise with nothing to retry); None
+    while it runs or once it was stopped here (locked, closed)."""
+    if client.wiped is not None:
+        return _ending("wiped", client.wiped.revoked_at)
+    connection = client.connection
+    if connection is None or not connection.stopped.done():
+        return None
+    stopped = connection.stopped.result()
+    if stopped.reason in {ErrorCode.USER_SUSPENDED.value, ErrorCode.LICENCE_EXPIRED.value} \
+            or stopped.code == CloseCode.USER_SUSPENDED:
+        return _ending("suspended")
+    if stopped.code == CloseCode.DEVICE_REVOKED:
+        return _ending("revoked")
+    if stopped.code is None and stopped.reason == "stopped":
+        return None
+    return _ending("stopped")
 
 
 class _Guard:

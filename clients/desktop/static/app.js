@@ -80,28 +80,57 @@ function forget() {
   opening++; listing++;  // an answer still on its way is for a page no longer shown
   clearTimeout(refreshTimer);  // nor does a refresh asked for before it run after it
   $("app").hidden = true; $("lock").hidden = true;
+  $("ended-banner").hidden = true; $("ended-banner").textContent = "";
   $("who").textContent = ""; $("conn").textContent = "";
+  $("conn").classList.remove("down");
 }
 
 // --- unlock ---------------------------------------------------------------------------------
 
 function showLocked() {
+  if (!$("ended").hidden) return;  // erased: there is nothing to unlock (showEnded)
   forget();
   $("gone").hidden = true; $("unlock").hidden = false;
   $("password").focus();
 }
 
+// The relay ended this computer's access ({ended, message} from the desktop app): erased by
+// IT's wipe order, nothing of it stays on the page and there is nothing to unlock; revoked or
+// suspended, the consults on screen stay (as on the phone) but the header never says
+// "connected" again and the sentence says why nothing more comes.
+function showEnded(ending) {
+  $("conn").classList.add("down");
+  if (ending.ended === "wiped") {
+    if (events) { events.close(); events = null; }
+    forget();
+    $("unlock").hidden = true; $("gone").hidden = true; $("ended").hidden = false;
+    $("ended-text").textContent = ending.message;
+    $("conn").textContent = "wiped";
+    return;
+  }
+  $("conn").textContent = ending.ended;
+  if ($("app").hidden) {  // refused at unlock: the vault stays locked
+    $("unlock-error").textContent = ending.message;
+    return;
+  }
+  $("ended-banner").textContent = ending.message;
+  $("ended-banner").hidden = false;
+}
+
 async function start() {
   const state = await api("/api/state");
+  if (state.ended?.ended === "wiped") { showEnded(state.ended); return; }
   if (!state.unlocked) { showLocked(); return; }
   $("unlock").hidden = true; $("app").hidden = false; $("lock").hidden = false;
   $("who").textContent = state.display_name + " (" + state.roles.join(", ") + ")";
   setConn(state.connected);
+  if (state.ended) showEnded(state.ended);
   listen();
   await loadInbox();
 }
 
 function setConn(up) {
+  if (!$("ended-banner").hidden) return;  // the relay ended this computer's access: it says so
   $("conn").textContent = up ? "connected" : "reconnecting...";
   $("conn").classList.toggle("down", !up);
 }
@@ -113,7 +142,10 @@ $("unlock-form").addEventListener("submit", async (e) => {
     await api("/api/unlock", {password: $("password").value});
     $("password").value = "";
     await start();
-  } catch (err) { $("unlock-error").textContent = err.message; }
+  } catch (err) {
+    if (err.data?.ended) { $("password").value = ""; showEnded(err.data.ended); }
+    else $("unlock-error").textContent = err.message;
+  }
 });
 
 // The page forgets first, then tells the desktop: a refresh due meanwhile must not ask a
@@ -155,7 +187,10 @@ function listen() {
   // "reconnecting..." for ever; if its vault locked meanwhile (the app stopping locks it
   // first), show the unlock screen; otherwise the stream reconnects by itself.
   events.addEventListener("error", () => {
-    api("/api/state").then((s) => { if (!s.unlocked) showLocked(); }).catch(() => {});
+    api("/api/state").then((s) => {
+      if (s.ended?.ended === "wiped") showEnded(s.ended);
+      else if (!s.unlocked) showLocked();
+    }).catch(() => {});
   });
   for (const kind of ["message", "image", "receipt", "escalation", "filed", "withdrawn", "outbox",
                       "acknowledgement"]) {
@@ -165,6 +200,7 @@ function listen() {
   events.addEventListener("status", (e) => {
     const s = JSON.parse(e.data);
     if (s.state === "locked") { showLocked(); return; }
+    if (s.state === "ended") { showEnded(s); return; }
     if (s.state === "connected" || s.state === "disconnected") setConn(s.state === "connected");
   });
 }

@@ -1,0 +1,169 @@
+"""A desktop IT has revoked, in a real Chromium (Playwright) against a real relay
+(docs/USER_GUIDE.md "A lost phone" applies to a computer too; PROTOCOL §15 "Wipe"):
+
+* revoked with wipe while open: the vault is erased by the relay's order, the page drops every
+  consult and says so, with no unlock form for a vault that is gone;
+* revoked without wipe while open: the consults on screen stay, but the header never says
+  "connected" again, and the page says why nothing more comes;
+* closed when revoked with wipe, started again later: the unlock is refused in words and the
+  vault erased, before any consult is shown.
+
+Screenshots go to test-artefacts/desktop-revoked/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.desktop.app import DesktopServer
+from tests.clients.test_desktop import (
+    DesktopTeam,
+    browser_page,
+    desktop_team,
+    unlock_page,
+    urgent_consult_open,
+)
+from tests.helpers import ROOT
+from tests.identity_world import PASSWORD, World
+from tests.orthanc import OrthancServer
+
+SHOTS = ROOT / "test-artefacts" / "desktop-revoked"
+REVOKED = ("This computer has been revoked by IT: it can no longer send or receive consults. "
+           "Ask IT if you did not expect this.")
+WIPED = re.compile(r"^This computer was revoked by your organisation on \d{4}-\d\d-\d\d "
+                   r"\d\d:\d\d; its Lightbox data has been erased\.$")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shots() -> None:
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+
+
+def left_in(profile: Path) -> list[str]:
+    return sorted(p.name for p in profile.rglob("*")) if profile.exists() else []
+
+
+async def audited(world: World, device_id: str) -> list[str]:
+    conn = await world.db()
+    try:
+        rows = await conn.fetch("SELECT event FROM audit_log WHERE subject_id = $1 AND "
+                                "event LIKE 'device.wipe%' ORDER BY seq", device_id)
+        return [r["event"] for r in rows]
+    finally:
+        await conn.close()
+
+
+async def consult_read(page: Any, team: Any, text: str, subject: str) -> Any:
+    """The consult opened and read, the list's refresh that follows answered (a request
+    still on its way when the vault is erased is answered 423, rightly, and the console
+    would show it); returns the message's element."""
+    _, _, shown = await urgent_consult_open(page, team, text, subject)
+    await page.locator(".thread-item.selected .badge").wait_for(state="detached")
+    return shown
+
+
+@dataclasses.dataclass
+class Open:
+    """The specialist's desktop unlocked in the page, a consult open and read on it."""
+
+    world: World
+    team: DesktopTeam
+    page: Any
+    problems: list[str]
+    device_id: str
+
+    async def revoke(self, *, wipe: bool) -> None:
+        r = await self.world.revoke(self.world.org, 1, devices=(self.device_id,), wipe=wipe)
+        assert r.status_code == 200, r.text
+
+
+@contextlib.asynccontextmanager
+async def consult_open(world: World, tmp_path: Path, orthanc: OrthancServer, text: str,
+                       subject: str) -> AsyncIterator[Open]:
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        device_id = await world.device_of(team.specialist.user_id)
+        await unlock_page(page, team.desktop)
+        await consult_read(page, team, text, subject)
+        yield Open(world, team, page, problems, device_id)
+
+
+async def consult_gone(page: Any) -> None:
+    """Nothing of the consults is left in the page, and nothing offers to unlock."""
+    assert await page.locator("#app").is_hidden()
+    assert await page.locator(".thread-item").count() == 0
+    assert await page.locator(".message").count() == 0
+    assert await page.locator("#unlock").is_hidden()
+
+
+async def test_a_desktop_revoked_with_wipe_while_open_is_erased_and_says_so(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    async with consult_open(world, tmp_path, orthanc, "Bay 5: ankle, Weber C?",
+                            "Bay 5 ankle") as on:
+        page, problems, device_id = on.page, on.problems, on.device_id
+        await on.revoke(wipe=True)
+        await page.locator("#ended").wait_for()
+        assert WIPED.match(await page.inner_text("#ended-text"))
+        assert await page.inner_text("#conn") == "wiped"
+        await consult_gone(page)
+        assert left_in(tmp_path / "specialist-profile") == []
+        await page.screenshot(path=SHOTS / "01-wiped-while-open.png")
+
+        await page.reload()  # and so it stays
+        await page.locator("#ended").wait_for()
+        await consult_gone(page)
+        assert problems == []
+    assert await audited(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]
+
+
+async def test_a_desktop_revoked_without_wipe_while_open_never_says_connected_again(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    async with consult_open(world, tmp_path, orthanc, "Bay 6: knee", "Bay 6 knee") as on:
+        page, problems, device_id = on.page, on.problems, on.device_id
+        shown = page.locator(".message", has_text="Bay 6: knee")
+        await on.revoke(wipe=False)
+        await page.locator("#ended-banner", has_text=REVOKED).wait_for()
+        assert await page.inner_text("#conn") == "revoked"
+        assert await shown.is_visible()  # what it holds stays readable, as on the phone
+        await page.screenshot(path=SHOTS / "02-revoked-while-open.png")
+
+        await page.reload()
+        await page.locator("#ended-banner", has_text=REVOKED).wait_for()
+        assert await page.inner_text("#conn") == "revoked"
+        assert left_in(tmp_path / "specialist-profile") != []
+        assert problems == []
+    assert await audited(world, device_id) == []
+
+
+async def test_a_desktop_closed_when_revoked_with_wipe_is_erased_at_its_next_unlock(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    async with consult_open(world, tmp_path, orthanc, "Bay 7: hip", "Bay 7 hip") as on:
+        page, problems, device_id = on.page, on.problems, on.device_id
+        await on.team.desktop.stop()  # the computer is switched off
+        await on.revoke(wipe=True)
+        world.clock.advance(6 * 3600)  # and found the next morning: its tokens expired
+
+        again = DesktopServer(tmp_path / "specialist-profile")
+        await again.start()
+        try:
+            await page.goto(again.launch_url)
+            await page.fill("#password", PASSWORD)
+            await page.press("#password", "Enter")
+            await page.locator("#ended").wait_for()
+            assert WIPED.match(await page.inner_text("#ended-text"))
+            await consult_gone(page)
+            assert left_in(tmp_path / "specialist-profile") == []
+            await page.screenshot(path=SHOTS / "03-wiped-at-unlock.png")
+            assert [p for p in problems if "410" not in p] == []  # the refused unlock
+        finally:
+            await again.stop()
+    assert await audited(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]

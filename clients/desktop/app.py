@@ -23,9 +23,10 @@ Endpoints (JSON unless said otherwise):
 | ``GET /?k=SECRET`` | sets the session cookie, redirects to ``/`` |
 | ``GET /`` | the page (``static/index.html`` with the CSRF token) |
 | ``GET /static/{app.js,app.css}`` | the script and style |
-| ``GET /api/state`` | unlocked?, who, connected?, ``ended`` (see below) |
+| ``GET /api/state`` | unlocked?, who, connected?, ``ended`` (see below), ``notice`` |
 | ``POST /api/unlock`` ``{password}`` | unlock the vault, log in, connect (403/410 ``ended``) |
 | ``POST /api/lock`` | lock the vault, disconnect |
+| ``POST /api/notice/dismiss`` | forget the latest problem the client reported (``notice``) |
 | ``GET /api/threads`` | the inbox: urgent consults first, then newest |
 | ``GET /api/threads/{id}`` | a thread: messages, images, filed study, consent, record data |
 | ``POST /api/threads/{id}/reply`` ``{text, reply_to?, confirmed?}`` | reply (see below) |
@@ -67,6 +68,7 @@ import json
 import logging
 import secrets
 import socket
+import time
 import webbrowser
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
@@ -166,6 +168,10 @@ class DesktopServer:
         # suspended by the relay, or erased by IT's wipe order (docs/PROTOCOL.md §15 "Wipe").
         # The page says so, never "connected" nor an unlock form for a vault that is gone.
         self.ended: dict[str, str] | None = None
+        # The latest problem the client reported in this session (a message it dropped, a
+        # notice it could not handle), with when: the page says it, also when it happened
+        # before the page was listening (during the unlock).
+        self.notice: dict[str, Any] | None = None
         self._listeners: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
         self._unlock_lock = asyncio.Lock()
         self._server: uvicorn.Server | None = None
@@ -234,6 +240,7 @@ class DesktopServer:
             Route("/api/state", self.state),
             Route("/api/unlock", self.unlock, methods=["POST"]),
             Route("/api/lock", self.lock, methods=["POST"]),
+            Route("/api/notice/dismiss", self.dismiss_notice, methods=["POST"]),
             Route("/api/threads", self.threads),
             Route("/api/threads/{thread_id}", self.thread),
             Route("/api/threads/{thread_id}/reply", self.reply, methods=["POST"]),
@@ -300,7 +307,7 @@ class DesktopServer:
         return JSONResponse({"unlocked": True, "login": st.login, "user_id": st.user_id,
                              "display_name": user.display_name, "roles": user.roles,
                              "device_kind": st.device_kind, "connected": self.connected,
-                             "ended": self.ended})
+                             "ended": self.ended, "notice": self.notice})
 
     async def unlock(self, request: Request) -> Response:
         body = await read_json(request)
@@ -314,6 +321,7 @@ class DesktopServer:
                     and self.device.vault.is_unlocked:
                 return JSONResponse({"unlocked": True})
             await self._lock()
+            self.notice = None
             try:
                 device = await asyncio.to_thread(self.opener, self.profile_dir, password)
             except (KeyStoreError, VaultError) as exc:
@@ -350,6 +358,10 @@ class DesktopServer:
             await client.wait_synced(timeout=UNLOCK_HEARING_SECONDS)
         return _ended_by(client) or _ending(
             "revoked" if code == ErrorCode.DEVICE_REVOKED.value else "suspended")
+
+    async def dismiss_notice(self, request: Request) -> Response:
+        self.notice = None
+        return JSONResponse({"dismissed": True})
 
     async def lock(self, request: Request) -> Response:
         await self._lock()
@@ -571,6 +583,10 @@ class DesktopServer:
             if ended is not None:
                 self.ended = ended
                 self._broadcast("status", {"state": "ended", **ended})
+                return
+            if event.state == "error":
+                self.notice = {"detail": event.detail, "at": int(time.time())}
+                self._broadcast("status", {"state": "error", **self.notice})
                 return
             self._broadcast("status", {"state": event.state, "detail": event.detail})
 

@@ -167,3 +167,36 @@ async def test_a_desktop_closed_when_revoked_with_wipe_is_erased_at_its_next_unl
         finally:
             await again.stop()
     assert await audited(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]
+
+
+async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_and_said(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """The sender's device is revoked while its consult waits at the relay for the locked
+    desktop: unlocked, the desktop does not show it (its sender no longer verifies) and says
+    that a message was dropped, with when, instead of losing it in silence."""
+    async with consult_open(world, tmp_path, orthanc, "Bay 8: wrist", "Bay 8 wrist") as on:
+        page, problems, intern = on.page, on.problems, on.team.intern
+        await page.click("#lock")
+        await page.locator("#password").wait_for()
+        thread = await intern.client.create_thread(roles=["orthopaedics_oncall"])
+        await intern.client.send_text(thread.thread_id, "Sent before revocation",
+                                      subject="Bay 9 elbow")
+        intern_device = await world.device_of(intern.user_id)
+        r = await world.revoke(world.org, 1, devices=(intern_device,))
+        assert r.status_code == 200, r.text
+
+        await unlock_page(page, on.team.desktop)
+        notice = page.locator("#notice-text")
+        await notice.wait_for()
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d: A message whose sender does not "
+                        r"verify was dropped \(certificate_invalid\)\. Tell IT if it happens "
+                        r"again\.$", await notice.inner_text()), await notice.inner_text()
+        assert await page.locator(".thread-item", has_text="Bay 9 elbow").count() == 0
+        await page.screenshot(path=SHOTS / "04-message-from-revoked-device-dropped.png")
+        async with page.expect_response("**/api/notice/dismiss"):
+            await page.click("#notice-dismiss")
+        assert await page.locator("#notice").is_hidden()
+        await page.reload()  # dismissed: not shown again
+        await page.locator(".thread-item", has_text="Bay 8 wrist").wait_for()
+        assert await page.locator("#notice").is_hidden()
+        assert problems == []

@@ -81,6 +81,7 @@ function forget() {
   clearTimeout(refreshTimer);  // nor does a refresh asked for before it run after it
   $("app").hidden = true; $("lock").hidden = true;
   $("ended-banner").hidden = true; $("ended-banner").textContent = "";
+  $("notice").hidden = true; $("notice-text").textContent = "";
   $("who").textContent = ""; $("conn").textContent = "";
   $("conn").classList.remove("down");
 }
@@ -125,9 +126,26 @@ async function start() {
   $("who").textContent = state.display_name + " (" + state.roles.join(", ") + ")";
   setConn(state.connected);
   if (state.ended) showEnded(state.ended);
+  showNotice(state.notice);
   listen();
   await loadInbox();
 }
+
+// What this computer's client could not do with something the relay brought (a message it
+// could not open or whose sender does not verify, dropped; a refused notice): said, with when,
+// so that nothing is lost in silence (docs/HAZARD_LOG.md HAZ-10); the latest one stays until
+// dismissed.
+function showNotice(notice) {
+  if (!notice?.detail) return;
+  const sentence = notice.detail.charAt(0).toUpperCase() + notice.detail.slice(1);
+  $("notice-text").textContent = when(notice.at) + ": " + sentence +
+    ". Tell IT if it happens again.";
+  $("notice").hidden = false;
+}
+$("notice-dismiss").addEventListener("click", async () => {
+  $("notice").hidden = true;
+  await api("/api/notice/dismiss", {});
+});
 
 function setConn(up) {
   if (!$("ended-banner").hidden) return;  // the relay ended this computer's access: it says so
@@ -201,6 +219,7 @@ function listen() {
     const s = JSON.parse(e.data);
     if (s.state === "locked") { showLocked(); return; }
     if (s.state === "ended") { showEnded(s); return; }
+    if (s.state === "error") { showNotice(s); return; }
     if (s.state === "connected" || s.state === "disconnected") setConn(s.state === "connected");
   });
 }

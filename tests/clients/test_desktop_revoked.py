@@ -6,7 +6,9 @@
 * revoked without wipe while open: the consults on screen stay, but the header never says
   "connected" again, and the page says why nothing more comes;
 * closed when revoked with wipe, started again later: the unlock is refused in words and the
-  vault erased, before any consult is shown.
+  vault erased, before any consult is shown;
+* a consult from a device revoked while it waited for the locked desktop is dropped, and the
+  page says so, with when, until dismissed.
 
 Screenshots go to test-artefacts/desktop-revoked/.
 """

@@ -603,6 +603,9 @@ class DesktopServer:
             try:
                 yield b"retry: 1000\n\n"
                 yield f"event: status\ndata: {json.dumps(current)}\n\n".encode()
+                if self.notice is not None:  # reported between the page's state and now
+                    notice = {"state": "error", **self.notice}
+                    yield f"event: status\ndata: {json.dumps(notice)}\n\n".encode()
                 while True:
                     try:
                         kind, data = await asyncio.wait_for(queue.get(), timeout=15.0)

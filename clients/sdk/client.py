@@ -294,7 +294,16 @@ class LightboxClient:
     async def _watch_connection(self) -> None:
         conn = self.hub.connected()
         while not conn.stopped.done():
-            await conn.connected.wait()
+            # Connected again, or stopped while waiting for it (the relay closing a revoked
+            # device for good comes between two attempts): either ends the wait.
+            connected: asyncio.Future[Any] = asyncio.ensure_future(conn.connected.wait())
+            either: set[asyncio.Future[Any]] = {connected, conn.stopped}
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                connected.cancel()
+            if conn.stopped.done():
+                break
             await self.hub.emit(StatusEvent("connected"))
             # What this run kept in the outbox while the relay was out of reach goes now, not
             # at the next start: a desktop or a record gateway runs for days

@@ -178,7 +178,8 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_an
     that a message was dropped, with when, instead of losing it in silence."""
     async with consult_open(world, tmp_path, orthanc, "Bay 8: wrist", "Bay 8 wrist") as on:
         page, problems, intern = on.page, on.problems, on.team.intern
-        await page.click("#lock")
+        async with page.expect_response("**/api/lock"):  # the desktop has locked its vault
+            await page.click("#lock")
         await page.locator("#password").wait_for()
         thread = await intern.client.create_thread(roles=["orthopaedics_oncall"])
         await intern.client.send_text(thread.thread_id, "Sent before revocation",

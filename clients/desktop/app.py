@@ -296,6 +296,15 @@ class DesktopServer:
             raise Refused(423, "locked")
         return self.client
 
+    def _sending_client(self) -> LightboxClient:
+        """The client, for what goes to the relay (a reply, "I'm on it"): refused in words once
+        the relay has ended this computer's access, never kept as "not sent yet" for a
+        relay that will not take it (docs/HAZARD_LOG.md HAZ-02)."""
+        client = self._client()
+        if self.ended is not None:
+            raise Refused(403, self.ended["message"], ended=self.ended)
+        return client
+
     async def state(self, request: Request) -> Response:
         if self.ended is not None and self.ended["ended"] == "wiped":
             return JSONResponse({"unlocked": False, "ended": self.ended})
@@ -481,7 +490,7 @@ class DesktopServer:
         """Send a reply with the purpose of what it answers (:func:`reply_plan`), after the
         free-text guard for that purpose (CLINICAL_SAFETY.md): findings and no ``confirmed``
         answer 409 ``text_guard`` and nothing is sealed."""
-        client = self._client()
+        client = self._sending_client()
         thread_id = checked_uuid(request.path_params["thread_id"])
         body = await read_json(request)
         text = body.get("text")
@@ -527,7 +536,7 @@ class DesktopServer:
         relay is out of reach (it goes once connected again; the thread shows it as not sent
         yet); 404 and 400 (your own message) refuse it. The relay's own refusal
         (``not_on_ladder``) comes later, as the ``acknowledgement`` event."""
-        client = self._client()
+        client = self._sending_client()
         try:
             sent = await client.acknowledge(checked_uuid(request.path_params["message_id"]),
                                             wait=ACK_WAIT)

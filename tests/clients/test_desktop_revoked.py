@@ -29,6 +29,7 @@ from clients.desktop.app import DesktopServer
 from tests.clients.test_desktop import (
     DesktopTeam,
     browser_page,
+    desktop_http,
     desktop_team,
     unlock_page,
     urgent_consult_open,
@@ -64,13 +65,13 @@ async def audited(world: World, device_id: str) -> list[str]:
         await conn.close()
 
 
-async def consult_read(page: Any, team: Any, text: str, subject: str) -> Any:
+async def consult_read(page: Any, team: Any, text: str, subject: str) -> str:
     """The consult opened and read, the list's refresh that follows answered (a request
     still on its way when the vault is erased is answered 423, rightly, and the console
-    would show it); returns the message's element."""
-    _, _, shown = await urgent_consult_open(page, team, text, subject)
+    would show it); returns the message's id."""
+    _, sent, _ = await urgent_consult_open(page, team, text, subject)
     await page.locator(".thread-item.selected .badge").wait_for(state="detached")
-    return shown
+    return sent.message_id
 
 
 @dataclasses.dataclass
@@ -82,6 +83,7 @@ class Open:
     page: Any
     problems: list[str]
     device_id: str
+    message_id: str  # the consult's, open on the page
 
     async def revoke(self, *, wipe: bool) -> None:
         r = await self.world.revoke(self.world.org, 1, devices=(self.device_id,), wipe=wipe)
@@ -95,8 +97,8 @@ async def consult_open(world: World, tmp_path: Path, orthanc: OrthancServer, tex
             browser_page() as (page, problems):
         device_id = await world.device_of(team.specialist.user_id)
         await unlock_page(page, team.desktop)
-        await consult_read(page, team, text, subject)
-        yield Open(world, team, page, problems, device_id)
+        message_id = await consult_read(page, team, text, subject)
+        yield Open(world, team, page, problems, device_id, message_id)
 
 
 async def consult_gone(page: Any) -> None:
@@ -136,7 +138,14 @@ async def test_a_desktop_revoked_without_wipe_while_open_never_says_connected_ag
         await page.locator("#ended-banner", has_text=REVOKED).wait_for()
         assert await page.inner_text("#conn") == "revoked"
         assert await shown.is_visible()  # what it holds stays readable, as on the phone
+        # Nothing offers to send from it: an "I'm on it" kept as "not sent yet" would be
+        # waiting for a relay that will never take it.
+        assert await page.locator(".ack-button").is_hidden()
+        assert await page.locator("#reply").is_hidden()
         await page.screenshot(path=SHOTS / "02-revoked-while-open.png")
+        async with desktop_http(on.team.desktop) as http:  # as a script would
+            r = await http.post(f"/api/messages/{on.message_id}/ack", json={})
+        assert (r.status_code, r.json()["error"]) == (403, REVOKED)
 
         await page.reload()
         await page.locator("#ended-banner", has_text=REVOKED).wait_for()

@@ -81,6 +81,7 @@ function forget() {
   clearTimeout(refreshTimer);  // nor does a refresh asked for before it run after it
   $("app").hidden = true; $("lock").hidden = true;
   $("ended-banner").hidden = true; $("ended-banner").textContent = "";
+  $("app").classList.remove("ended");
   $("notice").hidden = true; $("notice-text").textContent = "";
   $("who").textContent = ""; $("conn").textContent = "";
   $("conn").classList.remove("down");
@@ -116,6 +117,7 @@ function showEnded(ending) {
   }
   $("ended-banner").textContent = ending.message;
   $("ended-banner").hidden = false;
+  $("app").classList.add("ended");  // nothing to send from: no reply box, no "I'm on it"
 }
 
 async function start() {

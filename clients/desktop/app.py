@@ -291,6 +291,12 @@ class DesktopServer:
 
     # -- session -----------------------------------------------------------------------------
 
+    @property
+    def _erased(self) -> dict[str, str] | None:
+        """How IT's wipe order ended this computer, once it erased the vault (nothing is left
+        to unlock); else None."""
+        return self.ended if self.ended is not None and self.ended["ended"] == "wiped" else None
+
     def _client(self) -> LightboxClient:
         if self.client is None or self.device is None or not self.device.vault.is_unlocked:
             raise Refused(423, "locked")
@@ -306,8 +312,8 @@ class DesktopServer:
         return client
 
     async def state(self, request: Request) -> Response:
-        if self.ended is not None and self.ended["ended"] == "wiped":
-            return JSONResponse({"unlocked": False, "ended": self.ended})
+        if (erased := self._erased) is not None:
+            return JSONResponse({"unlocked": False, "ended": erased})
         if self.client is None or self.device is None or not self.device.vault.is_unlocked:
             return JSONResponse({"unlocked": False})
         st = self.client.state
@@ -324,8 +330,8 @@ class DesktopServer:
         if not isinstance(password, str) or not password:
             raise Refused(400, "enter your password")
         async with self._unlock_lock:
-            if self.ended is not None and self.ended["ended"] == "wiped":
-                raise Refused(410, self.ended["message"], ended=self.ended)
+            if (erased := self._erased) is not None:
+                raise Refused(410, erased["message"], ended=erased)
             if self.client is not None and self.device is not None \
                     and self.device.vault.is_unlocked:
                 return JSONResponse({"unlocked": True})

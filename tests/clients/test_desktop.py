@@ -184,6 +184,16 @@ async def urgent_consult_open(page: Any, team: DesktopTeam, text: str, subject: 
     return thread, sent, shown
 
 
+async def urgent_consult_read(page: Any, team: DesktopTeam, text: str, subject: str
+                              ) -> tuple[api.ThreadInfo, SentMessage, Any]:
+    """:func:`urgent_consult_open`, and read: the list's refresh that follows has answered (a
+    request still on its way when the vault locks, or is erased, is answered 423, rightly,
+    and the console would show it)."""
+    opened = await urgent_consult_open(page, team, text, subject)
+    await page.locator(".thread-item.selected .badge").wait_for(state="detached")
+    return opened
+
+
 @contextlib.asynccontextmanager
 async def desktop_http(desktop: DesktopServer) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client that holds what the page holds: the session cookie (from the launch

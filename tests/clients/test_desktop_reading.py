@@ -25,7 +25,7 @@ from tests.clients.test_desktop import (
     browser_page,
     desktop_team,
     unlock_page,
-    urgent_consult_open,
+    urgent_consult_read,
     wait_for_event,
 )
 from tests.helpers import ROOT
@@ -84,8 +84,7 @@ async def consult_on_screen(world: World, tmp_path: Path, orthanc: OrthancServer
             browser_page() as (page, problems):
         events = team.intern.client.subscribe()
         await unlock_page(page, team.desktop)
-        thread, _, _ = await urgent_consult_open(page, team, text, subject)
-        await page.locator(".thread-item.selected .badge").wait_for(state="detached")
+        thread, _, _ = await urgent_consult_read(page, team, text, subject)
         yield OnScreen(team, page, problems, events, thread.thread_id)
 
 

@@ -32,8 +32,9 @@ from tests.clients.test_desktop import (
     desktop_http,
     desktop_team,
     unlock_page,
-    urgent_consult_open,
+    urgent_consult_read,
 )
+from tests.clients.test_wipe_order import wipe_audit
 from tests.helpers import ROOT
 from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer
@@ -53,25 +54,6 @@ def _shots() -> None:
 
 def left_in(profile: Path) -> list[str]:
     return sorted(p.name for p in profile.rglob("*")) if profile.exists() else []
-
-
-async def audited(world: World, device_id: str) -> list[str]:
-    conn = await world.db()
-    try:
-        rows = await conn.fetch("SELECT event FROM audit_log WHERE subject_id = $1 AND "
-                                "event LIKE 'device.wipe%' ORDER BY seq", device_id)
-        return [r["event"] for r in rows]
-    finally:
-        await conn.close()
-
-
-async def consult_read(page: Any, team: Any, text: str, subject: str) -> str:
-    """The consult opened and read, the list's refresh that follows answered (a request
-    still on its way when the vault is erased is answered 423, rightly, and the console
-    would show it); returns the message's id."""
-    _, sent, _ = await urgent_consult_open(page, team, text, subject)
-    await page.locator(".thread-item.selected .badge").wait_for(state="detached")
-    return sent.message_id
 
 
 @dataclasses.dataclass
@@ -97,8 +79,8 @@ async def consult_open(world: World, tmp_path: Path, orthanc: OrthancServer, tex
             browser_page() as (page, problems):
         device_id = await world.device_of(team.specialist.user_id)
         await unlock_page(page, team.desktop)
-        message_id = await consult_read(page, team, text, subject)
-        yield Open(world, team, page, problems, device_id, message_id)
+        _, sent, _ = await urgent_consult_read(page, team, text, subject)
+        yield Open(world, team, page, problems, device_id, sent.message_id)
 
 
 async def consult_gone(page: Any) -> None:
@@ -126,7 +108,7 @@ async def test_a_desktop_revoked_with_wipe_while_open_is_erased_and_says_so(
         await page.locator("#ended").wait_for()
         await consult_gone(page)
         assert problems == []
-    assert await audited(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]
+    assert await wipe_audit(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]
 
 
 async def test_a_desktop_revoked_without_wipe_while_open_never_says_connected_again(
@@ -152,7 +134,7 @@ async def test_a_desktop_revoked_without_wipe_while_open_never_says_connected_ag
         assert await page.inner_text("#conn") == "revoked"
         assert left_in(tmp_path / "specialist-profile") != []
         assert problems == []
-    assert await audited(world, device_id) == []
+    assert await wipe_audit(world, device_id) == []
 
 
 async def test_a_desktop_closed_when_revoked_with_wipe_is_erased_at_its_next_unlock(
@@ -177,7 +159,7 @@ async def test_a_desktop_closed_when_revoked_with_wipe_is_erased_at_its_next_unl
             assert [p for p in problems if "410" not in p] == []  # the refused unlock
         finally:
             await again.stop()
-    assert await audited(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]
+    assert await wipe_audit(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]
 
 
 async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_and_said(

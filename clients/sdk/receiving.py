@@ -61,6 +61,13 @@ def without_images(body: Body, attachment_ids: set[str]) -> Body:
     return msgspec.structs.replace(body, attachments=kept, record=body.record if kept else None)
 
 
+def _dropped(exc: FlowError) -> str:
+    """What the client says of a delivery it dropped because its sender's chain failed."""
+    if exc.code == ErrorCode.CERTIFICATE_REVOKED.value:
+        return f"a message from a device your organisation revoked was dropped ({exc.code})"
+    return f"a message whose sender does not verify was dropped ({exc.code})"
+
+
 class Receiver:
     """Deliveries, images and the receipts this device signs."""
 
@@ -92,8 +99,7 @@ class Receiver:
                 return
             raise DeferDelivery from exc
         except FlowError as exc:
-            await self._hub.emit(StatusEvent("error", f"a message whose sender does not "
-                                                      f"verify was dropped ({exc.code})"))
+            await self._hub.emit(StatusEvent("error", _dropped(exc)))
             return
         st = self._store.state
         try:

@@ -103,6 +103,13 @@ class Trust:
             self._keep(verified, answer.user_certificate)
         found = self._chains.get(device_id)
         if found is None or found.verified.user_id != user_id:
+            org = self._store.state.org_id
+            if (revocations.device_entry(org, device_id) is not None
+                    or revocations.user_entry(org, user_id) is not None):
+                # The directory leaves a revoked device out; our organisation's signed list
+                # says why (docs/SECURITY.md "Revocation"), so a reader is told so.
+                raise FlowError(f"device {device_id} of {user_id} was revoked by your "
+                                "organisation", code=ErrorCode.CERTIFICATE_REVOKED.value)
             raise FlowError(f"device {device_id} is not a current device of {user_id}",
                             code=ErrorCode.CERTIFICATE_INVALID.value)
         return found

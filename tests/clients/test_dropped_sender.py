@@ -1,0 +1,57 @@
+"""A consult whose sender no longer verifies is dropped, and the client says which case it was:
+a device the organisation's signed revocation list revokes is named as revoked
+(``certificate_revoked``), not as a sender that "does not verify", so a clinician reading the
+problem line knows that IT revoked it, not that someone forged it. Real relay; the sender's
+device is revoked while its consult waits at the relay for the recipient, who is offline."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from clients.sdk.client import ClientEvent, MessageEvent, StatusEvent
+from tests.clients.test_client import ORTHO
+from tests.clinician_world import enrol_clinician
+from tests.helpers import seconds
+from tests.identity_world import World
+
+
+async def _problems(events: asyncio.Queue[ClientEvent], until: float) -> list[ClientEvent]:
+    """The error statuses and messages heard for ``until`` seconds."""
+    heard: list[ClientEvent] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + until
+    while (left := end - loop.time()) > 0:
+        try:
+            event = await asyncio.wait_for(events.get(), left)
+        except TimeoutError:
+            break
+        if isinstance(event, MessageEvent) or (
+                isinstance(event, StatusEvent) and event.state == "error"):
+            heard.append(event)
+    return heard
+
+
+async def test_a_consult_from_a_device_revoked_while_it_waited_is_dropped_as_revoked(
+        world: World, tmp_path: Path) -> None:
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    await intern.client.start(wait_connected=seconds(10))
+    try:
+        thread = await intern.client.create_thread(roles=[ORTHO])
+        await intern.client.send_text(thread.thread_id, "Sent before revocation")
+    finally:
+        await intern.client.close(drain=0)
+    r = await world.revoke(world.org, 1, devices=(await world.device_of(intern.user_id),))
+    assert r.status_code == 200, r.text
+
+    events = ortho.client.subscribe()
+    await ortho.client.start(wait_connected=seconds(10))
+    try:
+        heard = await _problems(events, seconds(5))
+    finally:
+        await ortho.client.close(drain=0)
+    assert heard == [StatusEvent(
+        "error", "a message from a device your organisation revoked was dropped "
+                 "(certificate_revoked)")]
+    assert ortho.client.thread_messages(thread.thread_id) == []

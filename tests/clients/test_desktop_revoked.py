@@ -8,7 +8,8 @@
 * closed when revoked with wipe, started again later: the unlock is refused in words and the
   vault erased, before any consult is shown;
 * a consult from a device revoked while it waited for the locked desktop is dropped, and the
-  page says so, with when, until dismissed.
+  page says so, with when, until dismissed; the consult it opened says that nothing of it
+  reached this computer, instead of a blank page.
 
 Screenshots go to test-artefacts/desktop-revoked/.
 """
@@ -189,6 +190,11 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_an
             await notice.inner_text()
         assert await page.locator(".thread-item", has_text="Bay 9 elbow").count() == 0
         await page.screenshot(path=SHOTS / "04-message-from-revoked-device-dropped.png")
+        # Its consult is listed, with nothing in it: opened, it says why instead of a blank.
+        await page.click(f".thread-item[data-thread-id='{thread.thread_id}']")
+        assert await page.locator("#thread-empty").inner_text() == (
+            "No message of this consult has reached this computer yet.")
+        await page.screenshot(path=SHOTS / "05-consult-whose-message-was-dropped.png")
         async with page.expect_response("**/api/notice/dismiss"):
             await page.click("#notice-dismiss")
         assert await page.locator("#notice").is_hidden()

@@ -426,6 +426,12 @@ async function openThread(id, markRead) {
          " - not sent yet: kept on this computer, it goes as soon as the relay can be reached"),
       el("p", {class: "text"}, p.text)));
   }
+  if (!t.messages.length && !(t.pending || []).length) {
+    // A consult the relay lists before any message of it reached this computer: the first
+    // is on its way, or was dropped (the problem line says so). Never an empty page.
+    list.append(el("p", {class: "meta", id: "thread-empty"},
+      "No message of this consult has reached this computer yet."));
+  }
   const form = el("form", {id: "reply"},
     el("label", {htmlFor: "reply-text"}, "Reply (r)"),
     el("textarea", {id: "reply-text", required: true}),

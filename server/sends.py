@@ -357,10 +357,11 @@ class SendPipeline:
         outcome = await self._store_known(prepared, now, at)
         if outcome is None:
             outcome = await self._store_read(prepared, now, at, locked)
+        accepted = 0
         for i, (p, _) in enumerate(prepared):
             result = outcome[i]
             if isinstance(result, messages.Accepted) and not result.duplicate:
-                self.metrics.messages_accepted.inc()
+                accepted += 1
             if p.future.done():
                 # The sender stopped waiting (its connection closed mid-send). The outcome
                 # stands all the same: a stored message is answered as a duplicate when the
@@ -370,6 +371,8 @@ class SendPipeline:
                 p.future.set_exception(result)  # counted where it is answered
             else:
                 p.future.set_result(result)
+        if accepted:  # one update of the shared counter per batch, not one per message
+            self.metrics.messages_accepted.inc(accepted)
 
     async def _store_known(self, prepared: list[tuple[_Pending, messages.NewMessage]],
                            now: dt.datetime, at: dt.datetime

@@ -36,6 +36,7 @@ from clients.sdk.identity import forget_one_time_prekey
 from clients.sdk.keystore import DeviceStore
 from clients.sdk.memory import Memory, body_of
 from clients.sdk.threads import ThreadBook
+from clients.sdk.timefmt import format_time
 from clients.sdk.trust import Trust
 from clients.sdk.vault import ImageShredded, ItemNotFound, Vault, VaultLocked, VaultMessage
 from protocol import statements
@@ -45,7 +46,7 @@ from protocol.consent import peek_consent_token_unverified
 from protocol.envelope import open_message
 from protocol.errors import ErrorCode, ProtocolError, ReplayError
 from protocol.frames import Deliver, Error, Receipt
-from protocol.model import DeviceKind
+from protocol.model import DeviceKind, Priority
 
 __all__ = ["Receiver", "without_images"]
 
@@ -59,13 +60,6 @@ def without_images(body: Body, attachment_ids: set[str]) -> Body:
     if len(kept) == len(body.attachments):
         return body
     return msgspec.structs.replace(body, attachments=kept, record=body.record if kept else None)
-
-
-def _dropped(exc: FlowError) -> str:
-    """What the client says of a delivery it dropped because its sender's chain failed."""
-    if exc.code == ErrorCode.CERTIFICATE_REVOKED.value:
-        return f"a message from a device your organisation revoked was dropped ({exc.code})"
-    return f"a message whose sender does not verify was dropped ({exc.code})"
 
 
 class Receiver:
@@ -86,6 +80,24 @@ class Receiver:
 
     # -- deliveries --------------------------------------------------------------------------
 
+    async def _dropped(self, frame: Deliver, exc: FlowError) -> str:
+        """What the client says of a delivery it dropped because its sender's chain failed.
+        One from a device our organisation revoked says who sent it (their user certificate,
+        from the directory, still names them: only the device was revoked), whether it was
+        urgent and when it reached the relay (the relay's time, not the revoked device's), so
+        the reader can ask the sender what it said (docs/HAZARD_LOG.md HAZ-10)."""
+        if exc.code != ErrorCode.CERTIFICATE_REVOKED.value:
+            return f"a message whose sender does not verify was dropped ({exc.code})"
+        sender = frame.message.header.sender_user_id
+        await self._trust.ensure_names([sender], self._memory.knows_name)
+        what = "an urgent message" if frame.priority is Priority.URGENT else "a message"
+        when = format_time(frame.received_at)
+        if not self._memory.knows_name(sender):
+            return (f"{what} sent {when} from a device your organisation revoked was dropped "
+                    f"({exc.code})")
+        return (f"{what} from {self._memory.display_name(sender)}, sent {when} from a device "
+                f"your organisation revoked, was dropped: ask them what it said ({exc.code})")
+
     async def on_deliver(self, frame: Deliver) -> None:
         sealed = frame.message
         h = sealed.header
@@ -99,7 +111,7 @@ class Receiver:
                 return
             raise DeferDelivery from exc
         except FlowError as exc:
-            await self._hub.emit(StatusEvent("error", _dropped(exc)))
+            await self._hub.emit(StatusEvent("error", await self._dropped(frame, exc)))
             return
         st = self._store.state
         try:

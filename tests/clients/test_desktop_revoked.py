@@ -167,8 +167,8 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_an
         world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
     """The sender's device is revoked while its consult waits at the relay for the locked
     desktop: unlocked, the desktop does not show it (its sender no longer verifies) and says
-    that a message from a revoked device was dropped, with when, instead of losing it in
-    silence."""
+    that a message from its sender's revoked device was dropped, with when, instead of losing
+    it in silence."""
     async with consult_open(world, tmp_path, orthanc, "Bay 8: wrist", "Bay 8 wrist") as on:
         page, problems, intern = on.page, on.problems, on.team.intern
         async with page.expect_response("**/api/lock"):  # the desktop has locked its vault
@@ -184,8 +184,9 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_an
         await unlock_page(page, on.team.desktop)
         notice = page.locator("#notice-text")
         await notice.wait_for()
-        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d: A message from a device your "
-                        r"organisation revoked was dropped \(certificate_revoked\)\. Tell IT "
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d: A message from Dr Ada Intern, sent "
+                        r"\d{4}-\d\d-\d\d \d\d:\d\d from a device your organisation revoked, "
+                        r"was dropped: ask them what it said \(certificate_revoked\)\. Tell IT "
                         r"if it happens again\.$", await notice.inner_text()), \
             await notice.inner_text()
         assert await page.locator(".thread-item", has_text="Bay 9 elbow").count() == 0

@@ -1,15 +1,23 @@
 """A consult whose sender no longer verifies is dropped, and the client says which case it was:
 a device the organisation's signed revocation list revokes is named as revoked
 (``certificate_revoked``), not as a sender that "does not verify", so a clinician reading the
-problem line knows that IT revoked it, not that someone forged it. Real relay; the sender's
-device is revoked while its consult waits at the relay for the recipient, who is offline."""
+problem line knows that IT revoked it, not that someone forged it; and it says who sent it,
+whether it was urgent and when it reached the relay, so the reader can ask the sender what it
+said (docs/HAZARD_LOG.md HAZ-10). Real relay; the sender's device is revoked while its consult
+waits at the relay for the recipient, who is offline."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from pathlib import Path
 
+import pytest
+
 from clients.sdk.client import ClientEvent, MessageEvent, StatusEvent
+from clients.sdk.timefmt import format_time
+from protocol.model import Priority
 from tests.clients.test_client import ORTHO
 from tests.clinician_world import enrol_clinician
 from tests.helpers import seconds
@@ -32,14 +40,18 @@ async def _problems(events: asyncio.Queue[ClientEvent], until: float) -> list[Cl
     return heard
 
 
-async def test_a_consult_from_a_device_revoked_while_it_waited_is_dropped_as_revoked(
-        world: World, tmp_path: Path) -> None:
-    intern = await enrol_clinician(world, tmp_path, "intern")
+@pytest.mark.parametrize(("priority", "what"), [(Priority.ROUTINE, "A message"),
+                                               (Priority.URGENT, "An urgent message")])
+async def test_a_consult_from_a_device_revoked_while_it_waited_is_dropped_naming_its_sender(
+        world: World, tmp_path: Path, priority: Priority, what: str) -> None:
+    intern = await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern")
     ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
     await intern.client.start(wait_connected=seconds(10))
     try:
-        thread = await intern.client.create_thread(roles=[ORTHO])
+        thread = await intern.client.create_thread(roles=[ORTHO], priority=priority)
+        before = time.time()
         await intern.client.send_text(thread.thread_id, "Sent before revocation")
+        after = time.time()
     finally:
         await intern.client.close(drain=0)
     r = await world.revoke(world.org, 1, devices=(await world.device_of(intern.user_id),))
@@ -51,7 +63,12 @@ async def test_a_consult_from_a_device_revoked_while_it_waited_is_dropped_as_rev
         heard = await _problems(events, seconds(5))
     finally:
         await ortho.client.close(drain=0)
-    assert heard == [StatusEvent(
-        "error", "a message from a device your organisation revoked was dropped "
-                 "(certificate_revoked)")]
+    assert [type(e) for e in heard] == [StatusEvent], heard
+    assert isinstance(heard[0], StatusEvent) and heard[0].state == "error"
+    said = re.fullmatch(what.lower() + r" from Dr Ada Intern, sent (.+) from a device your "
+                        r"organisation revoked, was dropped: ask them what it said "
+                        r"\(certificate_revoked\)", heard[0].detail)
+    assert said, heard[0].detail
+    # when it reached the relay (as the relay stamped it), in the reader's own format
+    assert said.group(1) in {format_time(before), format_time(after)}
     assert ortho.client.thread_messages(thread.thread_id) == []

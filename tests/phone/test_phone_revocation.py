@@ -1,6 +1,7 @@
 """The phone checks the organisation's revocation list as the Python SDK does
 (clients/sdk/trust.py; PROTOCOL §4.5, §4.6): a message from a device revoked while it waited
-at the relay is not shown; a relay that still offers a revoked device gets nothing sealed to
+at the relay is not shown, and the phone says who sent it and when, so the reader can ask
+them what it said; a relay that still offers a revoked device gets nothing sealed to
 it; a relay that serves an older list than the phone holds is refused (rollback). The lying
 relay is the real relay with its database edited, as a compromised relay host could. A reply
 whose sender cannot be checked because the relay cannot be reached is told in words (never as
@@ -8,21 +9,32 @@ the relay's code) and shown once the next connection brings it again."""
 
 from __future__ import annotations
 
+import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from clients.sdk.timefmt import format_time
+from protocol.model import Priority
 from tests.identity_world import World
 from tests.phone.phone_world import (
     PASSPHRASE,
+    SHOTS,
     enrol_by_code,
     enrolled_phone,
     intern_and_specialist,
     phone_page,
     sent_from_phone,
 )
+
+
+def when(ts: float) -> str:
+    """A time as the phone writes it, in its page's zone (phone_world.phone_page)."""
+    return format_time(ts, tz=ZoneInfo("Europe/London"))
 
 
 @pytest.fixture
@@ -54,15 +66,25 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_not_shown(
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         await page.tap("#lock")
         await page.locator("#screen-unlock").wait_for()
-        await specialist.client.send_text(consult.message.thread_id, "Sent before revocation.")
+        sent_from = time.time()
+        await specialist.client.send_text(consult.message.thread_id, "Sent before revocation.",
+                                          priority=Priority.URGENT)
+        sent_by = time.time()
         r = await world.revoke(world.org, 1,
                                devices=(specialist.client.store.state.device_id,))
         assert r.status_code == 200, r.text
         await page.fill("#passphrase", PASSPHRASE)
         await page.tap("#unlock")
-        await page.locator("#notice", has_text="A message was not shown: its sender's device "
-                           "is revoked by your organisation.").wait_for()
+        notice = page.locator("#notice", has_text="from a device your organisation revoked")
+        await notice.wait_for()
+        said = re.fullmatch(r"An urgent message from Dr Bo Ortho, sent (.+) from a device your "
+                            r"organisation revoked, was not shown: ask them what it said\.",
+                            await notice.inner_text())
+        assert said, await notice.inner_text()
+        assert said.group(1) in {when(sent_from), when(sent_by)}
         assert await page.locator(".message.theirs").count() == 0
+        await page.screenshot(path=str(SHOTS / "33-message-from-revoked-device.png"),
+                              full_page=True)
         # Dropped and acknowledged: it does not come back with the next connection.
         await page.evaluate("() => { document.getElementById('notice').textContent = ''; }")
         await unlock(page)

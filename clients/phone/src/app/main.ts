@@ -125,9 +125,7 @@ function onEvent(data: Record<string, unknown>): void {
       void renderThreads();
       return;
     case "dropped":
-      $("notice").textContent = data["code"] === "certificate_revoked"
-        ? "A message was not shown: its sender's device is revoked by your organisation."
-        : "A message was not shown: its sender's certificate does not verify. Tell IT if this happens again.";
+      $("notice").textContent = droppedSentence(data);
       return;
     case "problem":
       sayKept("send-status", String(data["message"] ?? ""), null);
@@ -135,6 +133,21 @@ function onEvent(data: Record<string, unknown>): void {
       else delete $("send-status").dataset["connection"];
       return;
   }
+}
+
+// A message the worker dropped because its sender no longer verifies (worker.ts onDeliver):
+// one from a device the organisation revoked names its sender, whether it was urgent and when
+// it reached the relay, so the reader can ask them what it said (docs/HAZARD_LOG.md HAZ-10).
+function droppedSentence(data: Record<string, unknown>): string {
+  if (data["code"] !== "certificate_revoked") {
+    return "A message was not shown: its sender's certificate does not verify. Tell IT if this happens again.";
+  }
+  const what = data["urgent"] ? "An urgent message" : "A message";
+  const at = typeof data["received_at"] === "number" ? ` sent ${when(data["received_at"])}` : "";
+  const sender = typeof data["sender"] === "string" ? data["sender"] : null;
+  return sender
+    ? `${what} from ${sender},${at} from a device your organisation revoked, was not shown: ask them what it said.`
+    : `${what}${at} from a device your organisation revoked was not shown.`;
 }
 
 // A status line that said a consult or photo was kept ("Not sent yet: ... sent by itself") names

@@ -653,13 +653,30 @@ async function chain(userCert: string, deviceCert: string): Promise<certs.Verifi
   }
 }
 
+/** A sender's device that no longer verifies: ``sender`` names them when their user
+ * certificate still does (only the device was revoked), so the reader can ask what they sent. */
+class SenderRefused extends UserError {
+  constructor(code: string, message: string, readonly sender: string | null = null) {
+    super(code, message);
+  }
+}
+
 async function senderChain(userId: string, deviceId: string): Promise<certs.VerifiedDevice> {
   const answer = await relay!.call<{ user_certificate: string; devices: { device_certificate: string }[] }>("GET", `/v1/users/${userId}/devices`);
   for (const dev of answer.devices) {
     const vd = await chain(answer.user_certificate, dev.device_certificate);
     if (vd.deviceId === deviceId) return vd;
   }
-  if ((await revocations()).entry(st!.org_id, "device", deviceId)) throw new UserError("certificate_revoked", "the sender's device is revoked");
+  if ((await revocations()).entry(st!.org_id, "device", deviceId)) {
+    let name: string | null = null;
+    try {
+      const user = certs.verifyUserCertificate(answer.user_certificate, pinned(), now(), null);
+      if (user.user_id === userId) name = user.display_name;
+    } catch {
+      // a certificate that does not verify names nobody
+    }
+    throw new SenderRefused("certificate_revoked", "the sender's device is revoked", name);
+  }
   throw new UserError("certificate_invalid", "the sender's device is unknown");
 }
 
@@ -675,7 +692,12 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       // An unreachable relay: not acknowledged, so delivered again. A sender that does not
       // verify (revoked, unknown, or a list rolled back): dropped, as clients/sdk/receiving.py.
       if (err instanceof RelayError && (err.status === 0 || err.status >= 500)) throw err;
-      event("dropped", { code: (err as { code?: string }).code ?? "certificate_invalid" });
+      event("dropped", {
+        code: (err as { code?: string }).code ?? "certificate_invalid",
+        sender: err instanceof SenderRefused ? err.sender : null,
+        urgent: frame["priority"] === "urgent",
+        received_at: frame["received_at"],
+      });
       sendFrame(ws, { t: "ack", delivery_ids: [frame["delivery_id"] as string] });
       return;
     }

@@ -80,23 +80,35 @@ class Receiver:
 
     # -- deliveries --------------------------------------------------------------------------
 
-    async def _dropped(self, frame: Deliver, exc: FlowError) -> str:
-        """What the client says of a delivery it dropped because its sender's chain failed.
-        One from a device our organisation revoked says who sent it (their user certificate,
-        from the directory, still names them: only the device was revoked), whether it was
-        urgent and when it reached the relay (the relay's time, not the revoked device's), so
-        the reader can ask the sender what it said (docs/HAZARD_LOG.md HAZ-10)."""
-        if exc.code != ErrorCode.CERTIFICATE_REVOKED.value:
-            return f"a message whose sender does not verify was dropped ({exc.code})"
+    async def _dropped(self, frame: Deliver, code: str) -> str:
+        """What the client says of a delivery it dropped because its sender no longer
+        verifies. One from a device our organisation revoked, or from a colleague it suspended,
+        says who sent it when their name is known (a revoked device's user certificate, from
+        the directory, still names them; a suspended colleague's is no longer served, so only a
+        name this device already holds), whether it was urgent and when it reached the relay
+        (the relay's time, not the sender's claim), so the reader can ask the sender what it
+        said (docs/HAZARD_LOG.md HAZ-10)."""
+        revoked = code == ErrorCode.CERTIFICATE_REVOKED.value
+        if not revoked and code != ErrorCode.USER_SUSPENDED.value:
+            return f"a message whose sender does not verify was dropped ({code})"
         sender = frame.message.header.sender_user_id
-        await self._trust.ensure_names([sender], self._memory.knows_name)
+        if revoked:
+            await self._trust.ensure_names([sender], self._memory.knows_name)
         what = "an urgent message" if frame.priority is Priority.URGENT else "a message"
         when = format_time(frame.received_at)
-        if not self._memory.knows_name(sender):
-            return (f"{what} sent {when} from a device your organisation revoked was dropped "
-                    f"({exc.code})")
-        return (f"{what} from {self._memory.display_name(sender)}, sent {when} from a device "
-                f"your organisation revoked, was dropped: ask them what it said ({exc.code})")
+        known = self._memory.knows_name(sender)
+        if revoked:
+            if not known:
+                return (f"{what} sent {when} from a device your organisation revoked was "
+                        f"dropped ({code})")
+            return (f"{what} from {self._memory.display_name(sender)}, sent {when} from a "
+                    f"device your organisation revoked, was dropped: ask them what it said "
+                    f"({code})")
+        if not known:
+            return (f"{what} sent {when} was dropped: your organisation has suspended its "
+                    f"sender's account ({code})")
+        return (f"{what} from {self._memory.display_name(sender)}, sent {when}, was dropped: "
+                f"your organisation has suspended their account ({code})")
 
     async def on_deliver(self, frame: Deliver) -> None:
         sealed = frame.message
@@ -105,13 +117,17 @@ class Receiver:
             chain = await self._trust.device_chain(h.sender_user_id, h.sender_device_id)
         except (RelayUnavailable, RelayRequestError) as exc:
             if isinstance(exc, RelayRequestError) and exc.status < 500:
-                await self._hub.emit(StatusEvent("error", f"a message from an unknown or "
-                                                          f"revoked device was dropped "
-                                                          f"({exc.code})"))
+                # The directory refused to name the sender: a suspended colleague, or a user
+                # it does not know.
+                detail = (await self._dropped(frame, exc.code)
+                          if exc.code == ErrorCode.USER_SUSPENDED.value else
+                          f"a message from an unknown or revoked device was dropped "
+                          f"({exc.code})")
+                await self._hub.emit(StatusEvent("error", detail))
                 return
             raise DeferDelivery from exc
         except FlowError as exc:
-            await self._hub.emit(StatusEvent("error", await self._dropped(frame, exc)))
+            await self._hub.emit(StatusEvent("error", await self._dropped(frame, exc.code)))
             return
         st = self._store.state
         try:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from clients.sdk.client import ClientEvent, MessageEvent, StatusEvent
+from clients.sdk.client import ClientEvent, LightboxClient, MessageEvent, StatusEvent
 from clients.sdk.timefmt import format_time
 from protocol.model import Priority
 from tests.clients.test_client import ORTHO
 from tests.clinician_world import enrol_clinician
 from tests.helpers import seconds
-from tests.identity_world import World
+from tests.identity_world import PASSWORD, World
 
 
 async def _problems(events: asyncio.Queue[ClientEvent], until: float) -> list[ClientEvent]:
@@ -72,3 +72,54 @@ async def test_a_consult_from_a_device_revoked_while_it_waited_is_dropped_naming
     # when it reached the relay (as the relay stamped it), in the reader's own format
     assert said.group(1) in {format_time(before), format_time(after)}
     assert ortho.client.thread_messages(thread.thread_id) == []
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["never-seen", "seen-before"])
+async def test_a_consult_from_a_colleague_suspended_while_it_waited_is_dropped_and_said(
+        world: World, tmp_path: Path, known: bool) -> None:
+    """The directory no longer names a suspended colleague: a reader who holds their name
+    (from an earlier message) is told it, one who never did is told of a suspended sender;
+    either way whether it was urgent and when, instead of an "unknown or revoked device"."""
+    intern = await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    await intern.client.start(wait_connected=seconds(10))
+    try:
+        thread = await intern.client.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+        if known:  # the specialist has read a message of hers before
+            events = ortho.client.subscribe()
+            await ortho.client.start(wait_connected=seconds(10))
+            try:
+                await intern.client.send_text(thread.thread_id, "Earlier consult")
+                async with asyncio.timeout(seconds(10)):
+                    while not isinstance(await events.get(), MessageEvent):
+                        pass
+            finally:
+                await ortho.client.close(drain=0)
+        before = time.time()
+        await intern.client.send_text(thread.thread_id, "Sent before suspension")
+        after = time.time()
+    finally:
+        await intern.client.close(drain=0)
+    r = await world.revoke(world.org, 1, users=(intern.user_id,))
+    assert r.status_code == 200, r.text
+
+    # The specialist's program started afresh on the same vault (the names it learnt kept there).
+    reader = LightboxClient(ortho.vault, ortho.vault, password=PASSWORD, backoff_base=0.05,
+                            backoff_max=0.5)
+    events = reader.subscribe()
+    await reader.start(wait_connected=seconds(10))
+    try:
+        heard = await _problems(events, seconds(5))
+        texts = [m.body.text for m in reader.thread_messages(thread.thread_id)]
+    finally:
+        await reader.close(drain=0)
+    assert [type(e) for e in heard] == [StatusEvent], heard
+    assert isinstance(heard[0], StatusEvent) and heard[0].state == "error"
+    said = re.fullmatch(
+        r"an urgent message from Dr Ada Intern, sent (.+), was dropped: your organisation has "
+        r"suspended their account \(user_suspended\)" if known else
+        r"an urgent message sent (.+) was dropped: your organisation has suspended its "
+        r"sender's account \(user_suspended\)", heard[0].detail)
+    assert said, heard[0].detail
+    assert said.group(1) in {format_time(before), format_time(after)}
+    assert texts == (["Earlier consult"] if known else [])

@@ -58,30 +58,44 @@ async def unlock(page: Any) -> None:
     await page.locator("#conn", has_text="connected").wait_for()
 
 
+async def urgent_while_locked(world: World, page: Any, specialist: Any, thread_id: str,
+                              text: str, **revocation: Any) -> set[str]:
+    """With the phone locked, the specialist sends ``text`` urgent, then IT's list revokes
+    ``revocation`` (devices or users), then the phone is unlocked. The times the phone may say
+    the message reached the relay."""
+    await page.tap("#lock")
+    await page.locator("#screen-unlock").wait_for()
+    sent_from = time.time()
+    await specialist.client.send_text(thread_id, text, priority=Priority.URGENT)
+    sent_by = time.time()
+    r = await world.revoke(world.org, 1, **revocation)
+    assert r.status_code == 200, r.text
+    await page.fill("#passphrase", PASSPHRASE)
+    await page.tap("#unlock")
+    return {when(sent_from), when(sent_by)}
+
+
+async def notice_time(page: Any, sentence: str) -> str:
+    """The notice once it reads ``sentence`` (a pattern whose one group is a time): the time."""
+    notice = page.locator("#notice", has_text=" was not shown")
+    await notice.wait_for()
+    said = re.fullmatch(sentence, await notice.inner_text())
+    assert said, await notice.inner_text()
+    return said.group(1)
+
+
 async def test_a_message_from_a_device_revoked_while_it_was_queued_is_not_shown(
         phone: tuple[World, str], tmp_path: Path) -> None:
     world, origin = phone
     async with enrolled_phone(world, tmp_path, origin) as (_intern, specialist, events, page,
                                                            problems):
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
-        await page.tap("#lock")
-        await page.locator("#screen-unlock").wait_for()
-        sent_from = time.time()
-        await specialist.client.send_text(consult.message.thread_id, "Sent before revocation.",
-                                          priority=Priority.URGENT)
-        sent_by = time.time()
-        r = await world.revoke(world.org, 1,
-                               devices=(specialist.client.store.state.device_id,))
-        assert r.status_code == 200, r.text
-        await page.fill("#passphrase", PASSPHRASE)
-        await page.tap("#unlock")
-        notice = page.locator("#notice", has_text="from a device your organisation revoked")
-        await notice.wait_for()
-        said = re.fullmatch(r"An urgent message from Dr Bo Ortho, sent (.+) from a device your "
-                            r"organisation revoked, was not shown: ask them what it said\.",
-                            await notice.inner_text())
-        assert said, await notice.inner_text()
-        assert said.group(1) in {when(sent_from), when(sent_by)}
+        sent = await urgent_while_locked(
+            world, page, specialist, consult.message.thread_id, "Sent before revocation.",
+            devices=(specialist.client.store.state.device_id,))
+        assert await notice_time(page, r"An urgent message from Dr Bo Ortho, sent (.+) from a "
+                                       r"device your organisation revoked, was not shown: ask "
+                                       r"them what it said\.") in sent
         assert await page.locator(".message.theirs").count() == 0
         await page.screenshot(path=str(SHOTS / "33-message-from-revoked-device.png"),
                               full_page=True)
@@ -90,6 +104,26 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_not_shown(
         await unlock(page)
         await page.locator(".message.mine").wait_for()
         assert await page.text_content("#notice") == ""
+        assert problems == []
+
+
+async def test_a_message_from_a_colleague_suspended_while_it_was_queued_names_them(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    """The directory no longer names a suspended colleague; the phone names them from the
+    consult's earlier message of theirs, and says the account was suspended."""
+    world, origin = phone
+    async with enrolled_phone(world, tmp_path, origin) as (_intern, specialist, events, page,
+                                                           problems):
+        consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
+        await specialist.client.send_text(consult.message.thread_id, "Looking now.")
+        await page.locator(".message.theirs", has_text="Looking now.").wait_for()
+        sent = await urgent_while_locked(
+            world, page, specialist, consult.message.thread_id, "Sent before suspension.",
+            users=(specialist.user_id,))
+        assert await notice_time(page, r"An urgent message from Dr Bo Ortho, sent (.+), was not "
+                                       r"shown: your organisation has suspended their "
+                                       r"account\.") in sent
+        assert await page.locator(".message.theirs", has_text="Sent before suspension").count() == 0
         assert problems == []
 
 

@@ -136,18 +136,25 @@ function onEvent(data: Record<string, unknown>): void {
 }
 
 // A message the worker dropped because its sender no longer verifies (worker.ts onDeliver):
-// one from a device the organisation revoked names its sender, whether it was urgent and when
-// it reached the relay, so the reader can ask them what it said (docs/HAZARD_LOG.md HAZ-10).
+// one from a device the organisation revoked, or from a colleague it suspended, names its
+// sender when known, whether it was urgent and when it reached the relay, so the reader can
+// ask them what it said (docs/HAZARD_LOG.md HAZ-10).
 function droppedSentence(data: Record<string, unknown>): string {
-  if (data["code"] !== "certificate_revoked") {
+  const revoked = data["code"] === "certificate_revoked";
+  if (!revoked && data["code"] !== "user_suspended") {
     return "A message was not shown: its sender's certificate does not verify. Tell IT if this happens again.";
   }
   const what = data["urgent"] ? "An urgent message" : "A message";
   const at = typeof data["received_at"] === "number" ? ` sent ${when(data["received_at"])}` : "";
   const sender = typeof data["sender"] === "string" ? data["sender"] : null;
+  if (revoked) {
+    return sender
+      ? `${what} from ${sender},${at} from a device your organisation revoked, was not shown: ask them what it said.`
+      : `${what}${at} from a device your organisation revoked was not shown.`;
+  }
   return sender
-    ? `${what} from ${sender},${at} from a device your organisation revoked, was not shown: ask them what it said.`
-    : `${what}${at} from a device your organisation revoked was not shown.`;
+    ? `${what} from ${sender},${at}, was not shown: your organisation has suspended their account.`
+    : `${what}${at} was not shown: your organisation has suspended its sender's account.`;
 }
 
 // A status line that said a consult or photo was kept ("Not sent yet: ... sent by itself") names

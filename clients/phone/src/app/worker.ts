@@ -692,9 +692,16 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       // An unreachable relay: not acknowledged, so delivered again. A sender that does not
       // verify (revoked, unknown, or a list rolled back): dropped, as clients/sdk/receiving.py.
       if (err instanceof RelayError && (err.status === 0 || err.status >= 500)) throw err;
+      const code = (err as { code?: string }).code ?? "certificate_invalid";
+      // A suspended colleague the directory no longer names: named only if this consult
+      // already holds a message of theirs.
+      const earlier = code === "user_suspended"
+        ? (await vault!.get<ThreadRecord>(`thread:${h.thread_id}`))?.messages
+          .find((m) => m.from_user_id === h.sender_user_id)?.from_name ?? null
+        : null;
       event("dropped", {
-        code: (err as { code?: string }).code ?? "certificate_invalid",
-        sender: err instanceof SenderRefused ? err.sender : null,
+        code,
+        sender: err instanceof SenderRefused ? err.sender : earlier,
         urgent: frame["priority"] === "urgent",
         received_at: frame["received_at"],
       });

@@ -72,6 +72,38 @@ async def test_an_urgent_xray_sent_from_the_cli_reaches_the_specialists_inbox(
     assert "[role:orthopaedics_oncall, 1 person]" in out
 
 
+@pytest.mark.parametrize(("command", "gone"), [("inbox", "devices"), ("threads", "users")])
+async def test_a_consult_dropped_while_inbox_or_threads_synced_is_said(
+        world: World, tmp_path: Path, command: str, gone: str) -> None:
+    """A consult whose sender was revoked (its device) or suspended while it waited is dropped
+    by the client as `inbox` or `threads` syncs: the command says so, as `watch` does, and
+    does not count it, instead of answering "0 unread messages" alone."""
+    home = tmp_path / "home"
+    intern = await enrol_clinician(world, tmp_path, "intern", vault_dir=home / "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
+                                  vault_dir=home / "ortho")
+    for person in (intern, ortho):
+        person.vault.lock()
+    rc, out, err = await lightbox("--profile", "intern", "send", "--to", f"role:{ORTHO}",
+                                  "--urgent", "Please call about bed 4.")
+    assert rc == 0, err
+    revoked = {"devices": (await world.device_of(intern.user_id),), "users": (intern.user_id,)}
+    r = await world.revoke(world.org, 1, **{gone: revoked[gone]})
+    assert r.status_code == 200, r.text
+
+    rc, out, err = await lightbox("--profile", "ortho", command)
+    assert rc == 0, err
+    said = (r"-- error: an urgent message from Dr Intern, sent \S+ \S+ from a device your "
+            r"organisation revoked, was dropped: ask them what it said \(certificate_revoked\)"
+            if gone == "devices" else
+            r"-- error: an urgent message sent \S+ \S+ was dropped: your organisation has "
+            r"suspended its sender's account \(user_suspended\)")
+    assert re.search("^" + said + "$", out, re.MULTILINE), out
+    assert ("0 unread messages\n" if command == "inbox" else "1 thread\n") in out
+    rc, out, _ = await lightbox("--profile", "ortho", command)  # dropped once, said once
+    assert rc == 0 and "-- error:" not in out, out
+
+
 @pytest.mark.parametrize(("content", "expected"), [
     (b"%PDF-1.4 not a photo", "the image cannot be sent"),
     (xray_png(900, 700)[:5000], "the image cannot be sent"),

@@ -18,7 +18,7 @@ from pathlib import Path
 from clients.clinician import phi
 from clients.clinician.device import store_of
 from clients.clinician.sending import record_from_args
-from clients.clinician.shell import unlock_profile
+from clients.clinician.shell import print_problems, unlock_profile
 from clients.sdk import consent as consent_capture
 from clients.sdk import consent_pdf, people
 from clients.sdk.errors import FlowError, RelayRequestError, SDKError
@@ -138,6 +138,7 @@ def capture_command(args: argparse.Namespace) -> int:
 
     async def go() -> str:
         client = device.client()
+        events = client.subscribe()
         try:
             await client.ensure_login()
             status = (await consent_capture.register_consent(client.relay, token)).status
@@ -149,6 +150,7 @@ def capture_command(args: argparse.Namespace) -> int:
             return status
         finally:
             await client.close()
+            print_problems(events)  # what it dropped as it synced
 
     if args.no_register:
         say_registered(claims, "not registered")

@@ -11,6 +11,7 @@ import sys
 
 from clients.clinician.shell import (
     consent_of,
+    problem_line,
     unlock_profile,
     when,
 )
@@ -178,7 +179,7 @@ def print_heard(client: LightboxClient, events: asyncio.Queue[ClientEvent]) -> N
         if isinstance(event, OutboxEvent):
             print_outbox_event(event)
         elif isinstance(event, StatusEvent) and event.state == "error":
-            print(describe(client, event), flush=True)
+            print(problem_line(event), flush=True)
 
 
 def inbox_command(args: argparse.Namespace) -> int:
@@ -252,7 +253,7 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
             return "-- connected to the relay"
         if event.state == "disconnected":
             return "-- relay connection lost: reconnecting (nothing is lost)"
-        return f"-- {event.state}: {event.detail}"
+        return problem_line(event)
     return None
 
 

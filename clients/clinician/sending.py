@@ -13,6 +13,7 @@ from typing import Any
 
 from clients.clinician.shell import (
     MAX_IMAGE_FILE,
+    print_problems,
     unlock_profile,
     when,
 )
@@ -321,6 +322,7 @@ def send_command(args: argparse.Namespace) -> int:
 
     async def go() -> tuple[str, str, int]:
         client = device.client()
+        events = client.subscribe()
         try:
             await client.start()
             users = [(await client.resolve_user(login)).user_id for login in logins]
@@ -370,6 +372,7 @@ def send_command(args: argparse.Namespace) -> int:
             return sent.message_id, thread_id, sent.thread_seq
         finally:
             await client.close()
+            print_problems(events)  # what it dropped as it synced
 
     try:
         message_id, thread_id, seq = run_async(go)
@@ -405,6 +408,7 @@ def break_glass_command(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         client = device.client()
+        events = client.subscribe()
         try:
             await client.start()
             if args.action == "follow-up":
@@ -424,6 +428,7 @@ def break_glass_command(args: argparse.Namespace) -> int:
                                 "| --no-consent WHY --reason TEXT" if cases else ""))
         finally:
             await client.close()
+            print_problems(events)  # what it dropped as it synced
 
     run_async(go)
     return 0
@@ -449,6 +454,7 @@ def correct_patient_command(args: argparse.Namespace) -> int:
 
     async def go() -> tuple[str, int]:
         client = device.client()
+        events = client.subscribe()
         try:
             await client.start()
             await client.threads()
@@ -465,6 +471,7 @@ def correct_patient_command(args: argparse.Namespace) -> int:
             return sent.message_id, sent.thread_seq
         finally:
             await client.close()
+            print_problems(events)  # what it dropped as it synced
 
     message_id, seq = run_async(go)
     print(f"sent again with the corrected patient identity: message {message_id} (#{seq}); "

@@ -6,6 +6,7 @@ instead of tracebacks, and the time and consent shown beside a message.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import TypeVar
 
 from clients.sdk import imaging
 from clients.sdk.errors import KeyStoreError
+from clients.sdk.events import ClientEvent, StatusEvent
 from clients.sdk.keystore import KeyStore
 from clients.sdk.profile import ProfileDevice, open_profile
 from clients.sdk.prompts import read_secret
@@ -28,6 +30,8 @@ __all__ = [
     "T",
     "consent_of",
     "guarded",
+    "print_problems",
+    "problem_line",
     "profile_dir",
     "unlock_profile",
     "when",
@@ -50,6 +54,22 @@ def unlock_profile(args: argparse.Namespace) -> ProfileDevice:
         raise KeyStoreError(f"profile {args.profile!r} has no device: run `lightbox enroll` "
                             "or `lightbox link` first")
     return open_profile(directory, read_secret("LIGHTBOX_PASSWORD", f"Password ({args.profile})"))
+
+
+def problem_line(event: StatusEvent) -> str:
+    """A problem the client reports (a message it dropped, a refused notice), as every command
+    prints it."""
+    return f"-- {event.state}: {event.detail}"
+
+
+def print_problems(events: asyncio.Queue[ClientEvent]) -> None:
+    """Print the problems the client reported while a command ran (``events`` subscribed
+    before it started): a consult it dropped as it synced is never lost in silence, whichever
+    command connected (docs/HAZARD_LOG.md HAZ-10). Other events are left out."""
+    while not events.empty():
+        event = events.get_nowait()
+        if isinstance(event, StatusEvent) and event.state == "error":
+            print(problem_line(event), flush=True)
 
 
 def when(ts: float) -> str:

@@ -104,6 +104,38 @@ async def test_a_consult_dropped_while_inbox_or_threads_synced_is_said(
     assert rc == 0 and "-- error:" not in out, out
 
 
+async def test_a_consult_dropped_while_send_ran_is_said_once(world: World,
+                                                            tmp_path: Path) -> None:
+    """`send` connects, and the relay brings what waits for this device: a consult from a
+    colleague whose device was revoked meanwhile is dropped by the client, and said, by the
+    command during which that happened (here `send`), or else by the next `inbox`; once."""
+    home = tmp_path / "home"
+    intern = await enrol_clinician(world, tmp_path, "intern", vault_dir=home / "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
+                                  vault_dir=home / "ortho")
+    cai = await enrol_clinician(world, tmp_path, "cai")
+    for person in (intern, ortho):
+        person.vault.lock()
+    await cai.client.start(wait_connected=10)
+    try:
+        thread = await cai.client.create_thread(users=[intern.user_id])
+        await cai.client.send_text(thread.thread_id, "About bed 9.")
+    finally:
+        await cai.client.close(drain=0)
+    r = await world.revoke(world.org, 1, devices=(await world.device_of(cai.user_id),))
+    assert r.status_code == 200, r.text
+
+    rc, sent, err = await lightbox("--profile", "intern", "send", "--to", f"role:{ORTHO}",
+                                   "Please call about bed 4.")
+    assert rc == 0 and "sent: message" in sent, err
+    rc, inbox, err = await lightbox("--profile", "intern", "inbox")
+    assert rc == 0, err
+    line = re.compile(r"^-- error: a message from Dr Cai, sent \S+ \S+ from a device your "
+                      r"organisation revoked, was dropped: ask them what it said "
+                      r"\(certificate_revoked\)$", re.MULTILINE)
+    assert len(line.findall(sent)) + len(line.findall(inbox)) == 1, (sent, inbox)
+
+
 @pytest.mark.parametrize(("content", "expected"), [
     (b"%PDF-1.4 not a photo", "the image cannot be sent"),
     (xray_png(900, 700)[:5000], "the image cannot be sent"),

@@ -52,7 +52,10 @@ __all__ = [
 
 
 def subject(client: LightboxClient, thread_id: str) -> str:
-    for view in client.thread_messages(thread_id):
+    views = client.thread_messages(thread_id)
+    if not views:  # its first message still on its way, or dropped (said when it was)
+        return "(no message on this device yet)"
+    for view in views:
         if view.body.subject:
             return view.body.subject
     return "(no subject yet)"

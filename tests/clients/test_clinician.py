@@ -100,6 +100,8 @@ async def test_a_consult_dropped_while_inbox_or_threads_synced_is_said(
             r"suspended its sender's account \(user_suspended\)")
     assert re.search("^" + said + "$", out, re.MULTILINE), out
     assert ("0 unread messages\n" if command == "inbox" else "1 thread\n") in out
+    if command == "threads":  # listed, with nothing in it: said so, not "no subject yet"
+        assert "  (no message on this device yet)  [role:orthopaedics_oncall" in out, out
     rc, out, _ = await lightbox("--profile", "ortho", command)  # dropped once, said once
     assert rc == 0 and "-- error:" not in out, out
 

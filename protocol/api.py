@@ -287,10 +287,10 @@ class CertificateRenewal(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
 
 class EnrolmentReissue(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """A new enrolment code for a user who has not enrolled yet (status ``pending``): a new
-    certificate for the same user and organisation with a new identity key, and the package
-    sealed under the new code, as in :class:`ProvisionUser`. It replaces the user's certificate
-    and every unused code of theirs."""
+    """A new enrolment code for a user who has not enrolled yet (status ``pending``), or whose
+    every device is revoked: a new certificate for the same user and organisation with a new
+    identity key, and the package sealed under the new code, as in :class:`ProvisionUser`. It
+    replaces the user's certificate and every unused code of theirs."""
 
     user_certificate: Compact
     enrolment_token_hash: B64Key  # b64url(SHA-256(enrolment_token(code)))

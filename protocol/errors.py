@@ -192,8 +192,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.ENROLMENT_CODE_EXPIRED: "The enrolment code has expired.",
     ErrorCode.PAIRING_CODE_INVALID: "The device pairing code is unknown, used or expired.",
     ErrorCode.PASSWORD_TOO_WEAK: "The password is too short or too common.",
-    ErrorCode.USER_ALREADY_ENROLLED: "The user has enrolled a device, so no new enrolment code "
-    "is issued: revoke a lost device and link a new one from an enrolled device.",
+    ErrorCode.USER_ALREADY_ENROLLED: "The user has a device still active, so no new enrolment "
+    "code is issued: link a new device from it (and revoke a lost one).",
     ErrorCode.CERTIFICATE_INVALID: "A certificate is malformed or its signature does not verify.",
     ErrorCode.CERTIFICATE_EXPIRED: "A certificate is outside its validity period.",
     ErrorCode.CERTIFICATE_REVOKED: "A certificate has been revoked.",

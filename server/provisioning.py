@@ -126,10 +126,14 @@ class ProvisioningService:
                            details={"org_id": cert.org_id, "enrolment_expires_at": expires})
 
     async def reissue_enrolment(self, user_id: str, body: EnrolmentReissue) -> EnrolmentReissued:
-        """A new enrolment code for a user who never enrolled: their certificate (new identity
-        key, same user and organisation) and every unused code replaced in one transaction, so
-        the old code is unknown at once (enrolment_code_invalid). A user who enrolled is
-        refused (user_already_enrolled): a lost device is revoked and a new one linked."""
+        """A new enrolment code for a user who never enrolled, or whose every device IT has
+        revoked (a lost only phone: their identity key was on it, so no device is left to
+        link a new one from): their certificate (new identity key, same user and
+        organisation) and every unused code replaced in one transaction, so the old code is
+        unknown at once (enrolment_code_invalid). The old identity key then certifies nothing
+        the relay serves: a device certificate it signed no longer chains to the user's
+        certificate. A user with a device still active is refused (user_already_enrolled):
+        they link a new device from it."""
         now = self.clock()
         token_hash, sealed, expires = self._enrolment(
             body.enrolment_token_hash, body.sealed_identity, body.enrolment_expires_at, now)
@@ -141,10 +145,11 @@ class ProvisioningService:
             if current.status == "suspended":
                 raise Forbidden(ErrorCode.USER_SUSPENDED,
                                 "the user is suspended: resume them first")
-            if current.status != "pending" or current.password_hash is not None:
+            if (current.status != "pending" or current.password_hash is not None) and (
+                    await devices.count_active(conn, user_id)):
                 raise Conflict(ErrorCode.USER_ALREADY_ENROLLED,
-                               "the user has enrolled a device: revoke a lost device and link "
-                               "a new one instead")
+                               "the user has a device still active: link a new one from it "
+                               "(revoke a lost one)")
             cert = self._verify(body.user_certificate, await self.trust.revocations(conn))
             previous = peek_compact(current.user_certificate, UserCertificate)
             if cert.user_id != current.user_id or cert.org_id != current.org_id:
@@ -159,7 +164,8 @@ class ProvisioningService:
             await audit.append(conn, "admin.enrolment_reissued", subject_kind="user",
                                subject_id=user_id,
                                details={"org_id": cert.org_id, "enrolment_expires_at": expires,
-                                        "codes_replaced": replaced})
+                                        "codes_replaced": replaced,
+                                        "after_enrolment": current.status != "pending"})
         return EnrolmentReissued(user_id=user_id, login=current.login,
                                  enrolment_expires_at=expires, replaced=replaced)
 

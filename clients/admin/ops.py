@@ -162,9 +162,9 @@ async def renew_user_licence(
     return await relay.renew_certificate(user_id, token)
 
 
-_ENROLLED = ("has enrolled a device, so a new enrolment code would not help: revoke a lost "
-             "device (`lightbox-admin device revoke`) and link a new one from a device they "
-             "still have (`lightbox link`)")
+_ENROLLED = ("has a device still active, so a new enrolment code would not help: they link "
+             "a new one from it (`lightbox link`), and a lost one is revoked "
+             "(`lightbox-admin device revoke`)")
 
 
 _SUSPENDED = "{login} is suspended: resume them first (`lightbox-admin user resume`)"
@@ -174,15 +174,16 @@ async def reissue_enrolment(
     relay: RelayHTTP, user: api.UserSummary, *, org_id: str, org_key: OrganisationKey,
     now: int, code_valid_hours: int, kdf: PassphraseProfile | None = None,
 ) -> Provisioned:
-    """A new enrolment code (and identity key and certificate) for a user still ``pending``;
-    the relay drops the old code. The returned request carries the expiry the relay stored."""
-    if user.status == "active":
-        raise FlowError(f"{user.login} {_ENROLLED}",
-                        code=ErrorCode.USER_ALREADY_ENROLLED.value)
+    """A new enrolment code (and identity key and certificate) for a user still ``pending``,
+    or one whose every device was revoked (a lost only phone); the relay drops the old code.
+    The returned request carries the expiry the relay stored."""
     if user.status == "suspended":
         raise FlowError(_SUSPENDED.format(login=user.login),
                         code=ErrorCode.USER_SUSPENDED.value)
     detail = await relay.get_user(user.user_id)
+    if any(d.status == "active" for d in detail.devices):
+        raise FlowError(f"{user.login} {_ENROLLED}",
+                        code=ErrorCode.USER_ALREADY_ENROLLED.value)
     current = our_certificate(detail.user_certificate, user_id=user.user_id, org_id=org_id,
                               org_key=org_key)
     made = reissue_user(current, user.login, org_key=org_key, now=now,

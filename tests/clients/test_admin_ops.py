@@ -133,7 +133,7 @@ async def test_a_new_code_is_issued_only_to_a_user_who_never_enrolled(
         await ops.reissue_enrolment(it, enrolled, org_id=ORG, org_key=world.org.key,
                                     now=int(time.time()), code_valid_hours=24, kdf=CHEAP_PROFILE)
     assert err.value.code == "user_already_enrolled"
-    assert str(err.value).startswith("enrolled.user has enrolled a device")
+    assert str(err.value).startswith("enrolled.user has a device still active")
 
     pending = await ops.resolve_user(it, "pending.user")
     made = await ops.reissue_enrolment(it, pending, org_id=ORG, org_key=world.org.key,

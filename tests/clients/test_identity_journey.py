@@ -288,11 +288,12 @@ async def test_identity_journey(journey_env: Path, db_dsn: str,
     assert any(e == "auth.login" and o != "ok" for e, o in events)
 
 
-async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled(
+async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled_or_lost_every_device(
         journey_env: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """``lightbox-admin user reissue``: the new code enrols with ``lightbox enroll``, the old
-    one is enrolment_code_invalid, an expired code is replaced, and an enrolled user or an
-    unknown login gets a sentence (never a traceback)."""
+    one is enrolment_code_invalid, an expired code is replaced; a user whose only phone was
+    lost and revoked gets a new code and enrols again; a user with a device still active or
+    an unknown login gets a sentence (never a traceback)."""
     tmp = journey_env
     await _ok(admin_cli.main, ["org", "init", "--org-id", ORG, "--keyfile",
                                str(tmp / "it" / "org.key")])
@@ -331,10 +332,24 @@ async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled(
         assert "enrolled ada.byron" in out
         await _ok(device_cli.main, ["--profile", "phone", "login"])
 
-        # --- an enrolled user is not re-issued a code ---------------------------------------
+        # --- a user with a device still active is not re-issued a code: they link from it ---
         rc, _out, err = await _run(admin_cli.main, ["user", "reissue", "ada.byron", "--no-qr"])
         assert rc == 2 and "Traceback" not in err
-        assert "ada.byron has enrolled a device" in err and "device revoke" in err
+        assert "ada.byron has a device still active" in err and "lightbox link" in err
+
+        # --- her only phone lost: revoked, then a new code re-keys her, and she enrols again -
+        out = await _ok(admin_cli.main, ["user", "show", "ada.byron"])
+        lost = re.search(r"device:\s+(\S+) mobile\s+active", out)
+        assert lost, out
+        await _ok(admin_cli.main, ["device", "revoke", lost.group(1), "--wipe"])
+        again = _codes(await _ok(admin_cli.main, ["user", "reissue", "ada.byron", "--no-qr"]))
+        out = await _ok(device_cli.main, ["--profile", "newphone", "enroll", "--server", url,
+                                          "--code", again["ada.byron"]])
+        assert "enrolled ada.byron" in out
+        await _ok(device_cli.main, ["--profile", "newphone", "login"])
+        out = await _ok(admin_cli.main, ["user", "show", "ada.byron"])
+        assert re.search(rf"device:\s+{lost.group(1)} mobile\s+revoked", out), out
+        assert len(re.findall(r"device:\s+\S+ mobile\s+active", out)) == 1, out
 
         # --- an expired code: `user show` says so, a re-issue replaces it -------------------
         conn = await asyncpg.connect(db_dsn)
@@ -375,4 +390,5 @@ async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled(
         events = [r.event for r in await audit.rows(conn, limit=10_000)]
     finally:
         await conn.close()
-    assert events.count("admin.enrolment_reissued") == 2
+    # Ada's lost handout, her lost only phone, Bo's expired code
+    assert events.count("admin.enrolment_reissued") == 3

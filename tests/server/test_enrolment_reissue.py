@@ -61,6 +61,20 @@ async def _provision(world: World, user: User) -> None:
     assert result["ok"], result
 
 
+async def _enrolled_with(world: World, new: User) -> tuple[Any, dict[str, Any]]:
+    """A device enrolled and logged in with ``new``'s code: the device and the user's detail,
+    active, the code used, the new certificate held."""
+    device = new.device()
+    r = await world.enrol(device)
+    assert r.status_code == 200, r.text
+    await world.login(device)
+    detail: dict[str, Any] = (await world.http.get(f"/v1/admin/users/{new.user_id}",
+                                                   headers=world.admin_headers())).json()
+    assert detail["user"]["status"] == "active" and detail["enrolment"] == "used"
+    assert detail["user_certificate"] == new.cert
+    return device, detail
+
+
 async def test_a_reissued_code_enrols_and_the_old_code_is_enrolment_code_invalid(
         world: World) -> None:
     org = world.org
@@ -79,14 +93,7 @@ async def test_a_reissued_code_enrols_and_the_old_code_is_enrolment_code_invalid
     fetched = await world.http.post("/v1/enrol/fetch", json={"enrolment_token": new.token_b64})
     assert fetched.status_code == 200, fetched.text
     assert fetched.json()["user_certificate"] == new.cert
-    phone = new.device()
-    r = await world.enrol(phone)
-    assert r.status_code == 200, r.text
-    await world.login(phone)
-    detail = (await world.http.get(f"/v1/admin/users/{amy.user_id}",
-                                   headers=world.admin_headers())).json()
-    assert detail["user"]["status"] == "active" and detail["enrolment"] == "used"
-    assert detail["user_certificate"] == new.cert
+    await _enrolled_with(world, new)
     conn = await world.db()
     try:
         rows = await audit.rows(conn, event_prefix="admin.enrolment_reissued")
@@ -94,7 +101,9 @@ async def test_a_reissued_code_enrols_and_the_old_code_is_enrolment_code_invalid
     finally:
         await conn.close()
     assert [(r.subject_id, r.outcome) for r in rows] == [(amy.user_id, "ok")]
-    assert set(rows[0].details) == {"org_id", "enrolment_expires_at", "codes_replaced"}
+    assert set(rows[0].details) == {"org_id", "enrolment_expires_at", "codes_replaced",
+                                    "after_enrolment"}
+    assert rows[0].details["after_enrolment"] is False
     assert new.token_hash_b64 not in str(rows[0].details)
 
 
@@ -134,6 +143,37 @@ async def test_a_user_who_enrolled_is_user_already_enrolled_and_nothing_changes(
     assert await _state(world, cat.user_id) == before
     assert_problem(await world.enrol(new.device(), token=new.token_b64), 400,
                    "enrolment_code_invalid")
+
+
+async def test_a_user_whose_every_device_was_revoked_gets_a_new_code_and_a_new_identity_key(
+        world: World) -> None:
+    """A lost only phone: its identity key was on it, so no device is left to link a new one
+    from. Once IT has revoked it, a new code re-keys the user (new identity key and
+    certificate); the new phone enrols with it, and a device certificate signed by the old
+    key, as the phone's finder could make, no longer chains to the user."""
+    org = world.org
+    dan = org.user("dan.ortho")
+    phone = await world.onboard(dan)
+    new = org.user("dan.ortho", user_id=dan.user_id)
+    before = await _state(world, dan.user_id)
+    assert_problem(await _reissue(world, dan.user_id, _body(new)), 409,
+                   "user_already_enrolled")  # the phone is still active: link from it
+    assert await _state(world, dan.user_id) == before
+    r = await world.revoke(org, 1, devices=(phone.device_id,))
+    assert r.status_code == 200, r.text
+    r = await _reissue(world, dan.user_id, _body(new))
+    assert r.status_code == 200, r.text
+    assert_problem(await world.enrol(dan.device(), token=new.token_b64), 422,
+                   "certificate_invalid")  # signed by the lost phone's identity key
+    again, detail = await _enrolled_with(world, new)
+    assert [(d["device_id"], d["status"]) for d in detail["devices"]] == [
+        (phone.device_id, "revoked"), (again.device_id, "active")]
+    conn = await world.db()
+    try:
+        rows = await audit.rows(conn, event_prefix="admin.enrolment_reissued")
+    finally:
+        await conn.close()
+    assert [(r.subject_id, r.details["after_enrolment"]) for r in rows] == [(dan.user_id, True)]
 
 
 async def test_a_suspended_user_is_user_suspended_and_nothing_changes(world: World) -> None:

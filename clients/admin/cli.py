@@ -356,24 +356,31 @@ def _user_renew(args: argparse.Namespace) -> int:
 
 
 def _user_reissue(args: argparse.Namespace) -> int:
-    """A new enrolment code and handout for a user who has not enrolled; the old code stops
-    working (clients/admin/ops.py :func:`~clients.admin.ops.reissue_enrolment`)."""
+    """A new enrolment code and handout for a user who has not enrolled, or whose every
+    device was revoked; the old code stops working, and a new identity key replaces the old
+    one (clients/admin/ops.py :func:`~clients.admin.ops.reissue_enrolment`)."""
     if args.code_valid_hours < 1:
         raise CommandError("--code-valid-hours must be at least 1")
     session = load_session()
     org_id, org_key = _org_key(args)
     _prepare_handout_dir(args, "no new code was issued")
 
-    async def go() -> Any:
+    async def go() -> tuple[Any, bool]:
         async with admin_relay(session) as relay:
             user = await adminops.resolve_user(relay, args.user)
-            return await adminops.reissue_enrolment(
+            made = await adminops.reissue_enrolment(
                 relay, user, org_id=org_id, org_key=org_key, now=int(time.time()),
                 code_valid_hours=args.code_valid_hours)
+            return made, user.status != "pending"
 
-    made = run_async(go)
+    made, enrolled_before = run_async(go)
     unwritten = _handouts(adminops.ImportReport([made], []), session, org_key, args)
-    print(f"{made.row.login}: new enrolment code issued; the previous code no longer works")
+    if enrolled_before:  # every device revoked: re-keyed
+        print(f"{made.row.login}: new enrolment code issued, with a new identity key: the "
+              "revoked devices' key no longer certifies anything; they enrol a new device "
+              "with this code")
+    else:
+        print(f"{made.row.login}: new enrolment code issued; the previous code no longer works")
     return 1 if unwritten else 0
 
 

@@ -342,7 +342,10 @@ async def test_it_reissues_a_code_for_a_user_who_has_not_enrolled_or_lost_every_
         lost = re.search(r"device:\s+(\S+) mobile\s+active", out)
         assert lost, out
         await _ok(admin_cli.main, ["device", "revoke", lost.group(1), "--wipe"])
-        again = _codes(await _ok(admin_cli.main, ["user", "reissue", "ada.byron", "--no-qr"]))
+        out = await _ok(admin_cli.main, ["user", "reissue", "ada.byron", "--no-qr"])
+        assert ("ada.byron: new enrolment code issued, with a new identity key: the revoked "
+                "devices' key no longer certifies anything") in out, out
+        again = _codes(out)
         out = await _ok(device_cli.main, ["--profile", "newphone", "enroll", "--server", url,
                                           "--code", again["ada.byron"]])
         assert "enrolled ada.byron" in out

@@ -72,7 +72,7 @@ def threads_command(args: argparse.Namespace) -> int:
             events = client.subscribe()
             await client.start()
             await client.wait_synced(args.timeout)
-            print_heard(client, events)
+            print_heard(events)
             threads = await client.threads()
             for t in threads:
                 flag = "URGENT " if t.priority == "urgent" else "       "
@@ -173,7 +173,7 @@ def describe_outbox(event: OutboxEvent) -> str:
     return (f"-- message {event.message_id} is still waiting to be sent: {event.detail}")
 
 
-def print_heard(client: LightboxClient, events: asyncio.Queue[ClientEvent]) -> None:
+def print_heard(events: asyncio.Queue[ClientEvent]) -> None:
     """What the client heard while it synced that the reader must not miss: the outbox's news,
     and a message it dropped (its sender revoked or suspended meanwhile, or unreadable), said
     as ``lightbox watch`` says it, never lost in silence (docs/HAZARD_LOG.md HAZ-10)."""
@@ -195,7 +195,7 @@ def inbox_command(args: argparse.Namespace) -> int:
             events = client.subscribe()
             await client.start()
             await client.wait_synced(args.timeout)
-            print_heard(client, events)
+            print_heard(events)
             threads = await client.threads()
             await client.fetch_missing_images()  # waits for downloads already under way
             unread = {t.thread_id: client.unread_messages(t.thread_id) for t in threads}

@@ -107,7 +107,7 @@ class Trust:
             if (revocations.device_entry(org, device_id) is not None
                     or revocations.user_entry(org, user_id) is not None):
                 # The directory leaves a revoked device out; our organisation's signed list
-                # says why (docs/SECURITY.md "Revocation"), so a reader is told so.
+                # says why (docs/PROTOCOL.md §4.5), so a reader is told so.
                 raise FlowError(f"device {device_id} of {user_id} was revoked by your "
                                 "organisation", code=ErrorCode.CERTIFICATE_REVOKED.value)
             raise FlowError(f"device {device_id} is not a current device of {user_id}",

@@ -142,6 +142,7 @@ async def test_a_desktop_closed_when_revoked_with_wipe_is_erased_at_its_next_unl
         world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
     async with consult_open(world, tmp_path, orthanc, "Bay 7: hip", "Bay 7 hip") as on:
         page, problems, device_id = on.page, on.problems, on.device_id
+        before_stop = len(problems)
         await on.team.desktop.stop()  # the computer is switched off
         await on.revoke(wipe=True)
         world.clock.advance(6 * 3600)  # and found the next morning: its tokens expired
@@ -157,7 +158,13 @@ async def test_a_desktop_closed_when_revoked_with_wipe_is_erased_at_its_next_unl
             await consult_gone(page)
             assert left_in(tmp_path / "specialist-profile") == []
             await page.screenshot(path=SHOTS / "03-wiped-at-unlock.png")
-            assert [p for p in problems if "410" not in p] == []  # the refused unlock
+            # The refused unlock (410), and, while the launch was stopped, the open tab's
+            # requests that nothing answered: Chromium logs each failed load as a console error
+            # itself (as in test_desktop_restart.py). An uncaught error is a problem.
+            expected = ("410", "net::ERR_CONNECTION_REFUSED")
+            assert not problems[:before_stop], problems
+            assert [p for p in problems[before_stop:]
+                    if not any(e in p for e in expected)] == [], problems
         finally:
             await again.stop()
     assert await wipe_audit(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]

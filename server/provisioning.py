@@ -145,8 +145,7 @@ class ProvisioningService:
             if current.status == "suspended":
                 raise Forbidden(ErrorCode.USER_SUSPENDED,
                                 "the user is suspended: resume them first")
-            if (current.status != "pending" or current.password_hash is not None) and (
-                    await devices.count_active(conn, user_id)):
+            if await devices.count_active(conn, user_id):  # a pending user has none
                 raise Conflict(ErrorCode.USER_ALREADY_ENROLLED,
                                "the user has a device still active: link a new one from it "
                                "(revoke a lost one)")

@@ -11,6 +11,7 @@ import sys
 
 from clients.clinician.shell import (
     consent_of,
+    print_problems,
     problem_line,
     unlock_profile,
     when,
@@ -41,7 +42,6 @@ __all__ = [
     "kind_line",
     "outbox_command",
     "pending_line",
-    "print_heard",
     "print_message",
     "print_outbox_event",
     "print_pending_count",
@@ -72,7 +72,7 @@ def threads_command(args: argparse.Namespace) -> int:
             events = client.subscribe()
             await client.start()
             await client.wait_synced(args.timeout)
-            print_heard(events)
+            print_problems(events, outbox=print_outbox_event)
             threads = await client.threads()
             for t in threads:
                 flag = "URGENT " if t.priority == "urgent" else "       "
@@ -173,18 +173,6 @@ def describe_outbox(event: OutboxEvent) -> str:
     return (f"-- message {event.message_id} is still waiting to be sent: {event.detail}")
 
 
-def print_heard(events: asyncio.Queue[ClientEvent]) -> None:
-    """What the client heard while it synced that the reader must not miss: the outbox's news,
-    and a message it dropped (its sender revoked or suspended meanwhile, or unreadable), said
-    as ``lightbox watch`` says it, never lost in silence (docs/HAZARD_LOG.md HAZ-10)."""
-    while not events.empty():
-        event = events.get_nowait()
-        if isinstance(event, OutboxEvent):
-            print_outbox_event(event)
-        elif isinstance(event, StatusEvent) and event.state == "error":
-            print(problem_line(event), flush=True)
-
-
 def inbox_command(args: argparse.Namespace) -> int:
     device = unlock_profile(args)
 
@@ -195,7 +183,7 @@ def inbox_command(args: argparse.Namespace) -> int:
             events = client.subscribe()
             await client.start()
             await client.wait_synced(args.timeout)
-            print_heard(events)
+            print_problems(events, outbox=print_outbox_event)
             threads = await client.threads()
             await client.fetch_missing_images()  # waits for downloads already under way
             unread = {t.thread_id: client.unread_messages(t.thread_id) for t in threads}

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from clients.sdk import imaging
 from clients.sdk.errors import KeyStoreError
-from clients.sdk.events import ClientEvent, StatusEvent
+from clients.sdk.events import ClientEvent, OutboxEvent, StatusEvent
 from clients.sdk.keystore import KeyStore
 from clients.sdk.profile import ProfileDevice, open_profile
 from clients.sdk.prompts import read_secret
@@ -62,14 +62,18 @@ def problem_line(event: StatusEvent) -> str:
     return f"-- {event.state}: {event.detail}"
 
 
-def print_problems(events: asyncio.Queue[ClientEvent]) -> None:
+def print_problems(events: asyncio.Queue[ClientEvent], *,
+                   outbox: Callable[[OutboxEvent], None] | None = None) -> None:
     """Print the problems the client reported while a command ran (``events`` subscribed
     before it started): a consult it dropped as it synced is never lost in silence, whichever
-    command connected (docs/HAZARD_LOG.md HAZ-10). Other events are left out."""
+    command connected (docs/HAZARD_LOG.md HAZ-10). ``outbox``, when given, says the outbox's
+    news among them, in the order heard; other events are left out."""
     while not events.empty():
         event = events.get_nowait()
         if isinstance(event, StatusEvent) and event.state == "error":
             print(problem_line(event), flush=True)
+        elif outbox is not None and isinstance(event, OutboxEvent):
+            outbox(event)
 
 
 def when(ts: float) -> str:

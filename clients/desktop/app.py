@@ -600,7 +600,8 @@ class DesktopServer:
                 self._broadcast("status", {"state": "ended", **ended})
                 return
             if event.state == "error":
-                self.notice = {"detail": event.detail, "at": int(time.time())}
+                self.notice = {"detail": event.detail, "code": event.code,
+                               "at": int(time.time())}
                 self._broadcast("status", {"state": "error", **self.notice})
                 return
             self._broadcast("status", {"state": event.state, "detail": event.detail})

@@ -91,10 +91,12 @@ class WithdrawnEvent:
 @dataclasses.dataclass(frozen=True)
 class StatusEvent:
     """Connection state (``connected``, ``disconnected``, ``stopped``) or a problem to show
-    (``error`` with ``detail``)."""
+    (``error`` with ``detail``, and ``code``: the protocol error code that explains it, where
+    a client's wording depends on it)."""
 
     state: str
     detail: str = ""
+    code: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

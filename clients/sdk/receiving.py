@@ -123,11 +123,12 @@ class Receiver:
                           if exc.code == ErrorCode.USER_SUSPENDED.value else
                           f"a message from an unknown or revoked device was dropped "
                           f"({exc.code})")
-                await self._hub.emit(StatusEvent("error", detail))
+                await self._hub.emit(StatusEvent("error", detail, exc.code))
                 return
             raise DeferDelivery from exc
         except FlowError as exc:
-            await self._hub.emit(StatusEvent("error", await self._dropped(frame, exc.code)))
+            await self._hub.emit(StatusEvent("error", await self._dropped(frame, exc.code),
+                                             exc.code))
             return
         st = self._store.state
         try:

@@ -65,6 +65,7 @@ async def test_a_consult_from_a_device_revoked_while_it_waited_is_dropped_naming
         await ortho.client.close(drain=0)
     assert [type(e) for e in heard] == [StatusEvent], heard
     assert isinstance(heard[0], StatusEvent) and heard[0].state == "error"
+    assert heard[0].code == "certificate_revoked"  # the desktop words its advice by it
     said = re.fullmatch(what.lower() + r" from Dr Ada Intern, sent (.+) from a device your "
                         r"organisation revoked, was dropped: ask them what it said "
                         r"\(certificate_revoked\)", heard[0].detail)
@@ -115,6 +116,7 @@ async def test_a_consult_from_a_colleague_suspended_while_it_waited_is_dropped_a
         await reader.close(drain=0)
     assert [type(e) for e in heard] == [StatusEvent], heard
     assert isinstance(heard[0], StatusEvent) and heard[0].state == "error"
+    assert heard[0].code == "user_suspended"
     said = re.fullmatch(
         r"an urgent message from Dr Ada Intern, sent (.+), was dropped: your organisation has "
         r"suspended their account \(user_suspended\)" if known else

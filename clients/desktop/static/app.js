@@ -136,12 +136,14 @@ async function start() {
 // What this computer's client could not do with something the relay brought (a message it
 // could not open or whose sender does not verify, dropped; a refused notice): said, with when,
 // so that nothing is lost in silence (docs/HAZARD_LOG.md HAZ-10); the latest one stays until
-// dismissed.
+// dismissed. A drop the organisation's own act explains (a revoked device, a suspended
+// account) says what to do itself; IT is not asked about what IT did.
+const ORGANISATION_ACTS = ["certificate_revoked", "user_suspended"];
 function showNotice(notice) {
   if (!notice?.detail) return;
   const sentence = notice.detail.charAt(0).toUpperCase() + notice.detail.slice(1);
   $("notice-text").textContent = when(notice.at) + ": " + sentence +
-    ". Tell IT if it happens again.";
+    (ORGANISATION_ACTS.includes(notice.code) ? "." : ". Tell IT if it happens again.");
   $("notice").hidden = false;
 }
 $("notice-dismiss").addEventListener("click", async () => {

@@ -782,7 +782,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                      rate=row["offered_per_s"])
                 log(f"  statements at {row['offered_per_s']:,.0f} msg/s: {row['statements']}")
             if not args.paced_only:
+                gc_before = relay.gc_pauses()
                 out["durable"] = throughput(gens, groups, args, cyclic=False, dsn=dsn)
+                out["durable"]["gc"] = _gc_per_message(gc_before, relay.gc_pauses(),
+                                                       out["durable"])
                 out["durable"]["relay_log_errors"] = relay.log_errors()
                 out["durable"]["connect_seconds"] = round(max(r["seconds"] for r in conn), 2)
                 log(f"  durable: {out['durable']}")
@@ -1033,6 +1036,22 @@ _PG_EVENT = re.compile(rb"^(\S+ \S+) \S+ \[\d+\] LOG:  (automatic vacuum of tabl
                        re.M)
 
 
+def _gc_per_message(before: dict[str, float], after: dict[str, float],
+                    run: dict[str, Any]) -> dict[str, float] | None:
+    """The relay's garbage collections over a closed loop (every process's, from its
+    ``lightbox_gc_pause_seconds``; server/gcwatch.py): how many per 1,000 messages, the
+    microseconds they paused per message, and the longest pause class reached (over 25 ms),
+    over the same messages as the CPU per message (``per_message.messages``)."""
+    n = run.get("per_message", {}).get("messages") or run.get("sent")
+    if not before or not after or not n:
+        return None
+    return {"collections": after["collections"] - before["collections"],
+            "per_1000_messages": round(1000 * (after["collections"] - before["collections"]) / n,
+                                       2),
+            "us_per_message": round(1e6 * (after["seconds"] - before["seconds"]) / n, 2),
+            "over_25ms": after["over_25ms"] - before["over_25ms"]}
+
+
 class RowWatch:
     """What happened beside a paced row that can explain a stall: the relay's garbage
     collections (every process's) and Postgres's autovacuum, autoanalyze and checkpoints, each
@@ -1262,6 +1281,11 @@ def table(out: dict[str, Any]) -> str:
         rows.append(("closed loop, per message: Postgres xacts, frames",
                      f"{pm.get('postgres', {}).get('xacts')} xacts, {pm['frames']} frames",
                      "-", "-", "-"))
+        g = d.get("gc")
+        if g:
+            rows.append(("closed loop: relay's garbage collections",
+                         f"{g['per_1000_messages']} per 1,000 msgs, {g['us_per_message']} µs/msg",
+                         "-", "-", "-"))
     idle_r = out.get("idle")
     if idle_r:
         m = idle_r["memory"]

@@ -1,5 +1,6 @@
-"""The relay process's garbage collector: start-up objects frozen, every collection's pause
-measured (docs/ARCHITECTURE.md §3, "Garbage collection").
+"""The relay process's garbage collector: start-up objects frozen, the young generation
+collected less often, every collection's pause measured (docs/ARCHITECTURE.md §3, "Garbage
+collection").
 
 CPython frees most objects by reference counting; its cyclic collector also walks, now and then,
 every object that can hold references, and stops the whole process while it does. A relay
@@ -11,6 +12,16 @@ alive to the collector's permanent generation (``gc.freeze``, Python's ``gc`` do
 which later collections skip. What the process allocates afterwards is collected as before;
 an object made at start-up and later dropped inside a reference cycle is never freed (bounded:
 once per such object).
+
+It then raises the young generation's threshold (:data:`YOUNG_THRESHOLD`): CPython collects
+the young generation whenever the objects that can hold references, allocated less freed,
+grow by 700 since the last collection. A relay process storing group-commit batches of 256
+messages keeps several thousand such objects alive per batch (each send's frame, its pending
+entry, its store row, its answer), so at 700 it collected 24 times per 1,000 messages and
+spent 12.8 µs per message in the collector, walking the same batch's objects again and again
+before they were freed by reference counting; at 10,000 it collects 0.07 times per 1,000
+messages, 0.16 µs per message (docs/BENCHMARKS.md, round 19). Cyclic garbage then waits
+longer to be freed: at most that many objects more.
 
 This is for a relay *process* (server/runner.py ``serve``), never a relay run inside another
 program: tests start relays in threads of the test process, and freezing there would keep that
@@ -40,7 +51,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["BUCKETS", "PauseWatch", "freeze_start_up", "frozen_count"]
+__all__ = ["BUCKETS", "YOUNG_THRESHOLD", "PauseWatch", "freeze_start_up", "frozen_count"]
 
 # Seconds: a young collection takes well under a millisecond; an unfrozen full one took up
 # to 186 ms here.
@@ -51,6 +62,11 @@ _PAUSES_HELP = ("How long each garbage collection stopped this relay process, by
                 "(2 is a full collection; objects alive at start-up are frozen and not walked).")
 _FROZEN = "lightbox_gc_frozen_objects"
 _FROZEN_HELP = "Objects frozen at start-up, which garbage collections no longer walk."
+_YOUNG = "lightbox_gc_young_threshold"
+_YOUNG_HELP = ("Objects allocated (less those freed) between two young-generation collections "
+               "of this relay process (Python's default: 700).")
+# The young generation's threshold in a relay process (the module's docstring says why).
+YOUNG_THRESHOLD = 10_000
 # The gauges a process publishes its counts in when its relay has several processes.
 _SHARED_COUNTS = "lightbox_gc_pause_shared_count"  # per bucket, not cumulative
 _SHARED_SUMS = "lightbox_gc_pause_shared_sum"
@@ -65,12 +81,14 @@ _frozen = 0
 
 
 def freeze_start_up() -> int:
-    """Collect what start-up left behind, then freeze everything still alive; returns how many
-    objects are frozen."""
+    """Collect what start-up left behind, then freeze everything still alive, and raise the
+    young generation's threshold to :data:`YOUNG_THRESHOLD` (the older generations' are
+    kept); returns how many objects are frozen."""
     global _frozen
     gc.collect()
     gc.freeze()
     _frozen = gc.get_freeze_count()
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     return _frozen
 
 
@@ -91,7 +109,7 @@ class PauseWatch(Collector):
         self._counts = [[0] * (len(BUCKETS) + 1) for _ in range(GENERATIONS)]
         self._sums = [0.0] * GENERATIONS
         self._installed = False
-        self._shared: tuple[Gauge, Gauge, Gauge] | None = None
+        self._shared: tuple[Gauge, Gauge, Gauge, Gauge] | None = None
 
     def install(self) -> PauseWatch:
         if not self._installed:
@@ -120,6 +138,7 @@ class PauseWatch(Collector):
     def collect(self) -> Iterator[Any]:
         yield _histogram([self._counts[g] for g in range(GENERATIONS)], self._sums)
         yield GaugeMetricFamily(_FROZEN, _FROZEN_HELP, value=frozen_count())
+        yield GaugeMetricFamily(_YOUNG, _YOUNG_HELP, value=gc.get_threshold()[0])
 
     # -- several processes (server/metrics.py PerProcess) ---------------------------------
 
@@ -130,19 +149,21 @@ class PauseWatch(Collector):
         sums = Gauge(_SHARED_SUMS, f"Pause seconds (folded into {_PAUSES} at scrape).",
                      ["generation"], registry=registry, multiprocess_mode="sum")
         frozen = Gauge(_FROZEN, _FROZEN_HELP, registry=registry, multiprocess_mode="livemin")
-        self._shared = (counts, sums, frozen)
+        young = Gauge(_YOUNG, _YOUNG_HELP, registry=registry, multiprocess_mode="livemin")
+        self._shared = (counts, sums, frozen, young)
 
     def publish(self) -> None:
         """This process's counts into the shared files (gauges set to its own totals, summed
         over the processes at scrape, those that have ended included)."""
         if self._shared is None:
             return
-        counts, sums, frozen = self._shared
+        counts, sums, frozen, young = self._shared
         for g in range(GENERATIONS):
             for bound, n in zip(_LABELS, self._counts[g], strict=True):
                 counts.labels(str(g), bound).set(n)
             sums.labels(str(g)).set(self._sums[g])
         frozen.set(_frozen)
+        young.set(gc.get_threshold()[0])
 
     @staticmethod
     def fold(families: list[Metric]) -> list[Metric]:

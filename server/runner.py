@@ -34,7 +34,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from server import manage, migrations
 from server.embedded import EmbeddedError, EmbeddedPostgres
-from server.gcwatch import PauseWatch, freeze_start_up
+from server.gcwatch import YOUNG_THRESHOLD, PauseWatch, freeze_start_up
 from server.logs import configure_logging
 from server.metrics import SHARED_DIR
 from server.settings import Settings, SettingsError, load_settings
@@ -62,11 +62,12 @@ class RelayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's (the lifespan, then the listening sockets); then, in a relay process,
-        everything start-up made is frozen, so that no garbage collection walks it again
-        (server/gcwatch.py)."""
+        everything start-up made is frozen, so that no garbage collection walks it again, and
+        the young generation is collected less often (server/gcwatch.py)."""
         await super().startup(sockets)
         if self.started and self.freeze_after_start:
-            log.info("start-up objects frozen", extra={"count": freeze_start_up()})
+            log.info("start-up objects frozen", extra={
+                "count": freeze_start_up(), "young_threshold": YOUNG_THRESHOLD})
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.relay.hub.close_all(1001)

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from server.gcwatch import BUCKETS, PauseWatch
+from server.gcwatch import BUCKETS, YOUNG_THRESHOLD, PauseWatch
 from tests.helpers import ROOT
 
 
@@ -158,10 +158,13 @@ alive = [Node()]
 registry = CollectorRegistry()
 registry.register(PauseWatch())
 before = registry.get_sample_value("lightbox_gc_frozen_objects")
+thresholds = gc.get_threshold()
 frozen = freeze_start_up()
 print(json.dumps({
     "before": before, "frozen": frozen,
     "exposed": registry.get_sample_value("lightbox_gc_frozen_objects"),
+    "thresholds": [thresholds, gc.get_threshold()],
+    "young_exposed": registry.get_sample_value("lightbox_gc_young_threshold"),
     "garbage_collected": garbage() is None,
     "still_walked": sum(1 for o in gc.get_objects() if o is alive),
 }))
@@ -170,6 +173,8 @@ print(json.dumps({
 
 def test_freezing_collects_start_up_garbage_first_then_takes_the_living_out_of_later_walks(
         ) -> None:
+    """...and raises the young generation's threshold to YOUNG_THRESHOLD, the older ones'
+    kept, and /metrics says so."""
     out = subprocess.run([sys.executable, "-c", FREEZE], cwd=ROOT, capture_output=True,
                          text=True, check=True, timeout=60)
     result = json.loads(out.stdout)
@@ -177,6 +182,9 @@ def test_freezing_collects_start_up_garbage_first_then_takes_the_living_out_of_l
     assert result["frozen"] > 1000 and result["exposed"] == result["frozen"]
     assert result["garbage_collected"]  # a cycle dropped before the freeze is not kept
     assert result["still_walked"] == 0  # what was alive is no longer in any generation
+    (young, *older), after = result["thresholds"]
+    assert young == 700 and after == [YOUNG_THRESHOLD, *older]
+    assert result["young_exposed"] == YOUNG_THRESHOLD
 
 
 def test_a_scrape_or_a_publish_never_walks_the_frozen_objects_to_count_them(

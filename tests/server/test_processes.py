@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clients.sdk.connection import Connection
 from clients.sdk.socket import RelaySocket
 from protocol.frames import Deliver
+from server.gcwatch import YOUNG_THRESHOLD
 from tests.helpers import ROOT, eventually, seconds, session_dir
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, opened, peer, seal, thread
@@ -268,7 +269,8 @@ async def test_a_relay_process_freezes_its_start_up_objects_and_times_each_colle
         world: World) -> None:
     """server/gcwatch.py in a real relay process: what start-up made (over 100,000 objects
     here) is frozen, so that full collections no longer walk it, and the start-up's own full
-    collection is already among the pauses /metrics reports."""
+    collection is already among the pauses /metrics reports; its young generation is collected
+    every YOUNG_THRESHOLD allocations, not Python's 700."""
     one = RelayProcess(world)
     with processes(one):
         await one.start()
@@ -277,6 +279,7 @@ async def test_a_relay_process_freezes_its_start_up_objects_and_times_each_colle
     samples = {(s.name, s.labels.get("generation"), s.labels.get("le")): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples[("lightbox_gc_frozen_objects", None, None)] >= 10_000
+    assert samples[("lightbox_gc_young_threshold", None, None)] == YOUNG_THRESHOLD
     assert samples[("lightbox_gc_pause_seconds_count", "2", None)] >= 1
     assert samples[("lightbox_gc_pause_seconds_bucket", "0", "+Inf")] == \
         samples[("lightbox_gc_pause_seconds_count", "0", None)]
@@ -335,6 +338,7 @@ async def test_metrics_of_a_relay_of_two_processes_count_both_whichever_answers(
                 return got if n >= 2 else {}
             got = await eventually(both_full_collections)
             assert got[("lightbox_gc_frozen_objects", ())] >= 10_000
+            assert got[("lightbox_gc_young_threshold", ())] == YOUNG_THRESHOLD  # the least
             assert not any(name.startswith("lightbox_gc_pause_shared") for name, _ in got)
         finally:
             for sock in socks:

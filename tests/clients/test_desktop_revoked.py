@@ -210,3 +210,32 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_an
         await page.locator(".thread-item", has_text="Bay 8 wrist").wait_for()
         assert await page.locator("#notice").is_hidden()
         assert problems == []
+
+
+async def test_a_message_from_a_colleague_suspended_while_it_was_queued_is_dropped_and_said(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """The sender's account is suspended while their consult waits for the locked desktop:
+    unlocked, the desktop says that their message was dropped because their account was
+    suspended, with their name (it read a consult of theirs before) and when, and does not
+    ask the reader to tell IT about what IT did."""
+    async with consult_open(world, tmp_path, orthanc, "Bay 8: wrist", "Bay 8 wrist") as on:
+        page, problems, intern = on.page, on.problems, on.team.intern
+        async with page.expect_response("**/api/lock"):
+            await page.click("#lock")
+        await page.locator("#password").wait_for()
+        thread = await intern.client.create_thread(roles=["orthopaedics_oncall"])
+        await intern.client.send_text(thread.thread_id, "Sent before suspension",
+                                      subject="Bay 9 elbow")
+        r = await world.revoke(world.org, 1, users=(intern.user_id,))
+        assert r.status_code == 200, r.text
+
+        await unlock_page(page, on.team.desktop)
+        notice = page.locator("#notice-text")
+        await notice.wait_for()
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d: A message from Dr Ada Intern, sent "
+                        r"\d{4}-\d\d-\d\d \d\d:\d\d, was dropped: your organisation has "
+                        r"suspended their account \(user_suspended\)\.$",
+                        await notice.inner_text()), await notice.inner_text()
+        assert await page.locator(".thread-item", has_text="Bay 9 elbow").count() == 0
+        await page.screenshot(path=SHOTS / "06-message-from-suspended-colleague-dropped.png")
+        assert problems == []

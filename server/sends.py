@@ -546,14 +546,22 @@ class SendPipeline:
     def _hand_over(self, stored: Sequence[tuple[messages.NewMessage, batches.Stored]],
                    now: dt.datetime) -> None:
         """After COMMIT: every delivery just queued, to this process's hub, which hands those
-        of devices connected here to their pumps (docs/ARCHITECTURE.md §3 "Local delivery")."""
+        of devices connected here to their pumps (docs/ARCHITECTURE.md §3 "Local delivery").
+        A device the store listed no queue for (``queued`` None: not asked, as in every batch
+        of more than ``HANDOVER_BATCH``, or too long) could not take one (``Member.offer``
+        would wake its pump): it is woken without the deliveries being built for it."""
         if self.local is None:
             return
-        self.local.deliver([
+        woken = {d.device_id for _, st in stored for d in st.deliveries if d.queued is None}
+        if woken:
+            self.local.wake(woken, notices=False)
+        offered = [
             messages.NewDelivery(d.device_id, m.thread_id, messages.Delivery(
                 d.delivery_pk, d.delivery_id, st.thread_seq, m.priority, now, m.sealed),
                 d.queued)
-            for m, st in stored for d in st.deliveries])
+            for m, st in stored for d in st.deliveries if d.device_id not in woken]
+        if offered:
+            self.local.deliver(offered)
 
     async def _check(self, conn: Any, p: _Pending, orgs: dict[str, str],
                      members: Mapping[str, AbstractSet[str]],

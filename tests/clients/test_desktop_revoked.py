@@ -170,6 +170,26 @@ async def test_a_desktop_closed_when_revoked_with_wipe_is_erased_at_its_next_unl
     assert await wipe_audit(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]
 
 
+async def dropped_while_locked(on: Open, *, devices: tuple[str, ...] = (),
+                               users: tuple[str, ...] = ()) -> tuple[str, str]:
+    """The desktop locked, the intern opens a consult ("Bay 9 elbow") and sends to it, IT
+    revokes ``devices`` or suspends ``users`` meanwhile, and the desktop is unlocked again:
+    the consult's id and the problem line it shows."""
+    page, intern = on.page, on.team.intern
+    async with page.expect_response("**/api/lock"):  # the desktop has locked its vault
+        await page.click("#lock")
+    await page.locator("#password").wait_for()
+    thread = await intern.client.create_thread(roles=["orthopaedics_oncall"])
+    await intern.client.send_text(thread.thread_id, "Sent before IT acted", subject="Bay 9 elbow")
+    r = await on.world.revoke(on.world.org, 1, devices=devices, users=users)
+    assert r.status_code == 200, r.text
+    await unlock_page(page, on.team.desktop)
+    notice = page.locator("#notice-text")
+    await notice.wait_for()
+    assert await page.locator(".thread-item", has_text="Bay 9 elbow").count() == 0
+    return thread.thread_id, await notice.inner_text()
+
+
 async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_and_said(
         world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
     """The sender's device is revoked while its consult waits at the relay for the locked
@@ -177,29 +197,16 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_an
     that a message from its sender's revoked device was dropped, with when, instead of losing
     it in silence."""
     async with consult_open(world, tmp_path, orthanc, "Bay 8: wrist", "Bay 8 wrist") as on:
-        page, problems, intern = on.page, on.problems, on.team.intern
-        async with page.expect_response("**/api/lock"):  # the desktop has locked its vault
-            await page.click("#lock")
-        await page.locator("#password").wait_for()
-        thread = await intern.client.create_thread(roles=["orthopaedics_oncall"])
-        await intern.client.send_text(thread.thread_id, "Sent before revocation",
-                                      subject="Bay 9 elbow")
-        intern_device = await world.device_of(intern.user_id)
-        r = await world.revoke(world.org, 1, devices=(intern_device,))
-        assert r.status_code == 200, r.text
-
-        await unlock_page(page, on.team.desktop)
-        notice = page.locator("#notice-text")
-        await notice.wait_for()
+        page, problems = on.page, on.problems
+        thread_id, said = await dropped_while_locked(
+            on, devices=(await world.device_of(on.team.intern.user_id),))
         assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d: A message from Dr Ada Intern, sent "
                         r"\d{4}-\d\d-\d\d \d\d:\d\d from a device your organisation revoked, "
                         r"was dropped: ask them what it said \(certificate_revoked\)\.$",
-                        await notice.inner_text()), \
-            await notice.inner_text()
-        assert await page.locator(".thread-item", has_text="Bay 9 elbow").count() == 0
+                        said), said
         await page.screenshot(path=SHOTS / "04-message-from-revoked-device-dropped.png")
         # Its consult is listed, with nothing in it: opened, it says why instead of a blank.
-        await page.click(f".thread-item[data-thread-id='{thread.thread_id}']")
+        await page.click(f".thread-item[data-thread-id='{thread_id}']")
         assert await page.locator("#thread-empty").inner_text() == (
             "No message of this consult has reached this computer yet.")
         await page.screenshot(path=SHOTS / "05-consult-whose-message-was-dropped.png")
@@ -219,23 +226,10 @@ async def test_a_message_from_a_colleague_suspended_while_it_was_queued_is_dropp
     suspended, with their name (it read a consult of theirs before) and when, and does not
     ask the reader to tell IT about what IT did."""
     async with consult_open(world, tmp_path, orthanc, "Bay 8: wrist", "Bay 8 wrist") as on:
-        page, problems, intern = on.page, on.problems, on.team.intern
-        async with page.expect_response("**/api/lock"):
-            await page.click("#lock")
-        await page.locator("#password").wait_for()
-        thread = await intern.client.create_thread(roles=["orthopaedics_oncall"])
-        await intern.client.send_text(thread.thread_id, "Sent before suspension",
-                                      subject="Bay 9 elbow")
-        r = await world.revoke(world.org, 1, users=(intern.user_id,))
-        assert r.status_code == 200, r.text
-
-        await unlock_page(page, on.team.desktop)
-        notice = page.locator("#notice-text")
-        await notice.wait_for()
+        _, said = await dropped_while_locked(on, users=(on.team.intern.user_id,))
         assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d: A message from Dr Ada Intern, sent "
                         r"\d{4}-\d\d-\d\d \d\d:\d\d, was dropped: your organisation has "
-                        r"suspended their account \(user_suspended\)\.$",
-                        await notice.inner_text()), await notice.inner_text()
-        assert await page.locator(".thread-item", has_text="Bay 9 elbow").count() == 0
+                        r"suspended their account \(user_suspended\)\.$", said), said
+        page, problems = on.page, on.problems
         await page.screenshot(path=SHOTS / "06-message-from-suspended-colleague-dropped.png")
         assert problems == []

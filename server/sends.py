@@ -61,6 +61,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
+import msgspec
+
 from protocol import envelope
 from protocol.errors import ErrorCode, VerificationError
 from protocol.model import MessageHeader, SealedMessage
@@ -512,7 +514,7 @@ class SendPipeline:
                              for d in m.recipients}, notices=False)
         for i, j in twins:
             prev = outcome.get(j)
-            outcome[i] = (dataclasses.replace(prev, duplicate=True)
+            outcome[i] = (msgspec.structs.replace(prev, duplicate=True)
                           if isinstance(prev, messages.Accepted) else
                           prev if prev is not None else RelayError(ErrorCode.INTERNAL_ERROR))
         self.metrics.send_batches.labels("read").inc()

@@ -27,6 +27,7 @@ import datetime as dt
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import asyncpg
+import msgspec
 
 from server.store.messages import PRIORITY_RANK, NewMessage
 from server.store.threads import DeviceSet
@@ -108,8 +109,7 @@ async def lock_and_read(conn: asyncpg.Connection, thread_ids: Iterable[str],
     return BatchReads(orgs, existing, members, sets, frozenset(routed), digests, epoch)
 
 
-@dataclasses.dataclass(frozen=True)
-class StoredDelivery:
+class StoredDelivery(msgspec.Struct, frozen=True):  # a struct: server/store/messages.py
     """A delivery the store queued: its primary key, id and device, and ``queued``: the ids of
     that device's other deliveries still queued and not held, as the store saw them under the
     thread locks (alembic migration 0017). The same batch's deliveries are not among them."""
@@ -127,8 +127,7 @@ many deliveries unacknowledged reads its queue anyway (a closed loop, a backlog)
 short list keeps the store cheap."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Stored:
+class Stored(msgspec.Struct, frozen=True):  # a struct: server/store/messages.py
     message_pk: int
     thread_seq: int
     deliveries: tuple[StoredDelivery, ...] = ()

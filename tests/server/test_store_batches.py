@@ -5,13 +5,13 @@ the other readers of the rule in test_store_threads.py."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import json
 import random
 import uuid
 
 import asyncpg
+import msgspec
 import pytest
 
 from server.store import batches, escalations, messages, threads
@@ -119,7 +119,7 @@ async def test_each_recipient_device_gets_one_delivery_in_batch_order_with_its_r
     b1, b2, c1 = await add_device(conn, b), await add_device(conn, b), await add_device(conn, c)
     tid = await new_thread(conn, a, b, c)
     routine = new_message(tid, a, a1, [b1, b2, c1])
-    urgent = dataclasses.replace(new_message(tid, a, a1, [c1, b1]), priority="urgent")
+    urgent = msgspec.structs.replace(new_message(tid, a, a1, [c1, b1]), priority="urgent")
     async with conn.transaction():
         stored = await batches.store_messages(conn, [routine, urgent], NOW, channel="c",
                                               notifications=[])
@@ -641,7 +641,7 @@ async def test_handed_over_deliveries_are_ordered_as_the_queue_read_orders_them(
     tids = [await new_thread(conn, a, b) for _ in range(4)]
     new: list[messages.NewDelivery] = []
     for _ in range(4):
-        batch = [dataclasses.replace(new_message(rng.choice(tids), a, a1, [b1]),
+        batch = [msgspec.structs.replace(new_message(rng.choice(tids), a, a1, [b1]),
                                      priority=rng.choice(["urgent", "routine"]))
                  for _ in range(rng.randint(1, 5))]
         async with conn.transaction():

@@ -1039,17 +1039,17 @@ _PG_EVENT = re.compile(rb"^(\S+ \S+) \S+ \[\d+\] LOG:  (automatic vacuum of tabl
 def _gc_per_message(before: dict[str, float], after: dict[str, float],
                     run: dict[str, Any]) -> dict[str, float] | None:
     """The relay's garbage collections over a closed loop (every process's, from its
-    ``lightbox_gc_pause_seconds``; server/gcwatch.py): how many per 1,000 messages, the
-    microseconds they paused per message, and the longest pause class reached (over 25 ms),
+    ``lightbox_gc_pause_seconds``; server/gcwatch.py): how many, how many per 1,000 messages,
+    the microseconds they paused per message, and how many paused a process 25 ms or more,
     over the same messages as the CPU per message (``per_message.messages``)."""
     n = run.get("per_message", {}).get("messages") or run.get("sent")
     if not before or not after or not n:
         return None
-    return {"collections": after["collections"] - before["collections"],
-            "per_1000_messages": round(1000 * (after["collections"] - before["collections"]) / n,
-                                       2),
-            "us_per_message": round(1e6 * (after["seconds"] - before["seconds"]) / n, 2),
-            "over_25ms": after["over_25ms"] - before["over_25ms"]}
+    used = {k: after[k] - before.get(k, 0.0) for k in after}
+    return {"collections": used["collections"],
+            "per_1000_messages": round(1000 * used["collections"] / n, 2),
+            "us_per_message": round(1e6 * used["seconds"] / n, 2),
+            "over_25ms": used["over_25ms"]}
 
 
 class RowWatch:

@@ -31,7 +31,8 @@ process's cyclic garbage for good.
 histogram ``lightbox_gc_pause_seconds{generation}`` and the frozen count as
 ``lightbox_gc_frozen_objects``. The callback runs inside the collector, so it takes no lock and
 allocates nothing that the collector tracks: it only updates numbers in preallocated lists,
-read when ``/metrics`` is scraped (a custom collector, prometheus_client's documented way).
+read when ``/metrics`` is scraped (a custom collector, prometheus_client's documented way): a
+:class:`~server.metrics.ProcessHistogram` with one series per generation, made in advance.
 In a relay of several processes (server/metrics.py) each process publishes its counts into the
 shared files every second, as gauges summed over the processes, and the scrape folds them back
 into the one histogram; the frozen count is then the fewest any live process froze, so that a
@@ -40,16 +41,17 @@ process that did not freeze still shows as 0.
 
 from __future__ import annotations
 
-import bisect
 import gc
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from server.metrics import ProcessHistogram
 
 __all__ = ["BUCKETS", "YOUNG_THRESHOLD", "PauseWatch", "freeze_start_up", "frozen_count"]
 
@@ -67,9 +69,6 @@ _YOUNG_HELP = ("Objects allocated (less those freed) between two young-generatio
                "of this relay process (Python's default: 700).")
 # The young generation's threshold in a relay process (the module's docstring says why).
 YOUNG_THRESHOLD = 10_000
-# The gauges a process publishes its counts in when its relay has several processes.
-_SHARED_COUNTS = "lightbox_gc_pause_shared_count"  # per bucket, not cumulative
-_SHARED_SUMS = "lightbox_gc_pause_shared_sum"
 
 
 # How many objects freeze_start_up froze, counted once. ``gc.get_freeze_count`` walks the whole
@@ -104,12 +103,11 @@ class PauseWatch(Collector):
     def __init__(self, clock: Any = time.perf_counter) -> None:
         self._clock = clock
         self._started = 0.0
-        # Per generation: how many collections fell in each bucket (the last: above them all),
-        # and the pauses' sum. Plain lists of numbers: the callback only assigns into them.
-        self._counts = [[0] * (len(BUCKETS) + 1) for _ in range(GENERATIONS)]
-        self._sums = [0.0] * GENERATIONS
+        # Made in advance, one series per generation: the callback only updates their numbers.
+        self.pauses = ProcessHistogram(_PAUSES, _PAUSES_HELP, BUCKETS, ["generation"])
+        self._generations = [self.pauses.labels(str(g)) for g in range(GENERATIONS)]
         self._installed = False
-        self._shared: tuple[Gauge, Gauge, Gauge, Gauge] | None = None
+        self._shared: tuple[Gauge, Gauge] | None = None
 
     def install(self) -> PauseWatch:
         if not self._installed:
@@ -131,75 +129,33 @@ class PauseWatch(Collector):
         generation = info.get("generation", 0)
         if not 0 <= generation < GENERATIONS:
             return
-        pause = self._clock() - self._started
-        self._counts[generation][bisect.bisect_left(BUCKETS, pause)] += 1
-        self._sums[generation] += pause
+        self._generations[generation].observe(self._clock() - self._started)
 
     def collect(self) -> Iterator[Any]:
-        yield _histogram([self._counts[g] for g in range(GENERATIONS)], self._sums)
+        yield from self.pauses.collect()
         yield GaugeMetricFamily(_FROZEN, _FROZEN_HELP, value=frozen_count())
         yield GaugeMetricFamily(_YOUNG, _YOUNG_HELP, value=gc.get_threshold()[0])
 
     # -- several processes (server/metrics.py PerProcess) ---------------------------------
 
     def share(self, registry: CollectorRegistry) -> None:
-        counts = Gauge(_SHARED_COUNTS, "Garbage collections by pause bucket (folded into "
-                       f"{_PAUSES} at scrape).", ["generation", "le"], registry=registry,
-                       multiprocess_mode="sum")
-        sums = Gauge(_SHARED_SUMS, f"Pause seconds (folded into {_PAUSES} at scrape).",
-                     ["generation"], registry=registry, multiprocess_mode="sum")
+        self.pauses.share(registry)
         frozen = Gauge(_FROZEN, _FROZEN_HELP, registry=registry, multiprocess_mode="livemin")
         young = Gauge(_YOUNG, _YOUNG_HELP, registry=registry, multiprocess_mode="livemin")
-        self._shared = (counts, sums, frozen, young)
+        self._shared = (frozen, young)
 
     def publish(self) -> None:
-        """This process's counts into the shared files (gauges set to its own totals, summed
-        over the processes at scrape, those that have ended included)."""
+        """This process's counts into the shared files (the pauses summed over the processes
+        at scrape, those that have ended included; the frozen count and the threshold the
+        fewest of the live processes')."""
         if self._shared is None:
             return
-        counts, sums, frozen, young = self._shared
-        for g in range(GENERATIONS):
-            for bound, n in zip(_LABELS, self._counts[g], strict=True):
-                counts.labels(str(g), bound).set(n)
-            sums.labels(str(g)).set(self._sums[g])
+        self.pauses.publish()
+        frozen, young = self._shared
         frozen.set(_frozen)
         young.set(gc.get_threshold()[0])
 
-    @staticmethod
-    def fold(families: list[Metric]) -> list[Metric]:
-        """Every process's published counts, read from the shared files, as the histogram
-        a process alone exposes."""
-        counts = [[0.0] * len(_LABELS) for _ in range(GENERATIONS)]
-        sums = [0.0] * GENERATIONS
-        kept = []
-        for family in families:
-            if family.name not in (_SHARED_COUNTS, _SHARED_SUMS):
-                kept.append(family)
-                continue
-            for sample in family.samples:
-                g = int(sample.labels.get("generation", -1))
-                if not 0 <= g < GENERATIONS:
-                    continue
-                if family.name == _SHARED_SUMS:
-                    sums[g] += sample.value
-                elif (le := sample.labels.get("le")) in _LABELS:
-                    counts[g][_LABELS.index(le)] += sample.value
-        kept.append(_histogram(counts, sums))
-        return kept
-
-
-_LABELS = (*(repr(b) for b in BUCKETS), "+Inf")
-
-
-def _histogram(counts: list[list[int]] | list[list[float]], sums: list[float]
-               ) -> HistogramMetricFamily:
-    """The pauses by generation, from per-bucket counts (the last: above every bound)."""
-    pauses = HistogramMetricFamily(_PAUSES, _PAUSES_HELP, labels=["generation"])
-    for g in range(GENERATIONS):
-        running = 0.0
-        buckets = []
-        for bound, n in zip(_LABELS, counts[g], strict=True):
-            running += n
-            buckets.append((bound, running))
-        pauses.add_metric([str(g)], buckets, sums[g])
-    return pauses
+    def fold(self, families: list[Metric]) -> list[Metric]:
+        """Every process's published pauses, read from the shared files, as the histogram a
+        process alone exposes."""
+        return self.pauses.fold(families)

@@ -94,10 +94,10 @@ def test_the_counts_two_processes_publish_fold_into_the_one_histogram() -> None:
     two.publish()
     families: list[Metric] = []
     for w in (one, two):
-        assert w._shared is not None
-        for gauge in w._shared[:2]:
+        assert w.pauses._shared is not None
+        for gauge in w.pauses._shared:
             families.extend(gauge.collect())
-    for family in PauseWatch.fold(families):
+    for family in one.fold(families):
         shared.register(_Fixed(family))
     assert sample(shared, "lightbox_gc_pause_seconds_bucket", generation="0", le="0.0005") == 2
     assert sample(shared, "lightbox_gc_pause_seconds_bucket", generation="0", le="+Inf") == 3

@@ -85,6 +85,7 @@ class Device:
         self.reader: asyncio.Task[None] | None = None
         self.close_code: int | None = None
         self.bundles = False  # the relay selected lightbox.bundle (docs/PROTOCOL.md §3.6)
+        self.compressed = False  # the relay accepted permessage-deflate (it should not)
 
     async def connect(self, url: str, kind: str, timeout: float) -> None:
         if kind == "bare":
@@ -96,13 +97,17 @@ class Device:
             session = ClientSession(access_token=self.spec.token, device_id=self.spec.device_id,
                                     client="lightbox-bench", client_version="0.1.0",
                                     sign=keys.sign)
+            # Offered as every browser offers it (the phone app is a web page): the relay
+            # declines it (server/runner.py), and the bench counts any connection that
+            # negotiated it, since deflating ciphertext nearly doubles the relay's CPU.
             ws = await connect(url, max_size=DEFAULT_MAX_FRAME, ping_interval=None,
-                               open_timeout=timeout, compression=None, close_timeout=2,
+                               open_timeout=timeout, compression="deflate", close_timeout=2,
                                subprotocols=([Subprotocol(BUNDLE_SUBPROTOCOL)]
                                              if self.gen.bundles else None))
             if ws.subprotocol == BUNDLE_SUBPROTOCOL:
                 session.use_bundles()
                 self.bundles = True
+            self.compressed = bool(ws.protocol.extensions)
             try:
                 async with asyncio.timeout(timeout):
                     ready = False
@@ -279,6 +284,7 @@ class Generator:
 
         ok = sum(await asyncio.gather(*(one(d) for d in todo)))
         return {"connected": ok, "failed": len(todo) - ok, "errors": dict(errors),
+                "compressed": sum(d.compressed for d in todo),
                 "seconds": time.monotonic() - started}
 
     async def cmd_seal(self, per_device: int, body_bytes: int, extra_even: int = 0

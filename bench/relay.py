@@ -756,10 +756,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             conn = gens.call("connect", 300, url=relay.url, kind="relay",
                              bundles=not args.no_bundles)
             n_ok = sum(r["connected"] for r in conn)
+            compressed = sum(r["compressed"] for r in conn)
             log(f"  {n_ok}/{args.devices} devices connected in "
-                f"{max(r['seconds'] for r in conn):.1f} s")
+                f"{max(r['seconds'] for r in conn):.1f} s, offering permessage-deflate as "
+                f"browsers do: {compressed} accepted by the relay")
             if n_ok < args.devices:
                 raise RuntimeError(f"devices failed to connect: {[r['errors'] for r in conn]}")
+            out["compressed_connections"] = compressed
             groups = {"relay": relay.relay_pids, "postgres": lambda: postgres_procs(pgdata),
                       "generators": gens.pids}
             # The paced table first, on a fresh database, so that --paced-only measures the
@@ -1286,6 +1289,10 @@ def table(out: dict[str, Any]) -> str:
             rows.append(("closed loop: relay's garbage collections",
                          f"{g['per_1000_messages']} per 1,000 msgs, {g['us_per_message']} µs/msg",
                          "-", "-", "-"))
+    if "compressed_connections" in out:
+        c = out["compressed_connections"]
+        rows.append(("devices offering permessage-deflate it accepted", f"{c}", "-", "-",
+                     f"0 {'MET' if c == 0 else 'NOT MET'}"))
     idle_r = out.get("idle")
     if idle_r:
         m = idle_r["memory"]

@@ -112,6 +112,14 @@ def uvicorn_config(relay: Relay, settings: Settings, **kw: Any) -> uvicorn.Confi
         ws_max_size=settings.ws_max_frame,
         ws_ping_interval=None,
         ws_ping_timeout=None,
+        # No permessage-deflate (RFC 7692), though every browser offers it: the relay answers
+        # the handshake without the extension, so none is in use (RFC 6455 §9.1). What a
+        # connection carries is ciphertext, which does not compress, and deflating it cost
+        # the relay 276 µs of CPU per message instead of about 160, and each connection
+        # 77.5 KiB instead of 34 (two zlib contexts kept for its lifetime; docs/BENCHMARKS.md,
+        # round 20). It also keeps the access token out of a compression context shared with
+        # later data, the CRIME/BREACH class of attack on compressed, then encrypted traffic.
+        ws_per_message_deflate=False,
         # The parser's own header limit must sit above ours so that our middleware answers
         # an oversize header set with a problem+json 431 rather than the parser's bare 400.
         h11_max_incomplete_event_size=settings.max_header_bytes * 4,

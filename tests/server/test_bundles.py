@@ -1,7 +1,7 @@
 """Bundles against the real relay (docs/PROTOCOL.md §3.6): the ``lightbox.bundle`` subprotocol
 selected only when a client asks, several sends in one websocket message each accepted (or
 refused) as if alone and delivered in order, and a bundle from a client that did not ask
-refused with nothing in it stored."""
+refused with nothing in it stored; and the compression every browser offers, declined."""
 
 from __future__ import annotations
 
@@ -57,10 +57,11 @@ class Raw:
         return got
 
 
-async def raw(world: World, p: Peer, subprotocols: list[str] | None) -> Raw:
+async def raw(world: World, p: Peer, subprotocols: list[str] | None,
+              compression: str | None = None) -> Raw:
     session = ClientSession(access_token=p.token, device_id=p.device_id, client="test",
                             client_version="1", sign=p.device.keys.sign)
-    ws = await ws_connect(world.relay.ws_url + "/v1/ws", compression=None,
+    ws = await ws_connect(world.relay.ws_url + "/v1/ws", compression=compression,
                           subprotocols=[Subprotocol(s) for s in subprotocols or []] or None)
     if ws.subprotocol == f.BUNDLE_SUBPROTOCOL:
         session.use_bundles()
@@ -97,6 +98,34 @@ async def test_the_relay_selects_the_subprotocol_only_for_a_client_that_asks(
     sock = await connect(world, alice)  # the Python SDK asks
     assert sock._session.bundles
     await sock.close()
+
+
+async def test_the_relay_declines_the_compression_a_browser_offers_and_the_session_works(
+        world: World) -> None:
+    """Every browser offers permessage-deflate (RFC 7692); the relay answers without it
+    (server/runner.py says why: ciphertext does not compress, and deflating it nearly doubled
+    the relay's CPU per message). The client then sends and receives uncompressed, as any
+    websocket client must when the server accepts no extension (RFC 6455 §9.1)."""
+    alice, bob = await peer(world, "alice"), await peer(world, "bob")
+    tid = await thread(world, alice, bob)
+    a = await raw(world, alice, [f.BUNDLE_SUBPROTOCOL], compression="deflate")
+    b = await raw(world, bob, None, compression="deflate")
+    try:
+        for r in (a, b):
+            assert r.ws.request is not None and r.ws.response is not None
+            offered = r.ws.request.headers.get("Sec-WebSocket-Extensions", "")
+            assert offered.startswith("permessage-deflate")
+            assert "Sec-WebSocket-Extensions" not in r.ws.response.headers
+            assert r.ws.protocol.extensions == []
+        a.session.send(f.Send(req_id="r0", message=seal(alice, tid, [bob], b"AP view")))
+        await a.write()
+        assert isinstance((await a.frames(1))[0], f.Accepted)
+        delivered = (await b.frames(1))[0]
+        assert isinstance(delivered, f.Deliver)
+        assert opened(bob, alice, delivered.message) == b"AP view"
+    finally:
+        await a.ws.close()
+        await b.ws.close()
 
 
 async def test_sends_in_one_bundle_are_each_accepted_and_delivered_in_thread_order(

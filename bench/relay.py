@@ -1291,7 +1291,7 @@ def table(out: dict[str, Any]) -> str:
                          "-", "-", "-"))
     if "compressed_connections" in out:
         c = out["compressed_connections"]
-        rows.append(("devices offering permessage-deflate it accepted", f"{c}", "-", "-",
+        rows.append(("devices that got permessage-deflate (all offer it)", f"{c}", "-", "-",
                      f"0 {'MET' if c == 0 else 'NOT MET'}"))
     idle_r = out.get("idle")
     if idle_r:

@@ -1,10 +1,17 @@
 """The benchmark's profile summary (bench/relay.py): each py-spy sample is charged to the
 bucket of its innermost matching frame, so the server stack every request runs under (uvicorn's
-``run_asgi``, Starlette) is charged only for its own time (docs/BENCHMARKS.md)."""
+``run_asgi``, Starlette) is charged only for its own time (docs/BENCHMARKS.md). Also how the
+bench counts statements and sizes its paced rows, and a row of its first table."""
 
 from __future__ import annotations
 
-from bench.relay import MIN_PACED_SAMPLES, logged_statements, row_seconds, summarise_profile
+from bench.relay import (
+    MIN_PACED_SAMPLES,
+    logged_statements,
+    row_seconds,
+    summarise_profile,
+    table,
+)
 
 _ASGI = ("run_asgi (uvicorn/protocols/websockets/websockets_sansio_impl.py:420);"
          "__call__ (starlette/routing.py:100);endpoint (server/ws.py:180);run (server/ws.py:300)")
@@ -60,3 +67,14 @@ def test_a_paced_row_at_a_low_rate_runs_long_enough_for_its_p99() -> None:
     assert row_seconds(100, 6.0) * 100 == MIN_PACED_SAMPLES == 2_000
     assert row_seconds(1_000, 6.0) == 6.0
     assert row_seconds(100, 40.0) == 40.0
+
+
+def test_the_first_table_says_whether_the_relay_let_any_connection_compress() -> None:
+    """The bench's devices offer permessage-deflate as a browser does; the relay must decline
+    it (server/runner.py), and the first table says so, or says NOT MET."""
+    declined = table({"compressed_connections": 0})
+    accepted = table({"compressed_connections": 3})
+    assert "devices that got permessage-deflate (all offer it) | 0 " in declined
+    assert declined.rstrip().endswith("0 MET")
+    assert "| 3 " in accepted and "NOT MET" in accepted
+    assert "permessage-deflate" not in table({"durable": {}})  # an older result: no row

@@ -623,6 +623,10 @@ def relay_env(data: Path, token_key: Path, trusted: Path, args: argparse.Namespa
         "LIGHTBOX_RATE_MESSAGES_PER_MINUTE": "100000000",
         "LIGHTBOX_RATE_BYTES_PER_MINUTE": str(2**40),
         "LIGHTBOX_WS_SEND_WINDOW": str(args.relay_window),
+        # The relay deletes a message's ciphertext once no delivery of it is queued
+        # (server/purge.py), by default once a minute: every second here, so that the purge of
+        # what a phase delivered costs that phase, not whichever one a minute later runs.
+        "LIGHTBOX_CIPHERTEXT_PURGE_INTERVAL": "1",
         **dict(kv.split("=", 1) for kv in args.relay_env),
     }
 
@@ -814,6 +818,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"  under py-spy: {prof_run['msgs_per_s']} msg/s, refused "
                     f"{prof_run['refused']}")
             out["left_in_queue"] = asyncio.run(_count(dsn, "deliveries"))
+            kept = out["ciphertext"] = asyncio.run(_kept(dsn))
+            kept["purged_total"] = int(relay.metric("lightbox_ciphertext_purged_total") or 0)
+            log(f"  ciphertext purged by the relay: {kept['purged_total']:,} messages; kept "
+                f"{kept['kept_undelivered']:,} for queued deliveries and "
+                f"{kept['kept_delivered']:,} with none queued (after {kept['waited_s']} s)")
             gens.call("close", 120)
             out.setdefault("durable", {})["relay_metrics"] = {
                 "accepted_total": relay.metric("lightbox_messages_accepted_total"),
@@ -854,6 +863,29 @@ async def _count(dsn: str, table: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
         return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    finally:
+        await conn.close()
+
+
+async def _kept(dsn: str, wait: float = 5.0) -> dict[str, Any]:
+    """The messages whose ciphertext the relay still keeps (server/purge.py), for a queued
+    delivery or, the purge behind, for none; waits up to ``wait`` seconds, a few sweeps, for
+    the latter to reach 0."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        started = time.monotonic()
+        while True:
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE EXISTS (SELECT 1 FROM deliveries d "
+                "WHERE d.message_pk = m.message_pk)) AS undelivered, count(*) FILTER (WHERE NOT "
+                "EXISTS (SELECT 1 FROM deliveries d WHERE d.message_pk = m.message_pk)) AS "
+                "delivered FROM messages m WHERE m.sealed IS NOT NULL")
+            if row["delivered"] == 0 or time.monotonic() - started >= wait:
+                break
+            await asyncio.sleep(0.25)
+        return {"kept_undelivered": int(row["undelivered"]),
+                "kept_delivered": int(row["delivered"]),
+                "waited_s": round(time.monotonic() - started, 1)}
     finally:
         await conn.close()
 
@@ -1084,10 +1116,13 @@ class RowWatch:
 
 
 async def _settle(dsn: str) -> None:
-    """What autovacuum would do about the set-up's rows, done now (``VACUUM ANALYZE``); then
-    Postgres's dirty buffers written and synced (``CHECKPOINT``), and everything else the
-    kernel holds dirty (``sync(2)``)."""
-    await _execute(dsn, "VACUUM ANALYZE", "CHECKPOINT")
+    """The ciphertext of the raw ceiling's messages purged, as the relay's first sweep would
+    do (server/purge.py); what autovacuum would do about the set-up's rows, done now
+    (``VACUUM ANALYZE``); then Postgres's dirty buffers written and synced (``CHECKPOINT``),
+    and everything else the kernel holds dirty (``sync(2)``)."""
+    await _execute(dsn, "UPDATE messages m SET sealed = NULL WHERE sealed IS NOT NULL AND "
+                   "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_pk = m.message_pk)",
+                   "VACUUM ANALYZE", "CHECKPOINT")
     await asyncio.to_thread(os.sync)
 
 

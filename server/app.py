@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +50,7 @@ from server.passwords import Passwords
 from server.prekeys import PrekeyService
 from server.problems import problem_response, relay_error_response
 from server.provisioning import ProvisioningService
+from server.purge import CiphertextPurge
 from server.reads import DeliveryReader
 from server.receipts import ReceiptService
 from server.routes.admin import AdminRoutes
@@ -99,6 +101,7 @@ class Relay:
     consents: ConsentService
     filing: FilingService | None = None
     oncall: OncallService | None = None
+    purge: CiphertextPurge | None = None
 
 
 def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = time.time,
@@ -238,6 +241,9 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
         prekeys=prekey_service, clock=clock)
     ws_relay.filing = filing
     ws_relay.wipes = WipeService(db=db, trust=trust, clock=clock)
+    # The ciphertext of messages no delivery is queued for any more (server/purge.py).
+    purge = CiphertextPurge(db, metrics, interval=settings.ciphertext_purge_interval,
+                            now=lambda: dt.datetime.fromtimestamp(clock(), dt.UTC))
     pipeline.routing = oncall
     ws_relay.receipts = ReceiptService(db=db, clock=clock, check=oncall)
 
@@ -260,6 +266,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                                           name="attachment-janitor")
             sweeper = asyncio.create_task(filing.sweeper(), name="expiry-sweeper")
             escalator = asyncio.create_task(oncall.run(), name="escalation-sweeper")
+            purger = asyncio.create_task(purge.run(), name="ciphertext-purge")
             log.info("relay started")
             yield
         finally:
@@ -270,6 +277,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             janitor.cancel()
             sweeper.cancel()
             escalator.cancel()
+            purger.cancel()
             await pipeline.stop()
             await acks.stop()
             await bus.stop()
@@ -302,7 +310,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     return Relay(app=app, settings=settings, db=db, metrics=metrics, hub=hub,
                  endpoints=endpoints, tokens=tokens, authn=authn, trust=trust,
                  pipeline=pipeline, attachments=attachment_service, consents=consents,
-                 filing=filing, oncall=oncall)
+                 filing=filing, oncall=oncall, purge=purge)
 
 
 async def _queue_gauges(db: Database, metrics: Metrics, every: float = 15.0) -> None:

@@ -245,6 +245,10 @@ class Metrics:
             ["path"], registry=r)
         for path in ("read", "handed_over"):
             self.deliveries_written.labels(path)
+        self.ciphertext_purged = Counter(
+            "lightbox_ciphertext_purged_total",
+            "Messages whose ciphertext the relay deleted once no delivery of them was queued "
+            "any more (server/purge.py).", registry=r)
         self.delivery_reads = Counter(
             "lightbox_delivery_reads_total",
             "Statements reading devices' next deliveries (one for all the pumps that ask in "

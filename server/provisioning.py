@@ -34,7 +34,7 @@ from server.db import Database
 from server.errors import Conflict, Forbidden, InvalidInput, NotFound, RelayError
 from server.renewals import keep_withdrawn
 from server.settings import Settings
-from server.store import devices, revocations, sessions, users
+from server.store import devices, messages, revocations, sessions, users
 from server.trust import Trust, refusal
 
 __all__ = ["AppliedRevocations", "ProvisioningService"]
@@ -228,6 +228,10 @@ class ProvisioningService:
             await revocations.put(conn, rl.org_id, rl.number, token, now=now)
             revoked = await devices.revoke_devices(conn, device_ids, wipe=wipe, org_id=rl.org_id,
                                                    now=now)
+            # Nothing is ever sent to a revoked device again (a wipe order is made, not
+            # queued): what waited for it goes, and with the last delivery of a message its
+            # ciphertext (server/purge.py).
+            dropped = await messages.drop_queues(conn, revoked)
             suspended = await users.suspend(conn, rl.org_id, user_ids, now=now)
             resumed = await users.resume_all_but(conn, rl.org_id, user_ids, now=now)
             await sessions.revoke_for(conn, device_ids=revoked, user_ids=suspended, now=now)
@@ -239,7 +243,9 @@ class ProvisioningService:
                                         "users_resumed": len(resumed)})
             for did in revoked:
                 await audit.append(conn, "revocation.device_revoked", subject_kind="device",
-                                   subject_id=did, details={"wipe": did in wipe})
+                                   subject_id=did, details={
+                                       "wipe": did in wipe,
+                                       **messages.dropped_details(dropped, did)})
             for uid in suspended:
                 await audit.append(conn, "revocation.user_suspended", subject_kind="user",
                                    subject_id=uid)

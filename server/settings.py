@@ -350,6 +350,12 @@ class Settings:
     expiry_sweep_interval: float = _s(30.0, "LIGHTBOX_EXPIRY_SWEEP_INTERVAL", "float",
                                       "Seconds between sweeps of due expiry timers.")
 
+    ciphertext_purge_interval: float = _s(60.0, "LIGHTBOX_CIPHERTEXT_PURGE_INTERVAL", "float",
+                                          "Seconds between sweeps that delete the ciphertext "
+                                          "of messages no delivery is queued for any more "
+                                          "(every recipient device acknowledged it, or its "
+                                          "deliveries were dropped).")
+
     # --- break-glass (docs/PROTOCOL.md §17) ---
     break_glass_daily_limit: int = _s(3, "LIGHTBOX_BREAK_GLASS_DAILY_LIMIT", "int",
                                       "Emergency messages without a consent a clinician may "

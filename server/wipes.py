@@ -28,7 +28,7 @@ from protocol.session import AuthRequested, verify_challenge
 from server import audit
 from server.db import Database
 from server.errors import Forbidden
-from server.store import devices, revocations, users
+from server.store import devices, messages, revocations, users
 from server.trust import Trust
 
 __all__ = ["WIPE_NAMESPACE", "WipeRequired", "WipeService"]
@@ -92,18 +92,13 @@ class WipeService:
                        for e in rl.entries):
                 return None
             order_id = str(uuid.uuid5(WIPE_NAMESPACE, f"{device_id}:{number}"))
-            dropped = await conn.fetch(
-                "DELETE FROM deliveries d USING messages m WHERE d.message_pk = m.message_pk "
-                "AND d.device_id = $1 RETURNING m.message_id::text AS message_id",
-                uuid.UUID(device_id))
-            await conn.execute("DELETE FROM device_notices WHERE device_id = $1",
-                               uuid.UUID(device_id))
+            # The revocation dropped its queue already (server/provisioning.py); what a
+            # device revoked before that was the rule still holds goes now.
+            dropped = await messages.drop_queues(conn, [device_id])
             await audit.append(conn, "device.wipe_ordered", subject_kind="device",
                                subject_id=device_id, details={
                                    "order_id": order_id, "revocation_list": number,
-                                   "dropped_deliveries": len(dropped),
-                                   "dropped_messages": sorted(
-                                       {r["message_id"] for r in dropped})[:64]})
+                                   **messages.dropped_details(dropped, device_id)})
         return WipeOrder(order_id=order_id, issued_at=issued_at, revocation=token)
 
     async def confirm(self, device_id: str, order: WipeOrder, statement: str) -> bool:

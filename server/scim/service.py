@@ -49,7 +49,7 @@ from server.orgidentity import IdentitySettings
 from server.renewals import ask_display_name, restate_roles
 from server.scim.pending import display_name
 from server.scim.schema import GroupModel, UserModel
-from server.store import devices, directory, sessions, users
+from server.store import devices, directory, messages, sessions, users
 from server.trust import Trust
 
 __all__ = ["DirectoryService", "Listing", "invalid", "login_pattern"]
@@ -323,12 +323,14 @@ class DirectoryService:
         device_ids = [d.device_id for d in await devices.list_devices(conn, user_id,
                                                                       active_only=True)]
         revoked = await devices.revoke_devices(conn, device_ids, org_id=org_id, now=now)
+        dropped = await messages.drop_queues(conn, revoked)  # as a revocation list's
         await users.set_status(conn, user_id, "suspended", now=now)
         await sessions.revoke_for(conn, device_ids=revoked, user_ids=[user_id], now=now)
         for did in revoked:
             await audit.append(conn, "scim.device_revoked", subject_kind="device",
                                subject_id=did, actor_kind="directory",
-                               details={"user_id": user_id})
+                               details={"user_id": user_id,
+                                        **messages.dropped_details(dropped, did)})
         if revoked:
             await events.publish_revocation(conn, device_ids=revoked, reason="device_revoked")
         await events.publish_revocation(conn, user_ids=[user_id], reason="user_suspended")

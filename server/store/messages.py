@@ -36,6 +36,8 @@ __all__ = [
     "ack",
     "add_notices",
     "drop_notices",
+    "drop_queues",
+    "dropped_details",
     "fetch_deliveries",
     "fetch_next_deliveries",
     "fetch_notices",
@@ -208,15 +210,81 @@ async def queue_depth(conn: asyncpg.Connection, device_id: str) -> int:
         "SELECT count(*) FROM deliveries WHERE device_id = $1 AND NOT held", device_id))
 
 
-async def purge_delivered_ciphertext(conn: asyncpg.Connection, *, older_than: dt.datetime
-                                     ) -> int:
-    """Drop the ciphertext of messages every device has acknowledged (the row stays for
-    idempotent retries and thread order; the relay keeps no ciphertext it no longer needs)."""
-    done = await conn.execute(
-        "UPDATE messages m SET sealed = NULL WHERE sealed IS NOT NULL AND created_at < $1 "
-        "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_pk = m.message_pk)",
-        older_than)
-    return int(done.split()[-1])
+PURGE_CHUNK = 1000
+
+# One chunk of the purge: the next messages, in key order, whose ciphertext is still kept
+# (alembic migration 0020's partial index), and of those the ones no delivery is queued for
+# any more set to NULL. FOR NO KEY UPDATE SKIP LOCKED: two relay processes sweeping at once
+# share the rows instead of waiting for each other, and neither blocks a foreign-key check.
+# Each message is looked up in the queue on its own (a LATERAL subquery with LIMIT, which the
+# planner cannot turn into a join that reads the whole queue: as NOT EXISTS, planned from
+# statistics that said the queue was empty, it read every delivery's index entry, dead ones
+# included, for every chunk; docs/BENCHMARKS.md, round 21).
+_PURGE = """
+WITH kept AS (
+    SELECT message_pk FROM messages
+     WHERE sealed IS NOT NULL AND message_pk > $1 AND created_at < $2
+     ORDER BY message_pk LIMIT $3
+       FOR NO KEY UPDATE SKIP LOCKED),
+idle AS (
+    SELECT kept.message_pk FROM kept
+      LEFT JOIN LATERAL (SELECT true AS queued FROM deliveries d
+                          WHERE d.message_pk = kept.message_pk LIMIT 1) q ON true
+     WHERE q.queued IS NULL),
+gone AS (
+    UPDATE messages m SET sealed = NULL FROM idle
+     WHERE m.message_pk = idle.message_pk
+    RETURNING 1)
+SELECT (SELECT count(*) FROM gone) AS purged, (SELECT count(*) FROM kept) AS seen,
+       (SELECT max(message_pk) FROM kept) AS last
+"""
+
+
+async def purge_delivered_ciphertext(conn: asyncpg.Connection, *, older_than: dt.datetime,
+                                     chunk: int = PURGE_CHUNK) -> int:
+    """Drop the ciphertext of messages stored before ``older_than`` that no delivery is
+    queued for any more (every device acknowledged it, or its deliveries were dropped); the
+    row stays for idempotent retries, receipts and thread order. In statements of ``chunk``
+    messages, each its own transaction, so that no lock is held long; returns how many."""
+    purged, after = 0, 0
+    while True:
+        async with conn.transaction():
+            # Each lookup by its index, though the statistics say the queue is empty
+            # (server/db.py says why the hot pool plans so); for this statement only.
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            row = await conn.fetchrow(_PURGE, after, older_than, chunk)
+        purged += int(row["purged"])
+        if row["seen"] < chunk:
+            return purged
+        after = int(row["last"])
+
+
+async def drop_queues(conn: asyncpg.Connection, device_ids: Sequence[str]
+                      ) -> dict[str, list[str]]:
+    """Remove everything queued for ``device_ids`` (revoked: none of them will ever be sent
+    anything again): their deliveries, held or not, and their notices. Returns, for each
+    device that had deliveries, the ids of the messages they carried."""
+    if not device_ids:
+        return {}
+    rows = await conn.fetch(
+        "DELETE FROM deliveries d USING messages m WHERE d.message_pk = m.message_pk "
+        "AND d.device_id = ANY($1::uuid[]) "
+        "RETURNING d.device_id::text AS device_id, m.message_id::text AS message_id",
+        list(device_ids))
+    await conn.execute("DELETE FROM device_notices WHERE device_id = ANY($1::uuid[])",
+                       list(device_ids))
+    dropped: dict[str, list[str]] = {}
+    for r in rows:
+        dropped.setdefault(r["device_id"], []).append(r["message_id"])
+    return {d: sorted(ids) for d, ids in dropped.items()}
+
+
+def dropped_details(dropped: dict[str, list[str]], device_id: str) -> dict[str, object]:
+    """The audit details of what was dropped for ``device_id``: how many deliveries, and the
+    ids (at most 64) of the messages they carried; ids only, never a header or a byte of
+    ciphertext."""
+    ids = dropped.get(device_id, [])
+    return {"dropped_deliveries": len(ids), "dropped_messages": sorted(set(ids))[:64]}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -124,7 +124,7 @@ async def test_every_migration_down_to_the_first_and_back_up_leaves_the_same_fun
     """Each migration's downgrade undoes its upgrade: the newest one down gives back the
     functions and storage settings of the schema before it, and all of them down to the first
     migration and up again give back those of the head (the SQL functions with their full
-    definitions, each column's storage and each table's options)."""
+    definitions, each column's storage, each table's options and every index)."""
     from alembic import command
 
     functions = (
@@ -139,6 +139,8 @@ async def test_every_migration_down_to_the_first_and_back_up_leaves_the_same_fun
         "UNION ALL SELECT 'options ' || c.relname, array_to_string(c.reloptions, ',') "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.reloptions IS NOT NULL "
+        "UNION ALL SELECT 'index ' || indexname, indexdef FROM pg_indexes "
+        "WHERE schemaname = 'public' "
         "ORDER BY 1, 2")
     head = migrations.head_revision()
     cfg = migrations.alembic_config(empty_dsn)

@@ -1,6 +1,6 @@
 """Wipe orders (server/wipes.py), called directly over the real database: an order only for a
-device the organisation's newest signed list revokes with wipe, its queued deliveries dropped
-and audited, the same order id for the same list, and a confirmation recorded only when the
+device the organisation's newest signed list revokes with wipe, what is still queued for it
+dropped and audited, the same order id for the same list, and a confirmation recorded only when the
 device itself signed it for that order."""
 
 from __future__ import annotations
@@ -72,15 +72,31 @@ async def test_no_order_unless_the_newest_signed_list_names_the_wipe(
     assert await wipe_events(world) == []
 
 
-async def test_the_order_carries_the_signed_list_and_drops_the_queue(
+async def test_the_order_carries_the_signed_list_and_drops_what_is_still_queued(
         world: World, wipes: WipeService) -> None:
+    """The revocation dropped the lost phone's queue already (tests/server/test_purge.py); a
+    delivery a send committed after it (its transaction under way when the device was
+    revoked: written here as it would have been) goes with the order, audited there."""
     sender, lost = await peer(world, "intern", roles=("intern",)), await peer(world, "ortho")
     await send_while_offline(world, sender, lost, await thread(world, sender, lost),
                              b"queued for the lost phone")
     queued = "SELECT count(*) FROM deliveries WHERE device_id = $1"
     assert await count(world, queued, uuid.UUID(lost.device_id)) == 1
-    assert (await world.revoke(world.org, 3, devices=(lost.device_id,),
-                               wipe=True)).status_code == 200
+    conn = await world.db()
+    try:
+        late = await conn.fetchrow(
+            "SELECT d.message_pk, d.priority, m.message_id::text AS message_id "
+            "FROM deliveries d JOIN messages m USING (message_pk) WHERE d.device_id = $1",
+            uuid.UUID(lost.device_id))
+        assert (await world.revoke(world.org, 3, devices=(lost.device_id,),
+                                   wipe=True)).status_code == 200
+        assert await count(world, queued, uuid.UUID(lost.device_id)) == 0
+        await conn.execute(
+            "INSERT INTO deliveries (delivery_id, device_id, message_pk, priority, created_at) "
+            "VALUES ($1, $2, $3, $4, now())", uuid.uuid4(), uuid.UUID(lost.device_id),
+            late["message_pk"], late["priority"])
+    finally:
+        await conn.close()
     world.clock.advance(120)
     order = await wipes.order(lost.device_id)
     assert order is not None
@@ -91,6 +107,7 @@ async def test_the_order_carries_the_signed_list_and_drops_the_queue(
     assert event == "device.wipe_ordered"
     assert details["order_id"] == order.order_id and details["revocation_list"] == 3
     assert details["dropped_deliveries"] == 1
+    assert details["dropped_messages"] == [late["message_id"]]
     again = await wipes.order(lost.device_id)  # a device that reconnects before confirming
     assert again is not None and again.order_id == order.order_id
 

@@ -101,6 +101,14 @@ async def running_phone(config: PhoneConfig, sock: socket.socket) -> AsyncIterat
     dist = build().parent / "dist"
     server = uvicorn.Server(uvicorn.Config(make_app(config, dist), log_level="warning",
                                            access_log=False, lifespan="off", ws="none"))
+    async with serving(server, sock) as origin:
+        yield origin
+
+
+@contextlib.asynccontextmanager
+async def serving(server: uvicorn.Server, sock: socket.socket) -> AsyncIterator[str]:
+    """``server`` serving on ``sock`` in this event loop until the block ends; yields its
+    origin. A server that fails to start raises here."""
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

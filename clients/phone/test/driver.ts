@@ -14,6 +14,8 @@
  *   {"op": "refusal_sentence", "code", "detail", "title"}     -> {sentence} (app/relay.ts)
  *   {"op": "resumed_sentence", "ok", "code", "kept", "refusal"} -> {sentence} (app/relay.ts)
  *   {"op": "final_refusal_sentence", "code", "status", "title"} -> {sentence, passes} (app/relay.ts)
+ *   {"op": "decode_messages", "cases": [{data, bundles, ready}]} -> {results: [{frames: [{t, nonce?}], error}]}
+ *                                                             (protocol/frames.ts decodeMessage, PROTOCOL §3.6)
  */
 import { readFileSync } from "node:fs";
 import * as att from "../src/protocol/attachments.js";
@@ -23,6 +25,7 @@ import { b64urlDecode as d, b64urlEncode as e } from "../src/protocol/canonical.
 import * as certs from "../src/protocol/certs.js";
 import * as consent from "../src/protocol/consent.js";
 import * as env from "../src/protocol/envelope.js";
+import { decodeMessage } from "../src/protocol/frames.js";
 import * as keys from "../src/protocol/keys.js";
 import * as s from "../src/protocol/sodium.js";
 import * as prekeys from "../src/app/prekeys.js";
@@ -131,6 +134,18 @@ async function run(cmd: V): Promise<V> {
       const err = new RelayError(cmd.code, cmd.status, "", cmd.title ?? "");
       return { sentence: finalRefusalSentence(err), passes: httpPasses(err) };
     }
+    case "decode_messages":
+      // Each websocket message as the phone reads it: the frames it carries (their type, and a
+      // ping's or pong's nonce to tell them apart) and the code of the error that ends it.
+      return {
+        results: (cmd.cases as V[]).map((c) => {
+          const got = decodeMessage(d(c.data), { bundles: c.bundles, ready: c.ready });
+          return {
+            frames: got.frames.map((f) => (f["nonce"] instanceof Uint8Array ? { t: f.t, nonce: hex(f["nonce"]) } : { t: f.t })),
+            error: got.error ? got.error.code : null,
+          };
+        }),
+      };
     default:
       throw new Error(`unknown op ${String(cmd.op)}`);
   }

@@ -7,9 +7,9 @@
 import { b64urlDecode as d, b64urlEncode as e, peekCompact } from "../protocol/canonical.js";
 import { decodeBody, encodeBody, makeBody } from "../protocol/body.js";
 import * as certs from "../protocol/certs.js";
-import { DecodeError, ProtocolError } from "../protocol/errors.js";
+import { ProtocolError } from "../protocol/errors.js";
 import * as env from "../protocol/envelope.js";
-import { challengeSigningBytes, decodeFrame, encodeFrame, PROTOCOL_VERSION, type ServerFrame } from "../protocol/frames.js";
+import { BUNDLE_SUBPROTOCOL, challengeSigningBytes, decodeMessage, encodeFrame, PROTOCOL_VERSION, type Connection, type ServerFrame } from "../protocol/frames.js";
 import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
 import { Relay, RelayError, connectionLostSentence, enrolmentToken, finalRefusalSentence, httpPasses, keptSentence, notSentSentence, refusalSentence, resumedSentence, sendPasses, type TokenPair } from "./relay.js";
@@ -468,24 +468,31 @@ async function updateThread(threadId: string, change: (thread: ThreadRecord) => 
 
 // --- websocket (§3) ----------------------------------------------------------------------------
 
-function connect(): void {
+/**
+ * Open the websocket. It asks for bundles (PROTOCOL §3.6) unless `askBundles` is false: a relay
+ * that selects the subprotocol may put several frames in one websocket message, so a backlog
+ * comes in far fewer. A browser fails a websocket whose server selects none of the
+ * subprotocols asked for (WHATWG Fetch, "establish a WebSocket connection"), where the Python
+ * SDK goes on one frame per message. So an attempt that asked and never opened though the
+ * relay had just answered over HTTP (`reachable`: a relay of a release before bundles) is
+ * followed by one that does not ask (reconnectNow); every later connection asks again.
+ */
+function connect(askBundles = true, reachable = false): void {
   if (!relay || !st || !relay.tokens) return;
-  const ws = new WebSocket(relay.wsUrl);
+  const ws = askBundles ? new WebSocket(relay.wsUrl, [BUNDLE_SUBPROTOCOL]) : new WebSocket(relay.wsUrl);
   ws.binaryType = "arraybuffer";
   socket = ws;
+  const conn: Connection = { bundles: false, ready: false };
+  let opened = false;
   const tokens: TokenPair = relay.tokens;
   ws.onopen = () => {
+    opened = true;
+    conn.bundles = ws.protocol === BUNDLE_SUBPROTOCOL;
     ws.send(encodeFrame({ t: "hello", versions: [PROTOCOL_VERSION], access_token: tokens.access_token, device_id: st!.device_id, client: CLIENT, client_version: CLIENT_VERSION }));
   };
-  ws.onmessage = (m) => {
-    // In words, never the relay's code or an exception's text; a delivery that failed here is
-    // not acknowledged, so the relay brings it again with the next connection.
-    void onFrame(ws, new Uint8Array(m.data as ArrayBuffer)).catch((err) => event("problem", {
-      code: (err as { code?: string }).code ?? "internal_error",
-      message: inWords(err, "Something went wrong on the phone with what the relay sent. Tell IT if it happens again."),
-    }));
-  };
+  ws.onmessage = (m) => onMessage(ws, conn, new Uint8Array(m.data as ArrayBuffer));
   ws.onclose = (c) => {
+    const refusedAsking = askBundles && reachable && !opened;
     if (socket !== ws) return;
     socket = null;
     ready = false;
@@ -507,16 +514,21 @@ function connect(): void {
       }
       return;
     }
-    if (vault) reconnect = setTimeout(() => void reconnectNow(), 1000);
+    if (vault) reconnect = setTimeout(() => void reconnectNow(refusedAsking), 1000);
   };
 }
 
-async function reconnectNow(): Promise<void> {
+/** Connect again, with a fresh access token when the relay gives one; `refusedAsking`: the
+ * last attempt asked for bundles and the relay refused the websocket (see connect). */
+async function reconnectNow(refusedAsking = false): Promise<void> {
   reconnect = null;
   if (!vault || !relay || !st) return;
+  let reachable = false; // the relay answered (not out of reach, not restarting)
   try {
     await relay.refresh();
+    reachable = true;
   } catch (err) {
+    reachable = err instanceof RelayError && err.status > 0 && err.status < 500;
     // The relay ended a single sign-on session (its lifetime is over, or the IdP's user was
     // disabled): only a new sign-in at the IdP opens another.
     if (st.sso && err instanceof RelayError && err.status === 401) {
@@ -526,21 +538,39 @@ async function reconnectNow(): Promise<void> {
     }
     /* the old token may still do; the relay says otherwise */
   }
-  connect();
+  connect(!refusedAsking, reachable);
 }
 
 function sendFrame(ws: WebSocket, frame: Parameters<typeof encodeFrame>[0]): void {
   ws.send(encodeFrame(frame));
 }
 
-async function onFrame(ws: WebSocket, data: Uint8Array): Promise<void> {
-  let frame: ServerFrame;
-  try {
-    frame = decodeFrame(data);
-  } catch (err) {
-    ws.close(4000, (err as DecodeError).code ?? "malformed_frame");
-    return;
+/**
+ * One websocket message from the relay: each frame it carries (one, or a bundle's, PROTOCOL
+ * §3.6) is handled exactly as if it had come alone, in order, each started as the browser
+ * starts a message's handler (none waits for the one before). A bad frame, alone or inside a
+ * bundle once the frames before it are handled, or a bundle the phone may not get here (the
+ * relay did not select the subprotocol, or it came before `ready`), closes with 4000, the
+ * decoder's code as the reason; the phone reconnects.
+ */
+function onMessage(ws: WebSocket, conn: Connection, data: Uint8Array): void {
+  const { frames, error } = decodeMessage(data, conn);
+  for (const frame of frames) {
+    // A frame before it closed the connection: as the browser hands no message to a closing
+    // socket, nothing after it is handled.
+    if (ws.readyState !== WebSocket.OPEN) return;
+    if (frame.t === "ready") conn.ready = true;
+    // In words, never the relay's code or an exception's text; a delivery that failed here is
+    // not acknowledged, so the relay brings it again with the next connection.
+    void onFrame(ws, frame).catch((err) => event("problem", {
+      code: (err as { code?: string }).code ?? "internal_error",
+      message: inWords(err, "Something went wrong on the phone with what the relay sent. Tell IT if it happens again."),
+    }));
   }
+  if (error && ws.readyState === WebSocket.OPEN) ws.close(4000, error.code || "malformed_frame");
+}
+
+async function onFrame(ws: WebSocket, frame: ServerFrame): Promise<void> {
   switch (frame.t) {
     case "challenge": {
       const sig = s.ed25519Sign(st!.device_seed, challengeSigningBytes(frame["nonce"] as Uint8Array, relay!.tokens!.access_token));

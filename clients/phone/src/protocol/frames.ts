@@ -3,6 +3,11 @@
  * binary frame per message, a MessagePack map tagged by `t`. The client encodes the frames it
  * sends and decodes the relay's, refusing a frame over the maximum size, one that is not a map
  * with a string `t`, and (for the frames it acts on) one whose fields are wrong.
+ *
+ * Bundles (§3.6): a client that asks for the `lightbox.bundle` subprotocol may get, once
+ * `ready`, several frames in one websocket message. `decodeMessage` gives the frames a message
+ * carries, each decoded and checked exactly as a frame alone, as protocol/session.py's
+ * ClientSession does; the phone itself writes every frame alone (a sender never has to bundle).
  */
 import { decode as mpDecode, encode as mpEncode } from "@msgpack/msgpack";
 import { concat, utf8 } from "./bytes.js";
@@ -13,6 +18,11 @@ import * as s from "./sodium.js";
 
 export const PROTOCOL_VERSION = 1;
 export const DEFAULT_MAX_FRAME = 1024 * 1024;
+/** The websocket subprotocol (RFC 6455 §1.9) a client asks for when it can take `bundle`
+ * frames; only when the relay selects it may one come, and only after `ready` (§3.6). */
+export const BUNDLE_SUBPROTOCOL = "lightbox.bundle";
+/** Most frames in one `bundle` (protocol/frames.py MAX_BUNDLE). */
+export const MAX_BUNDLE = 64;
 export const LABEL_WS_AUTH = "lightbox/ws-auth/v1";
 
 /** "lightbox/ws-auth/v1" || 0x00 || nonce (32) || SHA-256(UTF-8 access token): 84 bytes (§3.2). */
@@ -80,6 +90,7 @@ const SERVER: Record<string, Check> = {
     },
     { code: "malformed_frame", optional: ["req_id", "detail", "retry_after", "missing", "extra", "stale", "fatal"] },
   ),
+  bundle: struct({ t: str(), frames: list(bin(F), { min: 1, max: MAX_BUNDLE, ...F }) }, { code: "malformed_frame" }),
   ping: struct({ t: str(), nonce: bin({ max: 32, ...F }) }, { code: "malformed_frame" }),
   pong: struct({ t: str(), nonce: bin({ max: 32, ...F }) }, { code: "malformed_frame" }),
 };
@@ -87,7 +98,7 @@ const SERVER: Record<string, Check> = {
 /** Relay frames this client knows by name but does not act on yet are passed through as maps. */
 const KNOWN = new Set([
   "challenge", "ready", "accepted", "deliver", "queue_empty", "withdrawn", "receipt_notice", "error", "filed_notice",
-  "expire_order", "wipe_order", "keys_low", "revoked", "escalation_notice", "reseal_request", "ping", "pong",
+  "expire_order", "wipe_order", "keys_low", "revoked", "escalation_notice", "reseal_request", "bundle", "ping", "pong",
 ]);
 
 export type ServerFrame = { t: string; [field: string]: unknown };
@@ -111,4 +122,58 @@ export function decodeFrame(data: Uint8Array, maxFrame = DEFAULT_MAX_FRAME): Ser
   if (check) validate(check, frame, t);
   if (t === "deliver") frame["message"] = sealedFromWire(frame["message"]);
   return frame;
+}
+
+/** What the client knows of its connection when a message comes (§3.6). */
+export interface Connection {
+  /** The relay selected `lightbox.bundle` in its upgrade answer (`WebSocket.protocol`). */
+  bundles: boolean;
+  /** The relay's `ready` has come on this connection. */
+  ready: boolean;
+}
+
+/** The frames one websocket message carries, in order, and the error that ends it, if any. */
+export interface Received {
+  frames: ServerFrame[];
+  /** A bad frame (alone, or inside a bundle after `frames`), or a bundle out of place: the
+   * client closes with 4000 (`code` as the close reason) once `frames` are handled. */
+  error: DecodeError | null;
+}
+
+function asDecodeError(err: unknown): DecodeError {
+  return err instanceof DecodeError ? err : new DecodeError(String(err), (err as { code?: string }).code ?? "malformed_frame");
+}
+
+/**
+ * Decode one binary websocket message from the relay into the frames it carries: a frame
+ * alone is itself; a `bundle` (only on a connection that selected the subprotocol, only after
+ * `ready`) is its 1..64 entries, each a complete frame payload decoded and checked as a frame
+ * alone (§3.1), in order, up to the first bad one, which is the error (a `bundle` inside a
+ * bundle is `unexpected_frame`). The whole message is checked against `maxFrame` before
+ * anything is parsed. A bundle out of place is `unexpected_frame` and none of its frames is
+ * given (protocol/session.py ClientSession.receive_data).
+ */
+export function decodeMessage(data: Uint8Array, conn: Connection, maxFrame = DEFAULT_MAX_FRAME): Received {
+  let frame: ServerFrame;
+  try {
+    frame = decodeFrame(data, maxFrame);
+  } catch (err) {
+    return { frames: [], error: asDecodeError(err) };
+  }
+  if (frame.t !== "bundle") return { frames: [frame], error: null };
+  if (!conn.bundles || !conn.ready) {
+    return { frames: [], error: new DecodeError("bundle from the relay before ready or without the lightbox.bundle subprotocol", "unexpected_frame") };
+  }
+  const frames: ServerFrame[] = [];
+  for (const entry of frame["frames"] as Uint8Array[]) {
+    let inner: ServerFrame;
+    try {
+      inner = decodeFrame(entry, maxFrame);
+    } catch (err) {
+      return { frames, error: asDecodeError(err) };
+    }
+    if (inner.t === "bundle") return { frames, error: new DecodeError("bundle inside a bundle", "unexpected_frame") };
+    frames.push(inner);
+  }
+  return { frames, error: null };
 }

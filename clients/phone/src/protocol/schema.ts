@@ -65,9 +65,9 @@ export function nullable(check: Check): Check {
 
 export function list(item: Check, l: { min?: number; max?: number; tooLarge?: string } = {}): Check {
   return (v, p) => {
-    if (!Array.isArray(v)) fail(p, "expected a list");
+    if (!Array.isArray(v)) fail(p, "expected a list", l.tooLarge ? "malformed_frame" : undefined);
     if (l.max !== undefined && v.length > l.max) throw new LimitExceeded(`${p}: too many items`, l.tooLarge ?? "validation_failed");
-    if (l.min !== undefined && v.length < l.min) fail(p, "too few items");
+    if (l.min !== undefined && v.length < l.min) fail(p, "too few items", l.tooLarge ? "malformed_frame" : undefined);
     v.forEach((x, i) => item(x, `${p}[${i}]`));
   };
 }

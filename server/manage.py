@@ -56,10 +56,21 @@ class CommandError(Exception):
 
 
 @contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[str]:
+def _database(settings: Settings, *, create: bool = False) -> Iterator[str]:
+    """The relay's database. An embedded cluster that does not exist yet is made only when
+    ``create`` (``db upgrade``): ``LIGHTBOX_DATA_DIR`` is relative to the folder a command runs
+    in, and a command run from another folder than the relay's would otherwise make a new,
+    empty database there and act on it (create an administrator the relay never sees, verify
+    an empty audit trail) without a word."""
     if settings.database_url is not None:
         yield settings.database_url.reveal()
         return
+    cluster = (settings.data_dir / "pg").resolve()
+    if not create and not (cluster / "PG_VERSION").exists():
+        raise CommandError(
+            f"there is no relay database in {cluster}: run lightbox-server in the folder the "
+            f"relay runs in (its data folder, LIGHTBOX_DATA_DIR={settings.data_dir}, is "
+            "relative to it), or set LIGHTBOX_DATA_DIR or DATABASE_URL as the relay has them")
     with EmbeddedPostgres(settings.data_dir / "pg") as pg:
         yield pg.uri
 
@@ -73,7 +84,7 @@ async def _on(dsn: str, work: Any) -> Any:
 
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    with _database(settings) as dsn:
+    with _database(settings, create=True) as dsn:
         migrations.upgrade(dsn, args.revision)
     print(f"database schema upgraded to {args.revision}")
     return 0
@@ -149,7 +160,7 @@ def _org_trust(args: argparse.Namespace, settings: Settings) -> int:
                                f"({key_id(current[org_id])}); pass --replace to change it")
     write_trusted_orgs(target, {**current, **incoming})
     for org_id, key in incoming.items():
-        print(f"trusted {org_id} (fingerprint {key_id(key)}) in {target}")
+        print(f"trusted {org_id} (fingerprint {key_id(key)}) in {target.resolve()}")
     print("restart the relay to load the change")
     return 0
 

@@ -252,3 +252,29 @@ def test_a_relay_host_command_does_not_load_the_relay_application() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("argv", [["admin", "create", "--login", "it.smith"],
+                                  ["audit", "verify"], ["audit", "head"],
+                                  ["scim", "token", "list", "--org", "st-elsewhere"]])
+def test_a_command_run_away_from_the_relays_folder_makes_no_database_of_its_own(
+        argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``LIGHTBOX_DATA_DIR`` (default ``.data``) is relative to the folder a command runs in:
+    run from another folder than the relay's, a command once started a new, empty embedded
+    Postgres there and answered from it ("relation "audit_log" does not exist"), or created
+    an administrator the relay never saw. It now says where it looked, and makes nothing."""
+    for key in [k for k in os.environ if k.startswith("LIGHTBOX_") or k == "DATABASE_URL"]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LIGHTBOX_ADMIN_PASSWORD", PASSWORD)
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    rc, out, err = _server(argv, capsys)
+    assert (rc, out) == (2, "")
+    assert _one_line(err) == (
+        f"lightbox-server: there is no relay database in {elsewhere / '.data' / 'pg'}: run "
+        "lightbox-server in the folder the relay runs in (its data folder, "
+        "LIGHTBOX_DATA_DIR=.data, is relative to it), or set LIGHTBOX_DATA_DIR or "
+        "DATABASE_URL as the relay has them")
+    assert not (elsewhere / ".data" / "pg").exists()

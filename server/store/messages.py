@@ -250,8 +250,12 @@ async def purge_delivered_ciphertext(conn: asyncpg.Connection, *, older_than: dt
     while True:
         async with conn.transaction():
             # Each lookup by its index, though the statistics say the queue is empty
-            # (server/db.py says why the hot pool plans so); for this statement only.
-            await conn.execute("SET LOCAL enable_seqscan = off")
+            # (server/db.py says why the hot pool plans so); for this statement only. And no
+            # wait for the disk at COMMIT (PostgreSQL manual, "Asynchronous Commit"): a purge
+            # a database crash loses is done again by the next sweep, and the message path's
+            # commits do not queue behind its flushes.
+            await conn.execute("SET LOCAL enable_seqscan = off; "
+                               "SET LOCAL synchronous_commit = off")
             row = await conn.fetchrow(_PURGE, after, older_than, chunk)
         purged += int(row["purged"])
         if row["seen"] < chunk:

@@ -218,12 +218,17 @@ class VerifyReport:
     ok: bool
     checked: int
     first_bad_seq: int | None = None
-    problem: str | None = None  # edited | deleted | reordered | truncated
+    problem: str | None = None  # edited | deleted | reordered | truncated | rewritten
     message: str = "audit chain intact"
 
 
-async def verify(conn: asyncpg.Connection, *, batch: int = 5000) -> VerifyReport:
-    """Walk the whole chain and report the first row edited, deleted or reordered."""
+async def verify(conn: asyncpg.Connection, *, batch: int = 5000,
+                 kept: tuple[int, bytes] | None = None) -> VerifyReport:
+    """Walk the whole chain and report the first row edited, deleted or reordered. With
+    ``kept``, a head printed by ``audit head`` earlier and kept elsewhere (sequence, hash):
+    also that the chain still passes through it. A chain rewritten whole, every hash
+    recomputed and the head moved, is consistent in itself; only a hash kept outside the
+    database tells it from the one that was there (docs/SECURITY.md, the audit trail)."""
     prev_hash, expected_seq, checked = GENESIS_HASH, 1, 0
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         last_seq = 0
@@ -254,6 +259,10 @@ async def verify(conn: asyncpg.Connection, *, batch: int = 5000) -> VerifyReport
                 if row_hash(r.prev_hash, content) != r.row_hash:
                     return VerifyReport(False, checked, r.seq, "edited",
                                         f"row {r.seq} was edited after it was written")
+                if kept is not None and r.seq == kept[0] and r.row_hash != kept[1]:
+                    return VerifyReport(False, checked, r.seq, "rewritten",
+                                        f"row {r.seq} is not the row of the kept head: the "
+                                        "chain up to it was rewritten since")
                 prev_hash, expected_seq, checked = r.row_hash, r.seq + 1, checked + 1
         head = await conn.fetchrow("SELECT seq, row_hash FROM audit_head")
     if head is None or int(head["seq"]) != expected_seq - 1 or bytes(head["row_hash"]) != prev_hash:
@@ -261,4 +270,8 @@ async def verify(conn: asyncpg.Connection, *, batch: int = 5000) -> VerifyReport
         return VerifyReport(False, checked, expected_seq, "truncated",
                             f"the chain ends at row {expected_seq - 1} but its head says "
                             f"{head_seq}: rows at the end were deleted")
+    if kept is not None and kept[0] > expected_seq - 1:
+        return VerifyReport(False, checked, expected_seq, "truncated",
+                            f"the chain ends at row {expected_seq - 1}, before the kept "
+                            f"head's row {kept[0]}: rows were deleted and the head moved back")
     return VerifyReport(True, checked)

@@ -6,8 +6,9 @@
 * ``lightbox-server org trust FILE [--replace]``: merge an organisation's public key (the
   ``<org_id>.pub.json`` that ``lightbox-admin org init`` writes) into the relay's trusted
   organisations file (``LIGHTBOX_TRUSTED_ORGS_FILE``; the relay loads it when it starts);
-* ``lightbox-server audit verify``: check the audit trail's hash chain (exit 1 naming the first
-  bad row); ``lightbox-server audit head``: print the chain head to anchor it elsewhere;
+* ``lightbox-server audit verify [--head SEQ HASH]``: check the audit trail's hash chain (exit
+  1 naming the first bad row), and that it still passes through a head kept elsewhere;
+  ``lightbox-server audit head``: print the chain head to anchor it elsewhere;
 * ``lightbox-server scim token issue|rotate|revoke|list --org ORG``: the bearer tokens a
   hospital directory uses at ``/scim/v2`` (printed once, stored as hashes; ``rotate`` issues a
   new one and revokes the others, ``revoke`` revokes them all).
@@ -90,11 +91,30 @@ def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _kept_head(words: list[str] | None) -> tuple[int, bytes] | None:
+    """``--head``: what ``audit head`` printed, as one argument or two."""
+    if words is None:
+        return None
+    parts = " ".join(words).split()
+    try:
+        if len(parts) != 2 or int(parts[0]) < 1 or len(parts[1]) != 64:
+            raise ValueError
+        return int(parts[0]), bytes.fromhex(parts[1])
+    except ValueError:
+        raise CommandError("--head takes what `lightbox-server audit head` printed: a row "
+                           "number and a hash of 64 hexadecimal digits") from None
+
+
 def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    kept = _kept_head(args.head)
+
+    async def check(conn: asyncpg.Connection) -> audit.VerifyReport:
+        return await audit.verify(conn, kept=kept)
     with _database(settings) as dsn:
-        report: audit.VerifyReport = asyncio.run(_on(dsn, audit.verify))
+        report: audit.VerifyReport = asyncio.run(_on(dsn, check))
     if report.ok:
-        print(f"audit trail intact: {report.checked} rows verified")
+        through = "" if kept is None else f"; it still passes through the kept head (row {kept[0]})"
+        print(f"audit trail intact: {report.checked} rows verified{through}")
         return 0
     print(f"AUDIT TRAIL BROKEN at row {report.first_bad_seq} ({report.problem}): "
           f"{report.message}; {report.checked} rows verified before it", file=sys.stderr)
@@ -232,8 +252,11 @@ def add_commands(sub: Any) -> None:
 
     au = sub.add_parser("audit", help="audit trail (relay host)").add_subparsers(
         dest="cmd", required=True)
-    au.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row"
-                  ).set_defaults(func=_audit_verify)
+    verify = au.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
+    verify.add_argument("--head", nargs="+", metavar="SEQ HASH",
+                        help="a head `audit head` printed earlier and kept elsewhere: the chain "
+                        "must still pass through it (a chain rewritten whole does not)")
+    verify.set_defaults(func=_audit_verify)
     au.add_parser("head", help="print the chain head (sequence and hash) to anchor elsewhere"
                   ).set_defaults(func=_audit_head)
 

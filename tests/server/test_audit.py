@@ -172,3 +172,78 @@ async def test_server_audit_verify_exits_1_and_names_the_row(conn: asyncpg.Conne
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=seconds(60))
     assert bad.returncode == 1
     assert "row 3 (edited)" in bad.stderr
+
+
+async def _rewrite_whole(conn: asyncpg.Connection, *, edit_seq: int,
+                         keep_to: int | None = None) -> None:
+    """What the hash chain alone cannot catch: row ``edit_seq`` forged and every hash after it
+    recomputed, the rows after ``keep_to`` deleted, and the head moved to the new end."""
+    rows = await audit.rows(conn)
+    prev = audit.GENESIS_HASH
+    for r in rows:
+        if keep_to is not None and r.seq > keep_to:
+            await _tamper(conn, "DELETE FROM audit_log WHERE seq = $1", r.seq)
+            continue
+        subject = "forged" if r.seq == edit_seq else r.subject_id
+        content = audit.canonical_content(
+            seq=r.seq, at=r.at, event=r.event, actor_kind=r.actor_kind, actor_id=r.actor_id,
+            subject_kind=r.subject_kind, subject_id=subject, outcome=r.outcome,
+            client_ip=r.client_ip, request_id=r.request_id, details=r.details)
+        h = audit.row_hash(prev, content)
+        await _tamper(conn, "UPDATE audit_log SET subject_id = $2, prev_hash = $3, "
+                      "row_hash = $4 WHERE seq = $1", r.seq, subject, prev, h)
+        prev, last = h, r.seq
+    await conn.execute("UPDATE audit_head SET seq = $1, row_hash = $2", last, prev)
+
+
+async def test_a_kept_head_catches_a_chain_rewritten_whole(conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    kept = (await conn.fetchrow("SELECT seq, row_hash FROM audit_head"))
+    head = (int(kept["seq"]), bytes(kept["row_hash"]))
+    await _fill(conn, 2)  # the trail goes on after the head was kept: still intact
+    assert (await audit.verify(conn, kept=head)).ok
+    await _rewrite_whole(conn, edit_seq=2)
+    assert (await audit.verify(conn)).ok  # consistent in itself
+    report = await audit.verify(conn, kept=head)
+    assert (report.ok, report.first_bad_seq, report.problem) == (False, 5, "rewritten")
+    assert report.message == ("row 5 is not the row of the kept head: the chain up to it was "
+                              "rewritten since")
+
+
+async def test_a_kept_head_catches_rows_deleted_with_the_head_moved_back(
+        conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    kept = (await conn.fetchrow("SELECT seq, row_hash FROM audit_head"))
+    head = (int(kept["seq"]), bytes(kept["row_hash"]))
+    await _rewrite_whole(conn, edit_seq=0, keep_to=3)
+    assert (await audit.verify(conn)).ok
+    report = await audit.verify(conn, kept=head)
+    assert (report.ok, report.first_bad_seq, report.problem) == (False, 4, "truncated")
+    assert report.message == ("the chain ends at row 3, before the kept head's row 5: rows "
+                              "were deleted and the head moved back")
+
+
+async def test_server_audit_verify_takes_the_head_as_audit_head_printed_it(
+        conn: asyncpg.Connection, db_dsn: str) -> None:
+    await _fill(conn)
+    env = {"DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin"}
+
+    def server(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "server", "audit", *argv], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=seconds(60))
+    printed = (await asyncio.to_thread(server, "head")).stdout.strip()
+    for argv in (["--head", printed], ["--head", *printed.split()]):
+        ok = await asyncio.to_thread(server, "verify", *argv)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout == ("audit trail intact: 5 rows verified; it still passes through "
+                             "the kept head (row 5)\n")
+    await _rewrite_whole(conn, edit_seq=1)
+    bad = await asyncio.to_thread(server, "verify", "--head", printed)
+    assert bad.returncode == 1
+    assert "row 5 (rewritten)" in bad.stderr
+    for wrong in (["--head", "5"], ["--head", "five", "ab" * 32], ["--head", "5", "ab" * 31]):
+        refused = await asyncio.to_thread(server, "verify", *wrong)
+        assert refused.returncode == 2
+        assert refused.stderr.strip() == (
+            "lightbox-server: --head takes what `lightbox-server audit head` printed: a row "
+            "number and a hash of 64 hexadecimal digits")

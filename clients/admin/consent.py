@@ -171,7 +171,9 @@ def format_withdrawal(w: api.ConsentWithdrawal) -> list[str]:
     lines.extend(f"    withdrawn message {m}" for m in w.withdrawn_message_ids)
     lines.append(f"  copies of its images: {len(w.copies)}")
     for copy in w.copies:
-        if copy.ordered_at is None:
+        if copy.device_kind == "gateway":
+            state = "a record gateway: it files the image and keeps no copy"
+        elif copy.ordered_at is None:
             state = "no expiry order"
         else:
             state = (f"ordered to expire {_local(copy.ordered_at)} ({copy.reason}), "
@@ -180,7 +182,8 @@ def format_withdrawal(w: api.ConsentWithdrawal) -> list[str]:
         lines.append(f"    image {copy.attachment_id} on {copy.display_name} ({copy.login})'s "
                      f"{copy.device_kind} {copy.device_id}: {state}")
     if c.revoked_at is not None:
-        pending = sum(copy.confirmed_at is None for copy in w.copies)
+        pending = sum(copy.confirmed_at is None and copy.device_kind != "gateway"
+                      for copy in w.copies)
         lines.append("  every copy confirmed destroyed" if not pending else
                      f"  {counted(pending, 'copy', 'copies')} not yet confirmed destroyed (each "
                      "device confirms "

@@ -75,3 +75,20 @@ def test_a_withdrawal_whose_copies_are_all_destroyed_says_so() -> None:
     lines = format_withdrawal(nothing_sent)
     assert "  reason: (none given)" in lines and lines[2].endswith(" by ?")
     assert lines[-1] == "  every copy confirmed destroyed"
+
+
+def test_a_record_gateway_keeps_no_copy_and_is_not_counted_as_one_to_confirm() -> None:
+    """A walk through the guide by hand read "2 copies not yet confirmed destroyed" above one
+    NOT YET CONFIRMED line: the other was the record gateway's, which keeps nothing."""
+    gateway = msgspec.structs.replace(_copy(2, ordered=None, confirmed=None),
+                                      device_kind="gateway", login="record.gateway",
+                                      display_name="Record gateway")
+    w = _withdrawal(revoked_at=AT, copies=[_copy(1, ordered=AT, confirmed=None), gateway])
+    lines = format_withdrawal(w)
+    assert ("    image a2 on Record gateway (record.gateway)'s gateway d2: a record gateway: "
+            "it files the image and keeps no copy") in lines
+    assert lines[-1] == ("  1 copy not yet confirmed destroyed (each device confirms when it "
+                         "next connects)")
+    confirmed = msgspec.structs.replace(w, copies=[_copy(1, ordered=AT, confirmed=AT + 5),
+                                                   gateway])
+    assert format_withdrawal(confirmed)[-1] == "  every copy confirmed destroyed"

@@ -230,13 +230,13 @@ def _remove_orphaned_metrics(tmp: Path) -> None:
             continue
 
 
-def _run_workers(settings: Settings, dsn: str) -> int:
+def _run_workers(settings: Settings, dsn: str, sock: socket.socket) -> int:
     with _shared_metrics() as metrics_dir:
-        return _serve_workers(settings, dsn, metrics_dir)
+        return _serve_workers(settings, dsn, metrics_dir, sock)
 
 
-def _serve_workers(settings: Settings, dsn: str, metrics_dir: str) -> int:
-    sock = _bind(settings.host, settings.port)
+def _serve_workers(settings: Settings, dsn: str, metrics_dir: str,
+                   sock: socket.socket) -> int:
     ctx = multiprocessing.get_context("spawn")
     stopping = ctx.Event()
     procs = [ctx.Process(target=_worker, args=(settings, dsn, sock, stopping),
@@ -362,12 +362,21 @@ def _serve_main(args: argparse.Namespace) -> int:
             print(f"lightbox-server: {problem}", file=sys.stderr)
             return 2
         where = f"embedded Postgres in {settings.data_dir / 'pg'}" if embedded else "DATABASE_URL"
-        url = f"http://{settings.host}:{settings.port}"
+        # Listening before saying so: a port already taken (a relay running there) is one
+        # sentence, not a banner followed by a log line and exit status 3.
+        try:
+            sock = _bind(settings.host, settings.port)
+        except OSError as exc:
+            print(f"lightbox-server: cannot listen on {settings.host}:{settings.port}: "
+                  f"{exc.strerror or exc} (is a relay already running there? stop it, or "
+                  "give another --port)", file=sys.stderr)
+            return 2
+        url = f"http://{settings.host}:{sock.getsockname()[1]}"
         print(f"Lightbox relay on {url} ({settings.workers} process(es), {where}); "
               "Ctrl-C stops it.", flush=True)
         if settings.workers > 1:
-            return _run_workers(settings, dsn)
-        serve(settings, dsn)
+            return _run_workers(settings, dsn, sock)
+        serve(settings, dsn, sock)
         return 0
     except KeyboardInterrupt:
         return 0

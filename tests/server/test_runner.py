@@ -20,7 +20,7 @@ import pytest
 from server import runner
 from server.embedded import postmaster_pid
 from tests.helpers import ROOT, Cluster, seconds, session_dir
-from tests.make_run import made_run
+from tests.make_run import BIN, made_run, run_command
 
 
 def _free_port() -> int:
@@ -225,3 +225,23 @@ def test_a_relay_removes_the_metrics_directories_of_relays_killed_before_their_c
     finally:
         alive.kill()
         alive.wait()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_relay_on_a_taken_port_says_so_and_leaves_the_first_serving(
+        workers: int) -> None:
+    """Started again while one runs (found following the guide by hand): it printed "Lightbox
+    relay on ... Ctrl-C stops it." and then a JSON log line "[Errno 98] ... address already
+    in use", exit status 3. Now one sentence before any banner, exit 2; the first relay and
+    its database are untouched."""
+    with made_run(1) as first:
+        second = run_command([str(BIN / "lightbox-server"), "--migrate", "--host", "127.0.0.1",
+                              "--port", str(first.port), "--workers", str(workers)],
+                             first.env)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "Lightbox relay on" not in second.stdout
+        assert second.stderr.splitlines()[-1] == (
+            f"lightbox-server: cannot listen on 127.0.0.1:{first.port}: Address already in use "
+            "(is a relay already running there? stop it, or give another --port)")
+        assert "Traceback" not in second.stderr
+        assert httpx.get(first.url + "/readyz", timeout=seconds(5)).status_code == 200

@@ -216,6 +216,9 @@ def _scim_token(args: argparse.Namespace, settings: Settings) -> int:
         for t in tokens:
             state = "live" if t.revoked_at is None else f"revoked {t.revoked_at}"
             print(f"{t.token_id} created {t.created_at} {state}")
+        if not tokens:
+            print(f"no SCIM token for {org_id}: `lightbox-server scim token issue --org "
+                  f"{org_id}` makes one")
         return 0
     if revoked:
         print(f"revoked {revoked} token(s) of {org_id}", file=sys.stderr)

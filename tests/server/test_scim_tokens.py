@@ -70,3 +70,12 @@ async def test_a_token_for_an_untrusted_organisation_is_refused_in_one_line(
     assert (rc, out) == (2, "")
     assert err.strip() == ("lightbox-server: nowhere is not a trusted organisation: run "
                            "`lightbox-server org trust` first")
+
+
+async def test_list_with_no_token_says_so_and_how_to_make_one(
+        host_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It printed nothing at all (found following the guide by hand)."""
+    rc, out, err = await _server(["scim", "token", "list", "--org", "st-elsewhere"], capsys)
+    assert (rc, err) == (0, "")
+    assert out == ("no SCIM token for st-elsewhere: `lightbox-server scim token issue --org "
+                   "st-elsewhere` makes one\n")

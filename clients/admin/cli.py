@@ -120,7 +120,8 @@ def _handouts(report: adminops.ImportReport, session: AdminSession, org_key: Org
     for p in report.provisioned:
         sheet = handout.Handout(name=p.row.name, login=p.row.login, server=session.server,
                                 code=p.code, expires_at=p.request.enrolment_expires_at,
-                                org_fingerprint=fingerprint(org_key.public))
+                                org_fingerprint=fingerprint(org_key.public),
+                                gateway=p.row.service)
         handout.print_handout(sys.stdout, sheet, qr=not args.no_qr)
         if args.handout_dir:
             try:

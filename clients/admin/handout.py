@@ -35,6 +35,7 @@ from clients.sdk.keystore import write_private_file
 __all__ = [
     "EXPIRED_NOTE",
     "FINGERPRINT_NOTE",
+    "GATEWAY_NOTE",
     "Handout",
     "HandoutError",
     "HandoutFiles",
@@ -56,6 +57,10 @@ EXPIRED_NOTE: Final = (
 CONFIDENTIAL_NOTE: Final = (
     "Personal and confidential. The code opens your Lightbox identity: keep it to yourself and "
     "destroy this sheet once you have enrolled.")
+GATEWAY_NOTE: Final = (
+    "This is the record gateway's service account: enrol it on the gateway host (the server "
+    "that runs lightbox-gateway), never on a phone. Type this first command there, on one "
+    "line:")
 PNG_DPI: Final = 150
 _NBSP: Final = "\u00a0"
 _PAGE_W, _PAGE_H, _MARGIN = 210.0, 297.0, 20.0  # A4, in millimetres
@@ -79,14 +84,24 @@ class Handout:
     code: str
     expires_at: int
     org_fingerprint: str
+    gateway: bool = False  # a service account: the record gateway, enrolled on its host
 
     def uri(self) -> str:
         return enrol_uri(self.server, self.code)
 
     def first_command(self, *, keep: str = " ") -> str:
         """The first command to type; ``keep`` joins each option to its value (a no-break
-        space keeps them on one line when the sheet wraps the command)."""
-        return f"lightbox{keep}enroll --server{keep}{self.server} --code{keep}{self.code}"
+        space keeps them on one line when the sheet wraps the command). The record gateway's
+        is docs/USER_GUIDE.md "The record gateway" §2: ``--kind gateway`` puts the device in
+        the profile ``lightbox-gateway`` reads."""
+        kind = f" --kind{keep}gateway" if self.gateway else ""
+        return (f"lightbox{keep}enroll{kind} --server{keep}{self.server} "
+                f"--code{keep}{self.code}")
+
+    @property
+    def where(self) -> str:
+        """Where the first command is typed."""
+        return "on the gateway host" if self.gateway else "on the phone"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,8 +139,8 @@ def print_handout(out: TextIO, handout: Handout, *, qr: bool = True,
     print(f"  enrolment code:   {h.code}", file=out)
     print(f"  valid until:      {expiry_text(h.expires_at, tz)} (single use)", file=out)
     print(f"  organisation key: {h.org_fingerprint}", file=out)
-    print(f"  on the phone:     {h.first_command()}", file=out)
-    if qr:
+    print(f"  {h.where + ':':<17} {h.first_command()}", file=out)
+    if qr and not h.gateway:  # the QR code enrols a phone (the app): never the gateway
         buf = io.StringIO()
         segno.make(h.uri(), error="m").terminal(out=buf, compact=True)
         out.write(buf.getvalue())
@@ -200,14 +215,18 @@ def _layout(canvas: _Canvas, h: Handout, tz: dt.tzinfo | None, scale: float = 1.
         para(value, face, size, x=left + label_w, w=width - label_w)
         canvas.text(left, top + size * scale * _PT * 1.35 * 0.75, label, "bold", 11 * scale)
         y += 2.5
-    side = 62.0 * scale
-    qr = segno.make(h.uri(), error="m")
-    quiet = 4 * side / len(qr.matrix)  # the quiet zone scanners need (ISO/IEC 18004: 4 modules)
-    y += quiet
-    canvas.qr(left + (width - side) / 2, y, side, [list(row) for row in qr.matrix])
-    y += side + quiet
-    para("Scan the QR code with the Lightbox app, or type this first command on your phone, "
-         "on one line:", "regular", 11, after=1.5)
+    if h.gateway:  # no QR code: the app would enrol the account as a phone
+        y += 4
+        para(GATEWAY_NOTE, "regular", 11, after=1.5)
+    else:
+        side = 62.0 * scale
+        qr = segno.make(h.uri(), error="m")
+        quiet = 4 * side / len(qr.matrix)  # the quiet zone scanners need (ISO/IEC 18004)
+        y += quiet
+        canvas.qr(left + (width - side) / 2, y, side, [list(row) for row in qr.matrix])
+        y += side + quiet
+        para("Scan the QR code with the Lightbox app, or type this first command on your "
+             "phone, on one line:", "regular", 11, after=1.5)
     para(h.first_command(keep=_NBSP), "mono-bold", 11, x=left + 4, w=width - 4, after=4)
     canvas.rule(left, y, width)
     y += 2

@@ -7,6 +7,8 @@ free text guarded, the upload shown; ``lightbox break-glass`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,12 @@ from clients.sdk.breakglass import Emergency, check_emergency
 from clients.sdk.client import (
     LightboxClient,
 )
-from clients.sdk.errors import FlowError
+from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable, SDKError
 from clients.sdk.failures import run_async
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.vault import ItemNotFound
 from clients.sdk.wording import counted, for_count
+from protocol import api
 from protocol.body import Body, IdentifierKind, RecordData, Sex
 from protocol.consent import (
     ConsentBasis,
@@ -36,6 +39,7 @@ from protocol.consent import (
 )
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.model import EmergencyCategory, Priority, Purpose
+from protocol.oncall import normalise_role
 
 __all__ = [
     "ProgressBar",
@@ -43,13 +47,16 @@ __all__ = [
     "break_glass_command",
     "check_covers_original",
     "check_identity",
+    "check_roles",
     "consent_token",
     "correct_patient_command",
     "emergency_of",
     "file_refusal",
     "guard_text",
     "is_deidentified",
+    "kept_sentence",
     "prepare",
+    "read_consent_token",
     "read_image",
     "record_from_args",
     "send_command",
@@ -57,7 +64,10 @@ __all__ = [
     "targets",
     "text_consent_id",
     "token_file",
+    "withdraw_thread",
 ]
+
+MAX_TOKEN_FILE = 64 * 1024  # a consent token is a few kilobytes of text
 
 
 def targets(values: list[str]) -> tuple[list[str], list[str]]:
@@ -67,7 +77,11 @@ def targets(values: list[str]) -> tuple[list[str], list[str]]:
         if kind == "user" and name:
             users.append(name)
         elif kind == "role" and name:
-            roles.append(name)
+            try:
+                roles.append(normalise_role(name))
+            except ValueError as exc:
+                raise FlowError(f"--to {value!r}: {exc}",
+                                code=ErrorCode.VALIDATION_FAILED.value) from None
         else:
             raise FlowError(f"--to {value!r}: write user:LOGIN or role:ROLE",
                             code=ErrorCode.VALIDATION_FAILED.value)
@@ -212,12 +226,34 @@ def check_identity(args: argparse.Namespace, record: RecordData, scan: Any) -> N
                     code="identity_mismatch")
 
 
-def token_file(path: str) -> str:
+def read_consent_token(path: str) -> tuple[str, ConsentClaims]:
+    """The token in a ``--consent-token`` FILE and its claims (decoded, not verified: the relay
+    verifies it when it is registered). A file that is not one (a photo given by mistake, an
+    empty file) is refused with a sentence naming it, before anything is sent."""
+    not_a_token = FlowError(
+        f"{path} is not a consent token: give the file `lightbox consent capture --token-out "
+        "FILE` wrote when the patient consented (one line of text starting with eyJ), or "
+        "capture the consent with this send (--patient-agreed --statements-shown)",
+        code=ErrorCode.CONSENT_INVALID.value)
+    p = Path(path)
     try:
-        return Path(path).read_text().strip()
+        if p.stat().st_size > MAX_TOKEN_FILE:
+            raise not_a_token
+        raw = p.read_bytes()
     except OSError as exc:
-        raise FlowError(f"cannot read {path}: {exc.strerror}",
-                        code=ErrorCode.VALIDATION_FAILED.value) from exc
+        raise FlowError(f"cannot read the consent token {path}: "
+                        f"{(exc.strerror or 'unreadable').lower()}",
+                        code=ErrorCode.VALIDATION_FAILED.value) from None
+    try:
+        token = raw.decode("utf-8").strip()
+        return token, peek_consent_token_unverified(token)
+    except (UnicodeDecodeError, ProtocolError):
+        raise not_a_token from None
+
+
+def token_file(path: str) -> str:
+    """The consent token in ``path`` (:func:`read_consent_token`)."""
+    return read_consent_token(path)[0]
 
 
 def text_consent_id(args: argparse.Namespace) -> str | None:
@@ -225,11 +261,7 @@ def text_consent_id(args: argparse.Namespace) -> str | None:
     direct care, where the relay refuses a message that names none (``consent_missing``)."""
     if not args.consent_token:
         return None
-    try:
-        return peek_consent_token_unverified(token_file(args.consent_token)).jti
-    except ProtocolError as exc:
-        raise FlowError(f"{args.consent_token} does not hold a consent token",
-                        code=ErrorCode.CONSENT_INVALID.value) from exc
+    return read_consent_token(args.consent_token)[1].jti
 
 
 def consent_token(args: argparse.Namespace, device: ProfileDevice, image: bytes,
@@ -304,6 +336,8 @@ def send_command(args: argparse.Namespace) -> int:
     priority = Priority.URGENT if args.urgent else Priority.ROUTINE
     emergency = emergency_of(args, purpose)
     record = record_from_args(args)
+    # A --consent-token FILE that is not a token fails here, before the password.
+    given = read_consent_token(args.consent_token) if args.consent_token else None
     prepared = prepare(args)  # before the password: a bad image fails fast
     if record is not None and prepared is None:
         raise FlowError("patient data goes with an image (--image FILE)",
@@ -318,7 +352,21 @@ def send_command(args: argparse.Namespace) -> int:
     # original is filed in the record instead (CLINICAL_SAFETY.md; SDK file_image).
     deidentified = is_deidentified(purpose)
     file_original = original if deidentified and record is not None else None
+    if given is not None and prepared is not None and emergency is None \
+            and given[1].decision is not ConsentDecision.REFUSED:  # a refusal is filed below
+        from clients.sdk.consent import ensure_sendable, image_hash
+
+        ensure_sendable(given[1], purpose, [image_hash(prepared.image.data)])
+        if file_original is not None:
+            check_covers_original(given[1], file_original.image)
+    if prepared is None and given is None and emergency is None \
+            and purpose is not Purpose.DIRECT_CARE:
+        raise FlowError(f"a message for {purpose.value} needs the patient's consent naming "
+                        "that purpose: pass --consent-token FILE (lightbox consent capture "
+                        f"--purpose {purpose.value} ... --token-out FILE writes it)",
+                        code=ErrorCode.CONSENT_MISSING.value)
     device = unlock_profile(args)
+    new_thread = not args.thread
 
     async def go() -> tuple[str, str, int]:
         client = device.client()
@@ -326,54 +374,68 @@ def send_command(args: argparse.Namespace) -> int:
         try:
             await client.start()
             users = [(await client.resolve_user(login)).user_id for login in logins]
-            if args.thread:
-                thread_id = args.thread
-                await client.threads()
-            else:
-                thread_id = (await client.create_thread(users, roles, priority)).thread_id
-            if prepared is None:
-                sent = await client.send_text(thread_id, text, priority=priority,
-                                              purpose=purpose, subject=args.subject,
-                                              necessity=args.necessity,
-                                              consent_id=text_consent_id(args),
-                                              emergency=emergency)
-            elif emergency is not None:
-                sent = await client.send_image(
-                    thread_id, prepared.image, consent_token=None, text=text, record=record,
-                    purpose=purpose, priority=priority, subject=args.subject,
-                    warnings=[w.issue.value for w in prepared.warnings],
-                    progress=ProgressBar(), burned_in=burned_in, emergency=emergency)
-                print("BREAK-GLASS: sent without consent; the privacy office reviews it, and "
-                      "the thread reminds you until you file the consent sought afterwards "
-                      "or why none was possible (lightbox break-glass)")
-            else:
-                from clients.sdk.consent import register_consent
+            await check_roles(client, roles)
+            # Everything that can be checked or done without the thread comes first: a send
+            # stopped by a check leaves no empty consult behind.
+            from clients.sdk.consent import register_consent
 
-                token = consent_token(args, device, prepared.image.data, users, roles,
-                                       purpose)
+            token: str | None = None
+            if prepared is None and given is not None:
+                await register_consent(client.relay, given[0])  # the same again: a no-op
+            if prepared is not None and emergency is None:
+                token = given[0] if given is not None else consent_token(
+                    args, device, prepared.image.data, users, roles, purpose)
                 await register_consent(client.relay, token)
                 claims = peek_consent_token_unverified(token)
                 if claims.decision is ConsentDecision.REFUSED:
                     await file_refusal(client, token, record)
                 if file_original is not None:
                     check_covers_original(claims, file_original.image)
-                sent = await client.send_image(
-                    thread_id, prepared.image, consent_token=token, text=text,
-                    record=None if deidentified else record, purpose=purpose,
-                    priority=priority, subject=args.subject,
-                    warnings=[w.issue.value for w in prepared.warnings],
-                    progress=ProgressBar(), necessity=args.necessity, burned_in=burned_in)
-                if file_original is not None and record is not None:
-                    filed = await client.file_image(
-                        file_original.image, consent_token=token, record=record,
-                        warnings=[w.issue.value for w in file_original.warnings])
-                    print(f"the identified original went to the record gateway to be filed "
-                          f"in the patient's record (message {filed.message_id})")
+            if args.thread:
+                thread_id = args.thread
+                await client.threads()
+                created = None
+            else:
+                created = await client.create_thread(users, roles, priority)
+                thread_id = created.thread_id
+            try:
+                if prepared is None:
+                    sent = await client.send_text(
+                        thread_id, text, priority=priority, purpose=purpose,
+                        subject=args.subject, necessity=args.necessity,
+                        consent_id=None if given is None else given[1].jti,
+                        emergency=emergency)
+                else:
+                    sent = await client.send_image(
+                        thread_id, prepared.image, consent_token=token, text=text,
+                        record=record if emergency or not deidentified else None,
+                        purpose=purpose, priority=priority, subject=args.subject,
+                        warnings=[w.issue.value for w in prepared.warnings],
+                        progress=ProgressBar(),
+                        necessity=None if emergency else args.necessity,
+                        burned_in=burned_in, emergency=emergency)
+            except RelayUnavailable:
+                raise  # kept in the outbox: it goes later, in this thread
+            except (SDKError, ProtocolError):
+                if created is not None:
+                    await withdraw_thread(client, created)
+                raise
+            if emergency is not None:
+                print("BREAK-GLASS: sent without consent; the privacy office reviews it, and "
+                      "the thread reminds you until you file the consent sought afterwards "
+                      "or why none was possible (lightbox break-glass)")
+            if file_original is not None and record is not None and token is not None:
+                filed = await client.file_image(
+                    file_original.image, consent_token=token, record=record,
+                    warnings=[w.issue.value for w in file_original.warnings])
+                print(f"the identified original went to the record gateway to be filed "
+                      f"in the patient's record (message {filed.message_id})")
             return sent.message_id, thread_id, sent.thread_seq
         finally:
             await client.close()
             print_problems(events)  # what it dropped as it synced
 
+    what = "the consult" if new_thread else "the message"
     try:
         message_id, thread_id, seq = run_async(go)
     except KeyboardInterrupt:
@@ -381,8 +443,83 @@ def send_command(args: argparse.Namespace) -> int:
               "sent again the next time this device connects (lightbox outbox lists it)",
               file=sys.stderr)
         return 130
+    except RelayUnavailable as exc:
+        if not exc.kept:
+            raise
+        print(kept_sentence(exc, what), file=sys.stderr)
+        return 1
     print(f"sent: message {message_id} stored by the relay in thread {thread_id} (#{seq})")
     return 0
+
+
+def kept_sentence(exc: RelayUnavailable, what: str = "the consult") -> str:
+    """What ``send`` says when the relay did not take the send, which is kept in the outbox
+    (``exc.kept``): one sentence, the plain cause, and the command that sends it."""
+    return (f"error: cannot reach the relay ({exc.reason}), so {what} is not sent yet: it is "
+            "kept on this device and goes the next time lightbox connects to the relay (run "
+            "`lightbox inbox` to send it; `lightbox outbox` lists it)")
+
+
+async def check_roles(client: LightboxClient, roles: list[str]) -> None:
+    """Before a thread names them: each role must reach someone else of this organisation
+    now (its on-call ladder, else a colleague holding it), or the send stops with a sentence
+    naming the role (a mistyped role would otherwise make an empty consult)."""
+    for role in roles:
+        if await _role_reaches_others(client, role):
+            continue
+        near = await _roles_like(client, role)
+        guess = difflib.get_close_matches(role, sorted(near - {role}), n=1, cutoff=0.7)
+        hint = f" (did you mean role:{guess[0]}?)" if guess else ""
+        raise FlowError(f"nobody {'else ' if role in near else ''}in your organisation holds "
+                        f"the role {role!r}{hint}: check its spelling (lightbox lookup WORD "
+                        "lists colleagues with their roles); nothing was sent",
+                        code=ErrorCode.ROLE_UNKNOWN.value)
+
+
+async def _role_reaches_others(client: LightboxClient, role: str) -> bool:
+    """Whom the relay's role reach (its on-call shift's ladder, else everyone holding the
+    role) would name besides me; True when the directory cannot tell."""
+    me = client.state
+    try:
+        oncall = await client.relay.on_call(role)
+    except RelayRequestError as exc:
+        if exc.code != ErrorCode.ROLE_UNKNOWN.value:
+            raise
+        oncall = None  # no rota for it: the role reaches whoever holds it
+    if oncall is not None and oncall.shift is not None:
+        return any(step.user_id != me.user_id for step in oncall.shift.ladder)
+    if len(role) < 2:
+        return True  # too short to search the directory by
+    found = (await client.relay.directory(q=role)).users
+    if len(found) >= 50:
+        return True  # more matches than the relay lists: it may be among the rest
+    return any(u.org_id == me.org_id and role in u.roles and u.user_id != me.user_id
+               for u in found)
+
+
+async def _roles_like(client: LightboxClient, role: str) -> set[str]:
+    """Roles of my organisation whose name shares the first word of ``role``."""
+    me = client.state
+    word = role.split("_")[0]
+    if len(word) < 2:
+        return set()
+    with contextlib.suppress(SDKError):
+        found = (await client.relay.directory(q=word[:max(2, len(word) - 1)])).users
+        return {r for u in found if u.org_id == me.org_id for r in u.roles}
+    return set()
+
+
+async def withdraw_thread(client: LightboxClient, thread: api.ThreadInfo) -> None:
+    """The thread this send made holds nothing (its first message was refused for good): take
+    its users out, then me, so that it lists as a consult for nobody (PROTOCOL §11 has no
+    thread deletion; a role the thread names still reaches its holders). Best effort."""
+    if any(r.thread_id == thread.thread_id for r in client.vault.outbox()):
+        return  # kept to go later: the thread is needed
+    me = client.state.user_id
+    with contextlib.suppress(SDKError):
+        for user_id in [u for u in thread.members if u != me] + [me]:
+            await client.relay.remove_participant(thread.thread_id, user_id)
+        await client.threads()  # forget it here too
 
 
 def emergency_of(args: argparse.Namespace, purpose: Purpose) -> Emergency | None:

@@ -50,7 +50,18 @@ class RelayResponseError(SDKError):
 
 
 class RelayUnavailable(SDKError):
-    """The relay could not be reached (connection refused, timeout, TLS failure...)."""
+    """The relay could not be reached (connection refused, timeout, TLS failure...).
+
+    ``str()`` keeps the technical detail (for logs); ``reason`` is the plain cause a person
+    reads (``no connection could be made``), never an exception's name. ``kept``: set when the
+    send it stopped is kept in the outbox to go again later (clients/sdk/sending.py), the
+    sentence that says so."""
+
+    def __init__(self, message: str, *, reason: str | None = None,
+                 kept: str | None = None) -> None:
+        self.reason = reason or message
+        self.kept = kept
+        super().__init__(message)
 
 
 class KeyStoreError(SDKError):

@@ -59,8 +59,11 @@ def describe(exc: BaseException, *, login_hint: str) -> str | None:
     if isinstance(exc, DeviceWiped):
         return str(exc)
     if isinstance(exc, RelayUnavailable):
-        return (f"error: cannot reach the relay ({exc}): check the network and the server "
-                "address, then try again")
+        if exc.kept:
+            return f"error: cannot reach the relay ({exc.reason}), so it is not sent yet: " \
+                   f"{exc.kept}"
+        return (f"error: cannot reach the relay ({exc.reason}): check the network and the "
+                "server address, then try again")
     if isinstance(exc, TimeoutError):
         return "error: the relay did not answer in time: check the network, then try again"
     if isinstance(exc, RelayRequestError):

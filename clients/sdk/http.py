@@ -306,6 +306,12 @@ class RelayHTTP(RelayTransport):
         r = await self._device("GET", f"/v1/threads/{quote(thread_id, safe='')}/recipients")
         return self._decode(r, api.ThreadRecipients)
 
+    async def remove_participant(self, thread_id: str, user_id: str) -> None:
+        """Take a user (this device's own user too) out of a thread (PROTOCOL §11)."""
+        r = await self._device("DELETE", f"/v1/threads/{quote(thread_id, safe='')}"
+                                         f"/participants/{quote(user_id, safe='')}")
+        self._expect(r, 204)
+
     async def mark_thread_read(self, thread_id: str, seq: int) -> None:
         r = await self._device("POST", f"/v1/threads/{quote(thread_id, safe='')}/read",
                                body=api.ReadMark(seq=seq))

@@ -213,6 +213,14 @@ async def enrol(
             bundle.user_id, bundle.org_id, identity.public):
         raise FlowError("the user certificate does not match the sealed identity key",
                         code=ErrorCode.CERTIFICATE_INVALID.value)
+    if user.is_record_gateway and kind is not DeviceKind.GATEWAY:
+        # Before the code is used: the relay would take it for a phone, and the gateway
+        # (lightbox-gateway) would then have no device until IT issues a new code.
+        raise FlowError(
+            f"{bundle.login} is the record gateway's service account, not a clinician's: "
+            f"enrol it on the gateway host with `lightbox enroll --kind gateway --server "
+            f"{relay.base_url} --code CODE` (this code has not been used)",
+            code=ErrorCode.VALIDATION_FAILED.value)
     check_new_password(password, login=bundle.login, display_name=user.display_name)
 
     device_id = str(uuid.uuid4())

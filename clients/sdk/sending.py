@@ -73,6 +73,12 @@ WILL_RESEND = ("it is kept on this device and sent again the next time this devi
                "they reach the relay again)")
 
 
+def _kept(reason: str) -> RelayUnavailable:
+    """The relay did not take a send, which stays in the outbox: ``reason`` is the plain
+    cause (RelayUnavailable.reason), ``kept`` says what becomes of the send."""
+    return RelayUnavailable(f"{reason}: {WILL_RESEND}", reason=reason, kept=WILL_RESEND)
+
+
 class Sender:
     """The outbox and every kind of send of one device."""
 
@@ -145,17 +151,16 @@ class Sender:
             except RelayRequestError as exc:
                 if exc.status >= 500 or exc.status in _PASSING_STATUS:
                     self._kept.add(record.message_id)
-                    raise RelayUnavailable(f"the relay did not take it now ({exc.code}): "
-                                           f"{WILL_RESEND}") from exc
+                    raise _kept(f"the relay did not take it now ({exc.code})") from exc
                 self._vault.drop_outbox(record.message_id)
                 raise
             except RelayUnavailable as exc:
                 self._kept.add(record.message_id)
-                raise RelayUnavailable(f"{exc}: {WILL_RESEND}") from exc
+                raise _kept(exc.reason) from exc
             except FlowError as exc:
                 if exc.code in _PASSING_FLOW:  # log in again / start the client: then sent
                     self._kept.add(record.message_id)
-                    raise RelayUnavailable(f"{exc}: {WILL_RESEND}") from exc
+                    raise _kept(str(exc)) from exc
                 self._vault.drop_outbox(record.message_id)
                 raise
             except (SDKError, ProtocolError):

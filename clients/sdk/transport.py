@@ -35,9 +35,27 @@ from clients.sdk.singleflight import SingleFlight
 from protocol import api
 from protocol.keys import Ed25519KeyPair
 
-__all__ = ["KEEPALIVE_EXPIRY", "REFRESH_MARGIN", "RelayTransport", "Signer", "TokenCallback"]
+__all__ = ["KEEPALIVE_EXPIRY", "REFRESH_MARGIN", "RelayTransport", "Signer", "TokenCallback",
+           "unreachable"]
 
 T = TypeVar("T")
+
+
+def unreachable(method: str, path: str, exc: httpx.HTTPError) -> RelayUnavailable:
+    """RelayUnavailable for a request that never got its answer: the technical detail in
+    ``str()`` (for logs; httpx's own text is often empty), a plain cause as ``reason``."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        reason = "the connection timed out"
+    elif isinstance(exc, httpx.TimeoutException):
+        reason = "it did not answer in time"
+    elif isinstance(exc, httpx.ConnectError):
+        reason = "no connection could be made"
+    elif isinstance(exc, httpx.TransportError):
+        reason = "the connection broke before it answered"
+    else:
+        reason = "the request could not be sent"
+    detail = f": {exc}" if str(exc) else ""
+    return RelayUnavailable(f"{method} {path}: {type(exc).__name__}{detail}", reason=reason)
 Signer = Ed25519KeyPair
 TokenCallback = Callable[[api.TokenPair], Awaitable[None] | None]
 
@@ -119,7 +137,7 @@ class RelayTransport:
         try:
             response = await self._client.send(request)
         except httpx.HTTPError as exc:
-            raise RelayUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            raise unreachable(method, path, exc) from exc
         if len(response.content) > MAX_RESPONSE_BYTES:
             raise RelayResponseError(f"{method} {path}: answer too large")
         return response
@@ -169,7 +187,7 @@ class RelayTransport:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise RelayUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+            raise unreachable("GET", path, exc) from exc
         try:
             if response.status_code >= 400:
                 await response.aread()
@@ -179,7 +197,7 @@ class RelayTransport:
                                          f"{response.status_code}")
             yield response
         except httpx.HTTPError as exc:
-            raise RelayUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+            raise unreachable("GET", path, exc) from exc
         finally:
             await response.aclose()
 

@@ -177,7 +177,11 @@ async def test_a_phone_closed_when_revoked_is_wiped_when_next_opened_after_its_t
         else:
             await found.locator("#banner", has_text="This phone has been revoked by IT").wait_for()
             assert await found.text_content("#conn") == "revoked"
-            assert await found.is_visible("#screen-unlock")
+            # Still on its unlock screen, which offers to enrol the phone again instead
+            # (test_phone_enrol_again.py), never the consults.
+            assert await found.get_attribute("body", "data-screen") == "unlock"
+            await found.locator("#reenrol").wait_for()
+            assert await found.is_hidden("#unlock-form")
             assert await found.is_hidden("#screen-home")
             assert await found.input_value("#passphrase") == ""
             assert await idb_records(found) == kept

@@ -94,6 +94,7 @@ function onEvent(data: Record<string, unknown>): void {
       $("conn").textContent = "revoked";
       $("banner").textContent = "This phone has been revoked by IT: it can no longer send or receive consults. Ask IT if you did not expect this.";
       $("banner").hidden = false;
+      offerEnrolAgain();
       return;
     case "progress": {
       const bar = $<HTMLProgressElement>("upload");
@@ -133,6 +134,74 @@ function onEvent(data: Record<string, unknown>): void {
       else delete $("send-status").dataset["connection"];
       return;
   }
+}
+
+// --- a phone revoked without the wipe order, enrolled again (USER_GUIDE "A lost phone") ----------
+
+/** The offer to enrol this revoked phone again with a new code from IT, under the banner: it
+ * says plainly what is erased first, and erases only once the intern confirms. Unlocking is
+ * offered no more: the relay refuses this phone for good. */
+function offerEnrolAgain(): void {
+  let panel = document.getElementById("reenrol");
+  if (!panel) {
+    panel = document.createElement("section");
+    panel.id = "reenrol";
+    panel.className = "panel reenrol";
+    panel.setAttribute("aria-labelledby", "reenrol-title");
+    const el = <K extends keyof HTMLElementTagNameMap>(tag: K, props: Partial<HTMLElementTagNameMap[K]>): HTMLElementTagNameMap[K] =>
+      Object.assign(document.createElement(tag), props);
+    const start = el("button", { id: "reenrol-start", type: "button", className: "primary", textContent: "Enrol this phone again" });
+    const confirm = el("div", { id: "reenrol-confirm", hidden: true });
+    const erase = el("button", { id: "reenrol-erase", type: "button", className: "primary", textContent: "Erase and enrol again" });
+    const cancel = el("button", { id: "reenrol-cancel", type: "button", textContent: "Cancel" });
+    const row = el("div", { className: "row" });
+    row.append(erase, cancel);
+    confirm.append(
+      el("p", { id: "reenrol-warning", textContent: "This erases everything Lightbox holds on this phone: its revoked keys, your consults and photos, and any consult not sent yet. It cannot be undone. What you sent is still with its recipients." }),
+      row,
+    );
+    panel.append(
+      el("h2", { id: "reenrol-title", textContent: "Enrol this phone again" }),
+      el("p", { textContent: "If IT has given you a new enrolment code, you can enrol this phone again with it." }),
+      start, confirm, el("p", { id: "reenrol-error", className: "error" }),
+    );
+    panel.querySelector("#reenrol-error")!.setAttribute("role", "alert");
+    start.addEventListener("click", () => {
+      start.hidden = true;
+      confirm.hidden = false;
+      erase.focus();
+    });
+    cancel.addEventListener("click", () => {
+      confirm.hidden = true;
+      start.hidden = false;
+      start.focus();
+    });
+    erase.addEventListener("click", () => void enrolAgain());
+    document.querySelector("main")!.prepend(panel);
+  }
+  panel.hidden = false;
+  unlockOffered(false);
+}
+
+/** The unlock screen's heading and form, offered or not (not while the phone is revoked). */
+function unlockOffered(offered: boolean): void {
+  $("screen-unlock").querySelector("h1")!.hidden = !offered;
+  $("unlock-form").hidden = !offered;
+  $("unlock-error").textContent = "";
+}
+
+async function enrolAgain(): Promise<void> {
+  const done = await busy($<HTMLButtonElement>("reenrol-erase"), $("reenrol-error"), () => call("forgetRevoked"));
+  if (!done) return;
+  stopCamera();
+  dropPhoto();
+  dropThreads();
+  $("reenrol").remove();
+  unlockOffered(true);
+  $("conn").textContent = "not enrolled";
+  $("banner").textContent = "This phone's revoked Lightbox keys and data have been erased. Enrol it with the new code IT gave you.";
+  $("banner").hidden = false;
+  show("enrol");
 }
 
 // A message the worker dropped because its sender no longer verifies (worker.ts onDeliver):
@@ -288,6 +357,8 @@ async function enrolFinish(): Promise<void> {
   if (!me) return;
   $<HTMLInputElement>("new-pass").value = "";
   $<HTMLInputElement>("new-pass2").value = "";
+  // Enrolled (again): what the banner said of the phone's earlier keys no longer holds.
+  $("banner").hidden = true;
   await home(me);
 }
 
@@ -494,6 +565,12 @@ async function renderThreads(): Promise<void> {
           const line = document.createElement("div");
           line.className = "meta not-sent";
           line.textContent = m.status_note ?? "Not sent: the relay refused it.";
+          div.append(line);
+        } else if (m.status === "sending" && m.status_note) {
+          // Kept on the phone until the relay can be reached: said where it stays shown.
+          const line = document.createElement("div");
+          line.className = "meta kept";
+          line.textContent = m.status_note;
           div.append(line);
         }
         div.append(text);

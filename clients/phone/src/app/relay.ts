@@ -102,11 +102,13 @@ export function notSentSentence(code: string, detail = ""): string {
 }
 
 /** A consult kept on the phone because the relay could not take it now (`code`: its passing
- * refusal; null: no connection), in words: it goes by itself, nothing to do. */
+ * refusal; null: no connection; "unreachable": connected, but the relay's other requests, which
+ * sealing needs, do not get through), in words: it goes by itself, nothing to do. */
 export function keptSentence(code: string | null): string {
   const why = code === "rate_limited" ? "this phone sent too many messages in a short time"
     : code === "queue_full" ? "the recipients' queue at the relay is full"
     : code === null ? "this phone is not connected to the relay"
+    : code === "unreachable" ? "this phone cannot reach the relay just now"
     : "the relay could not store it just now";
   return `Not sent yet: ${why}. It is kept on this phone and sent by itself as soon as the relay takes it; it shows as sent then.`;
 }

@@ -9,7 +9,9 @@ export interface MessageView {
   subject: string | null;
   sent_at: number;
   status: "sending" | "sent" | "received" | "not_sent";
-  /** Why one of ours is not sent (refused for good by the relay), and what to do, in words. */
+  /** Why one of ours is not sent (refused for good by the relay), and what to do, in words;
+   * or, while it is sending, why it is kept on the phone (written while the relay could not be
+   * reached). */
   status_note?: string | null;
   /** A received message: its place in the thread, and whether the intern has seen it (a
    * signed `read` receipt went to the sender then). */

@@ -92,6 +92,14 @@ let heardRevocation = false;
 // The relay refused this device as revoked when the app was unlocked: the socket opened with
 // the last session only hears a wipe order, and the keys are forgotten once it closes.
 let refusedAtUnlock = false;
+// The relay refused this phone as revoked since the worker started (kept when the app locks):
+// only then may the page have the revoked device's keys and data erased to enrol it again.
+let knownRevoked = false;
+
+function revokedHeard(): void {
+  knownRevoked = true;
+  event("revoked", {});
+}
 // The header's state: "offline" until the websocket is ready; then "connected", or
 // "partial" while the relay's HTTP requests (photos, look-ups, sign-in) cannot reach it
 // though the websocket can (a proxy that blocks uploads, a route cut). While they fail, a
@@ -313,7 +321,8 @@ async function startSsoSession(): Promise<boolean> {
   } catch (err) {
     if (err instanceof RelayError && err.status === 0) {
       event("connection", { state: "offline" });
-      return true; // the relay is tried again by connect()
+      retryConnecting();
+      return true;
     }
     if (hearWipe(err)) return false;
     await forgetSession(state);
@@ -355,13 +364,29 @@ async function startSession(passphrase: string): Promise<void> {
     await relay.login(st!.login, passphrase, st!.device_id, st!.device_seed);
   } catch (err) {
     if (err instanceof RelayError && err.status === 0) {
+      // The vault is open; the relay is tried again with the session this phone last had
+      // (renewed by reconnectNow), so what waits in the outbox goes once it answers.
       event("connection", { state: "offline" });
-      return; // the vault is open; the relay is tried again by connect()
+      if (st!.session) relay.tokens = st!.session;
+      retryConnecting();
+      return;
     }
     if (hearWipe(err)) return;
+    if (err instanceof RelayError && err.code === "device_revoked") {
+      // Revoked, and no session kept to hear a wipe order with: nothing is shown.
+      lockKeys();
+      revokedHeard();
+    }
     throw err;
   }
   connect();
+}
+
+/** The relay could not be reached at unlock: tried again as after a lost connection (a
+ * second on, then after every failed attempt), when a session to renew is kept. */
+function retryConnecting(): void {
+  if (!relay?.tokens || reconnect) return;
+  reconnect = setTimeout(() => void reconnectNow(), 1000);
 }
 
 /** Each new session kept in the vault (DeviceState.session). */
@@ -386,9 +411,26 @@ function hearWipe(err: unknown): boolean {
   if (!(err instanceof RelayError) || err.code !== "device_revoked" || !st?.session || !relay) return false;
   relay.tokens = st.session;
   refusedAtUnlock = true;
-  event("revoked", {});
+  revokedHeard();
   connect();
   return true;
+}
+
+/**
+ * Enrol this phone again, after IT revoked it without a wipe order and issued a new enrolment
+ * code (USER_GUIDE "A lost phone"): the revoked device's keys and everything its vault holds
+ * are erased, once the page has said so and the intern agreed; the app then enrols as on the
+ * first day. Refused unless the relay refused this phone as revoked since the app started.
+ */
+async function forgetRevoked(): Promise<Record<string, unknown>> {
+  if (!knownRevoked) throw new UserError("not_revoked", "This phone is not revoked: unlock it with your passphrase.");
+  const ws = socket;
+  socket = null;
+  ws?.close(1000, "enrolling again");
+  lockKeys();
+  await Vault.erase();
+  knownRevoked = false;
+  return {};
 }
 
 function lock(): Record<string, unknown> {
@@ -500,12 +542,12 @@ function connect(askBundles = true, reachable = false): void {
     if (refusedAtUnlock && c.reason) {
       // Connected only to hear a wipe order, and the relay closed without one (device_revoked,
       // or token_expired for a token it renews no more): nothing more to hear, nothing shown.
-      event("revoked", {});
+      revokedHeard();
       lockKeys();
       return;
     }
     if (c.reason === "device_revoked") {
-      event("revoked", {});
+      revokedHeard();
       // Once more, with the last access token: a device revoked with wipe hears its wipe order
       // there (PROTOCOL §15 "Wipe"); one revoked without is refused again, and stops.
       if (vault && !heardRevocation) {
@@ -1315,7 +1357,11 @@ function resendLater(seconds: number): void {
 
 async function markSent(threadId: string, messageId: string): Promise<void> {
   const changed = await updateThread(threadId, (thread) => {
-    for (const m of thread.messages) if (m.message_id === messageId) m.status = "sent";
+    for (const m of thread.messages) {
+      if (m.message_id !== messageId) continue;
+      m.status = "sent";
+      delete m.status_note;
+    }
     return true;
   });
   if (changed) event("sent", { message_id: messageId, thread_id: threadId });
@@ -1337,9 +1383,10 @@ async function markNotSent(threadId: string, messageId: string, note: string): P
 
 async function resendOutbox(_ws: WebSocket): Promise<void> {
   for (const name of await vault!.names("outbox:")) {
-    const record = await vault!.get<OutboxRecord>(name);
+    const record = await vault!.get<OutboxRecord | DraftRecord>(name);
     if (!record || inFlight.has(record.message_id)) continue;
-    await sendSealed(record).catch((err) => event("problem", { code: (err as UserError).code, message: inWords(err) }));
+    const sending = "draft" in record ? sendDraft(record) : sendSealed(record);
+    await sending.catch((err) => event("problem", { code: (err as UserError).code, message: inWords(err) }));
   }
 }
 
@@ -1348,26 +1395,127 @@ async function sendConsult(args: { role: string; text: string; subject: string; 
   if (!/^[a-z][a-z0-9_]{0,63}$/.test(role)) throw new UserError("validation_failed", "A role is a name like orthopaedics_oncall.");
   if (!args.text.trim()) throw new UserError("validation_failed", "Write the consult before sending it.");
   const body = encodeBody(makeBody({ text: args.text, subject: args.subject.trim() || null }));
-  const threadId = keys.uuid4();
-  await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [role], priority: args.priority });
-  const bundles = await recipients(threadId);
-  const messageId = keys.uuid4();
+  const draft: DraftRecord = {
+    draft: true, message_id: keys.uuid4(), thread_id: keys.uuid4(), created_at: now(), body,
+    role, priority: args.priority, thread_created: false,
+  };
+  let record: OutboxRecord;
+  inFlight.add(draft.message_id);
+  try {
+    record = await sealDraft(draft, false);
+  } catch (err) {
+    // The relay cannot be reached (or fails, or is busy) before the consult could be sealed:
+    // it is kept as written, in the vault, marked sending, and sealed and sent by itself once
+    // the relay answers again (resendOutbox), under the same message id. A refusal for good
+    // (an unknown role, say) keeps nothing: the form still holds the consult; nor does a
+    // single sign-on session that ended, which the page asks to sign in again for first.
+    if (!(err instanceof RelayError && httpPasses(err)) || (st?.sso && SESSION_ENDED.includes(err.code))) throw err;
+    await keepDraft(draft);
+    return { thread_id: draft.thread_id, message_id: draft.message_id, kept: keptSentence(ready ? "unreachable" : null) };
+  } finally {
+    inFlight.delete(draft.message_id);
+  }
+  const sent = await sendSealed(record);
+  return { thread_id: record.thread_id, message_id: record.message_id, ...(sent.stored ? {} : { kept: keptSentence(sent.code) }) };
+}
+
+/** A consult written while the relay could not be reached: kept as written until it can be
+ * sealed (its thread made at the relay, its recipients' keys fetched), under `outbox:<id>`. */
+interface DraftRecord {
+  draft: true;
+  message_id: string;
+  thread_id: string;
+  created_at: number;
+  body: Uint8Array;
+  role: string;
+  priority: "routine" | "urgent";
+  /** The relay has the thread (made by an earlier try): it is not made again. */
+  thread_created: boolean;
+}
+
+/** What a kept draft's thread says under it, after the app was closed and opened too. */
+const KEPT_NOTE = "Not sent yet: the relay could not be reached. It is kept on this phone and sent by itself as soon as the relay takes it; it shows as sent then.";
+
+/** The draft in the vault, and its thread shown with it marked sending (PROTOCOL §3.5). */
+async function keepDraft(draft: DraftRecord): Promise<void> {
+  const written = decodeBody(draft.body);
+  const view: MessageView = {
+    message_id: draft.message_id, thread_id: draft.thread_id, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
+    text: written.text, subject: written.subject, sent_at: draft.created_at, status: "sending",
+    status_note: KEPT_NOTE,
+  };
+  await changingThread(draft.thread_id, async () => {
+    await vault!.put(`outbox:${draft.message_id}`, draft);
+    const key = `thread:${draft.thread_id}`;
+    const thread = (await vault!.get<ThreadRecord>(key)) ?? { thread_id: draft.thread_id, role: draft.role, subject: view.subject, priority: draft.priority, messages: [] };
+    if (!thread.messages.some((m) => m.message_id === draft.message_id)) thread.messages.push(view);
+    await vault!.put(key, thread);
+  });
+}
+
+/**
+ * Seal a consult as written: its thread made at the relay (once: a thread the relay already
+ * has from an earlier try that was cut off is this one), its recipients' keys fetched and
+ * verified, then sealed, same message id; the sealed record and the thread are written to
+ * the vault before anything leaves the phone. `kept`: the draft is already in the vault, and
+ * what the relay did for it is written back there as it goes.
+ */
+async function sealDraft(draft: DraftRecord, kept: boolean): Promise<OutboxRecord> {
+  if (!draft.thread_created) {
+    try {
+      await relay!.call("POST", "/v1/threads", { thread_id: draft.thread_id, users: [], roles: [draft.role], priority: draft.priority });
+    } catch (err) {
+      // Made by an earlier try whose answer was lost (the id is this phone's, random).
+      if (!(kept && err instanceof RelayError && err.code === "conflict")) throw err;
+    }
+    draft.thread_created = true;
+    if (kept) await vault!.put(`outbox:${draft.message_id}`, draft);
+  }
+  const bundles = await recipients(draft.thread_id);
   const header: env.MessageHeader = {
-    v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
-    sent_at: now(), purpose: "direct_care", priority: args.priority, consent_id: null, attachment_ids: [],
+    v: 1, message_id: draft.message_id, thread_id: draft.thread_id, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
+    sent_at: now(), purpose: "direct_care", priority: draft.priority, consent_id: null, attachment_ids: [],
     recipient_devices: bundles.map((b) => b.device.deviceId), external: false, emergency: null, body_size: 0,
   };
-  const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
-  const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now(), body };
-  const view: MessageView = {
-    message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
-    text: args.text, subject: args.subject.trim() || null, sent_at: header.sent_at, status: "sending",
-  };
-  // The outbox and the thread are written before anything leaves the phone (PROTOCOL §3.5).
-  await vault!.put(`outbox:${messageId}`, record);
-  await vault!.put(`thread:${threadId}`, { thread_id: threadId, role, subject: view.subject, priority: args.priority, messages: [view] } satisfies ThreadRecord);
-  const sent = await sendSealed(record);
-  return { thread_id: threadId, message_id: messageId, ...(sent.stored ? {} : { kept: keptSentence(sent.code) }) };
+  const sealed = await env.sealMessage(header, draft.body, deviceKeys(), bundles);
+  const record: OutboxRecord = { message_id: draft.message_id, thread_id: draft.thread_id, sealed: env.encodeSealed(sealed), created_at: draft.created_at, body: draft.body };
+  if (kept) {
+    await vault!.put(`outbox:${record.message_id}`, record);
+  } else {
+    // The outbox and the thread are written before anything leaves the phone (PROTOCOL §3.5).
+    const written = decodeBody(draft.body);
+    const view: MessageView = {
+      message_id: record.message_id, thread_id: record.thread_id, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
+      text: written.text, subject: written.subject, sent_at: header.sent_at, status: "sending",
+    };
+    await vault!.put(`outbox:${record.message_id}`, record);
+    await vault!.put(`thread:${record.thread_id}`, { thread_id: record.thread_id, role: draft.role, subject: view.subject, priority: draft.priority, messages: [view] } satisfies ThreadRecord);
+  }
+  return record;
+}
+
+/** A kept draft sealed and sent (resendOutbox): a refusal for good, of its thread or of its
+ * recipients, marks it not sent in its thread with why and what to do, as a refused send. */
+async function sendDraft(draft: DraftRecord): Promise<void> {
+  let record: OutboxRecord;
+  inFlight.add(draft.message_id);
+  try {
+    record = await sealDraft(draft, true);
+  } catch (err) {
+    if (err instanceof RelayError && httpPasses(err)) return; // still kept: the next connection
+    if (!(err instanceof RelayError || err instanceof UserError)) throw err;
+    const refusal = err instanceof RelayError && ["role_unknown", "device_revoked", "user_suspended"].includes(err.code)
+      ? notSentSentence(err.code)
+      : err.code === "device_set_mismatch"
+        ? "Not sent: nobody on call for that role has a device that can receive the consult. Check the role and send it again; call the on-call team if it is urgent."
+        : `Not sent: ${inWords(err).replace(/^(\S)/, (c) => c.toLowerCase())}`;
+    await vault!.delete(`outbox:${draft.message_id}`);
+    await markNotSent(draft.thread_id, draft.message_id, refusal);
+    throw new SendRefused(err.code, refusal);
+  } finally {
+    inFlight.delete(draft.message_id);
+  }
+  await sendSealed(record);
 }
 
 const FORM_VERSION = "2026.1"; // clients/sdk/consent.py
@@ -1421,7 +1569,7 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
     no_effect_on_care_statement_shown: true, iat: t, nbf: t, exp: t + CONSENT_VALIDITY,
   };
   const token = issueConsentToken(claims, st!.identity_seed);
-  await relay!.call("POST", "/v1/consents", { token });
+  await beforeKept(relay!.call("POST", "/v1/consents", { token }));
   if (a.consent.decision === "refused") {
     const filed = await fileRefusal(token, a.record);
     return { consent_id: claims.jti, decision: "refused", ...filed };
@@ -1429,7 +1577,7 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
 
   event("progress", { stage: "encrypting", done: 0, total: 1 });
   const enc = encryptAttachment(a.jpeg);
-  const upload = await relay!.call<{ attachment_id: string; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length });
+  const upload = await beforeKept(relay!.call<{ attachment_id: string; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length }));
   // Kept before the first byte leaves: an upload cut by closing the app resumes from the
   // relay's offset when it is next unlocked, with the same ciphertext (PROTOCOL §12).
   const job: UploadJob = {
@@ -1448,6 +1596,19 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
   } catch (err) {
     // Refused for good (relay.ts httpPasses): never resumed later to be refused again.
     if (err instanceof RelayError && !httpPasses(err)) await vault!.delete(`upload:${job.attachment_id}`);
+    throw err;
+  }
+}
+
+/** A photo is kept on the phone only once its upload has started: before, a relay that cannot
+ * be reached (or fails) is said as it is, never "nothing is lost". */
+async function beforeKept<T>(request: Promise<T>): Promise<T> {
+  try {
+    return await request;
+  } catch (err) {
+    if (err instanceof RelayError && (err.status === 0 || err.status >= 500)) {
+      throw new UserError(err.code, "The relay cannot be reached, so the photo was not sent, and the app does not keep it yet: it stays on this screen until you send it or the app locks. Send it again once the bar at the top says connected.");
+    }
     throw err;
   }
 }
@@ -1656,6 +1817,7 @@ const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
   ssoLogin,
   unlock,
   lock,
+  forgetRevoked,
   sendConsult,
   sendImage,
   image,
@@ -1669,7 +1831,7 @@ self.onmessage = async (m: MessageEvent) => {
   try {
     const fn = ops[op];
     if (!fn) throw new UserError("bad_request", `unknown operation ${op}`);
-    if (!["init", "enrolStart", "enrolFinish", "ssoStart", "unlock", "lock"].includes(op) && !vault) {
+    if (!["init", "enrolStart", "enrolFinish", "ssoStart", "unlock", "lock", "forgetRevoked"].includes(op) && !vault) {
       throw new UserError("locked", "The app is locked: unlock it with your passphrase.");
     }
     post({ id, ok: true, result: await fn(args) });

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
+import getpass
+import os
 import sys
+import time
 
 from clients.clinician.shell import (
     consent_of,
@@ -30,8 +35,9 @@ from clients.sdk.client import (
     WithdrawnEvent,
 )
 from clients.sdk.failures import run_async
+from clients.sdk.profile import ProfileDevice
 from clients.sdk.timefmt import format_time
-from clients.sdk.vault import OutboxRecord
+from clients.sdk.vault import OutboxRecord, VaultPassphraseError
 from clients.sdk.wording import counted
 from protocol.body import Body, BodyKind
 
@@ -248,32 +254,125 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
     return None
 
 
+PASSWORD_ENV = "LIGHTBOX_PASSWORD"  # noqa: S105 (a variable's name: unlock_profile reads it)
+
+
 def watch_command(args: argparse.Namespace) -> int:
+    """Print consults as they arrive, until ``--count`` messages, ``--timeout`` or Ctrl-C.
+
+    The vault locks itself after its idle timeout (clients/sdk/vault.py "Locking"): then the
+    connection stops cleanly (what was not handled stays queued at the relay) and watch says
+    so; it unlocks again with ``LIGHTBOX_PASSWORD`` when the password came from there, asks for
+    it again on a terminal, or else stops with a sentence saying how to start it again (exit
+    status 1). After unlocking it carries on, and the orders queued meanwhile (expiry of a
+    filed image) are applied first."""
+    unattended = bool(os.environ.get(PASSWORD_ENV))
     device = unlock_profile(args)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    seen = 0
+    print("watching for consults (Ctrl-C to stop)", flush=True)
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return 0
+        locked, seen = run_async(functools.partial(_watch_until_locked, device, args, seen,
+                                                   left))
+        if not locked:
+            return 0
+        print(f"-- the vault locked itself after {_seconds(device.vault.idle_timeout)} without "
+              "use: stopped listening (nothing is lost: the relay keeps everything for this "
+              "device)", flush=True)
+        if not _unlock_again(device, args, unattended=unattended):
+            print("-- watch stopped: run `lightbox watch` again to unlock the vault and carry "
+                  f"on (or set {PASSWORD_ENV} to keep watching unattended)", flush=True)
+            return 1
+        print("-- vault unlocked again: listening for consults", flush=True)
 
-    async def go() -> None:
-        client = device.client()
-        seen = 0
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f} s"
+
+
+def _unlock_again(device: ProfileDevice, args: argparse.Namespace, *, unattended: bool) -> bool:
+    """Unlock the vault again: with the environment's password when it came from there, else
+    by asking on the terminal (three tries); False when neither can be done."""
+    if unattended:
+        password = os.environ.get(PASSWORD_ENV) or device.password
         try:
-            queue = client.subscribe()
-            await client.start()
-            print("watching for consults (Ctrl-C to stop)", flush=True)
-            async with asyncio.timeout(args.timeout):
-                while args.count is None or seen < args.count:
-                    event = await queue.get()
-                    if isinstance(event, MessageEvent):
-                        print_message(client, event)
-                        seen += 1
-                        continue
-                    line = describe(client, event)
-                    if line:
-                        print(line, flush=True)
-                    if isinstance(event, StatusEvent) and event.state in ("stopped", "wiped"):
-                        return
-        except TimeoutError:
-            pass
-        finally:
-            await client.close()
+            device.vault.unlock(password)
+        except VaultPassphraseError:
+            print(f"-- {PASSWORD_ENV} no longer opens the vault", flush=True)
+            return False
+        device.password = password
+        return True
+    for _ in range(3):
+        if not sys.stdin.isatty():
+            return False
+        try:
+            password = getpass.getpass(f"Password ({args.profile}) to keep watching: ")
+        except EOFError:
+            return False
+        if not password:
+            return False
+        try:
+            device.vault.unlock(password)
+        except VaultPassphraseError:
+            print("-- wrong password", flush=True)
+            continue
+        device.password = password
+        return True
+    return False
 
-    run_async(go)
-    return 0
+
+async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace, seen: int,
+                              timeout: float | None) -> tuple[bool, int]:
+    """One connected stretch of ``watch``: (True, seen) when the vault locked itself, else
+    (False, seen) at the count, the timeout, or the client's end."""
+    client = device.client()
+    vault = device.vault
+    locked = asyncio.Event()
+
+    async def idle_lock() -> None:  # as the desktop does (clients/desktop/app.py _watch_idle)
+        while not vault.lock_if_idle():  # noqa: ASYNC110 (nothing to wait on: a clock)
+            await asyncio.sleep(min(1.0, vault.idle_timeout / 4))
+        locked.set()
+
+    watcher = asyncio.create_task(idle_lock())
+    try:
+        queue = client.subscribe()
+        await client.start()
+        async with asyncio.timeout(timeout):
+            while args.count is None or seen < args.count:
+                get = asyncio.ensure_future(queue.get())
+                lock = asyncio.ensure_future(locked.wait())
+                try:
+                    await asyncio.wait({get, lock}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lock.cancel()
+                    if not get.done():
+                        get.cancel()
+                if not get.done() or get.cancelled():
+                    return True, seen
+                event = get.result()
+                if isinstance(event, StatusEvent) and event.state == "stopped" \
+                        and not vault.is_unlocked:
+                    return True, seen  # locked while a frame was handled
+                if isinstance(event, MessageEvent):
+                    print_message(client, event)
+                    seen += 1
+                    continue
+                line = describe(client, event)
+                if line:
+                    print(line, flush=True)
+                if isinstance(event, StatusEvent) and event.state in ("stopped", "wiped"):
+                    return False, seen
+    except TimeoutError:
+        pass
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        # Nothing more to confirm once the vault is locked: an order not confirmed comes
+        # again on the next connection, and is applied again (docs/PROTOCOL.md §15).
+        await client.close(drain=5.0 if vault.is_unlocked else 0.0)
+    return False, seen

@@ -105,7 +105,7 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
-from clients.sdk.connection import ConnectionStopped
+from clients.sdk.connection import VAULT_LOCKED, ConnectionStopped
 from clients.sdk.consent_pdf import ConsentFormDisplay, FormCopy, patient_label, render_consent_pdf
 from clients.sdk.errors import (
     DeviceWiped,
@@ -676,8 +676,8 @@ def _ended_by(client: LightboxClient) -> dict[str, str] | None:
         return _ending("suspended")
     if stopped.code == CloseCode.DEVICE_REVOKED:
         return _ending("revoked")
-    if stopped.code is None and stopped.reason == "stopped":
-        return None
+    if stopped.code is None and stopped.reason in {"stopped", VAULT_LOCKED}:
+        return None  # stopped here, or the vault locked itself (_watch_idle says so)
     return _ending("stopped")
 
 

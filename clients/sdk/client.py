@@ -231,7 +231,8 @@ class LightboxClient:
             await self._until(connection.connected.wait(), wait_connected)
 
     async def _resend_pending(self, records: list[OutboxRecord]) -> None:
-        await self.sender.resend_pending(records)
+        with contextlib.suppress(VaultLocked):  # locked meanwhile: the next start resends them
+            await self.sender.resend_pending(records)
 
     async def close(self, *, drain: float = 5.0) -> None:
         """Stop. Receipts and expiry confirmations still queued are sent first, for up to
@@ -309,8 +310,9 @@ class LightboxClient:
             # at the next start: a desktop or a record gateway runs for days
             # (docs/PROTOCOL.md §3.5 "Outbox"). Only this run's own (Sender.kept_sends).
             if self._resend is None or self._resend.done():
-                self._resend = self.hub.spawn(self._resend_pending(self.sender.kept_sends()),
-                                              "client-resend")
+                with contextlib.suppress(VaultLocked):  # locked: the next start resends them
+                    self._resend = self.hub.spawn(
+                        self._resend_pending(self.sender.kept_sends()), "client-resend")
             # An "I'm on it" an earlier run kept in the vault (clients/sdk/memory.py) goes now.
             with contextlib.suppress(VaultLocked):
                 self.receiver.resend_acknowledgements()
@@ -393,9 +395,11 @@ class LightboxClient:
     def unread_messages(self, thread_id: str) -> list[MessageView]:
         """The one definition of unread, for every client: messages from others that this
         device holds and has not marked read (``lightbox threads``, ``lightbox inbox`` and
-        the desktop count these; the relay's own counter also counts our own messages)."""
+        the desktop count these; the relay's own counter also counts our own messages). The
+        user's own messages never count, whichever of their devices sent them."""
+        me = self.user_id
         return [self.view(m) for m in self.vault.messages(thread_id, unread_only=True)
-                if not m.outgoing]
+                if not m.outgoing and m.sender_user_id != me]
 
     def unread(self, thread_id: str) -> int:
         return len(self.unread_messages(thread_id))
@@ -447,6 +451,8 @@ class LightboxClient:
                 await self.maintain_prekeys()
             except (RelayUnavailable, RelayRequestError) as exc:
                 log.warning("signed prekey upkeep failed: %s", exc)
+            except VaultLocked:  # the device state is in the locked vault: the next start
+                return
             await asyncio.sleep(PREKEY_UPKEEP_INTERVAL)
 
     async def replenish_prekeys(self, count: int) -> None:

@@ -13,11 +13,14 @@ must see each message exactly once. :class:`Connection`:
   the application's handler returned, i.e. after the message is stored on the device.
 
 Close codes that mean "stop" (revoked device, suspended user) end the connection for good,
-and so does an address that is not a websocket URL. Anything else that goes wrong (a drop, a
-relay that is restarting, a token provider or a message handler that raises, the device's disk
-full) is a failed attempt: logged, backed off and tried again, with ``connected`` cleared
-meanwhile. A connection never stops in silence while the application believes it is there;
-a delivery whose handler raised was not acknowledged, so the relay delivers it again.
+and so does an address that is not a websocket URL, and a handler that found the device's vault
+locked (:data:`VAULT_LOCKED`: nothing can be stored until the user unlocks it, and what was not
+acknowledged stays queued at the relay; the application unlocks and starts again). Anything
+else that goes wrong (a drop, a relay that is restarting, a token provider or a message
+handler that raises, the device's disk full) is a failed attempt: logged, backed off and tried
+again, with ``connected`` cleared meanwhile. A connection never stops in silence while the
+application believes it is there; a delivery whose handler raised was not acknowledged, so the
+relay delivers it again.
 """
 
 from __future__ import annotations
@@ -34,17 +37,22 @@ import websockets
 
 from clients.sdk.errors import RelayUnavailable, SDKError
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed, is_retryable
+from clients.sdk.vaultrows import VaultLocked
 from protocol.errors import CloseCode, ProtocolError
 from protocol.frames import Accepted, Deliver, Frame, QueueEmpty
 from protocol.model import SealedMessage
 
-__all__ = ["Connection", "ConnectionStopped", "DedupeStore", "DeferDelivery", "MemoryDedupeStore"]
+__all__ = ["VAULT_LOCKED", "Connection", "ConnectionStopped", "DedupeStore", "DeferDelivery",
+           "MemoryDedupeStore"]
 
 log = logging.getLogger("lightbox.sdk")
 
 # Close codes after which reconnecting cannot help.
 FINAL_CLOSE_CODES = frozenset({CloseCode.DEVICE_REVOKED, CloseCode.USER_SUSPENDED,
                                CloseCode.UNSUPPORTED_VERSION})
+
+# The reason of a connection stopped because the device's vault is locked.
+VAULT_LOCKED = "the vault is locked"
 
 
 class DeferDelivery(Exception):
@@ -201,6 +209,13 @@ class Connection:
             self.connected.set()
             try:
                 code, reason = await self._serve(sock)
+            except VaultLocked:
+                # The vault locked itself (inactivity) while a frame was handled: no later
+                # attempt can store anything until the user unlocks it. Stopped, not retried;
+                # the frame was not acknowledged, so the relay keeps it for the next start.
+                log.info("the vault is locked: connection stopped")
+                self._finish(ConnectionStopped(None, VAULT_LOCKED))
+                return
             except Exception as exc:
                 # A handler raised (the device's disk full, a bug): what it was handling was
                 # not acknowledged, so it comes again on the next connection. Backed off by

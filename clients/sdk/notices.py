@@ -89,12 +89,15 @@ class Notices:
         elif isinstance(frame, KeysLow):
             await self.replenish_prekeys(frame.target - frame.remaining)
         elif isinstance(frame, FiledNotice):
+            # The relay does not know where the record keeps it: the receipt, when held, does.
+            ref = frame.record_ref or self._receiver.record_reference(frame.thread_id,
+                                                                      frame.attachment_id)
             filed = FiledEvent(frame.attachment_id, frame.message_id, frame.thread_id,
-                               frame.filed_at, frame.expires_at, frame.record_ref)
+                               frame.filed_at, frame.expires_at, ref)
             self._memory.note_filed(filed)
-            if frame.record_ref:
+            if ref:
                 with contextlib.suppress(ItemNotFound):
-                    self._vault.set_record_reference(frame.attachment_id, frame.record_ref)
+                    self._vault.set_record_reference(frame.attachment_id, ref)
             await self._hub.emit(filed)
         elif isinstance(frame, ExpireOrder):
             if frame.reason is ExpiryReason.CONSENT_REVOKED:
@@ -201,14 +204,21 @@ class Notices:
             info = self._vault.image_info(aid)
             if info.message_id:
                 holders.add(info.message_id)
-        self._vault.expire(aid, record_reference=order.record_ref)
+        # The tombstone keeps where the record has it: the order's reference, else the one the
+        # copy was stored with (Vault.shred), else the gateway's receipt already held (a
+        # receipt handled before the copy was stored); a receipt arriving later fills it in.
+        reference = order.record_ref
+        with contextlib.suppress(ItemNotFound):
+            reference = reference or self._vault.image_info(aid).record_reference
+        reference = reference or self._receiver.record_reference(order.thread_id, aid)
+        self._vault.expire(aid, record_reference=reference)
         with contextlib.suppress(ItemNotFound, SDKError):
             holders.update(m.message_id for m in self._vault.messages(order.thread_id)
                            if aid in m.attachment_ids)
         for message_id in sorted(holders):
             self._drop_descriptor_key(message_id, aid)
         self._memory.image_state[aid] = ("shredded", order.reason.value)
-        await self._hub.emit(ExpiredEvent(aid, order.thread_id, order.record_ref,
+        await self._hub.emit(ExpiredEvent(aid, order.thread_id, reference,
                                           order.reason.value))
         st = self._store.state
         confirmation = statements.issue_expiry_confirmation(statements.ExpiryConfirmation(

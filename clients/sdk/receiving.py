@@ -167,7 +167,9 @@ class Receiver:
             attachment_ids=attachment_ids,
             priority=h.priority.value, purpose=h.purpose.value, content=plain,
             thread_seq=frame.thread_seq,
-            emergency=None if h.emergency is None else h.emergency.value)
+            emergency=None if h.emergency is None else h.emergency.value,
+            # the user's own message, sent from another of their devices: never unread
+            read=h.sender_user_id == st.user_id)
         self._vault.put_message(message)
         forget_one_time_prekey(self._store, sealed)
         self.receipt(message, statements.ReceiptKind.DELIVERED)
@@ -179,22 +181,46 @@ class Receiver:
         if body.attachments and self._fetch_images_on():
             self._hub.spawn(self.fetch_images(message, body), f"fetch-{h.message_id[:8]}")
 
+    def record_reference(self, thread_id: str, attachment_id: str) -> str | None:
+        """Where the record keeps an image, from the gateway's filing receipt this device
+        already holds (docs/PROTOCOL.md §15: ``record_ref``, else the Study Instance UID); None
+        before it arrived. The relay is blind and never knows it: its filed notices and expiry
+        orders carry none, so whichever of receipt, image and order comes first, the tombstone
+        keeps the reference (a receipt handled before the image was stored is found here)."""
+        try:
+            messages = self._vault.messages(thread_id)
+        except ItemNotFound:
+            return None
+        for m in reversed(messages):
+            body = body_of(m)
+            if body is None or body.kind is not BodyKind.FILING_RECEIPT or body.filing is None:
+                continue
+            # stored with its filing only from a verified record gateway (on_deliver)
+            if body.filing.attachment_id == attachment_id:
+                return body.filing.record_ref or body.filing.study_instance_uid
+        return None
+
     # -- images ------------------------------------------------------------------------------
 
     async def fetch_missing_images(self) -> None:
         """Fetch every image of a stored message that is not in the vault yet (after a
-        reconnect, or a download that failed)."""
-        for thread in self._threads.ids():
-            with contextlib.suppress(SDKError, OSError):
-                for m in self._vault.messages(thread):
-                    body = body_of(m)
-                    if body is not None and body.attachments and not m.outgoing:
-                        await self.fetch_images(m, body)
+        reconnect, or a download that failed). The vault locked meanwhile ends it: the next
+        start fetches them."""
+        with contextlib.suppress(VaultLocked):
+            for thread in self._threads.ids():
+                with contextlib.suppress(SDKError, OSError):
+                    for m in self._vault.messages(thread):
+                        body = body_of(m)
+                        if body is not None and body.attachments and not m.outgoing:
+                            await self.fetch_images(m, body)
 
     async def fetch_images(self, message: VaultMessage, body: Body) -> None:
+        """Fetch the message's images not in the vault yet; the vault locked meanwhile ends it
+        (a background task: nothing to raise to, and the next start fetches them)."""
         async with self._fetch_lock:
-            for descriptor in body.attachments:
-                await self._fetch_one(message, body, descriptor)
+            with contextlib.suppress(VaultLocked):
+                for descriptor in body.attachments:
+                    await self._fetch_one(message, body, descriptor)
 
     async def _fetch_one(self, message: VaultMessage, body: Body,
                          descriptor: AttachmentDescriptor) -> None:
@@ -256,7 +282,8 @@ class Receiver:
             self._vault.put_image(aid, data, media_type=descriptor.media_type,
                                   width=descriptor.width, height=descriptor.height,
                                   thread_id=message.thread_id, message_id=message.message_id,
-                                  record_reference=filed.record_ref if filed else None)
+                                  record_reference=(filed.record_ref if filed else None)
+                                  or self.record_reference(message.thread_id, aid))
         except ImageShredded:  # its expiry order came while it was downloading
             states[aid] = ("shredded", "")
             return
@@ -302,9 +329,10 @@ class Receiver:
         """Mark every unread message of a thread read: vault, signed ``read`` receipts to the
         senders, and the relay's unread counter. Returns how many were unread."""
         unread = self._vault.messages(thread_id, unread_only=True)
+        me = self._store.state.user_id
         for m in unread:
             self._vault.mark_read(m.message_id)
-            if not m.outgoing:
+            if not m.outgoing and m.sender_user_id != me:
                 self.receipt(m, statements.ReceiptKind.READ)
         seqs = [m.thread_seq for m in self._vault.messages(thread_id) if m.thread_seq]
         if seqs:

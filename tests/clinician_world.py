@@ -5,7 +5,9 @@ vault (cheap Argon2id) with its device state inside, as the desktop and CLI keep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import io
 import os
 import sys
 import time
@@ -96,3 +98,15 @@ async def lightbox_process(*argv: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "clients.clinician.cli", *argv, cwd=ROOT, env=dict(os.environ),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``lightbox ARGV`` in this process, in a thread (its exit status, stdout and stderr)."""
+    from clients.clinician import cli  # the CLI, only for the tests that run it
+
+    def call(args: list[str]) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli.main(args)
+        return rc, out.getvalue(), err.getvalue()
+    return await asyncio.to_thread(call, list(argv))

@@ -18,10 +18,10 @@ import pytest
 from clients.gateway.pacs import PacsClient, PacsSettings
 from clients.sdk.client import ImageEvent, MessageEvent
 from protocol.body import BodyKind
-from tests.clients.test_clinician import lightbox
 from tests.clients.test_consent_withdraw import lightbox_admin as admin
 from tests.clients.test_filing_journey import ORTHO, journey, next_event
 from tests.clinician_world import enrol_clinician
+from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import assert_blind, xray_png
 from tests.helpers import eventually
 from tests.identity_world import PASSWORD, World

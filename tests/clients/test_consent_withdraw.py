@@ -22,11 +22,11 @@ from clients.admin import cli as admin_cli
 from clients.gateway.fhir import FhirClient, FhirSettings
 from clients.sdk import imaging
 from clients.sdk.consent import register_consent
-from tests.clients.test_clinician import lightbox
 from tests.clients.test_filing_journey import journey, record
 from tests.clients.test_people import _people
 from tests.clients.test_people import world as world  # the same relay world
 from tests.clients.test_record_consent import refusal
+from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import count, xray_png
 from tests.fhir_server import FhirServer
 from tests.helpers import seconds

@@ -16,7 +16,7 @@ from clients.sdk.keystore import DeviceState
 from clients.sdk.timefmt import format_time
 from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.model import Purpose
-from tests.clients.test_clinician import lightbox
+from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import xray_png
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from clients.sdk.keystore import KeyStore
 from protocol.keys import CHEAP_PROFILE
-from tests.clients.test_clinician import lightbox
 from tests.clinician_world import enrol_clinician, use_cli_profiles
+from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import xray_png
 from tests.identity_world import PASSWORD, World, identity_world
 

@@ -38,7 +38,6 @@ from clients.sdk.keystore import DeviceState
 from protocol.body import BodyKind, CaptureKind
 from protocol.consent import ConsentBasis, ConsentDecision, peek_consent_token_unverified
 from protocol.model import Purpose
-from tests.clients.test_clinician import lightbox
 from tests.clients.test_filing_journey import (
     ORTHO,
     journey,
@@ -48,6 +47,7 @@ from tests.clients.test_filing_journey import (
 )
 from tests.clients.test_phi import labelled_film
 from tests.clinician_world import enrol_clinician
+from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import assert_blind, count, xray_png
 from tests.fhir_server import FhirServer
 from tests.helpers import eventually

@@ -7,22 +7,20 @@ the relay could not take is said in one plain sentence naming the command that s
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from clients.clinician import cli
 from clients.clinician.sending import kept_sentence
 from clients.sdk.errors import RelayUnavailable
 from clients.sdk.failures import describe
 from clients.sdk.sending import WILL_RESEND
 from clients.sdk.transport import unreachable
 from tests.clinician_world import enrol_clinician, use_cli_profiles
+from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import xray_png
 from tests.helpers import seconds
 from tests.identity_world import World, identity_world
@@ -38,14 +36,6 @@ async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
         yield w
 
-
-async def lightbox(*argv: str) -> tuple[int, str, str]:
-    def call(args: Sequence[str]) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main(list(args))
-        return rc, out.getvalue(), err.getvalue()
-    return await asyncio.to_thread(call, argv)
 
 
 async def _people(world: World, tmp_path: Path,

@@ -4,16 +4,12 @@ and `lightbox threads` count only the intern's messages, against a real relay.""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from clients.clinician import cli
 from clients.sdk import identity
 from clients.sdk.client import LightboxClient
 from clients.sdk.http import RelayHTTP
@@ -22,6 +18,7 @@ from clients.sdk.profile import open_profile
 from protocol.keys import CHEAP_PROFILE
 from protocol.model import DeviceKind
 from tests.clinician_world import Clinician, enrol_clinician, use_cli_profiles
+from tests.clinician_world import run_cli as lightbox
 from tests.helpers import seconds
 from tests.identity_world import PASSWORD, World, identity_world
 
@@ -35,14 +32,6 @@ async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     async with identity_world(db_dsn, tmp_path) as w:
         yield w
 
-
-async def lightbox(*argv: str) -> tuple[int, str, str]:
-    def call(args: Sequence[str]) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main(list(args))
-        return rc, out.getvalue(), err.getvalue()
-    return await asyncio.to_thread(call, argv)
 
 
 async def link_desktop(world: World, phone: Clinician, directory: Path) -> LightboxClient:

@@ -15,21 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import io
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from clients.clinician import cli
 from clients.gateway.app import RecordGateway
 from clients.sdk.client import LightboxClient, StatusEvent
 from clients.sdk.connection import VAULT_LOCKED
 from protocol.body import CaptureKind, RecordData
 from tests.clients.test_desktop import ORTHO, send_photo
 from tests.clinician_world import Clinician, enrol_clinician, lightbox_process, use_cli_profiles
+from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import count
 from tests.filing_world import admin_copies, copies_json, enrol_gateway, orthanc_gateway
 from tests.helpers import eventually, seconds
@@ -134,15 +133,6 @@ async def test_watch_unlocks_again_with_the_environments_password_and_deletes_th
     copy = next(c for c in report["copies"] if c["device_id"] == device_id)
     assert copy["status"] == "destroyed", copy
 
-
-async def lightbox(*argv: str) -> tuple[int, str, str]:
-    """``lightbox ARGV`` in this process (its terminal simulated by the test)."""
-    def call(args: Sequence[str]) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main(list(args))
-        return rc, out.getvalue(), err.getvalue()
-    return await asyncio.to_thread(call, argv)
 
 
 class Terminal:

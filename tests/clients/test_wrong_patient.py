@@ -27,9 +27,9 @@ from clients.gateway.records import patient_id_system
 from clients.sdk import imaging
 from clients.sdk.client import MessageEvent
 from protocol.body import RecordData, Sex
-from tests.clients.test_clinician import lightbox
 from tests.clients.test_filing_journey import ORTHO, journey, next_event, send_for_filing
 from tests.clinician_world import enrol_clinician
+from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import xray_png
 from tests.fhir_server import FhirServer
 from tests.helpers import eventually

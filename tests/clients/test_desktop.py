@@ -147,6 +147,16 @@ async def send_photo(intern: Clinician, record: RecordData, *, text: str, subjec
     return thread, sent
 
 
+async def send_wrist_xray(intern: Clinician) -> SentMessage:
+    """:func:`send_photo` of Jane Doe's wrist film (MRN123), urgent, to the on-call role."""
+    _, sent = await send_photo(
+        intern, RecordData(patient_name="Doe^Jane", patient_id="MRN123",
+                           birth_date="1970-01-01", anatomic_region="wrist",
+                           capture=CaptureKind.FILM),
+        text="Scaphoid? Please review.", subject="Wrist x-ray, bed 9")
+    return sent
+
+
 @contextlib.asynccontextmanager
 async def browser_page(**options: Any) -> AsyncIterator[tuple[Any, list[str]]]:
     """A page in a real Chromium, and the console errors and page errors it reports;

@@ -29,6 +29,7 @@ from tests.clients.test_desktop import (
     desktop_http,
     desktop_team,
     send_photo,
+    send_wrist_xray,
     unlock_page,
 )
 from tests.clinician_world import enrol_clinician
@@ -68,11 +69,7 @@ async def test_a_desktop_offline_until_after_the_expiry_order_never_holds_the_im
         # the image.
         phone = await enrol_clinician(world, tmp_path, "ortho-colleague", roles=(ORTHO,))
         # The desktop is locked: not connected to the relay, from before the image is sent.
-        _, sent = await send_photo(
-            intern, RecordData(patient_name="Doe^Jane", patient_id="MRN123",
-                               birth_date="1970-01-01", anatomic_region="wrist",
-                               capture=CaptureKind.FILM),
-            text="Scaphoid? Please review.", subject="Wrist x-ray, bed 9")
+        sent = await send_wrist_xray(intern)
         (aid,) = sent.attachment_ids
 
         async def ordered() -> bool:

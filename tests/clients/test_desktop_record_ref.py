@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from clients.desktop.app import DesktopServer
-from protocol.body import CaptureKind, RecordData
 from protocol.model import DeviceKind
-from tests.clients.test_desktop import ORTHO, desktop_http, desktop_team, send_photo
+from tests.clients.test_desktop import ORTHO, desktop_http, desktop_team, send_wrist_xray
 from tests.clinician_world import enrol_clinician
 from tests.consent_world import count
 from tests.filing_world import enrol_gateway, orthanc_gateway
@@ -33,11 +32,7 @@ async def test_a_desktop_closed_at_expiry_keeps_the_record_reference_of_its_dele
         intern, specialist, desktop, gw = team.intern, team.specialist, team.desktop, team.gateway
         desktop_device = await world.device_of(specialist.user_id)
         async with desktop_http(desktop) as http:
-            _, sent = await send_photo(
-                intern, RecordData(patient_name="Doe^Jane", patient_id="MRN123",
-                                   birth_date="1970-01-01", anatomic_region="wrist",
-                                   capture=CaptureKind.FILM),
-                text="Scaphoid? Please review.", subject="Wrist x-ray, bed 9")
+            sent = await send_wrist_xray(intern)
             (aid,) = sent.attachment_ids
 
             async def held() -> bool:
@@ -103,11 +98,7 @@ async def test_a_receipt_handled_before_the_copy_was_stored_still_names_the_reco
             client = desktop.client
             assert client is not None
             await gw.start()
-            _, sent = await send_photo(
-                intern, RecordData(patient_name="Doe^Jane", patient_id="MRN123",
-                                   birth_date="1970-01-01", anatomic_region="wrist",
-                                   capture=CaptureKind.FILM),
-                text="Scaphoid? Please review.", subject="Wrist x-ray, bed 9")
+            sent = await send_wrist_xray(intern)
             (aid,) = sent.attachment_ids
 
             async def receipt_held() -> bool:

@@ -25,8 +25,7 @@ import pytest
 from clients.gateway.app import RecordGateway
 from clients.sdk.client import LightboxClient, StatusEvent
 from clients.sdk.connection import VAULT_LOCKED
-from protocol.body import CaptureKind, RecordData
-from tests.clients.test_desktop import ORTHO, send_photo
+from tests.clients.test_desktop import ORTHO, send_wrist_xray
 from tests.clinician_world import Clinician, enrol_clinician, lightbox_process, use_cli_profiles
 from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import count
@@ -69,16 +68,6 @@ async def team(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         intern.vault.lock()
 
 
-async def send_xray(intern: Clinician) -> str:
-    _, sent = await send_photo(
-        intern, RecordData(patient_name="Doe^Jane", patient_id="MRN123",
-                           birth_date="1970-01-01", anatomic_region="wrist",
-                           capture=CaptureKind.FILM),
-        text="Scaphoid? Please review.", subject="Wrist x-ray, bed 9")
-    (aid,) = sent.attachment_ids
-    return aid
-
-
 async def confirmed(world: World, device_id: str, aid: str) -> bool:
     return await count(world, "SELECT count(*) FROM expiry_orders WHERE device_id = $1 AND "
                        "attachment_id = $2 AND confirmed_at IS NOT NULL",
@@ -104,7 +93,7 @@ async def test_watch_unlocks_again_with_the_environments_password_and_deletes_th
 
         try:
             await until("-- connected to the relay")
-            aid = await send_xray(intern)
+            (aid,) = (await send_wrist_xray(intern)).attachment_ids
             await until(f"image {aid[:8]}: stored")
             # Nothing for longer than the idle timeout: the vault locks itself; watch says so
             # and, with the password in the environment, unlocks again and carries on.
@@ -160,7 +149,7 @@ async def test_watch_on_a_terminal_asks_for_the_password_again_and_deletes_the_f
         device_id = await world.device_of(ortho.user_id)
         # the first password opens the profile; then one for each time the vault locked
         terminal = Terminal(monkeypatch, [PASSWORD] * 50)
-        aid = await send_xray(intern)
+        (aid,) = (await send_wrist_xray(intern)).attachment_ids
         watch = asyncio.ensure_future(lightbox("--profile", "ortho", "watch",
                                                "--timeout", str(seconds(25))))
         try:

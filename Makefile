@@ -80,7 +80,7 @@ run: $(STAMP)
 
 test: $(STAMP) system-deps $(IDP_STAMP) phone
 	@mkdir -p .data
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP) $(PHONE_STAMP)
 	cd $(PHONE) && npx --no-install tsc --noEmit -p .

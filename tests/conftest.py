@@ -82,12 +82,17 @@ def _in_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-# The files that take longest, each a whole journey of real programs (minutes, measured with
-# --durations): under xdist they start first, so neither worker is left running one of them
-# alone at the end while the other has nothing to do. Only the order changes.
-LONGEST_FIRST = ("tests/test_user_guide.py", "tests/server/test_runner.py", "tests/test_demo.py",
-                 "tests/server/test_manage.py", "tests/clients/test_cli_failures.py",
-                 "tests/server/test_processes.py", "tests/server/test_fuzz_api.py")
+# The files that take longest, each a whole journey of real programs (a minute or more each,
+# measured with --durations on 2026-12-06): under xdist they start first, so neither worker is
+# left running one of them alone at the end while the other has nothing to do. Only the order
+# changes. The Makefile passes --no-loadscope-reorder: by default xdist hands out the files
+# with the most tests first, which put the one-test user guide (over two minutes) last.
+LONGEST_FIRST = ("tests/test_user_guide.py", "tests/server/test_runner.py",
+                 "tests/phone/test_phone_resume_upload.py", "tests/clients/test_cli_failures.py",
+                 "tests/phone/test_phone_photo_received.py", "tests/test_demo.py",
+                 "tests/clients/test_consent_withdraw.py", "tests/server/test_fuzz_api.py",
+                 "tests/phone/test_phone_image.py", "tests/clients/test_watch_idle.py",
+                 "tests/clients/test_desktop_display.py", "tests/server/test_processes.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

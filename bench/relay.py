@@ -820,9 +820,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["left_in_queue"] = asyncio.run(_count(dsn, "deliveries"))
             kept = out["ciphertext"] = asyncio.run(_kept(dsn))
             kept["purged_total"] = int(relay.metric("lightbox_ciphertext_purged_total") or 0)
-            log(f"  ciphertext purged by the relay: {kept['purged_total']:,} messages; kept "
-                f"{kept['kept_undelivered']:,} for queued deliveries and "
-                f"{kept['kept_delivered']:,} with none queued (after {kept['waited_s']} s)")
+            log(f"  ciphertext the relay still keeps: {kept['kept_undelivered']:,} messages "
+                f"for queued deliveries and {kept['kept_delivered']:,} with none queued (after "
+                f"{kept['waited_s']} s); its sweep purged {kept['purged_total']:,}, the "
+                "acknowledgements the rest")
             gens.call("close", 120)
             out.setdefault("durable", {})["relay_metrics"] = {
                 "accepted_total": relay.metric("lightbox_messages_accepted_total"),
@@ -1116,12 +1117,15 @@ class RowWatch:
 
 
 async def _settle(dsn: str) -> None:
-    """The ciphertext of the raw ceiling's messages purged, as the relay's first sweep would
-    do (server/purge.py); what autovacuum would do about the set-up's rows, done now
-    (``VACUUM ANALYZE``); then Postgres's dirty buffers written and synced (``CHECKPOINT``),
-    and everything else the kernel holds dirty (``sync(2)``)."""
+    """The ciphertext of the raw ceiling's messages purged, and the relay's sweep past the
+    set-up's messages, as a relay in service would have it (server/purge.py); what autovacuum
+    would do about the set-up's rows, done now (``VACUUM ANALYZE``); then Postgres's dirty
+    buffers written and synced (``CHECKPOINT``), and everything else the kernel holds dirty
+    (``sync(2)``)."""
     await _execute(dsn, "UPDATE messages m SET sealed = NULL WHERE sealed IS NOT NULL AND "
                    "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_pk = m.message_pk)",
+                   "UPDATE purge_progress SET swept_to = p.top, next_to = p.top FROM "
+                   "(SELECT coalesce(max(message_pk), 0) AS top FROM messages) p",
                    "VACUUM ANALYZE", "CHECKPOINT")
     await asyncio.to_thread(os.sync)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -242,8 +241,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
     ws_relay.filing = filing
     ws_relay.wipes = WipeService(db=db, trust=trust, clock=clock)
     # The ciphertext of messages no delivery is queued for any more (server/purge.py).
-    purge = CiphertextPurge(db, metrics, interval=settings.ciphertext_purge_interval,
-                            now=lambda: dt.datetime.fromtimestamp(clock(), dt.UTC))
+    purge = CiphertextPurge(db, metrics, interval=settings.ciphertext_purge_interval)
     pipeline.routing = oncall
     ws_relay.receipts = ReceiptService(db=db, clock=clock, check=oncall)
 

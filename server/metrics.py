@@ -247,8 +247,9 @@ class Metrics:
             self.deliveries_written.labels(path)
         self.ciphertext_purged = Counter(
             "lightbox_ciphertext_purged_total",
-            "Messages whose ciphertext the relay deleted once no delivery of them was queued "
-            "any more (server/purge.py).", registry=r)
+            "Messages whose ciphertext the relay's sweep deleted: one that never had a delivery, "
+            "or that a relay before alembic migration 0021 kept. Removing a message's last "
+            "queued delivery deletes it at once, uncounted here (server/purge.py).", registry=r)
         self.delivery_reads = Counter(
             "lightbox_delivery_reads_total",
             "Statements reading devices' next deliveries (one for all the pumps that ask in "

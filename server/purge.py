@@ -5,26 +5,29 @@ A message's sealed bytes are stored once, with one delivery row per recipient de
 (server/store/batches.py), and are read only to write those deliveries. Once no delivery of it
 is queued any more (every recipient device acknowledged it; or its deliveries were dropped:
 a consent withdrawn, a device revoked, a wipe ordered, an on-call handover), the relay has no
-use for them. Every relay process sweeps every ``LIGHTBOX_CIPHERTEXT_PURGE_INTERVAL`` seconds
-and sets them to NULL (server/store/messages.py ``purge_delivered_ciphertext``, in chunks,
-``SKIP LOCKED`` between processes). The row stays: its ids, body hash, recipients, size and
-times answer a retried send as a duplicate, check a receipt against the message's recipients
-and keep the thread's order; none of it is the message.
+use for them. The transaction that removes a message's last queued delivery sets them to NULL
+(a trigger on ``deliveries``, alembic migration 0021), whichever way it was removed. The row
+stays: its ids, body hash, recipients, size and times answer a retried send as a duplicate,
+check a receipt against the message's recipients and keep the thread's order; none of it is
+the message.
+
+Every relay process also sweeps every ``LIGHTBOX_CIPHERTEXT_PURGE_INTERVAL`` seconds, as the
+backstop: it looks once at each message stored since (server/store/messages.py
+``purge_delivered_ciphertext``) for one that never had a delivery, or that a relay before
+migration 0021 kept, and purges it.
 
 A revoked device is never sent anything again, so its revocation drops its queue in the same
 transaction (server/provisioning.py, server/scim/service.py; audited with the count and the
 message ids). A send whose transaction was already under way when the device was revoked can
 still commit a delivery to it afterwards: the sweep drops those first, audited
-(``device.queue_dropped``), so that their messages' ciphertext goes with the rest.
+(``device.queue_dropped``), and their messages' ciphertext goes with them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import logging
-from collections.abc import Callable
 
 from server import audit
 from server.db import Database
@@ -49,7 +52,7 @@ SELECT v.device_id::text FROM devices v
 
 @dataclasses.dataclass(frozen=True)
 class PurgeReport:
-    purged: int  # messages whose ciphertext was set to NULL
+    purged: int  # messages whose ciphertext the sweep set to NULL
     revoked_queues: dict[str, list[str]]  # device id -> message ids dropped from its queue
 
 
@@ -58,11 +61,11 @@ class CiphertextPurge:
     db: Database
     metrics: Metrics
     interval: float = 60.0
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
     async def sweep(self) -> PurgeReport:
-        """Drop what is still queued for revoked devices, then the ciphertext of every message
-        stored before now that no delivery is queued for."""
+        """Drop what is still queued for revoked devices (their messages' ciphertext goes with
+        it), then look at the messages stored since the last sweep for ciphertext no delivery
+        is queued for."""
         async with self.db.pool.acquire() as conn:
             async with conn.transaction():
                 await conn.execute("SET LOCAL enable_seqscan = off")  # as the purge's chunks
@@ -75,7 +78,7 @@ class CiphertextPurge:
                         await audit.append(conn, "device.queue_dropped", subject_kind="device",
                                            subject_id=device_id,
                                            details=messages.dropped_details(dropped, device_id))
-            purged = await messages.purge_delivered_ciphertext(conn, older_than=self.now())
+            purged = await messages.purge_delivered_ciphertext(conn)
         if purged:
             self.metrics.ciphertext_purged.inc(purged)
         return PurgeReport(purged, dropped)

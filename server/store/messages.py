@@ -212,55 +212,47 @@ async def queue_depth(conn: asyncpg.Connection, device_id: str) -> int:
 
 PURGE_CHUNK = 1000
 
-# One chunk of the purge: the next messages, in key order, whose ciphertext is still kept
-# (alembic migration 0020's partial index), and of those the ones no delivery is queued for
-# any more set to NULL. FOR NO KEY UPDATE SKIP LOCKED: two relay processes sweeping at once
-# share the rows instead of waiting for each other, and neither blocks a foreign-key check.
-# Each message is looked up in the queue on its own (a LATERAL subquery with LIMIT, which the
-# planner cannot turn into a join that reads the whole queue: as NOT EXISTS, planned from
-# statistics that said the queue was empty, it read every delivery's index entry, dead ones
-# included, for every chunk; docs/BENCHMARKS.md, round 21).
-_PURGE = """
-WITH kept AS (
-    SELECT message_pk FROM messages
-     WHERE sealed IS NOT NULL AND message_pk > $1 AND created_at < $2
-     ORDER BY message_pk LIMIT $3
-       FOR NO KEY UPDATE SKIP LOCKED),
-idle AS (
-    SELECT kept.message_pk FROM kept
-      LEFT JOIN LATERAL (SELECT true AS queued FROM deliveries d
-                          WHERE d.message_pk = kept.message_pk LIMIT 1) q ON true
-     WHERE q.queued IS NULL),
-gone AS (
-    UPDATE messages m SET sealed = NULL FROM idle
-     WHERE m.message_pk = idle.message_pk
-    RETURNING 1)
-SELECT (SELECT count(*) FROM gone) AS purged, (SELECT count(*) FROM kept) AS seen,
-       (SELECT max(message_pk) FROM kept) AS last
+# The sweep's backstop (server/purge.py). A message's ciphertext goes in the transaction that
+# removes its last queued delivery (alembic migration 0021: a trigger on ``deliveries``); what
+# that leaves is a message that never had a delivery, and what a relay before that revision
+# kept. The sweep looks at each message once, in key order, from where it last stopped
+# (``purge_progress``), and only at keys it read at its previous sweep: a send still
+# committing then has committed since. Each message is looked up in the queue by itself (a
+# subquery with LIMIT, which the planner cannot turn into a join that reads the whole queue;
+# docs/BENCHMARKS.md, round 21).
+_PURGE_SPAN = """
+UPDATE messages m SET sealed = NULL
+ WHERE m.message_pk > $1 AND m.message_pk <= $2 AND m.sealed IS NOT NULL
+   AND (SELECT true FROM deliveries d WHERE d.message_pk = m.message_pk LIMIT 1) IS NULL
 """
 
 
-async def purge_delivered_ciphertext(conn: asyncpg.Connection, *, older_than: dt.datetime,
+async def purge_delivered_ciphertext(conn: asyncpg.Connection, *,
                                      chunk: int = PURGE_CHUNK) -> int:
-    """Drop the ciphertext of messages stored before ``older_than`` that no delivery is
-    queued for any more (every device acknowledged it, or its deliveries were dropped); the
-    row stays for idempotent retries, receipts and thread order. In statements of ``chunk``
-    messages, each its own transaction, so that no lock is held long; returns how many."""
-    purged, after = 0, 0
+    """Drop the ciphertext of the messages stored since the previous sweep began that no
+    delivery is queued for; the row stays for idempotent retries, receipts and thread order.
+    In spans of ``chunk`` keys, each its own transaction, so that no lock is held long; two
+    relay processes take turns on ``purge_progress``. Returns how many."""
+    purged = 0
     while True:
         async with conn.transaction():
             # Each lookup by its index, though the statistics say the queue is empty
             # (server/db.py says why the hot pool plans so); for this statement only. And no
             # wait for the disk at COMMIT (PostgreSQL manual, "Asynchronous Commit"): a purge
-            # a database crash loses is done again by the next sweep, and the message path's
-            # commits do not queue behind its flushes.
+            # a database crash loses is done again (its progress is lost with it).
             await conn.execute("SET LOCAL enable_seqscan = off; "
                                "SET LOCAL synchronous_commit = off")
-            row = await conn.fetchrow(_PURGE, after, older_than, chunk)
-        purged += int(row["purged"])
-        if row["seen"] < chunk:
-            return purged
-        after = int(row["last"])
+            low, high = await conn.fetchrow(
+                "SELECT swept_to, next_to FROM purge_progress FOR UPDATE")
+            if low >= high:
+                await conn.execute(
+                    "UPDATE purge_progress SET next_to = greatest(next_to, "
+                    "(SELECT coalesce(max(message_pk), 0) FROM messages))")
+                return purged
+            upto = min(low + chunk, high)
+            status = await conn.execute(_PURGE_SPAN, low, upto)
+            purged += int(status.split()[-1])
+            await conn.execute("UPDATE purge_progress SET swept_to = $1", upto)
 
 
 async def drop_queues(conn: asyncpg.Connection, device_ids: Sequence[str]

@@ -8,7 +8,6 @@ empty, as a relay started on a quiet database does, and check what the plans rea
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
@@ -165,11 +164,13 @@ async def test_storing_reading_and_acknowledging_read_only_the_rows_they_need(
 
 async def test_the_purge_looks_each_message_up_in_the_queue_whatever_the_statistics(
         db_dsn: str) -> None:
-    """The ciphertext purge (server/purge.py) asks, for each message whose ciphertext is still
-    kept, whether a delivery of it is queued: by ``deliveries_message``, never by reading the
-    queue whole, dead rows included, though the statistics say the queue is empty (plans made
-    from them read it whole for every chunk: 615 rows a message by a sequential scan, then 265
-    index entries with sequential scans off, in closed loops of ``make bench``)."""
+    """The ciphertext purge asks, for each message whose ciphertext is still kept, whether a
+    delivery of it is queued: by ``deliveries_message``, never by reading the queue whole, dead
+    rows included, though the statistics say the queue is empty (plans made from them read it
+    whole for every chunk: 615 rows a message by a sequential scan, then 265 index entries with
+    sequential scans off, in closed loops of ``make bench``). Both ways: the sweep
+    (server/purge.py) over what a relay before alembic migration 0021 kept, and the trigger of
+    that migration as acknowledgements remove deliveries."""
     conn = await asyncpg.connect(db_dsn)
     try:
         await conn.execute("ANALYZE")
@@ -179,15 +180,46 @@ async def test_the_purge_looks_each_message_up_in_the_queue_whatever_the_statist
             to = await add_user(conn)
             await thread_with_queue(conn, (sender, sender_device),
                                     (to, await add_device(conn, to)), 500)
-        # Acknowledged but for one in twenty: dead rows, as a queue in service has.
-        await conn.execute("DELETE FROM deliveries WHERE delivery_pk % 20 <> 0")
+        assert await messages.purge_delivered_ciphertext(conn, chunk=100) == 0  # marks 2,000
+        # Acknowledged but for one in twenty, by a relay without the trigger: dead rows, as a
+        # queue in service has, and ciphertext kept for nothing.
+        await conn.execute("ALTER TABLE deliveries DISABLE TRIGGER deliveries_purge")
+        await conn.execute("DELETE FROM deliveries WHERE delivery_pk % 20 BETWEEN 1 AND 9")
+        await conn.execute("ALTER TABLE deliveries ENABLE TRIGGER deliveries_purge")
+        left = [(r[0], r[1]) for r in await conn.fetch(
+            "SELECT device_id, delivery_id FROM deliveries WHERE delivery_pk % 20 <> 0 "
+            "ORDER BY delivery_pk")]
         before = await read_counts(conn)
-        assert await messages.purge_delivered_ciphertext(
-            conn, older_than=NOW + dt.timedelta(days=1), chunk=100) == 1900
-        after = await read_counts(conn)
+        assert await messages.purge_delivered_ciphertext(conn, chunk=100) == 900
+        swept = await read_counts(conn)
+        # The rest acknowledged as the relay does (server/acks.py): in batches, as a busy
+        # relay makes them, and one at a time, as in a quiet hour. A batch's own plan may read
+        # the queue whole (statistics of an empty queue): the trigger must add no such read.
+        ack = "SELECT count(*) FROM ack_deliveries($1::uuid[], $2::uuid[])"
+
+        async def scans(batch: list[tuple[str, str]]) -> tuple[int, int]:
+            ahead = await read_counts(conn)
+            assert await conn.fetchval(ack, *map(list, zip(*batch, strict=True))) == len(batch)
+            done = await read_counts(conn)
+            return (done["seq deliveries"] - ahead["seq deliveries"],
+                    done["seq messages"] - ahead["seq messages"])
+        await conn.execute("ALTER TABLE deliveries DISABLE TRIGGER deliveries_purge")
+        without = await scans(left[:250])
+        await conn.execute("ALTER TABLE deliveries ENABLE TRIGGER deliveries_purge")
+        batched = await scans(left[250:500])
+        ahead = await read_counts(conn)
+        for one in left[500:]:
+            assert await scans([one]) == (0, 0)
+        acked = await read_counts(conn)
+        # 100 never acknowledged, 250 acknowledged with the trigger off after the sweep passed.
+        assert await conn.fetchval("SELECT count(*) FROM messages WHERE sealed IS NOT NULL") \
+            == 350
     finally:
         await conn.close()
-    assert after["seq deliveries"] == before["seq deliveries"]
+    assert swept["seq deliveries"] == before["seq deliveries"]
+    assert batched == without
     # One lookup a message, each finding its own delivery's entry (dead or not): about 2,000
     # in all, where reading the index whole for each of the 20 chunks reads 40,000.
-    assert 0 < after["idx deliveries"] - before["idx deliveries"] <= 3 * 2000
+    assert 0 < swept["idx deliveries"] - before["idx deliveries"] <= 3 * 2000
+    # 500 acknowledgements one at a time: a few entries each, not the queue each time.
+    assert 0 < acked["idx deliveries"] - ahead["idx deliveries"] <= 10 * 500

@@ -1,12 +1,15 @@
 """The relay deletes a message's ciphertext once no delivery of it is queued any more
 (server/purge.py), on the real relay and database: not while one recipient device still waits
-for it, at once after the last acknowledgement, with its row kept (a retry is still answered as
-a duplicate); a revocation drops the revoked device's queue (audited), by a signed list or by
-the directory, and the sweep drops what a send committed for a device already revoked; the
-running relay sweeps on its own."""
+for it, in the transaction of the last acknowledgement, with its row kept (a retry is still
+answered as a duplicate), also when the last two are acknowledged at once; a revocation drops
+the revoked device's queue (audited) and its messages' ciphertext, by a signed list or by the
+directory, and the sweep drops what a send committed for a device already revoked; the running
+relay's sweep purges what a relay before alembic migration 0021 kept, once, and from where it
+stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -40,7 +43,7 @@ def purger(world: World, relay_db: Database) -> CiphertextPurge:
     """The relay's purge, called on the test's own loop (the relay's pool is on its own)."""
     relay = world.relay.relay
     assert relay.purge is not None
-    return CiphertextPurge(relay_db, relay.metrics, now=relay.purge.now)
+    return CiphertextPurge(relay_db, relay.metrics)
 
 
 async def kept(world: World, message_id: str) -> bool:
@@ -88,7 +91,6 @@ async def test_the_ciphertext_goes_after_the_last_device_acknowledged_and_a_retr
         first = await a.send(sealed)
         await b.ack([(await next_deliver(b)).delivery_id])
         await eventually(lambda: drained(world, bob.device_id))
-        before = purged_total(world)
         assert (await purger.sweep()).purged == 0
         assert await kept(world, mid)  # carol has not got it yet
         c = await connect(world, carol)
@@ -99,10 +101,8 @@ async def test_the_ciphertext_goes_after_the_last_device_acknowledged_and_a_retr
             await eventually(lambda: drained(world, carol.device_id))
         finally:
             await c.close()
-        assert (await purger.sweep()).purged == 1
-        assert not await kept(world, mid)
-        assert purged_total(world) == before + 1
-        assert (await purger.sweep()).purged == 0  # nothing twice
+        assert not await kept(world, mid)  # with the acknowledgement, no sweep
+        assert (await purger.sweep()).purged == 0
         again = await a.send(sealed)  # the sender's retry after its ciphertext went
         assert again.duplicate and again.thread_seq == first.thread_seq
     finally:
@@ -129,8 +129,7 @@ async def test_a_revocation_drops_the_devices_queue_audited_and_then_the_ciphert
     (event, subject, details), = await audited(world, "revocation.device_revoked")
     assert (event, subject) == ("revocation.device_revoked", lost.device_id)
     assert details == {"wipe": False, "dropped_deliveries": 1, "dropped_messages": [mid]}
-    assert (await purger.sweep()).purged == 1
-    assert not await kept(world, mid)
+    assert not await kept(world, mid)  # with the revocation, no sweep
 
 
 async def test_a_delivery_committed_for_a_device_already_revoked_is_dropped_by_the_sweep(
@@ -144,20 +143,24 @@ async def test_a_delivery_committed_for_a_device_already_revoked_is_dropped_by_t
     conn = await world.db()
     try:
         row = await conn.fetchrow(
-            "SELECT d.delivery_id, d.message_pk, d.priority, m.message_id FROM deliveries d "
-            "JOIN messages m USING (message_pk) WHERE d.device_id = $1",
+            "SELECT d.delivery_id, d.message_pk, d.priority, m.message_id, m.sealed "
+            "FROM deliveries d JOIN messages m USING (message_pk) WHERE d.device_id = $1",
             uuid.UUID(lost.device_id))
         assert (await world.revoke(world.org, 1, devices=(lost.device_id,))).status_code == 200
-        await conn.execute(
-            "INSERT INTO deliveries (delivery_id, device_id, message_pk, priority, created_at) "
-            "VALUES ($1, $2, $3, $4, now())", uuid.uuid4(), uuid.UUID(lost.device_id),
-            row["message_pk"], row["priority"])
+        async with conn.transaction():  # the send's message, its ciphertext and its delivery
+            await conn.execute("UPDATE messages SET sealed = $2 WHERE message_pk = $1",
+                               row["message_pk"], row["sealed"])
+            await conn.execute(
+                "INSERT INTO deliveries (delivery_id, device_id, message_pk, priority, "
+                "created_at) VALUES ($1, $2, $3, $4, now())", uuid.uuid4(),
+                uuid.UUID(lost.device_id), row["message_pk"], row["priority"])
     finally:
         await conn.close()
     mid = str(row["message_id"])
+    assert await kept(world, mid)
     report = await purger.sweep()
     assert report.revoked_queues == {lost.device_id: [mid]}
-    assert report.purged == 1 and not await kept(world, mid)
+    assert not await kept(world, mid)
     assert await count(world, QUEUED, uuid.UUID(lost.device_id)) == 0
     assert await audited(world, "device.queue_dropped") == [
         ("device.queue_dropped", lost.device_id,
@@ -180,29 +183,85 @@ async def test_a_user_deleted_from_the_directory_leaves_nothing_queued_for_their
         assert await count(world, QUEUED, uuid.UUID(gone.device_id)) == 0
         (_, subject, details), = await audited(world, "scim.device_revoked")
         assert subject == gone.device_id
-        assert details["dropped_deliveries"] == 1 and len(details["dropped_messages"]) == 1
-        db = Database(world.dsn, min_size=1, max_size=1)
-        await db.open()
-        try:
-            assert (await CiphertextPurge(db, world.relay.relay.metrics).sweep()).purged == 1
-        finally:
-            await db.close()
+        assert details["dropped_deliveries"] == 1
+        mid, = details["dropped_messages"]
+        assert not await kept(world, mid)
 
 
-async def test_the_running_relay_purges_on_its_own(db_dsn: str, tmp_path: Path) -> None:
+async def test_the_last_two_deliveries_removed_at_once_still_purge_the_ciphertext(
+        world: World) -> None:
+    """Two devices' acknowledgements of a message's last two deliveries, in transactions
+    that overlap: each sees the other's delivery still there (neither has committed). The one
+    that commits last purges it (alembic migration 0021: the message is locked and looked at
+    again)."""
+    alice, bob, carol = (await peer(world, "alice"), await peer(world, "bob"),
+                         await peer(world, "carol"))
+    tid = await thread(world, alice, bob, carol)
+    a = await connect(world, alice)
+    try:
+        mid = (await a.send(seal(alice, tid, [bob, carol]))).message_id
+    finally:
+        await a.close()
+    assert await kept(world, mid)
+    first, second, watcher = await world.db(), await world.db(), await world.db()
+    delete = "DELETE FROM deliveries WHERE device_id = $1"
+    try:
+        async with first.transaction():
+            await first.execute(delete, uuid.UUID(bob.device_id))
+            tx = second.transaction()
+            await tx.start()
+            late = asyncio.ensure_future(second.execute(delete, uuid.UUID(carol.device_id)))
+
+            async def waiting() -> bool:
+                return bool(await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 "
+                    "AND wait_event_type = 'Lock'", second.get_server_pid()))
+            await eventually(waiting)  # for the message's row, which the first one holds
+        await late
+        await tx.commit()
+    finally:
+        for conn in (first, second, watcher):
+            await conn.close()
+    assert not await kept(world, mid)
+
+
+async def test_the_running_relay_sweeps_what_an_earlier_relay_kept_once(
+        db_dsn: str, tmp_path: Path) -> None:
+    """A message whose deliveries went while a relay before migration 0021 ran (no trigger
+    then) keeps its ciphertext with nothing queued: the running relay's sweep finds it, once,
+    and then looks only at the messages stored since."""
     async with identity_world(db_dsn, tmp_path, ciphertext_purge_interval=0.2) as world:
         alice, bob = await peer(world, "alice"), await peer(world, "bob")
         tid = await thread(world, alice, bob)
         a, b = await connect(world, alice), await connect(world, bob)
         try:
-            accepted = await a.send(seal(alice, tid, [bob]))
-            assert await kept(world, accepted.message_id)  # bob has not acknowledged it
+            acked = await a.send(seal(alice, tid, [bob]))
             await b.ack([(await next_deliver(b)).delivery_id])
 
-            async def purged() -> bool:
-                return not await kept(world, accepted.message_id)
-            await eventually(purged)
+            async def purged(message_id: str) -> bool:
+                return not await kept(world, message_id)
+            await eventually(lambda: purged(acked.message_id))
+            left = await a.send(seal(alice, tid, [bob]))
+            swept = purged_total(world)
+            conn = await world.db()
+            try:
+                await conn.execute("ALTER TABLE deliveries DISABLE TRIGGER deliveries_purge")
+                await conn.execute(
+                    "DELETE FROM deliveries WHERE message_pk = (SELECT message_pk FROM "
+                    "messages WHERE message_id = $1)", uuid.UUID(left.message_id))
+                await conn.execute("ALTER TABLE deliveries ENABLE TRIGGER deliveries_purge")
+                assert await kept(world, left.message_id)
+                await eventually(lambda: purged(left.message_id))
+                assert purged_total(world) == swept + 1
+                pk = await conn.fetchval("SELECT message_pk FROM messages WHERE message_id = $1",
+                                         uuid.UUID(left.message_id))
+
+                async def passed() -> bool:
+                    return bool(await conn.fetchval(
+                        "SELECT swept_to >= $1 FROM purge_progress", pk))
+                await eventually(passed)
+            finally:
+                await conn.close()
         finally:
             await a.close()
             await b.close()
-

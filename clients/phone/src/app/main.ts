@@ -12,7 +12,7 @@ interface Config {
   autolock_seconds: number;
 }
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => document.getElementById(id) as T;
-const SCREENS = ["loading", "enrol", "confirm", "passphrase", "unlock", "home", "capture", "review", "consent"];
+const SCREENS = ["loading", "enrol", "confirm", "passphrase", "unlock", "home", "thread", "capture", "review", "consent"];
 
 function show(name: string): void {
   for (const s of SCREENS) $(`screen-${s}`).hidden = s !== name;
@@ -35,6 +35,8 @@ class AppError extends Error {
   constructor(
     readonly code: string,
     message: string,
+    /** The patient's decision was registered at the relay before this failure (sendImage). */
+    readonly recorded = false,
   ) {
     super(message);
   }
@@ -47,13 +49,13 @@ function call<T = any>(op: string, args: unknown = {}): Promise<T> {
 }
 
 worker.onmessage = (m: MessageEvent) => {
-  const data = m.data as { id?: number; ok?: boolean; result?: unknown; error?: { code: string; message: string }; event?: string; [k: string]: unknown };
+  const data = m.data as { id?: number; ok?: boolean; result?: unknown; error?: { code: string; message: string; recorded?: boolean }; event?: string; [k: string]: unknown };
   if (data.event) return onEvent(data);
   const c = calls.get(data.id!);
   if (!c) return;
   calls.delete(data.id!);
   if (data.ok) c.resolve(data.result);
-  else c.reject(new AppError(data.error!.code, data.error!.message));
+  else c.reject(new AppError(data.error!.code, data.error!.message, data.error!.recorded === true));
 };
 
 function onEvent(data: Record<string, unknown>): void {
@@ -226,21 +228,29 @@ function droppedSentence(data: Record<string, unknown>): string {
     : `${what}${at} was not shown: your organisation has suspended its sender's account.`;
 }
 
-// A status line that said a consult or photo was kept ("Not sent yet: ... sent by itself") names
-// it (data-kept, its message id) until the outbox settles it: then the line says it was sent,
-// or why it was not, instead of a "not sent yet" that is no longer true.
-const SENT_LINE: Record<"send-status" | "photo-status", string> = { "send-status": "Sent: the relay stored it.", "photo-status": "Photo sent: the relay stored it." };
+// A status line that said a consult, reply or photo was kept ("Not sent yet: ... sent by
+// itself") names it (data-kept, its message id) until the outbox settles it: then the line says
+// it was sent (data-sent), or why it was not, instead of a "not sent yet" that is no longer true.
+type StatusLine = "send-status" | "photo-status" | "thread-status";
+const SENT_LINE = "Sent: the relay stored it.";
+const PHOTO_SENT_LINE = "Photo sent: the relay stored it.";
+const REPLY_SENT_LINE = "Reply sent: the relay stored it.";
 
-function sayKept(id: "send-status" | "photo-status", text: string, messageId: string | null): void {
+function sayKept(id: StatusLine, text: string, messageId: string | null, sent = id === "photo-status" ? PHOTO_SENT_LINE : SENT_LINE): void {
   $(id).textContent = text;
-  if (messageId) $(id).dataset["kept"] = messageId;
-  else delete $(id).dataset["kept"];
+  if (messageId) {
+    $(id).dataset["kept"] = messageId;
+    $(id).dataset["sent"] = sent;
+  } else {
+    delete $(id).dataset["kept"];
+    delete $(id).dataset["sent"];
+  }
 }
 
 function settleKept(messageId: string, refusal: string | null): void {
-  for (const id of ["send-status", "photo-status"] as const) {
+  for (const id of ["send-status", "photo-status", "thread-status"] as const) {
     if ($(id).dataset["kept"] !== messageId) continue;
-    sayKept(id, refusal ?? SENT_LINE[id], null);
+    sayKept(id, refusal ?? $(id).dataset["sent"] ?? SENT_LINE, null);
   }
 }
 
@@ -449,7 +459,7 @@ async function lock(): Promise<void> {
 let idle: ReturnType<typeof setTimeout> | null = null;
 let autolockMs = 120_000;
 
-const UNLOCKED = ["home", "capture", "review", "consent"];
+const UNLOCKED = ["home", "thread", "capture", "review", "consent"];
 
 function activity(): void {
   if (!UNLOCKED.includes(document.body.dataset["screen"] ?? "")) return;
@@ -526,6 +536,9 @@ let listing = 0;
 function dropThreads(): void {
   listing++;
   $("threads").replaceChildren();
+  closeThread(false);
+  $<HTMLTextAreaElement>("reply-text").value = ""; // a reply being written is of a consult too
+  sayKept("thread-status", "", null);
   forgetPhotos();
 }
 
@@ -545,97 +558,173 @@ async function renderThreads(): Promise<void> {
       li.className = "thread";
       li.dataset["thread"] = t.thread_id;
       const h = document.createElement("h3");
+      h.id = `thread-h-${t.thread_id}`;
       h.textContent = `${t.subject ?? "Consult"}${t.role ? ` · ${t.role}` : ""} · ${PRIORITY[t.priority] ?? t.priority}`;
-      li.append(h);
-      for (const m of t.messages) {
-        const div = document.createElement("div");
-        div.className = `message ${m.mine ? "mine" : "theirs"}`;
-        div.dataset["message"] = m.message_id;
-        const meta = document.createElement("div");
-        meta.className = "meta";
-        meta.textContent = `${m.mine ? "You" : m.from_name} · ${when(m.sent_at)}${m.mine ? ` · ${m.status === "not_sent" ? "not sent" : m.status}` : ""}`;
-        const best = ["acknowledged", "read", "delivered"].map((k) => (m.receipts ?? []).filter((r) => r.kind === k)).find((rs) => rs.length);
-        if (m.mine && best) meta.textContent += ` · ${best[0]!.kind} by ${best.map((r) => r.name).join(", ")}`;
-        const text = document.createElement("div");
-        text.className = "text";
-        text.textContent = m.text;
-        div.append(meta);
-        if (m.status === "not_sent") {
-          // Under its date, above the text: seen first, however long the consult is.
-          const line = document.createElement("div");
-          line.className = "meta not-sent";
-          line.textContent = m.status_note ?? "Not sent: the relay refused it.";
-          div.append(line);
-        } else if (m.status === "sending" && m.status_note) {
-          // Kept on the phone until the relay can be reached: said where it stays shown.
-          const line = document.createElement("div");
-          line.className = "meta kept";
-          line.textContent = m.status_note;
-          div.append(line);
-        }
-        div.append(text);
-        for (const s of m.escalation ?? []) {
-          const line = document.createElement("div");
-          line.className = "meta escalation";
-          const who = s.level === 0 ? `${s.name} (on call)` : `${s.name} (backup ${s.level})`;
-          line.textContent = `${when(s.at)} · ${s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
-          div.append(line);
-        }
-        if (m.withdrawn_reason) {
-          const line = document.createElement("div");
-          line.className = "meta withdrawn";
-          line.textContent = m.withdrawn_reason === "consent_revoked"
-            ? `Withdrawn on ${when(m.withdrawn_at ?? 0)} before it was delivered: the patient withdrew consent.`
-            : `Withdrawn on ${when(m.withdrawn_at ?? 0)} before it was delivered: the sender's access was revoked.`;
-          div.append(line);
-        }
-        if (m.filed) {
-          const filed = document.createElement("div");
-          filed.className = "meta filed";
-          filed.textContent = `Filed in the patient's record${m.filed.study_instance_uid ? ` (study ${m.filed.study_instance_uid})` : ""}` +
-            (m.filed.expires_at && m.image_state === "held" ? `; this phone's copy is deleted at ${when(m.filed.expires_at)}.` : ".");
-          div.append(filed);
-        }
-        if (m.attachment_id) {
-          if (m.image_state === "held") {
-            const img = document.createElement("img");
-            img.alt = m.mine ? "The photo sent with this consult" : `The photo from ${m.from_name}`;
-            img.dataset["attachment"] = m.attachment_id;
-            const full = document.createElement("button");
-            full.type = "button";
-            full.className = "secondary full-screen";
-            full.textContent = "Show the photo full screen";
-            full.addEventListener("click", () => void img.requestFullscreen?.().catch(() => undefined));
-            div.append(img, full);
-            showPhoto(img, m.attachment_id);
-          } else if (m.image_state === "fetching" || m.image_state === "failed" || m.image_state === "refused" || m.image_state === "withdrawn") {
-            const note = document.createElement("div");
-            note.className = `meta photo-${m.image_state}`;
-            note.textContent = m.image_state === "fetching" ? "Downloading the photo…"
-              : m.image_state === "withdrawn" ? "The patient's consent was withdrawn before the photo was downloaded: it is not shown, and it was never kept on this phone."
-              : m.image_state === "failed" ? (m.image_note ?? "The photo could not be downloaded yet.")
-              : `The photo is not shown: ${m.image_note ?? "it does not match its consent"}.`;
-            div.append(note);
-          } else {
-            const gone = document.createElement("div");
-            gone.className = "meta photo-gone";
-            gone.textContent = m.withdrawn_at
-              ? `The patient's consent was withdrawn on ${when(m.withdrawn_at)}: the photo was erased from this phone (confirmed).`
-              : "Photo removed from this phone, as ordered by the relay (confirmed).";
-            div.append(gone);
-          }
-        }
-        li.append(div);
+      li.append(h, ...t.messages.map(messageElement));
+      if (!t.record) {
+        // The consult on a screen of its own, to answer it or add a photo to it (the lateral
+        // view the specialist asked for) in the same thread.
+        const open = document.createElement("button");
+        open.type = "button";
+        open.className = "open";
+        open.textContent = "Reply or add a photo";
+        open.setAttribute("aria-describedby", h.id);
+        open.addEventListener("click", () => void showThread(t.thread_id));
+        li.append(open);
       }
       return li;
     }),
   );
+  drawOpenThread(list);
   forgetPhotos(new Set(list.flatMap((t) => t.messages.filter((m) => m.image_state === "held" && m.attachment_id).map((m) => m.attachment_id!))));
-  // What is on the home screen of a visible app has been seen: signed `read` receipts go to
-  // the senders (the worker signs them; PROTOCOL §16.6).
-  if (document.body.dataset["screen"] === "home" && document.visibilityState === "visible") {
-    for (const t of list) if (t.messages.some((m) => !m.mine && m.read === false)) void call("markRead", { thread_id: t.thread_id }).catch(() => undefined);
+  // What is on the screen of a visible app has been seen (every consult on the home screen,
+  // the open one on its own): signed `read` receipts go to the senders (the worker signs
+  // them; PROTOCOL §16.6).
+  const screen = document.body.dataset["screen"];
+  if ((screen === "home" || screen === "thread") && document.visibilityState === "visible") {
+    for (const t of list) {
+      if (screen === "thread" && t.thread_id !== openThread) continue;
+      if (t.messages.some((m) => !m.mine && m.read === false)) void call("markRead", { thread_id: t.thread_id }).catch(() => undefined);
+    }
   }
+}
+
+/** One message of a consult, with what is known of it: its receipts, why it is not sent,
+ * its escalation steps, withdrawal, filing, and its photo. */
+function messageElement(m: MessageView): HTMLElement {
+  const div = document.createElement("div");
+  div.className = `message ${m.mine ? "mine" : "theirs"}`;
+  div.dataset["message"] = m.message_id;
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  meta.textContent = `${m.mine ? "You" : m.from_name} · ${when(m.sent_at)}${m.mine ? ` · ${m.status === "not_sent" ? "not sent" : m.status}` : ""}`;
+  const best = ["acknowledged", "read", "delivered"].map((k) => (m.receipts ?? []).filter((r) => r.kind === k)).find((rs) => rs.length);
+  if (m.mine && best) meta.textContent += ` · ${best[0]!.kind} by ${best.map((r) => r.name).join(", ")}`;
+  const text = document.createElement("div");
+  text.className = "text";
+  text.textContent = m.text;
+  div.append(meta);
+  if (m.status === "not_sent") {
+    // Under its date, above the text: seen first, however long the consult is.
+    const line = document.createElement("div");
+    line.className = "meta not-sent";
+    line.textContent = m.status_note ?? "Not sent: the relay refused it.";
+    div.append(line);
+  } else if (m.status === "sending" && m.status_note) {
+    // Kept on the phone until the relay can be reached: said where it stays shown.
+    const line = document.createElement("div");
+    line.className = "meta kept";
+    line.textContent = m.status_note;
+    div.append(line);
+  }
+  div.append(text);
+  for (const s of m.escalation ?? []) {
+    const line = document.createElement("div");
+    line.className = "meta escalation";
+    const who = s.level === 0 ? `${s.name} (on call)` : `${s.name} (backup ${s.level})`;
+    line.textContent = `${when(s.at)} · ${s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
+    div.append(line);
+  }
+  if (m.withdrawn_reason) {
+    const line = document.createElement("div");
+    line.className = "meta withdrawn";
+    line.textContent = m.withdrawn_reason === "consent_revoked"
+      ? `Withdrawn on ${when(m.withdrawn_at ?? 0)} before it was delivered: the patient withdrew consent.`
+      : `Withdrawn on ${when(m.withdrawn_at ?? 0)} before it was delivered: the sender's access was revoked.`;
+    div.append(line);
+  }
+  if (m.filed) {
+    const filed = document.createElement("div");
+    filed.className = "meta filed";
+    filed.textContent = `Filed in the patient's record${m.filed.study_instance_uid ? ` (study ${m.filed.study_instance_uid})` : ""}` +
+      (m.filed.expires_at && m.image_state === "held" ? `; this phone's copy is deleted at ${when(m.filed.expires_at)}.` : ".");
+    div.append(filed);
+  }
+  if (m.attachment_id) {
+    if (m.image_state === "held") {
+      const img = document.createElement("img");
+      img.alt = m.mine ? "The photo sent with this consult" : `The photo from ${m.from_name}`;
+      img.dataset["attachment"] = m.attachment_id;
+      const full = document.createElement("button");
+      full.type = "button";
+      full.className = "secondary full-screen";
+      full.textContent = "Show the photo full screen";
+      full.addEventListener("click", () => void img.requestFullscreen?.().catch(() => undefined));
+      div.append(img, full);
+      showPhoto(img, m.attachment_id);
+    } else if (m.image_state === "fetching" || m.image_state === "failed" || m.image_state === "refused" || m.image_state === "withdrawn") {
+      const note = document.createElement("div");
+      note.className = `meta photo-${m.image_state}`;
+      note.textContent = m.image_state === "fetching" ? "Downloading the photo…"
+        : m.image_state === "withdrawn" ? "The patient's consent was withdrawn before the photo was downloaded: it is not shown, and it was never kept on this phone."
+        : m.image_state === "failed" ? (m.image_note ?? "The photo could not be downloaded yet.")
+        : `The photo is not shown: ${m.image_note ?? "it does not match its consent"}.`;
+      div.append(note);
+    } else {
+      const gone = document.createElement("div");
+      gone.className = "meta photo-gone";
+      gone.textContent = m.withdrawn_at
+        ? `The patient's consent was withdrawn on ${when(m.withdrawn_at)}: the photo was erased from this phone (confirmed).`
+        : "Photo removed from this phone, as ordered by the relay (confirmed).";
+      div.append(gone);
+    }
+  }
+  return div;
+}
+
+// --- one consult on its own screen: reply, add a photo -------------------------------------------
+
+/** The consult shown on the thread screen (null: none). */
+let openThread: string | null = null;
+
+/** A consult's name in the words of the list: its subject, else "Consult". */
+const consultTitle = (t: ThreadRecord): string => t.subject ?? "Consult";
+
+async function showThread(threadId: string): Promise<void> {
+  if (openThread !== threadId) {
+    // Another consult: what was written or said for the previous one is not carried over.
+    $<HTMLTextAreaElement>("reply-text").value = "";
+    sayKept("thread-status", "", null);
+  }
+  openThread = threadId;
+  await renderThreads();
+  if (openThread === threadId) show("thread");
+}
+
+/** The open consult drawn from the list just read; gone from the phone (erased, or its only
+ * photo refused), the list is shown instead. */
+function drawOpenThread(list: ThreadRecord[]): void {
+  if (!openThread) return;
+  const t = list.find((x) => x.thread_id === openThread);
+  if (!t) {
+    closeThread(document.body.dataset["screen"] === "thread");
+    return;
+  }
+  $("thread-title").textContent = consultTitle(t);
+  $("thread-about").textContent = [t.role ? `To the on-call team of ${t.role}` : null, PRIORITY[t.priority] ?? t.priority].filter((x) => x).join(" · ");
+  $("thread-messages").replaceChildren(...t.messages.map(messageElement));
+}
+
+/** Back to the list of consults (`andShow`: the home screen shown, else left as it is). */
+function closeThread(andShow = true): void {
+  openThread = null;
+  photoFor = null;
+  $("thread-messages").replaceChildren();
+  if (andShow) show("home");
+}
+
+async function sendReply(): Promise<void> {
+  const threadId = openThread;
+  if (!threadId) return;
+  const box = $<HTMLTextAreaElement>("reply-text");
+  const sent = await busy($<HTMLButtonElement>("reply-send"), $("thread-status"), () =>
+    call<{ kept?: string; message_id?: string }>("sendReply", { thread_id: threadId, text: box.value }),
+  );
+  // Refused for good: said in the status line (busy), and the reply is shown as not sent.
+  await renderThreads();
+  if (!sent || openThread !== threadId) return;
+  box.value = "";
+  sayKept("thread-status", sent.kept ?? REPLY_SENT_LINE, sent.kept ? sent.message_id ?? null : null, REPLY_SENT_LINE);
 }
 
 async function send(): Promise<void> {
@@ -654,7 +743,7 @@ async function send(): Promise<void> {
   $<HTMLTextAreaElement>("text").value = "";
   $<HTMLInputElement>("subject").value = "";
   const kept = (sent as { kept?: string; message_id?: string });
-  sayKept("send-status", kept.kept ?? SENT_LINE["send-status"], kept.kept ? kept.message_id ?? null : null);
+  sayKept("send-status", kept.kept ?? SENT_LINE, kept.kept ? kept.message_id ?? null : null);
 }
 
 // --- capture, review, consent ----------------------------------------------------------------------
@@ -723,25 +812,96 @@ async function take(): Promise<void> {
   show("review");
 }
 
+/** The consult the photo being taken goes into (from its screen's "Add a photo to this
+ * consult"), or null: it starts a new consult to the compose form's role. */
+let photoFor: { thread_id: string; title: string } | null = null;
+
+/** Where the intern came from to take the photo, and goes back to. */
+function backFromPhoto(): void {
+  show(photoFor && openThread === photoFor.thread_id ? "thread" : "home");
+}
+
+/**
+ * The consent screen's button says what tapping it does now, from the form as it stands: a
+ * refusal is recorded (nothing is sent to anyone but the record); an agreement is recorded and
+ * the photo sent. Once the relay registered the decision and then the sending failed (the
+ * photo refused, say), the same form sends again with the decision already recorded (the
+ * worker's recordedConsent), and the button says so; a changed decision or purpose is a new
+ * decision to record.
+ */
+let recordedForm: string | null = null;
+
+function consentForm(): string {
+  return JSON.stringify([$<HTMLInputElement>("refused").checked, ["p-direct", "p-teaching"].map((id) => $<HTMLInputElement>(id).checked)]);
+}
+
+function labelConsentSend(): void {
+  const refused = $<HTMLInputElement>("refused").checked;
+  const again = recordedForm === consentForm();
+  $("consent-send").textContent = refused ? (again ? "File the refusal again" : "Record the refusal")
+    : again ? "Send the photo again" : "Record the decision and send";
+}
+
+/** Who the consent screen named, for a photo added to a consult: the consent names them, and
+ * the worker refuses to sign one for anyone else (someone joined meanwhile). */
+let shownAudience: { roles: string[]; users: string[] } | null = null;
+
+/** "Who may see it", as the consent will name it: the compose form's on-call role for a new
+ * consult; for a photo added to a consult, everyone in it as the relay has it now (its roles
+ * and members, by name: the worker's `audience`), and the patient's record. */
+function sayWhoMaySee(): void {
+  const who = $("consent-who");
+  const strong = (text: string, id?: string): HTMLElement => Object.assign(document.createElement("strong"), { textContent: text, ...(id ? { id } : {}) });
+  if (!photoFor) {
+    who.replaceChildren("Who may see it: the on-call team of ", strong($<HTMLInputElement>("role").value, "consent-role"), ", and the patient's record.");
+    return;
+  }
+  const target = photoFor;
+  shownAudience = null;
+  who.replaceChildren("Who may see it: everyone in this consult, and the patient's record.");
+  void call<{ roles: string[]; users: string[]; names: string[] }>("audience", { thread_id: target.thread_id }).then((found) => {
+    if (photoFor !== target) return; // another photo's screen meanwhile
+    shownAudience = { roles: found.roles, users: found.users };
+    const parts = [...found.roles.map((r) => `the on-call team of ${r}`), ...found.names];
+    const named: (string | HTMLElement)[] = [];
+    parts.forEach((p, i) => named.push(...(i ? [", "] : []), strong(p)));
+    who.replaceChildren("Who may see it: everyone in this consult (", ...named, "), and the patient's record.");
+  }).catch(() => undefined); // said when sending, which asks the relay again
+}
+
 function toConsent(): void {
   if (!photo) return;
   $<HTMLImageElement>("consent-photo").src = photo.url;
-  $("consent-role").textContent = $<HTMLInputElement>("role").value;
+  // Added to a consult: it has a subject already (its first message's), so none is asked.
+  $("img-subject-row").hidden = photoFor !== null;
+  $("img-text-label").textContent = photoFor ? "Message" : "Consult";
+  $("consent-target").hidden = photoFor === null;
+  $("consent-target").textContent = photoFor ? `This photo is added to the consult “${photoFor.title}”.` : "";
+  sayWhoMaySee();
   $("consent-error").textContent = "";
   $("consent-status").textContent = "";
   $<HTMLProgressElement>("upload").value = 0;
+  recordedForm = null; // a new photo: nothing recorded for it yet
+  labelConsentSend();
   show("consent");
 }
 
-/** The consent screen emptied and the photo dropped: what was decided is used up. */
+/** The consent screen emptied and the photo dropped: what was decided is used up, and the next
+ * patient's form starts as the first did (agreed, direct care), never with this one's answer. */
 function clearConsent(): void {
-  for (const id of ["patient-name", "patient-id", "img-text"]) $<HTMLInputElement>(id).value = "";
-  for (const id of ["st-permanence", "st-no-effect"]) $<HTMLInputElement>(id).checked = false;
+  for (const id of ["patient-name", "patient-id", "img-subject", "img-text"]) $<HTMLInputElement>(id).value = "";
+  for (const id of ["st-permanence", "st-no-effect", "p-teaching"]) $<HTMLInputElement>(id).checked = false;
+  for (const id of ["agreed", "p-direct"]) $<HTMLInputElement>(id).checked = true;
+  recordedForm = null;
+  labelConsentSend();
   dropPhoto();
 }
 
 async function sendPhoto(): Promise<void> {
   if (!photo) return;
+  const target = photoFor;
+  const form = consentForm();
+  delete $("consent-error").dataset["field"]; // what it says next is this attempt's
   const decision = $<HTMLInputElement>("refused").checked ? "refused" : "agreed";
   const purposes = [$<HTMLInputElement>("p-direct"), $<HTMLInputElement>("p-teaching")].filter((c) => c.checked).map((c) => c.value);
   let failed = null as AppError | null;
@@ -749,7 +909,9 @@ async function sendPhoto(): Promise<void> {
     call<{ decision?: string; filed?: string; kept?: string; message_id?: string }>("sendImage", {
       jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
       role: $<HTMLInputElement>("role").value, priority: $<HTMLSelectElement>("priority").value,
-      subject: "", text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
+      thread_id: target?.thread_id ?? null, audience: target ? shownAudience : null,
+      subject: target ? "" : $<HTMLInputElement>("img-subject").value,
+      text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
       consent: { decision, purposes, permanence: $<HTMLInputElement>("st-permanence").checked, no_effect: $<HTMLInputElement>("st-no-effect").checked },
       record: {
         patient_name: $<HTMLInputElement>("patient-name").value.trim(), patient_id: $<HTMLInputElement>("patient-id").value.trim(),
@@ -760,24 +922,35 @@ async function sendPhoto(): Promise<void> {
       throw err;
     }),
   );
+  const line: StatusLine = target ? "thread-status" : "photo-status";
   if (!answer && failed?.code === "consent_revoked") {
     // The patient withdrew consent while the photo was on its way: the worker erased its copy;
     // the form, still ticked "agreed", must not offer to send it again under a new consent.
     $("consent-error").textContent = "";
     clearConsent();
-    sayKept("photo-status", failed.message, null);
-    show("home");
+    sayKept(line, failed.message, null);
+    backFromPhoto();
     await renderThreads();
     return;
   }
-  if (!answer) return;
+  if (!answer) {
+    // Refused (the sentence is on screen): no upload is under way any more, and the button
+    // now says what tapping it again does.
+    $("consent-status").textContent = "";
+    $<HTMLProgressElement>("upload").value = 0;
+    if (failed?.recorded) recordedForm = form;
+    if (failed?.code === "subject_identifies") $("consent-error").dataset["field"] = "img-subject";
+    if (failed?.code === "audience_changed") sayWhoMaySee();
+    labelConsentSend();
+    return;
+  }
   clearConsent();
-  sayKept("photo-status", answer.decision !== "refused" ? answer.kept ?? SENT_LINE["photo-status"]
+  sayKept(line, answer.decision !== "refused" ? answer.kept ?? PHOTO_SENT_LINE
     : answer.filed === "no_gateway"
       ? "The refusal is recorded at the relay, but your organisation has no record gateway to file it: write it in the patient's notes. The photo was not sent, and it is gone from this phone."
       : "The refusal is recorded and sent to be filed in the patient's record. The photo was not sent, and it is gone from this phone.",
-    answer.decision !== "refused" && answer.kept ? answer.message_id ?? null : null);
-  show("home");
+    answer.decision !== "refused" && answer.kept ? answer.message_id ?? null : null, PHOTO_SENT_LINE);
+  backFromPhoto();
   await renderThreads();
 }
 
@@ -816,11 +989,24 @@ $("compose").addEventListener("submit", (ev) => {
 });
 $("lock").addEventListener("click", () => void lock());
 $("sso-signin").addEventListener("click", () => void signIn());
-$("capture").addEventListener("click", () => void startCapture());
+$("capture").addEventListener("click", () => {
+  photoFor = null; // a new consult
+  void startCapture();
+});
+$("thread-back").addEventListener("click", () => closeThread());
+$("thread-photo").addEventListener("click", () => {
+  const title = $("thread-title").textContent ?? "Consult";
+  if (openThread) photoFor = { thread_id: openThread, title };
+  void startCapture();
+});
+$("reply-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  void sendReply();
+});
 $("take").addEventListener("click", () => void take());
 $("capture-cancel").addEventListener("click", () => {
   stopCamera();
-  show("home");
+  backFromPhoto();
 });
 $("retake").addEventListener("click", () => void startCapture());
 $("use-photo").addEventListener("click", toConsent);
@@ -830,6 +1016,13 @@ $("consent-send").addEventListener("click", () => void sendPhoto());
 // (or unticked) it no longer holds, and is not left on screen beside the ticked boxes.
 for (const id of ["st-permanence", "st-no-effect"]) $(id).addEventListener("change", () => {
   $("consent-error").textContent = "";
+});
+for (const id of ["agreed", "refused", "p-direct", "p-teaching"]) $(id).addEventListener("change", labelConsentSend);
+// Likewise the sentence that the subject names the patient, once the subject is changed.
+$("img-subject").addEventListener("input", () => {
+  if ($("consent-error").dataset["field"] !== "img-subject") return;
+  $("consent-error").textContent = "";
+  delete $("consent-error").dataset["field"];
 });
 for (const kind of ["pointerdown", "keydown", "touchstart"]) document.addEventListener(kind, activity, { passive: true });
 window.addEventListener("focus", () => {

@@ -92,6 +92,10 @@ export function notSentSentence(code: string, detail = ""): string {
       return "Not sent: this phone is no longer part of that conversation. Start a new consult to send it.";
     case "role_unknown":
       return "Not sent: there is no such on-call role. Check the role and send it again.";
+    case "consent_purpose":
+      return "Not sent: the patient's consent does not name direct care, which a consult is for. If the patient agrees to it, tick Direct care and record their decision again.";
+    case "consent_recipient_out_of_scope":
+      return "Not sent: the patient's consent does not name everyone the photo would reach. Record the patient's decision again for everyone now in the consult.";
     case "consent_revoked":
     case "consent_expired":
     case "device_revoked":

@@ -42,5 +42,8 @@ export interface ThreadRecord {
   subject: string | null;
   priority: string;
   messages: MessageView[];
+  /** This user's thread with the record gateways (a refusal filed there): nothing is written
+   * in it by hand, so it offers no reply and no photo. */
+  record?: boolean;
 }
 

@@ -467,6 +467,7 @@ function lockKeys(): void {
   ssoRequest = null;
   revocationSet = null;
   revocationsAt = -Infinity;
+  recordedConsent = null;
   for (const w of waiting.values()) w.reject(new UserError("locked", "The app locked before the relay answered."));
   waiting.clear();
 }
@@ -810,7 +811,9 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
           } satisfies Incoming);
         }
       }
-      if (body.subject) thread.subject = body.subject;
+      // The thread's subject is its first message's, as the desktop and `lightbox threads`
+      // show it (clients/desktop/app.py threads, clients/clinician/reading.py subject).
+      if (body.subject && !thread.subject) thread.subject = body.subject;
       if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
       if (body.kind === "consent_filed" && body.consent_filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY) && sender.device.kind === "gateway") {
         const f = body.consent_filing as { message_id?: string; study_instance_uid?: string | null };
@@ -1323,10 +1326,17 @@ async function sendSealed(record: OutboxRecord, resealed = false): Promise<SendO
   await vault!.delete(`outbox:${record.message_id}`);
   const photos = env.decodeSealed(record.sealed).header.attachment_ids;
   if (photos.length) {
-    // A photo never sent, and never to be: neither it nor its consult stays on this phone
-    // (no expiry order will come for a copy the relay never stored).
+    // A photo never sent, and never to be: neither it nor its message stays on this phone (no
+    // expiry order will come for a copy the relay never stored), nor the consult it started;
+    // a consult it was added to stays, without it.
     for (const aid of photos) await vault!.delete(`image:${aid}`);
-    await changingThread(record.thread_id, () => vault!.delete(`thread:${record.thread_id}`));
+    await changingThread(record.thread_id, async () => {
+      const key = `thread:${record.thread_id}`;
+      const thread = await vault!.get<ThreadRecord>(key);
+      const rest = thread?.messages.filter((m) => m.message_id !== record.message_id) ?? [];
+      if (thread && rest.length) await vault!.put(key, { ...thread, messages: rest });
+      else await vault!.delete(key);
+    });
     event("unsent", { message_id: record.message_id, thread_id: record.thread_id, refusal });
   } else {
     await markNotSent(record.thread_id, record.message_id, refusal);
@@ -1390,15 +1400,58 @@ async function resendOutbox(_ws: WebSocket): Promise<void> {
   }
 }
 
+/** The most a subject line holds (PROTOCOL §14 `subject`). */
+const SUBJECT_MAX = 200;
+
+/** A consult's subject line as typed: null when empty; too long, a sentence (never the body
+ * codec's refusal, which would come only after the photo's upload). */
+function subjectLine(typed: string): string | null {
+  const subject = typed.trim();
+  if ([...subject].length > SUBJECT_MAX) {
+    throw new UserError("validation_failed", `A subject is at most ${SUBJECT_MAX} characters: shorten it (the consult's text holds the rest).`);
+  }
+  return subject || null;
+}
+
+/** A thread of this phone written in by hand: a consult, never the record thread (only the
+ * record gateways read it, and they file what they are sent, never a reply). */
+async function writableThread(threadId: string): Promise<ThreadRecord> {
+  const thread = await vault!.get<ThreadRecord>(`thread:${threadId}`);
+  if (!thread) throw new UserError("thread_not_found", "This consult is no longer on this phone.");
+  if (thread.record) throw new UserError("validation_failed", "Nothing is written in the record thread: start a new consult instead.");
+  return thread;
+}
+
 async function sendConsult(args: { role: string; text: string; subject: string; priority: "routine" | "urgent" }): Promise<Record<string, unknown>> {
   const role = args.role.replace(/^role:/, "").toLowerCase().replace(/-/g, "_");
   if (!/^[a-z][a-z0-9_]{0,63}$/.test(role)) throw new UserError("validation_failed", "A role is a name like orthopaedics_oncall.");
   if (!args.text.trim()) throw new UserError("validation_failed", "Write the consult before sending it.");
-  const body = encodeBody(makeBody({ text: args.text, subject: args.subject.trim() || null }));
-  const draft: DraftRecord = {
+  const body = encodeBody(makeBody({ text: args.text, subject: subjectLine(args.subject) }));
+  return sendWritten({
     draft: true, message_id: keys.uuid4(), thread_id: keys.uuid4(), created_at: now(), body,
     role, priority: args.priority, thread_created: false,
-  };
+  });
+}
+
+/**
+ * A reply in one of this phone's consults, as the desktop's reply box sends one
+ * (clients/desktop/views.py send_reply, clients/sdk/sending.py send_text): text only, no
+ * subject (the thread's first message gave it), the thread's priority, direct care, sealed for
+ * the thread's current participants; the outbox's rules as for a new consult.
+ */
+async function sendReply(args: { thread_id: string; text: string }): Promise<Record<string, unknown>> {
+  const thread = await writableThread(args.thread_id);
+  if (!args.text.trim()) throw new UserError("validation_failed", "Write the reply before sending it.");
+  const body = encodeBody(makeBody({ text: args.text, subject: null }));
+  return sendWritten({
+    draft: true, message_id: keys.uuid4(), thread_id: thread.thread_id, created_at: now(), body,
+    role: thread.role, priority: thread.priority === "urgent" ? "urgent" : "routine", thread_created: true,
+  });
+}
+
+/** Seal and send a consult or reply as written, or keep it as written while the relay cannot
+ * be reached. */
+async function sendWritten(draft: DraftRecord): Promise<Record<string, unknown>> {
   let record: OutboxRecord;
   inFlight.add(draft.message_id);
   try {
@@ -1427,9 +1480,10 @@ interface DraftRecord {
   thread_id: string;
   created_at: number;
   body: Uint8Array;
-  role: string;
+  /** The on-call role a new consult goes to (null: a reply in a thread without one). */
+  role: string | null;
   priority: "routine" | "urgent";
-  /** The relay has the thread (made by an earlier try): it is not made again. */
+  /** The relay has the thread (made by an earlier try, or a reply's): it is not made again. */
   thread_created: boolean;
 }
 
@@ -1444,11 +1498,17 @@ async function keepDraft(draft: DraftRecord): Promise<void> {
     text: written.text, subject: written.subject, sent_at: draft.created_at, status: "sending",
     status_note: KEPT_NOTE,
   };
-  await changingThread(draft.thread_id, async () => {
-    await vault!.put(`outbox:${draft.message_id}`, draft);
-    const key = `thread:${draft.thread_id}`;
-    const thread = (await vault!.get<ThreadRecord>(key)) ?? { thread_id: draft.thread_id, role: draft.role, subject: view.subject, priority: draft.priority, messages: [] };
-    if (!thread.messages.some((m) => m.message_id === draft.message_id)) thread.messages.push(view);
+  await vault!.put(`outbox:${draft.message_id}`, draft);
+  await addToThread(view, { thread_id: draft.thread_id, role: draft.role, subject: view.subject, priority: draft.priority, messages: [] });
+}
+
+/** One of our messages written into its thread's record: appended to the consult it answers,
+ * or, for a new consult, the thread's first (`fresh`, its record as it starts). */
+async function addToThread(view: MessageView, fresh: ThreadRecord): Promise<void> {
+  await changingThread(view.thread_id, async () => {
+    const key = `thread:${view.thread_id}`;
+    const thread = (await vault!.get<ThreadRecord>(key)) ?? fresh;
+    if (!thread.messages.some((m) => m.message_id === view.message_id)) thread.messages.push(view);
     await vault!.put(key, thread);
   });
 }
@@ -1463,7 +1523,7 @@ async function keepDraft(draft: DraftRecord): Promise<void> {
 async function sealDraft(draft: DraftRecord, kept: boolean): Promise<OutboxRecord> {
   if (!draft.thread_created) {
     try {
-      await relay!.call("POST", "/v1/threads", { thread_id: draft.thread_id, users: [], roles: [draft.role], priority: draft.priority });
+      await relay!.call("POST", "/v1/threads", { thread_id: draft.thread_id, users: [], roles: draft.role ? [draft.role] : [], priority: draft.priority });
     } catch (err) {
       // Made by an earlier try whose answer was lost (the id is this phone's, random).
       if (!(kept && err instanceof RelayError && err.code === "conflict")) throw err;
@@ -1489,7 +1549,7 @@ async function sealDraft(draft: DraftRecord, kept: boolean): Promise<OutboxRecor
       text: written.text, subject: written.subject, sent_at: header.sent_at, status: "sending",
     };
     await vault!.put(`outbox:${record.message_id}`, record);
-    await vault!.put(`thread:${record.thread_id}`, { thread_id: record.thread_id, role: draft.role, subject: view.subject, priority: draft.priority, messages: [view] } satisfies ThreadRecord);
+    await addToThread(view, { thread_id: record.thread_id, role: draft.role, subject: view.subject, priority: draft.priority, messages: [] });
   }
   return record;
 }
@@ -1533,13 +1593,72 @@ interface ImageSend {
   warnings: string[];
   consent: { decision: "agreed" | "refused"; purposes: env.Purpose[]; permanence: boolean; no_effect: boolean };
   record: RecordData;
+  /** The consult the photo is added to (the lateral view the specialist asked for): sent in
+   * its thread, with its priority and no subject of its own; absent, a new consult to `role`. */
+  thread_id?: string | null;
+  /** For a photo added to a consult: who the consent screen said may see it (`audience`), so
+   * the consent names no one the patient was not told of. */
+  audience?: { roles: string[]; users: string[] } | null;
+}
+
+/** Who a photo added to a consult reaches, as the relay has the thread now: its roles (a role
+ * covers everyone on its ladder, PROTOCOL §16.2) and its members but this user (the issuer is
+ * always covered, §7.4), sorted. The consent names exactly these. */
+async function threadAudience(threadId: string): Promise<{ roles: string[]; users: string[] }> {
+  const listed = await relay!.call<{ threads: { thread_id: string; members: string[]; roles: string[] }[] }>("GET", "/v1/threads");
+  const found = listed.threads.find((t) => t.thread_id === threadId);
+  if (!found) throw new UserError("not_thread_member", "This phone is no longer part of that consult: start a new consult to send the photo.");
+  return { roles: [...found.roles].sort(), users: found.members.filter((m) => m !== st!.user_id).sort() };
+}
+
+/** For the consent screen of a photo added to a consult: everyone it would reach, by name, so
+ * the patient is told who may see it. */
+async function audience(args: { thread_id: string }): Promise<{ roles: string[]; users: string[]; names: string[] }> {
+  const thread = await writableThread(args.thread_id);
+  const who = await threadAudience(thread.thread_id);
+  const names: string[] = [];
+  for (const userId of who.users) {
+    const known = thread.messages.find((m) => m.from_user_id === userId)?.from_name;
+    names.push(known ?? (await displayName(userId)));
+  }
+  return { ...who, names };
+}
+
+/** The patient's hospital number or family name typed into the subject too: the subject is
+ * shown wherever the consult is listed (the specialist's inbox, the lock screen's notice),
+ * where the record data travels only inside the message (USER_GUIDE: keep names and numbers
+ * out of the subject). */
+function subjectNamesPatient(subject: string, record: RecordData): boolean {
+  const said = subject.toLowerCase();
+  const id = record.patient_id.trim().toLowerCase();
+  if (id.length >= 3 && said.includes(id)) return true;
+  const family = (record.patient_name.split("^")[0] ?? "").trim().toLowerCase();
+  return family.length >= 3 && said.split(/[^\p{L}\p{N}]+/u).includes(family);
+}
+
+/**
+ * The consent registered for the photo on the consent screen, whose sending then failed. Sent
+ * again with the same form (the same photo, decision, purposes and recipients), the same token
+ * goes: the patient's one decision is registered once, and the page's button says it sends
+ * again rather than records. Held in memory only, until the photo is sent or the app locks.
+ */
+let recordedConsent: { form: string; token: string; claims: ConsentClaims } | null = null;
+
+/** A failure after the patient's decision was registered at the relay: the page's button then
+ * says it sends again (recordedConsent), not that it records the decision. */
+class AfterConsent extends Error {
+  constructor(readonly failure: unknown) {
+    super("after the consent was registered");
+  }
 }
 
 /**
  * The photo of a film, with the patient's consent: the token signed here with the identity key
  * and registered (an agreement or a refusal alike, PROTOCOL §13); on agreement the photo is
  * encrypted (secretstream, §6), uploaded chunk by chunk (progress events), and sealed with its
- * descriptor, the token and the patient's record data to the role (and the record gateways).
+ * descriptor, the token and the patient's record data to the role (and the record gateways):
+ * a new consult with its subject, or (`thread_id`) added to a consult, whose current
+ * participants the consent then names.
  */
 async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
   try {
@@ -1548,8 +1667,9 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
     if (err instanceof NotAJpeg) throw new UserError("validation_failed", "The photo could not be prepared: take it again.");
     throw err;
   }
-  const role = a.role.replace(/^role:/, "").toLowerCase().replace(/-/g, "_");
-  if (!/^[a-z][a-z0-9_]{0,63}$/.test(role)) throw new UserError("validation_failed", "A role is a name like orthopaedics_oncall.");
+  const thread = a.thread_id ? await writableThread(a.thread_id) : null;
+  const role = thread ? thread.role ?? "" : a.role.replace(/^role:/, "").toLowerCase().replace(/-/g, "_");
+  if (!thread && !/^[a-z][a-z0-9_]{0,63}$/.test(role)) throw new UserError("validation_failed", "A role is a name like orthopaedics_oncall.");
   if (!a.consent.permanence || !a.consent.no_effect) {
     throw new UserError("validation_failed", "Show the patient both statements before recording the decision.");
   }
@@ -1559,17 +1679,55 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
       ? "Enter the patient's hospital number: the record needs it to file the photo."
       : "Enter the patient's hospital number: a refusal is filed in the patient's record too.");
   }
-  const t = now();
-  const written = !(a.consent.purposes.length === 1 && a.consent.purposes[0] === "direct_care");
-  const claims: ConsentClaims = {
-    jti: keys.uuid4(), iss: st!.user_id, org: st!.org_id, patient: "pt-" + hex(s.randomBytes(12)),
-    purposes: a.consent.purposes, recipients: { users: [], roles: [role], orgs: [], external: false },
-    images: [imageHash(a.jpeg)], form_version: FORM_VERSION, decision: a.consent.decision,
-    basis: written ? "written" : "treatment_attestation", permanence_statement_shown: true,
-    no_effect_on_care_statement_shown: true, iat: t, nbf: t, exp: t + CONSENT_VALIDITY,
-  };
-  const token = issueConsentToken(claims, st!.identity_seed);
-  await beforeKept(relay!.call("POST", "/v1/consents", { token }));
+  // A photo added to a consult has the consult's subject and priority (the desktop's and the
+  // SDK's thread semantics: the first message's subject is the thread's).
+  const subject = thread ? null : subjectLine(a.subject);
+  if (subject && subjectNamesPatient(subject, a.record)) {
+    throw new UserError("subject_identifies", "Keep the patient's name and hospital number out of the subject: it is shown wherever the consult is listed. They go in their own fields above.");
+  }
+  a.subject = subject ?? "";
+  if (thread) a.priority = thread.priority === "urgent" ? "urgent" : "routine";
+  const recipients = thread ? await beforeKept(threadAudience(thread.thread_id)) : { users: [], roles: [role] };
+  const told = a.audience ? { roles: [...a.audience.roles].sort(), users: [...a.audience.users].sort() } : null;
+  if (thread && JSON.stringify(told) !== JSON.stringify(recipients)) {
+    // Someone joined or left the consult since the screen opened (or it could not say yet):
+    // the patient is told who may see the photo before the decision is recorded.
+    throw new UserError("audience_changed", "Who may see the photo has changed since this screen opened, or was not known yet: it is shown on this screen now. Tell the patient, then record their decision.");
+  }
+  const form = JSON.stringify([imageHash(a.jpeg), a.consent.decision, [...a.consent.purposes].sort(), recipients]);
+  let token: string;
+  let claims: ConsentClaims;
+  if (recordedConsent?.form === form) {
+    ({ token, claims } = recordedConsent);
+  } else {
+    const t = now();
+    const written = !(a.consent.purposes.length === 1 && a.consent.purposes[0] === "direct_care");
+    claims = {
+      jti: keys.uuid4(), iss: st!.user_id, org: st!.org_id, patient: "pt-" + hex(s.randomBytes(12)),
+      purposes: a.consent.purposes, recipients: { users: recipients.users, roles: recipients.roles, orgs: [], external: false },
+      images: [imageHash(a.jpeg)], form_version: FORM_VERSION, decision: a.consent.decision,
+      basis: written ? "written" : "treatment_attestation", permanence_statement_shown: true,
+      no_effect_on_care_statement_shown: true, iat: t, nbf: t, exp: t + CONSENT_VALIDITY,
+    };
+    token = issueConsentToken(claims, st!.identity_seed);
+    await beforeKept(relay!.call("POST", "/v1/consents", { token }));
+    recordedConsent = { form, token, claims };
+  }
+  try {
+    const answer = await sendConsented(a, role, token, claims);
+    recordedConsent = null;
+    return answer;
+  } catch (err) {
+    throw new AfterConsent(err);
+  }
+}
+
+/** sendImage once the patient's decision is registered: a refusal filed in the record, or the
+ * photo uploaded and sent. A photo whose upload has started and cannot be finished now (the
+ * relay cannot be reached, fails, or has nobody to seal it for yet) stays in the app, which
+ * finishes it by itself at its next connection (resumeUploads): the page is told so, and is
+ * never offered to send it a second time. */
+async function sendConsented(a: ImageSend, role: string, token: string, claims: ConsentClaims): Promise<Record<string, unknown>> {
   if (a.consent.decision === "refused") {
     const filed = await fileRefusal(token, a.record);
     return { consent_id: claims.jti, decision: "refused", ...filed };
@@ -1584,9 +1742,10 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
     attachment_id: upload.attachment_id, ciphertext: enc.ciphertext, key: enc.key, sha256: enc.sha256, size: enc.size,
     token, consent_id: claims.jti, role, send: { ...a, jpeg: a.jpeg },
   };
+  const name = `upload:${job.attachment_id}`;
   uploading.add(job.attachment_id); // ours from here: a reconnect meanwhile does not resume it too
   try {
-    await vault!.put(`upload:${job.attachment_id}`, job);
+    await vault!.put(name, job);
   } catch (err) {
     uploading.delete(job.attachment_id);
     throw err;
@@ -1595,8 +1754,11 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
     return await finishUpload(job, true);
   } catch (err) {
     // Refused for good (relay.ts httpPasses): never resumed later to be refused again.
-    if (err instanceof RelayError && !httpPasses(err)) await vault!.delete(`upload:${job.attachment_id}`);
-    throw err;
+    if (err instanceof RelayError && !httpPasses(err)) await vault!.delete(name);
+    if (!(err instanceof UserError || err instanceof RelayError) || !(await vault!.names(name)).includes(name)) throw err;
+    recordedConsent = null; // the photo is the kept upload's now
+    const why = inWords(err).replace(/^(\S)/, (c) => c.toLowerCase());
+    return { decision: "agreed", kept: `Not sent yet: ${why} The app keeps the photo and sends it by itself the next time it connects to the relay, at the latest when you next unlock the app.` };
   }
 }
 
@@ -1689,8 +1851,10 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
       quality_warnings: a.warnings,
       attachments: [{ attachment_id: aid, key: job.key, sha256: job.sha256, size: job.size, media_type: "image/jpeg", width: a.width, height: a.height }],
     }));
-    const threadId = keys.uuid4();
-    await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [job.role], priority: a.priority });
+    // A new consult's thread is made here, once the photo is at the relay; a consult it is
+    // added to is there already.
+    const threadId = a.thread_id ?? keys.uuid4();
+    if (!a.thread_id) await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [job.role], priority: a.priority });
     const bundles = await recipients(threadId, await gatewayDevices());
     const messageId = keys.uuid4();
     const header: env.MessageHeader = {
@@ -1707,10 +1871,11 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     };
     await vault!.put(`image:${aid}`, a.jpeg);
     await vault!.put(`outbox:${messageId}`, record);
-    await vault!.put(`thread:${threadId}`, { thread_id: threadId, role: job.role, subject: view.subject, priority: a.priority, messages: [view] } satisfies ThreadRecord);
+    await addToThread(view, { thread_id: threadId, role: job.role || null, subject: view.subject, priority: a.priority, messages: [] });
     await vault!.delete(name);
     // Refused for good (the patient withdrew consent meanwhile, say): sendSealed erases the
-    // photo and its consult, so nothing "sending" stays on this phone.
+    // photo and its message (and the consult it started), so nothing "sending" stays on this
+    // phone.
     const sent = await sendSealed(record);
     return { thread_id: threadId, message_id: messageId, attachment_id: aid, consent_id: job.consent_id, ...(sent.stored ? {} : { kept: keptSentence(sent.code) }) };
   } finally {
@@ -1782,6 +1947,7 @@ async function fileRefusal(token: string, record: RecordData): Promise<Record<st
   const key = `thread:${threadId}`;
   await changingThread(threadId, async () => {
     const thread = (await vault!.get<ThreadRecord>(key)) ?? { thread_id: threadId, role: null, subject: RECORD_THREAD_SUBJECT, priority: "routine", messages: [] };
+    thread.record = true;
     thread.messages.push(view);
     await vault!.put(`outbox:${messageId}`, out);
     await vault!.put(key, thread);
@@ -1819,7 +1985,9 @@ const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
   lock,
   forgetRevoked,
   sendConsult,
+  sendReply,
   sendImage,
+  audience,
   image,
   threads,
   markRead,
@@ -1835,17 +2003,21 @@ self.onmessage = async (m: MessageEvent) => {
       throw new UserError("locked", "The app is locked: unlock it with your passphrase.");
     }
     post({ id, ok: true, result: await fn(args) });
-  } catch (err) {
+  } catch (thrown) {
+    // A failure after the patient's decision was registered (sendImage): said as itself, and
+    // the page told the decision is recorded (its button then sends again, records nothing).
+    const recorded = thrown instanceof AfterConsent;
+    const err = recorded ? thrown.failure : thrown;
     if (op !== "ssoLogin" && st?.sso && vault && err instanceof RelayError && SESSION_ENDED.includes(err.code)) {
       // The relay ended this single sign-on session while the app was open (its lifetime is
       // over, or the IdP's user was disabled): only a new sign-in at the IdP opens another.
       await forgetSession(st);
       event("signin", {});
-      post({ id, ok: false, error: { code: err.code, message: "Your hospital sign-in has ended: sign in with your hospital account again, then try again." } });
+      post({ id, ok: false, error: { code: err.code, message: "Your hospital sign-in has ended: sign in with your hospital account again, then try again.", recorded } });
       return;
     }
     const code = (err as { code?: string }).code ?? "internal_error";
-    post({ id, ok: false, error: { code, message: inWords(err) } });
+    post({ id, ok: false, error: { code, message: inWords(err), recorded } });
   }
 };
 

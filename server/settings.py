@@ -351,10 +351,11 @@ class Settings:
                                       "Seconds between sweeps of due expiry timers.")
 
     ciphertext_purge_interval: float = _s(60.0, "LIGHTBOX_CIPHERTEXT_PURGE_INTERVAL", "float",
-                                          "Seconds between sweeps that delete the ciphertext "
-                                          "of messages no delivery is queued for any more "
-                                          "(every recipient device acknowledged it, or its "
-                                          "deliveries were dropped).")
+                                          "Seconds between sweeps behind the ciphertext "
+                                          "purge: a message's ciphertext goes with its last "
+                                          "queued delivery; the sweep finds a message that "
+                                          "never had one, or that an earlier release kept "
+                                          "(docs/OPERATIONS.md).")
 
     # --- break-glass (docs/PROTOCOL.md §17) ---
     break_glass_daily_limit: int = _s(3, "LIGHTBOX_BREAK_GLASS_DAILY_LIMIT", "int",

@@ -40,12 +40,14 @@ async def delivered(sock: RelaySocket, n: int) -> list[Deliver]:
 
 
 async def send_and_receive(world: World, alice: Peer, bob: Peer, tid: str,
-                           bodies: list[bytes]) -> list[bytes]:
+                           bodies: list[bytes], *, queued: int = 0) -> list[bytes]:
+    """``bodies`` from Alice to Bob, delivered, opened and acknowledged, after the ``queued``
+    messages already waiting for Bob."""
     a, b = await connect(world, alice), await connect(world, bob)
     try:
         for body in bodies:
             await a.send(seal(alice, tid, [bob], body))
-        got = await delivered(b, len(bodies))
+        got = await delivered(b, queued + len(bodies))
         await b.ack([d.delivery_id for d in got])
         # An ack has no answer frame, and its removal commits a moment later: the next call's
         # connection would otherwise be handed these again (a redelivery, PROTOCOL.md §3.5).
@@ -72,14 +74,19 @@ async def test_a_message_of_a_few_kilobytes_stays_in_its_row_and_a_long_one_goes
         assert await db.fetchval(
             "SELECT attstorage::text FROM pg_attribute WHERE attrelid = 'messages'::regclass "
             "AND attname = 'sealed'") == "e"  # EXTERNAL: never compressed
+        # Each queued for Bob, who is offline: its ciphertext is kept until he acknowledges it.
         short = b"x-ray: " + bytes(range(256)) * 8  # 2 KB body: a 2.8 KB sealed message
-        assert await send_and_receive(world, alice, bob, tid, [short]) == [short]
+        await send_while_offline(world, alice, bob, tid, short)
         size = await db.fetchval("SELECT octet_length(sealed) FROM messages")
         assert 2500 < size < 8000
         assert await toast_rows(db) == 0  # Postgres's defaults would have moved it out
         long = bytes(range(256)) * 48  # 12 KB: more than one heap page holds
-        assert await send_and_receive(world, alice, bob, tid, [long]) == [long]
+        await send_while_offline(world, alice, bob, tid, long)
         assert await toast_rows(db) > 0
+        assert await send_and_receive(world, alice, bob, tid, [], queued=2) == [short, long]
+        # Acknowledged: the ciphertext is gone, the out-of-line pieces with it.
+        assert await db.fetchval("SELECT count(*) FROM messages WHERE sealed IS NOT NULL") == 0
+        assert await toast_rows(db) == 0
     finally:
         await db.close()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from clients.clinician import phi
 from clients.clinician.device import store_of
 from clients.clinician.sending import record_from_args
-from clients.clinician.shell import print_problems, unlock_profile
+from clients.clinician.shell import command_client, print_problems, unlock_profile
 from clients.sdk import consent as consent_capture
 from clients.sdk import consent_pdf, people
 from clients.sdk.errors import FlowError, RelayRequestError, SDKError
@@ -137,7 +137,7 @@ def capture_command(args: argparse.Namespace) -> int:
     token, claims = consent_capture.capture_consent(device.store.state, capture)
 
     async def go() -> str:
-        client = device.client()
+        client = command_client(device)
         events = client.subscribe()
         try:
             await client.ensure_login()
@@ -172,7 +172,7 @@ async def resolve_people(device: ProfileDevice,
     """The named recipients, by login (clients/sdk/people.py), before anything is signed."""
     if not names:
         return []
-    client = device.client()
+    client = command_client(device)
     try:
         await client.ensure_login()
         return await people.resolve_users(client.relay, names)
@@ -243,7 +243,7 @@ async def names_of(device: ProfileDevice,
     """The capturing clinician and each named recipient, from certificates verified against
     the organisation key; someone the directory no longer serves stays unnamed."""
     labels: dict[str, str] = {}
-    client = device.client()
+    client = command_client(device)
     try:
         await client.ensure_login()
         for user_id in dict.fromkeys([claims.iss, *claims.recipients.users]):
@@ -267,7 +267,7 @@ def consent_list(args: argparse.Namespace) -> int:
     device = unlock_profile(args)
 
     async def go() -> list[api.ConsentInfo]:
-        client = device.client()
+        client = command_client(device)
         try:
             await client.ensure_login()
             return (await client.relay.my_consents()).consents
@@ -299,7 +299,7 @@ def consent_withdraw(args: argparse.Namespace) -> int:
     device = unlock_profile(args)
 
     async def go() -> tuple[api.ConsentRevoked, ConsentClaims]:
-        client = device.client()
+        client = command_client(device)
         try:
             await client.ensure_login()
             try:

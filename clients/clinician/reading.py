@@ -15,6 +15,7 @@ import sys
 import time
 
 from clients.clinician.shell import (
+    command_client,
     consent_of,
     print_problems,
     problem_line,
@@ -42,6 +43,7 @@ from clients.sdk.wording import counted
 from protocol.body import Body, BodyKind
 
 __all__ = [
+    "REPLACED_LINE",
     "describe",
     "describe_outbox",
     "inbox_command",
@@ -71,7 +73,7 @@ def threads_command(args: argparse.Namespace) -> int:
     device = unlock_profile(args)
 
     async def go() -> None:
-        client = device.client()
+        client = command_client(device)
         try:
             # Synced first, as `inbox` is: unread is what this device holds and has not read
             # (LightboxClient.unread_messages), the one definition both commands count.
@@ -154,7 +156,7 @@ def print_pending_count(client: LightboxClient) -> None:
 def outbox_command(args: argparse.Namespace) -> int:
     """The sends the relay has not stored yet (kept in the vault; resent on the next start)."""
     device = unlock_profile(args)
-    client = device.client()
+    client = command_client(device)
     pending = client.pending_sends()
     for record in pending:
         print(pending_line(client, record))
@@ -183,7 +185,7 @@ def inbox_command(args: argparse.Namespace) -> int:
     device = unlock_profile(args)
 
     async def go() -> int:
-        client = device.client()
+        client = command_client(device)
         shown = 0
         try:
             events = client.subscribe()
@@ -248,6 +250,8 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
     if isinstance(event, StatusEvent):
         if event.state == "connected":
             return "-- connected to the relay"
+        if event.state == "disconnected" and event.replaced:
+            return REPLACED_LINE
         if event.state == "disconnected":
             return "-- relay connection lost: reconnecting (nothing is lost)"
         return problem_line(event)
@@ -255,6 +259,12 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
 
 
 PASSWORD_ENV = "LIGHTBOX_PASSWORD"  # noqa: S105 (a variable's name: unlock_profile reads it)
+
+# What `watch` says when another command of the same profile connects: the relay keeps one
+# connection per device and gives it to the newer one (docs/PROTOCOL.md §3.5), and watch makes
+# way for it (clients/sdk/connection.py), then tells what arrived meanwhile.
+REPLACED_LINE = ("-- another lightbox command of this device is using the relay connection: "
+                 "watching resumes when it finishes (nothing is missed)")
 
 
 def watch_command(args: argparse.Namespace) -> int:
@@ -324,11 +334,22 @@ def _unlock_again(device: ProfileDevice, args: argparse.Namespace, *, unattended
     return False
 
 
+def _raise_if_ended(client: LightboxClient) -> None:
+    """The relay ended this device's access (revoked, the user suspended) or no session can be
+    had: watch ends as every command does, with one sentence and a failure status
+    (clients/sdk/failures.py), not a line and "success"."""
+    connection = client.connection
+    if connection is not None and connection.stopped.done():
+        stopped = connection.stopped.result()
+        if not stopped.stopped_here:
+            raise stopped
+
+
 async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace, seen: int,
                               timeout: float | None) -> tuple[bool, int]:
     """One connected stretch of ``watch``: (True, seen) when the vault locked itself, else
     (False, seen) at the count, the timeout, or the client's end."""
-    client = device.client()
+    client = device.client()  # makes way for the other commands (REPLACED_WAIT)
     vault = device.vault
     locked = asyncio.Event()
 
@@ -357,6 +378,8 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace, s
                 if isinstance(event, StatusEvent) and event.state == "stopped" \
                         and not vault.is_unlocked:
                     return True, seen  # locked while a frame was handled
+                if isinstance(event, StatusEvent) and event.state == "stopped":
+                    _raise_if_ended(client)
                 if isinstance(event, MessageEvent):
                     print_message(client, event)
                     seen += 1

@@ -15,6 +15,7 @@ from typing import Any
 
 from clients.clinician.shell import (
     MAX_IMAGE_FILE,
+    command_client,
     print_problems,
     unlock_profile,
     when,
@@ -369,7 +370,7 @@ def send_command(args: argparse.Namespace) -> int:
     new_thread = not args.thread
 
     async def go() -> tuple[str, str, int]:
-        client = device.client()
+        client = command_client(device)
         events = client.subscribe()
         try:
             await client.start()
@@ -544,7 +545,7 @@ def break_glass_command(args: argparse.Namespace) -> int:
     device = unlock_profile(args)
 
     async def go() -> None:
-        client = device.client()
+        client = command_client(device)
         events = client.subscribe()
         try:
             await client.start()
@@ -590,7 +591,7 @@ def correct_patient_command(args: argparse.Namespace) -> int:
     device = unlock_profile(args)
 
     async def go() -> tuple[str, int]:
-        client = device.client()
+        client = command_client(device)
         events = client.subscribe()
         try:
             await client.start()

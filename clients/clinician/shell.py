@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from clients.sdk import imaging
+from clients.sdk.client import LightboxClient
 from clients.sdk.errors import KeyStoreError
 from clients.sdk.events import ClientEvent, OutboxEvent, StatusEvent
 from clients.sdk.keystore import KeyStore
@@ -28,6 +29,7 @@ from protocol.errors import ProtocolError
 __all__ = [
     "MAX_IMAGE_FILE",
     "T",
+    "command_client",
     "consent_of",
     "guarded",
     "print_problems",
@@ -54,6 +56,15 @@ def unlock_profile(args: argparse.Namespace) -> ProfileDevice:
         raise KeyStoreError(f"profile {args.profile!r} has no device: run `lightbox enroll` "
                             "or `lightbox link` first")
     return open_profile(directory, read_secret("LIGHTBOX_PASSWORD", f"Password ({args.profile})"))
+
+
+def command_client(device: ProfileDevice) -> LightboxClient:
+    """The SDK client of a command that connects for a moment while the user waits (``send``,
+    ``inbox``, ``threads``...). The relay keeps one connection per device: this one takes it
+    from a ``lightbox watch`` or desktop of the same profile, which makes way for it, and takes
+    it back at once if one of those comes back before the command is done (``replaced_wait=0``,
+    clients/sdk/connection.py), so the command is never held up by them."""
+    return device.client(replaced_wait=0.0)
 
 
 def problem_line(event: StatusEvent) -> str:

@@ -23,7 +23,7 @@ Endpoints (JSON unless said otherwise):
 | ``GET /?k=SECRET`` | sets the session cookie, redirects to ``/`` |
 | ``GET /`` | the page (``static/index.html`` with the CSRF token) |
 | ``GET /static/{app.js,app.css}`` | the script and style |
-| ``GET /api/state`` | unlocked?, who, connected?, ``ended`` (see below), ``notice`` |
+| ``GET /api/state`` | unlocked?, who, connected?, replaced?, ``ended`` (see below), ``notice`` |
 | ``POST /api/unlock`` ``{password}`` | unlock the vault, log in, connect (403/410 ``ended``) |
 | ``POST /api/lock`` | lock the vault, disconnect |
 | ``POST /api/notice/dismiss`` | forget the latest problem the client reported (``notice``) |
@@ -57,6 +57,12 @@ Clinical safety (CLINICAL_SAFETY.md):
   its access, ``ended`` says how, ``{"ended": "wiped"|"revoked"|"suspended"|"stopped",
   "message"}``, in ``/api/state``, in the ``status`` event ``ended``, and in a refused unlock
   (410 once wiped, 403 otherwise, nothing from the vault shown).
+* **Another program of this device connected** (a ``lightbox`` command on the same profile):
+  the relay keeps one connection per device and gives it to the newer one. Not a loss, so
+  not "reconnecting": ``replaced`` is true (in ``/api/state`` and the ``status`` event
+  ``disconnected``) and the page says the connection is in use by another Lightbox command;
+  the client connects again once it is done (clients/sdk/connection.py) and shows what
+  arrived meanwhile.
 """
 
 from __future__ import annotations
@@ -105,7 +111,7 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
-from clients.sdk.connection import VAULT_LOCKED, ConnectionStopped
+from clients.sdk.connection import ConnectionStopped
 from clients.sdk.consent_pdf import ConsentFormDisplay, FormCopy, patient_label, render_consent_pdf
 from clients.sdk.errors import (
     DeviceWiped,
@@ -164,6 +170,7 @@ class DesktopServer:
         self.device: ProfileDevice | None = None
         self.client: LightboxClient | None = None
         self.connected = False
+        self.replaced = False  # not connected: another program of this device has the relay
         # How this computer's access ended, once it has (``ended``, ``message``): revoked or
         # suspended by the relay, or erased by IT's wipe order (docs/PROTOCOL.md §15 "Wipe").
         # The page says so, never "connected" nor an unlock form for a vault that is gone.
@@ -322,7 +329,8 @@ class DesktopServer:
         return JSONResponse({"unlocked": True, "login": st.login, "user_id": st.user_id,
                              "display_name": user.display_name, "roles": user.roles,
                              "device_kind": st.device_kind, "connected": self.connected,
-                             "ended": self.ended, "notice": self.notice})
+                             "replaced": self.replaced, "ended": self.ended,
+                             "notice": self.notice})
 
     async def unlock(self, request: Request) -> Response:
         body = await read_json(request)
@@ -386,7 +394,7 @@ class DesktopServer:
     async def _lock(self) -> None:
         client, device = self.client, self.device
         self.client = self.device = None
-        self.connected = False
+        self.connected = self.replaced = False
         if client is not None:
             await client.close()
         if device is not None:
@@ -594,6 +602,7 @@ class DesktopServer:
         elif isinstance(event, StatusEvent):
             if event.state in {"connected", "disconnected", "stopped", "wiped"}:
                 self.connected = event.state == "connected"
+                self.replaced = event.state == "disconnected" and event.replaced
             ended = _ended_by(client) if event.state in {"stopped", "wiped"} else None
             if ended is not None:
                 self.ended = ended
@@ -604,7 +613,8 @@ class DesktopServer:
                                "at": int(time.time())}
                 self._broadcast("status", {"state": "error", **self.notice})
                 return
-            self._broadcast("status", {"state": event.state, "detail": event.detail})
+            self._broadcast("status", {"state": event.state, "detail": event.detail,
+                                       "replaced": self.replaced})
 
     async def events(self, request: Request) -> Response:
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
@@ -612,8 +622,9 @@ class DesktopServer:
 
         # The current connection state goes first: the page read /api/state before it opened
         # this stream, and a change in between would otherwise never reach it.
-        current: dict[str, str] = {"state": "ended", **self.ended} if self.ended else {
-            "state": "connected" if self.connected else "disconnected", "detail": ""}
+        current: dict[str, Any] = {"state": "ended", **self.ended} if self.ended else {
+            "state": "connected" if self.connected else "disconnected", "detail": "",
+            "replaced": self.replaced}
 
         async def stream() -> AsyncIterator[bytes]:
             try:
@@ -676,7 +687,7 @@ def _ended_by(client: LightboxClient) -> dict[str, str] | None:
         return _ending("suspended")
     if stopped.code == CloseCode.DEVICE_REVOKED:
         return _ending("revoked")
-    if stopped.code is None and stopped.reason in {"stopped", VAULT_LOCKED}:
+    if stopped.stopped_here:
         return None  # stopped here, or the vault locked itself (_watch_idle says so)
     return _ending("stopped")
 

@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any
 
 from clients.sdk import people
-from clients.sdk.connection import Connection
+from clients.sdk.connection import REPLACED_WAIT, Connection
 from clients.sdk.errors import DeviceWiped, RelayRequestError, RelayUnavailable
 from clients.sdk.events import (
     AcknowledgementEvent,
@@ -79,7 +79,7 @@ from clients.sdk.trust import Trust
 from clients.sdk.vault import OutboxRecord, Vault, VaultLocked, VaultMessage
 from protocol import api, certs
 from protocol.body import Body
-from protocol.errors import ErrorCode
+from protocol.errors import CloseCode, ErrorCode
 from protocol.model import Priority
 
 # The events and views are defined in clients/sdk/events.py and re-exported here (a literal
@@ -114,6 +114,9 @@ class LightboxClient:
     ``store`` holds the device state (an OpenKeyStore, or the vault itself); ``vault`` stores
     messages and images; ``password`` lets the client log in again when the refresh token has
     expired. ``ws_url`` defaults to the server URL with ``ws(s)://`` and ``/v1/ws``.
+    ``replaced_wait``: how long the connection leaves the relay to a newer connection of this
+    device that replaced it (clients/sdk/connection.py); 0 for a program that runs for a
+    moment while the user waits (a ``lightbox`` command), the one others make way for.
     """
 
     def __init__(
@@ -121,7 +124,7 @@ class LightboxClient:
         relay: RelayHTTP | None = None, ws_url: str | None = None,
         clock: Callable[[], float] = time.time, backoff_base: float = 0.2,
         backoff_max: float = 10.0, fetch_images: bool = True,
-        prekey_policy: PrekeyPolicy | None = None,
+        prekey_policy: PrekeyPolicy | None = None, replaced_wait: float = REPLACED_WAIT,
     ) -> None:
         self.store, self.vault = store, vault
         self.prekey_policy = prekey_policy or PrekeyPolicy.from_env()
@@ -136,6 +139,7 @@ class LightboxClient:
         base = st.server_url.rstrip("/")
         self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")
         self._backoff = (backoff_base, backoff_max)
+        self._replaced_wait = replaced_wait
         self.fetch_images = fetch_images
         self.hub = Hub()
         self.memory = Memory(vault, lambda: self.store.state.user_id)
@@ -217,11 +221,12 @@ class LightboxClient:
                 raise
         self.hub.spawn(self._prekey_upkeep(), "client-prekeys")
         keys = self.store.state.device_keys()
+        self.receiver.note_stored()  # what another program stores from now on is told too
         connection = self.hub.connection = Connection(
             self.ws_url, device_id=keys.device_id, access_token=self.session.socket_token,
             sign=keys.sign, on_message=self.receiver.on_deliver, on_event=self.notices.on_frame,
             dedupe=self.vault.dedupe, backoff_base=self._backoff[0],
-            backoff_max=self._backoff[1])
+            backoff_max=self._backoff[1], replaced_wait=self._replaced_wait)
         pending = self.vault.outbox()  # left by an earlier run: resent once connected
         await connection.start()
         self._resend = self.hub.spawn(self._resend_pending(pending), "client-resend")
@@ -320,13 +325,36 @@ class LightboxClient:
                 self.receiver.resend_receipts()
             if self.fetch_images:
                 self.hub.spawn(self.receiver.fetch_missing_images(), "client-fetch-images")
+            # While this client was not connected, another program of this device (a
+            # `lightbox send` beside `lightbox watch`) may have held the connection and stored
+            # what the relay had for the device: told now, once the backlog is in.
+            self.hub.spawn(self._tell_stored_elsewhere(conn), "client-stored-elsewhere")
             # Connection exposes no "disconnected" event; a tenth of a second is fine for a UI.
             while conn.connected.is_set() and not conn.stopped.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
             if not conn.stopped.done():
-                await self.hub.emit(StatusEvent("disconnected", "reconnecting to the relay"))
+                code, _ = conn.last_close
+                await self.hub.emit(StatusEvent(
+                    "disconnected",
+                    "another connection of this device has the relay connection for now"
+                    if code == CloseCode.SESSION_REPLACED
+                    else "reconnecting to the relay", close_code=code))
         stopped = conn.stopped.result()
-        await self.hub.emit(StatusEvent("stopped", str(stopped)))
+        await self.hub.emit(StatusEvent("stopped", str(stopped), close_code=stopped.code))
+
+    async def _tell_stored_elsewhere(self, conn: Connection) -> None:
+        """Once the relay's backlog is in (a delivery the other program stored but had not
+        acknowledged comes again, and is recognised as stored), emit the messages another
+        program of this device stored meanwhile (clients/sdk/receiving.py)."""
+        queue_empty: asyncio.Future[Any] = asyncio.ensure_future(conn.queue_empty.wait())
+        either: set[asyncio.Future[Any]] = {queue_empty, conn.stopped}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            queue_empty.cancel()
+        if conn.connected.is_set():
+            with contextlib.suppress(VaultLocked):
+                await self.receiver.tell_stored_elsewhere()
 
     # -- events ------------------------------------------------------------------------------
 
@@ -449,7 +477,19 @@ class LightboxClient:
         while True:
             try:
                 await self.maintain_prekeys()
-            except (RelayUnavailable, RelayRequestError) as exc:
+            except RelayRequestError as exc:
+                if exc.code in CUT_OFF:
+                    # Not a failure of the upkeep: the relay has ended this device's or user's
+                    # access (suspended, revoked), and the connection hears it too, as its
+                    # close (4004, 4005: docs/PROTOCOL.md §3.4), which the application is
+                    # told as the client's end (StatusEvent "stopped", ConnectionStopped):
+                    # the CLI's one sentence, the desktop's page. Logged for the record only,
+                    # and nothing more to keep up.
+                    log.info("signed prekey upkeep stopped: the relay refused this device "
+                             "(%s)", exc.code, extra={"code": exc.code})
+                    return
+                log.warning("signed prekey upkeep failed: %s", exc)
+            except RelayUnavailable as exc:
                 log.warning("signed prekey upkeep failed: %s", exc)
             except VaultLocked:  # the device state is in the locked vault: the next start
                 return

@@ -12,6 +12,17 @@ must see each message exactly once. :class:`Connection`:
   through a caller-supplied store that a real client persists), and acknowledges it only after
   the application's handler returned, i.e. after the message is stored on the device.
 
+A connection the relay closed because a newer one of the same device opened (4003
+``SESSION_REPLACED``: another program on the device's profile, say ``lightbox send`` beside
+``lightbox watch`` or the desktop) is no loss and no reason to hurry back: the relay keeps one
+connection per device (docs/PROTOCOL.md §3.5), so taking it back at once would cut the other
+program off mid-command, and it would take it back in turn. It waits ``replaced_wait``
+seconds first (:data:`REPLACED_WAIT`), long enough for a short command to finish, doubled
+for each replacement soon after it came back, up to :data:`REPLACED_WAIT_MAX` (two
+long-running programs on one device take turns, ever more slowly, rather than fight). A
+program the user waits on for a moment passes ``replaced_wait=0`` and reconnects as after a
+drop: it is the one the long-running program makes way for.
+
 Close codes that mean "stop" (revoked device, suspended user) end the connection for good,
 and so does an address that is not a websocket URL, and a handler that found the device's vault
 locked (:data:`VAULT_LOCKED`: nothing can be stored until the user unlocks it, and what was not
@@ -42,8 +53,8 @@ from protocol.errors import CloseCode, ProtocolError
 from protocol.frames import Accepted, Deliver, Frame, QueueEmpty
 from protocol.model import SealedMessage
 
-__all__ = ["VAULT_LOCKED", "Connection", "ConnectionStopped", "DedupeStore", "DeferDelivery",
-           "MemoryDedupeStore"]
+__all__ = ["REPLACED_WAIT", "REPLACED_WAIT_MAX", "VAULT_LOCKED", "Connection",
+           "ConnectionStopped", "DedupeStore", "DeferDelivery", "MemoryDedupeStore"]
 
 log = logging.getLogger("lightbox.sdk")
 
@@ -53,6 +64,14 @@ FINAL_CLOSE_CODES = frozenset({CloseCode.DEVICE_REVOKED, CloseCode.USER_SUSPENDE
 
 # The reason of a connection stopped because the device's vault is locked.
 VAULT_LOCKED = "the vault is locked"
+# The reason of a connection its program stopped (Connection.stop).
+STOPPED = "stopped"
+
+# Seconds a connection replaced by a newer one of its device (4003) waits before connecting
+# again: a ``lightbox`` command (send, inbox...) is done in a second or two; doubled when it is
+# replaced again soon after it came back, up to the maximum (see the module's docstring).
+REPLACED_WAIT = 5.0
+REPLACED_WAIT_MAX = 60.0
 
 
 class DeferDelivery(Exception):
@@ -67,6 +86,12 @@ class ConnectionStopped(RuntimeError):
     def __init__(self, code: int | None, reason: str = "") -> None:
         super().__init__(f"connection stopped ({code}: {reason})")
         self.code, self.reason = code, reason
+
+    @property
+    def stopped_here(self) -> bool:
+        """Stopped by the program itself (:meth:`Connection.stop`, its vault locked), not
+        ended by the relay or by a refusal that no later attempt can change."""
+        return self.code is None and self.reason in {STOPPED, VAULT_LOCKED}
 
 
 class DedupeStore(Protocol):
@@ -102,6 +127,7 @@ class Connection:
         sign: Callable[[bytes], bytes], on_message: Handler,
         on_event: EventHandler | None = None, dedupe: DedupeStore | None = None,
         backoff_base: float = 0.2, backoff_max: float = 30.0, send_timeout: float = 30.0,
+        replaced_wait: float = REPLACED_WAIT,
     ) -> None:
         self.url, self.device_id = url, device_id
         self._token, self._sign = access_token, sign
@@ -109,6 +135,9 @@ class Connection:
         self.dedupe = dedupe or MemoryDedupeStore()
         self.backoff_base, self.backoff_max, self.send_timeout = (
             backoff_base, backoff_max, send_timeout)
+        self.replaced_wait = replaced_wait
+        self._replaced = 0  # replacements in a row
+        self._made_way = 0.0  # seconds of the last wait for a connection that replaced this one
         self._outbox: list[_Outgoing] = []
         self._outbox_changed = asyncio.Event()
         self._socket: RelaySocket | None = None
@@ -118,6 +147,9 @@ class Connection:
         self.stopped: asyncio.Future[ConnectionStopped] = (
             asyncio.get_running_loop().create_future())
         self.reconnects = 0
+        # How the last connection ended: the relay's close code (None without one) and reason.
+        # Set before ``connected`` is cleared, so whoever sees it cleared reads why.
+        self.last_close: tuple[int | None, str] = (None, "")
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"connection-{self.device_id[:8]}")
@@ -129,7 +161,7 @@ class Connection:
                 await self._task
         if self._socket is not None:
             await self._socket.close()
-        self._finish(ConnectionStopped(None, "stopped"))
+        self._finish(ConnectionStopped(None, STOPPED))
 
     def _finish(self, exc: ConnectionStopped) -> None:
         if not self.stopped.done():
@@ -188,6 +220,11 @@ class Connection:
                 if exc.code in FINAL_CLOSE_CODES:
                     self._finish(ConnectionStopped(exc.code, exc.reason))
                     return
+                if exc.code == CloseCode.SESSION_REPLACED and self.replaced_wait > 0:
+                    # A newer connection of this device won as this one authenticated.
+                    self.last_close = (exc.code, exc.reason)
+                    await self._make_way(lived=0.0)
+                    continue
                 attempt += 1
                 await self._backoff(attempt)
                 continue
@@ -207,6 +244,9 @@ class Connection:
             attempt = 0
             self._socket = sock
             self.connected.set()
+            opened_at = asyncio.get_running_loop().time()
+            code: int | None = None
+            reason = ""
             try:
                 code, reason = await self._serve(sock)
             except VaultLocked:
@@ -227,6 +267,7 @@ class Connection:
             else:
                 failing = 0
             finally:
+                self.last_close = (code, reason)
                 self.connected.clear()
                 self.queue_empty.clear()
                 self._socket = None
@@ -240,11 +281,31 @@ class Connection:
                 self._finish(ConnectionStopped(code, reason))
                 return
             self.reconnects += 1
+            if code == CloseCode.SESSION_REPLACED and self.replaced_wait > 0:
+                await self._make_way(lived=asyncio.get_running_loop().time() - opened_at)
+                continue
+            self._replaced = 0
             await self._backoff(1 + failing)
 
     async def _backoff(self, attempt: int) -> None:
         cap = min(self.backoff_max, self.backoff_base * (2 ** min(attempt, 16)))
         await asyncio.sleep(random.uniform(0, cap))  # full jitter
+
+    async def _make_way(self, *, lived: float) -> None:
+        """Replaced by a newer connection of this device (4003): leave the relay to it for
+        ``replaced_wait`` seconds, doubled for each replacement in a row, with a little jitter
+        so that two programs do not come back in step. Replaced again soon after coming back
+        (within twice the wait just made) is "in a row": the other program is still at work,
+        or runs for long too. A connection that lasted longer starts the count again: the
+        user ran another command."""
+        cap = max(self.replaced_wait, REPLACED_WAIT_MAX)
+        in_a_row = self._replaced > 0 and lived < 2 * self._made_way
+        self._replaced = self._replaced + 1 if in_a_row else 1
+        wait = min(cap, self.replaced_wait * 2 ** min(self._replaced - 1, 16))
+        log.info("replaced by a newer connection of this device; connecting again in %.0f s",
+                 wait, extra={"replacements": self._replaced})
+        self._made_way = wait * random.uniform(1.0, 1.2)
+        await asyncio.sleep(self._made_way)
 
     async def _serve(self, sock: RelaySocket) -> tuple[int | None, str]:
         sender = asyncio.create_task(self._drain_outbox(sock))

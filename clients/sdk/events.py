@@ -12,6 +12,7 @@ import dataclasses
 
 from clients.sdk.vault import VaultMessage
 from protocol.body import Body
+from protocol.errors import CloseCode
 
 __all__ = [
     "AcknowledgementEvent",
@@ -92,11 +93,23 @@ class WithdrawnEvent:
 class StatusEvent:
     """Connection state (``connected``, ``disconnected``, ``stopped``) or a problem to show
     (``error`` with ``detail``, and ``code``: the protocol error code that explains it, where
-    a client's wording depends on it)."""
+    a client's wording depends on it).
+
+    ``close_code``, for ``disconnected`` and ``stopped``: the websocket close code that ended
+    the connection (docs/PROTOCOL.md §3.4), None when there was none (the network dropped, the
+    relay was out of reach, the client stopped). :attr:`replaced` tells the one that is no
+    loss: another connection of this same device (another program on its profile) has the
+    relay for now, and the client connects again after it (clients/sdk/connection.py)."""
 
     state: str
     detail: str = ""
     code: str = ""
+    close_code: int | None = None
+
+    @property
+    def replaced(self) -> bool:
+        """Closed because a newer connection of this device opened (4003 SESSION_REPLACED)."""
+        return self.close_code == CloseCode.SESSION_REPLACED
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,10 @@ T = TypeVar("T")
 
 _REVOKED = ("This device was revoked by your organisation{code}; ask your IT team for a new "
            "enrolment code to use Lightbox on it again.")
+# One sentence for a suspended user, whichever way the relay said it: a refused request, or
+# the connection it closed (4005) or would not give a token for.
+_SUSPENDED = (f"error: your account is suspended by your organisation; ask your IT team "
+              f"({ErrorCode.USER_SUSPENDED.value})")
 _SESSION_ENDED = {ErrorCode.TOKEN_INVALID.value, ErrorCode.TOKEN_EXPIRED.value,
                   ErrorCode.REFRESH_REUSED.value, ErrorCode.UNAUTHENTICATED.value}
 
@@ -47,8 +51,7 @@ def _relay_refusal(exc: RelayRequestError, login_hint: str) -> str:
     if exc.code == ErrorCode.DEVICE_REVOKED.value:
         return _REVOKED.format(code=f" ({exc.code})")
     if exc.code == ErrorCode.USER_SUSPENDED.value:
-        return f"error: your account is suspended by your organisation; ask your IT team " \
-               f"({exc.code})"
+        return _SUSPENDED
     if exc.code in _SESSION_ENDED:
         return f"error: your session has ended ({exc.code}): {login_hint}"
     return f"error: {exc}"
@@ -71,6 +74,10 @@ def describe(exc: BaseException, *, login_hint: str) -> str | None:
     if isinstance(exc, FlowError):
         return f"error: {exc.code}: {exc}"
     if isinstance(exc, ConnectionStopped):
+        # Before the revoked test: the session's token provider ends a suspended user's
+        # connection with the revoked code and the reason user_suspended (clients/sdk/session.py).
+        if exc.reason == ErrorCode.USER_SUSPENDED.value:
+            return _SUSPENDED
         if exc.code == CloseCode.DEVICE_REVOKED or exc.reason == ErrorCode.DEVICE_REVOKED.value:
             return _REVOKED.format(code="")
         if exc.reason in _SESSION_ENDED:

@@ -8,6 +8,12 @@ the deliveries it holds is the one replay memory: the connection acknowledges a 
 without handing it on, and :func:`protocol.envelope.open_message` checks the same record
 (:class:`clients.sdk.vault.SenderSeenSet`). Images are fetched, decrypted and checked against
 their consent (clients/sdk/attachments.py); the message is already safe in the vault.
+
+Each message is told to the application once (a :class:`MessageEvent`), also one that another
+program of the device stored: the relay keeps one connection per device (docs/PROTOCOL.md
+§3.5), so while a ``lightbox send`` has it, what arrives for the device is stored by that
+program, in the same vault; a running ``lightbox watch`` or desktop hears of it from the vault
+once it is connected again (:meth:`Receiver.tell_stored_elsewhere`).
 """
 
 from __future__ import annotations
@@ -77,6 +83,35 @@ class Receiver:
         self._acks_asked: dict[str, VaultMessage] = {}
         self._acks_queued: set[str] = set()  # message ids whose acknowledgement is queued
         self._receipts_queued: set[tuple[str, str]] = set()  # (message id, kind) queued
+        self._told: set[str] = set()  # message ids told to the application in this run
+        self._stored_mark = 0  # the vault's messages up to here are not another program's news
+
+    # -- messages another program of this device stored --------------------------------------
+
+    def note_stored(self) -> None:
+        """From now on, a message stored in the vault by another program is news (at start)."""
+        self._stored_mark = self._vault.last_message_seq()
+
+    async def tell_stored_elsewhere(self) -> None:
+        """Emit the messages that arrived in the vault since the last look and were not told
+        yet: those another program of this device stored while it held the connection (this
+        run stores nothing without it). Its own outgoing messages are not news."""
+        for seq, message_id in self._vault.message_ids_after(self._stored_mark):
+            if message_id not in self._told:
+                try:
+                    message = self._vault.message(message_id)
+                except ItemNotFound:  # gone meanwhile (a wipe)
+                    continue
+                body = body_of(message)
+                if not message.outgoing and body is not None:
+                    await self._tell(message, body)
+            self._stored_mark = max(self._stored_mark, seq)
+
+    async def _tell(self, message: VaultMessage, body: Body) -> None:
+        if message.message_id in self._told:
+            return
+        self._told.add(message.message_id)
+        await self._hub.emit(MessageEvent(message, body))
 
     # -- deliveries --------------------------------------------------------------------------
 
@@ -177,7 +212,7 @@ class Receiver:
             ref = body.filing.record_ref or body.filing.study_instance_uid
             with contextlib.suppress(ItemNotFound):
                 self._vault.set_record_reference(body.filing.attachment_id, ref)
-        await self._hub.emit(MessageEvent(message, body))
+        await self._tell(message, body)
         if body.attachments and self._fetch_images_on():
             self._hub.spawn(self.fetch_images(message, body), f"fetch-{h.message_id[:8]}")
 

@@ -475,6 +475,25 @@ class Vault:
         found = [m for m in found if m.thread_id == thread_id and not (unread_only and m.read)]
         return sorted(found, key=lambda m: m.sent_at)  # stable: arrival order breaks ties
 
+    def last_message_seq(self) -> int:
+        """The arrival number of the newest stored message (0 for none): a mark for
+        :meth:`message_ids_after`."""
+        with self._mutex:
+            db = self._use()
+            with self._sql(db) as conn:
+                row = conn.execute("SELECT max(seq) FROM messages").fetchone()
+            return int(row[0] or 0)
+
+    def message_ids_after(self, seq: int) -> list[tuple[int, str]]:
+        """(arrival number, message id) of the messages stored after ``seq``, in arrival
+        order, by this program or another one on the same vault (nothing is decrypted)."""
+        with self._mutex:
+            db = self._use()
+            with self._sql(db) as conn:
+                rows = conn.execute("SELECT seq, message_id FROM messages WHERE seq > ? "
+                                    "ORDER BY seq", (seq,)).fetchall()
+            return [(int(n), str(mid)) for n, mid in rows]
+
     def mark_read(self, message_id: str) -> None:
         with self._mutex:
             message = self.message(message_id)

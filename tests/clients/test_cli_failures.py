@@ -2,7 +2,8 @@
 ``lightbox-gateway`` run as subprocesses against a real relay (or a relay that is down), and
 each failure ends with one sentence on stderr and a non-zero exit status, never a Python
 traceback. The revoked phone is revoked and wiped through IT's real ``lightbox-admin device
-revoke --wipe``, and hears its wipe order from the relay on its next command."""
+revoke --wipe``, and hears its wipe order from the relay on its next command; a suspended
+user is suspended through IT's real ``lightbox-admin user suspend``."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import os
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 
 import msgspec
+import pytest
 
+from clients.sdk.client import LightboxClient
 from clients.sdk.keystore import KeyStore
 from protocol.canonical import b64url_encode
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
@@ -223,3 +227,40 @@ async def test_wrong_passwords_missing_profiles_and_garbage_arguments_say_one_se
     for (program, argv, _, expected), (rc, out, err) in zip(cases, results, strict=True):
         assert_one_sentence(rc, out, err)
         assert expected in err, (program, argv, err)
+
+
+SUSPENDED = ("error: your account is suspended by your organisation; ask your IT team "
+             "(user_suspended)")
+
+
+@pytest.mark.parametrize("session", ["valid", "expired"])
+async def test_a_suspended_user_reads_one_sentence_to_ask_it_from_every_command(
+        world: World, tmp_path: Path, session: str) -> None:
+    """IT suspends the user with `lightbox-admin user suspend`. Every command of theirs, whether
+    their session was still valid or had to be renewed, ends with the one sentence the CLI has
+    for it (clients/sdk/failures.py), once, and a failure status: no log line of the SDK's
+    prekey upkeep before it, no "HTTP 403", no traceback, and `watch` stops the same way
+    rather than "stopped" and success."""
+    phone, _ = await _phone(world, tmp_path, login="ada.byron")
+    if session == "valid":  # renewed, as by a command just before IT acted
+        phone.vault.unlock(PASSWORD)
+        client = LightboxClient(phone.vault, phone.vault, password=PASSWORD)
+        try:
+            await client.relay.prekey_count()
+        finally:
+            await client.close()
+        tokens = phone.vault.state.session
+        assert tokens is not None and tokens.expires_at > time.time() + 60
+        phone.vault.lock()
+    _write_org_keyfile(world, tmp_path / "it" / "org.key")
+    env = _env(tmp_path, world)
+    rc, out, err = await run("lightbox-admin", "user", "suspend", "ada.byron", env=env)
+    assert rc == 0, out + err
+    commands = [("threads",), ("inbox",), ("send", "--to", "role:intern", "hello"),
+                ("watch", "--timeout", "30"), ("whoami",), ("login",)]
+    results = await run_all([("lightbox", ("--profile", "phone", *argv), env)
+                             for argv in commands])
+    for argv, (rc, out, err) in zip(commands, results, strict=True):
+        assert_one_sentence(rc, out, err)
+        assert err.strip() == SUSPENDED, (argv, err)
+        assert "suspended" not in out, (argv, out)

@@ -3,7 +3,9 @@
 accepts them, deliveries acknowledged only once stored (a deferred one comes again, one
 stored already is acknowledged without being handled twice), and the ways a connection
 ends (the token provider says it is over, no token can be had, ``stop()``), each telling
-every waiting sender. Waits are for events, with the suite's time unit."""
+every waiting sender; a connection replaced by a newer one of its device makes way for it,
+longer each time in a row, and comes back once it is gone. Waits are for events, with the
+suite's time unit."""
 
 from __future__ import annotations
 
@@ -39,12 +41,14 @@ class Opened:
         self.all: list[Connection] = []
 
     def __call__(self, p: Peer, on_message: Handler | None = None,
-                 token: Callable[[], Awaitable[str]] | None = None) -> Connection:
+                 token: Callable[[], Awaitable[str]] | None = None, *,
+                 replaced_wait: float = 0.0) -> Connection:
         async def ignore(_: Deliver) -> None:
             return None
         c = Connection(self.world.relay.ws_url + "/v1/ws", device_id=p.device_id,
                        access_token=token or _token(p), sign=p.device.keys.sign,
-                       on_message=on_message or ignore, backoff_base=0.01, backoff_max=0.05)
+                       on_message=on_message or ignore, backoff_base=0.01, backoff_max=0.05,
+                       replaced_wait=replaced_wait)
         self.all.append(c)
         return c
 
@@ -276,3 +280,46 @@ async def test_an_address_that_is_not_a_websocket_url_stops_the_connection_with_
         await c.stop()
     assert isinstance(stopped, ConnectionStopped)
     assert "not a websocket URL" in stopped.reason
+
+
+async def _away_for(c: Connection) -> float:
+    """From now (``c`` just lost its connection) until it is connected again, in seconds."""
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    await asyncio.wait_for(c.connected.wait(), seconds(20))
+    return loop.time() - begun
+
+
+async def _lost(c: Connection) -> None:
+    async with asyncio.timeout(seconds(10)):
+        while c.connected.is_set():  # Connection has no event for a drop: looked at often
+            await asyncio.sleep(0.005)
+
+
+async def test_a_connection_replaced_by_another_of_its_device_makes_way_then_comes_back(
+        ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+    """A long-running program (``replaced_wait``) and a command of the same device (none): the
+    command's connection replaces the other (4003, said in ``last_close``); the other stays
+    away ``replaced_wait`` seconds, so a command of that length is not cut off; one still
+    running then takes the connection straight back (it waits for nobody), and the other
+    makes way twice as long; once the command is gone it connects by itself."""
+    a, _, _ = ab
+    wait = 1.0
+    watching = opened(a, replaced_wait=wait)
+    await watching.start()
+    await _within(watching.connected.wait())
+    command = opened(a)
+    await command.start()
+    await _within(command.connected.wait())
+    await _lost(watching)
+    assert watching.last_close[0] == CloseCode.SESSION_REPLACED
+    first = await _away_for(watching)  # back, while the command still runs...
+    assert first >= wait - 0.05, first  # (less the moment it took to see it go)
+    await _lost(watching)  # ...which takes it back at once
+    assert watching.last_close[0] == CloseCode.SESSION_REPLACED
+    assert command.last_close[0] == CloseCode.SESSION_REPLACED
+    second = await _away_for(watching)
+    assert second >= 2 * wait - 0.05, (first, second)
+    await command.stop()
+    await _within(watching.connected.wait())
+    assert not watching.stopped.done()

@@ -1,9 +1,11 @@
 """The device's signed prekey upkeep (clients/sdk/prekeys.py) against a real relay, with the
 time passed in: rotation once the interval has passed, old secrets kept for the keep window for
-messages in flight and deleted after it, and the client running it when it starts."""
+messages in flight and deleted after it, and the client running it when it starts (and
+stopping it, without a warning, once the relay has cut the user off)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from clients.sdk.client import MessageEvent, StatusEvent
 from clients.sdk.prekeys import DAY, PrekeyPolicy, rotate_signed_prekey
 from protocol import certs
 from protocol.canonical import peek_compact
+from protocol.errors import CloseCode
 from tests.clients.test_client import next_event, started
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.helpers import eventually
@@ -140,3 +143,34 @@ async def test_a_started_client_rotates_a_signed_prekey_that_is_due(
             return await served(intern) != old.prekey_id
         await eventually(rotated)
         assert kept(intern) == [old.prekey_id, await served(intern)]
+
+
+async def test_a_suspended_users_upkeep_warns_no_one_and_the_client_says_how_it_ended(
+        world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """IT suspended the user (an organisation-signed revocation list, as `lightbox-admin user
+    suspend` posts): the relay refuses the upkeep's requests with user_suspended. That is not
+    a failure of the upkeep to warn about (the CLI prints the SDK's warnings on the user's
+    terminal, before its own sentence): it is logged for the record only, and the
+    application hears of it as the client's end, with the relay's close code (4005)."""
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    await intern.client.ensure_login()  # a session still valid when IT suspends the user
+    r = await world.revoke(world.org, 1, users=(intern.user_id,))
+    assert r.status_code == 200, r.text
+    events = intern.client.subscribe()
+    with caplog.at_level("INFO", logger="lightbox"):
+        await intern.client.start()
+        try:
+            stopped = await next_event(events, StatusEvent, lambda e: e.state == "stopped")
+
+            async def upkeep_heard() -> bool:
+                return any("prekey upkeep stopped" in r.getMessage()
+                           and getattr(r, "code", None) == "user_suspended"
+                           for r in caplog.records)
+
+            await eventually(upkeep_heard)
+        finally:
+            await intern.client.close()
+    assert stopped.close_code == CloseCode.USER_SUSPENDED, stopped
+    warned = [r.getMessage() for r in caplog.records
+              if r.name.startswith("lightbox") and r.levelno >= logging.WARNING]
+    assert warned == [], warned

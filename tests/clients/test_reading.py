@@ -59,6 +59,12 @@ NO_CLIENT = cast(LightboxClient, None)  # describe() reads only the event
      f"    message {MESSAGE[:8]} withdrawn before delivery (the sending device was revoked)"),
     (StatusEvent("connected"), "-- connected to the relay"),
     (StatusEvent("disconnected", "x"), "-- relay connection lost: reconnecting (nothing is lost)"),
+    (StatusEvent("disconnected", "x", close_code=1001),
+     "-- relay connection lost: reconnecting (nothing is lost)"),
+    # Another command of this profile took the device's one connection (4003): no loss.
+    (StatusEvent("disconnected", "x", close_code=4003),
+     "-- another lightbox command of this device is using the relay connection: watching "
+     "resumes when it finishes (nothing is missed)"),
     (StatusEvent("error", "rate_limited: slow down"), "-- error: rate_limited: slow down"),
 ])
 def test_each_event_is_one_sentence_naming_what_and_why(event: ClientEvent, line: str) -> None:

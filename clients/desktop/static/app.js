@@ -126,7 +126,7 @@ async function start() {
   if (!state.unlocked) { showLocked(); return; }
   $("unlock").hidden = true; $("app").hidden = false; $("lock").hidden = false;
   $("who").textContent = state.display_name + " (" + state.roles.join(", ") + ")";
-  setConn(state.connected);
+  setConn(state.connected, state.replaced);
   if (state.ended) showEnded(state.ended);
   showNotice(state.notice);
   listen();
@@ -151,10 +151,14 @@ $("notice-dismiss").addEventListener("click", async () => {
   await api("/api/notice/dismiss", {});
 });
 
-function setConn(up) {
+// Not connected because another Lightbox command of this device has the relay for now (the
+// relay keeps one connection per device): no loss, and the client connects again once that
+// command is done, so it says so rather than "reconnecting...".
+function setConn(up, replaced) {
   if (!$("ended-banner").hidden) return;  // the relay ended this computer's access: it says so
-  $("conn").textContent = up ? "connected" : "reconnecting...";
-  $("conn").classList.toggle("down", !up);
+  $("conn").textContent = up ? "connected"
+    : replaced ? "paused: another Lightbox command is using the connection" : "reconnecting...";
+  $("conn").classList.toggle("down", !up && !replaced);
 }
 
 $("unlock-form").addEventListener("submit", async (e) => {
@@ -224,7 +228,9 @@ function listen() {
     if (s.state === "locked") { showLocked(); return; }
     if (s.state === "ended") { showEnded(s); return; }
     if (s.state === "error") { showNotice(s); return; }
-    if (s.state === "connected" || s.state === "disconnected") setConn(s.state === "connected");
+    if (s.state === "connected" || s.state === "disconnected") {
+      setConn(s.state === "connected", s.replaced);
+    }
   });
 }
 

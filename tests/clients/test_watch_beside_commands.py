@@ -1,0 +1,156 @@
+"""``lightbox watch`` beside another ``lightbox`` command of the same profile, against a real
+relay and real CLI runs (docs/USER_GUIDE.md "Interns: sending a consult", §4 "Follow it").
+
+The relay keeps one connection per device and closes the older one with 4003
+(docs/PROTOCOL.md §3.5 "One connection per device"), so a ``lightbox send`` run while ``watch``
+runs takes watch's connection. That is no loss: the send goes through at once, never held up
+by watch taking the connection back; watch says so once, calmly (not "connection lost"), makes
+way (clients/sdk/connection.py REPLACED_WAIT), connects again by itself once the command is
+done, and shows every consult that arrived meanwhile, also one the other command received and
+stored for the device (clients/sdk/receiving.py), once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from clients.clinician.shell import command_client
+from clients.sdk.client import MessageEvent
+from clients.sdk.profile import open_profile
+from tests.clinician_world import Clinician, enrol_clinician, lightbox_process, use_cli_profiles
+from tests.clinician_world import run_cli as lightbox
+from tests.helpers import seconds
+from tests.identity_world import PASSWORD, World
+
+ORTHO = "orthopaedics_oncall"
+LOST = "relay connection lost"
+REPLACED_LINE = ("-- another lightbox command of this device is using the relay connection: "
+                 "watching resumes when it finishes (nothing is missed)")
+
+
+class Watch:
+    """``lightbox --profile ortho watch`` as a process of its own, its lines as they come."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while raw := await self.process.stdout.readline():
+            self.lines.append(raw.decode().rstrip("\n"))
+
+    async def until(self, text: str, *, count: int = 1, timeout: float = 30) -> None:
+        """Until ``count`` lines hold ``text`` (the test fails with what watch said)."""
+        try:
+            async with asyncio.timeout(seconds(timeout)):
+                while sum(text in line for line in self.lines) < count:
+                    if self._reader.done():
+                        raise AssertionError(f"watch ended before {text!r}: {self.lines}")
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            raise AssertionError(f"watch did not say {text!r}: {self.lines}") from None
+
+    def said(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    async def stop(self) -> str:
+        """Stop it (as Ctrl-C does); every line it said is read, and its standard error."""
+        if self.process.returncode is None:
+            self.process.terminate()
+        assert self.process.stderr is not None
+        async with asyncio.timeout(seconds(30)):
+            await self._reader
+            err = await self.process.stderr.read()
+            await self.process.wait()
+        return err.decode()
+
+
+@contextlib.asynccontextmanager
+async def watching(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                   ) -> AsyncIterator[tuple[Clinician, Clinician, Watch]]:
+    """The intern (an SDK client, connected, on a profile of her own) and the specialist's
+    profile ``ortho`` with ``lightbox watch`` running on it, connected."""
+    home = use_cli_profiles(monkeypatch, tmp_path)
+    intern = await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern",
+                                   vault_dir=home / "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
+                                  display_name="Dr Bea Ortho", vault_dir=home / "ortho")
+    ortho.vault.lock()  # the CLI opens it with the password
+    await intern.client.start(wait_connected=seconds(10))
+    watch = Watch(await lightbox_process("--profile", "ortho", "watch",
+                                         "--timeout", str(seconds(120))))
+    try:
+        await watch.until("-- connected to the relay")
+        yield intern, ortho, watch
+    finally:
+        err = await watch.stop()
+        assert "Traceback" not in err and "never retrieved" not in err, err
+        await intern.client.close()
+        intern.vault.lock()
+
+
+async def test_a_send_beside_watch_goes_at_once_and_watch_says_so_calmly_then_shows_what_came(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with watching(world, tmp_path, monkeypatch) as (intern, ortho, watch):
+        begun = time.monotonic()
+        rc, out, err = await lightbox("--profile", "ortho", "send", "--to", "user:intern",
+                                      "Seen the film: bring her to fracture clinic")
+        took = time.monotonic() - begun
+        assert rc == 0, err
+        assert "sent: message" in out, out
+        assert "Traceback" not in err and "error" not in err, err
+        await watch.until(REPLACED_LINE)
+        # A colleague's consult to the watching specialist while watch makes way (or just
+        # after): watch shows it once it is back, with nothing said twice.
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        consult = await intern.client.send_text(thread.thread_id, "Bed 9: scaphoid?")
+        await watch.until("Bed 9: scaphoid?")
+        await watch.until("-- connected to the relay", count=2)
+    lines = watch.lines
+    assert took < seconds(10), f"the send took {took:.1f} s"
+    assert not [line for line in lines if LOST in line], lines
+    assert watch.said(REPLACED_LINE) == 1, lines
+    assert watch.said("Bed 9: scaphoid?") == 1, lines
+    # Said in order: made way, back, then the consult (never before it is back).
+    assert lines.index(REPLACED_LINE) < max(
+        i for i, line in enumerate(lines) if line == "-- connected to the relay")
+    assert consult.message_id  # stored by the relay: the intern's send went through
+
+
+async def test_a_consult_the_other_command_received_is_shown_by_watch_once_it_is_back(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consult reaches the relay while the other command holds the device's connection: the
+    relay gives it to that command, which stores it in the profile's vault and acknowledges it,
+    so the relay will never send it to watch. Watch shows it all the same, once it is back."""
+    async with watching(world, tmp_path, monkeypatch) as (intern, ortho, watch):
+        # The other command, as the CLI makes its client (an `inbox` that takes its time).
+        device = await asyncio.to_thread(open_profile, ortho.vault.directory, PASSWORD)
+        other = command_client(device)
+        heard = other.subscribe()
+        try:
+            await other.start(wait_connected=seconds(10))
+            await other.wait_synced(seconds(10))
+            await watch.until(REPLACED_LINE)
+            thread = await intern.client.create_thread(users=[ortho.user_id])
+            consult = await intern.client.send_text(thread.thread_id, "Bed 12: hip film?")
+            async with asyncio.timeout(seconds(10)):
+                while not (isinstance(event := await heard.get(), MessageEvent)
+                           and event.message.message_id == consult.message_id):
+                    pass
+            assert not watch.said("Bed 12: hip film?"), watch.lines  # not watch's to show yet
+        finally:
+            await other.close()
+            device.vault.lock()
+        await watch.until("Bed 12: hip film?")
+        await watch.until("-- connected to the relay", count=2)
+    assert watch.said("Bed 12: hip film?") == 1, watch.lines
+    assert watch.said(REPLACED_LINE) == 1, watch.lines
+    assert not [line for line in watch.lines if LOST in line], watch.lines

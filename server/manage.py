@@ -213,9 +213,12 @@ def _scim_token(args: argparse.Namespace, settings: Settings) -> int:
     with _database(settings) as dsn:
         token, revoked, tokens = asyncio.run(_on(dsn, work))
     if args.action == "list":
+        def when(ts: float) -> str:  # as every date on IT's screens (docs/USER_GUIDE.md)
+            return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
         for t in tokens:
-            state = "live" if t.revoked_at is None else f"revoked {t.revoked_at}"
-            print(f"{t.token_id} created {t.created_at} {state}")
+            state = "live" if t.revoked_at is None else f"revoked {when(t.revoked_at)}"
+            print(f"{t.token_id} created {when(t.created_at)} {state}")
         if not tokens:
             print(f"no SCIM token for {org_id}: `lightbox-server scim token issue --org "
                   f"{org_id}` makes one")

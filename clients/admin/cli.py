@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -326,6 +327,13 @@ def _user_resume(args: argparse.Namespace) -> int:
 
 
 def _device_revoke(args: argparse.Namespace) -> int:
+    try:  # a typo, before the organisation key is read or anything is signed
+        args.device_id = str(uuid.UUID(args.device_id))
+    except ValueError:
+        raise CommandError(f"{args.device_id!r} is not a device id: a device id is a UUID, as "
+                           "`lightbox-admin user show LOGIN` lists it; nothing was revoked"
+                           ) from None
+
     async def build(relay: RelayHTTP) -> Change:
         entry = certs.RevocationEntry(subject=certs.RevocationSubject.DEVICE, id=args.device_id,
                                       revoked_at=int(time.time()), reason=args.reason,

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clients.admin import csvio, rotaio
 from clients.admin import ops as adminops
@@ -40,10 +40,14 @@ __all__ = [
 def when_arg(text: str, tz: str) -> int:
     try:
         t = dt.datetime.fromisoformat(text)
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=ZoneInfo(tz))
-    except (ValueError, KeyError) as exc:
+    except ValueError as exc:
         raise CommandError(f"{text!r}: not an ISO 8601 date-time ({exc})") from exc
+    if t.tzinfo is None:
+        try:
+            t = t.replace(tzinfo=ZoneInfo(tz))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise CommandError(f"unknown time zone {tz!r}: write an IANA name such as "
+                               "Europe/London") from None
     return int(t.timestamp())
 
 

@@ -64,6 +64,11 @@ async def test_a_ladder_of_strangers_and_a_file_that_is_not_a_rota_store_nothing
                                         "--start", _at(1, 8), "--end", _at(1, 20),
                                         "--ladder", "nobody.here")
     assert rc != 0 and "rota_invalid: unknown or inactive users: nobody.here" in err
+    rc, out, err = await lightbox_admin("rota", "add", ROLE, "--org", org.org_id,
+                                        "--start", _at(1, 8), "--end", _at(1, 20),
+                                        "--ladder", "nobody.here", "--tz", "Europe/Lndon")
+    assert rc != 0 and err.strip() == ("error: unknown time zone 'Europe/Lndon': write an "
+                                       "IANA name such as Europe/London"), err
     bad = tmp_path / "notes.csv"
     bad.write_text("what,is,this\n1,2,3\n")
     rc2, _, err2 = await lightbox_admin("rota", "import", ROLE, "--org", org.org_id, str(bad))

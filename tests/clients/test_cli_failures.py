@@ -220,7 +220,8 @@ async def test_wrong_passwords_missing_profiles_and_garbage_arguments_say_one_se
          "error:"),
         ("lightbox", ("--profile", "../etc", "threads"), env, "invalid profile name"),
         ("lightbox-admin", ("frobnicate",), env, "invalid choice"),
-        ("lightbox-admin", ("device", "revoke", "not-a-device-id"), env, "error:"),
+        ("lightbox-admin", ("device", "revoke", "not-a-device-id"), env,
+         "error: 'not-a-device-id' is not a device id: a device id is a UUID"),
         ("lightbox-gateway", ("--retry-max", "forever"), env, "invalid float value"),
     ]
     results = await run_all([(program, argv, case_env) for program, argv, case_env, _ in cases])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -56,6 +57,9 @@ async def test_issue_rotate_and_revoke_take_effect_on_the_running_relay(
         rc, listed, _ = await _server(["scim", "token", "list", "--org", "st-elsewhere"], capsys)
         assert rc == 0
         assert [line.endswith("live") for line in listed.splitlines()] == [False, True]
+        stamp = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}"  # the guide's times, never seconds since 1970
+        assert re.fullmatch(rf"\S+ created {stamp} revoked {stamp}", listed.splitlines()[0])
+        assert re.fullmatch(rf"\S+ created {stamp} live", listed.splitlines()[1])
         assert first not in listed and second not in listed  # hashes only, never shown again
         rc, out, err = await _server(["scim", "token", "revoke", "--org", "st-elsewhere"],
                                      capsys)

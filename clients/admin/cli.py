@@ -287,7 +287,10 @@ Change = tuple[list[certs.RevocationEntry], list[str]]
 
 
 def _revoke(args: argparse.Namespace, describe: str,
-            build: Callable[[RelayHTTP], Awaitable[Change]]) -> int:
+            build: Callable[[RelayHTTP], Awaitable[Change]],
+            unchanged: Callable[[], None] = lambda: None) -> int:
+    """Sign and apply the revocation list ``build`` changes; ``unchanged`` is called when it
+    changes nothing (it may raise CommandError to say why that is not what was asked)."""
     session = load_session()
     org_id, org_key = _org_key(args)
 
@@ -300,6 +303,7 @@ def _revoke(args: argparse.Namespace, describe: str,
 
     applied, changed = run_async(go)
     if not changed:
+        unchanged()
         print(f"{describe}: already so; nothing to change")
     elif applied is not None:
         print(f"{describe}: revocation list {applied.number} signed and applied "
@@ -319,11 +323,23 @@ def _user_suspend(args: argparse.Namespace) -> int:
 
 
 def _user_resume(args: argparse.Namespace) -> int:
+    found: list[api.UserSummary] = []
+
     async def build(relay: RelayHTTP) -> Change:
         user = await adminops.resolve_user(relay, args.user)
+        found.append(user)
         return [], [user.user_id]
 
-    return _revoke(args, f"{args.user} resumed", build)
+    def unchanged() -> None:
+        # Not in our list, yet suspended: the hospital directory did it (SCIM `active: false`,
+        # or the user deleted there), and only the directory can undo it.
+        if found and found[0].status == "suspended":
+            raise CommandError(
+                f"{args.user} is suspended by the hospital directory, not by a revocation of "
+                "yours: make them active there (a user deleted there keeps their login "
+                "suspended for good); nothing was changed")
+
+    return _revoke(args, f"{args.user} resumed", build, unchanged)
 
 
 def _device_revoke(args: argparse.Namespace) -> int:

@@ -115,5 +115,12 @@ async def test_directory_user_is_signed_by_it_enrols_and_is_suspended_by_the_dir
         rc, _out, err = await _run(device_cli.main, ["--profile", "ada", "login"])
         assert rc == 1
         assert "user_suspended" in err
+        # IT cannot lift what the directory did, and is told so, not "already so".
+        rc, out, err = await _run(admin_cli.main, ["user", "resume", "ada.byron"])
+        assert (rc, out) == (2, "")
+        assert err.strip() == (
+            "error: ada.byron is suspended by the hospital directory, not by a revocation of "
+            "yours: make them active there (a user deleted there keeps their login suspended "
+            "for good); nothing was changed"), err
         shown = await _ok(admin_cli.main, ["user", "show", "bo.chen"])
         assert "pending" in shown  # the CSV user is as he was

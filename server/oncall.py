@@ -23,10 +23,13 @@ from the previous *scheduled* one, so a relay that was down catches up step by s
 else: ``not_on_ladder``), makes the acknowledger a member of the thread (they keep it after
 their shift), and drops copies still held.
 
-**Handover.** When the shift of an open escalation ends, the incoming shift's ladder takes
-over: the relay cannot re-encrypt, so it queues a ``reseal_request`` to the devices that hold
-the content (the sender's, and those it reached), durable until one of them sends the content
-again to the thread (clients/sdk/notices.py), and announces the ``handover``.
+**Handover.** When the shift of an unacknowledged escalation ends, open or exhausted (a
+ladder used up is nobody's acknowledgement), the incoming shift's ladder takes over and the
+escalation restarts on it: the relay cannot re-encrypt, so it queues a ``reseal_request`` to
+the devices that hold the content (the sender's, and those it reached, whose users keep the
+thread as members so that they may answer), durable until one of them sends the content again
+to the thread (clients/sdk/notices.py), and announces the ``handover``. With no incoming shift
+the escalation stays with the outgoing ladder and waits for the role's next shift.
 
 All times come from the injected clock (``clock``: Unix seconds), never from the database.
 """
@@ -377,10 +380,20 @@ class OncallService:
 
     async def _handover(self, conn: Any, e: escalations.Escalation, now: dt.datetime
                         ) -> set[str]:
-        """The shift of an open escalation ended: hand it to the incoming ladder."""
+        """The shift of an unacknowledged escalation ended, open or exhausted (its ladder used
+        up is nobody's acknowledgement): hand it to the incoming ladder and restart it there.
+        With nobody coming in it stays with the outgoing ladder, escalating while it can, and
+        is handed to the next shift of the role when that starts."""
         incoming = (await self._roles_for(conn, e, now))
-        if incoming is None:  # nobody takes over: it stays with the outgoing ladder
-            await escalations.save(conn, dataclasses.replace(e, shift_ends_at=None))
+        if incoming is None:
+            nxt = await conn.fetchval(
+                "SELECT min(starts_at) FROM oncall_shifts WHERE org_id = $1 AND role = $2 "
+                "AND starts_at > $3", e.org_id, e.role, now)
+            await escalations.save(conn, dataclasses.replace(e, shift_ends_at=nxt))
+            await audit.append(conn, "oncall.handover_deferred", subject_kind="message",
+                               subject_id=e.message_id, details={
+                                   "role": e.role, "state": e.state,
+                                   "until": _ts(nxt)})
             return set()
         shift_id, ladder, ends_at = incoming
         reached = list(e.ladder[:e.level + 1])
@@ -401,6 +414,15 @@ class OncallService:
             e.sender_user_id, reached, sorted(recipients))
         holder_ids = sorted(r["d"] for r in holders)
         if new_devices and holder_ids:
+            # The outgoing clinicians the consult reached are asked to seal it again, so they
+            # must be able to send to the thread once the role no longer reaches them: they
+            # keep it as members, as an acknowledger does (an explicit removal stands).
+            await conn.execute(
+                "INSERT INTO thread_members (thread_id, user_id, added_at, added_by) "
+                "SELECT $1, v.user_id, $3, NULL FROM devices v "
+                "WHERE v.device_id = ANY($2::uuid[]) AND v.user_id <> $4::uuid "
+                "GROUP BY v.user_id ON CONFLICT (thread_id, user_id) DO NOTHING",
+                e.thread_id, holder_ids, now, e.sender_user_id)
             deadline = now + dt.timedelta(seconds=e.deadline)
             await escalations.request_reseal(
                 conn, escalation_id=e.escalation_id, thread_id=e.thread_id,
@@ -414,7 +436,8 @@ class OncallService:
         step = e.step + 1
         moved = dataclasses.replace(
             e, ladder=tuple(ladder), level=0, phase="renotify", step=step, shift_id=shift_id,
-            shift_ends_at=ends_at, due_at=now + dt.timedelta(seconds=first_due(e.deadline)))
+            shift_ends_at=ends_at, due_at=now + dt.timedelta(seconds=first_due(e.deadline)),
+            state="open")
         await escalations.save(conn, moved)
         woken |= await self._announce(conn, moved, EscalationKind.HANDOVER, step, 0, ladder[0],
                                       [*reached, *ladder], now)

@@ -1,10 +1,10 @@
 """Escalation timers of consults addressed to an on-call role, their steps, and the reseal
 requests of shift handovers (PROTOCOL.md §16; the state machine is protocol.oncall.advance).
 
-Timers are rows: ``due_at`` (the next renotify/release) and ``shift_ends_at`` (the handover)
-of open escalations. Every relay process sweeps them with ``FOR UPDATE SKIP LOCKED``
-(:func:`claim_due`), so each step is taken exactly once even with several processes, and a
-restarted relay continues from the rows.
+Timers are rows: ``due_at`` (the next renotify/release) of open escalations and
+``shift_ends_at`` (the handover) of unacknowledged ones, open or exhausted. Every relay
+process sweeps them with ``FOR UPDATE SKIP LOCKED`` (:func:`claim_due`), so each step is taken
+exactly once even with several processes, and a restarted relay continues from the rows.
 """
 
 from __future__ import annotations
@@ -124,14 +124,21 @@ async def claim_due(conn: asyncpg.Connection, now: dt.datetime, *, limit: int
 
 async def claim_handovers(conn: asyncpg.Connection, now: dt.datetime, *, limit: int
                           ) -> list[Escalation]:
-    """Open escalations whose shift has ended, locked for this transaction."""
+    """Unacknowledged escalations whose shift has ended, locked for this transaction: the open
+    ones and the exhausted ones (a ladder used up is still nobody's acknowledgement, and the
+    incoming shift must get the consult: PROTOCOL.md §16 "Handover")."""
     return await _claim(conn, "shift_ends_at", now, limit)
+
+
+# Each predicate is written as its partial index's (escalations_due, alembic 0006;
+# escalations_handover, alembic 0022), so the sweep reads the index, not the table.
+_CLAIMABLE = {"due_at": "state = 'open'", "shift_ends_at": "state IN ('open', 'exhausted')"}
 
 
 async def _claim(conn: asyncpg.Connection, column: Literal["due_at", "shift_ends_at"],
                  now: dt.datetime, limit: int) -> list[Escalation]:
     rows = await conn.fetch(
-        f"SELECT {_COLS} FROM escalations WHERE state = 'open' AND {column} <= $1 "
+        f"SELECT {_COLS} FROM escalations WHERE {_CLAIMABLE[column]} AND {column} <= $1 "
         f"ORDER BY {column} LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)
     return [_esc(r) for r in rows]
 
@@ -173,10 +180,11 @@ async def for_message(conn: asyncpg.Connection, thread_id: str, message_id: str
 
 async def acknowledge(conn: asyncpg.Connection, thread_id: str, user_id: str,
                       now: dt.datetime) -> list[Escalation]:
-    """Close every open escalation of the thread whose ladder holds ``user_id``."""
+    """Close every unacknowledged escalation of the thread (open, or exhausted and waiting for
+    its handover) whose ladder holds ``user_id``."""
     rows = await conn.fetch(
         "UPDATE escalations SET state = 'acknowledged', due_at = NULL, acknowledged_by = $2, "
-        "acknowledged_at = $3 WHERE thread_id = $1 AND state = 'open' "
+        "acknowledged_at = $3 WHERE thread_id = $1 AND state IN ('open', 'exhausted') "
         f"AND $2 = ANY (ladder) RETURNING {_COLS}", thread_id, user_id, now)
     return [_esc(r) for r in rows]
 

@@ -314,9 +314,12 @@ async def test_shift_change_hands_an_unacknowledged_consult_to_the_incoming_clin
         # The sender's client answers: the content sealed again for the thread's current
         # participants, i.e. the incoming clinician.
         r = await world.call(intern.device, "GET", f"/v1/threads/{tid}/recipients")
-        assert len(r.json()["users"]) == 2  # the intern and the night registrar
+        # The intern, the night registrar, and the day primary the consult reached: asked to
+        # seal it again too, they keep the thread.
+        assert len(r.json()["users"]) == 3
         again = answer_reseal(rr, sealed.header, b"please see bed 4",
-                              sender=intern.device.keys, recipients=[_bundle(night)])
+                              sender=intern.device.keys,
+                              recipients=[_bundle(night), _bundle(primary)])
         await s.send(again)
         got = await next_of(nt, Deliver)
         assert opened(night, intern, got.message) == b"please see bed 4"
@@ -330,6 +333,115 @@ async def test_shift_change_hands_an_unacknowledged_consult_to_the_incoming_clin
         assert await conn.fetchval("SELECT count(*) FROM reseal_requests WHERE done_at IS NULL"
                                    ) == 0
         assert await conn.fetchval("SELECT state FROM escalations") == "acknowledged"
+    finally:
+        await conn.close()
+
+
+async def _two_shifts_with_a_one_minute_ladder(world: World, clock: SimClock,
+                                               night: str) -> int:
+    """USER_GUIDE's tester's rota: urgent deadline one minute, a day ladder of two, a night
+    ladder of one from ``change`` (returned, ten minutes from now)."""
+    r = await world.http.put(f"/v1/admin/oncall/{ORG}/{ROLE}", headers=world.admin_headers(),
+                             json={"routine_seconds": 3600, "urgent_seconds": 60})
+    assert r.status_code == 200, r.text
+    change = int(clock()) + 600
+    r = await world.http.post(
+        f"/v1/admin/oncall/{ORG}/{ROLE}/shifts", headers=world.admin_headers(),
+        json={"shifts": [
+            {"starts_at": change - 8 * 3600, "ends_at": change, "ladder": ["primary", "backup"]},
+            {"starts_at": change, "ends_at": change + 8 * 3600, "ladder": [night]}]})
+    assert [x["ok"] for x in r.json()["results"]] == [True, True], r.text
+    return change
+
+
+async def _use_up_the_ladder(world: World, clock: SimClock) -> None:
+    """Renotify the primary, release to the backup, renotify the backup, and at its deadline
+    the ladder is used up: exhausted."""
+    for _ in range(4):
+        clock.advance(30)
+    conn = await world.db()
+    try:
+        await eventually(lambda: conn.fetchval("SELECT state = 'exhausted' FROM escalations"))
+    finally:
+        await conn.close()
+
+
+async def test_a_consult_whose_ladder_was_used_up_goes_to_the_incoming_shift_and_escalates_there(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """The tester's scenario: every step done before the shift ends, nobody acknowledged. At
+    the change the incoming primary is notified, a reseal is requested for their devices (the
+    outgoing backup, no longer on call, may answer it), and the escalation restarts on the
+    incoming ladder."""
+    intern, primary, backup = cast["intern"], cast["primary"], cast["backup"]
+    night = await peer(world, "night", roles=("orthopaedist",))
+    change = await _two_shifts_with_a_one_minute_ladder(world, clock, "night")
+    tid = await role_thread(world, intern)
+    sealed = seal(intern, tid, [primary, backup], b"open tib fracture, bed 9",
+                  priority=Priority.URGENT)
+    s, bk, nt = (await connect(world, intern), await connect(world, backup),
+                 await connect(world, night))
+    try:
+        await s.send(sealed)
+        await _use_up_the_ladder(world, clock)
+        released = await next_of(bk, Deliver)
+        await bk.ack([released.delivery_id])
+        clock.now = change  # the day shift ends, the consult unacknowledged
+        hand = await next_of(nt, EscalationNotice)
+        assert (hand.kind, hand.user_id) == (EscalationKind.HANDOVER, night.user_id)
+        rr = await next_of(bk, ResealRequest)
+        assert rr.message_id == sealed.header.message_id and rr.devices == [night.device_id]
+        # The outgoing backup's device answers (it was refused not_thread_member before).
+        r = await world.call(backup.device, "GET", f"/v1/threads/{tid}/recipients")
+        assert r.status_code == 200, r.text
+        again = answer_reseal(rr, sealed.header, b"open tib fracture, bed 9",
+                              sender=backup.device.keys, sender_user_id=backup.user_id,
+                              recipients=[_bundle(p) for p in (intern, primary, night)])
+        await bk.send(again)
+        got = await next_of(nt, Deliver)
+        assert opened(night, backup, got.message) == b"open tib fracture, bed 9"
+        clock.advance(30)  # the incoming shift is reminded in turn
+        n = await next_of(nt, EscalationNotice)
+        assert (n.kind, n.level, n.user_id) == (EscalationKind.RENOTIFY, 0, night.user_id)
+    finally:
+        for sock in (s, bk, nt):
+            await sock.close()
+    conn = await world.db()
+    try:
+        row = await conn.fetchrow("SELECT state, ladder::text[] AS ladder FROM escalations")
+        assert (row["state"], row["ladder"]) == ("open", [night.user_id])
+        assert await conn.fetchval("SELECT count(*) FROM reseal_requests WHERE done_at IS NULL"
+                                   ) == 0
+        assert await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE event = 'oncall.handover'") == 1
+    finally:
+        await conn.close()
+
+
+async def test_a_consult_acknowledged_after_its_ladder_was_used_up_is_not_handed_over(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    intern, primary, backup = cast["intern"], cast["primary"], cast["backup"]
+    night = await peer(world, "night", roles=("orthopaedist",))
+    change = await _two_shifts_with_a_one_minute_ladder(world, clock, "night")
+    tid = await role_thread(world, intern)
+    sealed = seal(intern, tid, [primary, backup], b"bed 11", priority=Priority.URGENT)
+    s, bk, nt = (await connect(world, intern), await connect(world, backup),
+                 await connect(world, night))
+    try:
+        await s.send(sealed)
+        await _use_up_the_ladder(world, clock)
+        got = await next_of(bk, Deliver)
+        await bk.send_frame(receipt(backup, got, ReceiptKind.ACKNOWLEDGED))
+        assert (await next_of(s, ReceiptNotice)).user_id == backup.user_id
+        clock.now = change
+        await nothing_of(nt, EscalationNotice)
+        await nothing_of(s, ResealRequest)
+    finally:
+        for sock in (s, bk, nt):
+            await sock.close()
+    conn = await world.db()
+    try:
+        assert await conn.fetchval("SELECT state FROM escalations") == "acknowledged"
+        assert await conn.fetchval("SELECT count(*) FROM reseal_requests") == 0
     finally:
         await conn.close()
 

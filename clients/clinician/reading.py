@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import getpass
 import os
@@ -35,6 +36,7 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
+from clients.sdk.errors import RelayUnavailable
 from clients.sdk.failures import run_async
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.timefmt import format_time
@@ -44,6 +46,7 @@ from protocol.body import Body, BodyKind
 
 __all__ = [
     "REPLACED_LINE",
+    "UNREACHABLE_LINE",
     "describe",
     "describe_outbox",
     "inbox_command",
@@ -266,6 +269,12 @@ PASSWORD_ENV = "LIGHTBOX_PASSWORD"  # noqa: S105 (a variable's name: unlock_prof
 REPLACED_LINE = ("-- another lightbox command of this device is using the relay connection: "
                  "watching resumes when it finishes (nothing is missed)")
 
+# What `watch` says, once until it is connected again, when it cannot start its connection
+# again after unlocking the vault because the relay is out of reach.
+UNREACHABLE_LINE = ("-- cannot reach the relay ({reason}): watch keeps trying and shows the "
+                    "consults as soon as it answers (nothing is lost: the relay keeps "
+                    "everything for this device)")
+
 
 def watch_command(args: argparse.Namespace) -> int:
     """Print consults as they arrive, until ``--count`` messages, ``--timeout`` or Ctrl-C.
@@ -275,18 +284,22 @@ def watch_command(args: argparse.Namespace) -> int:
     so; it unlocks again with ``LIGHTBOX_PASSWORD`` when the password came from there, asks for
     it again on a terminal, or else stops with a sentence saying how to start it again (exit
     status 1). After unlocking it carries on, and the orders queued meanwhile (expiry of a
-    filed image) are applied first."""
+    filed image) are applied first.
+
+    Once watch runs, a relay out of reach never ends it, also when it unlocks again during an
+    outage: it says so once and connects when the relay answers. What is final (revoked,
+    suspended, wiped) still ends it with one sentence and exit status 1; so does a relay out
+    of reach at start-up, as for every command (a mistyped server address is told at once)."""
     unattended = bool(os.environ.get(PASSWORD_ENV))
     device = unlock_profile(args)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    seen = 0
+    progress = _Progress()
     print("watching for consults (Ctrl-C to stop)", flush=True)
     while True:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return 0
-        locked, seen = run_async(functools.partial(_watch_until_locked, device, args, seen,
-                                                   left))
+        locked = run_async(functools.partial(_watch_until_locked, device, args, progress, left))
         if not locked:
             return 0
         print(f"-- the vault locked itself after {_seconds(device.vault.idle_timeout)} without "
@@ -297,6 +310,17 @@ def watch_command(args: argparse.Namespace) -> int:
                   f"on (or set {PASSWORD_ENV} to keep watching unattended)", flush=True)
             return 1
         print("-- vault unlocked again: listening for consults", flush=True)
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What one run of ``watch`` carries from one connected stretch to the next."""
+
+    seen: int = 0  # messages shown (``--count``)
+    started: bool = False  # the first stretch started: watch runs, a relay outage waits
+    # The relay could not be reached and watch said so: not said again (the vault may lock
+    # and unlock many times in a long outage) until it has been connected again.
+    told_unreachable: bool = False
 
 
 def _seconds(value: float) -> str:
@@ -345,10 +369,34 @@ def _raise_if_ended(client: LightboxClient) -> None:
             raise stopped
 
 
-async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace, seen: int,
-                              timeout: float | None) -> tuple[bool, int]:
-    """One connected stretch of ``watch``: (True, seen) when the vault locked itself, else
-    (False, seen) at the count, the timeout, or the client's end."""
+async def _start(client: LightboxClient, progress: _Progress) -> None:
+    """Start the client's connection. A relay out of reach (RelayUnavailable: the revocation
+    list, or a login, could not be fetched) does not stop watch, which is the backup doctor's
+    only line to an escalated consult: it says so once, then starts without the relay, and the
+    connection logs in, fetches the list and connects by itself, with backoff, once the relay
+    answers (clients/sdk/client.py ``start(offline=True)``). A refusal (revoked, suspended)
+    still raises as before. At start-up the relay out of reach ends watch as any command
+    (tests/clients/test_cli_failures.py): whoever started it is there to read why. Tried
+    with the relay first, so that the outage is said when it happens; the failed try started
+    nothing, so starting again is safe."""
+    if not progress.started:  # at start-up, as every command: one sentence, exit status 1
+        await client.start()
+        progress.started = True
+        return
+    try:
+        await client.start()
+        return
+    except RelayUnavailable as exc:
+        if not progress.told_unreachable:
+            print(UNREACHABLE_LINE.format(reason=exc.reason), flush=True)
+            progress.told_unreachable = True
+    await client.start(offline=True)
+
+
+async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
+                              progress: _Progress, timeout: float | None) -> bool:
+    """One connected stretch of ``watch``: True when the vault locked itself, else False at
+    the count, the timeout, or the client's end (``progress.seen`` counts what was shown)."""
     client = device.client()  # makes way for the other commands (REPLACED_WAIT)
     vault = device.vault
     locked = asyncio.Event()
@@ -361,9 +409,9 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace, s
     watcher = asyncio.create_task(idle_lock())
     try:
         queue = client.subscribe()
-        await client.start()
+        await _start(client, progress)
         async with asyncio.timeout(timeout):
-            while args.count is None or seen < args.count:
+            while args.count is None or progress.seen < args.count:
                 get = asyncio.ensure_future(queue.get())
                 lock = asyncio.ensure_future(locked.wait())
                 try:
@@ -373,22 +421,24 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace, s
                     if not get.done():
                         get.cancel()
                 if not get.done() or get.cancelled():
-                    return True, seen
+                    return True
                 event = get.result()
                 if isinstance(event, StatusEvent) and event.state == "stopped" \
                         and not vault.is_unlocked:
-                    return True, seen  # locked while a frame was handled
+                    return True  # locked while a frame was handled
                 if isinstance(event, StatusEvent) and event.state == "stopped":
                     _raise_if_ended(client)
+                if isinstance(event, StatusEvent) and event.state == "connected":
+                    progress.told_unreachable = False  # a later outage is said again
                 if isinstance(event, MessageEvent):
                     print_message(client, event)
-                    seen += 1
+                    progress.seen += 1
                     continue
                 line = describe(client, event)
                 if line:
                     print(line, flush=True)
                 if isinstance(event, StatusEvent) and event.state in ("stopped", "wiped"):
-                    return False, seen
+                    return False
     except TimeoutError:
         pass
     finally:
@@ -398,4 +448,4 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace, s
         # Nothing more to confirm once the vault is locked: an order not confirmed comes
         # again on the next connection, and is applied again (docs/PROTOCOL.md §15).
         await client.close(drain=5.0 if vault.is_unlocked else 0.0)
-    return False, seen
+    return False

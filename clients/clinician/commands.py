@@ -129,6 +129,7 @@ def register(sub: Any) -> None:
     cp.add_argument("--patient-name", metavar="FAMILY^GIVEN")
     cp.add_argument("--birth-date", metavar="YYYY-MM-DD")
     cp.add_argument("--issuer", metavar="ISSUER")
+    cp.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     cp.set_defaults(func=guarded(correct_patient_command))
     b = sub.add_parser("break-glass", help="emergency messages sent without consent that "
                        "await a follow-up; file one")

@@ -27,8 +27,10 @@ from clients.sdk.client import (
 )
 from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable, SDKError
 from clients.sdk.failures import run_async
+from clients.sdk.memory import body_of
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.vault import ItemNotFound
+from clients.sdk.vaultrows import VaultMessage
 from clients.sdk.wording import counted, for_count
 from protocol import api
 from protocol.body import Body, IdentifierKind, RecordData, Sex
@@ -603,6 +605,10 @@ def correct_patient_command(args: argparse.Namespace) -> int:
             if held is None or held.thread_id != args.thread:
                 raise FlowError(f"no message {args.message} of yours in thread {args.thread}",
                                 code=ErrorCode.NOT_FOUND.value)
+            # Synced first, so a filing receipt or notice waiting on the relay is known: an
+            # image already filed is never sent for filing again (the gateway refuses it too).
+            await client.wait_synced(args.timeout)
+            refuse_if_filed(client, held)
             sent = await client.correct_patient(
                 args.message, patient_id=args.patient_id, patient_name=args.patient_name,
                 birth_date=args.birth_date, issuer=args.issuer)
@@ -615,6 +621,22 @@ def correct_patient_command(args: argparse.Namespace) -> int:
     print(f"sent again with the corrected patient identity: message {message_id} (#{seq}); "
           "the record gateway checks it again before filing")
     return 0
+
+
+def refuse_if_filed(client: LightboxClient, message: VaultMessage) -> None:
+    """Refuse a ``correct-patient`` of an image this device knows is filed (the gateway's
+    filing receipt or the relay's filed notice): a filed image is corrected by the records
+    team in the PACS; sending it again could only file it twice, or to the wrong patient."""
+    body = body_of(message)
+    sent = [a.attachment_id for a in body.attachments] if body is not None else []
+    for aid in dict.fromkeys([*message.attachment_ids, *sent]):
+        status = client.image_status(aid)
+        ref = client.receiver.record_reference(message.thread_id, aid) or status.record_ref
+        if ref is not None or status.filed_at is not None:
+            where = f" as {ref}" if ref else ""
+            raise FlowError(f"the image {aid} is already filed in the patient's record{where}; "
+                            "a filed image is corrected by the records team in the PACS",
+                            code=ErrorCode.CONFLICT.value)
 
 
 def is_deidentified(purpose: Purpose) -> bool:

@@ -51,7 +51,7 @@ import msgspec
 from clients.gateway import dicom, identity
 from clients.gateway.checks import original_studies, verified_consent
 from clients.gateway.connection import GatewayConnection
-from clients.gateway.errors import FilingFailed, FilingHeld
+from clients.gateway.errors import AlreadyFiled, FilingFailed, FilingHeld, FilingUnproven
 from clients.gateway.fhir import FhirAuthError, FhirClient, FhirError, FhirUnavailable
 from clients.gateway.pacs import (
     InstanceRef,
@@ -69,6 +69,7 @@ from clients.gateway.records import (
     dicom_code,
     dicom_uid,
     fhir_consent_json,
+    image_uids,
     iso_date,
     pacs_code,
     patient_id_system,
@@ -107,8 +108,10 @@ from protocol.model import DeviceKind, MessageHeader, Priority, Purpose, SealedM
 from protocol.statements import FilingStatement
 
 __all__ = [
+    "AlreadyFiled",
     "FilingFailed",
     "FilingHeld",
+    "FilingUnproven",
     "GatewayConfig",
     "RecordGateway",
 ]
@@ -269,6 +272,15 @@ class RecordGateway:
             try:
                 receipt = await self._file_one(h, body, descriptor, sender, sender_user_cert,
                                                revocations)
+            except AlreadyFiled as exc:
+                self.failed.append((aid, str(exc)))
+                log.warning("attachment %s of message %s is already in the PACS from another "
+                            "message: not stored again; the sender is told", aid,
+                            h.message_id, extra={"attachment_id": aid,
+                                                 "message_id": h.message_id, "code": exc.code})
+                await self._tell_thread(h, Body(
+                    text=f"The record gateway did not file the image {aid} again: {exc}.",
+                    reply_to=h.message_id), revocations)
             except FilingFailed as exc:
                 self.failed.append((aid, str(exc)))
                 log.warning("could not file attachment %s of message %s: %s; the sender is "
@@ -282,6 +294,11 @@ class RecordGateway:
                         f"correct-patient {h.thread_id} {h.message_id} --patient-id ID "
                         f"--patient-name FAMILY^GIVEN --birth-date YYYY-MM-DD"
                         if isinstance(exc, FilingHeld) else
+                        f"The record gateway could not prove the filing of the image "
+                        f"{descriptor.attachment_id}: {exc}. The PACS accepted it, so it may "
+                        f"be in the patient's record: the records team checks it in the PACS. "
+                        f"Nothing will expire until the hard limit."
+                        if isinstance(exc, FilingUnproven) else
                         f"The record gateway could not file the image "
                         f"{descriptor.attachment_id}: {exc}. It was NOT saved to the "
                         f"patient's record; nothing will expire until the hard limit.")
@@ -295,6 +312,9 @@ class RecordGateway:
         if body.record is None:
             raise FilingFailed("the message carries no patient data for the record",
                                code="no_record_data")
+        # Before the patient check: a filed image is never filed again, whatever identity a
+        # correction or a stale message names (the check would otherwise hold, or pass, it).
+        waited = await self._not_filed_elsewhere(h, descriptor)
         if self.config.patient_check:
             verdict = await self._patient_verdict(body.record, h)
             if verdict.holds:
@@ -338,7 +358,7 @@ class RecordGateway:
             raise FilingFailed(f"no valid DICOM object can be made: {exc}",
                                code=dicom_code(exc)) from exc
         ref = await self._store(instance, f"attachment {descriptor.attachment_id} of message "
-                                          f"{h.message_id}")
+                                          f"{h.message_id}", failed=waited)
         documents = [] if claims is None or body.consent_token is None else \
             await self._file_consent(claims, body.consent_token, body.record, h,
                                      instance.study_instance_uid, sender)
@@ -368,6 +388,33 @@ class RecordGateway:
                  extra={"attachment_id": descriptor.attachment_id,
                         "message_id": h.message_id})
         return receipt
+
+    async def _not_filed_elsewhere(self, h: MessageHeader,
+                                   descriptor: AttachmentDescriptor) -> int:
+        """Raise :class:`AlreadyFiled` when the PACS holds this image (its SOP Instance UID
+        derives from the attachment alone) under another message's series: a
+        ``correct-patient`` of a filed image, or a stale copy. The same series is this message
+        filed before a crash or a lost statement: storing it again is idempotent, so it goes
+        on. An unreachable PACS is waited for like a filing (nothing expires meanwhile);
+        returns the failed attempts, for the log of the store that follows."""
+        series, sop = image_uids(h, descriptor)
+        attempt = 0
+        while True:
+            try:
+                held = await self.pacs.find_instances(sop)
+                break
+            except (PacsUnavailable, PacsAuthError) as exc:
+                attempt += 1
+                await self._pause(attempt, "PACS unavailable", exc,
+                                  f"attachment {descriptor.attachment_id} of message "
+                                  f"{h.message_id}")
+            except PacsError as exc:  # a refused search must not let it be filed twice
+                raise FilingFailed(f"the PACS could not be searched for the image: {exc}",
+                                   code=pacs_code(exc)) from exc
+        elsewhere = [ref for ref in held if ref.series_instance_uid != series]
+        if elsewhere:
+            raise AlreadyFiled(elsewhere[0].study_instance_uid)
+        return attempt
 
     async def _patient_verdict(self, record: RecordData, h: MessageHeader) -> identity.Verdict:
         """What the record says of the typed Patient ID (clients/gateway/identity.py): its
@@ -503,25 +550,42 @@ class RecordGateway:
                     extra={"count": attempt, "error_type": type(exc).__name__})
         await asyncio.sleep(delay)
 
-    async def _store(self, instance: dicom.DicomInstance, held: str) -> InstanceRef:
+    async def _store(self, instance: dicom.DicomInstance, held: str, *,
+                     failed: int = 0) -> InstanceRef:
         """STOW-RS then read back; an unreachable PACS is retried until it answers. ``held``
-        names what waits, for the log (ids only)."""
-        attempt = 0
+        names what waits, for the log (ids only); ``failed`` counts attempts already failed
+        (the filed-already check before it)."""
+        attempt = failed
         while True:
+            stored = False
             try:
                 await self.pacs.store([instance], study_instance_uid=instance.study_instance_uid)
+                stored = True
                 ref = await self.pacs.verify_stored(instance)
             except (PacsUnavailable, PacsAuthError) as exc:
                 attempt += 1
                 await self._pause(attempt, "PACS unavailable", exc, held)
                 continue
             except PacsError as exc:  # rejected (400/409), verification failed, protocol
+                if stored and await self._held_twice(instance):
+                    # What was sent IS in the PACS, unreadable beside another copy: never
+                    # "NOT saved". (A different object kept under our UIDs is NOT ours saved.)
+                    raise FilingUnproven(f"reading it back failed: {exc}",
+                                         code=pacs_code(exc)) from exc
                 raise FilingFailed(f"the PACS refused it: {exc}",
                                    code=pacs_code(exc)) from exc
             if attempt:
                 log.info("PACS answered again: %s stored after %d failed attempt(s)", held,
                          attempt, extra={"count": attempt})
             return ref
+
+    async def _held_twice(self, instance: dicom.DicomInstance) -> bool:
+        """Whether the PACS holds the SOP Instance UID more than once (Orthanc's WADO-RS then
+        returns neither copy); False when that cannot be told."""
+        try:
+            return len(await self.pacs.find_instances(instance.sop_instance_uid)) > 1
+        except PacsError:
+            return False
 
     async def _statement(self, h: MessageHeader, attachment_id: str, filed_at: int,
                          receipt_sha256: bytes) -> FiledNotice:

@@ -240,6 +240,25 @@ class PacsClient(HttpService):
             retrieve_url=ds_text(ds, "RetrieveURL"),
         )
 
+    async def find_instances(self, sop_instance_uid: str) -> list[InstanceRef]:
+        """Every instance the PACS holds under ``sop_instance_uid``, in any study or series
+        (QIDO-RS over all instances, PS3.18 §10.6.1): how the gateway learns an image is
+        already filed before it stores it, whatever patient or study it was filed under."""
+        found = await self._qido(f"{self._root}/instances",
+                                 {"SOPInstanceUID": checked_uid(sop_instance_uid)})
+        refs = []
+        for ds in found:
+            if ds_text(ds, "SOPInstanceUID") != sop_instance_uid:
+                continue
+            study, series = ds_text(ds, "StudyInstanceUID"), ds_text(ds, "SeriesInstanceUID")
+            if study is None or series is None:
+                raise PacsProtocolError("QIDO-RS instance without its study or series UID")
+            refs.append(InstanceRef(study_instance_uid=study, series_instance_uid=series,
+                                    sop_instance_uid=sop_instance_uid,
+                                    sop_class_uid=ds_text(ds, "SOPClassUID"),
+                                    retrieve_url=ds_text(ds, "RetrieveURL")))
+        return refs
+
     async def find_studies(
         self, patient_id: str, *, issuer_of_patient_id: str | None = None,
         study_date: date | None = None, study_dates: tuple[date, date] | None = None,
@@ -348,6 +367,16 @@ class PacsClient(HttpService):
                 instance.sop_instance_uid,
             )
         except PacsNotFound as exc:
+            # QIDO found it, WADO-RS did not: Orthanc resolves a WADO-RS instance by its SOP
+            # Instance UID alone and answers 404 for every copy once it holds two (in other
+            # series or studies). Say so: the object IS stored, and not "missing".
+            copies = await self.find_instances(instance.sop_instance_uid)
+            if len(copies) > 1:
+                raise PacsVerificationFailed(
+                    f"the PACS holds {len(copies)} instances with SOP Instance UID "
+                    f"{instance.sop_instance_uid} (studies "
+                    f"{', '.join(sorted({c.study_instance_uid for c in copies}))}) and cannot "
+                    "return any of them") from exc
             raise PacsVerificationFailed(str(exc)) from exc
         sent_ds = parse_part(instance.data, "the sent object")
         try:

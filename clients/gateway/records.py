@@ -49,6 +49,7 @@ __all__ = [
     "dicom_record",
     "dicom_uid",
     "fhir_consent_json",
+    "image_uids",
     "iso_date",
     "pacs_code",
     "patient_id_system",
@@ -96,6 +97,13 @@ def dicom_uid(*parts: str) -> str:
     return "2.25." + str(uuid.uuid5(UID_NAMESPACE, "/".join(parts)).int)
 
 
+def image_uids(header: MessageHeader, descriptor: AttachmentDescriptor) -> tuple[str, str]:
+    """The Series and SOP Instance UIDs of a consult image: the series from the message, the
+    instance from the attachment alone, so an image sent again in another message (a
+    ``correct-patient``) keeps its SOP Instance UID and the PACS can tell it is filed already."""
+    return dicom_uid("series", header.message_id), dicom_uid("sop", descriptor.attachment_id)
+
+
 def dicom_record(record: RecordData, header: MessageHeader, *, operator: str,
                  default_issuer: str) -> dicom.RecordData:
     """The DICOM patient/study data, from the sealed body's record data (never from server-
@@ -139,8 +147,8 @@ def build_instance(image: bytes, record: RecordData, header: MessageHeader,
             pixels.load()
         except (OSError, ValueError) as exc:
             raise dicom.DicomBuildError(f"not a readable image: {exc}") from exc
-    series = dicom_uid("series", header.message_id)
-    sop = iter([dicom_uid("sop", descriptor.attachment_id)])
+    series, sop_uid = image_uids(header, descriptor)
+    sop = iter([sop_uid])
 
     def new_uid() -> str:
         return next(sop)

@@ -399,6 +399,30 @@ async def test_the_same_uids_under_two_patients_are_ambiguous(pacs: PacsClient) 
                                      a.sop_instance_uid)
 
 
+async def test_a_sop_instance_uid_in_two_series_is_found_twice_and_said_so_on_read_back(
+        pacs: PacsClient) -> None:
+    """A consult image sent again in another message (its series) keeps its SOP Instance UID:
+    Orthanc stores a second instance (200) and then returns neither by WADO-RS. The read-back
+    says the PACS holds two, never that the instance is missing, and ``find_instances`` (what
+    the gateway asks before storing) finds both."""
+    sop = f"2.25.{secrets.randbits(100)}"
+    data = record(new_patient_id(), study_instance_uid=f"2.25.{secrets.randbits(100)}")
+    first, again = (build_vl_photographic(jpeg(), data, new_uid=lambda: sop,
+                                          series_instance_uid=f"2.25.{secrets.randbits(100)}")
+                    for _ in range(2))
+    assert await pacs.find_instances(sop) == []
+    await pacs.store([first])
+    await pacs.verify_stored(first)
+    assert [r.series_instance_uid for r in await pacs.find_instances(sop)] == \
+        [first.series_instance_uid]
+    await pacs.store([again])
+    assert {r.series_instance_uid for r in await pacs.find_instances(sop)} == \
+        {first.series_instance_uid, again.series_instance_uid}
+    with pytest.raises(PacsVerificationFailed,
+                       match=f"the PACS holds 2 instances with SOP Instance UID {sop}"):
+        await pacs.verify_stored(again)
+
+
 async def test_verify_fails_for_an_instance_never_stored(pacs: PacsClient) -> None:
     inst = build_vl_photographic(jpeg(), record(new_patient_id()))
     with pytest.raises(PacsVerificationFailed, match="does not find"):

@@ -8,6 +8,7 @@ one."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
 import re
@@ -19,20 +20,20 @@ import msgspec
 import pydicom
 import pytest
 
-from clients.gateway.app import GatewayConfig
+from clients.gateway.app import GatewayConfig, RecordGateway
 from clients.gateway.fhir import FhirClient, FhirSettings
 from clients.gateway.identity import Known, from_fhir_patient, judge, same_name
 from clients.gateway.pacs import PacsClient, PacsSettings
 from clients.gateway.records import patient_id_system
 from clients.sdk import imaging
-from clients.sdk.client import MessageEvent
-from protocol.body import RecordData, Sex
+from clients.sdk.client import ClientEvent, MessageEvent
+from protocol.body import FilingReceipt, RecordData, Sex
 from tests.clients.test_filing_journey import ORTHO, journey, next_event, send_for_filing
 from tests.clinician_world import enrol_clinician
 from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import xray_png
 from tests.fhir_server import FhirServer
-from tests.helpers import eventually
+from tests.helpers import eventually, seconds
 from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer, original_study
 
@@ -231,3 +232,127 @@ async def test_a_patient_known_to_the_fhir_server_is_checked_there_too(
         await eventually(filed, timeout=20)
         assert len(gw.filed) == 1  # stored and read back before it counts as filed
     assert await _patient_ids_in_pacs(orthanc, patient_id) == {patient_id: 1}
+
+
+
+# --- a filed image is never filed again (the tester's sequence) ------------------------------
+
+
+async def _filed_copies(orthanc: OrthancServer, sop_instance_uid: str) -> list[str]:
+    """The Patient ID of every instance the PACS holds under ``sop_instance_uid`` (QIDO-RS over
+    all studies, PS3.18 §10.6), so a second copy under any patient shows."""
+    async with httpx.AsyncClient(auth=orthanc.auth) as http:
+        r = await http.get(f"{orthanc.dicomweb_url}/instances",
+                           params=[("SOPInstanceUID", sop_instance_uid),
+                                   ("includefield", "00100020")],
+                           headers={"Accept": "application/dicom+json"})
+    assert r.status_code in (200, 204), r.text
+    found = [pydicom.Dataset.from_json(d) for d in (r.json() if r.content.strip() else [])]
+    return [str(d.PatientID) for d in found]
+
+
+async def _held_then_filed(orthanc: OrthancServer, film: Path, gw: RecordGateway,
+                           events: asyncio.Queue[ClientEvent], unknown: str, right: str
+                           ) -> tuple[str, str, FilingReceipt]:
+    """The tester's steps 1 and 2: a film sent under a patient ID the PACS does not know is
+    held; ``correct-patient`` to a known patient files it, once, under that patient. Returns
+    the thread, the held message and the filing receipt."""
+    rc, out, err = await lightbox(
+        "--profile", "registrar", "send", "--to", f"role:{ORTHO}", "--image", str(film),
+        "--send-anyway", "--patient-agreed", "--statements-shown",
+        "--patient-name", "Testpatient^Right", "--patient-id", unknown,
+        "--issuer", ISSUER, "--birth-date", BORN.isoformat(), "Wrist, please review")
+    assert rc == 0, out + err
+    held = await next_event(events, MessageEvent, lambda e: "HELD" in e.body.text)
+    assert "does not know the patient ID" in held.body.text
+    command = re.search(r"lightbox correct-patient (\S+) (\S+)", held.body.text)
+    assert command is not None
+    thread_id, message_id = command.groups()
+    rc, out, err = await lightbox(
+        "--profile", "registrar", "correct-patient", thread_id, message_id,
+        "--patient-id", right, "--birth-date", BORN.isoformat())
+    assert rc == 0, out + err
+
+    async def filed() -> bool:
+        return bool(gw.filed)
+    await eventually(filed, timeout=20)
+    (receipt,) = gw.filed
+    assert await _filed_copies(orthanc, receipt.sop_instance_uid) == [right]
+    return thread_id, message_id, receipt
+
+
+def _setup_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> tuple[Path, Path]:
+    home = tmp_path / "home"
+    monkeypatch.setenv("LIGHTBOX_HOME", str(home))
+    monkeypatch.setenv("LIGHTBOX_PASSWORD", PASSWORD)
+    monkeypatch.setenv("LIGHTBOX_INSECURE_FAST_KDF", "1")
+    film = tmp_path / "film.png"
+    film.write_bytes(xray_png(1024, 900, seed=seed))
+    return home, film
+
+
+async def test_correct_patient_refuses_an_image_already_filed_before_sending_anything(
+        world: World, tmp_path: Path, orthanc: OrthancServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tester's sequence through ``lightbox``: held (unknown ID), corrected and filed, then
+    the same correction again and one to another known patient: both refused on the device,
+    one sentence and a non-zero exit, nothing sent; the PACS holds the image once, under the
+    corrected patient."""
+    right, other = await _known_patient(orthanc), await _known_patient(orthanc)
+    unknown = f"LBX-WP-UNKNOWN-{uuid.uuid4().hex[:6].upper()}"
+    home, film = _setup_cli(tmp_path, monkeypatch, seed=55)
+    async with journey(world, tmp_path, orthanc, config=CHECKING) as (_intern, ortho, gw):
+        registrar = await enrol_clinician(world, tmp_path, "registrar",
+                                          vault_dir=home / "registrar")
+        registrar.vault.lock()
+        events = ortho.client.subscribe()
+        thread_id, message_id, receipt = await _held_then_filed(
+            orthanc, film, gw, events, unknown, right)
+        failed = len(gw.failed)
+        refusal = (f"error: conflict: the image {receipt.attachment_id} is already filed in "
+                   f"the patient's record as {receipt.study_instance_uid}; a filed image is "
+                   "corrected by the records team in the PACS\n")
+        for patient_id in (right, other):
+            rc, out, err = await lightbox(
+                "--profile", "registrar", "correct-patient", thread_id, message_id,
+                "--patient-id", patient_id, "--birth-date", BORN.isoformat())
+            assert (rc, out, err) == (1, "", refusal)
+        await asyncio.sleep(1)  # anything sent would have reached the gateway by now
+        assert len(gw.filed) == 1 and len(gw.failed) == failed
+    assert await _filed_copies(orthanc, receipt.sop_instance_uid) == [right]
+
+
+async def test_the_gateway_never_files_again_an_image_the_pacs_already_holds(
+        world: World, tmp_path: Path, orthanc: OrthancServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same sequence with corrections that get past the device (an older client, a stale
+    message): the gateway finds the image in the PACS before storing and refuses, in the thread,
+    without storing it again and without calling a filed image "NOT saved"."""
+    right, other = await _known_patient(orthanc), await _known_patient(orthanc)
+    unknown = f"LBX-WP-UNKNOWN-{uuid.uuid4().hex[:6].upper()}"
+    home, film = _setup_cli(tmp_path, monkeypatch, seed=56)
+    async with journey(world, tmp_path, orthanc, config=CHECKING) as (_intern, ortho, gw):
+        registrar = await enrol_clinician(world, tmp_path, "registrar",
+                                          vault_dir=home / "registrar")
+        registrar.vault.lock()
+        events = ortho.client.subscribe()
+        _thread_id, message_id, receipt = await _held_then_filed(
+            orthanc, film, gw, events, unknown, right)
+        refusal = (f"The record gateway did not file the image {receipt.attachment_id} again: "
+                   f"it is already filed in the patient's record as "
+                   f"{receipt.study_instance_uid}; a filed image is corrected by the records "
+                   "team in the PACS.")
+        registrar.vault.unlock(PASSWORD)  # the SDK sends what the command would refuse
+        try:
+            await registrar.client.start(wait_connected=seconds(10))
+            for patient_id in (right, other):
+                sent = await registrar.client.correct_patient(
+                    message_id, patient_id=patient_id, birth_date=BORN.isoformat())
+                told = await next_event(events, MessageEvent,
+                                        lambda e, m=sent.message_id: e.body.reply_to == m)
+                assert told.body.text == refusal
+        finally:
+            await registrar.client.close()
+            registrar.vault.lock()
+        assert len(gw.filed) == 1
+    assert await _filed_copies(orthanc, receipt.sop_instance_uid) == [right]

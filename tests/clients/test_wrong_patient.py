@@ -128,19 +128,8 @@ async def test_a_mistyped_patient_is_held_and_after_correction_filed_to_the_righ
                                           vault_dir=home / "registrar")
         registrar.vault.lock()
         events = ortho.client.subscribe()
-        rc, out, err = await lightbox(
-            "--profile", "registrar", "send", "--to", f"role:{ORTHO}", "--image", str(film),
-            "--send-anyway", "--patient-agreed", "--statements-shown",
-            "--patient-name", "Testpatient^Right", "--patient-id", mistyped,
-            "--issuer", ISSUER, "--birth-date", BORN.isoformat(), "Wrist, please review")
-        assert rc == 0, out + err
-
         # Held: the specialist (and the sender) are told why, in the thread.
-        held = await next_event(events, MessageEvent, lambda e: "HELD" in e.body.text)
-        assert "does not know the patient ID" in held.body.text
-        command = re.search(r"lightbox correct-patient (\S+) (\S+)", held.body.text)
-        assert command is not None
-        thread_id, message_id = command.groups()
+        thread_id, message_id, held = await _sent_and_held(film, events, mistyped)
         assert held.body.reply_to == message_id
         assert gw.filed == [] and [code for _, code in gw.failed] != []
         assert await _patient_ids_in_pacs(orthanc, right, mistyped) == {right: 1, mistyped: 0}
@@ -251,16 +240,15 @@ async def _filed_copies(orthanc: OrthancServer, sop_instance_uid: str) -> list[s
     return [str(d.PatientID) for d in found]
 
 
-async def _held_then_filed(orthanc: OrthancServer, film: Path, gw: RecordGateway,
-                           events: asyncio.Queue[ClientEvent], unknown: str, right: str
-                           ) -> tuple[str, str, FilingReceipt]:
-    """The tester's steps 1 and 2: a film sent under a patient ID the PACS does not know is
-    held; ``correct-patient`` to a known patient files it, once, under that patient. Returns
-    the thread, the held message and the filing receipt."""
+async def _sent_and_held(film: Path, events: asyncio.Queue[ClientEvent], patient_id: str
+                         ) -> tuple[str, str, MessageEvent]:
+    """The registrar sends the film under ``patient_id``, which the PACS does not know: the
+    gateway holds it and says so in the thread. Returns the thread, the held message and the
+    gateway's message (its ``correct-patient`` command names both)."""
     rc, out, err = await lightbox(
         "--profile", "registrar", "send", "--to", f"role:{ORTHO}", "--image", str(film),
         "--send-anyway", "--patient-agreed", "--statements-shown",
-        "--patient-name", "Testpatient^Right", "--patient-id", unknown,
+        "--patient-name", "Testpatient^Right", "--patient-id", patient_id,
         "--issuer", ISSUER, "--birth-date", BORN.isoformat(), "Wrist, please review")
     assert rc == 0, out + err
     held = await next_event(events, MessageEvent, lambda e: "HELD" in e.body.text)
@@ -268,6 +256,16 @@ async def _held_then_filed(orthanc: OrthancServer, film: Path, gw: RecordGateway
     command = re.search(r"lightbox correct-patient (\S+) (\S+)", held.body.text)
     assert command is not None
     thread_id, message_id = command.groups()
+    return thread_id, message_id, held
+
+
+async def _held_then_filed(orthanc: OrthancServer, film: Path, gw: RecordGateway,
+                           events: asyncio.Queue[ClientEvent], unknown: str, right: str
+                           ) -> tuple[str, str, FilingReceipt]:
+    """The tester's steps 1 and 2: a film sent under a patient ID the PACS does not know is
+    held; ``correct-patient`` to a known patient files it, once, under that patient. Returns
+    the thread, the held message and the filing receipt."""
+    thread_id, message_id, _ = await _sent_and_held(film, events, unknown)
     rc, out, err = await lightbox(
         "--profile", "registrar", "correct-patient", thread_id, message_id,
         "--patient-id", right, "--birth-date", BORN.isoformat())

@@ -31,6 +31,12 @@ strings; ``claim_roles`` maps its values (case ignored) to Lightbox roles::
 The IdP then speaks for those roles only (server/renewals.py): one it grants that the
 certificate lacks waits for IT's signature, one it no longer grants is withdrawn at sign-in.
 A token without the claim grants none of them.
+
+A role is mapped in one place only: an organisation whose ``claim_roles`` and
+``group_roles`` name the same role is refused, and the relay does not start. Were it allowed,
+either source could restore at once a role the other had just withdrawn (the certificate
+still names it until IT signs the renewal), so the directory's withdrawal would last only
+until the user's next sign-in (docs/SECURITY.md "Single sign-on").
 """
 
 from __future__ import annotations
@@ -81,6 +87,11 @@ class OrgIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     group_roles: dict[str, Role] = {}
     oidc: OidcSettings | None = None
 
+    def mapped_twice(self) -> list[str]:
+        """The roles both ``group_roles`` and ``oidc.claim_roles`` map (sorted)."""
+        claimed = () if self.oidc is None else self.oidc.claim_roles.values()
+        return sorted(set(self.group_roles.values()) & set(claimed))
+
     def roles_for(self, groups: Iterable[str]) -> list[str]:
         """The roles the named groups map to (sorted, each once)."""
         return _mapped(self.group_roles, groups)
@@ -101,7 +112,14 @@ _EMPTY = OrgIdentity()
 
 class IdentitySettings:
     def __init__(self, by_org: Mapping[str, OrgIdentity] | None = None) -> None:
+        """ValueError when an organisation maps a role both ways (module docstring)."""
         self.by_org = dict(by_org or {})
+        for org_id, org in sorted(self.by_org.items()):
+            if twice := org.mapped_twice():
+                raise ValueError(
+                    f"organisation {org_id} maps {'the role' if len(twice) == 1 else 'the roles'}"
+                    f" {', '.join(twice)} both from a directory group (group_roles) and from "
+                    "the IdP's claim (oidc.claim_roles): map each role in one place only")
 
     @classmethod
     def from_file(cls, path: Path | None) -> IdentitySettings:
@@ -116,7 +134,10 @@ class IdentitySettings:
         issuers = [o.oidc.issuer for o in parsed.orgs.values() if o.oidc is not None]
         if len(set(issuers)) != len(issuers):
             raise ValueError(f"{path}: two organisations name the same OpenID issuer")
-        return cls(parsed.orgs)
+        try:
+            return cls(parsed.orgs)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
     def for_org(self, org_id: str) -> OrgIdentity:
         return self.by_org.get(org_id, _EMPTY)

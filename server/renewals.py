@@ -15,6 +15,15 @@ The same holds for the directory's groups of a signed user (``group_roles``): jo
 group asks, leaving it withdraws. Each source speaks only for the roles its mapping names
 (``claim_roles`` for the IdP, ``group_roles`` for the directory, LIGHTBOX_IDENTITY_FILE,
 server/orgidentity.py): a role IT signed by other means is untouched.
+
+A source's statement is applied to what is asked now: the pending renewal's roles while one
+asks for roles, else the certificate's. Never to the certificate alone: it names a role the
+other source withdrew until IT signs, and restating from it would bring that role back.
+Withdrawals are at once and stick: nothing one source states makes the relay act again on a
+role outside its own mapping, and a licence renewal or re-issued certificate stored meanwhile
+(:func:`keep_withdrawn`) or a rename (:func:`ask_display_name`) keeps the roles asked. A role
+is mapped by one source only; server/orgidentity.py refuses a file that maps one in both
+(docs/SECURITY.md "Single sign-on").
 """
 
 from __future__ import annotations
@@ -58,16 +67,21 @@ async def restate_roles(conn: asyncpg.Connection, user: users.UserRecord,
                         granted: Iterable[str], managed: Iterable[str], *, source: str,
                         now: float) -> tuple[list[str], list[str]]:
     """``source`` (``idp``, ``directory``) grants ``granted`` out of the ``managed`` roles:
-    (roles withdrawn at once, roles asked of IT's signature)."""
+    (roles withdrawn at once, roles asked of IT's signature).
+
+    The statement is applied to what is asked now (:func:`_asked`), not to the certificate,
+    which still names a role the other source withdrew until IT signs; and no role outside
+    ``managed`` that the relay no longer acts on is acted on again."""
     cert = peek_compact(user.user_certificate, UserCertificate)
     managed_set, granted_set = set(managed), set(granted) & set(managed)
-    desired = sorted((set(cert.roles) - managed_set) | granted_set)
     held = await renewals.get(conn, user.user_id, for_update=True)
+    desired = sorted((set(_asked(cert, held)) - managed_set) | granted_set)
     roles = None if desired == sorted(cert.roles) else desired
     await renewals.request(conn, user.user_id, user.org_id,
                            display_name=None if held is None else held.display_name,
                            roles=roles, now=now)
-    acting = [r for r in cert.roles if r in desired]
+    acting = [r for r in cert.roles
+              if r in desired and (r in managed_set or r in user.roles)]
     withdrawn = sorted(set(user.roles) - set(acting))
     asked = sorted(granted_set - set(cert.roles))
     if acting != user.roles:
@@ -78,3 +92,9 @@ async def restate_roles(conn: asyncpg.Connection, user: users.UserRecord,
                            details={"org_id": user.org_id, "withdrawn": withdrawn,
                                     "asked": asked})
     return withdrawn, asked
+
+
+def _asked(cert: UserCertificate, held: renewals.Renewal | None) -> list[str]:
+    """The roles asked for the user now: the renewal's while one asks for roles (a
+    withdrawal not yet signed is in it, not in the certificate), else the certificate's."""
+    return list(cert.roles) if held is None or held.roles is None else held.roles

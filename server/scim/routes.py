@@ -11,6 +11,11 @@ the relay host (``lightbox-server scim token issue --org ORG``), kept there as a
 it selects the organisation whose directory the request reads or changes. Missing or unknown:
 401 with ``WWW-Authenticate: Bearer`` (RFC 6750 §3). ETags (RFC 7644 §3.14) are weak
 ``W/"<version>"``; ``If-Match`` on PUT, PATCH and DELETE with another version is 412.
+
+Every endpoint answers with a trailing slash too (``/Users/`` is ``/Users``), as directories
+differ in how they join the base URL and a path. ``/Me`` (RFC 7644 §3.11: the token names a
+directory, not a user) and ``/Bulk`` (§3.7; ``bulk.supported`` is false in the
+ServiceProviderConfig, §5) are 501 Not Implemented, as §3.11 and the §3.12 table say.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from scim2_models import (
     InvalidSyntaxException,
     ListResponse,
     NotFoundException,
+    NotImplementedException,
     PayloadTooLargeException,
     ResourceType,
     ResponseParameters,
@@ -106,24 +112,27 @@ class ScimRoutes:
     def app(self) -> Starlette:
         r = self._route
         routes = [
-            r("/ServiceProviderConfig", ["GET"], self.spc),
-            r("/ResourceTypes", ["GET"], self.resource_types),
-            r("/ResourceTypes/{id}", ["GET"], self.resource_type),
-            r("/Schemas", ["GET"], self.schemas),
-            r("/Schemas/{id}", ["GET"], self.schema),
-            r("/Users", ["GET", "POST"], self.users),
-            r("/Users/.search", ["POST"], self.search_users),
-            r("/Users/{id}", ["GET", "PUT", "PATCH", "DELETE"], self.user),
-            r("/Groups", ["GET", "POST"], self.groups),
-            r("/Groups/.search", ["POST"], self.search_groups),
-            r("/Groups/{id}", ["GET", "PUT", "PATCH", "DELETE"], self.group),
-            r("/.search", ["POST"], self.search_all),
-            r("/{path:path}", _ALL, self.unknown),
+            *r("/ServiceProviderConfig", ["GET"], self.spc),
+            *r("/ResourceTypes", ["GET"], self.resource_types),
+            *r("/ResourceTypes/{id}", ["GET"], self.resource_type),
+            *r("/Schemas", ["GET"], self.schemas),
+            *r("/Schemas/{id}", ["GET"], self.schema),
+            *r("/Users", ["GET", "POST"], self.users),
+            *r("/Users/.search", ["POST"], self.search_users),
+            *r("/Users/{id}", ["GET", "PUT", "PATCH", "DELETE"], self.user),
+            *r("/Groups", ["GET", "POST"], self.groups),
+            *r("/Groups/.search", ["POST"], self.search_groups),
+            *r("/Groups/{id}", ["GET", "PUT", "PATCH", "DELETE"], self.group),
+            *r("/.search", ["POST"], self.search_all),
+            *r("/Me", _ALL, self.me),
+            *r("/Bulk", _ALL, self.bulk),
+            r("/{path:path}", _ALL, self.unknown)[0],  # matches a trailing slash too
         ]
         return Starlette(routes=routes, exception_handlers={HTTPException: _http_error,
                                                             Exception: _internal_error})
 
-    def _route(self, path: str, methods: list[str], handler: Handler) -> Route:
+    def _route(self, path: str, methods: list[str], handler: Handler) -> tuple[Route, Route]:
+        """The endpoint at ``path`` and at ``path/`` (module docstring), one route template."""
         template = PREFIX + path
 
         async def endpoint(request: Request) -> Response:
@@ -144,7 +153,7 @@ class ScimRoutes:
             except RelayError as exc:  # a malformed Content-Length, from read_body
                 return error_response(InvalidSyntaxException(detail=exc.detail))
 
-        return Route(path, endpoint, methods=_ALL)
+        return Route(path, endpoint, methods=_ALL), Route(path + "/", endpoint, methods=_ALL)
 
     async def _authenticate(self, request: Request) -> str:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -239,6 +248,16 @@ class ScimRoutes:
 
     async def unknown(self, request: Request, org_id: str) -> Response:
         raise NotFoundException(detail="no such endpoint")
+
+    async def me(self, request: Request, org_id: str) -> Response:
+        raise NotImplementedException(
+            detail="/Me is not supported: the bearer token names a directory, not a user "
+                   "(RFC 7644 §3.11)")
+
+    async def bulk(self, request: Request, org_id: str) -> Response:
+        raise NotImplementedException(
+            detail="bulk operations are not supported (ServiceProviderConfig bulk.supported "
+                   "is false, RFC 7644 §3.7)")
 
     # --- resources ------------------------------------------------------------------------
 

@@ -7,13 +7,16 @@ is refused naming the file (docs/OPERATIONS.md "Hospital directory (SCIM)", "Sin
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from server.app import create_app
 from server.orgidentity import IdentitySettings, OidcSettings, OrgIdentity
+from tests.helpers import make_settings
 
 OIDC = {"issuer": "https://login.example.org/tenant/v2.0", "client_id": "lightbox"}
 
@@ -118,3 +121,32 @@ def test_two_organisations_naming_the_same_issuer_are_refused(tmp_path: Path) ->
                               "county-general": {"oidc": {**OIDC, "client_id": "other"}}})
     with pytest.raises(ValueError, match="two organisations name the same OpenID issuer"):
         IdentitySettings.from_file(path)
+
+
+def test_a_role_mapped_by_both_the_directory_and_the_idp_is_refused_and_the_relay_does_not_start(
+        tmp_path: Path) -> None:
+    """Each source withdraws its roles at once and the certificate names them until IT signs:
+    a role both mapped could come back from one source as soon as the other withdrew it
+    (server/renewals.py), so the file is refused (docs/SECURITY.md "Single sign-on")."""
+    path = written(tmp_path, {
+        "county-general": {"group_roles": {"Ortho": "orthopaedics"}},
+        "st-elsewhere": {
+            "group_roles": {"Ortho": "orthopaedics", "Derm": "dermatology"},
+            "oidc": {**OIDC, "role_claim": "groups",
+                     "claim_roles": {"ortho": "orthopaedics", "radiology": "radiologist"}}}})
+    sentence = (f"{path}: organisation st-elsewhere maps the role orthopaedics both from a "
+                "directory group (group_roles) and from the IdP's claim (oidc.claim_roles): "
+                "map each role in one place only")
+    with pytest.raises(ValueError, match=f"^{re.escape(sentence)}$"):
+        IdentitySettings.from_file(path)
+    with pytest.raises(ValueError, match=f"^{re.escape(sentence)}$"):
+        create_app(make_settings(identity_file=path), dsn="postgresql://unused@/unused")
+    # Two roles are named together; the same role mapped in two organisations is no conflict.
+    with pytest.raises(ValueError, match="maps the roles dermatology, orthopaedics both"):
+        IdentitySettings({"st-elsewhere": OrgIdentity(
+            group_roles={"Ortho": "orthopaedics", "Derm": "dermatology"},
+            oidc=oidc(role_claim="groups", claim_roles={"o": "orthopaedics",
+                                                        "d": "dermatology"}))})
+    assert IdentitySettings({"st-elsewhere": OrgIdentity(group_roles={"Ortho": "orthopaedics"}),
+                             "county-general": OrgIdentity(oidc=oidc(
+                                 role_claim="groups", claim_roles={"o": "orthopaedics"}))})

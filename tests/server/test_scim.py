@@ -175,6 +175,52 @@ async def test_missing_or_wrong_bearer_is_401_and_changes_nothing(
     assert await user_names(sw) == []
 
 
+async def test_a_trailing_slash_reaches_the_same_endpoint(sw: ScimWorld) -> None:
+    r = await sw.scim.post("/Users/", json=sw.user_body("jane.doe"),
+                           headers={"content-type": SCIM_JSON})
+    assert r.status_code == 201, r.text
+    jane = r.json()
+    assert await user_names(sw) == ["jane.doe"]
+    r = await sw.scim.get("/Users/")
+    assert r.status_code == 200, r.text
+    assert [u["id"] for u in r.json()["Resources"]] == [jane["id"]]
+    r = await sw.scim.get(f"/Users/{jane['id']}/")
+    assert r.status_code == 200, r.text
+    assert r.json()["meta"]["location"].endswith(f"/scim/v2/Users/{jane['id']}")
+    assert (await sw.scim.get("/Groups/")).json()["totalResults"] == 0
+    assert (await sw.scim.get("/ServiceProviderConfig/")).json()["bulk"]["supported"] is False
+    r = await sw.scim.delete("/Users/")  # the collection, as without the slash
+    assert_scim_error(r, 405, None)
+    assert r.headers["allow"] == "GET, POST"
+    assert_scim_error(await sw.scim.get("/Users//"), 404, None)
+
+
+@pytest.mark.parametrize(("method", "path", "detail"), [
+    ("GET", "/Me", "/Me is not supported: the bearer token names a directory, not a user "
+                   "(RFC 7644 §3.11)"),
+    ("POST", "/Me/", "/Me is not supported: the bearer token names a directory, not a user "
+                     "(RFC 7644 §3.11)"),
+    ("POST", "/Bulk", "bulk operations are not supported (ServiceProviderConfig "
+                      "bulk.supported is false, RFC 7644 §3.7)"),
+    ("POST", "/Bulk/", "bulk operations are not supported (ServiceProviderConfig "
+                       "bulk.supported is false, RFC 7644 §3.7)"),
+])
+async def test_me_and_bulk_are_501_not_implemented(sw: ScimWorld, method: str, path: str,
+                                                   detail: str) -> None:
+    """RFC 7644 §3.11 (/Me) and §3.12 (501: the operation is not supported), as the
+    ServiceProviderConfig says for bulk (§5); the token is checked first, and nothing is
+    created."""
+    bulk = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+            "Operations": [{"method": "POST", "path": "/Users", "bulkId": "1",
+                            "data": sw.user_body("jane.doe")}]}
+    r = await sw.scim.request(method, path, json=bulk if method == "POST" else None,
+                              headers={"content-type": SCIM_JSON})
+    assert assert_scim_error(r, 501, None)["detail"] == detail
+    async with httpx.AsyncClient(base_url=str(sw.scim.base_url)) as anon:
+        assert_scim_error(await anon.request(method, path), 401, None)
+    assert await user_names(sw) == []
+
+
 async def test_rotated_token_is_refused_and_the_new_one_works(sw: ScimWorld) -> None:
     from server.store import directory
     conn = await sw.world.db()

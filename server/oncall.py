@@ -29,7 +29,11 @@ escalation restarts on it: the relay cannot re-encrypt, so it queues a ``reseal_
 the devices that hold the content (the sender's, and those it reached, whose users keep the
 thread as members so that they may answer), durable until one of them sends the content again
 to the thread (clients/sdk/notices.py), and announces the ``handover``. With no incoming shift
-the escalation stays with the outgoing ladder and waits for the role's next shift.
+the handover is *deferred* (docs/PROTOCOL.md §16.4): the escalation stays with the outgoing
+ladder, belonging to no shift, and is handed over when the role's next shift starts, whether
+the rota had that shift then or gets it later (:meth:`OncallService.add_shifts` brings the
+handover forward). Meanwhile it does not go silent: an open one keeps escalating, and once its
+ladder is used up everyone it reached is reminded at once and again every deadline.
 
 All times come from the injected clock (``clock``: Unix seconds), never from the database.
 """
@@ -122,6 +126,7 @@ class OncallService:
         role = role_param(role)
         results: list[api.ShiftResult] = []
         now = self.at()
+        woken = 0
         async with self.db.pool.acquire() as conn, conn.transaction():
             await oncall.get_role(conn, org_id, role, lock=True)  # ROLE_UNKNOWN for the batch
             for i, s in enumerate(shifts):
@@ -137,6 +142,11 @@ class OncallService:
                             starts_at=dt.datetime.fromtimestamp(s.starts_at, dt.UTC),
                             ends_at=dt.datetime.fromtimestamp(s.ends_at, dt.UTC),
                             ladder=found, now=now)
+                        if shift.ends_at > now:
+                            # A handover deferred for want of a shift of the role is taken
+                            # when this one starts (docs/PROTOCOL.md §16.4).
+                            woken += await escalations.wake_deferred(
+                                conn, org_id, role, shift.starts_at)
                 except RelayError as err:
                     results.append(api.ShiftResult(index=i, line=s.line, ok=False,
                                                    code=err.code.value, detail=err.detail))
@@ -146,7 +156,10 @@ class OncallService:
             await audit.append(conn, "oncall.shifts_added", subject_kind="oncall_role",
                                subject_id=f"{org_id}/{role}", details={
                                    "added": sum(r.ok for r in results),
-                                   "refused": sum(not r.ok for r in results)})
+                                   "refused": sum(not r.ok for r in results),
+                                   "deferred_handovers": woken})
+        if woken:
+            self.kick()
         return results
 
     async def delete_shift(self, org_id: str, role: str, shift_id: str) -> None:
@@ -371,6 +384,14 @@ class OncallService:
             woken |= set(await escalations.release_held(conn, e.thread_id, [e.ladder[t.level]]))
         assert e.due_at is not None
         due = None if t.next_due_in is None else e.due_at + dt.timedelta(seconds=t.next_due_in)
+        if t.exhausted and e.shift_id is None:
+            # Its handover is deferred: nobody is on call for the role, so the ladder used up
+            # is reminded every deadline until a shift takes the consult or someone
+            # acknowledges it (docs/PROTOCOL.md §16.4). A reminder missed while the relay was
+            # down is not repeated: the next is a deadline from now.
+            due = e.due_at + dt.timedelta(seconds=e.deadline)
+            if due <= now:
+                due = now + dt.timedelta(seconds=e.deadline)
         await escalations.save(conn, dataclasses.replace(
             e, level=t.next_level, phase=t.next_phase, step=step, due_at=due,
             state="exhausted" if t.exhausted else "open"))
@@ -382,14 +403,16 @@ class OncallService:
                         ) -> set[str]:
         """The shift of an unacknowledged escalation ended, open or exhausted (its ladder used
         up is nobody's acknowledgement): hand it to the incoming ladder and restart it there.
-        With nobody coming in it stays with the outgoing ladder, escalating while it can, and
-        is handed to the next shift of the role when that starts."""
+        With nobody coming in the handover is deferred (module docstring)."""
         incoming = (await self._roles_for(conn, e, now))
         if incoming is None:
-            nxt = await conn.fetchval(
-                "SELECT min(starts_at) FROM oncall_shifts WHERE org_id = $1 AND role = $2 "
-                "AND starts_at > $3", e.org_id, e.role, now)
-            await escalations.save(conn, dataclasses.replace(e, shift_ends_at=nxt))
+            # It belongs to no shift now (a shift added later finds it: add_shifts) and its
+            # handover falls due when the next shift known starts. An open escalation keeps
+            # its timer; a used-up ladder is reminded at once, then every deadline (_step).
+            nxt = await oncall.next_start(conn, e.org_id, e.role, now)
+            await escalations.save(conn, dataclasses.replace(
+                e, shift_id=None, shift_ends_at=nxt,
+                due_at=now if e.due_at is None else e.due_at))
             await audit.append(conn, "oncall.handover_deferred", subject_kind="message",
                                subject_id=e.message_id, details={
                                    "role": e.role, "state": e.state,

@@ -1,10 +1,16 @@
 """Escalation timers of consults addressed to an on-call role, their steps, and the reseal
 requests of shift handovers (PROTOCOL.md §16; the state machine is protocol.oncall.advance).
 
-Timers are rows: ``due_at`` (the next renotify/release) of open escalations and
-``shift_ends_at`` (the handover) of unacknowledged ones, open or exhausted. Every relay
-process sweeps them with ``FOR UPDATE SKIP LOCKED`` (:func:`claim_due`), so each step is taken
-exactly once even with several processes, and a restarted relay continues from the rows.
+Timers are rows: ``due_at`` (the next renotify/release) of open escalations, and the next
+reminder of an exhausted one whose handover is deferred, and ``shift_ends_at`` (the handover)
+of unacknowledged ones, open or exhausted. Every relay process sweeps them with ``FOR UPDATE
+SKIP LOCKED`` (:func:`claim_due`), so each step is taken exactly once even with several
+processes, and a restarted relay continues from the rows.
+
+A handover *deferred* for want of an incoming shift (docs/PROTOCOL.md §16.4) leaves the
+escalation with no shift (``shift_id`` NULL) and ``shift_ends_at`` at the start of the role's
+next shift known, or NULL; a shift added to the rota later brings it forward
+(:func:`wake_deferred`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "request_reseal",
     "reseal_done",
     "save",
+    "wake_deferred",
 ]
 
 _COLS = ("escalation_id::text AS escalation_id, message_pk, message_id::text AS message_id, "
@@ -118,7 +125,9 @@ def held_users(escalations: Sequence[Escalation]) -> set[str]:
 
 async def claim_due(conn: asyncpg.Connection, now: dt.datetime, *, limit: int
                     ) -> list[Escalation]:
-    """Open escalations whose timer fell due, locked for this transaction (others skip them)."""
+    """Escalations whose timer fell due, locked for this transaction (others skip them): the
+    open ones, and the exhausted ones with a reminder due (those whose handover is deferred;
+    an exhausted escalation of a running shift has no timer)."""
     return await _claim(conn, "due_at", now, limit)
 
 
@@ -130,17 +139,37 @@ async def claim_handovers(conn: asyncpg.Connection, now: dt.datetime, *, limit: 
     return await _claim(conn, "shift_ends_at", now, limit)
 
 
-# Each predicate is written as its partial index's (escalations_due, alembic 0006;
+# Each predicate is written as its partial index's (escalations_due, alembic 0023;
 # escalations_handover, alembic 0022), so the sweep reads the index, not the table.
-_CLAIMABLE = {"due_at": "state = 'open'", "shift_ends_at": "state IN ('open', 'exhausted')"}
+_CLAIMABLE = {"due_at": "state IN ('open', 'exhausted')",
+              "shift_ends_at": "state IN ('open', 'exhausted')"}
+
+# Escalations of a role whose handover waits for a shift of it, due later than $3 or never: by
+# escalations_deferred (alembic 0023), whose predicate this repeats.
+_WAKE_DEFERRED = (
+    "UPDATE escalations SET shift_ends_at = $3 WHERE org_id = $1 AND role = $2 "
+    "AND shift_id IS NULL AND state IN ('open', 'exhausted') "
+    "AND (shift_ends_at IS NULL OR shift_ends_at > $3)")
 
 
 async def _claim(conn: asyncpg.Connection, column: Literal["due_at", "shift_ends_at"],
                  now: dt.datetime, limit: int) -> list[Escalation]:
-    rows = await conn.fetch(
-        f"SELECT {_COLS} FROM escalations WHERE {_CLAIMABLE[column]} AND {column} <= $1 "
-        f"ORDER BY {column} LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)
+    rows = await conn.fetch(_claim_sql(column), now, limit)
     return [_esc(r) for r in rows]
+
+
+def _claim_sql(column: Literal["due_at", "shift_ends_at"]) -> str:
+    return (f"SELECT {_COLS} FROM escalations WHERE {_CLAIMABLE[column]} AND {column} <= $1 "
+            f"ORDER BY {column} LIMIT $2 FOR UPDATE SKIP LOCKED")
+
+
+async def wake_deferred(conn: asyncpg.Connection, org_id: str, role: str,
+                        starts_at: dt.datetime) -> int:
+    """A shift of the role starting at ``starts_at`` was added to the rota: the role's deferred
+    handovers due later than that (or never) fall due when it starts (at once if it has
+    started); returns how many. Call in the rota write's transaction."""
+    done = await conn.execute(_WAKE_DEFERRED, org_id, role, starts_at)
+    return int(done.split()[-1])
 
 
 async def save(conn: asyncpg.Connection, e: Escalation) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "ladder_roles",
     "list_roles",
     "list_shifts",
+    "next_start",
     "on_call",
     "resolve_users",
     "set_role",
@@ -155,6 +156,15 @@ async def on_call(conn: asyncpg.Connection, org_id: str, role: str, at: dt.datet
         f"SELECT {_SHIFT_COLS} FROM oncall_shifts WHERE org_id = $1 AND role = $2 "
         "AND starts_at <= $3 AND $3 < ends_at", org_id, role, at)
     return None if row is None else _shift(row)
+
+
+async def next_start(conn: asyncpg.Connection, org_id: str, role: str, after: dt.datetime
+                     ) -> dt.datetime | None:
+    """When the role's next shift starting after ``after`` starts, if the rota has one."""
+    start: dt.datetime | None = await conn.fetchval(
+        "SELECT min(starts_at) FROM oncall_shifts WHERE org_id = $1 AND role = $2 "
+        "AND starts_at > $3", org_id, role, after)
+    return start
 
 
 async def ladder_roles(conn: asyncpg.Connection, org_id: str, user_ids: Sequence[str],

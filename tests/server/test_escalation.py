@@ -1,17 +1,23 @@
 """The "done when": an intern pages ``role:orthopaedics-oncall`` with an urgent consult,
 nobody acknowledges, the relay re-notifies, then releases the held copy to the backup at the
 deadline; the backup acknowledges and the sender has seen the whole ladder. The same across a
-relay restart in the middle of the escalation. Real relay, real Postgres, simulated minutes
+relay restart in the middle of the escalation. At a shift change the consult is handed to the
+incoming shift; with none, the handover waits for the role's next shift (one the rota gains
+later too) while the outgoing ladder is reminded. Real relay, real Postgres, simulated minutes
 (the on-call clock is injected; tokens and proofs keep real time)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -31,10 +37,12 @@ from protocol.frames import (
 )
 from protocol.model import Priority
 from protocol.statements import ReceiptKind, ReceiptStatement, issue_receipt_statement
+from server.store import escalations
 from tests.helpers import eventually, running_relay, seconds
 from tests.identity_world import World, identity_world
 from tests.relay_world import Peer, connect, opened, peer, seal
 from tests.reseal import answer_reseal
+from tests.server.test_plans import generic_plan
 
 ROLE = "role:orthopaedics-oncall"
 ORG = "st-elsewhere"
@@ -289,16 +297,7 @@ async def test_shift_change_hands_an_unacknowledged_consult_to_the_incoming_clin
         world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
     intern, primary, backup = cast["intern"], cast["primary"], cast["backup"]
     night = await peer(world, "night", roles=("orthopaedist",))
-    r = await world.http.put(f"/v1/admin/oncall/{ORG}/{ROLE}", headers=world.admin_headers(),
-                             json={"routine_seconds": 3600, "urgent_seconds": 1800})
-    assert r.status_code == 200, r.text
-    change = int(clock()) + 600
-    r = await world.http.post(
-        f"/v1/admin/oncall/{ORG}/{ROLE}/shifts", headers=world.admin_headers(),
-        json={"shifts": [
-            {"starts_at": change - 8 * 3600, "ends_at": change, "ladder": ["primary", "backup"]},
-            {"starts_at": change, "ends_at": change + 8 * 3600, "ladder": ["night"]}]})
-    assert [x["ok"] for x in r.json()["results"]] == [True, True]
+    await day_shift_ending(world, clock, night_from=0, urgent_seconds=1800)
     tid = await role_thread(world, intern)
     sealed = seal(intern, tid, [primary, backup], b"please see bed 4",
                   priority=Priority.URGENT)
@@ -337,26 +336,39 @@ async def test_shift_change_hands_an_unacknowledged_consult_to_the_incoming_clin
         await conn.close()
 
 
-async def _two_shifts_with_a_one_minute_ladder(world: World, clock: SimClock,
-                                               night: str) -> int:
-    """USER_GUIDE's tester's rota: urgent deadline one minute, a day ladder of two, a night
-    ladder of one from ``change`` (returned, ten minutes from now)."""
-    r = await world.http.put(f"/v1/admin/oncall/{ORG}/{ROLE}", headers=world.admin_headers(),
-                             json={"routine_seconds": 3600, "urgent_seconds": 60})
-    assert r.status_code == 200, r.text
-    change = int(clock()) + 600
+async def add_shifts(world: World, *shifts: tuple[int, int, list[str]]) -> None:
+    """Add these shifts (start, end, ladder of logins) to the role's rota, as IT does
+    (``lightbox-admin rota add``, a rota import): every one is stored."""
     r = await world.http.post(
         f"/v1/admin/oncall/{ORG}/{ROLE}/shifts", headers=world.admin_headers(),
-        json={"shifts": [
-            {"starts_at": change - 8 * 3600, "ends_at": change, "ladder": ["primary", "backup"]},
-            {"starts_at": change, "ends_at": change + 8 * 3600, "ladder": [night]}]})
-    assert [x["ok"] for x in r.json()["results"]] == [True, True], r.text
+        json={"shifts": [{"starts_at": a, "ends_at": b, "ladder": ladder}
+                         for a, b, ladder in shifts]})
+    assert r.status_code == 200, r.text
+    assert [x["ok"] for x in r.json()["results"]] == [True] * len(shifts), r.text
+
+
+async def day_shift_ending(world: World, clock: SimClock, *, night_from: int | None,
+                           urgent_seconds: int = 60) -> int:
+    """USER_GUIDE's tester's rota: an urgent deadline of ``urgent_seconds`` (a minute unless
+    told), a day ladder of two (primary, backup) until ``change`` (returned, ten minutes from
+    now), then, unless ``night_from`` is None, an eight-hour night shift of one ("night")
+    starting ``night_from`` seconds after the change."""
+    r = await world.http.put(f"/v1/admin/oncall/{ORG}/{ROLE}", headers=world.admin_headers(),
+                             json={"routine_seconds": 3600, "urgent_seconds": urgent_seconds})
+    assert r.status_code == 200, r.text
+    change = int(clock()) + 600
+    day = (change - 8 * 3600, change, ["primary", "backup"])
+    if night_from is None:
+        await add_shifts(world, day)
+    else:
+        night = change + night_from
+        await add_shifts(world, day, (night, night + 8 * 3600, ["night"]))
     return change
 
 
 async def _use_up_the_ladder(world: World, clock: SimClock) -> None:
     """Renotify the primary, release to the backup, renotify the backup, and at its deadline
-    the ladder is used up: exhausted."""
+    the ladder is used up: exhausted (steps 1 to 4)."""
     for _ in range(4):
         clock.advance(30)
     conn = await world.db()
@@ -364,6 +376,48 @@ async def _use_up_the_ladder(world: World, clock: SimClock) -> None:
         await eventually(lambda: conn.fetchval("SELECT state = 'exhausted' FROM escalations"))
     finally:
         await conn.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class UsedUp:
+    """An urgent consult from the intern whose day ladder was used up, and the sockets of the
+    intern, the backup and the night registrar."""
+
+    tid: str
+    sealed: Any
+    released: Deliver  # the backup's copy, released to them on the way up
+    intern: RelaySocket
+    backup: RelaySocket
+    night: RelaySocket
+
+
+@contextlib.asynccontextmanager
+async def consult_past_its_ladder(world: World, clock: SimClock, cast: dict[str, Peer],
+                                  night: Peer, text: bytes) -> AsyncIterator[UsedUp]:
+    """The intern pages the role (day shift of ``day_shift_ending`` with its one-minute
+    deadline), nobody acknowledges, and every step is taken before the shift ends."""
+    intern = cast["intern"]
+    tid = await role_thread(world, intern)
+    sealed = seal(intern, tid, [cast["primary"], cast["backup"]], text,
+                  priority=Priority.URGENT)
+    socks = (await connect(world, intern), await connect(world, cast["backup"]),
+             await connect(world, night))
+    try:
+        await socks[0].send(sealed)
+        await _use_up_the_ladder(world, clock)
+        yield UsedUp(tid, sealed, await next_of(socks[1], Deliver), *socks)
+    finally:
+        for sock in socks:
+            await sock.close()
+
+
+async def notice_at(sock: RelaySocket, step: int) -> EscalationNotice:
+    """The escalation notice of ``step``, those before it skipped."""
+    while True:
+        n: EscalationNotice = await next_of(sock, EscalationNotice)
+        if n.step >= step:
+            assert n.step == step, n
+            return n
 
 
 async def test_a_consult_whose_ladder_was_used_up_goes_to_the_incoming_shift_and_escalates_there(
@@ -374,76 +428,138 @@ async def test_a_consult_whose_ladder_was_used_up_goes_to_the_incoming_shift_and
     incoming ladder."""
     intern, primary, backup = cast["intern"], cast["primary"], cast["backup"]
     night = await peer(world, "night", roles=("orthopaedist",))
-    change = await _two_shifts_with_a_one_minute_ladder(world, clock, "night")
-    tid = await role_thread(world, intern)
-    sealed = seal(intern, tid, [primary, backup], b"open tib fracture, bed 9",
-                  priority=Priority.URGENT)
-    s, bk, nt = (await connect(world, intern), await connect(world, backup),
-                 await connect(world, night))
-    try:
-        await s.send(sealed)
-        await _use_up_the_ladder(world, clock)
-        released = await next_of(bk, Deliver)
-        await bk.ack([released.delivery_id])
+    change = await day_shift_ending(world, clock, night_from=0)
+    async with consult_past_its_ladder(world, clock, cast, night,
+                                       b"open tib fracture, bed 9") as c:
+        await c.backup.ack([c.released.delivery_id])
         clock.now = change  # the day shift ends, the consult unacknowledged
-        hand = await next_of(nt, EscalationNotice)
+        hand = await next_of(c.night, EscalationNotice)
         assert (hand.kind, hand.user_id) == (EscalationKind.HANDOVER, night.user_id)
-        rr = await next_of(bk, ResealRequest)
-        assert rr.message_id == sealed.header.message_id and rr.devices == [night.device_id]
+        rr = await next_of(c.backup, ResealRequest)
+        assert rr.message_id == c.sealed.header.message_id and rr.devices == [night.device_id]
         # The outgoing backup's device answers (it was refused not_thread_member before).
-        r = await world.call(backup.device, "GET", f"/v1/threads/{tid}/recipients")
+        r = await world.call(backup.device, "GET", f"/v1/threads/{c.tid}/recipients")
         assert r.status_code == 200, r.text
-        again = answer_reseal(rr, sealed.header, b"open tib fracture, bed 9",
+        again = answer_reseal(rr, c.sealed.header, b"open tib fracture, bed 9",
                               sender=backup.device.keys, sender_user_id=backup.user_id,
                               recipients=[_bundle(p) for p in (intern, primary, night)])
-        await bk.send(again)
-        got = await next_of(nt, Deliver)
+        await c.backup.send(again)
+        got = await next_of(c.night, Deliver)
         assert opened(night, backup, got.message) == b"open tib fracture, bed 9"
         clock.advance(30)  # the incoming shift is reminded in turn
-        n = await next_of(nt, EscalationNotice)
+        n = await next_of(c.night, EscalationNotice)
         assert (n.kind, n.level, n.user_id) == (EscalationKind.RENOTIFY, 0, night.user_id)
-    finally:
-        for sock in (s, bk, nt):
-            await sock.close()
+    await escalating_on_the_ladder_of(world, night)
     conn = await world.db()
     try:
-        row = await conn.fetchrow("SELECT state, ladder::text[] AS ladder FROM escalations")
-        assert (row["state"], row["ladder"]) == ("open", [night.user_id])
         assert await conn.fetchval("SELECT count(*) FROM reseal_requests WHERE done_at IS NULL"
                                    ) == 0
-        assert await conn.fetchval(
-            "SELECT count(*) FROM audit_log WHERE event = 'oncall.handover'") == 1
     finally:
         await conn.close()
 
 
 async def test_a_consult_acknowledged_after_its_ladder_was_used_up_is_not_handed_over(
         world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
-    intern, primary, backup = cast["intern"], cast["primary"], cast["backup"]
+    backup = cast["backup"]
     night = await peer(world, "night", roles=("orthopaedist",))
-    change = await _two_shifts_with_a_one_minute_ladder(world, clock, "night")
-    tid = await role_thread(world, intern)
-    sealed = seal(intern, tid, [primary, backup], b"bed 11", priority=Priority.URGENT)
-    s, bk, nt = (await connect(world, intern), await connect(world, backup),
-                 await connect(world, night))
-    try:
-        await s.send(sealed)
-        await _use_up_the_ladder(world, clock)
-        got = await next_of(bk, Deliver)
-        await bk.send_frame(receipt(backup, got, ReceiptKind.ACKNOWLEDGED))
-        assert (await next_of(s, ReceiptNotice)).user_id == backup.user_id
+    change = await day_shift_ending(world, clock, night_from=0)
+    async with consult_past_its_ladder(world, clock, cast, night, b"bed 11") as c:
+        await c.backup.send_frame(receipt(backup, c.released, ReceiptKind.ACKNOWLEDGED))
+        assert (await next_of(c.intern, ReceiptNotice)).user_id == backup.user_id
         clock.now = change
-        await nothing_of(nt, EscalationNotice)
-        await nothing_of(s, ResealRequest)
-    finally:
-        for sock in (s, bk, nt):
-            await sock.close()
+        await nothing_of(c.night, EscalationNotice)
+        await nothing_of(c.intern, ResealRequest)
     conn = await world.db()
     try:
         assert await conn.fetchval("SELECT state FROM escalations") == "acknowledged"
         assert await conn.fetchval("SELECT count(*) FROM reseal_requests") == 0
     finally:
         await conn.close()
+
+
+async def deferrals(world: World) -> list[dict[str, Any]]:
+    """The details of the ``oncall.handover_deferred`` audit entries, oldest first."""
+    conn = await world.db()
+    try:
+        rows = await conn.fetch("SELECT details::text AS d FROM audit_log "
+                                "WHERE event = 'oncall.handover_deferred' ORDER BY seq")
+    finally:
+        await conn.close()
+    return [json.loads(r["d"]) for r in rows]
+
+
+async def handed_to(world: World, c: UsedUp, night: Peer) -> None:
+    """The night registrar is handed the consult: notified, a reseal requested from the
+    devices holding it for theirs, and the escalation restarted on their ladder."""
+    hand = await next_of(c.night, EscalationNotice)
+    assert (hand.kind, hand.level, hand.user_id) == (EscalationKind.HANDOVER, 0, night.user_id)
+    rr = await next_of(c.intern, ResealRequest)
+    assert rr.message_id == c.sealed.header.message_id and rr.devices == [night.device_id]
+    await escalating_on_the_ladder_of(world, night)
+
+
+async def escalating_on_the_ladder_of(world: World, night: Peer) -> None:
+    """The consult was handed over once, to the night shift, and escalates on its ladder."""
+    conn = await world.db()
+    try:
+        row = await conn.fetchrow(
+            "SELECT state, ladder::text[] AS ladder, shift_id IS NOT NULL AS on_shift "
+            "FROM escalations")
+        assert dict(row) == {"state": "open", "ladder": [night.user_id], "on_shift": True}
+        assert await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE event = 'oncall.handover'") == 1
+    finally:
+        await conn.close()
+
+
+async def test_with_no_incoming_shift_the_consult_waits_for_the_next_reminding_the_outgoing_ladder(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """The day shift ends with nobody on call until the night shift an hour later: the
+    handover is deferred (audited), the outgoing ladder, used up, is reminded at once and
+    every deadline (it does not go silent), and when the night shift starts the consult is
+    handed to it and escalates there."""
+    backup = cast["backup"]
+    night = await peer(world, "night", roles=("orthopaedist",))
+    change = await day_shift_ending(world, clock, night_from=3600)
+    async with consult_past_its_ladder(world, clock, cast, night, b"bed 3") as c:
+        clock.now = change
+        # The whole used-up ladder and the sender are reminded at once (step 5), then every
+        # deadline (a minute).
+        n = await notice_at(c.backup, 5)
+        assert (n.kind, n.level, n.user_id) == (EscalationKind.RENOTIFY, 1, backup.user_id)
+        assert (await notice_at(c.intern, 5)).kind is EscalationKind.RENOTIFY
+        assert await deferrals(world) == [
+            {"role": "orthopaedics_oncall", "state": "exhausted", "until": change + 3600}]
+        clock.advance(60)
+        assert (await notice_at(c.backup, 6)).kind is EscalationKind.RENOTIFY
+        await nothing_of(c.night, EscalationNotice)
+        clock.now = change + 3600  # the night shift starts
+        await handed_to(world, c, night)
+        clock.advance(30)  # and escalates there
+        n = await next_of(c.night, EscalationNotice)
+        assert (n.kind, n.level, n.user_id) == (EscalationKind.RENOTIFY, 0, night.user_id)
+
+
+async def test_a_handover_deferred_with_no_later_shift_is_taken_by_a_shift_added_afterwards(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """The rota has no shift after the day's: the handover is deferred with no date, and the
+    outgoing ladder keeps being reminded. IT then adds a night shift starting in an hour: the
+    consult waits for it (nobody else is asked) and is handed to it when it starts."""
+    night = await peer(world, "night", roles=("orthopaedist",))
+    change = await day_shift_ending(world, clock, night_from=None)
+    async with consult_past_its_ladder(world, clock, cast, night, b"bed 7") as c:
+        clock.now = change
+        assert (await notice_at(c.backup, 5)).kind is EscalationKind.RENOTIFY
+        assert await deferrals(world) == [
+            {"role": "orthopaedics_oncall", "state": "exhausted", "until": None}]
+        clock.advance(600)  # reminders missed meanwhile come once, not ten times
+        assert (await notice_at(c.backup, 6)).kind is EscalationKind.RENOTIFY
+        await nothing_of(c.backup, EscalationNotice)
+        starts = int(clock()) + 3600
+        await add_shifts(world, (starts, starts + 8 * 3600, ["night"]))
+        await nothing_of(c.night, EscalationNotice)  # not before it starts
+        clock.now = starts
+        await handed_to(world, c, night)
 
 
 def _bundle(p: Peer) -> envelope.RecipientBundle:
@@ -476,3 +592,30 @@ async def test_a_long_gap_is_caught_up_step_by_step_and_the_ladder_ends_exhauste
         assert await conn.fetchval("SELECT state FROM escalations") == "exhausted"
     finally:
         await conn.close()
+
+
+async def test_the_sweep_and_a_rota_write_read_the_escalations_by_their_indexes(
+        db_dsn: str) -> None:
+    """The timer sweep (deferred reminders included) and the rota write that brings deferred
+    handovers forward can each read its partial index (alembic 0022, 0023) rather than the
+    whole table, acknowledged rows and all: each statement repeats its index's predicate. As
+    tests/server/test_plans.py does, planned generically on tables analysed while empty, with
+    sequential scans off (on an empty table one is cheaper, and would hide a predicate the
+    index does not match)."""
+    conn = await asyncpg.connect(db_dsn, statement_cache_size=0)  # generic_plan deallocates
+    try:
+        await conn.execute("ANALYZE")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute("SET enable_seqscan = off")
+        at = "'2026-12-06 08:00:00+00'"
+        plans = {
+            "escalations_due": await generic_plan(
+                conn, escalations._claim_sql("due_at"), f"{at}, 100"),
+            "escalations_handover": await generic_plan(
+                conn, escalations._claim_sql("shift_ends_at"), f"{at}, 100"),
+            "escalations_deferred": await generic_plan(
+                conn, escalations._WAKE_DEFERRED, f"'{ORG}', 'orthopaedics_oncall', {at}")}
+    finally:
+        await conn.close()
+    for index, plan in plans.items():
+        assert "Seq Scan" not in plan and f"using {index} on escalations" in plan, plan

@@ -78,16 +78,24 @@ async def test_a_message_gets_one_escalation(conn: asyncpg.Connection) -> None:
     assert (e.level, e.phase, e.step, e.state) == (0, "renotify", 0, "open")
 
 
-async def test_only_open_escalations_whose_timer_fell_due_are_claimed_soonest_first(
+async def test_only_unacknowledged_escalations_whose_timer_fell_due_are_claimed_soonest_first(
         conn: asyncpg.Connection) -> None:
+    """Open ones, and exhausted ones with a timer: the reminder of a deferred handover
+    (docs/PROTOCOL.md §16.4); an exhausted one on its shift has none."""
     late = await escalation(conn, users(1), due_in=3 * MINUTE)
     soon = await escalation(conn, users(1), due_in=1 * MINUTE)
     await escalation(conn, users(1), due_in=10 * MINUTE)
     closed = await escalation(conn, users(1), due_in=1 * MINUTE)
-    await escalations.save(conn, dataclasses.replace(closed, state="exhausted"))
+    await escalations.save(conn, dataclasses.replace(closed, state="acknowledged"))
+    used_up = await escalation(conn, users(1), due_in=1 * MINUTE)
+    await escalations.save(conn, dataclasses.replace(used_up, state="exhausted", due_at=None))
+    reminded = await escalation(conn, users(1), due_in=2 * MINUTE)
+    await escalations.save(conn, dataclasses.replace(reminded, state="exhausted",
+                                                     shift_id=None))
     async with conn.transaction():
         got = await escalations.claim_due(conn, NOW + 5 * MINUTE, limit=10)
-    assert [e.escalation_id for e in got] == [soon.escalation_id, late.escalation_id]
+    assert [e.escalation_id for e in got] == [soon.escalation_id, reminded.escalation_id,
+                                              late.escalation_id]
     async with conn.transaction():
         assert len(await escalations.claim_due(conn, NOW + 5 * MINUTE, limit=1)) == 1
 
@@ -114,6 +122,33 @@ async def test_handovers_are_claimed_by_the_shifts_end(conn: asyncpg.Connection)
     async with conn.transaction():
         got = await escalations.claim_handovers(conn, NOW + 30 * MINUTE, limit=10)
     assert [e.escalation_id for e in got] == [ended.escalation_id]
+
+
+async def test_a_shift_added_brings_forward_the_roles_deferred_handovers_only(
+        conn: asyncpg.Connection) -> None:
+    """Deferred (no shift) and due later than the new shift's start, or never: brought forward
+    to it. Due sooner, on a shift, acknowledged, or of another role: left alone."""
+    starts = NOW + 60 * MINUTE
+    rows: dict[str, Escalation] = {}
+    for name, state, due, shift, role in [
+            ("never", "open", None, None, "orthopaedics_oncall"),
+            ("later", "open", NOW + 120 * MINUTE, None, "orthopaedics_oncall"),
+            ("exhausted", "exhausted", None, None, "orthopaedics_oncall"),
+            ("sooner", "open", NOW + 30 * MINUTE, None, "orthopaedics_oncall"),
+            ("on_shift", "open", NOW + 120 * MINUTE, str(uuid.uuid4()), "orthopaedics_oncall"),
+            ("acknowledged", "acknowledged", None, None, "orthopaedics_oncall"),
+            ("other_role", "open", None, None, "cardiology_oncall")]:
+        e = await escalation(conn, users(1))
+        await conn.execute("UPDATE escalations SET role = $2 WHERE escalation_id = $1",
+                           e.escalation_id, role)
+        rows[name] = dataclasses.replace(e, state=state, shift_ends_at=due, shift_id=shift)
+        await escalations.save(conn, rows[name])
+    assert await escalations.wake_deferred(conn, "org-a", "orthopaedics_oncall", starts) == 3
+    for name, e in rows.items():
+        now = await escalations.for_message(conn, e.thread_id, e.message_id)
+        assert now is not None
+        woken = name in ("never", "later", "exhausted")
+        assert now.shift_ends_at == (starts if woken else e.shift_ends_at), name
 
 
 async def test_a_saved_step_is_read_back(conn: asyncpg.Connection) -> None:

@@ -86,6 +86,7 @@ class ErrorCode(enum.StrEnum):
     PAIRING_CODE_INVALID = "pairing_code_invalid"
     PASSWORD_TOO_WEAK = "password_too_weak"
     USER_ALREADY_ENROLLED = "user_already_enrolled"
+    SSO_REQUIRED = "sso_required"
 
     # --- certificates, keys, directory -------------------------------------------------------
     CERTIFICATE_INVALID = "certificate_invalid"
@@ -194,6 +195,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.PASSWORD_TOO_WEAK: "The password is too short or too common.",
     ErrorCode.USER_ALREADY_ENROLLED: "The user has a device still active, so no new enrolment "
     "code is issued: link a new device from it (and revoke a lost one).",
+    ErrorCode.SSO_REQUIRED: "The organisation signs its clinicians in with single sign-on: a "
+    "Lightbox password is neither accepted nor checked; sign in with the hospital account.",
     ErrorCode.CERTIFICATE_INVALID: "A certificate is malformed or its signature does not verify.",
     ErrorCode.CERTIFICATE_EXPIRED: "A certificate is outside its validity period.",
     ErrorCode.CERTIFICATE_REVOKED: "A certificate has been revoked.",

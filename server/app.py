@@ -132,11 +132,14 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
         log.warning("LIGHTBOX_ARGON2_PROFILE=cheap: password hashes are weak (tests only)")
     authn = Authenticator(db=db, tokens=tokens, proof_skew=settings.proof_clock_skew,
                           clock=clock)
+    # Per-organisation directory and single sign-on settings (server/orgidentity.py): an
+    # organisation that signs on with its IdP may refuse its clinicians' relay passwords.
+    identity = IdentitySettings.from_file(settings.identity_file)
     login = LoginService(db=db, tokens=tokens, passwords=passwords, settings=settings,
-                         clock=clock)
+                         identity=identity, clock=clock)
     provisioning = ProvisioningService(db=db, trust=trust, settings=settings, clock=clock)
     enrolment = EnrolmentService(db=db, trust=trust, passwords=passwords, settings=settings,
-                                 clock=clock)
+                                 identity=identity, clock=clock)
     prekey_service = PrekeyService(db=db, settings=settings, clock=clock)
     keydir = KeyDirectory(db=db, trust=trust, settings=settings, prekeys=prekey_service,
                           clock=clock)
@@ -150,7 +153,6 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                            prekey_batch_max=settings.prekey_batch_max).endpoints()
     # The hospital's directory over SCIM 2.0 (server/scim/): requests for identities that IT's
     # workstation signs, and suspensions and removals that take effect at once.
-    identity = IdentitySettings.from_file(settings.identity_file)
     directory = DirectoryService(db=db, trust=trust, identity=identity,
                                  max_results=settings.scim_max_results, clock=clock)
     scim = ScimRoutes(service=directory, max_body=body)

@@ -8,6 +8,10 @@ the password. The relay verifies the whole chain (organisation -> user -> device
 before it stores anything, and marks the code used atomically with the registration.
 Wrong codes are counted per client address (server/throttle.py): a throttled address gets
 ``rate_limited`` for a wrong code, never for a right one.
+A clinician of an organisation that signs on with its IdP and refuses passwords
+(server/orgidentity.py ``password_login``) enrols with the IdP's ID token only
+(server/oidc.py): a password enrolment is ``sso_required``, before the code is used or the
+password looked at, and the code stays good for ``lightbox enroll --sso``.
 
 Pairing (docs/PROTOCOL.md §11): the new device posts its public keys MACed with a secret the
 user carries over; an enrolled device of the user fetches them, checks the MAC, signs the new
@@ -52,14 +56,27 @@ from server import audit
 from server.audit import AUDIT_CONTEXT
 from server.authn import Principal
 from server.db import Database
-from server.errors import Conflict, InvalidInput, LimitError, NotFound, RelayError
+from server.errors import (
+    Conflict,
+    InvalidInput,
+    LimitError,
+    NotFound,
+    RelayError,
+    Unauthorized,
+)
+from server.orgidentity import IdentitySettings
 from server.passwords import Passwords
 from server.settings import Settings
 from server.store import devices, pairing, prekeys, users
 from server.throttle import Throttle
 from server.trust import Trust, refusal
 
-__all__ = ["EnrolmentService", "verify_prekeys"]
+__all__ = ["SSO_REQUIRED_ENROL", "EnrolmentService", "verify_prekeys"]
+
+SSO_REQUIRED_ENROL = (
+    "your organisation signs you in with its single sign-on, not a Lightbox password: enrol "
+    "with your hospital account (`lightbox enroll --sso`, or the phone app, which offers the "
+    "hospital's sign-in)")
 
 
 def _decode(text: str, code: ErrorCode, what: str, length: int | None = 32) -> bytes:
@@ -92,9 +109,11 @@ def verify_prekeys(device: VerifiedDevice, tokens: list[str], *,
 
 class EnrolmentService:
     def __init__(self, *, db: Database, trust: Trust, passwords: Passwords, settings: Settings,
+                 identity: IdentitySettings | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.db, self.trust, self.passwords = db, trust, passwords
         self.settings, self.clock = settings, clock
+        self.identity = identity or IdentitySettings()
         self.throttle = Throttle(settings)
 
     # --- enrolment ------------------------------------------------------------------------
@@ -129,6 +148,13 @@ class EnrolmentService:
                                                 now=now)
                 user = await users.get_user(conn, rec.user_id)
             assert user is not None
+            if isinstance(body, EnrolComplete) and self.identity.for_org(
+                    user.org_id).refuses_password(user.account_kind):
+                await audit.append(conn, "enrol.complete", subject_kind="user",
+                                   subject_id=user.user_id, outcome="denied",
+                                   details={"reason": ErrorCode.SSO_REQUIRED.value,
+                                            "first_factor": "password"})
+                raise Unauthorized(ErrorCode.SSO_REQUIRED, SSO_REQUIRED_ENROL)
             verified = await self._verify_device(conn, user, body.device_certificate, now)
         try:
             signed = verify_signed_prekey(body.signed_prekey, verified)

@@ -9,16 +9,24 @@ password):
    unless the nonce is signed by an active device of the account, the address:
    ``account_locked`` with ``retry_after``, before the password is looked at;
 2. the nonce is single use and unexpired (``challenge_failed``);
-3. the password, with Argon2id off the event loop; an unknown login is verified against a dummy
+3. a clinician of an organisation that signs on with its IdP and refuses passwords
+   (server/orgidentity.py ``password_login``): ``sso_required`` when the nonce is signed by a
+   device of the account, whatever the password; the password is never checked, and nothing
+   is counted, so the answer tells nothing about it. Without that signature the attempt goes
+   on as an unknown login's (below: the dummy hash, ``invalid_credentials``, counted), so a
+   stranger learns neither whether the login exists nor that its organisation signs on;
+4. the password, with Argon2id off the event loop; an unknown login is verified against a dummy
    hash so it takes the same time, and both count as failures (``invalid_credentials``);
-4. the device belongs to the user and signed the nonce (``challenge_failed``), is active
+5. the device belongs to the user and signed the nonce (``challenge_failed``), is active
    (``device_revoked``); the user is active (``user_suspended``), licence and certificate
    unexpired (``licence_expired``, ``certificate_expired``).
 
 Refresh rotates the refresh token; a used token presented again revokes its whole family
 (``refresh_reused``, audited), except the legitimate race of one device's own requests within
 ``LIGHTBOX_REFRESH_REUSE_GRACE`` (the same new pair again, ``auth.refresh_repeat``, audited).
-Refresh re-checks device and user status.
+Refresh re-checks device and user status. A session begun with a password that the user's
+organisation no longer accepts (step 3) ends at its next refresh (``token_expired``, audited
+``sso_required``), as one begun at the IdP does after ``LIGHTBOX_SSO_SESSION_TTL``.
 """
 
 from __future__ import annotations
@@ -45,20 +53,28 @@ from server.audit import AUDIT_CONTEXT
 from server.authn import verify_signature
 from server.db import Database
 from server.errors import Forbidden, LimitError, RelayError, Unauthorized
+from server.orgidentity import IdentitySettings
 from server.passwords import Passwords
 from server.settings import Settings
 from server.store import admins, devices, sessions, sso, users
 from server.throttle import Attempt, Throttle, Who
 from server.tokens import TokenService
 
-__all__ = ["LoginService"]
+__all__ = ["SSO_REQUIRED_LOGIN", "LoginService"]
+
+SSO_REQUIRED_LOGIN = (
+    "your organisation signs you in with its single sign-on, not a Lightbox password: sign in "
+    "with your hospital account (`lightbox login --sso`, or \"Sign in with your hospital "
+    "account\" in the phone app)")
 
 
 class LoginService:
     def __init__(self, *, db: Database, tokens: TokenService, passwords: Passwords,
-                 settings: Settings, clock: Callable[[], float] = time.time) -> None:
+                 settings: Settings, identity: IdentitySettings | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.db, self.tokens, self.passwords = db, tokens, passwords
         self.settings, self.clock = settings, clock
+        self.identity = identity or IdentitySettings()
         self.throttle = Throttle(settings)
 
     # --- device login ---------------------------------------------------------------------
@@ -89,11 +105,24 @@ class LoginService:
             await self._check_lockout(conn, attempt, "auth.login", now)
             if not nonce or not await sessions.consume_nonce(conn, nonce, now=now):
                 await self._deny(conn, "auth.login", None, ErrorCode.CHALLENGE_FAILED)
-        ok = await self.passwords.verify(user.password_hash if user else None, body.password)
+            refused = user is not None and self.identity.for_org(user.org_id).refuses_password(
+                user.account_kind)
+            if refused and signed:
+                # Step 3: the IdP is this clinician's first factor; the password is not looked
+                # at (docs/SECURITY.md "Single sign-on").
+                assert user is not None
+                await self._deny(conn, "auth.login", user.user_id, ErrorCode.SSO_REQUIRED,
+                                 detail=SSO_REQUIRED_LOGIN,
+                                 details={"first_factor": "password"})
+        # A refused password is checked against the dummy hash, as an unknown login's: the
+        # same time, never True.
+        ok = await self.passwords.verify(
+            user.password_hash if user is not None and not refused else None, body.password)
         async with self.db.pool.acquire() as conn:
             if user is None or not ok:
                 await self._failure(conn, attempt, "auth.login", user.user_id if user else None,
-                                    now)
+                                    now, details={"password_login": "refused"} if refused
+                                    else None)
             assert user is not None
             pair = await self.open_session(conn, user, body.device_id, nonce, signature,
                                            event="auth.login", now=now)
@@ -176,19 +205,35 @@ class LoginService:
                     if now >= rec.expires_at:
                         raise Unauthorized(ErrorCode.TOKEN_EXPIRED, "refresh token expired")
                     reauth = await sso.reauth_at(conn, rec.family_id)
-                    if reauth is None or now < reauth:
+                    if reauth is None:
+                        if not await self._password_refused(conn, rec.user_id):
+                            return await self._rotate(conn, token, rec, now)
+                        # Begun with a password the organisation no longer accepts (it turned
+                        # single sign-on on since): the session ends as an SSO session past
+                        # its lifetime does, so the IdP decides from now on.
+                        reason = ErrorCode.SSO_REQUIRED.value
+                    elif now < reauth:
                         return await self._rotate(conn, token, rec, now)
-                    # Begun at the IdP and past its lifetime: sign in there again (it decides
-                    # whether the user still may). The family ends; the refusal follows the
-                    # commit.
+                    else:
+                        # Begun at the IdP and past its lifetime: sign in there again (it
+                        # decides whether the user still may).
+                        reason = "sso_reauth"
+                    # The family ends; the refusal follows the commit.
                     await sessions.revoke_family(conn, rec.family_id, now=now)
                     await audit.append(conn, "auth.refresh", subject_kind="device",
                                        subject_id=rec.device_id, outcome="denied",
-                                       details={"reason": "sso_reauth"})
+                                       details={"reason": reason})
             if not rec.used:
                 raise Unauthorized(ErrorCode.TOKEN_EXPIRED,
                                    "the single sign-on session has ended: sign in again")
         raise Unauthorized(ErrorCode.REFRESH_REUSED, "refresh token reused: the session was ended")
+
+    async def _password_refused(self, conn: asyncpg.Connection, user_id: str) -> bool:
+        """Whether the user's organisation refuses their password (step 3 of the module
+        docstring)."""
+        user = await users.get_user(conn, user_id)
+        return user is not None and self.identity.for_org(user.org_id).refuses_password(
+            user.account_kind)
 
     async def _rotate(self, conn: asyncpg.Connection, token: str,
                       rec: sessions.RefreshRecord, now: float) -> TokenPair:
@@ -284,14 +329,15 @@ class LoginService:
             raise
 
     async def _failure(self, conn: asyncpg.Connection, attempt: Attempt, event: str,
-                       subject_id: str | None, now: float, *,
-                       subject_kind: str = "user") -> NoReturn:
+                       subject_id: str | None, now: float, *, subject_kind: str = "user",
+                       details: dict[str, str] | None = None) -> NoReturn:
         """Charge a wrong password (or unknown login) to the attempt's counters."""
         async with conn.transaction():
             locked = await self.throttle.failure(conn, attempt, now=now)
             await audit.append(conn, event, subject_kind=subject_kind if subject_id else None,
                                subject_id=subject_id, outcome="denied",
-                               details={"reason": ErrorCode.INVALID_CREDENTIALS.value})
+                               details={"reason": ErrorCode.INVALID_CREDENTIALS.value,
+                                        **(details or {})})
             if locked:
                 await audit.append(conn, "auth.lockout", subject_kind=subject_kind if subject_id
                                    else None, subject_id=subject_id, outcome="denied",
@@ -300,10 +346,12 @@ class LoginService:
 
     @staticmethod
     async def _deny(conn: asyncpg.Connection, event: str, user_id: str | None,
-                    code: ErrorCode) -> NoReturn:
+                    code: ErrorCode, *, detail: str | None = None,
+                    details: dict[str, str] | None = None) -> NoReturn:
         await audit.append(conn, event, subject_kind="user" if user_id else None,
-                           subject_id=user_id, outcome="denied", details={"reason": code.value})
-        raise _refusal(code)
+                           subject_id=user_id, outcome="denied",
+                           details={"reason": code.value, **(details or {})})
+        raise _refusal(code, detail)
 
 
 def _status_refusal(user: users.UserRecord, device_status: str, now: float) -> ErrorCode | None:
@@ -314,8 +362,8 @@ def _status_refusal(user: users.UserRecord, device_status: str, now: float) -> E
     return user.standing(now)
 
 
-def _refusal(code: ErrorCode) -> RelayError:
+def _refusal(code: ErrorCode, detail: str | None = None) -> RelayError:
     if code in {ErrorCode.DEVICE_REVOKED, ErrorCode.USER_SUSPENDED, ErrorCode.LICENCE_EXPIRED,
                 ErrorCode.CERTIFICATE_EXPIRED}:
-        return Forbidden(code)
-    return Unauthorized(code)
+        return Forbidden(code, detail)
+    return Unauthorized(code, detail)

@@ -32,6 +32,18 @@ The IdP then speaks for those roles only (server/renewals.py): one it grants tha
 certificate lacks waits for IT's signature, one it no longer grants is withdrawn at sign-in.
 A token without the claim grants none of them.
 
+``password_login`` says whether the relay still takes a Lightbox password from the
+organisation's clinicians once it signs on with its IdP: ``"refused"`` (the default) makes the
+IdP their only first factor, so a password given before single sign-on was turned on no longer
+logs in or enrols (``sso_required``, server/login.py) and disabling someone at the IdP is
+enough; ``"allowed"`` keeps those passwords working beside the IdP for a migration period::
+
+    "oidc": {..., "password_login": "allowed"}
+
+Service accounts (the record gateway) have no account at the IdP and keep their passwords
+either way; IT administrators (``lightbox-admin``) are no user of an organisation and are not
+affected (docs/SECURITY.md "Single sign-on").
+
 A role is mapped in one place only: an organisation whose ``claim_roles`` and
 ``group_roles`` name the same role is refused, and the relay does not start. Were it allowed,
 either source could restore at once a role the other had just withdrawn (the certificate
@@ -44,9 +56,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
+
+from protocol.certs import AccountKind
 
 __all__ = ["IdentitySettings", "OidcSettings", "OrgIdentity"]
 
@@ -68,6 +82,7 @@ class OidcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         msgspec.field(default_factory=lambda: list(_ALGORITHMS))
     role_claim: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     claim_roles: dict[str, Role] = {}
+    password_login: Literal["refused", "allowed"] = "refused"  # noqa: S105 (a policy)
 
     def __post_init__(self) -> None:
         if self.claim_roles and self.role_claim is None:
@@ -86,6 +101,13 @@ class OidcSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 class OrgIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     group_roles: dict[str, Role] = {}
     oidc: OidcSettings | None = None
+
+    def refuses_password(self, account_kind: str) -> bool:
+        """Whether a Lightbox password of a user of this kind (``AccountKind``) is refused:
+        a clinician's, when the organisation signs on with its IdP and ``password_login`` is
+        not ``"allowed"`` (module docstring)."""
+        allowed = self.oidc is None or self.oidc.password_login == "allowed"  # noqa: S105
+        return not allowed and account_kind == AccountKind.CLINICIAN
 
     def mapped_twice(self) -> list[str]:
         """The roles both ``group_roles`` and ``oidc.claim_roles`` map (sorted)."""

@@ -29,7 +29,7 @@ class AuthRoutes:
                      "Log in with login, password and the device's signature over a nonce.",
                      request=LoginRequest, response=TokenPair, tag="auth",
                      errors=[E.INVALID_CREDENTIALS, E.ACCOUNT_LOCKED, E.CHALLENGE_FAILED,
-                             *_STATUS]),
+                             E.SSO_REQUIRED, *_STATUS]),
             Endpoint("POST", "/v1/auth/refresh", self.refresh,
                      "Exchange a refresh token for new tokens (rotation; reuse ends the "
                      "session).", request=RefreshRequest, response=TokenPair, tag="auth",

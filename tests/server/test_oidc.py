@@ -90,8 +90,9 @@ async def test_enrolled_with_the_idp_only_the_user_logs_in_with_an_id_token(
     device.access_token = r.json()["access_token"]
     # The session is bound to the device key, as a password login's is.
     assert (await sso.world.call(device, "GET", "/v1/keys/count")).status_code == 200
-    # There is no relay password to guess.
-    assert_problem(await sso.world.login_response(device), 401, "invalid_credentials")
+    # There is no relay password to guess: a password is not even looked at
+    # (tests/server/test_sso_passwords.py).
+    assert_problem(await sso.world.login_response(device), 401, "sso_required")
 
 
 async def test_the_organisations_idp_is_public_and_a_password_org_has_none(

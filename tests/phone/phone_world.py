@@ -38,7 +38,8 @@ __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS",
            "bound_socket", "camera_started", "confirmed", "consent_of", "enrol_by_code",
            "enrolled_phone", "fetch_value", "film", "idb_records",
            "intern_and_specialist", "listening_specialist", "next_event", "phone_device_id",
-           "phone_page", "phone_world", "photo_from_phone", "photo_records", "photo_with_consent",
+           "phone_page", "phone_world", "photo_consult", "photo_from_phone", "photo_records",
+           "photo_with_consent",
            "provision_with_package", "provisioned_intern", "proxied_phone_world", "qr_image",
            "running_phone", "sent_from_phone", "space_taken", "still_video", "stored_under",
            "vault_names"]
@@ -168,13 +169,14 @@ async def intern_and_specialist(world: World, tmp: Path
 
 
 @contextlib.asynccontextmanager
-async def enrolled_phone(world: World, tmp: Path, origin: str
+async def enrolled_phone(world: World, tmp: Path, origin: str, *, video: Path | None = None
                          ) -> AsyncIterator[tuple[User, Clinician, asyncio.Queue[Any], Any,
                                                   list[str]]]:
     """:func:`intern_and_specialist`, with the intern's phone enrolled by code in a phone-sized
-    page: yields the intern, the specialist, his events, the page and its problems."""
+    page (its fake camera fed from ``video``): yields the intern, the specialist, his events,
+    the page and its problems."""
     async with intern_and_specialist(world, tmp) as (intern, specialist, events), \
-            phone_page() as (page, problems):
+            phone_page(video=video) as (page, problems):
         await enrol_by_code(page, origin, intern.code)
         yield intern, specialist, events, page, problems
 
@@ -303,9 +305,10 @@ async def vault_names(page: Any) -> list[str]:
 
 async def photo_records(page: Any) -> list[str]:
     """The vault's records of a photo on its way or sent: its upload job, its image, its
-    consult, its outbox record."""
+    consult, its outbox record (a photo kept while the relay could not be reached is one), a
+    kept photo refused to send again (``photo:``)."""
     return [n for n in await vault_names(page)
-            if n.split(":")[0] in ("upload", "image", "thread", "outbox")]
+            if n.split(":")[0] in ("upload", "image", "thread", "outbox", "photo")]
 
 
 def film(width: int, height: int) -> Image.Image:
@@ -321,10 +324,11 @@ async def camera_started(page: Any) -> None:
             await asyncio.sleep(0.1)
 
 
-async def photo_with_consent(page: Any) -> None:
-    """Take a photo with the fake camera, use it, and tick both consent statements shown to the
-    patient: the consent screen is then ready for the record data."""
-    await page.tap("#capture")
+async def photo_with_consent(page: Any, *, start: str = "#capture") -> None:
+    """Take a photo with the fake camera (from the button ``start``: *Photograph a film*, or a
+    consult's *Add a photo to this consult*), use it, and tick both consent statements shown to
+    the patient: the consent screen is then ready for the record data."""
+    await page.tap(start)
     await camera_started(page)
     await page.tap("#take")
     await page.tap("#use-photo")
@@ -401,6 +405,15 @@ async def confirmed(world: World, device_id: uuid.UUID, attachment_id: str) -> b
 async def photo_from_phone(page: Any, *, text: str, refused: bool = False) -> None:
     """From the home screen: photograph the film the fake camera shows, show both statements,
     record the patient's decision (agreed, or ``refused``) and send; waits for the outcome."""
+    await photo_consult(page, text=text, refused=refused)
+    await page.locator("#photo-status", has_text="refusal is recorded" if refused
+                       else "Photo sent").wait_for()
+
+
+async def photo_consult(page: Any, *, text: str, subject: str = "", refused: bool = False,
+                        teaching_only: bool = False) -> None:
+    """:func:`photo_from_phone` up to the tap on the consent screen's button (with ``subject``;
+    ``teaching_only``: the consent names teaching, not direct care), without waiting."""
     await page.tap("#capture")
     await camera_started(page)
     await page.tap("#take")
@@ -410,13 +423,16 @@ async def photo_from_phone(page: Any, *, text: str, refused: bool = False) -> No
     await page.fill("#patient-name", "Doe^Jane")
     await page.fill("#patient-id", "MRN123")
     await page.fill("#img-text", text)
+    if subject:
+        await page.fill("#img-subject", subject)
     await page.check("#st-permanence")
     await page.check("#st-no-effect")
     if refused:
         await page.check("#refused")
+    if teaching_only:
+        await page.uncheck("#p-direct")
+        await page.check("#p-teaching")
     await page.tap("#consent-send")
-    await page.locator("#photo-status", has_text="refusal is recorded" if refused
-                       else "Photo sent").wait_for()
 
 
 async def lost_overnight(world: World, page: Any, origin: str, user: User, *, wipe: bool

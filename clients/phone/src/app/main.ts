@@ -643,7 +643,7 @@ function messageElement(m: MessageView): HTMLElement {
   if (m.attachment_id) {
     if (m.image_state === "held") {
       const img = document.createElement("img");
-      img.alt = m.mine ? "The photo sent with this consult" : `The photo from ${m.from_name}`;
+      img.alt = !m.mine ? `The photo from ${m.from_name}` : m.status === "sent" ? "The photo sent with this consult" : "The photo of this consult, not sent yet";
       img.dataset["attachment"] = m.attachment_id;
       const full = document.createElement("button");
       full.type = "button";
@@ -668,6 +668,16 @@ function messageElement(m: MessageView): HTMLElement {
         : "Photo removed from this phone, as ordered by the relay (confirmed).";
       div.append(gone);
     }
+  }
+  if (m.status === "not_sent" && m.kept_photo) {
+    // A photo kept while the relay could not be reached, then refused once it was back: still
+    // on this phone, to send again from the consent screen (as after any refusal there).
+    const again = document.createElement("button");
+    again.type = "button";
+    again.className = "secondary send-again";
+    again.textContent = "Send the photo again";
+    again.addEventListener("click", () => void sendKeptAgain(m.message_id));
+    div.append(again);
   }
   return div;
 }
@@ -889,12 +899,51 @@ function toConsent(): void {
 /** The consent screen emptied and the photo dropped: what was decided is used up, and the next
  * patient's form starts as the first did (agreed, direct care), never with this one's answer. */
 function clearConsent(): void {
+  keptAgain = null;
   for (const id of ["patient-name", "patient-id", "img-subject", "img-text"]) $<HTMLInputElement>(id).value = "";
   for (const id of ["st-permanence", "st-no-effect", "p-teaching"]) $<HTMLInputElement>(id).checked = false;
   for (const id of ["agreed", "p-direct"]) $<HTMLInputElement>(id).checked = true;
   recordedForm = null;
   labelConsentSend();
   dropPhoto();
+}
+
+/** The refused kept photo on the consent screen (its message id), sent again from there. */
+let keptAgain: string | null = null;
+
+/** *Send the photo again* under a kept photo the relay refused: the consent screen with the
+ * photo and the form as recorded; the decision the relay registered is sent again as it is
+ * (the button says so), a changed one is recorded anew. */
+async function sendKeptAgain(messageId: string): Promise<void> {
+  let kept: { jpeg: Uint8Array; width: number; height: number; warnings: string[]; role: string; priority: string; subject: string; text: string;
+    record: { patient_name: string; patient_id: string }; purposes: string[]; recorded: boolean };
+  try {
+    kept = await call("keptPhoto", { message_id: messageId });
+  } catch (err) {
+    sayKept("send-status", err instanceof AppError ? err.message : "Something went wrong on the phone.", null);
+    return;
+  }
+  clearConsent();
+  closeThread(false);
+  photoFor = null;
+  photo = { jpeg: kept.jpeg, width: kept.width, height: kept.height, warnings: kept.warnings, url: URL.createObjectURL(new Blob([kept.jpeg as BlobPart], { type: "image/jpeg" })) };
+  $<HTMLInputElement>("role").value = kept.role;
+  $<HTMLSelectElement>("priority").value = kept.priority;
+  $<HTMLInputElement>("img-subject").value = kept.subject;
+  $<HTMLTextAreaElement>("img-text").value = kept.text;
+  $<HTMLInputElement>("patient-name").value = kept.record.patient_name;
+  $<HTMLInputElement>("patient-id").value = kept.record.patient_id;
+  $<HTMLInputElement>("p-direct").checked = kept.purposes.includes("direct_care");
+  $<HTMLInputElement>("p-teaching").checked = kept.purposes.includes("teaching");
+  toConsent();
+  keptAgain = messageId;
+  if (kept.recorded) {
+    // The relay registered the decision, for which the patient was shown both statements; one
+    // it did not register is recorded anew, with the patient, statements read again.
+    for (const id of ["st-permanence", "st-no-effect"]) $<HTMLInputElement>(id).checked = true;
+    recordedForm = consentForm();
+  }
+  labelConsentSend();
 }
 
 async function sendPhoto(): Promise<void> {
@@ -909,7 +958,7 @@ async function sendPhoto(): Promise<void> {
     call<{ decision?: string; filed?: string; kept?: string; message_id?: string }>("sendImage", {
       jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
       role: $<HTMLInputElement>("role").value, priority: $<HTMLSelectElement>("priority").value,
-      thread_id: target?.thread_id ?? null, audience: target ? shownAudience : null,
+      thread_id: target?.thread_id ?? null, audience: target ? shownAudience : null, kept_id: target ? null : keptAgain,
       subject: target ? "" : $<HTMLInputElement>("img-subject").value,
       text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
       consent: { decision, purposes, permanence: $<HTMLInputElement>("st-permanence").checked, no_effect: $<HTMLInputElement>("st-no-effect").checked },

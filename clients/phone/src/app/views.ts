@@ -13,6 +13,9 @@ export interface MessageView {
    * or, while it is sending, why it is kept on the phone (written while the relay could not be
    * reached). */
   status_note?: string | null;
+  /** A kept photo the relay refused once back: it is still on this phone (sealed in the vault)
+   * to send again from the consent screen. */
+  kept_photo?: boolean;
   /** A received message: its place in the thread, and whether the intern has seen it (a
    * signed `read` receipt went to the sender then). */
   thread_seq?: number;

@@ -1330,18 +1330,23 @@ async function sendSealed(record: OutboxRecord, resealed = false): Promise<SendO
     // expiry order will come for a copy the relay never stored), nor the consult it started;
     // a consult it was added to stays, without it.
     for (const aid of photos) await vault!.delete(`image:${aid}`);
-    await changingThread(record.thread_id, async () => {
-      const key = `thread:${record.thread_id}`;
-      const thread = await vault!.get<ThreadRecord>(key);
-      const rest = thread?.messages.filter((m) => m.message_id !== record.message_id) ?? [];
-      if (thread && rest.length) await vault!.put(key, { ...thread, messages: rest });
-      else await vault!.delete(key);
-    });
+    await removeFromThread(record.thread_id, record.message_id);
     event("unsent", { message_id: record.message_id, thread_id: record.thread_id, refusal });
   } else {
     await markNotSent(record.thread_id, record.message_id, refusal);
   }
   throw new SendRefused(code, refusal);
+}
+
+/** One of our messages gone from its thread, and the thread with it when it was its only one. */
+async function removeFromThread(threadId: string, messageId: string): Promise<void> {
+  await changingThread(threadId, async () => {
+    const key = `thread:${threadId}`;
+    const thread = await vault!.get<ThreadRecord>(key);
+    const rest = thread?.messages.filter((m) => m.message_id !== messageId) ?? [];
+    if (thread && rest.length) await vault!.put(key, { ...thread, messages: rest });
+    else await vault!.delete(key);
+  });
 }
 
 /** The outbox record sealed again for the thread's current devices (someone joined or left
@@ -1393,10 +1398,13 @@ async function markNotSent(threadId: string, messageId: string, note: string): P
 
 async function resendOutbox(_ws: WebSocket): Promise<void> {
   for (const name of await vault!.names("outbox:")) {
-    const record = await vault!.get<OutboxRecord | DraftRecord>(name);
+    const record = await vault!.get<OutboxRecord | DraftRecord | PhotoDraft>(name);
     if (!record || inFlight.has(record.message_id)) continue;
-    const sending = "draft" in record ? sendDraft(record) : sendSealed(record);
-    await sending.catch((err) => event("problem", { code: (err as UserError).code, message: inWords(err) }));
+    const sending = "photo" in record ? sendPhotoDraft(record) : "draft" in record ? sendDraft(record) : sendSealed(record);
+    await sending.catch((err) => {
+      // A kept photo refused is said in its thread, and on the photo's line that named it.
+      if (!("photo" in record && err instanceof SendRefused)) event("problem", { code: (err as UserError).code, message: inWords(err) });
+    });
   }
 }
 
@@ -1503,12 +1511,15 @@ async function keepDraft(draft: DraftRecord): Promise<void> {
 }
 
 /** One of our messages written into its thread's record: appended to the consult it answers,
- * or, for a new consult, the thread's first (`fresh`, its record as it starts). */
-async function addToThread(view: MessageView, fresh: ThreadRecord): Promise<void> {
+ * or, for a new consult, the thread's first (`fresh`, its record as it starts). `replace`: a
+ * message already there (a kept photo, once sealed) is shown as `view` from now on. */
+async function addToThread(view: MessageView, fresh: ThreadRecord, replace = false): Promise<void> {
   await changingThread(view.thread_id, async () => {
     const key = `thread:${view.thread_id}`;
     const thread = (await vault!.get<ThreadRecord>(key)) ?? fresh;
-    if (!thread.messages.some((m) => m.message_id === view.message_id)) thread.messages.push(view);
+    const at = thread.messages.findIndex((m) => m.message_id === view.message_id);
+    if (at < 0) thread.messages.push(view);
+    else if (replace) thread.messages[at] = view;
     await vault!.put(key, thread);
   });
 }
@@ -1599,6 +1610,8 @@ interface ImageSend {
   /** For a photo added to a consult: who the consent screen said may see it (`audience`), so
    * the consent names no one the patient was not told of. */
   audience?: { roles: string[]; users: string[] } | null;
+  /** A refused kept photo sent again from its consult (keptPhoto): forgotten once sent. */
+  kept_id?: string | null;
 }
 
 /** Who a photo added to a consult reaches, as the relay has the thread now: its roles (a role
@@ -1687,6 +1700,8 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
   }
   a.subject = subject ?? "";
   if (thread) a.priority = thread.priority === "urgent" ? "urgent" : "routine";
+  // A photo added to a consult names who is in it as the relay has it now: without the relay,
+  // the patient cannot be told, so it is not kept (beforeKept); a new consult names its role.
   const recipients = thread ? await beforeKept(threadAudience(thread.thread_id)) : { users: [], roles: [role] };
   const told = a.audience ? { roles: [...a.audience.roles].sort(), users: [...a.audience.users].sort() } : null;
   if (thread && JSON.stringify(told) !== JSON.stringify(recipients)) {
@@ -1710,12 +1725,25 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
       no_effect_on_care_statement_shown: true, iat: t, nbf: t, exp: t + CONSENT_VALIDITY,
     };
     token = issueConsentToken(claims, st!.identity_seed);
-    await beforeKept(relay!.call("POST", "/v1/consents", { token }));
+    try {
+      await relay!.call("POST", "/v1/consents", { token });
+    } catch (err) {
+      // The patient's decision is recorded here, signed with this phone's identity key as the
+      // patient gave it (iat/nbf: now); the relay registers and checks it once it can be
+      // reached, before the photo's upload, and checks it again on the send (PROTOCOL §13).
+      if (keepable(a, err)) {
+        const kept = await keepPhoto(a, role, token, claims, false);
+        if (a.kept_id) await forgetKeptPhoto(a.kept_id);
+        return kept;
+      }
+      throw beforeKeptError(err);
+    }
     recordedConsent = { form, token, claims };
   }
   try {
     const answer = await sendConsented(a, role, token, claims);
     recordedConsent = null;
+    if (a.kept_id) await forgetKeptPhoto(a.kept_id);
     return answer;
   } catch (err) {
     throw new AfterConsent(err);
@@ -1735,7 +1763,13 @@ async function sendConsented(a: ImageSend, role: string, token: string, claims: 
 
   event("progress", { stage: "encrypting", done: 0, total: 1 });
   const enc = encryptAttachment(a.jpeg);
-  const upload = await beforeKept(relay!.call<{ attachment_id: string; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length }));
+  let upload: { attachment_id: string; committed: number };
+  try {
+    upload = await relay!.call<{ attachment_id: string; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length });
+  } catch (err) {
+    if (keepable(a, err)) return await keepPhoto(a, role, token, claims, true);
+    throw beforeKeptError(err);
+  }
   // Kept before the first byte leaves: an upload cut by closing the app resumes from the
   // relay's offset when it is next unlocked, with the same ciphertext (PROTOCOL §12).
   const job: UploadJob = {
@@ -1762,16 +1796,132 @@ async function sendConsented(a: ImageSend, role: string, token: string, claims: 
   }
 }
 
-/** A photo is kept on the phone only once its upload has started: before, a relay that cannot
- * be reached (or fails) is said as it is, never "nothing is lost". */
+/** The relay cannot be reached (or fails) for now: what the outbox keeps for later. */
+function unreachable(err: unknown): err is RelayError {
+  return err instanceof RelayError && (err.status === 0 || err.status >= 500);
+}
+
+/** A photo the relay cannot take before its upload starts is kept (keepPhoto) when it starts a
+ * new consult with the patient's agreement; a photo added to a consult is not (its consent
+ * names who is in the consult now, which only the relay knows), nor is a refusal to file. */
+function keepable(a: ImageSend, err: unknown): boolean {
+  return unreachable(err) && !a.thread_id && a.consent.decision === "agreed";
+}
+
+/** A photo not kept (keepable) whose request before its upload could not reach the relay is
+ * said as it is, never "nothing is lost". */
+function beforeKeptError(err: unknown): unknown {
+  return unreachable(err)
+    ? new UserError(err.code, "The relay cannot be reached, so the photo was not sent, and the app does not keep it yet: it stays on this screen until you send it or the app locks. Send it again once the bar at the top says connected.")
+    : err;
+}
+
 async function beforeKept<T>(request: Promise<T>): Promise<T> {
   try {
     return await request;
   } catch (err) {
-    if (err instanceof RelayError && (err.status === 0 || err.status >= 500)) {
-      throw new UserError(err.code, "The relay cannot be reached, so the photo was not sent, and the app does not keep it yet: it stays on this screen until you send it or the app locks. Send it again once the bar at the top says connected.");
+    throw beforeKeptError(err);
+  }
+}
+
+/**
+ * A photo consult finished while the relay could not be reached (docs/USER_GUIDE.md "Interns:
+ * the phone app", step 4), kept under `outbox:<message id>` as the patient's consent recorded it
+ * until the relay can be reached: the photo (pixels only), the consult as written and the
+ * signed consent token, sealed at rest like every vault record (vault.ts), never in clear. Its
+ * message and thread ids are chosen now, so it is sent once (sendPhotoDraft).
+ */
+interface PhotoDraft {
+  photo: true;
+  message_id: string;
+  thread_id: string;
+  created_at: number;
+  role: string;
+  send: ImageSend;
+  token: string;
+  claims: ConsentClaims;
+  /** The relay registered the consent (POST /v1/consents): it is not registered again. */
+  registered: boolean;
+}
+
+/** What a kept photo's consult says under it, after the app was closed and opened too. */
+const KEPT_PHOTO_NOTE = "Not sent yet: the relay could not be reached. The photo is kept on this phone, encrypted, and sent by itself when the relay can be reached; it shows as sent then.";
+
+/** The photo consult kept (PhotoDraft) and shown in its thread, marked sending with why. */
+async function keepPhoto(a: ImageSend, role: string, token: string, claims: ConsentClaims, registered: boolean): Promise<Record<string, unknown>> {
+  const draft: PhotoDraft = {
+    photo: true, message_id: keys.uuid4(), thread_id: keys.uuid4(), created_at: now(), role,
+    send: { ...a, thread_id: null, audience: null, kept_id: null }, token, claims, registered,
+  };
+  const subject = a.subject.trim() || null;
+  const view: MessageView = {
+    message_id: draft.message_id, thread_id: draft.thread_id, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
+    text: a.text, subject, sent_at: draft.created_at, status: "sending", status_note: KEPT_PHOTO_NOTE, quality_warnings: a.warnings,
+    attachment_id: draft.message_id, image_state: "held",
+  };
+  await vault!.put(`outbox:${draft.message_id}`, draft);
+  await addToThread(view, { thread_id: draft.thread_id, role, subject, priority: a.priority, messages: [] });
+  recordedConsent = null; // the consent is the kept photo's now
+  const why = ready ? "this phone cannot reach the relay just now" : "this phone is not connected to the relay";
+  return {
+    decision: "agreed", thread_id: draft.thread_id, message_id: draft.message_id,
+    kept: `Not sent yet: ${why}. The photo is kept on this phone, encrypted, and sent by itself when the relay can be reached; it shows as sent then.`,
+  };
+}
+
+/**
+ * A kept photo (resendOutbox), once the relay answers: its consent registered (once), the photo
+ * encrypted and its upload started, the job kept under `upload:<id>` in place of the draft
+ * (so a restart resumes the upload, never starts another), then finished and sealed with the
+ * draft's message and thread ids (finishUpload). A refusal for good (the consent refused, say)
+ * is shown in its thread as any refused photo is (keptPhotoRefused).
+ */
+async function sendPhotoDraft(draft: PhotoDraft): Promise<void> {
+  const key = `outbox:${draft.message_id}`;
+  for (const name of await vault!.names("upload:")) {
+    // Its upload had started when the app closed: resumeUploads finishes it.
+    if ((await vault!.get<UploadJob>(name))?.message_id === draft.message_id) {
+      await vault!.delete(key);
+      return;
     }
-    throw err;
+  }
+  inFlight.add(draft.message_id);
+  let job: UploadJob;
+  try {
+    if (!draft.registered) {
+      await relay!.call("POST", "/v1/consents", { token: draft.token });
+      draft.registered = true;
+      await vault!.put(key, draft);
+    }
+    const enc = encryptAttachment(draft.send.jpeg);
+    const upload = await relay!.call<{ attachment_id: string; committed: number }>("POST", "/v1/attachments", { size: enc.ciphertext.length });
+    job = {
+      attachment_id: upload.attachment_id, ciphertext: enc.ciphertext, key: enc.key, sha256: enc.sha256, size: enc.size,
+      token: draft.token, consent_id: draft.claims.jti, role: draft.role, send: draft.send,
+      message_id: draft.message_id, thread_id: draft.thread_id,
+    };
+    uploading.add(job.attachment_id);
+    await vault!.put(`upload:${job.attachment_id}`, job);
+    await vault!.delete(key);
+  } catch (err) {
+    if (err instanceof RelayError && httpPasses(err)) return; // still kept: the next connection
+    if (!(err instanceof RelayError || err instanceof UserError)) throw err;
+    await vault!.delete(key);
+    const refusal = err instanceof RelayError ? notSentSentence(err.code, err.detail) : `Not sent: ${inWords(err).replace(/^(\S)/, (c) => c.toLowerCase())}`;
+    await keptPhotoRefused(draft, err.code, refusal);
+    throw new SendRefused(err.code, refusal);
+  } finally {
+    inFlight.delete(draft.message_id);
+  }
+  try {
+    await finishUpload(job, true);
+  } catch (err) {
+    if (err instanceof RelayError && !httpPasses(err)) await vault!.delete(`upload:${job.attachment_id}`);
+    else if (!(err instanceof SendRefused)) return; // kept as an upload job: resumed at the next connection
+    const { code } = err as SendRefused | RelayError;
+    const refusal = err instanceof SendRefused ? err.message : notSentSentence(code, (err as RelayError).detail);
+    await keptPhotoRefused(draft, code, refusal);
+    throw err instanceof SendRefused ? err : new SendRefused(code, refusal);
   }
 }
 
@@ -1786,6 +1936,10 @@ interface UploadJob {
   consent_id: string;
   role: string;
   send: ImageSend;
+  /** A kept photo's (PhotoDraft): the message and new consult it is sent as, chosen when it
+   * was kept and shown in that thread since. */
+  message_id?: string;
+  thread_id?: string;
 }
 
 const uploading = new Set<string>();
@@ -1853,10 +2007,18 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     }));
     // A new consult's thread is made here, once the photo is at the relay; a consult it is
     // added to is there already.
-    const threadId = a.thread_id ?? keys.uuid4();
-    if (!a.thread_id) await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [job.role], priority: a.priority });
+    const threadId = a.thread_id ?? job.thread_id ?? keys.uuid4();
+    if (!a.thread_id) {
+      try {
+        await relay!.call("POST", "/v1/threads", { thread_id: threadId, users: [], roles: [job.role], priority: a.priority });
+      } catch (err) {
+        // A kept photo's thread, made by an earlier try whose answer was lost (its id is this
+        // phone's, random).
+        if (!(job.thread_id && err instanceof RelayError && err.code === "conflict")) throw err;
+      }
+    }
     const bundles = await recipients(threadId, await gatewayDevices());
-    const messageId = keys.uuid4();
+    const messageId = job.message_id ?? keys.uuid4();
     const header: env.MessageHeader = {
       v: 1, message_id: messageId, thread_id: threadId, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
       sent_at: now(), purpose: "direct_care", priority: a.priority, consent_id: job.consent_id, attachment_ids: [aid],
@@ -1871,7 +2033,7 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     };
     await vault!.put(`image:${aid}`, a.jpeg);
     await vault!.put(`outbox:${messageId}`, record);
-    await addToThread(view, { thread_id: threadId, role: job.role || null, subject: view.subject, priority: a.priority, messages: [] });
+    await addToThread(view, { thread_id: threadId, role: job.role || null, subject: view.subject, priority: a.priority, messages: [] }, true);
     await vault!.delete(name);
     // Refused for good (the patient withdrew consent meanwhile, say): sendSealed erases the
     // photo and its message (and the consult it started), so nothing "sending" stays on this
@@ -1881,6 +2043,51 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
   } finally {
     for (const id of claimed) uploading.delete(id);
   }
+}
+
+/**
+ * A kept photo the relay refused for good once back (its consent, its role, its upload): shown
+ * in its thread as not sent, with why, as any refused photo; the photo stays kept (sealed at
+ * rest, under `photo:<message id>`) for *Send the photo again*, which opens the consent screen
+ * with it (keptPhoto), as the consent screen offers after a refusal. A consent the patient
+ * withdrew meanwhile keeps nothing: it is not to be sent again.
+ */
+async function keptPhotoRefused(draft: PhotoDraft, code: string, refusal: string): Promise<void> {
+  const again = code !== "consent_revoked";
+  if (again) await vault!.put(`photo:${draft.message_id}`, draft);
+  const a = draft.send;
+  const subject = a.subject.trim() || null;
+  const view: MessageView = {
+    message_id: draft.message_id, thread_id: draft.thread_id, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
+    text: a.text, subject, sent_at: draft.created_at, status: "not_sent", status_note: refusal, quality_warnings: a.warnings,
+    ...(again ? { kept_photo: true, attachment_id: draft.message_id, image_state: "held" as const } : {}),
+  };
+  await addToThread(view, { thread_id: draft.thread_id, role: draft.role, subject, priority: a.priority, messages: [] }, true);
+  event("unsent", { message_id: draft.message_id, thread_id: draft.thread_id, refusal });
+}
+
+/** A refused kept photo (keptPhotoRefused) back on the consent screen: the photo and the form
+ * as the patient's decision recorded them; a consent the relay registered is sent again as it
+ * is (recordedConsent), never registered a second time. */
+async function keptPhoto(args: { message_id: string }): Promise<Record<string, unknown>> {
+  const draft = await vault!.get<PhotoDraft>(`photo:${args.message_id}`);
+  if (!draft) throw new UserError("not_found", "This photo is no longer on this phone: take it again if it is still needed.");
+  const a = draft.send;
+  recordedConsent = draft.registered
+    ? { form: JSON.stringify([imageHash(a.jpeg), a.consent.decision, [...a.consent.purposes].sort(), { users: [], roles: [draft.role] }]), token: draft.token, claims: draft.claims }
+    : null;
+  return {
+    jpeg: a.jpeg, width: a.width, height: a.height, warnings: a.warnings, role: draft.role, priority: a.priority,
+    subject: a.subject, text: a.text, record: a.record, purposes: a.consent.purposes, recorded: draft.registered,
+  };
+}
+
+/** A refused kept photo sent again (or kept again): its record and its not-sent message go. */
+async function forgetKeptPhoto(messageId: string): Promise<void> {
+  const draft = await vault!.get<PhotoDraft>(`photo:${messageId}`);
+  if (!draft) return;
+  await vault!.delete(`photo:${messageId}`);
+  await removeFromThread(draft.thread_id, messageId);
 }
 
 /** Photos whose upload the app was closed in the middle of: resumed when the connection is
@@ -1957,7 +2164,14 @@ async function fileRefusal(token: string, record: RecordData): Promise<Record<st
 }
 
 async function image(args: { attachment_id: string }): Promise<Uint8Array | null> {
-  return (await vault!.get<Uint8Array>(`image:${args.attachment_id}`)) ?? null;
+  const held = await vault!.get<Uint8Array>(`image:${args.attachment_id}`);
+  if (held) return held;
+  // A kept photo (PhotoDraft) is shown in its thread under its message id until it is sent.
+  for (const name of [`outbox:${args.attachment_id}`, `photo:${args.attachment_id}`]) {
+    const kept = await vault!.get<PhotoDraft | OutboxRecord | DraftRecord>(name);
+    if (kept && "photo" in kept) return kept.send.jpeg;
+  }
+  return null;
 }
 
 async function threads(): Promise<ThreadRecord[]> {
@@ -1987,6 +2201,7 @@ const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
   sendConsult,
   sendReply,
   sendImage,
+  keptPhoto,
   audience,
   image,
   threads,

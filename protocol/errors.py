@@ -181,7 +181,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.LICENCE_EXPIRED: "The user's professional licence has expired.",
     ErrorCode.DEVICE_REVOKED: "The device has been revoked.",
     ErrorCode.DEVICE_LIMIT: "The user already has the maximum number of devices.",
-    ErrorCode.TOKEN_INVALID: "The access or refresh token is malformed or its signature is bad.",
+    ErrorCode.TOKEN_INVALID: "The access or refresh token is malformed or its signature is bad, "
+    "or the session it belongs to has ended (logout, a refresh token reused).",
     ErrorCode.TOKEN_EXPIRED: "The token has expired.",
     ErrorCode.TOKEN_AUDIENCE: "The token was issued for another audience.",
     ErrorCode.TOKEN_DEVICE_MISMATCH: "The token is bound to another device key.",
@@ -259,7 +260,7 @@ class CloseCode(enum.IntEnum):
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009  # frame over the maximum frame size
     PROTOCOL_ERROR = 4000  # repeated malformed input; the session is not trustworthy
-    AUTH_FAILED = 4001  # bad access token or challenge answer
+    AUTH_FAILED = 4001  # bad access token or challenge answer, or its session ended
     AUTH_TIMEOUT = 4002  # no authentication within the handshake timeout
     SESSION_REPLACED = 4003  # the same device connected again elsewhere
     DEVICE_REVOKED = 4004

@@ -18,10 +18,15 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["CHANNEL", "EventBus", "notification", "publish", "publish_revocation"]
+__all__ = ["CHANNEL", "SESSION_ENDED", "EventBus", "notification", "publish",
+           "publish_revocation", "publish_sessions_ended"]
 
 log = logging.getLogger("lightbox.events")
 CHANNEL = "lightbox_events"
+# The reason of a ``revoked`` event that ends refresh-token families: the error code a ``hello``
+# with one of their access tokens is refused with (server/authn.py), so a socket closed by the
+# event and one refused at the handshake tell the client the same thing (docs/PROTOCOL.md §3.4).
+SESSION_ENDED = "token_invalid"
 Handler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 
@@ -48,6 +53,17 @@ async def publish_revocation(conn: asyncpg.Connection, *, device_ids: Sequence[s
     for i in range(0, max(len(device_ids), len(user_ids), 1), 100):  # stay under 8000 bytes
         await publish(conn, "revoked", device_ids=list(device_ids[i:i + 100]),
                       user_ids=list(user_ids[i:i + 100]), reason=reason)
+
+
+async def publish_sessions_ended(conn: asyncpg.Connection, family_ids: Sequence[str]) -> None:
+    """Tell every relay process to close the sockets opened with an access token of these
+    refresh-token families (the ``sid`` claim, server/tokens.py): the session behind them
+    ended (logout, refresh token reuse, single sign-on lifetime; server/login.py). A
+    ``revoked`` event whose reason is :data:`SESSION_ENDED`; a relay of an earlier version
+    finds no device or user in it and does nothing."""
+    for i in range(0, len(family_ids), 100):  # stay under 8000 bytes
+        await publish(conn, "revoked", device_ids=[], user_ids=[],
+                      family_ids=list(family_ids[i:i + 100]), reason=SESSION_ENDED)
 
 
 class EventBus:

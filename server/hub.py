@@ -11,7 +11,12 @@
   stored deliveries over after COMMIT (:meth:`Hub.deliver`), and a pump writes them without
   reading them back when nothing can be ahead of them (docs/ARCHITECTURE.md §3 "Local
   delivery").
-* ``revoked`` events close the sockets of revoked devices (4004) and suspended users (4005).
+* ``revoked`` events close the sockets of revoked devices (4004) and suspended users (4005),
+  and those opened with an access token of a refresh-token family that ended (logout, refresh
+  token reuse, single sign-on lifetime: 4001 ``token_invalid``, what the handshake answers
+  that token; docs/SECURITY.md "Identity and sessions"). A connection is indexed by its family
+  (:meth:`Hub.follow`) before it reads whether the family is still active, so an end that
+  commits meanwhile is either read or heard.
 * Graceful shutdown closes every connection with 1001 (going away, RFC 6455 §7.4.1) before the
   server stops, so clients reconnect to another process at once.
 """
@@ -26,6 +31,7 @@ from typing import Any, Protocol
 
 from protocol.errors import CloseCode
 from protocol.frames import Frame, KeysLow
+from server.events import SESSION_ENDED
 from server.store.messages import NewDelivery
 
 __all__ = ["Closable", "Hub", "Member"]
@@ -78,6 +84,7 @@ _REASON_CLOSE = {
     "device_revoked": CloseCode.DEVICE_REVOKED,
     "user_suspended": CloseCode.USER_SUSPENDED,
     "licence_expired": CloseCode.USER_SUSPENDED,
+    SESSION_ENDED: CloseCode.AUTH_FAILED,
 }
 
 
@@ -86,6 +93,8 @@ class Hub:
         self._conns: set[Closable] = set()
         self._by_device: dict[str, Member] = {}
         self._by_user: dict[str, set[Member]] = {}
+        self._by_family: dict[str, set[Member]] = {}  # refresh-token family -> connections
+        self._family_of: dict[Member, str] = {}
         self.accepting = True
         self.origin = uuid.uuid4().hex  # marks this process's own ``deliver`` events
 
@@ -119,6 +128,23 @@ class Hub:
         if self._by_device.get(member.device_id) is member:
             del self._by_device[member.device_id]
         self._unindex(member)
+        self.unfollow(member)
+
+    def follow(self, member: Member, family_id: str) -> None:
+        """Index an authenticated connection by the refresh-token family of its access token
+        (``sid``), so that the family's end closes it (:meth:`on_revoked`); before
+        :meth:`register`, which :meth:`unregister` undoes, or :meth:`unfollow`."""
+        self._family_of[member] = family_id
+        self._by_family.setdefault(family_id, set()).add(member)
+
+    def unfollow(self, member: Member) -> None:
+        family = self._family_of.pop(member, None)
+        if family is None:
+            return
+        members = self._by_family.get(family, set())
+        members.discard(member)
+        if not members:
+            self._by_family.pop(family, None)
 
     def _unindex(self, member: Member) -> None:
         users = self._by_user.get(member.user_id)
@@ -208,6 +234,8 @@ class Hub:
                 targets.add(m)
         for u in event.get("user_ids", ()):
             targets.update(self._by_user.get(u, ()))
+        for f in event.get("family_ids", ()):
+            targets.update(self._by_family.get(f, ()))
         for m in targets:
             self.unregister(m)
         await asyncio.gather(*(m.close(code, str(event.get("reason"))) for m in targets),

@@ -27,6 +27,10 @@ Refresh rotates the refresh token; a used token presented again revokes its whol
 Refresh re-checks device and user status. A session begun with a password that the user's
 organisation no longer accepts (step 3) ends at its next refresh (``token_expired``, audited
 ``sso_required``), as one begun at the IdP does after ``LIGHTBOX_SSO_SESSION_TTL``.
+
+Whatever ends a family (logout, reuse, either end at refresh) also closes, on every relay
+process, the websockets opened with its access tokens (:func:`_end_session`), and those tokens
+are refused from then on although they have not expired (server/authn.py).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from protocol.api import (
 )
 from protocol.canonical import b64url_decode, b64url_encode
 from protocol.errors import DecodeError, ErrorCode
-from server import audit
+from server import audit, events
 from server.audit import AUDIT_CONTEXT
 from server.authn import verify_signature
 from server.db import Database
@@ -197,7 +201,7 @@ class LoginService:
                         return pair
                     # A copy of a token that was already exchanged: someone else holds the
                     # family. End it for everybody, the legitimate device included.
-                    revoked = await sessions.revoke_family(conn, rec.family_id, now=now)
+                    revoked = await _end_session(conn, rec.family_id, now=now)
                     await audit.append(conn, "auth.refresh_reused", subject_kind="device",
                                        subject_id=rec.device_id, outcome="denied",
                                        details={"user_id": rec.user_id, "revoked": revoked})
@@ -219,7 +223,7 @@ class LoginService:
                         # decides whether the user still may).
                         reason = "sso_reauth"
                     # The family ends; the refusal follows the commit.
-                    await sessions.revoke_family(conn, rec.family_id, now=now)
+                    await _end_session(conn, rec.family_id, now=now)
                     await audit.append(conn, "auth.refresh", subject_kind="device",
                                        subject_id=rec.device_id, outcome="denied",
                                        details={"reason": reason})
@@ -292,7 +296,7 @@ class LoginService:
             rec = await sessions.get_refresh(conn, token)
             if rec is None:
                 raise Unauthorized(ErrorCode.TOKEN_INVALID, "unknown token")
-            await sessions.revoke_family(conn, rec.family_id, now=now)
+            await _end_session(conn, rec.family_id, now=now)
             await audit.append(conn, "auth.logout", subject_kind="device",
                                subject_id=rec.device_id, actor_kind="device",
                                actor_id=rec.device_id)
@@ -352,6 +356,18 @@ class LoginService:
                            subject_id=user_id, outcome="denied",
                            details={"reason": code.value, **(details or {})})
         raise _refusal(code, detail)
+
+
+async def _end_session(conn: asyncpg.Connection, family_id: str, *, now: float) -> int:
+    """End a refresh-token family (logout, refresh token reuse as RFC 6749 §10.4 and RFC 9700
+    §4.14.2 ask, a single sign-on session past its lifetime or refused passwords) and, when
+    the caller's transaction commits, the websockets opened with its access tokens, on every
+    relay process (server/hub.py: 4001 ``token_invalid``, what the handshake now answers those
+    tokens, as every HTTP request does: server/authn.py). The caller's audit row of the end
+    covers the closes. Returns how many of its refresh tokens were still live."""
+    revoked = await sessions.revoke_family(conn, family_id, now=now)
+    await events.publish_sessions_ended(conn, [family_id])
+    return revoked
 
 
 def _status_refusal(user: users.UserRecord, device_status: str, now: float) -> ErrorCode | None:

@@ -152,7 +152,8 @@ _CLOSE_MEANING: dict[CloseCode, str] = {
     CloseCode.POLICY_VIOLATION: "Generic policy violation.",
     CloseCode.MESSAGE_TOO_BIG: "A frame exceeded the maximum frame size.",
     CloseCode.PROTOCOL_ERROR: "Repeated malformed input; the session was ended.",
-    CloseCode.AUTH_FAILED: "The access token or the challenge answer did not verify.",
+    CloseCode.AUTH_FAILED: "The access token or the challenge answer did not verify, or the "
+    "session of the access token ended (reason `token_invalid`).",
     CloseCode.AUTH_TIMEOUT: "No authentication within the handshake timeout.",
     CloseCode.SESSION_REPLACED: "The same device opened a newer connection.",
     CloseCode.DEVICE_REVOKED: "The device was revoked.",

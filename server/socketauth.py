@@ -5,7 +5,9 @@ the device it claims to be, and its Ed25519 signature over the challenge nonce b
 token. :class:`DeviceSocketAuthenticator` accepts it when the token is valid and names that
 device, the device and its user are still allowed on (revoked, suspended, licence; the same
 check as every HTTP request, server/authn.py), and the signature verifies under the device's
-key (``challenge_failed``). A device revoked with wipe that proves it holds its key is let in
+key (``challenge_failed``). An access token whose refresh-token family ended (logout,
+refresh token reuse, single sign-on lifetime) is ``token_invalid``, as on every HTTP request,
+although it has not expired. A device revoked with wipe that proves it holds its key is let in
 only to hear its order (server/wipes.py), even with an expired token. Time comes from the
 injected clock.
 """
@@ -38,6 +40,9 @@ class SocketPrincipal:
     org_id: str
     signing_key: bytes
     licence_expires_at: int | None = None  # the socket closes (4005) when the licence ends
+    # The refresh-token family of the access token (``sid``): the socket closes (4001,
+    # token_invalid) when it ends (server/hub.py). The session, not who is connected.
+    family_id: str = dataclasses.field(default="", compare=False)
 
 
 class SocketAuthenticator(Protocol):
@@ -92,4 +97,5 @@ class DeviceSocketAuthenticator:
                              "the challenge was not signed by this device") from exc
         return SocketPrincipal(user_id=principal.user_id, device_id=principal.device_id,
                                org_id=principal.org_id, signing_key=principal.signing_key,
-                               licence_expires_at=user.licence_expires_at if user else None)
+                               licence_expires_at=user.licence_expires_at if user else None,
+                               family_id=principal.family_id)

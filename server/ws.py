@@ -78,16 +78,12 @@ from server.reads import DeliveryReader
 from server.sendrate import SendRate
 from server.sends import Sender, SendPipeline
 from server.socketauth import SocketAuthenticator, SocketPrincipal
-from server.store import batches, messages
+from server.store import batches, messages, sessions
 from server.wipes import WipeRequired, WipeService
 
 __all__ = ["PrekeyWatch", "ReceiptHook", "SocketConfig", "WebSocketRelay"]
 
 log = logging.getLogger("lightbox.ws")
-
-# Postgres's clock in microseconds: one clock for every relay process, so that all of them
-# agree which of a device's connections registered last (server/hub.py).
-_NOW_US = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 
 # How many acknowledged delivery ids a connection still recognises (a duplicate ack is then
 # quiet, and a delivery handed over after a read wrote and acknowledged it is not written
@@ -165,6 +161,8 @@ class WebSocketRelay:
         try:
             await conn.run()
         finally:
+            # Whatever way it ended, nothing of it stays indexed (its device, user, family).
+            self.hub.unregister(conn)
             self.hub.discard(conn)
 
 
@@ -431,16 +429,36 @@ class _Connection:
     async def _register(self) -> bool:
         """Index this connection as its device's one connection and tell the other relay
         processes, whose connection of this device (if older) must go. Postgres's clock orders
-        the registrations (server/hub.py). False if a newer connection of the device won."""
+        the registrations (server/hub.py). False if a newer connection of the device won, or
+        if the session of its access token ended since the handshake checked it.
+
+        The connection follows its refresh-token family in the hub *before* the same
+        statement that reads the clock reads whether the family is still active: an end
+        (logout, refresh token reuse; RFC 9700 §4.14.2) that commits after that read is heard
+        as a ``revoked`` event, which then finds this connection; one that committed before
+        it is read. Once per connection, never per frame (docs/BENCHMARKS.md)."""
         hub = self.relay.hub
-        async with self.relay.db.pool.acquire() as conn:
-            self.registered_at = await conn.fetchval(_NOW_US)
-            loser = hub.register(self)
-            if loser is not self:
-                await events.publish(conn, "session", device_id=self.device_id,
-                                     session_id=self.session_id,
-                                     registered_at=self.registered_at, origin=hub.origin)
+        assert self.principal is not None
+        hub.follow(self, self.principal.family_id)
+        try:
+            async with self.relay.db.pool.acquire() as conn:
+                self.registered_at, active = await sessions.registration(
+                    conn, self.principal.family_id)
+                ended = not active or self._closed
+                loser = None if ended else hub.register(self)
+                if not ended and loser is not self:
+                    await events.publish(conn, "session", device_id=self.device_id,
+                                         session_id=self.session_id,
+                                         registered_at=self.registered_at, origin=hub.origin)
+        except BaseException:
+            hub.unregister(self)
+            raise
+        if ended:
+            hub.unfollow(self)
+            await self.close(CloseCode.AUTH_FAILED, events.SESSION_ENDED)
+            return False
         if loser is self:
+            hub.unfollow(self)
             await self.close(CloseCode.SESSION_REPLACED, "session replaced")
             return False
         self.relay.metrics.ws_connections.inc()

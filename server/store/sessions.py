@@ -36,6 +36,7 @@ __all__ = [
     "get_refresh",
     "issue_refresh",
     "open_successor",
+    "registration",
     "revoke_family",
     "revoke_for",
     "rotate",
@@ -173,3 +174,16 @@ async def family_active(conn: asyncpg.Connection, family_id: str) -> bool:
     return bool(await conn.fetchval(
         "SELECT NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE family_id = $1 "
         "AND revoked_at IS NOT NULL)", uuid.UUID(family_id)))
+
+
+async def registration(conn: asyncpg.Connection, family_id: str) -> tuple[int, bool]:
+    """Postgres's clock in microseconds and :func:`family_active`, in one round trip: what a
+    websocket registers with once per connection (server/ws.py, server/hub.py). The family is
+    read after the connection is listening for its end, so an end that commits in between is
+    seen either here or by the event (docs/SECURITY.md "Identity and sessions")."""
+    row = await conn.fetchrow(
+        "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us, "
+        "NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE family_id = $1 "
+        "AND revoked_at IS NOT NULL) AS active", uuid.UUID(family_id))
+    assert row is not None
+    return int(row["now_us"]), bool(row["active"])

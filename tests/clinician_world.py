@@ -44,9 +44,12 @@ async def enrol_clinician(world: World, tmp: Path, login: str, *,
                           roles: tuple[str, ...] = ("intern",), display_name: str = "",
                           kind: DeviceKind = DeviceKind.MOBILE, one_time: int = 25,
                           provision: bool = True, user: User | None = None,
-                          vault_dir: Path | None = None) -> Clinician:
+                          vault_dir: Path | None = None, id_token: str | None = None
+                          ) -> Clinician:
     """Provision ``login`` (unless ``user`` is given), enrol a device keeping its prekey
-    secrets, store the state in a fresh vault, and return an (unstarted) SDK client."""
+    secrets, store the state in a fresh vault, and return an (unstarted) SDK client. With
+    ``id_token`` (the IdP's, for a relay nonce) it enrols as ``lightbox enroll --sso`` does:
+    no relay password, the device signs in at the IdP (``DeviceState.sso``)."""
     user = user or world.org.user(login, roles=roles,
                                   display_name=display_name or f"Dr {login.title()}")
     if provision:
@@ -60,10 +63,13 @@ async def enrol_clinician(world: World, tmp: Path, login: str, *,
         not_after=now + 365 * 86400), user.identity)
     batch = make_prekeys(keys, first_id=1, one_time=one_time, signed=True, now=now)
     assert batch.signed_token is not None and batch.signed_secret is not None
-    r = await world.http.post("/v1/enrol/complete", json={
-        "enrolment_token": user.token_b64, "device_certificate": cert,
-        "signed_prekey": batch.signed_token, "one_time_prekeys": batch.one_time_tokens,
-        "password": PASSWORD})
+    first_factor = ({"password": PASSWORD} if id_token is None
+                    else {"org_id": user.org.org_id, "id_token": id_token})
+    r = await world.http.post(
+        "/v1/enrol/complete" if id_token is None else "/v1/enrol/complete-sso",
+        json={"enrolment_token": user.token_b64, "device_certificate": cert,
+              "signed_prekey": batch.signed_token, "one_time_prekeys": batch.one_time_tokens,
+              **first_factor})
     assert r.status_code == 200, r.text
     state = DeviceState(
         server_url=world.relay.base_url, login=user.login, user_id=user.user_id,
@@ -72,7 +78,7 @@ async def enrol_clinician(world: World, tmp: Path, login: str, *,
         device_kind=kind.value, device_seed=keys.signing.seed.reveal(),
         dh_secret=keys.dh.secret.reveal(), user_certificate=user.cert, device_certificate=cert,
         signed_prekeys=[batch.signed_secret], one_time_prekeys=batch.one_time_secrets,
-        next_prekey_id=batch.next_prekey_id)
+        next_prekey_id=batch.next_prekey_id, sso=id_token is not None)
     vault = Vault(vault_dir or tmp / f"vault-{login}-{keys.device_id[:8]}", kdf=CHEAP_PROFILE)
     vault.create(PASSWORD)
     vault.save(state)

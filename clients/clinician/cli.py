@@ -25,6 +25,8 @@ import sys
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
+import msgspec
+
 from clients.clinician import commands as clinician
 from clients.clinician.consenting import (
     capture_command,
@@ -37,7 +39,7 @@ from clients.clinician.device import open_device, read_password, store_of
 from clients.clinician.shell import when
 from clients.sdk import consent as consent_capture
 from clients.sdk import expiry, identity, people, sso
-from clients.sdk.errors import DeviceWiped, FlowError, KeyStoreError
+from clients.sdk.errors import DeviceWiped, FlowError, KeyStoreError, RelayRequestError
 from clients.sdk.failures import run_async, run_command
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import (
@@ -58,6 +60,8 @@ from protocol.model import SUPPORTED_VERSIONS, DeviceKind, Purpose
 __all__ = ["main"]
 
 VERSION = "0.1.0"
+# How a clinician who signs in at the hospital's identity provider signs in again.
+SSO_HINT = "sign in again with your hospital account: run `lightbox login --sso`"
 T = TypeVar("T")
 
 
@@ -147,9 +151,17 @@ def _login(args: argparse.Namespace) -> int:
             relay.tokens = None
             if args.sso:
                 signed_in = await _sso(relay, args, opened.state.org_id)
-                await identity.sso_login(relay, opened.state, signed_in)
+                try:
+                    await identity.sso_login(relay, opened.state, signed_in)
+                except RelayRequestError as exc:
+                    wrong = sso.someone_else(exc, signed_in, opened.state.login)
+                    if wrong is None:
+                        raise
+                    raise wrong from exc
             else:
-                await identity.login(relay, opened.state, password)
+                await identity.log_in_again(relay, opened, password)
+            if opened.state.sso != args.sso:  # how this device signs in from now on
+                opened.save(msgspec.structs.replace(opened.state, sso=args.sso))
             count = await relay.prekey_count()
             if count.remaining < count.low_water:
                 await identity.upload_prekeys(relay, opened,
@@ -370,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return None
 
     return run_command("lightbox", lambda: int(args.func(args)), known=after_wipe,
-                       login_hint="run `lightbox login`", details_dir=lightbox_home())
+                       login_hint="run `lightbox login`", sso_hint=SSO_HINT,
+                       details_dir=lightbox_home())
 
 
 if __name__ == "__main__":

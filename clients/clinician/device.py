@@ -11,14 +11,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from clients.sdk import identity
-from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError
+from clients.sdk.errors import KeyStoreError
 from clients.sdk.failures import run_async
 from clients.sdk.http import RelayHTTP
-from clients.sdk.keystore import (
-    DeviceState,
-    KeyStore,
-    OpenKeyStore,
-)
+from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
 from clients.sdk.prompts import read_secret
 from protocol import api
 from protocol.errors import ErrorCode
@@ -26,7 +22,6 @@ from protocol.errors import ErrorCode
 __all__ = [
     "KeyDevice",
     "open_device",
-    "password_login",
     "read_password",
     "store_of",
 ]
@@ -54,15 +49,17 @@ class KeyDevice:
         return self.opened.state
 
     async def relay(self) -> RelayHTTP:
-        """A RelayHTTP acting as this device, logged in (reusing the saved session)."""
+        """A RelayHTTP acting as this device, logged in (reusing the saved session); the
+        session the relay ended is renewed as clients/sdk/identity.py ``log_in_again`` can."""
         async def login_again() -> api.TokenPair:  # the relay ended the session
-            return await password_login(relay, self.state, self.password)
+            return await identity.log_in_again(relay, self.opened, self.password,
+                                               ended=ErrorCode.TOKEN_INVALID.value)
 
         relay = identity.device_relay(self.opened, login_again=login_again)
         if relay.tokens is None or relay.tokens.refresh_expires_at <= time.time():
             relay.tokens = None
             try:
-                await password_login(relay, self.state, self.password)
+                await identity.log_in_again(relay, self.opened, self.password)
             except BaseException:
                 await relay.aclose()
                 raise
@@ -76,24 +73,6 @@ class KeyDevice:
                 return await work(relay)
 
         return run_async(go)
-
-
-async def password_login(relay: RelayHTTP, state: DeviceState, password: str
-                          ) -> api.TokenPair:
-    """Log in again with the password; a clinician of an organisation that signs in with its
-    IdP has none at the relay, and is told to run ``lightbox login --sso`` instead."""
-    try:
-        return await identity.login(relay, state, password)
-    except RelayRequestError as exc:
-        if exc.code != ErrorCode.INVALID_CREDENTIALS.value:
-            raise
-        try:
-            await relay.sso_config(state.org_id)
-        except RelayRequestError:
-            raise exc from None
-        raise FlowError("your organisation signs in with its identity provider: run "
-                        "`lightbox login --sso`", code=ErrorCode.INVALID_CREDENTIALS.value) \
-            from exc
 
 
 def open_device(args: argparse.Namespace) -> KeyDevice:

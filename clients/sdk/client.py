@@ -48,7 +48,7 @@ from typing import Any
 
 from clients.sdk import people
 from clients.sdk.connection import REPLACED_WAIT, Connection
-from clients.sdk.errors import DeviceWiped, RelayRequestError, RelayUnavailable
+from clients.sdk.errors import DeviceWiped, RelayRequestError, RelayUnavailable, SessionEnded
 from clients.sdk.events import (
     AcknowledgementEvent,
     ClientEvent,
@@ -134,7 +134,8 @@ class LightboxClient:
         self.relay = relay or RelayHTTP(
             st.server_url, device=st.device_keys().signing, tokens=st.session,
             on_tokens=self.session.save_tokens,
-            login_again=self.session.login_again if password is not None else None)
+            login_again=self.session.login_again if password is not None else None,
+            sso=st.sso)
         self.session.relay = self.relay
         base = st.server_url.rstrip("/")
         self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")
@@ -226,7 +227,8 @@ class LightboxClient:
             self.ws_url, device_id=keys.device_id, access_token=self.session.socket_token,
             sign=keys.sign, on_message=self.receiver.on_deliver, on_event=self.notices.on_frame,
             dedupe=self.vault.dedupe, backoff_base=self._backoff[0],
-            backoff_max=self._backoff[1], replaced_wait=self._replaced_wait)
+            backoff_max=self._backoff[1], replaced_wait=self._replaced_wait,
+            token_refused=self.session.token_refused)
         pending = self.vault.outbox()  # left by an earlier run: resent once connected
         await connection.start()
         self._resend = self.hub.spawn(self._resend_pending(pending), "client-resend")
@@ -491,6 +493,8 @@ class LightboxClient:
                 log.warning("signed prekey upkeep failed: %s", exc)
             except RelayUnavailable as exc:
                 log.warning("signed prekey upkeep failed: %s", exc)
+            except SessionEnded:  # only the user can sign in again; the connection says so
+                return
             except VaultLocked:  # the device state is in the locked vault: the next start
                 return
             await asyncio.sleep(PREKEY_UPKEEP_INTERVAL)

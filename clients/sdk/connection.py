@@ -23,6 +23,12 @@ long-running programs on one device take turns, ever more slowly, rather than fi
 program the user waits on for a moment passes ``replaced_wait=0`` and reconnects as after a
 drop: it is the one the long-running program makes way for.
 
+An access token the relay refuses at the handshake (4001 with token_invalid: a session the
+relay ended, a suspension since lifted or a logout elsewhere; or token_expired) is never
+offered again: ``token_refused`` is told, and answers how the connection ends (a
+:class:`ConnectionStopped` whose cause is what the application tells the user) or None to try
+once more with a renewed token; without it, or refused again, the connection ends at once.
+
 Close codes that mean "stop" (revoked device, suspended user) end the connection for good,
 and so does an address that is not a websocket URL, and a handler that found the device's vault
 locked (:data:`VAULT_LOCKED`: nothing can be stored until the user unlocks it, and what was not
@@ -46,10 +52,10 @@ from typing import Protocol
 
 import websockets
 
-from clients.sdk.errors import RelayUnavailable, SDKError
+from clients.sdk.errors import RelayRequestError, RelayUnavailable, SDKError
 from clients.sdk.socket import RelaySocket, SendRefused, SocketClosed, is_retryable
 from clients.sdk.vaultrows import VaultLocked
-from protocol.errors import CloseCode, ProtocolError
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.frames import Accepted, Deliver, Frame, QueueEmpty
 from protocol.model import SealedMessage
 
@@ -61,6 +67,10 @@ log = logging.getLogger("lightbox.sdk")
 # Close codes after which reconnecting cannot help.
 FINAL_CLOSE_CODES = frozenset({CloseCode.DEVICE_REVOKED, CloseCode.USER_SUSPENDED,
                                CloseCode.UNSUPPORTED_VERSION})
+
+# Reasons of a handshake refused (4001) because the relay ended the token's session: the same
+# token can never succeed (module docstring).
+SESSION_REFUSED = frozenset({ErrorCode.TOKEN_INVALID.value, ErrorCode.TOKEN_EXPIRED.value})
 
 # The reason of a connection stopped because the device's vault is locked.
 VAULT_LOCKED = "the vault is locked"
@@ -92,6 +102,14 @@ class ConnectionStopped(RuntimeError):
         """Stopped by the program itself (:meth:`Connection.stop`, its vault locked), not
         ended by the relay or by a refusal that no later attempt can change."""
         return self.code is None and self.reason in {STOPPED, VAULT_LOCKED}
+
+
+def _stopped_by(exc: SDKError) -> ConnectionStopped:
+    """The end of a connection for which no token can be had; ``exc`` is its cause, what the
+    application tells the user."""
+    stopped = ConnectionStopped(None, str(getattr(exc, "code", "") or exc))
+    stopped.__cause__ = exc
+    return stopped
 
 
 class DedupeStore(Protocol):
@@ -128,9 +146,11 @@ class Connection:
         on_event: EventHandler | None = None, dedupe: DedupeStore | None = None,
         backoff_base: float = 0.2, backoff_max: float = 30.0, send_timeout: float = 30.0,
         replaced_wait: float = REPLACED_WAIT,
+        token_refused: Callable[[str, str], ConnectionStopped | None] | None = None,
     ) -> None:
         self.url, self.device_id = url, device_id
         self._token, self._sign = access_token, sign
+        self._token_refused = token_refused
         self._on_message, self._on_event = on_message, on_event
         self.dedupe = dedupe or MemoryDedupeStore()
         self.backoff_base, self.backoff_max, self.send_timeout = (
@@ -194,18 +214,23 @@ class Connection:
         attempt = 0
         failing = 0  # connections in a row that ended with a handler's error
         asked_for_wipe = False
+        renewed = False  # the session renewed since a token was refused (SESSION_REFUSED)
         while True:
             try:
                 token = await self._token()
             except ConnectionStopped as exc:  # the token provider knows it is over
                 self._finish(exc)
                 return
-            except RelayUnavailable:  # a failed refresh (relay unreachable): try again later
+            except (RelayUnavailable, RelayRequestError) as exc:
+                if isinstance(exc, RelayRequestError) and exc.status < 500:
+                    self._finish(_stopped_by(exc))
+                    return
+                # A failed refresh (relay unreachable, or failing for now): try again later.
                 attempt += 1
                 await self._backoff(attempt)
                 continue
             except SDKError as exc:  # no token to be had (session ended, device refused...)
-                self._finish(ConnectionStopped(None, str(getattr(exc, "code", "") or exc)))
+                self._finish(_stopped_by(exc))
                 return
             except Exception as exc:  # the provider failed otherwise: not a reason to give up
                 log.warning("access token failed; trying again",
@@ -220,6 +245,16 @@ class Connection:
                 if exc.code in FINAL_CLOSE_CODES:
                     self._finish(ConnectionStopped(exc.code, exc.reason))
                     return
+                if exc.code == CloseCode.AUTH_FAILED and exc.reason in SESSION_REFUSED:
+                    ended = (self._token_refused(exc.reason, token)
+                             if self._token_refused is not None else None)
+                    if ended is None and (self._token_refused is None or renewed):
+                        ended = ConnectionStopped(exc.code, exc.reason)
+                    if ended is not None:
+                        self._finish(ended)
+                        return
+                    renewed = True  # the next token is a renewed one
+                    continue
                 if exc.code == CloseCode.SESSION_REPLACED and self.replaced_wait > 0:
                     # A newer connection of this device won as this one authenticated.
                     self.last_close = (exc.code, exc.reason)
@@ -242,6 +277,7 @@ class Connection:
                 await self._backoff(attempt)
                 continue
             attempt = 0
+            renewed = False
             self._socket = sock
             self.connected.set()
             opened_at = asyncio.get_running_loop().time()

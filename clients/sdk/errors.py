@@ -13,6 +13,7 @@ __all__ = [
     "RelayResponseError",
     "RelayUnavailable",
     "SDKError",
+    "SessionEnded",
     "flow_error",
 ]
 
@@ -62,6 +63,17 @@ class RelayUnavailable(SDKError):
         self.reason = reason or message
         self.kept = kept
         super().__init__(message)
+
+
+class SessionEnded(SDKError):
+    """The relay ended this device's session (``code``: token_invalid, token_expired,
+    refresh_reused; unauthenticated when there was none) and this program cannot sign in again
+    by itself: it holds no password, or the user signs in at the organisation's identity
+    provider (``sso``), which only the user can do (docs/PROTOCOL.md §11, "Single sign-on")."""
+
+    def __init__(self, code: str, *, sso: bool) -> None:
+        self.code, self.sso = code, sso
+        super().__init__(f"the session has ended ({code}): sign in again")
 
 
 class KeyStoreError(SDKError):

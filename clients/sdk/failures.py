@@ -28,8 +28,10 @@ from clients.sdk.errors import (
     RelayRequestError,
     RelayUnavailable,
     SDKError,
+    SessionEnded,
 )
 from clients.sdk.prompts import PromptError
+from clients.sdk.session import SESSION_ENDED
 from clients.sdk.vault import VaultError
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 
@@ -43,8 +45,6 @@ _REVOKED = ("This device was revoked by your organisation{code}; ask your IT tea
 # the connection it closed (4005) or would not give a token for.
 _SUSPENDED = (f"error: your account is suspended by your organisation; ask your IT team "
               f"({ErrorCode.USER_SUSPENDED.value})")
-_SESSION_ENDED = {ErrorCode.TOKEN_INVALID.value, ErrorCode.TOKEN_EXPIRED.value,
-                  ErrorCode.REFRESH_REUSED.value, ErrorCode.UNAUTHENTICATED.value}
 
 
 def _relay_refusal(exc: RelayRequestError, login_hint: str) -> str:
@@ -52,15 +52,28 @@ def _relay_refusal(exc: RelayRequestError, login_hint: str) -> str:
         return _REVOKED.format(code=f" ({exc.code})")
     if exc.code == ErrorCode.USER_SUSPENDED.value:
         return _SUSPENDED
-    if exc.code in _SESSION_ENDED:
+    if exc.code in SESSION_ENDED:
         return f"error: your session has ended ({exc.code}): {login_hint}"
     return f"error: {exc}"
 
 
-def describe(exc: BaseException, *, login_hint: str) -> str | None:
-    """The sentence for an expected failure, or None for a bug."""
+def _session_ended(exc: SessionEnded, login_hint: str, sso_hint: str | None) -> str:
+    """Sign in again: at the identity provider when the device signs in there (then the
+    relay's code would only puzzle: the user has nothing to correct but to sign in)."""
+    if exc.sso:
+        return f"error: your session has ended: {sso_hint or login_hint}"
+    return f"error: your session has ended ({exc.code}): {login_hint}"
+
+
+def describe(exc: BaseException, *, login_hint: str,
+             sso_hint: str | None = None) -> str | None:
+    """The sentence for an expected failure, or None for a bug. ``login_hint`` says how to
+    log in again; ``sso_hint`` how to sign in again at the identity provider, for a device
+    that signs in there (:class:`SessionEnded`)."""
     if isinstance(exc, DeviceWiped):
         return str(exc)
+    if isinstance(exc, SessionEnded):
+        return _session_ended(exc, login_hint, sso_hint)
     if isinstance(exc, RelayUnavailable):
         if exc.kept:
             return f"error: cannot reach the relay ({exc.reason}), so it is not sent yet: " \
@@ -74,13 +87,15 @@ def describe(exc: BaseException, *, login_hint: str) -> str | None:
     if isinstance(exc, FlowError):
         return f"error: {exc.code}: {exc}"
     if isinstance(exc, ConnectionStopped):
+        if isinstance(exc.__cause__, SessionEnded):  # no token to be had: sign in again
+            return _session_ended(exc.__cause__, login_hint, sso_hint)
         # Before the revoked test: the session's token provider ends a suspended user's
         # connection with the revoked code and the reason user_suspended (clients/sdk/session.py).
         if exc.reason == ErrorCode.USER_SUSPENDED.value:
             return _SUSPENDED
         if exc.code == CloseCode.DEVICE_REVOKED or exc.reason == ErrorCode.DEVICE_REVOKED.value:
             return _REVOKED.format(code="")
-        if exc.reason in _SESSION_ENDED:
+        if exc.reason in SESSION_ENDED:
             return f"error: your session has ended ({exc.reason}): {login_hint}"
         return f"error: the relay ended this device's access ({exc.reason or exc.code})"
     if isinstance(exc, SDKError | VaultError | PromptError):
@@ -111,17 +126,19 @@ def report_crash(program: str, exc: BaseException, directory: Path) -> Path:
 
 
 def run_command(program: str, command: Callable[[], int], *, failure: int = 1,
-                login_hint: str, details_dir: Path,
+                login_hint: str, details_dir: Path, sso_hint: str | None = None,
                 known: Callable[[BaseException], str | None] | None = None) -> int:
     """Run ``command``; map each failure to one sentence and ``failure`` (130 on Ctrl-C).
-    ``known`` maps the program's own failures first (return None to fall through)."""
+    ``known`` maps the program's own failures first (return None to fall through);
+    ``login_hint`` and ``sso_hint`` as :func:`describe`'s."""
     try:
         return command()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return 130
     except Exception as exc:
-        sentence = (known(exc) if known else None) or describe(exc, login_hint=login_hint)
+        sentence = (known(exc) if known else None) or describe(exc, login_hint=login_hint,
+                                                               sso_hint=sso_hint)
         if sentence is None:
             path = report_crash(program, exc, details_dir)
             sentence = (f"error: {program} stopped on an unexpected problem "

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 import msgspec
 
-from clients.sdk.errors import FlowError, KeyStoreError, RelayRequestError, flow_error
+from clients.sdk.errors import (
+    FlowError,
+    KeyStoreError,
+    RelayRequestError,
+    SessionEnded,
+    flow_error,
+)
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, DeviceStore, KeyStore, OpenKeyStore, PrekeySecret
 from clients.sdk.sso import SignedIn
@@ -50,6 +56,7 @@ __all__ = [
     "enrol",
     "finish_link",
     "forget_one_time_prekey",
+    "log_in_again",
     "login",
     "make_prekeys",
     "offer_link",
@@ -250,6 +257,7 @@ async def enrol(
         dh_secret=keys.dh.secret.reveal(), user_certificate=package.user_certificate,
         device_certificate=device_cert, signed_prekeys=[batch.signed_secret],
         one_time_prekeys=batch.one_time_secrets, next_prekey_id=batch.next_prekey_id,
+        sso=sso is not None,
     )
     return store.create(state, password, profile=kdf)
 
@@ -265,7 +273,7 @@ def device_relay(opened: OpenKeyStore, **kwargs: object) -> RelayHTTP:
 
     st = opened.state
     return RelayHTTP(st.server_url, device=st.device_keys().signing, tokens=st.session,
-                     on_tokens=save_tokens, **kwargs)  # type: ignore[arg-type]
+                     on_tokens=save_tokens, sso=st.sso, **kwargs)  # type: ignore[arg-type]
 
 
 async def sso_login(relay: RelayHTTP, state: DeviceState, signed_in: SignedIn
@@ -291,6 +299,41 @@ async def login(relay: RelayHTTP, state: DeviceState, password: str) -> api.Toke
     return await relay.login(api.LoginRequest(
         login=state.login, password=password, device_id=state.device_id,
         nonce=challenge.nonce, signature=b64url_encode(signature)))
+
+
+async def log_in_again(relay: RelayHTTP, store: DeviceStore, password: str | None,
+                       *, ended: str = ErrorCode.UNAUTHENTICATED.value) -> api.TokenPair:
+    """Log in again after the relay ended the session (``ended``: its code), with the password
+    when this program holds one and the user has one at the relay.
+
+    A device that signs in at its organisation's identity provider (``DeviceState.sso``), or
+    whose organisation now takes no password (sso_required; or a wrong one where it signs on
+    with its IdP: a profile enrolled before the device kept how it signs in), cannot:
+    :class:`SessionEnded` says so, unless the organisation's signed revocation list names the
+    device (docs/PROTOCOL.md §15), which is then the refusal (device_revoked), as a password
+    login would have been told; a password is never said to be wrong to a user who has
+    none."""
+    state = store.state
+    if password is not None and not state.sso:
+        try:
+            return await login(relay, state, password)
+        except RelayRequestError as exc:
+            if exc.code not in {ErrorCode.INVALID_CREDENTIALS.value,
+                                ErrorCode.SSO_REQUIRED.value}:
+                raise
+            if exc.code == ErrorCode.INVALID_CREDENTIALS.value:
+                try:
+                    await relay.sso_config(state.org_id)
+                except RelayRequestError:
+                    raise exc from None  # no single sign-on: the password is wrong
+    elif password is None and not state.sso:
+        raise SessionEnded(ended, sso=False)
+    revoked = (await refresh_revocations(relay, store)).device_entry(state.org_id,
+                                                                     state.device_id)
+    if revoked is not None:
+        raise RelayRequestError(ErrorCode.DEVICE_REVOKED.value, 403,
+                                "the organisation's revocation list names this device")
+    raise SessionEnded(ended, sso=True)
 
 
 async def upload_prekeys(

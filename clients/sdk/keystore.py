@@ -116,6 +116,9 @@ class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
     next_prekey_id: int = 1
     session: TokenPair | None = None
     revocation_lists: list[str] = []
+    # Signs in at the organisation's identity provider (``lightbox enroll --sso``, ``login
+    # --sso``): the relay holds no password of the user's, so only the user can sign in again.
+    sso: bool = False
 
     def __repr__(self) -> str:
         return f"DeviceState(login={self.login!r}, device_id={self.device_id!r})"

@@ -10,7 +10,15 @@ or more matches are an error that lists each candidate by name and login, so the
 choose; none is "no colleague with login ...", never a count.
 
 A user id is accepted too (scripts): its certificate names the person (display only; whoever
-encrypts to that person verifies the chain against the organisation key first).
+encrypts to that person verifies the chain against the organisation key first). The relay says
+when the person with that id is suspended (``user_suspended``, as it says to anyone holding
+the id: docs/PROTOCOL.md §11), and so does the error, about them, not about the user.
+
+A login is looked up among the colleagues the directory shows, who are the active ones: a
+suspended or removed colleague is not there, and reads as "no colleague with login". Telling
+them apart would need the relay to answer for logins it does not list, which would show a
+clinician who was suspended or removed by login to anyone who guesses it, more than the
+organisation's directory shows (docs/SECURITY.md "The hospital directory (SCIM)").
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ async def _by_id(relay: RelayHTTP, user_id: str) -> api.DirectoryEntry:
         if exc.code == ErrorCode.NOT_FOUND.value:
             raise FlowError(f"no colleague with user id {user_id}",
                             code=ErrorCode.NOT_FOUND.value) from None
+        if exc.code == ErrorCode.USER_SUSPENDED.value:  # theirs, not this user's
+            raise FlowError(f"the colleague with user id {user_id} is suspended by your "
+                            "organisation; nothing was sent to them", code=exc.code) from None
         raise
     except DecodeError as exc:
         raise FlowError(f"the relay's certificate for {user_id} is unreadable",

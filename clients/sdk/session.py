@@ -12,16 +12,19 @@ from collections.abc import Callable
 import msgspec
 
 from clients.sdk.connection import ConnectionStopped
-from clients.sdk.errors import FlowError, RelayRequestError
+from clients.sdk.errors import FlowError, RelayRequestError, SessionEnded
 from clients.sdk.http import RelayHTTP
-from clients.sdk.identity import login
+from clients.sdk.identity import log_in_again
 from clients.sdk.keystore import DeviceStore
 from clients.sdk.singleflight import SingleFlight
 from protocol import api
 from protocol.errors import CloseCode, ErrorCode
 
-__all__ = ["CUT_OFF", "Session"]
+__all__ = ["CUT_OFF", "SESSION_ENDED", "Session"]
 
+# Refusals that mean the session is over: only a new login gives another.
+SESSION_ENDED = frozenset({ErrorCode.TOKEN_INVALID.value, ErrorCode.TOKEN_EXPIRED.value,
+                           ErrorCode.REFRESH_REUSED.value, ErrorCode.UNAUTHENTICATED.value})
 # Refusals that mean the relay has cut this device or user off (not a passing failure).
 CUT_OFF = frozenset({ErrorCode.DEVICE_REVOKED.value, ErrorCode.USER_SUSPENDED.value,
                      ErrorCode.TOKEN_INVALID.value, ErrorCode.REFRESH_REUSED.value})
@@ -36,10 +39,14 @@ class Session:
         self.relay: RelayHTTP | None = None
         self._logging_in: SingleFlight[None] = SingleFlight()
         self._last_tokens: api.TokenPair | None = None  # presented once after a cut-off
+        self._refused: api.TokenPair | None = None  # its access token refused by the relay
+        self._cut_off: RelayRequestError | FlowError | None = None  # why _last_tokens went
 
     @property
     def can_log_in(self) -> bool:
-        return self._password is not None
+        """Whether this program can log in again by itself: it holds the password, and the
+        user has one at the relay (not a user who signs in at the identity provider)."""
+        return self._password is not None and not self._store.state.sso
 
     def _relay(self) -> RelayHTTP:
         assert self.relay is not None
@@ -54,26 +61,52 @@ class Session:
 
     async def ensure_login(self) -> None:
         """Log in again (password + device signature) when there is no usable session; one
-        login for all concurrent callers."""
+        login for all concurrent callers. :class:`~clients.sdk.errors.SessionEnded` when this
+        program cannot (clients/sdk/identity.py ``log_in_again``)."""
         if self.usable():
             return
-        if self._password is None:
-            raise FlowError("the session has expired: log in again with your password",
-                            code=ErrorCode.UNAUTHENTICATED.value)
         await self._logging_in.run(self._login)
 
     async def login_again(self) -> api.TokenPair:
         """Password and device signature, when the relay ended the session (RelayHTTP calls
-        it in place of a refused refresh)."""
-        assert self._password is not None
-        return await login(self._relay(), self._store.state, self._password)
+        it in place of a refused refresh or access token)."""
+        return await log_in_again(self._relay(), self._store, self._password,
+                                  ended=ErrorCode.TOKEN_INVALID.value)
 
     async def _login(self) -> None:
         if self.usable():  # a login that finished just before this one started
             return
-        assert self._password is not None
         self._relay().tokens = None
-        await login(self._relay(), self._store.state, self._password)
+        await log_in_again(self._relay(), self._store, self._password)
+
+    def token_refused(self, reason: str, access_token: str) -> ConnectionStopped | None:
+        """The relay refused ``access_token`` at the websocket's handshake (4001,
+        docs/PROTOCOL.md §3.2): how the connection ends, or None to try once more.
+
+        The last token of a device the relay cut off, presented to hear a wipe order
+        (:meth:`socket_token`) and refused: the cut-off is why. Expired (the device's clock
+        may be behind): None, and the next :meth:`socket_token` refreshes it. Invalid: the
+        relay ended the session (a suspension since lifted, a logout elsewhere), as a device
+        request is told (token_invalid): :class:`SessionEnded`."""
+        if self._cut_off is not None:
+            return self._stopped(self._cut_off)
+        tokens = self._relay().tokens
+        if reason == ErrorCode.TOKEN_EXPIRED.value:
+            if tokens is not None and tokens.access_token == access_token:
+                self._refused = tokens
+            return None
+        return self._stopped(SessionEnded(reason, sso=self._store.state.sso))
+
+    def _stopped(self, exc: RelayRequestError | FlowError | SessionEnded) -> ConnectionStopped:
+        """The end of the connection, its cause what the user is told: logging in again
+        cannot help (revoked, suspended), or this program cannot (:class:`SessionEnded`: a
+        session the relay ended, no password, or only the user can sign in again)."""
+        if not isinstance(exc, SessionEnded) and exc.code in SESSION_ENDED:
+            exc = SessionEnded(exc.code, sso=self._store.state.sso)
+        revoked = not isinstance(exc, SessionEnded) and exc.code in CUT_OFF
+        stopped = ConnectionStopped(CloseCode.DEVICE_REVOKED if revoked else None, exc.code)
+        stopped.__cause__ = exc
+        return stopped
 
     async def access_token(self) -> str:
         """A fresh access token (the websocket connection asks for one on each connect); a
@@ -89,6 +122,7 @@ class Session:
             last = self._store.state.session
             if exc.code != ErrorCode.DEVICE_REVOKED.value or last is None:
                 raise
+            self._cut_off = exc
             return last.access_token
 
     async def _fresh_access_token(self) -> str:
@@ -96,7 +130,7 @@ class Session:
         await self.ensure_login()
         tokens = relay.tokens
         assert tokens is not None
-        if self._clock() >= tokens.expires_at - 60:
+        if self._clock() >= tokens.expires_at - 60 or tokens is self._refused:
             try:
                 tokens = await relay.refresh_if_stale(tokens)
             except RelayRequestError as exc:  # the session ended: log in again
@@ -117,12 +151,13 @@ class Session:
         held = self._relay().tokens or self._last_tokens
         try:
             return await self.access_token()
+        except SessionEnded as exc:  # only the user can sign in again: stop
+            raise self._stopped(exc) from exc
         except (RelayRequestError, FlowError) as exc:
             if exc.code in CUT_OFF and held is not None and self._last_tokens is None:
                 self._last_tokens = held  # presented once
+                self._cut_off = exc
                 return held.access_token
             if isinstance(exc, RelayRequestError) and exc.status >= 500:
                 raise  # the connection tries again later
-            # Logging in again cannot help (revoked, suspended, no password): stop.
-            raise ConnectionStopped(CloseCode.DEVICE_REVOKED if exc.code in CUT_OFF else None,
-                                    exc.code) from exc
+            raise self._stopped(exc) from exc

@@ -16,6 +16,7 @@ import base64
 import dataclasses
 import hashlib
 import html
+import json
 import secrets
 import webbrowser
 from collections.abc import Callable
@@ -24,11 +25,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
-from clients.sdk.errors import FlowError
+from clients.sdk.errors import FlowError, RelayRequestError, SDKError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.transport import KEEPALIVE_EXPIRY
 
-__all__ = ["SignedIn", "sign_in"]
+__all__ = ["SignedIn", "SignedInAsSomeoneElse", "sign_in", "someone_else"]
 
 _PAGE = ("<!doctype html><title>Lightbox</title><p>{message}</p>"
          "<p>You can close this window and return to Lightbox.</p>")
@@ -38,6 +39,42 @@ _PAGE = ("<!doctype html><title>Lightbox</title><p>{message}</p>"
 class SignedIn:
     id_token: str
     nonce: str  # b64url: the relay's challenge, which the device signs
+
+
+class SignedInAsSomeoneElse(SDKError):
+    """The user signed in at the identity provider as another person than this device's user,
+    and the relay refused the sign-in: nothing changed."""
+
+    def __init__(self, login: str) -> None:
+        self.login = login
+        super().__init__(f"you signed in at the hospital's sign-on as someone else than "
+                         f"{login}; nothing changed: sign in there as {login}")
+
+
+# Claims an IdP names its user by (OpenID Connect Core 1.0 §5.1; ``upn``: Microsoft Entra ID).
+_NAME_CLAIMS = ("preferred_username", "email", "upn")
+
+
+def someone_else(refused: RelayRequestError, signed_in: SignedIn, login: str
+                 ) -> SignedInAsSomeoneElse | None:
+    """The error to tell when the relay refused the sign-in because the ID token names another
+    person than ``login`` (the relay found no such user, invalid_credentials, or one this device
+    is not, challenge_failed), else None. The token's claims are read without verifying it,
+    only to choose the words: the relay verified it and decided (server/oidc.py)."""
+    if refused.code not in {"invalid_credentials", "challenge_failed"}:
+        return None
+    try:
+        payload = signed_in.id_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    names = {str(claims[c]).lower() for c in _NAME_CLAIMS if isinstance(claims.get(c), str)}
+    names |= {n.split("@", 1)[0] for n in names}
+    if not names or login.lower() in names:
+        return None  # not evidently someone else: the relay's own refusal says what
+    return SignedInAsSomeoneElse(login)
 
 
 def _pkce() -> tuple[str, str]:

@@ -29,14 +29,19 @@ import msgspec
 
 from clients.sdk.addresses import require_tls
 from clients.sdk.answers import MAX_RESPONSE_BYTES, decode_answer, expect_status, parse_problem
-from clients.sdk.errors import RelayRequestError, RelayResponseError, RelayUnavailable
+from clients.sdk.errors import (
+    RelayRequestError,
+    RelayResponseError,
+    RelayUnavailable,
+    SessionEnded,
+)
 from clients.sdk.proof import proof_header
 from clients.sdk.singleflight import SingleFlight
 from protocol import api
 from protocol.keys import Ed25519KeyPair
 
 __all__ = ["KEEPALIVE_EXPIRY", "REFRESH_MARGIN", "RelayTransport", "Signer", "TokenCallback",
-           "unreachable"]
+           "gateway_unavailable", "unreachable"]
 
 T = TypeVar("T")
 
@@ -56,6 +61,22 @@ def unreachable(method: str, path: str, exc: httpx.HTTPError) -> RelayUnavailabl
         reason = "the request could not be sent"
     detail = f": {exc}" if str(exc) else ""
     return RelayUnavailable(f"{method} {path}: {type(exc).__name__}{detail}", reason=reason)
+
+
+def gateway_unavailable(method: str, path: str,
+                        response: httpx.Response) -> RelayUnavailable | None:
+    """RelayUnavailable for an answer not from the relay: 502, 503 or 504 with no problem
+    document of the relay's (RFC 9110 §15.6.3-15.6.5: a gateway or proxy in front of it that
+    cannot reach it, say while it restarts), the same as a relay out of reach, and tried again
+    as one; None otherwise (the relay's own 503 says what it means: not_ready, queue_full)."""
+    status = response.status_code
+    if status not in {502, 503, 504} or parse_problem(response).code != f"http_{status}":
+        return None
+    return RelayUnavailable(f"{method} {path}: HTTP {status} without a problem document",
+                            reason=f"HTTP {status} from a proxy in front of it: the relay may "
+                                   "be restarting")
+
+
 Signer = Ed25519KeyPair
 TokenCallback = Callable[[api.TokenPair], Awaitable[None] | None]
 
@@ -73,7 +94,8 @@ class RelayTransport:
 
     ``device`` (the device's Ed25519 signing key) and ``tokens`` enable device requests;
     ``admin_token`` enables admin requests. ``login_again`` (password and device signature)
-    replaces a refresh the relay refuses because the session ended. ``now`` is injectable for
+    replaces a refresh the relay refuses because the session ended. ``sso``: the device signs
+    in at its organisation's identity provider (``DeviceState.sso``). ``now`` is injectable for
     tests.
     """
 
@@ -89,6 +111,7 @@ class RelayTransport:
         client: httpx.AsyncClient | None = None,
         timeout: float = 15.0,
         now: Callable[[], float] = time.time,
+        sso: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         require_tls(self.base_url, "the relay address")
@@ -98,6 +121,7 @@ class RelayTransport:
         self._on_tokens = on_tokens
         self._login_again = login_again
         self._now = now
+        self.sso = sso
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=timeout, headers={"User-Agent": "lightbox-sdk/0.1"}, follow_redirects=False,
@@ -140,6 +164,8 @@ class RelayTransport:
             raise unreachable(method, path, exc) from exc
         if len(response.content) > MAX_RESPONSE_BYTES:
             raise RelayResponseError(f"{method} {path}: answer too large")
+        if (unavailable := gateway_unavailable(method, path, response)) is not None:
+            raise unavailable
         return response
 
     @staticmethod
@@ -166,9 +192,14 @@ class RelayTransport:
         self, method: str, path: str, *, body: msgspec.Struct | None = None,
         params: dict[str, str] | None = None, raw: bytes | None = None,
     ) -> httpx.Response:
-        """A device request; after a ``token_expired`` answer, refreshed and sent once more."""
+        """A device request; after a ``token_expired`` answer, refreshed and sent once more.
+        A session the relay ended (token_invalid) of a device that signs in at its identity
+        provider (``sso``) is :class:`SessionEnded`: only the user can sign in again."""
         await self._fresh_token()
         response = await self._send(method, path, body=body, params=params, raw=raw, prove=True)
+        if response.status_code == 401 and self.sso \
+                and (code := parse_problem(response).code) in _SESSION_ENDED - {"token_expired"}:
+            raise SessionEnded(code, sso=True)
         if response.status_code == 401 and parse_problem(response).code == "token_expired":
             assert self.tokens is not None
             await self._refresh_if_stale(self.tokens)
@@ -191,7 +222,7 @@ class RelayTransport:
         try:
             if response.status_code >= 400:
                 await response.aread()
-                raise parse_problem(response)
+                raise gateway_unavailable("GET", path, response) or parse_problem(response)
             if response.status_code != expect:
                 raise RelayResponseError(f"GET {path}: unexpected status "
                                          f"{response.status_code}")

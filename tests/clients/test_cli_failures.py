@@ -64,6 +64,12 @@ async def run(program: str, *argv: str, env: dict[str, str],
         sys.executable, "-m", module, *argv, cwd=ROOT, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
+    return await finish(proc, timeout)
+
+
+async def finish(proc: asyncio.subprocess.Process, timeout: float = 60
+                 ) -> tuple[int, str, str]:
+    """The status and output of ``proc`` once it ends, killed after ``timeout`` seconds."""
     try:
         out, err = await asyncio.wait_for(proc.communicate(), seconds(timeout))
     finally:

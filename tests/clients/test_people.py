@@ -149,3 +149,24 @@ async def test_directory_exact_login_lookup_and_its_bad_input(world: World,
     assert (r.status_code, r.json()["code"]) == (422, "validation_failed")
     r = await world.http.get("/v1/directory?login=alice.ash")  # no device credentials
     assert r.status_code == 401
+
+
+async def test_a_suspended_colleague_is_named_as_suspended_not_the_user(
+        world: World, tmp_path: Path) -> None:
+    """IT suspends Rita (a signed revocation list). Named by user id, the relay says she is
+    suspended, as it says to anyone holding her id, and the sentence is about her, never "your
+    account is suspended". Named by login she is no longer in the directory, which shows
+    active colleagues only (clients/sdk/people.py): the same sentence as for a login nobody
+    has, nothing said of her standing."""
+    ids = await _people(world, tmp_path)
+    r = await world.revoke(world.org, 1, users=(ids["rita.ray"],))
+    assert r.status_code in (200, 201), r.text
+    send = ["--profile", "ivy.intern", "send", "hello"]
+    rc, out, err = await lightbox(*send, "--to", f"user:{ids['rita.ray']}")
+    assert (rc, "sent:" in out) == (1, False), out + err
+    assert err.strip() == (f"error: user_suspended: the colleague with user id {ids['rita.ray']} "
+                           "is suspended by your organisation; nothing was sent to them"), err
+    rc, out, err = await lightbox(*send, "--to", "user:rita.ray")
+    assert rc == 1
+    assert err.strip() == ("error: not_found: no colleague with login 'rita.ray' (try "
+                           "`lightbox lookup NAME`)"), err

@@ -14,7 +14,8 @@ import pytest
 
 from clients.sdk.client import LightboxClient
 from clients.sdk.connection import ConnectionStopped
-from clients.sdk.errors import FlowError
+from clients.sdk.errors import SessionEnded
+from clients.sdk.failures import describe
 from protocol.errors import CloseCode
 from tests.clients.test_token_refresh import _auth_events
 from tests.clinician_world import Clinician, enrol_clinician
@@ -58,13 +59,15 @@ async def test_concurrent_callers_share_one_login(world: World,
 async def test_without_a_password_an_ended_session_asks_for_one(intern: Clinician) -> None:
     client = LightboxClient(intern.vault, intern.vault, password=None)
     try:
-        with pytest.raises(FlowError) as err:
+        with pytest.raises(SessionEnded) as err:
             await client.session.ensure_login()
-        assert (err.value.code, str(err.value)) == (
-            "unauthenticated", "the session has expired: log in again with your password")
+        assert (err.value.code, err.value.sso) == ("unauthenticated", False)
+        assert describe(err.value, login_hint="run `lightbox login`") == (
+            "error: your session has ended (unauthenticated): run `lightbox login`")
         with pytest.raises(ConnectionStopped) as stopped:  # the websocket stops, not retries
             await client.session.socket_token()
         assert (stopped.value.code, stopped.value.reason) == (None, "unauthenticated")
+        assert isinstance(stopped.value.__cause__, SessionEnded)
     finally:
         await client.relay.aclose()
 

@@ -119,8 +119,8 @@ async def test_a_clinician_enrols_and_signs_in_with_the_idp_only(
             clock.advance(settings.sso_session_ttl + settings.access_token_ttl)
             rc, _out, err = await _run(device_cli.main, ["--profile", "ada", "devices"])
             assert rc == 1
-            assert "your organisation signs in with its identity provider: run " \
-                "`lightbox login --sso`" in err
+            assert err.strip() == ("error: your session has ended: sign in again with your "
+                                   "hospital account: run `lightbox login --sso`"), err
             clock.offset = 0  # back to the time the devices' proofs are signed at
 
             # Disabled at the IdP: its page refuses, the relay is never reached.

@@ -72,7 +72,7 @@ function onEvent(data: Record<string, unknown>): void {
       }
       return;
     case "signin":
-      needSignIn();
+      needSignIn(data["signon"] === true);
       return;
     case "message": {
       // While the app is open: announced to screen readers, and in the title when not looked at.
@@ -295,15 +295,36 @@ async function enrolNext(): Promise<void> {
   );
   if (!info) return;
   enrolSso = info.sso;
-  $("pass-sso").hidden = !enrolSso;
-  $("pass-password").hidden = enrolSso;
-  $("enrol-finish").textContent = enrolSso ? "Sign in with your hospital account and enrol" : "Enrol";
+  showEnrolSso();
+  note("pass-why").textContent = "";
   $("who").textContent = info.display_name;
   $("who-login").textContent = info.login;
   $("who-org").textContent = info.org_id;
   $("fingerprint").textContent = info.fingerprint;
   $("confirm-error").textContent = "";
   show("confirm");
+}
+
+/** The passphrase screen for the enrolment under way: a relay password, or the IdP's sign-in. */
+function showEnrolSso(): void {
+  $("pass-sso").hidden = !enrolSso;
+  $("pass-password").hidden = enrolSso;
+  $("enrol-finish").textContent = enrolSso ? "Sign in with your hospital account and enrol" : "Enrol";
+}
+
+/**
+ * Why the app now signs in at the hospital's IdP (docs/SECURITY.md "No password beside the
+ * IdP"): `pass-why` on the passphrase screen, under its explanation; `signin-why` in the
+ * sign-in panel, first. A notice line, which takes no space while empty.
+ */
+function note(id: "pass-why" | "signin-why"): HTMLElement {
+  const found = document.getElementById(id);
+  if (found) return found;
+  const p = Object.assign(document.createElement("p"), { id, className: "notice" });
+  p.setAttribute("role", "status");
+  if (id === "pass-why") $("pass-sso").after(p);
+  else $("signin-panel").prepend(p);
+  return p;
 }
 
 let scanning: MediaStream | null = null;
@@ -361,9 +382,22 @@ async function enrolFinish(): Promise<void> {
     $("pass-error").textContent = "The two passphrases differ: type the same one twice.";
     return;
   }
+  let signsOn: string | null = null;
   const me = enrolSso
     ? await viaIdp($<HTMLButtonElement>("enrol-finish"), $("pass-error"), { passphrase: a }, (sso) => call<Me>("enrolFinish", { passphrase: a, sso }))
-    : await busy($<HTMLButtonElement>("enrol-finish"), $("pass-error"), () => call<Me>("enrolFinish", { passphrase: a }));
+    : await busy($<HTMLButtonElement>("enrol-finish"), $("pass-error"), () => call<Me>("enrolFinish", { passphrase: a }).catch((err: unknown) => {
+      if (!(err instanceof AppError && err.code === "sso_required")) throw err;
+      signsOn = err.message;
+      return undefined;
+    }));
+  if (signsOn !== null) {
+    // The organisation turned single sign-on on since the code was read (docs/SECURITY.md "No
+    // password beside the IdP"): the same screen, code and passphrase enrol at the IdP.
+    enrolSso = true;
+    showEnrolSso();
+    note("pass-why").textContent = signsOn;
+    return;
+  }
   if (!me) return;
   $<HTMLInputElement>("new-pass").value = "";
   $<HTMLInputElement>("new-pass2").value = "";
@@ -378,6 +412,8 @@ interface Me {
   display_name: string;
   login: string;
   signin?: boolean;
+  /** The relay refused this phone's password: its organisation signs on now (needSignIn). */
+  signon?: boolean;
   /** The relay refused this phone as revoked: nothing is shown, the worker only listens for a
    * wipe order (the "revoked" and "wiped" events say what happened). */
   revoked?: boolean;
@@ -420,8 +456,11 @@ async function viaIdp<T>(button: HTMLButtonElement, errorEl: HTMLElement, start:
   }
 }
 
-function needSignIn(): void {
+/** Offer the sign-in at the IdP; `signon`: this phone signed in with a password until the
+ * relay refused it, its organisation signing on now (worker.ts signOnFromNowOn), said first. */
+function needSignIn(signon = false): void {
   $("conn").textContent = "signed out";
+  if (signon) note("signin-why").textContent = "Your hospital now signs you in with your hospital account instead of a Lightbox password; your passphrase still unlocks Lightbox on this phone.";
   $("signin-panel").hidden = false;
 }
 
@@ -430,7 +469,9 @@ async function signIn(): Promise<void> {
     await call("ssoLogin", { sso });
     return true;
   });
-  if (done) $("signin-panel").hidden = true;
+  if (!done) return;
+  $("signin-panel").hidden = true;
+  note("signin-why").textContent = "";
 }
 
 // --- unlock, lock, auto-lock ------------------------------------------------------------------------
@@ -450,6 +491,11 @@ async function lock(): Promise<void> {
   ssoChannel?.close(); // a sign-in still waiting is abandoned (the worker forgets its request)
   ssoChannel = null;
   $("sso-status").textContent = "";
+  // An outcome already said ("Sent: the relay stored it.") is not said again to whoever
+  // unlocks next; a line about a consult still kept stays until it is sent (settleKept).
+  for (const id of ["send-status", "photo-status", "thread-status"] as const) {
+    if (!$(id).dataset["kept"]) sayKept(id, "", null);
+  }
   dropThreads();
   await call("lock");
   $("conn").textContent = "locked";
@@ -479,8 +525,9 @@ async function home(me: Me): Promise<void> {
   $("me").textContent = `This phone is ${me.display_name}'s (${me.login}).`;
   if (NOT_YET_CONNECTED.includes($("conn").textContent ?? "")) $("conn").textContent = "connecting…";
   $("signin-panel").hidden = true;
+  note("signin-why").textContent = "";
   show("home");
-  if (me.signin) needSignIn();
+  if (me.signin) needSignIn(me.signon === true);
   activity();
   await renderThreads();
 }

@@ -38,6 +38,8 @@ export function refusalSentence(err: RelayError): string {
       return `Choose another passphrase: ${err.detail}.`;
     case "invalid_credentials":
       return "That passphrase is not right. Try again.";
+    case "sso_required":
+      return "Your hospital signs you in with your hospital account, not a Lightbox password.";
     case "device_revoked":
       return "This phone has been revoked by IT: it can no longer send or receive.";
     case "user_suspended":

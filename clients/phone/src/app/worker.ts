@@ -238,9 +238,20 @@ async function enrolFinish(args: { passphrase: string; sso?: SsoAnswer }): Promi
     signed_prekey: certs.issueSignedPrekey({ device_id: deviceId, prekey_id: 1, public: e(spk.keypair.public), created_at: t }, dk.signing.seed),
     one_time_prekeys: otks.map((o) => certs.issueOneTimePrekey({ device_id: deviceId, prekey_id: o.prekeyId, public: e(o.keypair.public) }, dk.signing.seed)),
   };
-  const enrolled = await p.relay.call<{ user_id: string; device_id: string; login: string }>("POST",
-    idToken ? "/v1/enrol/complete-sso" : "/v1/enrol/complete",
-    idToken ? { ...registration, org_id: p.user.org_id, id_token: idToken } : { ...registration, password: args.passphrase }, false);
+  let enrolled: { user_id: string; device_id: string; login: string };
+  try {
+    enrolled = await p.relay.call<{ user_id: string; device_id: string; login: string }>("POST",
+      idToken ? "/v1/enrol/complete-sso" : "/v1/enrol/complete",
+      idToken ? { ...registration, org_id: p.user.org_id, id_token: idToken } : { ...registration, password: args.passphrase }, false);
+  } catch (err) {
+    // The organisation turned single sign-on on since enrolStart asked (docs/SECURITY.md "No
+    // password beside the IdP"): the relay refuses the password before using the code, which
+    // stays good for the IdP's enrolment. The page offers that, with the same code.
+    if (idToken || !(err instanceof RelayError && err.code === "sso_required")) throw err;
+    p.sso = await ssoConfig(p.relay, p.user.org_id);
+    if (!p.sso) throw err;
+    throw new UserError("sso_required", "Your hospital now signs you in with your hospital account instead of a Lightbox password: enrol with it, with the same code and passphrase.");
+  }
   if (enrolled.device_id !== deviceId || enrolled.user_id !== p.user.user_id) throw new UserError("certificate_invalid", "The relay confirmed another user or device.");
   await Vault.erase();
   vault = await Vault.create(args.passphrase, profile());
@@ -332,6 +343,31 @@ async function startSsoSession(): Promise<boolean> {
   return true;
 }
 
+/**
+ * The organisation signs on with its IdP since this phone enrolled with a password
+ * (docs/SECURITY.md "No password beside the IdP"): the relay refuses the password
+ * (`sso_required`) and ends a session begun with one at its next refresh. From now on this
+ * phone signs in at the IdP as one enrolled there does; the vault is kept as it is, and the
+ * passphrase still opens it.
+ */
+async function signOnFromNowOn(state: DeviceState): Promise<void> {
+  state.sso = true;
+  await forgetSession(state);
+}
+
+/** A password phone's session ended (`token_expired` at refresh): true, and the phone signs on
+ * from now on (signOnFromNowOn), when its organisation now signs in with an IdP. */
+async function nowSignsOn(state: DeviceState, err: unknown): Promise<boolean> {
+  if (state.sso || !relay || !(err instanceof RelayError && err.code === "token_expired")) return false;
+  try {
+    if (!(await ssoConfig(relay, state.org_id))) return false;
+  } catch {
+    return false; // not known now: the next attempt asks again
+  }
+  await signOnFromNowOn(state);
+  return true;
+}
+
 async function forgetSession(state: DeviceState): Promise<void> {
   state.session = null;
   if (relay) relay.tokens = null;
@@ -353,7 +389,15 @@ async function unlock(args: { passphrase: string }): Promise<Record<string, unkn
     const signedIn = await startSsoSession();
     return { login: st.login, display_name: st.display_name, signin: !signedIn && !refusedAtUnlock, revoked: refusedAtUnlock };
   }
-  await startSession(args.passphrase);
+  try {
+    await startSession(args.passphrase);
+  } catch (err) {
+    // The passphrase opened the vault; the relay refuses it as a password now: the hospital's
+    // sign-in from now on (the page says why).
+    if (!(err instanceof RelayError && err.code === "sso_required")) throw err;
+    await signOnFromNowOn(st);
+    return { login: st.login, display_name: st.display_name, signin: true, signon: true, revoked: false };
+  }
   return { login: st.login, display_name: st.display_name, signin: false, revoked: refusedAtUnlock };
 }
 
@@ -577,6 +621,11 @@ async function reconnectNow(refusedAsking = false): Promise<void> {
     if (st.sso && err instanceof RelayError && err.status === 401) {
       await forgetSession(st);
       event("signin", {});
+      return;
+    }
+    // A password session the relay ended because the organisation signs on now.
+    if (await nowSignsOn(st, err)) {
+      event("signin", { signon: true });
       return;
     }
     /* the old token may still do; the relay says otherwise */
@@ -2229,6 +2278,11 @@ self.onmessage = async (m: MessageEvent) => {
       await forgetSession(st);
       event("signin", {});
       post({ id, ok: false, error: { code: err.code, message: "Your hospital sign-in has ended: sign in with your hospital account again, then try again.", recorded } });
+      return;
+    }
+    if (op !== "ssoLogin" && st && vault && await nowSignsOn(st, err)) {
+      event("signin", { signon: true });
+      post({ id, ok: false, error: { code: "sso_required", message: "Your hospital now signs you in with your hospital account: sign in with it, then try again.", recorded } });
       return;
     }
     const code = (err as { code?: string }).code ?? "internal_error";

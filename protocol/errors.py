@@ -175,7 +175,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.REPLAYED: "The message, token or statement was already used.",
     ErrorCode.UNAUTHENTICATED: "No valid credentials were presented.",
     ErrorCode.FORBIDDEN: "The authenticated caller may not do this.",
-    ErrorCode.INVALID_CREDENTIALS: "Login or password is wrong (never says which).",
+    ErrorCode.INVALID_CREDENTIALS: "Login, password or device key is wrong (never says "
+    "which to whoever does not hold the device).",
     ErrorCode.ACCOUNT_LOCKED: "Too many failed logins; retry after the indicated delay.",
     ErrorCode.USER_SUSPENDED: "The user is suspended by the organisation.",
     ErrorCode.LICENCE_EXPIRED: "The user's professional licence has expired.",
@@ -188,7 +189,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.TOKEN_DEVICE_MISMATCH: "The token is bound to another device key.",
     ErrorCode.PROOF_REPLAYED: "This Lightbox-Proof was used before; sign a new one per request.",
     ErrorCode.REFRESH_REUSED: "A used refresh token was presented; its whole family is revoked.",
-    ErrorCode.CHALLENGE_FAILED: "The device's answer to the server challenge did not verify.",
+    ErrorCode.CHALLENGE_FAILED: "The server challenge is unknown, used or expired, or the "
+    "device's answer to it did not verify (at a password login: invalid_credentials).",
     ErrorCode.ENROLMENT_CODE_INVALID: "The enrolment code is unknown or wrong.",
     ErrorCode.ENROLMENT_CODE_USED: "The enrolment code has already been used.",
     ErrorCode.ENROLMENT_CODE_EXPIRED: "The enrolment code has expired.",

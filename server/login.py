@@ -17,9 +17,15 @@ password):
    stranger learns neither whether the login exists nor that its organisation signs on;
 4. the password, with Argon2id off the event loop; an unknown login is verified against a dummy
    hash so it takes the same time, and both count as failures (``invalid_credentials``);
-5. the device belongs to the user and signed the nonce (``challenge_failed``), is active
-   (``device_revoked``); the user is active (``user_suspended``), licence and certificate
-   unexpired (``licence_expired``, ``certificate_expired``).
+5. the nonce signed by a device of the account: without that signature the password, right or
+   wrong, gets the one answer of a wrong password (``invalid_credentials``, "login, password or
+   device key is wrong"), after the same Argon2id verification, and is counted as a failure,
+   so whoever holds a clinician's password but not her device cannot tell that it is right
+   (OWASP ASVS 5.0 V6.3.3, docs/SECURITY.md "Login"). The audit row says what failed
+   (``failed``: ``password``, ``device_signature`` or both), never the password;
+6. the device is active (``device_revoked``: only the holder of its key gets this far); the
+   user is active (``user_suspended``), licence and certificate unexpired
+   (``licence_expired``, ``certificate_expired``).
 
 Refresh rotates the refresh token; a used token presented again revokes its whole family
 (``refresh_reused``, audited), except the legitimate race of one device's own requests within
@@ -64,7 +70,14 @@ from server.store import admins, devices, sessions, sso, users
 from server.throttle import Attempt, Throttle, Who
 from server.tokens import TokenService
 
-__all__ = ["SSO_REQUIRED_LOGIN", "LoginService"]
+__all__ = ["SSO_REQUIRED_LOGIN", "WRONG_LOGIN", "WRONG_WITHOUT_DEVICE", "LoginService"]
+
+# The ``invalid_credentials`` sentences. A login whose nonce no device of the account signed
+# gets the second whatever its password (step 5): it covers the legitimate user whose device
+# key is not the enrolled one (a profile restored from another machine) as well as a wrong
+# password. Only the holder of the device's key hears the first.
+WRONG_LOGIN = "login or password is wrong"
+WRONG_WITHOUT_DEVICE = "login, password or device key is wrong"
 
 SSO_REQUIRED_LOGIN = (
     "your organisation signs you in with its single sign-on, not a Lightbox password: sign in "
@@ -123,11 +136,21 @@ class LoginService:
         ok = await self.passwords.verify(
             user.password_hash if user is not None and not refused else None, body.password)
         async with self.db.pool.acquire() as conn:
-            if user is None or not ok:
+            if user is None or refused:
                 await self._failure(conn, attempt, "auth.login", user.user_id if user else None,
                                     now, details={"password_login": "refused"} if refused
-                                    else None)
-            assert user is not None
+                                    else None, sentence=WRONG_WITHOUT_DEVICE)
+            if not ok or not signed:
+                # Step 5: a right password without the device's signature is answered, and
+                # counted, as a wrong one, so only the holder of the device's key learns which
+                # (ASVS 5.0 V6.3.3, both factors; OWASP Authentication Cheat Sheet,
+                # "Authentication and Error Messages": one generic answer).
+                failed = [factor for factor, bad in (("password", not ok),
+                                                     ("device_signature", not signed)) if bad]
+                await self._failure(conn, attempt, "auth.login", user.user_id, now,
+                                    details={"failed": ",".join(failed)},
+                                    sentence=WRONG_LOGIN if signed
+                                    else WRONG_WITHOUT_DEVICE)
             pair = await self.open_session(conn, user, body.device_id, nonce, signature,
                                            event="auth.login", now=now)
             await self.throttle.success(conn, attempt)
@@ -334,8 +357,10 @@ class LoginService:
 
     async def _failure(self, conn: asyncpg.Connection, attempt: Attempt, event: str,
                        subject_id: str | None, now: float, *, subject_kind: str = "user",
-                       details: dict[str, str] | None = None) -> NoReturn:
-        """Charge a wrong password (or unknown login) to the attempt's counters."""
+                       details: dict[str, str] | None = None,
+                       sentence: str = WRONG_LOGIN) -> NoReturn:
+        """Charge a wrong password (or unknown login, or a login without the device's
+        signature) to the attempt's counters; ``invalid_credentials`` with ``sentence``."""
         async with conn.transaction():
             locked = await self.throttle.failure(conn, attempt, now=now)
             await audit.append(conn, event, subject_kind=subject_kind if subject_id else None,
@@ -346,7 +371,7 @@ class LoginService:
                 await audit.append(conn, "auth.lockout", subject_kind=subject_kind if subject_id
                                    else None, subject_id=subject_id, outcome="denied",
                                    details={"seconds": max(locked.values()), **locked})
-        raise Unauthorized(ErrorCode.INVALID_CREDENTIALS, "login or password is wrong")
+        raise Unauthorized(ErrorCode.INVALID_CREDENTIALS, sentence)
 
     @staticmethod
     async def _deny(conn: asyncpg.Connection, event: str, user_id: str | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,10 +13,11 @@ import pytest
 
 from server import audit
 from tests.helpers import running_relay
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.identity_world import ADMIN_PASSWORD, PASSWORD, World, identity_world
 from tests.server.test_http_edge import assert_problem
 
 GRACE = 10  # LIGHTBOX_REFRESH_REUSE_GRACE's default
+WRONG = "not the password at all, surely"
 
 
 @pytest.fixture
@@ -141,12 +143,81 @@ async def test_unknown_logins_are_counted_towards_lockout_too(world: World) -> N
     assert_problem(await world.login_response(device, login="ghost.user"), 429, "account_locked")
 
 
-async def test_login_signed_by_another_device_key_fails_the_challenge(world: World) -> None:
+def _answer(r: httpx.Response) -> tuple[int, bytes, dict[str, str]]:
+    """The status, the problem document's bytes and the headers, without what differs per
+    request (its id, the date)."""
+    request_id = r.json()["request_id"]
+    assert request_id == r.headers["x-request-id"]
+    headers = {k: v for k, v in r.headers.items() if k not in {"x-request-id", "date"}}
+    return r.status_code, r.content.replace(request_id.encode(), b"<request id>"), headers
+
+
+async def test_login_signed_by_another_device_key_is_refused_as_a_wrong_password(
+        world: World) -> None:
+    """Without a signature by a device of the account, a right password gets the very answer
+    a wrong one gets: whoever has a clinician's password but not her device cannot tell that
+    the password is right (docs/SECURITY.md "Login"; OWASP ASVS 5.0 V6.3.3)."""
     user = world.org.user("amy.ortho")
     device = await world.onboard(user)
-    other = user.device()
-    assert_problem(await world.login_response(device, signer=other.keys), 401,
-                   "challenge_failed")
+    other = user.device()  # a key never enrolled: a thief's, or a profile restored wrongly
+    right = await world.login_response(device, signer=other.keys)
+    wrong = await world.login_response(device, password=WRONG, signer=other.keys)
+    body = assert_problem(right, 401, "invalid_credentials")
+    assert body["detail"] == "login, password or device key is wrong"
+    assert _answer(right) == _answer(wrong)
+    # ... and the answer an unknown login gets.
+    assert _answer(right) == _answer(await world.login_response(device, login="nobody.here"))
+
+
+async def test_a_right_password_without_the_device_counts_as_a_failed_login(
+        world: World) -> None:
+    """Right or wrong, a password without the device's signature is charged to the counters
+    of server/throttle.py: the lockout engages after LIGHTBOX_LOCKOUT_ACCOUNT_FAILURES of them
+    (3 here), whichever they were, and the holder's own device still logs in."""
+    user = world.org.user("amy.ortho")
+    device = await world.onboard(user)
+    thief = user.device().keys
+    for password in (PASSWORD, WRONG, PASSWORD):
+        assert_problem(await world.login_response(device, password=password, signer=thief),
+                       401, "invalid_credentials")
+    assert_problem(await world.login_response(device, signer=thief), 429, "account_locked")
+    await world.login(device)  # the holder's attempts have counters of their own
+
+
+async def test_a_login_without_the_device_is_audited_with_what_failed_never_the_password(
+        world: World) -> None:
+    """The audit trail keeps the precise reason (a right password without the device is worth
+    an auditor's attention: the password is known to someone), never the password."""
+    user = world.org.user("amy.ortho")
+    device = await world.onboard(user)
+    thief = user.device().keys
+    await world.login_response(device, signer=thief)
+    await world.login_response(device, password=WRONG, signer=thief)
+    await world.login_response(device, password=WRONG)
+    conn = await world.db()
+    try:
+        assert (await audit.verify(conn)).ok
+        rows = [r for r in await audit.rows(conn, event_prefix="auth.login")
+                if str(r.subject_id) == user.user_id and r.outcome == "denied"]
+    finally:
+        await conn.close()
+    assert [r.details for r in rows] == [
+        {"reason": "invalid_credentials", "failed": "device_signature"},
+        {"reason": "invalid_credentials", "failed": "password,device_signature"},
+        {"reason": "invalid_credentials", "failed": "password"}]
+    assert not any(PASSWORD in json.dumps(r.details) or WRONG in json.dumps(r.details)
+                   for r in rows)
+
+
+async def test_a_login_signed_by_a_revoked_device_is_told_so_only_with_the_right_password(
+        world: World) -> None:
+    """Only the holder of the revoked device's key (its owner, or a thief) signs with it; a
+    wrong password gets the wrong password's answer, counted (docs/SECURITY.md "Login")."""
+    device = await world.onboard(world.org.user("amy.ortho"))
+    assert (await world.revoke(world.org, 1, devices=(device.device_id,))).status_code == 200
+    assert_problem(await world.login_response(device, password=WRONG), 401,
+                   "invalid_credentials")
+    assert_problem(await world.login_response(device), 403, "device_revoked")
 
 
 async def test_a_nonce_is_single_use(world: World) -> None:
@@ -226,3 +297,19 @@ async def test_admin_login_wrong_password_is_refused(world: World) -> None:
     r = await world.http.post("/v1/admin/login", json={"login": "it-admin",
                                                        "password": "wrong"})
     assert_problem(r, 401, "invalid_credentials")
+
+
+async def test_a_disabled_administrator_with_the_right_password_is_refused_as_a_wrong_one(
+        world: World) -> None:
+    """IT's login has no device factor, and no oracle either: a disabled administrator's right
+    password gets a wrong password's answer, and both count towards the lockout (3 here)."""
+    wrong = await world.http.post("/v1/admin/login", json={"login": "it-admin",
+                                                           "password": WRONG})
+    await world.execute("UPDATE admins SET disabled_at = now() WHERE login = 'it-admin'")
+    right = {"login": "it-admin", "password": ADMIN_PASSWORD}
+    disabled = await world.http.post("/v1/admin/login", json=right)
+    assert_problem(disabled, 401, "invalid_credentials")
+    assert _answer(disabled) == _answer(wrong)
+    assert_problem(await world.http.post("/v1/admin/login", json=right), 401,
+                   "invalid_credentials")
+    assert_problem(await world.http.post("/v1/admin/login", json=right), 429, "account_locked")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,19 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 
 def _local(ts: int | None) -> str:
     return "-" if ts is None else format_time(ts)
+
+
+def _captured(value: object) -> str:
+    """A FHIR ``dateTime`` (protocol/consent.py writes the consent's capture time) written as
+    every time a person reads (clients/sdk/timefmt.py); as the record has it when it is not
+    a date and time with a zone (a bare date, a partial one)."""
+    if not isinstance(value, str):
+        return "-"
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    return value if parsed.tzinfo is None else format_time(parsed.timestamp())
 
 
 def _consent_id(value: str) -> str:
@@ -138,7 +152,7 @@ def _find(args: argparse.Namespace) -> int:
         consent_id = _fhir_consent_id(resource) or "(no Lightbox consent id)"
         filed = "agreed" if resource.get("status") == "active" else "refused"
         line = (f"{consent_id}  {filed} for {_purposes(resource)}, captured "
-                f"{resource.get('dateTime', '-')!s}")
+                f"{_captured(resource.get('dateTime'))}")
         if (w := statuses.get(consent_id)) is not None:
             c = w.consent
             line += (f"; relay: withdrawn {_local(c.revoked_at)}" if c.revoked_at is not None

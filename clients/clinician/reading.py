@@ -36,7 +36,7 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
-from clients.sdk.errors import RelayUnavailable
+from clients.sdk.errors import RelayUnavailable, SDKError
 from clients.sdk.failures import run_async
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.timefmt import format_time
@@ -48,9 +48,11 @@ __all__ = [
     "REPLACED_LINE",
     "UNREACHABLE_LINE",
     "describe",
+    "describe_escalation",
     "describe_outbox",
     "inbox_command",
     "kind_line",
+    "learn_escalation_names",
     "outbox_command",
     "pending_line",
     "print_message",
@@ -230,9 +232,7 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
     if isinstance(event, ImageEvent):
         return f"    image {event.attachment_id[:8]}: {event.status} {event.reason}".rstrip()
     if isinstance(event, EscalationEvent):
-        what = {"renotify": "reminded", "released": "passed to the next on call",
-                "handover": "handed over to the incoming shift"}.get(event.kind, event.kind)
-        return f"    consult {event.message_id[:8]} {what} (step {event.step})"
+        return describe_escalation(client, event)
     if isinstance(event, ReceiptEvent):
         return f"    {event.display_name or event.user_id[:8]}: {event.kind} " \
                f"({event.message_id[:8]})"
@@ -259,6 +259,52 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
             return "-- relay connection lost: reconnecting (nothing is lost)"
         return problem_line(event)
     return None
+
+
+def _consult_of(client: LightboxClient, thread_id: str,
+                message_id: str) -> tuple[str, str | None]:
+    """How the reader knows an escalated consult, from this device's vault alone: its thread's
+    subject, else who sent it and when; and who sent it (None when the device does not hold
+    it: a handed-over consult's copy is a new message, docs/PROTOCOL.md §16.4)."""
+    views = client.thread_messages(thread_id)
+    held = next((v.message for v in views if v.message.message_id == message_id), None)
+    sender = None if held is None else held.sender_user_id
+    for view in views:
+        if view.body.subject:
+            return f'consult "{view.body.subject}"', sender
+    if held is not None:
+        return (f"the consult from {client.display_name(held.sender_user_id)} at "
+                f"{when(held.sent_at)}", sender)
+    return f"a consult not yet on this device (thread {thread_id[:8]})", sender
+
+
+async def learn_escalation_names(client: LightboxClient, event: EscalationEvent) -> None:
+    """Before :func:`describe_escalation`: the names it prints (the person concerned, the
+    consult's sender), from verified certificates in the key directory, as ``inbox`` learns
+    senders' names; best effort (a shortened id when the relay cannot say)."""
+    _, sender = _consult_of(client, event.thread_id, event.message_id)
+    with contextlib.suppress(SDKError):
+        await client.ensure_names([event.user_id, *([sender] if sender else [])])
+
+
+def describe_escalation(client: LightboxClient, event: EscalationEvent) -> str:
+    """One on-call escalation step (docs/PROTOCOL.md §16.3, §16.4) as a doctor reads it: the
+    consult by its subject (or sender and time) and the person concerned by name, with their
+    place on the ladder. A reminder right after one at the same level (the ladder used up,
+    docs/PROTOCOL.md §16.3; or reminded again while its handover waits, §16.4) says that
+    everyone on it was reminded again."""
+    consult, _ = _consult_of(client, event.thread_id, event.message_id)
+    who = client.display_name(event.user_id)
+    who += " (on call)" if event.level == 0 else f" (backup {event.level})"
+    if event.kind == "renotify" and any(
+            s.kind == "renotify" and s.level == event.level and s.step == event.step - 1
+            for s in client.escalation_steps(event.message_id)):
+        return f"    {consult}: still no answer: everyone on call reminded again"
+    what = {"renotify": f"no answer yet: reminded {who}",
+            "released": f"no answer in time: passed to {who}",
+            "handover": f"shift change: handed over to {who}"}.get(
+        event.kind, f"{event.kind}: {who}")
+    return f"    {consult}: {what}"
 
 
 PASSWORD_ENV = "LIGHTBOX_PASSWORD"  # noqa: S105 (a variable's name: unlock_profile reads it)
@@ -434,6 +480,8 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                     print_message(client, event)
                     progress.seen += 1
                     continue
+                if isinstance(event, EscalationEvent):
+                    await learn_escalation_names(client, event)
                 line = describe(client, event)
                 if line:
                     print(line, flush=True)

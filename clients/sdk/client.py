@@ -523,5 +523,10 @@ class LightboxClient:
     def view(self, message: VaultMessage) -> MessageView:
         return self.memory.view(message)
 
+    def escalation_steps(self, message_id: str) -> tuple[EscalationEvent, ...]:
+        """The on-call escalation steps of a consult this device heard of, in order
+        (docs/PROTOCOL.md §16), also of one it does not hold."""
+        return self.memory.escalation_steps(message_id)
+
     def thread_messages(self, thread_id: str) -> list[MessageView]:
         return [self.view(m) for m in self.vault.messages(thread_id)]

@@ -127,6 +127,12 @@ class Memory:
         steps.append(step)
         return True
 
+    def escalation_steps(self, message_id: str) -> tuple[EscalationEvent, ...]:
+        """The escalation steps of a consult heard of, in order (also of one not held)."""
+        self.restore()
+        return tuple(sorted(self._escalations.get(message_id, ()),
+                            key=lambda e: (e.step, e.at)))
+
     def note_receipt(self, receipt: ReceiptEvent) -> bool:
         self.restore()
         if not self._add_receipt(receipt):

@@ -22,6 +22,8 @@ from clients.admin import cli as admin_cli
 from clients.gateway.fhir import FhirClient, FhirSettings
 from clients.sdk import imaging
 from clients.sdk.consent import register_consent
+from clients.sdk.timefmt import format_time
+from protocol.consent import peek_consent_token_unverified
 from tests.clients.test_filing_journey import journey, record
 from tests.clients.test_people import _people
 from tests.clients.test_people import world as world  # the same relay world
@@ -236,9 +238,10 @@ async def test_the_privacy_office_finds_a_patients_consents_in_the_record(
     settings = FhirSettings(url=fhir_server.base_url, token=fhir_server.token)
     async with FhirClient(settings) as fhir, journey(world, tmp_path, orthanc, fhir=fhir) as (
             intern, _ortho, _gw):
-        ids = []
+        ids, captured = [], []
         for patient in (mrn, mrn, f"{mrn}-OTHER"):  # two consents for the patient, one not
             token, consent_id = refusal(intern.vault.state, shown.data)
+            captured.append(peek_consent_token_unverified(token).iat)
             await register_consent(intern.client.relay, token)
             _, filed = await intern.client.file_consent(token, record(patient), wait=60)
             assert filed is not None and filed.documents[1].location
@@ -249,7 +252,10 @@ async def test_the_privacy_office_finds_a_patients_consents_in_the_record(
     assert rc == 0, err
     assert f"2 consents filed for patient {mrn} in the record" in out
     assert ids[0] in out and ids[1] in out and ids[2] not in out
-    assert "refused for direct_care" in out and "relay: refused; by Dr Intern (intern)" in out
+    # Its capture time written as every time a person reads (clients/sdk/timefmt.py), not
+    # the record's ISO 8601 with seconds.
+    assert f"{ids[0]}  refused for direct_care, captured {format_time(captured[0])}; relay: " \
+        "refused; by Dr Intern (intern)\n" in out, out
     rc, out, err = await lightbox_admin(*find, "--issuer", "another-hospital")
     assert rc == 0 and "0 consents filed" in out
 

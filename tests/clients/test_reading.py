@@ -1,7 +1,9 @@
 """clients/clinician/reading.py, what ``lightbox inbox`` and ``lightbox watch`` say of each
 event and of a body without text: each sentence names the consult, image or message by its
 short id, says why (a withdrawn consent, a revoked sender) in words, and never shows a
-Python repr. Times are written by clients/sdk/timefmt.py."""
+Python repr. Times are written by clients/sdk/timefmt.py. An escalation step names the consult
+by its subject and the person by name, from the vault: tests/clients/test_watch_escalation.py
+says it through a real relay and a real ``lightbox watch``."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from clients.clinician.reading import describe, describe_outbox, kind_line
 from clients.sdk.client import LightboxClient
 from clients.sdk.events import (
     ClientEvent,
-    EscalationEvent,
     ExpiredEvent,
     FiledEvent,
     ImageEvent,
@@ -37,10 +38,6 @@ NO_CLIENT = cast(LightboxClient, None)  # describe() reads only the event
     (ImageEvent(IMAGE, MESSAGE, THREAD, "refused", "not a readable image"),
      "    image a1b2c3d4: refused not a readable image"),
     (ImageEvent(IMAGE, MESSAGE, THREAD, "stored"), "    image a1b2c3d4: stored"),
-    (EscalationEvent(THREAD, MESSAGE, "released", 2, 1, str(uuid.UUID(int=4)), AT),
-     f"    consult {MESSAGE[:8]} passed to the next on call (step 2)"),
-    (EscalationEvent(THREAD, MESSAGE, "handover", 1, 1, str(uuid.UUID(int=4)), AT),
-     f"    consult {MESSAGE[:8]} handed over to the incoming shift (step 1)"),
     (ReceiptEvent(MESSAGE, "f5e60781-0000", str(uuid.UUID(int=5)), "read", AT, "Dr Bone"),
      f"    Dr Bone: read ({MESSAGE[:8]})"),
     (ReceiptEvent(MESSAGE, "f5e60781-0000", str(uuid.UUID(int=5)), "delivered", AT),

@@ -1,0 +1,105 @@
+"""``lightbox watch`` follows a consult's on-call escalation (docs/PROTOCOL.md §16) in words a
+doctor can act on: each line names the consult as the reader knows it (its thread's subject,
+else who sent it and when) and the person concerned by name, from the device's own vault and
+the names the SDK verifies in the key directory (nothing new is sent, no patient data to the
+relay). Real relay, real ``lightbox watch`` processes, simulated on-call minutes
+(docs/USER_GUIDE.md "Interns: sending a consult")."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.clients.test_watch_beside_commands import Watch
+from tests.clinician_world import enrol_clinician, lightbox_process, use_cli_profiles
+from tests.clinician_world import run_cli as lightbox
+from tests.helpers import seconds
+from tests.identity_world import World
+from tests.server.test_escalation import SimClock
+from tests.server.test_escalation import clock as clock  # simulated on-call minutes
+from tests.server.test_escalation import world as world  # a relay on that clock
+
+ORG = "st-elsewhere"
+ROLE = "role:orthopaedics-oncall"
+ORTHO = "orthopaedics_oncall"
+
+
+async def rota(world: World, clock: SimClock) -> None:
+    """Bob on call with Carol his backup for one hour; then Dan's night shift."""
+    r = await world.http.put(f"/v1/admin/oncall/{ORG}/{ROLE}", headers=world.admin_headers(),
+                             json={"display_name": "Orthopaedics on call"})
+    assert r.status_code == 200, r.text
+    now = int(clock())
+    r = await world.http.post(
+        f"/v1/admin/oncall/{ORG}/{ROLE}/shifts", headers=world.admin_headers(),
+        json={"shifts": [{"starts_at": now - 3600, "ends_at": now + 3600,
+                          "ladder": ["bob", "carol"]},
+                         {"starts_at": now + 3600, "ends_at": now + 9 * 3600,
+                          "ladder": ["dan"]}]})
+    assert r.status_code == 200 and all(x["ok"] for x in r.json()["results"]), r.text
+
+
+async def test_watch_names_the_consult_and_the_person_at_each_escalation_step(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: SimClock) -> None:
+    home = use_cli_profiles(monkeypatch, tmp_path)
+    intern = await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern",
+                                   vault_dir=home / "intern")
+    bob = await enrol_clinician(world, tmp_path, "bob", roles=(ORTHO,),
+                                display_name="Dr Bob Primary", vault_dir=home / "bob")
+    await enrol_clinician(world, tmp_path, "carol", roles=(ORTHO,),
+                          display_name="Dr Carol Backup")
+    await enrol_clinician(world, tmp_path, "dan", roles=(ORTHO,), display_name="Dr Dan Night")
+    await rota(world, clock)
+    intern.vault.lock()
+    bob.vault.lock()
+    watches = {who: Watch(await lightbox_process("--profile", who, "watch", "--timeout",
+                                                  str(seconds(120))))
+               for who in ("intern", "bob")}
+    try:
+        for w in watches.values():
+            await w.until("-- connected to the relay")
+        for args in (("--subject", "Wrist, bed 4", "Displaced distal radius?"),
+                     ("Hip film: fracture?",)):
+            rc, out, err = await lightbox("--profile", "intern", "send", "--to", ROLE,
+                                          "--urgent", *args)
+            assert rc == 0, out + err
+        await watches["bob"].until("Wrist, bed 4")
+        await watches["bob"].until("Hip film: fracture?")
+        (hip_line,) = [line for line in watches["bob"].lines if "Hip film" in line]
+        hip_at = re.search(r"\[(.*?)\]", hip_line)[1]  # type: ignore[index]
+
+        clock.advance(151)  # half the urgent deadline: Bob is reminded
+        await watches["intern"].until(
+            '    consult "Wrist, bed 4": no answer yet: reminded Dr Bob Primary (on call)')
+        await watches["bob"].until(
+            f"    the consult from Dr Ada Intern at {hip_at}: no answer yet: reminded you "
+            "(on call)")
+        clock.advance(150)  # the deadline: the consult is passed to Carol
+        await watches["intern"].until(
+            '    consult "Wrist, bed 4": no answer in time: passed to Dr Carol Backup '
+            "(backup 1)")
+        await watches["bob"].until(
+            f"    the consult from Dr Ada Intern at {hip_at}: no answer in time: passed to "
+            "Dr Carol Backup (backup 1)")
+        clock.advance(150)  # Carol is reminded in turn
+        await watches["intern"].until(
+            '    consult "Wrist, bed 4": no answer yet: reminded Dr Carol Backup (backup 1)')
+        clock.advance(150)  # the ladder used up: everyone on it reminded once more
+        await watches["intern"].until(
+            '    consult "Wrist, bed 4": still no answer: everyone on call reminded again')
+        await watches["bob"].until(
+            f"    the consult from Dr Ada Intern at {hip_at}: still no answer: everyone on "
+            "call reminded again")
+        clock.advance(3600)  # Bob's shift ends: Dan's night shift takes the consult
+        await watches["intern"].until(
+            '    consult "Wrist, bed 4": shift change: handed over to Dr Dan Night (on call)')
+        await watches["bob"].until(
+            '    consult "Wrist, bed 4": shift change: handed over to Dr Dan Night (on call)')
+    finally:
+        for w in watches.values():
+            err = await w.stop()
+            assert "Traceback" not in err, err
+    lines = [line for w in watches.values() for line in w.lines]
+    assert not [line for line in lines if "(step " in line], lines  # no message ids, no steps

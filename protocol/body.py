@@ -40,6 +40,7 @@ __all__ = [
     "ConsentFiling",
     "FiledDocument",
     "FilingReceipt",
+    "HandoverOf",
     "IdentifierKind",
     "OriginalStudy",
     "RecordData",
@@ -192,6 +193,19 @@ class ConsentFiling(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     documents: Annotated[list[FiledDocument], msgspec.Meta(max_length=8)] = []
 
 
+class HandoverOf(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Shift handover (docs/PROTOCOL.md §14, §16.4): this body is a consult sealed again by a
+    device that held it, for the incoming on-call clinician. Its header names the resealing
+    device and the moment of the reseal; this names the consult it copies, as that device
+    verified it when it received it: the original message id, who wrote it (user and device)
+    and when (``sent_at`` of the original header). Sealed, so the relay stays blind."""
+
+    message_id: UuidStr
+    sender_user_id: UuidStr
+    sender_device_id: UuidStr
+    sent_at: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+
+
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The plaintext of a sealed message. Only fields that apply to ``kind`` are set."""
 
@@ -215,6 +229,9 @@ class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     # Images sent without redacting text that looks like patient identifiers (PROTOCOL §14).
     burned_in_identifiers: Annotated[list[BurnedInIdentifiers],
                                      msgspec.Meta(max_length=MAX_ATTACHMENTS)] = []
+    # A consult handed over at a shift change (docs/PROTOCOL.md §16.4): the original's author
+    # and time. UNSET is never encoded, so a body without it has the bytes it always had.
+    handover_of: HandoverOf | msgspec.UnsetType = msgspec.UNSET
 
     def __repr__(self) -> str:  # never print text, keys or patient data
         return (f"Body(kind={self.kind.value}, text=<{len(self.text)} chars>, "

@@ -38,9 +38,10 @@ from clients.sdk.client import (
 )
 from clients.sdk.errors import RelayUnavailable, SDKError
 from clients.sdk.failures import run_async
+from clients.sdk.handover import authorship_line
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.timefmt import format_time
-from clients.sdk.vault import OutboxRecord, VaultPassphraseError
+from clients.sdk.vault import OutboxRecord, VaultMessage, VaultPassphraseError
 from clients.sdk.wording import counted
 from protocol.body import Body, BodyKind
 
@@ -53,6 +54,7 @@ __all__ = [
     "inbox_command",
     "kind_line",
     "learn_escalation_names",
+    "learn_message_names",
     "outbox_command",
     "pending_line",
     "print_message",
@@ -109,10 +111,18 @@ def threads_command(args: argparse.Namespace) -> int:
 def print_message(client: LightboxClient, event: MessageEvent) -> None:
     m, body = event.message, event.body
     flag = "URGENT " if m.priority == "urgent" else ""
-    sender = client.display_name(m.sender_user_id)
-    print(f"{flag}[{when(m.sent_at)}] {sender} in {m.thread_id[:8]}: "
+    # A consult handed over at a shift change is shown as its author wrote it, when they did
+    # (docs/PROTOCOL.md §16.4), not as the device that sealed it again (clients/sdk/handover.py).
+    author = client.authorship(m, body)
+    sender = client.display_name(author.author_user_id)
+    if not author.confirmed:
+        sender += f" (as handed over by {client.display_name(author.resealed_by)})"
+    print(f"{flag}[{when(author.written_at)}] {sender} in {m.thread_id[:8]}: "
           f"{(body.subject + ' - ') if body.subject else ''}{body.text or kind_line(body)}",
           flush=True)
+    handed = authorship_line(author, client.display_name, when)
+    if handed:
+        print(f"    {handed}", flush=True)
     if m.emergency is not None:
         print(f"    BREAK-GLASS ({m.emergency.replace('_', ' ')}): sent without consent in an "
               f"emergency: {body.emergency_reason or '(no reason given)'}", flush=True)
@@ -201,8 +211,8 @@ def inbox_command(args: argparse.Namespace) -> int:
             await client.fetch_missing_images()  # waits for downloads already under way
             unread = {t.thread_id: client.unread_messages(t.thread_id) for t in threads}
             # names from verified certificates, not only of senders heard from in this run
-            await client.ensure_names(v.message.sender_user_id
-                                      for views in unread.values() for v in views)
+            await client.ensure_names(u for views in unread.values() for v in views
+                                      for u in message_names(client, v.message, v.body))
             withdrawn = await client.refresh_consents(
                 [c for views in unread.values() for v in views
                  if (c := consent_of(v.body)) is not None])
@@ -267,15 +277,31 @@ def _consult_of(client: LightboxClient, thread_id: str,
     subject, else who sent it and when; and who sent it (None when the device does not hold
     it: a handed-over consult's copy is a new message, docs/PROTOCOL.md §16.4)."""
     views = client.thread_messages(thread_id)
-    held = next((v.message for v in views if v.message.message_id == message_id), None)
-    sender = None if held is None else held.sender_user_id
+    held = next((v for v in views if v.message.message_id == message_id), None)
+    # a handed-over copy held: its author and time (clients/sdk/handover.py)
+    author = None if held is None else client.authorship(held.message, held.body)
+    sender = None if author is None else author.author_user_id
     for view in views:
         if view.body.subject:
             return f'consult "{view.body.subject}"', sender
-    if held is not None:
-        return (f"the consult from {client.display_name(held.sender_user_id)} at "
-                f"{when(held.sent_at)}", sender)
+    if author is not None:
+        return (f"the consult from {client.display_name(author.author_user_id)} at "
+                f"{when(author.written_at)}", sender)
     return f"a consult not yet on this device (thread {thread_id[:8]})", sender
+
+
+def message_names(client: LightboxClient, message: VaultMessage, body: Body) -> list[str]:
+    """The people a message's lines name: its sender and, for a consult handed over at a
+    shift change, its author (docs/PROTOCOL.md §16.4)."""
+    author = client.authorship(message, body)
+    return list(dict.fromkeys([message.sender_user_id, author.author_user_id]))
+
+
+async def learn_message_names(client: LightboxClient, event: MessageEvent) -> None:
+    """Before :func:`print_message`: the names it prints, from verified certificates (the
+    author of a handed-over consult may never have sent this device anything); best effort."""
+    with contextlib.suppress(SDKError):
+        await client.ensure_names(message_names(client, event.message, event.body))
 
 
 async def learn_escalation_names(client: LightboxClient, event: EscalationEvent) -> None:
@@ -477,6 +503,7 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                 if isinstance(event, StatusEvent) and event.state == "connected":
                     progress.told_unreachable = False  # a later outage is said again
                 if isinstance(event, MessageEvent):
+                    await learn_message_names(client, event)
                     print_message(client, event)
                     progress.seen += 1
                     continue

@@ -423,7 +423,9 @@ class DesktopServer:
                 "unread": client.unread(t.thread_id),
                 "roles": t.roles, "members": len(t.members),
                 "last_at": last.message.sent_at if last else t.created_at,
-                "last_from": client.display_name(last.message.sender_user_id) if last else "",
+                # a consult handed over at a shift change: its author (docs/PROTOCOL.md §16.4)
+                "last_from": client.display_name(
+                    client.authorship(last.message, last.body).author_user_id) if last else "",
                 "has_image": any(v.images for v in views),
                 "acknowledged": any(v.acknowledged_by_me for v in incoming),
                 "acknowledgement_waiting": any(v.acknowledgement_waiting for v in incoming),

@@ -104,6 +104,7 @@ async def learn_names(client: LightboxClient, views: Sequence[MessageView]) -> N
     wanted = []
     for v in views:
         wanted += [v.message.sender_user_id, *(r.user_id for r in v.receipts),
+                   client.authorship(v.message, v.body).author_user_id,
                    *(e.user_id for e in v.escalations)]
         claims = consent_claims(v.body)
         if claims is not None:
@@ -203,9 +204,20 @@ def message_json(client: LightboxClient, view: MessageView,
                   "region": r.anatomic_region, "capture": r.capture.value,
                   # a photo of a film or monitor is not the study itself (CLINICAL_SAFETY.md)
                   "not_diagnostic": r.capture is CaptureKind.FILM}
+    # A consult handed over at a shift change: shown as its author wrote it, when they did,
+    # and told as handed over, by whose device (docs/PROTOCOL.md §16.4, clients/sdk/handover.py)
+    author = client.authorship(m, body)
+    sender = client.display_name(author.author_user_id)
+    if not author.confirmed:
+        sender += f" (as handed over by {client.display_name(author.resealed_by)})"
+    handover = None if not author.handed_over else {
+        "resealed_by": client.display_name(author.resealed_by),
+        "resealed_at": author.resealed_at, "confirmed": author.confirmed,
+        "contradicted": author.contradicted,
+        "by_author": author.resealed_by == author.author_user_id}
     return {
         "message_id": m.message_id, "mine": m.outgoing,
-        "sender": client.display_name(m.sender_user_id), "sent_at": m.sent_at,
+        "sender": sender, "sent_at": author.written_at, "handover": handover,
         "priority": m.priority, "purpose": m.purpose, "read": m.read, "text": body.text,
         "subject": body.subject, "reply_to": body.reply_to, "kind": body.kind.value,
         "necessity": body.necessity, "quality_warnings": body.quality_warnings,

@@ -65,6 +65,7 @@ from clients.sdk.events import (
     StatusEvent,
     WithdrawnEvent,
 )
+from clients.sdk.handover import Authorship, authorship
 from clients.sdk.http import RelayHTTP
 from clients.sdk.hub import Hub
 from clients.sdk.keystore import DeviceState, DeviceStore
@@ -76,7 +77,7 @@ from clients.sdk.sending import Sender
 from clients.sdk.session import CUT_OFF, Session
 from clients.sdk.threads import RECORD_THREAD_SUBJECT, ThreadBook
 from clients.sdk.trust import Trust
-from clients.sdk.vault import OutboxRecord, Vault, VaultLocked, VaultMessage
+from clients.sdk.vault import ItemNotFound, OutboxRecord, Vault, VaultLocked, VaultMessage
 from protocol import api, certs
 from protocol.body import Body
 from protocol.errors import CloseCode, ErrorCode
@@ -519,6 +520,17 @@ class LightboxClient:
 
     def image_status(self, attachment_id: str) -> ImageStatus:
         return self.memory.image_status(attachment_id)
+
+    def authorship(self, message: VaultMessage, body: Body) -> Authorship:
+        """Who wrote a message and when, a consult handed over at a shift change included
+        (its original author and time, checked against the original when this device holds
+        it: clients/sdk/handover.py, docs/PROTOCOL.md §16.4)."""
+        def held(message_id: str) -> VaultMessage | None:
+            try:
+                return self.vault.message(message_id)
+            except ItemNotFound:
+                return None
+        return authorship(message, body, held)
 
     def view(self, message: VaultMessage) -> MessageView:
         return self.memory.view(message)

@@ -24,6 +24,7 @@ from clients.sdk.events import (
     WithdrawnEvent,
 )
 from clients.sdk.expiry import verify_wipe_order, wipe
+from clients.sdk.handover import handover_of
 from clients.sdk.http import RelayHTTP
 from clients.sdk.hub import Hub
 from clients.sdk.identity import replenish_one_time_prekeys
@@ -172,7 +173,11 @@ class Notices:
         """Shift handover (docs/PROTOCOL.md §16): the relay is blind, so a device that holds
         the consult seals its content again for the thread's current participants (the
         incoming clinician included, verified like any recipient). The relay counts the new
-        message as the answer. Nothing is sent when this device does not hold the message."""
+        message as the answer. Nothing is sent when this device does not hold the message.
+        The copy's header names this device and the moment of the reseal; its sealed body
+        names the original's author and time (``handover_of``, docs/PROTOCOL.md §14), which
+        this device verified when it received it, so readers are told who wrote it and when
+        (clients/sdk/handover.py)."""
         try:
             stored = self._vault.message(request.message_id)
         except ItemNotFound:
@@ -180,6 +185,7 @@ class Notices:
         body = body_of(stored)
         if body is None:
             return
+        body = msgspec.structs.replace(body, handover_of=handover_of(stored, body))
         consent_id = None
         if body.consent_token is not None:
             consent_id = peek_consent_token_unverified(body.consent_token).jti

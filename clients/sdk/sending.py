@@ -291,7 +291,8 @@ class Sender:
             sent_at=float(record.created_at), body=body.text,
             attachment_ids=record.attachment_ids, priority=record.priority,
             purpose=record.purpose, read=True, content=record.content, outgoing=True,
-            thread_seq=accepted.thread_seq, emergency=record.emergency))
+            thread_seq=accepted.thread_seq, emergency=record.emergency,
+            signed_at=decode_sealed(record.sealed).header.sent_at))
         img = record.image
         if img is not None and img.attachment_id is not None:
             with contextlib.suppress(ImageShredded):

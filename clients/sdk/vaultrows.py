@@ -137,6 +137,15 @@ class VaultMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     thread_seq: int = 0
     # Break-glass (docs/PROTOCOL.md §17): the category the signed header declared, if any.
     emergency: str | None = None
+    # The signed header's sent_at of a message this device sent (``sent_at`` is when it was
+    # written); None in rows kept before it was recorded, and for received messages, whose
+    # ``sent_at`` is the header's. A handed-over copy names it (docs/PROTOCOL.md §16.4).
+    signed_at: int | None = None
+
+    @property
+    def header_sent_at(self) -> int:
+        """The sent_at of the message's signed header, as every recipient holds it."""
+        return int(self.sent_at) if self.signed_at is None else self.signed_at
 
     def __repr__(self) -> str:  # never print the body
         return (f"VaultMessage(message_id={self.message_id!r}, thread_id={self.thread_id!r}, "

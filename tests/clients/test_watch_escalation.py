@@ -103,3 +103,48 @@ async def test_watch_names_the_consult_and_the_person_at_each_escalation_step(
             assert "Traceback" not in err, err
     lines = [line for w in watches.values() for line in w.lines]
     assert not [line for line in lines if "(step " in line], lines  # no message ids, no steps
+
+
+async def test_the_incoming_clinician_sees_a_handed_over_consult_as_its_author_wrote_it(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: SimClock) -> None:
+    """A shift change hands an unacknowledged consult to the night doctor: the relay is blind,
+    so the outgoing doctor's device seals it again (docs/PROTOCOL.md §16.4), a new message
+    signed by Bob's device at the moment of the reseal. Dan reads it as the intern wrote it, at
+    the intern's time, told that it was handed over and by whose device: not as Bob's."""
+    home = use_cli_profiles(monkeypatch, tmp_path)
+    await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern",
+                          vault_dir=home / "intern")
+    bob = await enrol_clinician(world, tmp_path, "bob", roles=(ORTHO,),
+                                display_name="Dr Bob Primary", vault_dir=home / "bob")
+    await enrol_clinician(world, tmp_path, "carol", roles=(ORTHO,),
+                          display_name="Dr Carol Backup")
+    dan = await enrol_clinician(world, tmp_path, "dan", roles=(ORTHO,),
+                                display_name="Dr Dan Night", vault_dir=home / "dan")
+    await rota(world, clock)
+    bob.vault.lock()
+    dan.vault.lock()
+    # the intern's device is not connected at the shift change: Bob's device reseals
+    rc, out, err = await lightbox("--profile", "intern", "send", "--to", ROLE, "--urgent",
+                                  "--subject", "Wrist, bed 4", "Displaced distal radius?")
+    assert rc == 0, out + err
+    watches = {who: Watch(await lightbox_process("--profile", who, "watch", "--timeout",
+                                                  str(seconds(120))))
+               for who in ("bob", "dan")}
+    try:
+        for w in watches.values():
+            await w.until("-- connected to the relay")
+        await watches["bob"].until("Wrist, bed 4 - Displaced distal radius?")
+        (line,) = [x for x in watches["bob"].lines if "Displaced distal radius?" in x]
+        written = re.search(r"^URGENT \[(.*?)\] Dr Ada Intern in ", line)
+        assert written, line
+        clock.advance(600 + 3600)  # the ladder used up, then Bob's shift ends: Dan's starts
+        await watches["dan"].until("Wrist, bed 4 - Displaced distal radius?")
+        (copy,) = [x for x in watches["dan"].lines if "Displaced distal radius?" in x]
+        assert copy.startswith(f"URGENT [{written[1]}] Dr Ada Intern (as handed over by "
+                               "Dr Bob Primary) in "), copy
+        await watches["dan"].until("    as handed over by Dr Bob Primary at the shift change "
+                                   "on ")
+    finally:
+        for w in watches.values():
+            err = await w.stop()
+            assert "Traceback" not in err, err

@@ -389,6 +389,24 @@ function imageBlock(m, img) {
             studyBlock(img));
 }
 
+// A consult handed over at a shift change (docs/PROTOCOL.md §16.4): the line above names its
+// author and time; this says it was sealed again, by whose device, and whether this computer
+// could check the author and time (against the original it holds, or the author's own device).
+function handoverLine(h) {
+  if (!h) return null;
+  if (h.contradicted) {
+    return el("div", {class: "warning handover", role: "note"}, "Handed over at the shift change by " +
+      h.resealed_by + "'s device on " + when(h.resealed_at) +
+      ": the author and time it claims do NOT match the original on this computer");
+  }
+  if (!h.confirmed) {
+    return el("div", {class: "meta handover"}, "As handed over by " + h.resealed_by + " at the shift change on " +
+      when(h.resealed_at) + ": the author and time are their device's word");
+  }
+  return el("div", {class: "meta handover"}, "Handed over at the shift change on " + when(h.resealed_at) +
+    (h.by_author ? "" : " (resealed by " + h.resealed_by + "'s device)"));
+}
+
 async function openThread(id, markRead) {
   current = id;
   const ticket = ++opening;
@@ -420,6 +438,7 @@ async function openThread(id, markRead) {
       ...m.escalations.map((e) => el("li", {}, escalationLine(e)))) : null;
     list.append(el("div", {class: "message" + (m.mine ? " mine" : ""), "data-message-id": m.message_id},
       el("div", {class: "meta"}, m.sender + " - " + when(m.sent_at) + (m.priority === "urgent" ? " - URGENT" : "")),
+      handoverLine(m.handover),
       m.text ? el("p", {class: "text"}, m.text) : (m.note ? el("p", {class: "meta note"}, m.note) : null),
       m.quality_warnings.length ? el("div", {class: "warning"}, "Sent despite: " + m.quality_warnings.join(", ").replaceAll("_", " ")) : null,
       m.emergency ? el("div", {class: "warning break-glass", role: "note"}, "BREAK-GLASS (" +

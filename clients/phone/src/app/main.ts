@@ -644,13 +644,27 @@ function messageElement(m: MessageView): HTMLElement {
   div.dataset["message"] = m.message_id;
   const meta = document.createElement("div");
   meta.className = "meta";
-  meta.textContent = `${m.mine ? "You" : m.from_name} · ${when(m.sent_at)}${m.mine ? ` · ${m.status === "not_sent" ? "not sent" : m.status}` : ""}`;
+  const h = m.handover;
+  const from = h && !h.confirmed ? `${m.from_name} (as handed over by ${h.resealed_by})` : m.from_name;
+  meta.textContent = `${m.mine ? "You" : from} · ${when(m.sent_at)}${m.mine ? ` · ${m.status === "not_sent" ? "not sent" : m.status}` : ""}`;
   const best = ["acknowledged", "read", "delivered"].map((k) => (m.receipts ?? []).filter((r) => r.kind === k)).find((rs) => rs.length);
   if (m.mine && best) meta.textContent += ` · ${best[0]!.kind} by ${best.map((r) => r.name).join(", ")}`;
   const text = document.createElement("div");
   text.className = "text";
   text.textContent = m.text;
   div.append(meta);
+  if (h) {
+    // A consult handed over at a shift change (PROTOCOL.md §16.4): written by its author at
+    // the time above, sealed again for this shift by another device.
+    const line = document.createElement("div");
+    line.className = h.contradicted ? "meta handover warning" : "meta handover";
+    line.textContent = h.contradicted
+      ? `Handed over at the shift change by ${h.resealed_by}'s device on ${when(h.resealed_at)}: the author and time it claims do NOT match the original on this phone`
+      : !h.confirmed
+        ? `As handed over by ${h.resealed_by} at the shift change on ${when(h.resealed_at)}: the author and time are their device's word`
+        : `Handed over at the shift change on ${when(h.resealed_at)}${h.by_author ? "" : ` (resealed by ${h.resealed_by}'s device)`}`;
+    div.append(line);
+  }
   if (m.status === "not_sent") {
     // Under its date, above the text: seen first, however long the consult is.
     const line = document.createElement("div");

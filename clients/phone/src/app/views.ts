@@ -35,6 +35,13 @@ export interface MessageView {
   /** Where the record gateway filed the photo (its sealed filing receipt, PROTOCOL §15), and
    * when this phone's copy expires (the relay's filed notice). */
   filed?: { study_instance_uid: string | null; record_ref: string | null; expires_at: number | null } | null;
+  /** A consult handed over at a shift change (PROTOCOL §16.4): `from_*` and `sent_at` are
+   * then its author and time as its sealed body names them; this says whose device sealed it
+   * again and when, and whether the phone could check the author and time (against the
+   * original it holds, or the author's own device resealed it) or they contradict the original. */
+  handover?: { resealed_by: string; resealed_at: number; confirmed: boolean; contradicted: boolean; by_author: boolean } | null;
+  /** The device that sent a received message (checked against a handed-over copy's claim). */
+  from_device_id?: string;
   /** The on-call escalation of this consult, step by step (PROTOCOL §16.3). */
   escalation?: { step: number; kind: "renotify" | "released" | "handover"; level: number; name: string; at: number }[];
 }

@@ -5,7 +5,7 @@
  * the worker also posts events {event, ...} (a message arrived, the connection changed).
  */
 import { b64urlDecode as d, b64urlEncode as e, peekCompact } from "../protocol/canonical.js";
-import { decodeBody, encodeBody, makeBody } from "../protocol/body.js";
+import { decodeBody, encodeBody, makeBody, type HandoverOf } from "../protocol/body.js";
 import * as certs from "../protocol/certs.js";
 import { ProtocolError } from "../protocol/errors.js";
 import * as env from "../protocol/envelope.js";
@@ -843,9 +843,20 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
     const body = decodeBody(plain);
     const view: MessageView = {
       message_id: h.message_id, thread_id: h.thread_id, from_user_id: h.sender_user_id, from_name: sender.user.display_name,
+      from_device_id: h.sender_device_id,
       mine: false, text: body.text, subject: body.subject, sent_at: h.sent_at, status: "received",
       thread_seq: frame["thread_seq"] as number, read: false,
     };
+    const claim = body.handover_of;
+    // A handed-over copy's author by name, from the network, outside the thread's change.
+    let authorName: string | null = null;
+    if (claim && claim.sender_user_id !== h.sender_user_id) {
+      try {
+        authorName = await displayName(claim.sender_user_id);
+      } catch {
+        authorName = null; // named from the consult below, else by a shortened id
+      }
+    }
     const photo = body.kind === "text" ? body.attachments[0] : undefined;
     await changingThread(h.thread_id, async () => {
       const thread = (await vault!.get<ThreadRecord>(`thread:${h.thread_id}`)) ?? { thread_id: h.thread_id, role: null, subject: null, priority: h.priority, messages: [] };
@@ -863,6 +874,7 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       // The thread's subject is its first message's, as the desktop and `lightbox threads`
       // show it (clients/desktop/app.py threads, clients/clinician/reading.py subject).
       if (body.subject && !thread.subject) thread.subject = body.subject;
+      if (claim) handedOver(view, claim, thread, sender.user.display_name, authorName);
       if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
       if (body.kind === "consent_filed" && body.consent_filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY) && sender.device.kind === "gateway") {
         const f = body.consent_filing as { message_id?: string; study_instance_uid?: string | null };
@@ -1061,6 +1073,25 @@ async function fetchMissingImages(): Promise<void> {
 }
 
 /** A user's name, from their certificate verified against the pinned organisation key. */
+/** A consult handed over at a shift change (PROTOCOL.md §16.4): shown as its author wrote it,
+ * when they did, and told as handed over by whose device. The claim is checked against the
+ * original when this phone holds it (same message id), else taken as fact only when the
+ * author's own device sealed it again (clients/sdk/handover.py does the same). */
+function handedOver(view: MessageView, claim: HandoverOf, thread: ThreadRecord, resealer: string, authorName: string | null): void {
+  const held = thread.messages.find((m) => m.message_id === claim.message_id && m.message_id !== view.message_id);
+  const confirmed = held
+    // (this phone's own copy keeps when it was written, not its signed time: not compared)
+    ? held.from_user_id === claim.sender_user_id && (held.mine ? st!.device_id : held.from_device_id ?? claim.sender_device_id) === claim.sender_device_id && (held.mine || held.sent_at === claim.sent_at)
+    : view.from_user_id === claim.sender_user_id && view.from_device_id === claim.sender_device_id;
+  const byAuthor = view.from_user_id === claim.sender_user_id;
+  view.handover = { resealed_by: resealer, resealed_at: view.sent_at, confirmed, contradicted: held !== undefined && !confirmed, by_author: byAuthor };
+  view.from_name = byAuthor ? resealer : authorName
+    ?? thread.messages.find((m) => m.from_user_id === claim.sender_user_id)?.from_name ?? `user ${claim.sender_user_id.slice(0, 8)}`;
+  view.from_user_id = claim.sender_user_id;
+  view.from_device_id = claim.sender_device_id;
+  view.sent_at = claim.sent_at;
+}
+
 async function displayName(userId: string): Promise<string> {
   const answer = await relay!.call<{ user_certificate: string }>("GET", `/v1/users/${userId}/devices`);
   return certs.verifyUserCertificate(answer.user_certificate, pinned(), now(), null).display_name;

@@ -26,6 +26,15 @@ export interface RecordData {
   capture: "film" | "clinical";
 }
 
+/** A consult handed over at a shift change (PROTOCOL.md §14, §16.4): the original's id, its
+ * author (user and device) and time, as the device that sealed it again verified them. */
+export interface HandoverOf {
+  message_id: string;
+  sender_user_id: string;
+  sender_device_id: string;
+  sent_at: number;
+}
+
 export interface Body {
   v: number;
   kind: BodyKind;
@@ -42,6 +51,8 @@ export interface Body {
   filing: Record<string, unknown> | null;
   consent_filing: Record<string, unknown> | null;
   burned_in_identifiers: { attachment_id: string; kinds: IdentifierKind[] }[];
+  /** Optional: absent (null here) in every body but a handed-over copy, and never written then. */
+  handover_of: HandoverOf | null;
 }
 
 /** A body with the defaults of protocol/body.py, overridden by `fields`. */
@@ -61,6 +72,7 @@ export function makeBody(fields: Partial<Body>): Body {
     filing: null,
     consent_filing: null,
     burned_in_identifiers: [],
+    handover_of: null,
     ...fields,
   };
 }
@@ -112,8 +124,9 @@ const BODY: Check = struct(
     filing: nullable(anyMap),
     consent_filing: nullable(anyMap),
     burned_in_identifiers: list(struct({ attachment_id: uuid, kinds: list(oneOf(...KINDS), { min: 1, max: 6 }) }), { max: 16 }),
+    handover_of: nullable(struct({ message_id: uuid, sender_user_id: uuid, sender_device_id: uuid, sent_at: int({ min: 0, max: 2 ** 53 - 1 }) })),
   },
-  { optional: ["v", "kind", "text", "subject", "attachments", "consent_token", "record", "necessity", "emergency_reason", "reply_to", "quality_warnings", "filing", "consent_filing", "burned_in_identifiers"] },
+  { optional: ["v", "kind", "text", "subject", "attachments", "consent_token", "record", "necessity", "emergency_reason", "reply_to", "quality_warnings", "filing", "consent_filing", "burned_in_identifiers", "handover_of"] },
 );
 
 const CONTROL = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
@@ -182,6 +195,13 @@ function ordered(b: Body): Record<string, unknown> {
     filing: b.filing,
     consent_filing: b.consent_filing,
     burned_in_identifiers: b.burned_in_identifiers,
+    // protocol/body.py never writes it when absent: a body without it is unchanged
+    ...(b.handover_of ? { handover_of: {
+      message_id: b.handover_of.message_id,
+      sender_user_id: b.handover_of.sender_user_id,
+      sender_device_id: b.handover_of.sender_device_id,
+      sent_at: b.handover_of.sent_at,
+    } } : {}),
   };
 }
 

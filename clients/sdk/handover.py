@@ -1,0 +1,99 @@
+"""Who wrote a consult and when, also of a copy handed over at a shift change
+(docs/PROTOCOL.md §14 ``handover_of``, §16.4; docs/CLINICAL_SAFETY.md "On-call handover").
+
+At a shift change the relay cannot encrypt for the incoming clinician, so a device that holds
+the consult (the sender's, or an outgoing clinician's) seals it again: a new message, sent at
+the moment of the reseal and signed by that device. Its sealed body names the original
+(``handover_of``: message id, author's user and device, original time). What a device can
+check of that claim:
+
+* it holds the original (same message id): the claim must match that message's verified
+  header, else it is shown as a claim that does not match (``contradicted``);
+* the resealing device is the claimed author's device: the author vouches for their own
+  consult (``confirmed``);
+* otherwise the claim is shown as the resealer's word ("as handed over by ...").
+
+Pure: no I/O; the caller passes what the vault holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import msgspec
+
+from clients.sdk.vaultrows import VaultMessage
+from protocol.body import Body, HandoverOf
+
+__all__ = ["Authorship", "authorship", "authorship_line", "handover_of"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Authorship:
+    """Who wrote a message and when, as a reader is told.
+
+    ``author_user_id``/``written_at``: the original author and time when handed over (a claim
+    unless ``confirmed``), else the signed header's sender and time. ``handed_over``: a copy
+    sealed again at a shift change; ``resealed_by``/``resealed_at``: whose device sealed that
+    copy and when. ``confirmed``: the author and time are the signed header's, or checked
+    against the original this device holds, or the author's own device resealed it.
+    ``contradicted``: this device holds the original and it says otherwise."""
+
+    author_user_id: str
+    written_at: float
+    handed_over: bool = False
+    resealed_by: str = ""
+    resealed_at: float = 0.0
+    confirmed: bool = True
+    contradicted: bool = False
+
+
+def handover_of(message: VaultMessage, body: Body) -> HandoverOf:
+    """What a reseal of ``message`` (held and verified by this device) says of its origin: the
+    original's own ``handover_of`` when it is itself a handed-over copy (the consult handed
+    over again at a later shift change keeps its author), else its header's."""
+    if not isinstance(body.handover_of, msgspec.UnsetType):
+        return body.handover_of
+    return HandoverOf(message_id=message.message_id, sender_user_id=message.sender_user_id,
+                      sender_device_id=message.sender_device_id,
+                      sent_at=message.header_sent_at)
+
+
+def authorship(message: VaultMessage, body: Body,
+               held: Callable[[str], VaultMessage | None]) -> Authorship:
+    """Who wrote ``message`` and when; ``held`` finds a message of this device's vault by id
+    (None when it does not hold it)."""
+    claim = body.handover_of
+    if isinstance(claim, msgspec.UnsetType):
+        return Authorship(message.sender_user_id, message.sent_at)
+    original = held(claim.message_id) if claim.message_id != message.message_id else None
+    if original is not None:
+        confirmed = (original.sender_user_id == claim.sender_user_id
+                     and original.sender_device_id == claim.sender_device_id
+                     and original.header_sent_at == claim.sent_at)
+    else:
+        confirmed = (message.sender_device_id == claim.sender_device_id
+                     and message.sender_user_id == claim.sender_user_id)
+    return Authorship(claim.sender_user_id, claim.sent_at, handed_over=True,
+                      resealed_by=message.sender_user_id, resealed_at=message.sent_at,
+                      confirmed=confirmed, contradicted=original is not None and not confirmed)
+
+
+def authorship_line(author: Authorship, name: Callable[[str], str],
+                    when: Callable[[float], str]) -> str:
+    """The words a reader is told beside a handed-over consult ("" for any other message)."""
+    if not author.handed_over:
+        return ""
+    by = name(author.resealed_by)
+    if author.contradicted:
+        return (f"handed over at the shift change by {by}'s device on {when(author.resealed_at)}"
+                f"; WARNING: it says it was written by {name(author.author_user_id)} at "
+                f"{when(author.written_at)}, which does NOT match the original on this device")
+    if author.resealed_by == author.author_user_id and author.confirmed:
+        return f"handed over at the shift change on {when(author.resealed_at)}"
+    if author.confirmed:
+        return (f"handed over at the shift change on {when(author.resealed_at)} "
+                f"(resealed by {by}'s device)")
+    return (f"as handed over by {by} at the shift change on {when(author.resealed_at)}: "
+            "the author and time are their device's word")

@@ -1,0 +1,128 @@
+"""A consult handed over at a shift change is read as its author wrote it (docs/PROTOCOL.md
+§14 ``handover_of``, §16.4; docs/CLINICAL_SAFETY.md "On-call handover"; HAZ-02 of
+docs/HAZARD_LOG.md): the resealed copy is a new message signed by the resealing device at the
+moment of the reseal, and its sealed body names the original's author and time. A reader that
+holds the original checks the claim against it; one that does not is told whose word it is.
+Real relay, real SDK clients, the CLI's lines (clients/clinician/reading.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from clients.clinician.reading import print_message
+from clients.clinician.shell import when
+from clients.desktop.views import message_json
+from clients.sdk.client import MessageEvent
+from clients.sdk.vault import VaultMessage
+from protocol.body import Body, HandoverOf
+from protocol.frames import ResealRequest
+from protocol.model import Priority, Purpose
+from tests.clients.test_client import _intern_and_specialist, _next_message
+from tests.clinician_world import Clinician
+from tests.helpers import seconds
+from tests.identity_world import World
+
+
+@contextlib.asynccontextmanager
+async def consult_held(world: World, tmp_path: Any) -> AsyncIterator[
+        tuple[Clinician, Clinician, asyncio.Queue[Any], str, VaultMessage]]:
+    """The intern's consult, held by the specialist: both clients, his events, the thread and
+    his copy of the original."""
+    async with _intern_and_specialist(world, tmp_path) as (intern, ortho):
+        events = ortho.client.subscribe()
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        await intern.client.send_text(thread.thread_id, "Scaphoid tenderness, x-ray?")
+        original = await asyncio.wait_for(_next_message(events), seconds(15))
+        yield intern, ortho, events, thread.thread_id, original
+
+
+async def test_a_resealed_consult_names_its_author_and_time_checked_against_the_original(
+        world: World, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    async with consult_held(world, tmp_path) as (intern, ortho, events, thread_id, original):
+        # the shift changes a quarter of an hour later: the intern's device reseals
+        later = time.time() + 900
+        intern.client.sender._clock = lambda: later  # the moment of the reseal
+        await intern.client.notices.on_frame(ResealRequest(
+            thread_id=thread_id, message_id=original.message_id,
+            devices=[ortho.client.device_id], deadline=int(later) + 600))
+        copy = await asyncio.wait_for(_next_message(events), seconds(15))
+        body = ortho.client.body(copy)
+        assert body is not None and isinstance(body.handover_of, HandoverOf)
+        assert body.handover_of == HandoverOf(
+            message_id=original.message_id, sender_user_id=intern.user_id,
+            sender_device_id=intern.client.device_id, sent_at=int(original.sent_at))
+        author = ortho.client.authorship(copy, body)
+        assert (author.author_user_id, author.written_at) == (intern.user_id, original.sent_at)
+        assert author.handed_over and author.confirmed and not author.contradicted
+        assert author.resealed_at == copy.sent_at == int(later)
+
+        capsys.readouterr()
+        print_message(ortho.client, MessageEvent(copy, body))
+        lines = capsys.readouterr().out.splitlines()
+        name = ortho.client.display_name(intern.user_id)
+        assert lines[0].startswith(f"[{when(original.sent_at)}] {name} in "), lines
+        assert lines[1] == f"    handed over at the shift change on {when(later)}", lines
+        # the desktop's page (clients/desktop/views.py): the author and time, and the handover
+        page = message_json(ortho.client, ortho.client.view(copy))
+        assert (page["sender"], page["sent_at"]) == (name, original.sent_at)
+        assert page["handover"] == {"resealed_by": name, "resealed_at": int(later),
+                                    "confirmed": True, "contradicted": False,
+                                    "by_author": True}
+
+
+async def test_a_handover_claim_that_contradicts_the_original_held_is_shown_as_a_claim(
+        world: World, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    async with consult_held(world, tmp_path) as (intern, ortho, events, thread_id, original):
+        someone = str(uuid.uuid4())
+        for claim in (  # the original's id, another author and an earlier time ...
+                HandoverOf(message_id=original.message_id, sender_user_id=someone,
+                           sender_device_id=str(uuid.uuid4()),
+                           sent_at=int(original.sent_at) - 3600),
+                # ... and a consult this device never held, written by someone else
+                HandoverOf(message_id=str(uuid.uuid4()), sender_user_id=someone,
+                           sender_device_id=str(uuid.uuid4()),
+                           sent_at=int(original.sent_at) - 3600)):
+            await intern.client.sender.send_body(
+                thread_id, Body(text="Scaphoid tenderness, x-ray?", handover_of=claim),
+                purpose=Purpose.DIRECT_CARE, priority=Priority.URGENT)
+            copy = await asyncio.wait_for(_next_message(events), seconds(15))
+            body = ortho.client.body(copy)
+            assert body is not None
+            author = ortho.client.authorship(copy, body)
+            assert author.author_user_id == someone and not author.confirmed
+            assert author.contradicted is (claim.message_id == original.message_id)
+
+            capsys.readouterr()
+            print_message(ortho.client, MessageEvent(copy, body))
+            lines = capsys.readouterr().out.splitlines()
+            by = ortho.client.display_name(intern.user_id)
+            assert f"{ortho.client.display_name(someone)} (as handed over by {by}) in " \
+                in lines[0], lines
+            page = message_json(ortho.client, ortho.client.view(copy))
+            assert page["sender"].endswith(f"(as handed over by {by})"), page["sender"]
+            assert page["sent_at"] == claim.sent_at
+            assert page["handover"]["contradicted"] is author.contradicted
+            assert page["handover"]["confirmed"] is False
+            if author.contradicted:
+                assert "does NOT match the original on this device" in lines[1], lines
+            else:
+                assert lines[1].startswith(f"    as handed over by {by} at the shift change"), \
+                    lines
+
+
+def test_a_body_without_handover_of_encodes_as_before() -> None:
+    """The field is optional and never written when absent: older readers, which refuse
+    unknown fields, read every other body as they always did (docs/PROTOCOL.md §14)."""
+    from protocol.body import decode_body, encode_body
+
+    plain = encode_body(Body(text="Scaphoid tenderness, x-ray?"))
+    assert b"handover_of" not in plain
+    assert isinstance(decode_body(plain).handover_of, msgspec.UnsetType)

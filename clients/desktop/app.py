@@ -23,10 +23,10 @@ Endpoints (JSON unless said otherwise):
 | ``GET /?k=SECRET`` | sets the session cookie, redirects to ``/`` |
 | ``GET /`` | the page (``static/index.html`` with the CSRF token) |
 | ``GET /static/{app.js,app.css}`` | the script and style |
-| ``GET /api/state`` | unlocked?, who, connected?, replaced?, ``ended`` (see below), ``notice`` |
+| ``GET /api/state`` | unlocked?, who, connected?, replaced?, ``ended`` (see below), ``notices`` |
 | ``POST /api/unlock`` ``{password}`` | unlock the vault, log in, connect (403/410 ``ended``) |
 | ``POST /api/lock`` | lock the vault, disconnect |
-| ``POST /api/notice/dismiss`` | forget the latest problem the client reported (``notice``) |
+| ``POST /api/notice/dismiss`` ``{ids?}`` | forget these problems the client reported (or all) |
 | ``GET /api/threads`` | the inbox: urgent consults first, then newest |
 | ``GET /api/threads/{id}`` | a thread: messages, images, filed study, consent, record data |
 | ``POST /api/threads/{id}/reply`` ``{text, reply_to?, confirmed?}`` | reply (see below) |
@@ -63,12 +63,18 @@ Clinical safety (CLINICAL_SAFETY.md):
   ``disconnected``) and the page says the connection is in use by another Lightbox command;
   the client connects again once it is done (clients/sdk/connection.py) and shows what
   arrived meanwhile.
+* **Every dropped message is named** (docs/HAZARD_LOG.md HAZ-10): each problem the client
+  reports is kept in ``notices`` (one line each, with when) until the specialist dismisses
+  it, never only the latest; a message dropped because its sender's device was revoked or
+  their account suspended also marks its consult (``dropped`` in ``/api/threads`` and
+  ``/api/threads/{id}``: who sent it and when), so the specialist can ask about each one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import json
 import logging
@@ -129,6 +135,7 @@ from clients.sdk.vault import ImageShredded, ItemNotFound, VaultError, VaultLock
 from protocol import certs
 from protocol.canonical import peek_compact
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
+from protocol.frames import Deliver
 from protocol.model import Priority
 
 __all__ = ["DesktopServer", "run_desktop"]
@@ -153,6 +160,18 @@ SECURITY_HEADERS = {
 STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 
 Opener = Callable[[Path, str], ProfileDevice]
+# A consult's name when no message on this computer gives it a subject (its first message
+# dropped or on its way, or sent without one): the same words as `lightbox threads`, never
+# another message's text (a gateway's receipt is no subject).
+NO_SUBJECT = "(no subject yet)"
+# The delivery the client is handling now: a problem it reports meanwhile is about this
+# message, so the desktop can name the consult of a message it dropped.
+_DELIVERING: contextvars.ContextVar[Deliver | None] = contextvars.ContextVar(
+    "lightbox_desktop_delivering", default=None)
+# Why a delivery was dropped, by the error code the client reported it with.
+_DROPPED_BECAUSE = {ErrorCode.CERTIFICATE_REVOKED.value: "revoked",
+                    ErrorCode.USER_SUSPENDED.value: "suspended"}
+MAX_NOTICES = 200  # problem lines kept until dismissed; the oldest go first beyond that
 
 
 class DesktopServer:
@@ -175,10 +194,16 @@ class DesktopServer:
         # suspended by the relay, or erased by IT's wipe order (docs/PROTOCOL.md §15 "Wipe").
         # The page says so, never "connected" nor an unlock form for a vault that is gone.
         self.ended: dict[str, str] | None = None
-        # The latest problem the client reported in this session (a message it dropped, a
-        # notice it could not handle), with when: the page says it, also when it happened
-        # before the page was listening (during the unlock).
-        self.notice: dict[str, Any] | None = None
+        # Every problem the client reported in this launch and the specialist has not
+        # dismissed (a message it dropped, a notice it could not handle), each with an id and
+        # when: the page says them all, also those from before it was listening (the unlock),
+        # and again after a lock (the vault locking itself when idle is no dismissal).
+        self.notices: list[dict[str, Any]] = []
+        # The messages the client dropped because their sender's device was revoked or their
+        # account suspended, by consult (who sent it, when it reached the relay, why): each
+        # consult says so, in the list and when opened, for this launch. Both are shown only
+        # while unlocked, and forgotten with the vault when IT's wipe order erases it.
+        self.dropped: dict[str, list[dict[str, Any]]] = {}
         self._listeners: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
         self._unlock_lock = asyncio.Lock()
         self._server: uvicorn.Server | None = None
@@ -330,7 +355,7 @@ class DesktopServer:
                              "display_name": user.display_name, "roles": user.roles,
                              "device_kind": st.device_kind, "connected": self.connected,
                              "replaced": self.replaced, "ended": self.ended,
-                             "notice": self.notice})
+                             "notices": self.notices})
 
     async def unlock(self, request: Request) -> Response:
         body = await read_json(request)
@@ -344,13 +369,13 @@ class DesktopServer:
                     and self.device.vault.is_unlocked:
                 return JSONResponse({"unlocked": True})
             await self._lock()
-            self.notice = None
             try:
                 device = await asyncio.to_thread(self.opener, self.profile_dir, password)
             except (KeyStoreError, VaultError) as exc:
                 raise Refused(401, password_message(exc)) from exc
             client = device.client(**self.client_options)
             client.on_event(lambda event: self._on_client_event(event, client))
+            _note_deliveries(client)
             try:
                 # The relay out of reach does not keep the specialist from the consults this
                 # computer holds: unlocked with the password alone (the vault's own check),
@@ -367,6 +392,8 @@ class DesktopServer:
                 if ended is None:
                     raise Refused(502, f"cannot reach the relay: {exc}") from exc
                 self.ended = ended
+                if ended["ended"] == "wiped":
+                    self.notices, self.dropped = [], {}
                 raise Refused(410 if ended["ended"] == "wiped" else 403, ended["message"],
                               ended=ended) from exc
             self.device, self.client, self.ended = device, client, None
@@ -383,7 +410,16 @@ class DesktopServer:
             "revoked" if code == ErrorCode.DEVICE_REVOKED.value else "suspended")
 
     async def dismiss_notice(self, request: Request) -> Response:
-        self.notice = None
+        """Forget the problem lines the page showed (``ids``), or all of them: one that
+        arrived after the page drew its list stays until it has been seen."""
+        body = await read_json(request) if await request.body() else {}
+        ids = body.get("ids")
+        if ids is None:
+            self.notices = []
+        elif isinstance(ids, list):
+            self.notices = [n for n in self.notices if n["id"] not in ids]
+        else:
+            raise Refused(400, "ids must be a list")
         return JSONResponse({"dismissed": True})
 
     async def lock(self, request: Request) -> Response:
@@ -419,7 +455,8 @@ class DesktopServer:
                 "thread_id": t.thread_id, "priority": t.priority,
                 "urgent": t.priority == "urgent"
                 or any(v.message.priority == "urgent" for v in incoming),
-                "subject": subject or (last.body.text[:80] if last else "New consult"),
+                "subject": subject or NO_SUBJECT,
+                "dropped": self.dropped.get(t.thread_id, []),
                 "unread": client.unread(t.thread_id),
                 "roles": t.roles, "members": len(t.members),
                 "last_at": last.message.sent_at if last else t.created_at,
@@ -458,7 +495,10 @@ class DesktopServer:
                    for r in client.pending_sends()
                    if r.thread_id == thread_id and r.message_id not in shown]
         return JSONResponse({"thread_id": thread_id, "priority": info.priority,
-                             "roles": info.roles, "messages": messages, "pending": pending})
+                             "roles": info.roles, "messages": messages, "pending": pending,
+                             "subject": next((v.body.subject for v in views if v.body.subject),
+                                             NO_SUBJECT),
+                             "dropped": self.dropped.get(thread_id, [])})
 
     async def image(self, request: Request) -> Response:
         client = self._client()
@@ -608,15 +648,34 @@ class DesktopServer:
             ended = _ended_by(client) if event.state in {"stopped", "wiped"} else None
             if ended is not None:
                 self.ended = ended
+                if ended["ended"] == "wiped":
+                    self.notices, self.dropped = [], {}
                 self._broadcast("status", {"state": "ended", **ended})
                 return
             if event.state == "error":
-                self.notice = {"detail": event.detail, "code": event.code,
-                               "at": int(time.time())}
-                self._broadcast("status", {"state": "error", **self.notice})
+                notice = {"id": secrets.token_hex(8), "detail": event.detail,
+                          "code": event.code, "at": int(time.time())}
+                frame = _DELIVERING.get()
+                if frame is not None and event.code in _DROPPED_BECAUSE:
+                    notice["thread_id"] = frame.message.header.thread_id
+                    self._note_dropped(client, frame, _DROPPED_BECAUSE[event.code])
+                self.notices = [*self.notices, notice][-MAX_NOTICES:]
+                self._broadcast("status", {"state": "error", **notice})
                 return
             self._broadcast("status", {"state": event.state, "detail": event.detail,
                                        "replaced": self.replaced})
+
+    def _note_dropped(self, client: LightboxClient, frame: Deliver, because: str) -> None:
+        """Mark the consult of a message the client dropped (its sender's device revoked, or
+        their account suspended): who sent it, when it reached the relay (the relay's time,
+        as the problem line says), why. The client learned the sender's name, when it can be
+        known, before it reported the drop (clients/sdk/receiving.py)."""
+        sender = frame.message.header.sender_user_id
+        thread_id = frame.message.header.thread_id
+        self.dropped.setdefault(thread_id, []).append({
+            "sender": known_name(client, sender), "sent_at": frame.received_at,
+            "because": because, "urgent": frame.priority is Priority.URGENT})
+        self._broadcast("dropped", {"thread_id": thread_id})
 
     async def events(self, request: Request) -> Response:
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
@@ -628,12 +687,14 @@ class DesktopServer:
             "state": "connected" if self.connected else "disconnected", "detail": "",
             "replaced": self.replaced}
 
+        unlocked = self.device is not None and self.device.vault.is_unlocked
+
         async def stream() -> AsyncIterator[bytes]:
             try:
                 yield b"retry: 1000\n\n"
                 yield f"event: status\ndata: {json.dumps(current)}\n\n".encode()
-                if self.notice is not None:  # reported between the page's state and now
-                    notice = {"state": "error", **self.notice}
+                for notice in self.notices if unlocked else []:  # reported before it listened
+                    notice = {"state": "error", **notice}
                     yield f"event: status\ndata: {json.dumps(notice)}\n\n".encode()
                 while True:
                     try:
@@ -649,6 +710,23 @@ class DesktopServer:
                     self._listeners.remove(queue)
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+def _note_deliveries(client: LightboxClient) -> None:
+    """Have ``client`` note which delivery it is handling (``_DELIVERING``) while it does: a
+    problem it reports then (:class:`StatusEvent` ``error``, told synchronously by its event
+    hub) is about that message, whose consult the problem line does not name. Before
+    :meth:`LightboxClient.start`, which hands ``receiver.on_deliver`` to the connection."""
+    deliver = client.receiver.on_deliver
+
+    async def on_deliver(frame: Deliver) -> None:
+        token = _DELIVERING.set(frame)
+        try:
+            await deliver(frame)
+        finally:
+            _DELIVERING.reset(token)
+
+    client.receiver.on_deliver = on_deliver  # type: ignore[method-assign]
 
 
 UNLOCK_HEARING_SECONDS = 10.0  # a revoked computer's wait, at unlock, for a wipe order

@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,24 +170,39 @@ async def test_a_desktop_closed_when_revoked_with_wipe_is_erased_at_its_next_unl
     assert await wipe_audit(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]
 
 
-async def dropped_while_locked(on: Open, *, devices: tuple[str, ...] = (),
-                               users: tuple[str, ...] = ()) -> tuple[str, str]:
-    """The desktop locked, the intern opens a consult ("Bay 9 elbow") and sends to it, IT
-    revokes ``devices`` or suspends ``users`` meanwhile, and the desktop is unlocked again:
-    the consult's id and the problem line it shows."""
+async def sent_while_locked(on: Open, consults: Sequence[tuple[str, Sequence[str]]], *,
+                            devices: tuple[str, ...] = (), users: tuple[str, ...] = ()
+                            ) -> list[str]:
+    """The desktop locked, the intern opens each consult (``subject``, its ``texts``, the
+    first with the subject) and sends to it, IT revokes ``devices`` or suspends ``users``
+    meanwhile, and the desktop is unlocked again: the consults' ids, in order."""
     page, intern = on.page, on.team.intern
     async with page.expect_response("**/api/lock"):  # the desktop has locked its vault
         await page.click("#lock")
     await page.locator("#password").wait_for()
-    thread = await intern.client.create_thread(roles=["orthopaedics_oncall"])
-    await intern.client.send_text(thread.thread_id, "Sent before IT acted", subject="Bay 9 elbow")
+    ids = []
+    for subject, texts in consults:
+        thread = await intern.client.create_thread(roles=["orthopaedics_oncall"])
+        for i, text in enumerate(texts):
+            await intern.client.send_text(thread.thread_id, text,
+                                          subject=subject if i == 0 else None)
+        ids.append(thread.thread_id)
     r = await on.world.revoke(on.world.org, 1, devices=devices, users=users)
     assert r.status_code == 200, r.text
     await unlock_page(page, on.team.desktop)
-    notice = page.locator("#notice-text")
+    return ids
+
+
+async def dropped_while_locked(on: Open, *, devices: tuple[str, ...] = (),
+                               users: tuple[str, ...] = ()) -> tuple[str, str]:
+    """:func:`sent_while_locked` with one consult ("Bay 9 elbow"): its id and the problem
+    line the desktop shows."""
+    [thread_id] = await sent_while_locked(on, [("Bay 9 elbow", ["Sent before IT acted"])],
+                                          devices=devices, users=users)
+    notice = on.page.locator("#notice-text .notice-sentence")
     await notice.wait_for()
-    assert await page.locator(".thread-item", has_text="Bay 9 elbow").count() == 0
-    return thread.thread_id, await notice.inner_text()
+    assert await on.page.locator(".thread-item", has_text="Bay 9 elbow").count() == 0
+    return thread_id, await notice.inner_text()
 
 
 async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_and_said(

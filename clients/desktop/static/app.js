@@ -14,6 +14,7 @@ let events = null;
 let guard = null;          // the text guard's warning on the reply being written:
                            // {thread, text (in the box), sent (the text checked), data (the 409)}
 let ackFailures = new Map();  // message id -> why this computer did not take its "I'm on it"
+let notices = new Map();   // notice id -> a problem the client reported, shown until dismissed
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -82,7 +83,7 @@ function forget() {
   $("app").hidden = true; $("lock").hidden = true;
   $("ended-banner").hidden = true; $("ended-banner").textContent = "";
   $("app").classList.remove("ended");
-  $("notice").hidden = true; $("notice-text").textContent = "";
+  notices = new Map(); $("notice").hidden = true; $("notice-text").replaceChildren();
   $("who").textContent = ""; $("conn").textContent = "";
   $("conn").classList.remove("down");
 }
@@ -128,28 +129,52 @@ async function start() {
   $("who").textContent = state.display_name + " (" + state.roles.join(", ") + ")";
   setConn(state.connected, state.replaced);
   if (state.ended) showEnded(state.ended);
-  showNotice(state.notice);
+  for (const n of state.notices || []) showNotice(n);
   listen();
   await loadInbox();
 }
 
 // What this computer's client could not do with something the relay brought (a message it
 // could not open or whose sender does not verify, dropped; a refused notice): said, with when,
-// so that nothing is lost in silence (docs/HAZARD_LOG.md HAZ-10); the latest one stays until
-// dismissed. A drop the organisation's own act explains (a revoked device, a suspended
-// account) says what to do itself; IT is not asked about what IT did.
+// so that nothing is lost in silence (docs/HAZARD_LOG.md HAZ-10); every one stays, a line
+// each, until dismissed (four messages dropped are four lines, never only the last). A drop
+// the organisation's own act explains (a revoked device, a suspended account) says what to do
+// itself; IT is not asked about what IT did.
 const ORGANISATION_ACTS = ["certificate_revoked", "user_suspended"];
 function showNotice(notice) {
   if (!notice?.detail) return;
-  const sentence = notice.detail.charAt(0).toUpperCase() + notice.detail.slice(1);
-  $("notice-text").textContent = when(notice.at) + ": " + sentence +
-    (ORGANISATION_ACTS.includes(notice.code) ? "." : ". Tell IT if it happens again.");
+  notices.set(notice.id, notice);  // by id: told by /api/state and the event stream alike
+  const lines = [...notices.values()].map((n) => {
+    const sentence = n.detail.charAt(0).toUpperCase() + n.detail.slice(1);
+    const open = n.thread_id ? el("button", {type: "button", class: "notice-open"}, "Open its consult") : null;
+    open?.addEventListener("click", () => openThread(n.thread_id, true));
+    return el("li", {class: "notice-line", "data-notice-id": n.id},
+      el("span", {class: "notice-sentence"}, when(n.at) + ": " + sentence +
+        (ORGANISATION_ACTS.includes(n.code) ? "." : ". Tell IT if it happens again.")), open);
+  });
+  $("notice-text").replaceChildren(...lines);
+  $("notice-dismiss").textContent = notices.size > 1 ? "Dismiss all " + notices.size : "Dismiss";
   $("notice").hidden = false;
 }
 $("notice-dismiss").addEventListener("click", async () => {
-  $("notice").hidden = true;
-  await api("/api/notice/dismiss", {});
+  // Only the lines on screen: one that arrives meanwhile stays until it has been seen.
+  const ids = [...notices.keys()];
+  notices = new Map();
+  $("notice").hidden = true; $("notice-text").replaceChildren();
+  await api("/api/notice/dismiss", {ids});
 });
+
+// A message of a consult that the client dropped because its sender's device was revoked or
+// their account suspended (the consult's ``dropped``): said in the list and in the consult,
+// with who and when, so the specialist asks them what it said.
+function droppedLine(d) {
+  const from = d.sender ? " from " + d.sender : "";
+  const why = d.because === "suspended" ? "their account was suspended"
+    : "their device was revoked";
+  return "A" + (d.urgent ? "n urgent" : "") + " message of this consult" + from + ", sent " +
+    when(d.sent_at) + ", was dropped because " + why + ": ask " +
+    (d.sender ? "them" : "its sender") + " what it said.";
+}
 
 // Not connected because another Lightbox command of this device has the relay for now (the
 // relay keeps one connection per device): no loss, and the client connects again once that
@@ -219,7 +244,7 @@ function listen() {
     }).catch(() => {});
   });
   for (const kind of ["message", "image", "receipt", "escalation", "filed", "withdrawn", "outbox",
-                      "acknowledgement"]) {
+                      "acknowledgement", "dropped"]) {
     events.addEventListener(kind, refreshSoon);
   }
   events.addEventListener("expired", (e) => { dropImage(JSON.parse(e.data).attachment_id); refreshSoon(); });
@@ -260,6 +285,8 @@ async function loadInbox() {
       t.unread ? el("span", {class: "badge", title: "unread"}, String(t.unread)) : null,
       t.urgent ? el("span", {class: "urgent-flag"}, "URGENT ") : null,
       el("strong", {}, t.subject),
+      t.dropped.length ? el("div", {class: "dropped-flag"}, t.dropped.length === 1
+        ? "1 message dropped: ask its sender" : t.dropped.length + " messages dropped: ask their sender") : null,
       el("div", {class: "meta"}, (t.last_from ? t.last_from + ", " : "") + when(t.last_at) +
          (t.has_image ? " - image" : "") + (t.acknowledged ? " - acknowledged" : "") +
          (t.acknowledgement_waiting ? ", not sent yet" : "")));
@@ -418,8 +445,9 @@ async function openThread(id, markRead) {
   if (ticket !== opening) return;
   const article = $("thread");
   const header = el("h2", {}, (t.priority === "urgent" ? "URGENT - " : "") +
-    (t.messages.find((m) => m.subject)?.subject || "Consult"));
+    t.subject);
   const list = el("div", {id: "messages"});
+  for (const d of t.dropped) list.append(el("p", {class: "dropped", role: "alert"}, droppedLine(d)));
   for (const m of t.messages) {
     // Not yet sent (the relay out of reach): said by ackLine instead, never "You acknowledged this".
     const acked = m.acknowledged_by_me && !m.acknowledgement_waiting

@@ -286,22 +286,32 @@ def _user_show(args: argparse.Namespace) -> int:
 Change = tuple[list[certs.RevocationEntry], list[str]]
 
 
+class _AlreadySo(Exception):
+    """Nothing to sign or upload: the message says why (exit status 0)."""
+
+
 def _revoke(args: argparse.Namespace, describe: str,
-            build: Callable[[RelayHTTP], Awaitable[Change]],
+            build: Callable[[RelayHTTP, str], Awaitable[Change]],
             unchanged: Callable[[], None] = lambda: None) -> int:
-    """Sign and apply the revocation list ``build`` changes; ``unchanged`` is called when it
-    changes nothing (it may raise CommandError to say why that is not what was asked)."""
+    """Sign and apply the revocation list ``build`` (given the relay and our organisation id)
+    changes; ``unchanged`` is called when it changes nothing (it may raise CommandError to say
+    why that is not what was asked). ``build`` may raise CommandError or _AlreadySo: then
+    nothing is signed."""
     session = load_session()
     org_id, org_key = _org_key(args)
 
     async def go() -> tuple[certs.RevocationList | None, bool]:
         async with admin_relay(session) as relay:
-            add, remove = await build(relay)
+            add, remove = await build(relay, org_id)
             return await adminops.apply_revocations(
                 relay, org_id=org_id, org_key=org_key, now=int(time.time()), add=add,
                 remove_users=remove)
 
-    applied, changed = run_async(go)
+    try:
+        applied, changed = run_async(go)
+    except _AlreadySo as done:
+        print(done)
+        return 0
     if not changed:
         unchanged()
         print(f"{describe}: already so; nothing to change")
@@ -312,7 +322,7 @@ def _revoke(args: argparse.Namespace, describe: str,
 
 
 def _user_suspend(args: argparse.Namespace) -> int:
-    async def build(relay: RelayHTTP) -> Change:
+    async def build(relay: RelayHTTP, org_id: str) -> Change:
         user = await adminops.resolve_user(relay, args.user)
         entry = certs.RevocationEntry(subject=certs.RevocationSubject.USER, id=user.user_id,
                                       revoked_at=int(time.time()), reason=args.reason,
@@ -325,7 +335,7 @@ def _user_suspend(args: argparse.Namespace) -> int:
 def _user_resume(args: argparse.Namespace) -> int:
     found: list[api.UserSummary] = []
 
-    async def build(relay: RelayHTTP) -> Change:
+    async def build(relay: RelayHTTP, org_id: str) -> Change:
         user = await adminops.resolve_user(relay, args.user)
         found.append(user)
         return [], [user.user_id]
@@ -350,7 +360,17 @@ def _device_revoke(args: argparse.Namespace) -> int:
                            "`lightbox-admin user show LOGIN` lists it; nothing was revoked"
                            ) from None
 
-    async def build(relay: RelayHTTP) -> Change:
+    async def build(relay: RelayHTTP, org_id: str) -> Change:
+        # A mistyped id must not be reported as revoked while the lost device stays active
+        # (docs/USER_GUIDE.md, "A lost phone"): it must be a device of our organisation.
+        found = await adminops.find_device(relay, args.device_id)
+        if found is None or found.org_id != org_id:
+            raise CommandError(f"no device with id {args.device_id} in organisation {org_id}: "
+                               "check the id with `lightbox-admin user show LOGIN`; nothing "
+                               "was revoked")
+        if found.device.status != "active":
+            raise _AlreadySo(f"device {args.device_id} ({found.login}) is revoked already; "
+                             "nothing was changed")
         entry = certs.RevocationEntry(subject=certs.RevocationSubject.DEVICE, id=args.device_id,
                                       revoked_at=int(time.time()), reason=args.reason,
                                       wipe=args.wipe)

@@ -40,6 +40,7 @@ __all__ = [
     "copies",
     "current_revocation_list",
     "describe_enrolment",
+    "find_device",
     "format_copies",
     "import_shifts",
     "our_certificate",
@@ -96,6 +97,27 @@ async def resolve_user(relay: RelayHTTP, who: str) -> api.UserSummary:
     if not matches:
         raise FlowError(f"no user with login {who!r}", code=ErrorCode.NOT_FOUND.value)
     return matches[0]
+
+
+class AdminDevice(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Answer of ``GET /v1/admin/devices/{device_id}`` (server/routes/admin.py)."""
+
+    device: api.DeviceSummary
+    user_id: str
+    login: str
+    org_id: str
+
+
+async def find_device(relay: RelayHTTP, device_id: str) -> AdminDevice | None:
+    """The device with this id and whose it is, or None when no device has it."""
+    try:
+        r = await relay._send("GET", f"/v1/admin/devices/{device_id}",
+                              headers=relay._admin_headers())
+        return relay._decode(r, AdminDevice)
+    except RelayRequestError as exc:
+        if exc.code == ErrorCode.NOT_FOUND.value:
+            return None
+        raise
 
 
 async def current_revocation_list(

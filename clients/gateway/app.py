@@ -44,7 +44,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -102,7 +102,7 @@ from protocol.consent import (
     peek_consent_token_unverified,
     to_fhir_consent,
 )
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.frames import Deliver, Error, FiledNotice, Filing, Frame, KeysLow, Revoked
 from protocol.model import DeviceKind, MessageHeader, Priority, Purpose, SealedMessage
 from protocol.statements import FilingStatement
@@ -143,6 +143,18 @@ class GatewayConfig:
     patient_check: bool = False
 
 
+def _close_reason(code: int | None, reason: str) -> str:
+    """Why a relay connection ended, for the log: the close code and its name, never the
+    relay's free text."""
+    if code is None:
+        return "no close from the relay: the relay or the network went away" \
+            if reason != "client error" else "an error while handling a frame"
+    try:
+        return f"closed by the relay: {code} {CloseCode(code).name.lower()}"
+    except ValueError:
+        return f"closed by the relay: {code}"
+
+
 class RecordGateway:
     """One gateway device's filing loop (``await start()``, then it runs until ``stop()``)."""
 
@@ -167,6 +179,7 @@ class RecordGateway:
         self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")
         self._backoff = (backoff_base, backoff_max)
         self.connection: GatewayConnection | None = None
+        self._relay_watch: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[FiledNotice]] = {}
         self.filed: list[FilingReceipt] = []
         self.consents_filed: list[ConsentFiling] = []
@@ -185,6 +198,8 @@ class RecordGateway:
             sign=keys.sign, on_message=self.handle, on_event=self._on_event,
             backoff_base=self._backoff[0], backoff_max=self._backoff[1])
         await self.connection.start()
+        self._relay_watch = asyncio.create_task(self._watch_relay(self.connection),
+                                                name="gateway-relay-watch")
         st = self.store.state
         log.info("record gateway %s (device %s) started: relay %s, %r, FHIR Consents %s",
                  st.login, st.device_id, st.server_url, self.pacs,
@@ -192,9 +207,39 @@ class RecordGateway:
                  extra={"device_id": st.device_id})
 
     async def stop(self) -> None:
+        if self._relay_watch is not None:  # stopping here is no lost connection to log
+            self._relay_watch.cancel()
         if self.connection is not None:
             await self.connection.stop()
         await self.relay.aclose()
+
+    async def _watch_relay(self, conn: GatewayConnection) -> None:
+        """One log line when the relay connection is lost (why, by close code: never a
+        message's content) and one when it is back (docs/USER_GUIDE.md, "The record gateway"
+        §4). The first connection is not told: the start line is."""
+        loop = asyncio.get_running_loop()
+        lost_at: float | None = None
+        while not conn.stopped.done():
+            connected: asyncio.Future[Any] = asyncio.ensure_future(conn.connected.wait())
+            either: set[asyncio.Future[Any]] = {connected, conn.stopped}
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                connected.cancel()
+            if conn.stopped.done():
+                return
+            if lost_at is not None:
+                log.info("relay connection back after %.0f s: deliveries held at the relay "
+                         "meanwhile come now", loop.time() - lost_at)
+            # Connection exposes no "disconnected" event (clients/sdk/client.py polls too).
+            while conn.connected.is_set() and not conn.stopped.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0)  # a close for good is told as the gateway's stop instead
+            if conn.stopped.done():
+                return
+            lost_at = loop.time()
+            log.info("relay connection lost (%s); reconnecting, and the relay holds deliveries "
+                     "meanwhile", _close_reason(*conn.last_close))
 
     async def _on_event(self, frame: Frame) -> None:
         if isinstance(frame, FiledNotice):

@@ -10,9 +10,10 @@ import contextlib
 import getpass
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from clients.gateway.app import GatewayConfig, RecordGateway
@@ -35,6 +36,8 @@ __all__ = [
 
 
 VERSION = "0.1.0"
+
+log = logging.getLogger("lightbox.gateway")
 
 
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
@@ -117,6 +120,10 @@ def serve(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> None:
+        # A service manager stops it with SIGTERM: a clean stop, told in the log
+        # (docs/USER_GUIDE.md, "The record gateway" §4), not a silent end.
+        terminated = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
         async with contextlib.AsyncExitStack() as stack:
             pacs = await stack.enter_async_context(PacsClient(settings))
             fhir = None if fhir_settings is None else await stack.enter_async_context(
@@ -127,11 +134,19 @@ def serve(args: argparse.Namespace) -> int:
                 patient_check=args.patient_check == "on"))
             await gw.start()
             assert gw.connection is not None
+            stopped = gw.connection.stopped
+            term: asyncio.Future[Any] = asyncio.ensure_future(terminated.wait())
+            either: set[asyncio.Future[Any]] = {stopped, term}
             try:
-                stopped = await gw.connection.stopped
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                term.cancel()
+                ended = stopped.result() if stopped.done() else None
                 await gw.stop()
-            raise stopped
+            if ended is not None:
+                raise ended
+            log.info("stopped on SIGTERM: deliveries not yet filed stay at the relay for the "
+                     "next start")
 
     configure_logging(os.environ.get("LOG_LEVEL", "INFO"))  # only once it runs for real
     with contextlib.suppress(KeyboardInterrupt):

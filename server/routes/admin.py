@@ -1,10 +1,13 @@
 """The admin API used by IT's tool (docs/PROTOCOL.md §11): administrator login, provisioning,
-user listing and detail, enrolment code re-issue, licence renewal and revocation lists. The
+user listing and detail, one device by id (whose it is, so that IT's tool refuses to revoke an
+id no device has: docs/USER_GUIDE.md, IT), enrolment code re-issue, licence renewal and
+revocation lists. The
 logic is in server/login.py and server/provisioning.py."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 
 import msgspec
@@ -36,7 +39,7 @@ from server.login import LoginService
 from server.provisioning import AppliedRevocations, ProvisioningService
 from server.store import devices, users
 
-__all__ = ["AdminRoutes", "ProvisionResults"]
+__all__ = ["AdminDevice", "AdminRoutes", "ProvisionResults"]
 
 E = ErrorCode
 _AUTH = list(ADMIN_AUTH_ERRORS)
@@ -51,6 +54,15 @@ class ProvisionResults(msgspec.Struct, frozen=True, kw_only=True):
     """Answer of POST /v1/admin/users: one result per user, in request order."""
 
     results: list[ProvisionResult]
+
+
+class AdminDevice(msgspec.Struct, frozen=True, kw_only=True):
+    """Answer of GET /v1/admin/devices/{device_id}: the device and whose it is."""
+
+    device: DeviceSummary
+    user_id: str
+    login: str
+    org_id: str
 
 
 def summary(u: users.UserRecord, device_count: int) -> UserSummary:
@@ -84,6 +96,10 @@ class AdminRoutes:
                      "One user with their certificate, devices and enrolment state.",
                      response=UserDetail, auth="admin", tag="admin",
                      errors=[*_AUTH, E.NOT_FOUND]),
+            Endpoint("GET", "/v1/admin/devices/{device_id}", self.device_detail,
+                     "One device by id, with the login and organisation of its user.",
+                     response=AdminDevice, auth="admin", tag="admin",
+                     errors=[*_AUTH, E.VALIDATION_FAILED, E.NOT_FOUND]),
             Endpoint("PUT", "/v1/admin/users/{user_id}/certificate", self.renew,
                      "Licence renewal: a newer certificate for the same user and key.",
                      request=CertificateRenewal, response=UserSummary, auth="admin",
@@ -138,6 +154,23 @@ class AdminRoutes:
                                    status=d.status, created_at=d.created_at,
                                    last_seen_at=d.last_seen_at) for d in devs],
             enrolment=enrolment, enrolment_expires_at=expires_at))
+
+    async def device_detail(self, request: Request) -> Response:
+        await self.authn.require_admin(request)
+        try:
+            device_id = str(uuid.UUID(request.path_params["device_id"]))
+        except ValueError:
+            raise InvalidInput(detail="a device id is a UUID") from None
+        async with self.db.pool.acquire() as conn:
+            d = await devices.get_device(conn, device_id)
+            user = None if d is None else await users.get_user(conn, d.user_id)
+        if d is None or user is None:
+            raise NotFound(detail="no such device")
+        return json_response(AdminDevice(
+            device=DeviceSummary(device_id=d.device_id, kind=DeviceKind(d.kind),
+                                 status=d.status, created_at=d.created_at,
+                                 last_seen_at=d.last_seen_at),
+            user_id=user.user_id, login=user.login, org_id=user.org_id))
 
     async def renew(self, request: Request) -> Response:
         await self.authn.require_admin(request)

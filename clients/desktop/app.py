@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import hmac
 import json
 import logging
@@ -164,10 +163,6 @@ Opener = Callable[[Path, str], ProfileDevice]
 # dropped or on its way, or sent without one): the same words as `lightbox threads`, never
 # another message's text (a gateway's receipt is no subject).
 NO_SUBJECT = "(no subject yet)"
-# The delivery the client is handling now: a problem it reports meanwhile is about this
-# message, so the desktop can name the consult of a message it dropped.
-_DELIVERING: contextvars.ContextVar[Deliver | None] = contextvars.ContextVar(
-    "lightbox_desktop_delivering", default=None)
 # Why a delivery was dropped, by the error code the client reported it with.
 _DROPPED_BECAUSE = {ErrorCode.CERTIFICATE_REVOKED.value: "revoked",
                     ErrorCode.USER_SUSPENDED.value: "suspended"}
@@ -375,7 +370,6 @@ class DesktopServer:
                 raise Refused(401, password_message(exc)) from exc
             client = device.client(**self.client_options)
             client.on_event(lambda event: self._on_client_event(event, client))
-            _note_deliveries(client)
             try:
                 # The relay out of reach does not keep the specialist from the consults this
                 # computer holds: unlocked with the password alone (the vault's own check),
@@ -655,7 +649,7 @@ class DesktopServer:
             if event.state == "error":
                 notice = {"id": secrets.token_hex(8), "detail": event.detail,
                           "code": event.code, "at": int(time.time())}
-                frame = _DELIVERING.get()
+                frame = event.dropped
                 if frame is not None and event.code in _DROPPED_BECAUSE:
                     notice["thread_id"] = frame.message.header.thread_id
                     self._note_dropped(client, frame, _DROPPED_BECAUSE[event.code])
@@ -710,23 +704,6 @@ class DesktopServer:
                     self._listeners.remove(queue)
 
         return StreamingResponse(stream(), media_type="text/event-stream")
-
-
-def _note_deliveries(client: LightboxClient) -> None:
-    """Have ``client`` note which delivery it is handling (``_DELIVERING``) while it does: a
-    problem it reports then (:class:`StatusEvent` ``error``, told synchronously by its event
-    hub) is about that message, whose consult the problem line does not name. Before
-    :meth:`LightboxClient.start`, which hands ``receiver.on_deliver`` to the connection."""
-    deliver = client.receiver.on_deliver
-
-    async def on_deliver(frame: Deliver) -> None:
-        token = _DELIVERING.set(frame)
-        try:
-            await deliver(frame)
-        finally:
-            _DELIVERING.reset(token)
-
-    client.receiver.on_deliver = on_deliver  # type: ignore[method-assign]
 
 
 UNLOCK_HEARING_SECONDS = 10.0  # a revoked computer's wait, at unlock, for a wipe order

@@ -13,6 +13,7 @@ import dataclasses
 from clients.sdk.vault import VaultMessage
 from protocol.body import Body
 from protocol.errors import CloseCode
+from protocol.frames import Deliver
 
 __all__ = [
     "AcknowledgementEvent",
@@ -105,6 +106,10 @@ class StatusEvent:
     detail: str = ""
     code: str = ""
     close_code: int | None = None
+    # For an ``error`` about a delivery the client dropped (its sender's device revoked, or
+    # their account suspended: docs/HAZARD_LOG.md HAZ-10): the delivery, so that an
+    # application can mark its consult; None for every other event.
+    dropped: Deliver | None = None
 
     @property
     def replaced(self) -> bool:

@@ -154,16 +154,17 @@ class Receiver:
             if isinstance(exc, RelayRequestError) and exc.status < 500:
                 # The directory refused to name the sender: a suspended colleague, or a user
                 # it does not know.
-                detail = (await self._dropped(frame, exc.code)
-                          if exc.code == ErrorCode.USER_SUSPENDED.value else
+                suspended = exc.code == ErrorCode.USER_SUSPENDED.value
+                detail = (await self._dropped(frame, exc.code) if suspended else
                           f"a message from an unknown or revoked device was dropped "
                           f"({exc.code})")
-                await self._hub.emit(StatusEvent("error", detail, exc.code))
+                await self._hub.emit(StatusEvent("error", detail, exc.code,
+                                                 dropped=frame if suspended else None))
                 return
             raise DeferDelivery from exc
         except FlowError as exc:
             await self._hub.emit(StatusEvent("error", await self._dropped(frame, exc.code),
-                                             exc.code))
+                                             exc.code, dropped=frame))
             return
         st = self._store.state
         try:

@@ -66,6 +66,9 @@ async def test_a_consult_from_a_device_revoked_while_it_waited_is_dropped_naming
     assert [type(e) for e in heard] == [StatusEvent], heard
     assert isinstance(heard[0], StatusEvent) and heard[0].state == "error"
     assert heard[0].code == "certificate_revoked"  # the desktop words its advice by it
+    # ... and marks the consult by the delivery the event carries (clients/desktop/app.py)
+    assert heard[0].dropped is not None
+    assert heard[0].dropped.message.header.thread_id == thread.thread_id
     said = re.fullmatch(what.lower() + r" from Dr Ada Intern, sent (.+) from a device your "
                         r"organisation revoked, was dropped: ask them what it said "
                         r"\(certificate_revoked\)", heard[0].detail)
@@ -117,6 +120,8 @@ async def test_a_consult_from_a_colleague_suspended_while_it_waited_is_dropped_a
     assert [type(e) for e in heard] == [StatusEvent], heard
     assert isinstance(heard[0], StatusEvent) and heard[0].state == "error"
     assert heard[0].code == "user_suspended"
+    assert heard[0].dropped is not None
+    assert heard[0].dropped.message.header.thread_id == thread.thread_id
     said = re.fullmatch(
         r"an urgent message from Dr Ada Intern, sent (.+), was dropped: your organisation has "
         r"suspended their account \(user_suspended\)" if known else

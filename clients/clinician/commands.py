@@ -13,7 +13,7 @@
     lightbox break-glass [follow-up CASE (--consent-token FILE | --no-consent WHY --reason T)]
                                                        emergencies awaiting their follow-up
     lightbox inbox [--mark-read]                       what arrived (stored in the vault)
-    lightbox outbox                                    sends not yet stored by the relay
+    lightbox outbox [--drop ID]                        sends not yet stored by the relay
     lightbox watch [--count N] [--timeout S]           print consults as they arrive
     lightbox desktop                                   the specialist's desktop client
 
@@ -147,8 +147,11 @@ def register(sub: Any) -> None:
     i.add_argument("--mark-read", action="store_true")
     i.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     i.set_defaults(func=guarded(inbox_command))
-    sub.add_parser("outbox", help="messages not yet stored by the relay (sent again on the "
-                   "next start)").set_defaults(func=guarded(outbox_command))
+    o = sub.add_parser("outbox", help="messages not yet stored by the relay (sent again on the "
+                       "next start)")
+    o.add_argument("--drop", metavar="ID", help="remove this message from the outbox: it is "
+                   "not sent (one that cannot be read, or that should not go)")
+    o.set_defaults(func=guarded(outbox_command))
     w = sub.add_parser("watch", help="print consults as they arrive")
     w.add_argument("--count", type=int, help="stop after this many messages")
     w.add_argument("--timeout", type=float, help="stop after this many seconds")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from clients.clinician import phi
 from clients.clinician.device import store_of
-from clients.clinician.sending import record_from_args
+from clients.clinician.sending import check_roles, record_from_args, role_name
 from clients.clinician.shell import command_client, print_problems, unlock_profile
 from clients.sdk import consent as consent_capture
 from clients.sdk import consent_pdf, people
@@ -126,11 +126,14 @@ def capture_command(args: argparse.Namespace) -> int:
         args.patient_name = ask("Patient name (FAMILY^GIVEN)")
         record = record_from_args(args)
     device = unlock_profile(args)  # the vault too: a refusal goes to the record
-    named = run_async(lambda: resolve_people(device, args.user or []))
+    roles = [role_name(r, f"--role {r!r}") for r in args.role or []]
+    # Before anything is signed: a role nobody holds would make a consent that covers no one
+    # (the same check as `lightbox send`, clients/clinician/sending.py check_roles).
+    named = run_async(lambda: resolve_people(device, args.user or [], roles))
     capture = consent_capture.ConsentCapture(
         purposes=purposes or [Purpose.DIRECT_CARE], images=images,
         decision=ConsentDecision(decision or "agreed"), basis=ConsentBasis(args.basis),
-        recipient_users=[e.user_id for e in named], recipient_roles=args.role or [],
+        recipient_users=[e.user_id for e in named], recipient_roles=roles,
         recipient_orgs=args.org or [], external=args.external,
         permanence_statement_shown=shown, no_effect_on_care_statement_shown=shown,
         form_version=args.form_version, valid_for=int(args.valid_days * 86400))
@@ -167,15 +170,17 @@ def capture_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def resolve_people(device: ProfileDevice,
-                          names: Sequence[str]) -> list[api.DirectoryEntry]:
-    """The named recipients, by login (clients/sdk/people.py), before anything is signed."""
-    if not names:
+async def resolve_people(device: ProfileDevice, names: Sequence[str],
+                         roles: Sequence[str] = ()) -> list[api.DirectoryEntry]:
+    """The named recipients, by login (clients/sdk/people.py), before anything is signed; and
+    each recipient role held by someone (:func:`check_roles`)."""
+    if not names and not roles:
         return []
     client = command_client(device)
     try:
         await client.ensure_login()
-        return await people.resolve_users(client.relay, names)
+        await check_roles(client, list(roles))
+        return await people.resolve_users(client.relay, names) if names else []
     finally:
         await client.close()
 

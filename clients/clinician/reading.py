@@ -36,14 +36,16 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
-from clients.sdk.errors import RelayUnavailable, SDKError
+from clients.sdk.errors import FlowError, RelayUnavailable, SDKError
 from clients.sdk.failures import run_async
 from clients.sdk.handover import authorship_line
 from clients.sdk.profile import ProfileDevice
+from clients.sdk.sending import UnreadableSend, check_readable
 from clients.sdk.timefmt import format_time
 from clients.sdk.vault import OutboxRecord, VaultMessage, VaultPassphraseError
 from clients.sdk.wording import counted
 from protocol.body import Body, BodyKind
+from protocol.errors import ErrorCode
 
 __all__ = [
     "REPLACED_LINE",
@@ -51,6 +53,7 @@ __all__ = [
     "describe",
     "describe_escalation",
     "describe_outbox",
+    "drop_pending",
     "inbox_command",
     "kind_line",
     "learn_escalation_names",
@@ -62,6 +65,7 @@ __all__ = [
     "print_pending_count",
     "subject",
     "threads_command",
+    "unreadable_sentence",
     "watch_command",
 ]
 
@@ -157,6 +161,10 @@ def pending_line(client: LightboxClient, record: OutboxRecord) -> str:
     what = (body.subject + " - ") if body.subject else ""
     what += body.text or ("an image" if record.image or record.attachment_ids else "")
     image = "" if record.image is None or record.image.uploaded else " (image upload not finished)"
+    try:
+        check_readable(record)
+    except UnreadableSend as exc:
+        image += f" (cannot be read or sealed: {exc.reason}; lightbox outbox --drop ID removes it)"
     return (f"waiting since [{when(record.created_at)}] in {record.thread_id[:8]}: "
             f"{what[:60]}{image}  (message {record.message_id})")
 
@@ -172,6 +180,8 @@ def outbox_command(args: argparse.Namespace) -> int:
     """The sends the relay has not stored yet (kept in the vault; resent on the next start)."""
     device = unlock_profile(args)
     client = command_client(device)
+    if args.drop:
+        return drop_pending(client, args.drop)
     pending = client.pending_sends()
     for record in pending:
         print(pending_line(client, record))
@@ -181,9 +191,23 @@ def outbox_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def drop_pending(client: LightboxClient, message_id: str) -> int:
+    """``lightbox outbox --drop ID``: forget one send kept in the outbox (never sent, or one
+    that cannot be read), saying what it was."""
+    record = next((r for r in client.pending_sends() if r.message_id == message_id), None)
+    if record is None or not client.vault.drop_outbox(message_id):
+        raise FlowError(f"no message {message_id} is waiting in the outbox (lightbox outbox "
+                        "lists them)", code=ErrorCode.NOT_FOUND.value)
+    what = "with an image" if record.image or record.attachment_ids else "a text"
+    print(f"removed message {message_id} ({what}, kept since {when(record.created_at)} for "
+          f"thread {record.thread_id}) from the outbox: it was not sent and will not be")
+    return 0
+
+
 def print_outbox_event(event: OutboxEvent) -> None:
     line = describe_outbox(event)
-    print(line, file=sys.stderr if event.state == "refused" else sys.stdout, flush=True)
+    print(line, file=sys.stderr if event.state in {"refused", "unreadable"} else sys.stdout,
+          flush=True)
 
 
 def describe_outbox(event: OutboxEvent) -> str:
@@ -193,7 +217,17 @@ def describe_outbox(event: OutboxEvent) -> str:
     if event.state == "refused":
         return (f"-- message {event.message_id} (sent earlier from this device) was NOT sent: "
                 f"{event.detail}; it was removed from the outbox")
+    if event.state == "unreadable":
+        return unreadable_sentence(event.message_id, event.detail)
     return (f"-- message {event.message_id} is still waiting to be sent: {event.detail}")
+
+
+def unreadable_sentence(message_id: str, reason: str) -> str:
+    """An outbox entry that cannot be read or sealed (SDK ``UnreadableSend``): kept, never
+    sent, never in the way of the rest; the user removes it."""
+    return (f"-- message {message_id} in the outbox cannot be read or sealed ({reason}), so "
+            f"it is not sent: remove it with `lightbox outbox --drop {message_id}` and send "
+            "it again")
 
 
 def inbox_command(args: argparse.Namespace) -> int:

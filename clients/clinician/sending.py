@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import difflib
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from clients.sdk.client import (
 )
 from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable, SDKError
 from clients.sdk.failures import run_async
+from clients.sdk.filing import needs_gateway
 from clients.sdk.memory import body_of
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.vault import ItemNotFound
@@ -50,6 +53,7 @@ __all__ = [
     "break_glass_command",
     "check_covers_original",
     "check_identity",
+    "check_patient_fields",
     "check_roles",
     "consent_token",
     "correct_patient_command",
@@ -62,6 +66,7 @@ __all__ = [
     "read_consent_token",
     "read_image",
     "record_from_args",
+    "role_name",
     "send_command",
     "shared_image",
     "targets",
@@ -80,15 +85,19 @@ def targets(values: list[str]) -> tuple[list[str], list[str]]:
         if kind == "user" and name:
             users.append(name)
         elif kind == "role" and name:
-            try:
-                roles.append(normalise_role(name))
-            except ValueError as exc:
-                raise FlowError(f"--to {value!r}: {exc}",
-                                code=ErrorCode.VALIDATION_FAILED.value) from None
+            roles.append(role_name(name, f"--to {value!r}"))
         else:
             raise FlowError(f"--to {value!r}: write user:LOGIN or role:ROLE",
                             code=ErrorCode.VALIDATION_FAILED.value)
     return users, roles
+
+
+def role_name(name: str, option: str) -> str:
+    """A role as the relay names it (protocol/oncall.py), or FlowError naming ``option``."""
+    try:
+        return normalise_role(name)
+    except ValueError as exc:
+        raise FlowError(f"{option}: {exc}", code=ErrorCode.VALIDATION_FAILED.value) from None
 
 
 def read_image(path: str) -> bytes:
@@ -193,13 +202,56 @@ def shared_image(args: argparse.Namespace, prepared: imaging.PreparedImage, purp
     return shared.image, kinds
 
 
+# What the sealed body's record accepts (protocol/body.py ``RecordData``): checked here, before
+# anything is uploaded or kept in the outbox, so a mistyped field is one sentence and never a
+# send that cannot be sealed (docs/USER_GUIDE.md "Interns: sending a consult", §3).
+_BIRTH_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_ONE_LINE = re.compile(r"[\x00-\x1f\x7f]")
+_PATIENT_FIELDS = (("birth_date", "--birth-date"), ("issuer", "--issuer"), ("sex", "--sex"),
+                   ("accession", "--accession"), ("region", "--region"))
+
+
+def check_patient_fields(patient_id: str | None, patient_name: str | None,
+                         birth_date: str | None) -> None:
+    """The patient fields typed on the command line, in the form the sealed record requires
+    (protocol/body.py ``RecordData``); FlowError ``validation_failed`` naming the field."""
+    def bad(sentence: str) -> FlowError:
+        return FlowError(f"{sentence}; nothing was sent", code=ErrorCode.VALIDATION_FAILED.value)
+
+    if birth_date is not None:
+        try:
+            born = dt.date.fromisoformat(birth_date) if _BIRTH_DATE.match(birth_date) else None
+        except ValueError:
+            born = None
+        if born is None or born > dt.date.today():
+            raise bad("--birth-date must be a date written YYYY-MM-DD (for example 1957-03-14)")
+    if patient_id is not None and (not patient_id.strip() or len(patient_id) > 64
+                                   or _ONE_LINE.search(patient_id)
+                                   or any(c in patient_id for c in "*?\\^")):
+        raise bad("--patient-id must be the record number (MRN): at most 64 characters, "
+                  "without * ? \\ or ^")
+    if patient_name is not None and (not patient_name.strip() or len(patient_name) > 200
+                                     or _ONE_LINE.search(patient_name) or "\\" in patient_name
+                                     or patient_name.count("^") > 4):
+        raise bad("--patient-name must be the patient's name written FAMILY^GIVEN (for "
+                  "example Doe^Jane): one line, at most 200 characters, without \\")
+
+
 def record_from_args(args: argparse.Namespace) -> RecordData | None:
-    if not (args.patient_name or args.patient_id):
+    """The sealed record from the patient options, every field checked first
+    (:func:`check_patient_fields`). Patient data needs the patient's id and name: a birth date
+    (or another field) without them is refused, never dropped."""
+    check_patient_fields(args.patient_id, args.patient_name, args.birth_date)
+    given = [flag for attr, flag in _PATIENT_FIELDS if getattr(args, attr, None)]
+    if not (args.patient_name or args.patient_id or given):
         return None
-    if not args.patient_id:
-        raise FlowError("--patient-id (the MRN) is needed with patient data",
-                        code=ErrorCode.VALIDATION_FAILED.value)
-    return RecordData(patient_name=args.patient_name or "", patient_id=args.patient_id,
+    missing = [flag for flag, value in (("--patient-id", args.patient_id),
+                                        ("--patient-name", args.patient_name)) if not value]
+    if missing:
+        raise FlowError(f"patient data needs the patient's {' and '.join(missing)} (the MRN "
+                        "and FAMILY^GIVEN) as well, to be filed under the right patient; "
+                        "nothing was sent", code=ErrorCode.VALIDATION_FAILED.value)
+    return RecordData(patient_name=args.patient_name, patient_id=args.patient_id,
                       issuer_of_patient_id=args.issuer or "", birth_date=args.birth_date,
                       sex=Sex(args.sex or ""), accession_number=args.accession or "",
                       anatomic_region=args.region or "")
@@ -342,6 +394,13 @@ def send_command(args: argparse.Namespace) -> int:
     # A --consent-token FILE that is not a token fails here, before the password.
     given = read_consent_token(args.consent_token) if args.consent_token else None
     prepared = prepare(args)  # before the password: a bad image fails fast
+    if prepared is not None and record is None and needs_gateway(purpose, 1):
+        # The record gateway files an image for this purpose under the patient it names: one
+        # without the patient's identity could only be sent, never filed
+        # (docs/USER_GUIDE.md "Interns: sending a consult", §3).
+        raise FlowError(f"an image for {purpose.value} is filed in the patient's record: give "
+                        "the patient's --patient-id MRN and --patient-name FAMILY^GIVEN; "
+                        "nothing was sent", code=ErrorCode.VALIDATION_FAILED.value)
     if record is not None and prepared is None:
         raise FlowError("patient data goes with an image (--image FILE)",
                         code=ErrorCode.VALIDATION_FAILED.value)
@@ -577,19 +636,7 @@ def break_glass_command(args: argparse.Namespace) -> int:
 def correct_patient_command(args: argparse.Namespace) -> int:
     """The record gateway held an image (the identity typed is not the record's): send it
     again with the identity corrected (SDK ``correct_patient``)."""
-    import datetime as dt
-
-    try:
-        if args.birth_date is not None and len(args.birth_date) == 10:
-            dt.date.fromisoformat(args.birth_date)
-        elif args.birth_date is not None:
-            raise ValueError(args.birth_date)
-    except ValueError:
-        raise FlowError(f"--birth-date takes YYYY-MM-DD, not {args.birth_date!r}",
-                        code=ErrorCode.VALIDATION_FAILED.value) from None
-    if not args.patient_id.strip() or any(c in args.patient_id for c in "*?\\^"):
-        raise FlowError("--patient-id must be the record number, without * ? \\ or ^",
-                        code=ErrorCode.VALIDATION_FAILED.value)
+    check_patient_fields(args.patient_id, args.patient_name, args.birth_date)
     device = unlock_profile(args)
 
     async def go() -> tuple[str, int]:

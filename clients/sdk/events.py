@@ -136,8 +136,10 @@ class OutboxEvent:
     """A send kept in the outbox (by an earlier run, or by this one while the relay was out of
     reach) was resent, at start or on reconnection (docs/PROTOCOL.md §3.5 "Outbox"): ``sent``
     (stored by the relay as ``thread_seq``; answered as a duplicate if it had been stored
-    before), ``refused`` (refused for good and removed from the outbox: ``detail`` says why) or
-    ``pending`` (the relay is unreachable again: kept for the next connection)."""
+    before), ``refused`` (refused for good and removed from the outbox: ``detail`` says why),
+    ``pending`` (the relay is unreachable again: kept for the next connection) or
+    ``unreadable`` (it cannot be read or sealed: kept, never sent, for the user to remove;
+    ``detail`` names the invalid field, never its value)."""
 
     message_id: str
     thread_id: str

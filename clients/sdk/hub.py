@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 
 from clients.sdk.connection import Connection
 from clients.sdk.errors import FlowError
-from clients.sdk.events import ClientEvent
+from clients.sdk.events import ClientEvent, StatusEvent
 from clients.sdk.socket import SocketClosed
 from protocol.errors import ErrorCode
 from protocol.frames import Frame
@@ -78,7 +78,21 @@ class Hub:
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._settled)
         return task
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        """A background task that failed is reported as a problem (``StatusEvent`` error) and
+        its exception retrieved: never a "Task exception was never retrieved" traceback on
+        the user's terminal (docs/USER_GUIDE.md "Everyday commands": one sentence)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.debug("background task %s failed", task.get_name(), exc_info=exc)
+        event = StatusEvent("error", detail=f"{task.get_name()} stopped: "
+                                            f"{exc or type(exc).__name__}")
+        for queue in self._subscribers:
+            queue.put_nowait(event)
 
     async def cancel_tasks(self) -> None:
         for task in list(self._tasks):

@@ -60,7 +60,8 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import Accepted
 from protocol.model import EmergencyCategory, MessageHeader, Priority, Purpose, SealedMessage
 
-__all__ = ["RESEND_TIMEOUT", "WILL_RESEND", "Progress", "Sender"]
+__all__ = ["RESEND_TIMEOUT", "WILL_RESEND", "Progress", "Sender", "UnreadableSend",
+           "check_readable"]
 
 Progress = Callable[[int, int], None]
 RESEND_TIMEOUT = 60.0  # seconds a pending send waits for "accepted" when resent
@@ -71,6 +72,33 @@ _PASSING_FLOW = frozenset({ErrorCode.UNAUTHENTICATED.value, ErrorCode.NOT_READY.
 WILL_RESEND = ("it is kept on this device and sent again the next time this device connects "
                "(lightbox inbox, watch or send; the desktop and the record gateway as soon as "
                "they reach the relay again)")
+
+
+class UnreadableSend(FlowError):
+    """A send in the outbox whose body cannot be read or sealed (written by an older client,
+    or before its fields were checked): it is kept, nothing of it goes on the wire, and the
+    user decides (``lightbox outbox --drop ID``; docs/PROTOCOL.md §3.5 "Outbox")."""
+
+    def __init__(self, message_id: str, reason: str) -> None:
+        self.message_id = message_id
+        self.reason = reason
+        super().__init__(f"message {message_id} in the outbox cannot be read or sealed "
+                         f"({reason})", code="outbox_unreadable")
+
+
+def _unreadable_reason(exc: Exception) -> str:
+    """Where a pending body is invalid, without its value (it may be patient data)."""
+    where = str(exc).rpartition(" - at ")[2].strip("`") if " - at " in str(exc) else ""
+    return f"the field {where.removeprefix('$.')} is not valid" if where else \
+        "its content is not valid"
+
+
+def check_readable(record: OutboxRecord) -> None:
+    """UnreadableSend unless the pending body decodes as the sealed body's schema."""
+    try:
+        msgspec.msgpack.decode(record.body, type=Body)
+    except msgspec.DecodeError as exc:  # ValidationError too (a subclass)
+        raise UnreadableSend(record.message_id, _unreadable_reason(exc)) from None
 
 
 def _kept(reason: str) -> RelayUnavailable:
@@ -100,9 +128,15 @@ class Sender:
                   emergency: EmergencyCategory | None = None) -> OutboxRecord:
         """Write a new send to the vault's outbox, before anything of it leaves the device."""
         self._hub.connected()
+        encoded = msgspec.msgpack.encode(body)
+        try:  # as its recipients will decode it: a field they would refuse is never kept
+            msgspec.msgpack.decode(encoded, type=Body)
+        except msgspec.DecodeError as exc:
+            raise FlowError(f"the message cannot be sent: {_unreadable_reason(exc)}",
+                            code=ErrorCode.VALIDATION_FAILED.value) from None
         record = OutboxRecord(
             message_id=str(uuid.uuid4()), thread_id=thread_id, created_at=self._clock(),
-            purpose=purpose.value, priority=priority.value, body=msgspec.msgpack.encode(body),
+            purpose=purpose.value, priority=priority.value, body=encoded,
             consent_id=consent_id, necessity=necessity, attachment_ids=tuple(attachment_ids),
             image=image, stage="upload" if image is not None else "seal",
             emergency=None if emergency is None else emergency.value)
@@ -142,12 +176,18 @@ class Sender:
         does not answer in time, or the session must be renewed first; removed (and the error
         raised) when it is refused for good: a refusal that will not change on a resend, or a
         check on this device that failed (a certificate that does not verify)."""
+        # Checked before anything of it is uploaded: an entry that cannot be read is kept for
+        # the user to drop, and never stops the sends after it (docs/PROTOCOL.md §3.5).
+        check_readable(record)
         self._in_flight.add(record.message_id)
         self._kept.discard(record.message_id)
         try:
             try:
-                record = await self._upload_pending(record, progress)
-                accepted, record = await self._seal_and_send(record, timeout)
+                try:
+                    record = await self._upload_pending(record, progress)
+                    accepted, record = await self._seal_and_send(record, timeout)
+                except msgspec.DecodeError as exc:  # sealed bytes or content unreadable
+                    raise UnreadableSend(record.message_id, _unreadable_reason(exc)) from None
             except RelayRequestError as exc:
                 if exc.status >= 500 or exc.status in _PASSING_STATUS:
                     self._kept.add(record.message_id)
@@ -157,6 +197,8 @@ class Sender:
             except RelayUnavailable as exc:
                 self._kept.add(record.message_id)
                 raise _kept(exc.reason) from exc
+            except UnreadableSend:
+                raise  # kept: the user drops it (lightbox outbox --drop ID)
             except FlowError as exc:
                 if exc.code in _PASSING_FLOW:  # log in again / start the client: then sent
                     self._kept.add(record.message_id)
@@ -320,6 +362,10 @@ class Sender:
                 await self._hub.emit(OutboxEvent(record.message_id, record.thread_id, "pending",
                                              str(exc)))
                 return  # the relay is gone again: the next start tries again
+            except UnreadableSend as exc:
+                await self._hub.emit(OutboxEvent(record.message_id, record.thread_id,
+                                                 "unreadable", exc.reason))
+                continue  # kept for the user to drop; the sends after it go
             except (SDKError, ProtocolError) as exc:
                 code = exc.code.value if isinstance(exc, ProtocolError) else getattr(
                     exc, "code", "")

@@ -246,7 +246,8 @@ async def test_the_specialist_is_told_the_image_shows_identifiers_sent_unredacte
     film = tmp_path / "film.png"
     labelled_film("DOE^JOHN  DOB: 14.03.1957", footer=None).save(film)
     send = ["--profile", "intern", "send", "--to", f"role:{ORTHO}", "--image", str(film),
-            "--patient-agreed", "--statements-shown", "--send-anyway", "Wrist?"]
+            "--patient-name", "DOE^JOHN", "--patient-id", "MRN123", "--birth-date",
+            "1957-03-14", "--patient-agreed", "--statements-shown", "--send-anyway", "Wrist?"]
     rc, out, err = await lightbox(*send)
     assert rc == 0, err
     assert "the recipient is told that the image shows name, date of birth" in err

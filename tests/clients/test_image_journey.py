@@ -225,6 +225,7 @@ async def test_capture_requires_statements_identity_key_and_written_basis(
 async def test_cli_consent_capture_signs_registers_and_exports_fhir(
         world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     alice = await peer(world, "alice", roles=("intern",))
+    await peer(world, "bob", roles=(ORTHO,))  # the role the consent names is held
     home = tmp_path / "devices"
     monkeypatch.setenv("LIGHTBOX_HOME", str(home))
     monkeypatch.setenv("LIGHTBOX_INSECURE_FAST_KDF", "1")

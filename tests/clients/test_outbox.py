@@ -250,8 +250,8 @@ async def test_a_pending_send_refused_for_good_is_removed_and_reported_not_retri
     async with relay_held(world, thread_id):
         record, _ = await send_and_stop(
             world, thread_id, ["--to", f"role:{ORTHO}", "--image", str(film), "--send-anyway",
-                               "--patient-agreed",
-                               "--statements-shown", "Scaphoid?"],
+                               "--patient-agreed", "--patient-name", "Doe^Jane",
+                               "--patient-id", "MRN123", "--statements-shown", "Scaphoid?"],
             sig=signal.SIGKILL, tmp_path=tmp_path)
         assert record.consent_id is not None and record.image is not None
         assert record.image.uploaded
@@ -289,6 +289,7 @@ async def test_an_image_send_killed_before_its_upload_began_is_uploaded_on_the_n
     await conn.execute("LOCK TABLE attachments IN EXCLUSIVE MODE")
     proc = await lightbox_process("--profile", "intern", "send", "--thread", thread_id, "--to",
                        f"role:{ORTHO}", "--image", str(film), "--send-anyway",
+                       "--patient-name", "Doe^Jane", "--patient-id", "MRN123",
                        "--patient-agreed", "--statements-shown", "Scaphoid?")
     try:
         await eventually(lambda: _has_waiting(world, proc, "attachments"), timeout=30)

@@ -99,7 +99,7 @@ class AdminRoutes:
             Endpoint("GET", "/v1/admin/devices/{device_id}", self.device_detail,
                      "One device by id, with the login and organisation of its user.",
                      response=AdminDevice, auth="admin", tag="admin",
-                     errors=[*_AUTH, E.VALIDATION_FAILED, E.NOT_FOUND]),
+                     errors=[*_AUTH, E.NOT_FOUND]),
             Endpoint("PUT", "/v1/admin/users/{user_id}/certificate", self.renew,
                      "Licence renewal: a newer certificate for the same user and key.",
                      request=CertificateRenewal, response=UserSummary, auth="admin",
@@ -159,8 +159,8 @@ class AdminRoutes:
         await self.authn.require_admin(request)
         try:
             device_id = str(uuid.UUID(request.path_params["device_id"]))
-        except ValueError:
-            raise InvalidInput(detail="a device id is a UUID") from None
+        except ValueError:  # as every route named by a UUID: no such one (404)
+            raise NotFound(detail="no such device") from None
         async with self.db.pool.acquire() as conn:
             d = await devices.get_device(conn, device_id)
             user = None if d is None else await users.get_user(conn, d.user_id)

@@ -37,6 +37,10 @@ from tests.orthanc import OrthancServer
 
 CONSENT = re.compile(r"^consent ([0-9a-f-]{36}): agreed", re.M)
 
+# A direct-care image is filed under its patient: the CLI asks for them before it sends
+# (docs/USER_GUIDE.md, Interns §3). Made up, as every patient in the tests.
+PATIENT = ("--patient-id", "TEST-0042", "--patient-name", "Test^Wrist")
+
 
 async def lightbox_admin(*argv: str) -> tuple[int, str, str]:
     def call(args: Sequence[str]) -> tuple[int, str, str]:
@@ -70,7 +74,8 @@ async def _capture_and_send(tmp_path: Path) -> tuple[str, Path, Path]:
     assert found, out
     rc, out, err = await lightbox(
         "--profile", "ivy.intern", "send", "--to", "user:rita.ray", "--to", "user:ada.bone",
-        "--image", str(film), "--send-anyway", "--consent-token", str(token), "Wrist, bed 4")
+        "--image", str(film), "--send-anyway", "--consent-token", str(token),
+        *PATIENT, "Wrist, bed 4")
     assert rc == 0, out + err
     rc, out, err = await lightbox("--profile", "rita.ray", "inbox")
     assert rc == 0 and "Wrist, bed 4" in out and "stored" in out, out + err
@@ -144,7 +149,7 @@ async def test_a_clinician_withdraws_a_consent_from_the_cli(world: World, tmp_pa
     # Delivery is refused after: a new send under it, and Ada never gets the first one.
     rc, out, err = await lightbox(
         "--profile", "ivy.intern", "send", "--to", "user:rita.ray", "--image", str(film),
-        "--send-anyway", "--consent-token", str(token), "Again")
+        "--send-anyway", "--consent-token", str(token), *PATIENT, "Again")
     assert rc == 1 and "consent_revoked" in err and "sent:" not in out
     rc, out, err = await lightbox("--profile", "ada.bone", "inbox")
     assert rc == 0 and "0 unread messages" in out, out + err

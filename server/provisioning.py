@@ -157,7 +157,7 @@ class ProvisioningService:
             if cert.issued_at < previous.issued_at or cert.serial == previous.serial:
                 raise Conflict(detail="the certificate is not newer than the one held")
             await users.replace_certificate(conn, cert, body.user_certificate, now=now)
-            await keep_withdrawn(conn, cert, now=now)
+            await keep_withdrawn(conn, cert, previous, now=now)
             replaced = await users.replace_enrolment(conn, token_hash, user_id, sealed,
                                                      expires_at=expires, now=now)
             await audit.append(conn, "admin.enrolment_reissued", subject_kind="user",
@@ -196,7 +196,7 @@ class ProvisioningService:
         if cert.issued_at <= previous.issued_at:
             raise Conflict(detail="the certificate is not newer than the one held")
         await users.replace_certificate(conn, cert, token, now=self.clock())
-        await keep_withdrawn(conn, cert, now=self.clock())
+        await keep_withdrawn(conn, cert, previous, now=self.clock())
         return cert, previous
 
     # --- revocation -----------------------------------------------------------------------

@@ -21,7 +21,8 @@ asks for roles, else the certificate's. Never to the certificate alone: it names
 other source withdrew until IT signs, and restating from it would bring that role back.
 Withdrawals are at once and stick: nothing one source states makes the relay act again on a
 role outside its own mapping, and a licence renewal or re-issued certificate stored meanwhile
-(:func:`keep_withdrawn`) or a rename (:func:`ask_display_name`) keeps the roles asked. A role
+(:func:`keep_withdrawn`) or a rename (:func:`ask_display_name`) keeps the roles asked, with
+those IT added or took out by hand in that certificate. A role
 is mapped by one source only; server/orgidentity.py refuses a file that maps one in both
 (docs/SECURITY.md "Single sign-on").
 """
@@ -52,15 +53,26 @@ async def ask_display_name(conn: asyncpg.Connection, user: users.UserRecord,
     return name is not None
 
 
-async def keep_withdrawn(conn: asyncpg.Connection, cert: UserCertificate, *,
-                         now: float) -> None:
-    """After IT stored another certificate (a licence renewal, a re-issued code): a role
-    withdrawn while a renewal asks for less stays withdrawn, though the new certificate was
-    made from one that still names it."""
-    held = await renewals.get(conn, cert.user_id)
-    if held is not None and held.roles is not None:
-        await users.set_roles(conn, cert.user_id, [r for r in cert.roles if r in held.roles],
-                              now=now)
+async def keep_withdrawn(conn: asyncpg.Connection, cert: UserCertificate,
+                         previous: UserCertificate, *, now: float) -> None:
+    """After IT stored ``cert`` in place of ``previous`` (a licence renewal, a re-issued
+    code): a role withdrawn while a renewal asks for less stays withdrawn, though the new
+    certificate was made from one that still names it; and what IT changed by hand between the
+    two is IT's word (docs/SECURITY.md "Two sources, one user"): a role it added is acted on
+    and asked of the renewal too, one it took out is no longer asked, so ``sign-pending``
+    neither drops the one nor brings back the other."""
+    held = await renewals.get(conn, cert.user_id, for_update=True)
+    if held is None or held.roles is None:
+        return
+    added, removed = set(cert.roles) - set(previous.roles), set(previous.roles) - set(cert.roles)
+    desired = sorted((set(held.roles) - removed) | added)
+    await users.set_roles(conn, cert.user_id, [r for r in cert.roles if r in desired],
+                          now=now)
+    if desired != sorted(held.roles):
+        await renewals.request(conn, cert.user_id, cert.org_id,
+                               display_name=held.display_name,
+                               roles=None if desired == sorted(cert.roles) else desired,
+                               now=now)
 
 
 async def restate_roles(conn: asyncpg.Connection, user: users.UserRecord,

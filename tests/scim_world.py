@@ -22,8 +22,8 @@ from protocol.certs import UserCertificate, issue_user_certificate
 from server.store import directory
 from tests.identity_world import User, World, identity_world
 
-__all__ = ["SCIM_JSON", "ScimWorld", "issue_scim_token", "renew", "renewed_certificate",
-           "scim_world", "signing_queue"]
+__all__ = ["SCIM_JSON", "ScimWorld", "directory_relay", "issue_scim_token", "renew",
+           "renewed_certificate", "scim_world", "signing_queue"]
 
 SCIM_JSON = "application/scim+json"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -135,3 +135,33 @@ async def scim_world(dsn: str, tmp: Path, **kw: Any) -> AsyncIterator[ScimWorld]
         async with httpx.AsyncClient(base_url=world.relay.base_url + "/scim/v2",
                                      headers={"authorization": f"Bearer {token}"}) as scim:
             yield ScimWorld(world=world, token=token, scim=scim)
+
+
+@contextlib.asynccontextmanager
+async def directory_relay(tmp: Path, dsn: str, org: str, group_roles: dict[str, str]
+                          ) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    """A relay set up by the real commands in journey_env's environment
+    (tests/clients/test_identity_journey.py): IT's organisation key (``lightbox-admin org
+    init``) trusted on the relay host, an administrator created there and logged in with
+    ``lightbox-admin login``, a SCIM token issued, the directory's ``group_roles`` mapped:
+    (the relay's URL, a client of its ``/scim/v2`` with the token)."""
+    from clients.admin import cli as admin_cli
+    from server import runner as server_cli
+    from tests.clients.test_identity_journey import _ok
+    from tests.helpers import make_settings, running_relay
+
+    await _ok(admin_cli.main, ["org", "init", "--org-id", org, "--keyfile",
+                               str(tmp / "it" / "org.key")])
+    await _ok(server_cli.main, ["org", "trust", str(tmp / "it" / f"{org}.pub.json")])
+    await _ok(server_cli.main, ["admin", "create", "--login", "it.admin"])
+    token = (await _ok(server_cli.main, ["scim", "token", "issue", "--org", org])).strip()
+    identity = tmp / "identity.json"
+    identity.write_text(json.dumps({"orgs": {org: {"group_roles": group_roles}}}))
+    settings = make_settings(data_dir=tmp / "relay", argon2_profile="cheap",
+                             identity_file=identity)
+    async with running_relay(dsn, settings) as running, httpx.AsyncClient(
+            base_url=running.base_url + "/scim/v2",
+            headers={"authorization": f"Bearer {token}", "content-type": SCIM_JSON}) as scim:
+        await _ok(admin_cli.main, ["login", "--server", running.base_url,
+                                   "--login", "it.admin"])
+        yield running.base_url, scim

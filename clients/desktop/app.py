@@ -27,6 +27,7 @@ Endpoints (JSON unless said otherwise):
 | ``POST /api/unlock`` ``{password}`` | unlock the vault, log in, connect (403/410 ``ended``) |
 | ``POST /api/lock`` | lock the vault, disconnect |
 | ``POST /api/notice/dismiss`` ``{ids?}`` | forget these problems the client reported (or all) |
+| ``POST /api/threads/{id}/dropped/dismiss`` ``{ids}`` | forget these dropped messages' marks |
 | ``GET /api/threads`` | the inbox: urgent consults first, then newest |
 | ``GET /api/threads/{id}`` | a thread: messages, images, filed study, consent, record data |
 | ``POST /api/threads/{id}/reply`` ``{text, reply_to?, confirmed?}`` | reply (see below) |
@@ -68,6 +69,8 @@ Clinical safety (CLINICAL_SAFETY.md):
   it, never only the latest; a message dropped because its sender's device was revoked or
   their account suspended also marks its consult (``dropped`` in ``/api/threads`` and
   ``/api/threads/{id}``: who sent it and when), so the specialist can ask about each one.
+  Such a drop is kept in the vault (clients/desktop/dropped.py): its problem line until
+  dismissed, its consult's mark until dismissed in the consult, also across a restart.
 """
 
 from __future__ import annotations
@@ -85,12 +88,14 @@ from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from clients.desktop import dropped as drops
 from clients.desktop.views import (
     KEPT_ACK,
     consent_claims,
@@ -195,10 +200,12 @@ class DesktopServer:
         # and again after a lock (the vault locking itself when idle is no dismissal).
         self.notices: list[dict[str, Any]] = []
         # The messages the client dropped because their sender's device was revoked or their
-        # account suspended, by consult (who sent it, when it reached the relay, why): each
-        # consult says so, in the list and when opened, for this launch. Both are shown only
-        # while unlocked, and forgotten with the vault when IT's wipe order erases it.
-        self.dropped: dict[str, list[dict[str, Any]]] = {}
+        # account suspended, by line id (who sent it, when it reached the relay, why): each
+        # consult says so, in the list and when opened, until the specialist dismisses it
+        # there. Kept in the vault, so a restart shows them again, problem lines undismissed
+        # included (clients/desktop/dropped.py). Both are shown only while unlocked, and
+        # forgotten with the vault when IT's wipe order erases it.
+        self.drops: dict[str, drops.DroppedMessage] = {}
         self._listeners: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
         self._unlock_lock = asyncio.Lock()
         self._server: uvicorn.Server | None = None
@@ -268,6 +275,8 @@ class DesktopServer:
             Route("/api/unlock", self.unlock, methods=["POST"]),
             Route("/api/lock", self.lock, methods=["POST"]),
             Route("/api/notice/dismiss", self.dismiss_notice, methods=["POST"]),
+            Route("/api/threads/{thread_id}/dropped/dismiss", self.dismiss_dropped,
+                  methods=["POST"]),
             Route("/api/threads", self.threads),
             Route("/api/threads/{thread_id}", self.thread),
             Route("/api/threads/{thread_id}/reply", self.reply, methods=["POST"]),
@@ -387,11 +396,47 @@ class DesktopServer:
                     raise Refused(502, f"cannot reach the relay: {exc}") from exc
                 self.ended = ended
                 if ended["ended"] == "wiped":
-                    self.notices, self.dropped = [], {}
+                    self.notices, self.drops = [], {}
                 raise Refused(410 if ended["ended"] == "wiped" else 403, ended["message"],
                               ended=ended) from exc
             self.device, self.client, self.ended = device, client, None
+            self._restore_drops(device)
         return JSONResponse({"unlocked": True})
+
+    def _restore_drops(self, device: ProfileDevice) -> None:
+        """What the vault kept of the messages dropped in earlier launches (or reported
+        while it was being unlocked): each consult marked again, and each problem line not
+        yet dismissed said again, after those of this launch the page was shown."""
+        try:
+            kept = drops.kept(device.vault)
+        except VaultError as exc:  # the rest of the vault is still shown
+            log.warning("dropped message lines not read from the vault: %s",
+                        type(exc).__name__)
+            kept = []
+        self.drops = {**{d.id: d for d in kept}, **self.drops}
+        shown = {n["id"] for n in self.notices}
+        restored = [d.notice() for d in kept if not d.line_dismissed and d.id not in shown]
+        self.notices = sorted([*self.notices, *restored], key=lambda n: n["at"])[-MAX_NOTICES:]
+
+    def _marks(self, thread_id: str) -> list[dict[str, Any]]:
+        """The consult's dropped messages not dismissed there, oldest first."""
+        return [d.mark() for d in sorted(self.drops.values(), key=lambda d: (d.at, d.sent_at))
+                if d.thread_id == thread_id]
+
+    def _keep_drop(self, dropped: drops.DroppedMessage | None, line_id: str) -> None:
+        """Write a drop's line to the vault (``dropped``), or forget it (None). A vault that
+        cannot be written now leaves it on screen for this launch, said in the log by id."""
+        vault = self.device.vault if self.device is not None else None
+        if vault is None or not vault.is_unlocked:
+            return
+        try:
+            if dropped is None:
+                drops.forget(vault, line_id)
+            else:
+                drops.keep(vault, dropped)
+        except VaultError as exc:
+            log.warning("dropped message line %s not kept in the vault: %s", line_id,
+                        type(exc).__name__)
 
     async def _end_heard(self, client: LightboxClient, code: str) -> dict[str, str]:
         """The relay refused this computer (revoked, suspended: ``code``) at unlock, before the
@@ -409,12 +454,34 @@ class DesktopServer:
         body = await read_json(request) if await request.body() else {}
         ids = body.get("ids")
         if ids is None:
-            self.notices = []
-        elif isinstance(ids, list):
-            self.notices = [n for n in self.notices if n["id"] not in ids]
-        else:
+            ids = [n["id"] for n in self.notices]
+        elif not isinstance(ids, list):
             raise Refused(400, "ids must be a list")
+        self.notices = [n for n in self.notices if n["id"] not in ids]
+        # A dropped message's line dismissed stays dismissed after a restart; its consult
+        # stays marked until dismissed there (:meth:`dismiss_dropped`).
+        for line_id in ids:
+            d = self.drops.get(line_id) if isinstance(line_id, str) else None
+            if d is not None and not d.line_dismissed:
+                self.drops[line_id] = msgspec.structs.replace(d, line_dismissed=True)
+                self._keep_drop(self.drops[line_id], line_id)
         return JSONResponse({"dismissed": True})
+
+    async def dismiss_dropped(self, request: Request) -> Response:
+        """Forget dropped messages of this consult (``ids``: those the page showed): its mark
+        goes, with the problem line of each if it was still said, here and in the vault."""
+        self._client()
+        thread_id = checked_uuid(request.path_params["thread_id"])
+        ids = (await read_json(request)).get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise Refused(400, "ids must be a list")
+        gone = [i for i in ids if i in self.drops and self.drops[i].thread_id == thread_id]
+        for line_id in gone:
+            del self.drops[line_id]
+            self._keep_drop(None, line_id)
+        self.notices = [n for n in self.notices if n["id"] not in gone]
+        self._broadcast("dropped", {"thread_id": thread_id})
+        return JSONResponse({"dismissed": len(gone)})
 
     async def lock(self, request: Request) -> Response:
         await self._lock()
@@ -450,7 +517,7 @@ class DesktopServer:
                 "urgent": t.priority == "urgent"
                 or any(v.message.priority == "urgent" for v in incoming),
                 "subject": subject or NO_SUBJECT,
-                "dropped": self.dropped.get(t.thread_id, []),
+                "dropped": self._marks(t.thread_id),
                 "unread": client.unread(t.thread_id),
                 "roles": t.roles, "members": len(t.members),
                 "last_at": last.message.sent_at if last else t.created_at,
@@ -492,7 +559,7 @@ class DesktopServer:
                              "roles": info.roles, "messages": messages, "pending": pending,
                              "subject": next((v.body.subject for v in views if v.body.subject),
                                              NO_SUBJECT),
-                             "dropped": self.dropped.get(thread_id, [])})
+                             "dropped": self._marks(thread_id)})
 
     async def image(self, request: Request) -> Response:
         client = self._client()
@@ -643,7 +710,7 @@ class DesktopServer:
             if ended is not None:
                 self.ended = ended
                 if ended["ended"] == "wiped":
-                    self.notices, self.dropped = [], {}
+                    self.notices, self.drops = [], {}
                 self._broadcast("status", {"state": "ended", **ended})
                 return
             if event.state == "error":
@@ -652,23 +719,32 @@ class DesktopServer:
                 frame = event.dropped
                 if frame is not None and event.code in _DROPPED_BECAUSE:
                     notice["thread_id"] = frame.message.header.thread_id
-                    self._note_dropped(client, frame, _DROPPED_BECAUSE[event.code])
+                    self._note_dropped(client, frame, notice)
                 self.notices = [*self.notices, notice][-MAX_NOTICES:]
                 self._broadcast("status", {"state": "error", **notice})
                 return
             self._broadcast("status", {"state": event.state, "detail": event.detail,
                                        "replaced": self.replaced})
 
-    def _note_dropped(self, client: LightboxClient, frame: Deliver, because: str) -> None:
+    def _note_dropped(self, client: LightboxClient, frame: Deliver,
+                      notice: dict[str, Any]) -> None:
         """Mark the consult of a message the client dropped (its sender's device revoked, or
         their account suspended): who sent it, when it reached the relay (the relay's time,
-        as the problem line says), why. The client learned the sender's name, when it can be
-        known, before it reported the drop (clients/sdk/receiving.py)."""
-        sender = frame.message.header.sender_user_id
+        as the problem line says), why; kept in the vault with its problem line ``notice``
+        before the client acknowledges the delivery. The client learned the sender's name,
+        when it can be known, before it reported the drop (clients/sdk/receiving.py)."""
         thread_id = frame.message.header.thread_id
-        self.dropped.setdefault(thread_id, []).append({
-            "sender": known_name(client, sender), "sent_at": frame.received_at,
-            "because": because, "urgent": frame.priority is Priority.URGENT})
+        dropped = drops.DroppedMessage(
+            id=notice["id"], thread_id=thread_id, detail=notice["detail"], code=notice["code"],
+            at=notice["at"], sender=known_name(client, frame.message.header.sender_user_id),
+            sent_at=frame.received_at, because=_DROPPED_BECAUSE[notice["code"]],
+            urgent=frame.priority is Priority.URGENT)
+        self.drops[dropped.id] = dropped
+        try:
+            drops.keep(client.vault, dropped)
+        except VaultError as exc:
+            log.warning("dropped message line %s not kept in the vault: %s", dropped.id,
+                        type(exc).__name__)
         self._broadcast("dropped", {"thread_id": thread_id})
 
     async def events(self, request: Request) -> Response:

@@ -7,15 +7,12 @@ CSV-provisioned colleague of the same relay is untouched throughout."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import httpx
 import pytest
 
 from clients.admin import cli as admin_cli
 from clients.clinician import cli as device_cli
-from server import runner as server_cli
 from tests.clients.test_identity_journey import (  # the same workstation and relay host
     ORG,
     _codes,
@@ -23,11 +20,10 @@ from tests.clients.test_identity_journey import (  # the same workstation and re
     _run,
     journey_env,
 )
-from tests.helpers import make_settings, running_relay
+from tests.scim_world import directory_relay
 
 __all__ = ["journey_env"]
 
-SCIM_JSON = "application/scim+json"
 LICENCE = "urn:lightbox:params:scim:schemas:extension:clinician:2.0:User"
 PASSWORD = "quarry-violet-lantern-5"
 
@@ -35,21 +31,8 @@ PASSWORD = "quarry-violet-lantern-5"
 async def test_directory_user_is_signed_by_it_enrols_and_is_suspended_by_the_directory(
         journey_env: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     tmp = journey_env
-    await _ok(admin_cli.main, ["org", "init", "--org-id", ORG, "--keyfile",
-                               str(tmp / "it" / "org.key")])
-    await _ok(server_cli.main, ["org", "trust", str(tmp / "it" / f"{ORG}.pub.json")])
-    await _ok(server_cli.main, ["admin", "create", "--login", "it.admin"])
-    token = (await _ok(server_cli.main, ["scim", "token", "issue", "--org", ORG])).strip()
-    identity = tmp / "identity.json"
-    identity.write_text(json.dumps({"orgs": {ORG: {"group_roles": {
-        "Radiology consultants": "radiologist"}}}}))
-    settings = make_settings(data_dir=tmp / "relay", argon2_profile="cheap",
-                             identity_file=identity)
-    async with running_relay(db_dsn, settings) as running, httpx.AsyncClient(
-            base_url=running.base_url + "/scim/v2",
-            headers={"authorization": f"Bearer {token}", "content-type": SCIM_JSON}) as scim:
-        url = running.base_url
-        await _ok(admin_cli.main, ["login", "--server", url, "--login", "it.admin"])
+    async with directory_relay(tmp, db_dsn, ORG, {"Radiology consultants": "radiologist"}) \
+            as (url, scim):
         # A colleague provisioned the old way, by CSV, on the same relay.
         await _ok(admin_cli.main, ["user", "add", "--name", "Bo Chen", "--login", "bo.chen",
                                    "--roles", "physician", "--licence-type", "MD",

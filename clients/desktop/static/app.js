@@ -144,6 +144,10 @@ const ORGANISATION_ACTS = ["certificate_revoked", "user_suspended"];
 function showNotice(notice) {
   if (!notice?.detail) return;
   notices.set(notice.id, notice);  // by id: told by /api/state and the event stream alike
+  drawNotices();
+}
+function drawNotices() {
+  if (!notices.size) { $("notice").hidden = true; $("notice-text").replaceChildren(); return; }
   const lines = [...notices.values()].map((n) => {
     const sentence = n.detail.charAt(0).toUpperCase() + n.detail.slice(1);
     const open = n.thread_id ? el("button", {type: "button", class: "notice-open"}, "Open its consult") : null;
@@ -448,6 +452,20 @@ async function openThread(id, markRead) {
     t.subject);
   const list = el("div", {id: "messages"});
   for (const d of t.dropped) list.append(el("p", {class: "dropped", role: "alert"}, droppedLine(d)));
+  if (t.dropped.length) {
+    // Kept on this computer, through restarts, until the specialist dismisses the lines shown
+    // here (their problem lines above go with them).
+    const ids = t.dropped.map((d) => d.id);
+    const dismiss = el("button", {type: "button", id: "dropped-dismiss"},
+      ids.length > 1 ? "Dismiss all " + ids.length : "Dismiss");
+    dismiss.addEventListener("click", async () => {
+      await api("/api/threads/" + id + "/dropped/dismiss", {ids});
+      for (const i of ids) notices.delete(i);
+      drawNotices();
+      refreshSoon();
+    });
+    list.append(el("p", {class: "dropped-actions"}, dismiss));
+  }
   for (const m of t.messages) {
     // Not yet sent (the relay out of reach): said by ackLine instead, never "You acknowledged this".
     const acked = m.acknowledged_by_me && !m.acknowledgement_waiting

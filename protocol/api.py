@@ -767,10 +767,11 @@ class ReceiptList(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 class EscalationStep(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     step: int
-    kind: str  # renotify | released | handover
+    kind: str  # renotify | released | handover | no_shift
     level: int
     user_id: str
     at: int
+    next_shift_at: int | None = None  # no_shift: when the role's next shift starts, if known
 
 
 class EscalationInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -85,6 +85,7 @@ __all__ = [
     "Hello",
     "KeysLow",
     "Limits",
+    "NotReceived",
     "Ping",
     "Pong",
     "QueueEmpty",
@@ -215,6 +216,9 @@ class EscalationKind(enum.StrEnum):
     RENOTIFY = "renotify"  # nobody acknowledged: notify the current step again
     RELEASED = "released"  # released to the next step of the ladder
     HANDOVER = "handover"  # shift handover: the consult moves to the incoming clinician
+    # Nobody is on call for the role (a gap in the rota): the consult waits for the role's next
+    # shift (``next_shift_at``, or none on the rota yet); told at once, then every deadline.
+    NO_SHIFT = "no_shift"
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,6 +405,20 @@ class FiledNotice(_Frame, tag="filed_notice", frozen=True, kw_only=True):
     record_ref: Annotated[str, Meta(max_length=MAX_RECORD_REF)] | None = None
 
 
+class NotReceived(_Frame, tag="not_received", frozen=True, kw_only=True):
+    """Server -> the sender's devices: expiry (``reason``) ordered every copy of an image of
+    the sender's message while no device of the person ``user_id`` had downloaded it, so that
+    person never saw it (docs/PROTOCOL.md §15 "Never received"). Ids only: the client names
+    the person and the record reference."""
+
+    message_id: Uuid
+    thread_id: Uuid
+    attachment_id: Uuid
+    user_id: Uuid
+    reason: ExpiryReason
+    at: Time
+
+
 class ExpireOrder(_Frame, tag="expire_order", frozen=True, kw_only=True):
     """Server: shred the local copy of an attachment now, then confirm with ``expiry_confirm``."""
 
@@ -459,8 +477,11 @@ class Revoked(_Frame, tag="revoked", frozen=True, kw_only=True):
 # --- on-call ---------------------------------------------------------------------------------
 
 
-class EscalationNotice(_Frame, tag="escalation_notice", frozen=True, kw_only=True):
-    """Server: an on-call escalation step of a consult (renotify, release, handover)."""
+class EscalationNotice(_Frame, tag="escalation_notice", frozen=True, kw_only=True,
+                       omit_defaults=True):
+    """Server: an on-call escalation step of a consult (renotify, release, handover, no_shift).
+    ``next_shift_at`` (``no_shift`` only: when the role's next shift starts, if the rota has
+    one) is left out when null, so the other kinds encode as they always did."""
 
     thread_id: Uuid
     message_id: Uuid
@@ -469,6 +490,7 @@ class EscalationNotice(_Frame, tag="escalation_notice", frozen=True, kw_only=Tru
     user_id: Uuid
     at: Time
     kind: EscalationKind
+    next_shift_at: Time | None = None
 
 
 class ResealRequest(_Frame, tag="reseal_request", frozen=True, kw_only=True):
@@ -518,6 +540,7 @@ Frame: TypeAlias = (
     | Error
     | Filing
     | FiledNotice
+    | NotReceived
     | ExpireOrder
     | ExpiryConfirm
     | WipeOrder
@@ -550,6 +573,7 @@ DIRECTION: Final[Mapping[type[Frame], Direction]] = {
     Error: _S2C,
     Filing: _C2S,
     FiledNotice: _S2C,
+    NotReceived: _S2C,
     ExpireOrder: _S2C,
     ExpiryConfirm: _C2S,
     WipeOrder: _S2C,

@@ -21,7 +21,10 @@ What the relay does, and why it can be trusted to do it without seeing a single 
   device that may hold the image (the sender included; gateways excepted, they keep nothing)
   gets an ``expire_order`` (reason ``filed``); when the hard limit passes for an image never
   filed, the same with reason ``hard_limit``, which also tells the sender it was not filed,
-  and the relay deletes its ciphertext.
+  and the relay deletes its ciphertext. At either, each person the image was sent to none of
+  whose devices downloaded it will never see it (the order comes before the delivery): the
+  sender's devices get a ``not_received`` notice naming that person (PROTOCOL.md §15 "Never
+  received"), audited ``attachment.not_received``.
 * **Confirmations.** A device answers an order with a signed ``expiry_confirm``; the relay
   checks the signature and that the order was issued to that device for that attachment
   (``expiry_unknown_copy``), marks it confirmed and stops resending it. Orders issued on consent
@@ -50,7 +53,7 @@ import asyncpg
 from protocol import statements
 from protocol.certs import ROLE_RECORD_GATEWAY
 from protocol.errors import ErrorCode, VerificationError
-from protocol.frames import ExpiryReason, FiledNotice, encode_frame
+from protocol.frames import ExpiryReason, FiledNotice, NotReceived, encode_frame
 from protocol.model import MessageHeader, Purpose
 from server import audit, events
 from server.blobs import BlobStore
@@ -333,12 +336,42 @@ class FilingService:
         """Order every device that may hold the image to shred it (gateways keep nothing;
         devices that already confirmed another order for it are done)."""
         done = await filings.confirmed_devices(conn, life.attachment_id)
-        targets = [h.device_id for h in await filings.holders(conn, life.attachment_id)
-                   if h.kind != "gateway" and h.device_id not in done]
+        held = await filings.holders(conn, life.attachment_id)
+        targets = [h.device_id for h in held if h.kind != "gateway" and h.device_id not in done]
         issued = await expiry.issue(
             conn, [expiry.NewOrder(d, life.attachment_id, life.thread_id) for d in targets],
             reason, now=now)
-        return len(issued), targets
+        told = await self._tell_not_received(conn, life, held, reason, now)
+        return len(issued), targets + told
+
+    @staticmethod
+    async def _tell_not_received(conn: asyncpg.Connection, life: filings.Lifecycle,
+                                 held: list[filings.Holder], reason: ExpiryReason,
+                                 now: dt.datetime) -> list[str]:
+        """Tell the sender's active devices of each person who never received the image
+        (PROTOCOL.md §15 "Never received"; CLINICAL_SAFETY.md §7): their copies are ordered
+        shredded before any download, so they will not see it. Returns the devices told."""
+        people = filings.never_received(held)
+        sender = next((h.user_id for h in held if h.sender), None)
+        if not people or sender is None:
+            return []
+        targets = [d.device_id for d in await devices.list_devices(conn, sender,
+                                                                   active_only=True)
+                   if d.kind != "gateway"]
+        for user_id in people:
+            frame = encode_frame(NotReceived(
+                message_id=life.message_id, thread_id=life.thread_id,
+                attachment_id=life.attachment_id, user_id=user_id, reason=reason,
+                at=int(now.timestamp())))
+            await messages.add_notices(conn, targets, "not_received", frame,
+                                       dedupe_key=f"not_received:{life.attachment_id}:{user_id}",
+                                       now=now)
+            await audit.append(conn, "attachment.not_received", subject_kind="attachment",
+                               subject_id=life.attachment_id, details={
+                                   "user_id": user_id, "reason": reason.value,
+                                   "message_id": life.message_id, "thread_id": life.thread_id,
+                                   "told_devices": len(targets)})
+        return targets
 
     async def sweeper(self) -> None:
         """Sweep every ``sweep_interval`` seconds for the relay's lifetime."""

@@ -35,6 +35,15 @@ the rota had that shift then or gets it later (:meth:`OncallService.add_shifts` 
 handover forward). Meanwhile it does not go silent: an open one keeps escalating, and once its
 ladder is used up everyone it reached is reminded at once and again every deadline.
 
+**A consult in a gap.** A new consult to the role while no shift covers the moment (or the
+covering shift's ladder reaches nobody) reaches the role's certificate holders, if any
+(``role_reach``). It opens an escalation deferred from the start, as a handover is: belonging to
+no shift, its ladder those holders (all reached at once, so nothing is held), its handover due
+when the role's next shift starts (also one added later). Its first step, at once, and its
+reminders every deadline are ``no_shift`` notices to the sender and those holders, naming when
+the next shift starts. Any holder's acknowledgement ends it; at the shift's start the devices
+holding the consult (the sender's, the holders') are asked to seal it for the new ladder.
+
 All times come from the injected clock (``clock``: Unix seconds), never from the database.
 """
 
@@ -82,14 +91,20 @@ def _ts(t: dt.datetime | None) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class _RoleNow:
+    """A thread role's shift now, or (``shift_id`` None) a gap: ``ladder`` is then everyone
+    the role reaches (its certificate holders) and ``ends_at`` the next shift's start."""
+
     thread_id: str
     org_id: str
     role: str
-    shift_id: str
+    shift_id: str | None
     ladder: tuple[str, ...]
-    ends_at: dt.datetime
+    ends_at: dt.datetime | None
     urgent_seconds: int
     routine_seconds: int
+
+    def deadline(self, priority: str) -> int:
+        return self.urgent_seconds if priority == "urgent" else self.routine_seconds
 
 
 class OncallService:
@@ -197,26 +212,37 @@ class OncallService:
 
     async def _roles_now(self, conn: asyncpg.Connection, thread_ids: Sequence[str],
                          at: dt.datetime) -> dict[str, list[_RoleNow]]:
-        """Each thread role's shift covering ``at``, its ladder in order cut to those
-        ``role_reach`` reaches: the same people the sender sealed for (server/store/threads.py)."""
+        """Each thread on-call role's shift covering ``at``, its ladder in order cut to those
+        ``role_reach`` reaches: the same people the sender sealed for (server/store/threads.py);
+        or the gap: no such shift (or its ladder reaches nobody), whom the role reaches
+        instead (its certificate holders, by user id) and when its next shift starts."""
         rows = await conn.fetch(
             "SELECT r.thread_id::text AS thread_id, t.org_id, r.role, s.shift_id::text AS sid, "
-            "ARRAY(SELECT x.l FROM unnest(s.ladder) WITH ORDINALITY AS x(l, n) "
+            "CASE WHEN s.shift_id IS NULL THEN "
+            "  ARRAY(SELECT x.user_id FROM role_reach(t.org_id, r.role, $2) AS x "
+            "        ORDER BY x.user_id)::text[] "
+            "ELSE ARRAY(SELECT x.l FROM unnest(s.ladder) WITH ORDINALITY AS x(l, n) "
             "      WHERE x.l IN (SELECT user_id FROM role_reach(t.org_id, r.role, $2)) "
-            "      ORDER BY x.n)::text[] AS ladder, s.ends_at, o.urgent_seconds, "
+            "      ORDER BY x.n)::text[] END AS ladder, s.ends_at, o.urgent_seconds, "
             "o.routine_seconds "
             "FROM thread_roles r JOIN threads t ON t.thread_id = r.thread_id "
             "JOIN oncall_roles o ON o.org_id = t.org_id AND o.role = r.role "
-            "JOIN oncall_shifts s ON s.org_id = t.org_id AND s.role = r.role "
+            "LEFT JOIN oncall_shifts s ON s.org_id = t.org_id AND s.role = r.role "
             "AND s.starts_at <= $2 AND $2 < s.ends_at "
             "WHERE r.thread_id = ANY($1::uuid[]) AND r.removed_at IS NULL ORDER BY r.role",
             list(thread_ids), at)
         out: dict[str, list[_RoleNow]] = {}
         for r in rows:
-            if r["ladder"]:
-                out.setdefault(r["thread_id"], []).append(_RoleNow(
-                    r["thread_id"], r["org_id"], r["role"], r["sid"], tuple(r["ladder"]),
-                    r["ends_at"], r["urgent_seconds"], r["routine_seconds"]))
+            if r["sid"] is not None and r["ladder"]:
+                rn = _RoleNow(r["thread_id"], r["org_id"], r["role"], r["sid"],
+                              tuple(r["ladder"]), r["ends_at"], r["urgent_seconds"],
+                              r["routine_seconds"])
+            else:  # a gap: a shift whose ladder reaches nobody reaches nobody else either
+                rn = _RoleNow(r["thread_id"], r["org_id"], r["role"], None,
+                              tuple(r["ladder"]) if r["sid"] is None else (),
+                              await oncall.next_start(conn, r["org_id"], r["role"], at),
+                              r["urgent_seconds"], r["routine_seconds"])
+            out.setdefault(r["thread_id"], []).append(rn)
         return out
 
     async def after_store(self, conn: Any, stored: list[tuple[NewMessage, int]],
@@ -235,12 +261,20 @@ class OncallService:
         for r in member_rows:
             members.setdefault(r["t"], set()).add(r["u"])
         open_now = await escalations.open_in_threads(conn, sorted(roles))
+        waiting: set[tuple[str, str]] | None = None
         for m, pk in stored:
             for rn in roles.get(m.thread_id, []):
+                if rn.shift_id is None:
+                    if waiting is None:
+                        waiting = await escalations.unacknowledged_roles(conn, sorted(roles))
+                    if (m.thread_id, rn.role) not in waiting and m.sender_user_id not in rn.ladder:
+                        waiting.add((m.thread_id, rn.role))
+                        await self._wait_for_shift(conn, m, pk, rn, at)
+                    continue
                 current = open_now.get(m.thread_id, [])
                 on_ladder = m.sender_user_id in rn.ladder
                 if not on_ladder and not current:
-                    deadline = rn.urgent_seconds if m.priority == "urgent" else rn.routine_seconds
+                    deadline = rn.deadline(m.priority)
                     created = await escalations.create(
                         conn, message_pk=pk, message_id=m.message_id, thread_id=m.thread_id,
                         sender_user_id=m.sender_user_id, org_id=rn.org_id, role=rn.role,
@@ -258,6 +292,32 @@ class OncallService:
                         "UPDATE deliveries SET held = true WHERE message_pk = $1 AND device_id "
                         "IN (SELECT device_id FROM devices WHERE user_id = ANY($2::uuid[]))",
                         pk, sorted(held))
+
+    async def _wait_for_shift(self, conn: Any, m: NewMessage, pk: int, rn: _RoleNow,
+                              at: dt.datetime) -> None:
+        """A consult from someone the role does not reach, sent while nobody is on call for it
+        (a gap in the rota): its escalation waits for the role's next shift, as a deferred
+        handover does, and the sender and those it reached are told at once (module
+        docstring). Nothing is held: everyone the role reaches now received it."""
+        deadline = rn.deadline(m.priority)
+        created = await escalations.create(
+            conn, message_pk=pk, message_id=m.message_id, thread_id=m.thread_id,
+            sender_user_id=m.sender_user_id, org_id=rn.org_id, role=rn.role, shift_id=None,
+            ladder=rn.ladder, deadline=deadline, due_at=at + dt.timedelta(seconds=deadline),
+            shift_ends_at=rn.ends_at, now=at, level=max(0, len(rn.ladder) - 1),
+            phase="waiting", state="exhausted")
+        if created is None:
+            return
+        await escalations.save(conn, dataclasses.replace(created, step=1))
+        woken = sorted(await self._announce(
+            conn, created, EscalationKind.NO_SHIFT, 1, 0, m.sender_user_id, rn.ladder, at,
+            next_shift_at=rn.ends_at))
+        await audit.append(conn, "oncall.consult_deferred", subject_kind="message",
+                           subject_id=m.message_id, details={
+                               "role": rn.role, "reached": len(rn.ladder),
+                               "until": _ts(rn.ends_at)})
+        for i in range(0, len(woken), 180):
+            await events.publish(conn, "deliver", device_ids=woken[i:i + 180])
 
     async def _reseals_answered(self, conn: Any, stored: list[tuple[NewMessage, int]],
                                 tids: list[str], at: dt.datetime) -> None:
@@ -360,23 +420,46 @@ class OncallService:
 
     async def _announce(self, conn: Any, e: escalations.Escalation, kind: EscalationKind,
                         step: int, level: int, user_id: str, audience: Sequence[str],
-                        now: dt.datetime) -> set[str]:
+                        now: dt.datetime, *, next_shift_at: dt.datetime | None = None
+                        ) -> set[str]:
         """Record the step and queue its notice for the sender's devices and the audience's
-        (everyone the consult has reached)."""
-        await escalations.add_event(conn, e.escalation_id,
-                                    escalations.Event(step, kind.value, level, user_id, now))
+        (everyone the consult has reached). ``next_shift_at``: a ``no_shift`` step's."""
+        await escalations.add_event(conn, e.escalation_id, escalations.Event(
+            step, kind.value, level, user_id, now, next_shift_at))
         targets = await devices.active_device_ids(conn, [e.sender_user_id, *audience])
         frame = encode_frame(EscalationNotice(
             thread_id=e.thread_id, message_id=e.message_id, step=step, level=level,
-            user_id=user_id, at=int(now.timestamp()), kind=kind))
+            user_id=user_id, at=int(now.timestamp()), kind=kind,
+            next_shift_at=_ts(next_shift_at)))
         await add_notices(conn, targets, NOTICE_ESCALATION, frame,
                           dedupe_key=f"escalation:{e.escalation_id}:{step}", now=now)
+        details: dict[str, Any] = {"role": e.role, "step": step, "level": level,
+                                   "user": user_id}
+        if kind is EscalationKind.NO_SHIFT:
+            details["until"] = _ts(next_shift_at)
         await audit.append(conn, f"oncall.{kind.value}", subject_kind="message",
-                           subject_id=e.message_id, details={
-                               "role": e.role, "step": step, "level": level, "user": user_id})
+                           subject_id=e.message_id, details=details)
         return set(targets)
 
+    async def _remind_waiting(self, conn: Any, e: escalations.Escalation, now: dt.datetime
+                              ) -> set[str]:
+        """A consult sent in a gap is still waiting for a shift: the sender and those it
+        reached are told so again, with the next shift's start as the rota has it now (a shift
+        added since is named), every deadline. One missed while the relay was down is not
+        repeated: the next is a deadline from now."""
+        assert e.due_at is not None
+        due = e.due_at + dt.timedelta(seconds=e.deadline)
+        if due <= now:
+            due = now + dt.timedelta(seconds=e.deadline)
+        step = e.step + 1
+        await escalations.save(conn, dataclasses.replace(e, step=step, due_at=due))
+        return await self._announce(conn, e, EscalationKind.NO_SHIFT, step, 0,
+                                    e.sender_user_id, e.ladder, now,
+                                    next_shift_at=e.shift_ends_at)
+
     async def _step(self, conn: Any, e: escalations.Escalation, now: dt.datetime) -> set[str]:
+        if e.phase == "waiting":
+            return await self._remind_waiting(conn, e, now)
         t = advance(level=e.level, phase=e.phase, ladder_size=len(e.ladder), deadline=e.deadline)
         step = e.step + 1
         woken: set[str] = set()

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,15 @@ from clients.sdk.client import LightboxClient
 from clients.sdk.identity import make_prekeys
 from clients.sdk.keystore import DeviceState
 from clients.sdk.vault import Vault
+from protocol.api import TokenPair
 from protocol.certs import DeviceCertificate, issue_device_certificate
 from protocol.keys import CHEAP_PROFILE, DeviceKeys
 from protocol.model import DeviceKind
 from tests.helpers import ROOT
-from tests.identity_world import PASSWORD, User, World
+from tests.identity_world import PASSWORD, User, World, identity_world
 
-__all__ = ["Clinician", "enrol_clinician", "lightbox_process", "use_cli_profiles"]
+__all__ = ["Clinician", "cli_world", "enrol_clinician", "lightbox_process", "profile_session",
+           "use_cli_profiles"]
 
 
 @dataclasses.dataclass
@@ -97,6 +100,27 @@ def use_cli_profiles(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Path:
     monkeypatch.setenv("LIGHTBOX_INSECURE_FAST_KDF", "1")
     monkeypatch.delenv("LIGHTBOX_PROFILE", raising=False)
     return home
+
+
+def profile_session(home: Path, profile: str) -> TokenPair | None:
+    """The session a CLI profile's vault holds now (``home/profile``, the test password)."""
+    vault = Vault(home / profile, kdf=CHEAP_PROFILE)
+    vault.unlock(PASSWORD)
+    try:
+        return vault.state.session
+    finally:
+        vault.lock()
+
+
+@pytest.fixture
+async def cli_world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                    ) -> AsyncIterator[World]:
+    """The world of the ``lightbox`` CLI tests: a relay (attachments in 64 KiB chunks, so an
+    image goes in several) and the CLI's environment (:func:`use_cli_profiles`). A test
+    module takes it as its ``world`` with ``world = cli_world``."""
+    use_cli_profiles(monkeypatch, tmp_path)
+    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
+        yield w
 
 
 async def lightbox_process(*argv: str) -> asyncio.subprocess.Process:

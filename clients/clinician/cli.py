@@ -210,10 +210,14 @@ def _logout(args: argparse.Namespace) -> int:
     try:
         ended = run_async(go)
     except RelayUnavailable as exc:
+        # Forgotten here all the same: no one at this workstation can use the session again.
+        # The relay, not told, ends it when its refresh token expires; exit status 1, since
+        # the session lives on there until then.
         device.store.save(msgspec.structs.replace(st, session=None))
-        print(f"error: cannot reach the relay ({exc.reason}): the session of {who} is "
-              "forgotten on this device but the relay ends it only when it expires at "
-              f"{when(st.session.refresh_expires_at)}", file=sys.stderr)
+        print(f"error: cannot reach the relay ({exc.reason}), so it could not be told to end "
+              f"the session of {who}: this device forgot its tokens all the same, and the "
+              f"session lapses at {when(st.session.refresh_expires_at)} (your IT team can "
+              "end it sooner)", file=sys.stderr)
         return 1
     device.store.save(msgspec.structs.replace(st, session=None))
     how = "the relay ended the session" if ended else "the session had already ended at the relay"

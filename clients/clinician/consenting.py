@@ -49,6 +49,7 @@ __all__ = [
     "consent_line",
     "consent_list",
     "consent_withdraw",
+    "filed_documents",
     "names_of",
     "own_label",
     "pdf_command",
@@ -203,11 +204,20 @@ def say_filed(message_id: str, filed: ConsentFiling | None) -> None:
         print(f"sent to the record gateway for filing (message {message_id}); its receipt "
               "will arrive in your record thread (`lightbox inbox`)")
         return
-    what = ", ".join(
-        f"consent form in study {filed.study_instance_uid}" if d.kind == "consent_form" else
-        f"FHIR Consent {d.location or 'sha256 ' + (d.sha256 or '')[:16]}"
-        for d in filed.documents)
-    print(f"filed in the patient's record by the record gateway: {what}")
+    print(f"filed in the patient's record by the record gateway: {filed_documents(filed)}")
+
+
+def filed_documents(filed: ConsentFiling) -> str:
+    """What the gateway really filed (protocol/body.py ``FiledDocument``): the consent form,
+    and the FHIR Consent only where a FHIR server took it (``location``); without one the
+    FHIR Consent exists only inside the form (clients/gateway/records.py)."""
+    posted = [d.location for d in filed.documents if d.kind == "fhir_consent" and d.location]
+    what = [f"consent form in study {filed.study_instance_uid}"
+            for d in filed.documents if d.kind == "consent_form"]
+    what += [f"FHIR Consent at {location}" for location in posted]
+    if not posted:
+        what.append("no FHIR server is configured: the FHIR Consent is only inside the form")
+    return ", ".join(what)
 
 
 def write_consent_pdf(args: argparse.Namespace, claims: ConsentClaims, clinician_name: str,

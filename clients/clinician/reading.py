@@ -29,8 +29,11 @@ from clients.sdk.client import (
     ExpiredEvent,
     FiledEvent,
     ImageEvent,
+    ImageStatus,
     LightboxClient,
     MessageEvent,
+    MessageView,
+    NotReceivedEvent,
     OutboxEvent,
     ReceiptEvent,
     StatusEvent,
@@ -99,6 +102,8 @@ def threads_command(args: argparse.Namespace) -> int:
                                  counted(len(t.members), "person", "people")])
                 print(f"{flag}{t.thread_id}  {subject(client, t.thread_id)}  [{who}]  "
                       f"{client.unread(t.thread_id)} unread")
+                for line in not_received_lines(client, t.thread_id):
+                    print(f"        {line}")
                 if t.break_glass_pending:
                     print(f"        BREAK-GLASS: {t.break_glass_pending} emergency message(s) "
                           "sent without consent: seek the patient's consent, or file why "
@@ -250,17 +255,25 @@ def inbox_command(args: argparse.Namespace) -> int:
             withdrawn = await client.refresh_consents(
                 [c for views in unread.values() for v in views
                  if (c := consent_of(v.body)) is not None])
-            for t in threads:
-                for view in unread[t.thread_id]:
-                    print_message(client, MessageEvent(view.message, view.body))
-                    for img in view.images:
-                        print(f"    image {img.attachment_id[:8]}: {img.state} {img.reason}")
-                    consent_id = consent_of(view.body)
-                    if consent_id in withdrawn:
-                        print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the "
-                              "patient's consent no longer covers this message")
-                    shown += 1
-                if args.mark_read:
+            # Urgent first (docs/USER_GUIDE.md: "--urgent puts the consult at the top of the
+            # specialist's inbox"), then in the order written, across threads.
+            arrived = {mid: n for n, mid in client.vault.message_ids_after(0)}
+            for view in sorted((v for views in unread.values() for v in views),
+                               key=functools.partial(_reading_order, client, arrived)):
+                thread_id = view.message.thread_id
+                print_message(client, MessageEvent(view.message, view.body))
+                for img in view.images:
+                    print(f"    {image_line(img)}")
+                for told in view.not_received:
+                    consult, _ = _consult_of(client, thread_id, told.message_id)
+                    print(f"    {told.sentence(consult)}")
+                consent_id = consent_of(view.body)
+                if consent_id in withdrawn:
+                    print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the "
+                          "patient's consent no longer covers this message")
+                shown += 1
+            if args.mark_read:
+                for t in threads:
                     await client.mark_read(t.thread_id)
             print_pending_count(client)
         finally:
@@ -272,9 +285,40 @@ def inbox_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reading_order(client: LightboxClient, arrived: dict[str, int],
+                   view: MessageView) -> tuple[bool, float, int]:
+    """Where an unread message comes in ``inbox``: urgent first, then by the time its line
+    shows (when its author wrote it), oldest first; within one second (a header's time is in
+    whole seconds), in the order the device received them (``arrived``: the vault's arrival
+    numbers, clients/sdk/vault.py)."""
+    m = view.message
+    return (m.priority != "urgent", client.authorship(m, view.body).written_at,
+            arrived.get(m.message_id, 0))
+
+
+def image_line(img: ImageStatus) -> str:
+    """One image's state; a shredded copy names where the record keeps it, as the desktop
+    does (clients/desktop/static/app.js ``imageBlock``)."""
+    line = f"image {img.attachment_id[:8]}: {img.state} {img.reason}".rstrip()
+    if img.state == "shredded" and img.record_ref:
+        line += f" - in the record: {img.record_ref}"
+    return line
+
+
+def not_received_lines(client: LightboxClient, thread_id: str) -> list[str]:
+    """For the sender: each person who never received an image of their consults in the
+    thread before its copies expired (docs/PROTOCOL.md §15 "Never received")."""
+    return [told.sentence(_consult_of(client, thread_id, told.message_id)[0])
+            for view in client.thread_messages(thread_id) for told in view.not_received]
+
+
 def describe(client: LightboxClient, event: ClientEvent) -> str | None:
     if isinstance(event, ImageEvent):
+        if event.status == "shredded":
+            return f"    {image_line(client.image_status(event.attachment_id))}"
         return f"    image {event.attachment_id[:8]}: {event.status} {event.reason}".rstrip()
+    if isinstance(event, NotReceivedEvent):
+        return f"    {event.sentence(_consult_of(client, event.thread_id, event.message_id)[0])}"
     if isinstance(event, EscalationEvent):
         return describe_escalation(client, event)
     if isinstance(event, ReceiptEvent):
@@ -352,8 +396,16 @@ def describe_escalation(client: LightboxClient, event: EscalationEvent) -> str:
     consult by its subject (or sender and time) and the person concerned by name, with their
     place on the ladder. A reminder right after one at the same level (the ladder used up,
     docs/PROTOCOL.md §16.3; or reminded again while its handover waits, §16.4) says that
-    everyone on it was reminded again."""
+    everyone on it was reminded again. ``no_shift``: nobody is on call for the role (a gap in
+    the rota, §16.4), said at once and at each reminder, with when the next shift starts."""
     consult, _ = _consult_of(client, event.thread_id, event.message_id)
+    if event.kind == "no_shift":
+        nxt = ("no later shift is on the rota yet: it goes to the next shift IT adds"
+               if event.next_shift_at is None else
+               f"it goes to the next shift when that starts at {when(event.next_shift_at)}")
+        if event.step > 1:
+            return f"    {consult}: still no one on call for the role: reminded; {nxt}"
+        return f"    {consult}: no one is on call for the role now; {nxt}"
     who = client.display_name(event.user_id)
     who += " (on call)" if event.level == 0 else f" (backup {event.level})"
     if event.kind == "renotify" and any(
@@ -427,6 +479,17 @@ class _Progress:
     # The relay could not be reached and watch said so: not said again (the vault may lock
     # and unlock many times in a long outage) until it has been connected again.
     told_unreachable: bool = False
+    # Receipts said: (message, person, kind). Each device of a person that holds a message
+    # signs its own receipt of it; the reader is told once per person.
+    receipts: set[tuple[str, str, str]] = dataclasses.field(default_factory=set)
+
+    def first_receipt(self, event: ReceiptEvent) -> bool:
+        """True the first time this person's receipt of this kind of this message comes."""
+        key = (event.message_id, event.user_id, event.kind)
+        if key in self.receipts:
+            return False
+        self.receipts.add(key)
+        return True
 
 
 def _seconds(value: float) -> str:
@@ -543,6 +606,8 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                     continue
                 if isinstance(event, EscalationEvent):
                     await learn_escalation_names(client, event)
+                if isinstance(event, ReceiptEvent) and not progress.first_receipt(event):
+                    continue  # another device of the same person: said already
                 line = describe(client, event)
                 if line:
                     print(line, flush=True)

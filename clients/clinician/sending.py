@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import difflib
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ __all__ = [
     "guard_text",
     "is_deidentified",
     "kept_sentence",
+    "nothing_to_send",
     "prepare",
     "read_consent_token",
     "read_image",
@@ -378,11 +380,22 @@ class ProgressBar:
         print(f"\ruploading [{bar}] {pct:3d}%", end=end, file=sys.stderr, flush=True)
 
 
+def nothing_to_send(args: argparse.Namespace) -> str:
+    """What ``send`` without a message or an image says: the command the user wants, with
+    whom they named (``--to``, ``--thread``) or a placeholder for it."""
+    named = [*(f"--to {shlex.quote(to)}" for to in args.to or []),
+             *([f"--thread {shlex.quote(args.thread)}"] if args.thread else [])]
+    usage = " ".join(["lightbox send", *(named or ["--to role:ROLE"]), '"your message"'])
+    if named:
+        return f"nothing to send: write the message, as in `{usage}` (--image FILE sends a photo)"
+    return (f"nothing to send: write the message and who it is for, as in `{usage}` "
+            "(--to user:LOGIN for one colleague, --image FILE sends a photo)")
+
+
 def send_command(args: argparse.Namespace) -> int:
     text = " ".join(args.text or []).strip()
     if not text and not args.image:
-        raise FlowError("nothing to send: give a text and/or --image FILE",
-                        code=ErrorCode.VALIDATION_FAILED.value)
+        raise FlowError(nothing_to_send(args), code=ErrorCode.VALIDATION_FAILED.value)
     if not args.thread and not args.to:
         raise FlowError("say who it is for: --to role:ROLE or --to user:LOGIN (or --thread ID)",
                         code=ErrorCode.VALIDATION_FAILED.value)

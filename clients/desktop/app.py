@@ -116,6 +116,7 @@ from clients.sdk.client import (
     ImageEvent,
     LightboxClient,
     MessageEvent,
+    NotReceivedEvent,
     OutboxEvent,
     ReceiptEvent,
     StatusEvent,
@@ -702,6 +703,9 @@ class DesktopServer:
         elif isinstance(event, FiledEvent | WithdrawnEvent):
             kind = "filed" if isinstance(event, FiledEvent) else "withdrawn"
             self._broadcast(kind, {"thread_id": event.thread_id})
+        elif isinstance(event, NotReceivedEvent):  # docs/PROTOCOL.md §15 "Never received"
+            self._broadcast("not_received", {"thread_id": event.thread_id,
+                                             "message_id": event.message_id})
         elif isinstance(event, StatusEvent):
             if event.state in {"connected", "disconnected", "stopped", "wiped"}:
                 self.connected = event.state == "connected"

@@ -105,7 +105,7 @@ async def learn_names(client: LightboxClient, views: Sequence[MessageView]) -> N
     for v in views:
         wanted += [v.message.sender_user_id, *(r.user_id for r in v.receipts),
                    client.authorship(v.message, v.body).author_user_id,
-                   *(e.user_id for e in v.escalations)]
+                   *(e.user_id for e in v.escalations), *(t.user_id for t in v.not_received)]
         claims = consent_claims(v.body)
         if claims is not None:
             wanted += [claims.iss, *claims.recipients.users]
@@ -235,8 +235,12 @@ def message_json(client: LightboxClient, view: MessageView,
         # PROTOCOL.md §16: the consult's on-call escalation, as the sender and everyone reached see
         # it
         "escalations": [{"kind": e.kind, "step": e.step, "level": e.level,
-                         "name": client.display_name(e.user_id), "at": e.at}
+                         "name": client.display_name(e.user_id), "at": e.at,
+                         "next_shift_at": e.next_shift_at}
                         for e in view.escalations],
+        # PROTOCOL.md §15 "Never received": to the sender, each person who never saw its image
+        "not_received": [t.sentence(f'consult "{body.subject}"' if body.subject
+                                    else "this consult") for t in view.not_received],
         "acknowledged_by_me": view.acknowledged_by_me,
         "acknowledgement_waiting": view.acknowledgement_waiting,
         "acknowledgement_note": acknowledgement_note(view),

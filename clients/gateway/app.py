@@ -44,7 +44,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -114,6 +114,7 @@ __all__ = [
     "FilingUnproven",
     "GatewayConfig",
     "RecordGateway",
+    "documents_filed",
 ]
 
 log = logging.getLogger("lightbox.gateway")
@@ -153,6 +154,17 @@ def _close_reason(code: int | None, reason: str) -> str:
         return f"closed by the relay: {code} {CloseCode(code).name.lower()}"
     except ValueError:
         return f"closed by the relay: {code}"
+
+
+def documents_filed(documents: Sequence[FiledDocument]) -> str:
+    """What was filed beside an image or a refusal, for the log: the consent form, and a FHIR
+    Consent only when a FHIR server took it (``location``); without one the FHIR Consent is
+    only inside the form (clients/gateway/records.py ``consent_attachments``)."""
+    if not any(d.kind == "consent_form" for d in documents):
+        return "no consent documents"
+    if any(d.kind == "fhir_consent" and d.location for d in documents):
+        return "the consent form and the FHIR Consent on the FHIR server"
+    return "the consent form (no FHIR server: the FHIR Consent is only inside the form)"
 
 
 class RecordGateway:
@@ -220,13 +232,7 @@ class RecordGateway:
         loop = asyncio.get_running_loop()
         lost_at: float | None = None
         while not conn.stopped.done():
-            connected: asyncio.Future[Any] = asyncio.ensure_future(conn.connected.wait())
-            either: set[asyncio.Future[Any]] = {connected, conn.stopped}
-            try:
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                connected.cancel()
-            if conn.stopped.done():
+            if not await conn.wait_or_stopped(conn.connected):
                 return
             if lost_at is not None:
                 log.info("relay connection back after %.0f s: deliveries held at the relay "
@@ -427,9 +433,9 @@ class RecordGateway:
         # The SOP Instance UID derives from the attachment id alone (build_instance); the Study
         # Instance UID derives from the patient id, so it stays out of the log.
         log.info("filed attachment %s of message %s: SOP Instance %s stored and read back, "
-                 "%d consent document(s), receipt sealed to the thread; the relay expires "
-                 "the copies at %s", descriptor.attachment_id, h.message_id,
-                 instance.sop_instance_uid, len(documents), iso_date(notice.expires_at),
+                 "%s, receipt sealed to the thread; the relay expires the copies at %s",
+                 descriptor.attachment_id, h.message_id, instance.sop_instance_uid,
+                 documents_filed(documents), iso_date(notice.expires_at),
                  extra={"attachment_id": descriptor.attachment_id,
                         "message_id": h.message_id})
         return receipt
@@ -528,8 +534,8 @@ class RecordGateway:
         self.consents_filed.append(filing)  # filed: before the thread hears of it
         await self._tell_thread(h, Body(kind=BodyKind.CONSENT_FILED, consent_filing=filing),
                                 revocations)
-        log.info("filed consent %s (%s) of message %s: %d document(s), receipt sealed to the "
-                 "thread", claims.jti, claims.decision.value, h.message_id, len(documents),
+        log.info("filed consent %s (%s) of message %s: %s, receipt sealed to the thread",
+                 claims.jti, claims.decision.value, h.message_id, documents_filed(documents),
                  extra={"consent_id": claims.jti, "message_id": h.message_id})
 
     async def _file_consent(self, claims: ConsentClaims, token: str, record: RecordData,

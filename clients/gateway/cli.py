@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="Issuer of Patient ID when a message names none (default: the org id)")
     p.add_argument("--fhir-url", default=os.environ.get("LIGHTBOX_FHIR_URL", ""),
                    help="FHIR R4 base URL to file each Consent on (optional; without it the "
-                   "Consent is only named in the receipt by its SHA-256); credentials: "
+                   "FHIR Consent is filed only inside the consent form); credentials: "
                    "LIGHTBOX_FHIR_TOKEN_FILE or LIGHTBOX_FHIR_USERNAME + "
                    "LIGHTBOX_FHIR_PASSWORD_FILE (docs/OPERATIONS.md)")
     p.add_argument("--viewer-url", default=os.environ.get("LIGHTBOX_PACS_VIEWER_URL", ""),

@@ -33,7 +33,8 @@ Why every step is where it is (docs/ARCHITECTURE.md §2):
 Events for applications (:meth:`LightboxClient.events`, :meth:`LightboxClient.on_event`):
 :class:`MessageEvent`, :class:`ImageEvent`, :class:`ReceiptEvent`, :class:`FiledEvent`,
 :class:`ExpiredEvent`, :class:`WithdrawnEvent`, :class:`EscalationEvent`,
-:class:`StatusEvent`, :class:`OutboxEvent`, :class:`AcknowledgementEvent` (defined in
+:class:`StatusEvent`, :class:`OutboxEvent`, :class:`AcknowledgementEvent`,
+:class:`NotReceivedEvent` (defined in
 clients/sdk/events.py, re-exported here).
 """
 
@@ -59,6 +60,7 @@ from clients.sdk.events import (
     ImageStatus,
     MessageEvent,
     MessageView,
+    NotReceivedEvent,
     OutboxEvent,
     ReceiptEvent,
     SentMessage,
@@ -97,6 +99,7 @@ __all__ = [
     "LightboxClient",
     "MessageEvent",
     "MessageView",
+    "NotReceivedEvent",
     "OutboxEvent",
     "ReceiptEvent",
     "SentMessage",
@@ -303,15 +306,7 @@ class LightboxClient:
     async def _watch_connection(self) -> None:
         conn = self.hub.connected()
         while not conn.stopped.done():
-            # Connected again, or stopped while waiting for it (the relay closing a revoked
-            # device for good comes between two attempts): either ends the wait.
-            connected: asyncio.Future[Any] = asyncio.ensure_future(conn.connected.wait())
-            either: set[asyncio.Future[Any]] = {connected, conn.stopped}
-            try:
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                connected.cancel()
-            if conn.stopped.done():
+            if not await conn.wait_or_stopped(conn.connected):  # connected again, or stopped
                 break
             await self.hub.emit(StatusEvent("connected"))
             # What this run kept in the outbox while the relay was out of reach goes now, not
@@ -348,16 +343,33 @@ class LightboxClient:
     async def _tell_stored_elsewhere(self, conn: Connection) -> None:
         """Once the relay's backlog is in (a delivery the other program stored but had not
         acknowledged comes again, and is recognised as stored), emit the messages another
-        program of this device stored meanwhile (clients/sdk/receiving.py)."""
-        queue_empty: asyncio.Future[Any] = asyncio.ensure_future(conn.queue_empty.wait())
-        either: set[asyncio.Future[Any]] = {queue_empty, conn.stopped}
-        try:
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            queue_empty.cancel()
+        program of this device stored meanwhile (clients/sdk/receiving.py), and the escalation
+        steps it noted. The relay drops an escalation notice once written to a connection, so
+        one written to the other program as it closed (the step that says at once that nobody
+        is on call, in the transaction of the consult it sent: docs/PROTOCOL.md §16.4) is
+        asked of the relay for the threads it sent to."""
+        await conn.wait_or_stopped(conn.queue_empty)
         if conn.connected.is_set():
             with contextlib.suppress(VaultLocked):
-                await self.receiver.tell_stored_elsewhere()
+                sent_to = await self.receiver.tell_stored_elsewhere()
+                for step in self.memory.steps_noted_elsewhere():  # escalation steps too
+                    await self.hub.emit(step)
+                for thread_id in sorted(sent_to):
+                    await self._steps_of_sent(thread_id)
+
+    async def _steps_of_sent(self, thread_id: str) -> None:
+        """The relay's escalation steps of a thread this device sent to, each told once."""
+        try:
+            answer = await self.relay.thread_escalations(thread_id)
+        except (RelayRequestError, RelayUnavailable):
+            return  # out of reach, or the thread no longer ours: the next step comes anyway
+        steps = sorted((EscalationEvent(thread_id, e.message_id, s.kind, s.step, s.level,
+                                        s.user_id, s.at, s.next_shift_at)
+                        for e in answer.escalations for s in e.steps),
+                       key=lambda s: (s.at, s.step))
+        for step in steps:
+            if self.memory.note_step(step):
+                await self.hub.emit(step)
 
     # -- events ------------------------------------------------------------------------------
 

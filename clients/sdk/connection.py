@@ -28,6 +28,8 @@ relay ended, a suspension since lifted or a logout elsewhere; or token_expired) 
 offered again: ``token_refused`` is told, and answers how the connection ends (a
 :class:`ConnectionStopped` whose cause is what the application tells the user) or None to try
 once more with a renewed token; without it, or refused again, the connection ends at once.
+An open connection the relay closes with 4001 (its session ended meanwhile) is told the same
+way at once, without the reconnect whose handshake would only be refused.
 
 Close codes that mean "stop" (revoked device, suspended user) end the connection for good,
 and so does an address that is not a websocket URL, and a handler that found the device's vault
@@ -48,7 +50,7 @@ import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import websockets
 
@@ -183,6 +185,19 @@ class Connection:
             await self._socket.close()
         self._finish(ConnectionStopped(None, STOPPED))
 
+    async def wait_or_stopped(self, event: asyncio.Event) -> bool:
+        """Wait until ``event`` (``connected``, ``queue_empty``) is set or the connection
+        stopped, whichever comes first: the relay closing a revoked device for good comes
+        between two attempts, so a wait for "connected again" alone could last for ever.
+        True when the event was set and the connection has not stopped."""
+        waiting: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
+        either: set[asyncio.Future[Any]] = {waiting, self.stopped}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        return not self.stopped.done()
+
     def _finish(self, exc: ConnectionStopped) -> None:
         if not self.stopped.done():
             self.stopped.set_result(exc)
@@ -316,6 +331,16 @@ class Connection:
             if code in FINAL_CLOSE_CODES:
                 self._finish(ConnectionStopped(code, reason))
                 return
+            if code == CloseCode.AUTH_FAILED and reason in SESSION_REFUSED:
+                # The relay ended this token's session while connected (a logout, the session
+                # revoked: docs/PROTOCOL.md §3.5 "A session that ends closes its connections"),
+                # and a reconnect's handshake would be refused with the same code and reason:
+                # the connection ends now, as it would then, told the same way.
+                ended = (self._token_refused(reason, token)
+                         if self._token_refused is not None else None)
+                if ended is not None or self._token_refused is None:
+                    self._finish(ended or ConnectionStopped(code, reason))
+                    return
             self.reconnects += 1
             if code == CloseCode.SESSION_REPLACED and self.replaced_wait > 0:
                 await self._make_way(lived=asyncio.get_running_loop().time() - opened_at)

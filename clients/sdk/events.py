@@ -25,6 +25,7 @@ __all__ = [
     "ImageStatus",
     "MessageEvent",
     "MessageView",
+    "NotReceivedEvent",
     "OutboxEvent",
     "ReceiptEvent",
     "SentMessage",
@@ -84,6 +85,33 @@ class ExpiredEvent:
 
 
 @dataclasses.dataclass(frozen=True)
+class NotReceivedEvent:
+    """A person one of our images was sent to never received it on any of their devices
+    before its copies expired, and never will (docs/PROTOCOL.md §15 "Never received"):
+    ``reason`` ``filed`` (it is in the patient's record, ``record_ref`` when this device knows
+    it) or ``hard_limit`` (never filed). ``display_name`` from their verified certificate."""
+
+    message_id: str
+    thread_id: str
+    attachment_id: str
+    user_id: str
+    reason: str
+    at: int
+    record_ref: str | None = None
+    display_name: str = ""
+
+    def sentence(self, consult: str) -> str:
+        """What the sender is told, the same on every client (the phone's worker.ts says it
+        too): ``consult`` names the consult as the reader knows it (``consult "Wrist"``)."""
+        who = self.display_name or self.user_id[:8]
+        where = (f"it was filed to the patient's record"
+                 f"{f' ({self.record_ref})' if self.record_ref else ''}"
+                 if self.reason == "filed" else "it was NOT filed to the patient's record")
+        return (f"{who} never received the image of {consult} on any device before its "
+                f"copies expired: {where}. Phone or page them.")
+
+
+@dataclasses.dataclass(frozen=True)
 class WithdrawnEvent:
     message_id: str
     thread_id: str
@@ -120,7 +148,9 @@ class StatusEvent:
 @dataclasses.dataclass(frozen=True)
 class EscalationEvent:
     """An on-call escalation step of a consult (PROTOCOL.md §16): ``renotify``, ``released`` (to the
-    next on the ladder, ``user_id``), or ``handover`` at a shift change."""
+    next on the ladder, ``user_id``), ``handover`` at a shift change, or ``no_shift``: nobody
+    is on call for the role, and the consult waits for its next shift (``next_shift_at``, None
+    when the rota has none yet; §16.4)."""
 
     thread_id: str
     message_id: str
@@ -129,6 +159,7 @@ class EscalationEvent:
     level: int
     user_id: str
     at: int
+    next_shift_at: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +195,7 @@ class AcknowledgementEvent:
 
 ClientEvent = (MessageEvent | ImageEvent | ReceiptEvent | FiledEvent | ExpiredEvent
                | WithdrawnEvent | EscalationEvent | StatusEvent | OutboxEvent
-               | AcknowledgementEvent)
+               | AcknowledgementEvent | NotReceivedEvent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,3 +239,4 @@ class MessageView:
     escalations: tuple[EscalationEvent, ...] = ()
     acknowledgement_waiting: bool = False
     acknowledgement_refused: str = ""
+    not_received: tuple[NotReceivedEvent, ...] = ()  # people who never received its image

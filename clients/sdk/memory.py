@@ -14,6 +14,7 @@ redelivered notice is not told to the application twice.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import msgspec
@@ -23,6 +24,7 @@ from clients.sdk.events import (
     FiledEvent,
     ImageStatus,
     MessageView,
+    NotReceivedEvent,
     ReceiptEvent,
 )
 from clients.sdk.vault import ItemNotFound, Vault, VaultLocked, VaultMessage
@@ -36,10 +38,13 @@ _NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION = "acknowledged", "receipt", "escalat
 # refusal's value is its reason, which never starts with a NUL byte.
 _WAITING = b"\x00waiting\x00"
 _NOTE_FILED, _NOTE_NAME = "filed", "name"
+# People who never received an image of one of our messages (docs/PROTOCOL.md §15).
+_NOTE_NOT_RECEIVED = "not-received"
 # Delivered and read receipts this device signed, kept until written to the relay (not read
 # back by restore: the client asks for them when it connects, Receiver.resend_receipts).
 _NOTE_RECEIPT_OUT = "receipt-out"
-_NOTE_KINDS = (_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION, _NOTE_FILED, _NOTE_NAME)
+_NOTE_KINDS = (_NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION, _NOTE_FILED, _NOTE_NAME,
+               _NOTE_NOT_RECEIVED)
 _RECEIPT_ORDER = {"delivered": 0, "read": 1, "acknowledged": 2}
 
 
@@ -63,6 +68,7 @@ class Memory:
         self.filed: dict[str, FiledEvent] = {}
         self._receipts: dict[str, list[ReceiptEvent]] = {}
         self._escalations: dict[str, list[EscalationEvent]] = {}  # steps seen, per message
+        self._not_received: dict[str, list[NotReceivedEvent]] = {}  # per message
         self._acked: set[str] = set()  # acknowledgements sent to the relay
         self._ack_waiting: dict[str, str] = {}  # not yet sent: the signed receipt statement
         self._ack_refused: dict[str, str] = {}  # refused by the relay: why
@@ -90,6 +96,8 @@ class Memory:
             self._add_step(msgspec.msgpack.decode(raw, type=EscalationEvent))
         for key, raw in notes[_NOTE_FILED].items():
             self.filed.setdefault(key, msgspec.msgpack.decode(raw, type=FiledEvent))
+        for raw in notes[_NOTE_NOT_RECEIVED].values():
+            self._add_not_received(msgspec.msgpack.decode(raw, type=NotReceivedEvent))
         for user_id, raw in notes[_NOTE_NAME].items():
             self.names.setdefault(user_id, raw.decode())
 
@@ -133,6 +141,19 @@ class Memory:
         return tuple(sorted(self._escalations.get(message_id, ()),
                             key=lambda e: (e.step, e.at)))
 
+    def steps_noted_elsewhere(self) -> list[EscalationEvent]:
+        """Escalation steps another program of this device noted in the vault while it held
+        the relay connection (``lightbox send``, told at once that nobody is on call:
+        docs/PROTOCOL.md §16.4), not known to this run yet: each returned once, in order."""
+        self.restore()
+        try:
+            raws = self._vault.notes(_NOTE_ESCALATION).values()
+        except VaultLocked:
+            return []
+        new = [step for step in (msgspec.msgpack.decode(r, type=EscalationEvent) for r in raws)
+               if self._add_step(step)]
+        return sorted(new, key=lambda e: (e.at, e.step))
+
     def note_receipt(self, receipt: ReceiptEvent) -> bool:
         self.restore()
         if not self._add_receipt(receipt):
@@ -150,6 +171,34 @@ class Memory:
                              f"{step.message_id}/{step.step}/{step.kind}/{step.user_id}",
                              msgspec.msgpack.encode(step))
         return True
+
+    def _add_not_received(self, event: NotReceivedEvent) -> bool:
+        told = self._not_received.setdefault(event.message_id, [])
+        if any((t.attachment_id, t.user_id) == (event.attachment_id, event.user_id)
+               for t in told):
+            return False
+        told.append(event)
+        return True
+
+    def note_not_received(self, event: NotReceivedEvent) -> bool:
+        """A person never received an image of one of our messages: kept; False when told
+        before (the relay's notice is at-least-once)."""
+        self.restore()
+        if not self._add_not_received(event):
+            return False
+        self._vault.put_note(_NOTE_NOT_RECEIVED,
+                             f"{event.message_id}/{event.attachment_id}/{event.user_id}",
+                             msgspec.msgpack.encode(event))
+        return True
+
+    def not_received(self, message_id: str) -> tuple[NotReceivedEvent, ...]:
+        """The people who never received an image of this message, each with the record
+        reference as now known and their name, in the order told."""
+        self.restore()
+        told = sorted(self._not_received.get(message_id, ()), key=lambda t: (t.at, t.user_id))
+        return tuple(dataclasses.replace(
+            t, record_ref=t.record_ref or self.image_status(t.attachment_id).record_ref,
+            display_name=self.names.get(t.user_id, t.display_name)) for t in told)
 
     def note_filed(self, filed: FiledEvent) -> None:
         self.restore()
@@ -237,4 +286,5 @@ class Memory:
         return MessageView(message, body, tuple(self.image_status(a) for a in ids),
                            tuple(receipts), mid in self._acked or mid in self._ack_waiting,
                            tuple(steps), acknowledgement_waiting=mid in self._ack_waiting,
-                           acknowledgement_refused=self._ack_refused.get(mid, ""))
+                           acknowledgement_refused=self._ack_refused.get(mid, ""),
+                           not_received=self.not_received(mid))

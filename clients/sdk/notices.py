@@ -1,6 +1,7 @@
 """The relay's notices other than deliveries (docs/PROTOCOL.md §8, §15, §16): receipts from
-other devices, filing notices, expiry and wipe orders, withdrawals, revocations, shift
-handovers, prekey top-ups; and what this device knows of consent withdrawals.
+other devices, filing notices, expiry and wipe orders, images a recipient never received,
+withdrawals, revocations, shift handovers, prekey top-ups; and what this device knows of
+consent withdrawals.
 
 Every notice is at-least-once; each handler is idempotent (a receipt or an escalation step is
 told once, an expiry order applied twice confirms twice and destroys nothing more).
@@ -19,6 +20,7 @@ from clients.sdk.events import (
     EscalationEvent,
     ExpiredEvent,
     FiledEvent,
+    NotReceivedEvent,
     ReceiptEvent,
     StatusEvent,
     WithdrawnEvent,
@@ -48,6 +50,7 @@ from protocol.frames import (
     FiledNotice,
     Frame,
     KeysLow,
+    NotReceived,
     ReceiptNotice,
     ResealRequest,
     Revoked,
@@ -117,9 +120,12 @@ class Notices:
             self._hub.spawn(self._answer_reseal(frame), "reseal")
         elif isinstance(frame, EscalationNotice):
             step = EscalationEvent(frame.thread_id, frame.message_id, frame.kind.value,
-                                   frame.step, frame.level, frame.user_id, frame.at)
+                                   frame.step, frame.level, frame.user_id, frame.at,
+                                   frame.next_shift_at)
             if self._memory.note_step(step):  # at-least-once notices: each step told once
                 await self._hub.emit(step)
+        elif isinstance(frame, NotReceived):
+            await self._not_received(frame)
         elif isinstance(frame, WipeOrder):
             await self._wipe(frame)
         elif isinstance(frame, Error):
@@ -139,6 +145,22 @@ class Notices:
                                body.kind.value, body.at, chain.verified.user.display_name)
         if self._memory.note_receipt(receipt):  # a redelivered receipt is not news
             await self._hub.emit(receipt)
+
+    async def _not_received(self, frame: NotReceived) -> None:
+        """A person never received an image of one of our messages before its copies expired
+        (docs/PROTOCOL.md §15 "Never received"): kept and told once, with the record reference
+        this device knows (the relay does not) and the person's name from their verified
+        certificate (a shortened id when the key directory cannot say)."""
+        aid = frame.attachment_id
+        ref = self._memory.image_status(aid).record_ref or \
+            self._receiver.record_reference(frame.thread_id, aid)
+        with contextlib.suppress(SDKError):
+            await self._trust.ensure_names([frame.user_id], self._memory.knows_name)
+        event = NotReceivedEvent(frame.message_id, frame.thread_id, aid, frame.user_id,
+                                 frame.reason.value, frame.at, ref,
+                                 self._memory.display_name(frame.user_id))
+        if self._memory.note_not_received(event):
+            await self._hub.emit(event)
 
     async def replenish_prekeys(self, count: int) -> None:
         """Make ``count`` one-time prekeys, keep their secrets first, then upload them."""

@@ -92,10 +92,13 @@ class Receiver:
         """From now on, a message stored in the vault by another program is news (at start)."""
         self._stored_mark = self._vault.last_message_seq()
 
-    async def tell_stored_elsewhere(self) -> None:
+    async def tell_stored_elsewhere(self) -> set[str]:
         """Emit the messages that arrived in the vault since the last look and were not told
         yet: those another program of this device stored while it held the connection (this
-        run stores nothing without it). Its own outgoing messages are not news."""
+        run stores nothing without it). Its own outgoing messages are not news; the threads
+        they went to are returned (the relay's escalation steps of them may have gone to that
+        program: docs/PROTOCOL.md §16.4)."""
+        sent_to: set[str] = set()
         for seq, message_id in self._vault.message_ids_after(self._stored_mark):
             if message_id not in self._told:
                 try:
@@ -103,9 +106,12 @@ class Receiver:
                 except ItemNotFound:  # gone meanwhile (a wipe)
                     continue
                 body = body_of(message)
-                if not message.outgoing and body is not None:
+                if message.outgoing:
+                    sent_to.add(message.thread_id)
+                elif body is not None:
                     await self._tell(message, body)
             self._stored_mark = max(self._stored_mark, seq)
+        return sent_to
 
     async def _tell(self, message: VaultMessage, body: Body) -> None:
         if message.message_id in self._told:

@@ -164,7 +164,8 @@ class OncallRoutes:
                 ladder=list(e.ladder), due_at=_ts(e.due_at) if e.state == "open" else None,
                 acknowledged_by=e.acknowledged_by, acknowledged_at=_ts(e.acknowledged_at),
                 steps=[api.EscalationStep(step=s.step, kind=s.kind, level=s.level,
-                                          user_id=s.user_id, at=int(s.at.timestamp()))
+                                          user_id=s.user_id, at=int(s.at.timestamp()),
+                                          next_shift_at=_ts(s.next_shift_at))
                        for s in steps])
             for e, steps in rows]))
 

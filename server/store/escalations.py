@@ -11,6 +11,11 @@ A handover *deferred* for want of an incoming shift (docs/PROTOCOL.md §16.4) le
 escalation with no shift (``shift_id`` NULL) and ``shift_ends_at`` at the start of the role's
 next shift known, or NULL; a shift added to the rota later brings it forward
 (:func:`wake_deferred`).
+
+A consult sent to the role *during* such a gap (nobody on call) opens an escalation of that
+kind from the start, in phase ``waiting`` (alembic 0025): its ladder is the role's certificate
+holders it reached (possibly none), all reached at once, and it is reminded every deadline
+until the next shift starts and takes it over like a deferred handover.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "request_reseal",
     "reseal_done",
     "save",
+    "unacknowledged_roles",
     "wake_deferred",
 ]
 
@@ -80,6 +86,7 @@ class Event:
     level: int
     user_id: str
     at: dt.datetime
+    next_shift_at: dt.datetime | None = None  # a ``no_shift`` step: the role's next shift
 
 
 def _esc(r: asyncpg.Record) -> Escalation:
@@ -89,17 +96,32 @@ def _esc(r: asyncpg.Record) -> Escalation:
 
 
 async def create(conn: asyncpg.Connection, *, message_pk: int, message_id: str, thread_id: str,
-                 sender_user_id: str, org_id: str, role: str, shift_id: str,
+                 sender_user_id: str, org_id: str, role: str, shift_id: str | None,
                  ladder: Sequence[str], deadline: int, due_at: dt.datetime,
-                 shift_ends_at: dt.datetime, now: dt.datetime) -> Escalation | None:
+                 shift_ends_at: dt.datetime | None, now: dt.datetime, level: int = 0,
+                 phase: str = "renotify", state: str = "open") -> Escalation | None:
+    """A new escalation: on a shift's ladder (open, level 0), or waiting in a gap of the rota
+    (``shift_id`` None, ``phase`` waiting, state exhausted: module docstring)."""
     row = await conn.fetchrow(
         "INSERT INTO escalations (escalation_id, message_pk, message_id, thread_id, "
         "sender_user_id, org_id, role, shift_id, ladder, deadline, due_at, shift_ends_at, "
-        "created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::uuid[],$10,$11,$12,$13) "
+        "created_at, level, phase, state) "
+        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::uuid[],$10,$11,$12,$13,$14,$15,$16) "
         f"ON CONFLICT (message_pk) DO NOTHING RETURNING {_COLS}",
         uuid.uuid4(), message_pk, message_id, thread_id, sender_user_id, org_id, role,
-        shift_id, list(ladder), deadline, due_at, shift_ends_at, now)
+        shift_id, list(ladder), deadline, due_at, shift_ends_at, now, level, phase, state)
     return None if row is None else _esc(row)
+
+
+async def unacknowledged_roles(conn: asyncpg.Connection, thread_ids: Sequence[str]
+                               ) -> set[tuple[str, str]]:
+    """(thread id, role) of the threads' escalations nobody has acknowledged yet, open or
+    exhausted (a consult waiting for a shift is one: a follow-up in a gap opens no other)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT thread_id::text AS t, role FROM escalations "
+        "WHERE thread_id = ANY($1::uuid[]) AND state IN ('open', 'exhausted')",
+        list(thread_ids))
+    return {(r["t"], r["role"]) for r in rows}
 
 
 async def open_in_threads(conn: asyncpg.Connection, thread_ids: Sequence[str]
@@ -182,9 +204,10 @@ async def save(conn: asyncpg.Connection, e: Escalation) -> None:
 
 async def add_event(conn: asyncpg.Connection, escalation_id: str, event: Event) -> None:
     await conn.execute(
-        "INSERT INTO escalation_events (escalation_id, step, kind, level, user_id, at) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        escalation_id, event.step, event.kind, event.level, event.user_id, event.at)
+        "INSERT INTO escalation_events (escalation_id, step, kind, level, user_id, at, "
+        "next_shift_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        escalation_id, event.step, event.kind, event.level, event.user_id, event.at,
+        event.next_shift_at)
 
 
 async def release_held(conn: asyncpg.Connection, thread_id: str, user_ids: Sequence[str]
@@ -223,13 +246,13 @@ async def list_for_thread(conn: asyncpg.Connection, thread_id: str
     rows = await conn.fetch(
         f"SELECT {_COLS} FROM escalations WHERE thread_id = $1 ORDER BY created_at", thread_id)
     events = await conn.fetch(
-        "SELECT e.escalation_id::text AS id, e.step, e.kind, e.level, e.user_id::text AS u, e.at "
-        "FROM escalation_events e JOIN escalations x USING (escalation_id) "
+        "SELECT e.escalation_id::text AS id, e.step, e.kind, e.level, e.user_id::text AS u, e.at, "
+        "e.next_shift_at FROM escalation_events e JOIN escalations x USING (escalation_id) "
         "WHERE x.thread_id = $1 ORDER BY e.step", thread_id)
     by: dict[str, list[Event]] = {}
     for r in events:
         by.setdefault(r["id"], []).append(Event(r["step"], r["kind"], r["level"], r["u"],
-                                                r["at"]))
+                                                r["at"], r["next_shift_at"]))
     return [(_esc(r), by.get(r["escalation_id"], [])) for r in rows]
 
 

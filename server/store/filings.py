@@ -30,6 +30,7 @@ __all__ = [
     "mark_ciphertext_deleted",
     "mark_fetched",
     "materialise",
+    "never_received",
     "orders_for",
     "org_gateways",
     "received_in_thread",
@@ -177,6 +178,20 @@ async def holders(conn: asyncpg.Connection, attachment_id: str) -> list[Holder]:
         uuid.UUID(attachment_id))
     return [Holder(r["device_id"], r["user_id"], r["kind"], r["active"], r["sender"],
                    r["fetched_at"]) for r in rows]
+
+
+def never_received(held: Sequence[Holder]) -> list[str]:
+    """The people an image was sent to none of whose devices downloaded it (docs/PROTOCOL.md
+    §15 "Never received"): a person is told apart from the sender's own other devices and the
+    record gateways (they keep nothing); one device of theirs that downloaded it is enough for
+    the person to have seen it. User ids, sorted."""
+    senders = {h.user_id for h in held if h.sender}
+    people: dict[str, bool] = {}
+    for h in held:
+        if h.kind == "gateway" or h.user_id in senders:
+            continue
+        people[h.user_id] = people.get(h.user_id, False) or h.fetched_at is not None
+    return sorted(u for u, received in people.items() if not received)
 
 
 async def org_gateways(conn: asyncpg.Connection, org_id: str, role: str) -> set[str]:

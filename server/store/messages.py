@@ -320,7 +320,7 @@ async def fetch_notices(conn: asyncpg.Connection, device_id: str, *, skip: Seque
     return [Notice(r["notice_pk"], r["kind"], bytes(r["frame"])) for r in rows]
 
 
-DROPPED_AFTER_SENDING = ("receipt", "withdrawn", "escalation_notice", "filed")
+DROPPED_AFTER_SENDING = ("receipt", "withdrawn", "escalation_notice", "filed", "not_received")
 """Notice kinds removed once written to the device's socket. Orders (``expire_order``,
 ``wipe_order``) are not: they stay until the device confirms them (server/store/expiry.py); nor
 is ``reseal_request``, which stays until a holder answers it (server/oncall.py)."""

@@ -7,26 +7,19 @@ and sends nothing: a non-image, a truncated image, a missing file, quality warni
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.clinician_world import enrol_clinician, use_cli_profiles
+from tests.clinician_world import cli_world, enrol_clinician
 from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import xray_png
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 
 ORTHO = "orthopaedics_oncall"
 
 
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                ) -> AsyncIterator[World]:
-    use_cli_profiles(monkeypatch, tmp_path)
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
-        yield w
-
+world = cli_world  # the relay and the CLI's environment (tests/clinician_world.py)
 
 
 async def test_an_urgent_xray_sent_from_the_cli_reaches_the_specialists_inbox(
@@ -54,6 +47,7 @@ async def test_an_urgent_xray_sent_from_the_cli_reaches_the_specialists_inbox(
     assert rc == 0, err
     assert "URGENT" in out and "Wrist, bed 4 - Displaced distal radius?" in out
     assert "stored" in out and "1 unread message\n" in out
+    assert [line for line in out.splitlines() if line != line.rstrip()] == [], out
     rc, out, _ = await lightbox("--profile", "ortho", "inbox")
     assert "0 unread messages" in out
     rc, out, _ = await lightbox("--profile", "intern", "threads")

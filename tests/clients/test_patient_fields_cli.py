@@ -7,29 +7,22 @@ at the relay."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from clients.sdk.vault import OutboxImage, OutboxRecord, Vault
 from protocol.body import Body, RecordData
 from protocol.keys import CHEAP_PROFILE
 from tests.clients.test_outbox import lightbox
-from tests.clinician_world import enrol_clinician, use_cli_profiles
+from tests.clinician_world import cli_world, enrol_clinician, profile_session
 from tests.consent_world import count, xray_png
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.identity_world import PASSWORD, World
 
 ORTHO = "orthopaedics_oncall"
 
 
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                ) -> AsyncIterator[World]:
-    use_cli_profiles(monkeypatch, tmp_path)
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
-        yield w
+world = cli_world  # the relay and the CLI's environment (tests/clinician_world.py)
 
 
 async def _people(world: World, tmp_path: Path) -> str:
@@ -211,12 +204,7 @@ async def test_logout_ends_the_session_at_the_relay_and_forgets_its_tokens(
                    "and this device forgot its tokens; `lightbox login` signs in again\n")
     r = await world.http.post("/v1/auth/refresh", json={"refresh_token": session.refresh_token})
     assert r.status_code == 401, r.text
-    vault = Vault(tmp_path / "home" / "intern", kdf=CHEAP_PROFILE)
-    vault.unlock(PASSWORD)
-    try:
-        assert vault.state.session is None
-    finally:
-        vault.lock()
+    assert profile_session(tmp_path / "home", "intern") is None
     rc, out, err = await lightbox("--profile", "intern", "logout")
     assert rc == 0 and out == (f"not logged in: intern on device {device_id} holds no "
                                "session; `lightbox login` signs in again\n"), out + err

@@ -8,27 +8,19 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from clients.sdk.keystore import KeyStore
 from protocol.keys import CHEAP_PROFILE
-from tests.clinician_world import enrol_clinician, use_cli_profiles
+from tests.clinician_world import cli_world, enrol_clinician
 from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import xray_png
-from tests.identity_world import PASSWORD, World, identity_world
+from tests.identity_world import PASSWORD, World
 
 UUID_PREFIX = re.compile(r"\b[0-9a-f]{8}\b")
 
 
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                ) -> AsyncIterator[World]:
-    use_cli_profiles(monkeypatch, tmp_path)
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
-        yield w
+world = cli_world  # the relay and the CLI's environment (tests/clinician_world.py)
 
 
 async def _people(world: World, tmp_path: Path) -> dict[str, str]:

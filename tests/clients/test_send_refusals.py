@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,23 +18,17 @@ from clients.sdk.errors import RelayUnavailable
 from clients.sdk.failures import describe
 from clients.sdk.sending import WILL_RESEND
 from clients.sdk.transport import unreachable
-from tests.clinician_world import enrol_clinician, use_cli_profiles
+from tests.clinician_world import cli_world, enrol_clinician
 from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import xray_png
 from tests.helpers import seconds
-from tests.identity_world import World, identity_world
+from tests.identity_world import World
 
 ORTHO = "orthopaedics_oncall"
 CLASS_NAME = re.compile(r"[A-Z][a-z]+(Error|Exception|Timeout)\b")
 
 
-@pytest.fixture
-async def world(db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                ) -> AsyncIterator[World]:
-    use_cli_profiles(monkeypatch, tmp_path)
-    async with identity_world(db_dsn, tmp_path, attachment_chunk_bytes=64 * 1024) as w:
-        yield w
-
+world = cli_world  # the relay and the CLI's environment (tests/clinician_world.py)
 
 
 async def _people(world: World, tmp_path: Path,
@@ -60,6 +53,18 @@ def _one_sentence(rc: int, out: str, err: str) -> str:
     assert "Traceback" not in err and "unexpected problem" not in err, err
     assert not CLASS_NAME.search(err), err
     return err
+
+
+async def test_send_with_nothing_to_send_says_the_command_it_wants() -> None:
+    err = _one_sentence(*await lightbox("send"))
+    assert err == (
+        "error: validation_failed: nothing to send: write the message and who it is for, as "
+        'in `lightbox send --to role:ROLE "your message"` (--to user:LOGIN for one colleague, '
+        "--image FILE sends a photo)\n")
+    err = _one_sentence(*await lightbox("send", "--to", "user:Rita Ray", "  "))
+    assert err == (
+        "error: validation_failed: nothing to send: write the message, as in `lightbox send "
+        "--to 'user:Rita Ray' \"your message\"` (--image FILE sends a photo)\n")
 
 
 async def test_a_file_that_is_not_a_consent_token_is_named_and_no_consult_is_made(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from clients.sdk.timefmt import format_time
 from tests.clients.test_watch_beside_commands import Watch
 from tests.clinician_world import enrol_clinician, lightbox_process, use_cli_profiles
 from tests.clinician_world import run_cli as lightbox
@@ -148,3 +149,46 @@ async def test_the_incoming_clinician_sees_a_handed_over_consult_as_its_author_w
         for w in watches.values():
             err = await w.stop()
             assert "Traceback" not in err, err
+
+
+async def test_the_sender_is_told_at_once_that_nobody_is_on_call_and_when_the_next_shift_starts(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: SimClock) -> None:
+    """A consult sent in a gap in the rota (docs/PROTOCOL.md §16.4) reaches the role's
+    certificate holder, and the sender's ``lightbox watch`` says at once that no one is on
+    call and when the next shift starts, again at each reminder, and then the handover to
+    that shift."""
+    home = use_cli_profiles(monkeypatch, tmp_path)
+    await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern",
+                          vault_dir=home / "intern")
+    await enrol_clinician(world, tmp_path, "carol", roles=(ORTHO,),
+                          display_name="Dr Carol Backup")
+    await enrol_clinician(world, tmp_path, "dan", roles=("orthopaedist",),
+                          display_name="Dr Dan Night")
+    r = await world.http.put(f"/v1/admin/oncall/{ORG}/{ROLE}", headers=world.admin_headers(),
+                             json={"display_name": "Orthopaedics on call"})
+    assert r.status_code == 200, r.text
+    starts = int(clock()) + 3600
+    r = await world.http.post(
+        f"/v1/admin/oncall/{ORG}/{ROLE}/shifts", headers=world.admin_headers(),
+        json={"shifts": [{"starts_at": starts, "ends_at": starts + 8 * 3600,
+                          "ladder": ["dan"]}]})
+    assert r.status_code == 200 and r.json()["results"][0]["ok"], r.text
+    watch = Watch(await lightbox_process("--profile", "intern", "watch", "--timeout",
+                                         str(seconds(120))))
+    try:
+        await watch.until("-- connected to the relay")
+        rc, out, err = await lightbox("--profile", "intern", "send", "--to", ROLE, "--urgent",
+                                      "--subject", "Knee, bed 12", "Hot swollen knee")
+        assert rc == 0, out + err
+        nxt = f"it goes to the next shift when that starts at {format_time(starts)}"
+        await watch.until(f'    consult "Knee, bed 12": no one is on call for the role now; '
+                          f"{nxt}")
+        clock.advance(300)  # the urgent deadline: reminded
+        await watch.until(f'    consult "Knee, bed 12": still no one on call for the role: '
+                          f"reminded; {nxt}")
+        clock.now = starts  # the night shift starts: Dan is handed the consult
+        await watch.until(
+            '    consult "Knee, bed 12": shift change: handed over to Dr Dan Night (on call)')
+    finally:
+        err = await watch.stop()
+        assert "Traceback" not in err, err

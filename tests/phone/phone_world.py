@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,19 +30,30 @@ from protocol.canonical import b64url_encode, encode_struct
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import xray_png
-from tests.helpers import ROOT, TcpProxy, eventually, page_problems, seconds
+from tests.helpers import (
+    ROOT,
+    TcpProxy,
+    eventually,
+    make_settings,
+    page_problems,
+    running_relay,
+    seconds,
+)
 from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
-__all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "SHOTS", "TcpProxy",
-           "axe_violations",
+__all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "PHOTO_KEPT",
+           "PHOTO_KEPT_NOTE", "SHOTS", "TcpProxy",
+           "axe_violations", "beyond_refused",
            "bound_socket", "camera_started", "confirmed", "consent_of", "enrol_by_code",
            "enrolled_phone", "fetch_value", "film", "idb_records",
-           "intern_and_specialist", "listening_specialist", "next_event", "phone_device_id",
+           "intern_and_specialist", "listening_specialist", "next_event", "on_call_rota",
+           "phone_device_id",
            "phone_page", "phone_world", "photo_consult", "photo_from_phone", "photo_records",
-           "photo_with_consent",
+           "photo_shown_kept", "photo_with_consent",
            "provision_with_package", "provisioned_intern", "proxied_phone_world", "qr_image",
-           "running_phone", "sent_from_phone", "space_taken", "still_video", "stored_under",
+           "relay_back", "relay_stopped", "running_phone", "sent_from_phone", "space_taken",
+           "still_video", "stored_under",
            "vault_names"]
 
 CHROMIUM = "/usr/bin/chromium"
@@ -51,6 +63,14 @@ PHONE_VIEWPORT: Any = {"width": 390, "height": 844}  # a mid-size phone, CSS pix
 SHOTS = ROOT / "test-artefacts" / "phone"
 ORTHO = "orthopaedics_oncall"
 PASSPHRASE = "amber kettle nightshift wrist"
+# A photo kept while the relay cannot be reached, a new consult's or one added to a consult:
+# the line under it as it is kept, and the consult's line under the photo (after a restart too).
+PHOTO_KEPT = ("Not sent yet: this phone is not connected to the relay. The photo is kept on this "
+              "phone, encrypted, and sent by itself when the relay can be reached; it shows as "
+              "sent then.")
+PHOTO_KEPT_NOTE = ("Not sent yet: the relay could not be reached. The photo is kept on this "
+                   "phone, encrypted, and sent by itself when the relay can be reached; it shows "
+                   "as sent then.")
 
 
 def bound_socket() -> tuple[socket.socket, int]:
@@ -179,6 +199,43 @@ async def enrolled_phone(world: World, tmp: Path, origin: str, *, video: Path | 
             phone_page(video=video) as (page, problems):
         await enrol_by_code(page, origin, intern.code)
         yield intern, specialist, events, page, problems
+
+
+async def on_call_rota(world: World, ladder: list[str]) -> None:
+    """The orthopaedic on-call role's rota: one shift, now, with ``ladder`` (logins), so a
+    consult to the role escalates along it and whoever acknowledges it is in the consult from
+    then on (PROTOCOL §16.3)."""
+    org, now = world.org.org_id, int(time.time())
+    r = await world.http.put(f"/v1/admin/oncall/{org}/{ORTHO}", headers=world.admin_headers(),
+                             json={"display_name": "Orthopaedics on call"})
+    assert r.status_code == 200, r.text
+    r = await world.http.post(
+        f"/v1/admin/oncall/{org}/{ORTHO}/shifts", headers=world.admin_headers(),
+        json={"shifts": [{"starts_at": now - 3600, "ends_at": now + 8 * 3600,
+                          "ladder": ladder}]})
+    assert r.status_code == 200 and all(x["ok"] for x in r.json()["results"]), r.text
+
+
+async def relay_stopped(world: World, page: Any) -> None:
+    """The relay's process stops (gracefully, as on SIGTERM); the phone says it is offline."""
+    await asyncio.to_thread(world.relay.stop)  # off this loop: its clients answer the close
+    await page.locator("#conn", has_text="offline").wait_for()
+
+
+def relay_back(world: World, tmp_path: Path, origin: str
+               ) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The stopped relay started again where it was, for the same phone origin."""
+    settings = make_settings(trusted_orgs_file=tmp_path / "trusted-orgs.json",
+                             port=int(world.relay.base_url.rsplit(":", 1)[1]),
+                             phone_origins=origin)
+    return running_relay(world.dsn, settings)
+
+
+def beyond_refused(problems: list[str]) -> list[str]:
+    """The page's problems but the refused connections to the stopped relay, which Chromium
+    logs itself."""
+    return [p for p in problems if "net::ERR_CONNECTION_REFUSED" not in p
+            and "WebSocket connection to" not in p]
 
 
 def still_video(path: Path, image: Image.Image, *, frames: int = 6,
@@ -316,6 +373,16 @@ def film(width: int, height: int) -> Image.Image:
     return Image.open(io.BytesIO(xray_png(width, height)))
 
 
+async def photo_shown_kept(page: Any, status: Any, screen: str, message: Any) -> None:
+    """A photo just kept while the relay cannot be reached, as the intern sees it: ``status``
+    (the line that said what became of it) says it is kept, on ``screen`` (where the app went
+    back to), and its ``message`` in the consult is marked sending, with why."""
+    assert await status.inner_text() == PHOTO_KEPT
+    assert await page.is_visible(screen)
+    await message.locator(".meta", has_text="sending").wait_for()
+    assert await message.locator(".meta.kept").inner_text() == PHOTO_KEPT_NOTE
+
+
 async def camera_started(page: Any) -> None:
     """Wait until the viewfinder shows frames (polled through the DevTools protocol: the page's
     CSP forbids the string evaluation wait_for_function uses)."""
@@ -345,6 +412,18 @@ async def enrol_by_code(page: Any, origin: str, code: str) -> None:
     await page.fill("#new-pass2", PASSPHRASE)
     await page.tap("#enrol-finish")
     await page.locator("#conn", has_text="connected").wait_for()
+
+
+async def xray_sent_for_filing(page: Any, origin: str, code: str) -> None:
+    """The intern enrols by ``code``, photographs the x-ray with the patient's consent, names
+    the patient (Doe^Jane, MRN123) and sends it: the photo is on the relay."""
+    await enrol_by_code(page, origin, code)
+    await photo_with_consent(page)
+    await page.fill("#patient-name", "Doe^Jane")
+    await page.fill("#patient-id", "MRN123")
+    await page.fill("#img-text", "Query scaphoid fracture, film attached.")
+    await page.tap("#consent-send")
+    await page.locator("#photo-status", has_text="Photo sent").wait_for()
 
 
 async def next_event(queue: asyncio.Queue[Any], kind: type, match: Any) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.phone.phone_world import (
     camera_started,
     enrol_by_code,
     film,
+    on_call_rota,
     phone_page,
     provisioned_intern,
     still_video,
@@ -56,15 +56,7 @@ async def specialists_desktop(world: World, tmp_path: Path) -> AsyncIterator[Des
                                        display_name="Dr Bo Ortho", vault_dir=profile,
                                        kind=DeviceKind.DESKTOP)
     specialist.vault.lock()  # the desktop opens it with the password
-    org, now = world.org.org_id, int(time.time())
-    r = await world.http.put(f"/v1/admin/oncall/{org}/{ORTHO}", headers=world.admin_headers(),
-                             json={"display_name": "Orthopaedics on call"})
-    assert r.status_code == 200, r.text
-    r = await world.http.post(
-        f"/v1/admin/oncall/{org}/{ORTHO}/shifts", headers=world.admin_headers(),
-        json={"shifts": [{"starts_at": now - 3600, "ends_at": now + 8 * 3600,
-                          "ladder": ["ortho"]}]})
-    assert r.status_code == 200 and all(x["ok"] for x in r.json()["results"]), r.text
+    await on_call_rota(world, ["ortho"])
     desktop = DesktopServer(profile, client_options={"backoff_base": 0.05, "backoff_max": 0.5})
     await desktop.start()
     try:

@@ -28,9 +28,9 @@ from tests.phone.phone_world import (
     idb_records,
     phone_page,
     photo_from_phone,
-    photo_with_consent,
     provisioned_intern,
     still_video,
+    xray_sent_for_filing,
 )
 
 
@@ -61,13 +61,7 @@ async def test_the_photo_is_filed_by_the_gateway_then_erased_from_the_phone(
     async with record_gateway(world, tmp_path, orthanc) as gw:
         async with phone_page(video=still_video(tmp_path / "film.y4m", film(960, 720),
                                                 size=(960, 720))) as (page, problems):
-            await enrol_by_code(page, origin, intern.code)
-            await photo_with_consent(page)
-            await page.fill("#patient-name", "Doe^Jane")
-            await page.fill("#patient-id", "MRN123")
-            await page.fill("#img-text", "Query scaphoid fracture, film attached.")
-            await page.tap("#consent-send")
-            await page.locator("#photo-status", has_text="Photo sent").wait_for()
+            await xray_sent_for_filing(page, origin, intern.code)
             filed = page.locator(".filed", has_text="Filed in the patient's record (study ")
             await filed.wait_for()
             assert gw.filed and gw.filed[0].study_instance_uid in (await filed.inner_text())

@@ -4,9 +4,10 @@ as written in the vault (sealed at rest like every record), shows it in its thre
 *sending* with the *Not sent yet* line, and seals and sends it by itself once the relay is
 back, once (one message id), also after the app was closed and unlocked again while the relay
 was still down; a refusal for good then is shown as any refusal is (USER_GUIDE "Interns: the
-phone app", step 4). A photo the relay cannot take before its upload starts is not kept, and
-the app says so (never "nothing is lost"). Real relay, stopped and started again on its port;
-real Chromium."""
+phone app", step 4). A photo consult photographed and consented there is kept the same way,
+encrypted, with the patient's signed consent (a photo added to a consult:
+test_phone_added_photo_offline.py). A consult only kept or refused offers no reply: nothing
+of it is on the relay. Real relay, stopped and started again on its port; real Chromium."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from typing import Any
 import pytest
 
 from clients.sdk.client import ImageEvent, MessageEvent
-from tests.helpers import make_settings, running_relay, seconds
+from tests.helpers import seconds
 from tests.identity_world import User, World
 from tests.phone.phone_world import (
     PASSPHRASE,
+    PHOTO_KEPT_NOTE,
     SHOTS,
     axe_violations,
+    beyond_refused,
     enrolled_phone,
     fetch_value,
     film,
@@ -34,7 +37,9 @@ from tests.phone.phone_world import (
     next_event,
     photo_consult,
     photo_records,
-    photo_with_consent,
+    photo_shown_kept,
+    relay_back,
+    relay_stopped,
     still_video,
     vault_names,
 )
@@ -50,28 +55,6 @@ KEPT_NOTE = ("Not sent yet: the relay could not be reached. It is kept on this p
 @pytest.fixture
 def phone_settings() -> dict[str, Any]:
     return {"autolock_seconds": 600}
-
-
-async def relay_stopped(world: World, page: Any) -> None:
-    """The relay's process stops (gracefully, as on SIGTERM); the phone says it is offline."""
-    await asyncio.to_thread(world.relay.stop)  # off this loop: its clients answer the close
-    await page.locator("#conn", has_text="offline").wait_for()
-
-
-def relay_back(world: World, tmp_path: Path, origin: str
-               ) -> contextlib.AbstractAsyncContextManager[Any]:
-    """The stopped relay started again where it was, for the same phone origin."""
-    settings = make_settings(trusted_orgs_file=tmp_path / "trusted-orgs.json",
-                             port=int(world.relay.base_url.rsplit(":", 1)[1]),
-                             phone_origins=origin)
-    return running_relay(world.dsn, settings)
-
-
-def beyond_refused(problems: list[str]) -> list[str]:
-    """The page's problems but the refused connections to the stopped relay, which Chromium
-    logs itself."""
-    return [p for p in problems if "net::ERR_CONNECTION_REFUSED" not in p
-            and "WebSocket connection to" not in p]
 
 
 async def reopened_while_down(page: Any, origin: str, subject: str, note: str, shot: str, *,
@@ -140,6 +123,8 @@ async def test_a_consult_written_while_the_relay_is_down_is_kept_then_sent_once(
         await consult.locator(".message.mine .meta", has_text="sending").wait_for()
         assert await consult.locator(".meta.kept").inner_text() == KEPT_NOTE
         assert await page.input_value("#text") == ""
+        # Nothing of it is on the relay yet: nothing to reply to, nor to add a photo to.
+        assert await consult.locator(".open").count() == 0
         # Kept in the vault, sealed at rest like everything else.
         assert len([n for n in await vault_names(page) if n.startswith("outbox:")]) == 1
         assert not any(TEXT.encode() in r or SUBJECT.encode() in r
@@ -152,6 +137,7 @@ async def test_a_consult_written_while_the_relay_is_down_is_kept_then_sent_once(
                 timeout=seconds(60) * 1000)
             await consult.locator(".message.mine .meta", has_text="· sent").wait_for()
             assert await consult.locator(".meta.kept").count() == 0
+            assert await consult.locator(".open").inner_text() == "Reply or add a photo"
             got = await arrived(events)
             assert got.body.subject == SUBJECT
             assert await stored(world) == 1
@@ -204,6 +190,7 @@ async def test_a_consult_kept_while_the_relay_is_down_then_refused_is_marked_not
             # The line that said "not sent yet" no longer does.
             assert (await status.inner_text()).startswith("Not sent: ")
             assert await consult.locator(".meta.kept").count() == 0
+            assert await consult.locator(".open").count() == 0  # never on the relay
             assert [n for n in await vault_names(page) if n.startswith("outbox:")] == []
             assert await stored(world) == 0
             await page.screenshot(path=str(SHOTS / "37-consult-kept-then-refused.png"),
@@ -212,12 +199,6 @@ async def test_a_consult_kept_while_the_relay_is_down_then_refused_is_marked_not
 
 PHOTO_SUBJECT = "Wrist film, bay 6"
 PHOTO_TEXT = "Query scaphoid fracture, film attached."
-PHOTO_KEPT = ("Not sent yet: this phone is not connected to the relay. The photo is kept on this "
-              "phone, encrypted, and sent by itself when the relay can be reached; it shows as "
-              "sent then.")
-PHOTO_KEPT_NOTE = ("Not sent yet: the relay could not be reached. The photo is kept on this "
-                   "phone, encrypted, and sent by itself when the relay can be reached; it shows "
-                   "as sent then.")
 NOT_FOR_DIRECT_CARE = (
     "Not sent: the patient's consent does not name direct care, which a consult is for. If the "
     "patient agrees to it, tick Direct care and record their decision again.")
@@ -271,12 +252,9 @@ async def test_a_photo_consult_finished_while_the_relay_is_down_is_kept_then_sen
     world, origin = phone
     async with photo_kept(phone, tmp_path) as (_i, specialist, events, page, problems):
         status = page.locator("#photo-status")
-        assert await status.inner_text() == PHOTO_KEPT
         # Back on the consults, in its thread, marked sending, with why.
-        assert await page.is_visible("#screen-home")
         consult = page.locator(".thread", has_text=PHOTO_SUBJECT)
-        await consult.locator(".message.mine .meta", has_text="sending").wait_for()
-        assert await consult.locator(".meta.kept").inner_text() == PHOTO_KEPT_NOTE
+        await photo_shown_kept(page, status, "#screen-home", consult.locator(".message.mine"))
         # Kept in the vault (one outbox record, the photo in it), sealed at rest.
         kept = [n for n in await vault_names(page) if n.startswith("outbox:")]
         assert len(kept) == 1 and await photo_records(page) == sorted(
@@ -400,37 +378,3 @@ async def test_a_photo_kept_on_a_phone_revoked_with_wipe_is_erased_never_sent(
             await found.locator("#banner", has_text="its Lightbox data has been erased").wait_for()
             assert await idb_records(found) == []
             assert await stored(world) == 0 and await attachments(world) == 0
-
-
-PHOTO_NOT_KEPT = ("The relay cannot be reached, so the photo was not sent, and the app does not "
-                  "keep it yet: it stays on this screen until you send it or the app locks. "
-                  "Send it again once the bar at the top says connected.")
-
-
-async def test_a_photo_added_to_a_consult_while_the_relay_is_down_is_not_said_safe(
-        phone: tuple[World, str], tmp_path: Path) -> None:
-    """A photo added to a consult names everyone in it as the relay has it now, which the
-    phone cannot learn without the relay: it is not kept, and the consent screen says so
-    (never "nothing is lost")."""
-    world, origin = phone
-    video = still_video(tmp_path / "film.y4m", film(1280, 960), size=(1280, 960))
-    async with enrolled_phone(world, tmp_path, origin, video=video) as (
-            _i, _s, events, page, problems):
-        await write_consult(page)
-        await arrived(events)
-        await page.locator(".thread", has_text=SUBJECT).locator(".open").tap()
-        await page.locator("#screen-thread").wait_for()
-        await relay_stopped(world, page)
-        await photo_with_consent(page, start="#thread-photo")
-        await page.fill("#patient-name", "Doe^Jane")
-        await page.fill("#patient-id", "MRN123")
-        await page.tap("#consent-send")
-        error = page.locator("#consent-error", has_text="The relay cannot be reached")
-        await error.wait_for()
-        assert await error.inner_text() == PHOTO_NOT_KEPT
-        assert await page.is_visible("#screen-consent")
-        assert not [n for n in await vault_names(page)
-                    if n.split(":")[0] in ("outbox", "upload", "photo", "image")]
-        await page.screenshot(path=str(SHOTS / "42-photo-relay-down-not-kept.png"),
-                              full_page=True)
-        assert beyond_refused(problems) == []

@@ -36,10 +36,12 @@ from tests.phone.phone_world import (
     axe_violations,
     consent_of,
     enrol_by_code,
+    enrolled_phone,
     film,
     intern_and_specialist,
     next_event,
     phone_page,
+    photo_consult,
     photo_from_phone,
     photo_records,
     still_video,
@@ -50,6 +52,7 @@ from tests.phone.phone_world import (
 CHUNK = 16 * 1024
 TEXT = "Query scaphoid fracture, film attached."
 CUT_OFF = "The photo upload that was cut off when the app closed"
+CUT_BY_CONNECTION = "The photo upload that was cut off when the connection to the relay was lost"
 
 
 @pytest.fixture
@@ -138,10 +141,11 @@ async def test_an_upload_cut_by_closing_the_app_resumes_from_the_relays_offset(
         assert cut.problems == []
 
 
-async def status_shown(page: Any, name: str) -> str:
-    """The photo status line once the resumed upload's outcome is on it (screenshot ``name``,
-    axe-core checked): never the relay's bare code, never a code in brackets."""
-    status = page.locator("#photo-status", has_text=CUT_OFF)
+async def status_shown(page: Any, name: str, cut: str = CUT_OFF) -> str:
+    """The photo status line once the resumed upload's outcome is on it (said of an upload
+    ``cut`` off; screenshot ``name``, axe-core checked): never the relay's bare code, never a
+    code in brackets."""
+    status = page.locator("#photo-status", has_text=cut)
     await status.wait_for()
     SHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -270,3 +274,26 @@ async def test_a_cut_off_upload_refused_for_good_is_dropped_and_says_so_in_words
         assert len(finalised) == 1
         assert await stored_under(cut.world, await consent_of(cut.world, cut.intern_id)) == 0
         assert cut.problems == []
+
+
+async def test_an_upload_cut_off_while_the_app_stayed_open_is_not_said_cut_by_closing_it(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    """The relay's upload cannot be reached while the photo goes (the app open, the websocket
+    up): the photo is kept, and finished at the next connection (the app locked and unlocked,
+    never closed). The line then says what cut the upload off, never that the app closed."""
+    world, origin = phone
+    video = still_video(tmp_path / "film.y4m", film(1280, 960), size=(1280, 960))
+    async with enrolled_phone(world, tmp_path, origin, video=video) as (
+            _intern, _specialist, events, page, problems):
+        await page.context.route("**/v1/attachments/*/upload?offset=*",
+                                 lambda route: route.abort("internetdisconnected"))
+        await photo_consult(page, text=TEXT)
+        await page.locator("#photo-status", has_text="Not sent yet").wait_for()
+        await page.context.unroute_all(behavior="ignoreErrors")
+        await page.tap("#lock")
+        await page.fill("#passphrase", PASSPHRASE)
+        await page.tap("#unlock")
+        text = await status_shown(page, "60-resumed-upload-app-stayed-open", CUT_BY_CONNECTION)
+        assert text == f"{CUT_BY_CONNECTION} is finished: photo sent."
+        await next_event(events, MessageEvent, lambda e: "scaphoid" in e.body.text)
+        assert [p for p in problems if "net::ERR_INTERNET_DISCONNECTED" not in p] == []

@@ -248,7 +248,7 @@ function listen() {
     }).catch(() => {});
   });
   for (const kind of ["message", "image", "receipt", "escalation", "filed", "withdrawn", "outbox",
-                      "acknowledgement", "dropped"]) {
+                      "acknowledgement", "dropped", "not_received"]) {
     events.addEventListener(kind, refreshSoon);
   }
   events.addEventListener("expired", (e) => { dropImage(JSON.parse(e.data).attachment_id); refreshSoon(); });
@@ -264,9 +264,15 @@ function listen() {
 }
 
 function escalationLine(e) {
+  // no_shift: nobody on call for the role (a gap in the rota, PROTOCOL.md §16.4)
+  const next = e.next_shift_at == null
+    ? "no later shift is on the rota yet: it goes to the next shift IT adds"
+    : "it goes to the next shift when that starts at " + when(e.next_shift_at);
   const what = {renotify: "No acknowledgement yet: " + e.name + " reminded",
                 released: "Not acknowledged in time: passed to " + e.name,
-                handover: "Shift change: handed over to " + e.name}[e.kind] || e.kind;
+                handover: "Shift change: handed over to " + e.name,
+                no_shift: (e.step > 1 ? "Still no one on call for the role: reminded; "
+                                      : "No one is on call for the role now; ") + next}[e.kind] || e.kind;
   return what + " (step " + e.step + ", " + when(e.at) + ")";
 }
 
@@ -482,6 +488,9 @@ async function openThread(id, markRead) {
     // On-call escalation (issue 9): each step the relay told this device about, in order.
     const escalation = m.escalations.length ? el("ol", {class: "escalation"},
       ...m.escalations.map((e) => el("li", {}, escalationLine(e)))) : null;
+    // To the sender: each person who never received its image (docs/PROTOCOL.md §15).
+    const notReceived = (m.not_received || []).map((line) =>
+      el("p", {class: "warning not-received", role: "alert"}, line));
     list.append(el("div", {class: "message" + (m.mine ? " mine" : ""), "data-message-id": m.message_id},
       el("div", {class: "meta"}, m.sender + " - " + when(m.sent_at) + (m.priority === "urgent" ? " - URGENT" : "")),
       handoverLine(m.handover),
@@ -491,7 +500,7 @@ async function openThread(id, markRead) {
         m.emergency.replaceAll("_", " ") + "): sent without consent in an emergency: " +
         (m.emergency_reason || "no reason given")) : null,
       recordBlock(m.record), ...m.images.map((img) => imageBlock(m, img)), consentBlock(m.consent),
-      ack, acked, ackLine(m), receipts, escalation));
+      ack, acked, ackLine(m), receipts, escalation, ...notReceived));
   }
   for (const p of t.pending || []) {
     list.append(el("div", {class: "message mine pending", "data-message-id": p.message_id},

@@ -89,6 +89,7 @@ function onEvent(data: Record<string, unknown>): void {
       return;
     case "escalation":
     case "filed":
+    case "not_received":
     case "receipt":
       void renderThreads();
       return;
@@ -122,11 +123,15 @@ function onEvent(data: Record<string, unknown>): void {
       stopCamera();
       show("enrol");
       return;
-    case "resumed":
-      // In words, from the worker (relay.ts resumedSentence): never the relay's bare code.
-      sayKept("photo-status", String(data["message"] ?? ""), data["kept"] ? String(data["message_id"]) : null);
+    case "resumed": {
+      // In words, from the worker (relay.ts resumedSentence): never the relay's bare code; on the
+      // line that said the photo was kept (a consult's, for a photo added to it), else the photo's.
+      const id = String(data["message_id"] ?? "");
+      const line = (["thread-status", "send-status"] as const).find((l) => id && $(l).dataset["kept"] === id) ?? "photo-status";
+      sayKept(line, String(data["message"] ?? ""), data["kept"] ? id : null, PHOTO_SENT_LINE);
       void renderThreads();
       return;
+    }
     case "dropped":
       $("notice").textContent = droppedSentence(data);
       return;
@@ -606,11 +611,13 @@ async function renderThreads(): Promise<void> {
       li.dataset["thread"] = t.thread_id;
       const h = document.createElement("h3");
       h.id = `thread-h-${t.thread_id}`;
-      h.textContent = `${t.subject ?? "Consult"}${t.role ? ` · ${t.role}` : ""} · ${PRIORITY[t.priority] ?? t.priority}`;
+      h.textContent = `${consultTitle(t)}${t.role ? ` · ${t.role}` : ""} · ${PRIORITY[t.priority] ?? t.priority}`;
       li.append(h, ...t.messages.map(messageElement));
-      if (!t.record) {
+      if (!t.record && onTheRelay(t)) {
         // The consult on a screen of its own, to answer it or add a photo to it (the lateral
-        // view the specialist asked for) in the same thread.
+        // view the specialist asked for) in the same thread. One only kept or refused here is
+        // not on the relay: nothing to answer; what it offers is under its message (it goes by
+        // itself, or *Send the photo again*).
         const open = document.createElement("button");
         open.type = "button";
         open.className = "open";
@@ -634,6 +641,24 @@ async function renderThreads(): Promise<void> {
       if (t.messages.some((m) => !m.mine && m.read === false)) void call("markRead", { thread_id: t.thread_id }).catch(() => undefined);
     }
   }
+}
+
+/** A `no_shift` step (PROTOCOL §16.4): nobody is on call for the consult's role, and when the
+ * next shift, which will be handed it, starts; the same words as `lightbox watch` and the desktop. */
+function noShift(s: { step: number; next_shift_at?: number | null }): string {
+  const next = s.next_shift_at == null
+    ? "no later shift is on the rota yet: it goes to the next shift IT adds"
+    : `it goes to the next shift when that starts at ${when(s.next_shift_at)}`;
+  return s.step > 1 ? `Still no one on call for the role: reminded; ${next}` : `No one is on call for the role now; ${next}`;
+}
+
+/** To the sender, a person who never received the photo: the same words as `lightbox watch`
+ * and the desktop (clients/sdk/events.py NotReceivedEvent.sentence). */
+function notReceivedLine(n: { name: string; consult: string; reason: string; record_ref: string | null }): string {
+  const where = n.reason === "filed"
+    ? `it was filed to the patient's record${n.record_ref ? ` (${n.record_ref})` : ""}`
+    : "it was NOT filed to the patient's record";
+  return `${n.name} never received the image of ${n.consult} on any device before its copies expired: ${where}. Phone or page them.`;
 }
 
 /** One message of a consult, with what is known of it: its receipts, why it is not sent,
@@ -679,11 +704,18 @@ function messageElement(m: MessageView): HTMLElement {
     div.append(line);
   }
   div.append(text);
+  for (const n of m.not_received ?? []) {
+    const line = document.createElement("div");
+    line.className = "meta not-received";
+    line.setAttribute("role", "alert");
+    line.textContent = notReceivedLine(n);
+    div.append(line);
+  }
   for (const s of m.escalation ?? []) {
     const line = document.createElement("div");
     line.className = "meta escalation";
     const who = s.level === 0 ? `${s.name} (on call)` : `${s.name} (backup ${s.level})`;
-    line.textContent = `${when(s.at)} · ${s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
+    line.textContent = `${when(s.at)} · ${s.kind === "no_shift" ? noShift(s) : s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
     div.append(line);
   }
   if (m.withdrawn_reason) {
@@ -748,8 +780,13 @@ function messageElement(m: MessageView): HTMLElement {
 /** The consult shown on the thread screen (null: none). */
 let openThread: string | null = null;
 
-/** A consult's name in the words of the list: its subject, else "Consult". */
-const consultTitle = (t: ThreadRecord): string => t.subject ?? "Consult";
+/** A consult's name: its subject, else the words of the CLI and the desktop
+ * (clients/clinician/reading.py, clients/desktop/app.py NO_SUBJECT). */
+const NO_SUBJECT = "(no subject yet)";
+const consultTitle = (t: ThreadRecord): string => t.subject ?? NO_SUBJECT;
+
+/** The relay holds a message of the consult (one of ours it stored, or one it delivered). */
+const onTheRelay = (t: ThreadRecord): boolean => t.messages.some((m) => m.status === "sent" || m.status === "received");
 
 async function showThread(threadId: string): Promise<void> {
   if (openThread !== threadId) {
@@ -758,6 +795,9 @@ async function showThread(threadId: string): Promise<void> {
     sayKept("thread-status", "", null);
   }
   openThread = threadId;
+  // Who is in it, asked of the relay now, while it can be: a photo added to it later where the
+  // relay cannot be reached is consented for them (worker.ts audience).
+  void call("audience", { thread_id: threadId }).catch(() => undefined);
   await renderThreads();
   if (openThread === threadId) show("thread");
 }
@@ -930,13 +970,18 @@ function sayWhoMaySee(): void {
   const target = photoFor;
   shownAudience = null;
   who.replaceChildren("Who may see it: everyone in this consult, and the patient's record.");
-  void call<{ roles: string[]; users: string[]; names: string[] }>("audience", { thread_id: target.thread_id }).then((found) => {
+  void call<{ roles: string[]; users: string[]; names: string[]; checked: boolean }>("audience", { thread_id: target.thread_id }).then((found) => {
     if (photoFor !== target) return; // another photo's screen meanwhile
     shownAudience = { roles: found.roles, users: found.users };
     const parts = [...found.roles.map((r) => `the on-call team of ${r}`), ...found.names];
     const named: (string | HTMLElement)[] = [];
     parts.forEach((p, i) => named.push(...(i ? [", "] : []), strong(p)));
-    who.replaceChildren("Who may see it: everyone in this consult (", ...named, "), and the patient's record.");
+    // Where the relay cannot be reached: who was in it when the phone last asked, said as such,
+    // and what happens if that changed before the photo can go.
+    who.replaceChildren(...(found.checked
+      ? ["Who may see it: everyone in this consult (", ...named, "), and the patient's record."]
+      : ["Who may see it: everyone in this consult when this phone last checked (", ...named, "), and the patient's record. ",
+        "The relay cannot be reached to check it now: if someone has joined or left by the time the photo can be sent, it is not sent, and you are asked to record the patient's decision again."]));
   }).catch(() => undefined); // said when sending, which asks the relay again
 }
 
@@ -977,7 +1022,7 @@ let keptAgain: string | null = null;
  * (the button says so), a changed one is recorded anew. */
 async function sendKeptAgain(messageId: string): Promise<void> {
   let kept: { jpeg: Uint8Array; width: number; height: number; warnings: string[]; role: string; priority: string; subject: string; text: string;
-    record: { patient_name: string; patient_id: string }; purposes: string[]; recorded: boolean };
+    record: { patient_name: string; patient_id: string }; purposes: string[]; recorded: boolean; thread_id: string | null; title: string | null };
   try {
     kept = await call("keptPhoto", { message_id: messageId });
   } catch (err) {
@@ -985,8 +1030,12 @@ async function sendKeptAgain(messageId: string): Promise<void> {
     return;
   }
   clearConsent();
+  // A photo added to a consult goes back into it, shown on the consent screen as such, its
+  // people asked of the relay again.
+  const backTo = kept.thread_id && openThread === kept.thread_id ? kept.thread_id : null;
   closeThread(false);
-  photoFor = null;
+  openThread = backTo;
+  photoFor = kept.thread_id ? { thread_id: kept.thread_id, title: kept.title ?? NO_SUBJECT } : null;
   photo = { jpeg: kept.jpeg, width: kept.width, height: kept.height, warnings: kept.warnings, url: URL.createObjectURL(new Blob([kept.jpeg as BlobPart], { type: "image/jpeg" })) };
   $<HTMLInputElement>("role").value = kept.role;
   $<HTMLSelectElement>("priority").value = kept.priority;
@@ -1019,7 +1068,7 @@ async function sendPhoto(): Promise<void> {
     call<{ decision?: string; filed?: string; kept?: string; message_id?: string }>("sendImage", {
       jpeg: photo!.jpeg, width: photo!.width, height: photo!.height,
       role: $<HTMLInputElement>("role").value, priority: $<HTMLSelectElement>("priority").value,
-      thread_id: target?.thread_id ?? null, audience: target ? shownAudience : null, kept_id: target ? null : keptAgain,
+      thread_id: target?.thread_id ?? null, audience: target ? shownAudience : null, kept_id: keptAgain,
       subject: target ? "" : $<HTMLInputElement>("img-subject").value,
       text: $<HTMLTextAreaElement>("img-text").value, warnings: photo!.warnings,
       consent: { decision, purposes, permanence: $<HTMLInputElement>("st-permanence").checked, no_effect: $<HTMLInputElement>("st-no-effect").checked },
@@ -1032,7 +1081,9 @@ async function sendPhoto(): Promise<void> {
       throw err;
     }),
   );
-  const line: StatusLine = target ? "thread-status" : "photo-status";
+  // A photo added to a consult is said on its screen, when that is where the intern goes back
+  // to (not when sent again from the list of consults).
+  const line: StatusLine = target && openThread === target.thread_id ? "thread-status" : "photo-status";
   if (!answer && failed?.code === "consent_revoked") {
     // The patient withdrew consent while the photo was on its way: the worker erased its copy;
     // the form, still ticked "agreed", must not offer to send it again under a new consent.
@@ -1105,7 +1156,7 @@ $("capture").addEventListener("click", () => {
 });
 $("thread-back").addEventListener("click", () => closeThread());
 $("thread-photo").addEventListener("click", () => {
-  const title = $("thread-title").textContent ?? "Consult";
+  const title = $("thread-title").textContent ?? NO_SUBJECT;
   if (openThread) photoFor = { thread_id: openThread, title };
   void startCapture();
 });

@@ -136,15 +136,17 @@ export function connectionLostSentence(code: string): string {
   return "The connection to the relay was lost; the app reconnects by itself. Nothing is lost; tell IT if it keeps happening.";
 }
 
-/** How a photo upload that was cut off when the app closed, and resumed at the next
- * connection (worker.ts resumeUploads), ended, in words: `refusal` is the failure as the person
- * reads it (refusalSentence or the app's own sentence); `kept`, whether the app still holds the
- * photo and tries again by itself the next time it connects. Never the bare code. */
-export type Resumed = { ok: true } | { ok: false; code: string; kept: boolean; refusal: string };
-
-const CUT_OFF = "The photo upload that was cut off when the app closed";
+/** How a photo upload that was cut off, and resumed at the next connection (worker.ts
+ * resumeUploads), ended, in words: `refusal` is the failure as the person reads it
+ * (refusalSentence or the app's own sentence); `kept`, whether the app still holds the photo and
+ * tries again by itself the next time it connects. `cut`: what cut it off while the app stayed
+ * open (the connection was lost, or the relay did not take it); absent, the app closed. Never
+ * the bare code. */
+export type Resumed = ({ ok: true } | { ok: false; code: string; kept: boolean; refusal: string }) & { cut?: "connection" | "relay" };
 
 export function resumedSentence(r: Resumed): string {
+  const CUT_OFF = `The photo upload that was cut off ${r.cut === "connection" ? "when the connection to the relay was lost"
+    : r.cut === "relay" ? "when the relay did not take it" : "when the app closed"}`;
   if (r.ok) return `${CUT_OFF} is finished: photo sent.`;
   switch (r.code) {
     case "consent_revoked":

@@ -42,8 +42,11 @@ export interface MessageView {
   handover?: { resealed_by: string; resealed_at: number; confirmed: boolean; contradicted: boolean; by_author: boolean } | null;
   /** The device that sent a received message (checked against a handed-over copy's claim). */
   from_device_id?: string;
+  /** To the sender: each person who never received this message's photo on any device before
+   * its copies expired (PROTOCOL §15 "Never received"), `consult` as the phone names it. */
+  not_received?: { user_id: string; name: string; consult: string; reason: string; record_ref: string | null; at: number }[];
   /** The on-call escalation of this consult, step by step (PROTOCOL §16.3). */
-  escalation?: { step: number; kind: "renotify" | "released" | "handover"; level: number; name: string; at: number }[];
+  escalation?: { step: number; kind: "renotify" | "released" | "handover" | "no_shift"; level: number; name: string; at: number; next_shift_at?: number | null }[];
 }
 
 export interface ThreadRecord {
@@ -55,5 +58,9 @@ export interface ThreadRecord {
   /** This user's thread with the record gateways (a refusal filed there): nothing is written
    * in it by hand, so it offers no reply and no photo. */
   record?: boolean;
+  /** Who is in the consult (its roles, its members but this user, their names), as the relay
+   * said when this phone last asked (worker.ts audience): what a photo added to it while the
+   * relay cannot be reached is consented for. */
+  audience?: { roles: string[]; users: string[]; names: string[] } | null;
 }
 

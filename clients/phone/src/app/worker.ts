@@ -716,6 +716,9 @@ async function onFrame(ws: WebSocket, frame: ServerFrame): Promise<void> {
     case "withdrawn":
       await onWithdrawn(frame);
       return;
+    case "not_received":
+      await onNotReceived(frame);
+      return;
     case "revoked":
       revocationsAt = -Infinity; // someone was revoked: the list is fetched before the next check
       return;
@@ -1097,6 +1100,31 @@ async function displayName(userId: string): Promise<string> {
   return certs.verifyUserCertificate(answer.user_certificate, pinned(), now(), null).display_name;
 }
 
+/** A person never received the photo of one of our consults on any device before its copies
+ * expired (PROTOCOL §15 "Never received"): kept on the message, told once; named from their
+ * verified certificate, the record reference from the gateway's receipt this phone holds. */
+async function onNotReceived(frame: ServerFrame): Promise<void> {
+  const userId = frame["user_id"] as string;
+  let name: string;
+  try {
+    name = await displayName(userId);
+  } catch {
+    name = userId.slice(0, 8);
+  }
+  const changed = await updateThread(frame["thread_id"] as string, (thread) => {
+    const message = thread.messages.find((m) => m.message_id === frame["message_id"]);
+    if (!message) return false;
+    message.not_received ??= [];
+    if (message.not_received.some((n) => n.user_id === userId)) return false;
+    message.not_received.push({
+      user_id: userId, name, consult: thread.subject ? `consult "${thread.subject}"` : "this consult",
+      reason: frame["reason"] as string, record_ref: message.filed?.record_ref ?? null, at: frame["at"] as number,
+    });
+    return true;
+  });
+  if (changed) event("not_received", { message_id: frame["message_id"] as string });
+}
+
 /** An escalation step of one of our consults: who was re-notified, or reached next. */
 async function onEscalationNotice(frame: ServerFrame): Promise<void> {
   const ours = (thread: ThreadRecord | undefined) => thread?.messages.find((m) => m.message_id === frame["message_id"]);
@@ -1114,7 +1142,8 @@ async function onEscalationNotice(frame: ServerFrame): Promise<void> {
     if (!message) return false;
     message.escalation ??= [];
     if (message.escalation.some((s2) => s2.step === step)) return false;
-    message.escalation.push({ step, kind: frame["kind"] as "renotify", level: frame["level"] as number, name, at: frame["at"] as number });
+    const next = frame["next_shift_at"];  // no_shift only (PROTOCOL §16.4): absent when the rota has none
+    message.escalation.push({ step, kind: frame["kind"] as "renotify", level: frame["level"] as number, name, at: frame["at"] as number, next_shift_at: typeof next === "number" ? next : null });
     return true;
   });
   if (changed) event("escalation", { message_id: frame["message_id"] as string });
@@ -1704,17 +1733,37 @@ async function threadAudience(threadId: string): Promise<{ roles: string[]; user
   return { roles: [...found.roles].sort(), users: found.members.filter((m) => m !== st!.user_id).sort() };
 }
 
+/** The same people in two audiences (sorted, as threadAudience gives them). */
+function sameAudience(x: { roles: string[]; users: string[] }, y: { roles: string[]; users: string[] }): boolean {
+  return JSON.stringify([[...x.roles].sort(), [...x.users].sort()]) === JSON.stringify([[...y.roles].sort(), [...y.users].sort()]);
+}
+
 /** For the consent screen of a photo added to a consult: everyone it would reach, by name, so
- * the patient is told who may see it. */
-async function audience(args: { thread_id: string }): Promise<{ roles: string[]; users: string[]; names: string[] }> {
+ * the patient is told who may see it; kept in the thread's record (`audience`) each time the
+ * relay says it. While the relay cannot be reached, the last one kept is answered, `checked`
+ * false: a photo consented for those people is kept, and checked against the relay's before it
+ * is sent (sendPhotoDraft). */
+async function audience(args: { thread_id: string }): Promise<{ roles: string[]; users: string[]; names: string[]; checked: boolean }> {
   const thread = await writableThread(args.thread_id);
-  const who = await threadAudience(thread.thread_id);
+  let who: { roles: string[]; users: string[] };
+  try {
+    who = await threadAudience(thread.thread_id);
+  } catch (err) {
+    if (!unreachable(err) || !thread.audience) throw err;
+    return { ...thread.audience, checked: false };
+  }
   const names: string[] = [];
   for (const userId of who.users) {
     const known = thread.messages.find((m) => m.from_user_id === userId)?.from_name;
     names.push(known ?? (await displayName(userId)));
   }
-  return { ...who, names };
+  const known = { ...who, names };
+  await updateThread(thread.thread_id, (t) => {
+    if (JSON.stringify(t.audience) === JSON.stringify(known)) return false;
+    t.audience = known;
+    return true;
+  });
+  return { ...known, checked: true };
 }
 
 /** The patient's hospital number or family name typed into the subject too: the subject is
@@ -1780,10 +1829,21 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
   }
   a.subject = subject ?? "";
   if (thread) a.priority = thread.priority === "urgent" ? "urgent" : "routine";
-  // A photo added to a consult names who is in it as the relay has it now: without the relay,
-  // the patient cannot be told, so it is not kept (beforeKept); a new consult names its role.
-  const recipients = thread ? await beforeKept(threadAudience(thread.thread_id)) : { users: [], roles: [role] };
+  // A photo added to a consult names who is in it as the relay has it now; a new consult names
+  // its role. Without the relay, a photo added to a consult names who was in it when the phone
+  // last asked (the thread's `audience`), as the consent screen told the patient: it is kept,
+  // and sent only if they are still the consult's people then (sendPhotoDraft).
   const told = a.audience ? { roles: [...a.audience.roles].sort(), users: [...a.audience.users].sort() } : null;
+  let recipients: { roles: string[]; users: string[] } = { users: [], roles: [role] };
+  if (thread) {
+    try {
+      recipients = await threadAudience(thread.thread_id);
+    } catch (err) {
+      const last = thread.audience;
+      if (!(keepable(a, err) && last && told && sameAudience(told, last))) throw beforeKeptError(err, thread);
+      recipients = { roles: [...last.roles].sort(), users: [...last.users].sort() };
+    }
+  }
   if (thread && JSON.stringify(told) !== JSON.stringify(recipients)) {
     // Someone joined or left the consult since the screen opened (or it could not say yet):
     // the patient is told who may see the photo before the decision is recorded.
@@ -1871,6 +1931,7 @@ async function sendConsented(a: ImageSend, role: string, token: string, claims: 
     if (err instanceof RelayError && !httpPasses(err)) await vault!.delete(name);
     if (!(err instanceof UserError || err instanceof RelayError) || !(await vault!.names(name)).includes(name)) throw err;
     recordedConsent = null; // the photo is the kept upload's now
+    cutWhileOpen.set(name, cutBy(err));
     const why = inWords(err).replace(/^(\S)/, (c) => c.toLowerCase());
     return { decision: "agreed", kept: `Not sent yet: ${why} The app keeps the photo and sends it by itself the next time it connects to the relay, at the latest when you next unlock the app.` };
   }
@@ -1881,27 +1942,21 @@ function unreachable(err: unknown): err is RelayError {
   return err instanceof RelayError && (err.status === 0 || err.status >= 500);
 }
 
-/** A photo the relay cannot take before its upload starts is kept (keepPhoto) when it starts a
- * new consult with the patient's agreement; a photo added to a consult is not (its consent
- * names who is in the consult now, which only the relay knows), nor is a refusal to file. */
+/** A photo the relay cannot take before its upload starts is kept (keepPhoto) with the
+ * patient's agreement, a new consult's or one added to a consult (whose consent then names who
+ * was in it when the phone last knew, sendImage); a refusal to file is not. */
 function keepable(a: ImageSend, err: unknown): boolean {
-  return unreachable(err) && !a.thread_id && a.consent.decision === "agreed";
+  return unreachable(err) && a.consent.decision === "agreed";
 }
 
 /** A photo not kept (keepable) whose request before its upload could not reach the relay is
- * said as it is, never "nothing is lost". */
-function beforeKeptError(err: unknown): unknown {
-  return unreachable(err)
-    ? new UserError(err.code, "The relay cannot be reached, so the photo was not sent, and the app does not keep it yet: it stays on this screen until you send it or the app locks. Send it again once the bar at the top says connected.")
-    : err;
-}
-
-async function beforeKept<T>(request: Promise<T>): Promise<T> {
-  try {
-    return await request;
-  } catch (err) {
-    throw beforeKeptError(err);
-  }
+ * said as it is, never "nothing is lost"; `thread`: it was added to that consult, whose people
+ * the phone has never had from the relay. */
+function beforeKeptError(err: unknown, thread: ThreadRecord | null = null): unknown {
+  if (!unreachable(err)) return err;
+  const why = thread && !thread.audience ? "The relay cannot be reached, and this phone does not know yet who is in this consult, so the photo was not sent, and the app cannot keep it"
+    : "The relay cannot be reached, so the photo was not sent, and the app does not keep it yet";
+  return new UserError(err.code, `${why}: it stays on this screen until you send it or the app locks. Send it again once the bar at the top says connected.`);
 }
 
 /**
@@ -1922,16 +1977,20 @@ interface PhotoDraft {
   claims: ConsentClaims;
   /** The relay registered the consent (POST /v1/consents): it is not registered again. */
   registered: boolean;
+  /** Refused because the people in the consult it was added to changed (sendPhotoDraft): sent
+   * again, it needs the patient's decision anew, for who is in it now. */
+  ask_again?: boolean;
 }
 
 /** What a kept photo's consult says under it, after the app was closed and opened too. */
 const KEPT_PHOTO_NOTE = "Not sent yet: the relay could not be reached. The photo is kept on this phone, encrypted, and sent by itself when the relay can be reached; it shows as sent then.";
 
-/** The photo consult kept (PhotoDraft) and shown in its thread, marked sending with why. */
+/** The photo consult kept (PhotoDraft), or the photo added to a consult (`a.thread_id`), and
+ * shown in its thread, marked sending with why. */
 async function keepPhoto(a: ImageSend, role: string, token: string, claims: ConsentClaims, registered: boolean): Promise<Record<string, unknown>> {
   const draft: PhotoDraft = {
-    photo: true, message_id: keys.uuid4(), thread_id: keys.uuid4(), created_at: now(), role,
-    send: { ...a, thread_id: null, audience: null, kept_id: null }, token, claims, registered,
+    photo: true, message_id: keys.uuid4(), thread_id: a.thread_id ?? keys.uuid4(), created_at: now(), role,
+    send: { ...a, thread_id: a.thread_id ?? null, audience: null, kept_id: null }, token, claims, registered,
   };
   const subject = a.subject.trim() || null;
   const view: MessageView = {
@@ -1968,6 +2027,13 @@ async function sendPhotoDraft(draft: PhotoDraft): Promise<void> {
   inFlight.add(draft.message_id);
   let job: UploadJob;
   try {
+    if (draft.send.thread_id) {
+      // Added to a consult: its consent names who was in it when the patient agreed. Someone
+      // joined or left since: nothing is sent (re-signing would name people the patient was
+      // never told of); the photo stays, and the intern records the decision again.
+      const nowIn = await threadAudience(draft.send.thread_id);
+      if (!sameAudience(nowIn, draft.claims.recipients)) throw new UserError("audience_changed", AUDIENCE_CHANGED);
+    }
     if (!draft.registered) {
       await relay!.call("POST", "/v1/consents", { token: draft.token });
       draft.registered = true;
@@ -1987,7 +2053,8 @@ async function sendPhotoDraft(draft: PhotoDraft): Promise<void> {
     if (err instanceof RelayError && httpPasses(err)) return; // still kept: the next connection
     if (!(err instanceof RelayError || err instanceof UserError)) throw err;
     await vault!.delete(key);
-    const refusal = err instanceof RelayError ? notSentSentence(err.code, err.detail) : `Not sent: ${inWords(err).replace(/^(\S)/, (c) => c.toLowerCase())}`;
+    const refusal = err instanceof RelayError ? notSentSentence(err.code, err.detail)
+      : err.code === "audience_changed" ? err.message : `Not sent: ${inWords(err).replace(/^(\S)/, (c) => c.toLowerCase())}`;
     await keptPhotoRefused(draft, err.code, refusal);
     throw new SendRefused(err.code, refusal);
   } finally {
@@ -1997,13 +2064,19 @@ async function sendPhotoDraft(draft: PhotoDraft): Promise<void> {
     await finishUpload(job, true);
   } catch (err) {
     if (err instanceof RelayError && !httpPasses(err)) await vault!.delete(`upload:${job.attachment_id}`);
-    else if (!(err instanceof SendRefused)) return; // kept as an upload job: resumed at the next connection
+    else if (!(err instanceof SendRefused)) {
+      cutWhileOpen.set(`upload:${job.attachment_id}`, cutBy(err));
+      return; // kept as an upload job: resumed at the next connection
+    }
     const { code } = err as SendRefused | RelayError;
     const refusal = err instanceof SendRefused ? err.message : notSentSentence(code, (err as RelayError).detail);
     await keptPhotoRefused(draft, code, refusal);
     throw err instanceof SendRefused ? err : new SendRefused(code, refusal);
   }
 }
+
+/** A kept photo added to a consult whose people changed before it could be sent. */
+const AUDIENCE_CHANGED = "Not sent: the people in this consult changed since the patient agreed to share the photo with them. Tap Send the photo again to show the patient who may see it now and record their decision again.";
 
 /** A photo on its way: everything needed to finish its upload and send it after a restart. */
 interface UploadJob {
@@ -2023,6 +2096,15 @@ interface UploadJob {
 }
 
 const uploading = new Set<string>();
+
+/** The upload jobs (their vault records) cut off while the app stayed open, by what: their
+ * resumption is not said to finish an upload "cut off when the app closed" (resumedSentence).
+ * In memory: a job the app finds after it was closed is not here. */
+const cutWhileOpen = new Map<string, "connection" | "relay">();
+
+function cutBy(err: unknown): "connection" | "relay" {
+  return err instanceof RelayError && err.status === 0 ? "connection" : "relay";
+}
 
 /** Upload the rest of the ciphertext from where the relay says it stands, finalise, and seal
  * the descriptor to the role (and the record gateways); the job is then the outbox's. */
@@ -2133,7 +2215,8 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
  * withdrew meanwhile keeps nothing: it is not to be sent again.
  */
 async function keptPhotoRefused(draft: PhotoDraft, code: string, refusal: string): Promise<void> {
-  const again = code !== "consent_revoked";
+  const again = code !== "consent_revoked" && code !== "not_thread_member";
+  draft.ask_again = code === "audience_changed";
   if (again) await vault!.put(`photo:${draft.message_id}`, draft);
   const a = draft.send;
   const subject = a.subject.trim() || null;
@@ -2153,12 +2236,17 @@ async function keptPhoto(args: { message_id: string }): Promise<Record<string, u
   const draft = await vault!.get<PhotoDraft>(`photo:${args.message_id}`);
   if (!draft) throw new UserError("not_found", "This photo is no longer on this phone: take it again if it is still needed.");
   const a = draft.send;
-  recordedConsent = draft.registered
-    ? { form: JSON.stringify([imageHash(a.jpeg), a.consent.decision, [...a.consent.purposes].sort(), { users: [], roles: [draft.role] }]), token: draft.token, claims: draft.claims }
+  // Its recipients as sendImage's form has them: a new consult's role, or the people of the
+  // consult it was added to (who, changed, make it a new decision: `ask_again`).
+  const named = a.thread_id ? { roles: [...draft.claims.recipients.roles].sort(), users: [...draft.claims.recipients.users].sort() } : { users: [], roles: [draft.role] };
+  const recorded = draft.registered && !draft.ask_again;
+  recordedConsent = recorded
+    ? { form: JSON.stringify([imageHash(a.jpeg), a.consent.decision, [...a.consent.purposes].sort(), named]), token: draft.token, claims: draft.claims }
     : null;
   return {
     jpeg: a.jpeg, width: a.width, height: a.height, warnings: a.warnings, role: draft.role, priority: a.priority,
-    subject: a.subject, text: a.text, record: a.record, purposes: a.consent.purposes, recorded: draft.registered,
+    subject: a.subject, text: a.text, record: a.record, purposes: a.consent.purposes, recorded, thread_id: a.thread_id ?? null,
+    title: a.thread_id ? (await vault!.get<ThreadRecord>(`thread:${a.thread_id}`))?.subject ?? null : null,
   };
 }
 
@@ -2176,9 +2264,11 @@ async function resumeUploads(): Promise<void> {
   for (const name of await vault!.names("upload:")) {
     const job = await vault!.get<UploadJob>(name);
     if (!job || uploading.has(job.attachment_id)) continue;
+    const cut = cutWhileOpen.get(name);
     try {
       const sent = await finishUpload(job);
-      event("resumed", { ok: true, ...sent, message: (sent["kept"] as string | undefined) ?? resumedSentence({ ok: true }) });
+      cutWhileOpen.delete(name);
+      event("resumed", { ok: true, ...sent, message: (sent["kept"] as string | undefined) ?? resumedSentence({ ok: true, cut }) });
     } catch (err) {
       const code = (err as { code?: string }).code ?? "internal_error";
       // Refused for good, by the SDK's rule (relay.ts httpPasses): the same on every retry, so
@@ -2189,7 +2279,8 @@ async function resumeUploads(): Promise<void> {
       // connection's `ready`.
       const kept = (await vault!.names(name)).includes(name);
       const refusal = final ? finalRefusalSentence(err) : inWords(err);
-      event("resumed", { ok: false, code, message: resumedSentence({ ok: false, code, kept, refusal }) });
+      if (!kept) cutWhileOpen.delete(name);
+      event("resumed", { ok: false, code, message: resumedSentence({ ok: false, code, kept, refusal, cut }) });
     }
   }
 }

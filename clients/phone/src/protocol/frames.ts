@@ -99,6 +99,7 @@ const SERVER: Record<string, Check> = {
 const KNOWN = new Set([
   "challenge", "ready", "accepted", "deliver", "queue_empty", "withdrawn", "receipt_notice", "error", "filed_notice",
   "expire_order", "wipe_order", "keys_low", "revoked", "escalation_notice", "reseal_request", "bundle", "ping", "pong",
+  "not_received",
 ]);
 
 export type ServerFrame = { t: string; [field: string]: unknown };

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Sequence
 
 from server.db import Database
+from server.store.batches import uuid_array
 
 __all__ = ["AckPipeline"]
 
@@ -112,9 +113,10 @@ class AckPipeline:
         try:
             self.statements += 1
             async with self.db.hot_pool.acquire() as conn:
-                rows = await conn.fetch(
+                rows = await conn.fetch(  # ids as text (server/store/batches.py uuid_array)
                     "SELECT device_id AS dev, delivery_id AS del "
-                    "FROM ack_deliveries($1::uuid[], $2::uuid[])", devices, deliveries)
+                    "FROM ack_deliveries($1::text::uuid[], $2::text::uuid[])",
+                    uuid_array(devices), uuid_array(deliveries))
         except Exception as exc:
             log.error("ack batch failed", exc_info=exc, extra={"count": len(batch)})
             for _, _, fut in batch:

@@ -4,7 +4,9 @@ Checks before anything is stored (each refusal has its code; nothing is written)
 
 1. the header names the authenticated sender device and user (``sender_mismatch``), and the
    sender device's Ed25519 signature verifies (``sender_mismatch``: a forged sender);
-2. sizes and counts are within the limits (``message_too_large``, ``field_too_large``);
+2. sizes and counts are within the limits (``message_too_large``, ``field_too_large``), and
+   every id the header names is a lowercase UUID (``malformed_frame``: PROTOCOL.md §1), so that
+   no message can make the store's statement fail for the others of its batch;
 3. the thread exists and the sender takes part in it (``thread_not_found``,
    ``not_thread_member``);
 4. the named recipient devices are exactly the current participants' active devices, minus the
@@ -57,6 +59,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
@@ -76,6 +79,10 @@ __all__ = ["Routing", "SendPipeline", "SendPolicy", "Sender", "new_message"]
 
 log = logging.getLogger("lightbox.sends")
 _REUSED = "this message id was already used with a different message"
+_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+# The header's ids, joined by commas: one match for all of them (RFC 9562 §4 textual form,
+# lowercase as PROTOCOL.md §1 says).
+_IDS = re.compile(f"{_UUID}(?:,{_UUID})*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +274,14 @@ class SendPipeline:
             raise LimitError(ErrorCode.MESSAGE_TOO_LARGE,
                              f"sealed message over {self.max_message_bytes} bytes")
         named = list(h.recipient_devices)
+        # The sender's ids were compared with the connection's; the wrapped keys' device ids
+        # with ``named`` below.
+        ids = [h.message_id, h.thread_id, *named, *h.attachment_ids]
+        if h.consent_id is not None:
+            ids.append(h.consent_id)
+        if _IDS.fullmatch(",".join(ids)) is None:
+            raise RelayError(ErrorCode.MALFORMED_FRAME,
+                             "an id in the message header is not a lowercase UUID")
         keyed = [k.device_id for k in message.keys]
         if len(set(named)) != len(named) or set(named) != set(keyed) or len(keyed) != len(named):
             raise RelayError(ErrorCode.DEVICE_SET_MISMATCH,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import asyncpg
@@ -42,6 +43,7 @@ __all__ = [
     "lock_and_read",
     "lock_and_store",
     "store_messages",
+    "uuid_array",
 ]
 
 
@@ -133,15 +135,53 @@ class Stored(msgspec.Struct, frozen=True):  # a struct: server/store/messages.py
     deliveries: tuple[StoredDelivery, ...] = ()
 
 
-def _columns(msgs: Sequence[NewMessage]) -> list[list[object]]:
-    """The batch as the store functions take it: one array per column, in batch order."""
-    cols: list[list[object]] = [[] for _ in range(11)]
-    for m in msgs:
-        for i, v in enumerate((m.message_id, m.thread_id, m.sender_user_id, m.sender_device_id,
-                               m.priority, PRIORITY_RANK[m.priority], m.purpose, m.consent_id,
-                               m.body_hash, "{" + ",".join(m.recipients) + "}", m.sealed)):
-            cols[i].append(v)
-    return cols
+_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUIDS = re.compile(f"(?:{_UUID}(?:,{_UUID})*)?")
+_WORDS = re.compile("(?:[a-z_]+(?:,[a-z_]+)*)?")
+
+
+def uuid_array(values: Iterable[str | None]) -> str:
+    """A ``uuid[]`` as the text Postgres reads it (``{a,b,NULL}``; PostgreSQL manual §8.15.2
+    "Array Value Input"), for a parameter cast ``$n::text::uuid[]``. asyncpg's binary array
+    encoding checks each element's type against abstract base classes, about a third of a
+    microsecond an element, which the send path paid for a dozen columns of every message;
+    Postgres's parser reads the text for less (docs/BENCHMARKS.md, round 24). Only UUIDs in
+    their lowercase textual form are written, so no value can change the array's shape: any
+    other value is a ValueError."""
+    ids = list(values)
+    given = [v for v in ids if v is not None]
+    joined = ",".join(given)
+    # Each value one UUID: the text is as long as that many UUIDs and their commas.
+    if len(joined) != 37 * len(given) - (1 if given else 0) or _UUIDS.fullmatch(joined) is None:
+        raise ValueError("not a lowercase UUID")
+    return "{" + ",".join("NULL" if v is None else v for v in ids) + "}"
+
+
+def _words(values: Iterable[str]) -> str:
+    """A ``text[]`` of lowercase words (a priority, a purpose) as text (:func:`uuid_array`)."""
+    joined = ",".join(values)
+    if _WORDS.fullmatch(joined) is None:
+        raise ValueError("not a lowercase word")
+    return "{" + joined + "}"
+
+
+def _columns(msgs: Sequence[NewMessage]) -> list[object]:
+    """The batch as the store functions take it: one array per column, in batch order; those
+    of ids and words as text (:func:`uuid_array`), the bytes as ``bytea[]``."""
+    return [
+        uuid_array([m.message_id for m in msgs]),
+        uuid_array([m.thread_id for m in msgs]),
+        uuid_array([m.sender_user_id for m in msgs]),
+        uuid_array([m.sender_device_id for m in msgs]),
+        _words([m.priority for m in msgs]),
+        "{" + ",".join([str(PRIORITY_RANK[m.priority]) for m in msgs]) + "}",
+        _words([m.purpose for m in msgs]),
+        uuid_array([m.consent_id for m in msgs]),
+        [m.body_hash for m in msgs],
+        # Each message's recipients, a uuid[] literal quoted as one element of the text[].
+        "{" + ",".join(['"' + uuid_array(m.recipients) + '"' for m in msgs]) + "}",
+        [m.sealed for m in msgs],
+    ]
 
 
 def _stored(rows: Iterable[asyncpg.Record]) -> dict[tuple[str, str], Stored]:
@@ -158,14 +198,18 @@ def _stored(rows: Iterable[asyncpg.Record]) -> dict[tuple[str, str], Stored]:
     return {k: Stored(pk, seq, tuple(ds)) for k, (pk, seq, ds) in out.items()}
 
 
+# Ids and words come as text and are cast by Postgres (:func:`uuid_array`).
 _STORE = (
-    "SELECT * FROM store_batch_delivering($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], "
-    "$5::text[], $6::smallint[], $7::text[], $8::uuid[], $9::bytea[], $10::text[], $11::bytea[], "
-    "$12, $13, $14::text[], $15::uuid[])")
+    "SELECT * FROM store_batch_delivering($1::text::uuid[], $2::text::uuid[], "
+    "$3::text::uuid[], $4::text::uuid[], $5::text::text[], $6::text::smallint[], "
+    "$7::text::text[], $8::text::uuid[], $9::bytea[], $10::text::text[], $11::bytea[], "
+    "$12, $13, $14::text[], $15::text::uuid[])")
 _LOCK_AND_STORE = (
-    "SELECT * FROM lock_and_store_batch_delivering($1::uuid[], $2::bytea[], $3::bigint, $4, "
-    "$5::uuid[], $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::smallint[], $11::text[], "
-    "$12::uuid[], $13::bytea[], $14::text[], $15::bytea[], $16, $17, $18::text[], $19::uuid[])")
+    "SELECT * FROM lock_and_store_batch_delivering($1::text::uuid[], $2::bytea[], $3::bigint, "
+    "$4, $5::text::uuid[], $6::text::uuid[], $7::text::uuid[], $8::text::uuid[], "
+    "$9::text::text[], $10::text::smallint[], $11::text::text[], $12::text::uuid[], "
+    "$13::bytea[], $14::text::text[], $15::bytea[], $16, $17, $18::text[], "
+    "$19::text::uuid[])")
 
 
 async def store_messages(conn: asyncpg.Connection, msgs: Sequence[NewMessage],
@@ -181,7 +225,7 @@ async def store_messages(conn: asyncpg.Connection, msgs: Sequence[NewMessage],
     if not msgs:
         return {}
     rows = await conn.fetch(_STORE, *_columns(msgs), now, channel, list(notifications),
-                            list(local))
+                            uuid_array(local))
     return _stored(rows)
 
 
@@ -208,8 +252,9 @@ async def lock_and_store(conn: asyncpg.Connection, digests: Mapping[str, bytes],
     if not msgs:
         return KnownStored({}, epoch, by_epoch=False)
     tids = sorted(digests)
-    rows = await conn.fetch(_LOCK_AND_STORE, tids, [digests[t] for t in tids], epoch, at,
-                            *_columns(msgs), now, channel, list(notifications), list(local))
+    rows = await conn.fetch(_LOCK_AND_STORE, uuid_array(tids), [digests[t] for t in tids],
+                            epoch, at, *_columns(msgs), now, channel, list(notifications),
+                            uuid_array(local))
     if not rows:
         return None
     current = rows[0]["epoch"]

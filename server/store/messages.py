@@ -129,10 +129,12 @@ _NEXT_DELIVERIES = """
                                     FROM messages mm WHERE mm.message_pk = d.message_pk
                                   OFFSET 0) m
              WHERE d.device_id = x.device_id AND NOT d.held
-               AND d.delivery_id <> ALL (SELECT s.delivery_id
-                                           FROM unnest($3::uuid[], $4::uuid[])
-                                                AS s(device_id, delivery_id)
-                                          WHERE s.device_id = x.device_id)
+               -- Not already written: the pairs of every device read, in one hash table
+               -- built once per read (a subquery that refers to nothing outside it: a
+               -- "hashed SubPlan"), not a walk of all of them for each delivery looked at.
+               AND (x.device_id, d.delivery_id) NOT IN (
+                   SELECT s.device_id, s.delivery_id
+                     FROM unnest($3::uuid[], $4::uuid[]) AS s(device_id, delivery_id))
             WINDOW later AS (PARTITION BY m.thread_id ORDER BY m.thread_seq DESC
                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
         ) ranked

@@ -55,6 +55,28 @@ async def test_one_read_for_several_devices_equals_a_read_for_each(db_dsn: str) 
         await conn.close()
 
 
+async def test_ids_in_flight_are_left_out_for_their_own_device_only(db_dsn: str) -> None:
+    """Several devices with deliveries in flight, read together: each loses exactly its own
+    in-flight ids, whatever the others have in flight."""
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        b1, c1 = await _two_recipients(conn, 6)
+        all_b = await messages.fetch_deliveries(conn, b1, sent=[], limit=10)
+        all_c = await messages.fetch_deliveries(conn, c1, sent=[], limit=10)
+        requests = [messages.DeliveryRequest(b1, [all_b[0].delivery_id, all_b[3].delivery_id],
+                                             10),
+                    messages.DeliveryRequest(c1, [d.delivery_id for d in all_c[1:5]], 10)]
+        got_b, got_c = await messages.fetch_next_deliveries(conn, requests)
+        assert [d.thread_seq for d in got_b] == [2, 3, 5, 6]
+        assert [d.thread_seq for d in got_c] == [1, 6]
+        # One device's in-flight ids named under another device leave nothing out.
+        crossed = [messages.DeliveryRequest(b1, [d.delivery_id for d in all_c], 10)]
+        (got,) = await messages.fetch_next_deliveries(conn, crossed)
+        assert [d.thread_seq for d in got] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await conn.close()
+
+
 async def test_pumps_asking_in_the_same_turn_share_one_query(db_dsn: str) -> None:
     conn = await asyncpg.connect(db_dsn)
     try:

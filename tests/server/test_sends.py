@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import msgspec
 import pytest
 
 from protocol import envelope
@@ -84,6 +85,33 @@ async def test_recipients_that_disagree_with_the_wrapped_keys_are_device_set_mis
         assert refusal(pipeline(world, relay_db, verify=False), sender(alice), message,
                        envelope.encode_sealed(honest)) == (
             ErrorCode.DEVICE_SET_MISMATCH, "recipient_devices and wrapped keys disagree or repeat")
+
+
+async def test_an_id_in_the_header_that_is_not_a_lowercase_uuid_is_malformed_frame(
+        world: World, relay_db: Database) -> None:
+    """Every id the header names is checked before the message joins a batch: one that is not
+    a UUID would make the batch's statement fail, and with it every other sender's message in
+    that batch (each answered ``internal_error``)."""
+    alice, bob = await peer(world, "alice"), await peer(world, "bob")
+    tid = await thread(world, alice, bob)
+    pipe = pipeline(world, relay_db, verify=False)
+    honest = seal(alice, tid, [bob])
+    pipe.check(sender(alice), honest, envelope.encode_sealed(honest))
+    h = honest.header
+    for bad in ({"thread_id": "not-a-uuid"}, {"message_id": "x},{y"},
+                {"message_id": h.message_id.upper()}, {"consent_id": "zz"},
+                {"attachment_ids": [h.message_id + ",1"]},
+                {"thread_id": tid + " "}):
+        message = msgspec.structs.replace(honest, header=msgspec.structs.replace(h, **bad))
+        assert refusal(pipe, sender(alice), message) == (
+            ErrorCode.MALFORMED_FRAME, "an id in the message header is not a lowercase UUID"), bad
+    # A recipient's id is checked too (its wrapped key names the same, so both agree).
+    odd = "Z" + bob.device_id[1:]
+    message = seal(alice, tid, [bob], recipient_ids=[odd])
+    message = msgspec.structs.replace(message, keys=[msgspec.structs.replace(message.keys[0],
+                                                                          device_id=odd)])
+    assert refusal(pipe, sender(alice), message) == (
+        ErrorCode.MALFORMED_FRAME, "an id in the message header is not a lowercase UUID")
 
 
 async def test_a_device_sending_to_itself_is_refused(world: World, relay_db: Database) -> None:

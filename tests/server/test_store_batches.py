@@ -499,10 +499,11 @@ async def test_the_epoch_joins_no_deadlock_with_the_thread_locks(
 
 
 # The statement of the release before migration 0016, as its relays send it.
-_STATEMENT_BEFORE_0016 = (
-    "SELECT * FROM lock_and_store_batch($1::uuid[], $2::bytea[], $3, $4::uuid[], $5::uuid[], "
-    "$6::uuid[], $7::uuid[], $8::text[], $9::smallint[], $10::text[], $11::uuid[], $12::bytea[], "
-    "$13::text[], $14::bytea[], $15, $16, $17::text[])")
+_STATEMENT_BEFORE_0016 = (  # its columns given as today's relay gives them (array text)
+    "SELECT * FROM lock_and_store_batch($1::uuid[], $2::bytea[], $3, $4::text::uuid[], "
+    "$5::text::uuid[], $6::text::uuid[], $7::text::uuid[], $8::text::text[], "
+    "$9::text::smallint[], $10::text::text[], $11::text::uuid[], $12::bytea[], "
+    "$13::text::text[], $14::bytea[], $15, $16, $17::text[])")
 
 
 async def test_a_relay_of_the_release_before_still_stores_by_digest_after_the_upgrade(
@@ -609,10 +610,11 @@ async def test_a_message_to_no_device_is_stored_without_deliveries(
 
 
 # The statement of the release before migration 0017, as its relays send it.
-_STATEMENT_BEFORE_0017 = (
-    "SELECT * FROM lock_and_store_batch($1::uuid[], $2::bytea[], $3::bigint, $4, $5::uuid[], "
-    "$6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::smallint[], $11::text[], $12::uuid[], "
-    "$13::bytea[], $14::text[], $15::bytea[], $16, $17, $18::text[])")
+_STATEMENT_BEFORE_0017 = (  # its columns given as today's relay gives them (array text)
+    "SELECT * FROM lock_and_store_batch($1::uuid[], $2::bytea[], $3::bigint, $4, "
+    "$5::text::uuid[], $6::text::uuid[], $7::text::uuid[], $8::text::uuid[], "
+    "$9::text::text[], $10::text::smallint[], $11::text::text[], $12::text::uuid[], "
+    "$13::bytea[], $14::text::text[], $15::bytea[], $16, $17, $18::text[])")
 
 
 async def test_a_relay_of_the_release_before_0017_still_stores_after_the_upgrade(
@@ -657,3 +659,14 @@ async def test_handed_over_deliveries_are_ordered_as_the_queue_read_orders_them(
         conn, [messages.DeliveryRequest(b1, [], 100)])
     rng.shuffle(new)
     assert [n.delivery for n in messages.queue_order(new)] == read
+
+
+def test_ids_go_to_the_store_as_array_text_that_only_uuids_can_shape() -> None:
+    """The store's id columns are sent as array text (``uuid_array``): UUIDs and NULL only, so
+    no value can add an element, end the array or quote its way out of it."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    assert batches.uuid_array([a, None, b]) == "{" + f"{a},NULL,{b}" + "}"
+    assert batches.uuid_array([]) == "{}"
+    for bad in ("x},{y", a + "," + b, a.upper(), a + '"', "NULL", "", a[:-1]):
+        with pytest.raises(ValueError, match="not a lowercase UUID"):
+            batches.uuid_array([a, bad])

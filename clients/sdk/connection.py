@@ -82,6 +82,9 @@ STOPPED = "stopped"
 # Seconds a connection replaced by a newer one of its device (4003) waits before connecting
 # again: a ``lightbox`` command (send, inbox...) is done in a second or two; doubled when it is
 # replaced again soon after it came back, up to the maximum (see the module's docstring).
+STOP_GRACE = 2.0
+"""Seconds ``stop()`` gives the relay to answer its close, and the handlers to take what
+arrived before that answer, before it cancels what is left (docs/PROTOCOL.md §3.5 "Deliver")."""
 REPLACED_WAIT = 5.0
 REPLACED_WAIT_MAX = 60.0
 
@@ -164,6 +167,7 @@ class Connection:
         self._outbox_changed = asyncio.Event()
         self._socket: RelaySocket | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = False  # stop() closed the socket: the loop ends with it
         self.connected = asyncio.Event()
         self.queue_empty = asyncio.Event()
         self.stopped: asyncio.Future[ConnectionStopped] = (
@@ -177,10 +181,23 @@ class Connection:
         self._task = asyncio.create_task(self._run(), name=f"connection-{self.device_id[:8]}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """End the connection for good. Connected, it closes first and lets the loop handle
+        what the relay wrote before it answered the close, for at most ``STOP_GRACE`` seconds:
+        the relay deletes a notice (a receipt, an escalation step, ``not_received``...) once it
+        has written it, so one written as the program ends must still be handled, not dropped
+        with the loop (docs/PROTOCOL.md §3.5 "Deliver")."""
+        task, sock = self._task, self._socket
+        if (task is not None and not task.done() and sock is not None
+                and task is not asyncio.current_task()):
+            self._closing = True
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_GRACE):
+                    await sock.close()
+                    await asyncio.shield(task)
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await task
         if self._socket is not None:
             await self._socket.close()
         self._finish(ConnectionStopped(None, STOPPED))
@@ -322,6 +339,9 @@ class Connection:
                 self.connected.clear()
                 self.queue_empty.clear()
                 self._socket = None
+            if self._closing:  # stop(): what arrived before the relay's close was handled
+                self._finish(ConnectionStopped(None, STOPPED))
+                return
             if code == CloseCode.DEVICE_REVOKED and not asked_for_wipe:
                 # Revoked while connected: connect once more, because a device revoked with
                 # wipe is let in only to hear its wipe order (docs/PROTOCOL.md §15 "Wipe"); any
@@ -407,7 +427,14 @@ class Connection:
                     await sock.close(1011)  # not acknowledged: redelivered on the next connection
                     raise SocketClosed(1011, "delivery deferred") from None
                 self.dedupe.add(h.sender_device_id, h.message_id)
-            await sock.ack([frame.delivery_id])
+            try:
+                await sock.ack([frame.delivery_id])
+            except SocketClosed:
+                if not self._closing:
+                    raise
+                # Stored, not acknowledged: the relay sends it again next time, and it is
+                # recognised as stored (clients/sdk/receiving.py); what came after it still
+                # gets handled.
         elif isinstance(frame, QueueEmpty):
             self.queue_empty.set()
         elif self._on_event is not None:

@@ -10,15 +10,18 @@ suite's time unit."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from clients.sdk.connection import Connection, ConnectionStopped, DeferDelivery
+from clients.sdk.connection import Connection, ConnectionStopped, DeferDelivery, EventHandler
 from clients.sdk.errors import FlowError
 from clients.sdk.socket import SendRefused
 from protocol.errors import CloseCode
-from protocol.frames import Deliver
+from protocol.frames import Deliver, EscalationKind, EscalationNotice, Frame, encode_frame
+from server import events
+from server.store import messages
 from tests.consent_world import count
 from tests.helpers import eventually, seconds
 from tests.identity_world import World
@@ -42,13 +45,14 @@ class Opened:
 
     def __call__(self, p: Peer, on_message: Handler | None = None,
                  token: Callable[[], Awaitable[str]] | None = None, *,
-                 replaced_wait: float = 0.0) -> Connection:
+                 replaced_wait: float = 0.0, on_event: EventHandler | None = None
+                 ) -> Connection:
         async def ignore(_: Deliver) -> None:
             return None
         c = Connection(self.world.relay.ws_url + "/v1/ws", device_id=p.device_id,
                        access_token=token or _token(p), sign=p.device.keys.sign,
-                       on_message=on_message or ignore, backoff_base=0.01, backoff_max=0.05,
-                       replaced_wait=replaced_wait)
+                       on_message=on_message or ignore, on_event=on_event,
+                       backoff_base=0.01, backoff_max=0.05, replaced_wait=replaced_wait)
         self.all.append(c)
         return c
 
@@ -323,3 +327,48 @@ async def test_a_connection_replaced_by_another_of_its_device_makes_way_then_com
     await command.stop()
     await _within(watching.connected.wait())
     assert not watching.stopped.done()
+
+
+async def test_stopping_first_handles_what_the_relay_wrote_before_it_answered_the_close(
+        world: World, ab: tuple[Peer, Peer, str], opened: Opened) -> None:
+    """The relay deletes a notice once written to the connection (an escalation step here), so
+    ``stop()`` closes first and lets the loop take what arrived before the relay's close:
+    stopped while a handler is busy with the first of two notices, the second is handled too."""
+    a, _, tid = ab
+    busy, release = asyncio.Event(), asyncio.Event()
+    handled: list[int] = []
+
+    async def on_event(frame: Frame) -> None:
+        if isinstance(frame, EscalationNotice):
+            if not handled and not busy.is_set():
+                busy.set()
+                await release.wait()  # the program is told to stop meanwhile
+            handled.append(frame.step)
+
+    connection = opened(a, on_event=on_event)
+    await connection.start()
+    await _within(connection.connected.wait())
+    conn = await world.db()
+    try:
+        now = dt.datetime.now(dt.UTC)
+        for step in (1, 2):
+            await messages.add_notices(conn, [a.device_id], "escalation_notice", encode_frame(
+                EscalationNotice(thread_id=tid, message_id=tid, step=step, level=0,
+                                 user_id=a.user_id, at=int(now.timestamp()),
+                                 kind=EscalationKind.RENOTIFY)),
+                dedupe_key=f"test:{step}", now=now)
+        await events.publish(conn, "deliver", device_ids=[a.device_id])
+        await _within(busy.wait())
+
+        async def none_kept() -> bool:  # both written: the relay keeps neither
+            return await count(world, "SELECT count(*) FROM device_notices WHERE device_id = $1",
+                               a.device_id) == 0
+        await eventually(none_kept)
+    finally:
+        await conn.close()
+    stopping = asyncio.create_task(connection.stop())
+    await asyncio.sleep(seconds(0.2))
+    release.set()
+    await _within(stopping)
+    assert handled == [1, 2]
+    assert connection.stopped.done()

@@ -44,6 +44,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -351,7 +352,10 @@ class FilingService:
         """Tell the sender's active devices of each person who never received the image
         (PROTOCOL.md §15 "Never received"; CLINICAL_SAFETY.md §7): their copies are ordered
         shredded before any download, so they will not see it. Returns the devices told."""
-        people = filings.never_received(held)
+        named = {r[0] for r in await conn.fetch(  # the thread's members, removed ones too
+            "SELECT user_id::text FROM thread_members WHERE thread_id = $1",
+            uuid.UUID(life.thread_id))}
+        people = filings.never_received(held, named)
         sender = next((h.user_id for h in held if h.sender), None)
         if not people or sender is None:
             return []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import asyncpg
 
@@ -180,18 +180,24 @@ async def holders(conn: asyncpg.Connection, attachment_id: str) -> list[Holder]:
                    r["fetched_at"]) for r in rows]
 
 
-def never_received(held: Sequence[Holder]) -> list[str]:
+def never_received(held: Sequence[Holder], named: Collection[str]) -> list[str]:
     """The people an image was sent to none of whose devices downloaded it (docs/PROTOCOL.md
     §15 "Never received"): a person is told apart from the sender's own other devices and the
     record gateways (they keep nothing); one device of theirs that downloaded it is enough for
-    the person to have seen it. User ids, sorted."""
+    the person to have seen it. A person the thread names (``named``: its members) is told of
+    whenever they did not see it; one it reached through a role only (the role's certificate
+    holders, an on-call ladder's backups, held until an escalation that never came) only when
+    nobody it was sent to saw it: one holder of the role who did is the role having seen it.
+    User ids, sorted."""
     senders = {h.user_id for h in held if h.sender}
     people: dict[str, bool] = {}
     for h in held:
         if h.kind == "gateway" or h.user_id in senders:
             continue
         people[h.user_id] = people.get(h.user_id, False) or h.fetched_at is not None
-    return sorted(u for u, received in people.items() if not received)
+    anyone = any(people.values())
+    return sorted(u for u, received in people.items()
+                  if not received and (u in named or not anyone))
 
 
 async def org_gateways(conn: asyncpg.Connection, org_id: str, role: str) -> set[str]:

@@ -101,3 +101,34 @@ async def test_an_images_lifecycle_holders_gateways_and_release(world: World) ->
             await other.close()
     finally:
         await conn.close()
+
+
+def test_who_never_received_an_image_is_everyone_named_who_did_not_and_a_role_only_if_nobody_did(
+        ) -> None:
+    """``never_received`` (docs/PROTOCOL.md §15 "Never received"): the thread's named members
+    who saw it on no device, whoever else did; people reached through a role only (certificate
+    holders, an on-call ladder's backups whose copies were held) only when nobody it was sent to
+    saw it; never the sender's other devices or a record gateway."""
+    at = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+
+    def h(user: str, *, fetched: bool = False, sender: bool = False, kind: str = "device"
+          ) -> filings.Holder:
+        return filings.Holder(f"{user}-{kind}-{fetched}", user, kind, True, sender,
+                              at if fetched else None)
+
+    intern = [h("intern", sender=True), h("intern")]  # the sending device, and their desktop
+    gateway = [h("gateway", kind="gateway")]
+    # Two named specialists: one saw it on their phone (not on their desktop), one did not.
+    named = [h("ortho"), h("ortho", fetched=True), h("radiology")]
+    assert filings.never_received([*intern, *gateway, *named], {"ortho", "radiology"}) == [
+        "radiology"]
+    # An on-call ladder: the primary saw it; the backups' held copies are not "never received".
+    ladder = [h("primary", fetched=True), h("backup1"), h("backup2")]
+    assert filings.never_received([*intern, *gateway, *ladder], set()) == []
+    # Nobody saw it: everyone it was sent to, role-reached or named.
+    unseen = [h("primary"), h("backup1"), h("radiology")]
+    assert filings.never_received([*intern, *gateway, *unseen], {"radiology"}) == [
+        "backup1", "primary", "radiology"]
+    # A named member who did not see it is told of even when a role holder did.
+    assert filings.never_received([*intern, h("primary", fetched=True), h("radiology")],
+                                  {"radiology"}) == ["radiology"]

@@ -107,6 +107,16 @@ class _RoleNow:
         return self.urgent_seconds if priority == "urgent" else self.routine_seconds
 
 
+async def _with_devices(conn: Any, users: Sequence[str]) -> set[str]:
+    """Those of ``users`` with an active device, the only ones a consult can reach."""
+    if not users:
+        return set()
+    rows = await conn.fetch(
+        "SELECT DISTINCT user_id::text AS u FROM devices WHERE user_id = ANY($1::uuid[]) "
+        "AND status = 'active'", list(users))
+    return {r["u"] for r in rows}
+
+
 class OncallService:
     def __init__(self, *, db: Database, clock: Callable[[], float] = time.time,
                  sweep_interval: float = 5.0, sweep_batch: int = 100) -> None:
@@ -223,6 +233,8 @@ class OncallService:
             "        ORDER BY x.user_id)::text[] "
             "ELSE ARRAY(SELECT x.l FROM unnest(s.ladder) WITH ORDINALITY AS x(l, n) "
             "      WHERE x.l IN (SELECT user_id FROM role_reach(t.org_id, r.role, $2)) "
+            "        AND EXISTS (SELECT 1 FROM devices v WHERE v.user_id = x.l "
+            "                    AND v.status = 'active') "
             "      ORDER BY x.n)::text[] END AS ladder, s.ends_at, o.urgent_seconds, "
             "o.routine_seconds "
             "FROM thread_roles r JOIN threads t ON t.thread_id = r.thread_id "
@@ -463,6 +475,17 @@ class OncallService:
         t = advance(level=e.level, phase=e.phase, ladder_size=len(e.ladder), deadline=e.deadline)
         step = e.step + 1
         woken: set[str] = set()
+        # A ladder member none of whose devices is active any more (revoked since the consult
+        # was sent) cannot receive it: the escalation passes over them to the next one at
+        # once, rather than spend a deadline on nobody (audited ``oncall.skipped``).
+        while (t.kind is EscalationKind.RELEASED
+               and not await _with_devices(conn, [e.ladder[t.level]])):
+            await audit.append(conn, "oncall.skipped", subject_kind="message",
+                               subject_id=e.message_id, details={
+                                   "role": e.role, "level": t.level,
+                                   "user": e.ladder[t.level], "why": "no_active_device"})
+            t = advance(level=t.level, phase="release", ladder_size=len(e.ladder),
+                        deadline=e.deadline)
         if t.kind is EscalationKind.RELEASED:
             woken |= set(await escalations.release_held(conn, e.thread_id, [e.ladder[t.level]]))
         assert e.due_at is not None
@@ -558,7 +581,10 @@ class OncallService:
         rows = await conn.fetch("SELECT user_id::text AS u FROM role_reach($1, $2, $3)",
                                 e.org_id, e.role, now)
         active = {r["u"] for r in rows}
-        ladder = [u for u in shift.ladder if u in active]
+        # Only those with a device to receive it (every device of one revoked since the rota
+        # was written reaches nobody): as at the send, _roles_now.
+        with_devices = await _with_devices(conn, [u for u in shift.ladder if u in active])
+        ladder = [u for u in shift.ladder if u in with_devices]
         if not ladder:
             return None
         return shift.shift_id, ladder, shift.ends_at

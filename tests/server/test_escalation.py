@@ -619,3 +619,67 @@ async def test_the_sweep_and_a_rota_write_read_the_escalations_by_their_indexes(
         await conn.close()
     for index, plan in plans.items():
         assert "Seq Scan" not in plan and f"using {index} on escalations" in plan, plan
+
+
+async def test_a_ladder_member_whose_devices_were_all_revoked_is_passed_over(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """The backup's only device is revoked after the consult was sent: at the deadline the
+    escalation goes to the consultant, the next one who can receive it, at once; the sender
+    never reads "passed to" someone nothing can reach (audited ``oncall.skipped``)."""
+    backup, consultant = cast["backup"], cast["consultant"]
+    await define_rota(world, clock, ["primary", "backup", "consultant"])
+    tid, sealed = await page(world, cast)
+    socks = {k: await connect(world, cast[k]) for k in ("intern", "primary", "consultant")}
+    try:
+        for s in socks.values():
+            await next_of(s, QueueEmpty)
+        await socks["intern"].send(sealed)
+        await next_of(socks["primary"], Deliver)
+        r = await world.revoke(world.org, 1, devices=(backup.device_id,))
+        assert r.status_code == 200, r.text
+
+        clock.advance(150)
+        assert (await next_of(socks["intern"], EscalationNotice)).kind is EscalationKind.RENOTIFY
+        clock.advance(150)  # the deadline: the backup has no device, the consultant is next
+        n2 = await next_of(socks["intern"], EscalationNotice)
+        assert (n2.kind, n2.step, n2.level, n2.user_id) == (
+            EscalationKind.RELEASED, 2, 2, consultant.user_id)
+        got = await next_of(socks["consultant"], Deliver)
+        assert got.message.header.thread_id == tid
+    finally:
+        for s in socks.values():
+            await s.close()
+    conn = await world.db()
+    try:
+        skipped = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE event = 'oncall.skipped' AND subject_id = $1",
+            sealed.header.message_id)
+    finally:
+        await conn.close()
+    assert skipped == 1
+
+
+async def test_a_rota_primary_without_an_active_device_is_left_out_of_the_ladder(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """The primary's only device was revoked before the consult: the ladder starts at the
+    backup, who receives it at once (nothing held for a deadline spent on nobody) and is the
+    one the first reminder names."""
+    intern, primary, backup = cast["intern"], cast["primary"], cast["backup"]
+    await define_rota(world, clock, ["primary", "backup", "consultant"])
+    r = await world.revoke(world.org, 1, devices=(primary.device_id,))
+    assert r.status_code == 200, r.text
+    tid = await role_thread(world, intern)
+    sealed = seal(intern, tid, [backup, cast["consultant"]], b"please review",
+                  priority=Priority.URGENT)
+    socks = {k: await connect(world, cast[k]) for k in ("intern", "backup")}
+    try:
+        for s in socks.values():
+            await next_of(s, QueueEmpty)
+        await socks["intern"].send(sealed)
+        assert (await next_of(socks["backup"], Deliver)).message.header.thread_id == tid
+        clock.advance(150)
+        n1 = await next_of(socks["intern"], EscalationNotice)
+        assert (n1.kind, n1.level, n1.user_id) == (EscalationKind.RENOTIFY, 0, backup.user_id)
+    finally:
+        for s in socks.values():
+            await s.close()

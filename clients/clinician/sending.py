@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from clients.clinician.reading import describe_escalation, learn_escalation_names
 from clients.clinician.shell import (
     MAX_IMAGE_FILE,
     command_client,
@@ -26,6 +27,7 @@ from clients.clinician.shell import (
 from clients.sdk import imaging
 from clients.sdk.breakglass import Emergency, check_emergency
 from clients.sdk.client import (
+    EscalationEvent,
     LightboxClient,
 )
 from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable, SDKError
@@ -443,7 +445,7 @@ def send_command(args: argparse.Namespace) -> int:
     device = unlock_profile(args)
     new_thread = not args.thread
 
-    async def go() -> tuple[str, str, int]:
+    async def go() -> tuple[str, str, int, list[str]]:
         client = command_client(device)
         events = client.subscribe()
         try:
@@ -505,14 +507,15 @@ def send_command(args: argparse.Namespace) -> int:
                     warnings=[w.issue.value for w in file_original.warnings])
                 print(f"the identified original went to the record gateway to be filed "
                       f"in the patient's record (message {filed.message_id})")
-            return sent.message_id, thread_id, sent.thread_seq
+            waiting = await gap_lines(client, thread_id, sent.message_id) if roles else []
+            return sent.message_id, thread_id, sent.thread_seq, waiting
         finally:
             await client.close()
             print_problems(events)  # what it dropped as it synced
 
     what = "the consult" if new_thread else "the message"
     try:
-        message_id, thread_id, seq = run_async(go)
+        message_id, thread_id, seq, waiting = run_async(go)
     except KeyboardInterrupt:
         print("stopped before the relay confirmed the message: it is kept on this device and "
               "sent again the next time this device connects (lightbox outbox lists it)",
@@ -524,7 +527,29 @@ def send_command(args: argparse.Namespace) -> int:
         print(kept_sentence(exc, what), file=sys.stderr)
         return 1
     print(f"sent: message {message_id} stored by the relay in thread {thread_id} (#{seq})")
+    for line in waiting:
+        print(line)
     return 0
+
+
+async def gap_lines(client: LightboxClient, thread_id: str, message_id: str) -> list[str]:
+    """A consult sent to a role while nobody is on call for it: the relay opened its wait for
+    the next shift in the transaction that stored it (docs/PROTOCOL.md §16.4), so ``send``
+    says so at once, in the words ``watch`` uses, rather than leave it to a ``watch`` the
+    intern may not be running. Nothing when the relay cannot be asked now."""
+    try:
+        answer = await client.relay.thread_escalations(thread_id)
+    except (RelayRequestError, RelayUnavailable):
+        return []
+    lines = []
+    for e in answer.escalations:
+        for s in e.steps:
+            if e.message_id == message_id and s.kind == "no_shift":
+                step = EscalationEvent(thread_id, message_id, s.kind, s.step, s.level,
+                                       s.user_id, s.at, s.next_shift_at)
+                await learn_escalation_names(client, step)
+                lines.append(describe_escalation(client, step))
+    return lines
 
 
 def kept_sentence(exc: RelayUnavailable, what: str = "the consult") -> str:

@@ -154,9 +154,9 @@ async def test_the_incoming_clinician_sees_a_handed_over_consult_as_its_author_w
 async def test_the_sender_is_told_at_once_that_nobody_is_on_call_and_when_the_next_shift_starts(
         world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: SimClock) -> None:
     """A consult sent in a gap in the rota (docs/PROTOCOL.md §16.4) reaches the role's
-    certificate holder, and the sender's ``lightbox watch`` says at once that no one is on
-    call and when the next shift starts, again at each reminder, and then the handover to
-    that shift."""
+    certificate holder; ``lightbox send`` and the sender's ``lightbox watch`` say at once that
+    no one is on call and when the next shift starts, ``watch`` again at each reminder, and
+    then the handover to that shift."""
     home = use_cli_profiles(monkeypatch, tmp_path)
     await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern",
                           vault_dir=home / "intern")
@@ -181,6 +181,9 @@ async def test_the_sender_is_told_at_once_that_nobody_is_on_call_and_when_the_ne
                                       "--subject", "Knee, bed 12", "Hot swollen knee")
         assert rc == 0, out + err
         nxt = f"it goes to the next shift when that starts at {format_time(starts)}"
+        # ``send`` says it too, right under its "sent" line: the intern may run no watch.
+        assert out.splitlines()[-1] == (
+            f'    consult "Knee, bed 12": no one is on call for the role now; {nxt}'), out
         await watch.until(f'    consult "Knee, bed 12": no one is on call for the role now; '
                           f"{nxt}")
         clock.advance(300)  # the urgent deadline: reminded

@@ -9,8 +9,10 @@ told once, an expiry order applied twice confirms twice and destroys nothing mor
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
@@ -38,6 +40,7 @@ from clients.sdk.socket import SocketClosed
 from clients.sdk.timefmt import format_time
 from clients.sdk.trust import Trust
 from clients.sdk.vault import ItemNotFound, Vault, VaultMessage
+from clients.sdk.vaultrows import VaultLocked
 from protocol import certs, statements
 from protocol.consent import peek_consent_token_unverified
 from protocol.errors import ProtocolError
@@ -64,6 +67,11 @@ from protocol.model import Priority, Purpose
 __all__ = ["Notices"]
 
 log = logging.getLogger("lightbox.sdk.client")
+
+RESEAL_WAIT = (2.0, 5.0)
+"""Seconds (a random moment between the two) a device that holds a consult it did not write
+waits before sealing it again at a shift handover, so that the author's device, answering at
+once, is the one that does when it is online (``_answer_reseal``)."""
 
 
 class Notices:
@@ -207,7 +215,20 @@ class Notices:
         body = body_of(stored)
         if body is None:
             return
-        body = msgspec.structs.replace(body, handover_of=handover_of(stored, body))
+        origin = handover_of(stored, body)
+        if stored.sender_device_id != self._store.state.device_id:
+            # Every device holding the consult is asked, so that one that is online answers;
+            # the author's device answers at once, any other after a short random wait and
+            # not at all when a copy of the same consult arrived meanwhile: the incoming
+            # clinician gets one copy, not one per holder (docs/PROTOCOL.md §16.4).
+            try:
+                before = {m.message_id for m in self._vault.messages(request.thread_id)}
+                await asyncio.sleep(random.uniform(*RESEAL_WAIT))
+                if self._copy_arrived(request.thread_id, origin.message_id, before):
+                    return
+            except VaultLocked:
+                return  # the request stays at the relay until answered: asked again later
+        body = msgspec.structs.replace(body, handover_of=origin)
         consent_id = None
         if body.consent_token is not None:
             consent_id = peek_consent_token_unverified(body.consent_token).jti
@@ -219,6 +240,18 @@ class Notices:
                 attachment_ids=stored.attachment_ids)
         except SDKError as exc:
             await self._hub.emit(StatusEvent("error", f"handover of a consult failed: {exc}"))
+
+    def _copy_arrived(self, thread_id: str, original_id: str, before: set[str]) -> bool:
+        """Whether the thread holds a copy of ``original_id`` sealed again at a handover that
+        arrived since ``before`` (the thread's message ids when the request came)."""
+        for m in self._vault.messages(thread_id):
+            if m.message_id in before:
+                continue
+            body = body_of(m)
+            if (body is not None and not isinstance(body.handover_of, msgspec.UnsetType)
+                    and body.handover_of.message_id == original_id):
+                return True
+        return False
 
     async def _expire(self, order: ExpireOrder) -> None:
         """Apply an expiry order before anything it covers (docs/PROTOCOL.md §15): shred the

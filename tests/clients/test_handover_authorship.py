@@ -21,6 +21,7 @@ from clients.clinician.reading import print_message
 from clients.clinician.shell import when
 from clients.desktop.views import message_json
 from clients.sdk.client import MessageEvent
+from clients.sdk.notices import RESEAL_WAIT
 from clients.sdk.vault import VaultMessage
 from protocol.body import Body, HandoverOf
 from protocol.frames import ResealRequest
@@ -126,3 +127,36 @@ def test_a_body_without_handover_of_encodes_as_before() -> None:
     plain = encode_body(Body(text="Scaphoid tenderness, x-ray?"))
     assert b"handover_of" not in plain
     assert isinstance(decode_body(plain).handover_of, msgspec.UnsetType)
+
+
+async def test_a_handover_asked_of_every_holder_is_sealed_again_once(
+        world: World, tmp_path: Any) -> None:
+    """The relay asks every device that holds the consult (docs/PROTOCOL.md §16.4): the author's
+    device answers at once and the specialist's, another holder, sees the copy arrive during
+    its wait and does not seal one of its own; asked alone, the specialist's answers after its
+    wait. One copy each time, not one per holder."""
+    async with consult_held(world, tmp_path) as (intern, ortho, events, thread_id, original):
+        intern_events = intern.client.subscribe()
+        request = ResealRequest(thread_id=thread_id, message_id=original.message_id,
+                                devices=[ortho.client.device_id],
+                                deadline=int(time.time()) + 600)
+        await asyncio.gather(intern.client.notices.on_frame(request),
+                             ortho.client.notices.on_frame(request))
+        copy = await asyncio.wait_for(_next_message(events), seconds(15))
+        assert copy.sender_device_id == intern.client.device_id
+        await asyncio.sleep(RESEAL_WAIT[1] + 1)  # the specialist's wait is over
+        copies = [m for m in ortho.client.vault.messages(thread_id)
+                  if m.message_id != original.message_id]
+        assert [m.message_id for m in copies] == [copy.message_id]
+        while not intern_events.empty():  # nothing sealed again by the specialist either
+            event = intern_events.get_nowait()
+            assert not (isinstance(event, MessageEvent)
+                        and event.message.sender_device_id == ortho.client.device_id), event
+
+        # The author's device not asked (offline, say): the specialist's answers alone.
+        await ortho.client.notices.on_frame(request)
+        mine = await asyncio.wait_for(_next_message(intern_events), seconds(15))
+        assert mine.sender_device_id == ortho.client.device_id
+        body = intern.client.body(mine)
+        assert body is not None and isinstance(body.handover_of, HandoverOf)
+        assert body.handover_of.message_id == original.message_id

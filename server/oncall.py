@@ -192,8 +192,15 @@ class OncallService:
         async with self.db.pool.acquire() as conn, conn.transaction():
             await oncall.get_role(conn, org_id, role)
             await oncall.delete_shift(conn, org_id, role, shift_id)
+            # Its unacknowledged consults would wait for the removed shift's end before any
+            # handover: it falls due now instead, to the shift covering the moment, or deferred
+            # to the role's next one (docs/PROTOCOL.md §16.4).
+            moved = await escalations.handover_now(conn, shift_id, self.at())
             await audit.append(conn, "oncall.shift_deleted", subject_kind="oncall_role",
-                               subject_id=f"{org_id}/{role}", details={"shift_id": shift_id})
+                               subject_id=f"{org_id}/{role}", details={
+                                   "shift_id": shift_id, "handovers": moved})
+        if moved:
+            self.kick()
 
     async def shift_info(self, conn: asyncpg.Connection, shift: oncall.Shift) -> api.ShiftInfo:
         rows = await conn.fetch(

@@ -37,6 +37,7 @@ __all__ = [
     "claim_handovers",
     "create",
     "for_message",
+    "handover_now",
     "held_users",
     "list_for_thread",
     "open_in_threads",
@@ -191,6 +192,16 @@ async def wake_deferred(conn: asyncpg.Connection, org_id: str, role: str,
     handovers due later than that (or never) fall due when it starts (at once if it has
     started); returns how many. Call in the rota write's transaction."""
     done = await conn.execute(_WAKE_DEFERRED, org_id, role, starts_at)
+    return int(done.split()[-1])
+
+
+async def handover_now(conn: asyncpg.Connection, shift_id: str, now: dt.datetime) -> int:
+    """The shift ``shift_id`` was removed from the rota: its unacknowledged escalations fall
+    due for handover ``now`` instead of at its old end; returns how many. Call in the rota
+    write's transaction."""
+    done = await conn.execute(
+        "UPDATE escalations SET shift_ends_at = $2 WHERE shift_id = $1 "
+        "AND state IN ('open', 'exhausted') AND shift_ends_at > $2", uuid.UUID(shift_id), now)
     return int(done.split()[-1])
 
 

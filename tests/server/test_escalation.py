@@ -683,3 +683,32 @@ async def test_a_rota_primary_without_an_active_device_is_left_out_of_the_ladder
     finally:
         for s in socks.values():
             await s.close()
+
+
+async def test_a_consult_whose_shift_it_removed_is_handed_to_the_shift_covering_it_then(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """IT removes the shift an unacknowledged consult belongs to: its handover falls due at
+    once rather than at the removed shift's end; with no other shift covering, it is deferred,
+    and the shift IT puts in its place is handed the consult when it is added."""
+    intern, primary, backup = cast["intern"], cast["primary"], cast["backup"]
+    night = await peer(world, "night", roles=("orthopaedist",))
+    await define_rota(world, clock, ["primary", "backup", "consultant"])
+    r = await world.http.get(f"/v1/admin/oncall/{ORG}/{ROLE}/shifts",
+                             headers=world.admin_headers())
+    assert r.status_code == 200, r.text
+    (shift,) = r.json()["shifts"]
+    tid = await role_thread(world, intern)
+    sealed = seal(intern, tid, [primary, backup, cast["consultant"]], b"please see bed 4",
+                  priority=Priority.URGENT)
+    s = await connect(world, intern)
+    try:
+        await next_of(s, QueueEmpty)
+        await s.send(sealed)
+        r = await world.http.delete(f"/v1/admin/oncall/{ORG}/{ROLE}/shifts/{shift['shift_id']}",
+                                    headers=world.admin_headers())
+        assert r.status_code == 204, r.text
+        await add_shifts(world, (int(clock()), int(clock()) + 8 * 3600, ["night"]))
+        hand = await next_of(s, EscalationNotice)
+        assert (hand.kind, hand.user_id) == (EscalationKind.HANDOVER, night.user_id)
+    finally:
+        await s.close()

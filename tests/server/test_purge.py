@@ -252,6 +252,10 @@ async def test_the_running_relay_sweeps_what_an_earlier_relay_kept_once(
                 await conn.execute("ALTER TABLE deliveries ENABLE TRIGGER deliveries_purge")
                 assert await kept(world, left.message_id)
                 await eventually(lambda: purged(left.message_id))
+
+                async def counted() -> bool:  # counted once the sweep's chunks have committed
+                    return purged_total(world) >= swept + 1
+                await eventually(counted)
                 assert purged_total(world) == swept + 1
                 pk = await conn.fetchval("SELECT message_pk FROM messages WHERE message_id = $1",
                                          uuid.UUID(left.message_id))

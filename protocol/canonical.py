@@ -41,7 +41,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, Final, Protocol, TypeVar
 
 import msgspec
 
@@ -62,6 +62,7 @@ __all__ = [
     "LABEL_WIPE_CONFIRMATION",
     "MAX_COMPACT_LENGTH",
     "MAX_SAFE_INTEGER",
+    "UUID_RE",
     "Bytes32",
     "Signer",
     "Timestamp",
@@ -109,10 +110,17 @@ MAX_SAFE_INTEGER = 2**53 - 1  # I-JSON (RFC 7493 §2.2): larger integers do not 
 MAX_COMPACT_LENGTH = 64 * 1024  # default cap on a compact artefact (a revocation list is largest)
 _MAX_DEPTH = 16
 
+# One identifier (user, device, message, thread, attachment, ...): a hyphenated UUID in the
+# RFC 9562 §4 textual form, hex digits lowercase only, so that one UUID has one spelling and the
+# ids that are signed, compared and stored as strings agree byte for byte (docs/PROTOCOL.md §1).
+# Unanchored: callers fullmatch it, or build a pattern for several ids from ``UUID_RE.pattern``.
+UUID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
 # Field types shared by the signed bodies (constraints are enforced when decoding).
-UuidStr = Annotated[
-    str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-]
+# The length is fixed as well: msgspec searches a pattern, and ``$`` also matches before a
+# final newline, so the pattern alone would take "<uuid>\n".
+UuidStr = Annotated[str, msgspec.Meta(min_length=36, max_length=36,
+                                      pattern=f"^{UUID_RE.pattern}$")]
 """A lowercase, hyphenated UUID string (RFC 9562 textual form)."""
 Bytes32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 """Exactly 32 bytes: a public key or a SHA-256 digest."""

@@ -34,7 +34,7 @@ from typing import Annotated, Final, TypeAlias
 import msgspec
 from msgspec import Meta
 
-from protocol.canonical import MAX_SAFE_INTEGER
+from protocol.canonical import MAX_SAFE_INTEGER, UUID_RE
 from protocol.certs import RevocationSubject
 from protocol.errors import DecodeError, ErrorCode, LimitExceeded
 from protocol.model import SUPPORTED_VERSIONS, Priority, SealedMessage
@@ -164,10 +164,8 @@ DEFAULT_SEND_WINDOW: Final = 32
 """Default number of ``send`` frames a client may have awaiting ``accepted``/``error``."""
 DEFAULT_ACK_BATCH: Final = MAX_ACK_BATCH
 
-_UUID_RE: Final = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
-
 # Identifiers are lowercase UUID strings (docs/PROTOCOL.md §1).
-Uuid: TypeAlias = Annotated[str, Meta(min_length=36, max_length=36, pattern=_UUID_RE)]
+Uuid: TypeAlias = Annotated[str, Meta(min_length=36, max_length=36, pattern=f"^{UUID_RE.pattern}$")]
 ReqId: TypeAlias = Annotated[str, Meta(min_length=1, max_length=MAX_REQ_ID)]
 Time: TypeAlias = Annotated[int, Meta(ge=0, le=MAX_SAFE_INTEGER)]  # seconds since the epoch, UTC
 Count: TypeAlias = Annotated[int, Meta(ge=0, le=2**31 - 1)]

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -252,35 +252,36 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
         ensure_token_key(settings.token_key_path)
         tokens.load(load_token_key(settings.token_key_path))
         await db.open()
+        # What has started, stopped in this order whatever stopped the start: a schema not at
+        # head refuses before anything else starts, and must be told as itself.
+        tasks: list[asyncio.Task[Any]] = []
+        stops: list[Callable[[], Awaitable[None]]] = []
         try:
             if check_schema:
                 async with db.pool.acquire() as conn:
                     await migrations.ensure_at_head(conn)
             await bus.start()
+            stops.append(bus.stop)
             await pipeline.start()
+            stops.insert(0, pipeline.stop)
             await acks.start()
-            gauges = asyncio.create_task(_queue_gauges(db, metrics), name="queue-gauges")
-            published = (asyncio.create_task(metrics.publish_every(), name="metrics-publish")
-                         if metrics.shared else None)
-            janitor = asyncio.create_task(attachment_service.janitor(),
-                                          name="attachment-janitor")
-            sweeper = asyncio.create_task(filing.sweeper(), name="expiry-sweeper")
-            escalator = asyncio.create_task(oncall.run(), name="escalation-sweeper")
-            purger = asyncio.create_task(purge.run(), name="ciphertext-purge")
+            stops.insert(1, acks.stop)
+            tasks.append(asyncio.create_task(_queue_gauges(db, metrics), name="queue-gauges"))
+            if metrics.shared:
+                tasks.append(asyncio.create_task(metrics.publish_every(), name="metrics-publish"))
+            tasks.append(asyncio.create_task(attachment_service.janitor(),
+                                             name="attachment-janitor"))
+            tasks.append(asyncio.create_task(filing.sweeper(), name="expiry-sweeper"))
+            tasks.append(asyncio.create_task(oncall.run(), name="escalation-sweeper"))
+            tasks.append(asyncio.create_task(purge.run(), name="ciphertext-purge"))
             log.info("relay started")
             yield
         finally:
             await hub.close_all()
-            gauges.cancel()
-            if published is not None:
-                published.cancel()
-            janitor.cancel()
-            sweeper.cancel()
-            escalator.cancel()
-            purger.cancel()
-            await pipeline.stop()
-            await acks.stop()
-            await bus.stop()
+            for task in tasks:
+                task.cancel()
+            for stop in stops:  # the pipeline, the acknowledgements, then the bus
+                await stop()
             await db.close()
             log.info("relay stopped")
 

@@ -107,16 +107,6 @@ class _RoleNow:
         return self.urgent_seconds if priority == "urgent" else self.routine_seconds
 
 
-async def _with_devices(conn: Any, users: Sequence[str]) -> set[str]:
-    """Those of ``users`` with an active device, the only ones a consult can reach."""
-    if not users:
-        return set()
-    rows = await conn.fetch(
-        "SELECT DISTINCT user_id::text AS u FROM devices WHERE user_id = ANY($1::uuid[]) "
-        "AND status = 'active'", list(users))
-    return {r["u"] for r in rows}
-
-
 class OncallService:
     def __init__(self, *, db: Database, clock: Callable[[], float] = time.time,
                  sweep_interval: float = 5.0, sweep_batch: int = 100) -> None:
@@ -486,7 +476,7 @@ class OncallService:
         # was sent) cannot receive it: the escalation passes over them to the next one at
         # once, rather than spend a deadline on nobody (audited ``oncall.skipped``).
         while (t.kind is EscalationKind.RELEASED
-               and not await _with_devices(conn, [e.ladder[t.level]])):
+               and not await devices.users_with_active_devices(conn, [e.ladder[t.level]])):
             await audit.append(conn, "oncall.skipped", subject_kind="message",
                                subject_id=e.message_id, details={
                                    "role": e.role, "level": t.level,
@@ -590,7 +580,8 @@ class OncallService:
         active = {r["u"] for r in rows}
         # Only those with a device to receive it (every device of one revoked since the rota
         # was written reaches nobody): as at the send, _roles_now.
-        with_devices = await _with_devices(conn, [u for u in shift.ladder if u in active])
+        with_devices = await devices.users_with_active_devices(
+            conn, [u for u in shift.ladder if u in active])
         ladder = [u for u in shift.ladder if u in with_devices]
         if not ladder:
             return None

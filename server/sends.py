@@ -67,6 +67,7 @@ from typing import Any, Protocol
 import msgspec
 
 from protocol import envelope
+from protocol.canonical import UUID_RE
 from protocol.errors import ErrorCode, VerificationError
 from protocol.model import MessageHeader, SealedMessage
 from server import audit, events
@@ -79,10 +80,9 @@ __all__ = ["Routing", "SendPipeline", "SendPolicy", "Sender", "new_message"]
 
 log = logging.getLogger("lightbox.sends")
 _REUSED = "this message id was already used with a different message"
-_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # The header's ids, joined by commas: one match for all of them (RFC 9562 §4 textual form,
 # lowercase as PROTOCOL.md §1 says).
-_IDS = re.compile(f"{_UUID}(?:,{_UUID})*")
+_IDS = re.compile(f"{UUID_RE.pattern}(?:,{UUID_RE.pattern})*")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,8 @@ from clients.clinician.consenting import (
     pdf_options,
 )
 from clients.clinician.device import open_device, read_password, store_of
-from clients.clinician.shell import unlock_profile, when
+from clients.clinician.logout import logout
+from clients.clinician.shell import when
 from clients.sdk import consent as consent_capture
 from clients.sdk import expiry, identity, people, sso
 from clients.sdk.errors import (
@@ -44,7 +45,6 @@ from clients.sdk.errors import (
     FlowError,
     KeyStoreError,
     RelayRequestError,
-    RelayUnavailable,
 )
 from clients.sdk.failures import run_async, run_command
 from clients.sdk.http import RelayHTTP
@@ -60,7 +60,6 @@ from protocol.consent import (
     ConsentBasis,
     ConsentDecision,
 )
-from protocol.errors import ErrorCode
 from protocol.keys import key_id
 from protocol.model import SUPPORTED_VERSIONS, DeviceKind, Purpose
 
@@ -185,47 +184,6 @@ def _login(args: argparse.Namespace) -> int:
     return 0
 
 
-def _logout(args: argparse.Namespace) -> int:
-    """End this device's session at the relay (POST /v1/auth/logout, docs/PROTOCOL.md §11) and
-    forget its tokens here, for a shared workstation (docs/USER_GUIDE.md "Everyday
-    commands"). The tokens are forgotten even when the relay cannot be reached."""
-    device = unlock_profile(args)
-    st = device.store.state
-    who = f"{st.login} on device {st.device_id}"
-    if st.session is None:
-        print(f"not logged in: {who} holds no session; `lightbox login` signs in again")
-        return 0
-
-    async def go() -> bool:
-        async with RelayHTTP(st.server_url, tokens=st.session) as relay:
-            try:
-                await relay.logout()
-            except RelayRequestError as exc:
-                if exc.code not in {ErrorCode.TOKEN_INVALID.value,
-                                    ErrorCode.TOKEN_EXPIRED.value}:
-                    raise
-                return False  # ended already (elsewhere, by IT, or expired)
-        return True
-
-    try:
-        ended = run_async(go)
-    except RelayUnavailable as exc:
-        # Forgotten here all the same: no one at this workstation can use the session again.
-        # The relay, not told, ends it when its refresh token expires; exit status 1, since
-        # the session lives on there until then.
-        device.store.save(msgspec.structs.replace(st, session=None))
-        print(f"error: cannot reach the relay ({exc.reason}), so it could not be told to end "
-              f"the session of {who}: this device forgot its tokens all the same, and the "
-              f"session lapses at {when(st.session.refresh_expires_at)} (your IT team can "
-              "end it sooner)", file=sys.stderr)
-        return 1
-    device.store.save(msgspec.structs.replace(st, session=None))
-    how = "the relay ended the session" if ended else "the session had already ended at the relay"
-    print(f"logged out: {how} of {who} and this device forgot its tokens; `lightbox login` "
-          "signs in again")
-    return 0
-
-
 def _whoami(args: argparse.Namespace) -> int:
     device = open_device(args)
     st = device.state
@@ -345,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sso_options(lg, "sign in with the hospital's single sign-on (a browser page)")
     lg.set_defaults(func=_login)
     sub.add_parser("logout", help="end this device's session at the relay and forget its "
-                   "tokens (a shared workstation)").set_defaults(func=_logout)
+                   "tokens (a shared workstation)").set_defaults(func=logout)
     sub.add_parser("whoami", help="this device and its user").set_defaults(func=_whoami)
     sub.add_parser("devices", help="your devices, verified").set_defaults(func=_devices)
     lk = sub.add_parser("lookup", help="search the directory")

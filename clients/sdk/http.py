@@ -151,10 +151,14 @@ class RelayHTTP(RelayTransport):
     async def logout(self) -> None:
         if self.tokens is None:
             return
-        r = await self._send("POST", "/v1/auth/logout",
-                             body=api.RefreshRequest(refresh_token=self.tokens.refresh_token))
-        self._expect(r, 200, 204)
+        await self.end_session(self.tokens.refresh_token)
         self.tokens = None
+
+    async def end_session(self, refresh_token: str) -> None:
+        """End the session ``refresh_token`` belongs to, used by this client or not."""
+        r = await self._send("POST", "/v1/auth/logout",
+                             body=api.RefreshRequest(refresh_token=refresh_token))
+        self._expect(r, 200, 204)
 
     # --- device ---------------------------------------------------------------------------
 

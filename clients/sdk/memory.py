@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 
@@ -31,6 +32,8 @@ from clients.sdk.vault import ItemNotFound, Vault, VaultLocked, VaultMessage
 from protocol.body import Body
 
 __all__ = ["Memory", "body_of"]
+
+_E = TypeVar("_E", ReceiptEvent, EscalationEvent, NotReceivedEvent)
 
 # Kinds of the vault's notes this client keeps across restarts.
 _NOTE_ACK, _NOTE_RECEIPT, _NOTE_ESCALATION = "acknowledged", "receipt", "escalation"
@@ -154,23 +157,24 @@ class Memory:
                if self._add_step(step)]
         return sorted(new, key=lambda e: (e.at, e.step))
 
-    def note_receipt(self, receipt: ReceiptEvent) -> bool:
+    def _note(self, kind: str, key: str, event: _E, add: Callable[[_E], bool]) -> bool:
+        """Keep a fact a notice told: False when known already (``add`` says so), else added
+        to memory and written to the vault's notes of ``kind`` under ``key``."""
         self.restore()
-        if not self._add_receipt(receipt):
+        if not add(event):
             return False
-        self._vault.put_note(_NOTE_RECEIPT,
-                             f"{receipt.message_id}/{receipt.device_id}/{receipt.kind}",
-                             msgspec.msgpack.encode(receipt))
+        self._vault.put_note(kind, key, msgspec.msgpack.encode(event))
         return True
 
+    def note_receipt(self, receipt: ReceiptEvent) -> bool:
+        return self._note(_NOTE_RECEIPT,
+                          f"{receipt.message_id}/{receipt.device_id}/{receipt.kind}",
+                          receipt, self._add_receipt)
+
     def note_step(self, step: EscalationEvent) -> bool:
-        self.restore()
-        if not self._add_step(step):
-            return False
-        self._vault.put_note(_NOTE_ESCALATION,
-                             f"{step.message_id}/{step.step}/{step.kind}/{step.user_id}",
-                             msgspec.msgpack.encode(step))
-        return True
+        return self._note(_NOTE_ESCALATION,
+                          f"{step.message_id}/{step.step}/{step.kind}/{step.user_id}",
+                          step, self._add_step)
 
     def _add_not_received(self, event: NotReceivedEvent) -> bool:
         told = self._not_received.setdefault(event.message_id, [])
@@ -183,13 +187,9 @@ class Memory:
     def note_not_received(self, event: NotReceivedEvent) -> bool:
         """A person never received an image of one of our messages: kept; False when told
         before (the relay's notice is at-least-once)."""
-        self.restore()
-        if not self._add_not_received(event):
-            return False
-        self._vault.put_note(_NOTE_NOT_RECEIVED,
-                             f"{event.message_id}/{event.attachment_id}/{event.user_id}",
-                             msgspec.msgpack.encode(event))
-        return True
+        return self._note(_NOTE_NOT_RECEIVED,
+                          f"{event.message_id}/{event.attachment_id}/{event.user_id}",
+                          event, self._add_not_received)
 
     def not_received(self, message_id: str) -> tuple[NotReceivedEvent, ...]:
         """The people who never received an image of this message, each with the record

@@ -30,6 +30,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import asyncpg
 import msgspec
 
+from protocol.canonical import UUID_RE
 from server.store.messages import PRIORITY_RANK, NewMessage
 from server.store.threads import DeviceSet
 
@@ -135,8 +136,7 @@ class Stored(msgspec.Struct, frozen=True):  # a struct: server/store/messages.py
     deliveries: tuple[StoredDelivery, ...] = ()
 
 
-_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_UUIDS = re.compile(f"(?:{_UUID}(?:,{_UUID})*)?")
+_UUIDS = re.compile(f"(?:{UUID_RE.pattern}(?:,{UUID_RE.pattern})*)?")
 _WORDS = re.compile("(?:[a-z_]+(?:,[a-z_]+)*)?")
 
 

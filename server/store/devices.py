@@ -24,6 +24,7 @@ __all__ = [
     "list_devices",
     "revoke_devices",
     "touch",
+    "users_with_active_devices",
 ]
 
 
@@ -98,6 +99,17 @@ async def active_device_ids(conn: asyncpg.Connection, user_ids: Sequence[str]) -
         "SELECT device_id::text AS d FROM devices WHERE user_id = ANY($1::uuid[]) "
         "AND status = 'active' ORDER BY device_id", [uuid.UUID(u) for u in user_ids])
     return [r["d"] for r in rows]
+
+
+async def users_with_active_devices(conn: asyncpg.Connection,
+                                    user_ids: Sequence[str]) -> set[str]:
+    """Those of these users with an active device, the only ones a message can reach."""
+    if not user_ids:
+        return set()
+    rows = await conn.fetch(
+        "SELECT DISTINCT user_id::text AS u FROM devices WHERE user_id = ANY($1::uuid[]) "
+        "AND status = 'active'", [uuid.UUID(u) for u in user_ids])
+    return {r["u"] for r in rows}
 
 
 async def revoke_devices(conn: asyncpg.Connection, device_ids: Sequence[str], *,

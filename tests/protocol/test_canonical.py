@@ -177,3 +177,23 @@ def test_domain_labels_are_distinct_and_none_is_a_prefix_of_another() -> None:
 def test_signing_input_refuses_unknown_labels() -> None:
     with pytest.raises(ValueError):
         canonical.signing_input(b"lightbox/v1/unknown", b"{}")
+
+
+class WithId(msgspec.Struct, kw_only=True):
+    id: canonical.UuidStr
+
+
+@pytest.mark.parametrize("text", [
+    "0b9e6c1e-6d1b-4a1e-9f3c-2f5d8e7a1b2c\n",  # `$` alone matches before a final newline
+    "0B9E6C1E-6D1B-4A1E-9F3C-2F5D8E7A1B2C",  # one UUID, one spelling: lowercase
+    "0b9e6c1e6d1b4a1e9f3c2f5d8e7a1b2c",
+    " 0b9e6c1e-6d1b-4a1e-9f3c-2f5d8e7a1b2c",
+])
+def test_a_signed_body_id_is_one_lowercase_uuid_and_nothing_around_it(text: str) -> None:
+    with pytest.raises(DecodeError):
+        decode_struct(encode_struct(WithId(id=text)), WithId)
+
+
+def test_a_signed_body_id_in_its_one_spelling_decodes() -> None:
+    body = WithId(id="0b9e6c1e-6d1b-4a1e-9f3c-2f5d8e7a1b2c")
+    assert decode_struct(encode_struct(body), WithId) == body

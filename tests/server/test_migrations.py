@@ -16,7 +16,8 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from server import migrations
-from tests.helpers import Cluster
+from server.app import create_app
+from tests.helpers import Cluster, make_settings
 
 
 @pytest.fixture
@@ -159,3 +160,15 @@ async def test_every_migration_down_to_the_first_and_back_up_leaves_the_same_fun
         assert await conn.fetch(functions) == at_head
     finally:
         await conn.close()
+
+
+async def test_a_relay_started_on_a_database_behind_is_refused_as_such_and_leaves_nothing_open(
+        empty_dsn: str) -> None:
+    """The relay's own start (its lifespan) checks the schema before anything else starts, and
+    stops only what it started: the refusal reaches the runner as itself."""
+    relay = create_app(make_settings(), dsn=empty_dsn)
+    with pytest.raises(migrations.SchemaNotAtHead, match="^database schema is at nothing"):
+        async with relay.app.router.lifespan_context(relay.app):
+            pass
+    with pytest.raises(RuntimeError, match="database pool is not open"):
+        relay.db.pool  # noqa: B018 (closed again on the way out)

@@ -63,6 +63,9 @@ async def test_a_list_revokes_only_its_own_users_active_devices_and_marks_the_wi
         fays.device_id: ("active", False)}
     assert await devices.count_active(conn, amy.user_id) == 0
     assert await devices.active_device_ids(conn, [amy.user_id, fay.user_id]) == [fays.device_id]
+    assert await devices.users_with_active_devices(conn, [amy.user_id, fay.user_id]) == {
+        fay.user_id}
+    assert await devices.users_with_active_devices(conn, []) == set()
     # The next list names them again: nothing newly revoked, the wipe mark unchanged.
     assert await devices.revoke_devices(conn, named, org_id=org.org_id, now=NOW) == []
     assert (await devices.get_devices(conn, [phone.device_id]))[phone.device_id].wipe_pending

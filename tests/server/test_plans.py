@@ -128,7 +128,7 @@ async def test_the_acknowledgement_looks_each_delivery_up_by_its_key(
         hot, delete.replace("p_devices", typed[0]).replace("p_deliveries", typed[1]),
         f"'{{{uuid.uuid4()}}}', '{{{uuid.uuid4()}}}'")
     assert "Seq Scan on deliveries" not in plan, plan
-    assert "Index Scan using deliveries_delivery_id_key on deliveries" in plan, plan
+    assert "Index Scan using deliveries_pkey on deliveries" in plan, plan
     assert "Index Cond: (delivery_id = ANY ($2))" in plan, plan
 
 

@@ -13,6 +13,7 @@
     lightbox break-glass [follow-up CASE (--consent-token FILE | --no-consent WHY --reason T)]
                                                        emergencies awaiting their follow-up
     lightbox inbox [--mark-read]                       what arrived (stored in the vault)
+    lightbox ack MESSAGE_ID                            "I'm on it": stops the escalation
     lightbox outbox [--drop ID]                        sends not yet stored by the relay
     lightbox watch [--count N] [--timeout S]           print consults as they arrive
     lightbox desktop                                   the specialist's desktop client
@@ -31,6 +32,7 @@ import argparse
 from typing import Any
 
 from clients.clinician.reading import (
+    ack_command,
     inbox_command,
     outbox_command,
     threads_command,
@@ -147,6 +149,12 @@ def register(sub: Any) -> None:
     i.add_argument("--mark-read", action="store_true")
     i.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     i.set_defaults(func=guarded(inbox_command))
+    a = sub.add_parser("ack", help="\"I'm on it\": tell the sender you are dealing with a "
+                       "consult (on call, this stops its escalation)")
+    a.add_argument("message", metavar="MESSAGE_ID", help="the id `inbox` and `watch` show "
+                   "under the consult, after \"lightbox ack\"")
+    a.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    a.set_defaults(func=guarded(ack_command))
     o = sub.add_parser("outbox", help="messages not yet stored by the relay (sent again on the "
                        "next start)")
     o.add_argument("--drop", metavar="ID", help="remove this message from the outbox: it is "

@@ -14,6 +14,7 @@ import getpass
 import os
 import sys
 import time
+import uuid
 
 from clients.clinician.shell import (
     command_client,
@@ -24,6 +25,7 @@ from clients.clinician.shell import (
     when,
 )
 from clients.sdk.client import (
+    AcknowledgementEvent,
     ClientEvent,
     EscalationEvent,
     ExpiredEvent,
@@ -39,20 +41,31 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
-from clients.sdk.errors import FlowError, RelayUnavailable, SDKError
+from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable, SDKError
 from clients.sdk.failures import run_async
 from clients.sdk.handover import authorship_line
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.sending import UnreadableSend, check_readable
 from clients.sdk.timefmt import format_time
-from clients.sdk.vault import OutboxRecord, VaultMessage, VaultPassphraseError
+from clients.sdk.vault import (
+    ItemNotFound,
+    OutboxRecord,
+    VaultLocked,
+    VaultMessage,
+    VaultPassphraseError,
+)
 from clients.sdk.wording import counted
+from protocol import api
 from protocol.body import Body, BodyKind
 from protocol.errors import ErrorCode
 
 __all__ = [
+    "ACK_WAIT",
     "REPLACED_LINE",
     "UNREACHABLE_LINE",
+    "ack_command",
+    "ack_hint",
+    "acknowledgeable",
     "describe",
     "describe_escalation",
     "describe_outbox",
@@ -66,7 +79,9 @@ __all__ = [
     "print_message",
     "print_outbox_event",
     "print_pending_count",
+    "receipt_line",
     "subject",
+    "thread_people",
     "threads_command",
     "unreadable_sentence",
     "watch_command",
@@ -96,11 +111,12 @@ def threads_command(args: argparse.Namespace) -> int:
             await client.wait_synced(args.timeout)
             print_problems(events, outbox=print_outbox_event)
             threads = await client.threads()
+            with contextlib.suppress(SDKError):  # names from verified certificates
+                await client.ensure_names({u for t in threads for u in t.members})
             for t in threads:
                 flag = "URGENT " if t.priority == "urgent" else "       "
-                who = ", ".join([*(f"role:{r}" for r in t.roles),
-                                 counted(len(t.members), "person", "people")])
-                print(f"{flag}{t.thread_id}  {subject(client, t.thread_id)}  [{who}]  "
+                print(f"{flag}{t.thread_id}  {subject(client, t.thread_id)}  "
+                      f"[{thread_people(client, t)}]  "
                       f"{client.unread(t.thread_id)} unread")
                 for line in not_received_lines(client, t.thread_id):
                     print(f"        {line}")
@@ -115,6 +131,23 @@ def threads_command(args: argparse.Namespace) -> int:
 
     run_async(go)
     return 0
+
+
+# How many of the people in a thread ``threads`` names; the rest are counted.
+NAMED_PEOPLE = 3
+
+
+def thread_people(client: LightboxClient, thread: api.ThreadInfo) -> str:
+    """Whom a thread reaches besides the user, as ``threads`` lists it: its roles (which
+    reach whoever is on call for them, or holds them: docs/PROTOCOL.md §16.2), then the
+    people in it by name (those named when it was made, and those who joined, such as an
+    acknowledger), the rest counted."""
+    others = [u for u in thread.members if u != client.user_id]
+    names = [client.display_name(u) for u in others[:NAMED_PEOPLE]]
+    if len(others) > NAMED_PEOPLE:
+        names.append(counted(len(others) - NAMED_PEOPLE, "more person", "more people"))
+    reach = [*(f"role:{r}" for r in thread.roles), *names]
+    return f"with {', '.join(reach)}" if reach else "only you"
 
 
 def print_message(client: LightboxClient, event: MessageEvent) -> None:
@@ -262,8 +295,9 @@ def inbox_command(args: argparse.Namespace) -> int:
                                key=functools.partial(_reading_order, client, arrived)):
                 thread_id = view.message.thread_id
                 print_message(client, MessageEvent(view.message, view.body))
+                never_here = await _expired_before_arrival(client, view)
                 for img in view.images:
-                    print(f"    {image_line(img)}")
+                    print(f"    {image_line(img, never_here=img.attachment_id in never_here)}")
                 for told in view.not_received:
                     consult, _ = _consult_of(client, thread_id, told.message_id)
                     print(f"    {told.sentence(consult)}")
@@ -271,6 +305,9 @@ def inbox_command(args: argparse.Namespace) -> int:
                 if consent_id in withdrawn:
                     print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the "
                           "patient's consent no longer covers this message")
+                if acknowledgeable(client, view.message, view.body) \
+                        and not view.acknowledged_by_me:
+                    print(ack_hint(view.message.message_id))
                 shown += 1
             if args.mark_read:
                 for t in threads:
@@ -296,13 +333,46 @@ def _reading_order(client: LightboxClient, arrived: dict[str, int],
             arrived.get(m.message_id, 0))
 
 
-def image_line(img: ImageStatus) -> str:
+def image_line(img: ImageStatus, *, never_here: bool = False) -> str:
     """One image's state; a shredded copy names where the record keeps it, as the desktop
-    does (clients/desktop/static/app.js ``imageBlock``)."""
+    does (clients/desktop/static/app.js ``imageBlock``). ``never_here``: its expiry came
+    before the image reached this device (:func:`_expired_before_arrival`), so it was never
+    shown here: said so, not "shredded"."""
+    if img.state == "shredded" and never_here:
+        if img.record_ref:
+            return (f"image {img.attachment_id[:8]}: filed to the patient's record before it "
+                    f"reached this device, so never shown here - in the record: "
+                    f"{img.record_ref}")
+        return (f"image {img.attachment_id[:8]}: expired before it reached this device, so "
+                "never shown here")
     line = f"image {img.attachment_id[:8]}: {img.state} {img.reason}".rstrip()
     if img.state == "shredded" and img.record_ref:
         line += f" - in the record: {img.record_ref}"
     return line
+
+
+async def _expired_before_arrival(client: LightboxClient, view: MessageView) -> set[str]:
+    """The shredded images of a received message whose expiry this device applied before the
+    message itself reached it (after a reconnect the relay sends orders before deliveries,
+    docs/PROTOCOL.md §15): the tombstone is older than this device's ``delivered`` receipt of
+    the message, as the relay keeps it (``GET /v1/threads/{id}/receipts``, both signed by
+    this device's clock); all of them when that receipt is not there yet (the message came
+    in this run: nothing of it was shown here). Empty when the relay cannot say."""
+    m = view.message
+    shredded = [i.attachment_id for i in view.images if i.state == "shredded"]
+    if m.outgoing or not shredded:
+        return set()
+    try:
+        kept = await client.relay.thread_receipts(m.thread_id, m.message_id)
+    except (RelayRequestError, RelayUnavailable):
+        return set()
+    arrived = [r.at for r in kept.receipts
+               if r.device_id == client.device_id and r.kind == "delivered"]
+    if not arrived:
+        return set(shredded)
+    return {aid for aid in shredded
+            if (tomb := client.vault.tombstone(aid)) is not None
+            and int(tomb.shredded_at) <= min(arrived)}
 
 
 def not_received_lines(client: LightboxClient, thread_id: str) -> list[str]:
@@ -321,7 +391,7 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
         return f"    {event.sentence(_consult_of(client, event.thread_id, event.message_id)[0])}"
     if isinstance(event, EscalationEvent):
         return describe_escalation(client, event)
-    if isinstance(event, ReceiptEvent):
+    if isinstance(event, ReceiptEvent):  # watch says more where it knows (receipt_line)
         return f"    {event.display_name or event.user_id[:8]}: {event.kind} " \
                f"({event.message_id[:8]})"
     if isinstance(event, FiledEvent):
@@ -347,6 +417,23 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
             return "-- relay connection lost: reconnecting (nothing is lost)"
         return problem_line(event)
     return None
+
+
+def receipt_line(client: LightboxClient, event: ReceiptEvent) -> str:
+    """A recipient's receipt as ``watch`` says it (:func:`describe`'s line, indented). A
+    person told of as never having received the message's image (docs/PROTOCOL.md §15 "Never
+    received") whose device comes back later signs a ``delivered`` (or ``read``) of the
+    message alone, its expired image left out: said so, lest it read as the image reaching
+    them after all."""
+    line = describe(client, event) or ""
+    try:
+        view = client.view(client.vault.message(event.message_id))
+    except ItemNotFound:
+        return line
+    if event.kind != "acknowledged" and any(t.user_id == event.user_id
+                                            for t in view.not_received):
+        line += ", the message only: its image had expired before it reached them"
+    return line
 
 
 def _consult_of(client: LightboxClient, thread_id: str,
@@ -482,6 +569,10 @@ class _Progress:
     # Receipts said: (message, person, kind). Each device of a person that holds a message
     # signs its own receipt of it; the reader is told once per person.
     receipts: set[tuple[str, str, str]] = dataclasses.field(default_factory=set)
+    # Escalation steps of a thread this device holds no message of yet, by thread, with when
+    # they are said all the same (:func:`_hold_back`).
+    held_back: dict[str, list[tuple[float, EscalationEvent]]] = dataclasses.field(
+        default_factory=dict)
 
     def first_receipt(self, event: ReceiptEvent) -> bool:
         """True the first time this person's receipt of this kind of this message comes."""
@@ -490,6 +581,44 @@ class _Progress:
             return False
         self.receipts.add(key)
         return True
+
+
+# How long ``watch`` holds back an escalation step of a consult not yet on this device.
+HOLD_BACK = 10.0
+
+
+def _hold_back(client: LightboxClient, progress: _Progress, event: EscalationEvent) -> bool:
+    """Hold back a step of a consult this device holds nothing of yet: the relay may write the
+    step before the consult (a holder of the role in a gap in the rota gets both at once,
+    docs/PROTOCOL.md §16.4), and the line reads best after it, naming it by its subject. Said
+    when a message of its thread arrives, else after :data:`HOLD_BACK` seconds as it is."""
+    held = progress.held_back.get(event.thread_id)
+    if held is None and client.thread_messages(event.thread_id):
+        return False
+    progress.held_back.setdefault(event.thread_id, []).append(
+        (time.monotonic() + HOLD_BACK, event))
+    return True
+
+
+def _held_back_due(progress: _Progress) -> float | None:
+    """Seconds until the next held-back step is due (None: none held back)."""
+    due = [at for held in progress.held_back.values() for at, _ in held]
+    return None if not due else max(0.0, min(due) - time.monotonic())
+
+
+async def _say_held_back(client: LightboxClient, progress: _Progress, *,
+                         thread_id: str | None = None, everything: bool = False) -> None:
+    """Say the held-back steps of ``thread_id`` (a message of it arrived), or those due, or
+    (``everything``, as watch stops) all of them."""
+    now = time.monotonic()
+    for tid in list(progress.held_back):
+        held = progress.held_back[tid]
+        if not (everything or tid == thread_id or min(at for at, _ in held) <= now):
+            continue
+        del progress.held_back[tid]
+        for _, event in held:
+            await learn_escalation_names(client, event)
+            print(describe_escalation(client, event), flush=True)
 
 
 def _seconds(value: float) -> str:
@@ -584,11 +713,15 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                 get = asyncio.ensure_future(queue.get())
                 lock = asyncio.ensure_future(locked.wait())
                 try:
-                    await asyncio.wait({get, lock}, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait({get, lock}, timeout=_held_back_due(progress),
+                                                 return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     lock.cancel()
                     if not get.done():
                         get.cancel()
+                if not done:  # a step held back is due: said as it is
+                    await _say_held_back(client, progress)
+                    continue
                 if not get.done() or get.cancelled():
                     return True
                 event = get.result()
@@ -602,13 +735,19 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                 if isinstance(event, MessageEvent):
                     await learn_message_names(client, event)
                     print_message(client, event)
+                    if acknowledgeable(client, event.message, event.body):
+                        print(ack_hint(event.message.message_id), flush=True)
                     progress.seen += 1
+                    await _say_held_back(client, progress, thread_id=event.message.thread_id)
                     continue
                 if isinstance(event, EscalationEvent):
+                    if _hold_back(client, progress, event):
+                        continue
                     await learn_escalation_names(client, event)
                 if isinstance(event, ReceiptEvent) and not progress.first_receipt(event):
                     continue  # another device of the same person: said already
-                line = describe(client, event)
+                line = (receipt_line(client, event) if isinstance(event, ReceiptEvent)
+                        else describe(client, event))
                 if line:
                     print(line, flush=True)
                 if isinstance(event, StatusEvent) and event.state in ("stopped", "wiped"):
@@ -616,6 +755,9 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
     except TimeoutError:
         pass
     finally:
+        if vault.is_unlocked:  # watch stops: nothing heard goes unsaid (else kept for later)
+            with contextlib.suppress(SDKError, VaultLocked):
+                await _say_held_back(client, progress, everything=True)
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
@@ -623,3 +765,170 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
         # again on the next connection, and is applied again (docs/PROTOCOL.md §15).
         await client.close(drain=5.0 if vault.is_unlocked else 0.0)
     return False
+
+
+# --- "I'm on it" -------------------------------------------------------------------------------
+
+# How long ``ack`` waits for the relay to take or refuse the acknowledgement (it answers a
+# refusal with an error frame and a kept receipt with nothing: docs/PROTOCOL.md §3.5 "Receipts").
+ACK_WAIT = 10.0
+
+
+def acknowledgeable(client: LightboxClient, message: VaultMessage, body: Body) -> bool:
+    """A message this device can say "I'm on it" to, as the desktop offers its button
+    (clients/desktop/static/app.js): a colleague's consult, not the user's own message nor
+    the record gateway's filing receipt."""
+    return (not message.outgoing and message.sender_user_id != client.user_id
+            and body.kind is BodyKind.TEXT)
+
+
+def ack_hint(message_id: str) -> str:
+    """The line under a consult in ``inbox`` and ``watch`` that shows its message id, with the
+    command that acknowledges it (``lightbox ack``)."""
+    return f"    I'm on it: lightbox ack {message_id}"
+
+
+def _message_id(value: str) -> str:
+    """The MESSAGE_ID of ``ack``, checked before the password is asked for."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise FlowError(f"{value!r} is not a message id: copy the one after \"lightbox ack\" "
+                        "under the consult in `lightbox inbox` or `lightbox watch`",
+                        code=ErrorCode.VALIDATION_FAILED.value) from None
+
+
+class _NotAcknowledged(Exception):
+    """``ack`` could not reach the relay: the sentence printed, exit status 1."""
+
+
+def ack_command(args: argparse.Namespace) -> int:
+    """``lightbox ack MESSAGE_ID``: "I'm on it" (SDK ``acknowledge``), a signed
+    ``acknowledged`` receipt to the sender that also stops the consult's on-call escalation
+    when it has one (docs/PROTOCOL.md §16.3). Said only once the relay took it: the relay
+    answers a refusal (``not_on_ladder``) and keeps a receipt it takes, which ``ack`` asks for.
+    With the relay out of reach at the start nothing is acknowledged (the escalation goes on):
+    the specialist is told at once, to try again or phone, rather than have it go unseen
+    later; one the connection lost on its way is kept and goes at the next connection
+    (clients/sdk/receiving.py), and that is said."""
+    message_id = _message_id(args.message)
+    device = unlock_profile(args)
+
+    async def go() -> str:
+        client = command_client(device)
+        events = client.subscribe()
+        try:
+            try:
+                await client.start()
+                await client.wait_synced(args.timeout)
+            except RelayUnavailable as exc:
+                raise _NotAcknowledged(_unreachable(client, message_id, exc.reason)) from None
+            return await _acknowledge(client, message_id)
+        finally:
+            await client.close()
+            print_problems(events)  # what it dropped as it synced
+
+    try:
+        print(run_async(go))
+    except _NotAcknowledged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _unreachable(client: LightboxClient, message_id: str, reason: str) -> str:
+    try:
+        message = client.vault.message(message_id)
+        consult = _consult_of(client, message.thread_id, message_id)[0]
+    except (ItemNotFound, VaultLocked):
+        consult = f"message {message_id}"
+    return (f"cannot reach the relay ({reason}), so {consult} is NOT acknowledged: the sender "
+            "is not told and its on-call escalation goes on; run `lightbox ack "
+            f"{message_id}` again when the relay answers, or phone the sender if it cannot wait")
+
+
+async def _escalations(client: LightboxClient, thread_id: str) -> list[api.EscalationInfo]:
+    """The thread's escalations as the relay has them now ([] when it cannot say)."""
+    try:
+        return (await client.relay.thread_escalations(thread_id)).escalations
+    except (RelayRequestError, RelayUnavailable):
+        return []
+
+
+async def _acknowledge(client: LightboxClient, message_id: str) -> str:
+    """Acknowledge one held message; the sentence to print, or FlowError saying why not."""
+    try:
+        message = client.vault.message(message_id)
+    except ItemNotFound:
+        raise FlowError(f"no message {message_id} on this device: copy the id after "
+                        "\"lightbox ack\" under the consult in `lightbox inbox` or "
+                        "`lightbox watch`", code=ErrorCode.NOT_FOUND.value) from None
+    view = client.view(message)
+    consult, _ = _consult_of(client, message.thread_id, message_id)
+    if not acknowledgeable(client, message, view.body):
+        what = ("is yours" if message.outgoing or message.sender_user_id == client.user_id
+                else "is the record gateway's answer, not a consult")
+        raise FlowError(f"message {message_id} {what} ({consult}): only a consult a colleague "
+                        "sent you can be acknowledged", code=ErrorCode.VALIDATION_FAILED.value)
+    me = client.user_id
+    before = [e for e in await _escalations(client, message.thread_id)
+              if e.state == "acknowledged" and e.acknowledged_by is not None]
+    # The receipt goes to the device that sent this copy: for a consult handed over at a
+    # shift change, the one that sealed it again (docs/PROTOCOL.md §16.4), not its author.
+    await client.ensure_names([message.sender_user_id,
+                               *(e.acknowledged_by for e in before if e.acknowledged_by)])
+    who = client.display_name(message.sender_user_id)
+    mine = next((e for e in before if e.acknowledged_by == me), None)
+    if (view.acknowledged_by_me and not view.acknowledgement_waiting) or mine is not None:
+        at = f" at {when(mine.acknowledged_at)}" if mine and mine.acknowledged_at else ""
+        return f"you already acknowledged {consult}{at}: {who} was told then; nothing sent again"
+    answers = client.subscribe()
+    try:
+        if not await client.acknowledge(message_id, wait=ACK_WAIT):
+            raise _NotAcknowledged(
+                f"the relay connection was lost, so {consult} is not acknowledged yet: it is "
+                "kept on this device and goes the next time lightbox connects to the relay "
+                "(run `lightbox inbox`); until then the sender is not told and its on-call "
+                "escalation goes on: phone the sender if it cannot wait")
+        refused = await _ack_answer(client, message, answers)
+    finally:
+        client.unsubscribe(answers)
+    if refused is not None:
+        if refused.startswith(ErrorCode.NOT_ON_LADDER.value):
+            raise FlowError(f"{consult} is not acknowledged: only someone on its on-call "
+                            "ladder can acknowledge it, and you are not on it, so its "
+                            f"escalation goes on; to tell {who} anything, reply (lightbox send "
+                            f"--thread {message.thread_id} TEXT)",
+                            code=ErrorCode.NOT_ON_LADDER.value)
+        raise FlowError(f"{consult} is not acknowledged: the relay refused it ({refused})",
+                        code=refused.partition(":")[0])
+    stopped = any(e.state == "acknowledged" and e.acknowledged_by == me
+                  for e in await _escalations(client, message.thread_id))
+    earlier = next((e for e in before if e.acknowledged_by != me), None)
+    if earlier is not None and earlier.acknowledged_by:
+        return (f"acknowledged {consult}: {who} is told you are on it too "
+                f"({client.display_name(earlier.acknowledged_by)} had acknowledged it "
+                "already, which stopped its on-call escalation)")
+    return (f"acknowledged {consult}: {who} is told you are on it"
+            + (", and its on-call escalation stops" if stopped else ""))
+
+
+async def _ack_answer(client: LightboxClient, message: VaultMessage,
+                      answers: asyncio.Queue[ClientEvent]) -> str | None:
+    """Whether the relay took the acknowledgement just sent: None once it keeps this device's
+    ``acknowledged`` receipt (``GET /v1/threads/{id}/receipts``), else why it refused it.
+    TimeoutError (said as the relay not answering in time) when it does neither."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ACK_WAIT
+    while loop.time() < deadline:
+        while not answers.empty():
+            event = answers.get_nowait()
+            if isinstance(event, AcknowledgementEvent) and event.state == "refused" \
+                    and event.message_id == message.message_id:
+                return event.detail or "refused"
+        kept = await client.relay.thread_receipts(message.thread_id, message.message_id)
+        if any(r.device_id == client.device_id and r.kind == "acknowledged"
+               for r in kept.receipts):
+            return None
+        await asyncio.sleep(0.2)
+    raise TimeoutError

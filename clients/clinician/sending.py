@@ -26,10 +26,7 @@ from clients.clinician.shell import (
 )
 from clients.sdk import imaging
 from clients.sdk.breakglass import Emergency, check_emergency
-from clients.sdk.client import (
-    EscalationEvent,
-    LightboxClient,
-)
+from clients.sdk.client import LightboxClient
 from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable, SDKError
 from clients.sdk.failures import run_async
 from clients.sdk.filing import needs_gateway
@@ -537,18 +534,11 @@ async def gap_lines(client: LightboxClient, thread_id: str, message_id: str) -> 
     the next shift in the transaction that stored it (docs/PROTOCOL.md §16.4), so ``send``
     says so at once, in the words ``watch`` uses, rather than leave it to a ``watch`` the
     intern may not be running. Nothing when the relay cannot be asked now."""
-    try:
-        answer = await client.relay.thread_escalations(thread_id)
-    except (RelayRequestError, RelayUnavailable):
-        return []
     lines = []
-    for e in answer.escalations:
-        for s in e.steps:
-            if e.message_id == message_id and s.kind == "no_shift":
-                step = EscalationEvent(thread_id, message_id, s.kind, s.step, s.level,
-                                       s.user_id, s.at, s.next_shift_at)
-                await learn_escalation_names(client, step)
-                lines.append(describe_escalation(client, step))
+    for step in await client.thread_escalation_steps(thread_id):
+        if step.message_id == message_id and step.kind == "no_shift":
+            await learn_escalation_names(client, step)
+            lines.append(describe_escalation(client, step))
     return lines
 
 
@@ -563,10 +553,18 @@ def kept_sentence(exc: RelayUnavailable, what: str = "the consult") -> str:
 async def check_roles(client: LightboxClient, roles: list[str]) -> None:
     """Before a thread names them: each role must reach someone else of this organisation
     now (its on-call ladder, else a colleague holding it), or the send stops with a sentence
-    naming the role (a mistyped role would otherwise make an empty consult)."""
+    naming the role (a mistyped role would otherwise make an empty consult). An on-call role
+    between shifts that nobody holds is no misspelling: said as it is. (The relay would keep
+    such a consult for the next shift, docs/PROTOCOL.md §16.4, but there is no device to seal
+    it for until then.)"""
     for role in roles:
         if await _role_reaches_others(client, role):
             continue
+        if await _is_on_call_role(client, role):
+            raise FlowError(f"nobody is on call for the role {role!r} now and nobody else "
+                            "holds it, so a consult to it would reach no one before its next "
+                            "shift: page the on-call doctor, or send to a colleague by name "
+                            "(--to user:LOGIN); nothing was sent", code="nobody_on_call")
         near = await _roles_like(client, role)
         guess = difflib.get_close_matches(role, sorted(near - {role}), n=1, cutoff=0.7)
         hint = f" (did you mean role:{guess[0]}?)" if guess else ""
@@ -595,6 +593,17 @@ async def _role_reaches_others(client: LightboxClient, role: str) -> bool:
         return True  # more matches than the relay lists: it may be among the rest
     return any(u.org_id == me.org_id and role in u.roles and u.user_id != me.user_id
                for u in found)
+
+
+async def _is_on_call_role(client: LightboxClient, role: str) -> bool:
+    """Whether ``role`` has an on-call rota in my organisation (``GET /v1/oncall/{role}``)."""
+    try:
+        await client.relay.on_call(role)
+    except RelayRequestError as exc:
+        if exc.code != ErrorCode.ROLE_UNKNOWN.value:
+            raise
+        return False
+    return True
 
 
 async def _roles_like(client: LightboxClient, role: str) -> set[str]:

@@ -359,15 +359,8 @@ class LightboxClient:
 
     async def _steps_of_sent(self, thread_id: str) -> None:
         """The relay's escalation steps of a thread this device sent to, each told once."""
-        try:
-            answer = await self.relay.thread_escalations(thread_id)
-        except (RelayRequestError, RelayUnavailable):
-            return  # out of reach, or the thread no longer ours: the next step comes anyway
-        steps = sorted((EscalationEvent(thread_id, e.message_id, s.kind, s.step, s.level,
-                                        s.user_id, s.at, s.next_shift_at)
-                        for e in answer.escalations for s in e.steps),
-                       key=lambda s: (s.at, s.step))
-        for step in steps:
+        # None when out of reach, or the thread no longer ours: the next step comes anyway.
+        for step in await self.thread_escalation_steps(thread_id):
             if self.memory.note_step(step):
                 await self.hub.emit(step)
 
@@ -551,6 +544,21 @@ class LightboxClient:
         """The on-call escalation steps of a consult this device heard of, in order
         (docs/PROTOCOL.md §16), also of one it does not hold."""
         return self.memory.escalation_steps(message_id)
+
+    async def thread_escalation_steps(self, thread_id: str) -> list[EscalationEvent]:
+        """Every on-call escalation step of a thread's consults as the relay has them now
+        (``GET /v1/threads/{id}/escalations``, docs/PROTOCOL.md §16.3), in the order they
+        happened (by time, then step); [] when the relay cannot be asked (out of reach, or the
+        thread no longer this user's). Unlike :meth:`escalation_steps` (what this device
+        heard), it asks the relay and notes nothing."""
+        try:
+            answer = await self.relay.thread_escalations(thread_id)
+        except (RelayRequestError, RelayUnavailable):
+            return []
+        return sorted((EscalationEvent(thread_id, e.message_id, s.kind, s.step, s.level,
+                                       s.user_id, s.at, s.next_shift_at)
+                       for e in answer.escalations for s in e.steps),
+                      key=lambda s: (s.at, s.step))
 
     def thread_messages(self, thread_id: str) -> list[MessageView]:
         return [self.view(m) for m in self.vault.messages(thread_id)]

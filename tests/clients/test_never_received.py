@@ -21,18 +21,24 @@ from pathlib import Path
 import pytest
 
 from clients.clinician.consenting import say_filed
-from clients.clinician.reading import describe, image_line, not_received_lines
+from clients.clinician.reading import describe, image_line, not_received_lines, receipt_line
 from clients.desktop.views import message_json
 from clients.gateway.fhir import FhirClient, FhirSettings
 from clients.sdk import imaging
-from clients.sdk.client import ExpiredEvent, FiledEvent, ImageEvent, NotReceivedEvent
+from clients.sdk.client import (
+    ExpiredEvent,
+    FiledEvent,
+    ImageEvent,
+    NotReceivedEvent,
+    ReceiptEvent,
+)
 from clients.sdk.consent import register_consent
 from clients.sdk.memory import Memory
 from protocol.model import Priority
 from tests.clients.test_filing_journey import ORTHO, journey, next_event, record
 from tests.clients.test_record_consent import refusal
 from tests.clients.test_unread_own_devices import link_desktop
-from tests.clinician_world import Clinician, enrol_clinician
+from tests.clinician_world import Clinician, enrol_clinician, run_cli, use_cli_profiles
 from tests.consent_world import count, xray_png
 from tests.fhir_server import FhirServer
 from tests.filing_world import (
@@ -100,8 +106,10 @@ async def expire(world: World, filed: FiledEvent) -> None:
 async def test_the_sender_is_told_when_the_offline_specialist_never_received_the_filed_image(
         world: World, tmp_path: Path, orthanc: OrthancServer,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    home = use_cli_profiles(monkeypatch, tmp_path)  # the specialist's `lightbox inbox`
     intern = await enrol_clinician(world, tmp_path, "intern")
-    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))  # offline
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),  # offline
+                                  vault_dir=home / "ortho")
     async with online(world, tmp_path, orthanc, intern):
         events = intern.client.subscribe()
         thread_id, message_id, aid, filed = await send_and_file(intern, [ortho.user_id], 31)
@@ -150,13 +158,28 @@ async def test_the_sender_is_told_when_the_offline_specialist_never_received_the
                                    "device_id = $1 AND confirmed_at IS NOT NULL",
                                    uuid.UUID(ortho.client.device_id)) == 1
             await eventually(ortho_confirmed, timeout=20)
+            # The intern's watch hears the specialist's device sign a "delivered" of the
+            # message it now holds without its image: said so, after "never received".
+            receipt = await next_event(events, ReceiptEvent, lambda e: (
+                e.user_id, e.kind) == (ortho.user_id, "delivered"))
+            assert receipt_line(intern.client, receipt) == (
+                f"    Dr Ortho: delivered ({message_id[:8]}), the message only: its image had "
+                "expired before it reached them")
         finally:
             await ortho.client.close()
+        # The specialist's `lightbox inbox` says what became of the image they never saw.
+        ortho_device = ortho.client.device_id
+        ortho.vault.lock()
+        rc, out, err = await run_cli("--profile", "ortho", "inbox")
+        assert rc == 0, out + err
+        assert f"    image {aid[:8]}: filed to the patient's record before it reached this " \
+               f"device, so never shown here - in the record: {ref}\n" in out, out
+        assert "shredded" not in out, out
     # What lightbox-admin copies says agrees: the specialist's device never received it.
     (report,) = copies_json(*await admin_copies(world, tmp_path / "admin-home", monkeypatch,
                                                 capsys, "--attachment", aid, "--json"))
     statuses = {c["device_id"]: c["status"] for c in report["copies"]}
-    assert statuses[ortho.client.device_id] == "never_received"
+    assert statuses[ortho_device] == "never_received"
 
 
 async def test_a_person_one_of_whose_devices_received_the_image_is_not_told_of(

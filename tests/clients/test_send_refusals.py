@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -181,3 +182,34 @@ async def test_a_send_the_stopped_relay_did_not_take_is_said_plainly(
         assert ": :" not in sentence and not CLASS_NAME.search(sentence), sentence
         assert "/v1/" not in sentence, sentence
     assert "`lightbox inbox` to send it" in kept_sentence(exc, "the message")
+
+
+async def test_an_on_call_role_nobody_holds_between_shifts_is_said_as_it_is(
+        world: World, tmp_path: Path) -> None:
+    """An on-call role of the organisation with nobody on call now and nobody holding it is no
+    misspelling: the refusal says so (no device could be sealed for before its next shift),
+    and tells what to do instead; a misspelt role is still named as one."""
+    await _people(world, tmp_path, ("intern", ("intern",)), ("dan", ("orthopaedist",)))
+    role = "role:orthopaedics-oncall"
+    r = await world.http.put(f"/v1/admin/oncall/st-elsewhere/{role}",
+                             headers=world.admin_headers(),
+                             json={"display_name": "Orthopaedics on call"})
+    assert r.status_code == 200, r.text
+    starts = int(time.time()) + 3600
+    r = await world.http.post(
+        f"/v1/admin/oncall/st-elsewhere/{role}/shifts", headers=world.admin_headers(),
+        json={"shifts": [{"starts_at": starts, "ends_at": starts + 8 * 3600,
+                          "ladder": ["dan"]}]})
+    assert r.status_code == 200 and r.json()["results"][0]["ok"], r.text
+    err = _one_sentence(*await lightbox("--profile", "intern", "send", "--to", role,
+                                        "--subject", "Knee, bed 12", "Hot swollen knee"))
+    assert err == (
+        "error: nobody_on_call: nobody is on call for the role 'orthopaedics_oncall' now and "
+        "nobody else holds it, so a consult to it would reach no one before its next shift: "
+        "page the on-call doctor, or send to a colleague by name (--to user:LOGIN); nothing "
+        "was sent\n")
+    err = _one_sentence(*await lightbox("--profile", "intern", "send", "--to",
+                                        "role:orthopaedic_oncall", "x"))
+    assert err.startswith("error: role_unknown: nobody in your organisation holds the role "
+                          "'orthopaedic_oncall'"), err
+    assert await _thread_count("intern") == 0

@@ -195,3 +195,41 @@ async def test_the_sender_is_told_at_once_that_nobody_is_on_call_and_when_the_ne
     finally:
         err = await watch.stop()
         assert "Traceback" not in err, err
+
+
+async def test_a_role_holder_sees_the_gap_line_after_the_consult_it_is_about(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: SimClock) -> None:
+    """In a gap in the rota the consult reaches the role's certificate holder at once, with the
+    ``no_shift`` step (docs/PROTOCOL.md §16.4), whichever of the two the relay writes first: the
+    holder's ``watch`` shows the consult, then the line about it by its subject, never "a
+    consult not yet on this device"."""
+    home = use_cli_profiles(monkeypatch, tmp_path)
+    await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern",
+                          vault_dir=home / "intern")
+    carol = await enrol_clinician(world, tmp_path, "carol", roles=(ORTHO,),
+                                  display_name="Dr Carol Backup", vault_dir=home / "carol")
+    carol.vault.lock()
+    r = await world.http.put(f"/v1/admin/oncall/{ORG}/{ROLE}", headers=world.admin_headers(),
+                             json={"display_name": "Orthopaedics on call"})
+    assert r.status_code == 200, r.text
+    watch = Watch(await lightbox_process("--profile", "carol", "watch", "--timeout",
+                                         str(seconds(120))))
+    try:
+        await watch.until("-- connected to the relay")
+        for n in range(3):  # each of several consults, each in a thread of its own
+            rc, out, err = await lightbox("--profile", "intern", "send", "--to", ROLE,
+                                          "--urgent", "--subject", f"Knee, bed {n}",
+                                          "Hot swollen knee")
+            assert rc == 0, out + err
+        gap = ("no one is on call for the role now; no later shift is on the rota yet: it "
+               "goes to the next shift IT adds")
+        for n in range(3):
+            await watch.until(f'    consult "Knee, bed {n}": {gap}')
+    finally:
+        err = await watch.stop()
+        assert "Traceback" not in err, err
+    lines = watch.lines
+    assert not [line for line in lines if "not yet on this device" in line], lines
+    for n in range(3):
+        consult = next(i for i, line in enumerate(lines) if f"Knee, bed {n} - " in line)
+        assert lines.index(f'    consult "Knee, bed {n}": {gap}') > consult, lines

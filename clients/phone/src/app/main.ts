@@ -591,18 +591,21 @@ function dropThreads(): void {
   closeThread(false);
   $<HTMLTextAreaElement>("reply-text").value = ""; // a reply being written is of a consult too
   sayKept("thread-status", "", null);
+  removing = null;
+  stopAgain("reply", false);
+  stopAgain("consult", false);
   forgetPhotos();
 }
 
-async function renderThreads(): Promise<void> {
+async function renderThreads(): Promise<ThreadRecord[] | null> {
   const ticket = ++listing;
   let list: ThreadRecord[];
   try {
     list = await call<ThreadRecord[]>("threads");
   } catch {
-    return;
+    return null;
   }
-  if (ticket !== listing) return; // a later call's answer is the newer list
+  if (ticket !== listing) return null; // a later call's answer is the newer list
   $("no-threads").hidden = list.length > 0;
   $("threads").replaceChildren(
     ...list.map((t) => {
@@ -612,7 +615,7 @@ async function renderThreads(): Promise<void> {
       const h = document.createElement("h3");
       h.id = `thread-h-${t.thread_id}`;
       h.textContent = `${consultTitle(t)}${t.role ? ` · ${t.role}` : ""} · ${PRIORITY[t.priority] ?? t.priority}`;
-      li.append(h, ...t.messages.map(messageElement));
+      li.append(h, ...t.messages.map((m) => messageElement(m, t)));
       if (!t.record && onTheRelay(t)) {
         // The consult on a screen of its own, to answer it or add a photo to it (the lateral
         // view the specialist asked for) in the same thread. One only kept or refused here is
@@ -641,6 +644,7 @@ async function renderThreads(): Promise<void> {
       if (t.messages.some((m) => !m.mine && m.read === false)) void call("markRead", { thread_id: t.thread_id }).catch(() => undefined);
     }
   }
+  return list;
 }
 
 /** A `no_shift` step (PROTOCOL §16.4): nobody is on call for the consult's role, and when the
@@ -661,9 +665,10 @@ function notReceivedLine(n: { name: string; consult: string; reason: string; rec
   return `${n.name} never received the image of ${n.consult} on any device before its copies expired: ${where}. Phone or page them.`;
 }
 
-/** One message of a consult, with what is known of it: its receipts, why it is not sent,
- * its escalation steps, withdrawal, filing, and its photo. */
-function messageElement(m: MessageView): HTMLElement {
+/** One message of consult `t`, with what is known of it: its receipts, why it is not sent
+ * (and, for one of ours, what can be done about it), its escalation steps, withdrawal,
+ * filing, and its photo. */
+function messageElement(m: MessageView, t: ThreadRecord): HTMLElement {
   const div = document.createElement("div");
   div.className = `message ${m.mine ? "mine" : "theirs"}`;
   div.dataset["message"] = m.message_id;
@@ -772,7 +777,160 @@ function messageElement(m: MessageView): HTMLElement {
     again.addEventListener("click", () => void sendKeptAgain(m.message_id));
     div.append(again);
   }
+  if (m.mine && m.status === "not_sent") div.append(...unsentActions(m, t));
   return div;
+}
+
+// --- a message of ours the relay refused: edited and sent again, or removed ---------------------
+
+const REMOVED = "The refused message was removed from this phone.";
+const AGAIN_CONSULT = "Correct the consult below, then tap Send. Once it is sent, the copy the relay refused is removed from this phone.";
+const AGAIN_REPLY = "Correct the reply below, then tap Send reply. Once it is sent, the copy the relay refused is removed from this phone.";
+
+/** The not-sent message whose removal is being confirmed (its message id), drawn open by every
+ * render of the list until the intern answers. */
+let removing: string | null = null;
+
+/** The refused message the compose form and the reply box hold again (*Edit and send again*):
+ * sent with the new one, which the worker removes once the new one is on this phone. */
+type Again = { thread_id: string; message_id: string };
+let againConsult: Again | null = null;
+let againReply: Again | null = null;
+
+/** Under a not-sent message of ours, after its refusal line and its text: *Edit and send
+ * again* for a written one (a photo has *Send the photo again*), and *Remove from this phone*,
+ * which asks first, in the page as the app's other erasures do (never window.confirm). */
+function unsentActions(m: MessageView, t: ThreadRecord): HTMLElement[] {
+  const el = <K extends keyof HTMLElementTagNameMap>(tag: K, props: Partial<HTMLElementTagNameMap[K]>): HTMLElementTagNameMap[K] =>
+    Object.assign(document.createElement(tag), props);
+  const row = el("div", { className: "row unsent-actions" });
+  if (!m.attachment_id && !t.record) {
+    const edit = el("button", { type: "button", className: "secondary edit-again", textContent: "Edit and send again" });
+    edit.addEventListener("click", () => void editAgain(t.thread_id, m.message_id));
+    row.append(edit);
+  }
+  const remove = el("button", { type: "button", className: "secondary remove-unsent", textContent: "Remove from this phone" });
+  remove.addEventListener("click", () => {
+    removing = m.message_id;
+    void renderThreads().then(() => focusIn(m.message_id, ".remove-yes"));
+  });
+  row.append(remove);
+  if (removing !== m.message_id) return [row];
+  remove.hidden = true;
+  const ask = el("div", { className: "remove-confirm" });
+  const yes = el("button", { type: "button", className: "primary remove-yes", textContent: "Remove it" });
+  const no = el("button", { type: "button", className: "remove-no", textContent: "Keep it" });
+  yes.addEventListener("click", () => void removeUnsent(t.thread_id, m, yes));
+  no.addEventListener("click", () => {
+    removing = null;
+    void renderThreads().then(() => focusIn(m.message_id, ".remove-unsent"));
+  });
+  const buttons = el("div", { className: "row" });
+  buttons.append(yes, no);
+  ask.append(
+    el("p", { textContent: `${m.kept_photo ? "Remove it and its photo from this phone?" : "Remove it from this phone?"} The relay refused it, so nobody received it. This cannot be undone.` }),
+    buttons,
+  );
+  return [row, ask];
+}
+
+/** Focus a button of a message as drawn on the screen shown now (the list redraws it). */
+function focusIn(messageId: string, selector: string): void {
+  const screen = document.body.dataset["screen"] === "thread" ? "#thread-messages" : "#threads";
+  document.querySelector<HTMLElement>(`${screen} [data-message="${CSS.escape(messageId)}"] ${selector}`)?.focus();
+}
+
+/** Where the outcome of an action on the list is said: the open consult's line, else the
+ * list's notice. */
+function listLine(): HTMLElement {
+  return document.body.dataset["screen"] === "thread" ? $("thread-status") : $("notice");
+}
+
+async function removeUnsent(threadId: string, m: MessageView, button: HTMLButtonElement): Promise<void> {
+  const messageId = m.message_id;
+  const line = listLine();
+  if (line.id === "thread-status") sayKept("thread-status", "", null);
+  const done = await busy(button, line, () => call("removeUnsent", { thread_id: threadId, message_id: messageId }));
+  removing = null;
+  if (done) {
+    // The line that said it was refused, when it was just sent, speaks of what is gone.
+    for (const id of ["send-status", "thread-status"] as const) {
+      if (!$(id).dataset["kept"] && $(id).textContent === m.status_note) sayKept(id, "", null);
+    }
+    line.textContent = REMOVED;
+    // What the compose form or the reply box held to replace it has nothing left to replace.
+    if (againConsult?.message_id === messageId) stopAgain("consult", false);
+    if (againReply?.message_id === messageId) stopAgain("reply", false);
+  }
+  await renderThreads();
+}
+
+/** *Edit and send again*: the refused consult back in the compose form (role, priority,
+ * subject, text), or a refused reply back in its consult's reply box, the refusal said first
+ * above it; the refused copy stays until the new one is sent (or the intern cancels). */
+async function editAgain(threadId: string, messageId: string): Promise<void> {
+  let again: { reply: boolean; text: string; subject: string; role: string; priority: string; refusal: string | null };
+  try {
+    again = await call("unsentAgain", { thread_id: threadId, message_id: messageId });
+  } catch (err) {
+    listLine().textContent = err instanceof AppError ? err.message : "Something went wrong on the phone.";
+    await renderThreads();
+    return;
+  }
+  const refusal = again.refusal ?? "Not sent: the relay refused it.";
+  if (again.reply) {
+    await showThread(threadId);
+    if (openThread !== threadId) return;
+    againReply = { thread_id: threadId, message_id: messageId };
+    sayKept("thread-status", "", null);
+    $<HTMLTextAreaElement>("reply-text").value = again.text;
+    sayAgain("reply", refusal);
+    $("reply-text").focus();
+    return;
+  }
+  closeThread();
+  againConsult = { thread_id: threadId, message_id: messageId };
+  sayKept("send-status", "", null);
+  $<HTMLInputElement>("role").value = again.role;
+  $<HTMLSelectElement>("priority").value = again.priority === "urgent" ? "urgent" : "routine";
+  $<HTMLInputElement>("subject").value = again.subject;
+  $<HTMLTextAreaElement>("text").value = again.text;
+  sayAgain("consult", refusal);
+  $("compose").scrollIntoView({ block: "start" });
+  $("text").focus({ preventScroll: true });
+}
+
+/** The panel over the compose form or the reply box: the refusal, then what to do. */
+function sayAgain(where: "consult" | "reply", refusal: string): void {
+  const why = Object.assign(document.createElement("p"), { className: "not-sent", textContent: refusal });
+  const what = Object.assign(document.createElement("p"), { textContent: where === "consult" ? AGAIN_CONSULT : AGAIN_REPLY });
+  $(`again-${where}-note`).replaceChildren(why, what);
+  $(`again-${where}`).hidden = false;
+}
+
+/** The compose form or the reply box no longer replaces a refused copy (`clear`: what it held
+ * again is emptied too, as *Cancel* does). */
+function stopAgain(where: "consult" | "reply", clear: boolean): void {
+  if (where === "consult") againConsult = null;
+  else againReply = null;
+  $(`again-${where}`).hidden = true;
+  $(`again-${where}-note`).replaceChildren();
+  if (!clear) return;
+  if (where === "consult") {
+    $<HTMLTextAreaElement>("text").value = "";
+    $<HTMLInputElement>("subject").value = "";
+  } else {
+    $<HTMLTextAreaElement>("reply-text").value = "";
+  }
+}
+
+/** After a send that replaced a refused copy: once that copy is gone (the worker removed it),
+ * or the send failed with the copy still there, the panel says what now holds. */
+function settleAgain(where: "consult" | "reply", list: ThreadRecord[] | null, sent: boolean): void {
+  const again = where === "consult" ? againConsult : againReply;
+  if (!again || !list) return;
+  const still = list.some((t) => t.messages.some((m) => m.message_id === again.message_id && m.status === "not_sent"));
+  if (sent || !still) stopAgain(where, false);
 }
 
 // --- one consult on its own screen: reply, add a photo -------------------------------------------
@@ -793,6 +951,7 @@ async function showThread(threadId: string): Promise<void> {
     // Another consult: what was written or said for the previous one is not carried over.
     $<HTMLTextAreaElement>("reply-text").value = "";
     sayKept("thread-status", "", null);
+    stopAgain("reply", false);
   }
   openThread = threadId;
   // Who is in it, asked of the relay now, while it can be: a photo added to it later where the
@@ -813,7 +972,7 @@ function drawOpenThread(list: ThreadRecord[]): void {
   }
   $("thread-title").textContent = consultTitle(t);
   $("thread-about").textContent = [t.role ? `To the on-call team of ${t.role}` : null, PRIORITY[t.priority] ?? t.priority].filter((x) => x).join(" · ");
-  $("thread-messages").replaceChildren(...t.messages.map(messageElement));
+  $("thread-messages").replaceChildren(...t.messages.map((m) => messageElement(m, t)));
 }
 
 /** Back to the list of consults (`andShow`: the home screen shown, else left as it is). */
@@ -828,11 +987,12 @@ async function sendReply(): Promise<void> {
   const threadId = openThread;
   if (!threadId) return;
   const box = $<HTMLTextAreaElement>("reply-text");
+  const again = againReply?.thread_id === threadId ? againReply : null;
   const sent = await busy($<HTMLButtonElement>("reply-send"), $("thread-status"), () =>
-    call<{ kept?: string; message_id?: string }>("sendReply", { thread_id: threadId, text: box.value }),
+    call<{ kept?: string; message_id?: string }>("sendReply", { thread_id: threadId, text: box.value, again }),
   );
   // Refused for good: said in the status line (busy), and the reply is shown as not sent.
-  await renderThreads();
+  settleAgain("reply", await renderThreads(), sent !== undefined);
   if (!sent || openThread !== threadId) return;
   box.value = "";
   sayKept("thread-status", sent.kept ?? REPLY_SENT_LINE, sent.kept ? sent.message_id ?? null : null, REPLY_SENT_LINE);
@@ -846,10 +1006,11 @@ async function send(): Promise<void> {
       priority: $<HTMLSelectElement>("priority").value,
       subject: $<HTMLInputElement>("subject").value,
       text: $<HTMLTextAreaElement>("text").value,
+      again: againConsult,
     }),
   );
   // Refused for good: said in the status line (busy), and the consult is shown as not sent.
-  await renderThreads();
+  settleAgain("consult", await renderThreads(), sent !== undefined);
   if (!sent) return;
   $<HTMLTextAreaElement>("text").value = "";
   $<HTMLInputElement>("subject").value = "";
@@ -1155,6 +1316,14 @@ $("capture").addEventListener("click", () => {
   void startCapture();
 });
 $("thread-back").addEventListener("click", () => closeThread());
+$("again-consult-cancel").addEventListener("click", () => {
+  stopAgain("consult", true);
+  $("text").focus();
+});
+$("again-reply-cancel").addEventListener("click", () => {
+  stopAgain("reply", true);
+  $("reply-text").focus();
+});
 $("thread-photo").addEventListener("click", () => {
   const title = $("thread-title").textContent ?? NO_SUBJECT;
   if (openThread) photoFor = { thread_id: openThread, title };

@@ -1539,15 +1539,15 @@ async function writableThread(threadId: string): Promise<ThreadRecord> {
   return thread;
 }
 
-async function sendConsult(args: { role: string; text: string; subject: string; priority: "routine" | "urgent" }): Promise<Record<string, unknown>> {
+async function sendConsult(args: { role: string; text: string; subject: string; priority: "routine" | "urgent"; again?: { thread_id: string; message_id: string } | null }): Promise<Record<string, unknown>> {
   const role = args.role.replace(/^role:/, "").toLowerCase().replace(/-/g, "_");
   if (!/^[a-z][a-z0-9_]{0,63}$/.test(role)) throw new UserError("validation_failed", "A role is a name like orthopaedics_oncall.");
   if (!args.text.trim()) throw new UserError("validation_failed", "Write the consult before sending it.");
   const body = encodeBody(makeBody({ text: args.text, subject: subjectLine(args.subject) }));
-  return sendWritten({
+  return replacing(args.again, () => sendWritten({
     draft: true, message_id: keys.uuid4(), thread_id: keys.uuid4(), created_at: now(), body,
     role, priority: args.priority, thread_created: false,
-  });
+  }));
 }
 
 /**
@@ -1556,14 +1556,14 @@ async function sendConsult(args: { role: string; text: string; subject: string; 
  * subject (the thread's first message gave it), the thread's priority, direct care, sealed for
  * the thread's current participants; the outbox's rules as for a new consult.
  */
-async function sendReply(args: { thread_id: string; text: string }): Promise<Record<string, unknown>> {
+async function sendReply(args: { thread_id: string; text: string; again?: { thread_id: string; message_id: string } | null }): Promise<Record<string, unknown>> {
   const thread = await writableThread(args.thread_id);
   if (!args.text.trim()) throw new UserError("validation_failed", "Write the reply before sending it.");
   const body = encodeBody(makeBody({ text: args.text, subject: null }));
-  return sendWritten({
+  return replacing(args.again, () => sendWritten({
     draft: true, message_id: keys.uuid4(), thread_id: thread.thread_id, created_at: now(), body,
     role: thread.role, priority: thread.priority === "urgent" ? "urgent" : "routine", thread_created: true,
-  });
+  }));
 }
 
 /** Seal and send a consult or reply as written, or keep it as written while the relay cannot
@@ -2258,6 +2258,77 @@ async function forgetKeptPhoto(messageId: string): Promise<void> {
   await removeFromThread(draft.thread_id, messageId);
 }
 
+// --- a refused message of ours: removed, or written again (USER_GUIDE "Interns: the phone app") --
+
+const UNSENT_GONE = "This message is no longer on this phone: nothing was removed.";
+const UNSENT_NOT_REFUSED = "This message is no longer marked not sent (the relay stored it, or it is being sent), so it stays on this phone.";
+
+/** One of our messages the relay refused for good, and its thread's record, read under
+ * changingThread: any other (stored, received, on its way, in the outbox) is refused in words,
+ * and one no longer here (removed from another screen, a stale tap) too. */
+async function refusedMessage(threadId: string, messageId: string): Promise<{ thread: ThreadRecord; m: MessageView }> {
+  const thread = await vault!.get<ThreadRecord>(`thread:${threadId}`);
+  const m = thread?.messages.find((x) => x.message_id === messageId);
+  if (!thread || !m) throw new UserError("not_found", UNSENT_GONE);
+  const queued = (await vault!.names(`outbox:${messageId}`)).includes(`outbox:${messageId}`);
+  if (!m.mine || m.status !== "not_sent" || inFlight.has(messageId) || queued) throw new UserError("not_removable", UNSENT_NOT_REFUSED);
+  return { thread, m };
+}
+
+/**
+ * *Remove from this phone* under a message of ours the relay refused for good: deleted from the
+ * vault (its thread's record rewritten without it, or deleted when it was its only message: a
+ * consult the relay never stored leaves the list), with a kept photo's sealed copy. The relay
+ * never stored it, so nobody else has it. Only a not-sent message: refusedMessage.
+ */
+async function removeUnsent(args: { thread_id: string; message_id: string }): Promise<{ thread_removed: boolean }> {
+  return changingThread(args.thread_id, async () => {
+    const { thread, m } = await refusedMessage(args.thread_id, args.message_id);
+    await vault!.delete(`photo:${m.message_id}`);
+    if (m.attachment_id) await vault!.delete(`image:${m.attachment_id}`);
+    const rest = thread.messages.filter((x) => x.message_id !== m.message_id);
+    if (rest.length) await vault!.put(`thread:${thread.thread_id}`, { ...thread, messages: rest });
+    else await vault!.delete(`thread:${thread.thread_id}`);
+    return { thread_removed: rest.length === 0 };
+  });
+}
+
+/** *Edit and send again* under a text message of ours the relay refused: what it said, and where
+ * it goes back to: a reply (`reply`: the consult is on the relay) to the consult's reply box, a
+ * new consult to the compose form with its role, priority and subject. */
+async function unsentAgain(args: { thread_id: string; message_id: string }): Promise<Record<string, unknown>> {
+  return changingThread(args.thread_id, async () => {
+    const { thread, m } = await refusedMessage(args.thread_id, args.message_id);
+    if (m.attachment_id || thread.record) throw new UserError("validation_failed", "Only a written message is edited to send again: send a photo again from its consent screen.");
+    const reply = thread.messages.some((x) => x.status === "sent" || x.status === "received");
+    return { reply, text: m.text, subject: m.subject ?? "", role: thread.role ?? "", priority: thread.priority, refusal: m.status_note ?? null };
+  });
+}
+
+/**
+ * A consult or reply written again from a refused one (`again`, *Edit and send again*): the
+ * refused copy goes once the new one is on this phone as a message of its own: stored, kept to
+ * go by itself, or refused in turn (shown not sent with its own reason). Refused before it was
+ * kept (an unknown role, say), the form still holds it and the refused copy stays; a copy no
+ * longer refused (refusedMessage) stays too.
+ */
+async function replacing(again: { thread_id: string; message_id: string } | null | undefined, send: () => Promise<Record<string, unknown>>): Promise<Record<string, unknown>> {
+  const drop = async (): Promise<void> => {
+    if (!again) return;
+    await removeUnsent(again).catch((err) => {
+      if (!(err instanceof UserError)) throw err;
+    });
+  };
+  try {
+    const sent = await send();
+    await drop();
+    return sent;
+  } catch (err) {
+    if (err instanceof SendRefused) await drop();
+    throw err;
+  }
+}
+
 /** Photos whose upload the app was closed in the middle of: resumed when the connection is
  * ready; the page hears `resumed` with the outcome. */
 async function resumeUploads(): Promise<void> {
@@ -2373,6 +2444,8 @@ const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
   sendReply,
   sendImage,
   keptPhoto,
+  removeUnsent,
+  unsentAgain,
   audience,
   image,
   threads,

@@ -173,14 +173,13 @@ class OncallService:
                                    "added": sum(r.ok for r in results),
                                    "refused": sum(not r.ok for r in results),
                                    "deferred_handovers": woken})
-        if woken:
-            self.kick()
+        self.kick()  # also for a handover the sweep passed over while this was written
         return results
 
     async def delete_shift(self, org_id: str, role: str, shift_id: str) -> None:
         role = role_param(role)
         async with self.db.pool.acquire() as conn, conn.transaction():
-            await oncall.get_role(conn, org_id, role)
+            await oncall.get_role(conn, org_id, role, lock=True)  # as add_shifts: _handover
             await oncall.delete_shift(conn, org_id, role, shift_id)
             # Its unacknowledged consults would wait for the removed shift's end before any
             # handover: it falls due now instead, to the shift covering the moment, or deferred
@@ -189,8 +188,7 @@ class OncallService:
             await audit.append(conn, "oncall.shift_deleted", subject_kind="oncall_role",
                                subject_id=f"{org_id}/{role}", details={
                                    "shift_id": shift_id, "handovers": moved})
-        if moved:
-            self.kick()
+        self.kick()  # also for a handover the sweep passed over while this was written
 
     async def shift_info(self, conn: asyncpg.Connection, shift: oncall.Shift) -> api.ShiftInfo:
         rows = await conn.fetch(
@@ -414,8 +412,11 @@ class OncallService:
             woken: set[str] = set()
             handled: set[str] = set()
             for e in await escalations.claim_handovers(conn, now, limit=self.sweep_batch):
-                woken |= await self._handover(conn, e, now)
                 handled.add(e.escalation_id)
+                handed = await self._handover(conn, e, now)
+                if handed is None:
+                    continue  # its role's rota is being written: the writer kicks the sweep
+                woken |= handed
                 taken += 1
             for e in await escalations.claim_due(conn, now, limit=self.sweep_batch):
                 if e.escalation_id in handled:
@@ -503,10 +504,15 @@ class OncallService:
         return woken
 
     async def _handover(self, conn: Any, e: escalations.Escalation, now: dt.datetime
-                        ) -> set[str]:
+                        ) -> set[str] | None:
         """The shift of an unacknowledged escalation ended, open or exhausted (its ladder used
         up is nobody's acknowledgement): hand it to the incoming ladder and restart it there.
-        With nobody coming in the handover is deferred (module docstring)."""
+        With nobody coming in the handover is deferred (module docstring). None, with nothing
+        done, while a rota write of the role is under way: deciding from the rota it is
+        changing, a deferral could miss the shift it adds, whose wake (add_shifts) would then
+        find nothing deferred yet."""
+        if not await oncall.share_role_unless_written(conn, e.org_id, e.role):
+            return None
         incoming = (await self._roles_for(conn, e, now))
         if incoming is None:
             # It belongs to no shift now (a shift added later finds it: add_shifts) and its

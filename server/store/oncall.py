@@ -76,6 +76,23 @@ async def set_role(conn: asyncpg.Connection, *, org_id: str, role: str, display_
     return Role(**dict(row))
 
 
+async def share_role_unless_written(conn: asyncpg.Connection, org_id: str, role: str) -> bool:
+    """Lock the role's row for sharing, in the caller's transaction, unless a rota write holds
+    it (:func:`get_role` with ``lock``, until it commits): False then, at once. A sweep that
+    decides from the rota takes it before reading the rota, so that it and a rota write are
+    never both deciding on one consult: the one that comes second sees what the first
+    committed (Postgres's row locks, "The Locking Clause" of SELECT). A role that is gone
+    (nothing can write its rota) counts as not written."""
+    row = await conn.fetchrow(
+        "SELECT 1 FROM oncall_roles WHERE org_id = $1 AND role = $2 FOR SHARE SKIP LOCKED",
+        org_id, role)
+    if row is not None:
+        return True
+    return not await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM oncall_roles WHERE org_id = $1 AND role = $2)",
+        org_id, role)
+
+
 async def get_role(conn: asyncpg.Connection, org_id: str, role: str, *, lock: bool = False
                    ) -> Role:
     """Raises ROLE_UNKNOWN."""

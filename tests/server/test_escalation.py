@@ -8,8 +8,10 @@ later too) while the outgoing ladder is reminded. Real relay, real Postgres, sim
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import time
 import uuid
@@ -712,3 +714,51 @@ async def test_a_consult_whose_shift_it_removed_is_handed_to_the_shift_covering_
         assert (hand.kind, hand.user_id) == (EscalationKind.HANDOVER, night.user_id)
     finally:
         await s.close()
+
+
+async def test_a_handover_falling_due_while_it_writes_the_rota_waits_for_the_shift_it_adds(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """A rota write (``add_shifts``: the role's row locked, the shift stored, the deferred
+    handovers woken, one transaction) while a consult's handover falls due: the sweep must not
+    decide from the rota being changed. Deciding first, it found no shift, deferred the
+    handover with no next shift known, and the write's wake, before that deferral committed,
+    found nothing to wake: the new shift never got the consult. The write is held open here
+    as IT's request would hold it, at the moment the sweep runs."""
+    intern, primary, backup = cast["intern"], cast["primary"], cast["backup"]
+    night = await peer(world, "night", roles=("orthopaedist",))
+    await define_rota(world, clock, ["primary", "backup", "consultant"])
+    tid = await role_thread(world, intern)
+    sealed = seal(intern, tid, [primary, backup, cast["consultant"]], b"please see bed 4",
+                  priority=Priority.URGENT)
+    s = await connect(world, intern)
+    writer, other = await world.db(), await world.db()
+    try:
+        await next_of(s, QueueEmpty)
+        await s.send(sealed)
+        now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+        tx = writer.transaction()
+        await tx.start()
+        await writer.execute("SELECT 1 FROM oncall_roles WHERE org_id = $1 AND role = $2 "
+                             "FOR UPDATE", ORG, "orthopaedics_oncall")
+        await writer.execute(
+            "INSERT INTO oncall_shifts (shift_id, org_id, role, starts_at, ends_at, ladder, "
+            "created_at) VALUES ($1, $2, 'orthopaedics_oncall', $3, $4, $5::uuid[], $3)",
+            uuid.uuid4(), ORG, now, now + dt.timedelta(hours=8), [night.user_id])
+        assert await escalations.wake_deferred(writer, ORG, "orthopaedics_oncall", now) == 0
+        # Meanwhile the consult's shift ends early (the rota's other shift is taken out, its
+        # handover falls due) and the sweep runs.
+        await other.execute("DELETE FROM oncall_shifts WHERE org_id = $1 AND ladder[1] = $2",
+                            ORG, uuid.UUID(primary.user_id))
+        await other.execute("UPDATE escalations SET shift_ends_at = $1 WHERE message_id = $2",
+                            now - dt.timedelta(seconds=1), uuid.UUID(sealed.header.message_id))
+        await asyncio.sleep(seconds(0.5))  # ten sweeps
+        assert await other.fetchval(
+            "SELECT shift_id IS NOT NULL FROM escalations WHERE message_id = $1",
+            uuid.UUID(sealed.header.message_id)), "the handover was decided mid-write"
+        await tx.commit()
+        hand = await next_of(s, EscalationNotice)
+        assert (hand.kind, hand.user_id) == (EscalationKind.HANDOVER, night.user_id)
+    finally:
+        await s.close()
+        await writer.close()
+        await other.close()

@@ -180,7 +180,9 @@ async def list_threads(conn: asyncpg.Connection, user_id: str, *, at: dt.datetim
     """Threads the user takes part in at ``at`` (directly or through a role), newest activity
     first: the threads of which the user is a member, and those naming a role that
     ``role_reach`` says reaches the user (asked once per role of the user's organisation, not
-    once per thread)."""
+    once per thread). A thread no message was stored in yet (its first one on its way, or
+    refused: docs/PROTOCOL.md §11, `GET /v1/threads`) is its creator's alone: the others would see an empty
+    consult with nothing to read or answer."""
     rows = await conn.fetch(
         """
         WITH roles AS (
@@ -207,6 +209,7 @@ async def list_threads(conn: asyncpg.Connection, user_id: str, *, at: dt.datetim
                       WHERE y.thread_id = t.thread_id AND y.removed_at IS NULL) AS roles
           FROM threads t JOIN mine USING (thread_id)
           LEFT JOIN thread_members m ON m.thread_id = t.thread_id AND m.user_id = $1
+         WHERE t.last_seq > 0 OR t.created_by = $1
          ORDER BY t.last_seq > COALESCE(m.read_seq, 0) DESC, t.priority = 'urgent' DESC,
                   t.created_at DESC
          LIMIT $2

@@ -257,6 +257,9 @@ async def test_every_reader_agrees_on_who_a_role_reaches_across_a_shift_handover
                                     now=NOW)
     await threads.remove_participant(conn, thread_id=dropped, actor=creator,
                                      role="ortho_oncall", now=NOW)
+    # As if a message were stored in each: a thread with none is listed to its creator only.
+    await conn.execute("UPDATE threads SET last_seq = 1 WHERE thread_id = ANY($1::uuid[])",
+                       [tid, dropped])
     tick = dt.timedelta(microseconds=1)
     expected = {
         t0 - tick: {creator, holder},
@@ -269,3 +272,15 @@ async def test_every_reader_agrees_on_who_a_role_reaches_across_a_shift_handover
     for at, reached in expected.items():
         assert await _reach_by_every_path(conn, tid, people, at) == [reached] * 4, at
         assert await _reach_by_every_path(conn, dropped, people, at) == [{creator}] * 4, at
+
+
+async def test_a_thread_with_no_message_stored_is_listed_to_its_creator_alone(
+        conn: asyncpg.Connection) -> None:
+    """Its first message on its way, or refused (consent, a size the relay refuses): the
+    others would see an empty consult with nothing to read or answer (docs/PROTOCOL.md §11,
+    ``GET /v1/threads``); once a message is stored it is theirs too."""
+    tid, (a, a1), (b, b1) = await two_party_thread(conn)
+    assert [t.thread_id for t in await threads.list_threads(conn, a, at=NOW)] == [tid]
+    assert await threads.list_threads(conn, b, at=NOW) == []
+    await store(conn, new_message(tid, a, a1, [b1]))
+    assert [t.thread_id for t in await threads.list_threads(conn, b, at=NOW)] == [tid]

@@ -181,8 +181,8 @@ async def list_threads(conn: asyncpg.Connection, user_id: str, *, at: dt.datetim
     first: the threads of which the user is a member, and those naming a role that
     ``role_reach`` says reaches the user (asked once per role of the user's organisation, not
     once per thread). A thread no message was stored in yet (its first one on its way, or
-    refused: docs/PROTOCOL.md §11, `GET /v1/threads`) is its creator's alone: the others would see an empty
-    consult with nothing to read or answer."""
+    refused: docs/PROTOCOL.md §11, ``GET /v1/threads``) is its creator's alone: the others
+    would see an empty consult with nothing to read or answer."""
     rows = await conn.fetch(
         """
         WITH roles AS (

@@ -28,6 +28,7 @@ Endpoints (JSON unless said otherwise):
 | ``POST /api/lock`` | lock the vault, disconnect |
 | ``POST /api/notice/dismiss`` ``{ids?}`` | forget these problems the client reported (or all) |
 | ``POST /api/threads/{id}/dropped/dismiss`` ``{ids}`` | forget these dropped messages' marks |
+| | (``left_inbox``: nothing else of the consult here, so the inbox leaves it out) |
 | ``GET /api/threads`` | the inbox: urgent consults first, then newest |
 | ``GET /api/threads/{id}`` | a thread: messages, images, filed study, consent, record data |
 | ``POST /api/threads/{id}/reply`` ``{text, reply_to?, confirmed?}`` | reply (see below) |
@@ -70,13 +71,22 @@ Clinical safety (CLINICAL_SAFETY.md):
   their account suspended also marks its consult (``dropped`` in ``/api/threads`` and
   ``/api/threads/{id}``: who sent it and when), so the specialist can ask about each one.
   Such a drop is kept in the vault (clients/desktop/dropped.py): its problem line until
-  dismissed, its consult's mark until dismissed in the consult, also across a restart.
+  dismissed, its consult's mark until dismissed in the consult, also across a restart; so is
+  every other problem line. A consult of which this computer holds only such drops is named
+  by why it is empty (:func:`clients.desktop.dropped.title`), never "(no subject yet)"; once
+  they are dismissed, nothing of it is left and it leaves the inbox until more of it arrives.
+* **Escalation steps that came while the desktop was closed** (docs/PROTOCOL.md §16): once
+  unlocked and connected, it asks the relay for the steps of the on-call consults it holds
+  and shows those no notice brought.
+* **A consult handed over at a shift change** is listed at its author's time, as its message
+  says (docs/PROTOCOL.md §16.4), not at the handover's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -116,6 +126,7 @@ from clients.sdk.client import (
     ImageEvent,
     LightboxClient,
     MessageEvent,
+    MessageView,
     NotReceivedEvent,
     OutboxEvent,
     ReceiptEvent,
@@ -136,7 +147,7 @@ from clients.sdk.profile import ProfileDevice, open_profile
 from clients.sdk.session import CUT_OFF
 from clients.sdk.textguard import TextGuardWarning, guard_text
 from clients.sdk.timefmt import format_time
-from clients.sdk.vault import ImageShredded, ItemNotFound, VaultError, VaultLocked
+from clients.sdk.vault import ImageShredded, ItemNotFound, Vault, VaultError, VaultLocked
 from protocol import certs
 from protocol.canonical import peek_compact
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -207,6 +218,14 @@ class DesktopServer:
         # included (clients/desktop/dropped.py). Both are shown only while unlocked, and
         # forgotten with the vault when IT's wipe order erases it.
         self.drops: dict[str, drops.DroppedMessage] = {}
+        # The consults left with nothing on this computer once their dropped messages were
+        # dismissed: the inbox leaves them out until something more of them arrives (kept in
+        # the vault too, clients/desktop/dropped.py).
+        self.emptied: set[str] = set()
+        # The client whose consults' escalation steps were asked of the relay (once each
+        # unlock, at its first connection: :meth:`_steps_from_relay`), and those tasks.
+        self._steps_asked: LightboxClient | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._listeners: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
         self._unlock_lock = asyncio.Lock()
         self._server: uvicorn.Server | None = None
@@ -397,7 +416,7 @@ class DesktopServer:
                     raise Refused(502, f"cannot reach the relay: {exc}") from exc
                 self.ended = ended
                 if ended["ended"] == "wiped":
-                    self.notices, self.drops = [], {}
+                    self.notices, self.drops, self.emptied = [], {}, set()
                 raise Refused(410 if ended["ended"] == "wiped" else 403, ended["message"],
                               ended=ended) from exc
             self.device, self.client, self.ended = device, client, None
@@ -407,16 +426,24 @@ class DesktopServer:
     def _restore_drops(self, device: ProfileDevice) -> None:
         """What the vault kept of the messages dropped in earlier launches (or reported
         while it was being unlocked): each consult marked again, and each problem line not
-        yet dismissed said again, after those of this launch the page was shown."""
+        yet dismissed said again (the other problems' too), after those of this launch the
+        page was shown; the consults emptied by a dismissal left out of the inbox again."""
         try:
             kept = drops.kept(device.vault)
         except VaultError as exc:  # the rest of the vault is still shown
             log.warning("dropped message lines not read from the vault: %s",
                         type(exc).__name__)
             kept = []
+        try:
+            lines, emptied = drops.problems(device.vault), drops.emptied(device.vault)
+        except VaultError as exc:
+            log.warning("problem lines not read from the vault: %s", type(exc).__name__)
+            lines, emptied = [], set()
         self.drops = {**{d.id: d for d in kept}, **self.drops}
+        self.emptied |= emptied
         shown = {n["id"] for n in self.notices}
         restored = [d.notice() for d in kept if not d.line_dismissed and d.id not in shown]
+        restored += [p.notice() for p in lines if p.id not in shown]
         self.notices = sorted([*self.notices, *restored], key=lambda n: n["at"])[-MAX_NOTICES:]
 
     def _marks(self, thread_id: str) -> list[dict[str, Any]]:
@@ -425,18 +452,25 @@ class DesktopServer:
                 if d.thread_id == thread_id]
 
     def _keep_drop(self, dropped: drops.DroppedMessage | None, line_id: str) -> None:
-        """Write a drop's line to the vault (``dropped``), or forget it (None). A vault that
-        cannot be written now leaves it on screen for this launch, said in the log by id."""
-        vault = self.device.vault if self.device is not None else None
-        if vault is None or not vault.is_unlocked:
-            return
-        try:
+        """Write a drop's line to the vault (``dropped``), or forget it (None)."""
+        def write(vault: Vault) -> None:
             if dropped is None:
                 drops.forget(vault, line_id)
             else:
                 drops.keep(vault, dropped)
+        self._in_vault(write, line_id)
+
+    def _in_vault(self, write: Callable[[Vault], None], line_id: str) -> None:
+        """Write what the desktop keeps in the vault (clients/desktop/dropped.py). A vault
+        that cannot be written now leaves it on screen for this launch, said in the log by
+        id."""
+        vault = self.device.vault if self.device is not None else None
+        if vault is None or not vault.is_unlocked:
+            return
+        try:
+            write(vault)
         except VaultError as exc:
-            log.warning("dropped message line %s not kept in the vault: %s", line_id,
+            log.warning("problem line %s not kept in the vault: %s", line_id,
                         type(exc).__name__)
 
     async def _end_heard(self, client: LightboxClient, code: str) -> dict[str, str]:
@@ -462,16 +496,24 @@ class DesktopServer:
         # A dropped message's line dismissed stays dismissed after a restart; its consult
         # stays marked until dismissed there (:meth:`dismiss_dropped`).
         for line_id in ids:
-            d = self.drops.get(line_id) if isinstance(line_id, str) else None
+            if not isinstance(line_id, str):
+                continue
+            d = self.drops.get(line_id)
             if d is not None and not d.line_dismissed:
                 self.drops[line_id] = msgspec.structs.replace(d, line_dismissed=True)
                 self._keep_drop(self.drops[line_id], line_id)
+            elif d is None:  # any other problem line: forgotten for good
+                self._in_vault(functools.partial(drops.forget, line_id=line_id,
+                                                 kind=drops.PROBLEM_KIND),
+                               line_id)
         return JSONResponse({"dismissed": True})
 
     async def dismiss_dropped(self, request: Request) -> Response:
         """Forget dropped messages of this consult (``ids``: those the page showed): its mark
-        goes, with the problem line of each if it was still said, here and in the vault."""
-        self._client()
+        goes, with the problem line of each if it was still said, here and in the vault. A
+        consult left with nothing on this computer leaves the inbox (``left_inbox``), until
+        something more of it arrives."""
+        client = self._client()
         thread_id = checked_uuid(request.path_params["thread_id"])
         ids = (await read_json(request)).get("ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -481,8 +523,18 @@ class DesktopServer:
             del self.drops[line_id]
             self._keep_drop(None, line_id)
         self.notices = [n for n in self.notices if n["id"] not in gone]
+        left = bool(gone) and self._nothing_of(client, thread_id)
+        if left:
+            self.emptied.add(thread_id)
+            self._in_vault(lambda vault: drops.keep_emptied(vault, thread_id), thread_id)
         self._broadcast("dropped", {"thread_id": thread_id})
-        return JSONResponse({"dismissed": len(gone)})
+        return JSONResponse({"dismissed": len(gone), "left_inbox": left})
+
+    def _nothing_of(self, client: LightboxClient, thread_id: str) -> bool:
+        """Nothing of the consult on this computer: no message, no send waiting, no dropped
+        message's mark."""
+        return not client.vault.messages(thread_id) and not self._marks(thread_id) \
+            and not any(r.thread_id == thread_id for r in client.pending_sends())
 
     async def lock(self, request: Request) -> Response:
         await self._lock()
@@ -492,6 +544,8 @@ class DesktopServer:
     async def _lock(self) -> None:
         client, device = self.client, self.device
         self.client = self.device = None
+        for task in self._tasks:  # nothing more is asked of the relay for a locked vault
+            task.cancel()
         self.connected = self.replaced = False
         if client is not None:
             await client.close()
@@ -508,23 +562,28 @@ class DesktopServer:
         every = {t.thread_id: client.thread_messages(t.thread_id)
                  for t in client.cached_threads()}
         await learn_names(client, [v for views in every.values() for v in views])
+        waiting = {r.thread_id for r in client.pending_sends()}
         for t in client.cached_threads():
             views = every[t.thread_id]
+            marks = self._marks(t.thread_id)
+            if t.thread_id in self.emptied and not views and not marks \
+                    and t.thread_id not in waiting:
+                continue  # its dropped messages dismissed, nothing else of it here
             last = views[-1] if views else None
-            subject = next((v.body.subject for v in views if v.body.subject), None)
+            # A consult handed over at a shift change: its author, and when they sent it, as
+            # the message says (docs/PROTOCOL.md §16.4), not when it was resealed.
+            author = client.authorship(last.message, last.body) if last else None
             incoming = [v for v in views if not v.message.outgoing]
             out.append({
                 "thread_id": t.thread_id, "priority": t.priority,
                 "urgent": t.priority == "urgent"
                 or any(v.message.priority == "urgent" for v in incoming),
-                "subject": subject or NO_SUBJECT,
-                "dropped": self._marks(t.thread_id),
+                "subject": self._subject(t.thread_id, views, waiting),
+                "dropped": marks,
                 "unread": client.unread(t.thread_id),
                 "roles": t.roles, "members": len(t.members),
-                "last_at": last.message.sent_at if last else t.created_at,
-                # a consult handed over at a shift change: its author (docs/PROTOCOL.md §16.4)
-                "last_from": client.display_name(
-                    client.authorship(last.message, last.body).author_user_id) if last else "",
+                "last_at": author.written_at if author else t.created_at,
+                "last_from": client.display_name(author.author_user_id) if author else "",
                 "has_image": any(v.images for v in views),
                 "acknowledged": any(v.acknowledged_by_me for v in incoming),
                 "acknowledgement_waiting": any(v.acknowledgement_waiting for v in incoming),
@@ -552,15 +611,30 @@ class DesktopServer:
         # This device's sends the relay has not stored yet (the outbox, docs/PROTOCOL.md §3.5):
         # shown as not sent yet, until the client sends them once it reaches the relay.
         shown = {v.message.message_id for v in views}
+        pending_sends = [r for r in client.pending_sends()
+                         if r.thread_id == thread_id and r.message_id not in shown]
         pending = [{"message_id": r.message_id, "text": client.pending_body(r).text,
-                    "created_at": r.created_at}
-                   for r in client.pending_sends()
-                   if r.thread_id == thread_id and r.message_id not in shown]
+                    "created_at": r.created_at} for r in pending_sends]
         return JSONResponse({"thread_id": thread_id, "priority": info.priority,
                              "roles": info.roles, "messages": messages, "pending": pending,
-                             "subject": next((v.body.subject for v in views if v.body.subject),
-                                             NO_SUBJECT),
-                             "dropped": self._marks(thread_id)})
+                             "subject": self._subject(thread_id, views,
+                                                      {r.thread_id for r in pending_sends}),
+                             "dropped": self._marks(thread_id),
+                             # nothing left of it here once its dropped messages were dismissed
+                             "emptied": thread_id in self.emptied and not messages
+                             and not pending and not self._marks(thread_id)})
+
+    def _subject(self, thread_id: str, views: list[MessageView], waiting: set[str]) -> str:
+        """A consult's name: the first subject a message here gives it; when all this computer
+        has of it is dropped messages, why it is empty (:func:`drops.title`); else
+        :data:`NO_SUBJECT`."""
+        subject = next((v.body.subject for v in views if v.body.subject), None)
+        if subject:
+            return subject
+        dropped = [d for d in self.drops.values() if d.thread_id == thread_id]
+        if dropped and not views and thread_id not in waiting:
+            return drops.title(sorted(dropped, key=lambda d: (d.at, d.sent_at)))
+        return NO_SUBJECT
 
     async def image(self, request: Request) -> Response:
         client = self._client()
@@ -710,20 +784,29 @@ class DesktopServer:
             if event.state in {"connected", "disconnected", "stopped", "wiped"}:
                 self.connected = event.state == "connected"
                 self.replaced = event.state == "disconnected" and event.replaced
+            if event.state == "connected" and client is not self._steps_asked:
+                self._steps_asked = client
+                task = asyncio.get_running_loop().create_task(self._steps_from_relay(client))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             ended = _ended_by(client) if event.state in {"stopped", "wiped"} else None
             if ended is not None:
                 self.ended = ended
                 if ended["ended"] == "wiped":
-                    self.notices, self.drops = [], {}
+                    self.notices, self.drops, self.emptied = [], {}, set()
                 self._broadcast("status", {"state": "ended", **ended})
                 return
             if event.state == "error":
-                notice = {"id": secrets.token_hex(8), "detail": event.detail,
-                          "code": event.code, "at": int(time.time())}
+                now = time.time()
+                line = drops.ProblemLine(id=secrets.token_hex(8), detail=event.detail,
+                                         code=event.code, at=int(now), noted=now)
+                notice = line.notice()
                 frame = event.dropped
                 if frame is not None and event.code in _DROPPED_BECAUSE:
                     notice["thread_id"] = frame.message.header.thread_id
                     self._note_dropped(client, frame, notice)
+                else:  # kept until dismissed too, across a restart (clients/desktop/dropped.py)
+                    self._in_vault(functools.partial(drops.keep, line=line), line.id)
                 self.notices = [*self.notices, notice][-MAX_NOTICES:]
                 self._broadcast("status", {"state": "error", **notice})
                 return
@@ -750,6 +833,39 @@ class DesktopServer:
             log.warning("dropped message line %s not kept in the vault: %s", dropped.id,
                         type(exc).__name__)
         self._broadcast("dropped", {"thread_id": thread_id})
+
+    async def _steps_from_relay(self, client: LightboxClient) -> None:
+        """The on-call escalation steps the relay holds for the consults on this computer
+        (docs/PROTOCOL.md §16: ``GET /v1/threads/{id}/escalations``), asked once each unlock at
+        its first connection: a step whose notice never reached this device (it came while
+        the desktop was closed and went to another connection, or before the consult reached
+        the specialist) is shown all the same. Each is noted in the vault like a notice the
+        client heard (said once, kept across a restart), and the page told of its consult."""
+        try:  # the backlog in first: the consults this computer holds
+            await client.wait_synced(timeout=STEPS_AFTER_SECONDS)
+        except (DeviceWiped, ConnectionStopped):
+            return
+        except TimeoutError:
+            pass  # a long backlog: what is held by now is asked about
+        with contextlib.suppress(SDKError):
+            await client.threads()
+        for t in client.cached_threads():
+            # only a consult sent to a role escalates; only one this computer holds is shown
+            if not t.roles or client is not self.client:
+                continue
+            try:
+                if not client.vault.messages(t.thread_id):
+                    continue
+                # [] when the relay cannot be asked (not a participant, out of reach): the
+                # next step comes anyway, as a notice
+                steps = await client.thread_escalation_steps(t.thread_id)
+                new = [step for step in steps if client.memory.note_step(step)]
+            except (VaultError, ConnectionStopped):
+                return  # locked meanwhile: the next unlock asks again
+            if new:
+                self._broadcast("escalation", {"thread_id": t.thread_id,
+                                               "message_id": new[-1].message_id,
+                                               "kind": new[-1].kind})
 
     async def events(self, request: Request) -> Response:
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
@@ -787,6 +903,7 @@ class DesktopServer:
 
 
 UNLOCK_HEARING_SECONDS = 10.0  # a revoked computer's wait, at unlock, for a wipe order
+STEPS_AFTER_SECONDS = 30.0  # the longest wait for the backlog before asking for the steps
 
 _ENDINGS = {
     "revoked": "This computer has been revoked by IT: it can no longer send or receive "

@@ -61,11 +61,13 @@ log = logging.getLogger("lightbox.sdk.client")
 
 def without_images(body: Body, attachment_ids: set[str]) -> Body:
     """The body without the descriptors (each with its image key) of ``attachment_ids``; the
-    text stays, the record data only while an image remains. ``body`` itself if none goes."""
+    text and the record data stay: a reader must still see which patient the consult was
+    about beside the image's record reference (docs/CLINICAL_SAFETY.md "Delete the device
+    copy once it is in the record"). ``body`` itself if none goes."""
     kept = [a for a in body.attachments if a.attachment_id not in attachment_ids]
     if len(kept) == len(body.attachments):
         return body
-    return msgspec.structs.replace(body, attachments=kept, record=body.record if kept else None)
+    return msgspec.structs.replace(body, attachments=kept)
 
 
 class Receiver:

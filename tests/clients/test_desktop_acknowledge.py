@@ -52,8 +52,9 @@ def _shots() -> None:
     SHOTS.mkdir(parents=True)
 
 
-async def _on_call_tonight(world: World, login: str) -> None:
-    """IT's rota: ``login`` alone is on the orthopaedic on-call ladder for the next hours."""
+async def on_call_tonight(world: World, login: str, *, starts_in: int = -3600) -> None:
+    """IT's rota: ``login`` alone is on the orthopaedic on-call ladder for the next hours,
+    from ``starts_in`` seconds from now (positive: nobody is on call until then, a gap)."""
     org = world.org.org_id
     r = await world.http.put(f"/v1/admin/oncall/{org}/{ROTA_ROLE}",
                              headers=world.admin_headers(),
@@ -62,7 +63,7 @@ async def _on_call_tonight(world: World, login: str) -> None:
     now = int(world.clock())
     r = await world.http.post(f"/v1/admin/oncall/{org}/{ROTA_ROLE}/shifts",
                               headers=world.admin_headers(),
-                              json={"shifts": [{"starts_at": now - 3600,
+                              json={"shifts": [{"starts_at": now + starts_in,
                                                 "ends_at": now + 8 * 3600, "ladder": [login]}]})
     assert r.status_code == 200 and all(x["ok"] for x in r.json()["results"]), r.text
 
@@ -81,7 +82,7 @@ async def test_an_acknowledgement_refused_here_or_by_the_relay_is_said_under_the
             browser_page() as (page, problems):
         await enrol_clinician(world, tmp_path, "ortho-primary", roles=(ORTHO,),
                               display_name="Dr Cy Primary")
-        await _on_call_tonight(world, "ortho-primary")
+        await on_call_tonight(world, "ortho-primary")
         await unlock_page(page, team.desktop)
         thread = await team.intern.client.create_thread(
             roles=[ORTHO], users=[team.specialist.user_id], priority=Priority.URGENT)

@@ -7,9 +7,10 @@
   and when, not only the last; each consult is marked in the list (how many) and, opened,
   says each of its dropped messages, with who and when; the lines stay through a lock and
   unlock, until the specialist dismisses them;
-* a consult's name comes only from a message's subject: one with none on this computer (its
-  only message dropped, or sent without a subject) reads "(no subject yet)", never "New
-  consult" nor another message's text.
+* a consult's name comes only from a message's subject: one sent without a subject reads
+  "(no subject yet)", never "New consult" nor another message's text; one of which this
+  computer has only dropped messages says why it is empty, who and what IT did (so, in the
+  list, before it is opened).
 
 Screenshots go to test-artefacts/desktop-dropped/.
 """
@@ -31,6 +32,7 @@ from tests.orthanc import OrthancServer
 
 SHOTS = ROOT / "test-artefacts" / "desktop-dropped"
 NO_SUBJECT = "(no subject yet)"
+ONE_DROPPED = "Message dropped: Dr Ada Intern's device was revoked"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -82,9 +84,12 @@ async def test_every_message_dropped_from_a_revoked_phone_is_named_and_its_consu
                          foot: "1 message dropped: ask its sender",
                          knee: "1 message dropped: ask its sender"}
         assert await page.locator(".dropped-flag").count() == 3  # not the consult it read
-        for thread_id in (hand, foot, knee):  # its subject was in what was dropped
-            assert await page.inner_text(
-                f".thread-item[data-thread-id='{thread_id}'] strong") == NO_SUBJECT
+        # Its subject was in what was dropped: its name says why it is empty.
+        names = {thread_id: await page.inner_text(
+                     f".thread-item[data-thread-id='{thread_id}'] strong")
+                 for thread_id in (hand, foot, knee)}
+        assert names == {hand: "2 messages dropped: Dr Ada Intern's device was revoked",
+                         foot: ONE_DROPPED, knee: ONE_DROPPED}
         await page.screenshot(path=SHOTS / "01-four-dropped-messages-named.png")
 
         # Opened (from its problem line here), a consult says each of its dropped messages.
@@ -97,7 +102,9 @@ async def test_every_message_dropped_from_a_revoked_phone_is_named_and_its_consu
         in_hand = await page.locator("#thread .dropped").all_inner_texts()
         assert len(in_hand) == 2
         assert all(t in {_consult_line(s) for s in sent_times} for t in in_hand), in_hand
-        assert await page.inner_text("#thread h2") == NO_SUBJECT
+        assert await page.inner_text("#thread h2") == names[hand]
+        assert await page.inner_text("#thread-empty") == (
+            "No other message of this consult is on this computer.")
         await page.screenshot(path=SHOTS / "02-consult-with-two-dropped-messages.png")
         await page.click(f".thread-item[data-thread-id='{knee}']")
         await page.locator("#thread .dropped:nth-child(2)").wait_for(state="detached")
@@ -126,7 +133,7 @@ async def test_a_consult_without_a_subject_on_this_computer_reads_no_subject_yet
         world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
     """One subject label: a consult whose every message here came without a subject is named
     "(no subject yet)", in the list and when opened, not by its message's text; one whose only
-    message was dropped likewise, not "New consult"."""
+    message was dropped says so instead, not "(no subject yet)" nor "New consult"."""
     async with consult_open(world, tmp_path, orthanc, "Bay 8: wrist", "Bay 8 wrist") as on:
         page, problems, intern = on.page, on.problems, on.team.intern
         thread = await intern.client.create_thread(roles=["orthopaedics_oncall"])
@@ -145,7 +152,7 @@ async def test_a_consult_without_a_subject_on_this_computer_reads_no_subject_yet
             devices=(await world.device_of(intern.user_id),))
         gone = page.locator(f".thread-item[data-thread-id='{dropped}']")
         await gone.locator(".dropped-flag").wait_for()
-        assert await gone.locator("strong").inner_text() == NO_SUBJECT
+        assert await gone.locator("strong").inner_text() == ONE_DROPPED
         assert await page.locator(".thread-item", has_text="New consult").count() == 0
         await page.screenshot(path=SHOTS / "04-dropped-consult-without-subject.png")
         assert problems == []

@@ -6,9 +6,10 @@ The specialist's desktop is not running from before the intern sends an x-ray un
 relay has ordered every copy of it destroyed (it was filed; the grace period passed). When the
 desktop comes back, the order reaches it before the delivery: it writes a tombstone, never
 downloads or stores the image, and only then confirms. The page never receives the image
-bytes, it shows the image as deleted and in the record; ``lightbox-admin copies`` tells the
-truth about that copy; after a restart the desktop still shows the deleted state and its image
-route answers 410. Screenshots go to test-artefacts/desktop-expiry/.
+bytes, it shows the image as deleted and in the record, beside the patient the message carried;
+``lightbox-admin copies`` tells the truth about that copy; after a restart the desktop still
+shows the deleted state and its image route answers 410. Screenshots go to
+test-artefacts/desktop-expiry/.
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ async def test_a_desktop_offline_until_after_the_expiry_order_never_holds_the_im
                                has_text=f"in the record: {study}").wait_for()
             assert "Image deleted from this device" in await expired.inner_text()
             await page.locator(".message", has_text="Scaphoid?").wait_for()
+            # the patient the message carried, beside the record reference (never the image)
+            assert await page.locator(".message .record").inner_text() == (
+                "Patient: Doe, Jane - MRN123, born 1970-01-01 - wrist")
             await page.screenshot(path=SHOTS / "01-offline-desktop-after-expiry.png")
             assert await page.locator(f'img[src*="{aid}"]').count() == 0
             assert await page.locator(".thumb").count() == 0

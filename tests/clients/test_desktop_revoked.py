@@ -8,8 +8,8 @@
 * closed when revoked with wipe, started again later: the unlock is refused in words and the
   vault erased, before any consult is shown;
 * a consult from a device revoked while it waited for the locked desktop is dropped, and the
-  page says so, with when, until dismissed; the consult it opened says that nothing of it
-  reached this computer, instead of a blank page.
+  page says so, with when, until dismissed; the consult it opened says why it is empty,
+  instead of a blank page or "not reached".
 
 Screenshots go to test-artefacts/desktop-revoked/.
 """
@@ -223,7 +223,9 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_dropped_an
         # Its consult is listed, with nothing in it: opened, it says why instead of a blank.
         await page.click(f".thread-item[data-thread-id='{thread_id}']")
         assert await page.locator("#thread-empty").inner_text() == (
-            "No message of this consult has reached this computer yet.")
+            "No other message of this consult is on this computer.")
+        assert await page.inner_text("#thread h2") == (
+            "Message dropped: Dr Ada Intern's device was revoked")
         await page.screenshot(path=SHOTS / "05-consult-whose-message-was-dropped.png")
         async with page.expect_response("**/api/notice/dismiss"):
             await page.click("#notice-dismiss")

@@ -180,6 +180,10 @@ function droppedLine(d) {
     (d.sender ? "them" : "its sender") + " what it said.";
 }
 
+// A consult whose dropped messages were dismissed and of which nothing else is on this computer.
+const LEFT_INBOX = "Its dropped messages are dismissed and nothing else of this consult is on " +
+  "this computer, so it has left the inbox. It comes back if anything more of it arrives.";
+
 // Not connected because another Lightbox command of this device has the relay for now (the
 // relay keeps one connection per device): no loss, and the client connects again once that
 // command is done, so it says so rather than "reconnecting...".
@@ -465,9 +469,15 @@ async function openThread(id, markRead) {
     const dismiss = el("button", {type: "button", id: "dropped-dismiss"},
       ids.length > 1 ? "Dismiss all " + ids.length : "Dismiss");
     dismiss.addEventListener("click", async () => {
-      await api("/api/threads/" + id + "/dropped/dismiss", {ids});
+      const answer = await api("/api/threads/" + id + "/dropped/dismiss", {ids});
       for (const i of ids) notices.delete(i);
       drawNotices();
+      if (answer.left_inbox && current === id) {
+        // Nothing of it is left on this computer: it leaves the inbox, and the page says so
+        // rather than show an empty consult.
+        current = null; shown = null;
+        $("thread").replaceChildren(el("p", {class: "empty", id: "thread-left"}, LEFT_INBOX));
+      }
       refreshSoon();
     });
     list.append(el("p", {class: "dropped-actions"}, dismiss));
@@ -510,9 +520,12 @@ async function openThread(id, markRead) {
   }
   if (!t.messages.length && !(t.pending || []).length) {
     // A consult the relay lists before any message of it reached this computer: the first
-    // is on its way, or was dropped (the problem line says so). Never an empty page.
+    // is on its way. Or its messages were dropped (said above), or dropped and dismissed.
+    // Never an empty page, and never "not reached" for a message that did and was dropped.
     list.append(el("p", {class: "meta", id: "thread-empty"},
-      "No message of this consult has reached this computer yet."));
+      t.dropped.length ? "No other message of this consult is on this computer."
+        : t.emptied ? LEFT_INBOX
+        : "No message of this consult has reached this computer yet."));
   }
   const form = el("form", {id: "reply"},
     el("label", {htmlFor: "reply-text"}, "Reply (r)"),

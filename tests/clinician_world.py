@@ -25,11 +25,11 @@ from protocol.api import TokenPair
 from protocol.certs import DeviceCertificate, issue_device_certificate
 from protocol.keys import CHEAP_PROFILE, DeviceKeys
 from protocol.model import DeviceKind
-from tests.helpers import ROOT
+from tests.helpers import ROOT, make_settings, running_relay
 from tests.identity_world import PASSWORD, User, World, identity_world
 
-__all__ = ["Clinician", "cli_world", "enrol_clinician", "lightbox_process", "profile_session",
-           "use_cli_profiles"]
+__all__ = ["Clinician", "cli_world", "enrol_clinician", "intern_and_specialist",
+           "lightbox_process", "profile_session", "relay_back", "use_cli_profiles"]
 
 
 @dataclasses.dataclass
@@ -102,6 +102,20 @@ def use_cli_profiles(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Path:
     return home
 
 
+async def intern_and_specialist(world: World, tmp: Path, monkeypatch: pytest.MonkeyPatch,
+                                role: str) -> tuple[Clinician, Clinician]:
+    """In the CLI's environment (:func:`use_cli_profiles`), the intern "Dr Ada Intern" (an SDK
+    client, not started, on profile ``intern``) and the specialist "Dr Bea Ortho" holding
+    ``role`` on profile ``ortho``, her vault locked for a ``lightbox`` process to open."""
+    home = use_cli_profiles(monkeypatch, tmp)
+    intern = await enrol_clinician(world, tmp, "intern", display_name="Dr Ada Intern",
+                                   vault_dir=home / "intern")
+    ortho = await enrol_clinician(world, tmp, "ortho", roles=(role,),
+                                  display_name="Dr Bea Ortho", vault_dir=home / "ortho")
+    ortho.vault.lock()
+    return intern, ortho
+
+
 def profile_session(home: Path, profile: str) -> TokenPair | None:
     """The session a CLI profile's vault holds now (``home/profile``, the test password)."""
     vault = Vault(home / profile, kdf=CHEAP_PROFILE)
@@ -140,3 +154,15 @@ async def run_cli(*argv: str) -> tuple[int, str, str]:
             rc = cli.main(args)
         return rc, out.getvalue(), err.getvalue()
     return await asyncio.to_thread(call, list(argv))
+
+
+@contextlib.asynccontextmanager
+async def relay_back(world: World, tmp: Path) -> AsyncIterator[None]:
+    """The relay of ``world`` (a :func:`cli_world`'s, stopped by the test with
+    ``world.relay.stop``) serving again on its own port, database and organisations: IT's
+    restart as the clients meet it."""
+    settings = make_settings(trusted_orgs_file=tmp / "trusted-orgs.json",
+                             port=int(world.relay.base_url.rsplit(":", 1)[1]),
+                             attachment_chunk_bytes=64 * 1024)
+    async with running_relay(world.dsn, settings, clock=world.clock):
+        yield

@@ -12,9 +12,12 @@ import dataclasses
 import functools
 import getpass
 import os
+import ssl
 import sys
 import time
 import uuid
+
+import httpx
 
 from clients.clinician.shell import (
     command_client,
@@ -63,6 +66,7 @@ __all__ = [
     "ACK_WAIT",
     "REPLACED_LINE",
     "UNREACHABLE_LINE",
+    "WAITING_LINE",
     "ack_command",
     "ack_hint",
     "acknowledgeable",
@@ -514,6 +518,12 @@ PASSWORD_ENV = "LIGHTBOX_PASSWORD"  # noqa: S105 (a variable's name: unlock_prof
 REPLACED_LINE = ("-- another lightbox command of this device is using the relay connection: "
                  "watching resumes when it finishes (nothing is missed)")
 
+# What `watch` says when it starts and the relay is out of reach (clients/sdk/connection.py
+# backs off up to ``every`` between tries); then as when the connection is lost.
+WAITING_LINE = ("-- waiting for the relay at {address} (cannot reach it now: {reason}): watch "
+                "keeps trying, at least every {every}, and shows the consults as soon as it "
+                "answers (nothing is lost: the relay keeps everything for this device)")
+
 # What `watch` says, once until it is connected again, when it cannot start its connection
 # again after unlocking the vault because the relay is out of reach.
 UNREACHABLE_LINE = ("-- cannot reach the relay ({reason}): watch keeps trying and shows the "
@@ -531,10 +541,12 @@ def watch_command(args: argparse.Namespace) -> int:
     status 1). After unlocking it carries on, and the orders queued meanwhile (expiry of a
     filed image) are applied first.
 
-    Once watch runs, a relay out of reach never ends it, also when it unlocks again during an
-    outage: it says so once and connects when the relay answers. What is final (revoked,
-    suspended, wiped) still ends it with one sentence and exit status 1; so does a relay out
-    of reach at start-up, as for every command (a mistyped server address is told at once)."""
+    A relay out of reach never ends it, also at start-up (IT restarting the relay, a network
+    blip: the specialist who started it before going to the ward is still watched for) and
+    when it unlocks again during an outage: it says so once and connects when the relay
+    answers. What waiting cannot mend ends it with one sentence and exit status 1: a refusal
+    (revoked, suspended, wiped, a session ended), an address that is not a relay's URL, a TLS
+    certificate that does not verify (:func:`_raise_unmendable`)."""
     unattended = bool(os.environ.get(PASSWORD_ENV))
     device = unlock_profile(args)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
@@ -672,23 +684,47 @@ async def _start(client: LightboxClient, progress: _Progress) -> None:
     list, or a login, could not be fetched) does not stop watch, which is the backup doctor's
     only line to an escalated consult: it says so once, then starts without the relay, and the
     connection logs in, fetches the list and connects by itself, with backoff, once the relay
-    answers (clients/sdk/client.py ``start(offline=True)``). A refusal (revoked, suspended)
-    still raises as before. At start-up the relay out of reach ends watch as any command
-    (tests/clients/test_cli_failures.py): whoever started it is there to read why. Tried
+    answers (clients/sdk/client.py ``start(offline=True)``). A refusal (revoked, suspended,
+    a session ended) still raises as before, and so does what waiting cannot mend
+    (:func:`_raise_unmendable`). At start-up the line names the relay's address and how often
+    watch tries (:data:`WAITING_LINE`): whoever started it may have walked away, and the
+    address is the profile's, from enrolment, so an outage is far likelier than a typo. Tried
     with the relay first, so that the outage is said when it happens; the failed try started
     nothing, so starting again is safe."""
-    if not progress.started:  # at start-up, as every command: one sentence, exit status 1
-        await client.start()
-        progress.started = True
-        return
+    first = not progress.started
+    progress.started = True
     try:
         await client.start()
         return
     except RelayUnavailable as exc:
-        if not progress.told_unreachable:
+        _raise_unmendable(exc)
+        await client.start(offline=True)
+        if progress.told_unreachable:
+            return
+        progress.told_unreachable = True
+        if first:
+            connection = client.connection
+            every = connection.backoff_max if connection is not None else 0.0
+            print(WAITING_LINE.format(address=client.store.state.server_url,
+                                      reason=exc.reason, every=_seconds(every)), flush=True)
+        else:
             print(UNREACHABLE_LINE.format(reason=exc.reason), flush=True)
-            progress.told_unreachable = True
-    await client.start(offline=True)
+
+
+def _raise_unmendable(exc: RelayUnavailable) -> None:
+    """Raise what waiting for the relay cannot mend, behind a relay out of reach: a TLS
+    certificate that does not verify (its path, RFC 5280 §6, or its name, RFC 6125 §6: refused
+    again on every try until the certificate or the address changes), an address httpx
+    cannot use as a URL. A name not found is not among them: a network without DNS for a while
+    says the same."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            raise RelayUnavailable(str(exc), reason="its TLS certificate does not verify: "
+                                   f"{cause.verify_message}") from exc
+        if isinstance(cause, httpx.UnsupportedProtocol | httpx.InvalidURL):
+            raise RelayUnavailable(str(exc), reason="its address is not a relay's URL") from exc
+        cause = cause.__cause__ or cause.__context__
 
 
 async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
@@ -707,8 +743,8 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
     watcher = asyncio.create_task(idle_lock())
     try:
         queue = client.subscribe()
-        await _start(client, progress)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout):  # the whole run, its start too
+            await _start(client, progress)
             while args.count is None or progress.seen < args.count:
                 get = asyncio.ensure_future(queue.get())
                 lock = asyncio.ensure_future(locked.wait())

@@ -55,6 +55,7 @@ __all__ = [
     "check_identity",
     "check_patient_fields",
     "check_roles",
+    "check_subject",
     "consent_token",
     "correct_patient_command",
     "emergency_of",
@@ -258,6 +259,25 @@ def record_from_args(args: argparse.Namespace) -> RecordData | None:
                       anatomic_region=args.region or "")
 
 
+def check_subject(subject: str | None, record: RecordData | None) -> None:
+    """Refuse a subject holding the patient's hospital number or family name typed in
+    --patient-id and --patient-name: the subject travels sealed, but it is shown wherever the
+    consult is listed (the specialist's inbox, a phone's lock-screen notice), where the record
+    data is never shown (docs/USER_GUIDE.md "Interns: sending a consult", §3). The same rule as
+    the phone's, whatever the purpose: its twin is ``subjectNamesPatient`` in
+    clients/phone/src/app/worker.ts, and a change to one is made to the other."""
+    if not subject or record is None:
+        return
+    said = subject.lower()
+    number = record.patient_id.strip().lower()
+    family = record.patient_name.split("^")[0].strip().lower()
+    if (len(number) >= 3 and number in said) or (
+            len(family) >= 3 and family in re.split(r"[\W_]+", said)):
+        raise FlowError("keep the patient's name and hospital number out of the subject: it "
+                        "is shown wherever the consult is listed (they go in --patient-name "
+                        "and --patient-id); nothing was sent", code="subject_identifies")
+
+
 def check_identity(args: argparse.Namespace, record: RecordData, scan: Any) -> None:
     """The typed identity against the text on the image (clients/clinician/identity.py): a
     contradiction is shown side by side and must be confirmed or corrected."""
@@ -403,6 +423,7 @@ def send_command(args: argparse.Namespace) -> int:
     priority = Priority.URGENT if args.urgent else Priority.ROUTINE
     emergency = emergency_of(args, purpose)
     record = record_from_args(args)
+    check_subject(args.subject, record)
     # A --consent-token FILE that is not a token fails here, before the password.
     given = read_consent_token(args.consent_token) if args.consent_token else None
     prepared = prepare(args)  # before the password: a bad image fails fast

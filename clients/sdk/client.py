@@ -73,7 +73,7 @@ from clients.sdk.hub import Hub
 from clients.sdk.keystore import DeviceState, DeviceStore
 from clients.sdk.memory import Memory, body_of
 from clients.sdk.notices import Notices
-from clients.sdk.prekeys import PrekeyPolicy, rotate_signed_prekey
+from clients.sdk.prekeys import PrekeyPolicy, after_outage, rotate_signed_prekey
 from clients.sdk.receiving import Receiver
 from clients.sdk.sending import Sender
 from clients.sdk.session import CUT_OFF, Session
@@ -207,6 +207,7 @@ class LightboxClient:
         threads as last listed) and connects, logs in and fetches the revocation list once the
         relay answers. Until then nothing arrives; the first delivery verifies its sender
         against a revocation list fetched then (clients/sdk/trust.py)."""
+        unanswered = False
         try:
             await self.session.ensure_login()
         except RelayRequestError as exc:
@@ -216,6 +217,7 @@ class LightboxClient:
             if not offline:
                 raise
             log.info("starting without the relay: it cannot be reached")
+            unanswered = True
         try:
             await self.trust.revocations(force=True)
         except RelayRequestError as exc:
@@ -224,7 +226,8 @@ class LightboxClient:
         except RelayUnavailable:
             if not offline:
                 raise
-        self.hub.spawn(self._prekey_upkeep(), "client-prekeys")
+            unanswered = True
+        self.hub.spawn(self._prekey_upkeep(unanswered), "client-prekeys")
         keys = self.store.state.device_keys()
         self.receiver.note_stored()  # what another program stores from now on is told too
         connection = self.hub.connection = Connection(
@@ -481,10 +484,16 @@ class LightboxClient:
         await rotate_signed_prekey(self.relay, self.store, self.prekey_policy,
                                    now=int(self._clock()))
 
-    async def _prekey_upkeep(self) -> None:
+    async def _prekey_upkeep(self, unanswered: bool) -> None:
+        # The connection's reconnects when the relay last did not answer (-1: before it first
+        # connected); None: it answered.
+        missed = -1 if unanswered else None
         while True:
+            if missed is not None and not await after_outage(self.hub.connected(), missed):
+                return  # the connection ended: the application says why
             try:
                 await self.maintain_prekeys()
+                missed = None
             except RelayRequestError as exc:
                 if exc.code in CUT_OFF:
                     # Not a failure of the upkeep: the relay has ended this device's or user's
@@ -498,7 +507,12 @@ class LightboxClient:
                     return
                 log.warning("signed prekey upkeep failed: %s", exc)
             except RelayUnavailable as exc:
-                log.warning("signed prekey upkeep failed: %s", exc)
+                # An outage is the application's to say (watch's line, the desktop's bar): the
+                # upkeep tries again once connected again, and warns if it still fails then.
+                log.log(logging.INFO if missed is None else logging.WARNING,
+                        "signed prekey upkeep failed: %s", exc)
+                missed = self.hub.connected().reconnects
+                continue
             except SessionEnded:  # only the user can sign in again; the connection says so
                 return
             except VaultLocked:  # the device state is in the locked vault: the next start

@@ -264,6 +264,10 @@ class Connection:
             except SDKError as exc:  # no token to be had (session ended, device refused...)
                 self._finish(_stopped_by(exc))
                 return
+            except VaultLocked:  # locked itself while waiting for the relay: stopped, as below
+                log.info("the vault is locked: connection stopped")
+                self._finish(ConnectionStopped(None, VAULT_LOCKED))
+                return
             except Exception as exc:  # the provider failed otherwise: not a reason to give up
                 log.warning("access token failed; trying again",
                             extra={"error_type": type(exc).__name__})

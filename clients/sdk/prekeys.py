@@ -14,11 +14,13 @@ ever published without its secret. One-time prekeys are refilled by
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Final
 
 import msgspec
 
+from clients.sdk.connection import Connection
 from clients.sdk.environ import number_setting
 from clients.sdk.errors import KeyStoreError
 from clients.sdk.http import RelayHTTP
@@ -27,11 +29,14 @@ from clients.sdk.keystore import DeviceState, DeviceStore, PrekeySecret
 from protocol import certs
 from protocol.canonical import peek_compact
 
-__all__ = ["KEEP_ENV", "ROTATION_ENV", "PrekeyPolicy", "rotate_signed_prekey"]
+__all__ = ["KEEP_ENV", "ROTATION_ENV", "PrekeyPolicy", "after_outage", "rotate_signed_prekey"]
 
 ROTATION_ENV: Final = "LIGHTBOX_SIGNED_PREKEY_ROTATION"
 KEEP_ENV: Final = "LIGHTBOX_SIGNED_PREKEY_KEEP"
 DAY: Final = 86_400
+# At most this long the upkeep waits for a connection it saw as up to be lost and come back,
+# after a request that went unanswered: a relay that holds the socket and not a request.
+OUTAGE_WAIT: Final = 3600.0
 
 
 def _seconds(env: str, default: int) -> int:
@@ -91,3 +96,16 @@ async def _upload_if_not_served(relay: RelayHTTP, st: DeviceState, newest: Preke
         created_at=newest.created_at), st.device_keys().signing)
     await relay.upload_signed_prekey(token)
     return True
+
+
+async def after_outage(connection: Connection, reconnects: int) -> bool:
+    """Once the relay answers again after the upkeep's request went unanswered (the
+    connection's ``reconnects`` then): the connection lost, if it was up, and connected again,
+    or :data:`OUTAGE_WAIT` seconds passed. False when the connection ended (revoked, stopped):
+    the application says why, and there is nothing more to keep up."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + OUTAGE_WAIT
+    while (connection.connected.is_set() and connection.reconnects == reconnects  # noqa: ASYNC110
+           and not connection.stopped.done() and loop.time() < until):
+        await asyncio.sleep(1.0)  # (the connection sets no event as it loses the relay)
+    return await connection.wait_or_stopped(connection.connected)

@@ -23,7 +23,7 @@ import pytest
 from clients.clinician.shell import command_client
 from clients.sdk.client import MessageEvent
 from clients.sdk.profile import open_profile
-from tests.clinician_world import Clinician, enrol_clinician, lightbox_process, use_cli_profiles
+from tests.clinician_world import Clinician, intern_and_specialist, lightbox_process
 from tests.clinician_world import run_cli as lightbox
 from tests.helpers import seconds
 from tests.identity_world import PASSWORD, World
@@ -58,6 +58,13 @@ class Watch:
         except TimeoutError:
             raise AssertionError(f"watch did not say {text!r}: {self.lines}") from None
 
+    async def shows_consult(self, intern: Clinician, text: str) -> None:
+        """``intern`` sends a new consult to the role; watch shows it, and runs on."""
+        thread = await intern.client.create_thread(roles=[ORTHO])
+        await intern.client.send_text(thread.thread_id, text)
+        await self.until(text, timeout=60)
+        assert self.process.returncode is None, self.lines
+
     def said(self, text: str) -> int:
         return sum(text in line for line in self.lines)
 
@@ -78,12 +85,7 @@ async def watching(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                    ) -> AsyncIterator[tuple[Clinician, Clinician, Watch]]:
     """The intern (an SDK client, connected, on a profile of her own) and the specialist's
     profile ``ortho`` with ``lightbox watch`` running on it, connected."""
-    home = use_cli_profiles(monkeypatch, tmp_path)
-    intern = await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern",
-                                   vault_dir=home / "intern")
-    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
-                                  display_name="Dr Bea Ortho", vault_dir=home / "ortho")
-    ortho.vault.lock()  # the CLI opens it with the password
+    intern, ortho = await intern_and_specialist(world, tmp_path, monkeypatch, ORTHO)
     await intern.client.start(wait_connected=seconds(10))
     watch = Watch(await lightbox_process("--profile", "ortho", "watch",
                                          "--timeout", str(seconds(120))))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.clients.test_watch_beside_commands import ORTHO, Watch
-from tests.clinician_world import enrol_clinician, lightbox_process, use_cli_profiles
-from tests.helpers import make_settings, running_relay, seconds
+from tests.clinician_world import intern_and_specialist, lightbox_process, relay_back
+from tests.helpers import seconds
 from tests.identity_world import World
 
 IDLE = 2  # seconds: the vault locks itself this long after its last use
@@ -29,12 +29,8 @@ CONNECTED = "-- connected to the relay"
 
 async def test_watch_unlocked_again_while_the_relay_is_down_waits_for_it_and_shows_what_comes(
         world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = use_cli_profiles(monkeypatch, tmp_path)  # LIGHTBOX_PASSWORD: unattended
-    intern = await enrol_clinician(world, tmp_path, "intern", display_name="Dr Ada Intern",
-                                   vault_dir=home / "intern")
-    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,),
-                                  display_name="Dr Bea Ortho", vault_dir=home / "ortho")
-    ortho.vault.lock()  # `lightbox watch` opens it with the password
+    # LIGHTBOX_PASSWORD set (use_cli_profiles): watch unlocks again unattended
+    intern, _ = await intern_and_specialist(world, tmp_path, monkeypatch, ORTHO)
     await intern.client.start(wait_connected=seconds(10))
     monkeypatch.setenv("LIGHTBOX_VAULT_IDLE_TIMEOUT", str(IDLE))
     watch = Watch(await lightbox_process("--profile", "ortho", "watch",
@@ -53,15 +49,10 @@ async def test_watch_unlocked_again_while_the_relay_is_down_waits_for_it_and_sho
         assert watch.said(UNREACHABLE) == 1, watch.lines
         assert watch.process.returncode is None, watch.lines
 
-        settings = make_settings(trusted_orgs_file=tmp_path / "trusted-orgs.json",
-                                 port=int(world.relay.base_url.rsplit(":", 1)[1]))
-        async with running_relay(world.dsn, settings, clock=world.clock):
+        async with relay_back(world, tmp_path):
             back = watch.said(CONNECTED)
             await watch.until(CONNECTED, count=back + 1, timeout=60)
-            thread = await intern.client.create_thread(roles=[ORTHO])
-            await intern.client.send_text(thread.thread_id, "Bed 2: hip, after the outage")
-            await watch.until("Bed 2: hip, after the outage", timeout=60)
-            assert watch.process.returncode is None, watch.lines
+            await watch.shows_consult(intern, "Bed 2: hip, after the outage")
             err = await watch.stop()
     finally:
         if watch.process.returncode is None:

@@ -305,24 +305,33 @@ class OncallService:
         """A consult from someone the role does not reach, sent while nobody is on call for it
         (a gap in the rota): its escalation waits for the role's next shift, as a deferred
         handover does, and the sender and those it reached are told at once (module
-        docstring). Nothing is held: everyone the role reaches now received it."""
+        docstring). Nothing is held: everyone the role reaches now received it.
+
+        A rota write of the role under way is waited for first and the rota read again: the
+        write's wake of deferred handovers (add_shifts) cannot see this consult before it
+        commits, so a shift it adds must be found here. One that covers the moment takes the
+        consult at the next sweep, as a deferred handover whose shift has started."""
+        await oncall.share_role(conn, rn.org_id, rn.role)
+        again = next((x for x in (await self._roles_now(conn, [m.thread_id], at)).get(
+            m.thread_id, []) if x.role == rn.role), rn)
+        until = at if again.shift_id is not None else again.ends_at
         deadline = rn.deadline(m.priority)
         created = await escalations.create(
             conn, message_pk=pk, message_id=m.message_id, thread_id=m.thread_id,
             sender_user_id=m.sender_user_id, org_id=rn.org_id, role=rn.role, shift_id=None,
             ladder=rn.ladder, deadline=deadline, due_at=at + dt.timedelta(seconds=deadline),
-            shift_ends_at=rn.ends_at, now=at, level=max(0, len(rn.ladder) - 1),
+            shift_ends_at=until, now=at, level=max(0, len(rn.ladder) - 1),
             phase="waiting", state="exhausted")
-        if created is None:
+        if created is None or again.shift_id is not None:
             return
         await escalations.save(conn, dataclasses.replace(created, step=1))
         woken = sorted(await self._announce(
             conn, created, EscalationKind.NO_SHIFT, 1, 0, m.sender_user_id, rn.ladder, at,
-            next_shift_at=rn.ends_at))
+            next_shift_at=until))
         await audit.append(conn, "oncall.consult_deferred", subject_kind="message",
                            subject_id=m.message_id, details={
                                "role": rn.role, "reached": len(rn.ladder),
-                               "until": _ts(rn.ends_at)})
+                               "until": _ts(until)})
         for i in range(0, len(woken), 180):
             await events.publish(conn, "deliver", device_ids=woken[i:i + 180])
 

@@ -93,6 +93,14 @@ async def share_role_unless_written(conn: asyncpg.Connection, org_id: str, role:
         org_id, role)
 
 
+async def share_role(conn: asyncpg.Connection, org_id: str, role: str) -> None:
+    """Lock the role's row for sharing in the caller's transaction, waiting for a rota write
+    that holds it (:func:`get_role` with ``lock``) to commit: what is read of the rota after
+    this includes it."""
+    await conn.execute("SELECT 1 FROM oncall_roles WHERE org_id = $1 AND role = $2 FOR SHARE",
+                       org_id, role)
+
+
 async def get_role(conn: asyncpg.Connection, org_id: str, role: str, *, lock: bool = False
                    ) -> Role:
     """Raises ROLE_UNKNOWN."""

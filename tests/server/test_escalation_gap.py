@@ -7,7 +7,9 @@ consult by the devices holding it. Real relay, real Postgres, simulated minutes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -165,6 +167,41 @@ async def test_a_consult_in_a_gap_waits_for_a_shift_added_later_and_is_handed_to
     assert [(x["kind"], x["next_shift_at"]) for x in esc["steps"]] == [
         ("no_shift", None), ("no_shift", None), ("no_shift", None), ("no_shift", starts),
         ("handover", None), ("renotify", None)]
+
+
+async def test_a_consult_sent_while_it_writes_a_shift_into_the_gap_goes_to_that_shift(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """IT fills the gap (a shift covering now) while a consult to the role is being stored: the
+    consult, sealed for whom the role reached before the write, must not wait for a next shift
+    that never comes. The write's wake of deferred handovers runs before the consult's wait is
+    committed and cannot see it; the store waits for the write and reads the rota again, and
+    the shift it added is handed the consult. The write is held open here, as IT's request
+    would hold it, while the consult is stored."""
+    intern = cast["intern"]
+    night = await peer(world, "night", roles=("orthopaedist",))
+    await define_role(world)
+    writer = await world.db()
+    async with sockets(world, intern, night) as (s, nt):
+        tx = writer.transaction()
+        await tx.start()
+        try:
+            await writer.execute("SELECT 1 FROM oncall_roles WHERE org_id = $1 AND role = $2 "
+                                 "FOR UPDATE", ORG, "orthopaedics_oncall")
+            now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+            await writer.execute(
+                "INSERT INTO oncall_shifts (shift_id, org_id, role, starts_at, ends_at, ladder, "
+                "created_at) VALUES ($1, $2, 'orthopaedics_oncall', $3, $4, $5::uuid[], $3)",
+                uuid.uuid4(), ORG, now - dt.timedelta(minutes=1), now + dt.timedelta(hours=8),
+                [night.user_id])
+            sent = asyncio.ensure_future(send_in_gap(world, cast, s))
+            await asyncio.sleep(seconds(0.5))
+        finally:
+            await tx.commit()
+            await writer.close()
+        await sent
+        hand = await next_of(nt, EscalationNotice)
+        assert (hand.kind, hand.level, hand.user_id) == (
+            EscalationKind.HANDOVER, 0, night.user_id)
 
 
 async def test_a_consult_in_a_gap_names_the_next_shift_on_the_rota_and_goes_to_it(

@@ -78,9 +78,10 @@ system-deps:
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
+# --durations: the slowest tests at the end of every run, to keep the suite in its 20 minutes.
 test: $(STAMP) system-deps $(IDP_STAMP) phone
 	@mkdir -p .data
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 $(PYTEST_ARGS)
 
 lint: $(STAMP) $(PHONE_STAMP)
 	cd $(PHONE) && npx --no-install tsc --noEmit -p .

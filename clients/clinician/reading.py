@@ -46,7 +46,7 @@ from clients.sdk.client import (
 )
 from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable, SDKError
 from clients.sdk.failures import run_async
-from clients.sdk.handover import authorship_line
+from clients.sdk.handover import authorship_line, copies_line
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.sending import UnreadableSend, check_readable
 from clients.sdk.timefmt import format_time
@@ -299,6 +299,8 @@ def inbox_command(args: argparse.Namespace) -> int:
                                key=functools.partial(_reading_order, client, arrived)):
                 thread_id = view.message.thread_id
                 print_message(client, MessageEvent(view.message, view.body))
+                if view.copies:  # handed over by several devices: listed once (§16.4)
+                    print(f"    {copies_line(view.copies, client.display_name)}")
                 never_here = await _expired_before_arrival(client, view)
                 for img in view.images:
                     print(f"    {image_line(img, never_here=img.attachment_id in never_here)}")
@@ -446,7 +448,8 @@ def _consult_of(client: LightboxClient, thread_id: str,
     subject, else who sent it and when; and who sent it (None when the device does not hold
     it: a handed-over consult's copy is a new message, docs/PROTOCOL.md §16.4)."""
     views = client.thread_messages(thread_id)
-    held = next((v for v in views if v.message.message_id == message_id), None)
+    held = next((v for v in views if message_id in {m.message_id for m in (v.message,
+                                                                         *v.copies)}), None)
     # a handed-over copy held: its author and time (clients/sdk/handover.py)
     author = None if held is None else client.authorship(held.message, held.body)
     sender = None if author is None else author.author_user_id
@@ -768,6 +771,15 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                     _raise_if_ended(client)
                 if isinstance(event, StatusEvent) and event.state == "connected":
                     progress.told_unreachable = False  # a later outage is said again
+                if isinstance(event, MessageEvent) and client.hidden_copy(event.message):
+                    # another copy of a consult shown already, handed over by another device
+                    # too (docs/PROTOCOL.md §16.4): said in one line, not shown again
+                    await learn_message_names(client, event)
+                    consult, _ = _consult_of(client, event.message.thread_id,
+                                             event.message.message_id)
+                    print(f"    {consult}: {copies_line([event.message], client.display_name)}",
+                          flush=True)
+                    continue
                 if isinstance(event, MessageEvent):
                     await learn_message_names(client, event)
                     print_message(client, event)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -67,7 +68,7 @@ from clients.sdk.events import (
     StatusEvent,
     WithdrawnEvent,
 )
-from clients.sdk.handover import Authorship, authorship
+from clients.sdk.handover import Authorship, authorship, one_per_consult
 from clients.sdk.http import RelayHTTP
 from clients.sdk.hub import Hub
 from clients.sdk.keystore import DeviceState, DeviceStore
@@ -437,8 +438,11 @@ class LightboxClient:
         the desktop count these; the relay's own counter also counts our own messages). The
         user's own messages never count, whichever of their devices sent them."""
         me = self.user_id
-        return [self.view(m) for m in self.vault.messages(thread_id, unread_only=True)
-                if not m.outgoing and m.sender_user_id != me]
+        # A consult handed over in several copies (docs/PROTOCOL.md §16.4) counts once, and
+        # not at all once any copy of it was read.
+        return [v for v in self.thread_messages(thread_id)
+                if not v.message.outgoing and v.message.sender_user_id != me
+                and not any(m.read for m in (v.message, *v.copies))]
 
     def unread(self, thread_id: str) -> int:
         return len(self.unread_messages(thread_id))
@@ -462,8 +466,13 @@ class LightboxClient:
         to the relay, waiting up to ``wait`` seconds while connected; False when it waits on
         this device for the relay (sent as soon as this client is connected again, and shown
         meanwhile as ``acknowledgement_waiting``). The relay's refusal comes later, as an
-        :class:`AcknowledgementEvent` ``refused``."""
+        :class:`AcknowledgementEvent` ``refused``. The other copies of a consult handed over
+        in several (:meth:`thread_messages`) are acknowledged with it: each copy's sender
+        device is told."""
         sent = await self.receiver.acknowledge(message_id)
+        for copy in self._copies_of(message_id):
+            if not copy.outgoing and copy.sender_user_id != self.user_id:
+                await self.receiver.acknowledge(copy.message_id)
         connection = self.hub.connection
         if wait > 0 and connection is not None and connection.connected.is_set():
             with contextlib.suppress(TimeoutError):
@@ -575,4 +584,33 @@ class LightboxClient:
                       key=lambda s: (s.at, s.step))
 
     def thread_messages(self, thread_id: str) -> list[MessageView]:
-        return [self.view(m) for m in self.vault.messages(thread_id)]
+        """The thread's messages in order, a consult handed over in several copies listed once
+        (the original when held, else its author's device's copy, else the first), the other
+        copies in its view's ``copies`` (clients/sdk/handover.py, docs/PROTOCOL.md §16.4)."""
+        return [self._consult_view(shown, hidden)
+                for shown, hidden in one_per_consult(self.vault.messages(thread_id), body_of)]
+
+    def _consult_view(self, shown: VaultMessage, hidden: tuple[VaultMessage, ...]
+                      ) -> MessageView:
+        view = self.view(shown)
+        if not hidden:
+            return view
+        # "I'm on it" given to any copy is given to the consult.
+        acked = view.acknowledged_by_me or any(self.view(m).acknowledged_by_me for m in hidden)
+        return dataclasses.replace(view, copies=hidden, acknowledged_by_me=acked)
+
+    def hidden_copy(self, message: VaultMessage) -> bool:
+        """Whether ``message`` is a copy of a consult that :meth:`thread_messages` lists as
+        another message (handed over by several devices, docs/PROTOCOL.md §16.4)."""
+        return any(m.message_id == message.message_id
+                   for view in self.thread_messages(message.thread_id) for m in view.copies)
+
+    def _copies_of(self, message_id: str) -> tuple[VaultMessage, ...]:
+        """The other copies held of the consult ``message_id`` is a copy of (or is)."""
+        with contextlib.suppress(ItemNotFound):
+            message = self.vault.message(message_id)
+            for view in self.thread_messages(message.thread_id):
+                held = (view.message, *view.copies)
+                if any(m.message_id == message_id for m in held):
+                    return tuple(m for m in held if m.message_id != message_id)
+        return ()

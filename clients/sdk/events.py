@@ -229,7 +229,9 @@ class MessageView:
     ``acknowledged_by_me``: this device said "I'm on it" and the relay has not refused it;
     ``acknowledgement_waiting``: that receipt is still on this device, not yet sent (the relay
     out of reach); ``acknowledgement_refused``: why the relay refused this device's last
-    acknowledgement of it ("" if it did not)."""
+    acknowledgement of it ("" if it did not). ``copies``: the other copies of the same consult
+    this device holds, handed over again by other devices at a shift change and not listed
+    (clients/sdk/handover.py ``one_per_consult``)."""
 
     message: VaultMessage
     body: Body
@@ -240,3 +242,4 @@ class MessageView:
     acknowledgement_waiting: bool = False
     acknowledgement_refused: str = ""
     not_received: tuple[NotReceivedEvent, ...] = ()  # people who never received its image
+    copies: tuple[VaultMessage, ...] = ()

@@ -13,20 +13,26 @@ check of that claim:
   consult (``confirmed``);
 * otherwise the claim is shown as the resealer's word ("as handed over by ...").
 
+Two holders that are not the author can both answer one reseal request (docs/PROTOCOL.md
+§16.4), so a reader may hold several copies of one consult, and the original too. Every copy
+stays in the vault (each was delivered; receipts go to its sender's device), but a thread lists
+the consult once (:func:`one_per_consult`).
+
 Pure: no I/O; the caller passes what the vault holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from clients.sdk.vaultrows import VaultMessage
 from protocol.body import Body, HandoverOf
 
-__all__ = ["Authorship", "authorship", "authorship_line", "handover_of"]
+__all__ = ["Authorship", "authorship", "authorship_line", "copies_line", "handover_of",
+           "one_per_consult"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,3 +103,45 @@ def authorship_line(author: Authorship, name: Callable[[str], str],
                 f"(resealed by {by}'s device)")
     return (f"as handed over by {by} at the shift change on {when(author.resealed_at)}: "
             "the author and time are their device's word")
+
+
+def one_per_consult(messages: Sequence[VaultMessage], body: Callable[[VaultMessage], Body | None]
+                    ) -> list[tuple[VaultMessage, tuple[VaultMessage, ...]]]:
+    """A thread's ``messages`` (in the thread's order) with each consult once: (the message
+    shown, the other copies of it held, hidden), at the place of its first copy. Messages are
+    copies of one consult when they name the same original (``handover_of``, the original
+    naming itself) with the same author and time, and carry the same body: a copy that differs
+    from another, or that contradicts the original held, is shown on its own (with its own
+    warning), never hidden behind it. Shown: the original itself when held, else the copy its
+    author's own device sealed, else the first."""
+    groups: dict[object, list[VaultMessage]] = {}
+    order: list[object] = []
+    for m in messages:
+        b = body(m)
+        key: object = m.message_id
+        if b is not None:
+            plain = msgspec.structs.replace(b, handover_of=msgspec.UNSET)
+            key = (handover_of(m, b), msgspec.msgpack.encode(plain))
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(m)
+    out = []
+    for key in order:
+        held = groups[key]
+        claim = key[0] if isinstance(key, tuple) else None
+        shown = held[0]
+        if claim is not None:
+            shown = min(held, key=lambda m: (m.message_id != claim.message_id,
+                                             (m.sender_device_id, m.sender_user_id)
+                                             != (claim.sender_device_id, claim.sender_user_id)))
+        out.append((shown, tuple(m for m in held if m is not shown)))
+    return out
+
+
+def copies_line(copies: Sequence[VaultMessage], name: Callable[[str], str]) -> str:
+    """The words a reader is told beside a consult of which other copies are held, hidden
+    ("" for none): whose devices also handed it over."""
+    by = [("your device" if who == "you" else f"{who}'s device")
+          for who in dict.fromkeys(name(m.sender_user_id) for m in copies)]
+    return f"also handed over by {' and '.join(by)}: the same consult, shown once" if by else ""

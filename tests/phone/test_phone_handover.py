@@ -38,10 +38,10 @@ async def test_the_phone_shows_a_handed_over_consult_under_its_author(
         await specialist.client.notices.on_frame(ResealRequest(
             thread_id=m.thread_id, message_id=m.message_id, devices=[phone_device],
             deadline=int(time.time()) + 600))
-        copy = page.locator(".message.theirs", has_text="Handed over at the shift change on ")
-        await copy.wait_for()
-        assert "(resealed by Dr Bo Ortho's device)" in await copy.inner_text()
-        assert (await copy.locator(".meta").first.inner_text()).startswith("Dr Ada Intern · ")
+        # the phone holds the original: the copy is kept, and the consult listed once (§16.4)
+        mine = page.locator(".message.mine", has_text="Also handed over by Dr Bo Ortho's device")
+        await mine.wait_for()
+        assert await page.locator(".message", has_text="Query scaphoid fracture.").count() == 1
 
         # a claim of a consult the phone never held: the resealer's word
         await specialist.client.sender.send_body(m.thread_id, Body(

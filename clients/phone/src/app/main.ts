@@ -88,6 +88,7 @@ function onEvent(data: Record<string, unknown>): void {
       void renderThreads();
       return;
     case "escalation":
+    case "copy":
     case "filed":
     case "not_received":
     case "receipt":
@@ -615,7 +616,7 @@ async function renderThreads(): Promise<ThreadRecord[] | null> {
       const h = document.createElement("h3");
       h.id = `thread-h-${t.thread_id}`;
       h.textContent = `${consultTitle(t)}${t.role ? ` · ${t.role}` : ""} · ${PRIORITY[t.priority] ?? t.priority}`;
-      li.append(h, ...t.messages.map((m) => messageElement(m, t)));
+      li.append(h, ...listed(t).map((m) => messageElement(m, t)));
       if (!t.record && onTheRelay(t)) {
         // The consult on a screen of its own, to answer it or add a photo to it (the lateral
         // view the specialist asked for) in the same thread. One only kept or refused here is
@@ -694,6 +695,14 @@ function messageElement(m: MessageView, t: ThreadRecord): HTMLElement {
         ? `As handed over by ${h.resealed_by} at the shift change on ${when(h.resealed_at)}: the author and time are their device's word`
         : `Handed over at the shift change on ${when(h.resealed_at)}${h.by_author ? "" : ` (resealed by ${h.resealed_by}'s device)`}`;
     div.append(line);
+  }
+  // Other copies of this consult, handed over by other devices too: not listed, said here.
+  const others = [...new Set(t.messages.filter((x) => x.copy_of === m.message_id).map((x) => x.handover?.resealed_by ?? x.from_name))];
+  if (others.length) {
+    const also = document.createElement("div");
+    also.className = "meta handover";
+    also.textContent = `Also handed over by ${others.map((n) => `${n}'s device`).join(" and ")}: the same consult, shown once`;
+    div.append(also);
   }
   if (m.status === "not_sent") {
     // Under its date, above the text: seen first, however long the consult is.
@@ -972,7 +981,13 @@ function drawOpenThread(list: ThreadRecord[]): void {
   }
   $("thread-title").textContent = consultTitle(t);
   $("thread-about").textContent = [t.role ? `To the on-call team of ${t.role}` : null, PRIORITY[t.priority] ?? t.priority].filter((x) => x).join(" · ");
-  $("thread-messages").replaceChildren(...t.messages.map((m) => messageElement(m, t)));
+  $("thread-messages").replaceChildren(...listed(t).map((m) => messageElement(m, t)));
+}
+
+/** A thread's messages as listed: a consult handed over in several copies once (PROTOCOL.md
+ * §16.4; the others are `copy_of` the one shown). */
+function listed(t: ThreadRecord): MessageView[] {
+  return t.messages.filter((m) => !m.copy_of);
 }
 
 /** Back to the list of consults (`andShow`: the home screen shown, else left as it is). */

@@ -40,6 +40,11 @@ export interface MessageView {
    * again and when, and whether the phone could check the author and time (against the
    * original it holds, or the author's own device resealed it) or they contradict the original. */
   handover?: { resealed_by: string; resealed_at: number; confirmed: boolean; contradicted: boolean; by_author: boolean } | null;
+  /** A handed-over copy: the original's message id its sealed body names (PROTOCOL §14). */
+  handover_of_id?: string;
+  /** Another copy of a consult listed once (PROTOCOL §16.4): the message id of the copy shown,
+   * which says whose devices also handed it over. Kept for its receipts, not listed. */
+  copy_of?: string;
   /** The device that sent a received message (checked against a handed-over copy's claim). */
   from_device_id?: string;
   /** To the sender: each person who never received this message's photo on any device before

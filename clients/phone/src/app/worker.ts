@@ -877,7 +877,10 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       // The thread's subject is its first message's, as the desktop and `lightbox threads`
       // show it (clients/desktop/app.py threads, clients/clinician/reading.py subject).
       if (body.subject && !thread.subject) thread.subject = body.subject;
-      if (claim) handedOver(view, claim, thread, sender.user.display_name, authorName);
+      if (claim) {
+        handedOver(view, claim, thread, sender.user.display_name, authorName);
+        oneCopyShown(view, claim, thread);
+      }
       if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
       if (body.kind === "consent_filed" && body.consent_filing && sender.user.roles.includes(certs.ROLE_RECORD_GATEWAY) && sender.device.kind === "gateway") {
         const f = body.consent_filing as { message_id?: string; study_instance_uid?: string | null };
@@ -899,7 +902,8 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
     // Stored first, then the signed receipt (clients/sdk/receiving.py; PROTOCOL §8, §16.6).
     await queueReceipt(h.message_id, h.thread_id, "delivered");
     if (photo && view.image_state === "fetching") void fetchImage(photo.attachment_id);
-    event(body.kind === "text" || body.kind === "subject" ? "message" : "filed", { message: view });
+    // Another copy of a consult shown already: no new message to announce, only its line.
+    event(view.copy_of ? "copy" : body.kind === "text" || body.kind === "subject" ? "message" : "filed", { message: view });
   }
   sendFrame(ws, { t: "ack", delivery_ids: [frame["delivery_id"] as string] });
 }
@@ -1076,6 +1080,27 @@ async function fetchMissingImages(): Promise<void> {
 }
 
 /** A user's name, from their certificate verified against the pinned organisation key. */
+/** Two holders can both hand one consult over (PROTOCOL.md §16.4): every copy is kept (each
+ * gets its receipts), but the consult is listed once. A copy of the original held, or of a
+ * copy held (same `handover_of` message id), with the same subject, text and photo and not
+ * contradicting the original, is marked `copy_of` the one shown: the original, else the copy
+ * its author's own device sealed, else the first (clients/sdk/handover.py does the same). */
+function oneCopyShown(view: MessageView, claim: HandoverOf, thread: ThreadRecord): void {
+  view.handover_of_id = claim.message_id;
+  if (view.handover?.contradicted) return; // shown on its own, with its warning
+  const shown = thread.messages.find((m) => !m.copy_of && m.message_id !== view.message_id
+    && (m.message_id === claim.message_id || m.handover_of_id === claim.message_id)
+    && !m.handover?.contradicted && m.text === view.text && (m.subject ?? null) === (view.subject ?? null)
+    && (m.attachment_id ?? null) === (view.attachment_id ?? null));
+  if (!shown) return;
+  const byAuthor = (m: MessageView) => m.handover?.by_author === true && m.handover.confirmed;
+  if (shown.message_id === claim.message_id || byAuthor(shown) || !byAuthor(view)) {
+    view.copy_of = shown.message_id;
+    return;
+  }
+  for (const m of thread.messages) if (m === shown || m.copy_of === shown.message_id) m.copy_of = view.message_id;
+}
+
 /** A consult handed over at a shift change (PROTOCOL.md §16.4): shown as its author wrote it,
  * when they did, and told as handed over by whose device. The claim is checked against the
  * original when this phone holds it (same message id), else taken as fact only when the

@@ -269,7 +269,11 @@ def _check(body: Body) -> None:
         if body.consent_token is None or body.record is None or body.attachments:
             raise DecodeError("a consent_record carries a consent token and record data, "
                               "and no images", code=ErrorCode.VALIDATION_FAILED)
-    elif body.record is not None and not body.attachments:
+    elif body.record is not None and not body.attachments \
+            and isinstance(body.handover_of, msgspec.UnsetType):
+        # A copy handed over at a shift change (§16.4) after its images were filed and their
+        # copies expired keeps the patient data alone: the incoming clinician must still see
+        # whom the consult is about (docs/PROTOCOL.md §14 "record").
         raise DecodeError("record data goes with an image", code=ErrorCode.VALIDATION_FAILED)
     ids = [a.attachment_id for a in body.attachments]
     if len(set(ids)) != len(ids):

@@ -233,12 +233,14 @@ class Notices:
         if body.consent_token is not None:
             consent_id = peek_consent_token_unverified(body.consent_token).jti
         try:
+            # Only the images still held: one filed and expired is in the record, not here
+            # (the copy keeps its text and patient data, docs/PROTOCOL.md §14 "record").
             await self._sender.send_body(
                 request.thread_id, body,
                 purpose=Purpose(stored.purpose or Purpose.DIRECT_CARE.value),
                 priority=Priority(stored.priority), consent_id=consent_id,
-                attachment_ids=stored.attachment_ids)
-        except SDKError as exc:
+                attachment_ids=[a.attachment_id for a in body.attachments])
+        except (SDKError, ProtocolError) as exc:  # said, never a stopped task
             await self._hub.emit(StatusEvent("error", f"handover of a consult failed: {exc}"))
 
     def _copy_arrived(self, thread_id: str, original_id: str, before: set[str]) -> bool:

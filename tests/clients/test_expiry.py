@@ -24,12 +24,14 @@ from clients.sdk.client import (
     ImageEvent,
     LightboxClient,
     MessageEvent,
+    StatusEvent,
 )
 from clients.sdk.errors import FlowError
 from clients.sdk.expiry import shred_and_confirm, verify_wipe_order, wipe
 from clients.sdk.socket import RelaySocket
 from clients.sdk.vault import ImageShredded
 from protocol import certs, statements
+from protocol.body import RecordData
 from protocol.frames import ExpireOrder, ExpiryReason, FiledNotice, Filing, KeysLow, WipeOrder
 from protocol.keys import OrganisationKey
 from tests.clinician_world import Clinician, enrol_clinician
@@ -41,6 +43,7 @@ from tests.filing_world import (
     gateway_peer,
     later,
     next_of,
+    record,
 )
 from tests.helpers import eventually, seconds
 from tests.identity_world import PASSWORD, World
@@ -135,7 +138,8 @@ ORTHO = "orthopaedics_oncall"
 
 async def _share_and_expire(world: World, intern: Clinician, ortho: Clinician,
                             before_expiry: Callable[[], Awaitable[None]] | None = None,
-                            also: tuple[Clinician, ...] = ()) -> tuple[str, str]:
+                            also: tuple[Clinician, ...] = (),
+                            patient: RecordData | None = None) -> tuple[str, str]:
     """The intern sends an x-ray to the specialist (and ``also`` to others) and the record
     gateway; the gateway fetches and files it; the grace period passes (simulated time) and
     the relay orders every copy destroyed. Returns (attachment id, message id)."""
@@ -145,7 +149,7 @@ async def _share_and_expire(world: World, intern: Clinician, ortho: Clinician,
     thread = await intern.client.create_thread(users=[ortho.user_id,
                                                       *(c.user_id for c in also)])
     sent = await intern.client.send_image(thread.thread_id, prepared.image, consent_token=token,
-                                          text="Wrist AP")
+                                          text="Wrist AP", record=patient)
     (aid,) = sent.attachment_ids
     http = await sdk(world, gw)
     try:
@@ -324,3 +328,40 @@ async def test_a_withdrawal_orders_no_copy_already_destroyed_nor_the_gateway(
     finally:
         await ortho.client.close()
         await intern.client.close()
+
+
+async def test_a_consult_whose_image_expired_is_handed_over_with_its_text_and_patient_data(
+        world: World, tmp_path: Path) -> None:
+    """A shift handover after the consult's image was filed and every copy expired: the
+    sender's device seals the consult again with what it still holds, the text and the
+    patient data (docs/PROTOCOL.md §14 "record"), so the incoming clinician gets it and sees
+    whom it is about; the image stays in the record. It used to stop the reseal ("record data
+    goes with an image") while the relay told everyone the consult was handed over."""
+    from protocol.frames import ResealRequest
+
+    intern = await enrol_clinician(world, tmp_path, "intern")
+    ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    night = await enrol_clinician(world, tmp_path, "night", roles=(ORTHO,))
+    said = intern.client.subscribe()
+    arrived = night.client.subscribe()
+    await intern.client.start(wait_connected=seconds(10))
+    await night.client.start(wait_connected=seconds(10))
+    try:
+        aid, message_id = await _share_and_expire(world, intern, ortho, also=(night,),
+                                                  patient=record())
+        await _confirmed(world, intern.client.device_id, aid)
+        original = await _next(arrived, MessageEvent)
+        assert original.message.message_id == message_id
+        await intern.client.notices.on_frame(ResealRequest(
+            thread_id=original.message.thread_id, message_id=message_id,
+            devices=[night.client.device_id], deadline=int(time.time()) + 600))
+        copy = await _next(arrived, MessageEvent)
+        body = night.client.body(night.vault.message(copy.message.message_id))
+        assert body is not None and body.handover_of.message_id == message_id
+        assert body.text == "Wrist AP" and body.attachments == []
+        assert body.record == record()
+        assert not [e for e in _drain(said) if isinstance(e, StatusEvent)
+                    and e.state == "error"], "the handover failed"
+    finally:
+        await intern.client.close()
+        await night.client.close()

@@ -18,6 +18,7 @@ from protocol.body import (
     BurnedInIdentifiers,
     ConsentFiling,
     FilingReceipt,
+    HandoverOf,
     IdentifierKind,
     OriginalStudy,
     RecordData,
@@ -99,6 +100,14 @@ def test_oversize_input_is_refused_before_parsing() -> None:
 def test_record_data_without_an_image_is_refused() -> None:
     with pytest.raises(DecodeError):
         encode_body(Body(text="x", record=_record()))
+
+
+def test_a_handed_over_copy_whose_images_expired_keeps_its_patient_data() -> None:
+    """docs/PROTOCOL.md §14 "record": the incoming clinician still sees whom it is about."""
+    copy = Body(text="x", record=_record(), handover_of=HandoverOf(
+        message_id=str(uuid.uuid4()), sender_user_id=str(uuid.uuid4()),
+        sender_device_id=str(uuid.uuid4()), sent_at=1))
+    assert decode_body(encode_body(copy)) == copy
 
 
 def test_the_same_attachment_twice_is_refused() -> None:

@@ -146,7 +146,7 @@ function check(b: Body): void {
   } else if (b.consent_filing) fail("only a consent_filed body carries a consent filing");
   if (b.kind === "consent_record") {
     if (!b.consent_token || !b.record || b.attachments.length) fail("a consent_record carries a consent token and record data, and no images");
-  } else if (b.record && !b.attachments.length) fail("record data goes with an image");
+  } else if (b.record && !b.attachments.length && !b.handover_of) fail("record data goes with an image"); // a handed-over copy whose images expired keeps the patient data alone (PROTOCOL.md §14 "record")
   const ids = b.attachments.map((a) => a.attachment_id);
   if (new Set(ids).size !== ids.length) fail("an attachment is listed twice");
   const flagged = b.burned_in_identifiers.map((x) => x.attachment_id);

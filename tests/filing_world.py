@@ -46,12 +46,12 @@ from tests.relay_world import Peer, with_signed_prekey
 GATEWAY_ROLE = "record_gateway"
 
 
-async def enrol_gateway(world: World, tmp_path: Path) -> Clinician:
-    """The organisation's record gateway as an SDK client: the service account ``gateway`` with
+async def enrol_gateway(world: World, tmp_path: Path, login: str = "gateway") -> Clinician:
+    """The organisation's record gateway as an SDK client: the service account ``login`` with
     the record_gateway role and one gateway device (not started)."""
-    user = world.org.user("gateway", roles=(GATEWAY_ROLE,), display_name="Gateway",
+    user = world.org.user(login, roles=(GATEWAY_ROLE,), display_name="Gateway",
                           account_kind=AccountKind.SERVICE)
-    return await enrol_clinician(world, tmp_path, "gateway", kind=DeviceKind.GATEWAY, user=user)
+    return await enrol_clinician(world, tmp_path, login, kind=DeviceKind.GATEWAY, user=user)
 
 
 def orthanc_gateway(gateway: Clinician, orthanc: OrthancServer, *,

@@ -16,6 +16,7 @@ import ssl
 import sys
 import time
 import uuid
+from collections.abc import Collection
 
 import httpx
 
@@ -311,7 +312,8 @@ def inbox_command(args: argparse.Namespace) -> int:
                 if consent_id in withdrawn:
                     print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the "
                           "patient's consent no longer covers this message")
-                if acknowledgeable(client, view.message, view.body) \
+                if acknowledgeable(client, view.message, view.body,
+                                   await client.record_gateways([view.message.sender_user_id])) \
                         and not view.acknowledged_by_me:
                     print(ack_hint(view.message.message_id))
                 shown += 1
@@ -783,7 +785,9 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                 if isinstance(event, MessageEvent):
                     await learn_message_names(client, event)
                     print_message(client, event)
-                    if acknowledgeable(client, event.message, event.body):
+                    if acknowledgeable(client, event.message, event.body,
+                                       await client.record_gateways(
+                                           [event.message.sender_user_id])):
                         print(ack_hint(event.message.message_id), flush=True)
                     progress.seen += 1
                     await _say_held_back(client, progress, thread_id=event.message.thread_id)
@@ -822,12 +826,14 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
 ACK_WAIT = 10.0
 
 
-def acknowledgeable(client: LightboxClient, message: VaultMessage, body: Body) -> bool:
+def acknowledgeable(client: LightboxClient, message: VaultMessage, body: Body,
+                    gateways: Collection[str] = ()) -> bool:
     """A message this device can say "I'm on it" to, as the desktop offers its button
     (clients/desktop/static/app.js): a colleague's consult, not the user's own message nor
-    the record gateway's filing receipt."""
+    anything from the record gateway (``gateways``: :meth:`LightboxClient.record_gateways`),
+    whose receipt would go to the gateway rather than to the consult's sender."""
     return (not message.outgoing and message.sender_user_id != client.user_id
-            and body.kind is BodyKind.TEXT)
+            and message.sender_user_id not in gateways and body.kind is BodyKind.TEXT)
 
 
 def ack_hint(message_id: str) -> str:
@@ -913,11 +919,13 @@ async def _acknowledge(client: LightboxClient, message_id: str) -> str:
                         "`lightbox watch`", code=ErrorCode.NOT_FOUND.value) from None
     view = client.view(message)
     consult, _ = _consult_of(client, message.thread_id, message_id)
-    if not acknowledgeable(client, message, view.body):
+    gateways = await client.record_gateways([message.sender_user_id])
+    if not acknowledgeable(client, message, view.body, gateways):
         what = ("is yours" if message.outgoing or message.sender_user_id == client.user_id
                 else "is the record gateway's answer, not a consult")
         raise FlowError(f"message {message_id} {what} ({consult}): only a consult a colleague "
-                        "sent you can be acknowledged", code=ErrorCode.VALIDATION_FAILED.value)
+                        f"sent you can be acknowledged{await _the_consults(client, message)}",
+                        code=ErrorCode.VALIDATION_FAILED.value)
     me = client.user_id
     before = [e for e in await _escalations(client, message.thread_id)
               if e.state == "acknowledged" and e.acknowledged_by is not None]
@@ -926,10 +934,14 @@ async def _acknowledge(client: LightboxClient, message_id: str) -> str:
     await client.ensure_names([message.sender_user_id,
                                *(e.acknowledged_by for e in before if e.acknowledged_by)])
     who = client.display_name(message.sender_user_id)
-    mine = next((e for e in before if e.acknowledged_by == me), None)
-    if (view.acknowledged_by_me and not view.acknowledgement_waiting) or mine is not None:
-        at = f" at {when(mine.acknowledged_at)}" if mine and mine.acknowledged_at else ""
-        return f"you already acknowledged {consult}{at}: {who} was told then; nothing sent again"
+    # Already only when the relay keeps this user's receipt of this very message: this
+    # device's own record says what it sent, not what the relay took (a refusal undoes it,
+    # an answer lost in a timeout does not), and the escalation may have been stopped by
+    # another message of the thread.
+    kept = await _kept_acknowledgement(client, message)
+    if kept is not None:
+        return (f"you already acknowledged {consult} at {when(kept)}: {who} was told then; "
+                "nothing sent again")
     answers = client.subscribe()
     try:
         if not await client.acknowledge(message_id, wait=ACK_WAIT):
@@ -943,11 +955,18 @@ async def _acknowledge(client: LightboxClient, message_id: str) -> str:
         client.unsubscribe(answers)
     if refused is not None:
         if refused.startswith(ErrorCode.NOT_ON_LADDER.value):
+            stopped_by = next((e.acknowledged_by for e in await _escalations(
+                client, message.thread_id) if e.state == "acknowledged" and e.acknowledged_by),
+                None)
+            if stopped_by is not None:
+                await client.ensure_names([stopped_by])
+            state = ("so its escalation goes on" if stopped_by is None else
+                     f"and its escalation stopped already: {client.display_name(stopped_by)} "
+                     "acknowledged it")
             raise FlowError(f"{consult} is not acknowledged: only someone on its on-call "
-                            "ladder can acknowledge it, and you are not on it, so its "
-                            f"escalation goes on; to tell {who} anything, reply (lightbox send "
-                            f"--thread {message.thread_id} TEXT)",
-                            code=ErrorCode.NOT_ON_LADDER.value)
+                            f"ladder can acknowledge it, and you are not on it, {state}; to "
+                            f"tell {who} anything, reply (lightbox send --thread "
+                            f"{message.thread_id} TEXT)", code=ErrorCode.NOT_ON_LADDER.value)
         raise FlowError(f"{consult} is not acknowledged: the relay refused it ({refused})",
                         code=refused.partition(":")[0])
     stopped = any(e.state == "acknowledged" and e.acknowledged_by == me
@@ -961,11 +980,35 @@ async def _acknowledge(client: LightboxClient, message_id: str) -> str:
             + (", and its on-call escalation stops" if stopped else ""))
 
 
+async def _kept_acknowledgement(client: LightboxClient, message: VaultMessage) -> int | None:
+    """When the relay took this user's ``acknowledged`` receipt of ``message`` (any of their
+    devices), None when it keeps none or cannot be asked now."""
+    try:
+        kept = await client.relay.thread_receipts(message.thread_id, message.message_id)
+    except (RelayRequestError, RelayUnavailable):
+        return None
+    at = [r.at for r in kept.receipts if r.message_id == message.message_id
+          and r.user_id == client.user_id and r.kind == "acknowledged"]
+    return min(at) if at else None
+
+
+async def _the_consults(client: LightboxClient, message: VaultMessage) -> str:
+    """``: acknowledge the consult itself: lightbox ack ID``, naming the latest message of
+    the thread that can be acknowledged, or nothing when there is none."""
+    views = [v for v in client.thread_messages(message.thread_id)
+             if v.message.message_id != message.message_id]
+    gateways = await client.record_gateways([v.message.sender_user_id for v in views])
+    ids = [v.message.message_id for v in views
+           if acknowledgeable(client, v.message, v.body, gateways)]
+    return f"; acknowledge the consult itself: lightbox ack {ids[-1]}" if ids else ""
+
+
 async def _ack_answer(client: LightboxClient, message: VaultMessage,
                       answers: asyncio.Queue[ClientEvent]) -> str | None:
     """Whether the relay took the acknowledgement just sent: None once it keeps this device's
     ``acknowledged`` receipt (``GET /v1/threads/{id}/receipts``), else why it refused it.
-    TimeoutError (said as the relay not answering in time) when it does neither."""
+    When it does neither in :data:`ACK_WAIT` seconds, that is said as it is (exit 1): it may
+    not be acknowledged, and a later ``ack`` asks the relay again rather than trust it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ACK_WAIT
     while loop.time() < deadline:
@@ -979,4 +1022,9 @@ async def _ack_answer(client: LightboxClient, message: VaultMessage,
                for r in kept.receipts):
             return None
         await asyncio.sleep(0.2)
-    raise TimeoutError
+    consult, _ = _consult_of(client, message.thread_id, message.message_id)
+    raise _NotAcknowledged(
+        f"the relay did not confirm in {ACK_WAIT:.0f} s that it took the acknowledgement of "
+        f"{consult}: it may not be acknowledged, so the sender may not be told and its "
+        f"on-call escalation may go on; run `lightbox ack {message.message_id}` again, or "
+        "phone the sender if it cannot wait")

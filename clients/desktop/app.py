@@ -607,7 +607,9 @@ class DesktopServer:
         # the vault (so after a restart too), and asked of the relay for the rest.
         consents = [c for v in views if (c := consent_claims(v.body)) is not None]
         withdrawals = await client.refresh_consents([c.jti for c in consents])
-        messages = [message_json(client, v, receipts, withdrawals) for v in views]
+        gateways = await client.record_gateways(
+            [v.message.sender_user_id for v in views if not v.message.outgoing])
+        messages = [message_json(client, v, receipts, withdrawals, gateways) for v in views]
         # This device's sends the relay has not stored yet (the outbox, docs/PROTOCOL.md §3.5):
         # shown as not sent yet, until the client sends them once it reaches the relay.
         shown = {v.message.message_id for v in views}
@@ -726,12 +728,16 @@ class DesktopServer:
     async def ack(self, request: Request) -> Response:
         """"I'm on it". 200 once the receipt has gone to the relay; 202 ``kept`` when the
         relay is out of reach (it goes once connected again; the thread shows it as not sent
-        yet); 404 and 400 (your own message) refuse it. The relay's own refusal
-        (``not_on_ladder``) comes later, as the ``acknowledgement`` event."""
+        yet); 404 and 400 (your own message, the record gateway's) refuse it. The relay's own
+        refusal (``not_on_ladder``) comes later, as the ``acknowledgement`` event."""
         client = self._sending_client()
+        message_id = checked_uuid(request.path_params["message_id"])
         try:
-            sent = await client.acknowledge(checked_uuid(request.path_params["message_id"]),
-                                            wait=ACK_WAIT)
+            sender = client.vault.message(message_id).sender_user_id
+            if await client.record_gateways([sender]):  # its receipt would go to the gateway
+                raise Refused(400, "the record gateway's message answers a consult: "
+                                   "acknowledge the consult itself")
+            sent = await client.acknowledge(message_id, wait=ACK_WAIT)
         except ItemNotFound as exc:
             raise Refused(404, "no such message on this computer") from exc
         except FlowError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from clients.desktop.web import Refused, http_url
@@ -174,7 +174,11 @@ async def send_reply(client: LightboxClient, thread_id: str, text: str, *,
 
 def message_json(client: LightboxClient, view: MessageView,
                   receipts: Mapping[str, FilingReceipt] | None = None,
-                  withdrawals: Mapping[str, int] | None = None) -> dict[str, Any]:
+                  withdrawals: Mapping[str, int] | None = None,
+                  gateways: Collection[str] = ()) -> dict[str, Any]:
+    """One message as the page shows it; ``gateways``: the record gateway's user ids
+    (:meth:`LightboxClient.record_gateways`), whose messages answer a consult and get no
+    "I'm on it" (its receipt would go to the gateway, not to the consult's sender)."""
     receipts, withdrawals = receipts or {}, withdrawals or {}
     m, body = view.message, view.body
     # what the sender's text recognition found in each image (kinds only), told with it
@@ -220,6 +224,7 @@ def message_json(client: LightboxClient, view: MessageView,
         "sender": sender, "sent_at": author.written_at, "handover": handover,
         "priority": m.priority, "purpose": m.purpose, "read": m.read, "text": body.text,
         "subject": body.subject, "reply_to": body.reply_to, "kind": body.kind.value,
+        "from_gateway": m.sender_user_id in gateways,
         "necessity": body.necessity, "quality_warnings": body.quality_warnings,
         # break-glass (docs/PROTOCOL.md §17): the signed header's category, the sealed reason
         "emergency": m.emergency, "emergency_reason": body.emergency_reason,

@@ -50,7 +50,13 @@ from typing import Any
 
 from clients.sdk import people
 from clients.sdk.connection import REPLACED_WAIT, Connection
-from clients.sdk.errors import DeviceWiped, RelayRequestError, RelayUnavailable, SessionEnded
+from clients.sdk.errors import (
+    DeviceWiped,
+    RelayRequestError,
+    RelayUnavailable,
+    SDKError,
+    SessionEnded,
+)
 from clients.sdk.events import (
     AcknowledgementEvent,
     ClientEvent,
@@ -83,7 +89,7 @@ from clients.sdk.trust import Trust
 from clients.sdk.vault import ItemNotFound, OutboxRecord, Vault, VaultLocked, VaultMessage
 from protocol import api, certs
 from protocol.body import Body
-from protocol.errors import CloseCode, ErrorCode
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.model import Priority
 
 # The events and views are defined in clients/sdk/events.py and re-exported here (a literal
@@ -398,6 +404,18 @@ class LightboxClient:
         """A colleague's user certificate from the key directory, verified against the pinned
         organisation key and the revocation list (their name, roles and specialty)."""
         return await self.trust.person(user_id)
+
+    async def record_gateways(self, user_ids: Iterable[str]) -> set[str]:
+        """Those of ``user_ids`` whose verified certificate is the organisation's record
+        gateway's (a service account with the ``record_gateway`` role): its messages answer a
+        consult, they are not one to say "I'm on it" to. One whose certificate cannot be had
+        now is not counted."""
+        out = set()
+        for user_id in set(user_ids):
+            with contextlib.suppress(SDKError, ProtocolError):
+                if (await self.person(user_id)).is_record_gateway:
+                    out.add(user_id)
+        return out
 
     def display_name(self, user_id: str) -> str:
         """The name on ``user_id``'s verified certificate (learnt in this run or an earlier

@@ -17,6 +17,7 @@ from clients.sdk.client import EscalationEvent
 from tests.clinician_world import cli_world, enrol_clinician, lightbox_process
 from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import count
+from tests.filing_world import enrol_gateway
 from tests.helpers import seconds
 from tests.identity_world import World
 
@@ -114,6 +115,12 @@ async def test_someone_off_the_ladder_is_refused_and_told_in_plain_words(
         r"goes on; to tell Dr Ada Intern anything, reply \(lightbox send --thread "
         rf"{thread[1]}\S+ TEXT\)\n", err), err
     assert await escalation(world, sent) == ("open", None)
+    # Once Bob on the ladder has acknowledged it, Eve is not told the escalation goes on.
+    rc, out, err = await lightbox("--profile", "bob", "ack", sent)
+    assert rc == 0, out + err
+    rc, out, err = await lightbox("--profile", "eve", "ack", sent)
+    assert rc == 1 and ("you are not on it, and its escalation stopped already: Dr Bob "
+                        "Primary acknowledged it; to tell Dr Ada Intern") in err, err
 
 
 async def test_a_consult_without_a_role_is_acknowledged_to_its_sender(
@@ -186,3 +193,28 @@ async def test_thread_escalation_steps_are_the_relays_in_order_and_none_when_it_
         assert await client.thread_escalation_steps(thread.thread_id) == []
     finally:
         await client.close(drain=0)
+
+
+async def test_the_record_gateways_messages_offer_no_ack_and_are_refused_one(
+        world: World, tmp_path: Path) -> None:
+    """The record gateway answers in a consult (a filing it refused, say): an "I'm on it" to
+    it would go to the gateway, not to the consult's sender, and its escalation would read
+    acknowledged by you. ``inbox`` offers none under it, and ``ack`` refuses it."""
+    await on_call(world, tmp_path)
+    gateway = await enrol_gateway(world, tmp_path)
+    await gateway.client.start(wait_connected=seconds(10))
+    try:
+        bob = await gateway.client.resolve_user("bob")
+        thread = await gateway.client.create_thread(users=[bob.user_id])
+        said = await gateway.client.send_text(thread.thread_id,
+                                              "The image was not filed again.")
+    finally:
+        await gateway.client.close()
+    rc, out, err = await lightbox("--profile", "bob", "inbox")
+    assert rc == 0 and "The image was not filed again." in out and not ACK.findall(out), (
+        out + err)
+    rc, out, err = await lightbox("--profile", "bob", "ack", said.message_id)
+    assert rc == 1 and out == "", out + err
+    assert err.startswith(f"error: validation_failed: message {said.message_id} is the record "
+                          "gateway's answer, not a consult ("), err
+    assert err.endswith("only a consult a colleague sent you can be acknowledged\n"), err

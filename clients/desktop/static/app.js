@@ -487,9 +487,9 @@ async function openThread(id, markRead) {
     const acked = m.acknowledged_by_me && !m.acknowledgement_waiting
       ? el("span", {class: "ack-state"}, "You acknowledged this") : null;
     let ack = null;
-    // A clinician's message is acknowledged, not the record gateway's receipts (and so "a"
+    // A clinician's message is acknowledged, not anything of the record gateway's (and so "a"
     // acknowledges the consult even after the gateway has answered in the thread).
-    if (!m.mine && !m.acknowledged_by_me && m.kind === "text") {
+    if (!m.mine && !m.acknowledged_by_me && m.kind === "text" && !m.from_gateway) {
       ack = el("button", {type: "button", class: "ack-button", "data-message-id": m.message_id}, "I'm on it (a)");
       ack.addEventListener("click", () => acknowledge(m.message_id));
     }

@@ -435,7 +435,7 @@ def send_command(args: argparse.Namespace) -> int:
                         "the patient's --patient-id MRN and --patient-name FAMILY^GIVEN; "
                         "nothing was sent", code=ErrorCode.VALIDATION_FAILED.value)
     if record is not None and prepared is None:
-        raise FlowError("patient data goes with an image (--image FILE)",
+        raise FlowError("patient data goes with an image (--image FILE); nothing was sent",
                         code=ErrorCode.VALIDATION_FAILED.value)
     guard_text(args, text, purpose)
     original = prepared

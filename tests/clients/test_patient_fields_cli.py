@@ -114,6 +114,12 @@ async def test_an_image_to_be_filed_needs_the_patients_id_and_name(
         "error: validation_failed: an image for direct_care is filed in the patient's "
         "record: give the patient's --patient-id MRN and --patient-name FAMILY^GIVEN; nothing "
         "was sent")
+    # Patient data without an image: said, and nothing goes.
+    assert _refused(*await lightbox(
+        "--profile", "intern", "send", "--to", f"role:{ORTHO}", "--patient-id", "MRN123",
+        "--patient-name", "Doe^Jane", "hi")) == (
+        "error: validation_failed: patient data goes with an image (--image FILE); nothing was "
+        "sent")
     await _nothing_at_the_relay(world)
     assert await count(world, "SELECT count(*) FROM consents") == 0
 

@@ -68,6 +68,7 @@ __all__ = [
     "REPLACED_LINE",
     "UNREACHABLE_LINE",
     "WAITING_LINE",
+    "about_a_consult_here",
     "ack_command",
     "ack_hint",
     "acknowledgeable",
@@ -425,6 +426,16 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
             return "-- relay connection lost: reconnecting (nothing is lost)"
         return problem_line(event)
     return None
+
+
+def about_a_consult_here(client: LightboxClient, event: ClientEvent) -> bool:
+    """Whether ``watch`` says an image's filing or expiry: only on a device that holds a
+    message of its consult. An on-call backup whose copy was held, or a device that never got
+    the consult, is sent both too (the expiry leaves a tombstone that keeps a late copy out),
+    but "deleted from this device" would be untrue there, and the line about nothing."""
+    if isinstance(event, (FiledEvent, ExpiredEvent)):
+        return bool(client.vault.messages(event.thread_id))
+    return True
 
 
 def receipt_line(client: LightboxClient, event: ReceiptEvent) -> str:
@@ -796,6 +807,8 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                     if _hold_back(client, progress, event):
                         continue
                     await learn_escalation_names(client, event)
+                if not about_a_consult_here(client, event):
+                    continue
                 if isinstance(event, ReceiptEvent) and not progress.first_receipt(event):
                     continue  # another device of the same person: said already
                 line = (receipt_line(client, event) if isinstance(event, ReceiptEvent)

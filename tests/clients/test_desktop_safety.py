@@ -513,6 +513,6 @@ async def test_each_escalation_step_shows_once_under_the_consult(
         await lines.nth(1).wait_for()
         texts = await lines.all_inner_texts()
         assert len(texts) == 2
-        assert texts[0].startswith("No acknowledgement yet: you reminded (step 1, ")
+        assert texts[0].startswith("No acknowledgement yet: reminded you (step 1, ")
         assert texts[1].startswith("Not acknowledged in time: passed to Dr Ada Intern (step 2, ")
     assert not problems, problems

@@ -272,7 +272,7 @@ function escalationLine(e) {
   const next = e.next_shift_at == null
     ? "no later shift is on the rota yet: it goes to the next shift IT adds"
     : "it goes to the next shift when that starts at " + when(e.next_shift_at);
-  const what = {renotify: "No acknowledgement yet: " + e.name + " reminded",
+  const what = {renotify: "No acknowledgement yet: reminded " + e.name,
                 released: "Not acknowledged in time: passed to " + e.name,
                 handover: "Shift change: handed over to " + e.name,
                 no_shift: (e.step > 1 ? "Still no one on call for the role: reminded; "

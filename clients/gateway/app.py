@@ -30,8 +30,9 @@ Failures: PACS unreachable (or its credentials refused) -> retry with exponentia
 as long as it takes, without acknowledging the delivery (nothing expires meanwhile; a crash
 re-delivers it); PACS rejects the object (400/409) or the image fails its checks -> no filing
 statement, and the sender is alerted with the reason in a sealed message to the thread. Only
-then is the delivery acknowledged. The gateway keeps no copy: the image lives in memory for the
-duration of one filing.
+then is the delivery acknowledged. A consult handed over at a shift change (a copy naming its
+original in ``handover_of``) is passed over, silently: its original is what is filed. The
+gateway keeps no copy: the image lives in memory for the duration of one filing.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ from protocol.body import (
     ConsentFiling,
     FiledDocument,
     FilingReceipt,
+    HandoverOf,
     RecordData,
     decode_body,
     encode_body,
@@ -310,6 +312,9 @@ class RecordGateway:
             return
         if body.kind is not BodyKind.TEXT or not body.attachments:
             return  # nothing to file (text, receipts of other gateways)
+        if not isinstance(body.handover_of, msgspec.UnsetType):
+            self._pass_over_copy(h, body.handover_of, len(body.attachments))
+            return
         if h.purpose not in (Purpose.DIRECT_CARE, Purpose.EXTERNAL_CONSULT):
             log.info("message %s: %d image(s) for %s, not for the record; nothing to file",
                      h.message_id, len(body.attachments), h.purpose.value,
@@ -356,6 +361,25 @@ class RecordGateway:
                 await self._tell_thread(h, Body(text=text, reply_to=h.message_id), revocations)
             else:
                 self.filed.append(receipt)
+
+    def _pass_over_copy(self, h: MessageHeader, original: HandoverOf, images: int) -> None:
+        """A consult handed over at a shift change is never filed, and nothing is said of it
+        in the thread: its original is what is filed (docs/PROTOCOL.md §16.4, §14
+        ``handover_of``). The copy is the same consult sealed again by a device that held it:
+        the same body and the same images (the same attachment ids, their keys wrapped again),
+        in a new message signed by the resealing device at the moment of the reseal. The
+        original, an image for a filing purpose, went to every record gateway of the
+        organisation (the relay refuses it otherwise, ``filing_gateway_missing``,
+        docs/PROTOCOL.md §15), so it was filed, held or refused from there, and its sender was
+        told. Filing the copy would find it already filed and alarm the thread at every shift
+        change, or file it as the resealer's at the time of the reseal. This holds also for a
+        gateway that never received the original (enrolled after it was sent): the relay
+        files an image once, whichever gateway of the organisation filed it. An image that
+        was never filed expires at the hard limit, its sender told (docs/PROTOCOL.md §15)."""
+        log.info("message %s is a copy of message %s handed over at a shift change: its %d "
+                 "image(s) are filed from the original, not from the copy; nothing filed, "
+                 "nothing said in the thread", h.message_id, original.message_id, images,
+                 extra={"message_id": h.message_id, "thread_id": h.thread_id})
 
     async def _file_one(self, h: MessageHeader, body: Body, descriptor: AttachmentDescriptor,
                         sender: certs.VerifiedDevice, sender_user_cert: str,

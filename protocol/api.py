@@ -105,6 +105,7 @@ __all__ = [
     "ShiftIn",
     "ShiftInfo",
     "ShiftList",
+    "ShiftRemoved",
     "ShiftResult",
     "ShiftResults",
     "SignedPrekeyUpload",
@@ -717,6 +718,18 @@ class ShiftResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 class ShiftResults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     results: list[ShiftResult]
+
+
+class ShiftRemoved(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A shift removed (answered when asked for: docs/PROTOCOL.md §16.4): ``handovers`` of its
+    unacknowledged consults are handed over at once, to the shift covering the moment
+    (``covered_now``), else deferred to the role's next shift, starting ``next_shift_at``
+    (None: the rota has no later shift). Counts and times only."""
+
+    shift_id: str
+    handovers: int
+    covered_now: bool
+    next_shift_at: int | None = None
 
 
 class LadderMember(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

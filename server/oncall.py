@@ -32,8 +32,10 @@ to the thread (clients/sdk/notices.py), and announces the ``handover``. With no 
 the handover is *deferred* (docs/PROTOCOL.md §16.4): the escalation stays with the outgoing
 ladder, belonging to no shift, and is handed over when the role's next shift starts, whether
 the rota had that shift then or gets it later (:meth:`OncallService.add_shifts` brings the
-handover forward). Meanwhile it does not go silent: an open one keeps escalating, and once its
-ladder is used up everyone it reached is reminded at once and again every deadline.
+handover forward). Meanwhile it does not go silent: the sender and those it reached are told
+at once with a ``no_shift`` step naming when the next shift starts (as for a consult in a gap,
+below), an open one keeps escalating, and once its ladder is used up everyone it reached is
+reminded at once and again every deadline.
 
 **A consult in a gap.** A new consult to the role while no shift covers the moment (or the
 covering shift's ladder reaches nobody) reaches the role's certificate holders, if any
@@ -176,19 +178,28 @@ class OncallService:
         self.kick()  # also for a handover the sweep passed over while this was written
         return results
 
-    async def delete_shift(self, org_id: str, role: str, shift_id: str) -> None:
+    async def delete_shift(self, org_id: str, role: str, shift_id: str) -> api.ShiftRemoved:
+        """Remove a shift; what becomes of its unacknowledged consults, for IT to be told."""
         role = role_param(role)
+        now = self.at()
         async with self.db.pool.acquire() as conn, conn.transaction():
             await oncall.get_role(conn, org_id, role, lock=True)  # as add_shifts: _handover
             await oncall.delete_shift(conn, org_id, role, shift_id)
             # Its unacknowledged consults would wait for the removed shift's end before any
             # handover: it falls due now instead, to the shift covering the moment, or deferred
             # to the role's next one (docs/PROTOCOL.md §16.4).
-            moved = await escalations.handover_now(conn, shift_id, self.at())
+            moved = await escalations.handover_now(conn, shift_id, now)
             await audit.append(conn, "oncall.shift_deleted", subject_kind="oncall_role",
                                subject_id=f"{org_id}/{role}", details={
                                    "shift_id": shift_id, "handovers": moved})
+            # Decided as the sweep's _handover will, from the rota as this write leaves it
+            # (the role's row stays locked until it commits).
+            covered = moved > 0 and await self._incoming(conn, org_id, role, now) is not None
+            nxt = (None if covered or not moved
+                   else await oncall.next_start(conn, org_id, role, now))
         self.kick()  # also for a handover the sweep passed over while this was written
+        return api.ShiftRemoved(shift_id=shift_id, handovers=moved, covered_now=covered,
+                                next_shift_at=_ts(nxt))
 
     async def shift_info(self, conn: asyncpg.Connection, shift: oncall.Shift) -> api.ShiftInfo:
         rows = await conn.fetch(
@@ -527,15 +538,22 @@ class OncallService:
             # It belongs to no shift now (a shift added later finds it: add_shifts) and its
             # handover falls due when the next shift known starts. An open escalation keeps
             # its timer; a used-up ladder is reminded at once, then every deadline (_step).
+            # The sender and those it reached are told at once that nobody is on call for the
+            # role, and when the next shift starts (if any): the ``no_shift`` step a consult
+            # sent into a gap gets (_wait_for_shift), numbered in the same sequence.
             nxt = await oncall.next_start(conn, e.org_id, e.role, now)
-            await escalations.save(conn, dataclasses.replace(
-                e, shift_id=None, shift_ends_at=nxt,
-                due_at=now if e.due_at is None else e.due_at))
+            step = e.step + 1
+            deferred = dataclasses.replace(
+                e, shift_id=None, shift_ends_at=nxt, step=step,
+                due_at=now if e.due_at is None else e.due_at)
+            await escalations.save(conn, deferred)
             await audit.append(conn, "oncall.handover_deferred", subject_kind="message",
                                subject_id=e.message_id, details={
                                    "role": e.role, "state": e.state,
                                    "until": _ts(nxt)})
-            return set()
+            return await self._announce(conn, deferred, EscalationKind.NO_SHIFT, step, 0,
+                                        e.sender_user_id, e.ladder[:e.level + 1], now,
+                                        next_shift_at=nxt)
         shift_id, ladder, ends_at = incoming
         reached = list(e.ladder[:e.level + 1])
         recipients = set(await conn.fetchval(
@@ -587,11 +605,17 @@ class OncallService:
     async def _roles_for(self, conn: Any, e: escalations.Escalation, now: dt.datetime
                          ) -> tuple[str, list[str], dt.datetime] | None:
         """The incoming shift and its ladder in order, cut to those ``role_reach`` reaches."""
-        shift = await oncall.on_call(conn, e.org_id, e.role, now)
+        return await self._incoming(conn, e.org_id, e.role, now)
+
+    async def _incoming(self, conn: Any, org_id: str, role: str, now: dt.datetime
+                        ) -> tuple[str, list[str], dt.datetime] | None:
+        """The role's shift covering ``now`` and its ladder as :meth:`_roles_for` cuts it;
+        None if there is none or its ladder reaches nobody."""
+        shift = await oncall.on_call(conn, org_id, role, now)
         if shift is None:
             return None
         rows = await conn.fetch("SELECT user_id::text AS u FROM role_reach($1, $2, $3)",
-                                e.org_id, e.role, now)
+                                org_id, role, now)
         active = {r["u"] for r in rows}
         # Only those with a device to receive it (every device of one revoked since the rota
         # was written reaches nobody): as at the send, _roles_now.

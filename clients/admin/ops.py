@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable
+from urllib.parse import quote
 
 import msgspec
 
@@ -46,6 +47,7 @@ __all__ = [
     "our_certificate",
     "provision_rows",
     "reissue_enrolment",
+    "remove_shift",
     "renew_user_licence",
     "resolve_user",
 ]
@@ -250,6 +252,19 @@ async def import_shifts(relay: RelayHTTP, *, org_id: str, role: str,
             elif res.shift_id:
                 stored.append(res.shift_id)
     return stored, failed
+
+
+async def remove_shift(relay: RelayHTTP, *, org_id: str, role: str, shift_id: str
+                       ) -> api.ShiftRemoved | None:
+    """Remove a shift and learn what becomes of its unacknowledged consults: asked for with
+    ``Prefer: return=representation`` (docs/PROTOCOL.md §16.4); None from a relay that
+    answers 204 regardless."""
+    r = await relay._send(
+        "DELETE", f"{relay._oncall_path(org_id, role)}/shifts/{quote(shift_id, safe='')}",
+        headers={**relay._admin_headers(), "Prefer": "return=representation"})
+    if r.status_code == 204:
+        return None
+    return relay._decode(r, api.ShiftRemoved)
 
 
 async def copies(relay: RelayHTTP, *, attachment_id: str | None = None,

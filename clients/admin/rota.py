@@ -25,6 +25,7 @@ from clients.sdk.wording import counted
 from protocol import api
 
 __all__ = [
+    "describe_removal",
     "post_shifts",
     "rota_add",
     "rota_import",
@@ -51,10 +52,14 @@ def when_arg(text: str, tz: str) -> int:
     return int(t.timestamp())
 
 
-def rota_report(stored: int, failures: Sequence[rotaio.RotaRowError]) -> int:
+def rota_report(stored: int, failures: Sequence[rotaio.RotaRowError], *,
+                numbered: bool = True) -> int:
+    """Each refusal, by the line of the file as a person counts it (rotaio), or with no line
+    for a single shift given on the command line (``numbered`` False)."""
     for f in sorted(failures, key=lambda f: f.line):
         who = f" ({f.what})" if f.what else ""
-        print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
+        where = f"line {f.line}" if numbered else "shift refused"
+        print(f"{where}{who}: {f.reason}", file=sys.stderr)
     print(f"{counted(stored, 'shift')} stored, {len(failures)} refused")
     return 1 if failures else 0
 
@@ -75,7 +80,7 @@ def rota_role(args: argparse.Namespace) -> int:
 
 
 def post_shifts(args: argparse.Namespace, rows: list[rotaio.ShiftRow],
-                 failures: list[rotaio.RotaRowError]) -> int:
+                 failures: list[rotaio.RotaRowError], *, numbered: bool = True) -> int:
     session = load_session()
 
     async def go() -> tuple[list[str], list[rotaio.RotaRowError]]:
@@ -84,14 +89,14 @@ def post_shifts(args: argparse.Namespace, rows: list[rotaio.ShiftRow],
                                                 rows=rows)
 
     stored, refused = run_async(go) if rows else ([], [])
-    return rota_report(len(stored), failures + refused)
+    return rota_report(len(stored), failures + refused, numbered=numbered)
 
 
 def rota_add(args: argparse.Namespace) -> int:
     ladder = [p.strip() for p in args.ladder.replace(",", ";").split(";") if p.strip()]
-    row = rotaio.ShiftRow(0, when_arg(args.start, args.tz), when_arg(args.end, args.tz),
+    row = rotaio.ShiftRow(1, when_arg(args.start, args.tz), when_arg(args.end, args.tz),
                           tuple(ladder))
-    return post_shifts(args, [row], [])
+    return post_shifts(args, [row], [], numbered=False)
 
 
 def rota_import(args: argparse.Namespace) -> int:
@@ -118,15 +123,34 @@ def rota_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_removal(args: argparse.Namespace, removed: api.ShiftRemoved | None) -> str:
+    """What IT is told when a shift is removed: what becomes of its unacknowledged consults
+    (handed over at once: docs/OPERATIONS.md "On-call rotas"). Counts and times only."""
+    done = f"shift {args.shift_id} removed"
+    if removed is None or removed.handovers == 0:
+        return done
+    n = removed.handovers
+    on_it = f"{counted(n, 'unacknowledged consult')} on it"
+    if removed.covered_now:
+        return f"{done}: {on_it} {'is' if n == 1 else 'are'} handed over to the shift covering now"
+    waits = f"{on_it} {'waits' if n == 1 else 'wait'} for the next shift"
+    if removed.next_shift_at is None:
+        return (f"{done}: {waits}, and no later shift is on the rota: add one "
+                f"(lightbox-admin rota add {args.role} --org {args.org} ...); "
+                "their senders are told")
+    at = format_time(removed.next_shift_at, tz=ZoneInfo(args.tz))
+    return f"{done}: {waits}, at {at} (none covers now): their senders are told"
+
+
 def rota_remove(args: argparse.Namespace) -> int:
     session = load_session()
 
-    async def go() -> None:
+    async def go() -> api.ShiftRemoved | None:
         async with admin_relay(session) as relay:
-            await relay.delete_shift(args.org, args.role, args.shift_id)
+            return await adminops.remove_shift(relay, org_id=args.org, role=args.role,
+                                               shift_id=args.shift_id)
 
-    run_async(go)
-    print(f"shift {args.shift_id} removed")
+    print(describe_removal(args, run_async(go)))
     return 0
 
 

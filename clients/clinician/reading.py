@@ -510,7 +510,10 @@ def describe_escalation(client: LightboxClient, event: EscalationEvent) -> str:
         nxt = ("no later shift is on the rota yet: it goes to the next shift IT adds"
                if event.next_shift_at is None else
                f"it goes to the next shift when that starts at {when(event.next_shift_at)}")
-        if event.step > 1:
+        # A reminder of the wait: the step before it said the same. The first of a wait (a
+        # consult sent in a gap, or a handover deferred after other steps) says it anew.
+        if any(s.kind == "no_shift" and s.step == event.step - 1
+               for s in client.escalation_steps(event.message_id)):
             return f"    {consult}: still no one on call for the role: reminded; {nxt}"
         return f"    {consult}: no one is on call for the role now; {nxt}"
     who = client.display_name(event.user_id)

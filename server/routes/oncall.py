@@ -55,7 +55,9 @@ class OncallRoutes:
                              ErrorCode.SHIFT_EMPTY, ErrorCode.ROTA_INVALID],
                      auth="admin", tag="oncall"),
             Endpoint("DELETE", "/v1/admin/oncall/{org_id}/{role}/shifts/{shift_id}",
-                     self.delete_shift, "Remove a shift.", status=204,
+                     self.delete_shift,
+                     "Remove a shift; with Prefer: return=representation, 200 and what "
+                     "becomes of its unacknowledged consults (ShiftRemoved).", status=204,
                      errors=[ErrorCode.ROLE_UNKNOWN, ErrorCode.NOT_FOUND], auth="admin",
                      tag="oncall"),
             Endpoint("GET", "/v1/oncall/{role}", self.who,
@@ -121,8 +123,12 @@ class OncallRoutes:
     async def delete_shift(self, request: Request) -> Response:
         await self.require_admin(request)
         shift_id = _uuid(request.path_params["shift_id"])
-        await self.service.delete_shift(self._org(request), request.path_params["role"],
-                                        shift_id)
+        removed = await self.service.delete_shift(self._org(request),
+                                                  request.path_params["role"], shift_id)
+        # 204 as before, unless the client asks for the outcome (RFC 7240 §4.2): an admin CLI
+        # that expects 204 keeps working (docs/PROTOCOL.md §16.4).
+        if _wants_representation(request.headers.get("prefer", "")):
+            return json_response(removed, headers={"Preference-Applied": "return=representation"})
         return Response(status_code=204)
 
     # -- devices -------------------------------------------------------------------------------
@@ -168,6 +174,16 @@ class OncallRoutes:
                                           next_shift_at=_ts(s.next_shift_at))
                        for s in steps])
             for e, steps in rows]))
+
+
+def _wants_representation(prefer: str) -> bool:
+    """``Prefer: return=representation`` among the header's preferences (RFC 7240 §2, §4.2:
+    comma-separated, each optionally with ``;`` parameters, names case-insensitive)."""
+    for pref in prefer.split(","):
+        name, _, value = pref.split(";", 1)[0].partition("=")
+        if name.strip().lower() == "return" and value.strip().strip('"') == "representation":
+            return True
+    return False
 
 
 def _ts(t: dt.datetime | None) -> int | None:

@@ -517,23 +517,28 @@ async def escalating_on_the_ladder_of(world: World, night: Peer) -> None:
 async def test_with_no_incoming_shift_the_consult_waits_for_the_next_reminding_the_outgoing_ladder(
         world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
     """The day shift ends with nobody on call until the night shift an hour later: the
-    handover is deferred (audited), the outgoing ladder, used up, is reminded at once and
-    every deadline (it does not go silent), and when the night shift starts the consult is
-    handed to it and escalates there."""
-    backup = cast["backup"]
+    handover is deferred (audited), the sender and the outgoing ladder are told nobody is on
+    call until the night shift starts (``no_shift``, as a consult sent into a gap), the
+    ladder, used up, is reminded at once and every deadline (it does not go silent), and when
+    the night shift starts the consult is handed to it and escalates there."""
+    intern, backup = cast["intern"], cast["backup"]
     night = await peer(world, "night", roles=("orthopaedist",))
     change = await day_shift_ending(world, clock, night_from=3600)
     async with consult_past_its_ladder(world, clock, cast, night, b"bed 3") as c:
         clock.now = change
-        # The whole used-up ladder and the sender are reminded at once (step 5), then every
-        # deadline (a minute).
-        n = await notice_at(c.backup, 5)
+        # Step 5: nobody on call, the night shift's start named, to the sender and the whole
+        # used-up ladder; step 6, at once, the ladder reminded; then every deadline (a minute).
+        for sock in (c.intern, c.backup):
+            n = await notice_at(sock, 5)
+            assert (n.kind, n.level, n.user_id, n.next_shift_at) == (
+                EscalationKind.NO_SHIFT, 0, intern.user_id, change + 3600)
+        n = await notice_at(c.backup, 6)
         assert (n.kind, n.level, n.user_id) == (EscalationKind.RENOTIFY, 1, backup.user_id)
-        assert (await notice_at(c.intern, 5)).kind is EscalationKind.RENOTIFY
+        assert (await notice_at(c.intern, 6)).kind is EscalationKind.RENOTIFY
         assert await deferrals(world) == [
             {"role": "orthopaedics_oncall", "state": "exhausted", "until": change + 3600}]
         clock.advance(60)
-        assert (await notice_at(c.backup, 6)).kind is EscalationKind.RENOTIFY
+        assert (await notice_at(c.backup, 7)).kind is EscalationKind.RENOTIFY
         await nothing_of(c.night, EscalationNotice)
         clock.now = change + 3600  # the night shift starts
         await handed_to(world, c, night)
@@ -551,11 +556,13 @@ async def test_a_handover_deferred_with_no_later_shift_is_taken_by_a_shift_added
     change = await day_shift_ending(world, clock, night_from=None)
     async with consult_past_its_ladder(world, clock, cast, night, b"bed 7") as c:
         clock.now = change
-        assert (await notice_at(c.backup, 5)).kind is EscalationKind.RENOTIFY
+        n = await notice_at(c.backup, 5)  # nobody on call, and no next shift to name
+        assert (n.kind, n.next_shift_at) == (EscalationKind.NO_SHIFT, None)
+        assert (await notice_at(c.backup, 6)).kind is EscalationKind.RENOTIFY
         assert await deferrals(world) == [
             {"role": "orthopaedics_oncall", "state": "exhausted", "until": None}]
         clock.advance(600)  # reminders missed meanwhile come once, not ten times
-        assert (await notice_at(c.backup, 6)).kind is EscalationKind.RENOTIFY
+        assert (await notice_at(c.backup, 7)).kind is EscalationKind.RENOTIFY
         await nothing_of(c.backup, EscalationNotice)
         starts = int(clock()) + 3600
         await add_shifts(world, (starts, starts + 8 * 3600, ["night"]))
@@ -711,9 +718,107 @@ async def test_a_consult_whose_shift_it_removed_is_handed_to_the_shift_covering_
         assert r.status_code == 204, r.text
         await add_shifts(world, (int(clock()), int(clock()) + 8 * 3600, ["night"]))
         hand = await next_of(s, EscalationNotice)
+        if hand.kind is EscalationKind.NO_SHIFT:  # the sweep deferred it before the shift came
+            hand = await next_of(s, EscalationNotice)
         assert (hand.kind, hand.user_id) == (EscalationKind.HANDOVER, night.user_id)
     finally:
         await s.close()
+
+
+async def remove_shift_asking_what_becomes_of_it(world: World, shift_id: str
+                                                 ) -> dict[str, Any]:
+    """IT's ``lightbox-admin rota remove``: the shift removed, and the relay's account of its
+    unacknowledged consults, asked for (``Prefer: return=representation``)."""
+    r = await world.http.delete(f"/v1/admin/oncall/{ORG}/{ROLE}/shifts/{shift_id}",
+                                headers={**world.admin_headers(),
+                                         "Prefer": "return=representation"})
+    assert r.status_code == 200, r.text
+    assert r.headers["preference-applied"] == "return=representation"
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+async def test_removing_the_running_shift_tells_it_and_the_sender_the_consult_waits_for_the_next(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """IT removes the running shift while a consult on it is unacknowledged and the rota's
+    next shift starts in an hour: IT is answered one consult deferred to that start (no shift
+    covers now), and the intern who sent it, with the primary it reached, get a ``no_shift``
+    step naming that start, the consult's first step, before its escalation goes on."""
+    intern, primary = cast["intern"], cast["primary"]
+    night = await peer(world, "night", roles=("orthopaedist",))
+    change = await day_shift_ending(world, clock, night_from=3600)
+    r = await world.http.get(f"/v1/admin/oncall/{ORG}/{ROLE}/shifts",
+                             headers=world.admin_headers())
+    assert r.status_code == 200, r.text
+    day = next(x["shift_id"] for x in r.json()["shifts"] if x["ends_at"] == change)
+    tid = await role_thread(world, intern)
+    sealed = seal(intern, tid, [primary, cast["backup"]], b"please see bed 4",
+                  priority=Priority.URGENT)
+    socks = (await connect(world, intern), await connect(world, primary),
+             await connect(world, night))
+    conn = await world.db()
+    try:
+        await next_of(socks[0], QueueEmpty)
+        await socks[0].send(sealed)
+        await next_of(socks[1], Deliver)
+        assert await remove_shift_asking_what_becomes_of_it(world, day) == {
+            "shift_id": day, "handovers": 1, "covered_now": False,
+            "next_shift_at": change + 3600}
+        for sock in socks[:2]:
+            n = await next_of(sock, EscalationNotice)
+            assert (n.kind, n.step, n.user_id, n.next_shift_at) == (
+                EscalationKind.NO_SHIFT, 1, intern.user_id, change + 3600)
+        await nothing_of(socks[2], EscalationNotice)  # the night shift has not started
+        clock.advance(30)  # the open escalation keeps its timer: the primary is reminded
+        n = await next_of(socks[0], EscalationNotice)
+        assert (n.kind, n.step, n.user_id) == (EscalationKind.RENOTIFY, 2, primary.user_id)
+        steps = await conn.fetch("SELECT step, kind, next_shift_at FROM escalation_events "
+                                 "ORDER BY step")
+        assert [(x["step"], x["kind"], x["next_shift_at"]) for x in steps] == [
+            (1, "no_shift", dt.datetime.fromtimestamp(change + 3600, dt.UTC)),
+            (2, "renotify", None)]
+    finally:
+        await conn.close()
+        for sock in socks:
+            await sock.close()
+
+
+async def test_removing_a_shift_answers_what_becomes_of_its_consults_only_when_asked(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """The running shift removed with no later one on the rota: asked, the relay answers its
+    unacknowledged consult deferred with no next shift to name; a shift with none (a future
+    one) answers none; an admin CLI that does not ask gets 204 and no body, as before."""
+    intern = cast["intern"]
+    await define_rota(world, clock, ["primary", "backup", "consultant"])
+    later = int(clock()) + 9 * 3600
+    await add_shifts(world, (later, later + 3600, ["backup"]))
+    r = await world.http.get(f"/v1/admin/oncall/{ORG}/{ROLE}/shifts",
+                             headers=world.admin_headers())
+    assert r.status_code == 200, r.text
+    running, future = (x["shift_id"] for x in sorted(r.json()["shifts"],
+                                                     key=lambda x: x["starts_at"]))
+    tid = await role_thread(world, intern)
+    sealed = seal(intern, tid, [cast["primary"], cast["backup"], cast["consultant"]],
+                  b"please see bed 4", priority=Priority.URGENT)
+    s = await connect(world, intern)
+    try:
+        await next_of(s, QueueEmpty)
+        await s.send(sealed)
+        assert await remove_shift_asking_what_becomes_of_it(world, future) == {
+            "shift_id": future, "handovers": 0, "covered_now": False, "next_shift_at": None}
+        assert await remove_shift_asking_what_becomes_of_it(world, running) == {
+            "shift_id": running, "handovers": 1, "covered_now": False, "next_shift_at": None}
+        n = await next_of(s, EscalationNotice)
+        assert (n.kind, n.step, n.next_shift_at) == (EscalationKind.NO_SHIFT, 1, None)
+    finally:
+        await s.close()
+    await add_shifts(world, (later, later + 3600, ["backup"]))
+    r = await world.http.get(f"/v1/admin/oncall/{ORG}/{ROLE}/shifts",
+                             headers=world.admin_headers())
+    (again,) = r.json()["shifts"]
+    r = await world.http.delete(f"/v1/admin/oncall/{ORG}/{ROLE}/shifts/{again['shift_id']}",
+                                headers=world.admin_headers())
+    assert (r.status_code, r.content) == (204, b"")
 
 
 async def test_a_handover_falling_due_while_it_writes_the_rota_waits_for_the_shift_it_adds(

@@ -267,7 +267,7 @@ function listen() {
   });
 }
 
-function escalationLine(e) {
+function escalationLine(e, steps) {
   // no_shift: nobody on call for the role (a gap in the rota, PROTOCOL.md §16.4)
   const next = e.next_shift_at == null
     ? "no later shift is on the rota yet: it goes to the next shift IT adds"
@@ -275,7 +275,9 @@ function escalationLine(e) {
   const what = {renotify: "No acknowledgement yet: reminded " + e.name,
                 released: "Not acknowledged in time: passed to " + e.name,
                 handover: "Shift change: handed over to " + e.name,
-                no_shift: (e.step > 1 ? "Still no one on call for the role: reminded; "
+                // a reminder of the wait when the step before said the same (else said anew)
+                no_shift: (steps.some((x) => x.kind === "no_shift" && x.step === e.step - 1)
+                           ? "Still no one on call for the role: reminded; "
                                       : "No one is on call for the role now; ") + next}[e.kind] || e.kind;
   return what + " (step " + e.step + ", " + when(e.at) + ")";
 }
@@ -497,7 +499,7 @@ async function openThread(id, markRead) {
       m.receipts.map((r) => r.name + ": " + r.kind).join("; ")) : null;
     // On-call escalation (issue 9): each step the relay told this device about, in order.
     const escalation = m.escalations.length ? el("ol", {class: "escalation"},
-      ...m.escalations.map((e) => el("li", {}, escalationLine(e)))) : null;
+      ...m.escalations.map((e) => el("li", {}, escalationLine(e, m.escalations)))) : null;
     // To the sender: each person who never received its image (docs/PROTOCOL.md §15).
     const notReceived = (m.not_received || []).map((line) =>
       el("p", {class: "warning not-received", role: "alert"}, line));

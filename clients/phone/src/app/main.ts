@@ -650,11 +650,14 @@ async function renderThreads(): Promise<ThreadRecord[] | null> {
 
 /** A `no_shift` step (PROTOCOL §16.4): nobody is on call for the consult's role, and when the
  * next shift, which will be handed it, starts; the same words as `lightbox watch` and the desktop. */
-function noShift(s: { step: number; next_shift_at?: number | null }): string {
+function noShift(s: { step: number; next_shift_at?: number | null }, steps: { kind: string; step: number }[]): string {
   const next = s.next_shift_at == null
     ? "no later shift is on the rota yet: it goes to the next shift IT adds"
     : `it goes to the next shift when that starts at ${when(s.next_shift_at)}`;
-  return s.step > 1 ? `Still no one on call for the role: reminded; ${next}` : `No one is on call for the role now; ${next}`;
+  // A reminder of the wait when the step before said the same; the first of a wait (a consult
+  // sent in a gap, or a handover deferred after other steps) says it anew.
+  const still = steps.some((x) => x.kind === "no_shift" && x.step === s.step - 1);
+  return still ? `Still no one on call for the role: reminded; ${next}` : `No one is on call for the role now; ${next}`;
 }
 
 /** To the sender, a person who never received the photo: the same words as `lightbox watch`
@@ -729,7 +732,7 @@ function messageElement(m: MessageView, t: ThreadRecord): HTMLElement {
     const line = document.createElement("div");
     line.className = "meta escalation";
     const who = s.level === 0 ? `${s.name} (on call)` : `${s.name} (backup ${s.level})`;
-    line.textContent = `${when(s.at)} · ${s.kind === "no_shift" ? noShift(s) : s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
+    line.textContent = `${when(s.at)} · ${s.kind === "no_shift" ? noShift(s, m.escalation ?? []) : s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
     div.append(line);
   }
   if (m.withdrawn_reason) {

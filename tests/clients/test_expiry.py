@@ -31,7 +31,7 @@ from clients.sdk.expiry import shred_and_confirm, verify_wipe_order, wipe
 from clients.sdk.socket import RelaySocket
 from clients.sdk.vault import ImageShredded
 from protocol import certs, statements
-from protocol.body import RecordData
+from protocol.body import HandoverOf, RecordData
 from protocol.frames import ExpireOrder, ExpiryReason, FiledNotice, Filing, KeysLow, WipeOrder
 from protocol.keys import OrganisationKey
 from tests.clinician_world import Clinician, enrol_clinician
@@ -357,7 +357,8 @@ async def test_a_consult_whose_image_expired_is_handed_over_with_its_text_and_pa
             devices=[night.client.device_id], deadline=int(time.time()) + 600))
         copy = await _next(arrived, MessageEvent)
         body = night.client.body(night.vault.message(copy.message.message_id))
-        assert body is not None and body.handover_of.message_id == message_id
+        assert body is not None and isinstance(body.handover_of, HandoverOf)
+        assert body.handover_of.message_id == message_id
         assert body.text == "Wrist AP" and body.attachments == []
         assert body.record == record()
         assert not [e for e in _drain(said) if isinstance(e, StatusEvent)

@@ -269,9 +269,10 @@ def check_subject(subject: str | None, record: RecordData | None) -> None:
     if not subject or record is None:
         return
     said = subject.lower()
-    number = record.patient_id.strip().lower()
+    # The number as typed or spaced out ("MRN 123", "mrn-123"): compared without separators.
+    number = re.sub(r"[\W_]+", "", record.patient_id.lower())
     family = record.patient_name.split("^")[0].strip().lower()
-    if (len(number) >= 3 and number in said) or (
+    if (len(number) >= 3 and number in re.sub(r"[\W_]+", "", said)) or (
             len(family) >= 3 and family in re.split(r"[\W_]+", said)):
         raise FlowError("keep the patient's name and hospital number out of the subject: it "
                         "is shown wherever the consult is listed (they go in --patient-name "

@@ -28,7 +28,8 @@ async def test_a_subject_naming_the_patient_is_refused_and_one_without_goes(
     send = ["--profile", "intern", "send", "--to", f"role:{ORTHO}", "--image", str(film),
             "--send-anyway", "--patient-agreed", "--statements-shown", "--purpose",
             "direct_care", "--patient-name", "Doe^Jane", "--patient-id", "MRN123"]
-    for subject in ("Wrist, Mrs Doe", "DOE wrist", "wrist mrn123", "Wrist (MRN1234)"):
+    for subject in ("Wrist, Mrs Doe", "DOE wrist", "wrist mrn123", "Wrist (MRN1234)",
+                    "wrist MRN 123", "wrist mrn-123"):
         assert _refused(*await lightbox(*send, "--subject", subject, "Displaced?")) == REFUSED, \
             subject
     await _nothing_at_the_relay(world)

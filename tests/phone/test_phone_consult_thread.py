@@ -126,8 +126,9 @@ async def test_the_intern_gives_a_photo_consult_a_subject_and_adds_a_photo_to_it
         await page.fill("#img-text", "Query scaphoid fracture, tender snuffbox.")
         await page.check("#st-permanence")
         await page.check("#st-no-effect")
-        # The subject is listed wherever the consult is: the patient's number stays out of it.
-        await page.fill("#img-subject", "MRN123 wrist")
+        # The subject is listed wherever the consult is: the patient's number stays out of it,
+        # also spaced out.
+        await page.fill("#img-subject", "MRN 123 wrist")
         await page.tap("#consent-send")
         await page.locator("#consent-error", has_text="Keep the patient's name and hospital "
                            "number out of the subject").wait_for()

@@ -1797,8 +1797,10 @@ async function audience(args: { thread_id: string }): Promise<{ roles: string[];
  * out of the subject). */
 function subjectNamesPatient(subject: string, record: RecordData): boolean {
   const said = subject.toLowerCase();
-  const id = record.patient_id.trim().toLowerCase();
-  if (id.length >= 3 && said.includes(id)) return true;
+  // The number as typed or spaced out ("MRN 123", "mrn-123"): compared without separators.
+  const compact = (x: string): string => x.toLowerCase().replace(/[^\p{L}\p{N}]+/gu, "");
+  const id = compact(record.patient_id);
+  if (id.length >= 3 && compact(said).includes(id)) return true;
   const family = (record.patient_name.split("^")[0] ?? "").trim().toLowerCase();
   return family.length >= 3 && said.split(/[^\p{L}\p{N}]+/u).includes(family);
 }

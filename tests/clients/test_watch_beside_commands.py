@@ -156,3 +156,19 @@ async def test_a_consult_the_other_command_received_is_shown_by_watch_once_it_is
     assert watch.said("Bed 12: hip film?") == 1, watch.lines
     assert watch.said(REPLACED_LINE) == 1, watch.lines
     assert not [line for line in watch.lines if LOST in line], watch.lines
+
+
+async def test_the_specialist_acknowledges_from_another_terminal_while_watch_runs(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The on-call journey on a terminal: ``watch`` in one shows the consult with the command
+    that says "I'm on it"; ``lightbox ack`` in another takes the device's connection for a
+    moment, and the relay keeps the receipt; watch makes way and comes back."""
+    async with watching(world, tmp_path, monkeypatch) as (intern, ortho, watch):
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        consult = await intern.client.send_text(thread.thread_id, "Bed 3: Weber B?")
+        await watch.until(f"I'm on it: lightbox ack {consult.message_id}")
+        rc, out, err = await lightbox("--profile", "ortho", "ack", consult.message_id)
+        assert (rc, err) == (0, ""), out + err
+        assert out.startswith("acknowledged "), out
+        await watch.until("-- connected to the relay", count=2)
+    assert not [line for line in watch.lines if LOST in line], watch.lines

@@ -157,6 +157,8 @@ class LightboxClient:
         self.memory = Memory(vault, lambda: self.store.state.user_id)
         self.trust = Trust(self.relay, store, clock=clock, on_name=self.memory.remember_name)
         self.thread_book = ThreadBook(self.relay, store, self.trust, vault)
+        # Whether a user is the record gateway, by user id, as :meth:`record_gateways` learnt it.
+        self._gateway_of: dict[str, bool] = {}
         self.sender = Sender(relay=self.relay, store=store, vault=vault, trust=self.trust,
                              threads=self.thread_book, hub=self.hub, clock=clock)
         self.receiver = Receiver(relay=self.relay, store=store, vault=vault, trust=self.trust,
@@ -409,13 +411,13 @@ class LightboxClient:
         """Those of ``user_ids`` whose verified certificate is the organisation's record
         gateway's (a service account with the ``record_gateway`` role): its messages answer a
         consult, they are not one to say "I'm on it" to. One whose certificate cannot be had
-        now is not counted."""
-        out = set()
-        for user_id in set(user_ids):
+        now is not counted (and asked again next time). Each sender's certificate is fetched
+        once a run: ``inbox`` and ``watch`` ask for every message they print."""
+        wanted = set(user_ids)
+        for user_id in wanted - self._gateway_of.keys():
             with contextlib.suppress(SDKError, ProtocolError):
-                if (await self.person(user_id)).is_record_gateway:
-                    out.add(user_id)
-        return out
+                self._gateway_of[user_id] = (await self.person(user_id)).is_record_gateway
+        return {u for u in wanted if self._gateway_of.get(u)}
 
     def display_name(self, user_id: str) -> str:
         """The name on ``user_id``'s verified certificate (learnt in this run or an earlier

@@ -217,8 +217,8 @@ def message_json(client: LightboxClient, view: MessageView,
     handover = None if not author.handed_over else {
         "resealed_by": client.display_name(author.resealed_by),
         "resealed_at": author.resealed_at, "confirmed": author.confirmed,
-        "contradicted": author.contradicted,
-        "by_author": author.resealed_by == author.author_user_id}
+        "contradicted": author.contradicted, "misclaimed": author.misclaimed,
+        "altered": author.altered, "by_author": author.resealed_by == author.author_user_id}
     return {
         "message_id": m.message_id, "mine": m.outgoing,
         "sender": sender, "sent_at": author.written_at, "handover": handover,

@@ -572,12 +572,13 @@ class LightboxClient:
     def authorship(self, message: VaultMessage, body: Body) -> Authorship:
         """Who wrote a message and when, a consult handed over at a shift change included
         (its original author and time, checked against the original when this device holds
-        it: clients/sdk/handover.py, docs/PROTOCOL.md §16.4)."""
-        def held(message_id: str) -> VaultMessage | None:
+        it, its content too: clients/sdk/handover.py, docs/PROTOCOL.md §16.4)."""
+        def held(message_id: str) -> tuple[VaultMessage, Body | None] | None:
             try:
-                return self.vault.message(message_id)
+                original = self.vault.message(message_id)
             except ItemNotFound:
                 return None
+            return original, body_of(original)
         return authorship(message, body, held)
 
     def view(self, message: VaultMessage) -> MessageView:

@@ -8,7 +8,11 @@ the moment of the reseal and signed by that device. Its sealed body names the or
 check of that claim:
 
 * it holds the original (same message id): the claim must match that message's verified
-  header, else it is shown as a claim that does not match (``contradicted``);
+  header, and the copy's content the original's, except for what a reseal changes (its
+  ``handover_of``; images that expired on the resealing device, dropped with their
+  burned-in-identifier flags while the patient ``record`` data stays: docs/PROTOCOL.md §14
+  "record", HAZ-02 C19); else it is shown as a copy that does not match the original
+  (``contradicted``; ``altered`` when its content differs: words its author never wrote);
 * the resealing device is the claimed author's device: the author vouches for their own
   consult (``confirmed``);
 * otherwise the claim is shown as the resealer's word ("as handed over by ...").
@@ -32,7 +36,7 @@ from clients.sdk.vaultrows import VaultMessage
 from protocol.body import Body, HandoverOf
 
 __all__ = ["Authorship", "authorship", "authorship_line", "copies_line", "handover_of",
-           "one_per_consult"]
+           "one_per_consult", "same_content"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +48,8 @@ class Authorship:
     sealed again at a shift change; ``resealed_by``/``resealed_at``: whose device sealed that
     copy and when. ``confirmed``: the author and time are the signed header's, or checked
     against the original this device holds, or the author's own device resealed it.
-    ``contradicted``: this device holds the original and it says otherwise."""
+    ``contradicted``: this device holds the original and it says otherwise: of the author and
+    time (``misclaimed``), of the content (``altered``), or both."""
 
     author_user_id: str
     written_at: float
@@ -53,6 +58,8 @@ class Authorship:
     resealed_at: float = 0.0
     confirmed: bool = True
     contradicted: bool = False
+    misclaimed: bool = False
+    altered: bool = False
 
 
 def handover_of(message: VaultMessage, body: Body) -> HandoverOf:
@@ -66,24 +73,57 @@ def handover_of(message: VaultMessage, body: Body) -> HandoverOf:
                       sent_at=message.header_sent_at)
 
 
+def same_content(original: VaultMessage, original_body: Body, copy: VaultMessage,
+                 copy_body: Body) -> bool:
+    """Whether a handed-over ``copy`` carries what ``original`` carries (both as this device
+    holds them), but for what a legitimate reseal changes (clients/sdk/notices.py
+    ``_answer_reseal``): the ``handover_of`` it adds, and images the resealing device no longer
+    held (expired there: dropped with their burned-in-identifier flags, the patient ``record``
+    data kept; docs/PROTOCOL.md §14 "record", HAZ-02 C19). Every other field (text, subject,
+    record data, consent, reply, warnings...) and the header's priority and purpose must be the
+    original's, and each image kept the original's, in its order."""
+    if copy.priority != original.priority or original.purpose not in (None, copy.purpose):
+        return False  # (a purpose None: a row kept before it was recorded, not compared)
+
+    def rest(b: Body) -> Body:
+        return msgspec.structs.replace(b, attachments=[], burned_in_identifiers=[],
+                                       handover_of=msgspec.UNSET)
+
+    def images(b: Body, kept: set[str]) -> list[tuple[object, object]]:
+        flagged = {f.attachment_id: f for f in b.burned_in_identifiers}
+        return [(a, flagged.get(a.attachment_id)) for a in b.attachments
+                if a.attachment_id in kept]
+
+    kept = {a.attachment_id for a in copy_body.attachments}
+    return (rest(copy_body) == rest(original_body)
+            and images(copy_body, kept) == images(original_body, kept))
+
+
 def authorship(message: VaultMessage, body: Body,
-               held: Callable[[str], VaultMessage | None]) -> Authorship:
-    """Who wrote ``message`` and when; ``held`` finds a message of this device's vault by id
-    (None when it does not hold it)."""
+               held: Callable[[str], tuple[VaultMessage, Body | None] | None]) -> Authorship:
+    """Who wrote ``message`` and when; ``held`` finds a message of this device's vault by id,
+    with its decoded body (None when it does not hold it; a body None when unreadable, which
+    no copy matches)."""
     claim = body.handover_of
     if isinstance(claim, msgspec.UnsetType):
         return Authorship(message.sender_user_id, message.sent_at)
-    original = held(claim.message_id) if claim.message_id != message.message_id else None
-    if original is not None:
-        confirmed = (original.sender_user_id == claim.sender_user_id
-                     and original.sender_device_id == claim.sender_device_id
-                     and original.header_sent_at == claim.sent_at)
+    found = held(claim.message_id) if claim.message_id != message.message_id else None
+    misclaimed = altered = False
+    if found is not None:
+        original, original_body = found
+        misclaimed = not (original.sender_user_id == claim.sender_user_id
+                          and original.sender_device_id == claim.sender_device_id
+                          and original.header_sent_at == claim.sent_at)
+        altered = original_body is None or not same_content(original, original_body,
+                                                            message, body)
+        confirmed = not (misclaimed or altered)
     else:
         confirmed = (message.sender_device_id == claim.sender_device_id
                      and message.sender_user_id == claim.sender_user_id)
     return Authorship(claim.sender_user_id, claim.sent_at, handed_over=True,
                       resealed_by=message.sender_user_id, resealed_at=message.sent_at,
-                      confirmed=confirmed, contradicted=original is not None and not confirmed)
+                      confirmed=confirmed, contradicted=found is not None and not confirmed,
+                      misclaimed=misclaimed, altered=altered)
 
 
 def authorship_line(author: Authorship, name: Callable[[str], str],
@@ -93,9 +133,12 @@ def authorship_line(author: Authorship, name: Callable[[str], str],
         return ""
     by = name(author.resealed_by)
     if author.contradicted:
-        return (f"handed over at the shift change by {by}'s device on {when(author.resealed_at)}"
-                f"; WARNING: it says it was written by {name(author.author_user_id)} at "
-                f"{when(author.written_at)}, which does NOT match the original on this device")
+        warning = f"handed over at the shift change by {by}'s device on {when(author.resealed_at)}"
+        if not author.misclaimed:  # the author's words changed: not what they wrote
+            return f"{warning}; WARNING: its content does NOT match the original on this device"
+        return (f"{warning}; WARNING: it says it was written by {name(author.author_user_id)} at "
+                f"{when(author.written_at)}, which does NOT match the original on this device"
+                + (", nor does its content" if author.altered else ""))
     if author.resealed_by == author.author_user_id and author.confirmed:
         return f"handed over at the shift change on {when(author.resealed_at)}"
     if author.confirmed:

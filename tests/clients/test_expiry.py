@@ -7,9 +7,10 @@ old list after a re-enrolment, another device's order) are refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -330,15 +331,14 @@ async def test_a_withdrawal_orders_no_copy_already_destroyed_nor_the_gateway(
         await intern.client.close()
 
 
-async def test_a_consult_whose_image_expired_is_handed_over_with_its_text_and_patient_data(
-        world: World, tmp_path: Path) -> None:
-    """A shift handover after the consult's image was filed and every copy expired: the
-    sender's device seals the consult again with what it still holds, the text and the
-    patient data (docs/PROTOCOL.md §14 "record"), so the incoming clinician gets it and sees
-    whom it is about; the image stays in the record. It used to stop the reseal ("record data
-    goes with an image") while the relay told everyone the consult was handed over."""
-    from protocol.frames import ResealRequest
-
+@contextlib.asynccontextmanager
+async def expired_before_handover(world: World, tmp_path: Path) -> AsyncIterator[
+        tuple[Clinician, Clinician, asyncio.Queue[ClientEvent], asyncio.Queue[ClientEvent], str,
+              MessageEvent]]:
+    """The intern's x-ray with patient data, sent to two specialists (the night one started),
+    filed, and its copies expired (the intern's confirmed): the intern's and the night
+    specialist's started clients and their events, the attachment id and the night
+    specialist's MessageEvent of the original."""
     intern = await enrol_clinician(world, tmp_path, "intern")
     ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
     night = await enrol_clinician(world, tmp_path, "night", roles=(ORTHO,))
@@ -352,6 +352,24 @@ async def test_a_consult_whose_image_expired_is_handed_over_with_its_text_and_pa
         await _confirmed(world, intern.client.device_id, aid)
         original = await _next(arrived, MessageEvent)
         assert original.message.message_id == message_id
+        yield intern, night, said, arrived, aid, original
+    finally:
+        await intern.client.close()
+        await night.client.close()
+
+
+async def test_a_consult_whose_image_expired_is_handed_over_with_its_text_and_patient_data(
+        world: World, tmp_path: Path) -> None:
+    """A shift handover after the consult's image was filed and every copy expired: the
+    sender's device seals the consult again with what it still holds, the text and the
+    patient data (docs/PROTOCOL.md §14 "record"), so the incoming clinician gets it and sees
+    whom it is about; the image stays in the record. It used to stop the reseal ("record data
+    goes with an image") while the relay told everyone the consult was handed over."""
+    from protocol.frames import ResealRequest
+
+    async with expired_before_handover(world, tmp_path) as (
+            intern, night, said, arrived, _, original):
+        message_id = original.message.message_id
         await intern.client.notices.on_frame(ResealRequest(
             thread_id=original.message.thread_id, message_id=message_id,
             devices=[night.client.device_id], deadline=int(time.time()) + 600))
@@ -363,6 +381,3 @@ async def test_a_consult_whose_image_expired_is_handed_over_with_its_text_and_pa
         assert body.record == record()
         assert not [e for e in _drain(said) if isinstance(e, StatusEvent)
                     and e.state == "error"], "the handover failed"
-    finally:
-        await intern.client.close()
-        await night.client.close()

@@ -439,8 +439,10 @@ function handoverLine(h) {
   if (!h) return null;
   if (h.contradicted) {
     return el("div", {class: "warning handover", role: "note"}, "Handed over at the shift change by " +
-      h.resealed_by + "'s device on " + when(h.resealed_at) +
-      ": the author and time it claims do NOT match the original on this computer");
+      h.resealed_by + "'s device on " + when(h.resealed_at) + (h.misclaimed === false
+        ? ": its content does NOT match the original on this computer"
+        : ": the author and time it claims do NOT match the original on this computer" +
+          (h.altered ? ", nor does its content" : "")));
   }
   if (!h.confirmed) {
     return el("div", {class: "meta handover"}, "As handed over by " + h.resealed_by + " at the shift change on " +

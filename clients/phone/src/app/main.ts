@@ -693,7 +693,9 @@ function messageElement(m: MessageView, t: ThreadRecord): HTMLElement {
     const line = document.createElement("div");
     line.className = h.contradicted ? "meta handover warning" : "meta handover";
     line.textContent = h.contradicted
-      ? `Handed over at the shift change by ${h.resealed_by}'s device on ${when(h.resealed_at)}: the author and time it claims do NOT match the original on this phone`
+      ? `Handed over at the shift change by ${h.resealed_by}'s device on ${when(h.resealed_at)}: ${h.misclaimed === false
+        ? "its content does NOT match the original on this phone"
+        : `the author and time it claims do NOT match the original on this phone${h.altered ? ", nor does its content" : ""}`}`
       : !h.confirmed
         ? `As handed over by ${h.resealed_by} at the shift change on ${when(h.resealed_at)}: the author and time are their device's word`
         : `Handed over at the shift change on ${when(h.resealed_at)}${h.by_author ? "" : ` (resealed by ${h.resealed_by}'s device)`}`;

@@ -38,8 +38,10 @@ export interface MessageView {
   /** A consult handed over at a shift change (PROTOCOL §16.4): `from_*` and `sent_at` are
    * then its author and time as its sealed body names them; this says whose device sealed it
    * again and when, and whether the phone could check the author and time (against the
-   * original it holds, or the author's own device resealed it) or they contradict the original. */
-  handover?: { resealed_by: string; resealed_at: number; confirmed: boolean; contradicted: boolean; by_author: boolean } | null;
+   * original it holds, or the author's own device resealed it) or the original it holds says
+   * otherwise (`contradicted`): of the author and time (`misclaimed`), of the content
+   * (`altered`: not the author's words, HAZ-02 C20), or both. */
+  handover?: { resealed_by: string; resealed_at: number; confirmed: boolean; contradicted: boolean; misclaimed?: boolean; altered?: boolean; by_author: boolean } | null;
   /** A handed-over copy: the original's message id its sealed body names (PROTOCOL §14). */
   handover_of_id?: string;
   /** Another copy of a consult listed once (PROTOCOL §16.4): the message id of the copy shown,

@@ -5,7 +5,7 @@
  * the worker also posts events {event, ...} (a message arrived, the connection changed).
  */
 import { b64urlDecode as d, b64urlEncode as e, peekCompact } from "../protocol/canonical.js";
-import { decodeBody, encodeBody, makeBody, type HandoverOf } from "../protocol/body.js";
+import { decodeBody, encodeBody, handoverParts, makeBody, type Body, type HandoverOf } from "../protocol/body.js";
 import * as certs from "../protocol/certs.js";
 import { ProtocolError } from "../protocol/errors.js";
 import * as env from "../protocol/envelope.js";
@@ -844,6 +844,8 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       await vault!.put("state", st);
     }
     const body = decodeBody(plain);
+    const content = contentOf(body, h.priority, h.purpose);
+    if (body.kind === "text" || body.kind === "subject") await vault!.put(`content:${h.message_id}`, content);
     const view: MessageView = {
       message_id: h.message_id, thread_id: h.thread_id, from_user_id: h.sender_user_id, from_name: sender.user.display_name,
       from_device_id: h.sender_device_id,
@@ -861,6 +863,8 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       }
     }
     const photo = body.kind === "text" ? body.attachments[0] : undefined;
+    // What the original this phone holds carries, to check a handed-over copy's content by.
+    const original = claim ? await vault!.get<Content>(`content:${claim.message_id}`) : undefined;
     await changingThread(h.thread_id, async () => {
       const thread = (await vault!.get<ThreadRecord>(`thread:${h.thread_id}`)) ?? { thread_id: h.thread_id, role: null, subject: null, priority: h.priority, messages: [] };
       if (photo) {
@@ -878,7 +882,7 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       // show it (clients/desktop/app.py threads, clients/clinician/reading.py subject).
       if (body.subject && !thread.subject) thread.subject = body.subject;
       if (claim) {
-        handedOver(view, claim, thread, sender.user.display_name, authorName);
+        handedOver(view, claim, thread, sender.user.display_name, authorName, original, content);
         oneCopyShown(view, claim, thread);
       }
       if (body.kind === "text" || body.kind === "subject") thread.messages.push(view);
@@ -1101,18 +1105,44 @@ function oneCopyShown(view: MessageView, claim: HandoverOf, thread: ThreadRecord
   for (const m of thread.messages) if (m === shown || m.copy_of === shown.message_id) m.copy_of = view.message_id;
 }
 
+/** What a consult carries, as a copy handed over at a shift change must keep it (HAZ-02 C20;
+ * clients/sdk/handover.py `same_content`): digests of its body but for `handover_of` and the
+ * images, and of each image with its flags; its header's priority and purpose. Kept in the
+ * vault under `content:<message id>` for each consult sent or received. */
+interface Content { rest: string; images: string[]; priority: string; purpose: string }
+
+function contentOf(body: Body, priority: string, purpose: string): Content {
+  const parts = handoverParts(body);
+  return { rest: hex(s.sha256(parts.rest)), images: parts.images.map((x) => hex(s.sha256(x))), priority, purpose };
+}
+
+/** A copy carries the original's content but for what a reseal changes: its `handover_of`, and
+ * images the resealing device no longer held (expired there), dropped with their flags. */
+function sameContent(original: Content, copy: Content): boolean {
+  const kept = original.images.filter((x) => copy.images.includes(x));
+  return original.rest === copy.rest && original.priority === copy.priority && original.purpose === copy.purpose
+    && kept.length === copy.images.length && kept.every((x, i) => x === copy.images[i]);
+}
+
 /** A consult handed over at a shift change (PROTOCOL.md §16.4): shown as its author wrote it,
  * when they did, and told as handed over by whose device. The claim is checked against the
- * original when this phone holds it (same message id), else taken as fact only when the
- * author's own device sealed it again (clients/sdk/handover.py does the same). */
-function handedOver(view: MessageView, claim: HandoverOf, thread: ThreadRecord, resealer: string, authorName: string | null): void {
+ * original when this phone holds it (same message id), and the copy's content with it (HAZ-02
+ * C20: `original`, what the original carries, and `content`, the copy's), else taken as fact
+ * only when the author's own device sealed it again (clients/sdk/handover.py does the same). */
+function handedOver(view: MessageView, claim: HandoverOf, thread: ThreadRecord, resealer: string, authorName: string | null,
+  original: Content | undefined, content: Content): void {
   const held = thread.messages.find((m) => m.message_id === claim.message_id && m.message_id !== view.message_id);
+  // (this phone's own copy keeps when it was written, not its signed time: not compared)
+  const misclaimed = held !== undefined && !(held.from_user_id === claim.sender_user_id
+    && (held.mine ? st!.device_id : held.from_device_id ?? claim.sender_device_id) === claim.sender_device_id && (held.mine || held.sent_at === claim.sent_at));
+  // An original kept before this phone kept what it carries: its subject and text, as shown.
+  const altered = held !== undefined && (original
+    ? !sameContent(original, content) : held.text !== view.text || (held.subject ?? null) !== (view.subject ?? null));
   const confirmed = held
-    // (this phone's own copy keeps when it was written, not its signed time: not compared)
-    ? held.from_user_id === claim.sender_user_id && (held.mine ? st!.device_id : held.from_device_id ?? claim.sender_device_id) === claim.sender_device_id && (held.mine || held.sent_at === claim.sent_at)
+    ? !misclaimed && !altered
     : view.from_user_id === claim.sender_user_id && view.from_device_id === claim.sender_device_id;
   const byAuthor = view.from_user_id === claim.sender_user_id;
-  view.handover = { resealed_by: resealer, resealed_at: view.sent_at, confirmed, contradicted: held !== undefined && !confirmed, by_author: byAuthor };
+  view.handover = { resealed_by: resealer, resealed_at: view.sent_at, confirmed, contradicted: held !== undefined && !confirmed, misclaimed, altered, by_author: byAuthor };
   view.from_name = byAuthor ? resealer : authorName
     ?? thread.messages.find((m) => m.from_user_id === claim.sender_user_id)?.from_name ?? `user ${claim.sender_user_id.slice(0, 8)}`;
   view.from_user_id = claim.sender_user_id;
@@ -1481,6 +1511,7 @@ async function removeFromThread(threadId: string, messageId: string): Promise<vo
     if (thread && rest.length) await vault!.put(key, { ...thread, messages: rest });
     else await vault!.delete(key);
   });
+  await vault!.delete(`content:${messageId}`);
 }
 
 /** The outbox record sealed again for the thread's current devices (someone joined or left
@@ -1684,6 +1715,7 @@ async function sealDraft(draft: DraftRecord, kept: boolean): Promise<OutboxRecor
   };
   const sealed = await env.sealMessage(header, draft.body, deviceKeys(), bundles);
   const record: OutboxRecord = { message_id: draft.message_id, thread_id: draft.thread_id, sealed: env.encodeSealed(sealed), created_at: draft.created_at, body: draft.body };
+  await vault!.put(`content:${draft.message_id}`, contentOf(decodeBody(draft.body), draft.priority, header.purpose));
   if (kept) {
     await vault!.put(`outbox:${record.message_id}`, record);
   } else {
@@ -2215,6 +2247,7 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     };
     const sealed = await env.sealMessage(header, body, deviceKeys(), bundles);
     const record: OutboxRecord = { message_id: messageId, thread_id: threadId, sealed: env.encodeSealed(sealed), created_at: now(), body, gateways: true };
+    await vault!.put(`content:${messageId}`, contentOf(decodeBody(body), a.priority, header.purpose));
     const view: MessageView = {
       message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
       text: a.text, subject: a.subject.trim() || null, sent_at: header.sent_at, status: "sending",

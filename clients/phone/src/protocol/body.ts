@@ -205,6 +205,24 @@ function ordered(b: Body): Record<string, unknown> {
   };
 }
 
+/** A body as a copy handed over at a shift change must keep it (PROTOCOL.md §14 `handover_of`,
+ * §16.4; HAZ-02 C20; clients/sdk/handover.py `same_content`), in MessagePack: all of it but
+ * `handover_of` and the images (`rest`), and each image with its burned-in flags on its own
+ * (`images`, in order), since a reseal drops the images the resealing device no longer holds
+ * (expired there) with their flags, and keeps the patient record data (HAZ-02 C19). */
+export function handoverParts(b: Body): { rest: Uint8Array; images: Uint8Array[] } {
+  const flagged = new Map(b.burned_in_identifiers.map((f) => [f.attachment_id, f.kinds]));
+  const images = ordered(b)["attachments"] as Record<string, unknown>[];
+  // record fields a sender left out are protocol/body.py's defaults, as a copy resealed there has them
+  const r = b.record && { ...b.record, issuer_of_patient_id: b.record.issuer_of_patient_id ?? "", birth_date: b.record.birth_date ?? null,
+    sex: b.record.sex ?? "", accession_number: b.record.accession_number ?? "", anatomic_region: b.record.anatomic_region ?? "",
+    study_description: b.record.study_description ?? "", capture: b.record.capture ?? "film" };
+  return {
+    rest: mpEncode(ordered({ ...b, record: r, attachments: [], burned_in_identifiers: [], handover_of: null })),
+    images: images.map((a, i) => mpEncode([a, flagged.get(b.attachments[i]!.attachment_id) ?? null])),
+  };
+}
+
 export function encodeBody(body: Body): Uint8Array {
   validate(BODY, ordered(body), "body");
   check(body);

@@ -60,14 +60,18 @@ log = logging.getLogger("lightbox.sdk.client")
 
 
 def without_images(body: Body, attachment_ids: set[str]) -> Body:
-    """The body without the descriptors (each with its image key) of ``attachment_ids``; the
-    text and the record data stay: a reader must still see which patient the consult was
-    about beside the image's record reference (docs/CLINICAL_SAFETY.md "Delete the device
-    copy once it is in the record"). ``body`` itself if none goes."""
+    """The body without the descriptors (each with its image key) of ``attachment_ids``, and
+    without their burned-in-identifier flags (a flag names an image of the body: one left
+    naming a gone image makes the body invalid, and a handover of it could not be sealed,
+    docs/PROTOCOL.md §14); the text and the record data stay: a reader must still see which
+    patient the consult was about beside the image's record reference
+    (docs/CLINICAL_SAFETY.md "Delete the device copy once it is in the record"). ``body``
+    itself if none goes."""
     kept = [a for a in body.attachments if a.attachment_id not in attachment_ids]
     if len(kept) == len(body.attachments):
         return body
-    return msgspec.structs.replace(body, attachments=kept)
+    flags = [f for f in body.burned_in_identifiers if f.attachment_id not in attachment_ids]
+    return msgspec.structs.replace(body, attachments=kept, burned_in_identifiers=flags)
 
 
 class Receiver:

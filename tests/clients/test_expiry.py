@@ -32,7 +32,7 @@ from clients.sdk.expiry import shred_and_confirm, verify_wipe_order, wipe
 from clients.sdk.socket import RelaySocket
 from clients.sdk.vault import ImageShredded
 from protocol import certs, statements
-from protocol.body import HandoverOf, RecordData
+from protocol.body import HandoverOf, IdentifierKind, RecordData
 from protocol.frames import ExpireOrder, ExpiryReason, FiledNotice, Filing, KeysLow, WipeOrder
 from protocol.keys import OrganisationKey
 from tests.clinician_world import Clinician, enrol_clinician
@@ -140,7 +140,8 @@ ORTHO = "orthopaedics_oncall"
 async def _share_and_expire(world: World, intern: Clinician, ortho: Clinician,
                             before_expiry: Callable[[], Awaitable[None]] | None = None,
                             also: tuple[Clinician, ...] = (),
-                            patient: RecordData | None = None) -> tuple[str, str]:
+                            patient: RecordData | None = None,
+                            burned_in: tuple[IdentifierKind, ...] = ()) -> tuple[str, str]:
     """The intern sends an x-ray to the specialist (and ``also`` to others) and the record
     gateway; the gateway fetches and files it; the grace period passes (simulated time) and
     the relay orders every copy destroyed. Returns (attachment id, message id)."""
@@ -150,7 +151,8 @@ async def _share_and_expire(world: World, intern: Clinician, ortho: Clinician,
     thread = await intern.client.create_thread(users=[ortho.user_id,
                                                       *(c.user_id for c in also)])
     sent = await intern.client.send_image(thread.thread_id, prepared.image, consent_token=token,
-                                          text="Wrist AP", record=patient)
+                                          text="Wrist AP", record=patient,
+                                          burned_in=burned_in)
     (aid,) = sent.attachment_ids
     http = await sdk(world, gw)
     try:
@@ -332,13 +334,15 @@ async def test_a_withdrawal_orders_no_copy_already_destroyed_nor_the_gateway(
 
 
 @contextlib.asynccontextmanager
-async def expired_before_handover(world: World, tmp_path: Path) -> AsyncIterator[
+async def expired_before_handover(world: World, tmp_path: Path,
+                                  burned_in: tuple[IdentifierKind, ...] = ()) -> AsyncIterator[
         tuple[Clinician, Clinician, asyncio.Queue[ClientEvent], asyncio.Queue[ClientEvent], str,
               MessageEvent]]:
     """The intern's x-ray with patient data, sent to two specialists (the night one started),
     filed, and its copies expired (the intern's confirmed): the intern's and the night
     specialist's started clients and their events, the attachment id and the night
-    specialist's MessageEvent of the original."""
+    specialist's MessageEvent of the original. ``burned_in``: the kinds of identifier the
+    intern's device found in the image."""
     intern = await enrol_clinician(world, tmp_path, "intern")
     ortho = await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
     night = await enrol_clinician(world, tmp_path, "night", roles=(ORTHO,))
@@ -348,7 +352,7 @@ async def expired_before_handover(world: World, tmp_path: Path) -> AsyncIterator
     await night.client.start(wait_connected=seconds(10))
     try:
         aid, message_id = await _share_and_expire(world, intern, ortho, also=(night,),
-                                                  patient=record())
+                                                  patient=record(), burned_in=burned_in)
         await _confirmed(world, intern.client.device_id, aid)
         original = await _next(arrived, MessageEvent)
         assert original.message.message_id == message_id
@@ -358,8 +362,9 @@ async def expired_before_handover(world: World, tmp_path: Path) -> AsyncIterator
         await night.client.close()
 
 
+@pytest.mark.parametrize("burned_in", [(), (IdentifierKind.NAME,)], ids=["plain", "flagged"])
 async def test_a_consult_whose_image_expired_is_handed_over_with_its_text_and_patient_data(
-        world: World, tmp_path: Path) -> None:
+        world: World, tmp_path: Path, burned_in: tuple[IdentifierKind, ...]) -> None:
     """A shift handover after the consult's image was filed and every copy expired: the
     sender's device seals the consult again with what it still holds, the text and the
     patient data (docs/PROTOCOL.md §14 "record"), so the incoming clinician gets it and sees
@@ -367,7 +372,7 @@ async def test_a_consult_whose_image_expired_is_handed_over_with_its_text_and_pa
     goes with an image") while the relay told everyone the consult was handed over."""
     from protocol.frames import ResealRequest
 
-    async with expired_before_handover(world, tmp_path) as (
+    async with expired_before_handover(world, tmp_path, burned_in) as (
             intern, night, said, arrived, _, original):
         message_id = original.message.message_id
         await intern.client.notices.on_frame(ResealRequest(
@@ -378,6 +383,9 @@ async def test_a_consult_whose_image_expired_is_handed_over_with_its_text_and_pa
         assert body is not None and isinstance(body.handover_of, HandoverOf)
         assert body.handover_of.message_id == message_id
         assert body.text == "Wrist AP" and body.attachments == []
+        # the flags of an image that went go with it (an image flagged as showing the
+        # patient's name once stopped the reseal: its flag named an image no longer there)
+        assert body.burned_in_identifiers == []
         assert body.record == record()
         assert not [e for e in _drain(said) if isinstance(e, StatusEvent)
                     and e.state == "error"], "the handover failed"

@@ -9,6 +9,11 @@ device state, and nothing refreshes with it again) but keeps its refresh token, 
 vault's notes under the password as the device's keys are, marked *to end*; the next
 ``lightbox logout`` that reaches the relay ends it there and then forgets it. A token past its
 lapse time is forgotten without asking: the relay ended that session by itself.
+
+Before anything else, it marks the profile logged out (clients/sdk/profile.py): a ``lightbox
+watch`` (or the desktop) running on it in another terminal stops using its session at once,
+also while the relay is out of reach, rather than reconnecting with the tokens it holds in
+memory once the relay is back.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ def _earlier(who: str, ended: int, total: int) -> str:
 
 def logout(args: argparse.Namespace) -> int:
     device = unlock_profile(args)
+    device.mark_logged_out()  # every program running on the profile stops using the session
     st = device.store.state
     who = f"{st.login} on device {st.device_id}"
     to_end = _to_end(device.vault, time.time())

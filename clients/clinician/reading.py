@@ -45,7 +45,14 @@ from clients.sdk.client import (
     StatusEvent,
     WithdrawnEvent,
 )
-from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable, SDKError
+from clients.sdk.connection import ConnectionStopped
+from clients.sdk.errors import (
+    FlowError,
+    LoggedOut,
+    RelayRequestError,
+    RelayUnavailable,
+    SDKError,
+)
 from clients.sdk.failures import run_async
 from clients.sdk.handover import authorship_line, copies_line
 from clients.sdk.profile import ProfileDevice
@@ -549,6 +556,11 @@ UNREACHABLE_LINE = ("-- cannot reach the relay ({reason}): watch keeps trying an
                     "consults as soon as it answers (nothing is lost: the relay keeps "
                     "everything for this device)")
 
+# How often `watch` looks whether the user logged out on this device in another terminal
+# (clients/sdk/profile.py), besides before each reconnect (clients/sdk/session.py) and before
+# it shows anything.
+LOGOUT_CHECK = 1.0
+
 
 def watch_command(args: argparse.Namespace) -> int:
     """Print consults as they arrive, until ``--count`` messages, ``--timeout`` or Ctrl-C.
@@ -565,7 +577,11 @@ def watch_command(args: argparse.Namespace) -> int:
     when it unlocks again during an outage: it says so once and connects when the relay
     answers. What waiting cannot mend ends it with one sentence and exit status 1: a refusal
     (revoked, suspended, wiped, a session ended), an address that is not a relay's URL, a TLS
-    certificate that does not verify (:func:`_raise_unmendable`)."""
+    certificate that does not verify (:func:`_raise_unmendable`).
+
+    A logout on this device (``lightbox logout`` in another terminal) ends it with one sentence
+    and exit status 1, as a session the relay ended does, whether the logout reached the relay
+    or not: nothing more is shown after it (clients/sdk/profile.py)."""
     unattended = bool(os.environ.get(PASSWORD_ENV))
     device = unlock_profile(args)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
@@ -575,9 +591,17 @@ def watch_command(args: argparse.Namespace) -> int:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return 0
-        locked = run_async(functools.partial(_watch_until_locked, device, args, progress, left))
+        try:
+            locked = run_async(functools.partial(_watch_until_locked, device, args, progress,
+                                                 left))
+        except (SDKError, ConnectionStopped):
+            if not device.logged_out():
+                raise
+            return _logged_out()
         if not locked:
             return 0
+        if device.logged_out():  # while the vault locked itself: not unlocked again for it
+            return _logged_out()
         print(f"-- the vault locked itself after {_seconds(device.vault.idle_timeout)} without "
               "use: stopped listening (nothing is lost: the relay keeps everything for this "
               "device)", flush=True)
@@ -586,6 +610,13 @@ def watch_command(args: argparse.Namespace) -> int:
                   f"on (or set {PASSWORD_ENV} to keep watching unattended)", flush=True)
             return 1
         print("-- vault unlocked again: listening for consults", flush=True)
+
+
+def _logged_out() -> int:
+    """Watch ends on a logout in another terminal: one sentence, and exit status 1 as for a
+    session the relay ended."""
+    print(f"error: watch stopped: {LoggedOut()}", file=sys.stderr, flush=True)
+    return 1
 
 
 @dataclasses.dataclass
@@ -767,13 +798,18 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
             while args.count is None or progress.seen < args.count:
                 get = asyncio.ensure_future(queue.get())
                 lock = asyncio.ensure_future(locked.wait())
+                due = _held_back_due(progress)
                 try:
-                    done, _ = await asyncio.wait({get, lock}, timeout=_held_back_due(progress),
-                                                 return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {get, lock}, timeout=LOGOUT_CHECK if due is None else min(due,
+                                                                                  LOGOUT_CHECK),
+                        return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     lock.cancel()
                     if not get.done():
                         get.cancel()
+                if device.logged_out():  # in another terminal: nothing more is shown
+                    raise LoggedOut
                 if not done:  # a step held back is due: said as it is
                     await _say_held_back(client, progress)
                     continue
@@ -823,7 +859,9 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
     except TimeoutError:
         pass
     finally:
-        if vault.is_unlocked:  # watch stops: nothing heard goes unsaid (else kept for later)
+        logged_out = device.logged_out()  # then nothing more is said, nor sent
+        if vault.is_unlocked and not logged_out:
+            # watch stops: nothing heard goes unsaid (else kept for later)
             with contextlib.suppress(SDKError, VaultLocked):
                 await _say_held_back(client, progress, everything=True)
         watcher.cancel()
@@ -831,7 +869,7 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
             await watcher
         # Nothing more to confirm once the vault is locked: an order not confirmed comes
         # again on the next connection, and is applied again (docs/PROTOCOL.md §15).
-        await client.close(drain=5.0 if vault.is_unlocked else 0.0)
+        await client.close(drain=5.0 if vault.is_unlocked and not logged_out else 0.0)
     return False
 
 
@@ -960,13 +998,14 @@ async def _acknowledge(client: LightboxClient, message_id: str) -> str:
                 "nothing sent again")
     answers = client.subscribe()
     try:
+        went_on = _connections(client)  # counted before it goes: see _ack_answer
         if not await client.acknowledge(message_id, wait=ACK_WAIT):
             raise _NotAcknowledged(
                 f"the relay connection was lost, so {consult} is not acknowledged yet: it is "
                 "kept on this device and goes the next time lightbox connects to the relay "
                 "(run `lightbox inbox`); until then the sender is not told and its on-call "
                 "escalation goes on: phone the sender if it cannot wait")
-        refused = await _ack_answer(client, message, answers)
+        refused = await _ack_answer(client, message, answers, went_on)
     finally:
         client.unsubscribe(answers)
     if refused is not None:
@@ -1019,12 +1058,26 @@ async def _the_consults(client: LightboxClient, message: VaultMessage) -> str:
     return f"; acknowledge the consult itself: lightbox ack {ids[-1]}" if ids else ""
 
 
+def _connections(client: LightboxClient) -> int:
+    """How many of the client's connections have ended so far."""
+    connection = client.connection
+    return 0 if connection is None else connection.reconnects
+
+
 async def _ack_answer(client: LightboxClient, message: VaultMessage,
-                      answers: asyncio.Queue[ClientEvent]) -> str | None:
+                      answers: asyncio.Queue[ClientEvent], went_on: int) -> str | None:
     """Whether the relay took the acknowledgement just sent: None once it keeps this device's
     ``acknowledged`` receipt (``GET /v1/threads/{id}/receipts``), else why it refused it.
     When it does neither in :data:`ACK_WAIT` seconds, that is said as it is (exit 1): it may
-    not be acknowledged, and a later ``ack`` asks the relay again rather than trust it."""
+    not be acknowledged, and a later ``ack`` asks the relay again rather than trust it.
+
+    The relay answers a refusal on the connection the receipt came on (docs/PROTOCOL.md §3.5
+    "Receipts"), and the device has one connection: when a ``lightbox watch`` or the desktop
+    of the same profile takes it back before the relay has answered (``went_on``: the
+    client's ended connections when the receipt went), a refusal goes nowhere and the receipt
+    is never kept. So it is sent again on the connection the client gets back, and asked
+    about anew: the relay keeps one receipt per device and kind, and refuses the same one
+    alike."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ACK_WAIT
     while loop.time() < deadline:
@@ -1037,6 +1090,13 @@ async def _ack_answer(client: LightboxClient, message: VaultMessage,
         if any(r.device_id == client.device_id and r.kind == "acknowledged"
                for r in kept.receipts):
             return None
+        connection = client.connection
+        if _connections(client) != went_on and connection is not None \
+                and connection.connected.is_set():  # the answers it brought are read above
+            went_on = _connections(client)
+            if await client.acknowledge(message.message_id, wait=ACK_WAIT):
+                deadline = loop.time() + ACK_WAIT
+            continue
         await asyncio.sleep(0.2)
     consult, _ = _consult_of(client, message.thread_id, message.message_id)
     raise _NotAcknowledged(

@@ -8,6 +8,8 @@ Exception tree (every SDK error)::
     ├── RelayRequestError     the relay answered with an RFC 9457 problem document (``code``)
     ├── RelayResponseError    the relay's answer does not match the contract
     ├── RelayUnavailable      the relay could not be reached
+    ├── SessionEnded          the relay ended the session and this program cannot sign in again
+    ├── LoggedOut             the user logged out on this device since this program started
     ├── KeyStoreError         the local key store is missing, exists already, or will not open
     ├── DeviceWiped           the organisation revoked this device and it erased its data
     └── FlowError             a client-side check failed (``code``: an ErrorCode value)

@@ -128,6 +128,8 @@ class LightboxClient:
     ``replaced_wait``: how long the connection leaves the relay to a newer connection of this
     device that replaced it (clients/sdk/connection.py); 0 for a program that runs for a
     moment while the user waits (a ``lightbox`` command), the one others make way for.
+    ``logged_out``: whether the user logged out on this device since the program opened its
+    profile (clients/sdk/profile.py); from then on the session is used no more.
     """
 
     def __init__(
@@ -136,12 +138,13 @@ class LightboxClient:
         clock: Callable[[], float] = time.time, backoff_base: float = 0.2,
         backoff_max: float = 10.0, fetch_images: bool = True,
         prekey_policy: PrekeyPolicy | None = None, replaced_wait: float = REPLACED_WAIT,
+        logged_out: Callable[[], bool] | None = None,
     ) -> None:
         self.store, self.vault = store, vault
         self.prekey_policy = prekey_policy or PrekeyPolicy.from_env()
         self._clock = clock
         st = store.state
-        self.session = Session(store, password=password, clock=clock)
+        self.session = Session(store, password=password, clock=clock, logged_out=logged_out)
         self.relay = relay or RelayHTTP(
             st.server_url, device=st.device_keys().signing, tokens=st.session,
             on_tokens=self.session.save_tokens,

@@ -9,6 +9,7 @@ __all__ = [
     "DeviceWiped",
     "FlowError",
     "KeyStoreError",
+    "LoggedOut",
     "RelayRequestError",
     "RelayResponseError",
     "RelayUnavailable",
@@ -74,6 +75,16 @@ class SessionEnded(SDKError):
     def __init__(self, code: str, *, sso: bool) -> None:
         self.code, self.sso = code, sso
         super().__init__(f"the session has ended ({code}): sign in again")
+
+
+class LoggedOut(SDKError):
+    """The user logged out on this device (``lightbox logout``) after this program opened the
+    profile: it uses its session no more (clients/sdk/profile.py). ``str()`` is the sentence a
+    command prints."""
+
+    def __init__(self) -> None:
+        super().__init__("you logged out on this device (in another terminal); `lightbox login` "
+                         "signs in again")
 
 
 class KeyStoreError(SDKError):

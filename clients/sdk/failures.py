@@ -25,6 +25,7 @@ from clients.sdk.connection import ConnectionStopped
 from clients.sdk.errors import (
     DeviceWiped,
     FlowError,
+    LoggedOut,
     RelayRequestError,
     RelayUnavailable,
     SDKError,
@@ -87,6 +88,8 @@ def describe(exc: BaseException, *, login_hint: str,
     if isinstance(exc, FlowError):
         return f"error: {exc.code}: {exc}"
     if isinstance(exc, ConnectionStopped):
+        if isinstance(exc.__cause__, LoggedOut):  # lightbox logout, in another terminal
+            return f"error: {exc.__cause__}"
         if isinstance(exc.__cause__, SessionEnded):  # no token to be had: sign in again
             return _session_ended(exc.__cause__, login_hint, sso_hint)
         # Before the revoked test: the session's token provider ends a suspended user's

@@ -3,6 +3,12 @@ token the websocket presents (docs/PROTOCOL.md §4, §15 "Wipe").
 
 One login for all concurrent callers (clients/sdk/http.py ``SingleFlight``), and a refresh
 through the relay client's single flight, so the same refresh token is never presented twice.
+
+Once the user has logged out on this device since the program started (``logged_out``,
+clients/sdk/profile.py), the session is used no more, even while the relay, out of reach, has
+not ended it: no token for the websocket, no login, no refresh saved (which would put the
+session back into the device state that ``lightbox logout`` emptied). :class:`LoggedOut` says
+why.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from collections.abc import Callable
 import msgspec
 
 from clients.sdk.connection import ConnectionStopped
-from clients.sdk.errors import FlowError, RelayRequestError, SessionEnded
+from clients.sdk.errors import FlowError, LoggedOut, RelayRequestError, SessionEnded
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import log_in_again
 from clients.sdk.keystore import DeviceStore
@@ -34,8 +40,10 @@ class Session:
     """Tokens of one device. ``relay`` is attached once built (it calls back into this)."""
 
     def __init__(self, store: DeviceStore, *, password: str | None,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 logged_out: Callable[[], bool] | None = None) -> None:
         self._store, self._password, self._clock = store, password, clock
+        self._logged_out = logged_out or (lambda: False)
         self.relay: RelayHTTP | None = None
         self._logging_in: SingleFlight[None] = SingleFlight()
         self._last_tokens: api.TokenPair | None = None  # presented once after a cut-off
@@ -52,7 +60,13 @@ class Session:
         assert self.relay is not None
         return self.relay
 
+    def check_logged_in(self) -> None:
+        """:class:`LoggedOut` once the user logged out on this device (module docstring)."""
+        if self._logged_out():
+            raise LoggedOut
+
     def save_tokens(self, tokens: api.TokenPair) -> None:
+        self.check_logged_in()
         self._store.save(msgspec.structs.replace(self._store.state, session=tokens))
 
     def usable(self) -> bool:
@@ -63,6 +77,7 @@ class Session:
         """Log in again (password + device signature) when there is no usable session; one
         login for all concurrent callers. :class:`~clients.sdk.errors.SessionEnded` when this
         program cannot (clients/sdk/identity.py ``log_in_again``)."""
+        self.check_logged_in()
         if self.usable():
             return
         await self._logging_in.run(self._login)
@@ -70,6 +85,7 @@ class Session:
     async def login_again(self) -> api.TokenPair:
         """Password and device signature, when the relay ended the session (RelayHTTP calls
         it in place of a refused refresh or access token)."""
+        self.check_logged_in()
         return await log_in_again(self._relay(), self._store, self._password,
                                   ended=ErrorCode.TOKEN_INVALID.value)
 
@@ -87,7 +103,11 @@ class Session:
         (:meth:`socket_token`) and refused: the cut-off is why. Expired (the device's clock
         may be behind): None, and the next :meth:`socket_token` refreshes it. Invalid: the
         relay ended the session (a suspension since lifted, a logout elsewhere), as a device
-        request is told (token_invalid): :class:`SessionEnded`."""
+        request is told (token_invalid): :class:`SessionEnded`. The user logged out on this
+        device meanwhile (the relay ends the session as ``lightbox logout`` reaches it):
+        :class:`LoggedOut`."""
+        if self._logged_out():
+            return self._stopped(LoggedOut())
         if self._cut_off is not None:
             return self._stopped(self._cut_off)
         tokens = self._relay().tokens
@@ -97,10 +117,16 @@ class Session:
             return None
         return self._stopped(SessionEnded(reason, sso=self._store.state.sso))
 
-    def _stopped(self, exc: RelayRequestError | FlowError | SessionEnded) -> ConnectionStopped:
+    def _stopped(self, exc: RelayRequestError | FlowError | SessionEnded | LoggedOut
+                 ) -> ConnectionStopped:
         """The end of the connection, its cause what the user is told: logging in again
         cannot help (revoked, suspended), or this program cannot (:class:`SessionEnded`: a
-        session the relay ended, no password, or only the user can sign in again)."""
+        session the relay ended, no password, or only the user can sign in again), or may not
+        (:class:`LoggedOut`)."""
+        if isinstance(exc, LoggedOut):
+            stopped = ConnectionStopped(None, "logged out")
+            stopped.__cause__ = exc
+            return stopped
         if not isinstance(exc, SessionEnded) and exc.code in SESSION_ENDED:
             exc = SessionEnded(exc.code, sso=self._store.state.sso)
         revoked = not isinstance(exc, SessionEnded) and exc.code in CUT_OFF
@@ -147,7 +173,10 @@ class Session:
         """The access token for the websocket. When the relay refuses this device a new one
         (revoked), the last token it was issued is presented all the same, expired or not:
         with the device key's answer to the challenge, that is how a revoked device hears its
-        wipe order (docs/PROTOCOL.md §15 "Wipe"); any other revoked device is refused."""
+        wipe order (docs/PROTOCOL.md §15 "Wipe"); any other revoked device is refused. Once
+        the user logged out on this device, none: the connection ends (:class:`LoggedOut`)."""
+        if self._logged_out():
+            raise self._stopped(LoggedOut())
         held = self._relay().tokens or self._last_tokens
         try:
             return await self.access_token()

@@ -59,6 +59,10 @@ Clinical safety (CLINICAL_SAFETY.md):
   its access, ``ended`` says how, ``{"ended": "wiped"|"revoked"|"suspended"|"stopped",
   "message"}``, in ``/api/state``, in the ``status`` event ``ended``, and in a refused unlock
   (410 once wiped, 403 otherwise, nothing from the vault shown).
+* **A logout in a terminal** (``lightbox logout`` on this computer's profile): the vault
+  locks within a second, as after inactivity, and the ``status`` event ``locked`` carries
+  ``reason``, the sentence the unlock screen shows (:data:`LOGGED_OUT`); unlocking opens the
+  profile afresh and signs in again (clients/sdk/profile.py).
 * **Another program of this device connected** (a ``lightbox`` command on the same profile):
   the relay keeps one connection per device and gives it to the newer one. Not a loss, so
   not "reconnecting": ``replaced`` is true (in ``/api/state`` and the ``status`` event
@@ -139,6 +143,7 @@ from clients.sdk.errors import (
     DeviceWiped,
     FlowError,
     KeyStoreError,
+    LoggedOut,
     RelayRequestError,
     RelayUnavailable,
     SDKError,
@@ -276,10 +281,16 @@ class DesktopServer:
         await self._server_task
 
     async def _watch_idle(self) -> None:
-        """The vault locks itself after inactivity: then disconnect and tell the page."""
+        """The vault locks itself after inactivity, and when the user logs out on this
+        computer (``lightbox logout`` in a terminal, clients/sdk/profile.py): then disconnect
+        and tell the page. Unlocking again opens the profile afresh and signs in again."""
         while True:
             await asyncio.sleep(1.0)
-            if self.device is not None and self.device.vault.lock_if_idle():
+            if self.device is not None and self.device.logged_out():
+                await self._lock()
+                self._broadcast("status", {"state": "locked", "detail": "logged out",
+                                           "reason": LOGGED_OUT})
+            elif self.device is not None and self.device.vault.lock_if_idle():
                 await self._lock()
                 self._broadcast("status", {"state": "locked",
                                            "detail": "locked after inactivity"})
@@ -908,6 +919,9 @@ class DesktopServer:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
 
+# What the unlock screen says once the user logged out on this computer (the vault locked).
+LOGGED_OUT = ("You logged out of Lightbox on this computer (lightbox logout): nothing more "
+              "is received here until you unlock it and sign in again.")
 UNLOCK_HEARING_SECONDS = 10.0  # a revoked computer's wait, at unlock, for a wipe order
 STEPS_AFTER_SECONDS = 30.0  # the longest wait for the backlog before asking for the steps
 
@@ -947,8 +961,10 @@ def _ended_by(client: LightboxClient) -> dict[str, str] | None:
         return _ending("suspended")
     if stopped.code == CloseCode.DEVICE_REVOKED:
         return _ending("revoked")
-    if stopped.stopped_here:
-        return None  # stopped here, or the vault locked itself (_watch_idle says so)
+    if stopped.stopped_here or isinstance(stopped.__cause__, LoggedOut):
+        # stopped here, the vault locked itself, or the user logged out on this computer:
+        # the vault locks (_watch_idle says so)
+        return None
     return _ending("stopped")
 
 

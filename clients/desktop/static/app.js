@@ -90,9 +90,13 @@ function forget() {
 
 // --- unlock ---------------------------------------------------------------------------------
 
-function showLocked() {
+// ``reason``: why it locked, when the page should say so (the user logged out on this
+// computer in a terminal); cleared by the next unlock.
+function showLocked(reason) {
   if (!$("ended").hidden) return;  // erased: there is nothing to unlock (showEnded)
   forget();
+  $("unlock-reason").textContent = reason || "";
+  $("unlock-reason").hidden = !reason;
   $("gone").hidden = true; $("unlock").hidden = false;
   $("password").focus();
 }
@@ -258,7 +262,7 @@ function listen() {
   events.addEventListener("expired", (e) => { dropImage(JSON.parse(e.data).attachment_id); refreshSoon(); });
   events.addEventListener("status", (e) => {
     const s = JSON.parse(e.data);
-    if (s.state === "locked") { showLocked(); return; }
+    if (s.state === "locked") { showLocked(s.reason); return; }
     if (s.state === "ended") { showEnded(s); return; }
     if (s.state === "error") { showNotice(s); return; }
     if (s.state === "connected" || s.state === "disconnected") {

@@ -48,6 +48,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+import msgspec
+
 from clients.sdk import people
 from clients.sdk.connection import REPLACED_WAIT, Connection
 from clients.sdk.errors import (
@@ -625,7 +627,12 @@ class LightboxClient:
 
     def hidden_copy(self, message: VaultMessage) -> bool:
         """Whether ``message`` is a copy of a consult that :meth:`thread_messages` lists as
-        another message (handed over by several devices, docs/PROTOCOL.md §16.4)."""
+        another message (handed over by several devices, docs/PROTOCOL.md §16.4). Only a
+        handed-over copy can be: any other message is answered without reading its thread
+        (``watch`` asks of every message it prints)."""
+        body = body_of(message)
+        if body is None or isinstance(body.handover_of, msgspec.UnsetType):
+            return False
         return any(m.message_id == message.message_id
                    for view in self.thread_messages(message.thread_id) for m in view.copies)
 

@@ -32,8 +32,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from clients.admin.session import SessionError, load_session
-from clients.gateway.fhir import FhirClient, FhirError, FhirSettings
-from clients.gateway.records import patient_id_system
 from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.timefmt import format_time
@@ -115,6 +113,11 @@ def _purposes(resource: dict[str, Any]) -> str:
 
 
 def _find(args: argparse.Namespace) -> int:
+    # Imported here, for this command alone: the record gateway's modules bring pydicom and
+    # Pillow, a fifth of a second at every start of lightbox-admin otherwise.
+    from clients.gateway.fhir import FhirClient, FhirError, FhirSettings
+    from clients.gateway.records import patient_id_system
+
     try:
         settings = FhirSettings.from_env(url=args.fhir_url or None)
     except ValueError as exc:

@@ -149,11 +149,13 @@ class OncallService:
             for i, s in enumerate(shifts):
                 try:
                     async with conn.transaction():
-                        found, unknown = await oncall.resolve_users(conn, org_id, s.ladder)
-                        if unknown:
-                            raise InvalidInput(ErrorCode.ROTA_INVALID,
-                                               "unknown or inactive users: "
-                                               + ", ".join(u[:64] for u in unknown[:5]))
+                        found, unknown, suspended = await oncall.resolve_users(
+                            conn, org_id, s.ladder)
+                        if unknown or suspended:
+                            raise InvalidInput(ErrorCode.ROTA_INVALID, "; ".join(
+                                f"{what}: " + ", ".join(u[:64] for u in who[:5])
+                                for what, who in (("unknown users", unknown),
+                                                  ("suspended users", suspended)) if who))
                         shift = await oncall.add_shift(
                             conn, org_id=org_id, role=role,
                             starts_at=dt.datetime.fromtimestamp(s.starts_at, dt.UTC),

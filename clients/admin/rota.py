@@ -117,7 +117,11 @@ def rota_show(args: argparse.Namespace) -> int:
     def fmt(ts: int) -> str:
         return format_time(ts, tz=ZoneInfo(args.tz))
 
-    for s in run_async(go).shifts:
+    shifts = run_async(go).shifts
+    if not shifts:  # said, not an empty screen: a role nobody covers is a gap (HAZ-02 C14)
+        print(f"no shifts of {args.role} {'at all' if args.all else 'now or to come'}: "
+              f"consults to it wait for a shift (lightbox-admin rota add {args.role} ...)")
+    for s in shifts:
         ladder = " > ".join(m.display_name or m.user_id for m in s.ladder)
         print(f"{s.shift_id}  {fmt(s.starts_at)} - {fmt(s.ends_at)}  {ladder}")
     return 0

@@ -120,16 +120,21 @@ async def list_roles(conn: asyncpg.Connection, org_id: str | None = None) -> lis
 
 
 async def resolve_users(conn: asyncpg.Connection, org_id: str, refs: Sequence[str]
-                        ) -> tuple[list[str], list[str]]:
-    """Ladder entries (user ids or logins) -> (user ids in order, unknown refs). A user must
-    be an active member of the organisation."""
+                        ) -> tuple[list[str], list[str], list[str]]:
+    """Ladder entries (user ids or logins) -> (user ids in order, unknown refs, suspended
+    refs). A user on a ladder is a member of the organisation who is not suspended: one
+    provisioned but not enrolled yet (``pending``) may be, as IT writes next month's rota
+    before everyone has enrolled; a ladder member with no active device is passed over when
+    the consult comes (:meth:`server.oncall.OncallService._incoming`, ``_step``)."""
     rows = await conn.fetch(
-        "SELECT user_id::text AS user_id, login FROM users WHERE org_id = $1 "
-        "AND status = 'active' AND (login = ANY($2::text[]) OR user_id::text = ANY($2::text[]))",
+        "SELECT user_id::text AS user_id, login, status FROM users WHERE org_id = $1 "
+        "AND (login = ANY($2::text[]) OR user_id::text = ANY($2::text[]))",
         org_id, list(refs))
-    by_ref = {r["login"]: r["user_id"] for r in rows} | {r["user_id"]: r["user_id"] for r in rows}
-    found = [by_ref[r] for r in refs if r in by_ref]
-    return found, [r for r in refs if r not in by_ref]
+    by_ref = {r["login"]: r for r in rows} | {r["user_id"]: r for r in rows}
+    found = [by_ref[r]["user_id"] for r in refs
+             if r in by_ref and by_ref[r]["status"] in ("active", "pending")]
+    suspended = [r for r in refs if r in by_ref and by_ref[r]["status"] == "suspended"]
+    return found, [r for r in refs if r not in by_ref], suspended
 
 
 async def add_shift(conn: asyncpg.Connection, *, org_id: str, role: str,

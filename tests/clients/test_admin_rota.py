@@ -71,7 +71,7 @@ async def test_a_ladder_of_strangers_and_a_file_that_is_not_a_rota_store_nothing
     rc, out, err = await lightbox_admin("rota", "add", ROLE, "--org", org.org_id,
                                         "--start", _at(1, 8), "--end", _at(1, 20),
                                         "--ladder", "nobody.here")
-    assert rc != 0 and "rota_invalid: unknown or inactive users: nobody.here" in err
+    assert rc != 0 and "rota_invalid: unknown users: nobody.here" in err
     rc, out, err = await lightbox_admin("rota", "add", ROLE, "--org", org.org_id,
                                         "--start", _at(1, 8), "--end", _at(1, 20),
                                         "--ladder", "nobody.here", "--tz", "Europe/Lndon")
@@ -87,6 +87,38 @@ async def test_a_ladder_of_strangers_and_a_file_that_is_not_a_rota_store_nothing
 
 def _iso(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+@pytest.mark.usefixtures("admin_session")
+async def test_a_rota_may_name_clinicians_not_enrolled_yet_but_not_a_suspended_one(
+        world: World) -> None:
+    """IT writes next month's rota once the accounts exist, before every clinician has
+    enrolled: a provisioned user may be on a ladder (the consult passes over a member with no
+    device: server/oncall.py). A suspended one may not, and is named as such."""
+    org = world.org
+    amy = org.user("amy.later", display_name="Dr Amy Later")
+    sue = org.user("sue.suspended", display_name="Dr Sue Suspended")
+    await world.provision(amy)  # provisioned only: not enrolled
+    await world.onboard(sue)
+    r = await world.revoke(org, 1, users=(sue.user_id,))
+    assert r.status_code == 200, r.text
+    await lightbox_admin("rota", "role", ROLE, "--org", org.org_id)
+    rc, out, _ = await lightbox_admin("rota", "show", ROLE, "--org", org.org_id)
+    assert rc == 0 and out.strip() == (
+        f"no shifts of {ROLE} now or to come: consults to it wait for a shift "
+        f"(lightbox-admin rota add {ROLE} ...)")
+    rc, out, err = await lightbox_admin("rota", "add", ROLE, "--org", org.org_id,
+                                        "--start", _at(3, 8), "--end", _at(3, 20),
+                                        "--ladder", "amy.later")
+    assert rc == 0, err
+    rc, out, _ = await lightbox_admin("rota", "show", ROLE, "--org", org.org_id)
+    assert "Dr Amy Later" in out
+    rc, out, err = await lightbox_admin("rota", "add", ROLE, "--org", org.org_id,
+                                        "--start", _at(4, 8), "--end", _at(4, 20),
+                                        "--ladder", "amy.later;sue.suspended;nobody.here")
+    assert rc != 0
+    assert ("rota_invalid: unknown users: nobody.here; suspended users: sue.suspended"
+            in err), err
 
 
 @pytest.mark.usefixtures("admin_session")

@@ -85,9 +85,13 @@ def register(sub: Any) -> None:
     t.set_defaults(func=guarded(threads_command))
     s = sub.add_parser("send", help="send a consult: text and/or an image, to a user or a role")
     s.add_argument("text", nargs="*", help="the message")
-    s.add_argument("--to", action="append", metavar="user:LOGIN|role:ROLE")
-    s.add_argument("--thread", metavar="ID", help="an existing thread instead of a new one")
-    s.add_argument("--subject", help="the thread's subject line")
+    s.add_argument("--to", action="append", metavar="user:LOGIN|role:ROLE",
+                   help="a colleague by their exact login (or whole name), or a role")
+    s.add_argument("--thread", metavar="ID",
+                   help="an existing thread instead of a new one: its id, or its first 8 "
+                        "characters or more; a photo added to it is of its patient")
+    s.add_argument("--subject", help="the thread's subject line (never the patient's names "
+                                     "or number: it is shown wherever the consult is listed)")
     s.add_argument("--image", metavar="FILE", help="a photo (metadata is stripped first)")
     s.add_argument("--send-anyway", action="store_true",
                    help="send even if the quality checks warn")

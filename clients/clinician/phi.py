@@ -88,6 +88,7 @@ __all__ = [
     "redact_image",
     "rules_from_env",
     "scan_image",
+    "subject_names_patient",
     "tesseract_words",
 ]
 
@@ -524,3 +525,33 @@ def prepare_for_purpose(
         refused.scan = original
         raise
     return SharedImage(shared, original, scan, redacted, tuple(warnings))
+
+
+# The parts of a DICOM person name (PS3.5 §6.2.1, PN: FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX) that
+# name the patient: the prefix and suffix ("Mr", "Dr", "Jr", "III") are titles that identify no
+# one and are clinical words too ("MR knee"), so they are not looked for.
+NAME_PARTS: Final = 3
+MIN_NAME_WORD: Final = 2  # letters: "Li", "Ng" and "Bo" are names
+MIN_NUMBER: Final = 3  # characters of the hospital number, separators aside
+_WORD_SPLIT = re.compile(r"[\W_]+")
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in _WORD_SPLIT.split(text.casefold()) if w]
+
+
+def subject_names_patient(subject: str, patient_id: str, patient_name: str) -> bool:
+    """Whether a subject line holds the patient's hospital number (as typed or spaced out:
+    "MRN 123", "mrn-123", compared without separators) or any word of 2 letters or more of
+    their family, given or middle name, as a whole word, whatever the case: "Richard's
+    ankle" names Roe^Richard, "Richardson's ankle" does not name Roe^Rich. The subject is
+    sealed but shown wherever the consult is listed (docs/PROTOCOL.md §14 "subject"), where the
+    record data never is. The phone's twin is ``subjectNamesPatient`` in
+    clients/phone/src/app/worker.ts: a change to one is made to the other."""
+    number = "".join(_words(patient_id))
+    if len(number) >= MIN_NUMBER and number in "".join(_words(subject)):
+        return True
+    said = set(_words(subject))
+    names = {w for part in patient_name.split("^")[:NAME_PARTS] for w in _words(part)
+             if sum(c.isalpha() for c in w) >= MIN_NAME_WORD}
+    return bool(names & said)

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from clients.clinician.reading import describe_escalation, learn_escalation_names
 from clients.clinician.shell import (
     MAX_IMAGE_FILE,
@@ -32,6 +34,7 @@ from clients.sdk.failures import run_async
 from clients.sdk.filing import needs_gateway
 from clients.sdk.memory import body_of
 from clients.sdk.profile import ProfileDevice
+from clients.sdk.threads import THREAD_NOTE
 from clients.sdk.vault import ItemNotFound
 from clients.sdk.vaultrows import VaultMessage
 from clients.sdk.wording import counted, for_count
@@ -260,20 +263,17 @@ def record_from_args(args: argparse.Namespace) -> RecordData | None:
 
 
 def check_subject(subject: str | None, record: RecordData | None) -> None:
-    """Refuse a subject holding the patient's hospital number or family name typed in
-    --patient-id and --patient-name: the subject travels sealed, but it is shown wherever the
+    """Refuse a subject holding the patient's hospital number or any of their names typed in
+    --patient-id and --patient-name (the rule: clients/clinician/phi.py
+    ``subject_names_patient``): the subject travels sealed, but it is shown wherever the
     consult is listed (the specialist's inbox, a phone's lock-screen notice), where the record
     data is never shown (docs/USER_GUIDE.md "Interns: sending a consult", §3). The same rule as
-    the phone's, whatever the purpose: its twin is ``subjectNamesPatient`` in
-    clients/phone/src/app/worker.ts, and a change to one is made to the other."""
+    the phone's, whatever the purpose."""
     if not subject or record is None:
         return
-    said = subject.lower()
-    # The number as typed or spaced out ("MRN 123", "mrn-123"): compared without separators.
-    number = re.sub(r"[\W_]+", "", record.patient_id.lower())
-    family = record.patient_name.split("^")[0].strip().lower()
-    if (len(number) >= 3 and number in re.sub(r"[\W_]+", "", said)) or (
-            len(family) >= 3 and family in re.split(r"[\W_]+", said)):
+    from clients.clinician.phi import subject_names_patient
+
+    if subject_names_patient(subject, record.patient_id, record.patient_name):
         raise FlowError("keep the patient's name and hospital number out of the subject: it "
                         "is shown wherever the consult is listed (they go in --patient-name "
                         "and --patient-id); nothing was sent", code="subject_identifies")
@@ -428,6 +428,17 @@ def send_command(args: argparse.Namespace) -> int:
     # A --consent-token FILE that is not a token fails here, before the password.
     given = read_consent_token(args.consent_token) if args.consent_token else None
     prepared = prepare(args)  # before the password: a bad image fails fast
+    device: ProfileDevice | None = None
+    thread_id: str | None = None
+    patient_note = ""
+    if args.thread and prepared is not None:
+        # A photo into a consult is of the consult's patient: known from the vault, so the
+        # password comes before the checks that use the patient (docs/CLINICAL_SAFETY.md).
+        device = unlock_profile(args)
+        thread_id = thread_of(device, args.thread)
+        record, patient_note = consult_patient(device, thread_id, record,
+                                               infer=needs_gateway(purpose, 1))
+        check_subject(args.subject, record)
     if prepared is not None and record is None and needs_gateway(purpose, 1):
         # The record gateway files an image for this purpose under the patient it names: one
         # without the patient's identity could only be sent, never filed
@@ -461,49 +472,59 @@ def send_command(args: argparse.Namespace) -> int:
                         "that purpose: pass --consent-token FILE (lightbox consent capture "
                         f"--purpose {purpose.value} ... --token-out FILE writes it)",
                         code=ErrorCode.CONSENT_MISSING.value)
-    device = unlock_profile(args)
-    new_thread = not args.thread
+    if device is None:
+        device = unlock_profile(args)
+        thread_id = thread_of(device, args.thread) if args.thread else None
+    unlocked = device
+    new_thread = thread_id is None
 
     async def go() -> tuple[str, str, int, list[str]]:
-        client = command_client(device)
+        client = command_client(unlocked)
         events = client.subscribe()
         try:
             await client.start()
-            users = [(await client.resolve_user(login)).user_id for login in logins]
+            people = [await client.resolve_user(login) for login in logins]
+            users = [p.user_id for p in people]
             await check_roles(client, roles)
             # Everything that can be checked or done without the thread comes first: a send
             # stopped by a check leaves no empty consult behind.
             from clients.sdk.consent import register_consent
 
+            thread = None
+            if thread_id is not None:
+                thread = {t.thread_id: t for t in await client.threads()}.get(thread_id)
+            # A consent captured for a photo added to a consult names the consult's people,
+            # who receive it (the relay checks the consent covers them: docs/PROTOCOL.md §13).
+            named_users, named_roles = (users, roles) if thread is None else (
+                [u for u in thread.members if u != client.user_id], list(thread.roles))
             token: str | None = None
             if prepared is None and given is not None:
                 await register_consent(client.relay, given[0])  # the same again: a no-op
             if prepared is not None and emergency is None:
                 token = given[0] if given is not None else consent_token(
-                    args, device, prepared.image.data, users, roles, purpose)
+                    args, unlocked, prepared.image.data, named_users, named_roles, purpose)
                 await register_consent(client.relay, token)
                 claims = peek_consent_token_unverified(token)
                 if claims.decision is ConsentDecision.REFUSED:
                     await file_refusal(client, token, record)
                 if file_original is not None:
                     check_covers_original(claims, file_original.image)
-            if args.thread:
-                thread_id = args.thread
-                await client.threads()
+            if thread_id is not None:
+                where = thread_id
                 created = None
             else:
-                created = await client.create_thread(users, roles, priority)
-                thread_id = created.thread_id
+                thread = created = await client.create_thread(users, roles, priority)
+                where = created.thread_id
             try:
                 if prepared is None:
                     sent = await client.send_text(
-                        thread_id, text, priority=priority, purpose=purpose,
+                        where, text, priority=priority, purpose=purpose,
                         subject=args.subject, necessity=args.necessity,
                         consent_id=None if given is None else given[1].jti,
                         emergency=emergency)
                 else:
                     sent = await client.send_image(
-                        thread_id, prepared.image, consent_token=token, text=text,
+                        where, prepared.image, consent_token=token, text=text,
                         record=record if emergency or not deidentified else None,
                         purpose=purpose, priority=priority, subject=args.subject,
                         warnings=[w.issue.value for w in prepared.warnings],
@@ -526,15 +547,16 @@ def send_command(args: argparse.Namespace) -> int:
                     warnings=[w.issue.value for w in file_original.warnings])
                 print(f"the identified original went to the record gateway to be filed "
                       f"in the patient's record (message {filed.message_id})")
-            waiting = await gap_lines(client, thread_id, sent.message_id) if roles else []
-            return sent.message_id, thread_id, sent.thread_seq, waiting
+            waiting = await gap_lines(client, where, sent.message_id) if roles else []
+            reached = await recipients(client, thread, people, roles)
+            return sent.message_id, where, sent.thread_seq, [reached, *waiting]
         finally:
             await client.close()
             print_problems(events)  # what it dropped as it synced
 
     what = "the consult" if new_thread else "the message"
     try:
-        message_id, thread_id, seq, waiting = run_async(go)
+        message_id, where, seq, (reached, *waiting) = run_async(go)
     except KeyboardInterrupt:
         print("stopped before the relay confirmed the message: it is kept on this device and "
               "sent again the next time this device connects (lightbox outbox lists it)",
@@ -545,7 +567,11 @@ def send_command(args: argparse.Namespace) -> int:
             raise
         print(kept_sentence(exc, what), file=sys.stderr)
         return 1
-    print(f"sent: message {message_id} stored by the relay in thread {thread_id} (#{seq})")
+    # Whom it reached, on the line that says it went, so that a wrong recipient is seen at once
+    # (docs/SECURITY.md "Misdirection"); and the patient a photo was filed under when the
+    # consult named them (consult_patient).
+    print(f"sent: message {message_id} stored by the relay in thread {where} (#{seq}), "
+          f"to {reached}{patient_note}")
     for line in waiting:
         print(line)
     return 0
@@ -562,6 +588,125 @@ async def gap_lines(client: LightboxClient, thread_id: str, message_id: str) -> 
             await learn_escalation_names(client, step)
             lines.append(describe_escalation(client, step))
     return lines
+
+
+# How many people the sent line names; the rest are counted (as `lightbox threads` does).
+NAMED_RECIPIENTS = 3
+
+
+async def recipients(client: LightboxClient, thread: api.ThreadInfo | None,
+                     people: list[api.DirectoryEntry], roles: list[str]) -> str:
+    """Whom a send reached, for its ``sent:`` line: the roles, then the people by the names on
+    their verified certificates (``role:orthopaedics_oncall, Bea Bone``), from the thread as
+    the relay lists it, else as ``--to`` named them."""
+    named = {p.user_id: p.display_name for p in people}
+    if thread is not None:
+        roles = list(thread.roles)
+        others = [u for u in thread.members if u != client.user_id]
+        with contextlib.suppress(SDKError):  # names from verified certificates
+            await client.ensure_names([u for u in others if u not in named])
+    else:
+        others = list(named)
+    names = [named.get(u) or client.display_name(u) for u in others[:NAMED_RECIPIENTS]]
+    if len(others) > NAMED_RECIPIENTS:
+        names.append(counted(len(others) - NAMED_RECIPIENTS, "more person", "more people"))
+    reach = [*(f"role:{r}" for r in roles), *names]
+    return ", ".join(reach) if reach else "nobody else (only you are in this consult)"
+
+
+# A thread named by the start of its id, as `watch` and `inbox` print it (8 characters).
+MIN_THREAD_PREFIX = 8
+_THREAD_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_THREAD_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]*$")
+
+
+def thread_of(device: ProfileDevice, given: str) -> str:
+    """The consult ``--thread`` names: its whole id, or the start of it (8 characters or more,
+    as ``watch`` and ``inbox`` print it) when that starts the id of exactly one consult this
+    device knows (the threads the relay last listed to it, kept in the vault). Anything else
+    is refused before anything is sent, naming the ids to use."""
+    wanted = given.strip().lower()
+    if _THREAD_ID.match(wanted):
+        return wanted  # the relay says whether it is one of the user's consults
+    if len(wanted.replace("-", "")) < MIN_THREAD_PREFIX or not _THREAD_PREFIX.match(wanted):
+        raise FlowError(f"--thread {given!r}: give the consult's id, or at least its first "
+                        f"{MIN_THREAD_PREFIX} characters as `lightbox threads` prints it; "
+                        "nothing was sent", code=ErrorCode.VALIDATION_FAILED.value)
+    known = sorted(t for t in device.vault.notes(THREAD_NOTE) if t.startswith(wanted))
+    if len(known) == 1:
+        return known[0]
+    if not known:
+        raise FlowError(f"no consult this device knows has an id starting {given!r}: "
+                        "`lightbox threads` lists yours with their ids; nothing was sent",
+                        code=ErrorCode.THREAD_NOT_FOUND.value)
+    raise FlowError(f"{given!r} starts the ids of {len(known)} consults: "
+                    f"{', '.join(known)}; give the one you mean with --thread ID; "
+                    "nothing was sent", code="ambiguous")
+
+
+def _name_parts(name: str) -> tuple[str, ...]:
+    """A DICOM person name (PS3.5 §6.2.1, PN: FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX) as compared:
+    ``Poe^Edgar``, ``POE, Edgar`` and ``poe ^ edgar`` are one name."""
+    parts = [" ".join(p.split()).casefold() for p in re.split(r"[\^,]", name)]
+    while parts and not parts[-1]:
+        parts.pop()
+    return tuple(parts)
+
+
+def _fold(value: str | None) -> str:
+    return "".join((value or "").split()).casefold()
+
+
+def same_patient(a: RecordData, b: RecordData) -> bool:
+    """Whether two records name one patient: the same hospital number and name (written any
+    of the ways :func:`_name_parts` accepts), and the same issuer and birth date where both
+    give one."""
+    return (_fold(a.patient_id) == _fold(b.patient_id)
+            and _name_parts(a.patient_name) == _name_parts(b.patient_name)
+            and not (a.issuer_of_patient_id and b.issuer_of_patient_id
+                     and _fold(a.issuer_of_patient_id) != _fold(b.issuer_of_patient_id))
+            and not (a.birth_date and b.birth_date and a.birth_date != b.birth_date))
+
+
+def patient_label(record: RecordData) -> str:
+    """``Poe, Edgar (MRN789)``: the patient as a clinician reads them in a sentence."""
+    family, *rest = [" ".join(p.split()) for p in record.patient_name.split("^")]
+    given = " ".join(p for p in rest if p)
+    return f"{family}, {given} ({record.patient_id})" if given else \
+        f"{family} ({record.patient_id})"
+
+
+def consult_patient(device: ProfileDevice, thread_id: str, typed: RecordData | None, *,
+                    infer: bool) -> tuple[RecordData | None, str]:
+    """The patient a photo added to a consult is sent with, and what the sent line adds about
+    them. The consult's patient is the one its latest message with record data names (sent or
+    received, as this device's vault holds it). A different patient typed is refused before
+    anything is sent: their photo goes in a new consult, never into another patient's
+    (docs/CLINICAL_SAFETY.md). None typed, for a photo that is filed (``infer``): the consult's
+    patient, said on the sent line. A consult whose patient this device does not know takes
+    what was typed."""
+    known: RecordData | None = None
+    for message in device.vault.messages(thread_id):
+        body = body_of(message)
+        if body is not None and body.record is not None:
+            known = body.record
+    if known is None:
+        return typed, ""
+    if typed is None:
+        if not infer:
+            return None, ""
+        # The patient only: the study fields (accession, region) are this photo's own.
+        return (msgspec.structs.replace(known, accession_number="", anatomic_region=""),
+                f"; the photo is filed under this consult's patient, {patient_label(known)}")
+    if not same_patient(typed, known):
+        raise FlowError(f"this consult is about {patient_label(known)}; a photo of another "
+                        f"patient ({patient_label(typed)}) goes in a new consult (lightbox "
+                        "send --to ...); nothing was sent", code="patient_mismatch")
+    # The same patient, written as the consult first wrote them: one spelling in the record.
+    return msgspec.structs.replace(
+        typed, patient_name=known.patient_name, patient_id=known.patient_id,
+        issuer_of_patient_id=known.issuer_of_patient_id or typed.issuer_of_patient_id,
+        birth_date=known.birth_date or typed.birth_date, sex=known.sex or typed.sex), ""
 
 
 def kept_sentence(exc: RelayUnavailable, what: str = "the consult") -> str:

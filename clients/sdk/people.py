@@ -3,11 +3,14 @@
 person is written where a patient or a clinician reads it.
 
 People name each other by login (``rita.ray``), as IT provisioned them; protocol messages carry
-user ids. :func:`resolve_user` asks the relay's directory for the exact login first
-(``GET /v1/directory?login=``, docs/PROTOCOL.md §11), then, for anything that is not a login
-someone holds, searches it (name, role, specialty, department) and accepts a single match. Two
-or more matches are an error that lists each candidate by name and login, so the user can
-choose; none is "no colleague with login ...", never a count.
+user ids. A login is matched exactly (``GET /v1/directory?login=``, docs/PROTOCOL.md §11; logins
+are lower case, so ``Rita.Ray`` is ``rita.ray``), never as a part of one: a mistyped or partial
+login (``bea.bon``, ``ada``) that a search would complete is somebody else's consult sent in
+silence (docs/SECURITY.md "Misdirection"). It is refused, naming the login or logins close to it
+(``did you mean user:bea.bone?``). Something that cannot be a login (``Rita Ray``) is a name: it
+must be the whole of exactly one colleague's name (a title such as "Dr" aside); a part of a name
+is refused the same way, and a name two people share lists them by name and login, so the user
+can choose.
 
 A user id is accepted too (scripts): its certificate names the person (display only; whoever
 encrypts to that person verifies the chain against the organisation key first). The relay says
@@ -23,10 +26,11 @@ organisation's directory shows (docs/SECURITY.md "The hospital directory (SCIM)"
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 
-from clients.sdk.errors import FlowError, RelayRequestError
+from clients.sdk.errors import FlowError, RelayRequestError, SDKError
 from clients.sdk.http import RelayHTTP
 from protocol import api, canonical
 from protocol.certs import MAX_CERTIFICATE_LENGTH, UserCertificate
@@ -70,9 +74,10 @@ async def _by_id(relay: RelayHTTP, user_id: str) -> api.DirectoryEntry:
 
 
 async def resolve_user(relay: RelayHTTP, who: str) -> api.DirectoryEntry:
-    """One colleague named by login (exact match first), user id, or a directory search that
-    matches exactly one person. FlowError ``not_found`` (nobody) or ``ambiguous`` (several,
-    listed by name and login); ``validation_failed`` for an empty or overlong name."""
+    """One colleague named by their exact login, their user id, or the whole of their name.
+    FlowError ``not_found`` (nobody has exactly that login or name: the close logins are
+    suggested) or ``ambiguous`` (a name several people have, listed by name and login);
+    ``validation_failed`` for an empty or overlong name."""
     who = who.strip()
     if who.startswith("user:"):
         who = who[len("user:"):].strip()
@@ -81,24 +86,71 @@ async def resolve_user(relay: RelayHTTP, who: str) -> api.DirectoryEntry:
                         code=ErrorCode.VALIDATION_FAILED.value)
     if _UUID.match(who):
         return await _by_id(relay, who)
-    if _LOGIN.match(who):
-        exact = (await relay.directory(login=who)).users
+    if _LOGIN.match(who.lower()):
+        exact = (await relay.directory(login=who.lower())).users
         if exact:
             return exact[0]
+        raise FlowError(f"no colleague with login {who!r}"
+                        f"{await _did_you_mean(relay, who.lower())}: check its spelling "
+                        "(lightbox lookup NAME searches the directory)",
+                        code=ErrorCode.NOT_FOUND.value)
     if not 2 <= len(who) <= 64:
         raise FlowError(f"{who!r} is not a login: logins are 2 to 64 characters",
                         code=ErrorCode.VALIDATION_FAILED.value)
-    found = (await relay.directory(who)).users
+    found = [e for e in (await relay.directory(who)).users
+             if _name_words(e.display_name) == _name_words(who)]
     if len(found) == 1:
         return found[0]
     if not found:
-        what = "login" if _LOGIN.match(who) else "login or name"
-        raise FlowError(f"no colleague with {what} {who!r} (try `lightbox lookup NAME`)",
+        raise FlowError(f"no colleague with login or name {who!r}"
+                        f"{await _did_you_mean(relay, who)}: give their login, or their whole "
+                        "name (lightbox lookup NAME searches the directory)",
                         code=ErrorCode.NOT_FOUND.value)
     listed = "; ".join(_candidate(e) for e in found[:MAX_CANDIDATES])
     more = f"; and {len(found) - MAX_CANDIDATES} more" if len(found) > MAX_CANDIDATES else ""
     raise FlowError(f"{who!r} matches {len(found)} people: {listed}{more}. Name one by login",
                     code="ambiguous")
+
+
+# A title before a name ("Dr Rita Ray"): a name typed without it is still the whole name.
+_TITLES = frozenset({"dr", "doctor", "prof", "professor", "mr", "mrs", "ms", "mx", "miss",
+                     "sister", "nurse"})
+MAX_SUGGESTIONS = 3  # logins a refusal suggests
+CLOSE = 0.75  # difflib ratio from which a login is close to what was typed
+
+
+def _name_words(name: str) -> tuple[str, ...]:
+    """A name as compared: its words, case-folded, without a leading title or full stops."""
+    words = name.casefold().replace(".", " ").split()
+    while len(words) > 1 and words[0] in _TITLES:
+        words = words[1:]
+    return tuple(words)
+
+
+async def _did_you_mean(relay: RelayHTTP, typed: str) -> str:
+    """`` (did you mean user:bea.bone?)``: the logins of the colleagues the directory finds
+    by what was typed (a part of their login or name), else by its first word, that are close
+    to it; or those it finds when they are a few. Empty when there is none, or the directory
+    cannot be asked."""
+    found: dict[str, api.DirectoryEntry] = {}
+    first = re.split(r"[\s._-]+", typed)[0]
+    for q in dict.fromkeys([typed, first[:max(2, len(first) - 1)]]):
+        if len(q) < 2:
+            continue
+        try:
+            found.update((e.login, e) for e in (await relay.directory(q)).users if e.login)
+        except SDKError:  # a hint only: the refusal stands without it
+            return ""
+    logins = difflib.get_close_matches(typed.lower(), sorted(found), n=MAX_SUGGESTIONS,
+                                       cutoff=CLOSE)
+    if not logins:  # a part of someone's login or name: the few it is part of
+        part = typed.casefold()
+        logins = sorted(login for login, e in found.items()
+                        if part in login or part in e.display_name.casefold())
+        if len(logins) > MAX_SUGGESTIONS:
+            return ""
+    return f" (did you mean {' or '.join(f'user:{login}' for login in logins)}?)" \
+        if logins else ""
 
 
 async def resolve_users(relay: RelayHTTP, names: Iterable[str]) -> list[api.DirectoryEntry]:

@@ -19,12 +19,12 @@ from protocol import api
 from protocol.errors import ErrorCode
 from protocol.model import Priority
 
-__all__ = ["RECORD_THREAD_SUBJECT", "ThreadBook"]
+__all__ = ["RECORD_THREAD_SUBJECT", "THREAD_NOTE", "ThreadBook"]
 
 RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's subject line
 
 
-_NOTE_THREAD = "thread"  # vault notes: the relay's last word on each thread, for offline use
+THREAD_NOTE = "thread"  # vault notes: the relay's last word on each thread, for offline use
 
 
 class ThreadBook:
@@ -44,7 +44,7 @@ class ThreadBook:
         if self._loaded or self._vault is None:
             return
         try:
-            kept = self._vault.notes(_NOTE_THREAD)
+            kept = self._vault.notes(THREAD_NOTE)
         except VaultLocked:
             return
         self._loaded = True
@@ -62,7 +62,7 @@ class ThreadBook:
         self._threads[info.thread_id] = info
         if self._vault is not None:
             with contextlib.suppress(VaultLocked):
-                self._vault.put_note(_NOTE_THREAD, info.thread_id, msgspec.msgpack.encode(info))
+                self._vault.put_note(THREAD_NOTE, info.thread_id, msgspec.msgpack.encode(info))
 
     async def create(self, users: Sequence[str] = (), roles: Sequence[str] = (),
                      priority: Priority = Priority.ROUTINE) -> api.ThreadInfo:
@@ -85,7 +85,7 @@ class ThreadBook:
             del self._threads[gone]
             if self._vault is not None:
                 with contextlib.suppress(VaultLocked):
-                    self._vault.drop_note(_NOTE_THREAD, gone)
+                    self._vault.drop_note(THREAD_NOTE, gone)
         return sorted(found, key=lambda t: (t.priority != "urgent", -t.last_seq, -t.created_at))
 
     def cached(self) -> list[api.ThreadInfo]:

@@ -184,8 +184,9 @@ async def test_the_intern_gives_a_photo_consult_a_subject_and_adds_a_photo_to_it
             "Dr Bo Ortho), and the patient's record.")
         assert await page.inner_text("#img-text-label") == "Message"
         assert await page.inner_text("#consent-send") == "Record the decision and send"
-        await page.fill("#patient-name", "Doe^Jane")
-        await page.fill("#patient-id", "MRN123")
+        # The consult's patient, as its first photo named them (HAZ-01 C6).
+        await page.locator("#patient-known").wait_for()
+        assert await page.input_value("#patient-id") == "MRN123"
         await page.fill("#img-text", "Lateral view, as asked.")
         await page.check("#st-permanence")
         await page.check("#st-no-effect")

@@ -14,6 +14,8 @@ from tests.phone.test_phone_escalation import phone_settings as phone_settings  
 from tests.phone.test_phone_times import PHONE_ZONE
 from tests.server.test_escalation import SimClock
 
+ADVICE = "If it cannot wait, phone or page the department."
+
 
 async def test_the_phone_says_nobody_is_on_call_and_when_the_next_shift_starts(
         phone: tuple[World, str], clock: SimClock) -> None:
@@ -38,7 +40,17 @@ async def test_the_phone_says_nobody_is_on_call_and_when_the_next_shift_starts(
                + format_time(starts, tz=PHONE_ZONE))
         await page.locator(".escalation", has_text="No one is on call for the role now; "
                            + nxt).wait_for()
+        # A warning as prominent as the app's others (not a message's small grey details),
+        # with what to do if it cannot wait.
+        warning = page.locator(".escalation.warning[role=alert]")
+        assert (await warning.inner_text()).endswith(
+            "No one is on call for the role now; " + nxt + ". " + ADVICE)
+        assert await warning.evaluate("(e) => getComputedStyle(e).fontSize") == "17px"
         clock.advance(300)  # the urgent deadline: reminded
         await page.locator(".escalation", has_text="Still no one on call for the role: "
                            "reminded; " + nxt).wait_for()
+        # The warning is the latest step's; the first is a plain line of the consult now.
+        assert (await warning.inner_text()).endswith(
+            "Still no one on call for the role: reminded; " + nxt + ". " + ADVICE)
+        assert await page.locator(".escalation").count() == 2
         assert problems == []

@@ -40,11 +40,13 @@ async def test_the_phone_tells_its_sender_the_specialist_never_received_the_phot
             return len(gw.filed) == 1
         await eventually(gateway_done, timeout=20)
         (receipt,) = gw.filed
-        told = page.locator(".message.mine .not-received")
+        # A warning as prominent as the app's others, not a message's small grey details.
+        told = page.locator(".message.mine .not-received.warning[role=alert]")
         await told.wait_for(timeout=seconds(30) * 1000)
         line = await told.inner_text()
         assert line.startswith("Dr Ortho never received the image of "), line
         assert line.endswith(" on any device before its copies expired: it was filed to the "
                              f"patient's record ({receipt.record_ref}). Phone or page them."), line
         assert await told.count() == 1
+        assert await told.evaluate("(e) => getComputedStyle(e).fontSize") == "17px"
         assert problems == []

@@ -78,6 +78,8 @@ function onEvent(data: Record<string, unknown>): void {
       // While the app is open: announced to screen readers, and in the title when not looked at.
       const m = data["message"] as MessageView;
       $("notice").textContent = `New message from ${m.from_name}: ${m.subject ?? m.text.slice(0, 60)}`;
+      $("notice").dataset["thread"] = m.thread_id;
+      fadeLater($("notice"), NOTICE_SHOWN_MS);
       if (!document.hasFocus()) document.title = `(new) Lightbox`;
       void renderThreads();
       return;
@@ -95,6 +97,8 @@ function onEvent(data: Record<string, unknown>): void {
       void renderThreads();
       return;
     case "revoked":
+      // Already wiped: the banner says so, and the enrol screen is the one offer.
+      if ($("conn").textContent === "wiped") return;
       $("conn").textContent = "revoked";
       $("banner").textContent = "This phone has been revoked by IT: it can no longer send or receive consults. Ask IT if you did not expect this.";
       $("banner").hidden = false;
@@ -122,6 +126,11 @@ function onEvent(data: Record<string, unknown>): void {
       $("conn").textContent = "wiped";
       dropPhoto();
       stopCamera();
+      // One way to enrol again (the enrol screen), its form empty: never the old code, nor the
+      // offer made when the phone was revoked, which the wipe has done already.
+      document.getElementById("reenrol")?.remove();
+      unlockOffered(true);
+      clearEnrolForms();
       show("enrol");
       return;
     case "resumed": {
@@ -191,6 +200,13 @@ function offerEnrolAgain(): void {
   unlockOffered(false);
 }
 
+/** The enrolment code and the passphrases typed on this phone, and what was said of them,
+ * gone: after an enrolment, and after a wipe or an erase the next enrolment starts afresh. */
+function clearEnrolForms(): void {
+  for (const id of ["code", "new-pass", "new-pass2", "passphrase"]) $<HTMLInputElement>(id).value = "";
+  for (const id of ["enrol-error", "pass-error", "confirm-error"]) $(id).textContent = "";
+}
+
 /** The unlock screen's heading and form, offered or not (not while the phone is revoked). */
 function unlockOffered(offered: boolean): void {
   $("screen-unlock").querySelector("h1")!.hidden = !offered;
@@ -206,6 +222,7 @@ async function enrolAgain(): Promise<void> {
   dropThreads();
   $("reenrol").remove();
   unlockOffered(true);
+  clearEnrolForms();
   $("conn").textContent = "not enrolled";
   $("banner").textContent = "This phone's revoked Lightbox keys and data have been erased. Enrol it with the new code IT gave you.";
   $("banner").hidden = false;
@@ -242,8 +259,26 @@ const SENT_LINE = "Sent: the relay stored it.";
 const PHOTO_SENT_LINE = "Photo sent: the relay stored it.";
 const REPLY_SENT_LINE = "Reply sent: the relay stored it.";
 
+/** How long a transient line stays (USER_GUIDE "Interns: the phone app"): that a consult,
+ * reply or photo was sent, and the notice of a new message (which also goes once its consult
+ * is opened). A refusal, a consult kept to send later, and a warning stay until settled. */
+const SENT_SHOWN_MS = 2 * 60_000;
+const NOTICE_SHOWN_MS = 5 * 60_000;
+const fading = new Map<string, ReturnType<typeof setTimeout>>();
+
+/** `el`'s line emptied after `ms`, if it still says what it says now. */
+function fadeLater(el: HTMLElement, ms: number): void {
+  clearTimeout(fading.get(el.id));
+  const said = el.textContent;
+  fading.set(el.id, setTimeout(() => {
+    fading.delete(el.id);
+    if (el.textContent === said && !el.dataset["kept"]) el.textContent = "";
+  }, ms));
+}
+
 function sayKept(id: StatusLine, text: string, messageId: string | null, sent = id === "photo-status" ? PHOTO_SENT_LINE : SENT_LINE): void {
   $(id).textContent = text;
+  if (!messageId && [SENT_LINE, PHOTO_SENT_LINE, REPLY_SENT_LINE].includes(text)) fadeLater($(id), SENT_SHOWN_MS);
   if (messageId) {
     $(id).dataset["kept"] = messageId;
     $(id).dataset["sent"] = sent;
@@ -405,8 +440,7 @@ async function enrolFinish(): Promise<void> {
     return;
   }
   if (!me) return;
-  $<HTMLInputElement>("new-pass").value = "";
-  $<HTMLInputElement>("new-pass2").value = "";
+  clearEnrolForms();
   // Enrolled (again): what the banner said of the phone's earlier keys no longer holds.
   $("banner").hidden = true;
   await home(me);
@@ -660,6 +694,9 @@ function noShift(s: { step: number; next_shift_at?: number | null }, steps: { ki
   return still ? `Still no one on call for the role: reminded; ${next}` : `No one is on call for the role now; ${next}`;
 }
 
+/** Under a consult nobody is on call for: what to do if it cannot wait. */
+const GAP_ADVICE = "If it cannot wait, phone or page the department.";
+
 /** To the sender, a person who never received the photo: the same words as `lightbox watch`
  * and the desktop (clients/sdk/events.py NotReceivedEvent.sentence). */
 function notReceivedLine(n: { name: string; consult: string; reason: string; record_ref: string | null }): string {
@@ -725,16 +762,24 @@ function messageElement(m: MessageView, t: ThreadRecord): HTMLElement {
   div.append(text);
   for (const n of m.not_received ?? []) {
     const line = document.createElement("div");
-    line.className = "meta not-received";
+    line.className = "meta not-received warning";
     line.setAttribute("role", "alert");
     line.textContent = notReceivedLine(n);
     div.append(line);
   }
-  for (const s of m.escalation ?? []) {
+  const steps = m.escalation ?? [];
+  for (const s of steps) {
     const line = document.createElement("div");
     line.className = "meta escalation";
     const who = s.level === 0 ? `${s.name} (on call)` : `${s.name} (backup ${s.level})`;
-    line.textContent = `${when(s.at)} · ${s.kind === "no_shift" ? noShift(s, m.escalation ?? []) : s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
+    line.textContent = `${when(s.at)} · ${s.kind === "no_shift" ? noShift(s, steps) : s.kind === "renotify" ? `No answer yet: reminded ${who}` : s.kind === "released" ? `No answer in time: passed to ${who}` : `Shift changed: handed over to ${who}`}`;
+    // Nobody on call now (the latest step): a warning, with what to do if it cannot wait (the
+    // advice of USER_GUIDE "Interns: sending a consult"); a gap that ended stays a plain line.
+    if (s.kind === "no_shift" && s === steps[steps.length - 1]) {
+      line.classList.add("warning");
+      line.setAttribute("role", "alert");
+      line.textContent += `. ${GAP_ADVICE}`;
+    }
     div.append(line);
   }
   if (m.withdrawn_reason) {
@@ -968,6 +1013,8 @@ async function showThread(threadId: string): Promise<void> {
     stopAgain("reply", false);
   }
   openThread = threadId;
+  // Its new message is seen now: the notice of it goes.
+  if ($("notice").dataset["thread"] === threadId && $("notice").textContent?.startsWith("New message from ")) $("notice").textContent = "";
   // Who is in it, asked of the relay now, while it can be: a photo added to it later where the
   // relay cannot be reached is consented for them (worker.ts audience).
   void call("audience", { thread_id: threadId }).catch(() => undefined);
@@ -1166,8 +1213,39 @@ function sayWhoMaySee(): void {
   }).catch(() => undefined); // said when sending, which asks the relay again
 }
 
+/** A photo added to a consult whose patient this phone knows (a photo it sent or received in
+ * it): the patient's fields hold that patient and cannot be changed, and say why; a consult
+ * whose patient it does not know asks for them (docs/HAZARD_LOG.md HAZ-01). */
+function fillKnownPatient(): void {
+  const fields = [$<HTMLInputElement>("patient-name"), $<HTMLInputElement>("patient-id")];
+  const known = $("patient-known");
+  const editable = (): void => {
+    for (const f of fields) {
+      f.readOnly = false;
+      f.removeAttribute("aria-describedby");
+    }
+    known.hidden = true;
+    known.textContent = "";
+  };
+  editable();
+  if (!photoFor) return;
+  const target = photoFor;
+  void call<{ patient: { name: string; id: string } | null }>("consultPatient", { thread_id: target.thread_id }).then(({ patient }) => {
+    if (photoFor !== target || !patient) return;
+    fields[0]!.value = patient.name;
+    fields[1]!.value = patient.id;
+    for (const f of fields) {
+      f.readOnly = true;
+      f.setAttribute("aria-describedby", "patient-known");
+    }
+    known.textContent = `This consult is about ${patient.name} (${patient.id}); for another patient, start a new consult.`;
+    known.hidden = false;
+  }).catch(() => undefined); // the worker checks the patient again when sending
+}
+
 function toConsent(): void {
   if (!photo) return;
+  fillKnownPatient();
   $<HTMLImageElement>("consent-photo").src = photo.url;
   // Added to a consult: it has a subject already (its first message's), so none is asked.
   $("img-subject-row").hidden = photoFor !== null;

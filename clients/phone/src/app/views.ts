@@ -69,5 +69,8 @@ export interface ThreadRecord {
    * said when this phone last asked (worker.ts audience): what a photo added to it while the
    * relay cannot be reached is consented for. */
   audience?: { roles: string[]; users: string[]; names: string[] } | null;
+  /** The patient this consult is about: the record data of the first photo this phone sent or
+   * received in it. A photo added to the consult names this patient, never another (HAZ-01). */
+  patient?: { name: string; id: string } | null;
 }
 

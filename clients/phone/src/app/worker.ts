@@ -881,6 +881,7 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       // The thread's subject is its first message's, as the desktop and `lightbox threads`
       // show it (clients/desktop/app.py threads, clients/clinician/reading.py subject).
       if (body.subject && !thread.subject) thread.subject = body.subject;
+      if (body.kind === "text") knowPatient(thread, body.record);
       if (claim) {
         handedOver(view, claim, thread, sender.user.display_name, authorName, original, content);
         oneCopyShown(view, claim, thread);
@@ -1395,7 +1396,49 @@ async function gatewayDevices(evenIfOptional = false): Promise<Map<string, certs
   return found;
 }
 
-async function recipients(threadId: string, extra: Map<string, certs.VerifiedDevice> = new Map()): Promise<env.RecipientBundle[]> {
+/** A role nobody in this organisation holds and with no on-call rota (clients/clinician/
+ * sending.py check_roles): refused in words, with the closest role of the organisation the
+ * directory knows; null for a real role, or when the relay cannot tell now. */
+async function unknownRole(role: string): Promise<UserError | null> {
+  try {
+    await relay!.call("GET", `/v1/oncall/${encodeURIComponent(role)}`);
+    return null; // it has a rota
+  } catch (err) {
+    if (!(err instanceof RelayError && err.code === "role_unknown")) return null;
+  }
+  // Roles of colleagues whose name shares the role's first word (its last letter left off, so
+  // "orthopaedic" finds "orthopaedics").
+  const word = role.split("_")[0] ?? "";
+  const near = new Set<string>();
+  if (word.length >= 2) {
+    try {
+      const found = await relay!.call<{ users: { org_id: string; roles: string[] }[] }>("GET", `/v1/directory?q=${encodeURIComponent(word.slice(0, Math.max(2, word.length - 1)))}`);
+      for (const u of found.users) if (u.org_id === st!.org_id) for (const r of u.roles) near.add(r);
+    } catch {
+      return null; // cannot tell
+    }
+  }
+  if (near.has(role)) return null; // held, by nobody with a device yet
+  const guess = [...near].map((r) => [similarity(role, r), r] as const).filter(([x]) => x >= 0.7).sort((x, y) => y[0] - x[0] || (x[1] < y[1] ? -1 : 1))[0]?.[1];
+  return new UserError("role_unknown", `Nobody in your organisation holds the role ${role}${guess ? ` (did you mean ${guess}?)` : ""}: check its spelling. Nothing was sent.`);
+}
+
+/** How alike two names are, 0..1: twice their longest common subsequence over their lengths
+ * (the measure of difflib's close matches, with its cut-off of 0.7, clients/clinician/sending.py). */
+function similarity(a: string, b: string): number {
+  const row = new Array<number>(b.length + 1).fill(0);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = 0;
+    for (let j = 1; j <= b.length; j++) {
+      const up = row[j]!;
+      row[j] = a[i - 1] === b[j - 1] ? diag + 1 : Math.max(row[j]!, row[j - 1]!);
+      diag = up;
+    }
+  }
+  return a.length + b.length ? (2 * row[b.length]!) / (a.length + b.length) : 0;
+}
+
+async function recipients(threadId: string, extra: Map<string, certs.VerifiedDevice> = new Map(), role: string | null = null): Promise<env.RecipientBundle[]> {
   const answer = await relay!.call<{ users: { user_certificate: string; devices: { device_certificate: string }[] }[] }>("GET", `/v1/threads/${threadId}/recipients`);
   const devices = new Map<string, certs.VerifiedDevice>();
   for (const u of answer.users) {
@@ -1404,7 +1447,7 @@ async function recipients(threadId: string, extra: Map<string, certs.VerifiedDev
       if (vd.deviceId !== st!.device_id) devices.set(vd.deviceId, vd);
     }
   }
-  if (!devices.size) throw new UserError("device_set_mismatch", "Nobody on call has a device that can receive the consult yet.");
+  if (!devices.size) throw (role ? await unknownRole(role) : null) ?? new UserError("device_set_mismatch", "Nobody on call has a device that can receive the consult yet.");
   for (const [id, vd] of extra) devices.set(id, vd);
   const wanted = [...devices.keys()].sort();
   const claimed = await relay!.call<{ keys: { device_id: string; user_certificate: string; device_certificate: string; signed_prekey: string; one_time_prekey: string | null }[] }>(
@@ -1675,16 +1718,35 @@ async function keepDraft(draft: DraftRecord): Promise<void> {
   await addToThread(view, { thread_id: draft.thread_id, role: draft.role, subject: view.subject, priority: draft.priority, messages: [] });
 }
 
+/** The consult's patient, from the first record data this phone sent or received in it. */
+function knowPatient(thread: ThreadRecord, record: RecordData | null): void {
+  if (!thread.patient && record?.patient_id.trim()) thread.patient = { name: record.patient_name.trim(), id: record.patient_id.trim() };
+}
+
+/** The same patient: the hospital number compared without case or separators ("MRN 123" is
+ * MRN123), the name without case or surrounding spaces. */
+function samePatient(known: { name: string; id: string }, record: RecordData): boolean {
+  const compact = (x: string): string => x.toLowerCase().replace(/[^\p{L}\p{N}]+/gu, "");
+  return compact(known.id) === compact(record.patient_id) && known.name.trim().toLowerCase() === record.patient_name.trim().toLowerCase();
+}
+
+/** The patient a consult of this phone is about, if it knows one (the consent screen fills
+ * the patient's fields with it and does not let them be changed). */
+async function consultPatient(args: { thread_id: string }): Promise<{ patient: { name: string; id: string } | null }> {
+  return { patient: (await vault!.get<ThreadRecord>(`thread:${args.thread_id}`))?.patient ?? null };
+}
+
 /** One of our messages written into its thread's record: appended to the consult it answers,
  * or, for a new consult, the thread's first (`fresh`, its record as it starts). `replace`: a
  * message already there (a kept photo, once sealed) is shown as `view` from now on. */
-async function addToThread(view: MessageView, fresh: ThreadRecord, replace = false): Promise<void> {
+async function addToThread(view: MessageView, fresh: ThreadRecord, replace = false, record: RecordData | null = null): Promise<void> {
   await changingThread(view.thread_id, async () => {
     const key = `thread:${view.thread_id}`;
     const thread = (await vault!.get<ThreadRecord>(key)) ?? fresh;
     const at = thread.messages.findIndex((m) => m.message_id === view.message_id);
     if (at < 0) thread.messages.push(view);
     else if (replace) thread.messages[at] = view;
+    knowPatient(thread, record);
     await vault!.put(key, thread);
   });
 }
@@ -1707,7 +1769,7 @@ async function sealDraft(draft: DraftRecord, kept: boolean): Promise<OutboxRecor
     draft.thread_created = true;
     if (kept) await vault!.put(`outbox:${draft.message_id}`, draft);
   }
-  const bundles = await recipients(draft.thread_id);
+  const bundles = await recipients(draft.thread_id, new Map(), draft.role);
   const header: env.MessageHeader = {
     v: 1, message_id: draft.message_id, thread_id: draft.thread_id, sender_user_id: st!.user_id, sender_device_id: st!.device_id,
     sent_at: now(), purpose: "direct_care", priority: draft.priority, consent_id: null, attachment_ids: [],
@@ -1871,6 +1933,9 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
   const thread = a.thread_id ? await writableThread(a.thread_id) : null;
   const role = thread ? thread.role ?? "" : a.role.replace(/^role:/, "").toLowerCase().replace(/-/g, "_");
   if (!thread && !/^[a-z][a-z0-9_]{0,63}$/.test(role)) throw new UserError("validation_failed", "A role is a name like orthopaedics_oncall.");
+  // A mistyped role, refused before the patient's decision is recorded for it.
+  const unknown = thread ? null : await unknownRole(role);
+  if (unknown) throw unknown;
   if (!a.consent.permanence || !a.consent.no_effect) {
     throw new UserError("validation_failed", "Show the patient both statements before recording the decision.");
   }
@@ -1879,6 +1944,11 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
     throw new UserError("validation_failed", a.consent.decision === "agreed"
       ? "Enter the patient's hospital number: the record needs it to file the photo."
       : "Enter the patient's hospital number: a refusal is filed in the patient's record too.");
+  }
+  // A consult is about one patient: a photo added to it whose record names another is refused
+  // before anything is registered or sent (docs/HAZARD_LOG.md HAZ-01).
+  if (thread?.patient && !samePatient(thread.patient, a.record)) {
+    throw new UserError("patient_mismatch", `This consult is about ${thread.patient.name} (${thread.patient.id}): the photo names another patient, so nothing was sent. For another patient, start a new consult.`);
   }
   // A photo added to a consult has the consult's subject and priority (the desktop's and the
   // SDK's thread semantics: the first message's subject is the thread's).
@@ -2058,7 +2128,7 @@ async function keepPhoto(a: ImageSend, role: string, token: string, claims: Cons
     attachment_id: draft.message_id, image_state: "held",
   };
   await vault!.put(`outbox:${draft.message_id}`, draft);
-  await addToThread(view, { thread_id: draft.thread_id, role, subject, priority: a.priority, messages: [] });
+  await addToThread(view, { thread_id: draft.thread_id, role, subject, priority: a.priority, messages: [] }, false, a.record);
   recordedConsent = null; // the consent is the kept photo's now
   const why = ready ? "this phone cannot reach the relay just now" : "this phone is not connected to the relay";
   return {
@@ -2255,7 +2325,7 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     };
     await vault!.put(`image:${aid}`, a.jpeg);
     await vault!.put(`outbox:${messageId}`, record);
-    await addToThread(view, { thread_id: threadId, role: job.role || null, subject: view.subject, priority: a.priority, messages: [] }, true);
+    await addToThread(view, { thread_id: threadId, role: job.role || null, subject: view.subject, priority: a.priority, messages: [] }, true, a.record);
     await vault!.delete(name);
     // Refused for good (the patient withdrew consent meanwhile, say): sendSealed erases the
     // photo and its message (and the consult it started), so nothing "sending" stays on this
@@ -2507,6 +2577,7 @@ const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
   removeUnsent,
   unsentAgain,
   audience,
+  consultPatient,
   image,
   threads,
   markRead,

@@ -132,6 +132,12 @@ async def test_the_intern_gives_a_photo_consult_a_subject_and_adds_a_photo_to_it
         await page.tap("#consent-send")
         await page.locator("#consent-error", has_text="Keep the patient's name and hospital "
                            "number out of the subject").wait_for()
+        # Any of their names too, the given one as well as the family one, as a whole word.
+        await page.fill("#img-subject", "Jane's wrist")
+        assert await page.inner_text("#consent-error") == ""
+        await page.tap("#consent-send")
+        await page.locator("#consent-error", has_text="Keep the patient's name and hospital "
+                           "number out of the subject").wait_for()
         await page.fill("#img-subject", SUBJECT)
         # Corrected: the sentence about the subject is gone, with its line.
         assert await page.inner_text("#consent-error") == ""

@@ -1885,7 +1885,7 @@ async function audience(args: { thread_id: string }): Promise<{ roles: string[];
   return { ...known, checked: true };
 }
 
-/** The patient's hospital number or family name typed into the subject too: the subject is
+/** The patient's hospital number or any of their names typed into the subject too: the subject is
  * shown wherever the consult is listed (the specialist's inbox, the lock screen's notice),
  * where the record data travels only inside the message (USER_GUIDE: keep names and numbers
  * out of the subject). */
@@ -1895,8 +1895,14 @@ function subjectNamesPatient(subject: string, record: RecordData): boolean {
   const compact = (x: string): string => x.toLowerCase().replace(/[^\p{L}\p{N}]+/gu, "");
   const id = compact(record.patient_id);
   if (id.length >= 3 && compact(said).includes(id)) return true;
-  const family = (record.patient_name.split("^")[0] ?? "").trim().toLowerCase();
-  return family.length >= 3 && said.split(/[^\p{L}\p{N}]+/u).includes(family);
+  // Any word of 2 letters or more of the family, given or middle name, as a whole word
+  // (clients/clinician/phi.py subject_names_patient, its twin): "Richard's ankle" names
+  // Roe^Richard, "Richardson's ankle" does not name Roe^Rich.
+  const words = (x: string): string[] => x.toLowerCase().split(/[^\p{L}\p{N}]+/u).filter((w) => w);
+  const names = record.patient_name.split("^").slice(0, 3).flatMap(words)
+    .filter((w) => [...w].filter((c) => /\p{L}/u.test(c)).length >= 2);
+  const saidWords = new Set(words(said));
+  return names.some((w) => saidWords.has(w));
 }
 
 /**

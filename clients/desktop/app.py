@@ -30,10 +30,12 @@ Endpoints (JSON unless said otherwise):
 | ``POST /api/threads/{id}/dropped/dismiss`` ``{ids}`` | forget these dropped messages' marks |
 | | (``left_inbox``: nothing else of the consult here, so the inbox leaves it out) |
 | ``GET /api/threads`` | the inbox: urgent consults first, then newest |
-| ``GET /api/threads/{id}`` | a thread: messages, images, filed study, consent, record data |
+| ``GET /api/threads/{id}`` | a thread: messages, images, filed study, consent, record data, |
+| | ``patients_warning`` (its record data names two patients, :func:`patients_warning`) |
 | ``POST /api/threads/{id}/reply`` ``{text, reply_to?, confirmed?}`` | reply (see below) |
 | ``POST /api/threads/{id}/read`` | mark read (signed read receipts) |
-| ``POST /api/messages/{id}/ack`` | acknowledge: "I'm on it" (202 ``kept``: not sent yet) |
+| ``POST /api/messages/{id}/ack`` | acknowledge: "I'm on it" (202 ``kept``: not sent yet; |
+| | 400 for the user's own message, as ``lightbox ack``) |
 | ``GET /api/messages/{id}/consent.pdf`` | the patient's copy of its consent (PDF, see below) |
 | ``GET /api/images/{id}`` | image bytes from the vault (410 + record reference once shredded; |
 | | ``no-store`` like every answer; the page drops it on the ``expired`` event) |
@@ -59,6 +61,12 @@ Clinical safety (CLINICAL_SAFETY.md):
   its access, ``ended`` says how, ``{"ended": "wiped"|"revoked"|"suspended"|"stopped",
   "message"}``, in ``/api/state``, in the ``status`` event ``ended``, and in a refused unlock
   (410 once wiped, 403 otherwise, nothing from the vault shown).
+* **A suspension lifted** (docs/USER_GUIDE.md "Specialists"): the relay ends the session
+  when IT suspends the user; the page says suspended and offers *Try again*, which locks
+  the vault and asks for the password; unlocking opens the profile afresh and, once IT has
+  resumed the account, signs in again with that password by itself (:func:`_signed_in_again`:
+  the relay ended the session it held), as a restart does; while still suspended, the unlock
+  says so.
 * **A logout in a terminal** (``lightbox logout`` on this computer's profile): the vault
   locks within a second, as after inactivity, and the ``status`` event ``locked`` carries
   ``reason``, the sentence the unlock screen shows (:data:`LOGGED_OUT`); unlocking opens the
@@ -149,11 +157,11 @@ from clients.sdk.errors import (
     SDKError,
 )
 from clients.sdk.profile import ProfileDevice, open_profile
-from clients.sdk.session import CUT_OFF
+from clients.sdk.session import CUT_OFF, SESSION_ENDED
 from clients.sdk.textguard import TextGuardWarning, guard_text
 from clients.sdk.timefmt import format_time
 from clients.sdk.vault import ImageShredded, ItemNotFound, Vault, VaultError, VaultLocked
-from protocol import certs
+from protocol import api, certs
 from protocol.canonical import peek_compact
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.frames import Deliver
@@ -414,6 +422,7 @@ class DesktopServer:
                 # The relay out of reach does not keep the specialist from the consults this
                 # computer holds: unlocked with the password alone (the vault's own check),
                 # the page says it is reconnecting, and the client connects when it can.
+                await _signed_in_again(client)
                 await client.start(offline=True)
                 with contextlib.suppress(RelayUnavailable):
                     await client.threads()
@@ -621,6 +630,18 @@ class DesktopServer:
         gateways = await client.record_gateways(
             [v.message.sender_user_id for v in views if not v.message.outgoing])
         messages = [message_json(client, v, receipts, withdrawals, gateways) for v in views]
+        kept = await self._kept_receipts(client, thread_id, views)
+        # "I'm on it" said on another device of this user (their phone, `lightbox ack`): that
+        # receipt goes to the consult's sender, never here; the relay keeps it (as `lightbox
+        # ack` asks it)
+        elsewhere = {r.message_id for r in kept or []
+                     if r.kind == "acknowledged" and r.user_id == client.user_id}
+        never_here = _never_here(client, views, kept)
+        for m in messages:
+            if not m["acknowledged_by_me"] and m["message_id"] in elsewhere:
+                m["acknowledged_by_me"] = m["acknowledged_elsewhere"] = True
+            for img in m["images"]:
+                img["never_here"] = img["attachment_id"] in never_here
         # This device's sends the relay has not stored yet (the outbox, docs/PROTOCOL.md §3.5):
         # shown as not sent yet, until the client sends them once it reaches the relay.
         shown = {v.message.message_id for v in views}
@@ -632,10 +653,31 @@ class DesktopServer:
                              "roles": info.roles, "messages": messages, "pending": pending,
                              "subject": self._subject(thread_id, views,
                                                       {r.thread_id for r in pending_sends}),
+                             "patients_warning": patients_warning(views),
                              "dropped": self._marks(thread_id),
                              # nothing left of it here once its dropped messages were dismissed
                              "emptied": thread_id in self.emptied and not messages
                              and not pending and not self._marks(thread_id)})
+
+    @staticmethod
+    async def _kept_receipts(client: LightboxClient, thread_id: str,
+                             views: list[MessageView]) -> list[api.ReceiptInfo] | None:
+        """The receipts the relay keeps of this consult (docs/PROTOCOL.md §16.6), asked only
+        when the page needs them (:meth:`thread`): while a colleague's message here is not
+        acknowledged from this computer (acknowledged on another device of this user?), or
+        a received image is shredded (did it ever reach this computer?). None when not asked
+        or when the relay cannot say."""
+        mine = client.user_id
+        unacked = any(not (v.acknowledged_by_me or v.message.outgoing
+                           or v.message.sender_user_id == mine) for v in views)
+        shredded = any(not v.message.outgoing and i.state == "shredded"
+                       for v in views for i in v.images)
+        if not unacked and not shredded:
+            return None
+        try:
+            return (await client.relay.thread_receipts(thread_id)).receipts
+        except (RelayRequestError, RelayUnavailable):
+            return None
 
     def _subject(self, thread_id: str, views: list[MessageView], waiting: set[str]) -> str:
         """A consult's name: the first subject a message here gives it; when all this computer
@@ -744,7 +786,11 @@ class DesktopServer:
         client = self._sending_client()
         message_id = checked_uuid(request.path_params["message_id"])
         try:
-            sender = client.vault.message(message_id).sender_user_id
+            held = client.vault.message(message_id)
+            sender = held.sender_user_id
+            if held.outgoing or sender == client.user_id:  # as `lightbox ack` refuses it
+                raise Refused(400, f"message {message_id} is yours: only a consult a colleague "
+                                   "sent you can be acknowledged")
             if await client.record_gateways([sender]):  # its receipt would go to the gateway
                 raise Refused(400, "the record gateway's message answers a consult: "
                                    "acknowledge the consult itself")
@@ -930,9 +976,74 @@ _ENDINGS = {
                "consults. Ask IT if you did not expect this.",
     "suspended": "Your account is suspended by your organisation (or your licence has "
                  "expired): this computer can no longer send or receive consults. Ask IT.",
-    "stopped": "The connection to the relay has stopped and will not be tried again: "
-               "restart Lightbox, and tell IT if it happens again.",
+    "stopped": "The connection to the relay has stopped and will not be tried again by "
+               "itself: choose Try again, and tell IT if it happens again.",
 }
+
+
+def patients_warning(views: list[MessageView]) -> str:
+    """The warning over a consult whose record data names more than one patient (images of two
+    patients in one consult: docs/HAZARD_LOG.md HAZ-01, a wrong patient; senders refuse
+    to add such a photo now, but consults sent before may hold them), else "". Patients are
+    told apart by their identifier and its issuer, named as the page names them."""
+    found: dict[tuple[str, str | None], str] = {}
+    for v in views:
+        r = v.body.record
+        if r is not None:
+            found.setdefault((r.patient_id, r.issuer_of_patient_id),
+                             f"{r.patient_name.replace('^', ', ')} ({r.patient_id})")
+    if len(found) < 2:
+        return ""
+    names = list(found.values())
+    count = "two" if len(names) == 2 else str(len(names))
+    listed = ", ".join(names[:-1]) + " and " + names[-1]
+    return f"WARNING: this consult holds images of {count} patients: {listed}: check before acting"
+
+
+def _never_here(client: LightboxClient, views: list[MessageView],
+                kept: list[api.ReceiptInfo] | None) -> set[str]:
+    """The shredded images of received messages whose expiry this computer applied before the
+    message itself reached it (after a reconnect the relay sends orders before deliveries,
+    docs/PROTOCOL.md §15), so never shown here: the tombstone is no newer than this device's
+    ``delivered`` receipt of the message, as the relay keeps it (``kept``); all of them when
+    that receipt is not there yet. As `lightbox inbox` says it (clients/clinician/reading.py
+    ``image_line``); empty when the relay could not say (``kept`` None)."""
+    if kept is None:
+        return set()
+    found: set[str] = set()
+    for v in views:
+        shredded = [i.attachment_id for i in v.images if i.state == "shredded"]
+        if v.message.outgoing or not shredded:
+            continue
+        arrived = [r.at for r in kept if r.message_id == v.message.message_id
+                   and r.device_id == client.device_id and r.kind == "delivered"]
+        found |= {aid for aid in shredded
+                  if not arrived or ((tomb := client.vault.tombstone(aid)) is not None
+                                     and int(tomb.shredded_at) <= min(arrived))}
+    return found
+
+
+async def _signed_in_again(client: LightboxClient) -> None:
+    """At unlock, before the connection starts: when the relay ended the session this profile
+    holds (IT suspended the user, and has resumed them since; docs/PROTOCOL.md §4.5), sign in
+    again with the password just given, as `lightbox login` does, instead of a connection
+    refused for good ("stopped"). A command keeps asking for `lightbox login` itself
+    (clients/sdk/session.py); here the password was typed a moment ago. Anything else (the
+    relay out of reach, a user still suspended, a revoked device) is left to the client's
+    start, which says it as before; so is a device that signs in at its identity provider."""
+    if not client.session.can_log_in:
+        return
+    try:
+        await client.relay.prekey_count()  # a device request: is the session still alive?
+        return
+    except RelayRequestError as exc:
+        if exc.code not in SESSION_ENDED:
+            return
+    except RelayUnavailable:
+        return
+    client.relay.tokens = None
+    with contextlib.suppress(RelayRequestError, RelayUnavailable):
+        await client.ensure_login()
 
 
 def _ending(kind: str, revoked_at: int | None = None) -> dict[str, str]:

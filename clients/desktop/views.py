@@ -220,7 +220,8 @@ def message_json(client: LightboxClient, view: MessageView,
         "contradicted": author.contradicted, "misclaimed": author.misclaimed,
         "altered": author.altered, "by_author": author.resealed_by == author.author_user_id}
     return {
-        "message_id": m.message_id, "mine": m.outgoing,
+        # written by this user, on this computer or another device of theirs: never "I'm on it"
+        "message_id": m.message_id, "mine": m.outgoing or m.sender_user_id == client.user_id,
         "sender": sender, "sent_at": author.written_at, "handover": handover,
         "priority": m.priority, "purpose": m.purpose, "read": m.read, "text": body.text,
         "subject": body.subject, "reply_to": body.reply_to, "kind": body.kind.value,
@@ -232,6 +233,7 @@ def message_json(client: LightboxClient, view: MessageView,
                     "burned_in_identifiers": burned_in.get(i.attachment_id, []),
                     "record_ref": i.record_ref, "width": i.width, "height": i.height,
                     "filed_at": i.filed_at, "expires_at": i.expires_at,
+                    "never_here": False,  # expired before it reached this computer (app.py)
                     "study": study_json(receipts.get(i.attachment_id), m.message_id)}
                    for i in view.images],
         "consent": consent, "record": record,
@@ -247,6 +249,7 @@ def message_json(client: LightboxClient, view: MessageView,
         "not_received": [t.sentence(f'consult "{body.subject}"' if body.subject
                                     else "this consult") for t in view.not_received],
         "acknowledged_by_me": view.acknowledged_by_me,
+        "acknowledged_elsewhere": False,  # by another device of this user (app.py thread)
         "acknowledgement_waiting": view.acknowledgement_waiting,
         "acknowledgement_note": acknowledgement_note(view),
         "filing": None if body.filing is None else {

@@ -122,13 +122,15 @@ async def send_photo(intern: Clinician, record: RecordData, *, text: str, subjec
                      priority: Priority = Priority.URGENT,
                      consent_users: tuple[str, ...] = (),
                      consent_purposes: tuple[Purpose, ...] = (),
-                     burned_in: tuple[IdentifierKind, ...] = ()
+                     burned_in: tuple[IdentifierKind, ...] = (),
+                     thread: api.ThreadInfo | None = None
                      ) -> tuple[api.ThreadInfo, SentMessage]:
     """A new consult to the orthopaedic on-call role with a photo of an x-ray and, for direct
     care, the patient's record data (a de-identified share carries none), under the patient's
     consent for ``purpose`` and ``consent_purposes`` (treatment attestation for direct care
     alone, written otherwise; ``consent_users`` also named), registered. ``burned_in``: the
-    identifier kinds the sender's text recognition found in the image."""
+    identifier kinds the sender's text recognition found in the image. ``thread``: into this
+    consult instead of a new one."""
     prepared = imaging.prepare_image(xray_png(900, 700))
     purposes = list(dict.fromkeys([purpose, *consent_purposes]))
     token, _ = capture_consent(intern.vault.state, ConsentCapture(
@@ -139,7 +141,8 @@ async def send_photo(intern: Clinician, record: RecordData, *, text: str, subjec
         recipient_roles=[ORTHO], recipient_users=consent_users,
         permanence_statement_shown=True, no_effect_on_care_statement_shown=True))
     await register_consent(intern.client.relay, token)
-    thread = await intern.client.create_thread(roles=[ORTHO], priority=priority)
+    if thread is None:
+        thread = await intern.client.create_thread(roles=[ORTHO], priority=priority)
     sent = await intern.client.send_image(thread.thread_id, prepared.image, consent_token=token,
                                           text=text, subject=subject,
                                           record=record if purpose in FILING_PURPOSES else None,

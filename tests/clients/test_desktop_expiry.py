@@ -106,7 +106,10 @@ async def test_a_desktop_offline_until_after_the_expiry_order_never_holds_the_im
             study = gw.filed[0].study_instance_uid
             await page.locator(f'.expired[data-attachment-id="{aid}"]',
                                has_text=f"in the record: {study}").wait_for()
-            assert "Image deleted from this device" in await expired.inner_text()
+            # never shown here, as `lightbox inbox` says it: not "deleted from this device"
+            assert await expired.inner_text() == (
+                "Image filed to the patient's record before it reached this device, so never "
+                f"shown here - in the record: {study}")
             await page.locator(".message", has_text="Scaphoid?").wait_for()
             # the patient the message carried, beside the record reference (never the image)
             assert await page.locator(".message .record").inner_text() == (

@@ -74,6 +74,8 @@ pytestmark = test_desktop.DESKTOP_WORLD  # the same relay as the desktop's own t
 SHOTS = ROOT / "test-artefacts" / "desktop-safety"
 PDF_VIEWER = "mhjfbmdgcfjbbpaeojofohoefgiehjai"  # Chromium's built-in PDF viewer (extension id)
 PRIVACY = "the Privacy Office, privacy@st-elsewhere.example"
+NO_ORIGINAL = ("Photo of a film/monitor \u2014 not of diagnostic quality; no original study was "
+               "found in PACS")
 # An exact age and a date of service: what the free-text guard keeps out of teaching material.
 AGED = "Good teaching case: a 47-year-old with a distal radius fracture, seen on 3 March."
 REWRITTEN = ("Good teaching case: a patient in their 40s with a distal radius fracture, "
@@ -473,8 +475,10 @@ async def test_a_photo_of_a_film_links_to_the_original_study_the_gateway_found_i
         await page.screenshot(path=shots / "01-original-linked.png")
 
         await page.locator(".thread-item", has_text="Film without study").click()
-        await page.locator(".original-none", has_text="Original study not found in PACS").wait_for()
-        assert await page.locator(".originals").count() == 0
+        # none found: nothing offers one, in one plain line
+        await page.locator(".not-diagnostic", has_text=NO_ORIGINAL).wait_for()
+        assert await page.inner_text(".message .not-diagnostic") == NO_ORIGINAL
+        assert await page.locator(".originals, .original-none").count() == 0
         await page.screenshot(path=shots / "02-original-not-found.png")
     assert not problems, problems
 

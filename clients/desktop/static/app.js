@@ -82,6 +82,7 @@ function forget() {
   clearTimeout(refreshTimer);  // nor does a refresh asked for before it run after it
   $("app").hidden = true; $("lock").hidden = true;
   $("ended-banner").hidden = true; $("ended-banner").textContent = "";
+  $("try-again").hidden = true;
   $("app").classList.remove("ended");
   notices = new Map(); $("notice").hidden = true; $("notice-text").replaceChildren();
   $("who").textContent = ""; $("conn").textContent = "";
@@ -122,6 +123,8 @@ function showEnded(ending) {
   }
   $("ended-banner").textContent = ending.message;
   $("ended-banner").hidden = false;
+  // Suspended (IT may resume the account) or stopped: unlocking again signs in afresh.
+  $("try-again").hidden = !TRIED_AGAIN.includes(ending.ended);
   $("app").classList.add("ended");  // nothing to send from: no reply box, no "I'm on it"
 }
 
@@ -211,6 +214,15 @@ $("unlock-form").addEventListener("submit", async (e) => {
   }
 });
 
+// "Try again" (the relay suspended the account, or the connection stopped): the vault locks
+// and the unlock signs in again with the password, once IT has resumed the account.
+const TRIED_AGAIN = ["suspended", "stopped"];
+const TRY_AGAIN = "Enter your password to try again: Lightbox signs in to the relay afresh. " +
+  "If your account is still suspended, it says so.";
+$("try-again").addEventListener("click", async () => {
+  showLocked(TRY_AGAIN); await api("/api/lock", {});
+});
+
 // The page forgets first, then tells the desktop: a refresh due meanwhile must not ask a
 // vault that is locking (it was answered 423, an error in the console).
 $("lock").addEventListener("click", async () => { showLocked(); await api("/api/lock", {}); });
@@ -262,7 +274,11 @@ function listen() {
   events.addEventListener("expired", (e) => { dropImage(JSON.parse(e.data).attachment_id); refreshSoon(); });
   events.addEventListener("status", (e) => {
     const s = JSON.parse(e.data);
-    if (s.state === "locked") { showLocked(s.reason); return; }
+    if (s.state === "locked") {
+      // the lock this page asked for (Lock, Try again): its unlock screen is already shown
+      if (s.reason || $("unlock").hidden) showLocked(s.reason);
+      return;
+    }
     if (s.state === "ended") { showEnded(s); return; }
     if (s.state === "error") { showNotice(s); return; }
     if (s.state === "connected" || s.state === "disconnected") {
@@ -271,12 +287,15 @@ function listen() {
   });
 }
 
-function escalationLine(e, steps) {
+// ``acked``: acknowledged since (here or on another device of hers): a reminder before it
+// no longer reads as if nobody had.
+function escalationLine(e, steps, acked) {
   // no_shift: nobody on call for the role (a gap in the rota, PROTOCOL.md §16.4)
   const next = e.next_shift_at == null
     ? "no later shift is on the rota yet: it goes to the next shift IT adds"
     : "it goes to the next shift when that starts at " + when(e.next_shift_at);
-  const what = {renotify: "No acknowledgement yet: reminded " + e.name,
+  const what = {renotify: (acked ? "Before you acknowledged it: reminded "
+                                 : "No acknowledgement yet: reminded ") + e.name,
                 released: "Not acknowledged in time: passed to " + e.name,
                 handover: "Shift change: handed over to " + e.name,
                 // a reminder of the wait when the step before said the same (else said anew)
@@ -347,10 +366,20 @@ function recordBlock(r) {
 }
 
 // A photo of a film or monitor is not the study itself (issue 10 item 7): plain text, no PACS call.
+// Once the gateway has filed it and found no original study in PACS, nothing offers one: the
+// line says that instead, in one plain line (no separate "not found" line).
 const NOT_DIAGNOSTIC = "Photo of a film/monitor \u2014 not of diagnostic quality; view the original study in PACS";
+const NO_ORIGINAL = "Photo of a film/monitor \u2014 not of diagnostic quality; no original study was found in PACS";
+
+function notDiagnosticText(m) {
+  if (!(m.record && m.record.not_diagnostic)) return "";
+  const none = m.images.length > 0 && m.images.every((i) => i.study && !i.study.originals.length);
+  return none ? NO_ORIGINAL : NOT_DIAGNOSTIC;
+}
 
 function notDiagnostic(m) {
-  return m.record && m.record.not_diagnostic ? el("p", {class: "not-diagnostic", role: "note"}, NOT_DIAGNOSTIC) : null;
+  const text = notDiagnosticText(m);
+  return text ? el("p", {class: "not-diagnostic", role: "note"}, text) : null;
 }
 
 
@@ -360,7 +389,7 @@ function originalsBlock(m, img) {
   // server). Nothing before the receipt: the search happens when the photo is filed.
   if (!(m.record && m.record.not_diagnostic) || !img.study) return null;
   const originals = img.study.originals;
-  if (!originals.length) return el("p", {class: "original-none"}, "Original study not found in PACS");
+  if (!originals.length) return null;  // said by notDiagnostic, with no offer of a link
   return el("ul", {class: "originals"}, ...originals.map((o) => {
     const about = [o.modalities.join("/"), o.date || ""  /* YYYY-MM-DD, as when() writes dates */, o.description].filter(Boolean);
     const words = "View the original study" + (about.length ? " (" + about.join(", ") + ")" : "");
@@ -415,13 +444,22 @@ function identifiersBlock(img) {
     "This image shows patient identifiers: " + kinds.map((k) => IDENTIFIER_KINDS[k] || k).join(", "));
 }
 
+// A shredded image: deleted from this computer, or (``never_here``) expired before it reached
+// it, so never shown here; the same words as `lightbox inbox` (clients/clinician/reading.py).
+function expiredLine(img) {
+  const where = img.record_ref ? " - in the record: " + img.record_ref : "";
+  if (!img.never_here) return "Image deleted from this device" + where;
+  return img.record_ref
+    ? "Image filed to the patient's record before it reached this device, so never shown here" + where
+    : "Image expired before it reached this device, so never shown here";
+}
+
 function imageBlock(m, img) {
   const filing = img.filed_at ? el("div", {class: "filing"}, "Filed in the record" +
       (img.record_ref ? " (" + img.record_ref + ")" : "") + copyExpiry(img)) : null;
   if (img.state === "shredded") {
     return el("div", {},
-      el("div", {class: "expired", "data-attachment-id": img.attachment_id},
-        "Image deleted from this device" + (img.record_ref ? " - in the record: " + img.record_ref : "")),
+      el("div", {class: "expired", "data-attachment-id": img.attachment_id}, expiredLine(img)),
       originalsBlock(m, img), studyBlock(img));
   }
   if (img.state !== "stored") {
@@ -430,8 +468,7 @@ function imageBlock(m, img) {
   const button = el("button", {type: "button", class: "thumb", "data-attachment-id": img.attachment_id,
                                title: "Open the image (zoom, contrast)"},
     el("img", {src: "/api/images/" + img.attachment_id, alt: "Image " + (img.width || "") + "x" + (img.height || "")}));
-  const film = Boolean(m.record && m.record.not_diagnostic);
-  button.addEventListener("click", () => openViewer(img.attachment_id, film));
+  button.addEventListener("click", () => openViewer(img.attachment_id, notDiagnosticText(m)));
   return el("div", {}, identifiersBlock(img), button, notDiagnostic(m), originalsBlock(m, img), filing,
             studyBlock(img));
 }
@@ -469,6 +506,8 @@ async function openThread(id, markRead) {
   const header = el("h2", {}, (t.priority === "urgent" ? "URGENT - " : "") +
     t.subject);
   const list = el("div", {id: "messages"});
+  // Record data of two patients in one consult: said over everything else in it.
+  if (t.patients_warning) list.append(el("p", {class: "warning patients-warning", role: "alert"}, t.patients_warning));
   for (const d of t.dropped) list.append(el("p", {class: "dropped", role: "alert"}, droppedLine(d)));
   if (t.dropped.length) {
     // Kept on this computer, through restarts, until the specialist dismisses the lines shown
@@ -492,8 +531,10 @@ async function openThread(id, markRead) {
   }
   for (const m of t.messages) {
     // Not yet sent (the relay out of reach): said by ackLine instead, never "You acknowledged this".
+    // Also when said on another device of hers (her phone): the relay's escalation says so.
     const acked = m.acknowledged_by_me && !m.acknowledgement_waiting
-      ? el("span", {class: "ack-state"}, "You acknowledged this") : null;
+      ? el("span", {class: "ack-state"}, "You acknowledged this" +
+           (m.acknowledged_elsewhere ? " (on another of your devices)" : "")) : null;
     let ack = null;
     // A clinician's message is acknowledged, not anything of the record gateway's (and so "a"
     // acknowledges the consult even after the gateway has answered in the thread).
@@ -505,7 +546,8 @@ async function openThread(id, markRead) {
       m.receipts.map((r) => r.name + ": " + r.kind).join("; ")) : null;
     // On-call escalation (issue 9): each step the relay told this device about, in order.
     const escalation = m.escalations.length ? el("ol", {class: "escalation"},
-      ...m.escalations.map((e) => el("li", {}, escalationLine(e, m.escalations)))) : null;
+      ...m.escalations.map((e) => el("li", {}, escalationLine(e, m.escalations,
+                                                              m.acknowledged_by_me)))) : null;
     // To the sender: each person who never received its image (docs/PROTOCOL.md §15).
     const notReceived = (m.not_received || []).map((line) =>
       el("p", {class: "warning not-received", role: "alert"}, line));
@@ -668,7 +710,7 @@ const view = {aid: null, pending: null, base: null, lut: null, scale: 1, x: 0, y
 // was closed (the vault locked, the image expired, another consult opened) is never shown.
 let viewing = 0;
 
-async function openViewer(aid, film) {
+async function openViewer(aid, note) {
   const ticket = ++viewing;
   view.pending = aid;
   const r = await fetch("/api/images/" + aid, {cache: "no-store"});
@@ -685,8 +727,8 @@ async function openViewer(aid, film) {
   bitmap.close();
   view.base = ctx.getImageData(0, 0, off.width, off.height);
   view.off = off;
-  $("viewer-note").textContent = film ? NOT_DIAGNOSTIC : "";
-  $("viewer-note").hidden = !film;
+  $("viewer-note").textContent = note;  // what the page says beside the image, if anything
+  $("viewer-note").hidden = !note;
   $("viewer").hidden = false;
   resetView();
   $("canvas").focus();

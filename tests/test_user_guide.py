@@ -44,9 +44,11 @@ ACTORS: dict[str, dict[str, str]] = {
     "it-workstation": {"LIGHTBOX_ORG_PASSPHRASE": "guide organisation passphrase 1",
                        "LIGHTBOX_ADMIN_PASSWORD": "guide-admin-lantern-71"},
     "relay-host": {"LIGHTBOX_ADMIN_PASSWORD": "guide-admin-lantern-71",
-                   # test only: copies expire 45 s after filing (15 minutes by default),
-                   # time enough for the specialist to open the image first
-                   "LIGHTBOX_EXPIRY_GRACE": str(round(seconds(45))),
+                   # test only: copies expire 30 s after filing (15 minutes by default),
+                   # time enough for the specialist to open the image and close her desktop
+                   # first; the gateway files at once, and she closed it 8 s later on a quiet
+                   # 2-core machine, 15 s later on one loaded 6 (the time waited here)
+                   "LIGHTBOX_EXPIRY_GRACE": str(round(seconds(30))),
                    "LIGHTBOX_EXPIRY_SWEEP_INTERVAL": "1"},
     "intern-phone": {"LIGHTBOX_PASSWORD": "night-shift-harbour-42"},
     "specialist-phone": {"LIGHTBOX_PASSWORD": "plaster-cast-meadow-17"},

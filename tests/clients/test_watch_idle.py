@@ -150,8 +150,11 @@ async def test_watch_on_a_terminal_asks_for_the_password_again_and_deletes_the_f
         # the first password opens the profile; then one for each time the vault locked
         terminal = Terminal(monkeypatch, [PASSWORD] * 50)
         (aid,) = (await send_wrist_xray(intern)).attachment_ids
+        # Ended by its --timeout (exit status 0): long enough for the vault to lock, the filing
+        # and the copy's deletion (confirmed 6 s after the start on a quiet 2-core machine),
+        # not much longer, as the test waits for it to end.
         watch = asyncio.ensure_future(lightbox("--profile", "ortho", "watch",
-                                               "--timeout", str(seconds(25))))
+                                               "--timeout", str(seconds(15))))
         try:
             await eventually(lambda: _true(len(terminal.prompts) >= 2), timeout=30)
             await gw.start()

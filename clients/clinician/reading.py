@@ -306,24 +306,7 @@ def inbox_command(args: argparse.Namespace) -> int:
             arrived = {mid: n for n, mid in client.vault.message_ids_after(0)}
             for view in sorted((v for views in unread.values() for v in views),
                                key=functools.partial(_reading_order, client, arrived)):
-                thread_id = view.message.thread_id
-                print_message(client, MessageEvent(view.message, view.body))
-                if view.copies:  # handed over by several devices: listed once (§16.4)
-                    print(f"    {copies_line(view.copies, client.display_name)}")
-                never_here = await _expired_before_arrival(client, view)
-                for img in view.images:
-                    print(f"    {image_line(img, never_here=img.attachment_id in never_here)}")
-                for told in view.not_received:
-                    consult, _ = _consult_of(client, thread_id, told.message_id)
-                    print(f"    {told.sentence(consult)}")
-                consent_id = consent_of(view.body)
-                if consent_id in withdrawn:
-                    print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the "
-                          "patient's consent no longer covers this message")
-                if acknowledgeable(client, view.message, view.body,
-                                   await client.record_gateways([view.message.sender_user_id])) \
-                        and not view.acknowledged_by_me:
-                    print(ack_hint(view.message.message_id))
+                await print_view(client, view, withdrawn)
                 shown += 1
             if args.mark_read:
                 for t in threads:
@@ -336,6 +319,31 @@ def inbox_command(args: argparse.Namespace) -> int:
     count = run_async(go)
     print(counted(count, "unread message"))
     return 0
+
+
+async def print_view(client: LightboxClient, view: MessageView,
+                     withdrawn: dict[str, int]) -> None:
+    """One held message as ``inbox`` shows it, and ``watch`` the ones held when it starts:
+    its header and text, its other copies, each image's state, whom its image never reached,
+    its consent withdrawn (``withdrawn``: :meth:`LightboxClient.refresh_consents`), and the
+    command that acknowledges it."""
+    print_message(client, MessageEvent(view.message, view.body))
+    if view.copies:  # handed over by several devices: listed once (§16.4)
+        print(f"    {copies_line(view.copies, client.display_name)}", flush=True)
+    never_here = await _expired_before_arrival(client, view)
+    for img in view.images:
+        print(f"    {image_line(img, never_here=img.attachment_id in never_here)}", flush=True)
+    for told in view.not_received:
+        consult, _ = _consult_of(client, view.message.thread_id, told.message_id)
+        print(f"    {told.sentence(consult)}", flush=True)
+    consent_id = consent_of(view.body)
+    if consent_id in withdrawn:
+        print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the patient's "
+              "consent no longer covers this message", flush=True)
+    if acknowledgeable(client, view.message, view.body,
+                       await client.record_gateways([view.message.sender_user_id])) \
+            and not view.acknowledged_by_me:
+        print(ack_hint(view.message.message_id), flush=True)
 
 
 def _reading_order(client: LightboxClient, arrived: dict[str, int],
@@ -391,6 +399,22 @@ async def _expired_before_arrival(client: LightboxClient, view: MessageView) -> 
             and int(tomb.shredded_at) <= min(arrived)}
 
 
+async def _images_gone_before(client: LightboxClient, event: MessageEvent) -> list[str]:
+    """``watch``: the lines of a message's images shredded before it was shown, as ``inbox``
+    says them (:func:`image_line`). :func:`print_message` lists the images its body carries,
+    and an image whose expiry order came before the message (after a reconnect the relay sends
+    orders before deliveries, docs/PROTOCOL.md §15) is left out of the body stored
+    (clients/sdk/receiving.py), and never fetched: without its line the consult would read as
+    text only (docs/HAZARD_LOG.md HAZ-02 C21)."""
+    listed = {a.attachment_id for a in event.body.attachments}
+    view = client.view(event.message)
+    gone = dataclasses.replace(view, images=tuple(
+        i for i in view.images if i.state == "shredded" and i.attachment_id not in listed))
+    never_here = await _expired_before_arrival(client, gone)
+    return [f"    {image_line(i, never_here=i.attachment_id in never_here)}"
+            for i in gone.images]
+
+
 def not_received_lines(client: LightboxClient, thread_id: str) -> list[str]:
     """For the sender: each person who never received an image of their consults in the
     thread before its copies expired (docs/PROTOCOL.md §15 "Never received")."""
@@ -404,7 +428,8 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
             return f"    {image_line(client.image_status(event.attachment_id))}"
         return f"    image {event.attachment_id[:8]}: {event.status} {event.reason}".rstrip()
     if isinstance(event, NotReceivedEvent):
-        return f"    {event.sentence(_consult_of(client, event.thread_id, event.message_id)[0])}"
+        told = _not_received_now(client, event)
+        return f"    {told.sentence(_consult_of(client, event.thread_id, event.message_id)[0])}"
     if isinstance(event, EscalationEvent):
         return describe_escalation(client, event)
     if isinstance(event, ReceiptEvent):  # watch says more where it knows (receipt_line)
@@ -433,6 +458,18 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
             return "-- relay connection lost: reconnecting (nothing is lost)"
         return problem_line(event)
     return None
+
+
+def _not_received_now(client: LightboxClient, event: NotReceivedEvent) -> NotReceivedEvent:
+    """``event`` with the record reference as this device knows it now: the relay's notice
+    carries none, and the gateway's filing receipt may reach the device after it (as the
+    phone and ``inbox`` say it, clients/sdk/memory.py ``not_received``)."""
+    with contextlib.suppress(ItemNotFound):
+        view = client.view(client.vault.message(event.message_id))
+        for told in view.not_received:
+            if told.user_id == event.user_id and told.attachment_id == event.attachment_id:
+                return told
+    return event
 
 
 def about_a_consult_here(client: LightboxClient, event: ClientEvent) -> bool:
@@ -635,6 +672,13 @@ class _Progress:
     # they are said all the same (:func:`_hold_back`).
     held_back: dict[str, list[tuple[float, EscalationEvent]]] = dataclasses.field(
         default_factory=dict)
+    # The backlog was shown (:func:`_catch_up`), and the messages it showed: not again.
+    caught_up: bool = False
+    shown: set[str] = dataclasses.field(default_factory=set)
+    # The vault's last arrival when watch started (a later one is shown as it is told), and
+    # the "never received" sentences said, (message, person): each under its consult, once.
+    start_mark: int | None = None
+    not_received: set[tuple[str, str]] = dataclasses.field(default_factory=set)
 
     def first_receipt(self, event: ReceiptEvent) -> bool:
         """True the first time this person's receipt of this kind of this message comes."""
@@ -681,6 +725,116 @@ async def _say_held_back(client: LightboxClient, progress: _Progress, *,
         for _, event in held:
             await learn_escalation_names(client, event)
             print(describe_escalation(client, event), flush=True)
+
+
+# How long ``watch``, connected at its start, waits for the relay to send what it kept for the
+# device while no lightbox program was connected (the backlog) before showing it.
+SYNC_WAIT = 10.0
+
+
+def _drain(queue: asyncio.Queue[ClientEvent]) -> list[ClientEvent]:
+    events = []
+    while not queue.empty():
+        events.append(queue.get_nowait())
+    return events
+
+
+async def _catch_up(client: LightboxClient, progress: _Progress,
+                    queue: asyncio.Queue[ClientEvent]) -> None:
+    """The first time ``watch`` is connected: once the relay has sent the backlog, every
+    consult the device holds unread, as ``inbox`` shows it (:func:`print_view`: its images,
+    also one expired before it reached the device, and whom it never reached), in ``inbox``'s
+    order, each followed by the latest of the escalation steps that came in the backlog (one
+    line: where the consult stands, not the steps the device missed), then the latest step of
+    each other consult; then what else came, in its order. Before, watch showed only what
+    arrived as it ran: a consult an earlier command stored unread, or one whose copy came
+    hidden behind it, was never shown (docs/HAZARD_LOG.md HAZ-02 C21)."""
+    progress.caught_up = True
+    with contextlib.suppress(TimeoutError, SDKError, ConnectionStopped):
+        await client.wait_synced(SYNC_WAIT)
+    backlog = _drain(queue)
+    try:
+        await _show_backlog(client, progress, backlog)
+    except VaultLocked:  # locked meanwhile: the next connected stretch shows it
+        progress.caught_up = False
+    for e in [*backlog, *_drain(queue)]:  # the rest in its order, before what comes next
+        shown = (e.message.message_id if isinstance(e, MessageEvent) else
+                 e.message_id if isinstance(e, NotReceivedEvent) else None)
+        if not isinstance(e, EscalationEvent) and shown not in progress.shown:
+            queue.put_nowait(e)
+
+
+async def _show_backlog(client: LightboxClient, progress: _Progress,
+                        backlog: list[ClientEvent]) -> None:
+    """:func:`_catch_up`'s lines: the unread consults, each with its latest step."""
+    thread_ids = list(dict.fromkeys(e.message.thread_id for e in backlog
+                                    if isinstance(e, MessageEvent)))
+    with contextlib.suppress(SDKError):
+        thread_ids = list(dict.fromkeys([*(t.thread_id for t in await client.threads()),
+                                         *thread_ids]))
+    views = [v for t in thread_ids for v in client.unread_messages(t)]
+    with contextlib.suppress(SDKError):
+        await client.ensure_names(u for v in views
+                                  for u in message_names(client, v.message, v.body))
+    withdrawn: dict[str, int] = {}
+    with contextlib.suppress(SDKError):
+        withdrawn = await client.refresh_consents(
+            [c for v in views if (c := consent_of(v.body)) is not None])
+    latest: dict[str, EscalationEvent] = {}  # by consult, in the order they came
+    for e in backlog:
+        if isinstance(e, EscalationEvent):
+            was = latest.pop(e.message_id, None)
+            latest[e.message_id] = e if was is None or (e.step, e.at) >= (was.step, was.at) \
+                else was
+    arrived = {mid: n for n, mid in client.vault.message_ids_after(0)}
+    for view in sorted(views, key=functools.partial(_reading_order, client, arrived)):
+        await print_view(client, view, withdrawn)
+        progress.not_received.update((t.message_id, t.user_id) for t in view.not_received)
+        ids = [view.message.message_id, *(c.message_id for c in view.copies)]
+        progress.shown.update(ids)
+        progress.seen += 1
+        for step in [latest.pop(i) for i in ids if i in latest][-1:]:
+            await learn_escalation_names(client, step)
+            print(describe_escalation(client, step), flush=True)
+    for step in latest.values():
+        await learn_escalation_names(client, step)
+        print(describe_escalation(client, step), flush=True)
+
+
+def _not_received_under(client: LightboxClient, progress: _Progress,
+                        message: VaultMessage) -> list[str]:
+    """The "never received" sentences of a message ``watch`` just showed, not said yet: under
+    it, as ``inbox`` says them, with the record reference when known."""
+    lines = []
+    for told in client.view(message).not_received:
+        if (told.message_id, told.user_id) not in progress.not_received:
+            progress.not_received.add((told.message_id, told.user_id))
+            consult, _ = _consult_of(client, message.thread_id, told.message_id)
+            lines.append(told.sentence(consult))
+    return lines
+
+
+def _under_its_consult(client: LightboxClient, progress: _Progress,
+                       event: NotReceivedEvent) -> bool:
+    """Whether a "never received" notice is said under its consult rather than now: said
+    already, or its message came since watch started and is still to be shown (the relay
+    sends notices before deliveries, docs/PROTOCOL.md §15), when :func:`_not_received_under`
+    says it."""
+    key = (event.message_id, event.user_id)
+    if key in progress.not_received:
+        return True
+    if event.message_id in progress.shown:
+        progress.not_received.add(key)
+        return False
+    try:
+        message = client.vault.message(event.message_id)
+    except ItemNotFound:
+        return False
+    later = {m for _, m in client.vault.message_ids_after(progress.start_mark or 0)}
+    if message.outgoing or event.message_id not in later:
+        progress.not_received.add(key)
+        return False
+    return True
 
 
 def _seconds(value: float) -> str:
@@ -791,6 +945,8 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
         locked.set()
 
     watcher = asyncio.create_task(idle_lock())
+    if progress.start_mark is None:
+        progress.start_mark = vault.last_message_seq()
     try:
         queue = client.subscribe()
         async with asyncio.timeout(timeout):  # the whole run, its start too
@@ -823,6 +979,12 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                     _raise_if_ended(client)
                 if isinstance(event, StatusEvent) and event.state == "connected":
                     progress.told_unreachable = False  # a later outage is said again
+                    if not progress.caught_up:
+                        print(describe(client, event), flush=True)
+                        await _catch_up(client, progress, queue)
+                        continue
+                if isinstance(event, MessageEvent) and event.message.message_id in progress.shown:
+                    continue  # shown with the backlog
                 if isinstance(event, MessageEvent) and client.hidden_copy(event.message):
                     # another copy of a consult shown already, handed over by another device
                     # too (docs/PROTOCOL.md §16.4): said in one line, not shown again
@@ -835,12 +997,20 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                 if isinstance(event, MessageEvent):
                     await learn_message_names(client, event)
                     print_message(client, event)
+                    progress.shown.add(event.message.message_id)
+                    for gone in await _images_gone_before(client, event):
+                        print(gone, flush=True)
+                    for told in _not_received_under(client, progress, event.message):
+                        print(f"    {told}", flush=True)
                     if acknowledgeable(client, event.message, event.body,
                                        await client.record_gateways(
                                            [event.message.sender_user_id])):
                         print(ack_hint(event.message.message_id), flush=True)
                     progress.seen += 1
                     await _say_held_back(client, progress, thread_id=event.message.thread_id)
+                    continue
+                if isinstance(event, NotReceivedEvent) and _under_its_consult(
+                        client, progress, event):
                     continue
                 if isinstance(event, EscalationEvent):
                     if _hold_back(client, progress, event):

@@ -12,6 +12,7 @@ where; a Python traceback never reaches the terminal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -36,7 +37,7 @@ from clients.sdk.session import SESSION_ENDED
 from clients.sdk.vault import VaultError
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 
-__all__ = ["describe", "report_crash", "run_async", "run_command"]
+__all__ = ["CLOSED_PIPE", "describe", "report_crash", "run_async", "run_command"]
 
 T = TypeVar("T")
 
@@ -128,17 +129,30 @@ def report_crash(program: str, exc: BaseException, directory: Path) -> Path:
     return Path("(nowhere: the details could not be written)")
 
 
+# The exit status of a command whose standard output was closed by its reader: a program ended
+# by SIGPIPE reports 128 + 13 in the shell, and its pipeline (`| head`) carries on quietly.
+CLOSED_PIPE = 141
+
+
 def run_command(program: str, command: Callable[[], int], *, failure: int = 1,
                 login_hint: str, details_dir: Path, sso_hint: str | None = None,
                 known: Callable[[BaseException], str | None] | None = None) -> int:
     """Run ``command``; map each failure to one sentence and ``failure`` (130 on Ctrl-C).
     ``known`` maps the program's own failures first (return None to fall through);
-    ``login_hint`` and ``sso_hint`` as :func:`describe`'s."""
+    ``login_hint`` and ``sso_hint`` as :func:`describe`'s. A standard output closed by its
+    reader (``lightbox threads | head -3``) ends it quietly with :data:`CLOSED_PIPE`."""
     try:
-        return command()
+        status = command()
+        sys.stdout.flush()  # a reader gone is met here, not as Python exits
+        return status
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # What is left to write goes nowhere, also as Python flushes stdout on exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return CLOSED_PIPE
     except Exception as exc:
         sentence = (known(exc) if known else None) or describe(exc, login_hint=login_hint,
                                                                sso_hint=sso_hint)

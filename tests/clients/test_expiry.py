@@ -141,10 +141,12 @@ async def _share_and_expire(world: World, intern: Clinician, ortho: Clinician,
                             before_expiry: Callable[[], Awaitable[None]] | None = None,
                             also: tuple[Clinician, ...] = (),
                             patient: RecordData | None = None,
-                            burned_in: tuple[IdentifierKind, ...] = ()) -> tuple[str, str]:
+                            burned_in: tuple[IdentifierKind, ...] = (),
+                            other_devices: int = 0) -> tuple[str, str]:
     """The intern sends an x-ray to the specialist (and ``also`` to others) and the record
     gateway; the gateway fetches and files it; the grace period passes (simulated time) and
-    the relay orders every copy destroyed. Returns (attachment id, message id)."""
+    the relay orders every copy destroyed (also on ``other_devices`` more devices of them).
+    Returns (attachment id, message id)."""
     gw = await gateway_peer(world)
     prepared = imaging.prepare_image(xray_png(320, 240))
     token = await direct_care_consent(intern, prepared.image.data, roles=[ORTHO])
@@ -170,7 +172,7 @@ async def _share_and_expire(world: World, intern: Clinician, ortho: Clinician,
         await before_expiry()
     async with expiry_service(world) as svc:
         report = await svc.sweep(now=later(901))
-    assert report.orders == 2 + len(also)  # the intern's copy and each recipient's
+    assert report.orders == 2 + len(also) + other_devices  # the intern's, each recipient's
     return aid, sent.message_id
 
 

@@ -1207,12 +1207,13 @@ async def _acknowledge(client: LightboxClient, message_id: str) -> str:
 
 async def _kept_acknowledgement(client: LightboxClient, message: VaultMessage) -> int | None:
     """When the relay took this user's ``acknowledged`` receipt of ``message`` (any of their
-    devices), None when it keeps none or cannot be asked now."""
+    devices, signed by it: :meth:`LightboxClient.verified_receipts`), None when it keeps none
+    or cannot be asked now."""
     try:
-        kept = await client.relay.thread_receipts(message.thread_id, message.message_id)
+        kept = await client.verified_receipts(message.thread_id, message.message_id)
     except (RelayRequestError, RelayUnavailable):
         return None
-    at = [r.at for r in kept.receipts if r.message_id == message.message_id
+    at = [r.at for r in kept if r.message_id == message.message_id
           and r.user_id == client.user_id and r.kind == "acknowledged"]
     return min(at) if at else None
 
@@ -1256,9 +1257,8 @@ async def _ack_answer(client: LightboxClient, message: VaultMessage,
             if isinstance(event, AcknowledgementEvent) and event.state == "refused" \
                     and event.message_id == message.message_id:
                 return event.detail or "refused"
-        kept = await client.relay.thread_receipts(message.thread_id, message.message_id)
-        if any(r.device_id == client.device_id and r.kind == "acknowledged"
-               for r in kept.receipts):
+        kept = await client.verified_receipts(message.thread_id, message.message_id)
+        if any(r.device_id == client.device_id and r.kind == "acknowledged" for r in kept):
             return None
         connection = client.connection
         if _connections(client) != went_on and connection is not None \

@@ -674,8 +674,8 @@ class DesktopServer:
                        for v in views for i in v.images)
         if not unacked and not shredded:
             return None
-        try:
-            return (await client.relay.thread_receipts(thread_id)).receipts
+        try:  # only receipts their devices signed: the relay cannot hide "I'm on it"
+            return await client.verified_receipts(thread_id)
         except (RelayRequestError, RelayUnavailable):
             return None
 

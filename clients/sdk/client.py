@@ -89,7 +89,7 @@ from clients.sdk.session import CUT_OFF, Session
 from clients.sdk.threads import RECORD_THREAD_SUBJECT, ThreadBook
 from clients.sdk.trust import Trust
 from clients.sdk.vault import ItemNotFound, OutboxRecord, Vault, VaultLocked, VaultMessage
-from protocol import api, certs
+from protocol import api, certs, statements
 from protocol.body import Body
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.model import Priority
@@ -593,6 +593,28 @@ class LightboxClient:
         """The on-call escalation steps of a consult this device heard of, in order
         (docs/PROTOCOL.md §16), also of one it does not hold."""
         return self.memory.escalation_steps(message_id)
+
+    async def verified_receipts(self, thread_id: str, message_id: str | None = None
+                                ) -> list[api.ReceiptInfo]:
+        """The receipts the relay keeps of a thread's messages (of ``message_id`` alone when
+        given; ``GET
+        /v1/threads/{id}/receipts``, docs/PROTOCOL.md §16.6), each only when its signed
+        statement verifies against its device's certificate chain and says what the relay's
+        row says (message, kind: PROTOCOL §8): the relay, which cannot sign as a device, cannot
+        make a device look as if it acknowledged, nor turn its ``delivered`` into
+        ``acknowledged``. RelayRequestError or RelayUnavailable when the relay cannot be
+        asked."""
+        kept = []
+        for r in (await self.relay.thread_receipts(thread_id, message_id)).receipts:
+            try:
+                chain = await self.trust.device_chain(r.user_id, r.device_id)
+                body = statements.verify_receipt_statement(
+                    r.statement, chain.verified.signing_key, device_id=r.device_id)
+            except (ProtocolError, SDKError):
+                continue  # not that device's: left out
+            if body.message_id == r.message_id and body.kind.value == r.kind:
+                kept.append(r)
+        return kept
 
     async def thread_escalation_steps(self, thread_id: str) -> list[EscalationEvent]:
         """Every on-call escalation step of a thread's consults as the relay has them now

@@ -128,13 +128,18 @@ function showEnded(ending) {
   $("app").classList.add("ended");  // nothing to send from: no reply box, no "I'm on it"
 }
 
+// Connection states the event stream has told (a count): /api/state's answer, read on another
+// connection, may have been made before the latest of them and arrive after it; it must not
+// put "reconnecting..." back over a "connected" the stream has said since.
+let connTold = 0;
 async function start() {
+  const told = connTold;
   const state = await api("/api/state");
   if (state.ended?.ended === "wiped") { showEnded(state.ended); return; }
   if (!state.unlocked) { showLocked(); return; }
   $("unlock").hidden = true; $("app").hidden = false; $("lock").hidden = false;
   $("who").textContent = state.display_name + " (" + state.roles.join(", ") + ")";
-  setConn(state.connected, state.replaced);
+  if (connTold === told) setConn(state.connected, state.replaced);
   if (state.ended) showEnded(state.ended);
   for (const n of state.notices || []) showNotice(n);
   listen();
@@ -282,6 +287,7 @@ function listen() {
     if (s.state === "ended") { showEnded(s); return; }
     if (s.state === "error") { showNotice(s); return; }
     if (s.state === "connected" || s.state === "disconnected") {
+      connTold++;
       setConn(s.state === "connected", s.replaced);
     }
   });

@@ -376,27 +376,16 @@ def image_line(img: ImageStatus, *, never_here: bool = False) -> str:
 
 
 async def _expired_before_arrival(client: LightboxClient, view: MessageView) -> set[str]:
-    """The shredded images of a received message whose expiry this device applied before the
-    message itself reached it (after a reconnect the relay sends orders before deliveries,
-    docs/PROTOCOL.md §15): the tombstone is older than this device's ``delivered`` receipt of
-    the message, as the relay keeps it (``GET /v1/threads/{id}/receipts``, both signed by
-    this device's clock); all of them when that receipt is not there yet (the message came
-    in this run: nothing of it was shown here). Empty when the relay cannot say."""
+    """:meth:`LightboxClient.never_here` of ``view``, over the receipts the relay keeps of it
+    (``GET /v1/threads/{id}/receipts``, verified); empty when the relay cannot say."""
     m = view.message
-    shredded = [i.attachment_id for i in view.images if i.state == "shredded"]
-    if m.outgoing or not shredded:
-        return set()
+    if m.outgoing or not any(i.state == "shredded" for i in view.images):
+        return set()  # nothing to ask the relay
     try:
-        kept = await client.relay.thread_receipts(m.thread_id, m.message_id)
+        kept = await client.verified_receipts(m.thread_id, m.message_id)
     except (RelayRequestError, RelayUnavailable):
         return set()
-    arrived = [r.at for r in kept.receipts
-               if r.device_id == client.device_id and r.kind == "delivered"]
-    if not arrived:
-        return set(shredded)
-    return {aid for aid in shredded
-            if (tomb := client.vault.tombstone(aid)) is not None
-            and int(tomb.shredded_at) <= min(arrived)}
+    return client.never_here(view, kept)
 
 
 async def _images_gone_before(client: LightboxClient, event: MessageEvent) -> list[str]:

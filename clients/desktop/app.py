@@ -1002,25 +1002,12 @@ def patients_warning(views: list[MessageView]) -> str:
 
 def _never_here(client: LightboxClient, views: list[MessageView],
                 kept: list[api.ReceiptInfo] | None) -> set[str]:
-    """The shredded images of received messages whose expiry this computer applied before the
-    message itself reached it (after a reconnect the relay sends orders before deliveries,
-    docs/PROTOCOL.md §15), so never shown here: the tombstone is no newer than this device's
-    ``delivered`` receipt of the message, as the relay keeps it (``kept``); all of them when
-    that receipt is not there yet. As `lightbox inbox` says it (clients/clinician/reading.py
-    ``image_line``); empty when the relay could not say (``kept`` None)."""
+    """The shredded images of these messages never shown here, as `lightbox inbox` says them
+    (:meth:`LightboxClient.never_here` over the relay's receipts ``kept``); empty when the
+    relay could not say (``kept`` None)."""
     if kept is None:
         return set()
-    found: set[str] = set()
-    for v in views:
-        shredded = [i.attachment_id for i in v.images if i.state == "shredded"]
-        if v.message.outgoing or not shredded:
-            continue
-        arrived = [r.at for r in kept if r.message_id == v.message.message_id
-                   and r.device_id == client.device_id and r.kind == "delivered"]
-        found |= {aid for aid in shredded
-                  if not arrived or ((tomb := client.vault.tombstone(aid)) is not None
-                                     and int(tomb.shredded_at) <= min(arrived))}
-    return found
+    return {aid for v in views for aid in client.never_here(v, kept)}
 
 
 async def _signed_in_again(client: LightboxClient) -> None:

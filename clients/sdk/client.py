@@ -616,6 +616,25 @@ class LightboxClient:
                 kept.append(r)
         return kept
 
+    def never_here(self, view: MessageView, receipts: Sequence[api.ReceiptInfo]) -> set[str]:
+        """The shredded images of a received message whose expiry this device applied before
+        the message itself reached it (after a reconnect the relay sends orders before
+        deliveries, docs/PROTOCOL.md §15), so never shown here: the tombstone is no newer than
+        this device's ``delivered`` receipt of the message among ``receipts`` (the relay's,
+        :meth:`verified_receipts`; both times are this device's clock); all of them when that
+        receipt is not there yet (the message came in this run). ``lightbox inbox``, ``watch``
+        and the desktop say them alike."""
+        shredded = [i.attachment_id for i in view.images if i.state == "shredded"]
+        if view.message.outgoing or not shredded:
+            return set()
+        arrived = [r.at for r in receipts if r.message_id == view.message.message_id
+                   and r.device_id == self.device_id and r.kind == "delivered"]
+        if not arrived:
+            return set(shredded)
+        return {aid for aid in shredded
+                if (tomb := self.vault.tombstone(aid)) is not None
+                and int(tomb.shredded_at) <= min(arrived)}
+
     async def thread_escalation_steps(self, thread_id: str) -> list[EscalationEvent]:
         """Every on-call escalation step of a thread's consults as the relay has them now
         (``GET /v1/threads/{id}/escalations``, docs/PROTOCOL.md §16.3), in the order they

@@ -324,6 +324,17 @@ def cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
     return out
 
 
+def sleeps(procs: list[psutil.Process]) -> dict[int, int]:
+    """Each process's voluntary context switches so far: one each time it waited (for a
+    socket, a lock, the disk) and was woken again, in its main thread (the relay's event loop,
+    a Postgres backend)."""
+    out = {}
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            out[p.pid] = p.num_ctx_switches().voluntary
+    return out
+
+
 def postgres_procs(pgdata: Path) -> list[psutil.Process]:
     pid = postmaster_pid(pgdata)
     if pid is None:
@@ -343,14 +354,18 @@ class CpuMeter:
     def __enter__(self) -> CpuMeter:
         self.t0 = time.monotonic()
         self.start = {k: cpu_seconds(f()) for k, f in self.groups.items()}
+        self.start_sleeps = {k: sleeps(f()) for k, f in self.groups.items()}
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.monotonic() - self.t0
         self.used = {}
+        self.woken: dict[str, int] = {}  # wake-ups (voluntary context switches) per group
         for k, f in self.groups.items():
             end = cpu_seconds(f())
             self.used[k] = sum(v - self.start[k].get(pid, 0.0) for pid, v in end.items())
+            self.woken[k] = sum(v - self.start_sleeps[k].get(pid, 0)
+                                for pid, v in sleeps(f()).items())
 
     def shares(self) -> dict[str, float]:
         """Percent of one core, per group, over the window."""
@@ -986,6 +1001,7 @@ def per_message(cm: CpuMeter, pm: PgMeter, res: list[dict[str, Any]]) -> dict[st
     frames = sum(r["frames_in"] + r["frames_out"] for r in res)
     return {"messages": n,
             "cpu_us": {k: round(1e6 * v / n) for k, v in cm.used.items()},
+            "wakeups": {k: round(v / n, 2) for k, v in cm.woken.items()},
             "frames": round(frames / n, 2), **({"postgres": pm.per_message(n)} if pm.used else {})}
 
 
@@ -1356,12 +1372,19 @@ def table(out: dict[str, Any]) -> str:
 PACED_TARGETS = {100: 10.0, 1000: 20.0, 2000: 50.0}  # offered msg/s -> p99 target, ms
 
 
+def _wakeups(w: dict[str, float]) -> str:
+    """The relay's and Postgres's processes' wake-ups per message, as ``relay + postgres``."""
+    if "relay" not in w or "postgres" not in w:
+        return "-"
+    return f"{w['relay']:g} + {w['postgres']:g}"
+
+
 def paced_table(out: dict[str, Any]) -> str:
     """The paced rows: offered load, what was achieved, latency, and the cost per message."""
     bare = {r["offered_per_s"]: r for r in out.get("bare_paced", [])}
     head = ("offered/s", "sent/s", "delivered/s", "p50 ms", "p99 ms", "accepted p99",
             "relay µs/msg", "pg µs/msg", "pg xacts/msg", "statements/msg", "frames/msg",
-            "bare p99", "target")
+            "wake-ups/msg", "bare p99", "target")
     rows = []
     for r in out.get("paced", []):
         lat, pm = r["latency"], r["per_message"]
@@ -1374,6 +1397,7 @@ def paced_table(out: dict[str, Any]) -> str:
                      str(r["accept_latency"].get("p99_ms")), str(cpu.get("relay")),
                      str(cpu.get("postgres")), str(pg.get("xacts")),
                      str(r.get("statements", {}).get("per_message", "-")), str(pm.get("frames")),
+                     _wakeups(pm.get("wakeups", {})),
                      str(b["latency"].get("p99_ms")) if b else "-",
                      "-" if goal is None or p99 is None else
                      f"< {goal:g} ms {'MET' if p99 < goal else 'NOT MET'}"))

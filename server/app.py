@@ -34,7 +34,7 @@ from server.consents import ConsentPolicies, ConsentService
 from server.db import Database
 from server.enrolment import EnrolmentService
 from server.errors import RelayError
-from server.events import EventBus
+from server.events import Announcer, EventBus
 from server.expiry import ExpiryPolicy, FilingService
 from server.hub import Hub
 from server.keydir import KeyDirectory
@@ -204,6 +204,8 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
                             verify_signatures=settings.verify_sender_signatures,
                             now=consents.now)  # the relay's clock decides a consent's expiry
     pipeline.local = hub  # stored deliveries handed to connections here after COMMIT
+    announcer = Announcer(lambda: db.pool)  # ... and its takeover rule (server/hub.py)
+    hub.announce = announcer.announce
     # Break-glass: emergency messages without a consent, their review queue and follow-up.
     break_glass = BreakGlassService(db, daily_limit=settings.break_glass_daily_limit,
                                     clock=clock)
@@ -266,6 +268,7 @@ def create_app(settings: Settings, *, dsn: str, clock: Callable[[], float] = tim
             stops.insert(0, pipeline.stop)
             await acks.start()
             stops.insert(1, acks.stop)
+            stops.insert(2, announcer.stop)  # after the last batch, before the database
             tasks.append(asyncio.create_task(_queue_gauges(db, metrics), name="queue-gauges"))
             if metrics.shared:
                 tasks.append(asyncio.create_task(metrics.publish_every(), name="metrics-publish"))

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from typing import Any
 
 import asyncpg
 
-__all__ = ["CHANNEL", "SESSION_ENDED", "EventBus", "notification", "publish",
+__all__ = ["CHANNEL", "SESSION_ENDED", "Announcer", "EventBus", "notification", "publish",
            "publish_revocation", "publish_sessions_ended"]
 
 log = logging.getLogger("lightbox.events")
@@ -64,6 +64,54 @@ async def publish_sessions_ended(conn: asyncpg.Connection, family_ids: Sequence[
     for i in range(0, len(family_ids), 100):  # stay under 8000 bytes
         await publish(conn, "revoked", device_ids=[], user_ids=[],
                       family_ids=list(family_ids[i:i + 100]), reason=SESSION_ENDED)
+
+
+class Announcer:
+    """``deliver`` events sent in a transaction of their own, for deliveries already committed
+    whose wake-up was not sent with them: the takeover rule of local delivery
+    (server/hub.py ``Hub.silenced``, docs/ARCHITECTURE.md §3 "Local delivery"). The devices
+    announced in one event-loop turn go in one event (180 a payload). A failure is tried again
+    three times over about 2.6 s, then logged: what it would have woken stays queued, read at
+    the device's next wake-up or connection."""
+
+    PAUSES = (0.1, 0.5, 2.0)
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
+        self._pool = pool
+        self._pending: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sent = 0  # events sent (tests and the metrics read it)
+
+    def announce(self, device_ids: Collection[str]) -> None:
+        if not device_ids:
+            return
+        start = not self._pending
+        self._pending.update(device_ids)
+        if start:
+            task = asyncio.get_running_loop().create_task(self._send(), name="announce")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self) -> None:
+        await asyncio.sleep(0)  # the rest of this turn's devices join the event
+        ids, self._pending = sorted(self._pending), set()
+        for pause in (*self.PAUSES, None):
+            try:
+                async with self._pool().acquire() as conn:
+                    for i in range(0, len(ids), 180):
+                        await publish(conn, "deliver", device_ids=ids[i:i + 180],
+                                      notices=False)
+                        self.sent += 1
+                return
+            except Exception as exc:
+                if pause is None:
+                    log.error("wake-up event not sent", exc_info=exc,
+                              extra={"devices": len(ids)})
+                    return
+                await asyncio.sleep(pause)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class EventBus:

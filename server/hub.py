@@ -7,10 +7,11 @@
   the order in which the events arrive: a late event of an older connection must never close
   the device's newer one (docs/ARCHITECTURE.md §3, "One connection per device").
 * ``deliver`` events wake the connections of the devices that have new deliveries. Those of
-  this process's own send pipeline carry its ``origin`` and are skipped: the pipeline hands the
-  stored deliveries over after COMMIT (:meth:`Hub.deliver`), and a pump writes them without
-  reading them back when nothing can be ahead of them (docs/ARCHITECTURE.md §3 "Local
-  delivery").
+  this process's own send pipeline carry its ``origin`` and are skipped, and name no device
+  connected here: the pipeline hands the stored deliveries over after COMMIT
+  (:meth:`Hub.deliver`), and a pump writes them without reading them back when nothing can be
+  ahead of them (docs/ARCHITECTURE.md §3 "Local delivery"). A device served so that leaves
+  this process is announced to the others by an event after all (:meth:`Hub.silenced`).
 * ``revoked`` events close the sockets of revoked devices (4004) and suspended users (4005),
   and those opened with an access token of a refresh-token family that ended (logout, refresh
   token reuse, single sign-on lifetime: 4001 ``token_invalid``, what the handshake answers
@@ -26,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 from protocol.errors import CloseCode
@@ -97,6 +98,11 @@ class Hub:
         self._family_of: dict[Member, str] = {}
         self.accepting = True
         self.origin = uuid.uuid4().hex  # marks this process's own ``deliver`` events
+        # Devices connected here that were sent deliveries no wake-up event named (the send
+        # pipeline tells this process's connections itself): when one leaves this process,
+        # ``announce`` sends the event after all (:meth:`silenced`).
+        self._silent: set[str] = set()
+        self.announce: Callable[[Collection[str]], None] | None = None
 
     # -- raw connections (before authentication too) ---------------------------------------
 
@@ -127,6 +133,9 @@ class Hub:
     def unregister(self, member: Member) -> None:
         if self._by_device.get(member.device_id) is member:
             del self._by_device[member.device_id]
+            if member.device_id in self._silent:
+                self._silent.discard(member.device_id)
+                self._announce([member.device_id])
         self._unindex(member)
         self.unfollow(member)
 
@@ -169,6 +178,32 @@ class Hub:
             m = self._by_device.get(d)
             if m is not None:
                 m.wake(notices)
+
+    def here(self, device_ids: Iterable[str]) -> list[str]:
+        """Those of ``device_ids`` connected to this process."""
+        return [d for d in device_ids if d in self._by_device]
+
+    def silenced(self, device_ids: Iterable[str]) -> None:
+        """The send pipeline committed deliveries for these devices, which were connected
+        here when it stored them, and sent no wake-up event for them: it has handed them over
+        or woken their pumps here (server/sends.py). The takeover rule (docs/ARCHITECTURE.md
+        §3 "Local delivery"): a device may meanwhile have connected to another process, whose
+        pump read its queue before the COMMIT. So a device no longer connected here is
+        announced now (an event after the COMMIT wakes it wherever it is), and one still here
+        is announced when its connection leaves (:meth:`unregister`: replaced by a
+        connection in another process, closed, revoked)."""
+        gone = []
+        for d in device_ids:
+            if d in self._by_device:
+                self._silent.add(d)
+            else:
+                gone.append(d)
+        if gone:
+            self._announce(gone)
+
+    def _announce(self, device_ids: Collection[str]) -> None:
+        if self.announce is not None:
+            self.announce(device_ids)
 
     def takers(self, device_ids: Iterable[str]) -> list[str]:
         """Those of ``device_ids`` connected to this process whose pumps could take a

@@ -35,8 +35,9 @@ batch touching the same thread waits for the earlier one's COMMIT and messages k
 submission order within a thread. A batch stored in one statement (below) holds its locks
 only inside that statement: a later batch sharing one of its threads waits for it to end.
 Recipients' processes are woken by a NOTIFY sent in the same transaction; recipients connected
-to this process are handed their deliveries after COMMIT instead (docs/ARCHITECTURE.md §3,
-"Local delivery").
+to this process are left out of it and handed their deliveries after COMMIT instead, with a
+takeover rule for one that connects elsewhere meanwhile (docs/ARCHITECTURE.md §3, "Local
+delivery").
 
 Threads already known: checks 3 to 7 read a thread's organisation, participants and their
 devices, and that state rarely changes between two messages. The pipeline keeps what the last
@@ -60,7 +61,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
@@ -113,6 +114,10 @@ class LocalDelivery(Protocol):
     def deliver(self, new: Sequence[messages.NewDelivery]) -> None: ...
 
     def wake(self, device_ids: Iterable[str], *, notices: bool = True) -> None: ...
+
+    def here(self, device_ids: Iterable[str]) -> list[str]: ...
+
+    def silenced(self, device_ids: Iterable[str]) -> None: ...
 
 
 class FilingHook(Protocol):
@@ -355,8 +360,10 @@ class SendPipeline:
             if self.local is not None:
                 # It may have committed all the same (the answer to COMMIT lost): this
                 # process skips its own wake-up events, so its recipients read their queues.
-                self.local.wake({d for p in batch for d in p.message.header.recipient_devices},
-                                notices=False)
+                recipients = {d for p in batch for d in p.message.header.recipient_devices}
+                self.local.wake(recipients, notices=False)
+                # Those of them it did not announce may have left this process meanwhile.
+                self.local.silenced(recipients)
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(
@@ -420,11 +427,12 @@ class SendPipeline:
         # One epoch for the batch: threads known at different epochs are confirmed by digest.
         epochs = {k.epoch for k in known.values()}
         epoch = epochs.pop() if len(epochs) == 1 else None
+        here = self._here(msgs)
         try:
             async with self.db.hot_pool.acquire() as conn:
                 result = await batches.lock_and_store(
                     conn, {t: k.digest for t, k in known.items()}, epoch, at, msgs, now,
-                    channel=events.CHANNEL, notifications=self._wake(msgs),
+                    channel=events.CHANNEL, notifications=self._wake(msgs, here),
                     local=self._connected_here(msgs))
         except BaseException:
             self._forget_threads(known)  # the senders' retries are read and checked afresh
@@ -434,7 +442,8 @@ class SendPipeline:
             self.metrics.send_batches.labels("rechecked").inc()
             return None
         stored = result.stored
-        self._hand_over([(m, stored[(m.sender_device_id, m.message_id)]) for m in msgs], now)
+        self._hand_over([(m, stored[(m.sender_device_id, m.message_id)]) for m in msgs], now,
+                        here)
         for t, k in known.items():
             if self._known.get(t) is k:  # not replaced by a newer read meanwhile
                 self._known[t] = dataclasses.replace(k, epoch=result.epoch)
@@ -515,7 +524,8 @@ class SendPipeline:
                     continue
                 first_of[key] = i
                 accepted.append((i, m, list(p.message.header.attachment_ids)))
-            stored = await self._insert(conn, accepted, outcome, now, at, reads.routed)
+            here = self._here([m for _, m, _ in accepted])
+            stored = await self._insert(conn, accepted, outcome, now, at, reads.routed, here)
             if self.break_glass is not None:
                 await self.break_glass.record(conn, [
                     batch_state.emergencies[(m.sender_device_id, m.message_id)]
@@ -523,10 +533,11 @@ class SendPipeline:
                     if (m.sender_device_id, m.message_id) in batch_state.emergencies], now)
         # Committed. Messages of threads with on-call work may have had deliveries held
         # (server/oncall.py): their recipients read their queues.
-        self._hand_over([(m, st) for m, st in stored if m.thread_id not in reads.routed], now)
         if self.local is not None:
             self.local.wake({d for m, _ in stored if m.thread_id in reads.routed
                              for d in m.recipients}, notices=False)
+        self._hand_over([(m, st) for m, st in stored if m.thread_id not in reads.routed], now,
+                        here)
         for i, j in twins:
             prev = outcome.get(j)
             outcome[i] = (msgspec.structs.replace(prev, duplicate=True)
@@ -535,16 +546,28 @@ class SendPipeline:
         self.metrics.send_batches.labels("read").inc()
         return outcome
 
-    def _wake(self, msgs: Sequence[messages.NewMessage]) -> list[str]:
+    def _wake(self, msgs: Sequence[messages.NewMessage], here: Collection[str] = ()
+              ) -> list[str]:
         """The notifications that wake the recipients' pumps (server/events.py), at most 180
-        devices each (a NOTIFY payload is limited to 8,000 bytes). With local delivery they
-        carry this process's ``origin``: its own hub skips them, as it is told after COMMIT
-        (:meth:`_hand_over`)."""
-        woken = sorted({d for m in msgs for d in m.recipients})
+        devices each (a NOTIFY payload is limited to 8,000 bytes); none for the devices
+        ``here`` (connected to this process), which it tells itself after COMMIT
+        (:meth:`_hand_over`), so a batch whose recipients are all here wakes no other
+        process and no listening Postgres backend. The events carry this process's
+        ``origin``: its own hub skips them (a rolling upgrade's older processes send theirs
+        to every device)."""
+        woken = sorted({d for m in msgs for d in m.recipients}.difference(here))
         origin = {} if self.local is None else {"origin": self.local.origin}
         return [events.notification("deliver", device_ids=woken[k:k + 180],
                                     notices=False, **origin)  # pumps skip notices
                 for k in range(0, len(woken), 180)]
+
+    def _here(self, msgs: Sequence[messages.NewMessage]) -> list[str]:
+        """The recipient devices connected to this process: their wake-up is told here after
+        COMMIT, not sent through Postgres (docs/ARCHITECTURE.md §3 "Local delivery", and its
+        takeover rule for a device that connects elsewhere meanwhile: ``Hub.silenced``)."""
+        if self.local is None:
+            return []
+        return self.local.here({d for m in msgs for d in m.recipients})
 
     def _connected_here(self, msgs: Sequence[messages.NewMessage]) -> list[str]:
         """The recipient devices connected to this process whose pumps could take a delivery
@@ -561,14 +584,24 @@ class SendPipeline:
         return self.local.takers({d for m in msgs for d in m.recipients})
 
     def _hand_over(self, stored: Sequence[tuple[messages.NewMessage, batches.Stored]],
-                   now: dt.datetime) -> None:
+                   now: dt.datetime, here: Collection[str]) -> None:
         """After COMMIT: every delivery just queued, to this process's hub, which hands those
         of devices connected here to their pumps (docs/ARCHITECTURE.md §3 "Local delivery").
         A device the store listed no queue for (``queued`` None: not asked, as in every batch
         of more than ``HANDOVER_BATCH``, or too long) could not take one (``Member.offer``
-        would wake its pump): it is woken without the deliveries being built for it."""
+        would wake its pump): it is woken without the deliveries being built for it. Then
+        the devices ``here``, which no wake-up event named, are told to the hub
+        (``Hub.silenced``): one that has left this process since is woken by an event now."""
         if self.local is None:
             return
+        try:
+            self._offer(stored, now)
+        finally:
+            self.local.silenced(here)
+
+    def _offer(self, stored: Sequence[tuple[messages.NewMessage, batches.Stored]],
+               now: dt.datetime) -> None:
+        assert self.local is not None
         woken = {d.device_id for _, st in stored for d in st.deliveries if d.queued is None}
         if woken:
             self.local.wake(woken, notices=False)
@@ -633,8 +666,8 @@ class SendPipeline:
     async def _insert(self, conn: Any,
                       accepted: list[tuple[int, messages.NewMessage, list[str]]],
                       outcome: dict[int, messages.Accepted | RelayError],
-                      now: dt.datetime, at: dt.datetime, routed: frozenset[str]
-                      ) -> list[tuple[messages.NewMessage, batches.Stored]]:
+                      now: dt.datetime, at: dt.datetime, routed: frozenset[str],
+                      here: Collection[str]) -> list[tuple[messages.NewMessage, batches.Stored]]:
         """Store the accepted messages, their deliveries and the recipients' wake-up in one
         statement (server/store/batches.py), then their attachment grants and on-call work.
         Returns each message stored with what the store returned for it."""
@@ -642,7 +675,7 @@ class SendPipeline:
             return []
         msgs = [m for _, m, _ in accepted]
         stored = await batches.store_messages(conn, msgs, now, channel=events.CHANNEL,
-                                              notifications=self._wake(msgs),
+                                              notifications=self._wake(msgs, here),
                                               local=self._connected_here(msgs))
         for i, m, _ in accepted:
             outcome[i] = messages.Accepted(

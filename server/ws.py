@@ -17,7 +17,10 @@ challenge), three things run per connection:
   (:meth:`_Connection.offer`, docs/ARCHITECTURE.md §3 "Local delivery");
 * the answers to sends and acks: callbacks on the group-commit futures (:mod:`server.sends`,
   :mod:`server.acks`) queue ``accepted`` (or the error) when the batch commits, and one
-  flush per connection and event-loop turn writes them (no task per frame).
+  flush per connection and event-loop turn writes them (no task per frame). Receipts, filing
+  statements and expiry confirmations are handled in a task each, which the connection's end
+  does not cancel: a frame the relay has read is handled to its end (up to
+  ``HANDLING_GRACE``), and only its answer is lost when the device has gone.
 
 A device that asked for the ``lightbox.bundle`` subprotocol may send ``bundle`` frames, and
 gets what one flush writes joined into them (docs/PROTOCOL.md §3.6): its pump queues its frames
@@ -89,6 +92,10 @@ log = logging.getLogger("lightbox.ws")
 # quiet, and a delivery handed over after a read wrote and acknowledged it is not written
 # again): a connection's memory is bounded by this and its send window, not its lifetime.
 ACKED_KEPT = 1024
+# How long a connection that ended waits for the frames it had read to be handled (receipts,
+# filing statements, expiry confirmations: a statement each, server/receipts.py and
+# server/expiry.py) before it cancels what is left.
+HANDLING_GRACE = 10.0
 
 
 class ReceiptHook(Protocol):
@@ -186,6 +193,9 @@ class _Connection:
         self._closed = False
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Of those, the tasks handling a frame the device sent: finished even after the
+        # connection ends (:meth:`run`).
+        self._handling: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
         self._in_flight: dict[str, float] = {}  # delivery id -> sent at (monotonic)
         # Delivery ids written on this connection and not yet acknowledged, then the latest
@@ -310,10 +320,18 @@ class _Connection:
             return b"\xc1"
         return bytes(data)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
+
+    def _handle(self, coro: Awaitable[None]) -> None:
+        """Handle a frame the device sent in a task of its own, which the connection's end
+        does not cancel (:meth:`run`)."""
+        task = self._spawn(coro)
+        self._handling.add(task)
+        task.add_done_callback(self._handling.discard)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         """A frame's task ended: an exception it raised is logged (type only, never the
@@ -350,8 +368,14 @@ class _Connection:
             pass
         finally:
             self._closed = True
-            for t in list(self._tasks):
+            for t in self._tasks - self._handling:
                 t.cancel()
+            if self._handling:
+                # A frame read before the connection ended is handled to its end: a receipt
+                # ("I'm on it") a phone sends as it closes is kept. Only its answer is lost.
+                await asyncio.wait(set(self._handling), timeout=HANDLING_GRACE)
+                for t in list(self._handling):
+                    t.cancel()
 
     def _pump_ended(self, task: asyncio.Task[None]) -> None:
         """A pump that fails must not leave a connection that silently receives nothing: log
@@ -529,15 +553,15 @@ class _Connection:
             self._on_ack(frame)
         elif isinstance(frame, Receipt) and receipts is not None:
             # A recipient's signed receipt: kept and passed on (server/receipts.py) or refused.
-            self._spawn(self._answer(frame.req_id, receipts.receive(
+            self._handle(self._answer(frame.req_id, receipts.receive(
                 device_id=self.device_id, user_id=self.user_id, signing_key=key,
                 statement=frame.statement)))
         elif isinstance(frame, Filing) and filing is not None:
             # A gateway's filing statement: answered by filed_notice or refused (expiry.py).
-            self._spawn(self._answer(frame.req_id, filing.file(
+            self._handle(self._answer(frame.req_id, filing.file(
                 device_id=self.device_id, signing_key=key, statement=frame.statement)))
         elif isinstance(frame, ExpiryConfirm) and filing is not None:
-            self._spawn(self._answer(frame.req_id, filing.confirm(
+            self._handle(self._answer(frame.req_id, filing.confirm(
                 device_id=self.device_id, signing_key=key, statement=frame.statement)))
         else:
             self.session.send(Error(code=ErrorCode.UNEXPECTED_FRAME,

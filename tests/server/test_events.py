@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server.events import CHANNEL, EventBus, publish, publish_revocation
+from server.events import CHANNEL, Announcer, EventBus, publish, publish_revocation
 from tests.helpers import seconds
 
 
@@ -74,3 +74,35 @@ async def test_a_payload_over_the_limit_is_refused_before_postgres(
         conn: asyncpg.Connection) -> None:
     with pytest.raises(ValueError, match="too large for NOTIFY"):
         await publish(conn, "deliver", device_ids=["x" * 36] * 250)
+
+
+async def test_devices_announced_in_one_turn_go_in_one_event_sent_again_after_a_failure(
+        db_dsn: str, heard: asyncio.Queue[dict[str, Any]]) -> None:
+    """The takeover rule's events (server/hub.py ``Hub.silenced``): the devices announced in
+    one event-loop turn share one ``deliver`` event (180 a payload), and an event that could
+    not be sent (the database unreachable for a moment) is sent again."""
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=1)
+    calls = 0
+
+    def flaky() -> asyncpg.Pool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionRefusedError("the database is restarting")
+        return pool
+
+    announcer = Announcer(flaky)
+    try:
+        ids = sorted(str(uuid.uuid4()) for _ in range(200))
+        announcer.announce(ids[:150])
+        announcer.announce(ids[150:])
+        announcer.announce([])
+        assert await next_event(heard) == {"kind": "deliver", "device_ids": ids[:180],
+                                           "notices": False}
+        assert await next_event(heard) == {"kind": "deliver", "device_ids": ids[180:],
+                                           "notices": False}
+        await announcer.stop()
+        assert (calls, announcer.sent) == (2, 2)
+        assert heard.empty()
+    finally:
+        await pool.close()

@@ -99,6 +99,59 @@ def test_the_takers_are_the_devices_connected_here_whose_pumps_could_take_a_deli
     assert hub.takers([]) == []
 
 
+def _announcing(hub: Hub) -> list[list[str]]:
+    """What the hub announces (the wake-up events sent after all, server/events.py Announcer)."""
+    told: list[list[str]] = []
+    hub.announce = lambda ids: told.append(sorted(ids))
+    return told
+
+
+def test_a_device_that_left_before_its_silent_commit_is_announced_at_once() -> None:
+    """The takeover rule (docs/ARCHITECTURE.md §3 "Local delivery"): of the devices a batch
+    named in no wake-up event, one no longer connected here is announced after the COMMIT;
+    one still here is not, until its connection leaves."""
+    hub = Hub()
+    told = _announcing(hub)
+    hub.register(RecordingMember("dev-here"))
+    assert hub.here(["dev-here", "dev-elsewhere"]) == ["dev-here"]
+    hub.silenced(["dev-here", "dev-gone"])
+    assert told == [["dev-gone"]]
+
+
+async def test_a_silently_served_device_is_announced_when_its_connection_leaves_this_process(
+        ) -> None:
+    hub = Hub()
+    told = _announcing(hub)
+    served, never = RecordingMember("dev-a", registered_at=1), RecordingMember("dev-b")
+    hub.register(served)
+    hub.register(never)
+    hub.silenced(["dev-a"])
+    assert told == []
+    newer = RecordingMember("dev-a", session_id="newer", registered_at=5)
+    await hub.on_session(_session(newer, origin="another process"))  # replaced elsewhere
+    assert served.closes == [(CloseCode.SESSION_REPLACED, "session replaced")]
+    assert told == [["dev-a"]]
+    hub.unregister(never)  # never served without an event: nothing to announce
+    assert told == [["dev-a"]]
+
+
+def test_a_device_replaced_in_this_process_is_announced_only_when_it_leaves_it() -> None:
+    hub = Hub()
+    told = _announcing(hub)
+    old, new = RecordingMember("dev-a", registered_at=1), RecordingMember(
+        "dev-a", session_id="new", registered_at=2)
+    hub.register(old)
+    hub.silenced(["dev-a"])
+    assert hub.register(new) is old
+    hub.unregister(old)  # the older connection here ends: the device is still here
+    assert told == []
+    hub.unregister(new)
+    assert told == [["dev-a"]]
+    hub.register(RecordingMember("dev-a", session_id="third", registered_at=3))
+    hub.unregister(hub.member("dev-a"))  # type: ignore[arg-type]
+    assert told == [["dev-a"]]  # told once: the next connection was never served silently
+
+
 # --- one connection per device ----------------------------------------------------------------
 
 

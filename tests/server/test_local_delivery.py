@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -309,3 +311,40 @@ async def next_event_of(sock: RelaySocket, kind: type[Error]) -> Error:
         frame = await sock.next_event(seconds(10))
         if isinstance(frame, kind):
             return frame
+
+
+async def test_a_message_whose_recipients_are_all_here_wakes_no_other_process(
+        world: World) -> None:
+    """No wake-up event for a recipient connected to the process that stored its message:
+    that process tells its own connections after COMMIT, so a batch whose recipients are all
+    here wakes no other relay process and no listening Postgres backend. A recipient connected
+    nowhere here (Carol, offline) is still named, alone."""
+    alice, bob = await peer(world, "alice"), await peer(world, "bob")
+    carol = await peer(world, "carol")
+    tid = await thread(world, alice, bob, carol)
+    a, b = await connect(world, alice), await connect(world, bob)
+    heard: list[dict[str, Any]] = []
+    listener = await world.db()
+    await listener.add_listener(
+        "lightbox_events", lambda _c, _p, _ch, payload: heard.append(json.loads(payload)))
+    try:
+        for sock in (a, b):
+            while not isinstance(await sock.next_event(seconds(10)), QueueEmpty):
+                pass
+        await a.send(seal(alice, tid, [bob, carol], b"to both"))
+        await b.ack([(await next_deliver(b)).delivery_id])
+
+        def named() -> set[str]:
+            return {d for e in heard if e.get("kind") == "deliver"
+                    for d in e.get("device_ids", [])}
+
+        async def carol_named() -> bool:
+            return carol.device_id in named()
+
+        assert await eventually(carol_named)
+        await asyncio.sleep(0.5)  # an event for Bob would have come with Carol's
+        assert bob.device_id not in named()
+    finally:
+        await listener.close()
+        await a.close()
+        await b.close()

@@ -28,11 +28,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clients.sdk.connection import Connection
 from clients.sdk.socket import RelaySocket
-from protocol.frames import Deliver
+from protocol.frames import Deliver, QueueEmpty
 from server.gcwatch import YOUNG_THRESHOLD
 from tests.helpers import ROOT, eventually, seconds, session_dir
 from tests.identity_world import World, identity_world
-from tests.relay_world import Peer, opened, peer, seal, thread
+from tests.relay_world import Peer, connect, opened, peer, seal, thread
 
 
 def _free_port() -> int:
@@ -355,3 +355,55 @@ async def test_metrics_of_a_relay_of_two_processes_count_both_whichever_answers(
         finally:
             for sock in socks:
                 await sock.close()
+
+
+async def test_a_device_that_moved_to_another_process_while_its_message_committed_gets_it(
+        world: World) -> None:
+    """The takeover rule of local delivery (docs/ARCHITECTURE.md §3): the process that stores a
+    message for a device connected to it sends no wake-up event for that device. If the device
+    connects to another process meanwhile, whose pump reads its queue before the COMMIT, the
+    storing process finds it gone after the COMMIT and wakes it by an event wherever it is."""
+    alice, bob = await peer(world, "alice"), await peer(world, "bob")
+    tid = await thread(world, alice, bob)
+    other = RelayProcess(world)
+    with processes(other):
+        await other.start()
+        a = await connect(world, alice)
+        b = await connect(world, bob)
+        holder, observer = await world.db(), await world.db()
+        moved: RelaySocket | None = None
+        try:
+            for sock in (a, b):
+                while not isinstance(await sock.next_event(seconds(10)), QueueEmpty):
+                    pass
+            await a.send(seal(alice, tid, [bob], b"warm up"))  # the thread is known here now
+            while not isinstance(first := await b.next_event(seconds(10)), Deliver):
+                pass
+            await b.ack([first.delivery_id])
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("SELECT 1 FROM threads WHERE thread_id = $1 FOR UPDATE", tid)
+            sending = asyncio.ensure_future(a.send(seal(alice, tid, [bob], b"while moving")))
+
+            async def store_waits() -> bool:  # Bob was connected here when it began
+                return bool(await observer.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%lock_and_store_batch_delivering%'"))
+
+            assert await eventually(store_waits)
+            moved = await other.socket(bob)  # Bob's device, now on the other process
+            while not isinstance(await moved.next_event(seconds(10)), QueueEmpty):
+                pass  # its queue read before the COMMIT: nothing there yet
+            code, _ = await asyncio.wait_for(b.closed, seconds(10))
+            assert code == 4003  # replaced: gone from the storing process
+            await tx.rollback()
+            await sending
+            while not isinstance(d := await moved.next_event(seconds(10)), Deliver):
+                pass
+            assert opened(bob, alice, d.message) == b"while moving"
+        finally:
+            await holder.close()
+            await observer.close()
+            for s in (a, b, moved):
+                if s is not None:
+                    await s.close()

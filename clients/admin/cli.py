@@ -122,7 +122,8 @@ def _handouts(report: adminops.ImportReport, session: AdminSession, org_key: Org
         sheet = handout.Handout(name=p.row.name, login=p.row.login, server=session.server,
                                 code=p.code, expires_at=p.request.enrolment_expires_at,
                                 org_fingerprint=fingerprint(org_key.public),
-                                gateway=p.row.service)
+                                gateway=p.row.service,
+                                phone_app=handout.phone_app_address())
         handout.print_handout(sys.stdout, sheet, qr=not args.no_qr)
         if args.handout_dir:
             try:

@@ -1,7 +1,9 @@
 """Enrolment handouts: on the terminal, and per user a printable PDF and a PNG for screens.
 
 A handout gives a clinician everything the first enrolment needs (docs/USER_GUIDE.md,
-"Handouts"): their name and login, the relay's address, the enrolment code as text, when it
+"Handouts"): their name and login, the relay's address, the phone app's address (IT's
+``LIGHTBOX_PHONE_APP``: the relay never serves the app, docs/SECURITY.md "Who serves the phone
+app", so its address cannot be derived from the relay's), the enrolment code as text, when it
 expires, the organisation key's fingerprint to compare with what the device pins, a QR code of
 ``lightbox://enrol?server=<url>&code=<code>``, and the exact first command. The PDF (one A4
 page, fpdf2 with DejaVu like the consent form) and the PNG (Pillow, 150 dpi) come from one
@@ -21,7 +23,7 @@ import dataclasses
 import datetime as dt
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, Protocol, TextIO
 from urllib.parse import quote
@@ -36,11 +38,13 @@ __all__ = [
     "EXPIRED_NOTE",
     "FINGERPRINT_NOTE",
     "GATEWAY_NOTE",
+    "INVALID_NOTE",
     "Handout",
     "HandoutError",
     "HandoutFiles",
     "enrol_uri",
     "expiry_text",
+    "phone_app_address",
     "prepare_directory",
     "print_handout",
     "render_handout_pdf",
@@ -54,6 +58,10 @@ FINGERPRINT_NOTE: Final = (
 EXPIRED_NOTE: Final = (
     "Code expired (lightbox says enrolment_code_expired)? Do not try again: ask IT for a new "
     "enrolment code. A code works once.")
+INVALID_NOTE: Final = (
+    "Code refused as invalid (lightbox says enrolment_code_invalid)? Check it is typed as "
+    "printed. IT may have replaced this handout with a newer one: only the newest code works, "
+    "so ask IT for the newest handout.")
 CONFIDENTIAL_NOTE: Final = (
     "Personal and confidential. The code opens your Lightbox identity: keep it to yourself and "
     "destroy this sheet once you have enrolled.")
@@ -85,6 +93,7 @@ class Handout:
     expires_at: int
     org_fingerprint: str
     gateway: bool = False  # a service account: the record gateway, enrolled on its host
+    phone_app: str = ""  # where a phone's browser opens the app (:func:`phone_app_address`)
 
     def uri(self) -> str:
         return enrol_uri(self.server, self.code)
@@ -108,6 +117,13 @@ class Handout:
 class HandoutFiles:
     pdf: Path
     png: Path
+
+
+def phone_app_address(environ: Mapping[str, str] = os.environ) -> str:
+    """The phone app's address for the handouts: ``LIGHTBOX_PHONE_APP`` on IT's workstation
+    (such as ``https://phone.example.org``, one of the relay's ``LIGHTBOX_PHONE_ORIGINS``,
+    docs/OPERATIONS.md); empty when unset, and the handout then names none."""
+    return environ.get("LIGHTBOX_PHONE_APP", "").strip().rstrip("/")
 
 
 def enrol_uri(server: str, code: str) -> str:
@@ -136,6 +152,8 @@ def print_handout(out: TextIO, handout: Handout, *, qr: bool = True,
     h = handout
     print(f"--- Lightbox enrolment: {h.name} ({h.login}) ---", file=out)
     print(f"  server:           {h.server}", file=out)
+    if h.phone_app and not h.gateway:
+        print(f"  phone app:        {h.phone_app}", file=out)
     print(f"  enrolment code:   {h.code}", file=out)
     print(f"  valid until:      {expiry_text(h.expires_at, tz)} (single use)", file=out)
     print(f"  organisation key: {h.org_fingerprint}", file=out)
@@ -207,6 +225,8 @@ def _layout(canvas: _Canvas, h: Handout, tz: dt.tzinfo | None, scale: float = 1.
     fields = [("Name", h.name, "regular", 12.0),
               ("Login", h.login, "mono-bold", 12.0),
               ("Relay address", h.server, "mono", 11.0),
+              *([("Phone app", h.phone_app, "mono", 11.0)]
+                if h.phone_app and not h.gateway else []),
               ("Enrolment code", h.code, "mono-bold", 15.0),
               ("Valid until", f"{expiry_text(h.expires_at, tz)}, single use", "regular", 12.0),
               ("Organisation key", h.org_fingerprint, "mono-bold", 12.0)]
@@ -225,13 +245,16 @@ def _layout(canvas: _Canvas, h: Handout, tz: dt.tzinfo | None, scale: float = 1.
         y += quiet
         canvas.qr(left + (width - side) / 2, y, side, [list(row) for row in qr.matrix])
         y += side + quiet
-        para("Scan the QR code with the Lightbox app, or type this first command on your "
-             "phone, on one line:", "regular", 11, after=1.5)
+        opened = ("Open the phone app's address above in your phone's browser and scan the "
+                  "QR code with it" if h.phone_app else "Scan the QR code with the Lightbox app")
+        para(f"{opened}, or type this first command on your phone, on one line:", "regular",
+             11, after=1.5)
     para(h.first_command(keep=_NBSP), "mono-bold", 11, x=left + 4, w=width - 4, after=4)
     canvas.rule(left, y, width)
     y += 2
     para(FINGERPRINT_NOTE, "regular", 10, after=1.5)
-    para(EXPIRED_NOTE, "regular", 10)
+    para(EXPIRED_NOTE, "regular", 10, after=1.5)
+    para(INVALID_NOTE, "regular", 10)
     return y
 
 

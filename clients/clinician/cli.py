@@ -60,6 +60,7 @@ from protocol.consent import (
     ConsentBasis,
     ConsentDecision,
 )
+from protocol.errors import ErrorCode
 from protocol.keys import key_id
 from protocol.model import SUPPORTED_VERSIONS, DeviceKind, Purpose
 
@@ -69,6 +70,12 @@ VERSION = "0.1.0"
 # How a clinician who signs in at the hospital's identity provider signs in again.
 SSO_HINT = "sign in again with your hospital account: run `lightbox login --sso`"
 T = TypeVar("T")
+# An enrolment code the relay does not know (or that does not open the package): a typo, or a
+# code IT has since replaced by reissuing it (docs/USER_GUIDE.md "Handouts"), which the relay
+# cannot tell apart; the handout says the same (clients/admin/handout.py INVALID_NOTE).
+CODE_INVALID = ("this enrolment code does not work: check it against your handout; if IT has "
+                "given you a newer handout since, only the newest one's code works: ask IT "
+                "for the newest handout")
 
 
 # --- enrolment and linking -------------------------------------------------------------------
@@ -91,7 +98,12 @@ def _enroll(args: argparse.Namespace) -> int:
                                         kind=DeviceKind(args.kind),
                                         sso=id_token if args.sso else None)
 
-    opened = run_async(go)
+    try:
+        opened = run_async(go)
+    except (RelayRequestError, FlowError) as exc:
+        if exc.code != ErrorCode.ENROLMENT_CODE_INVALID.value:
+            raise
+        raise FlowError(CODE_INVALID, code=exc.code) from exc
     st = opened.state
     print(f"enrolled {st.login} on this {st.device_kind} (device {st.device_id})")
     print(f"organisation {st.org_id} pinned, key fingerprint {key_id(st.org_public_key)}")

@@ -17,13 +17,13 @@ from pathlib import Path
 
 from clients.clinician import phi
 from clients.clinician.device import store_of
-from clients.clinician.sending import check_roles, record_from_args, role_name
+from clients.clinician.sending import check_roles, read_image, record_from_args, role_name
 from clients.clinician.shell import command_client, print_problems, unlock_profile
 from clients.sdk import consent as consent_capture
 from clients.sdk import consent_pdf, people
 from clients.sdk.errors import FlowError, RelayRequestError, SDKError
 from clients.sdk.failures import run_async
-from clients.sdk.imaging import ImageRejected, prepare_image
+from clients.sdk.imaging import ImageRejected, RejectCode, prepare_image
 from clients.sdk.keystore import (
     DeviceState,
 )
@@ -83,9 +83,11 @@ def capture_command(args: argparse.Namespace) -> int:
         # applied, metadata stripped), which is what `lightbox send` encrypts; with --redact,
         # the redacted copy (clients/clinician/phi.py, deterministic), which is what it then shares.
         try:
-            clean = prepare_image(Path(path).read_bytes()).image
+            clean = prepare_image(read_image(path, outcome="No consent was recorded.")).image
         except ImageRejected as exc:
-            raise FlowError(f"{path}: {exc}", code="validation_failed") from exc
+            # A file over the limit is named in its own sentence, with what to use instead.
+            said = exc.reason if exc.code is RejectCode.TOO_LARGE else f"{path}: {exc}"
+            raise FlowError(said, code="validation_failed") from exc
         strictest = next((p for p in purposes if p in phi.DEIDENTIFIED_PURPOSES), None)
         original = clean
         if args.redact != "none" or strictest is not None:

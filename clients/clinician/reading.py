@@ -28,8 +28,12 @@ from clients.clinician.shell import (
     unlock_profile,
     when,
 )
+from clients.sdk.acking import (
+    AcknowledgementUnconfirmed,
+    acknowledgement_answer,
+    connections_ended,
+)
 from clients.sdk.client import (
-    AcknowledgementEvent,
     ClientEvent,
     EscalationEvent,
     ExpiredEvent,
@@ -1157,7 +1161,7 @@ async def _acknowledge(client: LightboxClient, message_id: str) -> str:
                 "nothing sent again")
     answers = client.subscribe()
     try:
-        went_on = _connections(client)  # counted before it goes: see _ack_answer
+        went_on = connections_ended(client)  # counted before it goes: see _ack_answer
         if not await client.acknowledge(message_id, wait=ACK_WAIT):
             raise _NotAcknowledged(
                 f"the relay connection was lost, so {consult} is not acknowledged yet: it is "
@@ -1218,45 +1222,19 @@ async def _the_consults(client: LightboxClient, message: VaultMessage) -> str:
     return f"; acknowledge the consult itself: lightbox ack {ids[-1]}" if ids else ""
 
 
-def _connections(client: LightboxClient) -> int:
-    """How many of the client's connections have ended so far."""
-    connection = client.connection
-    return 0 if connection is None else connection.reconnects
-
-
 async def _ack_answer(client: LightboxClient, message: VaultMessage,
                       answers: asyncio.Queue[ClientEvent], went_on: int) -> str | None:
     """Whether the relay took the acknowledgement just sent: None once it keeps this device's
-    ``acknowledged`` receipt (``GET /v1/threads/{id}/receipts``), else why it refused it.
-    When it does neither in :data:`ACK_WAIT` seconds, that is said as it is (exit 1): it may
-    not be acknowledged, and a later ``ack`` asks the relay again rather than trust it.
-
-    The relay answers a refusal on the connection the receipt came on (docs/PROTOCOL.md §3.5
-    "Receipts"), and the device has one connection: when a ``lightbox watch`` or the desktop
-    of the same profile takes it back before the relay has answered (``went_on``: the
-    client's ended connections when the receipt went), a refusal goes nowhere and the receipt
-    is never kept. So it is sent again on the connection the client gets back, and asked
-    about anew: the relay keeps one receipt per device and kind, and refuses the same one
-    alike."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + ACK_WAIT
-    while loop.time() < deadline:
-        while not answers.empty():
-            event = answers.get_nowait()
-            if isinstance(event, AcknowledgementEvent) and event.state == "refused" \
-                    and event.message_id == message.message_id:
-                return event.detail or "refused"
-        kept = await client.verified_receipts(message.thread_id, message.message_id)
-        if any(r.device_id == client.device_id and r.kind == "acknowledged" for r in kept):
-            return None
-        connection = client.connection
-        if _connections(client) != went_on and connection is not None \
-                and connection.connected.is_set():  # the answers it brought are read above
-            went_on = _connections(client)
-            if await client.acknowledge(message.message_id, wait=ACK_WAIT):
-                deadline = loop.time() + ACK_WAIT
-            continue
-        await asyncio.sleep(0.2)
+    receipt, else why it refused it (:func:`clients.sdk.acking.acknowledgement_answer`, which
+    sends it again when a ``lightbox watch`` or the desktop of the same profile took the
+    connection before the relay answered). When it does neither in :data:`ACK_WAIT` seconds,
+    that is said as it is (exit 1): it may not be acknowledged, and a later ``ack`` asks the
+    relay again rather than trust it."""
+    try:
+        return await acknowledgement_answer(client, message.message_id, message.thread_id,
+                                            answers, went_on, wait=ACK_WAIT)
+    except AcknowledgementUnconfirmed:
+        pass
     consult, _ = _consult_of(client, message.thread_id, message.message_id)
     raise _NotAcknowledged(
         f"the relay did not confirm in {ACK_WAIT:.0f} s that it took the acknowledgement of "

@@ -55,6 +55,7 @@ __all__ = [
     "box",
     "break_glass_command",
     "check_covers_original",
+    "check_devices",
     "check_identity",
     "check_patient_fields",
     "check_roles",
@@ -105,14 +106,20 @@ def role_name(name: str, option: str) -> str:
         raise FlowError(f"{option}: {exc}", code=ErrorCode.VALIDATION_FAILED.value) from None
 
 
-def read_image(path: str) -> bytes:
+def read_image(path: str, *, outcome: str = "Nothing was sent.") -> bytes:
+    """The bytes of an image FILE, or ImageRejected (``too_large``) before a file over the
+    limit is read, saying what to send instead and ``outcome``. The advice names what
+    clients/sdk/imaging.py takes: a photo at a phone's normal size is a few megabytes, and
+    one view exported as JPEG or PNG is far below the limit."""
     p = Path(path)
     try:
         size = p.stat().st_size
         if size > MAX_IMAGE_FILE:
-            raise imaging.ImageRejected(imaging.RejectCode.TOO_LARGE,
-                                        f"{p.name} is {size / 2**20:.1f} MB, over the "
-                                        f"{MAX_IMAGE_FILE // 2**20} MB limit")
+            raise imaging.ImageRejected(
+                imaging.RejectCode.TOO_LARGE,
+                f"{p.name} is {size / 2**20:.1f} MB and Lightbox takes an image of up to "
+                f"{MAX_IMAGE_FILE // 2**20} MB: take the photo again at the phone's normal "
+                f"size, or export just the one view as JPEG or PNG. {outcome}")
         return p.read_bytes()
     except OSError as exc:
         raise FlowError(f"cannot read {path}: {exc.strerror}",
@@ -485,6 +492,7 @@ def send_command(args: argparse.Namespace) -> int:
             await client.start()
             people = [await client.resolve_user(login) for login in logins]
             users = [p.user_id for p in people]
+            await check_devices(client, people)
             await check_roles(client, roles)
             # Everything that can be checked or done without the thread comes first: a send
             # stopped by a check leaves no empty consult behind.
@@ -739,6 +747,21 @@ async def check_roles(client: LightboxClient, roles: list[str]) -> None:
                         f"the role {role!r}{hint}: check its spelling (lightbox lookup WORD "
                         "lists colleagues with their roles); nothing was sent",
                         code=ErrorCode.ROLE_UNKNOWN.value)
+
+
+async def check_devices(client: LightboxClient, people: list[api.DirectoryEntry]) -> None:
+    """Before a thread names them: each colleague named with ``--to user:LOGIN`` must have a
+    device that can receive (an active device certificate in the key directory), or the send
+    stops with a sentence naming them. Otherwise the consult would be made and then refused
+    as ``device_set_mismatch`` (clients/sdk/trust.py), which says nothing to a clinician."""
+    for person in people:
+        if person.user_id == client.user_id:
+            continue  # one's own other devices are not a recipient to check
+        if not (await client.relay.user_devices(person.user_id)).devices:
+            raise FlowError(f"{person.login} has no device that can receive messages (their "
+                            "devices were revoked or never enrolled): ask them to enrol one, "
+                            "or send to the on-call role (--to role:ROLE). Nothing was sent.",
+                            code="no_device")
 
 
 async def _role_reaches_others(client: LightboxClient, role: str) -> bool:

@@ -34,7 +34,8 @@ Endpoints (JSON unless said otherwise):
 | | ``patients_warning`` (its record data names two patients, :func:`patients_warning`) |
 | ``POST /api/threads/{id}/reply`` ``{text, reply_to?, confirmed?}`` | reply (see below) |
 | ``POST /api/threads/{id}/read`` | mark read (signed read receipts) |
-| ``POST /api/messages/{id}/ack`` | acknowledge: "I'm on it" (202 ``kept``: not sent yet; |
+| ``POST /api/messages/{id}/ack`` | acknowledge: "I'm on it", answered with the relay's answer |
+| | (202 ``kept``: not sent yet; 202 ``unanswered``: the relay has not answered yet; |
 | | 400 for the user's own message, as ``lightbox ack``) |
 | ``GET /api/messages/{id}/consent.pdf`` | the patient's copy of its consent (PDF, see below) |
 | ``GET /api/images/{id}`` | image bytes from the vault (410 + record reference once shredded; |
@@ -119,6 +120,8 @@ from starlette.routing import Route
 
 from clients.desktop import dropped as drops
 from clients.desktop.views import (
+    ACK_UNANSWERED,
+    ACK_UNCONFIRMED,
     KEPT_ACK,
     consent_claims,
     known_name,
@@ -129,6 +132,11 @@ from clients.desktop.views import (
     thread_info,
 )
 from clients.desktop.web import Refused, checked_uuid, password_message, read_json
+from clients.sdk.acking import (
+    AcknowledgementUnconfirmed,
+    acknowledgement_answer,
+    connections_ended,
+)
 from clients.sdk.client import (
     AcknowledgementEvent,
     ClientEvent,
@@ -176,8 +184,15 @@ COOKIE = "lightbox_desktop"
 KEPT_REPLY = ("Not sent yet: Lightbox cannot reach the relay. Your reply is kept on this "
               "computer and goes as soon as the relay can be reached again; do not send it "
               "again.")
-# How long an acknowledgement may take to go to a connected relay before it counts as kept.
+# How long an acknowledgement may take to go to a connected relay before it counts as kept,
+# and how long "I'm on it" waits for the relay's answer (kept or refused) before it says it
+# has none yet (ACK_UNANSWERED).
 ACK_WAIT = 5.0
+# How long the desktop goes on asking for that answer, sending the receipt again whenever it
+# gets the connection back (clients/sdk/acking.py), before it says it has none
+# (ACK_UNCONFIRMED): twice the longest a replaced connection waits to come back
+# (clients/sdk/connection.py REPLACED_WAIT_MAX).
+ACK_FOLLOW = 120.0
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -238,7 +253,14 @@ class DesktopServer:
         # The client whose consults' escalation steps were asked of the relay (once each
         # unlock, at its first connection: :meth:`_steps_from_relay`), and those tasks.
         self._steps_asked: LightboxClient | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # "I'm on it" whose answer the relay has not given yet (ACK_UNANSWERED) or never gave
+        # (ACK_UNCONFIRMED), by message id: said under the message instead of "You
+        # acknowledged this" (:meth:`ack`).
+        self._ack_unanswered: dict[str, str] = {}
+        # Messages the relay's receipts (signed by their device) say this user acknowledged on
+        # another of their devices: once known, never asked again (:meth:`_kept_receipts`).
+        self._acked_elsewhere: set[str] = set()
         self._listeners: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
         self._unlock_lock = asyncio.Lock()
         self._server: uvicorn.Server | None = None
@@ -566,6 +588,7 @@ class DesktopServer:
         self.client = self.device = None
         for task in self._tasks:  # nothing more is asked of the relay for a locked vault
             task.cancel()
+        self._ack_unanswered, self._acked_elsewhere = {}, set()
         self.connected = self.replaced = False
         if client is not None:
             await client.close()
@@ -582,6 +605,12 @@ class DesktopServer:
         every = {t.thread_id: client.thread_messages(t.thread_id)
                  for t in client.cached_threads()}
         await learn_names(client, [v for views in every.values() for v in views])
+        # "I'm on it" said on another device of this user, as the opened consult says it
+        # (:meth:`thread`): the consults that may have one asked at once, and only while
+        # connected, so that a listing never waits on a relay out of reach.
+        if self.connected:
+            await asyncio.gather(*(self._kept_receipts(client, tid, views, shredded=False)
+                                   for tid, views in every.items()))
         waiting = {r.thread_id for r in client.pending_sends()}
         for t in client.cached_threads():
             views = every[t.thread_id]
@@ -594,6 +623,11 @@ class DesktopServer:
             # the message says (docs/PROTOCOL.md §16.4), not when it was resealed.
             author = client.authorship(last.message, last.body) if last else None
             incoming = [v for v in views if not v.message.outgoing]
+            # acknowledged here (and not waiting for the relay's answer), or on another device
+            # of this user (verified, :meth:`_kept_receipts`), as the opened consult says it
+            here = any(v.acknowledged_by_me and v.message.message_id not in self._ack_unanswered
+                       for v in incoming)
+            elsewhere = any(v.message.message_id in self._acked_elsewhere for v in incoming)
             out.append({
                 "thread_id": t.thread_id, "priority": t.priority,
                 "urgent": t.priority == "urgent"
@@ -605,7 +639,8 @@ class DesktopServer:
                 "last_at": author.written_at if author else t.created_at,
                 "last_from": client.display_name(author.author_user_id) if author else "",
                 "has_image": any(v.images for v in views),
-                "acknowledged": any(v.acknowledged_by_me for v in incoming),
+                "acknowledged": bool(here or elsewhere),
+                "acknowledged_elsewhere": not here and elsewhere,  # the list says where
                 "acknowledgement_waiting": any(v.acknowledgement_waiting for v in incoming),
             })
         out.sort(key=lambda x: (not x["urgent"], -float(str(x["last_at"]))))
@@ -633,13 +668,18 @@ class DesktopServer:
         kept = await self._kept_receipts(client, thread_id, views)
         # "I'm on it" said on another device of this user (their phone, `lightbox ack`): that
         # receipt goes to the consult's sender, never here; the relay keeps it (as `lightbox
-        # ack` asks it)
-        elsewhere = {r.message_id for r in kept or []
-                     if r.kind == "acknowledged" and r.user_id == client.user_id}
+        # ack` asks it): noted by _kept_receipts
         never_here = _never_here(client, views, kept)
         for m in messages:
-            if not m["acknowledged_by_me"] and m["message_id"] in elsewhere:
+            if not m["acknowledged_by_me"] and m["message_id"] in self._acked_elsewhere:
                 m["acknowledged_by_me"] = m["acknowledged_elsewhere"] = True
+            elif m["acknowledged_by_me"] and m["message_id"] in self._ack_unanswered:
+                note = self._ack_unanswered[m["message_id"]]
+                m["acknowledgement_note"] = note
+                # not "You acknowledged this" while the relay has not said so; and, once it
+                # never did, the button again
+                m["acknowledgement_waiting"] = note == ACK_UNANSWERED
+                m["acknowledged_by_me"] = note == ACK_UNANSWERED
             for img in m["images"]:
                 img["never_here"] = img["attachment_id"] in never_here
         # This device's sends the relay has not stored yet (the outbox, docs/PROTOCOL.md §3.5):
@@ -659,25 +699,30 @@ class DesktopServer:
                              "emptied": thread_id in self.emptied and not messages
                              and not pending and not self._marks(thread_id)})
 
-    @staticmethod
-    async def _kept_receipts(client: LightboxClient, thread_id: str,
-                             views: list[MessageView]) -> list[api.ReceiptInfo] | None:
+    async def _kept_receipts(self, client: LightboxClient, thread_id: str,
+                             views: list[MessageView], *, shredded: bool = True
+                             ) -> list[api.ReceiptInfo] | None:
         """The receipts the relay keeps of this consult (docs/PROTOCOL.md §16.6), asked only
-        when the page needs them (:meth:`thread`): while a colleague's message here is not
-        acknowledged from this computer (acknowledged on another device of this user?), or
-        a received image is shredded (did it ever reach this computer?). None when not asked
-        or when the relay cannot say."""
+        when the page needs them (:meth:`thread`, :meth:`threads`): while a colleague's
+        message here is not acknowledged from this computer, nor known to be on another
+        device of this user (acknowledged there? noted in ``_acked_elsewhere``), or, when
+        ``shredded``, a received image is shredded (did it ever reach this computer?). None
+        when not asked or when the relay cannot say."""
         mine = client.user_id
         unacked = any(not (v.acknowledged_by_me or v.message.outgoing
-                           or v.message.sender_user_id == mine) for v in views)
-        shredded = any(not v.message.outgoing and i.state == "shredded"
-                       for v in views for i in v.images)
-        if not unacked and not shredded:
+                           or v.message.sender_user_id == mine
+                           or v.message.message_id in self._acked_elsewhere) for v in views)
+        gone = shredded and any(not v.message.outgoing and i.state == "shredded"
+                                for v in views for i in v.images)
+        if not unacked and not gone:
             return None
         try:  # only receipts their devices signed: the relay cannot hide "I'm on it"
-            return await client.verified_receipts(thread_id)
+            kept = await client.verified_receipts(thread_id)
         except (RelayRequestError, RelayUnavailable):
             return None
+        self._acked_elsewhere |= {r.message_id for r in kept
+                                  if r.kind == "acknowledged" and r.user_id == mine}
+        return kept
 
     def _subject(self, thread_id: str, views: list[MessageView], waiting: set[str]) -> str:
         """A consult's name: the first subject a message here gives it; when all this computer
@@ -779,10 +824,14 @@ class DesktopServer:
         return JSONResponse({"marked": count})
 
     async def ack(self, request: Request) -> Response:
-        """"I'm on it". 200 once the receipt has gone to the relay; 202 ``kept`` when the
-        relay is out of reach (it goes once connected again; the thread shows it as not sent
-        yet); 404 and 400 (your own message, the record gateway's) refuse it. The relay's own
-        refusal (``not_on_ladder``) comes later, as the ``acknowledgement`` event."""
+        """"I'm on it". 200 once the relay answered: ``acknowledged`` true once it keeps the
+        receipt, false with ``refused`` (its words, also under the message: ``not_on_ladder``)
+        when it refused it; 202 ``kept`` when the relay is out of reach (it goes once
+        connected again; the thread shows it as not sent yet); 202 ``unanswered`` when the
+        relay has not answered in :data:`ACK_WAIT` seconds (another program of this profile
+        took the connection: the desktop sends it again once it has it back, and says what
+        the relay answered, :meth:`_ack_followed`); 404 and 400 (your own message, the record
+        gateway's) refuse it."""
         client = self._sending_client()
         message_id = checked_uuid(request.path_params["message_id"])
         try:
@@ -794,14 +843,67 @@ class DesktopServer:
             if await client.record_gateways([sender]):  # its receipt would go to the gateway
                 raise Refused(400, "the record gateway's message answers a consult: "
                                    "acknowledge the consult itself")
-            sent = await client.acknowledge(message_id, wait=ACK_WAIT)
+            self._ack_unanswered.pop(message_id, None)
+            answers = client.subscribe()  # before it goes: the relay's refusal is one of them
+            went_on = connections_ended(client)
+            try:
+                sent = await client.acknowledge(message_id, wait=ACK_WAIT)
+            except BaseException:
+                client.unsubscribe(answers)
+                raise
         except ItemNotFound as exc:
             raise Refused(404, "no such message on this computer") from exc
         except FlowError as exc:
             raise Refused(400, str(exc)) from exc
         if not sent:
+            client.unsubscribe(answers)
             return JSONResponse({"kept": True, "detail": KEPT_ACK}, status_code=202)
+        followed = asyncio.get_running_loop().create_task(
+            self._ack_followed(client, message_id, held.thread_id, answers, went_on))
+        self._tasks.add(followed)
+        followed.add_done_callback(self._tasks.discard)
+        done, _ = await asyncio.wait({followed}, timeout=ACK_WAIT)
+        if not done:  # it goes on: the page says so until the relay answers
+            self._ack_unanswered.setdefault(message_id, ACK_UNANSWERED)
+            return JSONResponse({"unanswered": True, "detail": ACK_UNANSWERED},
+                                status_code=202)
+        if followed.cancelled():  # the vault locked meanwhile (:meth:`_lock`)
+            raise Refused(423, "locked")
+        refused = followed.result()
+        if refused is not None:
+            return JSONResponse({"acknowledged": False, "refused": refused})
         return JSONResponse({"acknowledged": True})
+
+    async def _ack_followed(self, client: LightboxClient, message_id: str, thread_id: str,
+                            answers: asyncio.Queue[ClientEvent], went_on: int) -> str | None:
+        """The relay's answer to "I'm on it" (:func:`clients.sdk.acking.acknowledgement_answer`,
+        as ``lightbox ack`` asks it): None once it keeps the receipt, else its refusal (which
+        the client keeps, and the page shows, as ``acknowledgement_refused``). When it gives
+        none in :data:`ACK_FOLLOW` seconds, the page says so (:data:`ACK_UNCONFIRMED`), never
+        "You acknowledged this"; the page is told either way."""
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + ACK_FOLLOW
+            while True:
+                try:
+                    refused = await acknowledgement_answer(
+                        client, message_id, thread_id, answers, went_on,
+                        wait=max(0.0, deadline - loop.time()))
+                    break
+                except (RelayRequestError, RelayUnavailable):
+                    if loop.time() >= deadline:
+                        raise AcknowledgementUnconfirmed(message_id) from None
+                    await asyncio.sleep(1.0)  # the relay cannot be asked now: again soon
+        except AcknowledgementUnconfirmed:
+            self._ack_unanswered[message_id] = ACK_UNCONFIRMED
+            refused = None
+        else:
+            self._ack_unanswered.pop(message_id, None)
+        finally:
+            client.unsubscribe(answers)
+        self._broadcast("acknowledgement", {"thread_id": thread_id, "message_id": message_id,
+                                            "state": "answered"})
+        return refused
 
     # -- live updates (server-sent events) ---------------------------------------------------
 

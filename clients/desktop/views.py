@@ -25,6 +25,8 @@ from protocol.errors import ProtocolError
 from protocol.model import Priority, Purpose
 
 __all__ = [
+    "ACK_UNANSWERED",
+    "ACK_UNCONFIRMED",
     "KEPT_ACK",
     "ReplyPlan",
     "acknowledgement_note",
@@ -45,6 +47,19 @@ KEPT_ACK = ("Acknowledged on this computer, not sent yet: Lightbox cannot reach 
             "the sender does not know yet. It is kept on this computer and goes by itself as "
             "soon as the relay can be reached while Lightbox is unlocked. If the consult "
             "cannot wait, phone the sender.")
+
+
+# "I'm on it" sent, while the relay has not said whether it took it: its connection was taken by
+# another program of this profile before it answered (clients/sdk/acking.py), so the desktop
+# sends it again once it has the connection back; then, if still nothing, ACK_UNCONFIRMED.
+ACK_UNANSWERED = ("Sent, but the relay has not said yet whether it took it: another Lightbox "
+                  "program on this computer is using the connection. Lightbox sends it again "
+                  "once it has the connection back and says here what the relay answered. "
+                  "Until then the sender may not know you are on it: if the consult cannot "
+                  "wait, phone the sender.")
+ACK_UNCONFIRMED = ("Not confirmed: the relay did not say whether it took your acknowledgement, "
+                   "so the sender may not know you are on it. Press I'm on it again, or phone "
+                   "the sender if the consult cannot wait.")
 
 
 def acknowledgement_note(view: MessageView) -> str:

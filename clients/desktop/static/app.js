@@ -334,6 +334,8 @@ async function loadInbox() {
         ? "1 message dropped: ask its sender" : t.dropped.length + " messages dropped: ask their sender") : null,
       el("div", {class: "meta"}, (t.last_from ? t.last_from + ", " : "") + when(t.last_at) +
          (t.has_image ? " - image" : "") + (t.acknowledged ? " - acknowledged" : "") +
+         // "I'm on it" said on her phone or with `lightbox ack`, as the opened consult says it
+         (t.acknowledged_elsewhere ? " on another of your devices" : "") +
          (t.acknowledgement_waiting ? ", not sent yet" : "")));
     item.addEventListener("click", () => openThread(t.thread_id, true));
     list.append(el("li", {}, item));
@@ -697,6 +699,9 @@ function ackLine(m) {
 async function acknowledge(messageId) {
   ackFailures.delete(messageId);
   try {
+    // 200 once the relay answered (kept, or refused: said under the message from the client's
+    // record); 202 kept (not sent yet) or unanswered (the connection was taken before the
+    // relay answered): said under the message too, until the relay's answer replaces it.
     await api("/api/messages/" + messageId + "/ack", {});
   } catch (err) {
     if (err.shown) throw err;  // the unlock screen or "Lightbox has closed" says it already

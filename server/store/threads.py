@@ -44,6 +44,22 @@ The moment is always the caller's (the relay's injected clock), never the databa
 ``now()``."""
 
 
+UNKNOWN_ROLES_SQL = (
+    "SELECT r.role FROM unnest($2::text[]) WITH ORDINALITY AS r(role, n) "
+    "WHERE NOT EXISTS (SELECT 1 FROM oncall_roles o WHERE o.org_id = $1 AND o.role = r.role) "
+    "AND NOT EXISTS (SELECT 1 FROM users u WHERE u.org_id = $1 AND u.status IN "
+    "('active', 'pending') AND r.role = ANY (u.roles)) ORDER BY r.n")
+"""The roles, of those given, that nobody in organisation ``$1`` holds: no on-call rota of it
+(``oncall_roles``, primary key ``(org_id, role)``) and no certificate of one of its users who is
+active or provisioned and not yet enrolled (``pending``; index ``users_org_status``, the scan
+``role_reach`` makes too). Such a role reaches nobody, ever, until IT gives it to someone: a
+mistyped role, or another organisation's. A role it knows reaches someone now, or is a known
+role nobody can be reached through at the moment (holders with no device yet, a rota whose
+ladder has not enrolled, a gap between shifts): the send path's to handle, as before
+(docs/PROTOCOL.md §16.4), not refused here. Nothing deletes a rota, so a role found known
+stays known."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ThreadSummary:
     thread_id: str
@@ -86,10 +102,14 @@ async def create_thread(
     conn: asyncpg.Connection, *, thread_id: str, org_id: str, creator: str, priority: str,
     users: Sequence[str], roles: Sequence[str], now: dt.datetime,
 ) -> None:
-    """Create a thread with its creator and the given users and roles as participants."""
+    """Create a thread with its creator and the given users and roles as participants.
+    Raises VALIDATION_FAILED (a malformed role, an unknown or inactive user), ROLE_UNKNOWN (a
+    role nobody in the organisation holds: :data:`UNKNOWN_ROLES_SQL`) or CONFLICT, before
+    anything is stored."""
     members = list(dict.fromkeys([creator, *users]))
     roles = _roles(roles)
     await _check_users(conn, org_id, members)
+    await _check_roles(conn, org_id, roles)
     async with conn.transaction():
         try:
             await conn.execute(
@@ -103,6 +123,20 @@ async def create_thread(
         await conn.executemany(
             "INSERT INTO thread_roles (thread_id, role, added_at) VALUES ($1, $2, $3)",
             [(thread_id, r, now) for r in dict.fromkeys(roles)])
+
+
+async def _check_roles(conn: asyncpg.Connection, org_id: str, roles: Sequence[str]) -> None:
+    """ROLE_UNKNOWN naming every role (normalised) nobody in the organisation holds."""
+    if not roles:
+        return
+    unknown = [r["role"] for r in await conn.fetch(UNKNOWN_ROLES_SQL, org_id, list(roles))]
+    if len(unknown) == 1:
+        raise NotFound(ErrorCode.ROLE_UNKNOWN, f"nobody in this organisation holds the role "
+                       f"{unknown[0]!r} and no on-call rota names it", extra={"roles": unknown})
+    if unknown:
+        raise NotFound(ErrorCode.ROLE_UNKNOWN, "nobody in this organisation holds the roles "
+                       + ", ".join(repr(r) for r in unknown) + " and no on-call rota names them",
+                       extra={"roles": unknown})
 
 
 def _roles(roles: Sequence[str]) -> list[str]:
@@ -145,6 +179,7 @@ async def add_participants(
     await require_participant(conn, thread_id, actor, now)
     await _check_users(conn, org, users)
     roles = _roles(roles)
+    await _check_roles(conn, org, roles)  # as at creation: a role nobody holds is refused
     async with conn.transaction():
         await conn.executemany(
             "INSERT INTO thread_members (thread_id, user_id, added_at, added_by) "

@@ -33,6 +33,7 @@ from clients.sdk.errors import FlowError, RelayRequestError, RelayUnavailable, S
 from clients.sdk.failures import run_async
 from clients.sdk.filing import needs_gateway
 from clients.sdk.memory import body_of
+from clients.sdk.patients import patient_label, patient_labels, same_patient
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.threads import THREAD_NOTE
 from clients.sdk.vault import ItemNotFound
@@ -652,67 +653,38 @@ def thread_of(device: ProfileDevice, given: str) -> str:
                     "nothing was sent", code="ambiguous")
 
 
-def _name_parts(name: str) -> tuple[str, ...]:
-    """A DICOM person name (PS3.5 §6.2.1, PN: FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX) as compared:
-    ``Poe^Edgar``, ``POE, Edgar`` and ``poe ^ edgar`` are one name."""
-    parts = [" ".join(p.split()).casefold() for p in re.split(r"[\^,]", name)]
-    while parts and not parts[-1]:
-        parts.pop()
-    return tuple(parts)
-
-
-def _fold(value: str | None) -> str:
-    return "".join((value or "").split()).casefold()
-
-
-def same_patient(a: RecordData, b: RecordData) -> bool:
-    """Whether two records name one patient: the same hospital number and name (written any
-    of the ways :func:`_name_parts` accepts), and the same issuer and birth date where both
-    give one."""
-    return (_fold(a.patient_id) == _fold(b.patient_id)
-            and _name_parts(a.patient_name) == _name_parts(b.patient_name)
-            and not (a.issuer_of_patient_id and b.issuer_of_patient_id
-                     and _fold(a.issuer_of_patient_id) != _fold(b.issuer_of_patient_id))
-            and not (a.birth_date and b.birth_date and a.birth_date != b.birth_date))
-
-
-def patient_label(record: RecordData) -> str:
-    """``Poe, Edgar (MRN789)``: the patient as a clinician reads them in a sentence."""
-    family, *rest = [" ".join(p.split()) for p in record.patient_name.split("^")]
-    given = " ".join(p for p in rest if p)
-    return f"{family}, {given} ({record.patient_id})" if given else \
-        f"{family} ({record.patient_id})"
-
-
 def consult_patient(device: ProfileDevice, thread_id: str, typed: RecordData | None, *,
                     infer: bool) -> tuple[RecordData | None, str]:
     """The patient a photo added to a consult is sent with, and what the sent line adds about
     them. The consult's patient is the one its latest message with record data names (sent or
-    received, as this device's vault holds it). A different patient typed is refused before
+    received, as this device's vault holds it). A patient typed that any of the consult's
+    records names as another (clients/sdk/patients.py ``same_patient``) is refused before
     anything is sent: their photo goes in a new consult, never into another patient's
     (docs/CLINICAL_SAFETY.md). None typed, for a photo that is filed (``infer``): the consult's
     patient, said on the sent line. A consult whose patient this device does not know takes
     what was typed."""
-    known: RecordData | None = None
-    for message in device.vault.messages(thread_id):
-        body = body_of(message)
-        if body is not None and body.record is not None:
-            known = body.record
-    if known is None:
+    consult = [body.record for body in map(body_of, device.vault.messages(thread_id))
+               if body is not None and body.record is not None]
+    if not consult:
         return typed, ""
+    known = consult[-1]
     if typed is None:
         if not infer:
             return None, ""
         # The patient only: the study fields (accession, region) are this photo's own.
         return (msgspec.structs.replace(known, accession_number="", anatomic_region=""),
                 f"; the photo is filed under this consult's patient, {patient_label(known)}")
-    if not same_patient(typed, known):
-        raise FlowError(f"this consult is about {patient_label(known)}; a photo of another "
-                        f"patient ({patient_label(typed)}) goes in a new consult (lightbox "
-                        "send --to ...); nothing was sent", code="patient_mismatch")
+    # Another patient than any of the consult's records names (the rule, and why every record:
+    # clients/sdk/patients.py), as the desktop's warning would judge the consult with it.
+    other = next((r for r in reversed(consult) if not same_patient(typed, r)), None)
+    if other is not None:
+        ours, theirs = patient_labels([other, typed])
+        raise FlowError(f"this consult is about {ours}; a photo of another patient ({theirs}) "
+                        "goes in a new consult (lightbox send --to ...); nothing was sent",
+                        code="patient_mismatch")
     # The same patient, written as the consult first wrote them: one spelling in the record.
     return msgspec.structs.replace(
-        typed, patient_name=known.patient_name, patient_id=known.patient_id,
+        typed, patient_name=known.patient_name or typed.patient_name, patient_id=known.patient_id,
         issuer_of_patient_id=known.issuer_of_patient_id or typed.issuer_of_patient_id,
         birth_date=known.birth_date or typed.birth_date, sex=known.sex or typed.sex), ""
 

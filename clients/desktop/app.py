@@ -164,6 +164,7 @@ from clients.sdk.errors import (
     RelayUnavailable,
     SDKError,
 )
+from clients.sdk.patients import patient_labels, patients_of
 from clients.sdk.profile import ProfileDevice, open_profile
 from clients.sdk.session import CUT_OFF, SESSION_ENDED
 from clients.sdk.textguard import TextGuardWarning, guard_text
@@ -1087,16 +1088,12 @@ def patients_warning(views: list[MessageView]) -> str:
     """The warning over a consult whose record data names more than one patient (images of two
     patients in one consult: docs/HAZARD_LOG.md HAZ-01, a wrong patient; senders refuse
     to add such a photo now, but consults sent before may hold them), else "". Patients are
-    told apart by their identifier and its issuer, named as the page names them."""
-    found: dict[tuple[str, str | None], str] = {}
-    for v in views:
-        r = v.body.record
-        if r is not None:
-            found.setdefault((r.patient_id, r.issuer_of_patient_id),
-                             f"{r.patient_name.replace('^', ', ')} ({r.patient_id})")
+    told apart by the rule every client uses (clients/sdk/patients.py), named as
+    ``lightbox send`` names them."""
+    found = patients_of([v.body.record for v in views if v.body.record is not None])
     if len(found) < 2:
         return ""
-    names = list(found.values())
+    names = patient_labels(found)
     count = "two" if len(names) == 2 else str(len(names))
     listed = ", ".join(names[:-1]) + " and " + names[-1]
     return f"WARNING: this consult holds images of {count} patients: {listed}: check before acting"

@@ -9,7 +9,8 @@ The rule. Two records (protocol/body.py ``RecordData``) name the same patient wh
 
 * their hospital numbers are equal once folded: case ignored and separators dropped (anything
   but a letter or a digit: spaces, ``-``, ``/``, ``.``), so ``MRN 789``, ``mrn-789`` and
-  ``MRN789`` are one number (the phone folds it the same way: clients/phone/src/app/worker.ts);
+  ``MRN789`` are one number (the phone judges by the same rule: clients/phone/src/app/patients.ts,
+  held to this module's cases by tests/phone/test_phone_patient_rule.py);
 * where both give the number's issuer, the issuers are equal folded the same way; a record
   without one is not told apart by it;
 * where both give a birth date, the dates are equal;

@@ -16,11 +16,15 @@
  *   {"op": "final_refusal_sentence", "code", "status", "title"} -> {sentence, passes} (app/relay.ts)
  *   {"op": "decode_messages", "cases": [{data, bundles, ready}]} -> {results: [{frames: [{t, nonce?}], error}]}
  *                                                             (protocol/frames.ts decodeMessage, PROTOCOL §3.6)
+ *   {"op": "same_patient", "pairs": [[record, record]]}      -> {same: [bool]} (app/patients.ts)
+ *   {"op": "photo_patient", "cases": [{kept, records, photo}]} -> {results: [{other, kept}]}: the consult's
+ *                                kept patients (a stored thread's `patient`/`patients`) with `records` learnt,
+ *                                and the record of it `photo` names another patient than, or null (app/patients.ts)
  */
 import { readFileSync } from "node:fs";
 import * as att from "../src/protocol/attachments.js";
 import { hex } from "../src/protocol/bytes.js";
-import { makeBody, encodeBody, decodeBody, type Body } from "../src/protocol/body.js";
+import { makeBody, encodeBody, decodeBody, type Body, type RecordData } from "../src/protocol/body.js";
 import { b64urlDecode as d, b64urlEncode as e } from "../src/protocol/canonical.js";
 import * as certs from "../src/protocol/certs.js";
 import * as consent from "../src/protocol/consent.js";
@@ -30,6 +34,7 @@ import * as keys from "../src/protocol/keys.js";
 import * as s from "../src/protocol/sodium.js";
 import * as prekeys from "../src/app/prekeys.js";
 import { checkQuality } from "../src/app/quality.js";
+import { learnPatient, otherPatient, patientOf, samePatient, type PatientsKept } from "../src/app/patients.js";
 import { RelayError, finalRefusalSentence, httpPasses, readAnswer, refusalSentence, resumedSentence } from "../src/app/relay.js";
 
 type V = Record<string, any>;
@@ -144,6 +149,16 @@ async function run(cmd: V): Promise<V> {
             frames: got.frames.map((f) => (f["nonce"] instanceof Uint8Array ? { t: f.t, nonce: hex(f["nonce"]) } : { t: f.t })),
             error: got.error ? got.error.code : null,
           };
+        }),
+      };
+    case "same_patient":
+      return { same: (cmd.pairs as [RecordData, RecordData][]).map(([a, b]) => samePatient(patientOf(a), patientOf(b))) };
+    case "photo_patient":
+      return {
+        results: (cmd.cases as V[]).map((c) => {
+          const kept: PatientsKept = c.kept ?? {};
+          for (const r of c.records as RecordData[]) learnPatient(kept, r);
+          return { other: otherPatient(kept, c.photo), kept };
         }),
       };
     default:

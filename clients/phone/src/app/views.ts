@@ -1,4 +1,6 @@
 /** What the worker tells the page about threads and messages (never a key, never an image). */
+import type { KnownPatient } from "./patients.js";
+
 export interface MessageView {
   message_id: string;
   thread_id: string;
@@ -70,7 +72,12 @@ export interface ThreadRecord {
    * relay cannot be reached is consented for. */
   audience?: { roles: string[]; users: string[]; names: string[] } | null;
   /** The patient this consult is about: the record data of the first photo this phone sent or
-   * received in it. A photo added to the consult names this patient, never another (HAZ-01). */
-  patient?: { name: string; id: string } | null;
+   * received in it, whose fields a photo added to the consult is given (HAZ-01). */
+  patient?: KnownPatient | null;
+  /** The record data of every photo this phone sent or received in it, each written once: a
+   * photo added to the consult must name the same patient as each (patients.ts). Kept since
+   * the phone judges by the rule of clients/sdk/patients.py; a consult kept before has
+   * `patient` only. */
+  patients?: KnownPatient[];
 }
 

@@ -18,6 +18,7 @@ import { SsoError, finishRequest, ssoConfig, startRequest, type SsoAnswer, type 
 import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, type SignedPrekeySecret } from "./prekeys.js";
 import type { MessageView, ThreadRecord } from "./views.js";
 import { checkQuality } from "./quality.js";
+import { learnPatient, otherPatient } from "./patients.js";
 import { NotAJpeg, pixelsOnlyJpeg } from "./jpeg.js";
 import { ciphertextSize, decryptAttachment, encryptAttachment, type AttachmentDescriptor } from "../protocol/attachments.js";
 import { hex } from "../protocol/bytes.js";
@@ -881,7 +882,8 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       // The thread's subject is its first message's, as the desktop and `lightbox threads`
       // show it (clients/desktop/app.py threads, clients/clinician/reading.py subject).
       if (body.subject && !thread.subject) thread.subject = body.subject;
-      if (body.kind === "text") knowPatient(thread, body.record);
+      // The consult's patients learnt from a photo received as from one sent (patients.ts).
+      if (body.kind === "text") learnPatient(thread, body.record);
       if (claim) {
         handedOver(view, claim, thread, sender.user.display_name, authorName, original, content);
         oneCopyShown(view, claim, thread);
@@ -1718,22 +1720,11 @@ async function keepDraft(draft: DraftRecord): Promise<void> {
   await addToThread(view, { thread_id: draft.thread_id, role: draft.role, subject: view.subject, priority: draft.priority, messages: [] });
 }
 
-/** The consult's patient, from the first record data this phone sent or received in it. */
-function knowPatient(thread: ThreadRecord, record: RecordData | null): void {
-  if (!thread.patient && record?.patient_id.trim()) thread.patient = { name: record.patient_name.trim(), id: record.patient_id.trim() };
-}
-
-/** The same patient: the hospital number compared without case or separators ("MRN 123" is
- * MRN123), the name without case or surrounding spaces. */
-function samePatient(known: { name: string; id: string }, record: RecordData): boolean {
-  const compact = (x: string): string => x.toLowerCase().replace(/[^\p{L}\p{N}]+/gu, "");
-  return compact(known.id) === compact(record.patient_id) && known.name.trim().toLowerCase() === record.patient_name.trim().toLowerCase();
-}
-
 /** The patient a consult of this phone is about, if it knows one (the consent screen fills
- * the patient's fields with it and does not let them be changed). */
+ * the patient's fields, name and number, with it and does not let them be changed). */
 async function consultPatient(args: { thread_id: string }): Promise<{ patient: { name: string; id: string } | null }> {
-  return { patient: (await vault!.get<ThreadRecord>(`thread:${args.thread_id}`))?.patient ?? null };
+  const p = (await vault!.get<ThreadRecord>(`thread:${args.thread_id}`))?.patient;
+  return { patient: p ? { name: p.name.trim(), id: p.id.trim() } : null };
 }
 
 /** One of our messages written into its thread's record: appended to the consult it answers,
@@ -1746,7 +1737,7 @@ async function addToThread(view: MessageView, fresh: ThreadRecord, replace = fal
     const at = thread.messages.findIndex((m) => m.message_id === view.message_id);
     if (at < 0) thread.messages.push(view);
     else if (replace) thread.messages[at] = view;
-    knowPatient(thread, record);
+    learnPatient(thread, record);
     await vault!.put(key, thread);
   });
 }
@@ -1952,9 +1943,12 @@ async function sendImage(a: ImageSend): Promise<Record<string, unknown>> {
       : "Enter the patient's hospital number: a refusal is filed in the patient's record too.");
   }
   // A consult is about one patient: a photo added to it whose record names another is refused
-  // before anything is registered or sent (docs/HAZARD_LOG.md HAZ-01).
-  if (thread?.patient && !samePatient(thread.patient, a.record)) {
-    throw new UserError("patient_mismatch", `This consult is about ${thread.patient.name} (${thread.patient.id}): the photo names another patient, so nothing was sent. For another patient, start a new consult.`);
+  // before anything is registered or sent (docs/HAZARD_LOG.md HAZ-01), judged by the rule of
+  // clients/sdk/patients.py against every record the consult holds, as `lightbox send
+  // --thread T --image` judges it (patients.ts).
+  const other = thread ? otherPatient(thread, a.record) : null;
+  if (other) {
+    throw new UserError("patient_mismatch", `This consult is about ${other.name.trim()} (${other.id.trim()}): the photo names another patient, so nothing was sent. For another patient, start a new consult.`);
   }
   // A photo added to a consult has the consult's subject and priority (the desktop's and the
   // SDK's thread semantics: the first message's subject is the thread's).

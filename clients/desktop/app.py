@@ -262,6 +262,7 @@ class DesktopServer:
         # Messages the relay's receipts (signed by their device) say this user acknowledged on
         # another of their devices: once known, never asked again (:meth:`_kept_receipts`).
         self._acked_elsewhere: set[str] = set()
+        self._acks_asking: asyncio.Task[None] | None = None  # :meth:`_ask_acked_elsewhere`
         self._listeners: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
         self._unlock_lock = asyncio.Lock()
         self._server: uvicorn.Server | None = None
@@ -607,11 +608,13 @@ class DesktopServer:
                  for t in client.cached_threads()}
         await learn_names(client, [v for views in every.values() for v in views])
         # "I'm on it" said on another device of this user, as the opened consult says it
-        # (:meth:`thread`): the consults that may have one asked at once, and only while
-        # connected, so that a listing never waits on a relay out of reach.
-        if self.connected:
-            await asyncio.gather(*(self._kept_receipts(client, tid, views, shredded=False)
-                                   for tid, views in every.items()))
+        # (:meth:`thread`): asked of the relay beside the listing, never before it (a listing
+        # does not wait on the relay), and the page told when it learns of one.
+        if self.connected and self._acks_asking is None:
+            self._acks_asking = asyncio.get_running_loop().create_task(
+                self._ask_acked_elsewhere(client, every))
+            self._tasks.add(self._acks_asking)
+            self._acks_asking.add_done_callback(self._tasks.discard)
         waiting = {r.thread_id for r in client.pending_sends()}
         for t in client.cached_threads():
             views = every[t.thread_id]
@@ -699,6 +702,20 @@ class DesktopServer:
                              # nothing left of it here once its dropped messages were dismissed
                              "emptied": thread_id in self.emptied and not messages
                              and not pending and not self._marks(thread_id)})
+
+    async def _ask_acked_elsewhere(self, client: LightboxClient,
+                                   every: dict[str, list[MessageView]]) -> None:
+        """The consults that may have been acknowledged on another device of this user, asked
+        at once (:meth:`_kept_receipts`); when one was, the page lists the inbox again (an
+        ``acknowledgement`` event). One such question at a time."""
+        try:
+            known = len(self._acked_elsewhere)
+            await asyncio.gather(*(self._kept_receipts(client, tid, views, shredded=False)
+                                   for tid, views in every.items()))
+            if len(self._acked_elsewhere) > known and self.client is client:
+                self._broadcast("acknowledgement", {"state": "elsewhere"})
+        finally:
+            self._acks_asking = None
 
     async def _kept_receipts(self, client: LightboxClient, thread_id: str,
                              views: list[MessageView], *, shredded: bool = True

@@ -1754,6 +1754,9 @@ async function sealDraft(draft: DraftRecord, kept: boolean): Promise<OutboxRecor
     try {
       await relay!.call("POST", "/v1/threads", { thread_id: draft.thread_id, users: [], roles: draft.role ? [draft.role] : [], priority: draft.priority });
     } catch (err) {
+      // A role nobody in the organisation holds is refused at the thread's creation (docs/
+      // PROTOCOL.md §16.2): said in words, with the role meant if the directory suggests one.
+      if (draft.role && err instanceof RelayError && err.code === "role_unknown") throw (await unknownRole(draft.role)) ?? err;
       // Made by an earlier try whose answer was lost (the id is this phone's, random).
       if (!(kept && err instanceof RelayError && err.code === "conflict")) throw err;
     }

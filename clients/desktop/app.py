@@ -209,6 +209,10 @@ Opener = Callable[[Path, str], ProfileDevice]
 # dropped or on its way, or sent without one): the same words as `lightbox threads`, never
 # another message's text (a gateway's receipt is no subject).
 NO_SUBJECT = "(no subject yet)"
+# A consult made before this computer was linked, of which it holds nothing: its messages were
+# sealed for the user's devices of that time, so none will ever reach it (docs/PROTOCOL.md §6:
+# a message is sealed for the recipient devices the sender verified when it sent it).
+BEFORE_LINK = "(sent before this computer was linked)"
 # Why a delivery was dropped, by the error code the client reported it with.
 _DROPPED_BECAUSE = {ErrorCode.CERTIFICATE_REVOKED.value: "revoked",
                     ErrorCode.USER_SUSPENDED.value: "suspended"}
@@ -263,6 +267,7 @@ class DesktopServer:
         # another of their devices: once known, never asked again (:meth:`_kept_receipts`).
         self._acked_elsewhere: set[str] = set()
         self._acks_asking: asyncio.Task[None] | None = None  # :meth:`_ask_acked_elsewhere`
+        self._linked_at: int | None = None  # this computer's device certificate, issued at
         self._listeners: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
         self._unlock_lock = asyncio.Lock()
         self._server: uvicorn.Server | None = None
@@ -590,7 +595,7 @@ class DesktopServer:
         self.client = self.device = None
         for task in self._tasks:  # nothing more is asked of the relay for a locked vault
             task.cancel()
-        self._ack_unanswered, self._acked_elsewhere = {}, set()
+        self._ack_unanswered, self._acked_elsewhere, self._linked_at = {}, set(), None
         self.connected = self.replaced = False
         if client is not None:
             await client.close()
@@ -699,6 +704,9 @@ class DesktopServer:
                                                       {r.thread_id for r in pending_sends}),
                              "patients_warning": patients_warning(views),
                              "dropped": self._marks(thread_id),
+                             # made before this computer was linked: nothing of it comes
+                             "before_link": not messages and not pending
+                             and self._before_link(info),
                              # nothing left of it here once its dropped messages were dismissed
                              "emptied": thread_id in self.emptied and not messages
                              and not pending and not self._marks(thread_id)})
@@ -752,7 +760,28 @@ class DesktopServer:
         dropped = [d for d in self.drops.values() if d.thread_id == thread_id]
         if dropped and not views and thread_id not in waiting:
             return drops.title(sorted(dropped, key=lambda d: (d.at, d.sent_at)))
+        info = next((t for t in self.client.cached_threads() if t.thread_id == thread_id),
+                    None) if self.client is not None else None
+        if not views and thread_id not in waiting and info is not None \
+                and self._before_link(info):
+            return BEFORE_LINK
         return NO_SUBJECT
+
+    def _before_link(self, info: api.ThreadInfo) -> bool:
+        """Whether a consult was made before this computer's device was linked (its device
+        certificate issued): whatever it holds of it, the messages sent before then were not
+        sealed for it and never come."""
+        if self.client is None:
+            return False
+        if self._linked_at is None:
+            st = self.client.state
+            try:
+                self._linked_at = certs.verify_chain(
+                    st.user_certificate, st.device_certificate, trusted_orgs=st.trusted_orgs(),
+                    at=int(time.time()), revocations=None).device.issued_at
+            except ProtocolError:
+                self._linked_at = 0  # cannot tell: not said
+        return 0 < info.created_at < self._linked_at
 
     async def image(self, request: Request) -> Response:
         client = self._client()

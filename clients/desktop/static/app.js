@@ -195,6 +195,11 @@ function droppedLine(d) {
 // A consult whose dropped messages were dismissed and of which nothing else is on this computer.
 const LEFT_INBOX = "Its dropped messages are dismissed and nothing else of this consult is on " +
   "this computer, so it has left the inbox. It comes back if anything more of it arrives.";
+// A consult made before this computer was linked, with nothing of it here (the desktop's
+// before_link): its messages were sealed for her devices of that time and never come.
+const BEFORE_LINK = "This consult's messages were sent before this computer was linked to " +
+  "your account: they were sealed for your devices of that time, so they cannot be read here. " +
+  "Read them on another of your devices. A new message in this consult reaches this computer.";
 
 // Not connected because another Lightbox command of this device has the relay for now (the
 // relay keeps one connection per device): no loss, and the client connects again once that
@@ -583,6 +588,8 @@ async function openThread(id, markRead) {
     list.append(el("p", {class: "meta", id: "thread-empty"},
       t.dropped.length ? "No other message of this consult is on this computer."
         : t.emptied ? LEFT_INBOX
+        // Sealed for her devices of that time: they never come here (PROTOCOL.md §6).
+        : t.before_link ? BEFORE_LINK
         : "No message of this consult has reached this computer yet."));
   }
   const form = el("form", {id: "reply"},

@@ -20,9 +20,11 @@ account password set at enrolment; it also unlocks the key store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import shutil
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -54,6 +56,7 @@ from clients.sdk.keystore import (
     default_profile,
     lightbox_home,
 )
+from clients.sdk.vault import VAULT_FILE
 from clients.sdk.wording import counted
 from protocol import certs
 from protocol.consent import (
@@ -81,6 +84,22 @@ CODE_INVALID = ("this enrolment code does not work: check it against your handou
 # --- enrolment and linking -------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _no_empty_profile(store: KeyStore) -> Iterator[None]:
+    """A profile folder this command creates is removed again when the command fails before
+    a key store or vault is in it (a wrong code, the relay refusing, Ctrl-C): a failed
+    ``enroll`` or ``link`` leaves ``~/.lightbox/<profile>`` as it found it."""
+    folder = store.directory
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and folder.is_dir() and not store.exists() \
+                and not (folder / VAULT_FILE).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def _enroll(args: argparse.Namespace) -> int:
     store = store_of(args)
     if store.exists():
@@ -99,7 +118,8 @@ def _enroll(args: argparse.Namespace) -> int:
                                         sso=id_token if args.sso else None)
 
     try:
-        opened = run_async(go)
+        with _no_empty_profile(store):
+            opened = run_async(go)
     except (RelayRequestError, FlowError) as exc:
         if exc.code != ErrorCode.ENROLMENT_CODE_INVALID.value:
             raise
@@ -115,8 +135,6 @@ def _link_new(args: argparse.Namespace) -> int:
     store = store_of(args)
     if store.exists():
         raise KeyStoreError(f"profile {args.profile!r} already holds a device")
-    store.check_writable()
-    password = read_password("Your Lightbox password")
 
     async def go() -> OpenKeyStore:
         async with RelayHTTP(args.server) as relay:
@@ -128,7 +146,10 @@ def _link_new(args: argparse.Namespace) -> int:
                                                   interval=args.poll)
             return await identity.finish_link(relay, store, pending, result, password)
 
-    opened = run_async(go)
+    with _no_empty_profile(store):
+        store.check_writable()
+        password = read_password("Your Lightbox password")
+        opened = run_async(go)
     st = opened.state
     print(f"linked: {st.login} on this {st.device_kind} (device {st.device_id}), logged in")
     print(f"organisation {st.org_id} pinned, key fingerprint {key_id(st.org_public_key)}")

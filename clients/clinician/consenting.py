@@ -18,7 +18,7 @@ from pathlib import Path
 from clients.clinician import phi
 from clients.clinician.device import store_of
 from clients.clinician.sending import check_roles, read_image, record_from_args, role_name
-from clients.clinician.shell import command_client, print_problems, unlock_profile
+from clients.clinician.shell import command_client, print_problems, rejection, unlock_profile
 from clients.sdk import consent as consent_capture
 from clients.sdk import consent_pdf, people
 from clients.sdk.errors import FlowError, RelayRequestError, SDKError
@@ -86,7 +86,8 @@ def capture_command(args: argparse.Namespace) -> int:
             clean = prepare_image(read_image(path, outcome="No consent was recorded.")).image
         except ImageRejected as exc:
             # A file over the limit is named in its own sentence, with what to use instead.
-            said = exc.reason if exc.code is RejectCode.TOO_LARGE else f"{path}: {exc}"
+            said = exc.reason if exc.code is RejectCode.TOO_LARGE else \
+                f"{path}: {rejection(exc, 'No consent was recorded.')}"
             raise FlowError(said, code="validation_failed") from exc
         strictest = next((p for p in purposes if p in phi.DEIDENTIFIED_PURPOSES), None)
         original = clean
@@ -182,7 +183,7 @@ async def resolve_people(device: ProfileDevice, names: Sequence[str],
     client = command_client(device)
     try:
         await client.ensure_login()
-        await check_roles(client, list(roles))
+        await check_roles(client, list(roles), outcome="no consent was recorded")
         return await people.resolve_users(client.relay, names) if names else []
     finally:
         await client.close()
@@ -249,8 +250,9 @@ def pdf_command(args: argparse.Namespace) -> int:
         try:
             clinician_name, names = run_async(lambda: names_of(device, claims))
         except SDKError as exc:
+            said = exc.said if isinstance(exc, RelayRequestError) else exc
             print(f"warning: people are not named on this copy (the relay could not be asked: "
-                  f"{exc})", file=sys.stderr)
+                  f"{said})", file=sys.stderr)
     write_consent_pdf(args, claims, clinician_name, names)
     return 0
 

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import datetime as dt
 import difflib
+import math
 import re
 import shlex
 import sys
@@ -107,6 +108,14 @@ def role_name(name: str, option: str) -> str:
         raise FlowError(f"{option}: {exc}", code=ErrorCode.VALIDATION_FAILED.value) from None
 
 
+def decimal_mb(size: int, *, up: bool = False) -> str:
+    """``size`` bytes in decimal megabytes (10^6 bytes), as file managers show them, to 0.1
+    MB: a file's rounded up and the limit's down, so that a file over the limit never reads as
+    within it (40 MiB is "41.9 MB")."""
+    tenths = math.ceil(size / 100_000) if up else size // 100_000
+    return f"{tenths / 10:.1f} MB"
+
+
 def read_image(path: str, *, outcome: str = "Nothing was sent.") -> bytes:
     """The bytes of an image FILE, or ImageRejected (``too_large``) before a file over the
     limit is read, saying what to send instead and ``outcome``. The advice names what
@@ -118,8 +127,8 @@ def read_image(path: str, *, outcome: str = "Nothing was sent.") -> bytes:
         if size > MAX_IMAGE_FILE:
             raise imaging.ImageRejected(
                 imaging.RejectCode.TOO_LARGE,
-                f"{p.name} is {size / 2**20:.1f} MB and Lightbox takes an image of up to "
-                f"{MAX_IMAGE_FILE // 2**20} MB: take the photo again at the phone's normal "
+                f"{p.name} is {decimal_mb(size, up=True)} and Lightbox takes an image of up "
+                f"to {decimal_mb(MAX_IMAGE_FILE)}: take the photo again at the phone's normal "
                 f"size, or export just the one view as JPEG or PNG. {outcome}")
         return p.read_bytes()
     except OSError as exc:
@@ -632,8 +641,10 @@ _THREAD_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]*$")
 def thread_of(device: ProfileDevice, given: str) -> str:
     """The consult ``--thread`` names: its whole id, or the start of it (8 characters or more,
     as ``watch`` and ``inbox`` print it) when that starts the id of exactly one consult this
-    device knows (the threads the relay last listed to it, kept in the vault). Anything else
-    is refused before anything is sent, naming the ids to use."""
+    device knows (the threads the relay last listed to it, kept in the vault; when none of
+    them does, the relay is asked for the device's threads first: a consult that reached the
+    user while this process never listed threads, as through ``lightbox watch``). Anything
+    else is refused before anything is sent, naming the ids to use."""
     wanted = given.strip().lower()
     if _THREAD_ID.match(wanted):
         return wanted  # the relay says whether it is one of the user's consults
@@ -642,6 +653,9 @@ def thread_of(device: ProfileDevice, given: str) -> str:
                         f"{MIN_THREAD_PREFIX} characters as `lightbox threads` prints it; "
                         "nothing was sent", code=ErrorCode.VALIDATION_FAILED.value)
     known = sorted(t for t in device.vault.notes(THREAD_NOTE) if t.startswith(wanted))
+    if not known:
+        list_threads(device)
+        known = sorted(t for t in device.vault.notes(THREAD_NOTE) if t.startswith(wanted))
     if len(known) == 1:
         return known[0]
     if not known:
@@ -651,6 +665,21 @@ def thread_of(device: ProfileDevice, given: str) -> str:
     raise FlowError(f"{given!r} starts the ids of {len(known)} consults: "
                     f"{', '.join(known)}; give the one you mean with --thread ID; "
                     "nothing was sent", code="ambiguous")
+
+
+def list_threads(device: ProfileDevice) -> None:
+    """The device's threads as the relay lists them now, kept in the vault (ThreadBook). A
+    relay out of reach leaves the threads as last listed."""
+    async def listed() -> None:
+        client = command_client(device)
+        try:
+            await client.ensure_login()
+            await client.threads()
+        finally:
+            await client.close()
+
+    with contextlib.suppress(RelayUnavailable):
+        run_async(listed)
 
 
 def consult_patient(device: ProfileDevice, thread_id: str, typed: RecordData | None, *,
@@ -697,13 +726,14 @@ def kept_sentence(exc: RelayUnavailable, what: str = "the consult") -> str:
             "`lightbox inbox` to send it; `lightbox outbox` lists it)")
 
 
-async def check_roles(client: LightboxClient, roles: list[str]) -> None:
+async def check_roles(client: LightboxClient, roles: list[str], *,
+                      outcome: str = "nothing was sent") -> None:
     """Before a thread names them: each role must reach someone else of this organisation
     now (its on-call ladder, else a colleague holding it), or the send stops with a sentence
     naming the role (a mistyped role would otherwise make an empty consult). An on-call role
     between shifts that nobody holds is no misspelling: said as it is. (The relay would keep
     such a consult for the next shift, docs/PROTOCOL.md §16.4, but there is no device to seal
-    it for until then.)"""
+    it for until then.) The sentence ends with ``outcome``, what the command did not do."""
     for role in roles:
         if await _role_reaches_others(client, role):
             continue
@@ -711,13 +741,13 @@ async def check_roles(client: LightboxClient, roles: list[str]) -> None:
             raise FlowError(f"nobody is on call for the role {role!r} now and nobody else "
                             "holds it, so a consult to it would reach no one before its next "
                             "shift: page the on-call doctor, or send to a colleague by name "
-                            "(--to user:LOGIN); nothing was sent", code="nobody_on_call")
+                            f"(--to user:LOGIN); {outcome}", code="nobody_on_call")
         near = await _roles_like(client, role)
         guess = difflib.get_close_matches(role, sorted(near - {role}), n=1, cutoff=0.7)
         hint = f" (did you mean role:{guess[0]}?)" if guess else ""
         raise FlowError(f"nobody {'else ' if role in near else ''}in your organisation holds "
                         f"the role {role!r}{hint}: check its spelling (lightbox lookup WORD "
-                        "lists colleagues with their roles); nothing was sent",
+                        f"lists colleagues with their roles); {outcome}",
                         code=ErrorCode.ROLE_UNKNOWN.value)
 
 

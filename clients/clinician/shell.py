@@ -35,6 +35,7 @@ __all__ = [
     "print_problems",
     "problem_line",
     "profile_dir",
+    "rejection",
     "unlock_profile",
     "when",
 ]
@@ -101,6 +102,17 @@ def consent_of(body: Body) -> str | None:
         return None
 
 
+def rejection(exc: imaging.ImageRejected, outcome: str = "Nothing was sent.") -> str:
+    """Why an image cannot be sent, as the rest of a sentence after a colon: the SDK's reason
+    (clients/sdk/imaging.py, a sentence of its own for other clients) starting lower-case,
+    then ``outcome``. A reason that ends with ``outcome`` was written for this place
+    (clients/clinician/sending.py ``read_image``, which starts with the file's name) and is
+    kept as it is."""
+    if exc.reason.endswith(outcome):
+        return exc.reason
+    return f"{exc.reason[:1].lower()}{exc.reason[1:]} {outcome}"
+
+
 def guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Say what is wrong with a rejected image; every other failure becomes one sentence in
     cli.main (clients/sdk/failures.py), which also knows a profile its organisation wiped."""
@@ -109,7 +121,7 @@ def guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
         try:
             return func(args)
         except imaging.ImageRejected as exc:
-            print(f"error: the image cannot be sent: {exc.reason}", file=sys.stderr)
+            print(f"error: the image cannot be sent: {rejection(exc)}", file=sys.stderr)
         return 1
 
     return run

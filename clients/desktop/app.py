@@ -527,7 +527,8 @@ class DesktopServer:
         page showed anything: its connection, begun with the last access token, hears IT's
         wipe order if one waits (the vault is then erased) or is closed by the relay. How its
         access ended; nothing is shown from the vault either way."""
-        with contextlib.suppress(DeviceWiped, ConnectionStopped, TimeoutError):
+        # FlowError: not started (refused at the sign-in before it: no token to listen with)
+        with contextlib.suppress(DeviceWiped, ConnectionStopped, TimeoutError, FlowError):
             await client.wait_synced(timeout=UNLOCK_HEARING_SECONDS)
         return _ended_by(client) or _ending(
             "revoked" if code == ErrorCode.DEVICE_REVOKED.value else "suspended")
@@ -1160,9 +1161,10 @@ async def _signed_in_again(client: LightboxClient) -> None:
     holds (IT suspended the user, and has resumed them since; docs/PROTOCOL.md §4.5), sign in
     again with the password just given, as `lightbox login` does, instead of a connection
     refused for good ("stopped"). A command keeps asking for `lightbox login` itself
-    (clients/sdk/session.py); here the password was typed a moment ago. Anything else (the
-    relay out of reach, a user still suspended, a revoked device) is left to the client's
-    start, which says it as before; so is a device that signs in at its identity provider."""
+    (clients/sdk/session.py); here the password was typed a moment ago. A device revoked or a
+    user suspended meanwhile is raised as the relay's refusal (the unlock says it); the relay
+    out of reach is left to the client's start, which says it as before; so is a device that
+    signs in at its identity provider."""
     if not client.session.can_log_in:
         return
     try:
@@ -1174,8 +1176,16 @@ async def _signed_in_again(client: LightboxClient) -> None:
     except RelayUnavailable:
         return
     client.relay.tokens = None
-    with contextlib.suppress(RelayRequestError, RelayUnavailable):
+    try:
         await client.ensure_login()
+    except RelayUnavailable:
+        pass
+    except RelayRequestError as exc:
+        # Revoked or suspended since this computer last held a session (it may hold none at
+        # all: the revocation ended it while the desktop ran): said as the relay says it now,
+        # by the unlock (``CUT_OFF``), never as "not logged in".
+        if exc.code in CUT_OFF:
+            raise
 
 
 def _ending(kind: str, revoked_at: int | None = None) -> dict[str, str]:

@@ -24,7 +24,9 @@ class SDKError(Exception):
 
 
 class RelayRequestError(SDKError):
-    """The relay refused a request with a problem document (docs/SECURITY.md error codes)."""
+    """The relay refused a request with a problem document (docs/SECURITY.md error codes).
+    ``str()`` names the HTTP status too, for logs; :attr:`said` is what a person reads, the
+    code and detail without it (clients/sdk/failures.py)."""
 
     def __init__(
         self,
@@ -39,12 +41,11 @@ class RelayRequestError(SDKError):
         self.detail = detail
         self.retry_after = retry_after
         self.extra = extra or {}
-        text = f"{code} (HTTP {status})"
-        if detail:
-            text += f": {detail}"
+        rest = f": {detail}" if detail else ""
         if retry_after is not None:
-            text += f"; retry after {retry_after:g} s"
-        super().__init__(text)
+            rest += f"; retry after {retry_after:g} s"
+        self.said = f"{code}{rest}"
+        super().__init__(f"{code} (HTTP {status}){rest}")
 
 
 class RelayResponseError(SDKError):

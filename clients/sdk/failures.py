@@ -56,7 +56,7 @@ def _relay_refusal(exc: RelayRequestError, login_hint: str) -> str:
         return _SUSPENDED
     if exc.code in SESSION_ENDED:
         return f"error: your session has ended ({exc.code}): {login_hint}"
-    return f"error: {exc}"
+    return f"error: {exc.said}"  # the HTTP status is for logs, not for the user
 
 
 def _session_ended(exc: SessionEnded, login_hint: str, sso_hint: str | None) -> str:

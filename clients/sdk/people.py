@@ -17,8 +17,10 @@ encrypts to that person verifies the chain against the organisation key first). 
 when the person with that id is suspended (``user_suspended``, as it says to anyone holding
 the id: docs/PROTOCOL.md §11), and so does the error, about them, not about the user.
 
-A login is looked up among the colleagues the directory shows, who are the active ones: a
-suspended or removed colleague is not there, and reads as "no colleague with login". Telling
+A login is looked up among the colleagues the directory shows, who are the active ones: one
+provisioned who has not enrolled a device yet, or a suspended or removed colleague, is not
+there, and reads as "no colleague with login ... who can receive messages", which says the
+first as a possibility and nothing of the others' standing. Telling
 them apart would need the relay to answer for logins it does not list, which would show a
 clinician who was suspended or removed by login to anyone who guesses it, more than the
 organisation's directory shows (docs/SECURITY.md "The hospital directory (SCIM)").
@@ -90,9 +92,10 @@ async def resolve_user(relay: RelayHTTP, who: str) -> api.DirectoryEntry:
         exact = (await relay.directory(login=who.lower())).users
         if exact:
             return exact[0]
-        raise FlowError(f"no colleague with login {who!r}"
+        raise FlowError(f"no colleague with login {who!r} who can receive messages"
                         f"{await _did_you_mean(relay, who.lower())}: check its spelling "
-                        "(lightbox lookup NAME searches the directory)",
+                        "(lightbox lookup NAME searches the directory); if it is right, they "
+                        "may not have enrolled a device yet",
                         code=ErrorCode.NOT_FOUND.value)
     if not 2 <= len(who) <= 64:
         raise FlowError(f"{who!r} is not a login: logins are 2 to 64 characters",

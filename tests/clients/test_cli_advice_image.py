@@ -1,7 +1,7 @@
-"""An image file over the 40 MB limit (clients/clinician/sending.py ``read_image``), given to
-``lightbox send --image`` or ``lightbox consent capture --image``, against a real relay: one
-sentence saying what to send instead, before the password is asked or the relay is called,
-and nothing is registered, uploaded or made."""
+"""An image file over the limit of 40 MiB, said as 41.9 MB (clients/clinician/sending.py
+``read_image``), given to ``lightbox send --image`` or ``lightbox consent capture --image``,
+against a real relay: one sentence saying what to send instead, before the password is asked
+or the relay is called, and nothing is registered, uploaded or made."""
 
 from __future__ import annotations
 
@@ -15,17 +15,19 @@ from tests.clinician_world import run_cli as lightbox
 from tests.identity_world import World
 
 ORTHO = "orthopaedics_oncall"
-ADVICE = ("big.jpg is 41.0 MB and Lightbox takes an image of up to 40 MB: take the photo "
+ADVICE = ("big.jpg is 42.0 MB and Lightbox takes an image of up to 41.9 MB: take the photo "
           "again at the phone's normal size, or export just the one view as JPEG or PNG.")
 
 world = cli_world  # the relay and the CLI's environment (tests/clinician_world.py)
 
 
 def _oversize(tmp_path: Path) -> Path:
-    """A sparse file 1 MB over the limit: its size is all the check reads."""
+    """A sparse file of 42,000,000 bytes, over the limit of 40 MiB (41,943,040 bytes): its
+    size is all the check reads; sizes are said in decimal MB, as file managers show them."""
     path = tmp_path / "big.jpg"
     with path.open("wb") as f:
-        f.truncate(MAX_IMAGE_FILE + 2**20)
+        f.truncate(42_000_000)
+    assert path.stat().st_size > MAX_IMAGE_FILE
     return path
 
 

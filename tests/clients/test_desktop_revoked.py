@@ -24,9 +24,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from clients.desktop.app import DesktopServer
+from clients.sdk.profile import open_profile
 from tests.clients.test_desktop import (
     DesktopTeam,
     browser_page,
@@ -250,3 +252,36 @@ async def test_a_message_from_a_colleague_suspended_while_it_was_queued_is_dropp
         page, problems = on.page, on.problems
         await page.screenshot(path=SHOTS / "06-message-from-suspended-colleague-dropped.png")
         assert problems == []
+
+
+async def test_a_desktop_revoked_without_wipe_says_so_when_started_and_unlocked_again(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """Closed after the revocation and started again with no session left on the profile
+    (the revocation ended it; a command of the profile may have dropped its tokens): the
+    unlock asks the relay, and says it was revoked, as the running page did, never "cannot
+    reach the relay: ... not logged in"."""
+    async with consult_open(world, tmp_path, orthanc, "Bay 8: wrist", "Bay 8 wrist") as on:
+        page, problems = on.page, on.problems
+        await on.revoke(wipe=False)
+        await page.locator("#ended-banner", has_text=REVOKED).wait_for()
+        before_stop = len(problems)
+        await on.team.desktop.stop()
+        device = open_profile(tmp_path / "specialist-profile", PASSWORD)
+        device.store.save(msgspec.structs.replace(device.store.state, session=None))
+        device.vault.lock()
+
+        again = DesktopServer(tmp_path / "specialist-profile")
+        await again.start()
+        try:
+            await page.goto(again.launch_url)
+            await page.fill("#password", PASSWORD)
+            await page.press("#password", "Enter")
+            said = page.get_by_text(REVOKED)
+            await said.first.wait_for()
+            assert "not logged in" not in await page.inner_text("body")
+            await page.screenshot(path=SHOTS / "07-revoked-then-started-again.png")
+            assert not problems[:before_stop], problems
+            assert [p for p in problems[before_stop:]
+                    if not any(e in p for e in ("403", "net::ERR_CONNECTION_REFUSED"))] == []
+        finally:
+            await again.stop()

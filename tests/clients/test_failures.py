@@ -53,7 +53,7 @@ def test_ctrl_c_is_stopped_with_status_130(tmp_path: Path,
     (RelayRequestError("refresh_reused", 401, "refresh token reused"),
      "error: your session has ended (refresh_reused): run `lightbox login`"),
     (RelayRequestError("enrolment_code_used", 409, "already used"),
-     "error: enrolment_code_used (HTTP 409): already used"),
+     "error: enrolment_code_used: already used"),
     (RelayUnavailable("GET /v1/threads: ConnectError: refused"),
      "error: cannot reach the relay (GET /v1/threads: ConnectError: refused): check the "
      "network and the server address, then try again"),

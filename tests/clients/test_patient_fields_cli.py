@@ -186,7 +186,7 @@ async def test_consent_capture_refuses_a_role_nobody_holds_before_signing(
     assert _refused(*await lightbox(*capture, "--role", "orthopaedic_oncall")) == (
         "error: role_unknown: nobody in your organisation holds the role "
         "'orthopaedic_oncall' (did you mean role:orthopaedics_oncall?): check its spelling "
-        "(lightbox lookup WORD lists colleagues with their roles); nothing was sent")
+        "(lightbox lookup WORD lists colleagues with their roles); no consent was recorded")
     assert not token.exists()
     assert await count(world, "SELECT count(*) FROM consents") == 0
     rc, out, err = await lightbox(*capture, "--role", ORTHO)

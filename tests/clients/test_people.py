@@ -67,8 +67,8 @@ async def test_unknown_and_ambiguous_colleagues_are_named_in_the_error(
     assert "error: not_found: no colleague with login 'nobody.here'" in err
     # A part of a login is nobody's: refused, naming the logins it is part of.
     rc, out, err = await lightbox(*send, "--to", "user:Bone")
-    assert rc == 1 and "error: not_found: no colleague with login 'Bone' (did you mean " \
-        "user:ada.bone or user:bob.bone?)" in err
+    assert rc == 1 and "error: not_found: no colleague with login 'Bone' who can receive " \
+        "messages (did you mean user:ada.bone or user:bob.bone?)" in err
     # The whole of one person's name is enough (a title aside); so is a user id.
     rc, out, err = await lightbox(*send, "--to", "user:Rita Ray")
     assert rc == 0, err
@@ -161,5 +161,7 @@ async def test_a_suspended_colleague_is_named_as_suspended_not_the_user(
                            "is suspended by your organisation; nothing was sent to them"), err
     rc, out, err = await lightbox(*send, "--to", "user:rita.ray")
     assert rc == 1
-    assert err.strip() == ("error: not_found: no colleague with login 'rita.ray': check its "
-                           "spelling (lightbox lookup NAME searches the directory)"), err
+    assert err.strip() == ("error: not_found: no colleague with login 'rita.ray' who can "
+                           "receive messages: check its spelling (lightbox lookup NAME "
+                           "searches the directory); if it is right, they may not have "
+                           "enrolled a device yet"), err

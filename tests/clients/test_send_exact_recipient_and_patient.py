@@ -58,11 +58,13 @@ async def test_a_partial_or_mistyped_login_is_refused_and_the_exact_one_is_named
     await _colleagues(world, tmp_path)
     send = ["--profile", "ivy.intern", "send", "--subject", "x"]
     assert _refusal(*await lightbox(*send, "--to", "user:bea.bon", "test")) == (
-        "error: not_found: no colleague with login 'bea.bon' (did you mean user:bea.bone?): "
-        "check its spelling (lightbox lookup NAME searches the directory)")
+        "error: not_found: no colleague with login 'bea.bon' who can receive messages (did "
+        "you mean user:bea.bone?): check its spelling (lightbox lookup NAME searches the "
+        "directory); if it is right, they may not have enrolled a device yet")
     assert _refusal(*await lightbox(*send, "--to", "user:ada", "test")) == (
-        "error: not_found: no colleague with login 'ada' (did you mean user:ada.byron?): "
-        "check its spelling (lightbox lookup NAME searches the directory)")
+        "error: not_found: no colleague with login 'ada' who can receive messages (did "
+        "you mean user:ada.byron?): check its spelling (lightbox lookup NAME searches the "
+        "directory); if it is right, they may not have enrolled a device yet")
     assert _refusal(*await lightbox(*send, "--to", "user:Bea Bo", "test")).startswith(
         "error: not_found: no colleague with login or name 'Bea Bo' (did you mean "
         "user:bea.bone?)")

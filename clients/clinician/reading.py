@@ -157,9 +157,12 @@ NAMED_PEOPLE = 3
 def thread_people(client: LightboxClient, thread: api.ThreadInfo) -> str:
     """Whom a thread reaches besides the user, as ``threads`` lists it: its roles (which
     reach whoever is on call for them, or holds them: docs/PROTOCOL.md §16.2), then the
-    people in it by name (those named when it was made, and those who joined, such as an
-    acknowledger), the rest counted."""
-    others = [u for u in thread.members if u != client.user_id]
+    people in it by name (those named when it was made, those who joined, such as an
+    acknowledger on a rota's ladder, and those reached through a role who wrote in it), the
+    rest counted."""
+    wrote = [v.message.sender_user_id for v in client.thread_messages(thread.thread_id)
+             if not v.message.outgoing and v.body.kind is BodyKind.TEXT]
+    others = [u for u in dict.fromkeys([*thread.members, *wrote]) if u != client.user_id]
     names = [client.display_name(u) for u in others[:NAMED_PEOPLE]]
     if len(others) > NAMED_PEOPLE:
         names.append(counted(len(others) - NAMED_PEOPLE, "more person", "more people"))

@@ -45,3 +45,23 @@ async def test_threads_names_the_role_and_the_people_besides_the_reader(
     assert people_of(out, "Hip, bed 2") == "with role:orthopaedics_oncall, Dr Ada Intern"
     rc, out, err = await lightbox("--profile", "intern", "threads")
     assert people_of(out, "Hip, bed 2") == "with role:orthopaedics_oncall, Dr Bob Primary", out
+
+
+async def test_someone_reached_through_the_role_who_replied_is_named(
+        world: World, tmp_path: Path) -> None:
+    """Bob, on call, answers the consult without acknowledging it: he is not made a member of
+    the thread, but the intern's list names him all the same (he wrote in it), as the guide's
+    "4. Follow it" shows it."""
+    await on_call(world, tmp_path)
+    await send("--to", "role:orthopaedics-oncall", "--subject", "Elbow, bay 3", "Supracondylar?")
+    rc, out, err = await lightbox("--profile", "bob", "inbox")
+    assert rc == 0, out + err
+    prefix = re.search(r" in ([0-9a-f]{8}): Elbow, bay 3", out)[1]  # type: ignore[index]
+    rc, out, err = await lightbox("--profile", "bob", "send", "--thread", prefix,
+                                  "Coming down now")
+    assert rc == 0, out + err
+    rc, out, err = await lightbox("--profile", "intern", "inbox")
+    assert rc == 0 and "Coming down now" in out, out + err
+    rc, out, err = await lightbox("--profile", "intern", "threads")
+    assert rc == 0, out + err
+    assert people_of(out, "Elbow, bay 3") == "with role:orthopaedics_oncall, Dr Bob Primary"

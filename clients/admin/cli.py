@@ -51,6 +51,7 @@ from clients.admin.session import (
     save_session,
     session_path,
 )
+from clients.sdk.errors import RelayRequestError
 from clients.sdk.failures import run_async, run_command
 from clients.sdk.http import RelayHTTP
 from clients.sdk.prompts import PromptError, read_secret
@@ -58,7 +59,7 @@ from clients.sdk.timefmt import format_date, format_time
 from clients.sdk.wording import counted
 from protocol import api, certs
 from protocol.canonical import b64url_encode, peek_compact
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import OrganisationKey
 
 __all__ = ["build_parser", "main"]
@@ -113,8 +114,17 @@ def _login(args: argparse.Namespace) -> int:
 # --- users -----------------------------------------------------------------------------------
 
 
+def _phone_app(nothing_done: str) -> str:
+    """``LIGHTBOX_PHONE_APP``, checked before any code is made: a code is shown only once, so
+    a handout naming an address a phone cannot open would waste it."""
+    try:
+        return handout.phone_app_address()
+    except handout.HandoutError as exc:
+        raise CommandError(f"{exc}; {nothing_done}") from None
+
+
 def _handouts(report: adminops.ImportReport, session: AdminSession, org_key: OrganisationKey,
-              args: argparse.Namespace) -> int:
+              args: argparse.Namespace, phone_app: str) -> int:
     """Each provisioned user's handout on the terminal, and with ``--handout-dir`` as
     ``<login>.pdf`` and ``<login>.png`` (admin/handout.py); returns how many files failed."""
     failed = 0
@@ -123,7 +133,7 @@ def _handouts(report: adminops.ImportReport, session: AdminSession, org_key: Org
                                 code=p.code, expires_at=p.request.enrolment_expires_at,
                                 org_fingerprint=fingerprint(org_key.public),
                                 gateway=p.row.service,
-                                phone_app=handout.phone_app_address())
+                                phone_app=phone_app)
         handout.print_handout(sys.stdout, sheet, qr=not args.no_qr)
         if args.handout_dir:
             try:
@@ -153,6 +163,7 @@ def _prepare_handout_dir(args: argparse.Namespace, nothing_done: str) -> None:
 
 def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
                failures: list[csvio.RowError]) -> int:
+    phone_app = _phone_app("nobody was provisioned")
     session = load_session()
     org_id, org_key = _org_key(args)
     _prepare_handout_dir(args, "nobody was provisioned")
@@ -164,7 +175,7 @@ def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
                 code_valid_hours=args.code_valid_hours)
 
     report = run_async(go) if rows else adminops.ImportReport([], [])
-    unwritten = _handouts(report, session, org_key, args)
+    unwritten = _handouts(report, session, org_key, args, phone_app)
     failures = sorted(failures + report.failed, key=lambda f: f.line)
     _report_failures(failures)
     print(f"{len(report.provisioned)} provisioned, {len(failures)} failed")
@@ -180,12 +191,32 @@ def _user_add(args: argparse.Namespace) -> int:
             jurisdiction=args.jurisdiction, licence_expires=args.licence_expires,
             now=int(time.time()), service=args.service)
     except ValueError as exc:
-        raise CommandError(str(exc)) from exc
+        raise CommandError(_in_option_words(str(exc))) from exc
     return _provision(args, [row], [])
+
+
+# The licence's CSV columns as `user add` spells them, each with an example value (the
+# licence type is free text: MD as in docs/USER_GUIDE.md).
+LICENCE_OPTIONS = (("licence_type", "--licence-type", "MD"),
+                   ("licence_number", "--licence-number", "GMC-7023456"),
+                   ("jurisdiction", "--jurisdiction", "UK"),
+                   ("licence_expires", "--licence-expires", "2030-06-30"))
+
+
+def _in_option_words(reason: str) -> str:
+    """A reason :func:`csvio.validate_user` gives in its CSV column's name, said in the
+    option's: ``licence_type is empty`` is ``--licence-type is required (...)``."""
+    for column, option, example in LICENCE_OPTIONS:
+        if reason == f"{column} is empty":
+            return f"{option} is required (for example {option} {example})"
+        if reason.startswith(f"{column} "):
+            return option + reason[len(column):]
+    return reason
 
 
 def _sign_pending(args: argparse.Namespace) -> int:
     """Sign the directory's pending users (clients/admin/directory.py); a handout each."""
+    phone_app = _phone_app("nobody was signed")
     session = load_session()
     org_id, org_key = _org_key(args)
     _prepare_handout_dir(args, "nobody was signed")
@@ -198,7 +229,7 @@ def _sign_pending(args: argparse.Namespace) -> int:
 
     run = run_async(go)
     report = run.report
-    unwritten = _handouts(report, session, org_key, args)
+    unwritten = _handouts(report, session, org_key, args, phone_app)
     for f in report.failed:
         print(f"{f.login}: {f.reason}", file=sys.stderr)
     for login in run.renewed:
@@ -407,6 +438,7 @@ def _user_reissue(args: argparse.Namespace) -> int:
     one (clients/admin/ops.py :func:`~clients.admin.ops.reissue_enrolment`)."""
     if args.code_valid_hours < 1:
         raise CommandError("--code-valid-hours must be at least 1")
+    phone_app = _phone_app("no new code was issued")
     session = load_session()
     org_id, org_key = _org_key(args)
     _prepare_handout_dir(args, "no new code was issued")
@@ -420,7 +452,8 @@ def _user_reissue(args: argparse.Namespace) -> int:
             return made, user.status != "pending"
 
     made, enrolled_before = run_async(go)
-    unwritten = _handouts(adminops.ImportReport([made], []), session, org_key, args)
+    unwritten = _handouts(adminops.ImportReport([made], []), session, org_key, args,
+                          phone_app)
     if enrolled_before:  # every device revoked: re-keyed
         print(f"{made.row.login}: new enrolment code issued, with a new identity key: the "
               "revoked devices' key no longer certifies anything; they enrol a new device "
@@ -540,14 +573,34 @@ def build_parser() -> argparse.ArgumentParser:
 def _copies(args: argparse.Namespace) -> int:
     """Each device that held the image, when it got it, when its expire order went out and
     when it confirmed destroying its copy, with the filing record (from the audit trail)."""
+    what, given, shown = (("consult", args.thread, "`lightbox send` prints it: in thread ID")
+                          if args.thread else ("shared image", args.attachment,
+                                               "the gateway's log names it: filed attachment ID"))
+    try:
+        the_id = str(uuid.UUID(given))
+    except ValueError:
+        raise CommandError(f"{given!r} is not a {what} id: a {what} id is a UUID, as {shown}"
+                           ) from None
     session = load_session()
 
     async def go() -> Any:
         async with admin_relay(session) as relay:
-            return await adminops.copies(relay, attachment_id=args.attachment,
-                                         thread_id=args.thread)
+            return await adminops.copies(relay, attachment_id=the_id if args.attachment else None,
+                                         thread_id=the_id if args.thread else None)
 
-    listing = run_async(go)
+    try:
+        listing = run_async(go)
+    except RelayRequestError as exc:
+        if exc.code != ErrorCode.NOT_FOUND.value:
+            raise
+        listing = None
+    # The relay answers an unknown image with not_found, and a consult with no image shared in
+    # it (or none with that id: it cannot tell IT which) with an empty list.
+    if listing is None or not listing.attachments:
+        holds = "" if args.attachment else " holds a shared image"
+        print(f"error: {ErrorCode.NOT_FOUND.value}: no {what} with id {the_id}{holds}",
+              file=sys.stderr)
+        return 1
     if args.json:
         import msgspec
 

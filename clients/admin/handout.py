@@ -26,7 +26,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, Protocol, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import segno
 from PIL import Image, ImageDraw, ImageFont
@@ -39,6 +39,7 @@ __all__ = [
     "FINGERPRINT_NOTE",
     "GATEWAY_NOTE",
     "INVALID_NOTE",
+    "PHONE_APP_RULE",
     "Handout",
     "HandoutError",
     "HandoutFiles",
@@ -119,11 +120,34 @@ class HandoutFiles:
     png: Path
 
 
+PHONE_APP_RULE: Final = ("LIGHTBOX_PHONE_APP must be the phone app's https address, such as "
+                         "https://phone.example.org")
+# http only on the loopback, for a test: the rule lightbox-phone applies to the addresses it
+# names (clients/phone/serve.py).
+_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 def phone_app_address(environ: Mapping[str, str] = os.environ) -> str:
     """The phone app's address for the handouts: ``LIGHTBOX_PHONE_APP`` on IT's workstation
     (such as ``https://phone.example.org``, one of the relay's ``LIGHTBOX_PHONE_ORIGINS``,
-    docs/OPERATIONS.md); empty when unset, and the handout then names none."""
-    return environ.get("LIGHTBOX_PHONE_APP", "").strip().rstrip("/")
+    docs/OPERATIONS.md); empty when unset, and the handout then names none. Anything but an
+    absolute https URL (http for localhost) raises HandoutError (:data:`PHONE_APP_RULE`):
+    a phone's browser could not open it from the handout."""
+    address = environ.get("LIGHTBOX_PHONE_APP", "").strip().rstrip("/")
+    if not address:
+        return ""
+    try:
+        parts = urlsplit(address)
+        host = parts.hostname
+        parts.port  # noqa: B018 - a port that is not a number raises ValueError
+    except ValueError:
+        raise HandoutError(PHONE_APP_RULE) from None
+    if (not host or any(c.isspace() for c in address) or parts.username is not None
+            or parts.query or parts.fragment
+            or not (parts.scheme == "https"
+                    or (parts.scheme == "http" and host in _LOOPBACK_HOSTS))):
+        raise HandoutError(PHONE_APP_RULE)
+    return address
 
 
 def enrol_uri(server: str, code: str) -> str:

@@ -28,10 +28,11 @@ from clients.sdk.errors import FlowError, RelayRequestError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import org_revocation_lists
 from clients.sdk.timefmt import format_time
+from clients.sdk.wording import counted
 from protocol import api, certs
 from protocol.canonical import LABEL_USER_CERTIFICATE, open_compact
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.filing import CopiesList
+from protocol.filing import CopiesList, CopiesReport, CopyInfo
 from protocol.keys import OrganisationKey, PassphraseProfile
 
 __all__ = [
@@ -304,6 +305,40 @@ COPY_WORDS = {
 }
 """How ``lightbox-admin copies`` words each copy status (server/expiry.py COPY_STATUSES)."""
 
+# An order to a device that never downloaded the image: from the moment it is issued the relay
+# refuses that device the image (docs/PROTOCOL.md §15), so the device holds no copy and never
+# will; only its confirmation is still to come.
+ORDERED_NEVER_RECEIVED = "never received; expiry ordered, not confirmed"
+
+
+def _copy_words(c: CopyInfo) -> str:
+    if c.status == "ordered" and c.received_at is None:
+        return ORDERED_NEVER_RECEIVED
+    return COPY_WORDS.get(c.status, c.status)
+
+
+def _may_hold(c: CopyInfo) -> bool:
+    """Whether this device may hold the image now: it downloaded it (or sent it) and has not
+    confirmed destroying it, or downloaded it after confirming."""
+    return (c.status in ("held", "fetched_after_confirmation")
+            or (c.status == "ordered" and c.received_at is not None))
+
+
+def _copies_summary(r: CopiesReport) -> str:
+    """The last line of an image's block: whether a copy may remain anywhere."""
+    if r.all_destroyed:
+        return "every copy confirmed destroyed"
+    devices = [c for c in r.copies if c.role != "gateway"]
+    if holding := [c for c in devices if _may_hold(c)]:
+        return f"copies remain on {counted(len(holding), 'device')}"
+    if waiting := [c for c in devices if c.status == "not_received"]:
+        return (f"no copy held now; {counted(len(waiting), 'device')} may still download "
+                "the image")
+    if unconfirmed := [c for c in devices if c.status == "ordered"]:
+        return (f"no copy remains: {counted(len(unconfirmed), 'device')} never received the "
+                "image (expiry order not confirmed yet)")
+    return "no device copy recorded"
+
 
 def format_copies(listing: CopiesList) -> list[str]:
     """Human-readable lines, one block per image (times as clients/sdk/timefmt.py writes them)."""
@@ -325,7 +360,6 @@ def format_copies(listing: CopiesList) -> list[str]:
         for c in r.copies:
             lines.append(f"  {c.device_id:<36}  {c.role:<9}  {t(c.received_at):<16}  "
                          f"{t(c.order_issued_at):<16}  {c.order_reason or '-':<15}  "
-                         f"{t(c.confirmed_at):<19}  {COPY_WORDS.get(c.status, c.status)}")
-        lines.append("  every copy confirmed destroyed" if r.all_destroyed
-                     else "  copies remain")
+                         f"{t(c.confirmed_at):<19}  {_copy_words(c)}")
+        lines.append(f"  {_copies_summary(r)}")
     return lines

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import math
 import os
 import signal
 import sys
@@ -38,6 +39,8 @@ __all__ = [
 VERSION = "0.1.0"
 
 log = logging.getLogger("lightbox.gateway")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
@@ -74,9 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--viewer-url", default=os.environ.get("LIGHTBOX_PACS_VIEWER_URL", ""),
                    help="where clinicians view a study: an http(s) URL template holding "
                    "{study_instance_uid} (default: the study's DICOMweb URL)")
-    p.add_argument("--original-lookback-days", type=int, default=int(
-        os.environ.get("LIGHTBOX_ORIGINAL_LOOKBACK_DAYS", "2")),
-                   help="days before a photo of a film searched for its original study")
+    p.add_argument("--original-lookback-days", type=int, default=None,
+                   help="days before a photo of a film searched for its original study "
+                   "(default: $LIGHTBOX_ORIGINAL_LOOKBACK_DAYS, else 2)")
     p.add_argument("--patient-check", choices=["on", "off"],
                    default=os.environ.get("LIGHTBOX_PATIENT_CHECK", "off"),
                    help="hold an image whose typed patient the PACS (and FHIR server) does "
@@ -88,10 +91,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.viewer_url and (urlsplit(args.viewer_url).scheme not in {"http", "https"}
                             or "{study_instance_uid}" not in args.viewer_url):
         p.error("--viewer-url must be an http(s) URL holding {study_instance_uid}")
+    # The settings from the environment are checked here too, each stopping the gateway
+    # with one sentence (exit 2) before it asks for anything.
+    if args.original_lookback_days is None:
+        raw = os.environ.get("LIGHTBOX_ORIGINAL_LOOKBACK_DAYS", "").strip() or "2"
+        if not (raw.isdigit() and 0 <= int(raw) <= 30):
+            p.error("LIGHTBOX_ORIGINAL_LOOKBACK_DAYS must be a whole number of days between 0 "
+                    "and 30")
+        args.original_lookback_days = int(raw)
     if not 0 <= args.original_lookback_days <= 30:
         p.error("--original-lookback-days must be between 0 and 30")
     if args.patient_check not in {"on", "off"}:  # a default from the environment
         p.error("LIGHTBOX_PATIENT_CHECK must be on or off")
+    if not (math.isfinite(args.retry_max) and args.retry_max > 0):
+        p.error("--retry-max must be a positive number of seconds")
+    if os.environ.get("LOG_LEVEL", "INFO").upper() not in LOG_LEVELS:
+        p.error(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
     return run_command("lightbox-gateway", lambda: serve(args), failure=2,
                        details_dir=lightbox_home(),
                        login_hint="enrol the gateway again, or give its password")

@@ -48,12 +48,13 @@ import ssl
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 import httpx
 
-from clients.gateway.httpio import HttpService, bounded_request, service_limits
+from clients.gateway.httpio import HttpService, bounded_request, read_secret, service_limits
+from clients.gateway.httpio import service_settings as settings_from_env
 from clients.sdk.addresses import is_loopback
 
 __all__ = [
@@ -186,50 +187,18 @@ class FhirSettings:
             raise ValueError("LIGHTBOX_FHIR_URL is not set")
         token = None
         if token_file := env.get("LIGHTBOX_FHIR_TOKEN_FILE"):
-            token = _read_secret("LIGHTBOX_FHIR_TOKEN_FILE", token_file).strip()
+            token = read_secret("LIGHTBOX_FHIR_TOKEN_FILE", token_file).strip()
         password = None
         if password_file := env.get("LIGHTBOX_FHIR_PASSWORD_FILE"):
             # Only the line ending goes: a password may begin or end with a space.
-            password = _read_secret("LIGHTBOX_FHIR_PASSWORD_FILE", password_file).rstrip("\r\n")
+            password = read_secret("LIGHTBOX_FHIR_PASSWORD_FILE", password_file).rstrip("\r\n")
         username = env.get("LIGHTBOX_FHIR_USERNAME") or None
         if (username is None) != (password is None):
             raise ValueError("set both LIGHTBOX_FHIR_USERNAME and LIGHTBOX_FHIR_PASSWORD_FILE, "
                              "or neither")
-        ca_file = None
-        if ca := env.get("LIGHTBOX_FHIR_CA_FILE"):
-            ca_file = Path(ca)
-            if not ca_file.is_file():
-                raise ValueError(f"LIGHTBOX_FHIR_CA_FILE: {ca} is not a readable file")
-        return cls(
-            url=base, token=token, username=username, password=password,
-            timeout=_number(env, "LIGHTBOX_FHIR_TIMEOUT", DEFAULT_TIMEOUT, float),
-            ca_file=ca_file,
-            max_response_bytes=_number(env, "LIGHTBOX_FHIR_MAX_RESPONSE_BYTES",
-                                       DEFAULT_MAX_RESPONSE_BYTES, int),
-        )
-
-
-def _read_secret(variable: str, path: str) -> str:
-    try:
-        value = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{variable}: {path} cannot be read ({type(exc).__name__})") from exc
-    if not value.strip():
-        raise ValueError(f"{variable}: {path} is empty")
-    return value
-
-
-N = TypeVar("N", int, float)
-
-
-def _number(env: Mapping[str, str], name: str, default: N, kind: type[N]) -> N:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        return kind(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, not {raw!r}") from exc
+        return cls(url=base, token=token, username=username, password=password,
+                   **settings_from_env(env, "LIGHTBOX_FHIR", timeout=DEFAULT_TIMEOUT,
+                                       max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES))
 
 
 class _BearerAuth(httpx.Auth):

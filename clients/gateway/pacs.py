@@ -76,7 +76,13 @@ from clients.gateway.dicomweb import (
     tm_time,
     unacknowledged,
 )
-from clients.gateway.httpio import HttpService, bounded_request, service_limits
+from clients.gateway.httpio import (
+    HttpService,
+    bounded_request,
+    read_secret,
+    service_limits,
+    service_settings,
+)
 
 __all__ = [
     "FailedInstance",
@@ -137,23 +143,34 @@ class PacsSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PacsSettings:
+        """Settings from ``env`` (default: the process environment). Raises ValueError, naming
+        the variable, when one is missing, unreadable or malformed: checked before the gateway
+        starts, so a typo stops it with that sentence (clients/gateway/cli.py)."""
         env = os.environ if env is None else env
         url = env.get("LIGHTBOX_PACS_URL", "").strip()
         if not url:
             raise ValueError("LIGHTBOX_PACS_URL is not set")
+        if not _dicomweb_root(url):
+            raise ValueError("LIGHTBOX_PACS_URL must be an http(s) URL of the DICOMweb root, "
+                             "such as https://pacs.example.org/dicom-web")
         password = env.get("LIGHTBOX_PACS_PASSWORD")
         if pw_file := env.get("LIGHTBOX_PACS_PASSWORD_FILE"):
-            password = Path(pw_file).read_text().strip()
-        ca = env.get("LIGHTBOX_PACS_CA_FILE")
-        return cls(
-            url=url,
-            username=env.get("LIGHTBOX_PACS_USERNAME") or None,
-            password=password,
-            timeout=float(env.get("LIGHTBOX_PACS_TIMEOUT", DEFAULT_TIMEOUT)),
-            ca_file=Path(ca) if ca else None,
-            max_response_bytes=int(env.get("LIGHTBOX_PACS_MAX_RESPONSE_BYTES",
-                                           DEFAULT_MAX_RESPONSE_BYTES)),
-        )
+            password = read_secret("LIGHTBOX_PACS_PASSWORD_FILE", pw_file).strip()
+        username = env.get("LIGHTBOX_PACS_USERNAME") or None
+        if (username is None) != (password is None):
+            raise ValueError("set both LIGHTBOX_PACS_USERNAME and LIGHTBOX_PACS_PASSWORD_FILE, "
+                             "or neither")
+        return cls(url=url, username=username, password=password, **service_settings(
+            env, "LIGHTBOX_PACS", timeout=DEFAULT_TIMEOUT,
+            max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES))
+
+
+def _dicomweb_root(url: str) -> bool:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
 
 
 # --- the client ----------------------------------------------------------------------------
@@ -165,9 +182,9 @@ class PacsClient(HttpService):
     def __init__(
         self, settings: PacsSettings, *, transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        url = httpx.URL(settings.url)
-        if url.scheme not in ("http", "https") or not url.host:
+        if not _dicomweb_root(settings.url):
             raise ValueError("the PACS URL must be an http(s) URL of the DICOMweb root")
+        url = httpx.URL(settings.url)
         if (settings.username is None) != (settings.password is None):
             raise ValueError("give both a PACS username and password, or neither")
         self._root = str(url).rstrip("/")

@@ -86,6 +86,7 @@ from clients.sdk.prekeys import PrekeyPolicy, after_outage, rotate_signed_prekey
 from clients.sdk.receiving import Receiver
 from clients.sdk.sending import Sender
 from clients.sdk.session import CUT_OFF, Session
+from clients.sdk.sharedtokens import SharedTokens
 from clients.sdk.threads import RECORD_THREAD_SUBJECT, ThreadBook
 from clients.sdk.trust import Trust
 from clients.sdk.vault import ItemNotFound, OutboxRecord, Vault, VaultLocked, VaultMessage
@@ -151,7 +152,7 @@ class LightboxClient:
             st.server_url, device=st.device_keys().signing, tokens=st.session,
             on_tokens=self.session.save_tokens,
             login_again=self.session.login_again if password is not None else None,
-            sso=st.sso)
+            sso=st.sso, shared=SharedTokens.of(store))
         self.session.relay = self.relay
         base = st.server_url.rstrip("/")
         self.ws_url = ws_url or ("ws" + base[len("http"):] + "/v1/ws")

@@ -25,6 +25,7 @@ from clients.sdk.errors import (
 )
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, DeviceStore, KeyStore, OpenKeyStore, PrekeySecret
+from clients.sdk.sharedtokens import SharedTokens, fresh_state
 from clients.sdk.sso import SignedIn
 from clients.sdk.wording import counted
 from protocol import api, certs, pairing
@@ -269,11 +270,13 @@ def device_relay(opened: OpenKeyStore, **kwargs: object) -> RelayHTTP:
     """A RelayHTTP acting as this device; new tokens are saved to the key store."""
 
     def save_tokens(tokens: api.TokenPair) -> None:
-        opened.save(msgspec.structs.replace(opened.state, session=tokens))
+        # Onto the state as saved now: another program of the profile may have saved since.
+        opened.save(msgspec.structs.replace(fresh_state(opened), session=tokens))
 
     st = opened.state
     return RelayHTTP(st.server_url, device=st.device_keys().signing, tokens=st.session,
-                     on_tokens=save_tokens, sso=st.sso, **kwargs)  # type: ignore[arg-type]
+                     on_tokens=save_tokens, sso=st.sso, shared=SharedTokens.of(opened),
+                     **kwargs)  # type: ignore[arg-type]
 
 
 async def sso_login(relay: RelayHTTP, state: DeviceState, signed_in: SignedIn

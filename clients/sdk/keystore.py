@@ -229,8 +229,8 @@ class KeyStore:
         if not os.access(self.directory, os.W_OK):
             raise KeyStoreError(f"{self.directory} is not writable")
 
-    def open(self, password: str) -> OpenKeyStore:
-        """Unseal the store; KeyStoreError if missing, corrupt or the password is wrong."""
+    def _read(self) -> tuple[bytes, bytes, bytes]:
+        """The file's wrapped data key, sealed state and the state's label."""
         try:
             blob = self.path.read_bytes()
         except FileNotFoundError as exc:
@@ -243,19 +243,26 @@ class KeyStore:
         if magic != _MAGIC or version not in (_NONCE_IN_LABEL, _VERSION):
             raise KeyStoreError("not a Lightbox key store (or a newer version)")
         start = _HEAD.size
-        wrapped = blob[start:start + n]
         sealed_at = start + n
         label = blob[:sealed_at + (LOCAL_NONCE_BYTES if version == _NONCE_IN_LABEL else 0)]
+        return blob[start:sealed_at], blob[sealed_at:], label
+
+    @staticmethod
+    def _unseal(data_key: bytes, sealed: bytes, label: bytes) -> DeviceState:
+        try:
+            plain = open_local(data_key, sealed, label=label)
+            return msgspec.msgpack.decode(plain, type=DeviceState)
+        except (ProtocolError, msgspec.DecodeError) as exc:
+            raise KeyStoreError("the key store file is corrupt") from exc
+
+    def open(self, password: str) -> OpenKeyStore:
+        """Unseal the store; KeyStoreError if missing, corrupt or the password is wrong."""
+        wrapped, sealed, label = self._read()
         try:
             data_key = open_with_passphrase(wrapped, password)
         except ProtocolError as exc:
             raise KeyStoreError("wrong password (or the key store is damaged)") from exc
-        try:
-            plain = open_local(data_key, blob[sealed_at:], label=label)
-            state = msgspec.msgpack.decode(plain, type=DeviceState)
-        except (ProtocolError, msgspec.DecodeError) as exc:
-            raise KeyStoreError("the key store file is corrupt") from exc
-        return OpenKeyStore(self, wrapped, data_key, state)
+        return OpenKeyStore(self, wrapped, data_key, self._unseal(data_key, sealed, label))
 
 
 class OpenKeyStore:
@@ -277,6 +284,16 @@ class OpenKeyStore:
     @property
     def directory(self) -> Path:
         return self._store.directory
+
+    def reload(self) -> DeviceState:
+        """The state as the file holds it now, saved by this program or another one of the
+        profile (clients/sdk/sharedtokens.py), with the data key already open (no Argon2id
+        run). A file sealed under another password since (``lightbox passwd`` elsewhere)
+        cannot be read so: the state in memory is kept."""
+        wrapped, sealed, label = self._store._read()
+        if wrapped == self._wrapped:
+            self._state = self._store._unseal(self._data_key, sealed, label)
+        return self._state
 
     def save(self, state: DeviceState) -> None:
         """Encrypt ``state`` and atomically replace the file (no Argon2id run)."""

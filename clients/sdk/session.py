@@ -22,6 +22,7 @@ from clients.sdk.errors import FlowError, LoggedOut, RelayRequestError, SessionE
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import log_in_again
 from clients.sdk.keystore import DeviceStore
+from clients.sdk.sharedtokens import fresh_state
 from clients.sdk.singleflight import SingleFlight
 from protocol import api
 from protocol.errors import CloseCode, ErrorCode
@@ -67,7 +68,8 @@ class Session:
 
     def save_tokens(self, tokens: api.TokenPair) -> None:
         self.check_logged_in()
-        self._store.save(msgspec.structs.replace(self._store.state, session=tokens))
+        # Onto the state as saved now: another program of the profile may have saved since.
+        self._store.save(msgspec.structs.replace(fresh_state(self._store), session=tokens))
 
     def usable(self) -> bool:
         tokens = self._relay().tokens

@@ -13,8 +13,10 @@ Refresh is *single flight* (:mod:`clients.sdk.singleflight`): however many reque
 websocket reconnections) find the token stale at once, one refresh goes to the relay and every
 caller waits for it and uses the pair it brings. Presenting the same refresh token twice would
 otherwise look like a stolen copy to the relay, which then ends the session (docs/SECURITY.md
-"Identity and sessions"). A refresh refused because the session ended is replaced, once, by
-``login_again`` where the caller can log in again.
+"Identity and sessions"). Across the programs of one profile (``shared``), each refresh is
+made under the profile's lock from the newest pair the profile holds
+(:mod:`clients.sdk.sharedtokens`). A refresh refused because the session ended is replaced,
+once, by ``login_again`` where the caller can log in again.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from clients.sdk.errors import (
     SessionEnded,
 )
 from clients.sdk.proof import proof_header
+from clients.sdk.sharedtokens import SharedTokens
 from clients.sdk.singleflight import SingleFlight
 from protocol import api
 from protocol.keys import Ed25519KeyPair
@@ -95,8 +98,8 @@ class RelayTransport:
     ``device`` (the device's Ed25519 signing key) and ``tokens`` enable device requests;
     ``admin_token`` enables admin requests. ``login_again`` (password and device signature)
     replaces a refresh the relay refuses because the session ended. ``sso``: the device signs
-    in at its organisation's identity provider (``DeviceState.sso``). ``now`` is injectable for
-    tests.
+    in at its organisation's identity provider (``DeviceState.sso``). ``shared``: the session
+    of a profile other programs may be using too. ``now`` is injectable for tests.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class RelayTransport:
         timeout: float = 15.0,
         now: Callable[[], float] = time.time,
         sso: bool = False,
+        shared: SharedTokens | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         require_tls(self.base_url, "the relay address")
@@ -122,6 +126,7 @@ class RelayTransport:
         self._login_again = login_again
         self._now = now
         self.sso = sso
+        self._shared = shared
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=timeout, headers={"User-Agent": "lightbox-sdk/0.1"}, follow_redirects=False,
@@ -273,6 +278,24 @@ class RelayTransport:
         return self.tokens
 
     async def _refresh(self) -> api.TokenPair:
+        if self._shared is None:
+            return await self._exchange()
+        async with self._shared.lock():  # clients/sdk/sharedtokens.py
+            stored = self._shared.stored()
+            if stored is not None and self.tokens is not None \
+                    and stored.refresh_token != self.tokens.refresh_token \
+                    and stored.expires_at >= self.tokens.expires_at:  # issued since ours
+                # Another program of this profile rotated the refresh token (or logged in)
+                # since this one read it: presenting the rotated-out token again would be
+                # reuse, which ends the session of every program (RFC 9700 §4.14.2). Its pair
+                # is taken instead, and refreshed only if stale itself.
+                self.tokens = stored
+                if self._now() < stored.expires_at - REFRESH_MARGIN:
+                    return stored
+            return await self._exchange()
+
+    async def _exchange(self) -> api.TokenPair:
+        """The held refresh token for a new pair (saved through ``on_tokens``)."""
         if self.tokens is None:
             raise RelayRequestError("unauthenticated", 401, "not logged in")
         r = await self._send("POST", "/v1/auth/refresh",

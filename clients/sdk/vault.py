@@ -419,6 +419,14 @@ class Vault:
                     raise VaultCorrupt("the device keys in the vault are unreadable") from exc
             return self._state
 
+    def reload(self) -> DeviceState:
+        """The device state as saved now, by this program or another one of the profile
+        (clients/sdk/sharedtokens.py)."""
+        with self._mutex:
+            self._use()
+            self._state = None
+            return self.state
+
     def save(self, state: DeviceState) -> None:
         with self._mutex:
             db = self._use()

@@ -433,7 +433,7 @@ class SendPipeline:
                 result = await batches.lock_and_store(
                     conn, {t: k.digest for t, k in known.items()}, epoch, at, msgs, now,
                     channel=events.CHANNEL, notifications=self._wake(msgs, here),
-                    local=self._connected_here(msgs))
+                    local=self._connected_here(msgs, here))
         except BaseException:
             self._forget_threads(known)  # the senders' retries are read and checked afresh
             raise
@@ -569,8 +569,10 @@ class SendPipeline:
             return []
         return self.local.here({d for m in msgs for d in m.recipients})
 
-    def _connected_here(self, msgs: Sequence[messages.NewMessage]) -> list[str]:
-        """The recipient devices connected to this process whose pumps could take a delivery
+    def _connected_here(self, msgs: Sequence[messages.NewMessage], here: Collection[str]
+                        ) -> list[str]:
+        """Of ``here`` (:meth:`_here`: the batch's recipients connected to this process), the
+        devices whose pumps could take a delivery
         handed over: the store lists what else each has queued for those only (alembic
         migration 0017). Listing it costs a scan of the device's queue, which a queue that
         many deliveries pass through keeps long with dead entries. So a device whose pump is
@@ -581,7 +583,7 @@ class SendPipeline:
         they save (docs/BENCHMARKS.md, round 10)."""
         if self.local is None or len(msgs) > HANDOVER_BATCH:
             return []
-        return self.local.takers({d for m in msgs for d in m.recipients})
+        return self.local.takers(here)
 
     def _hand_over(self, stored: Sequence[tuple[messages.NewMessage, batches.Stored]],
                    now: dt.datetime, here: Collection[str]) -> None:
@@ -676,7 +678,7 @@ class SendPipeline:
         msgs = [m for _, m, _ in accepted]
         stored = await batches.store_messages(conn, msgs, now, channel=events.CHANNEL,
                                               notifications=self._wake(msgs, here),
-                                              local=self._connected_here(msgs))
+                                              local=self._connected_here(msgs, here))
         for i, m, _ in accepted:
             outcome[i] = messages.Accepted(
                 m.message_id, m.thread_id, stored[(m.sender_device_id, m.message_id)].thread_seq,

@@ -642,7 +642,7 @@ class DesktopServer:
                 "thread_id": t.thread_id, "priority": t.priority,
                 "urgent": t.priority == "urgent"
                 or any(v.message.priority == "urgent" for v in incoming),
-                "subject": self._subject(t.thread_id, views, waiting),
+                "subject": self._subject(t, views, waiting),
                 "dropped": marks,
                 "unread": client.unread(t.thread_id),
                 "roles": t.roles, "members": len(t.members),
@@ -701,7 +701,7 @@ class DesktopServer:
                     "created_at": r.created_at} for r in pending_sends]
         return JSONResponse({"thread_id": thread_id, "priority": info.priority,
                              "roles": info.roles, "messages": messages, "pending": pending,
-                             "subject": self._subject(thread_id, views,
+                             "subject": self._subject(info, views,
                                                       {r.thread_id for r in pending_sends}),
                              "patients_warning": patients_warning(views),
                              "dropped": self._marks(thread_id),
@@ -751,20 +751,19 @@ class DesktopServer:
                                   if r.kind == "acknowledged" and r.user_id == mine}
         return kept
 
-    def _subject(self, thread_id: str, views: list[MessageView], waiting: set[str]) -> str:
+    def _subject(self, info: api.ThreadInfo, views: list[MessageView], waiting: set[str]
+                 ) -> str:
         """A consult's name: the first subject a message here gives it; when all this computer
-        has of it is dropped messages, why it is empty (:func:`drops.title`); else
+        has of it is dropped messages, why it is empty (:func:`drops.title`); when it holds
+        nothing of a consult made before it was linked, :data:`BEFORE_LINK`; else
         :data:`NO_SUBJECT`."""
         subject = next((v.body.subject for v in views if v.body.subject), None)
         if subject:
             return subject
-        dropped = [d for d in self.drops.values() if d.thread_id == thread_id]
-        if dropped and not views and thread_id not in waiting:
+        dropped = [d for d in self.drops.values() if d.thread_id == info.thread_id]
+        if dropped and not views and info.thread_id not in waiting:
             return drops.title(sorted(dropped, key=lambda d: (d.at, d.sent_at)))
-        info = next((t for t in self.client.cached_threads() if t.thread_id == thread_id),
-                    None) if self.client is not None else None
-        if not views and thread_id not in waiting and info is not None \
-                and self._before_link(info):
+        if not views and info.thread_id not in waiting and self._before_link(info):
             return BEFORE_LINK
         return NO_SUBJECT
 

@@ -86,6 +86,21 @@ async def consult_open(world: World, tmp_path: Path, orthanc: OrthancServer, tex
         yield Open(world, team, page, problems, device_id, sent.message_id)
 
 
+@contextlib.asynccontextmanager
+async def started_again(page: Any, profile: Path) -> AsyncIterator[DesktopServer]:
+    """The desktop of ``profile`` started again (the computer switched back on), its launch
+    address opened in ``page`` and the password given, as the specialist does."""
+    again = DesktopServer(profile)
+    await again.start()
+    try:
+        await page.goto(again.launch_url)
+        await page.fill("#password", PASSWORD)
+        await page.press("#password", "Enter")
+        yield again
+    finally:
+        await again.stop()
+
+
 async def consult_gone(page: Any) -> None:
     """Nothing of the consults is left in the page, and nothing offers to unlock."""
     assert await page.locator("#app").is_hidden()
@@ -149,12 +164,7 @@ async def test_a_desktop_closed_when_revoked_with_wipe_is_erased_at_its_next_unl
         await on.revoke(wipe=True)
         world.clock.advance(6 * 3600)  # and found the next morning: its tokens expired
 
-        again = DesktopServer(tmp_path / "specialist-profile")
-        await again.start()
-        try:
-            await page.goto(again.launch_url)
-            await page.fill("#password", PASSWORD)
-            await page.press("#password", "Enter")
+        async with started_again(page, tmp_path / "specialist-profile"):
             await page.locator("#ended").wait_for()
             assert WIPED.match(await page.inner_text("#ended-text"))
             await consult_gone(page)
@@ -167,8 +177,6 @@ async def test_a_desktop_closed_when_revoked_with_wipe_is_erased_at_its_next_unl
             assert not problems[:before_stop], problems
             assert [p for p in problems[before_stop:]
                     if not any(e in p for e in expected)] == [], problems
-        finally:
-            await again.stop()
     assert await wipe_audit(world, device_id) == ["device.wipe_ordered", "device.wipe_confirmed"]
 
 
@@ -270,12 +278,7 @@ async def test_a_desktop_revoked_without_wipe_says_so_when_started_and_unlocked_
         device.store.save(msgspec.structs.replace(device.store.state, session=None))
         device.vault.lock()
 
-        again = DesktopServer(tmp_path / "specialist-profile")
-        await again.start()
-        try:
-            await page.goto(again.launch_url)
-            await page.fill("#password", PASSWORD)
-            await page.press("#password", "Enter")
+        async with started_again(page, tmp_path / "specialist-profile"):
             said = page.get_by_text(REVOKED)
             await said.first.wait_for()
             assert "not logged in" not in await page.inner_text("body")
@@ -283,5 +286,3 @@ async def test_a_desktop_revoked_without_wipe_says_so_when_started_and_unlocked_
             assert not problems[:before_stop], problems
             assert [p for p in problems[before_stop:]
                     if not any(e in p for e in ("403", "net::ERR_CONNECTION_REFUSED"))] == []
-        finally:
-            await again.stop()

@@ -22,6 +22,7 @@ from server.errors import RelayError
 from server.hub import Hub
 from server.metrics import Metrics
 from server.sends import HANDOVER_BATCH, Sender, SendPipeline
+from server.store import messages
 from tests.identity_world import World
 from tests.relay_world import Peer, peer, seal, thread
 from tests.server.test_hub import RecordingMember
@@ -186,12 +187,16 @@ async def test_the_store_is_asked_about_takers_here_and_only_for_a_small_batch(
     at all for a batch of more than HANDOVER_BATCH messages, whose scans would cost more than
     the reads they save (docs/BENCHMARKS.md, round 10)."""
     pipe = pipeline(world, relay_db)
-    assert pipe._connected_here([new_message("t", "u", "d", ["here"])]) == []  # no hub
+
+    def takers(msgs: list[messages.NewMessage]) -> list[str]:  # as a batch asks, after _here
+        return pipe._connected_here(msgs, pipe._here(msgs))
+
+    assert takers([new_message("t", "u", "d", ["here"])]) == []  # no hub
     hub = Hub()
     hub.register(RecordingMember("here"))
     hub.register(RecordingMember("busy", taking=False))
     pipe.local = hub
     small = [new_message("t", "u", "d", ["here", "busy", "elsewhere"])
              for _ in range(HANDOVER_BATCH)]
-    assert pipe._connected_here(small) == ["here"]
-    assert pipe._connected_here([*small, new_message("t", "u", "d", ["here"])]) == []
+    assert takers(small) == ["here"]
+    assert takers([*small, new_message("t", "u", "d", ["here"])]) == []

@@ -20,6 +20,8 @@
  *   {"op": "photo_patient", "cases": [{kept, records, photo}]} -> {results: [{other, kept}]}: the consult's
  *                                kept patients (a stored thread's `patient`/`patients`) with `records` learnt,
  *                                and the record of it `photo` names another patient than, or null (app/patients.ts)
+ *   {"op": "copies_shown", "claim", "arrivals": [view]}       -> {shown: [message_id]}: the thread's messages
+ *                                listed once the views have arrived in that order (app/copies.ts)
  */
 import { readFileSync } from "node:fs";
 import * as att from "../src/protocol/attachments.js";
@@ -35,6 +37,8 @@ import * as s from "../src/protocol/sodium.js";
 import * as prekeys from "../src/app/prekeys.js";
 import { checkQuality } from "../src/app/quality.js";
 import { learnPatient, otherPatient, patientOf, samePatient, type PatientsKept } from "../src/app/patients.js";
+import { oneCopyShown } from "../src/app/copies.js";
+import type { MessageView, ThreadRecord } from "../src/app/views.js";
 import { RelayError, finalRefusalSentence, httpPasses, readAnswer, refusalSentence, resumedSentence } from "../src/app/relay.js";
 
 type V = Record<string, any>;
@@ -161,6 +165,14 @@ async function run(cmd: V): Promise<V> {
           return { other: otherPatient(kept, c.photo), kept };
         }),
       };
+    case "copies_shown": {
+      const thread: ThreadRecord = { thread_id: "t", role: null, subject: null, priority: "urgent", messages: [] };
+      for (const view of cmd.arrivals as MessageView[]) {
+        if (view.message_id !== cmd.claim.message_id) oneCopyShown(view, cmd.claim, thread); // a copy, as the worker does
+        thread.messages.push(view);
+      }
+      return { shown: thread.messages.filter((m) => !m.copy_of).map((m) => m.message_id) };
+    }
     default:
       throw new Error(`unknown op ${String(cmd.op)}`);
   }

@@ -19,6 +19,7 @@ import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, typ
 import type { MessageView, ThreadRecord } from "./views.js";
 import { checkQuality } from "./quality.js";
 import { learnPatient, otherPatient } from "./patients.js";
+import { oneCopyShown } from "./copies.js";
 import { NotAJpeg, pixelsOnlyJpeg } from "./jpeg.js";
 import { ciphertextSize, decryptAttachment, encryptAttachment, type AttachmentDescriptor } from "../protocol/attachments.js";
 import { hex } from "../protocol/bytes.js";
@@ -1087,27 +1088,6 @@ async function fetchMissingImages(): Promise<void> {
 }
 
 /** A user's name, from their certificate verified against the pinned organisation key. */
-/** Two holders can both hand one consult over (PROTOCOL.md §16.4): every copy is kept (each
- * gets its receipts), but the consult is listed once. A copy of the original held, or of a
- * copy held (same `handover_of` message id), with the same subject, text and photo and not
- * contradicting the original, is marked `copy_of` the one shown: the original, else the copy
- * its author's own device sealed, else the first (clients/sdk/handover.py does the same). */
-function oneCopyShown(view: MessageView, claim: HandoverOf, thread: ThreadRecord): void {
-  view.handover_of_id = claim.message_id;
-  if (view.handover?.contradicted) return; // shown on its own, with its warning
-  const shown = thread.messages.find((m) => !m.copy_of && m.message_id !== view.message_id
-    && (m.message_id === claim.message_id || m.handover_of_id === claim.message_id)
-    && !m.handover?.contradicted && m.text === view.text && (m.subject ?? null) === (view.subject ?? null)
-    && (m.attachment_id ?? null) === (view.attachment_id ?? null));
-  if (!shown) return;
-  const byAuthor = (m: MessageView) => m.handover?.by_author === true && m.handover.confirmed;
-  if (shown.message_id === claim.message_id || byAuthor(shown) || !byAuthor(view)) {
-    view.copy_of = shown.message_id;
-    return;
-  }
-  for (const m of thread.messages) if (m === shown || m.copy_of === shown.message_id) m.copy_of = view.message_id;
-}
-
 /** What a consult carries, as a copy handed over at a shift change must keep it (HAZ-02 C20;
  * clients/sdk/handover.py `same_content`): digests of its body but for `handover_of` and the
  * images, and of each image with its flags; its header's priority and purpose. Kept in the

@@ -50,6 +50,7 @@ from protocol.session import ClientSession, SessionReady
 __all__ = ["main"]
 
 BUCKET = 0.25  # seconds per throughput bucket
+SLOW_S = 0.005  # a paced delivery slower than this is kept with its send time (Stats.slow)
 
 
 class Stats:
@@ -65,6 +66,10 @@ class Stats:
         self.latencies: list[float] = []
         self.accept_latencies: list[float] = []
         self.worst = (0.0, 0.0)  # the slowest delivery: (latency, sent at, monotonic)
+        # Deliveries slower than SLOW_S: (sent at, monotonic, latency), to set beside the disk's
+        # flushes over the same seconds (bench/relay.py DiskProbe; CLOCK_MONOTONIC is one
+        # clock for every process of the machine).
+        self.slow: list[tuple[float, float]] = []
         self.frames_in = 0  # websocket frames received by this generator's devices
         self.frames_out = 0  # and sent by them (sends, acks, pongs)
         self.t0 = time.monotonic()
@@ -173,6 +178,8 @@ class Device:
             sent = st.sent_at.pop(frame.message.header.message_id, None)
             if sent is not None and self.gen.record_latency:
                 st.latencies.append(now - sent)
+                if now - sent > SLOW_S:
+                    st.slow.append((sent, now - sent))
                 if now - sent > st.worst[0]:
                     st.worst = (now - sent, sent)
             self.acks.append(frame.delivery_id)
@@ -388,7 +395,7 @@ class Generator:
             "skipped": skipped, "max_late": max([late, *lateness[-1:]]),
             "p99_late": lateness[int(0.99 * len(lateness))] if lateness else 0.0,
             "senders": len(senders), "latencies": st.latencies,
-            "accept_latencies": st.accept_latencies,
+            "accept_latencies": st.accept_latencies, "slow": st.slow,
             # when the slowest message was sent, in seconds from the row's start
             "worst": [st.worst[0], st.worst[1] - start_at if st.worst[1] else None]}
 

@@ -43,6 +43,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -792,9 +793,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             asyncio.run(_log_background(dsn))
             for rate in args.paced_rates:
                 before = relay.log_errors()
-                with RowWatch(relay, pgdata) as beside:
+                with RowWatch(relay, pgdata) as beside, DiskProbe(data) as disk:
                     row = paced(gens, groups, args, cyclic=False, rate=rate, one_per_pair=True,
-                                seconds=row_seconds(rate, args.paced_seconds), dsn=dsn)
+                                seconds=row_seconds(rate, args.paced_seconds), dsn=dsn,
+                                disk=disk)
                 row["relay_log_errors"] = _diff(relay.log_errors(), before)
                 row["beside"] = beside.result
                 out["paced"].append(row)
@@ -1036,12 +1038,67 @@ def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
+class DiskProbe:
+    """The disk's own flush time beside a paced row, the ceiling under its tail: a thread that
+    writes 8 KiB to a file in the cluster's folder and ``fdatasync``s it every ``every``
+    seconds, as a COMMIT's WAL flush does (PostgreSQL's ``wal_sync_method`` is ``fdatasync``
+    on Linux). A send is not ``accepted`` before its COMMIT's flush (docs/ARCHITECTURE.md), so
+    while this disk takes tens of milliseconds to flush, no relay on it can answer faster."""
+
+    STALL_S = 0.010  # a flush this slow is a stall: the smallest paced target (PACED_TARGETS)
+
+    def __init__(self, folder: Path, every: float = 0.02) -> None:
+        self.path, self.every = folder / "disk-probe.bin", every
+        self.flushes: list[tuple[float, float]] = []  # (started, monotonic; seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="disk-probe", daemon=True)
+
+    def __enter__(self) -> DiskProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while not self._stop.wait(self.every):
+                os.pwrite(fd, os.urandom(8192), 0)
+                t = time.monotonic()
+                os.fdatasync(fd)
+                self.flushes.append((t, time.monotonic() - t))
+        finally:
+            os.close(fd)
+
+    def beside(self, slow: list[tuple[float, float]], latencies: list[float],
+               since: float) -> dict[str, Any]:
+        """The flushes since ``since`` (p50, p99, the slowest, how many stalled), and how many
+        of the row's sends at or over its p99 (``slow``: (sent at, latency) of the slower
+        ones) spent at least half their wait beside a stalled flush (the probe's flushes
+        follow one another, so their stalls do not overlap)."""
+        flushes = [f for f in list(self.flushes) if f[0] >= since]
+        stalls = [(t, t + d) for t, d in flushes if d >= self.STALL_S]
+        cut = sorted(latencies)[int(0.99 * len(latencies))] if latencies else None
+        tail = [] if cut is None else [(t, t + lat) for t, lat in slow if lat >= cut]
+        return {"flushes": len(flushes), "flush": percentiles([d for _, d in flushes]),
+                "stalls": len(stalls), "stall_s": self.STALL_S,
+                "tail": len(tail),
+                "tail_beside_a_stall": sum(
+                    2 * sum(max(0.0, min(b, e) - max(a, s)) for s, e in stalls) >= b - a
+                    for a, b in tail)}
+
+
 def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
           cyclic: bool, rate: float, seconds: float, one_per_pair: bool = True,
-          dsn: str | None = None, settle: bool = False) -> dict[str, Any]:
+          dsn: str | None = None, settle: bool = False,
+          disk: DiskProbe | None = None) -> dict[str, Any]:
     """Open loop at ``rate`` msg/s offered (split over the generators), for ``seconds``; CPU,
     Postgres counters and frames are measured over the window and its drain and divided by
-    the messages delivered."""
+    the messages delivered; with ``disk``, its flushes over the row are set beside the row's
+    slowest sends."""
     with PgMeter(dsn, settle=settle) as pm:
         start_at = time.monotonic() + 1.0
         with CpuMeter(groups) as cm:
@@ -1050,6 +1107,8 @@ def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
                             one_per_pair=one_per_pair)
     lat = [x for r in res for x in r["latencies"]]
     acc = [x for r in res for x in r["accept_latencies"]]
+    beside_disk = None if disk is None else disk.beside(
+        [(x[0], x[1]) for r in res for x in r["slow"]], lat, since=start_at)
     worst, worst_at = max((r["worst"] for r in res), key=lambda w: w[0])
     if os.environ.get("BENCH_DEBUG"):
         print([{k: v for k, v in r.items() if "bucket" not in k and "latencies" not in k}
@@ -1073,7 +1132,7 @@ def paced(gens: Generators, groups: dict[str, Any], args: argparse.Namespace, *,
         "slowest": {"ms": round(1000 * worst, 2),
                     "sent_at_s": None if worst_at is None else round(worst_at, 3)},
         "per_message": per_message(cm, pm, res),
-    }
+    } | ({} if beside_disk is None else {"disk": beside_disk})
 
 
 # A paced row lasts long enough for its p99 to rest on at least 20 latencies above it: at 100
@@ -1224,6 +1283,7 @@ def _paced_line(row: dict[str, Any]) -> str:
     return (f"p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms, delivered "
             f"{row['delivered_per_s_in_window']}/s, per message {pm.get('cpu_us')} µs CPU, "
             f"{pm.get('postgres', {})}, {pm.get('frames')} frames; slowest {row.get('slowest')}"
+            + (f"; the disk {row['disk']}" if "disk" in row else "")
             + (f"; beside it {row['beside']}" if "beside" in row else ""))
 
 
@@ -1379,12 +1439,21 @@ def _wakeups(w: dict[str, float]) -> str:
     return f"{w['relay']:g} + {w['postgres']:g}"
 
 
+def _disk_cells(disk: dict[str, Any] | None) -> tuple[str, str]:
+    """A paced row's disk figures (DiskProbe): its flush p99 and slowest, in ms; and how many
+    of the row's sends at or over its p99 spent half their wait or more beside a stall."""
+    if not disk or not disk["flushes"]:
+        return "-", "-"
+    f = disk["flush"]
+    return f"{f['p99_ms']} / {f['max_ms']}", f"{disk['tail_beside_a_stall']} of {disk['tail']}"
+
+
 def paced_table(out: dict[str, Any]) -> str:
     """The paced rows: offered load, what was achieved, latency, and the cost per message."""
     bare = {r["offered_per_s"]: r for r in out.get("bare_paced", [])}
     head = ("offered/s", "sent/s", "delivered/s", "p50 ms", "p99 ms", "accepted p99",
             "relay µs/msg", "pg µs/msg", "pg xacts/msg", "statements/msg", "frames/msg",
-            "wake-ups/msg", "bare p99", "target")
+            "wake-ups/msg", "bare p99", "disk flush p99/max", "p99 tail in a stall", "target")
     rows = []
     for r in out.get("paced", []):
         lat, pm = r["latency"], r["per_message"]
@@ -1398,7 +1467,7 @@ def paced_table(out: dict[str, Any]) -> str:
                      str(cpu.get("postgres")), str(pg.get("xacts")),
                      str(r.get("statements", {}).get("per_message", "-")), str(pm.get("frames")),
                      _wakeups(pm.get("wakeups", {})),
-                     str(b["latency"].get("p99_ms")) if b else "-",
+                     str(b["latency"].get("p99_ms")) if b else "-", *_disk_cells(r.get("disk")),
                      "-" if goal is None or p99 is None else
                      f"< {goal:g} ms {'MET' if p99 < goal else 'NOT MET'}"))
     if not rows:
@@ -1419,7 +1488,11 @@ def paced_table(out: dict[str, Any]) -> str:
             "latency send->deliver; CPU from /proc over the row and its drain; Postgres "
             "transactions from pg_stat_database; statements counted in Postgres's log in a "
             "separate 3 s pass per rate, every statement logged: no pg_stat_statements in "
-            "the embedded build)\n" + "\n".join(lines) + floor)
+            "the embedded build; the disk's own flush time beside each row, an 8 KiB "
+            f"fdatasync every 20 ms in the cluster's folder, a flush of "
+            f"{DiskProbe.STALL_S * 1000:g} ms or more a stall, and how many of the row's "
+            "sends at or over its p99 spent half their wait or more beside one)\n"
+            + "\n".join(lines) + floor)
 
 
 def main(argv: list[str] | None = None) -> int:

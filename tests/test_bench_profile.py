@@ -1,12 +1,17 @@
 """The benchmark's profile summary (bench/relay.py): each py-spy sample is charged to the
 bucket of its innermost matching frame, so the server stack every request runs under (uvicorn's
 ``run_asgi``, Starlette) is charged only for its own time (docs/BENCHMARKS.md). Also how the
-bench counts statements and sizes its paced rows, and a row of its first table."""
+bench counts statements and sizes its paced rows, sets the disk's flushes beside a paced row's
+slowest sends, and a row of its first table."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from bench.relay import (
     MIN_PACED_SAMPLES,
+    DiskProbe,
     logged_statements,
     row_seconds,
     summarise_profile,
@@ -67,6 +72,34 @@ def test_a_paced_row_at_a_low_rate_runs_long_enough_for_its_p99() -> None:
     assert row_seconds(100, 6.0) * 100 == MIN_PACED_SAMPLES == 2_000
     assert row_seconds(1_000, 6.0) == 6.0
     assert row_seconds(100, 40.0) == 40.0
+
+
+def test_the_disk_probe_flushes_in_the_folder_it_is_given_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    with DiskProbe(tmp_path, every=0.005) as disk:
+        while len(disk.flushes) < 3:
+            time.sleep(0.01)
+    assert all(seconds >= 0 for _, seconds in disk.flushes)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_paced_rows_p99_tail_is_counted_beside_the_disks_stalls(tmp_path: Path) -> None:
+    """Of the sends at or over the row's p99, those that spent half their wait or more beside
+    a flush that took 10 ms or more; flushes before the row are not its own."""
+    disk = DiskProbe(tmp_path)
+    disk.flushes = [(5.0, 0.2),  # before the row
+                    (100.0, 0.0003), (100.5, 0.060), (102.0, 0.0004), (103.0, 0.012),
+                    (103.012, 0.048)]  # three stalls: 100.5-100.56, 103.0-103.012-103.06
+    latencies = [0.004] * 295 + [0.006, 0.065, 0.070, 0.070, 0.070]  # the p99: 70 ms
+    slow = [(100.49, 0.070),  # 100.49-100.56: 60 of its 70 ms beside a stall
+            (102.99, 0.070),  # 102.99-103.06: 12 + 48 ms beside two
+            (103.03, 0.070),  # 103.03-103.10: 30 ms beside one, under half its wait
+            (101.0, 0.065),   # no stall, and under the p99
+            (100.51, 0.006)]  # in a stall, but under the p99
+    beside = disk.beside(slow, latencies, since=50.0)
+    assert beside["flushes"] == 5 and beside["stalls"] == 3
+    assert beside["flush"]["max_ms"] == 60.0
+    assert (beside["tail"], beside["tail_beside_a_stall"]) == (3, 2)
 
 
 def test_the_first_table_says_whether_the_relay_let_any_connection_compress() -> None:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +56,20 @@ async def enrol_gateway(world: World, tmp_path: Path, login: str = "gateway") ->
 
 def orthanc_gateway(gateway: Clinician, orthanc: OrthancServer, *,
                     config: GatewayConfig | None = None,
-                    fhir: FhirClient | None = None) -> tuple[RecordGateway, PacsClient]:
+                    fhir: FhirClient | None = None, clock: Callable[[], float] = time.time,
+                    password: bool = True, ws_url: str | None = None
+                    ) -> tuple[RecordGateway, PacsClient]:
     """A record gateway (not started) filing into the test's Orthanc with quick retries, and
-    its PACS client: the caller stops the one and closes the other."""
+    its PACS client: the caller stops the one and closes the other. ``clock``: the gateway's
+    (``world.clock`` to see the relay's simulated time pass); ``password=False``: a gateway
+    that cannot log in again by itself; ``ws_url``: its relay connection's address, when not
+    the one of the relay its device state names."""
     pacs = PacsClient(PacsSettings(url=orthanc.dicomweb_url, username=orthanc.username,
                                    password=orthanc.password, timeout=seconds(5)))
-    gw = RecordGateway(gateway.vault, pacs, password=PASSWORD, backoff_base=0.05,
-                       backoff_max=0.5,
+    gw = RecordGateway(gateway.vault, pacs, password=PASSWORD if password else None,
+                       backoff_base=0.05, backoff_max=0.5,
                        config=config or GatewayConfig(retry_base=0.1, retry_max=0.5),
-                       fhir=fhir)
+                       fhir=fhir, clock=clock, ws_url=ws_url)
     return gw, pacs
 
 

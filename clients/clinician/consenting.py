@@ -153,7 +153,7 @@ def capture_command(args: argparse.Namespace) -> int:
             if record is not None:
                 await client.start()
                 sent, filed = await client.file_consent(token, record, wait=args.file_wait)
-                say_filed(sent.message_id, filed)
+                say_filed(sent.message_id, filed, waited=args.file_wait)
             return status
         finally:
             await client.close()
@@ -202,10 +202,14 @@ def say_registered(claims: ConsentClaims, status: str) -> None:
           flush=True)
 
 
-def say_filed(message_id: str, filed: ConsentFiling | None) -> None:
+def say_filed(message_id: str, filed: ConsentFiling | None, *, waited: float = 30.0) -> None:
+    """Where the gateway filed it; or, with no receipt within the ``waited`` seconds
+    (``--file-wait``), that it is not filed yet: the command cannot know more, and "sent for
+    filing" alone reads as done."""
     if filed is None:
-        print(f"sent to the record gateway for filing (message {message_id}); its receipt "
-              "will arrive in your record thread (`lightbox inbox`)")
+        print(f"not filed yet: sent to the record gateway for filing (message {message_id}), "
+              f"which did not confirm it within {waited:g} s; its receipt will arrive in your "
+              "record thread (`lightbox inbox`) once it is filed")
         return
     print(f"filed in the patient's record by the record gateway: {filed_documents(filed)}")
 

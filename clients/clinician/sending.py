@@ -396,7 +396,8 @@ async def file_refusal(client: LightboxClient, token: str, record: RecordData | 
     if record is not None:
         _, filed = await client.file_consent(token, record, wait=30.0)
         where = ("registered and filed in the record" if filed else
-                 "registered and sent to the record gateway for filing")
+                 "registered, but not filed yet: the record gateway did not confirm it within "
+                 "30 s; its receipt will arrive in your record thread (`lightbox inbox`)")
     raise FlowError(f"the patient refused: nothing was sent; the refusal was {where}",
                     code=ErrorCode.CONSENT_REFUSED.value)
 

@@ -86,7 +86,7 @@ from clients.sdk.keystore import DeviceState
 from clients.sdk.session import Session
 from clients.sdk.socket import SendRefused
 from clients.sdk.trust import Trust
-from protocol import certs, envelope, statements
+from protocol import api, certs, envelope, statements
 from protocol.attachments import AttachmentDescriptor
 from protocol.body import (
     Body,
@@ -110,6 +110,7 @@ from protocol.model import DeviceKind, MessageHeader, Priority, Purpose, SealedM
 from protocol.statements import FilingStatement
 
 __all__ = [
+    "LOGGED_IN_AGAIN",
     "AlreadyFiled",
     "FilingFailed",
     "FilingHeld",
@@ -120,6 +121,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("lightbox.gateway")
+
+LOGGED_IN_AGAIN = ("the relay refused the gateway's refresh token (it expired, or its session "
+                   "ended): logged in again with the gateway's password and device key")
 
 
 class StateStore(Protocol):
@@ -185,8 +189,10 @@ class RecordGateway:
         # presenting the one it replaced would be taken for a stolen copy), revocation lists
         # are rollback-checked, claimed prekeys verified.
         self.session = Session(store, password=password, clock=clock)
-        self.relay = relay or RelayHTTP(st.server_url, device=st.device_keys().signing,
-                                        tokens=st.session, on_tokens=self.session.save_tokens)
+        self.relay = relay or RelayHTTP(
+            st.server_url, device=st.device_keys().signing, tokens=st.session,
+            on_tokens=self.session.save_tokens, now=clock,
+            login_again=self._log_in_again if password is not None else None)
         self.session.relay = self.relay
         self.trust = Trust(self.relay, store, clock=clock)
         base = st.server_url.rstrip("/")
@@ -200,6 +206,17 @@ class RecordGateway:
         self.failed: list[tuple[str, str]] = []  # (attachment id, reason)
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    async def _log_in_again(self) -> api.TokenPair:
+        """In place of a refresh the relay refused (the refresh token expired: a gateway idle
+        for ``LIGHTBOX_REFRESH_TOKEN_TTL``; or its session ended): a login with the password and
+        the device key's signature over the relay's nonce (docs/PROTOCOL.md §11
+        ``/v1/auth/login``), at once, so that the request that met the refusal goes on
+        (clients/sdk/transport.py) and no filing waits for the relay to deliver it again. A
+        login refused in turn stops the gateway (clients/gateway/connection.py)."""
+        tokens = await self.session.login_again()
+        log.info(LOGGED_IN_AGAIN, extra={"device_id": tokens.device_id})
+        return tokens
 
     async def _access_token(self) -> str:
         return await self.session.access_token()

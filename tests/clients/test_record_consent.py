@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -50,6 +51,7 @@ from tests.clinician_world import enrol_clinician
 from tests.clinician_world import run_cli as lightbox
 from tests.consent_world import assert_blind, count, xray_png
 from tests.fhir_server import FhirServer
+from tests.filing_world import enrol_gateway
 from tests.helpers import eventually
 from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer, original_study
@@ -267,6 +269,28 @@ async def test_the_cli_files_a_refusal_and_refuses_one_without_patient_data(
         assert rc == 0, err
         assert f"({filed.decision}) filed in the record (study {filed.study_instance_uid})" \
             in out
+
+
+async def test_the_cli_says_a_refusal_not_confirmed_within_its_wait_is_not_filed_yet(
+        world: World, tmp_path: Path, home: Path) -> None:
+    """The gateway is enrolled but not running: ``--file-wait`` runs out, and the command says
+    the refusal is not filed yet, not merely "sent for filing", which reads as done."""
+    image = tmp_path / "film.png"
+    image.write_bytes(xray_png(320, 240, seed=27))
+    await enrol_gateway(world, tmp_path)
+    await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
+    registrar = await enrol_clinician(world, tmp_path, "registrar", vault_dir=home / "registrar")
+    registrar.vault.lock()
+    rc, out, err = await lightbox(
+        "--profile", "registrar", "consent", "capture", "--image", str(image), "--purpose",
+        "direct_care", "--role", ORTHO, "--decision", "refused", "--statements-shown", "--yes",
+        "--patient-id", "LBX-TEST-CLI-WAIT", "--patient-name", "TEST^WAIT", "--file-wait", "1")
+    assert rc == 0, out + err
+    (line,) = [x for x in out.splitlines() if "record gateway" in x]
+    assert re.fullmatch(
+        r"not filed yet: sent to the record gateway for filing \(message [0-9a-f-]{36}\), "
+        r"which did not confirm it within 1 s; its receipt will arrive in your record thread "
+        r"\(`lightbox inbox`\) once it is filed", line), line
 
 
 class _Terminal(io.StringIO):

@@ -76,14 +76,19 @@ from clients.gateway.records import (
     patient_id_system,
 )
 from clients.sdk import attachments as sdk_attachments
-from clients.sdk.errors import FlowError
+from clients.sdk.errors import (
+    FlowError,
+    RelayRequestError,
+    RelayUnavailable,
+    SessionEnded,
+)
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import (
     forget_one_time_prekey,
     replenish_one_time_prekeys,
 )
 from clients.sdk.keystore import DeviceState
-from clients.sdk.session import Session
+from clients.sdk.session import SESSION_ENDED, Session
 from clients.sdk.socket import SendRefused
 from clients.sdk.trust import Trust
 from protocol import api, certs, envelope, statements
@@ -124,6 +129,17 @@ log = logging.getLogger("lightbox.gateway")
 
 LOGGED_IN_AGAIN = ("the relay refused the gateway's refresh token (it expired, or its session "
                    "ended): logged in again with the gateway's password and device key")
+
+
+def _may_pass(exc: BaseException) -> bool:
+    """A failure to fetch an image that may pass: the relay out of reach, busy or failing
+    (429, 5xx), or the gateway's session ended (its connection stops the gateway); not a
+    refusal that another try would meet again (the attachment gone, a ciphertext that does not
+    decrypt)."""
+    if isinstance(exc, RelayUnavailable | TimeoutError | ConnectionError | SessionEnded):
+        return True
+    return isinstance(exc, RelayRequestError) and (
+        exc.status == 429 or exc.status >= 500 or exc.code in SESSION_ENDED)
 
 
 class StateStore(Protocol):
@@ -323,7 +339,16 @@ class RecordGateway:
                         extra={"message_id": h.message_id, "device_id": h.sender_device_id,
                                "error_type": type(exc).__name__})
             return
+        await self._handle_body(h, body, sender, sender_user_cert, revocations)
+        # Only now, the delivery done (filed, or failed for good and the sender told): a
+        # filing interrupted before this point is tried again, or delivered again, and must
+        # still open (clients/gateway/connection.py). Forward secrecy (PROTOCOL §5.5) waits
+        # for the record to hold the image, as a clinician's device waits for its vault.
         forget_one_time_prekey(self.store, sealed)
+
+    async def _handle_body(self, h: MessageHeader, body: Body, sender: certs.VerifiedDevice,
+                           sender_user_cert: str, revocations: certs.RevocationSet) -> None:
+        """What one opened delivery asks of the gateway (:meth:`handle`)."""
         if body.kind is BodyKind.CONSENT_RECORD:
             await self._file_consent_record(h, body, sender, sender_user_cert, revocations)
             return
@@ -415,7 +440,12 @@ class RecordGateway:
             image = await sdk_attachments.decrypt(
                 await sdk_attachments.download(self.relay, descriptor.attachment_id),
                 descriptor)
-        except (ProtocolError, Exception) as exc:
+        except Exception as exc:
+            if _may_pass(exc):
+                # The relay out of reach or failing for a moment, or the session to renew: the
+                # filing is tried again (clients/gateway/connection.py), and the sender is not
+                # told the image is lost.
+                raise
             raise FilingFailed(f"the image could not be fetched or decrypted "
                                f"({type(exc).__name__})", code="image_unavailable") from exc
         claims: ConsentClaims | None = None

@@ -144,43 +144,110 @@ async def test_a_gateway_that_cannot_log_in_again_says_what_to_do_and_stops_at_o
         "it afresh (docs/USER_GUIDE.md, \"The record gateway\" §4)") == 1, lines
 
 
+class RequestsRelay:
+    """A second relay process on the world's database (as behind a load balancer) that the
+    gateway's requests go to, its connection staying with the world's relay: stopped, and
+    started again on the same port."""
+
+    def __init__(self, world: World, stack: contextlib.AsyncExitStack, port: int) -> None:
+        self.world, self.stack, self.port = world, stack, port
+
+    async def stop(self) -> None:
+        await self.stack.aclose()
+
+    def again(self) -> contextlib.AbstractAsyncContextManager[object]:
+        settings = self.world.relay.relay.settings
+        return running_relay(self.world.dsn, dataclasses.replace(settings, port=self.port),
+                             clock=self.world.clock)
+
+
+@contextlib.asynccontextmanager
+async def gateway_requesting_elsewhere(world: World, tmp_path: Path, orthanc: OrthancServer
+                                       ) -> AsyncIterator[tuple[Clinician, Clinician,
+                                                                RecordGateway, RequestsRelay]]:
+    """:func:`gateway_at_work`, its requests to a :class:`RequestsRelay`."""
+    async with contextlib.AsyncExitStack() as stack:
+        other = await stack.enter_async_context(
+            running_relay(world.dsn, world.relay.relay.settings, clock=world.clock))
+        requests = RequestsRelay(world, stack, int(other.base_url.rsplit(":", 1)[1]))
+        async with gateway_at_work(world, tmp_path, orthanc, requests_to=other.base_url) as (
+                intern, ortho, gw):
+            yield intern, ortho, gw, requests
+
+
+def retrying(message_id: str) -> str:
+    """The gateway's line for a filing it tries again, the relay out of reach."""
+    return (rf"filing of message {message_id} interrupted: the relay could not be reached "
+            r"\(no connection could be made\); trying again in \d+\.\d s")
+
+
+async def filed(world: World, gw: RecordGateway) -> None:
+    """Until the gateway filed an image and the relay recorded it."""
+    while not (gw.filed and await count(world, "SELECT count(*) FROM filings")):
+        await asyncio.sleep(0.1)
+
+
 async def test_a_filing_interrupted_by_a_relay_out_of_reach_is_tried_again_at_once(
         world: World, tmp_path: Path, orthanc: OrthancServer,
         caplog: pytest.LogCaptureFixture) -> None:
-    """The gateway's requests go to a second relay process (on the same database, as behind a
-    load balancer), which stops as the image comes and starts again on the same port a few
-    attempts later: the filing goes on at once, on the connection the message came on, never
-    waiting for the relay's too_slow close."""
-    settings = world.relay.relay.settings
-    deadline = settings.ws_ack_timeout
+    """The gateway's requests go to a second relay process, which stops as the image comes and
+    starts again on the same port a few attempts later: the filing goes on at once, on the
+    connection the message came on, never waiting for the relay's too_slow close."""
+    deadline = world.relay.relay.settings.ws_ack_timeout
     prepared = imaging.prepare_image(xray_png(320, 240, seed=13))
-    async with contextlib.AsyncExitStack() as other_relay:
-        other = await other_relay.enter_async_context(
-            running_relay(world.dsn, settings, clock=world.clock))
-        port = int(other.base_url.rsplit(":", 1)[1])
-        async with gateway_at_work(world, tmp_path, orthanc, requests_to=other.base_url) as (
-                intern, ortho, gw):
-            await other_relay.aclose()  # stopped: the gateway's requests reach no relay
-            assert gw.connection is not None
-            reconnects = gw.connection.reconnects
-            thread = await intern.client.create_thread(users=[ortho.user_id])
+    async with gateway_requesting_elsewhere(world, tmp_path, orthanc) as (
+            intern, ortho, gw, requests):
+        await requests.stop()  # the gateway's requests reach no relay
+        assert gw.connection is not None
+        reconnects = gw.connection.reconnects
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        _, header = await send_for_filing(intern, thread.thread_id, prepared.image, record())
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        async with asyncio.timeout(deadline):
+            while sum(bool(re.fullmatch(retrying(header.message_id), line))
+                      for line in said(caplog)) < 2:
+                await asyncio.sleep(0.05)
+            async with requests.again():
+                await filed(world, gw)
+        assert loop.time() - sent < deadline
+        assert gw.connection.reconnects == reconnects  # never closed as too slow
+        assert not gw.failed
+    lines = said(caplog)
+    assert all(re.fullmatch(retrying(header.message_id), line)
+               for line in lines if "interrupted" in line), lines
+
+
+async def test_an_image_the_relay_could_not_hand_over_for_a_moment_is_filed_not_lost(
+        world: World, tmp_path: Path, orthanc: OrthancServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The relay goes out of reach just as the gateway fetches the image (after the PACS,
+    down until then, answered its searches): the fetch is tried again like any filing, the
+    image is filed once the relay is back, and the sender is never told it was not saved. The
+    message opens again for the new try: its one-time prekey is kept until the filing is done
+    (docs/PROTOCOL.md §5.5)."""
+    caplog.set_level(logging.INFO, logger="lightbox.gateway")
+    deadline = world.relay.relay.settings.ws_ack_timeout
+    prepared = imaging.prepare_image(xray_png(320, 240, seed=14))
+    async with gateway_requesting_elsewhere(world, tmp_path, orthanc) as (
+            intern, ortho, gw, requests):
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        orthanc.stop()
+        try:
             _, header = await send_for_filing(intern, thread.thread_id, prepared.image,
                                               record())
-            loop = asyncio.get_running_loop()
-            sent = loop.time()
-            retrying = (rf"filing of message {header.message_id} interrupted: the relay could "
-                        r"not be reached \(no connection could be made\); trying again in "
-                        r"\d+\.\d s")
-            async with asyncio.timeout(deadline):
-                while sum(bool(re.fullmatch(retrying, line)) for line in said(caplog)) < 2:
+            async with asyncio.timeout(deadline):  # the gateway waits for the PACS
+                while not any(s.startswith("PACS unavailable") for s in said(caplog)):
                     await asyncio.sleep(0.05)
-                async with running_relay(world.dsn, dataclasses.replace(settings, port=port),
-                                         clock=world.clock):
-                    while not (gw.filed and await count(world,
-                                                        "SELECT count(*) FROM filings")):
-                        await asyncio.sleep(0.1)
-            assert loop.time() - sent < deadline
-            assert gw.connection.reconnects == reconnects  # never closed as too slow
-            assert not gw.failed
-    lines = said(caplog)
-    assert all(re.fullmatch(retrying, line) for line in lines if "interrupted" in line), lines
+            await requests.stop()  # the image's fetch will find no relay
+        finally:
+            await asyncio.to_thread(orthanc.start)
+        async with asyncio.timeout(deadline):
+            while not any(re.fullmatch(retrying(header.message_id), line)
+                          for line in said(caplog)):
+                assert not gw.failed, said(caplog)
+                await asyncio.sleep(0.05)
+            async with requests.again():
+                await filed(world, gw)
+        assert not gw.failed
+        assert gw.filed[0].message_id == header.message_id

@@ -395,20 +395,80 @@ async def _expired_before_arrival(client: LightboxClient, view: MessageView) -> 
     return client.never_here(view, kept)
 
 
-async def _images_gone_before(client: LightboxClient, event: MessageEvent) -> list[str]:
-    """``watch``: the lines of a message's images shredded before it was shown, as ``inbox``
-    says them (:func:`image_line`). :func:`print_message` lists the images its body carries,
-    and an image whose expiry order came before the message (after a reconnect the relay sends
-    orders before deliveries, docs/PROTOCOL.md §15) is left out of the body stored
-    (clients/sdk/receiving.py), and never fetched: without its line the consult would read as
-    text only (docs/HAZARD_LOG.md HAZ-02 C21)."""
-    listed = {a.attachment_id for a in event.body.attachments}
+async def _images_gone_before(client: LightboxClient, progress: _Progress,
+                              event: MessageEvent) -> list[str]:
+    """``watch``: the lines of a message's images deleted before it was shown, as ``inbox``
+    says them (:func:`image_line`), each once (``progress.gone``). :func:`print_message` lists
+    the images its body carries, and an image whose expiry order came before the message
+    (after a reconnect the relay sends orders before deliveries, docs/PROTOCOL.md §15) is left
+    out of the body stored (clients/sdk/receiving.py), and never fetched: without its line the
+    consult would read as text only (docs/HAZARD_LOG.md HAZ-02 C21). One listed but deleted
+    before the message was shown is said too: its filing and expiry, held back until now
+    (:func:`_image_news`), are said here, under the consult."""
     view = client.view(event.message)
     gone = dataclasses.replace(view, images=tuple(
-        i for i in view.images if i.state == "shredded" and i.attachment_id not in listed))
+        i for i in view.images if i.state == "shredded" and i.attachment_id not in progress.gone))
+    progress.gone.update(i.attachment_id for i in gone.images)
     never_here = await _expired_before_arrival(client, gone)
     return [f"    {image_line(i, never_here=i.attachment_id in never_here)}"
             for i in gone.images]
+
+
+async def _image_news(client: LightboxClient, progress: _Progress,
+                      event: FiledEvent | ExpiredEvent) -> str | None:
+    """``watch``: an image's filing or expiry as one true account, whenever it is told (as it
+    runs, or all at once when it catches up after the device was off: the relay then sends
+    the filing notice and the expiry order together, docs/PROTOCOL.md §15, and the SDK has
+    applied the order before watch says either). An image that watch said is gone from the
+    device (its line under its consult, or its deletion: ``progress.gone``) is not said again;
+    one of a consult still to be shown is said under it (:func:`_images_gone_before`); one
+    already deleted here is said in one line, that it was deleted and where the record keeps
+    it (or, never having reached the device, :func:`image_line`'s "never shown here"), never
+    its copies' expiry as still to come."""
+    aid = event.attachment_id
+    if aid in progress.gone:
+        return None
+    status = client.image_status(aid)
+    if status.state != "shredded":  # with the record's reference when the receipt came first
+        return describe(client, dataclasses.replace(
+            event, record_ref=event.record_ref or status.record_ref))
+    holder = _holder(client, event.thread_id, aid)
+    if holder is not None and _still_to_show(client, progress, holder):
+        return None
+    progress.gone.add(aid)
+    if holder is not None:
+        never_here = await _expired_before_arrival(client, dataclasses.replace(
+            client.view(holder), images=(status,)))
+        if aid in never_here:
+            return f"    {image_line(status, never_here=True)}"
+    reason = (event.reason if isinstance(event, ExpiredEvent)
+              else client.memory.image_state.get(aid, ("", "filed"))[1] or "filed")
+    return deleted_line(aid, reason, status.record_ref or event.record_ref)
+
+
+def deleted_line(attachment_id: str, reason: str, record_ref: str | None) -> str:
+    """An image deleted from this device: why (an expiry order's reason, docs/PROTOCOL.md
+    §15), and where the record keeps it when it was filed, as :func:`image_line` says it."""
+    why = "the patient's consent was withdrawn" if reason == "consent_revoked" else reason
+    line = f"    image {attachment_id[:8]} deleted from this device ({why})"
+    return line + (f" - in the record: {record_ref}" if record_ref else "")
+
+
+def _holder(client: LightboxClient, thread_id: str, attachment_id: str) -> VaultMessage | None:
+    """The message this device holds that carries the image (None: none)."""
+    with contextlib.suppress(ItemNotFound):
+        return next((m for m in client.vault.messages(thread_id)
+                     if attachment_id in m.attachment_ids), None)
+    return None
+
+
+def _still_to_show(client: LightboxClient, progress: _Progress, message: VaultMessage) -> bool:
+    """Whether watch is still to show ``message``: received since it started, not shown yet
+    (its delivery event is on its way behind the notices the relay sent before it)."""
+    if message.outgoing or message.message_id in progress.shown:
+        return False
+    later = {m for _, m in client.vault.message_ids_after(progress.start_mark or 0)}
+    return message.message_id in later
 
 
 def not_received_lines(client: LightboxClient, thread_id: str) -> list[str]:
@@ -432,13 +492,15 @@ def describe(client: LightboxClient, event: ClientEvent) -> str | None:
         return f"    {event.display_name or event.user_id[:8]}: {event.kind} " \
                f"({event.message_id[:8]})"
     if isinstance(event, FiledEvent):
-        return (f"    image {event.attachment_id[:8]} filed in the record"
-                f"{' as ' + event.record_ref if event.record_ref else ''}; copies expire "
-                f"{when(event.expires_at)}")
+        line = (f"    image {event.attachment_id[:8]} filed in the record"
+                f"{' as ' + event.record_ref if event.record_ref else ''}; ")
+        if event.expires_at > time.time():
+            return line + f"copies expire {when(event.expires_at)}"
+        # a device off until after the expiry, its order still to come: never "to come"
+        return (line + f"copies expired {when(event.expires_at)}: deleted from this device "
+                "as soon as the relay orders it")
     if isinstance(event, ExpiredEvent):
-        why = ("the patient's consent was withdrawn" if event.reason == "consent_revoked"
-               else event.reason)
-        return f"    image {event.attachment_id[:8]} deleted from this device ({why})"
+        return deleted_line(event.attachment_id, event.reason, event.record_ref)
     if isinstance(event, WithdrawnEvent):
         why = ("the patient's consent was withdrawn" if event.reason == "consent_revoked"
                else "the sending device was revoked")
@@ -675,6 +737,9 @@ class _Progress:
     # the "never received" sentences said, (message, person): each under its consult, once.
     start_mark: int | None = None
     not_received: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    # The images said to be gone from this device (deleted, or never shown here): their
+    # filing and expiry are not said again (:func:`_image_news`).
+    gone: set[str] = dataclasses.field(default_factory=set)
 
     def first_receipt(self, event: ReceiptEvent) -> bool:
         """True the first time this person's receipt of this kind of this message comes."""
@@ -742,7 +807,8 @@ async def _catch_up(client: LightboxClient, progress: _Progress,
     also one expired before it reached the device, and whom it never reached), in ``inbox``'s
     order, each followed by the latest of the escalation steps that came in the backlog (one
     line: where the consult stands, not the steps the device missed), then the latest step of
-    each other consult; then what else came, in its order. Before, watch showed only what
+    each other consult; then what else came, in its order (an image's filing and expiry once,
+    never again after its line: :func:`_image_news`). Before, watch showed only what
     arrived as it ran: a consult an earlier command stored unread, or one whose copy came
     hidden behind it, was never shown (docs/HAZARD_LOG.md HAZ-02 C21)."""
     progress.caught_up = True
@@ -785,6 +851,7 @@ async def _show_backlog(client: LightboxClient, progress: _Progress,
     arrived = {mid: n for n, mid in client.vault.message_ids_after(0)}
     for view in sorted(views, key=functools.partial(_reading_order, client, arrived)):
         await print_view(client, view, withdrawn)
+        progress.gone.update(i.attachment_id for i in view.images if i.state == "shredded")
         progress.not_received.update((t.message_id, t.user_id) for t in view.not_received)
         ids = [view.message.message_id, *(c.message_id for c in view.copies)]
         progress.shown.update(ids)
@@ -994,7 +1061,7 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                     await learn_message_names(client, event)
                     print_message(client, event)
                     progress.shown.add(event.message.message_id)
-                    for gone in await _images_gone_before(client, event):
+                    for gone in await _images_gone_before(client, progress, event):
                         print(gone, flush=True)
                     for told in _not_received_under(client, progress, event.message):
                         print(f"    {told}", flush=True)
@@ -1016,6 +1083,10 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                     continue
                 if isinstance(event, ReceiptEvent) and not progress.first_receipt(event):
                     continue  # another device of the same person: said already
+                if isinstance(event, FiledEvent | ExpiredEvent):
+                    if news := await _image_news(client, progress, event):
+                        print(news, flush=True)
+                    continue
                 line = (receipt_line(client, event) if isinstance(event, ReceiptEvent)
                         else describe(client, event))
                 if line:

@@ -355,8 +355,26 @@ class LightboxClient:
                     "another connection of this device has the relay connection for now"
                     if code == CloseCode.SESSION_REPLACED
                     else "reconnecting to the relay", close_code=code))
+                if code == CloseCode.SESSION_REPLACED:
+                    await self._tell_unreachable(conn)
         stopped = conn.stopped.result()
         await self.hub.emit(StatusEvent("stopped", str(stopped), close_code=stopped.code))
+
+    async def _tell_unreachable(self, conn: Connection) -> None:
+        """Made way for another program of this device (4003): when its first try to connect
+        again fails (the relay out of reach meanwhile), the connection is told lost, at once,
+        as one lost while connected is (``disconnected`` without a close code), rather than
+        left to read as still paused until the relay is back."""
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(conn.connected.wait()),
+                                            asyncio.ensure_future(conn.unreachable.wait())]
+        try:
+            await asyncio.wait([*waits, conn.stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if conn.unreachable.is_set() and not conn.connected.is_set() \
+                and not conn.stopped.done():
+            await self.hub.emit(StatusEvent("disconnected", "reconnecting to the relay"))
 
     async def _tell_stored_elsewhere(self, conn: Connection) -> None:
         """Once the relay's backlog is in (a delivery the other program stored but had not

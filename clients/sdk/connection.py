@@ -169,6 +169,9 @@ class Connection:
         self._task: asyncio.Task[None] | None = None
         self._closing = False  # stop() closed the socket: the loop ends with it
         self.connected = asyncio.Event()
+        # Set when a try to connect failed, cleared once connected: a program that made way for
+        # another of its device (4003) learns that the relay is out of reach as it comes back.
+        self.unreachable = asyncio.Event()
         self.queue_empty = asyncio.Event()
         self.stopped: asyncio.Future[ConnectionStopped] = (
             asyncio.get_running_loop().create_future())
@@ -259,7 +262,7 @@ class Connection:
                     return
                 # A failed refresh (relay unreachable, or failing for now): try again later.
                 attempt += 1
-                await self._backoff(attempt)
+                await self._try_again(attempt)
                 continue
             except SDKError as exc:  # no token to be had (session ended, device refused...)
                 self._finish(_stopped_by(exc))
@@ -272,7 +275,7 @@ class Connection:
                 log.warning("access token failed; trying again",
                             extra={"error_type": type(exc).__name__})
                 attempt += 1
-                await self._backoff(attempt)
+                await self._try_again(attempt)
                 continue
             try:
                 sock = await RelaySocket.connect(
@@ -297,7 +300,7 @@ class Connection:
                     await self._make_way(lived=0.0)
                     continue
                 attempt += 1
-                await self._backoff(attempt)
+                await self._try_again(attempt)
                 continue
             except websockets.InvalidURI:  # configuration: no later attempt can differ
                 self._finish(ConnectionStopped(None, "the relay's address is not a websocket "
@@ -310,11 +313,12 @@ class Connection:
                 log.log(logging.DEBUG if expected else logging.WARNING,
                         "connect failed; trying again", extra={"error_type": type(exc).__name__})
                 attempt += 1
-                await self._backoff(attempt)
+                await self._try_again(attempt)
                 continue
             attempt = 0
             renewed = False
             self._socket = sock
+            self.unreachable.clear()
             self.connected.set()
             opened_at = asyncio.get_running_loop().time()
             code: int | None = None
@@ -371,6 +375,12 @@ class Connection:
                 continue
             self._replaced = 0
             await self._backoff(1 + failing)
+
+    async def _try_again(self, attempt: int) -> None:
+        """A try to connect failed (the relay out of reach, or failing for now): said
+        (``unreachable``), then backed off."""
+        self.unreachable.set()
+        await self._backoff(attempt)
 
     async def _backoff(self, attempt: int) -> None:
         cap = min(self.backoff_max, self.backoff_base * (2 ** min(attempt, 16)))

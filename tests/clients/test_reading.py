@@ -7,6 +7,7 @@ says it through a real relay and a real ``lightbox watch``."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import cast
 
@@ -31,6 +32,7 @@ IMAGE = "a1b2c3d4-0000-4000-8000-000000000001"
 MESSAGE = "0e2c5a54-0000-4000-8000-000000000002"
 THREAD = str(uuid.UUID(int=3))
 AT = 1_780_000_000
+LATER = int(time.time()) + 86400  # copies still to expire: said as to come
 NO_CLIENT = cast(LightboxClient, None)  # describe() reads only the event
 
 
@@ -42,9 +44,9 @@ NO_CLIENT = cast(LightboxClient, None)  # describe() reads only the event
      f"    Dr Bone: read ({MESSAGE[:8]})"),
     (ReceiptEvent(MESSAGE, "f5e60781-0000", str(uuid.UUID(int=5)), "delivered", AT),
      f"    f5e60781: delivered ({MESSAGE[:8]})"),
-    (FiledEvent(IMAGE, MESSAGE, THREAD, AT, AT + 86400, "ACC123"),
+    (FiledEvent(IMAGE, MESSAGE, THREAD, AT, LATER, "ACC123"),
      f"    image a1b2c3d4 filed in the record as ACC123; copies expire "
-     f"{format_time(AT + 86400)}"),
+     f"{format_time(LATER)}"),
     (ExpiredEvent(IMAGE, THREAD, None, "consent_revoked"),
      "    image a1b2c3d4 deleted from this device (the patient's consent was withdrawn)"),
     (ExpiredEvent(IMAGE, THREAD, None, "hard_limit"),

@@ -734,8 +734,11 @@ class RecordGateway:
                                    code=f"relay_refused ({refused.code})") from refused
             except (TimeoutError, ConnectionError) as exc:
                 log.warning("no answer from the relay to the filing of attachment %s (%s); "
-                            "sending it again", attachment_id, type(exc).__name__,
-                            extra={"attachment_id": attachment_id})
+                            "sending it again", attachment_id,
+                            "it did not answer in time" if isinstance(exc, TimeoutError)
+                            else "the connection to the relay was lost",
+                            extra={"attachment_id": attachment_id,
+                                   "error_type": type(exc).__name__})
                 await asyncio.sleep(self._backoff[0])  # reconnecting: send it again
             finally:
                 self._waiting.pop(attachment_id, None)

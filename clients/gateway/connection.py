@@ -108,7 +108,10 @@ class GatewayConnection(Connection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._busy: set[tuple[str, str]] = set()
+        # Deliveries being filed; each with the same message delivered again meanwhile (on the
+        # next connection, the relay having closed the first as too slow): answered when the
+        # filing ends.
+        self._busy: dict[tuple[str, str], list[tuple[RelaySocket, Deliver]]] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._reported: set[str] = set()  # messages whose unexpected failure is on file
         self._ending: asyncio.Task[None] | None = None
@@ -123,8 +126,9 @@ class GatewayConnection(Connection):
             await sock.ack([frame.delivery_id])
             return
         if key in self._busy:
-            return  # redelivered while its filing is still running
-        self._busy.add(key)
+            self._busy[key].append((sock, frame))  # delivered again while being filed
+            return
+        self._busy[key] = []
         job = asyncio.create_task(self._file(sock, frame, key))
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
@@ -133,6 +137,7 @@ class GatewayConnection(Connection):
         """File one delivery, trying again while the connection it came on lasts (the module
         docstring); acknowledged once filed."""
         attempt = 0
+        done = False
         try:
             while True:
                 try:
@@ -146,10 +151,19 @@ class GatewayConnection(Connection):
                     if not await self._again(sock, exc, key[1], delay):
                         return
             self.dedupe.add(*key)
-            with contextlib.suppress(SocketClosed, ConnectionError):
-                await sock.ack([frame.delivery_id])
+            done = True
         finally:
-            self._busy.discard(key)
+            again = self._busy.pop(key, [])
+            if done:  # this delivery, and the same message delivered again meanwhile
+                for on, delivered in [(sock, frame), *again]:
+                    with contextlib.suppress(SocketClosed, ConnectionError):
+                        await on.ack([delivered.delivery_id])
+            elif again and not self._closing and not self.stopped.done():
+                # Given up on its connection, which closed: the delivery that came again on
+                # the next is filed now, rather than after the relay's next too_slow close.
+                on, delivered = again[-1]
+                if not on.closed.done():
+                    await self._handle(on, delivered)
 
     def _gave_up(self, exc: Exception, message_id: str) -> bool:
         """Stop the gateway when the relay ended its session or refused its login: one line

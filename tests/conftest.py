@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import sys
@@ -140,6 +141,8 @@ def cluster() -> Iterator[Cluster]:
     pg = EmbeddedPostgres(data)
     try:
         uri = pg.start()
+        if os.environ.get("LIGHTBOX_TEST_FSYNC") != "on":
+            asyncio.run(_no_fsync(uri))
         template = "lightbox_template"
         asyncio.run(_create_db(uri, template))
         migrations.upgrade(with_database(uri, template))
@@ -148,6 +151,23 @@ def cluster() -> Iterator[Cluster]:
         # A SIGKILLed holder would leak the server (NOTES.md): always stop it explicitly.
         pg.stop(mode="immediate")
         shutil.rmtree(data, ignore_errors=True)
+
+
+async def _no_fsync(uri: str) -> None:
+    """The tests' cluster does not flush to the disk (``fsync = off``): what it writes survives
+    any process killed in a test, relay or Postgres, in the kernel's cache, and no test can
+    cut the machine's power, the only loss it risks. On this machine's disk a flush can stall
+    for tens of milliseconds under load (docs/BENCHMARKS.md round 28): measured on 233 relay,
+    filing and watch tests on two workers, 89.8 and 94.9 s with flushes, 87.8 and 79.9 s
+    without. ``LIGHTBOX_TEST_FSYNC=on`` keeps them. The relay's own durability (``accepted``
+    only after COMMIT) is the same either way: it is Postgres's flush, not the relay's, that
+    this skips; ``make run`` and the bench keep Postgres's defaults."""
+    conn = await asyncpg.connect(uri)
+    try:
+        await conn.execute("ALTER SYSTEM SET fsync = off")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
 
 
 async def _create_db(uri: str, name: str) -> None:

@@ -105,6 +105,9 @@ def register(sub: Any) -> None:
                    "(also names the consent a text outside direct care is sent under)")
     c.add_argument("--patient-agreed", action="store_true")
     c.add_argument("--statements-shown", action="store_true")
+    c.add_argument("--file-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="a patient who refuses at the prompt: how long to wait for the record "
+                        "gateway's receipt of the refusal")
     x = s.add_argument_group("clinical safety (CLINICAL_SAFETY.md; docs/CLINICAL_SAFETY.md)")
     x.add_argument("--necessity", metavar="TEXT", help="the clinical necessity of consulting "
                    "outside your organisation (sealed; required for external recipients)")

@@ -389,15 +389,17 @@ def consent_token(args: argparse.Namespace, device: ProfileDevice, image: bytes,
     return token
 
 
-async def file_refusal(client: LightboxClient, token: str, record: RecordData | None) -> None:
+async def file_refusal(client: LightboxClient, token: str, record: RecordData | None, *,
+                       wait: float = 30.0) -> None:
     """The patient said no at the prompt: the refusal is registered (above) and filed in the
-    record when there is patient data (CLINICAL_SAFETY.md); nothing is sent to anyone else."""
+    record when there is patient data (CLINICAL_SAFETY.md), waiting up to ``wait`` seconds
+    (``--file-wait``) for the gateway's receipt; nothing is sent to anyone else."""
     where = "registered, but NOT filed in the record (no --patient-id)"
     if record is not None:
-        _, filed = await client.file_consent(token, record, wait=30.0)
+        _, filed = await client.file_consent(token, record, wait=wait)
         where = ("registered and filed in the record" if filed else
                  "registered, but not filed yet: the record gateway did not confirm it within "
-                 "30 s; its receipt will arrive in your record thread (`lightbox inbox`)")
+                 f"{wait:g} s; its receipt will arrive in your record thread (`lightbox inbox`)")
     raise FlowError(f"the patient refused: nothing was sent; the refusal was {where}",
                     code=ErrorCode.CONSENT_REFUSED.value)
 
@@ -525,7 +527,7 @@ def send_command(args: argparse.Namespace) -> int:
                 await register_consent(client.relay, token)
                 claims = peek_consent_token_unverified(token)
                 if claims.decision is ConsentDecision.REFUSED:
-                    await file_refusal(client, token, record)
+                    await file_refusal(client, token, record, wait=args.file_wait)
                 if file_original is not None:
                     check_covers_original(claims, file_original.image)
             if thread_id is not None:

@@ -271,16 +271,24 @@ async def test_the_cli_files_a_refusal_and_refuses_one_without_patient_data(
             in out
 
 
-async def test_the_cli_says_a_refusal_not_confirmed_within_its_wait_is_not_filed_yet(
-        world: World, tmp_path: Path, home: Path) -> None:
-    """The gateway is enrolled but not running: ``--file-wait`` runs out, and the command says
-    the refusal is not filed yet, not merely "sent for filing", which reads as done."""
+async def _gateway_enrolled_not_running(world: World, tmp_path: Path, home: Path, *,
+                                       seed: int) -> Path:
+    """A film, an orthopaedist, and a registrar (the CLI's profile) whose refusals go to a
+    record gateway that is enrolled but not running."""
     image = tmp_path / "film.png"
-    image.write_bytes(xray_png(320, 240, seed=27))
+    image.write_bytes(xray_png(320, 240, seed=seed))
     await enrol_gateway(world, tmp_path)
     await enrol_clinician(world, tmp_path, "ortho", roles=(ORTHO,))
     registrar = await enrol_clinician(world, tmp_path, "registrar", vault_dir=home / "registrar")
     registrar.vault.lock()
+    return image
+
+
+async def test_the_cli_says_a_refusal_not_confirmed_within_its_wait_is_not_filed_yet(
+        world: World, tmp_path: Path, home: Path) -> None:
+    """The gateway is enrolled but not running: ``--file-wait`` runs out, and the command says
+    the refusal is not filed yet, not merely "sent for filing", which reads as done."""
+    image = await _gateway_enrolled_not_running(world, tmp_path, home, seed=27)
     rc, out, err = await lightbox(
         "--profile", "registrar", "consent", "capture", "--image", str(image), "--purpose",
         "direct_care", "--role", ORTHO, "--decision", "refused", "--statements-shown", "--yes",
@@ -322,6 +330,25 @@ async def test_a_patient_who_says_no_at_the_send_prompt_has_the_refusal_filed(
         assert await count(world, "SELECT count(*) FROM consents WHERE consent_id = $1",
                            uuid.UUID(filed.consent_id)) == 1
         assert events.empty()  # the specialist got nothing
+
+
+async def test_a_refusal_at_the_send_prompt_not_confirmed_within_its_wait_is_not_filed_yet(
+        world: World, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway is enrolled but not running: ``send --file-wait`` runs out, and the refusal
+    is said to be registered but not filed yet, with the wait it gave."""
+    image = await _gateway_enrolled_not_running(world, tmp_path, home, seed=28)
+    monkeypatch.setattr("sys.stdin", _Terminal("yes\nno\n"))  # shown: yes; agrees: no
+    rc, out, err = await lightbox(
+        "--profile", "registrar", "send", "--to", f"role:{ORTHO}", "--image", str(image),
+        "--send-anyway", "--patient-id", "LBX-TEST-SAID-NO-WAIT", "--patient-name",
+        "TEST^SAIDNOWAIT", "--file-wait", "1.5", "Wrist, displaced?")
+    assert rc == 1 and "consent_refused" in err, out + err
+    assert ("the patient refused: nothing was sent; the refusal was registered, but not filed "
+            "yet: the record gateway did not confirm it within 1.5 s; its receipt will arrive "
+            "in your record thread (`lightbox inbox`)") in err, err
+    # registered with the relay, and sealed to the gateway for when it runs
+    assert await count(world, "SELECT count(*) FROM consents WHERE decision = 'refused'") == 1
+    assert await count(world, "SELECT count(*) FROM deliveries") == 1
 
 
 async def test_the_fhir_consent_is_filed_on_the_fhir_server_once_with_credentials(

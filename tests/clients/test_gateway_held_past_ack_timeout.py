@@ -1,4 +1,6 @@
-"""A filing held longer than the relay waits for an acknowledgement (``LIGHTBOX_WS_ACK_TIMEOUT``):
+"""The record gateway's filings when the relay is slow to answer.
+
+A filing held longer than the relay waits for an acknowledgement (``LIGHTBOX_WS_ACK_TIMEOUT``):
 the PACS is down, the gateway holds the image (nothing expires meanwhile), and the relay closes
 its connection as too slow (4009) and delivers the message again on the next. The filing goes
 on; once the PACS is back and the image is filed, the delivery that came again is acknowledged
@@ -8,10 +10,13 @@ with it, on the connection it came on, rather than held until the relay's next t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
 
+from clients.gateway.app import GatewayConfig
 from clients.sdk import imaging
 from tests.clients.test_filing_journey import journey, record, send_for_filing
 from tests.consent_world import count, xray_png
@@ -56,3 +61,27 @@ async def test_a_filing_held_past_the_ack_timeout_acknowledges_the_delivery_that
             while await count(world, queued, device):
                 await asyncio.sleep(0.05)
         assert gw.connection.reconnects == reconnects
+
+
+async def test_a_filing_the_relay_does_not_confirm_in_time_is_said_in_words_and_sent_again(
+        world: World, tmp_path: Path, orthanc: OrthancServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The gateway waits ``statement_timeout`` for the relay's answer to its filing statement;
+    here none at all, so the first wait runs out: its log line says why in words, and the
+    statement is sent again (once the wait is long enough again) and recorded once."""
+    caplog.set_level(logging.INFO, logger="lightbox.gateway")
+    prepared = imaging.prepare_image(xray_png(320, 240, seed=16))
+    async with journey(world, tmp_path, orthanc,
+                       config=GatewayConfig(statement_timeout=0.0)) as (intern, ortho, gw):
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        aid, _ = await send_for_filing(intern, thread.thread_id, prepared.image, record())
+        line = (f"no answer from the relay to the filing of attachment {aid} (it did not answer "
+                "in time); sending it again")
+        async with asyncio.timeout(30):
+            while line not in [r.getMessage() for r in caplog.records]:
+                await asyncio.sleep(0.02)
+            gw.config = dataclasses.replace(gw.config, statement_timeout=30.0)
+            while not gw.filed:
+                await asyncio.sleep(0.05)
+        assert gw.filed[0].attachment_id == aid and not gw.failed
+        assert await count(world, "SELECT count(*) FROM filings") == 1

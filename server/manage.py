@@ -178,10 +178,15 @@ def _org_trust(args: argparse.Namespace, settings: Settings) -> int:
         if org_id in current and current[org_id] != key and not args.replace:
             raise CommandError(f"{target} already trusts another key for {org_id} "
                                f"({key_id(current[org_id])}); pass --replace to change it")
-    write_trusted_orgs(target, {**current, **incoming})
+    changed = any(current.get(org_id) != key for org_id, key in incoming.items())
+    if changed:
+        write_trusted_orgs(target, {**current, **incoming})
     for org_id, key in incoming.items():
-        print(f"trusted {org_id} (fingerprint {key_id(key)}) in {target.resolve()}")
-    print("restart the relay to load the change")
+        already = "" if current.get(org_id) != key else "already "
+        print(f"{already}trusted {org_id} (fingerprint {key_id(key)}) in {target.resolve()}")
+    # The relay reads the file when it starts; an unchanged file needs no restart.
+    print("restart the relay to load the change" if changed else
+          "nothing changed: no restart needed")
     return 0
 
 

@@ -152,6 +152,20 @@ def _report_failures(failures: Sequence[csvio.RowError]) -> None:
         print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
 
 
+async def _relay_accepts_phone_app(relay: RelayHTTP, phone_app: str, nothing_done: str) -> None:
+    """Before any code is made: a relay that does not let browsers call it from the phone
+    app's address (LIGHTBOX_PHONE_ORIGINS, docs/OPERATIONS.md) would leave every phone
+    enrolled from these handouts saying that the relay cannot be reached."""
+    if not phone_app:
+        return
+    origin = handout.web_origin(phone_app)
+    if not await relay.accepts_browser_origin(origin):
+        raise CommandError(
+            f"the relay does not accept the phone app's address {origin}: add it to "
+            f"LIGHTBOX_PHONE_ORIGINS on the relay and restart the relay, or phones could not "
+            f"reach it from the app the handouts name; {nothing_done}")
+
+
 def _prepare_handout_dir(args: argparse.Namespace, nothing_done: str) -> None:
     """Check ``--handout-dir`` before any code is made: a code is shown only once."""
     if args.handout_dir:
@@ -170,6 +184,7 @@ def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
 
     async def go() -> adminops.ImportReport:
         async with admin_relay(session) as relay:
+            await _relay_accepts_phone_app(relay, phone_app, "nobody was provisioned")
             return await adminops.provision_rows(
                 relay, rows, org_id=org_id, org_key=org_key, now=int(time.time()),
                 code_valid_hours=args.code_valid_hours)
@@ -223,6 +238,7 @@ def _sign_pending(args: argparse.Namespace) -> int:
 
     async def go() -> admindirectory.SignRun:
         async with admin_relay(session) as relay:
+            await _relay_accepts_phone_app(relay, phone_app, "nobody was signed")
             return await admindirectory.sign_pending(
                 relay, org_id=org_id, org_key=org_key, now=int(time.time()),
                 code_valid_hours=args.code_valid_hours)
@@ -445,6 +461,7 @@ def _user_reissue(args: argparse.Namespace) -> int:
 
     async def go() -> tuple[Any, bool]:
         async with admin_relay(session) as relay:
+            await _relay_accepts_phone_app(relay, phone_app, "no new code was issued")
             user = await adminops.resolve_user(relay, args.user)
             made = await adminops.reissue_enrolment(
                 relay, user, org_id=org_id, org_key=org_key, now=int(time.time()),

@@ -127,6 +127,17 @@ PHONE_APP_RULE: Final = ("LIGHTBOX_PHONE_APP must be the phone app's https addre
 _LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+def web_origin(address: str) -> str:
+    """The web origin of an address :func:`phone_app_address` accepted, as a browser sends it
+    (RFC 6454 §6.2: scheme, host and a port other than the scheme's default)."""
+    parts = urlsplit(address)
+    port = parts.port
+    default = {"https": 443, "http": 80}[parts.scheme]
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
 def phone_app_address(environ: Mapping[str, str] = os.environ) -> str:
     """The phone app's address for the handouts: ``LIGHTBOX_PHONE_APP`` on IT's workstation
     (such as ``https://phone.example.org``, one of the relay's ``LIGHTBOX_PHONE_ORIGINS``,

@@ -117,6 +117,17 @@ class RelayHTTP(RelayTransport):
         return self._decode(await self._send("POST", "/v1/enrol/complete-sso", body=body),
                             api.Enrolled)
 
+    async def accepts_browser_origin(self, origin: str) -> bool:
+        """Whether the relay lets a browser on ``origin`` call its HTTP API: a CORS preflight
+        (Fetch Standard, "CORS-preflight fetch") of the request a phone app makes first, its
+        enrolment, answered with that origin allowed (LIGHTBOX_PHONE_ORIGINS,
+        docs/OPERATIONS.md)."""
+        response = await self._send("OPTIONS", "/v1/enrol/fetch", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        allowed: str | None = response.headers.get("access-control-allow-origin")
+        return allowed == origin
+
     async def sso_config(self, org_id: str) -> SsoConfig:
         return self._decode(await self._send("GET", f"/v1/auth/sso/{quote(org_id, safe='')}"),
                             SsoConfig)

@@ -204,6 +204,20 @@ def test_org_trust_refuses_a_missing_or_malformed_file_and_a_silent_key_change(
     assert trusted == {"orgs": {"st-elsewhere": b64url_encode(new_key)}}
 
 
+def test_org_trust_of_a_key_already_trusted_changes_nothing_and_asks_no_restart(
+        host_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pub, _ = _pubfile(host_env, "st-elsewhere")
+    rc, out, _err = _server(["org", "trust", str(pub)], capsys)
+    assert rc == 0 and out.splitlines()[-1] == "restart the relay to load the change", out
+    trusted = host_env / "relay" / "trusted-orgs.json"
+    written = trusted.stat().st_mtime_ns
+    rc, out, _err = _server(["org", "trust", str(pub)], capsys)
+    assert rc == 0
+    assert out.splitlines()[0].startswith("already trusted st-elsewhere (fingerprint "), out
+    assert out.splitlines()[-1] == "nothing changed: no restart needed", out
+    assert trusted.stat().st_mtime_ns == written
+
+
 def test_serving_options_with_a_command_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         server_cli.main(["--port", "9000", "audit", "verify"])

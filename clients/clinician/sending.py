@@ -650,8 +650,21 @@ def thread_of(device: ProfileDevice, given: str) -> str:
     else is refused before anything is sent, naming the ids to use."""
     wanted = given.strip().lower()
     if _THREAD_ID.match(wanted):
-        return wanted  # the relay says whether it is one of the user's consults
-    if len(wanted.replace("-", "")) < MIN_THREAD_PREFIX or not _THREAD_PREFIX.match(wanted):
+        # Known here, or the relay could not be asked for the list: then it says itself
+        # whether the consult is the user's, when the command reaches it.
+        if (wanted in device.vault.notes(THREAD_NOTE) or not list_threads(device)
+                or wanted in device.vault.notes(THREAD_NOTE)):
+            return wanted
+        raise FlowError(f"no consult of yours has the id {given.strip()!r}: `lightbox threads` "
+                        "lists yours with their ids; nothing was sent",
+                        code=ErrorCode.THREAD_NOT_FOUND.value)
+    if not _THREAD_PREFIX.match(wanted) and wanted:
+        bad = sorted({c for c in given.strip() if c.lower() not in "0123456789abcdef-"})
+        raise FlowError(f"--thread {given!r}: a consult's id has only the digits 0-9, the "
+                        f"letters a-f and dashes, not {', '.join(map(repr, bad))}, as "
+                        "`lightbox threads` prints it; nothing was sent",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    if len(wanted.replace("-", "")) < MIN_THREAD_PREFIX:
         raise FlowError(f"--thread {given!r}: give the consult's id, or at least its first "
                         f"{MIN_THREAD_PREFIX} characters as `lightbox threads` prints it; "
                         "nothing was sent", code=ErrorCode.VALIDATION_FAILED.value)
@@ -670,9 +683,9 @@ def thread_of(device: ProfileDevice, given: str) -> str:
                     "nothing was sent", code="ambiguous")
 
 
-def list_threads(device: ProfileDevice) -> None:
-    """The device's threads as the relay lists them now, kept in the vault (ThreadBook). A
-    relay out of reach leaves the threads as last listed."""
+def list_threads(device: ProfileDevice) -> bool:
+    """The device's threads as the relay lists them now, kept in the vault (ThreadBook); False
+    when the relay was out of reach, the threads left as last listed."""
     async def listed() -> None:
         client = command_client(device)
         try:
@@ -681,8 +694,11 @@ def list_threads(device: ProfileDevice) -> None:
         finally:
             await client.close()
 
-    with contextlib.suppress(RelayUnavailable):
+    try:
         run_async(listed)
+    except RelayUnavailable:
+        return False
+    return True
 
 
 def consult_patient(device: ProfileDevice, thread_id: str, typed: RecordData | None, *,

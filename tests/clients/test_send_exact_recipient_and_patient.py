@@ -137,6 +137,16 @@ async def test_a_thread_named_by_an_unknown_or_short_prefix_is_refused_naming_th
     assert _refusal(*await lightbox(*send, "--thread", thread[:7], "hello")) == (
         f"error: validation_failed: --thread '{thread[:7]}': give the consult's id, or at "
         "least its first 8 characters as `lightbox threads` prints it; nothing was sent")
+    # Eight characters with one that no id has (a typo): named, not "at least 8 characters".
+    assert _refusal(*await lightbox(*send, "--thread", thread[:7] + "X", "hello")) == (
+        f"error: validation_failed: --thread '{thread[:7]}X': a consult's id has only the "
+        "digits 0-9, the letters a-f and dashes, not 'X', as `lightbox threads` prints it; "
+        "nothing was sent")
+    # A whole id that is none of the user's consults: said before anything is sent.
+    nobody = "00000000-0000-4000-8000-000000000000"
+    assert _refusal(*await lightbox(*send, "--thread", nobody, "hello")) == (
+        f"error: thread_not_found: no consult of yours has the id '{nobody}': `lightbox "
+        "threads` lists yours with their ids; nothing was sent")
     # Two consults this device knows whose ids start alike: the refusal names both.
     twin = thread[:9] + ("0" if thread[9] != "0" else "1") + thread[10:]
     device = open_profile(tmp_path / "home" / "ivy.intern", PASSWORD)

@@ -70,8 +70,12 @@ def command_client(device: ProfileDevice) -> LightboxClient:
 
 def problem_line(event: StatusEvent) -> str:
     """A problem the client reports (a message it dropped, a refused notice), as every command
-    prints it."""
-    return f"-- {event.state}: {event.detail}"
+    prints it. A dropped message names its consult by the start of its id, as ``threads`` and
+    the consult's other lines do: several dropped from one sender read alike otherwise."""
+    line = f"-- {event.state}: {event.detail}"
+    if event.dropped is not None:
+        line += f" - consult {event.dropped.message.header.thread_id[:8]}"
+    return line
 
 
 def print_problems(events: asyncio.Queue[ClientEvent], *,

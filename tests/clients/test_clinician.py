@@ -70,6 +70,7 @@ async def test_a_consult_dropped_while_inbox_or_threads_synced_is_said(
     rc, out, err = await lightbox("--profile", "intern", "send", "--to", f"role:{ORTHO}",
                                   "--urgent", "Please call about bed 4.")
     assert rc == 0, err
+    (thread,) = re.findall(r"in thread (\S+) \(#1\)", out)
     revoked = {"devices": (await world.device_of(intern.user_id),), "users": (intern.user_id,)}
     r = await world.revoke(world.org, 1, **{gone: revoked[gone]})
     assert r.status_code == 200, r.text
@@ -81,7 +82,8 @@ async def test_a_consult_dropped_while_inbox_or_threads_synced_is_said(
             if gone == "devices" else
             r"-- error: an urgent message sent \S+ \S+ was dropped: your organisation has "
             r"suspended its sender's account \(user_suspended\)")
-    assert re.search("^" + said + "$", out, re.MULTILINE), out
+    # with the consult it was in, by the start of its id, as `threads` lists it
+    assert re.search("^" + said + f" - consult {thread[:8]}$", out, re.MULTILINE), out
     assert ("0 unread messages\n" if command == "inbox" else "1 thread\n") in out
     if command == "threads":  # listed, with nothing in it: said so, not "no subject yet"
         assert "  (no message on this device yet)  [with role:orthopaedics_oncall" in out, out
@@ -117,7 +119,7 @@ async def test_a_consult_dropped_while_send_ran_is_said_once(world: World,
     assert rc == 0, err
     line = re.compile(r"^-- error: a message from Dr Cai, sent \S+ \S+ from a device your "
                       r"organisation revoked, was dropped: ask them what it said "
-                      r"\(certificate_revoked\)$", re.MULTILINE)
+                      rf"\(certificate_revoked\) - consult {thread.thread_id[:8]}$", re.MULTILINE)
     assert len(line.findall(sent)) + len(line.findall(inbox)) == 1, (sent, inbox)
 
 

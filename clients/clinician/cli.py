@@ -63,8 +63,8 @@ from protocol.consent import (
     ConsentBasis,
     ConsentDecision,
 )
-from protocol.errors import ErrorCode
-from protocol.keys import key_id
+from protocol.errors import DecodeError, ErrorCode
+from protocol.keys import key_id, normalise_enrolment_code
 from protocol.model import SUPPORTED_VERSIONS, DeviceKind, Purpose
 
 __all__ = ["main"]
@@ -79,6 +79,11 @@ T = TypeVar("T")
 CODE_INVALID = ("this enrolment code does not work: check it against your handout; if IT has "
                 "given you a newer handout since, only the newest one's code works: ask IT "
                 "for the newest handout")
+
+# A code that is not 20 letters and digits (protocol/keys.py normalise_enrolment_code), as the
+# phone app says it (clients/phone/src/app/worker.ts).
+CODE_SHAPE = ("that is not an enrolment code: it has 20 letters and digits, in five groups of "
+              "four, as on your handout (such as 7K2M-9QXP-4RTV-8WJN-3HBC); nothing was saved")
 
 
 # --- enrolment and linking -------------------------------------------------------------------
@@ -104,6 +109,10 @@ def _enroll(args: argparse.Namespace) -> int:
     store = store_of(args)
     if store.exists():
         raise KeyStoreError(f"profile {args.profile!r} already holds a device")
+    try:  # a code of the wrong shape is no typo of a handout's: said before any prompt
+        normalise_enrolment_code(args.code)
+    except DecodeError:
+        raise FlowError(CODE_SHAPE, code=ErrorCode.ENROLMENT_CODE_INVALID.value) from None
     password = read_password("Choose a password (at least 12 characters)"
                          if not args.sso else "Choose a passphrase for this device's key store "
                          "(at least 12 characters)", confirm=True)

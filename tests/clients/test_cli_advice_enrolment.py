@@ -10,6 +10,8 @@ import io
 import re
 from pathlib import Path
 
+import pytest
+
 from clients.admin import handout
 from clients.admin.handout import INVALID_NOTE, Handout, phone_app_address, save_handout
 from tests.clinician_world import cli_world
@@ -81,3 +83,17 @@ async def test_enrolling_with_a_code_it_reissued_says_to_ask_for_the_newest_hand
     assert err == ("error: enrolment_code_invalid: this enrolment code does not work: check it "
                    "against your handout; if IT has given you a newer handout since, only the "
                    "newest one's code works: ask IT for the newest handout\n")
+
+
+async def test_a_code_of_the_wrong_shape_is_named_as_no_code_before_any_prompt(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight characters are no typo of a handout's code: said as such, as the phone app says
+    it, before the password is asked for (none is given here: a prompt would fail otherwise)
+    and with nothing saved."""
+    monkeypatch.delenv("LIGHTBOX_PASSWORD", raising=False)
+    rc, out, err = await lightbox("--profile", "amy", "enroll", "--server",
+                                  world.relay.base_url, "--code", "H3X6P7YV")
+    assert (rc, out) == (1, "")
+    assert err == ("error: enrolment_code_invalid: that is not an enrolment code: it has 20 "
+                   "letters and digits, in five groups of four, as on your handout (such as "
+                   "7K2M-9QXP-4RTV-8WJN-3HBC); nothing was saved\n")

@@ -336,7 +336,7 @@ class Vault:
                     master = open_with_passphrase(meta["sealed_master"], passphrase)
                 except VerificationError as exc:
                     raise VaultPassphraseError(
-                        "wrong passphrase (or the vault's key record is damaged)") from exc
+                        "wrong password (or the vault's key record is damaged)") from exc
                 except ProtocolError as exc:
                     raise VaultCorrupt("the vault's key record is damaged") from exc
                 if len(master) != 32:

@@ -207,7 +207,7 @@ async def test_wrong_passwords_missing_profiles_and_garbage_arguments_say_one_se
     env = _env(tmp_path, world)
     wrong = {**env, "LIGHTBOX_PASSWORD": "not the password at all"}
     cases: list[tuple[str, tuple[str, ...], dict[str, str], str]] = [
-        ("lightbox", ("--profile", "phone", "threads"), wrong, "wrong passphrase"),
+        ("lightbox", ("--profile", "phone", "threads"), wrong, "wrong password"),
         ("lightbox", ("--profile", "phone", "whoami"), wrong, "wrong password"),
         ("lightbox-gateway", ("--profile", "phone"), wrong, "wrong password"),
         ("lightbox-admin", ("login", "--server", world.relay.base_url, "--login", "it-admin"),

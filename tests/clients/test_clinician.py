@@ -145,7 +145,7 @@ async def test_a_wrong_password_is_said_plainly(world: World, tmp_path: Path,
     person.vault.lock()
     monkeypatch.setenv("LIGHTBOX_PASSWORD", "not the password at all")
     rc, _, err = await lightbox("--profile", "intern", "send", "--to", "role:x", "hi")
-    assert rc == 1 and "wrong passphrase" in err
+    assert rc == 1 and "wrong password" in err
 
 
 async def test_a_text_for_teaching_is_sent_only_under_a_consent_naming_it(

@@ -330,7 +330,7 @@ async def test_the_outbox_command_refuses_a_wrong_password_and_a_missing_profile
     assert rc == 1 and "profile 'nobody' has no device" in err and "Traceback" not in err
     monkeypatch.setenv("LIGHTBOX_PASSWORD", "not the password at all")
     rc, _, err = await lightbox("--profile", "intern", "outbox")
-    assert rc == 1 and "wrong passphrase" in err and "Traceback" not in err
+    assert rc == 1 and "wrong password" in err and "Traceback" not in err
 
 
 def test_the_outbox_is_sealed_in_the_vault_and_added_to_a_vault_made_before_it(

@@ -109,7 +109,7 @@ def test_create_then_unlock_with_the_passphrase_round_trips(tmp_path: Path) -> N
 
 def test_a_wrong_passphrase_is_a_clear_error_and_leaves_it_locked(vault: Vault) -> None:
     vault.lock()
-    with pytest.raises(VaultPassphraseError, match="wrong passphrase"):
+    with pytest.raises(VaultPassphraseError, match="wrong password"):
         vault.unlock("not the passphrase")
     with pytest.raises(VaultLocked):
         vault.messages("thread-A")

@@ -104,10 +104,12 @@ import hmac
 import json
 import logging
 import secrets
+import signal
 import socket
+import threading
 import time
 import webbrowser
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +274,7 @@ class DesktopServer:
         self._unlock_lock = asyncio.Lock()
         self._server: uvicorn.Server | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        self._quitting = False  # this launch is ending (:meth:`_quit`): no unlock any more
 
     # -- address and lifecycle ---------------------------------------------------------------
 
@@ -291,8 +294,9 @@ class DesktopServer:
         sock.listen(64)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app(), log_level="warning", access_log=False,
-                                lifespan="off", server_header=False, ws="none")
-        self._server = uvicorn.Server(config)
+                                lifespan="off", server_header=False, ws="none",
+                                timeout_graceful_shutdown=QUIT_GRACE_SECONDS)
+        self._server = _LocalServer(config, self._quit)
         self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._server_task.done():
@@ -301,17 +305,30 @@ class DesktopServer:
         self._idle_task = asyncio.create_task(self._watch_idle())
 
     async def stop(self) -> None:
-        if self._idle_task is not None:
-            self._idle_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._idle_task
-        await self._lock()
-        for queue in self._listeners:
-            queue.put_nowait(("bye", {}))
+        """Quit as Ctrl-C does (:meth:`_quit`, run by the server as it shuts down)."""
         if self._server is not None:
             self._server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
                 await self._server_task
+        await self._quit()  # also when the server never started (nothing done twice)
+
+    async def _quit(self) -> None:
+        """This launch ends (Ctrl-C or SIGTERM in its terminal, :meth:`stop`), nothing new
+        reaching it any more (:class:`_LocalServer`): every open page's event stream ends, so
+        the page finds nothing answering and clears itself ("Lightbox has closed", static/app.js
+        ``showGone``), and the vault locks, an unlock still under way included (:meth:`unlock`).
+        Done first, not once the page's connections have ended: the page keeps its event
+        stream open, so that would wait for the page to ask something, with the consults on
+        screen and the keys in memory (docs/USER_GUIDE.md "Starting it": Ctrl-C quits and
+        locks)."""
+        self._quitting = True
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._idle_task
+        for queue in self._listeners:
+            queue.put_nowait(("bye", {}))
+        await self._lock()
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -468,6 +485,10 @@ class DesktopServer:
                     self.notices, self.drops, self.emptied = [], {}, set()
                 raise Refused(410 if ended["ended"] == "wiped" else 403, ended["message"],
                               ended=ended) from exc
+            if self._quitting:  # the launch ended meanwhile: its vault stays locked
+                await client.close(drain=0)
+                device.vault.lock()
+                raise Refused(503, "Lightbox has closed")
             self.device, self.client, self.ended = device, client, None
             self._restore_drops(device)
         return JSONResponse({"unlocked": True})
@@ -1118,6 +1139,9 @@ class DesktopServer:
 LOGGED_OUT = ("You logged out of Lightbox on this computer (lightbox logout): nothing more "
               "is received here until you unlock it and sign in again.")
 UNLOCK_HEARING_SECONDS = 10.0  # a revoked computer's wait, at unlock, for a wipe order
+# How long a quitting launch waits for the requests it is still answering (its vault already
+# locked, its pages' event streams ended): then they are cancelled and it exits.
+QUIT_GRACE_SECONDS = 3
 STEPS_AFTER_SECONDS = 30.0  # the longest wait for the backlog before asking for the steps
 
 _ENDINGS = {
@@ -1218,6 +1242,51 @@ def _ended_by(client: LightboxClient) -> dict[str, str] | None:
         # the vault locks (_watch_idle says so)
         return None
     return _ending("stopped")
+
+
+class _LocalServer(uvicorn.Server):
+    """uvicorn's server, which on Ctrl-C or SIGTERM (its own signal handling) or ``should_exit``
+    first stops taking connections and requests, then runs ``quitting``
+    (:meth:`DesktopServer._quit`: the page's event streams end, the vault locks), and only then
+    waits, at most :data:`QUIT_GRACE_SECONDS`, for the requests still being answered. A
+    second Ctrl-C ends that wait (uvicorn's ``force_exit``)."""
+
+    def __init__(self, config: uvicorn.Config,
+                 quitting: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self._quitting = quitting
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # As uvicorn's own first steps (repeated there, harmlessly): the page's next request,
+        # also on a connection it keeps open, finds nothing, so the page says it has closed.
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        await self._quitting()
+        await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's handling of Ctrl-C and SIGTERM (``handle_exit``: shut down; a second
+        Ctrl-C, at once), without raising them again once shut down, which uvicorn does for
+        the program around it: here, :func:`run_desktop` ends by itself once this returns.
+        Raised again, a SIGTERM killed the process before :func:`run_desktop` had ended, and a
+        second Ctrl-C met ``asyncio.run``'s own handler, which raises KeyboardInterrupt inside
+        a task: the process could then hang as it exited (an AnyIO worker thread of the page's
+        server left running)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals are only for the main thread
+            return
+        before = {sig: signal.signal(sig, self.handle_exit)
+                  for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
 
 
 class _Guard:

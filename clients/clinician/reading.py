@@ -16,7 +16,6 @@ import ssl
 import sys
 import time
 import uuid
-from collections.abc import Collection
 
 import httpx
 
@@ -32,6 +31,8 @@ from clients.sdk.acking import (
     AcknowledgementUnconfirmed,
     acknowledgement_answer,
     connections_ended,
+    offers_acknowledgement,
+    why_not_acknowledgeable,
 )
 from clients.sdk.client import (
     ClientEvent,
@@ -82,7 +83,6 @@ __all__ = [
     "about_a_consult_here",
     "ack_command",
     "ack_hint",
-    "acknowledgeable",
     "describe",
     "describe_escalation",
     "describe_outbox",
@@ -347,9 +347,7 @@ async def print_view(client: LightboxClient, view: MessageView,
     if consent_id in withdrawn:
         print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the patient's "
               "consent no longer covers this message", flush=True)
-    if acknowledgeable(client, view.message, view.body,
-                       await client.record_gateways([view.message.sender_user_id])) \
-            and not view.acknowledged_by_me:
+    if await offers_acknowledgement(client, view):  # not once acknowledged on any device
         print(ack_hint(view.message.message_id), flush=True)
 
 
@@ -1065,9 +1063,7 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                         print(gone, flush=True)
                     for told in _not_received_under(client, progress, event.message):
                         print(f"    {told}", flush=True)
-                    if acknowledgeable(client, event.message, event.body,
-                                       await client.record_gateways(
-                                           [event.message.sender_user_id])):
+                    if await offers_acknowledgement(client, client.view(event.message)):
                         print(ack_hint(event.message.message_id), flush=True)
                     progress.seen += 1
                     await _say_held_back(client, progress, thread_id=event.message.thread_id)
@@ -1115,16 +1111,6 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
 # How long ``ack`` waits for the relay to take or refuse the acknowledgement (it answers a
 # refusal with an error frame and a kept receipt with nothing: docs/PROTOCOL.md §3.5 "Receipts").
 ACK_WAIT = 10.0
-
-
-def acknowledgeable(client: LightboxClient, message: VaultMessage, body: Body,
-                    gateways: Collection[str] = ()) -> bool:
-    """A message this device can say "I'm on it" to, as the desktop offers its button
-    (clients/desktop/static/app.js): a colleague's consult, not the user's own message nor
-    anything from the record gateway (``gateways``: :meth:`LightboxClient.record_gateways`),
-    whose receipt would go to the gateway rather than to the consult's sender."""
-    return (not message.outgoing and message.sender_user_id != client.user_id
-            and message.sender_user_id not in gateways and body.kind is BodyKind.TEXT)
 
 
 def ack_hint(message_id: str) -> str:
@@ -1210,12 +1196,23 @@ async def _acknowledge(client: LightboxClient, message_id: str) -> str:
                         "`lightbox watch`", code=ErrorCode.NOT_FOUND.value) from None
     view = client.view(message)
     consult, _ = _consult_of(client, message.thread_id, message_id)
-    gateways = await client.record_gateways([message.sender_user_id])
-    if not acknowledgeable(client, message, view.body, gateways):
-        what = ("is yours" if message.outgoing or message.sender_user_id == client.user_id
-                else "is the record gateway's answer, not a consult")
+    thread = client.thread_messages(message.thread_id)
+    gateways = await client.record_gateways({v.message.sender_user_id for v in thread}
+                                            | {message.sender_user_id})
+    author = client.authorship(message, view.body).author_user_id
+    await client.ensure_names([author])  # named in a refusal
+    # One rule with the hint under a consult and the desktop's button (clients/sdk/acking.py)
+    what = why_not_acknowledgeable(client, view, thread, gateways)
+    if what in ("is yours", "is the record gateway's answer, not a consult"):
         raise FlowError(f"message {message_id} {what} ({consult}): only a consult a colleague "
                         f"sent you can be acknowledged{await _the_consults(client, message)}",
+                        code=ErrorCode.VALIDATION_FAILED.value)
+    if what is not None:  # a reply, a note: nothing is sent
+        instead = await _the_consults(client, message) or (
+            f"; to tell {client.display_name(author)} anything, reply (lightbox send "
+            f"--thread {message.thread_id} TEXT)")
+        raise FlowError(f"message {message_id} {what} ({consult}): not a consult for you to "
+                        f"acknowledge, so nothing is sent{instead}",
                         code=ErrorCode.VALIDATION_FAILED.value)
     me = client.user_id
     before = [e for e in await _escalations(client, message.thread_id)
@@ -1288,11 +1285,11 @@ async def _kept_acknowledgement(client: LightboxClient, message: VaultMessage) -
 async def _the_consults(client: LightboxClient, message: VaultMessage) -> str:
     """``: acknowledge the consult itself: lightbox ack ID``, naming the latest message of
     the thread that can be acknowledged, or nothing when there is none."""
-    views = [v for v in client.thread_messages(message.thread_id)
-             if v.message.message_id != message.message_id]
-    gateways = await client.record_gateways([v.message.sender_user_id for v in views])
+    thread = client.thread_messages(message.thread_id)
+    views = [v for v in thread if v.message.message_id != message.message_id]
+    gateways = await client.record_gateways([v.message.sender_user_id for v in thread])
     ids = [v.message.message_id for v in views
-           if acknowledgeable(client, v.message, v.body, gateways)]
+           if why_not_acknowledgeable(client, v, thread, gateways) is None]
     return f"; acknowledge the consult itself: lightbox ack {ids[-1]}" if ids else ""
 
 

@@ -1,6 +1,19 @@
-"""What the relay did with an "I'm on it" just sent: kept, or refused and why. One rule for
-``lightbox ack`` (clients/clinician/reading.py) and the desktop's *I'm on it*
-(clients/desktop/app.py).
+"""Which messages this user can say "I'm on it" to, and what the relay did with one just sent:
+kept, or refused and why. One rule for ``lightbox inbox`` and ``watch`` (the hint under a
+consult), ``lightbox ack`` (clients/clinician/reading.py) and the desktop's *I'm on it*
+(clients/desktop/views.py ``acknowledgeable``, clients/desktop/app.py).
+
+"I'm on it" answers a request for help: it tells the consult's sender that this reader is
+handling it, and stops its on-call escalation (docs/PROTOCOL.md §16.3; docs/USER_GUIDE.md
+"Specialists: answering a consult"). So it is offered only under the consult itself: the
+messages that open a thread someone else made, written by its maker, to this user or a role
+they hold, before anyone else wrote in it (:func:`why_not_acknowledgeable`). Never under the
+user's own message, a reply to a consult they sent (the sender "acknowledging" the
+specialist's answer tells the specialist nothing true), a reply or note in someone else's
+consult, a note that answers an earlier message (``reply_to``: a break-glass follow-up,
+docs/PROTOCOL.md §17; a corrected patient identity), nor the record gateway's messages (its
+receipt would go to the gateway). And no longer once this user acknowledged it on any of their
+devices (:func:`acknowledged_at`, from receipts those devices signed).
 
 The relay answers a refused acknowledgement receipt on the connection the receipt came on, and
 a kept one with nothing (docs/PROTOCOL.md §3.5 "Receipts"); the device has one connection at a
@@ -14,11 +27,15 @@ alike.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection, Sequence
 
 from clients.sdk.client import LightboxClient
-from clients.sdk.events import AcknowledgementEvent, ClientEvent
+from clients.sdk.errors import RelayRequestError, RelayUnavailable
+from clients.sdk.events import AcknowledgementEvent, ClientEvent, MessageView
+from protocol.body import BodyKind
 
-__all__ = ["AcknowledgementUnconfirmed", "acknowledgement_answer", "connections_ended"]
+__all__ = ["AcknowledgementUnconfirmed", "acknowledged_at", "acknowledgement_answer",
+           "connections_ended", "offers_acknowledgement", "why_not_acknowledgeable"]
 
 # Seconds between two questions to the relay while it has not answered, growing to the most.
 POLL_FIRST = 0.2
@@ -71,3 +88,75 @@ async def acknowledgement_answer(client: LightboxClient, message_id: str, thread
         await asyncio.sleep(pause)
         pause = min(POLL_MOST, pause * 2)
     raise AcknowledgementUnconfirmed(message_id)
+
+
+def why_not_acknowledgeable(client: LightboxClient, view: MessageView,
+                            thread: Sequence[MessageView] | None = None,
+                            gateways: Collection[str] = ()) -> str | None:
+    """None when ``view`` is a consult this user can say "I'm on it" to; else what it is, in
+    the words that follow "message ID " (``is yours``, ``is the record gateway's answer, not
+    a consult``, ``is NAME's reply in a consult you sent``, ...). ``thread``: the thread's messages
+    as :meth:`LightboxClient.thread_messages` lists them (read from the vault when None);
+    ``gateways``: the record gateway's user ids among their senders
+    (:meth:`LightboxClient.record_gateways`). The relay sees none of this (the bodies are
+    sealed), so the clients hold it; the relay checks only the on-call ladder."""
+    me, m, body = client.user_id, view.message, view.body
+    if m.outgoing or m.sender_user_id == me:
+        return "is yours"
+    if m.sender_user_id in gateways:
+        return "is the record gateway's answer, not a consult"
+    if body.kind is not BodyKind.TEXT:
+        return "is a notice in the consult"
+    views = client.thread_messages(m.thread_id) if thread is None else thread
+    info = next((t for t in client.cached_threads() if t.thread_id == m.thread_id), None)
+    # The consult's maker: the thread's creator as the relay lists it, else the author of the
+    # first message held (a consult handed over at a shift change is its author's: §16.4).
+    people = [v for v in views if v.message.sender_user_id not in gateways]
+    maker = info.created_by if info is not None else (
+        client.authorship(people[0].message, people[0].body).author_user_id if people
+        else None)
+    author = client.authorship(m, body).author_user_id
+    if maker == me:
+        return f"is {client.display_name(author)}'s reply in a consult you sent"
+    if body.reply_to is not None:
+        return ("is a note about an earlier message (a break-glass follow-up, a corrected "
+                "patient identity)")
+    if author != maker:
+        return f"is {client.display_name(author)}'s reply in the consult"
+    # The opening run: the maker's messages before anyone else wrote (the gateway's answers
+    # are not anyone: they ask nothing and answer no one).
+    ids = {m.message_id}
+    for v in people:
+        if {v.message.message_id, *(c.message_id for c in v.copies)} & ids:
+            return None
+        if client.authorship(v.message, v.body).author_user_id != maker:
+            return "is a later message in the consult"
+    return None
+
+
+async def acknowledged_at(client: LightboxClient, view: MessageView) -> int | None:
+    """When the relay took this user's ``acknowledged`` receipt of ``view``'s consult (any
+    copy of it, from any of their devices, signed by that device:
+    :meth:`LightboxClient.verified_receipts`); None when it keeps none or cannot be asked
+    now."""
+    ids = {view.message.message_id, *(c.message_id for c in view.copies)}
+    try:
+        kept = await client.verified_receipts(view.message.thread_id)
+    except (RelayRequestError, RelayUnavailable):
+        return None
+    at = [r.at for r in kept if r.message_id in ids and r.user_id == client.user_id
+          and r.kind == "acknowledged"]
+    return min(at) if at else None
+
+
+async def offers_acknowledgement(client: LightboxClient, view: MessageView) -> bool:
+    """Whether a reader shows "I'm on it" under ``view`` (``lightbox inbox``'s and ``watch``'s
+    hint): a consult this user can acknowledge (:func:`why_not_acknowledgeable`) that they
+    have not acknowledged, on this device or another of theirs (:func:`acknowledged_at`; the
+    relay out of reach, it is offered: ``lightbox ack`` then says what the relay keeps)."""
+    thread = client.thread_messages(view.message.thread_id)
+    gateways = await client.record_gateways({v.message.sender_user_id for v in thread}
+                                            | {view.message.sender_user_id})
+    if why_not_acknowledgeable(client, view, thread, gateways) is not None:
+        return False
+    return not view.acknowledged_by_me and await acknowledged_at(client, view) is None

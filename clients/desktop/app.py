@@ -138,6 +138,7 @@ from clients.sdk.acking import (
     AcknowledgementUnconfirmed,
     acknowledgement_answer,
     connections_ended,
+    why_not_acknowledgeable,
 )
 from clients.sdk.client import (
     AcknowledgementEvent,
@@ -695,7 +696,8 @@ class DesktopServer:
         withdrawals = await client.refresh_consents([c.jti for c in consents])
         gateways = await client.record_gateways(
             [v.message.sender_user_id for v in views if not v.message.outgoing])
-        messages = [message_json(client, v, receipts, withdrawals, gateways) for v in views]
+        messages = [message_json(client, v, receipts, withdrawals, gateways, views)
+                    for v in views]
         kept = await self._kept_receipts(client, thread_id, views)
         # "I'm on it" said on another device of this user (their phone, `lightbox ack`): that
         # receipt goes to the consult's sender, never here; the relay keeps it (as `lightbox
@@ -911,6 +913,14 @@ class DesktopServer:
             if await client.record_gateways([sender]):  # its receipt would go to the gateway
                 raise Refused(400, "the record gateway's message answers a consult: "
                                    "acknowledge the consult itself")
+            # a reply, a note: as `lightbox ack` refuses it (clients/sdk/acking.py)
+            view = client.view(held)
+            thread = client.thread_messages(held.thread_id)
+            what = why_not_acknowledgeable(client, view, thread, await client.record_gateways(
+                {v.message.sender_user_id for v in thread}))
+            if what is not None:
+                raise Refused(400, f"message {message_id} {what}: not a consult for you to "
+                                   "acknowledge, so nothing is sent; reply instead")
             self._ack_unanswered.pop(message_id, None)
             answers = client.subscribe()  # before it goes: the relay's refusal is one of them
             went_on = connections_ended(client)

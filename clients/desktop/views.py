@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from clients.desktop.web import Refused, http_url
+from clients.sdk.acking import why_not_acknowledgeable
 from clients.sdk.client import (
     LightboxClient,
     MessageView,
@@ -190,10 +191,13 @@ async def send_reply(client: LightboxClient, thread_id: str, text: str, *,
 def message_json(client: LightboxClient, view: MessageView,
                   receipts: Mapping[str, FilingReceipt] | None = None,
                   withdrawals: Mapping[str, int] | None = None,
-                  gateways: Collection[str] = ()) -> dict[str, Any]:
+                  gateways: Collection[str] = (),
+                  thread: Sequence[MessageView] | None = None) -> dict[str, Any]:
     """One message as the page shows it; ``gateways``: the record gateway's user ids
     (:meth:`LightboxClient.record_gateways`), whose messages answer a consult and get no
-    "I'm on it" (its receipt would go to the gateway, not to the consult's sender)."""
+    "I'm on it" (its receipt would go to the gateway, not to the consult's sender);
+    ``thread``: the thread's messages (read from the vault when None), which say whether
+    this one is the consult or a reply (``acknowledgeable``, clients/sdk/acking.py)."""
     receipts, withdrawals = receipts or {}, withdrawals or {}
     m, body = view.message, view.body
     # what the sender's text recognition found in each image (kinds only), told with it
@@ -263,6 +267,9 @@ def message_json(client: LightboxClient, view: MessageView,
         # PROTOCOL.md §15 "Never received": to the sender, each person who never saw its image
         "not_received": [t.sentence(f'consult "{body.subject}"' if body.subject
                                     else "this consult") for t in view.not_received],
+        # a consult for this user to say "I'm on it" to: the page's button, with
+        # acknowledged_by_me (one rule with `lightbox ack` and its hint: clients/sdk/acking.py)
+        "acknowledgeable": why_not_acknowledgeable(client, view, thread, gateways) is None,
         "acknowledged_by_me": view.acknowledged_by_me,
         "acknowledged_elsewhere": False,  # by another device of this user (app.py thread)
         "acknowledgement_waiting": view.acknowledgement_waiting,

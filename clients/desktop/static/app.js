@@ -549,9 +549,10 @@ async function openThread(id, markRead) {
       ? el("span", {class: "ack-state"}, "You acknowledged this" +
            (m.acknowledged_elsewhere ? " (on another of your devices)" : "")) : null;
     let ack = null;
-    // A clinician's message is acknowledged, not anything of the record gateway's (and so "a"
-    // acknowledges the consult even after the gateway has answered in the thread).
-    if (!m.mine && !m.acknowledged_by_me && m.kind === "text" && !m.from_gateway) {
+    // Only a consult for this user (m.acknowledgeable: the thread's opening message from its
+    // maker, never a reply to one's own consult, a note or the record gateway's; one rule with
+    // `lightbox ack`, clients/sdk/acking.py), and so "a" acknowledges the consult itself.
+    if (m.acknowledgeable && !m.acknowledged_by_me) {
       ack = el("button", {type: "button", class: "ack-button", "data-message-id": m.message_id}, "I'm on it (a)");
       ack.addEventListener("click", () => acknowledge(m.message_id));
     }

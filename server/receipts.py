@@ -3,7 +3,10 @@ as the websocket hands them over (server/ws.py).
 
 A receipt is a statement signed by the recipient device's Ed25519 key
 (:func:`protocol.statements.verify_receipt_statement`); the relay checks the signature, that the
-message exists and was addressed to that device, lets the on-call service check and keep it
+message exists and was addressed to that device, that an acknowledgement comes from neither the
+message's sender nor the thread's maker (``forbidden``: "I'm on it" answers someone else's
+consult; the relay cannot see which message is the consult, the clients decide that:
+docs/PROTOCOL.md §16.3), lets the on-call service check and keep it
 (:meth:`server.oncall.OncallService.on_receipt`: an acknowledgement from someone off the ladder
 is ``not_on_ladder``), then queues a durable ``receipt_notice`` for the sender's active devices,
 in one transaction. The signed statement travels on unchanged, so the sender verifies it under
@@ -20,10 +23,11 @@ from typing import Any, Protocol
 from protocol import statements
 from protocol.errors import ErrorCode, VerificationError
 from protocol.frames import ReceiptNotice, encode_frame
+from protocol.statements import ReceiptKind
 from server import events
 from server.db import Database
-from server.errors import NotFound, RelayError
-from server.store import at, devices, messages
+from server.errors import Forbidden, NotFound, RelayError
+from server.store import at, devices, messages, threads
 
 __all__ = ["ReceiptCheck", "ReceiptService"]
 
@@ -59,6 +63,13 @@ class ReceiptService:
             ref = await messages.message_ref(conn, body.thread_id, body.message_id)
             if ref is None or device_id not in ref.recipients:
                 raise NotFound(ErrorCode.DELIVERY_NOT_FOUND, "no such message for this device")
+            if body.kind is ReceiptKind.ACKNOWLEDGED and user_id in (
+                    ref.sender_user_id, await threads.creator(conn, body.thread_id)):
+                # A self-copy on another device of the sender, or a reply in a consult this
+                # user made: nobody is asking them for help.
+                raise Forbidden(ErrorCode.FORBIDDEN, "only someone else's consult can be "
+                                "acknowledged: not one's own message, nor a reply in a "
+                                "consult one made")
             notice = encode_frame(ReceiptNotice(
                 message_id=body.message_id, device_id=device_id, user_id=user_id,
                 kind=body.kind, at=body.at, statement=statement))

@@ -153,6 +153,13 @@ async def _thread_org(conn: asyncpg.Connection, thread_id: str) -> str:
     return str(org)
 
 
+async def creator(conn: asyncpg.Connection, thread_id: str) -> str | None:
+    """Who made the thread (None: no such thread)."""
+    made_by = await conn.fetchval("SELECT created_by FROM threads WHERE thread_id = $1",
+                                  thread_id)
+    return None if made_by is None else str(made_by)
+
+
 async def participants(conn: asyncpg.Connection, thread_id: str, at: dt.datetime) -> set[str]:
     rows = await conn.fetch(MEMBERS_SQL, thread_id, at)
     return {str(r["user_id"]) for r in rows}

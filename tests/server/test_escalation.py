@@ -278,6 +278,44 @@ async def test_acknowledgement_by_someone_off_the_ladder_is_refused_not_on_ladde
         await n.close()
 
 
+async def test_the_consults_maker_acknowledging_a_reply_once_it_is_over_is_refused_forbidden(
+        world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
+    """The primary acknowledges the intern's consult (its escalation is over: nothing left to
+    check the ladder against) and replies; the intern's "acknowledgement" of that reply, in
+    the consult she made, is refused (``forbidden``) and nothing is kept or told: the relay
+    cannot see which message is the consult, but it sees who made the thread
+    (server/receipts.py, docs/PROTOCOL.md §16.3)."""
+    intern, primary, backup = cast["intern"], cast["primary"], cast["backup"]
+    await define_rota(world, clock, ["primary", "backup"])
+    tid = await role_thread(world, intern)
+    s, p = await connect(world, intern), await connect(world, primary)
+    try:
+        await s.send(seal(intern, tid, [primary, backup], b"consult", priority=Priority.URGENT))
+        await p.send_frame(receipt(primary, await next_of(p, Deliver), ReceiptKind.ACKNOWLEDGED))
+        assert (await next_of(s, ReceiptNotice)).kind is ReceiptKind.ACKNOWLEDGED
+        reply = seal(primary, tid, [intern, backup], b"coming", priority=Priority.URGENT)
+        await p.send(reply)
+        d = await next_of(s, Deliver)
+        assert d.message.header.message_id == reply.header.message_id
+        await s.send_frame(receipt(intern, d, ReceiptKind.ACKNOWLEDGED))
+        err = await next_of(s, Error)
+        assert err.code.value == "forbidden"
+        await nothing_of(p, ReceiptNotice)
+        conn = await asyncpg.connect(world.dsn)
+        try:
+            assert await conn.fetchval(
+                "SELECT count(*) FROM receipts WHERE message_id = $1 AND kind = "
+                "'acknowledged'", uuid.UUID(reply.header.message_id)) == 0
+        finally:
+            await conn.close()
+        # Her read receipt of it is taken as ever.
+        await s.send_frame(receipt(intern, d, ReceiptKind.READ))
+        assert (await next_of(p, ReceiptNotice)).kind is ReceiptKind.READ
+    finally:
+        await s.close()
+        await p.close()
+
+
 async def test_role_reaches_the_ladder_not_every_certificate_holder(
         world: World, clock: SimClock, cast: dict[str, Peer]) -> None:
     intern = cast["intern"]

@@ -74,6 +74,13 @@ function onEvent(data: Record<string, unknown>): void {
     case "signin":
       needSignIn(data["signon"] === true);
       return;
+    case "session_ended":
+      // The relay ended the session and the worker could not sign in again by itself: it has
+      // locked; the unlock screen says why, once (worker.ts sessionEnded).
+      void lock().then(() => {
+        $("unlock-why").textContent = String(data["message"] ?? "");
+      });
+      return;
     case "message": {
       // While the app is open: announced to screen readers, and in the title when not looked at.
       const m = data["message"] as MessageView;
@@ -521,6 +528,7 @@ async function unlock(): Promise<void> {
   const me = await busy($<HTMLButtonElement>("unlock"), $("unlock-error"), () => call<Me>("unlock", { passphrase: field.value }));
   if (!me) return;
   field.value = "";
+  $("unlock-why").textContent = "";
   if (me.revoked) return;
   await home(me);
 }

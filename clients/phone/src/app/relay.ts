@@ -218,6 +218,10 @@ export function readAnswer(status: number, contentType: string, text: string): u
 export class Relay {
   tokens: TokenPair | null = null;
   onTokens: ((tokens: TokenPair) => void) | null = null;
+  /** Signs this device in again, the way it signed in at unlock, and sets the new tokens; set
+   * by the worker when it holds what that needs (refresh). */
+  signInAgain: (() => Promise<void>) | null = null;
+  private renewing: Promise<void> | null = null;
   /** Told after every request whether the relay answered it (any status) or could not be
    * reached; the websocket can be up while these fail (worker.ts, the header's state). */
   onReach: ((reached: boolean) => void) | null = null;
@@ -262,7 +266,9 @@ export class Relay {
     let r = await this.raw(method, target, body, device);
     if (device && r.status === 401 && this.tokens) {
       const problem = (await r.clone().json().catch(() => ({}))) as { code?: string };
-      if (problem.code === "token_expired") {
+      // Expired, or its session ended at the relay (token_invalid: a suspension lifted since,
+      // the relay's token key replaced): a refresh, or the new sign-in it leads to (refresh).
+      if (problem.code === "token_expired" || problem.code === "token_invalid") {
         await this.refresh();
         r = await this.raw(method, target, body, device);
       }
@@ -295,9 +301,35 @@ export class Relay {
     return data;
   }
 
+  /**
+   * A new session: the refresh token exchanged (it rotates, docs/SECURITY.md "Refresh"), one
+   * exchange for all concurrent callers, since the same refresh token presented twice is reuse
+   * and ends the session (docs/SECURITY.md "Refresh races"). When the relay refuses it (401:
+   * expired, its session ended, reused), the session is over and is never offered again: with
+   * `signInAgain` set, the device signs in anew (as clients/sdk/session.py logs in again),
+   * else the refusal is the caller's. With no session held, the same.
+   */
   async refresh(): Promise<void> {
-    if (!this.tokens) throw new RelayError("unauthenticated", 401, "not logged in");
-    this.setTokens(await this.call<TokenPair>("POST", "/v1/auth/refresh", { refresh_token: this.tokens.refresh_token }, false));
+    this.renewing ??= this.renew().finally(() => {
+      this.renewing = null;
+    });
+    return this.renewing;
+  }
+
+  private async renew(): Promise<void> {
+    const held = this.tokens;
+    if (!held) {
+      if (this.signInAgain) return this.signInAgain();
+      throw new RelayError("unauthenticated", 401, "not logged in");
+    }
+    try {
+      this.setTokens(await this.call<TokenPair>("POST", "/v1/auth/refresh", { refresh_token: held.refresh_token }, false));
+    } catch (err) {
+      if (!(err instanceof RelayError && err.status === 401)) throw err;
+      if (this.tokens === held) this.tokens = null; // ended: not presented again
+      if (!this.signInAgain) throw err;
+      await this.signInAgain();
+    }
   }
 
   async login(login: string, password: string, deviceId: string, deviceSeed: Uint8Array): Promise<TokenPair> {

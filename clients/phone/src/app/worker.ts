@@ -22,7 +22,7 @@ import { learnPatient, otherPatient } from "./patients.js";
 import { oneCopyShown } from "./copies.js";
 import { NotAJpeg, pixelsOnlyJpeg } from "./jpeg.js";
 import { ciphertextSize, decryptAttachment, encryptAttachment, type AttachmentDescriptor } from "../protocol/attachments.js";
-import { hex } from "../protocol/bytes.js";
+import { hex, utf8 } from "../protocol/bytes.js";
 import { imageHash, issueConsentToken, peekConsentTokenUnverified, verifyConsentToken, type ConsentClaims } from "../protocol/consent.js";
 import type { RecordData } from "../protocol/body.js";
 import { issueExpiryConfirmation, issueReceiptStatement, issueWipeConfirmation, verifyReceiptStatement, type ReceiptKind } from "../protocol/statements.js";
@@ -91,6 +91,12 @@ let ssoRequest: SsoRequest | null = null;
 let socket: WebSocket | null = null;
 let reconnect: ReturnType<typeof setTimeout> | null = null;
 let heardRevocation = false;
+// A password phone's passphrase, its password at the relay (docs/SECURITY.md "On the phone"),
+// held while the app is unlocked as the vault key is, and zeroed when it locks: the phone signs
+// in again with it and its device key when the relay ends its session (signInAgain).
+let signInWith: Uint8Array | null = null;
+// Sign-ins again that did not get through since the last connection (retryLater's backoff).
+let signInTries = 0;
 // The relay refused this device as revoked when the app was unlocked: the socket opened with
 // the last session only hears a wipe order, and the keys are forgotten once it closes.
 let refusedAtUnlock = false;
@@ -271,6 +277,7 @@ async function enrolFinish(args: { passphrase: string; sso?: SsoAnswer }): Promi
   pending = null;
   // A single sign-on device signs in to the relay at the IdP next (the enrolment's nonce is
   // spent): the page offers it.
+  if (!st.sso) signInWith = utf8(args.passphrase);
   const signin = st.sso ? !(await startSsoSession()) : (await startSession(args.passphrase), false);
   return { login: st.login, display_name: st.display_name, signin };
 }
@@ -354,6 +361,7 @@ async function startSsoSession(): Promise<boolean> {
  */
 async function signOnFromNowOn(state: DeviceState): Promise<void> {
   state.sso = true;
+  forgetPassphrase();
   await forgetSession(state);
 }
 
@@ -391,6 +399,7 @@ async function unlock(args: { passphrase: string }): Promise<Record<string, unkn
     const signedIn = await startSsoSession();
     return { login: st.login, display_name: st.display_name, signin: !signedIn && !refusedAtUnlock, revoked: refusedAtUnlock };
   }
+  signInWith = utf8(args.passphrase);
   try {
     await startSession(args.passphrase);
   } catch (err) {
@@ -406,6 +415,8 @@ async function unlock(args: { passphrase: string }): Promise<Record<string, unkn
 async function startSession(passphrase: string): Promise<void> {
   relay = deviceRelay(st!.server, st!.device_seed);
   keepSession(st!);
+  const r = relay;
+  r.signInAgain = () => signInAgain(r);
   try {
     await relay.login(st!.login, passphrase, st!.device_id, st!.device_seed);
   } catch (err) {
@@ -431,8 +442,58 @@ async function startSession(passphrase: string): Promise<void> {
 /** The relay could not be reached at unlock: tried again as after a lost connection (a
  * second on, then after every failed attempt), when a session to renew is kept. */
 function retryConnecting(): void {
-  if (!relay?.tokens || reconnect) return;
+  if (!(relay?.tokens || relay?.signInAgain) || reconnect) return;
   reconnect = setTimeout(() => void reconnectNow(), 1000);
+}
+
+/**
+ * The relay refused this phone's refresh token (401: expired, as after an outage longer than
+ * LIGHTBOX_REFRESH_TOKEN_TTL; its session ended, by a suspension since lifted or a reuse): that
+ * session is over, and only a new login opens another (docs/SECURITY.md "Refresh"; a refused
+ * refresh token is never offered again, relay.ts refresh). A password phone signs in again as
+ * at unlock, with the passphrase it was unlocked with and its device key (as the SDK does,
+ * clients/sdk/session.py), so what waits in the outbox goes without the person. A relay out of
+ * reach or busy: the error is the caller's, who tries later. The relay refuses the sign-in:
+ * its organisation signs on now (the hospital's sign-in is offered), this phone is revoked
+ * (hearWipe), or anything else (sessionEnded: the app says so once and locks).
+ */
+async function signInAgain(r: Relay): Promise<void> {
+  const state = st;
+  if (!state || state.sso || !signInWith || relay !== r) throw new RelayError("token_expired", 401, "the session ended");
+  try {
+    await r.login(state.login, new TextDecoder().decode(signInWith), state.device_id, state.device_seed);
+  } catch (err) {
+    if (!(err instanceof RelayError) || err.status === 0 || err.status >= 500 || [408, 429].includes(err.status)) throw err;
+    if (relay !== r || st !== state) throw err; // locked meanwhile
+    if (err.code === "sso_required") {
+      await signOnFromNowOn(state);
+      event("signin", { signon: true });
+    } else if (!hearWipe(err)) {
+      sessionEnded();
+    }
+    throw err;
+  }
+}
+
+/** The relay ended this phone's session and the app cannot open another by itself: said once,
+ * in words, and the app locks; what waits in the outbox stays in the vault and goes once the
+ * person unlocks and the phone is signed in (nothing is lost). */
+function sessionEnded(): void {
+  event("session_ended", { message: "Your session with the relay ended, and the app could not sign in again by itself: unlock to sign in again. Nothing is lost: what waits to be sent goes once you are signed in." });
+  const ws = socket;
+  socket = null;
+  ws?.close(1000, "session ended");
+  lockKeys();
+}
+
+/** No session to connect with (the relay ended it, and signing in again did not get through:
+ * the relay out of reach, busy or restarting): tried again later, waiting longer each time,
+ * never a sign-in a second while the relay answers. */
+function retryLater(): void {
+  if (reconnect || !vault) return;
+  const wait = Math.min(30_000, 1000 * 2 ** signInTries);
+  signInTries += 1;
+  reconnect = setTimeout(() => void reconnectNow(), wait);
 }
 
 /** Each new session kept in the vault (DeviceState.session). */
@@ -486,6 +547,11 @@ function lock(): Record<string, unknown> {
   return {};
 }
 
+function forgetPassphrase(): void {
+  signInWith?.fill(0);
+  signInWith = null;
+}
+
 /** Forget every key and the vault key; the socket is the caller's. */
 function lockKeys(): void {
   if (reconnect) clearTimeout(reconnect);
@@ -496,6 +562,8 @@ function lockKeys(): void {
   resendTimer = null;
   heardRevocation = false;
   refusedAtUnlock = false;
+  forgetPassphrase();
+  signInTries = 0;
   ready = false;
   httpFailing = false;
   if (probe) clearInterval(probe);
@@ -612,11 +680,15 @@ function connect(askBundles = true, reachable = false): void {
 async function reconnectNow(refusedAsking = false): Promise<void> {
   reconnect = null;
   if (!vault || !relay || !st) return;
+  const r = relay;
   let reachable = false; // the relay answered (not out of reach, not restarting)
   try {
-    await relay.refresh();
+    await r.refresh();
     reachable = true;
   } catch (err) {
+    // Locked meanwhile, or already answered (a signInAgain refused: locked, or listening for
+    // a wipe order, or offering the hospital's sign-in).
+    if (relay !== r || !vault || !st || socket || (err instanceof RelayError && err.code === "sso_required")) return;
     reachable = err instanceof RelayError && err.status > 0 && err.status < 500;
     // The relay ended a single sign-on session (its lifetime is over, or the IdP's user was
     // disabled): only a new sign-in at the IdP opens another.
@@ -628,6 +700,16 @@ async function reconnectNow(refusedAsking = false): Promise<void> {
     // A password session the relay ended because the organisation signs on now.
     if (await nowSignsOn(st, err)) {
       event("signin", { signon: true });
+      return;
+    }
+    if (!r.tokens) {
+      // The relay ended the session. A refusal no sign-in here can answer is said once and
+      // locks; a sign-in that did not get through is tried again later, never at once.
+      if (err instanceof RelayError && err.status === 401 && !r.signInAgain) {
+        sessionEnded();
+        return;
+      }
+      retryLater();
       return;
     }
     /* the old token may still do; the relay says otherwise */
@@ -673,6 +755,7 @@ async function onFrame(ws: WebSocket, frame: ServerFrame): Promise<void> {
     }
     case "ready":
       ready = true;
+      signInTries = 0;
       event("connection", { state: connectionState() });
       upkeep ??= setInterval(() => void maintainPrekeys().catch(() => undefined), PREKEY_UPKEEP_MS);
       void maintainPrekeys().catch(() => undefined); // tried again within the hour
@@ -2589,7 +2672,9 @@ self.onmessage = async (m: MessageEvent) => {
       post({ id, ok: false, error: { code: err.code, message: "Your hospital sign-in has ended: sign in with your hospital account again, then try again.", recorded } });
       return;
     }
-    if (op !== "ssoLogin" && st && vault && await nowSignsOn(st, err)) {
+    // A password phone's session ended because the organisation signs on now: found by
+    // signing in again (signInAgain, `sso_required`), or by the refusal itself (nowSignsOn).
+    if (op !== "ssoLogin" && st && vault && ((st.sso && err instanceof RelayError && err.code === "sso_required") || await nowSignsOn(st, err))) {
       event("signin", { signon: true });
       post({ id, ok: false, error: { code: "sso_required", message: "Your hospital now signs you in with your hospital account: sign in with it, then try again.", recorded } });
       return;

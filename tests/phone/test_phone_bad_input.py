@@ -68,6 +68,11 @@ async def test_typed_codes_that_are_malformed_or_unknown_are_refused_in_words(
         await page.tap("#enrol-next")
         await page.locator("#enrol-error",
                            has_text="The relay does not know that enrolment code").wait_for()
+        # With the hint the CLI and the handout give (clients/clinician/cli.py CODE_INVALID).
+        assert await page.inner_text("#enrol-error") == (
+            "The relay does not know that enrolment code: check it against the handout. If IT "
+            "has given you a newer handout since, only the newest one's code works: ask IT for "
+            "the newest handout.")
         # The right code, typed in lower case with spaces; a key that does not match stops.
         await page.fill("#code", intern.code.lower().replace("-", " "))
         await page.tap("#enrol-next")

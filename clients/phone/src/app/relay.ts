@@ -29,7 +29,9 @@ export function refusalSentence(err: RelayError): string {
     case "relay_answer_invalid":
       return "The relay's answer contradicted itself (a refusal marked as a success), so the app did not act on it. Try again; tell IT if it happens again.";
     case "enrolment_code_invalid":
-      return "The relay does not know that enrolment code: check it against the handout.";
+      // As the CLI and the handout say it (clients/clinician/cli.py CODE_INVALID): a reissued
+      // code replaces the older handout's at once (docs/USER_GUIDE.md "7. Handouts").
+      return "The relay does not know that enrolment code: check it against the handout. If IT has given you a newer handout since, only the newest one's code works: ask IT for the newest handout.";
     case "enrolment_code_used":
       return "This enrolment code has already been used: ask IT for a new one to enrol this phone.";
     case "enrolment_code_expired":

@@ -26,6 +26,8 @@ export function refusalSentence(err: RelayError): string {
   switch (err.code) {
     case "relay_unavailable":
       return "The relay cannot be reached. Check the network; nothing is lost.";
+    case "origin_refused":
+      return "The relay does not accept this app's address: tell IT (LIGHTBOX_PHONE_ORIGINS on the relay). Nothing is lost.";
     case "relay_answer_invalid":
       return "The relay's answer contradicted itself (a refusal marked as a success), so the app did not act on it. Try again; tell IT if it happens again.";
     case "enrolment_code_invalid":
@@ -255,10 +257,27 @@ export class Relay {
       answer = await fetch(this.base + target, { method, headers, body: body === undefined ? undefined : (data as BodyInit), cache: "no-store", credentials: "omit" });
     } catch {
       this.onReach?.(false);
+      if (await this.refusesOrigin()) throw new RelayError("origin_refused", 0, "the relay refuses this app's origin");
       throw new RelayError("relay_unavailable", 0, "the relay cannot be reached");
     }
     this.onReach?.(true);
     return answer;
+  }
+
+  /**
+   * Whether a request that failed as a network error failed because the relay refuses this
+   * app's origin (not in its LIGHTBOX_PHONE_ORIGINS: it answers the CORS preflight 400, which
+   * the browser reports as a network error, WHATWG Fetch "CORS-preflight fetch"), not because
+   * it is out of reach. Two GETs of /readyz, neither preflighted: `no-cors` resolves (opaque)
+   * if the relay answered at all and rejects when it cannot be reached; `cors` resolves only
+   * when the relay allows this origin. Answered, but not allowed: refused. A request cut off
+   * on its way while the relay is up and allows this origin stays "cannot be reached". Neither
+   * answer is read.
+   */
+  private async refusesOrigin(): Promise<boolean> {
+    const answers = (mode: RequestMode): Promise<boolean> =>
+      fetch(this.base + "/readyz", { mode, cache: "no-store", credentials: "omit" }).then(() => true, () => false);
+    return (await answers("no-cors")) && !(await answers("cors"));
   }
 
   /** One request; `device`: signed as this device (refreshing an expired token once). A

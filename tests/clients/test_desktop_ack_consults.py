@@ -13,10 +13,8 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 from clients.sdk.breakglass import Emergency
-from clients.sdk.profile import open_profile
 from protocol.model import EmergencyCategory, Priority
 from tests.clients.test_desktop import (
     ORTHO,
@@ -25,10 +23,10 @@ from tests.clients.test_desktop import (
     desktop_team,
     unlock_page,
 )
-from tests.clients.test_unread_own_devices import link_desktop
+from tests.clients.test_desktop_ack_own_devices import phone_linked_from_the_desktops_profile
 from tests.consent_world import count
 from tests.helpers import ROOT, seconds
-from tests.identity_world import PASSWORD, World
+from tests.identity_world import World
 from tests.orthanc import OrthancServer
 
 SHOTS = ROOT / "test-artefacts" / "desktop-ack-consults"
@@ -48,10 +46,7 @@ async def test_no_im_on_it_under_a_reply_to_her_own_consult(
     async with desktop_team(world, tmp_path, orthanc) as team, \
             browser_page() as (page, problems):
         # Bo, the desktop's user, asks Ada something from his phone; Ada answers.
-        opened = open_profile(tmp_path / "specialist-profile", PASSWORD)
-        phone = await link_desktop(world, SimpleNamespace(  # type: ignore[arg-type]
-            client=opened.client(), vault=opened.vault), tmp_path / "bo-phone")
-        opened.vault.lock()
+        phone = await phone_linked_from_the_desktops_profile(world, tmp_path, "bo-phone")
         await phone.start(wait_connected=seconds(10))
         try:
             await unlock_page(page, team.desktop)

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+from clients.sdk.client import LightboxClient
 from clients.sdk.profile import open_profile
 from protocol.model import Priority
 from tests.clients.test_desktop import (
@@ -32,6 +33,18 @@ from tests.orthanc import OrthancServer
 SHOTS = ROOT / "test-artefacts" / "desktop-ack-own-devices"
 
 
+async def phone_linked_from_the_desktops_profile(world: World, tmp_path: Path,
+                                                 folder: str) -> LightboxClient:
+    """A second device of the desktop's user (tests/clients/test_desktop.py ``desktop_team``,
+    profile ``specialist-profile``), linked from that profile, as `lightbox link` does; the
+    profile is locked again before the desktop unlocks it."""
+    opened = open_profile(tmp_path / "specialist-profile", PASSWORD)
+    phone = await link_desktop(world, SimpleNamespace(  # type: ignore[arg-type]
+        client=opened.client(), vault=opened.vault), tmp_path / folder)
+    opened.vault.lock()
+    return phone
+
+
 async def test_an_acknowledgement_and_a_reply_from_her_other_device_show_as_hers(
         world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
     shutil.rmtree(SHOTS, ignore_errors=True)
@@ -39,10 +52,7 @@ async def test_an_acknowledgement_and_a_reply_from_her_other_device_show_as_hers
     async with desktop_team(world, tmp_path, orthanc) as team, \
             browser_page() as (page, problems):
         # Bea links her phone from the desktop's profile, before she unlocks the desktop.
-        opened = open_profile(tmp_path / "specialist-profile", PASSWORD)
-        phone = await link_desktop(world, SimpleNamespace(  # type: ignore[arg-type]
-            client=opened.client(), vault=opened.vault), tmp_path / "bea-phone")
-        opened.vault.lock()
+        phone = await phone_linked_from_the_desktops_profile(world, tmp_path, "bea-phone")
         await phone.start(wait_connected=seconds(10))
         try:
             await unlock_page(page, team.desktop)

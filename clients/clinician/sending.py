@@ -690,11 +690,9 @@ def thread_of(device: ProfileDevice, given: str) -> str:
                     "nothing was sent", code="ambiguous")
 
 
-def list_threads(device: ProfileDevice) -> bool:
-    """The device's threads as the relay lists them now, kept in the vault (ThreadBook); False
-    when the relay was out of reach, the threads left as last listed. It opens a session of
-    its own, which pauses a desktop on the same profile for its while (clients/sdk/profile.py):
-    only when a prefix names no consult this device knows."""
+def list_threads(device: ProfileDevice) -> None:
+    """The device's threads as the relay lists them now, kept in the vault (ThreadBook). A
+    relay out of reach leaves the threads as last listed."""
     async def listed() -> None:
         client = command_client(device)
         try:
@@ -703,11 +701,8 @@ def list_threads(device: ProfileDevice) -> bool:
         finally:
             await client.close()
 
-    try:
+    with contextlib.suppress(RelayUnavailable):
         run_async(listed)
-    except RelayUnavailable:
-        return False
-    return True
 
 
 def consult_patient(device: ProfileDevice, thread_id: str, typed: RecordData | None, *,

@@ -209,7 +209,7 @@ def _login(args: argparse.Namespace) -> int:
             else:
                 await identity.log_in_again(relay, opened, password)
             if opened.state.sso != args.sso:  # how this device signs in from now on
-                opened.save(msgspec.structs.replace(opened.state, sso=args.sso))
+                opened.update(lambda st: msgspec.structs.replace(st, sso=args.sso))
             count = await relay.prekey_count()
             if count.remaining < count.low_water:
                 await identity.upload_prekeys(relay, opened,

@@ -108,7 +108,7 @@ def logout(args: argparse.Namespace) -> int:
                 _NOTE_TO_END, hashlib.sha256(session.refresh_token.encode()).hexdigest(),
                 msgspec.msgpack.encode(_ToEnd(refresh_token=session.refresh_token,
                                               refresh_expires_at=session.refresh_expires_at)))
-            device.store.save(msgspec.structs.replace(st, session=None))
+            device.store.update(lambda now: msgspec.structs.replace(now, session=None))
         lapses = max([i.refresh_expires_at for i in to_end.values()]
                      + ([] if session is None else [session.refresh_expires_at]))
         print(f"error: cannot reach the relay ({exc.reason}), so it could not be told to end "
@@ -118,7 +118,7 @@ def logout(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     if session is not None:
-        device.store.save(msgspec.structs.replace(st, session=None))
+        device.store.update(lambda now: msgspec.structs.replace(now, session=None))
         how = ("the relay ended the session" if ended
                else "the session had already ended at the relay")
         print(f"logged out: {how} of {who} and this device forgot its tokens; `lightbox login` "

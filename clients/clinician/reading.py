@@ -1063,8 +1063,7 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                         print(gone, flush=True)
                     for told in _not_received_under(client, progress, event.message):
                         print(f"    {told}", flush=True)
-                    if await offers_acknowledgement(client, client.view(event.message),
-                                                    ask_relay=False):
+                    if await offers_acknowledgement(client, client.view(event.message)):
                         print(ack_hint(event.message.message_id), flush=True)
                     progress.seen += 1
                     await _say_held_back(client, progress, thread_id=event.message.thread_id)

@@ -148,6 +148,8 @@ class StateStore(Protocol):
 
     def save(self, state: DeviceState) -> None: ...
 
+    def update(self, change: Callable[[DeviceState], DeviceState]) -> DeviceState: ...
+
 
 @dataclasses.dataclass(frozen=True)
 class GatewayConfig:

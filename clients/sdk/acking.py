@@ -149,14 +149,11 @@ async def acknowledged_at(client: LightboxClient, view: MessageView) -> int | No
     return min(at) if at else None
 
 
-async def offers_acknowledgement(client: LightboxClient, view: MessageView, *,
-                                 ask_relay: bool = True) -> bool:
+async def offers_acknowledgement(client: LightboxClient, view: MessageView) -> bool:
     """Whether a reader shows "I'm on it" under ``view`` (``lightbox inbox``'s and ``watch``'s
     hint): a consult this user can acknowledge (:func:`why_not_acknowledgeable`) that they
     have not acknowledged, on this device or another of theirs (:func:`acknowledged_at`; the
-    relay out of reach, it is offered: ``lightbox ack`` then says what the relay keeps).
-    ``ask_relay=False``: on this device only, with no request for the receipts (``watch``,
-    which runs beside the profile's other programs: docs/SECURITY.md "Refresh races")."""
+    relay out of reach, it is offered: ``lightbox ack`` then says what the relay keeps)."""
     thread = client.thread_messages(view.message.thread_id)
     gateways = await client.record_gateways({v.message.sender_user_id for v in thread}
                                             | {view.message.sender_user_id})
@@ -164,4 +161,4 @@ async def offers_acknowledgement(client: LightboxClient, view: MessageView, *,
         return False
     if view.acknowledged_by_me:
         return False
-    return not ask_relay or await acknowledged_at(client, view) is None
+    return await acknowledged_at(client, view) is None

@@ -25,7 +25,7 @@ from clients.sdk.errors import (
 )
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState, DeviceStore, KeyStore, OpenKeyStore, PrekeySecret
-from clients.sdk.sharedtokens import SharedTokens, fresh_state
+from clients.sdk.sharedtokens import SharedTokens
 from clients.sdk.sso import SignedIn
 from clients.sdk.wording import counted
 from protocol import api, certs, pairing
@@ -57,6 +57,7 @@ __all__ = [
     "enrol",
     "finish_link",
     "forget_one_time_prekey",
+    "keep_new_prekeys",
     "log_in_again",
     "login",
     "make_prekeys",
@@ -109,14 +110,31 @@ async def replenish_one_time_prekeys(relay: RelayHTTP, store: DeviceStore, count
     published without its secret), then upload them in batches."""
     if count <= 0:
         return
-    st = store.state
-    batch = make_prekeys(st.device_keys(), first_id=st.next_prekey_id, one_time=count,
-                         signed=False, now=now)
-    store.save(msgspec.structs.replace(
-        st, next_prekey_id=batch.next_prekey_id,
-        one_time_prekeys=st.one_time_prekeys + batch.one_time_secrets))
+    batch = keep_new_prekeys(store, one_time=count, signed=False, now=now)
     for i in range(0, len(batch.one_time_tokens), api.MAX_PREKEY_BATCH):
         await relay.upload_one_time_prekeys(batch.one_time_tokens[i:i + api.MAX_PREKEY_BATCH])
+
+
+def keep_new_prekeys(store: DeviceStore, *, one_time: int, signed: bool, now: int
+                     ) -> PrekeyBatch:
+    """Make prekeys and keep their secrets in the store, before any is uploaded (a prekey the
+    relay hands out must always be openable here). Their ids follow the newest state the
+    profile holds, and they are added to it (clients/sdk/keystore.py ``state_lock``), so two
+    programs of one profile never make the same id nor drop each other's secrets."""
+    made: list[PrekeyBatch] = []
+
+    def add(st: DeviceState) -> DeviceState:
+        batch = make_prekeys(st.device_keys(), first_id=st.next_prekey_id, one_time=one_time,
+                             signed=signed, now=now)
+        made.append(batch)
+        return msgspec.structs.replace(
+            st, next_prekey_id=batch.next_prekey_id,
+            signed_prekeys=st.signed_prekeys
+            + ([batch.signed_secret] if batch.signed_secret else []),
+            one_time_prekeys=st.one_time_prekeys + batch.one_time_secrets)
+
+    store.update(add)
+    return made[-1]
 
 
 def forget_one_time_prekey(store: DeviceStore, sealed: SealedMessage) -> None:
@@ -126,9 +144,11 @@ def forget_one_time_prekey(store: DeviceStore, sealed: SealedMessage) -> None:
     key = wrapped_key_for(sealed, st.device_id)
     if key is None or key.one_time_prekey_id is None:
         return
-    kept = [p for p in st.one_time_prekeys if p.prekey_id != key.one_time_prekey_id]
-    if len(kept) != len(st.one_time_prekeys):
-        store.save(msgspec.structs.replace(st, one_time_prekeys=kept))
+    used = key.one_time_prekey_id
+    if any(p.prekey_id == used for p in st.one_time_prekeys):
+        # Onto the newest state: keystore.state_lock says why.
+        store.update(lambda now: msgspec.structs.replace(
+            now, one_time_prekeys=[p for p in now.one_time_prekeys if p.prekey_id != used]))
 
 
 def make_prekeys(
@@ -271,7 +291,7 @@ def device_relay(opened: OpenKeyStore, **kwargs: object) -> RelayHTTP:
 
     def save_tokens(tokens: api.TokenPair) -> None:
         # Onto the state as saved now: another program of the profile may have saved since.
-        opened.save(msgspec.structs.replace(fresh_state(opened), session=tokens))
+        opened.update(lambda st: msgspec.structs.replace(st, session=tokens))
 
     st = opened.state
     return RelayHTTP(st.server_url, device=st.device_keys().signing, tokens=st.session,
@@ -345,13 +365,7 @@ async def upload_prekeys(
 ) -> api.PrekeyCount | None:
     """Make and upload prekeys, keeping their secrets in the key store first (a prekey the
     relay hands out must always be openable here)."""
-    st = opened.state
-    batch = make_prekeys(st.device_keys(), first_id=st.next_prekey_id, one_time=one_time,
-                         signed=signed, now=_now(clock))
-    opened.save(msgspec.structs.replace(
-        st, next_prekey_id=batch.next_prekey_id,
-        signed_prekeys=st.signed_prekeys + ([batch.signed_secret] if batch.signed_secret else []),
-        one_time_prekeys=st.one_time_prekeys + batch.one_time_secrets))
+    batch = keep_new_prekeys(opened, one_time=one_time, signed=signed, now=_now(clock))
     if batch.signed_token is not None:
         await relay.upload_signed_prekey(batch.signed_token)
     count = None
@@ -495,7 +509,8 @@ async def approve_link(
         raise FlowError("the relay serves a user certificate for another identity key",
                         code=ErrorCode.CERTIFICATE_INVALID.value)
     if current.user_certificate != st.user_certificate:
-        opened.save(msgspec.structs.replace(st, user_certificate=current.user_certificate))
+        opened.update(lambda now: msgspec.structs.replace(
+            now, user_certificate=current.user_certificate))
     token = _device_certificate(user, identity, device_id=pending.keys.device_id,
                                 kind=pending.keys.kind, signing_key=signing_key, dh_key=dh_key,
                                 now=now)
@@ -548,7 +563,7 @@ async def refresh_revocations(relay: RelayHTTP, opened: DeviceStore) -> certs.Re
         except ProtocolError as exc:
             raise flow_error(exc, "the relay served a bad or older revocation list") from exc
     if newest != st.revocation_lists:
-        opened.save(msgspec.structs.replace(opened.state, revocation_lists=newest))
+        opened.update(lambda now: msgspec.structs.replace(now, revocation_lists=newest))
     return held
 
 

@@ -29,8 +29,10 @@ looks), else ``default``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -59,6 +61,7 @@ __all__ = [
     "GATEWAY_DEVICE_PROFILE",
     "KEYSTORE_FILE",
     "PROFILE_ENV",
+    "STATE_LOCK_FILE",
     "DeviceState",
     "DeviceStore",
     "KeyStore",
@@ -66,10 +69,12 @@ __all__ = [
     "PrekeySecret",
     "default_profile",
     "lightbox_home",
+    "state_lock",
     "write_private_file",
 ]
 
 KEYSTORE_FILE = "keystore.lbx"
+STATE_LOCK_FILE: Final = "state.lock"
 PROFILE_ENV: Final = "LIGHTBOX_PROFILE"
 DEFAULT_DEVICE_PROFILE: Final = "default"
 GATEWAY_DEVICE_PROFILE: Final = "gateway"
@@ -140,12 +145,47 @@ class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeviceStore(Protocol):
-    """What the identity flows need from a store of device state (opened)."""
+    """What the identity flows need from a store of device state (opened).
+
+    ``save`` writes a whole state; ``update`` changes the state as the profile holds it now,
+    which is what every change of a running program uses (:func:`state_lock`)."""
 
     @property
     def state(self) -> DeviceState: ...
 
     def save(self, state: DeviceState) -> None: ...
+
+    def update(self, change: Callable[[DeviceState], DeviceState]) -> DeviceState: ...
+
+
+@contextlib.contextmanager
+def state_lock(directory: Path) -> Iterator[None]:
+    """Hold the profile's state lock (:data:`STATE_LOCK_FILE`, an ``fcntl.flock`` lock) for one
+    read-modify-write of its device state.
+
+    Several programs run on one profile at once (``lightbox watch`` beside ``send`` or ``link
+    --approve``, the desktop), and each keeps the device state in memory. A program that saved
+    its own copy with one field changed (a one-time prekey used up, a signed prekey rotated)
+    would write back every other field as it last read it: a refresh token another program
+    rotated since would be put back, and presented again it is reuse, which ends the session
+    of every program of the profile (RFC 9700 §4.14.2); a prekey secret another program made
+    since would be lost, and a message sealed to it could never be opened. So each change is
+    applied to the state as the file holds it now, under this lock, and saved before the lock
+    is let go (``update``; docs/SECURITY.md "Refresh races"). The lock is held for milliseconds,
+    never across a request to the relay, so waiting for it blocks; it is always taken after
+    the session lock (clients/sdk/sharedtokens.py), never before it. A folder that is gone
+    (wiped) has nobody to share it with: no lock."""
+    try:
+        fd = os.open(directory / STATE_LOCK_FILE,
+                     os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # lets the lock go
 
 
 def lightbox_home() -> Path:
@@ -296,17 +336,30 @@ class OpenKeyStore:
         return self._state
 
     def save(self, state: DeviceState) -> None:
-        """Encrypt ``state`` and atomically replace the file (no Argon2id run)."""
+        """Encrypt ``state`` and atomically replace the file (no Argon2id run). A running
+        program changes the state with :meth:`update` instead."""
         head = _HEAD.pack(_MAGIC, _VERSION, len(self._wrapped)) + self._wrapped
         body = seal_local(self._data_key, msgspec.msgpack.encode(state), label=head)
         self._store._prepare_directory()
         write_private_file(self._store.path, head + body)
         self._state = state
 
+    def update(self, change: Callable[[DeviceState], DeviceState]) -> DeviceState:
+        """``change`` applied to the state as the file holds it now, saved under the profile's
+        state lock (:func:`state_lock`): what another program of the profile saved meanwhile
+        is kept."""
+        with state_lock(self.directory):
+            state = change(self.reload())
+            self.save(state)
+            return state
+
     def change_password(
         self, new_password: str, *, profile: PassphraseProfile | None = None
     ) -> None:
         kdf = profile or passphrase_profile(DEFAULT_PROFILE)
-        self._wrapped = seal_with_passphrase(self._data_key, new_password,
-                                             opslimit=kdf.opslimit, memlimit=kdf.memlimit)
-        self.save(self._state)
+        wrapped = seal_with_passphrase(self._data_key, new_password,
+                                       opslimit=kdf.opslimit, memlimit=kdf.memlimit)
+        with state_lock(self.directory):  # the newest state, sealed under the new password
+            self.reload()
+            self._wrapped = wrapped
+            self.save(self._state)

@@ -24,7 +24,7 @@ from clients.sdk.connection import Connection
 from clients.sdk.environ import number_setting
 from clients.sdk.errors import KeyStoreError
 from clients.sdk.http import RelayHTTP
-from clients.sdk.identity import make_prekeys
+from clients.sdk.identity import keep_new_prekeys
 from clients.sdk.keystore import DeviceState, DeviceStore, PrekeySecret
 from protocol import certs
 from protocol.canonical import peek_compact
@@ -64,24 +64,28 @@ async def rotate_signed_prekey(relay: RelayHTTP, store: DeviceStore, policy: Pre
     st = store.state
     newest = max(st.signed_prekeys, key=lambda p: p.created_at, default=None)
     if newest is None or now - newest.created_at >= policy.rotation:
-        batch = make_prekeys(st.device_keys(), first_id=st.next_prekey_id, one_time=0,
-                             signed=True, now=now)
+        # The secret first: never a published key without it.
+        batch = keep_new_prekeys(store, one_time=0, signed=True, now=now)
         assert batch.signed_token is not None
-        assert batch.signed_secret is not None
-        st = msgspec.structs.replace(st, next_prekey_id=batch.next_prekey_id,
-                                     signed_prekeys=[*st.signed_prekeys, batch.signed_secret])
-        store.save(st)  # the secret first: never a published key without it
         await relay.upload_signed_prekey(batch.signed_token)
         uploaded = True
     else:
         uploaded = await _upload_if_not_served(relay, st, newest)
-    # A key was replaced when the next newer one was made: keep it ``keep`` past that.
-    ordered = sorted(st.signed_prekeys, key=lambda p: p.created_at)
-    kept = [p for p, successor in zip(ordered, [*ordered[1:], None], strict=True)
-            if successor is None or now - successor.created_at < policy.keep]
-    if len(kept) != len(st.signed_prekeys):
-        store.save(msgspec.structs.replace(st, signed_prekeys=kept))
+    # A key was replaced when the next newer one was made: keep it ``keep`` past that. From
+    # the newest state, as the profile's other programs may have changed it meanwhile
+    # (clients/sdk/keystore.py ``state_lock``).
+    held = store.state.signed_prekeys
+    if len(_still_kept(held, policy, now)) != len(held):
+        store.update(lambda fresh: msgspec.structs.replace(
+            fresh, signed_prekeys=_still_kept(fresh.signed_prekeys, policy, now)))
     return uploaded
+
+
+def _still_kept(keys: list[PrekeySecret], policy: PrekeyPolicy, now: int) -> list[PrekeySecret]:
+    """The signed prekeys to keep: the newest, and each replaced less than ``keep`` ago."""
+    ordered = sorted(keys, key=lambda p: p.created_at)
+    return [p for p, successor in zip(ordered, [*ordered[1:], None], strict=True)
+            if successor is None or now - successor.created_at < policy.keep]
 
 
 async def _upload_if_not_served(relay: RelayHTTP, st: DeviceState, newest: PrekeySecret) -> bool:

@@ -22,7 +22,6 @@ from clients.sdk.errors import FlowError, LoggedOut, RelayRequestError, SessionE
 from clients.sdk.http import RelayHTTP
 from clients.sdk.identity import log_in_again
 from clients.sdk.keystore import DeviceStore
-from clients.sdk.sharedtokens import fresh_state
 from clients.sdk.singleflight import SingleFlight
 from protocol import api
 from protocol.errors import CloseCode, ErrorCode
@@ -69,7 +68,7 @@ class Session:
     def save_tokens(self, tokens: api.TokenPair) -> None:
         self.check_logged_in()
         # Onto the state as saved now: another program of the profile may have saved since.
-        self._store.save(msgspec.structs.replace(fresh_state(self._store), session=tokens))
+        self._store.update(lambda st: msgspec.structs.replace(st, session=tokens))
 
     def usable(self) -> bool:
         tokens = self._relay().tokens

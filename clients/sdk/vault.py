@@ -80,7 +80,7 @@ import msgspec
 
 from clients.sdk.environ import number_setting
 from clients.sdk.kdf import passphrase_profile
-from clients.sdk.keystore import DeviceState
+from clients.sdk.keystore import DeviceState, state_lock
 from clients.sdk.vaultimages import VaultImages
 from clients.sdk.vaultnotes import SenderSeenSet, VaultDedupe, VaultNotes
 from clients.sdk.vaultrows import (
@@ -436,6 +436,15 @@ class Vault:
                 conn.execute("INSERT INTO secrets VALUES ('device_state', ?) ON CONFLICT (name) "
                              "DO UPDATE SET sealed = excluded.sealed", (sealed,))
             self._state = state
+
+    def update(self, change: Callable[[DeviceState], DeviceState]) -> DeviceState:
+        """``change`` applied to the device state as the vault holds it now, saved under the
+        profile's state lock (clients/sdk/keystore.py ``state_lock``): what another program of
+        the profile saved meanwhile is kept."""
+        with self._mutex, state_lock(self.directory):
+            state = change(self.reload())
+            self.save(state)
+            return state
 
     # -- messages -------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import time
 import uuid
 
 import httpx
+import msgspec
 
 from clients.clinician.shell import (
     command_client,
@@ -62,6 +63,7 @@ from clients.sdk.failures import run_async
 from clients.sdk.handover import authorship_line, copies_line
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.sending import UnreadableSend, check_readable
+from clients.sdk.threads import listing_order
 from clients.sdk.timefmt import format_time
 from clients.sdk.vault import (
     ItemNotFound,
@@ -77,6 +79,7 @@ from protocol.errors import ErrorCode
 
 __all__ = [
     "ACK_WAIT",
+    "OFFLINE_LINE",
     "REPLACED_LINE",
     "UNREACHABLE_LINE",
     "WAITING_LINE",
@@ -87,6 +90,7 @@ __all__ = [
     "describe_escalation",
     "describe_outbox",
     "drop_pending",
+    "held_threads",
     "inbox_command",
     "kind_line",
     "learn_escalation_names",
@@ -116,38 +120,106 @@ def subject(client: LightboxClient, thread_id: str) -> str:
 
 
 def threads_command(args: argparse.Namespace) -> int:
+    """``lightbox threads``: the consults, urgent first, with their unread counts. With the
+    relay out of reach, those this device holds, under :data:`OFFLINE_LINE` (exit status 1:
+    :func:`_start_or_offline`)."""
     device = unlock_profile(args)
 
-    async def go() -> None:
+    async def go() -> int:
         client = command_client(device)
         try:
             # Synced first, as `inbox` is: unread is what this device holds and has not read
             # (LightboxClient.unread_messages), the one definition both commands count.
             events = client.subscribe()
-            await client.start()
-            await client.wait_synced(args.timeout)
+            if (down := await _start_or_offline(client, args.timeout)) is not None:
+                print(OFFLINE_LINE.format(reason=down.reason, command="threads"),
+                      file=sys.stderr, flush=True)
+                _print_threads(client, held_threads(client))
+                return 1
             print_problems(events, outbox=print_outbox_event)
             threads = await client.threads()
             with contextlib.suppress(SDKError):  # names from verified certificates
                 await client.ensure_names({u for t in threads for u in t.members})
-            for t in threads:
-                flag = "URGENT " if t.priority == "urgent" else "       "
-                print(f"{flag}{t.thread_id}  {subject(client, t.thread_id)}  "
-                      f"[{thread_people(client, t)}]  "
-                      f"{client.unread(t.thread_id)} unread")
-                for line in not_received_lines(client, t.thread_id):
-                    print(f"        {line}")
-                if t.break_glass_pending:
-                    print(f"        BREAK-GLASS: {t.break_glass_pending} emergency message(s) "
-                          "sent without consent: seek the patient's consent, or file why "
-                          "none was possible (lightbox break-glass)")
-            print(counted(len(threads), "thread"))
-            print_pending_count(client)
+            _print_threads(client, threads)
         finally:
             await client.close()
+        return 0
 
-    run_async(go)
-    return 0
+    return run_async(go)
+
+
+def _print_threads(client: LightboxClient, threads: list[api.ThreadInfo]) -> None:
+    """``threads``' lines, from what this device holds (names as it learnt them)."""
+    for t in threads:
+        flag = "URGENT " if t.priority == "urgent" else "       "
+        print(f"{flag}{t.thread_id}  {subject(client, t.thread_id)}  "
+              f"[{thread_people(client, t)}]  "
+              f"{client.unread(t.thread_id)} unread")
+        for line in not_received_lines(client, t.thread_id):
+            print(f"        {line}")
+        if t.break_glass_pending:
+            print(f"        BREAK-GLASS: {t.break_glass_pending} emergency message(s) "
+                  "sent without consent: seek the patient's consent, or file why "
+                  "none was possible (lightbox break-glass)")
+    print(counted(len(threads), "thread"))
+    print_pending_count(client)
+
+
+# What `inbox` and `threads` say first, on stderr, when the relay cannot be reached: what
+# follows on stdout is this device's own copies (the desktop and the phone app show them in an
+# outage too), and what only the relay can tell may have changed (docs/USER_GUIDE.md "Follow
+# it"). On stderr as every command says why it ends with a failure status, and the listing
+# on stdout is the same as when connected.
+OFFLINE_LINE = ("error: cannot reach the relay ({reason}): what follows is what this device "
+                "holds now; delivery states, acknowledgements by colleagues, consent changes "
+                "and expiry orders may be newer at the relay (run `lightbox {command}` again "
+                "once it answers)")
+
+
+async def _start_or_offline(client: LightboxClient, timeout: float) -> RelayUnavailable | None:
+    """Start ``client`` and wait until it has synced; or, when the relay cannot be reached
+    to start (a login or the revocation list could not be fetched: clients/sdk/client.py
+    ``start``), why, having started nothing: the command then shows what the device holds
+    without asking the relay for any of it, and ends with exit status 1, as every command
+    that could not do all it does because the relay was out of reach (``logout``, ``ack``).
+    Nothing is changed on the device for it: an image is deleted only on the relay's expiry
+    order (docs/PROTOCOL.md §15), which comes at the next connection. A refusal (revoked,
+    suspended, a session ended) raises as before."""
+    try:
+        await client.start()
+    except RelayUnavailable as exc:
+        return exc
+    await client.wait_synced(timeout)
+    return None
+
+
+def held_threads(client: LightboxClient) -> list[api.ThreadInfo]:
+    """The threads this device knows without the relay, in the relay's listing order
+    (clients/sdk/threads.py ``listing_order``): as the relay last listed them (kept in the
+    vault), and each other thread it holds messages of, as its messages tell it (a consult
+    that came while only ``watch`` ran, never listed yet: its roles unknown, its members
+    those who wrote in it)."""
+    known = {t.thread_id: t for t in client.cached_threads()}
+    held: dict[str, list[VaultMessage]] = {}
+    for _, message_id in client.vault.message_ids_after(0):
+        with contextlib.suppress(ItemNotFound):
+            message = client.vault.message(message_id)
+            held.setdefault(message.thread_id, []).append(message)
+    for thread_id, messages in held.items():
+        last = max(m.thread_seq for m in messages)
+        info = known.get(thread_id)
+        if info is not None:
+            known[thread_id] = msgspec.structs.replace(info, last_seq=max(info.last_seq, last))
+            continue
+        first = min(messages, key=lambda m: m.sent_at)
+        known[thread_id] = api.ThreadInfo(
+            thread_id=thread_id, priority="urgent" if any(
+                m.priority == "urgent" for m in messages) else "routine",
+            created_by=first.sender_user_id, created_at=int(first.sent_at), last_seq=last,
+            unread=0, members=list(dict.fromkeys([client.user_id,
+                                                  *(m.sender_user_id for m in messages)])),
+            roles=[])
+    return sorted(known.values(), key=listing_order)
 
 
 # How many of the people in a thread ``threads`` names; the rest are counted.
@@ -289,55 +361,66 @@ def unreadable_sentence(message_id: str, reason: str) -> str:
 
 
 def inbox_command(args: argparse.Namespace) -> int:
+    """``lightbox inbox``: the unread messages, urgent first, then oldest first. With the relay
+    out of reach, those this device holds, under :data:`OFFLINE_LINE` (exit status 1:
+    :func:`_start_or_offline`)."""
     device = unlock_profile(args)
 
-    async def go() -> int:
+    async def go() -> tuple[int, int]:
         client = command_client(device)
         shown = 0
         try:
             events = client.subscribe()
-            await client.start()
-            await client.wait_synced(args.timeout)
-            print_problems(events, outbox=print_outbox_event)
-            threads = await client.threads()
-            await client.fetch_missing_images()  # waits for downloads already under way
-            unread = {t.thread_id: client.unread_messages(t.thread_id) for t in threads}
-            # names from verified certificates, not only of senders heard from in this run
-            await client.ensure_names(u for views in unread.values() for v in views
-                                      for u in message_names(client, v.message, v.body))
-            withdrawn = await client.refresh_consents(
-                [c for views in unread.values() for v in views
-                 if (c := consent_of(v.body)) is not None])
+            if (down := await _start_or_offline(client, args.timeout)) is not None:
+                print(OFFLINE_LINE.format(reason=down.reason, command="inbox"), file=sys.stderr,
+                      flush=True)
+                threads = held_threads(client)
+                unread = {t.thread_id: client.unread_messages(t.thread_id) for t in threads}
+                # names as this device last learnt them; withdrawals the relay told it
+                withdrawn = client.vault.consent_withdrawals()
+            else:
+                print_problems(events, outbox=print_outbox_event)
+                threads = await client.threads()
+                await client.fetch_missing_images()  # waits for downloads already under way
+                unread = {t.thread_id: client.unread_messages(t.thread_id) for t in threads}
+                # names from verified certificates, not only of senders heard from in this run
+                await client.ensure_names(u for views in unread.values() for v in views
+                                          for u in message_names(client, v.message, v.body))
+                withdrawn = await client.refresh_consents(
+                    [c for views in unread.values() for v in views
+                     if (c := consent_of(v.body)) is not None])
             # Urgent first (docs/USER_GUIDE.md: "--urgent puts the consult at the top of the
             # specialist's inbox"), then in the order written, across threads.
             arrived = {mid: n for n, mid in client.vault.message_ids_after(0)}
             for view in sorted((v for views in unread.values() for v in views),
                                key=functools.partial(_reading_order, client, arrived)):
-                await print_view(client, view, withdrawn)
+                await print_view(client, view, withdrawn, offline=down is not None)
                 shown += 1
-            if args.mark_read:
+            if args.mark_read:  # offline too: the read receipts go at the next connection
                 for t in threads:
                     await client.mark_read(t.thread_id)
             print_pending_count(client)
         finally:
             await client.close()
-        return shown
+        return shown, 0 if down is None else 1
 
-    count = run_async(go)
+    count, status = run_async(go)
     print(counted(count, "unread message"))
-    return 0
+    return status
 
 
 async def print_view(client: LightboxClient, view: MessageView,
-                     withdrawn: dict[str, int]) -> None:
+                     withdrawn: dict[str, int], *, offline: bool = False) -> None:
     """One held message as ``inbox`` shows it, and ``watch`` the ones held when it starts:
     its header and text, its other copies, each image's state, whom its image never reached,
     its consent withdrawn (``withdrawn``: :meth:`LightboxClient.refresh_consents`), and the
-    command that acknowledges it."""
+    command that acknowledges it. ``offline``: the relay is out of reach, so it is not asked
+    (what this device knows alone: an image deleted is said so, not whether it ever reached
+    the device; "I'm on it" is offered unless acknowledged here)."""
     print_message(client, MessageEvent(view.message, view.body))
     if view.copies:  # handed over by several devices: listed once (§16.4)
         print(f"    {copies_line(view.copies, client.display_name)}", flush=True)
-    never_here = await _expired_before_arrival(client, view)
+    never_here = set() if offline else await _expired_before_arrival(client, view)
     for img in view.images:
         print(f"    {image_line(img, never_here=img.attachment_id in never_here)}", flush=True)
     for told in view.not_received:
@@ -347,8 +430,8 @@ async def print_view(client: LightboxClient, view: MessageView,
     if consent_id in withdrawn:
         print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the patient's "
               "consent no longer covers this message", flush=True)
-    if await offers_acknowledgement(client, view):  # not once acknowledged on any device
-        print(ack_hint(view.message.message_id), flush=True)
+    if await offers_acknowledgement(client, view, ask_relay=not offline):
+        print(ack_hint(view.message.message_id), flush=True)  # not once acknowledged anywhere
 
 
 def _reading_order(client: LightboxClient, arrived: dict[str, int],

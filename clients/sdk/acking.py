@@ -149,16 +149,21 @@ async def acknowledged_at(client: LightboxClient, view: MessageView) -> int | No
     return min(at) if at else None
 
 
-async def offers_acknowledgement(client: LightboxClient, view: MessageView) -> bool:
+async def offers_acknowledgement(client: LightboxClient, view: MessageView, *,
+                                 ask_relay: bool = True) -> bool:
     """Whether a reader shows "I'm on it" under ``view`` (``lightbox inbox``'s and ``watch``'s
     hint): a consult this user can acknowledge (:func:`why_not_acknowledgeable`) that they
     have not acknowledged, on this device or another of theirs (:func:`acknowledged_at`; the
-    relay out of reach, it is offered: ``lightbox ack`` then says what the relay keeps)."""
+    relay out of reach, it is offered: ``lightbox ack`` then says what the relay keeps).
+    Without ``ask_relay`` (a reader that knows the relay is out of reach), from what this
+    device knows alone: no sender is known as the record gateway (whose messages are never
+    a consult's opening run anyway), and only an acknowledgement from this device counts."""
     thread = client.thread_messages(view.message.thread_id)
     gateways = await client.record_gateways({v.message.sender_user_id for v in thread}
-                                            | {view.message.sender_user_id})
+                                            | {view.message.sender_user_id}) \
+        if ask_relay else set()
     if why_not_acknowledgeable(client, view, thread, gateways) is not None:
         return False
     if view.acknowledged_by_me:
         return False
-    return await acknowledged_at(client, view) is None
+    return not ask_relay or await acknowledged_at(client, view) is None

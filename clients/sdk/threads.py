@@ -19,12 +19,17 @@ from protocol import api
 from protocol.errors import ErrorCode
 from protocol.model import Priority
 
-__all__ = ["RECORD_THREAD_SUBJECT", "THREAD_NOTE", "ThreadBook"]
+__all__ = ["RECORD_THREAD_SUBJECT", "THREAD_NOTE", "ThreadBook", "listing_order"]
 
 RECORD_THREAD_SUBJECT = "Filed to the patient's record"  # the record thread's subject line
 
 
 THREAD_NOTE = "thread"  # vault notes: the relay's last word on each thread, for offline use
+
+
+def listing_order(thread: api.ThreadInfo) -> tuple[bool, int, int]:
+    """Where a thread is listed: urgent first, then newest activity, then newest made."""
+    return (thread.priority != "urgent", -thread.last_seq, -thread.created_at)
 
 
 class ThreadBook:
@@ -86,7 +91,7 @@ class ThreadBook:
             if self._vault is not None:
                 with contextlib.suppress(VaultLocked):
                     self._vault.drop_note(THREAD_NOTE, gone)
-        return sorted(found, key=lambda t: (t.priority != "urgent", -t.last_seq, -t.created_at))
+        return sorted(found, key=listing_order)
 
     def cached(self) -> list[api.ThreadInfo]:
         self._load()

@@ -1,7 +1,8 @@
 """The phone checks the organisation's revocation list as the Python SDK does
 (clients/sdk/trust.py; PROTOCOL §4.5, §4.6): a message from a device revoked while it waited
-at the relay is not shown, and the phone says who sent it and when, so the reader can ask
-them what it said; a relay that still offers a revoked device gets nothing sealed to
+at the relay is not shown, and the phone says who sent it, when, and in which consult (by its
+subject, else by the start of its id as the CLI's line), so the reader can ask them what it
+said; a relay that still offers a revoked device gets nothing sealed to
 it; a relay that serves an older list than the phone holds is refused (rollback). The lying
 relay is the real relay with its database edited, as a compromised relay host could. A reply
 whose sender cannot be checked because the relay cannot be reached is told in words (never as
@@ -93,9 +94,11 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_not_shown(
         sent = await urgent_while_locked(
             world, page, specialist, consult.message.thread_id, "Sent before revocation.",
             devices=(specialist.client.store.state.device_id,))
-        assert await notice_time(page, r"An urgent message from Dr Bo Ortho, sent (.+) from a "
-                                       r"device your organisation revoked, was not shown: ask "
-                                       r"them what it said\.") in sent
+        # The consult has no subject: named by the start of its id, as `lightbox` names it.
+        consult_id = consult.message.thread_id[:8]
+        assert await notice_time(page, rf"An urgent message in consult {consult_id} from Dr Bo "
+                                       r"Ortho, sent (.+) from a device your organisation "
+                                       r"revoked, was not shown: ask them what it said\.") in sent
         assert await page.locator(".message.theirs").count() == 0
         await page.screenshot(path=str(SHOTS / "33-message-from-revoked-device.png"),
                               full_page=True)
@@ -110,19 +113,23 @@ async def test_a_message_from_a_device_revoked_while_it_was_queued_is_not_shown(
 async def test_a_message_from_a_colleague_suspended_while_it_was_queued_names_them(
         phone: tuple[World, str], tmp_path: Path) -> None:
     """The directory no longer names a suspended colleague; the phone names them from the
-    consult's earlier message of theirs, and says the account was suspended."""
+    consult's earlier message of theirs, and says the account was suspended, and the consult
+    by its subject, as the phone lists it."""
     world, origin = phone
     async with enrolled_phone(world, tmp_path, origin) as (_intern, specialist, events, page,
                                                            problems):
+        await page.fill("#subject", "Wrist, bay 6")
         consult = await sent_from_phone(page, events, "Query scaphoid fracture.")
         await specialist.client.send_text(consult.message.thread_id, "Looking now.")
         await page.locator(".message.theirs", has_text="Looking now.").wait_for()
         sent = await urgent_while_locked(
             world, page, specialist, consult.message.thread_id, "Sent before suspension.",
             users=(specialist.user_id,))
-        assert await notice_time(page, r"An urgent message from Dr Bo Ortho, sent (.+), was not "
-                                       r"shown: your organisation has suspended their "
-                                       r"account\.") in sent
+        assert await notice_time(page, r"An urgent message in consult \"Wrist, bay 6\" from Dr "
+                                       r"Bo Ortho, sent (.+), was not shown: your organisation "
+                                       r"has suspended their account\.") in sent
+        await page.screenshot(path=str(SHOTS / "26-message-from-suspended-colleague.png"),
+                              full_page=True)
         assert await page.locator(".message.theirs", has_text="Sent before suspension").count() == 0
         assert problems == []
 

@@ -239,13 +239,15 @@ async function enrolAgain(): Promise<void> {
 // A message the worker dropped because its sender no longer verifies (worker.ts onDeliver):
 // one from a device the organisation revoked, or from a colleague it suspended, names its
 // sender when known, whether it was urgent and when it reached the relay, so the reader can
-// ask them what it said (docs/HAZARD_LOG.md HAZ-10).
+// ask them what it said (docs/HAZARD_LOG.md HAZ-10), and in which consult (worker.ts names it:
+// by its subject, else by the start of its id, as the CLI's line does).
 function droppedSentence(data: Record<string, unknown>): string {
   const revoked = data["code"] === "certificate_revoked";
+  const where = typeof data["consult"] === "string" ? ` in ${data["consult"]}` : "";
   if (!revoked && data["code"] !== "user_suspended") {
-    return "A message was not shown: its sender's certificate does not verify. Tell IT if this happens again.";
+    return `A message${where} was not shown: its sender's certificate does not verify. Tell IT if this happens again.`;
   }
-  const what = data["urgent"] ? "An urgent message" : "A message";
+  const what = `${data["urgent"] ? "An urgent message" : "A message"}${where}`;
   const at = typeof data["received_at"] === "number" ? ` sent ${when(data["received_at"])}` : "";
   const sender = typeof data["sender"] === "string" ? data["sender"] : null;
   if (revoked) {

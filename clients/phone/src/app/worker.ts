@@ -903,14 +903,18 @@ async function onDeliver(ws: WebSocket, frame: ServerFrame): Promise<void> {
       // verify (revoked, unknown, or a list rolled back): dropped, as clients/sdk/receiving.py.
       if (err instanceof RelayError && (err.status === 0 || err.status >= 500)) throw err;
       const code = (err as { code?: string }).code ?? "certificate_invalid";
+      const thread = await vault!.get<ThreadRecord>(`thread:${h.thread_id}`);
       // A suspended colleague the directory no longer names: named only if this consult
       // already holds a message of theirs.
       const earlier = code === "user_suspended"
-        ? (await vault!.get<ThreadRecord>(`thread:${h.thread_id}`))?.messages
-          .find((m) => m.from_user_id === h.sender_user_id)?.from_name ?? null
+        ? thread?.messages.find((m) => m.from_user_id === h.sender_user_id)?.from_name ?? null
         : null;
       event("dropped", {
         code,
+        // Which consult: by its subject, as the phone lists it and names it elsewhere
+        // (onNotReceived); one it does not hold, or without a subject, by the start of its id,
+        // as the CLI's line (clients/clinician/shell.py problem_line).
+        consult: thread?.subject ? `consult "${thread.subject}"` : `consult ${h.thread_id.slice(0, 8)}`,
         sender: err instanceof SenderRefused ? err.sender : earlier,
         urgent: frame["priority"] === "urgent",
         received_at: frame["received_at"],

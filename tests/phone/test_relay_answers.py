@@ -131,6 +131,14 @@ def test_a_failure_the_sdk_keeps_a_send_for_is_not_final(status: int) -> None:
     assert answer["passes"] is True
 
 
+def test_a_send_refused_because_the_account_is_suspended_is_kept_for_its_resumption() -> None:
+    """IT may resume a suspended account: what waits on the phone is kept, not dropped as a
+    refusal for good (tests/phone/test_phone_suspended.py drives it in the browser)."""
+    answer = run_driver({"op": "final_refusal_sentence", "code": "user_suspended",
+                         "status": 403})
+    assert answer["passes"] is True
+
+
 def test_a_refusal_for_good_never_says_try_again() -> None:
     def final(code: str, title: str = "") -> str:
         answer = run_driver({"op": "final_refusal_sentence", "code": code, "status": 422,

@@ -74,6 +74,18 @@ function onEvent(data: Record<string, unknown>): void {
     case "signin":
       needSignIn(data["signon"] === true);
       return;
+    case "suspended":
+      // IT suspended the account while the app is open (worker.ts heardSuspended): said once,
+      // in the banner, until the phone is connected again after IT resumed it.
+      if (data["suspended"]) {
+        $("conn").textContent = "suspended";
+        $("banner").textContent = String(data["message"] ?? "");
+        $("banner").dataset["suspended"] = $("banner").textContent;
+        $("banner").hidden = false;
+      } else {
+        clearSuspended();
+      }
+      return;
     case "session_ended":
       // The relay ended the session and the worker could not sign in again by itself: it has
       // locked; the unlock screen says why, once (worker.ts sessionEnded).
@@ -234,6 +246,18 @@ async function enrolAgain(): Promise<void> {
   $("banner").textContent = "This phone's revoked Lightbox keys and data have been erased. Enrol it with the new code IT gave you.";
   $("banner").hidden = false;
   show("enrol");
+}
+
+/** The banner's suspension sentence gone (connected again, or the app locked: the worker
+ * forgets the suspension, and unlocking says it if it still holds). */
+function clearSuspended(): void {
+  const said = $("banner").dataset["suspended"];
+  if (said === undefined) return;
+  delete $("banner").dataset["suspended"];
+  // Only while it still says that: a revocation said since stays.
+  if ($("banner").textContent !== said) return;
+  $("banner").hidden = true;
+  $("banner").textContent = "";
 }
 
 // A message the worker dropped because its sender no longer verifies (worker.ts onDeliver):
@@ -547,6 +571,7 @@ async function lock(): Promise<void> {
     if (!$(id).dataset["kept"]) sayKept(id, "", null);
   }
   dropThreads();
+  clearSuspended();
   await call("lock");
   $("conn").textContent = "locked";
   show("unlock");

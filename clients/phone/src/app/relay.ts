@@ -71,11 +71,19 @@ export function sendPasses(code: string): boolean {
 
 /** Whether an HTTP failure leaves a pending send worth trying again as it is, by the SDK's
  * rule (clients/sdk/sending.py deliver): the relay unreachable (status 0), failing or busy
- * (5xx), timing out (408), rate limiting (429), or a session to renew first (401). Any other
- * refusal (a 4xx) will be the same on every retry: the send is dropped and the user told. */
+ * (5xx), timing out (408), rate limiting (429), or a session to renew first (401). Beyond the
+ * SDK's rule, an account IT suspended (403 `user_suspended`): IT may resume it, and what waits
+ * on the phone then goes as it is (worker.ts heardSuspended). Any other refusal (a 4xx) will be
+ * the same on every retry: the send is dropped and the user told. */
 export function httpPasses(err: RelayError): boolean {
-  return err.status === 0 || err.status >= 500 || [401, 408, 429].includes(err.status);
+  return err.status === 0 || err.status >= 500 || [401, 408, 429].includes(err.status) || err.code === "user_suspended";
 }
+
+/** What the phone says once, in its banner, when IT suspends the account while the app is open
+ * (worker.ts heardSuspended): the words the CLI and the desktop use for `user_suspended`
+ * (clients/sdk/failures.py, clients/desktop/app.py), what the phone does meanwhile, and that
+ * what waits is kept. */
+export const SUSPENDED_SENTENCE = "Your account is suspended by your organisation: ask IT. Until IT resumes it, this phone cannot send or receive consults. Nothing is lost: what waits to be sent stays on this phone and goes by itself once your account is resumed.";
 
 /** A refusal for good (not httpPasses) in words: the relay's reason, never "try again" for
  * what it will refuse again as it is. */
@@ -113,8 +121,12 @@ export function notSentSentence(code: string, detail = ""): string {
 
 /** A consult kept on the phone because the relay could not take it now (`code`: its passing
  * refusal; null: no connection; "unreachable": connected, but the relay's other requests, which
- * sealing needs, do not get through), in words: it goes by itself, nothing to do. */
+ * sealing needs, do not get through; "user_suspended": IT suspended the account, which IT may
+ * resume), in words: it goes by itself, nothing to do. */
 export function keptSentence(code: string | null): string {
+  if (code === "user_suspended") {
+    return "Not sent yet: your account is suspended by your organisation. It is kept on this phone and sent by itself once IT resumes your account; it shows as sent then. If it is urgent, phone or page the on-call team.";
+  }
   const why = code === "rate_limited" ? "this phone sent too many messages in a short time"
     : code === "queue_full" ? "the recipients' queue at the relay is full"
     : code === null ? "this phone is not connected to the relay"

@@ -12,7 +12,7 @@ import * as env from "../protocol/envelope.js";
 import { BUNDLE_SUBPROTOCOL, challengeSigningBytes, decodeMessage, encodeFrame, PROTOCOL_VERSION, type Connection, type ServerFrame } from "../protocol/frames.js";
 import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
-import { Relay, RelayError, connectionLostSentence, enrolmentToken, finalRefusalSentence, httpPasses, keptSentence, notSentSentence, refusalSentence, resumedSentence, sendPasses, type TokenPair } from "./relay.js";
+import { Relay, RelayError, SUSPENDED_SENTENCE, connectionLostSentence, enrolmentToken, finalRefusalSentence, httpPasses, keptSentence, notSentSentence, refusalSentence, resumedSentence, sendPasses, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
 import { SsoError, finishRequest, ssoConfig, startRequest, type SsoAnswer, type SsoConfig, type SsoRequest } from "./sso.js";
 import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, type SignedPrekeySecret } from "./prekeys.js";
@@ -97,6 +97,11 @@ let heardRevocation = false;
 let signInWith: Uint8Array | null = null;
 // Sign-ins again that did not get through since the last connection (retryLater's backoff).
 let signInTries = 0;
+// IT has suspended this user (the relay closed the connection, or refused a request, as
+// `user_suspended`): the banner says so once, and the relay is asked again only now and then,
+// waiting longer each time (checkSuspendedLater), until IT resumes the account.
+let suspended = false;
+let suspendedChecks = 0;
 // The relay refused this device as revoked when the app was unlocked: the socket opened with
 // the last session only hears a wipe order, and the keys are forgotten once it closes.
 let refusedAtUnlock = false;
@@ -465,6 +470,8 @@ async function signInAgain(r: Relay): Promise<void> {
   } catch (err) {
     if (!(err instanceof RelayError) || err.status === 0 || err.status >= 500 || [408, 429].includes(err.status)) throw err;
     if (relay !== r || st !== state) throw err; // locked meanwhile
+    // Suspended: the app stays open, and asks again later (heardSuspended).
+    if (err.code === "user_suspended") throw err;
     if (err.code === "sso_required") {
       await signOnFromNowOn(state);
       event("signin", { signon: true });
@@ -496,12 +503,59 @@ function retryLater(): void {
   reconnect = setTimeout(() => void reconnectNow(), wait);
 }
 
-/** Each new session kept in the vault (DeviceState.session). */
+/**
+ * IT suspended this user while the app is open (docs/USER_GUIDE.md "Interns: the phone app"):
+ * said once, in the banner (relay.ts SUSPENDED_SENTENCE), until the phone is connected again.
+ * The relay refuses every request of a suspended user, and has ended the session: what waits in
+ * the outbox stays (relay.ts httpPasses), and nothing is asked of the relay but a check now and
+ * then (checkSuspendedLater).
+ */
+function heardSuspended(): void {
+  if (suspended) return;
+  suspended = true;
+  suspendedChecks = 0;
+  event("suspended", { suspended: true, message: SUSPENDED_SENTENCE });
+}
+
+// The longest wait between two checks while suspended: a resumed account is back within a
+// minute by itself, and a phone left open for a day's suspension asks the relay 1,440 times at
+// most, not 86,400 (the relay's answer to a suspended user is the same each time).
+const SUSPENDED_CHECK_MAX_MS = 60_000;
+
+/** While suspended: the relay asked again after 2 s, then 4, 8... up to a minute (a refresh,
+ * refused 403 until IT resumes the account; then refused 401, as the suspension ended the
+ * session, and the phone signs in again with its passphrase: Relay.refresh, signInAgain). A
+ * send the intern taps meanwhile asks at once (keepSession). */
+function checkSuspendedLater(): void {
+  if (reconnect || !vault) return;
+  const wait = Math.min(SUSPENDED_CHECK_MAX_MS, 2000 * 2 ** suspendedChecks);
+  suspendedChecks += 1;
+  reconnect = setTimeout(() => void reconnectNow(), wait);
+}
+
+/** Connected again after a suspension: the banner goes. */
+function notSuspended(): void {
+  suspendedChecks = 0;
+  if (!suspended) return;
+  suspended = false;
+  event("suspended", { suspended: false });
+}
+
+/** Each new session kept in the vault (DeviceState.session). New tokens while suspended (the
+ * intern's send signed in again: IT resumed the account) connect at once, not at the next
+ * check. */
 function keepSession(state: DeviceState): void {
   relay!.onTokens = (tokens) => {
     if (!vault || st !== state) return;
     state.session = tokens;
     void vault.put("state", state);
+    if (suspended && reconnect && !socket) {
+      clearTimeout(reconnect);
+      reconnect = setTimeout(() => {
+        reconnect = null;
+        connect();
+      }, 0);
+    }
   };
 }
 
@@ -564,6 +618,8 @@ function lockKeys(): void {
   refusedAtUnlock = false;
   forgetPassphrase();
   signInTries = 0;
+  suspended = false;
+  suspendedChecks = 0;
   ready = false;
   httpFailing = false;
   if (probe) clearInterval(probe);
@@ -671,6 +727,12 @@ function connect(askBundles = true, reachable = false): void {
       }
       return;
     }
+    if (c.reason === "user_suspended") {
+      // Not again a second later (every attempt is refused while IT has the user suspended).
+      heardSuspended();
+      checkSuspendedLater();
+      return;
+    }
     if (vault) reconnect = setTimeout(() => void reconnectNow(refusedAsking), 1000);
   };
 }
@@ -689,6 +751,13 @@ async function reconnectNow(refusedAsking = false): Promise<void> {
     // Locked meanwhile, or already answered (a signInAgain refused: locked, or listening for
     // a wipe order, or offering the hospital's sign-in).
     if (relay !== r || !vault || !st || socket || (err instanceof RelayError && err.code === "sso_required")) return;
+    // Still suspended (or suspended since the connection was lost): asked again later, never
+    // a connection the relay refuses (heardSuspended).
+    if (err instanceof RelayError && err.code === "user_suspended") {
+      heardSuspended();
+      checkSuspendedLater();
+      return;
+    }
     reachable = err instanceof RelayError && err.status > 0 && err.status < 500;
     // The relay ended a single sign-on session (its lifetime is over, or the IdP's user was
     // disabled): only a new sign-in at the IdP opens another.
@@ -756,6 +825,7 @@ async function onFrame(ws: WebSocket, frame: ServerFrame): Promise<void> {
     case "ready":
       ready = true;
       signInTries = 0;
+      notSuspended();
       event("connection", { state: connectionState() });
       upkeep ??= setInterval(() => void maintainPrekeys().catch(() => undefined), PREKEY_UPKEEP_MS);
       void maintainPrekeys().catch(() => undefined); // tried again within the hour
@@ -774,8 +844,9 @@ async function onFrame(ws: WebSocket, frame: ServerFrame): Promise<void> {
       if (w) {
         waiting.delete(reqId!);
         w.resolve(frame);
-      } else if (frame.t === "error" && frame["fatal"]) {
-        // In words, never the relay's raw detail ("no pong", "idle").
+      } else if (frame.t === "error" && frame["fatal"] && frame["code"] !== "user_suspended") {
+        // In words, never the relay's raw detail ("no pong", "idle"); a suspension is said by
+        // the banner, once, when the relay closes (heardSuspended).
         event("problem", { code: frame["code"], message: connectionLostSentence(String(frame["code"])), connection: true });
       }
       return;
@@ -1748,8 +1819,10 @@ async function sendWritten(draft: DraftRecord): Promise<Record<string, unknown>>
     // (an unknown role, say) keeps nothing: the form still holds the consult; nor does a
     // single sign-on session that ended, which the page asks to sign in again for first.
     if (!(err instanceof RelayError && httpPasses(err)) || (st?.sso && SESSION_ENDED.includes(err.code))) throw err;
-    await keepDraft(draft);
-    return { thread_id: draft.thread_id, message_id: draft.message_id, kept: keptSentence(ready ? "unreachable" : null) };
+    const why = err.code === "user_suspended" ? err.code : ready ? "unreachable" : null;
+    if (why === "user_suspended") heardSuspended();
+    await keepDraft(draft, why === "user_suspended" ? keptSentence(why) : KEPT_NOTE);
+    return { thread_id: draft.thread_id, message_id: draft.message_id, kept: keptSentence(why) };
   } finally {
     inFlight.delete(draft.message_id);
   }
@@ -1775,13 +1848,14 @@ interface DraftRecord {
 /** What a kept draft's thread says under it, after the app was closed and opened too. */
 const KEPT_NOTE = "Not sent yet: the relay could not be reached. It is kept on this phone and sent by itself as soon as the relay takes it; it shows as sent then.";
 
-/** The draft in the vault, and its thread shown with it marked sending (PROTOCOL §3.5). */
-async function keepDraft(draft: DraftRecord): Promise<void> {
+/** The draft in the vault, and its thread shown with it marked sending (PROTOCOL §3.5), and
+ * `note` (why) under it. */
+async function keepDraft(draft: DraftRecord, note: string): Promise<void> {
   const written = decodeBody(draft.body);
   const view: MessageView = {
     message_id: draft.message_id, thread_id: draft.thread_id, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
     text: written.text, subject: written.subject, sent_at: draft.created_at, status: "sending",
-    status_note: KEPT_NOTE,
+    status_note: note,
   };
   await vault!.put(`outbox:${draft.message_id}`, draft);
   await addToThread(view, { thread_id: draft.thread_id, role: draft.role, subject: view.subject, priority: draft.priority, messages: [] });
@@ -1864,7 +1938,7 @@ async function sendDraft(draft: DraftRecord): Promise<void> {
   } catch (err) {
     if (err instanceof RelayError && httpPasses(err)) return; // still kept: the next connection
     if (!(err instanceof RelayError || err instanceof UserError)) throw err;
-    const refusal = err instanceof RelayError && ["role_unknown", "device_revoked", "user_suspended"].includes(err.code)
+    const refusal = err instanceof RelayError && ["role_unknown", "device_revoked"].includes(err.code)
       ? notSentSentence(err.code)
       : err.code === "device_set_mismatch"
         ? "Not sent: nobody on call for that role has a device that can receive the consult. Check the role and send it again; call the on-call team if it is urgent."

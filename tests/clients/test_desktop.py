@@ -282,8 +282,9 @@ async def test_specialist_sees_an_urgent_consult_views_replies_and_acknowledges(
         await thumb.click()
         canvas = page.locator("#canvas")
         await canvas.wait_for()
+        # not filed yet: the original study is not looked up, and nothing offers it
         await page.locator("#viewer .not-diagnostic",
-                           has_text="view the original study in PACS").wait_for()
+                           has_text="its original study has not been looked up yet").wait_for()
         sample = ("() => { const c = document.getElementById('canvas');"
                   " const d = c.getContext('2d').getImageData(c.width/2 - 50, c.height/2,"
                   " 100, 1).data; let s = 0; for (const v of d) s += v; return s; }")

@@ -74,8 +74,10 @@ pytestmark = test_desktop.DESKTOP_WORLD  # the same relay as the desktop's own t
 SHOTS = ROOT / "test-artefacts" / "desktop-safety"
 PDF_VIEWER = "mhjfbmdgcfjbbpaeojofohoefgiehjai"  # Chromium's built-in PDF viewer (extension id)
 PRIVACY = "the Privacy Office, privacy@st-elsewhere.example"
-NO_ORIGINAL = ("Photo of a film/monitor \u2014 not of diagnostic quality; no original study was "
-               "found in PACS")
+NO_ORIGINAL = ("Photo of a film/monitor \u2014 not of diagnostic quality; the record gateway found "
+               "no original study in PACS, or could not search it: look in the PACS by the "
+               "patient's ID and the date, and tell the record gateway's operator if the study "
+               "is there")
 # An exact age and a date of service: what the free-text guard keeps out of teaching material.
 AGED = "Good teaching case: a 47-year-old with a distal radius fracture, seen on 3 March."
 REWRITTEN = ("Good teaching case: a patient in their 40s with a distal radius fracture, "

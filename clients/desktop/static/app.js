@@ -378,16 +378,28 @@ function recordBlock(r) {
     (r.region ? " - " + r.region : "") + (r.accession ? " - accession " + r.accession : ""));
 }
 
-// A photo of a film or monitor is not the study itself (issue 10 item 7): plain text, no PACS call.
-// Once the gateway has filed it and found no original study in PACS, nothing offers one: the
-// line says that instead, in one plain line (no separate "not found" line).
-const NOT_DIAGNOSTIC = "Photo of a film/monitor \u2014 not of diagnostic quality; view the original study in PACS";
-const NO_ORIGINAL = "Photo of a film/monitor \u2014 not of diagnostic quality; no original study was found in PACS";
+// A photo of a film or monitor is not the study itself (CLINICAL_SAFETY.md): plain text, no PACS
+// call. The line offers the original study only when there is one to open below it (a link, or
+// its study UID); otherwise it says why there is none and what to do (docs/USER_GUIDE.md,
+// "Not of diagnostic quality"), in one plain line, never a call to action with nothing to click.
+// The receipt's original_studies (docs/PROTOCOL.md) is empty both when the gateway's search found
+// none and when the search failed, so that line names both.
+const FILM = "Photo of a film/monitor \u2014 not of diagnostic quality; ";
+const NOT_DIAGNOSTIC = FILM + "view the original study in PACS";
+const ORIGINAL_BY_UID = FILM + "open the original study in PACS by its study UID below";
+const NOT_LOOKED_UP = FILM + "its original study has not been looked up yet: the record gateway " +
+  "looks for it in PACS when it files this photo";
+const NO_ORIGINAL = FILM + "the record gateway found no original study in PACS, or could not " +
+  "search it: look in the PACS by the patient's ID and the date, and tell the record " +
+  "gateway's operator if the study is there";
 
 function notDiagnosticText(m) {
   if (!(m.record && m.record.not_diagnostic)) return "";
-  const none = m.images.length > 0 && m.images.every((i) => i.study && !i.study.originals.length);
-  return none ? NO_ORIGINAL : NOT_DIAGNOSTIC;
+  const originals = m.images.flatMap((i) => (i.study ? i.study.originals : []));
+  if (originals.some((o) => o.url)) return NOT_DIAGNOSTIC;
+  if (originals.length) return ORIGINAL_BY_UID;
+  const searched = m.images.length > 0 && m.images.every((i) => i.study);
+  return searched ? NO_ORIGINAL : NOT_LOOKED_UP;
 }
 
 function notDiagnostic(m) {
@@ -397,7 +409,7 @@ function notDiagnostic(m) {
 
 
 function originalsBlock(m, img) {
-  // Issue 10 item 7: for a photo of a film or monitor, the original imaging studies the record
+  // For a photo of a film or monitor, the original imaging studies the record
   // gateway found in PACS (its filing receipt, newest first; http(s) URLs only, checked by the
   // server). Nothing before the receipt: the search happens when the photo is filed.
   if (!(m.record && m.record.not_diagnostic) || !img.study) return null;

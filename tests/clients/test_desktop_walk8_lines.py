@@ -1,0 +1,94 @@
+"""Lines of the desktop's thread, in a real Chromium against a real relay (and, for the
+film, the real record gateway filing into a real Orthanc), as docs/USER_GUIDE.md "Thread" says
+them:
+
+* a photo of a film whose original study the record gateway could not look up in PACS: the
+  line never offers the original study with nothing to click; before filing it says the
+  original is not looked up yet, after it that none was found or the search failed, and
+  what to do.
+
+Screenshots go to test-artefacts/desktop-walk8/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.gateway.dicomweb import PacsUnavailable
+from protocol.body import CaptureKind, RecordData
+from tests.clients import test_desktop
+from tests.clients.test_desktop import (
+    browser_page,
+    desktop_team,
+    send_photo,
+    unlock_page,
+)
+from tests.helpers import ROOT, seconds
+from tests.identity_world import World
+from tests.orthanc import OrthancServer
+
+pytestmark = test_desktop.DESKTOP_WORLD  # the same relay as the desktop's own tests
+
+SHOTS = ROOT / "test-artefacts" / "desktop-walk8"
+FILM = "Photo of a film/monitor \u2014 not of diagnostic quality; "
+NOT_LOOKED_UP = (FILM + "its original study has not been looked up yet: the record gateway "
+                 "looks for it in PACS when it files this photo")
+NO_ORIGINAL = (FILM + "the record gateway found no original study in PACS, or could not search "
+               "it: look in the PACS by the patient's ID and the date, and tell the record "
+               "gateway's operator if the study is there")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shots() -> None:
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+
+
+async def test_a_film_whose_original_could_not_be_looked_up_offers_nothing_to_click(
+        world: World, tmp_path: Path, orthanc: OrthancServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    patient = f"LBX-{uuid.uuid4().hex[:8]}"
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page(timezone_id="UTC") as (page, problems):
+        searched: list[str] = []
+        find_studies = team.gateway.pacs.find_studies
+
+        async def failing_search(patient_id: str, **kw: Any) -> Any:
+            if kw.get("study_dates") is None:  # not the original study's search
+                return await find_studies(patient_id, **kw)
+            searched.append(patient_id)
+            raise PacsUnavailable("QIDO-RS answered 503")
+
+        monkeypatch.setattr(team.gateway.pacs, "find_studies", failing_search)
+        await unlock_page(page, team.desktop)
+        await send_photo(team.intern, RecordData(
+            patient_name="Testpatient^Gamma", patient_id=patient, birth_date="1961-02-03",
+            anatomic_region="wrist", capture=CaptureKind.FILM),
+            text="Old film: displaced?", subject="Film, search down")
+        await page.locator(".thread-item", has_text="Film, search down").click()
+        line = page.locator(".message .not-diagnostic")
+        await line.wait_for()
+        # not filed yet: nothing looked up, and nothing offered
+        assert await line.inner_text() == NOT_LOOKED_UP
+        await page.locator(".thumb").click()
+        await page.locator("#canvas").wait_for()
+        await page.locator("#viewer-note", has_text="not been looked up").wait_for()
+        assert await page.inner_text("#viewer-note") == NOT_LOOKED_UP
+        await page.screenshot(path=SHOTS / "01-film-not-filed-yet-viewer.png")
+        await page.keyboard.press("Escape")
+        await page.screenshot(path=SHOTS / "02-film-not-filed-yet.png")
+
+        await team.gateway.start()
+        await page.locator(".pacs-study").wait_for(timeout=seconds(60) * 1000)
+        await page.locator(".message .not-diagnostic", has_text="or could not search").wait_for()
+        assert searched == [patient]  # the gateway's search did fail
+        assert await line.inner_text() == NO_ORIGINAL
+        assert await page.locator(".originals, a.original-study").count() == 0
+        assert "view the original" not in (await page.inner_text("#thread")).lower()
+        await page.screenshot(path=SHOTS / "03-film-filed-original-not-looked-up.png")
+    assert not problems, problems

@@ -1162,6 +1162,8 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                     continue
                 if isinstance(event, ReceiptEvent) and not progress.first_receipt(event):
                     continue  # another device of the same person: said already
+                if isinstance(event, ReceiptEvent) and event.user_id == client.user_id:
+                    continue  # the user's own other device: no recipient (as on the desktop)
                 if isinstance(event, FiledEvent | ExpiredEvent):
                     if news := await _image_news(client, progress, event):
                         print(news, flush=True)

@@ -256,8 +256,11 @@ def message_json(client: LightboxClient, view: MessageView,
                     "study": study_json(receipts.get(i.attachment_id), m.message_id)}
                    for i in view.images],
         "consent": consent, "record": record,
+        # The other participants' receipts only: the user's own other devices (their phone)
+        # sign "delivered" and "read" of it too, but they are no recipient to tell of, as
+        # `lightbox watch` leaves them out (clients/clinician/reading.py)
         "receipts": [{"name": client.display_name(r.user_id), "kind": r.kind, "at": r.at}
-                     for r in view.receipts],
+                     for r in view.receipts if r.user_id != client.user_id],
         # PROTOCOL.md §16: the consult's on-call escalation, as the sender and everyone reached see
         # it
         "escalations": [{"kind": e.kind, "step": e.step, "level": e.level,

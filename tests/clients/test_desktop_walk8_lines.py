@@ -5,13 +5,16 @@ them:
 * a photo of a film whose original study the record gateway could not look up in PACS: the
   line never offers the original study with nothing to click; before filing it says the
   original is not looked up yet, after it that none was found or the search failed, and
-  what to do.
+  what to do;
+* under the specialist's own reply, only the other participants' receipts: the
+  "delivered" her own phone signs is no recipient's ("you: delivered").
 
 Screenshots go to test-artefacts/desktop-walk8/.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from pathlib import Path
@@ -23,11 +26,13 @@ from clients.gateway.dicomweb import PacsUnavailable
 from protocol.body import CaptureKind, RecordData
 from tests.clients import test_desktop
 from tests.clients.test_desktop import (
+    ORTHO,
     browser_page,
     desktop_team,
     send_photo,
     unlock_page,
 )
+from tests.clients.test_desktop_ack_own_devices import phone_linked_from_the_desktops_profile
 from tests.helpers import ROOT, seconds
 from tests.identity_world import World
 from tests.orthanc import OrthancServer
@@ -91,4 +96,46 @@ async def test_a_film_whose_original_could_not_be_looked_up_offers_nothing_to_cl
         assert await page.locator(".originals, a.original-study").count() == 0
         assert "view the original" not in (await page.inner_text("#thread")).lower()
         await page.screenshot(path=SHOTS / "03-film-filed-original-not-looked-up.png")
+    assert not problems, problems
+
+
+async def test_her_own_reply_lists_the_intern_s_receipts_and_not_her_own_phone_s(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        phone = await phone_linked_from_the_desktops_profile(world, tmp_path, "bo-phone")
+        await phone.start(wait_connected=seconds(10))
+        try:
+            await unlock_page(page, team.desktop)
+            thread = await team.intern.client.create_thread(roles=[ORTHO])
+            await team.intern.client.send_text(thread.thread_id, "Bay 4: Colles?",
+                                               subject="Bay 4 wrist")
+            await page.locator(".thread-item", has_text="Bay 4 wrist").click()
+            await page.get_by_text("Bay 4: Colles?").wait_for()
+            await page.fill("#reply-text", "Reduce and cast; fracture clinic Monday.")
+            await page.click("#reply-send")
+            own = page.locator(".message.mine:not(.pending)",
+                               has_text="Reduce and cast; fracture clinic Monday.")
+            await own.wait_for()
+            message_id = await own.get_attribute("data-message-id")
+            desktop = team.desktop.client
+            assert desktop is not None and message_id
+
+            def phone_receipt() -> bool:  # her phone's "delivered", as the desktop holds it
+                view = desktop.view(desktop.vault.message(message_id))
+                return any(r.user_id == desktop.user_id and r.device_id == phone.device_id
+                           for r in view.receipts)
+
+            async with asyncio.timeout(seconds(30)):
+                while not phone_receipt():
+                    await asyncio.sleep(0.1)
+        finally:
+            await phone.close()
+        await team.intern.client.mark_read(thread.thread_id)
+        receipts = own.locator(".receipts")
+        await receipts.filter(has_text="Dr Ada Intern: read").wait_for(
+            timeout=seconds(30) * 1000)
+        # the intern's receipts only: her own phone is no recipient
+        assert await receipts.inner_text() == "Dr Ada Intern: delivered; Dr Ada Intern: read"
+        await page.screenshot(path=SHOTS / "04-own-reply-receipts.png")
     assert not problems, problems

@@ -18,6 +18,8 @@ from clients.sdk.client import (
     SentMessage,
 )
 from clients.sdk.errors import SDKError
+from clients.sdk.handover import Authorship
+from clients.sdk.vault import VaultMessage
 from protocol import api, certs
 from protocol.body import Body, BodyKind, CaptureKind, FilingReceipt
 from protocol.canonical import peek_compact
@@ -35,6 +37,7 @@ __all__ = [
     "known_name",
     "learn_names",
     "message_json",
+    "message_times",
     "note",
     "reply_plan",
     "send_reply",
@@ -238,10 +241,11 @@ def message_json(client: LightboxClient, view: MessageView,
         "resealed_at": author.resealed_at, "confirmed": author.confirmed,
         "contradicted": author.contradicted, "misclaimed": author.misclaimed,
         "altered": author.altered, "by_author": author.resealed_by == author.author_user_id}
+    sent_at, written_at = message_times(m, author)
     return {
         # written by this user, on this computer or another device of theirs: never "I'm on it"
         "message_id": m.message_id, "mine": m.outgoing or m.sender_user_id == client.user_id,
-        "sender": sender, "sent_at": author.written_at, "handover": handover,
+        "sender": sender, "sent_at": sent_at, "written_at": written_at, "handover": handover,
         "priority": m.priority, "purpose": m.purpose, "read": m.read, "text": body.text,
         "subject": body.subject, "reply_to": body.reply_to, "kind": body.kind.value,
         "from_gateway": m.sender_user_id in gateways,
@@ -282,6 +286,24 @@ def message_json(client: LightboxClient, view: MessageView,
             "filed_at": body.filing.filed_at},
         "note": note(body),
     }
+
+
+# A reply kept while the relay was out of reach is sealed when it goes: its signed header's
+# time is when it was sent. Written more than this many seconds earlier, the page says both.
+WRITTEN_EARLIER = 60
+
+
+def message_times(m: VaultMessage, author: Authorship) -> tuple[float, float | None]:
+    """When a message was sent as every participant sees it, the time in its signed header
+    (``lightbox watch`` on the other side prints it), and, for one this device sent more than
+    :data:`WRITTEN_EARLIER` seconds after it was written (kept while the relay was out of
+    reach), when it was written; None otherwise (docs/USER_GUIDE.md, "Times"). A consult
+    handed over at a shift change keeps its author's time (docs/PROTOCOL.md §16.4)."""
+    if author.handed_over:
+        return author.written_at, None
+    sent = m.header_sent_at
+    return sent, (m.sent_at if m.signed_at is not None and sent - m.sent_at > WRITTEN_EARLIER
+                  else None)
 
 
 def note(body: Body) -> str:

@@ -7,7 +7,9 @@ them:
   original is not looked up yet, after it that none was found or the search failed, and
   what to do;
 * under the specialist's own reply, only the other participants' receipts: the
-  "delivered" her own phone signs is no recipient's ("you: delivered").
+  "delivered" her own phone signs is no recipient's ("you: delivered");
+* a reply written while the relay was out of reach and sent minutes later: "written HH:MM,
+  sent HH:MM", the sent time the one in its signed header, which the intern's side shows.
 
 Screenshots go to test-artefacts/desktop-walk8/.
 """
@@ -15,7 +17,9 @@ Screenshots go to test-artefacts/desktop-walk8/.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from typing import Any
 import pytest
 
 from clients.gateway.dicomweb import PacsUnavailable
+from clients.sdk.client import MessageEvent
 from protocol.body import CaptureKind, RecordData
 from tests.clients import test_desktop
 from tests.clients.test_desktop import (
@@ -31,9 +36,10 @@ from tests.clients.test_desktop import (
     desktop_team,
     send_photo,
     unlock_page,
+    wait_for_event,
 )
 from tests.clients.test_desktop_ack_own_devices import phone_linked_from_the_desktops_profile
-from tests.helpers import ROOT, seconds
+from tests.helpers import ROOT, make_settings, running_relay, seconds
 from tests.identity_world import World
 from tests.orthanc import OrthancServer
 
@@ -46,12 +52,18 @@ NOT_LOOKED_UP = (FILM + "its original study has not been looked up yet: the reco
 NO_ORIGINAL = (FILM + "the record gateway found no original study in PACS, or could not search "
                "it: look in the PACS by the patient's ID and the date, and tell the record "
                "gateway's operator if the study is there")
+LATER = 300  # seconds between writing the reply and the relay taking it
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _shots() -> None:
     shutil.rmtree(SHOTS, ignore_errors=True)
     SHOTS.mkdir(parents=True)
+
+
+def hhmm(ts: float) -> str:
+    """As the page writes a time (app.js ``when``), in the page's zone (UTC here)."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 async def test_a_film_whose_original_could_not_be_looked_up_offers_nothing_to_click(
@@ -138,4 +150,49 @@ async def test_her_own_reply_lists_the_intern_s_receipts_and_not_her_own_phone_s
         # the intern's receipts only: her own phone is no recipient
         assert await receipts.inner_text() == "Dr Ada Intern: delivered; Dr Ada Intern: read"
         await page.screenshot(path=SHOTS / "04-own-reply-receipts.png")
+    assert not problems, problems
+
+
+async def test_a_reply_sent_minutes_after_it_was_written_says_both_times(
+        world: World, tmp_path: Path, orthanc: OrthancServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page(timezone_id="UTC") as (page, problems):
+        intern_events = team.intern.client.subscribe()
+        await unlock_page(page, team.desktop)
+        thread = await team.intern.client.create_thread(roles=[ORTHO])
+        await team.intern.client.send_text(thread.thread_id, "Bay 6: Maisonneuve?",
+                                           subject="Bay 6 ankle")
+        await page.locator(".thread-item", has_text="Bay 6 ankle").click()
+        await page.get_by_text("Bay 6: Maisonneuve?").wait_for()
+        # Stopped off this loop: the desktop's client on it answers the relay's closing handshake.
+        await asyncio.to_thread(world.relay.stop)
+        await page.fill("#reply-text", "Get a full-length tib fib film.")
+        await page.click("#reply-send")
+        pending = page.locator(".message.mine.pending", has_text="Get a full-length tib fib film.")
+        await pending.wait_for()
+        await page.screenshot(path=SHOTS / "05-reply-kept-while-the-relay-is-down.png")
+        # Five minutes pass before the relay is back (the desktop client's injected clock).
+        desktop = team.desktop.client
+        assert desktop is not None
+        (kept,) = desktop.pending_sends()
+        written = kept.created_at
+        monkeypatch.setattr(desktop.sender, "_clock", lambda: time.time() + LATER)
+        settings = make_settings(trusted_orgs_file=tmp_path / "trusted-orgs.json",
+                                 port=int(world.relay.base_url.rsplit(":", 1)[1]),
+                                 attachment_chunk_bytes=64 * 1024, expiry_grace=3,
+                                 expiry_sweep_interval=0.5)
+        async with running_relay(world.dsn, settings):
+            sent = page.locator(".message.mine:not(.pending)",
+                                has_text="Get a full-length tib fib film.")
+            await sent.wait_for(timeout=seconds(60) * 1000)
+            reply = await wait_for_event(
+                intern_events, MessageEvent,
+                lambda e: e.body.text == "Get a full-length tib fib film.")
+            # the intern's side (`lightbox watch` prints it) shows the signed header's time
+            header_time = team.intern.client.authorship(reply.message, reply.body).written_at
+            assert header_time >= written + LATER - 1
+            meta = await sent.locator(".meta").first.inner_text()
+            assert meta == f"you - written {hhmm(written)}, sent {hhmm(header_time)}", meta
+            await page.screenshot(path=SHOTS / "06-reply-written-then-sent.png")
     assert not problems, problems

@@ -54,6 +54,13 @@ function when(ts) {
          two(d.getHours()) + ":" + two(d.getMinutes());
 }
 
+// When a message was sent: its signed header's time, the one every participant's screen shows
+// (`lightbox watch` too). A reply kept while the relay was out of reach and sent later also
+// says when it was written (docs/USER_GUIDE.md, "Times").
+function sentWhen(m) {
+  return m.written_at ? "written " + when(m.written_at) + ", sent " + when(m.sent_at) : when(m.sent_at);
+}
+
 // A failure api() has already shown (the unlock screen, or the sentence below) needs nothing more
 // from the handler that made the request; any other failure stays an uncaught error.
 window.addEventListener("unhandledrejection", (e) => { if (e.reason?.shown) e.preventDefault(); });
@@ -578,7 +585,7 @@ async function openThread(id, markRead) {
     const notReceived = (m.not_received || []).map((line) =>
       el("p", {class: "warning not-received", role: "alert"}, line));
     list.append(el("div", {class: "message" + (m.mine ? " mine" : ""), "data-message-id": m.message_id},
-      el("div", {class: "meta"}, m.sender + " - " + when(m.sent_at) + (m.priority === "urgent" ? " - URGENT" : "")),
+      el("div", {class: "meta"}, m.sender + " - " + sentWhen(m) + (m.priority === "urgent" ? " - URGENT" : "")),
       handoverLine(m.handover),
       m.text ? el("p", {class: "text"}, m.text) : (m.note ? el("p", {class: "meta note"}, m.note) : null),
       m.quality_warnings.length ? el("div", {class: "warning"}, "Sent despite: " + m.quality_warnings.join(", ").replaceAll("_", " ")) : null,

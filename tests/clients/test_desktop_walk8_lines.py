@@ -5,7 +5,7 @@ them:
 * a photo of a film whose original study the record gateway could not look up in PACS: the
   line never offers the original study with nothing to click; before filing it says the
   original is not looked up yet, after it that none was found or the search failed, and
-  what to do;
+  what to do; found with no link to it, it points to the study UID listed under it;
 * under the specialist's own reply, only the other participants' receipts: the
   "delivered" her own phone signs is no recipient's ("you: delivered");
 * a reply written while the relay was out of reach and sent minutes later: "written HH:MM,
@@ -17,13 +17,16 @@ Screenshots go to test-artefacts/desktop-walk8/.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import io
 import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from clients.gateway.dicomweb import PacsUnavailable
@@ -41,7 +44,7 @@ from tests.clients.test_desktop import (
 from tests.clients.test_desktop_ack_own_devices import phone_linked_from_the_desktops_profile
 from tests.helpers import ROOT, make_settings, running_relay, seconds
 from tests.identity_world import World
-from tests.orthanc import OrthancServer
+from tests.orthanc import OrthancServer, original_study
 
 pytestmark = test_desktop.DESKTOP_WORLD  # the same relay as the desktop's own tests
 
@@ -52,6 +55,7 @@ NOT_LOOKED_UP = (FILM + "its original study has not been looked up yet: the reco
 NO_ORIGINAL = (FILM + "the record gateway found no original study in PACS, or could not search "
                "it: look in the PACS by the patient's ID and the date, and tell the record "
                "gateway's operator if the study is there")
+BY_UID = FILM + "open the original study in PACS by its study UID below"
 LATER = 300  # seconds between writing the reply and the relay taking it
 
 
@@ -108,6 +112,41 @@ async def test_a_film_whose_original_could_not_be_looked_up_offers_nothing_to_cl
         assert await page.locator(".originals, a.original-study").count() == 0
         assert "view the original" not in (await page.inner_text("#thread")).lower()
         await page.screenshot(path=SHOTS / "03-film-filed-original-not-looked-up.png")
+    assert not problems, problems
+
+
+async def test_a_film_whose_original_has_no_link_points_to_its_study_uid(
+        world: World, tmp_path: Path, orthanc: OrthancServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway found the original study, but the PACS gave no address to view it (no
+    viewer configured, no retrieve URL): the line points to the study UID listed under it."""
+    patient, today = f"LBX-{uuid.uuid4().hex[:8]}", dt.datetime.now(dt.UTC).date()
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page(timezone_id="UTC") as (page, problems):
+        original = original_study(patient, "LBX", today)
+        study_uid = pydicom.dcmread(io.BytesIO(original)).StudyInstanceUID
+        await team.pacs.store([original])
+        find_studies = team.gateway.pacs.find_studies
+
+        async def no_address(patient_id: str, **kw: Any) -> Any:
+            return [dataclasses.replace(s, retrieve_url=None)
+                    for s in await find_studies(patient_id, **kw)]
+
+        monkeypatch.setattr(team.gateway.pacs, "find_studies", no_address)
+        await unlock_page(page, team.desktop)
+        await send_photo(team.intern, RecordData(
+            patient_name="Testpatient^Delta", patient_id=patient, birth_date="1962-03-04",
+            anatomic_region="wrist", capture=CaptureKind.FILM),
+            text="Old film: union?", subject="Film, no viewer")
+        await team.gateway.start()
+        await page.locator(".thread-item", has_text="Film, no viewer").click()
+        listed = page.locator("span.original-study")
+        await listed.wait_for(timeout=seconds(60) * 1000)
+        assert await page.inner_text(".message .not-diagnostic") == BY_UID
+        assert await listed.inner_text() == (
+            f"Original study in PACS (CR, {today:%Y-%m-%d}, XR WRIST 2 VIEWS): {study_uid}")
+        assert await page.locator("a.original-study").count() == 0
+        await page.screenshot(path=SHOTS / "07-film-original-without-link.png")
     assert not problems, problems
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -42,6 +42,7 @@ __all__ = [
     "FilingReceipt",
     "HandoverOf",
     "IdentifierKind",
+    "OriginalSearch",
     "OriginalStudy",
     "RecordData",
     "Sex",
@@ -163,11 +164,17 @@ class OriginalStudy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     url: Annotated[str, msgspec.Meta(max_length=1024, pattern=r"^(https?://\S+)?$")] = ""
 
 
+# How the record gateway's search for a film photo's original study went (FilingReceipt).
+OriginalSearch = Literal["", "found", "none", "failed"]
+
+
 class FilingReceipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The gateway's full receipt: where the image now lives in the record, what else was
     filed with it (``documents``: the consent form and FHIR Consent; empty from older
     gateways), and for a photo of a film or monitor the original studies it found in PACS
-    (``original_studies``, newest first)."""
+    (``original_studies``, newest first) and how its search for them went
+    (``original_search``: ``found``; ``none``, searched and none found; ``failed``, the PACS
+    could not be searched; empty for another capture and from older gateways)."""
 
     attachment_id: UuidStr
     message_id: UuidStr
@@ -179,6 +186,7 @@ class FilingReceipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     record_ref: Annotated[str, msgspec.Meta(max_length=256)] = ""
     documents: Annotated[list[FiledDocument], msgspec.Meta(max_length=8)] = []
     original_studies: Annotated[list[OriginalStudy], msgspec.Meta(max_length=4)] = []
+    original_search: OriginalSearch = ""
 
 
 class ConsentFiling(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

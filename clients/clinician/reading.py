@@ -268,6 +268,18 @@ def print_message(client: LightboxClient, event: MessageEvent) -> None:
             print(f"    this image shows patient identifiers: {kinds}", flush=True)
 
 
+# A photo of a film or monitor filed with no original study to link (the gateway's
+# ``original_search``, protocol/body.py FilingReceipt): what the reader does instead, as the
+# desktop says it (CLINICAL_SAFETY.md, "A photo of an x-ray is not the study itself").
+ORIGINAL_SEARCH_LINES = {
+    "none": "original study: none found in PACS for this patient around this date; look in "
+            "the PACS by the patient's ID and the date, and tell the record gateway's operator "
+            "if the study is there",
+    "failed": "original study: the record gateway could not search PACS for it (its operator "
+              "can see why in its log); look in the PACS by the patient's ID and the date",
+}
+
+
 def kind_line(body: Body) -> str:
     """What a body without text says: filing receipts, consents sent for filing."""
     if body.filing is not None:
@@ -276,6 +288,8 @@ def kind_line(body: Body) -> str:
         for o in f.original_studies:
             line += (f"\n    original study: {'/'.join(o.modalities) or '?'} "
                      f"{o.study_date or ''} {o.url or o.study_instance_uid}")
+        if f.original_search in ORIGINAL_SEARCH_LINES:  # a photo of a film: none to link
+            line += f"\n    {ORIGINAL_SEARCH_LINES[f.original_search]}"
         return line
     if body.consent_filing is not None:
         c = body.consent_filing

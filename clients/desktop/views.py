@@ -82,14 +82,16 @@ def study_json(receipt: FilingReceipt | None, message_id: str) -> dict[str, Any]
     """Where the gateway filed this image of this message (its filing receipt): the study the
     photo went into and its retrieve URL, and, for a photo of a film or monitor, the
     ``originals`` the gateway found in PACS by patient and date (CLINICAL_SAFETY.md: a photo of
-    an x-ray is not the study itself), in the receipt's order (newest first)."""
+    an x-ray is not the study itself), in the receipt's order (newest first), and how its
+    ``search`` for them went (found, none, failed; empty from an older gateway)."""
     if receipt is None or receipt.message_id != message_id:
         return None
     return {"study_uid": receipt.study_instance_uid,
             "retrieve_url": http_url(receipt.retrieve_url),
             "originals": [{"study_uid": o.study_instance_uid, "date": o.study_date,
                            "modalities": list(o.modalities), "description": o.description,
-                           "url": http_url(o.url)} for o in receipt.original_studies]}
+                           "url": http_url(o.url)} for o in receipt.original_studies],
+            "search": receipt.original_search}
 
 
 async def thread_info(client: LightboxClient, thread_id: str) -> api.ThreadInfo:

@@ -486,7 +486,7 @@ class RecordGateway:
         documents = [] if claims is None or body.consent_token is None else \
             await self._file_consent(claims, body.consent_token, body.record, h,
                                      instance.study_instance_uid, sender)
-        originals = await original_studies(
+        originals, searched = await original_studies(
             self.pacs, body.record, h, instance.study_instance_uid,
             lookback_days=self.config.original_lookback_days, viewer_url=self.config.viewer_url)
         filed_at = int(self.clock())
@@ -497,7 +497,7 @@ class RecordGateway:
             sop_instance_uid=instance.sop_instance_uid, filed_at=filed_at,
             retrieve_url=(ref.retrieve_url or "")[:1024],
             record_ref=instance.study_instance_uid, documents=documents,
-            original_studies=originals)
+            original_studies=originals, original_search=searched)
         sealed_receipt = await self._tell_thread(
             h, Body(kind=BodyKind.FILING_RECEIPT, filing=receipt), revocations)
         notice = await self._statement(

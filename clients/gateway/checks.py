@@ -18,7 +18,7 @@ from clients.sdk.errors import RelayRequestError, RelayResponseError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import DeviceState
 from protocol import certs
-from protocol.body import CaptureKind, OriginalStudy, RecordData
+from protocol.body import CaptureKind, OriginalSearch, OriginalStudy, RecordData
 from protocol.consent import ConsentClaims, peek_consent_token_unverified, verify_consent_token
 from protocol.errors import ProtocolError
 from protocol.model import MessageHeader
@@ -70,14 +70,18 @@ async def verified_consent(token: str, sender: certs.VerifiedDevice, sender_user
 
 async def original_studies(pacs: PacsClient, record: RecordData, h: MessageHeader,
                            photo_study_uid: str, *, lookback_days: int,
-                           viewer_url: str | None) -> list[OriginalStudy]:
+                           viewer_url: str | None
+                           ) -> tuple[list[OriginalStudy], OriginalSearch]:
     """For a photo of a film or monitor, the studies it may stand for (CLINICAL_SAFETY.md:
     a photo of an x-ray is not the study itself): QIDO-RS by the patient's ID (and
     issuer) and the days around the photo (PS3.18 §10.6), leaving out the studies
     Lightbox itself files and any study with only non-acquisition objects (photos,
-    documents, secondary captures). Best effort: a failed search only means no link."""
+    documents, secondary captures); and how the search went, for the receipt's
+    ``original_search`` (protocol/body.py FilingReceipt): the clinician is told whether to
+    look for a study the gateway could not, or for one it did not find. Best effort: a
+    failed search only means no link ("failed"), never a filing refused."""
     if record.capture is not CaptureKind.FILM:
-        return []
+        return [], ""
     sent = dt.datetime.fromtimestamp(h.sent_at, dt.UTC).date()
     window = (sent - dt.timedelta(days=lookback_days),
               sent + dt.timedelta(days=1))  # a day after: the PACS's local date may lead
@@ -90,12 +94,13 @@ async def original_studies(pacs: PacsClient, record: RecordData, h: MessageHeade
         log.warning("original study search for message %s failed (%s); its receipt has no "
                     "link to the original", h.message_id, type(exc).__name__,
                     extra={"message_id": h.message_id, "error_type": type(exc).__name__})
-        return []
+        return [], "failed"
     originals = [s for s in found if s.study_instance_uid != photo_study_uid
                  and set(s.modalities) - NON_ACQUISITION_MODALITIES]
     originals.sort(key=lambda s: (s.study_date or dt.date.min,
                                   s.study_time or dt.time.min), reverse=True)
-    return [original_link(s, viewer_url) for s in originals[:4]]
+    return ([original_link(s, viewer_url) for s in originals[:4]],
+            "found" if originals else "none")
 
 
 def original_link(study: StudyRef, viewer_url: str | None) -> OriginalStudy:

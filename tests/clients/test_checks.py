@@ -148,23 +148,29 @@ async def test_a_film_photo_links_the_newest_acquisitions_in_the_window_only(
     await pacs.store([*days, photos, own, too_old])
     record = RecordData(patient_name="Testpatient^Alpha", patient_id=pid,
                         issuer_of_patient_id=issuer)
-    found = await original_studies(pacs, record, _header(today), _study_uid(own),
-                                   lookback_days=14, viewer_url=None)
+    found, searched = await original_studies(pacs, record, _header(today), _study_uid(own),
+                                             lookback_days=14, viewer_url=None)
+    assert searched == "found"
     assert [f.study_instance_uid for f in found] == [_study_uid(d) for d in days[:4]]
     assert found[0].study_date == today.isoformat() and found[0].modalities == ["CR"]
     assert found[0].url.startswith("http://127.0.0.1:")  # the PACS's own retrieve URL
 
     clinical = msgspec.structs.replace(record, capture=CaptureKind.CLINICAL)
     assert await original_studies(pacs, clinical, _header(today), _study_uid(own),
-                                  lookback_days=14, viewer_url=None) == []
+                                  lookback_days=14, viewer_url=None) == ([], "")
+    # the same patient a month before the window: searched, and none found
+    assert await original_studies(pacs, record, _header(today - dt.timedelta(days=60)),
+                                  _study_uid(own), lookback_days=14,
+                                  viewer_url=None) == ([], "none")
 
 
-async def test_a_failed_search_only_means_no_link() -> None:
+async def test_a_failed_search_only_means_no_link_and_the_receipt_says_it_failed() -> None:
     async with PacsClient(PacsSettings(url="http://127.0.0.1:9/dicom-web",
                                        timeout=seconds(5))) as unreachable:
         record = RecordData(patient_name="Testpatient^Alpha", patient_id="LBX-TEST-0042")
         assert await original_studies(unreachable, record, _header(dt.date(2026, 6, 15)),
-                                      "1.2.3", lookback_days=14, viewer_url=None) == []
+                                      "1.2.3", lookback_days=14,
+                                      viewer_url=None) == ([], "failed")
 
 
 def _ref(**changes: Any) -> StudyRef:

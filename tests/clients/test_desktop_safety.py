@@ -75,9 +75,9 @@ SHOTS = ROOT / "test-artefacts" / "desktop-safety"
 PDF_VIEWER = "mhjfbmdgcfjbbpaeojofohoefgiehjai"  # Chromium's built-in PDF viewer (extension id)
 PRIVACY = "the Privacy Office, privacy@st-elsewhere.example"
 NO_ORIGINAL = ("Photo of a film/monitor \u2014 not of diagnostic quality; the record gateway found "
-               "no original study in PACS, or could not search it: look in the PACS by the "
-               "patient's ID and the date, and tell the record gateway's operator if the study "
-               "is there")
+               "no original study in PACS for this patient around this date: look in the PACS "
+               "by the patient's ID and the date, and tell the record gateway's operator if the "
+               "study is there")
 # An exact age and a date of service: what the free-text guard keeps out of teaching material.
 AGED = "Good teaching case: a 47-year-old with a distal radius fracture, seen on 3 March."
 REWRITTEN = ("Good teaching case: a patient in their 40s with a distal radius fracture, "
@@ -345,7 +345,8 @@ def test_the_filed_study_lists_the_original_studies_in_order_and_drops_links_tha
     receipt = FilingReceipt(
         attachment_id=aid, message_id=message_id, study_instance_uid="1.2.9",
         series_instance_uid="1.2.9.1", sop_instance_uid="1.2.9.1.1", filed_at=T0,
-        retrieve_url="data:text/html,hi", original_studies=[newest, sneaky, older])
+        retrieve_url="data:text/html,hi", original_studies=[newest, sneaky, older],
+        original_search="found")
     assert study_json(receipt, message_id) == {
         "study_uid": "1.2.9", "retrieve_url": "",
         "originals": [
@@ -355,7 +356,7 @@ def test_the_filed_study_lists_the_original_studies_in_order_and_drops_links_tha
              "url": ""},
             {"study_uid": "1.2.3.6", "date": "2026-11-20", "modalities": ["DX", "CR"],
              "description": "", "url": "HTTP://pacs.example/studies/1.2.3.6"},
-        ]}
+        ], "search": "found"}
     assert study_json(receipt, str(uuid.uuid4())) is None  # another message's image
 
 

@@ -52,9 +52,9 @@ SHOTS = ROOT / "test-artefacts" / "desktop-walk8"
 FILM = "Photo of a film/monitor \u2014 not of diagnostic quality; "
 NOT_LOOKED_UP = (FILM + "its original study has not been looked up yet: the record gateway "
                  "looks for it in PACS when it files this photo")
-NO_ORIGINAL = (FILM + "the record gateway found no original study in PACS, or could not search "
-               "it: look in the PACS by the patient's ID and the date, and tell the record "
-               "gateway's operator if the study is there")
+SEARCH_FAILED = (FILM + "the record gateway could not search PACS for the original study (its "
+                 "operator can see why in its log): look in the PACS by the patient's ID and "
+                 "the date")
 BY_UID = FILM + "open the original study in PACS by its study UID below"
 LATER = 300  # seconds between writing the reply and the relay taking it
 
@@ -106,9 +106,9 @@ async def test_a_film_whose_original_could_not_be_looked_up_offers_nothing_to_cl
 
         await team.gateway.start()
         await page.locator(".pacs-study").wait_for(timeout=seconds(60) * 1000)
-        await page.locator(".message .not-diagnostic", has_text="or could not search").wait_for()
+        await page.locator(".message .not-diagnostic", has_text="could not search").wait_for()
         assert searched == [patient]  # the gateway's search did fail
-        assert await line.inner_text() == NO_ORIGINAL
+        assert await line.inner_text() == SEARCH_FAILED
         assert await page.locator(".originals, a.original-study").count() == 0
         assert "view the original" not in (await page.inner_text("#thread")).lower()
         await page.screenshot(path=SHOTS / "03-film-filed-original-not-looked-up.png")

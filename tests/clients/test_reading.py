@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import cast
 
+import msgspec
 import pytest
 
 from clients.clinician.reading import describe, describe_outbox, kind_line
@@ -26,7 +27,14 @@ from clients.sdk.events import (
     WithdrawnEvent,
 )
 from clients.sdk.timefmt import format_time
-from protocol.body import Body, BodyKind, ConsentFiling, FilingReceipt, OriginalStudy
+from protocol.body import (
+    Body,
+    BodyKind,
+    ConsentFiling,
+    FilingReceipt,
+    OriginalSearch,
+    OriginalStudy,
+)
 
 IMAGE = "a1b2c3d4-0000-4000-8000-000000000001"
 MESSAGE = "0e2c5a54-0000-4000-8000-000000000002"
@@ -102,6 +110,27 @@ def test_a_filing_receipt_lists_the_original_studies_it_links() -> None:
         "image a1b2c3d4 filed in the record (study 1.2.3)"
         "\n    original study: CR/DX 2026-06-15 https://viewer.test/1.9"
         "\n    original study: ?  1.8")
+
+
+@pytest.mark.parametrize(("search", "said"), [
+    ("none", "original study: none found in PACS for this patient around this date; look in "
+             "the PACS by the patient's ID and the date, and tell the record gateway's operator "
+             "if the study is there"),
+    ("failed", "original study: the record gateway could not search PACS for it (its "
+               "operator can see why in its log); look in the PACS by the patient's ID and "
+               "the date"),
+])
+def test_a_film_filed_without_an_original_says_whether_the_search_found_none_or_failed(
+        search: OriginalSearch, said: str) -> None:
+    receipt = FilingReceipt(
+        attachment_id=IMAGE, message_id=MESSAGE, study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.1", sop_instance_uid="1.2.3.1.1", filed_at=AT,
+        original_search=search)
+    assert kind_line(Body(kind=BodyKind.FILING_RECEIPT, filing=receipt)) == (
+        f"image a1b2c3d4 filed in the record (study 1.2.3)\n    {said}")
+    older = msgspec.structs.replace(receipt, original_search="")  # an older gateway's
+    assert kind_line(Body(kind=BodyKind.FILING_RECEIPT, filing=older)) == (
+        "image a1b2c3d4 filed in the record (study 1.2.3)")
 
 
 def test_a_consent_filing_and_a_consent_record_say_what_they_are() -> None:

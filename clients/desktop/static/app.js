@@ -389,13 +389,18 @@ function recordBlock(r) {
 // call. The line offers the original study only when there is one to open below it (a link, or
 // its study UID); otherwise it says why there is none and what to do (docs/USER_GUIDE.md,
 // "Not of diagnostic quality"), in one plain line, never a call to action with nothing to click.
-// The receipt's original_studies (docs/PROTOCOL.md) is empty both when the gateway's search found
-// none and when the search failed, so that line names both.
+// The receipt's original_search (docs/PROTOCOL.md) says whether the gateway's search found none
+// or could not be made; a receipt from an older gateway does not, so that line names both.
 const FILM = "Photo of a film/monitor \u2014 not of diagnostic quality; ";
 const NOT_DIAGNOSTIC = FILM + "view the original study in PACS";
 const ORIGINAL_BY_UID = FILM + "open the original study in PACS by its study UID below";
 const NOT_LOOKED_UP = FILM + "its original study has not been looked up yet: the record gateway " +
   "looks for it in PACS when it files this photo";
+const NONE_FOUND = FILM + "the record gateway found no original study in PACS for this " +
+  "patient around this date: look in the PACS by the patient's ID and the date, and tell the " +
+  "record gateway's operator if the study is there";
+const SEARCH_FAILED = FILM + "the record gateway could not search PACS for the original study " +
+  "(its operator can see why in its log): look in the PACS by the patient's ID and the date";
 const NO_ORIGINAL = FILM + "the record gateway found no original study in PACS, or could not " +
   "search it: look in the PACS by the patient's ID and the date, and tell the record " +
   "gateway's operator if the study is there";
@@ -406,7 +411,10 @@ function notDiagnosticText(m) {
   if (originals.some((o) => o.url)) return NOT_DIAGNOSTIC;
   if (originals.length) return ORIGINAL_BY_UID;
   const searched = m.images.length > 0 && m.images.every((i) => i.study);
-  return searched ? NO_ORIGINAL : NOT_LOOKED_UP;
+  if (!searched) return NOT_LOOKED_UP;
+  const how = m.images.map((i) => i.study.search);
+  if (how.includes("failed")) return SEARCH_FAILED;
+  return how.every((h) => h === "none") ? NONE_FOUND : NO_ORIGINAL;
 }
 
 function notDiagnostic(m) {

@@ -4,8 +4,10 @@ them:
 
 * a photo of a film whose original study the record gateway could not look up in PACS: the
   line never offers the original study with nothing to click; before filing it says the
-  original is not looked up yet, after it that none was found or the search failed, and
-  what to do; found with no link to it, it points to the study UID listed under it;
+  original is not looked up yet, after it that the search failed (the receipt's
+  ``original_search``), or, from a gateway older than that field, that none was found or the
+  search failed, and what to do; found with no link to it, it points to the study UID listed
+  under it;
 * under the specialist's own reply, only the other participants' receipts: the
   "delivered" her own phone signs is no recipient's ("you: delivered");
 * a reply written while the relay was out of reach and sent minutes later: "written HH:MM,
@@ -29,6 +31,7 @@ from typing import Any
 import pydicom
 import pytest
 
+from clients.gateway import app as gateway_app
 from clients.gateway.dicomweb import PacsUnavailable
 from clients.sdk.client import MessageEvent
 from protocol.body import CaptureKind, RecordData
@@ -55,6 +58,9 @@ NOT_LOOKED_UP = (FILM + "its original study has not been looked up yet: the reco
 SEARCH_FAILED = (FILM + "the record gateway could not search PACS for the original study (its "
                  "operator can see why in its log): look in the PACS by the patient's ID and "
                  "the date")
+NO_ORIGINAL = (FILM + "the record gateway found no original study in PACS, or could not search "
+               "it: look in the PACS by the patient's ID and the date, and tell the record "
+               "gateway's operator if the study is there")
 BY_UID = FILM + "open the original study in PACS by its study UID below"
 LATER = 300  # seconds between writing the reply and the relay taking it
 
@@ -112,6 +118,30 @@ async def test_a_film_whose_original_could_not_be_looked_up_offers_nothing_to_cl
         assert await page.locator(".originals, a.original-study").count() == 0
         assert "view the original" not in (await page.inner_text("#thread")).lower()
         await page.screenshot(path=SHOTS / "03-film-filed-original-not-looked-up.png")
+    assert not problems, problems
+
+
+async def test_a_receipt_from_a_gateway_older_than_its_search_field_names_both_causes(
+        world: World, tmp_path: Path, orthanc: OrthancServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def older_gateway(*args: Any, **kw: Any) -> tuple[list[Any], str]:
+        return [], ""  # its receipt has no original_search: none listed, and no why
+
+    monkeypatch.setattr(gateway_app, "original_studies", older_gateway)
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page(timezone_id="UTC") as (page, problems):
+        await unlock_page(page, team.desktop)
+        await send_photo(team.intern, RecordData(
+            patient_name="Testpatient^Epsilon", patient_id=f"LBX-{uuid.uuid4().hex[:8]}",
+            birth_date="1963-04-05", anatomic_region="wrist", capture=CaptureKind.FILM),
+            text="Old film: healed?", subject="Film, older gateway")
+        await team.gateway.start()
+        await page.locator(".thread-item", has_text="Film, older gateway").click()
+        await page.locator(".pacs-study").wait_for(timeout=seconds(60) * 1000)
+        line = page.locator(".message .not-diagnostic", has_text="or could not search")
+        await line.wait_for()
+        assert await line.inner_text() == NO_ORIGINAL
+        assert await page.locator(".originals, a.original-study").count() == 0
     assert not problems, problems
 
 

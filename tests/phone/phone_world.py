@@ -43,7 +43,7 @@ from tests.identity_world import User, World, identity_world
 from tests.phone.node import build
 
 __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "PHOTO_KEPT",
-           "PHOTO_KEPT_NOTE", "SHOTS", "TcpProxy",
+           "PHOTO_KEPT_NOTE", "SHOTS", "RelayRequests", "TcpProxy",
            "axe_violations", "beyond_refused",
            "bound_socket", "camera_started", "confirmed", "consent_of", "enrol_by_code",
            "enrolled_phone", "fetch_value", "film", "idb_records",
@@ -156,9 +156,10 @@ async def provision_with_package(world: World, user: User) -> None:
     assert result["ok"], result
 
 
-async def provisioned_intern(world: World) -> User:
-    """The intern Dr Ada Intern, provisioned with a package: the phone enrols with her code."""
-    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern")
+async def provisioned_intern(world: World, **user: Any) -> User:
+    """The intern Dr Ada Intern, provisioned with a package: the phone enrols with her code.
+    ``user``: more of her certificate (:meth:`Org.user`), her licence's end, say."""
+    intern = world.org.user("intern", roles=("intern",), display_name="Dr Ada Intern", **user)
     await provision_with_package(world, intern)
     return intern
 
@@ -175,11 +176,12 @@ async def listening_specialist(world: World, tmp_path: Path
 
 
 @contextlib.asynccontextmanager
-async def intern_and_specialist(world: World, tmp: Path
+async def intern_and_specialist(world: World, tmp: Path, **user: Any
                                 ) -> AsyncIterator[tuple[User, Clinician, asyncio.Queue[Any]]]:
-    """The intern (provisioned with a sealed package, to enrol on the phone) and the on-call
-    orthopaedic specialist (a started SDK client); yields both and the specialist's events."""
-    intern = await provisioned_intern(world)
+    """The intern (provisioned with a sealed package, to enrol on the phone; ``user``: as
+    :func:`provisioned_intern`) and the on-call orthopaedic specialist (a started SDK client);
+    yields both and the specialist's events."""
+    intern = await provisioned_intern(world, **user)
     specialist, events = await listening_specialist(world, tmp)
     try:
         yield intern, specialist, events
@@ -189,13 +191,14 @@ async def intern_and_specialist(world: World, tmp: Path
 
 
 @contextlib.asynccontextmanager
-async def enrolled_phone(world: World, tmp: Path, origin: str, *, video: Path | None = None
+async def enrolled_phone(world: World, tmp: Path, origin: str, *, video: Path | None = None,
+                         **user: Any
                          ) -> AsyncIterator[tuple[User, Clinician, asyncio.Queue[Any], Any,
                                                   list[str]]]:
-    """:func:`intern_and_specialist`, with the intern's phone enrolled by code in a phone-sized
-    page (its fake camera fed from ``video``): yields the intern, the specialist, his events,
-    the page and its problems."""
-    async with intern_and_specialist(world, tmp) as (intern, specialist, events), \
+    """:func:`intern_and_specialist` (``user``: more of the intern's certificate), with the
+    intern's phone enrolled by code in a phone-sized page (its fake camera fed from
+    ``video``): yields the intern, the specialist, his events, the page and its problems."""
+    async with intern_and_specialist(world, tmp, **user) as (intern, specialist, events), \
             phone_page(video=video) as (page, problems):
         await enrol_by_code(page, origin, intern.code)
         yield intern, specialist, events, page, problems
@@ -229,6 +232,28 @@ def relay_back(world: World, tmp_path: Path, origin: str
                              port=int(world.relay.base_url.rsplit(":", 1)[1]),
                              phone_origins=origin)
     return running_relay(world.dsn, settings)
+
+
+class RelayRequests:
+    """The phone's HTTP requests to the relay, as Chromium sends them (the worker's included),
+    counted from when :meth:`count` is called."""
+
+    def __init__(self, page: Any, relay: str) -> None:
+        self.relay = relay
+        self.seen: list[str] = []
+        self.counting = False
+        page.context.on("request", self._request)
+
+    def _request(self, request: Any) -> None:
+        if self.counting and request.url.startswith(self.relay):
+            self.seen.append(f"{request.method} {request.url[len(self.relay):]}")
+
+    def count(self) -> None:
+        self.seen.clear()
+        self.counting = True
+
+    def of(self, said: str) -> int:
+        return sum(1 for s in self.seen if s.startswith(said))
 
 
 def beyond_refused(problems: list[str]) -> list[str]:

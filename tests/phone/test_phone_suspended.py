@@ -25,6 +25,7 @@ from tests.helpers import seconds
 from tests.identity_world import World
 from tests.phone.phone_world import (
     SHOTS,
+    RelayRequests,
     enrolled_phone,
     fetch_value,
     next_event,
@@ -48,28 +49,6 @@ WINDOW = 15.0
 @pytest.fixture
 def phone_settings() -> dict[str, Any]:
     return {"autolock_seconds": 600}
-
-
-class RelayRequests:
-    """The phone's HTTP requests to the relay, as Chromium sends them (the worker's included),
-    counted from when :meth:`count` is called."""
-
-    def __init__(self, page: Any, relay: str) -> None:
-        self.relay = relay
-        self.seen: list[str] = []
-        self.counting = False
-        page.context.on("request", self._request)
-
-    def _request(self, request: Any) -> None:
-        if self.counting and request.url.startswith(self.relay):
-            self.seen.append(f"{request.method} {request.url[len(self.relay):]}")
-
-    def count(self) -> None:
-        self.seen.clear()
-        self.counting = True
-
-    def of(self, said: str) -> int:
-        return sum(1 for s in self.seen if s.startswith(said))
 
 
 async def test_a_suspension_is_said_once_leaves_the_relay_alone_and_what_waits_goes_on_resume(

@@ -131,12 +131,21 @@ def test_a_failure_the_sdk_keeps_a_send_for_is_not_final(status: int) -> None:
     assert answer["passes"] is True
 
 
-def test_a_send_refused_because_the_account_is_suspended_is_kept_for_its_resumption() -> None:
-    """IT may resume a suspended account: what waits on the phone is kept, not dropped as a
-    refusal for good (tests/phone/test_phone_suspended.py drives it in the browser)."""
-    answer = run_driver({"op": "final_refusal_sentence", "code": "user_suspended",
-                         "status": 403})
+@pytest.mark.parametrize("code", ["user_suspended", "licence_expired"])
+def test_a_send_refused_for_an_account_state_it_must_change_is_kept_for_it(code: str) -> None:
+    """IT may resume a suspended account or renew an expired licence: what waits on the phone
+    is kept, not dropped as a refusal for good (tests/phone/test_phone_suspended.py and
+    test_phone_licence_expired.py drive it in the browser)."""
+    answer = run_driver({"op": "final_refusal_sentence", "code": code, "status": 403})
     assert answer["passes"] is True
+
+
+def test_an_expired_licence_at_unlock_says_who_renews_it() -> None:
+    """Unlocking signs in, which the relay refuses 403 ``licence_expired`` until the licence
+    is renewed: said in words, never the relay's title alone."""
+    assert refusal("licence_expired", "The user's professional licence has expired.") == (
+        "Your licence, as registered with your hospital, has expired: ask IT or medical "
+        "staffing to renew it.")
 
 
 def test_a_refusal_for_good_never_says_try_again() -> None:

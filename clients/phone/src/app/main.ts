@@ -74,16 +74,17 @@ function onEvent(data: Record<string, unknown>): void {
     case "signin":
       needSignIn(data["signon"] === true);
       return;
-    case "suspended":
-      // IT suspended the account while the app is open (worker.ts heardSuspended): said once,
-      // in the banner, until the phone is connected again after IT resumed it.
-      if (data["suspended"]) {
-        $("conn").textContent = "suspended";
+    case "held":
+      // The account is in a state only IT can change (suspended, licence expired) while the app
+      // is open (worker.ts heardHold): said once, in the banner, until the phone is connected
+      // again after IT changed it.
+      if (typeof data["state"] === "string") {
+        $("conn").textContent = data["state"];
         $("banner").textContent = String(data["message"] ?? "");
-        $("banner").dataset["suspended"] = $("banner").textContent;
+        $("banner").dataset["held"] = $("banner").textContent;
         $("banner").hidden = false;
       } else {
-        clearSuspended();
+        clearHeld();
       }
       return;
     case "session_ended":
@@ -248,12 +249,12 @@ async function enrolAgain(): Promise<void> {
   show("enrol");
 }
 
-/** The banner's suspension sentence gone (connected again, or the app locked: the worker
- * forgets the suspension, and unlocking says it if it still holds). */
-function clearSuspended(): void {
-  const said = $("banner").dataset["suspended"];
+/** The banner's sentence for an account IT holds gone (connected again, or the app locked: the
+ * worker forgets it, and unlocking says it if it still holds). */
+function clearHeld(): void {
+  const said = $("banner").dataset["held"];
   if (said === undefined) return;
-  delete $("banner").dataset["suspended"];
+  delete $("banner").dataset["held"];
   // Only while it still says that: a revocation said since stays.
   if ($("banner").textContent !== said) return;
   $("banner").hidden = true;
@@ -571,7 +572,7 @@ async function lock(): Promise<void> {
     if (!$(id).dataset["kept"]) sayKept(id, "", null);
   }
   dropThreads();
-  clearSuspended();
+  clearHeld();
   await call("lock");
   $("conn").textContent = "locked";
   show("unlock");

@@ -48,6 +48,8 @@ export function refusalSentence(err: RelayError): string {
       return "This phone has been revoked by IT: it can no longer send or receive.";
     case "user_suspended":
       return "Your account is suspended by your organisation: ask IT.";
+    case "licence_expired":
+      return "Your licence, as registered with your hospital, has expired: ask IT or medical staffing to renew it.";
     case "role_unknown":
       return "There is no such on-call role.";
     case "consent_revoked":
@@ -72,18 +74,53 @@ export function sendPasses(code: string): boolean {
 /** Whether an HTTP failure leaves a pending send worth trying again as it is, by the SDK's
  * rule (clients/sdk/sending.py deliver): the relay unreachable (status 0), failing or busy
  * (5xx), timing out (408), rate limiting (429), or a session to renew first (401). Beyond the
- * SDK's rule, an account IT suspended (403 `user_suspended`): IT may resume it, and what waits
- * on the phone then goes as it is (worker.ts heardSuspended). Any other refusal (a 4xx) will be
- * the same on every retry: the send is dropped and the user told. */
+ * SDK's rule, an account state IT must change (accountHold: suspended, licence expired): IT
+ * may change it, and what waits on the phone then goes as it is (worker.ts heardHold). Any
+ * other refusal (a 4xx) will be the same on every retry: the send is dropped and the user
+ * told. */
 export function httpPasses(err: RelayError): boolean {
-  return err.status === 0 || err.status >= 500 || [401, 408, 429].includes(err.status) || err.code === "user_suspended";
+  return err.status === 0 || err.status >= 500 || [401, 408, 429].includes(err.status) || accountHold(err.code) !== null;
 }
 
-/** What the phone says once, in its banner, when IT suspends the account while the app is open
- * (worker.ts heardSuspended): the words the CLI and the desktop use for `user_suspended`
- * (clients/sdk/failures.py, clients/desktop/app.py), what the phone does meanwhile, and that
- * what waits is kept. */
-export const SUSPENDED_SENTENCE = "Your account is suspended by your organisation: ask IT. Until IT resumes it, this phone cannot send or receive consults. Nothing is lost: what waits to be sent stays on this phone and goes by itself once your account is resumed.";
+/**
+ * The states of an account that only IT can change, and that the relay says as 403 to every
+ * request of the user and as 4005 when it closes the connection (docs/PROTOCOL.md §3,
+ * docs/SECURITY.md's error table): IT suspended the user, or the licence registered with the
+ * hospital has expired. The phone says each once, in its banner, and waits for IT
+ * (worker.ts heardHold): `state`, the connection bar's word; `sentence`, the banner's (what
+ * the CLI and the desktop say for the code, clients/sdk/failures.py and
+ * clients/desktop/app.py, what the phone does meanwhile, and that what waits is kept);
+ * `kept`, what a consult sent meanwhile says under it.
+ */
+const HOLDS = {
+  user_suspended: {
+    state: "suspended",
+    sentence: "Your account is suspended by your organisation: ask IT. Until IT resumes it, this phone cannot send or receive consults. Nothing is lost: what waits to be sent stays on this phone and goes by itself once your account is resumed.",
+    kept: "Not sent yet: your account is suspended by your organisation. It is kept on this phone and sent by itself once IT resumes your account; it shows as sent then. If it is urgent, phone or page the on-call team.",
+  },
+  licence_expired: {
+    state: "licence expired",
+    sentence: "Your licence, as registered with your hospital, has expired: ask IT or medical staffing to renew it. Until it is renewed, this phone cannot send or receive consults. Nothing is lost: what waits to be sent stays on this phone and goes by itself once your licence is renewed.",
+    kept: "Not sent yet: your licence, as registered with your hospital, has expired. It is kept on this phone and sent by itself once IT or medical staffing renews it; it shows as sent then. If it is urgent, phone or page the on-call team.",
+  },
+} as const;
+
+export type AccountHold = keyof typeof HOLDS;
+
+/** The account state IT must change that a relay's code says, else null. */
+export function accountHold(code: string | undefined): AccountHold | null {
+  return code !== undefined && Object.hasOwn(HOLDS, code) ? (code as AccountHold) : null;
+}
+
+/** What the phone says once, in its banner, while IT holds the account (`hold`). */
+export function holdSentence(hold: AccountHold): string {
+  return HOLDS[hold].sentence;
+}
+
+/** The connection bar's word while IT holds the account (`hold`). */
+export function holdState(hold: AccountHold): string {
+  return HOLDS[hold].state;
+}
 
 /** A refusal for good (not httpPasses) in words: the relay's reason, never "try again" for
  * what it will refuse again as it is. */
@@ -121,12 +158,11 @@ export function notSentSentence(code: string, detail = ""): string {
 
 /** A consult kept on the phone because the relay could not take it now (`code`: its passing
  * refusal; null: no connection; "unreachable": connected, but the relay's other requests, which
- * sealing needs, do not get through; "user_suspended": IT suspended the account, which IT may
- * resume), in words: it goes by itself, nothing to do. */
+ * sealing needs, do not get through; an accountHold code: IT suspended the account, or the
+ * licence expired, which IT may change), in words: it goes by itself, nothing to do. */
 export function keptSentence(code: string | null): string {
-  if (code === "user_suspended") {
-    return "Not sent yet: your account is suspended by your organisation. It is kept on this phone and sent by itself once IT resumes your account; it shows as sent then. If it is urgent, phone or page the on-call team.";
-  }
+  const hold = accountHold(code ?? undefined);
+  if (hold) return HOLDS[hold].kept;
   const why = code === "rate_limited" ? "this phone sent too many messages in a short time"
     : code === "queue_full" ? "the recipients' queue at the relay is full"
     : code === null ? "this phone is not connected to the relay"
@@ -143,7 +179,7 @@ export function connectionLostSentence(code: string): string {
     case "user_suspended":
       return refusalSentence(new RelayError(code, 0, ""));
     case "licence_expired":
-      return "The relay ended the connection: your organisation's licence for your account has expired. Ask IT.";
+      return refusalSentence(new RelayError(code, 0, ""));
     case "unsupported_version":
       return "The relay ended the connection: it no longer speaks this version of the app. Reload the app; tell IT if it happens again.";
     case "token_expired":

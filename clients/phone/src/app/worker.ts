@@ -12,7 +12,7 @@ import * as env from "../protocol/envelope.js";
 import { BUNDLE_SUBPROTOCOL, challengeSigningBytes, decodeMessage, encodeFrame, PROTOCOL_VERSION, type Connection, type ServerFrame } from "../protocol/frames.js";
 import * as keys from "../protocol/keys.js";
 import * as s from "../protocol/sodium.js";
-import { Relay, RelayError, SUSPENDED_SENTENCE, connectionLostSentence, enrolmentToken, finalRefusalSentence, httpPasses, keptSentence, notSentSentence, refusalSentence, resumedSentence, sendPasses, type TokenPair } from "./relay.js";
+import { Relay, RelayError, accountHold, connectionLostSentence, enrolmentToken, finalRefusalSentence, holdSentence, holdState, httpPasses, keptSentence, notSentSentence, refusalSentence, resumedSentence, sendPasses, type AccountHold, type TokenPair } from "./relay.js";
 import { Vault } from "./vault.js";
 import { SsoError, finishRequest, ssoConfig, startRequest, type SsoAnswer, type SsoConfig, type SsoRequest } from "./sso.js";
 import { DEFAULT_POLICY, keptSignedPrekeys, newestSignedPrekey, rotationDue, type SignedPrekeySecret } from "./prekeys.js";
@@ -97,11 +97,12 @@ let heardRevocation = false;
 let signInWith: Uint8Array | null = null;
 // Sign-ins again that did not get through since the last connection (retryLater's backoff).
 let signInTries = 0;
-// IT has suspended this user (the relay closed the connection, or refused a request, as
-// `user_suspended`): the banner says so once, and the relay is asked again only now and then,
-// waiting longer each time (checkSuspendedLater), until IT resumes the account.
-let suspended = false;
-let suspendedChecks = 0;
+// The account is in a state only IT can change (relay.ts accountHold: suspended, or the licence
+// expired; the relay closed the connection, or refused a request, with that code): the banner
+// says so once, and the relay is asked again only now and then, waiting longer each time
+// (checkHeldLater), until IT changes it.
+let held: AccountHold | null = null;
+let heldChecks = 0;
 // The relay refused this device as revoked when the app was unlocked: the socket opened with
 // the last session only hears a wipe order, and the keys are forgotten once it closes.
 let refusedAtUnlock = false;
@@ -470,8 +471,8 @@ async function signInAgain(r: Relay): Promise<void> {
   } catch (err) {
     if (!(err instanceof RelayError) || err.status === 0 || err.status >= 500 || [408, 429].includes(err.status)) throw err;
     if (relay !== r || st !== state) throw err; // locked meanwhile
-    // Suspended: the app stays open, and asks again later (heardSuspended).
-    if (err.code === "user_suspended") throw err;
+    // Suspended, or the licence expired: the app stays open, and asks again later (heardHold).
+    if (accountHold(err.code)) throw err;
     if (err.code === "sso_required") {
       await signOnFromNowOn(state);
       event("signin", { signon: true });
@@ -504,58 +505,65 @@ function retryLater(): void {
 }
 
 /**
- * IT suspended this user while the app is open (docs/USER_GUIDE.md "Interns: the phone app"):
- * said once, in the banner (relay.ts SUSPENDED_SENTENCE), until the phone is connected again.
- * The relay refuses every request of a suspended user, and has ended the session: what waits in
- * the outbox stays (relay.ts httpPasses), and nothing is asked of the relay but a check now and
- * then (checkSuspendedLater).
+ * The account is in a state only IT can change, `hold` (relay.ts accountHold: IT suspended the
+ * user, or the licence registered with the hospital expired), while the app is open
+ * (docs/USER_GUIDE.md "Interns: the phone app"): said once, in the banner (relay.ts
+ * holdSentence), until the phone is connected again. The relay refuses every request of the
+ * user meanwhile (a suspension has also ended the session): what waits in the outbox stays
+ * (relay.ts httpPasses), and nothing is asked of the relay but a check now and then
+ * (checkHeldLater).
  */
-function heardSuspended(): void {
-  if (suspended) return;
-  suspended = true;
-  suspendedChecks = 0;
-  event("suspended", { suspended: true, message: SUSPENDED_SENTENCE });
+function heardHold(hold: AccountHold): void {
+  if (held === hold) return;
+  if (held === null) heldChecks = 0;
+  held = hold;
+  event("held", { state: holdState(hold), message: holdSentence(hold) });
 }
 
-// The longest wait between two checks while suspended: a resumed account is back within a
-// minute by itself, and a phone left open for a day's suspension asks the relay 1,440 times at
-// most, not 86,400 (the relay's answer to a suspended user is the same each time).
-const SUSPENDED_CHECK_MAX_MS = 60_000;
+// The longest wait between two checks while IT holds the account: a resumed account or a
+// renewed licence is back within a minute by itself, and a phone left open for a day of it
+// asks the relay 1,440 times at most, not 86,400 (the relay's answer is the same each time).
+const HELD_CHECK_MAX_MS = 60_000;
 
-/** While suspended: the relay asked again after 2 s, then 4, 8... up to a minute (a refresh,
- * refused 403 until IT resumes the account; then refused 401, as the suspension ended the
- * session, and the phone signs in again with its passphrase: Relay.refresh, signInAgain). A
- * send the intern taps meanwhile asks at once (keepSession). */
-function checkSuspendedLater(): void {
+/** While IT holds the account: the relay asked again after 2 s, then 4, 8... up to a minute (a
+ * refresh, refused 403 until IT changes it; after a suspension, refused 401 then, as the
+ * suspension ended the session, and the phone signs in again with its passphrase:
+ * Relay.refresh, signInAgain). A send the intern taps meanwhile asks at once (checkHeldNow). */
+function checkHeldLater(): void {
   if (reconnect || !vault) return;
-  const wait = Math.min(SUSPENDED_CHECK_MAX_MS, 2000 * 2 ** suspendedChecks);
-  suspendedChecks += 1;
+  const wait = Math.min(HELD_CHECK_MAX_MS, 2000 * 2 ** heldChecks);
+  heldChecks += 1;
   reconnect = setTimeout(() => void reconnectNow(), wait);
 }
 
-/** Connected again after a suspension: the banner goes. */
-function notSuspended(): void {
-  suspendedChecks = 0;
-  if (!suspended) return;
-  suspended = false;
-  event("suspended", { suspended: false });
+/** The relay took a request of this phone while IT held the account (new tokens: a send signed
+ * in again; or a send's requests answered): IT has changed it, so connect at once, not at the
+ * next check. */
+function checkHeldNow(): void {
+  if (!held || !reconnect || socket) return;
+  clearTimeout(reconnect);
+  reconnect = setTimeout(() => {
+    reconnect = null;
+    connect();
+  }, 0);
 }
 
-/** Each new session kept in the vault (DeviceState.session). New tokens while suspended (the
- * intern's send signed in again: IT resumed the account) connect at once, not at the next
- * check. */
+/** Connected again after IT changed the account: the banner goes. */
+function notHeld(): void {
+  heldChecks = 0;
+  if (!held) return;
+  held = null;
+  event("held", { state: null });
+}
+
+/** Each new session kept in the vault (DeviceState.session). New tokens while IT holds the
+ * account (the intern's send signed in again: IT resumed it) connect at once (checkHeldNow). */
 function keepSession(state: DeviceState): void {
   relay!.onTokens = (tokens) => {
     if (!vault || st !== state) return;
     state.session = tokens;
     void vault.put("state", state);
-    if (suspended && reconnect && !socket) {
-      clearTimeout(reconnect);
-      reconnect = setTimeout(() => {
-        reconnect = null;
-        connect();
-      }, 0);
-    }
+    checkHeldNow();
   };
 }
 
@@ -618,8 +626,8 @@ function lockKeys(): void {
   refusedAtUnlock = false;
   forgetPassphrase();
   signInTries = 0;
-  suspended = false;
-  suspendedChecks = 0;
+  held = null;
+  heldChecks = 0;
   ready = false;
   httpFailing = false;
   if (probe) clearInterval(probe);
@@ -727,10 +735,11 @@ function connect(askBundles = true, reachable = false): void {
       }
       return;
     }
-    if (c.reason === "user_suspended") {
-      // Not again a second later (every attempt is refused while IT has the user suspended).
-      heardSuspended();
-      checkSuspendedLater();
+    const hold = accountHold(c.reason);
+    if (hold) {
+      // Not again a second later (every attempt is refused until IT changes the account).
+      heardHold(hold);
+      checkHeldLater();
       return;
     }
     if (vault) reconnect = setTimeout(() => void reconnectNow(refusedAsking), 1000);
@@ -751,11 +760,12 @@ async function reconnectNow(refusedAsking = false): Promise<void> {
     // Locked meanwhile, or already answered (a signInAgain refused: locked, or listening for
     // a wipe order, or offering the hospital's sign-in).
     if (relay !== r || !vault || !st || socket || (err instanceof RelayError && err.code === "sso_required")) return;
-    // Still suspended (or suspended since the connection was lost): asked again later, never
-    // a connection the relay refuses (heardSuspended).
-    if (err instanceof RelayError && err.code === "user_suspended") {
-      heardSuspended();
-      checkSuspendedLater();
+    // Still held by IT (or held since the connection was lost: suspended, licence expired):
+    // asked again later, never a connection the relay refuses (heardHold).
+    const hold = err instanceof RelayError ? accountHold(err.code) : null;
+    if (hold) {
+      heardHold(hold);
+      checkHeldLater();
       return;
     }
     reachable = err instanceof RelayError && err.status > 0 && err.status < 500;
@@ -825,7 +835,7 @@ async function onFrame(ws: WebSocket, frame: ServerFrame): Promise<void> {
     case "ready":
       ready = true;
       signInTries = 0;
-      notSuspended();
+      notHeld();
       event("connection", { state: connectionState() });
       upkeep ??= setInterval(() => void maintainPrekeys().catch(() => undefined), PREKEY_UPKEEP_MS);
       void maintainPrekeys().catch(() => undefined); // tried again within the hour
@@ -844,9 +854,9 @@ async function onFrame(ws: WebSocket, frame: ServerFrame): Promise<void> {
       if (w) {
         waiting.delete(reqId!);
         w.resolve(frame);
-      } else if (frame.t === "error" && frame["fatal"] && frame["code"] !== "user_suspended") {
-        // In words, never the relay's raw detail ("no pong", "idle"); a suspension is said by
-        // the banner, once, when the relay closes (heardSuspended).
+      } else if (frame.t === "error" && frame["fatal"] && !accountHold(String(frame["code"]))) {
+        // In words, never the relay's raw detail ("no pong", "idle"); a suspension or an
+        // expired licence is said by the banner, once, when the relay closes (heardHold).
         event("problem", { code: frame["code"], message: connectionLostSentence(String(frame["code"])), connection: true });
       }
       return;
@@ -1819,13 +1829,16 @@ async function sendWritten(draft: DraftRecord): Promise<Record<string, unknown>>
     // (an unknown role, say) keeps nothing: the form still holds the consult; nor does a
     // single sign-on session that ended, which the page asks to sign in again for first.
     if (!(err instanceof RelayError && httpPasses(err)) || (st?.sso && SESSION_ENDED.includes(err.code))) throw err;
-    const why = err.code === "user_suspended" ? err.code : ready ? "unreachable" : null;
-    if (why === "user_suspended") heardSuspended();
-    await keepDraft(draft, why === "user_suspended" ? keptSentence(why) : KEPT_NOTE);
+    const hold = accountHold(err.code);
+    if (hold) heardHold(hold);
+    const why = hold ?? (ready ? "unreachable" : null);
+    await keepDraft(draft, hold ? keptSentence(hold) : KEPT_NOTE);
     return { thread_id: draft.thread_id, message_id: draft.message_id, kept: keptSentence(why) };
   } finally {
     inFlight.delete(draft.message_id);
   }
+  // Sealed: the relay took this phone's requests again, so IT has changed the account.
+  checkHeldNow();
   const sent = await sendSealed(record);
   return { thread_id: record.thread_id, message_id: record.message_id, ...(sent.stored ? {} : { kept: keptSentence(sent.code) }) };
 }

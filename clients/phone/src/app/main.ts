@@ -12,11 +12,11 @@ interface Config {
   autolock_seconds: number;
 }
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => document.getElementById(id) as T;
-const SCREENS = ["loading", "enrol", "confirm", "passphrase", "unlock", "home", "thread", "capture", "review", "consent"];
+const SCREENS = ["loading", "enrol", "confirm", "passphrase", "unlock", "elsewhere", "home", "thread", "capture", "review", "consent"];
 
 function show(name: string): void {
   for (const s of SCREENS) $(`screen-${s}`).hidden = s !== name;
-  $("lock").hidden = ["loading", "enrol", "confirm", "passphrase", "unlock"].includes(name);
+  $("lock").hidden = ["loading", "enrol", "confirm", "passphrase", "unlock", "elsewhere"].includes(name);
   const heading = $(`screen-${name}`).querySelector("h1");
   if (heading) {
     heading.setAttribute("tabindex", "-1");
@@ -457,6 +457,11 @@ async function enrolFinish(): Promise<void> {
     $("pass-error").textContent = "The two passphrases differ: type the same one twice.";
     return;
   }
+  // The enrolled phone is unlocked in this tab from now on (holdTab).
+  if (!(await holdTab("ifAvailable"))) {
+    showElsewhere();
+    return;
+  }
   let signsOn: string | null = null;
   const me = enrolSso
     ? await viaIdp($<HTMLButtonElement>("enrol-finish"), $("pass-error"), { passphrase: a }, (sso) => call<Me>("enrolFinish", { passphrase: a, sso }))
@@ -552,8 +557,20 @@ async function signIn(): Promise<void> {
 
 async function unlock(): Promise<void> {
   const field = $<HTMLInputElement>("passphrase");
+  // One tab at a time (holdTab): another one unlocked meanwhile is said, and this one stays
+  // locked; one that took over from this tab, which says so, gives way (the other one locks).
+  if (!(await holdTab("ifAvailable"))) {
+    if (!lostToOther) {
+      showElsewhere();
+      return;
+    }
+    await takeOver();
+  }
   const me = await busy($<HTMLButtonElement>("unlock"), $("unlock-error"), () => call<Me>("unlock", { passphrase: field.value }));
-  if (!me) return;
+  if (!me) {
+    letGo?.(); // still locked: another tab may unlock
+    return;
+  }
   field.value = "";
   $("unlock-why").textContent = "";
   if (me.revoked) return;
@@ -576,7 +593,124 @@ async function lock(): Promise<void> {
   await call("lock");
   $("conn").textContent = "locked";
   show("unlock");
+  // The keys forgotten: another tab may unlock now (holdTab).
+  letGo?.();
 }
+
+// --- one tab at a time ----------------------------------------------------------------------------
+
+/*
+ * Tabs and windows of the app on this origin share one vault, one device key and one session
+ * (docs/SECURITY.md "On the phone"): two unlocked at once would each hold a connection as this
+ * device, and the relay closes the older one (4003 `session_replaced`, docs/PROTOCOL.md §3),
+ * so each reconnects and replaces the other every second or two, each refreshing its tokens.
+ * So only one tab holds the keys at a time: the one holding the Web Lock TAB_LOCK (W3C Web
+ * Locks), from unlock (or enrolment) until it locks. Another tab says so and offers to take
+ * over: it asks the holder, over a BroadcastChannel, to lock (its worker forgets its keys and
+ * closes its connection) and let go; if the holder does not answer (a frozen tab), it takes
+ * the lock anyway (`steal`), and the holder locks as soon as it runs again.
+ */
+const TAB_LOCK = "lightbox-phone-app";
+const TAKE_OVER_WAIT_MS = 5000;
+const TAKEN_SENTENCE = "Lightbox was opened in another tab or window, so it locked here and forgot its keys. Use it there, or unlock to use it here (the other one will lock).";
+const tabs = typeof BroadcastChannel === "function" ? new BroadcastChannel("lightbox-phone-tabs") : null;
+// Lets go of TAB_LOCK, while this tab holds it.
+let letGo: (() => void) | null = null;
+// This tab locked because another one took over (its unlock screen says so): unlocking here
+// takes over in turn.
+let lostToOther = false;
+// Waits, on the "open elsewhere" screen, for the holder to let go by itself (it locked, or
+// closed).
+let waitingFree: AbortController | null = null;
+
+/** Hold TAB_LOCK: at once if no other tab does (`ifAvailable`), once the holder lets go
+ * (`wait`, until `signal`), or taken from it (`steal`). Whether this tab holds it. A browser
+ * without Web Locks: one tab as before. */
+function holdTab(mode: "ifAvailable" | "wait" | "steal", signal?: AbortSignal): Promise<boolean> {
+  if (letGo || !("locks" in navigator)) return Promise.resolve(true);
+  const options: LockOptions = mode === "ifAvailable" ? { ifAvailable: true } : mode === "steal" ? { steal: true } : { signal };
+  return new Promise<boolean>((granted, failed) => {
+    navigator.locks.request(TAB_LOCK, options, (held) => {
+      if (!held) {
+        granted(false);
+        return undefined;
+      }
+      return new Promise<void>((release) => {
+        letGo = () => {
+          letGo = null;
+          release();
+        };
+        granted(true);
+        tabs?.postMessage({ t: "active" });
+      });
+    }).catch((err: unknown) => {
+      // Taken from this tab without its answer (steal): it locks now.
+      if (letGo && err instanceof DOMException && err.name === "AbortError") {
+        letGo = null;
+        void takenOver();
+        return;
+      }
+      failed(err);
+    });
+  });
+}
+
+/** Whether another tab holds TAB_LOCK (is unlocked) now. */
+async function heldElsewhere(): Promise<boolean> {
+  if (letGo || !("locks" in navigator)) return false;
+  const state = await navigator.locks.query();
+  return (state.held ?? []).some((l) => l.name === TAB_LOCK);
+}
+
+/** Another tab took over: this one locks, says why, and lets go. */
+async function takenOver(): Promise<void> {
+  lostToOther = true;
+  await lock();
+  $("unlock-why").textContent = TAKEN_SENTENCE;
+}
+
+/** The "open elsewhere" screen; back to the unlock screen by itself once the holder lets go. */
+function showElsewhere(): void {
+  $("conn").textContent = "open elsewhere";
+  show("elsewhere");
+  if (!("locks" in navigator) || waitingFree) return;
+  const waiting = new AbortController();
+  waitingFree = waiting;
+  navigator.locks.request(TAB_LOCK, { signal: waiting.signal }, () => undefined).then(() => {
+    if (waitingFree !== waiting) return;
+    waitingFree = null;
+    if (document.body.dataset["screen"] !== "elsewhere") return;
+    $("conn").textContent = "locked";
+    show("unlock");
+  }, () => undefined);
+}
+
+/** Use the app in this tab: the tab that holds it locks (asked, else after TAKE_OVER_WAIT_MS
+ * taken from it), and this one shows the unlock screen, holding TAB_LOCK. */
+async function takeOver(): Promise<void> {
+  waitingFree?.abort();
+  waitingFree = null;
+  tabs?.postMessage({ t: "take-over" });
+  const timer = new AbortController();
+  const stop = setTimeout(() => timer.abort(), TAKE_OVER_WAIT_MS);
+  const asked = await holdTab("wait", timer.signal).catch(() => false);
+  clearTimeout(stop);
+  if (!asked) await holdTab("steal");
+  lostToOther = false;
+  $("unlock-why").textContent = "";
+  $("unlock-error").textContent = "";
+  $("conn").textContent = "locked";
+  show("unlock");
+}
+
+tabs?.addEventListener("message", (m: MessageEvent) => {
+  const t = (m.data as { t?: unknown } | null)?.t;
+  // Asked to let go: lock (the keys forgotten, the connection closed), then let go.
+  if (t === "take-over" && letGo) void takenOver();
+  // Another tab unlocked: this one's unlock screen says so instead (unless it already says
+  // that another tab took over from it).
+  if (t === "active" && !letGo && !lostToOther && document.body.dataset["screen"] === "unlock") showElsewhere();
+});
 
 let idle: ReturnType<typeof setTimeout> | null = null;
 let autolockMs = 120_000;
@@ -1417,7 +1551,8 @@ async function start(): Promise<void> {
   autolockMs = cfg.autolock_seconds * 1000;
   const state = await call<{ enrolled: boolean; unlocked: boolean }>("init", { relay: cfg.relay, kdf: cfg.kdf });
   $("conn").textContent = state.enrolled ? "locked" : "not enrolled";
-  show(state.enrolled ? "unlock" : "enrol");
+  if (state.enrolled && (await heldElsewhere())) showElsewhere();
+  else show(state.enrolled ? "unlock" : "enrol");
 }
 
 $("enrol-form").addEventListener("submit", (ev) => {
@@ -1435,6 +1570,7 @@ $("pass-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   void enrolFinish();
 });
+$("take-over").addEventListener("click", () => void takeOver());
 $("unlock-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   void unlock();

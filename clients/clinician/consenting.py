@@ -28,6 +28,7 @@ from clients.sdk.keystore import (
     DeviceState,
 )
 from clients.sdk.profile import ProfileDevice
+from clients.sdk.prompts import yes
 from clients.sdk.timefmt import format_time
 from clients.sdk.wording import counted
 from protocol import api, certs
@@ -68,8 +69,6 @@ def ask(question: str, default: str | None = None) -> str:
     return answer or (default or "")
 
 
-def yes(question: str) -> bool:
-    return ask(question + " (yes/no)").lower() in {"y", "yes"}
 
 
 def capture_command(args: argparse.Namespace) -> int:

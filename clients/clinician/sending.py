@@ -36,6 +36,7 @@ from clients.sdk.filing import needs_gateway
 from clients.sdk.memory import body_of
 from clients.sdk.patients import patient_label, patient_labels, same_patient
 from clients.sdk.profile import ProfileDevice
+from clients.sdk.prompts import yes
 from clients.sdk.threads import THREAD_NOTE
 from clients.sdk.vault import ItemNotFound
 from clients.sdk.vaultrows import VaultMessage
@@ -358,6 +359,12 @@ def text_consent_id(args: argparse.Namespace) -> str | None:
     return read_consent_token(args.consent_token)[1].jti
 
 
+# `lightbox send` at a terminal, when the consent prompt's first answer is no.
+NOT_SHOWN = ("nothing was sent or registered: consent is asked only once the patient has seen "
+             "the photo and both statements were read and understood; run the command again "
+             "then")
+
+
 def consent_token(args: argparse.Namespace, device: ProfileDevice, image: bytes,
                    users: list[str], roles: list[str], purpose: Purpose) -> str:
     """A token from --consent-token FILE, or captured now over exactly the sanitised bytes."""
@@ -372,9 +379,10 @@ def consent_token(args: argparse.Namespace, device: ProfileDevice, image: bytes,
         print("Show the patient this photo and read:")
         print("  1. " + PERMANENCE_STATEMENT)
         print("  2. " + NO_EFFECT_ON_CARE_STATEMENT)
-        shown = input("Were both statements shown and understood? (yes/no) ").lower() \
-            in {"y", "yes"}
-        agreed = input("Does the patient agree? (yes/no) ").lower() in {"y", "yes"}
+        shown = yes("Were both statements shown and understood?")
+        if not shown:  # consent is asked only of a patient who saw and understood both
+            raise FlowError(NOT_SHOWN, code=ErrorCode.CONSENT_MISSING.value)
+        agreed = yes("Does the patient agree?")
     if not shown or (not agreed and not sys.stdin.isatty()):
         raise FlowError("no consent: pass --patient-agreed --statements-shown once the patient "
                         "has seen the photo and agreed (or --consent-token FILE)",

@@ -7,7 +7,9 @@ import getpass
 import os
 import sys
 
-__all__ = ["PromptError", "read_secret"]
+from clients.sdk.errors import FlowError
+
+__all__ = ["PromptError", "read_secret", "yes"]
 
 
 class PromptError(Exception):
@@ -28,3 +30,23 @@ def read_secret(env: str, prompt: str, *, confirm: bool = False) -> str:
     if confirm and getpass.getpass(f"{prompt} (again): ") != first:
         raise PromptError("the two entries differ")
     return first
+
+
+YES, NO = frozenset({"y", "yes"}), frozenset({"n", "no"})
+
+
+def yes(question: str) -> bool:
+    """A yes or a no at the terminal, asked again until it is one of them: a slip ("maybe",
+    "agreed", an empty line) is never taken for the patient's "no", which is signed and filed
+    in the record for good (CLINICAL_SAFETY.md). No answer at all (end of input) records
+    nothing."""
+    while True:
+        try:
+            answer = input(f"{question} (yes/no): ").strip().lower()
+        except EOFError:
+            print(file=sys.stderr)
+            raise FlowError("no answer was given: nothing was sent, registered or filed",
+                            code="consent_missing") from None
+        if answer in YES | NO:
+            return answer in YES
+        print("Please answer yes or no.", flush=True)

@@ -491,3 +491,43 @@ def test_the_gateway_refuses_settings_it_cannot_use_before_it_starts(
         rc = int(exit_.code or 0)
     assert rc == 2
     assert expected in capsys.readouterr().err
+
+
+async def test_an_unclear_answer_at_the_send_prompt_is_asked_again_never_taken_for_no(
+        world: World, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slip at the prompt ("maybe", "agreed", an empty line) is asked again: taken for "no",
+    it would sign and file a refusal in the patient's record for good."""
+    image = await _gateway_enrolled_not_running(world, tmp_path, home, seed=29)
+    monkeypatch.setattr("sys.stdin", _Terminal("Yes \nmaybe\nagreed\n\nyes\n"))
+    rc, out, err = await lightbox(
+        "--profile", "registrar", "send", "--to", f"role:{ORTHO}", "--image", str(image),
+        "--send-anyway", "--patient-id", "LBX-TEST-SLIP", "--patient-name", "TEST^SLIP",
+        "Wrist, displaced?")
+    assert rc == 0 and "consent_refused" not in err, out + err
+    assert out.count("Please answer yes or no.") == 3, out
+    assert out.count("Does the patient agree? (yes/no): ") == 4, out
+    assert await count(world, "SELECT count(*) FROM consents WHERE decision = 'refused'") == 0
+    assert await count(world, "SELECT count(*) FROM consents WHERE decision = 'agreed'") == 1
+
+
+@pytest.mark.parametrize(("typed", "said"), [
+    # statements not shown and understood: consent is not asked at all
+    ("no\n", "nothing was sent or registered: consent is asked only once the patient has seen "
+             "the photo and both statements were read and understood; run the command again "
+             "then"),
+    # the input ends before an answer
+    ("yes\nmaybe\n", "no answer was given: nothing was sent, registered or filed"),
+])
+async def test_statements_not_shown_or_no_answer_at_the_send_prompt_record_nothing(
+        world: World, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch,
+        typed: str, said: str) -> None:
+    image = await _gateway_enrolled_not_running(world, tmp_path, home, seed=30)
+    monkeypatch.setattr("sys.stdin", _Terminal(typed))
+    rc, out, err = await lightbox(
+        "--profile", "registrar", "send", "--to", f"role:{ORTHO}", "--image", str(image),
+        "--send-anyway", "--patient-id", "LBX-TEST-NOTHING", "--patient-name", "TEST^NOTHING",
+        "Wrist, displaced?")
+    assert rc == 1 and f"error: consent_missing: {said}" in err, out + err
+    assert "Traceback" not in err
+    assert await count(world, "SELECT count(*) FROM consents") == 0
+    assert await count(world, "SELECT count(*) FROM deliveries") == 0

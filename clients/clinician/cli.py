@@ -37,7 +37,7 @@ from clients.clinician.consenting import (
     pdf_command,
     pdf_options,
 )
-from clients.clinician.device import open_device, read_password, store_of
+from clients.clinician.device import open_device, password_prompt, read_password, store_of
 from clients.clinician.logout import logout
 from clients.clinician.shell import when
 from clients.sdk import consent as consent_capture
@@ -191,7 +191,7 @@ def _login(args: argparse.Namespace) -> int:
     if not store.exists():
         raise KeyStoreError(f"profile {args.profile!r} has no device")
     password = read_password(f"Passphrase of this device's key store ({args.profile})"
-                         if args.sso else f"Password ({args.profile})")
+                         if args.sso else password_prompt(args.profile))
     opened = store.open(password)
 
     async def go() -> int | None:

@@ -14,7 +14,7 @@ from clients.sdk import identity
 from clients.sdk.errors import KeyStoreError
 from clients.sdk.failures import run_async
 from clients.sdk.http import RelayHTTP
-from clients.sdk.keystore import DeviceState, KeyStore, OpenKeyStore
+from clients.sdk.keystore import DEFAULT_DEVICE_PROFILE, DeviceState, KeyStore, OpenKeyStore
 from clients.sdk.prompts import read_secret
 from protocol import api
 from protocol.errors import ErrorCode
@@ -22,6 +22,7 @@ from protocol.errors import ErrorCode
 __all__ = [
     "KeyDevice",
     "open_device",
+    "password_prompt",
     "read_password",
     "store_of",
 ]
@@ -29,6 +30,15 @@ __all__ = [
 
 def store_of(args: argparse.Namespace) -> KeyStore:
     return KeyStore.for_profile(args.profile)
+
+
+def password_prompt(profile: str) -> str:
+    """The prompt for the password of ``profile``: "Your Lightbox password", naming the profile
+    only when it is not the one a clinician never chose (``default``), where its name says who
+    the password is for (``--profile ortho``)."""
+    if profile == DEFAULT_DEVICE_PROFILE:
+        return "Your Lightbox password"
+    return f"Your Lightbox password (profile {profile})"
 
 
 def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:
@@ -80,5 +90,5 @@ def open_device(args: argparse.Namespace) -> KeyDevice:
     if not store.exists():
         raise KeyStoreError(f"profile {args.profile!r} has no device: run `lightbox enroll` "
                             "or `lightbox link` first")
-    password = read_password(f"Password ({args.profile})")
+    password = read_password(password_prompt(args.profile))
     return KeyDevice(store.open(password), password)

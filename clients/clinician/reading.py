@@ -20,6 +20,7 @@ import uuid
 import httpx
 import msgspec
 
+from clients.clinician.device import password_prompt
 from clients.clinician.shell import (
     command_client,
     consent_of,
@@ -1015,7 +1016,7 @@ def _unlock_again(device: ProfileDevice, args: argparse.Namespace, *, unattended
         if not sys.stdin.isatty():
             return False
         try:
-            password = getpass.getpass(f"Password ({args.profile}) to keep watching: ")
+            password = getpass.getpass(f"{password_prompt(args.profile)}, to keep watching: ")
         except EOFError:
             return False
         if not password:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from clients.clinician.device import password_prompt
 from clients.sdk import imaging
 from clients.sdk.client import LightboxClient
 from clients.sdk.errors import KeyStoreError
@@ -56,7 +57,7 @@ def unlock_profile(args: argparse.Namespace) -> ProfileDevice:
     if not (directory / "keystore.lbx").exists() and not (directory / "vault.db").exists():
         raise KeyStoreError(f"profile {args.profile!r} has no device: run `lightbox enroll` "
                             "or `lightbox link` first")
-    return open_profile(directory, read_secret("LIGHTBOX_PASSWORD", f"Password ({args.profile})"))
+    return open_profile(directory, read_secret("LIGHTBOX_PASSWORD", password_prompt(args.profile)))
 
 
 def command_client(device: ProfileDevice) -> LightboxClient:

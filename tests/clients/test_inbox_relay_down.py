@@ -224,7 +224,7 @@ async def test_inbox_with_a_lapsed_session_and_the_relay_down_asks_for_the_passw
     finally:
         os.close(controller)
     assert proc.returncode == 1, said
-    assert said.count("Password (intern):") == 1, said
+    assert said.count("Your Lightbox password (profile intern):") == 1, said
     lines = [line.strip() for line in said.splitlines() if line.strip()]
     assert heading("inbox") in lines and lines[-1] == "1 unread message", said
     assert REPLY in said and "Traceback" not in said, said
@@ -246,7 +246,7 @@ def _answer_once(controller: int, proc: subprocess.Popen[bytes]) -> str:
             if not chunk:
                 break
             said += chunk
-            if not answered and b"Password (intern):" in said:
+            if not answered and b"Your Lightbox password (profile intern):" in said:
                 os.write(controller, PASSWORD.encode() + b"\n")
                 answered = True
     finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import uuid
@@ -572,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("copies", help="where every copy of an image went (filing, expiry)")
     which = cp.add_mutually_exclusive_group(required=True)
     which.add_argument("--attachment", help="one image's attachment id")
-    which.add_argument("--thread", help="every image of a consult thread")
+    which.add_argument("--thread", help="every image of a consult thread: its id, or its first "
+                       "8 characters or more, as the clinicians' screens print it")
     cp.add_argument("--json", action="store_true", help="print the report as JSON")
     cp.set_defaults(func=_copies)
     dev = sub.add_parser("device", help="devices").add_subparsers(dest="cmd", required=True)
@@ -587,17 +589,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The start of a consult id as the clinicians' screens print it (`- consult 3f2a9c1e`), which
+# is what they read out to IT.
+SHORT_CONSULT_ID = re.compile(r"[0-9a-f]{8,31}")
+
+
 def _copies(args: argparse.Namespace) -> int:
     """Each device that held the image, when it got it, when its expire order went out and
     when it confirmed destroying its copy, with the filing record (from the audit trail)."""
-    what, given, shown = (("consult", args.thread, "`lightbox send` prints it: in thread ID")
+    what, given, shown = (("consult", args.thread, "`lightbox send` prints it: in thread ID, "
+                           "or its first 8 characters or more, as `lightbox inbox` and "
+                           "`watch` print it")
                           if args.thread else ("shared image", args.attachment,
                                                "the gateway's log names it: filed attachment ID"))
-    try:
-        the_id = str(uuid.UUID(given))
-    except ValueError:
-        raise CommandError(f"{given!r} is not a {what} id: a {what} id is a UUID, as {shown}"
-                           ) from None
+    short = given.strip().lower().replace("-", "")
+    if args.thread and SHORT_CONSULT_ID.fullmatch(short):
+        the_id = short  # the relay finds the one consult it starts
+    else:
+        try:
+            the_id = str(uuid.UUID(given))
+        except ValueError:
+            raise CommandError(f"{given!r} is not a {what} id: a {what} id is a UUID, as "
+                               f"{shown}") from None
     session = load_session()
 
     async def go() -> Any:
@@ -615,7 +628,9 @@ def _copies(args: argparse.Namespace) -> int:
     # it (or none with that id: it cannot tell IT which) with an empty list.
     if listing is None or not listing.attachments:
         holds = "" if args.attachment else " holds a shared image"
-        print(f"error: {ErrorCode.NOT_FOUND.value}: no {what} with id {the_id}{holds}",
+        which = (f"id starting {the_id}" if args.thread and SHORT_CONSULT_ID.fullmatch(the_id)
+                 else f"id {the_id}")
+        print(f"error: {ErrorCode.NOT_FOUND.value}: no {what} with {which}{holds}",
               file=sys.stderr)
         return 1
     if args.json:

@@ -6,6 +6,7 @@ server/expiry.py; the websocket carries filing statements and expiry confirmatio
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -21,11 +22,14 @@ from server.copies import CopiesReport as Report
 from server.db import Database
 from server.errors import InvalidInput
 from server.expiry import FilingService
-from server.store import bundles, filings
+from server.store import bundles, filings, threads
 
 __all__ = ["FilingRoutes"]
 
 RequireDevice = Callable[[Request], Awaitable[Principal]]
+
+
+_PREFIX = re.compile(r"[0-9a-f]{8,31}")  # a consult id's start, as `lightbox` prints it
 
 
 def _t(value: dt.datetime | None) -> int | None:
@@ -87,9 +91,25 @@ class FilingRoutes:
     async def copies(self, request: Request) -> Response:
         await self.authn.require_admin(request)
         attachment_id = _uuid(request.query_params.get("attachment_id"))
-        thread_id = _uuid(request.query_params.get("thread_id"))
+        thread_id = await self._thread_id(request.query_params.get("thread_id"))
         if (attachment_id is None) == (thread_id is None):
             raise InvalidInput(ErrorCode.VALIDATION_FAILED,
                                "give exactly one of attachment_id and thread_id")
+        if thread_id == "":  # a short id no consult has
+            return json_response(CopiesList(attachments=[]))
         reports = await self.service.copies(attachment_id=attachment_id, thread_id=thread_id)
         return json_response(CopiesList(attachments=[wire_report(r) for r in reports]))
+
+    async def _thread_id(self, given: str | None) -> str | None:
+        """A consult's id, whole, or as its first 8 to 31 hex digits: the short form the
+        clinicians' screens print, which is what they read out to IT. A prefix two consults
+        share is refused (give more of it); one no consult has is "", answered as an unknown
+        whole id is (an empty list: no image was shared in it)."""
+        if given is None or not _PREFIX.fullmatch(given):
+            return _uuid(given)
+        async with self.db.pool.acquire() as conn:
+            found = await threads.ids_starting(conn, given)
+        if len(found) > 1:
+            raise InvalidInput(ErrorCode.VALIDATION_FAILED,
+                               f"more than one consult id starts with {given}: give more of it")
+        return found[0] if found else ""

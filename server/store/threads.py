@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import uuid
 from collections.abc import Mapping, Sequence
 
 import asyncpg
@@ -29,6 +30,7 @@ __all__ = [
     "add_participants",
     "create_thread",
     "device_set",
+    "ids_starting",
     "is_participant",
     "list_threads",
     "mark_read",
@@ -284,3 +286,13 @@ async def device_set(conn: asyncpg.Connection, thread_id: str, at: dt.datetime) 
     active = frozenset(r["device_id"] for r in rows if r["active"])
     inactive = frozenset(r["device_id"] for r in rows if not r["active"])
     return DeviceSet(active=active, inactive=inactive)
+
+
+async def ids_starting(conn: asyncpg.Connection, prefix: str, *, limit: int = 2) -> list[str]:
+    """Up to ``limit`` thread ids that begin with ``prefix`` (8 to 31 lowercase hex digits,
+    the short form ``lightbox`` prints, without the dashes), in order: a range over the
+    primary key's index, the prefix padded with 0s and with fs."""
+    low, high = (uuid.UUID(prefix.ljust(32, pad)) for pad in "0f")
+    rows = await conn.fetch("SELECT thread_id::text FROM threads WHERE thread_id BETWEEN $1 "
+                            "AND $2 ORDER BY thread_id LIMIT $3", low, high, limit)
+    return [r[0] for r in rows]

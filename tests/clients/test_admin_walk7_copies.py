@@ -42,7 +42,14 @@ async def test_an_id_with_no_image_behind_it_is_said_so_and_a_malformed_one_too(
          f"error: not_found: no consult with id {NOBODY} holds a shared image\n"),
         (("--thread", "wrist-bed-4"), 2,
          "error: 'wrist-bed-4' is not a consult id: a consult id is a UUID, as `lightbox "
-         "send` prints it: in thread ID\n"),
+         "send` prints it: in thread ID, or its first 8 characters or more, as `lightbox "
+         "inbox` and `watch` print it\n"),
+        (("--thread", "0000000"), 2,  # 7 characters: too short to name one consult
+         "error: '0000000' is not a consult id: a consult id is a UUID, as `lightbox "
+         "send` prints it: in thread ID, or its first 8 characters or more, as `lightbox "
+         "inbox` and `watch` print it\n"),
+        (("--thread", "00000000"), 1,
+         "error: not_found: no consult with id starting 00000000 holds a shared image\n"),
         (("--attachment", "cd4b2045"), 2,
          "error: 'cd4b2045' is not a shared image id: a shared image id is a UUID, as the "
          "gateway's log names it: filed attachment ID\n"),
@@ -70,6 +77,22 @@ async def test_a_linked_desktop_that_never_started_never_received_the_image_and_
         rc, text = await admin_copies(world, home, monkeypatch, capsys, "--thread", thread_id)
         assert rc == 0, text
         assert text.splitlines()[-1] == "  copies remain on 2 devices", text
+        # The consult's short id, as a clinician reads it out from their screen: the same.
+        assert await admin_copies(world, home, monkeypatch, capsys, "--thread",
+                                  thread_id[:8]) == (rc, text)
+        # Another consult whose id starts the same: the short id no longer names one.
+        other = thread_id[:9] + ("0" if thread_id[9] != "0" else "1") + "0" * 3 + "-" + \
+            "0" * 4 + "-" + "0" * 4 + "-" + "0" * 12
+        await world.execute("INSERT INTO threads (thread_id, org_id, created_by, priority, "
+                            "created_at) SELECT $1, org_id, created_by, priority, created_at "
+                            "FROM threads WHERE thread_id = $2", uuid.UUID(other),
+                            uuid.UUID(thread_id))
+        assert await run("lightbox-admin", "copies", "--thread", thread_id[:8],
+                         env=_env(tmp_path, world)) == (
+            2, "", f"error: validation_failed: more than one consult id starts with "
+                   f"{thread_id[:8]}: give more of it\n")
+        assert await admin_copies(world, home, monkeypatch, capsys, "--thread",
+                                  thread_id[:10]) == (rc, text)
 
         await expire(world, filed)  # the order goes to every device; only the desktop's waits
 

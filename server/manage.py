@@ -9,6 +9,9 @@
 * ``lightbox-server audit verify [--head SEQ HASH]``: check the audit trail's hash chain (exit
   1 naming the first bad row), and that it still passes through a head kept elsewhere;
   ``lightbox-server audit head``: print the chain head to anchor it elsewhere;
+  ``lightbox-server audit show [--event PREFIX] [--subject ID] [--after SEQ] [--limit N]
+  [--json]``: print rows, oldest first (what a security auditor looks for, e.g. ``--event
+  auth.refresh_reused``, a session ended as stolen);
 * ``lightbox-server scim token issue|rotate|revoke|list --org ORG``: the bearer tokens a
   hospital directory uses at ``/scim/v2`` (printed once, stored as hashes; ``rotate`` issues a
   new one and revokes the others, ``revoke`` revokes them all).
@@ -25,7 +28,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import getpass
+import json
 import os
 import sys
 import time
@@ -132,6 +137,35 @@ def _audit_head(args: argparse.Namespace, settings: Settings) -> int:
     with _database(settings) as dsn:
         seq, h = asyncio.run(_on(dsn, _head))
     print(f"{seq} {h.hex()}")
+    return 0
+
+
+def _audit_show(args: argparse.Namespace, settings: Settings) -> int:
+    """Rows of the audit trail, oldest first, one line each (or JSON lines). They name ids,
+    events and outcomes, never a patient (docs/SECURITY.md "Audit trail")."""
+    if not 1 <= args.limit <= 10_000:
+        raise CommandError("--limit is a number of rows from 1 to 10000")
+
+    async def read(conn: asyncpg.Connection) -> list[audit.AuditRow]:
+        return await audit.rows(conn, subject_id=args.subject, event_prefix=args.event,
+                                after_seq=args.after, limit=args.limit)
+    with _database(settings) as dsn:
+        found: list[audit.AuditRow] = asyncio.run(_on(dsn, read))
+    for r in found:
+        if args.json:
+            print(json.dumps({"seq": r.seq, "at": r.at.isoformat(), "event": r.event,
+                              "outcome": r.outcome, "actor_kind": r.actor_kind,
+                              "actor_id": r.actor_id, "subject_kind": r.subject_kind,
+                              "subject_id": r.subject_id, "request_id": r.request_id,
+                              "details": dict(r.details)}, sort_keys=True))
+            continue
+        details = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(r.details.items()))
+        print(f"{r.seq} {r.at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z {r.event} {r.outcome} "
+              f"actor={r.actor_kind}:{r.actor_id or '-'} "
+              f"subject={r.subject_kind or '-'}:{r.subject_id or '-'}"
+              + (f" {details}" if details else ""))
+    if not found:
+        print("no audit rows match", file=sys.stderr)
     return 0
 
 
@@ -270,6 +304,15 @@ def add_commands(sub: Any) -> None:
     verify.set_defaults(func=_audit_verify)
     au.add_parser("head", help="print the chain head (sequence and hash) to anchor elsewhere"
                   ).set_defaults(func=_audit_head)
+    show = au.add_parser("show", help="print rows, oldest first (e.g. --event "
+                                      "auth.refresh_reused: sessions ended as stolen)")
+    show.add_argument("--event", help="only events starting with this (auth., auth.refresh_reused)")
+    show.add_argument("--subject", help="only rows about this id (a device, user, image...)")
+    show.add_argument("--after", type=int, default=0, metavar="SEQ",
+                      help="only rows after this sequence number (page on from the last shown)")
+    show.add_argument("--limit", type=int, default=100, help="at most this many rows (100)")
+    show.add_argument("--json", action="store_true", help="one JSON object per line")
+    show.set_defaults(func=_audit_show)
 
     scim = sub.add_parser("scim", help="hospital directory over SCIM 2.0 (relay host)"
                           ).add_subparsers(dest="cmd", required=True)

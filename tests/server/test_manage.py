@@ -105,6 +105,27 @@ def test_relay_host_commands_leave_the_running_relay_serving(workstation: Path) 
         assert login.returncode == 0, login.stdout + login.stderr
         assert f"logged in to {run.url} as it.jones" in login.stdout
 
+        # What a security auditor reads, with the relay running: the rows of one kind.
+        shown = run_command([server, "audit", "show", "--event", "admin."], env)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        lines = shown.stdout.splitlines()
+        assert [line.split()[3:5] for line in lines] == [["admin.created", "ok"],
+                                                         ["admin.login", "ok"]], lines
+        assert all(re.fullmatch(r"[0-9]+ \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ admin\.\S+ ok "
+                                r"actor=\S+ subject=admin:[0-9a-f-]{36}.*", line)
+                   for line in lines), lines
+        as_json = run_command([server, "audit", "show", "--event", "admin.login", "--json"],
+                              env)
+        (row,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+        assert row["event"] == "admin.login" and row["outcome"] == "ok"
+        later = run_command([server, "audit", "show", "--event", "admin.",
+                             "--after", str(row["seq"])], env)
+        assert (later.returncode, later.stdout, later.stderr) == (0, "", "no audit rows match\n")
+        bad = run_command([server, "audit", "show", "--limit", "0"], env)
+        assert bad.returncode == 2 and bad.stderr.strip().endswith(
+            "--limit is a number of rows from 1 to 10000"), bad.stderr
+        assert run.proc.poll() is None
+
 
 @pytest.fixture
 def relay_host() -> Iterator[Path]:

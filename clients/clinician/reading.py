@@ -1142,6 +1142,10 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                         print(describe(client, event), flush=True)
                         await _catch_up(client, progress, queue)
                         continue
+                    print(describe(client, event), flush=True)
+                    for receipt in client.memory.receipts_kept_since():
+                        await queue.put(receipt)  # said below, as if the relay had sent it
+                    continue
                 if isinstance(event, MessageEvent) and event.message.message_id in progress.shown:
                     continue  # shown with the backlog
                 if isinstance(event, MessageEvent) and client.hidden_copy(event.message):

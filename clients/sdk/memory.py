@@ -131,6 +131,20 @@ class Memory:
         seen.append(receipt)
         return True
 
+    def receipts_kept_since(self) -> list[ReceiptEvent]:
+        """The receipts another program of this profile kept in the vault since this one read
+        them (it held the device's relay connection meanwhile, so the relay gave them to it:
+        clients/sdk/connection.py, "replaced"), in the order they were signed; each is this
+        program's from now on."""
+        try:
+            raw = self._vault.notes(_NOTE_RECEIPT)
+        except VaultLocked:
+            return []
+        self.restore()  # what earlier runs kept, first: not new
+        new = [r for r in (msgspec.msgpack.decode(v, type=ReceiptEvent) for v in raw.values())
+               if self._add_receipt(r)]
+        return sorted(new, key=lambda r: r.at)
+
     def _add_step(self, step: EscalationEvent) -> bool:
         steps = self._escalations.setdefault(step.message_id, [])
         if step in steps:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from clients.clinician.shell import command_client
-from clients.sdk.client import MessageEvent
+from clients.sdk.client import MessageEvent, ReceiptEvent
 from clients.sdk.profile import open_profile
 from tests.clinician_world import Clinician, intern_and_specialist, lightbox_process
 from tests.clinician_world import run_cli as lightbox
@@ -156,6 +156,40 @@ async def test_a_consult_the_other_command_received_is_shown_by_watch_once_it_is
     assert watch.said("Bed 12: hip film?") == 1, watch.lines
     assert watch.said(REPLACED_LINE) == 1, watch.lines
     assert not [line for line in watch.lines if LOST in line], watch.lines
+
+
+async def test_a_receipt_the_other_command_received_is_said_by_watch_once_it_is_back(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intern's device signs "delivered" of the specialist's reply while another command of
+    the specialist's profile holds the connection: the relay gives the receipt to that command,
+    which keeps it in the profile's vault, and will never send it to watch. Watch says it all
+    the same, once it is back (it missed a third of them when a colleague's loop of sends held
+    the connection)."""
+    async with watching(world, tmp_path, monkeypatch) as (intern, ortho, watch):
+        device = await asyncio.to_thread(open_profile, ortho.vault.directory, PASSWORD)
+        other = command_client(device)
+        heard = other.subscribe()
+        try:
+            await other.start(wait_connected=seconds(10))
+            await other.wait_synced(seconds(10))
+            await watch.until(REPLACED_LINE)
+            thread = await other.create_thread(users=[intern.user_id])
+            reply = await other.send_text(thread.thread_id, "Bring her to fracture clinic")
+            async with asyncio.timeout(seconds(10)):
+                while not (isinstance(event := await heard.get(), ReceiptEvent)
+                           and event.message_id == reply.message_id
+                           and event.kind == "delivered"):
+                    pass
+        finally:
+            await other.close()
+            device.vault.lock()
+        said = f": delivered ({reply.message_id[:8]})"
+        assert not watch.said(said), watch.lines  # not watch's to say while it made way
+        await watch.until("-- connected to the relay", count=2)
+        await watch.until(said)
+        await asyncio.sleep(1)  # nothing said twice
+    assert watch.said(said) == 1, watch.lines
+    assert watch.said(f"Dr Ada Intern{said}") == 1, watch.lines
 
 
 async def test_the_specialist_acknowledges_from_another_terminal_while_watch_runs(

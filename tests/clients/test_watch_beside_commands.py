@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from clients.clinician.shell import command_client
-from clients.sdk.client import MessageEvent, ReceiptEvent
+from clients.sdk.client import ClientEvent, LightboxClient, MessageEvent, ReceiptEvent
 from clients.sdk.profile import open_profile
 from tests.clinician_world import Clinician, intern_and_specialist, lightbox_process
 from tests.clinician_world import run_cli as lightbox
@@ -99,6 +99,24 @@ async def watching(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         intern.vault.lock()
 
 
+@contextlib.asynccontextmanager
+async def other_command(ortho: Clinician, watch: Watch
+                        ) -> AsyncIterator[tuple[LightboxClient, asyncio.Queue[ClientEvent]]]:
+    """Another command of the specialist's profile, as the CLI makes its client, holding the
+    device's connection (watch has made way) until the block ends; what it heard."""
+    device = await asyncio.to_thread(open_profile, ortho.vault.directory, PASSWORD)
+    other = command_client(device)
+    heard = other.subscribe()
+    try:
+        await other.start(wait_connected=seconds(10))
+        await other.wait_synced(seconds(10))
+        await watch.until(REPLACED_LINE)
+        yield other, heard
+    finally:
+        await other.close()
+        device.vault.lock()
+
+
 async def test_a_send_beside_watch_goes_at_once_and_watch_says_so_calmly_then_shows_what_came(
         world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with watching(world, tmp_path, monkeypatch) as (intern, ortho, watch):
@@ -134,13 +152,7 @@ async def test_a_consult_the_other_command_received_is_shown_by_watch_once_it_is
     so the relay will never send it to watch. Watch shows it all the same, once it is back."""
     async with watching(world, tmp_path, monkeypatch) as (intern, ortho, watch):
         # The other command, as the CLI makes its client (an `inbox` that takes its time).
-        device = await asyncio.to_thread(open_profile, ortho.vault.directory, PASSWORD)
-        other = command_client(device)
-        heard = other.subscribe()
-        try:
-            await other.start(wait_connected=seconds(10))
-            await other.wait_synced(seconds(10))
-            await watch.until(REPLACED_LINE)
+        async with other_command(ortho, watch) as (_other, heard):
             thread = await intern.client.create_thread(users=[ortho.user_id])
             consult = await intern.client.send_text(thread.thread_id, "Bed 12: hip film?")
             async with asyncio.timeout(seconds(10)):
@@ -148,9 +160,6 @@ async def test_a_consult_the_other_command_received_is_shown_by_watch_once_it_is
                            and event.message.message_id == consult.message_id):
                     pass
             assert not watch.said("Bed 12: hip film?"), watch.lines  # not watch's to show yet
-        finally:
-            await other.close()
-            device.vault.lock()
         await watch.until("Bed 12: hip film?")
         await watch.until("-- connected to the relay", count=2)
     assert watch.said("Bed 12: hip film?") == 1, watch.lines
@@ -166,13 +175,7 @@ async def test_a_receipt_the_other_command_received_is_said_by_watch_once_it_is_
     the same, once it is back (it missed a third of them when a colleague's loop of sends held
     the connection)."""
     async with watching(world, tmp_path, monkeypatch) as (intern, ortho, watch):
-        device = await asyncio.to_thread(open_profile, ortho.vault.directory, PASSWORD)
-        other = command_client(device)
-        heard = other.subscribe()
-        try:
-            await other.start(wait_connected=seconds(10))
-            await other.wait_synced(seconds(10))
-            await watch.until(REPLACED_LINE)
+        async with other_command(ortho, watch) as (other, heard):
             thread = await other.create_thread(users=[intern.user_id])
             reply = await other.send_text(thread.thread_id, "Bring her to fracture clinic")
             async with asyncio.timeout(seconds(10)):
@@ -180,9 +183,6 @@ async def test_a_receipt_the_other_command_received_is_said_by_watch_once_it_is_
                            and event.message_id == reply.message_id
                            and event.kind == "delivered"):
                     pass
-        finally:
-            await other.close()
-            device.vault.lock()
         said = f": delivered ({reply.message_id[:8]})"
         assert not watch.said(said), watch.lines  # not watch's to say while it made way
         await watch.until("-- connected to the relay", count=2)

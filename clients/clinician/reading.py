@@ -16,6 +16,7 @@ import ssl
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 
 import httpx
 import msgspec
@@ -31,9 +32,11 @@ from clients.clinician.shell import (
 )
 from clients.sdk.acking import (
     AcknowledgementUnconfirmed,
+    acknowledged_at,
     acknowledgement_answer,
     connections_ended,
     offers_acknowledgement,
+    opening_run,
     why_not_acknowledgeable,
 )
 from clients.sdk.client import (
@@ -407,9 +410,11 @@ def inbox_command(args: argparse.Namespace) -> int:
             # Urgent first (docs/USER_GUIDE.md: "--urgent puts the consult at the top of the
             # specialist's inbox"), then in the order written, across threads.
             arrived = {mid: n for n, mid in client.vault.message_ids_after(0)}
-            for view in sorted((v for views in unread.values() for v in views),
-                               key=functools.partial(_reading_order, client, arrived)):
-                await print_view(client, view, withdrawn, offline=down is not None)
+            listed = sorted((v for views in unread.values() for v in views),
+                            key=functools.partial(_reading_order, client, arrived))
+            for view in listed:
+                await print_view(client, view, withdrawn, offline=down is not None,
+                                 listed=listed)
                 shown += 1
             if args.mark_read:  # offline too: the read receipts go at the next connection
                 for t in threads:
@@ -425,13 +430,16 @@ def inbox_command(args: argparse.Namespace) -> int:
 
 
 async def print_view(client: LightboxClient, view: MessageView,
-                     withdrawn: dict[str, int], *, offline: bool = False) -> None:
+                     withdrawn: dict[str, int], *, offline: bool = False,
+                     listed: Sequence[MessageView] = ()) -> None:
     """One held message as ``inbox`` shows it, and ``watch`` the ones held when it starts:
     its header and text, its other copies, each image's state, whom its image never reached,
     its consent withdrawn (``withdrawn``: :meth:`LightboxClient.refresh_consents`), and the
     command that acknowledges it. ``offline``: the relay is out of reach, so it is not asked
     (what this device knows alone: an image deleted is said so, not whether it ever reached
-    the device; "I'm on it" is offered unless acknowledged here)."""
+    the device; "I'm on it" is offered unless acknowledged here). ``listed``: every message
+    printed with it, in order: a consult's "I'm on it" goes once, under the last message of
+    its opening run printed (clients/sdk/acking.py)."""
     print_message(client, MessageEvent(view.message, view.body))
     if view.copies:  # handed over by several devices: listed once (§16.4)
         print(f"    {copies_line(view.copies, client.display_name)}", flush=True)
@@ -445,7 +453,7 @@ async def print_view(client: LightboxClient, view: MessageView,
     if consent_id in withdrawn:
         print(f"    consent withdrawn {format_time(withdrawn[consent_id])}: the patient's "
               "consent no longer covers this message", flush=True)
-    if await offers_acknowledgement(client, view, ask_relay=not offline):
+    if await offers_acknowledgement(client, view, ask_relay=not offline, listed=listed):
         print(ack_hint(view.message.message_id), flush=True)  # not once acknowledged anywhere
 
 
@@ -945,8 +953,9 @@ async def _show_backlog(client: LightboxClient, progress: _Progress,
             latest[e.message_id] = e if was is None or (e.step, e.at) >= (was.step, was.at) \
                 else was
     arrived = {mid: n for n, mid in client.vault.message_ids_after(0)}
-    for view in sorted(views, key=functools.partial(_reading_order, client, arrived)):
-        await print_view(client, view, withdrawn)
+    listed = sorted(views, key=functools.partial(_reading_order, client, arrived))
+    for view in listed:
+        await print_view(client, view, withdrawn, listed=listed)
         progress.gone.update(i.attachment_id for i in view.images if i.state == "shredded")
         progress.not_received.update((t.message_id, t.user_id) for t in view.not_received)
         ids = [view.message.message_id, *(c.message_id for c in view.copies)]
@@ -1326,11 +1335,12 @@ async def _acknowledge(client: LightboxClient, message_id: str) -> str:
     await client.ensure_names([message.sender_user_id,
                                *(e.acknowledged_by for e in before if e.acknowledged_by)])
     who = client.display_name(message.sender_user_id)
-    # Already only when the relay keeps this user's receipt of this very message: this
-    # device's own record says what it sent, not what the relay took (a refusal undoes it,
-    # an answer lost in a timeout does not), and the escalation may have been stopped by
-    # another message of the thread.
-    kept = await _kept_acknowledgement(client, message)
+    # Already only when the relay keeps this user's receipt of the consult, of this or
+    # another message of its opening run (said to one, it is said to the consult:
+    # clients/sdk/acking.py): this device's own record says what it sent, not what the relay
+    # took (a refusal undoes it, an answer lost in a timeout does not), and the escalation
+    # may have been stopped by someone else.
+    kept = await acknowledged_at(client, [view, *opening_run(client, thread, gateways)])
     if kept is not None:
         return (f"you already acknowledged {consult} at {when(kept)}: {who} was told then; "
                 "nothing sent again")
@@ -1371,19 +1381,6 @@ async def _acknowledge(client: LightboxClient, message_id: str) -> str:
                 "already, which stopped its on-call escalation)")
     return (f"acknowledged {consult}: {who} is told you are on it"
             + (", and its on-call escalation stops" if stopped else ""))
-
-
-async def _kept_acknowledgement(client: LightboxClient, message: VaultMessage) -> int | None:
-    """When the relay took this user's ``acknowledged`` receipt of ``message`` (any of their
-    devices, signed by it: :meth:`LightboxClient.verified_receipts`), None when it keeps none
-    or cannot be asked now."""
-    try:
-        kept = await client.verified_receipts(message.thread_id, message.message_id)
-    except (RelayRequestError, RelayUnavailable):
-        return None
-    at = [r.at for r in kept if r.message_id == message.message_id
-          and r.user_id == client.user_id and r.kind == "acknowledged"]
-    return min(at) if at else None
 
 
 async def _the_consults(client: LightboxClient, message: VaultMessage) -> str:

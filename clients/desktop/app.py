@@ -129,6 +129,7 @@ from clients.desktop.views import (
     known_name,
     learn_names,
     message_json,
+    one_acknowledgement,
     reply_plan,
     send_reply,
     thread_info,
@@ -138,6 +139,8 @@ from clients.sdk.acking import (
     AcknowledgementUnconfirmed,
     acknowledgement_answer,
     connections_ended,
+    offered_under,
+    opening_run,
     why_not_acknowledgeable,
 )
 from clients.sdk.client import (
@@ -715,6 +718,9 @@ class DesktopServer:
                 m["acknowledged_by_me"] = note == ACK_UNANSWERED
             for img in m["images"]:
                 img["never_here"] = img["attachment_id"] in never_here
+        # "I'm on it" once per consult, under the last message of its opening run held here,
+        # acknowledged whichever of them it was said to (clients/sdk/acking.py)
+        one_acknowledgement(messages, offered_under(opening_run(client, views, gateways), views))
         # This device's sends the relay has not stored yet (the outbox, docs/PROTOCOL.md §3.5):
         # shown as not sent yet, until the client sends them once it reaches the relay.
         shown = {v.message.message_id for v in views}

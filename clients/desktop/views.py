@@ -28,6 +28,7 @@ from protocol.errors import ProtocolError
 from protocol.model import Priority, Purpose
 
 __all__ = [
+    "ACK_STATE",
     "ACK_UNANSWERED",
     "ACK_UNCONFIRMED",
     "KEPT_ACK",
@@ -39,6 +40,7 @@ __all__ = [
     "message_json",
     "message_times",
     "note",
+    "one_acknowledgement",
     "reply_plan",
     "send_reply",
     "study_json",
@@ -277,7 +279,8 @@ def message_json(client: LightboxClient, view: MessageView,
         "not_received": [t.sentence(f'consult "{body.subject}"' if body.subject
                                     else "this consult") for t in view.not_received],
         # a consult for this user to say "I'm on it" to: the page's button, with
-        # acknowledged_by_me (one rule with `lightbox ack` and its hint: clients/sdk/acking.py)
+        # acknowledged_by_me (one rule with `lightbox ack` and its hint: clients/sdk/acking.py);
+        # once per consult, under one message of it (:func:`one_acknowledgement`)
         "acknowledgeable": why_not_acknowledgeable(client, view, thread, gateways) is None,
         "acknowledged_by_me": view.acknowledged_by_me,
         "acknowledged_elsewhere": False,  # by another device of this user (app.py thread)
@@ -288,6 +291,30 @@ def message_json(client: LightboxClient, view: MessageView,
             "filed_at": body.filing.filed_at},
         "note": note(body),
     }
+
+
+# What the page says of this user's "I'm on it" under a message (:func:`message_json`).
+ACK_STATE = ("acknowledged_by_me", "acknowledged_elsewhere", "acknowledgement_waiting",
+             "acknowledgement_note")
+
+
+def one_acknowledgement(messages: list[dict[str, Any]], offered: str | None) -> None:
+    """"I'm on it" is said to the consult, whichever message of its opening run it went to
+    (clients/sdk/acking.py): of ``messages`` (:func:`message_json`, after the thread's own
+    acknowledgement notes), the consult's button, and what became of it, go once, under
+    ``offered`` (:func:`clients.sdk.acking.offered_under`), the only one left
+    ``acknowledgeable``. Every message of the run takes the consult's state (its escalation
+    lines say whether this user acknowledged it): acknowledged and answered by the relay,
+    else sent and waiting, else refused, else not."""
+    run = [m for m in messages if m["acknowledgeable"]]
+    said = next((m for m in run if m["acknowledged_by_me"]
+                 and not m["acknowledgement_waiting"]), None) \
+        or next((m for m in run if m["acknowledged_by_me"]), None) \
+        or next((m for m in run if m["acknowledgement_note"]), None)
+    for m in run:
+        if said is not None:
+            m.update({k: said[k] for k in ACK_STATE})
+        m["acknowledgeable"] = m["message_id"] == offered
 
 
 # A reply kept while the relay was out of reach is sealed when it goes: its signed header's

@@ -15,6 +15,15 @@ docs/PROTOCOL.md §17; a corrected patient identity), nor the record gateway's m
 receipt would go to the gateway). And no longer once this user acknowledged it on any of their
 devices (:func:`acknowledged_at`, from receipts those devices signed).
 
+It acknowledges the consult, not one message: the relay stops the consult's escalation
+whichever message of the thread it was said to (server/store/escalations.py). So once this user
+said it to any message of the opening run, no reader offers it under any of them, and ``lightbox
+ack`` of another says it was done; and a reader listing several messages of the opening run
+offers it once, under the last of them it lists, nearest the newest information
+(:func:`offered_under`; the desktop's ``a`` key takes the last button too). Offered under
+every message of the run, acknowledging one left the others offering it, as if the consult
+were half acknowledged.
+
 The relay answers a refused acknowledgement receipt on the connection the receipt came on, and
 a kept one with nothing (docs/PROTOCOL.md §3.5 "Receipts"); the device has one connection at a
 time. When another program of the same profile (``lightbox watch``, a ``lightbox`` command, the
@@ -35,7 +44,8 @@ from clients.sdk.events import AcknowledgementEvent, ClientEvent, MessageView
 from protocol.body import BodyKind
 
 __all__ = ["AcknowledgementUnconfirmed", "acknowledged_at", "acknowledgement_answer",
-           "connections_ended", "offers_acknowledgement", "why_not_acknowledgeable"]
+           "connections_ended", "offered_under", "offers_acknowledgement", "opening_run",
+           "why_not_acknowledgeable"]
 
 # Seconds between two questions to the relay while it has not answered, growing to the most.
 POLL_FIRST = 0.2
@@ -134,14 +144,38 @@ def why_not_acknowledgeable(client: LightboxClient, view: MessageView,
     return None
 
 
-async def acknowledged_at(client: LightboxClient, view: MessageView) -> int | None:
-    """When the relay took this user's ``acknowledged`` receipt of ``view``'s consult (any
-    copy of it, from any of their devices, signed by that device:
-    :meth:`LightboxClient.verified_receipts`); None when it keeps none or cannot be asked
-    now."""
-    ids = {view.message.message_id, *(c.message_id for c in view.copies)}
+def opening_run(client: LightboxClient, thread: Sequence[MessageView],
+                gateways: Collection[str] = ()) -> list[MessageView]:
+    """The messages of ``thread`` (:meth:`LightboxClient.thread_messages`) this user can say
+    "I'm on it" to (:func:`why_not_acknowledgeable`), in order: the consult's opening run, or
+    nothing when it asks this user nothing. Saying it to one says it to the consult."""
+    return [v for v in thread if why_not_acknowledgeable(client, v, thread, gateways) is None]
+
+
+def offered_under(run: Sequence[MessageView], listed: Sequence[MessageView]) -> str | None:
+    """The message id under which a reader that shows ``listed`` (in the order it shows them)
+    puts the consult's "I'm on it", or what it says of it once said: the last message of its
+    opening run (``run``: :func:`opening_run`) among them; None when it lists none of them."""
+    ids = {i for v in run for i in _ids(v)}
+    shown = [v for v in listed if _ids(v) & ids]
+    return shown[-1].message.message_id if shown else None
+
+
+def _ids(view: MessageView) -> set[str]:
+    """A message's id and its copies' (a consult handed over by several devices, §16.4)."""
+    return {view.message.message_id, *(c.message_id for c in view.copies)}
+
+
+async def acknowledged_at(client: LightboxClient, run: Sequence[MessageView]) -> int | None:
+    """When the relay took this user's ``acknowledged`` receipt of the consult whose opening
+    run is ``run`` (:func:`opening_run`): of any of its messages or their copies, from any of
+    their devices, signed by that device (:meth:`LightboxClient.verified_receipts`); None when
+    it keeps none or cannot be asked now."""
+    ids = {i for v in run for i in _ids(v)}
+    if not ids:
+        return None
     try:
-        kept = await client.verified_receipts(view.message.thread_id)
+        kept = await client.verified_receipts(run[0].message.thread_id)
     except (RelayRequestError, RelayUnavailable):
         return None
     at = [r.at for r in kept if r.message_id in ids and r.user_id == client.user_id
@@ -150,11 +184,15 @@ async def acknowledged_at(client: LightboxClient, view: MessageView) -> int | No
 
 
 async def offers_acknowledgement(client: LightboxClient, view: MessageView, *,
-                                 ask_relay: bool = True) -> bool:
+                                 ask_relay: bool = True,
+                                 listed: Sequence[MessageView] = ()) -> bool:
     """Whether a reader shows "I'm on it" under ``view`` (``lightbox inbox``'s and ``watch``'s
     hint): a consult this user can acknowledge (:func:`why_not_acknowledgeable`) that they
-    have not acknowledged, on this device or another of theirs (:func:`acknowledged_at`; the
-    relay out of reach, it is offered: ``lightbox ack`` then says what the relay keeps).
+    have not acknowledged, to any message of its opening run, on this device or another of
+    theirs (:func:`acknowledged_at`; the relay out of reach, it is offered: ``lightbox ack``
+    then says what the relay keeps); and ``view`` is the last message of that run among
+    ``listed``, the messages the reader shows with it in the order it shows them
+    (:func:`offered_under`; ``view`` alone when empty: ``watch`` showing one as it arrives).
     Without ``ask_relay`` (a reader that knows the relay is out of reach), from what this
     device knows alone: no sender is known as the record gateway (whose messages are never
     a consult's opening run anyway), and only an acknowledgement from this device counts."""
@@ -164,6 +202,9 @@ async def offers_acknowledgement(client: LightboxClient, view: MessageView, *,
         if ask_relay else set()
     if why_not_acknowledgeable(client, view, thread, gateways) is not None:
         return False
-    if view.acknowledged_by_me:
+    run = opening_run(client, thread, gateways)
+    if offered_under(run, [*listed] or [view]) not in _ids(view):
         return False
-    return not ask_relay or await acknowledged_at(client, view) is None
+    if view.acknowledged_by_me or any(v.acknowledged_by_me for v in run):
+        return False
+    return not ask_relay or await acknowledged_at(client, [view, *run]) is None

@@ -152,3 +152,70 @@ async def test_inbox_offers_no_ack_for_a_consult_acknowledged_on_her_other_devic
         out + err)
     assert out.endswith(": Dr Ada Intern was told then; nothing sent again\n"), out
     assert await acknowledgements(world, sent) == 1
+
+
+async def test_a_consult_of_two_opening_messages_offers_ack_once_and_is_acknowledged_once(
+        world: World, tmp_path: Path) -> None:
+    """Ada sends a consult, then a second message in it before anyone answered: both open it.
+    Bob's inbox offers "I'm on it" once, under the second (the last of them it prints);
+    ``ack`` of the second acknowledges the consult (and reads it), so his inbox offers it no
+    longer under the first either, and
+    ``ack`` of the first says it was done, sending nothing. Before, the hint came under both,
+    and stayed under the first once the second was acknowledged."""
+    await on_call(world, tmp_path)
+    first = await send("--to", ROLE, "--urgent", "--subject", "Wrist, bed 4",
+                       "Displaced distal radius?")
+    second = await send("--thread", await thread_of(world, first), "Fingers numb now too.")
+    rc, out, err = await lightbox("--profile", "bob", "inbox")
+    assert rc == 0 and "Displaced distal radius?" in out and "Fingers numb now too." in out, (
+        out + err)
+    assert ACK.findall(out) == [second], out
+    assert out.index("Fingers numb now too.") < out.index(f"lightbox ack {second}"), out
+
+    rc, out, err = await lightbox("--profile", "bob", "ack", second)
+    assert (rc, out) == (0, 'acknowledged consult "Wrist, bed 4": Dr Ada Intern is told you '
+                            "are on it, and its on-call escalation stops\n"), out + err
+    rc, out, err = await lightbox("--profile", "bob", "inbox")
+    assert rc == 0 and "Displaced distal radius?" in out, out + err  # read: the acknowledged
+    assert ACK.findall(out) == [], out  # nor under the first, still unread
+
+    rc, out, err = await lightbox("--profile", "bob", "ack", first)
+    assert rc == 0 and out.startswith('you already acknowledged consult "Wrist, bed 4" at '), (
+        out + err)
+    assert out.endswith(": Dr Ada Intern was told then; nothing sent again\n"), out
+    assert (await acknowledgements(world, first), await acknowledgements(world, second)) == (0, 1)
+
+
+async def test_a_consult_acknowledged_on_her_other_device_by_its_first_message_offers_no_ack(
+        world: World, tmp_path: Path) -> None:
+    """The consult of two opening messages; Bob acknowledges its first on his desktop. His
+    phone's inbox offers "I'm on it" under neither (the place it would go, the second, was
+    not the one acknowledged), and ``ack`` of the second says it was done."""
+    await on_call(world, tmp_path)
+    opened = open_profile(tmp_path / "home" / "bob", PASSWORD)
+    desktop = await link_desktop(world, SimpleNamespace(  # type: ignore[arg-type]
+        client=opened.client(), vault=opened.vault), tmp_path / "bob-desktop")
+    opened.vault.lock()
+    await desktop.start(wait_connected=seconds(10))
+    try:
+        first = await send("--to", ROLE, "--urgent", "--subject", "Wrist, bed 4",
+                           "Displaced distal radius?")
+        second = await send("--thread", await thread_of(world, first), "Fingers numb now too.")
+        await eventually(lambda: held(desktop, second), timeout=15)
+        assert await desktop.acknowledge(first, wait=seconds(10))
+
+        async def kept() -> bool:
+            return await acknowledgements(world, first) == 1
+        await eventually(kept, timeout=15)
+    finally:
+        await desktop.close()
+
+    rc, out, err = await lightbox("--profile", "bob", "inbox")
+    assert rc == 0 and "Displaced distal radius?" in out and "Fingers numb now too." in out, (
+        out + err)
+    assert ACK.findall(out) == [], out
+    rc, out, err = await lightbox("--profile", "bob", "ack", second)
+    assert rc == 0 and out.startswith('you already acknowledged consult "Wrist, bed 4" at '), (
+        out + err)
+    assert out.endswith(": Dr Ada Intern was told then; nothing sent again\n"), out
+    assert (await acknowledgements(world, first), await acknowledgements(world, second)) == (1, 0)

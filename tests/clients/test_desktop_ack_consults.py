@@ -3,7 +3,8 @@ Chromium against a real relay (docs/USER_GUIDE.md "Specialists"; the rule is the
 clients/sdk/acking.py, as ``lightbox ack`` and its hint use it): none under a colleague's reply
 to the user's own consult (written on her phone), and asked anyway through the HTTP API (as a
 script would) it is refused and nothing reaches the relay; none under a break-glass follow-up
-note, while the emergency consult above it keeps its button.
+note, while the emergency consult above it keeps its button; once for a consult of two opening
+messages (under the second), and none once it was acknowledged, whichever of them it was said to.
 
 Screenshots go to test-artefacts/desktop-ack-consults/.
 """
@@ -25,7 +26,7 @@ from tests.clients.test_desktop import (
 )
 from tests.clients.test_desktop_ack_own_devices import phone_linked_from_the_desktops_profile
 from tests.consent_world import count
-from tests.helpers import ROOT, seconds
+from tests.helpers import ROOT, eventually, seconds
 from tests.identity_world import World
 from tests.orthanc import OrthancServer
 
@@ -101,4 +102,85 @@ async def test_no_im_on_it_under_a_break_glass_follow_up_note(
         assert await note.locator(".ack-button").count() == 0
         assert await page.locator(".ack-button").count() == 1
         await page.screenshot(path=folder / "01-consult-and-follow-up.png")
+        assert problems == []
+
+
+async def test_one_im_on_it_for_a_consult_of_two_opening_messages_and_acknowledged_once(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """Ada's consult to the on-call role, then a second message in it before anyone answered:
+    both open it. One *I'm on it (a)*, under the second (the last of them, nearest the newest
+    information); pressed, the consult is acknowledged once, said once under the second, with
+    no button left under the first. Before, a button came under each, and the first kept its
+    button once the second was acknowledged."""
+    folder = shots("two-opening-messages")
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        await unlock_page(page, team.desktop)
+        intern = team.intern.client
+        thread = await intern.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+        first = await intern.send_text(thread.thread_id, "Displaced distal radius?",
+                                       subject="Wrist, bed 4")
+        second = await intern.send_text(thread.thread_id, "Fingers numb now too.")
+
+        await page.locator(".thread-item", has_text="Wrist, bed 4").click()
+        opening = page.locator(f'.message[data-message-id="{first.message_id}"]')
+        latest = page.locator(f'.message[data-message-id="{second.message_id}"]')
+        await opening.wait_for()
+        await latest.locator(".ack-button").wait_for()
+        assert await page.locator(".ack-button").count() == 1
+        assert await opening.locator(".ack-button, .ack-state").count() == 0
+        await page.screenshot(path=folder / "01-one-button-under-the-second-message.png")
+
+        await latest.locator(".ack-button").click()
+        await latest.locator(".ack-state").wait_for()
+        assert await latest.locator(".ack-state").inner_text() == "You acknowledged this consult"
+        assert await page.locator(".ack-button").count() == 0
+        assert await page.locator(".ack-state").count() == 1
+        await page.locator(".thread-item.selected .meta", has_text="- acknowledged").wait_for()
+        await page.screenshot(path=folder / "02-the-consult-acknowledged-once.png")
+        assert await count(world, "SELECT count(*) FROM receipts WHERE kind = 'acknowledged' "
+                           "AND message_id = ANY($1::uuid[])",
+                           [uuid.UUID(first.message_id), uuid.UUID(second.message_id)]) == 1
+        assert problems == []
+
+
+async def test_no_im_on_it_once_her_phone_acknowledged_the_first_opening_message(
+        world: World, tmp_path: Path, orthanc: OrthancServer) -> None:
+    """The consult of two opening messages; Bo says "I'm on it" to the first on his phone.
+    The desktop offers it under neither and says once, where its button would be, that the
+    consult is acknowledged on another of his devices. Before, the second kept its button."""
+    folder = shots("acknowledged-on-the-phone")
+    async with desktop_team(world, tmp_path, orthanc) as team, \
+            browser_page() as (page, problems):
+        phone = await phone_linked_from_the_desktops_profile(world, tmp_path, "bo-phone")
+        await phone.start(wait_connected=seconds(10))
+        try:
+            await unlock_page(page, team.desktop)
+            intern = team.intern.client
+            thread = await intern.create_thread(roles=[ORTHO], priority=Priority.URGENT)
+            first = await intern.send_text(thread.thread_id, "Displaced distal radius?",
+                                           subject="Wrist, bed 4")
+            second = await intern.send_text(thread.thread_id, "Fingers numb now too.")
+            await page.locator(".thread-item", has_text="Wrist, bed 4").wait_for()
+            await phone.wait_synced(seconds(15))
+            assert await phone.acknowledge(first.message_id, wait=seconds(10))
+
+            async def kept() -> bool:
+                return await count(world, "SELECT count(*) FROM receipts WHERE message_id = $1 "
+                                   "AND kind = 'acknowledged'", uuid.UUID(first.message_id)) == 1
+            await eventually(kept, timeout=15)
+        finally:
+            await phone.close()
+
+        await page.locator(".thread-item", has_text="Wrist, bed 4").click()
+        opening = page.locator(f'.message[data-message-id="{first.message_id}"]')
+        latest = page.locator(f'.message[data-message-id="{second.message_id}"]')
+        await latest.locator(".ack-state").wait_for()
+        assert await latest.locator(".ack-state").inner_text() == (
+            "You acknowledged this consult (on another of your devices)")
+        assert await opening.locator(".ack-button, .ack-state").count() == 0
+        assert await page.locator(".ack-button").count() == 0
+        await page.locator(".thread-item.selected .meta",
+                           has_text="- acknowledged on another of your devices").wait_for()
+        await page.screenshot(path=folder / "01-acknowledged-on-the-phone-said-once.png")
         assert problems == []

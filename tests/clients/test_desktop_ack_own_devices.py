@@ -1,7 +1,7 @@
 """"I'm on it" across the specialist's own devices, in a real Chromium against a real relay
 (docs/USER_GUIDE.md "Specialists"): Bea acknowledges a consult on another device of hers (her
-phone, `lightbox ack`) and answers it there; her desktop then says "You acknowledged this"
-under the consult instead of offering *I'm on it* again (that receipt goes to the consult's
+phone, `lightbox ack`) and answers it there; her desktop then says "You acknowledged this
+consult" under it instead of offering *I'm on it* again (that receipt goes to the consult's
 sender, never to her desktop: the relay's escalation state says who acknowledged it), and
 offers no *I'm on it* under her own reply; asked to acknowledge her own reply anyway (as a
 script would), it refuses as `lightbox ack` does.
@@ -72,7 +72,7 @@ async def test_an_acknowledgement_and_a_reply_from_her_other_device_show_as_hers
         own = page.locator(f'.message[data-message-id="{reply.message_id}"]')
         await own.wait_for()
         assert await consult.locator(".ack-state").inner_text() == (
-            "You acknowledged this (on another of your devices)")
+            "You acknowledged this consult (on another of your devices)")
         assert await page.locator(".ack-button").count() == 0  # nor under her own reply
         await page.screenshot(path=SHOTS / "01-acknowledged-and-answered-on-her-phone.png")
 

@@ -570,15 +570,17 @@ async function openThread(id, markRead) {
     list.append(el("p", {class: "dropped-actions"}, dismiss));
   }
   for (const m of t.messages) {
-    // Not yet sent (the relay out of reach): said by ackLine instead, never "You acknowledged this".
-    // Also when said on another device of hers (her phone): the relay's escalation says so.
-    const acked = m.acknowledged_by_me && !m.acknowledgement_waiting
-      ? el("span", {class: "ack-state"}, "You acknowledged this" +
-           (m.acknowledged_elsewhere ? " (on another of your devices)" : "")) : null;
-    let ack = null;
     // Only a consult for this user (m.acknowledgeable: the thread's opening message from its
     // maker, never a reply to one's own consult, a note or the record gateway's; one rule with
-    // `lightbox ack`, clients/sdk/acking.py), and so "a" acknowledges the consult itself.
+    // `lightbox ack`, clients/sdk/acking.py), and so "a" acknowledges the consult itself. Once
+    // per consult: the server marks one message of its opening run, and gives it the consult's
+    // state whichever of them it was said to (clients/desktop/views.py one_acknowledgement).
+    // Not yet sent (the relay out of reach): said by ackLine instead, never "You acknowledged".
+    // Also when said on another device of hers (her phone): the relay's escalation says so.
+    const acked = m.acknowledgeable && m.acknowledged_by_me && !m.acknowledgement_waiting
+      ? el("span", {class: "ack-state"}, "You acknowledged this consult" +
+           (m.acknowledged_elsewhere ? " (on another of your devices)" : "")) : null;
+    let ack = null;
     if (m.acknowledgeable && !m.acknowledged_by_me) {
       ack = el("button", {type: "button", class: "ack-button", "data-message-id": m.message_id}, "I'm on it (a)");
       ack.addEventListener("click", () => acknowledge(m.message_id));
@@ -601,7 +603,7 @@ async function openThread(id, markRead) {
         m.emergency.replaceAll("_", " ") + "): sent without consent in an emergency: " +
         (m.emergency_reason || "no reason given")) : null,
       recordBlock(m.record), ...m.images.map((img) => imageBlock(m, img)), consentBlock(m.consent),
-      ack, acked, ackLine(m), receipts, escalation, ...notReceived));
+      ack, acked, m.acknowledgeable ? ackLine(m) : null, receipts, escalation, ...notReceived));
   }
   for (const p of t.pending || []) {
     list.append(el("div", {class: "message mine pending", "data-message-id": p.message_id},

@@ -64,13 +64,12 @@ SHOTS = ROOT / "test-artefacts" / "phone"
 ORTHO = "orthopaedics_oncall"
 PASSPHRASE = "amber kettle nightshift wrist"
 # A photo kept while the relay cannot be reached, a new consult's or one added to a consult:
-# the line under it as it is kept, and the consult's line under the photo (after a restart too).
+# the line under it as it is kept, and the consult's line under the photo (after a restart too):
+# one sentence for one cause.
 PHOTO_KEPT = ("Not sent yet: this phone is not connected to the relay. The photo is kept on this "
               "phone, encrypted, and sent by itself when the relay can be reached; it shows as "
               "sent then.")
-PHOTO_KEPT_NOTE = ("Not sent yet: the relay could not be reached. The photo is kept on this "
-                   "phone, encrypted, and sent by itself when the relay can be reached; it shows "
-                   "as sent then.")
+PHOTO_KEPT_NOTE = PHOTO_KEPT
 
 
 def bound_socket() -> tuple[socket.socket, int]:

@@ -48,8 +48,7 @@ SUBJECT = "Wrist, bay 6"
 TEXT = "Fell on outstretched hand, snuffbox tender, first film normal. Scaphoid views?"
 KEPT = ("Not sent yet: this phone is not connected to the relay. It is kept on this phone and "
         "sent by itself as soon as the relay takes it; it shows as sent then.")
-KEPT_NOTE = ("Not sent yet: the relay could not be reached. It is kept on this phone and sent "
-             "by itself as soon as the relay takes it; it shows as sent then.")
+KEPT_NOTE = KEPT  # under the consult in its thread: the same sentence as under the form
 
 
 @pytest.fixture

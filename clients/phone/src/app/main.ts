@@ -887,7 +887,8 @@ function messageElement(m: MessageView, t: ThreadRecord): HTMLElement {
   meta.className = "meta";
   const h = m.handover;
   const from = h && !h.confirmed ? `${m.from_name} (as handed over by ${h.resealed_by})` : m.from_name;
-  meta.textContent = `${m.mine ? "You" : from} · ${when(m.sent_at)}${m.mine ? ` · ${m.status === "not_sent" ? "not sent" : m.status}` : ""}`;
+  const at = m.written_at ? `written ${when(m.written_at)}, sent ${when(m.sent_at)}` : when(m.sent_at);
+  meta.textContent = `${m.mine ? "You" : from} · ${at}${m.mine ? ` · ${m.status === "not_sent" ? "not sent" : m.status}` : ""}`;
   const best = ["acknowledged", "read", "delivered"].map((k) => (m.receipts ?? []).filter((r) => r.kind === k)).find((rs) => rs.length);
   if (m.mine && best) meta.textContent += ` · ${best[0]!.kind} by ${best.map((r) => r.name).join(", ")}`;
   const text = document.createElement("div");

@@ -9,7 +9,12 @@ export interface MessageView {
   mine: boolean;
   text: string;
   subject: string | null;
+  /** For one of ours once sealed, the time in its signed header: when it was sent, as every
+   * participant sees it; before, when it was written. */
   sent_at: number;
+  /** One of ours sealed more than a minute after it was written (kept on the phone while the
+   * relay could not take it): when it was written. */
+  written_at?: number | null;
   status: "sending" | "sent" | "received" | "not_sent";
   /** Why one of ours is not sent (refused for good by the relay), and what to do, in words;
    * or, while it is sending, why it is kept on the phone (written while the relay could not be

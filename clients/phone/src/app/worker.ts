@@ -1378,6 +1378,10 @@ async function onReceiptNotice(frame: ServerFrame): Promise<void> {
     body = verifyReceiptStatement(frame["statement"] as string, device.signingKey, device.deviceId);
     if (body.message_id !== frame["message_id"] || body.kind !== frame["kind"]) throw new UserError("verification_failed", "receipt names another message");
     name = device.user.display_name;
+    // The other participants' receipts only: the user's own other devices (a linked desktop)
+    // sign "delivered" and "read" of it too, but they are no recipient to tell of (the desktop
+    // and `lightbox watch` leave them out too).
+    if (device.userId === st!.user_id) return;
   } catch {
     return; // an unverifiable receipt is not shown (and is the relay's to explain)
   }
@@ -1831,9 +1835,10 @@ async function sendWritten(draft: DraftRecord): Promise<Record<string, unknown>>
     if (!(err instanceof RelayError && httpPasses(err)) || (st?.sso && SESSION_ENDED.includes(err.code))) throw err;
     const hold = accountHold(err.code);
     if (hold) heardHold(hold);
-    const why = hold ?? (ready ? "unreachable" : null);
-    await keepDraft(draft, hold ? keptSentence(hold) : KEPT_NOTE);
-    return { thread_id: draft.thread_id, message_id: draft.message_id, kept: keptSentence(why) };
+    // One sentence for why, the same under the form and under the message in its consult.
+    const kept = keptSentence(hold ?? (ready ? "unreachable" : null));
+    await keepDraft(draft, kept);
+    return { thread_id: draft.thread_id, message_id: draft.message_id, kept };
   } finally {
     inFlight.delete(draft.message_id);
   }
@@ -1858,11 +1863,9 @@ interface DraftRecord {
   thread_created: boolean;
 }
 
-/** What a kept draft's thread says under it, after the app was closed and opened too. */
-const KEPT_NOTE = "Not sent yet: the relay could not be reached. It is kept on this phone and sent by itself as soon as the relay takes it; it shows as sent then.";
-
 /** The draft in the vault, and its thread shown with it marked sending (PROTOCOL §3.5), and
- * `note` (why) under it. */
+ * `note` (why, as the form said it: relay.ts keptSentence) under it, after the app was closed
+ * and opened too. */
 async function keepDraft(draft: DraftRecord, note: string): Promise<void> {
   const written = decodeBody(draft.body);
   const view: MessageView = {
@@ -1928,6 +1931,14 @@ async function sealDraft(draft: DraftRecord, kept: boolean): Promise<OutboxRecor
   await vault!.put(`content:${draft.message_id}`, contentOf(decodeBody(draft.body), draft.priority, header.purpose));
   if (kept) {
     await vault!.put(`outbox:${record.message_id}`, record);
+    // Sealed now: shown from here on at its signed header's time, as every participant sees
+    // it, and when it was written, if much earlier.
+    await updateThread(record.thread_id, (thread) => {
+      const m = thread.messages.find((x) => x.message_id === record.message_id);
+      if (!m) return false;
+      Object.assign(m, sentTimes(header.sent_at, draft.created_at));
+      return true;
+    });
   } else {
     // The outbox and the thread are written before anything leaves the phone (PROTOCOL §3.5).
     const written = decodeBody(draft.body);
@@ -1939,6 +1950,18 @@ async function sealDraft(draft: DraftRecord, kept: boolean): Promise<OutboxRecor
     await addToThread(view, { thread_id: record.thread_id, role: draft.role, subject: view.subject, priority: draft.priority, messages: [] });
   }
   return record;
+}
+
+/** A message of ours written more than this many seconds before it was sealed (kept on the
+ * phone while the relay could not take it) says when it was written too, as the desktop's
+ * (clients/desktop/views.py WRITTEN_EARLIER). */
+const WRITTEN_EARLIER = 60;
+
+/** When one of ours was sent, the time in its signed header (what every participant and
+ * `lightbox watch` show), and when it was written if more than WRITTEN_EARLIER seconds
+ * earlier (docs/USER_GUIDE.md, "Interns: the phone app", Times). */
+function sentTimes(sentAt: number, writtenAt: number | undefined): { sent_at: number; written_at: number | null } {
+  return { sent_at: sentAt, written_at: writtenAt !== undefined && sentAt - writtenAt > WRITTEN_EARLIER ? writtenAt : null };
 }
 
 /** A kept draft sealed and sent (resendOutbox): a refusal for good, of its thread or of its
@@ -2200,7 +2223,7 @@ async function sendConsented(a: ImageSend, role: string, token: string, claims: 
   // relay's offset when it is next unlocked, with the same ciphertext (PROTOCOL §12).
   const job: UploadJob = {
     attachment_id: upload.attachment_id, ciphertext: enc.ciphertext, key: enc.key, sha256: enc.sha256, size: enc.size,
-    token, consent_id: claims.jti, role, send: { ...a, jpeg: a.jpeg },
+    token, consent_id: claims.jti, role, send: { ...a, jpeg: a.jpeg }, written_at: now(),
   };
   const name = `upload:${job.attachment_id}`;
   uploading.add(job.attachment_id); // ours from here: a reconnect meanwhile does not resume it too
@@ -2268,9 +2291,6 @@ interface PhotoDraft {
   ask_again?: boolean;
 }
 
-/** What a kept photo's consult says under it, after the app was closed and opened too. */
-const KEPT_PHOTO_NOTE = "Not sent yet: the relay could not be reached. The photo is kept on this phone, encrypted, and sent by itself when the relay can be reached; it shows as sent then.";
-
 /** The photo consult kept (PhotoDraft), or the photo added to a consult (`a.thread_id`), and
  * shown in its thread, marked sending with why. */
 async function keepPhoto(a: ImageSend, role: string, token: string, claims: ConsentClaims, registered: boolean): Promise<Record<string, unknown>> {
@@ -2279,19 +2299,19 @@ async function keepPhoto(a: ImageSend, role: string, token: string, claims: Cons
     send: { ...a, thread_id: a.thread_id ?? null, audience: null, kept_id: null }, token, claims, registered,
   };
   const subject = a.subject.trim() || null;
+  // One sentence for why, the same under the consent screen's line and under the photo in its
+  // consult (after the app was closed and opened too).
+  const why = ready ? "this phone cannot reach the relay just now" : "this phone is not connected to the relay";
+  const kept = `Not sent yet: ${why}. The photo is kept on this phone, encrypted, and sent by itself when the relay can be reached; it shows as sent then.`;
   const view: MessageView = {
     message_id: draft.message_id, thread_id: draft.thread_id, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
-    text: a.text, subject, sent_at: draft.created_at, status: "sending", status_note: KEPT_PHOTO_NOTE, quality_warnings: a.warnings,
+    text: a.text, subject, sent_at: draft.created_at, status: "sending", status_note: kept, quality_warnings: a.warnings,
     attachment_id: draft.message_id, image_state: "held",
   };
   await vault!.put(`outbox:${draft.message_id}`, draft);
   await addToThread(view, { thread_id: draft.thread_id, role, subject, priority: a.priority, messages: [] }, false, a.record);
   recordedConsent = null; // the consent is the kept photo's now
-  const why = ready ? "this phone cannot reach the relay just now" : "this phone is not connected to the relay";
-  return {
-    decision: "agreed", thread_id: draft.thread_id, message_id: draft.message_id,
-    kept: `Not sent yet: ${why}. The photo is kept on this phone, encrypted, and sent by itself when the relay can be reached; it shows as sent then.`,
-  };
+  return { decision: "agreed", thread_id: draft.thread_id, message_id: draft.message_id, kept };
 }
 
 /**
@@ -2330,7 +2350,7 @@ async function sendPhotoDraft(draft: PhotoDraft): Promise<void> {
     job = {
       attachment_id: upload.attachment_id, ciphertext: enc.ciphertext, key: enc.key, sha256: enc.sha256, size: enc.size,
       token: draft.token, consent_id: draft.claims.jti, role: draft.role, send: draft.send,
-      message_id: draft.message_id, thread_id: draft.thread_id,
+      message_id: draft.message_id, thread_id: draft.thread_id, written_at: draft.created_at,
     };
     uploading.add(job.attachment_id);
     await vault!.put(`upload:${job.attachment_id}`, job);
@@ -2379,6 +2399,9 @@ interface UploadJob {
    * was kept and shown in that thread since. */
   message_id?: string;
   thread_id?: string;
+  /** When the photo consult was sent from the consent screen (a kept photo's: when it was
+   * kept); absent in a job written before. */
+  written_at?: number;
 }
 
 const uploading = new Set<string>();
@@ -2477,7 +2500,7 @@ async function finishUpload(job: UploadJob, owned = false): Promise<Record<strin
     await vault!.put(`content:${messageId}`, contentOf(decodeBody(body), a.priority, header.purpose));
     const view: MessageView = {
       message_id: messageId, thread_id: threadId, from_user_id: st!.user_id, from_name: st!.display_name, mine: true,
-      text: a.text, subject: a.subject.trim() || null, sent_at: header.sent_at, status: "sending",
+      text: a.text, subject: a.subject.trim() || null, ...sentTimes(header.sent_at, job.written_at), status: "sending",
       attachment_id: aid, image_state: "held", quality_warnings: a.warnings,
     };
     await vault!.put(`image:${aid}`, a.jpeg);

@@ -553,3 +553,44 @@ async def lost_overnight(world: World, page: Any, origin: str, user: User, *, wi
     found = await context.new_page()
     await found.goto(origin)
     return found, device_id
+
+
+# Seconds the tests of an account state only IT can change (a suspension, an expired licence)
+# count the app's requests for: its checks come 2, 6 and 14 s after it heard of it, where the app
+# before worker.ts heardHold asked for a refresh and a connection every second (15 or so).
+HELD_WINDOW = 15.0
+
+
+async def held_and_said_once(page: Any, requests: RelayRequests, *, banner: str, conn: str,
+                             once: str) -> None:
+    """The app, told the account is held (suspended, licence expired: worker.ts heardHold),
+    leaves the relay alone for :data:`HELD_WINDOW` seconds, never asking once a second, and
+    says why once, on its banner and in its header. ``requests``: counting from before the
+    app could hear of it (the caller's :meth:`RelayRequests.count`)."""
+    await page.wait_for_timeout(HELD_WINDOW * 1000)
+    seen = list(requests.seen)
+    # A check at 2, 6 and 14 s (the relay refuses each, 403): never one a second.
+    assert 1 <= requests.of("POST /v1/auth/refresh") <= 4, seen
+    assert len(seen) <= 6, seen
+    assert await page.locator("#banner").is_visible()
+    assert await page.inner_text("#banner") == banner
+    assert await page.inner_text("#conn") == conn
+    assert (await page.inner_text("body")).count(once) == 1
+
+
+async def kept_while_held(page: Any, world: World, *, subject: str, text: str, kept: str,
+                          shot: str) -> Any:
+    """A consult written while the account is held: kept, encrypted on the phone, said so,
+    and nothing of it at the relay (which holds the one message sent before). Its consult's
+    locator; a screenshot ``shot`` in :data:`SHOTS`."""
+    await page.fill("#subject", subject)
+    await page.fill("#text", text)
+    await page.tap("#send")
+    await page.locator("#send-status", has_text=kept).wait_for()
+    consult = page.locator(".thread", has_text=subject)
+    await consult.locator(".message.mine .meta", has_text="sending").wait_for()
+    assert len([n for n in await vault_names(page) if n.startswith("outbox:")]) == 1
+    assert await fetch_value(world, "SELECT count(*) FROM messages") == 1
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / shot), full_page=True)
+    return consult

@@ -844,6 +844,10 @@ class _Progress:
     # The images said to be gone from this device (deleted, or never shown here): their
     # filing and expiry are not said again (:func:`_image_news`).
     gone: set[str] = dataclasses.field(default_factory=set)
+    # Another command of the profile took the connection: when watch last said so
+    # (REPLACED_LINE), and whether the hand-over under way is one it kept quiet.
+    replaced_said_at: float | None = None
+    quiet_handover: bool = False
 
     def first_receipt(self, event: ReceiptEvent) -> bool:
         """True the first time this person's receipt of this kind of this message comes."""
@@ -852,6 +856,24 @@ class _Progress:
             return False
         self.receipts.add(key)
         return True
+
+
+# A loop of `lightbox send` beside watch takes the connection and gives it back every few
+# seconds. Watch says the first hand-over (REPLACED_LINE, then "connected" once back), and a
+# later one only when REPLACED_QUIET seconds have passed since it last said one; what arrived
+# meanwhile is shown either way. (How long watch stays away is its own doubling wait,
+# clients/sdk/connection.py, not how long the other command holds the connection.)
+REPLACED_QUIET = 600.0
+
+
+def _handed_over(progress: _Progress) -> None:
+    """Another command took the connection: said now, or kept quiet (:data:`REPLACED_QUIET`)."""
+    now = time.monotonic()
+    if progress.replaced_said_at is None or now - progress.replaced_said_at >= REPLACED_QUIET:
+        print(REPLACED_LINE, flush=True)
+        progress.replaced_said_at = now
+    else:
+        progress.quiet_handover = True
 
 
 # How long ``watch`` holds back an escalation step of a consult not yet on this device.
@@ -1145,13 +1167,21 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                     return True  # locked while a frame was handled
                 if isinstance(event, StatusEvent) and event.state == "stopped":
                     _raise_if_ended(client)
+                if isinstance(event, StatusEvent) and event.state == "disconnected" \
+                        and event.replaced:
+                    _handed_over(progress)
+                    continue
+                if isinstance(event, StatusEvent) and event.state != "connected":
+                    progress.quiet_handover = False  # said below: "connected" follows
                 if isinstance(event, StatusEvent) and event.state == "connected":
                     progress.told_unreachable = False  # a later outage is said again
+                    quiet, progress.quiet_handover = progress.quiet_handover, False
                     if not progress.caught_up:
                         print(describe(client, event), flush=True)
                         await _catch_up(client, progress, queue)
                         continue
-                    print(describe(client, event), flush=True)
+                    if not quiet:  # back from what was said
+                        print(describe(client, event), flush=True)
                     for receipt in client.memory.receipts_kept_since():
                         await queue.put(receipt)  # said below, as if the relay had sent it
                     continue

@@ -129,6 +129,7 @@ from clients.desktop.views import (
     known_name,
     learn_names,
     message_json,
+    message_times,
     one_acknowledgement,
     reply_plan,
     send_reply,
@@ -137,6 +138,7 @@ from clients.desktop.views import (
 from clients.desktop.web import Refused, checked_uuid, password_message, read_json
 from clients.sdk.acking import (
     AcknowledgementUnconfirmed,
+    acknowledged_at,
     acknowledgement_answer,
     connections_ended,
     offered_under,
@@ -671,7 +673,10 @@ class DesktopServer:
                 "dropped": marks,
                 "unread": client.unread(t.thread_id),
                 "roles": t.roles, "members": len(t.members),
-                "last_at": author.written_at if author else t.created_at,
+                # when its last message was sent, as that message and every participant's
+                # screen say it (docs/USER_GUIDE.md, "Times")
+                "last_at": message_times(last.message, author)[0]
+                if last and author else t.created_at,
                 "last_from": client.display_name(author.author_user_id) if author else "",
                 "has_image": any(v.images for v in views),
                 "acknowledged": bool(here or elsewhere),
@@ -907,7 +912,9 @@ class DesktopServer:
         relay has not answered in :data:`ACK_WAIT` seconds (another program of this profile
         took the connection: the desktop sends it again once it has it back, and says what
         the relay answered, :meth:`_ack_followed`); 404 and 400 (your own message, the record
-        gateway's) refuse it."""
+        gateway's) refuse it. A consult the relay already keeps this user's acknowledgement
+        of (of this or another message of its opening run, from any of their devices) is not
+        acknowledged again: 200 ``acknowledged`` and ``already`` true, ``at`` when it was."""
         client = self._sending_client()
         message_id = checked_uuid(request.path_params["message_id"])
         try:
@@ -922,11 +929,17 @@ class DesktopServer:
             # a reply, a note: as `lightbox ack` refuses it (clients/sdk/acking.py)
             view = client.view(held)
             thread = client.thread_messages(held.thread_id)
-            what = why_not_acknowledgeable(client, view, thread, await client.record_gateways(
-                {v.message.sender_user_id for v in thread}))
+            gateways = await client.record_gateways({v.message.sender_user_id for v in thread})
+            what = why_not_acknowledgeable(client, view, thread, gateways)
             if what is not None:
                 raise Refused(400, f"message {message_id} {what}: not a consult for you to "
                                    "acknowledge, so nothing is sent; reply instead")
+            # Said to one message of the consult's opening run, it is said to the consult
+            # (clients/sdk/acking.py): the relay keeping this user's receipt of any of them,
+            # from any of their devices, nothing is sent again, as `lightbox ack` says it.
+            kept = await acknowledged_at(client, [view, *opening_run(client, thread, gateways)])
+            if kept is not None:
+                return JSONResponse({"acknowledged": True, "already": True, "at": kept})
             self._ack_unanswered.pop(message_id, None)
             answers = client.subscribe()  # before it goes: the relay's refusal is one of them
             went_on = connections_ended(client)

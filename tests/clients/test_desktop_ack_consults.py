@@ -183,4 +183,12 @@ async def test_no_im_on_it_once_her_phone_acknowledged_the_first_opening_message
         await page.locator(".thread-item.selected .meta",
                            has_text="- acknowledged on another of your devices").wait_for()
         await page.screenshot(path=folder / "01-acknowledged-on-the-phone-said-once.png")
+        # Asked anyway through the HTTP API (as a script would), of the second message: the
+        # consult is acknowledged already, so nothing goes to the relay again.
+        async with desktop_http(team.desktop) as http:
+            r = await http.post(f"/api/messages/{second.message_id}/ack", json={})
+        assert r.status_code == 200, r.text
+        assert (r.json()["acknowledged"], r.json()["already"]) == (True, True)
+        assert await count(world, "SELECT count(*) FROM receipts WHERE kind = 'acknowledged' "
+                           "AND message_id = $1", uuid.UUID(second.message_id)) == 0
         assert problems == []

@@ -263,5 +263,9 @@ async def test_a_reply_sent_minutes_after_it_was_written_says_both_times(
             assert header_time >= written + LATER - 1
             meta = await sent.locator(".meta").first.inner_text()
             assert meta == f"you - written {hhmm(written)}, sent {hhmm(header_time)}", meta
+            # the inbox list gives the consult's last message the same sent time
+            listed = page.locator(".thread-item", has_text="Bay 6 ankle").locator(".meta")
+            await listed.filter(has_text=hhmm(header_time)).wait_for(timeout=seconds(30) * 1000)
+            assert hhmm(written) not in await listed.inner_text()
             await page.screenshot(path=SHOTS / "06-reply-written-then-sent.png")
     assert not problems, problems

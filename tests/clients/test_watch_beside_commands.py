@@ -206,3 +206,21 @@ async def test_the_specialist_acknowledges_from_another_terminal_while_watch_run
         assert out.startswith("acknowledged "), out
         await watch.until("-- connected to the relay", count=2)
     assert not [line for line in watch.lines if LOST in line], watch.lines
+
+
+async def test_a_loop_of_sends_beside_watch_is_said_once(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop of ``lightbox send`` on the profile beside watch: watch says the first hand-over
+    and that it is back, then nothing of the next ones (it said the pair 14 times in 17
+    minutes beside such a loop); every consult that came meanwhile is shown
+    (clients/clinician/reading.py REPLACED_QUIET)."""
+    async with watching(world, tmp_path, monkeypatch) as (intern, _ortho, watch):
+        for n in range(2):
+            rc, _out, err = await lightbox("--profile", "ortho", "send", "--to", "user:intern",
+                                           f"Reviewed film {n}: fracture clinic")
+            assert rc == 0, err
+            await watch.shows_consult(intern, f"Bed {n}: wrist film?")
+        await watch.until(": delivered", count=2)
+    assert watch.said(REPLACED_LINE) == 1, watch.lines
+    assert watch.said("-- connected to the relay") == 2, watch.lines
+    assert not [line for line in watch.lines if LOST in line], watch.lines

@@ -301,7 +301,9 @@ class KeyStore:
         try:
             data_key = open_with_passphrase(wrapped, password)
         except ProtocolError as exc:
-            raise KeyStoreError("wrong password (or the key store is damaged)") from exc
+            raise KeyStoreError("wrong password (passwords are case-sensitive; if you are sure "
+                                "of it, this device's key store may be damaged: ask IT to "
+                                "enrol it again)") from exc
         return OpenKeyStore(self, wrapped, data_key, self._unseal(data_key, sealed, label))
 
 

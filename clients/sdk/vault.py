@@ -335,8 +335,11 @@ class Vault:
                 try:
                     master = open_with_passphrase(meta["sealed_master"], passphrase)
                 except VerificationError as exc:
+                    # A damaged key record fails the same check (its MAC): far rarer than a
+                    # mistyped password, so said second, with what to do.
                     raise VaultPassphraseError(
-                        "wrong password (or the vault's key record is damaged)") from exc
+                        "wrong password (passwords are case-sensitive; if you are sure of it, "
+                        "this device's vault may be damaged: ask IT to enrol it again)") from exc
                 except ProtocolError as exc:
                     raise VaultCorrupt("the vault's key record is damaged") from exc
                 if len(master) != 32:

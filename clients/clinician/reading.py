@@ -183,17 +183,20 @@ OFFLINE_LINE = ("error: cannot reach the relay ({reason}): what follows is what 
 async def _start_or_offline(client: LightboxClient, timeout: float) -> RelayUnavailable | None:
     """Start ``client`` and wait until it has synced; or, when the relay cannot be reached
     to start (a login or the revocation list could not be fetched: clients/sdk/client.py
-    ``start``), why, having started nothing: the command then shows what the device holds
-    without asking the relay for any of it, and ends with exit status 1, as every command
+    ``start``), or stops answering before the device is up to date, why: the command then
+    shows what the device holds without asking the relay for any more of it, and ends with
+    exit status 1, as every command
     that could not do all it does because the relay was out of reach (``logout``, ``ack``).
     Nothing is changed on the device for it: an image is deleted only on the relay's expiry
     order (docs/PROTOCOL.md §15), which comes at the next connection. A refusal (revoked,
     suspended, a session ended) raises as before."""
     try:
         await client.start()
+        # The relay may go down between the start and the backlog: said at once, not a
+        # ``timeout`` later.
+        await client.wait_synced(timeout, unreachable=True)
     except RelayUnavailable as exc:
         return exc
-    await client.wait_synced(timeout)
     return None
 
 

@@ -287,11 +287,15 @@ class LightboxClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def wait_synced(self, timeout: float = 10.0) -> None:
+    async def wait_synced(self, timeout: float = 10.0, *, unreachable: bool = False) -> None:
         """Wait until connected, the offline backlog has been received and the sends an
         earlier run left in the outbox have been resent. Raises :class:`DeviceWiped` or
         :class:`ConnectionStopped` as soon as the relay ended this device's access (not a
-        timeout later), TimeoutError if the relay stayed silent."""
+        timeout later), TimeoutError if the relay stayed silent. ``unreachable``: raise
+        :class:`RelayUnavailable` as soon as a try to connect fails before that (the relay
+        went down after :meth:`start`, or its connection dropped before the backlog was in),
+        rather than wait out ``timeout`` while the connection tries again (a command the user
+        waits on; a long-running program keeps waiting)."""
         conn = self.hub.connected()
 
         async def synced() -> None:
@@ -300,7 +304,33 @@ class LightboxClient:
             if self._resend is not None:
                 await asyncio.shield(self._resend)
 
-        await self._until(synced(), timeout)
+        if not unreachable:
+            await self._until(synced(), timeout)
+            return
+
+        async def synced_or_unreachable() -> bool:
+            done = asyncio.ensure_future(synced())
+            lost = asyncio.ensure_future(conn.unreachable.wait())
+            try:
+                await asyncio.wait({done, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                lost.cancel()
+                if not done.done():
+                    done.cancel()
+            if done.done() and not done.cancelled():
+                done.result()
+                return True
+            return False
+
+        result: list[bool] = []
+
+        async def waiting() -> None:
+            result.append(await synced_or_unreachable())
+
+        await self._until(waiting(), timeout)
+        if result != [True]:
+            raise RelayUnavailable("the relay stopped answering before this device was "
+                                   "brought up to date", reason="it stopped answering")
 
     async def _until(self, waiting: Awaitable[object], timeout: float) -> None:
         """Wait for ``waiting`` unless the connection stops first (then raise why)."""

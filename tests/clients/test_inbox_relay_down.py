@@ -23,7 +23,9 @@ import uuid
 from pathlib import Path
 
 import msgspec
+import pytest
 
+from clients.sdk.connection import Connection
 from clients.sdk.threads import THREAD_NOTE
 from clients.sdk.vault import OutboxRecord, Vault
 from protocol.body import Body
@@ -42,10 +44,10 @@ REPLY = "Reduce and cast tonight; I will see her in clinic at 8"
 KEPT = "Bed 4: cast on, pulses fine"
 
 
-def heading(command: str) -> str:
+def heading(command: str, reason: str = "no connection could be made") -> str:
     """The line ``inbox`` and ``threads`` start with, on stderr, while the relay is out of
     reach."""
-    return ("error: cannot reach the relay (no connection could be made): what follows is what "
+    return (f"error: cannot reach the relay ({reason}): what follows is what "
             "this device holds now; delivery states, acknowledgements by colleagues, consent "
             f"changes and expiry orders may be newer at the relay (run `lightbox {command}` "
             "again once it answers)")
@@ -198,6 +200,30 @@ async def test_inbox_and_threads_show_what_the_device_holds_while_the_relay_is_d
             assert (rc, err) == (0, ""), out + err
             assert out.splitlines()[0].startswith(f"URGENT {thread_id}  {SUBJECT}  ["), out
             assert out.splitlines()[-1] == "1 thread", out
+
+
+async def test_a_relay_that_goes_down_as_the_command_starts_is_said_at_once(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay answers the command's login and revocation list, then goes down before its
+    connection is up (a restart at that moment): ``inbox`` says so and shows what the device
+    holds at once, as when the relay was down from the start, rather than wait out
+    ``--timeout`` while the connection tries again (``threads`` starts the same way,
+    clients/clinician/reading.py ``_start_or_offline``)."""
+    await _consult_and_reply(world, tmp_path)
+    online = (await lightbox("--profile", "ortho", "inbox"))[1]
+    connect = Connection.start
+
+    async def relay_down_first(self: Connection) -> None:
+        await asyncio.to_thread(world.relay.stop)
+        await connect(self)
+
+    monkeypatch.setattr(Connection, "start", relay_down_first)
+    begun = time.monotonic()
+    rc, out, err = await lightbox("--profile", "ortho", "inbox", "--timeout", "120")
+    took = time.monotonic() - begun
+    assert (rc, err) == (1, heading("inbox", "it stopped answering") + "\n"), out + err
+    assert out == online, (out, online)
+    assert took < 60, f"inbox waited {took:.0f} s"
 
 
 async def test_inbox_with_a_lapsed_session_and_the_relay_down_asks_for_the_password_once(

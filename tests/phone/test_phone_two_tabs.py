@@ -16,6 +16,7 @@ Chromium."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from tests.phone.phone_world import (
     sent_from_phone,
 )
 
+HUNG = 12  # seconds the first tab's page is stuck in the last test
 TTL = 8  # seconds: the relay's access tokens, so that the tab in use refreshes meanwhile
 ELSEWHERE = ("Lightbox is open in another tab or window. Use it there, or use it here (the "
              "other one will lock).")
@@ -59,6 +61,16 @@ class Traffic:
 
     def of(self, said: str) -> int:
         return sum(1 for s in self.seen if s.startswith(said))
+
+
+async def audited_since(world: World, seq: int) -> list[str]:
+    """The relay's audit events after ``seq``, in order."""
+    conn = await world.db()
+    try:
+        return [r["event"] for r in await conn.fetch(
+            "SELECT event FROM audit_log WHERE seq > $1 ORDER BY seq", seq)]
+    finally:
+        await conn.close()
 
 
 async def watch(pages: dict[str, Any], secs: float) -> list[tuple[str, ...]]:
@@ -129,12 +141,51 @@ async def test_a_second_tab_says_the_app_is_open_elsewhere_and_takes_over_only_w
         got = await sent_from_phone(first, events, "Also: snuffbox tender.")
         assert got.body.text == "Also: snuffbox tender."
 
-        conn = await world.db()
-        try:
-            audited = [r["event"] for r in await conn.fetch(
-                "SELECT event FROM audit_log WHERE seq > $1 ORDER BY seq", audit_from)]
-        finally:
-            await conn.close()
+        audited = await audited_since(world, audit_from)
         assert "auth.refresh_reused" not in audited, audited
         assert audited.count("auth.login") == 2, audited  # one per unlock, one at a time
+        assert problems == [], problems
+
+
+async def test_a_hung_tab_is_taken_over_after_five_seconds_and_locks_once_it_runs_again(
+        phone: tuple[World, str], tmp_path: Path) -> None:
+    """The tab that holds the keys does not answer (its page is stuck in a long script):
+    *Use Lightbox here* waits five seconds for it, then takes the Web Lock from it anyway
+    (clients/phone/src/app/main.ts ``takeOver``, TAKE_OVER_WAIT_MS). Once the stuck tab runs
+    again it locks at once and says why, and never takes the connection or the session back:
+    the second tab stays connected, and the relay sees no refresh token presented twice."""
+    world, origin = phone
+    async with enrolled_phone(world, tmp_path, origin) as (_intern, specialist, events, first,
+                                                           problems):
+        consult = await sent_from_phone(first, events, "Query scaphoid fracture.")
+        audit_from = await fetch_value(world, "SELECT max(seq) FROM audit_log")
+        second = await first.context.new_page()
+        await second.goto(origin)
+        await second.locator("#screen-elsewhere").wait_for()
+
+        # The first tab's page stuck for HUNG seconds: it cannot answer the second.
+        stuck = asyncio.ensure_future(first.evaluate(
+            "(ms) => { const end = Date.now() + ms; while (Date.now() < end) {} }", HUNG * 1000))
+        await asyncio.sleep(0.5)
+        asked = time.monotonic()
+        await second.tap("#take-over")
+        await second.locator("#screen-unlock").wait_for()
+        waited = time.monotonic() - asked
+        assert 4.5 <= waited < HUNG, waited  # it waited for an answer, then took over
+        await second.fill("#passphrase", PASSPHRASE)
+        await second.tap("#unlock")
+        await second.locator("#conn", has_text="connected").wait_for()
+
+        # The first tab runs again: it locks and says why, and the second keeps the relay.
+        await stuck
+        await first.locator("#unlock-why", has_text=TAKEN).wait_for()
+        states = await watch({"first": first, "second": second}, TTL + 2)
+        assert set(states) == {("locked", "connected")}, states
+        await specialist.client.send_text(consult.message.thread_id, "Looking now.")
+        await second.locator(".message.theirs", has_text="Looking now.").wait_for()
+        await first.screenshot(path=str(SHOTS / "79-hung-tab-taken-over.png"), full_page=True)
+
+        audited = await audited_since(world, audit_from)
+        assert "auth.refresh_reused" not in audited, audited
+        assert audited.count("auth.login") == 1, audited  # the second tab's unlock
         assert problems == [], problems

@@ -61,6 +61,10 @@ worker.onmessage = (m: MessageEvent) => {
 function onEvent(data: Record<string, unknown>): void {
   switch (data["event"]) {
     case "connection":
+      if (data["state"] === "replaced") {
+        void replaced();
+        return;
+      }
       // "connection trouble": the websocket is up, but the relay's other requests (photos,
       // colleagues' keys, sign-in) do not get through; the status lines say what waits.
       $("conn").textContent = data["state"] === "connected" ? "connected"
@@ -667,6 +671,21 @@ async function takenOver(): Promise<void> {
   lostToOther = true;
   await lock();
   $("unlock-why").textContent = TAKEN_SENTENCE;
+}
+
+/** The relay replaced this tab's connection by a newer one of this device (worker.ts
+ * `connect`): another tab took over, and this one locks, as when asked (the take-over took the
+ * lock from it while it could not answer: its page was stuck or frozen). A tab that still
+ * holds TAB_LOCK (or a browser without Web Locks) connects again. Decided a second later, so
+ * that a lock taken from this tab meanwhile is known here by then (holdTab's AbortError). */
+async function replaced(): Promise<void> {
+  await new Promise((done) => setTimeout(done, 1000));
+  if (!UNLOCKED.includes(document.body.dataset["screen"] ?? "")) return; // locked meanwhile
+  if ("locks" in navigator && !letGo) {
+    await takenOver();
+    return;
+  }
+  await call("reconnect");
 }
 
 /** The "open elsewhere" screen; back to the unlock screen by itself once the holder lets go. */

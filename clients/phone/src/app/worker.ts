@@ -689,6 +689,10 @@ async function updateThread(threadId: string, change: (thread: ThreadRecord) => 
 
 // --- websocket (§3) ----------------------------------------------------------------------------
 
+/** The close code of a connection the relay replaced by a newer one of this device
+ * (docs/PROTOCOL.md §3.4, `session_replaced`). */
+const SESSION_REPLACED = 4003;
+
 /**
  * Open the websocket. It asks for bundles (PROTOCOL §3.6) unless `askBundles` is false: a relay
  * that selects the subprotocol may put several frames in one websocket message, so a backlog
@@ -742,8 +746,24 @@ function connect(askBundles = true, reachable = false): void {
       checkHeldLater();
       return;
     }
+    if (c.code === SESSION_REPLACED) {
+      // A newer connection of this device (PROTOCOL §3.5): on a phone, another tab of the app
+      // that took over, perhaps while this tab's page could not answer it (main.ts
+      // "one tab at a time"). The page decides: it locks if that tab holds the keys now, else
+      // asks for the connection again (the `reconnect` operation). Taking it back by itself
+      // would cut the other tab off, and that tab would take it back in turn.
+      event("connection", { state: "replaced", code: c.code, reason: c.reason });
+      return;
+    }
     if (vault) reconnect = setTimeout(() => void reconnectNow(refusedAsking), 1000);
   };
+}
+
+/** The page still holds the keys after its connection was replaced (see connect): connect
+ * again, as after any lost connection. */
+function reconnectAfterReplaced(): Record<string, unknown> {
+  if (vault && !socket && !reconnect) reconnect = setTimeout(() => void reconnectNow(), 1000);
+  return {};
 }
 
 /** Connect again, with a fresh access token when the relay gives one; `refusedAsking`: the
@@ -2749,6 +2769,7 @@ const ops: Record<string, (args: any) => Promise<unknown> | unknown> = {
   ssoLogin,
   unlock,
   lock,
+  reconnect: reconnectAfterReplaced,
   forgetRevoked,
   sendConsult,
   sendReply,

@@ -224,3 +224,25 @@ async def test_a_loop_of_sends_beside_watch_is_said_once(
     assert watch.said(REPLACED_LINE) == 1, watch.lines
     assert watch.said("-- connected to the relay") == 2, watch.lines
     assert not [line for line in watch.lines if LOST in line], watch.lines
+
+
+async def test_watch_offers_im_on_it_under_each_opening_message_until_the_consult_is_acknowledged(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intern's consult, then a second message in it before anyone answered: watch shows
+    each as it comes, so the hint comes under each (the consult's newest information is the
+    second; docs/USER_GUIDE.md "Specialists"). Once the specialist says "I'm on it" (to the
+    second, from another terminal), a third message of hers comes without it: the consult is
+    acknowledged (clients/sdk/acking.py ``offers_acknowledgement``)."""
+    async with watching(world, tmp_path, monkeypatch) as (intern, ortho, watch):
+        thread = await intern.client.create_thread(users=[ortho.user_id])
+        first = await intern.client.send_text(thread.thread_id, "Bed 3: Weber B?")
+        await watch.until(f"I'm on it: lightbox ack {first.message_id}")
+        second = await intern.client.send_text(thread.thread_id, "Medial tenderness too.")
+        await watch.until(f"I'm on it: lightbox ack {second.message_id}")
+        rc, out, err = await lightbox("--profile", "ortho", "ack", second.message_id)
+        assert (rc, err) == (0, ""), out + err
+        await watch.until("-- connected to the relay", count=2)
+        await intern.client.send_text(thread.thread_id, "Films uploading now.")
+        await watch.until("Films uploading now.")
+        await asyncio.sleep(1)  # a hint would be printed right under it
+    assert watch.said("I'm on it: lightbox ack") == 2, watch.lines

@@ -27,9 +27,10 @@ An access token the relay refuses at the handshake (4001 with token_invalid: a s
 relay ended, a suspension since lifted or a logout elsewhere; or token_expired) is never
 offered again: ``token_refused`` is told, and answers how the connection ends (a
 :class:`ConnectionStopped` whose cause is what the application tells the user) or None to try
-once more with a renewed token; without it, or refused again, the connection ends at once.
-An open connection the relay closes with 4001 (its session ended meanwhile) is told the same
-way at once, without the reconnect whose handshake would only be refused.
+once more with a renewed token (a program that can log in again does, clients/sdk/session.py);
+without it, or refused again, the connection ends at once. An open connection the relay closes
+with 4001 (its session ended meanwhile: a logout) is told the same way at once, as ended,
+without the reconnect whose handshake would only be refused.
 
 Close codes that mean "stop" (revoked device, suspended user) end the connection for good,
 and so does an address that is not a websocket URL, and a handler that found the device's vault
@@ -151,7 +152,7 @@ class Connection:
         on_event: EventHandler | None = None, dedupe: DedupeStore | None = None,
         backoff_base: float = 0.2, backoff_max: float = 30.0, send_timeout: float = 30.0,
         replaced_wait: float = REPLACED_WAIT,
-        token_refused: Callable[[str, str], ConnectionStopped | None] | None = None,
+        token_refused: Callable[[str, str, bool], ConnectionStopped | None] | None = None,
     ) -> None:
         self.url, self.device_id = url, device_id
         self._token, self._sign = access_token, sign
@@ -285,7 +286,7 @@ class Connection:
                     self._finish(ConnectionStopped(exc.code, exc.reason))
                     return
                 if exc.code == CloseCode.AUTH_FAILED and exc.reason in SESSION_REFUSED:
-                    ended = (self._token_refused(exc.reason, token)
+                    ended = (self._token_refused(exc.reason, token, False)
                              if self._token_refused is not None else None)
                     if ended is None and (self._token_refused is None or renewed):
                         ended = ConnectionStopped(exc.code, exc.reason)
@@ -364,7 +365,7 @@ class Connection:
                 # revoked: docs/PROTOCOL.md §3.5 "A session that ends closes its connections"),
                 # and a reconnect's handshake would be refused with the same code and reason:
                 # the connection ends now, as it would then, told the same way.
-                ended = (self._token_refused(reason, token)
+                ended = (self._token_refused(reason, token, True)
                          if self._token_refused is not None else None)
                 if ended is not None or self._token_refused is None:
                     self._finish(ended or ConnectionStopped(code, reason))

@@ -96,7 +96,8 @@ class Session:
         self._relay().tokens = None
         await log_in_again(self._relay(), self._store, self._password)
 
-    def token_refused(self, reason: str, access_token: str) -> ConnectionStopped | None:
+    def token_refused(self, reason: str, access_token: str,
+                      while_connected: bool = False) -> ConnectionStopped | None:
         """The relay refused ``access_token`` at the websocket's handshake (4001,
         docs/PROTOCOL.md §3.2): how the connection ends, or None to try once more.
 
@@ -104,7 +105,8 @@ class Session:
         (:meth:`socket_token`) and refused: the cut-off is why. Expired (the device's clock
         may be behind): None, and the next :meth:`socket_token` refreshes it. Invalid: the
         relay ended the session (a suspension since lifted, a logout elsewhere), as a device
-        request is told (token_invalid): :class:`SessionEnded`. The user logged out on this
+        request is told (token_invalid): :class:`SessionEnded`, unless this program can log
+        in again and it was refused at the handshake (below). The user logged out on this
         device meanwhile (the relay ends the session as ``lightbox logout`` reaches it):
         :class:`LoggedOut`."""
         if self._logged_out():
@@ -112,7 +114,13 @@ class Session:
         if self._cut_off is not None:
             return self._stopped(self._cut_off)
         tokens = self._relay().tokens
-        if reason == ErrorCode.TOKEN_EXPIRED.value:
+        # Refused at the handshake as ended (a session the relay ended before this program
+        # connected: a suspension since lifted, one ended as stolen), to a program that can
+        # log in again: the next token is a new login's, as for a refused refresh
+        # (clients/sdk/transport.py ``_exchange``; docs/USER_GUIDE.md "Your session renews
+        # itself"). Ended while connected (a logout of this session): the connection ends.
+        if reason == ErrorCode.TOKEN_EXPIRED.value or (
+                reason in SESSION_ENDED and self.can_log_in and not while_connected):
             if tokens is not None and tokens.access_token == access_token:
                 self._refused = tokens
             return None

@@ -197,15 +197,22 @@ class RelayTransport:
         self, method: str, path: str, *, body: msgspec.Struct | None = None,
         params: dict[str, str] | None = None, raw: bytes | None = None,
     ) -> httpx.Response:
-        """A device request; after a ``token_expired`` answer, refreshed and sent once more.
-        A session the relay ended (token_invalid) of a device that signs in at its identity
+        """A device request; after a ``token_expired`` answer, refreshed and sent once more, as
+        after a session the relay ended for a client that can log in again (below). A session
+        the relay ended (token_invalid) of a device that signs in at its identity
         provider (``sso``) is :class:`SessionEnded`: only the user can sign in again."""
         await self._fresh_token()
         response = await self._send(method, path, body=body, params=params, raw=raw, prove=True)
         if response.status_code == 401 and self.sso \
                 and (code := parse_problem(response).code) in _SESSION_ENDED - {"token_expired"}:
             raise SessionEnded(code, sso=True)
-        if response.status_code == 401 and parse_problem(response).code == "token_expired":
+        refused = parse_problem(response).code if response.status_code == 401 else None
+        if refused == "token_expired" or (refused in _SESSION_ENDED
+                                          and self._login_again is not None):
+            # Expired: refreshed. Ended by the relay (a suspension since lifted, the session
+            # ended as stolen) while the access token had time left: the refresh is refused
+            # too, and a client that can log in again does (:meth:`_exchange`), once for all
+            # the callers waiting; then the request goes once more.
             assert self.tokens is not None
             await self._refresh_if_stale(self.tokens)
             response = await self._send(method, path, body=body, params=params, raw=raw,

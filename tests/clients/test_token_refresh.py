@@ -107,9 +107,20 @@ async def test_a_replay_of_the_old_refresh_token_after_the_grace_ends_the_sessio
             with pytest.raises(RelayRequestError) as exc:
                 await copy.prekey_count()
         assert exc.value.code == "refresh_reused"
-        with pytest.raises(RelayRequestError) as ended:
-            await c.client.relay.prekey_count()  # the legitimate device is logged out too
+        # The legitimate device's session ended too (RFC 9700 §4.14.2): its access token,
+        # though not expired, is refused.
+        held = c.client.relay.tokens
+        assert held is not None
+        async with RelayHTTP(st.server_url, device=st.device_keys().signing,
+                             tokens=held) as same:
+            with pytest.raises(RelayRequestError) as ended:
+                await same.prekey_count()
         assert (ended.value.code, ended.value.status) == ("token_invalid", 401)
-        assert "auth.refresh_reused" in await _auth_events(world)
+        # Its own client holds the password and the device key, what a thief of the refresh
+        # token lacks: it signs in again with them, as after any session the relay ended.
+        before = await _auth_events(world)
+        assert (await c.client.relay.prekey_count()).remaining >= 0
+        assert "auth.refresh_reused" in before
+        assert (await _auth_events(world))[len(before):].count("auth.login") == 1
     finally:
         await c.client.close()

@@ -1,6 +1,6 @@
 """The relay host's own commands, behind ``lightbox-server``'s subcommands:
 
-* ``lightbox-server db upgrade [REVISION]``: apply migrations (default: to head);
+* ``lightbox-server db upgrade [REVISION]``: apply migrations, forward only (default: to head);
 * ``lightbox-server admin create --login LOGIN``: create an IT administrator (password from a
   no-echo prompt, twice, or ``LIGHTBOX_ADMIN_PASSWORD``; the clinicians' password policy);
 * ``lightbox-server org trust FILE [--replace]``: merge an organisation's public key (the
@@ -91,8 +91,11 @@ async def _on(dsn: str, work: Any) -> Any:
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     with _database(settings, create=True) as dsn:
-        migrations.upgrade(dsn, args.revision)
-    print(f"database schema upgraded to {args.revision}")
+        try:
+            done = migrations.upgrade_forward(dsn, args.revision)
+        except migrations.BadRevision as exc:
+            raise CommandError(str(exc)) from None
+    print(done)
     return 0
 
 
@@ -275,7 +278,7 @@ def add_commands(sub: Any) -> None:
     """The relay-host subcommands, on ``lightbox-server``'s subparsers."""
     db = sub.add_parser("db", help="database schema (relay host)").add_subparsers(
         dest="cmd", required=True)
-    up = db.add_parser("upgrade", help="apply migrations (default: to head)")
+    up = db.add_parser("upgrade", help="apply migrations, forward only (default: to head)")
     up.add_argument("revision", nargs="?", default="head")
     up.set_defaults(func=_db_upgrade)
 

@@ -3,22 +3,35 @@
 The relay refuses to start unless the schema is exactly at head (``lightbox-server db upgrade``
 or ``make run`` applies migrations). Alembic's ``command.upgrade`` runs its own event loop, so
 it is called from a worker thread when a loop is already running (NOTES.md).
+
+``upgrade_forward`` is ``db upgrade``'s: it names the target among this release's revisions
+and the schema's own revision first, so that an unknown target, or one the schema is already
+past, is refused in one sentence (:class:`BadRevision`) rather than an alembic traceback or
+an "upgraded" that changed nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
+from sqlalchemy import pool
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import command
 
 __all__ = [
+    "BadRevision",
     "SchemaNotAtHead",
+    "Upgraded",
     "alembic_config",
     "current_revision",
     "ensure_at_head",
@@ -26,6 +39,7 @@ __all__ = [
     "sqlalchemy_url",
     "upgrade",
     "upgrade_async",
+    "upgrade_forward",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +47,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class SchemaNotAtHead(RuntimeError):
     """The database schema is not at the migrations' head."""
+
+
+class BadRevision(ValueError):
+    """``db upgrade``'s target is no revision of this release, or one the schema is past (or
+    the schema is at a revision this release lacks): one sentence naming the revisions."""
+
+
+@dataclass(frozen=True)
+class Upgraded:
+    """What ``upgrade_forward`` did: the schema's revision before and after (None: empty)."""
+
+    before: str | None
+    after: str
+    head: str
+
+    def __str__(self) -> str:
+        after = f"{self.after} (head)" if self.after == self.head else self.after
+        if self.before == self.after:
+            return f"database schema already at {after}: nothing to do"
+        return f"database schema upgraded from {self.before or 'an empty database'} to {after}"
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -63,6 +97,54 @@ def head_revision() -> str:
 def upgrade(dsn: str, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` (blocking; not inside a running event loop)."""
     command.upgrade(alembic_config(dsn), revision)
+
+
+def upgrade_forward(dsn: str, revision: str = "head") -> Upgraded:
+    """``db upgrade REVISION``: apply migrations up to ``revision`` if it is one of this
+    release's and the schema is not already past it (blocking; not inside a running event
+    loop). Raises :class:`BadRevision` and changes nothing otherwise."""
+    script = ScriptDirectory.from_config(alembic_config())
+    head = head_revision()
+    known = f"the revisions are {'/'.join(script.get_bases())} to {head} (or head)"
+    try:
+        target = script.get_revision(revision)
+    except (CommandError, RevisionError):
+        target = None
+    if target is None:  # unknown, or "base": never a target of an upgrade
+        raise BadRevision(f"no database revision {revision}: {known}")
+    before = _current_heads(dsn)
+    if len(before) > 1:
+        raise BadRevision(f"the database schema has several revisions ({', '.join(before)}); "
+                          f"{known}")
+    current = before[0] if before else None
+    if current is not None:
+        try:
+            reached = {r.revision for r in script.iterate_revisions(current, "base")}
+        except (CommandError, RevisionError):
+            raise BadRevision(f"the database schema is at {current}, a revision this release "
+                              f"does not have ({known}): a newer release's") from None
+        if target.revision == current:
+            return Upgraded(current, current, head)
+        if target.revision in reached:
+            raise BadRevision(f"the database schema is already at {current}, past "
+                              f"{target.revision}: db upgrade never goes back to an earlier "
+                              "revision")
+    upgrade(dsn, target.revision)
+    return Upgraded(current, target.revision, head)
+
+
+def _current_heads(dsn: str) -> tuple[str, ...]:
+    """The schema's revision as alembic reads it (empty: no migration applied yet)."""
+
+    async def read() -> tuple[str, ...]:
+        engine = create_async_engine(sqlalchemy_url(dsn), poolclass=pool.NullPool)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(
+                    lambda sync: tuple(MigrationContext.configure(sync).get_current_heads()))
+        finally:
+            await engine.dispose()
+    return asyncio.run(read())
 
 
 async def upgrade_async(dsn: str, revision: str = "head") -> None:

@@ -5,6 +5,7 @@ works. Without a relay they start the embedded cluster for themselves and stop i
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -12,18 +13,20 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
 from clients.admin import cli as admin_cli
 from protocol.canonical import b64url_encode
 from protocol.keys import OrganisationKey
+from server import migrations
 from server import runner as server_cli
 from server.embedded import postmaster_pid
-from tests.helpers import seconds
+from tests.helpers import Cluster, seconds
 from tests.make_run import BIN, data_folder, made_run, relay_host_env, run_command
 
 PASSWORD = "lantern-harbour-quince-71"
@@ -79,7 +82,8 @@ def test_relay_host_commands_leave_the_running_relay_serving(workstation: Path) 
         server = str(BIN / "lightbox-server")
         steps = [
             ([server, "org", "trust", str(pub)], "trusted st-elsewhere"),
-            ([server, "db", "upgrade"], "database schema upgraded to head"),
+            ([server, "db", "upgrade"],
+             f"database schema already at {migrations.head_revision()} (head): nothing to do"),
             ([server, "admin", "create", "--login", "it.jones"], "administrator it.jones created"),
             ([server, "audit", "verify"], "audit trail intact"),
             ([server, "audit", "head"], None),
@@ -169,6 +173,97 @@ def _one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def _revision(dsn: str) -> str | None:
+    """The schema's revision, read as the relay reads it when it starts."""
+
+    async def read() -> str | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await migrations.current_revision(conn)
+        finally:
+            await conn.close()
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize("revision", ["9999", "base"])
+def test_db_upgrade_to_no_revision_of_the_release_names_the_revisions_there_are(
+        host_env: Path, db_dsn: str, revision: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was alembic's traceback (``Can't locate revision identified by '9999'``), exit 1."""
+    head = migrations.head_revision()
+    rc, out, err = _server(["db", "upgrade", revision], capsys)
+    assert (rc, out) == (2, "")
+    assert _one_line(err) == (f"lightbox-server: no database revision {revision}: the "
+                              f"revisions are 0001 to {head} (or head)")
+    assert _revision(db_dsn) == head
+
+
+def test_db_upgrade_to_a_revision_the_schema_is_past_says_it_never_goes_back(
+        host_env: Path, db_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said ``database schema upgraded to 0020``, exit 0, and changed nothing."""
+    head = migrations.head_revision()
+    rc, out, err = _server(["db", "upgrade", "0020"], capsys)
+    assert (rc, out) == (2, "")
+    assert _one_line(err) == (f"lightbox-server: the database schema is already at {head}, "
+                              "past 0020: db upgrade never goes back to an earlier revision")
+    assert _revision(db_dsn) == head
+
+
+def test_db_upgrade_of_a_schema_newer_than_the_release_says_so(
+        host_env: Path, db_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A relay host that went back to an older release: it was alembic's traceback."""
+    async def newer() -> None:
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            await conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        finally:
+            await conn.close()
+    asyncio.run(newer())
+    head = migrations.head_revision()
+    rc, out, err = _server(["db", "upgrade"], capsys)
+    assert (rc, out) == (2, "")
+    assert _one_line(err) == ("lightbox-server: the database schema is at 9999, a revision this "
+                              f"release does not have (the revisions are 0001 to {head} (or "
+                              "head)): a newer release's")
+    assert _revision(db_dsn) == "9999"
+
+
+@pytest.mark.parametrize("argv", [[], ["head"], ["HEAD_REVISION"]])
+def test_db_upgrade_at_head_says_there_was_nothing_to_do(
+        host_env: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    head = migrations.head_revision()
+    argv = [head if word == "HEAD_REVISION" else word for word in argv]
+    rc, out, err = _server(["db", "upgrade", *argv], capsys)
+    assert (rc, out, err) == (0, f"database schema already at {head} (head): nothing to do\n",
+                              "")
+
+
+@pytest.fixture
+async def empty_dsn(cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
+                    host_env: Path) -> AsyncIterator[str]:
+    """A database with no schema at all, as the relay host's DATABASE_URL."""
+    dsn = await cluster.create_database(empty=True)
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    try:
+        yield dsn
+    finally:
+        await cluster.drop_database(dsn)
+
+
+def test_db_upgrade_step_by_step_says_from_where_to_where(
+        empty_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    head = migrations.head_revision()
+    steps = [
+        (["0020"], 0, "database schema upgraded from an empty database to 0020\n", ""),
+        (["0020"], 0, "database schema already at 0020: nothing to do\n", ""),
+        (["0019"], 2, "", "lightbox-server: the database schema is already at 0020, past "
+                          "0019: db upgrade never goes back to an earlier revision\n"),
+        ([], 0, f"database schema upgraded from 0020 to {head} (head)\n", ""),
+    ]
+    for argv, *expected in steps:
+        assert list(_server(["db", "upgrade", *argv], capsys)) == expected, argv
+    assert _revision(empty_dsn) == head
 
 
 @pytest.mark.parametrize(("password", "reason"), [

@@ -32,6 +32,7 @@ import datetime as dt
 import getpass
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -149,9 +150,15 @@ def _audit_show(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= args.limit <= 10_000:
         raise CommandError("--limit is a number of rows from 1 to 10000")
 
+    # ``--subject`` as a row prints it (``device:ID``), or the id alone.
+    kind, sep, ident = (args.subject or "").partition(":")
+    subject_kind, subject_id = ((kind, ident) if sep and re.fullmatch(r"[a-z_]+", kind)
+                                else (None, args.subject))
+
     async def read(conn: asyncpg.Connection) -> list[audit.AuditRow]:
-        return await audit.rows(conn, subject_id=args.subject, event_prefix=args.event,
-                                after_seq=args.after, limit=args.limit)
+        return await audit.rows(conn, subject_kind=subject_kind, subject_id=subject_id,
+                                event_prefix=args.event, after_seq=args.after,
+                                limit=args.limit)
     with _database(settings) as dsn:
         found: list[audit.AuditRow] = asyncio.run(_on(dsn, read))
     for r in found:
@@ -159,13 +166,15 @@ def _audit_show(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps({"seq": r.seq, "at": r.at.isoformat(), "event": r.event,
                               "outcome": r.outcome, "actor_kind": r.actor_kind,
                               "actor_id": r.actor_id, "subject_kind": r.subject_kind,
-                              "subject_id": r.subject_id, "request_id": r.request_id,
-                              "details": dict(r.details)}, sort_keys=True))
+                              "subject_id": r.subject_id, "client_ip": r.client_ip,
+                              "request_id": r.request_id, "details": dict(r.details)},
+                             sort_keys=True))
             continue
         details = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(r.details.items()))
         print(f"{r.seq} {r.at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z {r.event} {r.outcome} "
               f"actor={r.actor_kind}:{r.actor_id or '-'} "
               f"subject={r.subject_kind or '-'}:{r.subject_id or '-'}"
+              + (f" address={r.client_ip}" if r.client_ip else "")
               + (f" {details}" if details else ""))
     if not found:
         print("no audit rows match", file=sys.stderr)
@@ -310,7 +319,8 @@ def add_commands(sub: Any) -> None:
     show = au.add_parser("show", help="print rows, oldest first (e.g. --event "
                                       "auth.refresh_reused: sessions ended as stolen)")
     show.add_argument("--event", help="only events starting with this (auth., auth.refresh_reused)")
-    show.add_argument("--subject", help="only rows about this id (a device, user, image...)")
+    show.add_argument("--subject", help="only rows about this subject: its id (a device, user, "
+                      "image...), or KIND:ID as rows print it")
     show.add_argument("--after", type=int, default=0, metavar="SEQ",
                       help="only rows after this sequence number (page on from the last shown)")
     show.add_argument("--limit", type=int, default=100, help="at most this many rows (100)")

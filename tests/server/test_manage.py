@@ -122,6 +122,16 @@ def test_relay_host_commands_leave_the_running_relay_serving(workstation: Path) 
                               env)
         (row,) = [json.loads(line) for line in as_json.stdout.splitlines()]
         assert row["event"] == "admin.login" and row["outcome"] == "ok"
+        # Where the login came from, as SECURITY.md says the trail records it.
+        assert row["client_ip"] == "127.0.0.1", row
+        assert lines[1].split()[7:8] == ["address=127.0.0.1"], lines
+        # One subject's rows, asked as a row names it (KIND:ID) or by its id alone.
+        subject = lines[0].split()[6].removeprefix("subject=")
+        by_kind = run_command([server, "audit", "show", "--subject", subject], env)
+        by_id = run_command([server, "audit", "show", "--subject",
+                             subject.partition(":")[2]], env)
+        assert by_kind.stdout.splitlines() == lines, (by_kind.stdout, by_kind.stderr)
+        assert by_id.stdout == by_kind.stdout
         later = run_command([server, "audit", "show", "--event", "admin.",
                              "--after", str(row["seq"])], env)
         assert (later.returncode, later.stdout, later.stderr) == (0, "", "no audit rows match\n")

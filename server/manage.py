@@ -3,6 +3,9 @@
 * ``lightbox-server db upgrade [REVISION]``: apply migrations, forward only (default: to head);
 * ``lightbox-server admin create --login LOGIN``: create an IT administrator (password from a
   no-echo prompt, twice, or ``LIGHTBOX_ADMIN_PASSWORD``; the clinicians' password policy);
+  ``lightbox-server admin password --login LOGIN``: a new password for one (read and checked
+  the same way; its login lock is lifted); ``lightbox-server admin remove --login LOGIN``:
+  disable one (never the last active one); ``lightbox-server admin list``;
 * ``lightbox-server org trust FILE [--replace]``: merge an organisation's public key (the
   ``<org_id>.pub.json`` that ``lightbox-admin org init`` writes) into the relay's trusted
   organisations file (``LIGHTBOX_TRUSTED_ORGS_FILE``; the relay loads it when it starts);
@@ -50,7 +53,15 @@ from server.errors import RelayError
 from server.passwords import Passwords
 from server.settings import Settings, SettingsError, load_settings
 from server.store import directory
-from server.store.admins import create_admin
+from server.store.admins import (
+    AdminRecord,
+    create_admin,
+    disable_admin,
+    get_admin_by_login,
+    list_admins,
+    set_admin_password,
+)
+from server.throttle import forget_admin_failures
 from server.trust import TrustError, load_trusted_orgs, read_trusted_orgs, write_trusted_orgs
 
 __all__ = ["COMMANDS", "CommandError", "add_commands", "run"]
@@ -213,6 +224,78 @@ def _admin_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _active_admin(conn: asyncpg.Connection, login: str) -> AdminRecord:
+    """The administrator with this login, locked until the transaction ends."""
+    admin = await get_admin_by_login(conn, login, for_update=True)
+    if admin is None:
+        raise CommandError(f"there is no administrator {login}: `lightbox-server admin list` "
+                           "names them")
+    if admin.disabled:
+        raise CommandError(f"administrator {login} was removed on {_when(admin.disabled_at)}; "
+                           "a removed administrator stays removed (create another login)")
+    return admin
+
+
+def _when(ts: float | None) -> str:  # as every date on IT's screens (docs/USER_GUIDE.md)
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _admin_password(args: argparse.Namespace, settings: Settings) -> int:
+    """A new password for an administrator. Admin tokens are stateless JWTs (server/tokens.py)
+    checked against the account's ``disabled_at`` only: tokens issued before the change stay
+    valid until they expire (``LIGHTBOX_ADMIN_TOKEN_TTL``); ``admin remove`` ends them."""
+    password = _new_password(args.login)
+    check_password(password, login=args.login, min_length=settings.password_min_length)
+    password_hash = Passwords(settings.argon2_profile).hash_sync(password)
+
+    async def change(conn: asyncpg.Connection) -> tuple[str, int]:
+        async with conn.transaction():
+            admin = await _active_admin(conn, args.login)
+            await set_admin_password(conn, admin.admin_id, password_hash)
+            lifted = await forget_admin_failures(conn, args.login)
+            await audit.append(conn, "admin.password_set", subject_kind="admin",
+                               subject_id=admin.admin_id, actor_kind="cli",
+                               details={"login": args.login, "lockouts_cleared": lifted})
+        return admin.admin_id, lifted
+
+    with _database(settings) as dsn:
+        admin_id, lifted = asyncio.run(_on(dsn, change))
+    lock = f"; {lifted} login lock(s) lifted" if lifted else ""
+    print(f"administrator {args.login} has a new password ({admin_id}){lock}")
+    return 0
+
+
+def _admin_remove(args: argparse.Namespace, settings: Settings) -> int:
+    """Disable an administrator: its row stays (audit rows name its id), it cannot log in,
+    and its admin tokens are refused at their next request (server/authn.py)."""
+    async def remove(conn: asyncpg.Connection) -> tuple[str, int]:
+        async with conn.transaction():
+            admin = await _active_admin(conn, args.login)
+            left = await disable_admin(conn, admin.admin_id)
+            await audit.append(conn, "admin.removed", subject_kind="admin",
+                               subject_id=admin.admin_id, actor_kind="cli",
+                               details={"login": args.login})
+        return admin.admin_id, left
+
+    with _database(settings) as dsn:
+        admin_id, left = asyncio.run(_on(dsn, remove))
+    print(f"administrator {args.login} removed ({admin_id}); {left} active administrator(s) "
+          "left")
+    return 0
+
+
+def _admin_list(args: argparse.Namespace, settings: Settings) -> int:
+    with _database(settings) as dsn:
+        found: list[AdminRecord] = asyncio.run(_on(dsn, list_admins))
+    for a in found:
+        state = f"removed {_when(a.disabled_at)}" if a.disabled else "active"
+        print(f"{a.login} {state}")
+    if not found:
+        print("no administrator: `lightbox-server admin create --login LOGIN` makes one",
+              file=sys.stderr)
+    return 0
+
+
 def _org_trust(args: argparse.Namespace, settings: Settings) -> int:
     try:
         incoming = read_trusted_orgs(Path(args.pubfile))
@@ -264,12 +347,9 @@ def _scim_token(args: argparse.Namespace, settings: Settings) -> int:
     with _database(settings) as dsn:
         token, revoked, tokens = asyncio.run(_on(dsn, work))
     if args.action == "list":
-        def when(ts: float) -> str:  # as every date on IT's screens (docs/USER_GUIDE.md)
-            return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
-
         for t in tokens:
-            state = "live" if t.revoked_at is None else f"revoked {when(t.revoked_at)}"
-            print(f"{t.token_id} created {when(t.created_at)} {state}")
+            state = "live" if t.revoked_at is None else f"revoked {_when(t.revoked_at)}"
+            print(f"{t.token_id} created {_when(t.created_at)} {state}")
         if not tokens:
             print(f"no SCIM token for {org_id}: `lightbox-server scim token issue --org "
                   f"{org_id}` makes one")
@@ -297,6 +377,15 @@ def add_commands(sub: Any) -> None:
                                            "LIGHTBOX_ADMIN_PASSWORD)")
     create.add_argument("--login", required=True)
     create.set_defaults(func=_admin_create)
+    password = adm.add_parser("password", help="set a new password (prompt or "
+                                               "LIGHTBOX_ADMIN_PASSWORD); lifts its login lock")
+    password.add_argument("--login", required=True)
+    password.set_defaults(func=_admin_password)
+    remove = adm.add_parser("remove", help="disable an administrator (never the last active "
+                                           "one); its admin tokens stop working")
+    remove.add_argument("--login", required=True)
+    remove.set_defaults(func=_admin_remove)
+    adm.add_parser("list", help="logins, active or removed").set_defaults(func=_admin_list)
 
     org = sub.add_parser("org", help="trusted organisations (relay host)").add_subparsers(
         dest="cmd", required=True)

@@ -41,7 +41,7 @@ from server.errors import LimitError
 from server.settings import Settings
 from server.store import lockout
 
-__all__ = ["Attempt", "Throttle", "Who"]
+__all__ = ["Attempt", "Throttle", "Who", "forget_admin_failures"]
 
 
 class Who(enum.Enum):
@@ -68,6 +68,12 @@ class Attempt:
         address = None if who is Who.HOLDER or ip is None else f"addr:{ip}"
         return cls(pair=f"{who.value}:{login} {where}", account=f"{who.value}:{login}",
                    address=address)
+
+
+async def forget_admin_failures(conn: asyncpg.Connection, login: str) -> int:
+    """Lift an IT administrator's lock and delay (its account and its pairs with every
+    address; the addresses' own counters stay): ``lightbox-server admin password``."""
+    return await lockout.reset_account(conn, Attempt.of(Who.ADMIN, login, None).account)
 
 
 class Throttle:

@@ -15,8 +15,8 @@ from server.errors import Conflict, Unauthorized
 from server.passwords import Passwords
 from server.store import at
 
-__all__ = ["AdminRecord", "create_admin", "get_admin", "get_admin_by_login",
-           "verify_admin_login"]
+__all__ = ["AdminRecord", "create_admin", "disable_admin", "get_admin", "get_admin_by_login",
+           "list_admins", "set_admin_password", "verify_admin_login"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,12 +25,14 @@ class AdminRecord:
     login: str
     password_hash: str
     disabled: bool
+    disabled_at: float | None = None
 
 
 def _record(row: asyncpg.Record) -> AdminRecord:
+    gone = row["disabled_at"]
     return AdminRecord(admin_id=str(row["admin_id"]), login=row["login"],
-                       password_hash=row["password_hash"],
-                       disabled=row["disabled_at"] is not None)
+                       password_hash=row["password_hash"], disabled=gone is not None,
+                       disabled_at=None if gone is None else gone.timestamp())
 
 
 async def create_admin(conn: asyncpg.Connection, login: str, password_hash: str, *,
@@ -47,8 +49,11 @@ async def create_admin(conn: asyncpg.Connection, login: str, password_hash: str,
     return admin_id
 
 
-async def get_admin_by_login(conn: asyncpg.Connection, login: str) -> AdminRecord | None:
-    row = await conn.fetchrow("SELECT * FROM admins WHERE login = $1", login)
+async def get_admin_by_login(conn: asyncpg.Connection, login: str, *,
+                             for_update: bool = False) -> AdminRecord | None:
+    """``for_update``: the row stays locked until the transaction ends."""
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT * FROM admins WHERE login = $1{lock}", login)
     return None if row is None else _record(row)
 
 
@@ -67,3 +72,30 @@ async def verify_admin_login(conn: asyncpg.Connection, passwords: Passwords, log
     if admin is None or not ok or admin.disabled:
         raise Unauthorized(ErrorCode.INVALID_CREDENTIALS, "login or password is wrong")
     return admin
+
+
+async def list_admins(conn: asyncpg.Connection) -> list[AdminRecord]:
+    """Every administrator, removed ones too, by login."""
+    return [_record(r) for r in await conn.fetch("SELECT * FROM admins ORDER BY login")]
+
+
+async def set_admin_password(conn: asyncpg.Connection, admin_id: str,
+                             password_hash: str) -> None:
+    await conn.execute("UPDATE admins SET password_hash = $2 WHERE admin_id = $1",
+                       uuid.UUID(admin_id), password_hash)
+
+
+async def disable_admin(conn: asyncpg.Connection, admin_id: str, *,
+                        now: float | None = None) -> int:
+    """Disable an administrator (the row stays: audit rows name its id); return how many
+    active administrators are left. Conflict, nothing changed, if it is the last active one.
+
+    The active rows are locked first, so two removals at once cannot leave none."""
+    active = {str(r["admin_id"]) for r in await conn.fetch(
+        "SELECT admin_id FROM admins WHERE disabled_at IS NULL FOR UPDATE")}
+    if active <= {admin_id}:
+        raise Conflict(detail="it is the last active administrator: nobody could log in to "
+                              "the admin API after it; create another one first")
+    await conn.execute("UPDATE admins SET disabled_at = $2 WHERE admin_id = $1",
+                       uuid.UUID(admin_id), at(time.time() if now is None else now))
+    return len(active) - 1

@@ -16,7 +16,7 @@ import asyncpg
 
 from server.store import at
 
-__all__ = ["Policy", "record_failure", "reset", "retry_after"]
+__all__ = ["Policy", "record_failure", "reset", "reset_account", "retry_after"]
 
 
 _PURGE_BATCH = 64
@@ -69,3 +69,11 @@ async def record_failure(conn: asyncpg.Connection, key: str, policy: Policy, *,
 
 async def reset(conn: asyncpg.Connection, *keys: str) -> None:
     await conn.execute("DELETE FROM login_failures WHERE key = ANY($1::text[])", list(keys))
+
+
+async def reset_account(conn: asyncpg.Connection, account: str) -> int:
+    """Forget an account's counter and its pairs with every address (``account`` then a space
+    and the address); never an address's own counter. Return the rows deleted."""
+    done = await conn.execute(
+        "DELETE FROM login_failures WHERE key = $1 OR starts_with(key, $1 || ' ')", account)
+    return int(done.split()[-1])

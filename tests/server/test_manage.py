@@ -26,6 +26,7 @@ from protocol.keys import OrganisationKey
 from server import migrations
 from server import runner as server_cli
 from server.embedded import postmaster_pid
+from server.passwords import Passwords
 from tests.helpers import Cluster, seconds
 from tests.make_run import BIN, data_folder, made_run, relay_host_env, run_command
 
@@ -70,6 +71,18 @@ def _pubfile(folder: Path, org_id: str) -> tuple[Path, bytes]:
     return path, key.public
 
 
+def _beside(url: str, argv: list[str], env: dict[str, str]
+            ) -> subprocess.CompletedProcess[str]:
+    """A command that must succeed while the relay at ``url`` answers ``/readyz`` 200."""
+    with ReadyzWatch(url) as watch:
+        done = run_command(argv, env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        after = httpx.get(url + "/readyz", timeout=seconds(5))
+    assert watch.polls > 0 and watch.failures == [], (argv[1:], watch.failures)
+    assert after.status_code == 200, (argv[1:], after.text)
+    return done
+
+
 @pytest.fixture
 def workstation(tmp_path: Path) -> Path:
     return tmp_path
@@ -89,12 +102,7 @@ def test_relay_host_commands_leave_the_running_relay_serving(workstation: Path) 
             ([server, "audit", "head"], None),
         ]
         for argv, expected in steps:
-            with ReadyzWatch(run.url) as watch:
-                done = run_command(argv, env)
-                assert done.returncode == 0, done.stdout + done.stderr
-                after = httpx.get(run.url + "/readyz", timeout=seconds(5))
-            assert watch.polls > 0 and watch.failures == [], (argv[1:], watch.failures)
-            assert after.status_code == 200, (argv[1:], after.text)
+            done = _beside(run.url, argv, env)
             if expected is not None:
                 assert expected in done.stdout, done.stdout
             else:
@@ -304,6 +312,146 @@ def test_admin_create_twice_is_a_conflict_and_without_a_terminal_names_the_varia
     assert rc == 2
     assert _one_line(err) == ("lightbox-server: no terminal to ask for the password: "
                               "set LIGHTBOX_ADMIN_PASSWORD")
+
+
+NEW_PASSWORD = "copper-meadow-lantern-38"
+
+
+def _sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+    return asyncio.run(go())
+
+
+def test_admin_password_sets_a_new_hash_lifts_only_that_logins_locks_and_is_audited(
+        host_env: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LIGHTBOX_ADMIN_PASSWORD", PASSWORD)
+    assert _server(["admin", "create", "--login", "it.jones"], capsys)[0] == 0
+    (before,) = _sql(db_dsn, "SELECT admin_id, password_hash FROM admins")
+    _sql(db_dsn, "INSERT INTO login_failures (key, failures, locked_until, last_failure_at) "
+         "SELECT k, 5, now() + interval '1 hour', now() FROM unnest($1::text[]) AS k",
+         ["admin:it.jones", "admin:it.jones 10.0.0.7", "admin:it.jonesy 10.0.0.7",
+          "login:it.jones", "addr:10.0.0.7"])
+    monkeypatch.setenv("LIGHTBOX_ADMIN_PASSWORD", "short-1")  # the same policy as create
+    rc, out, err = _server(["admin", "password", "--login", "it.jones"], capsys)
+    assert (rc, out) == (2, "") and _one_line(err).startswith(
+        "lightbox-server: password_too_weak: the password must be at least 12 characters long")
+    monkeypatch.setenv("LIGHTBOX_ADMIN_PASSWORD", NEW_PASSWORD)
+    rc, out, err = _server(["admin", "password", "--login", "it.jones"], capsys)
+    assert (rc, err) == (0, "")
+    assert out == (f"administrator it.jones has a new password ({before['admin_id']}); "
+                   "2 login lock(s) lifted\n")
+    (after,) = _sql(db_dsn, "SELECT password_hash FROM admins")
+    passwords = Passwords("cheap")
+    assert after["password_hash"] != before["password_hash"]
+    assert asyncio.run(passwords.verify(after["password_hash"], NEW_PASSWORD))
+    assert not asyncio.run(passwords.verify(after["password_hash"], PASSWORD))
+    kept = {r["key"] for r in _sql(db_dsn, "SELECT key FROM login_failures")}
+    assert kept == {"admin:it.jonesy 10.0.0.7", "login:it.jones", "addr:10.0.0.7"}
+    rows = _sql(db_dsn, "SELECT event, actor_kind, subject_id, details FROM audit_log "
+                "WHERE event LIKE 'admin.%' ORDER BY seq")
+    assert [r["event"] for r in rows] == ["admin.created", "admin.password_set"]
+    assert rows[1]["actor_kind"] == "cli" and rows[1]["subject_id"] == str(before["admin_id"])
+    assert json.loads(rows[1]["details"]) == {"login": "it.jones", "lockouts_cleared": 2}
+    assert NEW_PASSWORD not in rows[1]["details"]
+
+    rc, out, err = _server(["admin", "password", "--login", "it.nobody"], capsys)
+    assert (rc, out) == (2, "")
+    assert _one_line(err) == ("lightbox-server: there is no administrator it.nobody: "
+                              "`lightbox-server admin list` names them")
+
+
+def test_admin_remove_disables_never_the_last_and_list_says_who_is_active(
+        host_env: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LIGHTBOX_ADMIN_PASSWORD", PASSWORD)
+    assert _server(["admin", "list"], capsys) == (
+        0, "", "no administrator: `lightbox-server admin create --login LOGIN` makes one\n")
+    for login in ("it.jones", "it.smith"):
+        assert _server(["admin", "create", "--login", login], capsys)[0] == 0
+    assert _server(["admin", "list"], capsys) == (0, "it.jones active\nit.smith active\n", "")
+    rc, out, err = _server(["admin", "remove", "--login", "it.smith"], capsys)
+    assert (rc, err) == (0, "")
+    assert re.fullmatch(r"administrator it\.smith removed \([0-9a-f-]{36}\); 1 active "
+                        r"administrator\(s\) left\n", out), out
+    rc, out, _err = _server(["admin", "list"], capsys)
+    assert rc == 0 and re.fullmatch(
+        r"it\.jones active\nit\.smith removed \d{4}-\d\d-\d\d \d\d:\d\d\n", out), out
+    assert "$argon2" not in out
+    # The row stays (audit rows name its id), disabled with the time.
+    (smith,) = _sql(db_dsn, "SELECT admin_id, disabled_at FROM admins WHERE login = 'it.smith'")
+    assert smith["disabled_at"] is not None
+
+    rc, out, err = _server(["admin", "remove", "--login", "it.jones"], capsys)
+    assert (rc, out) == (2, "")
+    assert _one_line(err) == (
+        "lightbox-server: conflict: it is the last active administrator: nobody could log in "
+        "to the admin API after it; create another one first")
+    assert _sql(db_dsn, "SELECT disabled_at FROM admins WHERE login = 'it.jones'"
+                )[0]["disabled_at"] is None
+    for argv in (["admin", "remove", "--login", "it.smith"],
+                 ["admin", "password", "--login", "it.smith"]):
+        rc, out, err = _server(argv, capsys)
+        assert (rc, out) == (2, "")
+        assert re.fullmatch(r"lightbox-server: administrator it\.smith was removed on "
+                            r"\d{4}-\d\d-\d\d \d\d:\d\d; a removed administrator stays "
+                            r"removed \(create another login\)", _one_line(err)), err
+    rc, out, err = _server(["admin", "remove", "--login", "it.nobody"], capsys)
+    assert (rc, out) == (2, "")
+    assert _one_line(err) == ("lightbox-server: there is no administrator it.nobody: "
+                              "`lightbox-server admin list` names them")
+    rows = _sql(db_dsn, "SELECT event, subject_id, details FROM audit_log "
+                "WHERE event = 'admin.removed'")
+    assert [(r["subject_id"], json.loads(r["details"])) for r in rows] == [
+        (str(smith["admin_id"]), {"login": "it.smith"})]
+
+
+def test_admin_password_and_remove_beside_a_running_relay(workstation: Path) -> None:
+    """The new password works at ``POST /v1/admin/login`` and the old one no longer does, a
+    locked-out administrator can log in at once, and a removed one cannot log in and its
+    admin token is refused; ``/readyz`` stays 200 throughout."""
+    with made_run() as run:
+        env = relay_host_env(run.data, LIGHTBOX_ADMIN_PASSWORD=PASSWORD)
+        server = str(BIN / "lightbox-server")
+        for who in ("it.jones", "it.smith"):
+            assert run_command([server, "admin", "create", "--login", who],
+                               env).returncode == 0
+
+        def login(who: str, password: str) -> httpx.Response:
+            return httpx.post(run.url + "/v1/admin/login", timeout=seconds(10),
+                              json={"login": who, "password": password})
+
+        smith = login("it.smith", PASSWORD)
+        assert smith.status_code == 200, smith.text
+        smith_token = smith.json()["token"]
+        for _ in range(5):  # it.jones forgot the password, and is now locked out
+            assert login("it.jones", "wrong-wrong-wrong-1").status_code == 401
+        assert login("it.jones", PASSWORD).status_code == 429
+
+        steps = [
+            ([server, "admin", "password", "--login", "it.jones"],
+             {**env, "LIGHTBOX_ADMIN_PASSWORD": NEW_PASSWORD}, "has a new password"),
+            ([server, "admin", "remove", "--login", "it.smith"], env, "removed"),
+            ([server, "admin", "list"], env, "it.jones active\nit.smith removed"),
+        ]
+        for argv, argv_env, expected in steps:
+            done = _beside(run.url, argv, argv_env)
+            assert expected in done.stdout, done.stdout
+
+        assert login("it.jones", NEW_PASSWORD).status_code == 200
+        old = login("it.jones", PASSWORD)
+        assert old.status_code == 401 and old.json()["code"] == "invalid_credentials", old.text
+        gone = login("it.smith", PASSWORD)
+        assert gone.status_code == 401 and gone.json()["code"] == "invalid_credentials"
+        users = httpx.get(run.url + "/v1/admin/users", timeout=seconds(10),
+                          headers={"Authorization": f"Bearer {smith_token}"})
+        assert users.status_code == 401 and users.json()["code"] == "token_invalid", users.text
+        assert run.proc.poll() is None
 
 
 def test_org_trust_refuses_a_missing_or_malformed_file_and_a_silent_key_change(

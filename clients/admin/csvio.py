@@ -1,11 +1,11 @@
 """CSV in and out for IT's tool: the user import format, and safe exports.
 
 Import (``lightbox-admin user import FILE.csv``): UTF-8 (a BOM is accepted), a header row with
-at least :data:`REQUIRED_COLUMNS` (extra columns are ignored), ``roles`` separated by ``;``,
-``licence_expires`` as ``YYYY-MM-DD`` (the licence is valid through that day, UTC). Files over
-:data:`MAX_CSV_BYTES` are refused whole (``csv_too_large``), as are files without the required
-columns (``csv_invalid``). Every other problem is reported per row, with its line number, and
-does not stop the good rows.
+at least :data:`REQUIRED_COLUMNS` (:data:`OPTIONAL_COLUMNS` left out are empty; extra columns
+are ignored), ``roles`` separated by ``;``, ``licence_expires`` as ``YYYY-MM-DD`` (the licence
+is valid through that day, UTC). Files over :data:`MAX_CSV_BYTES` are refused whole
+(``csv_too_large``), as are files without the required columns (``csv_invalid``). Every other
+problem is reported per row, with its line number, and does not stop the good rows.
 
 Export: every cell goes through :func:`neutralise`, so a display name such as ``=cmd|'/c calc'``
 cannot become a formula when IT opens the export in a spreadsheet (OWASP "CSV Injection").
@@ -25,7 +25,9 @@ from protocol.certs import ROLE_RECORD_GATEWAY
 from protocol.errors import ErrorCode
 
 __all__ = [
+    "COLUMNS",
     "MAX_CSV_BYTES",
+    "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "CsvError",
     "CsvRecord",
@@ -42,8 +44,11 @@ __all__ = [
 ]
 
 MAX_CSV_BYTES = 1024 * 1024
-REQUIRED_COLUMNS = ("name", "login", "roles", "specialty", "department", "licence_type",
-                    "licence_number", "jurisdiction", "licence_expires")
+COLUMNS = ("name", "login", "roles", "specialty", "department", "licence_type",
+           "licence_number", "jurisdiction", "licence_expires")
+# Free text that may be empty (the guide's table), so a file may leave the columns out too.
+OPTIONAL_COLUMNS = ("specialty", "department")
+REQUIRED_COLUMNS = tuple(c for c in COLUMNS if c not in OPTIONAL_COLUMNS)
 MAX_ROWS = 5000
 _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 _ROLE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -263,8 +268,8 @@ def parse_users_csv(data: bytes, *, now: int) -> tuple[list[UserRow], list[RowEr
             continue
         try:
             row = validate_user(line=line, name=values["name"], login=login,
-                                roles=values["roles"], specialty=values["specialty"],
-                                department=values["department"],
+                                roles=values["roles"], specialty=values.get("specialty", ""),
+                                department=values.get("department", ""),
                                 licence_type=values["licence_type"],
                                 licence_number=values["licence_number"],
                                 jurisdiction=values["jurisdiction"],

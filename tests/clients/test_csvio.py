@@ -11,8 +11,8 @@ import pytest
 from clients.admin import cli as admin
 from clients.admin import csvio
 from clients.admin.csvio import (
+    COLUMNS,
     MAX_CSV_BYTES,
-    REQUIRED_COLUMNS,
     CsvError,
     licence_through,
     neutralise,
@@ -24,7 +24,7 @@ from protocol import api
 from protocol.errors import ErrorCode
 
 NOW = 1767225600  # 2026-01-01
-HEADER = ",".join(REQUIRED_COLUMNS)
+HEADER = ",".join(COLUMNS)
 
 
 def _row(name: str = "Ada Lovelace", login: str = "ada", roles: str = "physician;on_call",
@@ -88,6 +88,19 @@ def test_missing_columns_are_csv_invalid() -> None:
         parse_users_csv(b"name,login,roles\nAda,ada,physician\n", now=NOW)
     assert exc.value.code is ErrorCode.CSV_INVALID
     assert "licence_type" in str(exc.value)
+
+
+def test_specialty_and_department_columns_may_be_left_out() -> None:
+    # the guide: "free text, may be empty"; a file without the columns reads them as empty
+    header = ",".join(c for c in COLUMNS if c not in ("specialty", "department"))
+    good, bad = parse_users_csv(
+        f"{header}\nAda Lovelace,ada,physician,MD,GMC-1,UK,2030-06-30\n".encode(), now=NOW)
+    assert bad == []
+    (row,) = good
+    assert (row.login, row.specialty, row.department) == ("ada", None, None)
+    with pytest.raises(CsvError) as exc:  # the others stay required
+        parse_users_csv(f"{header.replace(',jurisdiction', '')}\n".encode(), now=NOW)
+    assert "missing columns: jurisdiction" in str(exc.value)
 
 
 def test_not_utf8_is_csv_invalid() -> None:

@@ -30,7 +30,7 @@ import msgspec
 import pytest
 
 from clients.admin import cli as admin_cli
-from clients.admin.csvio import REQUIRED_COLUMNS
+from clients.admin.csvio import COLUMNS
 from clients.admin.handout import enrol_uri
 from clients.clinician import cli as device_cli
 from clients.sdk import identity
@@ -49,7 +49,7 @@ ORG = "st-elsewhere"
 
 
 def _csv() -> str:
-    rows = [",".join(REQUIRED_COLUMNS)]
+    rows = [",".join(COLUMNS)]
     people = [("Ada Byron", "ada.byron", "physician;intern", "emergency medicine"),
               ("Bo Chen", "bo.chen", "physician;orthopaedic_on_call", "orthopaedics"),
               ("=cmd|' /C calc'!A0", "mallory", "physician", "radiology")]

@@ -322,10 +322,14 @@ def _org_trust(args: argparse.Namespace, settings: Settings) -> int:
 def _scim_token(args: argparse.Namespace, settings: Settings) -> int:
     """Bearer tokens of one organisation's directory (docs/OPERATIONS.md)."""
     org_id = args.org
-    if args.action in {"issue", "rotate"} and org_id not in load_trusted_orgs(
-            settings.trusted_orgs_path):
-        raise CommandError(f"{org_id} is not a trusted organisation: run "
-                           "`lightbox-server org trust` first")
+    trusted = load_trusted_orgs(settings.trusted_orgs_path)
+    if args.action in {"issue", "rotate"} and org_id not in trusted:
+        # Name the trusted ones first: a typo of one is likelier than a new organisation,
+        # and `org trust` of a typo would trust a name no certificate carries.
+        known = ", ".join(sorted(trusted)) or "none"
+        raise CommandError(f"{org_id} is not a trusted organisation (trusted in "
+                           f"{settings.trusted_orgs_path}: {known}); for a new organisation, "
+                           "run `lightbox-server org trust ORG.pub.json` first")
 
     async def work(conn: asyncpg.Connection) -> tuple[str | None, int, list[Any]]:
         now = time.time()

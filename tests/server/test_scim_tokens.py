@@ -70,10 +70,12 @@ async def test_issue_rotate_and_revoke_take_effect_on_the_running_relay(
 
 async def test_a_token_for_an_untrusted_organisation_is_refused_in_one_line(
         host_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = await _server(["scim", "token", "issue", "--org", "nowhere"], capsys)
+    """It sent IT to `org trust` even for a typo of a trusted organisation: it names them."""
+    rc, out, err = await _server(["scim", "token", "issue", "--org", "st-elswhere"], capsys)
     assert (rc, out) == (2, "")
-    assert err.strip() == ("lightbox-server: nowhere is not a trusted organisation: run "
-                           "`lightbox-server org trust` first")
+    assert err.strip() == (f"lightbox-server: st-elswhere is not a trusted organisation "
+                           f"(trusted in {host_env}: st-elsewhere); for a new organisation, "
+                           "run `lightbox-server org trust ORG.pub.json` first")
 
 
 async def test_list_with_no_token_says_so_and_how_to_make_one(

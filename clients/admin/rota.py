@@ -19,14 +19,17 @@ from clients.admin.common import CommandError, admin_relay
 from clients.admin.session import (
     load_session,
 )
+from clients.sdk.errors import RelayRequestError
 from clients.sdk.failures import run_async
 from clients.sdk.timefmt import format_time
 from clients.sdk.wording import counted
 from protocol import api
+from protocol.errors import ErrorCode
 
 __all__ = [
     "describe_removal",
     "post_shifts",
+    "role_unknown",
     "rota_add",
     "rota_import",
     "rota_parsers",
@@ -107,12 +110,31 @@ def rota_import(args: argparse.Namespace) -> int:
     return post_shifts(args, rows, failures)
 
 
+def role_unknown(org_id: str, role: str, roles: Sequence[api.OncallRoleInfo]) -> str:
+    """The relay answers role_unknown both for a role its organisation lacks and for an
+    organisation it has no roles of (often a typo of the id): say which, from its role list."""
+    of_org = sorted(r.role for r in roles if r.org_id == org_id)
+    if of_org:
+        return (f"{ErrorCode.ROLE_UNKNOWN.value}: {org_id} has no on-call role {role} "
+                f"(its roles: {', '.join(of_org)}); `lightbox-admin rota role {role} "
+                f"--org {org_id}` defines it")
+    orgs = ", ".join(sorted({r.org_id for r in roles})) or "none"
+    return (f"{ErrorCode.ROLE_UNKNOWN.value}: {org_id} has no on-call roles at all: check the "
+            f"organisation id (organisations with on-call roles: {orgs})")
+
+
 def rota_show(args: argparse.Namespace) -> int:
     session = load_session()
 
     async def go() -> api.ShiftList:
         async with admin_relay(session) as relay:
-            return await relay.shifts(args.org, args.role, current=not args.all)
+            try:
+                return await relay.shifts(args.org, args.role, current=not args.all)
+            except RelayRequestError as exc:
+                if exc.code != ErrorCode.ROLE_UNKNOWN.value:
+                    raise
+                roles = (await relay.oncall_roles()).roles
+                raise CommandError(role_unknown(args.org, args.role, roles)) from exc
 
     def fmt(ts: int) -> str:
         return format_time(ts, tz=ZoneInfo(args.tz))

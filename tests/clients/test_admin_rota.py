@@ -62,6 +62,18 @@ async def test_it_defines_a_role_adds_imports_shows_and_removes_shifts(
     rc, out, _ = await lightbox_admin("rota", "show", ROLE, "--org", org.org_id)
     assert len(SHIFT.findall(out)) == 1 and first not in out
 
+    # role_unknown named neither the role nor the organisation: a typo of the organisation
+    # (the role exists) or of the role is told apart, from the relay's list of roles
+    rc, _, err = await lightbox_admin("rota", "show", ROLE, "--org", "st-elswhere")
+    assert (rc, err.strip()) == (2, (
+        "error: role_unknown: st-elswhere has no on-call roles at all: check the organisation "
+        f"id (organisations with on-call roles: {org.org_id})"))
+    rc, _, err = await lightbox_admin("rota", "show", "orthopaedics-oncal", "--org", org.org_id)
+    assert (rc, err.strip()) == (2, (
+        f"error: role_unknown: {org.org_id} has no on-call role orthopaedics-oncal (its roles: "
+        "orthopaedics_oncall); `lightbox-admin rota role orthopaedics-oncal --org "
+        f"{org.org_id}` defines it"))
+
 
 @pytest.mark.usefixtures("admin_session")
 async def test_a_ladder_of_strangers_and_a_file_that_is_not_a_rota_store_nothing(

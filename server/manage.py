@@ -32,12 +32,15 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import getpass
 import json
 import os
 import re
+import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,7 +84,16 @@ def _database(settings: Settings, *, create: bool = False) -> Iterator[str]:
     empty database there and act on it (create an administrator the relay never sees, verify
     an empty audit trail) without a word."""
     if settings.database_url is not None:
-        yield settings.database_url.reveal()
+        dsn = settings.database_url.reveal()
+        try:
+            yield dsn
+        except (OSError, TimeoutError) as exc:
+            if not _unreachable(exc):
+                raise
+            raise CommandError(
+                f"the database at DATABASE_URL ({_host_port(dsn)}) could not be reached "
+                f"({_reason(exc)}): check that Postgres runs there and accepts connections "
+                "from this host, and that DATABASE_URL is the one the relay uses") from exc
         return
     cluster = (settings.data_dir / "pg").resolve()
     if not create and not (cluster / "PG_VERSION").exists():
@@ -91,6 +103,41 @@ def _database(settings: Settings, *, create: bool = False) -> Iterator[str]:
             "relative to it), or set LIGHTBOX_DATA_DIR or DATABASE_URL as the relay has them")
     with EmbeddedPostgres(settings.data_dir / "pg") as pg:
         yield pg.uri
+
+
+_UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT}
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A connection that never opened: refused, no route, no such host, or timed out (asyncio
+    joins one failure per address into an OSError without errno: "Multiple exceptions")."""
+    if isinstance(exc, TimeoutError | socket.gaierror):
+        return True
+    return isinstance(exc, OSError) and (
+        exc.errno in _UNREACHABLE
+        or (exc.errno is None and str(exc).startswith("Multiple exceptions")))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return "no such host"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return "refused or unreachable"
+
+
+def _host_port(dsn: str) -> str:
+    """Host and port of a connection URL, never its user or password (libpq's defaults)."""
+    try:
+        url = urllib.parse.urlsplit(dsn)
+        query = urllib.parse.parse_qs(url.query)
+        host = url.hostname or query.get("host", ["localhost"])[0]
+        port = url.port or int(query.get("port", ["5432"])[0])
+    except ValueError:
+        return "its host and port"
+    return f"{host}:{port}"
 
 
 async def _on(dsn: str, work: Any) -> Any:
@@ -322,8 +369,9 @@ def _org_trust(args: argparse.Namespace, settings: Settings) -> int:
 def _scim_token(args: argparse.Namespace, settings: Settings) -> int:
     """Bearer tokens of one organisation's directory (docs/OPERATIONS.md)."""
     org_id = args.org
-    trusted = load_trusted_orgs(settings.trusted_orgs_path)
-    if args.action in {"issue", "rotate"} and org_id not in trusted:
+    issuing = args.action in {"issue", "rotate"}
+    trusted = load_trusted_orgs(settings.trusted_orgs_path) if issuing else {}
+    if issuing and org_id not in trusted:
         # Name the trusted ones first: a typo of one is likelier than a new organisation,
         # and `org trust` of a typo would trust a name no certificate carries.
         known = ", ".join(sorted(trusted)) or "none"

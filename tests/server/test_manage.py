@@ -284,6 +284,22 @@ def test_db_upgrade_step_by_step_says_from_where_to_where(
     assert _revision(empty_dsn) == head
 
 
+@pytest.mark.parametrize("argv", [["db", "upgrade"], ["audit", "verify"],
+                                  ["scim", "token", "list", "--org", "st-elsewhere"]])
+def test_a_database_that_cannot_be_reached_is_named_by_host_and_port_never_password(
+        host_env: Path, argv: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It was asyncio's ``[Errno 111] Connect call failed ('127.0.0.1', 1)``, naming neither
+    the database nor what to check."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://lightbox:not-this-one@127.0.0.1:1/db")
+    rc, out, err = _server(argv, capsys)
+    assert (rc, out) == (2, "")
+    assert _one_line(err) == (
+        "lightbox-server: the database at DATABASE_URL (127.0.0.1:1) could not be reached "
+        "(connection refused): check that Postgres runs there and accepts connections from "
+        "this host, and that DATABASE_URL is the one the relay uses")
+
+
 @pytest.mark.parametrize(("password", "reason"), [
     ("short-1", "password_too_weak: the password must be at least 12 characters long"),
     ("password1234", "password_too_weak: the password is too common"),

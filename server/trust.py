@@ -60,6 +60,15 @@ def read_trusted_orgs(path: Path) -> dict[str, bytes]:
         raise
     except OSError as exc:
         raise TrustError(f"{path}: {exc.strerror}") from exc
+    if isinstance(raw, dict) and "sealed_seed" in raw:
+        # `lightbox-admin org init`'s keyfile (clients/admin/orgkey.py) given by mistake: say
+        # so, and which file to give instead; nothing of the file is repeated but its org id.
+        org_id = raw.get("org_id")
+        public = (f"{org_id}.pub.json" if isinstance(org_id, str) and _ORG_ID.match(org_id)
+                  else "the .pub.json file")
+        raise TrustError(f"{path} is the organisation's private key, which must never be "
+                         f"copied to the relay: give the relay {public}, written next to it "
+                         "by `lightbox-admin org init`, instead (and delete this copy)")
     orgs = raw.get("orgs") if isinstance(raw, dict) else None
     if not isinstance(orgs, dict):
         raise TrustError(f'{path}: expected {{"orgs": {{org_id: key}}}}')

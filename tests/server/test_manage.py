@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 from clients.admin import cli as admin_cli
+from clients.admin.orgkey import create_org_keyfile
 from protocol.canonical import b64url_encode
-from protocol.keys import OrganisationKey
+from protocol.keys import CHEAP_PROFILE, OrganisationKey
 from server import migrations
 from server import runner as server_cli
 from server.embedded import postmaster_pid
@@ -492,6 +493,23 @@ def test_org_trust_refuses_a_missing_or_malformed_file_and_a_silent_key_change(
     assert _server(["org", "trust", str(second), "--replace"], capsys)[0] == 0
     trusted = json.loads((host_env / "relay" / "trusted-orgs.json").read_text())
     assert trusted == {"orgs": {"st-elsewhere": b64url_encode(new_key)}}
+
+
+def test_org_trust_of_the_private_keyfile_says_to_give_the_public_file_and_prints_no_key(
+        host_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It answered ``expected {"orgs": {org_id: key}}``, leaving the private key on the relay
+    host with no word that it should not be there."""
+    keyfile = host_env / "st-elsewhere.key"
+    create_org_keyfile(keyfile, "st-elsewhere", "a passphrase", profile=CHEAP_PROFILE)
+    rc, out, err = _server(["org", "trust", str(keyfile)], capsys)
+    assert (rc, out) == (2, "")
+    assert _one_line(err) == (
+        f"lightbox-server: {keyfile} is the organisation's private key, which must never be "
+        "copied to the relay: give the relay st-elsewhere.pub.json, written next to it by "
+        "`lightbox-admin org init`, instead (and delete this copy)")
+    body = json.loads(keyfile.read_text())
+    assert body["public_key"] not in err and body["sealed_seed"] not in err
+    assert not (host_env / "relay" / "trusted-orgs.json").exists()
 
 
 def test_org_trust_of_a_key_already_trusted_changes_nothing_and_asks_no_restart(

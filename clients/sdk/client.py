@@ -304,11 +304,7 @@ class LightboxClient:
             if self._resend is not None:
                 await asyncio.shield(self._resend)
 
-        if not unreachable:
-            await self._until(synced(), timeout)
-            return
-
-        async def synced_or_unreachable() -> bool:
+        async def synced_or_unreachable() -> None:
             done = asyncio.ensure_future(synced())
             lost = asyncio.ensure_future(conn.unreachable.wait())
             try:
@@ -317,20 +313,12 @@ class LightboxClient:
                 lost.cancel()
                 if not done.done():
                     done.cancel()
-            if done.done() and not done.cancelled():
-                done.result()
-                return True
-            return False
+            if not done.done() or done.cancelled():
+                raise RelayUnavailable("the relay stopped answering before this device was "
+                                       "brought up to date", reason="it stopped answering")
+            done.result()
 
-        result: list[bool] = []
-
-        async def waiting() -> None:
-            result.append(await synced_or_unreachable())
-
-        await self._until(waiting(), timeout)
-        if result != [True]:
-            raise RelayUnavailable("the relay stopped answering before this device was "
-                                   "brought up to date", reason="it stopped answering")
+        await self._until(synced_or_unreachable() if unreachable else synced(), timeout)
 
     async def _until(self, waiting: Awaitable[object], timeout: float) -> None:
         """Wait for ``waiting`` unless the connection stops first (then raise why)."""

@@ -31,6 +31,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from server import migrations
 from server.embedded import EmbeddedPostgres
+from tests.browser import SHARED
 from tests.fhir_server import (
     FhirServer,
     FhirServerMissing,
@@ -132,6 +133,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(f"\nThe test session left files behind (tests/conftest.py): {', '.join(left)}",
               file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _shared_browser() -> AsyncIterator[None]:
+    """The browser tests' shared Chromium (tests/browser.py), stopped as the session ends."""
+    yield
+    await SHARED.close()
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from clients.sdk.addresses import tls_context
 from clients.sdk.transport import KEEPALIVE_EXPIRY
 from protocol.api import (
     PROOF_NONCE_BYTES,
@@ -320,7 +321,7 @@ async def identity_world(dsn: str, tmp: Path, *, orgs: tuple[str, ...] = ("st-el
     # (clients/sdk/transport.py KEEPALIVE_EXPIRY): a request sent on a connection uvicorn is
     # closing gets no answer (httpx.ReadError), which failed a withdrawal once in CI.
     async with running_relay(dsn, s, oncall_clock=oncall_clock, clock=clock) as relay, \
-            httpx.AsyncClient(base_url=relay.base_url,
+            httpx.AsyncClient(base_url=relay.base_url, verify=tls_context(),
                               limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY)) as c:
         world = World(relay=relay, http=c, dsn=dsn, orgs=org_objs, clock=clock)
         r = await c.post("/v1/admin/login", json={"login": "it-admin",

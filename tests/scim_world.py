@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import msgspec
 
+from clients.sdk.addresses import tls_context
 from protocol.canonical import peek_compact
 from protocol.certs import UserCertificate, issue_user_certificate
 from server.store import directory
@@ -133,7 +134,8 @@ async def scim_world(dsn: str, tmp: Path, **kw: Any) -> AsyncIterator[ScimWorld]
     async with identity_world(dsn, tmp, **kw) as world:
         token = await issue_scim_token(dsn, world.org.org_id)
         async with httpx.AsyncClient(base_url=world.relay.base_url + "/scim/v2",
-                                     headers={"authorization": f"Bearer {token}"}) as scim:
+                                     headers={"authorization": f"Bearer {token}"},
+                                     verify=tls_context()) as scim:
             yield ScimWorld(world=world, token=token, scim=scim)
 
 
@@ -161,7 +163,8 @@ async def directory_relay(tmp: Path, dsn: str, org: str, group_roles: dict[str, 
                              identity_file=identity)
     async with running_relay(dsn, settings) as running, httpx.AsyncClient(
             base_url=running.base_url + "/scim/v2",
-            headers={"authorization": f"Bearer {token}", "content-type": SCIM_JSON}) as scim:
+            headers={"authorization": f"Bearer {token}", "content-type": SCIM_JSON},
+            verify=tls_context()) as scim:
         await _ok(admin_cli.main, ["login", "--server", running.base_url,
                                    "--login", "it.admin"])
         yield running.base_url, scim

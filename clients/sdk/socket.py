@@ -19,6 +19,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
+from clients.sdk.addresses import tls_context
 from protocol.errors import ErrorCode
 from protocol.frames import (
     BUNDLE_SUBPROTOCOL,
@@ -87,7 +88,7 @@ class RelaySocket:
         try:
             ws = await connect(
                 url, max_size=max_frame, ping_interval=None, open_timeout=open_timeout,
-                compression=None,
+                compression=None, ssl=tls_context() if url.lower().startswith("wss:") else None,
                 subprotocols=[Subprotocol(BUNDLE_SUBPROTOCOL)] if bundles else None)
         except websockets.InvalidHandshake as exc:
             # Answered over HTTP instead of upgraded: a relay shutting down (503), or a proxy

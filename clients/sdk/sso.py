@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
+from clients.sdk.addresses import tls_context
 from clients.sdk.errors import FlowError, RelayRequestError, SDKError
 from clients.sdk.http import RelayHTTP
 from clients.sdk.transport import KEEPALIVE_EXPIRY
@@ -151,7 +152,7 @@ async def sign_in(relay: RelayHTTP, org_id: str, *, show: Callable[[str], None],
     redirect_uri = await loopback.start()
     try:
         async with httpx.AsyncClient(  # idle while the user is at the IdP's page
-                timeout=30, follow_redirects=False,
+                timeout=30, follow_redirects=False, verify=tls_context(),
                 limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY)) as http:
             try:
                 metadata = await _discover(http, config.issuer)

@@ -29,7 +29,7 @@ from typing import TypeVar
 import httpx
 import msgspec
 
-from clients.sdk.addresses import require_tls
+from clients.sdk.addresses import require_tls, tls_context
 from clients.sdk.answers import MAX_RESPONSE_BYTES, decode_answer, expect_status, parse_problem
 from clients.sdk.errors import (
     RelayRequestError,
@@ -130,7 +130,7 @@ class RelayTransport:
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=timeout, headers={"User-Agent": "lightbox-sdk/0.1"}, follow_redirects=False,
-            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY), verify=tls_context(),
         )
         self._refreshing: SingleFlight[api.TokenPair] = SingleFlight()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,6 +37,7 @@ from protocol import api
 from protocol.body import CaptureKind, IdentifierKind, RecordData
 from protocol.consent import ConsentBasis, ConsentDecision
 from protocol.model import DeviceKind, Priority, Purpose
+from tests.browser import browser_context
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import xray_png
 from tests.filing_world import enrol_gateway, orthanc_gateway
@@ -45,23 +45,8 @@ from tests.helpers import ROOT, page_problems, seconds
 from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 SHOTS = ROOT / "test-artefacts" / "desktop"
 ORTHO = "orthopaedics_oncall"
-
-
-def _require_browser() -> Any:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Chromium is missing: install it with `bash .ci/system-deps chromium` "
-                    "(Debian package chromium; never `playwright install`)", pytrace=False)
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.fail("the playwright package is missing: .venv/bin/pip install playwright "
-                    "(the Python package only; never `playwright install`)", pytrace=False)
-    return async_playwright
 
 
 # The relay of the desktop's tests (and of the modules that share them): a short grace after
@@ -162,18 +147,14 @@ async def send_wrist_xray(intern: Clinician) -> SentMessage:
 
 @contextlib.asynccontextmanager
 async def browser_page(**options: Any) -> AsyncIterator[tuple[Any, list[str]]]:
-    """A page in a real Chromium, and the console errors and page errors it reports;
-    ``options`` for its context (``locale``, ``timezone_id``...)."""
-    async_playwright = _require_browser()
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 900}, **options)
-            # Unlocking runs Argon2id (the vault's real cost); a loaded machine needs longer.
-            page.set_default_timeout(seconds(60) * 1000)
-            yield page, page_problems(page)
-        finally:
-            await browser.close()
+    """A page in a real Chromium, in a context of its own (tests/browser.py), and the console
+    errors and page errors it reports; ``options`` for its context (``locale``,
+    ``timezone_id``...)."""
+    async with browser_context(viewport={"width": 1280, "height": 900}, **options) as context:
+        page = await context.new_page()
+        # Unlocking runs Argon2id (the vault's real cost); a loaded machine needs longer.
+        page.set_default_timeout(seconds(60) * 1000)
+        yield page, page_problems(page)
 
 
 async def unlock_page(page: Any, desktop: DesktopServer) -> None:

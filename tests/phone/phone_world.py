@@ -10,7 +10,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import os
 import socket
 import time
 import uuid
@@ -18,7 +17,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import segno
 import uvicorn
 from PIL import Image
@@ -28,6 +26,7 @@ from clients.sdk.client import ClientEvent
 from protocol import api
 from protocol.canonical import b64url_encode, encode_struct
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
+from tests.browser import ARGS, CHROMIUM, browser_context
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.consent_world import xray_png
 from tests.helpers import (
@@ -56,9 +55,6 @@ __all__ = ["ARGS", "CHROMIUM", "ORTHO", "PASSPHRASE", "PHONE_VIEWPORT", "PHOTO_K
            "still_video", "stored_under",
            "vault_names"]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 PHONE_VIEWPORT: Any = {"width": 390, "height": 844}  # a mid-size phone, CSS pixels
 SHOTS = ROOT / "test-artefacts" / "phone"
 ORTHO = "orthopaedics_oncall"
@@ -292,31 +288,22 @@ def qr_image(text: str) -> Image.Image:
 @contextlib.asynccontextmanager
 async def phone_page(*, video: Path | None = None, camera: bool = True
                      ) -> AsyncIterator[tuple[Any, list[str]]]:
-    """A phone-sized page in a real Chromium (touch, mobile), with a fake camera fed from
-    ``video``; ``camera=False``: the camera permission is refused. Yields the page and the
-    console and page errors it reports."""
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Chromium is missing: install it with `bash .ci/system-deps chromium`",
-                    pytrace=False)
-    from playwright.async_api import async_playwright
-    args = list(ARGS)
+    """A phone-sized page in a real Chromium (touch, mobile) in a context of its own
+    (tests/browser.py), with a fake camera fed from ``video``; ``camera=False``: the camera
+    permission is refused. Yields the page and the console and page errors it reports."""
+    extra: list[str] = []
     if video is not None:
-        args += ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                 f"--use-file-for-fake-video-capture={video}"]
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
-        try:
-            context = await browser.new_context(
-                viewport=PHONE_VIEWPORT, device_scale_factor=2, is_mobile=True, has_touch=True,
-                locale="en-GB", timezone_id="Europe/London",
-                user_agent="Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
-                           "(KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36",
-                permissions=["camera"] if camera else [])
-            page = await context.new_page()
-            page.set_default_timeout(seconds(30) * 1000)
-            yield page, page_problems(page)
-        finally:
-            await browser.close()
+        extra += ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                  f"--use-file-for-fake-video-capture={video}"]
+    async with browser_context(
+            extra, viewport=PHONE_VIEWPORT, device_scale_factor=2, is_mobile=True,
+            has_touch=True, locale="en-GB", timezone_id="Europe/London",
+            user_agent="Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
+                       "(KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36",
+            permissions=["camera"] if camera else []) as context:
+        page = await context.new_page()
+        page.set_default_timeout(seconds(30) * 1000)
+        yield page, page_problems(page)
 
 
 async def axe_violations(page: Any) -> list[dict[str, Any]]:

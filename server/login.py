@@ -119,7 +119,8 @@ class LoginService:
             holder = signed and device is not None and device.status == "active"
             attempt = Attempt.of(Who.HOLDER if holder else Who.OTHER, body.login,
                                  AUDIT_CONTEXT.get().client_ip)
-            await self._check_lockout(conn, attempt, "auth.login", now)
+            await self._check_lockout(conn, attempt, "auth.login", now,
+                                      subject_id=user.user_id if user is not None else None)
             if not nonce or not await sessions.consume_nonce(conn, nonce, now=now):
                 await self._deny(conn, "auth.login", None, ErrorCode.CHALLENGE_FAILED)
             refused = user is not None and self.identity.for_org(user.org_id).refuses_password(
@@ -330,11 +331,17 @@ class LoginService:
         now = self.clock()
         attempt = Attempt.of(Who.ADMIN, login, AUDIT_CONTEXT.get().client_ip)
         async with self.db.pool.acquire() as conn:
-            await self._check_lockout(conn, attempt, "admin.login", now)
+            # The audit names the administrator a failure or a lock is charged to, so that an
+            # auditor sees whose account is being guessed at; a login no administrator has is
+            # never written (it may be a password typed into the wrong field).
+            known = await admins.get_admin_by_login(conn, login)
+            subject = known.admin_id if known is not None else None
+            await self._check_lockout(conn, attempt, "admin.login", now,
+                                      subject_kind="admin", subject_id=subject)
             try:
                 admin = await admins.verify_admin_login(conn, self.passwords, login, password)
             except Unauthorized:
-                await self._failure(conn, attempt, "admin.login", None, now,
+                await self._failure(conn, attempt, "admin.login", subject, now,
                                     subject_kind="admin")
             async with conn.transaction():
                 await self.throttle.success(conn, attempt)
@@ -347,11 +354,15 @@ class LoginService:
     # --- shared ---------------------------------------------------------------------------
 
     async def _check_lockout(self, conn: asyncpg.Connection, attempt: Attempt, event: str,
-                             now: float) -> None:
+                             now: float, *, subject_kind: str = "user",
+                             subject_id: str | None = None) -> None:
+        """Refuse an attempt while its account, pair or address is locked, audited against the
+        account when it exists (``subject_id``)."""
         try:
             await self.throttle.check(conn, attempt, now=now)
         except LimitError:
-            await audit.append(conn, event, outcome="denied",
+            await audit.append(conn, event, subject_kind=subject_kind if subject_id else None,
+                               subject_id=subject_id, outcome="denied",
                                details={"reason": ErrorCode.ACCOUNT_LOCKED.value})
             raise
 

@@ -337,6 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve_main(args)
 
 
+NEW_DATABASE = ("There was no relay database in {cluster}, so a new, empty one was made there; "
+                "if this relay has run before, its database is in another folder: stop it "
+                "(Ctrl-C) and give LIGHTBOX_DATA_DIR as it was.")
+
+
 def _serve_main(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
                                    ("workers", args.workers)) if v is not None}
@@ -350,8 +355,11 @@ def _serve_main(args: argparse.Namespace) -> int:
     _take_signals()
     embedded: EmbeddedPostgres | None = None
     try:
+        made = False
         if settings.database_url is None:
-            embedded = EmbeddedPostgres(settings.data_dir / "pg")
+            cluster = (settings.data_dir / "pg").resolve()
+            made = not (cluster / "PG_VERSION").exists()
+            embedded = EmbeddedPostgres(cluster)
             dsn = embedded.start()
         else:
             dsn = settings.database_url.reveal()
@@ -374,6 +382,10 @@ def _serve_main(args: argparse.Namespace) -> int:
         url = f"http://{settings.host}:{sock.getsockname()[1]}"
         print(f"Lightbox relay on {url} ({settings.workers} process(es), {where}); "
               "Ctrl-C stops it.", flush=True)
+        if made:
+            # A first start, or a mistyped LIGHTBOX_DATA_DIR: the relay would otherwise serve
+            # an empty database as if it were the hospital's, in silence.
+            print(NEW_DATABASE.format(cluster=cluster), flush=True)
         if settings.workers > 1:
             return _run_workers(settings, dsn, sock)
         serve(settings, dsn, sock)

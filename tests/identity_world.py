@@ -285,6 +285,14 @@ class World:
         finally:
             await conn.close()
 
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """The rows ``query`` finds in the relay's database, on a connection of its own."""
+        conn = await self.db()
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
     async def execute(self, query: str, *args: Any) -> None:
         """One SQL statement on a connection of its own (to stage a state, e.g. an expiry)."""
         conn = await self.db()

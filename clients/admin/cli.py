@@ -147,10 +147,15 @@ def _handouts(report: adminops.ImportReport, session: AdminSession, org_key: Org
     return failed
 
 
-def _report_failures(failures: Sequence[csvio.RowError]) -> None:
+def _report_failures(failures: Sequence[csvio.RowError], *, numbered: bool = True) -> None:
+    """Each refused row on stderr: by its CSV line and login, or (``user add``, one user on
+    the command line, no line to name) by its login."""
     for f in failures:
-        who = f" ({f.login})" if f.login else ""
-        print(f"line {f.line}{who}: {f.reason}", file=sys.stderr)
+        if numbered:
+            where = f"line {f.line}" + (f" ({f.login})" if f.login else "")
+        else:
+            where = f.login
+        print(f"{where}: {f.reason}", file=sys.stderr)
 
 
 async def _relay_accepts_phone_app(relay: RelayHTTP, phone_app: str, nothing_done: str) -> None:
@@ -177,7 +182,7 @@ def _prepare_handout_dir(args: argparse.Namespace, nothing_done: str) -> None:
 
 
 def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
-               failures: list[csvio.RowError]) -> int:
+               failures: list[csvio.RowError], *, numbered: bool = True) -> int:
     phone_app = _phone_app("nobody was provisioned")
     session = load_session()
     org_id, org_key = _org_key(args)
@@ -193,7 +198,7 @@ def _provision(args: argparse.Namespace, rows: list[csvio.UserRow],
     report = run_async(go) if rows else adminops.ImportReport([], [])
     unwritten = _handouts(report, session, org_key, args, phone_app)
     failures = sorted(failures + report.failed, key=lambda f: f.line)
-    _report_failures(failures)
+    _report_failures(failures, numbered=numbered)
     print(f"{len(report.provisioned)} provisioned, {len(failures)} failed")
     return 1 if failures or unwritten else 0
 
@@ -208,7 +213,7 @@ def _user_add(args: argparse.Namespace) -> int:
             now=int(time.time()), service=args.service)
     except ValueError as exc:
         raise CommandError(_in_option_words(str(exc))) from exc
-    return _provision(args, [row], [])
+    return _provision(args, [row], [], numbered=False)
 
 
 # The licence's CSV columns as `user add` spells them, each with an example value (the

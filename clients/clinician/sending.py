@@ -95,6 +95,12 @@ def targets(values: list[str]) -> tuple[list[str], list[str]]:
             users.append(name)
         elif kind == "role" and name:
             roles.append(role_name(name, f"--to {value!r}"))
+        elif value.strip() and ":" not in value:
+            # A colleague's name or login, or a role, written bare: say which form to write.
+            raise FlowError(f"--to {value!r}: write a colleague as --to "
+                            f"{shlex.quote('user:' + value.strip())} (a login or a whole name) "
+                            "and a role as --to role:ROLE",
+                            code=ErrorCode.VALIDATION_FAILED.value)
         else:
             raise FlowError(f"--to {value!r}: write user:LOGIN or role:ROLE",
                             code=ErrorCode.VALIDATION_FAILED.value)

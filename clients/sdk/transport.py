@@ -22,6 +22,7 @@ once, by ``login_again`` where the caller can log in again.
 from __future__ import annotations
 
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -57,13 +58,28 @@ def unreachable(method: str, path: str, exc: httpx.HTTPError) -> RelayUnavailabl
     elif isinstance(exc, httpx.TimeoutException):
         reason = "it did not answer in time"
     elif isinstance(exc, httpx.ConnectError):
-        reason = "no connection could be made"
+        reason = _tls_refusal(exc) or "no connection could be made"
     elif isinstance(exc, httpx.TransportError):
         reason = "the connection broke before it answered"
     else:
         reason = "the request could not be sent"
     detail = f": {exc}" if str(exc) else ""
     return RelayUnavailable(f"{method} {path}: {type(exc).__name__}{detail}", reason=reason)
+
+
+def _tls_refusal(exc: BaseException) -> str | None:
+    """Why TLS failed, in words, when it did: a certificate that does not verify (RFC 5280
+    §6, RFC 6125 §6), or an answer that is not TLS at all (an ``https://`` address for a
+    server that speaks plain HTTP, OpenSSL's ``WRONG_VERSION_NUMBER``)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"its TLS certificate does not verify: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
+            return ("it did not answer in TLS: if it serves plain http:// (a relay without its "
+                    "TLS proxy, on this computer), write the address with http://")
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def gateway_unavailable(method: str, path: str,

@@ -26,7 +26,7 @@ from protocol.canonical import b64url_encode
 from protocol.keys import CHEAP_PROFILE, seal_with_passphrase
 from tests.clinician_world import Clinician, enrol_clinician
 from tests.helpers import ROOT, seconds
-from tests.identity_world import PASSWORD, World
+from tests.identity_world import ADMIN_PASSWORD, PASSWORD, World
 
 ORG_PASSPHRASE = "orbit lantern quarry 42"
 REVOKED = re.compile(r"^This device was revoked by your organisation on "
@@ -212,6 +212,12 @@ async def test_wrong_passwords_missing_profiles_and_garbage_arguments_say_one_se
         ("lightbox-gateway", ("--profile", "phone"), wrong, "wrong password"),
         ("lightbox-admin", ("login", "--server", world.relay.base_url, "--login", "it-admin"),
          {**env, "LIGHTBOX_ADMIN_PASSWORD": "not the admin password"}, "invalid_credentials"),
+        # https:// to a relay serving plain http (no TLS proxy in front, one computer).
+        ("lightbox-admin", ("login", "--server", "https" + world.relay.base_url[len("http"):],
+                            "--login", "it-admin"),
+         {**env, "LIGHTBOX_ADMIN_PASSWORD": ADMIN_PASSWORD},
+         "(it did not answer in TLS: if it serves plain http:// (a relay without its TLS "
+         "proxy, on this computer), write the address with http://)"),
         ("lightbox", ("--profile", "nobody", "threads"), env, "has no device"),
         ("lightbox", ("--profile", "nobody", "whoami"), env, "has no device"),
         ("lightbox", ("--profile", "nobody", "login"), env, "has no device"),
@@ -221,6 +227,12 @@ async def test_wrong_passwords_missing_profiles_and_garbage_arguments_say_one_se
         ("lightbox", ("--profile", "phone", "inbox", "--timeout", "soon"), env,
          "invalid float value"),
         ("lightbox", ("--profile", "phone", "send", "--to", "nobody", "hi"), env,
+         "error: validation_failed: --to 'nobody': write a colleague as --to user:nobody "
+         "(a login or a whole name) and a role as --to role:ROLE"),
+        ("lightbox", ("--profile", "phone", "send", "--to", "Bea Bone", "hi"), env,
+         "error: validation_failed: --to 'Bea Bone': write a colleague as --to "
+         "'user:Bea Bone' (a login or a whole name) and a role as --to role:ROLE"),
+        ("lightbox", ("--profile", "phone", "send", "--to", "users:nobody", "hi"), env,
          "write user:LOGIN or role:ROLE"),
         ("lightbox", ("--profile", "phone", "send", "--thread", "not-a-thread", "hi"), env,
          "error:"),

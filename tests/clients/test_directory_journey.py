@@ -38,6 +38,13 @@ async def test_directory_user_is_signed_by_it_enrols_and_is_suspended_by_the_dir
                                    "--roles", "physician", "--licence-type", "MD",
                                    "--licence-number", "GMC-1", "--jurisdiction", "UK",
                                    "--licence-expires", "2031-12-31", "--no-qr"])
+        # Added twice: the relay's refusal names the login, not a CSV line there is not.
+        rc, out, err = await _run(admin_cli.main, [
+            "user", "add", "--name", "Bo Chen", "--login", "bo.chen", "--roles", "physician",
+            "--licence-type", "MD", "--licence-number", "GMC-1", "--jurisdiction", "UK",
+            "--licence-expires", "2031-12-31", "--no-qr"])
+        assert (rc, out) == (1, "0 provisioned, 1 failed\n"), (rc, out, err)
+        assert err.startswith("bo.chen: ") and "line" not in err, err
 
         r = await scim.post("/Users", json={
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "Ada.Byron",

@@ -105,6 +105,10 @@ async def test_embedded_run_serves_ready_and_ctrl_c_leaves_no_postgres_behind() 
             assert proc.returncode == 0, err
             assert f"http://127.0.0.1:{port}" in out
             assert "Embedded Postgres stopped." in out
+            # The first run says it made a new, empty database (a mistyped data folder would
+            # otherwise serve an empty relay in silence); the second found it.
+            made = runner.NEW_DATABASE.format(cluster=(data / "pg").resolve())
+            assert out.splitlines().count(made) == (1 if run == 0 else 0), out
             assert postmaster_pid(data / "pg") is None
             deadline = time.monotonic() + seconds(5)
             while time.monotonic() < deadline:

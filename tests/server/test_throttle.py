@@ -210,3 +210,46 @@ async def test_a_right_enrolment_code_gets_through_an_address_throttled_for_wron
         "signed_prekey": device.signed_prekey(), "one_time_prekeys": device.one_time(1, 2),
         "password": PASSWORD})
     assert r.status_code == 200, r.text
+
+
+async def _denials(world: World) -> list[tuple[str, str | None, str | None, str]]:
+    """The denied login and lockout rows of the audit: event, subject kind and id, details."""
+    return [(r["event"], r["subject_kind"], r["subject_id"], r["details"])
+            for r in await world.fetch(
+                "SELECT event, subject_kind, subject_id, details::text AS details "
+                "FROM audit_log WHERE outcome = 'denied' ORDER BY seq")]
+
+
+async def test_the_audit_names_the_account_each_failure_and_lock_is_charged_to(
+        world: World) -> None:
+    """An auditor sees whose account is guessed at and locked, administrator or clinician; a
+    login nobody has is never written down (it may be a password typed in the wrong box)."""
+    (admin,) = await world.fetch("SELECT admin_id::text FROM admins WHERE login = $1",
+                                 "it-admin")
+    admin_id = admin["admin_id"]
+    wrong = {"login": "it-admin", "password": "not the admin password"}
+    for _ in range(PAIR):
+        await world.http.post("/v1/admin/login", json=wrong, headers=at(ATTACKER))
+    locked(await world.http.post("/v1/admin/login", json=wrong, headers=at(ATTACKER)))
+    typed = "winter2026.kettle"  # a password typed into the login box
+    assert_problem(await world.http.post("/v1/admin/login",
+                                         json={"login": typed, "password": "x"},
+                                         headers=at(VICTIM)), 401, "invalid_credentials")
+    amy = await world.onboard(world.org.user("amy.ortho"))
+    mallory = await world.onboard(world.org.user("mallory.derm"))
+    for _ in range(PAIR):
+        await guess(world, amy, NAT, by=mallory)
+    locked(await guess(world, amy, NAT, by=mallory))
+
+    rows = await _denials(world)
+    admin_rows = [r[:3] for r in rows if r[0] == "admin.login" or r[2] == admin_id]
+    assert admin_rows == (
+        [("admin.login", "admin", admin_id)] * PAIR
+        + [("auth.lockout", "admin", admin_id), ("admin.login", "admin", admin_id),
+           ("admin.login", None, None)]), rows
+    amy_rows = [r[:3] for r in rows if r[0] == "auth.login" or r[2] == amy.user.user_id]
+    assert amy_rows == (
+        [("auth.login", "user", amy.user.user_id)] * PAIR
+        + [("auth.lockout", "user", amy.user.user_id),
+           ("auth.login", "user", amy.user.user_id)]), rows
+    assert all(typed not in " ".join(map(str, r)) for r in rows), rows

@@ -361,7 +361,7 @@ def _org_trust(args: argparse.Namespace, settings: Settings) -> int:
         already = "" if current.get(org_id) != key else "already "
         print(f"{already}trusted {org_id} (fingerprint {key_id(key)}) in {target.resolve()}")
     # The relay reads the file when it starts; an unchanged file needs no restart.
-    print("restart the relay to load the change" if changed else
+    print("the relay reads this file when it starts: restart it if it is running" if changed else
           "nothing changed: no restart needed")
     return 0
 

@@ -516,7 +516,8 @@ def test_org_trust_of_a_key_already_trusted_changes_nothing_and_asks_no_restart(
         host_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pub, _ = _pubfile(host_env, "st-elsewhere")
     rc, out, _err = _server(["org", "trust", str(pub)], capsys)
-    assert rc == 0 and out.splitlines()[-1] == "restart the relay to load the change", out
+    assert rc == 0 and out.splitlines()[-1] == (
+        "the relay reads this file when it starts: restart it if it is running"), out
     trusted = host_env / "relay" / "trusted-orgs.json"
     written = trusted.stat().st_mtime_ns
     rc, out, _err = _server(["org", "trust", str(pub)], capsys)

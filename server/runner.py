@@ -341,6 +341,14 @@ NEW_DATABASE = ("There was no relay database in {cluster}, so a new, empty one w
                 "if this relay has run before, its database is in another folder: stop it "
                 "(Ctrl-C) and give LIGHTBOX_DATA_DIR as it was.")
 
+SIGNING_SEED_MADE = (
+    "There was no token signing key at {path}, so a new one was made: every session and admin "
+    "token issued before is refused (devices sign in again by themselves; IT logs in again); "
+    "if the relay's key is elsewhere, stop it (Ctrl-C) and put the key back.")
+NO_TRUSTED_ORGS = (
+    "The relay trusts no organisation yet ({path} is missing): it refuses every enrolment and "
+    "login until `lightbox-server org trust ORG.pub.json` is run and the relay restarted.")
+
 
 def _serve_main(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
@@ -364,6 +372,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         else:
             dsn = settings.database_url.reveal()
         # Before any worker starts, so that they all load the same token signing key.
+        new_key = not settings.token_key_path.exists()
         ensure_token_key(settings.token_key_path)
         problem = asyncio.run(_check_or_migrate(dsn, args.migrate))
         if problem is not None:
@@ -386,6 +395,12 @@ def _serve_main(args: argparse.Namespace) -> int:
             # A first start, or a mistyped LIGHTBOX_DATA_DIR: the relay would otherwise serve
             # an empty database as if it were the hospital's, in silence.
             print(NEW_DATABASE.format(cluster=cluster), flush=True)
+        elif new_key:
+            # A database from before without its key: a restore that left the key out
+            # (docs/OPERATIONS.md "Backups"), or another data folder.
+            print(SIGNING_SEED_MADE.format(path=settings.token_key_path.resolve()), flush=True)
+        if not settings.trusted_orgs_path.exists():
+            print(NO_TRUSTED_ORGS.format(path=settings.trusted_orgs_path.resolve()), flush=True)
         if settings.workers > 1:
             return _run_workers(settings, dsn, sock)
         serve(settings, dsn, sock)

@@ -20,6 +20,7 @@ import pytest
 from server import runner
 from server.embedded import postmaster_pid
 from tests.helpers import ROOT, Cluster, seconds, session_dir
+from tests.identity_world import Org, write_trusted_orgs
 from tests.make_run import BIN, made_run, run_command
 
 
@@ -109,6 +110,14 @@ async def test_embedded_run_serves_ready_and_ctrl_c_leaves_no_postgres_behind() 
             # otherwise serve an empty relay in silence); the second found it.
             made = runner.NEW_DATABASE.format(cluster=(data / "pg").resolve())
             assert out.splitlines().count(made) == (1 if run == 0 else 0), out
+            # The first run trusts no organisation and says so; the second, its key removed
+            # (a restore that left it out), says a new one was made and what that ends.
+            untrusting = runner.NO_TRUSTED_ORGS.format(path=(data / "trusted-orgs.json"))
+            assert out.splitlines().count(untrusting) == (1 if run == 0 else 0), out
+            seed_made = runner.SIGNING_SEED_MADE.format(path=data / "token-key")
+            assert out.splitlines().count(seed_made) == run, out
+            write_trusted_orgs(data / "trusted-orgs.json", Org("st-example"))
+            (data / "token-key").unlink()
             assert postmaster_pid(data / "pg") is None
             deadline = time.monotonic() + seconds(5)
             while time.monotonic() < deadline:

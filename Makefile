@@ -67,7 +67,9 @@ install: $(STAMP) $(IDP_STAMP) phone
 
 # Debian packages some tests drive for real (see .ci/system-deps); a no-op when present.
 # orthanc + orthanc-dicomweb: the real PACS the record gateway's tests file into.
-# chromium: the real browser the desktop client's tests drive (through playwright).
+# chromium-headless-shell: Debian's Chromium, headless, the real browser the desktop client's
+# and the phone app's tests drive (through playwright; tests/browser.py); chromium: the whole
+# browser, for the test that opens a consent PDF in its viewer.
 # tesseract-ocr + tesseract-ocr-eng: OCR for PHI burned into images (clients/clinician/phi.py);
 # poppler-utils: pdftotext reads the patient's consent PDF back in the tests;
 # zbar-tools: zbarimg, an independent decoder for the enrolment handout's QR code;
@@ -75,7 +77,7 @@ install: $(STAMP) $(IDP_STAMP) phone
 # curl + jq: docs/USER_GUIDE.md scripts the desktop client's HTTP API with them (a test runs it).
 # nodejs: runs the test IdP (tests/idp, oidc-provider; Node.js 20 or later, with npm).
 system-deps:
-	@bash .ci/system-deps orthanc orthanc-dicomweb chromium tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core zbar-tools curl jq nodejs
+	@bash .ci/system-deps orthanc orthanc-dicomweb chromium chromium-headless-shell tesseract-ocr tesseract-ocr-eng poppler-utils fonts-dejavu-core zbar-tools curl jq nodejs
 
 run: $(STAMP)
 	$(BIN)/lightbox-server --migrate --host $(HOST) --port $(PORT) --workers $(WORKERS)

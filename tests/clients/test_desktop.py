@@ -146,11 +146,13 @@ async def send_wrist_xray(intern: Clinician) -> SentMessage:
 
 
 @contextlib.asynccontextmanager
-async def browser_page(**options: Any) -> AsyncIterator[tuple[Any, list[str]]]:
+async def browser_page(*, full: bool = False, **options: Any
+                       ) -> AsyncIterator[tuple[Any, list[str]]]:
     """A page in a real Chromium, in a context of its own (tests/browser.py), and the console
     errors and page errors it reports; ``options`` for its context (``locale``,
-    ``timezone_id``...)."""
-    async with browser_context(viewport={"width": 1280, "height": 900}, **options) as context:
+    ``timezone_id``...); ``full``: in the whole browser (its PDF viewer, say)."""
+    async with browser_context(full=full, viewport={"width": 1280, "height": 900},
+                               **options) as context:
         page = await context.new_page()
         # Unlocking runs Argon2id (the vault's real cost); a loaded machine needs longer.
         page.set_default_timeout(seconds(60) * 1000)

@@ -385,7 +385,7 @@ async def test_the_page_opens_the_consent_form_and_warns_before_a_teaching_reply
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
     async with desktop_team(world, tmp_path, orthanc) as team, \
-            browser_page() as (page, problems):
+            browser_page(full=True) as (page, problems):  # the PDF viewer is the browser's
         replies = team.intern.client.subscribe()
         await unlock_page(page, team.desktop)
         thread, sent = await send_photo(team.intern, film(), purpose=Purpose.TEACHING,

@@ -26,6 +26,7 @@ import msgspec
 import pytest
 import websockets
 
+from tests.browser import MISSING
 from tests.helpers import page_problems, seconds
 from tests.phone.phone_world import ARGS, CHROMIUM, PHONE_VIEWPORT
 
@@ -118,8 +119,7 @@ async def devtools_phone_page(tmp: Path) -> AsyncIterator[tuple[Any, list[str], 
     user agent, locale and time zone), whose workers' websockets are recorded; yields the page,
     the console and page errors it reports, and the record."""
     if not os.path.exists(CHROMIUM):
-        pytest.fail("Chromium is missing: install it with `bash .ci/system-deps chromium`",
-                    pytrace=False)
+        pytest.fail(MISSING, pytrace=False)
     from playwright.async_api import async_playwright
     profile = tmp / "chromium-profile"
     sockets = WorkerSockets()

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clients.admin import csvio, rotaio
@@ -21,6 +21,7 @@ from clients.admin.session import (
 )
 from clients.sdk.errors import RelayRequestError
 from clients.sdk.failures import run_async
+from clients.sdk.http import RelayHTTP
 from clients.sdk.timefmt import format_time
 from clients.sdk.wording import counted
 from protocol import api
@@ -40,6 +41,8 @@ __all__ = [
     "when_arg",
 ]
 
+
+T = TypeVar("T")
 
 def when_arg(text: str, tz: str) -> int:
     try:
@@ -88,8 +91,8 @@ def post_shifts(args: argparse.Namespace, rows: list[rotaio.ShiftRow],
 
     async def go() -> tuple[list[str], list[rotaio.RotaRowError]]:
         async with admin_relay(session) as relay:
-            return await adminops.import_shifts(relay, org_id=args.org, role=args.role,
-                                                rows=rows)
+            return await of_role(relay, args, adminops.import_shifts(
+                relay, org_id=args.org, role=args.role, rows=rows))
 
     stored, refused = run_async(go) if rows else ([], [])
     return rota_report(len(stored), failures + refused, numbered=numbered)
@@ -123,18 +126,25 @@ def role_unknown(org_id: str, role: str, roles: Sequence[api.OncallRoleInfo]) ->
             f"organisation id (organisations with on-call roles: {orgs})")
 
 
+async def of_role(relay: RelayHTTP, args: argparse.Namespace, work: Awaitable[T]) -> T:
+    """``work``, a request about ``args.role`` of ``args.org``; its ``role_unknown`` said as
+    :func:`role_unknown` says it (every rota command: show, add, import, remove)."""
+    try:
+        return await work
+    except RelayRequestError as exc:
+        if exc.code != ErrorCode.ROLE_UNKNOWN.value:
+            raise
+        roles = (await relay.oncall_roles()).roles
+        raise CommandError(role_unknown(args.org, args.role, roles)) from exc
+
+
 def rota_show(args: argparse.Namespace) -> int:
     session = load_session()
 
     async def go() -> api.ShiftList:
         async with admin_relay(session) as relay:
-            try:
-                return await relay.shifts(args.org, args.role, current=not args.all)
-            except RelayRequestError as exc:
-                if exc.code != ErrorCode.ROLE_UNKNOWN.value:
-                    raise
-                roles = (await relay.oncall_roles()).roles
-                raise CommandError(role_unknown(args.org, args.role, roles)) from exc
+            return await of_role(relay, args, relay.shifts(args.org, args.role,
+                                                           current=not args.all))
 
     def fmt(ts: int) -> str:
         return format_time(ts, tz=ZoneInfo(args.tz))
@@ -173,8 +183,8 @@ def rota_remove(args: argparse.Namespace) -> int:
 
     async def go() -> api.ShiftRemoved | None:
         async with admin_relay(session) as relay:
-            return await adminops.remove_shift(relay, org_id=args.org, role=args.role,
-                                               shift_id=args.shift_id)
+            return await of_role(relay, args, adminops.remove_shift(
+                relay, org_id=args.org, role=args.role, shift_id=args.shift_id))
 
     print(describe_removal(args, run_async(go)))
     return 0

@@ -73,6 +73,23 @@ async def test_it_defines_a_role_adds_imports_shows_and_removes_shifts(
         f"error: role_unknown: {org.org_id} has no on-call role orthopaedics-oncal (its roles: "
         "orthopaedics_oncall); `lightbox-admin rota role orthopaedics-oncal --org "
         f"{org.org_id}` defines it"))
+    # and so do the commands that change a rota, storing and removing nothing
+    wrong_org = ("error: role_unknown: st-elswhere has no on-call roles at all: check the "
+                 f"organisation id (organisations with on-call roles: {org.org_id})")
+    wrong_role = (f"error: role_unknown: {org.org_id} has no on-call role orthopaedics-oncal "
+                  "(its roles: orthopaedics_oncall); `lightbox-admin rota role "
+                  f"orthopaedics-oncal --org {org.org_id}` defines it")
+    left = SHIFT.findall((await lightbox_admin("rota", "show", ROLE, "--org", org.org_id))[1])
+    for argv, said in [
+        (("rota", "add", "orthopaedics-oncal", "--org", org.org_id, "--start", _at(3, 8),
+          "--end", _at(3, 20), "--ladder", "amy.ortho"), wrong_role),
+        (("rota", "import", ROLE, "--org", "st-elswhere", str(csv)), wrong_org),
+        (("rota", "remove", "orthopaedics-oncal", "--org", org.org_id, left[0]), wrong_role),
+    ]:
+        rc, out, err = await lightbox_admin(*argv)
+        assert (rc, out, err.strip()) == (2, "", said), argv
+    rc, out, _ = await lightbox_admin("rota", "show", ROLE, "--org", org.org_id)
+    assert SHIFT.findall(out) == left
 
 
 @pytest.mark.usefixtures("admin_session")

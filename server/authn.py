@@ -175,6 +175,14 @@ class Authenticator:
             admin = await admins.get_admin(conn, claims.admin_id)
         if admin is None or admin.disabled:
             raise Unauthorized(ErrorCode.TOKEN_INVALID, "administrator unknown or disabled")
+        # A token issued before the account's password was last set is refused: a reset after
+        # a suspected compromise ends the old password's tokens (docs/SECURITY.md "Lockout").
+        # ``iat`` counts whole seconds (RFC 7519 §4.1.6), so one issued in the second of the
+        # change is refused too: its holder logs in again.
+        if admin.password_set_at is not None and claims.issued_at < admin.password_set_at:
+            raise Unauthorized(ErrorCode.TOKEN_INVALID,
+                               "the administrator's password changed since this token was "
+                               "issued: log in again")
         _set_actor("admin", admin.admin_id)
         return AdminPrincipal(admin_id=admin.admin_id, login=admin.login)
 

@@ -288,9 +288,8 @@ def _when(ts: float | None) -> str:  # as every date on IT's screens (docs/USER_
 
 
 def _admin_password(args: argparse.Namespace, settings: Settings) -> int:
-    """A new password for an administrator. Admin tokens are stateless JWTs (server/tokens.py)
-    checked against the account's ``disabled_at`` only: tokens issued before the change stay
-    valid until they expire (``LIGHTBOX_ADMIN_TOKEN_TTL``); ``admin remove`` ends them."""
+    """A new password for an administrator; the admin tokens issued before it are refused
+    from then on (server/authn.py checks each against the account's ``password_set_at``)."""
     password = _new_password(args.login)
     check_password(password, login=args.login, min_length=settings.password_min_length)
     password_hash = Passwords(settings.argon2_profile).hash_sync(password)
@@ -308,7 +307,8 @@ def _admin_password(args: argparse.Namespace, settings: Settings) -> int:
     with _database(settings) as dsn:
         admin_id, lifted = asyncio.run(_on(dsn, change))
     lock = f"; {lifted} login lock(s) lifted" if lifted else ""
-    print(f"administrator {args.login} has a new password ({admin_id}){lock}")
+    print(f"administrator {args.login} has a new password ({admin_id}){lock}; the admin "
+          "tokens issued before it are refused")
     return 0
 
 

@@ -26,13 +26,15 @@ class AdminRecord:
     password_hash: str
     disabled: bool
     disabled_at: float | None = None
+    password_set_at: float | None = None  # None: not changed since the account was made
 
 
 def _record(row: asyncpg.Record) -> AdminRecord:
-    gone = row["disabled_at"]
+    gone, changed = row["disabled_at"], row["password_set_at"]
     return AdminRecord(admin_id=str(row["admin_id"]), login=row["login"],
                        password_hash=row["password_hash"], disabled=gone is not None,
-                       disabled_at=None if gone is None else gone.timestamp())
+                       disabled_at=None if gone is None else gone.timestamp(),
+                       password_set_at=None if changed is None else changed.timestamp())
 
 
 async def create_admin(conn: asyncpg.Connection, login: str, password_hash: str, *,
@@ -79,10 +81,13 @@ async def list_admins(conn: asyncpg.Connection) -> list[AdminRecord]:
     return [_record(r) for r in await conn.fetch("SELECT * FROM admins ORDER BY login")]
 
 
-async def set_admin_password(conn: asyncpg.Connection, admin_id: str,
-                             password_hash: str) -> None:
-    await conn.execute("UPDATE admins SET password_hash = $2 WHERE admin_id = $1",
-                       uuid.UUID(admin_id), password_hash)
+async def set_admin_password(conn: asyncpg.Connection, admin_id: str, password_hash: str, *,
+                             now: float | None = None) -> None:
+    """A new password; the admin tokens issued before it are refused from now on
+    (server/authn.py)."""
+    await conn.execute("UPDATE admins SET password_hash = $2, password_set_at = $3 "
+                       "WHERE admin_id = $1", uuid.UUID(admin_id), password_hash,
+                       at(time.time() if now is None else now))
 
 
 async def disable_admin(conn: asyncpg.Connection, admin_id: str, *,

@@ -362,7 +362,7 @@ def test_admin_password_sets_a_new_hash_lifts_only_that_logins_locks_and_is_audi
     rc, out, err = _server(["admin", "password", "--login", "it.jones"], capsys)
     assert (rc, err) == (0, "")
     assert out == (f"administrator it.jones has a new password ({before['admin_id']}); "
-                   "2 login lock(s) lifted\n")
+                   "2 login lock(s) lifted; the admin tokens issued before it are refused\n")
     (after,) = _sql(db_dsn, "SELECT password_hash FROM admins")
     passwords = Passwords("cheap")
     assert after["password_hash"] != before["password_hash"]
@@ -429,9 +429,10 @@ def test_admin_remove_disables_never_the_last_and_list_says_who_is_active(
 
 
 def test_admin_password_and_remove_beside_a_running_relay(workstation: Path) -> None:
-    """The new password works at ``POST /v1/admin/login`` and the old one no longer does, a
-    locked-out administrator can log in at once, and a removed one cannot log in and its
-    admin token is refused; ``/readyz`` stays 200 throughout."""
+    """The new password works at ``POST /v1/admin/login`` and the old one no longer does, nor
+    do the admin tokens issued with it; a locked-out administrator can log in at once, and a
+    removed one cannot log in and its admin token is refused; ``/readyz`` stays 200
+    throughout."""
     with made_run() as run:
         env = relay_host_env(run.data, LIGHTBOX_ADMIN_PASSWORD=PASSWORD)
         server = str(BIN / "lightbox-server")
@@ -446,6 +447,15 @@ def test_admin_password_and_remove_beside_a_running_relay(workstation: Path) -> 
         smith = login("it.smith", PASSWORD)
         assert smith.status_code == 200, smith.text
         smith_token = smith.json()["token"]
+        jones = login("it.jones", PASSWORD)  # a token of the old password, say stolen
+        assert jones.status_code == 200, jones.text
+        jones_old_token = jones.json()["token"]
+
+        def users_with(token: str) -> httpx.Response:
+            return httpx.get(run.url + "/v1/admin/users", timeout=seconds(10),
+                             headers={"Authorization": f"Bearer {token}"})
+
+        assert users_with(jones_old_token).status_code == 200
         for _ in range(5):  # it.jones forgot the password, and is now locked out
             assert login("it.jones", "wrong-wrong-wrong-1").status_code == 401
         assert login("it.jones", PASSWORD).status_code == 429
@@ -460,13 +470,19 @@ def test_admin_password_and_remove_beside_a_running_relay(workstation: Path) -> 
             done = _beside(run.url, argv, argv_env)
             assert expected in done.stdout, done.stdout
 
-        assert login("it.jones", NEW_PASSWORD).status_code == 200
+        renewed = login("it.jones", NEW_PASSWORD)
+        assert renewed.status_code == 200, renewed.text
+        # The new password ends the tokens of the old one; the new login's token works.
+        refused = users_with(jones_old_token)
+        assert refused.status_code == 401 and refused.json()["code"] == "token_invalid", \
+            refused.text
+        assert "password changed since this token was issued" in refused.json()["detail"]
+        assert users_with(renewed.json()["token"]).status_code == 200
         old = login("it.jones", PASSWORD)
         assert old.status_code == 401 and old.json()["code"] == "invalid_credentials", old.text
         gone = login("it.smith", PASSWORD)
         assert gone.status_code == 401 and gone.json()["code"] == "invalid_credentials"
-        users = httpx.get(run.url + "/v1/admin/users", timeout=seconds(10),
-                          headers={"Authorization": f"Bearer {smith_token}"})
+        users = users_with(smith_token)
         assert users.status_code == 401 and users.json()["code"] == "token_invalid", users.text
         assert run.proc.poll() is None
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from clients.admin import breakglass as adminbreakglass
 from clients.admin import consent as adminconsent
-from clients.admin import csvio, handout
+from clients.admin import csvio, handout, keptlists
 from clients.admin import directory as admindirectory
 from clients.admin import ops as adminops
 from clients.admin.common import CommandError, admin_relay
@@ -591,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     rv.set_defaults(func=_device_revoke)
     adminconsent.register(sub)  # the privacy office's consent commands
     adminbreakglass.register(sub)  # and its break-glass review queue
+    keptlists.register(sub)  # copies of the revocation lists, for a restore of the relay
     return p
 
 

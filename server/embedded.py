@@ -25,6 +25,8 @@ import fcntl
 import json
 import logging
 import os
+import pwd
+import re
 import secrets
 import subprocess
 import warnings
@@ -67,12 +69,16 @@ class EmbeddedPostgres:
             # The constructor, not get_server(): get_server() caches a handle per process,
             # which would hand back a stale one after this process stopped the cluster.
             # cleanup_mode=None: stopping is ours (see the module docstring).
+            heard = _Heard()
+            quiet = logging.getLogger("pgserver")
+            quiet.addFilter(heard)  # its failures are said in one sentence below, not dumped
             try:
                 server = pgserver.PostgresServer(  # type: ignore[attr-defined]
                     self.data_dir, cleanup_mode=None)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-                raise EmbeddedError(f"the embedded Postgres in {self.data_dir} did not start "
-                                    f"(its log: {self.data_dir / 'log'})") from exc
+                raise EmbeddedError(_not_started(self.data_dir, heard.errors)) from exc
+            finally:
+                quiet.removeFilter(heard)
             holders = [h for h in self._holders() if _alive(h)]
             holders.append(_me(self._token))
             self._write_holders(holders)
@@ -149,6 +155,50 @@ class EmbeddedPostgres:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(holders))
         tmp.replace(path)
+
+
+class _Heard(logging.Filter):
+    """Keeps pgserver's error records (the commands it ran, their output, the server's log)
+    instead of letting them through: a person reads one sentence (:func:`_not_started`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.errors.append(record.getMessage())
+        return False
+
+
+def _not_started(data_dir: Path, errors: list[str]) -> str:
+    """Why the cluster did not start, in one sentence. A folder its server cannot write is
+    told with the user that must own it: pgserver runs PostgreSQL as ``pgserver`` when
+    started by root (PostgreSQL refuses to run as root), else as the user itself."""
+    said = f"the embedded Postgres in {data_dir} did not start"
+    denied = [line for e in errors for line in e.splitlines() if "Permission denied" in line]
+    if denied:
+        runs_as = "pgserver" if os.geteuid() == 0 else _user_name(os.geteuid())
+        # The first file of the folder named where it was refused (the server's log, a file
+        # of the cluster's), and who owns it.
+        named = re.search(re.escape(str(data_dir)) + r"[^\s:\"']*", denied[0])
+        where = Path(named[0]) if named else data_dir
+        try:
+            owner = f"{where} belongs to {_user_name(where.stat().st_uid)}"
+        except OSError:
+            owner = f"{where} cannot be read"
+        return (f"{said}: {runs_as}, the user PostgreSQL runs as, may not write in it ({owner}): "
+                f"give the folder back with `chown -R {runs_as} {data_dir}`, or set "
+                "LIGHTBOX_DATA_DIR to a folder of the relay's own")
+    return f"{said} (its log: {data_dir / 'log'})"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _start_time(pid: int) -> str | None:

@@ -4,6 +4,8 @@ whoever started it (a relay-host command never stops the relay's database under 
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from server.embedded import HOLDERS_FILE, EmbeddedPostgres, postmaster_pid
-from tests.make_run import data_folder
+from tests.helpers import ROOT, seconds
+from tests.make_run import BIN, data_folder
 
 
 @pytest.fixture
@@ -56,3 +59,40 @@ def test_a_dead_holder_does_not_keep_the_cluster_running(pgdata: Path) -> None:
     (pgdata / HOLDERS_FILE).write_text(json.dumps(holders))
     assert pg.stop() is True
     assert postmaster_pid(pgdata) is None
+
+
+def test_a_cluster_folder_its_server_may_not_write_is_one_sentence_naming_the_fix(
+        pgdata: Path) -> None:
+    """The server's log file taken from the user PostgreSQL runs as (a copy restored as root,
+    say): ``lightbox-server`` said one line after two JSON records of pgserver's with the
+    commands, their output and the server's whole log. Now one sentence naming the file, its
+    owner and the command that gives the folder back; following it, the relay starts."""
+    first = EmbeddedPostgres(pgdata)
+    first.start()
+    first.stop()
+    log = pgdata / "log"
+    if os.geteuid() == 0:  # PostgreSQL runs as pgserver (pgserver's rule for root)
+        os.chown(log, 0, 0)
+        log.chmod(0o600)
+        runs_as, owner = "pgserver", "root"
+    else:
+        log.chmod(0o400)
+        runs_as = owner = pwd.getpwuid(os.geteuid()).pw_name
+    env = {**os.environ, "LIGHTBOX_DATA_DIR": str(pgdata.parent), "LOG_LEVEL": "info"}
+    env.pop("DATABASE_URL", None)
+    refused = subprocess.run([str(BIN / "lightbox-server"), "--migrate", "--port", "0"],
+                             cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=seconds(60), stdin=subprocess.DEVNULL)
+    assert (refused.returncode, refused.stdout) == (2, ""), refused
+    assert refused.stderr == (
+        f"lightbox-server: the embedded Postgres in {pgdata} did not start: {runs_as}, the user "
+        f"PostgreSQL runs as, may not write in it ({log} belongs to {owner}): give the folder "
+        f"back with `chown -R {runs_as} {pgdata}`, or set LIGHTBOX_DATA_DIR to a folder of the "
+        "relay's own\n")
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", runs_as, str(pgdata)], check=True)
+    else:
+        log.chmod(0o600)
+    again = EmbeddedPostgres(pgdata)
+    again.start()
+    again.stop()

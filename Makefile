@@ -10,11 +10,13 @@ PORT   ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 # `make test` runs the suite in this many pytest-xdist workers, each test file whole in one of
-# them (--dist loadfile); the suite mostly waits on relays, browsers and subprocesses, so two
-# workers on a 2-core machine take about half the time of one. Three took a tenth less again,
-# but their contention made three browser tests fail in one of two runs: not the default.
+# them (--dist loadfile); the suite mostly waits on relays, browsers and subprocesses, so on a
+# 2-core machine two workers take about half the time of one, and three a sixth less again:
+# 24 min 35 s and 20 min 35 s (measured on 2026-12-07, after the browser tests came to share
+# one headless Chromium a worker), no test failed in a whole run of three nor in two cut short
+# at 44% and 58% (before that sharing, three made browser tests fail in one of two runs).
 # TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 export HOST PORT WORKERS
 

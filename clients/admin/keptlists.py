@@ -61,14 +61,18 @@ def _save(args: argparse.Namespace) -> int:
         print(f"the relay holds no revocation list: nothing kept, {args.file} left as it was")
         return 0
     path = Path(args.file)
+    written: str | None = None
     try:
-        with tempfile.NamedTemporaryFile("wb", dir=path.parent or Path("."),
-                                         prefix=f".{path.name}.", delete=False) as f:
+        with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.",
+                                         delete=False) as f:
+            written = f.name
             f.write(msgspec.json.encode(kept))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(f.name, path)  # a crash leaves the earlier copy whole
+        os.replace(written, path)  # a crash leaves the earlier copy whole
     except OSError as exc:
+        if written is not None:
+            Path(written).unlink(missing_ok=True)
         raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
     for token in kept.lists:
         print(f"kept {_about(token)}")

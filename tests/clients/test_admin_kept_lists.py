@@ -73,3 +73,7 @@ async def test_it_keeps_the_lists_and_gives_a_restored_relay_the_newest_back(
                "revocations save FILE` writes one)\n")
     assert await admin("revocations", "restore", str(kept / "nowhere.json")) == (
         2, "", f"error: no such file: {kept / 'nowhere.json'}\n")
+    nowhere = kept / "no-such-folder" / "copy.json"
+    assert await admin("revocations", "save", str(nowhere)) == (
+        2, "", f"error: cannot write {nowhere}: No such file or directory\n")
+    assert sorted(p.name for p in kept.iterdir()) == ["first.json", "second.json"]

@@ -339,7 +339,7 @@ class LoginService:
             await self._check_lockout(conn, attempt, "admin.login", now,
                                       subject_kind="admin", subject_id=subject)
             try:
-                admin = await admins.verify_admin_login(conn, self.passwords, login, password)
+                admin = await admins.check_admin_password(self.passwords, known, password)
             except Unauthorized:
                 await self._failure(conn, attempt, "admin.login", subject, now,
                                     subject_kind="admin")

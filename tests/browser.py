@@ -30,13 +30,16 @@ CHROMIUM = os.environ.get("LIGHTBOX_TEST_CHROMIUM", "/usr/bin/chromium-headless-
 FULL_CHROMIUM = "/usr/bin/chromium"
 MISSING = ("Chromium's headless shell is missing: install it with `bash .ci/system-deps "
            "chromium-headless-shell` (Debian package; never `playwright install`)")
+MISSING_FULL = ("Chromium is missing: install it with `bash .ci/system-deps chromium` (Debian "
+                "package; never `playwright install`)")
 ARGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run")
 
 
-def _async_playwright() -> Any:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(MISSING, pytrace=False)
+def _async_playwright(program: str = CHROMIUM) -> Any:
+    """Playwright's ``async_playwright``, once ``program`` (the browser) is there."""
+    if not os.path.exists(program):
+        pytest.fail(MISSING_FULL if program == FULL_CHROMIUM else MISSING, pytrace=False)
     try:
         from playwright.async_api import async_playwright
     except ImportError:
@@ -101,11 +104,7 @@ async def browser_context(extra_args: Sequence[str] = (), *, full: bool = False,
                 await context.close()
         return
     program = FULL_CHROMIUM if full else CHROMIUM
-    if not os.path.exists(program):
-        pytest.fail(f"{program} is missing: install it with `bash .ci/system-deps "
-                    f"{'chromium' if full else 'chromium-headless-shell'}` (Debian package)",
-                    pytrace=False)
-    async with _async_playwright()() as pw:
+    async with _async_playwright(program)() as pw:
         own = await pw.chromium.launch(executable_path=program, headless=True,
                                        args=[*ARGS, *extra_args])
         try:

@@ -14,9 +14,7 @@ device ids and reasons IT wrote, no patient data; keep it with the backups."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from clients.admin.common import CommandError, admin_relay
 from clients.admin.session import load_session
 from clients.sdk.errors import RelayRequestError
 from clients.sdk.failures import run_async
+from clients.sdk.keystore import write_private_file
 from clients.sdk.wording import counted
 from protocol import api, certs
 from protocol.canonical import peek_compact
@@ -61,18 +60,9 @@ def _save(args: argparse.Namespace) -> int:
         print(f"the relay holds no revocation list: nothing kept, {args.file} left as it was")
         return 0
     path = Path(args.file)
-    written: str | None = None
-    try:
-        with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.",
-                                         delete=False) as f:
-            written = f.name
-            f.write(msgspec.json.encode(kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(written, path)  # a crash leaves the earlier copy whole
+    try:  # atomically: a crash leaves the earlier copy whole
+        write_private_file(path, msgspec.json.encode(kept))
     except OSError as exc:
-        if written is not None:
-            Path(written).unlink(missing_ok=True)
         raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
     for token in kept.lists:
         print(f"kept {_about(token)}")

@@ -44,6 +44,7 @@ __all__ = [
 
 T = TypeVar("T")
 
+
 def when_arg(text: str, tz: str) -> int:
     try:
         t = dt.datetime.fromisoformat(text)

@@ -62,6 +62,7 @@ from clients.sdk.errors import (
     RelayRequestError,
     RelayUnavailable,
     SDKError,
+    causes,
 )
 from clients.sdk.failures import run_async
 from clients.sdk.handover import authorship_line, copies_line
@@ -69,6 +70,7 @@ from clients.sdk.profile import ProfileDevice
 from clients.sdk.sending import UnreadableSend, check_readable
 from clients.sdk.threads import listing_order
 from clients.sdk.timefmt import format_time
+from clients.sdk.transport import certificate_refusal
 from clients.sdk.vault import (
     ItemNotFound,
     OutboxRecord,
@@ -1114,14 +1116,11 @@ def _raise_unmendable(exc: RelayUnavailable) -> None:
     again on every try until the certificate or the address changes), an address httpx
     cannot use as a URL. A name not found is not among them: a network without DNS for a while
     says the same."""
-    cause: BaseException | None = exc
-    while cause is not None:
+    for cause in causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
-            raise RelayUnavailable(str(exc), reason="its TLS certificate does not verify: "
-                                   f"{cause.verify_message}") from exc
+            raise RelayUnavailable(str(exc), reason=certificate_refusal(cause)) from exc
         if isinstance(cause, httpx.UnsupportedProtocol | httpx.InvalidURL):
             raise RelayUnavailable(str(exc), reason="its address is not a relay's URL") from exc
-        cause = cause.__cause__ or cause.__context__
 
 
 async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from clients.sdk.timefmt import format_time
 
 __all__ = [
@@ -15,8 +17,19 @@ __all__ = [
     "RelayUnavailable",
     "SDKError",
     "SessionEnded",
+    "causes",
     "flow_error",
 ]
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or during (``__cause__``, else ``__context__``),
+    and so on: where a library's error says what went wrong underneath (a TLS refusal under an
+    httpx error under the SDK's)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        yield cause
+        cause = cause.__cause__ or cause.__context__
 
 
 class SDKError(Exception):

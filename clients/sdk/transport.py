@@ -37,6 +37,7 @@ from clients.sdk.errors import (
     RelayResponseError,
     RelayUnavailable,
     SessionEnded,
+    causes,
 )
 from clients.sdk.proof import proof_header
 from clients.sdk.sharedtokens import SharedTokens
@@ -45,7 +46,7 @@ from protocol import api
 from protocol.keys import Ed25519KeyPair
 
 __all__ = ["KEEPALIVE_EXPIRY", "REFRESH_MARGIN", "RelayTransport", "Signer", "TokenCallback",
-           "gateway_unavailable", "unreachable"]
+           "certificate_refusal", "gateway_unavailable", "unreachable"]
 
 T = TypeVar("T")
 
@@ -67,18 +68,22 @@ def unreachable(method: str, path: str, exc: httpx.HTTPError) -> RelayUnavailabl
     return RelayUnavailable(f"{method} {path}: {type(exc).__name__}{detail}", reason=reason)
 
 
+def certificate_refusal(error: ssl.SSLCertVerificationError) -> str:
+    """A certificate that does not verify (its path, RFC 5280 §6, or its name, RFC 6125 §6),
+    in words."""
+    return f"its TLS certificate does not verify: {error.verify_message}"
+
+
 def _tls_refusal(exc: BaseException) -> str | None:
-    """Why TLS failed, in words, when it did: a certificate that does not verify (RFC 5280
-    §6, RFC 6125 §6), or an answer that is not TLS at all (an ``https://`` address for a
-    server that speaks plain HTTP, OpenSSL's ``WRONG_VERSION_NUMBER``)."""
-    cause: BaseException | None = exc
-    while cause is not None:
+    """Why TLS failed, in words, when it did: a certificate that does not verify, or an answer
+    that is not TLS at all (an ``https://`` address for a server that speaks plain HTTP,
+    OpenSSL's ``WRONG_VERSION_NUMBER``)."""
+    for cause in causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"its TLS certificate does not verify: {cause.verify_message}"
+            return certificate_refusal(cause)
         if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
             return ("it did not answer in TLS: if it serves plain http:// (a relay without its "
                     "TLS proxy, on this computer), write the address with http://")
-        cause = cause.__cause__ or cause.__context__
     return None
 
 

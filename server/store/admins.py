@@ -15,8 +15,8 @@ from server.errors import Conflict, Unauthorized
 from server.passwords import Passwords
 from server.store import at
 
-__all__ = ["AdminRecord", "create_admin", "disable_admin", "get_admin", "get_admin_by_login",
-           "list_admins", "set_admin_password", "verify_admin_login"]
+__all__ = ["AdminRecord", "check_admin_password", "create_admin", "disable_admin", "get_admin",
+           "get_admin_by_login", "list_admins", "set_admin_password", "verify_admin_login"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +66,16 @@ async def get_admin(conn: asyncpg.Connection, admin_id: str) -> AdminRecord | No
 
 async def verify_admin_login(conn: asyncpg.Connection, passwords: Passwords, login: str,
                              password: str) -> AdminRecord:
-    """The administrator with this login and password, or Unauthorized(invalid_credentials).
+    """The administrator with this login and password, or Unauthorized(invalid_credentials)."""
+    return await check_admin_password(passwords, await get_admin_by_login(conn, login),
+                                      password)
 
-    An unknown or disabled login costs one Argon2id verification too (same timing)."""
-    admin = await get_admin_by_login(conn, login)
+
+async def check_admin_password(passwords: Passwords, admin: AdminRecord | None,
+                               password: str) -> AdminRecord:
+    """``admin`` (the account a login names, None if none) if ``password`` is its own and it
+    is active, or Unauthorized(invalid_credentials). An unknown or disabled login costs one
+    Argon2id verification too (same timing)."""
     ok = await passwords.verify(admin.password_hash if admin else None, password)
     if admin is None or not ok or admin.disabled:
         raise Unauthorized(ErrorCode.INVALID_CREDENTIALS, "login or password is wrong")

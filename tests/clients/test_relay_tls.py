@@ -23,6 +23,7 @@ import pytest
 
 from clients.sdk.addresses import tls_context
 from clients.sdk.client import LightboxClient, MessageEvent
+from clients.sdk.errors import causes
 from clients.sdk.socket import RelaySocket
 from tests.clinician_world import enrol_clinician
 from tests.fhir_server import make_tls_files
@@ -79,12 +80,7 @@ def relay_port(world: World) -> int:
 
 
 def refused_for_its_certificate(exc: BaseException) -> bool:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return any(isinstance(cause, ssl.SSLCertVerificationError) for cause in causes(exc))
 
 
 async def test_a_relay_certified_by_the_hospitals_ca_in_ssl_cert_file_is_reached_both_ways(

@@ -250,6 +250,17 @@ async def db_dsn(_databases: _Databases) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def empty_dsn(cluster: Cluster) -> AsyncIterator[str]:
+    """A database with no schema at all (where a hospital restores its relay, or a first
+    ``db upgrade`` starts), dropped after the test."""
+    dsn = await cluster.create_database(empty=True)
+    try:
+        yield dsn
+    finally:
+        await cluster.drop_database(dsn)
+
+
+@pytest.fixture
 async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A plain connection to the test's database, for the storage tests."""
     c = await asyncpg.connect(db_dsn)

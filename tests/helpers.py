@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from server.app import Relay, create_app
+from server.migrations import current_revision
 from server.runner import RelayServer, uvicorn_config
 from server.settings import Settings, load_settings
 
@@ -93,6 +94,18 @@ class Cluster:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+def revision_of(dsn: str) -> str | None:
+    """The schema's revision, read as the relay reads it when it starts (blocking)."""
+
+    async def read() -> str | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await current_revision(conn)
+        finally:
+            await conn.close()
+    return asyncio.run(read())
 
 
 _session: list[Path] = []

@@ -2,7 +2,8 @@
 project's environment, ``--migrate --host --port --workers``, on the embedded Postgres in a
 fresh ``LIGHTBOX_DATA_DIR`` under .data/, in its own process group (as a terminal runs it, so
 that Ctrl-C is SIGINT to the whole group). Always stopped, any cluster it left killed, and the
-folder removed afterwards."""
+folder removed afterwards. IT's relay-host commands run beside it with :func:`run_command`, or
+:func:`beside`, which also checks that the relay answers ``/readyz`` throughout."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,7 +25,8 @@ import httpx
 from server.embedded import postmaster_pid
 from tests.helpers import ROOT, seconds
 
-__all__ = ["BIN", "MadeRun", "data_folder", "made_run", "relay_host_env", "run_command"]
+__all__ = ["BIN", "MadeRun", "ReadyzWatch", "beside", "data_folder", "made_run", "relay_host_env",
+           "run_command"]
 
 BIN = Path(sys.executable).parent
 
@@ -124,3 +127,45 @@ def run_command(argv: Sequence[str], env: dict[str, str]) -> subprocess.Complete
     """A command as a person runs it on the relay host (no terminal: secrets from env)."""
     return subprocess.run(list(argv), cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=seconds(60), stdin=subprocess.DEVNULL)
+
+
+class ReadyzWatch:
+    """Polls ``/readyz`` in a thread and keeps every status that was not 200."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.polls = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=seconds(5)) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.get(self.url + "/readyz")
+                    if r.status_code != 200:
+                        self.failures.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.polls += 1
+                self._stop.wait(0.02)
+
+    def __enter__(self) -> ReadyzWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(seconds(10))
+
+
+def beside(url: str, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A command that must succeed while the relay at ``url`` answers ``/readyz`` 200."""
+    with ReadyzWatch(url) as watch:
+        done = run_command(argv, env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        after = httpx.get(url + "/readyz", timeout=seconds(5))
+    assert watch.polls > 0 and watch.failures == [], (argv[1:], watch.failures)
+    assert after.status_code == 200, (argv[1:], after.text)
+    return done

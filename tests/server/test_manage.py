@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,41 +27,10 @@ from server import migrations
 from server import runner as server_cli
 from server.embedded import postmaster_pid
 from server.passwords import Passwords
-from tests.helpers import Cluster, seconds
-from tests.make_run import BIN, data_folder, made_run, relay_host_env, run_command
+from tests.helpers import Cluster, revision_of, seconds
+from tests.make_run import BIN, beside, data_folder, made_run, relay_host_env, run_command
 
 PASSWORD = "lantern-harbour-quince-71"
-
-
-class ReadyzWatch:
-    """Polls ``/readyz`` in a thread and keeps every status that was not 200."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.polls = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=seconds(5)) as c:
-            while not self._stop.is_set():
-                try:
-                    r = c.get(self.url + "/readyz")
-                    if r.status_code != 200:
-                        self.failures.append(f"{r.status_code} {r.text[:200]}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                self.polls += 1
-                self._stop.wait(0.02)
-
-    def __enter__(self) -> ReadyzWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(seconds(10))
 
 
 def _pubfile(folder: Path, org_id: str) -> tuple[Path, bytes]:
@@ -70,18 +38,6 @@ def _pubfile(folder: Path, org_id: str) -> tuple[Path, bytes]:
     path = folder / f"{org_id}.pub.json"
     path.write_text(json.dumps({"orgs": {org_id: b64url_encode(key.public)}}))
     return path, key.public
-
-
-def _beside(url: str, argv: list[str], env: dict[str, str]
-            ) -> subprocess.CompletedProcess[str]:
-    """A command that must succeed while the relay at ``url`` answers ``/readyz`` 200."""
-    with ReadyzWatch(url) as watch:
-        done = run_command(argv, env)
-        assert done.returncode == 0, done.stdout + done.stderr
-        after = httpx.get(url + "/readyz", timeout=seconds(5))
-    assert watch.polls > 0 and watch.failures == [], (argv[1:], watch.failures)
-    assert after.status_code == 200, (argv[1:], after.text)
-    return done
 
 
 @pytest.fixture
@@ -103,7 +59,7 @@ def test_relay_host_commands_leave_the_running_relay_serving(workstation: Path) 
             ([server, "audit", "head"], None),
         ]
         for argv, expected in steps:
-            done = _beside(run.url, argv, env)
+            done = beside(run.url, argv, env)
             if expected is not None:
                 assert expected in done.stdout, done.stdout
             else:
@@ -194,18 +150,6 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def _revision(dsn: str) -> str | None:
-    """The schema's revision, read as the relay reads it when it starts."""
-
-    async def read() -> str | None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await migrations.current_revision(conn)
-        finally:
-            await conn.close()
-    return asyncio.run(read())
-
-
 @pytest.mark.parametrize("revision", ["9999", "base"])
 def test_db_upgrade_to_no_revision_of_the_release_names_the_revisions_there_are(
         host_env: Path, db_dsn: str, revision: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -215,7 +159,7 @@ def test_db_upgrade_to_no_revision_of_the_release_names_the_revisions_there_are(
     assert (rc, out) == (2, "")
     assert _one_line(err) == (f"lightbox-server: no database revision {revision}: the "
                               f"revisions are 0001 to {head} (or head)")
-    assert _revision(db_dsn) == head
+    assert revision_of(db_dsn) == head
 
 
 def test_db_upgrade_to_a_revision_the_schema_is_past_says_it_never_goes_back(
@@ -226,7 +170,7 @@ def test_db_upgrade_to_a_revision_the_schema_is_past_says_it_never_goes_back(
     assert (rc, out) == (2, "")
     assert _one_line(err) == (f"lightbox-server: the database schema is already at {head}, "
                               "past 0020: db upgrade never goes back to an earlier revision")
-    assert _revision(db_dsn) == head
+    assert revision_of(db_dsn) == head
 
 
 def test_db_upgrade_of_a_schema_newer_than_the_release_says_so(
@@ -245,7 +189,7 @@ def test_db_upgrade_of_a_schema_newer_than_the_release_says_so(
     assert _one_line(err) == ("lightbox-server: the database schema is at 9999, a revision this "
                               f"release does not have (the revisions are 0001 to {head} (or "
                               "head)): a newer release's")
-    assert _revision(db_dsn) == "9999"
+    assert revision_of(db_dsn) == "9999"
 
 
 @pytest.mark.parametrize("argv", [[], ["head"], ["HEAD_REVISION"]])
@@ -282,7 +226,7 @@ def test_db_upgrade_step_by_step_says_from_where_to_where(
     ]
     for argv, *expected in steps:
         assert list(_server(["db", "upgrade", *argv], capsys)) == expected, argv
-    assert _revision(empty_dsn) == head
+    assert revision_of(empty_dsn) == head
 
 
 @pytest.mark.parametrize("argv", [["db", "upgrade"], ["audit", "verify"],
@@ -467,7 +411,7 @@ def test_admin_password_and_remove_beside_a_running_relay(workstation: Path) -> 
             ([server, "admin", "list"], env, "it.jones active\nit.smith removed"),
         ]
         for argv, argv_env, expected in steps:
-            done = _beside(run.url, argv, argv_env)
+            done = beside(run.url, argv, argv_env)
             assert expected in done.stdout, done.stdout
 
         renewed = login("it.jones", NEW_PASSWORD)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -17,17 +16,7 @@ from alembic.script import ScriptDirectory
 
 from server import migrations
 from server.app import create_app
-from tests.helpers import Cluster, make_settings
-
-
-@pytest.fixture
-async def empty_dsn(cluster: Cluster) -> AsyncIterator[str]:
-    """A database with no schema at all, dropped after the test."""
-    dsn = await cluster.create_database(empty=True)
-    try:
-        yield dsn
-    finally:
-        await cluster.drop_database(dsn)
+from tests.helpers import make_settings
 
 
 def previous(revision: str) -> str:

@@ -1,6 +1,11 @@
 """The relay host's own commands, behind ``lightbox-server``'s subcommands:
 
 * ``lightbox-server db upgrade [REVISION]``: apply migrations, forward only (default: to head);
+  ``lightbox-server db backup DIR``: the database (``pg_dump``), ``token-key`` and
+  ``trusted-orgs.json`` into a new folder, with a manifest of their SHA-256, the relay running
+  or not; ``lightbox-server db restore DIR``: such a backup into a relay that has no database
+  yet, checked first, in one transaction, and brought to this release's schema
+  (server/backups.py);
 * ``lightbox-server admin create --login LOGIN``: create an IT administrator (password from a
   no-echo prompt, twice, or ``LIGHTBOX_ADMIN_PASSWORD``; the clinicians' password policy);
   ``lightbox-server admin password --login LOGIN``: a new password for one (read and checked
@@ -50,7 +55,7 @@ import asyncpg
 from protocol.errors import ProtocolError
 from protocol.keys import key_id
 from protocol.passwords import check_password
-from server import audit, migrations
+from server import audit, backups, migrations
 from server.embedded import EmbeddedError, EmbeddedPostgres
 from server.errors import RelayError
 from server.passwords import Passwords
@@ -155,6 +160,22 @@ def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
         except migrations.BadRevision as exc:
             raise CommandError(str(exc)) from None
     print(done)
+    return 0
+
+
+def _db_backup(args: argparse.Namespace, settings: Settings) -> int:
+    return _done(backups.backup(Path(args.dir), settings, _database))
+
+
+def _db_restore(args: argparse.Namespace, settings: Settings) -> int:
+    return _done(backups.restore(Path(args.dir), settings, _database))
+
+
+def _done(done: backups.Taken | backups.Restored) -> int:
+    """What a backup or restore did; on stderr, the relay files it had no copy of."""
+    print(done)
+    for note in done.notes():
+        print(note, file=sys.stderr)
     return 0
 
 
@@ -422,6 +443,14 @@ def add_commands(sub: Any) -> None:
     up = db.add_parser("upgrade", help="apply migrations, forward only (default: to head)")
     up.add_argument("revision", nargs="?", default="head")
     up.set_defaults(func=_db_upgrade)
+    take = db.add_parser("backup", help="the database, token-key and trusted-orgs.json into a "
+                                        "new folder (the relay running or not)")
+    take.add_argument("dir", metavar="DIR", help="a folder that does not exist yet, or an "
+                      "empty one (made with mode 0700)")
+    take.set_defaults(func=_db_backup)
+    back = db.add_parser("restore", help="a backup into a relay that has no database yet")
+    back.add_argument("dir", metavar="DIR", help="the folder `db backup` wrote")
+    back.set_defaults(func=_db_restore)
 
     adm = sub.add_parser("admin", help="IT administrator accounts (relay host)"
                          ).add_subparsers(dest="cmd", required=True)
@@ -482,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the parsed subcommand; every failure is one line on stderr, never a traceback."""
     try:
         return int(args.func(args, load_settings()))
-    except (CommandError, EmbeddedError, SettingsError, TrustError) as exc:
+    except (CommandError, backups.BackupError, EmbeddedError, SettingsError, TrustError) as exc:
         print(f"lightbox-server: {exc}", file=sys.stderr)
     except (ProtocolError, RelayError) as exc:  # the password policy; an existing login
         print(f"lightbox-server: {exc.code.value}: {_detail(exc)}", file=sys.stderr)

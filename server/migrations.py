@@ -36,6 +36,7 @@ __all__ = [
     "current_revision",
     "ensure_at_head",
     "head_revision",
+    "revisions",
     "sqlalchemy_url",
     "upgrade",
     "upgrade_async",
@@ -92,6 +93,12 @@ def head_revision() -> str:
     if head is None:
         raise RuntimeError("no migrations found")
     return head
+
+
+def revisions() -> frozenset[str]:
+    """Every revision of this release (a database at another was made by a newer one)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return frozenset(r.revision for r in script.walk_revisions())
 
 
 def upgrade(dsn: str, revision: str = "head") -> None:

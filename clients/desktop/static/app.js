@@ -325,6 +325,32 @@ function escalationLine(e, steps, acked) {
 
 // --- inbox ----------------------------------------------------------------------------------
 
+// Put `wanted` in `parent`, in order, keeping every child already there that `wanted` draws the
+// same (the same `key`, and isEqualNode: the same elements, attributes and text). The inbox is
+// listed again on every event; when that replaced every element, a click whose button went down
+// on a consult before the new list and came up after it opened nothing (the browser sends the
+// click only where both happened, and the first element was gone). The same as the phone app's
+// (clients/phone/src/app/main.ts redraw). Kept elements keep their listeners: their markup is
+// the same, so is the consult they open.
+function redraw(parent, wanted, key) {
+  const had = new Map();
+  for (const child of parent.children) {
+    const k = key(child);
+    if (k !== undefined) had.set(k, child);
+  }
+  const next = wanted.map((w) => {
+    const k = key(w);
+    const old = k === undefined ? undefined : had.get(k);
+    return old && old.isEqualNode(w) ? old : w;
+  });
+  // The ones not kept go first, so that a kept one never moves (taken out and put back).
+  const kept = new Set(next);
+  for (const child of [...parent.children]) if (!kept.has(child)) child.remove();
+  next.forEach((w, i) => {
+    if (parent.children[i] !== w) parent.insertBefore(w, parent.children[i] || null);
+  });
+}
+
 async function loadInbox() {
   const ticket = ++listing;
   const data = await api("/api/threads");
@@ -334,7 +360,7 @@ async function loadInbox() {
   // Someone moving through the inbox with j/k keeps their place when it is listed again.
   const focused = document.activeElement?.classList.contains("thread-item")
     ? document.activeElement.dataset.threadId : null;
-  list.replaceChildren();
+  const items = [];
   for (const t of threads) {
     const item = el("button", {type: "button", class: "thread-item" + (t.urgent ? " urgent" : "") +
                                (t.thread_id === current ? " selected" : ""),
@@ -350,9 +376,10 @@ async function loadInbox() {
          (t.acknowledged_elsewhere ? " on another of your devices" : "") +
          (t.acknowledgement_waiting ? ", not sent yet" : "")));
     item.addEventListener("click", () => openThread(t.thread_id, true));
-    list.append(el("li", {}, item));
+    items.push(el("li", {"data-thread-id": t.thread_id}, item));
   }
-  if (!threads.length) list.append(el("li", {class: "empty"}, "No consults yet."));
+  if (!threads.length) items.push(el("li", {class: "empty"}, "No consults yet."));
+  redraw(list, items, (li) => li.dataset.threadId);
   if (focused) [...list.querySelectorAll(".thread-item")].find((b) => b.dataset.threadId === focused)?.focus();
 }
 

@@ -831,8 +831,8 @@ async function renderThreads(): Promise<ThreadRecord[] | null> {
   }
   if (ticket !== listing) return null; // a later call's answer is the newer list
   $("no-threads").hidden = list.length > 0;
-  $("threads").replaceChildren(
-    ...list.map((t) => {
+  redraw($("threads"),
+    list.map((t) => {
       const li = document.createElement("li");
       li.className = "thread";
       li.dataset["thread"] = t.thread_id;
@@ -855,6 +855,7 @@ async function renderThreads(): Promise<ThreadRecord[] | null> {
       }
       return li;
     }),
+    (el) => el.dataset["thread"],
   );
   drawOpenThread(list);
   forgetPhotos(new Set(list.flatMap((t) => t.messages.filter((m) => m.image_state === "held" && m.attachment_id).map((m) => m.attachment_id!))));
@@ -1223,7 +1224,35 @@ function drawOpenThread(list: ThreadRecord[]): void {
   }
   $("thread-title").textContent = consultTitle(t);
   $("thread-about").textContent = [t.role ? `To the on-call team of ${t.role}` : null, PRIORITY[t.priority] ?? t.priority].filter((x) => x).join(" · ");
-  $("thread-messages").replaceChildren(...listed(t).map((m) => messageElement(m, t)));
+  redraw($("thread-messages"), listed(t).map((m) => messageElement(m, t)), (el) => el.dataset["message"]);
+}
+
+/**
+ * Put `wanted` in `parent`, in order, keeping every child already there that `wanted` draws the
+ * same (the same `key`, and `isEqualNode`: the same elements, attributes and text). Every event
+ * (a receipt, a message in another consult, a photo downloaded) draws the list again; when that
+ * replaced every element, a tap whose finger came down on a button before the redraw and up
+ * after it was lost (the browser sends the click only to the element the touch began on, and it
+ * was gone), and so was the focus. Kept elements keep their listeners, which refer to what they
+ * show: their markup is the same, so is what they act on.
+ */
+function redraw(parent: HTMLElement, wanted: HTMLElement[], key: (el: HTMLElement) => string | undefined): void {
+  const had = new Map<string, HTMLElement>();
+  for (const child of Array.from(parent.children) as HTMLElement[]) {
+    const k = key(child);
+    if (k !== undefined) had.set(k, child);
+  }
+  const next = wanted.map((el) => {
+    const k = key(el);
+    const old = k === undefined ? undefined : had.get(k);
+    return old?.isEqualNode(el) ? old : el;
+  });
+  // The ones not kept go first, so that a kept one never moves (taken out and put back).
+  const kept = new Set(next);
+  for (const child of Array.from(parent.children)) if (!kept.has(child as HTMLElement)) child.remove();
+  next.forEach((el, i) => {
+    if (parent.children[i] !== el) parent.insertBefore(el, parent.children[i] ?? null);
+  });
 }
 
 /** A thread's messages as listed: a consult handed over in several copies once (PROTOCOL.md

@@ -10,13 +10,12 @@ PORT   ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 # `make test` runs the suite in this many pytest-xdist workers, each test file whole in one of
-# them (--dist loadfile); the suite mostly waits on relays, browsers and subprocesses, so on a
-# 2-core machine two workers take about half the time of one, and three a sixth less again:
-# 24 min 35 s and 20 min 35 s (measured on 2026-12-07, after the browser tests came to share
-# one headless Chromium a worker), no test failed in a whole run of three nor in two cut short
-# at 44% and 58% (before that sharing, three made browser tests fail in one of two runs).
-# TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 3
+# them (--dist loadfile); the suite mostly waits on relays, browsers, subprocesses and the
+# phone app's timers, so on a 2-core machine more workers than cores shorten it. Measured on
+# fresh clones (2026-12-07): two 24 min 35 s; three 20 min 35 s and 20 min 18 s; four 18 min
+# 33 s (the cores 59% busy), no test failed in it (one of the runs of three had a phone test
+# fail, a tap lost to a redraw of the list, since mended in the app). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 4
 
 export HOST PORT WORKERS
 
@@ -87,7 +86,7 @@ run: $(STAMP)
 # --durations: the slowest tests at the end of every run, to keep the suite in its 20 minutes.
 # Bytecode caches written, in .data/cache/python (the suite's caches' folder, tests/conftest.py),
 # even where PYTHONDONTWRITEBYTECODE is set, as on CI's machines: the suite starts hundreds of
-# Python processes (relays, commands, gateways; three workers each collecting every test file)
+# Python processes (relays, commands, gateways; four workers each collecting every test file)
 # and each compiled the project's modules from source again, 0.25 s of CPU a `lightbox` command.
 test: $(STAMP) system-deps $(IDP_STAMP) phone
 	@mkdir -p .data

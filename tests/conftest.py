@@ -7,7 +7,7 @@ pytest's tmp_path, in the session folder (tests/helpers.py ``session_dir``, remo
 or in a folder its fixture removes. The session ends by checking it: a new entry in .data/ or
 at the top of the tree fails the run, naming it.
 
-Under pytest-xdist (``make test`` runs three workers) each worker is a session of its own, with
+Under pytest-xdist (``make test`` runs four workers) each worker is a session of its own, with
 its own Postgres, session folder, real servers and Chromium, all in fresh folders under .data/;
 the check of what is left behind runs once, in the controller, after every worker has ended
 and cleaned up."""

@@ -33,6 +33,7 @@ from tests.clients.test_desktop import (
     urgent_consult_open,
     wait_for_event,
 )
+from tests.clients.test_desktop_display import LOCKED_ANSWER
 from tests.clinician_world import enrol_clinician
 from tests.helpers import ROOT, make_settings, running_relay, seconds
 from tests.identity_world import PASSWORD, World
@@ -134,7 +135,10 @@ async def test_an_acknowledgement_refused_here_or_by_the_relay_is_said_under_the
         await refused.wait_for()
         assert await consult.locator(".ack-button").is_visible()
         await page.screenshot(path=SHOTS / "03-refused-after-unlocking.png")
-        assert not problems, problems
+        # The relay's refusal made the page list its consults again; a request of that refresh
+        # still on its way when the vault locked is answered 423, which the browser logs (the
+        # page then shows the unlock screen, as here). Nothing else may be logged.
+        assert [p for p in problems if p != LOCKED_ANSWER] == [], problems
 
 
 async def test_an_acknowledgement_made_while_the_relay_is_down_says_not_sent_yet_then_goes(

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from server.app import Relay, create_app
-from server.migrations import current_revision
+from server.migrations import alembic_config, current_revision
 from server.runner import RelayServer, uvicorn_config
 from server.settings import Settings, load_settings
 
@@ -106,6 +106,15 @@ def revision_of(dsn: str) -> str | None:
         finally:
             await conn.close()
     return asyncio.run(read())
+
+
+def previous(revision: str) -> str:
+    """The revision just before ``revision`` among this release's migrations."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config()).get_revision(revision)
+    assert script is not None and isinstance(script.down_revision, str)
+    return script.down_revision
 
 
 _session: list[Path] = []

@@ -27,20 +27,18 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from alembic.script import ScriptDirectory
 
 from protocol.keys import OrganisationKey
 from server import backups, migrations
 from server import runner as server_cli
 from server.tokens import ensure_token_key
 from server.trust import write_trusted_orgs
-from tests.helpers import Cluster, revision_of, seconds
+from tests.helpers import Cluster, previous, revision_of, seconds
 from tests.make_run import BIN, MadeRun, beside, data_folder, made_run, relay_host_env, run_command
 
 PASSWORD = "lantern-harbour-quince-71"
 HEAD = migrations.head_revision()
-PREVIOUS = str(ScriptDirectory.from_config(migrations.alembic_config())
-               .get_revision(HEAD).down_revision)
+PREVIOUS = previous(HEAD)
 NEXT = ("next: start the relay; from IT's workstation, give it the newest revocation list kept "
         "(`lightbox-admin revocations restore FILE`, docs/OPERATIONS.md \"What a restore brings "
         "back\"); then take a new audit anchor (`lightbox-server audit head`)")

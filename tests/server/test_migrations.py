@@ -12,17 +12,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from alembic.script import ScriptDirectory
 
 from server import migrations
 from server.app import create_app
-from tests.helpers import make_settings
-
-
-def previous(revision: str) -> str:
-    script = ScriptDirectory.from_config(migrations.alembic_config()).get_revision(revision)
-    assert script is not None and isinstance(script.down_revision, str)
-    return script.down_revision
+from tests.helpers import make_settings, previous
 
 
 def test_the_head_is_the_revision_no_other_migration_follows() -> None:

@@ -128,6 +128,7 @@ bench: $(STAMP) phone
 	$(BIN)/python -m bench.attachments
 	$(BIN)/python -m bench.safety
 	$(BIN)/python -m bench.phone
+	$(BIN)/python -m bench.startup
 
 docs: $(STAMP)
 	$(BIN)/python -m server.doctables

@@ -68,5 +68,8 @@ def configure_logging(level: str = "info", stream: Any = None) -> None:
         lg.propagate = True
     # pgserver logs whole command lines at info; only its problems interest us.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # Alembic logs each of its plugins as it imports them, at info (server/migrations.py
+    # imports it when first needed, so after this): nothing an operator needs.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # uvicorn's access log prints raw paths and query strings; ours logs route templates.
     logging.getLogger("uvicorn.access").disabled = True

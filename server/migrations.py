@@ -15,18 +15,18 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util import CommandError
-from sqlalchemy import pool
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from alembic import command
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+# Alembic (and SQLAlchemy under it) is imported by the functions that use it, not here: it is
+# about 0.4 s of CPU to import, and most of lightbox-server's commands (admin, org, audit, scim)
+# never touch a migration (docs/ARCHITECTURE.md, "Start-up").
 
 __all__ = [
     "BadRevision",
@@ -79,6 +79,8 @@ def sqlalchemy_url(dsn: str) -> str:
 
 
 def alembic_config(dsn: str | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "alembic"))
     if dsn is not None:
@@ -88,8 +90,14 @@ def alembic_config(dsn: str | None = None) -> Config:
     return cfg
 
 
+def _scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = _scripts().get_current_head()
     if head is None:
         raise RuntimeError("no migrations found")
     return head
@@ -97,12 +105,14 @@ def head_revision() -> str:
 
 def revisions() -> frozenset[str]:
     """Every revision of this release (a database at another was made by a newer one)."""
-    script = ScriptDirectory.from_config(alembic_config())
+    script = _scripts()
     return frozenset(r.revision for r in script.walk_revisions())
 
 
 def upgrade(dsn: str, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` (blocking; not inside a running event loop)."""
+    from alembic import command
+
     command.upgrade(alembic_config(dsn), revision)
 
 
@@ -110,7 +120,10 @@ def upgrade_forward(dsn: str, revision: str = "head") -> Upgraded:
     """``db upgrade REVISION``: apply migrations up to ``revision`` if it is one of this
     release's and the schema is not already past it (blocking; not inside a running event
     loop). Raises :class:`BadRevision` and changes nothing otherwise."""
-    script = ScriptDirectory.from_config(alembic_config())
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    script = _scripts()
     head = head_revision()
     known = f"the revisions are {'/'.join(script.get_bases())} to {head} (or head)"
     try:
@@ -142,6 +155,9 @@ def upgrade_forward(dsn: str, revision: str = "head") -> Upgraded:
 
 def _current_heads(dsn: str) -> tuple[str, ...]:
     """The schema's revision as alembic reads it (empty: no migration applied yet)."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import pool
+    from sqlalchemy.ext.asyncio import create_async_engine
 
     async def read() -> tuple[str, ...]:
         engine = create_async_engine(sqlalchemy_url(dsn), poolclass=pool.NullPool)

@@ -1,6 +1,6 @@
-"""``lightbox-server``: start the relay (what ``make run`` calls), or run one of the relay
-host's commands (``db upgrade``, ``admin create``, ``org trust``, ``audit verify|head``:
-server/manage.py).
+"""``lightbox-server`` with no command: start the relay (what ``make run`` calls). Its arguments
+are parsed in server/__main__.py, which runs the relay host's commands (``db upgrade``, ``admin
+create``, ``org trust``, ``audit verify|head``: server/manage.py) without importing this module.
 
 With DATABASE_URL unset it starts the embedded Postgres in ``$LIGHTBOX_DATA_DIR/pg`` and stops
 it on exit, even after Ctrl-C. It refuses to start, with one line of explanation, when the
@@ -32,7 +32,7 @@ import asyncpg
 import uvicorn
 from prometheus_client.multiprocess import mark_process_dead
 
-from server import manage, migrations
+from server import migrations
 from server.embedded import EmbeddedError, EmbeddedPostgres
 from server.gcwatch import YOUNG_THRESHOLD, PauseWatch, freeze_start_up
 from server.logs import configure_logging
@@ -43,7 +43,7 @@ from server.tokens import ensure_token_key
 if TYPE_CHECKING:
     from server.app import Relay
 
-__all__ = ["RelayServer", "build_parser", "main", "serve"]
+__all__ = ["RelayServer", "serve", "serve_main"]
 
 log = logging.getLogger("lightbox.runner")
 
@@ -313,30 +313,6 @@ def _take_signals() -> None:
         signal.signal(sig, _interrupt_once)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lightbox-server",
-        description="Start the Lightbox relay (no command), or run a relay-host command.")
-    parser.add_argument("--host", help="listen address (default: HOST or 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="listen port (default: PORT or 8000)")
-    parser.add_argument("--workers", type=int, help="relay processes (default: WORKERS or 1)")
-    parser.add_argument("--migrate", action="store_true",
-                        help="apply database migrations before starting")
-    manage.add_commands(parser.add_subparsers(dest="group", metavar="COMMAND"))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.group is not None:
-        if args.host or args.port is not None or args.workers is not None or args.migrate:
-            parser.error("--host, --port, --workers and --migrate start the relay; "
-                         f"give them without the {args.group!r} command")
-        return manage.run(args)
-    return _serve_main(args)
-
-
 NEW_DATABASE = ("There was no relay database in {cluster}, so a new, empty one was made there; "
                 "if this relay has run before, its database is in another folder: stop it "
                 "(Ctrl-C) and give LIGHTBOX_DATA_DIR as it was.")
@@ -350,7 +326,9 @@ NO_TRUSTED_ORGS = (
     "login until `lightbox-server org trust ORG.pub.json` is run and the relay restarted.")
 
 
-def _serve_main(args: argparse.Namespace) -> int:
+def serve_main(args: argparse.Namespace) -> int:
+    """``lightbox-server`` with no command: start the relay (server/__main__.py parsed the
+    arguments)."""
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
                                    ("workers", args.workers)) if v is not None}
     try:

@@ -148,7 +148,7 @@ async def directory_relay(tmp: Path, dsn: str, org: str, group_roles: dict[str, 
     ``lightbox-admin login``, a SCIM token issued, the directory's ``group_roles`` mapped:
     (the relay's URL, a client of its ``/scim/v2`` with the token)."""
     from clients.admin import cli as admin_cli
-    from server import runner as server_cli
+    from server import __main__ as server_cli
     from tests.clients.test_identity_journey import _ok
     from tests.helpers import make_settings, running_relay
 

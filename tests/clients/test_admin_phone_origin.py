@@ -12,7 +12,7 @@ import pytest
 
 from clients.admin import cli as admin_cli
 from clients.admin.handout import web_origin
-from server import runner as server_cli
+from server import __main__ as server_cli
 from tests.clients.test_gateway_handout import ORG, _ok, _run, it_env  # noqa: F401 (fixture)
 from tests.helpers import make_settings, running_relay
 

@@ -19,7 +19,7 @@ import pytest
 from clients.admin import cli as admin_cli
 from clients.admin.handout import GATEWAY_NOTE, Handout, print_handout, save_handout
 from clients.clinician import cli as device_cli
-from server import runner as server_cli
+from server import __main__ as server_cli
 from tests.documents import pdf_page_png, pdf_text, qr_codes
 from tests.helpers import ROOT, make_settings, running_relay
 

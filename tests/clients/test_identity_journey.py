@@ -39,8 +39,8 @@ from clients.sdk.http import RelayHTTP
 from clients.sdk.keystore import KeyStore
 from clients.sdk.socket import RelaySocket
 from protocol.errors import CloseCode
+from server import __main__ as server_cli
 from server import audit
-from server import runner as server_cli
 from tests.documents import pdf_page_png, pdf_text, qr_codes
 from tests.helpers import ROOT, make_settings, running_relay, seconds
 

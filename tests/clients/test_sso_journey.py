@@ -19,7 +19,7 @@ import pytest
 
 from clients.admin import cli as admin_cli
 from clients.clinician import cli as device_cli
-from server import runner as server_cli
+from server import __main__ as server_cli
 from tests.clients.test_desktop import browser_page
 from tests.clients.test_identity_journey import ORG, _codes, _ok, _run, journey_env
 from tests.helpers import ROOT, ShiftedClock, make_settings, running_relay, seconds

@@ -29,8 +29,8 @@ import httpx
 import pytest
 
 from protocol.keys import OrganisationKey
+from server import __main__ as server_cli
 from server import backups, migrations
-from server import runner as server_cli
 from server.tokens import ensure_token_key
 from server.trust import write_trusted_orgs
 from tests.helpers import Cluster, previous, revision_of, seconds

@@ -23,8 +23,8 @@ from clients.admin import cli as admin_cli
 from clients.admin.orgkey import create_org_keyfile
 from protocol.canonical import b64url_encode
 from protocol.keys import CHEAP_PROFILE, OrganisationKey
+from server import __main__ as server_cli
 from server import migrations
-from server import runner as server_cli
 from server.embedded import postmaster_pid
 from server.passwords import Passwords
 from tests.helpers import Cluster, revision_of, seconds

@@ -171,7 +171,7 @@ def test_ctrl_c_while_the_workers_start_still_exits_0_after_a_clean_shutdown(
 # raises there ("Exception ignored in: <function WeakSet...>", as seen once in CI).
 _DROPPED_INTERRUPT = """
 import os, signal, sys, time, weakref
-from server import runner
+from server import __main__ as server_main, runner
 
 class Thing:
     pass
@@ -192,7 +192,7 @@ def wrap(step):
 
 step = sys.argv.pop(1)
 setattr(runner, step, wrap(getattr(runner, step)))
-sys.exit(runner.main(sys.argv[1:]))
+sys.exit(server_main.main(sys.argv[1:]))
 """
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server import runner as server_cli
+from server import __main__ as server_cli
 from tests.helpers import make_settings, running_relay
 from tests.identity_world import Org, write_trusted_orgs
 

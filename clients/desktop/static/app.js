@@ -332,16 +332,31 @@ function escalationLine(e, steps, acked) {
 // click only where both happened, and the first element was gone). The same as the phone app's
 // (clients/phone/src/app/main.ts redraw). Kept elements keep their listeners: their markup is
 // the same, so is the consult they open.
-function redraw(parent, wanted, key) {
+//
+// With `depth` above 0, a child of the same key that changed inside (a consult a message or a
+// receipt reached while the mouse button was down on it) is kept too, its attributes made the
+// wanted ones and its own children put in it the same way, `depth` levels down: the inbox keeps
+// its row and the consult's button (depth 2), whose only listener opens the consult by its id,
+// the row's key; what changed inside the button (its unread count, its last line) is drawn anew.
+function redraw(parent, wanted, key, depth = 0) {
   const had = new Map();
-  for (const child of parent.children) {
-    const k = key(child);
-    if (k !== undefined) had.set(k, child);
-  }
-  const next = wanted.map((w) => {
-    const k = key(w);
-    const old = k === undefined ? undefined : had.get(k);
-    return old && old.isEqualNode(w) ? old : w;
+  const oldKeys = keysOf([...parent.children], key);
+  [...parent.children].forEach((child, i) => {
+    if (oldKeys[i] !== undefined) had.set(oldKeys[i], child);
+  });
+  const keys = keysOf(wanted, key);
+  const next = wanted.map((w, i) => {
+    const old = keys[i] === undefined ? undefined : had.get(keys[i]);
+    if (!old) return w;
+    had.delete(keys[i]);  // one element kept for one wanted, never twice
+    if (old.isEqualNode(w)) return old;
+    if (depth > 0 && onlyElements(old) && onlyElements(w) && old.tagName === w.tagName) {
+      for (const name of old.getAttributeNames()) if (!w.hasAttribute(name)) old.removeAttribute(name);
+      for (const name of w.getAttributeNames()) old.setAttribute(name, w.getAttribute(name));
+      redraw(old, [...w.children], partKey, depth - 1);
+      return old;
+    }
+    return w;
   });
   // The ones not kept go first, so that a kept one never moves (taken out and put back).
   const kept = new Set(next);
@@ -349,6 +364,28 @@ function redraw(parent, wanted, key) {
   next.forEach((w, i) => {
     if (parent.children[i] !== w) parent.insertBefore(w, parent.children[i] || null);
   });
+}
+
+// `key` of each element, the second and later of one key told apart by their count.
+function keysOf(els, key) {
+  const seen = new Map();
+  return els.map((e) => {
+    const k = key(e);
+    if (k === undefined) return undefined;
+    const n = seen.get(k) || 0;
+    seen.set(k, n + 1);
+    return n ? k + "#" + n : k;
+  });
+}
+
+// A part of a row: by its consult's id, else its id, else its tag and class.
+function partKey(e) {
+  return e.dataset.threadId || e.id || e.tagName + "." + e.className;
+}
+
+// No text of its own between its elements (a row or a button of parts; not a line of text).
+function onlyElements(e) {
+  return [...e.childNodes].every((n) => n.nodeType === Node.ELEMENT_NODE || !n.textContent.trim());
 }
 
 async function loadInbox() {
@@ -379,7 +416,7 @@ async function loadInbox() {
     items.push(el("li", {"data-thread-id": t.thread_id}, item));
   }
   if (!threads.length) items.push(el("li", {class: "empty"}, "No consults yet."));
-  redraw(list, items, (li) => li.dataset.threadId);
+  redraw(list, items, (li) => li.dataset.threadId, 2);
   if (focused) [...list.querySelectorAll(".thread-item")].find((b) => b.dataset.threadId === focused)?.focus();
 }
 

@@ -856,6 +856,7 @@ async function renderThreads(): Promise<ThreadRecord[] | null> {
       return li;
     }),
     (el) => el.dataset["thread"],
+    1,
   );
   drawOpenThread(list);
   forgetPhotos(new Set(list.flatMap((t) => t.messages.filter((m) => m.image_state === "held" && m.attachment_id).map((m) => m.attachment_id!))));
@@ -1235,17 +1236,34 @@ function drawOpenThread(list: ThreadRecord[]): void {
  * after it was lost (the browser sends the click only to the element the touch began on, and it
  * was gone), and so was the focus. Kept elements keep their listeners, which refer to what they
  * show: their markup is the same, so is what they act on.
+ *
+ * With `depth` 1, a child of the same key that changed inside (a consult whose photo finished
+ * downloading, or which a receipt reached) is kept too, and its own children are put in it the
+ * same way, each kept when drawn the same: the consult's *Reply or add a photo* button under a
+ * finger stays the element it was while the message above it changes. Only the list's rows are
+ * kept so, and they have no listeners of their own.
  */
-function redraw(parent: HTMLElement, wanted: HTMLElement[], key: (el: HTMLElement) => string | undefined): void {
+function redraw(parent: HTMLElement, wanted: HTMLElement[], key: (el: HTMLElement) => string | undefined, depth = 0): void {
   const had = new Map<string, HTMLElement>();
-  for (const child of Array.from(parent.children) as HTMLElement[]) {
-    const k = key(child);
+  const oldKeys = keysOf(Array.from(parent.children) as HTMLElement[], key);
+  (Array.from(parent.children) as HTMLElement[]).forEach((child, i) => {
+    const k = oldKeys[i];
     if (k !== undefined) had.set(k, child);
-  }
-  const next = wanted.map((el) => {
-    const k = key(el);
+  });
+  const keys = keysOf(wanted, key);
+  const next = wanted.map((el, i) => {
+    const k = keys[i];
     const old = k === undefined ? undefined : had.get(k);
-    return old?.isEqualNode(el) ? old : el;
+    if (!old) return el;
+    had.delete(k!); // one element kept for one wanted, never twice
+    if (old.isEqualNode(el)) return old;
+    if (depth > 0 && onlyElements(old) && onlyElements(el) && old.tagName === el.tagName) {
+      for (const name of old.getAttributeNames()) if (!el.hasAttribute(name)) old.removeAttribute(name);
+      for (const name of el.getAttributeNames()) old.setAttribute(name, el.getAttribute(name)!);
+      redraw(old, Array.from(el.children) as HTMLElement[], partKey, depth - 1);
+      return old;
+    }
+    return el;
   });
   // The ones not kept go first, so that a kept one never moves (taken out and put back).
   const kept = new Set(next);
@@ -1253,6 +1271,28 @@ function redraw(parent: HTMLElement, wanted: HTMLElement[], key: (el: HTMLElemen
   next.forEach((el, i) => {
     if (parent.children[i] !== el) parent.insertBefore(el, parent.children[i] ?? null);
   });
+}
+
+/** `key` of each element, the second and later of one key told apart by their count. */
+function keysOf(els: HTMLElement[], key: (el: HTMLElement) => string | undefined): (string | undefined)[] {
+  const seen = new Map<string, number>();
+  return els.map((el) => {
+    const k = key(el);
+    if (k === undefined) return undefined;
+    const n = seen.get(k) ?? 0;
+    seen.set(k, n + 1);
+    return n ? `${k}#${n}` : k;
+  });
+}
+
+/** A part of a row: a message by its id, anything else by its id, or else its tag and class. */
+function partKey(el: HTMLElement): string {
+  return el.dataset["message"] ?? (el.id || `${el.tagName}.${el.className}`);
+}
+
+/** No text of its own between its elements (a row; not a line of text). */
+function onlyElements(el: HTMLElement): boolean {
+  return Array.from(el.childNodes).every((n) => n.nodeType === Node.ELEMENT_NODE || !n.textContent?.trim());
 }
 
 /** A thread's messages as listed: a consult handed over in several copies once (PROTOCOL.md

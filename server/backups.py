@@ -38,11 +38,12 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -96,6 +97,7 @@ class Taken:
     schema: str
     sizes: Mapping[str, int]
     missing: Mapping[str, Path]
+    removed: Sequence[tuple[Path, str]] = ()  # and the backup's name each was for
 
     def __str__(self) -> str:
         files = [f"{DUMP} ({_size(self.sizes[DUMP])})",
@@ -104,8 +106,50 @@ class Taken:
                 + ", ".join(files))
 
     def notes(self) -> list[str]:
-        return [f"there was no {name} at {path}: the backup has none, so {_WITHOUT[name]}"
-                for name, path in self.missing.items()]
+        return [*(f"removed {path}: what an earlier backup into {name} left when it was "
+                  "stopped before it finished (a partial dump, perhaps a copy of token-key)"
+                  for path, name in self.removed),
+                *(f"there was no {name} at {path}: the backup has none, so {_WITHOUT[name]}"
+                  for name, path in self.missing.items())]
+
+
+# What a backup writes into while it runs, beside its folder: NAME, the process id, tempfile's
+# eight characters.
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[a-z0-9_]{8}\.partial")
+
+
+def _interrupted(parent: Path) -> list[tuple[Path, str]]:
+    """The folders earlier backups into ``parent`` were writing when they were stopped before
+    they finished (killed, or the host lost power), with the name each was for: a hidden
+    ``.NAME.PID.*.partial`` folder, holding nothing but what a backup writes, whose process is
+    gone. Each may hold a partial dump and a copy of token-key, as secret as a backup, which
+    nothing else would ever remove. A backup still running keeps its own."""
+    found = []
+    for path in parent.glob(".*.partial"):
+        match = _PARTIAL.fullmatch(path.name)
+        if (match is None or path.is_symlink() or not path.is_dir()
+                or _running(int(match["pid"]))
+                or not {p.name for p in path.iterdir()} <= {DUMP, TOKEN_KEY, TRUSTED_ORGS,
+                                                             MANIFEST}):
+            continue
+        found.append((path, match["name"]))
+    return sorted(found)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: whether the process exists (kill(2))
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    # Killed and not yet reaped by its parent, a zombie still has its id, and runs no more
+    # (the state after the name in /proc/PID/stat, proc(5)).
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: the id's existence is all there is to go by
+    return stat[stat.rindex(")") + 2:][:1] != "Z"
 
 
 def backup(folder: Path, settings: Settings, database: Database, *,
@@ -120,7 +164,11 @@ def backup(folder: Path, settings: Settings, database: Database, *,
         raise BackupError(f"{target} is not empty: a backup goes into a new folder or an empty "
                           "one, and nothing was written")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial",
+    removed = _interrupted(target.parent)
+    for path, _ in removed:
+        shutil.rmtree(path)
+    # Named with this process's id, so that a later backup knows it from one still running.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".partial",
                                     dir=target.parent))
     try:
         staging.chmod(0o700)  # whatever the umask: the dump and the key are secret
@@ -162,7 +210,8 @@ def backup(folder: Path, settings: Settings, database: Database, *,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Taken(target, schema, {name: e["bytes"] for name, e in entries.items()}, missing)
+    return Taken(target, schema, {name: e["bytes"] for name, e in entries.items()}, missing,
+                 removed)
 
 
 def _no_schema(settings: Settings) -> BackupError:

@@ -21,6 +21,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -248,6 +250,47 @@ def test_backup_into_a_folder_that_is_not_empty_is_refused_and_writes_nothing(
         "one, and nothing was written")
     assert [p.name for p in used.iterdir()] == ["notes.txt"]
     assert [p.name for p in used.parent.iterdir()] == [used.name]
+
+
+def test_what_a_backup_stopped_midway_left_is_removed_by_the_next_and_said(
+        db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup killed before it finished (kill -9, the host's power) left its hidden folder
+    with a partial dump and a copy of token-key, which nothing removed. The next backup beside
+    it removes it and says so, whatever name that one was for (IT names each by its date); one
+    still being written (its process alive) and a folder holding anything a backup does not
+    write are left alone."""
+    _relay_host(monkeypatch, tmp_path / "relay", db_dsn)
+    ensure_token_key(tmp_path / "relay" / "token-key")
+    backups_dir = tmp_path / "backups"
+    target = backups_dir / "nightly"
+    # Killed processes' folders: the pid of a child that has exited since, and of one killed
+    # whose parent has not reaped it yet (a zombie, as a backup killed a moment ago is).
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    zombie = subprocess.Popen(["true"])
+    while Path(f"/proc/{zombie.pid}/stat").read_text().split(") ", 1)[1][0] != "Z":
+        time.sleep(0.01)
+    stopped = backups_dir / f".nightly.{zombie.pid}.k3x9q2zd.partial"
+    yesterdays = backups_dir / f".20261206-0200.{gone.pid}.b7c1xx4q.partial"
+    still_running = backups_dir / f".nightly.{os.getpid()}.a8f2mm0p.partial"
+    not_ours = backups_dir / f".nightly.{gone.pid}.c0ffee12.partial"
+    for folder in (stopped, yesterdays, still_running, not_ours):
+        folder.mkdir(parents=True)
+        (folder / "token-key").write_bytes(b"k" * 32)
+        (folder / "lightbox.dump").write_bytes(b"PGDMP")
+    (not_ours / "notes.txt").write_text("someone's\n")
+
+    rc, out, err = _server(["db", "backup", str(target)])
+    zombie.wait()
+    assert rc == 0, out + err
+    assert sorted(p.name for p in backups_dir.iterdir()) == sorted(
+        ["nightly", still_running.name, not_ours.name])
+    assert err.splitlines()[:2] == [
+        f"removed {yesterdays}: what an earlier backup into 20261206-0200 left when it was "
+        "stopped before it finished (a partial dump, perhaps a copy of token-key)",
+        f"removed {stopped}: what an earlier backup into nightly left when it was stopped "
+        "before it finished (a partial dump, perhaps a copy of token-key)"]
+    assert "Traceback" not in err
 
 
 def _alter(folder: Path, change: str) -> None:

@@ -3,7 +3,7 @@ relay-host command (server/manage.py) or the relay itself (server/runner.py).
 
 The relay's modules (uvicorn, the application, SCIM's models) are imported only to start the
 relay: IT's commands (``admin``, ``org``, ``audit``, ``scim``, ``db``) start without them, in
-about a third of the time (docs/ARCHITECTURE.md, "Start-up").
+about a quarter of the CPU (docs/ARCHITECTURE.md, "Start-up").
 """
 
 from __future__ import annotations

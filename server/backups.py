@@ -128,11 +128,14 @@ def _interrupted(parent: Path) -> list[tuple[Path, str]]:
     for path in parent.glob(".*.partial"):
         match = _PARTIAL.fullmatch(path.name)
         if (match is None or path.is_symlink() or not path.is_dir()
-                or _running(int(match["pid"]))
-                or not {p.name for p in path.iterdir()} <= {DUMP, TOKEN_KEY, TRUSTED_ORGS,
-                                                             MANIFEST}):
+                or _running(int(match["pid"]))):
             continue
-        found.append((path, match["name"]))
+        try:
+            names = {p.name for p in path.iterdir()}
+        except OSError:
+            continue  # not ours to read (another user's): left alone
+        if names <= {DUMP, TOKEN_KEY, TRUSTED_ORGS, MANIFEST}:
+            found.append((path, match["name"]))
     return sorted(found)
 
 
@@ -164,9 +167,16 @@ def backup(folder: Path, settings: Settings, database: Database, *,
         raise BackupError(f"{target} is not empty: a backup goes into a new folder or an empty "
                           "one, and nothing was written")
     target.parent.mkdir(parents=True, exist_ok=True)
-    removed = _interrupted(target.parent)
-    for path, _ in removed:
-        shutil.rmtree(path)
+    removed = []
+    for path, name in _interrupted(target.parent):
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            raise BackupError(f"{path}, what an earlier backup into {name} left when it was "
+                              f"stopped before it finished, could not be removed "
+                              f"({exc.strerror}): remove it, and back up again; nothing was "
+                              "written") from exc
+        removed.append((path, name))
     # Named with this process's id, so that a later backup knows it from one still running.
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".partial",
                                     dir=target.parent))

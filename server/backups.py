@@ -52,7 +52,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import asyncpg
 
 from server import migrations
-from server.embedded import postmaster_pid
+from server.embedded import postmaster_pid, running
 from server.settings import Settings
 
 __all__ = ["Backup", "BackupError", "Database", "Restored", "Taken", "backup", "read_backup",
@@ -128,7 +128,7 @@ def _interrupted(parent: Path) -> list[tuple[Path, str]]:
     for path in parent.glob(".*.partial"):
         match = _PARTIAL.fullmatch(path.name)
         if (match is None or path.is_symlink() or not path.is_dir()
-                or _running(int(match["pid"]))):
+                or running(int(match["pid"]))):
             continue
         try:
             names = {p.name for p in path.iterdir()}
@@ -137,22 +137,6 @@ def _interrupted(parent: Path) -> list[tuple[Path, str]]:
         if names <= {DUMP, TOKEN_KEY, TRUSTED_ORGS, MANIFEST}:
             found.append((path, match["name"]))
     return sorted(found)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # no signal sent: whether the process exists (kill(2))
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    # Killed and not yet reaped by its parent, a zombie still has its id, and runs no more
-    # (the state after the name in /proc/PID/stat, proc(5)).
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: the id's existence is all there is to go by
-    return stat[stat.rindex(")") + 2:][:1] != "Z"
 
 
 def backup(folder: Path, settings: Settings, database: Database, *,

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["HOLDERS_FILE", "EmbeddedError", "EmbeddedPostgres", "postmaster_pid"]
+__all__ = ["HOLDERS_FILE", "EmbeddedError", "EmbeddedPostgres", "postmaster_pid", "running"]
 
 log = logging.getLogger("lightbox.embedded")
 
@@ -210,6 +210,12 @@ def _start_time(pid: int) -> str | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return fields[19] if fields[0] != "Z" else None
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists and is no zombie (killed, not yet reaped by its
+    parent; proc(5))."""
+    return _start_time(pid) is not None
 
 
 def _me(token: str) -> dict[str, Any]:

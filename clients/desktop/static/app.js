@@ -340,9 +340,9 @@ function escalationLine(e, steps, acked) {
 // the row's key; what changed inside the button (its unread count, its last line) is drawn anew.
 function redraw(parent, wanted, key, depth = 0) {
   const had = new Map();
-  const oldKeys = keysOf([...parent.children], key);
-  [...parent.children].forEach((child, i) => {
-    if (oldKeys[i] !== undefined) had.set(oldKeys[i], child);
+  const children = [...parent.children];
+  keysOf(children, key).forEach((k, i) => {
+    if (k !== undefined) had.set(k, children[i]);
   });
   const keys = keysOf(wanted, key);
   const next = wanted.map((w, i) => {

@@ -1245,10 +1245,9 @@ function drawOpenThread(list: ThreadRecord[]): void {
  */
 function redraw(parent: HTMLElement, wanted: HTMLElement[], key: (el: HTMLElement) => string | undefined, depth = 0): void {
   const had = new Map<string, HTMLElement>();
-  const oldKeys = keysOf(Array.from(parent.children) as HTMLElement[], key);
-  (Array.from(parent.children) as HTMLElement[]).forEach((child, i) => {
-    const k = oldKeys[i];
-    if (k !== undefined) had.set(k, child);
+  const children = Array.from(parent.children) as HTMLElement[];
+  keysOf(children, key).forEach((k, i) => {
+    if (k !== undefined) had.set(k, children[i]!);
   });
   const keys = keysOf(wanted, key);
   const next = wanted.map((el, i) => {

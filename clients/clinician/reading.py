@@ -66,6 +66,7 @@ from clients.sdk.errors import (
 )
 from clients.sdk.failures import run_async
 from clients.sdk.handover import authorship_line, copies_line
+from clients.sdk.notices import wiped_event
 from clients.sdk.profile import ProfileDevice
 from clients.sdk.sending import UnreadableSend, check_readable
 from clients.sdk.threads import listing_order
@@ -74,6 +75,7 @@ from clients.sdk.transport import certificate_refusal
 from clients.sdk.vault import (
     ItemNotFound,
     OutboxRecord,
+    VaultError,
     VaultLocked,
     VaultMessage,
     VaultPassphraseError,
@@ -922,6 +924,9 @@ async def _say_held_back(client: LightboxClient, progress: _Progress, *,
 # How long ``watch``, connected at its start, waits for the relay to send what it kept for the
 # device while no lightbox program was connected (the backlog) before showing it.
 SYNC_WAIT = 10.0
+# How long watch waits, once the vault was wiped, for the client to confirm the wipe to the
+# relay and say so (:func:`_say_wiped`).
+WIPED_WAIT = 10.0
 
 
 def _drain(queue: asyncio.Queue[ClientEvent]) -> list[ClientEvent]:
@@ -1139,10 +1144,12 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
     watcher = asyncio.create_task(idle_lock())
     if progress.start_mark is None:
         progress.start_mark = vault.last_message_seq()
+    started = False  # a wipe order that ends the start is said as every refusal is
     try:
         queue = client.subscribe()
         async with asyncio.timeout(timeout):  # the whole run, its start too
             await _start(client, progress)
+            started = True
             while args.count is None or progress.seen < args.count:
                 get = asyncio.ensure_future(queue.get())
                 lock = asyncio.ensure_future(locked.wait())
@@ -1156,6 +1163,11 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                     lock.cancel()
                     if not get.done():
                         get.cancel()
+                if client.wiped is not None:  # the order locked the vault: not idleness,
+                    await _say_wiped(client, queue,  # nor a logout (its mark erased)
+                                     get.result() if get.done() and not get.cancelled()
+                                     else None)
+                    return False
                 if device.logged_out():  # in another terminal: nothing more is shown
                     raise LoggedOut
                 if not done:  # a step held back is due: said as it is
@@ -1232,10 +1244,16 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
                         else describe(client, event))
                 if line:
                     print(line, flush=True)
-                if isinstance(event, StatusEvent) and event.state in ("stopped", "wiped"):
-                    return False
+                if isinstance(event, StatusEvent) and event.state == "stopped":
+                    return False  # ("wiped" ends it above: _say_wiped)
     except TimeoutError:
         pass
+    except (SDKError, VaultError, ConnectionStopped):
+        # What the erased vault can no longer answer (a consult that came just before the
+        # order, shown after it) ends watch as the wipe does, not with a failure.
+        if client.wiped is None or not started:
+            raise
+        await _say_wiped(client, queue, None)
     finally:
         logged_out = device.logged_out()  # then nothing more is said, nor sent
         if vault.is_unlocked and not logged_out:
@@ -1249,6 +1267,29 @@ async def _watch_until_locked(device: ProfileDevice, args: argparse.Namespace,
         # again on the next connection, and is applied again (docs/PROTOCOL.md §15).
         await client.close(drain=5.0 if vault.is_unlocked and not logged_out else 0.0)
     return False
+
+
+async def _say_wiped(client: LightboxClient, queue: asyncio.Queue[ClientEvent],
+                     got: ClientEvent | None) -> None:
+    """Watch ends on a wipe order in one way, whatever it was doing when the order came: the
+    client's "wiped" line on stdout, exit status 0 (docs/USER_GUIDE.md "A lost phone"). The
+    order locks the vault before the client confirms it to the relay and says so
+    (clients/sdk/notices.py ``_wipe``): watch's idle check would see a locked vault, and the
+    consult it was showing an erased one. So it waits here for the client's line (``got``,
+    the event watch had just taken, or the queue), which comes once the confirmation is sent
+    (docs/PROTOCOL.md §15 "Wipe"): closing the connection before would leave the wipe
+    unconfirmed. What came before the line is not shown: the vault holding it is gone. Said
+    from the order itself if the line does not come within :data:`WIPED_WAIT`."""
+    assert client.wiped is not None
+    line = wiped_event(client.wiped)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(WIPED_WAIT):
+            while True:
+                event, got = got or await queue.get(), None
+                if isinstance(event, StatusEvent) and event.state == "wiped":
+                    line = event
+                    break
+    print(describe(client, line), flush=True)
 
 
 # --- "I'm on it" -------------------------------------------------------------------------------

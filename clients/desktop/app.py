@@ -343,14 +343,21 @@ class DesktopServer:
     async def _watch_idle(self) -> None:
         """The vault locks itself after inactivity, and when the user logs out on this
         computer (``lightbox logout`` in a terminal, clients/sdk/profile.py): then disconnect
-        and tell the page. Unlocking again opens the profile afresh and signs in again."""
+        and tell the page. Unlocking again opens the profile afresh and signs in again. A
+        vault a wipe order locked (and erased, its logout mark with it) is neither idle nor
+        logged out: the client confirms the wipe to the relay and then says so
+        (clients/sdk/notices.py ``_wipe``), and the page shows it erased. Locking here would
+        close the connection before the confirmation, and offer to unlock a vault that is
+        gone."""
         while True:
             await asyncio.sleep(1.0)
-            if self.device is not None and self.device.logged_out():
+            if self.device is None or self._wiped():
+                continue
+            if self.device.logged_out():
                 await self._lock()
                 self._broadcast("status", {"state": "locked", "detail": "logged out",
                                            "reason": LOGGED_OUT})
-            elif self.device is not None and self.device.vault.lock_if_idle():
+            elif self.device.vault.lock_if_idle():
                 await self._lock()
                 self._broadcast("status", {"state": "locked",
                                            "detail": "locked after inactivity"})
@@ -617,6 +624,10 @@ class DesktopServer:
         await self._lock()
         self._broadcast("status", {"state": "locked", "detail": "locked"})
         return JSONResponse({"unlocked": False})
+
+    def _wiped(self) -> bool:
+        """The client obeyed a wipe order (its vault is locked and erased)."""
+        return self.client is not None and self.client.wiped is not None
 
     async def _lock(self) -> None:
         client, device = self.client, self.device

@@ -64,7 +64,7 @@ from protocol.frames import (
 )
 from protocol.model import Priority, Purpose
 
-__all__ = ["Notices"]
+__all__ = ["Notices", "wiped_event"]
 
 log = logging.getLogger("lightbox.sdk.client")
 
@@ -72,6 +72,16 @@ RESEAL_WAIT = (2.0, 5.0)
 """Seconds (a random moment between the two) a device that holds a consult it did not write
 waits before sealing it again at a shift handover, so that the author's device, answering at
 once, is the one that does when it is online (``_answer_reseal``)."""
+
+
+def wiped_event(entry: certs.RevocationEntry) -> StatusEvent:
+    """The "wiped" status a client emits once it has obeyed a wipe order and confirmed it
+    (docs/PROTOCOL.md §15 "Wipe"): when the organisation revoked the device, and why. Also
+    what a program says when it was told of the wipe but not by this event (the line must
+    be the same whichever way it ends: clients/clinician/reading.py ``watch``)."""
+    when = format_time(entry.revoked_at)
+    return StatusEvent("wiped", f"this device was revoked by your organisation on {when} "
+                                f"({entry.reason}); its data has been erased")
 
 
 class Notices:
@@ -193,10 +203,7 @@ class Notices:
         if not self._vault.directory.exists() and connection is not None:
             with contextlib.suppress(SocketClosed, ConnectionError):
                 await connection.send_frame(WipeConfirm(statement=confirmation))
-        when = format_time(entry.revoked_at)
-        await self._hub.emit(StatusEvent("wiped", f"this device was revoked by your "
-                                                  f"organisation on {when} ({entry.reason}); "
-                                                  "its data has been erased"))
+        await self._hub.emit(wiped_event(entry))
         self._hub.spawn(self._close(), "close-after-wipe")
 
     async def _answer_reseal(self, request: ResealRequest) -> None:

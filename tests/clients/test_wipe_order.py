@@ -11,6 +11,9 @@ relay records the wipe as confirmed and orders it no more.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,12 +21,20 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.clinician_world import enrol_clinician, lightbox_process, use_cli_profiles
+from tests.clients.test_watch_beside_commands import Watch
+from tests.clinician_world import (
+    enrol_clinician,
+    intern_and_specialist,
+    lightbox_process,
+    use_cli_profiles,
+)
 from tests.consent_world import count
-from tests.helpers import seconds
+from tests.helpers import ROOT, seconds
 from tests.identity_world import World, identity_world
 
 ORTHO = "orthopaedics_oncall"
+WIPED = re.compile(rb"(?:\A|\n)-- wiped: this device was revoked by your organisation on "
+                   rb"\d{4}-\d\d-\d\d \d\d:\d\d \(lost\); its data has been erased\n\Z")
 
 
 @pytest.fixture
@@ -73,6 +84,36 @@ async def wipe_pending(world: World, device_id: str) -> bool:
                        "wipe_pending", uuid.UUID(device_id)) == 1
 
 
+# The phone's ``lightbox`` on a poor signal, at the moments a wipe order finds it busy: its
+# confirmation of the wipe waits ``argv[1]`` seconds before it goes, and once the file
+# ``argv[3]`` exists, each look-up of people's names in the relay's key directory (watch
+# makes one before it shows a consult) waits ``argv[2]`` seconds.
+_SLOW_SIGNAL = """
+import asyncio, pathlib, sys
+from clients.clinician import cli
+from clients.sdk.client import LightboxClient
+from clients.sdk.connection import Connection
+from protocol.frames import WipeConfirm
+
+confirm_after, names_after = float(sys.argv[1]), float(sys.argv[2])
+names_slow = pathlib.Path(sys.argv[3])
+send_frame, ensure_names = Connection.send_frame, LightboxClient.ensure_names
+
+async def confirm_slowly(self, frame):
+    if isinstance(frame, WipeConfirm):
+        await asyncio.sleep(confirm_after)
+    await send_frame(self, frame)
+
+async def names_slowly(self, user_ids):
+    if names_slow.exists():
+        await asyncio.sleep(names_after)
+    await ensure_names(self, user_ids)
+
+Connection.send_frame, LightboxClient.ensure_names = confirm_slowly, names_slowly
+sys.exit(cli.main(sys.argv[4:]))
+"""
+
+
 async def test_a_connected_phone_revoked_with_wipe_is_erased_by_the_relays_order(
         world: World, tmp_path: Path) -> None:
     device_id = await phone(world, tmp_path)
@@ -90,12 +131,70 @@ async def test_a_connected_phone_revoked_with_wipe_is_erased_by_the_relays_order
             watch.kill()
             await watch.wait()
     assert watch.returncode == 0, err.decode()
-    assert b"-- wiped: this device was revoked" in out, out + err
+    assert WIPED.search(out), out + err  # its last line
     assert b"Traceback" not in err
     assert_erased(tmp_path / "home" / "phone")
     assert await wipe_audit(world, device_id) == ["device.wipe_ordered",
                                                   "device.wipe_confirmed"]
     assert not await wipe_pending(world, device_id)
+
+
+async def watch_wiped_on_a_poor_signal(world: World, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, *,
+                                       confirm_after: float, names_after: float) -> None:
+    """The specialist's ``lightbox watch`` (:data:`_SLOW_SIGNAL`) has shown a consult, so it
+    is past its start; the intern sends a second one, and IT revokes the phone with wipe as
+    it arrives. Watch ends with the "wiped" line, exit status 0, nothing on stderr; the
+    profile is erased and the wipe confirmed."""
+    intern, ortho = await intern_and_specialist(world, tmp_path, monkeypatch, ORTHO)
+    device_id = await world.device_of(ortho.user_id)
+    names_slow = tmp_path / "names-slow"
+    watch = Watch(await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SLOW_SIGNAL, str(confirm_after), str(names_after),
+        str(names_slow), "--profile", "ortho", "watch", "--timeout", str(seconds(120)),
+        cwd=ROOT, env=dict(os.environ), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE))
+    try:
+        await watch.until("-- connected to the relay")
+        await intern.client.start(wait_connected=seconds(10))
+        await watch.shows_consult(intern, "Bed 4: wrist, before the phone was lost")
+        names_slow.touch()
+        thread = await intern.client.create_thread(roles=[ORTHO])
+        await intern.client.send_text(thread.thread_id, "Bed 6: hip, as the phone is lost")
+        r = await world.revoke(world.org, 1, devices=(device_id,), wipe=True)
+        assert r.status_code == 200, r.text
+        async with asyncio.timeout(seconds(60)):
+            await watch.process.wait()
+    finally:
+        err = await watch.stop()
+        await intern.client.close()
+    assert watch.process.returncode == 0, (watch.lines, err)
+    assert WIPED.search(f"\n{watch.lines[-1]}\n".encode()), (watch.lines, err)
+    assert not [line for line in watch.lines if "locked itself" in line], watch.lines
+    assert err == "", err
+    assert_erased(tmp_path / "home" / "ortho")
+    assert await wipe_audit(world, device_id) == ["device.wipe_ordered",
+                                                  "device.wipe_confirmed"]
+
+
+async def test_a_phone_slow_to_confirm_its_wipe_says_wiped_not_locked(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order locks the vault a moment before the client says "wiped" (it confirms to the
+    relay in between). Watch, which looks at its vault every second to lock it when idle,
+    met that locked vault: it said "the vault locked itself", failed to unlock the erased
+    vault (exit status 1, no "wiped" line), and had it stopped there, the confirmation would
+    have gone with the connection."""
+    await watch_wiped_on_a_poor_signal(world, tmp_path, monkeypatch,
+                                       confirm_after=seconds(3), names_after=0)
+
+
+async def test_a_phone_wiped_while_it_shows_a_consult_says_wiped_not_a_failure(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Watch was about to show a consult (looking up its sender's name) when the order erased
+    the vault holding it: showing it failed, and watch ended with exit status 1 and the
+    failure's sentence instead of its "wiped" line."""
+    await watch_wiped_on_a_poor_signal(world, tmp_path, monkeypatch,
+                                       confirm_after=0, names_after=seconds(3))
 
 
 async def test_a_phone_offline_when_revoked_is_erased_when_it_connects_later(

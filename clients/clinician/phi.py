@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_RULES",
     "DEIDENTIFIED_PURPOSES",
     "INSTALL_HINT",
+    "OCR_THREADS_ENV",
     "PATTERNS_ENV",
     "Box",
     "OcrStatus",
@@ -254,13 +255,26 @@ class OcrUnavailable(Exception):
     """No OCR engine; ``str()`` says how to install one."""
 
 
+# Tesseract 4 and 5, built with OpenMP as Debian's is (libgomp), spread recognition over one
+# thread per core. Its maintainers left OpenMP out of their default build from 5.1.0 on: it
+# costs much more CPU than the little time it saves; OpenMP's own OMP_THREAD_LIMIT=1 keeps a
+# build's threads from starting. Measured on the 12 MP photo of bench/safety.py, the scan
+# took 1.4-1.8 s with the threads and 0.63-0.72 s without (docs/BENCHMARKS.md "Clinical
+# safety on the device"). So Tesseract runs on one thread, unless whoever runs the program
+# set OMP_THREAD_LIMIT themselves.
+OCR_THREADS_ENV: Final = "OMP_THREAD_LIMIT"
+
+
 def tesseract_words(image: Image.Image, timeout: float = 60.0) -> list[OcrWord]:
-    """Words with boxes and confidences from Tesseract (``image_to_data``); OcrUnavailable if
-    pytesseract, the ``tesseract`` program or its English data is missing."""
+    """Words with boxes and confidences from Tesseract (``image_to_data``, on one thread:
+    :data:`OCR_THREADS_ENV`); OcrUnavailable if pytesseract, the ``tesseract`` program or its
+    English data is missing."""
     try:
         import pytesseract
     except ImportError:
         raise OcrUnavailable(INSTALL_HINT) from None
+    # pytesseract starts the program with this process's environment (os.environ itself).
+    os.environ.setdefault(OCR_THREADS_ENV, "1")
     try:
         data: dict[str, list[Any]] = pytesseract.image_to_data(
             image, lang="eng", output_type=pytesseract.Output.DICT, timeout=timeout)

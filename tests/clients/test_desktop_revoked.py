@@ -40,8 +40,8 @@ from tests.clients.test_desktop import (
     unlock_page,
     urgent_consult_read,
 )
-from tests.clients.test_wipe_order import wipe_audit
-from tests.helpers import ROOT, seconds
+from tests.clients.test_wipe_order import LATE, wipe_audit
+from tests.helpers import ROOT
 from tests.identity_world import PASSWORD, World
 from tests.orthanc import OrthancServer
 
@@ -150,7 +150,7 @@ async def test_a_desktop_slow_to_confirm_its_wipe_says_erased_not_locked(
 
     async def slowly(self: Connection, frame: Frame) -> None:
         if isinstance(frame, WipeConfirm):
-            await asyncio.sleep(seconds(3))
+            await asyncio.sleep(LATE)
         await send_frame(self, frame)
 
     monkeypatch.setattr(Connection, "send_frame", slowly)

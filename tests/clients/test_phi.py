@@ -6,7 +6,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import random
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -236,6 +240,46 @@ def test_noise_hiding_a_label_after_redaction_blocks_teaching() -> None:
 
 def _no_ocr(image: Image.Image, timeout: float) -> list[phi.OcrWord]:
     raise phi.OcrUnavailable(phi.INSTALL_HINT)
+
+
+def _tesseract_threads(scan: Callable[[], object]) -> list[int]:
+    """The thread counts of this process's ``tesseract`` children, read from /proc every 5 ms
+    while ``scan`` runs."""
+    seen: list[int] = []
+    done = threading.Event()
+    me = str(os.getpid())
+
+    def watch() -> None:
+        while not done.is_set():
+            for proc in Path("/proc").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    status = dict(line.split(":\t", 1)
+                                  for line in (proc / "status").read_text().splitlines())
+                    if status["Name"] == "tesseract" and status["PPid"] == me:
+                        seen.append(int(status["Threads"]))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        scan()
+    finally:
+        done.set()
+        watcher.join()
+    return seen
+
+
+def test_tesseract_runs_on_one_thread_unless_told_otherwise(
+        film: imaging.SanitisedImage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's Tesseract starts up to four OpenMP threads on two cores, and the scan of a 12 MP
+    photo took twice as long (docs/BENCHMARKS.md "Clinical safety on the device"): it runs on
+    one, unless whoever runs the program set OMP_THREAD_LIMIT themselves."""
+    monkeypatch.delenv(phi.OCR_THREADS_ENV, raising=False)
+    threads = _tesseract_threads(lambda: phi.scan_image(film.data))
+    assert threads and max(threads) == 1, threads
+    monkeypatch.setenv(phi.OCR_THREADS_ENV, "2")
+    assert phi.scan_image(film.data).status is OcrStatus.TEXT_FOUND
+    assert os.environ[phi.OCR_THREADS_ENV] == "2"
 
 
 def test_without_an_ocr_engine_teaching_is_refused_with_how_to_install(

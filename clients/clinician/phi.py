@@ -255,13 +255,14 @@ class OcrUnavailable(Exception):
     """No OCR engine; ``str()`` says how to install one."""
 
 
-# Tesseract 4 and 5, built with OpenMP as Debian's is (libgomp), spread recognition over one
-# thread per core. Its maintainers left OpenMP out of their default build from 5.1.0 on: it
-# costs much more CPU than the little time it saves; OpenMP's own OMP_THREAD_LIMIT=1 keeps a
-# build's threads from starting. Measured on the 12 MP photo of bench/safety.py, the scan
-# took 1.4-1.8 s with the threads and 0.63-0.72 s without (docs/BENCHMARKS.md "Clinical
-# safety on the device"). So Tesseract runs on one thread, unless whoever runs the program
-# set OMP_THREAD_LIMIT themselves.
+# Tesseract 4 and 5, built with OpenMP as Debian's is (libgomp), spread recognition over
+# several threads: up to four on a two-core machine, seen in /proc during a scan. Its
+# maintainers left OpenMP out of their default build from 5.1.0 on: it costs much more CPU
+# than the little time it saves; OpenMP's own OMP_THREAD_LIMIT=1 keeps a build's threads from
+# starting. Measured on the 12 MP photo of bench/safety.py, the scan took 1.4-1.8 s with the
+# threads and 0.63-0.72 s without (docs/BENCHMARKS.md "Clinical safety on the device"). So
+# Tesseract runs on one thread, unless whoever runs the program set OMP_THREAD_LIMIT
+# themselves.
 OCR_THREADS_ENV: Final = "OMP_THREAD_LIMIT"
 
 

@@ -16,7 +16,6 @@ Screenshots go to test-artefacts/desktop-revoked/.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import re
@@ -31,7 +30,7 @@ import pytest
 from clients.desktop.app import DesktopServer
 from clients.sdk.connection import Connection
 from clients.sdk.profile import open_profile
-from protocol.frames import Frame, WipeConfirm
+from tests.clients.poor_signal import confirming_late
 from tests.clients.test_desktop import (
     DesktopTeam,
     browser_page,
@@ -146,14 +145,7 @@ async def test_a_desktop_slow_to_confirm_its_wipe_says_erased_not_locked(
     idle check, every second, met that locked vault and locked the desktop: the connection
     closed before the confirmation went, and the page offered to unlock a vault that is
     gone instead of saying it was erased."""
-    send_frame = Connection.send_frame
-
-    async def slowly(self: Connection, frame: Frame) -> None:
-        if isinstance(frame, WipeConfirm):
-            await asyncio.sleep(LATE)
-        await send_frame(self, frame)
-
-    monkeypatch.setattr(Connection, "send_frame", slowly)
+    monkeypatch.setattr(Connection, "send_frame", confirming_late(LATE))
     async with consult_open(world, tmp_path, orthanc, "Bay 3: elbow, supracondylar?",
                             "Bay 3 elbow") as on:
         await wiped_while_open(on, tmp_path, "08-wiped-confirmed-late.png")

@@ -7,7 +7,7 @@ offline with an expired access token and coming back later (``lightbox inbox``).
 the order from the relay, verifies it, erases the profile (vault and keys) and confirms; the
 relay records the wipe as confirmed and orders it no more. A running ``watch`` ends one way
 whatever the order finds it doing, also on a poor signal that makes the confirmation, or the
-consult it was about to show, late (:data:`_SLOW_SIGNAL`).
+consult it was about to show, late (tests/clients/poor_signal.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from tests.clients import poor_signal
 from tests.clients.test_watch_beside_commands import Watch
 from tests.clinician_world import (
     enrol_clinician,
@@ -35,9 +36,9 @@ from tests.helpers import ROOT, seconds
 from tests.identity_world import World, identity_world
 
 ORTHO = "orthopaedics_oncall"
-# How late the poor signal makes a step (:data:`_SLOW_SIGNAL`): longer than the second between
-# two of watch's idle checks, shorter than the 10 s the relay waits for the confirmation
-# (LIGHTBOX_WS_AUTH_TIMEOUT). Not scaled: a lateness, not a timeout.
+# How late the poor signal (tests/clients/poor_signal.py) makes a step: longer than the second
+# between two of watch's idle checks, shorter than the 10 s the relay waits for the
+# confirmation (LIGHTBOX_WS_AUTH_TIMEOUT). Not scaled: a lateness, not a timeout.
 LATE = 3.0
 WIPED = re.compile(rb"(?:\A|\n)-- wiped: this device was revoked by your organisation on "
                    rb"\d{4}-\d\d-\d\d \d\d:\d\d \(lost\); its data has been erased\n\Z")
@@ -90,36 +91,6 @@ async def wipe_pending(world: World, device_id: str) -> bool:
                        "wipe_pending", uuid.UUID(device_id)) == 1
 
 
-# The phone's ``lightbox`` on a poor signal, at the moments a wipe order finds it busy: its
-# confirmation of the wipe waits ``argv[1]`` seconds before it goes, and once the file
-# ``argv[3]`` exists, each look-up of people's names in the relay's key directory (watch
-# makes one before it shows a consult) waits ``argv[2]`` seconds.
-_SLOW_SIGNAL = """
-import asyncio, pathlib, sys
-from clients.clinician import cli
-from clients.sdk.client import LightboxClient
-from clients.sdk.connection import Connection
-from protocol.frames import WipeConfirm
-
-confirm_after, names_after = float(sys.argv[1]), float(sys.argv[2])
-names_slow = pathlib.Path(sys.argv[3])
-send_frame, ensure_names = Connection.send_frame, LightboxClient.ensure_names
-
-async def confirm_slowly(self, frame):
-    if isinstance(frame, WipeConfirm):
-        await asyncio.sleep(confirm_after)
-    await send_frame(self, frame)
-
-async def names_slowly(self, user_ids):
-    if names_slow.exists():
-        await asyncio.sleep(names_after)
-    await ensure_names(self, user_ids)
-
-Connection.send_frame, LightboxClient.ensure_names = confirm_slowly, names_slowly
-sys.exit(cli.main(sys.argv[4:]))
-"""
-
-
 async def test_a_connected_phone_revoked_with_wipe_is_erased_by_the_relays_order(
         world: World, tmp_path: Path) -> None:
     device_id = await phone(world, tmp_path)
@@ -148,15 +119,15 @@ async def test_a_connected_phone_revoked_with_wipe_is_erased_by_the_relays_order
 async def watch_wiped_on_a_poor_signal(world: World, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, *,
                                        confirm_after: float, names_after: float) -> None:
-    """The specialist's ``lightbox watch`` (:data:`_SLOW_SIGNAL`) has shown a consult, so it
-    is past its start; the intern sends a second one, and IT revokes the phone with wipe as
-    it arrives. Watch ends with the "wiped" line, exit status 0, nothing on stderr; the
-    profile is erased and the wipe confirmed."""
+    """The specialist's ``lightbox watch``, on a poor signal (tests/clients/poor_signal.py),
+    has shown a consult, so it is past its start; the intern sends a second one, and IT
+    revokes the phone with wipe as it arrives. Watch ends with the "wiped" line, exit status
+    0, nothing on stderr; the profile is erased and the wipe confirmed."""
     intern, ortho = await intern_and_specialist(world, tmp_path, monkeypatch, ORTHO)
     device_id = await world.device_of(ortho.user_id)
     names_slow = tmp_path / "names-slow"
     watch = Watch(await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _SLOW_SIGNAL, str(confirm_after), str(names_after),
+        sys.executable, "-c", poor_signal.SCRIPT, str(confirm_after), str(names_after),
         str(names_slow), "--profile", "ortho", "watch", "--timeout", str(seconds(120)),
         cwd=ROOT, env=dict(os.environ), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE))

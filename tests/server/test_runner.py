@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from server import runner
-from server.embedded import postmaster_pid
+from server.embedded import postmaster_pid, running
 from tests.helpers import ROOT, Cluster, seconds, session_dir
 from tests.identity_world import Org, write_trusted_orgs
 from tests.make_run import BIN, made_run, run_command
@@ -121,13 +121,8 @@ async def test_embedded_run_serves_ready_and_ctrl_c_leaves_no_postgres_behind() 
             assert postmaster_pid(data / "pg") is None
             deadline = time.monotonic() + seconds(5)
             while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                # a stopped postmaster may linger as a zombie of its reaped parent
-                stat = Path(f"/proc/{pid}/stat")
-                if stat.exists() and stat.read_text().split()[2] == "Z":
+                # gone, or a zombie of its reaped parent (a stopped postmaster may linger so)
+                if not running(pid):
                     break
                 await asyncio.sleep(0.1)
             else:
